@@ -1,0 +1,5 @@
+"""The Fashion-MNIST model server (``fmnist-serve``) and its client (``serving.client``).
+
+Importing this package loads nothing heavy, so the client and ``fmnist health`` stay fast; the
+server modules pull in onnxruntime and grpc only when they are imported themselves.
+"""

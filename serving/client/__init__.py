@@ -1,0 +1,3 @@
+"""The client side of the Fashion-MNIST service: ``serving.client.api.ClassifierClient`` and the
+``fmnist`` command line. Needs grpcio, numpy (and Pillow for PNG files), never onnxruntime or
+the training package; this module imports nothing so that ``fmnist health`` starts fast."""

@@ -1,0 +1,140 @@
+"""A small synchronous Python client for fashion_mnist.v1.Classifier.
+
+    from serving.client.api import ClassifierClient
+    with ClassifierClient("127.0.0.1:50051") as client:
+        answer = client.classify(images)            # uint8 [N,28,28]
+        answer.model.labels, answer.model.probabilities, answer.baseline.class_names
+
+Errors are ``grpc.RpcError`` with the server's status code and message.
+"""
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+IMAGE_SHAPE = (28, 28)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """One model version's answer for a batch."""
+
+    name: str
+    version: int
+    probabilities: np.ndarray  # float32 [N,10]
+    labels: np.ndarray  # int64 [N]
+    class_names: list[str]  # per image, the name of its label
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The requested model's and the baseline's answers for a batch."""
+
+    model: ModelAnswer
+    baseline: ModelAnswer
+    request_id: str
+
+    def __len__(self) -> int:
+        return len(self.model.labels)
+
+
+def encode_request(
+    images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
+) -> pb.ClassifyRequest:
+    """``uint8 [N,28,28]`` (or one ``[28,28]`` image) -> a ClassifyRequest."""
+    images = np.asarray(images)
+    if images.shape == IMAGE_SHAPE:
+        images = images[None]
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"expected uint8 images [N,28,28], got {images.dtype} {images.shape}")
+    data = np.ascontiguousarray(images).tobytes()
+    size = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    return pb.ClassifyRequest(
+        images=[data[start : start + size] for start in range(0, len(data), size)],
+        model=model,
+        version=version,
+        request_id=request_id,
+    )
+
+
+def decode_response(response: pb.ClassifyResponse) -> Classification:
+    results = response.results
+
+    def answer(ref: pb.ModelRef, predictions: list[pb.Prediction]) -> ModelAnswer:
+        classes = len(predictions[0].probabilities) if predictions else 0
+        probabilities = np.fromiter(
+            itertools.chain.from_iterable(p.probabilities for p in predictions),
+            dtype=np.float32,
+            count=len(predictions) * classes,
+        ).reshape(len(predictions), classes)
+        labels = np.fromiter((p.label for p in predictions), dtype=np.int64, count=len(predictions))
+        return ModelAnswer(
+            ref.name, ref.version, probabilities, labels, [p.class_name for p in predictions]
+        )
+
+    return Classification(
+        answer(response.model, [r.model for r in results]),
+        answer(response.baseline, [r.baseline for r in results]),
+        response.request_id,
+    )
+
+
+class ClassifierClient:
+    """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0):
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.ClassifierStub(self._channel)
+
+    def classify(
+        self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
+    ) -> Classification:
+        """Classifies ``uint8 [N,28,28]`` with ``model`` ("" = the server's default) at
+        ``version`` (0 = newest)."""
+        request = encode_request(images, model, version, request_id)
+        return decode_response(self._stub.Classify(request, timeout=self.timeout))
+
+    def classify_batches(
+        self, batches: Iterable[np.ndarray], model: str = "", version: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Classification]:
+        """Classifies each batch over one ClassifyStream call, yielding the answers in order.
+        ``timeout`` bounds the whole stream (default: none)."""
+        requests = (
+            encode_request(batch, model, version, str(index))
+            for index, batch in enumerate(batches)
+        )
+        for response in self._stub.ClassifyStream(requests, timeout=timeout):
+            yield decode_response(response)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def get_model(self, name: str, version: int = 0) -> pb.ModelInfo:
+        return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
+                                   timeout=self.timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ClassifierClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,277 @@
+"""``fmnist`` / ``python -m serving.client``: classify images, score the test set, check health,
+list models, against a running ``fmnist-serve``.
+
+Only argparse is imported up front; each subcommand imports what it needs, so ``fmnist health``
+(the container healthcheck) starts fast. Errors are one line on stderr and exit status 1.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 30.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # the output went into `head` or the like, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as error:  # one line, whatever went wrong
+        print(f"fmnist {args.command}: error: {_describe(error)}", file=sys.stderr)
+        return 1
+
+
+def _describe(error: Exception) -> str:
+    import grpc
+
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return f"{error.code().name}: {error.details()}"
+    return str(error) or type(error).__name__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmnist",
+        description="Client of the Fashion-MNIST classification service (fmnist-serve).",
+        epilog="Examples: fmnist classify --test-index 0 1 2 | fmnist classify shoe.png --invert "
+        "| fmnist score --limit 1000 | fmnist health | fmnist models",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--target", default=os.environ.get("FMNIST_TARGET", DEFAULT_TARGET),
+                         help="server address HOST:PORT [env FMNIST_TARGET]")
+        sub.add_argument("--timeout", type=float,
+                         default=float(os.environ.get("FMNIST_TIMEOUT", DEFAULT_TIMEOUT)),
+                         help="seconds to wait for each answer [env FMNIST_TIMEOUT]")
+        sub.set_defaults(run=run)
+        return sub
+
+    classify = command("classify", _classify,
+                       "Classify images: PNG (or any image file), .npy arrays, or test-set images;"
+                       " prints the top classes of the model and the baseline's answer.")
+    classify.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                          help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
+                          "of uint8 [28,28], [N,28,28] or [N,784]")
+    classify.add_argument("--test-index", type=int, nargs="+", default=[], metavar="I",
+                          help="also classify these images of the Fashion-MNIST test set (0..9999)")
+    classify.add_argument("--invert", action="store_true",
+                          help="invert image files first: for dark objects on a light background "
+                          "(Fashion-MNIST has light objects on black)")
+    _model_flags(classify)
+    classify.add_argument("--top", type=int, default=3, help="how many classes to show")
+
+    score = command("score", _score,
+                    "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
+                    "model and of the baseline, their agreement, images/s, latency.")
+    _model_flags(score)
+    score.add_argument("--offset", type=int, default=0, help="first test image")
+    score.add_argument("--limit", type=int, default=None, help="how many images (default: all)")
+    score.add_argument("--batch-size", type=int, default=1000, help="images per request")
+    score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
+                       help="one ClassifyStream call, or one Classify call per batch")
+    score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
+    score.add_argument("--expect-accuracy", metavar="A",
+                       help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
+                       "for the test_accuracy recorded at training) within --tolerance")
+    score.add_argument("--tolerance", type=float, default=1e-4,
+                       help="allowed difference for --expect-accuracy")
+    score.add_argument("--data-dir", type=Path, default=None,
+                       help="directory of the IDX files [env FMNIST_DATA_DIR, default "
+                       "/usr/share/datasets/fashion-mnist]")
+    score.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    health = command("health", _health,
+                     "Exit 0 if the server reports SERVING, 1 otherwise (container healthcheck).")
+    health.add_argument("--service", default="",
+                        help="service to ask about ('' = the whole server)")
+
+    command("models", _models, "List the model versions the server has loaded.")
+    return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="", help="model: softmax or mlp (default: the server's)")
+    parser.add_argument("--version", type=int, default=0, help="model version (0 = newest)")
+
+
+def _classify(args) -> int:
+    import numpy as np
+
+    from serving.client.api import ClassifierClient
+    from serving.client.inputs import load_images
+
+    if not args.files and not args.test_index:
+        raise ValueError("nothing to classify: give image/.npy files or --test-index")
+    batches, names, truths = [], [], []
+    if args.files:
+        images, file_names = load_images(args.files, args.invert)
+        batches.append(images)
+        names += file_names
+        truths += [None] * len(file_names)
+    if args.test_index:
+        from serving.client.dataset import load_test_set
+
+        test_images, test_labels = load_test_set()
+        wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]
+        if wrong:
+            raise ValueError(f"--test-index {wrong[0]}: expected 0..{len(test_images) - 1}")
+        batches.append(test_images[args.test_index])
+        names += [f"test[{i}]" for i in args.test_index]
+        truths += [int(test_labels[i]) for i in args.test_index]
+    with ClassifierClient(args.target, args.timeout) as client:
+        answer = client.classify(np.concatenate(batches), args.model, args.version)
+        class_names = list(client.get_model(answer.model.name, answer.model.version).class_names)
+    model, baseline = answer.model, answer.baseline
+    width = max(len(f"{model.name} v{model.version}"), len(f"{baseline.name} v{baseline.version}"))
+    for i, name in enumerate(names):
+        truth = f"  (true: {class_names[truths[i]]})" if truths[i] is not None else ""
+        print(f"{name}{truth}")
+        top = np.argsort(-model.probabilities[i], kind="stable")[: args.top]
+        print(f"  {f'{model.name} v{model.version}':<{width}}  "
+              + "   ".join(f"{class_names[k]} {model.probabilities[i, k]:6.1%}" for k in top))
+        label = baseline.labels[i]
+        print(f"  {f'{baseline.name} v{baseline.version}':<{width}}  "
+              f"{class_names[label]} {baseline.probabilities[i, label]:6.1%}")
+    return 0
+
+
+def _score(args) -> int:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from serving.client.api import ClassifierClient
+    from serving.client.dataset import load_test_set
+
+    images, labels = load_test_set(args.data_dir)
+    end = len(images) if args.limit is None else args.offset + args.limit
+    if not 0 <= args.offset < end <= len(images):
+        raise ValueError(f"--offset {args.offset} --limit {args.limit}: outside the "
+                         f"{len(images)} test images")
+    images, labels = images[args.offset : end], labels[args.offset : end]
+    starts = range(0, len(images), args.batch_size)
+    batches = [images[start : start + args.batch_size] for start in starts]
+    sent_at: list[float] = []
+
+    def timed(batches):
+        for batch in batches:
+            sent_at.append(time.perf_counter())
+            yield batch
+
+    answers, latencies = [], []
+    with ClassifierClient(args.target, args.timeout) as client, tqdm(
+        total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
+    ) as progress:
+        started = time.perf_counter()
+        if args.rpc == "stream":
+            stream = client.classify_batches(timed(batches), args.model, args.version,
+                                             timeout=args.timeout * len(batches))
+        else:
+            stream = (client.classify(batch, args.model, args.version) for batch in timed(batches))
+        for index, answer in enumerate(stream):
+            latencies.append(time.perf_counter() - sent_at[index])
+            answers.append(answer)
+            progress.update(len(answer))
+        elapsed = time.perf_counter() - started
+        expected = _expected_accuracy(args, client, answers[0].model)
+
+    model_labels = np.concatenate([a.model.labels for a in answers])
+    baseline_labels = np.concatenate([a.baseline.labels for a in answers])
+    model, baseline = answers[0].model, answers[0].baseline
+    accuracy = float(np.mean(model_labels == labels))
+    rows = [
+        ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
+        (f"{model.name} v{model.version} accuracy", f"{accuracy:.4f}"),
+        (f"{baseline.name} v{baseline.version} accuracy",
+         f"{float(np.mean(baseline_labels == labels)):.4f}"),
+        ("agreement", f"{float(np.mean(model_labels == baseline_labels)):.4f}"),
+        ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
+        ("latency per batch", "p50 {:.1f} ms, p99 {:.1f} ms".format(
+            *np.percentile(np.array(latencies) * 1000, [50, 99]))
+         + f" ({len(batches)} batches of <= {args.batch_size}, {args.rpc})"),
+    ]
+    if args.csv:
+        _write_csv(args.csv, args.offset, labels, answers)
+        rows.append(("predictions", str(args.csv)))
+    for name, value in rows:
+        print(f"{name:<22} {value}")
+    if expected is not None and abs(accuracy - expected) > args.tolerance:
+        print(f"fmnist score: error: served accuracy {accuracy:.4f} differs from the expected "
+              f"{expected:.4f} by more than {args.tolerance}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _expected_accuracy(args, client, model) -> float | None:
+    if args.expect_accuracy is None:
+        return None
+    if args.expect_accuracy == "manifest":
+        return client.get_model(model.name, model.version).test_accuracy
+    try:
+        return float(args.expect_accuracy)
+    except ValueError:
+        raise ValueError(f"--expect-accuracy: expected a fraction or 'manifest', "
+                         f"got {args.expect_accuracy!r}") from None
+
+
+def _write_csv(path: Path, offset: int, labels, answers) -> None:
+    import csv
+
+    import numpy as np
+
+    def column(kind: str, field: str):
+        return [value for a in answers for value in getattr(getattr(a, kind), field)]
+
+    model_probabilities = np.concatenate([a.model.probabilities for a in answers])
+    baseline_probabilities = np.concatenate([a.baseline.probabilities for a in answers])
+    rows = zip(
+        range(offset, offset + len(labels)), labels.tolist(),
+        column("model", "labels"), column("model", "class_names"),
+        model_probabilities.max(axis=1).round(6).tolist(),
+        column("baseline", "labels"), column("baseline", "class_names"),
+        baseline_probabilities.max(axis=1).round(6).tolist(),
+        strict=True,
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "true_label", "model_label", "model_class", "model_probability",
+                         "baseline_label", "baseline_class", "baseline_probability"])
+        writer.writerows(rows)
+
+
+def _health(args) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
+                              timeout=args.timeout)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _models(args) -> int:
+    from serving.client.api import ClassifierClient
+
+    with ClassifierClient(args.target, args.timeout) as client:
+        models = client.list_models()
+    print(f"{'model':<10} {'version':>7} {'default':<7} {'accuracy':>8}  {'sha256':<12}  "
+          f"{'created':<25} description")
+    for m in models:
+        print(f"{m.name:<10} {m.version:>7} {'yes' if m.is_default_version else '':<7} "
+              f"{m.test_accuracy:>8.4f}  {m.sha256[:12]:<12}  {m.created_at:<25} {m.description}")
+    return 0

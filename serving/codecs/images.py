@@ -1,0 +1,52 @@
+"""The checks every API applies to a batch of images, and the conversion to ``uint8 [N,28,28]``.
+
+Messages name the field and the expected value, e.g.
+``images[3]: expected 784 bytes (28x28 uint8), got 100``.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.errors import InvalidArgument
+
+IMAGE_SHAPE = (28, 28)
+IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+
+
+def check_batch_size(count: int, max_batch_size: int, field: str) -> None:
+    """A batch holds at least one image and at most ``max_batch_size``."""
+    if count == 0:
+        raise InvalidArgument(f"{field}: expected at least 1 image, got 0")
+    if count > max_batch_size:
+        raise InvalidArgument(
+            f"{field}: expected at most {max_batch_size} images per request "
+            f"(the server's --max-batch-size), got {count}"
+        )
+
+
+def images_from_bytes(images: Sequence[bytes], max_batch_size: int, field: str) -> np.ndarray:
+    """One ``bytes`` of 784 pixels per image -> ``uint8 [N,28,28]`` (one copy, no Python loop
+    over pixels)."""
+    check_batch_size(len(images), max_batch_size, field)
+    lengths = np.fromiter(map(len, images), dtype=np.int64, count=len(images))
+    wrong = np.flatnonzero(lengths != IMAGE_BYTES)
+    if wrong.size:
+        index = int(wrong[0])
+        raise InvalidArgument(
+            f"{field}[{index}]: expected {IMAGE_BYTES} bytes (28x28 uint8), got {lengths[index]}"
+        )
+    pixels = np.frombuffer(b"".join(images), dtype=np.uint8)
+    return pixels.reshape(len(images), *IMAGE_SHAPE)
+
+
+def images_from_array(array: np.ndarray, max_batch_size: int, field: str) -> np.ndarray:
+    """A ``uint8`` array ``[N,28,28]`` or ``[N,784]`` -> ``uint8 [N,28,28]`` (a view, no copy)."""
+    if array.dtype != np.uint8:
+        raise InvalidArgument(f"{field}: expected datatype UINT8, got {array.dtype.name.upper()}")
+    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_BYTES,), IMAGE_SHAPE):
+        raise InvalidArgument(
+            f"{field}: expected shape [N,28,28] or [N,784], got {list(array.shape)}"
+        )
+    check_batch_size(array.shape[0], max_batch_size, field)
+    return array.reshape(array.shape[0], *IMAGE_SHAPE)

@@ -1,0 +1,212 @@
+"""Transport security and authentication, for the server and its clients.
+
+TLS and mutual TLS come from PEM files named in the settings; the bearer token is checked by a
+server interceptor on every RPC except the gRPC health service, so that load balancers and
+orchestrators can probe health without holding the secret.
+"""
+
+import hmac
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+AUTHORIZATION = "authorization"
+BEARER = "Bearer "
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def server_credentials(
+    cert_file: str | Path, key_file: str | Path, client_ca_file: str | Path | None = None
+) -> grpc.ServerCredentials:
+    """TLS credentials; with ``client_ca_file``, clients must show a certificate that CA signed."""
+    client_ca = _read(client_ca_file)
+    return grpc.ssl_server_credentials(
+        [(_read(key_file), _read(cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def channel_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a client: ``ca_file`` to trust the server (default: the system roots),
+    ``cert_file`` and ``key_file`` to prove the client's identity for mutual TLS."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("a client certificate needs its key and the key its certificate")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file),
+        private_key=_read(key_file),
+        certificate_chain=_read(cert_file),
+    )
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token``, or none without one."""
+    return ((AUTHORIZATION, BEARER + token),) if token else ()
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that refuses the call before reading it."""
+
+    async def refuse(_request_or_iterator, context: aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):
+    """Lets a call through only with ``authorization: Bearer <token>`` (health is exempt).
+
+    The comparison is constant-time so that response timing does not leak the token. A refused
+    call never reaches the servicer and its request is never deserialised.
+    """
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the bearer token must not be empty")
+        self._expected = (BEARER + token).encode()
+
+    def _authorised(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+        for key, value in metadata or ():
+            if key == AUTHORIZATION:
+                given = value if isinstance(value, bytes) else value.encode()
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        if self._authorised(handler_call_details.invocation_metadata):
+            return handler
+        return _abort_handler(handler, "missing or invalid bearer token (authorization metadata)")
+
+
+async def _parse(data: bytes, parse, context: aio.ServicerContext):
+    try:
+        return parse(data)
+    except Exception:  # DecodeError, or whatever else a parser makes of hostile bytes
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, "the request bytes are not a valid protobuf message"
+        )
+
+
+async def _parsed_stream(raw_requests, parse, context: aio.ServicerContext):
+    async for data in raw_requests:
+        yield await _parse(data, parse, context)
+
+
+def _parsing_behavior(behavior, parse, request_streaming: bool):
+    """``behavior`` fed with requests parsed from raw bytes, refusing those that do not parse."""
+
+    async def requests(raw, context):
+        if request_streaming:
+            return _parsed_stream(raw, parse, context)
+        return await _parse(raw, parse, context)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(raw, context):
+            async for response in behavior(await requests(raw, context), context):
+                yield response
+
+        return streaming
+
+    async def unary(raw, context):
+        return await behavior(await requests(raw, context), context)
+
+    return unary
+
+
+class MalformedRequestInterceptor(aio.ServerInterceptor):
+    """Answers INVALID_ARGUMENT to request bytes that are not a valid message of the method.
+
+    Left to itself grpc.aio answers such a request UNKNOWN with the parser's exception text; the
+    error contract promises a client error for bad input, whatever the bytes.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        kind = ("stream_" if handler.request_streaming else "unary_") + (
+            "stream" if handler.response_streaming else "unary"
+        )
+        behavior = _parsing_behavior(
+            getattr(handler, kind), handler.request_deserializer, handler.request_streaming
+        )
+        return handler._replace(request_deserializer=None, **{kind: behavior})
+
+
+class _TokenAdder:
+    """Adds the bearer token to the metadata of a call of an aio channel, TLS or not."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = auth_metadata(token)
+
+    def _with_token(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        metadata = aio.Metadata(*(details.metadata or ()), *self._metadata)
+        return details._replace(metadata=metadata)
+
+
+# An aio channel files each interceptor under the first call kind it implements, so each kind
+# needs its own class.
+class _UnaryUnaryToken(_TokenAdder, aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(self._with_token(client_call_details), request)
+
+
+class _UnaryStreamToken(_TokenAdder, aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(self._with_token(client_call_details), request)
+
+
+class _StreamUnaryToken(_TokenAdder, aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._with_token(client_call_details), request_iterator)
+
+
+class _StreamStreamToken(_TokenAdder, aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._with_token(client_call_details), request_iterator)
+
+
+def token_interceptors(token: str) -> list[aio.ClientInterceptor]:
+    """Client interceptors that send ``token`` with every call of an aio channel."""
+    kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    return [kind(token) for kind in kinds]
+
+
+def aio_channel(
+    target: str,
+    *,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    tls: bool = False,
+    token: str | None = None,
+    options: Sequence[tuple[str, object]] = (),
+) -> aio.Channel:
+    """An aio channel to ``target``: TLS when ``tls`` or any TLS file is given, with the bearer
+    token on every call when ``token`` is given."""
+    interceptors = token_interceptors(token) if token else None
+    if tls or tls_ca or tls_cert or tls_key:
+        credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+        return aio.secure_channel(target, credentials, options, interceptors=interceptors)
+    return aio.insecure_channel(target, options, interceptors=interceptors)

@@ -1,0 +1,157 @@
+"""The server's settings: one typed object, built once from env vars and command-line flags.
+
+Every field of ``Settings`` is a flag (``max_batch_size`` -> ``--max-batch-size``) and an env var
+(``FMNIST_MAX_BATCH_SIZE``); a flag wins over the env var, which wins over the default. To add a
+setting, add a field with a ``help`` in its metadata: the flag, the env var and the ``--help``
+text follow.
+"""
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.codecs.images import IMAGE_BYTES
+
+ENV_PREFIX = "FMNIST_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What a request carries besides its pixels, per image and per request (protobuf framing).
+MESSAGE_OVERHEAD_PER_IMAGE = 4
+MESSAGE_OVERHEAD = 1024
+DEFAULT_REPOSITORY = Path("model_repository")
+
+
+def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None):
+    return field(default=default,
+                 metadata={"help": help_text, "metavar": metavar, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with; nothing else is read at run time."""
+
+    host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
+    port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT")
+    model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
+        DEFAULT_REPOSITORY,
+        "model repository written by fmnist-train: DIR/<model>/<version>/model.onnx+model.json",
+        "DIR",
+    )
+    default_model: str = _setting("mlp", "model that answers requests naming none", "NAME")
+    baseline_model: str = _setting(
+        "baseline", "model whose answer comes alongside every answer", "NAME"
+    )
+    max_batch_size: int = _setting(1024, "most images accepted in one request", "N")
+    max_message_bytes: int = _setting(
+        4 * 1024 * 1024, "largest gRPC message accepted or sent", "BYTES"
+    )
+    worker_threads: int = _setting(
+        os.cpu_count() or 1,
+        "threads running model inference, and batches of one stream classified at once",
+        "N",
+    )
+    intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N")
+    metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
+    grace_period: float = _setting(
+        10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled",
+        "SECONDS",
+    )
+    log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
+    log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_message_bytes", "worker_threads", "intra_op_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)}: expected >= 1, got {getattr(self, name)}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
+        if self.grace_period < 0:
+            raise ValueError(f"--grace-period: expected seconds >= 0, got {self.grace_period}")
+        full_batch = self.max_batch_size * (IMAGE_BYTES + MESSAGE_OVERHEAD_PER_IMAGE)
+        if full_batch + MESSAGE_OVERHEAD > self.max_message_bytes:
+            raise ValueError(
+                f"--max-message-bytes: expected at least {full_batch + MESSAGE_OVERHEAD} to fit a "
+                f"full batch of --max-batch-size {self.max_batch_size} images, "
+                f"got {self.max_message_bytes}"
+            )
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(setting: dataclasses.Field, text: str):
+    kind = {"int": int, "float": float, "Path": Path}.get(_type_name(setting), str)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"expected {_type_name(setting)}, got {text!r}") from None
+    choices = setting.metadata["choices"]
+    if choices and value.upper() not in choices and value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+    return value.upper() if setting.name == "log_level" else value
+
+
+def _type_name(setting: dataclasses.Field) -> str:
+    return setting.type if isinstance(setting.type, str) else setting.type.__name__
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The ``fmnist-serve`` flags, one per setting, each naming its env var and default."""
+    parser = argparse.ArgumentParser(
+        prog="fmnist-serve",
+        description=(
+            "Serve the Fashion-MNIST models of a model repository over gRPC "
+            "(fashion_mnist.v1.Classifier, grpc.health.v1, reflection). Every flag can also be "
+            f"set by an env var ({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT); flags win."
+        ),
+        epilog=(
+            "Example: fmnist-serve --model-repository model_repository --port 50051, "
+            "then: fmnist classify --test-index 0 1 2"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for setting in dataclasses.fields(Settings):
+        choices = setting.metadata["choices"]
+        parser.add_argument(
+            _flag(setting.name),
+            dest=setting.name,
+            metavar=setting.metadata["metavar"] or "{" + ",".join(choices) + "}",
+            default=setting.default,
+            help=f"{setting.metadata['help']} [env {_env_var(setting.name)}]",
+        )
+    return parser
+
+
+def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None):
+    """Builds the settings from flags over env vars over defaults; ValueError names the culprit.
+
+    argparse exits by itself (status 2, one line) on an unknown flag.
+    """
+    environ = os.environ if environ is None else environ
+    flags = vars(argument_parser().parse_args(argv))
+    values = {}
+    for setting in dataclasses.fields(Settings):
+        raw = flags[setting.name]
+        source = _flag(setting.name)
+        if raw is setting.default:  # not given on the command line
+            if _env_var(setting.name) not in environ:
+                continue
+            raw, source = environ[_env_var(setting.name)], _env_var(setting.name)
+        try:
+            values[setting.name] = _convert(setting, raw)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+    return Settings(**values)

@@ -1,0 +1,134 @@
+"""Zero-downtime model rollout: polls the model repository and applies what changed.
+
+A new version directory is verified and loaded off the event loop, then added to the registry
+in one step, so the newest version becomes the default atomically; a version that fails
+verification is refused with one log line and the versions already loaded keep serving;
+a removed version leaves the registry at once, and its session is freed when the calls still
+holding it have finished (they hold a reference, new calls cannot get one). The last version of
+a model the server cannot work without is never unloaded.
+
+Writers must publish a version atomically (``training.repository`` assembles it in a hidden
+``.staging-*`` directory and renames it into place); hidden entries are never looked at.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from serving.errors import RepositoryError
+from serving.repository import ModelRegistry, load_version
+
+log = logging.getLogger(__name__)
+
+VersionKey = tuple[str, int]
+
+
+def version_dirs(root: Path) -> dict[VersionKey, Path]:
+    """``<root>/<model>/<int version>`` directories, skipping hidden entries; an unreadable
+    repository reads as empty for this poll."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for model_dir in Path(root).iterdir():
+            if model_dir.name.startswith(".") or not model_dir.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                for path in model_dir.iterdir():
+                    if path.name.isdigit() and int(path.name) >= 1 and path.is_dir():
+                        found[(model_dir.name, int(path.name))] = path
+    return found
+
+
+def _fingerprint(path: Path) -> tuple:
+    """Changes when the files of a version directory are replaced, so a refused version that
+    is repaired in place is tried again."""
+    stats = []
+    for entry in sorted(path.iterdir()) if path.is_dir() else ():
+        with contextlib.suppress(OSError):
+            stat = entry.stat()
+            stats.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(stats)
+
+
+class RepositoryWatcher:
+    """Keeps ``registry`` equal to the verified versions present under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        registry: ModelRegistry,
+        executor: Executor,
+        *,
+        intra_op_threads: int = 1,
+        required: Iterable[str] = (),
+        refused: Iterable[VersionKey] = (),
+    ):
+        """``refused``: versions already refused (at start-up), not to be tried again until
+        their files change."""
+        self.root = Path(root)
+        self.registry = registry
+        self._executor = executor
+        self._intra_op_threads = intra_op_threads
+        self._required = frozenset(required)
+        present = version_dirs(self.root)
+        # version -> the fingerprint of its files when it was refused
+        self._refused = {key: _fingerprint(present[key]) for key in refused if key in present}
+        self._kept: set[VersionKey] = set()  # removed from disk, kept loaded (logged once)
+
+    def poll(self) -> None:
+        """One pass: load what appeared, unload what disappeared (blocking: file reads and
+        session creation; the registry swaps each change in atomically)."""
+        present = version_dirs(self.root)
+        loaded = {(model.name, model.version) for model in self.registry.list()}
+        for key in sorted(present.keys() - loaded):
+            self._load(key, present[key])
+        for key in sorted(loaded - present.keys()):
+            self._unload(key)
+        for key in self._refused.keys() - present.keys():
+            del self._refused[key]
+        self._kept &= loaded - present.keys()
+
+    async def run(self, interval: float) -> None:
+        """Polls every ``interval`` seconds until cancelled; a failed poll is logged, not fatal."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:
+                log.exception("model repository poll failed")
+
+    def _load(self, key: VersionKey, path: Path) -> None:
+        fingerprint = _fingerprint(path)
+        if self._refused.get(key) == fingerprint:
+            return
+        try:
+            self.registry.add(load_version(path, self._executor, self._intra_op_threads))
+        except RepositoryError as error:
+            self._refused[key] = fingerprint
+            log.error(
+                "model version refused",
+                extra={"fields": {"model": key[0], "version": key[1], "reason": str(error)}},
+            )
+            return
+        self._refused.pop(key, None)
+        log.info(
+            "model version rolled out",
+            extra={"fields": {"model": key[0], "version": key[1],
+                              "default_version": self.registry.versions(key[0])[-1]}},
+        )
+
+    def _unload(self, key: VersionKey) -> None:
+        name, version = key
+        if name in self._required and self.registry.versions(name) == [version]:
+            if key in self._kept:
+                return
+            self._kept.add(key)
+            log.warning(
+                "model version removed from disk but kept: it is the last of a required model",
+                extra={"fields": {"model": name, "version": version}},
+            )
+            return
+        self.registry.remove(name, version)
+        log.info("model version unloaded", extra={"fields": {"model": name, "version": version}})

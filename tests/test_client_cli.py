@@ -1,0 +1,166 @@
+"""The client: ``ClassifierClient`` and the ``fmnist`` command line against a real server."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+from PIL import Image
+
+from serving.client import cli
+from serving.client.api import ClassifierClient
+from serving.client.inputs import load_npy, load_png
+from training.classes import CLASS_NAMES
+
+
+@pytest.fixture
+def target(thread_server) -> str:
+    return f"127.0.0.1:{thread_server.port}"
+
+
+def reference(model_repository, name: str, version: int, images):
+    session = onnxruntime.InferenceSession(model_repository / name / str(version) / "model.onnx")
+    return session.run(["probabilities", "label"], {"images": images})
+
+
+def test_client_classify_returns_arrays_equal_to_onnxruntime(target, test_set, model_repository):
+    images = test_set[0][:64]
+    with ClassifierClient(target) as client:
+        answer = client.classify(images, model="softmax", request_id="r1")
+    assert (answer.model.name, answer.model.version, answer.request_id) == ("softmax", 1, "r1")
+    assert answer.model.probabilities.shape == (64, 10)
+    probabilities, labels = reference(model_repository, "softmax", 1, images)
+    np.testing.assert_array_equal(answer.model.probabilities, probabilities)
+    np.testing.assert_array_equal(answer.model.labels, labels)
+    np.testing.assert_array_equal(answer.baseline.labels,
+                                  reference(model_repository, "baseline", 1, images)[1])
+    assert answer.model.class_names == [CLASS_NAMES[label] for label in labels]
+
+
+def test_client_classify_batches_streams_in_order(target, test_set):
+    batches = [test_set[0][i : i + 100] for i in range(0, 1000, 100)]
+    with ClassifierClient(target) as client:
+        answers = list(client.classify_batches(batches))
+    assert [a.request_id for a in answers] == [str(i) for i in range(10)]
+    assert sum(len(a) for a in answers) == 1000
+
+
+def top_class(output: str, row: int) -> str:
+    """The first class named on the model line of the ``row``-th image of ``fmnist classify``."""
+    model_line = output.splitlines()[3 * row + 1]
+    return model_line[len("  baseline v1  ") :].split("%")[0].rsplit(" ", 1)[0].strip()
+
+
+def test_classify_test_indices_prints_top_classes_and_baseline(target, capsys, test_set,
+                                                               model_repository):
+    status = cli.main(["classify", "--target", target, "--test-index", "0", "1", "2"])
+    output = capsys.readouterr().out
+    assert status == 0
+    lines = output.splitlines()
+    assert len(lines) == 9
+    assert lines[0] == "test[0]  (true: Ankle boot)"
+    assert lines[1].startswith("  mlp v2 ")
+    assert lines[2].startswith("  baseline v1 ")
+    assert lines[1].count("%") == 3
+    _, labels = reference(model_repository, "mlp", 2, test_set[0][:3])
+    assert [top_class(output, row) for row in range(3)] == [CLASS_NAMES[k] for k in labels]
+
+
+def test_png_files_of_any_size_and_mode_become_28x28_gray(tmp_path, test_set):
+    image = test_set[0][0]
+    Image.fromarray(image).save(tmp_path / "same.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "same.png"), image)
+    photo = Image.fromarray(255 - image).convert("RGB").resize((112, 112), Image.Resampling.NEAREST)
+    photo.save(tmp_path / "photo.png")
+    restored = load_png(tmp_path / "photo.png", invert=True)
+    assert restored.shape == (28, 28) and restored.dtype == np.uint8
+    assert np.abs(restored.astype(int) - image).mean() < 8
+
+
+def test_classify_png_and_npy_files(target, tmp_path, capsys, test_set):
+    Image.fromarray(test_set[0][5]).resize((56, 56)).save(tmp_path / "shirt.png")
+    np.save(tmp_path / "three.npy", test_set[0][:3])
+    status = cli.main(["classify", "--target", target, "--model", "softmax",
+                       str(tmp_path / "shirt.png"), str(tmp_path / "three.npy")])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert [lines[i] for i in range(0, 12, 3)] == [
+        str(tmp_path / "shirt.png"), *(f"{tmp_path / 'three.npy'}[{i}]" for i in range(3))]
+    assert lines[1].startswith("  softmax v1 ")
+
+
+def test_npy_files_must_hold_uint8_images(tmp_path):
+    np.save(tmp_path / "floats.npy", np.zeros((2, 28, 28), dtype=np.float32))
+    with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):
+        load_npy(tmp_path / "floats.npy")
+    np.save(tmp_path / "flat.npy", np.zeros((2, 784), dtype=np.uint8))
+    assert load_npy(tmp_path / "flat.npy").shape == (2, 28, 28)
+
+
+def test_classify_errors_are_one_line(target, capsys):
+    status = cli.main(["classify", "--target", target, "--model", "resnet", "--test-index", "0"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == ("fmnist classify: error: NOT_FOUND: model: no model 'resnet'; "
+                   "loaded models: baseline, mlp, softmax\n")
+    assert cli.main(["classify", "--target", target, "--test-index", "10000"]) == 1
+    assert capsys.readouterr().err == (
+        "fmnist classify: error: --test-index 10000: expected 0..9999\n")
+
+
+def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys, test_set,
+                                                        model_repository):
+    csv_path = tmp_path / "predictions.csv"
+    status = cli.main(["score", "--target", target, "--offset", "100", "--limit", "700",
+                       "--batch-size", "256", "--csv", str(csv_path), "--no-progress"])
+    output = capsys.readouterr().out
+    assert status == 0
+    images, labels = test_set[0][100:800], test_set[1][100:800]
+    _, model_labels = reference(model_repository, "mlp", 2, images)
+    _, baseline_labels = reference(model_repository, "baseline", 1, images)
+    rows = {line[:22].strip(): line[23:] for line in output.splitlines()}
+    assert rows["images"] == "700 (test set 100..799)"
+    assert rows["mlp v2 accuracy"] == f"{np.mean(model_labels == labels):.4f}"
+    assert rows["baseline v1 accuracy"] == f"{np.mean(baseline_labels == labels):.4f}"
+    assert rows["agreement"] == f"{np.mean(model_labels == baseline_labels):.4f}"
+    assert "images/s" in rows["throughput"]
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 700
+    assert [int(row["model_label"]) for row in table] == model_labels.tolist()
+    assert table[0]["index"] == "100" and int(table[0]["true_label"]) == labels[0]
+
+
+def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):
+    base = ["score", "--target", target, "--limit", "300", "--no-progress", "--rpc", "unary",
+            "--batch-size", "100"]
+    assert cli.main([*base, "--expect-accuracy", "0.99"]) == 1
+    assert "differs from the expected 0.9900" in capsys.readouterr().err
+    capsys.readouterr()
+    cli.main(base)
+    accuracy = next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("mlp v2 accuracy")).split()[-1]
+    assert cli.main([*base, "--expect-accuracy", accuracy, "--tolerance", "0.0001"]) == 0
+
+
+def test_health_and_models(target, capsys):
+    assert cli.main(["health", "--target", target]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert cli.main(["health", "--target", target, "--service", "fashion_mnist.v1.Classifier"]) == 0
+    capsys.readouterr()
+    assert cli.main(["models", "--target", target]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["baseline", "1"], ["mlp", "1"], ["mlp", "2"], ["softmax", "1"]]
+    assert lines[3].split()[2] == "yes"
+
+
+def test_health_of_a_server_that_is_not_there_exits_1():
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.client", "health", "--target", "127.0.0.1:9",
+         "--timeout", "2"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("fmnist health: error: UNAVAILABLE: ")
+    assert len(result.stderr.splitlines()) == 1

@@ -1,0 +1,173 @@
+"""Loading the model repository, and the server refusing one it cannot vouch for."""
+
+import json
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serving import cli
+from serving.codecs.images import IMAGE_SHAPE
+from serving.errors import NotFound, RepositoryError
+from serving.repository import LABEL, MANIFEST, MODEL_FILE, PROBABILITIES, load_repository
+from training import repository as training_repository
+from training.preprocessing import IMAGE_SHAPE as TRAINING_IMAGE_SHAPE
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """``cli.main`` sets up logging on the test's captured stderr; later tests need it back."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def test_serving_contract_matches_what_training_writes():
+    assert (MANIFEST, MODEL_FILE) == (training_repository.MANIFEST, training_repository.MODEL_FILE)
+    assert IMAGE_SHAPE == TRAINING_IMAGE_SHAPE
+    assert [o["name"] for o in training_repository.OUTPUTS] == [PROBABILITIES, LABEL]
+
+
+def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_repository,
+                                                                          executor):
+    registry = load_repository(model_repository, executor)
+    assert registry.names == ["baseline", "mlp", "softmax"]
+    assert registry.versions("mlp") == [1, 2]
+    assert registry.get("mlp").version == 2
+    assert registry.get("mlp", 1).version == 1
+    assert [(m.name, m.version) for m in registry.list()] == [
+        ("baseline", 1), ("mlp", 1), ("mlp", 2), ("softmax", 1)]
+    with pytest.raises(NotFound, match="no model 'reports'"):
+        registry.get("reports")
+    with pytest.raises(NotFound, match="model 'mlp' has no version 7; loaded versions: 1, 2"):
+        registry.get("mlp", 7)
+
+
+async def test_predict_runs_the_graph_with_its_preprocessing(model_repository, executor,
+                                                             test_set):
+    import onnxruntime
+
+    model = load_repository(model_repository, executor).get("softmax")
+    images = test_set[0][:50]
+    prediction = await model.predict(images)
+    session = onnxruntime.InferenceSession(model_repository / "softmax/1/model.onnx")
+    probabilities, labels = session.run(["probabilities", "label"], {"images": images})
+    np.testing.assert_array_equal(prediction.probabilities, probabilities)
+    np.testing.assert_array_equal(prediction.labels, labels)
+    assert prediction.probabilities.shape == (50, 10)
+
+
+def _rewrite_manifest(path, **changes):
+    document = json.loads(path.read_text())
+    document.update(changes)
+    path.write_text(json.dumps(document))
+
+
+def _damage(root, case: str):
+    version = root / "mlp" / "2"
+    if case == "missing":
+        return root / "nowhere"
+    if case == "empty":
+        (root / "empty").mkdir()
+        return root / "empty"
+    if case == "sha256 mismatch":
+        model = version / MODEL_FILE
+        model.write_bytes(model.read_bytes() + b"\0")
+    elif case == "bad json":
+        (version / MANIFEST).write_text("{not json")
+    elif case == "missing key":
+        document = json.loads((version / MANIFEST).read_text())
+        del document["sha256"]
+        (version / MANIFEST).write_text(json.dumps(document))
+    elif case == "wrong version":
+        _rewrite_manifest(version / MANIFEST, version=5)
+    elif case == "missing model file":
+        (version / MODEL_FILE).unlink()
+    elif case == "graph differs from manifest":
+        _rewrite_manifest(version / MANIFEST, inputs=[
+            {"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}])
+    elif case == "no baseline":
+        for path in sorted((root / "baseline").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (root / "baseline").rmdir()
+    return root
+
+
+REFUSALS = {
+    "missing": "does not exist or is not a directory",
+    "empty": "holds no model versions",
+    "sha256 mismatch": "mlp/2/model.onnx: sha256 ",
+    "bad json": "mlp/2/model.json: not valid JSON",
+    "missing key": "mlp/2/model.json: missing key(s) sha256",
+    "wrong version": "names mlp/5, expected mlp/2",
+    "missing model file": "mlp/2/model.onnx: missing",
+    "graph differs from manifest": "graph inputs ['images'] differ from model.json's ['pixels']",
+    "no baseline": "model repository has no 'baseline' model (found: mlp, softmax)",
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_cli_refuses_a_repository_it_cannot_serve_with_one_line(case, repository_copy, capsys):
+    root = _damage(repository_copy, case)
+    status = cli.main(["--model-repository", str(root), "--host", "127.0.0.1", "--port", "0"])
+    error_lines = [line for line in capsys.readouterr().err.splitlines()
+                   if " INFO " not in line]
+    assert status == 1
+    assert len(error_lines) == 1, error_lines
+    assert error_lines[0].startswith("fmnist-serve: error: ")
+    assert REFUSALS[case] in error_lines[0]
+
+
+def test_load_repository_raises_repository_error_for_tampered_files(repository_copy, executor):
+    _damage(repository_copy, "sha256 mismatch")
+    with pytest.raises(RepositoryError, match="the file changed after it was written"):
+        load_repository(repository_copy, executor)
+
+
+def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-serve: error: model repository {tmp_path / 'none'} does not exist or is not a "
+        "directory"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--port", "x"], {}, "--port: expected int, got 'x'"),
+        ([], {"FMNIST_MAX_BATCH_SIZE": "0"}, "--max-batch-size: expected >= 1, got 0"),
+        (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
+        (["--max-batch-size", "100000"], {}, "--max-message-bytes: expected at least"),
+    ],
+)
+def test_bad_settings_are_one_line(argv, environ, message):
+    from serving.settings import settings_from
+
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        settings_from(argv, environ)
+
+
+def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
+    from serving.settings import settings_from
+
+    environ = {"FMNIST_PORT": "6000", "FMNIST_MODEL_REPOSITORY": str(tmp_path),
+               "FMNIST_LOG_LEVEL": "debug", "FMNIST_GRACE_PERIOD": "2.5"}
+    settings = settings_from(["--port", "7000"], environ)
+    assert settings.port == 7000
+    assert settings.model_repository == tmp_path
+    assert settings.log_level == "DEBUG"
+    assert settings.grace_period == 2.5
+    assert settings.max_batch_size == 1024

@@ -1,0 +1,121 @@
+"""Graceful shutdown: calls in flight finish, new calls are refused, the process exits 0."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc
+from serving.client.api import ClassifierClient, encode_request
+
+BATCH = 500
+
+
+def batches_of(images, count):
+    return [images[i * BATCH : (i + 1) * BATCH] for i in range(count)]
+
+
+async def test_streams_in_flight_finish_while_new_calls_are_refused(server, stub, channel,
+                                                                    test_set):
+    batches = batches_of(test_set[0], 8)
+    calls = [stub.ClassifyStream() for _ in range(3)]
+    for call in calls:  # each call is in flight: the server has answered its first batch
+        await call.write(encode_request(batches[0], request_id="0"))
+        assert (await call.read()).request_id == "0"
+    assert server.admission.in_flight == 3
+
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    stopping = asyncio.create_task(server.stop(grace=30))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Classify(encode_request(batches[0]))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    for call in calls:
+        for index, batch in enumerate(batches[1:], start=1):
+            await call.write(encode_request(batch, request_id=str(index)))
+        await call.done_writing()
+    for call in calls:
+        answers = []
+        while (response := await call.read()) is not grpc.aio.EOF:
+            answers.append(response)
+        assert [a.request_id for a in answers] == [str(i) for i in range(1, len(batches))]
+        assert all(len(a.results) == BATCH for a in answers)
+        assert await call.code() == grpc.StatusCode.OK
+    watch.cancel()
+    await stopping
+    assert server.admission.in_flight == 0
+
+
+def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_set):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        logs = []
+        for line in process.stderr:
+            logs.append(json.loads(line))
+            if logs[-1]["message"] == "serving":
+                break
+        target = logs[-1]["address"]
+        assert [entry["model"] for entry in logs if entry["message"] == "model loaded"] == [
+            "baseline", "mlp", "mlp", "softmax"]
+
+        batches = batches_of(test_set[0], 6)
+        terminated = threading.Event()
+
+        def requests():
+            yield encode_request(batches[0], request_id="0")
+            terminated.wait(30)
+            for index, batch in enumerate(batches[1:], start=1):
+                yield encode_request(batch, request_id=str(index))
+
+        with grpc.insecure_channel(target) as channel:
+            stream = classifier_pb2_grpc.ClassifierStub(channel).ClassifyStream(requests())
+            answers = [next(stream)]
+            process.send_signal(signal.SIGTERM)
+            terminated.set()
+            answers += list(stream)
+        assert [a.request_id for a in answers] == [str(i) for i in range(len(batches))]
+        assert process.wait(60) == 0
+        logs += [json.loads(line) for line in process.stderr]
+        messages = [entry["message"] for entry in logs]
+        assert messages[-3:] == ["shutdown requested", "draining", "stopped"]
+        assert logs[-2]["in_flight"] == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_client_sees_unavailable_once_the_server_is_gone(thread_server_factory):
+    with thread_server_factory() as server:
+        target = f"127.0.0.1:{server.port}"
+    with ClassifierClient(target, timeout=5) as client, pytest.raises(grpc.RpcError) as failed:
+        client.list_models()
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture
+def thread_server_factory(settings):
+    from conftest import server_on_thread
+
+    return lambda: server_on_thread(settings)
+
+
+def test_request_encoding_round_trips(test_set):
+    request = encode_request(test_set[0][:3], model="softmax", version=1, request_id="x")
+    assert isinstance(request, pb.ClassifyRequest)
+    assert [len(image) for image in request.images] == [784] * 3
+    assert request.images[2] == test_set[0][2].tobytes()
