@@ -1,0 +1,143 @@
+"""The Fashion-MNIST files: found, verified, identical to Zalando's, and split as promised."""
+
+import gzip
+import hashlib
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training import data
+
+# Zalando's published MD5s of its .gz files, and the gzip header time stamps they carried.
+# Debian's strip-nondeterminism replaced the header (no file name, a 2020 time stamp) but kept the
+# deflate stream, so putting the original header back must reproduce Zalando's files exactly.
+ZALANDO_MD5 = {
+    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 1504176606),
+    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 1504176606),
+    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 1504176627),
+    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 1504176627),
+}
+
+
+@pytest.fixture(scope="module")
+def dataset() -> data.Dataset:
+    return data.load(data.DEBIAN_DIR)
+
+
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    """A private copy of the four files, found through FMNIST_DATA_DIR."""
+    for spec in data.FILES:
+        shutil.copy(data.DEBIAN_DIR / spec.filename, tmp_path / spec.filename)
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_debian_files_rebuilt_with_zalandos_gzip_header_have_zalandos_md5s():
+    for filename, (md5, mtime) in ZALANDO_MD5.items():
+        debian = (data.DEBIAN_DIR / filename).read_bytes()
+        assert debian[:4] == b"\x1f\x8b\x08\x00"  # deflate, no file name stored
+        name = filename.removesuffix(".gz").encode() + b"\0"
+        header = b"\x1f\x8b\x08\x08" + struct.pack("<I", mtime) + b"\x00\x03" + name
+        assert hashlib.md5(header + debian[10:]).hexdigest() == md5, filename
+
+
+def test_loads_the_full_dataset_with_balanced_classes(dataset):
+    assert dataset.x_train.shape == (60000, 28, 28)
+    assert dataset.x_test.shape == (10000, 28, 28)
+    assert dataset.x_train.dtype == dataset.y_train.dtype == np.uint8
+    assert np.bincount(dataset.y_train).tolist() == [6000] * 10
+    assert np.bincount(dataset.y_test).tolist() == [1000] * 10
+    assert dataset.x_train.max() == 255
+    assert set(dataset.checksums()["content_sha256"]) == {spec.filename for spec in data.FILES}
+
+
+def test_fmnist_data_dir_comes_first(data_copy):
+    assert data.find_data_dir() == data_copy
+    assert data.load().source == data_copy
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "not gzip", "other content"])
+def test_a_bad_file_gives_one_error_naming_it_and_the_fix(data_copy, damage):
+    path = data_copy / data.TEST_LABELS.filename
+    original = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(original[: len(original) // 2])
+    elif damage == "not gzip":
+        path.write_bytes(b"<html>404 Not Found</html>")
+    else:  # a valid IDX file with one label changed
+        content = bytearray(gzip.decompress(original))
+        content[-1] = (content[-1] + 1) % 10
+        path.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(data.DatasetError) as caught:
+        data.load()
+    message = str(caught.value)
+    assert str(path) in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    if damage == "other content":
+        assert data.TEST_LABELS.content_sha256[:16] in message
+
+
+def test_a_wrong_idx_header_is_reported(data_copy):
+    path = data_copy / data.TRAIN_LABELS.filename
+    path.write_bytes(
+        gzip.compress(gzip.decompress((data_copy / data.TEST_LABELS.filename).read_bytes()))
+    )
+    with pytest.raises(
+        data.DatasetError,
+        match=r"IDX header .*\(2049, 10000\), expected \(2049, "
+        r"60000\)",
+    ):
+        data.load()
+
+
+def test_cli_reports_missing_data_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--out",
+            str(tmp_path / "repo"),
+            "--models",
+            "baseline",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fmnist-train: error: ")
+    assert "train-images-idx3-ubyte.gz" in lines[0]
+    assert "apt-get install dataset-fashion-mnist" in lines[0]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded(dataset):
+    x_train, x_val, _, y_val = data.split_train_validation(dataset.x_train, dataset.y_train)
+    assert (len(x_train), len(x_val)) == (48000, 12000)
+    assert np.bincount(y_val).tolist() == [1200] * 10
+    again = data.split_train_validation(dataset.x_train, dataset.y_train)
+    assert np.array_equal(again[1], x_val)
+    train_index, val_index, _, _ = data.split_train_validation(
+        np.arange(len(dataset.y_train)), dataset.y_train
+    )
+    assert not set(train_index) & set(val_index)
+    assert np.array_equal(dataset.x_train[val_index], x_val)
+
+
+def test_tiny_subsets_still_split(dataset):
+    x_train, x_val, _, _ = data.split_train_validation(dataset.x_train[:30], dataset.y_train[:30])
+    assert len(x_train) + len(x_val) == 30
+    assert len(x_val) == 6

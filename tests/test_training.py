@@ -1,0 +1,127 @@
+"""``fmnist-train`` end to end on a small subset: repository, report, table, seeding, env vars."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from training import data, export
+from training.repository import MANIFEST, MODEL_FILE, sha256_file
+
+MODELS = ("softmax", "mlp", "baseline")
+PICTURES = {"confusion-matrices.png", "learning-curves.png"} | {
+    f"samples-{name}.png" for name in MODELS
+}
+SMALL_RUN = {"train_subset": "1000", "epochs": "2", "mlp_hidden": "64", "batch_size": "64"}
+
+
+def run_training(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # as from a user's shell: tf2onnx sets TF_CPP_MIN_LOG_LEVEL in this process's environment
+    clean_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FMNIST_") and k != "TF_CPP_MIN_LOG_LEVEL"
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "training", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=clean_env | (env or {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same small run twice into one repository: by flags, then by FMNIST_* variables."""
+    out = tmp_path_factory.mktemp("repo")
+    report_dir = tmp_path_factory.mktemp("report")
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SMALL_RUN.items()]
+    by_flags = run_training("--out", str(out), "--progress", "epoch", *flags)
+    variables = {f"FMNIST_{key.upper()}": value for key, value in SMALL_RUN.items()}
+    variables |= {"FMNIST_OUT": str(out), "FMNIST_REPORT_DIR": str(report_dir)}
+    by_env = run_training(env=variables)
+    return out, report_dir, by_flags, by_env
+
+
+def manifest(out: Path, name: str, version: int) -> dict:
+    return json.loads((out / name / str(version) / MANIFEST).read_text())
+
+
+def test_both_runs_succeed_and_print_the_table(runs):
+    out, report_dir, by_flags, by_env = runs
+    assert by_flags.returncode == 0, by_flags.stderr[-2000:]
+    assert by_env.returncode == 0, by_env.stderr[-2000:]
+    assert "Epoch 2/2" in by_flags.stdout  # Keras' progress output
+    table = by_flags.stdout.split("model ")[-1]
+    for name in MODELS:
+        assert str(out / name / "1" / MODEL_FILE) in table
+    assert f"report: {report_dir / 'report.md'}" in by_env.stdout
+    assert "oneDNN" not in by_flags.stderr + by_flags.stdout  # TensorFlow's start-up chatter
+
+
+def test_each_run_adds_a_version_with_a_complete_manifest(runs):
+    out, *_ = runs
+    for name in MODELS:
+        assert sorted(p.name for p in (out / name).iterdir()) == ["1", "2"]
+        document = manifest(out, name, 1)
+        assert document["name"] == name
+        assert document["sha256"] == sha256_file(out / name / "1" / MODEL_FILE)
+        assert 0.3 < document["metrics"]["test_accuracy"] <= 1
+        assert set(document["metrics"]["per_class_f1"]) == set(document["classes"])
+        assert document["training"]["train_size"] == 800
+        assert document["training"]["validation_size"] == 200
+        assert document["training"]["seed"] == 42
+        assert document["training"]["epochs_run"] >= 1
+        checksums = document["dataset"]["content_sha256"]
+        assert checksums[data.TRAIN_IMAGES.filename] == data.TRAIN_IMAGES.content_sha256
+        assert "onnx" in document["framework"]
+        assert document["description"]
+    assert manifest(out, "mlp", 1)["training"]["hidden"] == [64]
+    assert 0 < manifest(out, "mlp", 1)["metrics"]["agreement_with_baseline"] <= 1
+
+
+def test_same_seed_same_models(runs):
+    """Run 2 (env vars) repeats run 1 (flags): identical accuracies and identical outputs."""
+    out, *_ = runs
+    dataset = data.load(data.DEBIAN_DIR)
+    images = dataset.x_test[:2000]
+    for name in MODELS:
+        first, second = manifest(out, name, 1), manifest(out, name, 2)
+        assert first["metrics"]["test_accuracy"] == second["metrics"]["test_accuracy"]
+        assert first["training"] | {"fit_seconds": 0} == second["training"] | {"fit_seconds": 0}
+        outputs = [
+            export.run_onnx(onnx.load(out / name / str(v) / MODEL_FILE), images)[0] for v in (1, 2)
+        ]
+        assert np.array_equal(*outputs), name
+
+
+def test_default_report_directory_and_custom_one_hold_the_report(runs):
+    out, report_dir, *_ = runs
+    (default_dir,) = (out / "reports").iterdir()
+    for directory in (default_dir, report_dir):
+        files = {p.name for p in directory.iterdir()}
+        assert {"report.md", "metrics.json"} | PICTURES <= files
+        metrics = json.loads((directory / "metrics.json").read_text())["models"]
+        assert set(metrics) == set(MODELS)
+        matrix = np.array(metrics["mlp"]["metrics"]["confusion_matrix"])
+        assert matrix.shape == (10, 10)
+        assert matrix.sum() == 10000
+        report = (directory / "report.md").read_text()
+        assert all(f"]({picture})" in report for picture in PICTURES)
+        assert "agreement" in report.lower()
+
+
+def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
+    result = run_training("--out", str(tmp_path), "--models", "softmax,cnn")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: argument --models: unknown model(s) cnn; choose from "
+        "softmax,mlp,baseline (see fmnist-train --help)"
+    ]

@@ -1,0 +1,192 @@
+"""Loads and verifies the Fashion-MNIST IDX files, and splits off the validation set.
+
+The files are looked for, in order, in ``$FMNIST_DATA_DIR``, the Debian package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``), the Keras cache
+(``~/.keras/datasets/fashion-mnist/``) and last Keras' own download (needs the internet).
+
+Each file is checked by the SHA-256 of its *decompressed* IDX content: Debian rewrites the gzip
+headers (file name and time stamp stripped), so the ``.gz`` bytes differ from Zalando's originals
+while the data inside is identical; hashing the content accepts both and nothing else. The values
+below were computed from the Debian files, whose deflate streams rebuilt with Zalando's gzip
+header reproduce the MD5s published by Zalando (see README, "Training").
+"""
+
+import gzip
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.preprocessing import IMAGE_SHAPE
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+KERAS_CACHE_DIR = Path("~/.keras/datasets/fashion-mnist")
+KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+HOW_TO_GET = (
+    "install it with `apt-get install dataset-fashion-mnist` "
+    "(or point FMNIST_DATA_DIR / --data-dir at a directory holding the four .gz files)"
+)
+IMAGES_MAGIC = 2051  # IDX: unsigned byte data, 3 dimensions
+LABELS_MAGIC = 2049  # IDX: unsigned byte data, 1 dimension
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One of the four files: its name, expected item count and content SHA-256."""
+
+    filename: str
+    count: int
+    content_sha256: str
+
+    @property
+    def is_images(self) -> bool:
+        return "images" in self.filename
+
+
+TRAIN_IMAGES = IdxFile(
+    "train-images-idx3-ubyte.gz",
+    60000,
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+)
+TRAIN_LABELS = IdxFile(
+    "train-labels-idx1-ubyte.gz",
+    60000,
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+)
+TEST_IMAGES = IdxFile(
+    "t10k-images-idx3-ubyte.gz",
+    10000,
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+)
+TEST_LABELS = IdxFile(
+    "t10k-labels-idx1-ubyte.gz",
+    10000,
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+)
+FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+
+
+class DatasetError(Exception):
+    """The data cannot be used; the message names the file, what was expected and the fix."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The raw uint8 images [N,28,28] and labels [N], plus where they came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: Path
+
+    def checksums(self) -> dict:
+        """Where the data came from and each file's content SHA-256, for manifests and report."""
+        return {
+            "name": "Fashion-MNIST",
+            "source": str(self.source),
+            "content_sha256": {spec.filename: spec.content_sha256 for spec in FILES},
+        }
+
+
+def candidate_dirs() -> list[Path]:
+    """The local directories searched, in order."""
+    dirs = [DEBIAN_DIR, KERAS_CACHE_DIR.expanduser()]
+    if os.environ.get("FMNIST_DATA_DIR"):
+        dirs.insert(0, Path(os.environ["FMNIST_DATA_DIR"]).expanduser())
+    return dirs
+
+
+def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
+    """Reads one gzipped IDX file, checking it is complete, intact and the expected one."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing (one of the four Fashion-MNIST files); {HOW_TO_GET}")
+    try:
+        content = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as error:
+        raise DatasetError(f"{path}: not a complete gzip file ({error}); {HOW_TO_GET}") from None
+    if spec.is_images:
+        header_size, expected = 16, (IMAGES_MAGIC, spec.count, *IMAGE_SHAPE)
+    else:
+        header_size, expected = 8, (LABELS_MAGIC, spec.count)
+    header = struct.unpack(f">{len(expected)}I", content[:header_size].ljust(header_size, b"\0"))
+    if header != expected:
+        raise DatasetError(
+            f"{path}: IDX header (magic, dimensions) {header}, expected {expected}; {HOW_TO_GET}"
+        )
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != spec.content_sha256:
+        raise DatasetError(
+            f"{path}: content SHA-256 {digest[:16]}... but expected "
+            f"{spec.content_sha256[:16]}... (corrupt or not Fashion-MNIST); {HOW_TO_GET}"
+        )
+    array = np.frombuffer(content, dtype=np.uint8, offset=header_size)
+    return array.reshape(spec.count, *IMAGE_SHAPE) if spec.is_images else array
+
+
+def download_with_keras() -> Path:
+    """Last resort for users who are online: Keras' own copy into its cache directory."""
+    try:
+        from keras.utils import get_file
+
+        paths = [
+            get_file(
+                spec.filename,
+                origin=KERAS_ORIGIN + spec.filename,
+                cache_subdir="datasets/fashion-mnist",
+            )
+            for spec in FILES
+        ]
+    except Exception as error:  # any failure (offline, proxy, disk) means: not available
+        searched = ", ".join(str(d) for d in candidate_dirs())
+        raise DatasetError(
+            f"Fashion-MNIST not found (searched {searched}) and the Keras download failed "
+            f"({type(error).__name__}); {HOW_TO_GET}"
+        ) from None
+    return Path(paths[0]).parent
+
+
+def find_data_dir() -> Path:
+    """The first searched directory holding any of the files (a partial copy is an error
+    reported per file, rather than silently using another copy), or Keras' download."""
+    explicit = os.environ.get("FMNIST_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    for directory in candidate_dirs():
+        if any((directory / spec.filename).exists() for spec in FILES):
+            return directory
+    return download_with_keras()
+
+
+def load(data_dir: Path | None = None) -> Dataset:
+    """Loads the four verified files from ``data_dir`` or the first place they are found."""
+    directory = Path(data_dir) if data_dir else find_data_dir()
+    x_train, y_train, x_test, y_test = (read_idx(directory / spec.filename, spec) for spec in FILES)
+    return Dataset(x_train, y_train, x_test, y_test, directory)
+
+
+def split_train_validation(
+    images: np.ndarray, labels: np.ndarray, validation_fraction: float = 0.2, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``train_test_split`` stratified by class -> (x_train, x_val, y_train, y_val).
+
+    Stratification is dropped only for tiny subsets where it is impossible (a class with a
+    single image, or fewer validation images than classes).
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels)
+    can_stratify = counts[counts > 0].min() > 1 and validation_fraction * len(labels) >= len(
+        counts[counts > 0]
+    )
+    return train_test_split(
+        images,
+        labels,
+        test_size=validation_fraction,
+        random_state=seed,
+        stratify=labels if can_stratify else None,
+    )
