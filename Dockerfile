@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1
+# The Fashion-MNIST service image, built in stages from one base:
+#   train  fits the models on the Debian Fashion-MNIST package and writes the model repository
+#   serve  the packaged model: the server, its runtime (onnxruntime, grpcio, numpy; no
+#          TensorFlow, no scikit-learn, no pip), the model repository from `train` and the
+#          test set
+#   lb     an optional gRPC load balancer (nginx) in front of scaled `serve` replicas
+# BASE_IMAGE is any Debian-based image with Python >= 3.11 and venv: the official python image
+# by default, or the debootstrapped Debian 12 image that CI builds because it has no registry.
+# Only `python3 -m venv` and pip are used, so both work.
+ARG BASE_IMAGE=python:3.12-slim
+
+# The dependency lists, read from pyproject.toml. Installing from these lists (copied into the
+# next stages by content) keeps the dependency layers cached while the code changes.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /build
+COPY pyproject.toml deploy/requirements.py ./
+RUN python3 requirements.py pyproject.toml train >train.txt \
+ && python3 requirements.py pyproject.toml serve >serve.txt
+
+FROM ${BASE_IMAGE} AS train
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=requirements /build/train.txt /build/train.txt
+# The cache mount keeps pip's downloads between builds where the builder supports it.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/venv && pip install -r /build/train.txt
+# Only the training code: editing the server does not retrain. `python -m training` is
+# fmnist-train without installing the project. The report stays out of the serve image.
+WORKDIR /src
+COPY training training
+RUN python -m training --out /models --report-dir /reports --progress epoch
+
+# The server's virtual environment, built here and copied whole into `serve`, so that the
+# installer (pip, setuptools) stays out of the runtime image.
+FROM ${BASE_IMAGE} AS serve-venv
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+COPY --from=requirements /build/serve.txt /build/serve.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/venv && pip install -r /build/serve.txt "setuptools>=68"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos protos
+COPY training training
+COPY serving serving
+RUN pip install --no-deps --no-build-isolation . \
+ && pip uninstall -y setuptools \
+ && python -m pip uninstall -y pip
+
+FROM ${BASE_IMAGE} AS serve
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin fmnist
+# The test set that `fmnist score` reads (the t10k IDX files, ~4.4 MB), the packaged model,
+# then the code, which changes most often.
+COPY --from=train /usr/share/datasets/fashion-mnist/t10k-*-idx*-ubyte.gz /data/
+COPY --from=train /models /models
+COPY --from=serve-venv /opt/venv /opt/venv
+USER fmnist
+# Settings come from FMNIST_* variables (or flags); the server writes no files, so the
+# container can run with a read-only root file system.
+ENV FMNIST_MODEL_REPOSITORY=/models \
+    FMNIST_DATA_DIR=/data \
+    FMNIST_HOST=0.0.0.0 \
+    FMNIST_PORT=50051 \
+    FMNIST_METRICS_PORT=9090
+EXPOSE 50051 9090
+# The server drains in-flight calls on SIGTERM (and SIGINT) and then exits 0.
+STOPSIGNAL SIGTERM
+CMD ["fmnist-serve"]
+
+# nginx balancing gRPC calls over every replica of the `classifier` service.
+FROM ${BASE_IMAGE} AS lb
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled
+COPY deploy/nginx-grpc-lb.conf /etc/nginx/nginx.conf
+EXPOSE 50050
+# SIGQUIT is nginx's graceful shutdown.
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
