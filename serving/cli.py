@@ -4,7 +4,6 @@ Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 if the repository c
 or the address cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.
 """
 
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -18,16 +17,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error, 2)
     from serving import logs
     from serving.errors import RepositoryError
-    from serving.server import ListenError, serve
 
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        return _supervise(settings)
+    from serving.server import ListenError, run_event_loop, serve
+
     try:
-        asyncio.run(serve(settings))
+        run_event_loop(serve(settings), settings.event_loop)
     except (RepositoryError, ListenError) as error:
         return _fail(error, 1)
     except KeyboardInterrupt:  # Ctrl-C while still loading, before the signal handlers exist
         return 130
     return 0
+
+
+def _supervise(settings) -> int:
+    """Several worker processes; nothing imported here may load prometheus_client before the
+    supervisor has set up its multiprocess directory."""
+    from serving.workers import WorkerStartError, supervise
+
+    try:
+        return supervise(settings)
+    except WorkerStartError as error:
+        return _fail(error, 1)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _fail(error: Exception, status: int) -> int:

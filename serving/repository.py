@@ -8,7 +8,6 @@ and its graph against the manifest's tensor specs before it serves; any problem 
 to start rather than serve something it cannot vouch for.
 """
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -22,8 +21,10 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
+from serving.batching import Batcher, policy_for
 from serving.codecs.images import IMAGE_SHAPE
 from serving.errors import NotFound, RepositoryError
+from serving.metrics import ModelMetrics
 
 MANIFEST = "model.json"
 MODEL_FILE = "model.onnx"
@@ -70,7 +71,8 @@ class ModelVersion:
     """A verified model version and its onnxruntime session, shared by all requests.
 
     ``predict`` is the one way to run the model: it runs the session in the executor (the
-    session releases the GIL and is safe to share between threads), never on the event loop.
+    session releases the GIL and is safe to share between threads), never on the event loop,
+    through the version's ``Batcher``, which coalesces concurrent requests into one call.
     """
 
     def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession, executor):
@@ -79,6 +81,8 @@ class ModelVersion:
         self._executor: Executor = executor
         self._input_name = manifest.inputs[0].name
         self._output_names = [PROBABILITIES, LABEL]
+        self._batcher = Batcher(self._run, executor, policy_for(executor),
+                                ModelMetrics(manifest.name, manifest.version, manifest.sha256))
 
     @property
     def name(self) -> str:
@@ -90,22 +94,51 @@ class ModelVersion:
 
     async def predict(self, images: np.ndarray) -> Prediction:
         """``uint8 [N,28,28]`` -> the model's probabilities and labels."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.predict_blocking, images)
+        return Prediction(*await self._batcher.predict(images))
 
     def predict_blocking(self, images: np.ndarray) -> Prediction:
-        """The same as ``predict``, in the calling thread (for executors and batchers)."""
+        """The same as ``predict``, in the calling thread, unbatched and uncounted."""
+        return Prediction(*self._run(images))
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, labels = self._session.run(self._output_names, {self._input_name: images})
-        return Prediction(probabilities, labels)
+        return probabilities, labels
 
 
 class ModelRegistry:
-    """The loaded model versions, by name and version; read-only once built."""
+    """The loaded model versions, by name and version.
 
-    def __init__(self, versions: Iterable[ModelVersion]):
+    Changed only by ``add`` and ``remove`` (the repository watcher), each of which swaps in a
+    new mapping in one assignment: a request sees the registry before or after a change, never
+    in between, and keeps the version it got even if that version is removed meanwhile.
+    """
+
+    def __init__(self, versions: Iterable[ModelVersion] = ()):
         self._models: dict[str, dict[int, ModelVersion]] = {}
-        for model in sorted(versions, key=lambda m: (m.name, m.version)):
-            self._models.setdefault(model.name, {})[model.version] = model
+        # (name, version) -> why it was refused, for the versions that failed verification
+        self.refused: dict[tuple[str, int], str] = {}
+        for model in versions:
+            self.add(model)
+
+    def add(self, model: ModelVersion) -> None:
+        """Adds (or replaces) a version; the newest version of a model is its default."""
+        classes = next((m.manifest.class_names for m in self.list()), None)
+        if classes is not None and model.manifest.class_names != classes:
+            raise RepositoryError(
+                f"{model.name}/{model.version}: classes differ from the loaded models' "
+                "(model and baseline answers are compared label for label)"
+            )
+        models = {name: dict(versions) for name, versions in self._models.items()}
+        versions = models.setdefault(model.name, {})
+        versions[model.version] = model
+        models[model.name] = dict(sorted(versions.items()))
+        self._models = dict(sorted(models.items()))
+
+    def remove(self, name: str, version: int) -> None:
+        """Removes a version; calls that already hold it finish with it."""
+        models = {n: dict(versions) for n, versions in self._models.items()}
+        models.get(name, {}).pop(version, None)
+        self._models = {n: versions for n, versions in models.items() if versions}
 
     @property
     def names(self) -> list[str]:
@@ -137,13 +170,20 @@ class ModelRegistry:
         """Refuses a repository lacking a model the server cannot work without."""
         for name in names:
             if name not in self._models:
+                refusals = [reason for (model, _), reason in self.refused.items() if model == name]
                 raise RepositoryError(
                     f"model repository has no {name!r} model (found: {', '.join(self.names)})"
+                    + "".join(f"; refused: {reason}" for reason in refusals)
                 )
 
 
 def load_repository(root: Path, executor: Executor, intra_op_threads: int = 1) -> ModelRegistry:
-    """Verifies and loads every model version under ``root``; RepositoryError on any problem."""
+    """Verifies and loads every model version under ``root``.
+
+    A version that fails verification is refused with one log line and the others serve (as
+    the repository watcher does later, so a restart serves what was served before it);
+    RepositoryError if the repository is unusable or no version loads.
+    """
     root = Path(root)
     if not root.is_dir():
         raise RepositoryError(f"model repository {root} does not exist or is not a directory")
@@ -153,9 +193,32 @@ def load_repository(root: Path, executor: Executor, intra_op_threads: int = 1) -
             f"model repository {root} holds no model versions "
             f"(expected {root}/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)"
         )
-    models = [load_version(path, executor, intra_op_threads) for path in version_dirs]
-    _check_same_classes(models)
-    return ModelRegistry(models)
+    registry = ModelRegistry()
+    for path in version_dirs:
+        load_into(registry, path, executor, intra_op_threads)
+    if not registry.list():
+        raise RepositoryError(
+            f"model repository {root}: no model version could be loaded: "
+            + "; ".join(registry.refused.values())
+        )
+    return registry
+
+
+def load_into(registry: ModelRegistry, path: Path, executor: Executor, intra_op_threads: int = 1):
+    """Loads the version at ``path`` into ``registry``; if it fails verification, logs why and
+    records it in ``registry.refused``. Returns whether it loaded."""
+    key = (path.parent.name, int(path.name))
+    try:
+        registry.add(load_version(path, executor, intra_op_threads))
+    except RepositoryError as error:
+        registry.refused[key] = str(error)
+        log.error(
+            "model version refused",
+            extra={"fields": {"model": key[0], "version": key[1], "reason": str(error)}},
+        )
+        return False
+    registry.refused.pop(key, None)
+    return True
 
 
 def load_version(path: Path, executor: Executor, intra_op_threads: int = 1) -> ModelVersion:
@@ -279,17 +342,6 @@ def _check_graph(model_path: Path, manifest: Manifest, session) -> None:
                 )
 
 
-def _check_same_classes(models: list[ModelVersion]) -> None:
-    """Model and baseline answers are compared label for label, so all share one class list."""
-    first = models[0].manifest
-    for model in models[1:]:
-        if model.manifest.class_names != first.class_names:
-            raise RepositoryError(
-                f"{model.name}/{model.version}: classes differ from "
-                f"{first.name}/{first.version}'s"
-            )
-
-
 def _tensor_spec(document: dict[str, Any]) -> TensorSpec:
     datatype = str(document["datatype"])
     if datatype not in ORT_TYPES:
@@ -305,7 +357,7 @@ def _model_dirs(root: Path) -> list[Path]:
 
 def _version_dirs(model_dir: Path) -> list[Path]:
     """Subdirectories named by a positive integer; a directory with none is not a model."""
-    versions = [p for p in _entries(model_dir) if p.is_dir() and p.name.isdigit()]
+    versions = [p for p in _entries(model_dir) if p.is_dir() and is_version_name(p.name)]
     for path in versions:
         if int(path.name) < 1:
             raise RepositoryError(f"{path}: versions start at 1")
@@ -326,3 +378,8 @@ def _read(path: Path) -> bytes:
         raise RepositoryError(f"{path}: missing") from None
     except OSError as error:
         raise RepositoryError(f"{path}: cannot read it ({error.strerror})") from None
+
+
+def is_version_name(name: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return name.isascii() and name.isdigit()

@@ -5,9 +5,11 @@ server interceptor on every RPC except the gRPC health service, so that load bal
 orchestrators can probe health without holding the secret.
 """
 
+import collections
 import hmac
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -101,10 +103,8 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 async def _parse(data: bytes, parse, context: aio.ServicerContext):
     try:
         return parse(data)
-    except Exception:  # DecodeError, or whatever else a parser makes of hostile bytes
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, "the request bytes are not a valid protobuf message"
-        )
+    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {error}")
 
 
 async def _parsed_stream(raw_requests, parse, context: aio.ServicerContext):
@@ -210,3 +210,72 @@ def aio_channel(
         credentials = channel_credentials(tls_ca, tls_cert, tls_key)
         return aio.secure_channel(target, credentials, options, interceptors=interceptors)
     return aio.insecure_channel(target, options, interceptors=interceptors)
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client reaches the server: TLS (with a CA, or the system roots when only ``tls``),
+    a client certificate for mutual TLS, and a bearer token."""
+
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls or self.tls_ca or self.tls_cert or self.tls_key)
+
+    def aio_channel(self, target: str, options: Sequence[tuple[str, object]] = ()):
+        return aio_channel(target, tls=self.uses_tls, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+                           tls_key=self.tls_key, token=self.token, options=options)
+
+    def channel(self, target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
+        """A synchronous channel to ``target``."""
+        if self.uses_tls:
+            credentials = channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+            channel = grpc.secure_channel(target, credentials, options)
+        else:
+            channel = grpc.insecure_channel(target, options)
+        return grpc.intercept_channel(channel, _SyncToken(self.token)) if self.token else channel
+
+
+class _SyncCallDetails(
+    collections.namedtuple(
+        "_SyncCallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _SyncToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the bearer token to every call of a synchronous channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = auth_metadata(token)
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> _SyncCallDetails:
+        return _SyncCallDetails(
+            details.method, details.timeout, [*(details.metadata or ()), *self._metadata],
+            details.credentials, details.wait_for_ready, details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_token(client_call_details), request_iterator)

@@ -7,9 +7,11 @@ usable in-process (tests) and by ``serve`` (the CLI), which adds the signal hand
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,15 +20,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fashion_mnist.v1 import classifier_pb2_grpc
+from inference import grpc_service_pb2_grpc
+from serving import metrics
 from serving.api.admission import Admission
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER_SERVICE
 from serving.api.classifier import ClassifierServicer
+from serving.api.inference import SERVICE_NAME as INFERENCE_SERVICE
+from serving.api.inference import InferenceServicer
+from serving.batching import InferenceExecutor
 from serving.errors import RepositoryError
 from serving.repository import ModelRegistry, load_repository
+from serving.security import BearerTokenInterceptor, MalformedRequestInterceptor, server_credentials
 from serving.service import ClassifierService
 from serving.settings import Settings
+from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
+
+# On shutdown, the server stops listening once no call has been in flight or arrived for this
+# long; calls arriving after that would end CANCELLED rather than be refused UNAVAILABLE.
+DRAIN_QUIET_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,26 @@ def _add_classifier(runtime: Runtime, server: grpc.aio.Server) -> None:
     )
 
 
-SERVICERS: list[ServicerRegistration] = [ServicerRegistration(CLASSIFIER_SERVICE, _add_classifier)]
+def _add_inference(runtime: Runtime, server: grpc.aio.Server) -> None:
+    settings = runtime.settings
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(runtime.registry, settings.max_batch_size, _package_version(),
+                          settings.batch_delay_us / 1e6, settings.worker_threads),
+        server,
+    )
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("fashion-mnist-service")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+SERVICERS: list[ServicerRegistration] = [
+    ServicerRegistration(CLASSIFIER_SERVICE, _add_classifier),
+    ServicerRegistration(INFERENCE_SERVICE, _add_inference),
+]
 
 
 class ListenError(Exception):
@@ -67,12 +99,14 @@ class ModelServer:
     def __init__(self, runtime: Runtime, servicers: list[ServicerRegistration] = SERVICERS):
         self.runtime = runtime
         self.settings = runtime.settings
-        self.admission = Admission()
+        self.admission = Admission(self.settings.max_concurrent_calls)
         self.health = health.aio.HealthServicer()
         self._service_names = [registration.service_name for registration in servicers]
         max_bytes = self.settings.max_message_bytes
+        token = self.settings.auth_token
+        token = [BearerTokenInterceptor(token)] if token else []
         self._server = grpc.aio.server(
-            interceptors=[self.admission],
+            interceptors=[*token, self.admission, MalformedRequestInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
@@ -85,11 +119,16 @@ class ModelServer:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self.port = 0
+        self._watching: asyncio.Task | None = None
+        self._metrics_endpoint = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelServer":
         """Loads and verifies the repository (RepositoryError if it cannot be served)."""
-        executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="inference")
+        executor = InferenceExecutor(
+            settings.worker_threads, settings.batch_max_images, settings.batch_delay_us / 1e6,
+            settings.inline_max_images,
+        )
         try:
             registry = load_repository(
                 settings.model_repository, executor, settings.intra_op_threads
@@ -106,11 +145,38 @@ class ModelServer:
 
     async def start(self) -> None:
         """Listens, then reports SERVING for the server ("") and each service."""
+        settings = self.settings
         try:
-            self.port = self._server.add_insecure_port(self.settings.address)
+            if settings.tls_cert:
+                credentials = server_credentials(
+                    settings.tls_cert, settings.tls_key, settings.tls_client_ca or None
+                )
+                self.port = self._server.add_secure_port(settings.address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(settings.address)
+        except OSError as error:
+            raise ListenError(f"cannot read a TLS file: {error}") from None
         except RuntimeError as error:
-            raise ListenError(f"cannot listen on {self.settings.address}: {error}") from None
+            raise ListenError(f"cannot listen on {settings.address}: {error}") from None
         await self._server.start()
+        if settings.metrics_port and metrics.multiprocess_directory() is None:
+            # with several workers, the supervisor serves every worker's metrics instead
+            try:
+                self._metrics_endpoint = metrics.start_endpoint(
+                    settings.host, settings.metrics_port
+                )
+            except OSError as error:
+                await self._server.stop(0)
+                raise ListenError(
+                    f"cannot listen for metrics on port {settings.metrics_port}: {error}"
+                ) from None
+        if settings.poll_interval > 0:
+            watcher = RepositoryWatcher(
+                settings.model_repository, self.runtime.registry, self.runtime.executor,
+                intra_op_threads=settings.intra_op_threads,
+                required=(settings.default_model, settings.baseline_model),
+            )
+            self._watching = asyncio.create_task(watcher.run(settings.poll_interval))
         for name in ["", *self._service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         models = ", ".join(f"{m.name} v{m.version}" for m in self.runtime.registry.list())
@@ -128,14 +194,30 @@ class ModelServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
-        seconds (default: the settings') to finish, then the rest are cancelled."""
+        seconds (default: the settings') to finish, then the rest are cancelled.
+
+        The server keeps listening until the calls in flight are done, refusing new ones with
+        UNAVAILABLE (which clients retry elsewhere): once grpc itself stops, calls it has
+        received but not yet handed over would end CANCELLED instead.
+        """
         grace = self.settings.grace_period if grace is None else grace
-        self.admission.close()
+        deadline = time.monotonic() + grace
+        if self._watching is not None:
+            self._watching.cancel()
         await self.health.enter_graceful_shutdown()
+        self.admission.close()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
-        await self._server.stop(grace)
+        while time.monotonic() < deadline:  # until nothing is in flight or arriving
+            refused = self.admission.refused
+            await asyncio.sleep(DRAIN_QUIET_SECONDS)
+            if not self.admission.in_flight and self.admission.refused == refused:
+                break
+        await self._server.stop(0)  # what is left: health watches, or calls past the grace
         self.runtime.executor.shutdown(wait=True, cancel_futures=True)
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.shutdown()
+            self._metrics_endpoint.server_close()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
@@ -154,14 +236,28 @@ async def running_server(settings: Settings):
             await server.stop()
 
 
-async def serve(settings: Settings) -> None:
-    """Serves until SIGTERM or SIGINT, then drains and returns."""
+def run_event_loop(main: Coroutine, event_loop: str):
+    """Runs ``main`` to completion on a new event loop of the chosen implementation."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+async def serve(
+    settings: Settings, on_ready: Callable[[ModelServer], None] | None = None
+) -> None:
+    """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
+    the server is serving (a supervisor's worker reports it)."""
     server = ModelServer.from_settings(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop_requested.set)
     await server.start()
+    if on_ready is not None:
+        on_ready(server)
     await stop_requested.wait()
     log.info("shutdown requested")
     await server.stop()

@@ -18,10 +18,15 @@ from serving.codecs.images import IMAGE_BYTES
 ENV_PREFIX = "FMNIST_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EVENT_LOOPS = ("uvloop", "asyncio")
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
 DEFAULT_REPOSITORY = Path("model_repository")
+# One server process per core: a Python process cannot use a second core for gRPC (the GIL),
+# and measured on 2 cores two workers beat one (BENCHMARKS.md).
+DEFAULT_WORKERS = os.cpu_count() or 1
+INLINE_MAX_IMAGES = 32
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None):
@@ -55,22 +60,69 @@ class Settings:
     )
     intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N")
     metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
+    workers: int = _setting(
+        DEFAULT_WORKERS,
+        "server processes sharing the port (SO_REUSEPORT) under a supervisor that replaces any "
+        "that dies; 1: a single process", "N",
+    )
+    batch_max_images: int = _setting(
+        256, "most images one onnxruntime call takes when concurrent requests are batched "
+        "together (1: no batching)", "N",
+    )
+    inline_max_images: int = _setting(
+        INLINE_MAX_IMAGES, "batches of at most this many images run on the event loop thread "
+        "instead of an inference thread: cheaper for small batches (0: always a thread)", "N",
+    )
+    event_loop: str = _setting(
+        "uvloop", "event loop implementation (uvloop costs less CPU per call)",
+        choices=EVENT_LOOPS,
+    )
+    batch_delay_us: int = _setting(
+        0, "microseconds a batch that is not full waits for more requests (0: never waits; "
+        "requests arriving while the model is busy are batched anyway)", "MICROSECONDS",
+    )
+    max_concurrent_calls: int = _setting(
+        0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
+        "(0: no limit)", "N",
+    )
     grace_period: float = _setting(
         10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled",
         "SECONDS",
+    )
+    poll_interval: float = _setting(
+        5.0, "seconds between scans of the model repository for added or removed versions "
+        "(0: load once at start-up)", "SECONDS",
+    )
+    tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
+    tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
+    tls_client_ca: str = _setting(
+        "", "PEM CA certificates: require mutual TLS, clients show a certificate they signed",
+        "FILE",
+    )
+    auth_token: str = field(  # repr=False: never printed with the settings
+        default="", repr=False, metadata={
+            "help": "bearer token every call but health must carry (authorization: Bearer "
+            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None},
     )
     log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
     log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_message_bytes", "worker_threads", "intra_op_threads"):
+        for name in ("max_batch_size", "max_message_bytes", "worker_threads", "intra_op_threads",
+                     "workers", "batch_max_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)}: expected >= 1, got {getattr(self, name)}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
-        if self.grace_period < 0:
-            raise ValueError(f"--grace-period: expected seconds >= 0, got {self.grace_period}")
+        for name in ("grace_period", "poll_interval", "batch_delay_us", "inline_max_images",
+                     "max_concurrent_calls"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_flag(name)}: expected seconds >= 0, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key: expected both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca: mutual TLS needs --tls-cert and --tls-key")
         full_batch = self.max_batch_size * (IMAGE_BYTES + MESSAGE_OVERHEAD_PER_IMAGE)
         if full_batch + MESSAGE_OVERHEAD > self.max_message_bytes:
             raise ValueError(

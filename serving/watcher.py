@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from serving.errors import RepositoryError
-from serving.repository import ModelRegistry, load_version
+from serving.repository import ModelRegistry, is_version_name, load_into
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def version_dirs(root: Path) -> dict[VersionKey, Path]:
                 continue
             with contextlib.suppress(OSError):
                 for path in model_dir.iterdir():
-                    if path.name.isdigit() and int(path.name) >= 1 and path.is_dir():
+                    if is_version_name(path.name) and int(path.name) >= 1 and path.is_dir():
                         found[(model_dir.name, int(path.name))] = path
     return found
 
@@ -63,18 +62,18 @@ class RepositoryWatcher:
         *,
         intra_op_threads: int = 1,
         required: Iterable[str] = (),
-        refused: Iterable[VersionKey] = (),
     ):
-        """``refused``: versions already refused (at start-up), not to be tried again until
-        their files change."""
         self.root = Path(root)
         self.registry = registry
         self._executor = executor
         self._intra_op_threads = intra_op_threads
         self._required = frozenset(required)
         present = version_dirs(self.root)
-        # version -> the fingerprint of its files when it was refused
-        self._refused = {key: _fingerprint(present[key]) for key in refused if key in present}
+        # version -> the fingerprint of its files when it was refused (at start-up or later):
+        # it is not tried again until they change
+        self._refused = {
+            key: _fingerprint(present[key]) for key in registry.refused if key in present
+        }
         self._kept: set[VersionKey] = set()  # removed from disk, kept loaded (logged once)
 
     def poll(self) -> None:
@@ -88,6 +87,7 @@ class RepositoryWatcher:
             self._unload(key)
         for key in self._refused.keys() - present.keys():
             del self._refused[key]
+            self.registry.refused.pop(key, None)
         self._kept &= loaded - present.keys()
 
     async def run(self, interval: float) -> None:
@@ -103,14 +103,8 @@ class RepositoryWatcher:
         fingerprint = _fingerprint(path)
         if self._refused.get(key) == fingerprint:
             return
-        try:
-            self.registry.add(load_version(path, self._executor, self._intra_op_threads))
-        except RepositoryError as error:
+        if not load_into(self.registry, path, self._executor, self._intra_op_threads):
             self._refused[key] = fingerprint
-            log.error(
-                "model version refused",
-                extra={"fields": {"model": key[0], "version": key[1], "reason": str(error)}},
-            )
             return
         self._refused.pop(key, None)
         log.info(

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import pytest
 
 from serving import cli
 from serving.codecs.images import IMAGE_SHAPE
-from serving.errors import NotFound, RepositoryError
+from serving.errors import NotFound
 from serving.repository import LABEL, MANIFEST, MODEL_FILE, PROBABILITIES, load_repository
 from training import repository as training_repository
 from training.preprocessing import IMAGE_SHAPE as TRAINING_IMAGE_SHAPE
@@ -117,20 +118,24 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", REFUSALS)
 def test_cli_refuses_a_repository_it_cannot_serve_with_one_line(case, repository_copy, capsys):
+    # A damaged version is refused and the others serve, so mlp/2 is made the only mlp version.
+    shutil.rmtree(repository_copy / "mlp" / "1")
     root = _damage(repository_copy, case)
     status = cli.main(["--model-repository", str(root), "--host", "127.0.0.1", "--port", "0"])
     error_lines = [line for line in capsys.readouterr().err.splitlines()
-                   if " INFO " not in line]
+                   if " INFO " not in line and "model version refused" not in line]
     assert status == 1
     assert len(error_lines) == 1, error_lines
     assert error_lines[0].startswith("fmnist-serve: error: ")
     assert REFUSALS[case] in error_lines[0]
 
 
-def test_load_repository_raises_repository_error_for_tampered_files(repository_copy, executor):
+def test_load_repository_refuses_a_tampered_version_and_loads_the_rest(repository_copy,
+                                                                      executor):
     _damage(repository_copy, "sha256 mismatch")
-    with pytest.raises(RepositoryError, match="the file changed after it was written"):
-        load_repository(repository_copy, executor)
+    registry = load_repository(repository_copy, executor)
+    assert registry.versions("mlp") == [1]
+    assert "the file changed after it was written" in registry.refused[("mlp", 2)]
 
 
 def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tmp_path):

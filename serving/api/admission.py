@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class Admission(grpc.aio.ServerInterceptor):
-    def __init__(self):
+    def __init__(self, max_in_flight: int = 0):
+        """``max_in_flight``: calls served at once (0: no limit); more get RESOURCE_EXHAUSTED
+        at once rather than queueing without bound."""
+        self.max_in_flight = max_in_flight
         self.accepting = True
         self.in_flight = 0
+        self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
 
     def close(self) -> None:
         """From now on, new calls get UNAVAILABLE; calls in flight go on."""
@@ -31,7 +35,10 @@ class Admission(grpc.aio.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
         if not self.accepting:
+            self.refused += 1
             return _replace(handler, _refuse(handler_call_details.method))
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            return _replace(handler, _overloaded(self.max_in_flight))
         return _replace(handler, self._admitted(handler), _tolerant(handler.request_deserializer))
 
     def _admitted(self, handler):
@@ -99,6 +106,17 @@ def _refuse(method: str):
     async def refuse(request, context):
         log.info("call refused while draining", extra={"fields": {"method": method}})
         await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+
+    return refuse
+
+
+def _overloaded(limit: int):
+    async def refuse(request, context):
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"server overloaded: {limit} calls in flight (--max-concurrent-calls); "
+            "retry with backoff or on another replica",
+        )
 
     return refuse
 

@@ -3,6 +3,7 @@
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.api.errors import handle_errors
+from serving.api.instrument import OTHER_MODEL, instrumented
 from serving.api.streams import map_ordered
 from serving.codecs.classifier import (
     check_version,
@@ -21,6 +22,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         self._max_batch_size = max_batch_size
         self._stream_window = stream_window
 
+    def model_label(self, request) -> str:
+        """The metrics' model label: the model asked for, "" being the default."""
+        name = getattr(request, "model", None) or getattr(request, "name", "")
+        if not name and isinstance(request, pb.ClassifyRequest):
+            name = self._service.default_model
+        return name if not name or name in self._service.registry.names else OTHER_MODEL
+
+    @instrumented("domain")
     @handle_errors
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:  # noqa: N802 (gRPC's name)
         return await self._classify(request)
@@ -31,12 +40,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         async for response in map_ordered(request_iterator, self._classify, self._stream_window):
             yield response
 
+    @instrumented("domain")
     @handle_errors
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802 (gRPC's name)
         return pb.ListModelsResponse(
             models=[self._model_info(model) for model in self._service.list_models()]
         )
 
+    @instrumented("domain")
     @handle_errors
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:  # noqa: N802 (gRPC's name)
         check_version(request.version)

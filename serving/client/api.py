@@ -12,11 +12,11 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from serving.security import ChannelSecurity
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 IMAGE_SHAPE = (28, 28)
@@ -90,10 +90,12 @@ def decode_response(response: pb.ClassifyResponse) -> Classification:
 class ClassifierClient:
     """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0):
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0,
+                 security: ChannelSecurity | None = None):
+        """``security``: TLS, mutual TLS and the bearer token (default: plaintext, no token)."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
+        self._channel = (security or ChannelSecurity()).channel(
             target,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -37,6 +37,12 @@ def _describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+def _security(args):
+    from serving.security import ChannelSecurity
+
+    return ChannelSecurity(args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmnist",
@@ -54,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float,
                          default=float(os.environ.get("FMNIST_TIMEOUT", DEFAULT_TIMEOUT)),
                          help="seconds to wait for each answer [env FMNIST_TIMEOUT]")
+        security = sub.add_argument_group("security (flags win over env vars)")
+        security.add_argument("--tls", action="store_true",
+                              help="use TLS, trusting the system's CA certificates")
+        for flag, file_help in (
+            ("ca", "PEM CA certificate(s) to trust the server with; implies --tls"),
+            ("cert", "PEM client certificate, for servers that require mutual TLS"),
+            ("key", "PEM private key of --tls-cert"),
+        ):
+            env = f"FMNIST_TLS_{flag.upper()}"
+            security.add_argument(f"--tls-{flag}", default=os.environ.get(env), metavar="FILE",
+                                  help=f"{file_help} [env {env}]")
+        security.add_argument("--token", default=os.environ.get("FMNIST_TOKEN"),
+                              help="bearer token, for servers started with --auth-token "
+                              "[env FMNIST_TOKEN, safer: flags show in ps]")
         sub.set_defaults(run=run)
         return sub
 
@@ -129,7 +149,7 @@ def _classify(args) -> int:
         batches.append(test_images[args.test_index])
         names += [f"test[{i}]" for i in args.test_index]
         truths += [int(test_labels[i]) for i in args.test_index]
-    with ClassifierClient(args.target, args.timeout) as client:
+    with ClassifierClient(args.target, args.timeout, _security(args)) as client:
         answer = client.classify(np.concatenate(batches), args.model, args.version)
         class_names = list(client.get_model(answer.model.name, answer.model.version).class_names)
     model, baseline = answer.model, answer.baseline
@@ -171,7 +191,7 @@ def _score(args) -> int:
             yield batch
 
     answers, latencies = [], []
-    with ClassifierClient(args.target, args.timeout) as client, tqdm(
+    with ClassifierClient(args.target, args.timeout, _security(args)) as client, tqdm(
         total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
     ) as progress:
         started = time.perf_counter()
@@ -252,10 +272,9 @@ def _write_csv(path: Path, offset: int, labels, answers) -> None:
 
 
 def _health(args) -> int:
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with _security(args).channel(args.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
                               timeout=args.timeout)
@@ -267,7 +286,7 @@ def _health(args) -> int:
 def _models(args) -> int:
     from serving.client.api import ClassifierClient
 
-    with ClassifierClient(args.target, args.timeout) as client:
+    with ClassifierClient(args.target, args.timeout, _security(args)) as client:
         models = client.list_models()
     print(f"{'model':<10} {'version':>7} {'default':<7} {'accuracy':>8}  {'sha256':<12}  "
           f"{'created':<25} description")

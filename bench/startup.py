@@ -1,0 +1,108 @@
+"""How long the server takes from process start to SERVING, and how much memory it holds.
+
+Starts ``python -m serving`` on a model repository (127.0.0.1, a free port) ``--runs`` times;
+each time measures the seconds from ``Popen`` until the gRPC health service answers SERVING
+(polled every 5 ms), then the resident memory (VmRSS) of every server process, then stops it
+with SIGTERM. Prints a markdown table (or JSON) with the median start time and the largest RSS
+of a serving process.
+
+Usage: python bench/startup.py REPOSITORY [--workers N ...] [--runs 5]
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loadgen import process_tree
+
+POLL_S = 0.005
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def one_start(repository: str, workers: int) -> tuple[float, list[float]]:
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", repository, "--host",
+         "127.0.0.1", "--port", str(port), "--workers", str(workers), "--poll-interval", "0",
+         "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # retry connecting every few ms, not after gRPC's default 1 s back-off
+        options = [(f"grpc.{kind}_reconnect_backoff_ms", 5) for kind in ("initial", "min", "max")]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1,
+                                        wait_for_ready=False)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                if process.poll() is not None:
+                    raise SystemExit(f"server exited with status {process.returncode}")
+                if time.perf_counter() - started > 60:
+                    raise SystemExit("server not serving after 60 s")
+                time.sleep(POLL_S)
+        elapsed = time.perf_counter() - started
+        time.sleep(1.0 if workers > 1 else 0.2)  # let every worker finish loading
+        memory = [rss_mb(pid) for pid in process_tree([process.pid])]
+        return elapsed, memory
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def measure(repository: str, workers: int, runs: int) -> dict:
+    times, largest, total = [], 0.0, 0.0
+    for _ in range(runs):
+        elapsed, memory = one_start(repository, workers)
+        times.append(elapsed)
+        largest, total = max(largest, *memory), max(total, sum(memory))
+    return {"workers": workers, "runs": runs, "start_s_median": statistics.median(times),
+            "start_s_max": max(times), "largest_process_rss_mb": largest,
+            "all_processes_rss_mb": total, "loadavg_1m": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repository")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = [measure(args.repository, workers, args.runs) for workers in args.workers]
+    if args.json:
+        print(json.dumps(results))
+        return
+    print("| workers | start to SERVING, median (max) s | largest process RSS MB "
+          "| all processes RSS MB |")
+    print("| --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['workers']} | {r['start_s_median']:.2f} ({r['start_s_max']:.2f}) "
+              f"| {r['largest_process_rss_mb']:.0f} | {r['all_processes_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Open Inference Protocol (KServe v2 / Triton) messages <-> numpy, with all validation of
+``ModelInferRequest``.
+
+Input: one tensor ``images``, UINT8, shape ``[N,28,28]``, either in ``raw_input_contents``
+(what tritonclient and perf_analyzer send) or in ``contents.uint_contents``; mixing the two is
+refused, as the protocol says. Outputs: ``probabilities`` FP32 ``[N,classes]`` and ``label``
+INT64 ``[N]``, all of them unless the request names some; a requested output with the Triton
+``classification`` parameter (k) becomes BYTES ``[N,k]`` of ``"probability:index:class"``.
+Answers are raw when the request was raw (tritonclient reads only raw outputs), typed
+otherwise.
+"""
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference import grpc_service_pb2 as pb
+from inference import model_config_pb2 as config_pb
+from serving.codecs.images import IMAGE_SHAPE, images_from_array
+from serving.errors import InvalidArgument
+from serving.metrics import ModelStatistics
+from serving.repository import LABEL, PROBABILITIES, ModelVersion, Prediction
+
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+EXTENSIONS = ("classification", "model_configuration", "statistics")
+CLASSIFICATION = "classification"
+CONFIG_TYPES = {"UINT8": config_pb.TYPE_UINT8, "FP32": config_pb.TYPE_FP32,
+                "INT64": config_pb.TYPE_INT64}
+_OutputTensor = pb.ModelInferResponse.InferOutputTensor
+_TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    class_count: int = 0  # > 0: Triton classification of this output
+
+
+@dataclass(frozen=True)
+class InferQuery:
+    """A validated ModelInferRequest."""
+
+    model: str
+    version: int  # 0: the newest
+    id: str
+    images: np.ndarray  # uint8 [N,28,28]
+    outputs: tuple[RequestedOutput, ...]
+    raw: bool
+
+
+def parse_version(version: str) -> int:
+    """The protocol's version string ("" = the newest) -> the repository's integer (0 =
+    newest)."""
+    if version == "":
+        return 0
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
+        raise InvalidArgument(
+            f"model_version: expected \"\" (the newest) or an integer >= 1, got {version!r}")
+    return int(version)
+
+
+def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
+                         max_batch_size: int) -> InferQuery:
+    """Checks the request against the model's one input and its outputs."""
+    expected_input = model.manifest.inputs[0]
+    if len(request.inputs) != 1 or request.inputs[0].name != expected_input.name:
+        names = [tensor.name for tensor in request.inputs]
+        raise InvalidArgument(
+            f"inputs: expected one input {expected_input.name!r}, got {names}")
+    tensor = request.inputs[0]
+    field = f"inputs[{tensor.name!r}]"
+    if tensor.datatype != expected_input.datatype:
+        raise InvalidArgument(
+            f"{field}.datatype: expected {expected_input.datatype}, got {tensor.datatype!r}")
+    shape = tuple(tensor.shape)
+    if len(shape) != 3 or shape[1:] != IMAGE_SHAPE or shape[0] < 0:
+        raise InvalidArgument(f"{field}.shape: expected [N,28,28], got {list(shape)}")
+    raw = len(request.raw_input_contents) > 0
+    pixels = _raw_pixels(request, tensor, field) if raw else _typed_pixels(tensor, field)
+    expected_size = int(np.prod(shape))
+    if pixels.size != expected_size:
+        raise InvalidArgument(
+            f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
+            f"got {pixels.size}")
+    images = images_from_array(pixels.reshape(shape), max_batch_size, field)
+    return InferQuery(request.model_name, model.version, request.id, images,
+                      _requested_outputs(request, model), raw)
+
+
+def _raw_pixels(request: pb.ModelInferRequest, tensor, field: str) -> np.ndarray:
+    if tensor.HasField("contents"):
+        raise InvalidArgument(
+            f"{field}: data given both in contents and in raw_input_contents; use one")
+    if len(request.raw_input_contents) != 1:
+        raise InvalidArgument(
+            f"raw_input_contents: expected 1 entry (one per input), "
+            f"got {len(request.raw_input_contents)}")
+    return np.frombuffer(request.raw_input_contents[0], dtype=np.uint8)
+
+
+def _typed_pixels(tensor, field: str) -> np.ndarray:
+    contents = tensor.contents
+    other = [descriptor.name for descriptor, _ in contents.ListFields()
+             if descriptor.name != "uint_contents"]
+    if other:
+        raise InvalidArgument(
+            f"{field}.contents: UINT8 data goes in uint_contents, got {', '.join(other)}")
+    if not contents.uint_contents:
+        raise InvalidArgument(
+            f"{field}: no data (expected raw_input_contents or contents.uint_contents)")
+    values = np.array(contents.uint_contents, dtype=np.uint32)
+    if values.max() > 255:
+        raise InvalidArgument(f"{field}.contents.uint_contents: UINT8 values are 0..255, "
+                              f"got {int(values.max())}")
+    return values.astype(np.uint8)
+
+
+def _requested_outputs(request: pb.ModelInferRequest, model: ModelVersion):
+    known = {spec.name for spec in model.manifest.outputs}
+    if not request.outputs:
+        return tuple(RequestedOutput(spec.name) for spec in model.manifest.outputs)
+    outputs, seen = [], set()
+    for output in request.outputs:
+        field = f"outputs[{output.name!r}]"
+        if output.name not in known:
+            raise InvalidArgument(
+                f"{field}: model {model.name!r} has no such output; it has {sorted(known)}")
+        if output.name in seen:
+            raise InvalidArgument(f"{field}: requested twice")
+        seen.add(output.name)
+        outputs.append(RequestedOutput(output.name, _class_count(output, field, model)))
+    return tuple(outputs)
+
+
+def _class_count(output, field: str, model: ModelVersion) -> int:
+    if CLASSIFICATION not in output.parameters:
+        return 0
+    parameter = output.parameters[CLASSIFICATION]
+    if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 1:
+        raise InvalidArgument(f"{field}.parameters[{CLASSIFICATION!r}]: expected int64 >= 1")
+    if output.name != PROBABILITIES:
+        raise InvalidArgument(
+            f"{field}: classification applies to {PROBABILITIES!r} only")
+    return min(int(parameter.int64_param), len(model.manifest.class_names))
+
+
+def encode_infer_response(query: InferQuery, model: ModelVersion,
+                          prediction: Prediction) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
+                                     id=query.id)
+    for output in query.outputs:
+        if output.class_count:
+            _add_classification(response, output, prediction, model.manifest.class_names,
+                                query.raw)
+        elif output.name == PROBABILITIES:
+            _add_tensor(response, PROBABILITIES, "FP32",
+                        np.ascontiguousarray(prediction.probabilities, dtype="<f4"),
+                        "fp32_contents", raw=query.raw)
+        else:
+            _add_tensor(response, LABEL, "INT64",
+                        np.ascontiguousarray(prediction.labels, dtype="<i8"),
+                        "int64_contents", raw=query.raw)
+    return response
+
+
+def _add_tensor(response, name: str, datatype: str, array: np.ndarray, typed_field: str, *,
+                raw: bool) -> None:
+    tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    if raw:
+        response.raw_output_contents.append(array.tobytes())
+    else:
+        getattr(tensor.contents, typed_field).extend(array.ravel().tolist())
+
+
+def _add_classification(response, output: RequestedOutput, prediction: Prediction,
+                        class_names: tuple[str, ...], raw: bool) -> None:
+    """Triton's classification extension: per image the top k ``"probability:index:class"``,
+    best first."""
+    probabilities = prediction.probabilities
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :output.class_count]
+    entries = [f"{probabilities[row, index]:f}:{index}:{class_names[index]}".encode()
+               for row, indexes in enumerate(top.tolist()) for index in indexes]
+    tensor = response.outputs.add(name=output.name, datatype="BYTES", shape=top.shape)
+    if raw:
+        response.raw_output_contents.append(
+            b"".join(struct.pack("<I", len(entry)) + entry for entry in entries))
+    else:
+        tensor.contents.bytes_contents.extend(entries)
+
+
+def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
+    manifest = model.manifest
+    return pb.ModelMetadataResponse(
+        name=manifest.name,
+        versions=[str(version) for version in versions],
+        platform=PLATFORM,
+        inputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                for s in manifest.inputs],
+        outputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                 for s in manifest.outputs],
+    )
+
+
+def encode_model_config(model: ModelVersion, max_batch_size: int, max_delay_s: float,
+                        instances: int) -> pb.ModelConfigResponse:
+    """Triton's view of the model: batched along the first dimension, dims without it."""
+    manifest = model.manifest
+    return pb.ModelConfigResponse(config=config_pb.ModelConfig(
+        name=manifest.name,
+        platform=PLATFORM,
+        backend=BACKEND,
+        version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
+        max_batch_size=max_batch_size,
+        input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
+                                    dims=s.shape[1:]) for s in manifest.inputs],
+        output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
+                                      dims=s.shape[1:]) for s in manifest.outputs],
+        dynamic_batching=config_pb.ModelDynamicBatching(
+            max_queue_delay_microseconds=round(max_delay_s * 1e6), preserve_ordering=True),
+        instance_group=[config_pb.ModelInstanceGroup(
+            count=instances, kind=config_pb.ModelInstanceGroup.KIND_CPU)],
+    ))
+
+
+def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    """Triton's statistics; compute_input/infer/output all count the successful predictions
+    (perf_analyzer requires equal counts): input and output conversion happen outside the
+    model call and are reported as 0 ns."""
+    return pb.ModelStatisticsResponse(model_stats=[_model_statistics(s) for s in statistics])
+
+
+def _model_statistics(stats: ModelStatistics) -> pb.ModelStatistics:
+    succeeded = stats.success.count
+    return pb.ModelStatistics(
+        name=stats.name,
+        version=str(stats.version),
+        last_inference=int(stats.last_inference_s * 1000),
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(succeeded, stats.success.seconds),
+            fail=_duration(stats.fail.count, stats.fail.seconds),
+            queue=_duration(succeeded, stats.queue_seconds),
+            compute_input=_duration(succeeded, 0.0),
+            compute_infer=_duration(succeeded, stats.compute_seconds),
+            compute_output=_duration(succeeded, 0.0),
+        ),
+    )
+
+
+def _duration(count: int, seconds: float) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=count, ns=round(seconds * 1e9))

@@ -1,0 +1,205 @@
+"""Prometheus metrics, and the per-model inference statistics derived from them.
+
+One set of metrics serves two readers: the Prometheus text endpoint (``--metrics-port``) and
+Triton's ``ModelStatistics`` RPC (``model_statistics``), so the two cannot disagree. With
+several worker processes the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary
+directory before any worker imports this module; prometheus_client then keeps every value in
+per-process files there, and both readers sum them over the processes (``collect``).
+
+Metric names (all prefixed ``fmnist_``):
+
+- ``requests_total{api,method,model,code}``: answered gRPC calls, by status code name;
+- ``request_duration_seconds{api,method,model}``: their latency (histogram);
+- ``requests_in_flight``: calls being answered now (summed over live processes);
+- ``batch_size{model,version}``: images per onnxruntime call (histogram; with dynamic
+  batching one call answers several requests);
+- ``model_info{model,version,sha256}``: 1 for each loaded model version (sha256: 12 hex);
+- ``inference_requests_total{model,version,outcome}`` and
+  ``inference_request_seconds_total{...}``: predictions asked of a model version (one per
+  request and model), ``outcome`` success or fail, and the time they took;
+- ``inference_queue_seconds_total{model,version}``: of that, time waiting for a batch slot;
+- ``inference_compute_seconds_total{model,version}``: time in onnxruntime (per request, its
+  batch's whole call);
+- ``inference_last_timestamp_seconds{model,version}``: when it last answered.
+"""
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+REQUESTS = Counter("fmnist_requests", "gRPC calls answered, by API, method, model and status code",
+                   ["api", "method", "model", "code"])
+REQUEST_SECONDS = Histogram("fmnist_request_duration_seconds", "gRPC call latency in the server",
+                            ["api", "method", "model"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("fmnist_requests_in_flight", "gRPC calls being answered now",
+                  multiprocess_mode="livesum")
+BATCH_SIZE = Histogram("fmnist_batch_size", "images per onnxruntime call",
+                       ["model", "version"], buckets=BATCH_BUCKETS)
+MODEL_INFO = Gauge("fmnist_model_info", "loaded model versions (value 1)",
+                   ["model", "version", "sha256"], multiprocess_mode="livemax")
+INFERENCES = Counter("fmnist_inference_requests", "predictions asked of a model version",
+                     ["model", "version", "outcome"])
+INFERENCE_SECONDS = Counter("fmnist_inference_request_seconds",
+                            "time predictions took, queue included",
+                            ["model", "version", "outcome"])
+QUEUE_SECONDS = Counter("fmnist_inference_queue_seconds",
+                        "time predictions waited for a batch slot", ["model", "version"])
+COMPUTE_SECONDS = Counter("fmnist_inference_compute_seconds",
+                          "time predictions spent in onnxruntime", ["model", "version"])
+LAST_INFERENCE = Gauge("fmnist_inference_last_timestamp_seconds",
+                       "Unix time of the last prediction", ["model", "version"],
+                       multiprocess_mode="max")
+
+
+class ModelMetrics:
+    """The metric children of one model version, bound once (label lookups cost per call)."""
+
+    def __init__(self, name: str, version: int, sha256: str):
+        labels = (name, str(version))
+        self._succeeded = INFERENCES.labels(*labels, "success")
+        self._failed = INFERENCES.labels(*labels, "fail")
+        self._success_seconds = INFERENCE_SECONDS.labels(*labels, "success")
+        self._fail_seconds = INFERENCE_SECONDS.labels(*labels, "fail")
+        self._queue_seconds = QUEUE_SECONDS.labels(*labels)
+        self._compute_seconds = COMPUTE_SECONDS.labels(*labels)
+        self._last = LAST_INFERENCE.labels(*labels)
+        self._batch_size = BATCH_SIZE.labels(*labels)
+        MODEL_INFO.labels(*labels, sha256[:12]).set(1)
+
+    def executed(self, images: int) -> None:
+        """One onnxruntime call of ``images`` images."""
+        self._batch_size.observe(images)
+
+    def succeeded(self, queue_s: float, compute_s: float, total_s: float) -> None:
+        self._succeeded.inc()
+        self._success_seconds.inc(total_s)
+        self._queue_seconds.inc(queue_s)
+        self._compute_seconds.inc(compute_s)
+        self._last.set(time.time())
+
+    def failed(self, total_s: float) -> None:
+        self._failed.inc()
+        self._fail_seconds.inc(total_s)
+
+
+class CallMetrics:
+    """Counts one API method's calls: in flight, then by status code, with their latency."""
+
+    def __init__(self, api: str, method: str):
+        self._api, self._method = api, method
+        self._latency: dict[str, Histogram] = {}
+        self._codes: dict[tuple[str, str], Counter] = {}
+
+    def started(self) -> float:
+        IN_FLIGHT.inc()
+        return time.perf_counter()
+
+    def finished(self, started: float, model: str, code: str) -> None:
+        elapsed = time.perf_counter() - started
+        IN_FLIGHT.dec()
+        latency = self._latency.get(model)
+        if latency is None:
+            latency = self._latency[model] = REQUEST_SECONDS.labels(self._api, self._method, model)
+        latency.observe(elapsed)
+        counter = self._codes.get((model, code))
+        if counter is None:
+            counter = self._codes[model, code] = REQUESTS.labels(
+                self._api, self._method, model, code)
+        counter.inc()
+
+
+def multiprocess_directory() -> str | None:
+    return os.environ.get(MULTIPROCESS_ENV) or None
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What the endpoint exposes: this process's metrics, or every worker's in multiprocess
+    mode."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def collect() -> Iterable[Sample]:
+    for metric in exposition_registry().collect():
+        yield from metric.samples
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ModelStatistics:
+    """Triton's per-version statistics; success, queue and compute counts are one per
+    successful prediction."""
+
+    name: str
+    version: int
+    success: Duration
+    fail: Duration
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    inference_count: int = 0  # images
+    execution_count: int = 0  # onnxruntime calls
+    last_inference_s: float = 0.0
+
+
+def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistics]:
+    """The statistics of the given (name, version) pairs, summed over the worker processes."""
+    wanted = {(name, str(version)): ModelStatistics(name, version, Duration(), Duration())
+              for name, version in versions}
+    for sample in collect():
+        labels = sample.labels
+        stats = wanted.get((labels.get("model"), labels.get("version")))
+        if stats is None:
+            continue
+        name, value = sample.name, sample.value
+        if name == "fmnist_inference_requests_total":
+            _duration(stats, labels["outcome"]).count = int(value)
+        elif name == "fmnist_inference_request_seconds_total":
+            _duration(stats, labels["outcome"]).seconds = value
+        elif name == "fmnist_inference_queue_seconds_total":
+            stats.queue_seconds = value
+        elif name == "fmnist_inference_compute_seconds_total":
+            stats.compute_seconds = value
+        elif name == "fmnist_inference_last_timestamp_seconds":
+            stats.last_inference_s = max(stats.last_inference_s, value)
+        elif name == "fmnist_batch_size_count":
+            stats.execution_count = int(value)
+        elif name == "fmnist_batch_size_sum":
+            stats.inference_count = int(value)
+    return list(wanted.values())
+
+
+def _duration(stats: ModelStatistics, outcome: str) -> Duration:
+    return stats.success if outcome == "success" else stats.fail
+
+
+
+def start_endpoint(host: str, port: int):
+    """Serves ``/metrics`` on its own thread; returns the HTTP server (``shutdown`` ends it).
+    OSError if the port cannot be bound."""
+    server, _thread = start_http_server(port, addr=host, registry=exposition_registry())
+    return server

@@ -1,0 +1,289 @@
+"""Several server processes on one port, under a supervisor that replaces any that dies.
+
+Why: a Python process answers gRPC on one core at most (the GIL), and per-call gRPC and
+protobuf work, not the model, is what a request costs (BENCHMARKS.md); N processes
+sharing the port with SO_REUSEPORT use N cores. The kernel spreads *connections* over them,
+so each client connection stays on one worker.
+
+The supervisor stays small and fork-safe: it never creates a gRPC object, an onnxruntime
+session or a thread. It
+
+1. points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (in /dev/shm if
+   writable; never in the model repository) before any worker imports prometheus_client, so
+   each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
+   workers (``--metrics-port``);
+2. reserves the port (port 0 becomes one free port all workers share);
+3. forks the workers; each loads the repository and serves, and reports over a pipe that it
+   is serving, or the one-line reason it cannot (the supervisor then stops the others and
+   fails with that line, as a single process would);
+4. forks a replacement when a worker dies (at most one per slot per second);
+5. on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, removes the directory.
+"""
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+
+from serving.errors import RepositoryError
+from serving.settings import Settings
+
+# serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RESTART_INTERVAL_S = 1.0
+STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
+READY = b"\x00"
+SHARED_MEMORY = "/dev/shm"
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStartError(Exception):
+    """A worker could not start; the message is its reason."""
+
+
+def supervise(settings: Settings) -> int:
+    """Runs ``settings.workers`` server processes until SIGTERM/SIGINT; returns the exit
+    status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
+    with _multiprocess_directory() as directory, _reserved_port(settings) as port:
+        settings = replace(settings, port=port)
+        supervisor = _Supervisor(settings, directory)
+        try:
+            supervisor.start()
+            return supervisor.run()
+        finally:
+            supervisor.kill_all()
+
+
+@contextlib.contextmanager
+def _multiprocess_directory():
+    """A fresh directory in /dev/shm (memory, and writable on read-only root file systems such
+    as the compose service's) or else the system's temporary directory."""
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    parent = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
+    with tempfile.TemporaryDirectory(prefix="fmnist-metrics-", dir=parent) as directory:
+        os.environ[MULTIPROCESS_ENV] = directory
+        try:
+            yield directory
+        finally:
+            if previous is None:
+                os.environ.pop(MULTIPROCESS_ENV, None)
+            else:
+                os.environ[MULTIPROCESS_ENV] = previous
+
+
+@contextlib.contextmanager
+def _reserved_port(settings: Settings):
+    """Port 0 -> a free port, held (bound, not listening) so it stays ours while workers
+    bind it too (SO_REUSEPORT)."""
+    if settings.port != 0:
+        yield settings.port
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((settings.host, 0))
+        yield holder.getsockname()[1]
+
+
+class _Supervisor:
+    def __init__(self, settings: Settings, directory: str):
+        self.settings = settings
+        self.directory = directory
+        self.workers: dict[int, int] = {}  # pid -> slot
+        self.started_at: dict[int, float] = {}  # slot -> last fork time
+        self.stopping = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._metrics = None
+        self._starting: dict[int, int] = {}  # start-report pipe -> pid, for replacements
+
+    def start(self) -> None:
+        threads = self.settings.workers * self.settings.intra_op_threads
+        if threads > (os.cpu_count() or 1):
+            log.warning("more onnxruntime threads than cores: calls will wait for a core",
+                        extra={"fields": {"workers": self.settings.workers,
+                                          "intra_op_threads": self.settings.intra_op_threads,
+                                          "cores": os.cpu_count()}})
+        if self.settings.metrics_port:
+            self._metrics = _metrics_server(self.settings, self.directory)
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signal_number, self._on_signal)
+        signal.set_wakeup_fd(self._wake_write)
+        for slot in range(self.settings.workers):  # one after the other: one error, tidy logs
+            message = _read_all(self._fork(slot))
+            if message != READY:
+                raise WorkerStartError(message.decode(errors="replace").strip()
+                                       or f"worker {slot} exited before serving")
+        log.info("workers serving", extra={"fields": {
+            "workers": self.settings.workers, "pids": sorted(self.workers),
+            "address": self.settings.address, "metrics_port": self.settings.metrics_port,
+            "metrics_dir": self.directory}})
+
+    def run(self) -> int:
+        listening = [self._wake_read] + ([self._metrics.fileno()] if self._metrics else [])
+        while not self.stopping:
+            readable, _, _ = select.select([*listening, *self._starting], [], [], 1.0)
+            if self._wake_read in readable:
+                os.read(self._wake_read, 512)
+            for pipe in set(readable) & set(self._starting):
+                self._replacement_started(pipe)
+            if self._metrics is not None and self._metrics.fileno() in readable:
+                self._metrics.handle_request()
+            self._reap_and_replace()
+        return self._stop()
+
+    def _on_signal(self, signal_number, _frame) -> None:
+        if signal_number in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            self.stopping = True
+            log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
+
+    def _fork(self, slot: int) -> int:
+        """Starts a worker; returns the read end of its start-report pipe."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
+                                                   *([self._metrics.fileno()]
+                                                     if self._metrics else [])])
+        os.close(write_end)
+        self.workers[pid] = slot
+        self.started_at[slot] = time.monotonic()
+        return read_end
+
+    def _reap_and_replace(self) -> None:
+        from prometheus_client import multiprocess
+
+        while self.workers:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            slot = self.workers.pop(pid, None)
+            if slot is None:
+                continue
+            multiprocess.mark_process_dead(pid, self.directory)
+            if self.stopping:
+                continue
+            log.warning("worker died; starting another", extra={"fields": {
+                "pid": pid, "status": _describe(status), "slot": slot}})
+            time.sleep(max(0.0, self.started_at[slot] + RESTART_INTERVAL_S - time.monotonic()))
+            pipe = self._fork(slot)
+            self._starting[pipe] = next(p for p, s in self.workers.items() if s == slot)
+
+    def _replacement_started(self, pipe: int) -> None:
+        pid = self._starting.pop(pipe)
+        message = _read_all(pipe)
+        if message == READY:
+            log.info("worker serving", extra={"fields": {"pid": pid}})
+        else:
+            log.error("worker failed to start", extra={"fields": {
+                "pid": pid, "reason": message.decode(errors="replace").strip()}})
+
+    def _stop(self) -> int:
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.grace_period + STOP_MARGIN_S
+        while self.workers and time.monotonic() < deadline:
+            self._reap_and_replace()
+            time.sleep(0.02)
+        if self.workers:
+            log.warning("workers did not stop in time; killing them",
+                        extra={"fields": {"pids": sorted(self.workers)}})
+        self.kill_all()
+        log.info("stopped")
+        return 0
+
+    def kill_all(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for pipe in self._starting:
+            os.close(pipe)
+        self._starting.clear()
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self.workers.pop(pid)
+        if self._metrics is not None:
+            self._metrics.server_close()
+            self._metrics = None
+
+
+def _worker_main(settings: Settings, report_fd: int, inherited: list[int]) -> None:
+    """In the forked child: serve until SIGTERM, report the start over ``report_fd``; never
+    returns."""
+    status = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signal_number, signal.SIG_DFL)
+        for fd in inherited:
+            os.close(fd)
+        from serving.server import ListenError, run_event_loop, serve
+
+        def ready(_server) -> None:
+            with contextlib.suppress(OSError):  # the supervisor may be gone
+                os.write(report_fd, READY)
+            os.close(report_fd)
+
+        try:
+            run_event_loop(serve(settings, on_ready=ready), settings.event_loop)
+            status = 0
+        except (RepositoryError, ListenError) as error:
+            os.write(report_fd, str(error).encode())
+    except BaseException as error:  # a worker reports any failure, then exits
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            os.write(report_fd, f"worker failed: {type(error).__name__}: {error}".encode())
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _metrics_server(settings: Settings, directory: str):
+    """``/metrics`` over every worker's files, answered on the supervisor's own thread."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # one line per scrape is noise
+            pass
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    try:
+        server = make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
+                             handler_class=QuietHandler)
+    except OSError as error:
+        raise WorkerStartError(
+            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
+    server.timeout = 5.0
+    return server
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
+

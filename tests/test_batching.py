@@ -1,0 +1,129 @@
+"""Dynamic batching: concurrent requests share onnxruntime calls, and each gets exactly its
+own rows, in order, whatever its neighbours do."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from serving.batching import Batcher, BatchingPolicy, InferenceExecutor
+from serving.metrics import ModelMetrics
+from serving.repository import load_repository
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with InferenceExecutor(2) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def model(model_repository, executor):
+    return load_repository(model_repository, executor).get("mlp")
+
+
+class CountingRun:
+    """The model's real run, recording the size of every call it gets."""
+
+    def __init__(self, model, fail_on_size: int = -1):
+        self.model, self.sizes, self.fail_on_size = model, [], fail_on_size
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, images):
+        self.release.wait(10)
+        self.sizes.append(len(images))
+        if len(images) == self.fail_on_size:
+            raise RuntimeError("onnxruntime failed")
+        prediction = self.model.predict_blocking(images)
+        return prediction.probabilities, prediction.labels
+
+
+def batcher(run, executor, **policy) -> Batcher:
+    return Batcher(run, executor, BatchingPolicy(**policy), ModelMetrics("test", 1, "0" * 64))
+
+
+def mixed_requests(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(rng.integers(1, 9)), 28, 28), dtype=np.uint8)
+            for _ in range(count)]
+
+
+async def test_concurrent_requests_of_mixed_sizes_each_get_their_own_rows(model, executor):
+    run = CountingRun(model)
+    queue = batcher(run, executor, max_images=32, concurrency=2)
+    requests = mixed_requests(200)
+    answers = await asyncio.gather(*(queue.predict(images) for images in requests))
+    for images, (probabilities, labels) in zip(requests, answers, strict=True):
+        alone = model.predict_blocking(images)
+        np.testing.assert_allclose(probabilities, alone.probabilities, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(labels, alone.labels)
+    assert sum(run.sizes) == sum(len(images) for images in requests)
+    assert len(run.sizes) < len(requests)  # coalesced
+    assert max(run.sizes) <= 32
+
+
+async def test_model_version_predict_goes_through_the_batcher(model):
+    requests = mixed_requests(50, seed=1)
+    answers = await asyncio.gather(*(model.predict(images) for images in requests))
+    for images, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer.labels, model.predict_blocking(images).labels)
+
+
+async def test_a_request_larger_than_a_batch_runs_alone_unsplit(model, executor):
+    run = CountingRun(model)
+    queue = batcher(run, executor, max_images=4, concurrency=1)
+    big, small = mixed_requests(1)[0].repeat(2, axis=0)[:6], mixed_requests(1, seed=3)[0][:1]
+    run.release.clear()  # hold the first call so that the rest queue behind it
+    first = asyncio.ensure_future(queue.predict(small))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.ensure_future(queue.predict(images)) for images in (big, small, small)]
+    await asyncio.sleep(0.01)
+    run.release.set()
+    await asyncio.gather(first, *rest)
+    assert run.sizes == [1, 6, 2]
+
+
+async def test_a_failed_call_fails_only_its_own_batch(model, executor):
+    run = CountingRun(model, fail_on_size=3)
+    queue = batcher(run, executor, max_images=3, concurrency=1)
+    run.release.clear()
+    first = asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
+    await asyncio.sleep(0.01)
+    doomed = [asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
+              for _ in range(3)]
+    spared = asyncio.ensure_future(queue.predict(np.zeros((2, 28, 28), np.uint8)))
+    await asyncio.sleep(0.01)
+    run.release.set()
+    results = await asyncio.gather(first, *doomed, spared, return_exceptions=True)
+    assert run.sizes == [1, 3, 2]
+    assert all(isinstance(result, RuntimeError) for result in results[1:4])
+    assert len(results[0][1]) == 1 and len(results[4][1]) == 2
+
+
+async def test_cancelled_requests_leave_the_queue(model, executor):
+    run = CountingRun(model)
+    queue = batcher(run, executor, max_images=64, concurrency=1)
+    run.release.clear()
+    first = asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
+    await asyncio.sleep(0.01)
+    gone = asyncio.ensure_future(queue.predict(np.zeros((5, 28, 28), np.uint8)))
+    kept = asyncio.ensure_future(queue.predict(np.zeros((2, 28, 28), np.uint8)))
+    await asyncio.sleep(0)
+    gone.cancel()
+    run.release.set()
+    await asyncio.gather(first, kept)
+    assert run.sizes == [1, 2]
+
+
+async def test_a_delay_gathers_requests_into_one_call(model, executor):
+    run = CountingRun(model)
+    queue = batcher(run, executor, max_images=64, max_delay_s=0.5, concurrency=1)
+    requests = mixed_requests(5, seed=2)
+    tasks = []
+    for images in requests:
+        tasks.append(asyncio.ensure_future(queue.predict(images)))
+        await asyncio.sleep(0)  # each request is queued before the next is sent
+    await asyncio.gather(*tasks)
+    assert run.sizes == [sum(len(images) for images in requests)]

@@ -1,0 +1,123 @@
+"""The Open Inference Protocol servicer with our own generated stubs: the typed-contents path,
+and the refusals tritonclient cannot send (mixing raw and typed data, wrong byte counts)."""
+
+import grpc
+import numpy as np
+import pytest
+
+from fashion_mnist.v1 import classifier_pb2 as classifier_pb
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+
+Input = pb.ModelInferRequest.InferInputTensor
+IMAGES = np.random.default_rng(7).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+
+
+@pytest.fixture
+def v2(channel) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def typed_request(images: np.ndarray = IMAGES, **fields) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+        name="images", datatype="UINT8", shape=images.shape,
+        contents=pb.InferTensorContents(uint_contents=images.ravel().tolist()))], **fields)
+
+
+def raw_request(images: np.ndarray = IMAGES, **fields) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="mlp", inputs=[Input(name="images", datatype="UINT8", shape=images.shape)],
+        raw_input_contents=[images.tobytes()], **fields)
+
+
+async def test_typed_contents_get_typed_answers_equal_to_raw_and_domain(v2, stub):
+    typed = await v2.ModelInfer(typed_request(id="t1"))
+    raw = await v2.ModelInfer(raw_request())
+    domain = await stub.Classify(classifier_pb.ClassifyRequest(
+        model="mlp", images=[image.tobytes() for image in IMAGES]))
+    assert typed.id == "t1" and not typed.raw_output_contents
+    outputs = {output.name: output for output in typed.outputs}
+    assert list(outputs["probabilities"].shape) == [3, 10]
+    probabilities = np.array(outputs["probabilities"].contents.fp32_contents).reshape(3, 10)
+    raw_probabilities = np.frombuffer(raw.raw_output_contents[0], dtype="<f4").reshape(3, 10)
+    np.testing.assert_array_equal(probabilities, raw_probabilities)
+    np.testing.assert_allclose(
+        probabilities, [list(r.model.probabilities) for r in domain.results], rtol=1e-6)
+    assert list(outputs["label"].contents.int64_contents) == [
+        r.model.label for r in domain.results]
+    assert np.frombuffer(raw.raw_output_contents[1], dtype="<i8").tolist() == [
+        r.model.label for r in domain.results]
+
+
+async def test_typed_classification_answers_bytes_contents(v2):
+    request = typed_request(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
+        name="probabilities", parameters={"classification": pb.InferParameter(int64_param=2)})])
+    response = await v2.ModelInfer(request)
+    (output,) = response.outputs
+    assert (output.datatype, list(output.shape)) == ("BYTES", [3, 2])
+    first = output.contents.bytes_contents[0].decode().split(":")
+    assert len(first) == 3 and 0 <= float(first[0]) <= 1
+
+
+REFUSALS = {
+    "raw and typed mixed": (
+        lambda: _with(typed_request(), raw_input_contents=[IMAGES.tobytes()]),
+        "both in contents and in raw_input_contents"),
+    "raw bytes short": (
+        lambda: _with(raw_request(), raw_input_contents=[IMAGES.tobytes()[:-1]]),
+        "needs 2352 UINT8 values, got 2351"),
+    "typed values short": (
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[3, 28, 28],
+            contents=pb.InferTensorContents(uint_contents=[1]))]),
+        "needs 2352 UINT8 values, got 1"),
+    "typed value over 255": (
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[1, 28, 28],
+            contents=pb.InferTensorContents(uint_contents=[256] * 784))]),
+        "UINT8 values are 0..255, got 256"),
+    "typed in the wrong field": (
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[1, 28, 28],
+            contents=pb.InferTensorContents(int_contents=[0] * 784))]),
+        "UINT8 data goes in uint_contents, got int_contents"),
+    "no data": (
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[1, 28, 28])]),
+        "no data"),
+    "two raw entries": (
+        lambda: _with(raw_request(), raw_input_contents=[IMAGES.tobytes(), b""]),
+        "expected 1 entry"),
+    "output requested twice": (
+        lambda: raw_request(outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(name="label")] * 2),
+        "requested twice"),
+}
+
+
+def _with(request: pb.ModelInferRequest, raw_input_contents) -> pb.ModelInferRequest:
+    del request.raw_input_contents[:]
+    request.raw_input_contents.extend(raw_input_contents)
+    return request
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_malformed_tensors_are_invalid_argument(v2, case):
+    build, message = REFUSALS[case]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await v2.ModelInfer(build())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()
+
+
+async def test_a_refused_request_does_not_disturb_the_next(v2):
+    with pytest.raises(grpc.aio.AioRpcError):
+        await v2.ModelInfer(_with(raw_request(), raw_input_contents=[b"x"]))
+    response = await v2.ModelInfer(raw_request())
+    assert [output.name for output in response.outputs] == ["probabilities", "label"]
+
+
+async def test_model_ready_per_version(v2):
+    ready = [(await v2.ModelReady(pb.ModelReadyRequest(name="mlp", version=v))).ready
+             for v in ("", "1", "2", "3")]
+    assert ready == [True, True, True, False]

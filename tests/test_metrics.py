@@ -1,0 +1,97 @@
+"""The Prometheus endpoint, scraped over HTTP after real calls through both APIs."""
+
+import asyncio
+import socket
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fashion_mnist.v1 import classifier_pb2 as classifier_pb
+from fashion_mnist.v1 import classifier_pb2_grpc
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.server import running_server
+from serving.settings import Settings
+
+IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def metered(model_repository):
+    port = free_port()
+    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+                        metrics_port=port, poll_interval=0)
+    async with running_server(settings) as server:
+        yield server, port
+
+
+async def test_metrics_count_calls_by_api_method_model_and_code(metered):
+    server, port = metered
+    before = await asyncio.to_thread(scrape, port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        domain = classifier_pb2_grpc.ClassifierStub(channel)
+        request = pb.ModelInferRequest(
+            model_name="mlp", inputs=[pb.ModelInferRequest.InferInputTensor(
+                name="images", datatype="UINT8", shape=IMAGES.shape)],
+            raw_input_contents=[IMAGES.tobytes()])
+        for _ in range(2):
+            await v2.ModelInfer(request)
+        await domain.Classify(classifier_pb.ClassifyRequest(
+            images=[image.tobytes() for image in IMAGES]))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await v2.ModelInfer(pb.ModelInferRequest(model_name="nope"))
+    after = await asyncio.to_thread(scrape, port)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    ok = {"api": "v2", "method": "ModelInfer", "model": "mlp"}
+    assert moved("fmnist_requests_total", code="OK", **ok) == 2
+    assert moved("fmnist_requests_total", api="v2", method="ModelInfer", model="other",
+                 code="NOT_FOUND") == 1
+    assert moved("fmnist_requests_total", api="domain", method="Classify", model="mlp",
+                 code="OK") == 1
+    assert moved("fmnist_request_duration_seconds_count", **ok) == 2
+    assert moved("fmnist_request_duration_seconds_sum", **ok) > 0
+    # mlp (newest: version 2) ran for 2 v2 calls and 1 domain call, the baseline for 1
+    assert moved("fmnist_batch_size_sum", model="mlp", version="2") == 3 * len(IMAGES)
+    assert moved("fmnist_batch_size_count", model="baseline", version="1") == 1
+    assert moved("fmnist_inference_requests_total", model="mlp", version="2",
+                 outcome="success") == 3
+    assert value(after, "fmnist_requests_in_flight") == 0
+    sha = server.runtime.registry.get("mlp", 2).manifest.sha256[:12]
+    assert value(after, "fmnist_model_info", model="mlp", version="2", sha256=sha) == 1
+
+
+async def test_metrics_port_in_use_is_a_listen_error(model_repository):
+    from serving.server import ListenError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+                            metrics_port=taken.getsockname()[1], poll_interval=0)
+        with pytest.raises(ListenError, match="metrics"):
+            async with running_server(settings):
+                pass

@@ -1,0 +1,140 @@
+"""Zero-downtime rollout: the server picks up, refuses and retires model versions while it
+answers a steady load, and every call succeeds."""
+
+import asyncio
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from inference import grpc_service_pb2 as pb_v2
+from inference import grpc_service_pb2_grpc as pb_v2_grpc
+from serving.server import running_server
+from serving.settings import Settings
+from tests.conftest import tiny_classifier
+from training.repository import MANIFEST, MODEL_FILE, write_version
+
+CLIENTS = 8
+POLL_INTERVAL = 0.1
+IMAGES = np.random.default_rng(3).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+REQUEST = pb.ClassifyRequest(images=[image.tobytes() for image in IMAGES])
+
+
+@dataclass
+class Load:
+    """Outcomes of the calls of the client tasks, in the order they were started."""
+
+    versions: list[int | None] = field(default_factory=list)  # None until it is answered
+    answered: list[int] = field(default_factory=list)  # the versions, in order of answer
+    failures: list[str] = field(default_factory=list)
+    running: bool = True
+
+
+async def _client(stub, load: Load) -> None:
+    while load.running:
+        index = len(load.versions)
+        load.versions.append(None)
+        try:
+            response = await stub.Classify(REQUEST, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            load.failures.append(f"{error.code().name}: {error.details()}")
+        else:
+            assert len(response.results) == len(IMAGES)
+            load.versions[index] = response.model.version
+            load.answered.append(response.model.version)
+
+
+async def _default_version(stub, name: str = "mlp") -> int:
+    return (await stub.GetModel(pb.GetModelRequest(name=name), timeout=5)).version
+
+
+def _publish_tampered_copy(source: Path, version: int) -> Path:
+    """A copy of ``source`` as ``version`` whose model file no longer matches its sha256,
+    assembled in a hidden directory and renamed into place, as training.repository does."""
+    staging = source.parent / ".staging-tampered"
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / MANIFEST).read_text())
+    (staging / MANIFEST).write_text(json.dumps({**manifest, "version": version}))
+    with open(staging / MODEL_FILE, "ab") as model_file:
+        model_file.write(b"tampered")
+    return staging.rename(source.parent / str(version))
+
+
+async def _v2_versions(channel) -> list[str]:
+    """The versions of mlp the Open Inference Protocol's metadata lists."""
+    stub = pb_v2_grpc.GRPCInferenceServiceStub(channel)
+    return list((await stub.ModelMetadata(pb_v2.ModelMetadataRequest(name="mlp"))).versions)
+
+
+async def _until_default_version(stub, version: int, polls: int = 200) -> None:
+    """Waits (bounded) for the watcher to make ``version`` of mlp the default."""
+    for _ in range(polls):
+        if await _default_version(stub) == version:
+            return
+        await asyncio.sleep(POLL_INTERVAL / 2)
+    raise AssertionError(f"mlp v{version} never became the default")
+
+
+async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
+    caplog.set_level(logging.INFO)
+    settings = Settings(host="127.0.0.1", port=0, model_repository=repository_copy,
+                        worker_threads=2, poll_interval=POLL_INTERVAL)
+    async with running_server(settings) as server, grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}"
+    ) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        assert await _default_version(stub) == 2
+        load = Load()
+        clients = [asyncio.create_task(_client(stub, load)) for _ in range(CLIENTS)]
+        await asyncio.sleep(0.3)
+
+        # A new version appears: it becomes the default, for both lists and answers.
+        answered_before_write = len(load.answered)
+        write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
+        await _until_default_version(stub, 3)
+        switched_at = len(load.versions)
+        await asyncio.sleep(0.3)
+        listed = (await stub.ListModels(pb.ListModelsRequest(), timeout=5)).models
+        assert [(m.version, m.is_default_version) for m in listed if m.name == "mlp"] == [
+            (1, False), (2, False), (3, True)]
+        assert await _v2_versions(channel) == ["1", "2", "3"]
+
+        # A bad version is refused; v3 keeps serving.
+        bad = _publish_tampered_copy(repository_copy / "mlp" / "3", version=4)
+        for _ in range(100):
+            if any(r.getMessage() == "model version refused" for r in caplog.records):
+                break
+            await asyncio.sleep(POLL_INTERVAL / 2)
+        refusals = [r for r in caplog.records if r.getMessage() == "model version refused"]
+        assert [(r.fields["model"], r.fields["version"]) for r in refusals] == [("mlp", 4)]
+        assert "sha256" in refusals[0].fields["reason"]
+        assert await _default_version(stub) == 3
+        await asyncio.sleep(0.3)
+
+        # v3 is removed: v2 is the default again once the calls holding v3 have finished.
+        removing_at = len(load.versions)
+        shutil.rmtree(bad)
+        shutil.rmtree(repository_copy / "mlp" / "3")
+        await _until_default_version(stub, 2)
+        removed_at = len(load.versions)
+        assert await _v2_versions(channel) == ["1", "2"]
+        v2 = pb_v2_grpc.GRPCInferenceServiceStub(channel)
+        assert not (await v2.ModelReady(pb_v2.ModelReadyRequest(name="mlp", version="3"))).ready
+        await asyncio.sleep(0.3)
+
+        load.running = False
+        await asyncio.gather(*clients)
+
+    assert load.failures == []
+    assert None not in load.versions
+    # Each call started after a switch was seen is answered by the new default, none by the old.
+    assert set(load.answered[:answered_before_write]) == {2}
+    assert set(load.versions[switched_at:removing_at]) == {3}
+    assert set(load.versions[removed_at:]) == {2}
+    assert len(load.versions) > 100

@@ -1,0 +1,297 @@
+"""TLS, mutual TLS and the bearer token, with real certificates made for each test session."""
+
+import base64
+import contextlib
+import datetime
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from inference import grpc_service_pb2 as pb_v2
+from inference import grpc_service_pb2_grpc as pb_v2_grpc
+from serving import security
+from serving.client import cli as client_cli
+from serving.server import running_server
+from serving.settings import Settings
+from tests.conftest import server_on_thread
+
+TOKEN = "s3cret-token"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files: a CA, a server certificate for localhost/127.0.0.1 and a client certificate it
+    signed, and a client certificate from an unrelated CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path
+    rogue_client_cert: Path
+    rogue_client_key: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(subject, key, issuer, issuer_key, *, ca=False, server=False, client=False):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, certificate=None, key=None) -> Path:
+    if certificate is not None:
+        path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return path
+
+
+def make_pki(directory: Path) -> Pki:
+    """Generates the certificates of :class:`Pki` into ``directory``."""
+    files = {}
+    for ca_name in ("ca", "rogue_ca"):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
+        files[ca_name] = _write(directory / f"{ca_name}.pem", ca_cert)
+        leaves = {"server": {"server": True}, "client": {"client": True}}
+        prefix = "rogue_" if ca_name == "rogue_ca" else ""
+        for leaf, usage in leaves.items():
+            if prefix and leaf == "server":
+                continue
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = _certificate(f"{prefix}{leaf}", key, ca_name, ca_key, **usage)
+            files[f"{prefix}{leaf}_cert"] = _write(directory / f"{prefix}{leaf}.pem", cert)
+            files[f"{prefix}{leaf}_key"] = _write(directory / f"{prefix}{leaf}.key", key=key)
+    return Pki(**files)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@contextlib.asynccontextmanager
+async def _serving(model_repository, **security_settings):
+    """The real server, with ``security_settings`` (tls_cert, tls_key, tls_client_ca,
+    auth_token); yields its port."""
+    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+                        worker_threads=1, poll_interval=0, **security_settings)
+    async with running_server(settings) as server:
+        yield server.port
+
+
+async def _health(channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return (await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status
+
+
+async def _list_services(channel) -> list[str]:
+    """Calls the reflection service, a streaming RPC."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    call = stub.ServerReflectionInfo(timeout=5)
+    await call.write(request)
+    await call.done_writing()
+    response = await call.read()
+    return [s.name for s in response.list_services_response.service]
+
+
+IMAGE = bytes(range(256)) * 3 + bytes(16)
+
+
+async def _every_guarded_rpc(channel) -> dict[str, object]:
+    """One call of each kind and service (unary, streaming, both APIs, reflection): the
+    outcome (a status code or an answer) per method."""
+    classifier = pb_grpc.ClassifierStub(channel)
+    inference = pb_v2_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ClassifyRequest(images=[IMAGE])
+    calls = {
+        "Classify": lambda: classifier.Classify(request, timeout=5),
+        "ClassifyStream": lambda: _first(classifier.ClassifyStream(iter([request]), timeout=5)),
+        "ListModels": lambda: classifier.ListModels(pb.ListModelsRequest(), timeout=5),
+        "ServerLive": lambda: inference.ServerLive(pb_v2.ServerLiveRequest(), timeout=5),
+        "ModelMetadata": lambda: inference.ModelMetadata(
+            pb_v2.ModelMetadataRequest(name="mlp"), timeout=5),
+        "ServerReflectionInfo": lambda: _list_services(channel),
+    }
+    outcomes = {}
+    for name, call in calls.items():
+        try:
+            outcomes[name] = await call()
+        except grpc.aio.AioRpcError as error:
+            outcomes[name] = error.code()
+    return outcomes
+
+
+async def _first(stream):
+    async for response in stream:
+        return response
+    return None
+
+
+async def test_token_guards_every_rpc_but_health(model_repository):
+    async with _serving(model_repository, auth_token=TOKEN) as port:
+        target = f"127.0.0.1:{port}"
+        async with security.aio_channel(target) as anonymous:
+            assert await _health(anonymous) == health_pb2.HealthCheckResponse.SERVING
+            assert set((await _every_guarded_rpc(anonymous)).values()) == {
+                grpc.StatusCode.UNAUTHENTICATED}
+        async with security.aio_channel(target, token="wrong-" + TOKEN) as impostor:
+            assert set((await _every_guarded_rpc(impostor)).values()) == {
+                grpc.StatusCode.UNAUTHENTICATED}
+        async with security.aio_channel(target, token=TOKEN) as member:
+            outcomes = await _every_guarded_rpc(member)
+            assert not any(isinstance(o, grpc.StatusCode) for o in outcomes.values()), outcomes
+            assert len(outcomes["Classify"].results) == 1
+            assert "fashion_mnist.v1.Classifier" in outcomes["ServerReflectionInfo"]
+
+
+async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
+    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+                        tls_key=str(pki.server_key)) as port:
+        target = f"localhost:{port}"
+        async with security.aio_channel(target, tls_ca=pki.ca) as trusting:
+            assert await _health(trusting) == health_pb2.HealthCheckResponse.SERVING
+            outcomes = await _every_guarded_rpc(trusting)
+            assert len(outcomes["Classify"].results) == 1
+        for channel in (
+            security.aio_channel(target),  # plaintext against a TLS port
+            security.aio_channel(target, tls_ca=pki.rogue_ca),  # does not trust the server
+        ):
+            async with channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await _health(channel)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository):
+    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+                        tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
+                        auth_token=TOKEN) as port:
+        target = f"127.0.0.1:{port}"
+        good = {"tls_ca": pki.ca, "tls_cert": pki.client_cert, "tls_key": pki.client_key}
+        async with security.aio_channel(target, token=TOKEN, **good) as member:
+            assert await _health(member) == health_pb2.HealthCheckResponse.SERVING
+            outcomes = await _every_guarded_rpc(member)
+            assert len(outcomes["Classify"].results) == 1
+        rogue = {"tls_cert": pki.rogue_client_cert, "tls_key": pki.rogue_client_key}
+        for channel in (
+            security.aio_channel(target, tls_ca=pki.ca),  # no client certificate
+            security.aio_channel(target, tls_ca=pki.ca, **rogue),  # signed by another CA
+        ):
+            async with channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await _health(channel)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, capsys,
+                                                        monkeypatch):
+    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+                        worker_threads=1, poll_interval=0, tls_cert=str(pki.server_cert),
+                        tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
+                        auth_token=TOKEN)
+    with server_on_thread(settings) as server:
+        common = ["--target", f"localhost:{server.port}", "--tls-ca", str(pki.ca),
+                  "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+        assert client_cli.main(["health", *common]) == 0  # health needs no token
+        assert capsys.readouterr().out.strip() == "SERVING"
+        assert client_cli.main(["models", *common]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert client_cli.main(["models", *common, "--token", TOKEN]) == 0
+        assert "mlp" in capsys.readouterr().out
+        monkeypatch.setenv("FMNIST_TOKEN", TOKEN)
+        monkeypatch.setenv("FMNIST_TLS_CA", str(pki.ca))
+        monkeypatch.setenv("FMNIST_TLS_CERT", str(pki.client_cert))
+        monkeypatch.setenv("FMNIST_TLS_KEY", str(pki.client_key))
+        assert client_cli.main(["models", "--target", f"localhost:{server.port}"]) == 0
+        assert "mlp" in capsys.readouterr().out
+        monkeypatch.delenv("FMNIST_TLS_CERT")
+        monkeypatch.delenv("FMNIST_TLS_KEY")
+        assert client_cli.main(["models", "--target", f"localhost:{server.port}"]) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err  # no client certificate
+
+
+def test_the_server_needs_both_certificate_and_key(pki, model_repository):
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
+        Settings(model_repository=model_repository, tls_cert=str(pki.server_cert))
+    with pytest.raises(ValueError, match="--tls-client-ca"):
+        Settings(model_repository=model_repository, tls_client_ca=str(pki.ca))
+
+
+def test_the_token_is_not_in_the_settings_repr(model_repository):
+    assert TOKEN not in repr(Settings(model_repository=model_repository, auth_token=TOKEN))
+
+
+def test_client_certificate_without_key_is_refused(pki):
+    with pytest.raises(ValueError, match="key"):
+        security.channel_credentials(pki.ca, pki.client_cert, None)
+
+
+PATTERN = bytes.fromhex("c0ffee15bad5eed5")  # 8 bytes; an image is 98 of them
+
+
+def _renderings(data: bytes) -> list[str]:
+    """Ways a log line could show image bytes: hex, repr, base64, a list of numbers."""
+    return [
+        data.hex(),
+        repr(data)[2:-1],
+        base64.b64encode(data).decode(),
+        ", ".join(map(str, data)),
+        " ".join(map(str, data)),
+    ]
+
+
+async def test_logs_hold_no_image_data_even_at_debug(server, stub, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    image = PATTERN * 98
+    good = pb.ClassifyRequest(images=[image, image], request_id="pattern")
+    assert len((await stub.Classify(good)).results) == 2
+    for bad in (
+        pb.ClassifyRequest(images=[image, image + PATTERN]),  # wrong size
+        pb.ClassifyRequest(images=[image], model="no-such-model"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Classify(bad)
+    logs = caplog.text + "".join(capfd.readouterr())
+    assert "request failed" in logs  # the refusals were logged, at all
+    for rendering in _renderings(PATTERN * 2):
+        assert rendering not in logs

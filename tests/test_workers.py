@@ -1,0 +1,129 @@
+"""Several worker processes behind one port: calls spread over them, metrics and statistics
+sum over them, a killed worker is replaced, SIGTERM stops them all and cleans up."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from test_metrics import free_port, value
+from test_metrics import scrape as scrape_metrics
+
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+
+IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
+REQUEST = pb.ModelInferRequest(
+    model_name="mlp", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype="UINT8", shape=IMAGES.shape)],
+    raw_input_contents=[IMAGES.tobytes()])
+OK_CALLS = {"api": "v2", "method": "ModelInfer", "model": "mlp", "code": "OK"}
+
+
+class Logs:
+    """The server's JSON log lines, read on a thread so that the pipe never fills."""
+
+    def __init__(self, stream):
+        self.lines: list[dict] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self._changed:
+                self.lines.append(json.loads(line))
+                self._changed.notify_all()
+
+    def wait_for(self, message: str, count: int = 1, timeout: float = 60) -> list[dict]:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: len(self.matching(message)) >= count, timeout=timeout)
+            assert found, f"no {message!r} log line in {self.lines}"
+            return self.matching(message)
+
+    def matching(self, message: str) -> list[dict]:
+        return [line for line in self.lines if line["message"] == message]
+
+
+@pytest.fixture
+def workers(model_repository):
+    metrics_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--metrics-port",
+         str(metrics_port), "--poll-interval", "0", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logs = Logs(process.stderr)
+    try:
+        started = logs.wait_for("workers serving")[0]
+        yield process, logs, started, metrics_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def calls_over_connections(target: str, connections: int, per_connection: int) -> None:
+    for _ in range(connections):
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        with grpc.insecure_channel(target, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(per_connection):
+                assert stub.ModelInfer(REQUEST, timeout=30).outputs[0].name == "probabilities"
+
+
+def statistics_success(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name="mlp", version="2"), timeout=30)
+    return stats.model_stats[0].inference_stats.success.count
+
+
+def test_workers_share_the_port_and_their_metrics_add_up(workers):
+    process, _, started, metrics_port = workers
+    target, pids = started["address"], started["pids"]
+    assert len(pids) == 2 and process.pid not in pids
+    calls_over_connections(target, connections=8, per_connection=5)
+    samples = scrape_metrics(metrics_port)
+    assert value(samples, "fmnist_requests_total", **OK_CALLS) == 40
+    # ModelStatistics answers for every worker, whichever worker answers it
+    assert statistics_success(target) == 40
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
+    process, logs, started, metrics_port = workers
+    target, pids = started["address"], started["pids"]
+    calls_over_connections(target, connections=2, per_connection=3)
+    os.kill(pids[0], signal.SIGKILL)
+    died = logs.wait_for("worker died; starting another")[0]
+    assert (died["pid"], died["status"]) == (pids[0], "killed by SIGKILL")
+    logs.wait_for("serving", count=3)  # the replacement serves
+    assert logs.wait_for("worker serving")[0]["pid"] not in pids
+    calls_over_connections(target, connections=4, per_connection=2)
+    # the dead worker's counts stay in the sum
+    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 14
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    logs.wait_for("stopped")
+    assert not Path(started["metrics_dir"]).exists()
+    for pid in pids[1:]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
+    status = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
+         "--port", "0", "--workers", "2"],
+        capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert errors == [f"fmnist-serve: error: model repository {tmp_path / 'none'} does not "
+                      "exist or is not a directory"]
+
