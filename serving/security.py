@@ -7,7 +7,6 @@ orchestrators can probe health without holding the secret.
 
 import collections
 import hmac
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,60 +97,6 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         if self._authorised(handler_call_details.invocation_metadata):
             return handler
         return _abort_handler(handler, "missing or invalid bearer token (authorization metadata)")
-
-
-async def _parse(data: bytes, parse, context: aio.ServicerContext):
-    try:
-        return parse(data)
-    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {error}")
-
-
-async def _parsed_stream(raw_requests, parse, context: aio.ServicerContext):
-    async for data in raw_requests:
-        yield await _parse(data, parse, context)
-
-
-def _parsing_behavior(behavior, parse, request_streaming: bool):
-    """``behavior`` fed with requests parsed from raw bytes, refusing those that do not parse."""
-
-    async def requests(raw, context):
-        if request_streaming:
-            return _parsed_stream(raw, parse, context)
-        return await _parse(raw, parse, context)
-
-    if inspect.isasyncgenfunction(behavior):
-
-        async def streaming(raw, context):
-            async for response in behavior(await requests(raw, context), context):
-                yield response
-
-        return streaming
-
-    async def unary(raw, context):
-        return await behavior(await requests(raw, context), context)
-
-    return unary
-
-
-class MalformedRequestInterceptor(aio.ServerInterceptor):
-    """Answers INVALID_ARGUMENT to request bytes that are not a valid message of the method.
-
-    Left to itself grpc.aio answers such a request UNKNOWN with the parser's exception text; the
-    error contract promises a client error for bad input, whatever the bytes.
-    """
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        kind = ("stream_" if handler.request_streaming else "unary_") + (
-            "stream" if handler.response_streaming else "unary"
-        )
-        behavior = _parsing_behavior(
-            getattr(handler, kind), handler.request_deserializer, handler.request_streaming
-        )
-        return handler._replace(request_deserializer=None, **{kind: behavior})
 
 
 class _TokenAdder:

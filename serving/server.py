@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2_grpc
 from serving import metrics
-from serving.api.admission import Admission
+from serving.api.admission import Admission, MalformedRequestInterceptor
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER_SERVICE
 from serving.api.classifier import ClassifierServicer
 from serving.api.inference import SERVICE_NAME as INFERENCE_SERVICE
@@ -30,7 +30,7 @@ from serving.api.inference import InferenceServicer
 from serving.batching import InferenceExecutor
 from serving.errors import RepositoryError
 from serving.repository import ModelRegistry, load_repository
-from serving.security import BearerTokenInterceptor, MalformedRequestInterceptor, server_credentials
+from serving.security import BearerTokenInterceptor, server_credentials
 from serving.service import ClassifierService
 from serving.settings import Settings
 from serving.watcher import RepositoryWatcher

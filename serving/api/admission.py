@@ -2,11 +2,14 @@
 
 - once the server drains, new calls get UNAVAILABLE while calls in flight go on; health and
   reflection keep answering (health then says NOT_SERVING);
-- it counts the calls in flight, so that shutdown can say what it waits for;
-- a request message that cannot be parsed gets INVALID_ARGUMENT, where grpc.aio alone would
-  answer UNKNOWN.
+- it counts the calls in flight, so that shutdown can say what it waits for, and refuses calls
+  over the configured limit with RESOURCE_EXHAUSTED.
+
+``MalformedRequestInterceptor`` answers INVALID_ARGUMENT to request bytes that do not parse, on
+every method, where grpc.aio alone would answer UNKNOWN.
 """
 
+import inspect
 import logging
 
 import grpc
@@ -39,19 +42,18 @@ class Admission(grpc.aio.ServerInterceptor):
             return _replace(handler, _refuse(handler_call_details.method))
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return _replace(handler, _overloaded(self.max_in_flight))
-        return _replace(handler, self._admitted(handler), _tolerant(handler.request_deserializer))
+        return _replace(handler, self._admitted(handler))
 
     def _admitted(self, handler):
-        """The handler's behavior, counted in ``in_flight`` and fed only parsed requests."""
+        """The handler's behavior, counted in ``in_flight``."""
         behavior = getattr(handler, _kind(handler))
-        parsed = _parsed_stream if handler.request_streaming else _parsed
 
         if handler.response_streaming:
 
             async def streaming(request, context):
                 self.in_flight += 1
                 try:
-                    async for response in behavior(await parsed(request, context), context):
+                    async for response in behavior(request, context):
                         yield response
                 finally:
                     self.in_flight -= 1
@@ -61,45 +63,62 @@ class Admission(grpc.aio.ServerInterceptor):
         async def unary(request, context):
             self.in_flight += 1
             try:
-                return await behavior(await parsed(request, context), context)
+                return await behavior(request, context)
             finally:
                 self.in_flight -= 1
 
         return unary
 
 
-class _Unparsable:
-    """Stands for a request message the deserializer refused."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-def _tolerant(deserializer):
-    if deserializer is None:
-        return None
-
-    def deserialize(data: bytes):
-        try:
-            return deserializer(data)
-        except Exception as error:  # protobuf's DecodeError, or anything a custom one raises
-            return _Unparsable(error)
-
-    return deserialize
+async def _parse(data: bytes, parse, context: grpc.aio.ServicerContext):
+    try:
+        return parse(data)
+    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {error}")
 
 
-async def _parsed(request, context):
-    if isinstance(request, _Unparsable):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {request.error}")
-    return request
+async def _parsed_stream(raw_requests, parse, context: grpc.aio.ServicerContext):
+    async for data in raw_requests:
+        yield await _parse(data, parse, context)
 
 
-async def _parsed_stream(requests, context):
-    async def checked():
-        async for request in requests:
-            yield await _parsed(request, context)
+def _parsing_behavior(behavior, parse, handler):
+    """``behavior`` fed with requests parsed from raw bytes, refusing those that do not parse."""
 
-    return checked()
+    async def requests(raw, context):
+        if handler.request_streaming:
+            return _parsed_stream(raw, parse, context)
+        return await _parse(raw, parse, context)
+
+    if inspect.isasyncgenfunction(behavior):  # not health's Watch, which uses context.write
+
+        async def streaming(raw, context):
+            async for response in behavior(await requests(raw, context), context):
+                yield response
+
+        return streaming
+
+    async def unary(raw, context):
+        return await behavior(await requests(raw, context), context)
+
+    return unary
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Answers INVALID_ARGUMENT to request bytes that are not a valid message of the method.
+
+    Left to itself grpc.aio answers such a request UNKNOWN with the parser's exception text; the
+    error contract promises a client error for bad input, whatever the bytes.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        behavior = _parsing_behavior(
+            getattr(handler, _kind(handler)), handler.request_deserializer, handler
+        )
+        return handler._replace(request_deserializer=None, **{_kind(handler): behavior})
 
 
 def _refuse(method: str):
@@ -126,8 +145,5 @@ def _kind(handler) -> str:
     return f"{requests}_{'stream' if handler.response_streaming else 'unary'}"
 
 
-def _replace(handler, behavior, request_deserializer=None):
-    changes = {_kind(handler): behavior}
-    if request_deserializer is not None:
-        changes["request_deserializer"] = request_deserializer
-    return handler._replace(**changes)
+def _replace(handler, behavior):
+    return handler._replace(**{_kind(handler): behavior})
