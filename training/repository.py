@@ -33,7 +33,8 @@ def existing_versions(root: Path, name: str) -> list[int]:
     model_dir = Path(root) / name
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+    names = (p.name for p in model_dir.iterdir() if p.is_dir())
+    return sorted(int(name) for name in names if name.isascii() and name.isdigit())
 
 
 def sha256_file(path: Path) -> str:
