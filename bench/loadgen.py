@@ -149,14 +149,17 @@ async def run_process(plan: Plan) -> ProcessResult:
         await asyncio.gather(*(channel.channel_ready() for channel in channels))
 
         async def worker(index: int) -> None:
-            call = calls[index % len(calls)]
-            check_answer(plan, await call(requests[index % DISTINCT_REQUESTS],
-                                          timeout=plan.timeout_s))
+            # with concurrency > 1 each worker rotates over all connections, so that every
+            # connection (and every worker process behind them) carries the same share of the
+            # calls; a lone closed-loop client keeps to one connection, as real ones do
+            check_answer(plan, await calls[index % len(calls)](
+                requests[index % DISTINCT_REQUESTS], timeout=plan.timeout_s))
             await sleep_until(plan.start_at)
             sent = index
             while (started := time.time()) < window_end:
                 begin = time.perf_counter_ns()
                 try:
+                    call = calls[sent % len(calls)] if plan.concurrency > 1 else calls[0]
                     answer = await call(requests[sent % DISTINCT_REQUESTS], timeout=plan.timeout_s)
                     if plan.decode:
                         check_answer(plan, answer)

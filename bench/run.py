@@ -5,7 +5,7 @@
    (``Classify``: the model *and* the baseline per image) and over the Open Inference Protocol
    (``ModelInfer``: the model only), then MLServer 1.7 and KServe 0.21 (each in its own venv,
    an onnxruntime session on the same ``mlp`` ONNX file, v2 gRPC), one server at a time.
-   Each gets the same load generator (bench/loadgen.py: one client process, 8 connections,
+   Each gets the same load generator (bench/loadgen.py: one client process, 16 connections,
    closed loop) at batch 1 x concurrency 1, 8, 32 and batch 64 x concurrency 4.
 3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API, stream of
    1000-image batches), everyone with bench/score_v2.py (v2, 1000-image batches, 2 in flight),
@@ -49,7 +49,7 @@ FLOOR = "gRPC floor (no model)"
 SCORE_BATCH = 1000
 # Connections per client process: the kernel spreads connections, not calls, over the
 # workers of a multi-process server, so a few connections could all land on one worker.
-CHANNELS = 8
+CHANNELS = 16
 
 
 def log(message: str) -> None:

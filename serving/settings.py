@@ -8,6 +8,7 @@ text follow.
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,25 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
 DEFAULT_REPOSITORY = Path("model_repository")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (what
+    ``docker run --cpus`` sets; os.cpu_count() would report every core of the host)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores or 1
+
+
 # One server process per core: a Python process cannot use a second core for gRPC (the GIL),
 # and measured on 2 cores two workers beat one (BENCHMARKS.md).
-DEFAULT_WORKERS = os.cpu_count() or 1
+DEFAULT_WORKERS = available_cores()
 INLINE_MAX_IMAGES = 32
 
 

@@ -18,9 +18,12 @@ session or a thread. It
    fails with that line, as a single process would);
 4. forks a replacement when a worker dies (at most one per slot per second);
 5. on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, removes the directory.
+   Should the supervisor itself be killed, the kernel sends each worker SIGTERM
+   (PR_SET_PDEATHSIG): they drain and exit rather than linger (the directory then stays).
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import select
@@ -33,7 +36,7 @@ import traceback
 from dataclasses import replace
 
 from serving.errors import RepositoryError
-from serving.settings import Settings
+from serving.settings import Settings, available_cores
 
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -41,6 +44,7 @@ RESTART_INTERVAL_S = 1.0
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 READY = b"\x00"
 SHARED_MEMORY = "/dev/shm"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +111,11 @@ class _Supervisor:
 
     def start(self) -> None:
         threads = self.settings.workers * self.settings.intra_op_threads
-        if threads > (os.cpu_count() or 1):
+        if threads > available_cores():
             log.warning("more onnxruntime threads than cores: calls will wait for a core",
                         extra={"fields": {"workers": self.settings.workers,
                                           "intra_op_threads": self.settings.intra_op_threads,
-                                          "cores": os.cpu_count()}})
+                                          "cores": available_cores()}})
         if self.settings.metrics_port:
             self._metrics = _metrics_server(self.settings, self.directory)
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -148,12 +152,13 @@ class _Supervisor:
     def _fork(self, slot: int) -> int:
         """Starts a worker; returns the read end of its start-report pipe."""
         read_end, write_end = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
             _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
                                                    *([self._metrics.fileno()]
-                                                     if self._metrics else [])])
+                                                     if self._metrics else [])], supervisor)
         os.close(write_end)
         self.workers[pid] = slot
         self.started_at[slot] = time.monotonic()
@@ -218,7 +223,18 @@ class _Supervisor:
             self._metrics = None
 
 
-def _worker_main(settings: Settings, report_fd: int, inherited: list[int]) -> None:
+def _drain_when_orphaned(supervisor: int) -> None:
+    """Asks the kernel for SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL, so
+    that no worker outlives it (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
+                 supervisor: int) -> None:
     """In the forked child: serve until SIGTERM, report the start over ``report_fd``; never
     returns."""
     status = 1
@@ -226,6 +242,7 @@ def _worker_main(settings: Settings, report_fd: int, inherited: list[int]) -> No
         signal.set_wakeup_fd(-1)
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signal_number, signal.SIG_DFL)
+        _drain_when_orphaned(supervisor)
         for fd in inherited:
             os.close(fd)
         from serving.server import ListenError, run_event_loop, serve

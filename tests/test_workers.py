@@ -3,10 +3,12 @@ sum over them, a killed worker is replaced, SIGTERM stops them all and cleans up
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -65,8 +67,12 @@ def workers(model_repository):
         yield process, logs, started, metrics_port
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(10)
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 def calls_over_connections(target: str, connections: int, per_connection: int) -> None:
@@ -127,3 +133,39 @@ def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     assert errors == [f"fmnist-serve: error: model repository {tmp_path / 'none'} does not "
                       "exist or is not a directory"]
 
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("50000 100000\n", 1),  # docker --cpus 0.5
+    ("max 100000\n", len(os.sched_getaffinity(0))),
+])
+def test_default_workers_follow_the_cores_this_process_may_use(tmp_path, monkeypatch,
+                                                               cpu_max, expected):
+    from serving import settings
+
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max)
+    monkeypatch.setattr(settings, "CGROUP_CPU_MAX", quota)
+    assert settings.available_cores() == expected
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(workers):
+    process, logs, started, _ = workers
+    process.kill()  # SIGKILL: the supervisor cannot pass anything on
+    process.wait(10)
+    for _ in range(300):
+        if not any(alive(pid) for pid in started["pids"]):
+            break
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in started["pids"])
+    assert len(logs.wait_for("stopped", count=2)) == 2  # each worker drained and stopped
+    shutil.rmtree(started["metrics_dir"])  # only a killed supervisor leaves it behind
