@@ -1,0 +1,96 @@
+"""Deadlines are honoured: a request whose deadline passes while it waits for the model gets
+DEADLINE_EXCEEDED and is never computed, which Triton's statistics (images and onnxruntime calls
+per model version) prove."""
+
+import asyncio
+import dataclasses
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.server import running_server
+from training.classes import CLASS_NAMES
+from training.preprocessing import PIXELS, prepend_preprocessing
+from training.repository import write_version
+
+SLOW_BATCH = 1024  # images: about 0.3 s of one onnxruntime thread for slow_classifier()
+
+
+def slow_classifier(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
+    """A deep stack of wide MatMuls: the same signature as the served models, slow on purpose,
+    so that a request can be made to wait behind another."""
+    rng = np.random.default_rng(0)
+    nodes, weights, features, size = [], [], "features", PIXELS
+    for layer in range(layers):
+        name = f"w{layer}"
+        weights.append(numpy_helper.from_array(
+            rng.normal(0, size**-0.5, (size, width)).astype(np.float32), name))
+        nodes.append(helper.make_node("MatMul", [features, name], [f"h{layer}"]))
+        features, size = f"h{layer}", width
+    weights.append(numpy_helper.from_array(
+        rng.normal(0, 0.05, (size, len(CLASS_NAMES))).astype(np.float32), "out"))
+    nodes += [
+        helper.make_node("MatMul", [features, "out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", PIXELS])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                       ["N", len(CLASS_NAMES)]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return prepend_preprocessing(model)
+
+
+def infer_request(count: int) -> pb.ModelInferRequest:
+    images = np.zeros((count, 28, 28), np.uint8)
+    return pb.ModelInferRequest(
+        model_name="slow",
+        inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="images", datatype="UINT8", shape=images.shape)],
+        raw_input_contents=[images.tobytes()],
+    )
+
+
+async def slow_statistics(v2) -> pb.InferStatistics:
+    response = await v2.ModelStatistics(pb.ModelStatisticsRequest(name="slow"))
+    (statistics,) = response.model_stats
+    return statistics
+
+
+@pytest.fixture
+async def slow_server(repository_copy, settings):
+    write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
+    one_thread = dataclasses.replace(settings, model_repository=repository_copy,
+                                     worker_threads=1, intra_op_threads=1)
+    async with running_server(one_thread) as server:
+        yield server
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(slow_server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        occupying = asyncio.ensure_future(v2.ModelInfer(infer_request(SLOW_BATCH)))
+        await asyncio.sleep(0.05)  # the big request now holds the only inference thread
+
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await v2.ModelInfer(infer_request(3), timeout=0.1)
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        assert list((await occupying).outputs[0].shape) == [SLOW_BATCH, 10]
+        await asyncio.sleep(0.05)  # let the queue drop the expired request
+        after_expiry = await slow_statistics(v2)
+        assert (after_expiry.inference_count, after_expiry.execution_count) == (SLOW_BATCH, 1)
+
+        await v2.ModelInfer(infer_request(3), timeout=30)  # a live request is still computed
+        after_live = await slow_statistics(v2)
+        assert (after_live.inference_count, after_live.execution_count) == (SLOW_BATCH + 3, 2)
