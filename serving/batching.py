@@ -9,7 +9,8 @@ full waits up to that long for more requests first.
 
 Batches of at most ``inline_max_images`` images run on the event loop thread itself, right
 after the loop iteration that queued them (so requests arriving together still share a call):
-for a small batch the hand-off to an inference thread and back costs more CPU than the model.
+the hand-off to an inference thread and back costs CPU (context switches, the GIL) that buys no
+parallelism when the worker processes already use every core.
 
 Requests arrive validated (the codecs check them before they queue), so a batch fails only if
 onnxruntime fails, and then each of its requests gets that error; cancelled requests are
@@ -162,12 +163,13 @@ class Batcher:
         elif batch:
             probabilities, labels, started, compute_s = result
             self._metrics.executed(len(labels))
-            start = 0
+            start, queue_s, total_s = 0, 0.0, 0.0
             for request in batch:
                 end = start + len(request.images)
-                self._metrics.succeeded(started - request.enqueued, compute_s,
-                                        finished - request.enqueued)
+                queue_s += started - request.enqueued
+                total_s += finished - request.enqueued
                 if not request.future.done():
                     request.future.set_result((probabilities[start:end], labels[start:end]))
                 start = end
+            self._metrics.succeeded(len(batch), queue_s, len(batch) * compute_s, total_s)
         self._dispatch(loop)

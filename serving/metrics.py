@@ -86,8 +86,10 @@ class ModelMetrics:
         """One onnxruntime call of ``images`` images."""
         self._batch_size.observe(images)
 
-    def succeeded(self, queue_s: float, compute_s: float, total_s: float) -> None:
-        self._succeeded.inc()
+    def succeeded(self, count: int, queue_s: float, compute_s: float, total_s: float) -> None:
+        """``count`` successful predictions of one batch, the seconds summed over them: one
+        write per metric per batch (each is an mmap write in multiprocess mode)."""
+        self._succeeded.inc(count)
         self._success_seconds.inc(total_s)
         self._queue_seconds.inc(queue_s)
         self._compute_seconds.inc(compute_s)

@@ -43,7 +43,11 @@ def available_cores() -> int:
 # One server process per core: a Python process cannot use a second core for gRPC (the GIL),
 # and measured on 2 cores two workers beat one (BENCHMARKS.md).
 DEFAULT_WORKERS = available_cores()
-INLINE_MAX_IMAGES = 32
+# Batches up to a full default batch (--batch-max-images) run on the event loop thread: with a
+# worker process per core a thread adds no parallelism, only hand-off CPU (measured on 2 cores,
+# batch 64: 1.7 vs 2.1 ms of server CPU per call; BENCHMARKS.md). Larger requests (scoring's
+# 1000 images) still go to an inference thread: the loop blocks for at most ~3 ms.
+INLINE_MAX_IMAGES = 256
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None):
@@ -88,7 +92,7 @@ class Settings:
     )
     inline_max_images: int = _setting(
         INLINE_MAX_IMAGES, "batches of at most this many images run on the event loop thread "
-        "instead of an inference thread: cheaper for small batches (0: always a thread)", "N",
+        "instead of an inference thread, saving the hand-off (0: always a thread)", "N",
     )
     event_loop: str = _setting(
         "uvloop", "event loop implementation (uvloop costs less CPU per call)",

@@ -10,6 +10,7 @@ Answers are raw when the request was raw (tritonclient reads only raw outputs), 
 otherwise.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -79,7 +80,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
         raise InvalidArgument(f"{field}.shape: expected [N,28,28], got {list(shape)}")
     raw = len(request.raw_input_contents) > 0
     pixels = _raw_pixels(request, tensor, field) if raw else _typed_pixels(tensor, field)
-    expected_size = int(np.prod(shape))
+    expected_size = math.prod(shape)
     if pixels.size != expected_size:
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
