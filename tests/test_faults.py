@@ -117,8 +117,9 @@ def test_without_a_good_version_of_a_required_model_the_server_exits_1_with_the_
     case, repository_copy, capsys, restore_logging
 ):
     _damage(repository_copy / "baseline" / "1", case.replace("mlp", "baseline"))
+    # One process: forking workers from pytest, whose gRPC threads are running, can deadlock.
     status = cli.main(["--model-repository", str(repository_copy), "--port", "0",
-                       "--host", "127.0.0.1"])
+                       "--host", "127.0.0.1", "--workers", "1"])
     errors = capsys.readouterr().err.splitlines()
     assert status == 1
     assert errors[-1].startswith("fmnist-serve: error: ")

@@ -121,7 +121,9 @@ def test_cli_refuses_a_repository_it_cannot_serve_with_one_line(case, repository
     # A damaged version is refused and the others serve, so mlp/2 is made the only mlp version.
     shutil.rmtree(repository_copy / "mlp" / "1")
     root = _damage(repository_copy, case)
-    status = cli.main(["--model-repository", str(root), "--host", "127.0.0.1", "--port", "0"])
+    # One process: forking workers from pytest, whose gRPC threads are running, can deadlock.
+    status = cli.main(["--model-repository", str(root), "--host", "127.0.0.1", "--port", "0",
+                       "--workers", "1"])
     error_lines = [line for line in capsys.readouterr().err.splitlines()
                    if " INFO " not in line and "model version refused" not in line]
     assert status == 1
