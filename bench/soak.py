@@ -13,10 +13,8 @@ end of the warm-up and the end of the run.
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loadgen import loopback_target, process_tree
+from startup import free_port, rss_mb
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
@@ -75,38 +75,10 @@ class SoakResult:
         }
 
 
-def process_tree_rss_mb(root_pid: int) -> float:
-    """Resident memory of ``root_pid`` and all its descendants, from /proc."""
-    pids, total_kb = [root_pid], 0
-    while pids:
-        pid = pids.pop()
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                children = (task / "children").read_text().split()
-                pids += [int(child) for child in children]
-    return total_kb / 1024
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def loopback(target: str) -> str:
-    host = target.rsplit(":", 1)[0].strip("[]")
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-        raise SystemExit(f"soak: --target {target}: only loopback targets are allowed")
-    return target
-
-
 @contextlib.contextmanager
 def started_server(repository: Path, workers: int):
     """``python -m serving`` on a free loopback port; yields (target, pid)."""
-    port = free_loopback_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(repository),
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -182,7 +154,7 @@ async def soak(target: str, server_pid: int, *, clients: int, warmup: float, dur
     async def sample_memory() -> None:
         while time.monotonic() < stop_at:
             await asyncio.sleep(1)
-            rss = process_tree_rss_mb(server_pid)
+            rss = sum(map(rss_mb, process_tree([server_pid])))
             if time.monotonic() >= measure_from:
                 result.rss_after_warmup_mb = result.rss_after_warmup_mb or rss
                 result.rss_mb.append(rss)
@@ -231,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target:
         if not args.server_pid:
             parser.error("--target needs --server-pid (to sample its memory)")
-        result = run(loopback(args.target), args.server_pid)
+        result = run(loopback_target(args.target), args.server_pid)
     else:
         with started_server(args.model_repository, args.workers) as (target, pid):
             result = run(target, pid)
