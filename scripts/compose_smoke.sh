@@ -243,6 +243,8 @@ main() {
     wait_healthy "$classifier"
     "$PYTHON" -m serving.client health --target "127.0.0.1:$grpc_port" \
         || fail "health check from the host did not answer SERVING"
+    podman logs "$classifier" 2>&1 | grep -q "transport=native" \
+        || fail "the classifier does not serve through the native front door: $(podman logs "$classifier" 2>&1 | tail -3)"
 
     log "classify test images from the host and compare with onnxruntime on the container's models"
     podman cp "$classifier:/models" "$SCRATCH/models"

@@ -23,16 +23,26 @@ def _read(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-def server_credentials(
-    cert_file: str | Path, key_file: str | Path, client_ca_file: str | Path | None = None
-) -> grpc.ServerCredentials:
-    """TLS credentials; with ``client_ca_file``, clients must show a certificate that CA signed."""
-    client_ca = _read(client_ca_file)
-    return grpc.ssl_server_credentials(
-        [(_read(key_file), _read(cert_file))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
+@dataclass(frozen=True)
+class ServerTls:
+    """What a TLS server needs, read once from the PEM files; ``client_ca`` means mutual TLS
+    (clients must show a certificate that CA signed)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def read(cls, cert_file: str | Path, key_file: str | Path,
+             client_ca_file: str | Path | None = None) -> "ServerTls":
+        return cls(_read(cert_file), _read(key_file), _read(client_ca_file))
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
 
 def channel_credentials(

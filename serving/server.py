@@ -1,4 +1,5 @@
-"""Builds, starts and drains the ``grpc.aio`` server: servicers, health, reflection.
+"""Builds, starts and drains the server: servicers, health, reflection, and in front of them
+either grpc.aio itself or the native front door (``serving.frontdoor``).
 
 ``SERVICERS`` lists what the server offers; each entry builds a servicer from the loaded
 ``Runtime`` and adds it to the server, so another API is one more entry. ``ModelServer`` is
@@ -29,8 +30,9 @@ from serving.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from serving.api.inference import InferenceServicer
 from serving.batching import InferenceExecutor
 from serving.errors import RepositoryError
+from serving.frontdoor import DirectCalls, FrontDoor, HandlerTable
 from serving.repository import ModelRegistry, load_repository
-from serving.security import BearerTokenInterceptor, server_credentials
+from serving.security import BearerTokenInterceptor, ServerTls
 from serving.service import ClassifierService
 from serving.settings import Settings
 from serving.watcher import RepositoryWatcher
@@ -56,10 +58,10 @@ class ServicerRegistration:
     """One gRPC service: its full name (for health and reflection) and how to add it."""
 
     service_name: str
-    add: Callable[[Runtime, grpc.aio.Server], None]
+    add: Callable[[Runtime, grpc.aio.Server | HandlerTable], None]
 
 
-def _add_classifier(runtime: Runtime, server: grpc.aio.Server) -> None:
+def _add_classifier(runtime: Runtime, server: grpc.aio.Server | HandlerTable) -> None:
     settings = runtime.settings
     service = ClassifierService(runtime.registry, settings.default_model, settings.baseline_model)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(
@@ -67,7 +69,7 @@ def _add_classifier(runtime: Runtime, server: grpc.aio.Server) -> None:
     )
 
 
-def _add_inference(runtime: Runtime, server: grpc.aio.Server) -> None:
+def _add_inference(runtime: Runtime, server: grpc.aio.Server | HandlerTable) -> None:
     settings = runtime.settings
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(runtime.registry, settings.max_batch_size, _package_version(),
@@ -105,15 +107,19 @@ class ModelServer:
         max_bytes = self.settings.max_message_bytes
         token = self.settings.auth_token
         token = [BearerTokenInterceptor(token)] if token else []
+        self._interceptors = [*token, self.admission, MalformedRequestInterceptor()]
         self._server = grpc.aio.server(
-            interceptors=[*token, self.admission, MalformedRequestInterceptor()],
+            interceptors=self._interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
             ],
         )
+        self._handlers = HandlerTable()
         for registration in servicers:
-            registration.add(runtime, self._server)
+            registration.add(runtime, self._handlers)
+        self._handlers.add_to(self._server)
+        self._front_door = FrontDoor() if self.settings.transport == "native" else None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
@@ -147,18 +153,30 @@ class ModelServer:
         """Listens, then reports SERVING for the server ("") and each service."""
         settings = self.settings
         try:
+            tls = None
             if settings.tls_cert:
-                credentials = server_credentials(
-                    settings.tls_cert, settings.tls_key, settings.tls_client_ca or None
+                tls = ServerTls.read(settings.tls_cert, settings.tls_key,
+                                     settings.tls_client_ca or None)
+            if self._front_door is not None:
+                self._server.add_insecure_port(self._front_door.open_backend())
+                await self._server.start()
+                calls = DirectCalls(self._handlers, self._interceptors, asyncio.get_running_loop())
+                self.port = self._front_door.start(
+                    settings.address, calls, self._handlers.unary_methods(),
+                    settings.max_message_bytes, tls,
                 )
-                self.port = self._server.add_secure_port(settings.address, credentials)
+            elif tls is not None:
+                self.port = self._server.add_secure_port(settings.address, tls.credentials())
             else:
                 self.port = self._server.add_insecure_port(settings.address)
         except OSError as error:
+            await self._stop_listening()
             raise ListenError(f"cannot read a TLS file: {error}") from None
         except RuntimeError as error:
+            await self._stop_listening()
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
-        await self._server.start()
+        if self._front_door is None:
+            await self._server.start()
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
             try:
@@ -166,7 +184,7 @@ class ModelServer:
                     settings.host, settings.metrics_port
                 )
             except OSError as error:
-                await self._server.stop(0)
+                await self._stop_listening()
                 raise ListenError(
                     f"cannot listen for metrics on port {settings.metrics_port}: {error}"
                 ) from None
@@ -185,6 +203,7 @@ class ModelServer:
             extra={
                 "fields": {
                     "address": self.address,
+                    "transport": self.settings.transport,
                     "models": models,
                     "default_model": self.settings.default_model,
                     "try": f"fmnist classify --target {self.address} --test-index 0 1 2",
@@ -213,12 +232,17 @@ class ModelServer:
             await asyncio.sleep(DRAIN_QUIET_SECONDS)
             if not self.admission.in_flight and self.admission.refused == refused:
                 break
-        await self._server.stop(0)  # what is left: health watches, or calls past the grace
+        await self._stop_listening()  # what is left: health watches, or calls past the grace
         self.runtime.executor.shutdown(wait=True, cancel_futures=True)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         log.info("stopped")
+
+    async def _stop_listening(self) -> None:
+        if self._front_door is not None:
+            await self._front_door.stop()
+        await self._server.stop(0)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -19,6 +19,7 @@ from serving.codecs.images import IMAGE_BYTES
 ENV_PREFIX = "FMNIST_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRANSPORTS = ("native", "grpcio")
 EVENT_LOOPS = ("uvloop", "asyncio")
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
@@ -93,6 +94,11 @@ class Settings:
     inline_max_images: int = _setting(
         INLINE_MAX_IMAGES, "batches of at most this many images run on the event loop thread "
         "instead of an inference thread, saving the hand-off (0: always a thread)", "N",
+    )
+    transport: str = _setting(
+        "native", "who speaks gRPC on the public port: native (gRPC C++ in front, unary calls "
+        "handed straight to Python, the rest relayed to grpc.aio; the least CPU per call) or "
+        "grpcio (grpc.aio alone)", choices=TRANSPORTS,
     )
     event_loop: str = _setting(
         "uvloop", "event loop implementation (uvloop costs less CPU per call)",

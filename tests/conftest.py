@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.dataset import load_test_set
 from serving.server import ModelServer, running_server
-from serving.settings import Settings
+from serving.settings import TRANSPORTS, Settings
 from training.classes import CLASS_NAMES
 from training.preprocessing import PIXELS, prepend_preprocessing
 from training.repository import write_version
@@ -83,10 +83,16 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return load_test_set()
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request) -> str:
+    """Each of the server's transports: tests that take it run once per transport."""
+    return request.param
+
+
 @pytest.fixture
-def settings(model_repository) -> Settings:
+def settings(model_repository, transport) -> Settings:
     return Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                    worker_threads=2, grace_period=5.0)
+                    worker_threads=2, grace_period=5.0, transport=transport)
 
 
 @pytest.fixture

@@ -109,11 +109,12 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @contextlib.asynccontextmanager
-async def _serving(model_repository, **security_settings):
-    """The real server, with ``security_settings`` (tls_cert, tls_key, tls_client_ca,
-    auth_token); yields its port."""
+async def _serving(model_repository, transport, **security_settings):
+    """The real server on ``transport``, with ``security_settings`` (tls_cert, tls_key,
+    tls_client_ca, auth_token); yields its port."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=1, poll_interval=0, **security_settings)
+                        worker_threads=1, poll_interval=0, transport=transport,
+                        **security_settings)
     async with running_server(settings) as server:
         yield server.port
 
@@ -167,8 +168,8 @@ async def _first(stream):
     return None
 
 
-async def test_token_guards_every_rpc_but_health(model_repository):
-    async with _serving(model_repository, auth_token=TOKEN) as port:
+async def test_token_guards_every_rpc_but_health(model_repository, transport):
+    async with _serving(model_repository, transport, auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
         async with security.aio_channel(target) as anonymous:
             assert await _health(anonymous) == health_pb2.HealthCheckResponse.SERVING
@@ -184,8 +185,8 @@ async def test_token_guards_every_rpc_but_health(model_repository):
             assert "fashion_mnist.v1.Classifier" in outcomes["ServerReflectionInfo"]
 
 
-async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
-    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository, transport):
+    async with _serving(model_repository, transport, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key)) as port:
         target = f"localhost:{port}"
         async with security.aio_channel(target, tls_ca=pki.ca) as trusting:
@@ -202,8 +203,9 @@ async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository):
-    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository,
+                                                                       transport):
+    async with _serving(model_repository, transport, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
                         auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"

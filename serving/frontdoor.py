@@ -1,0 +1,207 @@
+"""The native front door (``--transport native``): gRPC C++ listens on the public address.
+
+Why: grpc.aio spends 0.3-0.4 ms of CPU per call in Python before any servicer code runs (the
+"gRPC floor" of BENCHMARKS.md), more than the model itself at small batches. The C++ server
+(``serving/native/frontdoor.cc``) takes that cost out of Python:
+
+- unary calls of the served APIs go straight to ``DirectCalls``, which runs them on the event
+  loop through the *same* interceptors (token, admission, malformed bytes) and servicer methods
+  that grpc.aio would, and answers with the status code they chose;
+- every other call (``ClassifyStream``, health, reflection) is relayed to the grpc.aio server,
+  which then listens only on a unix socket in a private directory.
+"""
+
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from serving.security import ServerTls
+
+log = logging.getLogger(__name__)
+
+SHARED_MEMORY = "/dev/shm"  # writable on read-only root file systems, like the compose service
+INTERNAL_MESSAGE = "internal error while answering; the server log has the details"
+
+
+class _HandlerCallDetails(
+    collections.namedtuple("_HandlerCallDetails", ("method", "invocation_metadata")),
+    grpc.HandlerCallDetails,
+):
+    """What server interceptors get to look at, as grpc.aio builds it."""
+
+
+class HandlerTable:
+    """Collects the method handlers that the generated ``add_*_to_server`` functions register,
+    so that grpc.aio and the direct path serve the very same handlers."""
+
+    def __init__(self):
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._registered: list[tuple[str, dict[str, grpc.RpcMethodHandler]]] = []
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self._registered.append((service, handlers))
+        for name, handler in handlers.items():
+            self.handlers[f"/{service}/{name}"] = handler
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(tuple(self._generic))
+        for service, handlers in self._registered:
+            server.add_registered_method_handlers(service, handlers)
+
+    def unary_methods(self) -> list[str]:
+        return [method for method, handler in self.handlers.items()
+                if not handler.request_streaming and not handler.response_streaming]
+
+
+class DirectContext:
+    """The part of ``grpc.aio.ServicerContext`` that the interceptors and servicers use."""
+
+    def __init__(self, peer: str, metadata: tuple, deadline: float | None):
+        self._peer = peer
+        self._metadata = metadata
+        self._deadline = deadline
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
+        self._code, self._details = code, details
+        raise grpc.aio.AbortError(details)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.time())
+
+
+class DirectCalls:
+    """The front door's handler for unary calls: called on a gRPC C++ thread, it schedules the
+    call on the event loop and returns how to cancel it (deadline passed, client gone)."""
+
+    def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor],
+                 loop: asyncio.AbstractEventLoop):
+        self._handlers = table.handlers
+        self._interceptors = tuple(interceptors)
+        self._loop = loop
+
+    def __call__(self, method: str, request: bytes, metadata: tuple, peer: str,  # noqa: PLR0917 (the front door's call)
+                 deadline: float | None, completion: Callable) -> Callable[[], None]:
+        context = DirectContext(peer, metadata, deadline)
+        call = _Call(self._serve(method, request, context, completion))
+        self._loop.call_soon_threadsafe(call.start)
+        return lambda: self._loop.call_soon_threadsafe(call.cancel)
+
+    async def _serve(self, method: str, request: bytes, context: DirectContext,
+                     completion: Callable) -> None:
+        try:
+            details = _HandlerCallDetails(method, context.invocation_metadata())
+            handler = await self._intercept(0, details)
+            if handler.request_deserializer is not None:
+                request = handler.request_deserializer(request)
+            response = await handler.unary_unary(request, context)
+            if handler.response_serializer is not None:
+                response = handler.response_serializer(response)
+            completion(0, "", response)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            completion(code.value[0], context.details())
+        except asyncio.CancelledError:
+            completion(grpc.StatusCode.CANCELLED.value[0], "the call was cancelled")
+        except Exception:
+            log.exception("direct call crashed", extra={"fields": {"method": method}})
+            completion(grpc.StatusCode.INTERNAL.value[0], INTERNAL_MESSAGE)
+
+    async def _intercept(self, index: int, details: _HandlerCallDetails):
+        """The interceptors in grpc.aio's order, the first one outermost."""
+        if index == len(self._interceptors):
+            return self._handlers[details.method]
+        return await self._interceptors[index].intercept_service(
+            lambda next_details: self._intercept(index + 1, next_details), details
+        )
+
+
+class _Call:
+    """One direct call's task, which a cancellation may reach before the task exists."""
+
+    __slots__ = ("_coroutine", "_task")
+
+    def __init__(self, coroutine: Awaitable):
+        self._coroutine = coroutine
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._coroutine is not None:
+            self._task = asyncio.ensure_future(self._coroutine)
+            self._coroutine = None
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        elif self._coroutine is not None:  # cancelled before it started: it never runs
+            self._coroutine.close()
+            self._coroutine = None
+
+
+class FrontDoor:
+    """Owns the native server and the private directory of the grpc.aio server's socket."""
+
+    def __init__(self):
+        self._directory: str | None = None
+        self.backend_address = ""
+        self._server: Any = None
+
+    def open_backend(self) -> str:
+        """A fresh private directory (mode 0700) and the grpc.aio server's address in it."""
+        parent = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
+        self._directory = tempfile.mkdtemp(prefix="fmnist-grpc-", dir=parent)
+        self.backend_address = f"unix:{os.path.join(self._directory, 'grpc.sock')}"
+        return self.backend_address
+
+    def start(self, address: str, calls: DirectCalls, unary_methods: list[str],
+              max_message_bytes: int, tls: ServerTls | None) -> int:
+        """Listens on ``address`` (RuntimeError if it cannot) and returns the port."""
+        try:
+            from serving.native import _frontdoor
+        except ImportError as error:
+            raise RuntimeError(
+                f"the native front door is not built ({error}): install g++, pkg-config and "
+                "libgrpc++-dev, then reinstall the package; or use --transport grpcio"
+            ) from None
+
+        self._server = _frontdoor.Server(
+            address, calls, unary_methods, self.backend_address, max_message_bytes,
+            None if tls is None else (tls.key, tls.cert, tls.client_ca),
+        )
+        return self._server.port
+
+    async def stop(self) -> None:
+        """Stops listening, cancels what is left and waits for it (off the event loop, which
+        must keep running to answer the calls that end)."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            await asyncio.get_running_loop().run_in_executor(None, server.shutdown, 0)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+

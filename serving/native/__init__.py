@@ -1,0 +1,1 @@
+"""Compiled parts of the server: ``_frontdoor``, built from ``frontdoor.cc`` at install time."""
