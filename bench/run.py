@@ -5,8 +5,11 @@
    (``Classify``: the model *and* the baseline per image) and over the Open Inference Protocol
    (``ModelInfer``: the model only), then MLServer 1.7 and KServe 0.21 (each in its own venv,
    an onnxruntime session on the same ``mlp`` ONNX file, v2 gRPC), one server at a time.
-   Each gets the same load generator (bench/loadgen.py: one client process, 16 connections,
-   closed loop) at batch 1 x concurrency 1, 8, 32 and batch 64 x concurrency 4.
+   Each gets the same closed-loop load generator at batch 1 x concurrency 1, 8, 32 and batch
+   64 x concurrency 4: by default bench/loadgen.cc (C++, built into .work/bin/loadgen on first
+   use, run through bench/native_loadgen.py), which costs the shared cores far less CPU per
+   call than ``--loadgen python``, bench/loadgen.py (asyncio, one client process). One
+   connection at concurrency 1 (a lone client keeps one), 16 otherwise.
 3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API, stream of
    1000-image batches), everyone with bench/score_v2.py (v2, 1000-image batches, 2 in flight),
    and in-process onnxruntime as the limit.
@@ -15,7 +18,8 @@
 5. Start-up time to SERVING and RSS (bench/startup.py).
 6. Ratios to the limit and to each peer, and the bars of issue 4.
 
-Usage: python bench/run.py [--repository .work/bench-repo] [--duration 5] [--out FILE]
+Usage: python bench/run.py [--repository .work/bench-repo] [--duration 5]
+                           [--loadgen native|python] [--out FILE]
 """
 
 import argparse
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import grpc
+import native_loadgen
 import numpy as np
 import onnxruntime
 import score_v2
@@ -50,6 +55,10 @@ SCORE_BATCH = 1000
 # Connections per client process: the kernel spreads connections, not calls, over the
 # workers of a multi-process server, so a few connections could all land on one worker.
 CHANNELS = 16
+LOAD_GENERATORS = {
+    "native": "bench/loadgen.cc (C++ gRPC callback API, one process, closed loop)",
+    "python": "bench/loadgen.py (Python grpc.aio, one process, closed loop)",
+}
 
 
 def log(message: str) -> None:
@@ -120,9 +129,14 @@ def running(command: list[str], target: str, log_file: Path):
 
 def load(target: str, api: str, point: tuple[int, int], pid: int, args) -> dict:
     batch, concurrency = point
+    channels = 1 if concurrency == 1 else CHANNELS  # a lone client keeps one connection
+    if args.loadgen == "native":
+        return native_loadgen.run(target, api, "mlp", batch, concurrency=concurrency,
+                                  warmup_s=args.warmup, duration_s=args.duration,
+                                  channels=channels, server_pid=pid)
     command = [PYTHON, str(ROOT / "bench" / "loadgen.py"), "--target", target, "--api", api,
                "-b", str(batch), "-c", str(concurrency), "-d", str(args.duration),
-               "-w", str(args.warmup), "--channels", str(CHANNELS), "--server-pid", str(pid),
+               "-w", str(args.warmup), "--channels", str(channels), "--server-pid", str(pid),
                "--json"]
     answer = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     return json.loads(answer.stdout)
@@ -200,6 +214,8 @@ def report(limits: dict, rows: dict, scores: dict, starts: list[dict], args) -> 
         out.append(f"| {batch} | {lim['threads']} | {lim['calls_per_s']:,.0f} "
                    f"| {lim['images_per_s']:,.0f} | {lim['p50_ms']:.3f} |")
     out += ["", "### Servers (same load generator, one server at a time)", "",
+            f"Load generator: {LOAD_GENERATORS[args.loadgen]}; 1 connection at concurrency 1, "
+            f"{CHANNELS} otherwise. Client CPU is the load generator's own.", "",
             "| server / API | batch | conc | req/s | images/s | p50 ms | p99 ms | errors "
             "| client CPU ms/req | server CPU ms/req | images/s ÷ limit | p50 ÷ limit "
             + "".join(f"| req/s ÷ {p} | p50 ÷ {p} " for p in peers) + "|",
@@ -283,11 +299,16 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=3.0)
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip bench/grpc_floor.py (gRPC alone, fixed answer)")
+    parser.add_argument("--loadgen", choices=tuple(LOAD_GENERATORS), default="native",
+                        help="native: bench/loadgen.cc (C++, built with g++ on first use); "
+                             "python: bench/loadgen.py (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args()
     if not (args.repository / "mlp" / "1" / "model.onnx").exists():
         raise SystemExit(f"{args.repository}/mlp/1/model.onnx missing: run "
                          f".venv/bin/fmnist-train --out {args.repository}")
+    if args.loadgen == "native":
+        native_loadgen.build()  # compile before any server starts, and fail early
     args.load_before = os.getloadavg()[0]
     log("in-process limits")
     limits = in_process_limits(args.repository, args.limit_seconds)
