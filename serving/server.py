@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # On shutdown, the server stops listening once no call has been in flight or arrived for this
 # long; calls arriving after that would end CANCELLED rather than be refused UNAVAILABLE.
 DRAIN_QUIET_SECONDS = 0.05
+HEALTH_NOTICE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class ModelServer:
         )
         self.port = 0
         self._watching: asyncio.Task | None = None
+        self._stopping: asyncio.Future | None = None
         self._metrics_endpoint = None
 
     @classmethod
@@ -213,20 +215,29 @@ class ModelServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
-        seconds (default: the settings') to finish, then the rest are cancelled.
+        seconds (default: the settings') to finish, then the rest are cancelled. A second call
+        waits for the first one's drain (and ignores its own ``grace``).
 
         The server keeps listening until the calls in flight are done, refusing new ones with
         UNAVAILABLE (which clients retry elsewhere): once grpc itself stops, calls it has
         received but not yet handed over would end CANCELLED instead.
         """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self, grace: float | None) -> None:
         grace = self.settings.grace_period if grace is None else grace
         deadline = time.monotonic() + grace
         if self._watching is not None:
             self._watching.cancel()
         await self.health.enter_graceful_shutdown()
-        self.admission.close()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
+        # Calls are still answered for a moment, so that health watchers (whose stream the
+        # native front door relays) hear NOT_SERVING before any call is refused.
+        await asyncio.sleep(HEALTH_NOTICE_SECONDS)
+        self.admission.close()
         while time.monotonic() < deadline:  # until nothing is in flight or arriving
             refused = self.admission.refused
             await asyncio.sleep(DRAIN_QUIET_SECONDS)
@@ -256,8 +267,7 @@ async def running_server(settings: Settings):
     try:
         yield server
     finally:
-        if server.admission.accepting:
-            await server.stop()
+        await server.stop()
 
 
 def run_event_loop(main: Coroutine, event_loop: str):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -111,6 +112,24 @@ async def channel(server):
 @pytest.fixture
 def stub(channel) -> classifier_pb2_grpc.ClassifierStub:
     return classifier_pb2_grpc.ClassifierStub(channel)
+
+
+@pytest.fixture
+def first_refusal():
+    """``await first_refusal(call)`` calls ``call()`` until the server refuses it and returns
+    the error: a draining server keeps answering for HEALTH_NOTICE_SECONDS after health said
+    NOT_SERVING, and must refuse within a second."""
+
+    async def until_refused(call, within_s: float = 1.0) -> grpc.aio.AioRpcError:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                await call()
+            except grpc.aio.AioRpcError as error:
+                return error
+            assert time.monotonic() < deadline, f"still answering {within_s} s after NOT_SERVING"
+
+    return until_refused
 
 
 @contextlib.contextmanager

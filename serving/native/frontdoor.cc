@@ -496,9 +496,19 @@ PyObject* ServerPort(PyObject* self, void*) {
   return PyLong_FromLong(reinterpret_cast<Server*>(self)->port);
 }
 
+bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
 void ServerDealloc(PyObject* self) {
   auto* server = reinterpret_cast<Server*>(self);
-  ShutdownServer(server, 0);
+  // Never shut down: once Python is exiting, calls in flight can no longer be answered from
+  // Python, so waiting for them would never end; the process exit ends them instead.
+  if (!Finalizing()) ShutdownServer(server, 0);
   Py_CLEAR(server->handler);
   Py_TYPE(self)->tp_free(self);
 }
