@@ -150,8 +150,12 @@ PyObject* CompletionCall(PyObject* self, PyObject* args, PyObject* kwargs) {
   }
   DirectCall* call = completion->call;
   completion->call = nullptr;
+  // Sending may do the write right here: let Python run meanwhile (the buffers stay alive,
+  // held by the arguments).
+  Py_BEGIN_ALLOW_THREADS;
   call->Answer(code, message, message_size, static_cast<const char*>(response.buf), response.len,
                has_response);
+  Py_END_ALLOW_THREADS;
   if (has_response) PyBuffer_Release(&response);
   Py_RETURN_NONE;
 }
