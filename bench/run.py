@@ -53,8 +53,9 @@ OURS_PORT, PEER_PORT, FLOOR_PORT = 18900, 18910, 18950
 FLOOR = "gRPC floor (no model)"
 SCORE_BATCH = 1000
 # Connections per client process: the kernel spreads connections, not calls, over the
-# workers of a multi-process server, so a few connections could all land on one worker.
-CHANNELS = 16
+# workers of a multi-process server, so with few connections the split is often uneven (with
+# 16, runs of the same server differed by up to 40% at batch 1 x 32).
+CHANNELS = 64
 LOAD_GENERATORS = {
     "native": "bench/loadgen.cc (C++ gRPC callback API, one process, closed loop)",
     "python": "bench/loadgen.py (Python grpc.aio, one process, closed loop)",

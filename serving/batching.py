@@ -14,21 +14,10 @@ parallelism when the worker processes already use every core.
 
 Requests arrive validated (the codecs check them before they queue), so a batch fails only if
 onnxruntime fails, and then each of its requests gets that error; cancelled requests are
-dropped from the queue. The queue lives on the event loop thread.
-
-One exception: a call that the native front door answers on its own gRPC thread (it was alone
-in the process, see ``serving.frontdoor``) runs inside ``on_caller_thread(loop)``. Its
-prediction then runs right there if the version is idle, taking the same slot a batch would
-(so a request arriving meanwhile queues behind it as usual), or else joins the queue on the
-loop and blocks that thread until its batch is done. The slot count and the queue's emptiness
-are what the two threads share, under a lock.
+dropped from the queue. All queue state lives on the event loop thread: no locks.
 """
 
 import asyncio
-import concurrent.futures
-import contextlib
-import contextvars
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,25 +54,6 @@ def policy_for(executor: Executor) -> BatchingPolicy:
     return BatchingPolicy(concurrency=getattr(executor, "_max_workers", 1))
 
 
-# Set (to the event loop) while a call is answered on the thread that received it.
-_CALLER_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
-    "caller_loop", default=None)
-
-
-@contextlib.contextmanager
-def on_caller_thread(loop: asyncio.AbstractEventLoop):
-    """Predictions made inside run on the calling thread (or block it), never suspending."""
-    token = _CALLER_LOOP.set(loop)
-    try:
-        yield
-    finally:
-        _CALLER_LOOP.reset(token)
-
-
-def running_on_caller_thread() -> bool:
-    return _CALLER_LOOP.get() is not None
-
-
 @dataclass
 class _Request:
     images: np.ndarray
@@ -105,46 +75,15 @@ class Batcher:
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._inline_pending = False
-        self._lock = threading.Lock()  # _running and _waiting, shared with caller threads
 
     async def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``uint8 [N,28,28]`` -> ``(probabilities [N,classes], labels [N])``, N its own rows."""
-        caller_loop = _CALLER_LOOP.get()
-        if caller_loop is not None:
-            return self._predict_on_caller_thread(images, caller_loop)
         loop = asyncio.get_running_loop()
         request = _Request(images, loop.create_future(), time.perf_counter())
-        with self._lock:
-            self._waiting.append(request)
+        self._waiting.append(request)
         self._waiting_images += len(images)
         self._dispatch(loop)
         return await request.future
-
-    def _predict_on_caller_thread(self, images: np.ndarray, loop: asyncio.AbstractEventLoop):
-        with self._lock:
-            idle = self._running < self._policy.concurrency and not self._waiting
-            if idle:
-                self._running += 1
-        if not idle:  # queue on the loop like any request, and wait here for the answer
-            # in an empty context, so that the loop's task does not inherit _CALLER_LOOP
-            queued = contextvars.Context().run(asyncio.run_coroutine_threadsafe,
-                                               self.predict(images), loop)
-            return queued.result()
-        enqueued = time.perf_counter()
-        request = _Request(images, concurrent.futures.Future(), enqueued)
-        try:
-            result, error = self._execute([request]), None
-        except Exception as failure:
-            result, error = None, failure
-        with self._lock:
-            self._running -= 1
-            waiting = bool(self._waiting)
-        if waiting:  # requests queued behind this one: the loop takes it from here
-            loop.call_soon_threadsafe(self._dispatch, loop)
-        self._record([request], result, error, time.perf_counter())
-        if error is not None:
-            raise error
-        return result[0], result[1]
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, flush: bool = False) -> None:
         policy = self._policy
@@ -157,15 +96,13 @@ class Batcher:
             if self._waiting_images <= policy.inline_max_images:
                 if not self._inline_pending:
                     self._inline_pending = True
-                    with self._lock:
-                        self._running += 1
+                    self._running += 1
                     loop.call_soon(self._run_inline, loop)
                 break
             batch = self._take()
             if not batch:
                 continue
-            with self._lock:
-                self._running += 1
+            self._running += 1
             future = loop.run_in_executor(self._executor, self._execute, batch)
             future.add_done_callback(lambda done, batch=batch: self._finished(loop, batch, done))
         if self._timer is not None and not self._waiting:
@@ -183,8 +120,7 @@ class Batcher:
             size = len(self._waiting[0].images)
             if batch and images + size > self._policy.max_images:
                 break
-            with self._lock:
-                request = self._waiting.popleft()
+            request = self._waiting.popleft()
             self._waiting_images -= size
             if request.future.cancelled():
                 continue
@@ -217,32 +153,23 @@ class Batcher:
                          done.exception())
 
     def _finish(self, loop, batch: list[_Request], result, error: BaseException | None) -> None:
-        with self._lock:
-            self._running -= 1
-        self._record(batch, result, error, time.perf_counter())
-        if error is not None:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-        elif batch:
-            probabilities, labels, _, _ = result
-            start = 0
-            for request in batch:
-                end = start + len(request.images)
-                if not request.future.done():
-                    request.future.set_result((probabilities[start:end], labels[start:end]))
-                start = end
-        self._dispatch(loop)
-
-    def _record(self, batch: list[_Request], result, error: BaseException | None,
-                finished: float) -> None:
-        """The batch's metrics: one write per metric per batch."""
+        self._running -= 1
+        finished = time.perf_counter()
         if error is not None:
             for request in batch:
                 self._metrics.failed(finished - request.enqueued)
+                if not request.future.done():
+                    request.future.set_exception(error)
         elif batch:
-            _, labels, started, compute_s = result
+            probabilities, labels, started, compute_s = result
             self._metrics.executed(len(labels))
-            queue_s = sum(started - request.enqueued for request in batch)
-            total_s = sum(finished - request.enqueued for request in batch)
+            start, queue_s, total_s = 0, 0.0, 0.0
+            for request in batch:
+                end = start + len(request.images)
+                queue_s += started - request.enqueued
+                total_s += finished - request.enqueued
+                if not request.future.done():
+                    request.future.set_result((probabilities[start:end], labels[start:end]))
+                start = end
             self._metrics.succeeded(len(batch), queue_s, len(batch) * compute_s, total_s)
+        self._dispatch(loop)

@@ -4,29 +4,25 @@ Why: grpc.aio spends 0.3-0.4 ms of CPU per call in Python before any servicer co
 "gRPC floor" of BENCHMARKS.md), more than the model itself at small batches. The C++ server
 (``serving/native/frontdoor.cc``) takes that cost out of Python:
 
-- unary calls of the served APIs go straight to ``DirectCalls``, which runs them through the
-  *same* interceptors (token, admission, malformed bytes) and servicer methods that grpc.aio
-  would, and answers with the status code they chose: on the gRPC thread itself when the call
-  is alone in the process, else on the event loop, where concurrent calls are batched;
+- unary calls of the served APIs go straight to ``DirectCalls``, which runs them on the event
+  loop through the *same* interceptors (token, admission, malformed bytes) and servicer methods
+  that grpc.aio would, and answers with the status code they chose;
 - every other call (``ClassifyStream``, health, reflection) is relayed to the grpc.aio server,
   which then listens only on a unix socket in a private directory.
 """
 
 import asyncio
 import collections
-import functools
 import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
 
-from serving.batching import on_caller_thread
 from serving.security import ServerTls
 
 log = logging.getLogger(__name__)
@@ -100,51 +96,22 @@ class DirectContext:
 
 
 class DirectCalls:
-    """The front door's handler for unary calls, called on a gRPC C++ thread.
-
-    A call alone in the process is answered right there, in one pass through the coroutines
-    (``on_caller_thread``: its prediction runs on this thread, nothing suspends): no hand-off
-    to the event loop and back, which is most of a lone call's latency. A call that arrives
-    while others are in flight is scheduled on the event loop, where concurrent predictions
-    are batched; the handler then returns how to cancel it (deadline passed, client gone).
-    """
+    """The front door's handler for unary calls: called on a gRPC C++ thread, it schedules the
+    call on the event loop and returns how to cancel it (deadline passed, client gone)."""
 
     def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor],
                  loop: asyncio.AbstractEventLoop):
         self._handlers = table.handlers
         self._interceptors = tuple(interceptors)
         self._loop = loop
-        self._lock = threading.Lock()
-        self._in_flight = 0
 
     def __call__(self, method: str, request: bytes, metadata: tuple, peer: str,  # noqa: PLR0917 (the front door's call)
-                 deadline: float | None, completion: Callable) -> Callable[[], None] | None:
-        with self._lock:
-            alone = self._in_flight == 0
-            self._in_flight += 1
-        answer = functools.partial(self._answer, completion)
-        coroutine = self._serve(method, request, DirectContext(peer, metadata, deadline), answer)
-        if alone:
-            self._serve_here(coroutine, method, answer)
-            return None
-        call = _Call(coroutine, answer)
+                 deadline: float | None, completion: Callable) -> Callable[[], None]:
+        coroutine = self._serve(method, request, DirectContext(peer, metadata, deadline),
+                                completion)
+        call = _Call(coroutine, completion)
         self._loop.call_soon_threadsafe(call.start)
         return lambda: self._loop.call_soon_threadsafe(call.cancel)
-
-    def _answer(self, completion: Callable, code: int, message: str, response=None) -> None:
-        with self._lock:
-            self._in_flight -= 1
-        completion(code, message, response)
-
-    def _serve_here(self, coroutine, method: str, answer: Callable) -> None:
-        with on_caller_thread(self._loop):
-            try:
-                coroutine.send(None)
-            except StopIteration:
-                return
-        coroutine.close()  # it waited for something: on this thread nothing can wake it
-        log.error("direct call suspended on a gRPC thread", extra={"fields": {"method": method}})
-        answer(grpc.StatusCode.INTERNAL.value[0], INTERNAL_MESSAGE)
 
     async def _serve(self, method: str, request: bytes, context: DirectContext,
                      completion: Callable) -> None:
@@ -196,7 +163,7 @@ class _Call:
         elif self._coroutine is not None:  # cancelled before it started: it never runs
             self._coroutine.close()
             self._coroutine = None
-            self._answer(grpc.StatusCode.CANCELLED.value[0], "the call was cancelled")
+            self._answer(grpc.StatusCode.CANCELLED.value[0], "the call was cancelled", None)
 
 
 class FrontDoor:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.batching import running_on_caller_thread
 from serving.repository import ModelRegistry, ModelVersion, Prediction
 
 
@@ -29,17 +28,12 @@ class ClassifierService:
 
     async def classify(self, images: np.ndarray, model: str = "", version: int = 0):
         """``uint8 [N,28,28]`` -> both answers; ``model`` "" is the default, ``version`` 0 the
-        newest. The two models run at the same time on the executor (one after the other when
-        the call is answered on its own gRPC thread, where nothing may suspend)."""
+        newest. The two models run at the same time on the executor."""
         chosen = self.registry.get(model or self.default_model, version)
         baseline = self.registry.get(self.baseline_model)
-        if running_on_caller_thread():
-            model_prediction = await chosen.predict(images)
-            baseline_prediction = await baseline.predict(images)
-        else:
-            model_prediction, baseline_prediction = await asyncio.gather(
-                chosen.predict(images), baseline.predict(images)
-            )
+        model_prediction, baseline_prediction = await asyncio.gather(
+            chosen.predict(images), baseline.predict(images)
+        )
         return Classification(chosen, model_prediction, baseline, baseline_prediction)
 
     def get_model(self, name: str, version: int = 0) -> ModelVersion:

@@ -7,13 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from serving.batching import (
-    Batcher,
-    BatchingPolicy,
-    InferenceExecutor,
-    on_caller_thread,
-    running_on_caller_thread,
-)
+from serving.batching import Batcher, BatchingPolicy, InferenceExecutor
 from serving.metrics import ModelMetrics
 from serving.repository import load_repository
 
@@ -133,87 +127,3 @@ async def test_a_delay_gathers_requests_into_one_call(model, executor):
         await asyncio.sleep(0)  # each request is queued before the next is sent
     await asyncio.gather(*tasks)
     assert run.sizes == [sum(len(images) for images in requests)]
-
-
-class ThreadRecordingRun(CountingRun):
-    """Also records which thread ran each call, and the most calls that ran at once."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.threads = []
-        self.running = self.most_at_once = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, images):
-        self.threads.append(threading.current_thread())
-        with self._lock:
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            return super().__call__(images)
-        finally:
-            with self._lock:
-                self.running -= 1
-
-
-def predict_on_caller_thread(queue: Batcher, images, loop) -> tuple:
-    """What the native front door does for a lone call: one pass through the coroutine, on a
-    thread of its own, expecting no suspension."""
-    with on_caller_thread(loop):
-        coroutine = queue.predict(images)
-        try:
-            coroutine.send(None)
-        except StopIteration as done:
-            return done.value
-    coroutine.close()
-    raise AssertionError("the prediction suspended on the caller thread")
-
-
-async def test_an_idle_version_predicts_on_the_callers_thread(model, executor):
-    run = ThreadRecordingRun(model)
-    queue = batcher(run, executor, concurrency=1, inline_max_images=256)
-    images = mixed_requests(1, seed=4)[0]
-    loop = asyncio.get_running_loop()
-    _, labels = await asyncio.to_thread(predict_on_caller_thread, queue, images, loop)
-    np.testing.assert_array_equal(labels, model.predict_blocking(images).labels)
-    assert run.threads[0] not in (threading.main_thread(), *executor._threads)
-    assert not running_on_caller_thread()  # the context was only the caller thread's
-
-
-async def test_a_caller_thread_waits_its_turn_behind_a_running_batch(model, executor):
-    run = ThreadRecordingRun(model)
-    queue = batcher(run, executor, concurrency=1)
-    first, second = mixed_requests(2, seed=5)
-    run.release.clear()  # the loop's batch holds the only slot
-    running = asyncio.ensure_future(queue.predict(first))
-    await asyncio.sleep(0.01)
-    loop = asyncio.get_running_loop()
-    waiting = asyncio.ensure_future(
-        asyncio.to_thread(predict_on_caller_thread, queue, second, loop))
-    await asyncio.sleep(0.05)
-    assert not waiting.done() and run.sizes == []  # it queued rather than run beside
-    run.release.set()
-    await running
-    _, second_labels = await waiting
-    np.testing.assert_array_equal(second_labels, model.predict_blocking(second).labels)
-    assert run.sizes == [len(first), len(second)] and run.most_at_once == 1
-    assert all(thread in executor._threads for thread in run.threads)  # both on the loop's side
-
-
-async def test_a_request_queued_behind_a_caller_thread_run_waits_for_it(model, executor):
-    run = ThreadRecordingRun(model)
-    queue = batcher(run, executor, concurrency=1)
-    first, second = mixed_requests(2, seed=6)
-    run.release.clear()  # the caller thread's run holds the only slot
-    loop = asyncio.get_running_loop()
-    on_thread = asyncio.ensure_future(
-        asyncio.to_thread(predict_on_caller_thread, queue, first, loop))
-    await asyncio.sleep(0.05)
-    queued = asyncio.ensure_future(queue.predict(second))
-    await asyncio.sleep(0.05)
-    assert not queued.done() and run.sizes == []
-    run.release.set()
-    await on_thread
-    await queued
-    assert run.sizes == [len(first), len(second)]
-    assert run.most_at_once == 1  # one after the other, never side by side
