@@ -53,9 +53,9 @@ OURS_PORT, PEER_PORT, FLOOR_PORT = 18900, 18910, 18950
 FLOOR = "gRPC floor (no model)"
 SCORE_BATCH = 1000
 # Connections per client process: the kernel spreads connections, not calls, over the
-# workers of a multi-process server, so with few connections the split is often uneven (with
-# 16, runs of the same server differed by up to 40% at batch 1 x 32).
-CHANNELS = 64
+# workers of a multi-process server, so the split varies from run to run (BENCHMARKS.md: up to
+# 40% at batch 1 x 32 with 16; 64 evened that out but cost ~30% at batch 64 x 4).
+CHANNELS = 16
 LOAD_GENERATORS = {
     "native": "bench/loadgen.cc (C++ gRPC callback API, one process, closed loop)",
     "python": "bench/loadgen.py (Python grpc.aio, one process, closed loop)",
