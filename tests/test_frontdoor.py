@@ -214,6 +214,28 @@ def test_a_relayed_call_ends_with_the_backends_status(backend):
     assert aborted.value.details() == "asked to abort"
 
 
+def test_a_backend_error_reaches_a_client_that_keeps_its_stream_open(backend):
+    """The client sent its request and waits, without half-closing: the backend's status must
+    still reach it at once (not when the client writes again or gives up)."""
+    address, _ = backend
+    handler, _ = answering()
+    done_waiting = threading.Event()
+
+    def requests():
+        yield b"abort"
+        done_waiting.wait(10)
+
+    try:
+        with front_door(handler, address) as channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as aborted:
+                next(channel.stream_stream(STREAM)(requests(), timeout=5))
+            assert aborted.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert time.monotonic() - started < 2
+    finally:
+        done_waiting.set()
+
+
 def test_a_relayed_call_to_a_missing_backend_is_unavailable():
     handler, _ = answering()
     with front_door(handler) as channel, pytest.raises(grpc.RpcError) as unreachable:
