@@ -2,8 +2,8 @@
 gRPC C++ library (Debian: ``g++ pkg-config libgrpc++-dev``). Everything else about the package
 is in pyproject.toml.
 
-Without gRPC C++ the package still installs, without the front door: the server then speaks
-gRPC through grpc.aio alone (``--transport auto`` falls back to it, and says so).
+Without gRPC C++ the package still installs, without the front door: ``--transport native``
+(the default) then refuses to start and says why, and ``--transport grpcio`` serves.
 """
 
 import shlex

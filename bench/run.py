@@ -120,12 +120,7 @@ def running(command: list[str], target: str, log_file: Path):
         time.sleep(1.0)  # let every worker of a multi-process server finish starting
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        startup.stop(process, 30)
 
 
 def load(target: str, api: str, point: tuple[int, int], pid: int, args) -> dict:

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadgen import loopback_target, process_tree
-from startup import free_port, rss_mb
+from startup import free_port, rss_mb, stop
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
@@ -87,12 +87,7 @@ def started_server(repository: Path, workers: int):
     try:
         yield f"127.0.0.1:{port}", process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 60)
 
 
 async def wait_until_serving(target: str, seconds: float = 60) -> None:

@@ -12,7 +12,6 @@ Usage: python bench/startup.py REPOSITORY [--workers N ...] [--runs 5]
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +44,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def stop(process: subprocess.Popen, seconds: float) -> None:
+    """SIGTERM (a server drains and exits), then SIGKILL if it is still there after ``seconds``."""
+    process.terminate()
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def one_start(repository: str, workers: int) -> tuple[float, list[float]]:
     port = free_port()
     started = time.perf_counter()
@@ -75,8 +84,7 @@ def one_start(repository: str, workers: int) -> tuple[float, list[float]]:
         memory = [rss_mb(pid) for pid in process_tree([process.pid])]
         return elapsed, memory
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        stop(process, 30)
 
 
 def measure(repository: str, workers: int, runs: int) -> dict:

@@ -23,12 +23,12 @@ from typing import Any
 
 import grpc
 
+from serving.api.errors import INTERNAL_MESSAGE
+from serving.scratch import scratch_parent
 from serving.security import ServerTls
 
 log = logging.getLogger(__name__)
 
-SHARED_MEMORY = "/dev/shm"  # writable on read-only root file systems, like the compose service
-INTERNAL_MESSAGE = "internal error while answering; the server log has the details"
 
 
 class _HandlerCallDetails(
@@ -66,7 +66,8 @@ class HandlerTable:
 
 
 class DirectContext:
-    """The part of ``grpc.aio.ServicerContext`` that the interceptors and servicers use."""
+    """The part of ``grpc.aio.ServicerContext`` that the interceptors and servicers use, and
+    ``time_remaining``, so that a servicer may honour its deadline on either transport."""
 
     def __init__(self, peer: str, metadata: tuple, deadline: float | None):
         self._peer = peer
@@ -176,8 +177,7 @@ class FrontDoor:
 
     def open_backend(self) -> str:
         """A fresh private directory (mode 0700) and the grpc.aio server's address in it."""
-        parent = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
-        self._directory = tempfile.mkdtemp(prefix="fmnist-grpc-", dir=parent)
+        self._directory = tempfile.mkdtemp(prefix="fmnist-grpc-", dir=scratch_parent())
         self.backend_address = f"unix:{os.path.join(self._directory, 'grpc.sock')}"
         return self.backend_address
 

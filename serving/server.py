@@ -155,30 +155,27 @@ class ModelServer:
         """Listens, then reports SERVING for the server ("") and each service."""
         settings = self.settings
         try:
-            tls = None
-            if settings.tls_cert:
-                tls = ServerTls.read(settings.tls_cert, settings.tls_key,
-                                     settings.tls_client_ca or None)
-            if self._front_door is not None:
+            tls = (ServerTls.read(settings.tls_cert, settings.tls_key,
+                                  settings.tls_client_ca or None) if settings.tls_cert else None)
+        except OSError as error:
+            raise ListenError(f"cannot read a TLS file: {error}") from None
+        try:
+            if self._front_door is not None:  # grpc.aio behind it, on a private socket
                 self._server.add_insecure_port(self._front_door.open_backend())
-                await self._server.start()
+            elif tls is not None:
+                self.port = self._server.add_secure_port(settings.address, tls.credentials())
+            else:
+                self.port = self._server.add_insecure_port(settings.address)
+            await self._server.start()
+            if self._front_door is not None:
                 calls = DirectCalls(self._handlers, self._interceptors, asyncio.get_running_loop())
                 self.port = self._front_door.start(
                     settings.address, calls, self._handlers.unary_methods(),
                     settings.max_message_bytes, tls,
                 )
-            elif tls is not None:
-                self.port = self._server.add_secure_port(settings.address, tls.credentials())
-            else:
-                self.port = self._server.add_insecure_port(settings.address)
-        except OSError as error:
-            await self._stop_listening()
-            raise ListenError(f"cannot read a TLS file: {error}") from None
-        except RuntimeError as error:
+        except (OSError, RuntimeError) as error:
             await self._stop_listening()
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
-        if self._front_door is None:
-            await self._server.start()
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
             try:

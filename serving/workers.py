@@ -36,6 +36,7 @@ import traceback
 from dataclasses import replace
 
 from serving.errors import RepositoryError
+from serving.scratch import scratch_parent
 from serving.settings import Settings, available_cores
 
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
@@ -43,7 +44,6 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 READY = b"\x00"
-SHARED_MEMORY = "/dev/shm"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,10 @@ def supervise(settings: Settings) -> int:
 
 @contextlib.contextmanager
 def _multiprocess_directory():
-    """A fresh directory in /dev/shm (memory, and writable on read-only root file systems such
-    as the compose service's) or else the system's temporary directory."""
+    """A fresh directory for the workers' metrics (``serving.scratch``), named in the
+    environment the workers inherit."""
     previous = os.environ.get(MULTIPROCESS_ENV)
-    parent = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
-    with tempfile.TemporaryDirectory(prefix="fmnist-metrics-", dir=parent) as directory:
+    with tempfile.TemporaryDirectory(prefix="fmnist-metrics-", dir=scratch_parent()) as directory:
         os.environ[MULTIPROCESS_ENV] = directory
         try:
             yield directory

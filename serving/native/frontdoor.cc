@@ -17,6 +17,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -103,7 +104,7 @@ class DirectCall : public grpc::ServerGenericBidiReactor {
     delete this;
   }
 
-  // Called by the Completion, with the GIL held, exactly once.
+  // Called by the Completion, exactly once (without the GIL when it answers from Python).
   void Answer(int code, const char* message, Py_ssize_t message_size, const char* response,
               Py_ssize_t response_size, bool has_response) {
     if (code == 0 && has_response) {
