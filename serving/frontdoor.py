@@ -4,9 +4,9 @@ Why: grpc.aio spends 0.3-0.4 ms of CPU per call in Python before any servicer co
 "gRPC floor" of BENCHMARKS.md), more than the model itself at small batches. The C++ server
 (``serving/native/frontdoor.cc``) takes that cost out of Python:
 
-- unary calls of the served APIs go straight to ``DirectCalls``, which runs them on the event
-  loop through the *same* interceptors (token, admission, malformed bytes) and servicer methods
-  that grpc.aio would, and answers with the status code they chose;
+- unary calls of the served APIs go straight to ``DirectCalls``, which runs them on the gRPC
+  thread that received them, through the *same* interceptors (token, admission, malformed
+  bytes) and servicer methods that grpc.aio would, and answers with the status code they chose;
 - every other call (``ClassifyStream``, health, reflection) is relayed to the grpc.aio server,
   which then listens only on a unix socket in a private directory.
 """
@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ import grpc
 from serving.api.errors import INTERNAL_MESSAGE
 from serving.scratch import scratch_parent
 from serving.security import ServerTls
+from serving.threadtasks import ThreadTask, run_here
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +98,27 @@ class DirectContext:
 
 
 class DirectCalls:
-    """The front door's handler for unary calls: called on a gRPC C++ thread, it schedules the
-    call on the event loop and returns how to cancel it (deadline passed, client gone)."""
+    """The front door's handler for unary calls, run on the gRPC C++ thread that received one.
 
-    def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor],
-                 loop: asyncio.AbstractEventLoop):
+    The call goes through the same interceptors and servicer methods that grpc.aio would run,
+    and their coroutine is driven right here (``serving.threadtasks``), with no hand-off to the
+    event loop and back: it runs to its answer, or until it waits for the model, and then the
+    thread that runs its batch resumes it. If the call ends first (client gone, deadline
+    passed), the front door calls the returned ``cancel``, and a request still queued for the
+    model leaves the queue.
+    """
+
+    def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor]):
         self._handlers = table.handlers
         self._interceptors = tuple(interceptors)
-        self._loop = loop
 
     def __call__(self, method: str, request: bytes, metadata: tuple, peer: str,  # noqa: PLR0917 (the front door's call)
                  deadline: float | None, completion: Callable) -> Callable[[], None]:
-        coroutine = self._serve(method, request, DirectContext(peer, metadata, deadline),
-                                completion)
-        call = _Call(coroutine, completion)
-        self._loop.call_soon_threadsafe(call.start)
-        return lambda: self._loop.call_soon_threadsafe(call.cancel)
+        task = ThreadTask(
+            self._serve(method, request, DirectContext(peer, metadata, deadline), completion)
+        )
+        run_here(task.step)
+        return task.cancel
 
     async def _serve(self, method: str, request: bytes, context: DirectContext,
                      completion: Callable) -> None:
@@ -141,30 +147,6 @@ class DirectCalls:
         return await self._interceptors[index].intercept_service(
             lambda next_details: self._intercept(index + 1, next_details), details
         )
-
-
-class _Call:
-    """One direct call's task, which a cancellation may reach before the task exists."""
-
-    __slots__ = ("_answer", "_coroutine", "_task")
-
-    def __init__(self, coroutine: Coroutine, answer: Callable):
-        self._coroutine: Coroutine | None = coroutine
-        self._answer = answer
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        if self._coroutine is not None:
-            self._task = asyncio.ensure_future(self._coroutine)
-            self._coroutine = None
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        elif self._coroutine is not None:  # cancelled before it started: it never runs
-            self._coroutine.close()
-            self._coroutine = None
-            self._answer(grpc.StatusCode.CANCELLED.value[0], "the call was cancelled", None)
 
 
 class FrontDoor:

@@ -70,9 +70,10 @@ class Prediction:
 class ModelVersion:
     """A verified model version and its onnxruntime session, shared by all requests.
 
-    ``predict`` is the one way to run the model: it runs the session in the executor (the
-    session releases the GIL and is safe to share between threads), never on the event loop,
-    through the version's ``Batcher``, which coalesces concurrent requests into one call.
+    ``predict`` is the one way to run the model: through the version's ``Batcher``, which
+    coalesces concurrent requests into one call and runs it in the executor or inline (the
+    session releases the GIL and is safe to share between threads), or, for a caller on a
+    front-door thread, on that thread.
     """
 
     def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession, executor):

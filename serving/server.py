@@ -168,7 +168,7 @@ class ModelServer:
                 self.port = self._server.add_insecure_port(settings.address)
             await self._server.start()
             if self._front_door is not None:
-                calls = DirectCalls(self._handlers, self._interceptors, asyncio.get_running_loop())
+                calls = DirectCalls(self._handlers, self._interceptors)
                 self.port = self._front_door.start(
                     settings.address, calls, self._handlers.unary_methods(),
                     settings.max_message_bytes, tls,

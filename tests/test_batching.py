@@ -3,6 +3,8 @@ own rows, in order, whatever its neighbours do."""
 
 import asyncio
 import threading
+import time
+from concurrent import futures
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from serving.batching import Batcher, BatchingPolicy, InferenceExecutor
 from serving.metrics import ModelMetrics
 from serving.repository import load_repository
+from serving.threadtasks import ThreadTask, run_here
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +130,121 @@ async def test_a_delay_gathers_requests_into_one_call(model, executor):
         await asyncio.sleep(0)  # each request is queued before the next is sent
     await asyncio.gather(*tasks)
     assert run.sizes == [sum(len(images) for images in requests)]
+
+
+# Off the event loop: the native front door's threads (serving.threadtasks), which never sleep
+# waiting for the model; the thread that holds the batch slot runs the queue and resumes each
+# caller.
+
+
+class ThreadCalls:
+    """Predictions started as the front door starts calls: each on its own thread, driven by
+    ``run_here``; records every answer (or error) and the thread that delivered it."""
+
+    def __init__(self, queue: Batcher):
+        self.queue = queue
+        self.answers: dict[int, object] = {}
+        self.answered_on: dict[int, int] = {}
+        self.tasks: dict[int, ThreadTask] = {}
+
+    async def _predict(self, key: int, images: np.ndarray):
+        try:
+            self.answers[key] = await self.queue.predict(images)
+        except BaseException as error:  # the test looks at it
+            self.answers[key] = error
+        self.answered_on[key] = threading.get_ident()
+
+    def start(self, key: int, images: np.ndarray) -> None:
+        """Returns once the call is answered or queued, as the front door's thread does."""
+        task = self.tasks[key] = ThreadTask(self._predict(key, images))
+        run_here(task.step)
+
+    def start_on_thread(self, key: int, images: np.ndarray) -> threading.Thread:
+        thread = threading.Thread(target=self.start, args=(key, images))
+        thread.start()
+        return thread
+
+
+def wait_for(condition, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_off_the_loop_a_lone_request_is_answered_on_its_own_thread(model, executor):
+    run = CountingRun(model)
+    calls = ThreadCalls(batcher(run, executor, max_images=32, concurrency=1))
+    images = mixed_requests(1)[0]
+    calls.start(0, images)  # on this thread: answered before start returns
+    assert calls.answered_on[0] == threading.get_ident()
+    np.testing.assert_array_equal(calls.answers[0][1], model.predict_blocking(images).labels)
+    assert run.sizes == [len(images)]
+
+
+def test_off_the_loop_queued_requests_share_a_call_and_each_gets_its_own_rows(model, executor):
+    run = CountingRun(model)
+    calls = ThreadCalls(batcher(run, executor, max_images=256, concurrency=1))
+    requests = mixed_requests(20, seed=4)
+    run.release.clear()  # the first call holds the slot while the others queue
+    first = calls.start_on_thread(0, requests[0])
+    wait_for(lambda: len(run.sizes) == 0 and calls.tasks.get(0) is not None)
+    time.sleep(0.02)
+    for key, images in enumerate(requests[1:], start=1):
+        calls.start(key, images)  # queued: returns at once, unanswered
+    assert not calls.answers
+    run.release.set()
+    first.join(10)
+    assert run.sizes == [len(requests[0]), sum(len(images) for images in requests[1:])]
+    assert set(calls.answered_on.values()) == {first.ident}  # the slot's thread resumed all
+    for key, images in enumerate(requests):
+        probabilities, labels = calls.answers[key]
+        alone = model.predict_blocking(images)
+        np.testing.assert_allclose(probabilities, alone.probabilities, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(labels, alone.labels)
+
+
+def test_off_the_loop_a_failed_call_fails_only_its_own_batch(model, executor):
+    run = CountingRun(model, fail_on_size=3)
+    calls = ThreadCalls(batcher(run, executor, max_images=3, concurrency=1))
+    run.release.clear()
+    first = calls.start_on_thread(0, np.zeros((1, 28, 28), np.uint8))
+    time.sleep(0.05)
+    for key in (1, 2, 3):
+        calls.start(key, np.zeros((1, 28, 28), np.uint8))
+    calls.start(4, np.zeros((2, 28, 28), np.uint8))
+    run.release.set()
+    first.join(10)
+    wait_for(lambda: len(calls.answers) == 5)
+    assert run.sizes == [1, 3, 2]
+    assert all(isinstance(calls.answers[key], RuntimeError) for key in (1, 2, 3))
+    assert len(calls.answers[0][1]) == 1 and len(calls.answers[4][1]) == 2
+
+
+def test_off_the_loop_a_cancelled_request_leaves_the_queue(model, executor):
+    run = CountingRun(model)
+    calls = ThreadCalls(batcher(run, executor, max_images=64, concurrency=1))
+    run.release.clear()
+    first = calls.start_on_thread(0, np.zeros((1, 28, 28), np.uint8))
+    time.sleep(0.05)
+    calls.start(1, np.zeros((5, 28, 28), np.uint8))
+    calls.start(2, np.zeros((2, 28, 28), np.uint8))
+    calls.tasks[1].cancel()  # what the front door does when the call ends
+    run.release.set()
+    first.join(10)
+    assert run.sizes == [1, 2]
+    assert isinstance(calls.answers[1], asyncio.CancelledError)
+    assert len(calls.answers[2][1]) == 2
+
+
+def test_off_the_loop_many_threads_at_once_each_get_their_own_rows(model, executor):
+    run = CountingRun(model)
+    calls = ThreadCalls(batcher(run, executor, max_images=16, concurrency=2))
+    requests = mixed_requests(300, seed=5)
+    with futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(calls.start, range(len(requests)), requests))
+    wait_for(lambda: len(calls.answers) == len(requests))
+    for key, images in enumerate(requests):
+        np.testing.assert_array_equal(calls.answers[key][1], model.predict_blocking(images).labels)
+    assert sum(run.sizes) == sum(len(images) for images in requests)
+    assert max(run.sizes) <= 16

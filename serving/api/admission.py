@@ -11,6 +11,7 @@ every method, where grpc.aio alone would answer UNKNOWN.
 
 import inspect
 import logging
+import threading
 
 import grpc
 
@@ -28,6 +29,9 @@ class Admission(grpc.aio.ServerInterceptor):
         self.accepting = True
         self.in_flight = 0
         self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
+        # the front door runs calls on its own threads too: the counts change under this lock
+        self._counting = threading.Lock()
+        self._admitted_handlers: dict = {}  # handler -> it counted (built once per method)
 
     def close(self) -> None:
         """From now on, new calls get UNAVAILABLE; calls in flight go on."""
@@ -38,11 +42,19 @@ class Admission(grpc.aio.ServerInterceptor):
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
         if not self.accepting:
-            self.refused += 1
+            with self._counting:
+                self.refused += 1
             return _replace(handler, _refuse(handler_call_details.method))
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return _replace(handler, _overloaded(self.max_in_flight))
-        return _replace(handler, self._admitted(handler))
+        admitted = self._admitted_handlers.get(handler)
+        if admitted is None:
+            admitted = self._admitted_handlers[handler] = _replace(handler, self._admitted(handler))
+        return admitted
+
+    def _count(self, change: int) -> None:
+        with self._counting:
+            self.in_flight += change
 
     def _admitted(self, handler):
         """The handler's behavior, counted in ``in_flight``."""
@@ -51,21 +63,21 @@ class Admission(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
 
             async def streaming(request, context):
-                self.in_flight += 1
+                self._count(1)
                 try:
                     async for response in behavior(request, context):
                         yield response
                 finally:
-                    self.in_flight -= 1
+                    self._count(-1)
 
             return streaming
 
         async def unary(request, context):
-            self.in_flight += 1
+            self._count(1)
             try:
                 return await behavior(request, context)
             finally:
-                self.in_flight -= 1
+                self._count(-1)
 
         return unary
 
@@ -111,14 +123,21 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     error contract promises a client error for bad input, whatever the bytes.
     """
 
+    def __init__(self):
+        self._parsing_handlers: dict = {}  # handler -> it parsing (built once per method)
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        behavior = _parsing_behavior(
-            getattr(handler, _kind(handler)), handler.request_deserializer, handler
-        )
-        return handler._replace(request_deserializer=None, **{_kind(handler): behavior})
+        parsing = self._parsing_handlers.get(handler)
+        if parsing is None:
+            behavior = _parsing_behavior(
+                getattr(handler, _kind(handler)), handler.request_deserializer, handler
+            )
+            parsing = self._parsing_handlers[handler] = handler._replace(
+                request_deserializer=None, **{_kind(handler): behavior})
+        return parsing
 
 
 def _refuse(method: str):

@@ -27,9 +27,21 @@
 
 namespace {
 
+// gRPC's threads call into Python for every call. A Python thread state made and destroyed
+// each time costs an mmap and a munmap (its frame stack) and the TLB shootdown on the other
+// cores that follows, so each thread keeps the first one it gets: that outer PyGILState_Ensure
+// is never released (the interpreter frees the thread states when it finalizes).
 class Gil {
  public:
-  Gil() : state_(PyGILState_Ensure()) {}
+  Gil() {
+    thread_local bool kept = false;
+    if (!kept) {
+      PyGILState_Ensure();
+      PyEval_SaveThread();
+      kept = true;
+    }
+    state_ = PyGILState_Ensure();
+  }
   ~Gil() { PyGILState_Release(state_); }
 
  private:
