@@ -246,7 +246,8 @@ class ThreadBatcher:
     batch on its own thread, right after its coroutine suspends: a lone request costs no
     hand-off at all. Others queue and their threads go back to gRPC; the thread holding the
     slot runs the queue in batches, resuming each caller after its batch, until the queue is
-    empty. A request whose call ends meanwhile (``Pending.cancel``) leaves the queue.
+    empty. A request whose call ends meanwhile (``Pending.cancel``) leaves the queue. With
+    ``max_delay_s`` the slot's thread waits for more requests before a batch that is not full.
     """
 
     def __init__(self, run: Callable, policy: BatchingPolicy, metrics: ModelMetrics):
@@ -291,8 +292,10 @@ class ThreadBatcher:
         except Exception as failure:  # given to each request of the batch
             result, error = None, failure
         with self._lock:
-            _settle(batch, result, error, self._metrics)
-            if self._waiting:
-                call_soon(self._run_queue)
-            else:
-                self._running -= 1
+            try:
+                _settle(batch, result, error, self._metrics)
+            finally:  # whatever happens, the queue keeps a thread running it, or none waits
+                if self._waiting:
+                    call_soon(self._run_queue)
+                else:
+                    self._running -= 1

@@ -12,9 +12,12 @@ trampoline): a thread that answers a batch resumes each of its callers in turn, 
 next batch, without recursion.
 """
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
+
+log = logging.getLogger(__name__)
 
 
 class _Trampoline(threading.local):
@@ -42,7 +45,10 @@ def run_here(function: Callable, *args) -> None:
     try:
         while items:
             scheduled, scheduled_args = items.popleft()
-            scheduled(*scheduled_args)
+            try:
+                scheduled(*scheduled_args)
+            except Exception:  # a bug: the work queued after it (other calls) still runs
+                log.exception("front-door work failed", extra={"fields": {"work": scheduled}})
     finally:
         _trampoline.items = None
 

@@ -248,3 +248,17 @@ def test_off_the_loop_many_threads_at_once_each_get_their_own_rows(model, execut
         np.testing.assert_array_equal(calls.answers[key][1], model.predict_blocking(images).labels)
     assert sum(run.sizes) == sum(len(images) for images in requests)
     assert max(run.sizes) <= 16
+
+
+def test_off_the_loop_a_delay_gathers_requests_into_one_call(model, executor):
+    run = CountingRun(model)
+    requests = mixed_requests(5, seed=2)
+    total = sum(len(images) for images in requests)
+    calls = ThreadCalls(batcher(run, executor, max_images=total, max_delay_s=5.0, concurrency=1))
+    first = calls.start_on_thread(0, requests[0])  # holds the slot, waiting for a full batch
+    time.sleep(0.05)
+    for key, images in enumerate(requests[1:], start=1):
+        calls.start(key, images)
+    first.join(10)  # the batch is full long before the delay ends
+    assert run.sizes == [total]
+    assert len(calls.answers) == len(requests)

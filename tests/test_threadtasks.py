@@ -90,3 +90,15 @@ def test_cancel_marks_what_the_task_waits_for():
     run_here(task.step)
     task.cancel()
     assert pending.cancelled
+
+
+def test_work_that_fails_does_not_stop_the_work_queued_after_it(caplog):
+    done = []
+
+    def failing():
+        call_soon(done.append, "after")
+        raise ValueError("a bug")
+
+    run_here(failing)
+    assert done == ["after"]
+    assert "front-door work failed" in caplog.text
