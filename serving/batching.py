@@ -20,7 +20,8 @@ Callers on other threads (the native front door answers unary calls on gRPC's ow
 ``serving.frontdoor``) get the same policy from ``ThreadBatcher``, without an event loop: the
 first of them to find an onnxruntime slot free runs the batch on its own thread, for everyone
 waiting, and resumes each of them (``serving.threadtasks``). ``Batcher.predict`` sends them
-there by itself.
+there by itself. The two queues of a version are separate (each runs up to ``concurrency``
+calls at once): with the front door, only streams use the event loop's.
 """
 
 import asyncio
