@@ -17,6 +17,7 @@ import grpc
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 DRAINING_MESSAGE = "server is shutting down; retry on another replica"
+HANDLER_CACHE_LIMIT = 256  # wrapped handlers kept per interceptor (one per method in practice)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Admission(grpc.aio.ServerInterceptor):
         self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
         # the front door runs calls on its own threads too: the counts change under this lock
         self._counting = threading.Lock()
-        self._admitted_handlers: dict = {}  # handler -> it counted (built once per method)
+        self._admitted_handlers: dict = {}  # handler -> it, counted
 
     def close(self) -> None:
         """From now on, new calls get UNAVAILABLE; calls in flight go on."""
@@ -47,10 +48,8 @@ class Admission(grpc.aio.ServerInterceptor):
             return _replace(handler, _refuse(handler_call_details.method))
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return _replace(handler, _overloaded(self.max_in_flight))
-        admitted = self._admitted_handlers.get(handler)
-        if admitted is None:
-            admitted = self._admitted_handlers[handler] = _replace(handler, self._admitted(handler))
-        return admitted
+        return _built_once(self._admitted_handlers, handler,
+                           lambda: _replace(handler, self._admitted(handler)))
 
     def _count(self, change: int) -> None:
         with self._counting:
@@ -124,20 +123,28 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self):
-        self._parsing_handlers: dict = {}  # handler -> it parsing (built once per method)
+        self._parsing_handlers: dict = {}  # handler -> it, parsing its own requests
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        parsing = self._parsing_handlers.get(handler)
-        if parsing is None:
-            behavior = _parsing_behavior(
-                getattr(handler, _kind(handler)), handler.request_deserializer, handler
-            )
-            parsing = self._parsing_handlers[handler] = handler._replace(
-                request_deserializer=None, **{_kind(handler): behavior})
-        return parsing
+        return _built_once(self._parsing_handlers, handler, lambda: handler._replace(
+            request_deserializer=None,
+            **{_kind(handler): _parsing_behavior(
+                getattr(handler, _kind(handler)), handler.request_deserializer, handler)},
+        ))
+
+
+def _built_once(cache: dict, handler, build):
+    """``build()`` for ``handler``, made once: a server passes the same handler objects call
+    after call (were that ever not so, the cache is emptied rather than left to grow)."""
+    built = cache.get(handler)
+    if built is None:
+        if len(cache) >= HANDLER_CACHE_LIMIT:
+            cache.clear()
+        built = cache[handler] = build()
+    return built
 
 
 def _refuse(method: str):
