@@ -21,6 +21,7 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRANSPORTS = ("native", "grpcio")
 EVENT_LOOPS = ("uvloop", "asyncio")
+WORKER_AFFINITIES = ("pin", "none")
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
@@ -103,6 +104,11 @@ class Settings:
     event_loop: str = _setting(
         "uvloop", "event loop implementation (uvloop costs less CPU per call)",
         choices=EVENT_LOOPS,
+    )
+    worker_affinity: str = _setting(
+        "pin", "pin: when there are at least as many workers as cores this process may run on, "
+        "worker N runs on the Nth of them only, so its caches stay warm (faster at concurrency "
+        "1 and 32, BENCHMARKS.md); none: the kernel places them", choices=WORKER_AFFINITIES,
     )
     batch_delay_us: int = _setting(
         0, "microseconds a batch that is not full waits for more requests (0: never waits; "

@@ -13,7 +13,8 @@ session or a thread. It
    each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
    workers (``--metrics-port``);
 2. reserves the port (port 0 becomes one free port all workers share);
-3. forks the workers; each loads the repository and serves, and reports over a pipe that it
+3. forks the workers (each pinned to its own core when there is one worker per core or more:
+   ``pinned_cores``); each loads the repository and serves, and reports over a pipe that it
    is serving, or the one-line reason it cannot (the supervisor then stops the others and
    fails with that line, as a single process would);
 4. forks a replacement when a worker dies (at most one per slot per second);
@@ -107,6 +108,7 @@ class _Supervisor:
         os.set_blocking(self._wake_write, False)
         self._metrics = None
         self._starting: dict[int, int] = {}  # start-report pipe -> pid, for replacements
+        self._cores = pinned_cores(settings)  # worker slot N runs on core N (mod), or anywhere
 
     def start(self) -> None:
         threads = self.settings.workers * self.settings.intra_op_threads
@@ -127,6 +129,7 @@ class _Supervisor:
                                        or f"worker {slot} exited before serving")
         log.info("workers serving", extra={"fields": {
             "workers": self.settings.workers, "pids": sorted(self.workers),
+            "pinned_to_cores": self._cores or "no",
             "address": self.settings.address, "metrics_port": self.settings.metrics_port,
             "metrics_dir": self.directory}})
 
@@ -155,6 +158,8 @@ class _Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
+            if self._cores:  # before any thread exists: every thread of the worker inherits it
+                os.sched_setaffinity(0, {self._cores[slot % len(self._cores)]})
             _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
                                                    *([self._metrics.fileno()]
                                                      if self._metrics else [])], supervisor)
@@ -220,6 +225,19 @@ class _Supervisor:
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
+
+
+def pinned_cores(settings: Settings) -> list[int]:
+    """The cores the workers are pinned to, one each by slot: every core this process may run
+    on, when the workers are at least as many (else none: a CPU quota smaller than the
+    affinity, as in a container with ``--cpus``, would pin all the workers to a few cores
+    that others may be using too)."""
+    if settings.worker_affinity != "pin" or not hasattr(os, "sched_setaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or settings.workers < len(cores):
+        return []
+    return cores
 
 
 def _drain_when_orphaned(supervisor: int) -> None:

@@ -19,6 +19,8 @@ from test_metrics import scrape as scrape_metrics
 
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.settings import Settings
+from serving.workers import pinned_cores
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
 REQUEST = pb.ModelInferRequest(
@@ -90,6 +92,26 @@ def statistics_success(target: str) -> int:
             pb.ModelStatisticsRequest(name="mlp", version="2"), timeout=30)
     return stats.model_stats[0].inference_stats.success.count
 
+
+
+def test_workers_are_pinned_one_per_core_when_they_cover_every_core(workers):
+    _process, _logs, started, _metrics_port = workers
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = [os.sched_getaffinity(pid) for pid in started["pids"]]
+    if len(cores) == len(started["pids"]):  # 2 workers, 2 cores (this project's CI machine)
+        assert started["pinned_to_cores"] == cores
+        assert sorted(core for allowed in pinned for core in allowed) == cores
+    else:  # fewer workers than cores (or one core): the kernel places them
+        assert started["pinned_to_cores"] == "no"
+        assert all(allowed == set(cores) for allowed in pinned)
+
+
+def test_pinning_needs_a_worker_for_every_core_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert pinned_cores(Settings(workers=4)) == [0, 1, 2, 3]
+    assert pinned_cores(Settings(workers=6)) == [0, 1, 2, 3]  # slot 4 shares core 0
+    assert pinned_cores(Settings(workers=2)) == []  # as in a container with a CPU quota
+    assert pinned_cores(Settings(workers=4, worker_affinity="none")) == []
 
 def test_workers_share_the_port_and_their_metrics_add_up(workers):
     process, _, started, metrics_port = workers
