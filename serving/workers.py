@@ -159,7 +159,7 @@ class _Supervisor:
         if pid == 0:
             os.close(read_end)
             if self._cores:  # before any thread exists: every thread of the worker inherits it
-                os.sched_setaffinity(0, {self._cores[slot % len(self._cores)]})
+                _pin(self._cores[slot % len(self._cores)])
             _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
                                                    *([self._metrics.fileno()]
                                                      if self._metrics else [])], supervisor)
@@ -238,6 +238,13 @@ def pinned_cores(settings: Settings) -> list[int]:
     if len(cores) < 2 or settings.workers < len(cores):
         return []
     return cores
+
+
+def _pin(core: int) -> None:
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError as error:  # e.g. a sandbox that forbids it: serve unpinned
+        log.warning("worker not pinned", extra={"fields": {"core": core, "error": str(error)}})
 
 
 def _drain_when_orphaned(supervisor: int) -> None:
