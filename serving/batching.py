@@ -25,10 +25,11 @@ calls at once): with the front door, only streams use the event loop's.
 """
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,12 +48,22 @@ class BatchingPolicy:
 
 
 class InferenceExecutor(ThreadPoolExecutor):
-    """The inference threads, and the batching policy of every model version using them."""
+    """The inference threads, and the batching policy of every model version using them.
+
+    ``cores``: where the threads may run even if the thread that starts them is pinned to one
+    core (a pinned worker, ``serving.workers``), so that big batches (scoring's) use them all.
+    """
 
     def __init__(self, threads: int, max_batch_images: int = 256, max_delay_s: float = 0.0,
-                 inline_max_images: int = 0):
-        super().__init__(threads, thread_name_prefix="inference")
+                 inline_max_images: int = 0, cores: Sequence[int] = ()):
+        super().__init__(threads, thread_name_prefix="inference",
+                         initializer=_run_on, initargs=(tuple(cores),))
         self.policy = BatchingPolicy(max_batch_images, max_delay_s, threads, inline_max_images)
+
+
+def _run_on(cores: tuple[int, ...]) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def policy_for(executor: Executor) -> BatchingPolicy:

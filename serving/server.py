@@ -12,7 +12,7 @@ import importlib.metadata
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -131,11 +131,13 @@ class ModelServer:
         self._metrics_endpoint = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelServer":
-        """Loads and verifies the repository (RepositoryError if it cannot be served)."""
+    def from_settings(cls, settings: Settings, inference_cores: Sequence[int] = ()
+                      ) -> "ModelServer":
+        """Loads and verifies the repository (RepositoryError if it cannot be served);
+        ``inference_cores``: where inference threads run if this process is pinned to one."""
         executor = InferenceExecutor(
             settings.worker_threads, settings.batch_max_images, settings.batch_delay_us / 1e6,
-            settings.inline_max_images,
+            settings.inline_max_images, inference_cores,
         )
         try:
             registry = load_repository(
@@ -277,11 +279,12 @@ def run_event_loop(main: Coroutine, event_loop: str):
 
 
 async def serve(
-    settings: Settings, on_ready: Callable[[ModelServer], None] | None = None
+    settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
+    inference_cores: Sequence[int] = (),
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
     the server is serving (a supervisor's worker reports it)."""
-    server = ModelServer.from_settings(settings)
+    server = ModelServer.from_settings(settings, inference_cores)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):

@@ -13,10 +13,11 @@ session or a thread. It
    each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
    workers (``--metrics-port``);
 2. reserves the port (port 0 becomes one free port all workers share);
-3. forks the workers (each pinned to its own core when there is one worker per core or more:
-   ``pinned_cores``); each loads the repository and serves, and reports over a pipe that it
-   is serving, or the one-line reason it cannot (the supervisor then stops the others and
-   fails with that line, as a single process would);
+3. forks the workers, each pinned to its own core when there is one worker per core or more
+   (``pinned_cores``), but for its inference threads, which run big batches; each loads the
+   repository and serves, and reports over a pipe that it is serving, or the one-line reason
+   it cannot (the supervisor then stops the others and fails with that line, as a single
+   process would);
 4. forks a replacement when a worker dies (at most one per slot per second);
 5. on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
@@ -162,7 +163,8 @@ class _Supervisor:
                 _pin(self._cores[slot % len(self._cores)])
             _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
                                                    *([self._metrics.fileno()]
-                                                     if self._metrics else [])], supervisor)
+                                                     if self._metrics else [])], supervisor,
+                         self._cores)
         os.close(write_end)
         self.workers[pid] = slot
         self.started_at[slot] = time.monotonic()
@@ -258,9 +260,9 @@ def _drain_when_orphaned(supervisor: int) -> None:
 
 
 def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
-                 supervisor: int) -> None:
+                 supervisor: int, inference_cores: list[int]) -> None:
     """In the forked child: serve until SIGTERM, report the start over ``report_fd``; never
-    returns."""
+    returns. ``inference_cores``: where its inference threads run when it is pinned."""
     status = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -277,7 +279,8 @@ def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
             os.close(report_fd)
 
         try:
-            run_event_loop(serve(settings, on_ready=ready), settings.event_loop)
+            run_event_loop(serve(settings, on_ready=ready, inference_cores=inference_cores),
+                           settings.event_loop)
             status = 0
         except (RepositoryError, ListenError) as error:
             os.write(report_fd, str(error).encode())

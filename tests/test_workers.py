@@ -17,6 +17,7 @@ import pytest
 from test_metrics import free_port, value
 from test_metrics import scrape as scrape_metrics
 
+from fashion_mnist.v1 import classifier_pb2, classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.settings import Settings
@@ -94,6 +95,10 @@ def statistics_success(target: str) -> int:
 
 
 
+def threads_affinities(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 def test_workers_are_pinned_one_per_core_when_they_cover_every_core(workers):
     _process, _logs, started, _metrics_port = workers
     cores = sorted(os.sched_getaffinity(0))
@@ -101,6 +106,14 @@ def test_workers_are_pinned_one_per_core_when_they_cover_every_core(workers):
     if len(cores) == len(started["pids"]):  # 2 workers, 2 cores (this project's CI machine)
         assert started["pinned_to_cores"] == cores
         assert sorted(core for allowed in pinned for core in allowed) == cores
+        # a stream batch bigger than the event loop runs goes to an inference thread, which
+        # may use every core
+        big = [bytes(784)] * 300
+        with grpc.insecure_channel(started["address"]) as channel:
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            list(stub.ClassifyStream(iter([classifier_pb2.ClassifyRequest(images=big)]),
+                                     timeout=30))
+        assert any(set(cores) in threads_affinities(pid) for pid in started["pids"])
     else:  # fewer workers than cores (or one core): the kernel places them
         assert started["pinned_to_cores"] == "no"
         assert all(allowed == set(cores) for allowed in pinned)
