@@ -25,7 +25,6 @@ calls at once): with the front door, only streams use the event loop's.
 """
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
@@ -39,11 +38,6 @@ import numpy as np
 from serving.metrics import ModelMetrics
 from serving.threadtasks import Pending, call_soon
 
-# Batches of at least this many images run on any of the policy's ``cores``, even on a thread
-# pinned to one (a pinned worker's gRPC threads): the kernel may then move them to an idle
-# core when connections load one worker more than the other.
-SPREAD_MIN_IMAGES = 32
-
 
 @dataclass(frozen=True)
 class BatchingPolicy:
@@ -51,7 +45,6 @@ class BatchingPolicy:
     max_delay_s: float = 0.0  # how long a non-full batch waits for more requests
     concurrency: int = 1  # onnxruntime calls of one model version at a time
     inline_max_images: int = 0  # batches up to this size run on the event loop thread
-    cores: tuple[int, ...] = ()  # where big batches may run (): where the thread may
 
 
 class InferenceExecutor(ThreadPoolExecutor):
@@ -65,27 +58,12 @@ class InferenceExecutor(ThreadPoolExecutor):
                  inline_max_images: int = 0, cores: Sequence[int] = ()):
         super().__init__(threads, thread_name_prefix="inference",
                          initializer=_run_on, initargs=(tuple(cores),))
-        self.policy = BatchingPolicy(max_batch_images, max_delay_s, threads, inline_max_images,
-                                     tuple(cores))
+        self.policy = BatchingPolicy(max_batch_images, max_delay_s, threads, inline_max_images)
 
 
 def _run_on(cores: tuple[int, ...]) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
-
-
-@contextlib.contextmanager
-def _spread_over(cores: tuple[int, ...]):
-    """This thread may run on ``cores`` for the duration, then where it could before."""
-    if not cores:
-        yield
-        return
-    own = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cores)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, own)
 
 
 def policy_for(executor: Executor) -> BatchingPolicy:
@@ -282,7 +260,6 @@ class ThreadBatcher:
     slot runs the queue in batches, resuming each caller after its batch, until the queue is
     empty. A request whose call ends meanwhile (``Pending.cancel``) leaves the queue. With
     ``max_delay_s`` the slot's thread waits for more requests before a batch that is not full.
-    Batches of ``SPREAD_MIN_IMAGES`` or more may run on any of the policy's ``cores``.
     """
 
     def __init__(self, run: Callable, policy: BatchingPolicy, metrics: ModelMetrics):
@@ -322,10 +299,8 @@ class ThreadBatcher:
                 )
             batch, removed = _take(self._waiting, policy.max_images)
             self._waiting_images -= removed
-        big = sum(len(request.images) for request in batch) >= SPREAD_MIN_IMAGES
         try:
-            with _spread_over(policy.cores if big else ()):
-                result, error = _execute(self._run, batch) if batch else None, None
+            result, error = _execute(self._run, batch) if batch else None, None
         except Exception as failure:  # given to each request of the batch
             result, error = None, failure
         with self._lock:

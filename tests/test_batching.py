@@ -2,7 +2,6 @@
 own rows, in order, whatever its neighbours do."""
 
 import asyncio
-import os
 import threading
 import time
 from concurrent import futures
@@ -10,7 +9,7 @@ from concurrent import futures
 import numpy as np
 import pytest
 
-from serving.batching import SPREAD_MIN_IMAGES, Batcher, BatchingPolicy, InferenceExecutor
+from serving.batching import Batcher, BatchingPolicy, InferenceExecutor
 from serving.metrics import ModelMetrics
 from serving.repository import load_repository
 from serving.threadtasks import ThreadTask, run_here
@@ -263,28 +262,3 @@ def test_off_the_loop_a_delay_gathers_requests_into_one_call(model, executor):
     first.join(10)  # the batch is full long before the delay ends
     assert run.sizes == [total]
     assert len(calls.answers) == len(requests)
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_off_the_loop_a_big_batch_may_leave_a_pinned_threads_core(model, executor):
-    cores = tuple(sorted(os.sched_getaffinity(0)))
-    seen = []
-
-    def run(images):
-        seen.append((len(images), os.sched_getaffinity(0)))
-        prediction = model.predict_blocking(images)
-        return prediction.probabilities, prediction.labels
-
-    queue = Batcher(run, executor, BatchingPolicy(cores=cores), ModelMetrics("test", 1, "0" * 64))
-    calls = ThreadCalls(queue)
-
-    def pinned_calls():
-        os.sched_setaffinity(0, {cores[0]})  # as a pinned worker's gRPC thread
-        calls.start(0, np.zeros((1, 28, 28), np.uint8))
-        calls.start(1, np.zeros((SPREAD_MIN_IMAGES, 28, 28), np.uint8))
-        seen.append(("after", os.sched_getaffinity(0)))
-
-    thread = threading.Thread(target=pinned_calls)
-    thread.start()
-    thread.join(10)
-    assert seen == [(1, {cores[0]}), (SPREAD_MIN_IMAGES, set(cores)), ("after", {cores[0]})]
