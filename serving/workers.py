@@ -13,11 +13,12 @@ session or a thread. It
    each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
    workers (``--metrics-port``);
 2. reserves the port (port 0 becomes one free port all workers share);
-3. forks the workers, each pinned to its own core when there is one worker per core or more
-   (``pinned_cores``), but for its inference threads, which run big batches; each loads the
-   repository and serves, and reports over a pipe that it is serving, or the one-line reason
-   it cannot (the supervisor then stops the others and fails with that line, as a single
-   process would);
+3. forks the workers; each loads the repository and serves, and reports over a pipe that it
+   is serving, or the one-line reason it cannot (the supervisor then stops the others and
+   fails with that line, as a single process would). When there is a worker for every core
+   (``pinned_cores``), each starts pinned to its own, so that gRPC's threads, which answer
+   the unary calls, are created there and keep their caches warm; once it serves, its event
+   loop and inference threads (streams, big batches) may run on any core again;
 4. forks a replacement when a worker dies (at most one per slot per second);
 5. on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
@@ -160,7 +161,7 @@ class _Supervisor:
         if pid == 0:
             os.close(read_end)
             if self._cores:  # before any thread exists: every thread of the worker inherits it
-                _pin(self._cores[slot % len(self._cores)])
+                _pin([self._cores[slot % len(self._cores)]])
             _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
                                                    *([self._metrics.fileno()]
                                                      if self._metrics else [])], supervisor,
@@ -242,11 +243,12 @@ def pinned_cores(settings: Settings) -> list[int]:
     return cores
 
 
-def _pin(core: int) -> None:
+def _pin(cores: list[int]) -> None:
+    """This thread, and those it starts from now on, run on ``cores`` only."""
     try:
-        os.sched_setaffinity(0, {core})
-    except OSError as error:  # e.g. a sandbox that forbids it: serve unpinned
-        log.warning("worker not pinned", extra={"fields": {"core": core, "error": str(error)}})
+        os.sched_setaffinity(0, cores)
+    except OSError as error:  # e.g. a sandbox that forbids it: serve as placed
+        log.warning("worker not pinned", extra={"fields": {"cores": cores, "error": str(error)}})
 
 
 def _drain_when_orphaned(supervisor: int) -> None:
@@ -274,6 +276,8 @@ def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
         from serving.server import ListenError, run_event_loop, serve
 
         def ready(_server) -> None:
+            if inference_cores:  # gRPC's threads exist now, pinned; the event loop's (streams,
+                _pin(inference_cores)  # health) may run anywhere, like the inference threads
             with contextlib.suppress(OSError):  # the supervisor may be gone
                 os.write(report_fd, READY)
             os.close(report_fd)
