@@ -107,8 +107,9 @@ class Settings:
     )
     worker_affinity: str = _setting(
         "pin", "pin: when there are at least as many workers as cores this process may run on, "
-        "worker N runs on the Nth of them only, so its caches stay warm (faster at concurrency "
-        "1 and 32, BENCHMARKS.md); none: the kernel places them", choices=WORKER_AFFINITIES,
+        "worker N's gRPC threads run on the Nth of them only, so their caches stay warm "
+        "(faster at concurrency 1 and 32, BENCHMARKS.md); none: the kernel places them",
+        choices=WORKER_AFFINITIES,
     )
     batch_delay_us: int = _setting(
         0, "microseconds a batch that is not full waits for more requests (0: never waits; "
