@@ -127,7 +127,8 @@ CONF
 # podman-compose from PyPI, in a venv of its own in the work folder (kept between runs).
 install_podman_compose() {
     local venv="$WORK/podman-compose-venv"
-    if ! "$venv/bin/podman-compose" --version 2>/dev/null | grep -q "podman-compose version $PODMAN_COMPOSE_VERSION"; then
+    if ! grep -q "podman-compose version $PODMAN_COMPOSE_VERSION" \
+            <<<"$("$venv/bin/podman-compose" --version 2>/dev/null)"; then
         log "pip install podman-compose==$PODMAN_COMPOSE_VERSION"
         rm -rf "$venv"
         python3 -m venv "$venv"
@@ -243,8 +244,10 @@ main() {
     wait_healthy "$classifier"
     "$PYTHON" -m serving.client health --target "127.0.0.1:$grpc_port" \
         || fail "health check from the host did not answer SERVING"
-    podman logs "$classifier" 2>&1 | grep -q "transport=native" \
-        || fail "the classifier does not serve through the native front door: $(podman logs "$classifier" 2>&1 | tail -3)"
+    local logs  # read whole first: grep -q in a pipe may end it early, and pipefail fails it
+    logs=$(podman logs "$classifier" 2>&1) || fail "podman logs failed: $logs"
+    grep -q "transport=native" <<<"$logs" \
+        || fail "the classifier does not serve through the native front door: $(tail -3 <<<"$logs")"
 
     log "classify test images from the host and compare with onnxruntime on the container's models"
     podman cp "$classifier:/models" "$SCRATCH/models"
