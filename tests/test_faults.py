@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 from pathlib import Path
 
 import grpc
@@ -21,11 +21,14 @@ from onnx import TensorProto, helper
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving import cli
+from serving.api.admission import Admission
+from serving.frontdoor import DirectContext
 from serving.server import running_server
 from serving.settings import Settings
 from tests.conftest import tiny_classifier
 from training.repository import MANIFEST, MODEL_FILE
 
+CallDetails = namedtuple("CallDetails", "method invocation_metadata")
 IMAGES = np.random.default_rng(5).integers(0, 256, (8, 28, 28), dtype=np.uint8)
 
 
@@ -179,6 +182,36 @@ async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_rep
             await stream.done_writing()
             assert await stream.code() == grpc.StatusCode.OK
         assert len((await stub.Classify(_request())).results) == len(IMAGES)
+
+
+async def test_calls_let_through_together_are_counted_against_the_limit_as_they_start():
+    """Two calls whose handlers were both resolved while nothing was in flight (as happens
+    when they arrive together on two threads): the second to start is over the limit of 1."""
+    admission = Admission(max_in_flight=1)
+    release = asyncio.Event()
+
+    async def wait_for_release(request, context):
+        await release.wait()
+        return request
+
+    method = "/fashion_mnist.v1.Classifier/Classify"
+
+    async def continuation(_details):
+        return grpc.unary_unary_rpc_method_handler(wait_for_release)
+
+    details = CallDetails(method, ())
+    first, second = [await admission.intercept_service(continuation, details) for _ in range(2)]
+    running = asyncio.create_task(first.unary_unary("first", DirectContext("a", (), None)))
+    await asyncio.sleep(0)
+    assert admission.in_flight == 1
+    refused_context = DirectContext("b", (), None)
+    with pytest.raises(grpc.aio.AbortError):
+        await asyncio.wait_for(second.unary_unary("second", refused_context), 10)
+    assert refused_context.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert admission.in_flight == 1
+    release.set()
+    assert await running == "first"
+    assert admission.in_flight == 0
 
 
 # --- SIGTERM under load ----------------------------------------------------------------------

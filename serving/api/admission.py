@@ -46,37 +46,47 @@ class Admission(grpc.aio.ServerInterceptor):
             with self._counting:
                 self.refused += 1
             return _replace(handler, _refuse(handler_call_details.method))
-        if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            return _replace(handler, _overloaded(self.max_in_flight))
         return _built_once(self._admitted_handlers, handler,
                            lambda: _replace(handler, self._admitted(handler)))
 
-    def _count(self, change: int) -> None:
+    def _enter(self) -> bool:
+        """Counts a call in, unless that would pass the limit: one step under the lock, so
+        that calls starting together on several threads cannot all pass a check made
+        before any of them is counted."""
         with self._counting:
-            self.in_flight += change
+            if self.max_in_flight and self.in_flight >= self.max_in_flight:
+                return False
+            self.in_flight += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._counting:
+            self.in_flight -= 1
 
     def _admitted(self, handler):
-        """The handler's behavior, counted in ``in_flight``."""
+        """The handler's behavior, counted in ``in_flight`` and refused over the limit."""
         behavior = getattr(handler, _kind(handler))
 
         if handler.response_streaming:
 
             async def streaming(request, context):
-                self._count(1)
+                if not self._enter():
+                    await _overloaded(context, self.max_in_flight)
                 try:
                     async for response in behavior(request, context):
                         yield response
                 finally:
-                    self._count(-1)
+                    self._leave()
 
             return streaming
 
         async def unary(request, context):
-            self._count(1)
+            if not self._enter():
+                await _overloaded(context, self.max_in_flight)
             try:
                 return await behavior(request, context)
             finally:
-                self._count(-1)
+                self._leave()
 
         return unary
 
@@ -155,15 +165,12 @@ def _refuse(method: str):
     return refuse
 
 
-def _overloaded(limit: int):
-    async def refuse(request, context):
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"server overloaded: {limit} calls in flight (--max-concurrent-calls); "
-            "retry with backoff or on another replica",
-        )
-
-    return refuse
+async def _overloaded(context, limit: int):
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"server overloaded: {limit} calls in flight (--max-concurrent-calls); "
+        "retry with backoff or on another replica",
+    )
 
 
 def _kind(handler) -> str:
