@@ -199,7 +199,8 @@ def test_other_methods_are_relayed_with_messages_metadata_and_deadline(backend):
     assert seen == []  # the direct handler saw none of it
     (metadata,) = echo.seen_metadata
     assert ("authorization", "Bearer t") in metadata and ("x-blob-bin", b"\x01") in metadata
-    assert 7 < echo.seen_time_remaining[0] <= 9
+    # the deadline goes on as a timeout, which gRPC may round up by a few milliseconds
+    assert 7 < echo.seen_time_remaining[0] < 9.5
 
 
 def test_a_relayed_call_ends_with_the_backends_status(backend):
