@@ -9,6 +9,9 @@ Why: grpc.aio spends 0.3-0.4 ms of CPU per call in Python before any servicer co
   bytes) and servicer methods that grpc.aio would, and answers with the status code they chose;
 - every other call (``ClassifyStream``, health, reflection) is relayed to the grpc.aio server,
   which then listens only on a unix socket in a private directory.
+
+A worker under a supervisor that deals out connections (``serving.workers``) does not listen:
+it serves each connection handed to it (``serve_handed_connections``).
 """
 
 import asyncio
@@ -16,9 +19,11 @@ import collections
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -108,15 +113,16 @@ class DirectCalls:
     model leaves the queue.
     """
 
-    def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor]):
+    def __init__(self, table: HandlerTable, interceptors: Sequence[grpc.aio.ServerInterceptor],
+                 peers: Mapping[str, str]):
         self._handlers = table.handlers
         self._interceptors = tuple(interceptors)
+        self._peers = peers  # gRPC's name of a handed-over connection -> the client's address
 
     def __call__(self, method: str, request: bytes, metadata: tuple, peer: str,  # noqa: PLR0917 (the front door's call)
                  deadline: float | None, completion: Callable) -> Callable[[], None]:
-        task = ThreadTask(
-            self._serve(method, request, DirectContext(peer, metadata, deadline), completion)
-        )
+        context = DirectContext(self._peers.get(peer, peer), metadata, deadline)
+        task = ThreadTask(self._serve(method, request, context, completion))
         run_here(task.step)
         return task.cancel
 
@@ -156,6 +162,10 @@ class FrontDoor:
         self._directory: str | None = None
         self.backend_address = ""
         self._server: Any = None
+        # gRPC names a handed-over connection "fd:N"; calls report the client's address
+        self.peers: dict[str, str] = {}
+        self._handed: socket.socket | None = None
+        self._adopting: threading.Thread | None = None
 
     def open_backend(self) -> str:
         """A fresh private directory (mode 0700) and the grpc.aio server's address in it."""
@@ -163,9 +173,10 @@ class FrontDoor:
         self.backend_address = f"unix:{os.path.join(self._directory, 'grpc.sock')}"
         return self.backend_address
 
-    def start(self, address: str, calls: DirectCalls, unary_methods: list[str],
+    def start(self, address: str | None, calls: DirectCalls, unary_methods: list[str],
               max_message_bytes: int, tls: ServerTls | None) -> int:
-        """Listens on ``address`` (RuntimeError if it cannot) and returns the port."""
+        """Listens on ``address`` (RuntimeError if it cannot) and returns the port; with
+        ``address`` None it listens nowhere and returns 0."""
         try:
             from serving.native import _frontdoor
         except ImportError as error:
@@ -180,9 +191,44 @@ class FrontDoor:
         )
         return self._server.port
 
+    def serve_handed_connections(self, handed: socket.socket) -> None:
+        """Serves every connection the supervisor hands over ``handed`` (one descriptor per
+        message), on a thread of its own, until ``stop`` or the supervisor closes it."""
+        self._handed = handed
+        self._adopting = threading.Thread(target=self._adopt_handed, args=(handed,),
+                                          name="handed-connections", daemon=True)
+        self._adopting.start()
+
+    def _adopt_handed(self, handed: socket.socket) -> None:
+        while True:
+            try:
+                _message, descriptors, _flags, _address = socket.recv_fds(handed, 1, 1)
+            except OSError:
+                return
+            if not descriptors:  # closed: stop() or the supervisor is gone
+                return
+            for descriptor in descriptors:
+                connection = socket.socket(fileno=descriptor)
+                try:
+                    peer = _peer_name(connection)
+                except OSError:  # the client has gone already
+                    connection.close()
+                    continue
+                connection.setblocking(False)
+                self.peers[f"fd:{descriptor}"] = peer
+                try:
+                    self._server.adopt(connection.detach())
+                except (AttributeError, RuntimeError):  # stopped meanwhile: it closed it
+                    return
+
     async def stop(self) -> None:
         """Stops listening, cancels what is left and waits for it (off the event loop, which
         must keep running to answer the calls that end)."""
+        if self._handed is not None:  # no connection is adopted once the server stops
+            self._handed.shutdown(socket.SHUT_RDWR)
+            await asyncio.get_running_loop().run_in_executor(None, self._adopting.join)
+            self._handed.close()
+            self._handed = None
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.get_running_loop().run_in_executor(None, server.shutdown, 0)
@@ -190,3 +236,13 @@ class FrontDoor:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
 
+
+
+def _peer_name(connection: socket.socket) -> str:
+    """The client's address as gRPC writes a peer: ipv4:1.2.3.4:5 or ipv6:[::1]:5."""
+    host, port = connection.getpeername()[:2]
+    if connection.family == socket.AF_INET6 and host.startswith("::ffff:") and "." in host:
+        host = host.removeprefix("::ffff:")  # an IPv4 client on a dual-stack socket
+    if ":" in host:
+        return f"ipv6:[{host}]:{port}"
+    return f"ipv4:{host}:{port}"

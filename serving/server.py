@@ -11,6 +11,7 @@ import contextlib
 import importlib.metadata
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -153,8 +154,11 @@ class ModelServer:
         host = self.settings.host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
-    async def start(self) -> None:
-        """Listens, then reports SERVING for the server ("") and each service."""
+    async def start(self, connections: socket.socket | None = None) -> None:
+        """Listens, then reports SERVING for the server ("") and each service.
+
+        ``connections``: instead of listening, serve the connections a supervisor hands over
+        this socket (``serving.workers``; the native transport only)."""
         settings = self.settings
         try:
             tls = (ServerTls.read(settings.tls_cert, settings.tls_key,
@@ -170,11 +174,13 @@ class ModelServer:
                 self.port = self._server.add_insecure_port(settings.address)
             await self._server.start()
             if self._front_door is not None:
-                calls = DirectCalls(self._handlers, self._interceptors)
+                calls = DirectCalls(self._handlers, self._interceptors, self._front_door.peers)
                 self.port = self._front_door.start(
-                    settings.address, calls, self._handlers.unary_methods(),
-                    settings.max_message_bytes, tls,
-                )
+                    None if connections else settings.address, calls,
+                    self._handlers.unary_methods(), settings.max_message_bytes, tls,
+                ) or settings.port
+                if connections is not None:
+                    self._front_door.serve_handed_connections(connections)
         except (OSError, RuntimeError) as error:
             await self._stop_listening()
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
@@ -280,16 +286,17 @@ def run_event_loop(main: Coroutine, event_loop: str):
 
 async def serve(
     settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
-    inference_cores: Sequence[int] = (),
+    inference_cores: Sequence[int] = (), connections: socket.socket | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
-    the server is serving (a supervisor's worker reports it)."""
+    the server is serving (a supervisor's worker reports it); ``connections``: as
+    ``ModelServer.start``."""
     server = ModelServer.from_settings(settings, inference_cores)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop_requested.set)
-    await server.start()
+    await server.start(connections)
     if on_ready is not None:
         on_ready(server)
     await stop_requested.wait()

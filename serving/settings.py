@@ -22,6 +22,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRANSPORTS = ("native", "grpcio")
 EVENT_LOOPS = ("uvloop", "asyncio")
 WORKER_AFFINITIES = ("pin", "none")
+CONNECTION_SPREADS = ("round-robin", "kernel")
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
@@ -85,8 +86,15 @@ class Settings:
     metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
     workers: int = _setting(
         DEFAULT_WORKERS,
-        "server processes sharing the port (SO_REUSEPORT) under a supervisor that replaces any "
-        "that dies; 1: a single process", "N",
+        "server processes sharing the port under a supervisor that replaces any that dies "
+        "(--connection-spread); 1: a single process", "N",
+    )
+    connection_spread: str = _setting(
+        "round-robin", "how the workers share the clients' connections: round-robin (the "
+        "supervisor accepts each and hands it to the next worker, so a client's connections "
+        "spread evenly; native transport without TLS, else kernel) or kernel (every worker "
+        "listens, SO_REUSEPORT, and the kernel hashes each connection to one)",
+        choices=CONNECTION_SPREADS,
     )
     batch_max_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
@@ -164,6 +172,14 @@ class Settings:
                 f"full batch of --max-batch-size {self.max_batch_size} images, "
                 f"got {self.max_message_bytes}"
             )
+
+    @property
+    def deals_connections(self) -> bool:
+        """Whether the supervisor accepts the connections and deals them out to the workers
+        (a worker can serve a socket it is handed only with the native transport, in
+        plaintext)."""
+        return (self.workers > 1 and self.connection_spread == "round-robin"
+                and self.transport == "native" and not self.tls_cert)
 
     @property
     def address(self) -> str:

@@ -1,9 +1,16 @@
 """Several server processes on one port, under a supervisor that replaces any that dies.
 
 Why: a Python process answers gRPC on one core at most (the GIL), and per-call gRPC and
-protobuf work, not the model, is what a request costs (BENCHMARKS.md); N processes
-sharing the port with SO_REUSEPORT use N cores. The kernel spreads *connections* over them,
-so each client connection stays on one worker.
+protobuf work, not the model, is what a request costs (BENCHMARKS.md); N processes use N
+cores. Each client connection stays on one worker; how connections reach the workers is
+``--connection-spread``:
+
+- round-robin (native transport, plaintext): the supervisor listens, accepts each connection
+  and hands it (SCM_RIGHTS, over a socketpair per worker) to the next worker that serves,
+  which serves it from then on; the supervisor sees no call. A client's 16 connections land
+  8 and 8, where the kernel's hash split them anywhere from 8/8 to 13/3 (BENCHMARKS.md);
+- kernel: every worker listens on the port (SO_REUSEPORT) and the kernel hashes each new
+  connection to one of them.
 
 The supervisor stays small and fork-safe: it never creates a gRPC object, an onnxruntime
 session or a thread. It
@@ -12,15 +19,18 @@ session or a thread. It
    writable; never in the model repository) before any worker imports prometheus_client, so
    each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
    workers (``--metrics-port``);
-2. reserves the port (port 0 becomes one free port all workers share);
+2. listens on the port (round-robin), or reserves it (kernel; port 0 becomes one free port
+   all workers share);
 3. forks the workers; each loads the repository and serves, and reports over a pipe that it
    is serving, or the one-line reason it cannot (the supervisor then stops the others and
    fails with that line, as a single process would). When there is a worker for every core
    (``pinned_cores``), each starts pinned to its own, so that gRPC's threads, which answer
    the unary calls, are created there and keep their caches warm; once it serves, its event
    loop and inference threads (streams, big batches) may run on any core again;
-4. forks a replacement when a worker dies (at most one per slot per second);
-5. on SIGTERM/SIGINT passes SIGTERM on, waits for the workers to drain, removes the directory.
+4. deals out the connections (round-robin), and forks a replacement when a worker dies (at
+   most one per slot per second);
+5. on SIGTERM/SIGINT stops listening, passes SIGTERM on, waits for the workers to drain,
+   removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
    (PR_SET_PDEATHSIG): they drain and exit rather than linger (the directory then stays).
 """
@@ -47,6 +57,8 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 READY = b"\x00"
+BACKLOG = 1024  # connections the kernel holds while the supervisor is busy
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 log = logging.getLogger(__name__)
@@ -59,9 +71,9 @@ class WorkerStartError(Exception):
 def supervise(settings: Settings) -> int:
     """Runs ``settings.workers`` server processes until SIGTERM/SIGINT; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
-    with _multiprocess_directory() as directory, _reserved_port(settings) as port:
+    with _multiprocess_directory() as directory, _public_port(settings) as (port, listener):
         settings = replace(settings, port=port)
-        supervisor = _Supervisor(settings, directory)
+        supervisor = _Supervisor(settings, directory, listener)
         try:
             supervisor.start()
             return supervisor.run()
@@ -86,6 +98,35 @@ def _multiprocess_directory():
 
 
 @contextlib.contextmanager
+def _public_port(settings: Settings):
+    """(port, the supervisor's listening socket, or None when the workers listen)."""
+    if not settings.deals_connections:
+        with _reserved_port(settings) as port:
+            yield port, None
+        return
+    try:
+        listener = _listen(settings.host, settings.port)
+    except OSError as error:
+        raise WorkerStartError(f"cannot listen on {settings.address}: {error}") from None
+    with listener:
+        yield listener.getsockname()[1], listener
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on ``host``: a wildcard host takes IPv6 and IPv4 on one
+    socket, as gRPC does."""
+    if host in WILDCARD_HOSTS and socket.has_dualstack_ipv6():
+        listener = socket.create_server(("::", port), family=socket.AF_INET6, backlog=BACKLOG,
+                                        dualstack_ipv6=True)
+    else:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.create_server(address, family=family, backlog=BACKLOG)
+    listener.setblocking(False)
+    return listener
+
+
+@contextlib.contextmanager
 def _reserved_port(settings: Settings):
     """Port 0 -> a free port, held (bound, not listening) so it stays ours while workers
     bind it too (SO_REUSEPORT)."""
@@ -100,10 +141,14 @@ def _reserved_port(settings: Settings):
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, directory: str):
+    def __init__(self, settings: Settings, directory: str, listener: socket.socket | None):
         self.settings = settings
         self.directory = directory
+        self.listener = listener  # None: the workers listen (SO_REUSEPORT)
         self.workers: dict[int, int] = {}  # pid -> slot
+        self._handoffs: dict[int, socket.socket] = {}  # pid -> our end of its connection channel
+        self._serving: set[int] = set()  # pids that reported serving: they get connections
+        self._dealt = 0
         self.started_at: dict[int, float] = {}  # slot -> last fork time
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
@@ -125,22 +170,29 @@ class _Supervisor:
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         for slot in range(self.settings.workers):  # one after the other: one error, tidy logs
-            message = _read_all(self._fork(slot))
+            pipe = self._fork(slot)
+            message = _read_all(pipe)
             if message != READY:
                 raise WorkerStartError(message.decode(errors="replace").strip()
                                        or f"worker {slot} exited before serving")
+            self._serving.add(next(p for p, s in self.workers.items() if s == slot))
         log.info("workers serving", extra={"fields": {
             "workers": self.settings.workers, "pids": sorted(self.workers),
             "pinned_to_cores": self._cores or "no",
+            "connections": "round-robin" if self.listener else "kernel",
             "address": self.settings.address, "metrics_port": self.settings.metrics_port,
             "metrics_dir": self.directory}})
 
     def run(self) -> int:
         listening = [self._wake_read] + ([self._metrics.fileno()] if self._metrics else [])
         while not self.stopping:
-            readable, _, _ = select.select([*listening, *self._starting], [], [], 1.0)
+            accepting = [self.listener] if self.listener and self._serving else []
+            readable, _, _ = select.select([*listening, *accepting, *self._starting], [], [],
+                                           1.0)
             if self._wake_read in readable:
                 os.read(self._wake_read, 512)
+            if self.listener in readable:
+                self._deal_connections()
             for pipe in set(readable) & set(self._starting):
                 self._replacement_started(pipe)
             if self._metrics is not None and self._metrics.fileno() in readable:
@@ -153,20 +205,57 @@ class _Supervisor:
             self.stopping = True
             log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
 
+    def _deal_connections(self) -> None:
+        """Accepts the connections waiting and hands each to the next serving worker."""
+        while self._serving:
+            try:
+                connection, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. out of file descriptors: they wait in the backlog
+                log.warning("cannot accept a connection", extra={"fields": {"error": str(error)}})
+                return
+            with connection:  # the worker has its own descriptor of it once handed over
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as gRPC's own
+                self._hand_over(connection)
+
+    def _hand_over(self, connection: socket.socket) -> None:
+        """To the next worker in slot order; one that cannot take it (dead, or not reading)
+        is passed over. If none can, the connection closes and the client reconnects."""
+        while self._serving:
+            serving = sorted(self._serving, key=self.workers.__getitem__)
+            pid = serving[self._dealt % len(serving)]
+            self._dealt += 1
+            try:
+                socket.send_fds(self._handoffs[pid], [b"c"], [connection.fileno()])
+                return
+            except OSError as error:
+                self._serving.discard(pid)  # the reaper replaces it if it died
+                log.warning("worker not taking connections", extra={"fields": {
+                    "pid": pid, "error": str(error)}})
+
     def _fork(self, slot: int) -> int:
         """Starts a worker; returns the read end of its start-report pipe."""
         read_end, write_end = os.pipe()
         supervisor = os.getpid()
+        ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                        if self.listener else (None, None))
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
             if self._cores:  # before any thread exists: every thread of the worker inherits it
                 _pin([self._cores[slot % len(self._cores)]])
-            _worker_main(self.settings, write_end, [self._wake_read, self._wake_write,
-                                                   *([self._metrics.fileno()]
-                                                     if self._metrics else [])], supervisor,
-                         self._cores)
+            supervisor_only = [self._wake_read, self._wake_write,
+                               *([self._metrics.fileno()] if self._metrics else []),
+                               *(s.fileno() for s in (self.listener, ours) if s is not None),
+                               *(handoff.fileno() for handoff in self._handoffs.values())]
+            _worker_main(self.settings, write_end, supervisor_only, supervisor, self._cores,
+                         theirs)
         os.close(write_end)
+        if ours is not None:
+            theirs.close()
+            ours.setblocking(False)  # a worker that stops reading is passed over, not waited for
+            self._handoffs[pid] = ours
         self.workers[pid] = slot
         self.started_at[slot] = time.monotonic()
         return read_end
@@ -181,6 +270,9 @@ class _Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            self._serving.discard(pid)
+            with contextlib.suppress(KeyError):
+                self._handoffs.pop(pid).close()
             multiprocess.mark_process_dead(pid, self.directory)
             if self.stopping:
                 continue
@@ -194,12 +286,15 @@ class _Supervisor:
         pid = self._starting.pop(pipe)
         message = _read_all(pipe)
         if message == READY:
+            self._serving.add(pid)
             log.info("worker serving", extra={"fields": {"pid": pid}})
         else:
             log.error("worker failed to start", extra={"fields": {
                 "pid": pid, "reason": message.decode(errors="replace").strip()}})
 
     def _stop(self) -> int:
+        if self.listener is not None:  # new connections are refused from now on
+            self.listener.close()
         for pid in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -225,6 +320,10 @@ class _Supervisor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             self.workers.pop(pid)
+        for handoff in self._handoffs.values():
+            handoff.close()
+        self._handoffs.clear()
+        self._serving.clear()
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
@@ -261,10 +360,13 @@ def _drain_when_orphaned(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
-                 supervisor: int, inference_cores: list[int]) -> None:
+def _worker_main(settings: Settings, report_fd: int, inherited: list[int],  # noqa: PLR0917 (a fork's entry)
+                 supervisor: int, inference_cores: list[int],
+                 connections: socket.socket | None) -> None:
     """In the forked child: serve until SIGTERM, report the start over ``report_fd``; never
-    returns. ``inference_cores``: where its inference threads run when it is pinned."""
+    returns. ``inference_cores``: where its inference threads run when it is pinned;
+    ``connections``: where the supervisor hands it the connections to serve (None: it
+    listens itself)."""
     status = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -283,8 +385,8 @@ def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
             os.close(report_fd)
 
         try:
-            run_event_loop(serve(settings, on_ready=ready, inference_cores=inference_cores),
-                           settings.event_loop)
+            run_event_loop(serve(settings, on_ready=ready, inference_cores=inference_cores,
+                                 connections=connections), settings.event_loop)
             status = 0
         except (RepositoryError, ListenError) as error:
             os.write(report_fd, str(error).encode())

@@ -1,6 +1,7 @@
-"""Several worker processes behind one port: calls spread over them, metrics and statistics
-sum over them, a killed worker is replaced, SIGTERM stops them all and cleans up."""
+"""Several worker processes behind one port: connections spread over them, metrics and
+statistics sum over them, a killed worker is replaced, SIGTERM stops them all and cleans up."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,13 +57,13 @@ class Logs:
         return [line for line in self.lines if line["message"] == message]
 
 
-@pytest.fixture
-def workers(model_repository):
+@contextlib.contextmanager
+def running_workers(model_repository, *flags: str):
     metrics_port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
          "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--metrics-port",
-         str(metrics_port), "--poll-interval", "0", "--log-format", "json"],
+         str(metrics_port), "--poll-interval", "0", "--log-format", "json", *flags],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     logs = Logs(process.stderr)
     try:
@@ -76,6 +77,47 @@ def workers(model_repository):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+
+@pytest.fixture
+def workers(model_repository):
+    with running_workers(model_repository) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def open_connections(target: str, count: int):
+    """``count`` connections, each having answered one call, kept open."""
+    channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(count)]
+    try:
+        for channel in channels:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(REQUEST, timeout=30)
+        yield channels
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def connections_held(pid: int, port: int) -> int:
+    """Established TCP connections on local ``port`` that process ``pid`` holds."""
+    sockets = set()
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+            if target.startswith("socket:["):
+                sockets.add(target[len("socket:["):-1])
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            held += local_port == port and state == "01" and inode in sockets
+    return held
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
 
 
 def calls_over_connections(target: str, connections: int, per_connection: int) -> None:
@@ -141,6 +183,31 @@ def test_workers_share_the_port_and_their_metrics_add_up(workers):
     assert statistics_success(target) == 40
 
 
+def test_the_supervisor_deals_the_connections_to_the_workers_in_turn(workers):
+    process, logs, started, _ = workers
+    assert started["connections"] == "round-robin"
+    target, port = started["address"], port_of(started["address"])
+    with open_connections(target, 6):
+        assert [connections_held(pid, port) for pid in started["pids"]] == [3, 3]
+        assert connections_held(process.pid, port) == 0  # the supervisor keeps none
+    # a worker names the client, not the descriptor it was handed, in its logs
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name="mlp"), timeout=30)
+    assert logs.wait_for("request failed")[0]["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_with_kernel_spreading_every_worker_listens(model_repository):
+    with running_workers(model_repository, "--connection-spread", "kernel") as running:
+        process, _logs, started, metrics_port = running
+        assert started["connections"] == "kernel"
+        with open_connections(started["address"], 4):
+            port = port_of(started["address"])
+            assert sum(connections_held(pid, port) for pid in started["pids"]) == 4
+            assert connections_held(process.pid, port) == 0
+        assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 4
+
+
 def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     process, logs, started, metrics_port = workers
     target, pids = started["address"], started["pids"]
@@ -149,10 +216,14 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     died = logs.wait_for("worker died; starting another")[0]
     assert (died["pid"], died["status"]) == (pids[0], "killed by SIGKILL")
     logs.wait_for("serving", count=3)  # the replacement serves
-    assert logs.wait_for("worker serving")[0]["pid"] not in pids
+    replacement = logs.wait_for("worker serving")[0]["pid"]
+    assert replacement not in pids
+    with open_connections(target, 2):  # the replacement gets its turn
+        port = port_of(target)
+        assert [connections_held(pid, port) for pid in (pids[1], replacement)] == [1, 1]
     calls_over_connections(target, connections=4, per_connection=2)
     # the dead worker's counts stay in the sum
-    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 14
+    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 16
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     logs.wait_for("stopped")

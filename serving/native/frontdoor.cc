@@ -6,6 +6,8 @@
 //   the `Completion` it was given: `completion(code, message, response_bytes_or_None)`.
 // - Every other method (streams, health, reflection) is relayed byte for byte, metadata,
 //   deadline and cancellation included, to the grpc.aio server on a private unix socket.
+// - It listens on an address, or (address None) serves the connections it is given with
+//   `adopt(fd)`: a supervisor that accepts them and deals them out to its workers in turn.
 //
 // Nothing here knows a message type: Python parses, validates, answers and maps errors.
 #define PY_SSIZE_T_CLEAN
@@ -15,6 +17,8 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_posix.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -445,10 +449,10 @@ void ShutdownServer(Server* self, double grace_s) {
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   static const char* keywords[] = {"address", "handler", "direct_methods", "backend",
                                    "max_message_bytes", "tls", nullptr};
-  const char *address, *backend;
+  const char *address, *backend;  // address nullptr: no port, connections come by adopt()
   PyObject *handler, *methods, *tls = Py_None;
   int max_message_bytes;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sOOsi|O", const_cast<char**>(keywords),
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "zOOsi|O", const_cast<char**>(keywords),
                                    &address, &handler, &methods, &backend, &max_message_bytes,
                                    &tls)) {
     return nullptr;
@@ -479,7 +483,7 @@ PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   self->handler = Py_NewRef(handler);
   self->dispatcher = new Dispatcher(handler, std::move(direct_methods), backend);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, credentials, &self->port);
+  if (address != nullptr) builder.AddListeningPort(address, credentials, &self->port);
   builder.RegisterCallbackGenericService(self->dispatcher);
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
@@ -487,7 +491,7 @@ PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   Py_BEGIN_ALLOW_THREADS;
   server = builder.BuildAndStart();
   Py_END_ALLOW_THREADS;
-  if (server == nullptr || self->port == 0) {
+  if (server == nullptr || (address != nullptr && self->port == 0)) {
     if (server != nullptr) {
       server->Shutdown();
       server.reset();
@@ -506,6 +510,21 @@ PyObject* ServerShutdown(PyObject* self, PyObject* args) {
   double grace_s = 0;
   if (!PyArg_ParseTuple(args, "|d", &grace_s)) return nullptr;
   ShutdownServer(reinterpret_cast<Server*>(self), grace_s);
+  Py_RETURN_NONE;
+}
+
+// Keeps the GIL throughout: ShutdownServer takes the server away under the GIL, so it cannot
+// be deleted while a connection is being added to it.
+PyObject* ServerAdopt(PyObject* self, PyObject* args) {
+  int fd;
+  if (!PyArg_ParseTuple(args, "i", &fd)) return nullptr;
+  grpc::Server* server = reinterpret_cast<Server*>(self)->server;
+  if (server == nullptr) {
+    close(fd);
+    PyErr_SetString(PyExc_RuntimeError, "the server is shut down");
+    return nullptr;
+  }
+  grpc::AddInsecureChannelFromFd(server, fd);
   Py_RETURN_NONE;
 }
 
@@ -534,11 +553,13 @@ PyMethodDef server_methods[] = {
     {"shutdown", ServerShutdown, METH_VARARGS,
      "shutdown(grace_s=0): stop listening, give calls in flight grace_s seconds, cancel the "
      "rest, and wait until every call has ended."},
+    {"adopt", ServerAdopt, METH_VARARGS,
+     "adopt(fd): serve this connected, non-blocking socket (plaintext), which it then owns."},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyGetSetDef server_properties[] = {
-    {"port", ServerPort, nullptr, "the port listened on", nullptr},
+    {"port", ServerPort, nullptr, "the port listened on (0: none)", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
@@ -567,7 +588,7 @@ PyMODINIT_FUNC PyInit__frontdoor() {
   ServerType.tp_methods = server_methods;
   ServerType.tp_getset = server_properties;
   ServerType.tp_doc =
-      "Server(address, handler, direct_methods, backend, max_message_bytes, tls=None)";
+      "Server(address|None, handler, direct_methods, backend, max_message_bytes, tls=None)";
   if (PyType_Ready(&CompletionType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
