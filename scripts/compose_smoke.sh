@@ -248,6 +248,8 @@ main() {
     logs=$(podman logs "$classifier" 2>&1) || fail "podman logs failed: $logs"
     grep -q "transport=native" <<<"$logs" \
         || fail "the classifier does not serve through the native front door: $(tail -3 <<<"$logs")"
+    grep -q "connections=round-robin" <<<"$logs" \
+        || fail "the classifier's supervisor does not deal out the connections: $(tail -3 <<<"$logs")"
 
     log "classify test images from the host and compare with onnxruntime on the container's models"
     podman cp "$classifier:/models" "$SCRATCH/models"

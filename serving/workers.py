@@ -170,8 +170,7 @@ class _Supervisor:
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         for slot in range(self.settings.workers):  # one after the other: one error, tidy logs
-            pipe = self._fork(slot)
-            message = _read_all(pipe)
+            message = _read_all(self._fork(slot))
             if message != READY:
                 raise WorkerStartError(message.decode(errors="replace").strip()
                                        or f"worker {slot} exited before serving")
@@ -220,19 +219,25 @@ class _Supervisor:
                 self._hand_over(connection)
 
     def _hand_over(self, connection: socket.socket) -> None:
-        """To the next worker in slot order; one that cannot take it (dead, or not reading)
-        is passed over. If none can, the connection closes and the client reconnects."""
-        while self._serving:
-            serving = sorted(self._serving, key=self.workers.__getitem__)
-            pid = serving[self._dealt % len(serving)]
-            self._dealt += 1
+        """To the next serving worker in slot order. One whose channel is full (not reading)
+        is passed over this time, one that is gone from now on; if none takes it, the
+        connection closes and the client reconnects."""
+        serving = sorted(self._serving, key=self.workers.__getitem__)
+        first = self._dealt
+        self._dealt += 1
+        for turn in range(len(serving)):
+            pid = serving[(first + turn) % len(serving)]
             try:
                 socket.send_fds(self._handoffs[pid], [b"c"], [connection.fileno()])
                 return
-            except OSError as error:
-                self._serving.discard(pid)  # the reaper replaces it if it died
+            except BlockingIOError:
+                continue
+            except OSError as error:  # it died: the reaper replaces it
+                self._serving.discard(pid)
                 log.warning("worker not taking connections", extra={"fields": {
                     "pid": pid, "error": str(error)}})
+        log.warning("no worker took a connection: closed", extra={"fields": {
+            "serving": sorted(self._serving)}})
 
     def _fork(self, slot: int) -> int:
         """Starts a worker; returns the read end of its start-report pipe."""
@@ -286,7 +291,8 @@ class _Supervisor:
         pid = self._starting.pop(pipe)
         message = _read_all(pipe)
         if message == READY:
-            self._serving.add(pid)
+            if pid in self.workers:  # not reaped meanwhile
+                self._serving.add(pid)
             log.info("worker serving", extra={"fields": {"pid": pid}})
         else:
             log.error("worker failed to start", extra={"fields": {
