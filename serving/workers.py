@@ -170,7 +170,7 @@ class _Supervisor:
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         for slot in range(self.settings.workers):  # one after the other: one error, tidy logs
-            message = _read_all(self._fork(slot))
+            message = self._start_report(self._fork(slot))
             if message != READY:
                 raise WorkerStartError(message.decode(errors="replace").strip()
                                        or f"worker {slot} exited before serving")
@@ -203,6 +203,17 @@ class _Supervisor:
         if signal_number in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.stopping = True
             log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
+
+    def _start_report(self, pipe: int) -> bytes:
+        """A starting worker's report; meanwhile the workers already serving get the
+        connections, so the server answers as soon as its first worker does."""
+        while True:
+            accepting = [self.listener] if self.listener and self._serving else []
+            readable, _, _ = select.select([pipe, *accepting], [], [])
+            if self.listener in readable:
+                self._deal_connections()
+            if pipe in readable:
+                return _read_all(pipe)
 
     def _deal_connections(self) -> None:
         """Accepts the connections waiting and hands each to the next serving worker."""
