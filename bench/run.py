@@ -11,7 +11,7 @@
    call than ``--loadgen python``, bench/loadgen.py (asyncio, one client process). One
    connection at concurrency 1 (a lone client keeps one), 16 otherwise.
 3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API, stream of
-   1000-image batches), everyone with bench/score_v2.py (v2, 1000-image batches, 2 in flight),
+   1000-image batches; one warm-up run per worker first), everyone with bench/score_v2.py (v2, 1000-image batches, 2 in flight),
    and in-process onnxruntime as the limit.
 4. For reference, the gRPC floor (bench/grpc_floor.py): a grpc.aio server that answers a
    fixed ``ModelInfer`` response, no model: what gRPC in Python costs by itself.
@@ -44,6 +44,7 @@ from ort_limit import measure
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.client.dataset import load_test_set
+from serving.settings import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -166,7 +167,8 @@ def measure_servers(args) -> tuple[dict, dict]:
                 rows[f"ours {api}", batch, concurrency] = load(
                     target, api, (batch, concurrency), server.pid, args)
         log("ours scoring")
-        score_ours(target)  # warm-up: the first 1000-image call of each worker allocates
+        for _worker in range(available_cores()):  # warm-up: the first 1000-image call of a
+            score_ours(target)  # worker allocates; each run's connection goes to the next one
         scores["ours fmnist score (domain)"] = score_ours(target)
         scores["ours v2"] = score_over_v2(target)
     model_file = args.repository / "mlp" / "1" / "model.onnx"
