@@ -114,13 +114,15 @@ def _public_port(settings: Settings):
 
 def _listen(host: str, port: int) -> socket.socket:
     """A non-blocking listening socket on ``host``: a wildcard host takes IPv6 and IPv4 on one
-    socket, as gRPC does."""
+    socket, as gRPC does; a name, its first IPv4 address if it has one (where gRPC would
+    listen on each of its addresses)."""
     if host in WILDCARD_HOSTS and socket.has_dualstack_ipv6():
         listener = socket.create_server(("::", port), family=socket.AF_INET6, backlog=BACKLOG,
                                         dualstack_ipv6=True)
     else:
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        family, _, _, _, address = min(addresses, key=lambda found: found[0] != socket.AF_INET)
         listener = socket.create_server(address, family=family, backlog=BACKLOG)
     listener.setblocking(False)
     return listener

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -243,6 +244,19 @@ def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     assert errors == [f"fmnist-serve: error: model repository {tmp_path / 'none'} does not "
                       "exist or is not a directory"]
 
+
+
+def test_a_port_in_use_fails_the_server_with_one_line(model_repository):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert len(errors) == 1
+    assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
 
 
 @pytest.mark.parametrize(("cpu_max", "expected"), [
