@@ -11,8 +11,8 @@
    call than ``--loadgen python``, bench/loadgen.py (asyncio, one client process). One
    connection at concurrency 1 (a lone client keeps one), 16 otherwise.
 3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API, stream of
-   1000-image batches; one warm-up run per worker first), everyone with bench/score_v2.py (v2, 1000-image batches, 2 in flight),
-   and in-process onnxruntime as the limit.
+   1000-image batches; one warm-up run per worker first), everyone with bench/score_v2.py
+   (v2, 1000-image batches, 2 in flight), and in-process onnxruntime as the limit.
 4. For reference, the gRPC floor (bench/grpc_floor.py): a grpc.aio server that answers a
    fixed ``ModelInfer`` response, no model: what gRPC in Python costs by itself.
 5. Start-up time to SERVING and RSS (bench/startup.py).
@@ -53,9 +53,10 @@ PEERS = ("mlserver", "kserve")
 OURS_PORT, PEER_PORT, FLOOR_PORT = 18900, 18910, 18950
 FLOOR = "gRPC floor (no model)"
 SCORE_BATCH = 1000
-# Connections per client process: the kernel spreads connections, not calls, over the
-# workers of a multi-process server, so the split varies from run to run (BENCHMARKS.md: up to
-# 40% at batch 1 x 32 with 16; 64 evened that out but cost ~30% at batch 64 x 4).
+# Connections per client process: a multi-process server spreads connections, not calls, over
+# its workers. With the kernel's SO_REUSEPORT hash (ours before --connection-spread, the
+# peers' way) the split varied from run to run (BENCHMARKS.md: up to 40% at batch 1 x 32 with
+# 16; 64 evened that out but cost ~30% at batch 64 x 4).
 CHANNELS = 16
 LOAD_GENERATORS = {
     "native": "bench/loadgen.cc (C++ gRPC callback API, one process, closed loop)",
