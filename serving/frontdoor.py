@@ -216,9 +216,13 @@ class FrontDoor:
                     continue
                 connection.setblocking(False)
                 self.peers[f"fd:{descriptor}"] = peer
+                server = self._server
+                if server is None:  # stopped meanwhile
+                    connection.close()
+                    return
                 try:
-                    self._server.adopt(connection.detach())
-                except (AttributeError, RuntimeError):  # stopped meanwhile: it closed it
+                    server.adopt(connection.detach())
+                except RuntimeError:  # shut down meanwhile; it closed the connection
                     return
 
     async def stop(self) -> None:
