@@ -241,7 +241,6 @@ class FrontDoor:
             self._directory = None
 
 
-
 def _peer_name(connection: socket.socket) -> str:
     """The client's address as gRPC writes a peer: ipv4:1.2.3.4:5 or ipv6:[::1]:5."""
     host, port = connection.getpeername()[:2]

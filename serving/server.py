@@ -176,7 +176,7 @@ class ModelServer:
             if self._front_door is not None:
                 calls = DirectCalls(self._handlers, self._interceptors, self._front_door.peers)
                 self.port = self._front_door.start(
-                    None if connections else settings.address, calls,
+                    settings.address if connections is None else None, calls,
                     self._handlers.unary_methods(), settings.max_message_bytes, tls,
                 ) or settings.port
                 if connections is not None:
