@@ -151,6 +151,7 @@ class _Supervisor:
         self._handoffs: dict[int, socket.socket] = {}  # pid -> our end of its connection channel
         self._serving: set[int] = set()  # pids that reported serving: they get connections
         self._dealt = 0
+        self._connections_dealt = None  # a Counter by worker slot, once the metrics exist
         self.started_at: dict[int, float] = {}  # slot -> last fork time
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
@@ -168,6 +169,12 @@ class _Supervisor:
                                           "cores": available_cores()}})
         if self.settings.metrics_port:
             self._metrics = _metrics_server(self.settings, self.directory)
+        if self.listener is not None:
+            from prometheus_client import Counter  # its files go to the workers' directory
+
+            self._connections_dealt = Counter(
+                "fmnist_connections", "client connections the supervisor dealt to each worker "
+                "slot (--connection-spread round-robin)", ["worker"])
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
@@ -242,6 +249,7 @@ class _Supervisor:
             pid = serving[(first + turn) % len(serving)]
             try:
                 socket.send_fds(self._handoffs[pid], [b"c"], [connection.fileno()])
+                self._connections_dealt.labels(str(self.workers[pid])).inc()
                 return
             except BlockingIOError:
                 continue

@@ -185,12 +185,14 @@ def test_workers_share_the_port_and_their_metrics_add_up(workers):
 
 
 def test_the_supervisor_deals_the_connections_to_the_workers_in_turn(workers):
-    process, logs, started, _ = workers
+    process, logs, started, metrics_port = workers
     assert started["connections"] == "round-robin"
     target, port = started["address"], port_of(started["address"])
     with open_connections(target, 6):
         assert [connections_held(pid, port) for pid in started["pids"]] == [3, 3]
         assert connections_held(process.pid, port) == 0  # the supervisor keeps none
+    samples = scrape_metrics(metrics_port)
+    assert [value(samples, "fmnist_connections_total", worker=slot) for slot in "01"] == [3, 3]
     # a worker names the client, not the descriptor it was handed, in its logs
     with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
