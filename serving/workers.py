@@ -17,8 +17,9 @@ session or a thread. It
 
 1. points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (in /dev/shm if
    writable; never in the model repository) before any worker imports prometheus_client, so
-   each worker keeps its metrics in files there, and serves ``/metrics`` summed over the
-   workers (``--metrics-port``);
+   each worker keeps its metrics in files there, and forks a small process that serves
+   ``/metrics`` summed over the workers (``--metrics-port``): a scrape that stalls cannot hold
+   up the supervisor, which accepts the connections and replaces workers;
 2. listens on the port (round-robin), or reserves it (kernel; port 0 becomes one free port
    all workers share);
 3. forks the workers; each loads the repository and serves, and reports over a pipe that it
@@ -58,6 +59,7 @@ RESTART_INTERVAL_S = 1.0
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 READY = b"\x00"
 BACKLOG = 1024  # connections the kernel holds while the supervisor is busy
+METRICS_CLIENT_TIMEOUT_S = 5.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -156,7 +158,9 @@ class _Supervisor:
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
-        self._metrics = None
+        self._metrics = None  # the /metrics listening socket's server, served by _metrics_pid
+        self._metrics_pid = 0
+        self._metrics_started_at = 0.0
         self._starting: dict[int, int] = {}  # start-report pipe -> pid, for replacements
         self._cores = pinned_cores(settings)  # worker slot N runs on core N (mod), or anywhere
 
@@ -169,6 +173,7 @@ class _Supervisor:
                                           "cores": available_cores()}})
         if self.settings.metrics_port:
             self._metrics = _metrics_server(self.settings, self.directory)
+            self._fork_metrics()
         if self.listener is not None:
             from prometheus_client import Counter  # its files go to the workers' directory
 
@@ -192,10 +197,9 @@ class _Supervisor:
             "metrics_dir": self.directory}})
 
     def run(self) -> int:
-        listening = [self._wake_read] + ([self._metrics.fileno()] if self._metrics else [])
         while not self.stopping:
             accepting = [self.listener] if self.listener and self._serving else []
-            readable, _, _ = select.select([*listening, *accepting, *self._starting], [], [],
+            readable, _, _ = select.select([self._wake_read, *accepting, *self._starting], [], [],
                                            1.0)
             if self._wake_read in readable:
                 os.read(self._wake_read, 512)
@@ -203,8 +207,6 @@ class _Supervisor:
                 self._deal_connections()
             for pipe in set(readable) & set(self._starting):
                 self._replacement_started(pipe)
-            if self._metrics is not None and self._metrics.fileno() in readable:
-                self._metrics.handle_request()
             self._reap_and_replace()
         return self._stop()
 
@@ -271,10 +273,9 @@ class _Supervisor:
             os.close(read_end)
             if self._cores:  # before any thread exists: every thread of the worker inherits it
                 _pin([self._cores[slot % len(self._cores)]])
-            supervisor_only = [self._wake_read, self._wake_write,
+            supervisor_only = [*self._own_descriptors(),
                                *([self._metrics.fileno()] if self._metrics else []),
-                               *(s.fileno() for s in (self.listener, ours) if s is not None),
-                               *(handoff.fileno() for handoff in self._handoffs.values())]
+                               *([ours.fileno()] if ours is not None else [])]
             _worker_main(self.settings, write_end, supervisor_only, supervisor, self._cores,
                          theirs)
         os.close(write_end)
@@ -286,13 +287,45 @@ class _Supervisor:
         self.started_at[slot] = time.monotonic()
         return read_end
 
+    def _own_descriptors(self) -> list[int]:
+        """What a child must close: the supervisor's wake-up pipe, listener and channels."""
+        return [self._wake_read, self._wake_write,
+                *([self.listener.fileno()] if self.listener is not None else []),
+                *(handoff.fileno() for handoff in self._handoffs.values())]
+
+    def _fork_metrics(self) -> None:
+        """Serves ``/metrics`` from a process of its own, on the socket bound here."""
+        time.sleep(max(0.0, self._metrics_started_at + RESTART_INTERVAL_S - time.monotonic()))
+        self._metrics_started_at = time.monotonic()
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(signal_number, signal.SIG_DFL)
+                _drain_when_orphaned(supervisor)  # SIGTERM, which ends it
+                for descriptor in self._own_descriptors():
+                    os.close(descriptor)
+                self._metrics.serve_forever()
+            finally:
+                os._exit(1)
+        self._metrics_pid = pid
+
     def _reap_and_replace(self) -> None:
         from prometheus_client import multiprocess
 
-        while self.workers:
+        while self.workers or self._metrics_pid:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 return
+            if pid == self._metrics_pid:
+                self._metrics_pid = 0
+                if not self.stopping:
+                    log.warning("metrics process died; starting another", extra={"fields": {
+                        "pid": pid, "status": _describe(status)}})
+                    self._fork_metrics()
+                continue
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
@@ -351,6 +384,12 @@ class _Supervisor:
             handoff.close()
         self._handoffs.clear()
         self._serving.clear()
+        if self._metrics_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._metrics_pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._metrics_pid, 0)
+            self._metrics_pid = 0
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
@@ -437,26 +476,32 @@ def _read_all(fd: int) -> bytes:
 
 
 def _metrics_server(settings: Settings, directory: str):
-    """``/metrics`` over every worker's files, answered on the supervisor's own thread."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
+    one line) and served by the metrics process, one scrape at a time."""
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
 
     class QuietHandler(WSGIRequestHandler):
+        timeout = METRICS_CLIENT_TIMEOUT_S  # a client that sends nothing is dropped
+
         def log_message(self, *args) -> None:  # one line per scrape is noise
             pass
+
+    class MetricsServer(WSGIServer):
+        def handle_error(self, request, client_address) -> None:  # one line, no traceback
+            log.warning("metrics request failed", extra={"fields": {
+                "client": client_address[0], "error": str(sys.exc_info()[1])}})
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
     try:
-        server = make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
-                             handler_class=QuietHandler)
+        return make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
+                           server_class=MetricsServer, handler_class=QuietHandler)
     except OSError as error:
         raise WorkerStartError(
             f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
-    server.timeout = 5.0
-    return server
 
 
 def _describe(status: int) -> str:

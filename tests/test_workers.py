@@ -211,6 +211,31 @@ def test_with_kernel_spreading_every_worker_listens(model_repository):
         assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 4
 
 
+def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(workers):
+    process, logs, started, metrics_port = workers
+    with socket.create_connection(("127.0.0.1", metrics_port)):  # connects, sends nothing
+        with grpc.insecure_channel(started["address"]) as channel:
+            pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(),
+                                                                 timeout=10)
+        assert value(scrape_metrics(metrics_port), "fmnist_connections_total", worker="0") == 1
+    metrics_pid = next(pid for pid in children(process.pid) if pid not in started["pids"])
+    os.kill(metrics_pid, signal.SIGKILL)
+    assert logs.wait_for("metrics process died; starting another")[0]["pid"] == metrics_pid
+    for _ in range(100):  # the replacement serves the same port
+        with contextlib.suppress(OSError):
+            assert value(scrape_metrics(metrics_port), "fmnist_connections_total",
+                         worker="0") == 1
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no metrics after the metrics process was replaced")
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+
+
 def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     process, logs, started, metrics_port = workers
     target, pids = started["address"], started["pids"]
