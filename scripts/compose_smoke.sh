@@ -232,8 +232,13 @@ main() {
     FMNIST_LB_PUBLISH=127.0.0.1:$lb_port
 
     log "compose build (BASE_IMAGE=$BASE_IMAGE)"
+    local previous  # the serve image the build replaces: its venv layer alone is ~300 MB
+    previous=$(podman image inspect --format '{{.Id}}' "$SERVE_IMAGE" 2>/dev/null || true)
     "${COMPOSE[@]}" --profile lb build >"$SCRATCH/build.log" 2>&1 \
         || { tail -40 "$SCRATCH/build.log" >&2; fail "compose build failed"; }
+    if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$SERVE_IMAGE")" ]; then
+        podman rmi "$previous" >/dev/null 2>&1 && log "removed the serve image it replaced"
+    fi
     log "serve image: $(podman image inspect --format '{{.Size}}' "$SERVE_IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
     log "compose up -d"
