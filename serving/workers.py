@@ -7,8 +7,9 @@ cores. Each client connection stays on one worker; how connections reach the wor
 
 - round-robin (native transport, plaintext): the supervisor listens, accepts each connection
   and hands it (SCM_RIGHTS, over a socketpair per worker) to the next worker that serves,
-  which serves it from then on; the supervisor sees no call. A client's 16 connections land
-  8 and 8, where the kernel's hash split them anywhere from 8/8 to 13/3 (BENCHMARKS.md);
+  which serves it from then on; the supervisor sees no call. A client's connections land
+  evenly, where the kernel's hash splits them by chance and leaves one worker idle while the
+  other is behind (BENCHMARKS.md);
 - kernel: every worker listens on the port (SO_REUSEPORT) and the kernel hashes each new
   connection to one of them.
 
@@ -184,11 +185,12 @@ class _Supervisor:
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         for slot in range(self.settings.workers):  # one after the other: one error, tidy logs
-            message = self._start_report(self._fork(slot))
+            pid, pipe = self._fork(slot)
+            message = self._start_report(pipe)
             if message != READY:
                 raise WorkerStartError(message.decode(errors="replace").strip()
                                        or f"worker {slot} exited before serving")
-            self._serving.add(next(p for p, s in self.workers.items() if s == slot))
+            self._serving.add(pid)
         log.info("workers serving", extra={"fields": {
             "workers": self.settings.workers, "pids": sorted(self.workers),
             "pinned_to_cores": self._cores or "no",
@@ -198,9 +200,8 @@ class _Supervisor:
 
     def run(self) -> int:
         while not self.stopping:
-            accepting = [self.listener] if self.listener and self._serving else []
-            readable, _, _ = select.select([self._wake_read, *accepting, *self._starting], [], [],
-                                           1.0)
+            readable, _, _ = select.select(
+                [self._wake_read, *self._accepting(), *self._starting], [], [], 1.0)
             if self._wake_read in readable:
                 os.read(self._wake_read, 512)
             if self.listener in readable:
@@ -219,12 +220,15 @@ class _Supervisor:
         """A starting worker's report; meanwhile the workers already serving get the
         connections, so the server answers as soon as its first worker does."""
         while True:
-            accepting = [self.listener] if self.listener and self._serving else []
-            readable, _, _ = select.select([pipe, *accepting], [], [])
+            readable, _, _ = select.select([pipe, *self._accepting()], [], [])
             if self.listener in readable:
                 self._deal_connections()
             if pipe in readable:
                 return _read_all(pipe)
+
+    def _accepting(self) -> list[socket.socket]:
+        """The listener, to watch while some worker serves (none: connections wait)."""
+        return [self.listener] if self.listener is not None and self._serving else []
 
     def _deal_connections(self) -> None:
         """Accepts the connections waiting and hands each to the next serving worker."""
@@ -262,8 +266,8 @@ class _Supervisor:
         log.warning("no worker took a connection: closed", extra={"fields": {
             "serving": sorted(self._serving)}})
 
-    def _fork(self, slot: int) -> int:
-        """Starts a worker; returns the read end of its start-report pipe."""
+    def _fork(self, slot: int) -> tuple[int, int]:
+        """Starts a worker; returns its pid and the read end of its start-report pipe."""
         read_end, write_end = os.pipe()
         supervisor = os.getpid()
         ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -285,7 +289,7 @@ class _Supervisor:
             self._handoffs[pid] = ours
         self.workers[pid] = slot
         self.started_at[slot] = time.monotonic()
-        return read_end
+        return pid, read_end
 
     def _own_descriptors(self) -> list[int]:
         """What a child must close: the supervisor's wake-up pipe, listener and channels."""
@@ -338,8 +342,8 @@ class _Supervisor:
             log.warning("worker died; starting another", extra={"fields": {
                 "pid": pid, "status": _describe(status), "slot": slot}})
             time.sleep(max(0.0, self.started_at[slot] + RESTART_INTERVAL_S - time.monotonic()))
-            pipe = self._fork(slot)
-            self._starting[pipe] = next(p for p, s in self.workers.items() if s == slot)
+            replacement, pipe = self._fork(slot)
+            self._starting[pipe] = replacement
 
     def _replacement_started(self, pipe: int) -> None:
         pid = self._starting.pop(pipe)
