@@ -1,0 +1,282 @@
+"""Open Inference Protocol REST bodies <-> the protocol's protobuf messages.
+
+Only the translation lives here: JSON (or JSON followed by binary tensors, Triton's binary data
+extension) becomes a ``ModelInferRequest`` (binary tensors in ``raw_input_contents``, JSON
+``data`` in the typed ``contents``), and a ``ModelInferResponse`` becomes JSON with each output
+as JSON ``data`` or as binary, as the request asked, whichever form the data plane answered in.
+Whether the tensors suit the model is the data plane's codec's question
+(``serving.codecs.inference``); what is refused here is what cannot be translated: a body that
+is not JSON, a header length past the body, a shape that is not integers, binary sizes that do
+not add up.
+"""
+
+import json
+import struct
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+from google.protobuf import json_format
+
+from inference import grpc_service_pb2 as pb
+from serving.errors import InvalidArgument
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_EXTENSION = "binary_tensor_data"
+BINARY_SIZE, BINARY_OUTPUT, BINARY_ALL = "binary_data_size", "binary_data", "binary_data_output"
+JSON_TYPE, BINARY_TYPE = "application/json", "application/octet-stream"
+# The typed field of InferTensorContents that holds each datatype's JSON data.
+TYPED_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+                "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+                "UINT16": "uint_contents", "UINT32": "uint_contents",
+                "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+                "BYTES": "bytes_contents"}
+NUMPY_TYPES = {"BOOL": "?", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+               "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+               "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Body:
+    """An HTTP response body and its headers."""
+
+    data: bytes
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputForm:
+    """Which outputs the client wants as binary: by name, else ``binary_data_output``."""
+
+    default_binary: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.default_binary)
+
+
+def decode_infer_request(body: bytes, header_length: str | None, model_name: str,
+                         model_version: str) -> tuple[pb.ModelInferRequest, OutputForm]:
+    """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
+    and the output form asked for."""
+    json_end = _json_end(body, header_length)
+    document = _object(parse_json(body[:json_end]), "request body")
+    request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
+                                   id=_string(document.get("id", ""), "id"))
+    parameters = _object(document.get("parameters", {}), "parameters")
+    default_binary = _bool(parameters.get(BINARY_ALL, False), f"parameters.{BINARY_ALL}")
+    _set_parameters(request.parameters, parameters, "parameters", skip=BINARY_ALL)
+    offset = json_end
+    for index, tensor in enumerate(_array(document.get("inputs"), "inputs")):
+        offset = _add_input(request, _object(tensor, f"inputs[{index}]"), index, body, offset)
+    if offset != len(body):
+        raise InvalidArgument(f"request body: {len(body) - offset} bytes after the JSON and the "
+                              "binary data its inputs declare (parameters.binary_data_size)")
+    binary = {}
+    for index, entry in enumerate(_array(document.get("outputs", []), "outputs")):
+        tensor = _object(entry, f"outputs[{index}]")
+        name = _string(tensor.get("name"), f"outputs[{index}].name")
+        output = request.outputs.add(name=name)
+        parameters = _object(tensor.get("parameters", {}), f"outputs[{name!r}].parameters")
+        if BINARY_OUTPUT in parameters:
+            binary[name] = _bool(parameters[BINARY_OUTPUT],
+                                 f"outputs[{name!r}].parameters.{BINARY_OUTPUT}")
+        _set_parameters(output.parameters, parameters, f"outputs[{name!r}].parameters",
+                        skip=BINARY_OUTPUT)
+    return request, OutputForm(default_binary, binary)
+
+
+def parse_json(data: bytes):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueError
+        raise InvalidArgument(f"request body: not valid JSON ({error})") from None
+
+
+def _json_end(body: bytes, header_length: str | None) -> int:
+    if header_length is None:
+        return len(body)
+    text = header_length.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidArgument(f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}")
+    if int(text) > len(body):
+        raise InvalidArgument(
+            f"{HEADER_LENGTH}: {text} points past the end of the body ({len(body)} bytes)")
+    return int(text)
+
+
+def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: bytes,
+               offset: int) -> int:
+    """Appends one input; returns the offset of the next binary tensor in ``body``."""
+    name = _string(tensor.get("name"), f"inputs[{index}].name")
+    field_name = f"inputs[{name!r}]"
+    datatype = _string(tensor.get("datatype"), f"{field_name}.datatype")
+    shape = _array(tensor.get("shape"), f"{field_name}.shape")
+    if not all(type(dim) is int for dim in shape):
+        raise InvalidArgument(f"{field_name}.shape: expected integers, got {shape}")
+    try:
+        added = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    except ValueError:
+        raise InvalidArgument(f"{field_name}.shape: dimensions out of range, got {shape}") from None
+    parameters = _object(tensor.get("parameters", {}), f"{field_name}.parameters")
+    _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
+    if BINARY_SIZE not in parameters:
+        if "data" in tensor:
+            _set_contents(added, tensor["data"], field_name)
+        return offset
+    if "data" in tensor:
+        raise InvalidArgument(f"{field_name}: data given both as JSON data and as binary "
+                              f"({BINARY_SIZE}); use one")
+    size = parameters[BINARY_SIZE]
+    if type(size) is not int or size < 0:
+        raise InvalidArgument(
+            f"{field_name}.parameters.{BINARY_SIZE}: expected a byte count, got {size!r}")
+    if offset + size > len(body):
+        raise InvalidArgument(
+            f"{field_name}.parameters.{BINARY_SIZE}: {size} bytes at offset {offset} go past "
+            f"the end of the body ({len(body)} bytes)")
+    request.raw_input_contents.append(body[offset:offset + size])
+    return offset + size
+
+
+def _set_contents(tensor, data, field_name: str) -> None:
+    """JSON data, flat or nested row-major, into the datatype's typed field (none for a
+    datatype without one: the codec then refuses the datatype)."""
+    typed = TYPED_FIELDS.get(tensor.datatype)
+    if typed is None:
+        return
+    values = _array(data, f"{field_name}.data")
+    try:
+        while values and isinstance(values[0], list):
+            values = list(chain.from_iterable(values))
+        if typed == "bytes_contents":
+            values = [value.encode() if isinstance(value, str) else value for value in values]
+        getattr(tensor.contents, typed).extend(values)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(
+            f"{field_name}.data: expected {tensor.datatype} values ({error})") from None
+
+
+def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> None:
+    for key, value in parameters.items():
+        if key == skip:
+            continue
+        parameter = target[key]
+        if isinstance(value, bool):
+            parameter.bool_param = value
+        elif isinstance(value, int) and -2**63 <= value < 2**63:
+            parameter.int64_param = value
+        elif isinstance(value, float):
+            parameter.double_param = value
+        elif isinstance(value, str):
+            parameter.string_param = value
+        else:
+            raise InvalidArgument(f"{field_name}.{key}: expected a boolean, integer, number or "
+                                  f"string, got {json.dumps(value)[:40]}")
+
+
+def _object(value, field_name: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field_name}: expected a JSON object, got {_kind(value)}")
+    return value
+
+
+def _array(value, field_name: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{field_name}: expected a JSON array, got {_kind(value)}")
+    return value
+
+
+def _string(value, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field_name}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _bool(value, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{field_name}: expected true or false, got {_kind(value)}")
+    return value
+
+
+def _kind(value) -> str:
+    return "nothing" if value is None else type(value).__name__.replace("dict", "object")
+
+
+def encode_infer_response(response: pb.ModelInferResponse, form: OutputForm) -> Body:
+    """Each output as JSON ``data`` or as binary after the JSON, as ``form`` asks."""
+    outputs, blobs = [], []
+    raw = response.raw_output_contents
+    for index, tensor in enumerate(response.outputs):
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry.update(_parameter_values(tensor.parameters))
+        if form.is_binary(tensor.name):
+            blob = raw[index] if raw else _typed_to_bytes(tensor)
+            entry["parameters"] = {**entry.get("parameters", {}), BINARY_SIZE: len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _raw_to_list(raw[index], tensor.datatype) if raw else _typed_list(
+                tensor)
+        outputs.append(entry)
+    document = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        document["id"] = response.id
+    document.update(_parameter_values(response.parameters))
+    document["outputs"] = outputs
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not blobs:
+        return Body(header)
+    return Body(b"".join([header, *blobs]), BINARY_TYPE, ((HEADER_LENGTH, str(len(header))),))
+
+
+def _parameter_values(parameters) -> dict:
+    if not parameters:
+        return {}
+    return {"parameters": {key: getattr(value, value.WhichOneof("parameter_choice"))
+                           for key, value in parameters.items()
+                           if value.WhichOneof("parameter_choice")}}
+
+
+def _typed_list(tensor) -> list:
+    values = list(getattr(tensor.contents, TYPED_FIELDS[tensor.datatype]))
+    if tensor.datatype == "BYTES":
+        return [value.decode(errors="replace") for value in values]
+    return values
+
+
+def _typed_to_bytes(tensor) -> bytes:
+    values = getattr(tensor.contents, TYPED_FIELDS[tensor.datatype])
+    if tensor.datatype == "BYTES":
+        return b"".join(_LENGTH.pack(len(value)) + value for value in values)
+    return np.asarray(values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
+
+
+def _raw_to_list(blob: bytes, datatype: str) -> list:
+    if datatype != "BYTES":
+        return np.frombuffer(blob, dtype=NUMPY_TYPES[datatype]).tolist()
+    values, offset = [], 0
+    while offset < len(blob):
+        (length,) = _LENGTH.unpack_from(blob, offset)
+        values.append(blob[offset + 4:offset + 4 + length].decode(errors="replace"))
+        offset += 4 + length
+    return values
+
+
+def message_json(message) -> dict:
+    """Any other answer (metadata, config, statistics) in the protobuf JSON mapping with the
+    proto's field names and 64-bit integers as numbers, as Triton's HTTP server writes them
+    (perf_analyzer reads ``dims`` and counts as numbers)."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                     preserving_proto_field_name=True,
+                                     unquote_int64_if_possible=True)
+
+
+def json_body(document) -> Body:
+    return Body(json.dumps(document, separators=(",", ":")).encode())
+
+
+def error_body(message: str) -> Body:
+    """The protocol's error object."""
+    return json_body({"error": message})

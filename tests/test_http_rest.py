@@ -1,0 +1,212 @@
+"""The REST <-> protobuf translation (serving/http/rest.py) on its own: what each JSON or
+binary body becomes, what is refused and with which message, and that the data plane's two
+answer forms (raw and typed) give the same REST body."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from inference import grpc_service_pb2 as pb
+from inference import model_config_pb2 as config_pb
+from serving.errors import InvalidArgument
+from serving.http.rest import (
+    HEADER_LENGTH,
+    OutputForm,
+    decode_infer_request,
+    encode_infer_response,
+    message_json,
+)
+
+
+def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), str(len(head))
+
+
+def test_json_request_becomes_typed_contents_with_its_parameters():
+    pixels = np.arange(2 * 784, dtype=np.int64).reshape(2, 28, 28) % 256
+    body = json.dumps({
+        "id": "r1", "parameters": {"priority": 2, "note": "x", "ratio": 0.5, "flag": True},
+        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [2, 28, 28],
+                    "data": pixels.tolist()}],
+        "outputs": [{"name": "probabilities",
+                     "parameters": {"classification": 3, "binary_data": True}},
+                    {"name": "label"}],
+    }).encode()
+    request, form = decode_infer_request(body, None, "mlp", "2")
+    assert (request.model_name, request.model_version, request.id) == ("mlp", "2", "r1")
+    assert request.parameters["priority"].int64_param == 2
+    assert request.parameters["note"].string_param == "x"
+    assert request.parameters["ratio"].double_param == 0.5
+    assert request.parameters["flag"].bool_param is True
+    tensor = request.inputs[0]
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("images", "UINT8", [2, 28, 28])
+    assert list(tensor.contents.uint_contents) == pixels.ravel().tolist()
+    assert not request.raw_input_contents
+    assert [output.name for output in request.outputs] == ["probabilities", "label"]
+    assert request.outputs[0].parameters["classification"].int64_param == 3
+    assert "binary_data" not in request.outputs[0].parameters  # the transport's, not the model's
+    assert form.is_binary("probabilities") and not form.is_binary("label")
+
+
+def test_binary_request_becomes_raw_input_contents():
+    pixels = bytes(range(256)) * 7
+    body, header_length = binary_body(
+        {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [2, 28, 28],
+                     "parameters": {"binary_data_size": len(pixels)}}],
+         "parameters": {"binary_data_output": True}},
+        pixels)
+    request, form = decode_infer_request(body, header_length, "mlp", "")
+    assert list(request.raw_input_contents) == [pixels]
+    assert not request.inputs[0].HasField("contents")
+    assert "binary_data_size" not in request.inputs[0].parameters
+    assert "binary_data_output" not in request.parameters
+    assert form.is_binary("label") and form.is_binary("anything")
+
+
+IMAGES = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
+
+
+@pytest.mark.parametrize(("body", "header_length", "message"), [
+    (b"{not json", None, "request body: not valid JSON"),
+    (b"\xff\xfe{}", None, "request body: not valid JSON"),
+    (b"[" * 100_000, None, "request body: not valid JSON"),
+    (b"[]", None, "request body: expected a JSON object, got list"),
+    (b"{}", None, "inputs: expected a JSON array, got nothing"),
+    (b'{"inputs": 3}', None, "inputs: expected a JSON array, got int"),
+    (b'{"inputs": [3]}', None, "inputs[0]: expected a JSON object, got int"),
+    (b'{"inputs": [{"datatype": "UINT8"}]}', None, "inputs[0].name: expected a string"),
+    (json.dumps({"inputs": [{**IMAGES, "shape": ["1", 28, 28]}]}).encode(), None,
+     "inputs['images'].shape: expected integers, got ['1', 28, 28]"),
+    (json.dumps({"inputs": [{**IMAGES, "shape": [1.0, 28, 28]}]}).encode(), None,
+     "inputs['images'].shape: expected integers"),
+    (json.dumps({"inputs": [{**IMAGES, "shape": [True, 28, 28]}]}).encode(), None,
+     "inputs['images'].shape: expected integers"),
+    (json.dumps({"inputs": [{**IMAGES, "shape": [2**70, 28, 28]}]}).encode(), None,
+     "inputs['images'].shape: dimensions out of range"),
+    (json.dumps({"inputs": [{**IMAGES, "shape": "1,28,28"}]}).encode(), None,
+     "inputs['images'].shape: expected a JSON array, got str"),
+    (json.dumps({"inputs": [{**IMAGES, "data": "abc"}]}).encode(), None,
+     "inputs['images'].data: expected a JSON array, got str"),
+    (json.dumps({"inputs": [{**IMAGES, "data": [-1] * 784}]}).encode(), None,
+     "inputs['images'].data: expected UINT8 values (Value out of range: -1)"),
+    (json.dumps({"inputs": [{**IMAGES, "data": [[1, 2], 3]}]}).encode(), None,
+     "inputs['images'].data: expected UINT8 values"),
+    (json.dumps({"inputs": [{**IMAGES, "data": [0.5] * 784}]}).encode(), None,
+     "inputs['images'].data: expected UINT8 values"),
+    (json.dumps({"inputs": [{**IMAGES, "data": [1],
+                             "parameters": {"binary_data_size": 0}}]}).encode(), None,
+     "inputs['images']: data given both as JSON data and as binary"),
+    (json.dumps({"inputs": [{**IMAGES, "parameters": {"binary_data_size": -1}}]}).encode(),
+     None, "inputs['images'].parameters.binary_data_size: expected a byte count, got -1"),
+    (json.dumps({"inputs": [{**IMAGES, "parameters": {"binary_data_size": 784}}]}).encode(),
+     None, "inputs['images'].parameters.binary_data_size: 784 bytes at offset"),
+    (json.dumps({"inputs": [], "parameters": {"binary_data_output": 1}}).encode(), None,
+     "parameters.binary_data_output: expected true or false, got int"),
+    (json.dumps({"inputs": [], "parameters": {"p": [1]}}).encode(), None,
+     "parameters.p: expected a boolean, integer, number or string, got [1]"),
+    (json.dumps({"inputs": [], "parameters": {"p": 2**64}}).encode(), None,
+     "parameters.p: expected a boolean, integer, number or string"),
+    (json.dumps({"inputs": [], "outputs": [{"parameters": {}}]}).encode(), None,
+     "outputs[0].name: expected a string, got nothing"),
+    (json.dumps({"inputs": [], "outputs": [{"name": "label",
+                                            "parameters": {"binary_data": "yes"}}]}).encode(),
+     None, "outputs['label'].parameters.binary_data: expected true or false, got str"),
+    (json.dumps({"inputs": [], "id": 7}).encode(), None, "id: expected a string, got int"),
+    (b'{"inputs": []}', "x12", f"{HEADER_LENGTH}: expected a byte count, got 'x12'"),
+    (b'{"inputs": []}', "-1", f"{HEADER_LENGTH}: expected a byte count"),
+    (b'{"inputs": []}', "99", f"{HEADER_LENGTH}: 99 points past the end of the body (14 bytes)"),
+    (b'{"inputs": []}xyz', "14", "request body: 3 bytes after the JSON and the binary data"),
+])
+def test_what_cannot_be_translated_is_invalid_argument_naming_the_field(body, header_length,
+                                                                        message):
+    with pytest.raises(InvalidArgument) as refused:
+        decode_infer_request(body, header_length, "mlp", "")
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_binary_sizes_slice_the_body_in_input_order():
+    body, header_length = binary_body(
+        {"inputs": [{"name": "a", "datatype": "UINT8", "shape": [3],
+                     "parameters": {"binary_data_size": 3}},
+                    {"name": "b", "datatype": "UINT8", "shape": [2],
+                     "parameters": {"binary_data_size": 2}}]},
+        b"abc", b"de")
+    request, _ = decode_infer_request(body, header_length, "m", "")
+    assert list(request.raw_input_contents) == [b"abc", b"de"]
+
+
+PROBABILITIES = np.array([[0.25, 0.75], [0.5, 0.5]], np.float32)
+LABELS = np.array([1, 0], np.int64)
+TOP = [b"0.750000:1:Trouser", b"0.500000:0:T-shirt/top"]
+
+
+def answer(raw: bool) -> pb.ModelInferResponse:
+    """The same answer in the data plane's two forms (serving.codecs.inference)."""
+    response = pb.ModelInferResponse(model_name="mlp", model_version="2", id="r1")
+    probabilities = response.outputs.add(name="probabilities", datatype="FP32", shape=[2, 2])
+    label = response.outputs.add(name="label", datatype="INT64", shape=[2])
+    top = response.outputs.add(name="top", datatype="BYTES", shape=[2, 1])
+    if raw:
+        response.raw_output_contents.extend([
+            PROBABILITIES.tobytes(), LABELS.tobytes(),
+            b"".join(struct.pack("<I", len(entry)) + entry for entry in TOP)])
+    else:
+        probabilities.contents.fp32_contents.extend(PROBABILITIES.ravel().tolist())
+        label.contents.int64_contents.extend(LABELS.tolist())
+        top.contents.bytes_contents.extend(TOP)
+    return response
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_json_answer_is_the_same_from_raw_and_typed_forms(raw):
+    body = encode_infer_response(answer(raw), OutputForm())
+    assert body.content_type == "application/json" and not body.headers
+    document = json.loads(body.data)
+    assert document == {
+        "model_name": "mlp", "model_version": "2", "id": "r1", "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [2, 2],
+             "data": PROBABILITIES.ravel().tolist()},
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]},
+            {"name": "top", "datatype": "BYTES", "shape": [2, 1],
+             "data": ["0.750000:1:Trouser", "0.500000:0:T-shirt/top"]}]}
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_binary_answer_follows_the_json_header_in_output_order(raw):
+    body = encode_infer_response(answer(raw), OutputForm(True, {"label": False}))
+    assert body.content_type == "application/octet-stream"
+    (name, length), = body.headers
+    assert name == HEADER_LENGTH
+    header = json.loads(body.data[:int(length)])
+    outputs = {output["name"]: output for output in header["outputs"]}
+    assert outputs["label"]["data"] == [1, 0]
+    sizes = [outputs[name]["parameters"]["binary_data_size"] for name in ("probabilities", "top")]
+    blobs = body.data[int(length):]
+    assert len(blobs) == sum(sizes)
+    assert np.array_equal(np.frombuffer(blobs[:sizes[0]], "<f4").reshape(2, 2), PROBABILITIES)
+    top, entries = blobs[sizes[0]:], []
+    while top:
+        (size,) = struct.unpack_from("<I", top)
+        entries.append(top[4:4 + size])
+        top = top[4 + size:]
+    assert entries == TOP
+
+
+def test_metadata_json_has_numbers_and_defaults_like_triton():
+    config = config_pb.ModelConfig(
+        name="mlp", max_batch_size=8,
+        input=[config_pb.ModelInput(name="images", data_type=config_pb.TYPE_UINT8,
+                                    dims=[28, 28])])
+    document = message_json(config)
+    assert document["input"][0]["dims"] == [28, 28]
+    assert document["input"][0]["data_type"] == "TYPE_UINT8"
+    assert document["max_batch_size"] == 8
+    stats = message_json(pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
+        name="mlp", version="1", inference_count=3,
+        inference_stats=pb.InferStatistics(success=pb.StatisticDuration(count=3, ns=10)))]))
+    entry = stats["model_stats"][0]
+    assert entry["inference_count"] == 3 and entry["execution_count"] == 0
+    assert entry["inference_stats"]["success"] == {"count": 3, "ns": 10}
