@@ -33,6 +33,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # Only the training code: editing the server does not retrain. `python -m training` is
 # fmnist-train without installing the project. The report stays out of the serve image.
 WORKDIR /src
+COPY common common
 COPY training training
 RUN python -m training --out /models --report-dir /reports --progress epoch
 
@@ -55,6 +56,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY protos protos
+COPY common common
 COPY training training
 COPY serving serving
 COPY deploy/native-packages.sh deploy/

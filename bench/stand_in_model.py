@@ -15,12 +15,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from training.classes import CLASS_NAMES
+from common.contract import CLASS_NAMES, PIXELS
 from training.preprocessing import prepend_preprocessing
 from training.repository import existing_versions, write_version
 
 HIDDEN = 512
-PIXELS = 28 * 28
 OPSET = 17
 IR_VERSION = 8
 

@@ -9,10 +9,10 @@ import onnxruntime
 import pytest
 from PIL import Image
 
+from common.contract import CLASS_NAMES
 from serving.client import cli
 from serving.client.api import ClassifierClient
 from serving.client.inputs import load_npy, load_png
-from training.classes import CLASS_NAMES
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.server import running_server
-from training.classes import CLASS_NAMES
-from training.preprocessing import PIXELS, prepend_preprocessing
+from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
 SLOW_BATCH = 1024  # images: about 0.3 s of one onnxruntime thread for slow_classifier()

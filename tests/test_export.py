@@ -5,8 +5,9 @@ import onnx
 import onnxruntime
 import pytest
 
+from common.contract import IMAGES
 from training import data, export, models
-from training.preprocessing import INPUT_NAME, preprocess
+from training.preprocessing import preprocess
 
 SUBSET = 3000
 
@@ -40,7 +41,7 @@ def fitted(dataset):
 def test_graph_has_the_repository_signature(fitted, name):
     graph = fitted[name][1].graph
     (image_input,) = graph.input
-    assert image_input.name == INPUT_NAME
+    assert image_input.name == IMAGES
     assert image_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_value for d in image_input.type.tensor_type.shape.dim][1:] == [28, 28]
     outputs = {o.name: o.type.tensor_type.elem_type for o in graph.output}
@@ -83,6 +84,6 @@ def test_in_graph_preprocessing_equals_python_bit_for_bit(fitted, dataset, name)
     every_value = np.resize(np.arange(256, dtype=np.uint8), (2, 28, 28))
     images = np.concatenate([every_value, dataset.x_test[:200]])
     session = onnxruntime.InferenceSession(onnx_model.SerializeToString())
-    (pixels,) = session.run([preprocessed], {INPUT_NAME: images})
+    (pixels,) = session.run([preprocessed], {IMAGES: images})
     assert pixels.dtype == np.float32
     assert np.array_equal(pixels.view(np.uint32), preprocess(images).view(np.uint32))

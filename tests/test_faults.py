@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
+from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving import cli
@@ -26,7 +27,6 @@ from serving.frontdoor import DirectContext
 from serving.server import running_server
 from serving.settings import Settings
 from tests.conftest import tiny_classifier
-from training.repository import MANIFEST, MODEL_FILE
 
 CallDetails = namedtuple("CallDetails", "method invocation_metadata")
 IMAGES = np.random.default_rng(5).integers(0, 256, (8, 28, 28), dtype=np.uint8)

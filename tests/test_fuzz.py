@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving.settings import Settings
 from tests.conftest import FIXTURE_VERSIONS, server_on_thread
-from training.classes import CLASS_NAMES
 
 MAX_BATCH = 16
 IMAGE_BYTES = 784

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
@@ -18,7 +19,7 @@ from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving.server import running_server
 from serving.settings import Settings
 from tests.conftest import tiny_classifier
-from training.repository import MANIFEST, MODEL_FILE, write_version
+from training.repository import write_version
 
 CLIENTS = 8
 POLL_INTERVAL = 0.1

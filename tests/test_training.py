@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
+from common.contract import MANIFEST, MODEL_FILE
 from training import data, export
-from training.repository import MANIFEST, MODEL_FILE, sha256_file
+from training.repository import sha256_file
 
 MODELS = ("softmax", "mlp", "baseline")
 PICTURES = {"confusion-matrices.png", "learning-curves.png"} | {

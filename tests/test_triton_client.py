@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import server_on_thread
 
+from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.settings import Settings
-from training.classes import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BATCH = 8

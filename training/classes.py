@@ -1,15 +1,6 @@
-"""The ten Fashion-MNIST class names, in label order 0..9: the one definition in the code."""
+"""Kept only for tests/conftest.py, which imports CLASS_NAMES from here: delete this file once
+it imports them from common.contract, where the class names live now."""
 
-CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-NUM_CLASSES = len(CLASS_NAMES)
+from common.contract import CLASS_NAMES
+
+__all__ = ["CLASS_NAMES"]

@@ -11,17 +11,16 @@ below were computed from the Debian files, whose deflate streams rebuilt with Za
 header reproduce the MD5s published by Zalando (see README, "Training").
 """
 
-import gzip
 import hashlib
 import os
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.preprocessing import IMAGE_SHAPE
+from common.contract import IMAGE_SHAPE
+from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_CACHE_DIR = Path("~/.keras/datasets/fashion-mnist")
@@ -101,31 +100,32 @@ def candidate_dirs() -> list[Path]:
     return dirs
 
 
-def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
+def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
     """Reads one gzipped IDX file, checking it is complete, intact and the expected one."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing (one of the four Fashion-MNIST files); {HOW_TO_GET}")
     try:
-        content = gzip.decompress(path.read_bytes())
+        idx = read_idx(path)
     except (OSError, EOFError, zlib.error) as error:
         raise DatasetError(f"{path}: not a complete gzip file ({error}); {HOW_TO_GET}") from None
+    except ValueError as error:
+        raise DatasetError(f"{error}; {HOW_TO_GET}") from None
     if spec.is_images:
-        header_size, expected = 16, (IMAGES_MAGIC, spec.count, *IMAGE_SHAPE)
+        expected = (IMAGES_MAGIC, spec.count, *IMAGE_SHAPE)
     else:
-        header_size, expected = 8, (LABELS_MAGIC, spec.count)
-    header = struct.unpack(f">{len(expected)}I", content[:header_size].ljust(header_size, b"\0"))
+        expected = (LABELS_MAGIC, spec.count)
+    header = (idx.magic, *idx.shape)
     if header != expected:
         raise DatasetError(
             f"{path}: IDX header (magic, dimensions) {header}, expected {expected}; {HOW_TO_GET}"
         )
-    digest = hashlib.sha256(content).hexdigest()
+    digest = hashlib.sha256(idx.content).hexdigest()
     if digest != spec.content_sha256:
         raise DatasetError(
             f"{path}: content SHA-256 {digest[:16]}... but expected "
             f"{spec.content_sha256[:16]}... (corrupt or not Fashion-MNIST); {HOW_TO_GET}"
         )
-    array = np.frombuffer(content, dtype=np.uint8, offset=header_size)
-    return array.reshape(spec.count, *IMAGE_SHAPE) if spec.is_images else array
+    return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 
 
 def download_with_keras() -> Path:
@@ -165,7 +165,9 @@ def find_data_dir() -> Path:
 def load(data_dir: Path | None = None) -> Dataset:
     """Loads the four verified files from ``data_dir`` or the first place they are found."""
     directory = Path(data_dir) if data_dir else find_data_dir()
-    x_train, y_train, x_test, y_test = (read_idx(directory / spec.filename, spec) for spec in FILES)
+    x_train, y_train, x_test, y_test = (
+        read_verified(directory / spec.filename, spec) for spec in FILES
+    )
     return Dataset(x_train, y_train, x_test, y_test, directory)
 
 

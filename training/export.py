@@ -9,12 +9,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from training.preprocessing import INPUT_NAME, PIXELS, prepend_preprocessing
+from common.contract import IMAGES, LABEL, NUM_CLASSES, PIXELS, PROBABILITIES
+from training.preprocessing import prepend_preprocessing
 
 OPSET = 17  # the default ONNX opset of both converters' outputs; onnxruntime >= 1.14 runs it
 ML_OPSET = 3  # ai.onnx.ml, used by the scikit-learn graph
-PROBABILITIES = "probabilities"
-LABEL = "label"
 
 
 def with_probabilities_and_label(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -30,7 +29,9 @@ def with_probabilities_and_label(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.output[:]
     graph.output.extend(
         [
-            helper.make_tensor_value_info(PROBABILITIES, onnx.TensorProto.FLOAT, ["N", 10]),
+            helper.make_tensor_value_info(
+                PROBABILITIES, onnx.TensorProto.FLOAT, ["N", NUM_CLASSES]
+            ),
             helper.make_tensor_value_info(LABEL, onnx.TensorProto.INT64, ["N"]),
         ]
     )
@@ -79,5 +80,5 @@ def run_onnx(model: onnx.ModelProto, images: np.ndarray) -> tuple[np.ndarray, np
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    probabilities, labels = session.run([PROBABILITIES, LABEL], {INPUT_NAME: images})
+    probabilities, labels = session.run([PROBABILITIES, LABEL], {IMAGES: images})
     return probabilities, labels

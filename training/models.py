@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from training.classes import NUM_CLASSES
-from training.preprocessing import IMAGE_SHAPE, PIXELS
+from common.contract import IMAGE_SHAPE, NUM_CLASSES, PIXELS
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-IMAGE_SHAPE = (28, 28)
-PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-INPUT_NAME = "images"
+from common.contract import IMAGE_SHAPE, IMAGES, PIXELS
+
 PREPROCESSING = "x.astype(float32) / 255, flattened row-major to 784 values (inside the graph)"
 
 
@@ -23,7 +22,7 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 def preprocessing_graph(output_name: str, opset_imports: list, ir_version: int) -> onnx.ModelProto:
     """An ONNX model ``images: uint8 [N,28,28] -> output_name: float32 [N,784]``."""
     nodes = [
-        helper.make_node("Cast", [INPUT_NAME], ["pixels_f32"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [IMAGES], ["pixels_f32"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["pixels_f32", "scale_255"], ["pixels_scaled"]),
         helper.make_node("Reshape", ["pixels_scaled", "flat_shape"], [output_name]),
     ]
@@ -34,7 +33,7 @@ def preprocessing_graph(output_name: str, opset_imports: list, ir_version: int) 
     graph = helper.make_graph(
         nodes,
         "preprocessing",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", *IMAGE_SHAPE])],
+        [helper.make_tensor_value_info(IMAGES, TensorProto.UINT8, ["N", *IMAGE_SHAPE])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", PIXELS])],
         initializers,
     )

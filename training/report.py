@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from training.classes import CLASS_NAMES
+from common.contract import CLASS_NAMES
 
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"

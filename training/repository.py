@@ -16,15 +16,22 @@ from typing import Any
 
 import onnx
 
-from training.classes import CLASS_NAMES
-from training.preprocessing import IMAGE_SHAPE, INPUT_NAME, PREPROCESSING
+from common.contract import (
+    CLASS_NAMES,
+    IMAGE_SHAPE,
+    IMAGES,
+    LABEL,
+    MANIFEST,
+    MODEL_FILE,
+    NUM_CLASSES,
+    PROBABILITIES,
+)
+from training.preprocessing import PREPROCESSING
 
-MANIFEST = "model.json"
-MODEL_FILE = "model.onnx"
-INPUTS = [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
+INPUTS = [{"name": IMAGES, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
 OUTPUTS = [
-    {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASS_NAMES)]},
-    {"name": "label", "datatype": "INT64", "shape": [-1]},
+    {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
+    {"name": LABEL, "datatype": "INT64", "shape": [-1]},
 ]
 
 

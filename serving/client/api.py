@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.contract import IMAGE_BYTES, IMAGE_SHAPE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.security import ChannelSecurity
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-IMAGE_SHAPE = (28, 28)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -56,9 +56,8 @@ def encode_request(
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"expected uint8 images [N,28,28], got {images.dtype} {images.shape}")
     data = np.ascontiguousarray(images).tobytes()
-    size = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
     return pb.ClassifyRequest(
-        images=[data[start : start + size] for start in range(0, len(data), size)],
+        images=[data[start : start + IMAGE_BYTES] for start in range(0, len(data), IMAGE_BYTES)],
         model=model,
         version=version,
         request_id=request_id,

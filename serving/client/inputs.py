@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SHAPE = (28, 28)
+from common.contract import IMAGE_SHAPE, PIXELS
 
 
 def load_png(path: Path, invert: bool = False) -> np.ndarray:
@@ -30,7 +30,7 @@ def load_npy(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: expected pixels in 0..255, got {array.min()}..{array.max()}")
     if array.shape == IMAGE_SHAPE:
         array = array[None]
-    elif array.ndim == 2 and array.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+    elif array.ndim == 2 and array.shape[1] == PIXELS:
         array = array.reshape(-1, *IMAGE_SHAPE)
     if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"{path}: expected shape [28,28], [N,28,28] or [N,784], "
