@@ -1,0 +1,417 @@
+"""The manifests of deploy/ read as a cluster would read them, for tests/test_deploy_*.py.
+
+``render`` is ``kubectl kustomize``; ``Workload`` is a container that runs the server (a
+Deployment's, a KServe ServingRuntime's or a custom InferenceService predictor's) with what
+its pod gives it; ``resolve`` turns it into the argv and environment kubelet would start,
+from the manifest and the serve image's Dockerfile (its ENV and CMD). ``run_sandboxed`` starts
+such a process with the root file system read-only (a private mount namespace), as a container
+with ``readOnlyRootFilesystem`` would see it.
+"""
+
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "docker-compose.yml"
+KSERVE_CRDS = Path(__file__).resolve().parent / "data" / "kserve-crds"
+IMAGE_COMPONENT = DEPLOY / "kubernetes" / "image" / "kustomization.yaml"
+KSERVE_GROUP = "serving.kserve.io"
+KUBECTL = shutil.which("kubectl")
+# Every kustomization an operator applies (`kubectl apply -k`), relative to deploy/.
+KUSTOMIZATIONS = (
+    "kubernetes/base",
+    "kubernetes/overlays/tls",
+    "kubernetes/overlays/models-volume",
+    "kserve",
+)
+# The server's defaults for the settings the manifests use (fmnist-serve --help).
+SERVER_DEFAULTS = {
+    "host": "0.0.0.0",
+    "port": "50051",
+    "health_port": "0",
+    "metrics_port": "0",
+    "model_repository": "model_repository",
+    "grace_period": "10",
+    "poll_interval": "5",
+}
+PORT_SETTINGS = ("port", "health_port", "metrics_port")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+# The PATH of the Python base images (python:3.12-slim, Debian's), which ENV PATH extends.
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl is not installed: the manifests are rendered with `kubectl kustomize` "
+    "(install it, e.g. Debian/Ubuntu package kubectl or kubernetes-client)",
+)
+
+
+@functools.cache
+def _rendered(path: str) -> str:
+    status = subprocess.run([KUBECTL, "kustomize", path], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert status.returncode == 0, f"kubectl kustomize {path} failed:\n{status.stderr}"
+    return status.stdout
+
+
+def render(kustomization: str | Path) -> list[dict]:
+    """The objects ``kubectl kustomize`` renders for ``kustomization`` (relative to deploy/,
+    or a path); a fresh copy each call."""
+    path = kustomization if isinstance(kustomization, Path) else DEPLOY / kustomization
+    return [item for item in yaml.safe_load_all(_rendered(str(path))) if item]
+
+
+def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [item for item in objects if item["kind"] == kind
+            and (name is None or item["metadata"]["name"] == name)]
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = find(objects, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def load_yaml(path: Path) -> list[dict]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open() as stream:
+        return [item for item in yaml.load_all(stream, Loader=loader) if item]
+
+
+# --- the serve image, as the Dockerfile builds it ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    env: dict[str, str]
+    entrypoint: list[str]
+    cmd: list[str]
+    uid: int
+
+
+def _stage(name: str) -> list[str]:
+    """The instructions of one Dockerfile stage, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    starts = [i for i, line in enumerate(lines)
+              if re.match(rf"FROM\s+\S+\s+AS\s+{name}$", line, re.IGNORECASE)]
+    assert starts, f"no stage {name!r} in {DOCKERFILE}"
+    stage = []
+    for line in lines[starts[0] + 1:]:
+        if line.upper().startswith("FROM "):
+            break
+        stage.append(line)
+    return stage
+
+
+@functools.cache
+def serve_image() -> Image:
+    env: dict[str, str] = {"PATH": BASE_PATH}
+    entrypoint: list[str] = []
+    cmd: list[str] = []
+    uid = None
+    for line in _stage("serve"):
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+        elif instruction == "CMD":
+            cmd = json.loads(rest)
+        elif instruction == "ENTRYPOINT":
+            entrypoint = json.loads(rest)
+        elif instruction == "RUN" and "useradd" in rest:
+            uid = int(re.search(r"--uid\s+(\d+)", rest).group(1))
+    assert uid is not None, "the serve stage creates no user"
+    return Image(env, entrypoint, cmd, uid)
+
+
+def compose_image_name() -> str:
+    """The serve image's name in docker-compose.yml, without its tag."""
+    compose = load_yaml(COMPOSE)[0]
+    return compose["services"]["classifier"]["image"].split(":")[0]
+
+
+def image_component() -> dict:
+    return load_yaml(IMAGE_COMPONENT)[0]
+
+
+# --- containers that run the server --------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """A container that runs the server, and what its pod gives it."""
+
+    source: str  # e.g. "kubernetes/base Deployment/fashion-mnist"
+    container: dict
+    pod: dict  # pod-level fields: volumes, terminationGracePeriodSeconds, securityContext
+    volumes: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.volumes = {volume["name"]: volume for volume in self.pod.get("volumes") or []}
+
+    @property
+    def termination_grace_s(self) -> int:
+        return self.pod.get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+
+    @property
+    def pre_stop_s(self) -> int:
+        pre_stop = (self.container.get("lifecycle") or {}).get("preStop") or {}
+        return (pre_stop.get("sleep") or {}).get("seconds", 0)
+
+    def mounts(self) -> Iterator[tuple[dict, dict]]:
+        """(volumeMount, its volume) of the container."""
+        for mount in self.container.get("volumeMounts") or []:
+            yield mount, self.volumes[mount["name"]]
+
+
+def workloads(objects: list[dict], where: str = "") -> list[Workload]:
+    """Every container that runs the server: Deployments', ServingRuntimes' (with the pod
+    fields of the InferenceService that uses the runtime) and custom predictors'."""
+    found = []
+    for item in objects:
+        name = f"{where} {item['kind']}/{item['metadata']['name']}".strip()
+        if item["kind"] == "Deployment":
+            pod = item["spec"]["template"]["spec"]
+            found += [Workload(name, c, pod) for c in pod["containers"]]
+        elif item["kind"] == "ServingRuntime":
+            users = [isvc["spec"]["predictor"] for isvc in find(objects, "InferenceService")
+                     if (isvc["spec"]["predictor"].get("model") or {}).get("runtime")
+                     == item["metadata"]["name"]]
+            pod = {key: value for key, value in (users[0] if users else {}).items()
+                   if key not in ("model", "containers")}
+            pod["volumes"] = item["spec"].get("volumes") or []
+            found += [Workload(name, c, pod) for c in item["spec"]["containers"]]
+        elif item["kind"] == "InferenceService" and item["spec"]["predictor"].get("containers"):
+            pod = item["spec"]["predictor"]
+            found += [Workload(name, c, pod) for c in pod["containers"]]
+    return found
+
+
+def all_workloads() -> list[Workload]:
+    return [w for k in KUSTOMIZATIONS for w in workloads(render(k), k)]
+
+
+# --- what kubelet starts --------------------------------------------------------------------
+
+
+def cpu_quantity(text: str | int | float) -> float:
+    text = str(text)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def container_env(workload: Workload, secrets: Mapping[tuple[str, str], str] | None = None,
+                  image: Image | None = None) -> dict[str, str]:
+    """The container's environment: the image's ENV, then the container's ``env`` with
+    ``valueFrom`` resolved as kubelet does (resourceFieldRef: the quantity divided by the
+    divisor, rounded up; secretKeyRef: ``secrets[(secret, key)]``)."""
+    env = dict((image or serve_image()).env)
+    limits = (workload.container.get("resources") or {}).get("limits") or {}
+    for item in workload.container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            assert "$(" not in str(item["value"]), f"{name}: $(VAR) references are not resolved"
+            env[name] = str(item["value"])
+            continue
+        source = item["valueFrom"]
+        if "resourceFieldRef" in source:
+            ref = source["resourceFieldRef"]
+            assert ref.get("containerName", workload.container["name"]) == \
+                workload.container["name"], f"{name}: resourceFieldRef of another container"
+            kind, _, resource = ref["resource"].partition(".")
+            assert kind == "limits" and resource in limits, f"{name}: no {ref['resource']}"
+            divisor = cpu_quantity(ref.get("divisor", "1"))
+            env[name] = str(math.ceil(cpu_quantity(limits[resource]) / divisor))
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[name] = (secrets if secrets is not None else {})[(ref["name"], ref["key"])]
+        else:
+            raise AssertionError(f"{name}: unexpected valueFrom {source}")
+    return env
+
+
+def container_argv(workload: Workload, image: Image | None = None) -> list[str]:
+    """command + args as the container runtime combines them with the image's ENTRYPOINT/CMD."""
+    image = image or serve_image()
+    command = workload.container.get("command")
+    args = workload.container.get("args")
+    if command:
+        return [*command, *(args or [])]
+    return [*image.entrypoint, *(args if args is not None else image.cmd)]
+
+
+def server_settings(argv: list[str], env: Mapping[str, str]) -> dict[str, str]:
+    """The settings the server reads: flags over FMNIST_* env vars over its defaults."""
+    flags: dict[str, str] = {}
+    tokens = list(argv[1:])
+    while tokens:
+        token = tokens.pop(0)
+        assert token.startswith("--"), f"unexpected argument {token!r}"
+        name, equals, value = token[2:].partition("=")
+        flags[name.replace("-", "_")] = value if equals else tokens.pop(0)
+    settings = dict(SERVER_DEFAULTS)
+    settings.update({key[len("FMNIST_"):].lower(): value for key, value in env.items()
+                     if key.startswith("FMNIST_")})
+    settings.update(flags)
+    return settings
+
+
+def probe_ports(workload: Workload) -> dict[str, int]:
+    """The port of each of the container's probes; every one must be a gRPC probe."""
+    ports = {}
+    for probe in PROBES:
+        if probe in workload.container:
+            handler = workload.container[probe]
+            assert "grpc" in handler, f"{workload.source} {probe}: not a grpc probe: {handler}"
+            ports[probe] = handler["grpc"]["port"]
+    return ports
+
+
+# --- starting it here ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def map_path(value: str, paths: Mapping[str, Path]) -> str:
+    for inside, outside in paths.items():
+        if value == inside or value.startswith(inside.rstrip("/") + "/"):
+            return str(outside) + value[len(inside):]
+    return value
+
+
+@dataclass
+class Started:
+    """How a workload was started here: its argv and env (paths and ports mapped) and the
+    local port of each port number the manifest names."""
+
+    argv: list[str]
+    env: dict[str, str]
+    ports: dict[int, int]
+    settings: dict[str, str]
+    tmpfs: list[str]
+
+
+def prepare(workload: Workload, paths: Mapping[str, Path],
+            secrets: Mapping[tuple[str, str], str] | None = None,
+            env_overrides: Mapping[str, str | None] | None = None) -> Started:
+    """The workload's argv and env, with the container paths in ``paths`` mapped to local
+    ones (the image's virtual environment to this one's), each port it listens on mapped to a
+    free local port, and 0.0.0.0 to 127.0.0.1 (nothing listens on other interfaces).
+    ``env_overrides`` changes variables (None: removes one) before mapping."""
+    image = serve_image()
+    env = container_env(workload, secrets, image)
+    for name, value in (env_overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    argv = container_argv(workload, image)
+    settings = server_settings(argv, env)
+    ports = {int(settings[name]): free_port() for name in PORT_SETTINGS
+             if int(settings[name]) != 0}
+
+    paths = {"/opt/venv": Path(sys.prefix), **paths}
+
+    def mapped(name: str, value: str) -> str:
+        if name in PORT_SETTINGS:
+            return str(ports.get(int(value), value))
+        if name == "host" and value == "0.0.0.0":
+            return "127.0.0.1"
+        return map_path(value, paths)
+
+    env = {key: (mapped(key[len("FMNIST_"):].lower(), value) if key.startswith("FMNIST_")
+                 else value) for key, value in env.items()}
+    env["PATH"] = ":".join(map_path(part, paths) for part in env["PATH"].split(":"))
+    mapped_argv = [argv[0]]
+    tokens = list(argv[1:])
+    while tokens:  # every server flag takes a value: --flag VALUE or --flag=VALUE
+        name, equals, value = tokens.pop(0).partition("=")
+        setting = name[2:].replace("-", "_")
+        if equals:
+            mapped_argv.append(f"{name}={mapped(setting, value)}")
+        else:
+            mapped_argv += [name, mapped(setting, tokens.pop(0))]
+    executable = shutil.which(mapped_argv[0], path=env["PATH"])
+    assert executable, f"{mapped_argv[0]} is not on the container's PATH {env['PATH']}"
+    mapped_argv[0] = executable
+    # This checkout's code must win over an installed copy (as in the image, where it is the
+    # only one); PYTHONPATH passes through for runs against another work tree.
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env.setdefault("HOME", "/nonexistent")  # the image user's home: nothing to write there
+    tmpfs = [mount["mountPath"] for mount, volume in workload.mounts()
+             if (volume.get("emptyDir") or {}).get("medium") == "Memory"]
+    return Started(mapped_argv, env, ports, server_settings(mapped_argv, env), tmpfs)
+
+
+# Runs in a private mount namespace (unshare --mount): remounts every file system read-only
+# but /proc, /sys and /dev (a container runtime's /dev/shm stays writable), mounts a fresh
+# tmpfs at each memory emptyDir unless a path the process needs lies beneath it (then that
+# directory stays read-only: stricter), and executes the server in place (same pid).
+_SANDBOX = textwrap.dedent("""
+    import json, os, subprocess, sys
+    spec = json.loads(sys.argv[1])
+    def under(path, top):
+        return path == top or path.startswith(top.rstrip("/") + "/")
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].replace("\\\\040", " ") for line in mounts]
+    for point in points:
+        if not any(under(point, top) for top in ("/proc", "/sys", "/dev")):
+            subprocess.run(["mount", "-o", "remount,bind,ro", point], check=point == "/",
+                           stderr=subprocess.DEVNULL)
+    for point in spec["tmpfs"]:
+        if os.path.isdir(point) and not under(point, "/dev") and \\
+                not any(under(path, point) for path in spec["keep"]):
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=1777", "tmpfs", point],
+                           check=True)
+    os.execve(spec["argv"][0], spec["argv"], spec["env"])
+""")
+
+
+@functools.cache
+def sandbox_available() -> bool:
+    """Whether this machine lets us make a private mount namespace (root, CAP_SYS_ADMIN)."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or not unshare:
+        return False
+    status = subprocess.run([unshare, "--mount", "--propagation", "private", "true"],
+                            capture_output=True, check=False)
+    return status.returncode == 0
+
+
+def sandboxed_argv(started: Started, keep: list[Path]) -> list[str]:
+    """The argv that runs ``started`` on a read-only root (``keep``: paths that must stay
+    visible under the tmpfs mounts: code, model repository, certificates)."""
+    spec = {"argv": started.argv, "env": started.env, "tmpfs": started.tmpfs,
+            "keep": [str(path) for path in [*keep, ROOT, Path(sys.prefix), Path.cwd()]]}
+    return [shutil.which("unshare"), "--mount", "--propagation", "private", "--",
+            sys.executable, "-c", _SANDBOX, json.dumps(spec)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
