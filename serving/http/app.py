@@ -1,0 +1,234 @@
+"""The HTTP side as one WSGI application: each route names the data plane method it calls, and
+every call goes through the same ``CallPipeline`` as gRPC's (token, admission, metrics, error
+mapping); a ``ServingError`` becomes its class's ``http_status`` with the protocol's
+``{"error": "..."}`` body. Health and the page are open, as gRPC's health is.
+
+WSGI keeps the server library replaceable (serving/http/transport.py picks it) and lets the
+data plane run on the thread that read the request.
+"""
+
+import re
+import zlib
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+
+from fashion_mnist.v1 import classifier_pb2 as domain_pb
+from inference import grpc_service_pb2 as pb
+from serving.api.classifier import SERVICE_NAME as CLASSIFIER
+from serving.api.inference import SERVICE_NAME as INFERENCE
+from serving.errors import InvalidArgument, NotFound, ServingError, TooLarge, Unauthenticated
+from serving.http import domain, rest
+from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
+from serving.pipeline import Call, CallPipeline
+
+PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
+# The page may fetch from this server only: nothing from outside, whatever is injected.
+PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; "
+               "style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'none'; "
+               "base-uri 'none'; frame-ancestors 'none'")
+TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
+_MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+
+
+class HttpApp:
+    def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int,
+                 test_images: domain.TestImages):
+        self._pipeline = pipeline
+        self._classifier = classifier
+        self._inference = inference
+        self._max_body_bytes = max_body_bytes
+        self._test_images = test_images
+        self._page = PAGE.read_bytes()
+        self._routes: list[tuple[str, re.Pattern, Callable]] = [
+            (verb, re.compile(pattern + "$"), handler) for verb, pattern, handler in (
+                ("GET", r"/v2/health/live", self._live),
+                ("GET", r"/v2/health/ready", self._ready),
+                ("GET", r"/v2", self._server_metadata),
+                ("GET", r"/v2/models/stats", self._statistics),
+                ("GET", _MODEL, self._model_metadata),
+                ("GET", _MODEL + "/ready", self._model_ready),
+                ("GET", _MODEL + "/config", self._model_config),
+                ("GET", _MODEL + "/stats", self._statistics),
+                ("POST", _MODEL + "/infer", self._infer),
+                ("POST", r"/v1/classify", self._classify),
+                ("GET", r"/v1/models", self._list_models),
+                ("GET", r"/v1/models/(?P<name>[^/]+)", self._get_model),
+                ("GET", r"/v1/test-images/(?P<index>[^/]+)", self._test_image),
+                ("GET", r"/(?:index\.html)?", self._page_body),
+            )]
+
+    def __call__(self, environ: dict, start_response):
+        try:
+            status, body = self._answer(environ)
+        except ServingError as error:
+            status, body = error.http_status, error_body(str(error))
+            if isinstance(error, Unauthenticated):
+                body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
+        headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
+                   *body.headers]
+        start_response(f"{status} {_phrase(status)}", headers)
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data]
+
+    def _answer(self, environ: dict) -> tuple[int, Body]:
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
+        verb = "GET" if environ["REQUEST_METHOD"] == "HEAD" else environ["REQUEST_METHOD"]
+        allowed = []
+        for route_verb, pattern, handler in self._routes:
+            match = pattern.match(path)
+            if match and route_verb == verb:
+                return handler(environ, {k: v for k, v in match.groupdict().items() if v})
+            if match:
+                allowed.append(route_verb)
+        if allowed:
+            return 405, Body(error_body(f"{verb} {path}: use {' or '.join(allowed)}").data,
+                             headers=(("Allow", ", ".join(allowed)),))
+        raise NotFound(f"no endpoint {verb} {path}: see / (the page), /v1/models, /v2")
+
+    def _call(self, environ: dict, method: str, handler: Callable, request,
+              parse: Callable | None = None):
+        """``handler`` (a data plane method) through the call pipeline."""
+        call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
+                    f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}")
+        return self._pipeline.unary(call, handler, request, parse)
+
+    def _body(self, environ: dict) -> bytes:
+        """The request body, refused (413) past the largest message the server takes."""
+        length = environ.get("CONTENT_LENGTH") or ""
+        limit = self._max_body_bytes
+        if length and (not length.isdigit() or int(length) > limit):
+            if length.isdigit():
+                raise TooLarge(f"request body: {length} bytes, over the server's limit of "
+                               f"{limit} (--max-message-bytes)")
+            raise InvalidArgument(f"Content-Length: expected a byte count, got {length!r}")
+        try:
+            data = environ["wsgi.input"].read(int(length) if length else limit + 1)
+        except (OSError, ValueError) as error:
+            raise InvalidArgument(f"request body: cannot be read ({error})") from None
+        encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
+            data = _decompress(data, encoding, limit)
+        elif encoding != "identity":
+            raise InvalidArgument(f"Content-Encoding: {encoding!r} is not served; use gzip, "
+                                  "deflate or none")
+        if len(data) > limit:
+            raise TooLarge(f"request body: over the server's limit of {limit} bytes "
+                           "(--max-message-bytes)")
+        return data
+
+    # Open Inference Protocol
+
+    def _live(self, environ, _):
+        return 200, json_body({"live": self._inference.ServerLive(
+            pb.ServerLiveRequest(), _open_call(environ, "ServerLive")).live})
+
+    def _ready(self, environ, _):
+        """Not ready (503) once draining, so that balancers and probes turn away first."""
+        ready = (self._inference.ServerReady(pb.ServerReadyRequest(),
+                                             _open_call(environ, "ServerReady")).ready
+                 and self._pipeline.admission.accepting)
+        return (200 if ready else 503), json_body({"ready": ready})
+
+    def _server_metadata(self, environ, _):
+        response = self._call(environ, f"/{INFERENCE}/ServerMetadata",
+                              self._inference.ServerMetadata, pb.ServerMetadataRequest())
+        document = message_json(response)
+        document["extensions"].append(BINARY_EXTENSION)
+        return 200, json_body(document)
+
+    def _model_metadata(self, environ, path):
+        return 200, json_body(message_json(self._call(
+            environ, f"/{INFERENCE}/ModelMetadata", self._inference.ModelMetadata,
+            pb.ModelMetadataRequest(name=path["model"], version=path.get("version", "")))))
+
+    def _model_ready(self, environ, path):
+        """200 if ready; 400 if not, as Triton answers (tritonclient reads the status)."""
+        ready = self._call(
+            environ, f"/{INFERENCE}/ModelReady", self._inference.ModelReady,
+            pb.ModelReadyRequest(name=path["model"], version=path.get("version", ""))).ready
+        return (200 if ready else 400), json_body({"name": path["model"], "ready": ready})
+
+    def _model_config(self, environ, path):
+        response = self._call(
+            environ, f"/{INFERENCE}/ModelConfig", self._inference.ModelConfig,
+            pb.ModelConfigRequest(name=path["model"], version=path.get("version", "")))
+        return 200, json_body(message_json(response.config))  # Triton's shape: the config
+
+    def _statistics(self, environ, path):
+        return 200, json_body(message_json(self._call(
+            environ, f"/{INFERENCE}/ModelStatistics", self._inference.ModelStatistics,
+            pb.ModelStatisticsRequest(name=path.get("model", ""),
+                                      version=path.get("version", "")))))
+
+    def _infer(self, environ, path):
+        forms = []
+
+        def parse(body: bytes) -> pb.ModelInferRequest:
+            request, form = rest.decode_infer_request(
+                body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
+                path.get("version", ""))
+            forms.append(form)
+            return request
+
+        response = self._call(environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
+                              self._body(environ), parse)
+        return 200, rest.encode_infer_response(response, forms[0])
+
+    # The domain API and the page
+
+    def _classify(self, environ, _):
+        options = domain.Options(environ.get("QUERY_STRING", ""))
+        requests = []
+
+        def parse(body: bytes) -> domain_pb.ClassifyRequest:
+            requests.append(domain.decode_classify(body, options))
+            return requests[0]
+
+        response = self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
+                              self._body(environ), parse)
+        return 200, json_body(domain.encode_classify(requests[0], response, options))
+
+    def _list_models(self, environ, _):
+        return 200, json_body(domain.models_json(self._call(
+            environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
+            domain_pb.ListModelsRequest())))
+
+    def _get_model(self, environ, path):
+        version = domain.Options(environ.get("QUERY_STRING", "")).version
+        return 200, json_body(message_json(self._call(
+            environ, f"/{CLASSIFIER}/GetModel", self._classifier.GetModel,
+            domain_pb.GetModelRequest(name=path["name"], version=version))))
+
+    def _test_image(self, environ, path):
+        return 200, json_body(self._call(environ, TEST_IMAGE_METHOD,
+                                         lambda index, _call: self._test_images.get(index),
+                                         path["index"]))
+
+    def _page_body(self, environ, _):
+        return 200, Body(self._page, "text/html; charset=utf-8",
+                         (("Content-Security-Policy", PAGE_POLICY),
+                          ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")))
+
+
+def _open_call(environ: dict, method: str) -> Call:
+    """Health's call: not through the pipeline (no token, never refused, not counted)."""
+    return Call(f"/{INFERENCE}/{method}", peer=environ.get("REMOTE_ADDR", ""))
+
+
+def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        out = decompressor.decompress(data, limit + 1)
+    except zlib.error as error:
+        raise InvalidArgument(f"request body: not valid {encoding} data ({error})") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise TooLarge(f"request body: over the server's limit of {limit} bytes once "
+                       "decompressed (--max-message-bytes)")
+    return out
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

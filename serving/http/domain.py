@@ -1,0 +1,180 @@
+"""The domain endpoints a person can use with curl: bodies <-> ``fashion_mnist.v1`` messages,
+and the test images the web page's "random test image" shows.
+
+``POST /v1/classify`` takes an image file (converted as ``fmnist classify`` converts it:
+serving.client.inputs) or JSON ``{"images": [[784 ints], ...], "model": "mlp"}`` and answers,
+per image, the model's top k and the baseline's, with class names. Sizes, counts and models
+are checked by the data plane's codec; refused here is only what cannot become a
+``ClassifyRequest``.
+"""
+
+import io
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
+from fashion_mnist.v1 import classifier_pb2 as pb
+from serving.errors import InvalidArgument, NotFound
+from serving.http.rest import message_json, parse_json
+
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
+# Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a
+# billion pixels. 25 million is a 5000x5000 photo.
+MAX_IMAGE_PIXELS = 25_000_000
+
+
+class Options:
+    """The query string's options of /v1/classify."""
+
+    def __init__(self, query: str):
+        values = {key: items[-1] for key, items in parse_qs(query).items()}
+        self.model = values.get("model", "")
+        self.version = _integer(values.get("version", "0"), "version")
+        self.top = _integer(values.get("top", "3"), "top")
+        if not 1 <= self.top <= len(CLASS_NAMES):
+            raise InvalidArgument(f"top: expected 1..{len(CLASS_NAMES)}, got {self.top}")
+        self.invert = _flag(values.get("invert", ""), "invert")
+        self.pixels = _flag(values.get("pixels", ""), "pixels")
+
+
+def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
+    """JSON (the body starts with "{") or an image file -> the ClassifyRequest."""
+    if body.lstrip()[:1] == b"{":
+        return _json_request(body)
+    pixels = _image_pixels(body, options.invert)
+    return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
+                              version=options.version)
+
+
+def _json_request(body: bytes) -> pb.ClassifyRequest:
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body: expected a JSON object")
+    images = document.get("images")
+    if not isinstance(images, list):
+        raise InvalidArgument('images: expected a JSON array of images, each 784 integers '
+                              '0..255 (or 28 rows of 28)')
+    model, version = document.get("model", ""), document.get("version", 0)
+    if not isinstance(model, str):
+        raise InvalidArgument(f"model: expected a string, got {model!r}")
+    if type(version) is not int:
+        raise InvalidArgument(f"version: expected an integer, got {version!r}")
+    return pb.ClassifyRequest(images=[_image_bytes(image, index)
+                                      for index, image in enumerate(images)],
+                              model=model, version=version)
+
+
+def _image_bytes(image, index: int) -> bytes:
+    """One image's JSON pixels as bytes; the data plane checks the count (784)."""
+    try:
+        if not isinstance(image, list):
+            raise TypeError
+        if image and isinstance(image[0], list):
+            image = [value for row in image for value in row]
+        return bytes(image)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"images[{index}]: expected 784 integers 0..255 "
+                              "(or 28 rows of 28)") from None
+
+
+def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
+    from PIL import Image
+
+    from serving.client.inputs import load_png
+
+    try:
+        with Image.open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise InvalidArgument(f"body: a {width}x{height} image is over "
+                                  f"{MAX_IMAGE_PIXELS:,} pixels; scale it down first")
+        return load_png(io.BytesIO(body), invert)
+    except InvalidArgument:
+        raise
+    except Exception as error:  # whatever Pillow makes of a damaged or foreign file
+        raise InvalidArgument(
+            f"body: expected a {', '.join(IMAGE_FORMATS)} image, or JSON "
+            f'{{"images": [[784 integers 0..255], ...]}} ({error})') from None
+
+
+def encode_classify(request: pb.ClassifyRequest, response: pb.ClassifyResponse,
+                    options: Options) -> dict:
+    """Per image the model's top k and the baseline's, best first; with ``pixels`` also the
+    28x28 image the models saw (the page draws it)."""
+    results = []
+    for image, result in zip(request.images, response.results, strict=True):
+        entry = {"model": _prediction(result.model, options.top),
+                 "baseline": _prediction(result.baseline, options.top)}
+        if options.pixels:
+            entry["pixels"] = list(image)
+        results.append(entry)
+    return {"model": message_json(response.model), "baseline": message_json(response.baseline),
+            "results": results}
+
+
+def _prediction(prediction: pb.Prediction, top: int) -> dict:
+    probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+    best = np.argsort(-probabilities, kind="stable")[:top]
+    return {"label": prediction.label, "class_name": prediction.class_name,
+            "top": [{"label": int(label), "class_name": CLASS_NAMES[label],
+                     "probability": round(float(probabilities[label]), 6)}
+                    for label in best]}
+
+
+def models_json(response: pb.ListModelsResponse) -> dict:
+    return {"models": [message_json(model) for model in response.models]}
+
+
+class TestImages:
+    """The 10,000 Fashion-MNIST test images, read on first use from ``directory``."""
+
+    def __init__(self, directory: Path | None):
+        self._directory = directory
+        self._loaded: tuple[np.ndarray, np.ndarray] | None = None
+        self._loading = threading.Lock()
+        self._random = np.random.default_rng()
+
+    def get(self, index: str) -> dict:
+        """``index``: "random" or 0..9999; the image, its label and class name."""
+        images, labels = self._load()
+        if index == "random":
+            number = int(self._random.integers(len(images)))
+        else:
+            number = _integer(index, "test image index")
+            if not 0 <= number < len(images):
+                raise NotFound(
+                    f"test image {number}: there are {len(images)} (0..{len(images) - 1})")
+        label = int(labels[number])
+        return {"index": number, "label": label, "class_name": CLASS_NAMES[label],
+                "pixels": images[number].reshape(PIXELS).tolist()}
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        from serving.client.dataset import data_dir, load_test_set
+
+        with self._loading:
+            if self._loaded is None:
+                directory = self._directory or data_dir()
+                try:
+                    self._loaded = load_test_set(directory)
+                except (OSError, ValueError) as error:
+                    raise NotFound(f"no test images on this server: {error}") from None
+                if self._loaded[0].shape[1:] != IMAGE_SHAPE:
+                    self._loaded = None
+                    raise NotFound(f"no test images on this server: {directory} holds images "
+                                   "that are not 28x28")
+            return self._loaded
+
+
+def _integer(text: str, name: str) -> int:
+    if not text.lstrip("-").isdigit() or not text.isascii():
+        raise InvalidArgument(f"{name}: expected an integer, got {text!r}")
+    return int(text)
+
+
+def _flag(text: str, name: str) -> bool:
+    if text.lower() not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise InvalidArgument(f"{name}: expected true or false, got {text!r}")
+    return text.lower() in ("1", "true", "yes")

@@ -1,0 +1,315 @@
+"""The HTTP transport against a real server: every endpoint answers as the gRPC API does for
+the same request (and as onnxruntime does on the model file), every error row of the contract
+gets its status and a message naming the field, and the real curl binary works as the README
+shows."""
+
+import gzip
+import io
+import json
+import socket
+import subprocess
+
+import grpc
+import numpy as np
+import onnxruntime
+import pytest
+import requests
+from PIL import Image
+
+from fashion_mnist.v1 import classifier_pb2 as domain_pb
+from fashion_mnist.v1 import classifier_pb2_grpc as domain_grpc
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.client.inputs import load_png
+from serving.http.rest import message_json
+from tests.http_helpers import http_server, http_settings
+
+MAX_IMAGES = 8
+MAX_BYTES = 65536
+
+
+@pytest.fixture(scope="module")
+def served(model_repository):
+    settings = http_settings(model_repository, max_request_images=MAX_IMAGES,
+                             max_message_bytes=MAX_BYTES)
+    with (http_server(settings) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        yield server, url, channel
+
+
+@pytest.fixture(scope="module")
+def url(served) -> str:
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def v2(served) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(served[2])
+
+
+@pytest.fixture(scope="module")
+def images(test_set) -> np.ndarray:
+    return test_set[0][:4]
+
+
+def infer_json(images: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
+                        "data": images.tolist()}], **extra}
+
+
+def binary_infer(url: str, images: np.ndarray, model: str = "mlp") -> requests.Response:
+    header = json.dumps({
+        "inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
+                    "parameters": {"binary_data_size": images.size}}],
+        "parameters": {"binary_data_output": True}}).encode()
+    return requests.post(f"{url}/v2/models/{model}/infer", data=header + images.tobytes(),
+                         headers={"Inference-Header-Content-Length": str(len(header))},
+                         timeout=10)
+
+
+def newest_onnx(model_repository, name: str):
+    version = max(int(path.name) for path in (model_repository / name).iterdir()
+                  if path.name.isdigit())
+    return onnxruntime.InferenceSession(str(model_repository / name / str(version) /
+                                            "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_health_metadata_config_and_statistics_are_the_grpc_answers(url, v2):
+    assert requests.get(f"{url}/v2/health/live", timeout=5).json() == {"live": True}
+    assert requests.get(f"{url}/v2/health/ready", timeout=5).json() == {"ready": True}
+    server = requests.get(f"{url}/v2", timeout=5).json()
+    expected = message_json(v2.ServerMetadata(pb.ServerMetadataRequest()))
+    assert server == {**expected, "extensions": [*expected["extensions"], "binary_tensor_data"]}
+    for path, version in (("mlp", ""), ("mlp/versions/1", "1")):
+        got = requests.get(f"{url}/v2/models/{path}", timeout=5)
+        assert got.status_code == 200 and got.headers["Content-Type"] == "application/json"
+        assert got.json() == message_json(
+            v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=version)))
+        config = requests.get(f"{url}/v2/models/{path}/config", timeout=5).json()
+        assert config == message_json(
+            v2.ModelConfig(pb.ModelConfigRequest(name="mlp", version=version)).config)
+        assert requests.get(f"{url}/v2/models/{path}/ready", timeout=5).json() == {
+            "name": "mlp", "ready": True}
+    assert config["input"][0]["dims"] == [28, 28]  # numbers, as perf_analyzer reads them
+    not_ready = requests.get(f"{url}/v2/models/nope/ready", timeout=5)
+    assert (not_ready.status_code, not_ready.json()["ready"]) == (400, False)
+    stats = requests.get(f"{url}/v2/models/mlp/stats", timeout=5).json()
+    assert {entry["name"] for entry in stats["model_stats"]} == {"mlp"}
+    everything = requests.get(f"{url}/v2/models/stats", timeout=5).json()
+    assert {entry["name"] for entry in everything["model_stats"]} == {"softmax", "mlp",
+                                                                       "baseline"}
+
+
+def test_infer_json_and_binary_equal_grpc_and_onnxruntime(url, v2, images, model_repository):
+    probabilities, labels = newest_onnx(model_repository, "mlp").run(None, {"images": images})
+    answer = requests.post(f"{url}/v2/models/mlp/infer", timeout=10,
+                           json=infer_json(images, id="a1")).json()
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert (answer["model_name"], answer["id"]) == ("mlp", "a1")
+    assert outputs["probabilities"]["shape"] == [4, 10]
+    json_probabilities = np.array(outputs["probabilities"]["data"], np.float32).reshape(4, 10)
+    np.testing.assert_array_equal(outputs["label"]["data"], labels)
+
+    binary = binary_infer(url, images)
+    length = int(binary.headers["Inference-Header-Content-Length"])
+    header = json.loads(binary.content[:length])
+    sizes = [output["parameters"]["binary_data_size"] for output in header["outputs"]]
+    blob = binary.content[length:]
+    binary_probabilities = np.frombuffer(blob[:sizes[0]], "<f4").reshape(4, 10)
+    np.testing.assert_array_equal(np.frombuffer(blob[sizes[0]:], "<i8"), labels)
+
+    request = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[images.tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=images.shape)
+    grpc_probabilities = np.frombuffer(v2.ModelInfer(request).raw_output_contents[0],
+                                       "<f4").reshape(4, 10)
+    np.testing.assert_array_equal(json_probabilities, grpc_probabilities)
+    np.testing.assert_array_equal(binary_probabilities, grpc_probabilities)
+    np.testing.assert_allclose(grpc_probabilities, probabilities, rtol=0, atol=1e-6)
+
+
+def test_classification_parameter_as_grpc(url, v2, images):
+    answer = requests.post(f"{url}/v2/models/mlp/infer", timeout=10, json=infer_json(
+        images, outputs=[{"name": "probabilities", "parameters": {"classification": 3}}])).json()
+    request = pb.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="images", datatype="UINT8", shape=images.shape)
+    tensor.contents.uint_contents.extend(images.ravel().tolist())
+    output = request.outputs.add(name="probabilities")
+    output.parameters["classification"].int64_param = 3
+    expected = v2.ModelInfer(request).outputs[0].contents.bytes_contents
+    (got,) = answer["outputs"]
+    assert (got["datatype"], got["shape"]) == ("BYTES", [4, 3])
+    assert got["data"] == [entry.decode() for entry in expected]
+
+
+def domain_answer(channel, images: np.ndarray, model: str = "") -> domain_pb.ClassifyResponse:
+    return domain_grpc.ClassifierStub(channel).Classify(domain_pb.ClassifyRequest(
+        images=[image.tobytes() for image in images], model=model))
+
+
+def test_classify_json_and_image_file_equal_grpc(served, images, tmp_path):
+    _, url, channel = served
+    answer = requests.post(f"{url}/v1/classify?top=3", timeout=10, json={
+        "images": [image.ravel().tolist() for image in images], "model": "softmax"}).json()
+    expected = domain_answer(channel, images, "softmax")
+    assert answer["model"] == {"name": "softmax", "version": expected.model.version}
+    assert answer["baseline"]["name"] == expected.baseline.name
+    for got, result in zip(answer["results"], expected.results, strict=True):
+        for side in ("model", "baseline"):
+            want = getattr(result, side)
+            best = np.argsort(-np.array(want.probabilities), kind="stable")[:3]
+            assert got[side]["label"] == want.label
+            assert got[side]["class_name"] == want.class_name
+            assert [entry["label"] for entry in got[side]["top"]] == best.tolist()
+            assert got[side]["top"][0]["probability"] == pytest.approx(
+                max(want.probabilities), abs=1e-6)
+        assert "pixels" not in got
+
+    picture = tmp_path / "shoe.png"
+    Image.fromarray(np.kron(images[0], np.ones((3, 2), np.uint8))).save(picture)  # 84x56
+    seen = load_png(picture)
+    answer = requests.post(f"{url}/v1/classify?pixels=1", data=picture.read_bytes(),
+                           timeout=10).json()
+    (result,) = answer["results"]
+    assert result["pixels"] == seen.ravel().tolist()
+    assert result["model"]["label"] == domain_answer(channel, seen[None]).results[0].model.label
+
+
+def test_domain_models_and_test_images(served, test_set):
+    _, url, channel = served
+    listed = requests.get(f"{url}/v1/models", timeout=5).json()["models"]
+    expected = domain_grpc.ClassifierStub(channel).ListModels(domain_pb.ListModelsRequest())
+    assert listed == [message_json(model) for model in expected.models]
+    one = requests.get(f"{url}/v1/models/mlp?version=1", timeout=5).json()
+    assert (one["name"], one["version"]) == ("mlp", 1)
+    image = requests.get(f"{url}/v1/test-images/17", timeout=5).json()
+    assert image["pixels"] == test_set[0][17].ravel().tolist()
+    assert image["label"] == test_set[1][17]
+    assert 0 <= requests.get(f"{url}/v1/test-images/random", timeout=5).json()["index"] < 10000
+
+
+def test_page_is_served_self_contained(url):
+    page = requests.get(url, timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from outside
+
+
+CLASSIFY = "/v1/classify"
+INFER = "/v2/models/mlp/infer"
+IMAGE = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
+
+
+def _json(document) -> bytes:
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("case", [
+    ("POST", INFER, b"{oops", {}, 400, "request body: not valid JSON"),
+    ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "999"}, 400,
+     "Inference-Header-Content-Length: 999 points past the end of the body"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": ["1", 28, 28]}]}), {}, 400,
+     "inputs['images'].shape: expected integers"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]}),
+     {}, 400, "inputs['images'].parameters.binary_data_size: 784 bytes at offset"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32", "data": [0.0] * 784}]}),
+     {}, 400, "inputs['images'].datatype: expected UINT8, got 'FP32'"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [9, 28, 28], "data": [0] * 9 * 784}]}),
+     {}, 400, f"expected at most {MAX_IMAGES} images"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}],
+                           "outputs": [{"name": "label", "parameters": {"classification": 2}}]}),
+     {}, 400, "classification applies to 'probabilities' only"),
+    ("POST", "/v2/models/mlp/versions/x/infer", _json({"inputs": []}), {}, 400,
+     "model_version: expected"),
+    ("POST", "/v2/models/nope/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}), {}, 404,
+     "nope"),
+    ("GET", "/v2/models/mlp/versions/99", b"", {}, 404, "99"),
+    ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
+    ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
+    ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
+    ("POST", CLASSIFY, _json({"images": [[300] * 784]}), {}, 400,
+     "images[0]: expected 784 integers 0..255"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 100]}), {}, 400,
+     "images[0]: expected 784 bytes (28x28 uint8), got 100"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "model": "nope"}), {}, 404, "nope"),
+    ("POST", CLASSIFY + "?top=11", _json({"images": [[0] * 784]}), {}, 400, "top: expected"),
+    ("GET", "/v1/test-images/10000", b"", {}, 404, "test image 10000"),
+    ("POST", CLASSIFY, b"x" * (MAX_BYTES + 1), {}, 413, f"over the server's limit of {MAX_BYTES}"),
+    ("POST", CLASSIFY, gzip.compress(b"0" * (MAX_BYTES * 16)), {"Content-Encoding": "gzip"}, 413,
+     "once decompressed"),
+    ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 400, "Content-Encoding: 'br'"),
+])
+def test_every_error_row_has_its_status_and_names_the_field(url, case):
+    verb, path, body, headers, status, message = case
+    answer = requests.request(verb, url + path, data=body, headers=headers, timeout=10)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["Content-Type"] == "application/json"
+    assert message in answer.json()["error"]
+
+
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """What the server sends back for ``request`` bytes, until it closes or goes quiet."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(request)
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{\"images\": []}",
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n{}",
+], ids=["shorter", "not-a-number", "negative"])
+def test_a_wrong_content_length_is_400(url, request_bytes):
+    statuses = [line.split()[1] for line in raw_exchange(url, request_bytes).split(b"\r\n")
+                if line.startswith(b"HTTP/1.1 ")]
+    assert statuses and set(statuses) == {b"400"}, statuses
+
+
+def test_draining_is_503_and_the_concurrency_limit_429(served, url):
+    server = served[0]
+    server.admission.max_in_flight, server.admission.in_flight = 1, 1  # one call held
+    try:
+        busy = requests.get(f"{url}/v1/models", timeout=5)
+        assert busy.status_code == 429 and "--max-concurrent-calls" in busy.json()["error"]
+    finally:
+        server.admission.max_in_flight, server.admission.in_flight = 0, 0
+    server.admission.accepting = False  # what stop() does first
+    try:
+        refused = binary_infer(url, np.zeros((1, 28, 28), np.uint8))
+        assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
+        assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+    finally:
+        server.admission.accepting = True
+    assert binary_infer(url, np.zeros((1, 28, 28), np.uint8)).status_code == 200
+
+
+def test_curl_infers_json_and_classifies_a_png(served, images, tmp_path):
+    _, url, channel = served
+    request = tmp_path / "infer.json"
+    request.write_text(json.dumps(infer_json(images[:1])))
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", "Content-Type: application/json",
+                          "--data-binary", f"@{request}", f"{url}/v2/models/mlp/infer"],
+                         capture_output=True, check=True, timeout=30).stdout
+    labels = {o["name"]: o["data"] for o in json.loads(out)["outputs"]}["label"]
+    assert labels == [domain_answer(channel, images[:1], "mlp").results[0].model.label]
+    picture = tmp_path / "item.png"
+    Image.fromarray(images[1]).save(picture)
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", "--data-binary", f"@{picture}",
+                          f"{url}/v1/classify"], capture_output=True, check=True,
+                         timeout=30).stdout
+    assert json.loads(out)["results"][0]["model"]["label"] == domain_answer(
+        channel, images[1:2]).results[0].model.label
+
+
+def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(buffer, "JPEG")
+    answer = requests.post(f"{url}/v1/classify?pixels=1&invert=1", data=buffer.getvalue(),
+                           timeout=10).json()
+    buffer.seek(0)
+    assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
