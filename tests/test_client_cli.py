@@ -164,3 +164,17 @@ def test_health_of_a_server_that_is_not_there_exits_1():
     assert result.returncode == 1
     assert result.stderr.startswith("fmnist health: error: UNAVAILABLE: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_env_vars_say_where_the_server_is(target, capsys, monkeypatch):
+    monkeypatch.setenv("FMNIST_TARGET", target)
+    monkeypatch.setenv("FMNIST_TIMEOUT", "5")
+    assert cli.main(["health"]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert cli.main(["health", "--target", "127.0.0.1:9", "--timeout", "1"]) == 1  # flags win
+
+
+def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch):
+    monkeypatch.setenv("FMNIST_TIMEOUT", "soon")
+    assert cli.main(["health"]) == 2
+    assert capsys.readouterr().err == "fmnist: error: FMNIST_TIMEOUT: invalid float value: 'soon'\n"

@@ -126,3 +126,21 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
         "fmnist-train: error: argument --models: unknown model(s) cnn; choose from "
         "softmax,mlp,baseline (see fmnist-train --help)"
     ]
+
+
+def test_a_bad_env_var_gives_one_line_naming_it(tmp_path):
+    result = run_training("--out", str(tmp_path), env={"FMNIST_EPOCHS": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: FMNIST_EPOCHS: expected a positive integer, got 0 "
+        "(see fmnist-train --help)"
+    ]
+
+
+def test_help_names_the_env_var_of_every_flag():
+    result = run_training("--help")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    for variable in ("FMNIST_OUT", "FMNIST_EPOCHS", "FMNIST_MLP_HIDDEN", "FMNIST_MLP_BATCH_NORM",
+                     "FMNIST_BASELINE_N_JOBS", "FMNIST_DEBUG"):
+        assert f"[env {variable}]" in text

@@ -6,6 +6,7 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 
 import argparse
 import datetime
+import functools
 import os
 import sys
 import time
@@ -15,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from common.flags import add_option
 from training.data import Dataset
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
 
-ENV_PREFIX = "FMNIST_"
 MODEL_NAMES = ("softmax", "mlp", "baseline")
-TRUE_WORDS = {"1", "true", "yes", "on"}
 PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 DESCRIPTION = """\
 Train the Fashion-MNIST classifiers, export them to ONNX into a model repository and write a
@@ -125,12 +125,14 @@ def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> N
     if default is not argparse.SUPPRESS:
         help_text += f" (default: {format_default(default)})"
     if kind is bool:
-        group.add_argument(
-            flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text
+        add_option(
+            group, flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+            help=help_text,
         )
     else:
         choices = ("none", "cosine") if field_name == "lr_schedule" else None
-        group.add_argument(
+        add_option(
+            group,
             flag,
             dest=dest,
             type=kind,
@@ -142,18 +144,28 @@ def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    softmax, mlp, baseline = SOFTMAX_DEFAULTS, MLP_DEFAULTS, BaselineSettings()
+    """Every flag, each also read from its env var (common.flags)."""
     parser = OneLineErrorParser(
         prog="fmnist-train",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add = parser.add_argument
+    try:
+        add_options(parser)
+    except ValueError as error:  # a bad FMNIST_* value, reported like a bad flag
+        parser.error(str(error))
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    softmax, mlp, baseline = SOFTMAX_DEFAULTS, MLP_DEFAULTS, BaselineSettings()
+
+    add = functools.partial(add_option, parser)
     add(
         "--out",
         type=Path,
-        required=not os.environ.get(ENV_PREFIX + "OUT"),
+        required=True,
         metavar="DIR",
         help="model repository to add the new model versions to (created if missing)",
     )
@@ -229,21 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group(
         "baseline (--models baseline): SGDClassifier(loss='log_loss')"
     )
-    group.add_argument(
+    add_option(
+        group,
         "--baseline-max-iter",
         type=positive_int,
         default=baseline.max_iter,
         metavar="N",
         help=f"epochs over the data (default: {baseline.max_iter})",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--baseline-alpha",
         type=float,
         default=baseline.alpha,
         metavar="A",
         help=f"L2 regularisation strength (default: {baseline.alpha:g})",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--baseline-tol",
         type=optional_float,
         default=baseline.tol,
@@ -251,42 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop when the loss improves less than T "
         f"('none': always run max-iter; default: {baseline.tol:g})",
     )
-    group.add_argument(
+    add_option(
+        group,
         "--baseline-n-jobs",
         type=positive_int,
         default=baseline.n_jobs,
         metavar="N",
         help=f"CPU cores for the ten one-vs-rest problems (default: {baseline.n_jobs})",
     )
-    apply_environment(parser)
-    return parser
 
 
 def format_default(value) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return "the optimizer's own" if value is None else str(value)
-
-
-def apply_environment(parser: argparse.ArgumentParser) -> None:
-    """Makes FMNIST_<FLAG> the default of each flag, converted and checked like the flag."""
-    for action in parser._actions:
-        long_flags = [s for s in action.option_strings if s.startswith("--")]
-        if not long_flags or action.dest == "help":
-            continue
-        variable = ENV_PREFIX + long_flags[0][2:].upper().replace("-", "_")
-        if variable not in os.environ:
-            continue
-        raw = os.environ[variable]
-        if action.nargs == 0:  # on/off flags
-            action.default = raw.strip().lower() in TRUE_WORDS
-            continue
-        try:
-            action.default = action.type(raw) if action.type else raw
-        except (argparse.ArgumentTypeError, ValueError) as error:
-            parser.error(f"{variable}={raw!r}: {error}")
-        if action.choices is not None and action.default not in action.choices:
-            parser.error(f"{variable}={raw!r}: choose from {', '.join(action.choices)}")
 
 
 def keras_settings(args: argparse.Namespace, name: str):

@@ -2,7 +2,10 @@
 list models, against a running ``fmnist-serve``.
 
 Only argparse is imported up front; each subcommand imports what it needs, so ``fmnist health``
-(the container healthcheck) starts fast. Errors are one line on stderr and exit status 1.
+(the container healthcheck) starts fast. Errors are one line on stderr and exit status 1 (2 for a
+bad FMNIST_* value). Only the options that say where and how to reach the server have an env
+var: the rest are per call, and names like FMNIST_BATCH_SIZE already mean something to
+``fmnist-train``.
 """
 
 import argparse
@@ -11,12 +14,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.flags import add_option
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser()
+    except ValueError as error:  # a bad FMNIST_* value
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -55,11 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        sub.add_argument("--target", default=os.environ.get("FMNIST_TARGET", DEFAULT_TARGET),
-                         help="server address HOST:PORT [env FMNIST_TARGET]")
-        sub.add_argument("--timeout", type=float,
-                         default=float(os.environ.get("FMNIST_TIMEOUT", DEFAULT_TIMEOUT)),
-                         help="seconds to wait for each answer [env FMNIST_TIMEOUT]")
+        add_option(sub, "--target", default=DEFAULT_TARGET, help="server address HOST:PORT")
+        add_option(sub, "--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds to wait for each answer")
         security = sub.add_argument_group("security (flags win over env vars)")
         security.add_argument("--tls", action="store_true",
                               help="use TLS, trusting the system's CA certificates")
@@ -68,12 +76,9 @@ def _parser() -> argparse.ArgumentParser:
             ("cert", "PEM client certificate, for servers that require mutual TLS"),
             ("key", "PEM private key of --tls-cert"),
         ):
-            env = f"FMNIST_TLS_{flag.upper()}"
-            security.add_argument(f"--tls-{flag}", default=os.environ.get(env), metavar="FILE",
-                                  help=f"{file_help} [env {env}]")
-        security.add_argument("--token", default=os.environ.get("FMNIST_TOKEN"),
-                              help="bearer token, for servers started with --auth-token "
-                              "[env FMNIST_TOKEN, safer: flags show in ps]")
+            add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help)
+        add_option(security, "--token", help="bearer token, for servers started with "
+                   "--auth-token (safer as the env var: flags show in ps)")
         sub.set_defaults(run=run)
         return sub
 

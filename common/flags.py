@@ -1,0 +1,54 @@
+"""The one way the command lines (fmnist-train, fmnist-serve, fmnist) read env vars: an option
+whose argparse ``dest`` is ``max_batch_size`` is also ``FMNIST_MAX_BATCH_SIZE``; the flag wins
+over the env var, which wins over the default. Containers and CI configure by env vars, people
+by flags, and both must mean the same.
+"""
+
+import argparse
+import os
+from collections.abc import Mapping
+
+ENV_PREFIX = "FMNIST_"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def env_var(dest: str) -> str:
+    """``tls_ca`` -> ``FMNIST_TLS_CA``."""
+    return ENV_PREFIX + dest.upper()
+
+
+def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
+               **kwargs) -> argparse.Action:
+    """``container.add_argument(*names, **kwargs)`` (a parser, subcommand parser or argument
+    group) for an option that also reads its env var (``os.environ`` unless ``environ``).
+
+    The env var is named at the end of the help. When set and not empty it is the default,
+    converted by the option's ``type`` and checked against its ``choices`` as the flag's value
+    would be, and a required option is satisfied; an option taking no value is on for 1, true,
+    yes or on. A bad value is a ValueError naming the variable, e.g.
+    ``FMNIST_PORT: invalid int value: 'x'``: the caller reports it as it reports a bad flag.
+    """
+    action = container.add_argument(*names, **kwargs)
+    variable = env_var(action.dest)
+    action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
+    raw = (os.environ if environ is None else environ).get(variable, "")
+    if raw:
+        action.default = _convert(action, variable, raw)
+        action.required = False
+    return action
+
+
+def _convert(action: argparse.Action, variable: str, raw: str):
+    if action.nargs == 0:
+        return raw.strip().lower() in TRUE_WORDS
+    try:
+        value = action.type(raw) if action.type else raw
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"{variable}: {error}") from None
+    except (TypeError, ValueError):
+        kind = getattr(action.type, "__name__", repr(action.type))
+        raise ValueError(f"{variable}: invalid {kind} value: {raw!r}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(repr, action.choices))
+        raise ValueError(f"{variable}: invalid choice: {raw!r} (choose from {choices})")
+    return value

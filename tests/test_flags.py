@@ -1,0 +1,89 @@
+"""The one env-var mechanism of the three command lines: FMNIST_<DEST> for an option, named in
+--help, used as its default, converted and checked as the flag would be."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from common.flags import add_option, env_var
+
+
+def positive(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return int(text)
+
+
+def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(prog="tool")
+    add_option(result, "--max-batch-size", type=int, default=1024, help="most images",
+               environ=environ)
+    add_option(result, "--out", type=Path, required=True, help="where", environ=environ)
+    group = result.add_argument_group("fitting")
+    add_option(group, "--epochs", type=positive, default=20, help="epochs", environ=environ)
+    add_option(group, "--progress", choices=("bar", "none"), default="bar", help="output",
+               environ=environ)
+    add_option(group, "--batch-norm", action=argparse.BooleanOptionalAction, default=False,
+               help="normalise", environ=environ)
+    add_option(group, "--debug", action="store_true", help="tracebacks", environ=environ)
+    return result
+
+
+def test_env_var_is_fmnist_and_the_dest_in_capitals():
+    assert env_var("max_batch_size") == "FMNIST_MAX_BATCH_SIZE"
+
+
+def test_a_flag_wins_over_its_env_var_which_wins_over_the_default():
+    environ = {"FMNIST_MAX_BATCH_SIZE": "64", "FMNIST_OUT": "/tmp/env", "FMNIST_EPOCHS": "3"}
+    args = parser(environ).parse_args(["--epochs", "5"])
+    assert (args.max_batch_size, args.out, args.epochs, args.progress) == (
+        64, Path("/tmp/env"), 5, "bar")
+
+
+def test_an_empty_env_var_counts_as_unset():
+    with pytest.raises(SystemExit):  # --out is still required
+        parser({"FMNIST_OUT": "", "FMNIST_EPOCHS": ""}).parse_args([])
+    assert parser({"FMNIST_EPOCHS": ""}).parse_args(["--out", "x"]).epochs == 20
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("yes", True), ("On", True),
+                                                  ("0", False), ("no", False)])
+def test_on_off_options_are_on_for_1_true_yes_on(value, expected):
+    environ = {"FMNIST_BATCH_NORM": value, "FMNIST_DEBUG": value}
+    args = parser(environ).parse_args(["--out", "x"])
+    assert (args.batch_norm, args.debug) == (expected, expected)
+    assert parser(environ).parse_args(["--out", "x", "--no-batch-norm"]).batch_norm is False
+
+
+def test_help_names_each_env_var(capsys):
+    with pytest.raises(SystemExit):
+        parser({}).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for help_text, name in [("most images", "MAX_BATCH_SIZE"), ("where", "OUT"),
+                            ("epochs", "EPOCHS"), ("normalise", "BATCH_NORM")]:
+        assert f"{help_text} [env FMNIST_{name}]" in text
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FMNIST_MAX_BATCH_SIZE": "many"}, "FMNIST_MAX_BATCH_SIZE: invalid int value: 'many'"),
+        ({"FMNIST_EPOCHS": "0"}, "FMNIST_EPOCHS: expected a positive integer, got 0"),
+        ({"FMNIST_PROGRESS": "loud"},
+         "FMNIST_PROGRESS: invalid choice: 'loud' (choose from 'bar', 'none')"),
+    ],
+)
+def test_a_bad_env_var_is_a_value_error_naming_it(environ, message):
+    with pytest.raises(ValueError) as caught:
+        parser(environ)
+    assert str(caught.value) == message
+
+
+def test_options_of_subcommands_read_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("FMNIST_TARGET", "10.0.0.1:50051")
+    top = argparse.ArgumentParser(prog="tool")
+    health = top.add_subparsers(dest="command").add_parser("health")
+    add_option(health, "--target", default="127.0.0.1:50051", help="server")
+    assert top.parse_args(["health"]).target == "10.0.0.1:50051"
+    assert top.parse_args(["health", "--target", "a:1"]).target == "a:1"
