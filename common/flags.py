@@ -18,7 +18,7 @@ def env_var(dest: str) -> str:
 
 
 def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
-               **kwargs) -> argparse.Action:
+               secret: bool = False, **kwargs) -> argparse.Action:
     """``container.add_argument(*names, **kwargs)`` (a parser, subcommand parser or argument
     group) for an option that also reads its env var (``os.environ`` unless ``environ``).
 
@@ -27,10 +27,13 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     would be, and a required option is satisfied; an option taking no value is on for 1, true,
     yes or on. A bad value is a ValueError naming the variable, e.g.
     ``FMNIST_PORT: invalid int value: 'x'``: the caller reports it as it reports a bad flag.
+    The default of a ``secret`` (a token) never shows in --help.
     """
     action = container.add_argument(*names, **kwargs)
     variable = env_var(action.dest)
     action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
+    if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
+        action.help += "%(default).0s"
     raw = (os.environ if environ is None else environ).get(variable, "")
     if raw:
         action.default = _convert(action, variable, raw)

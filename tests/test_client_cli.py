@@ -178,3 +178,12 @@ def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch):
     monkeypatch.setenv("FMNIST_TIMEOUT", "soon")
     assert cli.main(["health"]) == 2
     assert capsys.readouterr().err == "fmnist: error: FMNIST_TIMEOUT: invalid float value: 'soon'\n"
+
+
+def test_help_never_shows_the_token(capsys, monkeypatch):
+    monkeypatch.setenv("FMNIST_TOKEN", "s3cret")
+    with pytest.raises(SystemExit):
+        cli.main(["models", "--help"])
+    help_text = capsys.readouterr().out
+    assert "[env FMNIST_TOKEN]" in " ".join(help_text.split())
+    assert "s3cret" not in help_text

@@ -87,3 +87,16 @@ def test_options_of_subcommands_read_os_environ_by_default(monkeypatch):
     add_option(health, "--target", default="127.0.0.1:50051", help="server")
     assert top.parse_args(["health"]).target == "10.0.0.1:50051"
     assert top.parse_args(["health", "--target", "a:1"]).target == "a:1"
+
+
+def test_help_never_shows_a_secret_set_by_its_env_var(capsys):
+    result = argparse.ArgumentParser(prog="tool",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_option(result, "--token", secret=True, help="bearer token",
+               environ={"FMNIST_TOKEN": "s3cret"})
+    assert result.parse_args([]).token == "s3cret"
+    with pytest.raises(SystemExit):
+        result.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    assert "bearer token [env FMNIST_TOKEN]" in " ".join(help_text.split())
+    assert "s3cret" not in help_text

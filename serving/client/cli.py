@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
             ("key", "PEM private key of --tls-cert"),
         ):
             add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help)
-        add_option(security, "--token", help="bearer token, for servers started with "
-                   "--auth-token (safer as the env var: flags show in ps)")
+        add_option(security, "--token", secret=True, help="bearer token, for servers started "
+                   "with --auth-token (safer as the env var: flags show in ps)")
         sub.set_defaults(run=run)
         return sub
 
