@@ -1,0 +1,98 @@
+"""The web page in a real headless browser (Debian's chromium and chromium-driver, through
+Selenium): a random test image and a picked PNG are answered with the label the gRPC API gives
+for the same image, a file that is no image gives one readable error line; a screenshot is
+saved to .work/artifacts/http_page.png to look at."""
+
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from serving.client.inputs import load_png
+from tests.http_helpers import ARTIFACTS, http_server, http_settings
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                reason="needs apt-get install chromium chromium-driver")
+WAIT_S = 20
+
+
+@pytest.fixture(scope="module")
+def served(model_repository):
+    with (http_server(http_settings(model_repository)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        yield url, pb_grpc.ClassifierStub(channel)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=900,640"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(browser, condition):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, WAIT_S).until(lambda _: condition())
+
+
+def labels(stub, image: np.ndarray) -> tuple[int, int]:
+    result = stub.Classify(pb.ClassifyRequest(images=[image.tobytes()])).results[0]
+    return result.model.label, result.baseline.label
+
+
+def shown(browser) -> tuple[int, int]:
+    from selenium.webdriver.common.by import By
+
+    return tuple(int(browser.find_element(By.ID, f"{side}-label").get_attribute("data-label"))
+                 for side in ("model", "baseline"))
+
+
+def test_random_test_image_and_a_picked_png_show_the_models_answers(served, browser, test_set,
+                                                                   tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, stub = served
+    browser.get(url)
+    element = browser.find_element
+    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                        "option")) > 1)
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    index = int(element(By.ID, "truth").get_attribute("data-index"))
+    assert shown(browser) == labels(stub, test_set[0][index])
+    assert element(By.ID, "model-name").text.startswith("mlp v")
+    bars = element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar")
+    assert len(bars) == 3 and bars[0].text.endswith("%")
+    assert element(By.ID, "error").text == ""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "http_page.png"))
+
+    picture = tmp_path / "trouser.png"
+    Image.fromarray(np.kron(test_set[0][2], np.ones((4, 4), np.uint8))).save(picture)
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    assert shown(browser) == labels(stub, load_png(picture))
+    browser.save_screenshot(str(ARTIFACTS / "http_page_file.png"))
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    element(By.ID, "file").send_keys(str(not_an_image))
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text.startswith("request: body: expected a PNG, JPEG") or \
+        element(By.ID, "error").text.startswith("body: expected a PNG, JPEG")
