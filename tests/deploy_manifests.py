@@ -60,7 +60,8 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None,
     reason="kubectl is not installed: the manifests are rendered with `kubectl kustomize` "
-    "(install it, e.g. Debian/Ubuntu package kubectl or kubernetes-client)",
+    "(kubectl >= 1.27, whose kustomize has components and labels; Debian 12's "
+    "kubernetes-client, 1.20, is too old)",
 )
 
 
