@@ -391,7 +391,6 @@ def test_the_kserve_manifests_use_kserves_conventions():
     runtime = one(objects, "ServingRuntime")
     assert {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]} == {"onnx"}
     assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
-    annotations = runtime["spec"]["annotations"]
 
     isvc = one(objects, "InferenceService", "fashion-mnist")
     model = isvc["spec"]["predictor"]["model"]
@@ -403,6 +402,9 @@ def test_the_kserve_manifests_use_kserves_conventions():
         assert item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
         assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
         assert item["metadata"]["annotations"]["serving.kserve.io/metrics"] == "cpu"
+        # "true" makes KServe point prometheus.io/port at Knative's queue-proxy
+        assert item["metadata"]["annotations"][
+            "serving.kserve.io/enable-prometheus-scraping"] == "false"
 
     by_source = {w.source.split()[0]: w for w in workloads(objects)}
     assert set(by_source) == {"ServingRuntime/fashion-mnist",
@@ -412,7 +414,12 @@ def test_the_kserve_manifests_use_kserves_conventions():
         assert workload.container["name"] == "kserve-container"
         assert [(p["name"], p["containerPort"]) for p in workload.container["ports"]] == [
             ("h2c", int(settings["port"]))], source
-        assert annotations["prometheus.kserve.io/port"] == settings["metrics_port"]
+        # pod annotations: the runtime's, or the custom predictor's
+        pod_annotations = (runtime["spec"] if source.startswith("ServingRuntime")
+                           else workload.pod)["annotations"]
+        assert pod_annotations["prometheus.io/scrape"] == "true"
+        assert pod_annotations["prometheus.io/port"] == settings["metrics_port"]
+        assert pod_annotations["prometheus.io/path"] == "/metrics"
     # KServe's mount point, from a flag that wins over the image's env; the packaged models
     # are where the image put them
     assert "/mnt/models" in container_argv(by_source["ServingRuntime/fashion-mnist"])
