@@ -1,0 +1,88 @@
+"""TLS, mutual TLS and the bearer token on the HTTP side, as on gRPC's (tests/test_security.py
+makes the certificates): every endpoint but health and the page needs the token; a TLS port
+serves nothing in plaintext or to a client without the client CA's certificate."""
+
+import numpy as np
+import pytest
+import requests
+
+from tests.http_helpers import http_server, http_settings
+from tests.test_security import make_pki
+
+TOKEN = "http-s3cret"
+GUARDED = [("GET", "/v2"), ("GET", "/v2/models/mlp"), ("GET", "/v2/models/mlp/ready"),
+           ("GET", "/v2/models/mlp/config"), ("GET", "/v2/models/stats"),
+           ("POST", "/v2/models/mlp/infer"), ("POST", "/v1/classify"), ("GET", "/v1/models"),
+           ("GET", "/v1/models/mlp"), ("GET", "/v1/test-images/random")]
+OPEN = ["/v2/health/live", "/v2/health/ready", "/"]
+INFER = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
+                     "data": np.zeros(784, np.uint8).tolist()}]}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def token_url(model_repository):
+    with http_server(http_settings(model_repository, auth_token=TOKEN)) as (_, url):
+        yield url
+
+
+@pytest.mark.parametrize(("verb", "path"), GUARDED)
+def test_every_endpoint_but_health_and_the_page_needs_the_token(token_url, verb, path):
+    body = {"json": INFER} if path.endswith("infer") else {}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        refused = requests.request(verb, token_url + path, headers=headers, timeout=10, **body)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+        assert "bearer token" in refused.json()["error"]
+    if path.endswith("infer"):
+        answered = requests.post(token_url + path, json=INFER, timeout=10,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answered.status_code == 200, answered.text
+
+
+def test_health_and_the_page_are_open(token_url):
+    for path in OPEN:
+        assert requests.get(token_url + path, timeout=5).status_code == 200, path
+
+
+@pytest.fixture(scope="module")
+def tls_url(model_repository, pki):
+    settings = http_settings(model_repository, tls_cert=str(pki.server_cert),
+                             tls_key=str(pki.server_key))
+    with http_server(settings) as (_, url):
+        yield url
+
+
+def test_tls_serves_only_tls(tls_url, pki):
+    answer = requests.post(f"{tls_url}/v2/models/mlp/infer", json=INFER, verify=pki.ca,
+                           timeout=10)
+    assert answer.status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{tls_url}/v2/health/live", timeout=5)  # the system CAs do not trust it
+    try:
+        plain = requests.get(tls_url.replace("https://", "http://") + "/v1/models", timeout=5)
+    except requests.exceptions.ConnectionError:
+        return
+    assert plain.status_code == 400 and "models" not in plain.text
+
+
+@pytest.fixture(scope="module")
+def mtls_url(model_repository, pki):
+    settings = http_settings(model_repository, tls_cert=str(pki.server_cert),
+                             tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+    with http_server(settings) as (_, url):
+        yield url
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(mtls_url, pki):
+    url = f"{mtls_url}/v1/models"
+    for cert in (None, (str(pki.rogue_client_cert), str(pki.rogue_client_key))):
+        with pytest.raises(requests.exceptions.ConnectionError):  # SSLError is one
+            requests.get(url, verify=pki.ca, cert=cert, timeout=5)
+    answer = requests.get(url, verify=pki.ca, timeout=5,
+                          cert=(str(pki.client_cert), str(pki.client_key)))
+    assert answer.status_code == 200 and answer.json()["models"]
