@@ -90,8 +90,11 @@ class ClassifierClient:
     """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0,
-                 security: ChannelSecurity | None = None):
-        """``security``: TLS, mutual TLS and the bearer token (default: plaintext, no token)."""
+                 security: ChannelSecurity | None = None, lb_policy: str = "pick_first"):
+        """``security``: TLS, mutual TLS and the bearer token (default: plaintext, no token).
+        ``lb_policy``: how calls spread over the addresses ``target`` resolves to (gRPC's
+        ``pick_first``: all to one; ``round_robin``: each call to the next, e.g. the pods of a
+        Kubernetes headless Service, ``dns:///NAME.NAMESPACE.svc.cluster.local:50051``)."""
         self.target = target
         self.timeout = timeout
         self._channel = (security or ChannelSecurity()).channel(
@@ -99,6 +102,7 @@ class ClassifierClient:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.lb_policy_name", lb_policy),
             ],
         )
         self._stub = pb_grpc.ClassifierStub(self._channel)

@@ -18,6 +18,7 @@ from common.flags import add_option
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
+LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_option(sub, "--target", default=DEFAULT_TARGET, help="server address HOST:PORT")
+        add_option(sub, "--lb", choices=LB_POLICIES, default=LB_POLICIES[0],
+                   help="how calls spread over the addresses the target resolves to: "
+                   "round_robin sends each to the next (e.g. --target "
+                   "dns:///NAME.NAMESPACE.svc.cluster.local:50051, a Kubernetes headless "
+                   "Service)")
         add_option(sub, "--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds to wait for each answer")
         security = sub.add_argument_group("security (flags win over env vars)")
@@ -154,7 +160,7 @@ def _classify(args) -> int:
         batches.append(test_images[args.test_index])
         names += [f"test[{i}]" for i in args.test_index]
         truths += [int(test_labels[i]) for i in args.test_index]
-    with ClassifierClient(args.target, args.timeout, _security(args)) as client:
+    with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
         answer = client.classify(np.concatenate(batches), args.model, args.version)
         class_names = list(client.get_model(answer.model.name, answer.model.version).class_names)
     model, baseline = answer.model, answer.baseline
@@ -196,7 +202,7 @@ def _score(args) -> int:
             yield batch
 
     answers, latencies = [], []
-    with ClassifierClient(args.target, args.timeout, _security(args)) as client, tqdm(
+    with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client, tqdm(
         total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
     ) as progress:
         started = time.perf_counter()
@@ -279,7 +285,7 @@ def _write_csv(path: Path, offset: int, labels, answers) -> None:
 def _health(args) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with _security(args).channel(args.target) as channel:
+    with _security(args).channel(args.target, [("grpc.lb_policy_name", args.lb)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
                               timeout=args.timeout)
@@ -291,7 +297,7 @@ def _health(args) -> int:
 def _models(args) -> int:
     from serving.client.api import ClassifierClient
 
-    with ClassifierClient(args.target, args.timeout, _security(args)) as client:
+    with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
         models = client.list_models()
     print(f"{'model':<10} {'version':>7} {'default':<7} {'accuracy':>8}  {'sha256':<12}  "
           f"{'created':<25} description")
