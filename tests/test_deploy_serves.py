@@ -412,8 +412,11 @@ def test_the_sandbox_root_is_read_only(tmp_path):
     started = Started([sys.executable, "-c", script, str(written), str(ROOT / "written"),
                        "/dev/shm/fmnist-deploy-test", "/tmp/fmnist-deploy-test"],
                       {"PATH": "/usr/bin:/bin"}, {}, {}, ["/tmp"])
-    output = subprocess.run(sandboxed_argv(started, [tmp_path]), capture_output=True,
-                            text=True, timeout=60, check=True).stdout.split("\n")
+    try:
+        output = subprocess.run(sandboxed_argv(started, [tmp_path]), capture_output=True,
+                                text=True, timeout=60, check=True).stdout.split("\n")
+    finally:
+        Path("/dev/shm/fmnist-deploy-test").unlink(missing_ok=True)
     assert output[:2] == [f"refused {written} 30", f"refused {ROOT / 'written'} 30"]  # EROFS
     assert output[2] == "wrote /dev/shm/fmnist-deploy-test"
     # an emptyDir gets a fresh tmpfs, unless it would hide the test's files: then it stays
@@ -423,7 +426,6 @@ def test_the_sandbox_root_is_read_only(tmp_path):
     assert output[3].startswith("refused" if hidden else "wrote")
     assert "/tmp/fmnist-deploy-test" in output[3]
     assert not written.exists() and not (ROOT / "written").exists()
-    Path("/dev/shm/fmnist-deploy-test").unlink(missing_ok=True)
 
 
 # --- the health port -------------------------------------------------------------------------
@@ -579,14 +581,23 @@ def test_round_robin_spreads_the_clients_calls_over_every_address():
         target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port, _ in pods)
         calls = {}
         for policy in ("pick_first", "round_robin"):
-            for _, counter in pods:
-                counter.calls = 0
             with ClassifierClient(target, timeout=10, lb_policy=policy) as client:
+                # until the channel has connected (round_robin: to both, within 5 s)
+                deadline = time.monotonic() + 5
+                while True:
+                    client.list_models()
+                    reached = sum(counter.calls > 0 for _, counter in pods)
+                    if reached == (2 if policy == "round_robin" else 1):
+                        break
+                    assert time.monotonic() < deadline, f"{policy}: reached {reached} pod"
+                for _, counter in pods:
+                    counter.calls = 0
                 for _ in range(20):
                     client.list_models()
             calls[policy] = sorted(counter.calls for _, counter in pods)
-    assert calls["pick_first"] == [0, 20]
-    assert sum(calls["round_robin"]) == 20 and calls["round_robin"][0] >= 5, calls
+            for _, counter in pods:
+                counter.calls = 0
+    assert calls == {"pick_first": [0, 20], "round_robin": [10, 10]}
 
 
 def test_the_cli_takes_a_dns_target_and_the_lb_policy(monkeypatch, capsys):

@@ -85,12 +85,15 @@ class HttpApp:
                              headers=(("Allow", ", ".join(allowed)),))
         raise NotFound(f"no endpoint {verb} {path}: see / (the page), /v1/models, /v2")
 
-    def _call(self, environ: dict, method: str, handler: Callable, request,
-              parse: Callable | None = None):
-        """``handler`` (a data plane method) through the call pipeline."""
+    def _call(self, environ: dict, method: str, handler: Callable, request, *,
+              parse: Callable | None = None, encode: Callable = json_body) -> Body:
+        """``handler`` (a data plane method) through the call pipeline, which also runs
+        ``parse`` (the body into the request) and ``encode`` (the response into the body),
+        so that whatever fails in them is mapped and counted as the call's failure."""
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
                     f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}")
-        return self._pipeline.unary(call, handler, request, parse)
+        return self._pipeline.unary(
+            call, lambda request, call: encode(handler(request, call)), request, parse)
 
     def _body(self, environ: dict) -> bytes:
         """The request body, refused (413) past the largest message the server takes."""
@@ -130,35 +133,40 @@ class HttpApp:
         return (200 if ready else 503), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):
-        response = self._call(environ, f"/{INFERENCE}/ServerMetadata",
-                              self._inference.ServerMetadata, pb.ServerMetadataRequest())
-        document = message_json(response)
-        document["extensions"].append(BINARY_EXTENSION)
-        return 200, json_body(document)
+        def encode(response: pb.ServerMetadataResponse) -> Body:
+            document = message_json(response)
+            document["extensions"].append(BINARY_EXTENSION)
+            return json_body(document)
+
+        return 200, self._call(environ, f"/{INFERENCE}/ServerMetadata",
+                               self._inference.ServerMetadata, pb.ServerMetadataRequest(),
+                               encode=encode)
 
     def _model_metadata(self, environ, path):
-        return 200, json_body(message_json(self._call(
+        return 200, self._call(
             environ, f"/{INFERENCE}/ModelMetadata", self._inference.ModelMetadata,
-            pb.ModelMetadataRequest(name=path["model"], version=path.get("version", "")))))
+            pb.ModelMetadataRequest(name=path["model"], version=path.get("version", "")),
+            encode=_json)
 
     def _model_ready(self, environ, path):
         """200 if ready; 400 if not, as Triton answers (tritonclient reads the status)."""
         ready = self._call(
             environ, f"/{INFERENCE}/ModelReady", self._inference.ModelReady,
-            pb.ModelReadyRequest(name=path["model"], version=path.get("version", ""))).ready
+            pb.ModelReadyRequest(name=path["model"], version=path.get("version", "")),
+            encode=lambda response: response.ready)
         return (200 if ready else 400), json_body({"name": path["model"], "ready": ready})
 
     def _model_config(self, environ, path):
-        response = self._call(
+        return 200, self._call(  # Triton's shape: the config itself
             environ, f"/{INFERENCE}/ModelConfig", self._inference.ModelConfig,
-            pb.ModelConfigRequest(name=path["model"], version=path.get("version", "")))
-        return 200, json_body(message_json(response.config))  # Triton's shape: the config
+            pb.ModelConfigRequest(name=path["model"], version=path.get("version", "")),
+            encode=lambda response: _json(response.config))
 
     def _statistics(self, environ, path):
-        return 200, json_body(message_json(self._call(
+        return 200, self._call(
             environ, f"/{INFERENCE}/ModelStatistics", self._inference.ModelStatistics,
             pb.ModelStatisticsRequest(name=path.get("model", ""),
-                                      version=path.get("version", "")))))
+                                      version=path.get("version", "")), encode=_json)
 
     def _infer(self, environ, path):
         forms = []
@@ -170,44 +178,53 @@ class HttpApp:
             forms.append(form)
             return request
 
-        response = self._call(environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
-                              self._body(environ), parse)
-        return 200, rest.encode_infer_response(response, forms[0])
+        return 200, self._call(
+            environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
+            self._body(environ), parse=parse,
+            encode=lambda response: rest.encode_infer_response(response, forms[0]))
 
     # The domain API and the page
 
     def _classify(self, environ, _):
-        options = domain.Options(environ.get("QUERY_STRING", ""))
-        requests = []
+        parsed = {}
 
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
-            requests.append(domain.decode_classify(body, options))
-            return requests[0]
+            parsed["options"] = options = domain.Options(environ.get("QUERY_STRING", ""))
+            parsed["request"] = domain.decode_classify(body, options)
+            return parsed["request"]
 
-        response = self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
-                              self._body(environ), parse)
-        return 200, json_body(domain.encode_classify(requests[0], response, options))
+        def encode(response: domain_pb.ClassifyResponse) -> Body:
+            return json_body(domain.encode_classify(parsed["request"], response,
+                                                    parsed["options"]))
+
+        return 200, self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
+                               self._body(environ), parse=parse, encode=encode)
 
     def _list_models(self, environ, _):
-        return 200, json_body(domain.models_json(self._call(
+        return 200, self._call(
             environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
-            domain_pb.ListModelsRequest())))
+            domain_pb.ListModelsRequest(),
+            encode=lambda response: json_body(domain.models_json(response)))
 
     def _get_model(self, environ, path):
-        version = domain.Options(environ.get("QUERY_STRING", "")).version
-        return 200, json_body(message_json(self._call(
+        return 200, self._call(
             environ, f"/{CLASSIFIER}/GetModel", self._classifier.GetModel,
-            domain_pb.GetModelRequest(name=path["name"], version=version))))
+            environ.get("QUERY_STRING", ""), encode=_json,
+            parse=lambda query: domain_pb.GetModelRequest(
+                name=path["name"], version=domain.Options(query).version))
 
     def _test_image(self, environ, path):
-        return 200, json_body(self._call(environ, TEST_IMAGE_METHOD,
-                                         lambda index, _call: self._test_images.get(index),
-                                         path["index"]))
+        return 200, self._call(environ, TEST_IMAGE_METHOD,
+                               lambda index, _call: self._test_images.get(index), path["index"])
 
     def _page_body(self, environ, _):
         return 200, Body(self._page, "text/html; charset=utf-8",
                          (("Content-Security-Policy", PAGE_POLICY),
                           ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")))
+
+
+def _json(message) -> Body:
+    return json_body(message_json(message))
 
 
 def _open_call(environ: dict, method: str) -> Call:
