@@ -33,11 +33,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from common.contract import IMAGE_SHAPE, NUM_CLASSES
 from fashion_mnist.v1 import classifier_pb2
 from inference import grpc_service_pb2
 
-IMAGE_SHAPE = (28, 28)
-CLASSES = 10
 V2_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 DOMAIN_METHOD = "/fashion_mnist.v1.Classifier/Classify"
 DISTINCT_REQUESTS = 8  # rotated so no layer can answer from a cache of one request
@@ -110,7 +109,7 @@ def check_answer(plan: Plan, answer: bytes) -> None:
     if plan.api == "v2":
         response = grpc_service_pb2.ModelInferResponse.FromString(answer)
         shapes = {output.name: list(output.shape) for output in response.outputs}
-        if shapes.get("probabilities") != [plan.batch, CLASSES]:
+        if shapes.get("probabilities") != [plan.batch, NUM_CLASSES]:
             raise ValueError(f"unexpected ModelInfer outputs {shapes}")
     else:
         response = classifier_pb2.ClassifyResponse.FromString(answer)

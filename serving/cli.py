@@ -21,10 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if settings.workers > 1:
         return _supervise(settings)
-    from serving.server import ListenError, run_event_loop, serve
+    from serving.server import ListenError, serve
 
     try:
-        run_event_loop(serve(settings), settings.event_loop)
+        serve(settings)
     except (RepositoryError, ListenError) as error:
         return _fail(error, 1)
     except KeyboardInterrupt:  # Ctrl-C while still loading, before the signal handlers exist

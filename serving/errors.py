@@ -1,28 +1,73 @@
 """Domain errors: what went wrong, in terms of the service, not of a transport.
 
-The transports (``serving.api``) map each class to a status code in one place; anything else
-raised while answering a request is a bug and is reported as such, without a traceback.
+Each class carries its status on both transports (``grpc_code``, a ``grpc.StatusCode`` name,
+and ``http_status``): this is the one table of the error contract. The call pipeline turns
+anything else raised while answering into ``Internal``, logged with its traceback and shown
+to the client without one.
 """
 
 
 class ServingError(Exception):
     """A request the service refuses; the message names the field and what was expected."""
 
+    grpc_code = "INTERNAL"
+    http_status = 500
+
 
 class InvalidArgument(ServingError):  # noqa: N818 (named as the status)
     """The request is malformed: wrong sizes, shapes, types, counts."""
+
+    grpc_code, http_status = "INVALID_ARGUMENT", 400
 
 
 class NotFound(ServingError):  # noqa: N818 (named as the status)
     """The request names a model or version that is not loaded."""
 
+    grpc_code, http_status = "NOT_FOUND", 404
+
+
+class Unauthenticated(ServingError):  # noqa: N818 (named as the status)
+    """The call lacks the bearer token the server requires."""
+
+    grpc_code, http_status = "UNAUTHENTICATED", 401
+
+
+class ResourceExhausted(ServingError):  # noqa: N818 (named as the status)
+    """The server is overloaded (too many calls at once); retrying later may succeed."""
+
+    grpc_code, http_status = "RESOURCE_EXHAUSTED", 429
+
+
+class TooLarge(ResourceExhausted):
+    """The request is larger than the server accepts."""
+
+    http_status = 413
+
 
 class Unavailable(ServingError):  # noqa: N818 (named as the status)
     """The server is not ready or is shutting down; retrying elsewhere may succeed."""
 
+    grpc_code, http_status = "UNAVAILABLE", 503
 
-class ResourceExhausted(ServingError):  # noqa: N818 (named as the status)
-    """The server is overloaded (queue full); retrying later may succeed."""
+
+class DeadlineExceeded(ServingError):  # noqa: N818 (named as the status)
+    """The call's deadline passed before its images were computed."""
+
+    grpc_code, http_status = "DEADLINE_EXCEEDED", 504
+
+
+class Cancelled(ServingError):  # noqa: N818 (named as the status)
+    """The client went away before its images were computed."""
+
+    grpc_code, http_status = "CANCELLED", 499
+
+
+class Internal(ServingError):  # noqa: N818 (named as the status)
+    """A bug: the client gets this short message, the log the traceback."""
+
+    def __init__(self, message: str = "internal error while answering; the server log has "
+                 "the details"):
+        super().__init__(message)
 
 
 class RepositoryError(Exception):

@@ -101,20 +101,16 @@ class ModelMetrics:
 
 
 class CallMetrics:
-    """Counts one API method's calls: in flight, then by status code, with their latency."""
+    """Counts one API method's answered calls by status code, with their latency."""
 
     def __init__(self, api: str, method: str):
         self._api, self._method = api, method
         self._latency: dict[str, Histogram] = {}
         self._codes: dict[tuple[str, str], Counter] = {}
 
-    def started(self) -> float:
-        IN_FLIGHT.inc()
-        return time.perf_counter()
-
-    def finished(self, started: float, model: str, code: str) -> None:
+    def observe(self, started: float, model: str, code: str) -> None:
+        """A call that began at ``started`` (perf_counter) ended now with ``code``."""
         elapsed = time.perf_counter() - started
-        IN_FLIGHT.dec()
         latency = self._latency.get(model)
         if latency is None:
             latency = self._latency[model] = REQUEST_SECONDS.labels(self._api, self._method, model)

@@ -9,54 +9,23 @@ to start rather than serve something it cannot vouch for.
 """
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime
 
-from serving.batching import Batcher, policy_for
-from serving.codecs.images import IMAGE_SHAPE
+from common.contract import LABEL, MANIFEST, MODEL_FILE, PROBABILITIES
+from serving.batching import Batcher, BatchingPolicy
 from serving.errors import NotFound, RepositoryError
+from serving.manifest import Manifest, check_graph, read_file, read_manifest
 from serving.metrics import ModelMetrics
-
-MANIFEST = "model.json"
-MODEL_FILE = "model.onnx"
-PROBABILITIES = "probabilities"
-LABEL = "label"
-REQUIRED_KEYS = ("name", "version", "inputs", "outputs", "classes", "sha256")
-# Open Inference Protocol datatype -> onnxruntime type string.
-ORT_TYPES = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)", "INT64": "tensor(int64)"}
+from serving.pipeline import Call
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The part of ``model.json`` the server uses."""
-
-    name: str
-    version: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    class_names: tuple[str, ...]
-    sha256: str
-    test_accuracy: float
-    created_at: str
-    description: str
 
 
 @dataclass(frozen=True)
@@ -71,18 +40,17 @@ class ModelVersion:
     """A verified model version and its onnxruntime session, shared by all requests.
 
     ``predict`` is the one way to run the model: through the version's ``Batcher``, which
-    coalesces concurrent requests into one call and runs it in the executor or inline (the
-    session releases the GIL and is safe to share between threads), or, for a caller on a
-    front-door thread, on that thread.
+    coalesces concurrent requests into one call (the session releases the GIL and is safe to
+    share between threads).
     """
 
-    def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession, executor):
+    def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession,
+                 policy: BatchingPolicy):
         self.manifest = manifest
         self._session = session
-        self._executor: Executor = executor
         self._input_name = manifest.inputs[0].name
         self._output_names = [PROBABILITIES, LABEL]
-        self._batcher = Batcher(self._run, executor, policy_for(executor),
+        self._batcher = Batcher(self._run, policy,
                                 ModelMetrics(manifest.name, manifest.version, manifest.sha256))
 
     @property
@@ -93,13 +61,10 @@ class ModelVersion:
     def version(self) -> int:
         return self.manifest.version
 
-    async def predict(self, images: np.ndarray) -> Prediction:
-        """``uint8 [N,28,28]`` -> the model's probabilities and labels."""
-        return Prediction(*await self._batcher.predict(images))
-
-    def predict_blocking(self, images: np.ndarray) -> Prediction:
-        """The same as ``predict``, in the calling thread, unbatched and uncounted."""
-        return Prediction(*self._run(images))
+    def predict(self, images: np.ndarray, call: Call | None = None) -> Prediction:
+        """``uint8 [N,28,28]`` -> the model's probabilities and labels; blocks until its
+        batch is computed (nothing is computed for a ``call`` that has ended)."""
+        return Prediction(*self._batcher.predict(images, call))
 
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, labels = self._session.run(self._output_names, {self._input_name: images})
@@ -178,7 +143,7 @@ class ModelRegistry:
                 )
 
 
-def load_repository(root: Path, executor: Executor, intra_op_threads: int = 1) -> ModelRegistry:
+def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 1) -> ModelRegistry:
     """Verifies and loads every model version under ``root``.
 
     A version that fails verification is refused with one log line and the others serve (as
@@ -196,7 +161,7 @@ def load_repository(root: Path, executor: Executor, intra_op_threads: int = 1) -
         )
     registry = ModelRegistry()
     for path in version_dirs:
-        load_into(registry, path, executor, intra_op_threads)
+        load_into(registry, path, policy, intra_op_threads)
     if not registry.list():
         raise RepositoryError(
             f"model repository {root}: no model version could be loaded: "
@@ -205,12 +170,13 @@ def load_repository(root: Path, executor: Executor, intra_op_threads: int = 1) -
     return registry
 
 
-def load_into(registry: ModelRegistry, path: Path, executor: Executor, intra_op_threads: int = 1):
+def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
+              intra_op_threads: int = 1) -> bool:
     """Loads the version at ``path`` into ``registry``; if it fails verification, logs why and
     records it in ``registry.refused``. Returns whether it loaded."""
     key = (path.parent.name, int(path.name))
     try:
-        registry.add(load_version(path, executor, intra_op_threads))
+        registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
         registry.refused[key] = str(error)
         log.error(
@@ -222,11 +188,11 @@ def load_into(registry: ModelRegistry, path: Path, executor: Executor, intra_op_
     return True
 
 
-def load_version(path: Path, executor: Executor, intra_op_threads: int = 1) -> ModelVersion:
+def load_version(path: Path, policy: BatchingPolicy, intra_op_threads: int = 1) -> ModelVersion:
     """Loads one ``<model>/<version>`` directory after checking its manifest and sha256."""
     started = time.perf_counter()
     manifest = read_manifest(path)
-    model_bytes = _read(path / MODEL_FILE)
+    model_bytes = read_file(path / MODEL_FILE)
     actual = hashlib.sha256(model_bytes).hexdigest()
     if actual != manifest.sha256:
         raise RepositoryError(
@@ -246,7 +212,7 @@ def load_version(path: Path, executor: Executor, intra_op_threads: int = 1) -> M
         raise RepositoryError(
             f"{path / MODEL_FILE}: onnxruntime cannot load it: {first_line}"
         ) from None
-    _check_graph(path / MODEL_FILE, manifest, session)
+    check_graph(path / MODEL_FILE, manifest, session)
     log.info(
         "model loaded",
         extra={
@@ -258,96 +224,7 @@ def load_version(path: Path, executor: Executor, intra_op_threads: int = 1) -> M
             }
         },
     )
-    return ModelVersion(manifest, session, executor)
-
-
-def read_manifest(path: Path) -> Manifest:
-    """Parses and checks ``<path>/model.json`` against its directory and the serving contract."""
-    manifest_path = path / MANIFEST
-    try:
-        document = json.loads(_read(manifest_path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RepositoryError(f"{manifest_path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise RepositoryError(f"{manifest_path}: expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in document]
-    if missing:
-        raise RepositoryError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
-    try:
-        manifest = Manifest(
-            name=str(document["name"]),
-            version=int(document["version"]),
-            inputs=tuple(_tensor_spec(spec) for spec in document["inputs"]),
-            outputs=tuple(_tensor_spec(spec) for spec in document["outputs"]),
-            class_names=tuple(str(name) for name in document["classes"]),
-            sha256=str(document["sha256"]),
-            test_accuracy=float((document.get("metrics") or {}).get("test_accuracy", 0.0)),
-            created_at=str(document.get("created_at", "")),
-            description=str(document.get("description", "")),
-        )
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise RepositoryError(
-            f"{manifest_path}: malformed ({type(error).__name__}: {error})"
-        ) from None
-    if (manifest.name, str(manifest.version)) != (path.parent.name, path.name):
-        raise RepositoryError(
-            f"{manifest_path}: names {manifest.name}/{manifest.version}, "
-            f"expected {path.parent.name}/{path.name} (its directory)"
-        )
-    _check_contract(manifest_path, manifest)
-    return manifest
-
-
-def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
-    """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``."""
-    image_input = ("UINT8", (-1, *IMAGE_SHAPE))
-    if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
-        raise RepositoryError(
-            f"{manifest_path}: inputs {list(manifest.inputs)}, expected one UINT8 [-1,28,28] input"
-        )
-    expected_outputs = (
-        TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
-        TensorSpec(LABEL, "INT64", (-1,)),
-    )
-    outputs = {spec.name: spec for spec in manifest.outputs}
-    for spec in expected_outputs:
-        if outputs.get(spec.name) != spec:
-            raise RepositoryError(
-                f"{manifest_path}: output {spec.name!r} is {outputs.get(spec.name)}, expected "
-                f"{spec.datatype} {list(spec.shape)}"
-            )
-
-
-def _check_graph(model_path: Path, manifest: Manifest, session) -> None:
-    """The ONNX graph's inputs and outputs have the names, types and shapes the manifest says."""
-    graph_inputs = {arg.name: arg for arg in session.get_inputs()}
-    graph_outputs = {arg.name: arg for arg in session.get_outputs()}
-    if set(graph_inputs) != {spec.name for spec in manifest.inputs}:
-        raise RepositoryError(
-            f"{model_path}: graph inputs {sorted(graph_inputs)} differ from {MANIFEST}'s "
-            f"{[spec.name for spec in manifest.inputs]}"
-        )
-    for kind, specs, graph in (("input", manifest.inputs, graph_inputs),
-                               ("output", manifest.outputs, graph_outputs)):
-        for spec in specs:
-            arg = graph.get(spec.name)
-            if arg is None:
-                raise RepositoryError(f"{model_path}: graph has no {kind} {spec.name!r}")
-            shape_fits = len(arg.shape) == len(spec.shape) and all(
-                want in (-1, got) for got, want in zip(arg.shape, spec.shape, strict=True)
-            )
-            if arg.type != ORT_TYPES[spec.datatype] or not shape_fits:
-                raise RepositoryError(
-                    f"{model_path}: graph {kind} {spec.name!r} is {arg.type} {arg.shape}, "
-                    f"{MANIFEST} says {spec.datatype} {list(spec.shape)}"
-                )
-
-
-def _tensor_spec(document: dict[str, Any]) -> TensorSpec:
-    datatype = str(document["datatype"])
-    if datatype not in ORT_TYPES:
-        raise ValueError(f"datatype {datatype!r} is not one of {', '.join(ORT_TYPES)}")
-    return TensorSpec(str(document["name"]), datatype, tuple(int(d) for d in document["shape"]))
+    return ModelVersion(manifest, session, policy)
 
 
 def _model_dirs(root: Path) -> list[Path]:
@@ -370,15 +247,6 @@ def _entries(directory: Path) -> list[Path]:
         return list(directory.iterdir())
     except OSError as error:
         raise RepositoryError(f"{directory}: cannot list it ({error.strerror})") from None
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise RepositoryError(f"{path}: missing") from None
-    except OSError as error:
-        raise RepositoryError(f"{path}: cannot read it ({error.strerror})") from None
 
 
 def is_version_name(name: str) -> bool:

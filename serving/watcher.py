@@ -1,6 +1,6 @@
 """Zero-downtime model rollout: polls the model repository and applies what changed.
 
-A new version directory is verified and loaded off the event loop, then added to the registry
+A new version directory is verified and loaded on the watcher's thread, then added to the registry
 in one step, so the newest version becomes the default atomically; a version that fails
 verification is refused with one log line and the versions already loaded keep serving;
 a removed version leaves the registry at once, and its session is freed when the calls still
@@ -11,13 +11,13 @@ Writers must publish a version atomically (``training.repository`` assembles it 
 ``.staging-*`` directory and renames it into place); hidden entries are never looked at.
 """
 
-import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable
-from concurrent.futures import Executor
 from pathlib import Path
 
+from serving.batching import BatchingPolicy
 from serving.repository import ModelRegistry, is_version_name, load_into
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,14 @@ class RepositoryWatcher:
         self,
         root: Path,
         registry: ModelRegistry,
-        executor: Executor,
+        policy: BatchingPolicy,
         *,
         intra_op_threads: int = 1,
         required: Iterable[str] = (),
     ):
         self.root = Path(root)
         self.registry = registry
-        self._executor = executor
+        self._policy = policy
         self._intra_op_threads = intra_op_threads
         self._required = frozenset(required)
         present = version_dirs(self.root)
@@ -90,12 +90,12 @@ class RepositoryWatcher:
             self.registry.refused.pop(key, None)
         self._kept &= loaded - present.keys()
 
-    async def run(self, interval: float) -> None:
-        """Polls every ``interval`` seconds until cancelled; a failed poll is logged, not fatal."""
-        while True:
-            await asyncio.sleep(interval)
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Polls every ``interval`` seconds until ``stop`` is set; a failed poll is logged,
+        not fatal."""
+        while not stop.wait(interval):
             try:
-                await asyncio.to_thread(self.poll)
+                self.poll()
             except Exception:
                 log.exception("model repository poll failed")
 
@@ -103,7 +103,7 @@ class RepositoryWatcher:
         fingerprint = _fingerprint(path)
         if self._refused.get(key) == fingerprint:
             return
-        if not load_into(self.registry, path, self._executor, self._intra_op_threads):
+        if not load_into(self.registry, path, self._policy, self._intra_op_threads):
             self._refused[key] = fingerprint
             return
         self._refused.pop(key, None)

@@ -1,11 +1,9 @@
 """Shared fixtures. Serving: a tiny ONNX model repository (no TensorFlow needed) and real
-servers on 127.0.0.1:0, in-process (``server``) or on a thread for synchronous clients
-(``thread_server``)."""
+servers on 127.0.0.1:0, in-process (the server runs on its own threads), per test
+(``server``) or per module (``thread_server``)."""
 
 import asyncio
-import contextlib
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -15,12 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from common.contract import CLASS_NAMES, PIXELS
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.dataset import load_test_set
-from serving.server import ModelServer, running_server
-from serving.settings import TRANSPORTS, Settings
-from training.classes import CLASS_NAMES
-from training.preprocessing import PIXELS, prepend_preprocessing
+from serving.server import ModelServer
+from serving.settings import Settings
+from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
 # (name, seed) of each version written into the fixture repository, in order: mlp has two
@@ -84,22 +82,40 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return load_test_set()
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request) -> str:
-    """Each of the server's transports: tests that take it run once per transport."""
-    return request.param
-
-
 @pytest.fixture
-def settings(model_repository, transport) -> Settings:
+def settings(model_repository) -> Settings:
     return Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                    worker_threads=2, grace_period=5.0, transport=transport)
+                    parallel_inferences=2, workers=1, grace_period=5.0)
+
+
+class running_server:  # noqa: N801 (used as a function)
+    """A real server on ``settings``' address (``with`` or ``async with``), drained on exit;
+    ``async with`` drains on a thread, so the test's event loop keeps serving its clients."""
+
+    def __init__(self, settings: Settings, grace: float = 1.0):
+        self._settings = settings
+        self._grace = grace
+        self._server: ModelServer | None = None
+
+    def __enter__(self) -> ModelServer:
+        self._server = ModelServer.from_settings(self._settings)
+        self._server.start()
+        return self._server
+
+    def __exit__(self, *_exception) -> None:
+        self._server.stop(self._grace)
+
+    async def __aenter__(self) -> ModelServer:
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(self, *exception) -> None:
+        await asyncio.to_thread(self.__exit__, *exception)
 
 
 @pytest.fixture
-async def server(settings):
+def server(settings):
     """A running in-process server; ``server.port`` is its port."""
-    async with running_server(settings) as running:
+    with running_server(settings) as running:
         yield running
 
 
@@ -132,35 +148,11 @@ def first_refusal():
     return until_refused
 
 
-@contextlib.contextmanager
-def server_on_thread(settings: Settings):
-    """A real server on its own event loop thread, for synchronous clients and CLIs."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
-    thread.start()
-
-    async def start() -> ModelServer:
-        started = ModelServer.from_settings(settings)
-        await started.start()
-        return started
-
-    try:
-        running = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-        try:
-            yield running
-        finally:
-            asyncio.run_coroutine_threadsafe(running.stop(1.0), loop).result(60)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 @pytest.fixture(scope="module")
 def thread_server(model_repository):
     """A server shared by a module's synchronous tests; its target is ``127.0.0.1:<port>``."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=2)
-    with server_on_thread(settings) as running:
+                        parallel_inferences=2, workers=1)
+    with running_server(settings) as running:
         yield running
 

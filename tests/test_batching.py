@@ -1,50 +1,56 @@
-"""Dynamic batching: concurrent requests share onnxruntime calls, and each gets exactly its
-own rows, in order, whatever its neighbours do."""
+"""Dynamic batching: concurrent requests share onnxruntime calls, each gets exactly its own
+rows, in order, whatever its neighbours do; callers lead batches on their own threads."""
 
-import asyncio
 import threading
 import time
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnxruntime
 import pytest
 
-from serving.batching import Batcher, BatchingPolicy, InferenceExecutor
+from serving.batching import Batcher, BatchingPolicy
+from serving.errors import Cancelled, DeadlineExceeded
 from serving.metrics import ModelMetrics
-from serving.repository import load_repository
-from serving.threadtasks import ThreadTask, run_here
+from serving.pipeline import Call
 
 
 @pytest.fixture(scope="module")
-def executor():
-    with InferenceExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-def model(model_repository, executor):
-    return load_repository(model_repository, executor).get("mlp")
+def session(model_repository):
+    return onnxruntime.InferenceSession(model_repository / "mlp/2/model.onnx")
 
 
 class CountingRun:
-    """The model's real run, recording the size of every call it gets."""
+    """The model's real run, recording the size of every call it gets and the thread that
+    made it; ``hold()`` keeps the next calls waiting until ``release``."""
 
-    def __init__(self, model, fail_on_size: int = -1):
-        self.model, self.sizes, self.fail_on_size = model, [], fail_on_size
+    def __init__(self, session, fail_on_size: int = -1):
+        self.session, self.fail_on_size = session, fail_on_size
+        self.sizes: list[int] = []
+        self.threads: list[str] = []
+        self.running = threading.Semaphore(0)  # released as each call starts
         self.release = threading.Event()
         self.release.set()
 
+    def hold(self) -> None:
+        self.release.clear()
+
     def __call__(self, images):
+        self.running.release()
         self.release.wait(10)
         self.sizes.append(len(images))
+        self.threads.append(threading.current_thread().name)
         if len(images) == self.fail_on_size:
             raise RuntimeError("onnxruntime failed")
-        prediction = self.model.predict_blocking(images)
-        return prediction.probabilities, prediction.labels
+        probabilities, labels = self.session.run(["probabilities", "label"], {"images": images})
+        return probabilities, labels
+
+    def expected(self, images):
+        return self.session.run(["probabilities", "label"], {"images": images})
 
 
-def batcher(run, executor, **policy) -> Batcher:
-    return Batcher(run, executor, BatchingPolicy(**policy), ModelMetrics("test", 1, "0" * 64))
+def batcher(run, **policy) -> Batcher:
+    return Batcher(run, BatchingPolicy(**policy), ModelMetrics("test", 1, "0" * 64))
 
 
 def mixed_requests(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -53,212 +59,139 @@ def mixed_requests(count: int, seed: int = 0) -> list[np.ndarray]:
             for _ in range(count)]
 
 
-async def test_concurrent_requests_of_mixed_sizes_each_get_their_own_rows(model, executor):
-    run = CountingRun(model)
-    queue = batcher(run, executor, max_images=32, concurrency=2)
-    requests = mixed_requests(200)
-    answers = await asyncio.gather(*(queue.predict(images) for images in requests))
-    for images, (probabilities, labels) in zip(requests, answers, strict=True):
-        alone = model.predict_blocking(images)
-        np.testing.assert_allclose(probabilities, alone.probabilities, rtol=1e-5, atol=1e-7)
-        np.testing.assert_array_equal(labels, alone.labels)
-    assert sum(run.sizes) == sum(len(images) for images in requests)
-    assert len(run.sizes) < len(requests)  # coalesced
-    assert max(run.sizes) <= 32
+def occupy(queue: Batcher, run: CountingRun, slots: int, pool: ThreadPoolExecutor) -> list:
+    """Takes every slot with a held call; returns their futures."""
+    run.hold()
+    held = [pool.submit(queue.predict, np.zeros((1, 28, 28), np.uint8)) for _ in range(slots)]
+    for _ in range(slots):
+        assert run.running.acquire(timeout=10)
+    return held
 
 
-async def test_model_version_predict_goes_through_the_batcher(model):
-    requests = mixed_requests(50, seed=1)
-    answers = await asyncio.gather(*(model.predict(images) for images in requests))
-    for images, answer in zip(requests, answers, strict=True):
-        np.testing.assert_array_equal(answer.labels, model.predict_blocking(images).labels)
+def wait_until_queued(queue: Batcher, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(queue._waiting) < count:
+        assert time.monotonic() < deadline, "requests did not queue"
+        time.sleep(0.001)
 
 
-async def test_a_request_larger_than_a_batch_runs_alone_unsplit(model, executor):
-    run = CountingRun(model)
-    queue = batcher(run, executor, max_images=4, concurrency=1)
-    big, small = mixed_requests(1)[0].repeat(2, axis=0)[:6], mixed_requests(1, seed=3)[0][:1]
-    run.release.clear()  # hold the first call so that the rest queue behind it
-    first = asyncio.ensure_future(queue.predict(small))
-    await asyncio.sleep(0.01)
-    rest = [asyncio.ensure_future(queue.predict(images)) for images in (big, small, small)]
-    await asyncio.sleep(0.01)
-    run.release.set()
-    await asyncio.gather(first, *rest)
-    assert run.sizes == [1, 6, 2]
-
-
-async def test_a_failed_call_fails_only_its_own_batch(model, executor):
-    run = CountingRun(model, fail_on_size=3)
-    queue = batcher(run, executor, max_images=3, concurrency=1)
-    run.release.clear()
-    first = asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
-    await asyncio.sleep(0.01)
-    doomed = [asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
-              for _ in range(3)]
-    spared = asyncio.ensure_future(queue.predict(np.zeros((2, 28, 28), np.uint8)))
-    await asyncio.sleep(0.01)
-    run.release.set()
-    results = await asyncio.gather(first, *doomed, spared, return_exceptions=True)
-    assert run.sizes == [1, 3, 2]
-    assert all(isinstance(result, RuntimeError) for result in results[1:4])
-    assert len(results[0][1]) == 1 and len(results[4][1]) == 2
-
-
-async def test_cancelled_requests_leave_the_queue(model, executor):
-    run = CountingRun(model)
-    queue = batcher(run, executor, max_images=64, concurrency=1)
-    run.release.clear()
-    first = asyncio.ensure_future(queue.predict(np.zeros((1, 28, 28), np.uint8)))
-    await asyncio.sleep(0.01)
-    gone = asyncio.ensure_future(queue.predict(np.zeros((5, 28, 28), np.uint8)))
-    kept = asyncio.ensure_future(queue.predict(np.zeros((2, 28, 28), np.uint8)))
-    await asyncio.sleep(0)
-    gone.cancel()
-    run.release.set()
-    await asyncio.gather(first, kept)
-    assert run.sizes == [1, 2]
-
-
-async def test_a_delay_gathers_requests_into_one_call(model, executor):
-    run = CountingRun(model)
-    queue = batcher(run, executor, max_images=64, max_delay_s=0.5, concurrency=1)
-    requests = mixed_requests(5, seed=2)
-    tasks = []
-    for images in requests:
-        tasks.append(asyncio.ensure_future(queue.predict(images)))
-        await asyncio.sleep(0)  # each request is queued before the next is sent
-    await asyncio.gather(*tasks)
-    assert run.sizes == [sum(len(images) for images in requests)]
-
-
-# Off the event loop: the native front door's threads (serving.threadtasks), which never sleep
-# waiting for the model; the thread that holds the batch slot runs the queue and resumes each
-# caller.
-
-
-class ThreadCalls:
-    """Predictions started as the front door starts calls: each on its own thread, driven by
-    ``run_here``; records every answer (or error) and the thread that delivered it."""
-
-    def __init__(self, queue: Batcher):
-        self.queue = queue
-        self.answers: dict[int, object] = {}
-        self.answered_on: dict[int, int] = {}
-        self.tasks: dict[int, ThreadTask] = {}
-
-    async def _predict(self, key: int, images: np.ndarray):
-        try:
-            self.answers[key] = await self.queue.predict(images)
-        except BaseException as error:  # the test looks at it
-            self.answers[key] = error
-        self.answered_on[key] = threading.get_ident()
-
-    def start(self, key: int, images: np.ndarray) -> None:
-        """Returns once the call is answered or queued, as the front door's thread does."""
-        task = self.tasks[key] = ThreadTask(self._predict(key, images))
-        run_here(task.step)
-
-    def start_on_thread(self, key: int, images: np.ndarray) -> threading.Thread:
-        thread = threading.Thread(target=self.start, args=(key, images))
-        thread.start()
-        return thread
-
-
-def wait_for(condition, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
-
-
-def test_off_the_loop_a_lone_request_is_answered_on_its_own_thread(model, executor):
-    run = CountingRun(model)
-    calls = ThreadCalls(batcher(run, executor, max_images=32, concurrency=1))
+def test_a_lone_request_runs_on_the_callers_own_thread(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=32, max_parallel=2)
     images = mixed_requests(1)[0]
-    calls.start(0, images)  # on this thread: answered before start returns
-    assert calls.answered_on[0] == threading.get_ident()
-    np.testing.assert_array_equal(calls.answers[0][1], model.predict_blocking(images).labels)
-    assert run.sizes == [len(images)]
+    _, labels = queue.predict(images)
+    np.testing.assert_array_equal(labels, run.expected(images)[1])
+    assert run.threads == [threading.current_thread().name]
 
 
-def test_off_the_loop_queued_requests_share_a_call_and_each_gets_its_own_rows(model, executor):
-    run = CountingRun(model)
-    calls = ThreadCalls(batcher(run, executor, max_images=256, concurrency=1))
-    requests = mixed_requests(20, seed=4)
-    run.release.clear()  # the first call holds the slot while the others queue
-    first = calls.start_on_thread(0, requests[0])
-    wait_for(lambda: len(run.sizes) == 0 and calls.tasks.get(0) is not None)
-    time.sleep(0.02)
-    for key, images in enumerate(requests[1:], start=1):
-        calls.start(key, images)  # queued: returns at once, unanswered
-    assert not calls.answers
-    run.release.set()
-    first.join(10)
-    assert run.sizes == [len(requests[0]), sum(len(images) for images in requests[1:])]
-    assert set(calls.answered_on.values()) == {first.ident}  # the slot's thread resumed all
-    for key, images in enumerate(requests):
-        probabilities, labels = calls.answers[key]
-        alone = model.predict_blocking(images)
-        np.testing.assert_allclose(probabilities, alone.probabilities, rtol=1e-5, atol=1e-7)
-        np.testing.assert_array_equal(labels, alone.labels)
-
-
-def test_off_the_loop_a_failed_call_fails_only_its_own_batch(model, executor):
-    run = CountingRun(model, fail_on_size=3)
-    calls = ThreadCalls(batcher(run, executor, max_images=3, concurrency=1))
-    run.release.clear()
-    first = calls.start_on_thread(0, np.zeros((1, 28, 28), np.uint8))
-    time.sleep(0.05)
-    for key in (1, 2, 3):
-        calls.start(key, np.zeros((1, 28, 28), np.uint8))
-    calls.start(4, np.zeros((2, 28, 28), np.uint8))
-    run.release.set()
-    first.join(10)
-    wait_for(lambda: len(calls.answers) == 5)
-    assert run.sizes == [1, 3, 2]
-    assert all(isinstance(calls.answers[key], RuntimeError) for key in (1, 2, 3))
-    assert len(calls.answers[0][1]) == 1 and len(calls.answers[4][1]) == 2
-
-
-def test_off_the_loop_a_cancelled_request_leaves_the_queue(model, executor):
-    run = CountingRun(model)
-    calls = ThreadCalls(batcher(run, executor, max_images=64, concurrency=1))
-    run.release.clear()
-    first = calls.start_on_thread(0, np.zeros((1, 28, 28), np.uint8))
-    time.sleep(0.05)
-    calls.start(1, np.zeros((5, 28, 28), np.uint8))
-    calls.start(2, np.zeros((2, 28, 28), np.uint8))
-    calls.tasks[1].cancel()  # what the front door does when the call ends
-    run.release.set()
-    first.join(10)
-    assert run.sizes == [1, 2]
-    assert isinstance(calls.answers[1], asyncio.CancelledError)
-    assert len(calls.answers[2][1]) == 2
-
-
-def test_off_the_loop_many_threads_at_once_each_get_their_own_rows(model, executor):
-    run = CountingRun(model)
-    calls = ThreadCalls(batcher(run, executor, max_images=16, concurrency=2))
-    requests = mixed_requests(300, seed=5)
-    with futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(calls.start, range(len(requests)), requests))
-    wait_for(lambda: len(calls.answers) == len(requests))
-    for key, images in enumerate(requests):
-        np.testing.assert_array_equal(calls.answers[key][1], model.predict_blocking(images).labels)
+def test_many_threads_at_once_each_get_their_own_rows(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=32, max_parallel=2)
+    requests = mixed_requests(300)
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(queue.predict, requests))
+    for images, (probabilities, labels) in zip(requests, answers, strict=True):
+        expected_probabilities, expected_labels = run.expected(images)
+        np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(labels, expected_labels)
     assert sum(run.sizes) == sum(len(images) for images in requests)
-    assert max(run.sizes) <= 16
+    assert max(run.sizes) <= 32
+    assert queue._running == 0 and not queue._waiting
 
 
-def test_off_the_loop_a_delay_gathers_requests_into_one_call(model, executor):
-    run = CountingRun(model)
-    requests = mixed_requests(5, seed=2)
-    total = sum(len(images) for images in requests)
-    calls = ThreadCalls(batcher(run, executor, max_images=total, max_delay_s=5.0, concurrency=1))
-    first = calls.start_on_thread(0, requests[0])  # holds the slot, waiting for a full batch
-    time.sleep(0.05)
-    for key, images in enumerate(requests[1:], start=1):
-        calls.start(key, images)
-    first.join(10)  # the batch is full long before the delay ends
-    assert run.sizes == [total]
-    assert len(calls.answers) == len(requests)
+def test_requests_arriving_while_every_slot_is_busy_share_one_call(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=64, max_parallel=1)
+    requests = mixed_requests(10, seed=1)
+    with ThreadPoolExecutor(16) as pool:
+        held = occupy(queue, run, 1, pool)
+        waiting = [pool.submit(queue.predict, images) for images in requests]
+        wait_until_queued(queue, len(requests))
+        run.release.set()
+        held[0].result(10)
+        answers = [future.result(10) for future in waiting]
+    assert run.sizes == [1, sum(len(images) for images in requests)]
+    for images, (_, labels) in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(labels, run.expected(images)[1])
+
+
+def test_a_request_larger_than_a_batch_runs_alone_unsplit(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=8, max_parallel=1)
+    big, small = np.zeros((20, 28, 28), np.uint8), np.zeros((3, 28, 28), np.uint8)
+    with ThreadPoolExecutor(4) as pool:
+        held = occupy(queue, run, 1, pool)
+        answers = [pool.submit(queue.predict, images) for images in (big, small)]
+        wait_until_queued(queue, 2)
+        run.release.set()
+        held[0].result(10)
+        assert [len(future.result(10)[1]) for future in answers] == [20, 3]
+    assert run.sizes == [1, 20, 3]
+
+
+def test_a_failed_call_fails_only_its_own_batch(session):
+    run = CountingRun(session, fail_on_size=5)
+    queue = batcher(run, max_images=5, max_parallel=1)
+    with ThreadPoolExecutor(4) as pool:
+        held = occupy(queue, run, 1, pool)
+        doomed = pool.submit(queue.predict, np.zeros((5, 28, 28), np.uint8))
+        wait_until_queued(queue, 1)
+        fine = pool.submit(queue.predict, np.zeros((2, 28, 28), np.uint8))
+        wait_until_queued(queue, 2)
+        run.release.set()
+        held[0].result(10)
+        with pytest.raises(RuntimeError, match="onnxruntime failed"):
+            doomed.result(10)
+        assert len(fine.result(10)[1]) == 2
+    assert queue._running == 0
+
+
+@pytest.mark.parametrize(("ended", "error"), [
+    (Call("/m", deadline=0.0), DeadlineExceeded),
+    (Call("/m", is_active=lambda: False), Cancelled),
+])
+def test_a_request_whose_call_ended_is_dropped_before_it_is_computed(session, ended, error):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=64, max_parallel=1)
+    with ThreadPoolExecutor(4) as pool:
+        held = occupy(queue, run, 1, pool)
+        dropped = pool.submit(queue.predict, np.zeros((7, 28, 28), np.uint8), ended)
+        wait_until_queued(queue, 1)
+        run.release.set()
+        held[0].result(10)
+        with pytest.raises(error):
+            dropped.result(10)
+    assert run.sizes == [1]  # the 7 images were never computed
+    assert queue._running == 0
+
+
+def test_slots_bound_the_calls_running_at_once(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=1, max_parallel=2)
+    active, most = 0, 0
+    lock = threading.Lock()
+
+    def counted(images):
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.002)
+        with lock:
+            active -= 1
+        return run(images)
+
+    queue._run = counted
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(queue.predict, mixed_requests(64, seed=2)))
+    assert most == 2
+
+
+def test_a_delay_gathers_requests_into_one_call(session):
+    run = CountingRun(session)
+    queue = batcher(run, max_images=64, max_parallel=1, max_delay_s=0.3)
+    requests = mixed_requests(4, seed=3)
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(queue.predict, images) for images in requests]:
+            future.result(10)
+    assert run.sizes == [sum(len(images) for images in requests)]

@@ -1,17 +1,20 @@
 """The codecs: validation messages and the hand-written wire format of ClassifyResponse."""
 
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
-from serving.codecs.classifier import decode_classify_request, encode_classify_response
+from serving.batching import BatchingPolicy
+from serving.codecs.classifier import (
+    Classification,
+    decode_classify_request,
+    encode_classify_response,
+)
 from serving.codecs.images import images_from_array, images_from_bytes
 from serving.errors import InvalidArgument
 from serving.repository import Prediction, load_repository
-from serving.service import Classification
 
 
 def test_images_from_bytes_keeps_pixels_in_row_major_order():
@@ -57,8 +60,7 @@ def test_decode_refuses_a_negative_version():
 
 @pytest.fixture(scope="module")
 def registry(model_repository):
-    with ThreadPoolExecutor(1) as executor:
-        yield load_repository(model_repository, executor)
+    return load_repository(model_repository, BatchingPolicy())
 
 
 def _field_by_field(answer: Classification, request_id: str) -> pb.ClassifyResponse:

@@ -9,19 +9,19 @@ import grpc
 import numpy as np
 import onnx
 import pytest
+from conftest import running_server
 from onnx import TensorProto, helper, numpy_helper
 
 from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.server import running_server
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
-SLOW_BATCH = 1024  # images: about 0.3 s of one onnxruntime thread for slow_classifier()
+SLOW_BATCH = 1024  # images: about 0.4 s of one onnxruntime thread for slow_classifier()
 
 
-def slow_classifier(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
+def slow_classifier(width: int = 1024, layers: int = 48) -> onnx.ModelProto:
     """A deep stack of wide MatMuls: the same signature as the served models, slow on purpose,
     so that a request can be made to wait behind another."""
     rng = np.random.default_rng(0)
@@ -71,7 +71,7 @@ async def slow_statistics(v2) -> pb.InferStatistics:
 async def slow_server(repository_copy, settings):
     write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
     one_thread = dataclasses.replace(settings, model_repository=repository_copy,
-                                     worker_threads=1, intra_op_threads=1)
+                                     parallel_inferences=1, intra_op_threads=1)
     async with running_server(one_thread) as server:
         yield server
 

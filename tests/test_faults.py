@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, namedtuple
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
@@ -22,9 +24,8 @@ from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving import cli
-from serving.api.admission import Admission
-from serving.frontdoor import DirectContext
-from serving.server import running_server
+from serving.errors import ResourceExhausted
+from serving.pipeline import Admission
 from serving.settings import Settings
 from tests.conftest import tiny_classifier
 
@@ -91,7 +92,7 @@ async def test_a_damaged_version_is_refused_with_one_log_line_and_the_rest_serve
     _damage(repository_copy / "mlp" / "2", case)
     caplog.set_level(logging.INFO)
     settings = Settings(host="127.0.0.1", port=0, model_repository=repository_copy,
-                        worker_threads=1)
+                        parallel_inferences=1)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -137,7 +138,8 @@ def test_without_a_good_version_of_a_required_model_the_server_exits_1_with_the_
 async def small_server(model_repository):
     """Allows 4 images per request and messages of 4 KiB + a full batch."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=1, max_batch_size=4, max_message_bytes=4 * 788 + 1024)
+                        parallel_inferences=1, max_request_images=4,
+                        max_message_bytes=4 * 788 + 1024)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -149,7 +151,7 @@ async def test_more_images_than_the_limit_is_invalid_argument_naming_the_limit(s
         await small_server.Classify(_request(5))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 4 images" in refused.value.details()
-    assert "--max-batch-size" in refused.value.details()
+    assert "--max-request-images" in refused.value.details()
 
 
 async def test_a_message_over_the_size_limit_is_resource_exhausted(small_server):
@@ -162,7 +164,7 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted(small_server)
 
 async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_repository):
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=1, max_concurrent_calls=2)
+                        parallel_inferences=1, max_concurrent_calls=2)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -184,33 +186,29 @@ async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_rep
         assert len((await stub.Classify(_request())).results) == len(IMAGES)
 
 
-async def test_calls_let_through_together_are_counted_against_the_limit_as_they_start():
-    """Two calls whose handlers were both resolved while nothing was in flight (as happens
-    when they arrive together on two threads): the second to start is over the limit of 1."""
+def test_calls_starting_together_are_counted_against_the_limit_as_they_start():
+    """Calls entering on several threads at once: the check and the count are one step, so
+    exactly the limit get in."""
     admission = Admission(max_in_flight=1)
-    release = asyncio.Event()
+    start = threading.Barrier(8)
+    outcomes = []
 
-    async def wait_for_release(request, context):
-        await release.wait()
-        return request
+    def enter():
+        start.wait()
+        try:
+            admission.enter()
+            outcomes.append("in")
+        except ResourceExhausted:
+            outcomes.append("refused")
 
-    method = "/fashion_mnist.v1.Classifier/Classify"
-
-    async def continuation(_details):
-        return grpc.unary_unary_rpc_method_handler(wait_for_release)
-
-    details = CallDetails(method, ())
-    first, second = [await admission.intercept_service(continuation, details) for _ in range(2)]
-    running = asyncio.create_task(first.unary_unary("first", DirectContext("a", (), None)))
-    await asyncio.sleep(0)
+    threads = [threading.Thread(target=enter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(outcomes) == ["in"] + ["refused"] * 7
     assert admission.in_flight == 1
-    refused_context = DirectContext("b", (), None)
-    with pytest.raises(grpc.aio.AbortError):
-        await asyncio.wait_for(second.unary_unary("second", refused_context), 10)
-    assert refused_context.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert admission.in_flight == 1
-    release.set()
-    assert await running == "first"
+    admission.leave()
     assert admission.in_flight == 0
 
 

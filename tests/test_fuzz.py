@@ -20,16 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.contract import CLASS_NAMES
+from common.contract import CLASS_NAMES, IMAGE_BYTES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving.settings import Settings
-from tests.conftest import FIXTURE_VERSIONS, server_on_thread
+from tests.conftest import FIXTURE_VERSIONS, running_server
 
 MAX_BATCH = 16
-IMAGE_BYTES = 784
 CASES_PER_EXAMPLE = 10
 OK, INVALID, NOT_FOUND = (
     grpc.StatusCode.OK,
@@ -53,10 +52,10 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def fuzz_server(model_repository):
     settings_ = Settings(
-        host="127.0.0.1", port=0, model_repository=model_repository, worker_threads=2,
-        max_batch_size=MAX_BATCH,
+        host="127.0.0.1", port=0, model_repository=model_repository, parallel_inferences=2,
+        max_request_images=MAX_BATCH,
     )
-    with server_on_thread(settings_) as running:
+    with running_server(settings_) as running:
         yield running
 
 

@@ -7,13 +7,13 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from conftest import running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.server import running_server
 from serving.settings import Settings
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
@@ -80,7 +80,7 @@ async def test_metrics_count_calls_by_api_method_model_and_code(metered):
     assert moved("fmnist_inference_requests_total", model="mlp", version="2",
                  outcome="success") == 3
     assert value(after, "fmnist_requests_in_flight") == 0
-    sha = server.runtime.registry.get("mlp", 2).manifest.sha256[:12]
+    sha = server.registry.get("mlp", 2).manifest.sha256[:12]
     assert value(after, "fmnist_model_info", model="mlp", version="2", sha256=sha) == 1
 
 

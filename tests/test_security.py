@@ -1,5 +1,6 @@
 """TLS, mutual TLS and the bearer token, with real certificates made for each test session."""
 
+import asyncio
 import base64
 import contextlib
 import datetime
@@ -23,9 +24,9 @@ from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving import security
 from serving.client import cli as client_cli
-from serving.server import running_server
 from serving.settings import Settings
-from tests.conftest import server_on_thread
+from tests.aio_security import aio_channel
+from tests.conftest import running_server
 
 TOKEN = "s3cret-token"
 
@@ -109,11 +110,11 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @contextlib.asynccontextmanager
-async def _serving(model_repository, transport, **security_settings):
-    """The real server on ``transport``, with ``security_settings`` (tls_cert, tls_key,
-    tls_client_ca, auth_token); yields its port."""
+async def _serving(model_repository, **security_settings):
+    """The real server with ``security_settings`` (tls_cert, tls_key, tls_client_ca,
+    auth_token); yields its port."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=1, poll_interval=0, transport=transport,
+                        parallel_inferences=1, poll_interval=0,
                         **security_settings)
     async with running_server(settings) as server:
         yield server.port
@@ -129,8 +130,11 @@ async def _list_services(channel) -> list[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     call = stub.ServerReflectionInfo(timeout=5)
-    await call.write(request)
-    await call.done_writing()
+    try:
+        await call.write(request)
+        await call.done_writing()
+    except asyncio.InvalidStateError:  # refused before it read anything: read() says why
+        pass
     response = await call.read()
     return [s.name for s in response.list_services_response.service]
 
@@ -168,34 +172,34 @@ async def _first(stream):
     return None
 
 
-async def test_token_guards_every_rpc_but_health(model_repository, transport):
-    async with _serving(model_repository, transport, auth_token=TOKEN) as port:
+async def test_token_guards_every_rpc_but_health(model_repository):
+    async with _serving(model_repository, auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
-        async with security.aio_channel(target) as anonymous:
+        async with aio_channel(target) as anonymous:
             assert await _health(anonymous) == health_pb2.HealthCheckResponse.SERVING
             assert set((await _every_guarded_rpc(anonymous)).values()) == {
                 grpc.StatusCode.UNAUTHENTICATED}
-        async with security.aio_channel(target, token="wrong-" + TOKEN) as impostor:
+        async with aio_channel(target, token="wrong-" + TOKEN) as impostor:
             assert set((await _every_guarded_rpc(impostor)).values()) == {
                 grpc.StatusCode.UNAUTHENTICATED}
-        async with security.aio_channel(target, token=TOKEN) as member:
+        async with aio_channel(target, token=TOKEN) as member:
             outcomes = await _every_guarded_rpc(member)
             assert not any(isinstance(o, grpc.StatusCode) for o in outcomes.values()), outcomes
             assert len(outcomes["Classify"].results) == 1
             assert "fashion_mnist.v1.Classifier" in outcomes["ServerReflectionInfo"]
 
 
-async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository, transport):
-    async with _serving(model_repository, transport, tls_cert=str(pki.server_cert),
+async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
+    async with _serving(model_repository, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key)) as port:
         target = f"localhost:{port}"
-        async with security.aio_channel(target, tls_ca=pki.ca) as trusting:
+        async with aio_channel(target, tls_ca=pki.ca) as trusting:
             assert await _health(trusting) == health_pb2.HealthCheckResponse.SERVING
             outcomes = await _every_guarded_rpc(trusting)
             assert len(outcomes["Classify"].results) == 1
         for channel in (
-            security.aio_channel(target),  # plaintext against a TLS port
-            security.aio_channel(target, tls_ca=pki.rogue_ca),  # does not trust the server
+            aio_channel(target),  # plaintext against a TLS port
+            aio_channel(target, tls_ca=pki.rogue_ca),  # does not trust the server
         ):
             async with channel:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -203,21 +207,20 @@ async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository, 
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository,
-                                                                       transport):
-    async with _serving(model_repository, transport, tls_cert=str(pki.server_cert),
+async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository):
+    async with _serving(model_repository, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
                         auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
         good = {"tls_ca": pki.ca, "tls_cert": pki.client_cert, "tls_key": pki.client_key}
-        async with security.aio_channel(target, token=TOKEN, **good) as member:
+        async with aio_channel(target, token=TOKEN, **good) as member:
             assert await _health(member) == health_pb2.HealthCheckResponse.SERVING
             outcomes = await _every_guarded_rpc(member)
             assert len(outcomes["Classify"].results) == 1
         rogue = {"tls_cert": pki.rogue_client_cert, "tls_key": pki.rogue_client_key}
         for channel in (
-            security.aio_channel(target, tls_ca=pki.ca),  # no client certificate
-            security.aio_channel(target, tls_ca=pki.ca, **rogue),  # signed by another CA
+            aio_channel(target, tls_ca=pki.ca),  # no client certificate
+            aio_channel(target, tls_ca=pki.ca, **rogue),  # signed by another CA
         ):
             async with channel:
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -228,10 +231,10 @@ async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, mod
 def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, capsys,
                                                         monkeypatch):
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        worker_threads=1, poll_interval=0, tls_cert=str(pki.server_cert),
+                        parallel_inferences=1, poll_interval=0, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
                         auth_token=TOKEN)
-    with server_on_thread(settings) as server:
+    with running_server(settings) as server:
         common = ["--target", f"localhost:{server.port}", "--tls-ca", str(pki.ca),
                   "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
         assert client_cli.main(["health", *common]) == 0  # health needs no token

@@ -7,13 +7,13 @@ import grpc
 import numpy as np
 import onnxruntime
 import pytest
+from conftest import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
-from serving.server import running_server
 
 SERVICE = "fashion_mnist.v1.Classifier"
 
@@ -120,7 +120,7 @@ ERRORS = [
     (pb.ClassifyRequest(), grpc.StatusCode.INVALID_ARGUMENT,
      "images: expected at least 1 image, got 0"),
     (pb.ClassifyRequest(images=[IMAGE] * 17), grpc.StatusCode.INVALID_ARGUMENT,
-     "images: expected at most 16 images per request (the server's --max-batch-size), got 17"),
+     "images: expected at most 16 images per request (the server's --max-request-images), got 17"),
     (pb.ClassifyRequest(images=[IMAGE], model="resnet"), grpc.StatusCode.NOT_FOUND,
      "model: no model 'resnet'; loaded models: baseline, mlp, softmax"),
     (pb.ClassifyRequest(images=[IMAGE], model="mlp", version=9), grpc.StatusCode.NOT_FOUND,
@@ -133,7 +133,8 @@ ERRORS = [
 @pytest.fixture
 async def small_stub(settings):
     """A server with a batch limit of 16 and a message limit just above it."""
-    limited = dataclasses.replace(settings, max_batch_size=16, max_message_bytes=16 * 788 + 1024)
+    limited = dataclasses.replace(settings, max_request_images=16,
+                                  max_message_bytes=16 * 788 + 1024)
     async with running_server(limited) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}") as channel:
         yield classifier_pb2_grpc.ClassifierStub(channel)
@@ -213,7 +214,7 @@ async def test_draining_refuses_new_calls_but_keeps_health_answering(server, cha
     health = health_pb2_grpc.HealthStub(channel)
     watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-    stopping = asyncio.create_task(server.stop(grace=5))
+    stopping = asyncio.create_task(asyncio.to_thread(server.stop, 5))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
     refused = await first_refusal(lambda: stub.Classify(pb.ClassifyRequest(images=[IMAGE])))
     assert refused.code() == grpc.StatusCode.UNAVAILABLE

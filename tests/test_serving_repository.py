@@ -5,17 +5,15 @@ import logging
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from common.contract import MANIFEST, MODEL_FILE
 from serving import cli
-from serving.codecs.images import IMAGE_SHAPE
+from serving.batching import BatchingPolicy
 from serving.errors import NotFound
-from serving.repository import LABEL, MANIFEST, MODEL_FILE, PROBABILITIES, load_repository
-from training import repository as training_repository
-from training.preprocessing import IMAGE_SHAPE as TRAINING_IMAGE_SHAPE
+from serving.repository import load_repository
 
 
 @pytest.fixture(autouse=True)
@@ -27,20 +25,13 @@ def restore_logging():
 
 
 @pytest.fixture
-def executor():
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
-
-
-def test_serving_contract_matches_what_training_writes():
-    assert (MANIFEST, MODEL_FILE) == (training_repository.MANIFEST, training_repository.MODEL_FILE)
-    assert IMAGE_SHAPE == TRAINING_IMAGE_SHAPE
-    assert [o["name"] for o in training_repository.OUTPUTS] == [PROBABILITIES, LABEL]
+def policy() -> BatchingPolicy:
+    return BatchingPolicy()
 
 
 def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_repository,
-                                                                          executor):
-    registry = load_repository(model_repository, executor)
+                                                                          policy):
+    registry = load_repository(model_repository, policy)
     assert registry.names == ["baseline", "mlp", "softmax"]
     assert registry.versions("mlp") == [1, 2]
     assert registry.get("mlp").version == 2
@@ -53,13 +44,13 @@ def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_
         registry.get("mlp", 7)
 
 
-async def test_predict_runs_the_graph_with_its_preprocessing(model_repository, executor,
+def test_predict_runs_the_graph_with_its_preprocessing(model_repository, policy,
                                                              test_set):
     import onnxruntime
 
-    model = load_repository(model_repository, executor).get("softmax")
+    model = load_repository(model_repository, policy).get("softmax")
     images = test_set[0][:50]
-    prediction = await model.predict(images)
+    prediction = model.predict(images)
     session = onnxruntime.InferenceSession(model_repository / "softmax/1/model.onnx")
     probabilities, labels = session.run(["probabilities", "label"], {"images": images})
     np.testing.assert_array_equal(prediction.probabilities, probabilities)
@@ -133,9 +124,9 @@ def test_cli_refuses_a_repository_it_cannot_serve_with_one_line(case, repository
 
 
 def test_load_repository_refuses_a_tampered_version_and_loads_the_rest(repository_copy,
-                                                                      executor):
+                                                                      policy):
     _damage(repository_copy, "sha256 mismatch")
-    registry = load_repository(repository_copy, executor)
+    registry = load_repository(repository_copy, policy)
     assert registry.versions("mlp") == [1]
     assert "the file changed after it was written" in registry.refused[("mlp", 2)]
 
@@ -155,9 +146,9 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
     ("argv", "environ", "message"),
     [
         (["--port", "x"], {}, "--port: expected int, got 'x'"),
-        ([], {"FMNIST_MAX_BATCH_SIZE": "0"}, "--max-batch-size: expected >= 1, got 0"),
+        ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"}, "--max-request-images: expected >= 1, got 0"),
         (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
-        (["--max-batch-size", "100000"], {}, "--max-message-bytes: expected at least"),
+        (["--max-request-images", "100000"], {}, "--max-message-bytes: expected at least"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
@@ -177,4 +168,4 @@ def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
     assert settings.model_repository == tmp_path
     assert settings.log_level == "DEBUG"
     assert settings.grace_period == 2.5
-    assert settings.max_batch_size == 1024
+    assert settings.max_request_images == 1024

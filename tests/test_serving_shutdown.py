@@ -34,7 +34,7 @@ async def test_streams_in_flight_finish_while_new_calls_are_refused(server, stub
 
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-    stopping = asyncio.create_task(server.stop(grace=30))
+    stopping = asyncio.create_task(asyncio.to_thread(server.stop, 30))
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
     refused = await first_refusal(lambda: stub.Classify(encode_request(batches[0])))
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
@@ -109,9 +109,9 @@ def test_client_sees_unavailable_once_the_server_is_gone(thread_server_factory):
 
 @pytest.fixture
 def thread_server_factory(settings):
-    from conftest import server_on_thread
+    from conftest import running_server
 
-    return lambda: server_on_thread(settings)
+    return lambda: running_server(settings)
 
 
 def test_request_encoding_round_trips(test_set):

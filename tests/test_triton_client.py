@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import server_on_thread
+from conftest import running_server
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
@@ -44,8 +44,8 @@ def seen(triton_python, model_repository, images, tmp_path_factory):
     folder = tmp_path_factory.mktemp("triton")
     np.save(folder / "images.npy", images)
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        max_batch_size=MAX_BATCH, worker_threads=2, poll_interval=0)
-    with server_on_thread(settings) as server:
+                        max_request_images=MAX_BATCH, parallel_inferences=2, poll_interval=0)
+    with running_server(settings) as server:
         target = f"127.0.0.1:{server.port}"
         script = subprocess.Popen(
             [triton_python, str(ROOT / "tests" / "triton_client_checks.py"), target,

@@ -16,14 +16,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from test_deadlines import infer_request, slow_classifier
 from test_metrics import free_port, value
 from test_metrics import scrape as scrape_metrics
 
-from fashion_mnist.v1 import classifier_pb2, classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.settings import Settings
-from serving.workers import pinned_cores
+from serving.workers import READY, _StartReport
+from training.repository import write_version
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
 REQUEST = pb.ModelInferRequest(
@@ -31,6 +31,7 @@ REQUEST = pb.ModelInferRequest(
         name="images", datatype="UINT8", shape=IMAGES.shape)],
     raw_input_contents=[IMAGES.tobytes()])
 OK_CALLS = {"api": "v2", "method": "ModelInfer", "model": "mlp", "code": "OK"}
+LIVE_CALLS = {"api": "v2", "method": "ServerLive", "model": "", "code": "OK"}
 
 
 class Logs:
@@ -138,41 +139,6 @@ def statistics_success(target: str) -> int:
 
 
 
-def threads_affinities(pid: int) -> list[set[int]]:
-    return [os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
-
-
-def test_workers_are_pinned_one_per_core_when_they_cover_every_core(workers):
-    _process, _logs, started, _metrics_port = workers
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) == len(started["pids"]):  # 2 workers, 2 cores (this project's CI machine)
-        assert started["pinned_to_cores"] == cores
-        # gRPC's threads stay on their worker's core, one core per worker
-        pinned = [{core for allowed in threads_affinities(pid) if len(allowed) == 1
-                   for core in allowed} for pid in started["pids"]]
-        assert sorted(core for worker in pinned for core in worker) == cores
-        assert all(os.sched_getaffinity(pid) == set(cores) for pid in started["pids"])  # loop
-        # a stream batch bigger than the event loop runs goes to an inference thread, which
-        # may use every core
-        big = [bytes(784)] * 300
-        with grpc.insecure_channel(started["address"]) as channel:
-            stub = classifier_pb2_grpc.ClassifierStub(channel)
-            list(stub.ClassifyStream(iter([classifier_pb2.ClassifyRequest(images=big)]),
-                                     timeout=30))
-        assert any(set(cores) in threads_affinities(pid) for pid in started["pids"])
-    else:  # fewer workers than cores (or one core): the kernel places them
-        assert started["pinned_to_cores"] == "no"
-        assert all(allowed == set(cores) for pid in started["pids"]
-                   for allowed in threads_affinities(pid))
-
-
-def test_pinning_needs_a_worker_for_every_core_and_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert pinned_cores(Settings(workers=4)) == [0, 1, 2, 3]
-    assert pinned_cores(Settings(workers=6)) == [0, 1, 2, 3]  # slot 4 shares core 0
-    assert pinned_cores(Settings(workers=2)) == []  # as in a container with a CPU quota
-    assert pinned_cores(Settings(workers=4, worker_affinity="none")) == []
-
 def test_workers_share_the_port_and_their_metrics_add_up(workers):
     process, _, started, metrics_port = workers
     target, pids = started["address"], started["pids"]
@@ -184,31 +150,84 @@ def test_workers_share_the_port_and_their_metrics_add_up(workers):
     assert statistics_success(target) == 40
 
 
-def test_the_supervisor_deals_the_connections_to_the_workers_in_turn(workers):
+def test_every_worker_listens_and_the_supervisor_holds_no_connection(workers):
     process, logs, started, metrics_port = workers
-    assert started["connections"] == "round-robin"
     target, port = started["address"], port_of(started["address"])
-    with open_connections(target, 6):
-        assert [connections_held(pid, port) for pid in started["pids"]] == [3, 3]
-        assert connections_held(process.pid, port) == 0  # the supervisor keeps none
-    samples = scrape_metrics(metrics_port)
-    assert [value(samples, "fmnist_connections_total", worker=slot) for slot in "01"] == [3, 3]
-    # a worker names the client, not the descriptor it was handed, in its logs
+    with open_connections(target, 4):
+        assert sum(connections_held(pid, port) for pid in started["pids"]) == 4
+        assert connections_held(process.pid, port) == 0
+    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 4
+    # a worker names the client in its logs
     with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
             pb.ModelInferRequest(model_name="mlp"), timeout=30)
     assert logs.wait_for("request failed")[0]["peer"].startswith("ipv4:127.0.0.1:")
 
 
-def test_with_kernel_spreading_every_worker_listens(model_repository):
-    with running_workers(model_repository, "--connection-spread", "kernel") as running:
-        process, _logs, started, metrics_port = running
-        assert started["connections"] == "kernel"
-        with open_connections(started["address"], 4):
-            port = port_of(started["address"])
-            assert sum(connections_held(pid, port) for pid in started["pids"]) == 4
-            assert connections_held(process.pid, port) == 0
-        assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 4
+def pipes(pid: int) -> set[str]:
+    found = set()
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+            if target.startswith("pipe:"):
+                found.add(target)
+    return found
+
+
+def standard_streams(pid: int) -> set[str]:
+    return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)
+            if os.path.exists(f"/proc/{pid}/fd/{fd}")}
+
+
+def test_a_worker_holds_no_pipe_but_its_standard_streams(workers):
+    """Neither the supervisor's wake-up pipe nor another worker's start report (the second
+    worker is forked while the first one starts) leaks into a worker."""
+    process, _logs, started, _ = workers
+    for pid in started["pids"]:
+        assert pipes(pid) <= standard_streams(process.pid)
+
+
+def test_a_start_report_is_never_written_after_it_is_sent():
+    """Once the report is sent its descriptor is closed; the number may then belong to a
+    client's socket, so a late failure must not write there."""
+    read_end, write_end = os.pipe()
+    report = _StartReport(write_end)
+    report.send(READY)
+    assert os.read(read_end, 16) == READY
+    reused_read, reused_write = os.pipe()  # the lowest free numbers: write_end's among them
+    try:
+        assert write_end in (reused_read, reused_write)
+        os.set_blocking(reused_read, False)
+        report.send(b"worker failed: late")
+        with pytest.raises(BlockingIOError):
+            os.read(reused_read, 64)
+    finally:
+        for fd in (read_end, reused_read, reused_write):
+            os.close(fd)
+
+
+def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_copy):
+    """A worker stuck loading (here, reading a manifest that is a FIFO nobody writes) does
+    not keep the supervisor from stopping on SIGTERM: it is killed after the grace period."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(repository_copy),
+         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--grace-period", "1",
+         "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logs = Logs(process.stderr)
+    try:
+        time.sleep(1.0)  # the workers are stuck in the FIFO by now
+        process.send_signal(signal.SIGTERM)
+        logs.wait_for("shutdown requested", timeout=10)
+        assert process.wait(1 + 5 + 10) == 0  # grace, the supervisor's margin, slack
+        assert logs.wait_for("workers did not stop in time; killing them")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(workers):
@@ -217,14 +236,14 @@ def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(wor
         with grpc.insecure_channel(started["address"]) as channel:
             pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(),
                                                                  timeout=10)
-        assert value(scrape_metrics(metrics_port), "fmnist_connections_total", worker="0") == 1
+        assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **LIVE_CALLS) == 1
     metrics_pid = next(pid for pid in children(process.pid) if pid not in started["pids"])
     os.kill(metrics_pid, signal.SIGKILL)
     assert logs.wait_for("metrics process died; starting another")[0]["pid"] == metrics_pid
     for _ in range(100):  # the replacement serves the same port
         with contextlib.suppress(OSError):
-            assert value(scrape_metrics(metrics_port), "fmnist_connections_total",
-                         worker="0") == 1
+            assert value(scrape_metrics(metrics_port), "fmnist_requests_total",
+                         **LIVE_CALLS) == 1
             break
         time.sleep(0.1)
     else:
@@ -246,12 +265,11 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     logs.wait_for("serving", count=3)  # the replacement serves
     replacement = logs.wait_for("worker serving")[0]["pid"]
     assert replacement not in pids
-    with open_connections(target, 2):  # the replacement gets its turn
-        port = port_of(target)
-        assert [connections_held(pid, port) for pid in (pids[1], replacement)] == [1, 1]
+    with open_connections(target, 16):  # the kernel gives the replacement some of them
+        assert connections_held(replacement, port_of(target)) > 0
     calls_over_connections(target, connections=4, per_connection=2)
     # the dead worker's counts stay in the sum
-    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 16
+    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 30
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     logs.wait_for("stopped")
@@ -320,3 +338,35 @@ def test_workers_do_not_outlive_a_killed_supervisor(workers):
     assert not any(alive(pid) for pid in started["pids"])
     assert len(logs.wait_for("stopped", count=2)) == 2  # each worker drained and stopped
     shutil.rmtree(started["metrics_dir"])  # only a killed supervisor leaves it behind
+
+
+def test_a_process_limited_to_fewer_cpus_sizes_itself_from_them_and_batches(repository_copy):
+    """Defaults come from the CPUs the process may use, not the host's: on one CPU of this
+    host, one process and one onnxruntime call per model version at a time, so requests
+    arriving while the model is busy are batched (on a big host with a small CPU limit,
+    instances as many as the host's cores would never batch)."""
+    write_version(repository_copy, "slow", slow_classifier(), {"description": "slow"})
+    one_cpu = str(min(os.sched_getaffinity(0)))
+    process = subprocess.Popen(
+        ["taskset", "--cpu-list", one_cpu, sys.executable, "-m", "serving",
+         "--model-repository", str(repository_copy), "--host", "127.0.0.1", "--port", "0",
+         "--poll-interval", "0", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logs = Logs(process.stderr)
+    try:
+        target = logs.wait_for("serving")[0]["address"]
+        assert children(process.pid) == []  # a single process
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            config = stub.ModelConfig(pb.ModelConfigRequest(name="slow"), timeout=30).config
+            assert [group.count for group in config.instance_group] == [1]
+            calls = [stub.ModelInfer.future(infer_request(64), timeout=60) for _ in range(8)]
+            for call in calls:
+                call.result()
+            (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow"),
+                                            timeout=30).model_stats
+        assert stats.inference_stats.success.count == 8
+        assert stats.execution_count < 8
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -15,8 +15,18 @@ import numpy as np
 from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.codecs.images import images_from_bytes
 from serving.errors import InvalidArgument
-from serving.repository import ModelVersion, Prediction, TensorSpec
-from serving.service import Classification
+from serving.manifest import TensorSpec
+from serving.repository import ModelVersion, Prediction
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The requested model's and the baseline's answers for one batch, and who gave them."""
+
+    model: ModelVersion
+    model_prediction: Prediction
+    baseline: ModelVersion
+    baseline_prediction: Prediction
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,8 @@ class ClassifyQuery:
     request_id: str
 
 
-def decode_classify_request(request: pb.ClassifyRequest, max_batch_size: int) -> ClassifyQuery:
-    images = images_from_bytes(request.images, max_batch_size, "images")
+def decode_classify_request(request: pb.ClassifyRequest, max_request_images: int) -> ClassifyQuery:
+    images = images_from_bytes(request.images, max_request_images, "images")
     check_version(request.version)
     return ClassifyQuery(images, request.model, request.version, request.request_id)
 

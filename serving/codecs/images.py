@@ -8,27 +8,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.contract import IMAGE_BYTES, IMAGE_SHAPE
 from serving.errors import InvalidArgument
 
-IMAGE_SHAPE = (28, 28)
-IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
-
-def check_batch_size(count: int, max_batch_size: int, field: str) -> None:
-    """A batch holds at least one image and at most ``max_batch_size``."""
+def check_batch_size(count: int, max_request_images: int, field: str) -> None:
+    """A batch holds at least one image and at most ``max_request_images``."""
     if count == 0:
         raise InvalidArgument(f"{field}: expected at least 1 image, got 0")
-    if count > max_batch_size:
+    if count > max_request_images:
         raise InvalidArgument(
-            f"{field}: expected at most {max_batch_size} images per request "
-            f"(the server's --max-batch-size), got {count}"
+            f"{field}: expected at most {max_request_images} images per request "
+            f"(the server's --max-request-images), got {count}"
         )
 
 
-def images_from_bytes(images: Sequence[bytes], max_batch_size: int, field: str) -> np.ndarray:
+def images_from_bytes(images: Sequence[bytes], max_request_images: int, field: str) -> np.ndarray:
     """One ``bytes`` of 784 pixels per image -> ``uint8 [N,28,28]`` (one copy, no Python loop
     over pixels)."""
-    check_batch_size(len(images), max_batch_size, field)
+    check_batch_size(len(images), max_request_images, field)
     lengths = np.fromiter(map(len, images), dtype=np.int64, count=len(images))
     wrong = np.flatnonzero(lengths != IMAGE_BYTES)
     if wrong.size:
@@ -40,7 +38,7 @@ def images_from_bytes(images: Sequence[bytes], max_batch_size: int, field: str) 
     return pixels.reshape(len(images), *IMAGE_SHAPE)
 
 
-def images_from_array(array: np.ndarray, max_batch_size: int, field: str) -> np.ndarray:
+def images_from_array(array: np.ndarray, max_request_images: int, field: str) -> np.ndarray:
     """A ``uint8`` array ``[N,28,28]`` or ``[N,784]`` -> ``uint8 [N,28,28]`` (a view, no copy)."""
     if array.dtype != np.uint8:
         raise InvalidArgument(f"{field}: expected datatype UINT8, got {array.dtype.name.upper()}")
@@ -48,5 +46,5 @@ def images_from_array(array: np.ndarray, max_batch_size: int, field: str) -> np.
         raise InvalidArgument(
             f"{field}: expected shape [N,28,28] or [N,784], got {list(array.shape)}"
         )
-    check_batch_size(array.shape[0], max_batch_size, field)
+    check_batch_size(array.shape[0], max_request_images, field)
     return array.reshape(array.shape[0], *IMAGE_SHAPE)

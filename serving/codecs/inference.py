@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.contract import IMAGE_SHAPE, LABEL, PROBABILITIES
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
-from serving.codecs.images import IMAGE_SHAPE, images_from_array
+from serving.codecs.images import images_from_array
 from serving.errors import InvalidArgument
 from serving.metrics import ModelStatistics
-from serving.repository import LABEL, PROBABILITIES, ModelVersion, Prediction
+from serving.repository import ModelVersion, Prediction
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -63,7 +64,7 @@ def parse_version(version: str) -> int:
 
 
 def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
-                         max_batch_size: int) -> InferQuery:
+                         max_request_images: int) -> InferQuery:
     """Checks the request against the model's one input and its outputs."""
     expected_input = model.manifest.inputs[0]
     if len(request.inputs) != 1 or request.inputs[0].name != expected_input.name:
@@ -85,7 +86,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
             f"got {pixels.size}")
-    images = images_from_array(pixels.reshape(shape), max_batch_size, field)
+    images = images_from_array(pixels.reshape(shape), max_request_images, field)
     return InferQuery(request.model_name, model.version, request.id, images,
                       _requested_outputs(request, model), raw)
 
@@ -204,7 +205,7 @@ def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelM
     )
 
 
-def encode_model_config(model: ModelVersion, max_batch_size: int, max_delay_s: float,
+def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_s: float,
                         instances: int) -> pb.ModelConfigResponse:
     """Triton's view of the model: batched along the first dimension, dims without it."""
     manifest = model.manifest
@@ -213,7 +214,7 @@ def encode_model_config(model: ModelVersion, max_batch_size: int, max_delay_s: f
         platform=PLATFORM,
         backend=BACKEND,
         version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
-        max_batch_size=max_batch_size,
+        max_batch_size=max_request_images,
         input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
                                     dims=s.shape[1:]) for s in manifest.inputs],
         output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype],

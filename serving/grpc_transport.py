@@ -1,0 +1,153 @@
+"""The gRPC transport: grpcio's synchronous server, translating calls for the call pipeline.
+
+It decides nothing. ``PipelineInterceptor`` (a ``grpc.ServerInterceptor``) puts every method
+of every service through ``CallPipeline``: it describes the call as a ``Call``, lets the
+pipeline parse the request bytes (bytes that do not parse are INVALID_ARGUMENT, where grpcio
+would answer INTERNAL), and turns a ``ServingError`` into the status its class names. The data
+plane's methods (``serving.api``) are registered as they are, called with the ``Call``;
+health and reflection come from their packages, called with their ``ServicerContext``.
+"""
+
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import descriptor, message_factory
+
+from serving.errors import ServingError
+from serving.pipeline import Call, CallPipeline, parse_request
+
+
+class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not an error kind)
+    """A package's handler (health, reflection) ended its call with a status of its own."""
+
+
+def api_handler(service: descriptor.ServiceDescriptor, api: object) -> grpc.GenericRpcHandler:
+    """Serves ``service`` with the methods of the same names of ``api`` (the data plane),
+    each ``(request or request iterator, Call) -> response or response iterator``."""
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
+             (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler,
+             (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {
+        method.name: kinds[method.client_streaming, method.server_streaming](
+            getattr(api, method.name),
+            request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+            response_serializer=message_factory.GetMessageClass(
+                method.output_type).SerializeToString)
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+class PipelineInterceptor(grpc.ServerInterceptor):
+    def __init__(self, pipeline: CallPipeline, api_services: Iterable[str]):
+        """``api_services``: the services whose handlers are data plane methods."""
+        self._pipeline = pipeline
+        self._api_services = frozenset(api_services)
+        self._wrapped: dict[tuple[str, object], grpc.RpcMethodHandler] = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return None
+        wrapped = self._wrapped.get((method, handler))
+        if wrapped is None:  # once per method: the server passes the same handlers each call
+            wrapped = self._wrapped[method, handler] = (
+                self._wrap(method, handler) if self._pipeline.guards(method)
+                else _parsing_only(handler))
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        pipeline = self._pipeline
+        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                    or handler.stream_stream)
+        is_api = method.strip("/").partition("/")[0] in self._api_services
+        parse = handler.request_deserializer
+        run = pipeline.stream if handler.response_streaming else pipeline.unary
+
+        def through_pipeline(data, context):
+            if is_api:
+                return run(_call(method, context), behavior, data, parse)
+            return run(_call(method, context),
+                       lambda request, _call: _run_foreign(behavior, request, context), data,
+                       parse)
+
+        if handler.response_streaming:
+            def answer(data, context):
+                try:
+                    yield from through_pipeline(data, context)
+                except ServingError as error:
+                    _abort(context, error)
+        else:
+            def answer(data, context):
+                try:
+                    return through_pipeline(data, context)
+                except ServingError as error:
+                    _abort(context, error)
+
+        kind = (f"{'stream' if handler.request_streaming else 'unary'}_"
+                f"{'stream' if handler.response_streaming else 'unary'}")
+        return handler._replace(request_deserializer=None, **{kind: answer})
+
+
+def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Health's unary handlers, which the pipeline leaves alone, reading request bytes: those
+    that do not parse are INVALID_ARGUMENT. Watch stays non-blocking (no thread while it
+    waits)."""
+    parse, behavior = handler.request_deserializer, handler.unary_unary or handler.unary_stream
+
+    def answer(data, context, *callback):
+        try:
+            request = parse_request(parse, data)
+        except ServingError as error:
+            _abort(context, error)
+        return behavior(request, context, *callback)
+
+    for attribute in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, attribute):
+            setattr(answer, attribute, getattr(behavior, attribute))
+    kind = "unary_stream" if handler.response_streaming else "unary_unary"
+    return handler._replace(request_deserializer=None, **{kind: answer})
+
+
+def _run_foreign(behavior, request, context: grpc.ServicerContext):
+    """A package's handler, which may end its call itself (``context.abort`` raises a bare
+    Exception): that status stands."""
+    try:
+        return behavior(request, context)
+    except Exception:
+        if context.code() is None:
+            raise
+        raise AnsweredByHandler(f"answered {context.code().name}") from None
+
+
+def _call(method: str, context: grpc.ServicerContext) -> Call:
+    authorization = next((value for key, value in context.invocation_metadata() or ()
+                          if key == "authorization"), "")
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode(errors="replace")
+    remaining = context.time_remaining()
+    return Call(method, authorization, context.peer(),
+                None if remaining is None else time.monotonic() + remaining, context.is_active)
+
+
+def _abort(context: grpc.ServicerContext, error: ServingError):
+    if context.code() is not None:  # the handler set its own status
+        raise error
+    context.abort(grpc.StatusCode[error.grpc_code], str(error))
+
+
+def grpc_server(threads: int, interceptors: Iterable[grpc.ServerInterceptor],
+                max_message_bytes: int, reuse_port: bool) -> grpc.Server:
+    """grpcio's synchronous server; ``threads``: calls answered at once (a stream holds one
+    for its whole life); ``reuse_port``: several worker processes share the port."""
+    return grpc.server(
+        ThreadPoolExecutor(threads, thread_name_prefix="grpc-call"),
+        interceptors=list(interceptors),
+        options=[("grpc.max_receive_message_length", max_message_bytes),
+                 ("grpc.max_send_message_length", max_message_bytes),
+                 ("grpc.so_reuseport", int(reuse_port))],
+    )

@@ -1,0 +1,135 @@
+"""Reads and checks a version's ``model.json`` and its ONNX graph against the serving contract:
+the server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``. Every problem is
+a ``RepositoryError`` naming the file and what was expected."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.contract import IMAGE_SHAPE, LABEL, MANIFEST, PROBABILITIES
+from serving.errors import RepositoryError
+
+REQUIRED_KEYS = ("name", "version", "inputs", "outputs", "classes", "sha256")
+# Open Inference Protocol datatype -> onnxruntime type string.
+ORT_TYPES = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)", "INT64": "tensor(int64)"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The part of ``model.json`` the server uses."""
+
+    name: str
+    version: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    class_names: tuple[str, ...]
+    sha256: str
+    test_accuracy: float
+    created_at: str
+    description: str
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parses and checks ``<path>/model.json`` against its directory and the serving contract."""
+    manifest_path = path / MANIFEST
+    try:
+        document = json.loads(read_file(manifest_path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RepositoryError(f"{manifest_path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise RepositoryError(f"{manifest_path}: expected a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in document]
+    if missing:
+        raise RepositoryError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
+    try:
+        manifest = Manifest(
+            name=str(document["name"]),
+            version=int(document["version"]),
+            inputs=tuple(_tensor_spec(spec) for spec in document["inputs"]),
+            outputs=tuple(_tensor_spec(spec) for spec in document["outputs"]),
+            class_names=tuple(str(name) for name in document["classes"]),
+            sha256=str(document["sha256"]),
+            test_accuracy=float((document.get("metrics") or {}).get("test_accuracy", 0.0)),
+            created_at=str(document.get("created_at", "")),
+            description=str(document.get("description", "")),
+        )
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise RepositoryError(
+            f"{manifest_path}: malformed ({type(error).__name__}: {error})"
+        ) from None
+    if (manifest.name, str(manifest.version)) != (path.parent.name, path.name):
+        raise RepositoryError(
+            f"{manifest_path}: names {manifest.name}/{manifest.version}, "
+            f"expected {path.parent.name}/{path.name} (its directory)"
+        )
+    _check_contract(manifest_path, manifest)
+    return manifest
+
+
+def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
+    """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``."""
+    image_input = ("UINT8", (-1, *IMAGE_SHAPE))
+    if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
+        raise RepositoryError(
+            f"{manifest_path}: inputs {list(manifest.inputs)}, expected one UINT8 [-1,28,28] input"
+        )
+    expected_outputs = (
+        TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
+        TensorSpec(LABEL, "INT64", (-1,)),
+    )
+    outputs = {spec.name: spec for spec in manifest.outputs}
+    for spec in expected_outputs:
+        if outputs.get(spec.name) != spec:
+            raise RepositoryError(
+                f"{manifest_path}: output {spec.name!r} is {outputs.get(spec.name)}, expected "
+                f"{spec.datatype} {list(spec.shape)}"
+            )
+
+
+def check_graph(model_path: Path, manifest: Manifest, session) -> None:
+    """The ONNX graph's inputs and outputs have the names, types and shapes the manifest says."""
+    graph_inputs = {arg.name: arg for arg in session.get_inputs()}
+    graph_outputs = {arg.name: arg for arg in session.get_outputs()}
+    if set(graph_inputs) != {spec.name for spec in manifest.inputs}:
+        raise RepositoryError(
+            f"{model_path}: graph inputs {sorted(graph_inputs)} differ from {MANIFEST}'s "
+            f"{[spec.name for spec in manifest.inputs]}"
+        )
+    for kind, specs, graph in (("input", manifest.inputs, graph_inputs),
+                               ("output", manifest.outputs, graph_outputs)):
+        for spec in specs:
+            arg = graph.get(spec.name)
+            if arg is None:
+                raise RepositoryError(f"{model_path}: graph has no {kind} {spec.name!r}")
+            shape_fits = len(arg.shape) == len(spec.shape) and all(
+                want in (-1, got) for got, want in zip(arg.shape, spec.shape, strict=True)
+            )
+            if arg.type != ORT_TYPES[spec.datatype] or not shape_fits:
+                raise RepositoryError(
+                    f"{model_path}: graph {kind} {spec.name!r} is {arg.type} {arg.shape}, "
+                    f"{MANIFEST} says {spec.datatype} {list(spec.shape)}"
+                )
+
+
+def _tensor_spec(document: dict[str, Any]) -> TensorSpec:
+    datatype = str(document["datatype"])
+    if datatype not in ORT_TYPES:
+        raise ValueError(f"datatype {datatype!r} is not one of {', '.join(ORT_TYPES)}")
+    return TensorSpec(str(document["name"]), datatype, tuple(int(d) for d in document["shape"]))
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(f"{path}: missing") from None
+    except OSError as error:
+        raise RepositoryError(f"{path}: cannot read it ({error.strerror})") from None

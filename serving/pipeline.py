@@ -1,0 +1,194 @@
+"""The one call pipeline, the same around every method of every transport.
+
+A transport describes each call as a ``Call`` and hands ``CallPipeline`` the request and the
+data plane's handler; the pipeline checks the bearer token, admits the call (draining, the
+concurrency limit), counts it in the metrics and turns every failure into a ``ServingError``
+whose class says the status (``serving.errors``). A transport only translates that status.
+
+Health stays open (probes hold no token) and, like reflection, is never refused or counted:
+a draining server says NOT_SERVING over health rather than refusing it.
+"""
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from serving.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    Unauthenticated,
+    Unavailable,
+)
+from serving.metrics import IN_FLIGHT, CallMetrics
+
+OPEN_PREFIX = "/grpc.health.v1."  # no token needed
+UNCOUNTED_PREFIXES = (OPEN_PREFIX, "/grpc.reflection.")  # never refused, not in the metrics
+API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2"}
+DRAINING_MESSAGE = "server is shutting down; retry on another replica"
+
+log = logging.getLogger(__name__)
+
+
+def _always_active() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the pipeline and the data plane know of a call, whatever the transport."""
+
+    method: str  # "/package.Service/Method"
+    authorization: str = ""  # as sent: "Bearer TOKEN"
+    peer: str = ""
+    deadline: float | None = None  # a time.monotonic() instant
+    is_active: Callable[[], bool] = field(default=_always_active)
+
+    def check_alive(self) -> None:
+        """Raises if the answer would reach nobody: work for this call stops here."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded("deadline exceeded before the images were computed")
+        if not self.is_active():
+            raise Cancelled("call cancelled by the client")
+
+
+class Admission:
+    """Counts the calls in flight; refuses them once draining, or over ``max_in_flight``."""
+
+    def __init__(self, max_in_flight: int = 0):
+        self.max_in_flight = max_in_flight
+        self.accepting = True
+        self.in_flight = 0
+        self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
+        self._counting = threading.Lock()
+
+    def close(self) -> None:
+        """From now on, new calls get UNAVAILABLE; calls in flight go on."""
+        self.accepting = False
+
+    def enter(self) -> None:
+        """Counts a call in: one step under the lock, so that calls starting together on
+        several threads cannot all pass a check made before any of them is counted."""
+        with self._counting:
+            if not self.accepting:
+                self.refused += 1
+                raise Unavailable(DRAINING_MESSAGE)
+            if self.max_in_flight and self.in_flight >= self.max_in_flight:
+                raise ResourceExhausted(
+                    f"server overloaded: {self.max_in_flight} calls in flight "
+                    "(--max-concurrent-calls); retry with backoff or on another replica")
+            self.in_flight += 1
+        IN_FLIGHT.inc()
+
+    def leave(self) -> None:
+        with self._counting:
+            self.in_flight -= 1
+        IN_FLIGHT.dec()
+
+
+class CallPipeline:
+    def __init__(self, token: str, admission: Admission,
+                 model_label: Callable[[object], str] = lambda request: ""):
+        """``token``: what every call but health's must present ("" : none);
+        ``model_label``: the metrics' model label of a request."""
+        self._expected = f"Bearer {token}".encode() if token else b""
+        self.admission = admission
+        self._model_label = model_label
+        self._metrics: dict[str, CallMetrics] = {}
+
+    def guards(self, method: str) -> bool:
+        """Whether the pipeline does anything for ``method``: not for health, which needs no
+        token, is never refused and is not counted (a transport may answer it directly)."""
+        return not method.startswith(OPEN_PREFIX)
+
+    def unary(self, call: Call, handler: Callable, request, parse: Callable | None = None):
+        """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
+        the transport received into the request, once the call is admitted (its errors are
+        the client's: InvalidArgument)."""
+        counted = self._enter(call)
+        started, code = time.perf_counter(), "OK"
+        try:
+            if parse is not None:
+                request = parse_request(parse, request)
+            return handler(request, call)
+        except Exception as error:
+            failure = self._failure(call, error)
+            code = failure.grpc_code
+            raise failure from None
+        finally:
+            if counted:
+                self._leave(call, request if isinstance(request, Message) else None,
+                            started, code)
+
+    def stream(self, call: Call, handler: Callable, requests: Iterable,
+               parse: Callable | None = None) -> Iterator:
+        """``handler(requests, call)``'s responses, then a ServingError if it fails;
+        ``parse`` as ``unary``'s, for each request."""
+        counted = self._enter(call)
+        started, code = time.perf_counter(), "OK"
+        if parse is not None:
+            requests = (parse_request(parse, request) for request in requests)
+        try:
+            yield from handler(requests, call)
+        except GeneratorExit:  # the transport stopped reading: the client went away
+            code = "CANCELLED"
+            raise
+        except Exception as error:
+            failure = self._failure(call, error)
+            code = failure.grpc_code
+            raise failure from None
+        finally:
+            if counted:
+                self._leave(call, None, started, code)
+
+    def _enter(self, call: Call) -> bool:
+        """Checks the token and admits the call; True if it is counted."""
+        if (self._expected and not call.method.startswith(OPEN_PREFIX)
+                and not hmac.compare_digest(call.authorization.encode(), self._expected)):
+            error = Unauthenticated("missing or invalid bearer token (authorization metadata)")
+            self._failure(call, error)
+            raise error
+        if call.method.startswith(UNCOUNTED_PREFIXES):
+            return False
+        try:
+            self.admission.enter()
+        except ServingError as error:
+            self._failure(call, error)
+            raise
+        return True
+
+    def _leave(self, call: Call, request, started: float, code: str) -> None:
+        self.admission.leave()
+        metrics = self._metrics.get(call.method)
+        if metrics is None:
+            service, _, name = call.method.strip("/").partition("/")
+            metrics = self._metrics[call.method] = CallMetrics(
+                API_LABELS.get(service, service), name)
+        metrics.observe(started, self._model_label(request) if request is not None else "",
+                        code)
+
+    def _failure(self, call: Call, error: Exception) -> ServingError:
+        """``error`` as the ServingError the client gets, logged once."""
+        fields = {"method": call.method, "peer": call.peer}
+        if isinstance(error, ServingError):
+            log.warning("request failed", extra={"fields": {
+                **fields, "code": error.grpc_code, "error": str(error)}})
+            return error
+        log.error("request crashed", exc_info=error, extra={"fields": fields})
+        return Internal()
+
+
+def parse_request(parse: Callable, data):
+    """``parse(data)``; whatever it raises is the client's fault: InvalidArgument."""
+    try:
+        return parse(data)
+    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
+        raise InvalidArgument(f"request: {error}") from None
