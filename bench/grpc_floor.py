@@ -1,16 +1,16 @@
-"""The floor of any Python gRPC server here: a ``grpc.aio`` server (uvloop, no interceptors)
-whose ``ModelInfer`` parses the request and returns one prebuilt answer, with no model and no
-validation. Measured with the same load generator, it shows how much of a server's time per
-request is gRPC in Python itself.
+"""The floor of a grpcio synchronous server here (the server's programming model: a thread
+pool, no interceptors), whose ``ModelInfer`` parses the request and returns one prebuilt
+answer, with no model and no validation. Measured with the same load generator, it shows how
+much of a server's time per request is gRPC in Python itself.
 
 Usage: python bench/grpc_floor.py PORT   (serves 127.0.0.1:PORT until killed)
 """
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-import uvloop
 
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
@@ -24,20 +24,20 @@ ANSWER = pb.ModelInferResponse(
 
 
 class FixedAnswer(pb_grpc.GRPCInferenceServiceServicer):
-    async def ModelReady(self, request, context):  # noqa: N802 (gRPC's name)
+    def ModelReady(self, request, context):  # noqa: N802 (gRPC's name)
         return pb.ModelReadyResponse(ready=True)
 
-    async def ModelInfer(self, request, context):  # noqa: N802 (gRPC's name)
+    def ModelInfer(self, request, context):  # noqa: N802 (gRPC's name)
         return ANSWER
 
 
-async def serve(port: int) -> None:
-    server = grpc.aio.server()
+def serve(port: int) -> None:
+    server = grpc.server(ThreadPoolExecutor(64))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(FixedAnswer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    server.start()
+    server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    serve(int(sys.argv[1]))

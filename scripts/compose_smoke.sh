@@ -251,10 +251,8 @@ main() {
         || fail "health check from the host did not answer SERVING"
     local logs  # read whole first: grep -q in a pipe may end it early, and pipefail fails it
     logs=$(podman logs "$classifier" 2>&1) || fail "podman logs failed: $logs"
-    grep -q "transport=native" <<<"$logs" \
-        || fail "the classifier does not serve through the native front door: $(tail -3 <<<"$logs")"
-    grep -q "connections=round-robin" <<<"$logs" \
-        || fail "the classifier's supervisor does not deal out the connections: $(tail -3 <<<"$logs")"
+    grep -q "workers serving" <<<"$logs" \
+        || fail "the classifier does not serve with a worker per CPU: $(tail -3 <<<"$logs")"
 
     log "classify test images from the host and compare with onnxruntime on the container's models"
     podman cp "$classifier:/models" "$SCRATCH/models"
