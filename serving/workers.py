@@ -22,7 +22,6 @@ session or a thread. It
 """
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -31,22 +30,19 @@ import socket
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import replace
 
-from serving.errors import RepositoryError
 from serving.scratch import scratch_parent
 from serving.settings import Settings
+from serving.worker_process import READY, drain_when_orphaned, read_all, worker_main
 
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
 START_TIMEOUT_S = 120.0  # a worker that neither serves nor fails by then is taken as failed
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
-READY = b"\x00"
 METRICS = -1  # the metrics process's slot
 METRICS_CLIENT_TIMEOUT_S = 5.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +161,7 @@ class _Supervisor:
             os.read(self._wake_read, 512)
         reports = []
         for pipe in set(readable) & set(self.starting):
-            reports.append((self.starting.pop(pipe), _read_all(pipe)))
+            reports.append((self.starting.pop(pipe), read_all(pipe)))
         return reports
 
     def _fork(self, slot: int) -> None:
@@ -175,7 +171,7 @@ class _Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            _worker_main(self.settings, write_end, [*self._own_descriptors()], supervisor)
+            worker_main(self.settings, write_end, [*self._own_descriptors()], supervisor)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -197,7 +193,7 @@ class _Supervisor:
                 signal.set_wakeup_fd(-1)
                 for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(signal_number, signal.SIG_DFL)
-                _drain_when_orphaned(supervisor)  # SIGTERM, which ends it
+                drain_when_orphaned(supervisor)  # SIGTERM, which ends it
                 for descriptor in (self._wake_read, self._wake_write, *self.starting):
                     os.close(descriptor)
                 self._metrics.serve_forever()
@@ -267,69 +263,6 @@ class _Supervisor:
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
-
-
-def _drain_when_orphaned(supervisor: int) -> None:
-    """Asks the kernel for SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL, so
-    that no worker outlives it (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != supervisor:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-class _StartReport:
-    """The worker's end of its start-report pipe: written once, then closed, never written
-    after that (the descriptor number may by then belong to a client's socket)."""
-
-    def __init__(self, fd: int):
-        self._fd: int | None = fd
-
-    def send(self, message: bytes) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):  # the supervisor may be gone
-            os.write(self._fd, message)
-        os.close(self._fd)
-        self._fd = None
-
-
-def _worker_main(settings: Settings, report_fd: int, inherited: list[int],
-                 supervisor: int) -> None:
-    """In the forked child: serve until SIGTERM, report the start; never returns."""
-    status = 1
-    report = _StartReport(report_fd)
-    try:
-        signal.set_wakeup_fd(-1)
-        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(signal_number, signal.SIG_DFL)
-        _drain_when_orphaned(supervisor)
-        for fd in inherited:
-            os.close(fd)
-        from serving.server import ListenError, serve
-
-        try:
-            serve(settings, on_ready=lambda _server: report.send(READY))
-            status = 0
-        except (RepositoryError, ListenError) as error:
-            report.send(str(error).encode())
-    except BaseException as error:  # a worker reports any failure, then exits
-        traceback.print_exc()
-        report.send(f"worker failed: {type(error).__name__}: {error}".encode())
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(status)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
 
 
 def _metrics_server(settings: Settings, directory: str):

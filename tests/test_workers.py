@@ -22,7 +22,7 @@ from test_metrics import scrape as scrape_metrics
 
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.workers import READY, _StartReport
+from serving.worker_process import READY, StartReport
 from training.repository import write_version
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
@@ -191,7 +191,7 @@ def test_a_start_report_is_never_written_after_it_is_sent():
     """Once the report is sent its descriptor is closed; the number may then belong to a
     client's socket, so a late failure must not write there."""
     read_end, write_end = os.pipe()
-    report = _StartReport(write_end)
+    report = StartReport(write_end)
     report.send(READY)
     assert os.read(read_end, 16) == READY
     reused_read, reused_write = os.pipe()  # the lowest free numbers: write_end's among them

@@ -1,0 +1,78 @@
+"""The worker side of ``serving.workers``: what a forked worker process runs, and how it
+reports its start to the supervisor."""
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import traceback
+
+from serving.errors import RepositoryError
+from serving.settings import Settings
+
+READY = b"\x00"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def drain_when_orphaned(supervisor: int) -> None:
+    """Asks the kernel for SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL, so
+    that no worker outlives it (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StartReport:
+    """The worker's end of its start-report pipe: written once, then closed, never written
+    after that (the descriptor number may by then belong to a client's socket)."""
+
+    def __init__(self, fd: int):
+        self._fd: int | None = fd
+
+    def send(self, message: bytes) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):  # the supervisor may be gone
+            os.write(self._fd, message)
+        os.close(self._fd)
+        self._fd = None
+
+
+def worker_main(settings: Settings, report_fd: int, inherited: list[int],
+                 supervisor: int) -> None:
+    """In the forked child: serve until SIGTERM, report the start; never returns."""
+    status = 1
+    report = StartReport(report_fd)
+    try:
+        signal.set_wakeup_fd(-1)
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signal_number, signal.SIG_DFL)
+        drain_when_orphaned(supervisor)
+        for fd in inherited:
+            os.close(fd)
+        from serving.server import ListenError, serve
+
+        try:
+            serve(settings, on_ready=lambda _server: report.send(READY))
+            status = 0
+        except (RepositoryError, ListenError) as error:
+            report.send(str(error).encode())
+    except BaseException as error:  # a worker reports any failure, then exits
+        traceback.print_exc()
+        report.send(f"worker failed: {type(error).__name__}: {error}".encode())
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
