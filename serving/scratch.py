@@ -1,6 +1,6 @@
-"""Where the server writes at run time (the metrics of worker processes, the grpc.aio socket
-behind the native front door): /dev/shm, which is memory and stays writable on read-only root
-file systems such as the compose service's, or else the system's temporary directory."""
+"""Where the server writes at run time (the metrics of worker processes): /dev/shm, which is
+memory and stays writable on read-only root file systems such as the compose service's, or
+else the system's temporary directory."""
 
 import os
 
