@@ -195,3 +195,31 @@ def test_a_delay_gathers_requests_into_one_call(session):
         for future in [pool.submit(queue.predict, images) for images in requests]:
             future.result(10)
     assert run.sizes == [sum(len(images) for images in requests)]
+
+
+def test_a_leader_hands_the_slot_on_once_its_own_request_is_answered(session):
+    """A caller runs batches only until its own request is answered: the requests queued
+    behind it are run by their own callers' threads, not by the leader's (which would make
+    its caller wait for the model on everybody's behalf)."""
+    run = CountingRun(session)
+    queue = batcher(run, max_images=1, max_parallel=1)
+    names = [f"caller-{index}" for index in range(4)]
+    finished: dict[str, float] = {}
+
+    def call(name: str) -> None:
+        threading.current_thread().name = name
+        queue.predict(np.zeros((1, 28, 28), np.uint8))
+        finished[name] = time.monotonic()
+
+    run.hold()
+    threads = [threading.Thread(target=call, args=(name,)) for name in names]
+    threads[0].start()
+    assert run.running.acquire(timeout=10)  # caller-0 leads, held in onnxruntime
+    for thread in threads[1:]:
+        thread.start()
+    wait_until_queued(queue, 3)  # caller-0's own request is in the call; the rest queue
+    run.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert run.threads == names  # each batch of one on its own caller's thread
+    assert finished["caller-0"] <= min(finished[name] for name in names[1:])
