@@ -18,10 +18,10 @@ from inference import grpc_service_pb2_grpc as pb_grpc
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
-SLOW_BATCH = 1024  # images: about 0.4 s of one onnxruntime thread for slow_classifier()
+SLOW_BATCH = 4096  # images: about 0.3 s of one onnxruntime thread for slow_classifier()
 
 
-def slow_classifier(width: int = 1024, layers: int = 48) -> onnx.ModelProto:
+def slow_classifier(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
     """A deep stack of wide MatMuls: the same signature as the served models, slow on purpose,
     so that a request can be made to wait behind another."""
     rng = np.random.default_rng(0)
@@ -71,7 +71,8 @@ async def slow_statistics(v2) -> pb.InferStatistics:
 async def slow_server(repository_copy, settings):
     write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
     one_thread = dataclasses.replace(settings, model_repository=repository_copy,
-                                     parallel_inferences=1, intra_op_threads=1)
+                                     parallel_inferences=1, intra_op_threads=1,
+                                     max_request_images=SLOW_BATCH)
     async with running_server(one_thread) as server:
         yield server
 
