@@ -313,3 +313,13 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
                            timeout=10).json()
     buffer.seek(0)
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
+
+
+def test_a_taken_port_is_an_oserror_at_start(served, url):
+    from serving.http.transport import HttpTransport
+
+    server = served[0]
+    taken = HttpTransport(server.settings, server.pipeline, server.classifier, server.inference,
+                          host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+    with pytest.raises(OSError, match="in use"):
+        taken.start()

@@ -73,24 +73,23 @@ def check_classification(result, expected: pb.ModelInferResponse) -> None:
 
 def test_sync_client_gets_the_grpc_answers(served, images):
     _, target, v2 = served
-    client = triton.InferenceServerClient(target)
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
-    assert not client.is_model_ready("nope")
-    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
-    assert client.get_model_metadata("mlp")["inputs"][0]["shape"] == [-1, 28, 28]
-    assert client.get_model_config("mlp")["max_batch_size"] == MAX_IMAGES
-    expected = grpc_answer(v2, images)
-    for binary in (True, False):
-        check_answers(client.infer("mlp", **tensors(triton, images, binary)), expected)
-    all_outputs = tensors(triton, images, True)["inputs"]  # binary_data_output, per tritonclient
-    check_answers(client.infer("mlp", all_outputs), expected)
-    for binary in (True, False):
-        check_classification(client.infer("mlp", **tensors(triton, images, binary, 3)),
-                             grpc_answer(v2, images, 3))
-    stats = client.get_inference_statistics("mlp")["model_stats"]
-    assert sum(entry["inference_count"] for entry in stats) >= 5 * len(images)
-    client.close()
+    with triton.InferenceServerClient(target) as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
+        assert not client.is_model_ready("nope")
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        assert client.get_model_metadata("mlp")["inputs"][0]["shape"] == [-1, 28, 28]
+        assert client.get_model_config("mlp")["max_batch_size"] == MAX_IMAGES
+        expected = grpc_answer(v2, images)
+        for binary in (True, False):
+            check_answers(client.infer("mlp", **tensors(triton, images, binary)), expected)
+        all_outputs = tensors(triton, images, True)["inputs"]  # binary_data_output: true
+        check_answers(client.infer("mlp", all_outputs), expected)
+        for binary in (True, False):
+            check_classification(client.infer("mlp", **tensors(triton, images, binary, 3)),
+                                 grpc_answer(v2, images, 3))
+        stats = client.get_inference_statistics("mlp")["model_stats"]
+        assert sum(entry["inference_count"] for entry in stats) >= 5 * len(images)
 
 
 async def test_aio_client_gets_the_grpc_answers(served, images):
@@ -134,11 +133,11 @@ def _refusals(module):
 @pytest.mark.parametrize("row", range(len(_refusals(triton))))
 def test_sync_client_sees_each_error_row(served, row):
     arguments, status, message = _refusals(triton)[row]
-    client = triton.InferenceServerClient(served[1])
-    with pytest.raises(InferenceServerException) as refused:
-        client.infer(**arguments)
-    assert (refused.value.status(), message in refused.value.message()) == (status, True), \
-        refused.value.message()
+    with triton.InferenceServerClient(served[1]) as client:
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(**arguments)
+        assert (refused.value.status(), message in refused.value.message()) == (status, True), \
+            refused.value.message()
 
 
 @pytest.mark.parametrize("row", range(len(_refusals(triton_aio))))
@@ -153,24 +152,24 @@ async def test_aio_client_sees_each_error_row(served, row):
 
 def test_overload_and_draining_reach_the_client_as_429_and_503(served, images):
     server, target, _ = served
-    client = triton.InferenceServerClient(target)
-    inputs = tensors(triton, images, True)["inputs"]
-    server.admission.max_in_flight, server.admission.in_flight = 1, 1  # one call held
-    try:
-        with pytest.raises(InferenceServerException) as refused:
-            client.infer("mlp", inputs)
-        assert refused.value.status() == "429"
-    finally:
-        server.admission.max_in_flight, server.admission.in_flight = 0, 0
-    server.admission.accepting = False  # what stop() does first
-    try:
-        with pytest.raises(InferenceServerException) as refused:
-            client.infer("mlp", inputs)
-        assert refused.value.status() == "503" and "shutting down" in refused.value.message()
-        assert client.is_server_live() and not client.is_server_ready()
-    finally:
-        server.admission.accepting = True
-    assert client.infer("mlp", inputs).as_numpy("label").shape == (len(images),)
+    with triton.InferenceServerClient(target) as client:
+        inputs = tensors(triton, images, True)["inputs"]
+        server.admission.max_in_flight, server.admission.in_flight = 1, 1  # one call held
+        try:
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("mlp", inputs)
+            assert refused.value.status() == "429"
+        finally:
+            server.admission.max_in_flight, server.admission.in_flight = 0, 0
+        server.admission.accepting = False  # what stop() does first
+        try:
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("mlp", inputs)
+            assert refused.value.status() == "503" and "shutting down" in refused.value.message()
+            assert client.is_server_live() and not client.is_server_ready()
+        finally:
+            server.admission.accepting = True
+        assert client.infer("mlp", inputs).as_numpy("label").shape == (len(images),)
 
 
 @pytest.fixture(scope="module")
@@ -181,21 +180,21 @@ def token_server(model_repository):
 
 async def test_the_token_is_needed_but_not_for_health(token_server, images):
     inputs = tensors(triton, images, True)["inputs"]
-    anonymous = triton.InferenceServerClient(token_server)
-    assert anonymous.is_server_live() and anonymous.is_server_ready()
-    with pytest.raises(InferenceServerException) as refused:
-        anonymous.infer("mlp", inputs)
-    assert refused.value.status() == "401" and "bearer token" in refused.value.message()
-    wrong = {"Authorization": "Bearer nope"}
-    with pytest.raises(InferenceServerException) as refused:
-        anonymous.get_model_metadata("mlp", headers=wrong)
-    assert refused.value.status() == "401"
-    good = {"Authorization": f"Bearer {TOKEN}"}
-    assert anonymous.infer("mlp", inputs, headers=good).as_numpy("label").shape == (4,)
-    async with triton_aio.InferenceServerClient(token_server) as client:
+    with triton.InferenceServerClient(token_server) as anonymous:
+        assert anonymous.is_server_live() and anonymous.is_server_ready()
         with pytest.raises(InferenceServerException) as refused:
-            await client.infer("mlp", tensors(triton_aio, images, True)["inputs"])
+            anonymous.infer("mlp", inputs)
+        assert refused.value.status() == "401" and "bearer token" in refused.value.message()
+        wrong = {"Authorization": "Bearer nope"}
+        with pytest.raises(InferenceServerException) as refused:
+            anonymous.get_model_metadata("mlp", headers=wrong)
         assert refused.value.status() == "401"
-        result = await client.infer("mlp", tensors(triton_aio, images, True)["inputs"],
-                                    headers=good)
-        assert result.as_numpy("label").shape == (4,)
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert anonymous.infer("mlp", inputs, headers=good).as_numpy("label").shape == (4,)
+        async with triton_aio.InferenceServerClient(token_server) as client:
+            with pytest.raises(InferenceServerException) as refused:
+                await client.infer("mlp", tensors(triton_aio, images, True)["inputs"])
+            assert refused.value.status() == "401"
+            result = await client.infer("mlp", tensors(triton_aio, images, True)["inputs"],
+                                        headers=good)
+            assert result.as_numpy("label").shape == (4,)

@@ -1,25 +1,37 @@
-"""The HTTP transport's server: cheroot (CherryPy's WSGI server) serving ``HttpApp``.
+"""The HTTP transport's server: granian's WSGI worker (Rust: hyper and tokio) serving
+``HttpApp`` on threads of this process.
 
-Why cheroot (figures in BENCHMARKS.md, ``bench/http_servers.py``): of the servers that can be
-embedded in this process (the same data plane and pipeline as gRPC) and serve TLS with client
-certificates, it is the fastest; its worker thread that reads a request runs the data plane
-and writes the answer, with no executor in between. waitress has no TLS; gunicorn and granian
-own the process (fork, signal handlers); werkzeug's server is for development.
+Why granian (figures in BENCHMARKS.md, bench/http_servers.py and bench/http_load.py): the
+HTTP parsing, TLS and socket work run in Rust without the GIL, and the app is called on one of
+granian's Python threads, which runs the data plane to the end (no executor, no event loop):
+with the real app it answers 1.6x cheroot's requests at batch 1 x 32 and 1.3x its images at
+batch 64 x 4. The pure-Python servers spend more per request than the data plane does
+(cheroot, the fastest of them that embeds and does TLS, ~240 us of a ~400 us call).
+
+granian's public entry (``Granian(...).serve()``) owns the process (worker processes, signal
+handlers, import by name), so the server here is built from the pieces its own workers use
+(``WSGIWorker.serve_mtr``); those are not public API, hence the exact version pin in
+pyproject.toml and the HTTP tests that catch a change.
 """
 
-import logging
-import ssl
+import asyncio
+import socket
 import threading
+from asyncio import tasks
+from functools import partial
 from pathlib import Path
 
-from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
+from granian._futures import _CBScheduler, _CBSchedulerTask
+from granian._granian import SocketHolder, WorkerSignal, WSGIWorker
+from granian.http import HTTP1Settings, HTTP2Settings
+from granian.wsgi import _callback_wrapper
 
 from serving.http.app import HttpApp
 from serving.http.domain import TestImages
 from serving.pipeline import CallPipeline
 
-log = logging.getLogger(__name__)
+BACKLOG = 1024
+TLS_MIN = "tls1.2"
 
 
 class HttpTransport:
@@ -27,38 +39,57 @@ class HttpTransport:
     ``pipeline``, on ``host``:``port`` (0: a free port; ``start`` returns it)."""
 
     def __init__(self, settings, pipeline: CallPipeline, classifier, inference, *, host: str,
-                 port: int, test_images_dir: Path | None = None):
-        app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
-                      TestImages(test_images_dir))
-        self._server = wsgi.Server((host, port), app, numthreads=settings.call_threads,
-                                   server_name="fashion-mnist-service")
-        self._server.shutdown_timeout = 0  # the grace is stop()'s
-        if settings.tls_cert:
-            self._server.ssl_adapter = _tls(settings.tls_cert, settings.tls_key,
-                                            settings.tls_client_ca)
+                 port: int, reuse_port: bool = False, test_images_dir: Path | None = None):
+        """``reuse_port``: several worker processes share the port (as gRPC's)."""
+        self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
+                            TestImages(test_images_dir))
+        self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._threads = settings.call_threads
+        self._tls = (
+            (True, str(Path(settings.tls_cert).resolve()), str(Path(settings.tls_key).resolve()),
+             None, TLS_MIN,
+             str(Path(settings.tls_client_ca).resolve()) if settings.tls_client_ca else None,
+             [], bool(settings.tls_client_ca))
+            if settings.tls_cert else (False, None, None, None, TLS_MIN, None, [], False))
+        self._stopped = WorkerSignal()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> int:
-        """Listens (OSError if it cannot) and serves on a thread; returns the port."""
-        self._server.prepare()
-        self._thread = threading.Thread(target=self._server.serve, name="http-accept")
+        """Listens (OSError if it cannot) and serves on granian's threads; returns the port.
+        The socket is made here, listening before granian takes it: no connection is refused
+        while its threads start, and a taken port is an OSError (granian would share it)."""
+        family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.create_server((self._host, self._port), family=family,
+                                         backlog=BACKLOG, reuse_port=self._reuse_port)
+        port = listening.getsockname()[1]
+        worker = WSGIWorker(
+            1, (None, SocketHolder(listening.detach(), False, BACKLOG)), None,
+            1, 512,  # tokio threads for the sockets; its threads for blocking work
+            self._threads, 30,  # Python threads that call the app; idle seconds before exit
+            BACKLOG, "1", HTTP1Settings(), HTTP2Settings(), None, *self._tls, (None, None))
+        callback = _callback_wrapper(self._app, {"url_path_prefix": None}, None)
+        # WSGI calls never run on this loop or as this task; the worker only needs them to
+        # exist. granian registers the task with asyncio, where asyncio.all_tasks() of any
+        # loop in the process (asyncio.run's shutdown) would fail on it: unregistered here.
+        self._loop = asyncio.new_event_loop()
+        self._task = _CBSchedulerTask()
+        tasks._unregister_task(self._task)
+        self._scheduler = _CBScheduler(self._loop, callback, self._task,
+                                       partial(tasks._enter_task, self._loop),
+                                       partial(tasks._leave_task, self._loop))
+        self._thread = threading.Thread(target=worker.serve_mtr,
+                                        args=(self._scheduler, self._loop, self._stopped),
+                                        name="http")
         self._thread.start()
-        return self._server.bind_addr[1]
+        return port
 
     def stop(self, grace_s: float) -> None:
-        """Stops listening; requests in flight get ``grace_s`` seconds to be answered."""
+        """Stops listening; requests in flight get ``grace_s`` seconds to be answered (the
+        server has drained the calls through its pipeline before)."""
         if self._thread is None:
             return
-        self._server.shutdown_timeout = grace_s
-        self._server.stop()
-        self._thread.join()
+        self._stopped.set()
+        self._thread.join(grace_s + 5)
         self._thread = None
-
-
-def _tls(cert: str, key: str, client_ca: str) -> BuiltinSSLAdapter:
-    """TLS only; with ``client_ca``, clients must show a certificate it signed."""
-    adapter = BuiltinSSLAdapter(cert, key)
-    if client_ca:
-        adapter.context.load_verify_locations(client_ca)
-        adapter.context.verify_mode = ssl.CERT_REQUIRED
-    return adapter
+        self._loop.close()
