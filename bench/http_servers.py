@@ -100,11 +100,12 @@ def serve(name: str, port: int, threads: int) -> None:
 
 def infer_body(images: int) -> tuple[bytes, int]:
     pixels = np.random.default_rng(0).integers(0, 256, (images, 784), np.uint8).tobytes()
-    header = json.dumps({"inputs": [{"name": "images", "shape": [images, 28, 28],
-                                     "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": len(pixels)}}],
-                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
-                                     {"name": "label", "parameters": {"binary_data": True}}]})
+    header = json.dumps({  # KServe's REST needs the id
+        "id": "1",
+        "inputs": [{"name": "images", "shape": [images, 28, 28], "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(pixels)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
+                    {"name": "label", "parameters": {"binary_data": True}}]})
     return header.encode() + pixels, len(header.encode())
 
 
