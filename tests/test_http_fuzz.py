@@ -105,8 +105,12 @@ def test_infer_bodies(fuzzed, document, tail, header, path):
         st.lists(st.integers(-2, 300), min_size=783, max_size=785),
         st.lists(st.lists(st.integers(0, 255), min_size=28, max_size=28), min_size=28,
                  max_size=28), scalars), max_size=10), scalars)},
-        optional={"model": scalars, "version": scalars}).map(lambda d: json.dumps(d).encode())),
-    query=st.text(max_size=20))
+        optional={"model": scalars, "version": scalars}).map(lambda d: json.dumps(d).encode()),
+    st.lists(st.lists(st.integers(0, 255), min_size=784, max_size=784), min_size=1,
+             max_size=MAX_IMAGES + 1).map(lambda images: json.dumps({"images": images}).encode())),
+    query=st.one_of(st.sampled_from(["", "top=1", "top=10", "pixels=1", "invert=1",
+                                     "model=softmax&version=1&pixels=1", "model=baseline"]),
+                    st.text(max_size=20)))
 def test_classify_bodies(fuzzed, body, query):
     url, session, labels = fuzzed
     answered_within_contract(session.post(f"{url}/v1/classify?{quote(query, safe='=&')}",
