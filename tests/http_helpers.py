@@ -18,11 +18,11 @@ def http_settings(model_repository: Path, **overrides) -> Settings:
 
 
 @contextlib.contextmanager
-def http_server(settings: Settings):
+def http_server(settings: Settings, **options):
     """``(server, base URL)``: a real server and its HTTP transport on 127.0.0.1:0."""
     with running_server(settings) as server:
         transport = HttpTransport(settings, server.pipeline, server.classifier, server.inference,
-                                  host=settings.host, port=0)
+                                  host=settings.host, port=0, **options)
         port = transport.start()
         scheme = "https" if settings.tls_cert else "http"
         try:

@@ -323,3 +323,12 @@ def test_a_taken_port_is_an_oserror_at_start(served, url):
                           host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
     with pytest.raises(OSError, match="in use"):
         taken.start()
+
+
+def test_ready_follows_what_the_server_says_of_its_draining(model_repository):
+    draining = False
+    with http_server(http_settings(model_repository), serving=lambda: not draining) as (_, url):
+        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        draining = True  # the server's drain starts: probes hear it before calls are refused
+        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
+        assert requests.get(f"{url}/v1/models", timeout=5).status_code == 200
