@@ -3,10 +3,8 @@ the same request (and as onnxruntime does on the model file), every error row of
 gets its status and a message naming the field, and the real curl binary works as the README
 shows."""
 
-import gzip
 import io
 import json
-import socket
 import subprocess
 
 import grpc
@@ -194,100 +192,6 @@ def test_page_is_served_self_contained(url):
     assert "http://" not in page.text and "https://" not in page.text  # nothing from outside
 
 
-CLASSIFY = "/v1/classify"
-INFER = "/v2/models/mlp/infer"
-IMAGE = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
-
-
-def _json(document) -> bytes:
-    return json.dumps(document).encode()
-
-
-@pytest.mark.parametrize("case", [
-    ("POST", INFER, b"{oops", {}, 400, "request body: not valid JSON"),
-    ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "999"}, 400,
-     "Inference-Header-Content-Length: 999 points past the end of the body"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": ["1", 28, 28]}]}), {}, 400,
-     "inputs['images'].shape: expected integers"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]}),
-     {}, 400, "inputs['images'].parameters.binary_data_size: 784 bytes at offset"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32", "data": [0.0] * 784}]}),
-     {}, 400, "inputs['images'].datatype: expected UINT8, got 'FP32'"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [9, 28, 28], "data": [0] * 9 * 784}]}),
-     {}, 400, f"expected at most {MAX_IMAGES} images"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}],
-                           "outputs": [{"name": "label", "parameters": {"classification": 2}}]}),
-     {}, 400, "classification applies to 'probabilities' only"),
-    ("POST", "/v2/models/mlp/versions/x/infer", _json({"inputs": []}), {}, 400,
-     "model_version: expected"),
-    ("POST", "/v2/models/nope/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}), {}, 404,
-     "nope"),
-    ("GET", "/v2/models/mlp/versions/99", b"", {}, 404, "99"),
-    ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
-    ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
-    ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
-    ("POST", CLASSIFY, _json({"images": [[300] * 784]}), {}, 400,
-     "images[0]: expected 784 integers 0..255"),
-    ("POST", CLASSIFY, _json({"images": [[0] * 100]}), {}, 400,
-     "images[0]: expected 784 bytes (28x28 uint8), got 100"),
-    ("POST", CLASSIFY, _json({"images": [[0] * 784], "model": "nope"}), {}, 404, "nope"),
-    ("POST", CLASSIFY + "?top=11", _json({"images": [[0] * 784]}), {}, 400, "top: expected"),
-    ("GET", "/v1/test-images/10000", b"", {}, 404, "test image 10000"),
-    ("POST", CLASSIFY, b"x" * (MAX_BYTES + 1), {}, 413, f"over the server's limit of {MAX_BYTES}"),
-    ("POST", CLASSIFY, gzip.compress(b"0" * (MAX_BYTES * 16)), {"Content-Encoding": "gzip"}, 413,
-     "once decompressed"),
-    ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 400, "Content-Encoding: 'br'"),
-])
-def test_every_error_row_has_its_status_and_names_the_field(url, case):
-    verb, path, body, headers, status, message = case
-    answer = requests.request(verb, url + path, data=body, headers=headers, timeout=10)
-    assert answer.status_code == status, answer.text
-    assert answer.headers["Content-Type"] == "application/json"
-    assert message in answer.json()["error"]
-
-
-def raw_exchange(url: str, request: bytes) -> bytes:
-    """What the server sends back for ``request`` bytes, until it closes or goes quiet."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as connection:
-        connection.sendall(request)
-        connection.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-    return received
-
-
-@pytest.mark.parametrize("request_bytes", [
-    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{\"images\": []}",
-    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
-    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n{}",
-], ids=["shorter", "not-a-number", "negative"])
-def test_a_wrong_content_length_is_400(url, request_bytes):
-    statuses = [line.split()[1] for line in raw_exchange(url, request_bytes).split(b"\r\n")
-                if line.startswith(b"HTTP/1.1 ")]
-    assert statuses and set(statuses) == {b"400"}, statuses
-
-
-def test_draining_is_503_and_the_concurrency_limit_429(served, url):
-    server = served[0]
-    server.admission.max_in_flight, server.admission.in_flight = 1, 1  # one call held
-    try:
-        busy = requests.get(f"{url}/v1/models", timeout=5)
-        assert busy.status_code == 429 and "--max-concurrent-calls" in busy.json()["error"]
-    finally:
-        server.admission.max_in_flight, server.admission.in_flight = 0, 0
-    server.admission.accepting = False  # what stop() does first
-    try:
-        refused = binary_infer(url, np.zeros((1, 28, 28), np.uint8))
-        assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
-        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
-        assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
-    finally:
-        server.admission.accepting = True
-    assert binary_infer(url, np.zeros((1, 28, 28), np.uint8)).status_code == 200
-
-
 def test_curl_infers_json_and_classifies_a_png(served, images, tmp_path):
     _, url, channel = served
     request = tmp_path / "infer.json"
@@ -313,16 +217,6 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
                            timeout=10).json()
     buffer.seek(0)
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
-
-
-def test_a_taken_port_is_an_oserror_at_start(served, url):
-    from serving.http.transport import HttpTransport
-
-    server = served[0]
-    taken = HttpTransport(server.settings, server.pipeline, server.classifier, server.inference,
-                          host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
-    with pytest.raises(OSError, match="in use"):
-        taken.start()
 
 
 def test_ready_follows_what_the_server_says_of_its_draining(model_repository):
