@@ -28,10 +28,10 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
+from proc_cpu import process_tree, tree_cpu_seconds
 
 from common.contract import IMAGE_SHAPE, NUM_CLASSES
 from fashion_mnist.v1 import classifier_pb2
@@ -43,7 +43,6 @@ DISTINCT_REQUESTS = 8  # rotated so no layer can answer from a cache of one requ
 MAX_DURATION_S = 300
 MAX_WARMUP_S = 60
 START_DELAY_S = 1.5  # time for the spawned processes to import and connect before the start
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -187,35 +186,6 @@ async def run_process(plan: Plan) -> ProcessResult:
 
 def process_main(plan: Plan) -> ProcessResult:
     return asyncio.run(run_process(plan))
-
-
-def process_tree(root_pids: list[int]) -> list[int]:
-    """The given pids and all their descendants (a multi-process server's workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], list(root_pids)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` from /proc (threads included; exited processes are lost)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -25,9 +25,8 @@ from loadgen import (
     Plan,
     build_requests,
     check_answer,
-    process_tree,
-    tree_cpu_seconds,
 )
+from proc_cpu import process_tree, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "bench" / "loadgen.cc"

@@ -1,25 +1,29 @@
 """The whole benchmark in one run on one machine, printed as markdown (BENCHMARKS.md).
 
 1. The limit: onnxruntime in this process on the same model files (no server).
-2. This server (default settings: one worker process per core) over the domain API
-   (``Classify``: the model *and* the baseline per image) and over the Open Inference Protocol
-   (``ModelInfer``: the model only), then MLServer 1.7 and KServe 0.21 (each in its own venv,
-   an onnxruntime session on the same ``mlp`` ONNX file, v2 gRPC), one server at a time.
-   Each gets the same closed-loop load generator at batch 1 x concurrency 1, 8, 32 and batch
-   64 x concurrency 4: by default bench/loadgen.cc (C++, built into .work/bin/loadgen on first
-   use, run through bench/native_loadgen.py), which costs the shared cores far less CPU per
-   call than ``--loadgen python``, bench/loadgen.py (asyncio, one client process). One
-   connection at concurrency 1 (a lone client keeps one), 16 otherwise.
-3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API, stream of
-   1000-image batches; one warm-up run per worker first), everyone with bench/score_v2.py
-   (v2, 1000-image batches, 2 in flight), and in-process onnxruntime as the limit.
-4. For reference, the gRPC floor (bench/grpc_floor.py): a grpc.aio server that answers a
-   fixed ``ModelInfer`` response, no model: what gRPC in Python costs by itself.
-5. Start-up time to SERVING and RSS (bench/startup.py).
-6. Ratios to the limit and to each peer, and the bars of issue 4.
+2. This server (its default flags, plus ``--server-flags``; the code of ``--ours-root``), then
+   MLServer 1.7.1 and KServe 0.21 (each in its own venv, an onnxruntime session on the same
+   ``mlp`` ONNX file, v2 gRPC, their best settings), one server at a time, each under two
+   client shapes at the bar points (batch 1 x concurrency 1 and 32, batch 64 x 4):
+   - **one connection**: bench/triton_load.py, NVIDIA's tritonclient.grpc.aio with one
+     ``InferenceServerClient`` (one channel), as most users connect; run by .venv-triton's
+     python (tritonclient's ``inference`` messages cannot be imported beside ours);
+   - **many connections**: bench/loadgen.cc (C++, built into .work/bin/loadgen on first use,
+     run through bench/native_loadgen.py), 16 connections the callers rotate over, one for a
+     lone caller; for ours also over the domain API (``Classify``: model *and* baseline).
+3. Batch-scoring the 10,000 test images: ours with ``fmnist score`` (domain API: mlp and
+   baseline, stream of 1000-image batches; one warm-up run per core first), everyone with
+   bench/score_v2.py (v2, 1000-image batches, 2 in flight), in-process onnxruntime as the limit.
+4. For reference, the gRPC floor (bench/grpc_floor.py): a grpcio synchronous server that
+   answers a fixed ``ModelInfer`` response, no model: what gRPC in Python costs by itself.
+5. Start-up time to SERVING and RSS (bench/startup.py) with the flags of 2.
+6. The bars of issue 12 (bench/run_report.py).
 
-Usage: python bench/run.py [--repository .work/bench-repo] [--duration 5]
-                           [--loadgen native|python] [--out FILE]
+``--only-ours`` measures only this server at the bar points (no peers, limits, domain API or
+floor): quick A/B pairs (bench/ab.py). ``--json FILE`` keeps every figure for such scripts.
+
+Usage: python bench/run.py [--repository .work/bench-repo] [--duration 5] [--warmup 1]
+           [--ours-root DIR] [--server-flags "--workers 1"] [--only-ours] [--out F] [--json F]
 """
 
 import argparse
@@ -28,6 +32,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +42,7 @@ import grpc
 import native_loadgen
 import numpy as np
 import onnxruntime
+import run_report
 import score_v2
 import startup
 from ort_limit import measure
@@ -44,24 +50,19 @@ from ort_limit import measure
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.client.dataset import load_test_set
-from serving.settings import available_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-MATRIX = ((1, 1), (1, 8), (1, 32), (64, 4))
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"  # scripts/triton_client_env.sh
+POINTS = ((1, 1), (1, 32), (64, 4))  # the bar points: (batch, concurrency)
 PEERS = ("mlserver", "kserve")
 OURS_PORT, PEER_PORT, FLOOR_PORT = 18900, 18910, 18950
-FLOOR = "gRPC floor (no model)"
 SCORE_BATCH = 1000
-# Connections per client process: a multi-process server spreads connections, not calls, over
-# its workers. With the kernel's SO_REUSEPORT hash (ours before --connection-spread, the
-# peers' way) the split varied from run to run (BENCHMARKS.md: up to 40% at batch 1 x 32 with
-# 16; 64 evened that out but cost ~30% at batch 64 x 4).
+TEST_IMAGES = 10_000
+# Connections of the many-connection shape: a multi-process server spreads connections, not
+# calls, over its workers; with fewer the kernel's SO_REUSEPORT hash splits them unevenly.
 CHANNELS = 16
-LOAD_GENERATORS = {
-    "native": "bench/loadgen.cc (C++ gRPC callback API, one process, closed loop)",
-    "python": "bench/loadgen.py (Python grpc.aio, one process, closed loop)",
-}
+ONE, MANY = run_report.ONE, run_report.MANY
 
 
 def log(message: str) -> None:
@@ -114,9 +115,9 @@ def wait_ready(target: str, process: subprocess.Popen, timeout: float = 90) -> N
 
 
 @contextlib.contextmanager
-def running(command: list[str], target: str, log_file: Path):
+def running(command: list[str], target: str, log_file: Path, cwd: Path = ROOT):
     with open(log_file, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         wait_ready(target, process)
         time.sleep(1.0)  # let every worker of a multi-process server finish starting
@@ -125,26 +126,37 @@ def running(command: list[str], target: str, log_file: Path):
         startup.stop(process, 30)
 
 
-def load(target: str, api: str, point: tuple[int, int], pid: int, args) -> dict:
+def load(shape: str, target: str, point: tuple[int, int], *, api: str, pid: int, args) -> dict:
     batch, concurrency = point
-    channels = 1 if concurrency == 1 else CHANNELS  # a lone client keeps one connection
-    if args.loadgen == "native":
+    if shape == MANY:
         return native_loadgen.run(target, api, "mlp", batch, concurrency=concurrency,
                                   warmup_s=args.warmup, duration_s=args.duration,
-                                  channels=channels, server_pid=pid)
-    command = [PYTHON, str(ROOT / "bench" / "loadgen.py"), "--target", target, "--api", api,
+                                  channels=1 if concurrency == 1 else CHANNELS, server_pid=pid)
+    command = [str(TRITON_PYTHON), str(ROOT / "bench" / "triton_load.py"), "--target", target,
                "-b", str(batch), "-c", str(concurrency), "-d", str(args.duration),
-               "-w", str(args.warmup), "--channels", str(channels), "--server-pid", str(pid),
-               "--json"]
-    answer = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+               "-w", str(args.warmup), "--server-pid", str(pid)]
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if answer.returncode:
+        raise SystemExit(f"bench/triton_load.py failed against {target}:\n{answer.stderr}")
     return json.loads(answer.stdout)
 
 
-def score_ours(target: str) -> float:
+def measure_points(rows: dict, name: str, target: str, *, pid: int, args, shapes=(ONE, MANY),
+                   api: str = "v2", points=POINTS) -> None:
+    for shape in shapes:
+        for batch, concurrency in points:
+            log(f"{name} {shape} b{batch} c{concurrency}")
+            rows[name, shape, batch, concurrency] = load(shape, target, (batch, concurrency),
+                                                         api=api, pid=pid, args=args)
+
+
+def score_ours(target: str, fmnist: Path) -> float:
+    """Seconds of ``fmnist score`` on the 10k test set, from the images/s it prints (its
+    seconds have only two decimals: 10 ms at ~80 ms)."""
     answer = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "fmnist"), "score", "--target", target, "--model", "mlp",
-         "--no-progress"], capture_output=True, text=True, check=True, timeout=300)
-    return float(re.search(r"images/s \(([\d.]+) s\)", answer.stdout).group(1))
+        [str(fmnist), "score", "--target", target, "--model", "mlp", "--no-progress"],
+        capture_output=True, text=True, check=True, timeout=300)
+    return TEST_IMAGES / float(re.search(r"([\d.]+) images/s \(", answer.stdout).group(1))
 
 
 def score_over_v2(target: str) -> float:
@@ -153,142 +165,49 @@ def score_over_v2(target: str) -> float:
     return seconds
 
 
+def ours_command(args, port: int) -> list[str]:
+    return [str(args.ours_python), "-m", "serving", "--model-repository", str(args.repository),
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
+            "--poll-interval", "0", *args.server_flags]
+
+
 def measure_servers(args) -> tuple[dict, dict]:
     rows, scores = {}, {}
     work = ROOT / ".work" / "bench-run"
     work.mkdir(parents=True, exist_ok=True)
     target = f"127.0.0.1:{OURS_PORT}"
-    command = [PYTHON, "-m", "serving", "--model-repository", str(args.repository), "--host",
-               "127.0.0.1", "--port", str(OURS_PORT), "--log-level", "WARNING",
-               "--poll-interval", "0"]
-    with running(command, target, work / "ours.log") as server:
-        for api in ("domain", "v2"):
-            for batch, concurrency in MATRIX:
-                log(f"ours {api} b{batch} c{concurrency}")
-                rows[f"ours {api}", batch, concurrency] = load(
-                    target, api, (batch, concurrency), server.pid, args)
+    with running(ours_command(args, OURS_PORT), target, work / "ours.log",
+                 args.ours_root) as server:
+        measure_points(rows, "ours v2", target, pid=server.pid, args=args)
+        if not args.only_ours:
+            measure_points(rows, "ours domain", target, pid=server.pid, args=args,
+                           shapes=(MANY,), api="domain")
         log("ours scoring")
-        for _worker in range(available_cores()):  # warm-up: the first 1000-image call of a
-            score_ours(target)  # worker allocates; each run's connection goes to the next one
-        scores["ours fmnist score (domain)"] = score_ours(target)
-        scores["ours v2"] = score_over_v2(target)
+        fmnist = args.ours_root / ".venv" / "bin" / "fmnist"
+        for _worker in range(os.cpu_count() or 1):  # warm-up: the first 1000-image call of a
+            score_ours(target, fmnist)  # worker allocates; each run may reach another worker
+        scores["ours fmnist score (domain: mlp+baseline)"] = score_ours(target, fmnist)
+        scores["ours v2 (mlp)"] = score_over_v2(target)
     model_file = args.repository / "mlp" / "1" / "model.onnx"
     for offset, peer in enumerate(args.peers):
         port = PEER_PORT + 10 * offset
         target = f"127.0.0.1:{port}"
         command = [str(ROOT / "bench" / "peers" / "serve.sh"), peer, str(model_file), str(port)]
         with running(command, target, work / f"{peer}.log") as server:
-            for batch, concurrency in MATRIX:
-                log(f"{peer} b{batch} c{concurrency}")
-                rows[peer, batch, concurrency] = load(target, "v2", (batch, concurrency),
-                                                      server.pid, args)
+            measure_points(rows, peer, target, pid=server.pid, args=args)
             log(f"{peer} scoring")
             score_over_v2(target)  # warm-up, as for ours
-            scores[f"{peer} v2"] = score_over_v2(target)
+            scores[f"{peer} v2 (mlp)"] = score_over_v2(target)
     if args.floor:
         target = f"127.0.0.1:{FLOOR_PORT}"
         command = [PYTHON, str(ROOT / "bench" / "grpc_floor.py"), str(FLOOR_PORT)]
         with running(command, target, work / "floor.log") as server:
-            for batch, concurrency in MATRIX[:3]:
-                log(f"gRPC floor b{batch} c{concurrency}")
-                rows[FLOOR, batch, concurrency] = load(target, "v2", (batch, concurrency),
-                                                       server.pid, args)
+            measure_points(rows, run_report.FLOOR, target, pid=server.pid, args=args,
+                           shapes=(MANY,), points=POINTS[:2])
     return rows, scores
 
 
-def ratio(value: float, reference: float | None) -> str:
-    return "-" if not reference else f"{value / reference:.2f}"
-
-
-def report(limits: dict, rows: dict, scores: dict, starts: list[dict], args) -> str:
-    peers = list(args.peers)
-    out = [f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, "
-           f"load average before/after: {args.load_before:.2f} / {os.getloadavg()[0]:.2f}. "
-           f"Load windows {args.duration:g} s after {args.warmup:g} s warm-up.", ""]
-    out += ["### In-process onnxruntime (the limit)", "",
-            "| batch | best intra-op threads | calls/s | images/s | p50 ms |",
-            "| --- | --- | --- | --- | --- |"]
-    for batch in (1, 64):
-        lim = limits[batch]
-        out.append(f"| {batch} | {lim['threads']} | {lim['calls_per_s']:,.0f} "
-                   f"| {lim['images_per_s']:,.0f} | {lim['p50_ms']:.3f} |")
-    out += ["", "### Servers (same load generator, one server at a time)", "",
-            f"Load generator: {LOAD_GENERATORS[args.loadgen]}; 1 connection at concurrency 1, "
-            f"{CHANNELS} otherwise. Client CPU is the load generator's own.", "",
-            "| server / API | batch | conc | req/s | images/s | p50 ms | p99 ms | errors "
-            "| client CPU ms/req | server CPU ms/req | images/s ÷ limit | p50 ÷ limit "
-            + "".join(f"| req/s ÷ {p} | p50 ÷ {p} " for p in peers) + "|",
-            "| --- " * (12 + 2 * len(peers)) + "|"]
-    for (name, batch, concurrency), r in rows.items():
-        lim = limits[batch]
-        cells = [name, batch, concurrency, f"{r['requests_per_s']:,.0f}",
-                 f"{r['images_per_s']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                 sum(r["errors"].values()), f"{r['client_cpu_ms_per_request']:.3f}",
-                 f"{r['server_cpu_ms_per_request']:.3f}",
-                 ratio(r["images_per_s"], lim["images_per_s"]),
-                 ratio(r["p50_ms"], lim["p50_ms"])]
-        for peer in peers:
-            other = rows.get((peer, batch, concurrency))
-            cells += [ratio(r["requests_per_s"], other and other["requests_per_s"]),
-                      ratio(r["p50_ms"], other and other["p50_ms"])]
-        out.append("| " + " | ".join(map(str, cells)) + " |")
-    out += ["", "### Batch-scoring the 10,000 test images", "",
-            "| who | seconds | images/s | ÷ in-process mlp | ÷ in-process mlp+baseline |",
-            "| --- | --- | --- | --- | --- |"]
-    for name in ("mlp", "mlp+baseline"):
-        seconds = limits[f"score {name}"]
-        out.append(f"| in-process onnxruntime, {name} | {seconds:.3f} | {10000 / seconds:,.0f} "
-                   f"| {ratio(seconds, limits['score mlp'])} "
-                   f"| {ratio(seconds, limits['score mlp+baseline'])} |")
-    for name, seconds in scores.items():
-        out.append(f"| {name} | {seconds:.3f} | {10000 / seconds:,.0f} "
-                   f"| {ratio(seconds, limits['score mlp'])} "
-                   f"| {ratio(seconds, limits['score mlp+baseline'])} |")
-    out += ["", "### Start-up and memory (bench/startup.py)", "",
-            "| workers | start to SERVING, median (max) s | largest process RSS MB "
-            "| all processes RSS MB |", "| --- | --- | --- | --- |"]
-    for s in starts:
-        out.append(f"| {s['workers']} | {s['start_s_median']:.2f} ({s['start_s_max']:.2f}) "
-                   f"| {s['largest_process_rss_mb']:.0f} | {s['all_processes_rss_mb']:.0f} |")
-    out += ["", "### Bars", "", *bars(limits, rows, scores, starts, peers)]
-    return "\n".join(out)
-
-
-def bars(limits, rows, scores, starts, peers) -> list[str]:
-    def verdict(met: bool) -> str:
-        return "**met**" if met else "**not met**"
-
-    lines = []
-    ours = rows["ours v2", 64, 4]["images_per_s"]
-    need = 0.6 * limits[64]["images_per_s"]
-    lines.append(f"- batch 64, concurrency 4: {ours:,.0f} images/s (v2) vs 0.6 x "
-                 f"{limits[64]['images_per_s']:,.0f} = {need:,.0f}: {verdict(ours >= need)}")
-    if peers:
-        ours = rows["ours v2", 1, 32]["requests_per_s"]
-        best = max(rows[p, 1, 32]["requests_per_s"] for p in peers)
-        lines.append(f"- batch 1, concurrency 32: {ours:,.0f} infer/s vs 2 x the faster peer "
-                     f"{best:,.0f} = {2 * best:,.0f} ({ours / best:.2f}x): "
-                     f"{verdict(ours >= 2 * best)}")
-        ours = rows["ours v2", 1, 1]["p50_ms"]
-        best = min(rows[p, 1, 1]["p50_ms"] for p in peers)
-        lines.append(f"- batch 1, concurrency 1: p50 {ours:.2f} ms vs 0.6 x the better peer "
-                     f"{best:.2f} ms = {0.6 * best:.2f} ms ({ours / best:.2f}x): "
-                     f"{verdict(ours <= 0.6 * best)}")
-    served = scores["ours fmnist score (domain)"]
-    lines.append(f"- scoring 10k through the service: {served:.3f} s vs 3 x in-process "
-                 f"{limits['score mlp']:.3f} s = {3 * limits['score mlp']:.3f} s "
-                 f"({served / limits['score mlp']:.2f}x; mlp+baseline in-process "
-                 f"{limits['score mlp+baseline']:.3f} s): "
-                 f"{verdict(served <= 3 * limits['score mlp'])}")
-    default = starts[-1]
-    lines.append(f"- start to SERVING with {default['workers']} worker(s): median "
-                 f"{default['start_s_median']:.2f} s: {verdict(default['start_s_median'] < 1)};"
-                 f" largest serving process RSS {default['largest_process_rss_mb']:.0f} MB: "
-                 f"{verdict(default['largest_process_rss_mb'] < 200)}")
-    return lines
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=ROOT / ".work" / "bench-repo",
                         help="model repository with softmax, mlp and baseline (fmnist-train)")
@@ -298,27 +217,55 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=3.0)
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip bench/grpc_floor.py (gRPC alone, fixed answer)")
-    parser.add_argument("--loadgen", choices=tuple(LOAD_GENERATORS), default="native",
-                        help="native: bench/loadgen.cc (C++, built with g++ on first use); "
-                             "python: bench/loadgen.py (default: %(default)s)")
+    parser.add_argument("--ours-root", type=Path, default=ROOT,
+                        help="checkout whose server is measured, with its own .venv (e.g. a "
+                             "worktree of older code); the harness stays this one")
+    parser.add_argument("--server-flags", type=shlex.split, default=[],
+                        help='flags added to our server\'s, e.g. "--workers 1"')
+    parser.add_argument("--only-ours", action="store_true",
+                        help="only our server at the bar points, its scoring and start-up: "
+                             "no peers, in-process limits, domain API or floor")
+    parser.add_argument("--label", default="", help="named in the report's first line")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--json", type=Path, help="also write every figure here as JSON")
     args = parser.parse_args()
-    if not (args.repository / "mlp" / "1" / "model.onnx").exists():
-        raise SystemExit(f"{args.repository}/mlp/1/model.onnx missing: run "
-                         f".venv/bin/fmnist-train --out {args.repository}")
-    if args.loadgen == "native":
-        native_loadgen.build()  # compile before any server starts, and fail early
+    args.ours_root = args.ours_root.resolve()
+    args.repository = args.repository.resolve()
+    args.ours_python = args.ours_root / ".venv" / "bin" / "python"
+    if args.only_ours:
+        args.peers, args.floor = [], False
+    for needed, hint in ((args.repository / "mlp" / "1" / "model.onnx",
+                          f".venv/bin/fmnist-train --out {args.repository}"),
+                         (args.ours_python, f"set up {args.ours_root} (./run test --co -q)"),
+                         (TRITON_PYTHON, "scripts/triton_client_env.sh")):
+        if not needed.exists():
+            raise SystemExit(f"{needed} missing: {hint} (bench/run.sh does it)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    native_loadgen.build()  # compile before any server starts, and fail early
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False)
+    args.uptime = uptime.stdout.strip()
     args.load_before = os.getloadavg()[0]
-    log("in-process limits")
-    limits = in_process_limits(args.repository, args.limit_seconds)
+    args.started = time.strftime("%Y-%m-%d %H:%M")
+    limits = {}
+    if not args.only_ours:
+        log("in-process limits")
+        limits = in_process_limits(args.repository, args.limit_seconds)
     rows, scores = measure_servers(args)
     log("start-up")
-    starts = [startup.measure(str(args.repository), workers, 3)
-              for workers in sorted({1, os.cpu_count() or 1})]
-    text = report(limits, rows, scores, starts, args)
+    starts = [startup.measure(str(args.repository), 0, 3, python=str(args.ours_python),
+                              flags=args.server_flags, cwd=str(args.ours_root))]
+    args.load_after = os.getloadavg()[0]
+    text = run_report.report(limits, rows, scores, starts, args)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(run_report.figures(limits, rows, scores, starts, args),
+                                        indent=1) + "\n")
 
 
 if __name__ == "__main__":

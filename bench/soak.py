@@ -25,7 +25,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loadgen import loopback_target, process_tree
+from loadgen import loopback_target
+from proc_cpu import process_tree
 from startup import free_port, rss_mb, stop
 
 from fashion_mnist.v1 import classifier_pb2 as pb

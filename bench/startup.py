@@ -7,6 +7,7 @@ with SIGTERM. Prints a markdown table (or JSON) with the median start time and t
 of a serving process.
 
 Usage: python bench/startup.py REPOSITORY [--workers N ...] [--runs 5]
+       (--workers 0: the server's default)
 """
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loadgen import process_tree
+from proc_cpu import process_tree
 
 POLL_S = 0.005
 
@@ -54,13 +55,17 @@ def stop(process: subprocess.Popen, seconds: float) -> None:
         process.wait()
 
 
-def one_start(repository: str, workers: int) -> tuple[float, list[float]]:
+def one_start(repository: str, workers: int, *, python: str = sys.executable,
+              flags: tuple[str, ...] = (), cwd: str | None = None) -> tuple[float, list[float]]:
+    """One start with ``python -m serving`` in ``cwd`` (``-m`` imports from there first);
+    ``workers`` 0 leaves the server's default."""
     port = free_port()
+    command = [python, "-m", "serving", "--model-repository", repository, "--host",
+               "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--log-level",
+               "WARNING", *(["--workers", str(workers)] if workers else []), *flags]
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", repository, "--host",
-         "127.0.0.1", "--port", str(port), "--workers", str(workers), "--poll-interval", "0",
-         "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=cwd)
     try:
         # retry connecting every few ms, not after gRPC's default 1 s back-off
         options = [(f"grpc.{kind}_reconnect_backoff_ms", 5) for kind in ("initial", "min", "max")]
@@ -80,21 +85,25 @@ def one_start(repository: str, workers: int) -> tuple[float, list[float]]:
                     raise SystemExit("server not serving after 60 s")
                 time.sleep(POLL_S)
         elapsed = time.perf_counter() - started
-        time.sleep(1.0 if workers > 1 else 0.2)  # let every worker finish loading
+        time.sleep(1.0 if workers != 1 else 0.2)  # let every worker finish loading
         memory = [rss_mb(pid) for pid in process_tree([process.pid])]
         return elapsed, memory
     finally:
         stop(process, 30)
 
 
-def measure(repository: str, workers: int, runs: int) -> dict:
+def measure(repository: str, workers: int, runs: int, *, python: str = sys.executable,
+            flags: tuple[str, ...] = (), cwd: str | None = None) -> dict:
+    """Median start and largest RSS of ``runs`` starts (``workers`` 0: the server's default)."""
     times, largest, total = [], 0.0, 0.0
     for _ in range(runs):
-        elapsed, memory = one_start(repository, workers)
+        elapsed, memory = one_start(repository, workers, python=python, flags=tuple(flags),
+                                    cwd=cwd)
         times.append(elapsed)
         largest, total = max(largest, *memory), max(total, sum(memory))
-    return {"workers": workers, "runs": runs, "start_s_median": statistics.median(times),
-            "start_s_max": max(times), "largest_process_rss_mb": largest,
+    return {"workers": workers or "default", "flags": " ".join(flags), "runs": runs,
+            "start_s_median": statistics.median(times), "start_s_max": max(times),
+            "largest_process_rss_mb": largest,
             "all_processes_rss_mb": total, "loadavg_1m": os.getloadavg()[0]}
 
 
