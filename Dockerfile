@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # The Fashion-MNIST service image, built in stages from one base:
 #   train  fits the models on the Debian Fashion-MNIST package and writes the model repository
-#   serve  the packaged model: the server, its runtime (onnxruntime, grpcio, numpy; no
-#          TensorFlow, no scikit-learn, no pip), the model repository from `train` and the
-#          test set
+#   serve  the packaged model: the server, its runtime (onnxruntime, grpcio, numpy, Debian's
+#          gRPC C++ libraries for the native gRPC server; no TensorFlow, no scikit-learn, no
+#          pip, no compiler), the model repository from `train` and the test set
 #   lb     an optional gRPC load balancer (nginx) in front of scaled `serve` replicas
 # BASE_IMAGE is any Debian-based image with Python >= 3.11 and venv: the official python image
 # by default, or the debootstrapped Debian 12 image that CI builds because it has no registry.
@@ -39,21 +39,32 @@ RUN python -m training --out /models --report-dir /reports --progress epoch
 
 # The server's virtual environment, built here and copied whole into `serve`, so that the
 # installer (pip, setuptools) stays out of the runtime image.
+# The native gRPC server (serving/native/server.cc) is compiled here against Debian's gRPC C++;
+# native-packages.txt lists the Debian packages of the libraries it links, which the `serve`
+# stage installs (the compiler and headers stay here).
 FROM ${BASE_IMAGE} AS serve-venv
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+    $(python3 -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=requirements /build/serve.txt /build/serve.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/venv && pip install -r /build/serve.txt "setuptools>=77"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY protos protos
 COPY common common
 COPY training training
 COPY serving serving
+COPY deploy/native-packages.sh deploy/
 RUN pip install --no-deps --no-build-isolation . \
+ && (cd / && python -c 'import serving.native._server') \
  && pip uninstall -y setuptools \
- && python -m pip uninstall -y pip
+ && python -m pip uninstall -y pip \
+ && deploy/native-packages.sh /opt/venv >/opt/native-packages.txt
 
 FROM ${BASE_IMAGE} AS serve
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -61,6 +72,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin fmnist
+# The runtime libraries of the native gRPC server (Debian's gRPC C++), no compiler or headers.
+COPY --from=serve-venv /opt/native-packages.txt /opt/native-packages.txt
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    $(cat /opt/native-packages.txt) \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/*
 # The test set that `fmnist score` reads (the t10k IDX files, ~4.4 MB), the packaged model,
 # then the code, which changes most often.
 COPY --from=train /usr/share/datasets/fashion-mnist/t10k-*-idx*-ubyte.gz /data/

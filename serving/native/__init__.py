@@ -1,0 +1,42 @@
+"""The native gRPC server: a faster implementation of grpcio's synchronous server, behind the
+same interface (``add_generic_rpc_handlers``, ``grpc.ServerInterceptor``s, ``add_*_port``,
+``start``, ``stop``), for every method: unary, client/server/bidi streams, health (its
+non-blocking Watch included) and reflection.
+
+One gRPC runtime listens: gRPC C++ (Debian's libgrpc++, ``serving/native/server.cc``, one
+``CallbackGenericService``). Its callback threads never run Python: they queue each new call
+and wake the Python thread waiting on a call (a mutex and condition variable per call). A
+fixed pool of Python threads (``--call-threads``) takes the calls (``next_call()``, blocking
+without the GIL), resolves each handler through the interceptors and the generic handlers as
+grpcio does, and runs it, blocking in read/write/finish without the GIL. So:
+
+- a unary call holds a pool thread while it runs, a streaming call for its whole life; a
+  non-blocking handler (health's Watch) holds none while it waits: it writes from whichever
+  thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
+- ``add_callback``s run on a pool thread when the call ends: after it is finished, or, for a
+  cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
+  server leaves no thread behind (gRPC C++'s own threads hold no Python state);
+- a request whose bytes cannot be read (``ByteBuffer::Dump`` fails) is refused INTERNAL,
+  never parsed as an empty message (R3).
+
+The old front door's risks vanish by construction: no gRPC thread ever holds a Python thread
+state (R1); ``Finish`` is started in one place, ``Call::Complete``, always without the GIL (or
+in C++ for a parked call that was cancelled), whatever the path (R2); one ``ServicerContext``
+(``serving.native.context``) serves every method, with trailing metadata, ``set_code``,
+cancellation and the rest (R10).
+
+``available()`` says whether the extension is built (``setup.py``: g++, pkg-config and
+libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.
+"""
+
+try:
+    from serving.native import _server
+except ImportError as error:  # not built: grpcio serves
+    _server = None
+    UNAVAILABLE_REASON = f"serving.native._server is not built ({error})"
+else:
+    UNAVAILABLE_REASON = ""
+
+
+def available() -> bool:
+    return _server is not None

@@ -1,0 +1,671 @@
+// The native gRPC server: gRPC C++ (callback API, one generic service) listens; Python threads
+// answer. serving/native/__init__.py is the Python side and says why it is built this way.
+//
+// gRPC's threads never run Python and never take the GIL: a new call is queued (`Calls`) and
+// its reactions (read, write, initial metadata done, cancel, done) only set flags and wake the
+// Python thread waiting on that call's condition variable. Python's pool threads take calls
+// with `Server.next_call()` and block in `Call.read/write/finish` with the GIL released; every
+// gRPC operation is started from those methods, the same way on every path.
+//
+// A call ends when Python finishes it, except a call Python parked (`Call.park()`: a
+// non-blocking handler such as health's Watch answers from other threads and holds no pool
+// thread): when it is cancelled, it is finished here, CANCELLED. A call whose end Python asked
+// to hear of (`Call.watch_end()`, for `add_callback`) is queued again when it is cancelled.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <grpc/support/log.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace {
+
+// gRPC's error log lines, one per line on stderr, except while `listen` binds: a port it
+// cannot bind is said once, by the exception.
+std::mutex log_mutex;
+std::string* log_capture = nullptr;
+
+void Log(gpr_log_func_args* args) {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  if (log_capture != nullptr) {
+    log_capture->append(args->message);
+    return;
+  }
+  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
+          args->line, args->message);
+}
+
+class Call;
+
+// The calls (new or cancelled) that wait for a Python pool thread.
+class Calls {
+ public:
+  void Push(Call* call, bool ended);
+  // Blocks until a call comes, or returns false once closed and empty.
+  bool Pop(Call** call, bool* ended) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    ready_.wait(lock, [this] { return !items_.empty() || closed_; });
+    if (items_.empty()) return false;
+    std::tie(*call, *ended) = items_.front();
+    items_.pop_front();
+    return true;
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    ready_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::pair<Call*, bool>> items_;
+  bool closed_ = false;
+};
+
+using Pairs = std::vector<std::pair<std::string, std::string>>;
+
+// One call. It lives while gRPC (until OnDone), a queue entry or a Python object holds it.
+class Call : public grpc::ServerGenericBidiReactor {
+ public:
+  Call(grpc::GenericCallbackServerContext* context, Calls* calls, uint64_t id)
+      : context_(context), calls_(calls), id_(id) {
+    reading_.busy = true;  // the first message is read while the call waits for a thread
+    StartRead(&in_);
+    calls_->Push(this, false);
+  }
+  void Ref() { refs_.fetch_add(1); }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  uint64_t id() const { return id_; }
+  grpc::GenericCallbackServerContext* context() { return context_; }
+
+  void OnReadDone(bool ok) override { Done(&reading_, ok); }
+  void OnWriteDone(bool ok) override { Done(&writing_, ok); }
+  void OnSendInitialMetadataDone(bool ok) override { Done(&sending_metadata_, ok); }
+  void OnCancel() override {
+    bool finish, tell;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancelled_ = true;
+      finish = parked_ && !finished_;
+      finished_ = finished_ || finish;
+      tell = watched_;
+      watched_ = false;
+      changed_.notify_all();
+    }
+    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    if (tell) calls_->Push(this, true);
+  }
+  void OnDone() override { Unref(); }
+
+  // What follows is called by Python threads, without the GIL.
+
+  // 1: a message (in `slices`), 0: no more (half-close or cancellation), -1: its bytes could
+  // not be read.
+  int Read(std::vector<grpc::Slice>* slices) {
+    bool started;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      started = std::exchange(first_read_, false);
+    }
+    if (!started) {
+      if (!Begin(&reading_)) return 0;
+      StartRead(&in_);
+    }
+    if (!Wait(&reading_)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      read_closed_ = true;
+      return 0;
+    }
+    return in_.Dump(slices).ok() ? 1 : -1;
+  }
+  bool Write(const char* data, size_t size) {
+    if (!Begin(&writing_)) return false;
+    grpc::Slice slice(data, size);
+    out_ = grpc::ByteBuffer(&slice, 1);
+    StartWrite(&out_);
+    return Wait(&writing_);
+  }
+  bool SendInitialMetadata(const Pairs& metadata) {
+    if (!Begin(&sending_metadata_)) return false;
+    for (const auto& [key, value] : metadata) context_->AddInitialMetadata(key, value);
+    StartSendInitialMetadata();
+    return Wait(&sending_metadata_);
+  }
+  // Ends the call once (later calls do nothing), with `response` if the status is OK.
+  void Complete(int code, const std::string& details, const Pairs& trailing,
+                const std::optional<std::string>& response) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      changed_.wait(lock, [this] { return !writing_.busy && !sending_metadata_.busy; });
+      if (finished_) return;
+      if (code != 0) DrainBriefly(lock);
+      finished_ = true;
+    }
+    for (const auto& [key, value] : trailing) context_->AddTrailingMetadata(key, value);
+    grpc::Status status(static_cast<grpc::StatusCode>(code), details);
+    if (code == 0 && response) {
+      grpc::Slice slice(response->data(), response->size());
+      out_ = grpc::ByteBuffer(&slice, 1);
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
+    } else {
+      Finish(status);
+    }
+  }
+  // The handler answers from other threads: a cancellation finishes the call. False if it is
+  // cancelled already (then it is finished now).
+  bool Park() {
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      parked_ = true;
+      finish = cancelled_ && !finished_;
+      finished_ = finished_ || finish;
+    }
+    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    return !finish;
+  }
+  // Queue this call again if it is cancelled; false if it is over already.
+  bool WatchEnd() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cancelled_ || finished_) return false;
+    watched_ = true;
+    return true;
+  }
+  bool Active() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return !cancelled_ && !finished_;
+  }
+  // The context may be read until the call is finished.
+  bool Readable() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return !finished_;
+  }
+
+ private:
+  struct Operation {
+    bool busy = false;
+    bool ok = false;
+  };
+  void Done(Operation* operation, bool ok) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    operation->busy = false;
+    operation->ok = ok;
+    changed_.notify_all();
+  }
+  // Before an error status, reads what the client is still sending, until its half-close,
+  // for 50 ms at most: a status that overtakes a client's write makes grpc.aio clients report
+  // INTERNAL ("Internal error from Core") instead of the status (e.g. a refused stream).
+  void DrainBriefly(std::unique_lock<std::mutex>& lock) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+    while (!cancelled_ && !read_closed_) {
+      if (!changed_.wait_until(lock, until, [this] { return !reading_.busy; })) return;
+      first_read_ = false;
+      if (!reading_.ok) return;
+      reading_.busy = true;
+      lock.unlock();
+      StartRead(&in_);
+      lock.lock();
+    }
+  }
+  // One operation of a kind at a time: others wait for it (writes may come from many threads).
+  bool Begin(Operation* operation) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [operation] { return !operation->busy; });
+    if (finished_) return false;
+    operation->busy = true;
+    return true;
+  }
+  bool Wait(Operation* operation) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [operation] { return !operation->busy; });
+    return operation->ok;
+  }
+
+  grpc::GenericCallbackServerContext* context_;
+  Calls* calls_;
+  const uint64_t id_;
+  std::atomic<int> refs_{2};  // gRPC's and the queue entry's
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  Operation reading_, writing_, sending_metadata_;
+  bool cancelled_ = false, finished_ = false, parked_ = false, watched_ = false;
+  bool first_read_ = true;  // started by the constructor, not yet taken by Read
+  bool read_closed_ = false;  // a read said the client sends no more
+  grpc::ByteBuffer in_, out_;
+};
+
+void Calls::Push(Call* call, bool ended) {
+  if (ended) call->Ref();  // a new call comes with its queue reference
+  std::lock_guard<std::mutex> lock(mutex_);
+  items_.emplace_back(call, ended);
+  ready_.notify_one();
+}
+
+class Service : public grpc::CallbackGenericService {
+ public:
+  explicit Service(Calls* calls) : calls_(calls) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
+    return new Call(context, calls_, next_id_.fetch_add(1));
+  }
+
+ private:
+  Calls* calls_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Python types
+
+struct CallObject {
+  PyObject_HEAD
+  Call* call;
+};
+
+struct ServerObject {
+  PyObject_HEAD
+  Calls* calls;
+  Service* service;
+  grpc::Server* server;
+  int max_message_bytes;
+  bool reuse_port;
+};
+
+PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Call"};
+PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Server"};
+
+Call* Of(PyObject* self) { return reinterpret_cast<CallObject*>(self)->call; }
+
+PyObject* Bytes(grpc::string_ref text) {
+  return PyBytes_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
+}
+
+// Metadata as grpcio gives it: (key, value) pairs, values bytes for "-bin" keys, else str.
+PyObject* ToMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
+  PyObject* pairs = PyTuple_New(static_cast<Py_ssize_t>(metadata.size()));
+  Py_ssize_t index = 0;
+  for (const auto& [key, value] : metadata) {
+    if (pairs == nullptr) return nullptr;
+    const char* format = key.ends_with("-bin") ? "(s#y#)" : "(s#s#)";
+    PyObject* pair = Py_BuildValue(format, key.data(), static_cast<Py_ssize_t>(key.size()),
+                                   value.data(), static_cast<Py_ssize_t>(value.size()));
+    if (pair == nullptr) {  // a text value that is not UTF-8: passed on as bytes
+      PyErr_Clear();
+      pair = Py_BuildValue("(s#y#)", key.data(), static_cast<Py_ssize_t>(key.size()),
+                           value.data(), static_cast<Py_ssize_t>(value.size()));
+    }
+    if (pair == nullptr) Py_CLEAR(pairs);
+    else PyTuple_SET_ITEM(pairs, index++, pair);
+  }
+  return pairs;
+}
+
+// A sequence of (str, str|bytes) pairs.
+bool ToPairs(PyObject* sequence, Pairs* pairs) {
+  PyObject* items = PySequence_Fast(sequence, "metadata must be a sequence of (key, value)");
+  if (items == nullptr) return false;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items); ++i) {
+    PyObject *key, *value;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "OO", &key, &value)) break;
+    const char* key_text = PyUnicode_AsUTF8(key);
+    Py_ssize_t size;
+    const char* value_text = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, &size)
+                                                    : nullptr;
+    char* data;
+    if (value_text == nullptr && !PyErr_Occurred() && PyBytes_AsStringAndSize(value, &data, &size) == 0)
+      value_text = data;
+    if (key_text == nullptr || value_text == nullptr) break;
+    pairs->emplace_back(key_text, std::string(value_text, static_cast<size_t>(size)));
+  }
+  Py_DECREF(items);
+  return !PyErr_Occurred();
+}
+
+// Call methods ---------------------------------------------------------------------------------
+
+// (method, metadata, peer, seconds left or None)
+PyObject* CallInfo(PyObject* self, PyObject*) {
+  Call* call = Of(self);
+  auto* context = call->context();
+  auto deadline = context->deadline();
+  PyObject* remaining = Py_NewRef(Py_None);
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    Py_SETREF(remaining, PyFloat_FromDouble(std::chrono::duration<double>(
+        deadline - std::chrono::system_clock::now()).count()));
+  }
+  const std::string& method = context->method();
+  std::string peer = context->peer();
+  return Py_BuildValue("(s#Ns#N)", method.data(), static_cast<Py_ssize_t>(method.size()),
+                       ToMetadata(context->client_metadata()), peer.data(),
+                       static_cast<Py_ssize_t>(peer.size()), remaining);
+}
+
+PyObject* CallRead(PyObject* self, PyObject*) {
+  std::vector<grpc::Slice> slices;
+  int got;
+  Py_BEGIN_ALLOW_THREADS;
+  got = Of(self)->Read(&slices);
+  Py_END_ALLOW_THREADS;
+  if (got == 0) Py_RETURN_NONE;
+  if (got < 0) {  // never parsed as an empty message
+    PyErr_SetString(PyExc_ValueError, "the request's bytes could not be read");
+    return nullptr;
+  }
+  size_t size = 0;
+  for (const auto& slice : slices) size += slice.size();
+  PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+  if (bytes == nullptr) return nullptr;
+  char* out = PyBytes_AS_STRING(bytes);
+  for (const auto& slice : slices) {
+    std::memcpy(out, slice.begin(), slice.size());
+    out += slice.size();
+  }
+  return bytes;
+}
+
+PyObject* CallWrite(PyObject* self, PyObject* args) {
+  Py_buffer data;
+  if (!PyArg_ParseTuple(args, "y*", &data)) return nullptr;
+  bool ok;
+  Py_BEGIN_ALLOW_THREADS;
+  ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
+  Py_END_ALLOW_THREADS;
+  PyBuffer_Release(&data);
+  return PyBool_FromLong(ok);
+}
+
+PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
+  PyObject* metadata;
+  Pairs pairs;
+  if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
+  bool ok;
+  Py_BEGIN_ALLOW_THREADS;
+  ok = Of(self)->SendInitialMetadata(pairs);
+  Py_END_ALLOW_THREADS;
+  return PyBool_FromLong(ok);
+}
+
+PyObject* CallFinish(PyObject* self, PyObject* args) {
+  int code;
+  const char* details;
+  Py_ssize_t details_size;
+  PyObject *trailing, *response_object = Py_None;
+  Pairs pairs;
+  if (!PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing,
+                        &response_object) || !ToPairs(trailing, &pairs)) {
+    return nullptr;
+  }
+  if (code < 0 || code > 16) {
+    PyErr_SetString(PyExc_ValueError, "code must be a gRPC status code (0-16)");
+    return nullptr;
+  }
+  std::optional<std::string> response;
+  if (response_object != Py_None) {
+    char* data;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(response_object, &data, &size) < 0) return nullptr;
+    response.emplace(data, static_cast<size_t>(size));
+  }
+  std::string text(details, static_cast<size_t>(details_size));
+  Py_BEGIN_ALLOW_THREADS;
+  Of(self)->Complete(code, text, pairs, response);
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyObject* CallPark(PyObject* self, PyObject*) {
+  bool parked;
+  Py_BEGIN_ALLOW_THREADS;
+  parked = Of(self)->Park();
+  Py_END_ALLOW_THREADS;
+  return PyBool_FromLong(parked);
+}
+
+PyObject* CallWatchEnd(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->WatchEnd()); }
+PyObject* CallActive(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Active()); }
+
+PyObject* CallCancel(PyObject* self, PyObject*) {
+  if (Of(self)->Readable()) Of(self)->context()->TryCancel();
+  Py_RETURN_NONE;
+}
+
+// (identity property name or None, {property name: [values]}), or None once finished.
+PyObject* CallAuth(PyObject* self, PyObject*) {
+  Call* call = Of(self);
+  if (!call->Readable()) Py_RETURN_NONE;
+  std::shared_ptr<const grpc::AuthContext> auth = call->context()->auth_context();
+  PyObject* properties = PyDict_New();
+  if (properties == nullptr) return nullptr;
+  for (auto it = auth->begin(); it != auth->end(); ++it) {
+    PyObject* name = PyUnicode_FromStringAndSize((*it).first.data(), (*it).first.size());
+    PyObject* values = name ? PyDict_GetItemWithError(properties, name) : nullptr;
+    if (name != nullptr && values == nullptr && !PyErr_Occurred()) {
+      values = PyList_New(0);
+      if (values != nullptr && PyDict_SetItem(properties, name, values) == 0) Py_DECREF(values);
+    }
+    PyObject* value = values ? Bytes((*it).second) : nullptr;
+    if (value == nullptr || PyList_Append(values, value) < 0) {
+      Py_XDECREF(name);
+      Py_XDECREF(value);
+      Py_DECREF(properties);
+      return nullptr;
+    }
+    Py_DECREF(name);
+    Py_DECREF(value);
+  }
+  std::string key = auth->IsPeerAuthenticated() ? auth->GetPeerIdentityPropertyName() : "";
+  if (key.empty()) return Py_BuildValue("(ON)", Py_None, properties);
+  return Py_BuildValue("(s#N)", key.data(), static_cast<Py_ssize_t>(key.size()), properties);
+}
+
+PyObject* CallId(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(Of(self)->id()); }
+
+void CallDealloc(PyObject* self) {
+  Of(self)->Unref();
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyMethodDef call_methods[] = {
+    {"info", CallInfo, METH_NOARGS, "(method, metadata, peer, seconds left or None)"},
+    {"read", CallRead, METH_NOARGS, "the next request's bytes, None after the last"},
+    {"write", CallWrite, METH_VARARGS, "write(bytes) -> False if the call is over"},
+    {"send_initial_metadata", CallSendInitialMetadata, METH_VARARGS, "(pairs) -> bool"},
+    {"finish", CallFinish, METH_VARARGS, "finish(code, details, trailing, response=None)"},
+    {"park", CallPark, METH_NOARGS, "answered from other threads; False if cancelled already"},
+    {"watch_end", CallWatchEnd, METH_NOARGS, "next_call() gives it again if it is cancelled"},
+    {"active", CallActive, METH_NOARGS, "neither cancelled nor finished"},
+    {"cancel", CallCancel, METH_NOARGS, "cancels the call"},
+    {"auth", CallAuth, METH_NOARGS, "(identity key or None, {property: [bytes]}) or None"},
+    {nullptr, nullptr, 0, nullptr},
+};
+PyGetSetDef call_properties[] = {
+    {"id", CallId, nullptr, "a number unique in the server", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+// Server methods -------------------------------------------------------------------------------
+
+PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
+  int max_message_bytes, reuse_port;
+  if (!PyArg_ParseTuple(args, "ip", &max_message_bytes, &reuse_port)) return nullptr;
+  auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->calls = new Calls();
+  self->service = new Service(self->calls);
+  self->max_message_bytes = max_message_bytes;
+  self->reuse_port = reuse_port;
+  return reinterpret_cast<PyObject*>(self);
+}
+
+std::optional<std::string> Pem(PyObject* object) {
+  char* data;
+  Py_ssize_t size;
+  if (PyBytes_AsStringAndSize(object, &data, &size) < 0) return std::nullopt;
+  return std::string(data, static_cast<size_t>(size));
+}
+
+// listen(address, tls=None | (cert, key, client_ca | None)) -> port: binds and starts gRPC;
+// calls wait in the queue until Python takes them.
+PyObject* ServerListen(PyObject* object, PyObject* args) {
+  auto* self = reinterpret_cast<ServerObject*>(object);
+  const char* address;
+  PyObject *tls = Py_None, *cert, *key, *client_ca;
+  if (!PyArg_ParseTuple(args, "s|O", &address, &tls)) return nullptr;
+  if (self->server != nullptr || self->calls == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "the native server listens on one address, once");
+    return nullptr;
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls != Py_None) {
+    if (!PyArg_ParseTuple(tls, "SSO", &cert, &key, &client_ca)) return nullptr;
+    grpc::SslServerCredentialsOptions options;
+    options.pem_key_cert_pairs.push_back({*Pem(key), *Pem(cert)});
+    if (client_ca != Py_None) {
+      std::optional<std::string> roots = Pem(client_ca);
+      if (!roots) return nullptr;
+      options.pem_root_certs = *roots;
+      options.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    credentials = grpc::SslServerCredentials(options);
+  }
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, credentials, &port);
+  builder.RegisterCallbackGenericService(self->service);
+  builder.SetMaxReceiveMessageSize(self->max_message_bytes);
+  builder.SetMaxSendMessageSize(self->max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, self->reuse_port ? 1 : 0);
+  std::unique_ptr<grpc::Server> server;
+  std::string errors;
+  Py_BEGIN_ALLOW_THREADS;
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    log_capture = &errors;
+  }
+  server = builder.BuildAndStart();
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    log_capture = nullptr;
+  }
+  Py_END_ALLOW_THREADS;
+  if (server == nullptr || port == 0) {
+    bool in_use = errors.find("in use") != std::string::npos;
+    PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s (%s)", address,
+                 in_use ? "address in use" : "in use, or not an address here?");
+    return nullptr;  // a server without its port is deleted here: it has served no call
+  }
+  self->server = server.release();
+  return PyLong_FromLong(port);
+}
+
+PyObject* ServerNextCall(PyObject* object, PyObject*) {
+  auto* self = reinterpret_cast<ServerObject*>(object);
+  Call* call = nullptr;
+  bool ended = false, got;
+  Py_BEGIN_ALLOW_THREADS;
+  got = self->calls->Pop(&call, &ended);
+  Py_END_ALLOW_THREADS;
+  if (!got) Py_RETURN_NONE;
+  if (ended) {  // Python only needs its number
+    uint64_t id = call->id();
+    call->Unref();
+    return Py_BuildValue("(KO)", static_cast<unsigned long long>(id), Py_False);
+  }
+  auto* wrapper = PyObject_New(CallObject, &CallType);
+  if (wrapper == nullptr) {
+    call->Complete(13, "out of memory", {}, std::nullopt);
+    call->Unref();
+    return nullptr;
+  }
+  wrapper->call = call;  // takes the queue's reference
+  return Py_BuildValue("(NO)", reinterpret_cast<PyObject*>(wrapper), Py_True);
+}
+
+// shutdown(grace_s): stops listening, cancels what is left after grace_s seconds and waits
+// until every call has ended (the pool threads must keep taking calls meanwhile); then
+// next_call() returns None once the queue is empty.
+PyObject* ServerShutdown(PyObject* object, PyObject* args) {
+  auto* self = reinterpret_cast<ServerObject*>(object);
+  double grace_s = 0;
+  if (!PyArg_ParseTuple(args, "|d", &grace_s)) return nullptr;
+  grpc::Server* server = std::exchange(self->server, nullptr);
+  Calls* calls = self->calls;
+  if (calls == nullptr) Py_RETURN_NONE;
+  Py_BEGIN_ALLOW_THREADS;
+  if (server != nullptr) {
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
+    server->Wait();
+    delete server;
+  }
+  calls->Close();
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+void ServerDealloc(PyObject* object) {
+  auto* self = reinterpret_cast<ServerObject*>(object);
+  // The Python side shuts down and joins its threads before letting go; a server never
+  // started has no calls to wait for.
+  if (self->server == nullptr) {
+    delete self->service;
+    delete self->calls;
+  }  // else leaked on purpose: gRPC may still call into it
+  Py_TYPE(object)->tp_free(object);
+}
+
+PyMethodDef server_methods[] = {
+    {"listen", ServerListen, METH_VARARGS, "listen(address, tls=None) -> port"},
+    {"next_call", ServerNextCall, METH_NOARGS,
+     "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
+     "once shut down"},
+    {"shutdown", ServerShutdown, METH_VARARGS, "shutdown(grace_s=0)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
+                      "gRPC C++ server whose calls Python threads answer.", -1, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__server() {
+  gpr_set_log_function(Log);
+  CallType.tp_basicsize = sizeof(CallObject);
+  CallType.tp_flags = Py_TPFLAGS_DEFAULT;
+  CallType.tp_dealloc = CallDealloc;
+  CallType.tp_methods = call_methods;
+  CallType.tp_getset = call_properties;
+  ServerType.tp_basicsize = sizeof(ServerObject);
+  ServerType.tp_flags = Py_TPFLAGS_DEFAULT;
+  ServerType.tp_new = ServerNew;
+  ServerType.tp_dealloc = ServerDealloc;
+  ServerType.tp_methods = server_methods;
+  ServerType.tp_doc = "Server(max_message_bytes, reuse_port)";
+  if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+  if (PyModule_AddObjectRef(m, "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
