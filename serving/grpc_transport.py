@@ -1,4 +1,6 @@
-"""The gRPC transport: grpcio's synchronous server, translating calls for the call pipeline.
+"""The gRPC transport: grpcio's synchronous server programming model (its own server, or the
+native one, ``serving.native``, behind the same interface), translating calls for the call
+pipeline.
 
 It decides nothing. ``PipelineInterceptor`` (a ``grpc.ServerInterceptor``) puts every method
 of every service through ``CallPipeline``: it describes the call as a ``Call``, lets the
@@ -8,15 +10,26 @@ plane's methods (``serving.api``) are registered as they are, called with the ``
 health and reflection come from their packages, called with their ``ServicerContext``.
 """
 
+import collections
+import logging
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import descriptor, message_factory
 
+from serving import native
 from serving.errors import ServingError
 from serving.pipeline import Call, CallPipeline, parse_request
+from serving.security import ServerTls
+
+if TYPE_CHECKING:
+    from serving.native.server import NativeServer
+
+log = logging.getLogger(__name__)
 
 
 class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not an error kind)
@@ -140,14 +153,75 @@ def _abort(context: grpc.ServicerContext, error: ServingError):
     context.abort(grpc.StatusCode[error.grpc_code], str(error))
 
 
-def grpc_server(threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                max_message_bytes: int, reuse_port: bool) -> grpc.Server:
-    """grpcio's synchronous server; ``threads``: calls answered at once (a stream holds one
-    for its whole life); ``reuse_port``: several worker processes share the port."""
-    return grpc.server(
+class _DrainRefusedStreams(grpc.ServerInterceptor):
+    """grpcio only (gRPC C++ does it in ``Call::Complete``): before a call whose client still
+    streams requests ends with an error, reads them for 50 ms at most (on a helper thread: a
+    read cannot time out), so that the status does not overtake the client's writes, which
+    grpc.aio clients report as INTERNAL ("Internal error from Core") instead of the status."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        behavior = handler.stream_unary or handler.stream_stream
+
+        def drain(requests):
+            reader = threading.Thread(target=collections.deque, args=(requests, 0), daemon=True)
+            reader.start()
+            reader.join(0.05)
+
+        if handler.response_streaming:
+            def answer(requests, context):
+                try:
+                    yield from behavior(requests, context)
+                except Exception:
+                    drain(requests)
+                    raise
+            return handler._replace(stream_stream=answer)
+
+        def answer_one(requests, context):
+            try:
+                return behavior(requests, context)
+            except Exception:
+                drain(requests)
+                raise
+        return handler._replace(stream_unary=answer_one)
+
+
+class GrpcioServer:
+    """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port``."""
+
+    transport = "grpcio"
+
+    def __init__(self, server: grpc.Server):
+        self._server = server
+
+    def add_secure_port(self, address: str, tls: ServerTls) -> int:
+        return self._server.add_secure_port(address, tls.credentials())
+
+    def __getattr__(self, name: str):  # the rest of grpc.Server's interface, as it is
+        return getattr(self._server, name)
+
+
+def grpc_server(implementation: str, threads: int,
+                interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
+                reuse_port: bool) -> "GrpcioServer | NativeServer":
+    """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
+    built, else grpcio's synchronous server; the same interface either way (``transport``
+    names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
+    (a stream holds one for its whole life); ``reuse_port``: several worker processes share
+    the port."""
+    if implementation == "native":
+        if native.available():
+            from serving.native.server import NativeServer
+
+            return NativeServer(threads, interceptors, max_message_bytes, reuse_port)
+        log.warning("native gRPC server not built, grpcio serves: %s",
+                    native.UNAVAILABLE_REASON)
+    return GrpcioServer(grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="grpc-call"),
-        interceptors=list(interceptors),
+        interceptors=[_DrainRefusedStreams(), *interceptors],
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.so_reuseport", int(reuse_port))],
-    )
+    ))

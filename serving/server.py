@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -65,7 +64,7 @@ class ModelServer:
         # non-blocking: a Watch holds no call thread while it waits for a change
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc_server(
-            settings.call_threads,
+            settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
         )
@@ -75,9 +74,10 @@ class ModelServer:
         reflection.enable_server_reflection(
             [*(s.full_name for s in SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME],
             self._server)
-        self._health_server: grpc.Server | None = None
+        self._health_server = None
         if settings.health_port:
-            self._health_server = grpc_server(2, [], 4096, reuse_port=settings.workers > 1)
+            self._health_server = grpc_server(settings.grpc_server, 2, [], 4096,
+                                              reuse_port=settings.workers > 1)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         self.port = 0
         self.health_port = 0
@@ -117,7 +117,7 @@ class ModelServer:
         except OSError as error:
             raise ListenError(f"cannot read a TLS file: {error}") from None
         try:
-            self.port = (self._server.add_secure_port(settings.address, tls.credentials())
+            self.port = (self._server.add_secure_port(settings.address, tls)
                          if tls else self._server.add_insecure_port(settings.address))
             if self._health_server is not None:
                 self.health_port = self._health_server.add_insecure_port(
@@ -149,7 +149,7 @@ class ModelServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registry.list())
         log.info("serving", extra={"fields": {
-            "address": self.address, "transport": "grpcio",
+            "address": self.address, "transport": self._server.transport,
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
             "try": f"fmnist classify --target {self.address} --test-index 0 1 2"}})
@@ -227,6 +227,9 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
         raise
     if on_ready is not None:
         on_ready(server)
-    stop_requested.wait()
+    # Woken twice a second: the kernel may hand SIGTERM to another thread (gRPC C++'s), which
+    # only marks it pending; the main thread runs the handler once it runs Python again.
+    while not stop_requested.wait(0.5):
+        pass
     log.info("shutdown requested")
     server.stop()

@@ -19,6 +19,7 @@ from common.flags import ENV_PREFIX, add_option
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+GRPC_SERVERS = ("native", "grpcio")
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
@@ -88,6 +89,10 @@ class Settings:
         64, "threads answering calls in a process: a unary call holds one while it runs, a "
         "stream for its whole life", "N",
     )
+    grpc_server: str = _setting(
+        "native", "gRPC server implementation: native (gRPC C++, serving/native; grpcio where "
+        "it is not built) or grpcio (grpcio's own)", choices=GRPC_SERVERS,
+    )
     workers: int = _setting(
         CORES, "server processes sharing the port (the kernel spreads the connections), under "
         "a supervisor that replaces any that dies; 1: a single process "
@@ -131,6 +136,9 @@ class Settings:
         for name in ("grace_period", "poll_interval", "batch_delay_us", "max_concurrent_calls"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_flag(name)}: expected seconds >= 0, got {getattr(self, name)}")
+        if self.grpc_server not in GRPC_SERVERS:
+            raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
+                             f"got {self.grpc_server!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca and not self.tls_cert:

@@ -1,0 +1,207 @@
+"""The native server's Python side: the pool threads that take calls from gRPC C++ and answer
+them through the interceptors and generic handlers, as grpcio's synchronous server would
+(``serving/native/__init__.py`` says how it is built and why)."""
+
+import functools
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import grpc
+
+from serving.native import UNAVAILABLE_REASON, _server
+from serving.native.context import NativeContext
+from serving.security import ServerTls
+
+log = logging.getLogger(__name__)
+
+
+class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio makes it
+    method: str
+    invocation_metadata: tuple
+
+
+class NativeServer:
+    """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
+    stream holds one for its whole life, a non-blocking Watch none); ``reuse_port``: several
+    worker processes share the port (off: a port in use fails)."""
+
+    transport = "native"
+
+    def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
+                 max_message_bytes: int, reuse_port: bool):
+        if _server is None:
+            raise RuntimeError(UNAVAILABLE_REASON)
+        self._core = _server.Server(max_message_bytes, reuse_port)
+        self._pool_size = threads
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._resolve = self._lookup
+        for interceptor in reversed(list(interceptors)):
+            self._resolve = functools.partial(interceptor.intercept_service, self._resolve)
+        self._pool: list[threading.Thread] = []
+        self._watched: dict[int, NativeContext] = {}  # call id -> context, until it ends
+        self._state = threading.Lock()
+        self._stopped = False
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers) -> None:
+        """grpcio's faster lookup for generated code, which adds the same handlers as a
+        generic handler too: served from there."""
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._core.listen(address)
+
+    def add_secure_port(self, address: str, tls: ServerTls) -> int:
+        return self._core.listen(address, (tls.cert, tls.key, tls.client_ca))
+
+    def start(self) -> None:
+        with self._state:
+            if self._pool or self._stopped:
+                return
+            self._pool = [threading.Thread(target=self._serve, name=f"grpc-call-{index}")
+                          for index in range(self._pool_size)]
+            for thread in self._pool:
+                thread.start()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stops listening, cancels the calls still running after ``grace`` seconds, waits
+        until every call has ended and joins the pool threads; the event returned is set."""
+        self.start()  # calls that arrived before start() must be answered to end
+        with self._state:
+            already, self._stopped = self._stopped, True
+        if not already:
+            self._core.shutdown(grace or 0.0)
+            for thread in self._pool:
+                thread.join()
+        stopped = threading.Event()
+        stopped.set()
+        return stopped
+
+    # The pool threads
+
+    def _serve(self) -> None:
+        while (taken := self._core.next_call()) is not None:
+            call, new = taken
+            if not new:  # a call whose callbacks are due was cancelled
+                with self._state:
+                    context = self._watched.pop(call, None)
+                if context is not None:
+                    context.end()
+                continue
+            try:
+                parked = self._answer(call)
+            except Exception:  # never lose a pool thread
+                log.exception("the native server failed to answer a call")
+                call.finish(grpc.StatusCode.INTERNAL.value[0], "internal error", ())
+                parked = False
+            if self._watched and not parked:  # ended: its callbacks have run
+                with self._state:
+                    self._watched.pop(call.id, None)
+
+    def _watch_end(self, call, context: NativeContext) -> bool:
+        with self._state:
+            self._watched[call.id] = context
+        if call.watch_end():
+            return True
+        with self._state:
+            self._watched.pop(call.id, None)
+        return False
+
+    def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        for generic in self._generic:
+            handler = generic.service(details)
+            if handler is not None:
+                return handler
+        return None
+
+    def _answer(self, call) -> bool:
+        """Answers ``call``; True if it is parked (answered from other threads)."""
+        method, metadata, peer, remaining = call.info()
+        context = NativeContext(call, metadata, peer, remaining,
+                                functools.partial(self._watch_end, call))
+        try:
+            handler = self._resolve(_HandlerCallDetails(method, metadata))
+            if handler is None:
+                raise _RefusedError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return _run(call, context, handler)
+        except _RefusedError as refusal:  # its request could not be read, or no such method
+            if context.code() is None:
+                context.set_code(refusal.code)
+                context.set_details(str(refusal))
+            context.finish()
+        except Exception as error:
+            context.finish(error=error)
+        return False
+
+
+def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler) -> bool:
+    """Runs the handler, as grpcio does for its kind; True if the call is parked."""
+    request = (_requests(call, handler.request_deserializer) if handler.request_streaming
+               else _request(call, handler.request_deserializer))
+    serialize = handler.response_serializer or _as_is
+    behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                or handler.stream_stream)
+    if not handler.response_streaming:
+        context.finish(serialize(behavior(request, context)))
+    elif getattr(behavior, "experimental_non_blocking", False) and not handler.request_streaming:
+        behavior(request, context, lambda message: call.write(serialize(message)))
+        if call.park():  # answered from other threads until cancelled
+            return True
+        context.end()  # cancelled already (and finished by park)
+    else:
+        _write_all(call, behavior(request, context), serialize)
+        context.finish()
+    return False
+
+
+class _RefusedError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+
+
+def _as_is(data):
+    return data
+
+
+def _parse(data: bytes, deserializer):
+    if deserializer is None:
+        return data
+    try:
+        return deserializer(data)
+    except Exception:
+        raise _RefusedError(grpc.StatusCode.INTERNAL, "Exception deserializing request!") from None
+
+
+def _read(call) -> bytes | None:
+    try:
+        return call.read()
+    except ValueError as error:  # R3: unreadable bytes are refused, never parsed as empty
+        raise _RefusedError(grpc.StatusCode.INTERNAL, str(error)) from None
+
+
+def _request(call, deserializer):
+    data = _read(call)
+    if data is None:
+        raise _RefusedError(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
+    return _parse(data, deserializer)
+
+
+def _requests(call, deserializer) -> Iterator:
+    while (data := _read(call)) is not None:
+        yield _parse(data, deserializer)
+
+
+def _write_all(call, responses: Iterator, serialize) -> None:
+    """Writes each response; stops, closing the iterator, once the client is gone."""
+    try:
+        for response in responses:
+            if not call.write(serialize(response)):
+                break
+    finally:
+        close = getattr(responses, "close", None)
+        if close is not None:
+            close()
