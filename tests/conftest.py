@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from common.contract import CLASS_NAMES, PIXELS
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.dataset import load_test_set
+from serving import native
 from serving.server import ModelServer
-from serving.settings import Settings
+from serving.settings import GRPC_SERVERS, Settings
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
@@ -82,10 +83,20 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return load_test_set()
 
 
+@pytest.fixture(scope="session", params=GRPC_SERVERS)
+def grpc_server(request) -> str:
+    """Each gRPC server implementation (--grpc-server): tests that take it, or ``settings``,
+    run on both; native is skipped, saying why, where the extension is not built."""
+    if request.param == "native" and not native.available():
+        pytest.skip(f"native gRPC server: {native.UNAVAILABLE_REASON}")
+    return request.param
+
+
 @pytest.fixture
-def settings(model_repository) -> Settings:
+def settings(model_repository, grpc_server) -> Settings:
     return Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                    parallel_inferences=2, workers=1, grace_period=5.0)
+                    parallel_inferences=2, workers=1, grace_period=5.0,
+                    grpc_server=grpc_server)
 
 
 class running_server:  # noqa: N801 (used as a function)

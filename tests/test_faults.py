@@ -87,12 +87,12 @@ REFUSAL_REASONS = {
 
 @pytest.mark.parametrize("case", REFUSAL_REASONS)
 async def test_a_damaged_version_is_refused_with_one_log_line_and_the_rest_serves(
-    case, repository_copy, caplog
+    case, repository_copy, caplog, grpc_server
 ):
     _damage(repository_copy / "mlp" / "2", case)
     caplog.set_level(logging.INFO)
     settings = Settings(host="127.0.0.1", port=0, model_repository=repository_copy,
-                        parallel_inferences=1)
+                        parallel_inferences=1, grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -135,11 +135,11 @@ def test_without_a_good_version_of_a_required_model_the_server_exits_1_with_the_
 
 
 @pytest.fixture
-async def small_server(model_repository):
+async def small_server(model_repository, grpc_server):
     """Allows 4 images per request and messages of 4 KiB + a full batch."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
                         parallel_inferences=1, max_request_images=4,
-                        max_message_bytes=4 * 788 + 1024)
+                        max_message_bytes=4 * 788 + 1024, grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -162,9 +162,11 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted(small_server)
     assert len((await small_server.Classify(_request(4))).results) == 4
 
 
-async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_repository):
+async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_repository,
+                                                                     grpc_server):
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        parallel_inferences=1, max_concurrent_calls=2)
+                        parallel_inferences=1, max_concurrent_calls=2,
+                        grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:
@@ -256,10 +258,12 @@ async def _drive_until_refused(target: str, process: subprocess.Popen) -> tuple[
     return events, outcomes
 
 
-def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository):
+def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository,
+                                                                    grpc_server):
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json"],
+         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
+         "--grpc-server", grpc_server],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -50,10 +50,10 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(model_repository):
+def fuzz_server(model_repository, grpc_server):
     settings_ = Settings(
         host="127.0.0.1", port=0, model_repository=model_repository, parallel_inferences=2,
-        max_request_images=MAX_BATCH,
+        max_request_images=MAX_BATCH, grpc_server=grpc_server,
     )
     with running_server(settings_) as running:
         yield running

@@ -110,11 +110,11 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @contextlib.asynccontextmanager
-async def _serving(model_repository, **security_settings):
+async def _serving(model_repository, grpc_server, **security_settings):
     """The real server with ``security_settings`` (tls_cert, tls_key, tls_client_ca,
     auth_token); yields its port."""
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        parallel_inferences=1, poll_interval=0,
+                        parallel_inferences=1, poll_interval=0, grpc_server=grpc_server,
                         **security_settings)
     async with running_server(settings) as server:
         yield server.port
@@ -172,8 +172,8 @@ async def _first(stream):
     return None
 
 
-async def test_token_guards_every_rpc_but_health(model_repository):
-    async with _serving(model_repository, auth_token=TOKEN) as port:
+async def test_token_guards_every_rpc_but_health(model_repository, grpc_server):
+    async with _serving(model_repository, grpc_server, auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
         async with aio_channel(target) as anonymous:
             assert await _health(anonymous) == health_pb2.HealthCheckResponse.SERVING
@@ -189,8 +189,8 @@ async def test_token_guards_every_rpc_but_health(model_repository):
             assert "fashion_mnist.v1.Classifier" in outcomes["ServerReflectionInfo"]
 
 
-async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
-    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository, grpc_server):
+    async with _serving(model_repository, grpc_server, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key)) as port:
         target = f"localhost:{port}"
         async with aio_channel(target, tls_ca=pki.ca) as trusting:
@@ -207,8 +207,9 @@ async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository):
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository):
-    async with _serving(model_repository, tls_cert=str(pki.server_cert),
+async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, model_repository,
+                                                                          grpc_server):
+    async with _serving(model_repository, grpc_server, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
                         auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
@@ -229,11 +230,11 @@ async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, mod
 
 
 def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, capsys,
-                                                        monkeypatch):
+                                                        monkeypatch, grpc_server):
     settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
                         parallel_inferences=1, poll_interval=0, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
-                        auth_token=TOKEN)
+                        auth_token=TOKEN, grpc_server=grpc_server)
     with running_server(settings) as server:
         common = ["--target", f"localhost:{server.port}", "--tls-ca", str(pki.ca),
                   "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]

@@ -55,11 +55,12 @@ async def test_streams_in_flight_finish_while_new_calls_are_refused(server, stub
     assert server.admission.in_flight == 0
 
 
-def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_set):
+def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_set, grpc_server):
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
          "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
-         "--workers", "1"],  # one process: this test follows one server's log lines
+         "--workers", "1",  # one process: this test follows one server's log lines
+         "--grpc-server", grpc_server],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

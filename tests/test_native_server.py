@@ -1,0 +1,192 @@
+"""The native gRPC server (serving/native) against grpcio's own, both built by
+serving.grpc_transport.grpc_server: what handlers see of their context, cancellation,
+interceptors for every kind of method, threads at stop, health Watch, a port in use.
+
+R3 (request bytes that cannot be read are refused, never parsed as an empty message) cannot be
+provoked from a client: gRPC C++ hands the callback API messages it has already decompressed,
+so ``ByteBuffer::Dump`` has nothing left that can fail; the refusal is in
+``Call::Read``/``CallRead`` (INTERNAL "the request's bytes could not be read").
+"""
+
+import dataclasses
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving.grpc_transport import grpc_server as make_grpc_server
+from tests.conftest import running_server
+
+SERVICE = "test.Echo"
+
+
+class Recorder(grpc.ServerInterceptor):
+    def __init__(self):
+        self.methods = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.methods.append(handler_call_details.method)
+        return continuation(handler_call_details)
+
+
+class Echo:
+    """Raw-bytes handlers that report what they see of their context."""
+
+    def __init__(self):
+        self.ended = threading.Event()
+        self.seen_inactive = threading.Event()
+
+    def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.send_initial_metadata((("initial", "yes"),))
+        context.set_trailing_metadata((("trailing", "yes"), ("bin-bin", b"\x00\xff")))
+        metadata = dict(context.invocation_metadata())
+        if request == b"fail":
+            context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+            context.set_details("as asked")
+            return b""
+        if request == b"abort":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted")
+        if request == b"raise":
+            raise ValueError("boom")
+        remaining = context.time_remaining()
+        return (f"{metadata.get('x-asked')}|{context.peer().startswith('ipv4:')}|"
+                f"{remaining is not None and 0 < remaining <= 5}").encode()
+
+    def until_cancelled(self, request: bytes, context: grpc.ServicerContext):
+        context.add_callback(self.ended.set)
+        yield b"first"
+        self.ended.wait(10)  # the callbacks run when the call ends, while this handler runs
+        if not context.is_active():
+            self.seen_inactive.set()
+
+    def sum_stream(self, requests, context) -> bytes:
+        return str(sum(len(r) for r in requests)).encode()
+
+    def echo_stream(self, requests, context):
+        yield from requests
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "UntilCancelled": grpc.unary_stream_rpc_method_handler(self.until_cancelled),
+            "Sum": grpc.stream_unary_rpc_method_handler(self.sum_stream),
+            "Echo": grpc.stream_stream_rpc_method_handler(self.echo_stream),
+        })
+
+
+@pytest.fixture
+def echo_server(grpc_server):
+    echo, recorder = Echo(), Recorder()
+    server = make_grpc_server(grpc_server, 4, [recorder], 1 << 20, reuse_port=False)
+    assert server.transport == grpc_server
+    server.add_generic_rpc_handlers([echo.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield echo, recorder, channel
+    server.stop(0).wait()
+
+
+def test_handlers_see_metadata_peer_deadline_and_set_status_and_trailers(echo_server):
+    _, _, channel = echo_server
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    answer, call = unary.with_call(b"hi", metadata=(("x-asked", "42"),), timeout=5)
+    assert answer == b"42|True|True"
+    assert ("initial", "yes") in call.initial_metadata()
+    assert ("trailing", "yes") in call.trailing_metadata()
+    assert ("bin-bin", b"\x00\xff") in call.trailing_metadata()
+    for request, code, details in [
+        (b"fail", grpc.StatusCode.FAILED_PRECONDITION, "as asked"),
+        (b"abort", grpc.StatusCode.PERMISSION_DENIED, "aborted"),
+        (b"raise", grpc.StatusCode.UNKNOWN, "Exception calling application: boom"),
+    ]:
+        with pytest.raises(grpc.RpcError) as failed:
+            unary(request, timeout=5)
+        assert (failed.value.code(), failed.value.details()) == (code, details)
+        assert ("trailing", "yes") in failed.value.trailing_metadata()
+
+
+def test_every_kind_of_method_goes_through_the_interceptors(echo_server):
+    _, recorder, channel = echo_server
+    assert channel.stream_unary(f"/{SERVICE}/Sum")(iter([b"ab", b"cde"]), timeout=5) == b"5"
+    echoed = channel.stream_stream(f"/{SERVICE}/Echo")(iter([b"x", b"yz"]), timeout=5)
+    assert list(echoed) == [b"x", b"yz"]
+    with pytest.raises(grpc.RpcError) as unknown:
+        channel.unary_unary(f"/{SERVICE}/Nothing")(b"", timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert recorder.methods == [f"/{SERVICE}/Sum", f"/{SERVICE}/Echo", f"/{SERVICE}/Nothing"]
+
+
+def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_server):
+    echo, _, channel = echo_server
+    stream = channel.unary_stream(f"/{SERVICE}/UntilCancelled")(b"", timeout=30)
+    assert next(stream) == b"first"
+    stream.cancel()
+    assert echo.ended.wait(5), "add_callback's callback did not run when the call ended"
+    if grpc_server == "native":  # grpcio may never resume a handler whose call has ended
+        assert echo.seen_inactive.wait(5), "is_active() stayed true after the client cancelled"
+
+
+def _threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
+
+
+def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
+    before = _threads()
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = threading.Thread(target=server.stop, args=(0.2,))
+        stopping.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        stopping.join(10)
+        assert not stopping.is_alive()
+    if settings.grpc_server == "native":  # grpcio leaves its executor's threads
+        assert _threads() <= before, "threads left behind"
+
+
+def test_reuse_port_follows_the_setting(grpc_server):
+    first = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
+    port = first.add_insecure_port("127.0.0.1:0")
+    second = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
+    alone = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=False)
+    try:
+        assert second.add_insecure_port(f"127.0.0.1:{port}") == port
+        with pytest.raises(RuntimeError):
+            alone.add_insecure_port(f"127.0.0.1:{port}")
+    finally:
+        for server in (first, second, alone):
+            server.stop(0).wait()
+
+
+def test_a_port_in_use_fails_one_process_with_one_line(model_repository, grpc_server):
+    if grpc_server == "grpcio":
+        pytest.skip("grpcio's core logs a line of its own (E... add_port.cc) before the error")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--grpc-server", grpc_server],
+            capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_the_log_names_the_transport(settings, caplog):
+    caplog.set_level("INFO", logger="serving.server")
+    with running_server(dataclasses.replace(settings, poll_interval=0)):
+        pass
+    serving = [record for record in caplog.records if record.getMessage() == "serving"]
+    assert serving[0].fields["transport"] == settings.grpc_server
