@@ -91,8 +91,9 @@ ENV FMNIST_MODEL_REPOSITORY=/models \
     FMNIST_DATA_DIR=/data \
     FMNIST_HOST=0.0.0.0 \
     FMNIST_PORT=50051 \
+    FMNIST_HTTP_PORT=8080 \
     FMNIST_METRICS_PORT=9090
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 # The server drains in-flight calls on SIGTERM (and SIGINT) and then exits 0.
 STOPSIGNAL SIGTERM
 CMD ["fmnist-serve"]
@@ -103,7 +104,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled
 COPY deploy/nginx-grpc-lb.conf /etc/nginx/nginx.conf
-EXPOSE 50050
+EXPOSE 50050 8080
 # SIGQUIT is nginx's graceful shutdown.
 STOPSIGNAL SIGQUIT
 CMD ["nginx", "-g", "daemon off;"]

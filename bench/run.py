@@ -47,9 +47,9 @@ import score_v2
 import startup
 from ort_limit import measure
 
+from common.dataset import load_test_set
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.client.dataset import load_test_set
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

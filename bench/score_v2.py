@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 from loadgen import loopback_target
 
+from common.dataset import load_test_set
 from inference import grpc_service_pb2 as pb
-from serving.client.dataset import load_test_set
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 

@@ -4,17 +4,21 @@ Sends real Fashion-MNIST test images to the service with the project's Python cl
 every model of the given model repository (the one copied out of the container) in-process with
 onnxruntime on the same images: the served labels must be equal and the probabilities equal up
 to float32 rounding, for the softmax and mlp models and for the baseline answer beside them.
+With ``--http``, the same over the Open Inference Protocol's REST API (JSON), and the web page
+and its random test image answer.
 """
 
 import argparse
+import json
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from common.dataset import load_test_set
 from serving.client.api import ClassifierClient, ModelAnswer
-from serving.client.dataset import load_test_set
 
 SERVED_MODELS = ("softmax", "mlp")
 # Both sides run the same graph on the same CPU kind; only thread scheduling can differ.
@@ -66,6 +70,32 @@ def compare(answer: ModelAnswer, version_dir: Path, images: np.ndarray, truth: n
             f"max |dp| {deviation:.1e}, accuracy {accuracy:.3f}")
 
 
+def check_http(base: str, repository: Path, images: np.ndarray, truth: np.ndarray) -> str:
+    """mlp over REST JSON equals onnxruntime; the page and a random test image answer."""
+    document = {"inputs": [{"name": "images", "datatype": "UINT8",
+                            "shape": list(images.shape), "data": images.ravel().tolist()}],
+                "outputs": [{"name": "label"}]}
+    answer = _http(f"{base}/v2/models/mlp/infer", json.dumps(document).encode())
+    (label,) = answer["outputs"]
+    _, expected = reference(newest_version(repository, "mlp"), images)
+    if not np.array_equal(np.asarray(label["data"]), expected):
+        raise MismatchError("HTTP: mlp labels differ from onnxruntime's")
+    with urllib.request.urlopen(f"{base}/", timeout=30) as page:
+        if b"<html" not in page.read().lower():
+            raise MismatchError("HTTP: GET / is not the web page")
+    image = _http(f"{base}/v1/test-images/random")
+    if len(image["pixels"]) != images[0].size:
+        raise MismatchError("HTTP: the random test image is not 28x28")
+    accuracy = float(np.mean(expected == truth))
+    return f"HTTP: mlp over REST JSON, {len(images)} images, labels equal ({accuracy:.3f}); page"
+
+
+def _http(url: str, body: bytes | None = None) -> dict:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="the service, HOST:PORT")
@@ -74,6 +104,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="directory of the test-set IDX files")
     parser.add_argument("--count", type=int, default=500, help="test images to send")
+    parser.add_argument("--http", help="the service's HTTP base URL, e.g. http://HOST:8080")
     args = parser.parse_args()
 
     images, labels = load_test_set(args.data_dir)
@@ -87,6 +118,8 @@ def main() -> int:
                 print(compare(answer.model, newest_version(args.model_repository, model),
                               images, labels))
                 print(f"  beside it, {compare(answer.baseline, baseline_dir, images, labels)}")
+        if args.http:
+            print(check_http(args.http, args.model_repository, images[:100], labels[:100]))
     except MismatchError as error:
         print(f"compose check: {error}", file=sys.stderr)
         return 1

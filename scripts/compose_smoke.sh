@@ -224,12 +224,16 @@ main() {
     # What an interrupted earlier run may have left.
     teardown
     # Free host ports, so a server already listening on 50051 or 9090 does not get in the way.
-    export BASE_IMAGE FMNIST_GRPC_PUBLISH FMNIST_METRICS_PUBLISH FMNIST_LB_PUBLISH
-    local grpc_port metrics_port lb_port
-    grpc_port=$(free_port); metrics_port=$(free_port); lb_port=$(free_port)
+    export BASE_IMAGE FMNIST_GRPC_PUBLISH FMNIST_HTTP_PUBLISH FMNIST_METRICS_PUBLISH \
+        FMNIST_LB_PUBLISH FMNIST_LB_HTTP_PUBLISH
+    local grpc_port http_port metrics_port lb_port lb_http_port
+    grpc_port=$(free_port); http_port=$(free_port); metrics_port=$(free_port)
+    lb_port=$(free_port); lb_http_port=$(free_port)
     FMNIST_GRPC_PUBLISH=127.0.0.1:$grpc_port
+    FMNIST_HTTP_PUBLISH=127.0.0.1:$http_port
     FMNIST_METRICS_PUBLISH=127.0.0.1:$metrics_port
     FMNIST_LB_PUBLISH=127.0.0.1:$lb_port
+    FMNIST_LB_HTTP_PUBLISH=127.0.0.1:$lb_http_port
 
     log "compose build (BASE_IMAGE=$BASE_IMAGE)"
     local previous  # the serve image the build replaces: its venv layer alone is ~300 MB
@@ -258,6 +262,7 @@ main() {
     podman cp "$classifier:/models" "$SCRATCH/models"
     podman cp "$classifier:/data" "$SCRATCH/data"
     "$PYTHON" scripts/compose_check.py --target "127.0.0.1:$grpc_port" \
+        --http "http://127.0.0.1:$http_port" \
         --model-repository "$SCRATCH/models" --data-dir "$SCRATCH/data" \
         || fail "the service's answers differ from onnxruntime's"
 
@@ -276,7 +281,8 @@ main() {
     # As README documents it: replicas on free host ports (deploy/scale.env), nginx in front.
     log "scale: 2 replicas behind the load balancer"
     COMPOSE_UP=1
-    env -u FMNIST_GRPC_PUBLISH -u FMNIST_METRICS_PUBLISH "${COMPOSE[@]}" --env-file deploy/scale.env \
+    env -u FMNIST_GRPC_PUBLISH -u FMNIST_HTTP_PUBLISH -u FMNIST_METRICS_PUBLISH \
+        "${COMPOSE[@]}" --env-file deploy/scale.env \
         --profile lb up -d --scale classifier=2 >"$SCRATCH/scale.log" 2>&1 \
         || { cat "$SCRATCH/scale.log" >&2; fail "compose up --scale classifier=2 failed"; }
     local replicas replica
@@ -284,6 +290,7 @@ main() {
     [ ${#replicas[@]} = 2 ] || fail "expected 2 classifier replicas, found: ${replicas[*]}"
     for replica in "${replicas[@]}"; do wait_healthy "$replica"; done
     "$PYTHON" scripts/compose_check.py --target "127.0.0.1:$lb_port" \
+        --http "http://127.0.0.1:$lb_http_port" \
         --model-repository "$SCRATCH/models" --data-dir "$SCRATCH/data" \
         || fail "the answers through the load balancer differ from onnxruntime's"
     FMNIST_DATA_DIR="$SCRATCH/data" "$PYTHON" -m serving.client classify --test-index 0 1 2 \

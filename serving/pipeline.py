@@ -32,7 +32,8 @@ from serving.metrics import IN_FLIGHT, CallMetrics
 
 OPEN_PREFIX = "/grpc.health.v1."  # no token needed
 UNCOUNTED_PREFIXES = (OPEN_PREFIX, "/grpc.reflection.")  # never refused, not in the metrics
-API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2"}
+API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2",
+              "fashion_mnist.http.Page": "page"}
 DRAINING_MESSAGE = "server is shutting down; retry on another replica"
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,11 @@ class CallPipeline:
 
 
 def parse_request(parse: Callable, data):
-    """``parse(data)``; whatever it raises is the client's fault: InvalidArgument."""
+    """``parse(data)``; whatever it raises is the client's fault: InvalidArgument (a parser
+    that already names the field keeps its message)."""
     try:
         return parse(data)
+    except ServingError:
+        raise
     except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
         raise InvalidArgument(f"request: {error}") from None

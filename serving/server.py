@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -24,6 +25,7 @@ from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
 from serving.errors import RepositoryError
 from serving.grpc_transport import PipelineInterceptor, api_handler, grpc_server
+from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
@@ -79,7 +81,15 @@ class ModelServer:
             self._health_server = grpc_server(settings.grpc_server, 2, [], 4096,
                                               reuse_port=settings.workers > 1)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        self._draining = threading.Event()
+        self.http = HttpTransport(
+            settings, self.pipeline, self.classifier, self.inference, host=settings.host,
+            port=settings.http_port, reuse_port=settings.workers > 1,
+            test_images_dir=Path(settings.test_images_dir) if settings.test_images_dir else None,
+            serving=lambda: not self._draining.is_set(),
+        ) if settings.http_port else None
         self.port = 0
+        self.http_port = 0
         self.health_port = 0
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -124,6 +134,13 @@ class ModelServer:
                     _address(settings.host, settings.health_port))
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
+        if self.http is not None:
+            try:
+                self.http_port = self.http.start()
+            except OSError as error:
+                raise ListenError(f"cannot listen for HTTP on "
+                                  f"{_address(settings.host, settings.http_port)}: {error}"
+                                  ) from None
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
             try:
@@ -150,6 +167,8 @@ class ModelServer:
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registry.list())
         log.info("serving", extra={"fields": {
             "address": self.address, "transport": self._server.transport,
+            **({"http": f"http://{_address(settings.host, self.http_port)}/"}
+               if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
             "try": f"fmnist classify --target {self.address} --test-index 0 1 2"}})
@@ -172,6 +191,7 @@ class ModelServer:
     def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         self._stop_watching.set()
+        self._draining.set()  # HTTP's /v2/health/ready: 503
         self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
@@ -183,6 +203,8 @@ class ModelServer:
             if not self.admission.in_flight and self.admission.refused == refused:
                 break
         # what is left: health watches, or calls past the grace
+        if self.http is not None:
+            self.http.stop(max(0.0, deadline - time.monotonic()))
         stopped = [self._server.stop(0)]
         if self._health_server is not None:
             stopped.append(self._health_server.stop(0))

@@ -64,9 +64,18 @@ class Settings:
     baseline_model: str = _setting(
         "baseline", "model whose answer comes alongside every answer", "NAME"
     )
+    http_port: int = _setting(
+        8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)",
+        "PORT",
+    )
     health_port: int = _setting(
         0, "plaintext port serving only grpc.health.v1, for probes that can present neither "
         "a client certificate nor the token (0: none)", "PORT",
+    )
+    test_images_dir: str = _setting(
+        "", "directory of the Fashion-MNIST test set's IDX files (t10k-*-ubyte[.gz]) behind "
+        "the web page's random test image (default: $FMNIST_DATA_DIR, else "
+        "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR",
     )
     max_request_images: int = _setting(1024, "most images one request may carry", "N")
     max_message_bytes: int = _setting(
@@ -130,7 +139,7 @@ class Settings:
                      "intra_op_threads", "call_threads", "workers", "max_batch_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)}: expected >= 1, got {getattr(self, name)}")
-        for name in ("port", "metrics_port", "health_port"):
+        for name in ("port", "http_port", "metrics_port", "health_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
         for name in ("grace_period", "poll_interval", "batch_delay_us", "max_concurrent_calls"):

@@ -3,6 +3,7 @@ servers on 127.0.0.1:0, in-process (the server runs on its own threads), per tes
 (``server``) or per module (``thread_server``)."""
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,13 +15,17 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from common.contract import CLASS_NAMES, PIXELS
+from common.dataset import load_test_set
 from fashion_mnist.v1 import classifier_pb2_grpc
-from serving.client.dataset import load_test_set
 from serving import native
 from serving.server import ModelServer
 from serving.settings import GRPC_SERVERS, Settings
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
+
+# Servers the tests start as processes serve HTTP only where a test asks for a port: the
+# default, 8080, is one port for the whole machine.
+os.environ.setdefault("FMNIST_HTTP_PORT", "0")
 
 # (name, seed) of each version written into the fixture repository, in order: mlp has two
 # versions so that version selection can be tested.
@@ -83,6 +88,13 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return load_test_set()
 
 
+def local_settings(**overrides) -> Settings:
+    """A test server's settings: loopback, a free gRPC port, one process, no HTTP (tests of
+    the HTTP side ask for a port: tests/http_helpers.py)."""
+    return Settings(**{"host": "127.0.0.1", "port": 0, "http_port": 0, "workers": 1,
+                       **overrides})
+
+
 @pytest.fixture(scope="session", params=GRPC_SERVERS)
 def grpc_server(request) -> str:
     """Each gRPC server implementation (--grpc-server): tests that take it, or ``settings``,
@@ -94,9 +106,8 @@ def grpc_server(request) -> str:
 
 @pytest.fixture
 def settings(model_repository, grpc_server) -> Settings:
-    return Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                    parallel_inferences=2, workers=1, grace_period=5.0,
-                    grpc_server=grpc_server)
+    return local_settings(model_repository=model_repository, parallel_inferences=2,
+                          grace_period=5.0, grpc_server=grpc_server)
 
 
 class running_server:  # noqa: N801 (used as a function)
@@ -162,7 +173,7 @@ def first_refusal():
 @pytest.fixture(scope="module")
 def thread_server(model_repository):
     """A server shared by a module's synchronous tests; its target is ``127.0.0.1:<port>``."""
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         parallel_inferences=2, workers=1)
     with running_server(settings) as running:
         yield running

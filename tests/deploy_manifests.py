@@ -52,7 +52,7 @@ SERVER_DEFAULTS = {
     "grace_period": "10",
     "poll_interval": "5",
 }
-PORT_SETTINGS = ("port", "health_port", "metrics_port")
+PORT_SETTINGS = ("port", "http_port", "health_port", "metrics_port")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 # The PATH of the Python base images (python:3.12-slim, Debian's), which ENV PATH extends.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,31 +1,32 @@
 """The HTTP transport around a running server, for the tests/test_http_*.py modules."""
 
 import contextlib
+import socket
 from pathlib import Path
 
-from serving.http.transport import HttpTransport
 from serving.settings import Settings
-from tests.conftest import running_server
+from tests.conftest import local_settings, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".work" / "artifacts"  # what a person looks at after the run (screenshots)
 
 
 def http_settings(model_repository: Path, **overrides) -> Settings:
-    return Settings(**{"host": "127.0.0.1", "port": 0, "model_repository": model_repository,
-                       "parallel_inferences": 2, "workers": 1, "max_request_images": 8,
-                       "poll_interval": 0, "grace_period": 2.0, **overrides})
+    return local_settings(**{"model_repository": model_repository, "http_port": free_port(),
+                             "parallel_inferences": 2, "max_request_images": 8,
+                             "poll_interval": 0, "grace_period": 2.0, **overrides})
+
+
+def free_port() -> int:
+    """A port free now (0 turns HTTP off, so the server cannot pick one itself)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
-def http_server(settings: Settings, **options):
-    """``(server, base URL)``: a real server and its HTTP transport on 127.0.0.1:0."""
+def http_server(settings: Settings):
+    """``(server, base URL)``: a real server serving HTTP on ``settings.http_port``."""
     with running_server(settings) as server:
-        transport = HttpTransport(settings, server.pipeline, server.classifier, server.inference,
-                                  host=settings.host, port=0, **options)
-        port = transport.start()
         scheme = "https" if settings.tls_cert else "http"
-        try:
-            yield server, f"{scheme}://127.0.0.1:{port}"
-        finally:
-            transport.stop(1.0)
+        yield server, f"{scheme}://127.0.0.1:{server.http_port}"

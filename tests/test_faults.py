@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import local_settings, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
@@ -26,7 +26,6 @@ from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving import cli
 from serving.errors import ResourceExhausted
 from serving.pipeline import Admission
-from serving.settings import Settings
 from tests.conftest import tiny_classifier
 
 CallDetails = namedtuple("CallDetails", "method invocation_metadata")
@@ -91,7 +90,7 @@ async def test_a_damaged_version_is_refused_with_one_log_line_and_the_rest_serve
 ):
     _damage(repository_copy / "mlp" / "2", case)
     caplog.set_level(logging.INFO)
-    settings = Settings(host="127.0.0.1", port=0, model_repository=repository_copy,
+    settings = local_settings(model_repository=repository_copy,
                         parallel_inferences=1, grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
@@ -137,7 +136,7 @@ def test_without_a_good_version_of_a_required_model_the_server_exits_1_with_the_
 @pytest.fixture
 async def small_server(model_repository, grpc_server):
     """Allows 4 images per request and messages of 4 KiB + a full batch."""
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         parallel_inferences=1, max_request_images=4,
                         max_message_bytes=4 * 788 + 1024, grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
@@ -164,9 +163,8 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted(small_server)
 
 async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_repository,
                                                                      grpc_server):
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
-                        parallel_inferences=1, max_concurrent_calls=2,
-                        grpc_server=grpc_server)
+    settings = local_settings(model_repository=model_repository,
+                        parallel_inferences=1, max_concurrent_calls=2, grpc_server=grpc_server)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"
     ) as channel:

@@ -12,11 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import local_settings, running_server
 
 from serving.client import cli
 from serving.client.api import ClassifierClient
-from serving.settings import Settings
 
 pytestmark = pytest.mark.full_chain
 
@@ -58,7 +57,7 @@ def test_served_probabilities_equal_keras_and_scikit_learn(fitted, test_set):
     root, fitted_models = fitted
     images = test_set[0][:IMAGES]
     pixels = preprocess(images)
-    settings = Settings(host="127.0.0.1", port=0, model_repository=root, parallel_inferences=2)
+    settings = local_settings(model_repository=root, parallel_inferences=2)
     with running_server(settings) as server, ClassifierClient(
             f"127.0.0.1:{server.port}") as client:
         answers = {name: client.classify(images, model=name) for name in ("softmax", "mlp")}
@@ -85,7 +84,7 @@ def test_fmnist_train_output_serves_at_its_recorded_accuracy(tmp_path, test_set)
         manifest = json.loads((repository / name / "1" / "model.json").read_text())
         assert manifest["metrics"]["onnx_max_abs_diff"] < 1e-5  # Keras vs ONNX, at training
 
-    settings = Settings(host="127.0.0.1", port=0, model_repository=repository,
+    settings = local_settings(model_repository=repository,
                         parallel_inferences=2)
     with running_server(settings) as server:
         target = f"127.0.0.1:{server.port}"

@@ -25,8 +25,7 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
-from serving.settings import Settings
-from tests.conftest import FIXTURE_VERSIONS, running_server
+from tests.conftest import FIXTURE_VERSIONS, local_settings, running_server
 
 MAX_BATCH = 16
 CASES_PER_EXAMPLE = 10
@@ -51,8 +50,8 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def fuzz_server(model_repository, grpc_server):
-    settings_ = Settings(
-        host="127.0.0.1", port=0, model_repository=model_repository, parallel_inferences=2,
+    settings_ = local_settings(
+        model_repository=model_repository, parallel_inferences=2,
         max_request_images=MAX_BATCH, grpc_server=grpc_server,
     )
     with running_server(settings_) as running:

@@ -3,9 +3,12 @@ the same request (and as onnxruntime does on the model file), every error row of
 gets its status and a message naming the field, and the real curl binary works as the README
 shows."""
 
+import contextlib
 import io
 import json
 import subprocess
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -219,10 +222,21 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
 
 
-def test_ready_follows_what_the_server_says_of_its_draining(model_repository):
-    draining = False
-    with http_server(http_settings(model_repository), serving=lambda: not draining) as (_, url):
+def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_repository):
+    """SIGTERM's order over HTTP: /v2/health/ready says 503 first, then calls are refused
+    503 (health stays live)."""
+    with http_server(http_settings(model_repository, grace_period=1.0)) as (server, url):
         assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
-        draining = True  # the server's drain starts: probes hear it before calls are refused
-        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
-        assert requests.get(f"{url}/v1/models", timeout=5).status_code == 200
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        events = []
+        deadline = time.monotonic() + 5
+        while "call refused" not in events and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):  # a call first: were both
+                if requests.get(f"{url}/v1/models", timeout=5).status_code == 503:  # to turn
+                    events.append("call refused")  # at once, this would see it first
+                ready = requests.get(f"{url}/v2/health/ready", timeout=5).status_code
+                if ready == 503 and "not ready" not in events:
+                    events.append("not ready")
+        stopping.join(10)
+    assert events == ["not ready", "call refused"]

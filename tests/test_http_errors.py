@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import requests
 
+from serving.server import ListenError, ModelServer
+from tests.http_helpers import http_settings
 from tests.test_http_api import MAX_BYTES, MAX_IMAGES, binary_infer, served, url
 
 __all__ = ["served", "url"]  # the fixtures, shared with tests/test_http_api.py
@@ -109,11 +111,11 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url):
     assert binary_infer(url, np.zeros((1, 28, 28), np.uint8)).status_code == 200
 
 
-def test_a_taken_port_is_an_oserror_at_start(served, url):
-    from serving.http.transport import HttpTransport
-
-    server = served[0]
-    taken = HttpTransport(server.settings, server.pipeline, server.classifier, server.inference,
-                          host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
-    with pytest.raises(OSError, match="in use"):
-        taken.start()
+def test_a_taken_http_port_fails_the_start_with_one_line(model_repository, url):
+    taken = int(url.rsplit(":", 1)[1])
+    second = ModelServer.from_settings(http_settings(model_repository, http_port=taken))
+    try:
+        with pytest.raises(ListenError, match=f"cannot listen for HTTP on 127.0.0.1:{taken}: "):
+            second.start()
+    finally:
+        second.stop(0)

@@ -7,14 +7,13 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import local_settings, running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.settings import Settings
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
 
@@ -39,7 +38,7 @@ def value(samples: dict, name: str, **labels) -> float:
 @pytest.fixture
 async def metered(model_repository):
     port = free_port()
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         metrics_port=port, poll_interval=0)
     async with running_server(settings) as server:
         yield server, port
@@ -90,7 +89,7 @@ async def test_metrics_port_in_use_is_a_listen_error(model_repository):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+        settings = local_settings(model_repository=model_repository,
                             metrics_port=taken.getsockname()[1], poll_interval=0)
         with pytest.raises(ListenError, match="metrics"):
             async with running_server(settings):

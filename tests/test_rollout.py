@@ -10,14 +10,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from conftest import running_server
+from conftest import local_settings, running_server
 
 from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
-from serving.settings import Settings
 from tests.conftest import tiny_classifier
 from training.repository import write_version
 
@@ -84,7 +83,7 @@ async def _until_default_version(stub, version: int, polls: int = 200) -> None:
 
 async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
     caplog.set_level(logging.INFO)
-    settings = Settings(host="127.0.0.1", port=0, model_repository=repository_copy,
+    settings = local_settings(model_repository=repository_copy,
                         parallel_inferences=2, poll_interval=POLL_INTERVAL)
     async with running_server(settings) as server, grpc.aio.insecure_channel(
         f"127.0.0.1:{server.port}"

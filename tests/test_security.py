@@ -26,7 +26,7 @@ from serving import security
 from serving.client import cli as client_cli
 from serving.settings import Settings
 from tests.aio_security import aio_channel
-from tests.conftest import running_server
+from tests.conftest import local_settings, running_server
 
 TOKEN = "s3cret-token"
 
@@ -113,7 +113,7 @@ def pki(tmp_path_factory) -> Pki:
 async def _serving(model_repository, grpc_server, **security_settings):
     """The real server with ``security_settings`` (tls_cert, tls_key, tls_client_ca,
     auth_token); yields its port."""
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         parallel_inferences=1, poll_interval=0, grpc_server=grpc_server,
                         **security_settings)
     async with running_server(settings) as server:
@@ -231,7 +231,7 @@ async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(pki, mod
 
 def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, capsys,
                                                         monkeypatch, grpc_server):
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         parallel_inferences=1, poll_interval=0, tls_cert=str(pki.server_cert),
                         tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
                         auth_token=TOKEN, grpc_server=grpc_server)

@@ -13,12 +13,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import running_server
+from conftest import local_settings, running_server
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
-from serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BATCH = 8
@@ -43,7 +42,7 @@ def seen(triton_python, model_repository, images, tmp_path_factory):
     """What tritonclient saw, and the domain API's answers for the same images."""
     folder = tmp_path_factory.mktemp("triton")
     np.save(folder / "images.npy", images)
-    settings = Settings(host="127.0.0.1", port=0, model_repository=model_repository,
+    settings = local_settings(model_repository=model_repository,
                         max_request_images=MAX_BATCH, parallel_inferences=2, poll_interval=0)
     with running_server(settings) as server:
         target = f"127.0.0.1:{server.port}"

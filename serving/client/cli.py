@@ -151,7 +151,7 @@ def _classify(args) -> int:
         names += file_names
         truths += [None] * len(file_names)
     if args.test_index:
-        from serving.client.dataset import load_test_set
+        from common.dataset import load_test_set
 
         test_images, test_labels = load_test_set()
         wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]
@@ -183,8 +183,8 @@ def _score(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from common.dataset import load_test_set
     from serving.client.api import ClassifierClient
-    from serving.client.dataset import load_test_set
 
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit

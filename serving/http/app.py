@@ -34,10 +34,10 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 class HttpApp:
     def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int,
                  test_images: domain.TestImages, *, serving: Callable[[], bool] | None = None):
-        """``serving``: False once the server drains (default: while the pipeline admits
-        calls); the server can say it earlier, as gRPC health does."""
+        """``serving``: False once the server drains, which it says before the pipeline
+        refuses calls, as gRPC health does; ready needs both."""
         self._pipeline = pipeline
-        self._serving = serving or (lambda: pipeline.admission.accepting)
+        self._serving = serving or (lambda: True)
         self._classifier = classifier
         self._inference = inference
         self._max_body_bytes = max_body_bytes
@@ -132,7 +132,7 @@ class HttpApp:
         """Not ready (503) once draining, so that balancers and probes turn away first."""
         ready = (self._inference.ServerReady(pb.ServerReadyRequest(),
                                              _open_call(environ, "ServerReady")).ready
-                 and self._serving())
+                 and self._serving() and self._pipeline.admission.accepting)
         return (200 if ready else 503), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):

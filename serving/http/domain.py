@@ -152,7 +152,7 @@ class TestImages:
                 "pixels": images[number].reshape(PIXELS).tolist()}
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
-        from serving.client.dataset import data_dir, load_test_set
+        from common.dataset import data_dir, load_test_set
 
         with self._loading:
             if self._loaded is None:

@@ -1,4 +1,5 @@
-"""Reads the Fashion-MNIST test set from its IDX files, with numpy only (no TensorFlow).
+"""Reads the Fashion-MNIST test set from its IDX files, with numpy only (no TensorFlow): the
+client scores it, the server's web page shows its images.
 
 The files come from the Debian package ``dataset-fashion-mnist``
 (/usr/share/datasets/fashion-mnist/) or ``$FMNIST_DATA_DIR``, gzipped or not.
