@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import ServingError
 from serving.metrics import ModelMetrics
 from serving.pipeline import Call
 
@@ -36,7 +35,7 @@ class BatchingPolicy:
 
 
 class _Request:
-    __slots__ = ("call", "enqueued", "error", "images", "leads", "result", "wakeup")
+    __slots__ = ("call", "enqueued", "error", "images", "leads", "result", "taken", "wakeup")
 
     def __init__(self, images: np.ndarray, call: Call | None):
         self.images = images
@@ -44,7 +43,8 @@ class _Request:
         self.enqueued = time.perf_counter()
         self.result: tuple[np.ndarray, np.ndarray] | None = None
         self.error: BaseException | None = None
-        self.leads = False
+        self.leads = False  # holds a slot: runs batches until answered or taken
+        self.taken = False  # out of the queue, into a batch
         self.wakeup = threading.Event()
 
     @property
@@ -84,7 +84,6 @@ class Batcher:
         while True:  # state changes before wakeup is set: check after each clear
             if request.leads:
                 self._lead(request)
-                break
             if request.done:
                 break
             request.wakeup.wait()
@@ -94,25 +93,32 @@ class Batcher:
         return request.result
 
     def _lead(self, own: _Request) -> None:
-        """Runs batches until ``own`` is answered (perhaps in another leader's batch), then
-        passes the slot on."""
+        """Runs batches while ``own`` waits in the queue; once it is answered, or taken into
+        another leader's batch, passes the slot on (whatever fails meanwhile)."""
         policy = self._policy
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if own.done or own.taken:
+                        return
+                    if policy.max_delay_s > 0 and self._waiting_images < policy.max_images:
+                        self._arrived.wait_for(
+                            lambda: self._waiting_images >= policy.max_images or own.taken,
+                            policy.max_delay_s)
+                        if own.taken:
+                            return
+                    batch = self._take()
+                self._execute(batch)
+        finally:
             with self._lock:
-                if own.done:
-                    successor = next((waiting for waiting in self._waiting
-                                      if not waiting.leads), None)
-                    if successor is None:
-                        self._running -= 1
-                    else:
-                        successor.leads = True
-                        successor.wakeup.set()
-                    return
-                if policy.max_delay_s > 0 and self._waiting_images < policy.max_images:
-                    self._arrived.wait_for(
-                        lambda: self._waiting_images >= policy.max_images, policy.max_delay_s)
-                batch = self._take()
-            self._execute(batch)
+                own.leads = False
+                successor = next((waiting for waiting in self._waiting
+                                  if not waiting.leads), None)
+                if successor is None:
+                    self._running -= 1
+                else:
+                    successor.leads = True
+                    successor.wakeup.set()
 
     def _take(self) -> list[_Request]:
         """The longest run of waiting requests within ``max_images`` (at least one), less
@@ -124,10 +130,11 @@ class Batcher:
                 break
             request = self._waiting.popleft()
             self._waiting_images -= size
+            request.taken = True
             try:
                 if request.call is not None:
                     request.call.check_alive()
-            except ServingError as error:
+            except Exception as error:  # ServingError: why; anything else: the transport's bug
                 self._settle(request, error=error)
                 self._metrics.failed(time.perf_counter() - request.enqueued)
                 continue
@@ -136,7 +143,8 @@ class Batcher:
         return batch
 
     def _execute(self, batch: list[_Request]) -> None:
-        """One onnxruntime call for the whole batch; each request gets its rows or the error."""
+        """One onnxruntime call for the whole batch; each request gets its rows, or the
+        error, whatever fails (a request left unanswered would wait for ever)."""
         if not batch:
             return
         started = time.perf_counter()
@@ -144,22 +152,23 @@ class Batcher:
             images = (batch[0].images if len(batch) == 1
                       else np.concatenate([request.images for request in batch]))
             probabilities, labels = self._run(images)
+            finished = time.perf_counter()
+            start, queue_s, total_s = 0, 0.0, 0.0
+            for request in batch:
+                end = start + len(request.images)
+                queue_s += started - request.enqueued
+                total_s += finished - request.enqueued
+                self._settle(request, result=(probabilities[start:end], labels[start:end]))
+                start = end
+            self._metrics.executed(len(labels))
+            self._metrics.succeeded(len(batch), queue_s, len(batch) * (finished - started),
+                                    total_s)
         except Exception as error:
             finished = time.perf_counter()
             for request in batch:
-                self._metrics.failed(finished - request.enqueued)
-                self._settle(request, error=error)
-            return
-        finished = time.perf_counter()
-        self._metrics.executed(len(labels))
-        start, queue_s, total_s = 0, 0.0, 0.0
-        for request in batch:
-            end = start + len(request.images)
-            queue_s += started - request.enqueued
-            total_s += finished - request.enqueued
-            self._settle(request, result=(probabilities[start:end], labels[start:end]))
-            start = end
-        self._metrics.succeeded(len(batch), queue_s, len(batch) * (finished - started), total_s)
+                if not request.done:
+                    self._settle(request, error=error)
+                    self._metrics.failed(finished - request.enqueued)
 
     @staticmethod
     def _settle(request: _Request, result=None, error: BaseException | None = None) -> None:

@@ -223,3 +223,33 @@ def test_a_leader_hands_the_slot_on_once_its_own_request_is_answered(session):
         thread.join(10)
     assert run.threads == names  # each batch of one on its own caller's thread
     assert finished["caller-0"] <= min(finished[name] for name in names[1:])
+
+
+def test_a_leader_whose_request_another_leader_took_waits_instead_of_spinning(session):
+    """With two slots, a caller may lead while its own request is already in the other
+    leader's batch: it must hand its slot on and wait, not poll an empty queue for as long as
+    that batch computes."""
+    run = CountingRun(session)
+    queue = batcher(run, max_images=64, max_parallel=2)
+    empty_takes = 0
+    take = queue._take
+
+    def counted_take():
+        nonlocal empty_takes
+        batch = take()
+        empty_takes += not batch
+        return batch
+
+    queue._take = counted_take
+    slow = run.__call__
+
+    def slowly(images):
+        time.sleep(0.0005)
+        return slow(images)
+
+    queue._run = slowly
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(queue.predict, mixed_requests(600, seed=4)))
+    assert len(answers) == 600
+    assert empty_takes == 0
+    assert queue._running == 0 and not queue._waiting
