@@ -97,13 +97,18 @@ class Admission:
 
 class CallPipeline:
     def __init__(self, token: str, admission: Admission,
-                 model_label: Callable[[object], str] = lambda request: ""):
+                 model_label: Callable[[object], str] = lambda request: "",
+                 max_streams: int = 0):
         """``token``: what every call but health's must present ("" : none);
-        ``model_label``: the metrics' model label of a request."""
+        ``model_label``: the metrics' model label of a request; ``max_streams``: streams open
+        at once (0: no limit): each holds a call thread for its whole life, so idle streams
+        must not take the threads that unary calls and health need."""
         self._expected = f"Bearer {token}".encode() if token else b""
         self.admission = admission
         self._model_label = model_label
         self._metrics: dict[str, CallMetrics] = {}
+        self._max_streams = max_streams
+        self._stream_slots = threading.Semaphore(max_streams) if max_streams else None
 
     def guards(self, method: str) -> bool:
         """Whether the pipeline does anything for ``method``: not for health, which needs no
@@ -134,6 +139,14 @@ class CallPipeline:
         """``handler(requests, call)``'s responses, then a ServingError if it fails;
         ``parse`` as ``unary``'s, for each request."""
         counted = self._enter(call)
+        slots = self._stream_slots
+        if slots is not None and not slots.acquire(blocking=False):
+            if counted:
+                self.admission.leave()
+            raise self._failure(call, ResourceExhausted(
+                f"server busy: {self._max_streams} streams open, the most it keeps (the "
+                "rest of --call-threads answer unary calls); retry later or on another "
+                "replica"))
         started, code = time.perf_counter(), "OK"
         if parse is not None:
             requests = (parse_request(parse, request) for request in requests)
@@ -147,6 +160,8 @@ class CallPipeline:
             code = failure.grpc_code
             raise failure from None
         finally:
+            if slots is not None:
+                slots.release()
             if counted:
                 self._leave(call, None, started, code)
 

@@ -23,7 +23,6 @@ from serving import metrics
 from serving.api.classifier import ClassifierAPI
 from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
-from serving.errors import RepositoryError
 from serving.grpc_transport import PipelineInterceptor, api_handler, grpc_server
 from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
@@ -62,7 +61,8 @@ class ModelServer:
                                       settings.batch_delay_us / 1e6,
                                       settings.parallel_inferences)
         self.admission = Admission(settings.max_concurrent_calls)
-        self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label)
+        self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,
+                                     max_streams=_max_streams(settings.call_threads))
         # non-blocking: a Watch holds no call thread while it waits for a change
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc_server(
@@ -78,8 +78,9 @@ class ModelServer:
             self._server)
         self._health_server = None
         if settings.health_port:
-            self._health_server = grpc_server(settings.grpc_server, 2, [], 4096,
-                                              reuse_port=settings.workers > 1)
+            self._health_server = grpc_server(  # the interceptor only parses (no API here)
+                settings.grpc_server, 2, [PipelineInterceptor(self.pipeline, [])], 4096,
+                reuse_port=settings.workers > 1)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         self._draining = threading.Event()
         self.http = HttpTransport(
@@ -218,6 +219,12 @@ class ModelServer:
         log.info("stopped")
 
 
+def _max_streams(call_threads: int) -> int:
+    """Streams open at once: a quarter of the call threads (at least one) stays for unary
+    calls and health checks."""
+    return max(1, call_threads - max(1, call_threads // 4))
+
+
 def _policy(settings: Settings) -> BatchingPolicy:
     return BatchingPolicy(settings.max_batch_images, settings.parallel_inferences,
                           settings.batch_delay_us / 1e6)
@@ -244,7 +251,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     server = ModelServer.from_settings(settings)
     try:
         server.start()
-    except (ListenError, RepositoryError):
+    except BaseException:  # whatever stopped the start: no server thread may outlive it
         server.stop(0)
         raise
     if on_ready is not None:

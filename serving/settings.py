@@ -144,7 +144,7 @@ class Settings:
                 raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
         for name in ("grace_period", "poll_interval", "batch_delay_us", "max_concurrent_calls"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{_flag(name)}: expected seconds >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)}: expected >= 0, got {getattr(self, name)}")
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
                              f"got {self.grpc_server!r}")

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import socket
 
 import grpc
 import numpy as np
@@ -220,3 +221,43 @@ async def test_draining_refuses_new_calls_but_keeps_health_answering(server, cha
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
     watch.cancel()
     await stopping
+
+
+async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settings):
+    """Each stream holds a call thread for its whole life: with 4, at most 3 streams are
+    open at once, and a thread stays for unary calls and health checks."""
+    four_threads = dataclasses.replace(settings, call_threads=4)
+    async with running_server(four_threads) as server, grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}") as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        idle = [stub.ClassifyStream(timeout=30) for _ in range(3)]  # open, sending nothing
+        for stream in idle:
+            await stream.wait_for_connection()
+        await asyncio.sleep(0.2)  # the server has taken them
+        refused = stub.ClassifyStream(timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as too_many:
+            await refused.read()
+        assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == (
+            health_pb2.HealthCheckResponse.SERVING)
+        answer = await stub.Classify(pb.ClassifyRequest(images=[bytes(784)]), timeout=5)
+        assert len(answer.results) == 1
+        for stream in idle:
+            await stream.done_writing()
+            assert await stream.code() == grpc.StatusCode.OK
+
+
+def test_the_health_port_refuses_unreadable_bytes_as_invalid_argument(settings):
+    with running_server(dataclasses.replace(settings, health_port=_free_port())) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as refused:
+            check(b"\xff\xff\xff", timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
