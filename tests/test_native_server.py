@@ -13,13 +13,16 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import NamedTuple
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.grpc_transport import grpc_server as make_grpc_server
+from serving.security import ServerTls
 from tests.conftest import running_server
+from tests.test_security import make_pki
 
 SERVICE = "test.Echo"
 
@@ -31,6 +34,12 @@ class Recorder(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         self.methods.append(handler_call_details.method)
         return continuation(handler_call_details)
+
+
+class _Status(NamedTuple):  # a grpc.Status
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple
 
 
 class Echo:
@@ -52,6 +61,16 @@ class Echo:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted")
         if request == b"raise":
             raise ValueError("boom")
+        if request == b"metadata twice":  # grpcio raises ValueError; never an abort
+            context.send_initial_metadata((("again", "yes"),))
+        if request == b"exit":  # BaseException: the call still ends, the pool thread too
+            raise SystemExit(3)
+        if request == b"identity":
+            name = context.auth_context().get("x509_common_name")
+            return f"{context.peer_identity_key()}|{context.peer_identities()}|{name}".encode()
+        if request == b"abort with status":
+            context.abort_with_status(_Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "full",
+                                              (("retry-after", "7"),)))
         remaining = context.time_remaining()  # the client's 5 s, which gRPC may round up
         return (f"{metadata.get('x-asked')}|{context.peer().startswith('ipv4:')}|"
                 f"{remaining is not None and 0 < remaining <= 5.1}").encode()
@@ -108,6 +127,53 @@ def test_handlers_see_metadata_peer_deadline_and_set_status_and_trailers(echo_se
             unary(request, timeout=5)
         assert (failed.value.code(), failed.value.details()) == (code, details)
         assert ("trailing", "yes") in failed.value.trailing_metadata()
+
+
+def test_initial_metadata_twice_is_an_error_not_a_crash(echo_server):
+    _, _, channel = echo_server
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    with pytest.raises(grpc.RpcError) as failed:
+        unary(b"metadata twice", timeout=5)
+    assert failed.value.code() == grpc.StatusCode.UNKNOWN
+    assert "initial metadata" in failed.value.details().lower()
+    assert unary(b"", timeout=5).startswith(b"None|")  # the server still serves
+
+
+def test_a_handler_raising_system_exit_ends_its_call_and_stop_returns(grpc_server):
+    server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary(f"/{SERVICE}/Unary")(b"exit", timeout=5)
+        assert failed.value.code() != grpc.StatusCode.OK
+    stopping = threading.Thread(target=lambda: server.stop(0).wait(), daemon=True)
+    stopping.start()
+    stopping.join(10)
+    assert not stopping.is_alive(), "stop() did not return"
+
+
+def test_handlers_see_the_mutual_tls_client_and_abort_with_status(grpc_server, tmp_path):
+    pki = make_pki(tmp_path)
+    server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_secure_port("127.0.0.1:0", ServerTls.read(
+        pki.server_cert, pki.server_key, pki.ca))
+    server.start()
+    credentials = grpc.ssl_channel_credentials(
+        pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes())
+    try:
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            unary = channel.unary_unary(f"/{SERVICE}/Unary")
+            assert unary(b"identity", timeout=5) == b"x509_common_name|[b'client']|[b'client']"
+            with pytest.raises(grpc.RpcError) as aborted:
+                unary(b"abort with status", timeout=5)
+            assert aborted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert aborted.value.details() == "full"
+            assert ("retry-after", "7") in aborted.value.trailing_metadata()
+    finally:
+        server.stop(0).wait()
 
 
 def test_every_kind_of_method_goes_through_the_interceptors(echo_server):

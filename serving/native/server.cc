@@ -140,11 +140,25 @@ class Call : public grpc::ServerGenericBidiReactor {
     if (!Begin(&writing_)) return false;
     grpc::Slice slice(data, size);
     out_ = grpc::ByteBuffer(&slice, 1);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      metadata_sent_ = true;  // a write sends them
+    }
     StartWrite(&out_);
     return Wait(&writing_);
   }
+  // False if the call is finished or they were sent (gRPC C++ would abort the process).
   bool SendInitialMetadata(const Pairs& metadata) {
     if (!Begin(&sending_metadata_)) return false;
+    bool again;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      again = std::exchange(metadata_sent_, true);
+    }
+    if (again) {
+      Done(&sending_metadata_, false);
+      return false;
+    }
     for (const auto& [key, value] : metadata) context_->AddInitialMetadata(key, value);
     StartSendInitialMetadata();
     return Wait(&sending_metadata_);
@@ -157,7 +171,7 @@ class Call : public grpc::ServerGenericBidiReactor {
       changed_.wait(lock, [this] { return !writing_.busy && !sending_metadata_.busy; });
       if (finished_) return;
       if (code != 0) DrainBriefly(lock);
-      finished_ = true;
+      finished_ = metadata_sent_ = true;
     }
     for (const auto& [key, value] : trailing) context_->AddTrailingMetadata(key, value);
     grpc::Status status(static_cast<grpc::StatusCode>(code), details);
@@ -194,8 +208,11 @@ class Call : public grpc::ServerGenericBidiReactor {
     return !cancelled_ && !finished_;
   }
   // The context may be read until the call is finished.
-  bool Readable() {
+  // Runs use(context) under the lock unless the call is finished (then false).
+  template <typename Use>
+  bool WithContext(Use use) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (!finished_) use(context_);
     return !finished_;
   }
 
@@ -247,6 +264,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   std::condition_variable changed_;
   Operation reading_, writing_, sending_metadata_;
   bool cancelled_ = false, finished_ = false, parked_ = false, watched_ = false;
+  bool metadata_sent_ = false;  // by SendInitialMetadata, a write or Complete
   bool first_read_ = true;  // started by the constructor, not yet taken by Read
   bool read_closed_ = false;  // a read said the client sends no more
   grpc::ByteBuffer in_, out_;
@@ -330,8 +348,8 @@ bool ToPairs(PyObject* sequence, Pairs* pairs) {
     const char* value_text = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, &size)
                                                     : nullptr;
     char* data;
-    if (value_text == nullptr && !PyErr_Occurred() && PyBytes_AsStringAndSize(value, &data, &size) == 0)
-      value_text = data;
+    bool bytes = value_text == nullptr && !PyErr_Occurred();
+    if (bytes && PyBytes_AsStringAndSize(value, &data, &size) == 0) value_text = data;
     if (key_text == nullptr || value_text == nullptr) break;
     pairs->emplace_back(key_text, std::string(value_text, static_cast<size_t>(size)));
   }
@@ -443,15 +461,17 @@ PyObject* CallWatchEnd(PyObject* self, PyObject*) { return PyBool_FromLong(Of(se
 PyObject* CallActive(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Active()); }
 
 PyObject* CallCancel(PyObject* self, PyObject*) {
-  if (Of(self)->Readable()) Of(self)->context()->TryCancel();
+  Of(self)->WithContext([](grpc::GenericCallbackServerContext* context) { context->TryCancel(); });
   Py_RETURN_NONE;
 }
 
 // (identity property name or None, {property name: [values]}), or None once finished.
 PyObject* CallAuth(PyObject* self, PyObject*) {
   Call* call = Of(self);
-  if (!call->Readable()) Py_RETURN_NONE;
-  std::shared_ptr<const grpc::AuthContext> auth = call->context()->auth_context();
+  std::shared_ptr<const grpc::AuthContext> auth;
+  if (!call->WithContext([&auth](auto* context) { auth = context->auth_context(); })) {
+    Py_RETURN_NONE;
+  }
   PyObject* properties = PyDict_New();
   if (properties == nullptr) return nullptr;
   for (auto it = auth->begin(); it != auth->end(); ++it) {
@@ -478,7 +498,11 @@ PyObject* CallAuth(PyObject* self, PyObject*) {
 
 PyObject* CallId(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(Of(self)->id()); }
 
+// A call no Python thread can answer any more ends CANCELLED (if it has not ended).
 void CallDealloc(PyObject* self) {
+  Py_BEGIN_ALLOW_THREADS;
+  Of(self)->Complete(1, "call cancelled", {}, std::nullopt);
+  Py_END_ALLOW_THREADS;
   Of(self)->Unref();
   Py_TYPE(self)->tp_free(self);
 }

@@ -97,6 +97,9 @@ class NativeServer:
                 log.exception("the native server failed to answer a call")
                 call.finish(grpc.StatusCode.INTERNAL.value[0], "internal error", ())
                 parked = False
+            except BaseException:  # SystemExit, KeyboardInterrupt: the call ends first
+                call.finish(grpc.StatusCode.UNKNOWN.value[0], "the handler exited", ())
+                raise
             if self._watched and not parked:  # ended: its callbacks have run
                 with self._state:
                     self._watched.pop(call.id, None)
