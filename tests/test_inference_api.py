@@ -121,3 +121,10 @@ async def test_model_ready_per_version(v2):
     ready = [(await v2.ModelReady(pb.ModelReadyRequest(name="mlp", version=v))).ready
              for v in ("", "1", "2", "3")]
     assert ready == [True, True, True, False]
+
+
+async def test_statistics_of_a_version_need_the_model_name(v2):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await v2.ModelStatistics(pb.ModelStatisticsRequest(version="1"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("name:")

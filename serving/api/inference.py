@@ -12,7 +12,7 @@ from serving.codecs.inference import (
     encode_statistics,
     parse_version,
 )
-from serving.errors import NotFound
+from serving.errors import InvalidArgument, NotFound
 from serving.metrics import model_statistics
 from serving.pipeline import Call
 from serving.repository import ModelRegistry
@@ -59,6 +59,8 @@ class InferenceAPI:
 
     def ModelStatistics(self, request, call: Call) -> pb.ModelStatisticsResponse:  # noqa: N802 (the protocol's name)
         """Every model if the name is "", every loaded version if the version is ""."""
+        if request.version and not request.name:
+            raise InvalidArgument("name: a version needs the model it belongs to, got none")
         if request.name:
             names = [self._registry.get(request.name, parse_version(request.version)).name]
         else:
