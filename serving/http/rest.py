@@ -63,26 +63,26 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
     and the output form asked for."""
     json_end = _json_end(body, header_length)
-    document = _object(parse_json(body[:json_end]), "request body")
+    document = _expect(dict, parse_json(body[:json_end]), "request body")
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
-                                   id=_string(document.get("id", ""), "id"))
-    parameters = _object(document.get("parameters", {}), "parameters")
-    default_binary = _bool(parameters.get(BINARY_ALL, False), f"parameters.{BINARY_ALL}")
+                                   id=_expect(str, document.get("id", ""), "id"))
+    parameters = _expect(dict, document.get("parameters", {}), "parameters")
+    default_binary = _expect(bool, parameters.get(BINARY_ALL, False), f"parameters.{BINARY_ALL}")
     _set_parameters(request.parameters, parameters, "parameters", skip=BINARY_ALL)
     offset = json_end
-    for index, tensor in enumerate(_array(document.get("inputs"), "inputs")):
-        offset = _add_input(request, _object(tensor, f"inputs[{index}]"), index, body, offset)
+    for index, tensor in enumerate(_expect(list, document.get("inputs"), "inputs")):
+        offset = _add_input(request, _expect(dict, tensor, f"inputs[{index}]"), index, body, offset)
     if offset != len(body):
         raise InvalidArgument(f"request body: {len(body) - offset} bytes after the JSON and the "
                               "binary data its inputs declare (parameters.binary_data_size)")
     binary = {}
-    for index, entry in enumerate(_array(document.get("outputs", []), "outputs")):
-        tensor = _object(entry, f"outputs[{index}]")
-        name = _string(tensor.get("name"), f"outputs[{index}].name")
+    for index, entry in enumerate(_expect(list, document.get("outputs", []), "outputs")):
+        tensor = _expect(dict, entry, f"outputs[{index}]")
+        name = _expect(str, tensor.get("name"), f"outputs[{index}].name")
         output = request.outputs.add(name=name)
-        parameters = _object(tensor.get("parameters", {}), f"outputs[{name!r}].parameters")
+        parameters = _expect(dict, tensor.get("parameters", {}), f"outputs[{name!r}].parameters")
         if BINARY_OUTPUT in parameters:
-            binary[name] = _bool(parameters[BINARY_OUTPUT],
+            binary[name] = _expect(bool, parameters[BINARY_OUTPUT],
                                  f"outputs[{name!r}].parameters.{BINARY_OUTPUT}")
         _set_parameters(output.parameters, parameters, f"outputs[{name!r}].parameters",
                         skip=BINARY_OUTPUT)
@@ -112,17 +112,17 @@ def _json_end(body: bytes, header_length: str | None) -> int:
 def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: bytes,
                offset: int) -> int:
     """Appends one input; returns the offset of the next binary tensor in ``body``."""
-    name = _string(tensor.get("name"), f"inputs[{index}].name")
+    name = _expect(str, tensor.get("name"), f"inputs[{index}].name")
     field_name = f"inputs[{name!r}]"
-    datatype = _string(tensor.get("datatype"), f"{field_name}.datatype")
-    shape = _array(tensor.get("shape"), f"{field_name}.shape")
+    datatype = _expect(str, tensor.get("datatype"), f"{field_name}.datatype")
+    shape = _expect(list, tensor.get("shape"), f"{field_name}.shape")
     if not all(type(dim) is int for dim in shape):
         raise InvalidArgument(f"{field_name}.shape: expected integers, got {shape}")
     try:
         added = request.inputs.add(name=name, datatype=datatype, shape=shape)
     except ValueError:
         raise InvalidArgument(f"{field_name}.shape: dimensions out of range, got {shape}") from None
-    parameters = _object(tensor.get("parameters", {}), f"{field_name}.parameters")
+    parameters = _expect(dict, tensor.get("parameters", {}), f"{field_name}.parameters")
     _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
     if BINARY_SIZE not in parameters:
         if "data" in tensor:
@@ -149,7 +149,7 @@ def _set_contents(tensor, data, field_name: str) -> None:
     typed = TYPED_FIELDS.get(tensor.datatype)
     if typed is None:
         return
-    values = _array(data, f"{field_name}.data")
+    values = _expect(list, data, f"{field_name}.data")
     try:
         while values and isinstance(values[0], list):
             values = list(chain.from_iterable(values))
@@ -179,27 +179,13 @@ def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> Non
                                   f"string, got {json.dumps(value)[:40]}")
 
 
-def _object(value, field_name: str) -> dict:
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{field_name}: expected a JSON object, got {_kind(value)}")
-    return value
+_EXPECTED = {dict: "a JSON object", list: "a JSON array", str: "a string", bool: "true or false"}
 
 
-def _array(value, field_name: str) -> list:
-    if not isinstance(value, list):
-        raise InvalidArgument(f"{field_name}: expected a JSON array, got {_kind(value)}")
-    return value
-
-
-def _string(value, field_name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{field_name}: expected a string, got {_kind(value)}")
-    return value
-
-
-def _bool(value, field_name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{field_name}: expected true or false, got {_kind(value)}")
+def _expect(kind: type, value, field_name: str):
+    """``value`` if it is a JSON ``kind``, else InvalidArgument naming the field."""
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"{field_name}: expected {_EXPECTED[kind]}, got {_kind(value)}")
     return value
 
 
