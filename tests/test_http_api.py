@@ -21,7 +21,7 @@ from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as domain_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.client.inputs import load_png
+from serving.codecs.images import load_png
 from serving.http.rest import message_json
 from tests.http_helpers import http_server, http_settings
 

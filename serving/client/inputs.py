@@ -6,19 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from common.contract import IMAGE_SHAPE, PIXELS
-
-
-def load_png(path: Path, invert: bool = False) -> np.ndarray:
-    """Any image file Pillow reads, any size or mode -> grayscale, fitted into 28x28 keeping its
-    aspect ratio, padded with black. ``invert`` for dark objects on a light background."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        gray = image.convert("L")
-    if invert:
-        gray = ImageOps.invert(gray)
-    fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
-    return np.asarray(fitted, dtype=np.uint8)
+from serving.codecs.images import load_png
 
 
 def load_npy(path: Path) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""The checks every API applies to a batch of images, and the conversion to ``uint8 [N,28,28]``.
+"""The checks every API applies to a batch of images, and the conversion to ``uint8 [N,28,28]``
+(of an image file too: the client and the HTTP API both take them).
 
 Messages name the field and the expected value, e.g.
 ``images[3]: expected 784 bytes (28x28 uint8), got 100``.
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +50,16 @@ def images_from_array(array: np.ndarray, max_request_images: int, field: str) ->
         )
     check_batch_size(array.shape[0], max_request_images, field)
     return array.reshape(array.shape[0], *IMAGE_SHAPE)
+
+
+def load_png(path: Path, invert: bool = False) -> np.ndarray:
+    """Any image file Pillow reads, any size or mode -> grayscale, fitted into 28x28 keeping its
+    aspect ratio, padded with black. ``invert`` for dark objects on a light background."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        gray = image.convert("L")
+    if invert:
+        gray = ImageOps.invert(gray)
+    fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
+    return np.asarray(fitted, dtype=np.uint8)

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
 from fashion_mnist.v1 import classifier_pb2 as pb
+from serving.codecs.images import load_png
 from serving.errors import InvalidArgument, NotFound
 from serving.http.rest import message_json, parse_json
 
@@ -82,8 +83,6 @@ def _image_bytes(image, index: int) -> bytes:
 
 def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
     from PIL import Image
-
-    from serving.client.inputs import load_png
 
     try:
         with Image.open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
