@@ -86,3 +86,15 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(mtls_url, pki)
     answer = requests.get(url, verify=pki.ca, timeout=5,
                           cert=(str(pki.client_cert), str(pki.client_key)))
     assert answer.status_code == 200 and answer.json()["models"]
+
+
+def test_the_token_is_checked_before_the_body_is_read(token_url):
+    """Without the token a body over the limit is 401, not 413: nothing of the request is
+    looked at before the caller is known; the same connection then serves a good call."""
+    with requests.Session() as session:
+        too_big = session.post(f"{token_url}/v2/models/mlp/infer", data=b"x" * (1 << 23),
+                               timeout=10)
+        assert too_big.status_code == 401, too_big.text
+        answered = session.post(f"{token_url}/v2/models/mlp/infer", json=INFER, timeout=10,
+                                headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answered.status_code == 200, answered.text

@@ -99,7 +99,8 @@ class HttpApp:
             call, lambda request, call: encode(handler(request, call)), request, parse)
 
     def _body(self, environ: dict) -> bytes:
-        """The request body, refused (413) past the largest message the server takes."""
+        """The request body, refused (413) past the largest message the server takes; read
+        inside the pipeline, after the token and admission checks."""
         length = environ.get("CONTENT_LENGTH") or ""
         limit = self._max_body_bytes
         if length and (not length.isdigit() or int(length) > limit):
@@ -183,7 +184,7 @@ class HttpApp:
 
         return 200, self._call(
             environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
-            self._body(environ), parse=parse,
+            environ, parse=lambda environ: parse(self._body(environ)),
             encode=lambda response: rest.encode_infer_response(response, forms[0]))
 
     # The domain API and the page
@@ -201,7 +202,8 @@ class HttpApp:
                                                     parsed["options"]))
 
         return 200, self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
-                               self._body(environ), parse=parse, encode=encode)
+                               environ, parse=lambda environ: parse(self._body(environ)),
+                               encode=encode)
 
     def _list_models(self, environ, _):
         return 200, self._call(
