@@ -197,6 +197,34 @@ def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_s
         assert echo.seen_inactive.wait(5), "is_active() stayed true after the client cancelled"
 
 
+def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(grpc_server):
+    """The native server wakes only ``max_running`` threads for new calls; a thread whose
+    stream waits for its client is not at work, so streams beyond that number do not keep a
+    unary call queued."""
+    server = make_grpc_server(grpc_server, 32, [], 1 << 20, reuse_port=False)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    release = threading.Event()
+
+    def one_then_wait():
+        yield b"x"
+        release.wait(30)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.stream_stream(f"/{SERVICE}/Echo")
+            streams = [echo(one_then_wait(), timeout=30)
+                       for _ in range(getattr(server, "max_running", 8) + 1)]
+            assert [next(stream) for stream in streams] == [b"x"] * len(streams)
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
+            release.set()
+            assert all(list(stream) == [] for stream in streams)
+    finally:
+        release.set()
+        server.stop(0).wait()
+
+
 def _threads() -> set[str]:
     return {thread.name for thread in threading.enumerate()}
 

@@ -77,8 +77,13 @@ class NativeContext(grpc.ServicerContext):
         return self._peer
 
     def _auth_state(self) -> tuple:
+        """(identity key or None, {property: [values]}), as grpcio gives them."""
         if self._auth is None:
-            self._auth = self._call.auth() or (None, {})
+            key, pairs = self._call.auth() or (None, ())
+            properties: dict[str, list[bytes]] = {}
+            for name, value in pairs:
+                properties.setdefault(name, []).append(value)
+            self._auth = key, properties
         return self._auth
 
     def peer_identities(self):

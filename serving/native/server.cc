@@ -52,18 +52,40 @@ void Log(gpr_log_func_args* args) {
 
 class Call;
 
-// The calls (new or cancelled) that wait for a Python pool thread.
-class Calls {
+// Whether this Python thread is at work on a call: it took one and is not waiting in one of
+// the call's operations.
+thread_local bool at_work = false;
+
+// The service (every method), and the calls (new or cancelled) that wait for a Python thread.
+// While `max_running` threads are at work, a new call waits for one of them to come back
+// rather than wake another: a wake-up costs two thread switches (the wake, then the GIL), more
+// than a call's own work.
+class Calls : public grpc::CallbackGenericService {
  public:
+  explicit Calls(int max_running) : max_running_(max_running) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override;
   void Push(Call* call, bool ended);
-  // Blocks until a call comes, or returns false once closed and empty.
-  bool Pop(Call** call, bool* ended) {
+  // The calling thread's call is over. Blocks (unless `wait` is false) until it may take a
+  // call; false once closed and empty (or, not waiting, if it may take none).
+  bool Pop(Call** call, bool* ended, bool wait) {
     std::unique_lock<std::mutex> lock(mutex_);
-    ready_.wait(lock, [this] { return !items_.empty() || closed_; });
-    if (items_.empty()) return false;
+    if (std::exchange(at_work, false)) --running_;
+    auto may_take = [this] { return !items_.empty() && (running_ < max_running_ || closed_); };
+    if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
+    if (!may_take()) return false;
     std::tie(*call, *ended) = items_.front();
     items_.pop_front();
+    ++running_;
+    at_work = true;
     return true;
+  }
+  // The thread at work waits in an operation of its call (`waiting`), or is back from it.
+  void Waits(bool waiting) {
+    if (!at_work) return;  // not a pool thread, or not on a call
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_ += waiting ? -1 : 1;
+    if (waiting && !items_.empty() && running_ < max_running_) ready_.notify_one();
   }
   void Close() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -76,6 +98,8 @@ class Calls {
   std::condition_variable ready_;
   std::deque<std::pair<Call*, bool>> items_;
   bool closed_ = false;
+  const int max_running_;
+  int running_ = 0;
 };
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
@@ -83,20 +107,25 @@ using Pairs = std::vector<std::pair<std::string, std::string>>;
 // One call. It lives while gRPC (until OnDone), a queue entry or a Python object holds it.
 class Call : public grpc::ServerGenericBidiReactor {
  public:
-  Call(grpc::GenericCallbackServerContext* context, Calls* calls, uint64_t id)
-      : context_(context), calls_(calls), id_(id) {
-    reading_.busy = true;  // the first message is read while the call waits for a thread
+  // The call is queued once its first message is read (or the client sends none): a thread
+  // that takes it never waits for its request.
+  Call(grpc::GenericCallbackServerContext* context, Calls* calls)
+      : context_(context), calls_(calls) {
+    reading_.busy = true;
     StartRead(&in_);
-    calls_->Push(this, false);
   }
   void Ref() { refs_.fetch_add(1); }
   void Unref() {
     if (refs_.fetch_sub(1) == 1) delete this;
   }
-  uint64_t id() const { return id_; }
+  uintptr_t id() const { return reinterpret_cast<uintptr_t>(this); }  // unique while it lives
+  Calls* calls() { return calls_; }
   grpc::GenericCallbackServerContext* context() { return context_; }
 
-  void OnReadDone(bool ok) override { Done(&reading_, ok); }
+  void OnReadDone(bool ok) override {
+    Done(&reading_, ok);
+    if (!std::exchange(queued_, true)) calls_->Push(this, false);  // reads never overlap
+  }
   void OnWriteDone(bool ok) override { Done(&writing_, ok); }
   void OnSendInitialMetadataDone(bool ok) override { Done(&sending_metadata_, ok); }
   void OnCancel() override {
@@ -115,23 +144,17 @@ class Call : public grpc::ServerGenericBidiReactor {
   }
   void OnDone() override { Unref(); }
 
-  // What follows is called by Python threads, without the GIL.
+  // What follows is called by Python threads, without the GIL where it may wait.
 
   // 1: a message (in `slices`), 0: no more (half-close or cancellation), -1: its bytes could
-  // not be read.
+  // not be read. The first is read before the call is queued: taking it never waits.
   int Read(std::vector<grpc::Slice>* slices) {
-    bool started;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      started = std::exchange(first_read_, false);
-    }
-    if (!started) {
+    if (!Locked([this] { return std::exchange(first_read_, false); })) {
       if (!Begin(&reading_)) return 0;
       StartRead(&in_);
     }
     if (!Wait(&reading_)) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      read_closed_ = true;
+      Locked([this] { read_closed_ = true; });
       return 0;
     }
     return in_.Dump(slices).ok() ? 1 : -1;
@@ -140,22 +163,14 @@ class Call : public grpc::ServerGenericBidiReactor {
     if (!Begin(&writing_)) return false;
     grpc::Slice slice(data, size);
     out_ = grpc::ByteBuffer(&slice, 1);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      metadata_sent_ = true;  // a write sends them
-    }
+    Locked([this] { metadata_sent_ = true; });  // a write sends them
     StartWrite(&out_);
     return Wait(&writing_);
   }
   // False if the call is finished or they were sent (gRPC C++ would abort the process).
   bool SendInitialMetadata(const Pairs& metadata) {
     if (!Begin(&sending_metadata_)) return false;
-    bool again;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      again = std::exchange(metadata_sent_, true);
-    }
-    if (again) {
+    if (Locked([this] { return std::exchange(metadata_sent_, true); })) {
       Done(&sending_metadata_, false);
       return false;
     }
@@ -203,17 +218,24 @@ class Call : public grpc::ServerGenericBidiReactor {
     watched_ = true;
     return true;
   }
-  bool Active() {
+  struct State {
+    bool first_read;  // its first message is not yet taken: reading it will not wait
+    bool idle;  // no write or initial metadata in flight: an OK Complete will not wait
+    bool finished, active;  // active: neither cancelled nor finished
+  };
+  State Now() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return !cancelled_ && !finished_;
+    return {first_read_, !writing_.busy && !sending_metadata_.busy, finished_,
+            !cancelled_ && !finished_};
   }
   // The context may be read until the call is finished.
   // Runs use(context) under the lock unless the call is finished (then false).
   template <typename Use>
   bool WithContext(Use use) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!finished_) use(context_);
-    return !finished_;
+    return Locked([&] {
+      if (!finished_) use(context_);
+      return !finished_;
+    });
   }
 
  private:
@@ -221,6 +243,11 @@ class Call : public grpc::ServerGenericBidiReactor {
     bool busy = false;
     bool ok = false;
   };
+  template <typename Action>
+  auto Locked(Action action) -> decltype(action()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return action();
+  }
   void Done(Operation* operation, bool ok) {
     std::lock_guard<std::mutex> lock(mutex_);
     operation->busy = false;
@@ -258,13 +285,13 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   grpc::GenericCallbackServerContext* context_;
   Calls* calls_;
-  const uint64_t id_;
   std::atomic<int> refs_{2};  // gRPC's and the queue entry's
   std::mutex mutex_;
   std::condition_variable changed_;
   Operation reading_, writing_, sending_metadata_;
   bool cancelled_ = false, finished_ = false, parked_ = false, watched_ = false;
   bool metadata_sent_ = false;  // by SendInitialMetadata, a write or Complete
+  bool queued_ = false;  // for a Python thread, by the first OnReadDone
   bool first_read_ = true;  // started by the constructor, not yet taken by Read
   bool read_closed_ = false;  // a read said the client sends no more
   grpc::ByteBuffer in_, out_;
@@ -274,21 +301,13 @@ void Calls::Push(Call* call, bool ended) {
   if (ended) call->Ref();  // a new call comes with its queue reference
   std::lock_guard<std::mutex> lock(mutex_);
   items_.emplace_back(call, ended);
-  ready_.notify_one();
+  if (running_ < max_running_) ready_.notify_one();
 }
 
-class Service : public grpc::CallbackGenericService {
- public:
-  explicit Service(Calls* calls) : calls_(calls) {}
-  grpc::ServerGenericBidiReactor* CreateReactor(
-      grpc::GenericCallbackServerContext* context) override {
-    return new Call(context, calls_, next_id_.fetch_add(1));
-  }
-
- private:
-  Calls* calls_;
-  std::atomic<uint64_t> next_id_{1};
-};
+grpc::ServerGenericBidiReactor* Calls::CreateReactor(
+    grpc::GenericCallbackServerContext* context) {
+  return new Call(context, this);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Python types
@@ -300,8 +319,7 @@ struct CallObject {
 
 struct ServerObject {
   PyObject_HEAD
-  Calls* calls;
-  Service* service;
+  Calls* calls;  // and the service
   grpc::Server* server;
   int max_message_bytes;
   bool reuse_port;
@@ -311,10 +329,6 @@ PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._serv
 PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Server"};
 
 Call* Of(PyObject* self) { return reinterpret_cast<CallObject*>(self)->call; }
-
-PyObject* Bytes(grpc::string_ref text) {
-  return PyBytes_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
-}
 
 // Metadata as grpcio gives it: (key, value) pairs, values bytes for "-bin" keys, else str.
 PyObject* ToMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
@@ -376,12 +390,27 @@ PyObject* CallInfo(PyObject* self, PyObject*) {
                        static_cast<Py_ssize_t>(peer.size()), remaining);
 }
 
+// While a call's operation may wait, the GIL is released and the thread is not at work
+// (`Calls`). Operations that cannot wait keep the GIL: released under contention, it costs a
+// thread switch to take back (gRPC's threads never take it: holding it cannot deadlock).
+struct Waiting {
+  explicit Waiting(Call* call) : calls(call->calls()), state(PyEval_SaveThread()) {
+    calls->Waits(true);
+  }
+  ~Waiting() { calls->Waits(false), PyEval_RestoreThread(state); }
+  Calls* calls;
+  PyThreadState* state;
+};
+
 PyObject* CallRead(PyObject* self, PyObject*) {
   std::vector<grpc::Slice> slices;
   int got;
-  Py_BEGIN_ALLOW_THREADS;
-  got = Of(self)->Read(&slices);
-  Py_END_ALLOW_THREADS;
+  if (Of(self)->Now().first_read) {
+    got = Of(self)->Read(&slices);
+  } else {
+    Waiting waiting(Of(self));
+    got = Of(self)->Read(&slices);
+  }
   if (got == 0) Py_RETURN_NONE;
   if (got < 0) {  // never parsed as an empty message
     PyErr_SetString(PyExc_ValueError, "the request's bytes could not be read");
@@ -403,9 +432,10 @@ PyObject* CallWrite(PyObject* self, PyObject* args) {
   Py_buffer data;
   if (!PyArg_ParseTuple(args, "y*", &data)) return nullptr;
   bool ok;
-  Py_BEGIN_ALLOW_THREADS;
-  ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
-  Py_END_ALLOW_THREADS;
+  {
+    Waiting waiting(Of(self));
+    ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
+  }
   PyBuffer_Release(&data);
   return PyBool_FromLong(ok);
 }
@@ -414,11 +444,8 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
   PyObject* metadata;
   Pairs pairs;
   if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
-  bool ok;
-  Py_BEGIN_ALLOW_THREADS;
-  ok = Of(self)->SendInitialMetadata(pairs);
-  Py_END_ALLOW_THREADS;
-  return PyBool_FromLong(ok);
+  Waiting waiting(Of(self));
+  return PyBool_FromLong(Of(self)->SendInitialMetadata(pairs));
 }
 
 PyObject* CallFinish(PyObject* self, PyObject* args) {
@@ -443,54 +470,39 @@ PyObject* CallFinish(PyObject* self, PyObject* args) {
     response.emplace(data, static_cast<size_t>(size));
   }
   std::string text(details, static_cast<size_t>(details_size));
-  Py_BEGIN_ALLOW_THREADS;
-  Of(self)->Complete(code, text, pairs, response);
-  Py_END_ALLOW_THREADS;
+  if (code == 0 && Of(self)->Now().idle) {
+    Of(self)->Complete(code, text, pairs, response);
+  } else {
+    Waiting waiting(Of(self));
+    Of(self)->Complete(code, text, pairs, response);
+  }
   Py_RETURN_NONE;
 }
 
-PyObject* CallPark(PyObject* self, PyObject*) {
-  bool parked;
-  Py_BEGIN_ALLOW_THREADS;
-  parked = Of(self)->Park();
-  Py_END_ALLOW_THREADS;
-  return PyBool_FromLong(parked);
-}
+PyObject* CallPark(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Park()); }
 
 PyObject* CallWatchEnd(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->WatchEnd()); }
-PyObject* CallActive(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Active()); }
+PyObject* CallActive(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Now().active); }
 
 PyObject* CallCancel(PyObject* self, PyObject*) {
   Of(self)->WithContext([](grpc::GenericCallbackServerContext* context) { context->TryCancel(); });
   Py_RETURN_NONE;
 }
 
-// (identity property name or None, {property name: [values]}), or None once finished.
+// (identity property name or None, ((property name, value bytes), ...)), or None once finished.
 PyObject* CallAuth(PyObject* self, PyObject*) {
-  Call* call = Of(self);
   std::shared_ptr<const grpc::AuthContext> auth;
-  if (!call->WithContext([&auth](auto* context) { auth = context->auth_context(); })) {
+  if (!Of(self)->WithContext([&auth](auto* context) { auth = context->auth_context(); })) {
     Py_RETURN_NONE;
   }
-  PyObject* properties = PyDict_New();
-  if (properties == nullptr) return nullptr;
-  for (auto it = auth->begin(); it != auth->end(); ++it) {
-    PyObject* name = PyUnicode_FromStringAndSize((*it).first.data(), (*it).first.size());
-    PyObject* values = name ? PyDict_GetItemWithError(properties, name) : nullptr;
-    if (name != nullptr && values == nullptr && !PyErr_Occurred()) {
-      values = PyList_New(0);
-      if (values != nullptr && PyDict_SetItem(properties, name, values) == 0) Py_DECREF(values);
-    }
-    PyObject* value = values ? Bytes((*it).second) : nullptr;
-    if (value == nullptr || PyList_Append(values, value) < 0) {
-      Py_XDECREF(name);
-      Py_XDECREF(value);
-      Py_DECREF(properties);
-      return nullptr;
-    }
-    Py_DECREF(name);
-    Py_DECREF(value);
+  PyObject* properties = PyList_New(0);
+  for (const auto& [name, value] : *auth) {
+    PyObject* pair = properties ? Py_BuildValue("(s#y#)", name.data(), Py_ssize_t(name.size()),
+                                                value.data(), Py_ssize_t(value.size())) : nullptr;
+    if (pair == nullptr || PyList_Append(properties, pair) < 0) Py_CLEAR(properties);
+    Py_XDECREF(pair);
   }
+  if (properties == nullptr) return nullptr;
   std::string key = auth->IsPeerAuthenticated() ? auth->GetPeerIdentityPropertyName() : "";
   if (key.empty()) return Py_BuildValue("(ON)", Py_None, properties);
   return Py_BuildValue("(s#N)", key.data(), static_cast<Py_ssize_t>(key.size()), properties);
@@ -500,9 +512,10 @@ PyObject* CallId(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(Of(
 
 // A call no Python thread can answer any more ends CANCELLED (if it has not ended).
 void CallDealloc(PyObject* self) {
-  Py_BEGIN_ALLOW_THREADS;
-  Of(self)->Complete(1, "call cancelled", {}, std::nullopt);
-  Py_END_ALLOW_THREADS;
+  if (!Of(self)->Now().finished) {
+    Waiting waiting(Of(self));
+    Of(self)->Complete(1, "call cancelled", {}, std::nullopt);
+  }
   Of(self)->Unref();
   Py_TYPE(self)->tp_free(self);
 }
@@ -528,12 +541,11 @@ PyGetSetDef call_properties[] = {
 // Server methods -------------------------------------------------------------------------------
 
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
-  int max_message_bytes, reuse_port;
-  if (!PyArg_ParseTuple(args, "ip", &max_message_bytes, &reuse_port)) return nullptr;
+  int max_message_bytes, reuse_port, max_running;
+  if (!PyArg_ParseTuple(args, "ipi", &max_message_bytes, &reuse_port, &max_running)) return nullptr;
   auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
-  self->calls = new Calls();
-  self->service = new Service(self->calls);
+  self->calls = new Calls(max_running);
   self->max_message_bytes = max_message_bytes;
   self->reuse_port = reuse_port;
   return reinterpret_cast<PyObject*>(self);
@@ -574,7 +586,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, credentials, &port);
-  builder.RegisterCallbackGenericService(self->service);
+  builder.RegisterCallbackGenericService(self->calls);
   builder.SetMaxReceiveMessageSize(self->max_message_bytes);
   builder.SetMaxSendMessageSize(self->max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, self->reuse_port ? 1 : 0);
@@ -604,10 +616,12 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
 PyObject* ServerNextCall(PyObject* object, PyObject*) {
   auto* self = reinterpret_cast<ServerObject*>(object);
   Call* call = nullptr;
-  bool ended = false, got;
-  Py_BEGIN_ALLOW_THREADS;
-  got = self->calls->Pop(&call, &ended);
-  Py_END_ALLOW_THREADS;
+  bool ended = false, got = self->calls->Pop(&call, &ended, false);
+  if (!got) {
+    Py_BEGIN_ALLOW_THREADS;
+    got = self->calls->Pop(&call, &ended, true);
+    Py_END_ALLOW_THREADS;
+  }
   if (!got) Py_RETURN_NONE;
   if (ended) {  // Python only needs its number
     uint64_t id = call->id();
@@ -651,7 +665,6 @@ void ServerDealloc(PyObject* object) {
   // The Python side shuts down and joins its threads before letting go; a server never
   // started has no calls to wait for.
   if (self->server == nullptr) {
-    delete self->service;
     delete self->calls;
   }  // else leaked on purpose: gRPC may still call into it
   Py_TYPE(object)->tp_free(object);
@@ -683,7 +696,7 @@ PyMODINIT_FUNC PyInit__server() {
   ServerType.tp_new = ServerNew;
   ServerType.tp_dealloc = ServerDealloc;
   ServerType.tp_methods = server_methods;
-  ServerType.tp_doc = "Server(max_message_bytes, reuse_port)";
+  ServerType.tp_doc = "Server(max_message_bytes, reuse_port, max_running)";
   if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
