@@ -1,6 +1,6 @@
 """A/B pairs of bench/run.sh --only-ours: does a mechanism pay for itself?
 
-Runs ``--pairs`` pairs of two server flag sets A and B, alternating the order (AB, BA, AB,
+Runs ``--pairs`` pairs of two server flag sets A and B (or two checkouts: ``--b-root``), alternating the order (AB, BA, AB,
 ...) so that a drift of the machine favours neither, each run after bench/wait_quiet.sh with
 ``--wait-quiet``. Keeps each run's figures as JSON in ``--dir`` (as it goes; a stopped series
 can be summarized with ``--summarize``), then prints for every bar figure the median of A, of
@@ -9,7 +9,7 @@ mechanism stays only where the median of at least 5 alternating pairs shows >= 1
 figure).
 
 Usage: python bench/ab.py --a "" --b "--workers 1" [--pairs 5] [--wait-quiet]
-           [--dir .work/ab] [--duration 5] [--ours-root DIR] [--summarize]
+           [--dir .work/ab] [--duration 5] [--ours-root DIR] [--b-root DIR] [--summarize]
 """
 
 import argparse
@@ -28,13 +28,14 @@ THRESHOLD = 0.10
 
 
 def one_run(side: str, flags: str, index: int, args) -> dict:
+    root = args.b_root if side == "B" and args.b_root else args.ours_root
     if args.wait_quiet:
         subprocess.run([str(ROOT / "bench" / "wait_quiet.sh")], check=True, timeout=3000)
     output = args.dir / f"{index:02d}-{side}.json"
     command = [str(ROOT / "bench" / "run.sh"), "--only-ours", "--server-flags", flags,
                "--label", f"A/B {side}: {flags or 'defaults'}", "--json", str(output),
                "--duration", str(args.duration), "--warmup", str(args.warmup),
-               "--ours-root", str(args.ours_root)]
+               "--ours-root", str(root)]
     print(f"[{time.strftime('%H:%M:%S')}] {side} ({flags or 'defaults'}): "
           f"{shlex.join(command)}", file=sys.stderr, flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=700)
@@ -47,8 +48,10 @@ def number(value: float) -> str:
 
 def summary(runs: dict[str, list[dict]]) -> str:
     pairs = min(len(runs["A"]), len(runs["B"]))
-    flags = {side: " ".join(runs[side][0]["server_flags"]) for side in runs}
-    out = [f"A: `{flags['A'] or 'defaults'}`, B: `{flags['B'] or 'defaults'}`; {pairs} pairs "
+    flags = {side: " ".join(runs[side][0]["server_flags"]) or "defaults" for side in runs}
+    for side in runs:
+        flags[side] += f" at {runs[side][0]['commit'][:7]}"
+    out = [f"A: `{flags['A']}`, B: `{flags['B']}`; {pairs} pairs "
            "(order AB, BA, AB, ...); medians.", "",
            "| figure | median A | median B | median of pair ratios B/A | >= 10% |",
            "| --- | --- | --- | --- | --- |"]
@@ -76,6 +79,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--ours-root", type=Path, default=ROOT,
                         help="checkout whose server is measured (bench/run.py --ours-root)")
+    parser.add_argument("--b-root", type=Path,
+                        help="checkout measured as B (default: --ours-root): before/after")
     parser.add_argument("--wait-quiet", action="store_true",
                         help="bench/wait_quiet.sh before every run")
     parser.add_argument("--summarize", action="store_true",
