@@ -1,12 +1,12 @@
 """A/B pairs of bench/run.sh --only-ours: does a mechanism pay for itself?
 
-Runs ``--pairs`` pairs of two server flag sets A and B (or two checkouts: ``--b-root``), alternating the order (AB, BA, AB,
-...) so that a drift of the machine favours neither, each run after bench/wait_quiet.sh with
-``--wait-quiet``. Keeps each run's figures as JSON in ``--dir`` (as it goes; a stopped series
-can be summarized with ``--summarize``), then prints for every bar figure the median of A, of
-B, the median of the per-pair ratios B/A, and which side wins by >= 10% (the issue's rule: a
-mechanism stays only where the median of at least 5 alternating pairs shows >= 10% on a bar's
-figure).
+Runs ``--pairs`` pairs of two server flag sets A and B (or two checkouts: ``--b-root``),
+alternating the order (AB, BA, AB, ...) so that a drift of the machine favours neither, each
+run after bench/wait_quiet.sh with ``--wait-quiet``. Keeps each run's figures as JSON in
+``--dir`` (as it goes; a stopped series can be summarized with ``--summarize``), then prints
+for every bar figure the median of A, of B, the median of the per-pair ratios B/A, and which
+side wins by >= 10% (the issue's rule: a mechanism stays only where the median of at least 5
+alternating pairs shows >= 10% on a bar's figure).
 
 Usage: python bench/ab.py --a "" --b "--workers 1" [--pairs 5] [--wait-quiet]
            [--dir .work/ab] [--duration 5] [--ours-root DIR] [--b-root DIR] [--summarize]
