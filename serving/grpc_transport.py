@@ -80,13 +80,13 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         is_api = method.strip("/").partition("/")[0] in self._api_services
         parse = handler.request_deserializer
         run = pipeline.stream if handler.response_streaming else pipeline.unary
+        foreign = _foreign_stream if handler.response_streaming else _run_foreign
 
         def through_pipeline(data, context):
             if is_api:
                 return run(_call(method, context), behavior, data, parse)
             return run(_call(method, context),
-                       lambda request, _call: _run_foreign(behavior, request, context), data,
-                       parse)
+                       lambda request, _call: foreign(behavior, request, context), data, parse)
 
         if handler.response_streaming:
             def answer(data, context):
@@ -131,10 +131,22 @@ def _run_foreign(behavior, request, context: grpc.ServicerContext):
     Exception): that status stands."""
     try:
         return behavior(request, context)
-    except Exception:
-        if context.code() is None:
-            raise
-        raise AnsweredByHandler(f"answered {context.code().name}") from None
+    except Exception as error:
+        raise _answered(context) or error from None
+
+
+def _foreign_stream(behavior, request, context: grpc.ServicerContext):
+    """``_run_foreign`` for a handler whose responses stream: it may abort while they do."""
+    try:
+        yield from behavior(request, context)
+    except Exception as error:
+        raise _answered(context) or error from None
+
+
+def _answered(context: grpc.ServicerContext) -> AnsweredByHandler | None:
+    """What a handler that raised stands for if it set its call's status first."""
+    code = context.code()
+    return None if code is None else AnsweredByHandler(f"answered {code.name}")
 
 
 def _call(method: str, context: grpc.ServicerContext) -> Call:
@@ -205,17 +217,20 @@ class GrpcioServer:
 
 def grpc_server(implementation: str, threads: int,
                 interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
-                reuse_port: bool) -> "GrpcioServer | NativeServer":
+                reuse_port: bool, *, max_running: int | None = None
+                ) -> "GrpcioServer | NativeServer":
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
-    (a stream holds one for its whole life); ``reuse_port``: several worker processes share
+    (a stream holds one for its whole life); ``max_running``: of which at work at once,
+    the native server's (None: all); ``reuse_port``: several worker processes share
     the port."""
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer
 
-            return NativeServer(threads, interceptors, max_message_bytes, reuse_port)
+            return NativeServer(threads, interceptors, max_message_bytes, reuse_port,
+                                max_running)
         log.warning("native gRPC server not built, grpcio serves: %s",
                     native.UNAVAILABLE_REASON)
     return GrpcioServer(grpc.server(

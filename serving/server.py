@@ -28,7 +28,7 @@ from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
-from serving.settings import Settings
+from serving.settings import Settings, available_cores
 from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 DRAIN_QUIET_SECONDS = 0.05
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
+# Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
+# measured faster than with every thread at work (BENCHMARKS.md, "Threads at work").
+RUNNING_PER_CORE = 4
 OTHER_MODEL = "other"
 SERVICES = {
     classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]: "classifier",
@@ -57,9 +60,12 @@ class ModelServer:
         self.registry = registry
         self.classifier = ClassifierAPI(registry, settings.default_model,
                                         settings.baseline_model, settings.max_request_images)
+        self._draining = threading.Event()
         self.inference = InferenceAPI(registry, settings.max_request_images, _package_version(),
                                       settings.batch_delay_us / 1e6,
-                                      settings.parallel_inferences)
+                                      settings.parallel_inferences,
+                                      ready=lambda: (not self._draining.is_set()
+                                                     and self.admission.accepting))
         self.admission = Admission(settings.max_concurrent_calls)
         self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,
                                      max_streams=_max_streams(settings.call_threads))
@@ -69,6 +75,7 @@ class ModelServer:
             settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
+            max_running=_max_running(settings),
         )
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
@@ -82,12 +89,10 @@ class ModelServer:
                 settings.grpc_server, 2, [PipelineInterceptor(self.pipeline, [])], 4096,
                 reuse_port=settings.workers > 1)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
-        self._draining = threading.Event()
         self.http = HttpTransport(
             settings, self.pipeline, self.classifier, self.inference, host=settings.host,
             port=settings.http_port, reuse_port=settings.workers > 1,
             test_images_dir=Path(settings.test_images_dir) if settings.test_images_dir else None,
-            serving=lambda: not self._draining.is_set(),
         ) if settings.http_port else None
         self.port = 0
         self.http_port = 0
@@ -192,7 +197,7 @@ class ModelServer:
     def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         self._stop_watching.set()
-        self._draining.set()  # HTTP's /v2/health/ready: 503
+        self._draining.set()  # ServerReady: false (HTTP's /v2/health/ready: 503)
         self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
@@ -217,6 +222,19 @@ class ModelServer:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         log.info("stopped")
+
+
+def _max_running(settings: Settings) -> int:
+    """Call threads at work at once (native server): the others are woken only while one of
+    those waits on the network, since each wake-up costs thread switches. A batch that waits
+    for more calls (``--batch-delay-us``) and a concurrency limit (``--max-concurrent-calls``,
+    which must see calls to refuse them) need more calls taken."""
+    if settings.batch_delay_us:
+        return settings.call_threads
+    running = RUNNING_PER_CORE * available_cores()
+    if settings.max_concurrent_calls:
+        running = max(running, settings.max_concurrent_calls + 1)
+    return min(settings.call_threads, running)
 
 
 def _max_streams(call_threads: int) -> int:

@@ -21,9 +21,10 @@ from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as domain_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from serving import server as server_module
 from serving.codecs.images import load_png
 from serving.http.rest import message_json
-from tests.http_helpers import http_server, http_settings
+from tests.http_helpers import http_and_grpc, http_server, http_settings
 
 MAX_IMAGES = 8
 MAX_BYTES = 65536
@@ -31,11 +32,9 @@ MAX_BYTES = 65536
 
 @pytest.fixture(scope="module")
 def served(model_repository):
-    settings = http_settings(model_repository, max_request_images=MAX_IMAGES,
-                             max_message_bytes=MAX_BYTES)
-    with (http_server(settings) as (server, url),
-          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
-        yield server, url, channel
+    with http_and_grpc(model_repository, max_request_images=MAX_IMAGES,
+                       max_message_bytes=MAX_BYTES) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +221,16 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
 
 
-def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_repository):
+def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_repository,
+                                                                         monkeypatch):
     """SIGTERM's order over HTTP: /v2/health/ready says 503 first, then calls are refused
-    503 (health stays live)."""
-    with http_server(http_settings(model_repository, grace_period=1.0)) as (server, url):
+    503 (health stays live); meanwhile gRPC's ServerReady says false, as HTTP does."""
+    monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 0.5)  # room to ask gRPC
+    with (http_server(http_settings(model_repository, grace_period=3.0)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        inference = pb_grpc.GRPCInferenceServiceStub(channel)
         assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        assert inference.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
         stopping = threading.Thread(target=server.stop)
         stopping.start()
         events = []
@@ -238,5 +242,10 @@ def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_r
                 ready = requests.get(f"{url}/v2/health/ready", timeout=5).status_code
                 if ready == 503 and "not ready" not in events:
                     events.append("not ready")
+                    events.append(f"gRPC ready: {_grpc_ready(inference)}")
         stopping.join(10)
-    assert events == ["not ready", "call refused"]
+    assert events == ["not ready", "gRPC ready: False", "call refused"]
+
+
+def _grpc_ready(inference) -> bool:
+    return inference.ServerReady(pb.ServerReadyRequest(), timeout=5).ready

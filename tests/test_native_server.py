@@ -19,10 +19,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.grpc_transport import PipelineInterceptor
 from serving.grpc_transport import grpc_server as make_grpc_server
+from serving.pipeline import Admission, CallPipeline
 from serving.security import ServerTls
 from tests.conftest import running_server
-from tests.test_security import make_pki
+from tests.pki import make_pki
 
 SERVICE = "test.Echo"
 
@@ -88,12 +90,17 @@ class Echo:
     def echo_stream(self, requests, context):
         yield from requests
 
+    def abort_stream(self, request: bytes, context: grpc.ServicerContext):
+        yield b"first"
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted while streaming")
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "UntilCancelled": grpc.unary_stream_rpc_method_handler(self.until_cancelled),
             "Sum": grpc.stream_unary_rpc_method_handler(self.sum_stream),
             "Echo": grpc.stream_stream_rpc_method_handler(self.echo_stream),
+            "AbortStream": grpc.unary_stream_rpc_method_handler(self.abort_stream),
         })
 
 
@@ -201,7 +208,7 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
     """The native server wakes only ``max_running`` threads for new calls; a thread whose
     stream waits for its client is not at work, so streams beyond that number do not keep a
     unary call queued."""
-    server = make_grpc_server(grpc_server, 32, [], 1 << 20, reuse_port=False)
+    server = make_grpc_server(grpc_server, 16, [], 1 << 20, reuse_port=False, max_running=4)
     server.add_generic_rpc_handlers([Echo().handler()])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -214,8 +221,7 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             echo = channel.stream_stream(f"/{SERVICE}/Echo")
-            streams = [echo(one_then_wait(), timeout=30)
-                       for _ in range(getattr(server, "max_running", 8) + 1)]
+            streams = [echo(one_then_wait(), timeout=30) for _ in range(5)]
             assert [next(stream) for stream in streams] == [b"x"] * len(streams)
             assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
             release.set()
@@ -223,6 +229,27 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
     finally:
         release.set()
         server.stop(0).wait()
+
+
+def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_server, caplog):
+    """A package's streaming handler (not the data plane's) that aborts: its status reaches
+    the client, and the pipeline logs no crash."""
+    pipeline = CallPipeline("", Admission())
+    server = make_grpc_server(grpc_server, 4, [PipelineInterceptor(pipeline, [])], 1 << 20,
+                              reuse_port=False)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stream = channel.unary_stream(f"/{SERVICE}/AbortStream")(b"", timeout=5)
+            assert next(stream) == b"first"
+            with pytest.raises(grpc.RpcError) as aborted:
+                next(stream)
+            assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop(0).wait()
+    assert not [r for r in caplog.records if r.getMessage() == "request crashed"]
 
 
 def _threads() -> set[str]:

@@ -224,20 +224,17 @@ async def test_draining_refuses_new_calls_but_keeps_health_answering(server, cha
 
 
 async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settings):
-    """Each stream holds a call thread for its whole life (from its first request on): with
-    4, at most 3 streams are open at once, and a thread stays for unary calls and health
-    checks."""
+    """Each stream holds a call thread for its whole life: with 4, at most 3 streams are
+    open at once, and a thread stays for unary calls and health checks."""
     four_threads = dataclasses.replace(settings, call_threads=4)
-    request = pb.ClassifyRequest(images=[bytes(784)])
     async with running_server(four_threads) as server, grpc.aio.insecure_channel(
             f"127.0.0.1:{server.port}") as channel:
         stub = classifier_pb2_grpc.ClassifierStub(channel)
-        idle = [stub.ClassifyStream(timeout=30) for _ in range(3)]  # answered once, then idle
+        idle = [stub.ClassifyStream(timeout=30) for _ in range(3)]  # open, sending nothing
         for stream in idle:
-            await stream.write(request)
-            await stream.read()
+            await stream.wait_for_connection()
+        await asyncio.sleep(0.2)  # the server has taken them
         refused = stub.ClassifyStream(timeout=5)
-        await refused.write(request)
         with pytest.raises(grpc.aio.AioRpcError) as too_many:
             await refused.read()
         assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -2,6 +2,8 @@
 transport-free: resolve the model, decode, predict, encode. Methods take and return the
 protocol's messages and a ``Call`` and raise only ``serving.errors``."""
 
+from collections.abc import Callable
+
 from inference import grpc_service_pb2 as pb
 from serving.codecs.inference import (
     EXTENSIONS,
@@ -23,8 +25,12 @@ SERVER_NAME = "fashion-mnist-service"
 
 class InferenceAPI:
     def __init__(self, registry: ModelRegistry, max_request_images: int, server_version: str,
-                 max_delay_s: float, instances: int):
+                 max_delay_s: float, instances: int, *,
+                 ready: Callable[[], bool] = lambda: True):
+        """``ready``: False once the server drains, which it says before it refuses calls, so
+        that balancers and probes turn away first."""
         self._registry = registry
+        self._ready = ready
         self._max_request_images = max_request_images
         self._server_version = server_version
         self._max_delay_s = max_delay_s
@@ -34,7 +40,7 @@ class InferenceAPI:
         return pb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, call: Call) -> pb.ServerReadyResponse:  # noqa: N802 (the protocol's name)
-        return pb.ServerReadyResponse(ready=True)  # a draining server refuses calls instead
+        return pb.ServerReadyResponse(ready=self._ready())
 
     def ModelReady(self, request, call: Call) -> pb.ModelReadyResponse:  # noqa: N802 (the protocol's name)
         version = parse_version(request.version)

@@ -33,11 +33,8 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 class HttpApp:
     def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int,
-                 test_images: domain.TestImages, *, serving: Callable[[], bool] | None = None):
-        """``serving``: False once the server drains, which it says before the pipeline
-        refuses calls, as gRPC health does; ready needs both."""
+                 test_images: domain.TestImages):
         self._pipeline = pipeline
-        self._serving = serving or (lambda: True)
         self._classifier = classifier
         self._inference = inference
         self._max_body_bytes = max_body_bytes
@@ -131,9 +128,8 @@ class HttpApp:
 
     def _ready(self, environ, _):
         """Not ready (503) once draining, so that balancers and probes turn away first."""
-        ready = (self._inference.ServerReady(pb.ServerReadyRequest(),
-                                             _open_call(environ, "ServerReady")).ready
-                 and self._serving() and self._pipeline.admission.accepting)
+        ready = self._inference.ServerReady(pb.ServerReadyRequest(),
+                                            _open_call(environ, "ServerReady")).ready
         return (200 if ready else 503), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):

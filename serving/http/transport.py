@@ -18,7 +18,6 @@ import asyncio
 import socket
 import threading
 from asyncio import tasks
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -40,13 +39,12 @@ class HttpTransport:
     ``pipeline``, on ``host``:``port`` (0: a free port; ``start`` returns it)."""
 
     def __init__(self, settings, pipeline: CallPipeline, classifier, inference, *, host: str,
-                 port: int, reuse_port: bool = False, test_images_dir: Path | None = None,
-                 serving: Callable[[], bool] | None = None):
+                 port: int, reuse_port: bool = False, test_images_dir: Path | None = None):
         """``reuse_port``: several worker processes share the port (as gRPC's);
         ``test_images_dir``: where the test set's IDX files are (default: the client's
-        data directory); ``serving``: False once the server drains (/v2/health/ready 503)."""
+        data directory)."""
         self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
-                            TestImages(test_images_dir), serving=serving)
+                            TestImages(test_images_dir))
         self._host, self._port, self._reuse_port = host, port, reuse_port
         self._threads = settings.call_threads
         self._tls = (

@@ -5,19 +5,19 @@ non-blocking Watch included) and reflection.
 
 One gRPC runtime listens: gRPC C++ (Debian's libgrpc++, ``serving/native/server.cc``, one
 ``CallbackGenericService``). Its callback threads never run Python: they queue each new call
-once its first message is read, and wake the Python thread waiting on a call (a mutex and
-condition variable per call). A fixed pool of Python threads (``--call-threads``) takes the
-calls (``next_call()``), resolves each handler through the interceptors and the generic
-handlers as grpcio does, and runs it; a thread releases the GIL only where it may wait (for a
-call, or in a stream's read or write), since under contention each release costs a thread
-switch to take it back. Only ``max_running`` threads are at work at once (4 per core, not
-counting those waiting on the network): a new call waits for one of them to come back rather
-than wake another thread (BENCHMARKS.md, "Threads at work"). So:
+and wake the Python thread waiting on a call (a mutex and condition variable per call). A
+fixed pool of Python threads (``--call-threads``) takes the calls (``next_call()``), resolves
+each handler through the interceptors and the generic handlers as grpcio does, and runs it.
+A thread releases the GIL only where it may wait (for a call; for a message, a write or
+initial metadata; before an error status), since under contention each release costs a
+thread switch to take it back. At most ``max_running`` threads are woken to take calls while
+others are at work (the server sets 4 per core; threads waiting on the network do not count,
+and one coming back may briefly exceed it): a new call waits for one of them to come back
+rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
 
-- a unary call holds a pool thread while it runs, a streaming call from its first message to
-  its end (a call whose client has sent nothing yet holds none); a non-blocking handler
-  (health's Watch) holds none while it waits: it writes from whichever thread calls its
-  ``send_response_callback``, and a cancellation finishes it in C++;
+- a unary call holds a pool thread while it runs, a streaming call for its whole life; a
+  non-blocking handler (health's Watch) holds none while it waits: it writes from whichever
+  thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
 - ``add_callback``s run on a pool thread when the call ends: after it is finished, or, for a
   cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
   server leaves no thread behind (gRPC C++'s own threads hold no Python state);
@@ -26,9 +26,9 @@ than wake another thread (BENCHMARKS.md, "Threads at work"). So:
 
 The old front door's risks vanish by construction: no gRPC thread ever holds a Python thread
 state (R1); ``Finish`` is started in one place, ``Call::Complete`` (or in C++ for a parked call
-that was cancelled), whatever the path, and no gRPC thread ever waits for the GIL (R2); one ``ServicerContext``
-(``serving.native.context``) serves every method, with trailing metadata, ``set_code``,
-cancellation and the rest (R10).
+that was cancelled), whatever the path, and no gRPC thread ever waits for the GIL (R2); one
+``ServicerContext`` (``serving.native.context``) serves every method, with trailing metadata,
+``set_code``, cancellation and the rest (R10).
 
 ``available()`` says whether the extension is built (``setup.py``: g++, pkg-config and
 libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.

@@ -103,7 +103,7 @@ class NativeContext(grpc.ServicerContext):
         pass  # it never compresses
 
     def send_initial_metadata(self, initial_metadata) -> None:
-        if not self._call.send_initial_metadata(tuple(initial_metadata)):
+        if not self._call.send_initial_metadata(_wire(initial_metadata)):
             raise ValueError("initial metadata can no longer be sent: the call is over, or "
                              "they were sent already")
 
@@ -148,6 +148,12 @@ class NativeContext(grpc.ServicerContext):
             code, details = grpc.StatusCode.UNKNOWN, f"Exception calling application: {error}"
         code = code or grpc.StatusCode.OK
         self._call.finish(code.value[0], details if isinstance(details, str)
-                          else details.decode(errors="replace"), self._trailing,
+                          else details.decode(errors="replace"), _wire(self._trailing),
                           response if code is grpc.StatusCode.OK else None)
         self.end()
+
+
+def _wire(metadata) -> tuple[tuple[str, bytes], ...]:
+    """Metadata as gRPC C++ takes it: text values as UTF-8."""
+    return tuple((key, value.encode() if isinstance(value, str) else value)
+                 for key, value in metadata)

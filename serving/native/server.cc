@@ -1,11 +1,12 @@
 // The native gRPC server: gRPC C++ (callback API, one generic service) listens; Python threads
 // answer. serving/native/__init__.py is the Python side and says why it is built this way.
 //
-// gRPC's threads never run Python and never take the GIL: a new call is queued (`Calls`) and
-// its reactions (read, write, initial metadata done, cancel, done) only set flags and wake the
-// Python thread waiting on that call's condition variable. Python's pool threads take calls
-// with `Server.next_call()` and block in `Call.read/write/finish` with the GIL released; every
-// gRPC operation is started from those methods, the same way on every path.
+// gRPC's threads never run Python and never take the GIL: a new call is queued (`Calls`), and
+// its reactions (read, write, initial metadata done, cancel,
+// done) only set flags and wake the Python thread waiting on that call's condition variable.
+// Python's pool threads take calls with `Server.next_call()` and start every gRPC operation
+// from `Call.read/write/finish`, the same way on every path; they release the GIL only where
+// they may wait (`Waiting`), and only `max_running` of them are at work at once (`Calls`).
 //
 // A call ends when Python finishes it, except a call Python parked (`Call.park()`: a
 // non-blocking handler such as health's Watch answers from other threads and holds no pool
@@ -51,10 +52,15 @@ void Log(gpr_log_func_args* args) {
 }
 
 class Call;
+class Calls;
 
-// Whether this Python thread is at work on a call: it took one and is not waiting in one of
-// the call's operations.
-thread_local bool at_work = false;
+// The server whose call this Python thread is at work on (took, and is not waiting in one of
+// its operations), if any. A thread that ends at work (SystemExit) gives its place back.
+struct AtWork {
+  Calls* calls = nullptr;
+  ~AtWork();
+};
+thread_local AtWork at_work;
 
 // The service (every method), and the calls (new or cancelled) that wait for a Python thread.
 // While `max_running` threads are at work, a new call waits for one of them to come back
@@ -67,22 +73,24 @@ class Calls : public grpc::CallbackGenericService {
       grpc::GenericCallbackServerContext* context) override;
   void Push(Call* call, bool ended);
   // The calling thread's call is over. Blocks (unless `wait` is false) until it may take a
-  // call; false once closed and empty (or, not waiting, if it may take none).
+  // call; false once closed and empty (or, not waiting, if it may take none). A cancelled
+  // call's news (its `add_callback`s) passes new calls and the limit: handlers may wait on it.
   bool Pop(Call** call, bool* ended, bool wait) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (std::exchange(at_work, false)) --running_;
-    auto may_take = [this] { return !items_.empty() && (running_ < max_running_ || closed_); };
+    if (at_work.calls == this) --running_, at_work.calls = nullptr;
+    auto may_take = [this] {
+      return !items_.empty() && (running_ < max_running_ || closed_ || items_.front().second);
+    };
     if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
     if (!may_take()) return false;
     std::tie(*call, *ended) = items_.front();
     items_.pop_front();
-    ++running_;
-    at_work = true;
+    ++running_, at_work.calls = this;
     return true;
   }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
   void Waits(bool waiting) {
-    if (!at_work) return;  // not a pool thread, or not on a call
+    if (at_work.calls != this) return;  // not a pool thread, or not on a call
     std::lock_guard<std::mutex> lock(mutex_);
     running_ += waiting ? -1 : 1;
     if (waiting && !items_.empty() && running_ < max_running_) ready_.notify_one();
@@ -100,31 +108,35 @@ class Calls : public grpc::CallbackGenericService {
   bool closed_ = false;
   const int max_running_;
   int running_ = 0;
+  std::atomic<uint64_t> next_id_{1};
 };
+
+AtWork::~AtWork() {
+  if (calls != nullptr) calls->Waits(true);
+}
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
 
 // One call. It lives while gRPC (until OnDone), a queue entry or a Python object holds it.
 class Call : public grpc::ServerGenericBidiReactor {
  public:
-  // The call is queued once its first message is read (or the client sends none): a thread
-  // that takes it never waits for its request.
-  Call(grpc::GenericCallbackServerContext* context, Calls* calls)
-      : context_(context), calls_(calls) {
+  // The first message is read while the call waits for a thread.
+  Call(grpc::GenericCallbackServerContext* context, Calls* calls, uint64_t id)
+      : context_(context), calls_(calls), id_(id) {
     reading_.busy = true;
     StartRead(&in_);
+    calls_->Push(this, false);
   }
   void Ref() { refs_.fetch_add(1); }
   void Unref() {
     if (refs_.fetch_sub(1) == 1) delete this;
   }
-  uintptr_t id() const { return reinterpret_cast<uintptr_t>(this); }  // unique while it lives
+  uint64_t id() const { return id_; }
   Calls* calls() { return calls_; }
   grpc::GenericCallbackServerContext* context() { return context_; }
 
   void OnReadDone(bool ok) override {
     Done(&reading_, ok);
-    if (!std::exchange(queued_, true)) calls_->Push(this, false);  // reads never overlap
   }
   void OnWriteDone(bool ok) override { Done(&writing_, ok); }
   void OnSendInitialMetadataDone(bool ok) override { Done(&sending_metadata_, ok); }
@@ -147,7 +159,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   // What follows is called by Python threads, without the GIL where it may wait.
 
   // 1: a message (in `slices`), 0: no more (half-close or cancellation), -1: its bytes could
-  // not be read. The first is read before the call is queued: taking it never waits.
+  // not be read.
   int Read(std::vector<grpc::Slice>* slices) {
     if (!Locked([this] { return std::exchange(first_read_, false); })) {
       if (!Begin(&reading_)) return 0;
@@ -219,13 +231,13 @@ class Call : public grpc::ServerGenericBidiReactor {
     return true;
   }
   struct State {
-    bool first_read;  // its first message is not yet taken: reading it will not wait
+    bool first_read;  // its first message is read and not yet taken: taking it will not wait
     bool idle;  // no write or initial metadata in flight: an OK Complete will not wait
     bool finished, active;  // active: neither cancelled nor finished
   };
   State Now() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {first_read_, !writing_.busy && !sending_metadata_.busy, finished_,
+    return {first_read_ && !reading_.busy, !writing_.busy && !sending_metadata_.busy, finished_,
             !cancelled_ && !finished_};
   }
   // The context may be read until the call is finished.
@@ -285,28 +297,32 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   grpc::GenericCallbackServerContext* context_;
   Calls* calls_;
+  const uint64_t id_;
   std::atomic<int> refs_{2};  // gRPC's and the queue entry's
   std::mutex mutex_;
   std::condition_variable changed_;
   Operation reading_, writing_, sending_metadata_;
   bool cancelled_ = false, finished_ = false, parked_ = false, watched_ = false;
   bool metadata_sent_ = false;  // by SendInitialMetadata, a write or Complete
-  bool queued_ = false;  // for a Python thread, by the first OnReadDone
   bool first_read_ = true;  // started by the constructor, not yet taken by Read
   bool read_closed_ = false;  // a read said the client sends no more
   grpc::ByteBuffer in_, out_;
 };
 
 void Calls::Push(Call* call, bool ended) {
-  if (ended) call->Ref();  // a new call comes with its queue reference
   std::lock_guard<std::mutex> lock(mutex_);
-  items_.emplace_back(call, ended);
-  if (running_ < max_running_) ready_.notify_one();
+  if (ended) {  // a new call comes with its queue reference
+    call->Ref();
+    items_.emplace_front(call, ended);
+  } else {
+    items_.emplace_back(call, ended);
+  }
+  if (ended || running_ < max_running_) ready_.notify_one();
 }
 
 grpc::ServerGenericBidiReactor* Calls::CreateReactor(
     grpc::GenericCallbackServerContext* context) {
-  return new Call(context, this);
+  return new Call(context, this, next_id_.fetch_add(1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,8 +337,6 @@ struct ServerObject {
   PyObject_HEAD
   Calls* calls;  // and the service
   grpc::Server* server;
-  int max_message_bytes;
-  bool reuse_port;
 };
 
 PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Call"};
@@ -350,25 +364,17 @@ PyObject* ToMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& me
   return pairs;
 }
 
-// A sequence of (str, str|bytes) pairs.
+// A sequence of (str, bytes) pairs.
 bool ToPairs(PyObject* sequence, Pairs* pairs) {
   PyObject* items = PySequence_Fast(sequence, "metadata must be a sequence of (key, value)");
-  if (items == nullptr) return false;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(items); ++i) {
-    PyObject *key, *value;
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "OO", &key, &value)) break;
-    const char* key_text = PyUnicode_AsUTF8(key);
+  for (Py_ssize_t i = 0; items != nullptr && i < PySequence_Fast_GET_SIZE(items); ++i) {
+    const char *key, *value;
     Py_ssize_t size;
-    const char* value_text = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, &size)
-                                                    : nullptr;
-    char* data;
-    bool bytes = value_text == nullptr && !PyErr_Occurred();
-    if (bytes && PyBytes_AsStringAndSize(value, &data, &size) == 0) value_text = data;
-    if (key_text == nullptr || value_text == nullptr) break;
-    pairs->emplace_back(key_text, std::string(value_text, static_cast<size_t>(size)));
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "sy#", &key, &value, &size)) break;
+    pairs->emplace_back(key, std::string(value, static_cast<size_t>(size)));
   }
-  Py_DECREF(items);
-  return !PyErr_Occurred();
+  Py_XDECREF(items);
+  return items != nullptr && !PyErr_Occurred();
 }
 
 // Call methods ---------------------------------------------------------------------------------
@@ -444,8 +450,12 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
   PyObject* metadata;
   Pairs pairs;
   if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
-  Waiting waiting(Of(self));
-  return PyBool_FromLong(Of(self)->SendInitialMetadata(pairs));
+  bool sent;
+  {
+    Waiting waiting(Of(self));
+    sent = Of(self)->SendInitialMetadata(pairs);
+  }
+  return PyBool_FromLong(sent);
 }
 
 PyObject* CallFinish(PyObject* self, PyObject* args) {
@@ -541,43 +551,34 @@ PyGetSetDef call_properties[] = {
 // Server methods -------------------------------------------------------------------------------
 
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
-  int max_message_bytes, reuse_port, max_running;
-  if (!PyArg_ParseTuple(args, "ipi", &max_message_bytes, &reuse_port, &max_running)) return nullptr;
+  int max_running;
+  if (!PyArg_ParseTuple(args, "i", &max_running)) return nullptr;
   auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
-  if (self == nullptr) return nullptr;
-  self->calls = new Calls(max_running);
-  self->max_message_bytes = max_message_bytes;
-  self->reuse_port = reuse_port;
+  if (self != nullptr) self->calls = new Calls(max_running);
   return reinterpret_cast<PyObject*>(self);
 }
 
-std::optional<std::string> Pem(PyObject* object) {
-  char* data;
-  Py_ssize_t size;
-  if (PyBytes_AsStringAndSize(object, &data, &size) < 0) return std::nullopt;
-  return std::string(data, static_cast<size_t>(size));
-}
-
-// listen(address, tls=None | (cert, key, client_ca | None)) -> port: binds and starts gRPC;
-// calls wait in the queue until Python takes them.
+// listen(address, max_message_bytes, reuse_port, tls=None | (cert, key, client_ca or b""), PEM
+// bytes) -> port: binds and starts gRPC; calls wait in the queue until Python takes them.
 PyObject* ServerListen(PyObject* object, PyObject* args) {
   auto* self = reinterpret_cast<ServerObject*>(object);
-  const char* address;
-  PyObject *tls = Py_None, *cert, *key, *client_ca;
-  if (!PyArg_ParseTuple(args, "s|O", &address, &tls)) return nullptr;
+  const char *address, *cert, *key, *client_ca;
+  int max_message_bytes, reuse_port;
+  PyObject* tls = Py_None;
+  if (!PyArg_ParseTuple(args, "sip|O", &address, &max_message_bytes, &reuse_port, &tls)) {
+    return nullptr;
+  }
   if (self->server != nullptr || self->calls == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "the native server listens on one address, once");
     return nullptr;
   }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls != Py_None) {
-    if (!PyArg_ParseTuple(tls, "SSO", &cert, &key, &client_ca)) return nullptr;
+    if (!PyArg_ParseTuple(tls, "yyy", &cert, &key, &client_ca)) return nullptr;
     grpc::SslServerCredentialsOptions options;
-    options.pem_key_cert_pairs.push_back({*Pem(key), *Pem(cert)});
-    if (client_ca != Py_None) {
-      std::optional<std::string> roots = Pem(client_ca);
-      if (!roots) return nullptr;
-      options.pem_root_certs = *roots;
+    options.pem_key_cert_pairs.push_back({key, cert});
+    if (*client_ca != '\0') {
+      options.pem_root_certs = client_ca;
       options.client_certificate_request =
           GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
     }
@@ -587,9 +588,9 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, credentials, &port);
   builder.RegisterCallbackGenericService(self->calls);
-  builder.SetMaxReceiveMessageSize(self->max_message_bytes);
-  builder.SetMaxSendMessageSize(self->max_message_bytes);
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, self->reuse_port ? 1 : 0);
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
+  builder.SetMaxSendMessageSize(max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);
   std::unique_ptr<grpc::Server> server;
   std::string errors;
   Py_BEGIN_ALLOW_THREADS;
@@ -671,7 +672,8 @@ void ServerDealloc(PyObject* object) {
 }
 
 PyMethodDef server_methods[] = {
-    {"listen", ServerListen, METH_VARARGS, "listen(address, tls=None) -> port"},
+    {"listen", ServerListen, METH_VARARGS,
+     "listen(address, max_message_bytes, reuse_port, tls=None) -> port"},
     {"next_call", ServerNextCall, METH_NOARGS,
      "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
      "once shut down"},
@@ -696,7 +698,7 @@ PyMODINIT_FUNC PyInit__server() {
   ServerType.tp_new = ServerNew;
   ServerType.tp_dealloc = ServerDealloc;
   ServerType.tp_methods = server_methods;
-  ServerType.tp_doc = "Server(max_message_bytes, reuse_port, max_running)";
+  ServerType.tp_doc = "Server(max_running)";
   if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;

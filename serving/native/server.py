@@ -13,14 +13,8 @@ import grpc
 from serving.native import UNAVAILABLE_REASON, _server
 from serving.native.context import NativeContext
 from serving.security import ServerTls
-from serving.settings import available_cores
 
 log = logging.getLogger(__name__)
-
-# Pool threads at work at once (the rest wait for calls that wait on the network): more only
-# add thread switches. Measured with one connection, batch 1 x 32 (BENCHMARKS.md): 2-4 per
-# core are slower, 4-8 the same.
-RUNNING_PER_CORE = 4
 
 
 class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio makes it
@@ -31,17 +25,18 @@ class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio mak
 class NativeServer:
     """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
     stream holds one for its whole life, a non-blocking Watch none), of which
-    ``max_running`` at work (not waiting on the network); ``reuse_port``: several worker
-    processes share the port (off: a port in use fails)."""
+    ``max_running`` at work (not waiting on the network; None: all); ``reuse_port``: several
+    worker processes share the port (off: a port in use fails)."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                 max_message_bytes: int, reuse_port: bool):
+                 max_message_bytes: int, reuse_port: bool, max_running: int | None = None):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self.max_running = min(threads, RUNNING_PER_CORE * available_cores())
-        self._core = _server.Server(max_message_bytes, reuse_port, self.max_running)
+        self.max_running = min(threads, max_running or threads)
+        self._core = _server.Server(self.max_running)
+        self._listening = (max_message_bytes, reuse_port)
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
         self._resolve = self._lookup
@@ -60,10 +55,11 @@ class NativeServer:
         generic handler too: served from there."""
 
     def add_insecure_port(self, address: str) -> int:
-        return self._core.listen(address)
+        return self._core.listen(address, *self._listening)
 
     def add_secure_port(self, address: str, tls: ServerTls) -> int:
-        return self._core.listen(address, (tls.cert, tls.key, tls.client_ca))
+        return self._core.listen(address, *self._listening,
+                                 (tls.cert, tls.key, tls.client_ca or b""))
 
     def start(self) -> None:
         with self._state:
