@@ -4,6 +4,8 @@ import contextlib
 import socket
 from pathlib import Path
 
+import grpc
+
 from serving.settings import Settings
 from tests.conftest import local_settings, running_server
 
@@ -30,3 +32,12 @@ def http_server(settings: Settings):
     with running_server(settings) as server:
         scheme = "https" if settings.tls_cert else "http"
         yield server, f"{scheme}://127.0.0.1:{server.http_port}"
+
+
+@contextlib.contextmanager
+def http_and_grpc(model_repository: Path, **overrides):
+    """``(server, base URL, gRPC channel)``: both transports of one server, for comparing them
+    (``http_settings`` with ``overrides``)."""
+    with (http_server(http_settings(model_repository, **overrides)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        yield server, url, channel

@@ -16,8 +16,6 @@ tested at the end, on a server started with flags.
 """
 
 import contextlib
-import datetime
-import ipaddress
 import os
 import signal
 import subprocess
@@ -25,16 +23,11 @@ import sys
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
@@ -56,6 +49,7 @@ from tests.deploy_manifests import (
     sandboxed_argv,
     workloads,
 )
+from tests.pki import Pki, make_pki
 from training.repository import write_version
 
 pytestmark = [needs_kubectl, pytest.mark.timeout(180)]
@@ -70,58 +64,9 @@ START_TIMEOUT_S = 60
 # --- certificates and secrets -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pki:
-    """A CA; a server certificate for 127.0.0.1/localhost and a client certificate it signed."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _certificate(name: str, key, issuer=None, issuer_key=None, *, ca=False, server=False):
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
-def _write(path: Path, certificate=None, key=None) -> Path:
-    if certificate is not None:
-        path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    else:
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = _certificate("deploy test CA", ca_key, ca=True)
-    server = _certificate("localhost", server_key, ca, ca_key, server=True)
-    client = _certificate("deploy test client", client_key, ca, ca_key)
-    return Pki(_write(directory / "ca.crt", ca), _write(directory / "server.crt", server),
-               _write(directory / "server.key", key=server_key),
-               _write(directory / "client.crt", client),
-               _write(directory / "client.key", key=client_key))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.http_helpers import http_server, http_settings
-from tests.test_security import make_pki
+from tests.pki import make_pki
 
 TOKEN = "http-s3cret"
 GUARDED = [("GET", "/v2"), ("GET", "/v2/models/mlp"), ("GET", "/v2/models/mlp/ready"),

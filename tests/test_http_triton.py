@@ -5,7 +5,6 @@ client with its HTTP status and the message naming the field.
 (tritonclient's HTTP client imports no protobuf code, so unlike its gRPC client it runs in
 this process: tests/test_triton_client.py says why that one cannot.)"""
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -14,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from tests.http_helpers import http_server, http_settings
+from tests.http_helpers import http_and_grpc, http_server, http_settings
 
 MAX_IMAGES = 8
 MAX_BYTES = 65536
@@ -23,10 +22,8 @@ TOKEN = "http-s3cret"
 
 @pytest.fixture(scope="module")
 def served(model_repository):
-    settings = http_settings(model_repository, max_request_images=MAX_IMAGES,
-                             max_message_bytes=MAX_BYTES)
-    with (http_server(settings) as (server, url),
-          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+    with http_and_grpc(model_repository, max_request_images=MAX_IMAGES,
+                       max_message_bytes=MAX_BYTES) as (server, url, channel):
         yield server, url.removeprefix("http://"), pb_grpc.GRPCInferenceServiceStub(channel)
 
 

@@ -1,0 +1,108 @@
+"""``fmnist score``: the test set (or a slice of it) through the service, in batches, with a
+progress bar; prints accuracies, agreement with the baseline, throughput and latency, and
+optionally writes every answer to a CSV file."""
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.dataset import load_test_set
+from serving.client.api import ClassifierClient
+
+
+def score(args, security) -> int:
+    """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
+    images, labels = load_test_set(args.data_dir)
+    end = len(images) if args.limit is None else args.offset + args.limit
+    if not 0 <= args.offset < end <= len(images):
+        raise ValueError(f"--offset {args.offset} --limit {args.limit}: outside the "
+                         f"{len(images)} test images")
+    images, labels = images[args.offset : end], labels[args.offset : end]
+    starts = range(0, len(images), args.batch_size)
+    batches = [images[start : start + args.batch_size] for start in starts]
+    sent_at: list[float] = []
+
+    def timed(batches):
+        for batch in batches:
+            sent_at.append(time.perf_counter())
+            yield batch
+
+    answers, latencies = [], []
+    with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
+        total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
+    ) as progress:
+        started = time.perf_counter()
+        if args.rpc == "stream":
+            stream = client.classify_batches(timed(batches), args.model, args.version,
+                                             timeout=args.timeout * len(batches))
+        else:
+            stream = (client.classify(batch, args.model, args.version) for batch in timed(batches))
+        for index, answer in enumerate(stream):
+            latencies.append(time.perf_counter() - sent_at[index])
+            answers.append(answer)
+            progress.update(len(answer))
+        elapsed = time.perf_counter() - started
+        expected = _expected_accuracy(args, client, answers[0].model)
+
+    model_labels = np.concatenate([a.model.labels for a in answers])
+    baseline_labels = np.concatenate([a.baseline.labels for a in answers])
+    model, baseline = answers[0].model, answers[0].baseline
+    accuracy = float(np.mean(model_labels == labels))
+    rows = [
+        ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
+        (f"{model.name} v{model.version} accuracy", f"{accuracy:.4f}"),
+        (f"{baseline.name} v{baseline.version} accuracy",
+         f"{float(np.mean(baseline_labels == labels)):.4f}"),
+        ("agreement", f"{float(np.mean(model_labels == baseline_labels)):.4f}"),
+        ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
+        ("latency per batch", "p50 {:.1f} ms, p99 {:.1f} ms".format(
+            *np.percentile(np.array(latencies) * 1000, [50, 99]))
+         + f" ({len(batches)} batches of <= {args.batch_size}, {args.rpc})"),
+    ]
+    if args.csv:
+        _write_csv(args.csv, args.offset, labels, answers)
+        rows.append(("predictions", str(args.csv)))
+    for name, value in rows:
+        print(f"{name:<22} {value}")
+    if expected is not None and abs(accuracy - expected) > args.tolerance:
+        print(f"fmnist score: error: served accuracy {accuracy:.4f} differs from the expected "
+              f"{expected:.4f} by more than {args.tolerance}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _expected_accuracy(args, client, model) -> float | None:
+    if args.expect_accuracy is None:
+        return None
+    if args.expect_accuracy == "manifest":
+        return client.get_model(model.name, model.version).test_accuracy
+    try:
+        return float(args.expect_accuracy)
+    except ValueError:
+        raise ValueError(f"--expect-accuracy: expected a fraction or 'manifest', "
+                         f"got {args.expect_accuracy!r}") from None
+
+
+def _write_csv(path: Path, offset: int, labels, answers) -> None:
+    def column(kind: str, field: str):
+        return [value for a in answers for value in getattr(getattr(a, kind), field)]
+
+    model_probabilities = np.concatenate([a.model.probabilities for a in answers])
+    baseline_probabilities = np.concatenate([a.baseline.probabilities for a in answers])
+    rows = zip(
+        range(offset, offset + len(labels)), labels.tolist(),
+        column("model", "labels"), column("model", "class_names"),
+        model_probabilities.max(axis=1).round(6).tolist(),
+        column("baseline", "labels"), column("baseline", "class_names"),
+        baseline_probabilities.max(axis=1).round(6).tolist(),
+        strict=True,
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "true_label", "model_label", "model_class", "model_probability",
+                         "baseline_label", "baseline_class", "baseline_probability"])
+        writer.writerows(rows)

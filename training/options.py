@@ -1,0 +1,279 @@
+"""``fmnist-train``'s command line: its options (each also an env var ``FMNIST_<FLAG>``), their
+types and checks, and the Keras settings of a model built from them."""
+
+import argparse
+import functools
+from dataclasses import fields
+from pathlib import Path
+
+from common.flags import add_option
+from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
+
+MODEL_NAMES = ("softmax", "mlp", "baseline")
+PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
+DESCRIPTION = """\
+Train the Fashion-MNIST classifiers, export them to ONNX into a model repository and write a
+report (test accuracy, per-class precision/recall/F1, confusion matrices, pictures).
+
+Models: softmax (Keras softmax regression), mlp (Keras multi-layer perceptron) and baseline
+(scikit-learn SGDClassifier with log loss). 20% of the training images are held out for
+validation (early stopping); the 10,000 test images are used only for the final evaluation.
+Each run adds a new version: DIR/<model>/<version>/model.onnx + model.json.
+"""
+
+EPILOG = """\
+examples:
+  fmnist-train --out model_repository                     defaults (all three models)
+  fmnist-train --out /tmp/repo --train-subset 2000 --epochs 2   a quick smoke run
+  fmnist-train --out /tmp/repo --models mlp --mlp-hidden 512 --mlp-dropout 0.2
+  original seed settings (5 epochs, default RMSprop, max_iter=5, no early stopping):
+  fmnist-train --out /tmp/repo --epochs 5 --optimizer rmsprop --learning-rate 0.001 \\
+      --lr-schedule none --patience 0 --baseline-max-iter 5
+
+The data is read from --data-dir, /usr/share/datasets/fashion-mnist (apt-get install
+dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist.
+Every flag has an environment variable: FMNIST_ + the flag in capitals with - as _,
+e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
+"""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (with a pointer to --help) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def comma_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def model_list(value: str) -> tuple[str, ...]:
+    names = comma_list(value)
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(MODEL_NAMES)}"
+        )
+    return tuple(name for name in MODEL_NAMES if name in names)
+
+
+def layer_widths(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(width) for width in comma_list(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 512,256, got {value!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths like 512,256, got {value!r}")
+    return widths
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return number
+
+
+def optional_float(value: str) -> float | None:
+    return None if value.lower() in {"", "none", "default"} else float(value)
+
+
+KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get --x/--no-x
+    "hidden": (layer_widths, "WIDTHS", "hidden layer widths, comma-separated"),
+    "dropout": (float, "P", "dropout rate after each hidden layer"),
+    "batch_norm": (bool, None, "batch normalisation after each hidden layer"),
+    "epochs": (positive_int, "N", "maximum epochs"),
+    "batch_size": (positive_int, "N", "mini-batch size"),
+    "optimizer": (str, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
+    "learning_rate": (optional_float, "LR", "initial learning rate ('default': the optimizer's)"),
+    "lr_schedule": (str, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
+    "patience": (
+        int,
+        "N",
+        "early stopping: stop after N epochs without a better validation "
+        "accuracy and restore the best epoch's weights (0: off, run all epochs)",
+    ),
+    "flip_augment": (bool, None, "also train on left-right mirrored images (2x data per epoch)"),
+}
+MLP_ONLY = {"hidden", "dropout", "batch_norm"}
+
+
+def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> None:
+    kind, metavar, help_text = KERAS_OPTIONS[field_name]
+    if default is not argparse.SUPPRESS:
+        help_text += f" (default: {format_default(default)})"
+    if kind is bool:
+        add_option(
+            group, flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+            help=help_text,
+        )
+    else:
+        choices = ("none", "cosine") if field_name == "lr_schedule" else None
+        add_option(
+            group,
+            flag,
+            dest=dest,
+            type=kind,
+            default=default,
+            metavar=metavar,
+            choices=choices,
+            help=help_text,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag, each also read from its env var (common.flags)."""
+    parser = OneLineErrorParser(
+        prog="fmnist-train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    try:
+        add_options(parser)
+    except ValueError as error:  # a bad FMNIST_* value, reported like a bad flag
+        parser.error(str(error))
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    softmax, mlp, baseline = SOFTMAX_DEFAULTS, MLP_DEFAULTS, BaselineSettings()
+
+    add = functools.partial(add_option, parser)
+    add(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="model repository to add the new model versions to (created if missing)",
+    )
+    add(
+        "--models",
+        type=model_list,
+        default=MODEL_NAMES,
+        metavar="LIST",
+        help="comma-separated models to train (default: softmax,mlp,baseline)",
+    )
+    add(
+        "--report-dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write the report (default: DIR/reports/<UTC timestamp>/)",
+    )
+    add(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="directory with the four Fashion-MNIST .gz files (default: searched, see below)",
+    )
+    add(
+        "--train-subset",
+        type=positive_int,
+        metavar="N",
+        help="use only the first N training images (for quick tests; default: all 60000)",
+    )
+    add(
+        "--validation-split",
+        type=fraction,
+        default=0.2,
+        metavar="F",
+        help="share of the training images held out for validation (default: 0.2)",
+    )
+    add(
+        "--split-seed",
+        type=int,
+        default=42,
+        metavar="N",
+        help="random_state of the train/validation split (default: 42)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=42,
+        metavar="N",
+        help="seed of the model initialisation and shuffling; same seed, same models (default: 42)",
+    )
+    add(
+        "--progress",
+        choices=PROGRESS,
+        default="bar",
+        help="Keras output while fitting: a progress bar, one line per epoch, or none",
+    )
+    add("--debug", action="store_true", help="show the Python traceback on errors")
+
+    both = parser.add_argument_group(
+        "both Keras models (override the per-model settings below when given)"
+    )
+    for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
+        flag = "--" + field_name.replace("_", "-")
+        add_keras_option(both, field_name, flag, field_name, argparse.SUPPRESS)
+    for name, settings, title in (("softmax", softmax, "softmax model"), ("mlp", mlp, "MLP")):
+        group = parser.add_argument_group(f"{title} (--models {name})")
+        for field_name in KERAS_OPTIONS:
+            if name == "softmax" and field_name in MLP_ONLY:
+                continue
+            flag = f"--{name}-{field_name.replace('_', '-')}"
+            dest = f"{name}_{field_name}"
+            add_keras_option(group, field_name, flag, dest, getattr(settings, field_name))
+
+    group = parser.add_argument_group(
+        "baseline (--models baseline): SGDClassifier(loss='log_loss')"
+    )
+    add_option(
+        group,
+        "--baseline-max-iter",
+        type=positive_int,
+        default=baseline.max_iter,
+        metavar="N",
+        help=f"epochs over the data (default: {baseline.max_iter})",
+    )
+    add_option(
+        group,
+        "--baseline-alpha",
+        type=float,
+        default=baseline.alpha,
+        metavar="A",
+        help=f"L2 regularisation strength (default: {baseline.alpha:g})",
+    )
+    add_option(
+        group,
+        "--baseline-tol",
+        type=optional_float,
+        default=baseline.tol,
+        metavar="T",
+        help=f"stop when the loss improves less than T "
+        f"('none': always run max-iter; default: {baseline.tol:g})",
+    )
+    add_option(
+        group,
+        "--baseline-n-jobs",
+        type=positive_int,
+        default=baseline.n_jobs,
+        metavar="N",
+        help=f"CPU cores for the ten one-vs-rest problems (default: {baseline.n_jobs})",
+    )
+
+
+def format_default(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "the optimizer's own" if value is None else str(value)
+
+
+def keras_settings(args: argparse.Namespace, name: str):
+    """The KerasSettings of ``name`` from its flags, with the shared flags on top."""
+    values = {}
+    for spec in fields(KerasSettings):
+        for dest in (f"{name}_{spec.name}", spec.name):  # shared flags exist only when given
+            if hasattr(args, dest):
+                values[spec.name] = getattr(args, dest)
+    return KerasSettings(**values)
