@@ -225,7 +225,7 @@ def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_r
                                                                          monkeypatch):
     """SIGTERM's order over HTTP: /v2/health/ready says 503 first, then calls are refused
     503 (health stays live); meanwhile gRPC's ServerReady says false, as HTTP does."""
-    monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 0.5)  # room to ask gRPC
+    monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 1.0)  # room to ask gRPC
     with (http_server(http_settings(model_repository, grace_period=3.0)) as (server, url),
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
         inference = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import NamedTuple
 
 import grpc
@@ -50,6 +51,7 @@ class Echo:
     def __init__(self):
         self.ended = threading.Event()
         self.seen_inactive = threading.Event()
+        self.callbacks_seen: list[bytes] = []
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         context.send_initial_metadata((("initial", "yes"),))
@@ -90,6 +92,19 @@ class Echo:
     def echo_stream(self, requests, context):
         yield from requests
 
+    def wait_for_cancel(self, request: bytes, context: grpc.ServicerContext):
+        """Holds its thread, at work, until its own add_callback runs (or 10 s); grpcio may
+        not resume it after a cancellation, the native server does."""
+        ended = threading.Event()
+
+        def on_end():
+            self.callbacks_seen.append(request)
+            ended.set()
+
+        context.add_callback(on_end)
+        yield b"waiting"
+        ended.wait(10)
+
     def abort_stream(self, request: bytes, context: grpc.ServicerContext):
         yield b"first"
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted while streaming")
@@ -101,6 +116,7 @@ class Echo:
             "Sum": grpc.stream_unary_rpc_method_handler(self.sum_stream),
             "Echo": grpc.stream_stream_rpc_method_handler(self.echo_stream),
             "AbortStream": grpc.unary_stream_rpc_method_handler(self.abort_stream),
+            "WaitForCancel": grpc.unary_stream_rpc_method_handler(self.wait_for_cancel),
         })
 
 
@@ -228,6 +244,29 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
             assert all(list(stream) == [] for stream in streams)
     finally:
         release.set()
+        server.stop(0).wait()
+
+
+def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server):
+    """A cancelled call's add_callbacks run even while every thread that may be at work is
+    (here blocked in Python, waiting for exactly that): its news does not queue behind them."""
+    echo = Echo()
+    server = make_grpc_server(grpc_server, 8, [], 1 << 20, reuse_port=False, max_running=2)
+    server.add_generic_rpc_handlers([echo.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait = channel.unary_stream(f"/{SERVICE}/WaitForCancel")
+            streams = [wait(str(index).encode(), timeout=30) for index in range(2)]
+            assert [next(stream) for stream in streams] == [b"waiting", b"waiting"]
+            for stream in streams:
+                stream.cancel()
+            deadline = time.monotonic() + 5
+            while len(echo.callbacks_seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert sorted(echo.callbacks_seen) == [b"0", b"1"]
+    finally:
         server.stop(0).wait()
 
 
