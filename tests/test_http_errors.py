@@ -100,7 +100,7 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url):
         assert busy.status_code == 429 and "--max-concurrent-calls" in busy.json()["error"]
     finally:
         server.admission.max_in_flight, server.admission.in_flight = 0, 0
-    server.admission.accepting = False  # what stop() does first
+    server.admission.accepting = False  # what stop() does after its health notice
     try:
         refused = binary_infer(url, np.zeros((1, 28, 28), np.uint8))
         assert refused.status_code == 503 and "shutting down" in refused.json()["error"]

@@ -2,8 +2,8 @@
 // answer. serving/native/__init__.py is the Python side and says why it is built this way.
 //
 // gRPC's threads never run Python and never take the GIL: a new call is queued (`Calls`), and
-// its reactions (read, write, initial metadata done, cancel,
-// done) only set flags and wake the Python thread waiting on that call's condition variable.
+// its reactions (read, write, initial metadata done, cancel, done) only set flags and wake the
+// Python thread waiting on that call's condition variable.
 // Python's pool threads take calls with `Server.next_call()` and start every gRPC operation
 // from `Call.read/write/finish`, the same way on every path; they release the GIL only where
 // they may wait (`Waiting`), and only `max_running` of them are at work at once (`Calls`).
@@ -135,9 +135,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   Calls* calls() { return calls_; }
   grpc::GenericCallbackServerContext* context() { return context_; }
 
-  void OnReadDone(bool ok) override {
-    Done(&reading_, ok);
-  }
+  void OnReadDone(bool ok) override { Done(&reading_, ok); }
   void OnWriteDone(bool ok) override { Done(&writing_, ok); }
   void OnSendInitialMetadataDone(bool ok) override { Done(&sending_metadata_, ok); }
   void OnCancel() override {
@@ -403,7 +401,10 @@ struct Waiting {
   explicit Waiting(Call* call) : calls(call->calls()), state(PyEval_SaveThread()) {
     calls->Waits(true);
   }
-  ~Waiting() { calls->Waits(false), PyEval_RestoreThread(state); }
+  ~Waiting() {
+    calls->Waits(false);
+    PyEval_RestoreThread(state);
+  }
   Calls* calls;
   PyThreadState* state;
 };
