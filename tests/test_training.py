@@ -144,3 +144,13 @@ def test_help_names_the_env_var_of_every_flag():
     for variable in ("FMNIST_OUT", "FMNIST_EPOCHS", "FMNIST_MLP_HIDDEN", "FMNIST_MLP_BATCH_NORM",
                      "FMNIST_BASELINE_N_JOBS", "FMNIST_DEBUG"):
         assert f"[env {variable}]" in text
+
+
+def test_keras_progress_is_a_bar_only_on_a_terminal(monkeypatch):
+    """A progress bar redrawn into a log file floods it: off a terminal, one line per epoch."""
+    from training.options import build_parser
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert build_parser().parse_args(["--out", "x"]).progress == "epoch"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert build_parser().parse_args(["--out", "x"]).progress == "bar"

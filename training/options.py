@@ -3,6 +3,7 @@ types and checks, and the Keras settings of a model built from them."""
 
 import argparse
 import functools
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -205,8 +206,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--progress",
         choices=PROGRESS,
-        default="bar",
-        help="Keras output while fitting: a progress bar, one line per epoch, or none",
+        default="bar" if sys.stdout.isatty() else "epoch",  # a bar floods a log file
+        help="Keras output while fitting: a progress bar (default on a terminal), one line per "
+        "epoch (default otherwise), or none",
     )
     add("--debug", action="store_true", help="show the Python traceback on errors")
 
