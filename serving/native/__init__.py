@@ -3,24 +3,25 @@ same interface (``add_generic_rpc_handlers``, ``grpc.ServerInterceptor``s, ``add
 ``start``, ``stop``), for every method: unary, client/server/bidi streams, health (its
 non-blocking Watch included) and reflection.
 
-One gRPC runtime listens: gRPC C++ (Debian's libgrpc++, ``serving/native/server.cc``, one
-``CallbackGenericService``). Its callback threads never run Python: they queue each new call
-and wake the Python thread waiting on a call (a mutex and condition variable per call). A
-fixed pool of Python threads (``--call-threads``) takes the calls (``next_call()``), resolves
-each handler through the interceptors and the generic handlers as grpcio does, and runs it.
-A thread releases the GIL only where it may wait (for a call; for a message, a write or
-initial metadata; before an error status), since under contention each release costs a
-thread switch to take it back. At most ``max_running`` threads are woken to take calls while
-others are at work (the server sets 4 per core; threads waiting on the network do not count,
-and one coming back may briefly exceed it): a new call waits for one of them to come back
-rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
+One gRPC runtime listens: gRPC C++ (Debian's libgrpc++, ``serving/native/server.cc``, the
+async API: one ``AsyncGenericService`` and one completion queue). One C++ thread polls that
+queue, which also reads and writes the sockets; it never runs Python: it queues each new call
+and wakes the Python thread waiting on a call (a mutex and condition variable per call). gRPC's
+callback API was used first: its two threads handing each event to each other, and its
+executor, cost ~10 thread switches per call, more than a call's own work (BENCHMARKS.md,
+"One polling thread"). A fixed pool of Python threads (``--call-threads``) takes the calls
+(``next_call()``), resolves each handler through the interceptors and the generic handlers as
+grpcio does, and runs it. A thread releases the GIL only where it may wait (for a call; for a
+message, a write or initial metadata; before an error status), since under contention each
+release costs a thread switch to take it back. So:
 
 - a unary call holds a pool thread while it runs, a streaming call for its whole life; a
   non-blocking handler (health's Watch) holds none while it waits: it writes from whichever
   thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
 - ``add_callback``s run on a pool thread when the call ends: after it is finished, or, for a
   cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
-  server leaves no thread behind (gRPC C++'s own threads hold no Python state);
+  server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
+  state; ``stop`` joins the polling thread once gRPC holds no call);
 - a request whose bytes cannot be read (``ByteBuffer::Dump`` fails) is refused INTERNAL,
   never parsed as an empty message (R3).
 

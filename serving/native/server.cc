@@ -1,12 +1,15 @@
-// The native gRPC server: gRPC C++ (callback API, one generic service) listens; Python threads
-// answer. serving/native/__init__.py is the Python side and says why it is built this way.
+// The native gRPC server: gRPC C++ (async API, one generic service, one completion queue)
+// listens; Python threads answer. serving/native/__init__.py is the Python side and says why it
+// is built this way.
 //
-// gRPC's threads never run Python and never take the GIL: a new call is queued (`Calls`), and
-// its reactions (read, write, initial metadata done, cancel, done) only set flags and wake the
-// Python thread waiting on that call's condition variable.
+// One thread of ours polls the completion queue (the network too) and never runs Python nor
+// takes the GIL: a new call is queued (`Calls`), and its events (read, written, initial
+// metadata sent, finished, done) only set flags and wake the Python thread waiting on that
+// call's condition variable. gRPC's callback API would add two threads handing each event to
+// each other, and an executor: ~10 thread switches per call, more than a call's own work.
 // Python's pool threads take calls with `Server.next_call()` and start every gRPC operation
 // from `Call.read/write/finish`, the same way on every path; they release the GIL only where
-// they may wait (`Waiting`), and only `max_running` of them are at work at once (`Calls`).
+// they may wait (`Waiting`).
 //
 // A call ends when Python finishes it, except a call Python parked (`Call.park()`: a
 // non-blocking handler such as health's Watch answers from other threads and holds no pool
@@ -30,6 +33,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -40,6 +44,11 @@ namespace {
 // cannot bind is said once, by the exception.
 std::mutex log_mutex;
 std::string* log_capture = nullptr;
+
+void CaptureLog(std::string* into) {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  log_capture = into;
+}
 
 void Log(gpr_log_func_args* args) {
   std::lock_guard<std::mutex> lock(log_mutex);
@@ -54,91 +63,100 @@ void Log(gpr_log_func_args* args) {
 class Call;
 class Calls;
 
-// The server whose call this Python thread is at work on (took, and is not waiting in one of
-// its operations), if any. A thread that ends at work (SystemExit) gives its place back.
-struct AtWork {
-  Calls* calls = nullptr;
-  ~AtWork();
-};
-thread_local AtWork at_work;
-
-// The service (every method), and the calls (new or cancelled) that wait for a Python thread.
-// While `max_running` threads are at work, a new call waits for one of them to come back
-// rather than wake another: a wake-up costs two thread switches (the wake, then the GIL), more
-// than a call's own work.
-class Calls : public grpc::CallbackGenericService {
+// The service (every method), its completion queue, and the calls (new, or cancelled and
+// watched) that wait for a Python thread.
+class Calls {
  public:
-  explicit Calls(int max_running) : max_running_(max_running) {}
-  grpc::ServerGenericBidiReactor* CreateReactor(
-      grpc::GenericCallbackServerContext* context) override;
+  // Asks gRPC for the next call (a Call waits for it), on the queue of `Poll`.
+  void Request();
+  // The polling thread: runs every event of the queue until it is shut down and empty.
+  void Poll();
   void Push(Call* call, bool ended);
-  // The calling thread's call is over. Blocks (unless `wait` is false) until it may take a
-  // call; false once closed and empty (or, not waiting, if it may take none). A cancelled
-  // call's news (its `add_callback`s) passes new calls and the limit: handlers may wait on it.
+  // Blocks (unless `wait` is false) until a call is queued; false once closed and empty (or,
+  // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
+  // first: handlers may wait on it.
   bool Pop(Call** call, bool* ended, bool wait) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (at_work.calls == this) --running_, at_work.calls = nullptr;
-    auto may_take = [this] {
-      return !items_.empty() && (running_ < max_running_ || closed_ || items_.front().second);
-    };
-    if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
-    if (!may_take()) return false;
+    if (wait) ready_.wait(lock, [this] { return !items_.empty() || closed_; });
+    if (items_.empty()) return false;
     std::tie(*call, *ended) = items_.front();
     items_.pop_front();
-    ++running_, at_work.calls = this;
     return true;
-  }
-  // The thread at work waits in an operation of its call (`waiting`), or is back from it.
-  void Waits(bool waiting) {
-    if (at_work.calls != this) return;  // not a pool thread, or not on a call
-    std::lock_guard<std::mutex> lock(mutex_);
-    running_ += waiting ? -1 : 1;
-    if (waiting && !items_.empty() && running_ < max_running_) ready_.notify_one();
   }
   void Close() {
     std::lock_guard<std::mutex> lock(mutex_);
     closed_ = true;
     ready_.notify_all();
   }
+  // Calls gRPC holds (requested, or not yet over); the queue may shut down at 0 only.
+  void Holds(int change) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if ((held_ += change) == 0) released_.notify_all();
+  }
+  void WaitReleased() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    released_.wait(lock, [this] { return held_ == 0; });
+  }
 
  private:
   std::mutex mutex_;
-  std::condition_variable ready_;
+  std::condition_variable ready_, released_;
+  int held_ = 0;
   std::deque<std::pair<Call*, bool>> items_;
   bool closed_ = false;
-  const int max_running_;
-  int running_ = 0;
   std::atomic<uint64_t> next_id_{1};
+
+ public:
+  grpc::AsyncGenericService service;
+  std::unique_ptr<grpc::ServerCompletionQueue> queue;
 };
 
-AtWork::~AtWork() {
-  if (calls != nullptr) calls->Waits(true);
-}
+// What a completion-queue event is about: one of a call's operations, its arrival or its end.
+enum Event { kArrived, kRead, kWritten, kMetadataSent, kFinished, kDone, kEvents };
+using Tag = std::pair<Call*, Event>;
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
 
-// One call. It lives while gRPC (until OnDone), a queue entry or a Python object holds it.
-class Call : public grpc::ServerGenericBidiReactor {
+// One call. It lives while gRPC (`rpc_`, until its operations and its end are over), a queue
+// entry or a Python object holds it; `rpc_` goes once gRPC is done with it, so that a server's
+// shutdown never waits for Python to let go of a finished call.
+class Call {
  public:
-  // The first message is read while the call waits for a thread.
-  Call(grpc::GenericCallbackServerContext* context, Calls* calls, uint64_t id)
-      : context_(context), calls_(calls), id_(id) {
-    reading_.busy = true;
-    StartRead(&in_);
-    calls_->Push(this, false);
+  Call(Calls* calls, uint64_t id) : calls_(calls), id_(id), rpc_(new Rpc) {
+    calls_->Holds(1);
+    for (int event = 0; event < kEvents; ++event) tags_[event] = {this, Event(event)};
+    rpc_->context.AsyncNotifyWhenDone(&tags_[kDone]);
+    calls_->service.RequestCall(&rpc_->context, &rpc_->stream, calls_->queue.get(),
+                                calls_->queue.get(), &tags_[kArrived]);
   }
   void Ref() { refs_.fetch_add(1); }
   void Unref() {
     if (refs_.fetch_sub(1) == 1) delete this;
   }
   uint64_t id() const { return id_; }
-  Calls* calls() { return calls_; }
-  grpc::GenericCallbackServerContext* context() { return context_; }
+  grpc::GenericServerContext* context() { return &rpc_->context; }
 
-  void OnReadDone(bool ok) override { Done(&reading_, ok); }
-  void OnWriteDone(bool ok) override { Done(&writing_, ok); }
-  void OnSendInitialMetadataDone(bool ok) override { Done(&sending_metadata_, ok); }
-  void OnCancel() override {
+  // The polling thread's part.
+  void On(Event event, bool ok) {
+    switch (event) {
+      case kArrived:
+        if (!ok) {  // shutting down: no call came
+          calls_->Holds(-1);
+          return delete this;
+        }
+        calls_->Request();
+        Ref();  // the queue's; the first message is read while the call waits for a thread
+        Locked([this] { Started(&reading_); });
+        rpc_->stream.Read(&in_, &tags_[kRead]);
+        return calls_->Push(this, false);
+      case kRead: return Release(&reading_, ok);
+      case kWritten: return Release(&writing_, ok);
+      case kMetadataSent: return Release(&sending_metadata_, ok);
+      case kDone: if (rpc_->context.IsCancelled()) OnCancel(); return Release();
+      case kFinished: return Release();
+    }
+  }
+  void OnCancel() {
     bool finish, tell;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -152,7 +170,6 @@ class Call : public grpc::ServerGenericBidiReactor {
     if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
     if (tell) calls_->Push(this, true);
   }
-  void OnDone() override { Unref(); }
 
   // What follows is called by Python threads, without the GIL where it may wait.
 
@@ -161,7 +178,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   int Read(std::vector<grpc::Slice>* slices) {
     if (!Locked([this] { return std::exchange(first_read_, false); })) {
       if (!Begin(&reading_)) return 0;
-      StartRead(&in_);
+      rpc_->stream.Read(&in_, &tags_[kRead]);
     }
     if (!Wait(&reading_)) {
       Locked([this] { read_closed_ = true; });
@@ -174,18 +191,18 @@ class Call : public grpc::ServerGenericBidiReactor {
     grpc::Slice slice(data, size);
     out_ = grpc::ByteBuffer(&slice, 1);
     Locked([this] { metadata_sent_ = true; });  // a write sends them
-    StartWrite(&out_);
+    rpc_->stream.Write(out_, &tags_[kWritten]);
     return Wait(&writing_);
   }
   // False if the call is finished or they were sent (gRPC C++ would abort the process).
   bool SendInitialMetadata(const Pairs& metadata) {
     if (!Begin(&sending_metadata_)) return false;
     if (Locked([this] { return std::exchange(metadata_sent_, true); })) {
-      Done(&sending_metadata_, false);
+      Release(&sending_metadata_, false);
       return false;
     }
-    for (const auto& [key, value] : metadata) context_->AddInitialMetadata(key, value);
-    StartSendInitialMetadata();
+    for (const auto& [key, value] : metadata) rpc_->context.AddInitialMetadata(key, value);
+    rpc_->stream.SendInitialMetadata(&tags_[kMetadataSent]);
     return Wait(&sending_metadata_);
   }
   // Ends the call once (later calls do nothing), with `response` if the status is OK.
@@ -198,12 +215,12 @@ class Call : public grpc::ServerGenericBidiReactor {
       if (code != 0) DrainBriefly(lock);
       finished_ = metadata_sent_ = true;
     }
-    for (const auto& [key, value] : trailing) context_->AddTrailingMetadata(key, value);
+    for (const auto& [key, value] : trailing) rpc_->context.AddTrailingMetadata(key, value);
     grpc::Status status(static_cast<grpc::StatusCode>(code), details);
     if (code == 0 && response) {
       grpc::Slice slice(response->data(), response->size());
       out_ = grpc::ByteBuffer(&slice, 1);
-      StartWriteAndFinish(&out_, grpc::WriteOptions(), status);
+      rpc_->stream.WriteAndFinish(out_, grpc::WriteOptions(), status, &tags_[kFinished]);
     } else {
       Finish(status);
     }
@@ -243,7 +260,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   template <typename Use>
   bool WithContext(Use use) {
     return Locked([&] {
-      if (!finished_) use(context_);
+      if (!finished_) use(&rpc_->context);
       return !finished_;
     });
   }
@@ -253,16 +270,35 @@ class Call : public grpc::ServerGenericBidiReactor {
     bool busy = false;
     bool ok = false;
   };
+  struct Rpc {
+    grpc::GenericServerContext context;
+    grpc::GenericServerAsyncReaderWriter stream{&context};
+  };
+  // Ends the call (once: the caller set `finished_`, whose hold on `rpc_` the finish takes).
+  void Finish(const grpc::Status& status) { rpc_->stream.Finish(status, &tags_[kFinished]); }
+  // An operation starts (under the lock): it holds `rpc_` until its event.
+  void Started(Operation* operation) {
+    operation->busy = true;
+    ++rpc_refs_;
+  }
+  // An operation is over (`ok`: it succeeded), or the call's end: `rpc_` goes with the last.
+  void Release(Operation* operation = nullptr, bool ok = false) {
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (operation != nullptr) operation->busy = false, operation->ok = ok;
+      changed_.notify_all();
+      last = --rpc_refs_ == 0;
+    }
+    if (!last) return;
+    rpc_.reset();
+    calls_->Holds(-1);
+    Unref();
+  }
   template <typename Action>
   auto Locked(Action action) -> decltype(action()) {
     std::lock_guard<std::mutex> lock(mutex_);
     return action();
-  }
-  void Done(Operation* operation, bool ok) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    operation->busy = false;
-    operation->ok = ok;
-    changed_.notify_all();
   }
   // Before an error status, reads what the client is still sending, until its half-close,
   // for 50 ms at most: a status that overtakes a client's write makes grpc.aio clients report
@@ -273,9 +309,9 @@ class Call : public grpc::ServerGenericBidiReactor {
       if (!changed_.wait_until(lock, until, [this] { return !reading_.busy; })) return;
       first_read_ = false;
       if (!reading_.ok) return;
-      reading_.busy = true;
+      Started(&reading_);
       lock.unlock();
-      StartRead(&in_);
+      rpc_->stream.Read(&in_, &tags_[kRead]);
       lock.lock();
     }
   }
@@ -284,7 +320,7 @@ class Call : public grpc::ServerGenericBidiReactor {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [operation] { return !operation->busy; });
     if (finished_) return false;
-    operation->busy = true;
+    Started(operation);
     return true;
   }
   bool Wait(Operation* operation) {
@@ -293,10 +329,12 @@ class Call : public grpc::ServerGenericBidiReactor {
     return operation->ok;
   }
 
-  grpc::GenericCallbackServerContext* context_;
   Calls* calls_;
   const uint64_t id_;
-  std::atomic<int> refs_{2};  // gRPC's and the queue entry's
+  std::atomic<int> refs_{1};  // gRPC's (`rpc_`), the queue entry's, Python's
+  std::unique_ptr<Rpc> rpc_;
+  int rpc_refs_ = 2;  // its end (kDone), and until it is finished; then each operation
+  Tag tags_[kEvents];
   std::mutex mutex_;
   std::condition_variable changed_;
   Operation reading_, writing_, sending_metadata_;
@@ -309,18 +347,20 @@ class Call : public grpc::ServerGenericBidiReactor {
 
 void Calls::Push(Call* call, bool ended) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (ended) {  // a new call comes with its queue reference
-    call->Ref();
-    items_.emplace_front(call, ended);
-  } else {
-    items_.emplace_back(call, ended);
-  }
-  if (ended || running_ < max_running_) ready_.notify_one();
+  if (ended) call->Ref();  // a new call comes with its queue reference
+  ended ? items_.emplace_front(call, ended) : items_.emplace_back(call, ended);
+  ready_.notify_one();
 }
 
-grpc::ServerGenericBidiReactor* Calls::CreateReactor(
-    grpc::GenericCallbackServerContext* context) {
-  return new Call(context, this, next_id_.fetch_add(1));
+void Calls::Request() { new Call(this, next_id_.fetch_add(1)); }
+
+void Calls::Poll() {
+  void* tag;
+  bool ok;
+  while (queue->Next(&tag, &ok)) {
+    auto [call, event] = *static_cast<Tag*>(tag);
+    call->On(event, ok);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +375,11 @@ struct ServerObject {
   PyObject_HEAD
   Calls* calls;  // and the service
   grpc::Server* server;
+  std::thread* poller;
 };
+
+// Calls requested from gRPC ahead: calls arriving at once wait in gRPC until requested.
+constexpr int kRequested = 16;
 
 PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Call"};
 PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Server"};
@@ -394,34 +438,23 @@ PyObject* CallInfo(PyObject* self, PyObject*) {
                        static_cast<Py_ssize_t>(peer.size()), remaining);
 }
 
-// While a call's operation may wait, the GIL is released and the thread is not at work
-// (`Calls`). Operations that cannot wait keep the GIL: released under contention, it costs a
-// thread switch to take back (gRPC's threads never take it: holding it cannot deadlock).
+// While a call's operation may wait, the GIL is released. Operations that cannot wait keep
+// it: released under contention, it costs a thread switch to take back (the polling thread
+// never takes it: holding it cannot deadlock).
 struct Waiting {
-  explicit Waiting(Call* call) : calls(call->calls()), state(PyEval_SaveThread()) {
-    calls->Waits(true);
-  }
-  ~Waiting() {
-    calls->Waits(false);
-    PyEval_RestoreThread(state);
-  }
-  Calls* calls;
-  PyThreadState* state;
+  PyThreadState* state = PyEval_SaveThread();
+  ~Waiting() { PyEval_RestoreThread(state); }
 };
 
 PyObject* CallRead(PyObject* self, PyObject*) {
   std::vector<grpc::Slice> slices;
-  int got;
-  if (Of(self)->Now().first_read) {
-    got = Of(self)->Read(&slices);
-  } else {
-    Waiting waiting(Of(self));
-    got = Of(self)->Read(&slices);
-  }
+  std::optional<Waiting> waiting;
+  if (!Of(self)->Now().first_read) waiting.emplace();
+  int got = Of(self)->Read(&slices);
+  waiting.reset();
   if (got == 0) Py_RETURN_NONE;
   if (got < 0) {  // never parsed as an empty message
-    PyErr_SetString(PyExc_ValueError, "the request's bytes could not be read");
-    return nullptr;
+    return PyErr_Format(PyExc_ValueError, "the request's bytes could not be read");
   }
   size_t size = 0;
   for (const auto& slice : slices) size += slice.size();
@@ -438,11 +471,9 @@ PyObject* CallRead(PyObject* self, PyObject*) {
 PyObject* CallWrite(PyObject* self, PyObject* args) {
   Py_buffer data;
   if (!PyArg_ParseTuple(args, "y*", &data)) return nullptr;
-  bool ok;
-  {
-    Waiting waiting(Of(self));
-    ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
-  }
+  std::optional<Waiting> waiting(std::in_place);
+  bool ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
+  waiting.reset();
   PyBuffer_Release(&data);
   return PyBool_FromLong(ok);
 }
@@ -451,11 +482,9 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
   PyObject* metadata;
   Pairs pairs;
   if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
-  bool sent;
-  {
-    Waiting waiting(Of(self));
-    sent = Of(self)->SendInitialMetadata(pairs);
-  }
+  std::optional<Waiting> waiting(std::in_place);
+  bool sent = Of(self)->SendInitialMetadata(pairs);
+  waiting.reset();
   return PyBool_FromLong(sent);
 }
 
@@ -463,30 +492,21 @@ PyObject* CallFinish(PyObject* self, PyObject* args) {
   int code;
   const char* details;
   Py_ssize_t details_size;
-  PyObject *trailing, *response_object = Py_None;
+  PyObject* trailing;
+  const char* data = nullptr;
+  Py_ssize_t size = 0;
   Pairs pairs;
-  if (!PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing,
-                        &response_object) || !ToPairs(trailing, &pairs)) {
+  if (!PyArg_ParseTuple(args, "is#O|z#", &code, &details, &details_size, &trailing, &data,
+                        &size) || !ToPairs(trailing, &pairs)) {
     return nullptr;
   }
-  if (code < 0 || code > 16) {
-    PyErr_SetString(PyExc_ValueError, "code must be a gRPC status code (0-16)");
-    return nullptr;
-  }
+  if (code < 0 || code > 16) return PyErr_Format(PyExc_ValueError, "code must be 0-16");
   std::optional<std::string> response;
-  if (response_object != Py_None) {
-    char* data;
-    Py_ssize_t size;
-    if (PyBytes_AsStringAndSize(response_object, &data, &size) < 0) return nullptr;
-    response.emplace(data, static_cast<size_t>(size));
-  }
+  if (data != nullptr) response.emplace(data, static_cast<size_t>(size));
   std::string text(details, static_cast<size_t>(details_size));
-  if (code == 0 && Of(self)->Now().idle) {
-    Of(self)->Complete(code, text, pairs, response);
-  } else {
-    Waiting waiting(Of(self));
-    Of(self)->Complete(code, text, pairs, response);
-  }
+  std::optional<Waiting> waiting;
+  if (code != 0 || !Of(self)->Now().idle) waiting.emplace();
+  Of(self)->Complete(code, text, pairs, response);
   Py_RETURN_NONE;
 }
 
@@ -496,7 +516,7 @@ PyObject* CallWatchEnd(PyObject* self, PyObject*) { return PyBool_FromLong(Of(se
 PyObject* CallActive(PyObject* self, PyObject*) { return PyBool_FromLong(Of(self)->Now().active); }
 
 PyObject* CallCancel(PyObject* self, PyObject*) {
-  Of(self)->WithContext([](grpc::GenericCallbackServerContext* context) { context->TryCancel(); });
+  Of(self)->WithContext([](grpc::GenericServerContext* context) { context->TryCancel(); });
   Py_RETURN_NONE;
 }
 
@@ -519,12 +539,12 @@ PyObject* CallAuth(PyObject* self, PyObject*) {
   return Py_BuildValue("(s#N)", key.data(), static_cast<Py_ssize_t>(key.size()), properties);
 }
 
-PyObject* CallId(PyObject* self, void*) { return PyLong_FromUnsignedLongLong(Of(self)->id()); }
+PyObject* CallId(PyObject* self, PyObject*) { return PyLong_FromUnsignedLongLong(Of(self)->id()); }
 
 // A call no Python thread can answer any more ends CANCELLED (if it has not ended).
 void CallDealloc(PyObject* self) {
   if (!Of(self)->Now().finished) {
-    Waiting waiting(Of(self));
+    Waiting waiting;
     Of(self)->Complete(1, "call cancelled", {}, std::nullopt);
   }
   Of(self)->Unref();
@@ -542,20 +562,16 @@ PyMethodDef call_methods[] = {
     {"active", CallActive, METH_NOARGS, "neither cancelled nor finished"},
     {"cancel", CallCancel, METH_NOARGS, "cancels the call"},
     {"auth", CallAuth, METH_NOARGS, "(identity key or None, {property: [bytes]}) or None"},
+    {"id", CallId, METH_NOARGS, "a number unique in the server"},
     {nullptr, nullptr, 0, nullptr},
-};
-PyGetSetDef call_properties[] = {
-    {"id", CallId, nullptr, "a number unique in the server", nullptr},
-    {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
 // Server methods -------------------------------------------------------------------------------
 
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
-  int max_running;
-  if (!PyArg_ParseTuple(args, "i", &max_running)) return nullptr;
+  if (!PyArg_ParseTuple(args, "")) return nullptr;
   auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
-  if (self != nullptr) self->calls = new Calls(max_running);
+  if (self != nullptr) self->calls = new Calls();
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -570,8 +586,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
     return nullptr;
   }
   if (self->server != nullptr || self->calls == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "the native server listens on one address, once");
-    return nullptr;
+    return PyErr_Format(PyExc_RuntimeError, "the native server listens on one address, once");
   }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls != Py_None) {
@@ -588,30 +603,28 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, credentials, &port);
-  builder.RegisterCallbackGenericService(self->calls);
+  builder.RegisterAsyncGenericService(&self->calls->service);
+  self->calls->queue = builder.AddCompletionQueue();
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);
   std::unique_ptr<grpc::Server> server;
   std::string errors;
   Py_BEGIN_ALLOW_THREADS;
-  {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    log_capture = &errors;
-  }
+  CaptureLog(&errors);
   server = builder.BuildAndStart();
-  {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    log_capture = nullptr;
-  }
+  CaptureLog(nullptr);
   Py_END_ALLOW_THREADS;
   if (server == nullptr || port == 0) {
+    server.reset();  // it has served no call and requested none
+    self->calls->queue.reset();
     bool in_use = errors.find("in use") != std::string::npos;
-    PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s (%s)", address,
-                 in_use ? "address in use" : "in use, or not an address here?");
-    return nullptr;  // a server without its port is deleted here: it has served no call
+    return PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s (%s)", address,
+                        in_use ? "address in use" : "in use, or not an address here?");
   }
   self->server = server.release();
+  for (int slot = 0; slot < kRequested; ++slot) self->calls->Request();
+  self->poller = new std::thread(&Calls::Poll, self->calls);
   return PyLong_FromLong(port);
 }
 
@@ -620,9 +633,8 @@ PyObject* ServerNextCall(PyObject* object, PyObject*) {
   Call* call = nullptr;
   bool ended = false, got = self->calls->Pop(&call, &ended, false);
   if (!got) {
-    Py_BEGIN_ALLOW_THREADS;
+    Waiting waiting;
     got = self->calls->Pop(&call, &ended, true);
-    Py_END_ALLOW_THREADS;
   }
   if (!got) Py_RETURN_NONE;
   if (ended) {  // Python only needs its number
@@ -655,6 +667,10 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
     server->Wait();
+    calls->WaitReleased();  // the pool threads finish what is left
+    calls->queue->Shutdown();  // drained before the server goes: its requests use it
+    self->poller->join();
+    delete self->poller;
     delete server;
   }
   calls->Close();
@@ -666,9 +682,7 @@ void ServerDealloc(PyObject* object) {
   auto* self = reinterpret_cast<ServerObject*>(object);
   // The Python side shuts down and joins its threads before letting go; a server never
   // started has no calls to wait for.
-  if (self->server == nullptr) {
-    delete self->calls;
-  }  // else leaked on purpose: gRPC may still call into it
+  if (self->server == nullptr) delete self->calls;  // else leaked: gRPC may still use it
   Py_TYPE(object)->tp_free(object);
 }
 
@@ -693,19 +707,16 @@ PyMODINIT_FUNC PyInit__server() {
   CallType.tp_flags = Py_TPFLAGS_DEFAULT;
   CallType.tp_dealloc = CallDealloc;
   CallType.tp_methods = call_methods;
-  CallType.tp_getset = call_properties;
   ServerType.tp_basicsize = sizeof(ServerObject);
   ServerType.tp_flags = Py_TPFLAGS_DEFAULT;
   ServerType.tp_new = ServerNew;
   ServerType.tp_dealloc = ServerDealloc;
   ServerType.tp_methods = server_methods;
-  ServerType.tp_doc = "Server(max_running)";
+  ServerType.tp_doc = "Server()";
   if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
-  if (m == nullptr) return nullptr;
-  if (PyModule_AddObjectRef(m, "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
-    Py_DECREF(m);
-    return nullptr;
+  if (m && PyModule_AddObjectRef(m, "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
+    Py_CLEAR(m);
   }
   return m;
 }

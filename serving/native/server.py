@@ -24,18 +24,16 @@ class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio mak
 
 class NativeServer:
     """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
-    stream holds one for its whole life, a non-blocking Watch none), of which
-    ``max_running`` at work (not waiting on the network; None: all); ``reuse_port``: several
+    stream holds one for its whole life, a non-blocking Watch none); ``reuse_port``: several
     worker processes share the port (off: a port in use fails)."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                 max_message_bytes: int, reuse_port: bool, max_running: int | None = None):
+                 max_message_bytes: int, reuse_port: bool):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self.max_running = min(threads, max_running or threads)
-        self._core = _server.Server(self.max_running)
+        self._core = _server.Server()
         self._listening = (max_message_bytes, reuse_port)
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -106,15 +104,15 @@ class NativeServer:
                 raise
             if self._watched and not parked:  # ended: its callbacks have run
                 with self._state:
-                    self._watched.pop(call.id, None)
+                    self._watched.pop(call.id(), None)
 
     def _watch_end(self, call, context: NativeContext) -> bool:
         with self._state:
-            self._watched[call.id] = context
+            self._watched[call.id()] = context
         if call.watch_end():
             return True
         with self._state:
-            self._watched.pop(call.id, None)
+            self._watched.pop(call.id(), None)
         return False
 
     def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
