@@ -222,7 +222,7 @@ def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_s
 
 def test_handlers_waiting_for_their_cancellation_hear_of_it(grpc_server):
     """A cancelled call's add_callbacks run while its handler is blocked in Python, waiting
-    for exactly that: its news goes to another pool thread, ahead of new calls."""
+    for exactly that: C++ hands the news to another pool thread."""
     echo = Echo()
     server = make_grpc_server(grpc_server, 3, [], 1 << 20, reuse_port=False)
     server.add_generic_rpc_handlers([echo.handler()])

@@ -153,7 +153,7 @@ class Call {
       case kWritten: return Release(&writing_, ok);
       case kMetadataSent: return Release(&sending_metadata_, ok);
       case kDone: if (rpc_->context.IsCancelled()) OnCancel(); return Release();
-      case kFinished: return Release();
+      default: return Release();  // kFinished
     }
   }
   void OnCancel() {
@@ -378,8 +378,6 @@ struct ServerObject {
   std::thread* poller;
 };
 
-// Calls requested from gRPC ahead: calls arriving at once wait in gRPC until requested.
-constexpr int kRequested = 16;
 
 PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Call"};
 PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Server"};
@@ -423,8 +421,7 @@ bool ToPairs(PyObject* sequence, Pairs* pairs) {
 
 // (method, metadata, peer, seconds left or None)
 PyObject* CallInfo(PyObject* self, PyObject*) {
-  Call* call = Of(self);
-  auto* context = call->context();
+  auto* context = Of(self)->context();
   auto deadline = context->deadline();
   PyObject* remaining = Py_NewRef(Py_None);
   if (deadline != std::chrono::system_clock::time_point::max()) {
@@ -492,17 +489,20 @@ PyObject* CallFinish(PyObject* self, PyObject* args) {
   int code;
   const char* details;
   Py_ssize_t details_size;
-  PyObject* trailing;
-  const char* data = nullptr;
-  Py_ssize_t size = 0;
+  PyObject *trailing, *bytes = Py_None;
+  char* data;
+  Py_ssize_t size;
   Pairs pairs;
-  if (!PyArg_ParseTuple(args, "is#O|z#", &code, &details, &details_size, &trailing, &data,
-                        &size) || !ToPairs(trailing, &pairs)) {
+  if (!PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing, &bytes) ||
+      !ToPairs(trailing, &pairs)) {
     return nullptr;
   }
   if (code < 0 || code > 16) return PyErr_Format(PyExc_ValueError, "code must be 0-16");
   std::optional<std::string> response;
-  if (data != nullptr) response.emplace(data, static_cast<size_t>(size));
+  if (bytes != Py_None) {  // bytes only, as grpcio's serializers give
+    if (PyBytes_AsStringAndSize(bytes, &data, &size) < 0) return nullptr;
+    response.emplace(data, static_cast<size_t>(size));
+  }
   std::string text(details, static_cast<size_t>(details_size));
   std::optional<Waiting> waiting;
   if (code != 0 || !Of(self)->Now().idle) waiting.emplace();
@@ -561,7 +561,7 @@ PyMethodDef call_methods[] = {
     {"watch_end", CallWatchEnd, METH_NOARGS, "next_call() gives it again if it is cancelled"},
     {"active", CallActive, METH_NOARGS, "neither cancelled nor finished"},
     {"cancel", CallCancel, METH_NOARGS, "cancels the call"},
-    {"auth", CallAuth, METH_NOARGS, "(identity key or None, {property: [bytes]}) or None"},
+    {"auth", CallAuth, METH_NOARGS, "(identity key or None, ((name, bytes), ...)) or None"},
     {"id", CallId, METH_NOARGS, "a number unique in the server"},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -623,7 +623,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
                         in_use ? "address in use" : "in use, or not an address here?");
   }
   self->server = server.release();
-  for (int slot = 0; slot < kRequested; ++slot) self->calls->Request();
+  for (int slot = 0; slot < 16; ++slot) self->calls->Request();  // the rest wait in gRPC
   self->poller = new std::thread(&Calls::Poll, self->calls);
   return PyLong_FromLong(port);
 }
@@ -661,7 +661,6 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
   if (!PyArg_ParseTuple(args, "|d", &grace_s)) return nullptr;
   grpc::Server* server = std::exchange(self->server, nullptr);
   Calls* calls = self->calls;
-  if (calls == nullptr) Py_RETURN_NONE;
   Py_BEGIN_ALLOW_THREADS;
   if (server != nullptr) {
     server->Shutdown(std::chrono::system_clock::now() +
