@@ -217,17 +217,20 @@ class GrpcioServer:
 
 def grpc_server(implementation: str, threads: int,
                 interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
-                reuse_port: bool) -> "GrpcioServer | NativeServer":
+                reuse_port: bool, *, max_running: int | None = None
+                ) -> "GrpcioServer | NativeServer":
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
-    (a stream holds one for its whole life); ``reuse_port``: several worker processes share
+    (a stream holds one for its whole life); ``max_running``: of which at work at once,
+    the native server's (None: all); ``reuse_port``: several worker processes share
     the port."""
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer
 
-            return NativeServer(threads, interceptors, max_message_bytes, reuse_port)
+            return NativeServer(threads, interceptors, max_message_bytes, reuse_port,
+                                max_running)
         log.warning("native gRPC server not built, grpcio serves: %s",
                     native.UNAVAILABLE_REASON)
     return GrpcioServer(grpc.server(

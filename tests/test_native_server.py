@@ -220,11 +220,38 @@ def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_s
         assert echo.seen_inactive.wait(5), "is_active() stayed true after the client cancelled"
 
 
-def test_handlers_waiting_for_their_cancellation_hear_of_it(grpc_server):
-    """A cancelled call's add_callbacks run while its handler is blocked in Python, waiting
-    for exactly that: C++ hands the news to another pool thread."""
+def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(grpc_server):
+    """The native server wakes only ``max_running`` threads for new calls; a thread whose
+    stream waits for its client is not at work, so streams beyond that number do not keep a
+    unary call queued."""
+    server = make_grpc_server(grpc_server, 16, [], 1 << 20, reuse_port=False, max_running=4)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    release = threading.Event()
+
+    def one_then_wait():
+        yield b"x"
+        release.wait(30)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.stream_stream(f"/{SERVICE}/Echo")
+            streams = [echo(one_then_wait(), timeout=30) for _ in range(5)]
+            assert [next(stream) for stream in streams] == [b"x"] * len(streams)
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
+            release.set()
+            assert all(list(stream) == [] for stream in streams)
+    finally:
+        release.set()
+        server.stop(0).wait()
+
+
+def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server):
+    """A cancelled call's add_callbacks run even while every thread that may be at work is
+    (here blocked in Python, waiting for exactly that): its news does not queue behind them."""
     echo = Echo()
-    server = make_grpc_server(grpc_server, 3, [], 1 << 20, reuse_port=False)
+    server = make_grpc_server(grpc_server, 8, [], 1 << 20, reuse_port=False, max_running=2)
     server.add_generic_rpc_handlers([echo.handler()])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

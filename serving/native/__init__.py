@@ -13,7 +13,10 @@ executor, cost ~10 thread switches per call, more than a call's own work (BENCHM
 (``next_call()``), resolves each handler through the interceptors and the generic handlers as
 grpcio does, and runs it. A thread releases the GIL only where it may wait (for a call; for a
 message, a write or initial metadata; before an error status), since under contention each
-release costs a thread switch to take it back. So:
+release costs a thread switch to take it back. At most ``max_running`` threads are woken to
+take calls while others are at work (the server sets 4 per core; threads waiting on the
+network do not count, and one coming back may briefly exceed it): a new call waits for one of
+them to come back rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
 
 - a unary call holds a pool thread while it runs, a streaming call for its whole life; a
   non-blocking handler (health's Watch) holds none while it waits: it writes from whichever

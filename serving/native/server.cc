@@ -27,7 +27,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -54,19 +53,29 @@ void Log(gpr_log_func_args* args) {
   std::lock_guard<std::mutex> lock(log_mutex);
   if (log_capture != nullptr) {
     log_capture->append(args->message);
-    return;
+  } else {
+    fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity),
+            args->file, args->line, args->message);
   }
-  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
-          args->line, args->message);
 }
 
 class Call;
 class Calls;
 
+// The server whose call this Python thread is at work on (took, and is not waiting in one of
+// its operations), if any. A thread that ends at work (SystemExit) gives its place back.
+struct AtWork {
+  Calls* calls = nullptr;
+  ~AtWork();
+};
+thread_local AtWork at_work;
+
 // The service (every method), its completion queue, and the calls (new, or cancelled and
-// watched) that wait for a Python thread.
+// watched) that wait for a Python thread. While `max_running` threads are at work, a new call
+// waits for one of them to come back rather than wake another.
 class Calls {
  public:
+  explicit Calls(int max_running) : max_running_(max_running) {}
   // Asks gRPC for the next call (a Call waits for it), on the queue of `Poll`.
   void Request();
   // The polling thread: runs every event of the queue until it is shut down and empty.
@@ -77,33 +86,46 @@ class Calls {
   // first: handlers may wait on it.
   bool Pop(Call** call, bool* ended, bool wait) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (wait) ready_.wait(lock, [this] { return !items_.empty() || closed_; });
-    if (items_.empty()) return false;
+    if (std::exchange(at_work.calls, nullptr) == this) --running_;
+    auto may_take = [this] {
+      return !items_.empty() && (running_ < max_running_ || closed_ || items_.front().second);
+    };
+    if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
+    if (!may_take()) return false;
     std::tie(*call, *ended) = items_.front();
     items_.pop_front();
+    ++running_;
+    at_work.calls = this;
     return true;
   }
-  void Close() {
+  // The thread at work waits in an operation of its call (`waiting`), or is back from it.
+  void Waits(bool waiting) {
     std::lock_guard<std::mutex> lock(mutex_);
-    closed_ = true;
-    ready_.notify_all();
+    running_ += waiting ? -1 : 1;
+    if (waiting && !items_.empty() && running_ < max_running_) ready_.notify_one();
   }
-  // Calls gRPC holds (requested, or not yet over); the queue may shut down at 0 only.
+  // Calls gRPC holds (requested, or not yet over): its queue may shut down once none is left.
   void Holds(int change) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if ((held_ += change) == 0) released_.notify_all();
+    if ((held_ += change) == 0) ready_.notify_all();
   }
-  void WaitReleased() {
+  // Once gRPC holds no call (the pool threads finish what is left), `Pop` ends: it gives the
+  // calls still queued, then false.
+  void Close() {
     std::unique_lock<std::mutex> lock(mutex_);
-    released_.wait(lock, [this] { return held_ == 0; });
+    ready_.wait(lock, [this] { return held_ == 0; });
+    closed_ = true;
+    ready_.notify_all();
   }
 
  private:
   std::mutex mutex_;
-  std::condition_variable ready_, released_;
+  std::condition_variable ready_;
   int held_ = 0;
   std::deque<std::pair<Call*, bool>> items_;
   bool closed_ = false;
+  const int max_running_;
+  int running_ = 0;
   std::atomic<uint64_t> next_id_{1};
 
  public:
@@ -161,10 +183,8 @@ class Call {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       cancelled_ = true;
-      finish = parked_ && !finished_;
-      finished_ = finished_ || finish;
-      tell = watched_;
-      watched_ = false;
+      finish = parked_ && !std::exchange(finished_, true);
+      tell = std::exchange(watched_, false);
       changed_.notify_all();
     }
     if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
@@ -173,9 +193,9 @@ class Call {
 
   // What follows is called by Python threads, without the GIL where it may wait.
 
-  // 1: a message (in `slices`), 0: no more (half-close or cancellation), -1: its bytes could
+  // 1: a message (in `slice`), 0: no more (half-close or cancellation), -1: its bytes could
   // not be read.
-  int Read(std::vector<grpc::Slice>* slices) {
+  int Read(grpc::Slice* slice) {
     if (!Locked([this] { return std::exchange(first_read_, false); })) {
       if (!Begin(&reading_)) return 0;
       rpc_->stream.Read(&in_, &tags_[kRead]);
@@ -184,7 +204,7 @@ class Call {
       Locked([this] { read_closed_ = true; });
       return 0;
     }
-    return in_.Dump(slices).ok() ? 1 : -1;
+    return in_.DumpToSingleSlice(slice).ok() ? 1 : -1;
   }
   bool Write(const char* data, size_t size) {
     if (!Begin(&writing_)) return false;
@@ -228,13 +248,10 @@ class Call {
   // The handler answers from other threads: a cancellation finishes the call. False if it is
   // cancelled already (then it is finished now).
   bool Park() {
-    bool finish;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
+    bool finish = Locked([this] {
       parked_ = true;
-      finish = cancelled_ && !finished_;
-      finished_ = finished_ || finish;
-    }
+      return cancelled_ && !std::exchange(finished_, true);
+    });
     if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
     return !finish;
   }
@@ -245,15 +262,17 @@ class Call {
     watched_ = true;
     return true;
   }
+  // first_read: its first message is read and not yet taken (taking it will not wait); idle:
+  // no write or initial metadata in flight (an OK Complete will not wait); active: neither
+  // cancelled nor finished.
   struct State {
-    bool first_read;  // its first message is read and not yet taken: taking it will not wait
-    bool idle;  // no write or initial metadata in flight: an OK Complete will not wait
-    bool finished, active;  // active: neither cancelled nor finished
+    bool first_read, idle, finished, active;
   };
   State Now() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return {first_read_ && !reading_.busy, !writing_.busy && !sending_metadata_.busy, finished_,
-            !cancelled_ && !finished_};
+    return Locked([this] {
+      return State{first_read_ && !reading_.busy, !writing_.busy && !sending_metadata_.busy,
+                   finished_, !cancelled_ && !finished_};
+    });
   }
   // The context may be read until the call is finished.
   // Runs use(context) under the lock unless the call is finished (then false).
@@ -349,15 +368,18 @@ void Calls::Push(Call* call, bool ended) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (ended) call->Ref();  // a new call comes with its queue reference
   ended ? items_.emplace_front(call, ended) : items_.emplace_back(call, ended);
-  ready_.notify_one();
+  if (ended || running_ < max_running_) ready_.notify_one();
+}
+
+AtWork::~AtWork() {
+  if (calls != nullptr) calls->Waits(true);
 }
 
 void Calls::Request() { new Call(this, next_id_.fetch_add(1)); }
 
 void Calls::Poll() {
-  void* tag;
   bool ok;
-  while (queue->Next(&tag, &ok)) {
+  for (void* tag; queue->Next(&tag, &ok);) {
     auto [call, event] = *static_cast<Tag*>(tag);
     call->On(event, ok);
   }
@@ -384,24 +406,24 @@ PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._se
 
 Call* Of(PyObject* self) { return reinterpret_cast<CallObject*>(self)->call; }
 
-// Metadata as grpcio gives it: (key, value) pairs, values bytes for "-bin" keys, else str.
-PyObject* ToMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) {
-  PyObject* pairs = PyTuple_New(static_cast<Py_ssize_t>(metadata.size()));
-  Py_ssize_t index = 0;
-  for (const auto& [key, value] : metadata) {
-    if (pairs == nullptr) return nullptr;
-    const char* format = key.ends_with("-bin") ? "(s#y#)" : "(s#s#)";
-    PyObject* pair = Py_BuildValue(format, key.data(), static_cast<Py_ssize_t>(key.size()),
-                                   value.data(), static_cast<Py_ssize_t>(value.size()));
-    if (pair == nullptr) {  // a text value that is not UTF-8: passed on as bytes
-      PyErr_Clear();
-      pair = Py_BuildValue("(s#y#)", key.data(), static_cast<Py_ssize_t>(key.size()),
-                           value.data(), static_cast<Py_ssize_t>(value.size()));
-    }
-    if (pair == nullptr) Py_CLEAR(pairs);
-    else PyTuple_SET_ITEM(pairs, index++, pair);
+// A list of (str, value) pairs, as grpcio gives metadata: values str if `text` (but bytes for
+// "-bin" keys, or text that is not UTF-8), else bytes.
+template <typename Range>
+PyObject* ToPairList(const Range& range, bool text) {
+  PyObject* list = PyList_New(0);
+  for (const auto& [key, value] : range) {
+    auto build = [&](const char* format) {
+      return Py_BuildValue(format, key.data(), Py_ssize_t(key.size()), value.data(),
+                           Py_ssize_t(value.size()));
+    };
+    PyObject* pair = text && !key.ends_with("-bin") ? build("(s#s#)") : nullptr;
+    if (pair == nullptr) PyErr_Clear();  // not text, or text that is not UTF-8: bytes
+    if (pair == nullptr) pair = build("(s#y#)");
+    if (pair == nullptr || PyList_Append(list, pair) < 0) Py_CLEAR(list);
+    Py_XDECREF(pair);
+    if (list == nullptr) return nullptr;
   }
-  return pairs;
+  return list;
 }
 
 // A sequence of (str, bytes) pairs.
@@ -423,15 +445,13 @@ bool ToPairs(PyObject* sequence, Pairs* pairs) {
 PyObject* CallInfo(PyObject* self, PyObject*) {
   auto* context = Of(self)->context();
   auto deadline = context->deadline();
-  PyObject* remaining = Py_NewRef(Py_None);
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    Py_SETREF(remaining, PyFloat_FromDouble(std::chrono::duration<double>(
-        deadline - std::chrono::system_clock::now()).count()));
-  }
+  PyObject* remaining = deadline == std::chrono::system_clock::time_point::max()
+      ? Py_NewRef(Py_None) : PyFloat_FromDouble(std::chrono::duration<double>(
+          deadline - std::chrono::system_clock::now()).count());
   const std::string& method = context->method();
   std::string peer = context->peer();
   return Py_BuildValue("(s#Ns#N)", method.data(), static_cast<Py_ssize_t>(method.size()),
-                       ToMetadata(context->client_metadata()), peer.data(),
+                       ToPairList(context->client_metadata(), true), peer.data(),
                        static_cast<Py_ssize_t>(peer.size()), remaining);
 }
 
@@ -439,30 +459,29 @@ PyObject* CallInfo(PyObject* self, PyObject*) {
 // it: released under contention, it costs a thread switch to take back (the polling thread
 // never takes it: holding it cannot deadlock).
 struct Waiting {
+  Calls* calls = at_work.calls;  // not at work: nothing to count
   PyThreadState* state = PyEval_SaveThread();
-  ~Waiting() { PyEval_RestoreThread(state); }
+  Waiting() {
+    if (calls) calls->Waits(true);
+  }
+  ~Waiting() {
+    if (calls) calls->Waits(false);
+    PyEval_RestoreThread(state);
+  }
 };
 
 PyObject* CallRead(PyObject* self, PyObject*) {
-  std::vector<grpc::Slice> slices;
+  grpc::Slice slice;
   std::optional<Waiting> waiting;
   if (!Of(self)->Now().first_read) waiting.emplace();
-  int got = Of(self)->Read(&slices);
+  int got = Of(self)->Read(&slice);
   waiting.reset();
   if (got == 0) Py_RETURN_NONE;
   if (got < 0) {  // never parsed as an empty message
     return PyErr_Format(PyExc_ValueError, "the request's bytes could not be read");
   }
-  size_t size = 0;
-  for (const auto& slice : slices) size += slice.size();
-  PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
-  if (bytes == nullptr) return nullptr;
-  char* out = PyBytes_AS_STRING(bytes);
-  for (const auto& slice : slices) {
-    std::memcpy(out, slice.begin(), slice.size());
-    out += slice.size();
-  }
-  return bytes;
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(slice.begin()),
+                                   static_cast<Py_ssize_t>(slice.size()));
 }
 
 PyObject* CallWrite(PyObject* self, PyObject* args) {
@@ -526,13 +545,7 @@ PyObject* CallAuth(PyObject* self, PyObject*) {
   if (!Of(self)->WithContext([&auth](auto* context) { auth = context->auth_context(); })) {
     Py_RETURN_NONE;
   }
-  PyObject* properties = PyList_New(0);
-  for (const auto& [name, value] : *auth) {
-    PyObject* pair = properties ? Py_BuildValue("(s#y#)", name.data(), Py_ssize_t(name.size()),
-                                                value.data(), Py_ssize_t(value.size())) : nullptr;
-    if (pair == nullptr || PyList_Append(properties, pair) < 0) Py_CLEAR(properties);
-    Py_XDECREF(pair);
-  }
+  PyObject* properties = ToPairList(*auth, false);
   if (properties == nullptr) return nullptr;
   std::string key = auth->IsPeerAuthenticated() ? auth->GetPeerIdentityPropertyName() : "";
   if (key.empty()) return Py_BuildValue("(ON)", Py_None, properties);
@@ -569,9 +582,10 @@ PyMethodDef call_methods[] = {
 // Server methods -------------------------------------------------------------------------------
 
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
-  if (!PyArg_ParseTuple(args, "")) return nullptr;
+  int max_running;
+  if (!PyArg_ParseTuple(args, "i", &max_running)) return nullptr;
   auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
-  if (self != nullptr) self->calls = new Calls();
+  if (self != nullptr) self->calls = new Calls(max_running);
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -608,13 +622,10 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);
-  std::unique_ptr<grpc::Server> server;
   std::string errors;
-  Py_BEGIN_ALLOW_THREADS;
-  CaptureLog(&errors);
-  server = builder.BuildAndStart();
+  CaptureLog(&errors);  // with the GIL: gRPC's threads never take it
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   CaptureLog(nullptr);
-  Py_END_ALLOW_THREADS;
   if (server == nullptr || port == 0) {
     server.reset();  // it has served no call and requested none
     self->calls->queue.reset();
@@ -633,8 +644,9 @@ PyObject* ServerNextCall(PyObject* object, PyObject*) {
   Call* call = nullptr;
   bool ended = false, got = self->calls->Pop(&call, &ended, false);
   if (!got) {
-    Waiting waiting;
+    Py_BEGIN_ALLOW_THREADS;
     got = self->calls->Pop(&call, &ended, true);
+    Py_END_ALLOW_THREADS;
   }
   if (!got) Py_RETURN_NONE;
   if (ended) {  // Python only needs its number
@@ -666,13 +678,13 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
     server->Wait();
-    calls->WaitReleased();  // the pool threads finish what is left
+    calls->Close();
     calls->queue->Shutdown();  // drained before the server goes: its requests use it
     self->poller->join();
     delete self->poller;
     delete server;
   }
-  calls->Close();
+  calls->Close();  // never listened: closes now
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
 }

@@ -24,16 +24,18 @@ class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio mak
 
 class NativeServer:
     """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
-    stream holds one for its whole life, a non-blocking Watch none); ``reuse_port``: several
+    stream holds one for its whole life, a non-blocking Watch none), of which
+    ``max_running`` at work (not waiting on the network; None: all); ``reuse_port``: several
     worker processes share the port (off: a port in use fails)."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                 max_message_bytes: int, reuse_port: bool):
+                 max_message_bytes: int, reuse_port: bool, max_running: int | None = None):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self._core = _server.Server()
+        self.max_running = min(threads, max_running or threads)
+        self._core = _server.Server(self.max_running)
         self._listening = (max_message_bytes, reuse_port)
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -125,6 +127,7 @@ class NativeServer:
     def _answer(self, call) -> bool:
         """Answers ``call``; True if it is parked (answered from other threads)."""
         method, metadata, peer, remaining = call.info()
+        metadata = tuple(metadata)  # as grpcio gives it
         context = NativeContext(call, metadata, peer, remaining,
                                 functools.partial(self._watch_end, call))
         try:
