@@ -2,9 +2,10 @@
 
 Starts ``python -m serving`` on a model repository (127.0.0.1, a free port) ``--runs`` times;
 each time measures the seconds from ``Popen`` until the gRPC health service answers SERVING
-(polled every 5 ms), then the resident memory (VmRSS) of every server process, then stops it
-with SIGTERM. Prints a markdown table (or JSON) with the median start time and the largest RSS
-of a serving process.
+(polled every 5 ms), then the resident memory (VmRSS) and the proportional memory (PSS) of
+every server process, then stops it with SIGTERM. Prints a markdown table (or JSON) with the
+median start time, the largest RSS of a serving process and the sums over processes: the RSS
+sum counts the pages the workers share (libraries) once per process, the PSS sum once.
 
 Usage: python bench/startup.py REPOSITORY [--workers N ...] [--runs 5]
        (--workers 0: the server's default)
@@ -45,6 +46,20 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional memory of ``pid``: each page shared with other processes (the libraries
+    every worker maps) counted once across them, so a sum over processes is the memory they
+    hold (0 if it has exited meanwhile)."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    for line in rollup.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def stop(process: subprocess.Popen, seconds: float) -> None:
     """SIGTERM (a server drains and exits), then SIGKILL if it is still there after ``seconds``."""
     process.terminate()
@@ -56,9 +71,11 @@ def stop(process: subprocess.Popen, seconds: float) -> None:
 
 
 def one_start(repository: str, workers: int, *, python: str = sys.executable,
-              flags: tuple[str, ...] = (), cwd: str | None = None) -> tuple[float, list[float]]:
+              flags: tuple[str, ...] = (), cwd: str | None = None
+              ) -> tuple[float, list[tuple[float, float]]]:
     """One start with ``python -m serving`` in ``cwd`` (``-m`` imports from there first);
-    ``workers`` 0 leaves the server's default."""
+    ``workers`` 0 leaves the server's default. Returns the seconds and each process's (RSS,
+    PSS) in MB."""
     port = free_port()
     command = [python, "-m", "serving", "--model-repository", repository, "--host",
                "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--log-level",
@@ -86,7 +103,7 @@ def one_start(repository: str, workers: int, *, python: str = sys.executable,
                 time.sleep(POLL_S)
         elapsed = time.perf_counter() - started
         time.sleep(1.0 if workers != 1 else 0.2)  # let every worker finish loading
-        memory = [rss_mb(pid) for pid in process_tree([process.pid])]
+        memory = [(rss_mb(pid), pss_mb(pid)) for pid in process_tree([process.pid])]
         return elapsed, memory
     finally:
         stop(process, 30)
@@ -94,17 +111,21 @@ def one_start(repository: str, workers: int, *, python: str = sys.executable,
 
 def measure(repository: str, workers: int, runs: int, *, python: str = sys.executable,
             flags: tuple[str, ...] = (), cwd: str | None = None) -> dict:
-    """Median start and largest RSS of ``runs`` starts (``workers`` 0: the server's default)."""
-    times, largest, total = [], 0.0, 0.0
+    """Median start, largest RSS and the most memory of ``runs`` starts (``workers`` 0: the
+    server's default)."""
+    times, largest, total, proportional = [], 0.0, 0.0, 0.0
     for _ in range(runs):
         elapsed, memory = one_start(repository, workers, python=python, flags=tuple(flags),
                                     cwd=cwd)
         times.append(elapsed)
-        largest, total = max(largest, *memory), max(total, sum(memory))
+        largest = max(largest, *(rss for rss, _ in memory))
+        total = max(total, sum(rss for rss, _ in memory))
+        proportional = max(proportional, sum(pss for _, pss in memory))
     return {"workers": workers or "default", "flags": " ".join(flags), "runs": runs,
             "start_s_median": statistics.median(times), "start_s_max": max(times),
             "largest_process_rss_mb": largest,
-            "all_processes_rss_mb": total, "loadavg_1m": os.getloadavg()[0]}
+            "all_processes_rss_mb": total, "all_processes_pss_mb": proportional,
+            "loadavg_1m": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -119,11 +140,12 @@ def main() -> None:
         print(json.dumps(results))
         return
     print("| workers | start to SERVING, median (max) s | largest process RSS MB "
-          "| all processes RSS MB |")
-    print("| --- | --- | --- | --- |")
+          "| all processes RSS MB | all processes PSS MB |")
+    print("| --- | --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['workers']} | {r['start_s_median']:.2f} ({r['start_s_max']:.2f}) "
-              f"| {r['largest_process_rss_mb']:.0f} | {r['all_processes_rss_mb']:.0f} |")
+              f"| {r['largest_process_rss_mb']:.0f} | {r['all_processes_rss_mb']:.0f} "
+              f"| {r['all_processes_pss_mb']:.0f} |")
 
 
 if __name__ == "__main__":
