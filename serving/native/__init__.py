@@ -8,8 +8,8 @@ async API: one ``AsyncGenericService`` and one completion queue). One C++ thread
 queue, which also reads and writes the sockets; it never runs Python: it queues each new call
 and wakes the Python thread waiting on a call (a mutex and condition variable per call). gRPC's
 callback API was used first: its two threads handing each event to each other, and its
-executor, cost ~10 thread switches per call, more than a call's own work (BENCHMARKS.md,
-"One polling thread"). A fixed pool of Python threads (``--call-threads``) takes the calls
+executor, cost ~9 thread switches per call at batch 1 x 1 (BENCHMARKS.md,
+"Issue 12, third session"). A fixed pool of Python threads (``--call-threads``) takes the calls
 (``next_call()``), resolves each handler through the interceptors and the generic handlers as
 grpcio does, and runs it. A thread releases the GIL only where it may wait (for a call; for a
 message, a write or initial metadata; before an error status), since under contention each
