@@ -3,8 +3,8 @@ serving.grpc_transport.grpc_server: what handlers see of their context, cancella
 interceptors for every kind of method, threads at stop, health Watch, a port in use.
 
 R3 (request bytes that cannot be read are refused, never parsed as an empty message) cannot be
-provoked from a client: gRPC C++ hands the callback API messages it has already decompressed,
-so ``ByteBuffer::Dump`` has nothing left that can fail; the refusal is in
+provoked from a client: gRPC C++ hands the server messages it has already decompressed,
+so ``ByteBuffer::DumpToSingleSlice`` has nothing left that can fail; the refusal is in
 ``Call::Read``/``CallRead`` (INTERNAL "the request's bytes could not be read").
 """
 

@@ -25,8 +25,8 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
   server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
   state; ``stop`` joins the polling thread once gRPC holds no call);
-- a request whose bytes cannot be read (``ByteBuffer::Dump`` fails) is refused INTERNAL,
-  never parsed as an empty message (R3).
+- a request whose bytes cannot be read (``ByteBuffer::DumpToSingleSlice`` fails) is refused
+  INTERNAL, never parsed as an empty message (R3).
 
 The old front door's risks vanish by construction: no gRPC thread ever holds a Python thread
 state (R1); ``Finish`` is started in one place, ``Call::Complete`` (or in C++ for a parked call

@@ -107,20 +107,20 @@ class Calls {
   // Calls gRPC holds (requested, or not yet over): its queue may shut down once none is left.
   void Holds(int change) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if ((held_ += change) == 0) ready_.notify_all();
+    if ((held_ += change) == 0) released_.notify_all();
   }
   // Once gRPC holds no call (the pool threads finish what is left), `Pop` ends: it gives the
   // calls still queued, then false.
   void Close() {
     std::unique_lock<std::mutex> lock(mutex_);
-    ready_.wait(lock, [this] { return held_ == 0; });
+    released_.wait(lock, [this] { return held_ == 0; });
     closed_ = true;
     ready_.notify_all();
   }
 
  private:
   std::mutex mutex_;
-  std::condition_variable ready_;
+  std::condition_variable ready_, released_;
   int held_ = 0;
   std::deque<std::pair<Call*, bool>> items_;
   bool closed_ = false;
@@ -412,6 +412,7 @@ template <typename Range>
 PyObject* ToPairList(const Range& range, bool text) {
   PyObject* list = PyList_New(0);
   for (const auto& [key, value] : range) {
+    if (list == nullptr) return nullptr;
     auto build = [&](const char* format) {
       return Py_BuildValue(format, key.data(), Py_ssize_t(key.size()), value.data(),
                            Py_ssize_t(value.size()));
@@ -421,7 +422,6 @@ PyObject* ToPairList(const Range& range, bool text) {
     if (pair == nullptr) pair = build("(s#y#)");
     if (pair == nullptr || PyList_Append(list, pair) < 0) Py_CLEAR(list);
     Py_XDECREF(pair);
-    if (list == nullptr) return nullptr;
   }
   return list;
 }
@@ -623,7 +623,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);
   std::string errors;
-  CaptureLog(&errors);  // with the GIL: gRPC's threads never take it
+  CaptureLog(&errors);  // with the GIL (binding is brief): gRPC's threads never take it
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   CaptureLog(nullptr);
   if (server == nullptr || port == 0) {
@@ -681,19 +681,19 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
     calls->Close();
     calls->queue->Shutdown();  // drained before the server goes: its requests use it
     self->poller->join();
-    delete self->poller;
     delete server;
   }
-  calls->Close();  // never listened: closes now
+  calls->Close();  // at once, and again harmlessly if it listened
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
 }
 
 void ServerDealloc(PyObject* object) {
   auto* self = reinterpret_cast<ServerObject*>(object);
-  // The Python side shuts down and joins its threads before letting go; a server never
-  // started has no calls to wait for.
-  if (self->server == nullptr) delete self->calls;  // else leaked: gRPC may still use it
+  // Only a server that never listened is freed: once it did, a pool thread that ended at
+  // work (SystemExit) may give its place back after Python joined it, and gRPC may still use
+  // a server never shut down. Leaked with it: its joined polling thread's std::thread.
+  if (self->poller == nullptr) delete self->calls;
   Py_TYPE(object)->tp_free(object);
 }
 
@@ -723,7 +723,7 @@ PyMODINIT_FUNC PyInit__server() {
   ServerType.tp_new = ServerNew;
   ServerType.tp_dealloc = ServerDealloc;
   ServerType.tp_methods = server_methods;
-  ServerType.tp_doc = "Server()";
+  ServerType.tp_doc = "Server(max_running)";
   if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m && PyModule_AddObjectRef(m, "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
