@@ -34,30 +34,28 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` (0 if it has exited meanwhile)."""
+def _status_mb(path: str, key: str) -> float:
+    """The ``key:`` line (in kB) of a /proc file, in MB (0 if the process has exited)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        text = Path(path).read_text()
     except OSError:
         return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid``."""
+    return _status_mb(f"/proc/{pid}/status", "VmRSS")
 
 
 def pss_mb(pid: int) -> float:
     """Proportional memory of ``pid``: each page shared with other processes (the libraries
     every worker maps) counted once across them, so a sum over processes is the memory they
-    hold (0 if it has exited meanwhile)."""
-    try:
-        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0
-    for line in rollup.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    hold."""
+    return _status_mb(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def stop(process: subprocess.Popen, seconds: float) -> None:

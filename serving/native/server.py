@@ -34,8 +34,7 @@ class NativeServer:
                  max_message_bytes: int, reuse_port: bool, max_running: int | None = None):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self.max_running = min(threads, max_running or threads)
-        self._core = _server.Server(self.max_running)
+        self._core = _server.Server(min(threads, max_running or threads))
         self._listening = (max_message_bytes, reuse_port)
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
