@@ -4,7 +4,8 @@ One set of metrics serves two readers: the Prometheus text endpoint (``--metrics
 Triton's ``ModelStatistics`` RPC (``model_statistics``), so the two cannot disagree. With
 several worker processes the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary
 directory before any worker imports this module; prometheus_client then keeps every value in
-per-process files there, and both readers sum them over the processes (``collect``).
+files there, one set per worker slot (``serving.worker_process``), and both readers sum them
+over the processes (``collect``).
 
 Metric names (all prefixed ``fmnist_``):
 

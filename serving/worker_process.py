@@ -25,6 +25,17 @@ def drain_when_orphaned(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def name_metrics_files_by_slot(slot: int) -> None:
+    """prometheus_client names a process's metrics files by its pid, and a dead worker's
+    counters must stay in the sums: every replacement would add a set of files that each
+    scrape and ``ModelStatistics`` read. Named by slot, a replacement carries on its
+    predecessor's files. Runs before serving.metrics is imported (its metrics take their value
+    class then); the supervisor forks a slot's replacement only after reaping the old one."""
+    from prometheus_client import values
+
+    values.ValueClass = values.MultiProcessValue(lambda: slot)
+
+
 class StartReport:
     """The worker's end of its start-report pipe: written once, then closed, never written
     after that (the descriptor number may by then belong to a client's socket)."""
@@ -41,7 +52,7 @@ class StartReport:
         self._fd = None
 
 
-def worker_main(settings: Settings, report_fd: int, inherited: list[int],
+def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[int],
                  supervisor: int) -> None:
     """In the forked child: serve until SIGTERM, report the start; never returns."""
     status = 1
@@ -53,6 +64,7 @@ def worker_main(settings: Settings, report_fd: int, inherited: list[int],
         drain_when_orphaned(supervisor)
         for fd in inherited:
             os.close(fd)
+        name_metrics_files_by_slot(slot)
         from serving.server import ListenError, serve
 
         try:

@@ -10,7 +10,7 @@ session or a thread. It
 
 1. points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (``serving.scratch``)
    before any worker imports prometheus_client, so each worker keeps its metrics in files
-   there, and forks a small process serving ``/metrics`` summed over the workers;
+   there (named by slot), and forks a small process serving ``/metrics`` summed over them;
 2. reserves the port (port 0 becomes one free port all workers share) and forks the workers;
    each loads the repository, serves, and reports over a pipe that it serves, or the one-line
    reason it cannot (the supervisor then stops the others and fails with that line);
@@ -171,7 +171,7 @@ class _Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            worker_main(self.settings, write_end, [*self._own_descriptors()], supervisor)
+            worker_main(self.settings, slot, write_end, [*self._own_descriptors()], supervisor)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -218,7 +218,7 @@ class _Supervisor:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
-            multiprocess.mark_process_dead(pid, self.directory)
+            multiprocess.mark_process_dead(slot, self.directory)  # files are named by slot
             if self.stopping:
                 continue
             log.warning("worker died; starting another", extra={"fields": {

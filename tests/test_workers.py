@@ -266,8 +266,12 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     with open_connections(target, 16):  # the kernel gives the replacement some of them
         assert connections_held(replacement, port_of(target)) > 0
     calls_over_connections(target, connections=4, per_connection=2)
-    # the dead worker's counts stay in the sum
+    # the dead worker's counts stay in the sum, and in files its replacement carries on: the
+    # metrics directory keeps one set of files per slot, however many workers died (R12)
     assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 30
+    assert statistics_success(target) == 30
+    owners = {name.rsplit("_", 1)[1] for name in os.listdir(started["metrics_dir"])}
+    assert owners == {"0.db", "1.db"}
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     logs.wait_for("stopped")
