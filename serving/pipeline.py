@@ -9,6 +9,7 @@ Health stays open (probes hold no token) and, like reflection, is never refused 
 a draining server says NOT_SERVING over health rather than refusing it.
 """
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -95,6 +96,11 @@ class Admission:
         IN_FLIGHT.dec()
 
 
+@dataclass
+class _Answered:
+    request: object = None  # the parsed request, once there is one
+
+
 class CallPipeline:
     def __init__(self, token: str, admission: Admission,
                  model_label: Callable[[object], str] = lambda request: "",
@@ -119,27 +125,26 @@ class CallPipeline:
         """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
         the transport received into the request, once the call is admitted (its errors are
         the client's: InvalidArgument)."""
-        counted = self._enter(call)
-        started, code = time.perf_counter(), "OK"
-        try:
+        with self._around(call) as answered:
             if parse is not None:
                 request = parse_request(parse, request)
+            answered.request = request
             return handler(request, call)
-        except Exception as error:
-            failure = self._failure(call, error)
-            code = failure.grpc_code
-            raise failure from None
-        finally:
-            if counted:
-                self._leave(call, request if isinstance(request, Message) else None,
-                            started, code)
 
     def stream(self, call: Call, handler: Callable, requests: Iterable,
                parse: Callable | None = None) -> Iterator:
         """``handler(requests, call)``'s responses, then a ServingError if it fails;
         ``parse`` as ``unary``'s, for each request."""
+        with self._around(call, self._stream_slots):
+            if parse is not None:
+                requests = (parse_request(parse, request) for request in requests)
+            yield from handler(requests, call)
+
+    @contextlib.contextmanager
+    def _around(self, call: Call, slots: threading.Semaphore | None = None):
+        """Every call's part: token, admission (and a stream's slot), the failure as a
+        ServingError, the metrics, labelled by the request the body names, if any."""
         counted = self._enter(call)
-        slots = self._stream_slots
         if slots is not None and not slots.acquire(blocking=False):
             if counted:
                 self.admission.leave()
@@ -147,12 +152,11 @@ class CallPipeline:
                 f"server busy: {self._max_streams} streams open, the most it keeps (the "
                 "rest of --call-threads answer unary calls); retry later or on another "
                 "replica"))
+        answered = _Answered()
         started, code = time.perf_counter(), "OK"
-        if parse is not None:
-            requests = (parse_request(parse, request) for request in requests)
         try:
-            yield from handler(requests, call)
-        except GeneratorExit:  # the transport stopped reading: the client went away
+            yield answered
+        except GeneratorExit:  # a stream's transport stopped reading: the client went away
             code = "CANCELLED"
             raise
         except Exception as error:
@@ -163,7 +167,9 @@ class CallPipeline:
             if slots is not None:
                 slots.release()
             if counted:
-                self._leave(call, None, started, code)
+                request = answered.request
+                self._leave(call, request if isinstance(request, Message) else None,
+                            started, code)
 
     def _enter(self, call: Call) -> bool:
         """Checks the token and admits the call; True if it is counted."""
