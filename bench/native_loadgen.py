@@ -4,7 +4,7 @@ Why: bench/loadgen.py spends ~0.28 ms of CPU per call, and on a 2-core machine t
 shares the cores with the server it measures; the C++ client leaves more of them to the server.
 
 - ``build()`` compiles bench/loadgen.cc into .work/bin/loadgen when missing or stale;
-- ``request_files()`` writes the serialized requests it sends, made by loadgen.py's builder;
+- ``request_files()`` writes the serialized requests it sends, made by loadgen_requests.py;
 - ``run()`` runs it and returns the dict ``loadgen.py --json`` prints (same keys), with the
   server's CPU sampled over the client's own measured window.
 """
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from loadgen import (
+from loadgen_requests import (
     DOMAIN_METHOD,
     V2_METHOD,
     Plan,

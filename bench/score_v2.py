@@ -13,7 +13,7 @@ import time
 
 import grpc
 import numpy as np
-from loadgen import loopback_target
+from loadgen_requests import loopback_target
 
 from common.dataset import load_test_set
 from inference import grpc_service_pb2 as pb

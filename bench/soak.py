@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from loadgen import loopback_target
+from loadgen_requests import loopback_target
 from proc_cpu import process_tree
 from startup import free_port, rss_mb, stop
 

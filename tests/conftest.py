@@ -20,6 +20,7 @@ from fashion_mnist.v1 import classifier_pb2_grpc
 from serving import native
 from serving.server import ModelServer
 from serving.settings import GRPC_SERVERS, Settings
+from tests.pki import Pki, make_pki
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
@@ -80,6 +81,12 @@ def model_repository(tmp_path_factory) -> Path:
 def repository_copy(model_repository, tmp_path) -> Path:
     """A copy of the fixture repository that a test may damage."""
     return Path(shutil.copytree(model_repository, tmp_path / "repository"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    """A throw-away CA with server and client certificates (tests/pki.py), per module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -2,24 +2,20 @@
 
 ``render`` is ``kubectl kustomize``; ``Workload`` is a container that runs the server (a
 Deployment's, a KServe ServingRuntime's or a custom InferenceService predictor's) with what
-its pod gives it; ``resolve`` turns it into the argv and environment kubelet would start,
-from the manifest and the serve image's Dockerfile (its ENV and CMD). ``run_sandboxed`` starts
-such a process with the root file system read-only (a private mount namespace), as a container
-with ``readOnlyRootFilesystem`` would see it.
+its pod gives it; ``container_argv``, ``container_env`` and ``server_settings`` are what
+kubelet would start and the settings the server would read, from the manifest and the serve
+image's Dockerfile (its ENV and CMD). Starting such a container here is
+tests/deploy_containers.py's job.
 """
 
 import functools
 import hashlib
 import json
 import math
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +48,6 @@ SERVER_DEFAULTS = {
     "grace_period": "10",
     "poll_interval": "5",
 }
-PORT_SETTINGS = ("port", "http_port", "health_port", "metrics_port")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 # The PATH of the Python base images (python:3.12-slim, Debian's), which ENV PATH extends.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -287,131 +282,6 @@ def probe_ports(workload: Workload) -> dict[str, int]:
             assert "grpc" in handler, f"{workload.source} {probe}: not a grpc probe: {handler}"
             ports[probe] = handler["grpc"]["port"]
     return ports
-
-
-# --- starting it here ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def map_path(value: str, paths: Mapping[str, Path]) -> str:
-    for inside, outside in paths.items():
-        if value == inside or value.startswith(inside.rstrip("/") + "/"):
-            return str(outside) + value[len(inside):]
-    return value
-
-
-@dataclass
-class Started:
-    """How a workload was started here: its argv and env (paths and ports mapped) and the
-    local port of each port number the manifest names."""
-
-    argv: list[str]
-    env: dict[str, str]
-    ports: dict[int, int]
-    settings: dict[str, str]
-    tmpfs: list[str]
-
-
-def prepare(workload: Workload, paths: Mapping[str, Path],
-            secrets: Mapping[tuple[str, str], str] | None = None,
-            env_overrides: Mapping[str, str | None] | None = None) -> Started:
-    """The workload's argv and env, with the container paths in ``paths`` mapped to local
-    ones (the image's virtual environment to this one's), each port it listens on mapped to a
-    free local port, and 0.0.0.0 to 127.0.0.1 (nothing listens on other interfaces).
-    ``env_overrides`` changes variables (None: removes one) before mapping."""
-    image = serve_image()
-    env = container_env(workload, secrets, image)
-    for name, value in (env_overrides or {}).items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    argv = container_argv(workload, image)
-    settings = server_settings(argv, env)
-    ports = {int(settings[name]): free_port() for name in PORT_SETTINGS
-             if int(settings[name]) != 0}
-
-    paths = {"/opt/venv": Path(sys.prefix), **paths}
-
-    def mapped(name: str, value: str) -> str:
-        if name in PORT_SETTINGS:
-            return str(ports.get(int(value), value))
-        if name == "host" and value == "0.0.0.0":
-            return "127.0.0.1"
-        return map_path(value, paths)
-
-    env = {key: (mapped(key[len("FMNIST_"):].lower(), value) if key.startswith("FMNIST_")
-                 else value) for key, value in env.items()}
-    env["PATH"] = ":".join(map_path(part, paths) for part in env["PATH"].split(":"))
-    mapped_argv = [argv[0]]
-    tokens = list(argv[1:])
-    while tokens:  # every server flag takes a value: --flag VALUE or --flag=VALUE
-        name, equals, value = tokens.pop(0).partition("=")
-        setting = name[2:].replace("-", "_")
-        if equals:
-            mapped_argv.append(f"{name}={mapped(setting, value)}")
-        else:
-            mapped_argv += [name, mapped(setting, tokens.pop(0))]
-    executable = shutil.which(mapped_argv[0], path=env["PATH"])
-    assert executable, f"{mapped_argv[0]} is not on the container's PATH {env['PATH']}"
-    mapped_argv[0] = executable
-    # This checkout's code must win over an installed copy (as in the image, where it is the
-    # only one); PYTHONPATH passes through for runs against another work tree.
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    env.setdefault("HOME", "/nonexistent")  # the image user's home: nothing to write there
-    tmpfs = [mount["mountPath"] for mount, volume in workload.mounts()
-             if (volume.get("emptyDir") or {}).get("medium") == "Memory"]
-    return Started(mapped_argv, env, ports, server_settings(mapped_argv, env), tmpfs)
-
-
-# Runs in a private mount namespace (unshare --mount): remounts every file system read-only
-# but /proc, /sys and /dev (a container runtime's /dev/shm stays writable), mounts a fresh
-# tmpfs at each memory emptyDir unless a path the process needs lies beneath it (then that
-# directory stays read-only: stricter), and executes the server in place (same pid).
-_SANDBOX = textwrap.dedent("""
-    import json, os, subprocess, sys
-    spec = json.loads(sys.argv[1])
-    def under(path, top):
-        return path == top or path.startswith(top.rstrip("/") + "/")
-    with open("/proc/self/mounts") as mounts:
-        points = [line.split()[1].replace("\\\\040", " ") for line in mounts]
-    for point in points:
-        if not any(under(point, top) for top in ("/proc", "/sys", "/dev")):
-            subprocess.run(["mount", "-o", "remount,bind,ro", point], check=point == "/",
-                           stderr=subprocess.DEVNULL)
-    for point in spec["tmpfs"]:
-        if os.path.isdir(point) and not under(point, "/dev") and \\
-                not any(under(path, point) for path in spec["keep"]):
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=1777", "tmpfs", point],
-                           check=True)
-    os.execve(spec["argv"][0], spec["argv"], spec["env"])
-""")
-
-
-@functools.cache
-def sandbox_available() -> bool:
-    """Whether this machine lets us make a private mount namespace (root, CAP_SYS_ADMIN)."""
-    unshare = shutil.which("unshare")
-    if os.geteuid() != 0 or not unshare:
-        return False
-    status = subprocess.run([unshare, "--mount", "--propagation", "private", "true"],
-                            capture_output=True, check=False)
-    return status.returncode == 0
-
-
-def sandboxed_argv(started: Started, keep: list[Path]) -> list[str]:
-    """The argv that runs ``started`` on a read-only root (``keep``: paths that must stay
-    visible under the tmpfs mounts: code, model repository, certificates)."""
-    spec = {"argv": started.argv, "env": started.env, "tmpfs": started.tmpfs,
-            "keep": [str(path) for path in [*keep, ROOT, Path(sys.prefix), Path.cwd()]]}
-    return [shutil.which("unshare"), "--mount", "--propagation", "private", "--",
-            sys.executable, "-c", _SANDBOX, json.dumps(spec)]
 
 
 def sha256(path: Path) -> str:

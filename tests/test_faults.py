@@ -1,17 +1,11 @@
-"""Faults: a damaged model repository, requests past the limits, SIGTERM under load."""
+"""Faults: a damaged model repository, requests past the limits (SIGTERM under load and a
+killed worker: tests/test_faults_under_load.py)."""
 
-import asyncio
 import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections import Counter, namedtuple
-from pathlib import Path
+from collections import namedtuple
 
 import grpc
 import numpy as np
@@ -27,13 +21,9 @@ from serving import cli
 from serving.errors import ResourceExhausted
 from serving.pipeline import Admission
 from tests.conftest import tiny_classifier
+from tests.fault_requests import IMAGES, classify_request
 
 CallDetails = namedtuple("CallDetails", "method invocation_metadata")
-IMAGES = np.random.default_rng(5).integers(0, 256, (8, 28, 28), dtype=np.uint8)
-
-
-def _request(count: int = len(IMAGES)) -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(images=[IMAGES[i % len(IMAGES)].tobytes() for i in range(count)])
 
 
 # --- a damaged model repository ---------------------------------------------------------------
@@ -97,7 +87,7 @@ async def test_a_damaged_version_is_refused_with_one_log_line_and_the_rest_serve
     ) as channel:
         stub = pb_grpc.ClassifierStub(channel)
         mlp = await stub.GetModel(pb.GetModelRequest(name="mlp"))
-        answer = await stub.Classify(_request())
+        answer = await stub.Classify(classify_request())
     refusals = [r for r in caplog.records if r.getMessage() == "model version refused"]
     assert len(refusals) == 1
     assert refusals[0].levelno == logging.ERROR
@@ -147,7 +137,7 @@ async def small_server(model_repository, grpc_server):
 
 async def test_more_images_than_the_limit_is_invalid_argument_naming_the_limit(small_server):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await small_server.Classify(_request(5))
+        await small_server.Classify(classify_request(5))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 4 images" in refused.value.details()
     assert "--max-request-images" in refused.value.details()
@@ -155,10 +145,10 @@ async def test_more_images_than_the_limit_is_invalid_argument_naming_the_limit(s
 
 async def test_a_message_over_the_size_limit_is_resource_exhausted(small_server):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await small_server.Classify(_request(8))  # ~6.3 KB > 4.2 KB
+        await small_server.Classify(classify_request(8))  # ~6.3 KB > 4.2 KB
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in refused.value.details()
-    assert len((await small_server.Classify(_request(4))).results) == 4
+    assert len((await small_server.Classify(classify_request(4))).results) == 4
 
 
 async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_repository,
@@ -171,10 +161,10 @@ async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_rep
         stub = pb_grpc.ClassifierStub(channel)
         streams = [stub.ClassifyStream() for _ in range(2)]
         for stream in streams:  # two calls in flight: each has had an answer, and stays open
-            await stream.write(_request())
+            await stream.write(classify_request())
             assert len((await stream.read()).results) == len(IMAGES)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Classify(_request())
+            await stub.Classify(classify_request())
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max-concurrent-calls" in refused.value.details()
         health = health_pb2_grpc.HealthStub(channel)  # health is never refused
@@ -183,7 +173,7 @@ async def test_calls_past_the_concurrency_limit_are_resource_exhausted(model_rep
         for stream in streams:
             await stream.done_writing()
             assert await stream.code() == grpc.StatusCode.OK
-        assert len((await stub.Classify(_request())).results) == len(IMAGES)
+        assert len((await stub.Classify(classify_request())).results) == len(IMAGES)
 
 
 def test_calls_starting_together_are_counted_against_the_limit_as_they_start():
@@ -210,168 +200,3 @@ def test_calls_starting_together_are_counted_against_the_limit_as_they_start():
     assert admission.in_flight == 1
     admission.leave()
     assert admission.in_flight == 0
-
-
-# --- SIGTERM under load ----------------------------------------------------------------------
-
-SIGTERM_CLIENTS = 32
-
-
-async def _drive_until_refused(target: str, process: subprocess.Popen) -> tuple[list, Counter]:
-    """Runs the clients until each is refused, sending SIGTERM once calls have been answered;
-    returns the ordered events (health changes and first refusals) and every call's outcome."""
-    events: list[str] = []
-    outcomes: Counter = Counter()
-    answered = asyncio.Event()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.ClassifierStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-
-        async def watch_health():
-            try:
-                async for update in health.Watch(health_pb2.HealthCheckRequest()):
-                    events.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
-            except grpc.aio.AioRpcError:
-                events.append("health stream closed")
-
-        async def client():
-            while True:
-                try:
-                    response = await stub.Classify(_request(), timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    outcomes[error.code().name] += 1
-                    events.append(error.code().name)
-                    return
-                assert len(response.results) == len(IMAGES)
-                outcomes["OK"] += 1
-                if outcomes["OK"] >= 4 * SIGTERM_CLIENTS:
-                    answered.set()
-
-        watcher = asyncio.create_task(watch_health())
-        clients = [asyncio.create_task(client()) for _ in range(SIGTERM_CLIENTS)]
-        await asyncio.wait_for(answered.wait(), 60)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*clients), 60)
-        await asyncio.wait_for(watcher, 60)
-    return events, outcomes
-
-
-def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository,
-                                                                    grpc_server):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
-         "--grpc-server", grpc_server],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        for line in process.stderr:
-            entry = json.loads(line)
-            if entry["message"] == "serving":
-                break
-        events, outcomes = asyncio.run(_drive_until_refused(entry["address"], process))
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    # Every call either got its answer or was refused as the server went away: none was
-    # accepted and then dropped, none failed otherwise.
-    assert set(outcomes) == {"OK", "UNAVAILABLE"}, outcomes
-    assert outcomes["UNAVAILABLE"] == SIGTERM_CLIENTS
-    assert outcomes["OK"] >= 4 * SIGTERM_CLIENTS
-    # Health said NOT_SERVING before the first call was refused.
-    assert events[0] == "SERVING"
-    assert "NOT_SERVING" in events
-    assert events.index("NOT_SERVING") < events.index("UNAVAILABLE"), events[:5]
-
-
-# --- a worker process killed ------------------------------------------------------------------
-
-KILL_CLIENTS = 8
-CALLS_AFTER_KILL = 30
-
-
-def _children(pid: int) -> set[int]:
-    children = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children |= {int(child) for child in (task / "children").read_text().split()}
-    return children
-
-
-async def _load_through_a_kill(target: str, victim: int) -> list[list[str]]:
-    """Clients on separate connections call until the victim has been killed and each has
-    made CALLS_AFTER_KILL more calls; returns each client's outcomes in order."""
-    killed = asyncio.Event()
-    answered = Counter()
-
-    async def client(index: int) -> list[str]:
-        outcomes = []
-        after_kill = 0
-        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
-        async with grpc.aio.insecure_channel(target, options=options) as channel:
-            stub = pb_grpc.ClassifierStub(channel)
-            while after_kill < CALLS_AFTER_KILL:
-                try:
-                    response = await stub.Classify(_request(), timeout=30, wait_for_ready=True)
-                    assert len(response.results) == len(IMAGES)
-                    outcomes.append("OK")
-                except grpc.aio.AioRpcError as error:
-                    outcomes.append(error.code().name)
-                answered[index] += 1
-                if killed.is_set():
-                    after_kill += 1
-                await asyncio.sleep(0)
-        return outcomes
-
-    async def killer():
-        while len(answered) < KILL_CLIENTS or min(answered.values()) < 10:
-            await asyncio.sleep(0.01)
-        os.kill(victim, signal.SIGKILL)
-        killed.set()
-
-    *outcomes, _ = await asyncio.wait_for(
-        asyncio.gather(*(client(i) for i in range(KILL_CLIENTS)), killer()), 120)
-    return outcomes
-
-
-def test_a_killed_worker_is_replaced_and_the_others_keep_answering(model_repository):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--poll-interval", "0",
-         "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        for line in process.stderr:
-            entry = json.loads(line)
-            if entry["message"] == "workers serving":
-                break
-        workers = set(entry["pids"])
-        victim = min(workers)
-        outcomes = asyncio.run(_load_through_a_kill(entry["address"], victim))
-        for line in process.stderr:
-            replaced = json.loads(line)
-            if replaced["message"] == "worker died; starting another":
-                break
-        for _ in range(100):  # the replacement is forked up to a second after the death
-            survivors = _children(process.pid)
-            if len(survivors) == 2:
-                break
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert replaced["pid"] == victim
-    assert victim not in survivors
-    assert len(survivors) == 2
-    assert workers - {victim} <= survivors  # the other worker was left alone
-    counts = Counter(outcome for client in outcomes for outcome in client)
-    # Only calls the dead worker had in flight fail; every client is answered again after.
-    assert set(counts) <= {"OK", "UNAVAILABLE"}, counts
-    assert counts["UNAVAILABLE"] <= KILL_CLIENTS
-    assert all(client[-CALLS_AFTER_KILL // 2:] == ["OK"] * (CALLS_AFTER_KILL // 2)
-               for client in outcomes)

@@ -7,7 +7,6 @@ import pytest
 import requests
 
 from tests.http_helpers import http_server, http_settings
-from tests.pki import make_pki
 
 TOKEN = "http-s3cret"
 GUARDED = [("GET", "/v2"), ("GET", "/v2/models/mlp"), ("GET", "/v2/models/mlp/ready"),
@@ -17,11 +16,6 @@ GUARDED = [("GET", "/v2"), ("GET", "/v2/models/mlp"), ("GET", "/v2/models/mlp/re
 OPEN = ["/v2/health/live", "/v2/health/ready", "/"]
 INFER = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
                      "data": np.zeros(784, np.uint8).tolist()}]}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

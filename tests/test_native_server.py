@@ -1,6 +1,7 @@
 """The native gRPC server (serving/native) against grpcio's own, both built by
 serving.grpc_transport.grpc_server: what handlers see of their context, cancellation,
-interceptors for every kind of method, threads at stop, health Watch, a port in use.
+interceptors for every kind of method, the log naming the transport. Threads at work and at
+stop, health Watch at stop and ports are tests/test_native_server_threads_and_ports.py's.
 
 R3 (request bytes that cannot be read are refused, never parsed as an empty message) cannot be
 provoked from a client: gRPC C++ hands the server messages it has already decompressed,
@@ -9,25 +10,18 @@ so ``ByteBuffer::DumpToSingleSlice`` has nothing left that can fail; the refusal
 """
 
 import dataclasses
-import socket
-import subprocess
-import sys
 import threading
-import time
-from typing import NamedTuple
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.grpc_transport import PipelineInterceptor
 from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, CallPipeline
 from serving.security import ServerTls
 from tests.conftest import running_server
+from tests.echo_service import SERVICE, Echo
 from tests.pki import make_pki
-
-SERVICE = "test.Echo"
 
 
 class Recorder(grpc.ServerInterceptor):
@@ -37,87 +31,6 @@ class Recorder(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         self.methods.append(handler_call_details.method)
         return continuation(handler_call_details)
-
-
-class _Status(NamedTuple):  # a grpc.Status
-    code: grpc.StatusCode
-    details: str
-    trailing_metadata: tuple
-
-
-class Echo:
-    """Raw-bytes handlers that report what they see of their context."""
-
-    def __init__(self):
-        self.ended = threading.Event()
-        self.seen_inactive = threading.Event()
-        self.callbacks_seen: list[bytes] = []
-
-    def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.send_initial_metadata((("initial", "yes"),))
-        context.set_trailing_metadata((("trailing", "yes"), ("bin-bin", b"\x00\xff")))
-        metadata = dict(context.invocation_metadata())
-        if request == b"fail":
-            context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
-            context.set_details("as asked")
-            return b""
-        if request == b"abort":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted")
-        if request == b"raise":
-            raise ValueError("boom")
-        if request == b"metadata twice":  # grpcio raises ValueError; never an abort
-            context.send_initial_metadata((("again", "yes"),))
-        if request == b"exit":  # BaseException: the call still ends, the pool thread too
-            raise SystemExit(3)
-        if request == b"identity":
-            name = context.auth_context().get("x509_common_name")
-            return f"{context.peer_identity_key()}|{context.peer_identities()}|{name}".encode()
-        if request == b"abort with status":
-            context.abort_with_status(_Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "full",
-                                              (("retry-after", "7"),)))
-        remaining = context.time_remaining()  # the client's 5 s, which gRPC may round up
-        return (f"{metadata.get('x-asked')}|{context.peer().startswith('ipv4:')}|"
-                f"{remaining is not None and 0 < remaining <= 5.1}").encode()
-
-    def until_cancelled(self, request: bytes, context: grpc.ServicerContext):
-        context.add_callback(self.ended.set)
-        yield b"first"
-        self.ended.wait(10)  # the callbacks run when the call ends, while this handler runs
-        if not context.is_active():
-            self.seen_inactive.set()
-
-    def sum_stream(self, requests, context) -> bytes:
-        return str(sum(len(r) for r in requests)).encode()
-
-    def echo_stream(self, requests, context):
-        yield from requests
-
-    def wait_for_cancel(self, request: bytes, context: grpc.ServicerContext):
-        """Holds its thread, at work, until its own add_callback runs (or 10 s); grpcio may
-        not resume it after a cancellation, the native server does."""
-        ended = threading.Event()
-
-        def on_end():
-            self.callbacks_seen.append(request)
-            ended.set()
-
-        context.add_callback(on_end)
-        yield b"waiting"
-        ended.wait(10)
-
-    def abort_stream(self, request: bytes, context: grpc.ServicerContext):
-        yield b"first"
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted while streaming")
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
-            "UntilCancelled": grpc.unary_stream_rpc_method_handler(self.until_cancelled),
-            "Sum": grpc.stream_unary_rpc_method_handler(self.sum_stream),
-            "Echo": grpc.stream_stream_rpc_method_handler(self.echo_stream),
-            "AbortStream": grpc.unary_stream_rpc_method_handler(self.abort_stream),
-            "WaitForCancel": grpc.unary_stream_rpc_method_handler(self.wait_for_cancel),
-        })
 
 
 @pytest.fixture
@@ -220,56 +133,6 @@ def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_s
         assert echo.seen_inactive.wait(5), "is_active() stayed true after the client cancelled"
 
 
-def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(grpc_server):
-    """The native server wakes only ``max_running`` threads for new calls; a thread whose
-    stream waits for its client is not at work, so streams beyond that number do not keep a
-    unary call queued."""
-    server = make_grpc_server(grpc_server, 16, [], 1 << 20, reuse_port=False, max_running=4)
-    server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    release = threading.Event()
-
-    def one_then_wait():
-        yield b"x"
-        release.wait(30)
-
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            echo = channel.stream_stream(f"/{SERVICE}/Echo")
-            streams = [echo(one_then_wait(), timeout=30) for _ in range(5)]
-            assert [next(stream) for stream in streams] == [b"x"] * len(streams)
-            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
-            release.set()
-            assert all(list(stream) == [] for stream in streams)
-    finally:
-        release.set()
-        server.stop(0).wait()
-
-
-def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server):
-    """A cancelled call's add_callbacks run even while every thread that may be at work is
-    (here blocked in Python, waiting for exactly that): its news does not queue behind them."""
-    echo = Echo()
-    server = make_grpc_server(grpc_server, 8, [], 1 << 20, reuse_port=False, max_running=2)
-    server.add_generic_rpc_handlers([echo.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait = channel.unary_stream(f"/{SERVICE}/WaitForCancel")
-            streams = [wait(str(index).encode(), timeout=30) for index in range(2)]
-            assert [next(stream) for stream in streams] == [b"waiting", b"waiting"]
-            for stream in streams:
-                stream.cancel()
-            deadline = time.monotonic() + 5
-            while len(echo.callbacks_seen) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        assert sorted(echo.callbacks_seen) == [b"0", b"1"]
-    finally:
-        server.stop(0).wait()
-
-
 def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_server, caplog):
     """A package's streaming handler (not the data plane's) that aborts: its status reaches
     the client, and the pipeline logs no crash."""
@@ -289,59 +152,6 @@ def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_ser
     finally:
         server.stop(0).wait()
     assert not [r for r in caplog.records if r.getMessage() == "request crashed"]
-
-
-def _threads() -> set[str]:
-    return {thread.name for thread in threading.enumerate()}
-
-
-def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
-    before = _threads()
-    with (running_server(settings) as server,
-          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=""), timeout=30)
-        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        stopping = threading.Thread(target=server.stop, args=(0.2,))
-        stopping.start()
-        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        with pytest.raises(grpc.RpcError) as ended:
-            next(watch)
-        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-        stopping.join(10)
-        assert not stopping.is_alive()
-    if settings.grpc_server == "native":  # grpcio leaves its executor's threads
-        assert _threads() <= before, "threads left behind"
-
-
-def test_reuse_port_follows_the_setting(grpc_server):
-    first = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
-    port = first.add_insecure_port("127.0.0.1:0")
-    second = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
-    alone = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=False)
-    try:
-        assert second.add_insecure_port(f"127.0.0.1:{port}") == port
-        with pytest.raises(RuntimeError):
-            alone.add_insecure_port(f"127.0.0.1:{port}")
-    finally:
-        for server in (first, second, alone):
-            server.stop(0).wait()
-
-
-def test_a_port_in_use_fails_one_process_with_one_line(model_repository, grpc_server):
-    if grpc_server == "grpcio":
-        pytest.skip("grpcio's core logs a line of its own (E... add_port.cc) before the error")
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        status = subprocess.run(
-            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--grpc-server", grpc_server],
-            capture_output=True, text=True, timeout=60, check=False)
-    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
-    assert status.returncode == 1
-    assert len(errors) == 1, errors
-    assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
 
 
 def test_the_log_names_the_transport(settings, caplog):

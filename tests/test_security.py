@@ -19,14 +19,8 @@ from serving.client import cli as client_cli
 from serving.settings import Settings
 from tests.aio_security import aio_channel
 from tests.conftest import local_settings, running_server
-from tests.pki import Pki, make_pki
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,274 @@
+"""The facts a reviewer would check by eye in deploy/kubernetes and deploy/kserve, on the
+objects ``kubectl kustomize`` renders: probes, image, resources, security context, drain time,
+selectors, overlays and KServe's conventions. tests/test_deploy_manifests.py checks that the
+same objects render and validate.
+"""
+
+import re
+
+import pytest
+
+from tests.deploy_manifests import (
+    DEPLOY,
+    IMAGE_COMPONENT,
+    KUSTOMIZATIONS,
+    PROBES,
+    Workload,
+    compose_image_name,
+    container_argv,
+    container_env,
+    cpu_quantity,
+    find,
+    image_component,
+    load_yaml,
+    needs_kubectl,
+    one,
+    probe_ports,
+    render,
+    serve_image,
+    server_settings,
+    workloads,
+)
+
+pytestmark = needs_kubectl
+
+KUBERNETES = [k for k in KUSTOMIZATIONS if k.startswith("kubernetes/")]
+SECRET_KEYS = ("tls.crt", "tls.key", "ca.crt")  # a kubernetes.io/tls Secret, plus the CA
+MIN_DRAIN_MARGIN_S = 5  # after preStop and the server's drain, before SIGKILL
+
+
+def settings_of(workload: Workload) -> dict[str, str]:
+    env = container_env(workload, secrets=_AnySecret())
+    return server_settings(container_argv(workload), env)
+
+
+class _AnySecret(dict):
+    def __missing__(self, key):
+        return f"<secret {key[0]}/{key[1]}>"
+
+
+def security_context(workload: Workload) -> dict:
+    """The container's effective security context: its own over the pod's."""
+    pod = {key: value for key, value in (workload.pod.get("securityContext") or {}).items()
+           if key in ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")}
+    return {**pod, **(workload.container.get("securityContext") or {})}
+
+
+# --- the facts a reviewer checks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_probes_are_grpc_on_ports_the_server_listens_on(kustomization):
+    for workload in workloads(render(kustomization), kustomization):
+        settings = settings_of(workload)
+        port, health_port = int(settings["port"]), int(settings["health_port"])
+        listening = {port} | ({health_port} if health_port else set())
+        ports = probe_ports(workload)
+        assert sorted(ports) == sorted(PROBES), workload.source
+        for probe, probe_port in ports.items():
+            assert set(workload.container[probe]) & {"exec", "httpGet", "tcpSocket"} == set()
+            assert isinstance(probe_port, int), f"{workload.source} {probe}: not a number"
+            assert probe_port in listening, f"{workload.source} {probe}: {probe_port}"
+        # kubelet can present neither a client certificate nor a token
+        if settings.get("tls_cert") or settings.get("auth_token"):
+            assert health_port and set(ports.values()) == {health_port}, workload.source
+        declared = {p["containerPort"] for p in workload.container.get("ports") or []}
+        assert listening <= declared, workload.source
+        startup = workload.container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, workload.source
+
+
+def test_the_image_is_composes_with_its_tag_set_in_one_place():
+    name = compose_image_name()
+    entries = image_component()["images"]
+    assert [entry["name"] for entry in entries] == [name]
+    image = f"{entries[0].get('newName', name)}:{entries[0]['newTag']}"
+
+    rendered = [w.container["image"] for k in KUSTOMIZATIONS for w in workloads(render(k))]
+    assert len(rendered) == 5
+    assert set(rendered) == {image}
+
+    def images(value):
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                yield from [sub] if key == "image" else images(sub)
+        elif isinstance(value, list):
+            for sub in value:
+                yield from images(sub)
+
+    sources = [path for top in ("kubernetes", "kserve")
+               for path in sorted((DEPLOY / top).rglob("*.yaml"))]
+    written = {path.relative_to(DEPLOY): list(images(load_yaml(path))) for path in sources}
+    assert {image for found in written.values() for image in found} == {name}, written
+    tagged = [path for path in sources if re.search(r"^\s*(images|newTag):", path.read_text(),
+                                                     re.MULTILINE)]
+    assert tagged == [IMAGE_COMPONENT]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_resources_are_limited_and_size_the_workers(kustomization):
+    for workload in workloads(render(kustomization), kustomization):
+        resources = workload.container["resources"]
+        for resource in ("cpu", "memory"):
+            assert resource in resources["requests"], workload.source
+            assert resource in resources["limits"], workload.source
+        limit = cpu_quantity(resources["limits"]["cpu"])
+        assert cpu_quantity(resources["requests"]["cpu"]) <= limit
+        assert limit == int(limit) >= 1, "whole CPUs: one worker process each"
+        workers = [item for item in workload.container["env"] if item["name"] == "FMNIST_WORKERS"]
+        assert workers and workers[0]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+        assert int(settings_of(workload)["workers"]) == limit
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
+    uid = serve_image().uid
+    for workload in workloads(render(kustomization), kustomization):
+        context = security_context(workload)
+        assert context["runAsNonRoot"] is True, workload.source
+        assert context["runAsUser"] == uid, workload.source
+        assert context["readOnlyRootFilesystem"] is True, workload.source
+        assert context["allowPrivilegeEscalation"] is False, workload.source
+        assert context["capabilities"] == {"drop": ["ALL"]}, workload.source
+        assert context.get("privileged") in (None, False)
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, workload.source
+        assert workload.pod.get("automountServiceAccountToken") is False, workload.source
+        memory = {}
+        for mount, volume in workload.mounts():
+            if "emptyDir" in volume:
+                memory[mount["mountPath"]] = volume["emptyDir"]
+            else:  # secrets, the model repository: never written
+                assert mount.get("readOnly") is True, f"{workload.source} {mount}"
+        assert set(memory) == {"/dev/shm", "/tmp"}, workload.source
+        for empty_dir in memory.values():
+            assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_pod_outlives_its_drain(kustomization):
+    for workload in workloads(render(kustomization), kustomization):
+        drain_s = float(settings_of(workload)["grace_period"])
+        assert workload.pre_stop_s > 0, workload.source
+        assert (workload.termination_grace_s
+                >= workload.pre_stop_s + drain_s + MIN_DRAIN_MARGIN_S), workload.source
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.mark.parametrize("kustomization", KUBERNETES)
+def test_services_hpa_and_pdb_reach_the_deployment(kustomization):
+    objects = render(kustomization)
+    deployment = one(objects, "Deployment")
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert _selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns replicas"
+    [workload] = workloads([deployment])
+    settings = settings_of(workload)
+    named = {port["name"]: port["containerPort"] for port in workload.container["ports"]}
+    tls = bool(settings.get("tls_cert"))
+
+    services = {item["metadata"]["name"]: item for item in find(objects, "Service")}
+    assert set(services) == {"fashion-mnist", "fashion-mnist-headless"}
+    assert services["fashion-mnist-headless"]["spec"]["clusterIP"] == "None"
+    for service in services.values():
+        assert _selects(service["spec"]["selector"], labels)
+        for port in service["spec"]["ports"]:
+            assert named[port["targetPort"]] == port["port"], port
+        grpc = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]
+        assert [named[port["targetPort"]] for port in grpc] == [int(settings["port"])]
+        assert grpc[0].get("appProtocol") == (None if tls else "kubernetes.io/h2c")
+    metrics = [port for port in services["fashion-mnist"]["spec"]["ports"]
+               if port["name"] == "metrics"]
+    assert [named[port["targetPort"]] for port in metrics] == [int(settings["metrics_port"])]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == settings["metrics_port"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert [metric["resource"]["name"] for metric in hpa["spec"]["metrics"]] == ["cpu"]
+    pdb = one(objects, "PodDisruptionBudget")
+    assert "selector" in pdb["spec"], "a PodDisruptionBudget without a selector guards nothing"
+    assert _selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_the_tls_overlay_reads_its_secrets_and_probes_the_health_port():
+    [workload] = workloads(render("kubernetes/overlays/tls"))
+    settings = settings_of(workload)
+    secret_mounts = {mount["mountPath"]: volume["secret"]["secretName"]
+                     for mount, volume in workload.mounts() if "secret" in volume}
+    assert list(secret_mounts.values()) == ["fashion-mnist-tls"]
+    [mount_path] = secret_mounts
+    for setting, key in (("tls_cert", "tls.crt"), ("tls_key", "tls.key"),
+                         ("tls_client_ca", "ca.crt")):
+        assert settings[setting] == f"{mount_path}/{key}"
+    token = [item for item in workload.container["env"] if item["name"] == "FMNIST_AUTH_TOKEN"]
+    assert token[0]["valueFrom"]["secretKeyRef"] == {"name": "fashion-mnist-token",
+                                                     "key": "token"}
+    assert int(settings["health_port"]) not in (0, int(settings["port"]))
+    assert set(probe_ports(workload).values()) == {int(settings["health_port"])}
+
+
+def test_the_models_volume_overlay_serves_a_read_only_claim():
+    objects = render("kubernetes/overlays/models-volume")
+    [workload] = workloads(objects)
+    settings = settings_of(workload)
+    claims = {mount["mountPath"]: (mount, volume) for mount, volume in workload.mounts()
+              if "persistentVolumeClaim" in volume}
+    mount, volume = claims[settings["model_repository"]]
+    assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["readOnly"] is True
+    claim = one(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica, and the publisher
+    assert float(settings["poll_interval"]) > 0, "the watcher follows published versions"
+
+
+def test_the_kserve_manifests_use_kserves_conventions():
+    objects = render("kserve")
+    runtime = one(objects, "ServingRuntime")
+    assert {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]} == {"onnx"}
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+
+    isvc = one(objects, "InferenceService", "fashion-mnist")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "grpc-v2"
+    claim = re.fullmatch(r"pvc://([^/]+)/.*", model["storageUri"])
+    assert claim and one(objects, "PersistentVolumeClaim", claim.group(1))
+    for item in find(objects, "InferenceService"):
+        assert item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+        assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
+        assert item["metadata"]["annotations"]["serving.kserve.io/metrics"] == "cpu"
+        # "true" makes KServe point prometheus.io/port at Knative's queue-proxy
+        assert item["metadata"]["annotations"][
+            "serving.kserve.io/enable-prometheus-scraping"] == "false"
+
+    by_source = {w.source.split()[0]: w for w in workloads(objects)}
+    assert set(by_source) == {"ServingRuntime/fashion-mnist",
+                              "InferenceService/fashion-mnist-packaged"}
+    for source, workload in by_source.items():
+        settings = settings_of(workload)
+        assert workload.container["name"] == "kserve-container"
+        assert [(p["name"], p["containerPort"]) for p in workload.container["ports"]] == [
+            ("h2c", int(settings["port"]))], source
+        # pod annotations: the runtime's, or the custom predictor's
+        pod_annotations = (runtime["spec"] if source.startswith("ServingRuntime")
+                           else workload.pod)["annotations"]
+        assert pod_annotations["prometheus.io/scrape"] == "true"
+        assert pod_annotations["prometheus.io/port"] == settings["metrics_port"]
+        assert pod_annotations["prometheus.io/path"] == "/metrics"
+    # KServe's mount point, from a flag that wins over the image's env; the packaged models
+    # are where the image put them
+    assert "/mnt/models" in container_argv(by_source["ServingRuntime/fashion-mnist"])
+    assert settings_of(by_source["ServingRuntime/fashion-mnist"])["model_repository"] == \
+        "/mnt/models"
+    packaged = by_source["InferenceService/fashion-mnist-packaged"]
+    assert settings_of(packaged)["model_repository"] == \
+        serve_image().env["FMNIST_MODEL_REPOSITORY"]

@@ -1,0 +1,187 @@
+"""Faults under load, on a server process: SIGTERM while 32 clients call in a closed loop
+(every accepted call answered, health NOT_SERVING before the first refusal, exit 0), and a
+worker process killed with SIGKILL under load (replaced, the other worker untouched, every
+client answered again right after). A damaged model repository and requests past the limits
+are tests/test_faults.py's.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from tests.fault_requests import IMAGES, classify_request
+
+# --- SIGTERM under load ----------------------------------------------------------------------
+
+SIGTERM_CLIENTS = 32
+
+
+async def _drive_until_refused(target: str, process: subprocess.Popen) -> tuple[list, Counter]:
+    """Runs the clients until each is refused, sending SIGTERM once calls have been answered;
+    returns the ordered events (health changes and first refusals) and every call's outcome."""
+    events: list[str] = []
+    outcomes: Counter = Counter()
+    answered = asyncio.Event()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def watch_health():
+            try:
+                async for update in health.Watch(health_pb2.HealthCheckRequest()):
+                    events.append(health_pb2.HealthCheckResponse.ServingStatus.Name(update.status))
+            except grpc.aio.AioRpcError:
+                events.append("health stream closed")
+
+        async def client():
+            while True:
+                try:
+                    response = await stub.Classify(classify_request(), timeout=30)
+                except grpc.aio.AioRpcError as error:
+                    outcomes[error.code().name] += 1
+                    events.append(error.code().name)
+                    return
+                assert len(response.results) == len(IMAGES)
+                outcomes["OK"] += 1
+                if outcomes["OK"] >= 4 * SIGTERM_CLIENTS:
+                    answered.set()
+
+        watcher = asyncio.create_task(watch_health())
+        clients = [asyncio.create_task(client()) for _ in range(SIGTERM_CLIENTS)]
+        await asyncio.wait_for(answered.wait(), 60)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*clients), 60)
+        await asyncio.wait_for(watcher, 60)
+    return events, outcomes
+
+
+def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository,
+                                                                    grpc_server):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
+         "--grpc-server", grpc_server],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for line in process.stderr:
+            entry = json.loads(line)
+            if entry["message"] == "serving":
+                break
+        events, outcomes = asyncio.run(_drive_until_refused(entry["address"], process))
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # Every call either got its answer or was refused as the server went away: none was
+    # accepted and then dropped, none failed otherwise.
+    assert set(outcomes) == {"OK", "UNAVAILABLE"}, outcomes
+    assert outcomes["UNAVAILABLE"] == SIGTERM_CLIENTS
+    assert outcomes["OK"] >= 4 * SIGTERM_CLIENTS
+    # Health said NOT_SERVING before the first call was refused.
+    assert events[0] == "SERVING"
+    assert "NOT_SERVING" in events
+    assert events.index("NOT_SERVING") < events.index("UNAVAILABLE"), events[:5]
+
+
+# --- a worker process killed ------------------------------------------------------------------
+
+KILL_CLIENTS = 8
+CALLS_AFTER_KILL = 30
+
+
+def _children(pid: int) -> set[int]:
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(child) for child in (task / "children").read_text().split()}
+    return children
+
+
+async def _load_through_a_kill(target: str, victim: int) -> list[list[str]]:
+    """Clients on separate connections call until the victim has been killed and each has
+    made CALLS_AFTER_KILL more calls; returns each client's outcomes in order."""
+    killed = asyncio.Event()
+    answered = Counter()
+
+    async def client(index: int) -> list[str]:
+        outcomes = []
+        after_kill = 0
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            while after_kill < CALLS_AFTER_KILL:
+                try:
+                    response = await stub.Classify(classify_request(), timeout=30,
+                                                   wait_for_ready=True)
+                    assert len(response.results) == len(IMAGES)
+                    outcomes.append("OK")
+                except grpc.aio.AioRpcError as error:
+                    outcomes.append(error.code().name)
+                answered[index] += 1
+                if killed.is_set():
+                    after_kill += 1
+                await asyncio.sleep(0)
+        return outcomes
+
+    async def killer():
+        while len(answered) < KILL_CLIENTS or min(answered.values()) < 10:
+            await asyncio.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+
+    *outcomes, _ = await asyncio.wait_for(
+        asyncio.gather(*(client(i) for i in range(KILL_CLIENTS)), killer()), 120)
+    return outcomes
+
+
+def test_a_killed_worker_is_replaced_and_the_others_keep_answering(model_repository):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--poll-interval", "0",
+         "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for line in process.stderr:
+            entry = json.loads(line)
+            if entry["message"] == "workers serving":
+                break
+        workers = set(entry["pids"])
+        victim = min(workers)
+        outcomes = asyncio.run(_load_through_a_kill(entry["address"], victim))
+        for line in process.stderr:
+            replaced = json.loads(line)
+            if replaced["message"] == "worker died; starting another":
+                break
+        for _ in range(100):  # the replacement is forked up to a second after the death
+            survivors = _children(process.pid)
+            if len(survivors) == 2:
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert replaced["pid"] == victim
+    assert victim not in survivors
+    assert len(survivors) == 2
+    assert workers - {victim} <= survivors  # the other worker was left alone
+    counts = Counter(outcome for client in outcomes for outcome in client)
+    # Only calls the dead worker had in flight fail; every client is answered again after.
+    assert set(counts) <= {"OK", "UNAVAILABLE"}, counts
+    assert counts["UNAVAILABLE"] <= KILL_CLIENTS
+    assert all(client[-CALLS_AFTER_KILL // 2:] == ["OK"] * (CALLS_AFTER_KILL // 2)
+               for client in outcomes)

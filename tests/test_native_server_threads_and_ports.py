@@ -1,0 +1,121 @@
+"""The native gRPC server (serving/native) against grpcio's own: its threads (streams waiting
+for their clients leave unary calls a thread at work, cancellations reach handlers at work, a
+stopped server leaves none and ends health watches) and its ports (SO_REUSEPORT as set, a port
+in use). What handlers see of their context is tests/test_native_server.py's.
+"""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving.grpc_transport import grpc_server as make_grpc_server
+from tests.conftest import running_server
+from tests.echo_service import SERVICE, Echo
+
+
+def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(grpc_server):
+    """The native server wakes only ``max_running`` threads for new calls; a thread whose
+    stream waits for its client is not at work, so streams beyond that number do not keep a
+    unary call queued."""
+    server = make_grpc_server(grpc_server, 16, [], 1 << 20, reuse_port=False, max_running=4)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    release = threading.Event()
+
+    def one_then_wait():
+        yield b"x"
+        release.wait(30)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.stream_stream(f"/{SERVICE}/Echo")
+            streams = [echo(one_then_wait(), timeout=30) for _ in range(5)]
+            assert [next(stream) for stream in streams] == [b"x"] * len(streams)
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
+            release.set()
+            assert all(list(stream) == [] for stream in streams)
+    finally:
+        release.set()
+        server.stop(0).wait()
+
+
+def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server):
+    """A cancelled call's add_callbacks run even while every thread that may be at work is
+    (here blocked in Python, waiting for exactly that): its news does not queue behind them."""
+    echo = Echo()
+    server = make_grpc_server(grpc_server, 8, [], 1 << 20, reuse_port=False, max_running=2)
+    server.add_generic_rpc_handlers([echo.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait = channel.unary_stream(f"/{SERVICE}/WaitForCancel")
+            streams = [wait(str(index).encode(), timeout=30) for index in range(2)]
+            assert [next(stream) for stream in streams] == [b"waiting", b"waiting"]
+            for stream in streams:
+                stream.cancel()
+            deadline = time.monotonic() + 5
+            while len(echo.callbacks_seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert sorted(echo.callbacks_seen) == [b"0", b"1"]
+    finally:
+        server.stop(0).wait()
+
+def _threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
+
+
+def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
+    before = _threads()
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = threading.Thread(target=server.stop, args=(0.2,))
+        stopping.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        stopping.join(10)
+        assert not stopping.is_alive()
+    if settings.grpc_server == "native":  # grpcio leaves its executor's threads
+        assert _threads() <= before, "threads left behind"
+
+
+def test_reuse_port_follows_the_setting(grpc_server):
+    first = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
+    port = first.add_insecure_port("127.0.0.1:0")
+    second = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
+    alone = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=False)
+    try:
+        assert second.add_insecure_port(f"127.0.0.1:{port}") == port
+        with pytest.raises(RuntimeError):
+            alone.add_insecure_port(f"127.0.0.1:{port}")
+    finally:
+        for server in (first, second, alone):
+            server.stop(0).wait()
+
+
+def test_a_port_in_use_fails_one_process_with_one_line(model_repository, grpc_server):
+    if grpc_server == "grpcio":
+        pytest.skip("grpcio's core logs a line of its own (E... add_port.cc) before the error")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--grpc-server", grpc_server],
+            capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")

@@ -1,0 +1,127 @@
+"""Starting and sizing worker processes: a start report is never written after it is sent,
+SIGTERM stops a server whose worker hangs in start-up, a worker that cannot start or a port in
+use fails the server with one line, and the number of workers and of onnxruntime instances
+follows the CPUs the process may use. Workers serving behind one port are
+tests/test_workers.py's.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.worker_process import READY, StartReport
+from tests.server_process import Logs, children
+
+
+def test_a_start_report_is_never_written_after_it_is_sent():
+    """Once the report is sent its descriptor is closed; the number may then belong to a
+    client's socket, so a late failure must not write there."""
+    read_end, write_end = os.pipe()
+    report = StartReport(write_end)
+    report.send(READY)
+    assert os.read(read_end, 16) == READY
+    reused_read, reused_write = os.pipe()  # the lowest free numbers: write_end's among them
+    try:
+        assert write_end in (reused_read, reused_write)
+        os.set_blocking(reused_read, False)
+        report.send(b"worker failed: late")
+        with pytest.raises(BlockingIOError):
+            os.read(reused_read, 64)
+    finally:
+        for fd in (read_end, reused_read, reused_write):
+            os.close(fd)
+
+
+def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_copy):
+    """A worker stuck loading (here, reading a manifest that is a FIFO nobody writes) does
+    not keep the supervisor from stopping on SIGTERM: it is killed after the grace period."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(repository_copy),
+         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--grace-period", "1",
+         "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logs = Logs(process.stderr)
+    try:
+        time.sleep(1.0)  # the workers are stuck in the FIFO by now
+        process.send_signal(signal.SIGTERM)
+        logs.wait_for("shutdown requested", timeout=10)
+        assert process.wait(1 + 5 + 10) == 0  # grace, the supervisor's margin, slack
+        assert logs.wait_for("workers did not stop in time; killing them")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
+    status = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
+         "--port", "0", "--workers", "2"],
+        capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert errors == [f"fmnist-serve: error: model repository {tmp_path / 'none'} does not "
+                      "exist or is not a directory"]
+
+
+def test_a_port_in_use_fails_the_server_with_one_line(model_repository):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert len(errors) == 1
+    assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize(("cpu_max", "expected"), [
+    ("50000 100000\n", 1),  # docker --cpus 0.5
+    ("max 100000\n", len(os.sched_getaffinity(0))),
+])
+def test_default_workers_follow_the_cores_this_process_may_use(tmp_path, monkeypatch,
+                                                               cpu_max, expected):
+    from serving import settings
+
+    quota = tmp_path / "cpu.max"
+    quota.write_text(cpu_max)
+    monkeypatch.setattr(settings, "CGROUP_CPU_MAX", quota)
+    assert settings.available_cores() == expected
+
+
+def test_a_process_limited_to_fewer_cpus_sizes_itself_from_them(model_repository):
+    """Defaults come from the CPUs the process may use, not the host's: on one CPU of this
+    host, one process and one onnxruntime call per model version at a time, so requests
+    arriving while it is busy are batched (on a big host with a small CPU limit, as many
+    instances as the host has cores would never batch: tests/test_batching_server.py shows
+    the batching)."""
+    one_cpu = str(min(os.sched_getaffinity(0)))
+    process = subprocess.Popen(
+        ["taskset", "--cpu-list", one_cpu, sys.executable, "-m", "serving",
+         "--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", "0",
+         "--poll-interval", "0", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logs = Logs(process.stderr)
+    try:
+        target = logs.wait_for("serving")[0]["address"]
+        assert children(process.pid) == []  # a single process
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=30).config
+        assert [group.count for group in config.instance_group] == [1]
+    finally:
+        process.terminate()
+        process.wait(30)
