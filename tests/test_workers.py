@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from test_metrics import free_port, value
 from test_metrics import scrape as scrape_metrics
 
+from fashion_mnist.v1 import classifier_pb2 as classifier_pb
+from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from tests.server_process import Logs, children
@@ -178,30 +181,47 @@ def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(wor
         pytest.fail("no metrics after the metrics process was replaced")
 
 
+def held_requests(hold: threading.Event):
+    """A stream's requests: one, then none until ``hold`` is set."""
+    yield classifier_pb.ClassifyRequest(images=[IMAGES[0].tobytes()])
+    hold.wait(60)
+
+
 def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     process, logs, started, metrics_port = workers
     target, pids = started["address"], started["pids"]
-    calls_over_connections(target, connections=2, per_connection=3)
-    os.kill(pids[0], signal.SIGKILL)
-    died = logs.wait_for("worker died; starting another")[0]
-    assert (died["pid"], died["status"]) == (pids[0], "killed by SIGKILL")
+    hold = threading.Event()
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+    with grpc.insecure_channel(target, options=options) as channel:  # its worker is killed
+        for _ in range(3):
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(REQUEST, timeout=30)
+        stream = classifier_pb_grpc.ClassifierStub(channel).ClassifyStream(held_requests(hold))
+        next(stream)  # a call in flight when the worker dies
+        victim = next(pid for pid in pids if connections_held(pid, port_of(target)))
+        os.kill(victim, signal.SIGKILL)
+        died = logs.wait_for("worker died; starting another")[0]
+        hold.set()
+    assert (died["pid"], died["status"]) == (victim, "killed by SIGKILL")
     logs.wait_for("serving", count=3)  # the replacement serves
     replacement = logs.wait_for("worker serving")[0]["pid"]
     assert replacement not in pids
     with open_connections(target, 16):  # the kernel gives the replacement some of them
         assert connections_held(replacement, port_of(target)) > 0
     calls_over_connections(target, connections=4, per_connection=2)
-    # the dead worker's counts stay in the sum, and in files its replacement carries on: the
-    # metrics directory keeps one set of files per slot, however many workers died (R12)
-    assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **OK_CALLS) == 30
-    assert statistics_success(target) == 30
+    # the dead worker's counts stay in the sum, and in files its replacement carries on (the
+    # metrics directory keeps one set per slot, however many workers died: R12); its call in
+    # flight is not
+    samples = scrape_metrics(metrics_port)
+    assert value(samples, "fmnist_requests_total", **OK_CALLS) == 3 + 16 + 8
+    assert value(samples, "fmnist_requests_in_flight") == 0
+    assert statistics_success(target) == 3 + 16 + 8 + 1  # and the stream's, by mlp too
     owners = {name.rsplit("_", 1)[1] for name in os.listdir(started["metrics_dir"])}
     assert owners == {"0.db", "1.db"}
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     logs.wait_for("stopped")
     assert not Path(started["metrics_dir"]).exists()
-    for pid in pids[1:]:
+    for pid in set(pids) - {victim}:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
