@@ -177,7 +177,9 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
             return handler
         behavior = handler.stream_unary or handler.stream_stream
 
-        def drain(requests):
+        def drain(requests, context):
+            if not context.is_active():  # cancelled: nothing comes, and a read would raise
+                return
             reader = threading.Thread(target=collections.deque, args=(requests, 0), daemon=True)
             reader.start()
             reader.join(0.05)
@@ -187,7 +189,7 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
                 try:
                     yield from behavior(requests, context)
                 except Exception:
-                    drain(requests)
+                    drain(requests, context)
                     raise
             return handler._replace(stream_stream=answer)
 
@@ -195,7 +197,7 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
             try:
                 return behavior(requests, context)
             except Exception:
-                drain(requests)
+                drain(requests, context)
                 raise
         return handler._replace(stream_unary=answer_one)
 

@@ -56,10 +56,17 @@ class Call:
 
     def check_alive(self) -> None:
         """Raises if the answer would reach nobody: work for this call stops here."""
+        if (gone := self.gone()) is not None:
+            raise gone
+
+    def gone(self) -> ServingError | None:
+        """Why the answer would reach nobody (its deadline passed, or its client cancelled),
+        if it would not."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceeded("deadline exceeded before the images were computed")
+            return DeadlineExceeded("deadline exceeded before the images were computed")
         if not self.is_active():
-            raise Cancelled("call cancelled by the client")
+            return Cancelled("call cancelled by the client")
+        return None
 
 
 class Admission:
@@ -156,11 +163,13 @@ class CallPipeline:
         started, code = time.perf_counter(), "OK"
         try:
             yield answered
+            if not call.is_active():  # over while it ran: cancelled, or past its deadline
+                code = call.gone().grpc_code
         except GeneratorExit:  # a stream's transport stopped reading: the client went away
             code = "CANCELLED"
             raise
-        except Exception as error:
-            failure = self._failure(call, error)
+        except Exception as error:  # a call that is over fails its reads: no crash of ours
+            failure = self._failure(call, error) if call.is_active() else call.gone()
             code = failure.grpc_code
             raise failure from None
         finally:

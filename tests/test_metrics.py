@@ -36,10 +36,10 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 @pytest.fixture
-async def metered(model_repository):
+async def metered(model_repository, grpc_server):
     port = free_port()
-    settings = local_settings(model_repository=model_repository,
-                        metrics_port=port, poll_interval=0)
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              metrics_port=port, poll_interval=0)
     async with running_server(settings) as server:
         yield server, port
 
@@ -81,6 +81,24 @@ async def test_metrics_count_calls_by_api_method_model_and_code(metered):
     assert value(after, "fmnist_requests_in_flight") == 0
     sha = server.registry.get("mlp", 2).manifest.sha256[:12]
     assert value(after, "fmnist_model_info", model="mlp", version="2", sha256=sha) == 1
+
+
+async def test_a_stream_the_client_cancels_is_counted_cancelled(metered):
+    server, port = metered
+    cancelled = {"api": "domain", "method": "ClassifyStream", "model": "", "code": "CANCELLED"}
+    before = value(await asyncio.to_thread(scrape, port), "fmnist_requests_total", **cancelled)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = classifier_pb2_grpc.ClassifierStub(channel).ClassifyStream()
+        await stream.write(classifier_pb.ClassifyRequest(images=[IMAGES[0].tobytes()]))
+        await stream.read()
+        stream.cancel()
+    for _ in range(100):  # the server sees the cancellation after the client
+        samples = await asyncio.to_thread(scrape, port)
+        if value(samples, "fmnist_requests_total", **cancelled) > before:
+            break
+        await asyncio.sleep(0.05)
+    assert value(samples, "fmnist_requests_total", **cancelled) == before + 1
+    assert value(samples, "fmnist_requests_in_flight") == 0
 
 
 async def test_metrics_port_in_use_is_a_listen_error(model_repository):

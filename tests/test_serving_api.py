@@ -246,6 +246,13 @@ async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settin
         for stream in idle:
             await stream.done_writing()
             assert await stream.code() == grpc.StatusCode.OK
+        again = [stub.ClassifyStream(timeout=30) for _ in range(3)]  # their places came back
+        for stream in again:
+            await stream.write(pb.ClassifyRequest(images=[bytes(784)]))
+            assert len((await stream.read()).results) == 1
+        for stream in again:
+            await stream.done_writing()
+            assert await stream.code() == grpc.StatusCode.OK
 
 
 def test_the_health_port_refuses_unreadable_bytes_as_invalid_argument(settings):
