@@ -5,6 +5,7 @@ servers on 127.0.0.1:0, in-process (the server runs on its own threads), per tes
 import asyncio
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -93,6 +94,14 @@ def pki(tmp_path_factory) -> Pki:
 def test_set() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 real Fashion-MNIST test images and labels."""
     return load_test_set()
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server that must be told its port (0 turns a server's
+    HTTP or metrics side off)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def local_settings(**overrides) -> Settings:

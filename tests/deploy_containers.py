@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.conftest import free_port
 from tests.deploy_manifests import (
     ROOT,
     Workload,
@@ -42,12 +42,6 @@ START_TIMEOUT_S = 60
 
 
 # --- what kubelet starts, mapped to this machine --------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def map_path(value: str, paths: Mapping[str, Path]) -> str:

@@ -1,13 +1,12 @@
 """The HTTP transport around a running server, for the tests/test_http_*.py modules."""
 
 import contextlib
-import socket
 from pathlib import Path
 
 import grpc
 
 from serving.settings import Settings
-from tests.conftest import local_settings, running_server
+from tests.conftest import free_port, local_settings, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".work" / "artifacts"  # what a person looks at after the run (screenshots)
@@ -19,11 +18,6 @@ def http_settings(model_repository: Path, **overrides) -> Settings:
                              "poll_interval": 0, "grace_period": 2.0, **overrides})
 
 
-def free_port() -> int:
-    """A port free now (0 turns HTTP off, so the server cannot pick one itself)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from conftest import local_settings, running_server
+from conftest import free_port, local_settings, running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
@@ -16,12 +16,6 @@ from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple, float]:

@@ -2,13 +2,12 @@
 
 import asyncio
 import dataclasses
-import socket
 
 import grpc
 import numpy as np
 import onnxruntime
 import pytest
-from conftest import running_server
+from conftest import free_port, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -256,15 +255,9 @@ async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settin
 
 
 def test_the_health_port_refuses_unreadable_bytes_as_invalid_argument(settings):
-    with running_server(dataclasses.replace(settings, health_port=_free_port())) as server, \
+    with running_server(dataclasses.replace(settings, health_port=free_port())) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         with pytest.raises(grpc.RpcError) as refused:
             check(b"\xff\xff\xff", timeout=5)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

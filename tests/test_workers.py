@@ -16,8 +16,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from test_metrics import free_port, value
+from conftest import free_port
 from test_metrics import scrape as scrape_metrics
+from test_metrics import value
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
