@@ -163,13 +163,13 @@ class CallPipeline:
         started, code = time.perf_counter(), "OK"
         try:
             yield answered
-            if not call.is_active():  # over while it ran: cancelled, or past its deadline
-                code = call.gone().grpc_code
+            if (gone := call.gone()) is not None:  # over while it ran: nobody has the answer
+                code = self._failure(call, gone).grpc_code
         except GeneratorExit:  # a stream's transport stopped reading: the client went away
             code = "CANCELLED"
             raise
-        except Exception as error:  # a call that is over fails its reads: no crash of ours
-            failure = self._failure(call, error) if call.is_active() else call.gone()
+        except Exception as error:  # a call that is over fails its reads: that is the failure
+            failure = self._failure(call, call.gone() or error)
             code = failure.grpc_code
             raise failure from None
         finally:
