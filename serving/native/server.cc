@@ -225,13 +225,17 @@ class Call {
     rpc_->stream.SendInitialMetadata(&tags_[kMetadataSent]);
     return Wait(&sending_metadata_);
   }
-  // Ends the call once (later calls do nothing), with `response` if the status is OK.
-  void Complete(int code, const std::string& details, const Pairs& trailing,
-                const std::optional<std::string>& response) {
+  // Ends the call once (later calls do nothing), with `response` if the status is OK, after
+  // the write or initial metadata in flight; false, doing nothing, if one is and `may_wait` is
+  // not set (the caller holds the GIL: it must release it first).
+  bool Complete(int code, const std::string& details, const Pairs& trailing,
+                const std::optional<std::string>& response, bool may_wait = true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      changed_.wait(lock, [this] { return !writing_.busy && !sending_metadata_.busy; });
-      if (finished_) return;
+      auto idle = [this] { return !writing_.busy && !sending_metadata_.busy; };
+      if (!may_wait && !idle()) return false;
+      changed_.wait(lock, idle);
+      if (finished_) return true;
       if (code != 0) DrainBriefly(lock);
       finished_ = metadata_sent_ = true;
     }
@@ -244,6 +248,7 @@ class Call {
     } else {
       Finish(status);
     }
+    return true;
   }
   // The handler answers from other threads: a cancellation finishes the call. False if it is
   // cancelled already (then it is finished now).
@@ -262,16 +267,14 @@ class Call {
     watched_ = true;
     return true;
   }
-  // first_read: its first message is read and not yet taken (taking it will not wait); idle:
-  // no write or initial metadata in flight (an OK Complete will not wait); active: neither
-  // cancelled nor finished.
+  // first_read: its first message is read and not yet taken (taking it will not wait);
+  // active: neither cancelled nor finished.
   struct State {
-    bool first_read, idle, finished, active;
+    bool first_read, finished, active;
   };
   State Now() {
     return Locked([this] {
-      return State{first_read_ && !reading_.busy, !writing_.busy && !sending_metadata_.busy,
-                   finished_, !cancelled_ && !finished_};
+      return State{first_read_ && !reading_.busy, finished_, !cancelled_ && !finished_};
     });
   }
   // The context may be read until the call is finished.
@@ -330,7 +333,7 @@ class Call {
       if (!reading_.ok) return;
       Started(&reading_);
       lock.unlock();
-      rpc_->stream.Read(&in_, &tags_[kRead]);
+      rpc_->stream.Read(&drained_, &tags_[kRead]);  // not in_: a Read may be copying it
       lock.lock();
     }
   }
@@ -361,7 +364,7 @@ class Call {
   bool metadata_sent_ = false;  // by SendInitialMetadata, a write or Complete
   bool first_read_ = true;  // started by the constructor, not yet taken by Read
   bool read_closed_ = false;  // a read said the client sends no more
-  grpc::ByteBuffer in_, out_;
+  grpc::ByteBuffer in_, out_, drained_;
 };
 
 void Calls::Push(Call* call, bool ended) {
@@ -498,9 +501,7 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
   PyObject* metadata;
   Pairs pairs;
   if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
-  std::optional<Waiting> waiting(std::in_place);
-  bool sent = Of(self)->SendInitialMetadata(pairs);
-  waiting.reset();
+  bool sent = [&] { Waiting waiting; return Of(self)->SendInitialMetadata(pairs); }();
   return PyBool_FromLong(sent);
 }
 
@@ -523,9 +524,10 @@ PyObject* CallFinish(PyObject* self, PyObject* args) {
     response.emplace(data, static_cast<size_t>(size));
   }
   std::string text(details, static_cast<size_t>(details_size));
-  std::optional<Waiting> waiting;
-  if (code != 0 || !Of(self)->Now().idle) waiting.emplace();
-  Of(self)->Complete(code, text, pairs, response);
+  if (code != 0 || !Of(self)->Complete(code, text, pairs, response, false)) {
+    Waiting waiting;  // an error status drains the client's messages first; a write may end
+    Of(self)->Complete(code, text, pairs, response);
+  }
   Py_RETURN_NONE;
 }
 
