@@ -1,10 +1,34 @@
-"""What tests/test_workers.py and tests/test_workers_start_up.py read of a server process:
+"""A server process for the tests that need one (``server_process``), what they read of it:
 its JSON log lines (``Logs``) and its child processes (``children``)."""
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def server_process(model_repository: Path, *flags: str, prefix: tuple[str, ...] = ()):
+    """Yields ``(process, logs)`` of ``python -m serving`` on 127.0.0.1 (a port of its own,
+    JSON log lines) run after ``prefix`` (e.g. taskset); at the end, a process still running is
+    terminated, then killed if it does not stop."""
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--log-format", "json", *flags],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield process, Logs(process.stderr)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 class Logs:

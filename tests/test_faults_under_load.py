@@ -6,20 +6,18 @@ are tests/test_faults.py's.
 """
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.fault_requests import IMAGES, classify_request
+from tests.server_process import children, server_process
 
 # --- SIGTERM under load ----------------------------------------------------------------------
 
@@ -67,23 +65,11 @@ async def _drive_until_refused(target: str, process: subprocess.Popen) -> tuple[
 
 def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository,
                                                                     grpc_server):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
-         "--grpc-server", grpc_server],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        for line in process.stderr:
-            entry = json.loads(line)
-            if entry["message"] == "serving":
-                break
-        events, outcomes = asyncio.run(_drive_until_refused(entry["address"], process))
+    with server_process(model_repository, "--grace-period", "30",
+                        "--grpc-server", grpc_server) as (process, logs):
+        target = logs.wait_for("serving")[0]["address"]
+        events, outcomes = asyncio.run(_drive_until_refused(target, process))
         assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     # Every call either got its answer or was refused as the server went away: none was
     # accepted and then dropped, none failed otherwise.
     assert set(outcomes) == {"OK", "UNAVAILABLE"}, outcomes
@@ -99,13 +85,6 @@ def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_reposi
 
 KILL_CLIENTS = 8
 CALLS_AFTER_KILL = 30
-
-
-def _children(pid: int) -> set[int]:
-    children = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children |= {int(child) for child in (task / "children").read_text().split()}
-    return children
 
 
 async def _load_through_a_kill(target: str, victim: int) -> list[list[str]]:
@@ -146,35 +125,20 @@ async def _load_through_a_kill(target: str, victim: int) -> list[list[str]]:
 
 
 def test_a_killed_worker_is_replaced_and_the_others_keep_answering(model_repository):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--poll-interval", "0",
-         "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        for line in process.stderr:
-            entry = json.loads(line)
-            if entry["message"] == "workers serving":
-                break
-        workers = set(entry["pids"])
+    with server_process(model_repository, "--workers", "2",
+                        "--poll-interval", "0") as (process, logs):
+        started = logs.wait_for("workers serving")[0]
+        workers = set(started["pids"])
         victim = min(workers)
-        outcomes = asyncio.run(_load_through_a_kill(entry["address"], victim))
-        for line in process.stderr:
-            replaced = json.loads(line)
-            if replaced["message"] == "worker died; starting another":
-                break
+        outcomes = asyncio.run(_load_through_a_kill(started["address"], victim))
+        replaced = logs.wait_for("worker died; starting another")[0]
         for _ in range(100):  # the replacement is forked up to a second after the death
-            survivors = _children(process.pid)
+            survivors = set(children(process.pid))
             if len(survivors) == 2:
                 break
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert replaced["pid"] == victim
     assert victim not in survivors
     assert len(survivors) == 2

@@ -1,11 +1,7 @@
 """Graceful shutdown: calls in flight finish, new calls are refused, the process exits 0."""
 
 import asyncio
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 
 import grpc
@@ -15,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.api import ClassifierClient, encode_request
+from tests.server_process import server_process
 
 BATCH = 500
 
@@ -56,21 +53,11 @@ async def test_streams_in_flight_finish_while_new_calls_are_refused(server, stub
 
 
 def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_set, grpc_server):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--grace-period", "30", "--log-format", "json",
-         "--workers", "1",  # one process: this test follows one server's log lines
-         "--grpc-server", grpc_server],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        logs = []
-        for line in process.stderr:
-            logs.append(json.loads(line))
-            if logs[-1]["message"] == "serving":
-                break
-        target = logs[-1]["address"]
-        assert [entry["model"] for entry in logs if entry["message"] == "model loaded"] == [
+    with server_process(model_repository, "--grace-period", "30",
+                        "--workers", "1",  # one process: this test follows one server's log
+                        "--grpc-server", grpc_server) as (process, logs):
+        target = logs.wait_for("serving")[0]["address"]
+        assert [entry["model"] for entry in logs.matching("model loaded")] == [
             "baseline", "mlp", "mlp", "softmax"]
 
         batches = batches_of(test_set[0], 6)
@@ -90,14 +77,10 @@ def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_se
             answers += list(stream)
         assert [a.request_id for a in answers] == [str(i) for i in range(len(batches))]
         assert process.wait(60) == 0
-        logs += [json.loads(line) for line in process.stderr]
-        messages = [entry["message"] for entry in logs]
+        logs.wait_for("stopped")
+        messages = [entry["message"] for entry in logs.lines]
         assert messages[-3:] == ["shutdown requested", "draining", "stopped"]
-        assert logs[-2]["in_flight"] == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert logs.lines[-2]["in_flight"] == 1
 
 
 def test_client_sees_unavailable_once_the_server_is_gone(thread_server_factory):

@@ -7,8 +7,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from tests.server_process import Logs, children
+from tests.server_process import children, server_process
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
 REQUEST = pb.ModelInferRequest(
@@ -38,23 +36,9 @@ LIVE_CALLS = {"api": "v2", "method": "ServerLive", "model": "", "code": "OK"}
 @contextlib.contextmanager
 def running_workers(model_repository, *flags: str):
     metrics_port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
-         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--metrics-port",
-         str(metrics_port), "--poll-interval", "0", "--log-format", "json", *flags],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    logs = Logs(process.stderr)
-    try:
-        started = logs.wait_for("workers serving")[0]
-        yield process, logs, started, metrics_port
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    with server_process(model_repository, "--workers", "2", "--metrics-port", str(metrics_port),
+                        "--poll-interval", "0", *flags) as (process, logs):
+        yield process, logs, logs.wait_for("workers serving")[0], metrics_port
 
 
 @pytest.fixture

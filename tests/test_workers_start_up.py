@@ -18,7 +18,7 @@ import pytest
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.worker_process import READY, StartReport
-from tests.server_process import Logs, children
+from tests.server_process import children, server_process
 
 
 def test_a_start_report_is_never_written_after_it_is_sent():
@@ -46,22 +46,13 @@ def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_co
     manifest = repository_copy / "softmax" / "1" / "model.json"
     manifest.unlink()
     os.mkfifo(manifest)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model-repository", str(repository_copy),
-         "--host", "127.0.0.1", "--port", "0", "--workers", "2", "--grace-period", "1",
-         "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    logs = Logs(process.stderr)
-    try:
+    with server_process(repository_copy, "--workers", "2",
+                        "--grace-period", "1") as (process, logs):
         time.sleep(1.0)  # the workers are stuck in the FIFO by now
         process.send_signal(signal.SIGTERM)
         logs.wait_for("shutdown requested", timeout=10)
         assert process.wait(1 + 5 + 10) == 0  # grace, the supervisor's margin, slack
         assert logs.wait_for("workers did not stop in time; killing them")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
@@ -109,19 +100,11 @@ def test_a_process_limited_to_fewer_cpus_sizes_itself_from_them(model_repository
     instances as the host has cores would never batch: tests/test_batching_server.py shows
     the batching)."""
     one_cpu = str(min(os.sched_getaffinity(0)))
-    process = subprocess.Popen(
-        ["taskset", "--cpu-list", one_cpu, sys.executable, "-m", "serving",
-         "--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", "0",
-         "--poll-interval", "0", "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    logs = Logs(process.stderr)
-    try:
+    with server_process(model_repository, "--poll-interval", "0",
+                        prefix=("taskset", "--cpu-list", one_cpu)) as (process, logs):
         target = logs.wait_for("serving")[0]["address"]
         assert children(process.pid) == []  # a single process
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             config = stub.ModelConfig(pb.ModelConfigRequest(name="mlp"), timeout=30).config
         assert [group.count for group in config.instance_group] == [1]
-    finally:
-        process.terminate()
-        process.wait(30)
