@@ -27,6 +27,8 @@ from serving.pipeline import Call
 
 log = logging.getLogger(__name__)
 
+VersionKey = tuple[str, int]  # (model name, version)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -153,15 +155,21 @@ def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 
     root = Path(root)
     if not root.is_dir():
         raise RepositoryError(f"model repository {root} does not exist or is not a directory")
-    version_dirs = [path for model_dir in _model_dirs(root) for path in _version_dirs(model_dir)]
-    if not version_dirs:
+    try:
+        present, skipped = version_dirs(root)
+    except OSError as error:
+        raise RepositoryError(
+            f"model repository {root}: cannot list it ({error.strerror})") from None
+    for reason in skipped:
+        log.warning("model repository entry skipped", extra={"fields": {"reason": reason}})
+    if not present:
         raise RepositoryError(
             f"model repository {root} holds no model versions "
             f"(expected {root}/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)"
         )
     registry = ModelRegistry()
-    for path in version_dirs:
-        load_into(registry, path, policy, intra_op_threads)
+    for key in sorted(present):
+        load_into(registry, present[key], policy, intra_op_threads)
     if not registry.list():
         raise RepositoryError(
             f"model repository {root}: no model version could be loaded: "
@@ -227,26 +235,29 @@ def load_version(path: Path, policy: BatchingPolicy, intra_op_threads: int = 1) 
     return ModelVersion(manifest, session, policy)
 
 
-def _model_dirs(root: Path) -> list[Path]:
-    return sorted(
-        path for path in _entries(root) if path.is_dir() and not path.name.startswith(".")
-    )
-
-
-def _version_dirs(model_dir: Path) -> list[Path]:
-    """Subdirectories named by a positive integer; a directory with none is not a model."""
-    versions = [p for p in _entries(model_dir) if p.is_dir() and is_version_name(p.name)]
-    for path in versions:
-        if int(path.name) < 1:
-            raise RepositoryError(f"{path}: versions start at 1")
-    return sorted(versions, key=lambda p: int(p.name))
-
-
-def _entries(directory: Path) -> list[Path]:
-    try:
-        return list(directory.iterdir())
-    except OSError as error:
-        raise RepositoryError(f"{directory}: cannot list it ({error.strerror})") from None
+def version_dirs(root: Path) -> tuple[dict[VersionKey, Path], list[str]]:
+    """The ``<root>/<model>/<version>`` directories (hidden entries skipped, versions named by
+    an integer >= 1), and why each other one that looked like a model or a version was skipped:
+    a model folder that cannot be listed (a volume's lost+found), version 0. Start-up and the
+    watcher both read the repository through this, so a restart serves what was served before
+    it. OSError if ``root`` itself cannot be listed."""
+    found, skipped = {}, []
+    for model_dir in Path(root).iterdir():
+        if model_dir.name.startswith(".") or not model_dir.is_dir():
+            continue
+        try:
+            entries = list(model_dir.iterdir())
+        except OSError as error:
+            skipped.append(f"{model_dir}: cannot list it ({error.strerror})")
+            continue
+        for path in entries:
+            if not is_version_name(path.name) or not path.is_dir():
+                continue
+            if int(path.name) < 1:
+                skipped.append(f"{path}: versions start at 1")
+            else:
+                found[(model_dir.name, int(path.name))] = path
+    return found, sorted(skipped)
 
 
 def is_version_name(name: str) -> bool:

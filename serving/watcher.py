@@ -18,26 +18,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from serving.batching import BatchingPolicy
-from serving.repository import ModelRegistry, is_version_name, load_into
+from serving.repository import ModelRegistry, VersionKey, load_into, version_dirs
 
 log = logging.getLogger(__name__)
 
-VersionKey = tuple[str, int]
 
 
-def version_dirs(root: Path) -> dict[VersionKey, Path]:
-    """``<root>/<model>/<int version>`` directories, skipping hidden entries; an unreadable
-    repository reads as empty for this poll."""
-    found = {}
-    with contextlib.suppress(OSError):
-        for model_dir in Path(root).iterdir():
-            if model_dir.name.startswith(".") or not model_dir.is_dir():
-                continue
-            with contextlib.suppress(OSError):
-                for path in model_dir.iterdir():
-                    if is_version_name(path.name) and int(path.name) >= 1 and path.is_dir():
-                        found[(model_dir.name, int(path.name))] = path
-    return found
+def _present(root: Path) -> dict[VersionKey, Path]:
+    """The repository's version directories; an unreadable repository reads as empty for
+    this poll."""
+    try:
+        return version_dirs(root)[0]
+    except OSError:
+        return {}
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -68,7 +61,7 @@ class RepositoryWatcher:
         self._policy = policy
         self._intra_op_threads = intra_op_threads
         self._required = frozenset(required)
-        present = version_dirs(self.root)
+        present = _present(self.root)
         # version -> the fingerprint of its files when it was refused (at start-up or later):
         # it is not tried again until they change
         self._refused = {
@@ -79,7 +72,7 @@ class RepositoryWatcher:
     def poll(self) -> None:
         """One pass: load what appeared, unload what disappeared (blocking: file reads and
         session creation; the registry swaps each change in atomically)."""
-        present = version_dirs(self.root)
+        present = _present(self.root)
         loaded = {(model.name, model.version) for model in self.registry.list()}
         for key in sorted(present.keys() - loaded):
             self._load(key, present[key])

@@ -169,3 +169,15 @@ def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
     assert settings.log_level == "DEBUG"
     assert settings.grace_period == 2.5
     assert settings.max_request_images == 1024
+
+
+def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, policy, caplog):
+    """A version 0 (and a model folder that cannot be listed, such as a volume's lost+found)
+    is skipped with a warning at start-up, as the watcher skips it later: it never stops a
+    server that would serve once started."""
+    shutil.copytree(repository_copy / "mlp" / "1", repository_copy / "mlp" / "0")
+    registry = load_repository(repository_copy, policy)
+    assert registry.versions("mlp") == [1, 2]
+    assert [record.fields["reason"] for record in caplog.records
+            if record.getMessage() == "model repository entry skipped"] == [
+        f"{repository_copy / 'mlp' / '0'}: versions start at 1"]
