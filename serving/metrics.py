@@ -102,7 +102,7 @@ class ModelMetrics:
 
 
 class CallMetrics:
-    """Counts one API method's answered calls by status code, with their latency."""
+    """Counts one API method's calls by status code, with the latency of those it ran."""
 
     def __init__(self, api: str, method: str):
         self._api, self._method = api, method
@@ -116,6 +116,10 @@ class CallMetrics:
         if latency is None:
             latency = self._latency[model] = REQUEST_SECONDS.labels(self._api, self._method, model)
         latency.observe(elapsed)
+        self.count(code, model)
+
+    def count(self, code: str, model: str = "") -> None:
+        """A call ended with ``code`` (alone: one refused before it ran, with no latency)."""
         counter = self._codes.get((model, code))
         if counter is None:
             counter = self._codes[model, code] = REQUESTS.labels(

@@ -155,7 +155,7 @@ class CallPipeline:
         if slots is not None and not slots.acquire(blocking=False):
             if counted:
                 self.admission.leave()
-            raise self._failure(call, ResourceExhausted(
+            raise self._refuse(call, ResourceExhausted(
                 f"server busy: {self._max_streams} streams open, the most it keeps (the "
                 "rest of --call-threads answer unary calls); retry later or on another "
                 "replica"))
@@ -184,27 +184,35 @@ class CallPipeline:
         """Checks the token and admits the call; True if it is counted."""
         if (self._expected and not call.method.startswith(OPEN_PREFIX)
                 and not hmac.compare_digest(call.authorization.encode(), self._expected)):
-            error = Unauthenticated("missing or invalid bearer token (authorization metadata)")
-            self._failure(call, error)
-            raise error
+            raise self._refuse(call, Unauthenticated(
+                "missing or invalid bearer token (authorization metadata)"))
         if call.method.startswith(UNCOUNTED_PREFIXES):
             return False
         try:
             self.admission.enter()
         except ServingError as error:
-            self._failure(call, error)
-            raise
+            raise self._refuse(call, error) from None
         return True
 
     def _leave(self, call: Call, request, started: float, code: str) -> None:
         self.admission.leave()
-        metrics = self._metrics.get(call.method)
+        self._metrics_of(call.method).observe(
+            started, self._model_label(request) if request is not None else "", code)
+
+    def _refuse(self, call: Call, error: ServingError) -> ServingError:
+        """A call turned away before it ran, logged and counted by its code (no latency:
+        refusals would drown the answered calls' in the histogram)."""
+        self._failure(call, error)
+        if not call.method.startswith(UNCOUNTED_PREFIXES):
+            self._metrics_of(call.method).count(error.grpc_code)
+        return error
+
+    def _metrics_of(self, method: str) -> CallMetrics:
+        metrics = self._metrics.get(method)
         if metrics is None:
-            service, _, name = call.method.strip("/").partition("/")
-            metrics = self._metrics[call.method] = CallMetrics(
-                API_LABELS.get(service, service), name)
-        metrics.observe(started, self._model_label(request) if request is not None else "",
-                        code)
+            service, _, name = method.strip("/").partition("/")
+            metrics = self._metrics[method] = CallMetrics(API_LABELS.get(service, service), name)
+        return metrics
 
     def _failure(self, call: Call, error: Exception) -> ServingError:
         """``error`` as the ServingError the client gets, logged once."""

@@ -120,3 +120,45 @@ async def test_metrics_port_in_use_is_a_listen_error(model_repository):
         with pytest.raises(ListenError, match="metrics"):
             async with running_server(settings):
                 pass
+
+
+async def test_calls_refused_before_they_run_are_counted_by_their_code(model_repository,
+                                                                       grpc_server):
+    """A bad token, a call over --max-concurrent-calls and a call while draining are counted
+    by code, with no latency: an operator alerting on overload or on refused tokens sees them."""
+    port = free_port()
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              metrics_port=port, poll_interval=0, auth_token="secret",
+                              max_concurrent_calls=1)
+    token = (("authorization", "Bearer secret"),)
+    async with running_server(settings) as server:
+        before = await asyncio.to_thread(scrape, port)  # the metrics live as long as pytest
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            domain = classifier_pb2_grpc.ClassifierStub(channel)
+            request = classifier_pb.ClassifyRequest(images=[IMAGES[0].tobytes()])
+            stream = domain.ClassifyStream(metadata=token)  # holds the one call allowed
+            await stream.write(request)
+            await stream.read()
+            codes = []
+            for metadata in (token, token, (("authorization", "Bearer wrong"),)):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await domain.Classify(request, metadata=metadata)
+                codes.append(refused.value.code().name)
+            await stream.done_writing()
+            assert (await stream.code()) == grpc.StatusCode.OK
+            server.admission.close()  # draining
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await domain.Classify(request, metadata=token)
+            codes.append(refused.value.code().name)
+        after = await asyncio.to_thread(scrape, port)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert codes == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED",
+                     "UNAVAILABLE"]
+    classify = {"api": "domain", "method": "Classify", "model": ""}
+    assert moved("fmnist_requests_total", code="RESOURCE_EXHAUSTED", **classify) == 2
+    assert moved("fmnist_requests_total", code="UNAUTHENTICATED", **classify) == 1
+    assert moved("fmnist_requests_total", code="UNAVAILABLE", **classify) == 1
+    assert moved("fmnist_request_duration_seconds_count", **classify) == 0
