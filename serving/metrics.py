@@ -52,7 +52,7 @@ IN_FLIGHT = Gauge("fmnist_requests_in_flight", "gRPC calls being answered now",
                   multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("fmnist_batch_size", "images per onnxruntime call",
                        ["model", "version"], buckets=BATCH_BUCKETS)
-MODEL_INFO = Gauge("fmnist_model_info", "loaded model versions (value 1)",
+MODEL_INFO = Gauge("fmnist_model_info", "model versions: 1 loaded, 0 unloaded",
                    ["model", "version", "sha256"], multiprocess_mode="livemax")
 INFERENCES = Counter("fmnist_inference_requests", "predictions asked of a model version",
                      ["model", "version", "outcome"])
@@ -81,7 +81,13 @@ class ModelMetrics:
         self._compute_seconds = COMPUTE_SECONDS.labels(*labels)
         self._last = LAST_INFERENCE.labels(*labels)
         self._batch_size = BATCH_SIZE.labels(*labels)
-        MODEL_INFO.labels(*labels, sha256[:12]).set(1)
+        self._info = MODEL_INFO.labels(*labels, sha256[:12])
+        self._info.set(1)
+
+    def unloaded(self) -> None:
+        """The version left the registry: its info reads 0 (a series cannot be removed from
+        the multiprocess files, and 0 says what happened)."""
+        self._info.set(0)
 
     def executed(self, images: int) -> None:
         """One onnxruntime call of ``images`` images."""

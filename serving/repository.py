@@ -52,8 +52,8 @@ class ModelVersion:
         self._session = session
         self._input_name = manifest.inputs[0].name
         self._output_names = [PROBABILITIES, LABEL]
-        self._batcher = Batcher(self._run, policy,
-                                ModelMetrics(manifest.name, manifest.version, manifest.sha256))
+        self.metrics = ModelMetrics(manifest.name, manifest.version, manifest.sha256)
+        self._batcher = Batcher(self._run, policy, self.metrics)
 
     @property
     def name(self) -> str:
@@ -105,8 +105,10 @@ class ModelRegistry:
     def remove(self, name: str, version: int) -> None:
         """Removes a version; calls that already hold it finish with it."""
         models = {n: dict(versions) for n, versions in self._models.items()}
-        models.get(name, {}).pop(version, None)
+        removed = models.get(name, {}).pop(version, None)
         self._models = {n: versions for n, versions in models.items() if versions}
+        if removed is not None:
+            removed.metrics.unloaded()
 
     @property
     def names(self) -> list[str]:

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
 from serving import cli
@@ -181,3 +182,16 @@ def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, pol
     assert [record.fields["reason"] for record in caplog.records
             if record.getMessage() == "model repository entry skipped"] == [
         f"{repository_copy / 'mlp' / '0'}: versions start at 1"]
+
+
+def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):
+    registry = load_repository(repository_copy, policy)
+    shas = {version: registry.get("mlp", version).manifest.sha256[:12] for version in (1, 2)}
+
+    def info(version: int) -> float | None:
+        return REGISTRY.get_sample_value("fmnist_model_info", {
+            "model": "mlp", "version": str(version), "sha256": shas[version]})
+
+    assert (info(1), info(2)) == (1, 1)
+    registry.remove("mlp", 2)
+    assert (info(1), info(2)) == (1, 0)
