@@ -146,6 +146,23 @@ def domain_answer(channel, images: np.ndarray, model: str = "") -> domain_pb.Cla
         images=[image.tobytes() for image in images], model=model))
 
 
+def test_classify_json_takes_the_model_and_version_from_the_query_too(served, images):
+    _, url, _ = served
+    body = {"images": [images[0].ravel().tolist()]}
+
+    def post(query: str, **fields):
+        return requests.post(f"{url}/v1/classify?{query}", timeout=10, json={**body, **fields})
+
+    assert post("model=softmax").json()["model"] == {"name": "softmax", "version": 1}
+    assert post("model=mlp&version=1").json()["model"] == {"name": "mlp", "version": 1}
+    assert post("model=softmax", model="softmax").status_code == 200
+    assert post("model=nosuch").status_code == 404
+    assert post("model=mlp&version=7").status_code == 404
+    conflict = post("model=softmax", model="mlp")
+    assert conflict.status_code == 400
+    assert conflict.json()["error"] == "model: the query asks for 'softmax', the body for 'mlp'"
+
+
 def test_classify_json_and_image_file_equal_grpc(served, images, tmp_path):
     _, url, channel = served
     answer = requests.post(f"{url}/v1/classify?top=3", timeout=10, json={

@@ -44,13 +44,14 @@ class Options:
 def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
     """JSON (the body starts with "{") or an image file -> the ClassifyRequest."""
     if body.lstrip()[:1] == b"{":
-        return _json_request(body)
+        return _json_request(body, options)
     pixels = _image_pixels(body, options.invert)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
                               version=options.version)
 
 
-def _json_request(body: bytes) -> pb.ClassifyRequest:
+def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
+    """The body's model and version, else the query's: both may name them, not differently."""
     document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument("request body: expected a JSON object")
@@ -58,11 +59,16 @@ def _json_request(body: bytes) -> pb.ClassifyRequest:
     if not isinstance(images, list):
         raise InvalidArgument('images: expected a JSON array of images, each 784 integers '
                               '0..255 (or 28 rows of 28)')
-    model, version = document.get("model", ""), document.get("version", 0)
+    model = document.get("model", options.model)
+    version = document.get("version", options.version)
     if not isinstance(model, str):
         raise InvalidArgument(f"model: expected a string, got {model!r}")
     if type(version) is not int:
         raise InvalidArgument(f"version: expected an integer, got {version!r}")
+    for name, asked, given in (("model", options.model, model),
+                               ("version", options.version, version)):
+        if asked and asked != given:
+            raise InvalidArgument(f"{name}: the query asks for {asked!r}, the body for {given!r}")
     return pb.ClassifyRequest(images=[_image_bytes(image, index)
                                       for index, image in enumerate(images)],
                               model=model, version=version)
