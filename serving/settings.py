@@ -42,6 +42,7 @@ def available_cores() -> int:
 
 
 CORES = available_cores()
+DAY_S = 24 * 3600
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None):
@@ -142,9 +143,14 @@ class Settings:
         for name in ("port", "http_port", "metrics_port", "health_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
-        for name in ("grace_period", "poll_interval", "batch_delay_us", "max_concurrent_calls"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{_flag(name)}: expected >= 0, got {getattr(self, name)}")
+        if self.max_concurrent_calls < 0:
+            raise ValueError(f"--max-concurrent-calls: expected >= 0, got "
+                             f"{self.max_concurrent_calls}")
+        # waits: a day (a second for a batch) at most, past which a clock's timeout overflows
+        for name, most in (("grace_period", DAY_S), ("poll_interval", DAY_S),
+                           ("batch_delay_us", 1_000_000)):
+            if not 0 <= getattr(self, name) <= most:  # nan too
+                raise ValueError(f"{_flag(name)}: expected 0..{most}, got {getattr(self, name)}")
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
                              f"got {self.grpc_server!r}")

@@ -150,6 +150,11 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
         ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"}, "--max-request-images: expected >= 1, got 0"),
         (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
         (["--max-request-images", "100000"], {}, "--max-message-bytes: expected at least"),
+        # a wait that long overflows the clock: SIGTERM then crashed the shutdown, which hung
+        (["--grace-period", "inf"], {}, "--grace-period: expected 0..86400, got inf"),
+        ([], {"FMNIST_POLL_INTERVAL": "nan"}, "--poll-interval: expected 0..86400, got nan"),
+        (["--batch-delay-us", "10000000000000"], {},
+         "--batch-delay-us: expected 0..1000000, got 10000000000000"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
