@@ -65,6 +65,16 @@ def test_handlers_see_metadata_peer_deadline_and_set_status_and_trailers(echo_se
         assert ("trailing", "yes") in failed.value.trailing_metadata()
 
 
+def test_a_unary_call_without_its_request_is_answered_as_grpcio_answers_it(echo_server):
+    _, _, channel = echo_server
+    with pytest.raises(grpc.RpcError) as refused:
+        channel.stream_unary(f"/{SERVICE}/Unary")(iter(()), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # grpcio names the method as bytes ("b'/test.Echo/Unary'"); the native server as text
+    assert f"/{SERVICE}/Unary" in refused.value.details()
+    assert refused.value.details().endswith(" requires exactly one request message.")
+
+
 def test_initial_metadata_twice_is_an_error_not_a_crash(echo_server):
     _, _, channel = echo_server
     unary = channel.unary_unary(f"/{SERVICE}/Unary")

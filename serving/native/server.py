@@ -133,7 +133,7 @@ class NativeServer:
             handler = self._resolve(_HandlerCallDetails(method, metadata))
             if handler is None:
                 raise _RefusedError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-            return _run(call, context, handler)
+            return _run(call, context, handler, method)
         except _RefusedError as refusal:  # its request could not be read, or no such method
             if context.code() is None:
                 context.set_code(refusal.code)
@@ -144,10 +144,10 @@ class NativeServer:
         return False
 
 
-def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler) -> bool:
+def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: str) -> bool:
     """Runs the handler, as grpcio does for its kind; True if the call is parked."""
     request = (_requests(call, handler.request_deserializer) if handler.request_streaming
-               else _request(call, handler.request_deserializer))
+               else _request(call, handler.request_deserializer, method))
     serialize = handler.response_serializer or _as_is
     behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
                 or handler.stream_stream)
@@ -190,10 +190,11 @@ def _read(call) -> bytes | None:
         raise _RefusedError(grpc.StatusCode.INTERNAL, str(error)) from None
 
 
-def _request(call, deserializer):
+def _request(call, deserializer, method: str):
     data = _read(call)
-    if data is None:
-        raise _RefusedError(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request")
+    if data is None:  # as grpcio answers it
+        raise _RefusedError(grpc.StatusCode.UNIMPLEMENTED,
+                            f'"{method}" requires exactly one request message.')
     return _parse(data, deserializer)
 
 
