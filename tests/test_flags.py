@@ -100,3 +100,19 @@ def test_help_never_shows_a_secret_set_by_its_env_var(capsys):
     help_text = capsys.readouterr().out
     assert "bearer token [env FMNIST_TOKEN]" in " ".join(help_text.split())
     assert "s3cret" not in help_text
+
+
+@pytest.mark.parametrize(("environ", "argv", "softmax", "mlp"), [
+    ({"FMNIST_EPOCHS": "3"}, ["--mlp-epochs", "10"], 3, 10),  # a model's flag beats it
+    ({"FMNIST_EPOCHS": "3", "FMNIST_MLP_EPOCHS": "10"}, [], 3, 10),  # so does its env var
+    ({"FMNIST_MLP_EPOCHS": "10"}, ["--epochs", "4"], 4, 4),  # a shared flag beats both
+])
+def test_fmnist_train_shared_env_vars_are_both_models_defaults(monkeypatch, environ, argv,
+                                                               softmax, mlp):
+    from training.options import build_parser, keras_settings
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["--out", "repository", *argv])
+    assert (keras_settings(args, "softmax").epochs, keras_settings(args, "mlp").epochs) == (
+        softmax, mlp)

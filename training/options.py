@@ -108,27 +108,20 @@ KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get
 MLP_ONLY = {"hidden", "dropout", "batch_norm"}
 
 
-def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> None:
+def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> argparse.Action:
     kind, metavar, help_text = KERAS_OPTIONS[field_name]
     if default is not argparse.SUPPRESS:
         help_text += f" (default: {format_default(default)})"
     if kind is bool:
-        add_option(
+        return add_option(
             group, flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
             help=help_text,
         )
-    else:
-        choices = ("none", "cosine") if field_name == "lr_schedule" else None
-        add_option(
-            group,
-            flag,
-            dest=dest,
-            type=kind,
-            default=default,
-            metavar=metavar,
-            choices=choices,
-            help=help_text,
-        )
+    choices = ("none", "cosine") if field_name == "lr_schedule" else None
+    return add_option(
+        group, flag, dest=dest, type=kind, default=default, metavar=metavar, choices=choices,
+        help=help_text,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,9 +208,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     both = parser.add_argument_group(
         "both Keras models (override the per-model settings below when given)"
     )
+    shared_env = {}  # a shared option's env var: both models' default, under their own flags
     for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
         flag = "--" + field_name.replace("_", "-")
-        add_keras_option(both, field_name, flag, field_name, argparse.SUPPRESS)
+        action = add_keras_option(both, field_name, flag, field_name, argparse.SUPPRESS)
+        if action.default is not argparse.SUPPRESS:
+            shared_env[field_name], action.default = action.default, argparse.SUPPRESS
     for name, settings, title in (("softmax", softmax, "softmax model"), ("mlp", mlp, "MLP")):
         group = parser.add_argument_group(f"{title} (--models {name})")
         for field_name in KERAS_OPTIONS:
@@ -225,7 +221,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                 continue
             flag = f"--{name}-{field_name.replace('_', '-')}"
             dest = f"{name}_{field_name}"
-            add_keras_option(group, field_name, flag, dest, getattr(settings, field_name))
+            add_keras_option(group, field_name, flag, dest,
+                             shared_env.get(field_name, getattr(settings, field_name)))
 
     group = parser.add_argument_group(
         "baseline (--models baseline): SGDClassifier(loss='log_loss')"
