@@ -141,3 +141,17 @@ def test_tiny_subsets_still_split(dataset):
     x_train, x_val, _, _ = data.split_train_validation(dataset.x_train[:30], dataset.y_train[:30])
     assert len(x_train) + len(x_val) == 30
     assert len(x_val) == 6
+
+
+def test_a_subset_missing_a_class_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """The baseline fitted on 9 classes had a [N,9] output that model.json called [N,10]: a
+    version no server could load, from a run that said it succeeded."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--out", str(tmp_path / "repo"), "--models",
+         "baseline", "--train-subset", "30", "--report-dir", str(tmp_path / "report")],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: --train-subset 30: its training part holds 9 of the 10 classes "
+        "(missing: Bag); every class must be learned: take a larger subset"]
+    assert list((tmp_path / "repo").iterdir()) == []

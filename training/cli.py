@@ -107,6 +107,8 @@ def train(args: argparse.Namespace) -> int:
     x_train, x_val, y_train, y_val = data.split_train_validation(
         dataset.x_train[subset], dataset.y_train[subset], args.validation_split, args.split_seed
     )
+    data.check_every_class(y_train, f"--train-subset {args.train_subset}: its training part"
+                           if args.train_subset else "the training set")
     split = Split(
         preprocess(x_train), y_train, preprocess(x_val), y_val, preprocess(dataset.x_test)
     )

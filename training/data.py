@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.contract import IMAGE_SHAPE
+from common.contract import CLASS_NAMES, IMAGE_SHAPE
 from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -169,6 +169,17 @@ def load(data_dir: Path | None = None) -> Dataset:
         read_verified(directory / spec.filename, spec) for spec in FILES
     )
     return Dataset(x_train, y_train, x_test, y_test, directory)
+
+
+def check_every_class(labels: np.ndarray, what: str) -> None:
+    """DatasetError unless ``labels`` hold every class: a model fitted without one would not
+    answer it (the baseline's graph would even have fewer outputs than model.json says)."""
+    missing = sorted(set(range(len(CLASS_NAMES))) - set(np.unique(labels).tolist()))
+    if missing:
+        raise DatasetError(
+            f"{what} holds {len(CLASS_NAMES) - len(missing)} of the {len(CLASS_NAMES)} classes "
+            f"(missing: {', '.join(CLASS_NAMES[label] for label in missing)}); every class "
+            "must be learned: take a larger subset")
 
 
 def split_train_validation(
