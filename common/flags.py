@@ -55,3 +55,23 @@ def _convert(action: argparse.Action, variable: str, raw: str):
         choices = ", ".join(map(repr, action.choices))
         raise ValueError(f"{variable}: invalid choice: {raw!r} (choose from {choices})")
     return value
+
+
+def positive_int(value: str) -> int:
+    """An argparse ``type``: an integer >= 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def positive_seconds(value: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0 (inf, nan or 0 would make every
+    wait end at once or never)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
+    return number

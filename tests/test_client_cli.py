@@ -175,10 +175,24 @@ def test_env_vars_say_where_the_server_is(target, capsys, monkeypatch):
     assert cli.main(["health", "--target", "127.0.0.1:9", "--timeout", "1"]) == 1  # flags win
 
 
-def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch):
-    monkeypatch.setenv("FMNIST_TIMEOUT", "soon")
+@pytest.mark.parametrize("timeout", ["soon", "inf", "0", "-1", "nan"])
+def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch, timeout):
+    monkeypatch.setenv("FMNIST_TIMEOUT", timeout)
     assert cli.main(["health"]) == 2
-    assert capsys.readouterr().err == "fmnist: error: FMNIST_TIMEOUT: invalid float value: 'soon'\n"
+    assert capsys.readouterr().err == (
+        f"fmnist: error: FMNIST_TIMEOUT: expected seconds > 0, got {timeout}\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["health", "--timeout", "inf"], "argument --timeout: expected seconds > 0, got inf"),
+    (["score", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (["classify", "--top", "-2"], "argument --top: expected a positive integer, got -2"),
+])
+def test_bad_numbers_are_refused_before_any_call(capsys, argv, message):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(argv)
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
 
 
 def test_help_never_shows_the_token(capsys, monkeypatch):

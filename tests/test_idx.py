@@ -40,3 +40,14 @@ def test_a_file_that_is_not_uint8_idx_is_one_error_naming_it(tmp_path, content, 
     with pytest.raises(ValueError) as caught:
         read_idx(path)
     assert str(caught.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_the_clients_reader_names_a_damaged_gzip_file(tmp_path, damage):
+    from common.dataset import read_array
+
+    whole = gzip.compress(idx_bytes((2, 3), bytes(range(6))))
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"junk")
+    with pytest.raises(ValueError, match=f"^{path}: cannot be read "):
+        read_array(path)

@@ -103,6 +103,8 @@ def train(args: argparse.Namespace) -> int:
 
     dataset = data.load(args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of fitting
+    if args.report_dir:  # nor after the versions are published
+        args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
     x_train, x_val, y_train, y_val = data.split_train_validation(
         dataset.x_train[subset], dataset.y_train[subset], args.validation_split, args.split_seed

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import add_option
+from common.flags import add_option, positive_int
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -27,9 +27,10 @@ examples:
   fmnist-train --out model_repository                     defaults (all three models)
   fmnist-train --out /tmp/repo --train-subset 2000 --epochs 2   a quick smoke run
   fmnist-train --out /tmp/repo --models mlp --mlp-hidden 512 --mlp-dropout 0.2
-  original seed settings (5 epochs, default RMSprop, max_iter=5, no early stopping):
-  fmnist-train --out /tmp/repo --epochs 5 --optimizer rmsprop --learning-rate 0.001 \\
-      --lr-schedule none --patience 0 --baseline-max-iter 5
+  original seed settings (5 epochs, default RMSprop, batch 32, max_iter=5, no early stopping):
+  fmnist-train --out /tmp/repo --epochs 5 --optimizer rmsprop --learning-rate default \\
+      --lr-schedule none --patience 0 --batch-size 32 --baseline-max-iter 5 \\
+      --baseline-alpha 0.0001
 
 The data is read from --data-dir, /usr/share/datasets/fashion-mnist (apt-get install
 dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist.
@@ -68,13 +69,6 @@ def layer_widths(value: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected positive widths like 512,256, got {value!r}")
     return widths
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
 
 
 def fraction(value: str) -> float:

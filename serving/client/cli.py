@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.flags import add_option
+from common.flags import add_option, positive_int, positive_seconds
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                    "round_robin sends each to the next (e.g. --target "
                    "dns:///NAME.NAMESPACE.svc.cluster.local:50051, a Kubernetes headless "
                    "Service)")
-        add_option(sub, "--timeout", type=float, default=DEFAULT_TIMEOUT,
+        add_option(sub, "--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                    help="seconds to wait for each answer")
         security = sub.add_argument_group("security (flags win over env vars)")
         security.add_argument("--tls", action="store_true",
@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="invert image files first: for dark objects on a light background "
                           "(Fashion-MNIST has light objects on black)")
     _model_flags(classify)
-    classify.add_argument("--top", type=int, default=3, help="how many classes to show")
+    classify.add_argument("--top", type=positive_int, default=3,
+                          help="how many classes to show")
 
     score = command("score", _score,
                     "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
@@ -108,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_flags(score)
     score.add_argument("--offset", type=int, default=0, help="first test image")
     score.add_argument("--limit", type=int, default=None, help="how many images (default: all)")
-    score.add_argument("--batch-size", type=int, default=1000, help="images per request")
+    score.add_argument("--batch-size", type=positive_int, default=1000,
+                       help="images per request")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
     score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
