@@ -9,12 +9,14 @@ over the processes (``collect``).
 
 Metric names (all prefixed ``fmnist_``):
 
-- ``requests_total{api,method,model,code}``: answered gRPC calls, by status code name;
-- ``request_duration_seconds{api,method,model}``: their latency (histogram);
+- ``requests_total{api,method,model,code}``: calls, by status code name, those refused before
+  they ran too (model "");
+- ``request_duration_seconds{api,method,model}``: the latency of those that ran (histogram);
 - ``requests_in_flight``: calls being answered now (summed over live processes);
 - ``batch_size{model,version}``: images per onnxruntime call (histogram; with dynamic
   batching one call answers several requests);
-- ``model_info{model,version,sha256}``: 1 for each loaded model version (sha256: 12 hex);
+- ``model_info{model,version,sha256}``: 1 for each loaded model version, 0 once unloaded
+  (sha256: 12 hex);
 - ``inference_requests_total{model,version,outcome}`` and
   ``inference_request_seconds_total{...}``: predictions asked of a model version (one per
   request and model), ``outcome`` success or fail, and the time they took;

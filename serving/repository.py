@@ -186,7 +186,12 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
     records it in ``registry.refused``. Returns whether it loaded."""
     key = (path.parent.name, int(path.name))
     try:
-        registry.add(load_version(path, policy, intra_op_threads))
+        model = load_version(path, policy, intra_op_threads)
+        try:
+            registry.add(model)
+        except RepositoryError:
+            model.metrics.unloaded()  # never loaded: its info must not read 1
+            raise
     except RepositoryError as error:
         registry.refused[key] = str(error)
         log.error(
@@ -245,16 +250,17 @@ def version_dirs(root: Path) -> tuple[dict[VersionKey, Path], list[str]]:
     it. OSError if ``root`` itself cannot be listed."""
     found, skipped = {}, []
     for model_dir in Path(root).iterdir():
-        if model_dir.name.startswith(".") or not model_dir.is_dir():
+        if model_dir.name.startswith("."):
             continue
-        try:
-            entries = list(model_dir.iterdir())
-        except OSError as error:
-            skipped.append(f"{model_dir}: cannot list it ({error.strerror})")
-            continue
-        for path in entries:
-            if not is_version_name(path.name) or not path.is_dir():
+        try:  # an error in one folder costs that folder only
+            if not model_dir.is_dir():
                 continue
+            versions = [path for path in model_dir.iterdir()
+                        if is_version_name(path.name) and path.is_dir()]
+        except OSError as error:
+            skipped.append(f"{model_dir}: cannot read it ({error.strerror})")
+            continue
+        for path in versions:
             if int(path.name) < 1:
                 skipped.append(f"{path}: versions start at 1")
             else:

@@ -146,7 +146,8 @@ class Settings:
         if self.max_concurrent_calls < 0:
             raise ValueError(f"--max-concurrent-calls: expected >= 0, got "
                              f"{self.max_concurrent_calls}")
-        # waits: a day (a second for a batch) at most, past which a clock's timeout overflows
+        # waits: a day (a second for a batch) at most; inf, nan or a wait past the clock's range
+        # crashed the shutdown
         for name, most in (("grace_period", DAY_S), ("poll_interval", DAY_S),
                            ("batch_delay_us", 1_000_000)):
             if not 0 <= getattr(self, name) <= most:  # nan too

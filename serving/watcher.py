@@ -23,7 +23,6 @@ from serving.repository import ModelRegistry, VersionKey, load_into, version_dir
 log = logging.getLogger(__name__)
 
 
-
 def _present(root: Path) -> dict[VersionKey, Path]:
     """The repository's version directories; an unreadable repository reads as empty for
     this poll."""

@@ -41,8 +41,12 @@ class Logs:
 
     def _read(self, stream):
         for line in stream:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a traceback, gRPC C++'s own log: kept, shown if a wait fails
+                entry = {"message": None, "text": line.rstrip("\n")}
             with self._changed:
-                self.lines.append(json.loads(line))
+                self.lines.append(entry)
                 self._changed.notify_all()
 
     def wait_for(self, message: str, count: int = 1, timeout: float = 60) -> list[dict]:

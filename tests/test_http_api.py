@@ -156,6 +156,8 @@ def test_classify_json_takes_the_model_and_version_from_the_query_too(served, im
     assert post("model=softmax").json()["model"] == {"name": "softmax", "version": 1}
     assert post("model=mlp&version=1").json()["model"] == {"name": "mlp", "version": 1}
     assert post("model=softmax", model="softmax").status_code == 200
+    assert post("model=softmax", model="").json()["model"]["name"] == "softmax"  # "": default
+    assert post("model=mlp&version=1", version=0).json()["model"] == {"name": "mlp", "version": 1}
     assert post("model=nosuch").status_code == 404
     assert post("model=mlp&version=7").status_code == 404
     conflict = post("model=softmax", model="mlp")

@@ -162,3 +162,27 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
     assert moved("fmnist_requests_total", code="UNAUTHENTICATED", **classify) == 1
     assert moved("fmnist_requests_total", code="UNAVAILABLE", **classify) == 1
     assert moved("fmnist_request_duration_seconds_count", **classify) == 0
+
+
+async def test_a_stream_refused_for_want_of_a_slot_is_counted(model_repository, grpc_server):
+    port = free_port()
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              metrics_port=port, poll_interval=0, call_threads=2)  # 1 stream
+    async with running_server(settings) as server:
+        before = await asyncio.to_thread(scrape, port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            domain = classifier_pb2_grpc.ClassifierStub(channel)
+            request = classifier_pb.ClassifyRequest(images=[IMAGES[0].tobytes()])
+            held = domain.ClassifyStream()
+            await held.write(request)
+            await held.read()
+            refused = domain.ClassifyStream()
+            await refused.write(request)
+            await refused.done_writing()
+            assert (await refused.code()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await held.done_writing()
+            assert (await held.code()) == grpc.StatusCode.OK
+        after = await asyncio.to_thread(scrape, port)
+    labels = {"api": "domain", "method": "ClassifyStream", "model": ""}
+    assert value(after, "fmnist_requests_total", code="RESOURCE_EXHAUSTED", **labels) - value(
+        before, "fmnist_requests_total", code="RESOURCE_EXHAUSTED", **labels) == 1

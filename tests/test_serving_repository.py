@@ -178,9 +178,9 @@ def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
 
 
 def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, policy, caplog):
-    """A version 0 (and a model folder that cannot be listed, such as a volume's lost+found)
-    is skipped with a warning at start-up, as the watcher skips it later: it never stops a
-    server that would serve once started."""
+    """A version 0 is skipped with a warning at start-up, as the watcher skips it later: it
+    never stops a server that would serve once started. (A model folder that cannot be read,
+    such as a volume's lost+found, goes the same way; as root, none fails here.)"""
     shutil.copytree(repository_copy / "mlp" / "1", repository_copy / "mlp" / "0")
     registry = load_repository(repository_copy, policy)
     assert registry.versions("mlp") == [1, 2]
@@ -200,3 +200,16 @@ def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):
     assert (info(1), info(2)) == (1, 1)
     registry.remove("mlp", 2)
     assert (info(1), info(2)) == (1, 0)
+
+
+def test_model_info_never_reads_1_for_a_version_the_registry_refused(repository_copy, policy):
+    manifest = repository_copy / "mlp" / "2" / "model.json"
+    document = json.loads(manifest.read_text())
+    document["classes"] = list(reversed(document["classes"]))  # differs from the loaded models'
+    manifest.write_text(json.dumps(document))
+    registry = load_repository(repository_copy, policy)
+    assert "classes differ" in registry.refused[("mlp", 2)]
+    sha = document["sha256"][:12]
+    assert REGISTRY.get_sample_value(
+        "fmnist_model_info", {"model": "mlp", "version": "2", "sha256": sha}) == 0
+

@@ -51,7 +51,8 @@ def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
 
 
 def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
-    """The body's model and version, else the query's: both may name them, not differently."""
+    """The body's model and version, else the query's: both may name them, not differently
+    ("" and 0, the defaults, name nothing)."""
     document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument("request body: expected a JSON object")
@@ -59,16 +60,16 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     if not isinstance(images, list):
         raise InvalidArgument('images: expected a JSON array of images, each 784 integers '
                               '0..255 (or 28 rows of 28)')
-    model = document.get("model", options.model)
-    version = document.get("version", options.version)
+    model, version = document.get("model", ""), document.get("version", 0)
     if not isinstance(model, str):
         raise InvalidArgument(f"model: expected a string, got {model!r}")
     if type(version) is not int:
         raise InvalidArgument(f"version: expected an integer, got {version!r}")
     for name, asked, given in (("model", options.model, model),
                                ("version", options.version, version)):
-        if asked and asked != given:
+        if asked and given and asked != given:
             raise InvalidArgument(f"{name}: the query asks for {asked!r}, the body for {given!r}")
+    model, version = model or options.model, version or options.version
     return pb.ClassifyRequest(images=[_image_bytes(image, index)
                                       for index, image in enumerate(images)],
                               model=model, version=version)
