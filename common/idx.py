@@ -5,6 +5,7 @@ wrong. Callers make the array: ``np.frombuffer(idx.content, np.uint8, idx.offset
 import gzip
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +32,15 @@ class Idx:
 def read_idx(path: Path) -> Idx:
     """An IDX file of uint8 values, gunzipped if its name ends in ``.gz``.
 
-    ValueError naming the file if it is not one or holds more or fewer values than its header
-    says; a damaged ``.gz`` raises what ``gzip`` raises (OSError, EOFError, zlib.error).
+    ValueError naming the file if it is not one, holds more or fewer values than its header
+    says, or is a damaged ``.gz``; OSError if it cannot be read.
     """
     content = path.read_bytes()
     if path.suffix == ".gz":
-        content = gzip.decompress(content)
+        try:
+            content = gzip.decompress(content)
+        except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+            raise ValueError(f"{path}: not a complete gzip file ({error})") from None
     ndim = content[3] if len(content) >= 4 else 0
     if content[:3] != bytes([0, 0, UNSIGNED_BYTE]) or len(content) < 4 + 4 * ndim:
         raise ValueError(f"{path}: not an IDX file of uint8")

@@ -92,6 +92,7 @@ class ModelRegistry:
         """Adds (or replaces) a version; the newest version of a model is its default."""
         classes = next((m.manifest.class_names for m in self.list()), None)
         if classes is not None and model.manifest.class_names != classes:
+            model.metrics.unloaded()  # never loaded: its info must not read 1
             raise RepositoryError(
                 f"{model.name}/{model.version}: classes differ from the loaded models' "
                 "(model and baseline answers are compared label for label)"
@@ -186,12 +187,7 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
     records it in ``registry.refused``. Returns whether it loaded."""
     key = (path.parent.name, int(path.name))
     try:
-        model = load_version(path, policy, intra_op_threads)
-        try:
-            registry.add(model)
-        except RepositoryError:
-            model.metrics.unloaded()  # never loaded: its info must not read 1
-            raise
+        registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
         registry.refused[key] = str(error)
         log.error(

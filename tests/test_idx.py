@@ -42,12 +42,11 @@ def test_a_file_that_is_not_uint8_idx_is_one_error_naming_it(tmp_path, content, 
     assert str(caught.value) == f"{path}: {message}"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
-def test_the_clients_reader_names_a_damaged_gzip_file(tmp_path, damage):
-    from common.dataset import read_array
-
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "corrupt"])
+def test_a_damaged_gzip_file_is_one_error_naming_it(tmp_path, damage):
     whole = gzip.compress(idx_bytes((2, 3), bytes(range(6))))
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"junk")
-    with pytest.raises(ValueError, match=f"^{path}: cannot be read "):
-        read_array(path)
+    path.write_bytes({"truncated": whole[: len(whole) // 2], "not gzip": b"junk",
+                      "corrupt": whole[:10] + b"\xff" * (len(whole) - 10)}[damage])
+    with pytest.raises(ValueError, match=f"^{path}: not a complete gzip file "):
+        read_idx(path)
