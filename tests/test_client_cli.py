@@ -80,6 +80,19 @@ def test_png_files_of_any_size_and_mode_become_28x28_gray(tmp_path, test_set):
     assert np.abs(restored.astype(int) - image).mean() < 8
 
 
+def test_photos_are_read_upright_and_16_bit_images_whole(tmp_path, test_set):
+    """A phone photo is stored sideways with an EXIF orientation that viewers apply, and a
+    16-bit PNG's values reach 65535: both must come out as a person sees them."""
+    image = test_set[0][0]
+    sideways = Image.fromarray(np.rot90(image, 1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    sideways.save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(load_png(tmp_path / "phone.png"), image)
+    Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "deep.png"), image)
+
+
 def test_classify_png_and_npy_files(target, tmp_path, capsys, test_set):
     Image.fromarray(test_set[0][5]).resize((56, 56)).save(tmp_path / "shirt.png")
     np.save(tmp_path / "three.npy", test_set[0][:3])

@@ -60,6 +60,21 @@ def _json(document) -> bytes:
     ("POST", CLASSIFY, gzip.compress(b"0" * (MAX_BYTES * 16)), {"Content-Encoding": "gzip"}, 413,
      "once decompressed"),
     ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 400, "Content-Encoding: 'br'"),
+    ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]})) + b"junk",
+     {"Content-Encoding": "gzip"}, 400, "request body: not valid gzip data"),
+    ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]}))[:-9],
+     {"Content-Encoding": "gzip"}, 400, "request body: the gzip data ends early"),
+    # a path's or query's integer: "--5" crashed int() (500), a huge one the protobuf (400)
+    ("GET", "/v1/test-images/--5", b"", {}, 400,
+     "test image index: expected an integer, got '--5'"),
+    ("POST", CLASSIFY + "?version=99999999999999999999", _json({"images": [[0] * 784]}), {},
+     400, "version: 99999999999999999999 is out of range"),
+    ("POST", CLASSIFY, _json({"images": [[True] * 784]}), {}, 400,
+     "images[0]: expected 784 integers 0..255"),
+    ("POST", CLASSIFY, b"[1]", {}, 400, "request body: expected a JSON object"),
+    ("POST", CLASSIFY, b"plain text", {}, 400, "(not an image file it knows)"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]})
+     + bytes(784), {}, 400, "needs the Inference-Header-Content-Length header"),
 ])
 def test_every_error_row_has_its_status_and_names_the_field(url, case):
     verb, path, body, headers, status, message = case
@@ -67,6 +82,17 @@ def test_every_error_row_has_its_status_and_names_the_field(url, case):
     assert answer.status_code == status, answer.text
     assert answer.headers["Content-Type"] == "application/json"
     assert message in answer.json()["error"]
+    assert " object at 0x" not in answer.json()["error"]  # no Python internals
+
+
+def test_a_gzip_body_of_several_members_is_read_whole(url):
+    """RFC 1952 allows a gzip body of several members: each is read, in order."""
+    document = _json({"images": [[0] * 784, [255] * 784]})
+    body = gzip.compress(document[:100]) + gzip.compress(document[100:])
+    answer = requests.post(url + CLASSIFY, data=body, headers={"Content-Encoding": "gzip"},
+                           timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 2
 
 
 def raw_exchange(url: str, request: bytes) -> bytes:

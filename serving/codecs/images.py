@@ -53,12 +53,16 @@ def images_from_array(array: np.ndarray, max_request_images: int, field: str) ->
 
 
 def load_png(path: Path, invert: bool = False) -> np.ndarray:
-    """Any image file Pillow reads, any size or mode -> grayscale, fitted into 28x28 keeping its
-    aspect ratio, padded with black. ``invert`` for dark objects on a light background."""
+    """Any image file Pillow reads, any size or mode -> grayscale, upright as a viewer shows it
+    (a photo's EXIF orientation applied), fitted into 28x28 keeping its aspect ratio, padded
+    with black. ``invert`` for dark objects on a light background."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        gray = image.convert("L")
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
+            upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
+        gray = upright.convert("L")
     if invert:
         gray = ImageOps.invert(gray)
     fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)

@@ -234,15 +234,27 @@ def _open_call(environ: dict, method: str) -> Call:
 
 
 def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
-    try:
-        out = decompressor.decompress(data, limit + 1)
-    except zlib.error as error:
-        raise InvalidArgument(f"request body: not valid {encoding} data ({error})") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise TooLarge(f"request body: over the server's limit of {limit} bytes once "
-                       "decompressed (--max-message-bytes)")
-    return out
+    """The body, decompressed: every member of a gzip body (RFC 1952 allows several), nothing
+    cut short and nothing after the end."""
+    if not data:
+        return data
+    out = bytearray()
+    while True:
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+        try:
+            out += decompressor.decompress(data, limit + 1 - len(out))
+        except zlib.error as error:
+            raise InvalidArgument(f"request body: not valid {encoding} data ({error})") from None
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise TooLarge(f"request body: over the server's limit of {limit} bytes once "
+                           "decompressed (--max-message-bytes)")
+        if not decompressor.eof:
+            raise InvalidArgument(f"request body: the {encoding} data ends early")
+        data = decompressor.unused_data
+        if not data:
+            return bytes(out)
+        if encoding != "gzip":
+            raise InvalidArgument(f"request body: {len(data)} bytes after the {encoding} data")
 
 
 def _phrase(status: int) -> str:

@@ -9,6 +9,7 @@ are checked by the data plane's codec; refused here is only what cannot become a
 """
 
 import io
+import re
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -42,9 +43,11 @@ class Options:
 
 
 def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
-    """JSON (the body starts with "{") or an image file -> the ClassifyRequest."""
-    if body.lstrip()[:1] == b"{":
-        return _json_request(body, options)
+    """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any) or an
+    image file -> the ClassifyRequest."""
+    text = body.removeprefix(b"\xef\xbb\xbf")
+    if text.lstrip()[:1] in (b"{", b"["):
+        return _json_request(text, options)
     pixels = _image_pixels(body, options.invert)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
                               version=options.version)
@@ -82,6 +85,8 @@ def _image_bytes(image, index: int) -> bytes:
             raise TypeError
         if image and isinstance(image[0], list):
             image = [value for row in image for value in row]
+        if not all(type(value) is int for value in image):  # bytes() takes True and False
+            raise TypeError
         return bytes(image)
     except (TypeError, ValueError):
         raise InvalidArgument(f"images[{index}]: expected 784 integers 0..255 "
@@ -89,7 +94,7 @@ def _image_bytes(image, index: int) -> bytes:
 
 
 def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
@@ -101,9 +106,11 @@ def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
     except InvalidArgument:
         raise
     except Exception as error:  # whatever Pillow makes of a damaged or foreign file
+        reason = ("not an image file it knows" if isinstance(error, UnidentifiedImageError)
+                  else str(error))
         raise InvalidArgument(
             f"body: expected a {', '.join(IMAGE_FORMATS)} image, or JSON "
-            f'{{"images": [[784 integers 0..255], ...]}} ({error})') from None
+            f'{{"images": [[784 integers 0..255], ...]}} ({reason})') from None
 
 
 def encode_classify(request: pb.ClassifyRequest, response: pb.ClassifyResponse,
@@ -175,8 +182,11 @@ class TestImages:
 
 
 def _integer(text: str, name: str) -> int:
-    if not text.lstrip("-").isdigit() or not text.isascii():
+    """A query's or path's integer, within int64 (what the protobuf fields hold)."""
+    if not re.fullmatch(r"-?[0-9]+", text):
         raise InvalidArgument(f"{name}: expected an integer, got {text!r}")
+    if not -(2**63) <= int(text) < 2**63:
+        raise InvalidArgument(f"{name}: {text} is out of range")
     return int(text)
 
 

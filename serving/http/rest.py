@@ -63,7 +63,13 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
     and the output form asked for."""
     json_end = _json_end(body, header_length)
-    document = _expect(dict, parse_json(body[:json_end]), "request body")
+    try:
+        document = _expect(dict, parse_json(body[:json_end]), "request body")
+    except InvalidArgument as error:
+        if header_length is None and b'"binary_data_size"' in body:
+            raise InvalidArgument(f"{error}; binary tensor data after the JSON needs the "
+                                  f"{HEADER_LENGTH} header (the JSON's length)") from None
+        raise
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
                                    id=_expect(str, document.get("id", ""), "id"))
     parameters = _expect(dict, document.get("parameters", {}), "parameters")
