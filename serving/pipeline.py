@@ -116,7 +116,7 @@ class CallPipeline:
         ``model_label``: the metrics' model label of a request; ``max_streams``: streams open
         at once (0: no limit): each holds a call thread for its whole life, so idle streams
         must not take the threads that unary calls and health need."""
-        self._expected = f"Bearer {token}".encode() if token else b""
+        self._expected = token.encode()
         self.admission = admission
         self._model_label = model_label
         self._metrics: dict[str, CallMetrics] = {}
@@ -182,8 +182,10 @@ class CallPipeline:
 
     def _enter(self, call: Call) -> bool:
         """Checks the token and admits the call; True if it is counted."""
+        scheme, _, presented = call.authorization.partition(" ")  # the scheme in any case
         if (self._expected and not call.method.startswith(OPEN_PREFIX)
-                and not hmac.compare_digest(call.authorization.encode(), self._expected)):
+                and not (scheme.lower() == "bearer"
+                         and hmac.compare_digest(presented.strip().encode(), self._expected))):
             raise self._refuse(call, Unauthenticated(
                 "missing or invalid bearer token (authorization metadata)"))
         if call.method.startswith(UNCOUNTED_PREFIXES):

@@ -267,7 +267,9 @@ class _Supervisor:
 
 def _metrics_server(settings: Settings, directory: str):
     """``/metrics`` over every worker's files, bound here (a port in use fails the start with
-    one line) and served by the metrics process, one scrape at a time."""
+    one line) and served by the metrics process, each scrape on a thread of its own: a client
+    that sends slowly holds only its own."""
+    from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -279,7 +281,9 @@ def _metrics_server(settings: Settings, directory: str):
         def log_message(self, *args) -> None:  # one line per scrape is noise
             pass
 
-    class MetricsServer(WSGIServer):
+    class MetricsServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a scrape in progress never holds up the exit
+
         def handle_error(self, request, client_address) -> None:  # one line, no traceback
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})

@@ -27,15 +27,17 @@ def token_url(model_repository):
 @pytest.mark.parametrize(("verb", "path"), GUARDED)
 def test_every_endpoint_but_health_and_the_page_needs_the_token(token_url, verb, path):
     body = {"json": INFER} if path.endswith("infer") else {}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                    {"Authorization": f"Basic {TOKEN}"}):
         refused = requests.request(verb, token_url + path, headers=headers, timeout=10, **body)
         assert refused.status_code == 401, (headers, refused.text)
         assert refused.headers["WWW-Authenticate"] == "Bearer"
         assert "bearer token" in refused.json()["error"]
     if path.endswith("infer"):
-        answered = requests.post(token_url + path, json=INFER, timeout=10,
-                                 headers={"Authorization": f"Bearer {TOKEN}"})
-        assert answered.status_code == 200, answered.text
+        for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: the scheme in any case
+            answered = requests.post(token_url + path, json=INFER, timeout=10,
+                                     headers={"Authorization": f"{scheme} {TOKEN}"})
+            assert answered.status_code == 200, (scheme, answered.text)
 
 
 def test_health_and_the_page_are_open(token_url):

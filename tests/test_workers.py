@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -107,6 +108,31 @@ def test_workers_share_the_port_and_their_metrics_add_up(workers):
     assert value(samples, "fmnist_requests_total", **OK_CALLS) == 40
     # ModelStatistics answers for every worker, whichever worker answers it
     assert statistics_success(target) == 40
+
+
+def test_a_client_sending_slowly_does_not_hold_up_other_scrapes(workers):
+    """The metrics process answers each scrape on its own thread: a client that trickles its
+    request (each byte within the read timeout) used to keep every other scrape waiting."""
+    metrics_port = workers[3]
+    stop = threading.Event()
+
+    def trickle():
+        with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as slow:
+            for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":
+                if stop.wait(1):
+                    return
+                slow.sendall(bytes([byte]))
+
+    slow_client = threading.Thread(target=trickle)
+    slow_client.start()
+    try:
+        time.sleep(1.5)  # its first bytes are in
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=3) as answer:
+            assert answer.status == 200
+    finally:
+        stop.set()
+        slow_client.join()
 
 
 def test_every_worker_listens_and_the_supervisor_holds_no_connection(workers):
