@@ -79,6 +79,27 @@ def test_a_port_in_use_fails_the_server_with_one_line(model_repository):
     assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
 
 
+@pytest.mark.parametrize(("flag", "what"), [("--port", ""), ("--http-port", " for HTTP")])
+def test_a_port_another_server_listens_on_with_reuse_port_fails_the_server(model_repository,
+                                                                           flag, what):
+    """Workers bind with SO_REUSEPORT, which lets them join any listener of the same user:
+    another fmnist-serve on the port would silently share the clients."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--workers", "2",
+             flag, str(port)],
+            capture_output=True, text=True, timeout=30, check=False)
+    errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
+    assert status.returncode == 1
+    assert errors == [f"fmnist-serve: error: cannot listen{what} on 127.0.0.1:{port}: "
+                      "[Errno 98] Address already in use"]
+
+
 @pytest.mark.parametrize(("cpu_max", "expected"), [
     ("50000 100000\n", 1),  # docker --cpus 0.5
     ("max 100000\n", len(os.sched_getaffinity(0))),
