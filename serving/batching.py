@@ -55,6 +55,12 @@ class _Request:
 RunModel = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+class BatchRunError(Exception):
+    """The model's run of a batch failed: each of its requests gets one of its own, the run's
+    error as its cause (one exception raised on every waiting thread gathers all their
+    frames, and each log line would show the others')."""
+
+
 class Batcher:
     def __init__(self, run: RunModel, policy: BatchingPolicy, metrics: ModelMetrics):
         """``run``: ``uint8 [N,28,28]`` -> ``(probabilities, labels)``, one onnxruntime call
@@ -167,7 +173,10 @@ class Batcher:
             finished = time.perf_counter()
             for request in batch:
                 if not request.done:
-                    self._settle(request, error=error)
+                    failure = BatchRunError(f"the model's run failed: {type(error).__name__}: "
+                                          f"{error}")
+                    failure.__cause__ = error
+                    self._settle(request, error=failure)
                     self._metrics.failed(finished - request.enqueued)
 
     @staticmethod

@@ -3,13 +3,14 @@ rows, in order, whatever its neighbours do; callers lead batches on their own th
 
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime
 import pytest
 
-from serving.batching import Batcher, BatchingPolicy
+from serving.batching import Batcher, BatchingPolicy, BatchRunError
 from serving.errors import Cancelled, DeadlineExceeded
 from serving.metrics import ModelMetrics
 from serving.pipeline import Call
@@ -130,20 +131,28 @@ def test_a_request_larger_than_a_batch_runs_alone_unsplit(session):
 
 
 def test_a_failed_call_fails_only_its_own_batch(session):
+    """Each request of the failed batch gets an error of its own (one object raised on every
+    thread gathered all their frames), the run's error as the cause."""
     run = CountingRun(session, fail_on_size=5)
     queue = batcher(run, max_images=5, max_parallel=1)
     with ThreadPoolExecutor(4) as pool:
         held = occupy(queue, run, 1, pool)
-        doomed = pool.submit(queue.predict, np.zeros((5, 28, 28), np.uint8))
-        wait_until_queued(queue, 1)
-        fine = pool.submit(queue.predict, np.zeros((2, 28, 28), np.uint8))
+        doomed = [pool.submit(queue.predict, np.zeros((size, 28, 28), np.uint8))
+                  for size in (2, 3)]
         wait_until_queued(queue, 2)
+        fine = pool.submit(queue.predict, np.zeros((2, 28, 28), np.uint8))
+        wait_until_queued(queue, 3)
         run.release.set()
         held[0].result(10)
-        with pytest.raises(RuntimeError, match="onnxruntime failed"):
-            doomed.result(10)
+        errors = [future.exception(10) for future in doomed]
         assert len(fine.result(10)[1]) == 2
     assert queue._running == 0
+    assert all(isinstance(error, BatchRunError) for error in errors), errors
+    assert "RuntimeError: onnxruntime failed" in str(errors[0])
+    assert errors[0] is not errors[1] and errors[0].__cause__ is errors[1].__cause__
+    for error in errors:  # its own thread's frames only
+        frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+        assert frames.count("predict") == 1, frames
 
 
 @pytest.mark.parametrize(("ended", "error"), [
