@@ -54,6 +54,8 @@ class _Request:
 
 RunModel = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+_ENDED_CHECK_S = 0.05  # how often a queued request looks whether its call ended
+
 
 class BatchRunError(Exception):
     """The model's run of a batch failed: each of its requests gets one of its own, the run's
@@ -92,8 +94,10 @@ class Batcher:
                 self._lead(request)
             if request.done:
                 break
-            request.wakeup.wait()
-            request.wakeup.clear()
+            if request.wakeup.wait(_ENDED_CHECK_S):
+                request.wakeup.clear()
+            else:
+                self._withdraw_if_ended(request)
         if request.error is not None:
             raise request.error
         return request.result
@@ -125,6 +129,20 @@ class Batcher:
                 else:
                     successor.leads = True
                     successor.wakeup.set()
+
+    def _withdraw_if_ended(self, request: _Request) -> None:
+        """A queued request whose call ended (deadline, cancellation) leaves the queue now,
+        answered with why: its call thread and its place under --max-concurrent-calls are
+        freed, instead of when a batch would have taken it."""
+        if request.call is None or (gone := request.call.gone()) is None:
+            return
+        with self._lock:
+            if request.taken or request.leads or request.done:
+                return
+            self._waiting.remove(request)
+            self._waiting_images -= len(request.images)
+            self._settle(request, error=gone)
+        self._metrics.failed(time.perf_counter() - request.enqueued)
 
     def _take(self) -> list[_Request]:
         """The longest run of waiting requests within ``max_images`` (at least one), less

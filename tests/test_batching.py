@@ -174,6 +174,27 @@ def test_a_request_whose_call_ended_is_dropped_before_it_is_computed(session, en
     assert queue._running == 0
 
 
+@pytest.mark.parametrize(("how", "error"), [("deadline", DeadlineExceeded),
+                                           ("cancelled", Cancelled)])
+def test_a_queued_request_whose_call_ends_leaves_at_once(session, how, error):
+    """Not when a batch would take it (here: never, the model is held): its call thread and
+    its place under --max-concurrent-calls are freed while the batch ahead still runs."""
+    run = CountingRun(session)
+    queue = batcher(run, max_images=8, max_parallel=1)
+    with ThreadPoolExecutor(2) as pool:
+        held = occupy(queue, run, 1, pool)
+        ends_at = time.monotonic() + 0.3
+        call = (Call("/m", deadline=ends_at) if how == "deadline"
+                else Call("/m", is_active=lambda: time.monotonic() < ends_at))
+        ended = pool.submit(queue.predict, np.zeros((1, 28, 28), np.uint8), call)
+        with pytest.raises(error):
+            ended.result(3)
+        assert not queue._waiting and queue._waiting_images == 0
+        run.release.set()
+        held[0].result(10)
+    assert run.sizes == [1]  # the ended request was never computed
+
+
 def test_slots_bound_the_calls_running_at_once(session):
     run = CountingRun(session)
     queue = batcher(run, max_images=1, max_parallel=2)
