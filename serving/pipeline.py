@@ -180,12 +180,16 @@ class CallPipeline:
                 self._leave(call, request if isinstance(request, Message) else None,
                             started, code)
 
+    def _presents_token(self, authorization: str) -> bool:
+        """"Bearer TOKEN", the scheme in any case (RFC 7235)."""
+        scheme, _, presented = authorization.partition(" ")
+        return (scheme.lower() == "bearer"
+                and hmac.compare_digest(presented.strip().encode(), self._expected))
+
     def _enter(self, call: Call) -> bool:
         """Checks the token and admits the call; True if it is counted."""
-        scheme, _, presented = call.authorization.partition(" ")  # the scheme in any case
         if (self._expected and not call.method.startswith(OPEN_PREFIX)
-                and not (scheme.lower() == "bearer"
-                         and hmac.compare_digest(presented.strip().encode(), self._expected))):
+                and not self._presents_token(call.authorization)):
             raise self._refuse(call, Unauthenticated(
                 "missing or invalid bearer token (authorization metadata)"))
         if call.method.startswith(UNCOUNTED_PREFIXES):
