@@ -10,8 +10,9 @@ goes alone, never split): under load many small requests become one call. A lead
 slot until its own request is answered, then hands the slot to the caller at the head of the
 queue (or frees it), so no caller waits for the model longer than its own batch needs.
 
-A request whose call has ended (deadline passed, client gone) is dropped when its batch is
-taken, before it is computed; a failing batch fails only its own requests. With
+A request whose call has ended (deadline passed, client gone) is never computed: it leaves
+the queue within ``_ENDED_CHECK_S``, or when a batch takes it if that comes first; a failing
+batch fails only its own requests. With
 ``max_delay_s`` > 0 a leader waits that long for a batch that is not yet full.
 """
 

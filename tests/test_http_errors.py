@@ -69,6 +69,10 @@ def _json(document) -> bytes:
      "test image index: expected an integer, got '--5'"),
     ("POST", CLASSIFY + "?version=99999999999999999999", _json({"images": [[0] * 784]}), {},
      400, "version: 99999999999999999999 is out of range"),
+    ("GET", "/v1/test-images/" + "1" * 5000, b"", {}, 400,  # past int()'s 4300 digits
+     "test image index: " + "1" * 40 + " is out of range"),
+    ("POST", CLASSIFY, gzip.compress(b"") * 17 + gzip.compress(b"{}"),
+     {"Content-Encoding": "gzip"}, 400, "request body: more than 16 gzip members"),
     ("POST", CLASSIFY, _json({"images": [[True] * 784]}), {}, 400,
      "images[0]: expected 784 integers 0..255"),
     ("POST", CLASSIFY, b"[1]", {}, 400, "request body: expected a JSON object"),
@@ -86,9 +90,10 @@ def test_every_error_row_has_its_status_and_names_the_field(url, case):
 
 
 def test_a_gzip_body_of_several_members_is_read_whole(url):
-    """RFC 1952 allows a gzip body of several members: each is read, in order."""
+    """RFC 1952 allows a gzip body of several members: each is read, in order; zero padding
+    after them is ignored, as gzip(1) ignores it."""
     document = _json({"images": [[0] * 784, [255] * 784]})
-    body = gzip.compress(document[:100]) + gzip.compress(document[100:])
+    body = gzip.compress(document[:100]) + gzip.compress(document[100:]) + bytes(8)  # padding
     answer = requests.post(url + CLASSIFY, data=body, headers={"Content-Encoding": "gzip"},
                            timeout=10)
     assert answer.status_code == 200, answer.text

@@ -185,8 +185,8 @@ def _integer(text: str, name: str) -> int:
     """A query's or path's integer, within int64 (what the protobuf fields hold)."""
     if not re.fullmatch(r"-?[0-9]+", text):
         raise InvalidArgument(f"{name}: expected an integer, got {text!r}")
-    if not -(2**63) <= int(text) < 2**63:
-        raise InvalidArgument(f"{name}: {text} is out of range")
+    if len(text.lstrip("-")) > 19 or not -(2**63) <= int(text) < 2**63:  # int() stops at
+        raise InvalidArgument(f"{name}: {text[:40]} is out of range")  # 4300 digits
     return int(text)
 
 
