@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _supervise(settings) -> int:
     """Several worker processes; nothing imported here may load prometheus_client before the
     supervisor has set up its multiprocess directory."""
-    from serving.workers import WorkerStartError, supervise
+    from serving.errors import WorkerStartError
+    from serving.workers import supervise
 
     try:
         return supervise(settings)

@@ -72,3 +72,7 @@ class Internal(ServingError):  # noqa: N818 (named as the status)
 
 class RepositoryError(Exception):
     """The model repository cannot be served (missing, empty, tampered or unreadable)."""
+
+
+class WorkerStartError(Exception):
+    """A worker could not start (or its port cannot be had); the message is its reason."""

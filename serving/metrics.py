@@ -208,7 +208,6 @@ def _duration(stats: ModelStatistics, outcome: str) -> Duration:
     return stats.success if outcome == "success" else stats.fail
 
 
-
 def start_endpoint(host: str, port: int):
     """Serves ``/metrics`` on its own thread; returns the HTTP server (``shutdown`` ends it).
     OSError if the port cannot be bound."""

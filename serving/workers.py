@@ -26,12 +26,13 @@ import logging
 import os
 import select
 import signal
-import socket
 import sys
 import tempfile
 import time
 from dataclasses import replace
 
+from serving.errors import WorkerStartError
+from serving.ports import reserved_port
 from serving.scratch import scratch_parent
 from serving.settings import Settings
 from serving.worker_process import READY, drain_when_orphaned, read_all, worker_main
@@ -47,14 +48,10 @@ METRICS_CLIENT_TIMEOUT_S = 5.0
 log = logging.getLogger(__name__)
 
 
-class WorkerStartError(Exception):
-    """A worker could not start; the message is its reason."""
-
-
 def supervise(settings: Settings) -> int:
     """Runs ``settings.workers`` server processes until SIGTERM/SIGINT; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
-    with _multiprocess_directory() as directory, _reserved_port(settings) as port:
+    with _multiprocess_directory() as directory, reserved_port(settings) as port:
         supervisor = _Supervisor(replace(settings, port=port), directory)
         try:
             supervisor.start()
@@ -76,37 +73,6 @@ def _multiprocess_directory():
                 os.environ.pop(MULTIPROCESS_ENV, None)
             else:
                 os.environ[MULTIPROCESS_ENV] = previous
-
-
-@contextlib.contextmanager
-def _reserved_port(settings: Settings):
-    """The port, bound (not listening) and held while the workers bind it too
-    (SO_REUSEPORT): port 0 becomes one free port they share, and a port another program
-    holds fails here, with one line."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"),
-                       (settings.health_port, " for health")):
-        if port:
-            _refuse_taken(family, replace(settings, port=port), what)
-    with socket.socket(family, socket.SOCK_STREAM) as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            holder.bind((settings.host, settings.port))
-        except OSError as error:
-            raise WorkerStartError(f"cannot listen on {settings.address}: {error}") from None
-        yield holder.getsockname()[1]
-
-
-def _refuse_taken(family: socket.AddressFamily, at: Settings, what: str) -> None:
-    """SO_REUSEPORT lets any process of this user bind a port its workers listen on: a server
-    already there (another fmnist-serve) would silently share the clients. A plain bind
-    fails on a port someone listens on."""
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
-        try:
-            probe.bind((at.host, at.port))
-        except OSError as error:
-            raise WorkerStartError(f"cannot listen{what} on {at.address}: {error}") from None
 
 
 class _Supervisor:
@@ -285,10 +251,10 @@ def _metrics_server(settings: Settings, directory: str):
     """``/metrics`` over every worker's files, bound here (a port in use fails the start with
     one line) and served by the metrics process, each scrape on a thread of its own: a client
     that sends slowly holds only its own."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer  # start_http_server's
     from prometheus_client.multiprocess import MultiProcessCollector
 
     class QuietHandler(WSGIRequestHandler):
@@ -297,9 +263,7 @@ def _metrics_server(settings: Settings, directory: str):
         def log_message(self, *args) -> None:  # one line per scrape is noise
             pass
 
-    class MetricsServer(ThreadingMixIn, WSGIServer):
-        daemon_threads = True  # a scrape in progress never holds up the exit
-
+    class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
         def handle_error(self, request, client_address) -> None:  # one line, no traceback
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})
