@@ -108,6 +108,11 @@ class Settings:
         "a supervisor that replaces any that dies; 1: a single process "
         "(default: the CPUs this process may use)", "N",
     )
+    worker_start_timeout: float = _setting(
+        120.0, "seconds a worker process has to load the repository and serve; one that has "
+        "not by then fails the start, or is killed and replaced if it replaced another",
+        "SECONDS",
+    )
     metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
     max_concurrent_calls: int = _setting(
         0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
@@ -152,6 +157,9 @@ class Settings:
                            ("batch_delay_us", 1_000_000)):
             if not 0 <= getattr(self, name) <= most:  # nan too
                 raise ValueError(f"{_flag(name)}: expected 0..{most}, got {getattr(self, name)}")
+        if not 0 < self.worker_start_timeout <= DAY_S:
+            raise ValueError(f"--worker-start-timeout: expected more than 0, at most {DAY_S}, "
+                             f"got {self.worker_start_timeout}")
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
                              f"got {self.grpc_server!r}")

@@ -14,7 +14,8 @@ session or a thread. It
 2. reserves the port (port 0 becomes one free port all workers share) and forks the workers;
    each loads the repository, serves, and reports over a pipe that it serves, or the one-line
    reason it cannot (the supervisor then stops the others and fails with that line);
-3. forks a replacement when a worker dies (at most one per slot per second);
+3. forks a replacement when a worker dies (at most one per slot per second), and kills a
+   replacement that does not serve within ``--worker-start-timeout`` (to be replaced in turn);
 4. on SIGTERM/SIGINT, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, then kills them) and removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
@@ -40,7 +41,6 @@ from serving.worker_process import READY, drain_when_orphaned, read_all, worker_
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
-START_TIMEOUT_S = 120.0  # a worker that neither serves nor fails by then is taken as failed
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 METRICS = -1  # the metrics process's slot
 METRICS_CLIENT_TIMEOUT_S = 5.0
@@ -101,10 +101,11 @@ class _Supervisor:
             self._fork_metrics()
         for slot in range(self.settings.workers):
             self._fork(slot)
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.settings.worker_start_timeout
         while self.starting and not self.stopping:
             if time.monotonic() > deadline:
-                raise WorkerStartError(f"a worker did not serve within {START_TIMEOUT_S:.0f} s")
+                raise WorkerStartError(f"a worker did not serve within "
+                                       f"{self.settings.worker_start_timeout:g} s")
             for _pid, message in self._reports(deadline - time.monotonic()):
                 if message != READY:
                     raise WorkerStartError(message.decode(errors="replace").strip()
@@ -120,6 +121,7 @@ class _Supervisor:
             timeout = min([1.0, *(due - time.monotonic() for due in self.due.values())])
             for pid, message in self._reports(max(0.0, timeout)):
                 self._replacement_started(pid, message)
+            self._kill_hung_replacements()
             self._reap()
             for slot, due in list(self.due.items()):
                 if due <= time.monotonic() and not self.stopping:
@@ -206,6 +208,20 @@ class _Supervisor:
             log.warning("worker died; starting another", extra={"fields": {
                 "pid": pid, "status": _describe(status), "slot": slot}})
             self.due[slot] = self.started_at[slot] + RESTART_INTERVAL_S
+
+    def _kill_hung_replacements(self) -> None:
+        """A replacement that neither serves nor fails in time (a hung disk, a lock) is
+        killed, so that its slot gets another try instead of staying empty for ever."""
+        timeout = self.settings.worker_start_timeout
+        for pipe, pid in list(self.starting.items()):
+            slot = self.workers.get(pid)  # None: it died, which its pipe reports next
+            if slot is not None and time.monotonic() - self.started_at[slot] > timeout:
+                del self.starting[pipe]
+                os.close(pipe)
+                log.error("worker failed to start", extra={"fields": {
+                    "pid": pid, "reason": f"it did not serve within {timeout:g} s; killed"}})
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     @staticmethod
     def _replacement_started(pid: int, message: bytes) -> None:

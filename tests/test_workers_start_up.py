@@ -55,6 +55,29 @@ def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_co
         assert logs.wait_for("workers did not stop in time; killing them")
 
 
+def test_a_replacement_that_hangs_in_start_up_is_killed_and_replaced_again(repository_copy):
+    """A replacement stuck loading must not leave its slot empty for ever: after
+    --worker-start-timeout it is killed, and the next replacement serves once loading works."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    with server_process(repository_copy, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0", "--worker-start-timeout", "1") as (process, logs):
+        pids = logs.wait_for("workers serving")[0]["pids"]
+        saved = manifest.read_bytes()
+        manifest.unlink()
+        os.mkfifo(manifest)  # reading it blocks until someone writes
+        os.kill(pids[0], signal.SIGKILL)
+        hung = logs.wait_for("worker failed to start", timeout=20)[0]
+        assert hung["reason"] == "it did not serve within 1 s; killed"
+        assert hung["pid"] not in pids
+        manifest.unlink()
+        manifest.write_bytes(saved)
+        replacement = logs.wait_for("worker serving", timeout=20)[0]["pid"]
+        assert replacement not in (*pids, hung["pid"])
+        assert replacement in children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
 def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     status = subprocess.run(
         [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
