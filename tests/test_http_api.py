@@ -200,6 +200,9 @@ def test_domain_models_and_test_images(served, test_set):
     assert listed == [message_json(model) for model in expected.models]
     one = requests.get(f"{url}/v1/models/mlp?version=1", timeout=5).json()
     assert (one["name"], one["version"]) == ("mlp", 1)
+    # /v1/classify's other options mean nothing here: not checked
+    assert requests.get(f"{url}/v1/models/mlp?version=1&top=99&invert=x",
+                        timeout=5).json() == one
     image = requests.get(f"{url}/v1/test-images/17", timeout=5).json()
     assert image["pixels"] == test_set[0][17].ravel().tolist()
     assert image["label"] == test_set[1][17]

@@ -213,7 +213,7 @@ class HttpApp:
             environ, f"/{CLASSIFIER}/GetModel", self._classifier.GetModel,
             environ.get("QUERY_STRING", ""), encode=_json,
             parse=lambda query: domain_pb.GetModelRequest(
-                name=path["name"], version=domain.Options(query).version))
+                name=path["name"], version=domain.version_option(query)))
 
     def _test_image(self, environ, path):
         return 200, self._call(environ, TEST_IMAGE_METHOD,

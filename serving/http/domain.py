@@ -34,12 +34,17 @@ class Options:
     def __init__(self, query: str):
         values = {key: items[-1] for key, items in parse_qs(query).items()}
         self.model = values.get("model", "")
-        self.version = _integer(values.get("version", "0"), "version")
+        self.version = version_option(query)
         self.top = _integer(values.get("top", "3"), "top")
         if not 1 <= self.top <= len(CLASS_NAMES):
             raise InvalidArgument(f"top: expected 1..{len(CLASS_NAMES)}, got {self.top}")
         self.invert = _flag(values.get("invert", ""), "invert")
         self.pixels = _flag(values.get("pixels", ""), "pixels")
+
+
+def version_option(query: str) -> int:
+    """The query string's ``version`` (0: the newest), for /v1/classify and /v1/models/{name}."""
+    return _integer(parse_qs(query).get("version", ["0"])[-1], "version")
 
 
 def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
