@@ -5,6 +5,7 @@ the call pipeline (``serving.pipeline``) on every call except health's; clients 
 """
 
 import collections
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,31 @@ def _read(path: str | Path | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
+def check_pem_files(cert_file: str | Path | None, key_file: str | Path | None,
+                    ca_file: str | Path | None) -> None:
+    """ValueError naming the file unless ``cert_file`` and ``key_file`` are a PEM certificate
+    chain and its (unencrypted) key and ``ca_file`` holds PEM certificates: gRPC would only
+    fail later, as a port it "cannot bind" or a handshake that fails. OSError if unreadable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    checks = [(f"{cert_file} and {key_file}", lambda: context.load_cert_chain(
+        cert_file, key_file, password=""))] if cert_file else []
+    if ca_file:
+        checks.append((str(ca_file), lambda: context.load_verify_locations(cafile=ca_file)))
+    for files, check in checks:
+        try:
+            check()
+        except ssl.SSLError as error:
+            what = "a PEM certificate chain and its key" if " and " in files else \
+                "PEM certificates"
+            why = _PEM_ERRORS.get(error.reason, error.reason or "not PEM, or a key that needs "
+                                  "a password")
+            raise ValueError(f"{files}: expected {what}: {why}") from None
+
+
+_PEM_ERRORS = {"KEY_VALUES_MISMATCH": "the key is not the certificate's",
+               "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it"}
+
+
 @dataclass(frozen=True)
 class ServerTls:
     """What a TLS server needs, read once from the PEM files; ``client_ca`` means mutual TLS
@@ -31,6 +57,7 @@ class ServerTls:
     @classmethod
     def read(cls, cert_file: str | Path, key_file: str | Path,
              client_ca_file: str | Path | None = None) -> "ServerTls":
+        check_pem_files(cert_file, key_file, client_ca_file)
         return cls(_read(cert_file), _read(key_file), _read(client_ca_file))
 
     def credentials(self) -> grpc.ServerCredentials:
@@ -50,6 +77,7 @@ def channel_credentials(
     ``cert_file`` and ``key_file`` to prove the client's identity for mutual TLS."""
     if bool(cert_file) != bool(key_file):
         raise ValueError("a client certificate needs its key and the key its certificate")
+    check_pem_files(cert_file, key_file, ca_file)
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca_file),
         private_key=_read(key_file),

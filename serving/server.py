@@ -132,6 +132,8 @@ class ModelServer:
                                   settings.tls_client_ca or None) if settings.tls_cert else None)
         except OSError as error:
             raise ListenError(f"cannot read a TLS file: {error}") from None
+        except ValueError as error:
+            raise ListenError(f"TLS: {error}") from None
         try:
             self.port = (self._server.add_secure_port(settings.address, tls)
                          if tls else self._server.add_insecure_port(settings.address))

@@ -16,6 +16,7 @@ from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving import security
 from serving.client import cli as client_cli
+from serving.server import ListenError
 from serving.settings import Settings
 from tests.aio_security import aio_channel
 from tests.conftest import local_settings, running_server
@@ -175,6 +176,25 @@ def test_the_server_needs_both_certificate_and_key(pki, model_repository):
         Settings(model_repository=model_repository, tls_cert=str(pki.server_cert))
     with pytest.raises(ValueError, match="--tls-client-ca"):
         Settings(model_repository=model_repository, tls_client_ca=str(pki.ca))
+
+
+@pytest.mark.parametrize(("names", "why"), [
+    (("server_key", "server_cert", None), "not PEM, or a key that needs a password"),  # swapped
+    (("server_cert", "client_key", None), "the key is not the certificate's"),
+    (("server_cert", "server_key", "server_key"), "no certificate in it"),
+])
+def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
+        pki, model_repository, grpc_server, names, why):
+    """gRPC itself took them, then failed to "bind" the port, or (a client) to connect."""
+    files = [getattr(pki, name) if name else None for name in names]  # cert, key, CA
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              tls_cert=str(files[0]), tls_key=str(files[1]),
+                              tls_client_ca=str(files[2] or ""), grpc_server=grpc_server)
+    with pytest.raises(ListenError) as refused, running_server(settings):
+        pass
+    assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
+    with pytest.raises(ValueError, match=why):
+        security.channel_credentials(files[2], files[0], files[1])
 
 
 def test_the_token_is_not_in_the_settings_repr(model_repository):
