@@ -9,7 +9,8 @@ import os
 from collections.abc import Mapping
 
 ENV_PREFIX = "FMNIST_"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+                "0": False, "false": False, "no": False, "off": False}
 
 
 def env_var(dest: str) -> str:
@@ -25,7 +26,7 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     The env var is named at the end of the help. When set and not empty it is the default,
     converted by the option's ``type`` and checked against its ``choices`` as the flag's value
     would be, and a required option is satisfied; an option taking no value is on for 1, true,
-    yes or on. A bad value is a ValueError naming the variable, e.g.
+    yes or on, off for 0, false, no or off. A bad value is a ValueError naming the variable, e.g.
     ``FMNIST_PORT: invalid int value: 'x'``: the caller reports it as it reports a bad flag.
     The default of a ``secret`` (a token) never shows in --help.
     """
@@ -43,7 +44,10 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
 
 def _convert(action: argparse.Action, variable: str, raw: str):
     if action.nargs == 0:
-        return raw.strip().lower() in TRUE_WORDS
+        if raw.strip().lower() not in SWITCH_WORDS:
+            raise ValueError(f"{variable}: expected 1, true, yes, on, 0, false, no or off, "
+                             f"got {raw!r}")
+        return SWITCH_WORDS[raw.strip().lower()]
     try:
         value = action.type(raw) if action.type else raw
     except argparse.ArgumentTypeError as error:
@@ -59,7 +63,10 @@ def _convert(action: argparse.Action, variable: str, raw: str):
 
 def positive_int(value: str) -> int:
     """An argparse ``type``: an integer >= 1."""
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.flags import add_option, env_var
-
-
-def positive(text: str) -> int:
-    if int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return int(text)
+from common.flags import add_option, env_var, positive_int
 
 
 def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
@@ -21,7 +15,7 @@ def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
                environ=environ)
     add_option(result, "--out", type=Path, required=True, help="where", environ=environ)
     group = result.add_argument_group("fitting")
-    add_option(group, "--epochs", type=positive, default=20, help="epochs", environ=environ)
+    add_option(group, "--epochs", type=positive_int, default=20, help="epochs", environ=environ)
     add_option(group, "--progress", choices=("bar", "none"), default="bar", help="output",
                environ=environ)
     add_option(group, "--batch-norm", action=argparse.BooleanOptionalAction, default=False,
@@ -48,8 +42,8 @@ def test_an_empty_env_var_counts_as_unset():
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("yes", True), ("On", True),
-                                                  ("0", False), ("no", False)])
-def test_on_off_options_are_on_for_1_true_yes_on(value, expected):
+                                                  ("0", False), ("no", False), ("OFF", False)])
+def test_on_off_options_are_on_for_1_true_yes_on_off_for_0_false_no_off(value, expected):
     environ = {"FMNIST_BATCH_NORM": value, "FMNIST_DEBUG": value}
     args = parser(environ).parse_args(["--out", "x"])
     assert (args.batch_norm, args.debug) == (expected, expected)
@@ -70,6 +64,11 @@ def test_help_names_each_env_var(capsys):
     [
         ({"FMNIST_MAX_BATCH_SIZE": "many"}, "FMNIST_MAX_BATCH_SIZE: invalid int value: 'many'"),
         ({"FMNIST_EPOCHS": "0"}, "FMNIST_EPOCHS: expected a positive integer, got 0"),
+        ({"FMNIST_EPOCHS": "abc"}, "FMNIST_EPOCHS: expected a positive integer, got abc"),
+        ({"FMNIST_BATCH_NORM": "maybe"},  # was off, silently
+         "FMNIST_BATCH_NORM: expected 1, true, yes, on, 0, false, no or off, got 'maybe'"),
+        ({"FMNIST_DEBUG": "tru"},
+         "FMNIST_DEBUG: expected 1, true, yes, on, 0, false, no or off, got 'tru'"),
         ({"FMNIST_PROGRESS": "loud"},
          "FMNIST_PROGRESS: invalid choice: 'loud' (choose from 'bar', 'none')"),
     ],
