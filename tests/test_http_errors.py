@@ -3,6 +3,7 @@ protocol's ``{"error": ...}`` body with a message naming the field; a wrong Cont
 overload, draining and a taken port are refused as the contract says."""
 
 import gzip
+import io
 import json
 import socket
 
@@ -11,7 +12,9 @@ import pytest
 import requests
 
 from serving.server import ListenError, ModelServer
+from tests.conftest import free_port
 from tests.http_helpers import http_settings
+from tests.server_process import server_process
 from tests.test_http_api import MAX_BYTES, MAX_IMAGES, binary_infer, served, url
 
 __all__ = ["served", "url"]  # the fixtures, shared with tests/test_http_api.py
@@ -87,6 +90,31 @@ def test_every_error_row_has_its_status_and_names_the_field(url, case):
     assert answer.headers["Content-Type"] == "application/json"
     assert message in answer.json()["error"]
     assert " object at 0x" not in answer.json()["error"]  # no Python internals
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    stream = io.BytesIO()
+    Image.new("1", (width, height)).save(stream, format="PNG")  # a few KB of zlib data
+    return stream.getvalue()
+
+
+def test_pictures_over_the_pixel_limit_are_refused_and_the_log_stays_json(model_repository):
+    """Past 89M pixels Pillow warned on stderr, a line outside the JSON log; past 179M its
+    own error made the message "not an image file" instead of the limit's."""
+    with server_process(model_repository, "--workers", "1", "--http-port", str(free_port()),
+                        "--poll-interval", "0") as (_process, logs):
+        address = logs.wait_for("serving")[0]["http"]
+        for size, message in [(6000, "a 6000x6000 image is over 25,000,000 pixels"),
+                              (10000, "a 10000x10000 image is over 25,000,000 pixels"),
+                              (14000, "the image is over 25,000,000 pixels")]:
+            answer = requests.post(address + CLASSIFY.lstrip("/"), timeout=30,
+                                   data=_blank_png(size, size))
+            assert (answer.status_code, answer.json()["error"]) == (
+                400, f"body: {message}; scale it down first")
+        assert requests.get(address + "v2/health/live", timeout=5).status_code == 200
+    assert [line["text"] for line in logs.lines if line["message"] is None] == []
 
 
 def test_a_gzip_body_of_several_members_is_read_whole(url):

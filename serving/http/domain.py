@@ -18,7 +18,7 @@ import numpy as np
 
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
 from fashion_mnist.v1 import classifier_pb2 as pb
-from serving.codecs.images import load_png
+from serving.codecs.images import load_png, pillow
 from serving.errors import InvalidArgument, NotFound
 from serving.http.rest import message_json, parse_json
 
@@ -99,17 +99,20 @@ def _image_bytes(image, index: int) -> bytes:
 
 
 def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
+    too_large = f"is over {MAX_IMAGE_PIXELS:,} pixels; scale it down first"
     try:
-        with Image.open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
+        with pillow().open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
             width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise InvalidArgument(f"body: a {width}x{height} image is over "
-                                  f"{MAX_IMAGE_PIXELS:,} pixels; scale it down first")
+            raise InvalidArgument(f"body: a {width}x{height} image {too_large}")
         return load_png(io.BytesIO(body), invert)
     except InvalidArgument:
         raise
+    except DecompressionBombError:  # Pillow's own limit, far above ours
+        raise InvalidArgument(f"body: the image {too_large}") from None
     except Exception as error:  # whatever Pillow makes of a damaged or foreign file
         reason = ("not an image file it knows" if isinstance(error, UnidentifiedImageError)
                   else str(error))
