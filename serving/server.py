@@ -173,13 +173,14 @@ class ModelServer:
         for name in ["", *(s.full_name for s in SERVICES)]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registry.list())
+        scheme = "https" if settings.tls_cert else "http"
         log.info("serving", extra={"fields": {
             "address": self.address, "transport": self._server.transport,
-            **({"http": f"http://{_address(settings.host, self.http_port)}/"}
+            **({"http": f"{scheme}://{_address(settings.host, self.http_port)}/"}
                if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
-            "try": f"fmnist classify --target {self.address} --test-index 0 1 2"}})
+            "try": _try_command(settings, self.address)}})
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
@@ -224,6 +225,15 @@ class ModelServer:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         log.info("stopped")
+
+
+def _try_command(settings: Settings, address: str) -> str:
+    """The client command that works against this server, its secrets left to fill in."""
+    return " ".join(["fmnist classify --target", address, "--test-index 0 1 2",
+                     *(["--tls-ca CA_OF_THE_CERT"] if settings.tls_cert else []),
+                     *(["--tls-cert CLIENT.crt --tls-key CLIENT.key"]
+                       if settings.tls_client_ca else []),
+                     *(["--token TOKEN"] if settings.auth_token else [])])
 
 
 def _max_running(settings: Settings) -> int:

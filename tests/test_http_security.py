@@ -2,10 +2,13 @@
 makes the certificates): every endpoint but health and the page needs the token; a TLS port
 serves nothing in plaintext or to a client without the client CA's certificate."""
 
+import logging
+
 import numpy as np
 import pytest
 import requests
 
+from serving.client import cli as client_cli
 from tests.http_helpers import http_server, http_settings
 
 TOKEN = "http-s3cret"
@@ -43,6 +46,23 @@ def test_every_endpoint_but_health_and_the_page_needs_the_token(token_url, verb,
 def test_health_and_the_page_are_open(token_url):
     for path in OPEN:
         assert requests.get(token_url + path, timeout=5).status_code == 200, path
+
+
+def test_the_start_up_line_under_tls_and_token_names_https_and_a_command_that_works(
+        model_repository, pki, caplog):
+    """It said http:// for an HTTPS port, and a client command without --tls-ca or --token."""
+    caplog.set_level(logging.INFO, logger="serving.server")
+    settings = http_settings(model_repository, tls_cert=str(pki.server_cert),
+                             tls_key=str(pki.server_key), tls_client_ca=str(pki.ca),
+                             auth_token=TOKEN, host="localhost")
+    with http_server(settings) as (_, url):
+        (line,) = [record.fields for record in caplog.records if record.msg == "serving"]
+        assert line["http"] == url.replace("127.0.0.1", "localhost") + "/"
+        command = (line["try"].replace("CA_OF_THE_CERT", str(pki.ca))
+                   .replace("CLIENT.crt", str(pki.client_cert))
+                   .replace("CLIENT.key", str(pki.client_key)).replace("TOKEN", TOKEN))
+        assert command.split()[:2] == ["fmnist", "classify"]
+        assert client_cli.main(command.split()[1:]) == 0
 
 
 @pytest.fixture(scope="module")
