@@ -140,11 +140,16 @@ def raw_exchange(url: str, request: bytes) -> bytes:
     return received
 
 
+VALID = _json({"images": [[0] * 784]})
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{\"images\": []}",
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n{}",
-], ids=["shorter", "not-a-number", "negative"])
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(VALID) + 10, VALID),  # then the client stops sending: was classified, 200
+], ids=["body-longer", "not-a-number", "negative", "body-shorter"])
 def test_a_wrong_content_length_is_400(url, request_bytes):
     statuses = [line.split()[1] for line in raw_exchange(url, request_bytes).split(b"\r\n")
                 if line.startswith(b"HTTP/1.1 ")]

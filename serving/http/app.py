@@ -110,6 +110,9 @@ class HttpApp:
             data = environ["wsgi.input"].read(int(length) if length else limit + 1)
         except (OSError, ValueError) as error:
             raise InvalidArgument(f"request body: cannot be read ({error})") from None
+        if length and len(data) < int(length):  # the client stopped sending early
+            raise InvalidArgument(f"request body: {len(data)} bytes, fewer than its "
+                                  f"Content-Length of {length}")
         encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
         if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
             data = _decompress(data, encoding, limit)
