@@ -61,6 +61,16 @@ def _convert(action: argparse.Action, variable: str, raw: str):
     return value
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already tells it or there is none to
+    show: "(default: the server's) (default: )" says nothing twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, "", False, []) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def positive_int(value: str) -> int:
     """An argparse ``type``: an integer >= 1."""
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.contract import IMAGE_BYTES
-from common.flags import ENV_PREFIX, add_option
+from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -225,7 +225,7 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
             "Example: fmnist-serve --model-repository model_repository --port 50051, "
             "then: fmnist classify --test-index 0 1 2"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         exit_on_error=False,
     )
     for setting in dataclasses.fields(Settings):

@@ -1,6 +1,7 @@
 """The client: ``ClassifierClient`` and the ``fmnist`` command line against a real server."""
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -119,9 +120,35 @@ def test_classify_errors_are_one_line(target, capsys):
     assert status == 1
     assert err == ("fmnist classify: error: NOT_FOUND: model: no model 'resnet'; "
                    "loaded models: baseline, mlp, softmax\n")
-    assert cli.main(["classify", "--target", target, "--test-index", "10000"]) == 1
+    assert cli.main(["classify", "--target", target, "--test-index", "10000"]) == 2  # usage
     assert capsys.readouterr().err == (
         "fmnist classify: error: --test-index 10000: expected 0..9999\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["classify"], "fmnist classify: error: nothing to classify: give image/.npy files or "
+     "--test-index"),
+    (["score", "--offset", "10000"], "fmnist score: error: --offset 10000: outside the 10000 "
+     "test images"),  # said "--limit None"
+])
+def test_arguments_that_cannot_work_exit_2_with_one_line(target, capsys, argv, message):
+    """As argparse's own errors: they were exit 1, as if the server had failed."""
+    assert cli.main([*argv, "--target", target]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["score", "--expect-accuracy", "1.5"], "expected a fraction 0..1 or 'manifest', got 1.5"),
+    (["score", "--expect-accuracy", "foo"], "expected a fraction 0..1 or 'manifest', got foo"),
+    (["score", "--limit", "0"], "expected a positive integer, got 0"),
+    (["score", "--offset", "-1"], "expected an index >= 0, got -1"),
+    (["classify", "--top", "11", "--test-index", "0"], "expected 1..10, got 11"),  # showed 10
+])
+def test_argument_values_are_checked_before_anything_runs(capsys, argv, message):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
 
 
 def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys, test_set,
@@ -164,6 +191,9 @@ def test_health_and_models(target, capsys):
     assert capsys.readouterr().out == "SERVING\n"
     assert cli.main(["health", "--target", target, "--service", "fashion_mnist.v1.Classifier"]) == 0
     capsys.readouterr()
+    assert cli.main(["health", "--target", target, "--service", "nosuch"]) == 1
+    assert capsys.readouterr().err == (  # gRPC's health service gives no details
+        "fmnist health: error: NOT_FOUND: the server has no service 'nosuch'\n")
     assert cli.main(["models", "--target", target]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [
@@ -171,13 +201,16 @@ def test_health_and_models(target, capsys):
     assert lines[3].split()[2] == "yes"
 
 
-def test_health_of_a_server_that_is_not_there_exits_1():
+@pytest.mark.parametrize(("target", "code"), [("127.0.0.1:9", "UNAVAILABLE"),
+                                              ("", "UNKNOWN")])  # gRPC C++ logged 3 lines first
+def test_health_of_a_server_that_is_not_there_exits_1_with_one_line(target, code):
+    environ = {name: value for name, value in os.environ.items() if name != "GRPC_VERBOSITY"}
     result = subprocess.run(
-        [sys.executable, "-m", "serving.client", "health", "--target", "127.0.0.1:9",
-         "--timeout", "2"], capture_output=True, text=True, timeout=60, check=False)
+        [sys.executable, "-m", "serving.client", "health", "--target", target,
+         "--timeout", "2"], capture_output=True, text=True, timeout=60, check=False, env=environ)
     assert result.returncode == 1
-    assert result.stderr.startswith("fmnist health: error: UNAVAILABLE: ")
-    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"fmnist health: error: {code}: ")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_env_vars_say_where_the_server_is(target, capsys, monkeypatch):

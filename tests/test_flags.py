@@ -115,3 +115,21 @@ def test_fmnist_train_shared_env_vars_are_both_models_defaults(monkeypatch, envi
     args = build_parser().parse_args(["--out", "repository", *argv])
     assert (keras_settings(args, "softmax").epochs, keras_settings(args, "mlp").epochs) == (
         softmax, mlp)
+
+
+@pytest.mark.parametrize("argv", [["classify", "--help"], ["score", "--help"], ["--help"]])
+def test_help_shows_no_empty_or_second_default(capsys, argv):
+    """"(default: the server's) (default: )" and "(default: None)" were shown."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+
+    with pytest.raises(SystemExit):
+        if argv == ["--help"]:
+            argument_parser({}).parse_args(argv)
+        else:
+            cli.main(argv)
+    text = " ".join(capsys.readouterr().out.split())
+    for empty in ("(default: )", "(default: None)", "(default: [])", "(default: False)"):
+        assert empty not in text
+    assert "the server's) (default" not in text
+    assert "(default: 3)" in text or "(default: 1000)" in text or "(default: 50051)" in text

@@ -14,14 +14,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.flags import add_option, positive_int, positive_seconds
+from common.contract import CLASS_NAMES
+from common.flags import DefaultsHelpFormatter, add_option, positive_int, positive_seconds
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 
 
+class UsageError(ValueError):
+    """Arguments that argparse cannot check alone: exit status 2, as for its own errors."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC C++'s own log lines (a failed handshake, an unresolvable name) would come before
+    # the one line this command prints for the same error
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         parser = _parser()
     except ValueError as error:  # a bad FMNIST_* value
@@ -30,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as error:
+        print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the output went into `head` or the like, which stopped reading
@@ -44,7 +55,7 @@ def _describe(error: Exception) -> str:
     import grpc
 
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
-        return f"{error.code().name}: {error.details()}"
+        return f"{error.code().name}: {error.details() or 'the server gave no details'}"
     return str(error) or type(error).__name__
 
 
@@ -65,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=DefaultsHelpFormatter)
         add_option(sub, "--target", default=DEFAULT_TARGET, help="server address HOST:PORT")
         add_option(sub, "--lb", choices=LB_POLICIES, default=LB_POLICIES[0],
                    help="how calls spread over the addresses the target resolves to: "
@@ -100,24 +111,25 @@ def _parser() -> argparse.ArgumentParser:
                           help="invert image files first: for dark objects on a light background "
                           "(Fashion-MNIST has light objects on black)")
     _model_flags(classify)
-    classify.add_argument("--top", type=positive_int, default=3,
-                          help="how many classes to show")
+    classify.add_argument("--top", type=_top, default=3,
+                          help=f"how many classes to show (1..{len(CLASS_NAMES)})")
 
     score = command("score", _score,
                     "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
                     "model and of the baseline, their agreement, images/s, latency.")
     _model_flags(score)
-    score.add_argument("--offset", type=int, default=0, help="first test image")
-    score.add_argument("--limit", type=int, default=None, help="how many images (default: all)")
+    score.add_argument("--offset", type=_index, default=0, help="first test image")
+    score.add_argument("--limit", type=positive_int, default=None,
+                       help="how many images (default: all from --offset on)")
     score.add_argument("--batch-size", type=positive_int, default=1000,
                        help="images per request")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
     score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
-    score.add_argument("--expect-accuracy", metavar="A",
+    score.add_argument("--expect-accuracy", metavar="A", type=_expected_accuracy,
                        help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
                        "for the test_accuracy recorded at training) within --tolerance")
-    score.add_argument("--tolerance", type=float, default=1e-4,
+    score.add_argument("--tolerance", type=_fraction, default=1e-4,
                        help="allowed difference for --expect-accuracy")
     score.add_argument("--data-dir", type=Path, default=None,
                        help="directory of the IDX files [env FMNIST_DATA_DIR, default "
@@ -133,6 +145,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _top(text: str) -> int:
+    count = positive_int(text)
+    if count > len(CLASS_NAMES):
+        raise argparse.ArgumentTypeError(f"expected 1..{len(CLASS_NAMES)}, got {text}")
+    return count
+
+
+def _index(text: str) -> int:
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"expected an index >= 0, got {text}")
+    return index
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # nan too
+        raise argparse.ArgumentTypeError(f"expected a fraction 0..1, got {text}")
+    return value
+
+
+def _expected_accuracy(text: str) -> float | str:
+    if text == "manifest":
+        return text
+    try:
+        return _fraction(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction 0..1 or 'manifest', got {text}") from None
+
+
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="model: softmax or mlp (default: the server's)")
     parser.add_argument("--version", type=int, default=0, help="model version (0 = newest)")
@@ -145,7 +194,7 @@ def _classify(args) -> int:
     from serving.client.inputs import load_images
 
     if not args.files and not args.test_index:
-        raise ValueError("nothing to classify: give image/.npy files or --test-index")
+        raise UsageError("nothing to classify: give image/.npy files or --test-index")
     batches, names, truths = [], [], []
     if args.files:
         images, file_names = load_images(args.files, args.invert)
@@ -158,7 +207,7 @@ def _classify(args) -> int:
         test_images, test_labels = load_test_set()
         wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]
         if wrong:
-            raise ValueError(f"--test-index {wrong[0]}: expected 0..{len(test_images) - 1}")
+            raise UsageError(f"--test-index {wrong[0]}: expected 0..{len(test_images) - 1}")
         batches.append(test_images[args.test_index])
         names += [f"test[{i}]" for i in args.test_index]
         truths += [int(test_labels[i]) for i in args.test_index]
@@ -186,12 +235,18 @@ def _score(args) -> int:
 
 
 def _health(args) -> int:
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with _security(args).channel(args.target, [("grpc.lb_policy_name", args.lb)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
-                              timeout=args.timeout)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
+                                  timeout=args.timeout)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise ValueError(f"NOT_FOUND: the server has no service {args.service!r}") from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
