@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime
@@ -159,7 +160,7 @@ def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 
     if not root.is_dir():
         raise RepositoryError(f"model repository {root} does not exist or is not a directory")
     try:
-        present, skipped = version_dirs(root)
+        present, skipped, _ = version_dirs(root)
     except OSError as error:
         raise RepositoryError(
             f"model repository {root}: cannot list it ({error.strerror})") from None
@@ -238,13 +239,19 @@ def load_version(path: Path, policy: BatchingPolicy, intra_op_threads: int = 1) 
     return ModelVersion(manifest, session, policy)
 
 
-def version_dirs(root: Path) -> tuple[dict[VersionKey, Path], list[str]]:
+class Listing(NamedTuple):
+    found: dict[VersionKey, Path]  # the version directories
+    skipped: list[str]  # why each other entry that looked like a model or version was skipped
+    unreadable: set[str]  # models whose folder could not be listed: their versions unknown
+
+
+def version_dirs(root: Path) -> Listing:
     """The ``<root>/<model>/<version>`` directories (hidden entries skipped, versions named by
-    an integer >= 1), and why each other one that looked like a model or a version was skipped:
-    a model folder that cannot be listed (a volume's lost+found), version 0. Start-up and the
-    watcher both read the repository through this, so a restart serves what was served before
-    it. OSError if ``root`` itself cannot be listed."""
-    found, skipped = {}, []
+    an integer >= 1), and what was skipped: a model folder that cannot be listed (a volume's
+    lost+found), version 0. Start-up and the watcher both read the repository through this,
+    so a restart serves what was served before it. OSError if ``root`` itself cannot be
+    listed."""
+    found, skipped, unreadable = {}, [], set()
     for model_dir in Path(root).iterdir():
         if model_dir.name.startswith("."):
             continue
@@ -255,13 +262,14 @@ def version_dirs(root: Path) -> tuple[dict[VersionKey, Path], list[str]]:
                         if is_version_name(path.name) and path.is_dir()]
         except OSError as error:
             skipped.append(f"{model_dir}: cannot read it ({error.strerror})")
+            unreadable.add(model_dir.name)
             continue
         for path in versions:
             if int(path.name) < 1:
                 skipped.append(f"{path}: versions start at 1")
             else:
                 found[(model_dir.name, int(path.name))] = path
-    return found, sorted(skipped)
+    return Listing(found, sorted(skipped), unreadable)
 
 
 def is_version_name(name: str) -> bool:

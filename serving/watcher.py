@@ -18,18 +18,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from serving.batching import BatchingPolicy
-from serving.repository import ModelRegistry, VersionKey, load_into, version_dirs
+from serving.repository import Listing, ModelRegistry, VersionKey, load_into, version_dirs
 
 log = logging.getLogger(__name__)
 
 
-def _present(root: Path) -> dict[VersionKey, Path]:
-    """The repository's version directories; an unreadable repository reads as empty for
-    this poll."""
+def _present(root: Path) -> Listing | None:
+    """The repository's version directories, or None if it cannot be listed."""
     try:
-        return version_dirs(root)[0]
+        return version_dirs(root)
     except OSError:
-        return {}
+        return None
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -60,23 +59,34 @@ class RepositoryWatcher:
         self._policy = policy
         self._intra_op_threads = intra_op_threads
         self._required = frozenset(required)
-        present = _present(self.root)
+        present = (_present(self.root) or Listing({}, [], set())).found
         # version -> the fingerprint of its files when it was refused (at start-up or later):
         # it is not tried again until they change
         self._refused = {
             key: _fingerprint(present[key]) for key in registry.refused if key in present
         }
         self._kept: set[VersionKey] = set()  # removed from disk, kept loaded (logged once)
+        self._unlisted = False  # the last poll could not list the repository (logged once)
 
     def poll(self) -> None:
         """One pass: load what appeared, unload what disappeared (blocking: file reads and
-        session creation; the registry swaps each change in atomically)."""
-        present = _present(self.root)
+        session creation; the registry swaps each change in atomically). What cannot be
+        listed (the repository, a model's folder: a volume's hiccup) changes nothing."""
+        listing = _present(self.root)
+        if listing is None:
+            if not self._unlisted:
+                log.warning("model repository cannot be listed; the loaded versions keep "
+                            "serving", extra={"fields": {"repository": str(self.root)}})
+            self._unlisted = True
+            return
+        self._unlisted = False
+        present = listing.found
         loaded = {(model.name, model.version) for model in self.registry.list()}
         for key in sorted(present.keys() - loaded):
             self._load(key, present[key])
         for key in sorted(loaded - present.keys()):
-            self._unload(key)
+            if key[0] not in listing.unreadable:
+                self._unload(key)
         for key in self._refused.keys() - present.keys():
             del self._refused[key]
             self.registry.refused.pop(key, None)

@@ -1,10 +1,12 @@
 """Loading the model repository, and the server refusing one it cannot vouch for."""
 
+import errno
 import json
 import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from serving import cli
 from serving.batching import BatchingPolicy
 from serving.errors import NotFound
 from serving.repository import load_repository
+from serving.watcher import RepositoryWatcher
 
 
 @pytest.fixture(autouse=True)
@@ -213,3 +216,42 @@ def test_model_info_never_reads_1_for_a_version_the_registry_refused(repository_
     assert REGISTRY.get_sample_value(
         "fmnist_model_info", {"model": "mlp", "version": "2", "sha256": sha}) == 0
 
+
+
+def _loaded(registry) -> list[tuple[str, int]]:
+    return [(model.name, model.version) for model in registry.list()]
+
+
+def test_a_repository_that_cannot_be_listed_unloads_nothing(repository_copy, policy, caplog):
+    """A volume's hiccup (the root gone for a moment) read as an empty repository: every
+    version but the required models' last was unloaded, and clients got NOT_FOUND."""
+    registry = load_repository(repository_copy, policy)
+    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
+    before = _loaded(registry)
+    away = repository_copy.rename(repository_copy.with_name("away"))
+    watcher.poll()
+    watcher.poll()
+    assert _loaded(registry) == before
+    assert [record.getMessage() for record in caplog.records].count(
+        "model repository cannot be listed; the loaded versions keep serving") == 1
+    away.rename(repository_copy)
+    shutil.rmtree(repository_copy / "softmax")
+    watcher.poll()  # and it follows the repository again once it can list it
+    assert _loaded(registry) == [key for key in before if key[0] != "softmax"]
+
+
+def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, policy,
+                                                               monkeypatch):
+    registry = load_repository(repository_copy, policy)
+    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
+    before = _loaded(registry)
+    listing = Path.iterdir
+
+    def iterdir(path):  # as NFS answers a folder it lost (as root, permissions never fail)
+        if path.name == "softmax":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    watcher.poll()
+    assert _loaded(registry) == before
