@@ -137,11 +137,15 @@ class ModelServer:
         try:
             self.port = (self._server.add_secure_port(settings.address, tls)
                          if tls else self._server.add_insecure_port(settings.address))
-            if self._health_server is not None:
-                self.health_port = self._health_server.add_insecure_port(
-                    _address(settings.host, settings.health_port))
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
+        if self._health_server is not None:
+            health_address = _address(settings.host, settings.health_port)
+            try:
+                self.health_port = self._health_server.add_insecure_port(health_address)
+            except RuntimeError as error:
+                raise ListenError(f"cannot listen for health (--health-port) on "
+                                  f"{health_address}: {error}") from None
         if self.http is not None:
             try:
                 self.http_port = self.http.start()

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import socket
 
 import grpc
 import pytest
@@ -195,6 +196,18 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
     assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
     with pytest.raises(ValueError, match=why):
         security.channel_credentials(files[2], files[0], files[1])
+
+
+def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_server):
+    """It named the gRPC port ("cannot listen on 127.0.0.1:PORT: ... cannot bind HEALTH")."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        health_port = taken.getsockname()[1]
+        settings = local_settings(model_repository=model_repository, poll_interval=0,
+                                  health_port=health_port, grpc_server=grpc_server)
+        with pytest.raises(ListenError) as refused, running_server(settings):
+            pass
+    assert str(refused.value).startswith(
+        f"cannot listen for health (--health-port) on 127.0.0.1:{health_port}: ")
 
 
 def test_the_token_is_not_in_the_settings_repr(model_repository):
