@@ -13,6 +13,28 @@ from serving.settings import Settings
 
 READY = b"\x00"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}  # blocked over each fork
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Holds SIGTERM/SIGINT/SIGCHLD over a fork: until the child has handlers of its own it
+    would run the supervisor's, in the child, and the signal would be lost (a worker told to
+    stop while it starts served on). The child lets them in with ``own_signals``."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+
+def own_signals() -> None:
+    """In a forked child: the default action for the supervisor's signals, which were held
+    over the fork (serving.workers), then lets them in: one sent meanwhile ends the child."""
+    signal.set_wakeup_fd(-1)
+    for signal_number in HELD_SIGNALS:
+        signal.signal(signal_number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 def drain_when_orphaned(supervisor: int) -> None:
@@ -58,9 +80,7 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
     status = 1
     report = StartReport(report_fd)
     try:
-        signal.set_wakeup_fd(-1)
-        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(signal_number, signal.SIG_DFL)
+        own_signals()
         drain_when_orphaned(supervisor)
         for fd in inherited:
             os.close(fd)

@@ -27,7 +27,6 @@ import logging
 import os
 import select
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -36,14 +35,21 @@ from serving.errors import WorkerStartError
 from serving.ports import reserved_port
 from serving.scratch import scratch_parent
 from serving.settings import Settings
-from serving.worker_process import READY, drain_when_orphaned, read_all, worker_main
+from serving.worker_process import (
+    READY,
+    drain_when_orphaned,
+    own_signals,
+    read_all,
+    signals_held,
+    worker_main,
+)
+from serving.workers_metrics import summed_metrics_server
 
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 METRICS = -1  # the metrics process's slot
-METRICS_CLIENT_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +103,23 @@ class _Supervisor:
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         if self.settings.metrics_port:
-            self._metrics = _metrics_server(self.settings, self.directory)
+            self._metrics = summed_metrics_server(self.settings, self.directory)
             self._fork_metrics()
         for slot in range(self.settings.workers):
-            self._fork(slot)
+            if not self.stopping:
+                self._fork(slot)
         deadline = time.monotonic() + self.settings.worker_start_timeout
         while self.starting and not self.stopping:
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"a worker did not serve within "
                                        f"{self.settings.worker_start_timeout:g} s")
             for _pid, message in self._reports(deadline - time.monotonic()):
-                if message != READY:
+                if message != READY and not self.stopping:  # Ctrl-C reaches workers too
                     raise WorkerStartError(message.decode(errors="replace").strip()
                                            or "a worker exited before serving")
             self._reap()
+        if self.stopping:
+            return
         log.info("workers serving", extra={"fields": {
             "workers": self.settings.workers, "pids": sorted(self.workers),
             "address": self.settings.address, "metrics_port": self.settings.metrics_port,
@@ -152,10 +161,12 @@ class _Supervisor:
         """Starts a worker; its start report comes over a pipe of its own."""
         read_end, write_end = os.pipe()
         supervisor = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            worker_main(self.settings, slot, write_end, [*self._own_descriptors()], supervisor)
+        with signals_held():
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                worker_main(self.settings, slot, write_end, [*self._own_descriptors()],
+                            supervisor)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -171,12 +182,12 @@ class _Supervisor:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""
         self._metrics_started_at = time.monotonic()
         supervisor = os.getpid()
-        pid = os.fork()
+        with signals_held():
+            pid = os.fork()
+            if pid == 0:
+                own_signals()
         if pid == 0:
             try:
-                signal.set_wakeup_fd(-1)
-                for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(signal_number, signal.SIG_DFL)
                 drain_when_orphaned(supervisor)  # SIGTERM, which ends it
                 for descriptor in (self._wake_read, self._wake_write, *self.starting):
                     os.close(descriptor)
@@ -261,37 +272,6 @@ class _Supervisor:
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
-
-
-def _metrics_server(settings: Settings, directory: str):
-    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
-    one line) and served by the metrics process, each scrape on a thread of its own: a client
-    that sends slowly holds only its own."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client import CollectorRegistry, make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer  # start_http_server's
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    class QuietHandler(WSGIRequestHandler):
-        timeout = METRICS_CLIENT_TIMEOUT_S  # a client that sends nothing is dropped
-
-        def log_message(self, *args) -> None:  # one line per scrape is noise
-            pass
-
-    class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
-        def handle_error(self, request, client_address) -> None:  # one line, no traceback
-            log.warning("metrics request failed", extra={"fields": {
-                "client": client_address[0], "error": str(sys.exc_info()[1])}})
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    try:
-        return make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
-                           server_class=MetricsServer, handler_class=QuietHandler)
-    except OSError as error:
-        raise WorkerStartError(
-            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
 
 
 def _describe(status: int) -> str:

@@ -5,6 +5,7 @@ follows the CPUs the process may use. Workers serving behind one port are
 tests/test_workers.py's.
 """
 
+import json
 import os
 import signal
 import socket
@@ -53,6 +54,38 @@ def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_co
         logs.wait_for("shutdown requested", timeout=10)
         assert process.wait(1 + 5 + 10) == 0  # grace, the supervisor's margin, slack
         assert logs.wait_for("workers did not stop in time; killing them")
+
+
+def test_sigterm_while_a_worker_is_being_forked_stops_it_at_once(model_repository, tmp_path):
+    """Between fork and the worker's own handlers, a signal ran the supervisor's handler in
+    the child and was lost: the worker served on until killed after the grace period. Here
+    each child, right after fork, says so and sleeps, widening that window to a second."""
+    forked = tmp_path / "forked"
+    launcher = (
+        "import os, sys, time\n"
+        f"os.register_at_fork(after_in_child=lambda: (open({str(forked)!r}, 'a').close(), "
+        "time.sleep(1)))\n"
+        "from serving.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-c", launcher, "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--workers", "2",
+         "--grace-period", "5", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        while not forked.exists():
+            assert time.monotonic() - started < 30 and process.poll() is None
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)  # the supervisor passes it on to both workers
+        _, errors = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, errors
+    assert time.monotonic() - started < 5, errors  # not grace + margin
+    messages = [json.loads(line)["message"] for line in errors.splitlines()]
+    assert "workers did not stop in time; killing them" not in messages
+    assert "workers serving" not in messages
 
 
 def test_a_replacement_that_hangs_in_start_up_is_killed_and_replaced_again(repository_copy):

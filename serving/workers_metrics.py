@@ -1,0 +1,47 @@
+"""The supervisor's ``/metrics`` (``serving.workers``): every worker's metrics files summed,
+served from a process of its own so that no scrape ever holds up the supervisor.
+
+prometheus_client is imported only inside: the supervisor must not load it before it has
+pointed ``PROMETHEUS_MULTIPROC_DIR`` at the workers' directory.
+"""
+
+import logging
+import sys
+
+from serving.errors import WorkerStartError
+from serving.settings import Settings
+
+METRICS_CLIENT_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
+
+
+def summed_metrics_server(settings: Settings, directory: str):
+    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
+    one line) and served by the metrics process, each scrape on a thread of its own: a client
+    that sends slowly holds only its own."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer  # start_http_server's
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class QuietHandler(WSGIRequestHandler):
+        timeout = METRICS_CLIENT_TIMEOUT_S  # a client that sends nothing is dropped
+
+        def log_message(self, *args) -> None:  # one line per scrape is noise
+            pass
+
+    class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
+        def handle_error(self, request, client_address) -> None:  # one line, no traceback
+            log.warning("metrics request failed", extra={"fields": {
+                "client": client_address[0], "error": str(sys.exc_info()[1])}})
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    try:
+        return make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
+                           server_class=MetricsServer, handler_class=QuietHandler)
+    except OSError as error:
+        raise WorkerStartError(
+            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
