@@ -1,12 +1,12 @@
 """Test-side aio channels with TLS and the bearer token (the server's clients are synchronous:
-``serving.security.ChannelSecurity``)."""
+``serving.client.security.ChannelSecurity``)."""
 
 from collections.abc import Sequence
 from pathlib import Path
 
 from grpc import aio
 
-from serving.security import auth_metadata, channel_credentials
+from serving.client.security import auth_metadata, channel_credentials
 
 
 class _TokenAdder:

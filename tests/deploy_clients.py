@@ -6,7 +6,7 @@ answer correctly."""
 import numpy as np
 
 from serving.client.api import ClassifierClient
-from serving.security import ChannelSecurity
+from serving.client.security import ChannelSecurity
 from tests.pki import Pki
 
 TOKEN = "deploy-test-token"

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.client.api import ClassifierClient
-from serving.security import ChannelSecurity
+from serving.client.security import ChannelSecurity
 from tests.conftest import free_port
 from tests.deploy_clients import IMAGES, TOKEN, check_classifies, client_security
 from tests.deploy_containers import START_TIMEOUT_S, health

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from serving.client.api import ClassifierClient
-from serving.security import ChannelSecurity
+from serving.client.security import ChannelSecurity
 from tests.conftest import tiny_classifier
 from tests.deploy_clients import IMAGES, TOKEN, check_classifies, client_security
 from tests.deploy_containers import (

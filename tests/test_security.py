@@ -15,8 +15,8 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
-from serving import security
 from serving.client import cli as client_cli
+from serving.client import security as client_security
 from serving.server import ListenError
 from serving.settings import Settings
 from tests.aio_security import aio_channel
@@ -195,7 +195,7 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
         pass
     assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
     with pytest.raises(ValueError, match=why):
-        security.channel_credentials(files[2], files[0], files[1])
+        client_security.channel_credentials(files[2], files[0], files[1])
 
 
 def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_server):
@@ -216,7 +216,7 @@ def test_the_token_is_not_in_the_settings_repr(model_repository):
 
 def test_client_certificate_without_key_is_refused(pki):
     with pytest.raises(ValueError, match="key"):
-        security.channel_credentials(pki.ca, pki.client_cert, None)
+        client_security.channel_credentials(pki.ca, pki.client_cert, None)
 
 
 PATTERN = bytes.fromhex("c0ffee15bad5eed5")  # 8 bytes; an image is 98 of them

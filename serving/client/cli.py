@@ -60,7 +60,7 @@ def _describe(error: Exception) -> str:
 
 
 def _security(args):
-    from serving.security import ChannelSecurity
+    from serving.client.security import ChannelSecurity
 
     return ChannelSecurity(args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token)
 
