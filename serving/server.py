@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DRAIN_QUIET_SECONDS = 0.05
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
+WATCHER_JOIN_S = 1.0  # at least, for a poll under way to finish at shutdown
 # Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
 # measured faster than with every thread at work (BENCHMARKS.md, "Threads at work").
 RUNNING_PER_CORE = 4
@@ -170,9 +171,9 @@ class ModelServer:
                 intra_op_threads=settings.intra_op_threads,
                 required=(settings.default_model, settings.baseline_model),
             )
-            self._watcher = threading.Thread(
+            self._watcher = threading.Thread(  # daemon: a hung read must not hold the exit
                 target=watcher.run, args=(settings.poll_interval, self._stop_watching),
-                name="repository-watcher")
+                name="repository-watcher", daemon=True)
             self._watcher.start()
         for name in ["", *(s.full_name for s in SERVICES)]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -223,8 +224,12 @@ class ModelServer:
             stopped.append(self._health_server.stop(0))
         for event in stopped:
             event.wait()
-        if self._watcher is not None:
-            self._watcher.join()
+        if self._watcher is not None:  # it may be stuck in a read of the repository
+            self._watcher.join(max(WATCHER_JOIN_S, deadline - time.monotonic()))
+            if self._watcher.is_alive():
+                log.warning("the repository watcher is still reading the repository; left "
+                            "behind", extra={"fields": {"repository": str(
+                                self.settings.model_repository)}})
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()

@@ -111,6 +111,22 @@ def test_a_replacement_that_hangs_in_start_up_is_killed_and_replaced_again(repos
         assert process.wait(30) == 0
 
 
+def test_sigterm_stops_a_server_whose_watcher_is_stuck_reading_the_repository(
+        repository_copy):
+    """A version published after start-up whose manifest cannot be read (here a FIFO; a hung
+    network volume alike) held the shutdown for ever: the watcher was joined without end."""
+    with server_process(repository_copy, "--workers", "1", "--http-port", "0",
+                        "--poll-interval", "0.2", "--grace-period", "1") as (process, logs):
+        logs.wait_for("serving")
+        stuck = repository_copy / "mlp" / "9"
+        stuck.mkdir()
+        os.mkfifo(stuck / "model.json")
+        time.sleep(1.0)  # a poll has opened it by now
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    assert logs.wait_for("the repository watcher is still reading the repository; left behind")
+
+
 def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     status = subprocess.run(
         [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
