@@ -3,3 +3,7 @@
 Importing this package loads nothing heavy, so the client and ``fmnist health`` stay fast; the
 server modules pull in onnxruntime and grpc only when they are imported themselves.
 """
+
+from common.telemetry import without_onnxruntime_telemetry
+
+without_onnxruntime_telemetry()

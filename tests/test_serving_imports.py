@@ -1,6 +1,7 @@
 """``serving`` runs without TensorFlow, Keras, scikit-learn, onnx or the training package, and
 the client's command line starts without numpy or onnxruntime (``fmnist health`` stays fast)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -54,3 +55,25 @@ def test_client_command_line_imports_nothing_heavy():
         assert not heavy, heavy
     """))
     assert result.returncode == 0, result.stderr
+
+
+def test_onnxruntime_sends_no_telemetry_and_writes_nothing_under_home(tmp_path,
+                                                                      model_repository):
+    """onnxruntime 1.29+ kept a device id and an event cache under $HOME/.cache for its
+    uploads to Microsoft; the server (a process of its own, a call served) and training's
+    onnxruntime use turn that off."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environ = {name: value for name, value in os.environ.items()
+               if name != "ORT_DISABLE_TELEMETRY"}
+    model = model_repository / "mlp" / "1" / "model.onnx"
+    for package in ("serving", "training"):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {package}, numpy, onnxruntime\n"
+             f"session = onnxruntime.InferenceSession({str(model)!r})\n"
+             "session.run(None, {'images': numpy.zeros((1, 28, 28), numpy.uint8)})\n"
+             "print(session.get_inputs()[0].name)"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**environ, "HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+        assert list(home.rglob("*")) == [], package

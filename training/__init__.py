@@ -4,3 +4,7 @@ The package itself imports nothing heavy: TensorFlow and scikit-learn are loaded
 modules that fit or export models, so the modules that write the contract (preprocessing,
 repository) stay usable without them.
 """
+
+from common.telemetry import without_onnxruntime_telemetry
+
+without_onnxruntime_telemetry()
