@@ -25,7 +25,12 @@ class Echo:
         self.callbacks_seen: list[bytes] = []
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"bad initial metadata":  # gRPC C++ aborted the process on these
+            context.send_initial_metadata((("Upper-Case", "x"),))
         context.send_initial_metadata((("initial", "yes"),))
+        if request == b"bad trailing metadata":
+            context.set_trailing_metadata((("text", "line\nbreak"),))
+            return b"never sent"
         context.set_trailing_metadata((("trailing", "yes"), ("bin-bin", b"\x00\xff")))
         metadata = dict(context.invocation_metadata())
         if request == b"fail":

@@ -85,6 +85,20 @@ def test_initial_metadata_twice_is_an_error_not_a_crash(echo_server):
     assert unary(b"", timeout=5).startswith(b"None|")  # the server still serves
 
 
+@pytest.mark.parametrize("request_bytes", [b"bad initial metadata", b"bad trailing metadata"])
+def test_metadata_grpc_refuses_ends_the_call_internal_not_the_process(echo_server,
+                                                                      request_bytes):
+    """An upper-case key or a line break in a text value: gRPC C++ asserted and aborted the
+    whole process (SIGABRT); grpcio answers INTERNAL "Invalid metadata"."""
+    _, _, channel = echo_server
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    with pytest.raises(grpc.RpcError) as refused:
+        unary(request_bytes, timeout=5)
+    assert (refused.value.code(), refused.value.details()) == (
+        grpc.StatusCode.INTERNAL, "Invalid metadata")
+    assert unary(b"hi", timeout=5).startswith(b"None|")  # still serving
+
+
 def test_a_handler_raising_system_exit_ends_its_call_and_stop_returns(grpc_server):
     server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
     server.add_generic_rpc_handlers([Echo().handler()])

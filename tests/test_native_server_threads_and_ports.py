@@ -91,6 +91,26 @@ def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
         assert _threads() <= before, "threads left behind"
 
 
+def test_health_watches_that_end_log_no_error(settings, caplog):
+    """grpc_health ends a Watch by sending None; the native server tried to serialize it and
+    logged a traceback per Watch (cancelled, past its deadline, or at stop)."""
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        for timeout in (30, 0.3):
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            if timeout == 30:
+                watch.cancel()
+            with pytest.raises(grpc.RpcError):
+                next(watch)
+        left_open = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(left_open).status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(0.3)  # the server hears of the cancellations
+        server.stop(0.2)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= 40] == []
+
+
 def test_reuse_port_follows_the_setting(grpc_server):
     first = make_grpc_server(grpc_server, 1, [], 4096, reuse_port=True)
     port = first.add_insecure_port("127.0.0.1:0")

@@ -3,6 +3,7 @@ handler (the data plane's through the pipeline, health, reflection), doing what 
 with the call's state kept here and in the C++ call."""
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -103,7 +104,10 @@ class NativeContext(grpc.ServicerContext):
         pass  # it never compresses
 
     def send_initial_metadata(self, initial_metadata) -> None:
-        if not self._call.send_initial_metadata(_wire(initial_metadata)):
+        wired = _wire(initial_metadata)
+        if wired is None:
+            self.abort(grpc.StatusCode.INTERNAL, INVALID_METADATA)
+        if not self._call.send_initial_metadata(wired):
             raise ValueError("initial metadata can no longer be sent: the call is over, or "
                              "they were sent already")
 
@@ -146,14 +150,28 @@ class NativeContext(grpc.ServicerContext):
         if error is not None and code is None:
             log.error("Exception calling application: %s", error, exc_info=error)
             code, details = grpc.StatusCode.UNKNOWN, f"Exception calling application: {error}"
-        code = code or grpc.StatusCode.OK
+        code, trailing = code or grpc.StatusCode.OK, _wire(self._trailing)
+        if trailing is None:
+            code, details, trailing = grpc.StatusCode.INTERNAL, INVALID_METADATA, ()
         self._call.finish(code.value[0], details if isinstance(details, str)
-                          else details.decode(errors="replace"), _wire(self._trailing),
+                          else details.decode(errors="replace"), trailing,
                           response if code is grpc.StatusCode.OK else None)
         self.end()
 
 
-def _wire(metadata) -> tuple[tuple[str, bytes], ...]:
-    """Metadata as gRPC C++ takes it: text values as UTF-8."""
-    return tuple((key, value.encode() if isinstance(value, str) else value)
-                 for key, value in metadata)
+INVALID_METADATA = "Invalid metadata"  # as grpcio answers it
+_KEY = re.compile(r"[0-9a-z_.\-]+")  # HTTP/2 header names as gRPC allows them
+_TEXT = re.compile(rb"[\x20-\x7e]*")  # a text value: printable ASCII
+
+
+def _wire(metadata) -> tuple[tuple[str, bytes], ...] | None:
+    """Metadata as gRPC C++ takes it (text values as UTF-8), or None if it holds a key or a
+    text value gRPC refuses: gRPC C++ would abort the whole process on it."""
+    wired = []
+    for key, value in metadata:
+        data = value.encode() if isinstance(value, str) else value
+        if not (isinstance(key, str) and _KEY.fullmatch(key) and isinstance(data, bytes)
+                and (key.endswith("-bin") or _TEXT.fullmatch(data))):
+            return None
+        wired.append((key, data))
+    return tuple(wired)

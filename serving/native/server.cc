@@ -289,8 +289,7 @@ class Call {
 
  private:
   struct Operation {
-    bool busy = false;
-    bool ok = false;
+    bool busy = false, ok = false;
   };
   struct Rpc {
     grpc::GenericServerContext context;
@@ -421,8 +420,7 @@ PyObject* ToPairList(const Range& range, bool text) {
                            Py_ssize_t(value.size()));
     };
     PyObject* pair = text && !key.ends_with("-bin") ? build("(s#s#)") : nullptr;
-    if (pair == nullptr) PyErr_Clear();  // not text, or text that is not UTF-8: bytes
-    if (pair == nullptr) pair = build("(s#y#)");
+    if (pair == nullptr) PyErr_Clear(), pair = build("(s#y#)");  // not (UTF-8) text: bytes
     if (pair == nullptr || PyList_Append(list, pair) < 0) Py_CLEAR(list);
     Py_XDECREF(pair);
   }
@@ -447,10 +445,10 @@ bool ToPairs(PyObject* sequence, Pairs* pairs) {
 // (method, metadata, peer, seconds left or None)
 PyObject* CallInfo(PyObject* self, PyObject*) {
   auto* context = Of(self)->context();
-  auto deadline = context->deadline();
-  PyObject* remaining = deadline == std::chrono::system_clock::time_point::max()
-      ? Py_NewRef(Py_None) : PyFloat_FromDouble(std::chrono::duration<double>(
-          deadline - std::chrono::system_clock::now()).count());
+  gpr_timespec deadline = context->raw_deadline();  // deadline() overflows past 292 years
+  PyObject* remaining = gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) == 0
+      ? Py_NewRef(Py_None) : PyFloat_FromDouble(gpr_timespec_to_micros(gpr_time_sub(
+          deadline, gpr_now(deadline.clock_type))) / 1e6);
   const std::string& method = context->method();
   std::string peer = context->peer();
   return Py_BuildValue("(s#Ns#N)", method.data(), static_cast<Py_ssize_t>(method.size()),
@@ -624,6 +622,9 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port);
+  // gRPC 1.51 inflates a compressed request whole before its size check: identity only
+  builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);  // grpcio's hard limit
   std::string errors;
   CaptureLog(&errors);  // with the GIL (binding is brief): gRPC's threads never take it
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

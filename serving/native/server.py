@@ -154,7 +154,7 @@ def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: s
     if not handler.response_streaming:
         context.finish(serialize(behavior(request, context)))
     elif getattr(behavior, "experimental_non_blocking", False) and not handler.request_streaming:
-        behavior(request, context, lambda message: call.write(serialize(message)))
+        behavior(request, context, functools.partial(_send, call, context, serialize))
         if call.park():  # answered from other threads until cancelled
             return True
         context.end()  # cancelled already (and finished by park)
@@ -162,6 +162,15 @@ def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: s
         _write_all(call, behavior(request, context), serialize)
         context.finish()
     return False
+
+
+def _send(call, context: NativeContext, serialize, message) -> None:
+    """A non-blocking handler's ``send_response_callback``: None ends the call, as in grpcio
+    (grpc_health's Watch does so once cancelled)."""
+    if message is None:
+        context.finish()
+    else:
+        call.write(serialize(message))
 
 
 class _RefusedError(Exception):
