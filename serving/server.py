@@ -70,14 +70,17 @@ class ModelServer:
         self.admission = Admission(settings.max_concurrent_calls)
         self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,
                                      max_streams=_max_streams(settings.call_threads))
-        # non-blocking: a Watch holds no call thread while it waits for a change
-        self.health = health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc_server(
             settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
             max_running=_max_running(settings),
         )
+        # Non-blocking, a Watch holds no call thread while it waits for a change; but on
+        # grpcio a client that opens and cancels Watches deadlocks the server for good (its
+        # cancel callback waits for the servicer's lock, held by a Watch waiting to send)
+        self.health = health.HealthServicer(
+            experimental_non_blocking=self._server.transport == "native")
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving.grpc_transport import grpc_server as make_grpc_server
 from tests.conftest import running_server
 from tests.echo_service import SERVICE, Echo
+from tests.server_process import server_process
 
 
 def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(grpc_server):
@@ -109,6 +110,28 @@ def test_health_watches_that_end_log_no_error(settings, caplog):
         time.sleep(0.3)  # the server hears of the cancellations
         server.stop(0.2)
     assert [record.getMessage() for record in caplog.records if record.levelno >= 40] == []
+
+
+@pytest.mark.timeout(90)
+def test_health_watches_opened_and_cancelled_in_a_loop_leave_the_server_serving(
+        model_repository, grpc_server):
+    """On grpcio, non-blocking Watches deadlocked the server for good within a few thousand
+    open-and-cancel cycles of one client: every call DEADLINE_EXCEEDED, SIGTERM never ended."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0",
+                        "--grpc-server", grpc_server, "--grace-period", "1") as (process, logs):
+        address = logs.wait_for("serving")[0]["address"]
+        with grpc.insecure_channel(address) as channel:
+            watch = channel.unary_stream("/grpc.health.v1.Health/Watch")  # bytes in and out
+            until = time.monotonic() + 4
+            while time.monotonic() < until:
+                call = watch(b"", timeout=3)
+                next(call)
+                call.cancel()
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(), timeout=3).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        process.terminate()
+        assert process.wait(20) == 0
 
 
 def test_reuse_port_follows_the_setting(grpc_server):
