@@ -23,11 +23,15 @@ class Echo:
         self.ended = threading.Event()
         self.seen_inactive = threading.Event()
         self.callbacks_seen: list[bytes] = []
+        self.holding, self.release = threading.Event(), threading.Event()
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         if request == b"bad initial metadata":  # gRPC C++ aborted the process on these
             context.send_initial_metadata((("Upper-Case", "x"),))
         context.send_initial_metadata((("initial", "yes"),))
+        if request == b"hold":  # its thread stays at work (not waiting on the network)
+            self.holding.set()
+            self.release.wait(10)
         if request == b"bad trailing metadata":
             context.set_trailing_metadata((("text", "line\nbreak"),))
             return b"never sent"

@@ -33,7 +33,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -62,6 +61,10 @@ void Log(gpr_log_func_args* args) {
 class Call;
 class Calls;
 
+// A queued call: new, cancelled and watched (its callbacks are due), or a new health call,
+// which never waits for a thread at work to come back (a probe would time out under load).
+enum Queued { kNew, kEnded, kHealth };
+
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
 // its operations), if any. A thread that ends at work (SystemExit) gives its place back.
 struct AtWork {
@@ -80,7 +83,7 @@ class Calls {
   void Request();
   // The polling thread: runs every event of the queue until it is shut down and empty.
   void Poll();
-  void Push(Call* call, bool ended);
+  void Push(Call* call, Queued kind);
   // Blocks (unless `wait` is false) until a call is queued; false once closed and empty (or,
   // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
   // first: handlers may wait on it.
@@ -88,11 +91,13 @@ class Calls {
     std::unique_lock<std::mutex> lock(mutex_);
     if (std::exchange(at_work.calls, nullptr) == this) --running_;
     auto may_take = [this] {
-      return !items_.empty() && (running_ < max_running_ || closed_ || items_.front().second);
+      return !items_.empty() &&
+             (running_ < max_running_ || closed_ || items_.front().second != kNew);
     };
     if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
     if (!may_take()) return false;
-    std::tie(*call, *ended) = items_.front();
+    *call = items_.front().first;
+    *ended = items_.front().second == kEnded;
     items_.pop_front();
     ++running_;
     at_work.calls = this;
@@ -122,7 +127,7 @@ class Calls {
   std::mutex mutex_;
   std::condition_variable ready_, released_;
   int held_ = 0;
-  std::deque<std::pair<Call*, bool>> items_;
+  std::deque<std::pair<Call*, Queued>> items_;
   bool closed_ = false;
   const int max_running_;
   int running_ = 0;
@@ -170,7 +175,8 @@ class Call {
         Ref();  // the queue's; the first message is read while the call waits for a thread
         Locked([this] { Started(&reading_); });
         rpc_->stream.Read(&in_, &tags_[kRead]);
-        return calls_->Push(this, false);
+        return calls_->Push(this, rpc_->context.method().starts_with("/grpc.health.v1.Health/")
+                                      ? kHealth : kNew);
       case kRead: return Release(&reading_, ok);
       case kWritten: return Release(&writing_, ok);
       case kMetadataSent: return Release(&sending_metadata_, ok);
@@ -188,7 +194,7 @@ class Call {
       changed_.notify_all();
     }
     if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-    if (tell) calls_->Push(this, true);
+    if (tell) calls_->Push(this, kEnded);
   }
 
   // What follows is called by Python threads, without the GIL where it may wait.
@@ -269,9 +275,7 @@ class Call {
   }
   // first_read: its first message is read and not yet taken (taking it will not wait);
   // active: neither cancelled nor finished.
-  struct State {
-    bool first_read, finished, active;
-  };
+  struct State { bool first_read, finished, active; };
   State Now() {
     return Locked([this] {
       return State{first_read_ && !reading_.busy, finished_, !cancelled_ && !finished_};
@@ -366,11 +370,11 @@ class Call {
   grpc::ByteBuffer in_, out_, drained_;
 };
 
-void Calls::Push(Call* call, bool ended) {
+void Calls::Push(Call* call, Queued kind) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (ended) call->Ref();  // a new call comes with its queue reference
-  ended ? items_.emplace_front(call, ended) : items_.emplace_back(call, ended);
-  if (ended || running_ < max_running_) ready_.notify_one();
+  if (kind == kEnded) call->Ref();  // a new call comes with its queue reference
+  kind == kNew ? items_.emplace_back(call, kind) : items_.emplace_front(call, kind);
+  if (kind != kNew || running_ < max_running_) ready_.notify_one();
 }
 
 AtWork::~AtWork() {
@@ -462,9 +466,7 @@ PyObject* CallInfo(PyObject* self, PyObject*) {
 struct Waiting {
   Calls* calls = at_work.calls;  // not at work: nothing to count
   PyThreadState* state = PyEval_SaveThread();
-  Waiting() {
-    if (calls) calls->Waits(true);
-  }
+  Waiting() { if (calls) calls->Waits(true); }
   ~Waiting() {
     if (calls) calls->Waits(false);
     PyEval_RestoreThread(state);
