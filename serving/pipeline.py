@@ -224,8 +224,11 @@ class CallPipeline:
         """``error`` as the ServingError the client gets, logged once."""
         fields = {"method": call.method, "peer": call.peer}
         if isinstance(error, ServingError):
-            log.warning("request failed", extra={"fields": {
-                **fields, "code": error.grpc_code, "error": str(error)}})
+            # refused for the server's state (draining, at its limit): counted, and one line
+            # each would flood the log just when it matters; the client's faults stay loud
+            quiet = isinstance(error, Unavailable) or type(error) is ResourceExhausted
+            log.log(logging.DEBUG if quiet else logging.WARNING, "request failed", extra={
+                "fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error
         log.error("request crashed", exc_info=error, extra={"fields": fields})
         return Internal()
