@@ -14,8 +14,9 @@ session or a thread. It
 2. reserves the port (port 0 becomes one free port all workers share) and forks the workers;
    each loads the repository, serves, and reports over a pipe that it serves, or the one-line
    reason it cannot (the supervisor then stops the others and fails with that line);
-3. forks a replacement when a worker dies (at most one per slot per second), and kills a
-   replacement that does not serve within ``--worker-start-timeout`` (to be replaced in turn);
+3. forks a replacement when a worker dies (at most one per slot per second; twice as long
+   after each replacement in a row that failed to start, up to 32 s), and kills a replacement
+   that does not serve within ``--worker-start-timeout`` (to be replaced in turn);
 4. on SIGTERM/SIGINT, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, then kills them) and removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
@@ -48,6 +49,7 @@ from serving.workers_metrics import summed_metrics_server
 # serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
+MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 METRICS = -1  # the metrics process's slot
 
@@ -88,6 +90,8 @@ class _Supervisor:
         self.workers: dict[int, int] = {}  # pid -> slot
         self.starting: dict[int, int] = {}  # start-report pipe -> pid
         self.started_at: dict[int, float] = {}  # slot -> last fork time
+        self.served: set[int] = set()  # pids that reported serving
+        self.failed_starts: dict[int, int] = {}  # slot -> its workers in a row that never served
         self.due: dict[int, float] = {}  # slot (METRICS: the metrics process) -> when its
         # replacement may be forked
         self.stopping = False
@@ -113,8 +117,10 @@ class _Supervisor:
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"a worker did not serve within "
                                        f"{self.settings.worker_start_timeout:g} s")
-            for _pid, message in self._reports(deadline - time.monotonic()):
-                if message != READY and not self.stopping:  # Ctrl-C reaches workers too
+            for pid, message in self._reports(deadline - time.monotonic()):
+                if message == READY:
+                    self.served.add(pid)
+                elif not self.stopping:  # Ctrl-C reaches workers too
                     raise WorkerStartError(message.decode(errors="replace").strip()
                                            or "a worker exited before serving")
             self._reap()
@@ -216,9 +222,13 @@ class _Supervisor:
             multiprocess.mark_process_dead(slot, self.directory)  # files are named by slot
             if self.stopping:
                 continue
+            failed = 0 if pid in self.served else self.failed_starts.get(slot, 0) + 1
+            self.served.discard(pid)
+            self.failed_starts[slot] = failed
+            retry_in = RESTART_INTERVAL_S * 2 ** min(failed, MAX_RESTART_DOUBLINGS)
             log.warning("worker died; starting another", extra={"fields": {
-                "pid": pid, "status": _describe(status), "slot": slot}})
-            self.due[slot] = self.started_at[slot] + RESTART_INTERVAL_S
+                "pid": pid, "status": _describe(status), "slot": slot, "retry_in_s": retry_in}})
+            self.due[slot] = self.started_at[slot] + retry_in
 
     def _kill_hung_replacements(self) -> None:
         """A replacement that neither serves nor fails in time (a hung disk, a lock) is
@@ -234,9 +244,9 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
-    @staticmethod
-    def _replacement_started(pid: int, message: bytes) -> None:
+    def _replacement_started(self, pid: int, message: bytes) -> None:
         if message == READY:
+            self.served.add(pid)
             log.info("worker serving", extra={"fields": {"pid": pid}})
         else:
             log.error("worker failed to start", extra={"fields": {

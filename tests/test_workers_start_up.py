@@ -127,6 +127,26 @@ def test_sigterm_stops_a_server_whose_watcher_is_stuck_reading_the_repository(
     assert logs.wait_for("the repository watcher is still reading the repository; left behind")
 
 
+def test_replacements_that_fail_to_start_are_retried_ever_later(repository_copy):
+    """A repository that changed under a running server (here the baseline's sha256) fails
+    every replacement: one a second, without end, filled the log; the wait now doubles."""
+    manifest = repository_copy / "baseline" / "1" / "model.json"
+    with server_process(repository_copy, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0") as (process, logs):
+        pids = logs.wait_for("workers serving")[0]["pids"]
+        saved = manifest.read_text()
+        manifest.write_text(saved.replace('"sha256": "', '"sha256": "0'))
+        os.kill(pids[0], signal.SIGKILL)
+        deaths = logs.wait_for("worker died; starting another", count=3, timeout=30)
+        assert [death["retry_in_s"] for death in deaths] == [1.0, 2.0, 4.0]
+        assert len(logs.matching("worker failed to start")) == 2
+        manifest.write_text(saved)
+        replacement = logs.wait_for("worker serving", timeout=30)[0]["pid"]
+        assert replacement in children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
 def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     status = subprocess.run(
         [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
