@@ -20,7 +20,8 @@ session or a thread. It
 4. on SIGTERM/SIGINT, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, then kills them) and removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
-   (PR_SET_PDEATHSIG): they drain and exit rather than linger.
+   (PR_SET_PDEATHSIG): they drain and exit rather than linger, and the next supervisor
+   removes the directory they leave (``serving.scratch``).
 """
 
 import contextlib
@@ -28,13 +29,12 @@ import logging
 import os
 import select
 import signal
-import tempfile
 import time
 from dataclasses import replace
 
 from serving.errors import WorkerStartError
 from serving.ports import reserved_port
-from serving.scratch import scratch_parent
+from serving.scratch import held_directory
 from serving.settings import Settings
 from serving.worker_process import (
     READY,
@@ -72,7 +72,7 @@ def supervise(settings: Settings) -> int:
 def _multiprocess_directory():
     """A fresh directory for the workers' metrics, named in the environment they inherit."""
     previous = os.environ.get(MULTIPROCESS_ENV)
-    with tempfile.TemporaryDirectory(prefix="fmnist-metrics-", dir=scratch_parent()) as directory:
+    with held_directory("fmnist-metrics-") as directory:
         os.environ[MULTIPROCESS_ENV] = directory
         try:
             yield directory
