@@ -13,8 +13,7 @@ from PIL import Image
 from common.contract import CLASS_NAMES
 from serving.client import cli
 from serving.client.api import ClassifierClient
-from serving.client.inputs import load_npy
-from serving.codecs.images import load_png
+from serving.client.inputs import load_npy, load_png
 
 
 @pytest.fixture

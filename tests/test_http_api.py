@@ -22,7 +22,7 @@ from fashion_mnist.v1 import classifier_pb2_grpc as domain_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving import server as server_module
-from serving.codecs.images import load_png
+from serving.client.inputs import load_png
 from serving.http.rest import message_json
 from tests.http_helpers import http_and_grpc, http_server, http_settings
 

@@ -1,12 +1,42 @@
 """Turns files into ``uint8 [N,28,28]`` images the way Fashion-MNIST has them: light object on
-a black background, centred in 28x28."""
+a black background, centred in 28x28 (``fmnist classify``, and the HTTP API's /v1/classify)."""
 
+import functools
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from common.contract import IMAGE_SHAPE, PIXELS
-from serving.codecs.images import load_png
+
+
+@functools.cache
+def pillow():
+    """Pillow's ``Image``, imported on first use, without its decompression-bomb warning: it
+    went to stderr past any log format, and the HTTP API refuses a picture over its own,
+    lower limit before decoding it (a person's own file is theirs to decode)."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
+def load_png(path: Path, invert: bool = False) -> np.ndarray:
+    """Any image file Pillow reads, any size or mode -> grayscale, upright as a viewer shows it
+    (a photo's EXIF orientation applied), fitted into 28x28 keeping its aspect ratio, padded
+    with black. ``invert`` for dark objects on a light background."""
+    from PIL import ImageOps
+
+    Image = pillow()  # noqa: N806 (Pillow's name)
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
+            upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
+        gray = upright.convert("L")
+    if invert:
+        gray = ImageOps.invert(gray)
+    fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
+    return np.asarray(fitted, dtype=np.uint8)
 
 
 def load_npy(path: Path) -> np.ndarray:

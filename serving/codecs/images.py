@@ -1,14 +1,11 @@
 """The checks every API applies to a batch of images, and the conversion to ``uint8 [N,28,28]``
-(of an image file too: the client and the HTTP API both take them).
+(of image files: ``serving.client.inputs``, which the HTTP API uses too).
 
 Messages name the field and the expected value, e.g.
 ``images[3]: expected 784 bytes (28x28 uint8), got 100``.
 """
 
-import functools
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -52,32 +49,3 @@ def images_from_array(array: np.ndarray, max_request_images: int, field: str) ->
         )
     check_batch_size(array.shape[0], max_request_images, field)
     return array.reshape(array.shape[0], *IMAGE_SHAPE)
-
-
-@functools.cache
-def pillow():
-    """Pillow's ``Image``, imported on first use, without its decompression-bomb warning: it
-    went to stderr past any log format, and the HTTP API refuses a picture over its own,
-    lower limit before decoding it (a person's own file is theirs to decode)."""
-    from PIL import Image
-
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    return Image
-
-
-def load_png(path: Path, invert: bool = False) -> np.ndarray:
-    """Any image file Pillow reads, any size or mode -> grayscale, upright as a viewer shows it
-    (a photo's EXIF orientation applied), fitted into 28x28 keeping its aspect ratio, padded
-    with black. ``invert`` for dark objects on a light background."""
-    from PIL import ImageOps
-
-    Image = pillow()  # noqa: N806 (Pillow's name)
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
-            upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
-        gray = upright.convert("L")
-    if invert:
-        gray = ImageOps.invert(gray)
-    fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
-    return np.asarray(fitted, dtype=np.uint8)

@@ -18,7 +18,7 @@ import numpy as np
 
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
 from fashion_mnist.v1 import classifier_pb2 as pb
-from serving.codecs.images import load_png, pillow
+from serving.client.inputs import load_png, pillow
 from serving.errors import InvalidArgument, NotFound
 from serving.http.rest import message_json, parse_json
 
