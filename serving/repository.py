@@ -169,16 +169,13 @@ def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 
     if not present:
         raise RepositoryError(
             f"model repository {root} holds no model versions "
-            f"(expected {root}/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)"
-        )
+            f"(expected {root}/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)")
     registry = ModelRegistry()
     for key in sorted(present):
         load_into(registry, present[key], policy, intra_op_threads)
     if not registry.list():
-        raise RepositoryError(
-            f"model repository {root}: no model version could be loaded: "
-            + "; ".join(registry.refused.values())
-        )
+        raise RepositoryError(f"model repository {root}: no model version could be loaded: "
+                              + "; ".join(registry.refused.values()))
     return registry
 
 
@@ -191,10 +188,8 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
         registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
         registry.refused[key] = str(error)
-        log.error(
-            "model version refused",
-            extra={"fields": {"model": key[0], "version": key[1], "reason": str(error)}},
-        )
+        log.error("model version refused", extra={"fields": {
+            "model": key[0], "version": key[1], "reason": str(error)}})
         return False
     registry.refused.pop(key, None)
     return True
@@ -216,26 +211,16 @@ def load_version(path: Path, policy: BatchingPolicy, intra_op_threads: int = 1) 
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        session = onnxruntime.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime.InferenceSession(model_bytes, options,
+                                               providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several untyped errors for bad graphs
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise RepositoryError(
-            f"{path / MODEL_FILE}: onnxruntime cannot load it: {first_line}"
-        ) from None
+        raise RepositoryError(f"{path / MODEL_FILE}: onnxruntime cannot load it: "
+                              f"{first_line}") from None
     check_graph(path / MODEL_FILE, manifest, session)
-    log.info(
-        "model loaded",
-        extra={
-            "fields": {
-                "model": manifest.name,
-                "version": manifest.version,
-                "sha256": manifest.sha256[:12],
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            }
-        },
-    )
+    log.info("model loaded", extra={"fields": {
+        "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256[:12],
+        "ms": round((time.perf_counter() - started) * 1000, 1)}})
     return ModelVersion(manifest, session, policy)
 
 

@@ -20,19 +20,17 @@ def check_pem_files(cert_file: str | Path | None, key_file: str | Path | None,
     chain and its (unencrypted) key and ``ca_file`` holds PEM certificates: gRPC would only
     fail later, as a port it "cannot bind" or a handshake that fails. OSError if unreadable."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    checks = [(f"{cert_file} and {key_file}", lambda: context.load_cert_chain(
-        cert_file, key_file, password=""))] if cert_file else []
-    if ca_file:
-        checks.append((str(ca_file), lambda: context.load_verify_locations(cafile=ca_file)))
-    for files, check in checks:
-        try:
-            check()
-        except ssl.SSLError as error:
-            what = "a PEM certificate chain and its key" if " and " in files else \
-                "PEM certificates"
-            why = _PEM_ERRORS.get(error.reason, error.reason or "not PEM, or a key that needs "
-                                  "a password")
-            raise ValueError(f"{files}: expected {what}: {why}") from None
+    try:
+        if cert_file:
+            files, what = f"{cert_file} and {key_file}", "a PEM certificate chain and its key"
+            context.load_cert_chain(cert_file, key_file, password="")
+        if ca_file:
+            files, what = str(ca_file), "PEM certificates"
+            context.load_verify_locations(cafile=ca_file)
+    except ssl.SSLError as error:
+        why = _PEM_ERRORS.get(error.reason, error.reason or "not PEM, or a key that needs a "
+                              "password")
+        raise ValueError(f"{files}: expected {what}: {why}") from None
 
 
 _PEM_ERRORS = {"KEY_VALUES_MISMATCH": "the key is not the certificate's",

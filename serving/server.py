@@ -28,7 +28,7 @@ from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
-from serving.settings import Settings, available_cores
+from serving.settings import Settings, available_cores, host_port
 from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 DRAIN_QUIET_SECONDS = 0.05
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
-WATCHER_JOIN_S = 1.0  # at least, for a poll under way to finish at shutdown
 # Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
 # measured faster than with every thread at work (BENCHMARKS.md, "Threads at work").
 RUNNING_PER_CORE = 4
@@ -98,9 +97,7 @@ class ModelServer:
             port=settings.http_port, reuse_port=settings.workers > 1,
             test_images_dir=Path(settings.test_images_dir) if settings.test_images_dir else None,
         ) if settings.http_port else None
-        self.port = 0
-        self.http_port = 0
-        self.health_port = 0
+        self.port = self.http_port = self.health_port = 0
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
         self._metrics_endpoint = None
@@ -116,8 +113,7 @@ class ModelServer:
 
     @property
     def address(self) -> str:
-        host = self.settings.host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host_port(self.settings.host, self.port)
 
     def _model_label(self, request) -> str:
         """The metrics' model label: the model asked for ("" if none applies), "other" for
@@ -144,7 +140,7 @@ class ModelServer:
         except RuntimeError as error:
             raise ListenError(f"cannot listen on {settings.address}: {error}") from None
         if self._health_server is not None:
-            health_address = _address(settings.host, settings.health_port)
+            health_address = host_port(settings.host, settings.health_port)
             try:
                 self.health_port = self._health_server.add_insecure_port(health_address)
             except RuntimeError as error:
@@ -155,7 +151,7 @@ class ModelServer:
                 self.http_port = self.http.start()
             except OSError as error:
                 raise ListenError(f"cannot listen for HTTP on "
-                                  f"{_address(settings.host, settings.http_port)}: {error}"
+                                  f"{host_port(settings.host, settings.http_port)}: {error}"
                                   ) from None
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
@@ -184,7 +180,7 @@ class ModelServer:
         scheme = "https" if settings.tls_cert else "http"
         log.info("serving", extra={"fields": {
             "address": self.address, "transport": self._server.transport,
-            **({"http": f"{scheme}://{_address(settings.host, self.http_port)}/"}
+            **({"http": f"{scheme}://{host_port(settings.host, self.http_port)}/"}
                if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
@@ -228,7 +224,7 @@ class ModelServer:
         for event in stopped:
             event.wait()
         if self._watcher is not None:  # it may be stuck in a read of the repository
-            self._watcher.join(max(WATCHER_JOIN_S, deadline - time.monotonic()))
+            self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends
             if self._watcher.is_alive():
                 log.warning("the repository watcher is still reading the repository; left "
                             "behind", extra={"fields": {"repository": str(
@@ -270,10 +266,6 @@ def _max_streams(call_threads: int) -> int:
 def _policy(settings: Settings) -> BatchingPolicy:
     return BatchingPolicy(settings.max_batch_images, settings.parallel_inferences,
                           settings.batch_delay_us / 1e6)
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _package_version() -> str:

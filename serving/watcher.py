@@ -109,11 +109,9 @@ class RepositoryWatcher:
             self._refused[key] = fingerprint
             return
         self._refused.pop(key, None)
-        log.info(
-            "model version rolled out",
-            extra={"fields": {"model": key[0], "version": key[1],
-                              "default_version": self.registry.versions(key[0])[-1]}},
-        )
+        log.info("model version rolled out", extra={"fields": {
+            "model": key[0], "version": key[1],
+            "default_version": self.registry.versions(key[0])[-1]}})
 
     def _unload(self, key: VersionKey) -> None:
         name, version = key
@@ -121,10 +119,8 @@ class RepositoryWatcher:
             if key in self._kept:
                 return
             self._kept.add(key)
-            log.warning(
-                "model version removed from disk but kept: it is the last of a required model",
-                extra={"fields": {"model": name, "version": version}},
-            )
+            log.warning("model version removed from disk but kept: it is the last of a "
+                        "required model", extra={"fields": {"model": name, "version": version}})
             return
         self.registry.remove(name, version)
         log.info("model version unloaded", extra={"fields": {"model": name, "version": version}})
