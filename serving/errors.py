@@ -8,10 +8,18 @@ to the client without one.
 
 
 class ServingError(Exception):
-    """A request the service refuses; the message names the field and what was expected."""
+    """A request the service refuses; the message names the field and what was expected.
+    It may quote the request: cut to ``MAX_MESSAGE`` characters, it always fits the status
+    (gRPC refuses details over 16 KB, and a 16 KB model name became RESOURCE_EXHAUSTED)."""
 
     grpc_code = "INTERNAL"
     http_status = 500
+
+    def __init__(self, message: str = ""):
+        super().__init__(message[:MAX_MESSAGE] + ("..." if len(message) > MAX_MESSAGE else ""))
+
+
+MAX_MESSAGE = 1000
 
 
 class InvalidArgument(ServingError):  # noqa: N818 (named as the status)

@@ -191,7 +191,7 @@ class CallPipeline:
         if (self._expected and not call.method.startswith(OPEN_PREFIX)
                 and not self._presents_token(call.authorization)):
             raise self._refuse(call, Unauthenticated(
-                "missing or invalid bearer token (authorization metadata)"))
+                "missing or invalid bearer token (authorization: Bearer TOKEN)"))
         if call.method.startswith(UNCOUNTED_PREFIXES):
             return False
         try:

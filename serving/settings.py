@@ -25,6 +25,7 @@ MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
 DEFAULT_REPOSITORY = Path("model_repository")
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's limits are C ints
 
 
 def available_cores() -> int:
@@ -62,13 +63,10 @@ class Settings:
         "DIR",
     )
     default_model: str = _setting("mlp", "model that answers requests naming none", "NAME")
-    baseline_model: str = _setting(
-        "baseline", "model whose answer comes alongside every answer", "NAME"
-    )
+    baseline_model: str = _setting("baseline", "model whose answer comes alongside every answer",
+                                   "NAME")
     http_port: int = _setting(
-        8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)",
-        "PORT",
-    )
+        8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)", "PORT")
     health_port: int = _setting(
         0, "plaintext port serving only grpc.health.v1, for probes that can present neither "
         "a client certificate nor the token (0: none)", "PORT",
@@ -79,9 +77,8 @@ class Settings:
         "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR",
     )
     max_request_images: int = _setting(1024, "most images one request may carry", "N")
-    max_message_bytes: int = _setting(
-        4 * 1024 * 1024, "largest gRPC message accepted or sent", "BYTES"
-    )
+    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message accepted or sent "
+                                      f"(at most {MAX_MESSAGE_BYTES})", "BYTES")
     max_batch_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
         "together (1: no batching)", "N",
@@ -118,20 +115,16 @@ class Settings:
         0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
         "(0: no limit)", "N",
     )
-    grace_period: float = _setting(
-        10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled",
-        "SECONDS",
-    )
+    grace_period: float = _setting(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT "
+                                   "before they are cancelled", "SECONDS")
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
         "(0: load once at start-up)", "SECONDS",
     )
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
-    tls_client_ca: str = _setting(
-        "", "PEM CA certificates: require mutual TLS, clients show a certificate they signed",
-        "FILE",
-    )
+    tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "
+                                  "certificate they signed", "FILE")
     auth_token: str = field(  # repr=False: never printed with the settings
         default="", repr=False, metadata={
             "help": "bearer token every call but health must carry (authorization: Bearer "
@@ -148,6 +141,9 @@ class Settings:
         for name in ("port", "http_port", "metrics_port", "health_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
+        if self.max_message_bytes > MAX_MESSAGE_BYTES:
+            raise ValueError(f"--max-message-bytes: expected at most {MAX_MESSAGE_BYTES}, got "
+                             f"{self.max_message_bytes}")
         if self.max_concurrent_calls < 0:
             raise ValueError(f"--max-concurrent-calls: expected >= 0, got "
                              f"{self.max_concurrent_calls}")

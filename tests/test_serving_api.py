@@ -168,6 +168,11 @@ async def test_get_model_refuses_unknown_names_and_versions(stub):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.GetModel(pb.GetModelRequest(name=""))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    # a name the message quotes in full went past gRPC's 16 KB of details: RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetModel(pb.GetModelRequest(name="m" * 20_000))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(refused.value.details()) <= 1003 and refused.value.details().endswith("...")
 
 
 async def test_a_message_over_the_limit_is_resource_exhausted(small_stub):

@@ -158,6 +158,8 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
         ([], {"FMNIST_POLL_INTERVAL": "nan"}, "--poll-interval: expected 0..86400, got nan"),
         (["--batch-delay-us", "10000000000000"], {},
          "--batch-delay-us: expected 0..1000000, got 10000000000000"),
+        (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
+         "--max-message-bytes: expected at most 2147483647, got 3000000000"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
