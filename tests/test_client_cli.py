@@ -1,7 +1,9 @@
 """The client: ``ClassifierClient`` and the ``fmnist`` command line against a real server."""
 
 import csv
+import gzip
 import os
+import shutil
 import subprocess
 import sys
 
@@ -171,6 +173,25 @@ def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys
     assert len(table) == 700
     assert [int(row["model_label"]) for row in table] == model_labels.tolist()
     assert table[0]["index"] == "100" and int(table[0]["true_label"]) == labels[0]
+
+
+def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):
+    """One label changed: it scored 0.8986 instead of 0.8987 without a word, while
+    fmnist-train refused the same file."""
+    from common.dataset import DEFAULT_DATA_DIR
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(DEFAULT_DATA_DIR / name, tmp_path / name)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[-1] = (content[-1] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(content)))
+    assert cli.main(["score", "--target", target, "--data-dir", str(tmp_path), "--limit", "10",
+                     "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte (its "
+        "content SHA-256 differs); install the Debian package dataset-fashion-mnist or set "
+        "FMNIST_DATA_DIR\n")
 
 
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):

@@ -8,7 +8,8 @@ Each file is checked by the SHA-256 of its *decompressed* IDX content: Debian re
 headers (file name and time stamp stripped), so the ``.gz`` bytes differ from Zalando's originals
 while the data inside is identical; hashing the content accepts both and nothing else. The values
 below were computed from the Debian files, whose deflate streams rebuilt with Zalando's gzip
-header reproduce the MD5s published by Zalando (see README, "Training").
+header reproduce the MD5s published by Zalando (see README, "Training"); they are in
+``common.contract``, which the client's reader of the test set checks too.
 """
 
 import hashlib
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.contract import CLASS_NAMES, IMAGE_SHAPE
+from common.contract import CLASS_NAMES, DATA_SHA256, IMAGE_SHAPE
 from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -45,26 +46,9 @@ class IdxFile:
         return "images" in self.filename
 
 
-TRAIN_IMAGES = IdxFile(
-    "train-images-idx3-ubyte.gz",
-    60000,
-    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-)
-TRAIN_LABELS = IdxFile(
-    "train-labels-idx1-ubyte.gz",
-    60000,
-    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-)
-TEST_IMAGES = IdxFile(
-    "t10k-images-idx3-ubyte.gz",
-    10000,
-    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-)
-TEST_LABELS = IdxFile(
-    "t10k-labels-idx1-ubyte.gz",
-    10000,
-    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-)
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = (
+    IdxFile(f"{name}.gz", 60000 if name.startswith("train") else 10000, sha256)
+    for name, sha256 in DATA_SHA256.items())
 FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 
