@@ -96,3 +96,7 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text.startswith("request: body: expected a PNG, JPEG") or \
         element(By.ID, "error").text.startswith("body: expected a PNG, JPEG")
+    # the trouser's answer stayed beside the error, as if it were this file's
+    assert element(By.ID, "truth").text == "28x28, as the model sees it"
+    assert element(By.ID, "model-label").text == ""
+    assert element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar") == []
