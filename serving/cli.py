@@ -4,6 +4,7 @@ Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 if the repository c
 or the address cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.
 """
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         serve(settings)
     except (RepositoryError, ListenError) as error:
-        return _fail(error, 1)
+        return _fail(error, 1, settings.log_format)
     except KeyboardInterrupt:  # Ctrl-C while still loading, before the signal handlers exist
         return 130
     return 0
@@ -41,11 +42,16 @@ def _supervise(settings) -> int:
     try:
         return supervise(settings)
     except WorkerStartError as error:
-        return _fail(error, 1)
+        return _fail(error, 1, settings.log_format)
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(error: Exception, status: int) -> int:
-    print(f"fmnist-serve: error: {error}", file=sys.stderr)
+def _fail(error: Exception, status: int, log_format: str = "text") -> int:
+    """One line on stderr; a JSON log's last line is JSON too (bad flags come before it)."""
+    if log_format == "json":
+        logging.getLogger("serving").critical("cannot serve", extra={"fields": {
+            "error": str(error)}})
+    else:
+        print(f"fmnist-serve: error: {error}", file=sys.stderr)
     return status

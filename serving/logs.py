@@ -1,5 +1,6 @@
-"""Log set-up: one line per event, as text or JSON; structured fields go in ``extra={"fields":
-{...}}`` and are rendered as ``key=value`` pairs or JSON keys."""
+"""Log set-up: one line per event, as text or JSON, naming the process (workers log side by
+side); structured fields go in ``extra={"fields": {...}}`` and are rendered as ``key=value``
+pairs or JSON keys."""
 
 import datetime
 import json
@@ -9,7 +10,7 @@ import sys
 
 class TextFormatter(logging.Formatter):
     def __init__(self):
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -27,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which worker process, under a supervisor
             "message": record.getMessage(),
             **getattr(record, "fields", {}),
         }

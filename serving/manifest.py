@@ -62,14 +62,11 @@ def read_manifest(path: Path) -> Manifest:
             description=str(document.get("description", "")),
         )
     except (TypeError, ValueError, KeyError, AttributeError) as error:
-        raise RepositoryError(
-            f"{manifest_path}: malformed ({type(error).__name__}: {error})"
-        ) from None
+        raise RepositoryError(f"{manifest_path}: malformed ({type(error).__name__}: "
+                              f"{error})") from None
     if (manifest.name, str(manifest.version)) != (path.parent.name, path.name):
-        raise RepositoryError(
-            f"{manifest_path}: names {manifest.name}/{manifest.version}, "
-            f"expected {path.parent.name}/{path.name} (its directory)"
-        )
+        raise RepositoryError(f"{manifest_path}: names {manifest.name}/{manifest.version}, "
+                              f"expected {path.parent.name}/{path.name} (its directory)")
     _check_contract(manifest_path, manifest)
     return manifest
 
@@ -78,9 +75,8 @@ def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
     """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``."""
     image_input = ("UINT8", (-1, *IMAGE_SHAPE))
     if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
-        raise RepositoryError(
-            f"{manifest_path}: inputs {list(manifest.inputs)}, expected one UINT8 [-1,28,28] input"
-        )
+        raise RepositoryError(f"{manifest_path}: inputs {list(manifest.inputs)}, expected one "
+                              "UINT8 [-1,28,28] input")
     expected_outputs = (
         TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
         TensorSpec(LABEL, "INT64", (-1,)),
@@ -99,10 +95,8 @@ def check_graph(model_path: Path, manifest: Manifest, session) -> None:
     graph_inputs = {arg.name: arg for arg in session.get_inputs()}
     graph_outputs = {arg.name: arg for arg in session.get_outputs()}
     if set(graph_inputs) != {spec.name for spec in manifest.inputs}:
-        raise RepositoryError(
-            f"{model_path}: graph inputs {sorted(graph_inputs)} differ from {MANIFEST}'s "
-            f"{[spec.name for spec in manifest.inputs]}"
-        )
+        raise RepositoryError(f"{model_path}: graph inputs {sorted(graph_inputs)} differ from "
+                              f"{MANIFEST}'s {[spec.name for spec in manifest.inputs]}")
     for kind, specs, graph in (("input", manifest.inputs, graph_inputs),
                                ("output", manifest.outputs, graph_outputs)):
         for spec in specs:

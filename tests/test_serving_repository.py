@@ -135,6 +135,22 @@ def test_load_repository_refuses_a_tampered_version_and_loads_the_rest(repositor
     assert "the file changed after it was written" in registry.refused[("mlp", 2)]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_with_json_logs_every_line_is_json_the_fatal_one_too(tmp_path, workers):
+    """It ended with a plain "fmnist-serve: error: ..." line that a log pipeline reading one
+    JSON object per line could not parse; every line names its process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
+         "--log-format", "json", "--workers", workers],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert (lines[-1]["level"], lines[-1]["message"], lines[-1]["error"]) == (
+        "CRITICAL", "cannot serve",
+        f"model repository {tmp_path / 'none'} does not exist or is not a directory")
+    assert all(isinstance(line["pid"], int) for line in lines)
+
+
 def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none")],
