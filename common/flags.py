@@ -66,7 +66,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     show: "(default: the server's) (default: )" says nothing twice."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, "", False, []) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default in ("", []) \
+                or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import descriptor, message_factory
+from grpc_health.v1 import health
 
 from serving import native
 from serving.errors import ServingError
@@ -202,6 +203,17 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
         return handler._replace(stream_unary=answer_one)
 
 
+class HealthServicer(health.HealthServicer):
+    """grpc_health's, non-blocking (a Watch holds no call thread), with a Watch's end handled
+    on a thread of its own: on grpcio's polling thread it waited for the servicer's lock,
+    held by a Watch waiting for that thread to send (upstream: one client opening and
+    cancelling Watches deadlocked grpcio's server for good)."""
+
+    def _on_close_callback(self, send_response_callback, service):
+        end = super()._on_close_callback(send_response_callback, service)
+        return lambda: threading.Thread(target=end, name="health-watch-end", daemon=True).start()
+
+
 class GrpcioServer:
     """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port``."""
 
@@ -240,5 +252,6 @@ def grpc_server(implementation: str, threads: int,
         interceptors=[_DrainRefusedStreams(), *interceptors],
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
+                 ("grpc.max_metadata_size", 16 * 1024),  # as the native server
                  ("grpc.so_reuseport", int(reuse_port))],
     ))

@@ -34,7 +34,10 @@ def check_pem_files(cert_file: str | Path | None, key_file: str | Path | None,
 
 
 _PEM_ERRORS = {"KEY_VALUES_MISMATCH": "the key is not the certificate's",
-               "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it"}
+               "NO_CERTIFICATE_OR_CRL_FOUND": "no certificate in it",
+               # OpenSSL's default security level, which the native server's gRPC C++ keeps
+               "EE_KEY_TOO_SMALL": "the key is too small (RSA: 2048 bits at least)",
+               "CA_MD_TOO_WEAK": "signed with too weak a digest (SHA-256 at least)"}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from serving import metrics
 from serving.api.classifier import ClassifierAPI
 from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
-from serving.grpc_transport import PipelineInterceptor, api_handler, grpc_server
+from serving.grpc_transport import HealthServicer, PipelineInterceptor, api_handler, grpc_server
 from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
@@ -75,11 +75,7 @@ class ModelServer:
             settings.max_message_bytes, reuse_port=settings.workers > 1,
             max_running=_max_running(settings),
         )
-        # Non-blocking, a Watch holds no call thread while it waits for a change; but on
-        # grpcio a client that opens and cancels Watches deadlocks the server for good (its
-        # cancel callback waits for the servicer's lock, held by a Watch waiting to send)
-        self.health = health.HealthServicer(
-            experimental_non_blocking=self._server.transport == "native")
+        self.health = HealthServicer()
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -174,7 +170,7 @@ class ModelServer:
                 target=watcher.run, args=(settings.poll_interval, self._stop_watching),
                 name="repository-watcher", daemon=True)
             self._watcher.start()
-        for name in ["", *(s.full_name for s in SERVICES)]:
+        for name in [*(s.full_name for s in SERVICES), ""]:  # the whole server last
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registry.list())
         scheme = "https" if settings.tls_cert else "http"
@@ -184,7 +180,7 @@ class ModelServer:
                if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
-            "try": _try_command(settings, self.address)}})
+            "try": _try_command(settings, self.port)}})
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
@@ -226,8 +222,8 @@ class ModelServer:
         if self._watcher is not None:  # it may be stuck in a read of the repository
             self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends
             if self._watcher.is_alive():
-                log.warning("the repository watcher is still reading the repository; left "
-                            "behind", extra={"fields": {"repository": str(
+                log.warning("the repository watcher is still reading or loading the repository; "
+                            "left behind", extra={"fields": {"repository": str(
                                 self.settings.model_repository)}})
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.shutdown()
@@ -235,9 +231,11 @@ class ModelServer:
         log.info("stopped")
 
 
-def _try_command(settings: Settings, address: str) -> str:
-    """The client command that works against this server, its secrets left to fill in."""
-    return " ".join(["fmnist classify --target", address, "--test-index 0 1 2",
+def _try_command(settings: Settings, port: int) -> str:
+    """The client command that works against this server, its secrets left to fill in (the
+    host by name if it listens everywhere: a certificate names hosts, never 0.0.0.0)."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    return " ".join(["fmnist classify --target", host_port(host, port), "--test-index 0 1 2",
                      *(["--tls-ca CA_OF_THE_CERT"] if settings.tls_cert else []),
                      *(["--tls-cert CLIENT.crt --tls-key CLIENT.key"]
                        if settings.tls_client_ca else []),

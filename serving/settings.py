@@ -69,8 +69,7 @@ class Settings:
         8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)", "PORT")
     health_port: int = _setting(
         0, "plaintext port serving only grpc.health.v1, for probes that can present neither "
-        "a client certificate nor the token (0: none)", "PORT",
-    )
+        "a client certificate nor the token (0: none)", "PORT")
     test_images_dir: str = _setting(
         "", "directory of the Fashion-MNIST test set's IDX files (t10k-*-ubyte[.gz]) behind "
         "the web page's random test image (default: $FMNIST_DATA_DIR, else "
@@ -81,30 +80,25 @@ class Settings:
                                       f"(at most {MAX_MESSAGE_BYTES})", "BYTES")
     max_batch_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
-        "together (1: no batching)", "N",
-    )
+        "together (1: no batching)", "N")
     batch_delay_us: int = _setting(
         0, "microseconds a batch that is not full waits for more requests (0: never waits; "
-        "requests arriving while the model is busy are batched anyway)", "MICROSECONDS",
-    )
+        "requests arriving while the model is busy are batched anyway)", "MICROSECONDS")
     parallel_inferences: int = _setting(
         CORES, "onnxruntime calls one model version runs at once in a process; requests "
-        "arriving meanwhile wait and are batched (default: the CPUs this process may use)", "N",
-    )
+        "arriving meanwhile wait and are batched (default: the CPUs this process may use)",
+        "N")
     intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N")
     call_threads: int = _setting(
         64, "threads answering calls in a process: a unary call holds one while it runs, a "
-        "stream for its whole life", "N",
-    )
+        "stream for its whole life", "N")
     grpc_server: str = _setting(
         "native", "gRPC server implementation: native (gRPC C++, serving/native; grpcio where "
-        "it is not built) or grpcio (grpcio's own)", choices=GRPC_SERVERS,
-    )
+        "it is not built) or grpcio (grpcio's own)", choices=GRPC_SERVERS)
     workers: int = _setting(
         CORES, "server processes sharing the port (the kernel spreads the connections), under "
         "a supervisor that replaces any that dies; 1: a single process "
-        "(default: the CPUs this process may use)", "N",
-    )
+        "(default: the CPUs this process may use)", "N")
     worker_start_timeout: float = _setting(
         120.0, "seconds a worker process has to load the repository and serve; one that has "
         "not by then fails the start, or is killed and replaced if it replaced another",
@@ -113,14 +107,12 @@ class Settings:
     metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
     max_concurrent_calls: int = _setting(
         0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
-        "(0: no limit)", "N",
-    )
+        "(0: no limit)", "N")
     grace_period: float = _setting(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT "
                                    "before they are cancelled", "SECONDS")
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
-        "(0: load once at start-up)", "SECONDS",
-    )
+        "(0: load once at start-up)", "SECONDS")
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
     tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "

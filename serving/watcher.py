@@ -88,6 +88,8 @@ class RepositoryWatcher:
             if key[0] not in listing.unreadable:
                 self._unload(key)
         for key in self._refused.keys() - present.keys():
+            if key[0] in listing.unreadable:  # unknown, not gone
+                continue
             del self._refused[key]
             self.registry.refused.pop(key, None)
         self._kept &= loaded - present.keys()

@@ -20,21 +20,23 @@ HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}  # blocked over e
 def signals_held():
     """Holds SIGTERM/SIGINT/SIGCHLD over a fork: until the child has handlers of its own it
     would run the supervisor's, in the child, and the signal would be lost (a worker told to
-    stop while it starts served on). The child lets them in with ``own_signals``."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    stop while it starts served on). Yields the mask to restore, which the child restores
+    with ``own_signals``."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
-        yield
+        yield previous
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def own_signals() -> None:
+def own_signals(mask) -> None:
     """In a forked child: the default action for the supervisor's signals, which were held
-    over the fork (serving.workers), then lets them in: one sent meanwhile ends the child."""
+    over the fork (serving.workers), then the signal mask from before: one sent meanwhile
+    ends the child."""
     signal.set_wakeup_fd(-1)
     for signal_number in HELD_SIGNALS:
         signal.signal(signal_number, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def drain_when_orphaned(supervisor: int) -> None:
@@ -75,12 +77,12 @@ class StartReport:
 
 
 def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[int],
-                 supervisor: int) -> None:
+                 supervisor: int, *, mask) -> None:
     """In the forked child: serve until SIGTERM, report the start; never returns."""
     status = 1
     report = StartReport(report_fd)
     try:
-        own_signals()
+        own_signals(mask)
         drain_when_orphaned(supervisor)
         for fd in inherited:
             os.close(fd)

@@ -167,12 +167,12 @@ class _Supervisor:
         """Starts a worker; its start report comes over a pipe of its own."""
         read_end, write_end = os.pipe()
         supervisor = os.getpid()
-        with signals_held():
+        with signals_held() as mask:
             pid = os.fork()
             if pid == 0:
                 os.close(read_end)
                 worker_main(self.settings, slot, write_end, [*self._own_descriptors()],
-                            supervisor)
+                            supervisor, mask=mask)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -188,10 +188,10 @@ class _Supervisor:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""
         self._metrics_started_at = time.monotonic()
         supervisor = os.getpid()
-        with signals_held():
+        with signals_held() as mask:
             pid = os.fork()
             if pid == 0:
-                own_signals()
+                own_signals(mask)
         if pid == 0:
             try:
                 drain_when_orphaned(supervisor)  # SIGTERM, which ends it

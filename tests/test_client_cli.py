@@ -233,6 +233,17 @@ def test_health_of_a_server_that_is_not_there_exits_1_with_one_line(target, code
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+def test_the_command_quiets_grpc_for_itself_only(target, capsys, monkeypatch):
+    """Set in the calling process, GRPC_VERBOSITY=NONE reached every process it started later
+    (a server's own gRPC log then said nothing)."""
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    assert cli.main(["health", "--target", target]) == 0
+    assert "GRPC_VERBOSITY" not in os.environ
+    monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")
+    assert cli.main(["health", "--target", target]) == 0
+    assert os.environ["GRPC_VERBOSITY"] == "ERROR"
+
+
 def test_env_vars_say_where_the_server_is(target, capsys, monkeypatch):
     monkeypatch.setenv("FMNIST_TARGET", target)
     monkeypatch.setenv("FMNIST_TIMEOUT", "5")

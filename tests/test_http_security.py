@@ -65,6 +65,19 @@ def test_the_start_up_line_under_tls_and_token_names_https_and_a_command_that_wo
         assert client_cli.main(command.split()[1:]) == 0
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_the_start_up_command_names_localhost_when_the_server_listens_everywhere(
+        model_repository, pki, host):
+    """--target 0.0.0.0:50051 fails TLS's name check: a certificate never names 0.0.0.0 (the
+    server is not started here: it would listen on every interface)."""
+    from serving.server import _try_command
+
+    settings = http_settings(model_repository, host=host, tls_cert=str(pki.server_cert),
+                             tls_key=str(pki.server_key))
+    assert _try_command(settings, 50051).startswith(
+        "fmnist classify --target localhost:50051 --test-index 0 1 2 --tls-ca ")
+
+
 @pytest.fixture(scope="module")
 def tls_url(model_repository, pki):
     settings = http_settings(model_repository, tls_cert=str(pki.server_cert),

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from serving.grpc_transport import HealthServicer
 from serving.grpc_transport import grpc_server as make_grpc_server
 from tests.conftest import running_server
 from tests.echo_service import SERVICE, Echo
@@ -115,23 +116,58 @@ def test_health_watches_that_end_log_no_error(settings, caplog):
 @pytest.mark.timeout(90)
 def test_health_watches_opened_and_cancelled_in_a_loop_leave_the_server_serving(
         model_repository, grpc_server):
-    """On grpcio, non-blocking Watches deadlocked the server for good within a few thousand
-    open-and-cancel cycles of one client: every call DEADLINE_EXCEEDED, SIGTERM never ended."""
+    """On grpcio, grpc_health's non-blocking Watch deadlocked the server for good within a
+    few thousand open-and-cancel cycles: every call DEADLINE_EXCEEDED, SIGTERM never ended.
+    The race is grpcio's: three clients for 4 s caught it in most runs, not every one."""
     with server_process(model_repository, "--workers", "1", "--http-port", "0",
                         "--grpc-server", grpc_server, "--grace-period", "1") as (process, logs):
         address = logs.wait_for("serving")[0]["address"]
+
+        def open_and_cancel(until: float) -> None:
+            with grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)]) as own:
+                watch = own.unary_stream("/grpc.health.v1.Health/Watch")  # bytes in and out
+                while time.monotonic() < until:
+                    call = watch(b"", timeout=3)
+                    next(call)
+                    call.cancel()
+
+        clients = [threading.Thread(target=open_and_cancel, args=(time.monotonic() + 4,))
+                   for _ in range(3)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(30)
         with grpc.insecure_channel(address) as channel:
-            watch = channel.unary_stream("/grpc.health.v1.Health/Watch")  # bytes in and out
-            until = time.monotonic() + 4
-            while time.monotonic() < until:
-                call = watch(b"", timeout=3)
-                next(call)
-                call.cancel()
             check = health_pb2_grpc.HealthStub(channel).Check
             assert check(health_pb2.HealthCheckRequest(), timeout=3).status == \
                 health_pb2.HealthCheckResponse.SERVING
         process.terminate()
         assert process.wait(20) == 0
+
+
+def test_open_health_watches_leave_checks_and_calls_answered(grpc_server):
+    """A Watch that blocked held a call thread for its whole life: as many Watches as threads
+    (a client-side health check opens one per connection) starved Checks and every call."""
+    echo = Echo()
+    server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
+    server.add_generic_rpc_handlers([echo.handler()])
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                       for _ in range(4)]
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=3).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=3).startswith(b"None|")
+            for watch in watches:
+                watch.cancel()
+    finally:
+        server.stop(0).wait()
 
 
 def test_health_checks_never_wait_for_the_threads_at_work(grpc_server):

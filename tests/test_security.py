@@ -4,6 +4,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import socket
 
 import grpc
@@ -196,6 +197,28 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
     assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
     with pytest.raises(ValueError, match=why):
         client_security.channel_credentials(files[2], files[0], files[1])
+
+
+def test_a_key_too_small_for_openssl_is_refused_with_one_line(tmp_path, model_repository,
+                                                              grpc_server):
+    """The native server's gRPC C++ (system OpenSSL, default security level) refuses a
+    1024-bit RSA key, as "cannot bind"; grpcio (BoringSSL) took it. Both refuse it now, and
+    say why."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.pki import _certificate, _write
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    cert = _write(tmp_path / "small.pem", _certificate("localhost", key, "localhost", key,
+                                                        server=True))
+    key_file = _write(tmp_path / "small.key", key=key)
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              tls_cert=str(cert), tls_key=str(key_file), grpc_server=grpc_server)
+    why = "the key is too small (RSA: 2048 bits at least)"
+    with pytest.raises(ListenError, match=re.escape(why)), running_server(settings):
+        pass
+    with pytest.raises(ValueError, match=re.escape(why)):
+        client_security.channel_credentials(None, cert, key_file)
 
 
 def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_server):

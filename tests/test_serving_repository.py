@@ -259,7 +259,12 @@ def test_a_repository_that_cannot_be_listed_unloads_nothing(repository_copy, pol
 
 
 def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, policy,
-                                                               monkeypatch):
+                                                               monkeypatch, caplog):
+    """... and what it refused stays refused (it was retried, and logged again, once the
+    folder read again, with nothing changed on disk)."""
+    shutil.copytree(repository_copy / "softmax" / "1", repository_copy / "softmax" / "2")
+    _rewrite_manifest(repository_copy / "softmax" / "2" / "model.json", version=2,
+                      sha256="0" * 64)
     registry = load_repository(repository_copy, policy)
     watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
     before = _loaded(registry)
@@ -273,3 +278,7 @@ def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, 
     monkeypatch.setattr(Path, "iterdir", iterdir)
     watcher.poll()
     assert _loaded(registry) == before
+    monkeypatch.setattr(Path, "iterdir", listing)
+    watcher.poll()
+    assert [record.getMessage() for record in caplog.records].count(
+        "model version refused") == 1  # at start-up only

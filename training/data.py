@@ -47,8 +47,9 @@ class IdxFile:
 
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = (
-    IdxFile(f"{name}.gz", 60000 if name.startswith("train") else 10000, sha256)
-    for name, sha256 in DATA_SHA256.items())
+    IdxFile(f"{name}.gz", count, DATA_SHA256[name]) for name, count in (
+        ("train-images-idx3-ubyte", 60000), ("train-labels-idx1-ubyte", 60000),
+        ("t10k-images-idx3-ubyte", 10000), ("t10k-labels-idx1-ubyte", 10000)))
 FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 

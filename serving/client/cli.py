@@ -28,8 +28,18 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     # gRPC C++'s own log lines (a failed handshake, an unresolvable name) would come before
-    # the one line this command prints for the same error
+    # the one line this command prints for the same error; set for this command only (a
+    # process that calls main() keeps its own)
+    own = "GRPC_VERBOSITY" not in os.environ
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    try:
+        return _main(argv)
+    finally:
+        if own:
+            os.environ.pop("GRPC_VERBOSITY", None)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = _parser()
     except ValueError as error:  # a bad FMNIST_* value

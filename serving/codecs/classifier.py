@@ -53,9 +53,8 @@ def check_version(version: int) -> None:
 def encode_classify_response(answer: Classification, request_id: str) -> pb.ClassifyResponse:
     """One ImageResult per image, with the refs of the two model versions that answered."""
     model, baseline = answer.model, answer.baseline
-    results = _encode_results(
-        answer.model_prediction, answer.baseline_prediction, model.manifest.class_names
-    )
+    results = _encode_results(answer.model_prediction, answer.baseline_prediction,
+                              model.manifest.class_names)
     response = pb.ClassifyResponse.FromString(results)
     response.model.name, response.model.version = model.name, model.version
     response.baseline.name, response.baseline.version = baseline.name, baseline.version
@@ -89,9 +88,8 @@ def _encode_results(model: Prediction, baseline: Prediction, class_names: tuple[
     ``ImageResult{model: Prediction (1), baseline: Prediction (2)}``."""
     pieces = _wire_pieces(class_names)
     row_bytes = 4 * len(class_names)
-    model_rows, baseline_rows = (
-        _rows(prediction.probabilities, row_bytes) for prediction in (model, baseline)
-    )
+    model_rows, baseline_rows = (_rows(prediction.probabilities, row_bytes)
+                                 for prediction in (model, baseline))
     parts = []
     for model_label, baseline_label, model_row, baseline_row in zip(
         model.labels.tolist(), baseline.labels.tolist(), model_rows, baseline_rows, strict=True
