@@ -211,7 +211,8 @@ class HealthServicer(health.HealthServicer):
 
     def _on_close_callback(self, send_response_callback, service):
         end = super()._on_close_callback(send_response_callback, service)
-        return lambda: threading.Thread(target=end, name="health-watch-end", daemon=True).start()
+        # not a daemon: joined at exit, never cut off inside the native call it finishes
+        return lambda: threading.Thread(target=end, name="health-watch-end").start()
 
 
 class GrpcioServer:
