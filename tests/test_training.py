@@ -128,6 +128,16 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     ]
 
 
+def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
+    """The output directory is made before the minutes of fitting (to fail at once if it
+    cannot be); a run that fails after that left it there, empty."""
+    result = run_training("--out", str(tmp_path / "new"), "--models", "baseline",
+                          "--train-subset", "5")
+    assert result.returncode == 1
+    assert "every class must be learned" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_bad_env_var_gives_one_line_naming_it(tmp_path):
     result = run_training("--out", str(tmp_path), env={"FMNIST_EPOCHS": "0"})
     assert result.returncode == 2

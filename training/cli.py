@@ -5,11 +5,13 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -199,14 +201,17 @@ def import_tensorflow_quietly() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
+    made = [path for path in (args.out, args.report_dir) if path and not path.exists()]
     try:
         if set(args.models) - {"baseline"}:
             import_tensorflow_quietly()
         status = train(args)
     except KeyboardInterrupt:
+        _remove_if_empty(made)
         print("fmnist-train: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        _remove_if_empty(made)
         if args.debug:
             raise
         message = (
@@ -218,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"total time: {time.perf_counter() - start:.0f} s")
     return status
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    """A failed run leaves no empty directory of its own making behind."""
+    for path in directories:
+        with contextlib.suppress(OSError):  # not empty: rmdir refuses
+            path.rmdir()
 
 
 if __name__ == "__main__":
