@@ -3,10 +3,9 @@ workers bind them (``serving.workers``)."""
 
 import contextlib
 import socket
-from dataclasses import replace
 
 from serving.errors import WorkerStartError
-from serving.settings import Settings
+from serving.settings import Settings, host_port
 
 
 @contextlib.contextmanager
@@ -18,7 +17,7 @@ def reserved_port(settings: Settings):
     for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"),
                        (settings.health_port, " for health")):
         if port:
-            _refuse_taken(family, replace(settings, port=port), what)
+            _refuse_taken(family, settings.host, port, what)
     with socket.socket(family, socket.SOCK_STREAM) as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
@@ -28,13 +27,14 @@ def reserved_port(settings: Settings):
         yield holder.getsockname()[1]
 
 
-def _refuse_taken(family: socket.AddressFamily, at: Settings, what: str) -> None:
+def _refuse_taken(family: socket.AddressFamily, host: str, port: int, what: str) -> None:
     """SO_REUSEPORT lets any process of this user bind a port its workers listen on: a server
     already there (another fmnist-serve) would silently share the clients. A plain bind
     fails on a port someone listens on."""
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
         try:
-            probe.bind((at.host, at.port))
+            probe.bind((host, port))
         except OSError as error:
-            raise WorkerStartError(f"cannot listen{what} on {at.address}: {error}") from None
+            raise WorkerStartError(f"cannot listen{what} on {host_port(host, port)}: "
+                                   f"{error}") from None

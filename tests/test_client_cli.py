@@ -263,7 +263,7 @@ def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch, timeout):
 @pytest.mark.parametrize(("argv", "message"), [
     (["health", "--timeout", "inf"], "argument --timeout: expected seconds > 0, got inf"),
     (["score", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
-    (["classify", "--top", "-2"], "argument --top: expected a positive integer, got -2"),
+    (["classify", "--top", "-2"], "argument --top: expected 1..10, got -2"),
 ])
 def test_bad_numbers_are_refused_before_any_call(capsys, argv, message):
     with pytest.raises(SystemExit) as refused:

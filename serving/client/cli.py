@@ -155,31 +155,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _top(text: str) -> int:
-    count = positive_int(text)
-    if count > len(CLASS_NAMES):
-        raise argparse.ArgumentTypeError(f"expected 1..{len(CLASS_NAMES)}, got {text}")
-    return count
+def _number_in(kind: type, low: float, high: float, expected: str):
+    """An argparse ``type``: ``kind`` (int or float) within ``low..high``, else an error
+    saying ``expected`` (nan and text that is no number too)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _index(text: str) -> int:
-    try:
-        index = int(text)
-    except ValueError:
-        index = -1
-    if index < 0:
-        raise argparse.ArgumentTypeError(f"expected an index >= 0, got {text}")
-    return index
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:  # nan too
-        raise argparse.ArgumentTypeError(f"expected a fraction 0..1, got {text}")
-    return value
+_top = _number_in(int, 1, len(CLASS_NAMES), f"1..{len(CLASS_NAMES)}")
+_index = _number_in(int, 0, float("inf"), "an index >= 0")
+_fraction = _number_in(float, 0, 1, "a fraction 0..1")
 
 
 def _expected_accuracy(text: str) -> float | str:
