@@ -100,3 +100,58 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
     assert element(By.ID, "truth").text == "28x28, as the model sees it"
     assert element(By.ID, "model-label").text == ""
     assert element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar") == []
+
+
+def canvas(browser) -> np.ndarray:
+    """The 28x28 image the page drew (as the model saw it)."""
+    data = browser.execute_script(
+        "return Array.from(document.getElementById('image').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data)")
+    return np.asarray(data, dtype=np.uint8).reshape(28, 28, 4)[:, :, 0]
+
+
+def test_the_controls_and_the_same_file_again_ask_again(served, browser, test_set, tmp_path):
+    """Invert, the model and a file picked a second time each bring the answer for what the
+    controls now say; a photo over the server's body limit is scaled down by the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, stub = served
+    browser.get(url)
+    element = browser.find_element
+    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                        "option")) > 1)
+    picture = tmp_path / "trouser.png"
+    Image.fromarray(np.kron(test_set[0][2], np.ones((4, 4), np.uint8))).save(picture)
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    assert np.array_equal(canvas(browser), load_png(picture))
+
+    element(By.ID, "invert").click()
+    wait_for(browser, lambda: np.array_equal(canvas(browser), load_png(picture, invert=True)))
+    wait_for(browser, lambda: element(By.ID, "model-label").get_attribute("data-label"))
+    inverted = load_png(picture, invert=True)
+    assert shown(browser) == labels(stub, inverted)
+
+    Select(element(By.ID, "model")).select_by_value("softmax")
+    wait_for(browser, lambda: element(By.ID, "model-name").text.startswith("softmax v"))
+    assert np.array_equal(canvas(browser), inverted)
+
+    browser.execute_script("clearAnswer()")
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    assert np.array_equal(canvas(browser), inverted)
+
+    element(By.ID, "invert").click()
+    Select(element(By.ID, "model")).select_by_value("")
+    photo = tmp_path / "photo.png"
+    noise = np.random.default_rng(0).integers(0, 8, (2240, 2240, 3), dtype=np.uint8)
+    big = np.minimum(np.kron(test_set[0][2], np.ones((80, 80), np.uint8)), 247)[:, :, None] + noise
+    Image.fromarray(big.astype(np.uint8)).save(photo)
+    assert photo.stat().st_size > 4 * 2**20  # the server's default --max-message-bytes
+    element(By.ID, "file").send_keys(str(photo))
+    wait_for(browser, lambda: "photo.png" in element(By.ID, "truth").text
+             or element(By.ID, "error").text)
+    assert element(By.ID, "error").text == ""
+    assert element(By.ID, "model-name").text.startswith("mlp v")
+    assert shown(browser) == labels(stub, load_png(photo))
