@@ -83,12 +83,30 @@ def _json(document) -> bytes:
     ("POST", CLASSIFY, b"plain text", {}, 400, "(not an image file it knows)"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]})
      + bytes(784), {}, 400, "needs the Inference-Header-Content-Length header"),
+    # a misspelt option or key was ignored: the answer came from another model, or top 3
+    ("POST", CLASSIFY + "?modle=softmax", _json({"images": [[0] * 784]}), {}, 400,
+     "modle: not an option of /v1/classify; expected model, version, top"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "top": 1}), {}, 400,
+     "top: not a key of the request; expected images, model, version, request_id"),
+    ("POST", CLASSIFY + "?top=", _json({"images": [[0] * 784]}), {}, 400,
+     "top: expected an integer, got ''"),
+    ("POST", CLASSIFY, _json({"images": [[[0] * 784]]}), {}, 400,  # one row of 784
+     "images[0]: expected 784 integers 0..255 (or 28 rows of 28)"),
+    ("POST", CLASSIFY, _json({"images": [[[0] * 27] + [[0] * 29] + [[0] * 28] * 26]}), {}, 400,
+     "images[0]: expected 784 integers 0..255 (or 28 rows of 28)"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "version": 10**20}), {}, 400,
+     "version: expected an integer within int64"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "request_id": 5}), {}, 400,
+     "request_id: expected a string, got 5"),
+    ("HEAD", CLASSIFY, b"", {}, 405, ""),
 ])
 def test_every_error_row_has_its_status_and_names_the_field(url, case):
     verb, path, body, headers, status, message = case
     answer = requests.request(verb, url + path, data=body, headers=headers, timeout=10)
     assert answer.status_code == status, answer.text
     assert answer.headers["Content-Type"] == "application/json"
+    if verb == "HEAD":
+        return
     assert message in answer.json()["error"]
     assert " object at 0x" not in answer.json()["error"]  # no Python internals
 
@@ -187,3 +205,45 @@ def test_a_taken_http_port_fails_the_start_with_one_line(model_repository, url):
             second.start()
     finally:
         second.stop(0)
+
+
+def test_request_id_is_echoed_and_allow_names_head(url):
+    answer = requests.post(url + CLASSIFY, timeout=10,
+                           data=_json({"images": [[0] * 784], "request_id": "r-7"}))
+    assert answer.status_code == 200 and answer.json()["request_id"] == "r-7"
+    assert "request_id" not in requests.post(url + CLASSIFY, data=VALID, timeout=10).json()
+    refused = requests.post(url + "/v1/models", timeout=10)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD"
+    assert refused.json()["error"] == "POST /v1/models: use GET or HEAD"
+    head = requests.head(url + CLASSIFY, timeout=10)
+    assert head.status_code == 405 and head.headers["Allow"] == "POST"
+
+
+def test_a_chunked_body_over_the_limit_is_413_gzip_or_not(url):
+    """Read without a Content-Length, the body was cut at the limit and then decompressed:
+    "the gzip data ends early" instead of 413."""
+    for body, headers in ((b"x" * (MAX_BYTES + 1), {}),
+                          (gzip.compress(np.random.default_rng(0).bytes(MAX_BYTES + 99)),
+                           {"Content-Encoding": "gzip"})):
+        answer = requests.post(url + CLASSIFY, data=iter([body]), headers=headers, timeout=10)
+        assert answer.status_code == 413, answer.text
+        assert f"over the server's limit of {MAX_BYTES}" in answer.json()["error"]
+
+
+def test_a_body_refused_unread_closes_the_connection_and_a_read_one_keeps_it(url):
+    """The unread rest of a refused body would be read as the client's next request."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("POST", CLASSIFY, body=VALID)
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200 and answer.getheader("Connection") != "close"
+        connection.request("POST", "/v3/nothing", body=bytes(1000))
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 404 and answer.getheader("Connection") == "close"
+    finally:
+        connection.close()

@@ -51,6 +51,21 @@ def test_json_request_becomes_typed_contents_with_its_parameters():
     assert form.is_binary("probabilities") and not form.is_binary("label")
 
 
+def test_null_is_an_optional_field_left_out():
+    """As KServe's and MLServer's data models read it: pydantic clients send None as null."""
+    body = json.dumps({
+        "id": None, "parameters": None, "outputs": None,
+        "inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
+                    "parameters": None, "data": [0] * 784}],
+    }).encode()
+    request, _ = decode_infer_request(body, None, "mlp", "")
+    assert (request.id, list(request.parameters), list(request.outputs)) == ("", [], [])
+    assert list(request.inputs[0].contents.uint_contents) == [0] * 784
+    with_output = json.dumps({"inputs": [], "outputs": [{"name": "label", "parameters": None}]})
+    request, _ = decode_infer_request(with_output.encode(), None, "mlp", "")
+    assert [output.name for output in request.outputs] == ["label"]
+
+
 def test_binary_request_becomes_raw_input_contents():
     pixels = bytes(range(256)) * 7
     body, header_length = binary_body(

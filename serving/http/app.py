@@ -29,6 +29,7 @@ PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blo
                "base-uri 'none'; frame-ancestors 'none'")
 TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
 MAX_GZIP_MEMBERS = 16  # clients send one
+BODY_READ = "fmnist.body_read"  # set in the WSGI environ once the request body is read whole
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
@@ -68,31 +69,35 @@ class HttpApp:
                 body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
         headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
                    *body.headers]
+        if _unread_body(environ):  # the client's next request would be read from its rest
+            headers.append(("Connection", "close"))
         start_response(f"{status} {_phrase(status)}", headers)
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data]
 
     def _answer(self, environ: dict) -> tuple[int, Body]:
         path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
-        verb = "GET" if environ["REQUEST_METHOD"] == "HEAD" else environ["REQUEST_METHOD"]
+        method = environ["REQUEST_METHOD"]
+        verb = "GET" if method == "HEAD" else method
         allowed = []
         for route_verb, pattern, handler in self._routes:
             match = pattern.match(path)
             if match and route_verb == verb:
                 return handler(environ, {k: v for k, v in match.groupdict().items() if v})
             if match:
-                allowed.append(route_verb)
+                allowed += ["GET", "HEAD"] if route_verb == "GET" else [route_verb]
         if allowed:
-            return 405, Body(error_body(f"{verb} {path}: use {' or '.join(allowed)}").data,
+            return 405, Body(error_body(f"{method} {path}: use {' or '.join(allowed)}").data,
                              headers=(("Allow", ", ".join(allowed)),))
-        raise NotFound(f"no endpoint {verb} {path}: see / (the page), /v1/models, /v2")
+        raise NotFound(f"no endpoint {method} {path}: see / (the page), /v1/models, /v2")
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,
               parse: Callable | None = None, encode: Callable = json_body) -> Body:
         """``handler`` (a data plane method) through the call pipeline, which also runs
         ``parse`` (the body into the request) and ``encode`` (the response into the body),
         so that whatever fails in them is mapped and counted as the call's failure."""
+        port = environ.get("REMOTE_PORT")  # granian gives none
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
-                    f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}")
+                    environ.get("REMOTE_ADDR", "") + (f":{port}" if port else ""))
         return self._pipeline.unary(
             call, lambda request, call: encode(handler(request, call)), request, parse)
 
@@ -113,15 +118,16 @@ class HttpApp:
         if length and len(data) < int(length):  # the client stopped sending early
             raise InvalidArgument(f"request body: {len(data)} bytes, fewer than its "
                                   f"Content-Length of {length}")
-        encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
-        if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
-            data = _decompress(data, encoding, limit)
-        elif encoding != "identity":
-            raise InvalidArgument(f"Content-Encoding: {encoding!r} is not served; use gzip, "
-                                  "deflate or none")
-        if len(data) > limit:
+        if len(data) > limit:  # chunked
             raise TooLarge(f"request body: over the server's limit of {limit} bytes "
                            "(--max-message-bytes)")
+        environ[BODY_READ] = True
+        encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
+            return _decompress(data, encoding, limit)
+        if encoding != "identity":
+            raise InvalidArgument(f"Content-Encoding: {encoding!r} is not served; use gzip, "
+                                  "deflate or none")
         return data
 
     # Open Inference Protocol
@@ -230,6 +236,13 @@ class HttpApp:
 
 def _json(message) -> Body:
     return json_body(message_json(message))
+
+
+def _unread_body(environ: dict) -> bool:
+    """Whether the request had a body that was refused unread (401, 404, 413, ...)."""
+    sent = environ.get("CONTENT_LENGTH", "") not in ("", "0") \
+        or "HTTP_TRANSFER_ENCODING" in environ
+    return sent and not environ.get(BODY_READ)
 
 
 def _open_call(environ: dict, method: str) -> Call:

@@ -2,7 +2,8 @@
 and the test images the web page's "random test image" shows.
 
 ``POST /v1/classify`` takes an image file (converted as ``fmnist classify`` converts it:
-serving.client.inputs) or JSON ``{"images": [[784 ints], ...], "model": "mlp"}`` and answers,
+serving.client.inputs) or JSON ``{"images": [[784 ints], ...], "model": "mlp", "version": 0,
+"request_id": "..."}`` and answers,
 per image, the model's top k and the baseline's, with class names. Sizes, counts and models
 are checked by the data plane's codec; refused here is only what cannot become a
 ``ClassifyRequest``.
@@ -28,11 +29,19 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outsid
 MAX_IMAGE_PIXELS = 25_000_000
 
 
+JSON_KEYS = ("images", "model", "version", "request_id")
+
+
 class Options:
-    """The query string's options of /v1/classify."""
+    """The query string's options of /v1/classify; a misspelt one is refused, not ignored."""
+
+    NAMES = ("model", "version", "top", "invert", "pixels")
 
     def __init__(self, query: str):
-        values = {key: items[-1] for key, items in parse_qs(query).items()}
+        values = {key: items[-1] for key, items in parse_qs(query, keep_blank_values=True).items()}
+        for name in values.keys() - set(self.NAMES):
+            raise InvalidArgument(f"{name}: not an option of /v1/classify; expected "
+                                  f"{', '.join(self.NAMES)}")
         self.model = values.get("model", "")
         self.version = version_option(query)
         self.top = _integer(values.get("top", "3"), "top")
@@ -44,7 +53,8 @@ class Options:
 
 def version_option(query: str) -> int:
     """The query string's ``version`` (0: the newest), for /v1/classify and /v1/models/{name}."""
-    return _integer(parse_qs(query).get("version", ["0"])[-1], "version")
+    return _integer(parse_qs(query, keep_blank_values=True).get("version", ["0"])[-1],
+                    "version")
 
 
 def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
@@ -64,15 +74,19 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument("request body: expected a JSON object")
+    for key in document.keys() - set(JSON_KEYS):
+        raise InvalidArgument(f"{key}: not a key of the request; expected {', '.join(JSON_KEYS)}")
     images = document.get("images")
     if not isinstance(images, list):
         raise InvalidArgument('images: expected a JSON array of images, each 784 integers '
                               '0..255 (or 28 rows of 28)')
     model, version = document.get("model", ""), document.get("version", 0)
-    if not isinstance(model, str):
-        raise InvalidArgument(f"model: expected a string, got {model!r}")
-    if type(version) is not int:
-        raise InvalidArgument(f"version: expected an integer, got {version!r}")
+    request_id = document.get("request_id", "")
+    for name, value in (("model", model), ("request_id", request_id)):
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name}: expected a string, got {value!r}")
+    if type(version) is not int or not -(2**63) <= version < 2**63:
+        raise InvalidArgument(f"version: expected an integer within int64, got {version!r}")
     for name, asked, given in (("model", options.model, model),
                                ("version", options.version, version)):
         if asked and given and asked != given:
@@ -80,15 +94,19 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     model, version = model or options.model, version or options.version
     return pb.ClassifyRequest(images=[_image_bytes(image, index)
                                       for index, image in enumerate(images)],
-                              model=model, version=version)
+                              model=model, version=version, request_id=request_id)
 
 
 def _image_bytes(image, index: int) -> bytes:
-    """One image's JSON pixels as bytes; the data plane checks the count (784)."""
+    """One image's JSON pixels as bytes: 784 of them, or 28 rows of 28; the data plane checks
+    the count of a flat list, as it checks a gRPC image's."""
     try:
         if not isinstance(image, list):
             raise TypeError
         if image and isinstance(image[0], list):
+            if len(image) != IMAGE_SHAPE[0] or any(
+                    not isinstance(row, list) or len(row) != IMAGE_SHAPE[1] for row in image):
+                raise TypeError
             image = [value for row in image for value in row]
         if not all(type(value) is int for value in image):  # bytes() takes True and False
             raise TypeError
@@ -132,8 +150,9 @@ def encode_classify(request: pb.ClassifyRequest, response: pb.ClassifyResponse,
         if options.pixels:
             entry["pixels"] = list(image)
         results.append(entry)
-    return {"model": message_json(response.model), "baseline": message_json(response.baseline),
-            "results": results}
+    answer = {"model": message_json(response.model),
+              "baseline": message_json(response.baseline), "results": results}
+    return answer | ({"request_id": response.request_id} if response.request_id else {})
 
 
 def _prediction(prediction: pb.Prediction, top: int) -> dict:

@@ -71,8 +71,8 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
                                   f"{HEADER_LENGTH} header (the JSON's length)") from None
         raise
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
-                                   id=_expect(str, document.get("id", ""), "id"))
-    parameters = _expect(dict, document.get("parameters", {}), "parameters")
+                                   id=_expect(str, _optional(document, "id", ""), "id"))
+    parameters = _expect(dict, _optional(document, "parameters", {}), "parameters")
     default_binary = _expect(bool, parameters.get(BINARY_ALL, False), f"parameters.{BINARY_ALL}")
     _set_parameters(request.parameters, parameters, "parameters", skip=BINARY_ALL)
     offset = json_end
@@ -82,11 +82,12 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
         raise InvalidArgument(f"request body: {len(body) - offset} bytes after the JSON and the "
                               "binary data its inputs declare (parameters.binary_data_size)")
     binary = {}
-    for index, entry in enumerate(_expect(list, document.get("outputs", []), "outputs")):
+    for index, entry in enumerate(_expect(list, _optional(document, "outputs", []), "outputs")):
         tensor = _expect(dict, entry, f"outputs[{index}]")
         name = _expect(str, tensor.get("name"), f"outputs[{index}].name")
         output = request.outputs.add(name=name)
-        parameters = _expect(dict, tensor.get("parameters", {}), f"outputs[{name!r}].parameters")
+        parameters = _expect(dict, _optional(tensor, "parameters", {}),
+                             f"outputs[{name!r}].parameters")
         if BINARY_OUTPUT in parameters:
             binary[name] = _expect(bool, parameters[BINARY_OUTPUT],
                                  f"outputs[{name!r}].parameters.{BINARY_OUTPUT}")
@@ -128,7 +129,7 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
         added = request.inputs.add(name=name, datatype=datatype, shape=shape)
     except ValueError:
         raise InvalidArgument(f"{field_name}.shape: dimensions out of range, got {shape}") from None
-    parameters = _expect(dict, tensor.get("parameters", {}), f"{field_name}.parameters")
+    parameters = _expect(dict, _optional(tensor, "parameters", {}), f"{field_name}.parameters")
     _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
     if BINARY_SIZE not in parameters:
         if "data" in tensor:
@@ -193,6 +194,12 @@ def _expect(kind: type, value, field_name: str):
     if not isinstance(value, kind):
         raise InvalidArgument(f"{field_name}: expected {_EXPECTED[kind]}, got {_kind(value)}")
     return value
+
+
+def _optional(document: dict, key: str, default):
+    """An optional field's value; JSON null is its absence, as KServe and MLServer read it."""
+    value = document.get(key)
+    return default if value is None else value
 
 
 def _kind(value) -> str:
