@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ PICTURES = {"confusion-matrices.png", "learning-curves.png"} | {
 SMALL_RUN = {"train_subset": "1000", "epochs": "2", "mlp_hidden": "64", "batch_size": "64"}
 
 
-def run_training(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_training(*flags: str, env: dict[str, str] | None = None,
+                 preexec_fn=None) -> subprocess.CompletedProcess:
     # as from a user's shell: tf2onnx sets TF_CPP_MIN_LOG_LEVEL in this process's environment
     clean_env = {
         k: v
@@ -35,6 +37,7 @@ def run_training(*flags: str, env: dict[str, str] | None = None) -> subprocess.C
         timeout=300,
         check=False,
         env=clean_env | (env or {}),
+        preexec_fn=preexec_fn,
     )
 
 
@@ -70,7 +73,7 @@ def test_both_runs_succeed_and_print_the_table(runs):
 def test_each_run_adds_a_version_with_a_complete_manifest(runs):
     out, *_ = runs
     for name in MODELS:
-        assert sorted(p.name for p in (out / name).iterdir()) == ["1", "2"]
+        assert sorted(p.name for p in (out / name).iterdir()) == [".highest-version", "1", "2"]
         document = manifest(out, name, 1)
         assert document["name"] == name
         assert document["sha256"] == sha256_file(out / name / "1" / MODEL_FILE)
@@ -136,6 +139,33 @@ def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
     assert result.returncode == 1
     assert "every class must be learned" in result.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_run_that_cannot_write_one_model_publishes_none_and_names_the_file(tmp_path):
+    """A full disk (here: a file size limit) while writing the mlp left the softmax published,
+    the mlp's half-written staging directory behind, and an error naming no file."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))  # softmax's 31 KB fit
+
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "softmax,mlp", "--train-subset", "1000",
+                          "--epochs", "1", "--mlp-hidden", "64", "--progress", "none",
+                          preexec_fn=small_files)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "File too large" in line and f"{out}/mlp/.staging-" in line and "model.onnx" in line
+    assert not out.exists()  # no version, no staging directory, no empty report directory
+
+
+def test_a_report_dir_that_is_not_empty_is_refused_at_once(tmp_path):
+    """Its old pictures would sit beside the new report as if they were this run's."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "learning-curves.png").write_bytes(b"old")
+    result = run_training("--out", str(tmp_path / "repo"), "--report-dir", str(tmp_path / "report"))
+    assert result.returncode == 2
+    assert "--report-dir" in result.stderr and "not empty" in result.stderr
+    assert not (tmp_path / "repo").exists()
 
 
 def test_a_bad_env_var_gives_one_line_naming_it(tmp_path):

@@ -7,8 +7,10 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 import argparse
 import contextlib
 import datetime
+import itertools
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,12 +103,14 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 def train(args: argparse.Namespace) -> int:
     """The whole run: data, fit + export + evaluate each model, repository, report, table."""
     from training import data, report
-    from training.repository import MODEL_FILE, write_version
+    from training.repository import MODEL_FILE, stage_version
 
     dataset = data.load(args.data_dir)
-    args.out.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of fitting
-    if args.report_dir:  # nor after the versions are published
-        args.report_dir.mkdir(parents=True, exist_ok=True)
+    # fail now, not after minutes of fitting, nor after the versions are published
+    for name in args.models:
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out / name).cleanup()
+    args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
     x_train, x_val, y_train, y_val = data.split_train_validation(
         dataset.x_train[subset], dataset.y_train[subset], args.validation_split, args.split_seed
@@ -133,27 +137,22 @@ def train(args: argparse.Namespace) -> int:
                     model.outcome.labels, exported["baseline"].outcome.labels
                 )
 
-    rows = []
-    for name, model in exported.items():
-        outcome = model.outcome
-        manifest = {
-            "description": outcome.description,
-            "framework": model.framework,
-            "training": outcome.training,
-            "metrics": {
-                k: v
-                for k, v in outcome.metrics.items()
-                if k not in {"per_class", "confusion_matrix"}  # in the report's metrics.json
-            },
-            "dataset": dataset.checksums(),
-        }
-        outcome.onnx_path = write_version(args.out, name, model.onnx_model, manifest) / MODEL_FILE
-        size = f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB"
-        rows.append((name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path), size))
+    staged, rows = [], []
+    try:  # every version is written before any is published: a failed run publishes none
+        for name, model in exported.items():
+            staged.append((model.outcome, stage_version(args.out, name, model.onnx_model,
+                                                        manifest_of(model, dataset))))
+        for outcome, version in staged:
+            outcome.onnx_path = version.publish() / MODEL_FILE
+            size = f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB"
+            rows.append((outcome.name, f"{outcome.metrics['test_accuracy']:.4f}",
+                         str(outcome.onnx_path), size))
+    finally:
+        for _, version in staged:
+            version.discard()  # those not published
 
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     report_file = report.write_report(
-        args.report_dir or args.out / "reports" / stamp,
+        args.report_dir,
         [model.outcome for model in exported.values()],
         dataset.x_test,
         dataset.y_test,
@@ -163,6 +162,22 @@ def train(args: argparse.Namespace) -> int:
     print_table(("model", "test accuracy", "ONNX file", "size"), rows)
     print(f"\nreport: {report_file}")
     return 0
+
+
+def manifest_of(model: Exported, dataset: Dataset) -> dict:
+    """What model.json says of a model that only the run knows."""
+    outcome = model.outcome
+    return {
+        "description": outcome.description,
+        "framework": model.framework,
+        "training": outcome.training,
+        "metrics": {
+            k: v
+            for k, v in outcome.metrics.items()
+            if k not in {"per_class", "confusion_matrix"}  # in the report's metrics.json
+        },
+        "dataset": dataset.checksums(),
+    }
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -198,10 +213,24 @@ def import_tensorflow_quietly() -> None:
         os.close(saved_stderr)
 
 
+def default_report_dir(out: Path) -> Path:
+    """DIR/reports/<UTC time>, with -2, -3, ... if a run of the same second took it."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    paths = (out / "reports" / (stamp if n == 1 else f"{stamp}-{n}") for n in itertools.count(1))
+    return next(path for path in paths if not path.exists())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
+        parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
+                     "beside the new report); give a new or empty directory")
+    args.report_dir = args.report_dir or default_report_dir(args.out)
     start = time.perf_counter()
-    made = [path for path in (args.out, args.report_dir) if path and not path.exists()]
+    made = [path for path in (args.report_dir, args.out / "reports",
+                              *(args.out / name for name in args.models), args.out)
+            if not path.exists()]
     try:
         if set(args.models) - {"baseline"}:
             import_tensorflow_quietly()

@@ -3,6 +3,7 @@ types and checks, and the Keras settings of a model built from them."""
 
 import argparse
 import functools
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -78,21 +79,45 @@ def fraction(value: str) -> float:
     return number
 
 
-def optional_float(value: str) -> float | None:
-    return None if value.lower() in {"", "none", "default"} else float(value)
+def number_in(kind: type, low: float, high: float = math.inf, *, low_open: bool = False,
+              optional: bool = False):
+    """An argparse ``type``: a ``kind`` number in [low, high) ((low, high) if ``low_open``);
+    with ``optional``, 'default' or 'none' is None. Checked here, a bad value costs no fit."""
+    what = f"{'more than' if low_open else 'at least'} {low}" + (
+        f" and less than {high}" if high < math.inf else "")
+
+    def parse(value: str):
+        if optional and value.lower() in {"", "none", "default"}:
+            return None
+        try:
+            number = kind(value)
+        except ValueError:
+            number = math.nan
+        if not ((low < number) if low_open else (low <= number)) or not number < high:
+            raise argparse.ArgumentTypeError(f"expected a number {what}, got {value}")
+        return number
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# Keras 3's optimizers by name (keras.optimizers.get); checked here, not after minutes of fitting
+OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl",
+              "lion", "nadam", "rmsprop", "sgd")
 
 
 KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get --x/--no-x
     "hidden": (layer_widths, "WIDTHS", "hidden layer widths, comma-separated"),
-    "dropout": (float, "P", "dropout rate after each hidden layer"),
+    "dropout": (number_in(float, 0, 1), "P", "dropout rate after each hidden layer"),
     "batch_norm": (bool, None, "batch normalisation after each hidden layer"),
     "epochs": (positive_int, "N", "maximum epochs"),
     "batch_size": (positive_int, "N", "mini-batch size"),
     "optimizer": (str, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
-    "learning_rate": (optional_float, "LR", "initial learning rate ('default': the optimizer's)"),
+    "learning_rate": (number_in(float, 0, low_open=True, optional=True), "LR",
+                      "initial learning rate ('default': the optimizer's)"),
     "lr_schedule": (str, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
     "patience": (
-        int,
+        number_in(int, 0),
         "N",
         "early stopping: stop after N epochs without a better validation "
         "accuracy and restore the best epoch's weights (0: off, run all epochs)",
@@ -111,7 +136,7 @@ def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> a
             group, flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
             help=help_text,
         )
-    choices = ("none", "cosine") if field_name == "lr_schedule" else None
+    choices = {"lr_schedule": ("none", "cosine"), "optimizer": OPTIMIZERS}.get(field_name)
     return add_option(
         group, flag, dest=dest, type=kind, default=default, metavar=metavar, choices=choices,
         help=help_text,
@@ -200,7 +225,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--debug", action="store_true", help="show the Python traceback on errors")
 
     both = parser.add_argument_group(
-        "both Keras models (override the per-model settings below when given)"
+        "both Keras models (a flag here overrides the per-model flags below; its env var, e.g. "
+        "FMNIST_EPOCHS, is only both models' default, under FMNIST_MLP_EPOCHS and the like)"
     )
     shared_env = {}  # a shared option's env var: both models' default, under their own flags
     for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
@@ -232,7 +258,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         group,
         "--baseline-alpha",
-        type=float,
+        type=number_in(float, 0),
         default=baseline.alpha,
         metavar="A",
         help=f"L2 regularisation strength (default: {baseline.alpha:g})",
@@ -240,7 +266,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         group,
         "--baseline-tol",
-        type=optional_float,
+        type=number_in(float, 0, optional=True),
         default=baseline.tol,
         metavar="T",
         help=f"stop when the loss improves less than T "

@@ -1,0 +1,63 @@
+"""Publishing versions into the model repository (training.repository) and fmnist-train's
+checks before it fits: numbers never given twice, nothing half-published, bad settings refused
+before minutes of fitting."""
+
+import json
+import threading
+
+import pytest
+
+from common.contract import MANIFEST, MODEL_FILE
+from tests.conftest import tiny_classifier
+from training.repository import existing_versions, stage_version, write_version
+
+
+def test_a_deleted_version_number_is_not_given_again(tmp_path):
+    """A rollback deletes the newest version; a server that had loaded it as number 2 would
+    never see a new model published under the same number."""
+    for seed in (1, 2):
+        write_version(tmp_path, "mlp", tiny_classifier(seed), {})
+    (tmp_path / "mlp" / "2" / MODEL_FILE).unlink()
+    (tmp_path / "mlp" / "2" / MANIFEST).unlink()
+    (tmp_path / "mlp" / "2").rmdir()
+    published = write_version(tmp_path, "mlp", tiny_classifier(3), {})
+    assert published.name == "3"
+    assert json.loads((published / MANIFEST).read_text())["version"] == 3
+
+
+def test_a_stray_file_named_as_a_version_takes_its_number(tmp_path):
+    """A file "2" (a mistaken cp) made the publisher retry number 2 forever."""
+    write_version(tmp_path, "mlp", tiny_classifier(1), {})
+    (tmp_path / "mlp" / "2").write_bytes(b"not a version")
+    published = []
+    writer = threading.Thread(target=lambda: published.append(
+        write_version(tmp_path, "mlp", tiny_classifier(2), {})), daemon=True)
+    writer.start()
+    writer.join(20)
+    assert published and published[0].name == "3"
+    assert existing_versions(tmp_path, "mlp") == [1, 2, 3]
+
+
+def test_a_staged_version_is_invisible_until_published_and_discard_leaves_nothing(tmp_path):
+    staged = stage_version(tmp_path, "mlp", tiny_classifier(1), {"description": "d"})
+    assert existing_versions(tmp_path, "mlp") == []
+    staged.discard()
+    assert [p.name for p in (tmp_path / "mlp").iterdir()] == []
+    staged = stage_version(tmp_path, "mlp", tiny_classifier(1), {"description": "d"})
+    assert staged.publish().name == "1"
+    assert sorted(p.name for p in (tmp_path / "mlp").iterdir()) == [".highest-version", "1"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--learning-rate", "0"), ("--mlp-dropout", "1.5"), ("--optimizer", "adamm"),
+    ("--patience", "-3"), ("--baseline-alpha", "-1"), ("--baseline-tol", "nan"),
+])
+def test_settings_that_cannot_train_are_refused_before_fitting(flag, value, capsys):
+    """They used to fit (a learning rate of -1 published a model of 10% accuracy) or to fail
+    only after the models before them had fit."""
+    from training.options import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--out", "x", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: " in capsys.readouterr().err
