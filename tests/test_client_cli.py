@@ -107,6 +107,28 @@ def test_classify_png_and_npy_files(target, tmp_path, capsys, test_set):
     assert lines[1].startswith("  softmax v1 ")
 
 
+def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, test_set,
+                                                     model_repository):
+    """1500 images in one .npy: one request of them all was refused (over 1024 images)."""
+    np.save(tmp_path / "many.npy", test_set[0][:1500])
+    status = cli.main(["classify", "--target", target, "--top", "1", str(tmp_path / "many.npy")])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0 and len(lines) == 1500 * 3
+    _, labels = reference(model_repository, "mlp", 2, test_set[0][:1500])
+    shown = [line.split("mlp v2", 1)[1].strip().rsplit(" ", 1)[0].strip()
+             for line in lines[1::3]]
+    assert shown == [CLASS_NAMES[label] for label in labels]
+
+
+def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
+    Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "boot.png").read_bytes()[:100])
+    status = cli.main(["classify", "--target", target, str(tmp_path / "boot.png"),
+                       str(tmp_path / "cut.png")])
+    assert status == 1
+    assert capsys.readouterr().err.startswith(f"fmnist classify: error: {tmp_path / 'cut.png'}: ")
+
+
 def test_npy_files_must_hold_uint8_images(tmp_path):
     np.save(tmp_path / "floats.npy", np.zeros((2, 28, 28), dtype=np.float32))
     with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):
@@ -173,6 +195,16 @@ def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys
     assert len(table) == 700
     assert [int(row["model_label"]) for row in table] == model_labels.tolist()
     assert table[0]["index"] == "100" and int(table[0]["true_label"]) == labels[0]
+    assert all(len(row["model_probability"]) <= 8 for row in table)  # 6 decimals, no float32 tail
+
+
+def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys):
+    """It scored every image, then failed writing and printed nothing of the run."""
+    status = cli.main(["score", "--target", target, "--limit", "10", "--no-progress",
+                       "--csv", str(tmp_path / "no" / "such" / "dir.csv")])
+    assert status == 2
+    assert capsys.readouterr().err == (f"fmnist score: error: --csv {tmp_path}/no/such/dir.csv: "
+                                       "expected a file in an existing directory\n")
 
 
 def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):
@@ -264,6 +296,8 @@ def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch, timeout):
     (["health", "--timeout", "inf"], "argument --timeout: expected seconds > 0, got inf"),
     (["score", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
     (["classify", "--top", "-2"], "argument --top: expected 1..10, got -2"),
+    (["classify", "--version", "99999999999999999999"],  # protobuf's "Value out of range"
+     "argument --version: expected a version 0..2^63-1, got 99999999999999999999"),
 ])
 def test_bad_numbers_are_refused_before_any_call(capsys, argv, message):
     with pytest.raises(SystemExit) as refused:

@@ -20,6 +20,7 @@ from common.flags import DefaultsHelpFormatter, add_option, positive_int, positi
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
+CLASSIFY_BATCH = 256  # images per call of `fmnist classify`: under any sane --max-request-images
 
 
 class UsageError(ValueError):
@@ -173,6 +174,7 @@ def _number_in(kind: type, low: float, high: float, expected: str):
 _top = _number_in(int, 1, len(CLASS_NAMES), f"1..{len(CLASS_NAMES)}")
 _index = _number_in(int, 0, float("inf"), "an index >= 0")
 _fraction = _number_in(float, 0, 1, "a fraction 0..1")
+_version = _number_in(int, 0, 2**63 - 1, "a version 0..2^63-1")
 
 
 def _expected_accuracy(text: str) -> float | str:
@@ -186,14 +188,15 @@ def _expected_accuracy(text: str) -> float | str:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="", help="model: softmax or mlp (default: the server's)")
-    parser.add_argument("--version", type=int, default=0, help="model version (0 = newest)")
+    parser.add_argument("--model", default="",
+                        help="model: softmax, mlp or baseline (default: the server's)")
+    parser.add_argument("--version", type=_version, default=0, help="model version (0 = newest)")
 
 
 def _classify(args) -> int:
     import numpy as np
 
-    from serving.client.api import ClassifierClient
+    from serving.client.api import ClassifierClient, ModelAnswer
     from serving.client.inputs import load_images
 
     if not args.files and not args.test_index:
@@ -214,10 +217,19 @@ def _classify(args) -> int:
         batches.append(test_images[args.test_index])
         names += [f"test[{i}]" for i in args.test_index]
         truths += [int(test_labels[i]) for i in args.test_index]
+    images = np.concatenate(batches)
     with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
-        answer = client.classify(np.concatenate(batches), args.model, args.version)
-        class_names = list(client.get_model(answer.model.name, answer.model.version).class_names)
-    model, baseline = answer.model, answer.baseline
+        answers = [client.classify(images[:CLASSIFY_BATCH], args.model, args.version)]
+        model = answers[0].model  # the rest from the same version, whatever is published
+        answers += [client.classify(images[start:start + CLASSIFY_BATCH], model.name,
+                                    model.version)
+                    for start in range(CLASSIFY_BATCH, len(images), CLASSIFY_BATCH)]
+        class_names = list(client.get_model(model.name, model.version).class_names)
+    model, baseline = (
+        ModelAnswer(getattr(answers[0], side).name, getattr(answers[0], side).version,
+                    *(np.concatenate([getattr(getattr(a, side), field) for a in answers])
+                      for field in ("probabilities", "labels")), [])
+        for side in ("model", "baseline"))
     width = max(len(f"{model.name} v{model.version}"), len(f"{baseline.name} v{baseline.version}"))
     for i, name in enumerate(names):
         truth = f"  (true: {class_names[truths[i]]})" if truths[i] is not None else ""

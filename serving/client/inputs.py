@@ -60,11 +60,12 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
     """All images of ``paths`` (``.npy`` files may hold many) and a display name for each."""
     batches, names = [], []
     for path in paths:
-        if path.suffix.lower() == ".npy":
-            batch = load_npy(path)
-            names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
-        else:
-            batch = load_png(path, invert)[None]
-            names.append(str(path))
+        try:
+            npy = path.suffix.lower() == ".npy"
+            batch = load_npy(path) if npy else load_png(path, invert)[None]
+        except Exception as error:  # Pillow's and numpy's messages do not say which file
+            raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
+                from None
+        names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
         batches.append(batch)
     return np.concatenate(batches), names

@@ -17,6 +17,8 @@ from serving.client.cli import UsageError
 
 def score(args, security) -> int:
     """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
+    if args.csv and (args.csv.is_dir() or not args.csv.parent.is_dir()):  # not after the scoring
+        raise UsageError(f"--csv {args.csv}: expected a file in an existing directory")
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):
@@ -93,9 +95,9 @@ def _write_csv(path: Path, offset: int, labels, answers) -> None:
     rows = zip(
         range(offset, offset + len(labels)), labels.tolist(),
         column("model", "labels"), column("model", "class_names"),
-        model_probabilities.max(axis=1).round(6).tolist(),
+        model_probabilities.max(axis=1).astype(np.float64).round(6).tolist(),
         column("baseline", "labels"), column("baseline", "class_names"),
-        baseline_probabilities.max(axis=1).round(6).tolist(),
+        baseline_probabilities.max(axis=1).astype(np.float64).round(6).tolist(),
         strict=True,
     )
     with open(path, "w", newline="") as f:
