@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
@@ -31,17 +31,15 @@ from serving.errors import (
 )
 from serving.metrics import IN_FLIGHT, CallMetrics
 
-OPEN_PREFIX = "/grpc.health.v1."  # no token needed
-UNCOUNTED_PREFIXES = (OPEN_PREFIX, "/grpc.reflection.")  # never refused, not in the metrics
+HEALTH_PREFIX = "/grpc.health.v1."  # answered by the transport: the pipeline leaves it alone
+OPEN_PREFIXES = (HEALTH_PREFIX, "/inference.GRPCInferenceService/ServerLive",  # no token, as
+                 "/inference.GRPCInferenceService/ServerReady")  # over HTTP
+UNCOUNTED_PREFIXES = (HEALTH_PREFIX, "/grpc.reflection.")  # never refused, not in the metrics
 API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2",
               "fashion_mnist.http.Page": "page"}
 DRAINING_MESSAGE = "server is shutting down; retry on another replica"
 
 log = logging.getLogger(__name__)
-
-
-def _always_active() -> bool:
-    return True
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class Call:
     authorization: str = ""  # as sent: "Bearer TOKEN"
     peer: str = ""
     deadline: float | None = None  # a time.monotonic() instant
-    is_active: Callable[[], bool] = field(default=_always_active)
+    is_active: Callable[[], bool] = lambda: True  # an instance's attribute: never bound
 
     def check_alive(self) -> None:
         """Raises if the answer would reach nobody: work for this call stops here."""
@@ -126,7 +124,7 @@ class CallPipeline:
     def guards(self, method: str) -> bool:
         """Whether the pipeline does anything for ``method``: not for health, which needs no
         token, is never refused and is not counted (a transport may answer it directly)."""
-        return not method.startswith(OPEN_PREFIX)
+        return not method.startswith(HEALTH_PREFIX)
 
     def unary(self, call: Call, handler: Callable, request, parse: Callable | None = None):
         """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
@@ -188,7 +186,7 @@ class CallPipeline:
 
     def _enter(self, call: Call) -> bool:
         """Checks the token and admits the call; True if it is counted."""
-        if (self._expected and not call.method.startswith(OPEN_PREFIX)
+        if (self._expected and not call.method.startswith(OPEN_PREFIXES)
                 and not self._presents_token(call.authorization)):
             raise self._refuse(call, Unauthenticated(
                 "missing or invalid bearer token (authorization: Bearer TOKEN)"))

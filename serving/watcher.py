@@ -45,15 +45,8 @@ def _fingerprint(path: Path) -> tuple:
 class RepositoryWatcher:
     """Keeps ``registry`` equal to the verified versions present under ``root``."""
 
-    def __init__(
-        self,
-        root: Path,
-        registry: ModelRegistry,
-        policy: BatchingPolicy,
-        *,
-        intra_op_threads: int = 1,
-        required: Iterable[str] = (),
-    ):
+    def __init__(self, root: Path, registry: ModelRegistry, policy: BatchingPolicy, *,
+                 intra_op_threads: int = 1, required: Iterable[str] = ()):
         self.root = Path(root)
         self.registry = registry
         self._policy = policy

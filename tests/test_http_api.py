@@ -91,6 +91,8 @@ def test_health_metadata_config_and_statistics_are_the_grpc_answers(url, v2):
         assert requests.get(f"{url}/v2/models/{path}/ready", timeout=5).json() == {
             "name": "mlp", "ready": True}
     assert config["input"][0]["dims"] == [28, 28]  # numbers, as perf_analyzer reads them
+    assert [(o["dims"], o.get("reshape")) for o in config["output"]] == [
+        ([10], None), ([1], {"shape": []})]
     not_ready = requests.get(f"{url}/v2/models/nope/ready", timeout=5)
     assert (not_ready.status_code, not_ready.json()["ready"]) == (400, False)
     stats = requests.get(f"{url}/v2/models/mlp/stats", timeout=5).json()

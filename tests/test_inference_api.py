@@ -92,6 +92,18 @@ REFUSALS = {
         lambda: raw_request(outputs=[
             pb.ModelInferRequest.InferRequestedOutputTensor(name="label")] * 2),
         "requested twice"),
+    # answered inline, and the client read stale data from its region (Triton refuses both)
+    "output to shared memory": (
+        lambda: raw_request(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
+            name="label", parameters={"shared_memory_region": pb.InferParameter(
+                string_param="region"), "shared_memory_byte_size": pb.InferParameter(
+                int64_param=16)})]),
+        "outputs['label'].parameters: shared memory is not served"),
+    "input from shared memory": (
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[1, 28, 28], parameters={
+                "shared_memory_region": pb.InferParameter(string_param="region")})]),
+        "inputs['images'].parameters: shared memory is not served"),
 }
 
 

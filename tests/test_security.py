@@ -69,7 +69,8 @@ async def _every_guarded_rpc(channel) -> dict[str, object]:
         "Classify": lambda: classifier.Classify(request, timeout=5),
         "ClassifyStream": lambda: _first(classifier.ClassifyStream(iter([request]), timeout=5)),
         "ListModels": lambda: classifier.ListModels(pb.ListModelsRequest(), timeout=5),
-        "ServerLive": lambda: inference.ServerLive(pb_v2.ServerLiveRequest(), timeout=5),
+        "ModelReady": lambda: inference.ModelReady(pb_v2.ModelReadyRequest(name="mlp"),
+                                                   timeout=5),
         "ModelMetadata": lambda: inference.ModelMetadata(
             pb_v2.ModelMetadataRequest(name="mlp"), timeout=5),
         "ServerReflectionInfo": lambda: _list_services(channel),
@@ -94,6 +95,9 @@ async def test_token_guards_every_rpc_but_health(model_repository, grpc_server):
         target = f"127.0.0.1:{port}"
         async with aio_channel(target) as anonymous:
             assert await _health(anonymous) == health_pb2.HealthCheckResponse.SERVING
+            inference = pb_v2_grpc.GRPCInferenceServiceStub(anonymous)  # as /v2/health/*
+            assert (await inference.ServerLive(pb_v2.ServerLiveRequest(), timeout=5)).live
+            assert (await inference.ServerReady(pb_v2.ServerReadyRequest(), timeout=5)).ready
             assert set((await _every_guarded_rpc(anonymous)).values()) == {
                 grpc.StatusCode.UNAUTHENTICATED}
         async with aio_channel(target, token="wrong-" + TOKEN) as impostor:

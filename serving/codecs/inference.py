@@ -73,6 +73,9 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
             f"inputs: expected one input {expected_input.name!r}, got {names}")
     tensor = request.inputs[0]
     field = f"inputs[{tensor.name!r}]"
+    for name, where in ((field, tensor), *((f"outputs[{o.name!r}]", o) for o in request.outputs)):
+        if any(key.startswith("shared_memory") for key in where.parameters):  # would go unread
+            raise InvalidArgument(f"{name}.parameters: shared memory is not served here")
     if tensor.datatype != expected_input.datatype:
         raise InvalidArgument(
             f"{field}.datatype: expected {expected_input.datatype}, got {tensor.datatype!r}")
@@ -218,7 +221,9 @@ def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_
         input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
                                     dims=s.shape[1:]) for s in manifest.inputs],
         output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
-                                      dims=s.shape[1:]) for s in manifest.outputs],
+                                      dims=s.shape[1:] or [1], reshape=None if s.shape[1:]
+                                      else config_pb.ModelTensorReshape(shape=[]))
+                for s in manifest.outputs],
         dynamic_batching=config_pb.ModelDynamicBatching(
             max_queue_delay_microseconds=round(max_delay_s * 1e6), preserve_ordering=True),
         instance_group=[config_pb.ModelInstanceGroup(
