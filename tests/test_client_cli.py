@@ -253,6 +253,18 @@ def test_health_and_models(target, capsys):
     assert lines[3].split()[2] == "yes"
 
 
+def test_models_shows_a_dash_for_an_accuracy_nobody_measured(repository_copy, capsys):
+    """A version published by hand, without metrics, read as an accuracy of 0.0000."""
+    from tests.conftest import local_settings, running_server, tiny_classifier
+    from training.repository import write_version
+
+    write_version(repository_copy, "softmax", tiny_classifier(5), {"description": "by hand"})
+    with running_server(local_settings(model_repository=repository_copy)) as server:
+        assert cli.main(["models", "--target", f"127.0.0.1:{server.port}"]) == 0
+    rows = {tuple(line.split()[:2]): line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["softmax", "2"][2:4] == ["yes", "-"] and rows["softmax", "1"][2] == "0.1000"
+
+
 @pytest.mark.parametrize(("target", "code"), [("127.0.0.1:9", "UNAVAILABLE"),
                                               ("", "UNKNOWN")])  # gRPC C++ logged 3 lines first
 def test_health_of_a_server_that_is_not_there_exits_1_with_one_line(target, code):

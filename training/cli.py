@@ -89,7 +89,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         "seed": args.seed,
         "train_size": len(split.x_train),
         "validation_size": len(split.x_val),
-        "train_subset": args.train_subset,
+        "train_subset": args.train_subset and min(args.train_subset, len(dataset.x_train)),
         "validation_split": args.validation_split,
         "split_seed": args.split_seed,
         "fit_seconds": round(fitted.fit_seconds, 1),

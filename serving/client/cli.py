@@ -276,5 +276,6 @@ def _models(args) -> int:
           f"{'created':<25} description")
     for m in models:
         print(f"{m.name:<10} {m.version:>7} {'yes' if m.is_default_version else '':<7} "
-              f"{m.test_accuracy:>8.4f}  {m.sha256[:12]:<12}  {m.created_at:<25} {m.description}")
+              f"{f'{m.test_accuracy:.4f}' if m.test_accuracy else '-':>8}  {m.sha256[:12]:<12}  "
+              f"{m.created_at:<25} {m.description}")  # no accuracy in model.json: -
     return 0
