@@ -5,6 +5,7 @@ by flags, and both must mean the same.
 """
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 
@@ -72,24 +73,34 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(value: str) -> int:
-    """An argparse ``type``: an integer >= 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
+def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
+              low_open: bool = False, high_open: bool = False, optional: bool = False,
+              expected: str = ""):
+    """An argparse ``type``: a ``kind`` (int or float) from ``low`` to ``high``, each bound
+    included unless ``*_open``, never nan or inf; with ``optional``, 'default' or 'none' is
+    None. Its error says ``expected`` (default: the kind and its bounds, "an integer >= 0")."""
+    bounds = " and ".join(filter(None, (
+        f"{'>' if low_open else '>='} {low:g}" if low > -math.inf else "",
+        f"{'<' if high_open else '<='} {high:g}" if high < math.inf else "")))
+    expected = expected or f"{'an integer' if kind is int else 'a number'} {bounds}"
+
+    def parse(text: str):
+        if optional and text.strip().lower() in {"", "none", "default"}:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not ((low < value if low_open else low <= value)
+                and (value < high if high_open else value <= high)
+                and (kind is int or math.isfinite(value))):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
-def positive_seconds(value: str) -> float:
-    """An argparse ``type``: a finite number of seconds > 0 (inf, nan or 0 would make every
-    wait end at once or never)."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
-    return number
+positive_int = number_in(int, 1, expected="a positive integer")
+# inf, nan or 0 seconds would make every wait end at once or never
+positive_seconds = number_in(float, 0, low_open=True, expected="seconds > 0")

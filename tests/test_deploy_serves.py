@@ -88,10 +88,11 @@ def serve_as_written(workload: Workload, running: Running,
         stopped_at = time.monotonic()
         running.process.send_signal(signal.SIGTERM)  # after preStop, which we do not wait for
         # an answer, not a refused connection: the server says NOT_SERVING first. With
-        # several workers a probe may reach an idle one as it stops (CANCELLED: not ready
-        # either); the one holding the call says NOT_SERVING until the call is done.
+        # several workers a probe may reach an idle one as it stops (CANCELLED, or UNAVAILABLE
+        # when its listener closed with the probe's connection queued: not ready either); the
+        # one holding the call says NOT_SERVING until the call is done.
         while (status := health(readiness_port, readiness.get("service", ""))) in (
-                "SERVING", "CANCELLED"):
+                "SERVING", "CANCELLED", "UNAVAILABLE"):
             assert time.monotonic() - stopped_at < 10, f"still {status}\n{running.log()}"
             time.sleep(0.1)
         assert status == "NOT_SERVING", f"{status}\n{running.log()}"

@@ -158,6 +158,24 @@ def test_a_run_that_cannot_write_one_model_publishes_none_and_names_the_file(tmp
     assert not out.exists()  # no version, no staging directory, no empty report directory
 
 
+def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path):
+    """The versions were published before the report was written; a full disk then left
+    them served after a run that failed, beside part of a report."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the models fit, no PNG
+
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "softmax,baseline", "--train-subset",
+                          "1000", "--epochs", "1", "--progress", "none", preexec_fn=small_files)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "fmnist-train: error: OSError: [Errno 27] File too large: writing the report into "
+        f"{out}/reports/")
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == [
+        "baseline", "baseline/.highest-version", "softmax", "softmax/.highest-version"]
+
+
 def test_a_report_dir_that_is_not_empty_is_refused_at_once(tmp_path):
     """Its old pictures would sit beside the new report as if they were this run's."""
     (tmp_path / "report").mkdir()

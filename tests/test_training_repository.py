@@ -9,7 +9,7 @@ import pytest
 
 from common.contract import MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
-from training.repository import existing_versions, stage_version, write_version
+from training.repository import existing_versions, publishing, stage_version, write_version
 
 
 def test_a_deleted_version_number_is_not_given_again(tmp_path):
@@ -43,14 +43,16 @@ def test_a_staged_version_is_invisible_until_published_and_discard_leaves_nothin
     assert existing_versions(tmp_path, "mlp") == []
     staged.discard()
     assert [p.name for p in (tmp_path / "mlp").iterdir()] == []
-    staged = stage_version(tmp_path, "mlp", tiny_classifier(1), {"description": "d"})
-    assert staged.publish().name == "1"
+    with publishing([stage_version(tmp_path, "mlp", tiny_classifier(1), {})]) as (target,):
+        assert target.name == "1" and not target.exists()
+    assert target.is_dir()
     assert sorted(p.name for p in (tmp_path / "mlp").iterdir()) == [".highest-version", "1"]
 
 
 @pytest.mark.parametrize(("flag", "value"), [
     ("--learning-rate", "0"), ("--mlp-dropout", "1.5"), ("--optimizer", "adamm"),
-    ("--patience", "-3"), ("--baseline-alpha", "-1"), ("--baseline-tol", "nan"),
+    ("--patience", "-3"), ("--patience", "2.0"), ("--baseline-alpha", "-1"),
+    ("--baseline-tol", "nan"), ("--validation-split", "1"),
 ])
 def test_settings_that_cannot_train_are_refused_before_fitting(flag, value, capsys):
     """They used to fit (a learning rate of -1 published a model of 10% accuracy) or to fail
@@ -61,3 +63,13 @@ def test_settings_that_cannot_train_are_refused_before_fitting(flag, value, caps
         build_parser().parse_args(["--out", "x", flag, value])
     assert exit_info.value.code == 2
     assert f"argument {flag}: " in capsys.readouterr().err
+
+
+def test_an_optimizer_name_in_any_case_is_keras_name(monkeypatch):
+    from training.options import build_parser, keras_settings
+
+    by_flag = build_parser().parse_args(["--out", "x", "--optimizer", "Adam"])
+    monkeypatch.setenv("FMNIST_OPTIMIZER", "RMSprop")
+    by_env = build_parser().parse_args(["--out", "x"])
+    assert (keras_settings(by_flag, "mlp").optimizer, keras_settings(by_env, "mlp").optimizer) == (
+        "adam", "rmsprop")

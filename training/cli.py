@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -103,7 +104,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 def train(args: argparse.Namespace) -> int:
     """The whole run: data, fit + export + evaluate each model, repository, report, table."""
     from training import data, report
-    from training.repository import MODEL_FILE, stage_version
+    from training.repository import MODEL_FILE, publishing, stage_version
 
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published
@@ -137,27 +138,27 @@ def train(args: argparse.Namespace) -> int:
                     model.outcome.labels, exported["baseline"].outcome.labels
                 )
 
-    staged, rows = [], []
-    try:  # every version is written before any is published: a failed run publishes none
+    staged = []
+    try:  # every version and the report are written before any version is published
         for name, model in exported.items():
-            staged.append((model.outcome, stage_version(args.out, name, model.onnx_model,
-                                                        manifest_of(model, dataset))))
-        for outcome, version in staged:
-            outcome.onnx_path = version.publish() / MODEL_FILE
-            size = f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB"
-            rows.append((outcome.name, f"{outcome.metrics['test_accuracy']:.4f}",
-                         str(outcome.onnx_path), size))
-    finally:
-        for _, version in staged:
-            version.discard()  # those not published
-
-    report_file = report.write_report(
-        args.report_dir,
-        [model.outcome for model in exported.values()],
-        dataset.x_test,
-        dataset.y_test,
-        dataset.checksums(),
-    )
+            staged.append(stage_version(args.out, name, model.onnx_model,
+                                        manifest_of(model, dataset)))
+    except BaseException:
+        for version in staged:
+            version.discard()
+        raise
+    outcomes = [model.outcome for model in exported.values()]
+    with publishing(staged) as targets:
+        for outcome, target in zip(outcomes, targets, strict=True):
+            outcome.onnx_path = target / MODEL_FILE
+        try:
+            report_file = report.write_report(args.report_dir, outcomes, dataset.x_test,
+                                              dataset.y_test, dataset.checksums())
+        except OSError as error:  # matplotlib's say no file
+            raise OSError(error.errno, f"{error.strerror}: writing the report into "
+                          f"{args.report_dir}") from None
+    rows = [(outcome.name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path),
+             f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB") for outcome in outcomes]
     print()
     print_table(("model", "test accuracy", "ONNX file", "size"), rows)
     print(f"\nreport: {report_file}")
@@ -213,11 +214,16 @@ def import_tensorflow_quietly() -> None:
         os.close(saved_stderr)
 
 
-def default_report_dir(out: Path) -> Path:
-    """DIR/reports/<UTC time>, with -2, -3, ... if a run of the same second took it."""
+def new_report_dir(out: Path) -> Path:
+    """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    paths = (out / "reports" / (stamp if n == 1 else f"{stamp}-{n}") for n in itertools.count(1))
-    return next(path for path in paths if not path.exists())
+    (out / "reports").mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = out / "reports" / (stamp if n == 1 else f"{stamp}-{n}")
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+            return path
+    raise AssertionError("itertools.count() ended")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,21 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
         parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
                      "beside the new report); give a new or empty directory")
-    args.report_dir = args.report_dir or default_report_dir(args.out)
     start = time.perf_counter()
     made = [path for path in (args.report_dir, args.out / "reports",
                               *(args.out / name for name in args.models), args.out)
-            if not path.exists()]
+            if path and not path.exists()]
     try:
+        if not args.report_dir:
+            args.report_dir = new_report_dir(args.out)
+            made.insert(0, args.report_dir)
         if set(args.models) - {"baseline"}:
             import_tensorflow_quietly()
         status = train(args)
     except KeyboardInterrupt:
-        _remove_if_empty(made)
+        _remove_made(made, args.report_dir)
         print("fmnist-train: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        _remove_if_empty(made)
+        _remove_made(made, args.report_dir)
         if args.debug:
             raise
         message = (
@@ -254,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _remove_if_empty(directories: list[Path]) -> None:
-    """A failed run leaves no empty directory of its own making behind."""
+def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
+    """A failed run leaves no directory of its own making behind: its report directory, which
+    may hold part of a report, and the others if they are empty."""
+    if report_dir in directories:
+        shutil.rmtree(report_dir, ignore_errors=True)
     for path in directories:
         with contextlib.suppress(OSError):  # not empty: rmdir refuses
             path.rmdir()

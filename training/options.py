@@ -3,12 +3,11 @@ types and checks, and the Keras settings of a model built from them."""
 
 import argparse
 import functools
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import add_option, positive_int
+from common.flags import add_option, number_in, positive_int
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -72,47 +71,20 @@ def layer_widths(value: str) -> tuple[int, ...]:
     return widths
 
 
-def fraction(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return number
-
-
-def number_in(kind: type, low: float, high: float = math.inf, *, low_open: bool = False,
-              optional: bool = False):
-    """An argparse ``type``: a ``kind`` number in [low, high) ((low, high) if ``low_open``);
-    with ``optional``, 'default' or 'none' is None. Checked here, a bad value costs no fit."""
-    what = f"{'more than' if low_open else 'at least'} {low}" + (
-        f" and less than {high}" if high < math.inf else "")
-
-    def parse(value: str):
-        if optional and value.lower() in {"", "none", "default"}:
-            return None
-        try:
-            number = kind(value)
-        except ValueError:
-            number = math.nan
-        if not ((low < number) if low_open else (low <= number)) or not number < high:
-            raise argparse.ArgumentTypeError(f"expected a number {what}, got {value}")
-        return number
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-# Keras 3's optimizers by name (keras.optimizers.get); checked here, not after minutes of fitting
+# the optimizers Keras 3 names in lower case (keras.optimizers.get); a name is lower-cased
+# first ("Adam" is "adam") and checked when parsed, not after minutes of fitting
 OPTIMIZERS = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "ftrl",
-              "lion", "nadam", "rmsprop", "sgd")
+              "lion", "muon", "nadam", "rmsprop", "sgd")
 
 
 KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get --x/--no-x
     "hidden": (layer_widths, "WIDTHS", "hidden layer widths, comma-separated"),
-    "dropout": (number_in(float, 0, 1), "P", "dropout rate after each hidden layer"),
+    "dropout": (number_in(float, 0, 1, high_open=True), "P",
+                "dropout rate after each hidden layer"),
     "batch_norm": (bool, None, "batch normalisation after each hidden layer"),
     "epochs": (positive_int, "N", "maximum epochs"),
     "batch_size": (positive_int, "N", "mini-batch size"),
-    "optimizer": (str, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
+    "optimizer": (str.lower, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
     "learning_rate": (number_in(float, 0, low_open=True, optional=True), "LR",
                       "initial learning rate ('default': the optimizer's)"),
     "lr_schedule": (str, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
@@ -180,7 +152,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--report-dir",
         type=Path,
         metavar="DIR",
-        help="where to write the report (default: DIR/reports/<UTC timestamp>/)",
+        help="where to write the report: a new or empty directory "
+        "(default: DIR/reports/<UTC timestamp>/)",
     )
     add(
         "--data-dir",
@@ -196,7 +169,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--validation-split",
-        type=fraction,
+        type=number_in(float, 0, 1, low_open=True, high_open=True),
         default=0.2,
         metavar="F",
         help="share of the training images held out for validation (default: 0.2)",

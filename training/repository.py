@@ -6,6 +6,7 @@ watching the repository never sees a half-written version, an existing version i
 overwritten, and a number once published is never given again.
 """
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,36 +61,60 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass
+@dataclass(eq=False)  # by identity
 class Staged:
     """A version written whole under a hidden name in its model's directory, not yet
-    published: ``publish`` gives it its number, ``discard`` removes it."""
+    published (``publishing``); ``discard`` removes it."""
 
     model_dir: Path
     directory: Path
     document: dict[str, Any]
 
-    def publish(self) -> Path:
-        """Renames the staged directory to the next version number, one past the highest
-        present or ever published (a deleted version's number, a rollback, is not given
-        again: a server that loaded it would never see the new model), and returns it."""
-        with open(self.model_dir / HIGHEST, "a+") as highest:
-            fcntl.flock(highest, fcntl.LOCK_EX)  # publishers of this model, one at a time
-            highest.seek(0)
-            recorded = int(highest.read().strip() or 0)
-            version = max([recorded, *existing_versions(self.model_dir.parent,
-                                                         self.model_dir.name)]) + 1
-            self.document |= {"version": version, "created_at": datetime.datetime.now(
-                datetime.UTC).isoformat(timespec="seconds")}
-            (self.directory / MANIFEST).write_text(json.dumps(self.document, indent=2) + "\n")
-            self.directory.rename(self.model_dir / str(version))
-            highest.seek(0)
-            highest.truncate()
-            highest.write(f"{version}\n")
-        return self.model_dir / str(version)
-
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
+    """Numbers each staged version (one per model) one past the highest present or ever
+    published, writes its manifest, and yields the directories they will have; when the block
+    ends without error, renames them all into place, else publishes none. Every model's lock
+    is held throughout, so the block may write what names them (the report).
+
+    A number once published is never given again: a server that had loaded a deleted version
+    (a rollback) would never see another model published under its number."""
+    with contextlib.ExitStack() as held:
+        try:
+            targets = {}  # in the models' order: two runs lock them in the same order
+            for version in sorted(staged, key=lambda version: version.model_dir):
+                highest = held.enter_context(os.fdopen(os.open(
+                    version.model_dir / HIGHEST, os.O_RDWR | os.O_CREAT, 0o644), "r+"))
+                fcntl.flock(highest, fcntl.LOCK_EX)  # publishers of this model, one at a time
+                number = max([_recorded(highest), *existing_versions(
+                    version.model_dir.parent, version.model_dir.name)]) + 1
+                version.document |= {"version": number, "created_at": datetime.datetime.now(
+                    datetime.UTC).isoformat(timespec="seconds")}
+                (version.directory / MANIFEST).write_text(
+                    json.dumps(version.document, indent=2) + "\n")
+                targets[version] = (highest, version.model_dir / str(number))
+            yield [targets[version][1] for version in staged]
+            for version, (highest, target) in targets.items():
+                version.directory.rename(target)
+                highest.seek(0)  # numbers only grow: written over, then cut, never empty
+                highest.write(f"{target.name}\n")
+                highest.truncate()
+        finally:
+            for version in staged:
+                version.discard()  # those not renamed
+
+
+def _recorded(highest) -> int:
+    highest.seek(0)
+    text = highest.read().strip()
+    if text and not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{highest.name}: expected the highest version published, got "
+                         f"{text[:40]!r}; put the number back (or delete the file)")
+    return int(text or 0)
 
 
 def stage_version(root: Path, name: str, model: onnx.ModelProto,
@@ -128,9 +154,5 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
 
 def write_version(root: Path, name: str, model: onnx.ModelProto, manifest: dict[str, Any]) -> Path:
     """Writes ``model`` as the next version of ``name`` and returns its directory."""
-    staged = stage_version(root, name, model, manifest)
-    try:
-        return staged.publish()
-    except BaseException:
-        staged.discard()
-        raise
+    with publishing([stage_version(root, name, model, manifest)]) as (target,):
+        return target

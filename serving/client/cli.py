@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.contract import CLASS_NAMES
-from common.flags import DefaultsHelpFormatter, add_option, positive_int, positive_seconds
+from common.flags import (
+    DefaultsHelpFormatter,
+    add_option,
+    number_in,
+    positive_int,
+    positive_seconds,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -156,25 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _number_in(kind: type, low: float, high: float, expected: str):
-    """An argparse ``type``: ``kind`` (int or float) within ``low..high``, else an error
-    saying ``expected`` (nan and text that is no number too)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-        return value
-
-    return parse
-
-
-_top = _number_in(int, 1, len(CLASS_NAMES), f"1..{len(CLASS_NAMES)}")
-_index = _number_in(int, 0, float("inf"), "an index >= 0")
-_fraction = _number_in(float, 0, 1, "a fraction 0..1")
-_version = _number_in(int, 0, 2**63 - 1, "a version 0..2^63-1")
+_top = number_in(int, 1, len(CLASS_NAMES), expected=f"1..{len(CLASS_NAMES)}")
+_index = number_in(int, 0, expected="an index >= 0")
+_fraction = number_in(float, 0, 1, expected="a fraction 0..1")
+_version = number_in(int, 0, 2**63 - 1, expected="a version 0..2^63-1")
 
 
 def _expected_accuracy(text: str) -> float | str:
