@@ -34,7 +34,7 @@ from serving.metrics import IN_FLIGHT, CallMetrics
 HEALTH_PREFIX = "/grpc.health.v1."  # answered by the transport: the pipeline leaves it alone
 OPEN_PREFIXES = (HEALTH_PREFIX, "/inference.GRPCInferenceService/ServerLive",  # no token, as
                  "/inference.GRPCInferenceService/ServerReady")  # over HTTP
-UNCOUNTED_PREFIXES = (HEALTH_PREFIX, "/grpc.reflection.")  # never refused, not in the metrics
+UNCOUNTED_PREFIXES = (*OPEN_PREFIXES, "/grpc.reflection.")  # never refused, not in the metrics
 API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2",
               "fashion_mnist.http.Page": "page"}
 DRAINING_MESSAGE = "server is shutting down; retry on another replica"

@@ -99,6 +99,12 @@ def _json(document) -> bytes:
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "request_id": 5}), {}, 400,
      "request_id: expected a string, got 5"),
     ("HEAD", CLASSIFY, b"", {}, 405, ""),
+    ("GET", "/v1/models/mlp?verison=1", b"", {}, 400,
+     "verison: not an option of /v1/models/{name}; expected version"),
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "top": 1, "id": "x"}), {}, 400,
+     "id, top: not a key of the request"),  # all of them, in one order whatever the process
+    ("POST", CLASSIFY, _json({"images": [[0] * 784], "model": None}), {}, 400,
+     "model: expected a string, got null"),  # JSON's word, not Python's None
 ])
 def test_every_error_row_has_its_status_and_names_the_field(url, case):
     verb, path, body, headers, status, message = case
@@ -217,6 +223,10 @@ def test_request_id_is_echoed_and_allow_names_head(url):
     assert refused.json()["error"] == "POST /v1/models: use GET or HEAD"
     head = requests.head(url + CLASSIFY, timeout=10)
     assert head.status_code == 405 and head.headers["Allow"] == "POST"
+    both = requests.post(url + "/v2/models/stats", timeout=10)  # two routes match the path
+    assert both.headers["Allow"] == "GET, HEAD" and both.json()["error"].endswith("GET or HEAD")
+    flagged = requests.post(url + CLASSIFY + "?pixels", data=VALID, timeout=10)  # no value: on
+    assert len(flagged.json()["results"][0]["pixels"]) == 784
 
 
 def test_a_chunked_body_over_the_limit_is_413_gzip_or_not(url):

@@ -144,12 +144,16 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await domain.Classify(request, metadata=metadata)
                 codes.append(refused.value.code().name)
+            # health, as over HTTP: no token, never refused for want of a slot, not counted
+            inference = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert (await inference.ServerLive(pb.ServerLiveRequest())).live
             await stream.done_writing()
             assert (await stream.code()) == grpc.StatusCode.OK
             server.admission.close()  # draining
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await domain.Classify(request, metadata=token)
             codes.append(refused.value.code().name)
+            assert not (await inference.ServerReady(pb.ServerReadyRequest())).ready
         after = await asyncio.to_thread(scrape, port)
 
     def moved(name, **labels):
@@ -162,6 +166,8 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
     assert moved("fmnist_requests_total", code="UNAUTHENTICATED", **classify) == 1
     assert moved("fmnist_requests_total", code="UNAVAILABLE", **classify) == 1
     assert moved("fmnist_request_duration_seconds_count", **classify) == 0
+    assert all(moved("fmnist_requests_total", api="v2", method=method, model="", code=code) == 0
+               for method in ("ServerLive", "ServerReady") for code in ("OK", "UNAVAILABLE"))
 
 
 async def test_a_stream_refused_for_want_of_a_slot_is_counted(model_repository, grpc_server):

@@ -33,7 +33,7 @@ REQUEST = pb.ModelInferRequest(
         name="images", datatype="UINT8", shape=IMAGES.shape)],
     raw_input_contents=[IMAGES.tobytes()])
 OK_CALLS = {"api": "v2", "method": "ModelInfer", "model": "mlp", "code": "OK"}
-LIVE_CALLS = {"api": "v2", "method": "ServerLive", "model": "", "code": "OK"}
+METADATA_CALLS = {"api": "v2", "method": "ServerMetadata", "model": "", "code": "OK"}
 
 
 @contextlib.contextmanager
@@ -178,16 +178,16 @@ def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(wor
     process, logs, started, metrics_port = workers
     with socket.create_connection(("127.0.0.1", metrics_port)):  # connects, sends nothing
         with grpc.insecure_channel(started["address"]) as channel:
-            pb_grpc.GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(),
-                                                                 timeout=10)
-        assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **LIVE_CALLS) == 1
+            pb_grpc.GRPCInferenceServiceStub(channel).ServerMetadata(
+                pb.ServerMetadataRequest(), timeout=10)
+        assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **METADATA_CALLS) == 1
     metrics_pid = next(pid for pid in children(process.pid) if pid not in started["pids"])
     os.kill(metrics_pid, signal.SIGKILL)
     assert logs.wait_for("metrics process died; starting another")[0]["pid"] == metrics_pid
     for _ in range(100):  # the replacement serves the same port
         with contextlib.suppress(OSError):
             assert value(scrape_metrics(metrics_port), "fmnist_requests_total",
-                         **LIVE_CALLS) == 1
+                         **METADATA_CALLS) == 1
             break
         time.sleep(0.1)
     else:

@@ -221,9 +221,7 @@ def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_
         input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
                                     dims=s.shape[1:]) for s in manifest.inputs],
         output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
-                                      dims=s.shape[1:] or [1], reshape=None if s.shape[1:]
-                                      else config_pb.ModelTensorReshape(shape=[]))
-                for s in manifest.outputs],
+                                      dims=s.shape[1:]) for s in manifest.outputs],
         dynamic_batching=config_pb.ModelDynamicBatching(
             max_queue_delay_microseconds=round(max_delay_s * 1e6), preserve_ordering=True),
         instance_group=[config_pb.ModelInstanceGroup(

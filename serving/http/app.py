@@ -85,7 +85,7 @@ class HttpApp:
                 return handler(environ, {k: v for k, v in match.groupdict().items() if v})
             if match:
                 allowed += ["GET", "HEAD"] if route_verb == "GET" else [route_verb]
-        if allowed:
+        if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
             return 405, Body(error_body(f"{method} {path}: use {' or '.join(allowed)}").data,
                              headers=(("Allow", ", ".join(allowed)),))
         raise NotFound(f"no endpoint {method} {path}: see / (the page), /v1/models, /v2")

@@ -10,6 +10,7 @@ are checked by the data plane's codec; refused here is only what cannot become a
 """
 
 import io
+import json
 import re
 import threading
 from pathlib import Path
@@ -35,25 +36,31 @@ JSON_KEYS = ("images", "model", "version", "request_id")
 class Options:
     """The query string's options of /v1/classify; a misspelt one is refused, not ignored."""
 
-    NAMES = ("model", "version", "top", "invert", "pixels")
-
     def __init__(self, query: str):
-        values = {key: items[-1] for key, items in parse_qs(query, keep_blank_values=True).items()}
-        for name in values.keys() - set(self.NAMES):
-            raise InvalidArgument(f"{name}: not an option of /v1/classify; expected "
-                                  f"{', '.join(self.NAMES)}")
+        values = query_options(query, "/v1/classify", ("model", "version", "top", "invert",
+                                                       "pixels"))
         self.model = values.get("model", "")
-        self.version = version_option(query)
+        self.version = _integer(values.get("version", "0"), "version")
         self.top = _integer(values.get("top", "3"), "top")
         if not 1 <= self.top <= len(CLASS_NAMES):
             raise InvalidArgument(f"top: expected 1..{len(CLASS_NAMES)}, got {self.top}")
-        self.invert = _flag(values.get("invert", ""), "invert")
-        self.pixels = _flag(values.get("pixels", ""), "pixels")
+        self.invert = _flag(values.get("invert"), "invert")
+        self.pixels = _flag(values.get("pixels"), "pixels")
+
+
+def query_options(query: str, endpoint: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The query string's options (the last value of each); a misspelt one is refused, not
+    ignored (the answer would come from another model, or with other options)."""
+    values = {key: items[-1] for key, items in parse_qs(query, keep_blank_values=True).items()}
+    if unknown := sorted(values.keys() - set(names)):
+        raise InvalidArgument(f"{', '.join(unknown)}: not an option of {endpoint}; expected "
+                              f"{', '.join(names)}")
+    return values
 
 
 def version_option(query: str) -> int:
-    """The query string's ``version`` (0: the newest), for /v1/classify and /v1/models/{name}."""
-    return _integer(parse_qs(query, keep_blank_values=True).get("version", ["0"])[-1],
+    """/v1/models/{name}'s one option, ``version`` (0: the newest)."""
+    return _integer(query_options(query, "/v1/models/{name}", ("version",)).get("version", "0"),
                     "version")
 
 
@@ -74,8 +81,9 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument("request body: expected a JSON object")
-    for key in document.keys() - set(JSON_KEYS):
-        raise InvalidArgument(f"{key}: not a key of the request; expected {', '.join(JSON_KEYS)}")
+    if unknown := sorted(document.keys() - set(JSON_KEYS)):
+        raise InvalidArgument(f"{', '.join(unknown)}: not a key of the request; expected "
+                              f"{', '.join(JSON_KEYS)}")
     images = document.get("images")
     if not isinstance(images, list):
         raise InvalidArgument('images: expected a JSON array of images, each 784 integers '
@@ -84,9 +92,10 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     request_id = document.get("request_id", "")
     for name, value in (("model", model), ("request_id", request_id)):
         if not isinstance(value, str):
-            raise InvalidArgument(f"{name}: expected a string, got {value!r}")
+            raise InvalidArgument(f"{name}: expected a string, got {json.dumps(value)[:40]}")
     if type(version) is not int or not -(2**63) <= version < 2**63:
-        raise InvalidArgument(f"version: expected an integer within int64, got {version!r}")
+        raise InvalidArgument(f"version: expected an integer within int64, got "
+                              f"{json.dumps(version)[:40]}")
     for name, asked, given in (("model", options.model, model),
                                ("version", options.version, version)):
         if asked and given and asked != given:
@@ -217,7 +226,10 @@ def _integer(text: str, name: str) -> int:
     return int(text)
 
 
-def _flag(text: str, name: str) -> bool:
+def _flag(text: str | None, name: str) -> bool:
+    """Absent: false; given with no value (``?pixels``): true."""
+    if text is None:
+        return False
     if text.lower() not in ("", "0", "1", "true", "false", "yes", "no"):
         raise InvalidArgument(f"{name}: expected true or false, got {text!r}")
-    return text.lower() in ("1", "true", "yes")
+    return text.lower() in ("", "1", "true", "yes")
