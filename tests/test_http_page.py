@@ -155,3 +155,33 @@ def test_the_controls_and_the_same_file_again_ask_again(served, browser, test_se
     assert element(By.ID, "error").text == ""
     assert element(By.ID, "model-name").text.startswith("mlp v")
     assert shown(browser) == labels(stub, load_png(photo))
+
+
+def test_a_late_test_image_does_not_become_what_the_controls_ask_again_for(served, browser,
+                                                                          test_set, tmp_path):
+    """A random test image that arrived after a file was picked became the page's source:
+    changing the model then showed that image instead of the file on screen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = served
+    browser.get(url)
+    element = browser.find_element
+    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                        "option")) > 1)
+    browser.execute_script("""
+        const original = window.fetch;
+        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
+            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
+            : original(path, options);""")
+    element(By.ID, "random").click()
+    picture = tmp_path / "trouser.png"
+    Image.fromarray(test_set[0][2]).save(picture)
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    wait_for(browser, lambda: browser.execute_script("return performance.getEntriesByType("
+                                                     "'resource').some((entry) => entry.name"
+                                                     ".includes('/v1/test-images/'))"))
+    Select(element(By.ID, "model")).select_by_value("softmax")
+    wait_for(browser, lambda: element(By.ID, "model-name").text.startswith("softmax v"))
+    assert "trouser.png" in element(By.ID, "truth").text
