@@ -120,6 +120,19 @@ def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, t
     assert shown == [CLASS_NAMES[label] for label in labels]
 
 
+def test_answers_from_two_versions_are_not_joined_as_one(target, test_set):
+    """A version published between two calls of one run: its figures would mix two models
+    under the first one's name."""
+    from serving.client.api import joined
+
+    with ClassifierClient(target) as client:
+        answers = [client.classify(test_set[0][:2], "mlp", version) for version in (1, 2, 2)]
+    assert len(joined(answers[1:])) == 4
+    with pytest.raises(ValueError, match=r"the model changed version during the run "
+                                         r"\(mlp v1, mlp v2: one was published or removed\)"):
+        joined(answers)
+
+
 def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
     Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "boot.png").read_bytes()[:100])
@@ -198,13 +211,15 @@ def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys
     assert all(len(row["model_probability"]) <= 8 for row in table)  # 6 decimals, no float32 tail
 
 
-def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys):
+@pytest.mark.parametrize(("where", "reason"), [("no/such/dir.csv", "No such file or directory"),
+                                               (".", "Is a directory")])
+def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, where, reason):
     """It scored every image, then failed writing and printed nothing of the run."""
     status = cli.main(["score", "--target", target, "--limit", "10", "--no-progress",
-                       "--csv", str(tmp_path / "no" / "such" / "dir.csv")])
+                       "--csv", str(tmp_path / where)])
     assert status == 2
-    assert capsys.readouterr().err == (f"fmnist score: error: --csv {tmp_path}/no/such/dir.csv: "
-                                       "expected a file in an existing directory\n")
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: --csv {tmp_path / where}: {reason}\n")
 
 
 def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):

@@ -86,6 +86,28 @@ def decode_response(response: pb.ClassifyResponse) -> Classification:
     )
 
 
+def joined(answers: list[Classification]) -> Classification:
+    """The answers of several calls as one; ValueError if the model's or the baseline's
+    version changed between them (one was published or removed meanwhile): the figures of a
+    run would mix two models under one name."""
+    first = answers[0]
+    for side in ("model", "baseline"):
+        seen = {(getattr(a, side).name, getattr(a, side).version) for a in answers}
+        if len(seen) > 1:
+            versions = ", ".join(f"{name} v{version}" for name, version in sorted(seen))
+            raise ValueError(f"the {side} changed version during the run ({versions}: one was "
+                             "published or removed); run it again")
+
+    def whole(side: str) -> ModelAnswer:
+        parts = [getattr(answer, side) for answer in answers]
+        return ModelAnswer(parts[0].name, parts[0].version,
+                           np.concatenate([part.probabilities for part in parts]),
+                           np.concatenate([part.labels for part in parts]),
+                           [name for part in parts for name in part.class_names])
+
+    return Classification(whole("model"), whole("baseline"), first.request_id)
+
+
 class ClassifierClient:
     """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
 

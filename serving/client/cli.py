@@ -187,7 +187,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
 def _classify(args) -> int:
     import numpy as np
 
-    from serving.client.api import ClassifierClient, ModelAnswer
+    from serving.client.api import ClassifierClient, joined
     from serving.client.inputs import load_images
 
     if not args.files and not args.test_index:
@@ -211,16 +211,13 @@ def _classify(args) -> int:
     images = np.concatenate(batches)
     with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
         answers = [client.classify(images[:CLASSIFY_BATCH], args.model, args.version)]
-        model = answers[0].model  # the rest from the same version, whatever is published
-        answers += [client.classify(images[start:start + CLASSIFY_BATCH], model.name,
-                                    model.version)
+        first = answers[0].model  # the rest from the same version, whatever is published
+        answers += [client.classify(images[start:start + CLASSIFY_BATCH], first.name,
+                                    first.version)
                     for start in range(CLASSIFY_BATCH, len(images), CLASSIFY_BATCH)]
-        class_names = list(client.get_model(model.name, model.version).class_names)
-    model, baseline = (
-        ModelAnswer(getattr(answers[0], side).name, getattr(answers[0], side).version,
-                    *(np.concatenate([getattr(getattr(a, side), field) for a in answers])
-                      for field in ("probabilities", "labels")), [])
-        for side in ("model", "baseline"))
+        class_names = list(client.get_model(first.name, first.version).class_names)
+    answer = joined(answers)
+    model, baseline = answer.model, answer.baseline
     width = max(len(f"{model.name} v{model.version}"), len(f"{baseline.name} v{baseline.version}"))
     for i, name in enumerate(names):
         truth = f"  (true: {class_names[truths[i]]})" if truths[i] is not None else ""

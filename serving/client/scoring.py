@@ -11,14 +11,17 @@ import numpy as np
 from tqdm import tqdm
 
 from common.dataset import load_test_set
-from serving.client.api import ClassifierClient
+from serving.client.api import Classification, ClassifierClient, ModelAnswer, joined
 from serving.client.cli import UsageError
 
 
 def score(args, security) -> int:
     """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
-    if args.csv and (args.csv.is_dir() or not args.csv.parent.is_dir()):  # not after the scoring
-        raise UsageError(f"--csv {args.csv}: expected a file in an existing directory")
+    if args.csv:  # can it be written? Not found out after the scoring
+        try:
+            open(args.csv, "a").close()
+        except OSError as error:
+            raise UsageError(f"--csv {args.csv}: {error.strerror}") from None
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):
@@ -51,9 +54,9 @@ def score(args, security) -> int:
         elapsed = time.perf_counter() - started
         expected = _expected_accuracy(args, client, answers[0].model)
 
-    model_labels = np.concatenate([a.model.labels for a in answers])
-    baseline_labels = np.concatenate([a.baseline.labels for a in answers])
-    model, baseline = answers[0].model, answers[0].baseline
+    everything = joined(answers)
+    model, baseline = everything.model, everything.baseline
+    model_labels, baseline_labels = model.labels, baseline.labels
     accuracy = float(np.mean(model_labels == labels))
     rows = [
         ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
@@ -67,7 +70,7 @@ def score(args, security) -> int:
          + f" ({len(batches)} batches of <= {args.batch_size}, {args.rpc})"),
     ]
     if args.csv:
-        _write_csv(args.csv, args.offset, labels, answers)
+        _write_csv(args.csv, args.offset, labels, everything)
         rows.append(("predictions", str(args.csv)))
     for name, value in rows:
         print(f"{name:<22} {value}")
@@ -86,20 +89,13 @@ def _expected_accuracy(args, client, model) -> float | None:
     return args.expect_accuracy
 
 
-def _write_csv(path: Path, offset: int, labels, answers) -> None:
-    def column(kind: str, field: str):
-        return [value for a in answers for value in getattr(getattr(a, kind), field)]
+def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
+    def columns(side: ModelAnswer) -> tuple:
+        return (side.labels.tolist(), side.class_names,
+                side.probabilities.max(axis=1).astype(np.float64).round(6).tolist())
 
-    model_probabilities = np.concatenate([a.model.probabilities for a in answers])
-    baseline_probabilities = np.concatenate([a.baseline.probabilities for a in answers])
-    rows = zip(
-        range(offset, offset + len(labels)), labels.tolist(),
-        column("model", "labels"), column("model", "class_names"),
-        model_probabilities.max(axis=1).astype(np.float64).round(6).tolist(),
-        column("baseline", "labels"), column("baseline", "class_names"),
-        baseline_probabilities.max(axis=1).astype(np.float64).round(6).tolist(),
-        strict=True,
-    )
+    rows = zip(range(offset, offset + len(labels)), labels.tolist(), *columns(answer.model),
+               *columns(answer.baseline), strict=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "true_label", "model_label", "model_class", "model_probability",
