@@ -79,9 +79,10 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
     """An argparse ``type``: a ``kind`` (int or float) from ``low`` to ``high``, each bound
     included unless ``*_open``, never nan or inf; with ``optional``, 'default' or 'none' is
     None. Its error says ``expected`` (default: the kind and its bounds, "an integer >= 0")."""
+    shown = str if kind is int else "{:g}".format  # 2**63 - 1 in full, not 9.22337e+18
     bounds = " and ".join(filter(None, (
-        f"{'>' if low_open else '>='} {low:g}" if low > -math.inf else "",
-        f"{'<' if high_open else '<='} {high:g}" if high < math.inf else "")))
+        f"{'>' if low_open else '>='} {shown(low)}" if low > -math.inf else "",
+        f"{'<' if high_open else '<='} {shown(high)}" if high < math.inf else "")))
     expected = expected or f"{'an integer' if kind is int else 'a number'} {bounds}"
 
     def parse(text: str):

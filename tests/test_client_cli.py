@@ -120,6 +120,14 @@ def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, t
     assert shown == [CLASS_NAMES[label] for label in labels]
 
 
+def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
+    """The check that --csv can be written made the file: a failed run left it empty."""
+    assert cli.main(["score", "--target", "127.0.0.1:9", "--timeout", "2", "--limit", "10",
+                     "--no-progress", "--csv", str(tmp_path / "p.csv")]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_answers_from_two_versions_are_not_joined_as_one(target, test_set):
     """A version published between two calls of one run: its figures would mix two models
     under the first one's name."""

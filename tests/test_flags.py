@@ -136,3 +136,16 @@ def test_help_shows_no_empty_or_second_default(capsys, argv):
              "--help": ["(0: none) [env FMNIST_HEALTH_PORT] (default: 0)"]}[argv[0]]
     for default in shown:  # 0 is a default to show, though 0 == False
         assert default in text
+
+
+def test_number_in_says_its_bounds_as_written():
+    """An int's bounds in full (it said <= 9.22337e+18), a float's as %g; nan and inf never."""
+    from common.flags import number_in
+
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match="expected an integer >= 0 and <= 9223372036854775807, got -1"):
+        number_in(int, 0, 2**63 - 1)("-1")
+    for text in ("nan", "inf", "1e3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a number > 0 and < 1"):
+            number_in(float, 0, 1, low_open=True, high_open=True)(text)
+    assert number_in(float, 0, optional=True)("default") is None

@@ -99,6 +99,8 @@ def _json(document) -> bytes:
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "request_id": 5}), {}, 400,
      "request_id: expected a string, got 5"),
     ("HEAD", CLASSIFY, b"", {}, 405, ""),
+    ("GET", "/v1/models?verbose=1", b"", {}, 400, "verbose: not an option of /v1/models; it "
+     "takes none"),
     ("GET", "/v1/models/mlp?verison=1", b"", {}, 400,
      "verison: not an option of /v1/models/{name}; expected version"),
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "top": 1, "id": "x"}), {}, 400,

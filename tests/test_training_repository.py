@@ -49,6 +49,26 @@ def test_a_staged_version_is_invisible_until_published_and_discard_leaves_nothin
     assert sorted(p.name for p in (tmp_path / "mlp").iterdir()) == [".highest-version", "1"]
 
 
+def test_a_rename_that_fails_puts_back_those_done_and_leaves_nothing(tmp_path):
+    """All or none: the first model's version stayed published when the second's rename
+    failed."""
+    staged = [stage_version(tmp_path, name, tiny_classifier(1), {}) for name in ("a", "b")]
+    with pytest.raises(OSError), publishing(staged) as (_, second):
+        second.mkdir()
+        (second / "in the way").write_text("")  # renaming onto a full directory fails
+    assert existing_versions(tmp_path, "a") == []
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "a", "b", "b/1", "b/1/in the way"]  # no staging directory, no empty .highest-version
+
+
+def test_a_corrupt_highest_version_file_is_named(tmp_path):
+    write_version(tmp_path, "mlp", tiny_classifier(1), {})
+    (tmp_path / "mlp" / ".highest-version").write_text("one\n")
+    with pytest.raises(ValueError, match=f"{tmp_path}/mlp/.highest-version: expected the "
+                                         "highest version published, got 'one'"):
+        write_version(tmp_path, "mlp", tiny_classifier(2), {})
+
+
 @pytest.mark.parametrize(("flag", "value"), [
     ("--learning-rate", "0"), ("--mlp-dropout", "1.5"), ("--optimizer", "adamm"),
     ("--patience", "-3"), ("--patience", "2.0"), ("--baseline-alpha", "-1"),

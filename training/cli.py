@@ -104,13 +104,21 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 def train(args: argparse.Namespace) -> int:
     """The whole run: data, fit + export + evaluate each model, repository, report, table."""
     from training import data, report
-    from training.repository import MODEL_FILE, publishing, stage_version
+    from training.repository import (
+        HIGHEST,
+        MODEL_FILE,
+        highest_recorded,
+        publishing,
+        stage_version,
+    )
 
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published
     for name in args.models:
         (args.out / name).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out / name).cleanup()
+        if (highest := args.out / name / HIGHEST).exists():
+            highest_recorded(highest.read_text(), highest)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
     x_train, x_val, y_train, y_val = data.split_train_validation(
@@ -263,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
-    """A failed run leaves no directory of its own making behind: its report directory, which
-    may hold part of a report, and the others if they are empty."""
+    """A failed run leaves nothing of its own making behind: its report directory, which may
+    hold part of a report (emptied if it was given empty), and the others if they are empty."""
     if report_dir in directories:
         shutil.rmtree(report_dir, ignore_errors=True)
+    elif report_dir and report_dir.is_dir():  # given, and empty at the start (main checks)
+        for path in report_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     for path in directories:
         with contextlib.suppress(OSError):  # not empty: rmdir refuses
             path.rmdir()

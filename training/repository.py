@@ -78,42 +78,56 @@ class Staged:
 def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
     """Numbers each staged version (one per model) one past the highest present or ever
     published, writes its manifest, and yields the directories they will have; when the block
-    ends without error, renames them all into place, else publishes none. Every model's lock
-    is held throughout, so the block may write what names them (the report).
+    ends without error, renames them all into place (those done are renamed back if one
+    fails), else publishes none. Every model's lock is held throughout, so the block may write
+    what names them (the report).
 
     A number once published is never given again: a server that had loaded a deleted version
     (a rollback) would never see another model published under its number."""
+    if len({version.model_dir for version in staged}) != len(staged):
+        raise ValueError("publishing: one version per model (a second lock would wait forever)")
     with contextlib.ExitStack() as held:
+        targets, renamed = {}, []  # in the models' order: two runs lock them in the same order
         try:
-            targets = {}  # in the models' order: two runs lock them in the same order
             for version in sorted(staged, key=lambda version: version.model_dir):
+                path = version.model_dir / HIGHEST
                 highest = held.enter_context(os.fdopen(os.open(
-                    version.model_dir / HIGHEST, os.O_RDWR | os.O_CREAT, 0o644), "r+"))
+                    path, os.O_RDWR | os.O_CREAT, 0o644), "r+"))
                 fcntl.flock(highest, fcntl.LOCK_EX)  # publishers of this model, one at a time
-                number = max([_recorded(highest), *existing_versions(
+                highest.seek(0)
+                number = max([highest_recorded(highest.read(), path), *existing_versions(
                     version.model_dir.parent, version.model_dir.name)]) + 1
                 version.document |= {"version": number, "created_at": datetime.datetime.now(
                     datetime.UTC).isoformat(timespec="seconds")}
                 (version.directory / MANIFEST).write_text(
                     json.dumps(version.document, indent=2) + "\n")
-                targets[version] = (highest, version.model_dir / str(number))
-            yield [targets[version][1] for version in staged]
-            for version, (highest, target) in targets.items():
+                targets[version] = (highest, path, version.model_dir / str(number))
+            yield [targets[version][2] for version in staged]
+            for version, (_, _, target) in targets.items():
                 version.directory.rename(target)
+                renamed.append(version)
+            for highest, _, target in targets.values():
                 highest.seek(0)  # numbers only grow: written over, then cut, never empty
                 highest.write(f"{target.name}\n")
                 highest.truncate()
+        except BaseException:
+            for version in renamed:  # back under its staging name: all or none
+                targets[version][2].rename(version.directory)
+            for highest, path, _ in targets.values():
+                if os.fstat(highest.fileno()).st_size == 0:  # made by this run: not left behind
+                    path.unlink(missing_ok=True)
+            raise
         finally:
             for version in staged:
                 version.discard()  # those not renamed
 
 
-def _recorded(highest) -> int:
-    highest.seek(0)
-    text = highest.read().strip()
+def highest_recorded(text: str, path: Path) -> int:
+    """The number a ``.highest-version`` file holds (0 if empty); a corrupt one is named."""
+    text = text.strip()
     if text and not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{highest.name}: expected the highest version published, got "
-                         f"{text[:40]!r}; put the number back (or delete the file)")
+        raise ValueError(f"{path}: expected the highest version published, got {text[:40]!r}; "
+                         "put the number back (or delete the file)")
     return int(text or 0)
 
 

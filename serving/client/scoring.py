@@ -18,10 +18,13 @@ from serving.client.cli import UsageError
 def score(args, security) -> int:
     """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
     if args.csv:  # can it be written? Not found out after the scoring
+        existed = args.csv.exists()
         try:
             open(args.csv, "a").close()
         except OSError as error:
             raise UsageError(f"--csv {args.csv}: {error.strerror}") from None
+        if not existed:  # a failed run leaves no empty file
+            args.csv.unlink()
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):

@@ -214,7 +214,7 @@ class HttpApp:
     def _list_models(self, environ, _):
         return 200, self._call(
             environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
-            domain_pb.ListModelsRequest(),
+            environ.get("QUERY_STRING", ""), parse=domain.list_models_request,
             encode=lambda response: json_body(domain.models_json(response)))
 
     def _get_model(self, environ, path):

@@ -53,9 +53,14 @@ def query_options(query: str, endpoint: str, names: tuple[str, ...]) -> dict[str
     ignored (the answer would come from another model, or with other options)."""
     values = {key: items[-1] for key, items in parse_qs(query, keep_blank_values=True).items()}
     if unknown := sorted(values.keys() - set(names)):
-        raise InvalidArgument(f"{', '.join(unknown)}: not an option of {endpoint}; expected "
-                              f"{', '.join(names)}")
+        raise InvalidArgument(f"{', '.join(unknown)}: not an option of {endpoint}; "
+                              + (f"expected {', '.join(names)}" if names else "it takes none"))
     return values
+
+
+def list_models_request(query: str) -> pb.ListModelsRequest:
+    query_options(query, "/v1/models", ())
+    return pb.ListModelsRequest()
 
 
 def version_option(query: str) -> int:
