@@ -158,7 +158,8 @@ async def test_a_bad_request_ends_a_stream_after_the_good_answers(small_stub):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call.read()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details() == "images[1]: expected 784 bytes (28x28 uint8), got 1"
+    assert refused.value.details() == (  # which of the stream's requests: its place and id
+        "request 1 ('1'): images[1]: expected 784 bytes (28x28 uint8), got 1")
 
 
 async def test_get_model_refuses_unknown_names_and_versions(stub):

@@ -13,6 +13,7 @@ from serving.codecs.classifier import (
     encode_classify_response,
     encode_model_info,
 )
+from serving.errors import ServingError
 from serving.pipeline import Call
 from serving.repository import ModelRegistry, ModelVersion
 
@@ -38,9 +39,14 @@ class ClassifierAPI:
 
     def ClassifyStream(self, requests: Iterable[pb.ClassifyRequest], call: Call  # noqa: N802 (the protocol's name)
                        ) -> Iterator[pb.ClassifyResponse]:
-        """Answers in request order; the first refused request ends the stream."""
-        for request in requests:
-            yield self.Classify(request, call)
+        """Answers in request order; the first refused request ends the stream with an error
+        that names it (its position, and its request_id), so no client has to count."""
+        for index, request in enumerate(requests):
+            try:
+                yield self.Classify(request, call)
+            except ServingError as error:
+                named = f" ({request.request_id!r})" if request.request_id else ""
+                raise type(error)(f"request {index}{named}: {error}") from error
 
     def ListModels(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:  # noqa: N802 (the protocol's name)
         return pb.ListModelsResponse(models=[self._info(m) for m in self.registry.list()])

@@ -70,7 +70,8 @@ class ClassifierServicer:
 
     def ClassifyStream(self, request_iterator, context):
         """Classifies a stream of batches, for scoring many images over one call. Each request gets
-        exactly one response, in request order. An invalid request ends the stream with its error.
+        exactly one response, in request order. An invalid request ends the stream with its error,
+        which names it: "request 2 ('its request_id'): ...".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
