@@ -92,7 +92,7 @@ def test_each_run_adds_a_version_with_a_complete_manifest(runs):
 
 
 def test_same_seed_same_models(runs):
-    """Run 2 (env vars) repeats run 1 (flags): identical accuracies and identical outputs."""
+    """Run 2 (env vars) repeats run 1 (flags): identical accuracies, outputs and files."""
     out, *_ = runs
     dataset = data.load(data.DEBIAN_DIR)
     images = dataset.x_test[:2000]
@@ -104,6 +104,7 @@ def test_same_seed_same_models(runs):
             export.run_onnx(onnx.load(out / name / str(v) / MODEL_FILE), images)[0] for v in (1, 2)
         ]
         assert np.array_equal(*outputs), name
+        assert first["sha256"] == second["sha256"], name  # the same file, the baseline's too
 
 
 def test_default_report_directory_and_custom_one_hold_the_report(runs):

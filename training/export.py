@@ -51,12 +51,14 @@ def keras_to_onnx(model, opset: int = OPSET) -> onnx.ModelProto:
 
 
 def baseline_to_onnx(classifier, opset: int = OPSET) -> onnx.ModelProto:
-    """skl2onnx without the ZipMap, so ``probabilities`` is a plain float tensor."""
+    """skl2onnx without the ZipMap, so ``probabilities`` is a plain float tensor; the graph is
+    named (skl2onnx's default is a fresh uuid: the same model would get another sha256)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
     converted = convert_sklearn(
         classifier,
+        name="baseline",
         initial_types=[("pixels", FloatTensorType([None, PIXELS]))],
         options={id(classifier): {"zipmap": False}},
         target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
