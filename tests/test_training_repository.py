@@ -93,3 +93,26 @@ def test_an_optimizer_name_in_any_case_is_keras_name(monkeypatch):
     by_env = build_parser().parse_args(["--out", "x"])
     assert (keras_settings(by_flag, "mlp").optimizer, keras_settings(by_env, "mlp").optimizer) == (
         "adam", "rmsprop")
+
+
+def test_a_published_version_is_readable_by_a_server_of_another_user(tmp_path):
+    """Under a umask of 077 the manifest was written 0600: a server running as another user
+    could not read it and refused the version."""
+    import os
+    import stat
+
+    old_umask = os.umask(0o077)
+    try:
+        published = write_version(tmp_path, "mlp", tiny_classifier(1), {})
+    finally:
+        os.umask(old_umask)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode)
+             for path in (published, published / MODEL_FILE, published / MANIFEST)}
+    assert modes == {published.name: 0o755, MODEL_FILE: 0o644, MANIFEST: 0o644}
+
+
+def test_runs_of_the_same_second_get_report_directories_of_their_own(tmp_path):
+    from training.cli import new_report_dir
+
+    made = [new_report_dir(tmp_path) for _ in range(3)]
+    assert len(set(made)) == 3 and all(path.is_dir() for path in made)

@@ -7,7 +7,6 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 import argparse
 import contextlib
 import datetime
-import itertools
 import os
 import shutil
 import sys
@@ -226,12 +225,14 @@ def new_report_dir(out: Path) -> Path:
     """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     (out / "reports").mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        path = out / "reports" / (stamp if n == 1 else f"{stamp}-{n}")
-        with contextlib.suppress(FileExistsError):
+    path, taken = out / "reports" / stamp, 1
+    while True:
+        try:
             path.mkdir()
             return path
-    raise AssertionError("itertools.count() ended")
+        except FileExistsError:
+            taken += 1
+            path = out / "reports" / f"{stamp}-{taken}"
 
 
 def main(argv: list[str] | None = None) -> int:

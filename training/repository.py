@@ -63,8 +63,9 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(eq=False)  # by identity
 class Staged:
-    """A version written whole under a hidden name in its model's directory, not yet
-    published (``publishing``); ``discard`` removes it."""
+    """A version's model file under a hidden name in its model's directory, and the manifest
+    it will have, not yet published (``publishing`` numbers it and writes the manifest);
+    ``discard`` removes it."""
 
     model_dir: Path
     directory: Path
@@ -99,8 +100,9 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                     version.model_dir.parent, version.model_dir.name)]) + 1
                 version.document |= {"version": number, "created_at": datetime.datetime.now(
                     datetime.UTC).isoformat(timespec="seconds")}
-                (version.directory / MANIFEST).write_text(
-                    json.dumps(version.document, indent=2) + "\n")
+                manifest = version.directory / MANIFEST
+                manifest.write_text(json.dumps(version.document, indent=2) + "\n")
+                os.chmod(manifest, 0o644)  # a server running as another user reads it
                 targets[version] = (highest, path, version.model_dir / str(number))
             yield [targets[version][2] for version in staged]
             for version, (_, _, target) in targets.items():
@@ -133,8 +135,8 @@ def highest_recorded(text: str, path: Path) -> int:
 
 def stage_version(root: Path, name: str, model: onnx.ModelProto,
                   manifest: dict[str, Any]) -> Staged:
-    """Writes ``model`` and its manifest under a hidden name in ``root/name``; an OSError names
-    the file it could not write, and leaves nothing behind.
+    """Writes ``model`` under a hidden name in ``root/name`` and prepares its manifest; an
+    OSError names the file it could not write, and leaves nothing behind.
 
     ``manifest`` supplies what only the caller knows (``framework``, ``training``, ``metrics``,
     ``dataset``, ``description``); the name, tensor specs, classes, preprocessing and sha256 are
@@ -158,7 +160,7 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
             **{k: manifest.get(k, {}) for k in ("framework", "training", "metrics", "dataset")},
         }
         os.chmod(staging, 0o755)
-        os.chmod(staging / MODEL_FILE, 0o644)  # a server running as another user reads them
+        os.chmod(staging / MODEL_FILE, 0o644)  # a server running as another user reads it
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise OSError(error.errno, error.strerror or str(error),

@@ -28,6 +28,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outsid
 # Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a
 # billion pixels. 25 million is a 5000x5000 photo.
 MAX_IMAGE_PIXELS = 25_000_000
+INT64 = range(-(2**63), 2**63)  # what the protobuf fields of a version hold
 
 
 JSON_KEYS = ("images", "model", "version", "request_id")
@@ -98,7 +99,7 @@ def _json_request(body: bytes, options: Options) -> pb.ClassifyRequest:
     for name, value in (("model", model), ("request_id", request_id)):
         if not isinstance(value, str):
             raise InvalidArgument(f"{name}: expected a string, got {json.dumps(value)[:40]}")
-    if type(version) is not int or not -(2**63) <= version < 2**63:
+    if type(version) is not int or version not in INT64:
         raise InvalidArgument(f"version: expected an integer within int64, got "
                               f"{json.dumps(version)[:40]}")
     for name, asked, given in (("model", options.model, model),
@@ -226,7 +227,7 @@ def _integer(text: str, name: str) -> int:
     """A query's or path's integer, within int64 (what the protobuf fields hold)."""
     if not re.fullmatch(r"-?[0-9]+", text):
         raise InvalidArgument(f"{name}: expected an integer, got {text!r}")
-    if len(text.lstrip("-")) > 19 or not -(2**63) <= int(text) < 2**63:  # int() stops at
+    if len(text.lstrip("-")) > 19 or int(text) not in INT64:  # int() stops at
         raise InvalidArgument(f"{name}: {text[:40]} is out of range")  # 4300 digits
     return int(text)
 
