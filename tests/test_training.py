@@ -81,6 +81,7 @@ def test_each_run_adds_a_version_with_a_complete_manifest(runs):
         assert set(document["metrics"]["per_class_f1"]) == set(document["classes"])
         assert document["training"]["train_size"] == 800
         assert document["training"]["validation_size"] == 200
+        assert document["training"]["train_subset"] == 1000
         assert document["training"]["seed"] == 42
         assert document["training"]["epochs_run"] >= 1
         checksums = document["dataset"]["content_sha256"]
@@ -159,21 +160,60 @@ def test_a_run_that_cannot_write_one_model_publishes_none_and_names_the_file(tmp
     assert not out.exists()  # no version, no staging directory, no empty report directory
 
 
-def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path):
+@pytest.mark.parametrize("report_dir_given", [False, True], ids=["default", "given-empty"])
+def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path, report_dir_given):
     """The versions were published before the report was written; a full disk then left
-    them served after a run that failed, beside part of a report."""
+    them served after a run that failed, beside part of a report. A report directory the
+    user made for the run is kept, empty, as it was given."""
 
     def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the models fit, no PNG
+        # the model (32 KB) and the first two pictures (53 and 27 KB) fit, its samples (90) not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (70_000, 70_000))
 
-    out = tmp_path / "repo"
-    result = run_training("--out", str(out), "--models", "softmax,baseline", "--train-subset",
-                          "1000", "--epochs", "1", "--progress", "none", preexec_fn=small_files)
+    out, given = tmp_path / "repo", tmp_path / "report"
+    flags = ["--report-dir", str(given)] if report_dir_given else []
+    if report_dir_given:
+        given.mkdir()
+    result = run_training("--out", str(out), "--models", "softmax", "--train-subset",
+                          "1000", "--epochs", "1", "--progress", "none", *flags,
+                          preexec_fn=small_files)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "fmnist-train: error: OSError: [Errno 27] File too large: writing the report into "
-        f"{out}/reports/")
+        f"{given if report_dir_given else out / 'reports'}")
     assert not out.exists()  # no version, no staging directory, no part of a report
+    assert list(given.iterdir()) == [] if report_dir_given else not given.exists()
+
+
+def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
+    """model.json said 1,000,000 for a run that used the 60,000 there are."""
+    result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",
+                          "1000000", "--baseline-max-iter", "1")
+    assert result.returncode == 0, result.stderr
+    training = manifest(tmp_path, "baseline", 1)["training"]
+    assert training["train_subset"] == 60000
+    assert training["train_size"] + training["validation_size"] == 60000
+
+
+@pytest.mark.parametrize("breakage", ["model-dir-is-a-file", "corrupt-highest-version"])
+def test_a_repository_that_cannot_take_the_versions_is_refused_before_fitting(tmp_path,
+                                                                              breakage):
+    """Found after minutes of fitting, these failed the run at publishing time."""
+    out = tmp_path / "repo"
+    out.mkdir()
+    if breakage == "model-dir-is-a-file":
+        (out / "baseline").write_text("not a directory")
+        expected = f"FileExistsError: [Errno 17] File exists: '{out / 'baseline'}'"
+    else:
+        (out / "baseline").mkdir()
+        (out / "baseline" / ".highest-version").write_text("seven\n")
+        expected = f"ValueError: {out / 'baseline' / '.highest-version'}: expected the highest"
+    result = run_training("--out", str(out), "--models", "baseline", "--train-subset", "1000")
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"fmnist-train: error: {expected}"), line
+    assert "== baseline" not in result.stdout  # nothing was fitted
+    assert not (out / "reports").exists()
 
 
 def test_a_report_dir_that_is_not_empty_is_refused_at_once(tmp_path):
