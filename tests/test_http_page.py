@@ -185,3 +185,28 @@ def test_a_late_test_image_does_not_become_what_the_controls_ask_again_for(serve
     Select(element(By.ID, "model")).select_by_value("softmax")
     wait_for(browser, lambda: element(By.ID, "model-name").text.startswith("softmax v"))
     assert "trouser.png" in element(By.ID, "truth").text
+
+
+def test_a_guarded_server_opens_the_token_box_and_answers_with_the_token(model_repository,
+                                                                         browser):
+    """The page's 401 opens the token box; the token typed there goes with every call. The
+    page loads with no error in the browser's console (a missing favicon was one)."""
+    from selenium.webdriver.common.by import By
+
+    token = "page-secret"
+    with http_server(http_settings(model_repository, auth_token=token)) as (_, url):
+        browser.get_log("browser")  # what earlier tests left
+        browser.get(url)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "token-box").get_attribute("open"))
+        assert element(By.ID, "error").text
+        element(By.ID, "token").send_keys(token + "\n")
+        element(By.ID, "token").send_keys("\t")  # the box's change event
+        wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                            "option")) > 1)
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "model-label").get_attribute("data-label"))
+        assert element(By.ID, "error").text == ""
+        unexpected = [entry["message"] for entry in browser.get_log("browser")
+                      if not entry["message"].startswith(f"{url}/v1/models - ")]
+        assert unexpected == []
