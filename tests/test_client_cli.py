@@ -348,3 +348,37 @@ def test_help_never_shows_the_token(capsys, monkeypatch):
     help_text = capsys.readouterr().out
     assert "[env FMNIST_TOKEN]" in " ".join(help_text.split())
     assert "s3cret" not in help_text
+
+
+@pytest.mark.parametrize("rpc", ["stream", "unary"])
+def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys, monkeypatch,
+                                                        rpc):
+    """A version published during a run: the calls after it asked for the newest, and the run
+    failed at its end ("the model changed version"), every image scored for nothing."""
+    import time
+
+    from serving.client import scoring
+    from tests.conftest import local_settings, running_server, tiny_classifier
+    from training.repository import write_version
+
+    settings = local_settings(model_repository=repository_copy, poll_interval=0.05)
+    with running_server(settings) as server:
+        target = f"127.0.0.1:{server.port}"
+
+        class PublishedAfterTheFirstAnswer(scoring.tqdm):
+            def update(self, n=1):
+                if not (repository_copy / "mlp" / "3").exists():
+                    write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
+                    with ClassifierClient(target) as client:
+                        deadline = time.monotonic() + 10
+                        while client.get_model("mlp").version != 3:
+                            assert time.monotonic() < deadline, "mlp v3 was never loaded"
+                            time.sleep(0.02)
+                return super().update(n)
+
+        monkeypatch.setattr(scoring, "tqdm", PublishedAfterTheFirstAnswer)
+        status = cli.main(["score", "--target", target, "--rpc", rpc, "--batch-size", "10",
+                           "--no-progress"])
+    output = capsys.readouterr()
+    assert status == 0, output.err
+    assert "mlp v2 accuracy" in output.out

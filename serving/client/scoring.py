@@ -45,11 +45,14 @@ def score(args, security) -> int:
         total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
     ) as progress:
         started = time.perf_counter()
+        # one image finds the version; every batch asks for that one, whatever is published
+        # meanwhile (the answers of two versions would be refused at the end, by joined)
+        found = client.classify(images[:1], args.model, args.version).model
         if args.rpc == "stream":
-            stream = client.classify_batches(timed(batches), args.model, args.version,
+            stream = client.classify_batches(timed(batches), found.name, found.version,
                                              timeout=args.timeout * len(batches))
         else:
-            stream = (client.classify(batch, args.model, args.version) for batch in timed(batches))
+            stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
         for index, answer in enumerate(stream):
             latencies.append(time.perf_counter() - sent_at[index])
             answers.append(answer)
