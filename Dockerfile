@@ -85,8 +85,8 @@ COPY --from=train /usr/share/datasets/fashion-mnist/t10k-*-idx*-ubyte.gz /data/
 COPY --from=train /models /models
 COPY --from=serve-venv /opt/venv /opt/venv
 USER fmnist
-# Settings come from FMNIST_* variables (or flags); the server writes no files, so the
-# container can run with a read-only root file system.
+# Settings come from FMNIST_* variables (or flags); the server writes no files but its
+# metrics' in /dev/shm (a tmpfs), so the container can run with a read-only root file system.
 ENV FMNIST_MODEL_REPOSITORY=/models \
     FMNIST_DATA_DIR=/data \
     FMNIST_HOST=0.0.0.0 \

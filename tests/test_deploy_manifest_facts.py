@@ -245,7 +245,11 @@ def test_the_kserve_manifests_use_kserves_conventions():
     for item in find(objects, "InferenceService"):
         assert item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
         assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
-        assert item["metadata"]["annotations"]["serving.kserve.io/metrics"] == "cpu"
+        # what KServe's HPA reads (an annotation serving.kserve.io/metrics is not read)
+        assert item["spec"]["predictor"]["scaleMetric"] == "cpu"
+        assert item["spec"]["predictor"]["scaleTarget"] == 70
+        assert not {"serving.kserve.io/metrics", "serving.kserve.io/targetUtilizationPercentage"
+                    } & set(item["metadata"]["annotations"])
         # "true" makes KServe point prometheus.io/port at Knative's queue-proxy
         assert item["metadata"]["annotations"][
             "serving.kserve.io/enable-prometheus-scraping"] == "false"

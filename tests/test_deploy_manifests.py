@@ -162,7 +162,7 @@ def test_the_validators_refuse_unknown_and_mistyped_fields(kserve_schemas):
     runtime = one(objects, "ServingRuntime")
     runtime["spec"]["containers"][0]["ports"][0]["containerPort"] = "8081"
     annotated = one(objects, "InferenceService", "fashion-mnist-packaged")
-    annotated["metadata"]["annotations"]["serving.kserve.io/targetUtilizationPercentage"] = 70
+    annotated["spec"]["predictor"]["scaleTarget"] = "70"
     for item in (isvc, runtime, annotated):
         assert _kserve_errors(item, *kserve_schemas), item["metadata"]["name"]
 
