@@ -31,7 +31,11 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _certificate(subject, key, issuer, issuer_key, *, ca=False, server=False, client=False):
+LOCAL_NAMES = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+
+
+def _certificate(subject, key, issuer, issuer_key, *, ca=False, server=False, client=False,
+                 names=LOCAL_NAMES):
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -44,8 +48,7 @@ def _certificate(subject, key, issuer, issuer_key, *, ca=False, server=False, cl
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if server:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
     usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -83,3 +86,13 @@ def make_pki(directory: Path) -> Pki:
             files[f"{prefix}{leaf}_cert"] = _write(directory / f"{prefix}{leaf}.pem", cert)
             files[f"{prefix}{leaf}_key"] = _write(directory / f"{prefix}{leaf}.key", key=key)
     return Pki(**files)
+
+
+def make_service_pki(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, its key): a certificate naming only ``name``, as a Kubernetes
+    Service's does (not 127.0.0.1, where a port-forward reaches it)."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate("service-ca", ca_key, "service-ca", ca_key, ca=True)
+    cert = _certificate(name, key, "service-ca", ca_key, server=True, names=[x509.DNSName(name)])
+    return (_write(directory / "service-ca.pem", ca_cert),
+            _write(directory / "service.pem", cert), _write(directory / "service.key", key=key))

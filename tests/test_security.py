@@ -177,6 +177,26 @@ def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, c
         assert "UNAVAILABLE" in capsys.readouterr().err  # no client certificate
 
 
+def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, model_repository,
+                                                                  capsys):
+    """A port-forward to 127.0.0.1 reaches a server whose certificate names only its Service:
+    the client had no way to check the certificate for that name, so TLS always failed."""
+    from tests.pki import make_service_pki
+
+    name = "fashion-mnist.fmnist.svc"
+    ca, cert, key = make_service_pki(tmp_path, name)
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              tls_cert=str(cert), tls_key=str(key))
+    with running_server(settings) as server:
+        health = ["health", "--target", f"127.0.0.1:{server.port}", "--tls-ca", str(ca),
+                  "--timeout", "5"]
+        assert client_cli.main(health) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err
+        assert client_cli.main([*health, "--tls-server-name", name]) == 0
+        assert capsys.readouterr().out.strip() == "SERVING"
+        assert client_cli.main([*health, "--tls-server-name", "other.fmnist.svc"]) == 1
+
+
 def test_the_server_needs_both_certificate_and_key(pki, model_repository):
     with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
         Settings(model_repository=model_repository, tls_cert=str(pki.server_cert))

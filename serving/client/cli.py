@@ -79,7 +79,8 @@ def _describe(error: Exception) -> str:
 def _security(args):
     from serving.client.security import ChannelSecurity
 
-    return ChannelSecurity(args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token)
+    return ChannelSecurity(args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token,
+                           args.tls_server_name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
             ("key", "PEM private key of --tls-cert"),
         ):
             add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help)
+        add_option(security, "--tls-server-name", metavar="NAME",
+                   help="the name the server's certificate must carry, when the target's host "
+                   "is not one of its names (a port-forward to 127.0.0.1); implies --tls")
         add_option(security, "--token", secret=True, help="bearer token, for servers started "
                    "with --auth-token (safer as the env var: flags show in ps)")
         sub.set_defaults(run=run)

@@ -39,22 +39,27 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 @dataclass(frozen=True)
 class ChannelSecurity:
     """How a client reaches the server: TLS (with a CA, or the system roots when only ``tls``),
-    a client certificate for mutual TLS, and a bearer token."""
+    a client certificate for mutual TLS, a bearer token, and the name the server's certificate
+    is checked for (default: the target's host)."""
 
     tls: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     token: str | None = None
+    tls_server_name: str | None = None
 
     @property
     def uses_tls(self) -> bool:
-        return bool(self.tls or self.tls_ca or self.tls_cert or self.tls_key)
+        return bool(self.tls or self.tls_ca or self.tls_cert or self.tls_key
+                    or self.tls_server_name)
 
     def channel(self, target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
         """A synchronous channel to ``target``."""
         if self.uses_tls:
             credentials = channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+            if self.tls_server_name:
+                options = [*options, ("grpc.ssl_target_name_override", self.tls_server_name)]
             channel = grpc.secure_channel(target, credentials, options)
         else:
             channel = grpc.insecure_channel(target, options)
