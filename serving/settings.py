@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.contract import IMAGE_BYTES
-from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option
+from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, number_in
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -46,9 +46,16 @@ CORES = available_cores()
 DAY_S = 24 * 3600
 
 
-def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None):
-    return field(default=default,
-                 metadata={"help": help_text, "metavar": metavar, "choices": choices})
+def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,
+             parse=None):
+    """A field; ``parse``: its flag's argparse type when not its type's (a range to check)."""
+    return field(default=default, metadata={"help": help_text, "metavar": metavar,
+                                            "choices": choices, "parse": parse})
+
+
+COUNT = number_in(int, 1)
+PORT = number_in(int, 0, 65535)
+WAIT_S = number_in(float, 0, DAY_S)  # inf or nan crashed the shutdown (past the clock's range)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Settings:
     """Everything the server is configured with; nothing else is read at run time."""
 
     host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
-    port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT")
+    port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,
         "model repository written by fmnist-train: DIR/<model>/<version>/model.onnx+model.json",
@@ -66,53 +73,57 @@ class Settings:
     baseline_model: str = _setting("baseline", "model whose answer comes alongside every answer",
                                    "NAME")
     http_port: int = _setting(
-        8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)", "PORT")
+        8080, "HTTP port: Open Inference Protocol REST, /v1 and the web page (0: no HTTP)", "PORT",
+        parse=PORT)
     health_port: int = _setting(
         0, "plaintext port serving only grpc.health.v1, for probes that can present neither "
-        "a client certificate nor the token (0: none)", "PORT")
+        "a client certificate nor the token (0: none)", "PORT", parse=PORT)
     test_images_dir: str = _setting(
         "", "directory of the Fashion-MNIST test set's IDX files (t10k-*-ubyte[.gz]) behind "
         "the web page's random test image (default: $FMNIST_DATA_DIR, else "
         "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR",
     )
-    max_request_images: int = _setting(1024, "most images one request may carry", "N")
-    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message accepted or sent "
-                                      f"(at most {MAX_MESSAGE_BYTES})", "BYTES")
+    max_request_images: int = _setting(1024, "most images one request may carry", "N",
+                                       parse=COUNT)
+    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message accepted or sent",
+                                      "BYTES", parse=number_in(int, 1, MAX_MESSAGE_BYTES))
     max_batch_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
-        "together (1: no batching)", "N")
+        "together (1: no batching)", "N", parse=COUNT)
     batch_delay_us: int = _setting(
         0, "microseconds a batch that is not full waits for more requests (0: never waits; "
-        "requests arriving while the model is busy are batched anyway)", "MICROSECONDS")
+        "requests arriving while the model is busy are batched anyway)", "MICROSECONDS",
+        parse=number_in(int, 0, 1_000_000))
     parallel_inferences: int = _setting(
         CORES, "onnxruntime calls one model version runs at once in a process; requests "
         "arriving meanwhile wait and are batched (default: the CPUs this process may use)",
-        "N")
-    intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N")
+        "N", parse=COUNT)
+    intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N",
+                                     parse=COUNT)
     call_threads: int = _setting(
         64, "threads answering calls in a process: a unary call holds one while it runs, a "
-        "stream for its whole life", "N")
+        "stream for its whole life", "N", parse=COUNT)
     grpc_server: str = _setting(
         "native", "gRPC server implementation: native (gRPC C++, serving/native; grpcio where "
         "it is not built) or grpcio (grpcio's own)", choices=GRPC_SERVERS)
     workers: int = _setting(
         CORES, "server processes sharing the port (the kernel spreads the connections), under "
         "a supervisor that replaces any that dies; 1: a single process "
-        "(default: the CPUs this process may use)", "N")
+        "(default: the CPUs this process may use)", "N", parse=COUNT)
     worker_start_timeout: float = _setting(
         120.0, "seconds a worker process has to load the repository and serve; one that has "
         "not by then fails the start, or is killed and replaced if it replaced another",
-        "SECONDS",
-    )
-    metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT")
+        "SECONDS", parse=number_in(float, 0, DAY_S, low_open=True))
+    metrics_port: int = _setting(0, "Prometheus metrics port (0: no metrics endpoint)", "PORT",
+                                 parse=PORT)
     max_concurrent_calls: int = _setting(
         0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
-        "(0: no limit)", "N")
+        "(0: no limit)", "N", parse=number_in(int, 0))
     grace_period: float = _setting(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT "
-                                   "before they are cancelled", "SECONDS")
+                                   "before they are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
-        "(0: load once at start-up)", "SECONDS")
+        "(0: load once at start-up)", "SECONDS", parse=WAIT_S)
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
     tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "
@@ -126,28 +137,12 @@ class Settings:
     log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
 
     def __post_init__(self):
-        for name in ("max_request_images", "max_message_bytes", "parallel_inferences",
-                     "intra_op_threads", "call_threads", "workers", "max_batch_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{_flag(name)}: expected >= 1, got {getattr(self, name)}")
-        for name in ("port", "http_port", "metrics_port", "health_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"{_flag(name)}: expected 0..65535, got {getattr(self, name)}")
-        if self.max_message_bytes > MAX_MESSAGE_BYTES:
-            raise ValueError(f"--max-message-bytes: expected at most {MAX_MESSAGE_BYTES}, got "
-                             f"{self.max_message_bytes}")
-        if self.max_concurrent_calls < 0:
-            raise ValueError(f"--max-concurrent-calls: expected >= 0, got "
-                             f"{self.max_concurrent_calls}")
-        # waits: a day (a second for a batch) at most; inf, nan or a wait past the clock's range
-        # crashed the shutdown
-        for name, most in (("grace_period", DAY_S), ("poll_interval", DAY_S),
-                           ("batch_delay_us", 1_000_000)):
-            if not 0 <= getattr(self, name) <= most:  # nan too
-                raise ValueError(f"{_flag(name)}: expected 0..{most}, got {getattr(self, name)}")
-        if not 0 < self.worker_start_timeout <= DAY_S:
-            raise ValueError(f"--worker-start-timeout: expected more than 0, at most {DAY_S}, "
-                             f"got {self.worker_start_timeout}")
+        for setting in dataclasses.fields(self):  # what the flags check, for Settings(...) too
+            if (parse := setting.metadata.get("parse")) is not None:
+                try:
+                    parse(str(getattr(self, setting.name)))
+                except argparse.ArgumentTypeError as error:
+                    raise ValueError(f"{_flag(setting.name)}: {error}") from None
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
                              f"got {self.grpc_server!r}")
@@ -180,6 +175,8 @@ def _flag(name: str) -> str:
 def _parse(setting: dataclasses.Field):
     """The ``type=`` of a setting's flag: text -> value, or ArgumentTypeError saying what was
     expected (argparse and common.flags put the flag or env var in front)."""
+    if setting.metadata.get("parse") is not None:
+        return setting.metadata["parse"]
     kind = {"int": int, "float": float, "Path": Path}.get(_type_name(setting), str)
     choices = setting.metadata["choices"]
 

@@ -165,17 +165,21 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
-        (["--port", "x"], {}, "--port: expected int, got 'x'"),
-        ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"}, "--max-request-images: expected >= 1, got 0"),
+        (["--port", "x"], {}, "--port: expected an integer >= 0 and <= 65535, got x"),
+        # an env var's error names the env var (it named the flag, which nobody had given)
+        ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"},
+         "FMNIST_MAX_REQUEST_IMAGES: expected an integer >= 1, got 0"),
         (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
         (["--max-request-images", "100000"], {}, "--max-message-bytes: expected at least"),
         # a wait that long overflows the clock: SIGTERM then crashed the shutdown, which hung
-        (["--grace-period", "inf"], {}, "--grace-period: expected 0..86400, got inf"),
-        ([], {"FMNIST_POLL_INTERVAL": "nan"}, "--poll-interval: expected 0..86400, got nan"),
+        (["--grace-period", "inf"], {}, "--grace-period: expected a number >= 0 and <= 86400, "
+         "got inf"),
+        ([], {"FMNIST_POLL_INTERVAL": "nan"},
+         "FMNIST_POLL_INTERVAL: expected a number >= 0 and <= 86400, got nan"),
         (["--batch-delay-us", "10000000000000"], {},
-         "--batch-delay-us: expected 0..1000000, got 10000000000000"),
+         "--batch-delay-us: expected an integer >= 0 and <= 1000000, got 10000000000000"),
         (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
-         "--max-message-bytes: expected at most 2147483647, got 3000000000"),
+         "--max-message-bytes: expected an integer >= 1 and <= 2147483647, got 3000000000"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
@@ -183,6 +187,16 @@ def test_bad_settings_are_one_line(argv, environ, message):
 
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
         settings_from(argv, environ)
+
+
+def test_settings_made_in_code_are_checked_as_flags_are(model_repository):
+    from serving.settings import Settings
+
+    with pytest.raises(ValueError, match=r"^--workers: expected an integer >= 1, got 0$"):
+        Settings(model_repository=model_repository, workers=0)
+    with pytest.raises(ValueError, match=r"^--grace-period: expected a number >= 0 and <= 86400, "
+                                         r"got inf$"):
+        Settings(model_repository=model_repository, grace_period=float("inf"))
 
 
 def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
