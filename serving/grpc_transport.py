@@ -232,19 +232,20 @@ class GrpcioServer:
 
 def grpc_server(implementation: str, threads: int,
                 interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
-                reuse_port: bool, *, max_running: int | None = None
+                reuse_port: bool, *, max_running: int | None = None, connection_age_s: float = 0
                 ) -> "GrpcioServer | NativeServer":
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
     (a stream holds one for its whole life); ``max_running``: of which at work at once,
     the native server's (None: all); ``reuse_port``: several worker processes share
-    the port."""
+    the port; ``connection_age_s``: a connection's life, 0 forever."""
+    age_ms = round(connection_age_s * 1000) or 2**31 - 1  # gRPC's own "forever"
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer
 
-            return NativeServer(threads, interceptors, max_message_bytes, reuse_port,
+            return NativeServer(threads, interceptors, (max_message_bytes, reuse_port, age_ms),
                                 max_running)
         log.warning("native gRPC server not built, grpcio serves: %s",
                     native.UNAVAILABLE_REASON)
@@ -254,5 +255,5 @@ def grpc_server(implementation: str, threads: int,
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.max_metadata_size", 16 * 1024),  # as the native server
-                 ("grpc.so_reuseport", int(reuse_port))],
+                 ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_connection_age_ms", age_ms)],
     ))

@@ -73,8 +73,7 @@ class ModelServer:
             settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
-            max_running=_max_running(settings),
-        )
+            max_running=_max_running(settings), connection_age_s=settings.max_connection_age)
         self.health = HealthServicer()
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])

@@ -119,6 +119,10 @@ class Settings:
     max_concurrent_calls: int = _setting(
         0, "calls served at once; more are refused with RESOURCE_EXHAUSTED instead of queueing "
         "(0: no limit)", "N", parse=number_in(int, 0))
+    max_connection_age: float = _setting(
+        0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "
+        "new one, which a load balancer may send to a replica added since (0: forever)",
+        "SECONDS", parse=WAIT_S)
     grace_period: float = _setting(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT "
                                    "before they are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(

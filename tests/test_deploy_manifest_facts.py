@@ -153,6 +153,15 @@ def test_the_pod_outlives_its_drain(kustomization):
                 >= workload.pre_stop_s + drain_s + MIN_DRAIN_MARGIN_S), workload.source
 
 
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_client_connections_are_renewed_so_added_replicas_get_calls(kustomization):
+    """A gRPC client keeps its connection: without an age the replicas an autoscaler adds
+    never got the calls of the clients already connected."""
+    for workload in workloads(render(kustomization), kustomization):
+        assert 0 < float(settings_of(workload).get("max_connection_age", 0)) <= 300, \
+            workload.source
+
+
 def _selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 

@@ -4,11 +4,13 @@ stopped server leaves none and ends health watches) and its ports (SO_REUSEPORT 
 in use). What handlers see of their context is tests/test_native_server.py's.
 """
 
+import dataclasses
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -222,3 +224,33 @@ def test_a_port_in_use_fails_one_process_with_one_line(model_repository, grpc_se
     assert status.returncode == 1
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def _client_ports(server_port: int) -> set[int]:
+    """The local ports of this process's established TCP connections to ``server_port``."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # 127.0.0.1 may be IPv4-mapped IPv6
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "01" and int(remote.split(":")[1], 16) == server_port:
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("age_s", [0.5, 0])
+def test_a_connection_is_replaced_after_max_connection_age(settings, age_s):
+    """A client kept its first connection for good: pods a Kubernetes HPA added never got its
+    calls. Past the age the server says GOAWAY, and the client's next calls go on a new
+    connection without a failure; 0 keeps a connection for good."""
+    from fashion_mnist.v1 import classifier_pb2, classifier_pb2_grpc
+
+    with (running_server(dataclasses.replace(settings, max_connection_age=age_s)) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        ports: set[int] = set()
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until and len(ports) < 3:
+            stub.ListModels(classifier_pb2.ListModelsRequest(), timeout=5)  # never fails
+            ports |= _client_ports(server.port)
+            time.sleep(0.02)
+    assert len(ports) >= 3 if age_s else len(ports) == 1, ports

@@ -591,14 +591,15 @@ PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
   return reinterpret_cast<PyObject*>(self);
 }
 
-// listen(address, max_message_bytes, reuse_port, tls=None | (cert, key, client_ca or b""), PEM
-// bytes) -> port: binds and starts gRPC; calls wait in the queue until Python takes them.
+// listen(address, max_message_bytes, reuse_port, max_connection_age_ms, tls=None | (cert, key,
+// client_ca or b""), PEM bytes) -> port: binds and starts gRPC; calls wait in the queue until
+// Python takes them.
 PyObject* ServerListen(PyObject* object, PyObject* args) {
   auto* self = reinterpret_cast<ServerObject*>(object);
   const char *address, *cert, *key, *client_ca;
-  int max_message_bytes, reuse_port;
+  int max_message_bytes, reuse_port, age_ms;
   PyObject* tls = Py_None;
-  if (!PyArg_ParseTuple(args, "sip|O", &address, &max_message_bytes, &reuse_port, &tls)) {
+  if (!PyArg_ParseTuple(args, "sipi|O", &address, &max_message_bytes, &reuse_port, &age_ms, &tls)) {
     return nullptr;
   }
   if (self->server != nullptr || self->calls == nullptr) {
@@ -627,6 +628,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   // gRPC 1.51 inflates a compressed request whole before its size check: identity only
   builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);  // grpcio's hard limit
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age_ms);  // GOAWAY, then anew
   std::string errors;
   CaptureLog(&errors);  // with the GIL (binding is brief): gRPC's threads never take it
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

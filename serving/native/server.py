@@ -25,17 +25,18 @@ class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio mak
 class NativeServer:
     """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
     stream holds one for its whole life, a non-blocking Watch none), of which
-    ``max_running`` at work (not waiting on the network; None: all); ``reuse_port``: several
-    worker processes share the port (off: a port in use fails)."""
+    ``max_running`` at work (not waiting on the network; None: all); ``listening``: the
+    largest message, whether worker processes share the port (off: a port in use fails) and
+    a connection's life in ms."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                 max_message_bytes: int, reuse_port: bool, max_running: int | None = None):
+                 listening: tuple[int, bool, int], max_running: int | None = None):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
         self._core = _server.Server(min(threads, max_running or threads))
-        self._listening = (max_message_bytes, reuse_port)
+        self._listening = listening
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
         self._resolve = self._lookup
