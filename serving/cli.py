@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings)
     except (RepositoryError, ListenError) as error:
         return _fail(error, 1, settings.log_format)
-    except KeyboardInterrupt:  # Ctrl-C while still loading, before the signal handlers exist
+    except KeyboardInterrupt:  # Ctrl-C before serve() has set its signal handlers
         return 130
     return 0
 

@@ -101,8 +101,9 @@ class Settings:
     intra_op_threads: int = _setting(1, "onnxruntime threads inside one inference call", "N",
                                      parse=COUNT)
     call_threads: int = _setting(
-        64, "threads answering calls in a process: a unary call holds one while it runs, a "
-        "stream for its whole life", "N", parse=COUNT)
+        64, "threads answering calls in a process, for gRPC and again for HTTP: a unary call "
+        "holds one while it runs, a stream for its whole life (at least 2: a stream never "
+        "holds them all)", "N", parse=number_in(int, 2))
     grpc_server: str = _setting(
         "native", "gRPC server implementation: native (gRPC C++, serving/native; grpcio where "
         "it is not built) or grpcio (grpcio's own)", choices=GRPC_SERVERS)

@@ -162,6 +162,20 @@ async def test_a_bad_request_ends_a_stream_after_the_good_answers(small_stub):
         "request 1 ('1'): images[1]: expected 784 bytes (28x28 uint8), got 1")
 
 
+async def test_a_stream_request_that_does_not_parse_is_named_by_its_place(channel):
+    """Bytes that are no ClassifyRequest ended the stream with "request: Error parsing
+    message", which named no request of the stream."""
+    stream = channel.stream_stream("/fashion_mnist.v1.Classifier/ClassifyStream",
+                                   response_deserializer=pb.ClassifyResponse.FromString)
+    good = pb.ClassifyRequest(images=[IMAGE], request_id="0").SerializeToString()
+    call = stream(iter([good, b"\xff\xff\xff"]))
+    assert (await call.read()).request_id == "0"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("request 1: request: "), refused.value.details()
+
+
 async def test_get_model_refuses_unknown_names_and_versions(stub):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.GetModel(pb.GetModelRequest(name="mlp", version=3))
@@ -196,7 +210,7 @@ async def test_unparsable_messages_are_invalid_argument_and_harm_nothing(channel
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         _ = [response async for response in stream(iter([b"\xff\xff"]))]
     assert (refused.value.code(), refused.value.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT, expected)
+        grpc.StatusCode.INVALID_ARGUMENT, "request 0: " + expected)  # the stream's first
     assert len((await stub.Classify(pb.ClassifyRequest(images=[IMAGE]))).results) == 1
 
 

@@ -170,6 +170,8 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
         ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"},
          "FMNIST_MAX_REQUEST_IMAGES: expected an integer >= 1, got 0"),
         (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
+        # one thread, held by an open stream, left none for health checks
+        (["--call-threads", "1"], {}, "--call-threads: expected an integer >= 2, got 1"),
         (["--max-request-images", "100000"], {}, "--max-message-bytes: expected at least"),
         # a wait that long overflows the clock: SIGTERM then crashed the shutdown, which hung
         (["--grace-period", "inf"], {}, "--grace-period: expected a number >= 0 and <= 86400, "

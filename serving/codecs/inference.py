@@ -30,7 +30,6 @@ EXTENSIONS = ("classification", "model_configuration", "statistics")
 CLASSIFICATION = "classification"
 CONFIG_TYPES = {"UINT8": config_pb.TYPE_UINT8, "FP32": config_pb.TYPE_FP32,
                 "INT64": config_pb.TYPE_INT64}
-_OutputTensor = pb.ModelInferResponse.InferOutputTensor
 _TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 
 
@@ -42,10 +41,8 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferQuery:
-    """A validated ModelInferRequest."""
+    """A validated ModelInferRequest (its model is the ModelVersion it was validated for)."""
 
-    model: str
-    version: int  # 0: the newest
     id: str
     images: np.ndarray  # uint8 [N,28,28]
     outputs: tuple[RequestedOutput, ...]
@@ -90,8 +87,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
             f"got {pixels.size}")
     images = images_from_array(pixels.reshape(shape), max_request_images, field)
-    return InferQuery(request.model_name, model.version, request.id, images,
-                      _requested_outputs(request, model), raw)
+    return InferQuery(request.id, images, _requested_outputs(request, model), raw)
 
 
 def _raw_pixels(request: pb.ModelInferRequest, tensor, field: str) -> np.ndarray:
