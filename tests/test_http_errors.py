@@ -2,11 +2,14 @@
 protocol's ``{"error": ...}`` body with a message naming the field; a wrong Content-Length,
 overload, draining and a taken port are refused as the contract says."""
 
+import concurrent.futures
 import gzip
 import io
 import json
 import logging
+import re
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +37,9 @@ def _json(document) -> bytes:
     ("POST", INFER, b"{oops", {}, 400, "request body: not valid JSON"),
     ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "999"}, 400,
      "Inference-Header-Content-Length: 999 points past the end of the body"),
+    # said "Exceeds the limit (4300 digits) for integer string conversion ...", Python's
+    ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "9" * 5000}, 400,
+     f"Inference-Header-Content-Length: {'9' * 900}"),  # messages are cut at 1,000
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": ["1", 28, 28]}]}), {}, 400,
      "inputs['images'].shape: expected integers"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]}),
@@ -144,12 +150,37 @@ def test_pictures_over_the_pixel_limit_are_refused_and_the_log_stays_json(model_
     assert [line["text"] for line in logs.lines if line["message"] is None] == []
 
 
-def test_a_gzip_body_of_several_members_is_read_whole(url):
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_large_pictures_sent_at_once_are_decoded_a_few_at_a_time(model_repository):
+    """A 5000x5000 RGBA PNG of one colour is 110 KB and costs ~220 MB to decode: eight of them
+    at once took the server to 1.8 GB (32: 5.6 GB), enough for an OOM kill."""
+    from PIL import Image
+
+    stream = io.BytesIO()
+    Image.new("RGBA", (5000, 5000), (200, 30, 30, 255)).save(stream, format="PNG")
+    with server_process(model_repository, "--workers", "1", "--http-port", str(free_port()),
+                        "--poll-interval", "0", "--call-threads", "16") as (process, logs):
+        address = logs.wait_for("serving")[0]["http"]
+        before = _peak_rss_mb(process.pid)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: requests.post(
+                address + CLASSIFY.lstrip("/"), data=stream.getvalue(), timeout=120), range(8)))
+        assert [answer.status_code for answer in answers] == [200] * 8
+        grown = _peak_rss_mb(process.pid) - before
+        assert grown < 800, grown  # two at once: ~500 MB
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip"])  # RFC 9110: x-gzip is gzip (was 400)
+def test_a_gzip_body_of_several_members_is_read_whole(url, coding):
     """RFC 1952 allows a gzip body of several members: each is read, in order; zero padding
     after them is ignored, as gzip(1) ignores it."""
     document = _json({"images": [[0] * 784, [255] * 784]})
     body = gzip.compress(document[:100]) + gzip.compress(document[100:]) + bytes(8)  # padding
-    answer = requests.post(url + CLASSIFY, data=body, headers={"Content-Encoding": "gzip"},
+    answer = requests.post(url + CLASSIFY, data=body, headers={"Content-Encoding": coding},
                            timeout=10)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["results"]) == 2

@@ -123,6 +123,7 @@ class HttpApp:
                            "(--max-message-bytes)")
         environ[BODY_READ] = True
         encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
         if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
             return _decompress(data, encoding, limit)
         if encoding != "identity":

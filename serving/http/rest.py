@@ -110,7 +110,7 @@ def _json_end(body: bytes, header_length: str | None) -> int:
     text = header_length.strip()
     if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}")
-    if int(text) > len(body):
+    if len(text) > len(str(len(body))) or int(text) > len(body):  # int() of 5,000 digits fails
         raise InvalidArgument(
             f"{HEADER_LENGTH}: {text} points past the end of the body ({len(body)} bytes)")
     return int(text)
