@@ -1,4 +1,4 @@
 """What training, the server and the client share: the contract between them
 (``common.contract``, ``common.idx``) and how their command lines read env vars
-(``common.flags``). Standard library only, so that each side imports it without the others'
-dependencies."""
+(``common.flags``). The standard library and numpy only, so that each side imports it
+without the others' dependencies."""

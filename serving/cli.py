@@ -1,4 +1,4 @@
-"""``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC.
+"""``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC and HTTP.
 
 Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 1 if the repository cannot be served
 or the address cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.

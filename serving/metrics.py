@@ -46,11 +46,11 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
-REQUESTS = Counter("fmnist_requests", "gRPC calls answered, by API, method, model and status code",
-                   ["api", "method", "model", "code"])
-REQUEST_SECONDS = Histogram("fmnist_request_duration_seconds", "gRPC call latency in the server",
+REQUESTS = Counter("fmnist_requests", "calls answered (gRPC and HTTP), by API, method, model "
+                   "and status code", ["api", "method", "model", "code"])
+REQUEST_SECONDS = Histogram("fmnist_request_duration_seconds", "call latency in the server",
                             ["api", "method", "model"], buckets=LATENCY_BUCKETS)
-IN_FLIGHT = Gauge("fmnist_requests_in_flight", "gRPC calls being answered now",
+IN_FLIGHT = Gauge("fmnist_requests_in_flight", "calls being answered now",
                   multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("fmnist_batch_size", "images per onnxruntime call",
                        ["model", "version"], buckets=BATCH_BUCKETS)

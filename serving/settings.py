@@ -60,7 +60,8 @@ WAIT_S = number_in(float, 0, DAY_S)  # inf or nan crashed the shutdown (past the
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server is configured with; nothing else is read at run time."""
+    """Everything the server is configured with; nothing else is read at run time but
+    $FMNIST_DATA_DIR, the web page's test images when --test-images-dir is not given."""
 
     host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
     port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
@@ -85,7 +86,8 @@ class Settings:
     )
     max_request_images: int = _setting(1024, "most images one request may carry", "N",
                                        parse=COUNT)
-    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message accepted or sent",
+    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message or HTTP body "
+                                      "accepted or sent",
                                       "BYTES", parse=number_in(int, 1, MAX_MESSAGE_BYTES))
     max_batch_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
@@ -213,7 +215,8 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
         prog="fmnist-serve",
         description=(
             "Serve the Fashion-MNIST models of a model repository over gRPC "
-            "(fashion_mnist.v1.Classifier, grpc.health.v1, reflection). Every flag can also be "
+            "(fashion_mnist.v1.Classifier, the Open Inference Protocol, grpc.health.v1, "
+            "reflection) and HTTP (the same APIs and a web page). Every flag can also be "
             f"set by an env var ({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT); flags win."
         ),
         epilog=(

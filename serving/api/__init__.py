@@ -1,5 +1,5 @@
-"""gRPC servicers: thin adapters from messages to ``serving.service`` and back.
-
-``errors.handle_errors`` is the one place domain errors become status codes; every servicer
-method is wrapped with it.
+"""The data plane: the domain API (``classifier``) and the Open Inference Protocol
+(``inference``), plain synchronous Python on protobuf messages, no transport. Every
+transport calls them through ``serving.pipeline``, the one place their errors
+(``serving.errors``) become status codes.
 """

@@ -1,5 +1,7 @@
-"""Conversions between wire messages and numpy arrays, and all validation of request inputs.
+"""Conversions between protobuf messages and numpy arrays, with the validation of what the
+messages carry.
 
 ``images`` holds the checks every API shares (batch limits, image size and shape); each API has
-its own module (``classifier`` for fashion_mnist.v1) built on them.
+its own module (``classifier`` for fashion_mnist.v1, ``inference`` for the Open Inference
+Protocol) built on them. What HTTP bodies carry becomes those messages in ``serving.http``.
 """

@@ -26,13 +26,13 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
   state; ``stop`` joins the polling thread once gRPC holds no call);
 - a request whose bytes cannot be read (``ByteBuffer::DumpToSingleSlice`` fails) is refused
-  INTERNAL, never parsed as an empty message (R3).
+  INTERNAL, never parsed as an empty message.
 
-The old front door's risks vanish by construction: no gRPC thread ever holds a Python thread
-state (R1); ``Finish`` is started in one place, ``Call::Complete`` (or in C++ for a parked call
-that was cancelled), whatever the path, and no gRPC thread ever waits for the GIL (R2); one
-``ServicerContext`` (``serving.native.context``) serves every method, with trailing metadata,
-``set_code``, cancellation and the rest (R10).
+And by construction: no gRPC thread ever holds a Python thread state; ``Finish`` is started in
+one place, ``Call::Complete`` (or in C++ for a parked call that was cancelled), whatever the
+path, and no gRPC thread ever waits for the GIL; one ``ServicerContext``
+(``serving.native.context``) serves every method, with trailing metadata, ``set_code``,
+cancellation and the rest, as grpcio's does.
 
 ``available()`` says whether the extension is built (``setup.py``: g++, pkg-config and
 libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.

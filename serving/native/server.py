@@ -196,7 +196,7 @@ def _parse(data: bytes, deserializer):
 def _read(call) -> bytes | None:
     try:
         return call.read()
-    except ValueError as error:  # R3: unreadable bytes are refused, never parsed as empty
+    except ValueError as error:  # unreadable bytes are refused, never parsed as empty
         raise _RefusedError(grpc.StatusCode.INTERNAL, str(error)) from None
 
 
