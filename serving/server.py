@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -129,33 +130,22 @@ class ModelServer:
             raise ListenError(f"cannot read a TLS file: {error}") from None
         except ValueError as error:
             raise ListenError(f"TLS: {error}") from None
-        try:
-            self.port = (self._server.add_secure_port(settings.address, tls)
-                         if tls else self._server.add_insecure_port(settings.address))
-        except RuntimeError as error:
-            raise ListenError(f"cannot listen on {settings.address}: {error}") from None
+        self.port = _listening(f"on {settings.address}", lambda: (
+            self._server.add_secure_port(settings.address, tls) if tls
+            else self._server.add_insecure_port(settings.address)))
         if self._health_server is not None:
             health_address = host_port(settings.host, settings.health_port)
-            try:
-                self.health_port = self._health_server.add_insecure_port(health_address)
-            except RuntimeError as error:
-                raise ListenError(f"cannot listen for health (--health-port) on "
-                                  f"{health_address}: {error}") from None
+            self.health_port = _listening(f"for health (--health-port) on {health_address}",
+                                          lambda: self._health_server.add_insecure_port(
+                                              health_address))
         if self.http is not None:
-            try:
-                self.http_port = self.http.start()
-            except OSError as error:
-                raise ListenError(f"cannot listen for HTTP on "
-                                  f"{host_port(settings.host, settings.http_port)}: {error}"
-                                  ) from None
+            self.http_port = _listening(
+                f"for HTTP on {host_port(settings.host, settings.http_port)}", self.http.start)
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
-            try:
-                self._metrics_endpoint = metrics.start_endpoint(settings.host,
-                                                                settings.metrics_port)
-            except OSError as error:
-                raise ListenError(f"cannot listen for metrics on port {settings.metrics_port}: "
-                                  f"{error}") from None
+            self._metrics_endpoint = _listening(
+                f"for metrics on port {settings.metrics_port}",
+                lambda: metrics.start_endpoint(settings.host, settings.metrics_port))
         self._server.start()
         if self._health_server is not None:
             self._health_server.start()
@@ -228,6 +218,14 @@ class ModelServer:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         log.info("stopped")
+
+
+def _listening(where: str, listen: Callable[[], Any]) -> Any:
+    """``listen()``'s result; ListenError "cannot listen {where}: ..." if it cannot."""
+    try:
+        return listen()
+    except (OSError, RuntimeError) as error:  # sockets; the gRPC servers
+        raise ListenError(f"cannot listen {where}: {error}") from None
 
 
 def _try_command(settings: Settings, port: int) -> str:
