@@ -214,6 +214,14 @@ class HealthServicer(health.HealthServicer):
         # not a daemon: joined at exit, never cut off inside the native call it finishes
         return lambda: threading.Thread(target=end, name="health-watch-end").start()
 
+    def end_watches(self) -> None:
+        """Ends the open Watches (OK), as a server going away does: each would hold a stop
+        that lets the calls in flight finish."""
+        with self._lock:
+            ends = [send for sends in self._send_response_callbacks.values() for send in sends]
+        for send in ends:
+            send(None)
+
 
 class GrpcioServer:
     """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port``."""

@@ -34,9 +34,12 @@ from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
 
-# On shutdown, the server stops listening once no call has been in flight or arrived for this
-# long; calls arriving after that would end CANCELLED rather than be refused UNAVAILABLE.
+# On shutdown, calls are refused UNAVAILABLE (clients retry elsewhere) until none has arrived
+# for DRAIN_QUIET_SECONDS, at most REFUSING_AT_MOST_SECONDS: gRPC's GOAWAY then ends them
+# (calls it received but had not handed over would end CANCELLED). After the GOAWAY clients
+# open their next calls on a new connection, and the calls in flight get the rest of the grace.
 DRAIN_QUIET_SECONDS = 0.05
+REFUSING_AT_MOST_SECONDS = 1.0
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
 # Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
@@ -176,9 +179,9 @@ class ModelServer:
         seconds (default: the settings') to finish, then the rest are cancelled. A second call
         waits for the first one's drain.
 
-        The server keeps listening until the calls in flight are done, refusing new ones with
-        UNAVAILABLE (which clients retry elsewhere): once grpc itself stops, calls it has
-        received but not yet handed over would end CANCELLED instead.
+        New calls are refused UNAVAILABLE (which clients retry elsewhere) until they stop
+        coming, at most a second; then gRPC stops listening and says GOAWAY, so that no
+        client's connection keeps being refused while a long call (a stream) finishes.
         """
         with self._stopping:
             if self._stopped:
@@ -195,15 +198,19 @@ class ModelServer:
                                                "grace_s": grace}})
         time.sleep(HEALTH_NOTICE_SECONDS)
         self.admission.close()
-        while time.monotonic() < deadline:  # until nothing is in flight or arriving
+        refusing_until = min(deadline, time.monotonic() + REFUSING_AT_MOST_SECONDS)
+        while time.monotonic() < refusing_until:  # until no call arrives
             refused = self.admission.refused
             time.sleep(DRAIN_QUIET_SECONDS)
-            if not self.admission.in_flight and self.admission.refused == refused:
+            if self.admission.refused == refused:
                 break
-        # what is left: health watches, or calls past the grace
+        self.health.end_watches()  # the native server's stop would wait for them
+        stopped = [self._server.stop(max(0.0, deadline - time.monotonic()))]  # GOAWAY
+        while self.admission.in_flight and time.monotonic() < deadline:  # gRPC's and HTTP's
+            time.sleep(DRAIN_QUIET_SECONDS)
         if self.http is not None:
             self.http.stop(max(0.0, deadline - time.monotonic()))
-        stopped = [self._server.stop(0)]
+        stopped.append(self._server.stop(0))  # what is left: calls past the grace
         if self._health_server is not None:
             stopped.append(self._health_server.stop(0))
         for event in stopped:

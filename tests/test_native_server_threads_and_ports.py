@@ -86,9 +86,8 @@ def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
         stopping = threading.Thread(target=server.stop, args=(0.2,))
         stopping.start()
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        with pytest.raises(grpc.RpcError) as ended:
-            next(watch)
-        assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert list(watch) == []  # then it ends, OK, before the server's GOAWAY
+        assert watch.code() == grpc.StatusCode.OK
         stopping.join(10)
         assert not stopping.is_alive()
     if settings.grpc_server == "native":  # grpcio leaves its executor's threads

@@ -1,6 +1,7 @@
 """Graceful shutdown: calls in flight finish, new calls are refused, the process exits 0."""
 
 import asyncio
+import dataclasses
 import signal
 import threading
 
@@ -81,6 +82,48 @@ def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_se
         messages = [entry["message"] for entry in logs.lines]
         assert messages[-3:] == ["shutdown requested", "draining", "stopped"]
         assert logs.lines[-2]["in_flight"] == 1
+
+
+def test_a_long_call_in_flight_does_not_keep_the_connection_refusing(settings, test_set):
+    """A stream open at shutdown kept its connection, on which every new call was refused
+    UNAVAILABLE until the stream ended: a client connected through a Kubernetes Service (one
+    connection) could reach no other pod for the whole grace period. After a moment of
+    refusals the server says GOAWAY: the client's next calls go on a new connection (here to
+    nothing: UNAVAILABLE at once), while the stream goes on over the old one to its end."""
+    import time
+
+    from tests.conftest import running_server
+
+    batches = batches_of(test_set[0], 3)
+    resume = threading.Event()
+
+    def requests():
+        yield encode_request(batches[0], request_id="0")
+        resume.wait(30)
+        yield from (encode_request(b, request_id=str(i)) for i, b in enumerate(batches[1:], 1))
+
+    server = running_server(dataclasses.replace(settings, grace_period=20))
+    with server as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        stream = stub.ClassifyStream(requests())
+        answers = [next(stream)]
+        stopping = threading.Thread(target=running.stop, args=(20,))
+        stopping.start()
+        began, seen = time.monotonic(), set()
+        while time.monotonic() - began < 5:  # the old server: UNAVAILABLE on the connection
+            try:
+                stub.Classify(encode_request(batches[0][:1]), timeout=2, wait_for_ready=False)
+            except grpc.RpcError as error:
+                seen.add(error.code())
+                if "shutting down" not in (error.details() or ""):  # not the pipeline's refusal
+                    break
+            time.sleep(0.05)
+        assert time.monotonic() - began < 3, "the connection went on refusing calls"
+        assert seen <= {grpc.StatusCode.UNAVAILABLE}
+        resume.set()
+        answers += list(stream)
+        stopping.join(30)
+    assert [a.request_id for a in answers] == ["0", "1", "2"]
 
 
 def test_client_sees_unavailable_once_the_server_is_gone(thread_server_factory):
