@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.contract import IMAGE_SHAPE, LABEL, MANIFEST, PROBABILITIES
+from common.contract import CLASS_NAMES, IMAGE_SHAPE, LABEL, MANIFEST, PROBABILITIES
 from serving.errors import RepositoryError
 
 REQUIRED_KEYS = ("name", "version", "inputs", "outputs", "classes", "sha256")
@@ -72,7 +72,12 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
-    """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``."""
+    """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``, whose
+    numbers are Fashion-MNIST's classes (every model's, so model and baseline agree label for
+    label, and the answers' class names are these)."""
+    if manifest.class_names != CLASS_NAMES:
+        raise RepositoryError(f"{manifest_path}: classes {list(manifest.class_names)}, "
+                              f"expected Fashion-MNIST's in label order, {list(CLASS_NAMES)}")
     image_input = ("UINT8", (-1, *IMAGE_SHAPE))
     if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
         raise RepositoryError(f"{manifest_path}: inputs {list(manifest.inputs)}, expected one "

@@ -91,13 +91,6 @@ class ModelRegistry:
 
     def add(self, model: ModelVersion) -> None:
         """Adds (or replaces) a version; the newest version of a model is its default."""
-        classes = next((m.manifest.class_names for m in self.list()), None)
-        if classes is not None and model.manifest.class_names != classes:
-            model.metrics.unloaded()  # never loaded: its info must not read 1
-            raise RepositoryError(
-                f"{model.name}/{model.version}: classes differ from the loaded models' "
-                "(model and baseline answers are compared label for label)"
-            )
         models = {name: dict(versions) for name, versions in self._models.items()}
         versions = models.setdefault(model.name, {})
         versions[model.version] = model
