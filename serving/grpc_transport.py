@@ -214,13 +214,24 @@ class HealthServicer(health.HealthServicer):
         # not a daemon: joined at exit, never cut off inside the native call it finishes
         return lambda: threading.Thread(target=end, name="health-watch-end").start()
 
+    _ending = False
+
     def end_watches(self) -> None:
-        """Ends the open Watches (OK), as a server going away does: each would hold a stop
-        that lets the calls in flight finish."""
+        """Ends the open Watches (OK), and any opened later once answered, as a server going
+        away does: each would hold a stop that lets the calls in flight finish."""
         with self._lock:
+            self._ending = True
             ends = [send for sends in self._send_response_callbacks.values() for send in sends]
         for send in ends:
             send(None)
+
+    def Watch(self, request, context, send_response_callback=None):  # noqa: N802 (grpc_health's)
+        with self._lock:  # end_watches ends the Watches registered before it, this the later
+            answer = super().Watch(request, context, send_response_callback)
+            ending = self._ending
+        if ending:
+            send_response_callback(None)
+        return answer
 
 
 class GrpcioServer:
@@ -248,7 +259,7 @@ def grpc_server(implementation: str, threads: int,
     (a stream holds one for its whole life); ``max_running``: of which at work at once,
     the native server's (None: all); ``reuse_port``: several worker processes share
     the port; ``connection_age_s``: a connection's life, 0 forever."""
-    age_ms = round(connection_age_s * 1000) or 2**31 - 1  # gRPC's own "forever"
+    age_ms = max(1, round(connection_age_s * 1000)) if connection_age_s else 2**31 - 1
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer

@@ -66,10 +66,8 @@ class ModelServer:
                                         settings.baseline_model, settings.max_request_images)
         self._draining = threading.Event()
         self.inference = InferenceAPI(registry, settings.max_request_images, _package_version(),
-                                      settings.batch_delay_us / 1e6,
-                                      settings.parallel_inferences,
-                                      ready=lambda: (not self._draining.is_set()
-                                                     and self.admission.accepting))
+                                      settings.batch_delay_us / 1e6, settings.parallel_inferences,
+                                      ready=lambda: not self._draining.is_set())
         self.admission = Admission(settings.max_concurrent_calls)
         self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,
                                      max_streams=_max_streams(settings.call_threads))

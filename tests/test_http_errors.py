@@ -163,7 +163,8 @@ def test_large_pictures_sent_at_once_are_decoded_a_few_at_a_time(model_repositor
     stream = io.BytesIO()
     Image.new("RGBA", (5000, 5000), (200, 30, 30, 255)).save(stream, format="PNG")
     with server_process(model_repository, "--workers", "1", "--http-port", str(free_port()),
-                        "--poll-interval", "0", "--call-threads", "16") as (process, logs):
+                        "--poll-interval", "0", "--call-threads", "16",
+                        prefix=("taskset", "-c", "0,1")) as (process, logs):  # 2 decoders
         address = logs.wait_for("serving")[0]["http"]
         before = _peak_rss_mb(process.pid)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -222,7 +223,8 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url, caplog):
         assert busy.status_code == 429 and "--max-concurrent-calls" in busy.json()["error"]
     finally:
         server.admission.max_in_flight, server.admission.in_flight = 0, 0
-    server.admission.accepting = False  # what stop() does after its health notice
+    server._draining.set()  # what stop() does first, and after its health notice:
+    server.admission.accepting = False
     try:
         refused = binary_infer(url, np.zeros((1, 28, 28), np.uint8))
         assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
@@ -230,6 +232,7 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url, caplog):
         assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
     finally:
         server.admission.accepting = True
+        server._draining.clear()
     assert binary_infer(url, np.zeros((1, 28, 28), np.uint8)).status_code == 200
     # refusals for the server's state are counted, not logged one warning each: they flooded
     # the log (656 lines in 2 s) while a loaded server drained

@@ -75,6 +75,8 @@ def test_binary_request_becomes_raw_input_contents():
         pixels)
     request, form = decode_infer_request(body, header_length, "mlp", "")
     assert list(request.raw_input_contents) == [pixels]
+    padded, _ = decode_infer_request(body, header_length.zfill(12), "mlp", "")  # zeros: a number
+    assert padded == request
     assert not request.inputs[0].HasField("contents")
     assert "binary_data_size" not in request.inputs[0].parameters
     assert "binary_data_output" not in request.parameters

@@ -158,7 +158,8 @@ def test_overload_and_draining_reach_the_client_as_429_and_503(served, images):
             assert refused.value.status() == "429"
         finally:
             server.admission.max_in_flight, server.admission.in_flight = 0, 0
-        server.admission.accepting = False  # what stop() does first
+        server._draining.set()  # what stop() does first, then after its health notice:
+        server.admission.accepting = False
         try:
             with pytest.raises(InferenceServerException) as refused:
                 client.infer("mlp", inputs)
@@ -166,6 +167,7 @@ def test_overload_and_draining_reach_the_client_as_429_and_503(served, images):
             assert client.is_server_live() and not client.is_server_ready()
         finally:
             server.admission.accepting = True
+            server._draining.clear()
         assert client.infer("mlp", inputs).as_numpy("label").shape == (len(images),)
 
 

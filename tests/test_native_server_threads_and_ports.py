@@ -253,3 +253,15 @@ def test_a_connection_is_replaced_after_max_connection_age(settings, age_s):
             ports |= _client_ports(server.port)
             time.sleep(0.02)
     assert len(ports) >= 3 if age_s else len(ports) == 1, ports
+
+
+def test_a_watch_opened_after_the_watches_ended_ends_once_answered(settings):
+    """A client reopening its Watch as the server drained kept it open, and the native
+    server's stop, which lets calls finish, waited for it to the end of the grace."""
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        server.health.end_watches()
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=3)
+        assert [answer.status for answer in watch] == [health_pb2.HealthCheckResponse.SERVING]
+        assert watch.code() == grpc.StatusCode.OK

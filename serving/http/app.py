@@ -10,6 +10,7 @@ data plane run on the thread that read the request.
 import re
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from http import HTTPStatus
 from pathlib import Path
 
@@ -34,13 +35,15 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
 class HttpApp:
-    def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int,
-                 test_images: domain.TestImages):
+    def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int, *,
+                 test_images: domain.TestImages, decoder: Executor):
+        """``decoder``: the threads that decode image files (few: each takes ~220 MB)."""
         self._pipeline = pipeline
         self._classifier = classifier
         self._inference = inference
         self._max_body_bytes = max_body_bytes
         self._test_images = test_images
+        self._decoder = decoder
         self._page = PAGE.read_bytes()
         self._routes: list[tuple[str, re.Pattern, Callable]] = [
             (verb, re.compile(pattern + "$"), handler) for verb, pattern, handler in (
@@ -201,7 +204,7 @@ class HttpApp:
 
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
             parsed["options"] = options = domain.Options(environ.get("QUERY_STRING", ""))
-            parsed["request"] = domain.decode_classify(body, options)
+            parsed["request"] = domain.decode_classify(body, options, self._decoder)
             return parsed["request"]
 
         def encode(response: domain_pb.ClassifyResponse) -> Body:

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -24,16 +24,11 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
 from serving.errors import InvalidArgument, NotFound
 from serving.http.rest import message_json, parse_json
-from serving.settings import CORES
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
 # Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a
 # billion pixels. 25 million is a 5000x5000 photo.
 MAX_IMAGE_PIXELS = 25_000_000
-# Decoding one such picture takes ~220 MB (RGBA, then its grayscale copies), which the C heap
-# of the thread that decoded it keeps: pictures are decoded on one thread per core, so that
-# many at once wait instead of taking the server's memory (8 at once took 1.8 GB).
-DECODER = ThreadPoolExecutor(CORES, thread_name_prefix="image-decode")
 INT64 = range(-(2**63), 2**63)  # what the protobuf fields of a version hold
 
 
@@ -76,13 +71,13 @@ def version_option(query: str) -> int:
                     "version")
 
 
-def decode_classify(body: bytes, options: Options) -> pb.ClassifyRequest:
+def decode_classify(body: bytes, options: Options, decoder: Executor) -> pb.ClassifyRequest:
     """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any) or an
-    image file -> the ClassifyRequest."""
+    image file, decoded on ``decoder``'s threads -> the ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
     if text.lstrip()[:1] in (b"{", b"["):
         return _json_request(text, options)
-    pixels = _image_pixels(body, options.invert)
+    pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
                               version=options.version)
 
@@ -137,7 +132,7 @@ def _image_bytes(image, index: int) -> bytes:
                               "(or 28 rows of 28)") from None
 
 
-def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
+def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
     from PIL import UnidentifiedImageError
     from PIL.Image import DecompressionBombError
 
@@ -147,7 +142,7 @@ def _image_pixels(body: bytes, invert: bool) -> np.ndarray:
             width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise InvalidArgument(f"body: a {width}x{height} image {too_large}")
-        return DECODER.submit(load_png, io.BytesIO(body), invert).result()
+        return decoder.submit(load_png, io.BytesIO(body), invert).result()
     except InvalidArgument:
         raise
     except DecompressionBombError:  # Pillow's own limit, far above ours

@@ -110,7 +110,8 @@ def _json_end(body: bytes, header_length: str | None) -> int:
     text = header_length.strip()
     if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}")
-    if len(text) > len(str(len(body))) or int(text) > len(body):  # int() of 5,000 digits fails
+    # longer than the body's length is past its end: int() of 5,000 digits fails in Python
+    if len(text.lstrip("0")) > len(str(len(body))) or int(text) > len(body):
         raise InvalidArgument(
             f"{HEADER_LENGTH}: {text} points past the end of the body ({len(body)} bytes)")
     return int(text)

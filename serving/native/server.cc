@@ -706,7 +706,7 @@ void ServerDealloc(PyObject* object) {
 
 PyMethodDef server_methods[] = {
     {"listen", ServerListen, METH_VARARGS,
-     "listen(address, max_message_bytes, reuse_port, tls=None) -> port"},
+     "listen(address, max_message_bytes, reuse_port, max_connection_age_ms, tls=None) -> port"},
     {"next_call", ServerNextCall, METH_NOARGS,
      "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
      "once shut down"},
