@@ -77,6 +77,7 @@ class ModelServer:
             settings.max_message_bytes, reuse_port=settings.workers > 1,
             max_running=_max_running(settings), connection_age_s=settings.max_connection_age)
         self.health = HealthServicer()
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # grpc_health: SERVING
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -196,12 +197,10 @@ class ModelServer:
                                                "grace_s": grace}})
         time.sleep(HEALTH_NOTICE_SECONDS)
         self.admission.close()
-        refusing_until = min(deadline, time.monotonic() + REFUSING_AT_MOST_SECONDS)
-        while time.monotonic() < refusing_until:  # until no call arrives
-            refused = self.admission.refused
+        refusing_until, refused = min(deadline, time.monotonic() + REFUSING_AT_MOST_SECONDS), -1
+        while self.admission.refused != refused and time.monotonic() < refusing_until:
+            refused = self.admission.refused  # until no call arrives
             time.sleep(DRAIN_QUIET_SECONDS)
-            if self.admission.refused == refused:
-                break
         self.health.end_watches()  # the native server's stop would wait for them
         stopped = [self._server.stop(max(0.0, deadline - time.monotonic()))]  # GOAWAY
         while self.admission.in_flight and time.monotonic() < deadline:  # gRPC's and HTTP's

@@ -149,7 +149,8 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
             assert (await inference.ServerLive(pb.ServerLiveRequest())).live
             await stream.done_writing()
             assert (await stream.code()) == grpc.StatusCode.OK
-            server.admission.close()  # draining
+            server._draining.set()  # draining, as stop() begins it
+            server.admission.close()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await domain.Classify(request, metadata=token)
             codes.append(refused.value.code().name)
