@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from training.data import Dataset
+from training.data import Dataset, DatasetError
 from training.models import BaselineSettings
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
@@ -260,11 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         _remove_made(made, args.report_dir)
         if args.debug:
             raise
-        message = (
-            str(error)
-            if type(error).__name__ == "DatasetError"
-            else (f"{type(error).__name__}: {error}")
-        )
+        message = str(error) if isinstance(error, DatasetError) else (
+            f"{type(error).__name__}: {error}")
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1
     print(f"total time: {time.perf_counter() - start:.0f} s")

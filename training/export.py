@@ -38,7 +38,7 @@ def with_probabilities_and_label(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def keras_to_onnx(model, opset: int = OPSET) -> onnx.ModelProto:
+def keras_to_onnx(model) -> onnx.ModelProto:
     """tf2onnx through a ``tf.function`` with an explicit signature: ``from_keras`` fails on
     Keras 3 models (``KeyError: 'keras_tensor_N'``)."""
     import tensorflow as tf
@@ -46,11 +46,11 @@ def keras_to_onnx(model, opset: int = OPSET) -> onnx.ModelProto:
 
     signature = [tf.TensorSpec([None, PIXELS], tf.float32, name="pixels")]
     function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
-    converted, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    converted, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
     return prepend_preprocessing(with_probabilities_and_label(converted))
 
 
-def baseline_to_onnx(classifier, opset: int = OPSET) -> onnx.ModelProto:
+def baseline_to_onnx(classifier) -> onnx.ModelProto:
     """skl2onnx without the ZipMap, so ``probabilities`` is a plain float tensor; the graph is
     named (skl2onnx's default is a fresh uuid: the same model would get another sha256)."""
     from skl2onnx import convert_sklearn
@@ -61,7 +61,7 @@ def baseline_to_onnx(classifier, opset: int = OPSET) -> onnx.ModelProto:
         name="baseline",
         initial_types=[("pixels", FloatTensorType([None, PIXELS]))],
         options={id(classifier): {"zipmap": False}},
-        target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
     )
     return prepend_preprocessing(converted)
 

@@ -40,13 +40,11 @@ def preprocessing_graph(output_name: str, opset_imports: list, ir_version: int) 
     return helper.make_model(graph, opset_imports=opset_imports, ir_version=ir_version)
 
 
-def prepend_preprocessing(model: onnx.ModelProto, model_input: str = "") -> onnx.ModelProto:
-    """Returns ``model`` fed by the preprocessing prefix: its input becomes uint8 ``images``.
-
-    ``model_input`` is the float [N,784] input of ``model`` (default: its only input). The prefix
-    takes the model's IR version and opset imports, which ``onnx.compose.merge_models`` requires.
-    """
-    model_input = model_input or model.graph.input[0].name
+def prepend_preprocessing(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Returns ``model`` fed by the preprocessing prefix: its only input, float [N,784],
+    becomes uint8 ``images``. The prefix takes the model's IR version and opset imports, which
+    ``onnx.compose.merge_models`` requires."""
+    model_input = model.graph.input[0].name
     bridge = "preprocessed_" + model_input
     prefix = preprocessing_graph(bridge, list(model.opset_import), model.ir_version)
     merged = onnx.compose.merge_models(prefix, model, io_map=[(bridge, model_input)])
