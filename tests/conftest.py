@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -186,6 +187,12 @@ def first_refusal():
     return until_refused
 
 
+def reference(model_repository, name: str, version: int, images):
+    """onnxruntime's own (probabilities, labels) for ``images`` from a version's file."""
+    session = onnxruntime.InferenceSession(model_repository / name / str(version) / "model.onnx")
+    return session.run(["probabilities", "label"], {"images": images})
+
+
 @pytest.fixture(scope="module")
 def thread_server(model_repository):
     """A server shared by a module's synchronous tests; its target is ``127.0.0.1:<port>``."""
@@ -194,3 +201,9 @@ def thread_server(model_repository):
     with running_server(settings) as running:
         yield running
 
+
+
+@pytest.fixture
+def target(thread_server) -> str:
+    """``127.0.0.1:<port>`` of the module's ``thread_server``."""
+    return f"127.0.0.1:{thread_server.port}"

@@ -1,14 +1,10 @@
 """The client: ``ClassifierClient`` and the ``fmnist`` command line against a real server."""
 
-import csv
-import gzip
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 from PIL import Image
 
@@ -16,16 +12,7 @@ from common.contract import CLASS_NAMES
 from serving.client import cli
 from serving.client.api import ClassifierClient
 from serving.client.inputs import load_npy, load_png
-
-
-@pytest.fixture
-def target(thread_server) -> str:
-    return f"127.0.0.1:{thread_server.port}"
-
-
-def reference(model_repository, name: str, version: int, images):
-    session = onnxruntime.InferenceSession(model_repository / name / str(version) / "model.onnx")
-    return session.run(["probabilities", "label"], {"images": images})
+from tests.conftest import reference
 
 
 def test_client_classify_returns_arrays_equal_to_onnxruntime(target, test_set, model_repository):
@@ -120,27 +107,6 @@ def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, t
     assert shown == [CLASS_NAMES[label] for label in labels]
 
 
-def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
-    """The check that --csv can be written made the file: a failed run left it empty."""
-    assert cli.main(["score", "--target", "127.0.0.1:9", "--timeout", "2", "--limit", "10",
-                     "--no-progress", "--csv", str(tmp_path / "p.csv")]) == 1
-    assert "UNAVAILABLE" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_answers_from_two_versions_are_not_joined_as_one(target, test_set):
-    """A version published between two calls of one run: its figures would mix two models
-    under the first one's name."""
-    from serving.client.api import joined
-
-    with ClassifierClient(target) as client:
-        answers = [client.classify(test_set[0][:2], "mlp", version) for version in (1, 2, 2)]
-    assert len(joined(answers[1:])) == 4
-    with pytest.raises(ValueError, match=r"the model changed version during the run "
-                                         r"\(mlp v1, mlp v2: one was published or removed\)"):
-        joined(answers)
-
-
 def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
     Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "boot.png").read_bytes()[:100])
@@ -193,72 +159,6 @@ def test_argument_values_are_checked_before_anything_runs(capsys, argv, message)
         cli.main(argv)
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
-
-
-def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys, test_set,
-                                                        model_repository):
-    csv_path = tmp_path / "predictions.csv"
-    status = cli.main(["score", "--target", target, "--offset", "100", "--limit", "700",
-                       "--batch-size", "256", "--csv", str(csv_path), "--no-progress"])
-    output = capsys.readouterr().out
-    assert status == 0
-    images, labels = test_set[0][100:800], test_set[1][100:800]
-    _, model_labels = reference(model_repository, "mlp", 2, images)
-    _, baseline_labels = reference(model_repository, "baseline", 1, images)
-    rows = {line[:22].strip(): line[23:] for line in output.splitlines()}
-    assert rows["images"] == "700 (test set 100..799)"
-    assert rows["mlp v2 accuracy"] == f"{np.mean(model_labels == labels):.4f}"
-    assert rows["baseline v1 accuracy"] == f"{np.mean(baseline_labels == labels):.4f}"
-    assert rows["agreement"] == f"{np.mean(model_labels == baseline_labels):.4f}"
-    assert "images/s" in rows["throughput"]
-    with open(csv_path) as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == 700
-    assert [int(row["model_label"]) for row in table] == model_labels.tolist()
-    assert table[0]["index"] == "100" and int(table[0]["true_label"]) == labels[0]
-    assert all(len(row["model_probability"]) <= 8 for row in table)  # 6 decimals, no float32 tail
-
-
-@pytest.mark.parametrize(("where", "reason"), [("no/such/dir.csv", "No such file or directory"),
-                                               (".", "Is a directory")])
-def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, where, reason):
-    """It scored every image, then failed writing and printed nothing of the run."""
-    status = cli.main(["score", "--target", target, "--limit", "10", "--no-progress",
-                       "--csv", str(tmp_path / where)])
-    assert status == 2
-    assert capsys.readouterr().err == (
-        f"fmnist score: error: --csv {tmp_path / where}: {reason}\n")
-
-
-def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):
-    """One label changed: it scored 0.8986 instead of 0.8987 without a word, while
-    fmnist-train refused the same file."""
-    from common.dataset import DEFAULT_DATA_DIR
-
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(DEFAULT_DATA_DIR / name, tmp_path / name)
-    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    content = bytearray(gzip.decompress(labels.read_bytes()))
-    content[-1] = (content[-1] + 1) % 10
-    labels.write_bytes(gzip.compress(bytes(content)))
-    assert cli.main(["score", "--target", target, "--data-dir", str(tmp_path), "--limit", "10",
-                     "--no-progress"]) == 1
-    assert capsys.readouterr().err == (
-        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte (its "
-        "content SHA-256 differs); install the Debian package dataset-fashion-mnist or set "
-        "FMNIST_DATA_DIR\n")
-
-
-def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):
-    base = ["score", "--target", target, "--limit", "300", "--no-progress", "--rpc", "unary",
-            "--batch-size", "100"]
-    assert cli.main([*base, "--expect-accuracy", "0.99"]) == 1
-    assert "differs from the expected 0.9900" in capsys.readouterr().err
-    capsys.readouterr()
-    cli.main(base)
-    accuracy = next(line for line in capsys.readouterr().out.splitlines()
-                    if line.startswith("mlp v2 accuracy")).split()[-1]
-    assert cli.main([*base, "--expect-accuracy", accuracy, "--tolerance", "0.0001"]) == 0
 
 
 def test_health_and_models(target, capsys):
@@ -348,37 +248,3 @@ def test_help_never_shows_the_token(capsys, monkeypatch):
     help_text = capsys.readouterr().out
     assert "[env FMNIST_TOKEN]" in " ".join(help_text.split())
     assert "s3cret" not in help_text
-
-
-@pytest.mark.parametrize("rpc", ["stream", "unary"])
-def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys, monkeypatch,
-                                                        rpc):
-    """A version published during a run: the calls after it asked for the newest, and the run
-    failed at its end ("the model changed version"), every image scored for nothing."""
-    import time
-
-    from serving.client import scoring
-    from tests.conftest import local_settings, running_server, tiny_classifier
-    from training.repository import write_version
-
-    settings = local_settings(model_repository=repository_copy, poll_interval=0.05)
-    with running_server(settings) as server:
-        target = f"127.0.0.1:{server.port}"
-
-        class PublishedAfterTheFirstAnswer(scoring.tqdm):
-            def update(self, n=1):
-                if not (repository_copy / "mlp" / "3").exists():
-                    write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
-                    with ClassifierClient(target) as client:
-                        deadline = time.monotonic() + 10
-                        while client.get_model("mlp").version != 3:
-                            assert time.monotonic() < deadline, "mlp v3 was never loaded"
-                            time.sleep(0.02)
-                return super().update(n)
-
-        monkeypatch.setattr(scoring, "tqdm", PublishedAfterTheFirstAnswer)
-        status = cli.main(["score", "--target", target, "--rpc", rpc, "--batch-size", "10",
-                           "--no-progress"])
-    output = capsys.readouterr()
-    assert status == 0, output.err
-    assert "mlp v2 accuracy" in output.out
