@@ -229,7 +229,7 @@ class HealthServicer(health.HealthServicer):
         with self._lock:  # end_watches ends the Watches registered before it, this the later
             answer = super().Watch(request, context, send_response_callback)
             ending = self._ending
-        if ending:
+        if ending and send_response_callback is not None:  # None: grpc_health's blocking mode
             send_response_callback(None)
         return answer
 

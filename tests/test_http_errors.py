@@ -40,6 +40,8 @@ def _json(document) -> bytes:
     # said "Exceeds the limit (4300 digits) for integer string conversion ...", Python's
     ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "9" * 5000}, 400,
      f"Inference-Header-Content-Length: {'9' * 900}"),  # messages are cut at 1,000
+    ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "0" * 5000 + "9"}, 400,
+     f"Inference-Header-Content-Length: {'0' * 900}"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": ["1", 28, 28]}]}), {}, 400,
      "inputs['images'].shape: expected integers"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]}),
@@ -228,6 +230,9 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url, caplog):
     try:
         refused = binary_infer(url, np.zeros((1, 28, 28), np.uint8))
         assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+        # a keep-alive client's next request goes to another server, as after gRPC's GOAWAY
+        listed = requests.get(f"{url}/v1/models", timeout=5)
+        assert (listed.status_code, listed.headers.get("Connection")) == (503, "close")
         assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
         assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
     finally:

@@ -18,7 +18,14 @@ from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from inference import grpc_service_pb2 as pb
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER
 from serving.api.inference import SERVICE_NAME as INFERENCE
-from serving.errors import InvalidArgument, NotFound, ServingError, TooLarge, Unauthenticated
+from serving.errors import (
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 from serving.http import domain, rest
 from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
 from serving.pipeline import Call, CallPipeline
@@ -64,15 +71,19 @@ class HttpApp:
             )]
 
     def __call__(self, environ: dict, start_response):
+        draining = False
         try:
             status, body = self._answer(environ)
         except ServingError as error:
+            draining = isinstance(error, Unavailable)
             status, body = error.http_status, error_body(str(error))
             if isinstance(error, Unauthenticated):
                 body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
         headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
                    *body.headers]
-        if _unread_body(environ):  # the client's next request would be read from its rest
+        # a body refused unread: the client's next request would be read from its rest;
+        # draining: a keep-alive client's next request goes to another server (as gRPC's GOAWAY)
+        if draining or _unread_body(environ):
             headers.append(("Connection", "close"))
         start_response(f"{status} {_phrase(status)}", headers)
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data]

@@ -110,11 +110,11 @@ def _json_end(body: bytes, header_length: str | None) -> int:
     text = header_length.strip()
     if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(f"{HEADER_LENGTH}: expected a byte count, got {header_length!r}")
-    # longer than the body's length is past its end: int() of 5,000 digits fails in Python
-    if len(text.lstrip("0")) > len(str(len(body))) or int(text) > len(body):
+    number = text.lstrip("0") or "0"  # more digits than the body's length: past its end
+    if len(number) > len(str(len(body))) or int(number) > len(body):  # (no int() of 5,000)
         raise InvalidArgument(
             f"{HEADER_LENGTH}: {text} points past the end of the body ({len(body)} bytes)")
-    return int(text)
+    return int(number)
 
 
 def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: bytes,

@@ -46,9 +46,11 @@ class HttpTransport:
         ``test_images_dir``: where the test set's IDX files are (default: the client's
         data directory)."""
         # Decoding a 25-megapixel picture takes ~220 MB, which stays in the C heap of the thread
-        # that did it: one decode at a time per core this process has of the machine's (8 at
-        # once on any of the call threads took a server from 96 MB to 1.8 GB).
-        self._decoder = ThreadPoolExecutor(max(1, CORES // settings.workers),
+        # that did it: one decode at a time per CPU, shared out among the worker processes (8
+        # at once on any of the call threads took a server from 96 MB to 1.8 GB). The CPUs are
+        # --parallel-inferences where it is set lower (a manifest's limit on cgroup v1).
+        self._decoder = ThreadPoolExecutor(max(1, min(CORES, settings.parallel_inferences)
+                                               // settings.workers),
                                            thread_name_prefix="image-decode")
         self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
                             test_images=TestImages(test_images_dir), decoder=self._decoder)
