@@ -223,6 +223,8 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url, caplog):
     try:
         busy = requests.get(f"{url}/v1/models", timeout=5)
         assert busy.status_code == 429 and "--max-concurrent-calls" in busy.json()["error"]
+        for probe in ("live", "ready"):  # health is never refused for want of a slot
+            assert requests.get(f"{url}/v2/health/{probe}", timeout=5).status_code == 200
     finally:
         server.admission.max_in_flight, server.admission.in_flight = 0, 0
     server._draining.set()  # what stop() does first, and after its health notice:

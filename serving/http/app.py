@@ -148,13 +148,15 @@ class HttpApp:
     # Open Inference Protocol
 
     def _live(self, environ, _):
-        return 200, json_body({"live": self._inference.ServerLive(
-            pb.ServerLiveRequest(), _open_call(environ, "ServerLive")).live})
+        return 200, self._call(environ, f"/{INFERENCE}/ServerLive", self._inference.ServerLive,
+                               pb.ServerLiveRequest(),
+                               encode=lambda answer: json_body({"live": answer.live}))
 
     def _ready(self, environ, _):
-        """Not ready (503) once draining, so that balancers and probes turn away first."""
-        ready = self._inference.ServerReady(pb.ServerReadyRequest(),
-                                            _open_call(environ, "ServerReady")).ready
+        """Not ready (503) once draining, so that balancers and probes turn away first. Like
+        ServerLive, through the pipeline, which asks no token of health and refuses it never."""
+        ready = self._call(environ, f"/{INFERENCE}/ServerReady", self._inference.ServerReady,
+                           pb.ServerReadyRequest(), encode=lambda answer: answer).ready  # a message
         return (200 if ready else 503), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):
@@ -258,11 +260,6 @@ def _unread_body(environ: dict) -> bool:
     sent = environ.get("CONTENT_LENGTH", "") not in ("", "0") \
         or "HTTP_TRANSFER_ENCODING" in environ
     return sent and not environ.get(BODY_READ)
-
-
-def _open_call(environ: dict, method: str) -> Call:
-    """Health's call: not through the pipeline (no token, never refused, not counted)."""
-    return Call(f"/{INFERENCE}/{method}", peer=environ.get("REMOTE_ADDR", ""))
 
 
 def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
