@@ -1,0 +1,52 @@
+"""fmnist-serve's settings: flags over env vars over defaults, and one clear line for a value
+out of its range, naming the flag or the env var that gave it."""
+
+import pytest
+
+from serving.settings import Settings, settings_from
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--port", "x"], {}, "--port: expected an integer >= 0 and <= 65535, got x"),
+        # an env var's error names the env var (it named the flag, which nobody had given)
+        ([], {"FMNIST_MAX_REQUEST_IMAGES": "0"},
+         "FMNIST_MAX_REQUEST_IMAGES: expected an integer >= 1, got 0"),
+        (["--log-format", "xml"], {}, "--log-format: expected one of text, json, got 'xml'"),
+        # one thread, held by an open stream, left none for health checks
+        (["--call-threads", "1"], {}, "--call-threads: expected an integer >= 2, got 1"),
+        (["--max-request-images", "100000"], {}, "--max-message-bytes: expected at least"),
+        # a wait that long overflows the clock: SIGTERM then crashed the shutdown, which hung
+        (["--grace-period", "inf"], {}, "--grace-period: expected a number >= 0 and <= 86400, "
+         "got inf"),
+        ([], {"FMNIST_POLL_INTERVAL": "nan"},
+         "FMNIST_POLL_INTERVAL: expected a number >= 0 and <= 86400, got nan"),
+        (["--batch-delay-us", "10000000000000"], {},
+         "--batch-delay-us: expected an integer >= 0 and <= 1000000, got 10000000000000"),
+        (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
+         "--max-message-bytes: expected an integer >= 1 and <= 2147483647, got 3000000000"),
+    ],
+)
+def test_bad_settings_are_one_line(argv, environ, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        settings_from(argv, environ)
+
+
+def test_settings_made_in_code_are_checked_as_flags_are(model_repository):
+    with pytest.raises(ValueError, match=r"^--workers: expected an integer >= 1, got 0$"):
+        Settings(model_repository=model_repository, workers=0)
+    with pytest.raises(ValueError, match=r"^--grace-period: expected a number >= 0 and <= 86400, "
+                                         r"got inf$"):
+        Settings(model_repository=model_repository, grace_period=float("inf"))
+
+
+def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
+    environ = {"FMNIST_PORT": "6000", "FMNIST_MODEL_REPOSITORY": str(tmp_path),
+               "FMNIST_LOG_LEVEL": "debug", "FMNIST_GRACE_PERIOD": "2.5"}
+    settings = settings_from(["--port", "7000"], environ)
+    assert settings.port == 7000
+    assert settings.model_repository == tmp_path
+    assert settings.log_level == "DEBUG"
+    assert settings.grace_period == 2.5
+    assert settings.max_request_images == 1024
