@@ -65,9 +65,10 @@ async def _drive_until_refused(target: str, process: subprocess.Popen) -> tuple[
 
 def test_sigterm_under_load_answers_every_accepted_call_and_exits_0(model_repository,
                                                                     grpc_server):
-    with server_process(model_repository, "--grace-period", "30",
+    with server_process(model_repository, "--grace-period", "30", "--workers", "2",
                         "--grpc-server", grpc_server) as (process, logs):
-        target = logs.wait_for("serving")[0]["address"]
+        # both workers: a connection may reach either, and one still starting is NOT_SERVING
+        target = logs.wait_for("workers serving")[0]["address"]
         events, outcomes = asyncio.run(_drive_until_refused(target, process))
         assert process.wait(60) == 0
     # Every call either got its answer or was refused as the server went away: none was

@@ -134,7 +134,10 @@ def test_sigterm_stops_a_server_whose_watcher_is_stuck_reading_the_repository(
         os.mkfifo(stuck / "model.json")
         time.sleep(1.0)  # a poll has opened it by now
         process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
+        try:
+            assert process.wait(15) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after SIGTERM; its log: {logs.lines[-12:]}")
     assert logs.wait_for(
         "the repository watcher is still reading or loading the repository; left behind")
 
