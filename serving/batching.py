@@ -16,6 +16,7 @@ batch fails only its own requests. With
 ``max_delay_s`` > 0 a leader waits that long for a batch that is not yet full.
 """
 
+import queue
 import threading
 import time
 from collections import deque
@@ -46,7 +47,7 @@ class _Request:
         self.error: BaseException | None = None
         self.leads = False  # holds a slot: runs batches until answered or taken
         self.taken = False  # out of the queue, into a batch
-        self.wakeup = threading.Event()
+        self.wakeup: queue.SimpleQueue[None] = queue.SimpleQueue()  # put: look again
 
     @property
     def done(self) -> bool:
@@ -90,14 +91,14 @@ class Batcher:
                 request.leads = True
             else:
                 self._arrived.notify()
-        while True:  # state changes before wakeup is set: check after each clear
+        while True:  # state changes before each wakeup.put: check after every get
             if request.leads:
                 self._lead(request)
             if request.done:
                 break
-            if request.wakeup.wait(_ENDED_CHECK_S):
-                request.wakeup.clear()
-            else:
+            try:
+                request.wakeup.get(timeout=_ENDED_CHECK_S)
+            except queue.Empty:
                 self._withdraw_if_ended(request)
         if request.error is not None:
             raise request.error
@@ -129,7 +130,7 @@ class Batcher:
                     self._running -= 1
                 else:
                     successor.leads = True
-                    successor.wakeup.set()
+                    successor.wakeup.put(None)
 
     def _withdraw_if_ended(self, request: _Request) -> None:
         """A queued request whose call ended (deadline, cancellation) leaves the queue now,
@@ -201,4 +202,4 @@ class Batcher:
     @staticmethod
     def _settle(request: _Request, result=None, error: BaseException | None = None) -> None:
         request.result, request.error = result, error
-        request.wakeup.set()
+        request.wakeup.put(None)

@@ -9,7 +9,6 @@ Health stays open (probes hold no token) and, like reflection, is never refused 
 a draining server says NOT_SERVING over health rather than refusing it.
 """
 
-import contextlib
 import hmac
 import logging
 import threading
@@ -101,11 +100,6 @@ class Admission:
         IN_FLIGHT.dec()
 
 
-@dataclass
-class _Answered:
-    request: object = None  # the parsed request, once there is one
-
-
 class CallPipeline:
     def __init__(self, token: str, admission: Admission,
                  model_label: Callable[[object], str] = lambda request: "",
@@ -130,53 +124,20 @@ class CallPipeline:
         """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
         the transport received into the request, once the call is admitted (its errors are
         the client's: InvalidArgument)."""
-        with self._around(call) as answered:
+        with _Around(self, call) as around:
             if parse is not None:
                 request = parse_request(parse, request)
-            answered.request = request
+            around.request = request
             return handler(request, call)
 
     def stream(self, call: Call, handler: Callable, requests: Iterable,
                parse: Callable | None = None) -> Iterator:
         """``handler(requests, call)``'s responses, then a ServingError if it fails;
         ``parse`` as ``unary``'s, for each request."""
-        with self._around(call, self._stream_slots):
+        with _Around(self, call, self._stream_slots):
             if parse is not None:
                 requests = (parse_request(parse, request) for request in requests)
             yield from handler(requests, call)
-
-    @contextlib.contextmanager
-    def _around(self, call: Call, slots: threading.Semaphore | None = None):
-        """Every call's part: token, admission (and a stream's slot), the failure as a
-        ServingError, the metrics, labelled by the request the body names, if any."""
-        counted = self._enter(call)
-        if slots is not None and not slots.acquire(blocking=False):
-            if counted:
-                self.admission.leave()
-            raise self._refuse(call, ResourceExhausted(
-                f"server busy: {self._max_streams} streams open, the most it keeps (the "
-                "rest of --call-threads answer unary calls); retry later or on another "
-                "replica"))
-        answered = _Answered()
-        started, code = time.perf_counter(), "OK"
-        try:
-            yield answered
-            if (gone := call.gone()) is not None:  # over while it ran: nobody has the answer
-                code = self._failure(call, gone).grpc_code
-        except GeneratorExit:  # a stream's transport stopped reading: the client went away
-            code = "CANCELLED"
-            raise
-        except Exception as error:  # a call that is over fails its reads: that is the failure
-            failure = self._failure(call, call.gone() or error)
-            code = failure.grpc_code
-            raise failure from None
-        finally:
-            if slots is not None:
-                slots.release()
-            if counted:
-                request = answered.request
-                self._leave(call, request if isinstance(request, Message) else None,
-                            started, code)
 
     def _presents_token(self, authorization: str) -> bool:
         """"Bearer TOKEN", the scheme in any case (RFC 7235)."""
@@ -230,6 +191,49 @@ class CallPipeline:
             return error
         log.error("request crashed", exc_info=error, extra={"fields": fields})
         return Internal()
+
+
+class _Around:
+    """Every call's part: token, admission (and a stream's slot), the failure as a
+    ServingError, the metrics, labelled by the request the body names, if any. A class, not
+    a generator: it runs on every call (BENCHMARKS.md, tenth session)."""
+
+    __slots__ = ("call", "counted", "pipeline", "request", "slots", "started")
+
+    def __init__(self, pipeline: CallPipeline, call: Call, slots=None):  # a stream's Semaphore
+        self.counted = pipeline._enter(call)
+        if slots is not None and not slots.acquire(blocking=False):
+            if self.counted:
+                pipeline.admission.leave()
+            raise pipeline._refuse(call, ResourceExhausted(
+                f"server busy: {pipeline._max_streams} streams open, the most it keeps (the "
+                "rest of --call-threads answer unary calls); retry later or on another "
+                "replica"))
+        self.pipeline, self.call, self.slots, self.request = pipeline, call, slots, None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> "_Around":
+        return self
+
+    def __exit__(self, kind, error, _traceback) -> None:
+        pipeline, call, code = self.pipeline, self.call, "OK"
+        try:
+            if kind is None:
+                if (gone := call.gone()) is not None:  # over while it ran: nobody has it
+                    code = pipeline._failure(call, gone).grpc_code
+            elif kind is GeneratorExit:  # a stream's transport stopped reading: client gone
+                code = "CANCELLED"
+            elif issubclass(kind, Exception):  # a call that is over fails its reads: that
+                failure = pipeline._failure(call, call.gone() or error)  # is the failure
+                code = failure.grpc_code
+                raise failure from None
+        finally:
+            if self.slots is not None:
+                self.slots.release()
+            if self.counted:
+                request = self.request
+                pipeline._leave(call, request if isinstance(request, Message) else None,
+                                self.started, code)
 
 
 def parse_request(parse: Callable, data):
