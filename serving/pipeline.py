@@ -195,12 +195,15 @@ class CallPipeline:
 
 class _Around:
     """Every call's part: token, admission (and a stream's slot), the failure as a
-    ServingError, the metrics, labelled by the request the body names, if any. A class, not
-    a generator: it runs on every call (BENCHMARKS.md, tenth session)."""
+    ServingError, the metrics, labelled by the request the body names, if any. Only as
+    ``with _Around(...)``: making one admits the call, and only ``__exit__`` lets it go. A
+    class, not a generator: it runs on every call (BENCHMARKS.md, tenth session).
+
+    ``slots``: a stream's ``threading.Semaphore``, one of which it holds while it runs."""
 
     __slots__ = ("call", "counted", "pipeline", "request", "slots", "started")
 
-    def __init__(self, pipeline: CallPipeline, call: Call, slots=None):  # a stream's Semaphore
+    def __init__(self, pipeline: CallPipeline, call: Call, slots=None):
         self.counted = pipeline._enter(call)
         if slots is not None and not slots.acquire(blocking=False):
             if self.counted:
@@ -223,8 +226,8 @@ class _Around:
                     code = pipeline._failure(call, gone).grpc_code
             elif kind is GeneratorExit:  # a stream's transport stopped reading: client gone
                 code = "CANCELLED"
-            elif issubclass(kind, Exception):  # a call that is over fails its reads: that
-                failure = pipeline._failure(call, call.gone() or error)  # is the failure
+            elif issubclass(kind, Exception):  # a call that is over fails its reads, and
+                failure = pipeline._failure(call, call.gone() or error)  # its end is why
                 code = failure.grpc_code
                 raise failure from None
         finally:
