@@ -17,9 +17,9 @@ import numpy as np
 from common.contract import IMAGE_BYTES, IMAGE_SHAPE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from serving.client import DEFAULT_TARGET
 from serving.client.security import ChannelSecurity
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 

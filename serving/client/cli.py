@@ -22,8 +22,8 @@ from common.flags import (
     positive_int,
     positive_seconds,
 )
+from serving.client import DEFAULT_TARGET
 
-DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 CLASSIFY_BATCH = 256  # images per call of `fmnist classify`: under any sane --max-request-images
