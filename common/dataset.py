@@ -24,13 +24,21 @@ def data_dir() -> Path:
     return Path(os.environ.get("FMNIST_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
+def check_content(path: Path, name: str, content: bytes, fix: str = HOW_TO_GET) -> None:
+    """ValueError, ending with ``fix``, unless ``content`` (an IDX file's, decompressed) is
+    Fashion-MNIST's ``name``: a model trained, or a score taken, on altered data would mislead.
+    Training and the client both check here."""
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != DATA_SHA256[name]:
+        raise ValueError(f"{path}: not Fashion-MNIST's {name}: its content SHA-256 is "
+                         f"{digest[:16]}..., expected {DATA_SHA256[name][:16]}...; {fix}")
+
+
 def read_array(path: Path, name: str) -> np.ndarray:
     """The IDX file ``name`` (uint8 values) as an array of its declared shape; ValueError if
-    its content is not Fashion-MNIST's (a score against altered labels would mislead)."""
+    its content is not Fashion-MNIST's."""
     idx = read_idx(path)
-    if hashlib.sha256(idx.content).hexdigest() != DATA_SHA256[name]:
-        raise ValueError(f"{path}: not Fashion-MNIST's {name} (its content SHA-256 differs); "
-                         f"{HOW_TO_GET}")
+    check_content(path, name, idx.content)
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 
 

@@ -3,6 +3,7 @@ checks, expected accuracy, and one model version per run."""
 
 import csv
 import gzip
+import hashlib
 import shutil
 
 import numpy as np
@@ -72,6 +73,7 @@ def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, wh
 def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):
     """One label changed: it scored 0.8986 instead of 0.8987 without a word, while
     fmnist-train refused the same file."""
+    from common.contract import DATA_SHA256
     from common.dataset import DEFAULT_DATA_DIR
 
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
@@ -82,10 +84,12 @@ def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_
     labels.write_bytes(gzip.compress(bytes(content)))
     assert cli.main(["score", "--target", target, "--data-dir", str(tmp_path), "--limit", "10",
                      "--no-progress"]) == 1
+    digest = hashlib.sha256(bytes(content)).hexdigest()
+    expected = DATA_SHA256["t10k-labels-idx1-ubyte"]
     assert capsys.readouterr().err == (
-        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte (its "
-        "content SHA-256 differs); install the Debian package dataset-fashion-mnist or set "
-        "FMNIST_DATA_DIR\n")
+        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte: its "
+        f"content SHA-256 is {digest[:16]}..., expected {expected[:16]}...; install the Debian "
+        "package dataset-fashion-mnist or set FMNIST_DATA_DIR\n")
 
 
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):

@@ -9,10 +9,9 @@ headers (file name and time stamp stripped), so the ``.gz`` bytes differ from Za
 while the data inside is identical; hashing the content accepts both and nothing else. The values
 below were computed from the Debian files, whose deflate streams rebuilt with Zalando's gzip
 header reproduce the MD5s published by Zalando (see README, "Training"); they are in
-``common.contract``, which the client's reader of the test set checks too.
+``common.contract``, and ``common.dataset.check_content`` checks them here and for the client.
 """
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from common.contract import CLASS_NAMES, DATA_SHA256, IMAGE_SHAPE
+from common.dataset import check_content
 from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -101,12 +101,10 @@ def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
         raise DatasetError(
             f"{path}: IDX header (magic, dimensions) {header}, expected {expected}; {HOW_TO_GET}"
         )
-    digest = hashlib.sha256(idx.content).hexdigest()
-    if digest != spec.content_sha256:
-        raise DatasetError(
-            f"{path}: content SHA-256 {digest[:16]}... but expected "
-            f"{spec.content_sha256[:16]}... (corrupt or not Fashion-MNIST); {HOW_TO_GET}"
-        )
+    try:
+        check_content(path, spec.filename.removesuffix(".gz"), idx.content, HOW_TO_GET)
+    except ValueError as error:  # corrupt, or other data
+        raise DatasetError(str(error)) from None
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 
 
