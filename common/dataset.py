@@ -1,5 +1,6 @@
 """Reads the Fashion-MNIST test set from its IDX files, with numpy only (no TensorFlow): the
-client scores it, the server's web page shows its images.
+client scores it, the server's web page shows its images. ``check_content`` is also training's
+check of every IDX file it reads.
 
 The files come from the Debian package ``dataset-fashion-mnist``
 (/usr/share/datasets/fashion-mnist/) or ``$FMNIST_DATA_DIR``, gzipped or not.
@@ -30,8 +31,9 @@ def check_content(path: Path, name: str, content: bytes, fix: str = HOW_TO_GET) 
     Training and the client both check here."""
     digest = hashlib.sha256(content).hexdigest()
     if digest != DATA_SHA256[name]:
-        raise ValueError(f"{path}: not Fashion-MNIST's {name}: its content SHA-256 is "
-                         f"{digest[:16]}..., expected {DATA_SHA256[name][:16]}...; {fix}")
+        raise ValueError(f"{path}: not Fashion-MNIST's {name} (corrupt, or other data): its "
+                         f"content SHA-256 is {digest[:16]}..., expected "
+                         f"{DATA_SHA256[name][:16]}...; {fix}")
 
 
 def read_array(path: Path, name: str) -> np.ndarray:

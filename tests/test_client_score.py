@@ -87,9 +87,9 @@ def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_
     digest = hashlib.sha256(bytes(content)).hexdigest()
     expected = DATA_SHA256["t10k-labels-idx1-ubyte"]
     assert capsys.readouterr().err == (
-        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte: its "
-        f"content SHA-256 is {digest[:16]}..., expected {expected[:16]}...; install the Debian "
-        "package dataset-fashion-mnist or set FMNIST_DATA_DIR\n")
+        f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte (corrupt, "
+        f"or other data): its content SHA-256 is {digest[:16]}..., expected {expected[:16]}...; "
+        "install the Debian package dataset-fashion-mnist or set FMNIST_DATA_DIR\n")
 
 
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):

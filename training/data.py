@@ -35,7 +35,8 @@ LABELS_MAGIC = 2049  # IDX: unsigned byte data, 1 dimension
 
 @dataclass(frozen=True)
 class IdxFile:
-    """One of the four files: its name, expected item count and content SHA-256."""
+    """One of the four files: its name, expected item count and content SHA-256 (the one
+    ``common.dataset.check_content`` checks, named in the manifests)."""
 
     filename: str
     count: int
