@@ -202,7 +202,6 @@ def thread_server(model_repository):
         yield running
 
 
-
 @pytest.fixture
 def target(thread_server) -> str:
     """``127.0.0.1:<port>`` of the module's ``thread_server``."""

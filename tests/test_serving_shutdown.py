@@ -4,14 +4,17 @@ import asyncio
 import dataclasses
 import signal
 import threading
+import time
 
 import grpc
 import pytest
+from conftest import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.api import ClassifierClient, encode_request
+from serving.server import ModelServer
 from tests.server_process import server_process
 
 BATCH = 500
@@ -90,10 +93,6 @@ def test_a_long_call_in_flight_does_not_keep_the_connection_refusing(settings, t
     connection) could reach no other pod for the whole grace period. After a moment of
     refusals the server says GOAWAY: the client's next calls go on a new connection (here to
     nothing: UNAVAILABLE at once), while the stream goes on over the old one to its end."""
-    import time
-
-    from tests.conftest import running_server
-
     batches = batches_of(test_set[0], 3)
     resume = threading.Event()
 
@@ -131,8 +130,6 @@ def test_the_whole_server_is_not_serving_until_it_has_started(settings):
     """grpc_health starts the whole server ("") at SERVING: a probe on the health port, which
     listens before the services' statuses are set, saw "" SERVING and the Classifier
     NOT_FOUND (the full suite hit it under load)."""
-    from serving.server import ModelServer
-
     server = ModelServer.from_settings(settings)
     request = health_pb2.HealthCheckRequest(service="")
     assert server.health.Check(request, None).status == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -148,8 +145,6 @@ def test_client_sees_unavailable_once_the_server_is_gone(thread_server_factory):
 
 @pytest.fixture
 def thread_server_factory(settings):
-    from conftest import running_server
-
     return lambda: running_server(settings)
 
 
