@@ -63,3 +63,17 @@ class Logs:
 def children(pid: int) -> list[int]:
     return [int(child) for task in os.listdir(f"/proc/{pid}/task")
             for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+
+
+def thread_states(pid: int) -> list[str]:
+    """Each thread of ``pid`` as "name state wchan syscall" from /proc (Linux): where a process
+    that should have exited is waiting, for a failing test's message."""
+    states = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            state = stat.rsplit(")", 1)[1].split()[0]
+            syscall = (task / "syscall").read_text().split()[0] if os.geteuid() == 0 else "?"
+            states.append(f"{task.name} {name} {state} {(task / 'wchan').read_text()} {syscall}")
+    return states

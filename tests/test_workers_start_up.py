@@ -19,7 +19,7 @@ import pytest
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.worker_process import READY, StartReport, signals_held
-from tests.server_process import children, server_process
+from tests.server_process import children, server_process, thread_states
 
 
 def test_holding_signals_over_a_fork_restores_the_mask_it_found():
@@ -137,7 +137,8 @@ def test_sigterm_stops_a_server_whose_watcher_is_stuck_reading_the_repository(
         try:
             assert process.wait(15) == 0
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 15 s after SIGTERM; its log: {logs.lines[-12:]}")
+            pytest.fail(f"still running 15 s after SIGTERM; its threads (tid name state wchan "
+                        f"syscall): {thread_states(process.pid)}; its log: {logs.lines[-12:]}")
     assert logs.wait_for(
         "the repository watcher is still reading or loading the repository; left behind")
 
