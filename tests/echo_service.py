@@ -41,6 +41,8 @@ class Echo:
             context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
             context.set_details("as asked")
             return b""
+        if request == b"empty":  # a message of 0 bytes, OK
+            return b""
         if request == b"abort":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "aborted")
         if request == b"raise":

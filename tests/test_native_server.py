@@ -65,6 +65,29 @@ def test_handlers_see_metadata_peer_deadline_and_set_status_and_trailers(echo_se
         assert ("trailing", "yes") in failed.value.trailing_metadata()
 
 
+def test_calls_ending_while_another_is_at_work_keep_their_answers_and_trailers(echo_server):
+    """The native server's polling thread sends an OK end whose thread holds the GIL while
+    another thread is at work (here: a held call): the client sees the same answer, trailers
+    and status as when the thread sends it."""
+    echo, _, channel = echo_server
+    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+    held = unary.future(b"hold", timeout=10)
+    try:
+        assert echo.holding.wait(5)
+        for _ in range(3):
+            answer, call = unary.with_call(b"hi", metadata=(("x-asked", "7"),), timeout=5)
+            assert answer == b"7|True|True"
+            assert ("trailing", "yes") in call.trailing_metadata()
+            answer, call = unary.with_call(b"empty", timeout=5)
+            assert (answer, call.code()) == (b"", grpc.StatusCode.OK)
+            assert channel.stream_unary(f"/{SERVICE}/Sum")(iter([b"ab", b"c"]), timeout=5) == b"3"
+            echoed = channel.stream_stream(f"/{SERVICE}/Echo")(iter(()), timeout=5)
+            assert (list(echoed), echoed.code()) == ([], grpc.StatusCode.OK)
+    finally:
+        echo.release.set()
+    assert held.result().startswith(b"None|")
+
+
 def test_a_unary_call_without_its_request_is_answered_as_grpcio_answers_it(echo_server):
     _, _, channel = echo_server
     with pytest.raises(grpc.RpcError) as refused:

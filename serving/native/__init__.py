@@ -13,7 +13,10 @@ executor, cost ~9 thread switches per call at batch 1 x 1 (BENCHMARKS.md,
 (``next_call()``), resolves each handler through the interceptors and the generic handlers as
 grpcio does, and runs it. A thread releases the GIL only where it may wait (for a call; for a
 message, a write or initial metadata; before an error status), since under contention each
-release costs a thread switch to take it back. At most ``max_running`` threads are woken to
+release costs a thread switch to take it back. For the same reason a thread that ends its call
+OK (no write in flight) while other threads are at work does not send the end itself, holding
+the GIL through the system calls: the polling thread sends it (an alarm on its queue;
+BENCHMARKS.md, "Issue 12, eleventh session"). At most ``max_running`` threads are woken to
 take calls while others are at work (the server sets 4 per core; threads waiting on the
 network do not count, and one coming back may briefly exceed it): a new call waits for one of
 them to come back rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
@@ -29,10 +32,10 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   INTERNAL, never parsed as an empty message.
 
 And by construction: no gRPC thread ever holds a Python thread state; ``Finish`` is started in
-one place, ``Call::Complete`` (or in C++ for a parked call that was cancelled), whatever the
-path, and no gRPC thread ever waits for the GIL; one ``ServicerContext``
-(``serving.native.context``) serves every method, with trailing metadata, ``set_code``,
-cancellation and the rest, as grpcio's does.
+one place, ``Call::End`` (from ``Call::Complete`` or the polling thread; or in C++ for a parked
+call that was cancelled), whatever the path, and no gRPC thread ever waits for the GIL; one
+``ServicerContext`` (``serving.native.context``) serves every method, with trailing metadata,
+``set_code``, cancellation and the rest, as grpcio's does.
 
 ``available()`` says whether the extension is built (``setup.py``: g++, pkg-config and
 libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.

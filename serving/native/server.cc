@@ -5,11 +5,12 @@
 // One thread of ours polls the completion queue (the network too) and never runs Python nor
 // takes the GIL: a new call is queued (`Calls`), and its events (read, written, initial
 // metadata sent, finished, done) only set flags and wake the Python thread waiting on that
-// call's condition variable. gRPC's callback API would add two threads handing each event to
+// call's condition variable; an end handed to it (below) it sends. gRPC's callback API would add two threads handing each event to
 // each other, and an executor: ~9 thread switches per call at batch 1 x 1.
 // Python's pool threads take calls with `Server.next_call()` and start every gRPC operation
 // from `Call.read/write/finish`, the same way on every path; they release the GIL only where
-// they may wait (`Waiting`).
+// they may wait (`Waiting`). One exception: an OK end that its thread would send holding the
+// GIL while others are at work is sent by the polling thread (an alarm on its queue).
 //
 // A call ends when Python finishes it, except a call Python parked (`Call.park()`: a
 // non-blocking handler such as health's Watch answers from other threads and holds no pool
@@ -19,6 +20,7 @@
 #include <Python.h>
 
 #include <grpc/support/log.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
@@ -103,6 +105,8 @@ class Calls {
     at_work.calls = this;
     return true;
   }
+  // A thread other than the caller is at work (the caller may be one).
+  bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
   void Waits(bool waiting) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -130,7 +134,7 @@ class Calls {
   std::deque<std::pair<Call*, Queued>> items_;
   bool closed_ = false;
   const int max_running_;
-  int running_ = 0;
+  std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
   std::atomic<uint64_t> next_id_{1};
 
  public:
@@ -139,7 +143,7 @@ class Calls {
 };
 
 // What a completion-queue event is about: one of a call's operations, its arrival or its end.
-enum Event { kArrived, kRead, kWritten, kMetadataSent, kFinished, kDone, kEvents };
+enum Event { kArrived, kRead, kWritten, kMetadataSent, kFinished, kDone, kEnd, kEvents };
 using Tag = std::pair<Call*, Event>;
 
 using Pairs = std::vector<std::pair<std::string, std::string>>;
@@ -181,6 +185,7 @@ class Call {
       case kWritten: return Release(&writing_, ok);
       case kMetadataSent: return Release(&sending_metadata_, ok);
       case kDone: if (rpc_->context.IsCancelled()) OnCancel(); return Release();
+      case kEnd: return End();
       default: return Release();  // kFinished
     }
   }
@@ -246,14 +251,15 @@ class Call {
       finished_ = metadata_sent_ = true;
     }
     for (const auto& [key, value] : trailing) rpc_->context.AddTrailingMetadata(key, value);
-    grpc::Status status(static_cast<grpc::StatusCode>(code), details);
-    if (code == 0 && response) {
-      grpc::Slice slice(response->data(), response->size());
-      out_ = grpc::ByteBuffer(&slice, 1);
-      rpc_->stream.WriteAndFinish(out_, grpc::WriteOptions(), status, &tags_[kFinished]);
-    } else {
-      Finish(status);
-    }
+    status_ = grpc::Status(static_cast<grpc::StatusCode>(code), details);
+    grpc::Slice slice(response ? response->data() : "", response ? response->size() : 0);
+    out_ = grpc::ByteBuffer(&slice, 1);
+    respond_ = code == 0 && response;
+    // With the GIL held while other threads are at work, the polling thread sends the end:
+    // its system calls would keep them from the GIL (BENCHMARKS.md, eleventh session). A
+    // deadline in the past queues the alarm's tag at once; "now" would wait for a timer.
+    if (may_wait || !calls_->Busy()) End();
+    else end_.emplace().Set(calls_->queue.get(), gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kEnd]);
     return true;
   }
   // The handler answers from other threads: a cancellation finishes the call. False if it is
@@ -301,6 +307,11 @@ class Call {
   };
   // Ends the call (once: the caller set `finished_`, whose hold on `rpc_` the finish takes).
   void Finish(const grpc::Status& status) { rpc_->stream.Finish(status, &tags_[kFinished]); }
+  // Sends the end that Complete claimed and made.
+  void End() {
+    if (!respond_) return Finish(status_);
+    rpc_->stream.WriteAndFinish(out_, grpc::WriteOptions(), status_, &tags_[kFinished]);
+  }
   // An operation starts (under the lock): it holds `rpc_` until its event.
   void Started(Operation* operation) {
     operation->busy = true;
@@ -368,6 +379,9 @@ class Call {
   bool first_read_ = true;  // started by the constructor, not yet taken by Read
   bool read_closed_ = false;  // a read said the client sends no more
   grpc::ByteBuffer in_, out_, drained_;
+  grpc::Status status_;  // the end Complete made: with out_ if `respond_`
+  bool respond_ = false;
+  std::optional<grpc::Alarm> end_;  // hands it to the polling thread
 };
 
 void Calls::Push(Call* call, Queued kind) {
@@ -377,9 +391,7 @@ void Calls::Push(Call* call, Queued kind) {
   if (kind != kNew || running_ < max_running_) ready_.notify_one();
 }
 
-AtWork::~AtWork() {
-  if (calls != nullptr) calls->Waits(true);
-}
+AtWork::~AtWork() { if (calls != nullptr) calls->Waits(true); }
 
 void Calls::Request() { new Call(this, next_id_.fetch_add(1)); }
 
@@ -405,10 +417,6 @@ struct ServerObject {
   grpc::Server* server;
   std::thread* poller;
 };
-
-
-PyTypeObject CallType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Call"};
-PyTypeObject ServerType = {PyVarObject_HEAD_INIT(nullptr, 0) "serving.native._server.Server"};
 
 Call* Of(PyObject* self) { return reinterpret_cast<CallObject*>(self)->call; }
 
@@ -480,9 +488,8 @@ PyObject* CallRead(PyObject* self, PyObject*) {
   int got = Of(self)->Read(&slice);
   waiting.reset();
   if (got == 0) Py_RETURN_NONE;
-  if (got < 0) {  // never parsed as an empty message
-    return PyErr_Format(PyExc_ValueError, "the request's bytes could not be read");
-  }
+  // never parsed as an empty message
+  if (got < 0) return PyErr_Format(PyExc_ValueError, "the request's bytes could not be read");
   return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(slice.begin()),
                                    static_cast<Py_ssize_t>(slice.size()));
 }
@@ -490,9 +497,10 @@ PyObject* CallRead(PyObject* self, PyObject*) {
 PyObject* CallWrite(PyObject* self, PyObject* args) {
   Py_buffer data;
   if (!PyArg_ParseTuple(args, "y*", &data)) return nullptr;
-  std::optional<Waiting> waiting(std::in_place);
-  bool ok = Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
-  waiting.reset();
+  bool ok = [&] {
+    Waiting waiting;
+    return Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
+  }();
   PyBuffer_Release(&data);
   return PyBool_FromLong(ok);
 }
@@ -580,6 +588,12 @@ PyMethodDef call_methods[] = {
     {"id", CallId, METH_NOARGS, "a number unique in the server"},
     {nullptr, nullptr, 0, nullptr},
 };
+
+// (PyVarObject_HEAD_INIT ends with a comma: the next field's designator follows it.)
+PyTypeObject CallType = {
+    .ob_base = PyVarObject_HEAD_INIT(nullptr, 0) .tp_name = "serving.native._server.Call",
+    .tp_basicsize = sizeof(CallObject), .tp_dealloc = CallDealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT, .tp_methods = call_methods};
 
 // Server methods -------------------------------------------------------------------------------
 
@@ -714,6 +728,12 @@ PyMethodDef server_methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
+PyTypeObject ServerType = {
+    .ob_base = PyVarObject_HEAD_INIT(nullptr, 0) .tp_name = "serving.native._server.Server",
+    .tp_basicsize = sizeof(ServerObject), .tp_dealloc = ServerDealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT, .tp_doc = "Server(max_running)", .tp_methods = server_methods,
+    .tp_new = ServerNew};
+
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
                       "gRPC C++ server whose calls Python threads answer.", -1, nullptr};
 
@@ -721,20 +741,8 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
 
 PyMODINIT_FUNC PyInit__server() {
   gpr_set_log_function(Log);
-  CallType.tp_basicsize = sizeof(CallObject);
-  CallType.tp_flags = Py_TPFLAGS_DEFAULT;
-  CallType.tp_dealloc = CallDealloc;
-  CallType.tp_methods = call_methods;
-  ServerType.tp_basicsize = sizeof(ServerObject);
-  ServerType.tp_flags = Py_TPFLAGS_DEFAULT;
-  ServerType.tp_new = ServerNew;
-  ServerType.tp_dealloc = ServerDealloc;
-  ServerType.tp_methods = server_methods;
-  ServerType.tp_doc = "Server(max_running)";
-  if (PyType_Ready(&CallType) < 0 || PyType_Ready(&ServerType) < 0) return nullptr;
+  if (PyType_Ready(&CallType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
-  if (m && PyModule_AddObjectRef(m, "Server", reinterpret_cast<PyObject*>(&ServerType)) < 0) {
-    Py_CLEAR(m);
-  }
+  if (m && PyModule_AddType(m, &ServerType) < 0) Py_CLEAR(m);  // named by its tp_name's tail
   return m;
 }
