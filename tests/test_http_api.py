@@ -6,6 +6,7 @@ shows."""
 import contextlib
 import io
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -269,6 +270,19 @@ def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_r
                     events.append(f"gRPC ready: {_grpc_ready(inference)}")
         stopping.join(10)
     assert events == ["not ready", "gRPC ready: False", "call refused"]
+
+
+def test_a_stopped_server_has_let_go_of_its_http_port(model_repository):
+    """granian stops on its own threads: stop() returned while they still held the port and,
+    in a one-process server, while they could still call into an interpreter that was being
+    finalized (a fresh-clone CI run saw granian abort the process at exit: 'panic in a
+    function that cannot unwind')."""
+    settings = http_settings(model_repository)
+    for _ in range(5):
+        with http_server(settings) as (server, url):
+            assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+            server.http.stop(grace_s=1.0)  # as the server's own stop() calls it
+            socket.create_server(("127.0.0.1", settings.http_port)).close()  # OSError: held
 
 
 def _grpc_ready(inference) -> bool:
