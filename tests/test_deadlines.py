@@ -9,12 +9,12 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from conftest import running_server
 from onnx import TensorProto, helper, numpy_helper
 
 from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import running_server
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 

@@ -10,7 +10,6 @@ from collections import namedtuple
 import grpc
 import numpy as np
 import pytest
-from conftest import local_settings, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
@@ -20,7 +19,7 @@ from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving import cli
 from serving.errors import ResourceExhausted
 from serving.pipeline import Admission
-from tests.conftest import tiny_classifier
+from tests.conftest import local_settings, running_server, tiny_classifier
 from tests.fault_requests import IMAGES, classify_request
 
 CallDetails = namedtuple("CallDetails", "method invocation_metadata")

@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import local_settings, running_server
 
 from serving.client import cli
 from serving.client.api import ClassifierClient
+from tests.conftest import local_settings, running_server
 
 pytestmark = pytest.mark.full_chain
 

@@ -7,13 +7,13 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port, local_settings, running_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import free_port, local_settings, running_server
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
 

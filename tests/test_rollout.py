@@ -10,14 +10,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from conftest import local_settings, running_server
 
 from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
-from tests.conftest import tiny_classifier
+from tests.conftest import local_settings, running_server, tiny_classifier
 from training.repository import write_version
 
 CLIENTS = 8

@@ -7,13 +7,13 @@ import grpc
 import numpy as np
 import onnxruntime
 import pytest
-from conftest import free_port, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
+from tests.conftest import free_port, running_server
 
 SERVICE = "fashion_mnist.v1.Classifier"
 

@@ -8,13 +8,13 @@ import time
 
 import grpc
 import pytest
-from conftest import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.client.api import ClassifierClient, encode_request
 from serving.server import ModelServer
+from tests.conftest import running_server
 from tests.server_process import server_process
 
 BATCH = 500

@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import local_settings, running_server
 
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
+from tests.conftest import local_settings, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BATCH = 8

@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port
 from test_metrics import scrape as scrape_metrics
 from test_metrics import value
 
@@ -25,6 +24,7 @@ from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import free_port
 from tests.server_process import children, server_process
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
