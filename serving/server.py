@@ -278,9 +278,11 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
     the server is serving (a supervisor's worker reports it). Raises RepositoryError or
     ListenError if it cannot serve. Call from the main thread (signal handlers)."""
-    stop_requested = threading.Event()
+    # A handler takes no lock: it runs between two steps of the main thread, which may hold one
+    # (setting an Event waited on here deadlocked when it landed inside that wait).
+    stop_requested: list[int] = []
     for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop_requested.set())
+        signal.signal(signal_number, lambda number, _frame: stop_requested.append(number))
     server = ModelServer.from_settings(settings)
     try:
         server.start()
@@ -289,9 +291,9 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
         raise
     if on_ready is not None:
         on_ready(server)
-    # Woken twice a second: the kernel may hand SIGTERM to another thread (gRPC C++'s), which
-    # only marks it pending; the main thread runs the handler once it runs Python again.
-    while not stop_requested.wait(0.5):
-        pass
+    # Woken ten times a second: the kernel may hand SIGTERM to another thread (gRPC C++'s),
+    # which only marks it pending; the main thread runs the handler once it runs Python again.
+    while not stop_requested:
+        time.sleep(0.1)
     log.info("shutdown requested")
     server.stop()

@@ -2,7 +2,10 @@
 
 import asyncio
 import dataclasses
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -77,6 +80,7 @@ def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_se
             stream = classifier_pb2_grpc.ClassifierStub(channel).ClassifyStream(requests())
             answers = [next(stream)]
             process.send_signal(signal.SIGTERM)
+            logs.wait_for("draining")
             terminated.set()
             answers += list(stream)
         assert [a.request_id for a in answers] == [str(i) for i in range(len(batches))]
@@ -85,6 +89,46 @@ def test_sigterm_drains_the_server_process_and_exits_0(model_repository, test_se
         messages = [entry["message"] for entry in logs.lines]
         assert messages[-3:] == ["shutdown requested", "draining", "stopped"]
         assert logs.lines[-2]["in_flight"] == 1
+
+
+# serve() in a process whose main thread gets SIGTERM the moment it has woken from a wait
+# of its own and holds that wait's lock (or, if it takes none, 2 s after it serves)
+SIGTERM_INSIDE_A_WAIT = """
+import signal, sys, threading
+from serving import logs, server
+from serving.settings import settings_from
+
+def inject(frame, event, _arg):
+    if event == "return" and frame.f_code.co_name == "_acquire_restore":
+        sys.setprofile(None)
+        signal.raise_signal(signal.SIGTERM)
+
+def serving(_server):
+    threading.Timer(2.0, signal.raise_signal, (signal.SIGTERM,)).start()
+    sys.setprofile(inject)
+
+settings = settings_from(sys.argv[1:])
+logs.configure(settings.log_level, settings.log_format)
+server.serve(settings, on_ready=serving)
+"""
+
+
+def test_sigterm_that_lands_inside_the_main_threads_wait_stops_the_server(model_repository):
+    """The handler set a threading.Event that the main thread waited on: landing while that
+    wait held the Event's lock, it blocked on the same lock for ever, and the server
+    outlived SIGTERM with "serving" as its last line (seen in CI, 2 runs in about 25)."""
+    flags = ["--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", "0",
+             "--http-port", "0", "--poll-interval", "0", "--grace-period", "1",
+             "--log-format", "json"]
+    process = subprocess.Popen([sys.executable, "-c", SIGTERM_INSIDE_A_WAIT, *flags],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        log = process.communicate(timeout=20)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 20 s after SIGTERM; its log: {process.communicate()[1]}")
+    assert process.returncode == 0, log
+    assert [json.loads(line)["message"] for line in log.splitlines()][-1] == "stopped"
 
 
 def test_a_long_call_in_flight_does_not_keep_the_connection_refusing(settings, test_set):
