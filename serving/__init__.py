@@ -6,4 +6,8 @@ server modules pull in onnxruntime and grpc only when they are imported themselv
 
 from common.telemetry import without_onnxruntime_telemetry
 
+# The package's version, read here by pyproject.toml: ServerMetadata answers it from the code
+# it runs, installed or not (importlib.metadata said "unknown" for a copied tree).
+__version__ = "0.1.0"
+
 without_onnxruntime_telemetry()

@@ -6,7 +6,6 @@ handling. Everything runs on threads: gRPC's call threads run the data plane, wh
 while a batch is computed (onnxruntime releases the GIL, so batches use every core).
 """
 
-import importlib.metadata
 import logging
 import signal
 import threading
@@ -20,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fashion_mnist.v1 import classifier_pb2
 from inference import grpc_service_pb2
-from serving import metrics
+from serving import __version__, metrics
 from serving.api.classifier import ClassifierAPI
 from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
@@ -65,7 +64,7 @@ class ModelServer:
         self.classifier = ClassifierAPI(registry, settings.default_model,
                                         settings.baseline_model, settings.max_request_images)
         self._draining = threading.Event()
-        self.inference = InferenceAPI(registry, settings.max_request_images, _package_version(),
+        self.inference = InferenceAPI(registry, settings.max_request_images, __version__,
                                       settings.batch_delay_us / 1e6, settings.parallel_inferences,
                                       ready=lambda: not self._draining.is_set())
         self.admission = Admission(settings.max_concurrent_calls)
@@ -267,11 +266,6 @@ def _policy(settings: Settings) -> BatchingPolicy:
                           settings.batch_delay_us / 1e6)
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("fashion-mnist-service")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None) -> None:

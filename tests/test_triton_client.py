@@ -6,6 +6,7 @@ scripts/triton_client_env.sh) against a real server and reports JSON; these test
 and compare its answers with the domain API's.
 """
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -83,7 +84,8 @@ def test_health_and_server_metadata(seen):
     assert sync["unknown_model_ready"] is False
     assert triton["aio"]["live"] is True
     metadata = sync["server_metadata"]
-    assert metadata["name"] == "fashion-mnist-service"
+    assert (metadata["name"], metadata["version"]) == (
+        "fashion-mnist-service", importlib.metadata.version("fashion-mnist-service"))
     assert {"classification", "model_configuration", "statistics"} <= set(metadata["extensions"])
 
 
