@@ -28,6 +28,20 @@ class InvalidArgument(ServingError):  # noqa: N818 (named as the status)
     grpc_code, http_status = "INVALID_ARGUMENT", 400
 
 
+class UnsupportedCoding(InvalidArgument):
+    """The body comes in a content coding the server does not decode (HTTP's Content-Encoding;
+    gRPC's own compression is gRPC's)."""
+
+    http_status = 415
+
+
+class Unimplemented(ServingError):  # noqa: N818 (named as the status)
+    """The request needs a part of its protocol the server does not implement (HTTP: a
+    transfer coding other than chunked)."""
+
+    grpc_code, http_status = "UNIMPLEMENTED", 501
+
+
 class NotFound(ServingError):  # noqa: N818 (named as the status)
     """The request names a model or version that is not loaded."""
 

@@ -65,7 +65,8 @@ def _json(document) -> bytes:
     ("POST", CLASSIFY, b"x" * (MAX_BYTES + 1), {}, 413, f"over the server's limit of {MAX_BYTES}"),
     ("POST", CLASSIFY, gzip.compress(b"0" * (MAX_BYTES * 16)), {"Content-Encoding": "gzip"}, 413,
      "once decompressed"),
-    ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 400, "Content-Encoding: 'br'"),
+    ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 415,  # RFC 9110 (was 400)
+     "Content-Encoding: 'br' is not served; use gzip, deflate or none"),
     ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]})) + b"junk",
      {"Content-Encoding": "gzip"}, 400, "request body: not valid gzip data"),
     ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]}))[:-9],
@@ -131,6 +132,24 @@ def test_a_gzip_body_of_several_members_is_read_whole(url, coding):
                            timeout=10)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["results"]) == 2
+
+
+def test_an_unsupported_content_coding_is_415_and_names_those_served(url):
+    """RFC 9110 12.5.3: 415, with Accept-Encoding saying which codings the server decodes."""
+    answer = requests.post(url + CLASSIFY, data=b"{}", headers={"Content-Encoding": "br"},
+                           timeout=10)
+    assert (answer.status_code, answer.headers.get("Accept-Encoding")) == (415, "gzip, deflate")
+
+
+def test_a_transfer_coding_other_than_chunked_is_501(url):
+    """RFC 9112 6.1: a transfer coding the server does not understand is 501. granian took
+    "gzip, chunked" apart as chunked and passed the gzip bytes on as the body (400, "not an
+    image")."""
+    body = gzip.compress(VALID)
+    answer = raw_exchange(url, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                          b"gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert answer.startswith(b"HTTP/1.1 501 "), answer[:300]
+    assert b"Transfer-Encoding: 'gzip, chunked' is not served" in answer
 
 
 def raw_exchange(url: str, request: bytes) -> bytes:

@@ -21,7 +21,7 @@ from tests.http_helpers import http_server, http_settings
 from tests.test_http_api import newest_onnx
 
 MAX_IMAGES = 8
-CONTRACT = {200, 400, 401, 404, 405, 413}
+CONTRACT = {200, 400, 401, 404, 405, 413, 415}
 FUZZ = settings(derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GOOD = np.arange(2 * 784, dtype=np.uint8).reshape(2, 28, 28)

@@ -25,11 +25,14 @@ from serving.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
+    UnsupportedCoding,
 )
 from serving.http import domain, rest
 from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
 from serving.pipeline import Call, CallPipeline
 
+ACCEPTED_CODINGS = "gzip, deflate"  # Content-Encoding: tritonclient's request_compression_algorithm
 PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
 # The page may fetch from this server only: nothing from outside, whatever is injected.
 PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; "
@@ -79,6 +82,8 @@ class HttpApp:
             status, body = error.http_status, error_body(str(error))
             if isinstance(error, Unauthenticated):
                 body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
+            elif isinstance(error, UnsupportedCoding):  # RFC 9110: say which codings are
+                body = Body(body.data, body.content_type, (("Accept-Encoding", ACCEPTED_CODINGS),))
         headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
                    *body.headers]
         # a body refused unread: the client's next request would be read from its rest;
@@ -120,6 +125,10 @@ class HttpApp:
         inside the pipeline, after the token and admission checks."""
         length = environ.get("CONTENT_LENGTH") or ""
         limit = self._max_body_bytes
+        coding = environ.get("HTTP_TRANSFER_ENCODING", "chunked").strip().lower()
+        if coding != "chunked":  # granian de-chunks, and would pass e.g. gzip's bytes on as is
+            raise Unimplemented(f"Transfer-Encoding: {coding!r} is not served; send the body "
+                                "as it is or chunked (Content-Encoding: gzip compresses it)")
         if length and (not length.isdigit() or int(length) > limit):
             if length.isdigit():
                 raise TooLarge(f"request body: {length} bytes, over the server's limit of "
@@ -141,8 +150,8 @@ class HttpApp:
         if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
             return _decompress(data, encoding, limit)
         if encoding != "identity":
-            raise InvalidArgument(f"Content-Encoding: {encoding!r} is not served; use gzip, "
-                                  "deflate or none")
+            raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
+                                    f"{ACCEPTED_CODINGS} or none")
         return data
 
     # Open Inference Protocol
