@@ -266,8 +266,6 @@ def _policy(settings: Settings) -> BatchingPolicy:
                           settings.batch_delay_us / 1e6)
 
 
-
-
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
     the server is serving (a supervisor's worker reports it). Raises RepositoryError or
