@@ -285,5 +285,20 @@ def test_a_stopped_server_has_let_go_of_its_http_port(model_repository):
             socket.create_server(("127.0.0.1", settings.http_port)).close()  # OSError: held
 
 
+def test_a_client_stalled_mid_request_is_left_behind_after_the_grace(model_repository, caplog):
+    """granian cannot stop while a request is half sent (it has no body timeout): stop()
+    waits the grace and a second more for it, then says so and returns."""
+    settings = http_settings(model_repository)
+    with http_server(settings) as (server, _url), socket.create_connection(
+            ("127.0.0.1", settings.http_port)) as stalled:
+        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)  # the request is under way
+        began = time.monotonic()
+        server.http.stop(grace_s=0.5)
+        assert 1.4 < time.monotonic() - began < 3
+    assert "an HTTP connection is still in the middle of a request; left behind" in [
+        record.getMessage() for record in caplog.records]
+
+
 def _grpc_ready(inference) -> bool:
     return inference.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
