@@ -74,19 +74,21 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
-              low_open: bool = False, high_open: bool = False, optional: bool = False,
+              low_open: bool = False, high_open: bool = False, none_word: str = "",
               expected: str = ""):
     """An argparse ``type``: a ``kind`` (int or float) from ``low`` to ``high``, each bound
-    included unless ``*_open``, never nan or inf; with ``optional``, 'default' or 'none' is
-    None. Its error says ``expected`` (default: the kind and its bounds, "an integer >= 0")."""
+    included unless ``*_open``, never nan or inf; ``none_word`` (e.g. 'none') is None, and
+    only that word: "--baseline-tol default" meant no tolerance, not the default one. Its
+    error says ``expected`` (default: the kind and its bounds, "an integer >= 0")."""
     shown = str if kind is int else "{:g}".format  # 2**63 - 1 in full, not 9.22337e+18
     bounds = " and ".join(filter(None, (
         f"{'>' if low_open else '>='} {shown(low)}" if low > -math.inf else "",
         f"{'<' if high_open else '<='} {shown(high)}" if high < math.inf else "")))
-    expected = expected or f"{'an integer' if kind is int else 'a number'} {bounds}"
+    expected = expected or f"{'an integer' if kind is int else 'a number'} {bounds}" + (
+        f" or '{none_word}'" if none_word else "")
 
     def parse(text: str):
-        if optional and text.strip().lower() in {"", "none", "default"}:
+        if none_word and text.strip().lower() == none_word:
             return None
         try:
             value = kind(text)

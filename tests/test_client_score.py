@@ -104,6 +104,36 @@ def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, ca
     assert cli.main([*base, "--expect-accuracy", accuracy, "--tolerance", "0.0001"]) == 0
 
 
+def test_expect_accuracy_manifest_is_refused_for_a_slice_of_the_test_set(target, capsys):
+    """model.json's accuracy is the whole test set's: a model served right failed against
+    1,000 images (0.8060 against 0.7934)."""
+    assert cli.main(["score", "--target", target, "--offset", "1", "--no-progress",
+                     "--expect-accuracy", "manifest"]) == 2
+    assert capsys.readouterr().err == (
+        "fmnist score: error: --expect-accuracy manifest: model.json records the accuracy over "
+        "all 10000 test images; drop --offset and --limit, or give a fraction\n")
+
+
+def test_expect_accuracy_manifest_without_a_recorded_accuracy_says_so(repository_copy, capsys):
+    """A model.json with no metrics (another trainer's) failed the run: "differs from the
+    expected 0.0000", as if the model were wrong."""
+    import json
+
+    from tests.conftest import local_settings, running_server
+
+    manifest = repository_copy / "mlp" / "2" / "model.json"
+    document = json.loads(manifest.read_text())
+    del document["metrics"]
+    manifest.write_text(json.dumps(document))
+    with running_server(local_settings(model_repository=repository_copy)) as server:
+        status = cli.main(["score", "--target", f"127.0.0.1:{server.port}", "--no-progress",
+                           "--expect-accuracy", "manifest"])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "fmnist score: error: --expect-accuracy manifest: the model.json of mlp v2 records no "
+        "test accuracy; give a fraction instead\n")
+
+
 @pytest.mark.parametrize("rpc", ["stream", "unary"])
 def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys, monkeypatch,
                                                         rpc):

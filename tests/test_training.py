@@ -133,6 +133,54 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--baseline-alpha", "0"], "argument --baseline-alpha: expected a number > 0, got 0"),
+    (["--baseline-tol", "default"],  # it meant no tolerance: 200 epochs where 0.001 ran 62
+     "argument --baseline-tol: expected a number >= 0 or 'none', got default"),
+    (["--learning-rate", "none"],
+     "argument --learning-rate: expected a number > 0 or 'default', got none"),
+    (["--out", "FILE"], "--out FILE: a file, not a directory"),
+    (["--report-dir", "FILE"], "--report-dir FILE: a file, not a directory"),
+], ids=["alpha-0", "tol-default", "rate-none", "out-file", "report-dir-file"])
+def test_settings_that_cannot_train_are_refused_before_fitting(tmp_path, flags, message):
+    """--baseline-alpha 0 failed in scikit-learn after the Keras models had been fitted; a
+    file given as a directory failed later with a bare FileExistsError/NotADirectoryError."""
+    (tmp_path / "file").write_text("")
+    flags = [str(tmp_path / "file") if flag == "FILE" else flag for flag in flags]
+    result = run_training("--out", str(tmp_path / "repo"), *flags)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: {message.replace('FILE', str(tmp_path / 'file'))} "
+        "(see fmnist-train --help)"]
+
+
+def test_a_fit_that_diverged_publishes_nothing(tmp_path):
+    """A learning rate of 1e30 made the MLP's probabilities NaN: the run published it with
+    exit 0, a running server made it the default version (every image "T-shirt/top", nan%),
+    and its model.json held NaN, which is not JSON."""
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "mlp", "--no-mlp-batch-norm",
+                          "--optimizer", "sgd", "--learning-rate", "1e30", "--lr-schedule",
+                          "none", "--train-subset", "1000", "--epochs", "1", "--mlp-hidden", "64",
+                          "--progress", "none")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: mlp: its probabilities are not finite numbers (the fit "
+        "diverged: lower the learning rate); nothing was published"]
+    assert not out.exists()
+
+
+def test_a_model_no_better_than_one_answer_is_not_worth_publishing():
+    from training.cli import TrainingError, check_worth_publishing
+
+    labels = np.repeat(np.arange(10), 100)
+    flat = np.full((1000, 10), 0.1, np.float32)
+    with pytest.raises(TrainingError, match=r"^softmax: test accuracy 0\.1000 is no better than "
+                       r"always answering one class \(0\.1000\); nothing was published$"):
+        check_worth_publishing("softmax", flat, flat, 0.1, labels)
+    check_worth_publishing("softmax", flat, flat, 0.1001, labels)
+
+
 def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
     """The output directory is made before the minutes of fitting (to fail at once if it
     cannot be); a run that fails after that left it there, empty."""

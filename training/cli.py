@@ -36,6 +36,10 @@ class Split:
     x_test: np.ndarray
 
 
+class TrainingError(Exception):
+    """A fitted model not worth publishing; the message says which, why and what to change."""
+
+
 @dataclass
 class Exported:
     """One fitted model's ONNX graph, library versions and what the report shows of it."""
@@ -79,6 +83,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 
     probabilities, labels = export.run_onnx(onnx_model, dataset.x_test)
     metrics = report.classification_metrics(dataset.y_test, labels)
+    check_worth_publishing(name, reference, probabilities, metrics["test_accuracy"],
+                           dataset.y_test)
     metrics |= {
         "validation_accuracy": round(float(validation_accuracy), 4),
         "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
@@ -98,6 +104,19 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
     }
     outcome = ModelOutcome(name, settings.describe(), labels, metrics, training, fitted.history)
     return Exported(onnx_model, export.framework_versions(onnx_model, libraries), outcome)
+
+
+def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.ndarray,
+                           accuracy: float, y_test: np.ndarray) -> None:
+    """A fit that diverged gave NaN probabilities (argmax: always class 0), which were
+    published and served as the new default version; TrainingError before anything is."""
+    if not (np.isfinite(reference).all() and np.isfinite(probabilities).all()):
+        raise TrainingError(f"{name}: its probabilities are not finite numbers (the fit "
+                            "diverged: lower the learning rate); nothing was published")
+    chance = np.bincount(y_test).max() / len(y_test)  # always answering the commonest class
+    if accuracy <= chance:
+        raise TrainingError(f"{name}: test accuracy {accuracy:.4f} is no better than always "
+                            f"answering one class ({chance:.4f}); nothing was published")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -238,6 +257,9 @@ def new_report_dir(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
+        if path and path.exists() and not path.is_dir():
+            parser.error(f"{flag} {path}: a file, not a directory")
     if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
         parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
                      "beside the new report); give a new or empty directory")
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         _remove_made(made, args.report_dir)
         if args.debug:
             raise
-        message = str(error) if isinstance(error, DatasetError) else (
+        message = str(error) if isinstance(error, DatasetError | TrainingError) else (
             f"{type(error).__name__}: {error}")
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1

@@ -48,7 +48,7 @@ class BaselineSettings:
     def describe(self) -> str:
         return (
             f"scikit-learn SGDClassifier(loss='log_loss', alpha={self.alpha:g}, "
-            f"max_iter={self.max_iter})"
+            f"max_iter={self.max_iter}, tol={'None' if self.tol is None else f'{self.tol:g}'})"
         )
 
 

@@ -85,7 +85,7 @@ KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get
     "epochs": (positive_int, "N", "maximum epochs"),
     "batch_size": (positive_int, "N", "mini-batch size"),
     "optimizer": (str.lower, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
-    "learning_rate": (number_in(float, 0, low_open=True, optional=True), "LR",
+    "learning_rate": (number_in(float, 0, low_open=True, none_word="default"), "LR",
                       "initial learning rate ('default': the optimizer's)"),
     "lr_schedule": (str, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
     "patience": (
@@ -231,7 +231,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         group,
         "--baseline-alpha",
-        type=number_in(float, 0),
+        type=number_in(float, 0, low_open=True),  # SGDClassifier's "optimal" rate divides by it
         default=baseline.alpha,
         metavar="A",
         help=f"L2 regularisation strength (default: {baseline.alpha:g})",
@@ -239,7 +239,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         group,
         "--baseline-tol",
-        type=number_in(float, 0, optional=True),
+        type=number_in(float, 0, none_word="none"),
         default=baseline.tol,
         metavar="T",
         help=f"stop when the loss improves less than T "

@@ -48,5 +48,8 @@ def prepend_preprocessing(model: onnx.ModelProto) -> onnx.ModelProto:
     bridge = "preprocessed_" + model_input
     prefix = preprocessing_graph(bridge, list(model.opset_import), model.ir_version)
     merged = onnx.compose.merge_models(prefix, model, io_map=[(bridge, model_input)])
+    imports = {entry.domain: entry.version for entry in merged.opset_import}  # listed twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in imports.items())
     onnx.checker.check_model(merged)
     return merged

@@ -30,6 +30,10 @@ def score(args, security) -> int:
     if not args.offset < end <= len(images):
         asked = f"--offset {args.offset}" + (f" --limit {args.limit}" if args.limit else "")
         raise UsageError(f"{asked}: outside the {len(images)} test images")
+    if args.expect_accuracy == "manifest" and end - args.offset < len(images):
+        raise UsageError("--expect-accuracy manifest: model.json records the accuracy over all "
+                         f"{len(images)} test images; drop --offset and --limit, or give a "
+                         "fraction")
     images, labels = images[args.offset : end], labels[args.offset : end]
     starts = range(0, len(images), args.batch_size)
     batches = [images[start : start + args.batch_size] for start in starts]
@@ -48,6 +52,7 @@ def score(args, security) -> int:
         # one image finds the version; every batch asks for that one, whatever is published
         # meanwhile (the answers of two versions would be refused at the end, by joined)
         found = client.classify(images[:1], args.model, args.version).model
+        expected = _expected_accuracy(args, client, found)
         if args.rpc == "stream":
             stream = client.classify_batches(timed(batches), found.name, found.version,
                                              timeout=args.timeout * len(batches))
@@ -58,7 +63,6 @@ def score(args, security) -> int:
             answers.append(answer)
             progress.update(len(answer))
         elapsed = time.perf_counter() - started
-        expected = _expected_accuracy(args, client, answers[0].model)
 
     everything = joined(answers)
     model, baseline = everything.model, everything.baseline
@@ -90,9 +94,13 @@ def score(args, security) -> int:
 def _expected_accuracy(args, client, model) -> float | None:
     if args.expect_accuracy is None:
         return None
-    if args.expect_accuracy == "manifest":
-        return client.get_model(model.name, model.version).test_accuracy
-    return args.expect_accuracy
+    if args.expect_accuracy != "manifest":
+        return args.expect_accuracy
+    recorded = client.get_model(model.name, model.version).test_accuracy
+    if not recorded:  # what `fmnist models` shows as "-"
+        raise UsageError(f"--expect-accuracy manifest: the model.json of {model.name} "
+                         f"v{model.version} records no test accuracy; give a fraction instead")
+    return recorded
 
 
 def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
