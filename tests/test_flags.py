@@ -148,4 +148,7 @@ def test_number_in_says_its_bounds_as_written():
     for text in ("nan", "inf", "1e3"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected a number > 0 and < 1"):
             number_in(float, 0, 1, low_open=True, high_open=True)(text)
-    assert number_in(float, 0, optional=True)("default") is None
+    assert number_in(float, 0, none_word="none")("None") is None
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0 or 'none', "
+                       "got default"):  # it meant None too: no tolerance, not the default one
+        number_in(float, 0, none_word="none")("default")
