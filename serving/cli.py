@@ -5,6 +5,7 @@ or the address cannot be bound, 2 for bad flags or env vars; errors are one line
 """
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error, 1, settings.log_format)
     except KeyboardInterrupt:  # Ctrl-C before serve() has set its signal handlers
         return 130
-    return 0
+    # Not back into the interpreter, to be finalized: granian's threads (and gRPC's) may still
+    # take the GIL meanwhile, and granian then aborts ("panic in a function that cannot unwind")
+    logging.shutdown()
+    os._exit(0)
 
 
 def _supervise(settings) -> int:

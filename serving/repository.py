@@ -69,9 +69,8 @@ class ModelVersion:
         batch is computed (nothing is computed for a ``call`` that has ended)."""
         return Prediction(*self._batcher.predict(images, call))
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, labels = self._session.run(self._output_names, {self._input_name: images})
-        return probabilities, labels
+    def _run(self, images: np.ndarray) -> list[np.ndarray]:  # [probabilities, labels]
+        return self._session.run(self._output_names, {self._input_name: images})
 
 
 class ModelRegistry:

@@ -292,7 +292,9 @@ def test_a_client_stalled_mid_request_is_left_behind_after_the_grace(model_repos
     with http_server(settings) as (server, _url), socket.create_connection(
             ("127.0.0.1", settings.http_port)) as stalled:
         stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        time.sleep(0.2)  # the request is under way
+        deadline = time.monotonic() + 5  # until the app waits for the body
+        while server.admission.in_flight != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         began = time.monotonic()
         server.http.stop(grace_s=0.5)
         assert 1.4 < time.monotonic() - began < 3

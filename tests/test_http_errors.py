@@ -147,17 +147,20 @@ def test_a_transfer_coding_other_than_chunked_is_501(url):
     image")."""
     body = gzip.compress(VALID)
     answer = raw_exchange(url, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
-                          b"gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                          b"gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+                          half_close=False)  # the 501 closes the connection
     assert answer.startswith(b"HTTP/1.1 501 "), answer[:300]
     assert b"Transfer-Encoding: 'gzip, chunked' is not served" in answer
 
 
-def raw_exchange(url: str, request: bytes) -> bytes:
-    """What the server sends back for ``request`` bytes, until it closes or goes quiet."""
+def raw_exchange(url: str, request: bytes, half_close: bool = True) -> bytes:
+    """What the server sends back for ``request`` bytes, until it closes or goes quiet;
+    ``half_close``: say so after the request (granian drops a chunked request then)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as connection:
         connection.sendall(request)
-        connection.shutdown(socket.SHUT_WR)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
         received = b""
         while chunk := connection.recv(65536):
             received += chunk

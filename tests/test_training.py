@@ -139,14 +139,15 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
      "argument --baseline-tol: expected a number >= 0 or 'none', got default"),
     (["--learning-rate", "none"],
      "argument --learning-rate: expected a number > 0 or 'default', got none"),
-    (["--out", "FILE"], "--out FILE: a file, not a directory"),
-    (["--report-dir", "FILE"], "--report-dir FILE: a file, not a directory"),
-], ids=["alpha-0", "tol-default", "rate-none", "out-file", "report-dir-file"])
+    (["--out", "FILE"], "--out FILE: FILE is a file, not a directory"),
+    (["--report-dir", "FILE"], "--report-dir FILE: FILE is a file, not a directory"),
+    (["--out", "FILE/repo"], "--out FILE/repo: FILE is a file, not a directory"),
+], ids=["alpha-0", "tol-default", "rate-none", "out-file", "report-dir-file", "out-in-a-file"])
 def test_settings_that_cannot_train_are_refused_before_fitting(tmp_path, flags, message):
     """--baseline-alpha 0 failed in scikit-learn after the Keras models had been fitted; a
     file given as a directory failed later with a bare FileExistsError/NotADirectoryError."""
     (tmp_path / "file").write_text("")
-    flags = [str(tmp_path / "file") if flag == "FILE" else flag for flag in flags]
+    flags = [flag.replace("FILE", str(tmp_path / "file")) for flag in flags]
     result = run_training("--out", str(tmp_path / "repo"), *flags)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -175,8 +176,9 @@ def test_a_model_no_better_than_one_answer_is_not_worth_publishing():
 
     labels = np.repeat(np.arange(10), 100)
     flat = np.full((1000, 10), 0.1, np.float32)
-    with pytest.raises(TrainingError, match=r"^softmax: test accuracy 0\.1000 is no better than "
-                       r"always answering one class \(0\.1000\); nothing was published$"):
+    with pytest.raises(TrainingError, match=r"^softmax: validation accuracy 0\.1000 is no "
+                       r"better than always answering one class \(0\.1000\); nothing was "
+                       r"published$"):
         check_worth_publishing("softmax", flat, flat, 0.1, labels)
     check_worth_publishing("softmax", flat, flat, 0.1001, labels)
 

@@ -82,9 +82,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         libraries = ("tensorflow", "keras", "tf2onnx")
 
     probabilities, labels = export.run_onnx(onnx_model, dataset.x_test)
+    check_worth_publishing(name, reference, probabilities, validation_accuracy, split.y_val)
     metrics = report.classification_metrics(dataset.y_test, labels)
-    check_worth_publishing(name, reference, probabilities, metrics["test_accuracy"],
-                           dataset.y_test)
     metrics |= {
         "validation_accuracy": round(float(validation_accuracy), 4),
         "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
@@ -107,16 +106,18 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 
 
 def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.ndarray,
-                           accuracy: float, y_test: np.ndarray) -> None:
+                           validation_accuracy: float, y_val: np.ndarray) -> None:
     """A fit that diverged gave NaN probabilities (argmax: always class 0), which were
-    published and served as the new default version; TrainingError before anything is."""
+    published and served as the new default version; TrainingError before anything is. The
+    test set decides nothing: accuracy is judged on the validation images."""
     if not (np.isfinite(reference).all() and np.isfinite(probabilities).all()):
         raise TrainingError(f"{name}: its probabilities are not finite numbers (the fit "
                             "diverged: lower the learning rate); nothing was published")
-    chance = np.bincount(y_test).max() / len(y_test)  # always answering the commonest class
-    if accuracy <= chance:
-        raise TrainingError(f"{name}: test accuracy {accuracy:.4f} is no better than always "
-                            f"answering one class ({chance:.4f}); nothing was published")
+    chance = np.bincount(y_val).max() / len(y_val)  # always answering the commonest class
+    if validation_accuracy <= chance:
+        raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is no "
+                            f"better than always answering one class ({chance:.4f}); nothing "
+                            "was published")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -258,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
-        if path and path.exists() and not path.is_dir():
-            parser.error(f"{flag} {path}: a file, not a directory")
+        existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
+        if existing and not existing.is_dir():
+            parser.error(f"{flag} {path}: {existing} is a file, not a directory")
     if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
         parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
                      "beside the new report); give a new or empty directory")

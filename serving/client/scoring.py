@@ -48,11 +48,11 @@ def score(args, security) -> int:
     with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
         total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
     ) as progress:
-        started = time.perf_counter()
         # one image finds the version; every batch asks for that one, whatever is published
         # meanwhile (the answers of two versions would be refused at the end, by joined)
         found = client.classify(images[:1], args.model, args.version).model
         expected = _expected_accuracy(args, client, found)
+        started = time.perf_counter()
         if args.rpc == "stream":
             stream = client.classify_batches(timed(batches), found.name, found.version,
                                              timeout=args.timeout * len(batches))

@@ -32,7 +32,7 @@ from serving.http import domain, rest
 from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
 from serving.pipeline import Call, CallPipeline
 
-ACCEPTED_CODINGS = "gzip, deflate"  # Content-Encoding: tritonclient's request_compression_algorithm
+CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
 PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
 # The page may fetch from this server only: nothing from outside, whatever is injected.
 PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; "
@@ -83,7 +83,8 @@ class HttpApp:
             if isinstance(error, Unauthenticated):
                 body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
             elif isinstance(error, UnsupportedCoding):  # RFC 9110: say which codings are
-                body = Body(body.data, body.content_type, (("Accept-Encoding", ACCEPTED_CODINGS),))
+                body = Body(body.data, body.content_type,
+                            (("Accept-Encoding", ", ".join(CODINGS)),))
         headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
                    *body.headers]
         # a body refused unread: the client's next request would be read from its rest;
@@ -147,11 +148,11 @@ class HttpApp:
         environ[BODY_READ] = True
         encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
         encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
-        if encoding in ("gzip", "deflate"):  # tritonclient's request_compression_algorithm
+        if encoding in CODINGS:
             return _decompress(data, encoding, limit)
         if encoding != "identity":
             raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
-                                    f"{ACCEPTED_CODINGS} or none")
+                                    f"{', '.join(CODINGS)} or none")
         return data
 
     # Open Inference Protocol

@@ -102,10 +102,10 @@ class HttpTransport:
         if self._loop is None or self._loop.is_closed():
             return
         self._stopping.set()
-        # granian stops on its own threads: returning earlier left the port held and, in a
-        # one-process server, those threads calling into a finalizing interpreter (granian
-        # then aborts the process: "panic in a function that cannot unwind"). They let go
-        # within milliseconds, unless a client stalls in the middle of sending a request.
+        # granian stops on its own threads, and says so once its connections are closed and
+        # its port free (returning earlier, a restart on the same port failed). That takes
+        # milliseconds, unless a client stalls in the middle of sending a request. Its Python
+        # threads may still be detaching then: serving.cli does not finalize the interpreter.
         if not self._stopped.wait(grace_s + 1):
             log.warning("an HTTP connection is still in the middle of a request; left behind")
         self._decoder.shutdown()
