@@ -163,6 +163,8 @@ def test_a_report_dir_that_cannot_be_made_fails_before_any_version_is_published(
         [sys.executable, "-m", "training", "--out", str(tmp_path / "repo"), "--models",
          "baseline", "--train-subset", "2000", "--report-dir", str(tmp_path / "a_file" / "sub")],
         capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 1
-    assert result.stderr.startswith("fmnist-train: error: NotADirectoryError: ")
-    assert not (tmp_path / "repo").exists()  # not even the directory it made
+    assert result.returncode == 2  # refused with the flags, before anything is made
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: --report-dir {tmp_path / 'a_file' / 'sub'}: {tmp_path / 'a_file'} "
+        "is a file, not a directory (see fmnist-train --help)"]
+    assert not (tmp_path / "repo").exists()
