@@ -73,6 +73,9 @@ def test_a_corrupt_highest_version_file_is_named(tmp_path):
     ("--learning-rate", "0"), ("--mlp-dropout", "1.5"), ("--optimizer", "adamm"),
     ("--patience", "-3"), ("--patience", "2.0"), ("--baseline-alpha", "-1"),
     ("--baseline-tol", "nan"), ("--validation-split", "1"),
+    ("--baseline-alpha", "0"),  # failed in scikit-learn, after the Keras models had fitted
+    ("--baseline-tol", "default"),  # meant no tolerance: 200 epochs where 0.001 ran 62
+    ("--learning-rate", "none"),
 ])
 def test_settings_that_cannot_train_are_refused_before_fitting(flag, value, capsys):
     """They used to fit (a learning rate of -1 published a model of 10% accuracy) or to fail
