@@ -8,7 +8,6 @@ data plane run on the thread that read the request.
 """
 
 import re
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
@@ -19,28 +18,27 @@ from inference import grpc_service_pb2 as pb
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.errors import (
-    InvalidArgument,
     NotFound,
     ServingError,
-    TooLarge,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
     UnsupportedCoding,
 )
 from serving.http import domain, rest
+from serving.http.body import CODINGS, read_body, unread_body
 from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
 from serving.pipeline import Call, CallPipeline
 
-CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
+# What an error's status asks to be said with it (RFC 9110): how to authenticate; which codings
+# the server decodes.
+ERROR_HEADERS = {Unauthenticated: (("WWW-Authenticate", "Bearer"),),
+                 UnsupportedCoding: (("Accept-Encoding", ", ".join(CODINGS)),)}
 PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
 # The page may fetch from this server only: nothing from outside, whatever is injected.
 PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; "
                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'none'; "
                "base-uri 'none'; frame-ancestors 'none'")
 TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
-MAX_GZIP_MEMBERS = 16  # clients send one
-BODY_READ = "fmnist.body_read"  # set in the WSGI environ once the request body is read whole
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 
@@ -79,17 +77,13 @@ class HttpApp:
             status, body = self._answer(environ)
         except ServingError as error:
             draining = isinstance(error, Unavailable)
-            status, body = error.http_status, error_body(str(error))
-            if isinstance(error, Unauthenticated):
-                body = Body(body.data, body.content_type, (("WWW-Authenticate", "Bearer"),))
-            elif isinstance(error, UnsupportedCoding):  # RFC 9110: say which codings are
-                body = Body(body.data, body.content_type,
-                            (("Accept-Encoding", ", ".join(CODINGS)),))
+            status = error.http_status
+            body = Body(error_body(str(error)).data, headers=ERROR_HEADERS.get(type(error), ()))
         headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
                    *body.headers]
         # a body refused unread: the client's next request would be read from its rest;
         # draining: a keep-alive client's next request goes to another server (as gRPC's GOAWAY)
-        if draining or _unread_body(environ):
+        if draining or unread_body(environ):
             headers.append(("Connection", "close"))
         start_response(f"{status} {_phrase(status)}", headers)
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data]
@@ -122,38 +116,7 @@ class HttpApp:
             call, lambda request, call: encode(handler(request, call)), request, parse)
 
     def _body(self, environ: dict) -> bytes:
-        """The request body, refused (413) past the largest message the server takes; read
-        inside the pipeline, after the token and admission checks."""
-        length = environ.get("CONTENT_LENGTH") or ""
-        limit = self._max_body_bytes
-        coding = environ.get("HTTP_TRANSFER_ENCODING", "chunked").strip().lower()
-        if coding != "chunked":  # granian de-chunks, and would pass e.g. gzip's bytes on as is
-            raise Unimplemented(f"Transfer-Encoding: {coding!r} is not served; send the body "
-                                "as it is or chunked (Content-Encoding: gzip compresses it)")
-        if length and (not length.isdigit() or int(length) > limit):
-            if length.isdigit():
-                raise TooLarge(f"request body: {length} bytes, over the server's limit of "
-                               f"{limit} (--max-message-bytes)")
-            raise InvalidArgument(f"Content-Length: expected a byte count, got {length!r}")
-        try:
-            data = environ["wsgi.input"].read(int(length) if length else limit + 1)
-        except (OSError, ValueError) as error:
-            raise InvalidArgument(f"request body: cannot be read ({error})") from None
-        if length and len(data) < int(length):  # the client stopped sending early
-            raise InvalidArgument(f"request body: {len(data)} bytes, fewer than its "
-                                  f"Content-Length of {length}")
-        if len(data) > limit:  # chunked
-            raise TooLarge(f"request body: over the server's limit of {limit} bytes "
-                           "(--max-message-bytes)")
-        environ[BODY_READ] = True
-        encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
-        encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
-        if encoding in CODINGS:
-            return _decompress(data, encoding, limit)
-        if encoding != "identity":
-            raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
-                                    f"{', '.join(CODINGS)} or none")
-        return data
+        return read_body(environ, self._max_body_bytes)
 
     # Open Inference Protocol
 
@@ -263,39 +226,6 @@ class HttpApp:
 
 def _json(message) -> Body:
     return json_body(message_json(message))
-
-
-def _unread_body(environ: dict) -> bool:
-    """Whether the request had a body that was refused unread (401, 404, 413, ...)."""
-    sent = environ.get("CONTENT_LENGTH", "") not in ("", "0") \
-        or "HTTP_TRANSFER_ENCODING" in environ
-    return sent and not environ.get(BODY_READ)
-
-
-def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
-    """The body, decompressed: every member of a gzip body (RFC 1952 allows several; up to
-    MAX_GZIP_MEMBERS, each one copying the rest of the body), nothing cut short and nothing
-    after the end but zero padding, as gzip(1) takes."""
-    if not data:
-        return data
-    out = bytearray()
-    for _ in range(MAX_GZIP_MEMBERS):
-        decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
-        try:
-            out += decompressor.decompress(data, limit + 1 - len(out))
-        except zlib.error as error:
-            raise InvalidArgument(f"request body: not valid {encoding} data ({error})") from None
-        if len(out) > limit or decompressor.unconsumed_tail:
-            raise TooLarge(f"request body: over the server's limit of {limit} bytes once "
-                           "decompressed (--max-message-bytes)")
-        if not decompressor.eof:
-            raise InvalidArgument(f"request body: the {encoding} data ends early")
-        data = decompressor.unused_data
-        if not data.strip(b"\0"):
-            return bytes(out)
-        if encoding != "gzip":
-            raise InvalidArgument(f"request body: {len(data)} bytes after the {encoding} data")
-    raise InvalidArgument(f"request body: more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def _phrase(status: int) -> str:

@@ -1,0 +1,78 @@
+"""The request body of an HTTP call: read whole within the server's limit (413 past it), its
+transfer coding checked (501 for any but chunked) and its content coding decoded (gzip,
+deflate; 415 for any other), each refusal a ``ServingError`` naming what was wrong."""
+
+import zlib
+
+from serving.errors import InvalidArgument, TooLarge, Unimplemented, UnsupportedCoding
+
+CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
+MAX_GZIP_MEMBERS = 16  # clients send one
+BODY_READ = "fmnist.body_read"  # set in the WSGI environ once the request body is read whole
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body, refused (413) past the largest message the server takes; read
+    inside the pipeline, after the token and admission checks."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    coding = environ.get("HTTP_TRANSFER_ENCODING", "chunked").strip().lower()
+    if coding != "chunked":  # granian de-chunks, and would pass e.g. gzip's bytes on as is
+        raise Unimplemented(f"Transfer-Encoding: {coding!r} is not served; send the body "
+                            "as it is or chunked (Content-Encoding: gzip compresses it)")
+    if length and (not length.isdigit() or int(length) > limit):
+        if length.isdigit():
+            raise TooLarge(f"request body: {length} bytes, over the server's limit of "
+                           f"{limit} (--max-message-bytes)")
+        raise InvalidArgument(f"Content-Length: expected a byte count, got {length!r}")
+    try:
+        data = environ["wsgi.input"].read(int(length) if length else limit + 1)
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(f"request body: cannot be read ({error})") from None
+    if length and len(data) < int(length):  # the client stopped sending early
+        raise InvalidArgument(f"request body: {len(data)} bytes, fewer than its "
+                              f"Content-Length of {length}")
+    if len(data) > limit:  # chunked
+        raise TooLarge(f"request body: over the server's limit of {limit} bytes "
+                       "(--max-message-bytes)")
+    environ[BODY_READ] = True
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+    encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
+    if encoding in CODINGS:
+        return _decompress(data, encoding, limit)
+    if encoding != "identity":
+        raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
+                                f"{', '.join(CODINGS)} or none")
+    return data
+
+
+def unread_body(environ: dict) -> bool:
+    """Whether the request had a body that was refused unread (401, 404, 413, ...)."""
+    sent = environ.get("CONTENT_LENGTH", "") not in ("", "0") \
+        or "HTTP_TRANSFER_ENCODING" in environ
+    return sent and not environ.get(BODY_READ)
+
+
+def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    """The body, decompressed: every member of a gzip body (RFC 1952 allows several; up to
+    MAX_GZIP_MEMBERS, each one copying the rest of the body), nothing cut short and nothing
+    after the end but zero padding, as gzip(1) takes."""
+    if not data:
+        return data
+    out = bytearray()
+    for _ in range(MAX_GZIP_MEMBERS):
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+        try:
+            out += decompressor.decompress(data, limit + 1 - len(out))
+        except zlib.error as error:
+            raise InvalidArgument(f"request body: not valid {encoding} data ({error})") from None
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise TooLarge(f"request body: over the server's limit of {limit} bytes once "
+                           "decompressed (--max-message-bytes)")
+        if not decompressor.eof:
+            raise InvalidArgument(f"request body: the {encoding} data ends early")
+        data = decompressor.unused_data
+        if not data.strip(b"\0"):
+            return bytes(out)
+        if encoding != "gzip":
+            raise InvalidArgument(f"request body: {len(data)} bytes after the {encoding} data")
+    raise InvalidArgument(f"request body: more than {MAX_GZIP_MEMBERS} gzip members")
