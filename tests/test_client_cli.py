@@ -82,6 +82,26 @@ def test_photos_are_read_upright_and_16_bit_images_whole(tmp_path, test_set):
     np.testing.assert_array_equal(load_png(tmp_path / "deep.png"), image)
 
 
+def test_transparent_pictures_get_the_background_the_inversion_turns_black(tmp_path, test_set):
+    """A cut-out product picture keeps its background in the alpha channel, often over black
+    RGB: that background must end up black in the image the model sees, as Fashion-MNIST's."""
+    image = test_set[0][0]
+    cut_out = np.zeros((*image.shape, 4), np.uint8)
+    cut_out[..., :3] = (255 - image)[..., None]  # a dark object as a photo has it
+    cut_out[..., 3] = np.where(image > 0, 255, 0)  # the rest transparent, black underneath
+    Image.fromarray(cut_out, "RGBA").save(tmp_path / "cut-out.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "cut-out.png", invert=True), image)
+    light = cut_out.copy()
+    light[..., :3] = image[..., None]  # a light object: transparent over white underneath
+    light[..., :3][image == 0] = 255
+    Image.fromarray(light, "RGBA").save(tmp_path / "light.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "light.png"), image)
+    palette = Image.fromarray(image, "L").convert("P")  # index k is gray k ...
+    palette.putpalette([255, 255, 255] + [k for k in range(1, 256) for _ in range(3)])
+    palette.save(tmp_path / "palette.png", transparency=0)  # ... but 0 is a transparent white
+    np.testing.assert_array_equal(load_png(tmp_path / "palette.png"), image)
+
+
 def test_classify_png_and_npy_files(target, tmp_path, capsys, test_set):
     Image.fromarray(test_set[0][5]).resize((56, 56)).save(tmp_path / "shirt.png")
     np.save(tmp_path / "three.npy", test_set[0][:3])

@@ -24,7 +24,8 @@ def pillow():
 def load_png(path: Path, invert: bool = False) -> np.ndarray:
     """Any image file Pillow reads, any size or mode -> grayscale, upright as a viewer shows it
     (a photo's EXIF orientation applied), fitted into 28x28 keeping its aspect ratio, padded
-    with black. ``invert`` for dark objects on a light background."""
+    with black. ``invert`` for dark objects on a light background. A transparent background
+    becomes black in the result, whatever colour lies under it."""
     from PIL import ImageOps
 
     Image = pillow()  # noqa: N806 (Pillow's name)
@@ -32,6 +33,10 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
         upright = ImageOps.exif_transpose(image)
         if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
             upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
+        if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+            # the background the inversion turns black: what lies under it is no colour
+            background = Image.new("RGBA", upright.size, "white" if invert else "black")
+            upright = Image.alpha_composite(background, upright.convert("RGBA"))
         gray = upright.convert("L")
     if invert:
         gray = ImageOps.invert(gray)
