@@ -158,15 +158,25 @@ def _set_contents(tensor, data, field_name: str) -> None:
     if typed is None:
         return
     values = _expect(list, data, f"{field_name}.data")
+    while values and isinstance(values[0], list):
+        if not all(isinstance(value, list) for value in values):
+            raise InvalidArgument(f"{field_name}.data: arrays and values side by side; "
+                                  "expected nested arrays of one depth")
+        values = list(chain.from_iterable(values))
+    if typed == "bytes_contents":
+        values = [value.encode() if isinstance(value, str) else value for value in values]
     try:
-        while values and isinstance(values[0], list):
-            values = list(chain.from_iterable(values))
-        if typed == "bytes_contents":
-            values = [value.encode() if isinstance(value, str) else value for value in values]
         getattr(tensor.contents, typed).extend(values)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(
-            f"{field_name}.data: expected {tensor.datatype} values ({error})") from None
+    except (TypeError, ValueError):  # protobuf's words name its own field: find the value
+        scratch = getattr(type(tensor.contents)(), typed)
+        for index, value in enumerate(values):
+            try:
+                scratch.append(value)
+            except (TypeError, ValueError):
+                raise InvalidArgument(
+                    f"{field_name}.data: value {index} (row-major) is "
+                    f"{json.dumps(value)[:40]}, not a {tensor.datatype} value") from None
+        raise
 
 
 def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> None:
