@@ -190,7 +190,7 @@ class ModelServer:
     def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         self._stop_watching.set()
-        self._draining.set()  # ServerReady: false (HTTP's /v2/health/ready: 503)
+        self._draining.set()  # ServerReady: false (HTTP's /v2/health/ready: 400)
         self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})

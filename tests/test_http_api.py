@@ -246,10 +246,10 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
 
 
-def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_repository,
+def test_ready_turns_400_when_the_server_drains_before_calls_are_refused(model_repository,
                                                                          monkeypatch):
-    """SIGTERM's order over HTTP: /v2/health/ready says 503 first, then calls are refused
-    503 (health stays live); meanwhile gRPC's ServerReady says false, as HTTP does."""
+    """SIGTERM's order over HTTP: /v2/health/ready says 400 first (the protocol's "4xx is
+    false"), then calls are refused 503 (health stays live); meanwhile gRPC's ServerReady says false, as HTTP does."""
     monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 1.0)  # room to ask gRPC
     with (http_server(http_settings(model_repository, grace_period=3.0)) as (server, url),
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
@@ -265,7 +265,7 @@ def test_ready_turns_503_when_the_server_drains_before_calls_are_refused(model_r
                 if requests.get(f"{url}/v1/models", timeout=5).status_code == 503:  # to turn
                     events.append("call refused")  # at once, this would see it first
                 ready = requests.get(f"{url}/v2/health/ready", timeout=5).status_code
-                if ready == 503 and "not ready" not in events:
+                if ready == 400 and "not ready" not in events:
                     events.append("not ready")
                     events.append(f"gRPC ready: {_grpc_ready(inference)}")
         stopping.join(10)

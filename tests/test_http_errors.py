@@ -201,7 +201,7 @@ def test_draining_is_503_and_the_concurrency_limit_429(served, url, caplog):
         # a keep-alive client's next request goes to another server, as after gRPC's GOAWAY
         listed = requests.get(f"{url}/v1/models", timeout=5)
         assert (listed.status_code, listed.headers.get("Connection")) == (503, "close")
-        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
+        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 400
         assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
     finally:
         server.admission.accepting = True

@@ -126,11 +126,12 @@ class HttpApp:
                                encode=lambda answer: json_body({"live": answer.live}))
 
     def _ready(self, environ, _):
-        """Not ready (503) once draining, so that balancers and probes turn away first. Like
+        """Not ready once draining, so that balancers and probes turn away first: 400, as the
+        protocol has it ("a 4xx status code indicates false") and Triton answers. Like
         ServerLive, through the pipeline, which asks no token of health and refuses it never."""
         ready = self._call(environ, f"/{INFERENCE}/ServerReady", self._inference.ServerReady,
                            pb.ServerReadyRequest(), encode=lambda answer: answer).ready  # a message
-        return (200 if ready else 503), json_body({"ready": ready})
+        return (200 if ready else 400), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):
         def encode(response: pb.ServerMetadataResponse) -> Body:
