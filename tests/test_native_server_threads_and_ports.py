@@ -146,6 +146,33 @@ def test_health_watches_opened_and_cancelled_in_a_loop_leave_the_server_serving(
         assert process.wait(20) == 0
 
 
+def test_watches_cancelled_before_they_start_leave_no_callback_behind():
+    """A Watch cancelled before grpc_health had registered it kept its send callback (with its
+    call) in the servicer for good, and every later health change wrote to all of them: any
+    client could grow the server's memory, without a token (native server; grpcio has a
+    narrower race of its own upstream)."""
+    servicer = HealthServicer()
+    server = make_grpc_server("native", 2, [], 1 << 20, reuse_port=False)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(200):
+                health.Watch(health_pb2.HealthCheckRequest(), timeout=30).cancel()
+
+            def registered() -> int:
+                return sum(map(len, servicer._send_response_callbacks.values()))
+
+            deadline = time.monotonic() + 5
+            while registered() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert registered() == 0
+    finally:
+        server.stop(0).wait()
+
+
 def test_open_health_watches_leave_checks_and_calls_answered(grpc_server):
     """A Watch that blocked held a call thread for its whole life: as many Watches as threads
     (a client-side health check opens one per connection) starved Checks and every call."""

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 class NativeContext(grpc.ServicerContext):
     def __init__(self, call, metadata: tuple, peer: str, remaining: float | None,
-                 watch_end: Callable[["NativeContext"], bool]):
+                 watch_end: Callable[["NativeContext"], None]):
         """``call``: the C++ call; ``remaining``: seconds to its deadline (None: none);
         ``watch_end(context)``: asks the server to run ``context.end()`` if it is cancelled."""
         self._call = call
@@ -43,17 +43,15 @@ class NativeContext(grpc.ServicerContext):
         self._call.cancel()
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        """Runs ``callback`` once the call has ended; False if it has ended already."""
+        """Runs ``callback`` once the call has ended; False if it has ended already (a call
+        cancelled but not ended yet keeps it: the end that follows runs it, as on grpcio)."""
         with self._ending:
             if self._ended:
                 return False
             self._callbacks.append(callback)
             if len(self._callbacks) > 1:
                 return True
-        if not self._watch_end(self):
-            with self._ending:
-                self._callbacks.remove(callback)
-            return False
+        self._watch_end(self)  # if cancelled already, the call ends all the same: end() runs it
         return True
 
     def end(self) -> None:

@@ -108,14 +108,12 @@ class NativeServer:
                 with self._state:
                     self._watched.pop(call.id(), None)
 
-    def _watch_end(self, call, context: NativeContext) -> bool:
+    def _watch_end(self, call, context: NativeContext) -> None:
+        """If ``call`` is cancelled while parked, next_call() gives it again for its end();
+        if it is cancelled already, its handler's end pops it (below ``_answer``)."""
         with self._state:
             self._watched[call.id()] = context
-        if call.watch_end():
-            return True
-        with self._state:
-            self._watched.pop(call.id(), None)
-        return False
+        call.watch_end()
 
     def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         for generic in self._generic:
