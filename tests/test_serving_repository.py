@@ -13,7 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
+from fashion_mnist.v1 import classifier_pb2
 from serving import cli
+from serving.api.classifier import ClassifierAPI
 from serving.batching import BatchingPolicy
 from serving.errors import NotFound
 from serving.repository import load_repository
@@ -185,6 +187,27 @@ def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):
     assert (info(1), info(2)) == (1, 1)
     registry.remove("mlp", 2)
     assert (info(1), info(2)) == (1, 0)
+
+
+def test_list_models_while_the_watcher_unloads_a_models_last_version(repository_copy, policy,
+                                                                    monkeypatch):
+    """The watcher may unload a model's last version between ListModels' two reads of the
+    registry: the listing keeps the version it took, as it was (it crashed, INTERNAL)."""
+    registry = load_repository(repository_copy, policy)
+    api = ClassifierAPI(registry, "mlp", "baseline", 64)
+    listed = registry.list
+
+    def list_then_unload():
+        models = listed()
+        registry.remove("softmax", 1)
+        return models
+
+    monkeypatch.setattr(registry, "list", list_then_unload)
+    answer = api.ListModels(classifier_pb2.ListModelsRequest(), None)
+    softmax = [info for info in answer.models if info.name == "softmax"]
+    assert [(info.version, info.is_default_version) for info in softmax] == [(1, True)]
+    for model in listed():  # their fmnist_model_info series back to 0, as other tests expect
+        registry.remove(model.name, model.version)
 
 
 def test_a_version_whose_classes_are_not_the_contracts_is_refused(repository_copy, policy):

@@ -59,5 +59,5 @@ class ClassifierAPI:
         return self._info(self.registry.get(request.name, request.version))
 
     def _info(self, model: ModelVersion) -> pb.ModelInfo:
-        versions = self.registry.versions(model.name)
+        versions = self.registry.versions(model.name) or [model.version]  # unloaded meanwhile
         return encode_model_info(model, versions, model.version == versions[-1])
