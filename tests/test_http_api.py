@@ -249,7 +249,8 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
 def test_ready_turns_400_when_the_server_drains_before_calls_are_refused(model_repository,
                                                                          monkeypatch):
     """SIGTERM's order over HTTP: /v2/health/ready says 400 first (the protocol's "4xx is
-    false"), then calls are refused 503 (health stays live); meanwhile gRPC's ServerReady says false, as HTTP does."""
+    false"), then calls are refused 503 (health stays live); meanwhile gRPC's ServerReady
+    says false, as HTTP does."""
     monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 1.0)  # room to ask gRPC
     with (http_server(http_settings(model_repository, grace_period=3.0)) as (server, url),
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
