@@ -252,6 +252,28 @@ def test_a_port_in_use_fails_one_process_with_one_line(model_repository, grpc_se
     assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
 
 
+def test_a_second_listen_after_a_failed_one_is_refused_not_a_crash():
+    """The generic service stayed registered to the server a failed bind had destroyed: a
+    second listen aborted the process in gRPC ("Can only register an asynchronous generic
+    service against one server") instead of being refused as the error text promises."""
+    script = """if True:
+        import socket
+        from serving.grpc_transport import grpc_server
+        taken = socket.create_server(("127.0.0.1", 0))
+        server = grpc_server("native", 2, [], 1 << 20, reuse_port=False)
+        for address in (f"127.0.0.1:{taken.getsockname()[1]}", "127.0.0.1:0"):
+            try:
+                server.add_insecure_port(address)
+            except RuntimeError as error:
+                print(error)
+        server.stop(0).wait()
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=Path(__file__).parent.parent)
+    assert (done.returncode, done.stdout.splitlines()[1:]) == (
+        0, ["the native server listens on one address, once"]), done.stderr[-500:]
+
+
 def _client_ports(server_port: int) -> set[int]:
     """The local ports of this process's established TCP connections to ``server_port``."""
     ports = set()

@@ -617,7 +617,7 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   if (!PyArg_ParseTuple(args, "sipi|O", &address, &max_message_bytes, &reuse_port, &age_ms, &tls)) {
     return nullptr;
   }
-  if (self->server != nullptr || self->calls == nullptr) {
+  if (self->calls == nullptr || self->calls->queue != nullptr) {  // a queue: it tried once
     return PyErr_Format(PyExc_RuntimeError, "the native server listens on one address, once");
   }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -650,7 +650,6 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   CaptureLog(nullptr);
   if (server == nullptr || port == 0) {
     server.reset();  // it has served no call and requested none
-    self->calls->queue.reset();
     bool in_use = errors.find("in use") != std::string::npos;
     return PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s (%s)", address,
                         in_use ? "address in use" : "in use, or not an address here?");
