@@ -133,6 +133,8 @@ def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
         assert context.get("privileged") in (None, False)
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}, workload.source
         assert workload.pod.get("automountServiceAccountToken") is False, workload.source
+        # a Service named fmnist-http would set FMNIST_HTTP_PORT=tcp://...: no start
+        assert workload.pod.get("enableServiceLinks") is False, workload.source
         memory = {}
         for mount, volume in workload.mounts():
             if "emptyDir" in volume:
