@@ -20,22 +20,26 @@ from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, number_i
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRPC_SERVERS = ("native", "grpcio")
+PORTS = ("port", "http_port", "health_port", "metrics_port")  # each its own, or 0: none/any
 # What a request carries besides its pixels, per image and per request (protobuf framing).
 MESSAGE_OVERHEAD_PER_IMAGE = 4
 MESSAGE_OVERHEAD = 1024
 DEFAULT_REPOSITORY = Path("model_repository")
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # v2: "QUOTA PERIOD", or "max PERIOD"
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")  # v1: cpu.cfs_quota_us (-1: none), cpu.cfs_period_us
 MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's limits are C ints
 
 
 def available_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (what
-    ``docker run --cpus`` and Kubernetes' CPU limit set; os.cpu_count() would report every
-    core of the host)."""
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota, v2 or
+    v1 (what ``docker run --cpus`` and Kubernetes' CPU limit set; os.cpu_count() would report
+    every core of the host)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
-        quota, period = CGROUP_CPU_MAX.read_text().split()
-        if quota != "max":
+        quota, period = (CGROUP_CPU_MAX.read_text().split() if CGROUP_CPU_MAX.exists() else
+                         [(CGROUP_V1_CPU / f"cpu.cfs_{part}_us").read_text().strip()
+                          for part in ("quota", "period")])
+        if quota not in ("max", "-1"):
             cores = min(cores or 1, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
@@ -152,6 +156,13 @@ class Settings:
         if self.grpc_server not in GRPC_SERVERS:
             raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
                              f"got {self.grpc_server!r}")
+        ports = [(getattr(self, name), _flag(name)) for name in PORTS if getattr(self, name)]
+        if len({port for port, _ in ports}) < len(ports):
+            raise ValueError(f"{', '.join(f'{flag} {port}' for port, flag in ports)}: "
+                             "expected different ports")
+        if self.auth_token != self.auth_token.strip():
+            raise ValueError("--auth-token: begins or ends with white space (a file's last "
+                             "newline?), which no client can send")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -217,18 +228,10 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
         exit_on_error=False,
     )
     for setting in dataclasses.fields(Settings):
-        choices = setting.metadata["choices"]
-        add_option(
-            parser,
-            _flag(setting.name),
-            dest=setting.name,
-            type=_parse(setting),
-            metavar=setting.metadata["metavar"] or "{" + ",".join(choices) + "}",
-            default=setting.default,
-            help=setting.metadata["help"],
-            secret=not setting.repr,
-            environ=environ,
-        )
+        metavar = setting.metadata["metavar"] or "{" + ",".join(setting.metadata["choices"]) + "}"
+        add_option(parser, _flag(setting.name), dest=setting.name, type=_parse(setting),
+                   metavar=metavar, default=setting.default, help=setting.metadata["help"],
+                   secret=not setting.repr, environ=environ)
     return parser
 
 

@@ -26,6 +26,13 @@ from serving.settings import Settings, settings_from
          "--batch-delay-us: expected an integer >= 0 and <= 1000000, got 10000000000000"),
         (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
          "--max-message-bytes: expected an integer >= 1 and <= 2147483647, got 3000000000"),
+        # with --workers 2 the servers shared the port (SO_REUSEPORT): calls went to either
+        (["--port", "9000", "--http-port", "9000"], {"FMNIST_METRICS_PORT": "9100"},
+         "--port 9000, --http-port 9000, --metrics-port 9100: expected different ports"),
+        (["--health-port", "8080"], {}, "--port 50051, --http-port 8080, --health-port 8080: "
+         "expected different ports"),
+        # a Secret made from a file keeps its last newline: no client could ever present it
+        ([], {"FMNIST_AUTH_TOKEN": "s3cret\n"}, "--auth-token: begins or ends with white space"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):

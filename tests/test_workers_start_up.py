@@ -208,17 +208,24 @@ def test_a_port_another_server_listens_on_with_reuse_port_fails_the_server(model
                       "[Errno 98] Address already in use"]
 
 
-@pytest.mark.parametrize(("cpu_max", "expected"), [
-    ("50000 100000\n", 1),  # docker --cpus 0.5
-    ("max 100000\n", len(os.sched_getaffinity(0))),
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "50000 100000\n"}, 1),  # docker --cpus 0.5, cgroup v2
+    ({"cpu.max": "max 100000\n"}, len(os.sched_getaffinity(0))),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+     len(os.sched_getaffinity(0))),
 ])
 def test_default_workers_follow_the_cores_this_process_may_use(tmp_path, monkeypatch,
-                                                               cpu_max, expected):
+                                                               files, expected):
+    """A CPU quota caps the cores under cgroup v2 and v1 alike (Docker on a v1 host, as this
+    one is: read only v2's file, a 16-core host gave a 2-CPU container 16 workers)."""
     from serving import settings
 
-    quota = tmp_path / "cpu.max"
-    quota.write_text(cpu_max)
-    monkeypatch.setattr(settings, "CGROUP_CPU_MAX", quota)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(settings, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(settings, "CGROUP_V1_CPU", tmp_path / "cpu")
     assert settings.available_cores() == expected
 
 
