@@ -117,7 +117,7 @@ class _Supervisor:
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"a worker did not serve within "
                                        f"{self.settings.worker_start_timeout:g} s")
-            for pid, message in self._reports(deadline - time.monotonic()):
+            for pid, message in self._reports(max(0.0, deadline - time.monotonic())):
                 if message == READY:
                     self.served.add(pid)
                 elif not self.stopping:  # Ctrl-C reaches workers too
