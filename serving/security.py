@@ -19,6 +19,8 @@ def check_pem_files(cert_file: str | Path | None, key_file: str | Path | None,
     """ValueError naming the file unless ``cert_file`` and ``key_file`` are a PEM certificate
     chain and its (unencrypted) key and ``ca_file`` holds PEM certificates: gRPC would only
     fail later, as a port it "cannot bind" or a handshake that fails. OSError if unreadable."""
+    for path in filter(None, (cert_file, key_file, ca_file)):  # ssl's OSError names no file
+        open(path, "rb").close()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if cert_file:

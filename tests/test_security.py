@@ -223,6 +223,21 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
         client_security.channel_credentials(files[2], files[0], files[1])
 
 
+@pytest.mark.parametrize("which", ["tls_cert", "tls_key", "tls_client_ca"])
+def test_a_tls_file_that_cannot_be_read_is_named(pki, model_repository, tmp_path, which):
+    """ssl's error names no file ("cannot read a TLS file: [Errno 2] No such file or
+    directory"): the operator could not tell the certificate from the key or the CA."""
+    files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
+             "tls_client_ca": str(pki.ca), which: str(tmp_path / "missing.pem")}
+    settings = local_settings(model_repository=model_repository, poll_interval=0, **files)
+    with pytest.raises(ListenError) as refused, running_server(settings):
+        pass
+    assert str(refused.value).endswith(f"No such file or directory: '{tmp_path}/missing.pem'")
+    with pytest.raises(OSError, match=re.escape("missing.pem")):
+        client_security.channel_credentials(files["tls_client_ca"], files["tls_cert"],
+                                            files["tls_key"])
+
+
 def test_a_key_too_small_for_openssl_is_refused_with_one_line(tmp_path, model_repository,
                                                               grpc_server):
     """The native server's gRPC C++ (system OpenSSL, default security level) refuses a
