@@ -62,7 +62,7 @@ class Call:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return DeadlineExceeded("deadline exceeded before the images were computed")
         if not self.is_active():
-            return Cancelled("call cancelled by the client")
+            return Cancelled("call cancelled (by its client, or at the end of a stop's grace)")
         return None
 
 
