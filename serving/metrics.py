@@ -31,14 +31,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    start_http_server,
-)
+import prometheus_client
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
 
@@ -211,5 +205,4 @@ def _duration(stats: ModelStatistics, outcome: str) -> Duration:
 def start_endpoint(host: str, port: int):
     """Serves ``/metrics`` on its own thread; returns the HTTP server (``shutdown`` ends it).
     OSError if the port cannot be bound."""
-    server, _thread = start_http_server(port, addr=host, registry=exposition_registry())
-    return server
+    return prometheus_client.start_http_server(port, addr=host, registry=exposition_registry())[0]
