@@ -33,7 +33,7 @@ def _present(root: Path) -> Listing | None:
 
 def _fingerprint(path: Path) -> tuple:
     """Changes when the files of a version directory are replaced, so a refused version that
-    is repaired in place is tried again."""
+    is repaired in place is tried again, and a loaded one replaced in place is loaded again."""
     stats = []
     for entry in sorted(path.iterdir()) if path.is_dir() else ():
         with contextlib.suppress(OSError):
@@ -55,9 +55,10 @@ class RepositoryWatcher:
         present = (_present(self.root) or Listing({}, [], set())).found
         # version -> the fingerprint of its files when it was refused (at start-up or later):
         # it is not tried again until they change
-        self._refused = {
-            key: _fingerprint(present[key]) for key in registry.refused if key in present
-        }
+        self._refused = {key: _fingerprint(present[key]) for key in registry.refused
+                         if key in present}
+        self._loaded = {key: _fingerprint(path) for key, path in present.items()  # as loaded
+                        if key not in self._refused}
         self._kept: set[VersionKey] = set()  # removed from disk, kept loaded (logged once)
         self._unlisted = False  # the last poll could not list the repository (logged once)
 
@@ -77,6 +78,9 @@ class RepositoryWatcher:
         loaded = {(model.name, model.version) for model in self.registry.list()}
         for key in sorted(present.keys() - loaded):
             self._load(key, present[key])
+        for key in sorted(present.keys() & loaded):  # replaced in place: the same again
+            if _fingerprint(present[key]) != self._loaded.get(key):
+                self._load(key, present[key])
         for key in sorted(loaded - present.keys()):
             if key[0] not in listing.unreadable:
                 self._unload(key)
@@ -104,6 +108,7 @@ class RepositoryWatcher:
             self._refused[key] = fingerprint
             return
         self._refused.pop(key, None)
+        self._loaded[key] = fingerprint
         log.info("model version rolled out", extra={"fields": {
             "model": key[0], "version": key[1],
             "default_version": self.registry.versions(key[0])[-1]}})
@@ -118,4 +123,5 @@ class RepositoryWatcher:
                         "required model", extra={"fields": {"model": name, "version": version}})
             return
         self.registry.remove(name, version)
+        self._loaded.pop(key, None)
         log.info("model version unloaded", extra={"fields": {"model": name, "version": version}})

@@ -271,3 +271,36 @@ def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, 
     watcher.poll()
     assert [record.getMessage() for record in caplog.records].count(
         "model version refused") == 1  # at start-up only
+
+
+def test_a_version_replaced_in_place_is_loaded_again(repository_copy, policy, caplog):
+    """A version directory swapped for another under the same number went unnoticed: the
+    process kept its old files, a worker started later loaded the new ones, and the two
+    answered under one name and version with different models."""
+    registry = load_repository(repository_copy, policy)
+    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
+    old_sha = registry.get("mlp", 2).manifest.sha256
+    new = repository_copy / "mlp" / ".new"
+    shutil.copytree(repository_copy / "softmax" / "1", new)
+    _rewrite_manifest(new / MANIFEST, name="mlp", version=2)
+    (repository_copy / "mlp" / "2").rename(repository_copy / "mlp" / ".old")
+    new.rename(repository_copy / "mlp" / "2")
+    watcher.poll()
+    replaced = registry.get("mlp", 2).manifest.sha256
+    assert replaced == registry.get("softmax", 1).manifest.sha256 != old_sha
+    assert [REGISTRY.get_sample_value("fmnist_model_info", {
+        "model": "mlp", "version": "2", "sha256": sha[:12]}) for sha in (old_sha, replaced)] \
+        == [0, 1]
+    # a replacement that fails verification leaves the version that serves, refused once
+    damaged = repository_copy / "mlp" / ".damaged"
+    shutil.copytree(repository_copy / "mlp" / "2", damaged)
+    _rewrite_manifest(damaged / MANIFEST, sha256="0" * 64)
+    shutil.rmtree(repository_copy / "mlp" / "2")
+    damaged.rename(repository_copy / "mlp" / "2")
+    watcher.poll()
+    watcher.poll()
+    assert registry.get("mlp", 2).manifest.sha256 == replaced
+    assert [record.getMessage() for record in caplog.records].count(
+        "model version refused") == 1
+    for model in registry.list():  # their fmnist_model_info series back to 0
+        registry.remove(model.name, model.version)
