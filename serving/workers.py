@@ -158,10 +158,8 @@ class _Supervisor:
         readable, _, _ = select.select([self._wake_read, *self.starting], [], [], timeout)
         if self._wake_read in readable:
             os.read(self._wake_read, 512)
-        reports = []
-        for pipe in set(readable) & set(self.starting):
-            reports.append((self.starting.pop(pipe), read_all(pipe)))
-        return reports
+        return [(self.starting.pop(pipe), read_all(pipe))
+                for pipe in set(readable) & set(self.starting)]
 
     def _fork(self, slot: int) -> None:
         """Starts a worker; its start report comes over a pipe of its own."""
