@@ -7,8 +7,9 @@ a caller leads, that is runs a batch itself on its own thread, right away, so a 
 costs no hand-off. Callers that arrive while every slot is taken queue, and a leader's next
 batch takes everything queued in arrival order (up to ``max_images`` images; a larger request
 goes alone, never split): under load many small requests become one call. A leader keeps its
-slot until its own request is answered, then hands the slot to the caller at the head of the
-queue (or frees it), so no caller waits for the model longer than its own batch needs.
+slot until its own request is answered or taken into another leader's batch, then hands the
+slot to the caller at the head of the queue (or frees it), so no caller runs batches queued
+behind its own.
 
 A request whose call has ended (deadline passed, client gone) is never computed: it leaves
 the queue within ``_ENDED_CHECK_S``, or when a batch takes it if that comes first; a failing
@@ -157,6 +158,8 @@ class Batcher:
             request = self._waiting.popleft()
             self._waiting_images -= size
             request.taken = True
+            if request.leads:  # its caller waits out --batch-delay-us: its answer is coming
+                self._arrived.notify_all()
             try:
                 if request.call is not None:
                     request.call.check_alive()

@@ -227,6 +227,23 @@ def test_a_delay_gathers_requests_into_one_call(session):
     assert run.sizes == [sum(len(images) for images in requests)]
 
 
+def test_a_leader_waiting_out_the_delay_hears_that_its_request_was_taken(session):
+    """With a delay and two slots, a second leader may take the first leader's request into
+    a full batch: the first kept waiting out its whole delay (and its slot), so its caller
+    got the answer a whole delay late."""
+    run = CountingRun(session)
+    queue = batcher(run, max_images=2, max_parallel=2, max_delay_s=2.0)
+    with ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        first = pool.submit(queue.predict, np.zeros((1, 28, 28), np.uint8))
+        wait_until_queued(queue, 1)
+        time.sleep(0.05)  # the first leads and waits out the delay for a second image
+        second = pool.submit(queue.predict, np.zeros((1, 28, 28), np.uint8))
+        first.result(10), second.result(10)
+        assert time.monotonic() - started < 1.0
+    assert run.sizes == [2] and queue._running == 0
+
+
 def test_a_leader_hands_the_slot_on_once_its_own_request_is_answered(session):
     """A caller runs batches only until its own request is answered: the requests queued
     behind it are run by their own callers' threads, not by the leader's (which would make
