@@ -33,11 +33,14 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
         upright = ImageOps.exif_transpose(image)
         if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
             upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
-        if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
-            # the background the inversion turns black: what lies under it is no colour
-            background = Image.new("RGBA", upright.size, "white" if invert else "black")
-            upright = Image.alpha_composite(background, upright.convert("RGBA"))
-        gray = upright.convert("L")
+        transparent = upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info
+        gray = upright.convert("LA" if transparent else "L")
+    if transparent:  # over what the inversion turns black, whatever colour lies under it;
+        # fitted first: a photo's size in full RGBA copies took hundreds of MB
+        gray = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=(0, 0))
+        flat = Image.new("L", IMAGE_SHAPE, 255 if invert else 0)
+        flat.paste(gray.getchannel("L"), mask=gray.getchannel("A"))
+        gray = flat
     if invert:
         gray = ImageOps.invert(gray)
     fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
