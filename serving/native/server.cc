@@ -248,8 +248,8 @@ class Call {
       if (!may_wait && !idle()) return false;
       changed_.wait(lock, idle);
       if (finished_) return true;
+      finished_ = metadata_sent_ = true;  // first: draining lets go of the lock meanwhile
       if (code != 0) DrainBriefly(lock);
-      finished_ = metadata_sent_ = true;
     }
     for (const auto& [key, value] : trailing) rpc_->context.AddTrailingMetadata(key, value);
     status_ = grpc::Status(static_cast<grpc::StatusCode>(code), details);
