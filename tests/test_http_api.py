@@ -195,6 +195,21 @@ def test_classify_json_and_image_file_equal_grpc(served, images, tmp_path):
     assert result["model"]["label"] == domain_answer(channel, seen[None]).results[0].model.label
 
 
+def test_a_test_images_dir_that_is_not_one_is_said_at_start(model_repository, tmp_path,
+                                                             caplog):
+    """--test-images-dir naming nothing was taken in silence: the page's test images were
+    404 for good, and nothing at start said why."""
+    missing = tmp_path / "no-such-dir"
+    with caplog.at_level("WARNING"), http_server(
+            http_settings(model_repository, test_images_dir=str(missing))) as (_, url):
+        answer = requests.get(f"{url}/v1/test-images/random", timeout=5)
+    assert answer.status_code == 404
+    warned = [r for r in caplog.records if r.getMessage().startswith("--test-images-dir")]
+    assert [(r.getMessage(), r.fields) for r in warned] == [(
+        "--test-images-dir is not a directory: the page's test images are 404",
+        {"directory": str(missing)})]
+
+
 def test_domain_models_and_test_images(served, test_set):
     _, url, channel = served
     listed = requests.get(f"{url}/v1/models", timeout=5).json()["models"]

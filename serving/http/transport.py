@@ -55,6 +55,9 @@ class HttpTransport:
         self._decoder = ThreadPoolExecutor(max(1, min(CORES, settings.parallel_inferences)
                                                // settings.workers),
                                            thread_name_prefix="image-decode")
+        if test_images_dir is not None and not test_images_dir.is_dir():
+            log.warning("--test-images-dir is not a directory: the page's test images are "
+                        "404", extra={"fields": {"directory": str(test_images_dir)}})
         self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
                             test_images=TestImages(test_images_dir), decoder=self._decoder)
         self._host, self._port, self._reuse_port = host, port, reuse_port
