@@ -34,12 +34,13 @@ def _present(root: Path) -> Listing | None:
 def _fingerprint(path: Path) -> tuple:
     """Changes when the files of a version directory are replaced, so a refused version that
     is repaired in place is tried again, and a loaded one replaced in place is loaded again."""
-    stats = []
+    files = []
     for entry in sorted(path.iterdir()) if path.is_dir() else ():
         with contextlib.suppress(OSError):
-            stat = entry.stat()
-            stats.append((entry.name, stat.st_size, stat.st_mtime_ns))
-    return tuple(stats)
+            info = entry.stat()
+            # a copy keeping sizes and times (cp -p, rsync -a) still has a new ctime
+            files.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return tuple(files)
 
 
 class RepositoryWatcher:

@@ -3,6 +3,7 @@
 import errno
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -302,5 +303,33 @@ def test_a_version_replaced_in_place_is_loaded_again(repository_copy, policy, ca
     assert registry.get("mlp", 2).manifest.sha256 == replaced
     assert [record.getMessage() for record in caplog.records].count(
         "model version refused") == 1
+    for model in registry.list():  # their fmnist_model_info series back to 0
+        registry.remove(model.name, model.version)
+
+
+def test_a_version_replaced_by_a_copy_of_the_same_size_and_times_is_loaded_again(
+        repository_copy, policy):
+    """Models of one architecture have files of one size, and cp -p, rsync -a or tar keep
+    the modification times: such a replacement still went unnoticed (its ctimes are new)."""
+    registry = load_repository(repository_copy, policy)
+    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
+    served = repository_copy / "mlp" / "2"
+    times = {path.name: (path.stat().st_atime_ns, path.stat().st_mtime_ns)
+             for path in served.iterdir()}
+    new = repository_copy / "mlp" / ".new"
+    shutil.copytree(repository_copy / "mlp" / "1", new)
+    manifest = json.loads((new / MANIFEST).read_text())
+    manifest["version"] = 2
+    padding = (served / MANIFEST).stat().st_size - len(json.dumps(manifest))
+    manifest["description"] += " " * padding
+    (new / MANIFEST).write_text(json.dumps(manifest))
+    for name, stamps in times.items():
+        os.utime(new / name, ns=stamps)
+    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in new.iterdir()) == \
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in served.iterdir())
+    shutil.rmtree(served)
+    new.rename(served)
+    watcher.poll()
+    assert registry.get("mlp", 2).manifest.sha256 == manifest["sha256"]
     for model in registry.list():  # their fmnist_model_info series back to 0
         registry.remove(model.name, model.version)
