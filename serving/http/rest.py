@@ -176,7 +176,7 @@ def _set_contents(tensor, data, field_name: str) -> None:
                 raise InvalidArgument(
                     f"{field_name}.data: value {index} (row-major) is "
                     f"{json.dumps(value)[:40]}, not a {tensor.datatype} value") from None
-        raise
+        raise InvalidArgument(f"{field_name}.data: expected {tensor.datatype} values") from None
 
 
 def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> None:
