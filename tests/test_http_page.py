@@ -210,3 +210,71 @@ def test_a_guarded_server_opens_the_token_box_and_answers_with_the_token(model_r
         unexpected = [entry["message"] for entry in browser.get_log("browser")
                       if not entry["message"].startswith(f"{url}/v1/models - ")]
         assert unexpected == []
+
+
+def test_a_small_file_of_many_pixels_is_scaled_down_by_the_page(served, browser, test_set,
+                                                                tmp_path):
+    """A picture of few bytes but more pixels than the server decodes (25,000,000) went as it
+    was: the page showed the server's "scale it down first", which it could not."""
+    from selenium.webdriver.common.by import By
+
+    url, stub = served
+    browser.get(url)
+    element = browser.find_element
+    picture = tmp_path / "poster.png"
+    Image.fromarray(np.kron(test_set[0][1], np.ones((200, 200), np.uint8))).save(picture)
+    assert picture.stat().st_size < 2 * 2**20  # under the page's own size threshold
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "poster.png" in element(By.ID, "truth").text
+             or element(By.ID, "error").text)
+    assert element(By.ID, "error").text == ""
+    assert shown(browser) == labels(stub, load_png(picture))
+
+
+def test_a_file_can_be_picked_with_the_keyboard_or_a_click_anywhere_on_the_zone(served,
+                                                                                 browser):
+    """The file input was hidden, so no tab stop reached it, and the drop zone's pointer cursor
+    promised a click that did nothing off the underlined words."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url, _ = served
+    browser.get(url)
+    reached = []
+    for _ in range(12):  # as a person presses Tab (a file input's send_keys takes a path)
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        reached.append(browser.switch_to.active_element.get_attribute("id"))
+    assert "file" in reached, reached
+    browser.execute_script("""window.pickerOpened = false;
+        document.getElementById("file").addEventListener("click", (event) => {
+            window.pickerOpened = true; event.preventDefault(); });""")
+    browser.find_element(By.ID, "drop").click()  # its middle: the text, not the link
+    assert browser.execute_script("return window.pickerOpened") is True
+
+
+def test_a_random_image_asked_for_is_what_the_controls_ask_again_for(served, browser,
+                                                                      test_set, tmp_path):
+    """With a file on screen, a model chosen while a random test image was on its way classified
+    the file again, and the random image was dropped."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = served
+    browser.get(url)
+    element = browser.find_element
+    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                        "option")) > 1)
+    picture = tmp_path / "boot.png"
+    Image.fromarray(test_set[0][0]).save(picture)
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+    browser.execute_script("""
+        const original = window.fetch;
+        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
+            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
+            : original(path, options);""")
+    element(By.ID, "random").click()
+    Select(element(By.ID, "model")).select_by_value("softmax")
+    wait_for(browser, lambda: element(By.ID, "truth").text.startswith("test image"))
+    assert element(By.ID, "model-name").text.startswith("softmax v")
