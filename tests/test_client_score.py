@@ -35,6 +35,13 @@ def test_answers_from_two_versions_are_not_joined_as_one(target, test_set):
         joined(answers)
 
 
+def test_score_draws_no_progress_bar_into_a_log(target, capsys):
+    """With stderr not a terminal (a log, a pipe), the bar's every redraw went into it."""
+    assert cli.main(["score", "--target", target, "--limit", "600", "--batch-size", "100",
+                     "--rpc", "unary"]) == 0
+    assert "img/s" not in capsys.readouterr().err
+
+
 def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys, test_set,
                                                         model_repository):
     csv_path = tmp_path / "predictions.csv"

@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--data-dir", type=Path, default=None,
                        help="directory of the IDX files [env FMNIST_DATA_DIR, default "
                        "/usr/share/datasets/fashion-mnist]")
-    score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (there is none when stderr is not a terminal)")
 
     health = command("health", _health,
                      "Exit 0 if the server reports SERVING, 1 otherwise (container healthcheck).")

@@ -46,7 +46,8 @@ def score(args, security) -> int:
 
     answers, latencies = [], []
     with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
-        total=len(images), unit="img", disable=args.no_progress, file=sys.stderr
+        total=len(images), unit="img", file=sys.stderr,
+        disable=args.no_progress or not sys.stderr.isatty(),  # a log would get every redraw
     ) as progress:
         # one image finds the version; every batch asks for that one, whatever is published
         # meanwhile (the answers of two versions would be refused at the end, by joined)
