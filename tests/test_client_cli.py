@@ -193,6 +193,7 @@ def test_health_and_models(target, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:]] == [
         ["baseline", "1"], ["mlp", "1"], ["mlp", "2"], ["softmax", "1"]]
+    assert lines[0].split()[2] == "newest"  # of its model's versions; not the default model
     assert lines[3].split()[2] == "yes"
 
 

@@ -265,7 +265,8 @@ def _models(args) -> int:
 
     with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
         models = client.list_models()
-    print(f"{'model':<10} {'version':>7} {'default':<7} {'accuracy':>8}  {'sha256':<12}  "
+    # "newest": the version a call naming none gets ("default" read as the default model)
+    print(f"{'model':<10} {'version':>7} {'newest':<7} {'accuracy':>8}  {'sha256':<12}  "
           f"{'created':<25} description")
     for m in models:
         print(f"{m.name:<10} {m.version:>7} {'yes' if m.is_default_version else '':<7} "
