@@ -55,6 +55,8 @@ def _json(document) -> bytes:
     ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
     ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
+    # it said "not an image file it knows", of nothing
+    ("POST", CLASSIFY, b"", {}, 400, "body: empty; expected a PNG, JPEG, GIF, BMP, WEBP image"),
     ("POST", CLASSIFY, _json({"images": [[300] * 784]}), {}, 400,
      "images[0]: expected 784 integers 0..255"),
     ("POST", CLASSIFY, _json({"images": [[0] * 100]}), {}, 400,

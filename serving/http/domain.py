@@ -137,6 +137,10 @@ def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
     from PIL.Image import DecompressionBombError
 
     too_large = f"is over {MAX_IMAGE_PIXELS:,} pixels; scale it down first"
+    expected = (f"expected a {', '.join(IMAGE_FORMATS)} image, or JSON "
+                f'{{"images": [[784 integers 0..255], ...]}}')
+    if not body:
+        raise InvalidArgument(f"body: empty; {expected}")
     try:
         with pillow().open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
             width, height = image.size
@@ -150,9 +154,7 @@ def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
     except Exception as error:  # whatever Pillow makes of a damaged or foreign file
         reason = ("not an image file it knows" if isinstance(error, UnidentifiedImageError)
                   else str(error))
-        raise InvalidArgument(
-            f"body: expected a {', '.join(IMAGE_FORMATS)} image, or JSON "
-            f'{{"images": [[784 integers 0..255], ...]}} ({reason})') from None
+        raise InvalidArgument(f"body: {expected} ({reason})") from None
 
 
 def encode_classify(request: pb.ClassifyRequest, response: pb.ClassifyResponse,
