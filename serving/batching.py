@@ -125,8 +125,7 @@ class Batcher:
         finally:
             with self._lock:
                 own.leads = False
-                successor = next((waiting for waiting in self._waiting
-                                  if not waiting.leads), None)
+                successor = next((waiting for waiting in self._waiting if not waiting.leads), None)
                 if successor is None:
                     self._running -= 1
                 else:
@@ -190,8 +189,7 @@ class Batcher:
                 self._settle(request, result=(probabilities[start:end], labels[start:end]))
                 start = end
             self._metrics.executed(len(labels))
-            self._metrics.succeeded(len(batch), queue_s, len(batch) * (finished - started),
-                                    total_s)
+            self._metrics.succeeded(len(batch), queue_s, len(batch) * (finished - started), total_s)
         except Exception as error:
             finished = time.perf_counter()
             for request in batch:

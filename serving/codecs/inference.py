@@ -66,8 +66,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
     expected_input = model.manifest.inputs[0]
     if len(request.inputs) != 1 or request.inputs[0].name != expected_input.name:
         names = [tensor.name for tensor in request.inputs]
-        raise InvalidArgument(
-            f"inputs: expected one input {expected_input.name!r}, got {names}")
+        raise InvalidArgument(f"inputs: expected one input {expected_input.name!r}, got {names}")
     tensor = request.inputs[0]
     field = f"inputs[{tensor.name!r}]"
     for name, where in ((field, tensor), *((f"outputs[{o.name!r}]", o) for o in request.outputs)):
@@ -142,8 +141,7 @@ def _class_count(output, field: str, model: ModelVersion) -> int:
     if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 1:
         raise InvalidArgument(f"{field}.parameters[{CLASSIFICATION!r}]: expected int64 >= 1")
     if output.name != PROBABILITIES:
-        raise InvalidArgument(
-            f"{field}: classification applies to {PROBABILITIES!r} only")
+        raise InvalidArgument(f"{field}: classification applies to {PROBABILITIES!r} only")
     return min(int(parameter.int64_param), len(model.manifest.class_names))
 
 
@@ -153,8 +151,7 @@ def encode_infer_response(query: InferQuery, model: ModelVersion,
                                      id=query.id)
     for output in query.outputs:
         if output.class_count:
-            _add_classification(response, output, prediction, model.manifest.class_names,
-                                query.raw)
+            _add_classification(response, output, prediction, model.manifest.class_names, query.raw)
         elif output.name == PROBABILITIES:
             _add_tensor(response, PROBABILITIES, "FP32",
                         np.ascontiguousarray(prediction.probabilities, dtype="<f4"),
