@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import descriptor, message_factory
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2
 
 from serving import native
 from serving.errors import ServingError
@@ -207,7 +207,9 @@ class HealthServicer(health.HealthServicer):
     """grpc_health's, non-blocking (a Watch holds no call thread), with a Watch's end handled
     on a thread of its own: on grpcio's polling thread it waited for the servicer's lock,
     held by a Watch waiting for that thread to send (upstream: one client opening and
-    cancelling Watches deadlocked grpcio's server for good)."""
+    cancelling Watches deadlocked grpcio's server for good). A Watch of a service it does not
+    serve ends after SERVICE_UNKNOWN, never registered: grpc_health kept every name any client
+    asked for, for good (and health needs no token)."""
 
     def _on_close_callback(self, send_response_callback, service):
         end = super()._on_close_callback(send_response_callback, service)
@@ -227,8 +229,13 @@ class HealthServicer(health.HealthServicer):
 
     def Watch(self, request, context, send_response_callback=None):  # noqa: N802 (grpc_health's)
         with self._lock:  # end_watches ends the Watches registered before it, this the later
-            answer = super().Watch(request, context, send_response_callback)
-            ending = self._ending
+            if request.service in self._server_status or send_response_callback is None:
+                answer = super().Watch(request, context, send_response_callback)
+                ending = self._ending
+            else:  # SERVICE_UNKNOWN, then the end: no service is added later
+                send_response_callback(health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+                answer, ending = None, True
         if ending and send_response_callback is not None:  # None: grpc_health's blocking mode
             send_response_callback(None)
         return answer

@@ -154,9 +154,9 @@ def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: s
         context.finish(serialize(behavior(request, context)))
     elif getattr(behavior, "experimental_non_blocking", False) and not handler.request_streaming:
         behavior(request, context, functools.partial(_send, call, context, serialize))
-        if call.park():  # answered from other threads until cancelled
+        if call.park() and call.active():  # answered from other threads until cancelled
             return True
-        context.end()  # cancelled already (and finished by park)
+        context.end()  # cancelled already (and finished by park), or ended by the handler
     else:
         _write_all(call, behavior(request, context), serialize)
         context.finish()
