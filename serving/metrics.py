@@ -27,14 +27,16 @@ Metric names (all prefixed ``fmnist_``):
 """
 
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
+
+from serving.workers_metrics import http_server
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -205,4 +207,6 @@ def _duration(stats: ModelStatistics, outcome: str) -> Duration:
 def start_endpoint(host: str, port: int):
     """Serves ``/metrics`` on its own thread; returns the HTTP server (``shutdown`` ends it).
     OSError if the port cannot be bound."""
-    return prometheus_client.start_http_server(port, addr=host, registry=exposition_registry())[0]
+    server = http_server(host, port, exposition_registry())
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -104,9 +104,8 @@ class ModelServer:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelServer":
         """Loads and verifies the repository (RepositoryError if it cannot be served)."""
-        policy = _policy(settings)
-        registry = load_repository(settings.model_repository, policy, settings.intra_op_threads)
-        return cls(settings, registry)
+        return cls(settings, load_repository(settings.model_repository, _policy(settings),
+                                             settings.intra_op_threads))
 
     @property
     def address(self) -> str:
@@ -151,11 +150,9 @@ class ModelServer:
         if self._health_server is not None:
             self._health_server.start()
         if settings.poll_interval > 0:
-            watcher = RepositoryWatcher(
-                settings.model_repository, self.registry, _policy(settings),
-                intra_op_threads=settings.intra_op_threads,
-                required=(settings.default_model, settings.baseline_model),
-            )
+            watcher = RepositoryWatcher(settings.model_repository, self.registry, _policy(settings),
+                                        intra_op_threads=settings.intra_op_threads,
+                                        required=(settings.default_model, settings.baseline_model))
             self._watcher = threading.Thread(  # daemon: a hung read must not hold the exit
                 target=watcher.run, args=(settings.poll_interval, self._stop_watching),
                 name="repository-watcher", daemon=True)

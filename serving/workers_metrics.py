@@ -1,5 +1,6 @@
-"""The supervisor's ``/metrics`` (``serving.workers``): every worker's metrics files summed,
-served from a process of its own so that no scrape ever holds up the supervisor.
+"""``/metrics`` over HTTP: one process's metrics (``serving.metrics.start_endpoint``), or the
+supervisor's (``serving.workers``): every worker's metrics files summed, served from a
+process of its own so that no scrape ever holds up the supervisor.
 
 prometheus_client is imported only inside: the supervisor must not load it before it has
 pointed ``PROMETHEUS_MULTIPROC_DIR`` at the workers' directory.
@@ -11,23 +12,34 @@ import sys
 from serving.errors import WorkerStartError
 from serving.settings import Settings
 
-METRICS_CLIENT_TIMEOUT_S = 5.0
-
 log = logging.getLogger(__name__)
 
 
 def summed_metrics_server(settings: Settings, directory: str):
     """``/metrics`` over every worker's files, bound here (a port in use fails the start with
-    one line) and served by the metrics process, each scrape on a thread of its own: a client
-    that sends slowly holds only its own."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client import CollectorRegistry, make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer  # start_http_server's
+    one line) and served by the metrics process."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    try:
+        return http_server(settings.host, settings.metrics_port, registry)
+    except OSError as error:
+        raise WorkerStartError(
+            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
+
+
+def http_server(host: str, port: int, registry):
+    """``/metrics`` of ``registry``, bound, not yet serving (one process's metrics, or these):
+    each scrape on a thread of its own, a client that sends slowly holds only its own, and
+    one that sends nothing is dropped (prometheus_client's server kept its thread for good)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
     class QuietHandler(WSGIRequestHandler):
-        timeout = METRICS_CLIENT_TIMEOUT_S  # a client that sends nothing is dropped
+        timeout = 5.0  # seconds: a client that sends nothing is dropped
 
         def log_message(self, *args) -> None:  # one line per scrape is noise
             pass
@@ -37,11 +49,5 @@ def summed_metrics_server(settings: Settings, directory: str):
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    try:
-        return make_server(settings.host, settings.metrics_port, make_wsgi_app(registry),
-                           server_class=MetricsServer, handler_class=QuietHandler)
-    except OSError as error:
-        raise WorkerStartError(
-            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
+    return make_server(host, port, make_wsgi_app(registry), server_class=MetricsServer,
+                       handler_class=QuietHandler)

@@ -109,6 +109,20 @@ async def test_a_stream_whose_deadline_passes_is_counted_as_over_never_ok_nor_a_
     assert "request crashed" not in caplog.text
 
 
+def test_a_scraper_that_sends_nothing_is_dropped_by_a_one_process_server(model_repository):
+    """One process served /metrics with prometheus_client's own server, which kept a thread
+    for each client that connected and sent half a request, for good (the supervisor's drops
+    them after 5 s): one server for both now."""
+    port = free_port()
+    settings = local_settings(model_repository=model_repository, metrics_port=port,
+                              poll_interval=0)
+    with (running_server(settings), socket.create_connection(("127.0.0.1", port)) as idle):
+        idle.sendall(b"GET /metr")
+        idle.settimeout(15)
+        assert idle.recv(1024) == b""  # closed by the server, within its 5 s
+        assert value(scrape(port), "fmnist_requests_in_flight") == 0  # and it still serves
+
+
 async def test_metrics_port_in_use_is_a_listen_error(model_repository):
     from serving.server import ListenError
 
