@@ -7,17 +7,21 @@ import json
 import logging
 import sys
 
+# control characters as \xNN: a client's text in a message cannot start a line of its own
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The line, fields included, escaped; a traceback follows it as it is."""
+        line = super().formatMessage(record)
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-        return line
+        return line.translate(_ESCAPED)
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import socket
+import sys
 import time
 
 import grpc
@@ -342,3 +343,22 @@ async def test_logs_hold_no_image_data_even_at_debug(server, stub, caplog, capfd
     assert "request failed" in logs  # the refusals were logged, at all
     for rendering in _renderings(PATTERN * 2):
         assert rendering not in logs
+
+
+def test_a_clients_text_in_a_log_line_cannot_start_a_line_of_its_own():
+    """An unknown JSON key or query option is quoted into the error a failed call is logged
+    with: in the text format a newline in it forged a log line of the client's making."""
+    from serving.logs import TextFormatter
+
+    forged = "y\n2026-12-02 00:00:01,000 CRITICAL serving.auth[1]: forged"
+    record = logging.LogRecord("serving.pipeline", logging.WARNING, __file__, 1,
+                               "request failed %s", (forged,), None)
+    record.fields = {"error": f"{forged}: not a key", "code": "INVALID_ARGUMENT"}
+    line = TextFormatter().format(record)
+    assert "\n" not in line and line.count("\\x0a") == 2
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info, record.exc_text = sys.exc_info(), None
+    traceback_lines = TextFormatter().format(record).splitlines()[1:]
+    assert traceback_lines[0] == "Traceback (most recent call last):"  # as it is, below
