@@ -204,6 +204,12 @@ def test_a_test_images_dir_that_is_not_one_is_said_at_start(model_repository, tm
             http_settings(model_repository, test_images_dir=str(missing))) as (_, url):
         answer = requests.get(f"{url}/v1/test-images/random", timeout=5)
     assert answer.status_code == 404
+    # where the server looked is its log's to say, not a client's to learn
+    assert answer.json()["error"] == "no test images on this server (its log says why)"
+    assert str(missing) not in answer.text
+    logged = next(r.fields["error"] for r in caplog.records
+                  if r.getMessage() == "test images cannot be read")
+    assert logged.startswith(str(missing))
     warned = [r for r in caplog.records if r.getMessage().startswith("--test-images-dir")]
     assert [(r.getMessage(), r.fields) for r in warned] == [(
         "--test-images-dir is not a directory: the page's test images are 404",

@@ -11,6 +11,7 @@ are checked by the data plane's codec; refused here is only what cannot become a
 
 import io
 import json
+import logging
 import re
 import threading
 from concurrent.futures import Executor
@@ -30,6 +31,8 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outsid
 # billion pixels. 25 million is a 5000x5000 photo.
 MAX_IMAGE_PIXELS = 25_000_000
 INT64 = range(-(2**63), 2**63)  # what the protobuf fields of a version hold
+
+log = logging.getLogger(__name__)
 
 
 JSON_KEYS = ("images", "model", "version", "request_id")
@@ -218,7 +221,9 @@ class TestImages:
                 try:
                     self._loaded = load_test_set(directory)
                 except (OSError, ValueError) as error:
-                    raise NotFound(f"no test images on this server: {error}") from None
+                    log.warning("test images cannot be read", extra={"fields": {
+                        "error": str(error)}})
+                    raise NotFound("no test images on this server (its log says why)") from None
             return self._loaded
 
 
