@@ -183,9 +183,10 @@ class CallPipeline:
         """``error`` as the ServingError the client gets, logged once."""
         fields = {"method": call.method, "peer": call.peer}
         if isinstance(error, ServingError):
-            # refused for the server's state (draining, at its limit): counted, and one line
-            # each would flood the log just when it matters; the client's faults stay loud
-            quiet = isinstance(error, Unavailable) or type(error) is ResourceExhausted
+            # refused for the server's state (draining, at its limit) or without the token:
+            # counted, and one line each would flood the log (just when it matters, or at
+            # anyone's will); the faults of clients who may call stay loud
+            quiet = type(error) in (Unavailable, Unauthenticated, ResourceExhausted)  # not TooLarge
             log.log(logging.DEBUG if quiet else logging.WARNING, "request failed", extra={
                 "fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error

@@ -92,7 +92,10 @@ async def _first(stream):
     return None
 
 
-async def test_token_guards_every_rpc_but_health(model_repository, grpc_server):
+async def test_token_guards_every_rpc_but_health(model_repository, grpc_server, caplog):
+    """... and a refusal for want of the token is counted, logged at DEBUG only: anyone who
+    reaches the port could fill the log with them (a WARNING line, 250 bytes, each)."""
+    caplog.set_level(logging.DEBUG, logger="serving")
     async with _serving(model_repository, grpc_server, auth_token=TOKEN) as port:
         target = f"127.0.0.1:{port}"
         async with aio_channel(target) as anonymous:
@@ -110,6 +113,9 @@ async def test_token_guards_every_rpc_but_health(model_repository, grpc_server):
             assert not any(isinstance(o, grpc.StatusCode) for o in outcomes.values()), outcomes
             assert len(outcomes["Classify"].results) == 1
             assert "fashion_mnist.v1.Classifier" in outcomes["ServerReflectionInfo"]
+    refusals = [r for r in caplog.records if r.getMessage() == "request failed"
+                and r.fields["code"] == "UNAUTHENTICATED"]
+    assert refusals and {r.levelname for r in refusals} == {"DEBUG"}
 
 
 def test_health_watches_of_names_it_does_not_serve_leave_nothing_behind(model_repository,
