@@ -51,6 +51,27 @@ def wait_for(browser, condition):
     return WebDriverWait(browser, WAIT_S).until(lambda _: condition())
 
 
+def opened_with_models(browser, url: str):
+    """The page at ``url`` once its model list has come; returns ``find_element``."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    element = browser.find_element
+    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
+                                                                        "option")) > 1)
+    return element
+
+
+def delay_test_images(browser) -> None:
+    """The page's fetches of test images answer 1.5 s late: room to act while one is on its
+    way."""
+    browser.execute_script("""
+        const original = window.fetch;
+        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
+            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
+            : original(path, options);""")
+
+
 def labels(stub, image: np.ndarray) -> tuple[int, int]:
     result = stub.Classify(pb.ClassifyRequest(images=[image.tobytes()])).results[0]
     return result.model.label, result.baseline.label
@@ -68,10 +89,7 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
     from selenium.webdriver.common.by import By
 
     url, stub = served
-    browser.get(url)
-    element = browser.find_element
-    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
-                                                                        "option")) > 1)
+    element = opened_with_models(browser, url)
     element(By.ID, "random").click()
     wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
     index = int(element(By.ID, "truth").get_attribute("data-index"))
@@ -117,10 +135,7 @@ def test_the_controls_and_the_same_file_again_ask_again(served, browser, test_se
     from selenium.webdriver.support.ui import Select
 
     url, stub = served
-    browser.get(url)
-    element = browser.find_element
-    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
-                                                                        "option")) > 1)
+    element = opened_with_models(browser, url)
     picture = tmp_path / "trouser.png"
     Image.fromarray(np.kron(test_set[0][2], np.ones((4, 4), np.uint8))).save(picture)
     element(By.ID, "file").send_keys(str(picture))
@@ -165,15 +180,8 @@ def test_a_late_test_image_does_not_become_what_the_controls_ask_again_for(serve
     from selenium.webdriver.support.ui import Select
 
     url, _ = served
-    browser.get(url)
-    element = browser.find_element
-    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
-                                                                        "option")) > 1)
-    browser.execute_script("""
-        const original = window.fetch;
-        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
-            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
-            : original(path, options);""")
+    element = opened_with_models(browser, url)
+    delay_test_images(browser)
     element(By.ID, "random").click()
     picture = tmp_path / "trouser.png"
     Image.fromarray(test_set[0][2]).save(picture)
@@ -261,19 +269,12 @@ def test_a_random_image_asked_for_is_what_the_controls_ask_again_for(served, bro
     from selenium.webdriver.support.ui import Select
 
     url, _ = served
-    browser.get(url)
-    element = browser.find_element
-    wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
-                                                                        "option")) > 1)
+    element = opened_with_models(browser, url)
     picture = tmp_path / "boot.png"
     Image.fromarray(test_set[0][0]).save(picture)
     element(By.ID, "file").send_keys(str(picture))
     wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
-    browser.execute_script("""
-        const original = window.fetch;
-        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
-            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
-            : original(path, options);""")
+    delay_test_images(browser)
     element(By.ID, "random").click()
     Select(element(By.ID, "model")).select_by_value("softmax")
     wait_for(browser, lambda: element(By.ID, "truth").text.startswith("test image"))
