@@ -33,10 +33,11 @@ from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
 
-# On shutdown, calls are refused UNAVAILABLE (clients retry elsewhere) until none has arrived
-# for DRAIN_QUIET_SECONDS, at most REFUSING_AT_MOST_SECONDS: gRPC's GOAWAY then ends them
-# (calls it received but had not handed over would end CANCELLED). After the GOAWAY clients
-# open their next calls on a new connection, and the calls in flight get the rest of the grace.
+# On shutdown, calls are refused UNAVAILABLE (a client's retry policy sends them to another
+# replica: README, "Open Inference Protocol") until none has arrived for DRAIN_QUIET_SECONDS,
+# at most REFUSING_AT_MOST_SECONDS: gRPC's GOAWAY then ends them (calls it received but had
+# not handed over would end CANCELLED). After the GOAWAY clients open their next calls on a
+# new connection, and the calls in flight get the rest of the grace.
 DRAIN_QUIET_SECONDS = 0.05
 REFUSING_AT_MOST_SECONDS = 1.0
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
@@ -174,7 +175,7 @@ class ModelServer:
         seconds (default: the settings') to finish, then the rest are cancelled. A second call
         waits for the first one's drain.
 
-        New calls are refused UNAVAILABLE (which clients retry elsewhere) until they stop
+        New calls are refused UNAVAILABLE (which a retry policy sends elsewhere) until they stop
         coming, at most a second; then gRPC stops listening and says GOAWAY, so that no
         client's connection keeps being refused while a long call (a stream) finishes.
         """

@@ -9,6 +9,7 @@ Errors are ``grpc.RpcError`` with the server's status code and message.
 """
 
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,15 @@ from serving.client import DEFAULT_TARGET
 from serving.client.security import ChannelSecurity
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A draining server refuses new calls UNAVAILABLE for up to a second before it says GOAWAY,
+# and gRPC cancels a call that reaches it just as it stops (README, "SIGTERM under load"):
+# such a call is tried again after a back-off, on another replica if the channel reaches
+# several (round_robin). Neither was computed; gRPC retries only calls with no answer yet.
+RETRY_REFUSED_CALLS = json.dumps({"methodConfig": [{
+    "name": [{"service": pb.DESCRIPTOR.services_by_name["Classifier"].full_name}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]})
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ class ClassifierClient:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.lb_policy_name", lb_policy),
+                ("grpc.service_config", RETRY_REFUSED_CALLS),
+                ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),  # any request retried
             ],
         )
         self._stub = pb_grpc.ClassifierStub(self._channel)
