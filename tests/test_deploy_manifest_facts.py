@@ -76,6 +76,23 @@ def test_probes_are_grpc_on_ports_the_server_listens_on(kustomization):
         assert listening <= declared, workload.source
         startup = workload.container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, workload.source
+        # one probe slow under load (2 s) must not take the pod out of its Endpoints
+        assert workload.container["readinessProbe"]["failureThreshold"] >= 3, workload.source
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_port_the_server_serves_on_is_one_a_client_can_reach(kustomization):
+    """KServe's Service leads to the one port its runtime declares (the first: gRPC): an
+    HTTP server listening beside it was reachable by no Service, open on the pod's address.
+    Metrics are scraped at the pod's address (annotations), declared or not."""
+    for workload in workloads(render(kustomization), kustomization):
+        settings = settings_of(workload)
+        serving = {int(settings[key]) for key in ("port", "http_port")} - {0}
+        declared = [p["containerPort"] for p in workload.container.get("ports") or []]
+        if kustomization.startswith("kserve"):
+            assert serving == {declared[0]}, workload.source
+        else:
+            assert serving | {int(settings["metrics_port"])} <= set(declared), workload.source
 
 
 def test_the_image_is_composes_with_its_tag_set_in_one_place():
