@@ -24,6 +24,7 @@ IMAGE_BYTES = PIXELS  # an image on the wire: one uint8 per pixel
 # A model version is <repository>/<model>/<version>/MODEL_FILE + MANIFEST.
 MODEL_FILE = "model.onnx"
 MANIFEST = "model.json"
+MAX_VERSION = 2**63 - 1  # <model>/<version>/: the protocols' version fields are int64
 
 # Every graph takes IMAGES uint8 [N,28,28] and returns PROBABILITIES float32 [N,10] and
 # LABEL int64 [N].

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime
 
-from common.contract import LABEL, MANIFEST, MODEL_FILE, PROBABILITIES
+from common.contract import LABEL, MANIFEST, MAX_VERSION, MODEL_FILE, PROBABILITIES
 from serving.batching import Batcher, BatchingPolicy
 from serving.errors import NotFound, RepositoryError
 from serving.manifest import Manifest, check_graph, read_file, read_manifest
@@ -245,8 +245,8 @@ def version_dirs(root: Path) -> Listing:
             unreadable.add(model_dir.name)
             continue
         for path in versions:
-            if int(path.name) < 1:
-                skipped.append(f"{path}: versions start at 1")
+            if not 1 <= int(path.name) <= MAX_VERSION:
+                skipped.append(f"{path}: a version is a number from 1 to 2**63-1")
             else:
                 found[(model_dir.name, int(path.name))] = path
     return Listing(found, sorted(skipped), unreadable)

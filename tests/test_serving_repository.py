@@ -174,7 +174,20 @@ def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, pol
     assert registry.versions("mlp") == [1, 2]
     assert [record.fields["reason"] for record in caplog.records
             if record.getMessage() == "model repository entry skipped"] == [
-        f"{repository_copy / 'mlp' / '0'}: versions start at 1"]
+        f"{repository_copy / 'mlp' / '0'}: a version is a number from 1 to 2**63-1"]
+
+
+def test_a_version_past_int64_is_skipped_not_served(repository_copy, policy, caplog):
+    """The protocols' versions are int64: a version 99999999999999999999 loaded, then every
+    call naming no version crashed INTERNAL (the newest could not be encoded)."""
+    for name in ("99999999999999999999", "9" * 250):  # 255: a file name's most
+        shutil.copytree(repository_copy / "mlp" / "1", repository_copy / "mlp" / name)
+    registry = load_repository(repository_copy, policy)
+    assert registry.versions("mlp") == [1, 2]
+    assert {record.fields["reason"] for record in caplog.records
+            if record.getMessage() == "model repository entry skipped"} == {
+        f"{repository_copy / 'mlp' / name}: a version is a number from 1 to 2**63-1"
+        for name in ("99999999999999999999", "9" * 250)}
 
 
 def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.contract import IMAGE_SHAPE, LABEL, PROBABILITIES
+from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
 from serving.codecs.images import images_from_array
 from serving.errors import InvalidArgument
 from serving.metrics import ModelStatistics
-from serving.repository import ModelVersion, Prediction
+from serving.repository import ModelVersion, Prediction, is_version_name
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -54,9 +54,9 @@ def parse_version(version: str) -> int:
     newest)."""
     if version == "":
         return 0
-    if not (version.isascii() and version.isdigit()) or int(version) < 1:
-        raise InvalidArgument(
-            f"model_version: expected \"\" (the newest) or an integer >= 1, got {version!r}")
+    if not is_version_name(version) or len(version) > 19 or not 1 <= int(version) <= MAX_VERSION:
+        raise InvalidArgument(f"model_version: expected \"\" (the newest) or an integer from 1 "
+                              f"to 2**63-1, got {version[:40]!r}")
     return int(version)
 
 
