@@ -50,6 +50,34 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
         server.stop(0).wait()
 
 
+def test_calls_whose_message_never_comes_hold_no_thread():
+    """A unary call is handed to a thread once its message is in: calls that never sent it
+    (headers only) held every thread, and health and every other call waited behind them.
+    grpcio's own server still waits for it on a thread (README, "Reliability and security")."""
+    server = make_grpc_server("native", 4, [], 1 << 20, reuse_port=False, max_running=4)
+    server.add_generic_rpc_handlers([Echo().handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    release = threading.Event()
+
+    def never():
+        release.wait(30)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stalled = channel.stream_unary(f"/{SERVICE}/Unary")
+            futures = [stalled.future(never(), timeout=30) for _ in range(8)]
+            time.sleep(0.5)
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=5) == b"None|True|True"
+            release.set()
+            for future in futures:  # then they end as calls without a message do
+                assert future.exception(10).code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        release.set()
+        server.stop(0).wait()
+
+
 def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server):
     """A cancelled call's add_callbacks run even while every thread that may be at work is
     (here blocked in Python, waiting for exactly that): its news does not queue behind them."""

@@ -243,18 +243,19 @@ async def test_draining_refuses_new_calls_but_keeps_health_answering(server, cha
 
 
 async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settings):
-    """Each stream holds a call thread for its whole life: with 4, at most 3 streams are
-    open at once, and a thread stays for unary calls and health checks."""
+    """Each stream holds a call thread from its first message to its end: with 4, at most 3
+    streams are open at once, and a thread stays for unary calls and health checks."""
     four_threads = dataclasses.replace(settings, call_threads=4)
     async with running_server(four_threads) as server, grpc.aio.insecure_channel(
             f"127.0.0.1:{server.port}") as channel:
         stub = classifier_pb2_grpc.ClassifierStub(channel)
-        idle = [stub.ClassifyStream(timeout=30) for _ in range(3)]  # open, sending nothing
-        for stream in idle:
-            await stream.wait_for_connection()
-        await asyncio.sleep(0.2)  # the server has taken them
+        idle = [stub.ClassifyStream(timeout=30) for _ in range(3)]
+        for stream in idle:  # answered once, then idle
+            await stream.write(pb.ClassifyRequest(images=[bytes(784)]))
+            assert len((await stream.read()).results) == 1
         refused = stub.ClassifyStream(timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as too_many:
+            await refused.write(pb.ClassifyRequest(images=[bytes(784)]))
             await refused.read()
         assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         health = health_pb2_grpc.HealthStub(channel)

@@ -177,12 +177,14 @@ class Call {
           return delete this;
         }
         calls_->Request();
-        Ref();  // the queue's; the first message is read while the call waits for a thread
-        Locked([this] { Started(&reading_); });
-        rpc_->stream.Read(&in_, &tags_[kRead]);
+        Ref();  // the queue's: queued once its first message is in (or none will come), so a
+        Locked([this] { Started(&reading_); });  // client that never sends it holds no thread
+        return rpc_->stream.Read(&in_, &tags_[kRead]);
+      case kRead:
+        Release(&reading_, ok);
+        if (std::exchange(queued_, true)) return;
         return calls_->Push(this, rpc_->context.method().starts_with("/grpc.health.v1.Health/")
                                       ? kHealth : kNew);
-      case kRead: return Release(&reading_, ok);
       case kWritten: return Release(&writing_, ok);
       case kMetadataSent: return Release(&sending_metadata_, ok);
       case kDone: if (rpc_->context.IsCancelled()) OnCancel(); return Release();
@@ -377,7 +379,8 @@ class Call {
   Operation reading_, writing_, sending_metadata_;
   bool cancelled_ = false, finished_ = false, parked_ = false, watched_ = false;
   bool metadata_sent_ = false;  // by SendInitialMetadata, a write or Complete
-  bool first_read_ = true;  // started by the constructor, not yet taken by Read
+  bool first_read_ = true;  // started on arrival, not yet taken by Read
+  bool queued_ = false;  // for a thread, once its first read was over (the polling thread's)
   bool read_closed_ = false;  // a read said the client sends no more
   grpc::ByteBuffer in_, out_, drained_;
   grpc::Status status_;  // the end Complete made: with out_ if `respond_`
@@ -510,8 +513,7 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
   PyObject* metadata;
   Pairs pairs;
   if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
-  bool sent = [&] { Waiting waiting; return Of(self)->SendInitialMetadata(pairs); }();
-  return PyBool_FromLong(sent);
+  return PyBool_FromLong([&] { Waiting waiting; return Of(self)->SendInitialMetadata(pairs); }());
 }
 
 PyObject* CallFinish(PyObject* self, PyObject* args) {
@@ -522,10 +524,8 @@ PyObject* CallFinish(PyObject* self, PyObject* args) {
   char* data;
   Py_ssize_t size;
   Pairs pairs;
-  if (!PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing, &bytes) ||
-      !ToPairs(trailing, &pairs)) {
-    return nullptr;
-  }
+  bool parsed = PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing, &bytes);
+  if (!parsed || !ToPairs(trailing, &pairs)) return nullptr;
   if (code < 0 || code > 16) return PyErr_Format(PyExc_ValueError, "code must be 0-16");
   std::optional<std::string> response;
   if (bytes != Py_None) {  // bytes only, as grpcio's serializers give
