@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, LABEL, MANIFEST, PROBABILITIES
 from serving.errors import RepositoryError
 
@@ -96,7 +98,8 @@ def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
 
 
 def check_graph(model_path: Path, manifest: Manifest, session) -> None:
-    """The ONNX graph's inputs and outputs have the names, types and shapes the manifest says."""
+    """The ONNX graph's inputs and outputs have the names, types and shapes the manifest says,
+    and a trial run answers as they promise."""
     graph_inputs = {arg.name: arg for arg in session.get_inputs()}
     graph_outputs = {arg.name: arg for arg in session.get_outputs()}
     if set(graph_inputs) != {spec.name for spec in manifest.inputs}:
@@ -116,6 +119,29 @@ def check_graph(model_path: Path, manifest: Manifest, session) -> None:
                     f"{model_path}: graph {kind} {spec.name!r} is {arg.type} {arg.shape}, "
                     f"{MANIFEST} says {spec.datatype} {list(spec.shape)}"
                 )
+    _trial_run(model_path, manifest, session)
+
+
+def _trial_run(model_path: Path, manifest: Manifest, session) -> None:
+    """Runs two images (black, white): a graph that loads with the right signature but fails
+    or answers nonsense when run is refused here, not on each call once it is the newest."""
+    images = np.stack([np.zeros(IMAGE_SHAPE, np.uint8), np.full(IMAGE_SHAPE, 255, np.uint8)])
+    try:
+        probabilities, labels = session.run([PROBABILITIES, LABEL],
+                                            {manifest.inputs[0].name: images})
+    except Exception as error:  # onnxruntime's untyped errors
+        raise RepositoryError(f"{model_path}: a trial run on 2 images failed: "
+                              f"{first_line(error)}") from None
+    if (probabilities.shape != (2, len(manifest.class_names)) or labels.shape != (2,)
+            or not np.isfinite(probabilities).all()
+            or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)):
+        raise RepositoryError(f"{model_path}: a trial run on 2 images answered probabilities "
+                              "that are not finite, each row summing to 1, and 2 labels")
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (onnxruntime's run on for pages), or its type."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _tensor_spec(document: dict[str, Any]) -> TensorSpec:

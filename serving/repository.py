@@ -22,7 +22,7 @@ import onnxruntime
 from common.contract import LABEL, MANIFEST, MAX_VERSION, MODEL_FILE, PROBABILITIES
 from serving.batching import Batcher, BatchingPolicy
 from serving.errors import NotFound, RepositoryError
-from serving.manifest import Manifest, check_graph, read_file, read_manifest
+from serving.manifest import Manifest, check_graph, first_line, read_file, read_manifest
 from serving.metrics import ModelMetrics
 from serving.pipeline import Call
 
@@ -209,9 +209,8 @@ def load_version(path: Path, policy: BatchingPolicy, intra_op_threads: int = 1) 
         session = onnxruntime.InferenceSession(model_bytes, options,
                                                providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several untyped errors for bad graphs
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise RepositoryError(f"{path / MODEL_FILE}: onnxruntime cannot load it: "
-                              f"{first_line}") from None
+                              f"{first_line(error)}") from None
     check_graph(path / MODEL_FILE, manifest, session)
     log.info("model loaded", extra={"fields": {
         "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256[:12],

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
@@ -21,6 +23,8 @@ from serving.batching import BatchingPolicy
 from serving.errors import NotFound
 from serving.repository import load_repository
 from serving.watcher import RepositoryWatcher
+from training.preprocessing import prepend_preprocessing
+from training.repository import write_version
 
 
 @pytest.fixture(autouse=True)
@@ -221,6 +225,48 @@ def test_list_models_while_the_watcher_unloads_a_models_last_version(repository_
     softmax = [info for info in answer.models if info.name == "softmax"]
     assert [(info.version, info.is_default_version) for info in softmax] == [(1, True)]
     for model in listed():  # their fmnist_model_info series back to 0, as other tests expect
+        registry.remove(model.name, model.version)
+
+
+def classifier_ending(tail: list, initializers: list) -> onnx.ModelProto:
+    """The fixture's signature (uint8 images in, ``probabilities`` and ``label`` out) with
+    ``tail`` turning float ``features [N,784]`` into them."""
+    graph = helper.make_graph(
+        tail, "tail", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 784])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])], initializers)
+    return prepend_preprocessing(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+
+
+BROKEN_WHEN_RUN = {
+    "fails": ([helper.make_node("Reshape", ["features", "783"], ["flat"]),  # 784 does not fit
+               helper.make_node("Gemm", ["flat", "weights"], ["logits"]),
+               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+               helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+              [numpy_helper.from_array(np.array([-1, 783]), "783"),
+               numpy_helper.from_array(np.zeros((783, 10), np.float32), "weights")],
+              "a trial run on 2 images failed: "),
+    "answers NaN": ([helper.make_node("Gemm", ["features", "weights"], ["logits"]),
+                     helper.make_node("Div", ["logits", "logits"], ["probabilities"]),  # 0/0
+                     helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+                    [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights")],
+                    "a trial run on 2 images answered probabilities that are not finite, "
+                    "each row summing to 1"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_WHEN_RUN)
+def test_a_version_that_loads_but_cannot_answer_is_refused(repository_copy, policy, broken):
+    """Its graph loaded and had the right signature, so it became the newest version, and
+    every call naming no version failed INTERNAL: it is run once before it serves."""
+    tail, initializers, reason = BROKEN_WHEN_RUN[broken]
+    write_version(repository_copy, "mlp", classifier_ending(tail, initializers),
+                  {"description": broken, "metrics": {}})
+    registry = load_repository(repository_copy, policy)
+    assert reason in registry.refused[("mlp", 3)]
+    assert registry.get("mlp").version == 2
+    for model in registry.list():  # their fmnist_model_info series back to 0, as others expect
         registry.remove(model.name, model.version)
 
 

@@ -65,18 +65,12 @@ def encode_classify_response(answer: Classification, request_id: str) -> pb.Clas
 def encode_model_info(model: ModelVersion, versions: list[int], is_default: bool) -> pb.ModelInfo:
     manifest = model.manifest
     return pb.ModelInfo(
-        name=manifest.name,
-        version=manifest.version,
-        versions=versions,
+        name=manifest.name, version=manifest.version, versions=versions,
         is_default_version=is_default,
         inputs=[_tensor_spec(spec) for spec in manifest.inputs],
         outputs=[_tensor_spec(spec) for spec in manifest.outputs],
-        class_names=manifest.class_names,
-        test_accuracy=manifest.test_accuracy,
-        sha256=manifest.sha256,
-        created_at=manifest.created_at,
-        description=manifest.description,
-    )
+        class_names=manifest.class_names, test_accuracy=manifest.test_accuracy,
+        sha256=manifest.sha256, created_at=manifest.created_at, description=manifest.description)
 
 
 def _tensor_spec(spec: TensorSpec) -> pb.TensorSpec:
@@ -94,15 +88,9 @@ def _encode_results(model: Prediction, baseline: Prediction, class_names: tuple[
     for model_label, baseline_label, model_row, baseline_row in zip(
         model.labels.tolist(), baseline.labels.tolist(), model_rows, baseline_rows, strict=True
     ):
-        parts += (
-            pieces.result_head[model_label][baseline_label],
-            pieces.model_head[model_label],
-            model_row,
-            pieces.tail[model_label],
-            pieces.baseline_head[baseline_label],
-            baseline_row,
-            pieces.tail[baseline_label],
-        )
+        parts += (pieces.result_head[model_label][baseline_label],
+                  pieces.model_head[model_label], model_row, pieces.tail[model_label],
+                  pieces.baseline_head[baseline_label], baseline_row, pieces.tail[baseline_label])
     return b"".join(parts)
 
 

@@ -191,9 +191,7 @@ def _add_classification(response, output: RequestedOutput, prediction: Predictio
 def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
     manifest = model.manifest
     return pb.ModelMetadataResponse(
-        name=manifest.name,
-        versions=[str(version) for version in versions],
-        platform=PLATFORM,
+        name=manifest.name, versions=[str(version) for version in versions], platform=PLATFORM,
         inputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
                 for s in manifest.inputs],
         outputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
@@ -206,9 +204,7 @@ def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_
     """Triton's view of the model: batched along the first dimension, dims without it."""
     manifest = model.manifest
     return pb.ModelConfigResponse(config=config_pb.ModelConfig(
-        name=manifest.name,
-        platform=PLATFORM,
-        backend=BACKEND,
+        name=manifest.name, platform=PLATFORM, backend=BACKEND,
         version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
         max_batch_size=max_request_images,
         input=[config_pb.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
@@ -232,11 +228,9 @@ def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsRe
 def _model_statistics(stats: ModelStatistics) -> pb.ModelStatistics:
     succeeded = stats.success.count
     return pb.ModelStatistics(
-        name=stats.name,
-        version=str(stats.version),
+        name=stats.name, version=str(stats.version),
         last_inference=int(stats.last_inference_s * 1000),
-        inference_count=stats.inference_count,
-        execution_count=stats.execution_count,
+        inference_count=stats.inference_count, execution_count=stats.execution_count,
         inference_stats=pb.InferStatistics(
             success=_duration(succeeded, stats.success.seconds),
             fail=_duration(stats.fail.count, stats.fail.seconds),
