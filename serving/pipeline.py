@@ -89,7 +89,7 @@ class Admission:
                 raise Unavailable(DRAINING_MESSAGE)
             if self.max_in_flight and self.in_flight >= self.max_in_flight:
                 raise ResourceExhausted(
-                    f"server overloaded: {self.max_in_flight} calls in flight "
+                    f"server overloaded: {self.max_in_flight} calls in flight in this process "
                     "(--max-concurrent-calls); retry with backoff or on another replica")
             self.in_flight += 1
         IN_FLIGHT.inc()
@@ -125,6 +125,7 @@ class CallPipeline:
         the transport received into the request, once the call is admitted (its errors are
         the client's: InvalidArgument)."""
         with _Around(self, call) as around:
+            call.check_alive()  # over while it waited for a thread: not even parsed
             if parse is not None:
                 request = parse_request(parse, request)
             around.request = request
@@ -183,10 +184,11 @@ class CallPipeline:
         """``error`` as the ServingError the client gets, logged once."""
         fields = {"method": call.method, "peer": call.peer}
         if isinstance(error, ServingError):
-            # refused for the server's state (draining, at its limit) or without the token:
-            # counted, and one line each would flood the log (just when it matters, or at
-            # anyone's will); the faults of clients who may call stay loud
-            quiet = type(error) in (Unavailable, Unauthenticated, ResourceExhausted)  # not TooLarge
+            # refused for the server's state (draining, at its limit) or without the token, or
+            # ended by its client (cancelled, too late): counted, and one line each would flood
+            # the log (just when it matters, or at anyone's will); other faults stay loud
+            quiet = type(error) in (Unavailable, Unauthenticated, ResourceExhausted, Cancelled,
+                                    DeadlineExceeded)  # not TooLarge
             log.log(logging.DEBUG if quiet else logging.WARNING, "request failed", extra={
                 "fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error

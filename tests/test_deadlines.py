@@ -4,6 +4,8 @@ per model version) prove."""
 
 import asyncio
 import dataclasses
+import logging
+import time
 
 import grpc
 import numpy as np
@@ -14,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.errors import Cancelled, DeadlineExceeded
+from serving.pipeline import Admission, Call, CallPipeline
 from tests.conftest import running_server
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
@@ -99,3 +103,20 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(slow
 
         await v2.ModelInfer(infer_request(3), timeout=30)  # a live request is still computed
         assert computed(await slow_statistics(v2)) == (SLOW_BATCH + 3, 2)
+
+
+@pytest.mark.parametrize("gone", [Call("/fashion_mnist.v1.Classifier/Classify",
+                                       is_active=lambda: False),
+                                  Call("/fashion_mnist.v1.Classifier/Classify",
+                                       deadline=time.monotonic() - 1)], ids=["cancelled", "late"])
+def test_a_call_over_before_its_turn_is_neither_parsed_nor_logged_loudly(gone, caplog):
+    """A call cancelled (or past its deadline) while it waited for a thread was still parsed
+    and checked, then logged at WARNING: a client cancelling calls of 1,024 images in a loop
+    filled the worker's memory and the log (one line each)."""
+    parsed = []
+    with caplog.at_level(logging.DEBUG), pytest.raises((Cancelled, DeadlineExceeded)):
+        CallPipeline("", Admission()).unary(gone, lambda request, call: request, b"request",
+                                            parse=parsed.append)
+    assert parsed == []
+    assert [record.levelno for record in caplog.records
+            if record.getMessage() == "request failed"] == [logging.DEBUG]
