@@ -244,8 +244,8 @@ def version_dirs(root: Path) -> Listing:
             unreadable.add(model_dir.name)
             continue
         for path in versions:
-            if not 1 <= int(path.name) <= MAX_VERSION:
-                skipped.append(f"{path}: a version is a number from 1 to 2**63-1")
+            if not 1 <= int(path.name) <= MAX_VERSION or path.name != str(int(path.name)):
+                skipped.append(f"{path}: a version is a number from 1 to 2**63-1, no leading 0")
             else:
                 found[(model_dir.name, int(path.name))] = path
     return Listing(found, sorted(skipped), unreadable)

@@ -178,20 +178,22 @@ def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, pol
     assert registry.versions("mlp") == [1, 2]
     assert [record.fields["reason"] for record in caplog.records
             if record.getMessage() == "model repository entry skipped"] == [
-        f"{repository_copy / 'mlp' / '0'}: a version is a number from 1 to 2**63-1"]
+        f"{repository_copy / 'mlp' / '0'}: a version is a number from 1 to 2**63-1, no leading 0"]
 
 
-def test_a_version_past_int64_is_skipped_not_served(repository_copy, policy, caplog):
+def test_a_version_past_int64_or_with_a_leading_0_is_skipped_not_served(repository_copy, policy,
+                                                                        caplog):
     """The protocols' versions are int64: a version 99999999999999999999 loaded, then every
-    call naming no version crashed INTERNAL (the newest could not be encoded)."""
-    for name in ("99999999999999999999", "9" * 250):  # 255: a file name's most
+    call naming no version crashed INTERNAL (the newest could not be encoded); and "02" was
+    version 2 too, which of the two directories served decided by the listing's order."""
+    for name in ("99999999999999999999", "9" * 250, "02"):  # 255: a file name's most
         shutil.copytree(repository_copy / "mlp" / "1", repository_copy / "mlp" / name)
     registry = load_repository(repository_copy, policy)
     assert registry.versions("mlp") == [1, 2]
     assert {record.fields["reason"] for record in caplog.records
             if record.getMessage() == "model repository entry skipped"} == {
-        f"{repository_copy / 'mlp' / name}: a version is a number from 1 to 2**63-1"
-        for name in ("99999999999999999999", "9" * 250)}
+        f"{repository_copy / 'mlp' / name}: a version is a number from 1 to 2**63-1, no leading 0"
+        for name in ("99999999999999999999", "9" * 250, "02")}
 
 
 def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):
