@@ -133,6 +133,17 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--seed", "-1"), ("--split-seed", "4294967296")])
+def test_a_seed_numpy_cannot_take_is_refused_before_fitting(tmp_path, flag, value):
+    """It was taken, and the run failed after its first model's heading with numpy's
+    "ValueError: Seed must be between 0 and 2**32 - 1"."""
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline", flag, value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: argument {flag}: expected an integer >= 0 and <= 4294967295, "
+        f"got {value} (see fmnist-train --help)"]
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--out", "FILE"], "--out FILE: FILE is a file, not a directory"),
     (["--report-dir", "FILE"], "--report-dir FILE: FILE is a file, not a directory"),
@@ -228,6 +239,31 @@ def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path, report_di
         f"{given if report_dir_given else out / 'reports'}")
     assert not out.exists()  # no version, no staging directory, no part of a report
     assert list(given.iterdir()) == [] if report_dir_given else not given.exists()
+
+
+SIGTERM_WHILE_WRITING_THE_REPORT = """
+import os, signal, sys
+from training import cli, report
+drawn = report.plot_confusion_matrices
+def terminated_first(*args, **kwargs):  # what timeout(1), docker stop and Kubernetes send
+    os.kill(os.getpid(), signal.SIGTERM)
+    return drawn(*args, **kwargs)
+report.plot_confusion_matrices = terminated_first
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
+    """Ctrl-C was cleaned up, SIGTERM not: the models' staging directories and part of a
+    report stayed, and no later run removed them."""
+    out = tmp_path / "repo"
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_WRITING_THE_REPORT, "--out", str(out), "--models",
+         "baseline", "--train-subset", "1000", "--progress", "none"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "fmnist-train: stopped (SIGTERM)"
+    assert not out.exists()  # no version, no staging directory, no part of a report
 
 
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):

@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +35,15 @@ class Split:
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout(1), docker stop, Kubernetes), handled as Ctrl-C is: nothing of the run
+    is left behind."""
+
+
+def _terminate(_signal, _frame) -> None:
+    raise Terminated
 
 
 class TrainingError(Exception):
@@ -266,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
                      "beside the new report); give a new or empty directory")
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _terminate)
     made = [path for path in (args.report_dir, args.out / "reports",
                               *(args.out / name for name in args.models), args.out)
             if path and not path.exists()]
@@ -276,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         if set(args.models) - {"baseline"}:
             import_tensorflow_quietly()
         status = train(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         _remove_made(made, args.report_dir)
-        print("fmnist-train: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(stop, Terminated)
+        print(f"fmnist-train: {'stopped (SIGTERM)' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as error:
         _remove_made(made, args.report_dir)
         if args.debug:

@@ -176,14 +176,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--split-seed",
-        type=int,
+        type=number_in(int, 0, 2**32 - 1),  # numpy's and sklearn's range
         default=42,
         metavar="N",
         help="random_state of the train/validation split (default: 42)",
     )
     add(
         "--seed",
-        type=int,
+        type=number_in(int, 0, 2**32 - 1),  # numpy's and sklearn's range
         default=42,
         metavar="N",
         help="seed of the model initialisation and shuffling; same seed, same models (default: 42)",
