@@ -109,6 +109,15 @@ def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, ca
     accuracy = next(line for line in capsys.readouterr().out.splitlines()
                     if line.startswith("mlp v2 accuracy")).split()[-1]
     assert cli.main([*base, "--expect-accuracy", accuracy, "--tolerance", "0.0001"]) == 0
+    assert f"expected accuracy      {accuracy} ± 0.0001: met" in capsys.readouterr().out
+
+
+def test_scoring_the_baseline_itself_prints_it_once(target, capsys):
+    """--model baseline printed its accuracy twice, and an agreement of 1.0000 with itself."""
+    assert cli.main(["score", "--target", target, "--limit", "100", "--no-progress",
+                     "--model", "baseline"]) == 0
+    names = [line[:22].strip() for line in capsys.readouterr().out.splitlines()]
+    assert names == ["images", "baseline v1 accuracy", "throughput", "latency per batch"]
 
 
 def test_expect_accuracy_manifest_is_refused_for_a_slice_of_the_test_set(target, capsys):

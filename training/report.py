@@ -102,7 +102,7 @@ def plot_samples(outcome: ModelOutcome, images: np.ndarray, y_true: np.ndarray, 
             continue
         predicted, true = outcome.labels[index], y_true[index]
         wrong = predicted != true
-        axis.imshow(images[index], cmap="gray_r")
+        axis.imshow(images[index], cmap="gray", vmin=0, vmax=255)  # as the model sees them
         title = CLASS_NAMES[predicted]
         if wrong:
             title += f"\n(true: {CLASS_NAMES[true]})"
