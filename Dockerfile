@@ -84,7 +84,8 @@ RUN apt-get update \
 COPY --from=train /usr/share/datasets/fashion-mnist/t10k-*-idx*-ubyte.gz /data/
 COPY --from=train /models /models
 COPY --from=serve-venv /opt/venv /opt/venv
-USER fmnist
+# The user fmnist, by number: kubelet checks runAsNonRoot against a number, not a name.
+USER 10001:10001
 # Settings come from FMNIST_* variables (or flags); the server writes no files but its
 # metrics' in /dev/shm (a tmpfs), so the container can run with a read-only root file system.
 ENV FMNIST_MODEL_REPOSITORY=/models \

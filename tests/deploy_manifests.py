@@ -101,6 +101,7 @@ class Image:
     entrypoint: list[str]
     cmd: list[str]
     uid: int
+    user: str  # its USER instruction
 
 
 def _stage(name: str) -> list[str]:
@@ -124,7 +125,7 @@ def serve_image() -> Image:
     env: dict[str, str] = {"PATH": BASE_PATH}
     entrypoint: list[str] = []
     cmd: list[str] = []
-    uid = None
+    uid, user = None, ""
     for line in _stage("serve"):
         instruction, _, rest = line.partition(" ")
         instruction = instruction.upper()
@@ -138,8 +139,10 @@ def serve_image() -> Image:
             entrypoint = json.loads(rest)
         elif instruction == "RUN" and "useradd" in rest:
             uid = int(re.search(r"--uid\s+(\d+)", rest).group(1))
+        elif instruction == "USER":
+            user = rest.strip()
     assert uid is not None, "the serve stage creates no user"
-    return Image(env, entrypoint, cmd, uid)
+    return Image(env, entrypoint, cmd, uid, user)
 
 
 def compose_image_name() -> str:

@@ -137,6 +137,13 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
         assert int(settings_of(workload)["workers"]) == limit
 
 
+def test_the_image_runs_as_a_number_kubelet_can_check():
+    """USER fmnist (a name) made kubelet refuse the pod under runAsNonRoot unless the manifest
+    also gave runAsUser: it cannot tell that a name is not root."""
+    image = serve_image()
+    assert image.user == f"{image.uid}:{image.uid}"
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
     uid = serve_image().uid
@@ -226,6 +233,12 @@ def test_services_hpa_and_pdb_reach_the_deployment(kustomization):
     assert "selector" in pdb["spec"], "a PodDisruptionBudget without a selector guards nothing"
     assert _selects(pdb["spec"]["selector"]["matchLabels"], labels)
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    # a pod that never became ready must not block a node's drain
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # the replicas spread over nodes where the cluster has several
+    [spread] = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert _selects(spread["labelSelector"]["matchLabels"], labels)
 
 
 def test_the_tls_overlay_reads_its_secrets_and_probes_the_health_port():
