@@ -94,6 +94,10 @@ ENV FMNIST_MODEL_REPOSITORY=/models \
     FMNIST_PORT=50051 \
     FMNIST_HTTP_PORT=8080 \
     FMNIST_METRICS_PORT=9090
+# glibc's malloc gives a large buffer (a request's body) back to the system when it is freed,
+# instead of keeping it: after a burst of 64 large JSON requests a server held ~505 MB, not
+# ~1,000 (bench/http_memory.py; README, "Run on Kubernetes").
+ENV MALLOC_MMAP_THRESHOLD_=131072
 EXPOSE 50051 8080 9090
 # The server drains in-flight calls on SIGTERM (and SIGINT) and then exits 0.
 STOPSIGNAL SIGTERM
