@@ -283,6 +283,10 @@ def test_the_kserve_manifests_use_kserves_conventions():
     assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "grpc-v2"
     claim = re.fullmatch(r"pvc://([^/]+)/.*", model["storageUri"])
     assert claim and one(objects, "PersistentVolumeClaim", claim.group(1))
+    # its own: `kubectl delete -k` of one kustomization deleted the other's models
+    others = {item["metadata"]["name"] for kustomization in KUBERNETES
+              for item in find(render(kustomization), "PersistentVolumeClaim")}
+    assert claim.group(1) not in others
     for item in find(objects, "InferenceService"):
         assert item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
         assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
