@@ -9,6 +9,7 @@ import re
 import pytest
 
 from tests.deploy_manifests import (
+    COMPOSE,
     DEPLOY,
     IMAGE_COMPONENT,
     KUSTOMIZATIONS,
@@ -135,6 +136,16 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
         workers = [item for item in workload.container["env"] if item["name"] == "FMNIST_WORKERS"]
         assert workers and workers[0]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
         assert int(settings_of(workload)["workers"]) == limit
+
+
+def test_compose_runs_the_image_locked_down_too():
+    """As the Kubernetes manifests do: no capability, no privilege gained through a setuid
+    program of the base image, nothing written but to memory."""
+    services = load_yaml(COMPOSE)[0]["services"]
+    for name in ("classifier", "score"):
+        assert services[name]["read_only"] is True, name
+        assert services[name]["cap_drop"] == ["ALL"], name
+        assert services[name]["security_opt"] == ["no-new-privileges:true"], name
 
 
 def test_the_image_runs_as_a_number_kubelet_can_check():
