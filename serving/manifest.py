@@ -84,10 +84,8 @@ def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
     if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
         raise RepositoryError(f"{manifest_path}: inputs {list(manifest.inputs)}, expected one "
                               "UINT8 [-1,28,28] input")
-    expected_outputs = (
-        TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
-        TensorSpec(LABEL, "INT64", (-1,)),
-    )
+    expected_outputs = (TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
+                        TensorSpec(LABEL, "INT64", (-1,)))
     outputs = {spec.name: spec for spec in manifest.outputs}
     for spec in expected_outputs:
         if outputs.get(spec.name) != spec:
@@ -132,11 +130,13 @@ def _trial_run(model_path: Path, manifest: Manifest, session) -> None:
     except Exception as error:  # onnxruntime's untyped errors
         raise RepositoryError(f"{model_path}: a trial run on 2 images failed: "
                               f"{first_line(error)}") from None
-    if (probabilities.shape != (2, len(manifest.class_names)) or labels.shape != (2,)
-            or not np.isfinite(probabilities).all()
+    classes = len(manifest.class_names)
+    if (probabilities.shape != (2, classes) or labels.shape != (2,)
+            or not np.isin(labels, range(classes)).all() or not np.isfinite(probabilities).all()
             or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)):
         raise RepositoryError(f"{model_path}: a trial run on 2 images answered probabilities "
-                              "that are not finite, each row summing to 1, and 2 labels")
+                              "that are not finite, each row summing to 1, and 2 labels that "
+                              "are not class numbers")
 
 
 def first_line(error: Exception) -> str:

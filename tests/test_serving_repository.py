@@ -255,6 +255,14 @@ BROKEN_WHEN_RUN = {
                     [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights")],
                     "a trial run on 2 images answered probabilities that are not finite, "
                     "each row summing to 1"),
+    "labels no class": ([helper.make_node("Gemm", ["features", "weights", "bias"], ["logits"]),
+                         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+                         helper.make_node("ArgMax", ["logits"], ["best"], axis=1, keepdims=0),
+                         helper.make_node("Add", ["best", "ten"], ["label"])],  # 10..19
+                        [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights"),
+                         numpy_helper.from_array(np.zeros(10, np.float32), "bias"),
+                         numpy_helper.from_array(np.array(10), "ten")],
+                        "and 2 labels that are not class numbers"),
 }
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -241,29 +242,49 @@ def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path, report_di
     assert list(given.iterdir()) == [] if report_dir_given else not given.exists()
 
 
-SIGTERM_WHILE_WRITING_THE_REPORT = """
-import os, signal, sys
-from training import cli, report
-drawn = report.plot_confusion_matrices
+SIGTERM_FROM = """
+import importlib, os, signal, sys
+from training import cli
+module, name = sys.argv.pop(1).rsplit(".", 1)
+target = importlib.import_module(module)
+called = getattr(target, name)
 def terminated_first(*args, **kwargs):  # what timeout(1), docker stop and Kubernetes send
     os.kill(os.getpid(), signal.SIGTERM)
-    return drawn(*args, **kwargs)
-report.plot_confusion_matrices = terminated_first
+    return called(*args, **kwargs)
+setattr(target, name, terminated_first)
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
-    """Ctrl-C was cleaned up, SIGTERM not: the models' staging directories and part of a
-    report stayed, and no later run removed them."""
-    out = tmp_path / "repo"
-    result = subprocess.run(
-        [sys.executable, "-c", SIGTERM_WHILE_WRITING_THE_REPORT, "--out", str(out), "--models",
+def run_terminated_in(function: str, out: Path) -> subprocess.CompletedProcess:
+    """A baseline-only run into ``out`` that gets SIGTERM as ``function`` is called."""
+    return subprocess.run(
+        [sys.executable, "-c", SIGTERM_FROM, function, "--out", str(out), "--models",
          "baseline", "--train-subset", "1000", "--progress", "none"],
         capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("function", ["training.report.plot_confusion_matrices",
+                                      "training.repository.sha256_file"],
+                         ids=["writing-the-report", "staging-a-version"])
+def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, function):
+    """Ctrl-C was cleaned up, SIGTERM not: the models' staging directories and part of a
+    report stayed, and no later run removed them."""
+    result = run_terminated_in(function, tmp_path / "repo")
     assert result.returncode == 143, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "fmnist-train: stopped (SIGTERM)"
-    assert not out.exists()  # no version, no staging directory, no part of a report
+    assert not (tmp_path / "repo").exists()  # no version, no staging directory, no report
+
+
+def test_a_run_stopped_by_sigterm_once_published_keeps_what_it_published(tmp_path):
+    """A stop after the versions were published removed the run's report: a watching server
+    served versions whose report was gone."""
+    out = tmp_path / "repo"
+    result = run_terminated_in("training.cli.print_table", out)
+    assert result.returncode == -signal.SIGTERM
+    assert (out / "baseline" / "1" / MODEL_FILE).is_file()
+    [report] = (out / "reports").iterdir()
+    assert (report / "report.md").is_file()
 
 
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):

@@ -194,6 +194,8 @@ def train(args: argparse.Namespace) -> int:
         except OSError as error:  # matplotlib's say no file
             raise OSError(error.errno, f"{error.strerror}: writing the report into "
                           f"{args.report_dir}") from None
+    for stop in (signal.SIGTERM, signal.SIGINT):  # published, the run is whole: a stop from
+        signal.signal(stop, signal.SIG_DFL)  # here on ends the process, undoing nothing
     rows = [(outcome.name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path),
              f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB") for outcome in outcomes]
     print()
@@ -307,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
     """A failed run leaves nothing of its own making behind: its report directory, which may
-    hold part of a report (emptied if it was given empty), and the others if they are empty."""
+    hold part of a report (emptied if it was given empty), and the others if they are empty.
+    A second stop does not cut this short."""
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
     if report_dir in directories:
         shutil.rmtree(report_dir, ignore_errors=True)
     elif report_dir and report_dir.is_dir():  # given, and empty at the start (main checks)

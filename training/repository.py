@@ -161,8 +161,10 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
         }
         os.chmod(staging, 0o755)
         os.chmod(staging / MODEL_FILE, 0o644)  # a server running as another user reads it
-    except OSError as error:
+    except BaseException as error:  # a stop (Ctrl-C, SIGTERM) too: nothing left behind
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
         raise OSError(error.errno, error.strerror or str(error),
                       str(error.filename or staging / MODEL_FILE)) from None
     return Staged(model_dir, staging, document)
