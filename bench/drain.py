@@ -23,11 +23,11 @@ import numpy as np
 import tritonclient.grpc as triton
 from startup import free_port, stop
 
-RETRY = json.dumps({"methodConfig": [{
-    "name": [{"service": "inference.GRPCInferenceService"}],
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]})
+from serving.client.api import RETRY_REFUSED_CALLS
+
+RETRY = json.loads(RETRY_REFUSED_CALLS)  # the client's, for the Open Inference Protocol
+RETRY["methodConfig"][0]["name"] = [{"service": "inference.GRPCInferenceService"}]
+RETRY = json.dumps(RETRY)
 MESSAGE_BYTES = 64 << 20
 
 
@@ -63,14 +63,17 @@ def one_round(repository: str, retry: bool, threads: int, before: float,
     images = triton.InferInput("images", [8, 28, 28], "UINT8")
     images.set_data_from_numpy(np.zeros((8, 28, 28), np.uint8))
     outcomes, end = collections.Counter(), time.monotonic() + seconds
+    counting = threading.Lock()
 
     def loop():
         while time.monotonic() < end:
             try:
                 client.infer("mlp", [images], client_timeout=10)
-                outcomes["OK"] += 1
+                outcome = "OK"
             except triton.InferenceServerException as error:
-                outcomes[str(error.status()).removeprefix("StatusCode.")] += 1
+                outcome = str(error.status()).removeprefix("StatusCode.")
+            with counting:
+                outcomes[outcome] += 1
 
     try:
         loops = [threading.Thread(target=loop) for _ in range(threads)]

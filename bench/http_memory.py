@@ -31,6 +31,7 @@ def tree_pss_mb(pid: int) -> float:
 def burst(port: int, body: bytes, calls: int, pid: int) -> tuple[collections.Counter, float]:
     """``calls`` requests at once; their status codes and the peak PSS meanwhile."""
     codes, peak, done = collections.Counter(), [tree_pss_mb(pid)], threading.Event()
+    counting = threading.Lock()
 
     def sample():
         while not done.is_set():
@@ -44,11 +45,13 @@ def burst(port: int, body: bytes, calls: int, pid: int) -> tuple[collections.Cou
                                {"Content-Type": "application/json"})
             response = connection.getresponse()
             response.read()
-            codes[response.status] += 1
+            outcome = response.status
         except OSError as error:
-            codes[type(error).__name__] += 1
+            outcome = type(error).__name__
         finally:
             connection.close()
+        with counting:
+            codes[outcome] += 1
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -98,7 +101,8 @@ def main() -> None:
         print("| --- | --- | --- | --- |")
         for round_ in range(1, args.rounds + 1):
             codes, peak = burst(port, body, args.calls, process.pid)
-            answers = ", ".join(f"{code}: {count}" for code, count in sorted(codes.items()))
+            answers = ", ".join(f"{code}: {count}" for code, count in sorted(
+                codes.items(), key=lambda item: str(item[0])))  # 200, 429, OSError's
             print(f"| {round_} | {answers} | {peak:.0f} | {tree_pss_mb(process.pid):.0f} |",
                   flush=True)
     finally:

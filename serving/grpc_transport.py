@@ -263,7 +263,7 @@ def grpc_server(implementation: str, threads: int,
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
-    (a stream holds one for its whole life); ``max_running``: of which at work at once,
+    (a stream holds one until it ends); ``max_running``: of which at work at once,
     the native server's (None: all); ``reuse_port``: several worker processes share
     the port; ``connection_age_s``: a connection's life, 0 forever."""
     age_ms = max(1, round(connection_age_s * 1000)) if connection_age_s else 2**31 - 1

@@ -106,7 +106,7 @@ class CallPipeline:
                  max_streams: int = 0):
         """``token``: what every call but health's must present ("" : none);
         ``model_label``: the metrics' model label of a request; ``max_streams``: streams open
-        at once (0: no limit): each holds a call thread for its whole life, so idle streams
+        at once (0: no limit): each holds a call thread until it ends, so idle streams
         must not take the threads that unary calls and health need."""
         self._expected = token.encode()
         self.admission = admission

@@ -226,10 +226,10 @@ class Listing(NamedTuple):
 
 def version_dirs(root: Path) -> Listing:
     """The ``<root>/<model>/<version>`` directories (hidden entries skipped, versions named by
-    an integer >= 1), and what was skipped: a model folder that cannot be listed (a volume's
-    lost+found), version 0. Start-up and the watcher both read the repository through this,
-    so a restart serves what was served before it. OSError if ``root`` itself cannot be
-    listed."""
+    an integer from 1 to 2**63-1, no leading 0), and what was skipped: a model folder that
+    cannot be listed (a volume's lost+found), a version out of that range (0, 07). Start-up
+    and the watcher both read the repository through this, so a restart serves what was
+    served before it. OSError if ``root`` itself cannot be listed."""
     found, skipped, unreadable = {}, [], set()
     for model_dir in Path(root).iterdir():
         if model_dir.name.startswith("."):

@@ -106,7 +106,7 @@ class Settings:
                                      parse=COUNT)
     call_threads: int = _setting(
         64, "threads answering calls in a process, for gRPC and again for HTTP: a unary call "
-        "holds one while it runs, a stream for its whole life (at least 2: a stream never "
+        "holds one while it runs, a stream until it ends (at least 2: a stream never "
         "holds them all)", "N", parse=number_in(int, 2))
     grpc_server: str = _setting(
         "native", "gRPC server implementation: native (gRPC C++, serving/native; grpcio where "

@@ -101,6 +101,7 @@ class Image:
     entrypoint: list[str]
     cmd: list[str]
     uid: int
+    gid: int
     user: str  # its USER instruction
 
 
@@ -125,7 +126,7 @@ def serve_image() -> Image:
     env: dict[str, str] = {"PATH": BASE_PATH}
     entrypoint: list[str] = []
     cmd: list[str] = []
-    uid, user = None, ""
+    uid, gid, user = None, None, ""
     for line in _stage("serve"):
         instruction, _, rest = line.partition(" ")
         instruction = instruction.upper()
@@ -139,10 +140,11 @@ def serve_image() -> Image:
             entrypoint = json.loads(rest)
         elif instruction == "RUN" and "useradd" in rest:
             uid = int(re.search(r"--uid\s+(\d+)", rest).group(1))
+            gid = int(re.search(r"useradd .*--gid\s+(\d+)", rest).group(1))
         elif instruction == "USER":
             user = rest.strip()
     assert uid is not None, "the serve stage creates no user"
-    return Image(env, entrypoint, cmd, uid, user)
+    return Image(env, entrypoint, cmd, uid, gid, user)
 
 
 def compose_image_name() -> str:

@@ -145,14 +145,14 @@ def test_compose_runs_the_image_locked_down_too():
     for name in ("classifier", "score"):
         assert services[name]["read_only"] is True, name
         assert services[name]["cap_drop"] == ["ALL"], name
-        assert services[name]["security_opt"] == ["no-new-privileges:true"], name
+        assert services[name]["security_opt"] == ["no-new-privileges"], name
 
 
 def test_the_image_runs_as_a_number_kubelet_can_check():
     """USER fmnist (a name) made kubelet refuse the pod under runAsNonRoot unless the manifest
     also gave runAsUser: it cannot tell that a name is not root."""
     image = serve_image()
-    assert image.user == f"{image.uid}:{image.uid}"
+    assert image.user == f"{image.uid}:{image.gid}"
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -162,6 +162,7 @@ def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
         context = security_context(workload)
         assert context["runAsNonRoot"] is True, workload.source
         assert context["runAsUser"] == uid, workload.source
+        assert context["runAsGroup"] == serve_image().gid, workload.source  # its files' group
         assert context["readOnlyRootFilesystem"] is True, workload.source
         assert context["allowPrivilegeEscalation"] is False, workload.source
         assert context["capabilities"] == {"drop": ["ALL"]}, workload.source

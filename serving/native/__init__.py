@@ -6,9 +6,10 @@ non-blocking Watch included) and reflection.
 One gRPC runtime listens: gRPC C++ (Debian's libgrpc++, ``serving/native/server.cc``, the
 async API: one ``AsyncGenericService`` and one completion queue). One C++ thread polls that
 queue, which also reads and writes the sockets; it never runs Python: it queues each new call
-and wakes the Python thread waiting on a call (a mutex and condition variable per call). gRPC's
-callback API was used first: its two threads handing each event to each other, and its
-executor, cost ~9 thread switches per call at batch 1 x 1 (BENCHMARKS.md,
+once its first message is in (or its client said it sends none: a client that never sends one
+holds no thread) and wakes the Python thread waiting on a call (a mutex and condition
+variable per call). gRPC's callback API was used first: its two threads handing each event to
+each other, and its executor, cost ~9 thread switches per call at batch 1 x 1 (BENCHMARKS.md,
 "Issue 12, third session"). A fixed pool of Python threads (``--call-threads``) takes the calls
 (``next_call()``), resolves each handler through the interceptors and the generic handlers as
 grpcio does, and runs it. A thread releases the GIL only where it may wait (for a call; for a
@@ -21,9 +22,9 @@ take calls while others are at work (the server sets 4 per core; threads waiting
 network do not count, and one coming back may briefly exceed it): a new call waits for one of
 them to come back rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
 
-- a unary call holds a pool thread while it runs, a streaming call for its whole life; a
-  non-blocking handler (health's Watch) holds none while it waits: it writes from whichever
-  thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
+- a unary call holds a pool thread while it runs, a streaming call from its first message to
+  its end; a non-blocking handler (health's Watch) holds none while it waits: it writes from
+  whichever thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
 - ``add_callback``s run on a pool thread when the call ends: after it is finished, or, for a
   cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
   server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python

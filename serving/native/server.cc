@@ -3,7 +3,7 @@
 // is built this way.
 //
 // One thread of ours polls the completion queue (the network too) and never runs Python nor
-// takes the GIL: a new call is queued (`Calls`), and its events (read, written, initial
+// takes the GIL: a new call is queued (`Calls`) once its first message is in, and its events (read, written, initial
 // metadata sent, finished, done) only set flags and wake the Python thread waiting on that
 // call's condition variable; it also sends the ends handed to it (below). gRPC's callback API
 // would add two threads handing each event to each other, and an executor: ~9 thread switches

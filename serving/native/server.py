@@ -24,7 +24,7 @@ class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio mak
 
 class NativeServer:
     """A ``grpc.Server``-like server on gRPC C++; ``threads``: calls answered at once (a
-    stream holds one for its whole life, a non-blocking Watch none), of which
+    stream holds one from its first message to its end, a non-blocking Watch none), of which
     ``max_running`` at work (not waiting on the network; None: all); ``listening``: the
     largest message, whether worker processes share the port (off: a port in use fails) and
     a connection's life in ms."""
