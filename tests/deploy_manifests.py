@@ -228,7 +228,7 @@ def container_env(workload: Workload, secrets: Mapping[tuple[str, str], str] | N
     ``valueFrom`` resolved as kubelet does (resourceFieldRef: the quantity divided by the
     divisor, rounded up; secretKeyRef: ``secrets[(secret, key)]``)."""
     env = dict((image or serve_image()).env)
-    limits = (workload.container.get("resources") or {}).get("limits") or {}
+    resources = workload.container.get("resources") or {}
     for item in workload.container.get("env") or []:
         name = item["name"]
         if "value" in item:
@@ -241,9 +241,10 @@ def container_env(workload: Workload, secrets: Mapping[tuple[str, str], str] | N
             assert ref.get("containerName", workload.container["name"]) == \
                 workload.container["name"], f"{name}: resourceFieldRef of another container"
             kind, _, resource = ref["resource"].partition(".")
-            assert kind == "limits" and resource in limits, f"{name}: no {ref['resource']}"
+            quantities = resources.get(kind) or {}
+            assert resource in quantities, f"{name}: no {ref['resource']}"
             divisor = cpu_quantity(ref.get("divisor", "1"))
-            env[name] = str(math.ceil(cpu_quantity(limits[resource]) / divisor))
+            env[name] = str(math.ceil(cpu_quantity(quantities[resource]) / divisor))
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
             env[name] = (secrets if secrets is not None else {})[(ref["name"], ref["key"])]

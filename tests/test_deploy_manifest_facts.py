@@ -134,8 +134,11 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
         assert cpu_quantity(resources["requests"]["cpu"]) <= limit
         assert limit == int(limit) >= 1, "whole CPUs: one worker process each"
         workers = [item for item in workload.container["env"] if item["name"] == "FMNIST_WORKERS"]
-        assert workers and workers[0]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+        # the request: where a policy removes CPU limits, limits.cpu reads the node's CPUs
+        assert workers and workers[0]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
         assert int(settings_of(workload)["workers"]) == limit
+        del workload.container["resources"]["limits"]
+        assert int(settings_of(workload)["workers"]) == limit, "a worker per CPU of the node"
 
 
 def test_compose_runs_the_image_locked_down_too():

@@ -200,7 +200,7 @@ patches:
 def test_a_container_limited_to_fewer_cpus_than_the_node_runs_that_many_workers(
         limited_by, model_repository, tmp_path):
     """The node (this machine) has 2 or more cores; the container gets 1 CPU, by its limit
-    (the manifest's FMNIST_WORKERS from limits.cpu) or, with that variable removed, by the
+    (the manifest's FMNIST_WORKERS from requests.cpu) or, with that variable removed, by the
     CPUs it may run on (a CPU manager's cpuset: the server sizes itself): one process serves."""
     if len(cpus_here()) < 2:
         pytest.skip("needs a machine with 2 or more CPUs to give the container fewer")
