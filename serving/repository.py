@@ -123,10 +123,8 @@ class ModelRegistry:
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise NotFound(
-                f"version: model {name!r} has no version {version}; "
-                f"loaded versions: {', '.join(map(str, versions))}"
-            )
+            raise NotFound(f"version: model {name!r} has no version {version}; "
+                           f"loaded versions: {', '.join(map(str, versions))}")
         return versions[version]
 
     def list(self) -> list[ModelVersion]:
@@ -183,8 +181,10 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
         registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
         registry.refused[key] = str(error)
+        before = registry._models.get(key[0], {}).get(key[1])  # replaced in place: it stays
         log.error("model version refused", extra={"fields": {
-            "model": key[0], "version": key[1], "reason": str(error)}})
+            "model": key[0], "version": key[1], "reason": str(error),
+            **({"still_serving_sha256": before.manifest.sha256[:12]} if before else {})}})
         return False
     registry.refused.pop(key, None)
     return True

@@ -370,8 +370,10 @@ def test_a_version_replaced_in_place_is_loaded_again(repository_copy, policy, ca
     watcher.poll()
     watcher.poll()
     assert registry.get("mlp", 2).manifest.sha256 == replaced
-    assert [record.getMessage() for record in caplog.records].count(
-        "model version refused") == 1
+    [refused] = [record for record in caplog.records
+                 if record.getMessage() == "model version refused"]
+    # it says so: the refusal read as if mlp v2 were gone, while the files loaded before served
+    assert refused.fields["still_serving_sha256"] == replaced[:12]
     for model in registry.list():  # their fmnist_model_info series back to 0
         registry.remove(model.name, model.version)
 
