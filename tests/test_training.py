@@ -69,6 +69,10 @@ def test_both_runs_succeed_and_print_the_table(runs):
         assert str(out / name / "1" / MODEL_FILE) in table
     assert f"report: {report_dir / 'report.md'}" in by_env.stdout
     assert "oneDNN" not in by_flags.stderr + by_flags.stdout  # TensorFlow's start-up chatter
+    # between fitting and the table it said nothing for seconds: what it is doing, and each
+    # model's result as soon as it has one
+    assert by_flags.stdout.count("exported to ONNX: test accuracy ") == len(MODELS)
+    assert f"writing the report into {report_dir}" in by_env.stdout
 
 
 def test_each_run_adds_a_version_with_a_complete_manifest(runs):
