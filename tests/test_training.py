@@ -291,6 +291,16 @@ def test_a_run_stopped_by_sigterm_once_published_keeps_what_it_published(tmp_pat
     assert (report / "report.md").is_file()
 
 
+def test_a_baseline_stopped_by_its_iteration_limit_says_so(tmp_path):
+    """"fitted in 0.5 s, 20 epochs" read as a finished fit: scikit-learn's ConvergenceWarning
+    is silenced (a quick baseline is the point), and nothing said the limit had stopped it."""
+    result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",
+                          "1000", "--baseline-max-iter", "2", "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert ("2 epochs (--baseline-max-iter's limit, before --baseline-tol said it converged)"
+            in result.stdout)
+
+
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     """model.json said 1,000,000 for a run that used the 60,000 there are."""
     result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",

@@ -68,7 +68,10 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
             args.baseline_max_iter, args.baseline_alpha, args.baseline_tol, args.baseline_n_jobs
         )
         fitted = models.fit_baseline(settings, split.x_train, split.y_train, args.seed)
-        print(f"fitted in {fitted.fit_seconds:.1f} s, {fitted.epochs_run} epochs", flush=True)
+        unconverged = fitted.epochs_run >= args.baseline_max_iter and args.baseline_tol is not None
+        print(f"fitted in {fitted.fit_seconds:.1f} s, {fitted.epochs_run} epochs" + (
+            " (--baseline-max-iter's limit, before --baseline-tol said it converged)"
+            if unconverged else ""), flush=True)
         onnx_model = export.baseline_to_onnx(fitted.model)
         reference = fitted.model.predict_proba(split.x_test)
         validation_accuracy = fitted.model.score(split.x_val, split.y_val)
