@@ -181,7 +181,8 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
         registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
         registry.refused[key] = str(error)
-        before = registry._models.get(key[0], {}).get(key[1])  # replaced in place: it stays
+        # a version replaced in place: the files loaded before keep serving, and the line says so
+        before = registry.get(*key) if key[1] in registry.versions(key[0]) else None
         log.error("model version refused", extra={"fields": {
             "model": key[0], "version": key[1], "reason": str(error),
             **({"still_serving_sha256": before.manifest.sha256[:12]} if before else {})}})

@@ -3,11 +3,11 @@
 // is built this way.
 //
 // One thread of ours polls the completion queue (the network too) and never runs Python nor
-// takes the GIL: a new call is queued (`Calls`) once its first message is in, and its events (read, written, initial
-// metadata sent, finished, done) only set flags and wake the Python thread waiting on that
-// call's condition variable; it also sends the ends handed to it (below). gRPC's callback API
-// would add two threads handing each event to each other, and an executor: ~9 thread switches
-// per call at batch 1 x 1.
+// takes the GIL: a new call is queued (`Calls`) once its first message is in, and its events
+// (read, written, initial metadata sent, finished, done) only set flags and wake the Python
+// thread waiting on that call's condition variable; it also sends the ends handed to it
+// (below). gRPC's callback API would add two threads handing each event to each other, and
+// an executor: ~9 thread switches per call at batch 1 x 1.
 // Python's pool threads take calls with `Server.next_call()` and start every gRPC operation
 // from `Call.read/write/finish`, the same way on every path; they release the GIL only where
 // they may wait (`Waiting`). One exception: an OK end that its thread would send holding the
