@@ -89,10 +89,9 @@ def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
     outputs = {spec.name: spec for spec in manifest.outputs}
     for spec in expected_outputs:
         if outputs.get(spec.name) != spec:
-            raise RepositoryError(
-                f"{manifest_path}: output {spec.name!r} is {outputs.get(spec.name)}, expected "
-                f"{spec.datatype} {list(spec.shape)}"
-            )
+            raise RepositoryError(f"{manifest_path}: output {spec.name!r} is "
+                                  f"{outputs.get(spec.name)}, expected {spec.datatype} "
+                                  f"{list(spec.shape)}")
 
 
 def check_graph(model_path: Path, manifest: Manifest, session) -> None:
@@ -113,10 +112,9 @@ def check_graph(model_path: Path, manifest: Manifest, session) -> None:
                 want in (-1, got) for got, want in zip(arg.shape, spec.shape, strict=True)
             )
             if arg.type != ORT_TYPES[spec.datatype] or not shape_fits:
-                raise RepositoryError(
-                    f"{model_path}: graph {kind} {spec.name!r} is {arg.type} {arg.shape}, "
-                    f"{MANIFEST} says {spec.datatype} {list(spec.shape)}"
-                )
+                raise RepositoryError(f"{model_path}: graph {kind} {spec.name!r} is {arg.type} "
+                                      f"{arg.shape}, {MANIFEST} says {spec.datatype} "
+                                      f"{list(spec.shape)}")
     _trial_run(model_path, manifest, session)
 
 

@@ -6,12 +6,13 @@ Every worker listens on the port (SO_REUSEPORT) and the kernel hashes each new c
 one of them; a client's connection stays with its worker.
 
 The supervisor stays small and fork-safe: it never creates a gRPC object, an onnxruntime
-session or a thread. It
+session or a thread of its own. It
 
 1. points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (``serving.scratch``)
    before any worker imports prometheus_client, so each worker keeps its metrics in files
    there (named by slot), and forks a small process serving ``/metrics`` summed over them;
-2. reserves the port (port 0 becomes one free port all workers share) and forks the workers;
+2. reserves the port (port 0 becomes one free port all workers share), imports the libraries
+   every worker imports (``SHARED_IMPORTS``) and forks the workers;
    each loads the repository, serves, and reports over a pipe that it serves, or the one-line
    reason it cannot (the supervisor then stops the others and fails with that line);
 3. forks a replacement when a worker dies (at most one per slot per second; twice as long
@@ -25,6 +26,7 @@ session or a thread. It
 """
 
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -52,6 +54,13 @@ RESTART_INTERVAL_S = 1.0
 MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 METRICS = -1  # the metrics process's slot
+# Imported once here rather than in each worker: two workers importing them at once on two
+# cores served ~0.07 s later (BENCHMARKS.md, "Issue 12, fifteenth session"). None opens a gRPC
+# runtime when imported, and no thread of theirs runs over a fork (numpy's OpenBLAS stops its
+# own). Not onnxruntime: with its telemetry on (the operator's choice) its import starts a
+# thread; nor serving.metrics, whose files each worker names.
+SHARED_IMPORTS = ("numpy", "serving.native.server", "grpc_health.v1.health",
+                  "grpc_reflection.v1alpha.reflection")
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +118,8 @@ class _Supervisor:
         if self.settings.metrics_port:
             self._metrics = summed_metrics_server(self.settings, self.directory)
             self._fork_metrics()
+        for name in (*SHARED_IMPORTS, *(["granian"] if self.settings.http_port else [])):
+            importlib.import_module(name)
         for slot in range(self.settings.workers):
             if not self.stopping:
                 self._fork(slot)

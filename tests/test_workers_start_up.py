@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import grpc
@@ -50,6 +51,27 @@ def test_a_start_report_is_never_written_after_it_is_sent():
     finally:
         for fd in (read_end, reused_read, reused_write):
             os.close(fd)
+
+
+def test_no_thread_of_the_libraries_the_supervisor_imports_runs_over_a_fork():
+    """A fork copies only the thread that forks: a library thread holding a lock or half way
+    through its work then would leave the worker inconsistent. numpy's OpenBLAS stops its
+    threads before each fork, so the forking supervisor is alone at that moment."""
+    code = textwrap.dedent("""
+        import importlib, os
+        from serving.workers import SHARED_IMPORTS
+        for name in (*SHARED_IMPORTS, "granian"):
+            importlib.import_module(name)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(len(os.listdir("/proc/self/task")))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
 
 
 def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_copy):

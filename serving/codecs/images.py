@@ -18,10 +18,8 @@ def check_batch_size(count: int, max_request_images: int, field: str) -> None:
     if count == 0:
         raise InvalidArgument(f"{field}: expected at least 1 image, got 0")
     if count > max_request_images:
-        raise InvalidArgument(
-            f"{field}: expected at most {max_request_images} images per request "
-            f"(the server's --max-request-images), got {count}"
-        )
+        raise InvalidArgument(f"{field}: expected at most {max_request_images} images per "
+                              f"request (the server's --max-request-images), got {count}")
 
 
 def images_from_bytes(images: Sequence[bytes], max_request_images: int, field: str) -> np.ndarray:
@@ -32,9 +30,8 @@ def images_from_bytes(images: Sequence[bytes], max_request_images: int, field: s
     wrong = np.flatnonzero(lengths != IMAGE_BYTES)
     if wrong.size:
         index = int(wrong[0])
-        raise InvalidArgument(
-            f"{field}[{index}]: expected {IMAGE_BYTES} bytes (28x28 uint8), got {lengths[index]}"
-        )
+        raise InvalidArgument(f"{field}[{index}]: expected {IMAGE_BYTES} bytes (28x28 uint8), "
+                              f"got {lengths[index]}")
     pixels = np.frombuffer(b"".join(images), dtype=np.uint8)
     return pixels.reshape(len(images), *IMAGE_SHAPE)
 
@@ -44,8 +41,7 @@ def images_from_array(array: np.ndarray, max_request_images: int, field: str) ->
     if array.dtype != np.uint8:
         raise InvalidArgument(f"{field}: expected datatype UINT8, got {array.dtype.name.upper()}")
     if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_BYTES,), IMAGE_SHAPE):
-        raise InvalidArgument(
-            f"{field}: expected shape [N,28,28] or [N,784], got {list(array.shape)}"
-        )
+        raise InvalidArgument(f"{field}: expected shape [N,28,28] or [N,784], got "
+                              f"{list(array.shape)}")
     check_batch_size(array.shape[0], max_request_images, field)
     return array.reshape(array.shape[0], *IMAGE_SHAPE)
