@@ -314,6 +314,17 @@ def test_the_kserve_manifests_use_kserves_conventions():
         assert item["metadata"]["annotations"][
             "serving.kserve.io/enable-prometheus-scraping"] == "false"
 
+    # a node drain takes one predictor pod of each at a time (KServe labels its pods so)
+    budgets = find(objects, "PodDisruptionBudget")
+    for item in find(objects, "InferenceService"):
+        guarding = [budget["spec"] for budget in budgets
+                    if budget["spec"]["selector"]["matchLabels"] == {
+                        "serving.kserve.io/inferenceservice": item["metadata"]["name"],
+                        "component": "predictor"}]
+        assert len(guarding) == 1, item["metadata"]["name"]
+        assert guarding[0]["maxUnavailable"] < item["spec"]["predictor"]["minReplicas"]
+        assert guarding[0]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
     by_source = {w.source.split()[0]: w for w in workloads(objects)}
     assert set(by_source) == {"ServingRuntime/fashion-mnist",
                               "InferenceService/fashion-mnist-packaged"}

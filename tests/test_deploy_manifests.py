@@ -42,7 +42,7 @@ EXPECTED_KINDS = {
                                           "PersistentVolumeClaim", "PodDisruptionBudget",
                                           "Service", "Service"],
     "kserve": ["InferenceService", "InferenceService", "PersistentVolumeClaim",
-               "ServingRuntime"],
+               "PodDisruptionBudget", "PodDisruptionBudget", "ServingRuntime"],
 }
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
