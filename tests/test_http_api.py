@@ -129,6 +129,26 @@ def test_infer_json_and_binary_equal_grpc_and_onnxruntime(url, v2, images, model
     np.testing.assert_allclose(grpc_probabilities, probabilities, rtol=0, atol=1e-6)
 
 
+def test_a_raw_binary_request_is_one_image_answered_in_binary(url, v2, images):
+    """Triton's binary data extension: with Inference-Header-Content-Length 0 the body is the
+    one input's bytes alone, a batch of one, and every output comes back binary."""
+    answer = requests.post(f"{url}/v2/models/mlp/infer", data=images[0].tobytes(), timeout=10,
+                           headers={"Inference-Header-Content-Length": "0",
+                                    "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 200, answer.text
+    length = int(answer.headers["Inference-Header-Content-Length"])
+    header = json.loads(answer.content[:length])
+    assert [(o["name"], o["shape"]) for o in header["outputs"]] == [
+        ("probabilities", [1, 10]), ("label", [1])]
+    request = pb.ModelInferRequest(model_name="mlp", raw_input_contents=[images[0].tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 28, 28])
+    assert answer.content[length:] == b"".join(v2.ModelInfer(request).raw_output_contents)
+    two = requests.post(f"{url}/v2/models/mlp/infer", data=images[:2].tobytes(), timeout=10,
+                        headers={"Inference-Header-Content-Length": "0"})
+    assert two.status_code == 400, two.text
+    assert "784" in two.json()["error"]
+
+
 def test_classification_parameter_as_grpc(url, v2, images):
     answer = requests.post(f"{url}/v2/models/mlp/infer", timeout=10, json=infer_json(
         images, outputs=[{"name": "probabilities", "parameters": {"classification": 3}}])).json()

@@ -7,7 +7,9 @@ as JSON ``data`` or as binary, as the request asked, whichever form the data pla
 Whether the tensors suit the model is the data plane's codec's question
 (``serving.codecs.inference``); what is refused here is what cannot be translated: a body that
 is not JSON, a header length past the body, a shape that is not integers, binary sizes that do
-not add up.
+not add up. A raw binary request (``Inference-Header-Content-Length: 0``, the body the model's
+one input alone: every model here has that one input, ``common.contract``) is, as the
+extension says, a batch of one whose outputs all come back binary.
 """
 
 import json
@@ -19,6 +21,7 @@ import numpy as np
 import orjson
 from google.protobuf import json_format
 
+from common.contract import IMAGE_SHAPE, IMAGES
 from inference import grpc_service_pb2 as pb
 from serving.errors import InvalidArgument
 
@@ -63,6 +66,11 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
     and the output form asked for."""
     json_end = _json_end(body, header_length)
+    if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
+        request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
+                                       raw_input_contents=[body])
+        request.inputs.add(name=IMAGES, datatype="UINT8", shape=[1, *IMAGE_SHAPE])
+        return request, OutputForm(default_binary=True)
     try:
         document = _expect(dict, parse_json(body[:json_end]), "request body")
     except InvalidArgument as error:
@@ -203,7 +211,8 @@ _EXPECTED = {dict: "a JSON object", list: "a JSON array", str: "a string", bool:
 def _expect(kind: type, value, field_name: str):
     """``value`` if it is a JSON ``kind``, else InvalidArgument naming the field."""
     if not isinstance(value, kind):
-        raise InvalidArgument(f"{field_name}: expected {_EXPECTED[kind]}, got {_kind(value)}")
+        got = "nothing" if value is None else type(value).__name__.replace("dict", "object")
+        raise InvalidArgument(f"{field_name}: expected {_EXPECTED[kind]}, got {got}")
     return value
 
 
@@ -211,10 +220,6 @@ def _optional(document: dict, key: str, default):
     """An optional field's value; JSON null is its absence, as KServe and MLServer read it."""
     value = document.get(key)
     return default if value is None else value
-
-
-def _kind(value) -> str:
-    return "nothing" if value is None else type(value).__name__.replace("dict", "object")
 
 
 def encode_infer_response(response: pb.ModelInferResponse, form: OutputForm) -> Body:
