@@ -122,6 +122,19 @@ async def test_malformed_tensors_are_invalid_argument(v2, case):
     assert message in refused.value.details()
 
 
+async def test_a_stream_answers_each_request_in_order_and_a_refusal_in_its_place(v2):
+    """Triton's ModelStreamInfer: a refused request is answered with its error message, and
+    the stream goes on."""
+    requests = [raw_request(id="a"), raw_request(IMAGES[:, :27], id="b"),
+                raw_request(IMAGES[:1], id="c")]
+    answers = [answer async for answer in v2.ModelStreamInfer(iter(requests))]
+    assert [answer.HasField("infer_response") for answer in answers] == [True, False, True]
+    assert [answers[0].infer_response.id, answers[2].infer_response.id] == ["a", "c"]
+    assert answers[0].infer_response == await v2.ModelInfer(requests[0])
+    assert answers[1].error_message.startswith("inputs['images']") and "shape" in \
+        answers[1].error_message
+
+
 async def test_a_refused_request_does_not_disturb_the_next(v2):
     with pytest.raises(grpc.aio.AioRpcError):
         await v2.ModelInfer(_with(raw_request(), raw_input_contents=[b"x"]))

@@ -130,6 +130,17 @@ def test_infer_with_raw_uint8_equals_the_domain_api(seen):
     assert triton["sync"]["infer"]["mlp:"]["model_version"] == "2"
 
 
+def test_a_stream_answers_in_order_with_a_refusal_in_its_place(seen):
+    """tritonclient's start_stream / async_stream_infer (Triton's ModelStreamInfer): a refused
+    request is answered with its error, and the stream goes on."""
+    triton, domain = seen
+    first, refused, last = triton["sync"]["stream"]
+    assert (first["id"], first["label"]) == ("s1", domain["mlp:"]["label"])
+    assert "no model 'nope'" in refused["error"]
+    assert (last["id"], last["model_name"], last["label"]) == (
+        "s3", "softmax", domain["softmax:"]["label"])
+
+
 def test_requested_outputs_are_the_only_ones_answered(seen):
     triton, domain = seen
     only_label = triton["sync"]["only_label"]

@@ -9,6 +9,7 @@ server answers.
 
 import asyncio
 import json
+import queue
 import sys
 
 import numpy as np
@@ -71,6 +72,14 @@ def sync_checks(target: str, images: np.ndarray) -> dict:
         sync_client.InferRequestedOutput("probabilities", class_count=3)])
     out["classification"] = answer(classified)
     out["statistics"] = client.get_inference_statistics("mlp", as_json=True)
+    streamed = queue.Queue()  # ModelStreamInfer: answers in order, a refusal in its place
+    client.start_stream(lambda result, error: streamed.put((result, error)))
+    for request_id, model in (("s1", "mlp"), ("s2", "nope"), ("s3", "softmax")):
+        client.async_stream_infer(model, [images_input(sync_client, images)],
+                                  request_id=request_id)
+    out["stream"] = [answer(result) if error is None else {"error": error.message()}
+                     for result, error in (streamed.get(timeout=30) for _ in range(3))]
+    client.stop_stream()
 
     def infer(model="mlp", tensors=None, version="", outputs=None):
         tensors = tensors or [images_input(sync_client, images)]

@@ -2,7 +2,7 @@
 transport-free: resolve the model, decode, predict, encode. Methods take and return the
 protocol's messages and a ``Call`` and raise only ``serving.errors``."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from inference import grpc_service_pb2 as pb
 from serving.codecs.inference import (
@@ -14,7 +14,7 @@ from serving.codecs.inference import (
     encode_statistics,
     parse_version,
 )
-from serving.errors import InvalidArgument, NotFound
+from serving.errors import Cancelled, DeadlineExceeded, InvalidArgument, ServingError
 from serving.metrics import model_statistics
 from serving.pipeline import Call
 from serving.repository import ModelRegistry
@@ -43,12 +43,8 @@ class InferenceAPI:
         return pb.ServerReadyResponse(ready=self._ready())
 
     def ModelReady(self, request, call: Call) -> pb.ModelReadyResponse:  # noqa: N802 (the protocol's name)
-        version = parse_version(request.version)
-        try:
-            self._registry.get(request.name, version)
-        except NotFound:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=True)
+        versions, version = self._registry.versions(request.name), parse_version(request.version)
+        return pb.ModelReadyResponse(ready=bool(versions) and version in (0, *versions))
 
     def ServerMetadata(self, request, call: Call) -> pb.ServerMetadataResponse:  # noqa: N802 (the protocol's name)
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._server_version,
@@ -67,18 +63,26 @@ class InferenceAPI:
         """Every model if the name is "", every loaded version if the version is ""."""
         if request.version and not request.name:
             raise InvalidArgument("name: a version needs the model it belongs to, got none")
-        if request.name:
-            names = [self._registry.get(request.name, parse_version(request.version)).name]
-        else:
-            names = self._registry.names
-        if request.version:
-            versions = [(names[0], parse_version(request.version))]
-        else:
-            versions = [(name, version) for name in names
-                        for version in self._registry.versions(name)]
+        names = ([self._registry.get(request.name, parse_version(request.version)).name]
+                 if request.name else self._registry.names)
+        versions = ([(names[0], parse_version(request.version))] if request.version
+                    else [(name, version) for name in names
+                          for version in self._registry.versions(name)])
         return encode_statistics(model_statistics(versions))
 
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:  # noqa: N802 (the protocol's name)
         model = self._registry.get(request.model_name, parse_version(request.model_version))
         query = decode_infer_request(request, model, self._max_request_images)
         return encode_infer_response(query, model, model.predict(query.images, call))
+
+    def ModelStreamInfer(self, requests: Iterable[pb.ModelInferRequest], call: Call  # noqa: N802 (the protocol's name)
+                         ) -> Iterator[pb.ModelStreamInferResponse]:
+        """Answers in request order; a refused request is answered with its error, and the
+        stream goes on, as Triton's does (a client matches answers by ``id``)."""
+        for request in requests:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
+            except (Cancelled, DeadlineExceeded):
+                raise  # the stream's end, not its request's
+            except ServingError as error:
+                yield pb.ModelStreamInferResponse(error_message=str(error))
