@@ -280,5 +280,4 @@ def grpc_server(implementation: str, threads: int,
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.max_metadata_size", 16 * 1024),  # as the native server
-                 ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_connection_age_ms", age_ms)],
-    ))
+                 ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_connection_age_ms", age_ms)]))

@@ -26,16 +26,13 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         document = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname,
-            "logger": record.name,
+            "time": created.isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name,
             "pid": record.process,  # which worker process, under a supervisor
             "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
+            **getattr(record, "fields", {})}
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document, default=str)

@@ -53,16 +53,14 @@ def read_manifest(path: Path) -> Manifest:
         raise RepositoryError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
     try:
         manifest = Manifest(
-            name=str(document["name"]),
-            version=int(document["version"]),
+            name=str(document["name"]), version=int(document["version"]),
             inputs=tuple(_tensor_spec(spec) for spec in document["inputs"]),
             outputs=tuple(_tensor_spec(spec) for spec in document["outputs"]),
             class_names=tuple(str(name) for name in document["classes"]),
             sha256=str(document["sha256"]),
             test_accuracy=float((document.get("metrics") or {}).get("test_accuracy", 0.0)),
             created_at=str(document.get("created_at", "")),
-            description=str(document.get("description", "")),
-        )
+            description=str(document.get("description", "")))
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise RepositoryError(f"{manifest_path}: malformed ({type(error).__name__}: "
                               f"{error})") from None

@@ -58,8 +58,5 @@ class ServerTls:
         return cls(read_pem(cert_file), read_pem(key_file), read_pem(client_ca_file))
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.key, self.cert)],
-            root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None,
-        )
+        return grpc.ssl_server_credentials([(self.key, self.cert)], self.client_ca,
+                                           require_client_auth=self.client_ca is not None)

@@ -85,8 +85,7 @@ class Settings:
     test_images_dir: str = _setting(
         "", "directory of the Fashion-MNIST test set's IDX files (t10k-*-ubyte[.gz]) behind "
         "the web page's random test image (default: $FMNIST_DATA_DIR, else "
-        "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR",
-    )
+        "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR")
     max_request_images: int = _setting(1024, "most images one request may carry", "N", parse=COUNT)
     max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message or HTTP body "
                                       "accepted or sent",
@@ -140,8 +139,7 @@ class Settings:
     auth_token: str = field(  # repr=False: never printed with the settings
         default="", repr=False, metadata={
             "help": "bearer token every call but health must carry (authorization: Bearer "
-            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None},
-    )
+            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None})
     log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
     log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
 

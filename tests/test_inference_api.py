@@ -128,11 +128,23 @@ async def test_a_stream_answers_each_request_in_order_and_a_refusal_in_its_place
     requests = [raw_request(id="a"), raw_request(IMAGES[:, :27], id="b"),
                 raw_request(IMAGES[:1], id="c")]
     answers = [answer async for answer in v2.ModelStreamInfer(iter(requests))]
-    assert [answer.HasField("infer_response") for answer in answers] == [True, False, True]
+    assert [answer.error_message == "" for answer in answers] == [True, False, True]
     assert [answers[0].infer_response.id, answers[2].infer_response.id] == ["a", "c"]
     assert answers[0].infer_response == await v2.ModelInfer(requests[0])
     assert answers[1].error_message.startswith("inputs['images']") and "shape" in \
         answers[1].error_message
+    assert answers[1].infer_response.id == "b"  # as Triton's: the client knows which failed
+
+
+async def test_a_stream_request_asking_for_the_final_flag_gets_it(v2):
+    """Triton's streaming clients (tritonclient's enable_empty_final_response) wait for
+    ``triton_final_response``; each request here has one answer, which is its final one."""
+    asking = raw_request(id="f", parameters={
+        "triton_enable_empty_final_response": pb.InferParameter(bool_param=True)})
+    answers = [answer async for answer in v2.ModelStreamInfer(iter([asking, raw_request()]))]
+    flags = [answer.infer_response.parameters for answer in answers]
+    assert flags[0]["triton_final_response"].bool_param
+    assert "triton_final_response" not in flags[1]
 
 
 async def test_a_refused_request_does_not_disturb_the_next(v2):

@@ -21,6 +21,7 @@ from serving.repository import ModelRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "fashion-mnist-service"
+WANTS_FINAL_FLAG, FINAL_FLAG = "triton_enable_empty_final_response", "triton_final_response"
 
 
 class InferenceAPI:
@@ -77,12 +78,17 @@ class InferenceAPI:
 
     def ModelStreamInfer(self, requests: Iterable[pb.ModelInferRequest], call: Call  # noqa: N802 (the protocol's name)
                          ) -> Iterator[pb.ModelStreamInferResponse]:
-        """Answers in request order; a refused request is answered with its error, and the
-        stream goes on, as Triton's does (a client matches answers by ``id``)."""
+        """Answers in request order; a refused request is answered with its error and its
+        ``id``, and the stream goes on, as Triton's does. A request asking for Triton's final
+        flag (streaming clients wait for it) gets it on its one answer."""
         for request in requests:
             try:
-                yield pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
+                answer = pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
             except (Cancelled, DeadlineExceeded):
                 raise  # the stream's end, not its request's
             except ServingError as error:
-                yield pb.ModelStreamInferResponse(error_message=str(error))
+                answer = pb.ModelStreamInferResponse(
+                    error_message=str(error), infer_response=pb.ModelInferResponse(id=request.id))
+            if (final := request.parameters.get(WANTS_FINAL_FLAG)) is not None and final.bool_param:
+                answer.infer_response.parameters[FINAL_FLAG].bool_param = True
+            yield answer

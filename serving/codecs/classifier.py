@@ -126,10 +126,8 @@ def _wire_pieces(class_names: tuple[str, ...]) -> _WirePieces:
                      for b in sizes] for a in sizes]
     return _WirePieces(
         model_head=[head(1, size) for size in sizes],
-        baseline_head=[head(2, size) for size in sizes],
-        tail=tails,
-        result_head=[[_tag(1, 2) + _varint(size) for size in row] for row in result_sizes],
-    )
+        baseline_head=[head(2, size) for size in sizes], tail=tails,
+        result_head=[[_tag(1, 2) + _varint(size) for size in row] for row in result_sizes])
 
 
 def _tag(field: int, wire_type: int) -> bytes:

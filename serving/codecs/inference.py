@@ -195,8 +195,7 @@ def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelM
         inputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
                 for s in manifest.inputs],
         outputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-                 for s in manifest.outputs],
-    )
+                 for s in manifest.outputs])
 
 
 def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_s: float,
@@ -214,8 +213,7 @@ def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_
         dynamic_batching=config_pb.ModelDynamicBatching(
             max_queue_delay_microseconds=round(max_delay_s * 1e6), preserve_ordering=True),
         instance_group=[config_pb.ModelInstanceGroup(
-            count=instances, kind=config_pb.ModelInstanceGroup.KIND_CPU)],
-    ))
+            count=instances, kind=config_pb.ModelInstanceGroup.KIND_CPU)]))
 
 
 def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
