@@ -55,7 +55,7 @@ MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
 METRICS = -1  # the metrics process's slot
 # Imported once here rather than in each worker: two workers importing them at once on two
-# cores served ~0.07 s later (BENCHMARKS.md, "Issue 12, fifteenth session"). None opens a gRPC
+# cores served ~11% later (BENCHMARKS.md, "Issue 12, fifteenth session"). None opens a gRPC
 # runtime when imported, and no thread of theirs runs over a fork (numpy's OpenBLAS stops its
 # own). Not onnxruntime: with its telemetry on (the operator's choice) its import starts a
 # thread; nor serving.metrics, whose files each worker names.
