@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import CLASS_NAMES, IMAGE_SHAPE, LABEL, MANIFEST, PROBABILITIES
+from common.contract import CLASS_NAMES, IMAGE_SHAPE, IMAGES, LABEL, MANIFEST, PROBABILITIES
 from serving.errors import RepositoryError
 
 REQUIRED_KEYS = ("name", "version", "inputs", "outputs", "classes", "sha256")
@@ -72,16 +72,16 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _check_contract(manifest_path: Path, manifest: Manifest) -> None:
-    """The server feeds ``uint8 [N,28,28]`` and reads ``probabilities`` and ``label``, whose
+    """The server feeds ``images``, ``uint8 [N,28,28]`` (an HTTP raw binary request names no
+    input: it is this one), and reads ``probabilities`` and ``label``, whose
     numbers are Fashion-MNIST's classes (every model's, so model and baseline agree label for
     label, and the answers' class names are these)."""
     if manifest.class_names != CLASS_NAMES:
         raise RepositoryError(f"{manifest_path}: classes {list(manifest.class_names)}, "
                               f"expected Fashion-MNIST's in label order, {list(CLASS_NAMES)}")
-    image_input = ("UINT8", (-1, *IMAGE_SHAPE))
-    if [(spec.datatype, spec.shape) for spec in manifest.inputs] != [image_input]:
+    if list(manifest.inputs) != [TensorSpec(IMAGES, "UINT8", (-1, *IMAGE_SHAPE))]:
         raise RepositoryError(f"{manifest_path}: inputs {list(manifest.inputs)}, expected one "
-                              "UINT8 [-1,28,28] input")
+                              f"UINT8 [-1,28,28] input {IMAGES!r}")
     expected_outputs = (TensorSpec(PROBABILITIES, "FP32", (-1, len(manifest.class_names))),
                         TensorSpec(LABEL, "INT64", (-1,)))
     outputs = {spec.name: spec for spec in manifest.outputs}

@@ -1,6 +1,7 @@
 """Loading the model repository, and the server refusing one it cannot vouch for."""
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -95,9 +96,17 @@ def _damage(root, case: str):
         _rewrite_manifest(version / MANIFEST, version=5)
     elif case == "missing model file":
         (version / MODEL_FILE).unlink()
-    elif case == "graph differs from manifest":
+    elif case == "input not the contract's":
         _rewrite_manifest(version / MANIFEST, inputs=[
             {"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}])
+    elif case == "graph differs from manifest":  # its input renamed, the sha256 made to match
+        graph = onnx.load(version / MODEL_FILE)
+        graph.graph.input[0].name = "pixels"
+        for node in graph.graph.node:
+            node.input[:] = ["pixels" if name == "images" else name for name in node.input]
+        onnx.save(graph, version / MODEL_FILE)
+        digest = hashlib.sha256((version / MODEL_FILE).read_bytes()).hexdigest()
+        _rewrite_manifest(version / MANIFEST, sha256=digest)
     elif case == "no baseline":
         for path in sorted((root / "baseline").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
@@ -113,7 +122,8 @@ REFUSALS = {
     "missing key": "mlp/2/model.json: missing key(s) sha256",
     "wrong version": "names mlp/5, expected mlp/2",
     "missing model file": "mlp/2/model.onnx: missing",
-    "graph differs from manifest": "graph inputs ['images'] differ from model.json's ['pixels']",
+    "input not the contract's": "expected one UINT8 [-1,28,28] input 'images'",
+    "graph differs from manifest": "graph inputs ['pixels'] differ from model.json's ['images']",
     "no baseline": "model repository has no 'baseline' model (found: mlp, softmax)",
 }
 
