@@ -1,10 +1,12 @@
 """Deadlines are honoured: a request whose deadline passes while it waits for the model gets
 DEADLINE_EXCEEDED and is never computed, which Triton's statistics (images and onnxruntime calls
-per model version) prove."""
+per model version) prove; a call whose client gave up while it waited for a thread costs no
+Python work."""
 
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 
 import grpc
@@ -17,8 +19,10 @@ from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import Cancelled, DeadlineExceeded
+from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, Call, CallPipeline
 from tests.conftest import running_server
+from tests.echo_service import SERVICE, Echo
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
@@ -120,3 +124,44 @@ def test_a_call_over_before_its_turn_is_neither_parsed_nor_logged_loudly(gone, c
     assert parsed == []
     assert [record.levelno for record in caplog.records
             if record.getMessage() == "request failed"] == [logging.DEBUG]
+
+
+class _SeenMethods(grpc.ServerInterceptor):
+    """Records the method of every call a Python thread takes."""
+
+    def __init__(self):
+        self.methods: list[str] = []
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):
+        with self._lock:
+            self.methods.append(handler_call_details.method)
+        return continuation(handler_call_details)
+
+
+def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
+    """The native server finishes a queued call in C++ once its client cancels it or its
+    deadline passes: before, each such call still took a pool thread (method lookup,
+    interceptors, the pipeline's checks), so a flood of calls with short deadlines kept the
+    threads busy with dead calls and live ones got no answer in time (0 OK/s)."""
+    echo, seen = Echo(), _SeenMethods()
+    server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
+    server.add_generic_rpc_handlers([echo.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = channel.unary_unary(f"/{SERVICE}/Unary")
+            holding = unary.future(b"hold", timeout=30)  # the one thread at work, in Python
+            assert echo.holding.wait(5)
+            given_up = [unary.future(b"late", timeout=0.2) for _ in range(20)]
+            assert {future.exception(5).code() for future in given_up} == \
+                {grpc.StatusCode.DEADLINE_EXCEEDED}
+            time.sleep(0.3)  # the server hears of each end (its own deadline passed too)
+            echo.release.set()
+            assert holding.result(5).startswith(b"None|True|")
+            assert unary(b"hi", timeout=5) == b"None|True|True"
+        assert seen.methods == [f"/{SERVICE}/Unary"] * 2
+    finally:
+        echo.release.set()
+        server.stop(0).wait()

@@ -29,6 +29,9 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   cancelled call, when C++ queues it again; ``stop`` joins every pool thread, so a stopped
   server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
   state; ``stop`` joins the polling thread once gRPC holds no call);
+- a call cancelled (by its client, or its deadline) while it waits in the queue is finished
+  in C++ and lets go of its request: no thread takes it, so a flood of calls whose clients
+  gave up costs no Python work;
 - a request whose bytes cannot be read (``ByteBuffer::DumpToSingleSlice`` fails) is refused
   INTERNAL, never parsed as an empty message.
 

@@ -13,10 +13,13 @@
 // they may wait (`Waiting`). One exception: an OK end that its thread would send holding the
 // GIL while others are at work is sent by the polling thread (an alarm on its queue).
 //
-// A call ends when Python finishes it, except a call Python parked (`Call.park()`: a
-// non-blocking handler such as health's Watch answers from other threads and holds no pool
-// thread): when it is cancelled, it is finished here, CANCELLED. A call whose end Python asked
-// to hear of (`Call.watch_end()`, for `add_callback`) is queued again when it is cancelled.
+// A call ends when Python finishes it, except a call no Python thread holds: one waiting in
+// the queue, or one Python parked (`Call.park()`: a non-blocking handler such as health's
+// Watch answers from other threads): when it is cancelled (its deadline too), it is finished
+// here, CANCELLED, and lets go of its request; a thread skips it in the queue. So calls whose
+// clients gave up cost no Python work: a flood of them leaves the live calls their turn. A
+// call whose end Python asked to hear of (`Call.watch_end()`, for `add_callback`) is queued
+// again when it is cancelled.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -53,12 +56,9 @@ void CaptureLog(std::string* into) {
 
 void Log(gpr_log_func_args* args) {
   std::lock_guard<std::mutex> lock(log_mutex);
-  if (log_capture != nullptr) {
-    log_capture->append(args->message);
-  } else {
-    fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity),
-            args->file, args->line, args->message);
-  }
+  if (log_capture != nullptr) return void(log_capture->append(args->message));
+  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
+          args->line, args->message);
 }
 
 class Call;
@@ -90,22 +90,7 @@ class Calls {
   // Blocks (unless `wait` is false) until a call is queued; false once closed and empty (or,
   // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
   // first: handlers may wait on it.
-  bool Pop(Call** call, bool* ended, bool wait) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (std::exchange(at_work.calls, nullptr) == this) --running_;
-    auto may_take = [this] {
-      return !items_.empty() &&
-             (running_ < max_running_ || closed_ || items_.front().second != kNew);
-    };
-    if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
-    if (!may_take()) return false;
-    *call = items_.front().first;
-    *ended = items_.front().second == kEnded;
-    items_.pop_front();
-    ++running_;
-    at_work.calls = this;
-    return true;
-  }
+  bool Pop(Call** call, bool* ended, bool wait);
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
@@ -127,6 +112,8 @@ class Calls {
     closed_ = true;
     ready_.notify_all();
   }
+  grpc::AsyncGenericService service;
+  std::unique_ptr<grpc::ServerCompletionQueue> queue;
 
  private:
   std::mutex mutex_;
@@ -137,10 +124,6 @@ class Calls {
   const int max_running_;
   std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
   std::atomic<uint64_t> next_id_{1};
-
- public:
-  grpc::AsyncGenericService service;
-  std::unique_ptr<grpc::ServerCompletionQueue> queue;
 };
 
 // What a completion-queue event is about: one of a call's operations, its arrival or its end.
@@ -162,9 +145,7 @@ class Call {
                                 calls_->queue.get(), &tags_[kArrived]);
   }
   void Ref() { refs_.fetch_add(1); }
-  void Unref() {
-    if (refs_.fetch_sub(1) == 1) delete this;
-  }
+  void Unref() { if (refs_.fetch_sub(1) == 1) delete this; }
   uint64_t id() const { return id_; }
   grpc::GenericServerContext* context() { return &rpc_->context; }
 
@@ -183,6 +164,7 @@ class Call {
       case kRead:
         Release(&reading_, ok);
         if (std::exchange(queued_, true)) return;
+        if (!Park()) return Unref();  // cancelled already: never queued
         return calls_->Push(this, rpc_->context.method().starts_with("/grpc.health.v1.Health/")
                                       ? kHealth : kNew);
       case kWritten: return Release(&writing_, ok);
@@ -201,7 +183,7 @@ class Call {
       tell = std::exchange(watched_, false);
       changed_.notify_all();
     }
-    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    if (finish) Drop();
     if (tell) calls_->Push(this, kEnded);
   }
 
@@ -265,15 +247,22 @@ class Call {
     else end_.emplace().Set(calls_->queue.get(), gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kEnd]);
     return true;
   }
-  // The handler answers from other threads: a cancellation finishes the call. False if it is
-  // cancelled already (then it is finished now).
+  // No Python thread holds the call (queued, or its handler answers from other threads): a
+  // cancellation finishes it. False if it is cancelled already (then it is finished now).
   bool Park() {
     bool finish = Locked([this] {
       parked_ = true;
       return cancelled_ && !std::exchange(finished_, true);
     });
-    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    if (finish) Drop();
     return !finish;
+  }
+  // A thread takes the queued call; false if it was finished meanwhile (cancelled): then the
+  // queue lets go of it.
+  bool Take() {
+    bool live = Locked([this] { parked_ = false; return !finished_; });
+    if (!live) Unref();
+    return live;
   }
   // Queue this call again if it is cancelled; false if it is over already.
   bool WatchEnd() {
@@ -301,15 +290,18 @@ class Call {
   }
 
  private:
-  struct Operation {
-    bool busy = false, ok = false;
-  };
+  struct Operation { bool busy = false, ok = false; };
   struct Rpc {
     grpc::GenericServerContext context;
     grpc::GenericServerAsyncReaderWriter stream{&context};
   };
   // Ends the call (once: the caller set `finished_`, whose hold on `rpc_` the finish takes).
   void Finish(const grpc::Status& status) { rpc_->stream.Finish(status, &tags_[kFinished]); }
+  // Ends a cancelled call no Python thread holds (none reads its request: it goes now).
+  void Drop() {
+    in_.Clear();
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+  }
   // Sends the end that Complete claimed and made.
   void End() {
     if (!respond_) return Finish(status_);
@@ -393,6 +385,25 @@ void Calls::Push(Call* call, Queued kind) {
   if (kind == kEnded) call->Ref();  // a new call comes with its queue reference
   kind == kNew ? items_.emplace_back(call, kind) : items_.emplace_front(call, kind);
   if (kind != kNew || running_ < max_running_) ready_.notify_one();
+}
+
+bool Calls::Pop(Call** call, bool* ended, bool wait) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (std::exchange(at_work.calls, nullptr) == this) --running_;
+  auto may_take = [this] {
+    return !items_.empty() &&
+           (running_ < max_running_ || closed_ || items_.front().second != kNew);
+  };
+  do {
+    if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
+    if (!may_take()) return false;
+    *call = items_.front().first;
+    *ended = items_.front().second == kEnded;
+    items_.pop_front();
+  } while (!*ended && !(*call)->Take());
+  ++running_;
+  at_work.calls = this;
+  return true;
 }
 
 AtWork::~AtWork() { if (calls != nullptr) calls->Waits(true); }
@@ -518,11 +529,9 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
 
 PyObject* CallFinish(PyObject* self, PyObject* args) {
   int code;
-  const char* details;
-  Py_ssize_t details_size;
+  char *details, *data;
+  Py_ssize_t details_size, size;
   PyObject *trailing, *bytes = Py_None;
-  char* data;
-  Py_ssize_t size;
   Pairs pairs;
   bool parsed = PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing, &bytes);
   if (!parsed || !ToPairs(trailing, &pairs)) return nullptr;
@@ -553,9 +562,8 @@ PyObject* CallCancel(PyObject* self, PyObject*) {
 // (identity property name or None, ((property name, value bytes), ...)), or None once finished.
 PyObject* CallAuth(PyObject* self, PyObject*) {
   std::shared_ptr<const grpc::AuthContext> auth;
-  if (!Of(self)->WithContext([&auth](auto* context) { auth = context->auth_context(); })) {
+  if (!Of(self)->WithContext([&auth](auto* context) { auth = context->auth_context(); }))
     Py_RETURN_NONE;
-  }
   PyObject* properties = ToPairList(*auth, false);
   if (properties == nullptr) return nullptr;
   std::string key = auth->IsPeerAuthenticated() ? auth->GetPeerIdentityPropertyName() : "";
@@ -614,9 +622,8 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   const char *address, *cert, *key, *client_ca;
   int max_message_bytes, reuse_port, age_ms;
   PyObject* tls = Py_None;
-  if (!PyArg_ParseTuple(args, "sipi|O", &address, &max_message_bytes, &reuse_port, &age_ms, &tls)) {
+  if (!PyArg_ParseTuple(args, "sipi|O", &address, &max_message_bytes, &reuse_port, &age_ms, &tls))
     return nullptr;
-  }
   if (self->calls == nullptr || self->calls->queue != nullptr) {  // a queue: it tried once
     return PyErr_Format(PyExc_RuntimeError, "the native server listens on one address, once");
   }
