@@ -1,6 +1,8 @@
 """The Open Inference Protocol servicer with our own generated stubs: the typed-contents path,
 and the refusals tritonclient cannot send (mixing raw and typed data, wrong byte counts)."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -8,6 +10,11 @@ import pytest
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from serving.api.inference import InferenceAPI
+from serving.batching import BatchingPolicy
+from serving.errors import Cancelled, DeadlineExceeded
+from serving.pipeline import Call
+from serving.repository import load_repository
 
 Input = pb.ModelInferRequest.InferInputTensor
 IMAGES = np.random.default_rng(7).integers(0, 256, (3, 28, 28), dtype=np.uint8)
@@ -145,6 +152,22 @@ async def test_a_stream_request_asking_for_the_final_flag_gets_it(v2):
     flags = [answer.infer_response.parameters for answer in answers]
     assert flags[0]["triton_final_response"].bool_param
     assert "triton_final_response" not in flags[1]
+
+
+@pytest.mark.parametrize("gone, error", [
+    (Call("/inference.GRPCInferenceService/ModelStreamInfer", deadline=time.monotonic() - 1),
+     DeadlineExceeded),
+    (Call("/inference.GRPCInferenceService/ModelStreamInfer", is_active=lambda: False),
+     Cancelled)], ids=["deadline", "cancelled"])
+def test_a_stream_whose_call_is_over_ends_instead_of_answering_an_error(model_repository, gone,
+                                                                       error):
+    """A stream whose deadline passed, or whose client cancelled it, ends as a unary call does:
+    its request is not answered with an error message in its place, as a refused one is, and
+    the stream does not read on for a client that is gone."""
+    api = InferenceAPI(load_repository(model_repository, BatchingPolicy()), 64, "test", 0.0, 1)
+    answers = api.ModelStreamInfer(iter([raw_request(id="late"), raw_request()]), gone)
+    with pytest.raises(error):
+        next(answers)
 
 
 async def test_a_refused_request_does_not_disturb_the_next(v2):
