@@ -36,8 +36,9 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   INTERNAL, never parsed as an empty message.
 
 And by construction: no gRPC thread ever holds a Python thread state; ``Finish`` is started in
-one place, ``Call::End`` (from ``Call::Complete`` or the polling thread; or in C++ for a parked
-call that was cancelled), whatever the path, and no gRPC thread ever waits for the GIL; one
+two places: ``Call::End`` (from ``Call::Complete`` or the polling thread) for every call a
+Python thread holds, whatever the path, and ``Call::Drop`` for a cancelled call none holds
+(queued, or parked), and no gRPC thread ever waits for the GIL; one
 ``ServicerContext`` (``serving.native.context``) serves every method, with trailing metadata,
 ``set_code``, cancellation and the rest, as grpcio's does.
 
