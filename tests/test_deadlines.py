@@ -127,15 +127,17 @@ def test_a_call_over_before_its_turn_is_neither_parsed_nor_logged_loudly(gone, c
 
 
 class _SeenMethods(grpc.ServerInterceptor):
-    """Records the method of every call a Python thread takes."""
+    """Records the method (and x-asked metadata) of every call a Python thread takes."""
 
     def __init__(self):
         self.methods: list[str] = []
+        self.asked: list[str] = []
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
         with self._lock:
             self.methods.append(handler_call_details.method)
+            self.asked.append(dict(handler_call_details.invocation_metadata).get("x-asked"))
         return continuation(handler_call_details)
 
 
@@ -162,6 +164,47 @@ def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
             assert holding.result(5).startswith(b"None|True|")
             assert unary(b"hi", timeout=5) == b"None|True|True"
         assert seen.methods == [f"/{SERVICE}/Unary"] * 2
+    finally:
+        echo.release.set()
+        server.stop(0).wait()
+
+
+def test_a_queued_call_near_its_deadline_is_passed_over_for_the_newest():
+    """Past capacity, oldest first answers few calls in time (each waits about as long as the
+    clients' deadlines): a queued call within 10 ms of its deadline gives its turn to the
+    newest call. Calls without deadlines keep oldest first."""
+    echo, seen = Echo(), _SeenMethods()
+    server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
+    server.add_generic_rpc_handlers([echo.handler()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def taken(calls: list[tuple[str, float | None]], release_after: float) -> list[str]:
+        """Queues ``calls`` (name, timeout) behind one that holds the one thread at work,
+        and releases it ``release_after`` s after the first was sent: the names, in the order
+        threads took them."""
+        echo.holding.clear(), echo.release.clear(), seen.asked.clear()
+        holding = unary.future(b"hold", timeout=30, metadata=(("x-asked", "hold"),))
+        assert echo.holding.wait(5)
+        sent = time.monotonic()
+        queued = [unary.future(b"hi", timeout=timeout, metadata=(("x-asked", name),))
+                  for name, timeout in calls]
+        time.sleep(max(0.0, sent + release_after - time.monotonic()))
+        echo.release.set()
+        holding.result(5)
+        for future in queued:
+            future.exception(5)  # answered, or past its deadline
+        return seen.asked[1:]
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = channel.unary_unary(f"/{SERVICE}/Unary")
+            assert taken([("a", None), ("b", None), ("c", None)], 0.2) == ["a", "b", "c"]
+            for _ in range(3):  # b is released 5 ms before its deadline: late, still alive
+                order = taken([("b", 0.5), ("c", None), ("d", None)], 0.495)
+                if "b" in order:  # else it died before its turn: try again
+                    break
+            assert order == ["d", "c", "b"]
     finally:
         echo.release.set()
         server.stop(0).wait()

@@ -29,6 +29,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -67,13 +68,13 @@ class Calls;
 // A queued call: new, cancelled and watched (its callbacks are due), or a new health call,
 // which never waits for a thread at work to come back (a probe would time out under load).
 enum Queued { kNew, kEnded, kHealth };
+// A queued call this close to its deadline is passed over (`Call::Late`). 10 ms: larger
+// margins passed over calls that would have made it (BENCHMARKS.md, sixteenth session).
+const gpr_timespec kLate = gpr_time_from_millis(10, GPR_TIMESPAN);
 
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
 // its operations), if any. A thread that ends at work (SystemExit) gives its place back.
-struct AtWork {
-  Calls* calls = nullptr;
-  ~AtWork();
-};
+struct AtWork { Calls* calls = nullptr; ~AtWork(); };
 thread_local AtWork at_work;
 
 // The service (every method), its completion queue, and the calls (new, or cancelled and
@@ -91,6 +92,8 @@ class Calls {
   // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
   // first: handlers may wait on it.
   bool Pop(Call** call, bool* ended, bool wait);
+  // Takes a new call that was cancelled while queued (and finished here) out of the queue.
+  void Remove(Call* call);
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
@@ -165,6 +168,7 @@ class Call {
         Release(&reading_, ok);
         if (std::exchange(queued_, true)) return;
         if (!Park()) return Unref();  // cancelled already: never queued
+        late_at_ = gpr_time_sub(rpc_->context.raw_deadline(), kLate);
         return calls_->Push(this, rpc_->context.method().starts_with("/grpc.health.v1.Health/")
                                       ? kHealth : kNew);
       case kWritten: return Release(&writing_, ok);
@@ -196,10 +200,7 @@ class Call {
       if (!Begin(&reading_)) return 0;
       rpc_->stream.Read(&in_, &tags_[kRead]);
     }
-    if (!Wait(&reading_)) {
-      Locked([this] { read_closed_ = true; });
-      return 0;
-    }
+    if (!Wait(&reading_)) return Locked([this] { read_closed_ = true; return 0; });
     return in_.DumpToSingleSlice(slice).ok() ? 1 : -1;
   }
   bool Write(const char* data, size_t size) {
@@ -213,10 +214,8 @@ class Call {
   // False if the call is finished or they were sent (gRPC C++ would abort the process).
   bool SendInitialMetadata(const Pairs& metadata) {
     if (!Begin(&sending_metadata_)) return false;
-    if (Locked([this] { return std::exchange(metadata_sent_, true); })) {
-      Release(&sending_metadata_, false);
-      return false;
-    }
+    if (Locked([this] { return std::exchange(metadata_sent_, true); }))
+      return Release(&sending_metadata_, false), false;
     for (const auto& [key, value] : metadata) rpc_->context.AddInitialMetadata(key, value);
     rpc_->stream.SendInitialMetadata(&tags_[kMetadataSent]);
     return Wait(&sending_metadata_);
@@ -257,19 +256,20 @@ class Call {
     if (finish) Drop();
     return !finish;
   }
+  // Its deadline is less than kLate away (a queued call's): a thread takes the newest call
+  // first, as this one would likely get its answer too late. Past capacity, oldest first
+  // answers few calls in time: each waits about as long as the clients' deadlines
+  // (BENCHMARKS.md, "Issue 12, sixteenth session"); calls without deadlines keep their turn.
+  bool Late() const { return gpr_time_cmp(gpr_now(late_at_.clock_type), late_at_) >= 0; }
   // A thread takes the queued call; false if it was finished meanwhile (cancelled): then the
   // queue lets go of it.
   bool Take() {
-    bool live = Locked([this] { parked_ = false; return !finished_; });
-    if (!live) Unref();
-    return live;
+    if (Locked([this] { parked_ = false; return !finished_; })) return true;
+    return Unref(), false;
   }
   // Queue this call again if it is cancelled; false if it is over already.
   bool WatchEnd() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (cancelled_ || finished_) return false;
-    watched_ = true;
-    return true;
+    return Locked([this] { return !cancelled_ && !finished_ && (watched_ = true); });
   }
   // first_read: its first message is read and not yet taken (taking it will not wait);
   // active: neither cancelled nor finished.
@@ -301,6 +301,7 @@ class Call {
   void Drop() {
     in_.Clear();
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    calls_->Remove(this);
   }
   // Sends the end that Complete claimed and made.
   void End() {
@@ -308,10 +309,7 @@ class Call {
     rpc_->stream.WriteAndFinish(out_, grpc::WriteOptions(), status_, &tags_[kFinished]);
   }
   // An operation starts (under the lock): it holds `rpc_` until its event.
-  void Started(Operation* operation) {
-    operation->busy = true;
-    ++rpc_refs_;
-  }
+  void Started(Operation* operation) { operation->busy = true, ++rpc_refs_; }
   // An operation is over (`ok`: it succeeded), or the call's end: `rpc_` goes with the last.
   void Release(Operation* operation = nullptr, bool ok = false) {
     bool last;
@@ -378,6 +376,7 @@ class Call {
   grpc::Status status_;  // the end Complete made: with out_ if `respond_`
   bool respond_ = false;
   std::optional<grpc::Alarm> end_;  // hands it to the polling thread
+  gpr_timespec late_at_;  // its deadline less kLate, once queued
 };
 
 void Calls::Push(Call* call, Queued kind) {
@@ -397,13 +396,22 @@ bool Calls::Pop(Call** call, bool* ended, bool wait) {
   do {
     if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
     if (!may_take()) return false;
-    *call = items_.front().first;
-    *ended = items_.front().second == kEnded;
-    items_.pop_front();
+    bool newest = items_.front().second == kNew && items_.front().first->Late();  // all new
+    auto [taken, kind] = newest ? items_.back() : items_.front();
+    newest ? items_.pop_back() : items_.pop_front();
+    *call = taken, *ended = kind == kEnded;
   } while (!*ended && !(*call)->Take());
   ++running_;
   at_work.calls = this;
   return true;
+}
+
+void Calls::Remove(Call* call) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto queued = std::ranges::find(items_, std::pair(call, kNew));  // not kEnded: its news
+  if (queued == items_.end()) return;  // taken meanwhile, or health: Take lets go of it
+  items_.erase(queued);  // the oldest die first: found near the front
+  call->Unref();
 }
 
 AtWork::~AtWork() { if (calls != nullptr) calls->Waits(true); }
