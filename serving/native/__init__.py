@@ -30,9 +30,10 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
   state; ``stop`` joins the polling thread once gRPC holds no call);
 - a call cancelled (by its client, or its deadline) while it waits in the queue is finished
-  in C++ and leaves the queue: no thread takes it, so a flood of calls whose clients gave up
-  costs no Python work; a queued call within 10 ms of its deadline gives its turn to the
-  newest call (oldest first, past capacity, answers few calls in time);
+  in C++ and leaves the queue (a health check is skipped when its turn comes): no thread
+  takes it, so a flood of calls whose clients gave up costs no Python work; while the oldest
+  queued call is within 10 ms of its deadline, threads take the newest calls first (oldest
+  first, past capacity, answers few calls in time);
 - a request whose bytes cannot be read (``ByteBuffer::DumpToSingleSlice`` fails) is refused
   INTERNAL, never parsed as an empty message.
 

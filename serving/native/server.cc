@@ -92,7 +92,9 @@ class Calls {
   // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
   // first: handlers may wait on it.
   bool Pop(Call** call, bool* ended, bool wait);
-  // Takes a new call that was cancelled while queued (and finished here) out of the queue.
+  // Takes a new call that was cancelled while queued (and finished here) out of the queue; a
+  // call not queued (taken, parked, never queued) is not found, nor a health call, which
+  // waits for its turn and is skipped then (`Call::Take`).
   void Remove(Call* call);
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
@@ -256,10 +258,11 @@ class Call {
     if (finish) Drop();
     return !finish;
   }
-  // Its deadline is less than kLate away (a queued call's): a thread takes the newest call
-  // first, as this one would likely get its answer too late. Past capacity, oldest first
-  // answers few calls in time: each waits about as long as the clients' deadlines
-  // (BENCHMARKS.md, "Issue 12, sixteenth session"); calls without deadlines keep their turn.
+  // Its deadline is less than kLate away (a queued call's): while the oldest queued call is
+  // late, threads take the newest calls first (whatever their deadlines), as it would likely
+  // get its answer too late. Past capacity, oldest first answers few calls in time: each
+  // waits about as long as the clients' deadlines (BENCHMARKS.md, "Issue 12, sixteenth
+  // session"). A queue of calls without deadlines is served oldest first.
   bool Late() const { return gpr_time_cmp(gpr_now(late_at_.clock_type), late_at_) >= 0; }
   // A thread takes the queued call; false if it was finished meanwhile (cancelled): then the
   // queue lets go of it.
