@@ -4,6 +4,7 @@ per model version) prove; a call whose client gave up while it waited for a thre
 Python work."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -141,11 +142,10 @@ class _SeenMethods(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
-def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
-    """The native server finishes a queued call in C++ once its client cancels it or its
-    deadline passes: before, each such call still took a pool thread (method lookup,
-    interceptors, the pipeline's checks), so a flood of calls with short deadlines kept the
-    threads busy with dead calls and live ones got no answer in time (0 OK/s)."""
+@contextlib.contextmanager
+def _one_thread_at_work():
+    """A native server of Echo whose threads take new calls while at most one is at work, what
+    its interceptor saw, and the Unary method's stub."""
     echo, seen = Echo(), _SeenMethods()
     server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
     server.add_generic_rpc_handlers([echo.handler()])
@@ -153,37 +153,41 @@ def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            unary = channel.unary_unary(f"/{SERVICE}/Unary")
-            holding = unary.future(b"hold", timeout=30)  # the one thread at work, in Python
-            assert echo.holding.wait(5)
-            given_up = [unary.future(b"late", timeout=0.2) for _ in range(20)]
-            assert {future.exception(5).code() for future in given_up} == \
-                {grpc.StatusCode.DEADLINE_EXCEEDED}
-            time.sleep(0.3)  # the server hears of each end (its own deadline passed too)
-            echo.release.set()
-            assert holding.result(5).startswith(b"None|True|")
-            assert unary(b"hi", timeout=5) == b"None|True|True"
-        assert seen.methods == [f"/{SERVICE}/Unary"] * 2
+            yield echo, seen, channel.unary_unary(f"/{SERVICE}/Unary")
     finally:
         echo.release.set()
         server.stop(0).wait()
+
+
+def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
+    """The native server finishes a queued call in C++ once its client cancels it or its
+    deadline passes: before, each such call still took a pool thread (method lookup,
+    interceptors, the pipeline's checks), so a flood of calls with short deadlines kept the
+    threads busy with dead calls and live ones got no answer in time (0 OK/s)."""
+    with _one_thread_at_work() as (echo, seen, unary):
+        holding = unary.future(b"hold", timeout=30)  # the one thread at work, in Python
+        assert echo.holding.wait(5)
+        given_up = [unary.future(b"late", timeout=0.2) for _ in range(20)]
+        assert {future.exception(5).code() for future in given_up} == \
+            {grpc.StatusCode.DEADLINE_EXCEEDED}
+        time.sleep(0.3)  # the server hears of each end (its own deadline passed too)
+        echo.release.set()
+        assert holding.result(5).startswith(b"None|True|")
+        assert unary(b"hi", timeout=5) == b"None|True|True"
+        assert seen.methods == [f"/{SERVICE}/Unary"] * 2
 
 
 def test_while_the_oldest_queued_call_is_near_its_deadline_the_newest_go_first():
     """Past capacity, oldest first answers few calls in time (each waits about as long as the
     clients' deadlines): while the oldest queued call is within 10 ms of its deadline,
     threads take the newest calls first. A queue of calls without deadlines keeps its order."""
-    echo, seen = Echo(), _SeenMethods()
-    server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
-    server.add_generic_rpc_handlers([echo.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
 
     def taken(calls: list[tuple[str, float | None]], release_after: float) -> list[str]:
         """Queues ``calls`` (name, timeout) behind one that holds the one thread at work,
         and releases it ``release_after`` s after the first was sent: the names, in the order
         threads took them."""
-        echo.holding.clear(), echo.release.clear()
+        echo.holding.clear()
+        echo.release.clear()
         holding = unary.future(b"hold", timeout=30)
         assert echo.holding.wait(5)
         sent = time.monotonic()
@@ -196,19 +200,14 @@ def test_while_the_oldest_queued_call_is_near_its_deadline_the_newest_go_first()
             future.exception(5)  # answered, or past its deadline
         return [name for name in seen.asked if name in dict(calls)]
 
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            unary = channel.unary_unary(f"/{SERVICE}/Unary")
-            assert taken([("a", None), ("b", None), ("c", None)], 0.2) == ["a", "b", "c"]
-            # Released 5 ms before the first call's deadline, which is then late if its
-            # headers reached the server within 5 ms, and alive if a thread is back within
-            # 5 ms: a timing that misses either is tried again (oldest first never gives d).
-            for attempt in range(5):
-                late, c, d = f"late{attempt}", f"c{attempt}", f"d{attempt}"
-                order = taken([(late, 0.5), (c, None), (d, None)], 0.495)
-                if order[0] == d:
-                    break
-            assert order[:2] == [d, c]
-    finally:
-        echo.release.set()
-        server.stop(0).wait()
+    with _one_thread_at_work() as (echo, seen, unary):
+        assert taken([("a", None), ("b", None), ("c", None)], 0.2) == ["a", "b", "c"]
+        # Released 5 ms before the first call's deadline, which is then late if its headers
+        # reached the server within 5 ms, and alive if a thread is back within 5 ms: a timing
+        # that misses either is tried again (oldest first never gives d).
+        for attempt in range(5):
+            late, c, d = f"late{attempt}", f"c{attempt}", f"d{attempt}"
+            order = taken([(late, 0.5), (c, None), (d, None)], 0.495)
+            if order[0] == d:
+                break
+        assert order[:2] == [d, c]

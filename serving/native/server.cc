@@ -16,8 +16,8 @@
 // A call ends when Python finishes it, except a call no Python thread holds: one waiting in
 // the queue, or one Python parked (`Call.park()`: a non-blocking handler such as health's
 // Watch answers from other threads): when it is cancelled (its deadline too), it is finished
-// here, CANCELLED, and lets go of its request; a thread skips it in the queue. So calls whose
-// clients gave up cost no Python work: a flood of them leaves the live calls their turn. A
+// here, CANCELLED, and lets go of its request; a queued one leaves the queue (a health call
+// is skipped when its turn comes). So calls whose clients gave up cost no Python work. A
 // call whose end Python asked to hear of (`Call.watch_end()`, for `add_callback`) is queued
 // again when it is cancelled.
 #define PY_SSIZE_T_CLEAN
@@ -68,8 +68,9 @@ class Calls;
 // A queued call: new, cancelled and watched (its callbacks are due), or a new health call,
 // which never waits for a thread at work to come back (a probe would time out under load).
 enum Queued { kNew, kEnded, kHealth };
-// A queued call this close to its deadline is passed over (`Call::Late`). 10 ms: larger
-// margins passed over calls that would have made it (BENCHMARKS.md, sixteenth session).
+// A queued call this close to its deadline is passed over (`Call::Late`). 10 ms: a larger
+// margin passes over calls with much of their time left (50 ms is a quarter of a 200 ms
+// deadline); the figures measured did not separate them (BENCHMARKS.md, sixteenth session).
 const gpr_timespec kLate = gpr_time_from_millis(10, GPR_TIMESPAN);
 
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
