@@ -185,6 +185,25 @@ def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
             assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"]
 
 
+@pytest.mark.parametrize("kustomization", KUBERNETES)
+def test_the_network_policy_admits_what_services_lead_to_and_denies_all_egress(kustomization):
+    """Clients and Prometheus reach the pods on the ports the Services lead to; the server
+    opens no connection, so a compromised pod may open none either. A port the policy left
+    out would cut its clients off; a selector matching no pod, or every pod of the
+    namespace, would guard nothing, or deny every other workload's egress."""
+    objects = render(kustomization)
+    policy = one(objects, "NetworkPolicy")["spec"]
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = policy["podSelector"].get("matchLabels")
+    assert selector and selector.items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and not policy.get("egress")
+    admitted = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+    led_to = {port["targetPort"] for service in find(objects, "Service")
+              for port in service["spec"]["ports"]}
+    assert led_to == admitted == {"grpc", "http", "metrics"}
+    assert all("from" not in rule for rule in policy["ingress"])  # any client, as the Service
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_the_pod_outlives_its_drain(kustomization):
     for workload in workloads(render(kustomization), kustomization):

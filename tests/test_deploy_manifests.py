@@ -34,13 +34,13 @@ pytestmark = needs_kubectl
 
 KUBERNETES_VERSIONS = ("1.30", major_minor(kubernetes_validate.utils.latest_version()))
 EXPECTED_KINDS = {
-    "kubernetes/base": ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                        "Service", "Service"],
-    "kubernetes/overlays/tls": ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                "Service", "Service"],
+    "kubernetes/base": ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                        "PodDisruptionBudget", "Service", "Service"],
+    "kubernetes/overlays/tls": ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                                "PodDisruptionBudget", "Service", "Service"],
     "kubernetes/overlays/models-volume": ["Deployment", "HorizontalPodAutoscaler",
-                                          "PersistentVolumeClaim", "PodDisruptionBudget",
-                                          "Service", "Service"],
+                                          "NetworkPolicy", "PersistentVolumeClaim",
+                                          "PodDisruptionBudget", "Service", "Service"],
     "kserve": ["InferenceService", "InferenceService", "PersistentVolumeClaim",
                "PodDisruptionBudget", "PodDisruptionBudget", "ServingRuntime"],
 }
