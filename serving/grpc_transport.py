@@ -75,35 +75,23 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        pipeline = self._pipeline
-        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
-                    or handler.stream_stream)
+        kind = (f"{'stream' if handler.request_streaming else 'unary'}_"
+                f"{'stream' if handler.response_streaming else 'unary'}")
+        behavior = getattr(handler, kind)
+        streams = handler.response_streaming
         is_api = method.strip("/").partition("/")[0] in self._api_services
         parse = handler.request_deserializer
-        run = pipeline.stream if handler.response_streaming else pipeline.unary
-        foreign = _foreign_stream if handler.response_streaming else _run_foreign
+        run = self._pipeline.stream if streams else self._pipeline.unary
+        foreign = _on_error(behavior, streams, _raise_answered)
 
         def through_pipeline(data, context):
             if is_api:
                 return run(_call(method, context), behavior, data, parse)
             return run(_call(method, context),
-                       lambda request, _call: foreign(behavior, request, context), data, parse)
+                       lambda request, _call: foreign(request, context), data, parse)
 
-        if handler.response_streaming:
-            def answer(data, context):
-                try:
-                    yield from through_pipeline(data, context)
-                except ServingError as error:
-                    _abort(context, error)
-        else:
-            def answer(data, context):
-                try:
-                    return through_pipeline(data, context)
-                except ServingError as error:
-                    _abort(context, error)
-
-        kind = (f"{'stream' if handler.request_streaming else 'unary'}_"
-                f"{'stream' if handler.response_streaming else 'unary'}")
+        answer = _on_error(through_pipeline, streams,
+                           lambda error, _data, context: _abort(context, error), ServingError)
         return handler._replace(request_deserializer=None, **{kind: answer})
 
 
@@ -127,27 +115,31 @@ def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler._replace(request_deserializer=None, **{kind: answer})
 
 
-def _run_foreign(behavior, request, context: grpc.ServicerContext):
-    """A package's handler, which may end its call itself (``context.abort`` raises a bare
-    Exception): that status stands."""
-    try:
-        return behavior(request, context)
-    except Exception as error:
-        raise _answered(context) or error from None
+def _on_error(behavior, streams: bool, handle, catches: type[Exception] = Exception):
+    """``behavior(request, context)``, wrapped: an error of ``catches`` that it raises (while
+    its responses stream too, if ``streams``: then it is a generator) goes to ``handle(error,
+    request, context)``, which raises what the call ends with."""
+    if streams:
+        def stream(request, context):
+            try:
+                yield from behavior(request, context)
+            except catches as error:
+                handle(error, request, context)
+        return stream
+
+    def unary(request, context):
+        try:
+            return behavior(request, context)
+        except catches as error:
+            return handle(error, request, context)
+    return unary
 
 
-def _foreign_stream(behavior, request, context: grpc.ServicerContext):
-    """``_run_foreign`` for a handler whose responses stream: it may abort while they do."""
-    try:
-        yield from behavior(request, context)
-    except Exception as error:
-        raise _answered(context) or error from None
-
-
-def _answered(context: grpc.ServicerContext) -> AnsweredByHandler | None:
-    """What a handler that raised stands for if it set its call's status first."""
+def _raise_answered(error: Exception, _request, context: grpc.ServicerContext):
+    """A package's handler raised: if it ended its call itself first (``context.abort`` raises
+    a bare Exception), that status stands."""
     code = context.code()
-    return None if code is None else AnsweredByHandler(f"answered {code.name}")
+    raise (error if code is None else AnsweredByHandler(f"answered {code.name}")) from None
 
 
 def _call(method: str, context: grpc.ServicerContext) -> Call:
@@ -176,31 +168,17 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or not handler.request_streaming:
             return handler
-        behavior = handler.stream_unary or handler.stream_stream
+        kind = "stream_stream" if handler.response_streaming else "stream_unary"
+        return handler._replace(
+            **{kind: _on_error(getattr(handler, kind), handler.response_streaming, self._drain)})
 
-        def drain(requests, context):
-            if not context.is_active():  # cancelled: nothing comes, and a read would raise
-                return
+    @staticmethod
+    def _drain(error: Exception, requests, context: grpc.ServicerContext):
+        if context.is_active():  # (cancelled: nothing comes, and a read would raise)
             reader = threading.Thread(target=collections.deque, args=(requests, 0), daemon=True)
             reader.start()
             reader.join(0.05)
-
-        if handler.response_streaming:
-            def answer(requests, context):
-                try:
-                    yield from behavior(requests, context)
-                except Exception:
-                    drain(requests, context)
-                    raise
-            return handler._replace(stream_stream=answer)
-
-        def answer_one(requests, context):
-            try:
-                return behavior(requests, context)
-            except Exception:
-                drain(requests, context)
-                raise
-        return handler._replace(stream_unary=answer_one)
+        raise error
 
 
 class HealthServicer(health.HealthServicer):

@@ -5,7 +5,7 @@ Triton's ``ModelStatistics`` RPC (``model_statistics``), so the two cannot disag
 several worker processes the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary
 directory before any worker imports this module; prometheus_client then keeps every value in
 files there, one set per worker slot (``serving.worker_process``), and both readers sum them
-over the processes (``collect``).
+over the processes (``exposition_registry``).
 
 Metric names (all prefixed ``fmnist_``):
 
@@ -34,11 +34,9 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.samples import Sample
 
-from serving.workers_metrics import http_server
+from serving.workers_metrics import MULTIPROCESS_ENV, http_server
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -146,11 +144,6 @@ def exposition_registry() -> CollectorRegistry:
     return registry
 
 
-def collect() -> Iterable[Sample]:
-    for metric in exposition_registry().collect():
-        yield from metric.samples
-
-
 @dataclass
 class Duration:
     count: int = 0
@@ -177,7 +170,7 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
     """The statistics of the given (name, version) pairs, summed over the worker processes."""
     wanted = {(name, str(version)): ModelStatistics(name, version, Duration(), Duration())
               for name, version in versions}
-    for sample in collect():
+    for sample in (s for metric in exposition_registry().collect() for s in metric.samples):
         labels = sample.labels
         stats = wanted.get((labels.get("model"), labels.get("version")))
         if stats is None:

@@ -160,11 +160,6 @@ class CallPipeline:
             raise self._refuse(call, error) from None
         return True
 
-    def _leave(self, call: Call, request, started: float, code: str) -> None:
-        self.admission.leave()
-        self._metrics_of(call.method).observe(
-            started, self._model_label(request) if request is not None else "", code)
-
     def _refuse(self, call: Call, error: ServingError) -> ServingError:
         """A call turned away before it ran, logged and counted by its code (no latency:
         refusals would drown the answered calls' in the histogram)."""
@@ -237,9 +232,10 @@ class _Around:
             if self.slots is not None:
                 self.slots.release()
             if self.counted:
-                request = self.request
-                pipeline._leave(call, request if isinstance(request, Message) else None,
-                                self.started, code)
+                pipeline.admission.leave()
+                model = (pipeline._model_label(self.request)
+                         if isinstance(self.request, Message) else "")
+                pipeline._metrics_of(call.method).observe(self.started, model, code)
 
 
 def parse_request(parse: Callable, data):

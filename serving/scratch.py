@@ -14,18 +14,13 @@ SHARED_MEMORY = "/dev/shm"
 ABANDONED_AFTER_S = 60.0  # younger directories may not be held yet by their maker
 
 
-def scratch_parent() -> str | None:
-    """The parent for the server's temporary directories; None: tempfile's default."""
-    return SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else None
-
-
 @contextlib.contextmanager
 def held_directory(prefix: str):
     """A fresh directory, removed at the end, and locked (flock) while its maker or a child
     that inherited the lock lives: one that no process holds was left by a server killed
     with SIGKILL (in Kubernetes a memory emptyDir outlives the container), and the next
     server removes it."""
-    parent = scratch_parent() or tempfile.gettempdir()
+    parent = SHARED_MEMORY if os.access(SHARED_MEMORY, os.W_OK | os.X_OK) else tempfile.gettempdir()
     for path in Path(parent).glob(prefix + "*"):
         _remove_if_abandoned(path)
     with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as directory:

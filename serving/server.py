@@ -264,10 +264,12 @@ def _policy(settings: Settings) -> BatchingPolicy:
                           settings.batch_delay_us / 1e6)
 
 
-def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None) -> None:
+def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
+          while_serving: Callable[[], None] = lambda: None) -> None:
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
-    the server is serving (a supervisor's worker reports it). Raises RepositoryError or
-    ListenError if it cannot serve. Call from the main thread (signal handlers)."""
+    the server is serving (a supervisor's worker reports it), ``while_serving`` ten times a
+    second from then on (its heartbeat). Raises RepositoryError or ListenError if it cannot
+    serve. Call from the main thread (signal handlers)."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []
@@ -284,6 +286,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # Woken ten times a second: the kernel may hand SIGTERM to another thread (gRPC C++'s),
     # which only marks it pending; the main thread runs the handler once it runs Python again.
     while not stop_requested:
+        while_serving()
         time.sleep(0.1)
     log.info("shutdown requested")
     server.stop()

@@ -3,9 +3,13 @@ reports its start to the supervisor."""
 
 import contextlib
 import ctypes
+import functools
+import mmap
 import os
 import signal
+import struct
 import sys
+import time
 import traceback
 
 from serving.errors import RepositoryError
@@ -60,6 +64,21 @@ def name_metrics_files_by_slot(slot: int) -> None:
     values.ValueClass = values.MultiProcessValue(lambda: slot)
 
 
+class Heartbeats:
+    """When each worker slot's main thread last ran (``time.monotonic()``), in memory mapped
+    before the workers are forked (an anonymous map is shared): a serving worker stamps its
+    slot ten times a second (``serving.server.serve``'s loop), the supervisor reads them."""
+
+    def __init__(self, slots: int):
+        self._stamps = mmap.mmap(-1, 8 * slots)
+
+    def beat(self, slot: int) -> None:
+        struct.pack_into("d", self._stamps, 8 * slot, time.monotonic())
+
+    def silent_s(self, slot: int) -> float:
+        return time.monotonic() - struct.unpack_from("d", self._stamps, 8 * slot)[0]
+
+
 class StartReport:
     """The worker's end of its start-report pipe: written once, then closed, never written
     after that (the descriptor number may by then belong to a client's socket)."""
@@ -77,7 +96,7 @@ class StartReport:
 
 
 def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[int],
-                 supervisor: int, *, mask) -> None:
+                 supervisor: int, *, heartbeats: Heartbeats, mask) -> None:
     """In the forked child: serve until SIGTERM, report the start; never returns."""
     status = 1
     report = StartReport(report_fd)
@@ -90,7 +109,11 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
         from serving.server import ListenError, serve
 
         try:
-            serve(settings, on_ready=lambda _server: report.send(READY))
+            def ready(_server) -> None:  # its first heartbeat before the supervisor looks
+                heartbeats.beat(slot)
+                report.send(READY)
+
+            serve(settings, on_ready=ready, while_serving=functools.partial(heartbeats.beat, slot))
             status = 0
         except (RepositoryError, ListenError) as error:
             report.send(str(error).encode())

@@ -17,7 +17,8 @@ session or a thread of its own. It
    reason it cannot (the supervisor then stops the others and fails with that line);
 3. forks a replacement when a worker dies (at most one per slot per second; twice as long
    after each replacement in a row that failed to start, up to 32 s), and kills a replacement
-   that does not serve within ``--worker-start-timeout`` (to be replaced in turn);
+   that does not serve within ``--worker-start-timeout``, or a worker whose main thread has
+   not run for ``HUNG_AFTER_S`` (``Heartbeats``), to be replaced in turn;
 4. on SIGTERM/SIGINT, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, then kills them) and removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
@@ -36,23 +37,22 @@ from dataclasses import replace
 
 from serving.errors import WorkerStartError
 from serving.ports import reserved_port
-from serving.scratch import held_directory
 from serving.settings import Settings
 from serving.worker_process import (
     READY,
+    Heartbeats,
     drain_when_orphaned,
     own_signals,
     read_all,
     signals_held,
     worker_main,
 )
-from serving.workers_metrics import summed_metrics_server
+from serving.workers_metrics import multiprocess_directory, summed_metrics_server
 
-# serving.metrics.MULTIPROCESS_ENV, which the supervisor must not import before setting it
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_INTERVAL_S = 1.0
 MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
+HUNG_AFTER_S = 10.0  # a serving worker whose main thread has not run for this long is killed
 METRICS = -1  # the metrics process's slot
 # Imported once here rather than in each worker: two workers importing them at once on two
 # cores served ~11% later (BENCHMARKS.md, "Issue 12, fifteenth session"). None opens a gRPC
@@ -68,28 +68,13 @@ log = logging.getLogger(__name__)
 def supervise(settings: Settings) -> int:
     """Runs ``settings.workers`` server processes until SIGTERM/SIGINT; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
-    with _multiprocess_directory() as directory, reserved_port(settings) as port:
+    with multiprocess_directory() as directory, reserved_port(settings) as port:
         supervisor = _Supervisor(replace(settings, port=port), directory)
         try:
             supervisor.start()
             return supervisor.run()
         finally:
             supervisor.kill_all()
-
-
-@contextlib.contextmanager
-def _multiprocess_directory():
-    """A fresh directory for the workers' metrics, named in the environment they inherit."""
-    previous = os.environ.get(MULTIPROCESS_ENV)
-    with held_directory("fmnist-metrics-") as directory:
-        os.environ[MULTIPROCESS_ENV] = directory
-        try:
-            yield directory
-        finally:
-            if previous is None:
-                os.environ.pop(MULTIPROCESS_ENV, None)
-            else:
-                os.environ[MULTIPROCESS_ENV] = previous
 
 
 class _Supervisor:
@@ -103,6 +88,7 @@ class _Supervisor:
         self.failed_starts: dict[int, int] = {}  # slot -> its workers in a row that never served
         self.due: dict[int, float] = {}  # slot (METRICS: the metrics process) -> when its
         # replacement may be forked
+        self.heartbeats = Heartbeats(settings.workers)
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -148,6 +134,7 @@ class _Supervisor:
             for pid, message in self._reports(max(0.0, timeout)):
                 self._replacement_started(pid, message)
             self._kill_hung_replacements()
+            self._kill_silent_workers()
             self._reap()
             for slot, due in list(self.due.items()):
                 if due <= time.monotonic() and not self.stopping:
@@ -181,7 +168,7 @@ class _Supervisor:
             if pid == 0:
                 os.close(read_end)
                 worker_main(self.settings, slot, write_end, [*self._own_descriptors()],
-                            supervisor, mask=mask)
+                            supervisor, heartbeats=self.heartbeats, mask=mask)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -250,6 +237,18 @@ class _Supervisor:
                 os.close(pipe)
                 log.error("worker failed to start", extra={"fields": {
                     "pid": pid, "reason": f"it did not serve within {timeout:g} s; killed"}})
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _kill_silent_workers(self) -> None:
+        """A worker that served, then went silent for HUNG_AFTER_S (stopped, or a thread holds
+        its GIL: it answers no call either) is killed, to be replaced like any that dies,
+        rather than hold its clients' connections unanswered for good."""
+        for pid, slot in self.workers.items():
+            if pid in self.served and (silent := self.heartbeats.silent_s(slot)) > HUNG_AFTER_S:
+                log.error("worker hung; killing it", extra={"fields": {
+                    "pid": pid, "silent_s": round(silent, 1)}})
+                self.heartbeats.beat(slot)  # killed once: it is reaped before it is due again
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 

@@ -1,18 +1,40 @@
-"""``/metrics`` over HTTP: one process's metrics (``serving.metrics.start_endpoint``), or the
-supervisor's (``serving.workers``): every worker's metrics files summed, served from a
-process of its own so that no scrape ever holds up the supervisor.
+"""The workers' metrics: the directory of their files, and ``/metrics`` over HTTP: one
+process's metrics (``serving.metrics.start_endpoint``), or the supervisor's
+(``serving.workers``): every worker's metrics files summed, served from a process of its own
+so that no scrape ever holds up the supervisor.
 
 prometheus_client is imported only inside: the supervisor must not load it before it has
 pointed ``PROMETHEUS_MULTIPROC_DIR`` at the workers' directory.
 """
 
+import contextlib
 import logging
+import os
 import sys
 
 from serving.errors import WorkerStartError
+from serving.scratch import held_directory
 from serving.settings import Settings
 
+# serving.metrics imports it from here: the supervisor must not import that before setting it
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def multiprocess_directory():
+    """A fresh directory for the workers' metrics, named in the environment they inherit."""
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    with held_directory("fmnist-metrics-") as directory:
+        os.environ[MULTIPROCESS_ENV] = directory
+        try:
+            yield directory
+        finally:
+            if previous is None:
+                os.environ.pop(MULTIPROCESS_ENV, None)
+            else:
+                os.environ[MULTIPROCESS_ENV] = previous
 
 
 def summed_metrics_server(settings: Settings, directory: str):

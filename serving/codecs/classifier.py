@@ -7,7 +7,7 @@ by the C protobuf runtime (``ClassifyResponse.FromString``), which is about 3x f
 checks the bytes equal what field-by-field construction gives.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 
 import numpy as np
@@ -15,7 +15,6 @@ import numpy as np
 from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.codecs.images import images_from_bytes
 from serving.errors import InvalidArgument
-from serving.manifest import TensorSpec
 from serving.repository import ModelVersion, Prediction
 
 
@@ -67,14 +66,10 @@ def encode_model_info(model: ModelVersion, versions: list[int], is_default: bool
     return pb.ModelInfo(
         name=manifest.name, version=manifest.version, versions=versions,
         is_default_version=is_default,
-        inputs=[_tensor_spec(spec) for spec in manifest.inputs],
-        outputs=[_tensor_spec(spec) for spec in manifest.outputs],
+        inputs=[pb.TensorSpec(**asdict(spec)) for spec in manifest.inputs],
+        outputs=[pb.TensorSpec(**asdict(spec)) for spec in manifest.outputs],
         class_names=manifest.class_names, test_accuracy=manifest.test_accuracy,
         sha256=manifest.sha256, created_at=manifest.created_at, description=manifest.description)
-
-
-def _tensor_spec(spec: TensorSpec) -> pb.TensorSpec:
-    return pb.TensorSpec(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
 def _encode_results(model: Prediction, baseline: Prediction, class_names: tuple[str, ...]) -> bytes:

@@ -12,7 +12,7 @@ otherwise.
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -192,10 +192,8 @@ def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelM
     manifest = model.manifest
     return pb.ModelMetadataResponse(
         name=manifest.name, versions=[str(version) for version in versions], platform=PLATFORM,
-        inputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-                for s in manifest.inputs],
-        outputs=[_TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-                 for s in manifest.outputs])
+        inputs=[_TensorMetadata(**asdict(spec)) for spec in manifest.inputs],
+        outputs=[_TensorMetadata(**asdict(spec)) for spec in manifest.outputs])
 
 
 def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_s: float,
