@@ -126,6 +126,10 @@ def test_default_report_directory_and_custom_one_hold_the_report(runs):
         assert matrix.sum() == 10000
         report = (directory / "report.md").read_text()
         assert all(f"]({picture})" in report for picture in PICTURES)
+        for entry in metrics.values():  # named from the report: they hold when moved or copied
+            onnx = Path(entry["onnx"])
+            assert not onnx.is_absolute() and (directory / onnx).is_file(), onnx
+            assert f"]({onnx})" in report
         assert "agreement" in report.lower()
 
 

@@ -2,6 +2,7 @@
 pictures (confusion matrices, labelled test images, learning curves)."""
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,15 @@ def plot_learning_curves(outcomes: list[ModelOutcome], path: Path) -> None:
     plt.close(figure)
 
 
-def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: dict) -> str:
+def from_report(path: Path | None, report_dir: Path) -> str:
+    """``path`` as the report's files name it: relative to the report's directory, so that the
+    names still lead to the files when the repository, reports included, is moved or copied
+    (into an image: an absolute path would name the machine that trained)."""
+    return "" if path is None else os.path.relpath(path, report_dir)
+
+
+def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: dict,
+                    report_dir: Path) -> str:
     run = outcomes[0].training
     lines = [
         "# Fashion-MNIST training report",
@@ -165,7 +174,7 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
             f"| {o.name} | {o.description} | {o.metrics['test_accuracy']:.4f} | "
             f"{'' if validation is None else f'{validation:.4f}'} | "
             f"{o.training.get('epochs_run', '')} | {o.training.get('fit_seconds', '')} | "
-            f"{o.onnx_path or ''} |"
+            f"{_link(from_report(o.onnx_path, report_dir))} |"
         )
     agreements = [o for o in outcomes if "agreement_with_baseline" in o.metrics]
     if agreements:
@@ -206,6 +215,10 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
     return "\n".join(lines) + "\n"
 
 
+def _link(path: str) -> str:
+    return f"[{path}]({path})" if path else ""
+
+
 def write_report(
     report_dir: Path,
     outcomes: list[ModelOutcome],
@@ -230,7 +243,7 @@ def write_report(
     metrics = {
         o.name: {
             "description": o.description,
-            "onnx": str(o.onnx_path or ""),
+            "onnx": from_report(o.onnx_path, report_dir),
             "metrics": o.metrics,
             "training": o.training,
         }
@@ -240,5 +253,5 @@ def write_report(
         json.dumps({"models": metrics, "dataset": dataset}, indent=2) + "\n"
     )
     report = report_dir / REPORT_FILE
-    report.write_text(markdown_report(outcomes, pictures, dataset))
+    report.write_text(markdown_report(outcomes, pictures, dataset, report_dir))
     return report
