@@ -82,7 +82,7 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         is_api = method.strip("/").partition("/")[0] in self._api_services
         parse = handler.request_deserializer
         run = self._pipeline.stream if streams else self._pipeline.unary
-        foreign = _on_error(behavior, streams, _raise_answered)
+        foreign = _catching(behavior, streams, Exception, _raise_answered)
 
         def through_pipeline(data, context):
             if is_api:
@@ -90,8 +90,7 @@ class PipelineInterceptor(grpc.ServerInterceptor):
             return run(_call(method, context),
                        lambda request, _call: foreign(request, context), data, parse)
 
-        answer = _on_error(through_pipeline, streams,
-                           lambda error, _data, context: _abort(context, error), ServingError)
+        answer = _catching(through_pipeline, streams, ServingError, _abort)
         return handler._replace(request_deserializer=None, **{kind: answer})
 
 
@@ -105,7 +104,7 @@ def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         try:
             request = parse_request(parse, data)
         except ServingError as error:
-            _abort(context, error)
+            _abort(error, data, context)
         return behavior(request, context, *callback)
 
     for attribute in ("experimental_non_blocking", "experimental_thread_pool"):
@@ -115,23 +114,23 @@ def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler._replace(request_deserializer=None, **{kind: answer})
 
 
-def _on_error(behavior, streams: bool, handle, catches: type[Exception] = Exception):
-    """``behavior(request, context)``, wrapped: an error of ``catches`` that it raises (while
-    its responses stream too, if ``streams``: then it is a generator) goes to ``handle(error,
+def _catching(behavior, streams: bool, errors: type[Exception], handler):
+    """``behavior(request, context)``, wrapped: an error of ``errors`` that it raises (while
+    its responses stream too, if ``streams``: then it is a generator) goes to ``handler(error,
     request, context)``, which raises what the call ends with."""
     if streams:
         def stream(request, context):
             try:
                 yield from behavior(request, context)
-            except catches as error:
-                handle(error, request, context)
+            except errors as error:
+                handler(error, request, context)
         return stream
 
     def unary(request, context):
         try:
             return behavior(request, context)
-        except catches as error:
-            return handle(error, request, context)
+        except errors as error:
+            handler(error, request, context)
     return unary
 
 
@@ -152,7 +151,9 @@ def _call(method: str, context: grpc.ServicerContext) -> Call:
                 None if remaining is None else time.monotonic() + remaining, context.is_active)
 
 
-def _abort(context: grpc.ServicerContext, error: ServingError):
+def _abort(error: ServingError, _request, context: grpc.ServicerContext):
+    """Ends the call with ``error``'s status, unless the handler set its own (the request:
+    ``_catching``'s handlers take it)."""
     if context.code() is not None:  # the handler set its own status
         raise error
     context.abort(grpc.StatusCode[error.grpc_code], str(error))
@@ -170,7 +171,8 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
             return handler
         kind = "stream_stream" if handler.response_streaming else "stream_unary"
         return handler._replace(
-            **{kind: _on_error(getattr(handler, kind), handler.response_streaming, self._drain)})
+            **{kind: _catching(getattr(handler, kind), handler.response_streaming, Exception,
+                               self._drain)})
 
     @staticmethod
     def _drain(error: Exception, requests, context: grpc.ServicerContext):

@@ -170,7 +170,8 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
     """The statistics of the given (name, version) pairs, summed over the worker processes."""
     wanted = {(name, str(version)): ModelStatistics(name, version, Duration(), Duration())
               for name, version in versions}
-    for sample in (s for metric in exposition_registry().collect() for s in metric.samples):
+    samples = (sample for metric in exposition_registry().collect() for sample in metric.samples)
+    for sample in samples:
         labels = sample.labels
         stats = wanted.get((labels.get("model"), labels.get("version")))
         if stats is None:

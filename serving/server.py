@@ -265,11 +265,12 @@ def _policy(settings: Settings) -> BatchingPolicy:
 
 
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
-          while_serving: Callable[[], None] = lambda: None) -> None:
+          heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> None:
     """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
-    the server is serving (a supervisor's worker reports it), ``while_serving`` ten times a
-    second from then on (its heartbeat). Raises RepositoryError or ListenError if it cannot
-    serve. Call from the main thread (signal handlers)."""
+    the server is serving (a supervisor's worker reports it), ``heartbeat()`` ten times a
+    second from then on, and ``heartbeat(ahead_s=grace period)`` as it drains (it beats no
+    more). Raises RepositoryError or ListenError if it cannot serve. Call from the main
+    thread (signal handlers)."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []
@@ -286,7 +287,8 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # Woken ten times a second: the kernel may hand SIGTERM to another thread (gRPC C++'s),
     # which only marks it pending; the main thread runs the handler once it runs Python again.
     while not stop_requested:
-        while_serving()
+        heartbeat()
         time.sleep(0.1)
     log.info("shutdown requested")
+    heartbeat(ahead_s=settings.grace_period)
     server.stop()

@@ -11,11 +11,13 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Collection
 
 from serving.errors import RepositoryError
 from serving.settings import Settings
 
 READY = b"\x00"
+READER_PAUSE_S = 2.0  # the supervisor reads the heartbeats at least once a second
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}  # blocked over each fork
 
@@ -71,12 +73,22 @@ class Heartbeats:
 
     def __init__(self, slots: int):
         self._stamps = mmap.mmap(-1, 8 * slots)
+        self._read_at = time.monotonic()
 
-    def beat(self, slot: int) -> None:
-        struct.pack_into("d", self._stamps, 8 * slot, time.monotonic())
+    def beat(self, slot: int, ahead_s: float = 0.0) -> None:
+        """Stamps ``slot`` now, or ``ahead_s`` later: a draining worker beats no more."""
+        struct.pack_into("d", self._stamps, 8 * slot, time.monotonic() + ahead_s)
 
-    def silent_s(self, slot: int) -> float:
-        return time.monotonic() - struct.unpack_from("d", self._stamps, 8 * slot)[0]
+    def silent_s(self, slots: Collection[int]) -> dict[int, float]:
+        """How long each of ``slots`` has been silent. If the reader itself did not run for
+        over READER_PAUSE_S (stopped with the workers: Ctrl-Z, a frozen cgroup, a paused VM),
+        their silence was its own: it counts from now (they may run after the reader)."""
+        now = time.monotonic()
+        if now - self._read_at > READER_PAUSE_S:
+            for slot in slots:
+                self.beat(slot)
+        self._read_at = now
+        return {slot: now - struct.unpack_from("d", self._stamps, 8 * slot)[0] for slot in slots}
 
 
 class StartReport:
@@ -113,7 +125,7 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
                 heartbeats.beat(slot)
                 report.send(READY)
 
-            serve(settings, on_ready=ready, while_serving=functools.partial(heartbeats.beat, slot))
+            serve(settings, on_ready=ready, heartbeat=functools.partial(heartbeats.beat, slot))
             status = 0
         except (RepositoryError, ListenError) as error:
             report.send(str(error).encode())

@@ -244,13 +244,14 @@ class _Supervisor:
         """A worker that served, then went silent for HUNG_AFTER_S (stopped, or a thread holds
         its GIL: it answers no call either) is killed, to be replaced like any that dies,
         rather than hold its clients' connections unanswered for good."""
-        for pid, slot in self.workers.items():
-            if pid in self.served and (silent := self.heartbeats.silent_s(slot)) > HUNG_AFTER_S:
+        serving = {slot: pid for pid, slot in self.workers.items() if pid in self.served}
+        for slot, silent in self.heartbeats.silent_s(serving).items():
+            if silent > HUNG_AFTER_S:
                 log.error("worker hung; killing it", extra={"fields": {
-                    "pid": pid, "silent_s": round(silent, 1)}})
+                    "pid": serving[slot], "silent_s": round(silent, 1)}})
                 self.heartbeats.beat(slot)  # killed once: it is reaped before it is due again
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(serving[slot], signal.SIGKILL)
 
     def _replacement_started(self, pid: int, message: bytes) -> None:
         if message == READY:

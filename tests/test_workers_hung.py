@@ -1,0 +1,88 @@
+"""A worker that hangs is killed and replaced; workers that only look silent are not: stopped
+with their supervisor, or draining (serving.workers, the heartbeats of serving.worker_process).
+"""
+
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+from test_workers import (
+    calls_over_connections,
+    connections_held,
+    held_requests,
+    port_of,
+    running_workers,
+)
+
+from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
+from serving.workers import HUNG_AFTER_S
+
+
+@pytest.fixture
+def workers(model_repository):
+    with running_workers(model_repository) as running:
+        yield running
+
+
+def test_a_hung_worker_is_killed_and_replaced(workers):
+    """A worker that stopped running (SIGSTOP here; a thread holding its GIL alike) held its
+    clients' connections unanswered for good: once silent for HUNG_AFTER_S it is killed, and
+    replaced like any that dies, while the other worker serves on."""
+    _, logs, started, _ = workers
+    target, pids = started["address"], started["pids"]
+    victim, survivor = pids
+    os.kill(victim, signal.SIGSTOP)
+    hung = logs.wait_for("worker hung; killing it", timeout=HUNG_AFTER_S + 30)[0]
+    assert hung["pid"] == victim and hung["silent_s"] >= HUNG_AFTER_S  # rounded to 0.1 s
+    died = logs.wait_for("worker died; starting another")[0]
+    assert (died["pid"], died["status"]) == (victim, "killed by SIGKILL")
+    replacement = logs.wait_for("worker serving")[0]["pid"]
+    assert replacement not in pids and len(logs.matching("worker hung; killing it")) == 1
+    calls_over_connections(target, connections=4, per_connection=2)
+    os.kill(survivor, 0)  # never silent: still the same process
+
+
+def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(workers):
+    """Ctrl-Z, a paused container, a frozen cgroup stop the supervisor with its workers: once
+    they all run again, the supervisor read the heartbeats before the workers had stamped
+    them anew, and killed workers that were not hung."""
+    process, logs, started, _ = workers
+    target, pids = started["address"], started["pids"]
+    for pid in (process.pid, *pids):  # the supervisor first: it never sees them stop
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(HUNG_AFTER_S + 1)
+    os.kill(process.pid, signal.SIGCONT)  # the supervisor runs before them
+    time.sleep(0.3)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    calls_over_connections(target, connections=4, per_connection=2)
+    time.sleep(2)  # two reads of the heartbeats
+    assert not logs.matching("worker hung; killing it")
+    for pid in pids:
+        os.kill(pid, 0)
+
+
+def test_a_worker_draining_on_its_own_sigterm_gets_its_grace_period(model_repository):
+    """A worker told to stop (by an operator, an OOM killer's warning) beats no more while it
+    drains: it was killed as hung after HUNG_AFTER_S, cutting its calls short of the grace."""
+    with running_workers(model_repository, "--grace-period", str(HUNG_AFTER_S + 10)) as (
+            _, logs, started, _):
+        target, pids = started["address"], started["pids"]
+        hold = threading.Event()
+        options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
+        with grpc.insecure_channel(target, options=options) as channel:
+            stub = classifier_pb_grpc.ClassifierStub(channel)
+            stream = stub.ClassifyStream(held_requests(hold))
+            next(stream)  # a call in flight holds the drain
+            victim = next(pid for pid in pids if connections_held(pid, port_of(target)))
+            os.kill(victim, signal.SIGTERM)
+            logs.wait_for("draining")
+            time.sleep(HUNG_AFTER_S + 2)
+            assert not logs.matching("worker hung; killing it")
+            hold.set()
+            assert len(list(stream)) == 0  # ended in time, by its client
+        died = logs.wait_for("worker died; starting another")[0]
+        assert (died["pid"], died["status"]) == (victim, "exit 0")
