@@ -24,7 +24,7 @@ from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving import server as server_module
 from serving.client.inputs import load_png
-from serving.http.rest import message_json
+from serving.http.body import message_json
 from tests.http_helpers import http_and_grpc, http_server, http_settings
 
 MAX_IMAGES = 8
@@ -146,7 +146,9 @@ def test_a_raw_binary_request_is_one_image_answered_in_binary(url, v2, images):
     two = requests.post(f"{url}/v2/models/mlp/infer", data=images[:2].tobytes(), timeout=10,
                         headers={"Inference-Header-Content-Length": "0"})
     assert two.status_code == 400, two.text
-    assert "784" in two.json()["error"]
+    assert two.json()["error"] == ("request body: a raw binary request (Inference-Header-"
+                                   "Content-Length: 0) is one 28x28 UINT8 image, 784 bytes; "
+                                   "got 1568")
 
 
 def test_classification_parameter_as_grpc(url, v2, images):

@@ -11,12 +11,12 @@ import pytest
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
 from serving.errors import InvalidArgument
+from serving.http.body import message_json
 from serving.http.rest import (
     HEADER_LENGTH,
     OutputForm,
     decode_infer_request,
     encode_infer_response,
-    message_json,
 )
 
 

@@ -25,8 +25,16 @@ from serving.errors import (
     UnsupportedCoding,
 )
 from serving.http import domain, rest
-from serving.http.body import CODINGS, read_body, unread_body
-from serving.http.rest import BINARY_EXTENSION, Body, error_body, json_body, message_json
+from serving.http.body import (
+    CODINGS,
+    Body,
+    error_body,
+    json_body,
+    message_json,
+    read_body,
+    unread_body,
+)
+from serving.http.rest import BINARY_EXTENSION
 from serving.pipeline import Call, CallPipeline
 
 # What an error's status asks to be said with it (RFC 9110): how to authenticate; which codings

@@ -1,14 +1,29 @@
-"""The request body of an HTTP call: read whole within the server's limit (413 past it), its
-transfer coding checked (501 for any but chunked) and its content coding decoded (gzip,
-deflate; 415 for any other), each refusal a ``ServingError`` naming what was wrong."""
+"""The bodies of an HTTP call. The request's: read whole within the server's limit (413 past
+it), its transfer coding checked (501 for any but chunked) and its content coding decoded
+(gzip, deflate; 415 for any other), each refusal a ``ServingError`` naming what was wrong. The
+answer's: a ``Body``, JSON unless a transport says otherwise."""
 
 import zlib
+from dataclasses import dataclass
+
+import orjson
+from google.protobuf import json_format
 
 from serving.errors import InvalidArgument, TooLarge, Unimplemented, UnsupportedCoding
 
 CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
 MAX_GZIP_MEMBERS = 16  # clients send one
 BODY_READ = "fmnist.body_read"  # set in the WSGI environ once the request body is read whole
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Body:
+    """An HTTP response body and its headers."""
+
+    data: bytes
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def read_body(environ: dict, limit: int) -> bytes:
@@ -76,3 +91,21 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
         if encoding != "gzip":
             raise InvalidArgument(f"request body: {len(data)} bytes after the {encoding} data")
     raise InvalidArgument(f"request body: more than {MAX_GZIP_MEMBERS} gzip members")
+
+
+def message_json(message) -> dict:
+    """Any other answer (metadata, config, statistics) in the protobuf JSON mapping with the
+    proto's field names and 64-bit integers as numbers, as Triton's HTTP server writes them
+    (perf_analyzer reads ``dims`` and counts as numbers)."""
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
+                                     preserving_proto_field_name=True,
+                                     unquote_int64_if_possible=True)
+
+
+def json_body(document) -> Body:
+    return Body(orjson.dumps(document))
+
+
+def error_body(message: str) -> Body:
+    """The protocol's error object."""
+    return json_body({"error": message})

@@ -24,7 +24,8 @@ from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
 from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
 from serving.errors import InvalidArgument, NotFound
-from serving.http.rest import message_json, parse_json
+from serving.http.body import message_json
+from serving.http.rest import parse_json
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
 # Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a

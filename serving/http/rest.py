@@ -19,16 +19,16 @@ from itertools import chain
 
 import numpy as np
 import orjson
-from google.protobuf import json_format
 
-from common.contract import IMAGE_SHAPE, IMAGES
+from common.contract import IMAGE_BYTES, IMAGE_SHAPE, IMAGES
 from inference import grpc_service_pb2 as pb
 from serving.errors import InvalidArgument
+from serving.http.body import Body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 BINARY_SIZE, BINARY_OUTPUT, BINARY_ALL = "binary_data_size", "binary_data", "binary_data_output"
-JSON_TYPE, BINARY_TYPE = "application/json", "application/octet-stream"
+BINARY_TYPE = "application/octet-stream"
 # The typed field of InferTensorContents that holds each datatype's JSON data.
 TYPED_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
                 "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -39,15 +39,6 @@ NUMPY_TYPES = {"BOOL": "?", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64
                "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
                "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
 _LENGTH = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Body:
-    """An HTTP response body and its headers."""
-
-    data: bytes
-    content_type: str = JSON_TYPE
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +58,10 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     and the output form asked for."""
     json_end = _json_end(body, header_length)
     if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
+        if len(body) != IMAGE_BYTES:  # the shape is this code's, not the client's: say so
+            raise InvalidArgument(f"request body: a raw binary request ({HEADER_LENGTH}: 0) is "
+                                  f"one {'x'.join(map(str, IMAGE_SHAPE))} UINT8 image, "
+                                  f"{IMAGE_BYTES} bytes; got {len(body)}")
         request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
                                        raw_input_contents=[body])
         request.inputs.add(name=IMAGES, datatype="UINT8", shape=[1, *IMAGE_SHAPE])
@@ -279,21 +274,3 @@ def _raw_to_list(blob: bytes, datatype: str) -> list:
         values.append(blob[offset + 4:offset + 4 + length].decode(errors="replace"))
         offset += 4 + length
     return values
-
-
-def message_json(message) -> dict:
-    """Any other answer (metadata, config, statistics) in the protobuf JSON mapping with the
-    proto's field names and 64-bit integers as numbers, as Triton's HTTP server writes them
-    (perf_analyzer reads ``dims`` and counts as numbers)."""
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True,
-                                     preserving_proto_field_name=True,
-                                     unquote_int64_if_possible=True)
-
-
-def json_body(document) -> Body:
-    return Body(orjson.dumps(document))
-
-
-def error_body(message: str) -> Body:
-    """The protocol's error object."""
-    return json_body({"error": message})
