@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -196,6 +197,20 @@ def test_a_model_no_better_than_one_answer_is_not_worth_publishing():
                        r"published$"):
         check_worth_publishing("softmax", flat, flat, 0.1, labels)
     check_worth_publishing("softmax", flat, flat, 0.1001, labels)
+
+
+def test_a_model_below_the_accuracy_asked_for_publishes_nothing(tmp_path):
+    """A retraining job that must not replace a good model with a worse one sets a floor: the
+    run fails, naming the model and the flag, before any version is published."""
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "softmax,baseline", "--train-subset",
+                          "1000", "--epochs", "1", "--progress", "none",
+                          "--min-validation-accuracy", "0.95")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"fmnist-train: error: softmax: validation accuracy 0\.\d{4} is below "
+                        r"--min-validation-accuracy 0\.95; nothing was published", line), line
+    assert not out.exists()
 
 
 def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):

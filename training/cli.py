@@ -95,7 +95,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         libraries = ("tensorflow", "keras", "tf2onnx")
 
     probabilities, labels = export.run_onnx(onnx_model, dataset.x_test)
-    check_worth_publishing(name, reference, probabilities, validation_accuracy, split.y_val)
+    check_worth_publishing(name, reference, probabilities, validation_accuracy, split.y_val,
+                           minimum=args.min_validation_accuracy)
     metrics = report.classification_metrics(dataset.y_test, labels)
     metrics |= {
         "validation_accuracy": round(float(validation_accuracy), 4),
@@ -122,10 +123,12 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 
 
 def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.ndarray,
-                           validation_accuracy: float, y_val: np.ndarray) -> None:
+                           validation_accuracy: float, y_val: np.ndarray, *,
+                           minimum: float = 0.0) -> None:
     """A fit that diverged gave NaN probabilities (argmax: always class 0), which were
-    published and served as the new default version; TrainingError before anything is. The
-    test set decides nothing: accuracy is judged on the validation images."""
+    published and served as the new default version; TrainingError before anything is, as
+    for a model no better than one answer or below ``minimum`` (--min-validation-accuracy).
+    The test set decides nothing: accuracy is judged on the validation images."""
     if not (np.isfinite(reference).all() and np.isfinite(probabilities).all()):
         raise TrainingError(f"{name}: its probabilities are not finite numbers (the fit "
                             "diverged: lower the learning rate); nothing was published")
@@ -134,6 +137,9 @@ def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.n
         raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is no "
                             f"better than always answering one class ({chance:.4f}); nothing "
                             "was published")
+    if validation_accuracy < minimum:
+        raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is below "
+                            f"--min-validation-accuracy {minimum:g}; nothing was published")
 
 
 def train(args: argparse.Namespace) -> int:

@@ -189,6 +189,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="seed of the model initialisation and shuffling; same seed, same models (default: 42)",
     )
     add(
+        "--min-validation-accuracy",
+        type=number_in(float, 0, 1),
+        default=0.0,
+        metavar="F",
+        help="publish nothing unless every model reaches this accuracy on the validation images, "
+        "e.g. 0.85 in a retraining job (default: 0: better than always answering one class)",
+    )
+    add(
         "--progress",
         choices=PROGRESS,
         default="bar" if sys.stdout.isatty() else "epoch",  # a bar floods a log file
