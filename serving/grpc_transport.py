@@ -152,8 +152,8 @@ def _call(method: str, context: grpc.ServicerContext) -> Call:
 
 
 def _abort(error: ServingError, _request, context: grpc.ServicerContext):
-    """Ends the call with ``error``'s status, unless the handler set its own (the request:
-    ``_catching``'s handlers take it)."""
+    """Ends the call with ``error``'s status, unless the handler set its own. (It takes the
+    request, unused, as every handler of ``_catching`` does.)"""
     if context.code() is not None:  # the handler set its own status
         raise error
     context.abort(grpc.StatusCode[error.grpc_code], str(error))

@@ -290,5 +290,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
         heartbeat()
         time.sleep(0.1)
     log.info("shutdown requested")
-    heartbeat(ahead_s=settings.grace_period)
-    server.stop()
+    try:
+        heartbeat(ahead_s=settings.grace_period)
+    finally:  # whatever it raised, the calls in flight get their drain
+        server.stop()

@@ -7,11 +7,10 @@ import functools
 import mmap
 import os
 import signal
-import struct
 import sys
 import time
 import traceback
-from collections.abc import Collection
+from collections.abc import Iterable
 
 from serving.errors import RepositoryError
 from serving.settings import Settings
@@ -72,23 +71,22 @@ class Heartbeats:
     slot ten times a second (``serving.server.serve``'s loop), the supervisor reads them."""
 
     def __init__(self, slots: int):
-        self._stamps = mmap.mmap(-1, 8 * slots)
-        self._read_at = time.monotonic()
+        self._stamps = memoryview(mmap.mmap(-1, 8 * slots)).cast("d")
+        self._read_at = self._resumed_at = time.monotonic()
 
     def beat(self, slot: int, ahead_s: float = 0.0) -> None:
         """Stamps ``slot`` now, or ``ahead_s`` later: a draining worker beats no more."""
-        struct.pack_into("d", self._stamps, 8 * slot, time.monotonic() + ahead_s)
+        self._stamps[slot] = time.monotonic() + ahead_s
 
-    def silent_s(self, slots: Collection[int]) -> dict[int, float]:
+    def silent_s(self, slots: Iterable[int]) -> dict[int, float]:
         """How long each of ``slots`` has been silent. If the reader itself did not run for
         over READER_PAUSE_S (stopped with the workers: Ctrl-Z, a frozen cgroup, a paused VM),
-        their silence was its own: it counts from now (they may run after the reader)."""
+        their silence was its own: it counts from then (they may run after the reader)."""
         now = time.monotonic()
         if now - self._read_at > READER_PAUSE_S:
-            for slot in slots:
-                self.beat(slot)
+            self._resumed_at = now  # not stamped for them: a draining worker's stamp is ahead
         self._read_at = now
-        return {slot: now - struct.unpack_from("d", self._stamps, 8 * slot)[0] for slot in slots}
+        return {slot: now - max(self._resumed_at, self._stamps[slot]) for slot in slots}
 
 
 class StartReport:

@@ -130,7 +130,7 @@ def test_default_report_directory_and_custom_one_hold_the_report(runs):
         for entry in metrics.values():  # named from the report: they hold when moved or copied
             onnx = Path(entry["onnx"])
             assert not onnx.is_absolute() and (directory / onnx).is_file(), onnx
-            assert f"]({onnx})" in report
+            assert f"](<{onnx}>)" in report
         assert "agreement" in report.lower()
 
 

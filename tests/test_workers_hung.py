@@ -2,6 +2,7 @@
 with their supervisor, or draining (serving.workers, the heartbeats of serving.worker_process).
 """
 
+import contextlib
 import os
 import signal
 import threading
@@ -51,13 +52,11 @@ def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(workers):
     them anew, and killed workers that were not hung."""
     process, logs, started, _ = workers
     target, pids = started["address"], started["pids"]
-    for pid in (process.pid, *pids):  # the supervisor first: it never sees them stop
-        os.kill(pid, signal.SIGSTOP)
-    time.sleep(HUNG_AFTER_S + 1)
-    os.kill(process.pid, signal.SIGCONT)  # the supervisor runs before them
-    time.sleep(0.3)
-    for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+    with _stopped([process.pid, *pids]):  # the supervisor first: it never sees them stop
+        time.sleep(HUNG_AFTER_S + 1)
+        os.kill(process.pid, signal.SIGCONT)  # the supervisor runs before them
+        time.sleep(0.3)
+        assert not logs.matching("worker hung; killing it")
     calls_over_connections(target, connections=4, per_connection=2)
     time.sleep(2)  # two reads of the heartbeats
     assert not logs.matching("worker hung; killing it")
@@ -67,22 +66,41 @@ def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(workers):
 
 def test_a_worker_draining_on_its_own_sigterm_gets_its_grace_period(model_repository):
     """A worker told to stop (by an operator, an OOM killer's warning) beats no more while it
-    drains: it was killed as hung after HUNG_AFTER_S, cutting its calls short of the grace."""
+    drains: it was killed as hung after HUNG_AFTER_S, cutting its calls short of the grace;
+    and again when the supervisor had been paused meanwhile (its pause had stamped every
+    worker "now", the draining one's stamp ahead too)."""
     with running_workers(model_repository, "--grace-period", str(HUNG_AFTER_S + 10)) as (
-            _, logs, started, _):
+            process, logs, started, _):
         target, pids = started["address"], started["pids"]
         hold = threading.Event()
         options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
         with grpc.insecure_channel(target, options=options) as channel:
-            stub = classifier_pb_grpc.ClassifierStub(channel)
-            stream = stub.ClassifyStream(held_requests(hold))
-            next(stream)  # a call in flight holds the drain
-            victim = next(pid for pid in pids if connections_held(pid, port_of(target)))
-            os.kill(victim, signal.SIGTERM)
-            logs.wait_for("draining")
-            time.sleep(HUNG_AFTER_S + 2)
-            assert not logs.matching("worker hung; killing it")
-            hold.set()
+            try:
+                stub = classifier_pb_grpc.ClassifierStub(channel)
+                stream = stub.ClassifyStream(held_requests(hold))
+                next(stream)  # a call in flight holds the drain
+                victim = next(pid for pid in pids if connections_held(pid, port_of(target)))
+                os.kill(victim, signal.SIGTERM)
+                logs.wait_for("draining")
+                with _stopped([process.pid]):
+                    time.sleep(3)
+                time.sleep(HUNG_AFTER_S + 2)
+                assert not logs.matching("worker hung; killing it")
+            finally:
+                hold.set()
             assert len(list(stream)) == 0  # ended in time, by its client
         died = logs.wait_for("worker died; starting another")[0]
         assert (died["pid"], died["status"]) == (victim, "exit 0")
+
+
+@contextlib.contextmanager
+def _stopped(pids: list[int]):
+    """Stops ``pids`` (SIGSTOP) in turn; whatever happens, continues those still alive."""
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -137,9 +137,9 @@ def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.n
         raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is no "
                             f"better than always answering one class ({chance:.4f}); nothing "
                             "was published")
-    if validation_accuracy < minimum:
+    if round(validation_accuracy, 4) < minimum:  # as it is printed
         raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is below "
-                            f"--min-validation-accuracy {minimum:g}; nothing was published")
+                            f"--min-validation-accuracy {minimum}; nothing was published")
 
 
 def train(args: argparse.Namespace) -> int:

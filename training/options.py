@@ -193,8 +193,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         type=number_in(float, 0, 1),
         default=0.0,
         metavar="F",
-        help="publish nothing unless every model reaches this accuracy on the validation images, "
-        "e.g. 0.85 in a retraining job (default: 0: better than always answering one class)",
+        help="publish nothing unless every model of the run reaches this accuracy on the "
+        "validation images (4 decimals), e.g. --models mlp --min-validation-accuracy 0.89 in a "
+        "retraining job; with the defaults the models reach about softmax 0.87, mlp 0.91, "
+        "baseline 0.85 (default: 0: better than always answering one class)",
     )
     add(
         "--progress",

@@ -150,7 +150,7 @@ def from_report(path: Path | None, report_dir: Path) -> str:
     """``path`` as the report's files name it: relative to the report's directory, so that the
     names still lead to the files when the repository, reports included, is moved or copied
     (into an image: an absolute path would name the machine that trained)."""
-    return "" if path is None else os.path.relpath(path, report_dir)
+    return "" if path is None else os.path.relpath(path.resolve(), report_dir.resolve())
 
 
 def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: dict,
@@ -216,7 +216,7 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
 
 
 def _link(path: str) -> str:
-    return f"[{path}]({path})" if path else ""
+    return f"[{path}](<{path}>)" if path else ""  # <>: a path may hold spaces
 
 
 def write_report(

@@ -7,9 +7,10 @@ as JSON ``data`` or as binary, as the request asked, whichever form the data pla
 Whether the tensors suit the model is the data plane's codec's question
 (``serving.codecs.inference``); what is refused here is what cannot be translated: a body that
 is not JSON, a header length past the body, a shape that is not integers, binary sizes that do
-not add up. A raw binary request (``Inference-Header-Content-Length: 0``, the body the model's
-one input alone: every model here has that one input, ``common.contract``) is, as the
-extension says, a batch of one whose outputs all come back binary.
+not add up, a raw binary body that is not one image. A raw binary request
+(``Inference-Header-Content-Length: 0``, the body the model's one input alone: every model
+here has that one input, ``common.contract``) is, as the extension says, a batch of one whose
+outputs all come back binary.
 """
 
 import json
