@@ -147,8 +147,8 @@ def test_a_raw_binary_request_is_one_image_answered_in_binary(url, v2, images):
                         headers={"Inference-Header-Content-Length": "0"})
     assert two.status_code == 400, two.text
     assert two.json()["error"] == ("request body: a raw binary request (Inference-Header-"
-                                   "Content-Length: 0) is one 28x28 UINT8 image, 784 bytes; "
-                                   "got 1568")
+                                   "Content-Length: 0) is one image: expected 784 bytes (28x28 "
+                                   "uint8), got 1568")
 
 
 def test_classification_parameter_as_grpc(url, v2, images):

@@ -59,10 +59,12 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     and the output form asked for."""
     json_end = _json_end(body, header_length)
     if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
-        if len(body) != IMAGE_BYTES:  # the shape is this code's, not the client's: say so
+        # the shape below is this code's, not the client's: a wrong size is refused here, in
+        # the words of serving.codecs.images, rather than as a shape the client never sent
+        if len(body) != IMAGE_BYTES:
             raise InvalidArgument(f"request body: a raw binary request ({HEADER_LENGTH}: 0) is "
-                                  f"one {'x'.join(map(str, IMAGE_SHAPE))} UINT8 image, "
-                                  f"{IMAGE_BYTES} bytes; got {len(body)}")
+                                  f"one image: expected {IMAGE_BYTES} bytes (28x28 uint8), got "
+                                  f"{len(body)}")
         request = pb.ModelInferRequest(model_name=model_name, model_version=model_version,
                                        raw_input_contents=[body])
         request.inputs.add(name=IMAGES, datatype="UINT8", shape=[1, *IMAGE_SHAPE])
