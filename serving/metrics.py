@@ -10,7 +10,7 @@ over the processes (``exposition_registry``).
 Metric names (all prefixed ``fmnist_``):
 
 - ``requests_total{api,method,model,code}``: calls, by status code name, those refused before
-  they ran too (model "");
+  they ran too, and those that died waiting for a call thread (model "");
 - ``request_duration_seconds{api,method,model}``: the latency of those that ran (histogram);
 - ``requests_in_flight``: calls being answered now (summed over live processes);
 - ``batch_size{model,version}``: images per onnxruntime call (histogram; with dynamic

@@ -170,6 +170,11 @@ class ModelServer:
             "models": models, "default_model": settings.default_model,
             "try": _try_command(settings, self.port)}})
 
+    def count_dead_calls(self) -> None:
+        """Counts in the metrics the calls that died waiting for a call thread (deadline
+        passed, or client gone) since the last time: ``serve`` calls it ten times a second."""
+        self.pipeline.count_unanswered(self._server.dead_calls())
+
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
         seconds (default: the settings') to finish, then the rest are cancelled. A second call
@@ -247,9 +252,7 @@ def _max_running(settings: Settings) -> int:
     which must see calls to refuse them) need more calls taken."""
     if settings.batch_delay_us:
         return settings.call_threads
-    running = RUNNING_PER_CORE * available_cores()
-    if settings.max_concurrent_calls:
-        running = max(running, settings.max_concurrent_calls + 1)
+    running = max(RUNNING_PER_CORE * available_cores(), settings.max_concurrent_calls + 1)
     return min(settings.call_threads, running)
 
 
@@ -288,6 +291,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # which only marks it pending; the main thread runs the handler once it runs Python again.
     while not stop_requested:
         heartbeat()
+        server.count_dead_calls()
         time.sleep(0.1)
     log.info("shutdown requested")
     try:

@@ -146,14 +146,10 @@ class Settings:
 
     def __post_init__(self):
         for setting in dataclasses.fields(self):  # what the flags check, for Settings(...) too
-            if (parse := setting.metadata.get("parse")) is not None:
-                try:
-                    parse(str(getattr(self, setting.name)))
-                except argparse.ArgumentTypeError as error:
-                    raise ValueError(f"{_flag(setting.name)}: {error}") from None
-        if self.grpc_server not in GRPC_SERVERS:
-            raise ValueError(f"--grpc-server: expected one of {', '.join(GRPC_SERVERS)}, "
-                             f"got {self.grpc_server!r}")
+            try:
+                _parse(setting)(str(getattr(self, setting.name)))
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"{_flag(setting.name)}: {error}") from None
         ports = [(getattr(self, name), _flag(name)) for name in PORTS if getattr(self, name)]
         if len({port for port, _ in ports}) < len(ports):
             raise ValueError(f"{', '.join(f'{flag} {port}' for port, flag in ports)}: "

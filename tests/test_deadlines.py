@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_metrics import scrape, value
 
 from common.contract import CLASS_NAMES, PIXELS
 from inference import grpc_service_pb2 as pb
@@ -22,8 +23,9 @@ from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import Cancelled, DeadlineExceeded
 from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, Call, CallPipeline
-from tests.conftest import running_server
+from tests.conftest import free_port, running_server
 from tests.echo_service import SERVICE, Echo
+from tests.server_process import server_process
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
@@ -211,3 +213,48 @@ def test_while_the_oldest_queued_call_is_near_its_deadline_the_newest_go_first()
             if order[0] == d:
                 break
         assert order[:2] == [d, c]
+
+
+def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, grpc_server,
+                                                              request):
+    """A call that dies waiting for a call thread counts in ``fmnist_requests_total`` by the
+    status its client got: the native server finished such calls in C++ uncounted, so the
+    metrics of an overloaded server hid the calls it lost. grpcio drops them before any code
+    of ours runs (README, "Metrics")."""
+    if grpc_server == "grpcio":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="grpcio drops them unseen"))
+    write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
+    metrics_port = free_port()
+    with server_process(repository_copy, "--workers", "1", "--grpc-server", grpc_server,
+                        "--call-threads", "2", "--parallel-inferences", "1",
+                        "--max-request-images", str(SLOW_BATCH), "--poll-interval", "0",
+                        "--metrics-port", str(metrics_port)) as (_process, logs):
+        target = logs.wait_for("serving")[0]["address"]
+
+        def counts() -> tuple[float, float]:
+            samples = scrape(metrics_port)
+            return tuple(value(samples, "fmnist_requests_total", api="v2", method="ModelInfer",
+                               model="", code=code) for code in ("DEADLINE_EXCEEDED", "CANCELLED"))
+
+        with grpc.insecure_channel(target) as channel:
+            v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+            v2.ModelInfer(infer_request(1), timeout=30)  # loaded, warm
+            before = counts()
+            holding = [v2.ModelInfer.future(infer_request(SLOW_BATCH), timeout=30)
+                       for _ in range(2)]  # both call threads, for 0.6 s or so
+            time.sleep(0.05)
+            given_up = [v2.ModelInfer.future(infer_request(1), timeout=0.1) for _ in range(5)]
+            cancelled = v2.ModelInfer.future(infer_request(1), timeout=30)
+            time.sleep(0.05)
+            cancelled.cancel()
+            assert {future.exception(5).code() for future in given_up} == \
+                {grpc.StatusCode.DEADLINE_EXCEEDED}
+            for future in holding:
+                future.result(30)
+        counted = (0.0, 0.0)
+        for _ in range(50):  # the native server's are counted within a tenth of a second
+            counted = tuple(now - then for now, then in zip(counts(), before, strict=True))
+            if counted == (5, 1):
+                break
+            time.sleep(0.1)
+        assert counted == (5, 1)

@@ -17,9 +17,9 @@
 // the queue, or one Python parked (`Call.park()`: a non-blocking handler such as health's
 // Watch answers from other threads): when it is cancelled (its deadline too), it is finished
 // here, CANCELLED, and lets go of its request; a queued one leaves the queue (a health call
-// is skipped when its turn comes). So calls whose clients gave up cost no Python work. A
-// call whose end Python asked to hear of (`Call.watch_end()`, for `add_callback`) is queued
-// again when it is cancelled.
+// is skipped when its turn comes) and is listed for the metrics (`Server.dead()`). So calls
+// whose clients gave up cost no Python work but a count. A call whose end Python asked to
+// hear of (`Call.watch_end()`, for `add_callback`) is queued again when it is cancelled.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -64,6 +64,7 @@ void Log(gpr_log_func_args* args) {
 
 class Call;
 class Calls;
+using Pairs = std::vector<std::pair<std::string, std::string>>;
 
 // A queued call: new, cancelled and watched (its callbacks are due), or a new health call,
 // which never waits for a thread at work to come back (a probe would time out under load).
@@ -97,6 +98,13 @@ class Calls {
   // call not queued (taken, parked, never queued) is not found, nor a health call, which
   // waits for its turn and is skipped then (`Call::Take`).
   void Remove(Call* call);
+  // The method and status (its deadline's or its client's doing) of each call `Remove` took
+  // out since the last time: no Python thread saw them, and the metrics count them (Python
+  // takes them ten times a second).
+  Pairs TakeDead() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(dead_, {});
+  }
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
@@ -126,6 +134,7 @@ class Calls {
   std::condition_variable ready_, released_;
   int held_ = 0;
   std::deque<std::pair<Call*, Queued>> items_;
+  Pairs dead_;
   bool closed_ = false;
   const int max_running_;
   std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
@@ -135,8 +144,6 @@ class Calls {
 // What a completion-queue event is about: one of a call's operations, its arrival or its end.
 enum Event { kArrived, kRead, kWritten, kMetadataSent, kFinished, kDone, kEnd, kEvents };
 using Tag = std::pair<Call*, Event>;
-
-using Pairs = std::vector<std::pair<std::string, std::string>>;
 
 // One call. It lives while gRPC (`rpc_`, until its operations and its end are over), a queue
 // entry or a Python object holds it; `rpc_` goes once gRPC is done with it, so that a server's
@@ -159,10 +166,7 @@ class Call {
   void On(Event event, bool ok) {
     switch (event) {
       case kArrived:
-        if (!ok) {  // shutting down: no call came
-          calls_->Holds(-1);
-          return delete this;
-        }
+        if (!ok) return calls_->Holds(-1), delete this;  // shutting down: no call came
         calls_->Request();
         Ref();  // the queue's: queued once its first message is in (or none will come), so a
         Locked([this] { Started(&reading_); });  // client that never sends it holds no thread
@@ -182,14 +186,11 @@ class Call {
     }
   }
   void OnCancel() {
-    bool finish, tell;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
+    auto [finish, tell] = Locked([this] {
       cancelled_ = true;
-      finish = parked_ && !std::exchange(finished_, true);
-      tell = std::exchange(watched_, false);
       changed_.notify_all();
-    }
+      return std::pair(parked_ && !std::exchange(finished_, true), std::exchange(watched_, false));
+    });
     if (finish) Drop();
     if (tell) calls_->Push(this, kEnded);
   }
@@ -316,13 +317,11 @@ class Call {
   void Started(Operation* operation) { operation->busy = true, ++rpc_refs_; }
   // An operation is over (`ok`: it succeeded), or the call's end: `rpc_` goes with the last.
   void Release(Operation* operation = nullptr, bool ok = false) {
-    bool last;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
+    bool last = Locked([&] {
       if (operation != nullptr) operation->busy = false, operation->ok = ok;
       changed_.notify_all();
-      last = --rpc_refs_ == 0;
-    }
+      return --rpc_refs_ == 0;
+    });
     if (!last) return;
     rpc_.reset();
     calls_->Holds(-1);
@@ -415,6 +414,7 @@ void Calls::Remove(Call* call) {
   auto queued = std::ranges::find(items_, std::pair(call, kNew));  // not kEnded: its news
   if (queued == items_.end()) return;  // taken meanwhile, or health: Take lets go of it
   items_.erase(queued);  // the oldest die first: found near the front
+  dead_.emplace_back(call->context()->method(), call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED");
   call->Unref();
 }
 
@@ -636,9 +636,8 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   PyObject* tls = Py_None;
   if (!PyArg_ParseTuple(args, "sipi|O", &address, &max_message_bytes, &reuse_port, &age_ms, &tls))
     return nullptr;
-  if (self->calls == nullptr || self->calls->queue != nullptr) {  // a queue: it tried once
+  if (self->calls->queue != nullptr)  // it tried once
     return PyErr_Format(PyExc_RuntimeError, "the native server listens on one address, once");
-  }
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls != Py_None) {
     if (!PyArg_ParseTuple(tls, "yyy", &cert, &key, &client_ca)) return nullptr;
@@ -712,20 +711,23 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
   double grace_s = 0;
   if (!PyArg_ParseTuple(args, "|d", &grace_s)) return nullptr;
   grpc::Server* server = std::exchange(self->server, nullptr);
-  Calls* calls = self->calls;
   Py_BEGIN_ALLOW_THREADS;
   if (server != nullptr) {
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
     server->Wait();
-    calls->Close();
-    calls->queue->Shutdown();  // drained before the server goes: its requests use it
+    self->calls->Close();
+    self->calls->queue->Shutdown();  // drained before the server goes: its requests use it
     self->poller->join();
     delete server;
   }
-  calls->Close();  // at once, and again harmlessly if it listened
+  self->calls->Close();  // at once, and again harmlessly if it listened
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
+}
+
+PyObject* ServerDead(PyObject* object, PyObject*) {
+  return ToPairList(reinterpret_cast<ServerObject*>(object)->calls->TakeDead(), true);
 }
 
 void ServerDealloc(PyObject* object) {
@@ -744,6 +746,7 @@ PyMethodDef server_methods[] = {
      "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
      "once shut down"},
     {"shutdown", ServerShutdown, METH_VARARGS, "shutdown(grace_s=0)"},
+    {"dead", ServerDead, METH_NOARGS, "[(method, status name)] of calls that died queued"},
     {nullptr, nullptr, 0, nullptr},
 };
 
