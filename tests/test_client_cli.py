@@ -136,6 +136,19 @@ def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
     assert capsys.readouterr().err.startswith(f"fmnist classify: error: {tmp_path / 'cut.png'}: ")
 
 
+def test_an_npy_file_without_images_is_refused_by_name(target, tmp_path, capsys, test_set):
+    """An empty .npy took one name and no image: the answers after it were printed under the
+    names before them, then the command crashed on an index."""
+    Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    status = cli.main(["classify", "--target", target, str(tmp_path / "empty.npy"),
+                       str(tmp_path / "boot.png"), "--test-index", "3"])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert captured.err == (f"fmnist classify: error: {tmp_path / 'empty.npy'}: expected at "
+                            "least 1 image, got 0\n")
+
+
 def test_npy_files_must_hold_uint8_images(tmp_path):
     np.save(tmp_path / "floats.npy", np.zeros((2, 28, 28), dtype=np.float32))
     with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):

@@ -48,7 +48,8 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` array of uint8 (or integers 0..255) shaped [28,28], [N,28,28] or [N,784]."""
+    """A ``.npy`` array of uint8 (or integers 0..255) shaped [28,28], [N,28,28] or [N,784],
+    N >= 1."""
     array = np.load(path, allow_pickle=False)
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{path}: expected uint8 pixels, got {array.dtype}")
@@ -61,6 +62,8 @@ def load_npy(path: Path) -> np.ndarray:
     if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"{path}: expected shape [28,28], [N,28,28] or [N,784], "
                          f"got {list(array.shape)}")
+    if not len(array):  # as the server says it
+        raise ValueError(f"{path}: expected at least 1 image, got 0")
     return array.astype(np.uint8)
 
 
