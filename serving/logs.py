@@ -5,6 +5,7 @@ pairs or JSON keys."""
 import datetime
 import json
 import logging
+import os
 import sys
 
 # control characters as \xNN: a client's text in a message cannot start a line of its own
@@ -39,6 +40,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, log_format: str) -> None:
+    """Python's log; gRPC's own lines (a client's failed TLS handshake, a compressed call
+    refused: client-caused, one a call or connection, not JSON) only at DEBUG, unless
+    GRPC_VERBOSITY, gRPC's variable, says otherwise; set before gRPC starts."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if level == "DEBUG" else "NONE")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -250,10 +250,8 @@ def _max_running(settings: Settings) -> int:
     those waits on the network, since each wake-up costs thread switches. A batch that waits
     for more calls (``--batch-delay-us``) and a concurrency limit (``--max-concurrent-calls``,
     which must see calls to refuse them) need more calls taken."""
-    if settings.batch_delay_us:
-        return settings.call_threads
     running = max(RUNNING_PER_CORE * available_cores(), settings.max_concurrent_calls + 1)
-    return min(settings.call_threads, running)
+    return settings.call_threads if settings.batch_delay_us else min(settings.call_threads, running)
 
 
 def _max_streams(call_threads: int) -> int:

@@ -3,8 +3,10 @@ gRPC servers: a compressed request that would inflate past the message limit, a 
 centuries away, large request metadata."""
 
 import re
+import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -75,3 +77,32 @@ def test_request_metadata_up_to_16_kb_is_taken(settings):
             answer = stub.Classify(pb.ClassifyRequest(images=[bytes(784)]), timeout=10,
                                    metadata=(("x-claims", "c" * 12_000),))
             assert len(answer.results) == 1
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_what_clients_put_on_the_wire_writes_nothing_outside_the_json_log(
+        model_repository, grpc_server, tls, pki):
+    """gRPC's own log lines, which any client could cause, one a call or a connection:
+    compressed calls refused (native) and failed TLS handshakes (both) each wrote a line of
+    gRPC's format into a JSON log, without a token and with no bound."""
+    flags = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)) if tls else ()
+    with server_process(model_repository, "--workers", "1", "--http-port", "0",
+                        "--grpc-server", grpc_server, "--poll-interval", "0",
+                        *flags) as (_process, logs):
+        address = logs.wait_for("serving")[0]["address"]
+        host, port = address.rsplit(":", 1)
+        for _ in range(3):
+            with socket.create_connection((host, int(port))) as garbage:
+                garbage.sendall(b"\x16\x03\x01\x00\x05hello" if tls else b"GET / HTTP/1.1\r\n\r\n")
+                garbage.recv(100)
+        credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes()) if tls else None
+        with (grpc.secure_channel(address, credentials) if tls
+              else grpc.insecure_channel(address)) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError):  # the native server refuses compression
+                    stub.Classify(pb.ClassifyRequest(), timeout=5,
+                                  compression=grpc.Compression.Gzip)
+        time.sleep(0.2)
+    stray = [line["text"] for line in logs.lines if line["message"] is None]
+    assert not stray, "lines outside the JSON log, whole:\n" + "\n".join(stray)

@@ -23,7 +23,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <grpc/support/log.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
@@ -33,7 +32,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -44,23 +42,6 @@
 #include <vector>
 
 namespace {
-
-// gRPC's error log lines, one per line on stderr, except while `listen` binds: a port it
-// cannot bind is said once, by the exception.
-std::mutex log_mutex;
-std::string* log_capture = nullptr;
-
-void CaptureLog(std::string* into) {
-  std::lock_guard<std::mutex> lock(log_mutex);
-  log_capture = into;
-}
-
-void Log(gpr_log_func_args* args) {
-  std::lock_guard<std::mutex> lock(log_mutex);
-  if (log_capture != nullptr) return void(log_capture->append(args->message));
-  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
-          args->line, args->message);
-}
 
 class Call;
 class Calls;
@@ -166,7 +147,10 @@ class Call {
   void On(Event event, bool ok) {
     switch (event) {
       case kArrived:
-        if (!ok) return calls_->Holds(-1), delete this;  // shutting down: no call came
+        if (!ok) {  // shutting down: no call came
+          calls_->Holds(-1);
+          return delete this;
+        }
         calls_->Request();
         Ref();  // the queue's: queued once its first message is in (or none will come), so a
         Locked([this] { Started(&reading_); });  // client that never sends it holds no thread
@@ -662,16 +646,10 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);  // grpcio's hard limit
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age_ms);  // GOAWAY, then anew
-  std::string errors;
-  CaptureLog(&errors);  // with the GIL (binding is brief): gRPC's threads never take it
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  CaptureLog(nullptr);
-  if (server == nullptr || port == 0) {
-    server.reset();  // it has served no call and requested none
-    bool in_use = errors.find("in use") != std::string::npos;
-    return PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s (%s)", address,
-                        in_use ? "address in use" : "in use, or not an address here?");
-  }
+  if (server == nullptr || port == 0)  // (none made: it has served no call, requested none)
+    return PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s: in use, or not an "
+                        "address of this host", address);
   self->server = server.release();
   for (int slot = 0; slot < 16; ++slot) self->calls->Request();  // the rest wait in gRPC
   self->poller = new std::thread(&Calls::Poll, self->calls);
@@ -762,7 +740,6 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
 }  // namespace
 
 PyMODINIT_FUNC PyInit__server() {
-  gpr_set_log_function(Log);
   if (PyType_Ready(&CallType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m && PyModule_AddType(m, &ServerType) < 0) Py_CLEAR(m);  // named by its tp_name's tail
