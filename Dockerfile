@@ -10,14 +10,6 @@
 # Only `python3 -m venv`, pip and apt-get are used, so both work.
 ARG BASE_IMAGE=python:3.12-slim
 
-# The dependency lists, read from pyproject.toml. Installing from these lists (copied into the
-# next stages by content) keeps the dependency layers cached while the code changes.
-FROM ${BASE_IMAGE} AS requirements
-WORKDIR /build
-COPY pyproject.toml deploy/requirements.py ./
-RUN python3 requirements.py pyproject.toml train >train.txt \
- && python3 requirements.py pyproject.toml serve >serve.txt
-
 FROM ${BASE_IMAGE} AS train
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,10 +18,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=requirements /build/train.txt /build/train.txt
+# The dependencies, from their lock alone (scripts/lock_dependencies.py writes it from
+# pyproject.toml), before the code: editing the code does not reinstall them. Every package is
+# pinned and hash-checked, wheels only: no file that differs, and no build running code of its own.
+COPY deploy/train.lock /build/train.lock
 # The cache mount keeps pip's downloads between builds where the builder supports it.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/venv && pip install -r /build/train.txt
+    python3 -m venv /opt/venv \
+ && pip install --require-hashes --only-binary :all: -r /build/train.lock
 # Only the training code: editing the server does not retrain. `python -m training` is
 # fmnist-train without installing the project. The report stays out of the serve image.
 WORKDIR /src
@@ -50,9 +46,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
     $(python3 -c 'import os, sysconfig; print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=requirements /build/serve.txt /build/serve.txt
+# As in `train`; build.lock is setuptools, which builds the project below and is then removed.
+COPY deploy/serve.lock deploy/build.lock /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/venv && pip install -r /build/serve.txt "setuptools>=77"
+    python3 -m venv /opt/venv \
+ && pip install --require-hashes --only-binary :all: -r /build/serve.lock -r /build/build.lock
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY protos protos
