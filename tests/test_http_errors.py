@@ -51,6 +51,12 @@ def _json(document) -> bytes:
      "model_version: expected"),
     ("POST", "/v2/models/nope/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}), {}, 404,
      "nope"),
+    # the body's fault was said first, where gRPC and Triton say the unknown model
+    ("POST", "/v2/models/nope/infer", b"{oops", {}, 404, "model: no model 'nope'"),
+    ("POST", "/v2/models/nope/infer", bytes(1568), {"Inference-Header-Content-Length": "0"}, 404,
+     "model: no model 'nope'"),
+    ("POST", "/v2/models/mlp/versions/7/infer", b"{oops", {}, 404,
+     "version: model 'mlp' has no version 7"),
     ("GET", "/v2/models/mlp/versions/99", b"", {}, 404, "99"),
     ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),

@@ -18,6 +18,7 @@ from inference import grpc_service_pb2 as pb
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.errors import (
+    InvalidArgument,
     NotFound,
     ServingError,
     Unauthenticated,
@@ -181,9 +182,14 @@ class HttpApp:
         forms = []
 
         def parse(body: bytes) -> pb.ModelInferRequest:
-            request, form = rest.decode_infer_request(
-                body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
-                path.get("version", ""))
+            try:
+                request, form = rest.decode_infer_request(
+                    body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
+                    path.get("version", ""))
+            except InvalidArgument:  # an unknown model or version is said first, as over gRPC
+                self._inference.ModelMetadata(pb.ModelMetadataRequest(
+                    name=path["model"], version=path.get("version", "")), None)
+                raise
             forms.append(form)
             return request
 
