@@ -92,6 +92,10 @@ REFUSALS = {
         lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
             name="images", datatype="UINT8", shape=[1, 28, 28])]),
         "no data"),
+    "typed empty batch": (  # said "no data (expected raw_input_contents or ...)"
+        lambda: pb.ModelInferRequest(model_name="mlp", inputs=[Input(
+            name="images", datatype="UINT8", shape=[0, 28, 28])]),
+        "inputs['images']: expected at least 1 image, got 0"),
     "two raw entries": (
         lambda: _with(raw_request(), raw_input_contents=[IMAGES.tobytes(), b""]),
         "expected 1 entry"),

@@ -19,7 +19,7 @@ import numpy as np
 from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
-from serving.codecs.images import images_from_array
+from serving.codecs.images import check_batch_size, images_from_array
 from serving.errors import InvalidArgument
 from serving.metrics import ModelStatistics
 from serving.repository import ModelVersion, Prediction, is_version_name
@@ -78,6 +78,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
     shape = tuple(tensor.shape)
     if len(shape) != 3 or shape[1:] != IMAGE_SHAPE or shape[0] < 0:
         raise InvalidArgument(f"{field}.shape: expected [N,28,28], got {list(shape)}")
+    check_batch_size(shape[0], max_request_images, field)  # before its data is looked at
     raw = len(request.raw_input_contents) > 0
     pixels = _raw_pixels(request, tensor, field) if raw else _typed_pixels(tensor, field)
     expected_size = math.prod(shape)
