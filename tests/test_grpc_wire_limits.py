@@ -1,6 +1,7 @@
 """What a client can put on the wire that gRPC itself handles before any handler runs, on both
 gRPC servers: a compressed request that would inflate past the message limit, a deadline
-centuries away, large request metadata."""
+centuries away, large request metadata; and none of it, nor a failed TLS handshake, writes a
+line outside a JSON log."""
 
 import re
 import socket
