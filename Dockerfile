@@ -5,7 +5,8 @@
 #          gRPC C++ libraries for the native gRPC server; no TensorFlow, no scikit-learn, no
 #          pip, no compiler), the model repository from `train` and the test set
 #   lb     an optional gRPC load balancer (nginx) in front of scaled `serve` replicas
-# BASE_IMAGE is any Debian-based image with Python >= 3.11 and venv: the official python image
+# BASE_IMAGE is any Debian-based image with Python 3.11 or 3.12 (the locks' wheels are checked
+# for those: deploy/*.lock) and venv: the official python image
 # by default, or the debootstrapped Debian 12 image that CI builds because it has no registry.
 # Only `python3 -m venv`, pip and apt-get are used, so both work.
 ARG BASE_IMAGE=python:3.12-slim

@@ -63,10 +63,9 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         self._wrapped: dict[tuple[str, object], grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
+        if (handler := continuation(handler_call_details)) is None:
             return None
+        method = handler_call_details.method
         wrapped = self._wrapped.get((method, handler))
         if wrapped is None:  # once per method: the server passes the same handlers each call
             wrapped = self._wrapped[method, handler] = (
@@ -166,8 +165,7 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
     grpc.aio clients report as INTERNAL ("Internal error from Core") instead of the status."""
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or not handler.request_streaming:
+        if (handler := continuation(handler_call_details)) is None or not handler.request_streaming:
             return handler
         kind = "stream_stream" if handler.response_streaming else "stream_unary"
         return handler._replace(

@@ -40,10 +40,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, log_format: str) -> None:
-    """Python's log; gRPC's own lines (a client's failed TLS handshake, a compressed call
-    refused: client-caused, one a call or connection, not JSON) only at DEBUG, unless
-    GRPC_VERBOSITY, gRPC's variable, says otherwise; set before gRPC starts."""
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if level == "DEBUG" else "NONE")
+    """Python's log; gRPC's own lines (its format, not JSON) are its errors (no file
+    descriptor left, an assertion before a crash), those a client causes at will (a failed
+    TLS handshake, a compressed call refused) only at DEBUG, unless GRPC_VERBOSITY, gRPC's
+    variable, says otherwise; set here, before gRPC starts."""
+    os.environ.setdefault("GRPC_VERBOSITY", "INFO" if level == "DEBUG" else "ERROR")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

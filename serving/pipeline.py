@@ -164,15 +164,15 @@ class CallPipeline:
         """A call turned away before it ran, logged and counted by its code (no latency:
         refusals would drown the answered calls' in the histogram)."""
         self._failure(call, error)
-        self.count_unanswered([(call.method, error.grpc_code)])
+        if not call.method.startswith(UNCOUNTED_PREFIXES):
+            self.count_unanswered([(call.method, error.grpc_code)])
         return error
 
     def count_unanswered(self, calls: Iterable[tuple[str, str]]) -> None:
         """Counts ``(method, code)`` calls that ended before a handler ran: refused, or dead
         while they waited for a call thread (which the native server finishes in C++)."""
         for method, code in calls:
-            if not method.startswith(UNCOUNTED_PREFIXES):
-                self._metrics_of(method).count(code)
+            self._metrics_of(method).count(code)
 
     def _metrics_of(self, method: str) -> CallMetrics:
         metrics = self._metrics.get(method)

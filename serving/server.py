@@ -50,6 +50,7 @@ SERVICES = {
     classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]: "classifier",
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]: "inference",
 }
+API_METHODS = {f"/{s.full_name}/{m.name}".encode() for s in SERVICES for m in s.methods}
 
 
 class ListenError(Exception):
@@ -171,9 +172,13 @@ class ModelServer:
             "try": _try_command(settings, self.port)}})
 
     def count_dead_calls(self) -> None:
-        """Counts in the metrics the calls that died waiting for a call thread (deadline
-        passed, or client gone) since the last time: ``serve`` calls it ten times a second."""
-        self.pipeline.count_unanswered(self._server.dead_calls())
+        """Counts in the metrics the calls to an API method that died waiting for a call
+        thread (deadline passed, or client gone) since the last time: ``serve`` calls it ten
+        times a second, and the drain once more. Other paths, any a client sends, are not
+        counted: each would be a metric series of its own. (The health port's server lists
+        none but such paths, and a bounded number of them.)"""
+        self.pipeline.count_unanswered((method.decode(), code) for code, method
+                                       in self._server.dead_calls() if method in API_METHODS)
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
@@ -214,6 +219,7 @@ class ModelServer:
             stopped.append(self._health_server.stop(0))
         for event in stopped:
             event.wait()
+        self.count_dead_calls()  # those of the drain
         if self._watcher is not None:  # it may be stuck in a read of the repository
             self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends
             if self._watcher.is_alive():

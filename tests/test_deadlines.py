@@ -220,7 +220,9 @@ def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, g
     """A call that dies waiting for a call thread counts in ``fmnist_requests_total`` by the
     status its client got: the native server finished such calls in C++ uncounted, so the
     metrics of an overloaded server hid the calls it lost. grpcio drops them before any code
-    of ours runs (README, "Metrics")."""
+    of ours runs (README, "Metrics"). A path the server does not serve is not counted (each
+    would be a series of its own), and one that is not UTF-8 stopped the count, the
+    heartbeat and the drain on SIGTERM."""
     if grpc_server == "grpcio":
         request.applymarker(pytest.mark.xfail(strict=True, reason="grpcio drops them unseen"))
     write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
@@ -228,7 +230,7 @@ def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, g
     with server_process(repository_copy, "--workers", "1", "--grpc-server", grpc_server,
                         "--call-threads", "2", "--parallel-inferences", "1",
                         "--max-request-images", str(SLOW_BATCH), "--poll-interval", "0",
-                        "--metrics-port", str(metrics_port)) as (_process, logs):
+                        "--metrics-port", str(metrics_port)) as (process, logs):
         target = logs.wait_for("serving")[0]["address"]
 
         def counts() -> tuple[float, float]:
@@ -245,16 +247,24 @@ def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, g
             time.sleep(0.05)
             given_up = [v2.ModelInfer.future(infer_request(1), timeout=0.1) for _ in range(5)]
             cancelled = v2.ModelInfer.future(infer_request(1), timeout=30)
+            strays = [channel.unary_unary(path).future(b"", timeout=0.1)
+                      for path in (b"/\xff\xfe.Svc/M", "/fashion_mnist.v1.Classifier/Nope")]
             time.sleep(0.05)
             cancelled.cancel()
             assert {future.exception(5).code() for future in given_up} == \
                 {grpc.StatusCode.DEADLINE_EXCEEDED}
             for future in holding:
                 future.result(30)
+            assert all(stray.exception(5) is not None for stray in strays)
         counted = (0.0, 0.0)
         for _ in range(50):  # the native server's are counted within a tenth of a second
             counted = tuple(now - then for now, then in zip(counts(), before, strict=True))
             if counted == (5, 1):
                 break
             time.sleep(0.1)
+        series = [dict(labels) for name, labels in scrape(metrics_port)
+                  if name == "fmnist_requests_total"]
+        assert {labels["method"] for labels in series} == {"ModelInfer"}
+        process.terminate()
+        assert process.wait(30) == 0
         assert counted == (5, 1)

@@ -48,13 +48,12 @@ Python thread holds, whatever the path, and ``Call::Drop`` for a cancelled call 
 libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.
 """
 
+UNAVAILABLE_REASON = ""
 try:
     from serving.native import _server
 except ImportError as error:  # not built: grpcio serves
     _server = None
     UNAVAILABLE_REASON = f"serving.native._server is not built ({error})"
-else:
-    UNAVAILABLE_REASON = ""
 
 
 def available() -> bool:

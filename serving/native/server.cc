@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <grpc/support/log.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
@@ -32,6 +33,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -42,6 +44,19 @@
 #include <vector>
 
 namespace {
+
+// gRPC's error lines, one per line on stderr, but those a client causes at will, one a call or
+// a connection (a compressed call refused, a failed TLS handshake), which only
+// GRPC_VERBOSITY=INFO shows (`--log-level DEBUG`), and those of a bind: the exception says it.
+std::atomic<bool> binding = false;
+
+void Log(gpr_log_func_args* args) {
+  std::string_view file = args->file;
+  bool clients = file.ends_with("surface/call.cc") || file.ends_with("ssl_transport_security.cc");
+  if (binding || (clients && !gpr_should_log(GPR_LOG_SEVERITY_INFO))) return;
+  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
+          args->line, args->message);
+}
 
 class Call;
 class Calls;
@@ -54,6 +69,7 @@ enum Queued { kNew, kEnded, kHealth };
 // margin passes over calls with much of their time left (50 ms is a quarter of a 200 ms
 // deadline); the figures measured did not separate them (BENCHMARKS.md, sixteenth session).
 const gpr_timespec kLate = gpr_time_from_millis(10, GPR_TIMESPAN);
+const size_t kDeadListed = 10000;
 
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
 // its operations), if any. A thread that ends at work (SystemExit) gives its place back.
@@ -79,9 +95,9 @@ class Calls {
   // call not queued (taken, parked, never queued) is not found, nor a health call, which
   // waits for its turn and is skipped then (`Call::Take`).
   void Remove(Call* call);
-  // The method and status (its deadline's or its client's doing) of each call `Remove` took
+  // The status (its deadline's or its client's doing) and method of each call `Remove` took
   // out since the last time: no Python thread saw them, and the metrics count them (Python
-  // takes them ten times a second).
+  // takes them ten times a second; kDeadListed at most in between).
   Pairs TakeDead() {
     std::lock_guard<std::mutex> lock(mutex_);
     return std::exchange(dead_, {});
@@ -398,7 +414,9 @@ void Calls::Remove(Call* call) {
   auto queued = std::ranges::find(items_, std::pair(call, kNew));  // not kEnded: its news
   if (queued == items_.end()) return;  // taken meanwhile, or health: Take lets go of it
   items_.erase(queued);  // the oldest die first: found near the front
-  dead_.emplace_back(call->context()->method(), call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED");
+  if (dead_.size() < kDeadListed)  // a path of any length and bytes: the method's first 200
+    dead_.emplace_back(call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED",
+                       call->context()->method().substr(0, 200));
   call->Unref();
 }
 
@@ -646,7 +664,9 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);  // grpcio's hard limit
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age_ms);  // GOAWAY, then anew
+  binding = true;  // with the GIL: one bind at a time
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  binding = false;
   if (server == nullptr || port == 0)  // (none made: it has served no call, requested none)
     return PyErr_Format(PyExc_RuntimeError, "gRPC C++ cannot bind %s: in use, or not an "
                         "address of this host", address);
@@ -705,7 +725,7 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
 }
 
 PyObject* ServerDead(PyObject* object, PyObject*) {
-  return ToPairList(reinterpret_cast<ServerObject*>(object)->calls->TakeDead(), true);
+  return ToPairList(reinterpret_cast<ServerObject*>(object)->calls->TakeDead(), false);
 }
 
 void ServerDealloc(PyObject* object) {
@@ -724,7 +744,7 @@ PyMethodDef server_methods[] = {
      "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
      "once shut down"},
     {"shutdown", ServerShutdown, METH_VARARGS, "shutdown(grace_s=0)"},
-    {"dead", ServerDead, METH_NOARGS, "[(method, status name)] of calls that died queued"},
+    {"dead", ServerDead, METH_NOARGS, "[(status name, method bytes)] of calls that died queued"},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -740,6 +760,7 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
 }  // namespace
 
 PyMODINIT_FUNC PyInit__server() {
+  gpr_set_log_function(Log);
   if (PyType_Ready(&CallType) < 0) return nullptr;
   PyObject* m = PyModule_Create(&module);
   if (m && PyModule_AddType(m, &ServerType) < 0) Py_CLEAR(m);  // named by its tp_name's tail
