@@ -131,11 +131,11 @@ class Calls {
   std::condition_variable ready_, released_;
   int held_ = 0;
   std::deque<std::pair<Call*, Queued>> items_;
-  Pairs dead_;
   bool closed_ = false;
   const int max_running_;
   std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
   std::atomic<uint64_t> next_id_{1};
+  Pairs dead_;  // under mutex_; last, so as not to move the members a call's path reads
 };
 
 // What a completion-queue event is about: one of a call's operations, its arrival or its end.
