@@ -289,16 +289,16 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     except BaseException:  # whatever stopped the start: no server thread may outlive it
         server.stop(0)
         raise
-    if on_ready is not None:
-        on_ready(server)
     # Woken ten times a second: the kernel may hand SIGTERM to another thread (gRPC C++'s),
     # which only marks it pending; the main thread runs the handler once it runs Python again.
-    while not stop_requested:
-        heartbeat()
-        server.count_dead_calls()
-        time.sleep(0.1)
-    log.info("shutdown requested")
-    try:
+    try:  # whatever raises from here on, the calls in flight get their drain
+        if on_ready is not None:
+            on_ready(server)
+        while not stop_requested:
+            heartbeat()
+            server.count_dead_calls()
+            time.sleep(0.1)
+        log.info("shutdown requested")
         heartbeat(ahead_s=settings.grace_period)
-    finally:  # whatever it raised, the calls in flight get their drain
+    finally:
         server.stop()

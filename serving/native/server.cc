@@ -46,13 +46,15 @@
 namespace {
 
 // gRPC's error lines, one per line on stderr, but those a client causes at will, one a call or
-// a connection (a compressed call refused, a failed TLS handshake), which only
-// GRPC_VERBOSITY=INFO shows (`--log-level DEBUG`), and those of a bind: the exception says it.
+// a connection (a compressed call refused, a failed TLS handshake: told by their message, not
+// their file, whose assertions must still be heard), which only GRPC_VERBOSITY=INFO shows
+// (`--log-level DEBUG`), and those of a bind: the exception says it.
 std::atomic<bool> binding = false;
 
 void Log(gpr_log_func_args* args) {
-  std::string_view file = args->file;
-  bool clients = file.ends_with("surface/call.cc") || file.ends_with("ssl_transport_security.cc");
+  std::string_view message = args->message;
+  bool clients = message.starts_with("Compression algorithm") ||
+                 message.starts_with("Handshake failed");
   if (binding || (clients && !gpr_should_log(GPR_LOG_SEVERITY_INFO))) return;
   fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
           args->line, args->message);
