@@ -172,11 +172,9 @@ class ModelServer:
             "try": _try_command(settings, self.port)}})
 
     def count_dead_calls(self) -> None:
-        """Counts in the metrics the calls to an API method that died waiting for a call
-        thread (deadline passed, or client gone) since the last time: ``serve`` calls it ten
-        times a second, and the drain once more. Other paths, any a client sends, are not
-        counted: each would be a metric series of its own. (The health port's server lists
-        none but such paths, and a bounded number of them.)"""
+        """Counts the API calls that died waiting for a call thread since the last time (``serve``
+        ten times a second, the drain once more); any other path a client sent is not counted,
+        each would be a series of its own (the health port's list holds only those: bounded)."""
         self.pipeline.count_unanswered((method.decode(), code) for code, method
                                        in self._server.dead_calls() if method in API_METHODS)
 
@@ -187,8 +185,7 @@ class ModelServer:
 
         New calls are refused UNAVAILABLE (which a retry policy sends elsewhere) until they stop
         coming, at most a second; then gRPC stops listening and says GOAWAY, so that no
-        client's connection keeps being refused while a long call (a stream) finishes.
-        """
+        client's connection keeps being refused while a long call (a stream) finishes."""
         with self._stopping:
             if self._stopped:
                 return
@@ -273,11 +270,10 @@ def _policy(settings: Settings) -> BatchingPolicy:
 
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
           heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> None:
-    """Serves until SIGTERM or SIGINT, then drains and returns; ``on_ready`` is called once
-    the server is serving (a supervisor's worker reports it), ``heartbeat()`` ten times a
-    second from then on, and ``heartbeat(ahead_s=grace period)`` as it drains (it beats no
-    more). Raises RepositoryError or ListenError if it cannot serve. Call from the main
-    thread (signal handlers)."""
+    """Serves until SIGTERM or SIGINT, then drains and returns (call from the main thread: signal
+    handlers); ``on_ready`` is called once serving (a supervisor's worker reports it),
+    ``heartbeat()`` ten times a second from then on, ``heartbeat(ahead_s=grace period)`` as it
+    drains (it beats no more). Raises RepositoryError or ListenError if it cannot serve."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []
