@@ -7,7 +7,6 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 import argparse
 import contextlib
 import datetime
-import os
 import shutil
 import signal
 import sys
@@ -19,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from training.checks import TrainingError, check_worth_publishing
 from training.data import Dataset, DatasetError
-from training.models import BaselineSettings
+from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
@@ -44,10 +44,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(_signal, _frame) -> None:
     raise Terminated
-
-
-class TrainingError(Exception):
-    """A fitted model not worth publishing; the message says which, why and what to change."""
 
 
 @dataclass
@@ -96,7 +92,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 
     probabilities, labels = export.run_onnx(onnx_model, dataset.x_test)
     check_worth_publishing(name, reference, probabilities, validation_accuracy, split.y_val,
-                           minimum=args.min_validation_accuracy)
+                           minimum=args.min_validation_accuracy, labels=labels)
     metrics = report.classification_metrics(dataset.y_test, labels)
     metrics |= {
         "validation_accuracy": round(float(validation_accuracy), 4),
@@ -120,26 +116,6 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
     }
     outcome = ModelOutcome(name, settings.describe(), labels, metrics, training, fitted.history)
     return Exported(onnx_model, export.framework_versions(onnx_model, libraries), outcome)
-
-
-def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.ndarray,
-                           validation_accuracy: float, y_val: np.ndarray, *,
-                           minimum: float = 0.0) -> None:
-    """A fit that diverged gave NaN probabilities (argmax: always class 0), which were
-    published and served as the new default version; TrainingError before anything is, as
-    for a model no better than one answer or below ``minimum`` (--min-validation-accuracy).
-    The test set decides nothing: accuracy is judged on the validation images."""
-    if not (np.isfinite(reference).all() and np.isfinite(probabilities).all()):
-        raise TrainingError(f"{name}: its probabilities are not finite numbers (the fit "
-                            "diverged: lower the learning rate); nothing was published")
-    chance = np.bincount(y_val).max() / len(y_val)  # always answering the commonest class
-    if validation_accuracy <= chance:
-        raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is no "
-                            f"better than always answering one class ({chance:.4f}); nothing "
-                            "was published")
-    if round(validation_accuracy, 4) < minimum:  # as it is printed
-        raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is below "
-                            f"--min-validation-accuracy {minimum}; nothing was published")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -237,33 +213,6 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def import_tensorflow_quietly() -> None:
-    """Keeps TensorFlow's C++ log lines (oneDNN and CUDA-driver notices, tf.data attribute
-    warnings) off the terminal, unless the user set TF_CPP_MIN_LOG_LEVEL themselves.
-
-    TF_CPP_MIN_LOG_LEVEL=3 covers the run, but the import-time lines are written before absl
-    logging is set up and ignore it, so stderr goes to /dev/null during the import. Python
-    errors and Keras' progress bars are unaffected.
-    """
-    import logging
-
-    for name in ("tf2onnx", "tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    silence = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    if silence:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
 
 
 def new_report_dir(out: Path) -> Path:

@@ -1,9 +1,12 @@
 """The three models and how they are fitted: two Keras networks and a scikit-learn baseline.
 
 All of them see ``training.preprocessing.preprocess`` output (float32 [N,784] in [0, 1]), the
-same values the exported ONNX graphs compute from raw uint8 images.
+same values the exported ONNX graphs compute from raw uint8 images. TensorFlow is imported
+quietly (``import_tensorflow_quietly``) by the command line.
 """
 
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -175,3 +178,30 @@ def fit_baseline(
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(x_train, y_train.astype(np.int64))
     return FitResult(classifier, time.perf_counter() - start, int(classifier.n_iter_))
+
+
+def import_tensorflow_quietly() -> None:
+    """Keeps TensorFlow's C++ log lines (oneDNN and CUDA-driver notices, tf.data attribute
+    warnings) off the terminal, unless the user set TF_CPP_MIN_LOG_LEVEL themselves.
+
+    TF_CPP_MIN_LOG_LEVEL=3 covers the run, but the import-time lines are written before absl
+    logging is set up and ignore it, so stderr goes to /dev/null during the import. Python
+    errors and Keras' progress bars are unaffected.
+    """
+    import logging
+
+    for name in ("tf2onnx", "tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    silence = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    if silence:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)

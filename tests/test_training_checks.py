@@ -1,0 +1,61 @@
+"""What stops a run before it publishes: a served graph that is not the fitted model, and a
+train/validation split that leaves too few training images."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training.cli import TrainingError, check_worth_publishing
+
+# The baseline's exported graph with its /255 scale set to 1: raw pixels reach the weights,
+# so the graph answers another model than the one fitted (as a converter's bug would).
+BROKEN_EXPORT = """
+import sys
+from onnx import numpy_helper
+from training import cli, export
+real = export.baseline_to_onnx
+def broken(classifier):
+    model = real(classifier)
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith("scale_255"):
+            one = numpy_helper.to_array(tensor) * 0 + 1
+            tensor.CopyFrom(numpy_helper.from_array(one, tensor.name))
+    return model
+export.baseline_to_onnx = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_a_graph_that_answers_otherwise_than_the_fitted_model_publishes_nothing(tmp_path):
+    """It was published with exit 0 ("its labels are the fitted model's for 40% of the test
+    images"), and --min-validation-accuracy, judged on the fitted model, let it through."""
+    out = tmp_path / "repo"
+    result = run("-c", BROKEN_EXPORT, "--out", str(out), "--models", "baseline",
+                 "--train-subset", "2000", "--progress", "none",
+                 "--min-validation-accuracy", "0.7")
+    assert result.returncode == 1, result.stdout[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fmnist-train: error: baseline: the exported ONNX graph gives the "
+                           "fitted model's label for only "), line
+    assert line.endswith("nothing was published"), line
+    assert not out.exists()
+
+
+def test_an_export_is_judged_on_its_labels_and_probabilities():
+    rng = np.random.default_rng(0)
+    reference = rng.dirichlet(np.ones(10), size=1000).astype(np.float32)
+    y_val = np.repeat(np.arange(10), 10)
+    with pytest.raises(TrainingError, match=r"^mlp: the exported ONNX graph gives the fitted "
+                       r"model's label for only 0\.00% of the test images"):
+        check_worth_publishing("mlp", reference, np.roll(reference, 1, axis=1), 0.9, y_val)
+    with pytest.raises(TrainingError, match=r"max \|probability difference\| 5\.0e-02"):
+        check_worth_publishing("mlp", reference, reference + 0.05, 0.9, y_val)
+    # float32 arithmetic of a baseline with large weights (alpha 1e-7): 2e-4, same labels
+    check_worth_publishing("baseline", reference, reference + 2e-4, 0.9, y_val)
