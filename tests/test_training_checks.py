@@ -59,3 +59,30 @@ def test_an_export_is_judged_on_its_labels_and_probabilities():
         check_worth_publishing("mlp", reference, reference + 0.05, 0.9, y_val)
     # float32 arithmetic of a baseline with large weights (alpha 1e-7): 2e-4, same labels
     check_worth_publishing("baseline", reference, reference + 2e-4, 0.9, y_val)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--train-subset", "100", "--validation-split", "0.95"],
+     "--train-subset 100 with --validation-split 0.95 leaves 5 training images beside the 95 "
+     "held out for validation"),
+    (["--train-subset", "1"],
+     "--train-subset 1 with --validation-split 0.2 leaves 0 training images beside the 1 "
+     "held out for validation"),
+    (["--validation-split", "0.9999"],
+     "--validation-split 0.9999 leaves 6 training images beside the 59994 held out for "
+     "validation"),
+], ids=["subset-and-split", "tiny-subset", "split"])
+def test_a_split_that_leaves_too_few_training_images_is_one_line_naming_the_flags(tmp_path,
+                                                                                   flags,
+                                                                                   message):
+    """scikit-learn's own words came out instead: "ValueError: The train_size = 5 should be
+    greater or equal to the number of classes = 10", "With n_samples=1, test_size=0.2 and
+    train_size=None, the resulting train set will be empty"."""
+    result = run("-m", "training", "--out", str(tmp_path / "repo"), "--models", "baseline",
+                 *flags)
+    assert result.returncode == 1
+    fix = "take a larger subset or" if "--train-subset" in flags else "give"
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: {message}, fewer than the 10 classes; every class must be "
+        f"learned: {fix} a smaller --validation-split"]
+    assert not (tmp_path / "repo").exists()

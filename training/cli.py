@@ -138,6 +138,9 @@ def train(args: argparse.Namespace) -> int:
             highest_recorded(highest.read_text(), highest)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
+    data.check_training_part(len(dataset.y_train[subset]), args.validation_split, (
+        f"--train-subset {args.train_subset} with " if args.train_subset else "")
+        + f"--validation-split {args.validation_split:g}")
     x_train, x_val, y_train, y_val = data.split_train_validation(
         dataset.x_train[subset], dataset.y_train[subset], args.validation_split, args.split_seed
     )

@@ -12,6 +12,7 @@ header reproduce the MD5s published by Zalando (see README, "Training"); they ar
 ``common.contract``, and ``common.dataset.check_content`` checks them here and for the client.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,19 @@ def check_every_class(labels: np.ndarray, what: str) -> None:
             f"{what} holds {len(CLASS_NAMES) - len(missing)} of the {len(CLASS_NAMES)} classes "
             f"(missing: {', '.join(CLASS_NAMES[label] for label in missing)}); every class "
             "must be learned: take a larger subset")
+
+
+def check_training_part(count: int, validation_fraction: float, flags: str) -> None:
+    """DatasetError, naming ``flags``, unless holding ``validation_fraction`` of ``count``
+    images out leaves a training image per class: scikit-learn's own error ("The train_size =
+    5 should be greater or equal to the number of classes = 10") named its parameters."""
+    held_out = math.ceil(validation_fraction * count)  # as train_test_split rounds it
+    if count - held_out < len(CLASS_NAMES):
+        fix = "take a larger subset or" if "--train-subset" in flags else "give"
+        raise DatasetError(
+            f"{flags} leaves {count - held_out} training images beside the {held_out} held out "
+            f"for validation, fewer than the {len(CLASS_NAMES)} classes; every class must be "
+            f"learned: {fix} a smaller --validation-split")
 
 
 def split_train_validation(
