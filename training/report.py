@@ -173,7 +173,7 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
         lines.append(
             f"| {o.name} | {o.description} | {o.metrics['test_accuracy']:.4f} | "
             f"{'' if validation is None else f'{validation:.4f}'} | "
-            f"{o.training.get('epochs_run', '')} | {o.training.get('fit_seconds', '')} | "
+            f"{_epochs(o.training)} | {o.training.get('fit_seconds', '')} | "
             f"{_link(from_report(o.onnx_path, report_dir))} |"
         )
     agreements = [o for o in outcomes if "agreement_with_baseline" in o.metrics]
@@ -213,6 +213,13 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
     ]
     lines += [f"- {name}: `{digest}`" for name, digest in dataset["content_sha256"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _epochs(training: dict) -> str:
+    """Epochs run, and the one whose weights early stopping kept (those published), if not
+    the last."""
+    run, best = training.get("epochs_run", ""), training.get("best_epoch")
+    return f"{run} (weights of epoch {best})" if best and best != run else str(run)
 
 
 def _link(path: str) -> str:

@@ -1,0 +1,35 @@
+"""report.md says what the published models are."""
+
+from pathlib import Path
+
+import numpy as np
+
+from common.contract import CLASS_NAMES
+from training.report import ModelOutcome, markdown_report
+
+
+def outcome(name: str, epochs_run: int, best_epoch: int | None) -> ModelOutcome:
+    metrics = {"test_accuracy": 0.8, "validation_accuracy": 0.81, "onnx_max_abs_diff": 1e-6,
+               "onnx_label_agreement": 1.0,
+               "per_class": {c: {"f1": 0.8} for c in CLASS_NAMES}}
+    training = {"train_size": 800, "validation_size": 200, "seed": 42, "fit_seconds": 1.0,
+                "epochs_run": epochs_run, "best_epoch": best_epoch}
+    return ModelOutcome(name, name, np.zeros(10, np.int64), metrics, training)
+
+
+def row(report: str, name: str) -> list[str]:
+    (line,) = [line for line in report.splitlines() if line.startswith(f"| {name} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_the_epochs_column_names_the_epoch_whose_weights_were_kept(tmp_path):
+    """Early stopping ran 5 epochs and restored epoch 3's weights, the ones published and
+    whose accuracies the row shows; the row said "5" and nothing of epoch 3."""
+    report = markdown_report([outcome("softmax", 5, 3), outcome("mlp", 20, 20),
+                              outcome("baseline", 19, None)], [],
+                             {"source": "x", "content_sha256": {}}, Path(tmp_path))
+    header = row(report, "model")
+    epochs = header.index("epochs")
+    assert row(report, "softmax")[epochs] == "5 (weights of epoch 3)"
+    assert row(report, "mlp")[epochs] == "20"
+    assert row(report, "baseline")[epochs] == "19"
