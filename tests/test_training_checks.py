@@ -86,3 +86,24 @@ def test_a_split_that_leaves_too_few_training_images_is_one_line_naming_the_flag
         f"fmnist-train: error: {message}, fewer than the 10 classes; every class must be "
         f"learned: {fix} a smaller --validation-split"]
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--train-subset", "1000", "--validation-split", "0.001"],
+     "--train-subset 1000 with --validation-split 0.001 holds out 1 validation image"),
+    (["--validation-split", "0.0001"], "--validation-split 0.0001 holds out 6 validation images"),
+], ids=["subset-and-split", "split"])
+def test_a_split_that_holds_out_fewer_validation_images_than_classes_is_refused(tmp_path, flags,
+                                                                                message):
+    """One validation image made every model "no better than always answering one class",
+    even at validation accuracy 1.0000: the error contradicted itself after the fit."""
+    result = run("-m", "training", "--out", str(tmp_path / "repo"), "--models", "baseline",
+                 *flags)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: {message}, fewer than the 10 classes: its accuracy (early "
+        "stopping, --min-validation-accuracy) would judge nothing; "
+        f"{'take a larger subset or ' * ('--train-subset' in flags)}give a larger "
+        "--validation-split"]
+    assert "== baseline" not in result.stdout  # refused before fitting
+    assert not (tmp_path / "repo").exists()

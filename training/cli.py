@@ -138,14 +138,15 @@ def train(args: argparse.Namespace) -> int:
             highest_recorded(highest.read_text(), highest)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
-    data.check_training_part(len(dataset.y_train[subset]), args.validation_split, (
-        f"--train-subset {args.train_subset} with " if args.train_subset else "")
-        + f"--validation-split {args.validation_split:g}")
+    flags = (f"--train-subset {args.train_subset} with " if args.train_subset else "") + (
+        f"--validation-split {args.validation_split:g}")
+    data.check_training_part(len(dataset.y_train[subset]), args.validation_split, flags)
     x_train, x_val, y_train, y_val = data.split_train_validation(
         dataset.x_train[subset], dataset.y_train[subset], args.validation_split, args.split_seed
     )
     data.check_every_class(y_train, f"--train-subset {args.train_subset}: its training part"
                            if args.train_subset else "the training set")
+    data.check_validation_part(len(y_val), flags)
     split = Split(
         preprocess(x_train), y_train, preprocess(x_val), y_val, preprocess(dataset.x_test)
     )

@@ -177,6 +177,18 @@ def check_training_part(count: int, validation_fraction: float, flags: str) -> N
             f"learned: {fix} a smaller --validation-split")
 
 
+def check_validation_part(count: int, flags: str) -> None:
+    """DatasetError, naming ``flags``, unless the split held out as many validation images as
+    there are classes: with one, a model at validation accuracy 1.0 was "no better than always
+    answering one class", after its fit."""
+    if count < len(CLASS_NAMES):
+        fix = "take a larger subset or give" if "--train-subset" in flags else "give"
+        raise DatasetError(
+            f"{flags} holds out {count} validation image{'s' * (count > 1)}, fewer than the "
+            f"{len(CLASS_NAMES)} classes: its accuracy (early stopping, "
+            f"--min-validation-accuracy) would judge nothing; {fix} a larger --validation-split")
+
+
 def split_train_validation(
     images: np.ndarray, labels: np.ndarray, validation_fraction: float = 0.2, seed: int = 42
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
