@@ -122,9 +122,8 @@ def train(args: argparse.Namespace) -> int:
     """The whole run: data, fit + export + evaluate each model, repository, report, table."""
     from training import data, report
     from training.repository import (
-        HIGHEST,
         MODEL_FILE,
-        highest_recorded,
+        next_version,
         publishing,
         stage_version,
     )
@@ -134,8 +133,7 @@ def train(args: argparse.Namespace) -> int:
     for name in args.models:
         (args.out / name).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out / name).cleanup()
-        if (highest := args.out / name / HIGHEST).exists():
-            highest_recorded(highest.read_text(), highest)
+        next_version(args.out / name)  # a corrupt .highest-version, no number left
     args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)
     flags = (f"--train-subset {args.train_subset} with " if args.train_subset else "") + (

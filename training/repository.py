@@ -27,6 +27,7 @@ from common.contract import (
     IMAGES,
     LABEL,
     MANIFEST,
+    MAX_VERSION,
     MODEL_FILE,
     NUM_CLASSES,
     PROBABILITIES,
@@ -96,8 +97,7 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                     path, os.O_RDWR | os.O_CREAT, 0o644), "r+"))
                 fcntl.flock(highest, fcntl.LOCK_EX)  # publishers of this model, one at a time
                 highest.seek(0)
-                number = max([highest_recorded(highest.read(), path), *existing_versions(
-                    version.model_dir.parent, version.model_dir.name)]) + 1
+                number = next_version(version.model_dir, highest.read())
                 version.document |= {"version": number, "created_at": datetime.datetime.now(
                     datetime.UTC).isoformat(timespec="seconds")}
                 manifest = version.directory / MANIFEST
@@ -122,6 +122,21 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
         finally:
             for version in staged:
                 version.discard()  # those not renamed
+
+
+def next_version(model_dir: Path, recorded: str | None = None) -> int:
+    """One past the highest version present in ``model_dir`` or ``recorded`` (its
+    ``.highest-version``'s text, read if None); ValueError if that is past what the protocols'
+    int64 version fields carry: the server would skip it, and the run's model never be served."""
+    path = model_dir / HIGHEST
+    if recorded is None:
+        recorded = path.read_text() if path.exists() else ""
+    number = max([highest_recorded(recorded, path),
+                  *existing_versions(model_dir.parent, model_dir.name)]) + 1
+    if number > MAX_VERSION:
+        raise ValueError(f"{model_dir}: version {number - 1} is taken and no number is left "
+                         f"(a version is at most {MAX_VERSION}, the protocols' int64)")
+    return number
 
 
 def highest_recorded(text: str, path: Path) -> int:
