@@ -283,7 +283,7 @@ def test_calls_that_find_the_queue_full_are_refused_at_once_and_counted(reposito
     metrics_port = free_port()
     with server_process(repository_copy, "--workers", "1", "--grpc-server", grpc_server,
                         "--call-threads", "2", "--max-concurrent-calls", "2",
-                        "--parallel-inferences", "2", "--max-request-images", str(SLOW_BATCH),
+                        "--parallel-inferences", "1", "--max-request-images", str(SLOW_BATCH),
                         "--poll-interval", "0", "--metrics-port", str(metrics_port)
                         ) as (process, logs):
         target = logs.wait_for("serving")[0]["address"]
@@ -297,7 +297,7 @@ def test_calls_that_find_the_queue_full_are_refused_at_once_and_counted(reposito
             v2.ModelInfer(infer_request(1), timeout=30)  # loaded, warm
             before = refused()
             holding = [v2.ModelInfer.future(infer_request(SLOW_BATCH), timeout=30)
-                       for _ in range(2)]  # both call threads, the limit's two calls
+                       for _ in range(2)]  # both call threads, the limit, ~0.6 s in turn
             time.sleep(0.05)
             queued = [v2.ModelInfer.future(infer_request(1), timeout=30) for _ in range(2)]
             time.sleep(0.05)
