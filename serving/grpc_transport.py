@@ -227,9 +227,8 @@ class GrpcioServer:
     def __init__(self, server: grpc.Server):
         self._server = server
         # grpcio drops a call that died waiting for a call thread before any handler or
-        # interceptor of ours runs: none is known, and no metric counts it on this server;
-        # nor has its queue a bound
-        self.unseen_calls = list
+        # interceptor of ours runs: none is known, and no metric counts it on this server
+        self.dead_calls = list
 
     def add_secure_port(self, address: str, tls: ServerTls) -> int:
         return self._server.add_secure_port(address, tls.credentials())
@@ -240,22 +239,21 @@ class GrpcioServer:
 
 def grpc_server(implementation: str, threads: int,
                 interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
-                reuse_port: bool, *, max_running: int | None = None, connection_age_s: float = 0,
-                queue_bound: tuple[int, str] = (0, "")) -> "GrpcioServer | NativeServer":
+                reuse_port: bool, *, max_running: int | None = None, connection_age_s: float = 0
+                ) -> "GrpcioServer | NativeServer":
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
     (a stream holds one until it ends); ``max_running``: of which at work at once,
     the native server's (None: all); ``reuse_port``: several worker processes share
-    the port; ``connection_age_s``: a connection's life, 0 forever; ``queue_bound``: the
-    native server's (``NativeServer``)."""
+    the port; ``connection_age_s``: a connection's life, 0 forever."""
     age_ms = max(1, round(connection_age_s * 1000)) if connection_age_s else 2**31 - 1
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer
 
             return NativeServer(threads, interceptors, (max_message_bytes, reuse_port, age_ms),
-                                max_running, queue_bound)
+                                max_running)
         log.warning("native gRPC server not built, grpcio serves: %s", native.UNAVAILABLE_REASON)
     return GrpcioServer(grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="grpc-call"),

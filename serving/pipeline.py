@@ -88,13 +88,11 @@ class Admission:
                 self.refused += 1
                 raise Unavailable(DRAINING_MESSAGE)
             if self.max_in_flight and self.in_flight >= self.max_in_flight:
-                raise ResourceExhausted(self.overloaded("in flight"))
+                raise ResourceExhausted(
+                    f"server overloaded: {self.max_in_flight} calls in flight in this process "
+                    "(--max-concurrent-calls); retry with backoff or on another replica")
             self.in_flight += 1
         IN_FLIGHT.inc()
-
-    def overloaded(self, calls: str) -> str:
-        return (f"server overloaded: {self.max_in_flight} calls {calls} in this process "
-                "(--max-concurrent-calls); retry with backoff or on another replica")
 
     def leave(self) -> None:
         with self._counting:

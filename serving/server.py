@@ -76,8 +76,7 @@ class ModelServer:
             settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
-            max_running=_max_running(settings), connection_age_s=settings.max_connection_age,
-            queue_bound=(settings.max_concurrent_calls, self.admission.overloaded("queued")))
+            max_running=_max_running(settings), connection_age_s=settings.max_connection_age)
         self.health = HealthServicer()
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # grpc_health: SERVING
         self._server.add_generic_rpc_handlers(
@@ -137,9 +136,10 @@ class ModelServer:
             self._server.add_secure_port(settings.address, tls) if tls
             else self._server.add_insecure_port(settings.address)))
         if self._health_server is not None:
-            address = host_port(settings.host, settings.health_port)
-            self.health_port = _listening(f"for health (--health-port) on {address}",
-                                          lambda: self._health_server.add_insecure_port(address))
+            health_address = host_port(settings.host, settings.health_port)
+            self.health_port = _listening(f"for health (--health-port) on {health_address}",
+                                          lambda: self._health_server.add_insecure_port(
+                                              health_address))
         if self.http is not None:
             self.http_port = _listening(
                 f"for HTTP on {host_port(settings.host, settings.http_port)}", self.http.start)
@@ -171,12 +171,12 @@ class ModelServer:
             "models": models, "default_model": settings.default_model,
             "try": _try_command(settings, self.port)}})
 
-    def count_unseen_calls(self) -> None:
-        """Counts the API calls the native server ended unseen (dead in its queue, or refused
-        by it full) since the last time (``serve``: ten times a second, the drain once more);
-        not any other path a client sent: each would be a series of its own."""
+    def count_dead_calls(self) -> None:
+        """Counts the API calls that died waiting for a call thread since the last time (``serve``
+        ten times a second, the drain once more); any other path a client sent is not counted,
+        each would be a series of its own (the health port's list holds only those: bounded)."""
         self.pipeline.count_unanswered((method.decode(), code) for code, method
-                                       in self._server.unseen_calls() if method in API_METHODS)
+                                       in self._server.dead_calls() if method in API_METHODS)
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
@@ -216,7 +216,7 @@ class ModelServer:
             stopped.append(self._health_server.stop(0))
         for event in stopped:
             event.wait()
-        self.count_unseen_calls()  # those of the drain
+        self.count_dead_calls()  # those of the drain
         if self._watcher is not None:  # it may be stuck in a read of the repository
             self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends
             if self._watcher.is_alive():
@@ -292,7 +292,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
             on_ready(server)
         while not stop_requested:
             heartbeat()
-            server.count_unseen_calls()
+            server.count_dead_calls()
             time.sleep(0.1)
         log.info("shutdown requested")
         heartbeat(ahead_s=settings.grace_period)

@@ -122,8 +122,7 @@ class Settings:
                                  parse=PORT)
     max_concurrent_calls: int = _setting(
         0, "calls served at once by a process (by each of --workers); more are refused with "
-        "RESOURCE_EXHAUSTED when a call thread takes them, or on the native gRPC server as they "
-        "arrive if N calls wait for a thread already (0: no limit)", "N",
+        "RESOURCE_EXHAUSTED when a call thread takes them (0: no limit)", "N",
         parse=number_in(int, 0))
     max_connection_age: float = _setting(
         0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "

@@ -34,16 +34,13 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   takes it, so a flood of calls whose clients gave up costs no Python work; while the oldest
   queued call is within 10 ms of its deadline, threads take the newest calls first (oldest
   first, past capacity, answers few calls in time);
-- with ``--max-concurrent-calls N``, a new call that finds N calls in the queue is refused
-  RESOURCE_EXHAUSTED in C++ as it arrives: no refusal waits for a thread;
 - a request whose bytes cannot be read (``ByteBuffer::DumpToSingleSlice`` fails) is refused
   INTERNAL, never parsed as an empty message.
 
 And by construction: no gRPC thread ever holds a Python thread state; ``Finish`` is started in
-three places: ``Call::End`` (from ``Call::Complete`` or the polling thread) for every call a
-Python thread holds, whatever the path, ``Call::Drop`` for a cancelled call none holds
-(queued, or parked) and ``Call::Refuse`` for a call the full queue refuses; and no gRPC
-thread ever waits for the GIL; one
+two places: ``Call::End`` (from ``Call::Complete`` or the polling thread) for every call a
+Python thread holds, whatever the path, and ``Call::Drop`` for a cancelled call none holds
+(queued, or parked), and no gRPC thread ever waits for the GIL; one
 ``ServicerContext`` (``serving.native.context``) serves every method, with trailing metadata,
 ``set_code``, cancellation and the rest, as grpcio's does.
 

@@ -17,11 +17,9 @@
 // the queue, or one Python parked (`Call.park()`: a non-blocking handler such as health's
 // Watch answers from other threads): when it is cancelled (its deadline too), it is finished
 // here, CANCELLED, and lets go of its request; a queued one leaves the queue (a health call
-// is skipped when its turn comes) and is listed for the metrics (`Server.unseen()`). So calls
-// whose clients gave up cost no Python work but a count, and so do new calls refused
-// RESOURCE_EXHAUSTED because `max_queued` calls wait in the queue already (if that bound is
-// set). A call whose end Python asked to hear of (`Call.watch_end()`, for `add_callback`) is
-// queued again when it is cancelled.
+// is skipped when its turn comes) and is listed for the metrics (`Server.dead()`). So calls
+// whose clients gave up cost no Python work but a count. A call whose end Python asked to
+// hear of (`Call.watch_end()`, for `add_callback`) is queued again when it is cancelled.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -73,7 +71,7 @@ enum Queued { kNew, kEnded, kHealth };
 // margin passes over calls with much of their time left (50 ms is a quarter of a 200 ms
 // deadline); the figures measured did not separate them (BENCHMARKS.md, sixteenth session).
 const gpr_timespec kLate = gpr_time_from_millis(10, GPR_TIMESPAN);
-const size_t kUnseenListed = 10000;
+const size_t kDeadListed = 10000;
 
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
 // its operations), if any. A thread that ends at work (SystemExit) gives its place back.
@@ -85,15 +83,11 @@ thread_local AtWork at_work;
 // waits for one of them to come back rather than wake another.
 class Calls {
  public:
-  Calls(int max_running, size_t max_queued, std::string overloaded)
-      : max_running_(max_running), max_queued_(max_queued), overloaded_(std::move(overloaded)) {}
+  explicit Calls(int max_running) : max_running_(max_running) {}
   // Asks gRPC for the next call (a Call waits for it), on the queue of `Poll`.
   void Request();
   // The polling thread: runs every event of the queue until it is shut down and empty.
   void Poll();
-  // Queues a call; a new one that finds `max_queued` calls waiting (if a bound is set)
-  // is refused at once, RESOURCE_EXHAUSTED: under a flood, a refusal waits for no thread and
-  // no queued call holds its request for long (README, "The native server").
   void Push(Call* call, Queued kind);
   // Blocks (unless `wait` is false) until a call is queued; false once closed and empty (or,
   // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
@@ -103,11 +97,13 @@ class Calls {
   // call not queued (taken, parked, never queued) is not found, nor a health call, which
   // waits for its turn and is skipped then (`Call::Take`).
   void Remove(Call* call);
-  // The status (its deadline's, its client's or the full queue's doing) and method of each
-  // call `Remove` took out or `Push` refused since the last time: no Python thread saw them,
-  // and the metrics count them (Python takes them ten times a second; kUnseenListed at most
-  // in between).
-  Pairs TakeUnseen() { std::lock_guard lock(mutex_); return std::exchange(unseen_, {}); }
+  // The status (its deadline's or its client's doing) and method of each call `Remove` took
+  // out since the last time: no Python thread saw them, and the metrics count them (Python
+  // takes them ten times a second; kDeadListed at most in between).
+  Pairs TakeDead() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(dead_, {});
+  }
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
@@ -139,12 +135,9 @@ class Calls {
   std::deque<std::pair<Call*, Queued>> items_;
   bool closed_ = false;
   const int max_running_;
-  const size_t max_queued_;  // new calls; 0: no bound
-  const std::string overloaded_;  // a refusal's details
   std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
   std::atomic<uint64_t> next_id_{1};
-  Pairs unseen_;  // under mutex_; last, so as not to move the members a call's path reads
-  void ListUnseen(Call* call, const char* status);  // under mutex_
+  Pairs dead_;  // under mutex_; last, so as not to move the members a call's path reads
 };
 
 // What a completion-queue event is about: one of a call's operations, its arrival or its end.
@@ -172,7 +165,10 @@ class Call {
   void On(Event event, bool ok) {
     switch (event) {
       case kArrived:
-        if (!ok) return calls_->Holds(-1), delete this;  // shutting down: no call came
+        if (!ok) {  // shutting down: no call came
+          calls_->Holds(-1);
+          return delete this;
+        }
         calls_->Request();
         Ref();  // the queue's: queued once its first message is in (or none will come), so a
         Locked([this] { Started(&reading_); });  // client that never sends it holds no thread
@@ -265,12 +261,6 @@ class Call {
     });
     if (finish) Drop();
     return !finish;
-  }
-  // Ends a new call the full queue refused (not queued: no Python thread can hold it).
-  void Refuse(const std::string& details) {
-    Locked([this] { finished_ = true; });
-    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, details));
-    Unref();  // the queue's reference
   }
   // Its deadline is less than kLate away (a queued call's): while the oldest queued call is
   // late, threads take the newest calls first (whatever their deadlines), as it would likely
@@ -396,10 +386,6 @@ class Call {
 
 void Calls::Push(Call* call, Queued kind) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (kind == kNew && max_queued_ && items_.size() >= max_queued_) {  // (news and health too)
-    ListUnseen(call, "RESOURCE_EXHAUSTED");
-    return call->Refuse(overloaded_);
-  }
   if (kind == kEnded) call->Ref();  // a new call comes with its queue reference
   kind == kNew ? items_.emplace_back(call, kind) : items_.emplace_front(call, kind);
   if (kind != kNew || running_ < max_running_) ready_.notify_one();
@@ -409,7 +395,8 @@ bool Calls::Pop(Call** call, bool* ended, bool wait) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (std::exchange(at_work.calls, nullptr) == this) --running_;
   auto may_take = [this] {
-    return !items_.empty() && (running_ < max_running_ || closed_ || items_.front().second != kNew);
+    return !items_.empty() &&
+           (running_ < max_running_ || closed_ || items_.front().second != kNew);
   };
   do {
     if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
@@ -429,13 +416,10 @@ void Calls::Remove(Call* call) {
   auto queued = std::ranges::find(items_, std::pair(call, kNew));  // not kEnded: its news
   if (queued == items_.end()) return;  // taken meanwhile, or health: Take lets go of it
   items_.erase(queued);  // the oldest die first: found near the front
-  ListUnseen(call, call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED");
+  if (dead_.size() < kDeadListed)  // a path of any length and bytes: the method's first 200
+    dead_.emplace_back(call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED",
+                       call->context()->method().substr(0, 200));
   call->Unref();
-}
-
-void Calls::ListUnseen(Call* call, const char* status) {
-  if (unseen_.size() < kUnseenListed)  // a path of any length and bytes: the method's first 200
-    unseen_.emplace_back(status, call->context()->method().substr(0, 200));
 }
 
 AtWork::~AtWork() { if (calls != nullptr) calls->Waits(true); }
@@ -552,9 +536,10 @@ PyObject* CallWrite(PyObject* self, PyObject* args) {
   return PyBool_FromLong(ok);
 }
 
-PyObject* CallSendInitialMetadata(PyObject* self, PyObject* metadata) {
+PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
+  PyObject* metadata;
   Pairs pairs;
-  if (!ToPairs(metadata, &pairs)) return nullptr;
+  if (!PyArg_ParseTuple(args, "O", &metadata) || !ToPairs(metadata, &pairs)) return nullptr;
   return PyBool_FromLong([&] { Waiting waiting; return Of(self)->SendInitialMetadata(pairs); }());
 }
 
@@ -618,7 +603,7 @@ PyMethodDef call_methods[] = {
     {"info", CallInfo, METH_NOARGS, "(method, metadata, peer, seconds left or None)"},
     {"read", CallRead, METH_NOARGS, "the next request's bytes, None after the last"},
     {"write", CallWrite, METH_VARARGS, "write(bytes) -> False if the call is over"},
-    {"send_initial_metadata", CallSendInitialMetadata, METH_O, "(pairs) -> bool"},
+    {"send_initial_metadata", CallSendInitialMetadata, METH_VARARGS, "(pairs) -> bool"},
     {"finish", CallFinish, METH_VARARGS, "finish(code, details, trailing, response=None)"},
     {"park", CallPark, METH_NOARGS, "answered from other threads; False if cancelled already"},
     {"watch_end", CallWatchEnd, METH_NOARGS, "next_call() gives it again if it is cancelled"},
@@ -638,12 +623,10 @@ PyTypeObject CallType = {
 // Server methods -------------------------------------------------------------------------------
 
 PyObject* ServerNew(PyTypeObject* type, PyObject* args, PyObject*) {
-  unsigned running, queued;
-  const char* why;  // a refusal's details
-  Py_ssize_t size;
-  if (!PyArg_ParseTuple(args, "IIs#", &running, &queued, &why, &size)) return nullptr;
+  int max_running;
+  if (!PyArg_ParseTuple(args, "i", &max_running)) return nullptr;
   auto* self = reinterpret_cast<ServerObject*>(type->tp_alloc(type, 0));
-  if (self != nullptr) self->calls = new Calls(running, queued, {why, size_t(size)});
+  if (self != nullptr) self->calls = new Calls(max_running);
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -662,11 +645,13 @@ PyObject* ServerListen(PyObject* object, PyObject* args) {
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (tls != Py_None) {
     if (!PyArg_ParseTuple(tls, "yyy", &cert, &key, &client_ca)) return nullptr;
-    grpc::SslServerCredentialsOptions options(*client_ca == '\0'
-        ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-        : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    grpc::SslServerCredentialsOptions options;
     options.pem_key_cert_pairs.push_back({key, cert});
-    options.pem_root_certs = client_ca;  // "" (none) is not passed on
+    if (*client_ca != '\0') {
+      options.pem_root_certs = client_ca;
+      options.client_certificate_request =
+          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     credentials = grpc::SslServerCredentials(options);
   }
   int port = 0;
@@ -704,12 +689,16 @@ PyObject* ServerNextCall(PyObject* object, PyObject*) {
   }
   if (!got) Py_RETURN_NONE;
   if (ended) {  // Python only needs its number
-    PyObject* id = Py_BuildValue("(KO)", static_cast<unsigned long long>(call->id()), Py_False);
-    return call->Unref(), id;
+    uint64_t id = call->id();
+    call->Unref();
+    return Py_BuildValue("(KO)", static_cast<unsigned long long>(id), Py_False);
   }
   auto* wrapper = PyObject_New(CallObject, &CallType);
-  if (wrapper == nullptr)
-    return call->Complete(13, "out of memory", {}, std::nullopt), call->Unref(), nullptr;
+  if (wrapper == nullptr) {
+    call->Complete(13, "out of memory", {}, std::nullopt);
+    call->Unref();
+    return nullptr;
+  }
   wrapper->call = call;  // takes the queue's reference
   return Py_BuildValue("(NO)", reinterpret_cast<PyObject*>(wrapper), Py_True);
 }
@@ -737,8 +726,8 @@ PyObject* ServerShutdown(PyObject* object, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-PyObject* ServerUnseen(PyObject* object, PyObject*) {
-  return ToPairList(reinterpret_cast<ServerObject*>(object)->calls->TakeUnseen(), false);
+PyObject* ServerDead(PyObject* object, PyObject*) {
+  return ToPairList(reinterpret_cast<ServerObject*>(object)->calls->TakeDead(), false);
 }
 
 void ServerDealloc(PyObject* object) {
@@ -751,18 +740,21 @@ void ServerDealloc(PyObject* object) {
 }
 
 PyMethodDef server_methods[] = {
-    {"listen", ServerListen, METH_VARARGS, "(address, max_bytes, reuse, age_ms, tls) -> port"},
-    {"next_call", ServerNextCall, METH_NOARGS, "(Call, True), (id of a watched call, False), None"},
+    {"listen", ServerListen, METH_VARARGS,
+     "listen(address, max_message_bytes, reuse_port, max_connection_age_ms, tls=None) -> port"},
+    {"next_call", ServerNextCall, METH_NOARGS,
+     "(Call, True) for a new call, (id, False) for a watched call that was cancelled, None "
+     "once shut down"},
     {"shutdown", ServerShutdown, METH_VARARGS, "shutdown(grace_s=0)"},
-    {"unseen", ServerUnseen, METH_NOARGS, "[(status name, method bytes)] of calls ended unseen"},
+    {"dead", ServerDead, METH_NOARGS, "[(status name, method bytes)] of calls that died queued"},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyTypeObject ServerType = {
     .ob_base = PyVarObject_HEAD_INIT(nullptr, 0) .tp_name = "serving.native._server.Server",
     .tp_basicsize = sizeof(ServerObject), .tp_dealloc = ServerDealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT, .tp_doc = "Server(max_running, max_queued, overloaded)",
-    .tp_methods = server_methods, .tp_new = ServerNew};
+    .tp_flags = Py_TPFLAGS_DEFAULT, .tp_doc = "Server(max_running)", .tp_methods = server_methods,
+    .tp_new = ServerNew};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_server",
                       "gRPC C++ server whose calls Python threads answer.", -1, nullptr};

@@ -27,21 +27,19 @@ class NativeServer:
     stream holds one from its first message to its end, a non-blocking Watch none), of which
     ``max_running`` at work (not waiting on the network; None: all); ``listening``: the
     largest message, whether worker processes share the port (off: a port in use fails) and
-    a connection's life in ms; ``queue_bound``: calls waiting for a thread beyond which a new
-    one is refused (0: none), and the refusal's details."""
+    a connection's life in ms."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
-                 listening: tuple[int, bool, int], max_running: int | None = None,
-                 queue_bound: tuple[int, str] = (0, "")):
+                 listening: tuple[int, bool, int], max_running: int | None = None):
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
-        self._core = _server.Server(min(threads, max_running or threads), *queue_bound)
-        # unseen_calls(): (status code name, method as sent, bytes) of each call C++ finished
-        # since the last time that no thread saw: it died waiting for one (DEADLINE_EXCEEDED or
-        # CANCELLED), or the queue was full (RESOURCE_EXHAUSTED)
-        self.unseen_calls = self._core.unseen
+        self._core = _server.Server(min(threads, max_running or threads))
+        # dead_calls(): (status code name, method as sent, bytes) of each call that died
+        # waiting for a call thread since the last time: C++ finished it (DEADLINE_EXCEEDED or
+        # CANCELLED) unseen
+        self.dead_calls = self._core.dead
         self._listening = listening
         self._pool_size = threads
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -122,8 +120,11 @@ class NativeServer:
         call.watch_end()
 
     def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        """The first generic handler's for the method, as grpcio looks it up."""
-        return next(filter(None, (generic.service(details) for generic in self._generic)), None)
+        for generic in self._generic:
+            handler = generic.service(details)
+            if handler is not None:
+                return handler
+        return None
 
     def _answer(self, call) -> bool:
         """Answers ``call``; True if it is parked (answered from other threads)."""
