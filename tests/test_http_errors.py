@@ -59,6 +59,10 @@ def _json(document) -> bytes:
      "version: model 'mlp' has no version 7"),
     ("GET", "/v2/models/mlp/versions/99", b"", {}, 404, "99"),
     ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
+    # a regex's "$" matched before a final newline: these were /v2/health/ready's 200 and
+    # the infer route's 400
+    ("GET", "/v2/health/ready%0A", b"", {}, 404, "no endpoint GET /v2/health/ready\n"),
+    ("POST", INFER + "%0A", b"{}", {}, 404, "no endpoint POST /v2/models/mlp/infer\n"),
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
     ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
     # it said "not an image file it knows", of nothing

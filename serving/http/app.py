@@ -63,7 +63,7 @@ class HttpApp:
         self._decoder = decoder
         self._page = PAGE.read_bytes()
         self._routes: list[tuple[str, re.Pattern, Callable]] = [
-            (verb, re.compile(pattern + "$"), handler) for verb, pattern, handler in (
+            (verb, re.compile(pattern), handler) for verb, pattern, handler in (
                 ("GET", r"/v2/health/live", self._live),
                 ("GET", r"/v2/health/ready", self._ready),
                 ("GET", r"/v2", self._server_metadata),
@@ -103,7 +103,7 @@ class HttpApp:
         verb = "GET" if method == "HEAD" else method
         allowed = []
         for route_verb, pattern, handler in self._routes:
-            match = pattern.match(path)
+            match = pattern.fullmatch(path)  # not "$", which matches before a final newline
             if match and route_verb == verb:
                 return handler(environ, {k: v for k, v in match.groupdict().items() if v})
             if match:
