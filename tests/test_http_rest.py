@@ -66,6 +66,13 @@ def test_null_is_an_optional_field_left_out():
     assert [output.name for output in request.outputs] == ["label"]
 
 
+def test_a_json_text_may_start_with_a_byte_order_mark():
+    """RFC 8259 8.1: a parser may ignore it, as /v1/classify, KServe and MLServer do (was 400)."""
+    body = b"\xef\xbb\xbf" + json.dumps({"inputs": [{**IMAGES, "data": [0] * 784}]}).encode()
+    request, _ = decode_infer_request(body, None, "mlp", "")
+    assert list(request.inputs[0].contents.uint_contents) == [0] * 784
+
+
 def test_binary_request_becomes_raw_input_contents():
     pixels = bytes(range(256)) * 7
     body, header_length = binary_body(
@@ -112,6 +119,13 @@ IMAGES = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
      "inputs['images'].data: expected a JSON array, got str"),
     (json.dumps({"inputs": [{**IMAGES, "data": [-1] * 784}]}).encode(), None,
      "inputs['images'].data: value 0 (row-major) is -1, not a UINT8 value"),
+    # the data plane's words named protobuf fields the client never sent (uint_contents)
+    (json.dumps({"inputs": [{**IMAGES, "data": [0, 256] * 392}]}).encode(), None,
+     "inputs['images'].data: value 1 (row-major) is 256, not a UINT8 value"),
+    (json.dumps({"inputs": [IMAGES]}).encode(), None,
+     "inputs['images']: no data; expected data, or parameters.binary_data_size"),
+    (bytes(784), None, "request body: not valid JSON (unexpected character, expected a JSON "
+     f"value: line 1 column 1 (char 0)); a raw binary request needs {HEADER_LENGTH}: 0"),
     (json.dumps({"inputs": [{**IMAGES, "data": [[1, 2], 3]}]}).encode(), None,
      "inputs['images'].data: arrays and values side by side; expected nested arrays of one"),
     (json.dumps({"inputs": [{**IMAGES, "data": [[1, 2], [[3]]]}]}).encode(), None,
