@@ -96,6 +96,9 @@ def _json(document) -> bytes:
      "images[0]: expected 784 integers 0..255"),
     ("POST", CLASSIFY, b"[1]", {}, 400, "request body: expected a JSON object"),
     ("POST", CLASSIFY, b"plain text", {}, 400, "(not an image file it knows)"),
+    # curl -F file=@x.png: was 400 "not an image file it knows", of a good PNG
+    ("POST", CLASSIFY, b"--b\r\n\r\n", {"Content-Type": "multipart/form-data; boundary=b"},
+     415, "Content-Type: multipart/form-data is not served; send the file itself as the body"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]})
      + bytes(784), {}, 400, "needs the Inference-Header-Content-Length header"),
     # a misspelt option or key was ignored: the answer came from another model, or top 3

@@ -205,6 +205,7 @@ class HttpApp:
 
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
             parsed["options"] = options = domain.Options(environ.get("QUERY_STRING", ""))
+            domain.check_media_type(environ.get("CONTENT_TYPE", ""))
             parsed["request"] = domain.decode_classify(body, options, self._decoder)
             return parsed["request"]
 

@@ -36,6 +36,21 @@ INT64 = range(-(2**63), 2**63)  # what the protobuf fields of a version hold
 log = logging.getLogger(__name__)
 
 
+class UnsupportedMediaType(InvalidArgument):
+    """A request body of a media type the endpoint does not take (RFC 9110 15.5.16)."""
+
+    http_status = 415
+
+
+def check_media_type(content_type: str) -> None:
+    """/v1/classify reads the body as an image file or JSON whatever its Content-Type says,
+    but a form (``curl -F file=@x.png``) wraps the file in parts it would not find."""
+    if content_type.partition(";")[0].strip().lower() == "multipart/form-data":
+        raise UnsupportedMediaType(
+            "Content-Type: multipart/form-data is not served; send the file itself as the body "
+            "(curl --data-binary @FILE, not curl -F)")
+
+
 JSON_KEYS = ("images", "model", "version", "request_id")
 
 
