@@ -186,6 +186,9 @@ def test_arguments_that_cannot_work_exit_2_with_one_line(target, capsys, argv, m
     (["score", "--limit", "0"], "expected a positive integer, got 0"),
     (["score", "--offset", "-1"], "expected an index >= 0, got -1"),
     (["classify", "--top", "11", "--test-index", "0"], "expected 1..10, got 11"),  # showed 10
+    # said "UNAVAILABLE: errors resolving http://...: ... Misformatted domain name"
+    (["models", "--target", "http://127.0.0.1:8080/"], "fmnist speaks gRPC: expected its "
+     "HOST:PORT (the server's --port), not an HTTP URL, got 'http://127.0.0.1:8080/'"),
 ])
 def test_argument_values_are_checked_before_anything_runs(capsys, argv, message):
     with pytest.raises(SystemExit) as exited:
