@@ -33,3 +33,16 @@ def test_the_epochs_column_names_the_epoch_whose_weights_were_kept(tmp_path):
     assert row(report, "softmax")[epochs] == "5 (weights of epoch 3)"
     assert row(report, "mlp")[epochs] == "20"
     assert row(report, "baseline")[epochs] == "19"
+
+
+def test_the_final_table_has_no_trailing_spaces(capsys):
+    """Its last column was padded to its widest cell: trailing spaces on every shorter line,
+    which a diff of two runs' output shows as changes."""
+    from training.cli import print_table
+
+    print_table(("model", "test accuracy", "onnx"), [("mlp", "0.9006", "a/long/path.onnx"),
+                                                     ("baseline", "0.8289", "b.onnx")])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(line == line.rstrip() for line in lines)
+    assert lines[2].startswith("baseline  0.8289")
