@@ -123,12 +123,13 @@ class CallPipeline:
     def unary(self, call: Call, handler: Callable, request, parse: Callable | None = None):
         """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
         the transport received into the request, once the call is admitted (its errors are
-        the client's: InvalidArgument)."""
+        the client's: InvalidArgument); a message given for it (HTTP: the URL's model) labels
+        the metrics of a request that fails to parse."""
         with _Around(self, call) as around:
             call.check_alive()  # over while it waited for a thread: not even parsed
-            if parse is not None:
-                request = parse_request(parse, request)
             around.request = request
+            if parse is not None:
+                around.request = request = parse_request(parse, request)
             return handler(request, call)
 
     def stream(self, call: Call, handler: Callable, requests: Iterable,
@@ -199,7 +200,7 @@ class CallPipeline:
 
 class _Around:
     """Every call's part: token, admission (and a stream's slot), the failure as a
-    ServingError, the metrics, labelled by the request the body names, if any. Only as
+    ServingError, the metrics, labelled by the request (or the URL) names, if any. Only as
     ``with _Around(...)``: making one admits the call, and only ``__exit__`` lets it go. A
     class, not a generator: it runs on every call (BENCHMARKS.md, tenth session).
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import urllib.error
 import urllib.request
 
 import grpc
@@ -75,6 +76,27 @@ async def test_metrics_count_calls_by_api_method_model_and_code(metered):
     assert value(after, "fmnist_requests_in_flight") == 0
     sha = server.registry.get("mlp", 2).manifest.sha256[:12]
     assert value(after, "fmnist_model_info", model="mlp", version="2", sha256=sha) == 1
+
+
+async def test_an_http_request_whose_body_cannot_be_read_is_counted_under_its_urls_model(
+        model_repository):
+    """The URL names the model: a body that fails to parse was counted under model "", so
+    a model's error rate left out its clients' bad requests over HTTP."""
+    port = free_port()
+    settings = local_settings(model_repository=model_repository, metrics_port=port,
+                              poll_interval=0, http_port=free_port())
+    async with running_server(settings) as server:
+        before = await asyncio.to_thread(scrape, port)
+        refused = urllib.request.Request(
+            f"http://127.0.0.1:{server.http_port}/v2/models/mlp/infer", data=b"{not json",
+            headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            await asyncio.to_thread(urllib.request.urlopen, refused, timeout=10)
+        assert answer.value.code == 400
+        after = await asyncio.to_thread(scrape, port)
+    labels = {"api": "v2", "method": "ModelInfer", "code": "INVALID_ARGUMENT"}
+    assert value(after, "fmnist_requests_total", model="mlp", **labels) - value(
+        before, "fmnist_requests_total", model="mlp", **labels) == 1
 
 
 async def test_a_stream_whose_deadline_passes_is_counted_as_over_never_ok_nor_a_crash(

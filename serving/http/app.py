@@ -193,9 +193,10 @@ class HttpApp:
             forms.append(form)
             return request
 
-        return 200, self._call(
+        return 200, self._call(  # the URL's model labels the metrics if the body is bad
             environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
-            environ, parse=lambda environ: parse(self._body(environ)),
+            pb.ModelInferRequest(model_name=path["model"]),
+            parse=lambda _: parse(self._body(environ)),
             encode=lambda response: rest.encode_infer_response(response, forms[0]))
 
     # The domain API and the page
