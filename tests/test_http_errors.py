@@ -42,6 +42,13 @@ def _json(document) -> bytes:
      {}, 400, "inputs['images'].parameters.binary_data_size: 784 bytes at offset"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32", "data": [0.0] * 784}]}),
      {}, 400, "inputs['images'].datatype: expected UINT8, got 'FP32'"),
+    # an input without data is said so only where the data plane asks no more basic question
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32"}]}),
+     {}, 400, "inputs['images'].datatype: expected UINT8, got 'FP32'"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}, {**IMAGE, "name": "x"}]}),
+     {}, 400, "inputs: expected one input 'images', got"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "data": []}]}),
+     {}, 400, "inputs['images']: no data; expected data, or parameters.binary_data_size"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [9, 28, 28], "data": [0] * 9 * 784}]}),
      {}, 400, f"expected at most {MAX_IMAGES} images"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}],
@@ -61,8 +68,8 @@ def _json(document) -> bytes:
     ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
     # a regex's "$" matched before a final newline: these were /v2/health/ready's 200 and
     # the infer route's 400
-    ("GET", "/v2/health/ready%0A", b"", {}, 404, "no endpoint GET /v2/health/ready\n"),
-    ("POST", INFER + "%0A", b"{}", {}, 404, "no endpoint POST /v2/models/mlp/infer\n"),
+    ("GET", "/v2/health/ready%0A", b"", {}, 404, "no endpoint GET /v2/health/ready\\n:"),
+    ("POST", INFER + "%0A", b"{}", {}, 404, "no endpoint POST /v2/models/mlp/infer\\n:"),
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
     ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
     # it said "not an image file it knows", of nothing

@@ -167,6 +167,15 @@ def test_what_cannot_be_translated_is_invalid_argument_naming_the_field(body, he
     assert str(refused.value).startswith(message), str(refused.value)
 
 
+@pytest.mark.parametrize("body", [b'"hello"', b"null", b"5", b"--boundary\r\n" * 8])
+def test_only_a_body_of_one_raw_image_is_told_about_the_raw_request_header(body):
+    """Any JSON text but an object, or a form, got "a raw binary request needs
+    Inference-Header-Content-Length: 0" too."""
+    with pytest.raises(InvalidArgument) as refused:
+        decode_infer_request(body, None, "mlp", "")
+    assert "raw binary" not in str(refused.value), str(refused.value)
+
+
 def test_binary_sizes_slice_the_body_in_input_order():
     body, header_length = binary_body(
         {"inputs": [{"name": "a", "datatype": "UINT8", "shape": [3],

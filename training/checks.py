@@ -32,11 +32,11 @@ def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.n
     same = float(np.mean(labels == reference.argmax(axis=1)))
     difference = float(np.max(np.abs(probabilities - reference)))
     if same < EXPORT_MIN_SAME_LABELS or difference > EXPORT_MAX_PROBABILITY_DIFFERENCE:
-        raise TrainingError(f"{name}: the exported ONNX graph gives the fitted model's label for "
-                            f"only {same:.2%} of the test images (max |probability difference| "
-                            f"{difference:.1e}; at least {EXPORT_MIN_SAME_LABELS:.1%} and at most "
-                            f"{EXPORT_MAX_PROBABILITY_DIFFERENCE:g} expected): the export is "
-                            "wrong; nothing was published")
+        raise TrainingError(f"{name}: the exported ONNX graph does not answer as the fitted "
+                            f"model: the same label for {same:.2%} of the test images (at least "
+                            f"{EXPORT_MIN_SAME_LABELS:.1%} expected), probabilities up to "
+                            f"{difference:.1e} apart (at most {EXPORT_MAX_PROBABILITY_DIFFERENCE:g}"
+                            " expected): the export is wrong; nothing was published")
     chance = np.bincount(y_val).max() / len(y_val)  # always answering the commonest class
     if validation_accuracy <= chance:
         raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is no "

@@ -111,7 +111,8 @@ class HttpApp:
         if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
             return 405, Body(error_body(f"{method} {path}: use {' or '.join(allowed)}").data,
                              headers=(("Allow", ", ".join(allowed)),))
-        raise NotFound(f"no endpoint {method} {path}: see / (the page), /v1/models, /v2")
+        shown = path if path.isprintable() else path.encode("unicode_escape").decode()
+        raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,
               parse: Callable | None = None, encode: Callable = json_body) -> Body:

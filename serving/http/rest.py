@@ -76,7 +76,7 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
         if header_length is None and b'"binary_data_size"' in body:
             raise InvalidArgument(f"{error}; binary tensor data after the JSON needs the "
                                   f"{HEADER_LENGTH} header (the JSON's length)") from None
-        if header_length is None and body.lstrip()[:1] not in (b"", b"{", b"[", b"\xef"):
+        if header_length is None and len(body) == IMAGE_BYTES:  # one raw image, most likely
             raise InvalidArgument(f"{error}; a raw binary request needs {HEADER_LENGTH}: 0"
                                   ) from None
         raise
@@ -143,9 +143,10 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     parameters = _expect(dict, _optional(tensor, "parameters", {}), f"{field_name}.parameters")
     _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
     if BINARY_SIZE not in parameters:
-        if "data" in tensor:
+        if tensor.get("data", []) != []:
             _set_contents(added, tensor["data"], field_name)
-        elif 0 not in shape and not any(key.startswith("shared_memory") for key in parameters):
+        elif (name, datatype) == (IMAGES, "UINT8") and 0 not in shape and not any(
+                key.startswith("shared_memory") for key in parameters):  # else the codec's words
             raise InvalidArgument(f"{field_name}: no data; expected data, or "
                                   f"parameters.{BINARY_SIZE} and the bytes after the JSON")
         return offset
@@ -179,9 +180,11 @@ def _set_contents(tensor, data, field_name: str) -> None:
     if typed == "bytes_contents":
         values = [value.encode() if isinstance(value, str) else value for value in values]
     try:
-        getattr(tensor.contents, typed).extend(values)
-        if tensor.datatype == "UINT8":  # uint_contents takes 256 and up; bytes() does not
-            bytes(values)  # (~9 us an image; the codec would name uint_contents)
+        contents = getattr(tensor.contents, typed)
+        contents.extend(values)
+        # uint_contents takes 256 and up, and the codec's refusal would name that field
+        if tensor.datatype == "UINT8" and contents and np.array(contents, np.uint32).max() > 255:
+            raise ValueError
     except (TypeError, ValueError):  # protobuf's words name its own field: find the value
         scratch = getattr(type(tensor.contents)(), typed)
         for index, value in enumerate(values):
