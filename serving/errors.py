@@ -28,11 +28,16 @@ class InvalidArgument(ServingError):  # noqa: N818 (named as the status)
     grpc_code, http_status = "INVALID_ARGUMENT", 400
 
 
-class UnsupportedCoding(InvalidArgument):
-    """The body comes in a content coding the server does not decode (HTTP's Content-Encoding;
-    gRPC's own compression is gRPC's)."""
+class UnsupportedMediaType(InvalidArgument):
+    """The body comes in a form the endpoint does not read (HTTP: a multipart form where the
+    file itself is expected)."""
 
     http_status = 415
+
+
+class UnsupportedCoding(UnsupportedMediaType):
+    """The body comes in a content coding the server does not decode (HTTP's Content-Encoding;
+    gRPC's own compression is gRPC's)."""
 
 
 class Unimplemented(ServingError):  # noqa: N818 (named as the status)

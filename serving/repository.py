@@ -160,9 +160,8 @@ def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 
     for reason in skipped:
         log.warning("model repository entry skipped", extra={"fields": {"reason": reason}})
     if not present:
-        raise RepositoryError(
-            f"model repository {root} holds no model versions "
-            f"(expected {root}/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)")
+        raise RepositoryError(f"model repository {root} holds no model versions (expected {root}"
+                              f"/<model>/<version>/{MODEL_FILE} + {MANIFEST}; run fmnist-train)")
     registry = ModelRegistry()
     for key in sorted(present):
         load_into(registry, present[key], policy, intra_op_threads)

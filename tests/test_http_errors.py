@@ -70,6 +70,7 @@ def _json(document) -> bytes:
     # the infer route's 400
     ("GET", "/v2/health/ready%0A", b"", {}, 404, "no endpoint GET /v2/health/ready\\n:"),
     ("POST", INFER + "%0A", b"{}", {}, 404, "no endpoint POST /v2/models/mlp/infer\\n:"),
+    ("POST", "/v2/models/mlp%0A", b"", {}, 405, "POST /v2/models/mlp\\n: use GET"),  # one line
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
     ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
     # it said "not an image file it knows", of nothing
@@ -161,6 +162,15 @@ def test_an_unsupported_content_coding_is_415_and_names_those_served(url):
     answer = requests.post(url + CLASSIFY, data=b"{}", headers={"Content-Encoding": "br"},
                            timeout=10)
     assert (answer.status_code, answer.headers.get("Accept-Encoding")) == (415, "gzip, deflate")
+
+
+def test_a_form_is_415_without_the_codings_header(url):
+    """A multipart form is refused for its media type, not its coding: Accept-Encoding would
+    tell the client to change what it did right."""
+    answer = requests.post(url + CLASSIFY, files={"file": ("x.png", VALID)}, timeout=10)
+    assert answer.status_code == 415, answer.text
+    assert "send the file itself" in answer.json()["error"]
+    assert "Accept-Encoding" not in answer.headers
 
 
 def test_a_transfer_coding_other_than_chunked_is_501(url):

@@ -108,10 +108,12 @@ class HttpApp:
                 return handler(environ, {k: v for k, v in match.groupdict().items() if v})
             if match:
                 allowed += ["GET", "HEAD"] if route_verb == "GET" else [route_verb]
-        if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
-            return 405, Body(error_body(f"{method} {path}: use {' or '.join(allowed)}").data,
-                             headers=(("Allow", ", ".join(allowed)),))
+        # a path as sent may hold a newline (%0A) or other control characters: escaped, the
+        # message stays one line
         shown = path if path.isprintable() else path.encode("unicode_escape").decode()
+        if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
+            return 405, Body(error_body(f"{method} {shown}: use {' or '.join(allowed)}").data,
+                             headers=(("Allow", ", ".join(allowed)),))
         raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,

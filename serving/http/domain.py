@@ -23,7 +23,7 @@ import numpy as np
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
 from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
-from serving.errors import InvalidArgument, NotFound
+from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
 from serving.http.body import message_json
 from serving.http.rest import parse_json
 
@@ -34,12 +34,6 @@ MAX_IMAGE_PIXELS = 25_000_000
 INT64 = range(-(2**63), 2**63)  # what the protobuf fields of a version hold
 
 log = logging.getLogger(__name__)
-
-
-class UnsupportedMediaType(InvalidArgument):
-    """A request body of a media type the endpoint does not take (RFC 9110 15.5.16)."""
-
-    http_status = 415
 
 
 def check_media_type(content_type: str) -> None:
