@@ -3,6 +3,7 @@ servers on 127.0.0.1:0, in-process (the server runs on its own threads), per tes
 (``server``) or per module (``thread_server``)."""
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from common.contract import CLASS_NAMES, PIXELS
 from common.dataset import load_test_set
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving import native
+from serving.batching import BatchingPolicy
 from serving.server import ModelServer
 from serving.settings import GRPC_SERVERS, Settings
 from tests.pki import Pki, make_pki
@@ -83,6 +85,18 @@ def model_repository(tmp_path_factory) -> Path:
 def repository_copy(model_repository, tmp_path) -> Path:
     """A copy of the fixture repository that a test may damage."""
     return Path(shutil.copytree(model_repository, tmp_path / "repository"))
+
+
+def rewrite_manifest(path: Path, **changes) -> None:
+    """Changes fields of a version's ``model.json`` (a test damaging or moving a version)."""
+    document = json.loads(path.read_text())
+    document.update(changes)
+    path.write_text(json.dumps(document))
+
+
+@pytest.fixture
+def policy() -> BatchingPolicy:
+    return BatchingPolicy()
 
 
 @pytest.fixture(scope="module")

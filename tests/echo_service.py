@@ -1,6 +1,6 @@
 """A raw-bytes echo service (``test.Echo``: a method of every kind) whose handlers report what
 they see of their context, for tests/test_native_server.py and
-tests/test_native_server_threads_and_ports.py."""
+tests/test_native_server_threads.py."""
 
 import threading
 from typing import NamedTuple

@@ -1,7 +1,8 @@
 """The native gRPC server (serving/native) against grpcio's own, both built by
 serving.grpc_transport.grpc_server: what handlers see of their context, cancellation,
 interceptors for every kind of method, the log naming the transport. Threads at work and at
-stop, health Watch at stop and ports are tests/test_native_server_threads_and_ports.py's.
+stop and health Watch at stop are tests/test_native_server_threads.py's, ports
+tests/test_native_server_ports.py's.
 
 R3 (request bytes that cannot be read are refused, never parsed as an empty message) cannot be
 provoked from a client: gRPC C++ hands the server messages it has already decompressed,

@@ -1,12 +1,8 @@
 """TLS, mutual TLS and the bearer token, with real certificates made for each test session."""
 
 import asyncio
-import base64
 import contextlib
 import logging
-import re
-import socket
-import sys
 import time
 
 import grpc
@@ -20,7 +16,6 @@ from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving.client import cli as client_cli
 from serving.client import security as client_security
-from serving.server import ListenError
 from serving.settings import Settings
 from tests.aio_security import aio_channel
 from tests.conftest import local_settings, running_server
@@ -236,81 +231,6 @@ def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, mod
         assert client_cli.main([*health, "--tls-server-name", "other.fmnist.svc"]) == 1
 
 
-def test_the_server_needs_both_certificate_and_key(pki, model_repository):
-    with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
-        Settings(model_repository=model_repository, tls_cert=str(pki.server_cert))
-    with pytest.raises(ValueError, match="--tls-client-ca"):
-        Settings(model_repository=model_repository, tls_client_ca=str(pki.ca))
-
-
-@pytest.mark.parametrize(("names", "why"), [
-    (("server_key", "server_cert", None), "not PEM, or a key that needs a password"),  # swapped
-    (("server_cert", "client_key", None), "the key is not the certificate's"),
-    (("server_cert", "server_key", "server_key"), "no certificate in it"),
-])
-def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
-        pki, model_repository, grpc_server, names, why):
-    """gRPC itself took them, then failed to "bind" the port, or (a client) to connect."""
-    files = [getattr(pki, name) if name else None for name in names]  # cert, key, CA
-    settings = local_settings(model_repository=model_repository, poll_interval=0,
-                              tls_cert=str(files[0]), tls_key=str(files[1]),
-                              tls_client_ca=str(files[2] or ""), grpc_server=grpc_server)
-    with pytest.raises(ListenError) as refused, running_server(settings):
-        pass
-    assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
-    with pytest.raises(ValueError, match=why):
-        client_security.channel_credentials(files[2], files[0], files[1])
-
-
-@pytest.mark.parametrize("which", ["tls_cert", "tls_key", "tls_client_ca"])
-def test_a_tls_file_that_cannot_be_read_is_named(pki, model_repository, tmp_path, which):
-    """ssl's error names no file ("cannot read a TLS file: [Errno 2] No such file or
-    directory"): the operator could not tell the certificate from the key or the CA."""
-    files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
-             "tls_client_ca": str(pki.ca), which: str(tmp_path / "missing.pem")}
-    settings = local_settings(model_repository=model_repository, poll_interval=0, **files)
-    with pytest.raises(ListenError) as refused, running_server(settings):
-        pass
-    assert str(refused.value).endswith(f"No such file or directory: '{tmp_path}/missing.pem'")
-    with pytest.raises(OSError, match=re.escape("missing.pem")):
-        client_security.channel_credentials(files["tls_client_ca"], files["tls_cert"],
-                                            files["tls_key"])
-
-
-def test_a_key_too_small_for_openssl_is_refused_with_one_line(tmp_path, model_repository,
-                                                              grpc_server):
-    """The native server's gRPC C++ (system OpenSSL, default security level) refuses a
-    1024-bit RSA key, as "cannot bind"; grpcio (BoringSSL) took it. Both refuse it now, and
-    say why."""
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from tests.pki import _certificate, _write
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    cert = _write(tmp_path / "small.pem", _certificate("localhost", key, "localhost", key,
-                                                        server=True))
-    key_file = _write(tmp_path / "small.key", key=key)
-    settings = local_settings(model_repository=model_repository, poll_interval=0,
-                              tls_cert=str(cert), tls_key=str(key_file), grpc_server=grpc_server)
-    why = "the key is too small (RSA: 2048 bits at least)"
-    with pytest.raises(ListenError, match=re.escape(why)), running_server(settings):
-        pass
-    with pytest.raises(ValueError, match=re.escape(why)):
-        client_security.channel_credentials(None, cert, key_file)
-
-
-def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_server):
-    """It named the gRPC port ("cannot listen on 127.0.0.1:PORT: ... cannot bind HEALTH")."""
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        health_port = taken.getsockname()[1]
-        settings = local_settings(model_repository=model_repository, poll_interval=0,
-                                  health_port=health_port, grpc_server=grpc_server)
-        with pytest.raises(ListenError) as refused, running_server(settings):
-            pass
-    assert str(refused.value).startswith(
-        f"cannot listen for health (--health-port) on 127.0.0.1:{health_port}: ")
-
-
 def test_the_token_is_not_in_the_settings_repr(model_repository):
     assert TOKEN not in repr(Settings(model_repository=model_repository, auth_token=TOKEN))
 
@@ -318,53 +238,3 @@ def test_the_token_is_not_in_the_settings_repr(model_repository):
 def test_client_certificate_without_key_is_refused(pki):
     with pytest.raises(ValueError, match="key"):
         client_security.channel_credentials(pki.ca, pki.client_cert, None)
-
-
-PATTERN = bytes.fromhex("c0ffee15bad5eed5")  # 8 bytes; an image is 98 of them
-
-
-def _renderings(data: bytes) -> list[str]:
-    """Ways a log line could show image bytes: hex, repr, base64, a list of numbers."""
-    return [
-        data.hex(),
-        repr(data)[2:-1],
-        base64.b64encode(data).decode(),
-        ", ".join(map(str, data)),
-        " ".join(map(str, data)),
-    ]
-
-
-async def test_logs_hold_no_image_data_even_at_debug(server, stub, caplog, capfd):
-    caplog.set_level(logging.DEBUG)
-    image = PATTERN * 98
-    good = pb.ClassifyRequest(images=[image, image], request_id="pattern")
-    assert len((await stub.Classify(good)).results) == 2
-    for bad in (
-        pb.ClassifyRequest(images=[image, image + PATTERN]),  # wrong size
-        pb.ClassifyRequest(images=[image], model="no-such-model"),
-    ):
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Classify(bad)
-    logs = caplog.text + "".join(capfd.readouterr())
-    assert "request failed" in logs  # the refusals were logged, at all
-    for rendering in _renderings(PATTERN * 2):
-        assert rendering not in logs
-
-
-def test_a_clients_text_in_a_log_line_cannot_start_a_line_of_its_own():
-    """An unknown JSON key or query option is quoted into the error a failed call is logged
-    with: in the text format a newline in it forged a log line of the client's making."""
-    from serving.logs import TextFormatter
-
-    forged = "y\n2026-12-02 00:00:01,000 CRITICAL serving.auth[1]: forged"
-    record = logging.LogRecord("serving.pipeline", logging.WARNING, __file__, 1,
-                               "request failed %s", (forged,), None)
-    record.fields = {"error": f"{forged}: not a key", "code": "INVALID_ARGUMENT"}
-    line = TextFormatter().format(record)
-    assert "\n" not in line and line.count("\\x0a") == 2
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        record.exc_info, record.exc_text = sys.exc_info(), None
-    traceback_lines = TextFormatter().format(record).splitlines()[1:]
-    assert traceback_lines[0] == "Traceback (most recent call last):"  # as it is, below

@@ -1,14 +1,11 @@
 """Loading the model repository, and the server refusing one it cannot vouch for."""
 
-import errno
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,13 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
-from fashion_mnist.v1 import classifier_pb2
 from serving import cli
-from serving.api.classifier import ClassifierAPI
-from serving.batching import BatchingPolicy
 from serving.errors import NotFound
 from serving.repository import load_repository
-from serving.watcher import RepositoryWatcher
+from tests.conftest import rewrite_manifest
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
 
@@ -34,11 +28,6 @@ def restore_logging():
     handlers, level = logging.root.handlers[:], logging.root.level
     yield
     logging.root.handlers[:], logging.root.level = handlers, level
-
-
-@pytest.fixture
-def policy() -> BatchingPolicy:
-    return BatchingPolicy()
 
 
 def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_repository,
@@ -70,12 +59,6 @@ def test_predict_runs_the_graph_with_its_preprocessing(model_repository, policy,
     assert prediction.probabilities.shape == (50, 10)
 
 
-def _rewrite_manifest(path, **changes):
-    document = json.loads(path.read_text())
-    document.update(changes)
-    path.write_text(json.dumps(document))
-
-
 def _damage(root, case: str):
     version = root / "mlp" / "2"
     if case == "missing":
@@ -93,11 +76,11 @@ def _damage(root, case: str):
         del document["sha256"]
         (version / MANIFEST).write_text(json.dumps(document))
     elif case == "wrong version":
-        _rewrite_manifest(version / MANIFEST, version=5)
+        rewrite_manifest(version / MANIFEST, version=5)
     elif case == "missing model file":
         (version / MODEL_FILE).unlink()
     elif case == "input not the contract's":
-        _rewrite_manifest(version / MANIFEST, inputs=[
+        rewrite_manifest(version / MANIFEST, inputs=[
             {"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}])
     elif case == "graph differs from manifest":  # its input renamed, the sha256 made to match
         graph = onnx.load(version / MODEL_FILE)
@@ -106,7 +89,7 @@ def _damage(root, case: str):
             node.input[:] = ["pixels" if name == "images" else name for name in node.input]
         onnx.save(graph, version / MODEL_FILE)
         digest = hashlib.sha256((version / MODEL_FILE).read_bytes()).hexdigest()
-        _rewrite_manifest(version / MANIFEST, sha256=digest)
+        rewrite_manifest(version / MANIFEST, sha256=digest)
     elif case == "no baseline":
         for path in sorted((root / "baseline").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
@@ -206,40 +189,6 @@ def test_a_version_past_int64_or_with_a_leading_0_is_skipped_not_served(reposito
         for name in ("99999999999999999999", "9" * 250, "02")}
 
 
-def test_model_info_reads_0_once_a_version_is_unloaded(repository_copy, policy):
-    registry = load_repository(repository_copy, policy)
-    shas = {version: registry.get("mlp", version).manifest.sha256[:12] for version in (1, 2)}
-
-    def info(version: int) -> float | None:
-        return REGISTRY.get_sample_value("fmnist_model_info", {
-            "model": "mlp", "version": str(version), "sha256": shas[version]})
-
-    assert (info(1), info(2)) == (1, 1)
-    registry.remove("mlp", 2)
-    assert (info(1), info(2)) == (1, 0)
-
-
-def test_list_models_while_the_watcher_unloads_a_models_last_version(repository_copy, policy,
-                                                                    monkeypatch):
-    """The watcher may unload a model's last version between ListModels' two reads of the
-    registry: the listing keeps the version it took, as it was (it crashed, INTERNAL)."""
-    registry = load_repository(repository_copy, policy)
-    api = ClassifierAPI(registry, "mlp", "baseline", 64)
-    listed = registry.list
-
-    def list_then_unload():
-        models = listed()
-        registry.remove("softmax", 1)
-        return models
-
-    monkeypatch.setattr(registry, "list", list_then_unload)
-    answer = api.ListModels(classifier_pb2.ListModelsRequest(), None)
-    softmax = [info for info in answer.models if info.name == "softmax"]
-    assert [(info.version, info.is_default_version) for info in softmax] == [(1, True)]
-    for model in listed():  # their fmnist_model_info series back to 0, as other tests expect
-        registry.remove(model.name, model.version)
-
-
 def classifier_ending(tail: list, initializers: list) -> onnx.ModelProto:
     """The fixture's signature (uint8 images in, ``probabilities`` and ``label`` out) with
     ``tail`` turning float ``features [N,784]`` into them."""
@@ -302,115 +251,3 @@ def test_a_version_whose_classes_are_not_the_contracts_is_refused(repository_cop
     assert "expected Fashion-MNIST's in label order" in registry.refused[("mlp", 2)]
     assert REGISTRY.get_sample_value("fmnist_model_info", {
         "model": "mlp", "version": "2", "sha256": document["sha256"][:12]}) in (None, 0)
-
-
-
-def _loaded(registry) -> list[tuple[str, int]]:
-    return [(model.name, model.version) for model in registry.list()]
-
-
-def test_a_repository_that_cannot_be_listed_unloads_nothing(repository_copy, policy, caplog):
-    """A volume's hiccup (the root gone for a moment) read as an empty repository: every
-    version but the required models' last was unloaded, and clients got NOT_FOUND."""
-    registry = load_repository(repository_copy, policy)
-    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
-    before = _loaded(registry)
-    away = repository_copy.rename(repository_copy.with_name("away"))
-    watcher.poll()
-    watcher.poll()
-    assert _loaded(registry) == before
-    assert [record.getMessage() for record in caplog.records].count(
-        "model repository cannot be listed; the loaded versions keep serving") == 1
-    away.rename(repository_copy)
-    shutil.rmtree(repository_copy / "softmax")
-    watcher.poll()  # and it follows the repository again once it can list it
-    assert _loaded(registry) == [key for key in before if key[0] != "softmax"]
-
-
-def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, policy,
-                                                               monkeypatch, caplog):
-    """... and what it refused stays refused (it was retried, and logged again, once the
-    folder read again, with nothing changed on disk)."""
-    shutil.copytree(repository_copy / "softmax" / "1", repository_copy / "softmax" / "2")
-    _rewrite_manifest(repository_copy / "softmax" / "2" / "model.json", version=2,
-                      sha256="0" * 64)
-    registry = load_repository(repository_copy, policy)
-    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
-    before = _loaded(registry)
-    listing = Path.iterdir
-
-    def iterdir(path):  # as NFS answers a folder it lost (as root, permissions never fail)
-        if path.name == "softmax":
-            raise OSError(errno.EIO, "Input/output error", str(path))
-        return listing(path)
-
-    monkeypatch.setattr(Path, "iterdir", iterdir)
-    watcher.poll()
-    assert _loaded(registry) == before
-    monkeypatch.setattr(Path, "iterdir", listing)
-    watcher.poll()
-    assert [record.getMessage() for record in caplog.records].count(
-        "model version refused") == 1  # at start-up only
-
-
-def test_a_version_replaced_in_place_is_loaded_again(repository_copy, policy, caplog):
-    """A version directory swapped for another under the same number went unnoticed: the
-    process kept its old files, a worker started later loaded the new ones, and the two
-    answered under one name and version with different models."""
-    registry = load_repository(repository_copy, policy)
-    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
-    old_sha = registry.get("mlp", 2).manifest.sha256
-    new = repository_copy / "mlp" / ".new"
-    shutil.copytree(repository_copy / "softmax" / "1", new)
-    _rewrite_manifest(new / MANIFEST, name="mlp", version=2)
-    (repository_copy / "mlp" / "2").rename(repository_copy / "mlp" / ".old")
-    new.rename(repository_copy / "mlp" / "2")
-    watcher.poll()
-    replaced = registry.get("mlp", 2).manifest.sha256
-    assert replaced == registry.get("softmax", 1).manifest.sha256 != old_sha
-    assert [REGISTRY.get_sample_value("fmnist_model_info", {
-        "model": "mlp", "version": "2", "sha256": sha[:12]}) for sha in (old_sha, replaced)] \
-        == [0, 1]
-    # a replacement that fails verification leaves the version that serves, refused once
-    damaged = repository_copy / "mlp" / ".damaged"
-    shutil.copytree(repository_copy / "mlp" / "2", damaged)
-    _rewrite_manifest(damaged / MANIFEST, sha256="0" * 64)
-    shutil.rmtree(repository_copy / "mlp" / "2")
-    damaged.rename(repository_copy / "mlp" / "2")
-    watcher.poll()
-    watcher.poll()
-    assert registry.get("mlp", 2).manifest.sha256 == replaced
-    [refused] = [record for record in caplog.records
-                 if record.getMessage() == "model version refused"]
-    # it says so: the refusal read as if mlp v2 were gone, while the files loaded before served
-    assert refused.fields["still_serving_sha256"] == replaced[:12]
-    for model in registry.list():  # their fmnist_model_info series back to 0
-        registry.remove(model.name, model.version)
-
-
-def test_a_version_replaced_by_a_copy_of_the_same_size_and_times_is_loaded_again(
-        repository_copy, policy):
-    """Models of one architecture have files of one size, and cp -p, rsync -a or tar keep
-    the modification times: such a replacement still went unnoticed (its ctimes are new)."""
-    registry = load_repository(repository_copy, policy)
-    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
-    served = repository_copy / "mlp" / "2"
-    times = {path.name: (path.stat().st_atime_ns, path.stat().st_mtime_ns)
-             for path in served.iterdir()}
-    new = repository_copy / "mlp" / ".new"
-    shutil.copytree(repository_copy / "mlp" / "1", new)
-    manifest = json.loads((new / MANIFEST).read_text())
-    manifest["version"] = 2
-    padding = (served / MANIFEST).stat().st_size - len(json.dumps(manifest))
-    manifest["description"] += " " * padding
-    (new / MANIFEST).write_text(json.dumps(manifest))
-    for name, stamps in times.items():
-        os.utime(new / name, ns=stamps)
-    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in new.iterdir()) == \
-        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in served.iterdir())
-    shutil.rmtree(served)
-    new.rename(served)
-    watcher.poll()
-    assert registry.get("mlp", 2).manifest.sha256 == manifest["sha256"]
-    for model in registry.list():  # their fmnist_model_info series back to 0
-        registry.remove(model.name, model.version)

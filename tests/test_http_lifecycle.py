@@ -1,0 +1,76 @@
+"""The HTTP transport's stop: readiness turns false before calls are refused (and gRPC's with
+it), the port is let go, and a client stalled mid-request is left behind after the grace."""
+
+import contextlib
+import socket
+import threading
+import time
+
+import grpc
+import requests
+
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from serving import server as server_module
+from tests.http_helpers import http_server, http_settings
+
+
+def test_ready_turns_400_when_the_server_drains_before_calls_are_refused(model_repository,
+                                                                         monkeypatch):
+    """SIGTERM's order over HTTP: /v2/health/ready says 400 first (the protocol's "4xx is
+    false"), then calls are refused 503 (health stays live); meanwhile gRPC's ServerReady
+    says false, as HTTP does."""
+    monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 1.0)  # room to ask gRPC
+    with (http_server(http_settings(model_repository, grace_period=3.0)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        inference = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+        assert inference.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        events = []
+        deadline = time.monotonic() + 5
+        while "call refused" not in events and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):  # a call first: were both
+                if requests.get(f"{url}/v1/models", timeout=5).status_code == 503:  # to turn
+                    events.append("call refused")  # at once, this would see it first
+                ready = requests.get(f"{url}/v2/health/ready", timeout=5).status_code
+                if ready == 400 and "not ready" not in events:
+                    events.append("not ready")
+                    events.append(f"gRPC ready: {_grpc_ready(inference)}")
+        stopping.join(10)
+    assert events == ["not ready", "gRPC ready: False", "call refused"]
+
+
+def test_a_stopped_server_has_let_go_of_its_http_port(model_repository):
+    """granian stops on its own threads: stop() returned while they still held the port and,
+    in a one-process server, while they could still call into an interpreter that was being
+    finalized (a fresh-clone CI run saw granian abort the process at exit: 'panic in a
+    function that cannot unwind')."""
+    settings = http_settings(model_repository)
+    for _ in range(5):
+        with http_server(settings) as (server, url):
+            assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+            server.http.stop(grace_s=1.0)  # as the server's own stop() calls it
+            socket.create_server(("127.0.0.1", settings.http_port)).close()  # OSError: held
+
+
+def test_a_client_stalled_mid_request_is_left_behind_after_the_grace(model_repository, caplog):
+    """granian cannot stop while a request is half sent (it has no body timeout): stop()
+    waits the grace and a second more for it, then says so and returns."""
+    settings = http_settings(model_repository)
+    with http_server(settings) as (server, _url), socket.create_connection(
+            ("127.0.0.1", settings.http_port)) as stalled:
+        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        deadline = time.monotonic() + 5  # until the app waits for the body
+        while server.admission.in_flight != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        began = time.monotonic()
+        server.http.stop(grace_s=0.5)
+        assert 1.4 < time.monotonic() - began < 3
+    assert "an HTTP connection is still in the middle of a request; left behind" in [
+        record.getMessage() for record in caplog.records]
+
+
+def _grpc_ready(inference) -> bool:
+    return inference.ServerReady(pb.ServerReadyRequest(), timeout=5).ready

@@ -1,0 +1,87 @@
+"""TLS and port settings the server cannot serve with: refused at start, with one line that
+names the file or the flag (and the client's credentials the same)."""
+
+import re
+import socket
+
+import pytest
+
+from serving.client import security as client_security
+from serving.server import ListenError
+from serving.settings import Settings
+from tests.conftest import local_settings, running_server
+
+
+def test_the_server_needs_both_certificate_and_key(pki, model_repository):
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key"):
+        Settings(model_repository=model_repository, tls_cert=str(pki.server_cert))
+    with pytest.raises(ValueError, match="--tls-client-ca"):
+        Settings(model_repository=model_repository, tls_client_ca=str(pki.ca))
+
+
+@pytest.mark.parametrize(("names", "why"), [
+    (("server_key", "server_cert", None), "not PEM, or a key that needs a password"),  # swapped
+    (("server_cert", "client_key", None), "the key is not the certificate's"),
+    (("server_cert", "server_key", "server_key"), "no certificate in it"),
+])
+def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
+        pki, model_repository, grpc_server, names, why):
+    """gRPC itself took them, then failed to "bind" the port, or (a client) to connect."""
+    files = [getattr(pki, name) if name else None for name in names]  # cert, key, CA
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              tls_cert=str(files[0]), tls_key=str(files[1]),
+                              tls_client_ca=str(files[2] or ""), grpc_server=grpc_server)
+    with pytest.raises(ListenError) as refused, running_server(settings):
+        pass
+    assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
+    with pytest.raises(ValueError, match=why):
+        client_security.channel_credentials(files[2], files[0], files[1])
+
+
+@pytest.mark.parametrize("which", ["tls_cert", "tls_key", "tls_client_ca"])
+def test_a_tls_file_that_cannot_be_read_is_named(pki, model_repository, tmp_path, which):
+    """ssl's error names no file ("cannot read a TLS file: [Errno 2] No such file or
+    directory"): the operator could not tell the certificate from the key or the CA."""
+    files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
+             "tls_client_ca": str(pki.ca), which: str(tmp_path / "missing.pem")}
+    settings = local_settings(model_repository=model_repository, poll_interval=0, **files)
+    with pytest.raises(ListenError) as refused, running_server(settings):
+        pass
+    assert str(refused.value).endswith(f"No such file or directory: '{tmp_path}/missing.pem'")
+    with pytest.raises(OSError, match=re.escape("missing.pem")):
+        client_security.channel_credentials(files["tls_client_ca"], files["tls_cert"],
+                                            files["tls_key"])
+
+
+def test_a_key_too_small_for_openssl_is_refused_with_one_line(tmp_path, model_repository,
+                                                              grpc_server):
+    """The native server's gRPC C++ (system OpenSSL, default security level) refuses a
+    1024-bit RSA key, as "cannot bind"; grpcio (BoringSSL) took it. Both refuse it now, and
+    say why."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.pki import _certificate, _write
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    cert = _write(tmp_path / "small.pem", _certificate("localhost", key, "localhost", key,
+                                                        server=True))
+    key_file = _write(tmp_path / "small.key", key=key)
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              tls_cert=str(cert), tls_key=str(key_file), grpc_server=grpc_server)
+    why = "the key is too small (RSA: 2048 bits at least)"
+    with pytest.raises(ListenError, match=re.escape(why)), running_server(settings):
+        pass
+    with pytest.raises(ValueError, match=re.escape(why)):
+        client_security.channel_credentials(None, cert, key_file)
+
+
+def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_server):
+    """It named the gRPC port ("cannot listen on 127.0.0.1:PORT: ... cannot bind HEALTH")."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        health_port = taken.getsockname()[1]
+        settings = local_settings(model_repository=model_repository, poll_interval=0,
+                                  health_port=health_port, grpc_server=grpc_server)
+        with pytest.raises(ListenError) as refused, running_server(settings):
+            pass
+    assert str(refused.value).startswith(
+        f"cannot listen for health (--health-port) on 127.0.0.1:{health_port}: ")

@@ -1,0 +1,222 @@
+"""``fmnist-train`` refusing what it cannot do, and failing or stopped runs: one line on
+stderr, and nothing half-published left behind."""
+
+import re
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.contract import MODEL_FILE
+from tests.training_runs import run_training
+
+
+def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
+    result = run_training("--out", str(tmp_path), "--models", "softmax,cnn")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: argument --models: unknown model(s) cnn; choose from "
+        "softmax,mlp,baseline (see fmnist-train --help)"
+    ]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--seed", "-1"), ("--split-seed", "4294967296")])
+def test_a_seed_numpy_cannot_take_is_refused_before_fitting(tmp_path, flag, value):
+    """It was taken, and the run failed after its first model's heading with numpy's
+    "ValueError: Seed must be between 0 and 2**32 - 1"."""
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline", flag, value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: argument {flag}: expected an integer >= 0 and <= 4294967295, "
+        f"got {value} (see fmnist-train --help)"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--out", "FILE"], "--out FILE: FILE is a file, not a directory"),
+    (["--report-dir", "FILE"], "--report-dir FILE: FILE is a file, not a directory"),
+    (["--out", "FILE/repo"], "--out FILE/repo: FILE is a file, not a directory"),
+], ids=["out-file", "report-dir-file", "out-in-a-file"])
+def test_an_output_directory_that_is_a_file_is_refused_with_the_flags(tmp_path, flags,
+                                                                       message):
+    """It failed later with a bare FileExistsError or NotADirectoryError, naming no flag."""
+    (tmp_path / "file").write_text("")
+    flags = [flag.replace("FILE", str(tmp_path / "file")) for flag in flags]
+    result = run_training("--out", str(tmp_path / "repo"), *flags)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: {message.replace('FILE', str(tmp_path / 'file'))} "
+        "(see fmnist-train --help)"]
+
+
+def test_a_fit_that_diverged_publishes_nothing(tmp_path):
+    """A learning rate of 1e30 made the MLP's probabilities NaN: the run published it with
+    exit 0, a running server made it the default version (every image "T-shirt/top", nan%),
+    and its model.json held NaN, which is not JSON."""
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "mlp", "--no-mlp-batch-norm",
+                          "--optimizer", "sgd", "--learning-rate", "1e30", "--lr-schedule",
+                          "none", "--train-subset", "1000", "--epochs", "1", "--mlp-hidden", "64",
+                          "--progress", "none")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: mlp: its probabilities are not finite numbers (the fit "
+        "diverged: lower the learning rate); nothing was published"]
+    assert not out.exists()
+
+
+def test_a_model_no_better_than_one_answer_is_not_worth_publishing():
+    from training.cli import TrainingError, check_worth_publishing
+
+    labels = np.repeat(np.arange(10), 100)
+    flat = np.full((1000, 10), 0.1, np.float32)
+    with pytest.raises(TrainingError, match=r"^softmax: validation accuracy 0\.1000 is no "
+                       r"better than always answering one class \(0\.1000\); nothing was "
+                       r"published$"):
+        check_worth_publishing("softmax", flat, flat, 0.1, labels)
+    check_worth_publishing("softmax", flat, flat, 0.1001, labels)
+
+
+def test_a_model_below_the_accuracy_asked_for_publishes_nothing(tmp_path):
+    """A retraining job that must not replace a good model with a worse one sets a floor: the
+    run fails, naming the model and the flag, before any version is published."""
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "softmax,baseline", "--train-subset",
+                          "1000", "--epochs", "1", "--progress", "none",
+                          "--min-validation-accuracy", "0.95")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"fmnist-train: error: softmax: validation accuracy 0\.\d{4} is below "
+                        r"--min-validation-accuracy 0\.95; nothing was published", line), line
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
+    """The output directory is made before the minutes of fitting (to fail at once if it
+    cannot be); a run that fails after that left it there, empty."""
+    result = run_training("--out", str(tmp_path / "new"), "--models", "baseline",
+                          "--train-subset", "5")
+    assert result.returncode == 1
+    assert "every class must be learned" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_that_cannot_write_one_model_publishes_none_and_names_the_file(tmp_path):
+    """A full disk (here: a file size limit) while writing the mlp left the softmax published,
+    the mlp's half-written staging directory behind, and an error naming no file."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))  # softmax's 31 KB fit
+
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "softmax,mlp", "--train-subset", "1000",
+                          "--epochs", "1", "--mlp-hidden", "64", "--progress", "none",
+                          preexec_fn=small_files)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "File too large" in line and f"{out}/mlp/.staging-" in line and "model.onnx" in line
+    assert not out.exists()  # no version, no staging directory, no empty report directory
+
+
+@pytest.mark.parametrize("report_dir_given", [False, True], ids=["default", "given-empty"])
+def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path, report_dir_given):
+    """The versions were published before the report was written; a full disk then left
+    them served after a run that failed, beside part of a report. A report directory the
+    user made for the run is kept, empty, as it was given."""
+
+    def small_files() -> None:
+        # the model (32 KB) and the first two pictures (53 and 27 KB) fit, its samples (90) not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (70_000, 70_000))
+
+    out, given = tmp_path / "repo", tmp_path / "report"
+    flags = ["--report-dir", str(given)] if report_dir_given else []
+    if report_dir_given:
+        given.mkdir()
+    result = run_training("--out", str(out), "--models", "softmax", "--train-subset",
+                          "1000", "--epochs", "1", "--progress", "none", *flags,
+                          preexec_fn=small_files)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "fmnist-train: error: OSError: [Errno 27] File too large: writing the report into "
+        f"{given if report_dir_given else out / 'reports'}")
+    assert not out.exists()  # no version, no staging directory, no part of a report
+    assert list(given.iterdir()) == [] if report_dir_given else not given.exists()
+
+
+SIGTERM_FROM = """
+import importlib, os, signal, sys
+from training import cli
+module, name = sys.argv.pop(1).rsplit(".", 1)
+target = importlib.import_module(module)
+called = getattr(target, name)
+def terminated_first(*args, **kwargs):  # what timeout(1), docker stop and Kubernetes send
+    os.kill(os.getpid(), signal.SIGTERM)
+    return called(*args, **kwargs)
+setattr(target, name, terminated_first)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def run_terminated_in(function: str, out: Path) -> subprocess.CompletedProcess:
+    """A baseline-only run into ``out`` that gets SIGTERM as ``function`` is called."""
+    return subprocess.run(
+        [sys.executable, "-c", SIGTERM_FROM, function, "--out", str(out), "--models",
+         "baseline", "--train-subset", "1000", "--progress", "none"],
+        capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("function", ["training.report.plot_confusion_matrices",
+                                      "training.repository.sha256_file"],
+                         ids=["writing-the-report", "staging-a-version"])
+def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, function):
+    """Ctrl-C was cleaned up, SIGTERM not: the models' staging directories and part of a
+    report stayed, and no later run removed them."""
+    result = run_terminated_in(function, tmp_path / "repo")
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "fmnist-train: stopped (SIGTERM)"
+    assert not (tmp_path / "repo").exists()  # no version, no staging directory, no report
+
+
+def test_a_run_stopped_by_sigterm_once_published_keeps_what_it_published(tmp_path):
+    """A stop after the versions were published removed the run's report: a watching server
+    served versions whose report was gone."""
+    out = tmp_path / "repo"
+    result = run_terminated_in("training.cli.print_table", out)
+    assert result.returncode == -signal.SIGTERM
+    assert (out / "baseline" / "1" / MODEL_FILE).is_file()
+    [report] = (out / "reports").iterdir()
+    assert (report / "report.md").is_file()
+
+
+@pytest.mark.parametrize("breakage", ["model-dir-is-a-file", "corrupt-highest-version"])
+def test_a_repository_that_cannot_take_the_versions_is_refused_before_fitting(tmp_path,
+                                                                              breakage):
+    """Found after minutes of fitting, these failed the run at publishing time."""
+    out = tmp_path / "repo"
+    out.mkdir()
+    if breakage == "model-dir-is-a-file":
+        (out / "baseline").write_text("not a directory")
+        expected = f"FileExistsError: [Errno 17] File exists: '{out / 'baseline'}'"
+    else:
+        (out / "baseline").mkdir()
+        (out / "baseline" / ".highest-version").write_text("seven\n")
+        expected = f"ValueError: {out / 'baseline' / '.highest-version'}: expected the highest"
+    result = run_training("--out", str(out), "--models", "baseline", "--train-subset", "1000")
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"fmnist-train: error: {expected}"), line
+    assert "== baseline" not in result.stdout  # nothing was fitted
+    assert not (out / "reports").exists()
+
+
+def test_a_report_dir_that_is_not_empty_is_refused_at_once(tmp_path):
+    """Its old pictures would sit beside the new report as if they were this run's."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "learning-curves.png").write_bytes(b"old")
+    result = run_training("--out", str(tmp_path / "repo"), "--report-dir", str(tmp_path / "report"))
+    assert result.returncode == 2
+    assert "--report-dir" in result.stderr and "not empty" in result.stderr
+    assert not (tmp_path / "repo").exists()
