@@ -5,8 +5,10 @@ data plane's handler; the pipeline checks the bearer token, admits the call (dra
 concurrency limit), counts it in the metrics and turns every failure into a ``ServingError``
 whose class says the status (``serving.errors``). A transport only translates that status.
 
-Health stays open (probes hold no token) and, like reflection, is never refused or counted:
-a draining server says NOT_SERVING over health rather than refusing it.
+Health stays open (probes hold no token) and is never refused or counted: a draining server
+says NOT_SERVING over health rather than refusing it. Reflection is not counted and not
+refused for draining or --max-concurrent-calls, but, a stream holding a call thread as any
+other, it is refused RESOURCE_EXHAUSTED while every stream slot (``max_streams``) is taken.
 """
 
 import hmac
