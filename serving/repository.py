@@ -54,6 +54,7 @@ class ModelVersion:
         self._input_name = manifest.inputs[0].name
         self._output_names = [PROBABILITIES, LABEL]
         self.metrics = ModelMetrics(manifest.name, manifest.version, manifest.sha256)
+        self.policy = policy  # how its batcher runs it
         self._batcher = Batcher(self._run, policy, self.metrics)
 
     @property

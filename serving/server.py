@@ -67,7 +67,6 @@ class ModelServer:
                                         settings.baseline_model, settings.max_request_images)
         self._draining = threading.Event()
         self.inference = InferenceAPI(registry, settings.max_request_images, __version__,
-                                      settings.batch_delay_us / 1e6, settings.parallel_inferences,
                                       ready=lambda: not self._draining.is_set())
         self.admission = Admission(settings.max_concurrent_calls)
         self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,

@@ -168,7 +168,7 @@ def test_a_stream_whose_call_is_over_ends_instead_of_answering_an_error(model_re
     """A stream whose deadline passed, or whose client cancelled it, ends as a unary call does:
     its request is not answered with an error message in its place, as a refused one is, and
     the stream does not read on for a client that is gone."""
-    api = InferenceAPI(load_repository(model_repository, BatchingPolicy()), 64, "test", 0.0, 1)
+    api = InferenceAPI(load_repository(model_repository, BatchingPolicy()), 64, "test")
     answers = api.ModelStreamInfer(iter([raw_request(id="late"), raw_request()]), gone)
     with pytest.raises(error):
         next(answers)
@@ -208,3 +208,14 @@ async def test_a_version_past_int64_is_invalid_argument_on_every_method(v2, vers
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details().startswith("model_version: expected")
+
+
+def test_model_config_says_the_batching_its_version_runs_with(model_repository):
+    """ModelConfig's dynamic batching delay and instance count are those of the policy the
+    version's batcher runs (the server worked them out from the settings a second time)."""
+    policy = BatchingPolicy(max_images=16, max_parallel=3, max_delay_s=0.002)
+    api = InferenceAPI(load_repository(model_repository, policy), 64, "test")
+    config = api.ModelConfig(pb.ModelConfigRequest(name="mlp"), Call("/x/ModelConfig")).config
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [group.count for group in config.instance_group] == [3]
+    assert config.max_batch_size == 64

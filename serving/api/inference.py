@@ -26,16 +26,13 @@ WANTS_FINAL_FLAG, FINAL_FLAG = "triton_enable_empty_final_response", "triton_fin
 
 class InferenceAPI:
     def __init__(self, registry: ModelRegistry, max_request_images: int, server_version: str,
-                 max_delay_s: float, instances: int, *,
-                 ready: Callable[[], bool] = lambda: True):
+                 *, ready: Callable[[], bool] = lambda: True):
         """``ready``: False once the server drains, which it says before it refuses calls, so
         that balancers and probes turn away first."""
         self._registry = registry
         self._ready = ready
         self._max_request_images = max_request_images
         self._server_version = server_version
-        self._max_delay_s = max_delay_s
-        self._instances = instances
 
     def ServerLive(self, request, call: Call) -> pb.ServerLiveResponse:  # noqa: N802 (the protocol's name)
         return pb.ServerLiveResponse(live=True)
@@ -57,8 +54,7 @@ class InferenceAPI:
 
     def ModelConfig(self, request, call: Call) -> pb.ModelConfigResponse:  # noqa: N802 (the protocol's name)
         model = self._registry.get(request.name, parse_version(request.version))
-        return encode_model_config(model, self._max_request_images, self._max_delay_s,
-                                   self._instances)
+        return encode_model_config(model, self._max_request_images)
 
     def ModelStatistics(self, request, call: Call) -> pb.ModelStatisticsResponse:  # noqa: N802 (the protocol's name)
         """Every model if the name is "", every loaded version if the version is ""."""

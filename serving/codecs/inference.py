@@ -197,10 +197,10 @@ def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelM
         outputs=[_TensorMetadata(**asdict(spec)) for spec in manifest.outputs])
 
 
-def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_s: float,
-                        instances: int) -> pb.ModelConfigResponse:
-    """Triton's view of the model: batched along the first dimension, dims without it."""
-    manifest = model.manifest
+def encode_model_config(model: ModelVersion, max_request_images: int) -> pb.ModelConfigResponse:
+    """Triton's view of the model: batched along the first dimension, dims without it, as its
+    batcher runs it (``model.policy``)."""
+    manifest, policy = model.manifest, model.policy
     return pb.ModelConfigResponse(config=config_pb.ModelConfig(
         name=manifest.name, platform=PLATFORM, backend=BACKEND,
         version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
@@ -210,9 +210,9 @@ def encode_model_config(model: ModelVersion, max_request_images: int, max_delay_
         output=[config_pb.ModelOutput(name=s.name, data_type=CONFIG_TYPES[s.datatype],
                                       dims=s.shape[1:]) for s in manifest.outputs],
         dynamic_batching=config_pb.ModelDynamicBatching(
-            max_queue_delay_microseconds=round(max_delay_s * 1e6), preserve_ordering=True),
+            max_queue_delay_microseconds=round(policy.max_delay_s * 1e6), preserve_ordering=True),
         instance_group=[config_pb.ModelInstanceGroup(
-            count=instances, kind=config_pb.ModelInstanceGroup.KIND_CPU)]))
+            count=policy.max_parallel, kind=config_pb.ModelInstanceGroup.KIND_CPU)]))
 
 
 def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
