@@ -34,7 +34,12 @@ log = logging.getLogger(__name__)
 
 
 class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not an error kind)
-    """A package's handler (health, reflection) ended its call with a status of its own."""
+    """A package's handler (not the data plane's) ended its call with a status of its own,
+    which the metrics and the log say."""
+
+    def __init__(self, code: grpc.StatusCode):
+        super().__init__(f"answered {code.name}")
+        self.grpc_code = code.name
 
 
 def api_handler(service: descriptor.ServiceDescriptor, api: object) -> grpc.GenericRpcHandler:
@@ -137,7 +142,7 @@ def _raise_answered(error: Exception, _request, context: grpc.ServicerContext):
     """A package's handler raised: if it ended its call itself first (``context.abort`` raises
     a bare Exception), that status stands."""
     code = context.code()
-    raise (error if code is None else AnsweredByHandler(f"answered {code.name}")) from None
+    raise (error if code is None else AnsweredByHandler(code)) from None
 
 
 def _call(method: str, context: grpc.ServicerContext) -> Call:

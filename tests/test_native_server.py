@@ -15,6 +15,7 @@ import threading
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from serving.grpc_transport import PipelineInterceptor
 from serving.grpc_transport import grpc_server as make_grpc_server
@@ -183,7 +184,14 @@ def test_a_call_cancelled_by_the_client_ends_for_its_handler(echo_server, grpc_s
 
 def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_server, caplog):
     """A package's streaming handler (not the data plane's) that aborts: its status reaches
-    the client, and the pipeline logs no crash."""
+    the client, the metrics count that status (they counted INTERNAL), and the pipeline logs
+    no crash."""
+    counted = {"api": "test.Echo", "method": "AbortStream", "model": ""}
+
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("fmnist_requests_total", {**counted, "code": code}) or 0
+
+    before = count("PERMISSION_DENIED"), count("INTERNAL")
     pipeline = CallPipeline("", Admission())
     server = make_grpc_server(grpc_server, 4, [PipelineInterceptor(pipeline, [])], 1 << 20,
                               reuse_port=False)
@@ -200,6 +208,7 @@ def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_ser
     finally:
         server.stop(0).wait()
     assert not [r for r in caplog.records if r.getMessage() == "request crashed"]
+    assert (count("PERMISSION_DENIED"), count("INTERNAL")) == (before[0] + 1, before[1])
 
 
 def test_the_log_names_the_transport(settings, caplog):
