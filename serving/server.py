@@ -76,8 +76,9 @@ class ModelServer:
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
             settings.max_message_bytes, reuse_port=settings.workers > 1,
             max_running=_max_running(settings), connection_age_s=settings.max_connection_age)
-        self.health = HealthServicer()
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # grpc_health: SERVING
+        self.health = HealthServicer()  # every service known, NOT_SERVING, until start()
+        for name in [*(s.full_name for s in SERVICES), ""]:  # (a Watch of one unknown ends)
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

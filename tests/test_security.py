@@ -16,9 +16,13 @@ from inference import grpc_service_pb2 as pb_v2
 from inference import grpc_service_pb2_grpc as pb_v2_grpc
 from serving.client import cli as client_cli
 from serving.client import security as client_security
+from serving.grpc_transport import grpc_server as make_grpc_server
+from serving.server import ModelServer
 from serving.settings import Settings
 from tests.aio_security import aio_channel
 from tests.conftest import local_settings, running_server
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 TOKEN = "s3cret-token"
 
@@ -142,6 +146,34 @@ def test_health_watches_of_names_it_does_not_serve_leave_nothing_behind(model_re
         while kept() != ({}, 0) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert kept() == ({}, 0)
+
+
+@pytest.mark.parametrize("service", ["", "fashion_mnist.v1.Classifier",
+                                     "inference.GRPCInferenceService"])
+def test_the_services_are_known_not_serving_before_start(model_repository, grpc_server, service):
+    """The transport serves calls before ``start()`` reports SERVING (the native server's
+    threads take queued calls at once): a Watch of a service is NOT_SERVING then and stays
+    open for the SERVING to come. The services were registered only then: such a Watch got
+    SERVICE_UNKNOWN and ended, as for a name never served, and a Check NOT_FOUND."""
+    server = ModelServer.from_settings(local_settings(model_repository=model_repository,
+                                                      poll_interval=0, grpc_server=grpc_server))
+    health_only = make_grpc_server(grpc_server, 2, [], 4096, reuse_port=False)
+    health_pb2_grpc.add_HealthServicer_to_server(server.health, health_only)
+    port = health_only.add_insecure_port("127.0.0.1:0")
+    health_only.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=service)
+            assert health.Check(request, timeout=5).status == NOT_SERVING
+            watch = health.Watch(request, timeout=5)
+            assert next(watch).status == NOT_SERVING
+            server.start()
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+    finally:
+        server.stop(0)
+        health_only.stop(0).wait()
 
 
 async def test_tls_serves_only_clients_that_trust_its_ca(pki, model_repository, grpc_server):
