@@ -62,7 +62,7 @@ class Call:
         """Why the answer would reach nobody (its deadline passed, or its client cancelled),
         if it would not."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            return DeadlineExceeded("deadline exceeded before the images were computed")
+            return DeadlineExceeded("deadline exceeded: its client stopped waiting for the answer")
         if not self.is_active():
             return Cancelled("call cancelled (by its client, or at the end of a stop's grace)")
         return None
