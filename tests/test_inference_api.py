@@ -141,21 +141,24 @@ async def test_a_stream_answers_each_request_in_order_and_a_refusal_in_its_place
     answers = [answer async for answer in v2.ModelStreamInfer(iter(requests))]
     assert [answer.error_message == "" for answer in answers] == [True, False, True]
     assert [answers[0].infer_response.id, answers[2].infer_response.id] == ["a", "c"]
+    del answers[0].infer_response.parameters["triton_final_response"]  # streams' only
     assert answers[0].infer_response == await v2.ModelInfer(requests[0])
     assert answers[1].error_message.startswith("inputs['images']") and "shape" in \
         answers[1].error_message
     assert answers[1].infer_response.id == "b"  # as Triton's: the client knows which failed
 
 
-async def test_a_stream_request_asking_for_the_final_flag_gets_it(v2):
-    """Triton's streaming clients (tritonclient's enable_empty_final_response) wait for
-    ``triton_final_response``; each request here has one answer, which is its final one."""
+async def test_every_stream_answer_carries_the_final_flag_as_tritons_does(v2):
+    """Triton's stream answers all carry ``triton_final_response`` (true: one answer per
+    request here), asked for or not (``triton_enable_empty_final_response`` only adds empty
+    answers of decoupled models); clients that read it to know a request is done waited for
+    ever on the answers of requests that had not asked."""
     asking = raw_request(id="f", parameters={
         "triton_enable_empty_final_response": pb.InferParameter(bool_param=True)})
-    answers = [answer async for answer in v2.ModelStreamInfer(iter([asking, raw_request()]))]
-    flags = [answer.infer_response.parameters for answer in answers]
-    assert flags[0]["triton_final_response"].bool_param
-    assert "triton_final_response" not in flags[1]
+    requests = [asking, raw_request(), raw_request(IMAGES[:, :27])]
+    answers = [answer async for answer in v2.ModelStreamInfer(iter(requests))]
+    assert [answer.infer_response.parameters["triton_final_response"].bool_param
+            for answer in answers] == [True, True, True]
 
 
 @pytest.mark.parametrize("gone, error", [

@@ -21,7 +21,7 @@ from serving.repository import ModelRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "fashion-mnist-service"
-WANTS_FINAL_FLAG, FINAL_FLAG = "triton_enable_empty_final_response", "triton_final_response"
+FINAL_FLAG = "triton_final_response"
 
 
 class InferenceAPI:
@@ -75,8 +75,8 @@ class InferenceAPI:
     def ModelStreamInfer(self, requests: Iterable[pb.ModelInferRequest], call: Call  # noqa: N802 (the protocol's name)
                          ) -> Iterator[pb.ModelStreamInferResponse]:
         """Answers in request order; a refused request is answered with its error and its
-        ``id``, and the stream goes on, as Triton's does. A request asking for Triton's final
-        flag (streaming clients wait for it) gets it on its one answer."""
+        ``id``, and the stream goes on, as Triton's does; every answer, its request's one and
+        final, says so in Triton's final flag, which streaming clients wait for."""
         for request in requests:
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
@@ -85,6 +85,5 @@ class InferenceAPI:
             except ServingError as error:
                 answer = pb.ModelStreamInferResponse(
                     error_message=str(error), infer_response=pb.ModelInferResponse(id=request.id))
-            if (final := request.parameters.get(WANTS_FINAL_FLAG)) is not None and final.bool_param:
-                answer.infer_response.parameters[FINAL_FLAG].bool_param = True
+            answer.infer_response.parameters[FINAL_FLAG].bool_param = True
             yield answer
