@@ -75,10 +75,10 @@ def test_health_metadata_config_and_statistics_are_the_grpc_answers(url, v2):
     server = requests.get(f"{url}/v2", timeout=5).json()
     expected = message_json(v2.ServerMetadata(pb.ServerMetadataRequest()))
     assert server == {**expected, "extensions": [*expected["extensions"], "binary_tensor_data"]}
-    for path, version in (("mlp", ""), ("mlp/versions/1", "1")):
+    for path, version, versions in (("mlp", "", ["1", "2"]), ("mlp/versions/1", "1", ["1"])):
         got = requests.get(f"{url}/v2/models/{path}", timeout=5)
         assert got.status_code == 200 and got.headers["Content-Type"] == "application/json"
-        assert got.json() == message_json(
+        assert got.json()["versions"] == versions and got.json() == message_json(
             v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=version)))
         config = requests.get(f"{url}/v2/models/{path}/config", timeout=5).json()
         assert config == message_json(

@@ -190,6 +190,13 @@ async def test_model_ready_per_version(v2):
     assert ready == [True, True, True, False]
 
 
+async def test_metadata_of_a_version_lists_that_version_as_tritons_does(v2):
+    """Triton's ModelMetadata lists the version asked for, or every loaded one if none is."""
+    listed = [list((await v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=v))
+                    ).versions) for v in ("", "1", "2")]
+    assert listed == [["1", "2"], ["1"], ["2"]]
+
+
 async def test_statistics_of_a_version_need_the_model_name(v2):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await v2.ModelStatistics(pb.ModelStatisticsRequest(version="1"))

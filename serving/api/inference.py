@@ -50,7 +50,8 @@ class InferenceAPI:
 
     def ModelMetadata(self, request, call: Call) -> pb.ModelMetadataResponse:  # noqa: N802 (the protocol's name)
         model = self._registry.get(request.name, parse_version(request.version))
-        return encode_model_metadata(model, self._registry.versions(model.name))
+        versions = [model.version] if request.version else self._registry.versions(model.name)
+        return encode_model_metadata(model, versions)  # as Triton's: the version asked for
 
     def ModelConfig(self, request, call: Call) -> pb.ModelConfigResponse:  # noqa: N802 (the protocol's name)
         model = self._registry.get(request.name, parse_version(request.version))
