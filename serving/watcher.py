@@ -35,11 +35,12 @@ def _fingerprint(path: Path) -> tuple:
     """Changes when the files of a version directory are replaced, so a refused version that
     is repaired in place is tried again, and a loaded one replaced in place is loaded again."""
     files = []
-    for entry in sorted(path.iterdir()) if path.is_dir() else ():
-        with contextlib.suppress(OSError):
-            info = entry.stat()
-            # a copy keeping sizes and times (cp -p, rsync -a) still has a new ctime
-            files.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    with contextlib.suppress(OSError):  # none listed (load_into says why): tried when readable
+        for entry in sorted(path.iterdir()):
+            with contextlib.suppress(OSError):
+                info = entry.stat()
+                # a copy keeping sizes and times (cp -p, rsync -a) still has a new ctime
+                files.append((entry.name, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
     return tuple(files)
 
 
@@ -110,9 +111,8 @@ class RepositoryWatcher:
             return
         self._refused.pop(key, None)
         self._loaded[key] = fingerprint
-        log.info("model version rolled out", extra={"fields": {
-            "model": key[0], "version": key[1],
-            "default_version": self.registry.versions(key[0])[-1]}})
+        log.info("model version rolled out", extra={"fields": {"model": key[0], "version": key[1],
+                 "default_version": self.registry.versions(key[0])[-1]}})
 
     def _unload(self, key: VersionKey) -> None:
         name, version = key
