@@ -209,7 +209,7 @@ class _Supervisor:
                 self._metrics_pid = 0
                 if not self.stopping:
                     log.warning("metrics process died; starting another", extra={"fields": {
-                        "pid": pid, "status": _describe(status)}})
+                        "metrics_pid": pid, "status": _describe(status)}})
                     self.due[METRICS] = self._metrics_started_at + RESTART_INTERVAL_S
                 continue
             slot = self.workers.pop(pid, None)
@@ -222,8 +222,8 @@ class _Supervisor:
             self.served.discard(pid)
             self.failed_starts[slot] = failed
             retry_in = RESTART_INTERVAL_S * 2 ** min(failed, MAX_RESTART_DOUBLINGS)
-            log.warning("worker died; starting another", extra={"fields": {
-                "pid": pid, "status": _describe(status), "slot": slot, "retry_in_s": retry_in}})
+            log.warning("worker died; starting another", extra={"fields": {"worker_pid": pid,
+                "status": _describe(status), "slot": slot, "retry_in_s": retry_in}})
             self.due[slot] = self.started_at[slot] + retry_in
 
     def _kill_hung_replacements(self) -> None:
@@ -236,7 +236,7 @@ class _Supervisor:
                 del self.starting[pipe]
                 os.close(pipe)
                 log.error("worker failed to start", extra={"fields": {
-                    "pid": pid, "reason": f"it did not serve within {timeout:g} s; killed"}})
+                    "worker_pid": pid, "reason": f"it did not serve within {timeout:g} s; killed"}})
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -248,7 +248,7 @@ class _Supervisor:
         for slot, silent in self.heartbeats.silent_s(serving).items():
             if silent > HUNG_AFTER_S:
                 log.error("worker hung; killing it", extra={"fields": {
-                    "pid": serving[slot], "silent_s": round(silent, 1)}})
+                    "worker_pid": serving[slot], "silent_s": round(silent, 1)}})
                 self.heartbeats.beat(slot)  # killed once: it is reaped before it is due again
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(serving[slot], signal.SIGKILL)
@@ -256,10 +256,10 @@ class _Supervisor:
     def _replacement_started(self, pid: int, message: bytes) -> None:
         if message == READY:
             self.served.add(pid)
-            log.info("worker serving", extra={"fields": {"pid": pid}})
+            log.info("worker serving", extra={"fields": {"worker_pid": pid}})
         else:
             log.error("worker failed to start", extra={"fields": {
-                "pid": pid, "reason": message.decode(errors="replace").strip()}})
+                "worker_pid": pid, "reason": message.decode(errors="replace").strip()}})
 
     def _stop(self) -> int:
         for pid in list(self.workers):

@@ -140,7 +140,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_answering(model_reposit
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-    assert replaced["pid"] == victim
+    assert replaced["worker_pid"] == victim
     assert victim not in survivors
     assert len(survivors) == 2
     assert workers - {victim} <= survivors  # the other worker was left alone

@@ -183,7 +183,7 @@ def test_a_stalled_scrape_holds_up_neither_new_connections_nor_later_scrapes(wor
         assert value(scrape_metrics(metrics_port), "fmnist_requests_total", **METADATA_CALLS) == 1
     metrics_pid = next(pid for pid in children(process.pid) if pid not in started["pids"])
     os.kill(metrics_pid, signal.SIGKILL)
-    assert logs.wait_for("metrics process died; starting another")[0]["pid"] == metrics_pid
+    assert logs.wait_for("metrics process died; starting another")[0]["metrics_pid"] == metrics_pid
     for _ in range(100):  # the replacement serves the same port
         with contextlib.suppress(OSError):
             assert value(scrape_metrics(metrics_port), "fmnist_requests_total",
@@ -214,9 +214,9 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
         os.kill(victim, signal.SIGKILL)
         died = logs.wait_for("worker died; starting another")[0]
         hold.set()
-    assert (died["pid"], died["status"]) == (victim, "killed by SIGKILL")
+    assert (died["worker_pid"], died["status"]) == (victim, "killed by SIGKILL")
     logs.wait_for("serving", count=3)  # the replacement serves
-    replacement = logs.wait_for("worker serving")[0]["pid"]
+    replacement = logs.wait_for("worker serving")[0]["worker_pid"]
     assert replacement not in pids
     with open_connections(target, 16):  # the kernel gives the replacement some of them
         assert connections_held(replacement, port_of(target)) > 0
@@ -233,6 +233,10 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     logs.wait_for("stopped")
+    # each line's "pid" is the process that logs it: the supervisor's lines about a worker
+    # named the worker there (a worker's own field overwrote it)
+    assert {line["pid"] for line in logs.lines if line.get("logger") == "serving.workers"} == {
+        process.pid}
     assert not Path(started["metrics_dir"]).exists()
     for pid in set(pids) - {victim}:
         with pytest.raises(ProcessLookupError):

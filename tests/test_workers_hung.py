@@ -37,10 +37,10 @@ def test_a_hung_worker_is_killed_and_replaced(workers):
     victim, survivor = pids
     os.kill(victim, signal.SIGSTOP)
     hung = logs.wait_for("worker hung; killing it", timeout=HUNG_AFTER_S + 30)[0]
-    assert hung["pid"] == victim and hung["silent_s"] >= HUNG_AFTER_S  # rounded to 0.1 s
+    assert hung["worker_pid"] == victim and hung["silent_s"] >= HUNG_AFTER_S  # rounded to 0.1 s
     died = logs.wait_for("worker died; starting another")[0]
-    assert (died["pid"], died["status"]) == (victim, "killed by SIGKILL")
-    replacement = logs.wait_for("worker serving")[0]["pid"]
+    assert (died["worker_pid"], died["status"]) == (victim, "killed by SIGKILL")
+    replacement = logs.wait_for("worker serving")[0]["worker_pid"]
     assert replacement not in pids and len(logs.matching("worker hung; killing it")) == 1
     calls_over_connections(target, connections=4, per_connection=2)
     os.kill(survivor, 0)  # never silent: still the same process
@@ -90,7 +90,7 @@ def test_a_worker_draining_on_its_own_sigterm_gets_its_grace_period(model_reposi
                 hold.set()
             assert len(list(stream)) == 0  # ended in time, by its client
         died = logs.wait_for("worker died; starting another")[0]
-        assert (died["pid"], died["status"]) == (victim, "exit 0")
+        assert (died["worker_pid"], died["status"]) == (victim, "exit 0")
 
 
 @contextlib.contextmanager

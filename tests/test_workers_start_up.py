@@ -134,11 +134,11 @@ def test_a_replacement_that_hangs_in_start_up_is_killed_and_replaced_again(repos
         os.kill(pids[0], signal.SIGKILL)
         hung = logs.wait_for("worker failed to start", timeout=30)[0]
         assert hung["reason"] == "it did not serve within 5 s; killed"
-        assert hung["pid"] not in pids
+        assert hung["worker_pid"] not in pids
         manifest.unlink()
         manifest.write_bytes(saved)
-        replacement = logs.wait_for("worker serving", timeout=30)[0]["pid"]
-        assert replacement not in (*pids, hung["pid"])
+        replacement = logs.wait_for("worker serving", timeout=30)[0]["worker_pid"]
+        assert replacement not in (*pids, hung["worker_pid"])
         assert replacement in children(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
@@ -179,7 +179,7 @@ def test_replacements_that_fail_to_start_are_retried_ever_later(repository_copy)
         assert [death["retry_in_s"] for death in deaths] == [1.0, 2.0, 4.0]
         assert len(logs.matching("worker failed to start")) == 2
         manifest.write_text(saved)
-        replacement = logs.wait_for("worker serving", timeout=30)[0]["pid"]
+        replacement = logs.wait_for("worker serving", timeout=30)[0]["worker_pid"]
         assert replacement in children(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
