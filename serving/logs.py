@@ -18,10 +18,8 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         """The line, fields included, escaped; a traceback follows it as it is."""
-        line = super().formatMessage(record)
-        fields = getattr(record, "fields", None)
-        if fields:
-            line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        fields = getattr(record, "fields", {})
+        line = " ".join([super().formatMessage(record), *(f"{k}={v}" for k, v in fields.items())])
         return line.translate(_ESCAPED)
 
 

@@ -10,6 +10,7 @@ pointed ``PROMETHEUS_MULTIPROC_DIR`` at the workers' directory.
 import contextlib
 import logging
 import os
+import socket
 import sys
 
 from serving.errors import WorkerStartError
@@ -67,6 +68,7 @@ def http_server(host: str, port: int, registry):
             pass
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # "::"
         def handle_error(self, request, client_address) -> None:  # one line, no traceback
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})

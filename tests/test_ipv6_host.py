@@ -1,0 +1,51 @@
+"""``--host ::``, every interface in IPv6 and IPv4 (an IPv6 or dual-stack cluster's pod
+address, and kubelet's probes): every port the server opens answers on both, as with
+``--host 0.0.0.0`` over IPv4. (With a metrics port the server did not start: "cannot listen
+for metrics ... Address family for hostname not supported".)"""
+
+import socket
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import free_port
+from tests.server_process import server_process
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=10).status
+
+
+def _get(host: str, port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as answer:
+        return answer.status
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_port_answers_over_ipv6_and_ipv4(model_repository, workers):
+    http_port, metrics_port = free_port(), free_port()
+    with server_process(model_repository, "--host", "::", "--workers", str(workers),
+                        "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+                        "--poll-interval", "0") as (process, logs):
+        logs.wait_for("workers serving" if workers > 1 else "serving", timeout=30)
+        port = logs.wait_for("serving")[0]["address"].rsplit(":", 1)[1]
+        for host in ("127.0.0.1", "[::1]"):
+            assert _health(f"{host}:{port}") == health_pb2.HealthCheckResponse.SERVING
+            assert _get(host, metrics_port, "/metrics") == 200
+        assert process.poll() is None
