@@ -1,7 +1,7 @@
 """``--host ::``, every interface in IPv6 and IPv4 (an IPv6 or dual-stack cluster's pod
 address, and kubelet's probes): every port the server opens answers on both, as with
 ``--host 0.0.0.0`` over IPv4. (With a metrics port the server did not start: "cannot listen
-for metrics ... Address family for hostname not supported".)"""
+for metrics ... Address family for hostname not supported"; HTTP answered over IPv6 only.)"""
 
 import socket
 import urllib.request
@@ -47,5 +47,6 @@ def test_every_port_answers_over_ipv6_and_ipv4(model_repository, workers):
         port = logs.wait_for("serving")[0]["address"].rsplit(":", 1)[1]
         for host in ("127.0.0.1", "[::1]"):
             assert _health(f"{host}:{port}") == health_pb2.HealthCheckResponse.SERVING
+            assert _get(host, http_port, "/v2/health/ready") == 200
             assert _get(host, metrics_port, "/metrics") == 200
         assert process.poll() is None

@@ -77,8 +77,9 @@ class HttpTransport:
         The socket is made here, listening before granian takes it: no connection is refused
         while its threads start, and a taken port is an OSError (granian would share it)."""
         family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
-        listening = socket.create_server((self._host, self._port), family=family,
-                                         backlog=BACKLOG, reuse_port=self._reuse_port)
+        listening = socket.create_server(  # "::": IPv4 too, as gRPC's port
+            (self._host, self._port), family=family, backlog=BACKLOG,
+            reuse_port=self._reuse_port, dualstack_ipv6=family == socket.AF_INET6)
         port = listening.getsockname()[1]
         worker = WSGIWorker(
             1, (None, SocketHolder(listening.detach(), False, BACKLOG)), None,
