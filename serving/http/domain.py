@@ -206,6 +206,7 @@ class TestImages:
         self._directory = directory
         self._loaded: tuple[np.ndarray, np.ndarray] | None = None
         self._loading = threading.Lock()
+        self._failure = ""  # the last reason they could not be read, logged once
         self._random = np.random.default_rng()
 
     def get(self, index: str) -> dict:
@@ -231,8 +232,10 @@ class TestImages:
                 try:
                     self._loaded = load_test_set(directory)
                 except (OSError, ValueError) as error:
-                    log.warning("test images cannot be read", extra={"fields": {
-                        "error": str(error)}})
+                    if str(error) != self._failure:  # tried again on each request: the files
+                        self._failure = str(error)  # may come, but said once, not per request
+                        log.warning("test images cannot be read", extra={"fields": {
+                            "error": str(error)}})
                     raise NotFound("no test images on this server (its log says why)") from None
             return self._loaded
 
