@@ -189,13 +189,14 @@ def _parse(setting: dataclasses.Field):
     have theirs in the field; the rest are text, of a few choices or any."""
     if setting.metadata.get("parse") is not None:
         return setting.metadata["parse"]
-    choices = setting.metadata["choices"]
+    choices = setting.metadata["choices"] or ()
+    written = {choice.lower(): choice for choice in choices}
 
-    def parse(text: str) -> str:
-        if choices and text.upper() not in choices and text not in choices:
+    def parse(text: str) -> str:  # a choice in any case, as the choice is written
+        if choices and text.lower() not in written:
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got "
                                              f"{text!r}")
-        return text.upper() if setting.name == "log_level" else text
+        return written.get(text.lower(), text)
 
     return parse
 

@@ -48,6 +48,18 @@ def test_settings_made_in_code_are_checked_as_flags_are(model_repository):
         Settings(model_repository=model_repository, grace_period=float("inf"))
 
 
+def test_a_choice_is_taken_in_any_case_and_kept_as_written(tmp_path):
+    """FMNIST_LOG_LEVEL=debug was taken, FMNIST_LOG_FORMAT=JSON and --grpc-server GRPCIO
+    refused: the same kind of value, two rules."""
+    environ = {"FMNIST_MODEL_REPOSITORY": str(tmp_path), "FMNIST_LOG_FORMAT": "JSON",
+               "FMNIST_LOG_LEVEL": "warning"}
+    settings = settings_from(["--grpc-server", "GRPCIO"], environ)
+    assert (settings.log_format, settings.log_level, settings.grpc_server) == (
+        "json", "WARNING", "grpcio")
+    with pytest.raises(ValueError, match=r"^--log-format: expected one of text, json, got 'xml'$"):
+        settings_from(["--log-format", "xml"], environ)
+
+
 def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
     environ = {"FMNIST_PORT": "6000", "FMNIST_MODEL_REPOSITORY": str(tmp_path),
                "FMNIST_LOG_LEVEL": "debug", "FMNIST_GRACE_PERIOD": "2.5"}
