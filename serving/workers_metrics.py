@@ -68,7 +68,8 @@ def http_server(host: str, port: int, registry):
             pass
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
-        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # "::"
+        # "::": IPv6 (dual-stack); a name of both families: IPv4 (AF_INET < AF_INET6)
+        address_family = min(i[0] for i in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         def handle_error(self, request, client_address) -> None:  # one line, no traceback
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})

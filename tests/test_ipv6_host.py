@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import free_port
+from tests.http_helpers import http_server, http_settings
 from tests.server_process import server_process
 
 
@@ -23,7 +24,7 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
 
 
 def _health(target: str) -> int:
@@ -37,6 +38,7 @@ def _get(host: str, port: int, path: str) -> int:
         return answer.status
 
 
+@needs_ipv6
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_port_answers_over_ipv6_and_ipv4(model_repository, workers):
     http_port, metrics_port = free_port(), free_port()
@@ -50,3 +52,23 @@ def test_every_port_answers_over_ipv6_and_ipv4(model_repository, workers):
             assert _get(host, http_port, "/v2/health/ready") == 200
             assert _get(host, metrics_port, "/metrics") == 200
         assert process.poll() is None
+
+
+def test_a_host_name_resolving_to_ipv6_first_is_served_over_ipv4(model_repository, monkeypatch):
+    """``--host localhost`` where localhost is ::1 first, then 127.0.0.1 (/etc/hosts of
+    Debian's images): gRPC listens on both; the HTTP and metrics ports took the first address
+    only, ::1, so a probe or scrape of 127.0.0.1 was refused (metrics answered there before
+    it followed the address family). A name of both families is served over IPv4."""
+    resolve = socket.getaddrinfo
+
+    def ipv6_first(host, port, *args, **kwargs):
+        if host != "localhost":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", ipv6_first)
+    settings = http_settings(model_repository, host="localhost", metrics_port=free_port())
+    with http_server(settings) as (server, _url):
+        assert _get("127.0.0.1", server.http_port, "/v2/health/ready") == 200
+        assert _get("127.0.0.1", settings.metrics_port, "/metrics") == 200

@@ -76,7 +76,8 @@ class HttpTransport:
         """Listens (OSError if it cannot) and serves on granian's threads; returns the port.
         The socket is made here, listening before granian takes it: no connection is refused
         while its threads start, and a taken port is an OSError (granian would share it)."""
-        family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
+        family = min(info[0] for info in  # a name of both families: IPv4 (AF_INET < AF_INET6)
+                     socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM))
         listening = socket.create_server(  # "::": IPv4 too, as gRPC's port
             (self._host, self._port), family=family, backlog=BACKLOG,
             reuse_port=self._reuse_port, dualstack_ipv6=family == socket.AF_INET6)
