@@ -1,7 +1,8 @@
 """The facts a reviewer would check by eye in deploy/kubernetes and deploy/kserve, on the
-objects ``kubectl kustomize`` renders: probes, image, resources, security context, drain time,
-selectors, overlays and KServe's conventions. tests/test_deploy_manifests.py checks that the
-same objects render and validate.
+objects ``kubectl kustomize`` renders: probes, image, resources, drain time, selectors,
+overlays and KServe's conventions (the security context and the NetworkPolicy are
+tests/test_deploy_lockdown.py's). tests/test_deploy_manifests.py checks that the same objects
+render and validate.
 """
 
 import re
@@ -9,7 +10,6 @@ import re
 import pytest
 
 from tests.deploy_manifests import (
-    COMPOSE,
     DEPLOY,
     IMAGE_COMPONENT,
     KUSTOMIZATIONS,
@@ -46,13 +46,6 @@ def settings_of(workload: Workload) -> dict[str, str]:
 class _AnySecret(dict):
     def __missing__(self, key):
         return f"<secret {key[0]}/{key[1]}>"
-
-
-def security_context(workload: Workload) -> dict:
-    """The container's effective security context: its own over the pod's."""
-    pod = {key: value for key, value in (workload.pod.get("securityContext") or {}).items()
-           if key in ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile")}
-    return {**pod, **(workload.container.get("securityContext") or {})}
 
 
 # --- the facts a reviewer checks ------------------------------------------------------------
@@ -139,69 +132,6 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
         assert int(settings_of(workload)["workers"]) == limit
         del workload.container["resources"]["limits"]
         assert int(settings_of(workload)["workers"]) == limit, "a worker per CPU of the node"
-
-
-def test_compose_runs_the_image_locked_down_too():
-    """As the Kubernetes manifests do: no capability, no privilege gained through a setuid
-    program of the base image, nothing written but to memory."""
-    services = load_yaml(COMPOSE)[0]["services"]
-    for name in ("classifier", "score"):
-        assert services[name]["read_only"] is True, name
-        assert services[name]["cap_drop"] == ["ALL"], name
-        assert services[name]["security_opt"] == ["no-new-privileges"], name
-
-
-def test_the_image_runs_as_a_number_kubelet_can_check():
-    """USER fmnist (a name) made kubelet refuse the pod under runAsNonRoot unless the manifest
-    also gave runAsUser: it cannot tell that a name is not root."""
-    image = serve_image()
-    assert image.user == f"{image.uid}:{image.gid}"
-
-
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_containers_run_locked_down_and_write_only_to_memory(kustomization):
-    uid = serve_image().uid
-    for workload in workloads(render(kustomization), kustomization):
-        context = security_context(workload)
-        assert context["runAsNonRoot"] is True, workload.source
-        assert context["runAsUser"] == uid, workload.source
-        assert context["runAsGroup"] == serve_image().gid, workload.source  # its files' group
-        assert context["readOnlyRootFilesystem"] is True, workload.source
-        assert context["allowPrivilegeEscalation"] is False, workload.source
-        assert context["capabilities"] == {"drop": ["ALL"]}, workload.source
-        assert context.get("privileged") in (None, False)
-        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, workload.source
-        assert workload.pod.get("automountServiceAccountToken") is False, workload.source
-        # a Service named fmnist-http would set FMNIST_HTTP_PORT=tcp://...: no start
-        assert workload.pod.get("enableServiceLinks") is False, workload.source
-        memory = {}
-        for mount, volume in workload.mounts():
-            if "emptyDir" in volume:
-                memory[mount["mountPath"]] = volume["emptyDir"]
-            else:  # secrets, the model repository: never written
-                assert mount.get("readOnly") is True, f"{workload.source} {mount}"
-        assert set(memory) == {"/dev/shm", "/tmp"}, workload.source
-        for empty_dir in memory.values():
-            assert empty_dir["medium"] == "Memory" and empty_dir["sizeLimit"]
-
-
-@pytest.mark.parametrize("kustomization", KUBERNETES)
-def test_the_network_policy_admits_what_services_lead_to_and_denies_all_egress(kustomization):
-    """Clients and Prometheus reach the pods on the ports the Services lead to; the server
-    opens no connection, so a compromised pod may open none either. A port the policy left
-    out would cut its clients off; a selector matching no pod, or every pod of the
-    namespace, would guard nothing, or deny every other workload's egress."""
-    objects = render(kustomization)
-    policy = one(objects, "NetworkPolicy")["spec"]
-    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    selector = policy["podSelector"].get("matchLabels")
-    assert selector and selector.items() <= pod_labels.items()
-    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and not policy.get("egress")
-    admitted = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
-    led_to = {port["targetPort"] for service in find(objects, "Service")
-              for port in service["spec"]["ports"]}
-    assert led_to == admitted == {"grpc", "http", "metrics"}
-    assert all("from" not in rule for rule in policy["ingress"])  # any client, as the Service
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)

@@ -5,8 +5,9 @@ kubernetes-validate in strict mode (unknown fields refused) for Kubernetes 1.30 
 version it bundles; every KServe object validates against the openAPIV3Schema of KServe's own
 CRDs (v0.20.0, vendored in tests/data/kserve-crds) with jsonschema, unknown fields refused as
 the API server's strict field validation does. The facts a reviewer would check by eye
-(probes, image, resources, security context, drain time, selectors, overlays) are checked in
-tests/test_deploy_manifest_facts.py.
+(probes, image, resources, drain time, selectors, overlays) are checked in
+tests/test_deploy_manifest_facts.py, the security context and the NetworkPolicy in
+tests/test_deploy_lockdown.py.
 """
 
 import re
