@@ -26,8 +26,9 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
 
     The env var is named at the end of the help. When set and not empty it is the default,
     converted by the option's ``type`` and checked against its ``choices`` as the flag's value
-    would be, and a required option is satisfied; an option taking no value is on for 1, true,
-    yes or on, off for 0, false, no or off. A bad value is a ValueError naming the variable, e.g.
+    would be, and a required option is satisfied; set but empty, it counts as unset (a
+    ``secret``'s is refused); an option taking no value is on for 1, true, yes or on, off for
+    0, false, no or off. A bad value is a ValueError naming the variable, e.g.
     ``FMNIST_PORT: invalid int value: 'x'``: the caller reports it as it reports a bad flag.
     The default of a ``secret`` (a token) never shows in --help.
     """
@@ -36,7 +37,10 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
     if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
         action.help += "%(default).0s"
-    raw = (os.environ if environ is None else environ).get(variable, "")
+    raw = (os.environ if environ is None else environ).get(variable)
+    if secret and raw == "":  # an empty Secret, or a compose file's unset ${VAR}: a token
+        # that silently went missing would turn the server's check off
+        raise ValueError(f"{variable}: set but empty; unset it to go without one")
     if raw:
         action.default = _convert(action, variable, raw)
         action.required = False

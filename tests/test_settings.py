@@ -33,6 +33,9 @@ from serving.settings import Settings, settings_from
          "expected different ports"),
         # a Secret made from a file keeps its last newline: no client could ever present it
         ([], {"FMNIST_AUTH_TOKEN": "s3cret\n"}, "--auth-token: begins or ends with white space"),
+        # an empty Secret, or compose's ${FMNIST_AUTH_TOKEN} unset: it served with no check
+        ([], {"FMNIST_AUTH_TOKEN": ""}, "FMNIST_AUTH_TOKEN: set but empty; unset it to go "
+         "without one"),
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
