@@ -54,15 +54,14 @@ API_METHODS = {f"/{s.full_name}/{m.name}".encode() for s in SERVICES for m in s.
 
 
 class ListenError(Exception):
-    """The server cannot bind its address."""
+    """The server cannot listen: its address is taken or its TLS files are not usable."""
 
 
 class ModelServer:
     """The data plane over a loaded model repository, and its transports."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry):
-        self.settings = settings
-        self.registry = registry
+    def __init__(self, settings: Settings, registry: ModelRegistry, tls: ServerTls | None):
+        self.settings, self.registry, self._tls = settings, registry, tls
         self.classifier = ClassifierAPI(registry, settings.default_model,
                                         settings.baseline_model, settings.max_request_images)
         self._draining = threading.Event()
@@ -98,16 +97,15 @@ class ModelServer:
         ) if settings.http_port else None
         self.port = self.http_port = self.health_port = 0
         self._stop_watching = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._metrics_endpoint = None
-        self._stopping = threading.Lock()
-        self._stopped = False
+        self._watcher = self._metrics_endpoint = None
+        self._stopping, self._stopped = threading.Lock(), False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelServer":
-        """Loads and verifies the repository (RepositoryError if it cannot be served)."""
-        return cls(settings, load_repository(settings.model_repository, _policy(settings),
-                                             settings.intra_op_threads))
+        """Reads the TLS files (ListenError), then loads and verifies the repository
+        (RepositoryError if it cannot be served): a bad file stops the start in a moment."""
+        return cls(settings, tls=_server_tls(settings), registry=load_repository(
+            settings.model_repository, _policy(settings), settings.intra_op_threads))
 
     @property
     def address(self) -> str:
@@ -124,14 +122,7 @@ class ModelServer:
 
     def start(self) -> None:
         """Listens, then reports SERVING for the server ("") and each service."""
-        settings = self.settings
-        try:
-            tls = (ServerTls.read(settings.tls_cert, settings.tls_key,
-                                  settings.tls_client_ca or None) if settings.tls_cert else None)
-        except OSError as error:
-            raise ListenError(f"cannot read a TLS file: {error}") from None
-        except ValueError as error:
-            raise ListenError(f"TLS: {error}") from None
+        settings, tls = self.settings, self._tls
         self.port = _listening(f"on {settings.address}", lambda: (
             self._server.add_secure_port(settings.address, tls) if tls
             else self._server.add_insecure_port(settings.address)))
@@ -237,6 +228,16 @@ def _listening(where: str, listen: Callable[[], Any]) -> Any:
         raise ListenError(f"cannot listen {where}: {error}") from None
 
 
+def _server_tls(settings: Settings) -> ServerTls | None:
+    try:
+        return (ServerTls.read(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
+                if settings.tls_cert else None)
+    except OSError as error:
+        raise ListenError(f"cannot read a TLS file: {error}") from None
+    except ValueError as error:
+        raise ListenError(f"TLS: {error}") from None
+
+
 def _try_command(settings: Settings, port: int) -> str:
     """The client command that works against this server, its secrets left to fill in (the
     host by name if it listens everywhere: a certificate names hosts, never 0.0.0.0)."""
@@ -258,8 +259,7 @@ def _max_running(settings: Settings) -> int:
 
 
 def _max_streams(call_threads: int) -> int:
-    """Streams open at once: a quarter of the call threads (at least one) stays for unary
-    calls and health checks."""
+    """Streams open at once: a quarter of the call threads (at least one) stays for calls."""
     return max(1, call_threads - max(1, call_threads // 4))
 
 

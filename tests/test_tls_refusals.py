@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from serving.client import security as client_security
-from serving.server import ListenError
+from serving.server import ListenError, ModelServer
 from serving.settings import Settings
 from tests.conftest import local_settings, running_server
 
@@ -51,6 +51,15 @@ def test_a_tls_file_that_cannot_be_read_is_named(pki, model_repository, tmp_path
     with pytest.raises(OSError, match=re.escape("missing.pem")):
         client_security.channel_credentials(files["tls_client_ca"], files["tls_cert"],
                                             files["tls_key"])
+
+
+def test_the_tls_files_are_read_before_the_models_are_loaded(pki, tmp_path):
+    """A missing key was found only once every model had loaded (a minute for large ones, in
+    each worker), and a repository's error hid it."""
+    settings = local_settings(model_repository=tmp_path, poll_interval=0,  # no model in it
+                              tls_cert=str(pki.server_cert), tls_key=str(tmp_path / "k.pem"))
+    with pytest.raises(ListenError, match=r"^cannot read a TLS file: .*k\.pem'$"):
+        ModelServer.from_settings(settings)
 
 
 def test_a_key_too_small_for_openssl_is_refused_with_one_line(tmp_path, model_repository,
