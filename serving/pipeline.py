@@ -111,8 +111,7 @@ class CallPipeline:
         at once (0: no limit): each holds a call thread until it ends, so idle streams
         must not take the threads that unary calls and health need."""
         self._expected = token.encode()
-        self.admission = admission
-        self._model_label = model_label
+        self.admission, self._model_label = admission, model_label
         self._metrics: dict[str, CallMetrics] = {}
         self._max_streams = max_streams
         self._stream_slots = threading.Semaphore(max_streams) if max_streams else None
@@ -122,12 +121,15 @@ class CallPipeline:
         token, is never refused and is not counted (a transport may answer it directly)."""
         return not method.startswith(HEALTH_PREFIX)
 
-    def unary(self, call: Call, handler: Callable, request, parse: Callable | None = None):
+    def unary(self, call: Call, handler: Callable, request, parse: Callable | None = None,
+              receive: Callable | None = None):
         """``handler(request, call)``'s response, or a ServingError; ``parse``: turns what
         the transport received into the request, once the call is admitted (its errors are
         the client's: InvalidArgument); a message given for it (HTTP: the URL's model) labels
-        the metrics of a request that fails to parse."""
-        with _Around(self, call) as around:
+        the metrics of a request that fails to parse. ``receive``: the transport's read of
+        the request (HTTP: its body), once the token is checked and before the call is
+        admitted: a client that stalls while it sends holds no place under the limit."""
+        with _Around(self, call, receive=receive) as around:
             call.check_alive()  # over while it waited for a thread: not even parsed
             around.request = request
             if parse is not None:
@@ -149,8 +151,9 @@ class CallPipeline:
         return (scheme.lower() == "bearer"
                 and hmac.compare_digest(presented.strip().encode(), self._expected))
 
-    def _enter(self, call: Call) -> bool:
-        """Checks the token and admits the call; True if it is counted."""
+    def _enter(self, call: Call, receive: Callable | None) -> bool:
+        """Checks the token, lets ``receive`` read the request and admits the call; True if
+        it is counted."""
         if (self._expected and not call.method.startswith(OPEN_PREFIXES)
                 and not self._presents_token(call.authorization)):
             raise self._refuse(call, Unauthenticated(
@@ -158,6 +161,8 @@ class CallPipeline:
         if call.method.startswith(UNCOUNTED_PREFIXES):
             return False
         try:
+            if receive is not None:
+                receive()
             self.admission.enter()
         except ServingError as error:
             raise self._refuse(call, error) from None
@@ -206,12 +211,13 @@ class _Around:
     ``with _Around(...)``: making one admits the call, and only ``__exit__`` lets it go. A
     class, not a generator: it runs on every call (BENCHMARKS.md, tenth session).
 
-    ``slots``: a stream's ``threading.Semaphore``, one of which it holds while it runs."""
+    ``slots``: a stream's ``threading.Semaphore``, one of which it holds while it runs;
+    ``receive``: reads the request before the call is admitted (``CallPipeline.unary``)."""
 
     __slots__ = ("call", "counted", "pipeline", "request", "slots", "started")
 
-    def __init__(self, pipeline: CallPipeline, call: Call, slots=None):
-        self.counted = pipeline._enter(call)
+    def __init__(self, pipeline: CallPipeline, call: Call, slots=None, receive=None):
+        self.counted = pipeline._enter(call, receive)
         if slots is not None and not slots.acquire(blocking=False):
             if self.counted:
                 pipeline.admission.leave()

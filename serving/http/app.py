@@ -117,18 +117,20 @@ class HttpApp:
         raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,
-              parse: Callable | None = None, encode: Callable = json_body) -> Body:
+              parse: Callable | None = None, encode: Callable = json_body,
+              body: list | None = None) -> Body:
         """``handler`` (a data plane method) through the call pipeline, which also runs
-        ``parse`` (the body into the request) and ``encode`` (the response into the body),
-        so that whatever fails in them is mapped and counted as the call's failure."""
+        ``parse`` (the request into the data plane's) and ``encode`` (the response into the
+        body), so that whatever fails in them is mapped and counted as the call's failure.
+        ``body``: where the request body goes, read before the call is admitted (a client
+        that stalls in the middle of it holds no place under --max-concurrent-calls)."""
         port = environ.get("REMOTE_PORT")  # granian gives none
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
                     environ.get("REMOTE_ADDR", "") + (f":{port}" if port else ""))
+        receive = None if body is None else (
+            lambda: body.append(read_body(environ, self._max_body_bytes)))
         return self._pipeline.unary(
-            call, lambda request, call: encode(handler(request, call)), request, parse)
-
-    def _body(self, environ: dict) -> bytes:
-        return read_body(environ, self._max_body_bytes)
+            call, lambda request, call: encode(handler(request, call)), request, parse, receive)
 
     # Open Inference Protocol
 
@@ -182,7 +184,7 @@ class HttpApp:
                                       version=path.get("version", "")), encode=_json)
 
     def _infer(self, environ, path):
-        forms = []
+        forms, body = [], []
 
         def parse(body: bytes) -> pb.ModelInferRequest:
             try:
@@ -199,13 +201,13 @@ class HttpApp:
         return 200, self._call(  # the URL's model labels the metrics if the body is bad
             environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
             pb.ModelInferRequest(model_name=path["model"]),
-            parse=lambda _: parse(self._body(environ)),
+            parse=lambda _: parse(body[0]), body=body,
             encode=lambda response: rest.encode_infer_response(response, forms[0]))
 
     # The domain API and the page
 
     def _classify(self, environ, _):
-        parsed = {}
+        parsed, body = {}, []
 
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
             parsed["options"] = options = domain.Options(environ.get("QUERY_STRING", ""))
@@ -218,7 +220,7 @@ class HttpApp:
                                                     parsed["options"]))
 
         return 200, self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
-                               environ, parse=lambda environ: parse(self._body(environ)),
+                               environ, parse=lambda _: parse(body[0]), body=body,
                                encode=encode)
 
     def _list_models(self, environ, _):

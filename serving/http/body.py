@@ -28,7 +28,7 @@ class Body:
 
 def read_body(environ: dict, limit: int) -> bytes:
     """The request body, refused (413) past the largest message the server takes; read
-    inside the pipeline, after the token and admission checks."""
+    inside the pipeline, after the token check and before admission."""
     length = environ.get("CONTENT_LENGTH") or ""
     coding = environ.get("HTTP_TRANSFER_ENCODING", "chunked").strip().lower()
     if coding != "chunked":  # granian de-chunks, and would pass e.g. gzip's bytes on as is
