@@ -154,9 +154,10 @@ class Settings:
         if len({port for port, _ in ports}) < len(ports):
             raise ValueError(f"{', '.join(f'{flag} {port}' for port, flag in ports)}: "
                              "expected different ports")
-        if self.auth_token != self.auth_token.strip():
+        if (token := self.auth_token) != token.strip() or not (  # gRPC metadata and
+                token.isascii() and token.isprintable()):  # HTTP headers carry no other
             raise ValueError("--auth-token: begins or ends with white space (a file's last "
-                             "newline?), which no client can send")
+                             "newline?) or is other than printable ASCII: no client can send it")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -194,8 +195,7 @@ def _parse(setting: dataclasses.Field):
 
     def parse(text: str) -> str:  # a choice in any case, as the choice is written
         if choices and text.lower() not in written:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got "
-                                             f"{text!r}")
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
         return written.get(text.lower(), text)
 
     return parse

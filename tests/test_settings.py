@@ -72,3 +72,14 @@ def test_flags_win_over_env_vars_which_win_over_defaults(tmp_path):
     assert settings.log_level == "DEBUG"
     assert settings.grace_period == 2.5
     assert settings.max_request_images == 1024
+
+
+def test_a_token_no_client_can_send_is_refused_at_start(model_repository):
+    """A token of other than printable ASCII (a passphrase's "ö", a tab) started a server that
+    refused every call: a gRPC client cannot put it in metadata (its own INTERNAL "Invalid
+    metadata"), and over HTTP the header, read as Latin-1, never matched the token."""
+    for token in ("pässwörd", "s3c\tret", "s3c\x00ret"):
+        with pytest.raises(ValueError,
+                           match=r"^--auth-token: .* other than printable ASCII: no client"):
+            Settings(model_repository=model_repository, auth_token=token)
+    assert Settings(model_repository=model_repository, auth_token="a b~!").auth_token == "a b~!"
