@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 
+import grpc
 import numpy as np
 import onnxruntime
 import pytest
@@ -181,6 +182,21 @@ def test_classify_json_takes_the_model_and_version_from_the_query_too(served, im
     conflict = post("model=softmax", model="mlp")
     assert conflict.status_code == 400
     assert conflict.json()["error"] == "model: the query asks for 'softmax', the body for 'mlp'"
+
+
+def test_classify_json_of_too_many_images_is_refused_for_their_count_first(served):
+    """As over gRPC, whose codec counts the images first. Each JSON image was converted before
+    they were counted: one past the limit that was not an image was named instead, and 4 MiB
+    of empty images ("[],") were converted one by one before their refusal."""
+    _, url, channel = served
+    expected = f"images: expected at most {MAX_IMAGES} images per request"
+    answer = requests.post(f"{url}/v1/classify", timeout=10,
+                           json={"images": [[0] * 784] * MAX_IMAGES + [[], "x"]})
+    assert answer.status_code == 400 and answer.json()["error"].startswith(expected)
+    with pytest.raises(grpc.RpcError) as refused:
+        domain_grpc.ClassifierStub(channel).Classify(domain_pb.ClassifyRequest(
+            images=[bytes(784)] * MAX_IMAGES + [b"", b"x"]), timeout=10)
+    assert refused.value.details().startswith(expected)
 
 
 def test_classify_json_and_image_file_equal_grpc(served, images, tmp_path):

@@ -53,14 +53,16 @@ _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 
 class HttpApp:
     def __init__(self, pipeline: CallPipeline, classifier, inference, max_body_bytes: int, *,
-                 test_images: domain.TestImages, decoder: Executor):
-        """``decoder``: the threads that decode image files (few: each takes ~220 MB)."""
+                 test_images: domain.TestImages, decoder: Executor, max_images: int):
+        """``decoder``: the threads that decode image files (few: each takes ~220 MB);
+        ``max_images``: --max-request-images, which a JSON body's images are counted against
+        before they are converted."""
         self._pipeline = pipeline
         self._classifier = classifier
         self._inference = inference
         self._max_body_bytes = max_body_bytes
         self._test_images = test_images
-        self._decoder = decoder
+        self._decoder, self._max_images = decoder, max_images
         self._page = PAGE.read_bytes()
         self._routes: list[tuple[str, re.Pattern, Callable]] = [
             (verb, re.compile(pattern), handler) for verb, pattern, handler in (
@@ -212,7 +214,8 @@ class HttpApp:
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
             parsed["options"] = options = domain.Options(environ.get("QUERY_STRING", ""))
             domain.check_media_type(environ.get("CONTENT_TYPE", ""))
-            parsed["request"] = domain.decode_classify(body, options, self._decoder)
+            parsed["request"] = domain.decode_classify(body, options, self._decoder,
+                                                       self._max_images)
             return parsed["request"]
 
         def encode(response: domain_pb.ClassifyResponse) -> Body:

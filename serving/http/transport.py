@@ -59,7 +59,8 @@ class HttpTransport:
             log.warning("--test-images-dir is not a directory: the page's test images are "
                         "404", extra={"fields": {"directory": str(test_images_dir)}})
         self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
-                            test_images=TestImages(test_images_dir), decoder=self._decoder)
+                            test_images=TestImages(test_images_dir), decoder=self._decoder,
+                            max_images=settings.max_request_images)
         self._host, self._port, self._reuse_port = host, port, reuse_port
         self._threads = settings.call_threads
         self._tls = (
