@@ -182,3 +182,24 @@ def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys,
     output = capsys.readouterr()
     assert status == 0, output.err
     assert "mlp v2 accuracy" in output.out
+
+
+def test_the_client_keeps_to_the_servers_max_request_images(model_repository, tmp_path, capsys,
+                                                             test_set):
+    """A server started with --max-request-images 100 (FMNIST_MAX_REQUEST_IMAGES, a compose
+    setting) refused `fmnist score` with its defaults (1000 images a call) and `fmnist
+    classify` of 300 images (256 a call), neither with a flag to fix it."""
+    from tests.conftest import local_settings, running_server
+
+    np.save(tmp_path / "many.npy", test_set[0][:300])
+    with running_server(local_settings(model_repository=model_repository,
+                                       max_request_images=100)) as server:
+        target = ["--target", f"127.0.0.1:{server.port}"]
+        classified = cli.main(["classify", *target, "--top", "1", str(tmp_path / "many.npy")])
+        assert (classified, len(capsys.readouterr().out.splitlines())) == (0, 300 * 3)
+        assert cli.main(["score", *target, "--limit", "300", "--no-progress"]) == 0
+        assert "(3 batches of <= 100, stream)" in capsys.readouterr().out
+        assert cli.main(["score", *target, "--batch-size", "500", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        "fmnist score: error: --batch-size 500: the server takes at most 100 images a call "
+        "(its --max-request-images)\n")

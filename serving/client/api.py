@@ -171,6 +171,16 @@ class ClassifierClient:
         return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
                                    timeout=self.timeout)
 
+    def max_request_images(self, model: str, version: int = 0) -> int:
+        """The most images one call may carry: the server's --max-request-images, which the
+        Open Inference Protocol's ModelConfig gives as ``max_batch_size`` (any model's)."""
+        from inference import grpc_service_pb2 as inference_pb
+        from inference import grpc_service_pb2_grpc as inference_grpc
+
+        request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
+        stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
+        return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
+
     def close(self) -> None:
         self._channel.close()
 

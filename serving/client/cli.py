@@ -26,7 +26,8 @@ from serving.client import DEFAULT_TARGET
 
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
-CLASSIFY_BATCH = 256  # images per call of `fmnist classify`: under any sane --max-request-images
+CLASSIFY_BATCH = 256  # images per call of `fmnist classify` (or the server's limit, if lower)
+SCORE_BATCH = 1000  # `fmnist score`'s default --batch-size (likewise)
 
 
 class UsageError(ValueError):
@@ -143,8 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--offset", type=_index, default=0, help="first test image")
     score.add_argument("--limit", type=positive_int, default=None,
                        help="how many images (default: all from --offset on)")
-    score.add_argument("--batch-size", type=positive_int, default=1000,
-                       help="images per request")
+    score.add_argument("--batch-size", type=positive_int, default=None,
+                       help=f"images per request (default: {SCORE_BATCH}, or the server's "
+                       "--max-request-images if lower)")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
     score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
@@ -224,11 +226,12 @@ def _classify(args) -> int:
         truths += [int(test_labels[i]) for i in args.test_index]
     images = np.concatenate(batches)
     with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
-        answers = [client.classify(images[:CLASSIFY_BATCH], args.model, args.version)]
+        answers = [client.classify(images[:1], args.model, args.version)]
         first = answers[0].model  # the rest from the same version, whatever is published
-        answers += [client.classify(images[start:start + CLASSIFY_BATCH], first.name,
-                                    first.version)
-                    for start in range(CLASSIFY_BATCH, len(images), CLASSIFY_BATCH)]
+        if len(images) > 1:  # in calls the server takes: its --max-request-images may be less
+            step = min(CLASSIFY_BATCH, client.max_request_images(first.name, first.version))
+            answers += [client.classify(images[start:start + step], first.name, first.version)
+                        for start in range(1, len(images), step)]
         class_names = list(client.get_model(first.name, first.version).class_names)
     answer = joined(answers)
     model, baseline = answer.model, answer.baseline

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from common.dataset import load_test_set
 from serving.client.api import Classification, ClassifierClient, ModelAnswer, joined
-from serving.client.cli import UsageError
+from serving.client.cli import SCORE_BATCH, UsageError
 
 
 def score(args, security) -> int:
@@ -35,8 +35,6 @@ def score(args, security) -> int:
                          f"{len(images)} test images; drop --offset and --limit, or give a "
                          "fraction")
     images, labels = images[args.offset : end], labels[args.offset : end]
-    starts = range(0, len(images), args.batch_size)
-    batches = [images[start : start + args.batch_size] for start in starts]
     sent_at: list[float] = []
 
     def timed(batches):
@@ -53,6 +51,9 @@ def score(args, security) -> int:
         # meanwhile (the answers of two versions would be refused at the end, by joined)
         found = client.classify(images[:1], args.model, args.version).model
         expected = _expected_accuracy(args, client, found)
+        batch_size = _batch_size(args, client.max_request_images(found.name, found.version))
+        batches = [images[start : start + batch_size]
+                   for start in range(0, len(images), batch_size)]
         started = time.perf_counter()
         if args.rpc == "stream":
             stream = client.classify_batches(timed(batches), found.name, found.version,
@@ -82,7 +83,7 @@ def score(args, security) -> int:
         ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
         ("latency per batch", "p50 {:.1f} ms, p99 {:.1f} ms".format(
             *np.percentile(np.array(latencies) * 1000, [50, 99]))
-         + f" ({len(batches)} batches of <= {args.batch_size}, {args.rpc})"),
+         + f" ({len(batches)} batches of <= {batch_size}, {args.rpc})"),
     ]
     if args.csv:
         _write_csv(args.csv, args.offset, labels, everything)
@@ -94,6 +95,17 @@ def score(args, security) -> int:
               f"{expected:.4f} by more than {args.tolerance}", file=sys.stderr)
         return 1
     return 0
+
+
+def _batch_size(args, server_limit: int) -> int:
+    """--batch-size, or by default SCORE_BATCH, within what the server takes in a call: a
+    server started with a lower --max-request-images refused the default's first call."""
+    if args.batch_size is None:
+        return min(SCORE_BATCH, server_limit)
+    if args.batch_size > server_limit:
+        raise UsageError(f"--batch-size {args.batch_size}: the server takes at most "
+                         f"{server_limit} images a call (its --max-request-images)")
+    return args.batch_size
 
 
 def _expected_accuracy(args, client, model) -> float | None:
