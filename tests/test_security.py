@@ -243,6 +243,18 @@ def test_the_client_cli_speaks_mutual_tls_and_the_token(pki, model_repository, c
         assert "UNAVAILABLE" in capsys.readouterr().err  # no client certificate
 
 
+def test_the_client_refuses_a_token_with_white_space_around_it(model_repository, capsys,
+                                                               monkeypatch):
+    """FMNIST_TOKEN from a Secret file keeps the file's last newline, which gRPC cannot send:
+    every call failed "INTERNAL: Invalid metadata", as if the server were broken."""
+    with running_server(local_settings(model_repository=model_repository)) as server:
+        monkeypatch.setenv("FMNIST_TOKEN", TOKEN + "\n")
+        assert client_cli.main(["models", "--target", f"127.0.0.1:{server.port}"]) == 2
+    assert capsys.readouterr().err == (
+        "fmnist: error: FMNIST_TOKEN: begins or ends with white space (a file's last newline?), "
+        "which no server's --auth-token holds\n")
+
+
 def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, model_repository,
                                                                   capsys):
     """A port-forward to 127.0.0.1 reaches a server whose certificate names only its Service:
