@@ -2,11 +2,14 @@
 --help, used as its default, converted and checked as the flag would be."""
 
 import argparse
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from common.flags import add_option, env_var, positive_int
+from tests.conftest import free_port
 
 
 def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
@@ -152,3 +155,22 @@ def test_number_in_says_its_bounds_as_written():
     with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0 or 'none', "
                        "got default"):  # it meant None too: no tolerance, not the default one
         number_in(float, 0, none_word="none")("default")
+
+
+def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repository):
+    """`FMNIST_PORT=N ./run serve` served on 50051 all the same: the script's own --host and
+    --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured)."""
+    root = Path(__file__).resolve().parents[1]
+    if not list((root / os.environ.get("FMNIST_VENV", ".venv")).glob(".installed-*")):
+        pytest.skip("./run would install the project first")
+    port = free_port()
+    env = {**os.environ, "FMNIST_PORT": str(port), "FMNIST_HOST": "127.0.0.1",
+           "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1"}
+    process = subprocess.Popen([root / "run", "serve", "--http-port", "0"], env=env, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = next((line for line in process.stderr if " serving address=" in line), "")
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert f" serving address=127.0.0.1:{port} " in line
