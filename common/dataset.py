@@ -22,7 +22,7 @@ HOW_TO_GET = "install the Debian package dataset-fashion-mnist or set FMNIST_DAT
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("FMNIST_DATA_DIR") or DEFAULT_DATA_DIR)
+    return Path(os.environ.get("FMNIST_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
 
 
 def check_content(path: Path, name: str, content: bytes, fix: str = HOW_TO_GET) -> None:
@@ -53,7 +53,7 @@ def _find(directory: Path, name: str) -> Path:
 
 def load_test_set(directory: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 test images ``uint8 [N,28,28]`` and their labels ``uint8 [N]``."""
-    directory = directory or data_dir()
+    directory = Path(directory).expanduser() if directory else data_dir()  # --data-dir=~/x
     images = read_array(_find(directory, TEST_IMAGES), TEST_IMAGES)
     labels = read_array(_find(directory, TEST_LABELS), TEST_LABELS)
     if len(images) != len(labels):

@@ -168,3 +168,16 @@ def test_a_report_dir_that_cannot_be_made_fails_before_any_version_is_published(
         f"fmnist-train: error: --report-dir {tmp_path / 'a_file' / 'sub'}: {tmp_path / 'a_file'} "
         "is a file, not a directory (see fmnist-train --help)"]
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_data_dir_starting_with_a_tilde_is_under_home(tmp_path, monkeypatch):
+    """`--data-dir=~/fashion` (bash leaves a ~ after = alone) and FMNIST_DATA_DIR=~/fashion from
+    an env file were taken literally: "~/fashion/train-images-idx3-ubyte.gz: missing", beside
+    the very files; the client's test set likewise."""
+    from common.dataset import load_test_set
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "fashion").symlink_to(data.DEBIAN_DIR)
+    assert len(data.load(data.Path("~/fashion")).y_train) == 60000
+    monkeypatch.setenv("FMNIST_DATA_DIR", "~/fashion")
+    assert len(load_test_set()[1]) == 10000

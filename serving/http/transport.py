@@ -55,6 +55,7 @@ class HttpTransport:
         self._decoder = ThreadPoolExecutor(max(1, min(CORES, settings.parallel_inferences)
                                                // settings.workers),
                                            thread_name_prefix="image-decode")
+        test_images_dir = test_images_dir and test_images_dir.expanduser()  # --x=~/y: bash's ~
         if test_images_dir is not None and not test_images_dir.is_dir():
             log.warning("--test-images-dir is not a directory: the page's test images are "
                         "404", extra={"fields": {"directory": str(test_images_dir)}})
