@@ -58,6 +58,13 @@ def test_classify_test_indices_prints_top_classes_and_baseline(target, capsys, t
     assert [top_class(output, row) for row in range(3)] == [CLASS_NAMES[k] for k in labels]
 
 
+def test_test_index_given_twice_classifies_both(target, capsys):
+    """`--test-index 0 --test-index 5` classified image 5 alone, saying nothing of image 0."""
+    assert cli.main(["classify", "--target", target, "--test-index", "0", "--test-index", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[::3] == ["test[0]  (true: Ankle boot)",
+                                                         "test[5]  (true: Trouser)"]
+
+
 def test_png_files_of_any_size_and_mode_become_28x28_gray(tmp_path, test_set):
     image = test_set[0][0]
     Image.fromarray(image).save(tmp_path / "same.png")

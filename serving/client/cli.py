@@ -128,8 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("files", nargs="*", type=Path, metavar="FILE",
                           help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
                           "of uint8 [28,28], [N,28,28] or [N,784]")
-    classify.add_argument("--test-index", type=int, nargs="+", default=[], metavar="I",
-                          help="also classify these images of the Fashion-MNIST test set (0..9999)")
+    classify.add_argument("--test-index", type=int, nargs="+", action="extend", default=[],
+                          metavar="I", help="also classify these images of the Fashion-MNIST "
+                          "test set (0..9999); given again, adds more")
     classify.add_argument("--invert", action="store_true",
                           help="invert image files first: for dark objects on a light background "
                           "(Fashion-MNIST has light objects on black)")
