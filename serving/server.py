@@ -156,7 +156,7 @@ class ModelServer:
         scheme = "https" if settings.tls_cert else "http"
         log.info("serving", extra={"fields": {
             "address": self.address, "transport": self._server.transport,
-            **({"http": f"{scheme}://{host_port(settings.host, self.http_port)}/"}
+            **({"http": f"{scheme}://{host_port(settings.host, self.http_port, True)}/"}
                if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),
             "models": models, "default_model": settings.default_model,
@@ -241,8 +241,8 @@ def _server_tls(settings: Settings) -> ServerTls | None:
 def _try_command(settings: Settings, port: int) -> str:
     """The client command that works against this server, its secrets left to fill in (the
     host by name if it listens everywhere: a certificate names hosts, never 0.0.0.0)."""
-    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    return " ".join(["fmnist classify --target", host_port(host, port), "--test-index 0 1 2",
+    return " ".join(["fmnist classify --target", host_port(settings.host, port, True),
+                     "--test-index 0 1 2",
                      *(["--tls-ca CA_OF_THE_CERT"] if settings.tls_cert else []),
                      *(["--tls-cert CLIENT.crt --tls-key CLIENT.key"]
                        if settings.tls_client_ca else []),

@@ -167,16 +167,17 @@ class Settings:
             raise ValueError(
                 f"--max-message-bytes: expected at least {full_batch + MESSAGE_OVERHEAD} to fit a "
                 f"full request of --max-request-images {self.max_request_images} images, "
-                f"got {self.max_message_bytes}"
-            )
+                f"got {self.max_message_bytes}")
 
     @property
     def address(self) -> str:
         return host_port(self.host, self.port)
 
 
-def host_port(host: str, port: int) -> str:
-    """``HOST:PORT``, an IPv6 host in brackets."""
+def host_port(host: str, port: int, by_name: bool = False) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets; ``by_name``: a host listening everywhere as a
+    client names it, localhost (a certificate names hosts, never 0.0.0.0; no browser opens [::])."""
+    host = "localhost" if by_name and host in ("0.0.0.0", "::") else host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

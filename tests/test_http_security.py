@@ -78,6 +78,16 @@ def test_the_start_up_command_names_localhost_when_the_server_listens_everywhere
         "fmnist classify --target localhost:50051 --test-index 0 1 2 --tls-ca ")
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_the_start_up_url_names_localhost_when_the_server_listens_everywhere(host):
+    """The line's try= said localhost, its http= https://0.0.0.0:8080/, which no certificate
+    names ([::] no browser opens), while the ports, unchanged, name the host as it is."""
+    from serving.settings import host_port
+
+    assert host_port(host, 8080, by_name=True) == "localhost:8080"
+    assert host_port(host, 8080) == ("0.0.0.0:8080" if host == "0.0.0.0" else "[::]:8080")
+
+
 @pytest.fixture(scope="module")
 def tls_url(model_repository, pki):
     settings = http_settings(model_repository, tls_cert=str(pki.server_cert),
