@@ -298,17 +298,3 @@ def test_png_bytes_are_converted_as_fmnist_classify_converts_them(url):
                            timeout=10).json()
     buffer.seek(0)
     assert answer["results"][0]["pixels"] == load_png(buffer, invert=True).ravel().tolist()
-
-
-def test_a_test_images_dir_under_home_is_found(model_repository, tmp_path, monkeypatch, caplog):
-    """--test-images-dir=~/fashion (bash leaves a ~ after = alone) was "not a directory": the
-    page's test images were 404."""
-    from common.dataset import DEFAULT_DATA_DIR
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / "fashion").symlink_to(DEFAULT_DATA_DIR)
-    with caplog.at_level("WARNING"), http_server(
-            http_settings(model_repository, test_images_dir="~/fashion")) as (_, url):
-        answer = requests.get(f"{url}/v1/test-images/0", timeout=5)
-    assert (answer.status_code, answer.json().get("class_name")) == (200, "Ankle boot")
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []

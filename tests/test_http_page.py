@@ -8,6 +8,7 @@ import shutil
 import grpc
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from fashion_mnist.v1 import classifier_pb2 as pb
@@ -279,3 +280,17 @@ def test_a_random_image_asked_for_is_what_the_controls_ask_again_for(served, bro
     Select(element(By.ID, "model")).select_by_value("softmax")
     wait_for(browser, lambda: element(By.ID, "truth").text.startswith("test image"))
     assert element(By.ID, "model-name").text.startswith("softmax v")
+
+
+def test_a_test_images_dir_under_home_is_found(model_repository, tmp_path, monkeypatch, caplog):
+    """--test-images-dir=~/fashion (bash leaves a ~ after = alone) was "not a directory": the
+    page's test images were 404."""
+    from common.dataset import DEFAULT_DATA_DIR
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "fashion").symlink_to(DEFAULT_DATA_DIR)
+    with caplog.at_level("WARNING"), http_server(
+            http_settings(model_repository, test_images_dir="~/fashion")) as (_, url):
+        answer = requests.get(f"{url}/v1/test-images/0", timeout=5)
+    assert (answer.status_code, answer.json().get("class_name")) == (200, "Ankle boot")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
