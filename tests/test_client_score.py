@@ -199,6 +199,8 @@ def test_the_client_keeps_to_the_servers_max_request_images(model_repository, tm
         assert (classified, len(capsys.readouterr().out.splitlines())) == (0, 300 * 3)
         assert cli.main(["score", *target, "--limit", "300", "--no-progress"]) == 0
         assert "(3 batches of <= 100, stream)" in capsys.readouterr().out
+        assert cli.main(["score", *target, "--limit", "5", "--no-progress"]) == 0
+        assert "(1 batch of <= 100, stream)" in capsys.readouterr().out  # said "1 batches"
         assert cli.main(["score", *target, "--batch-size", "500", "--no-progress"]) == 2
     assert capsys.readouterr().err == (
         "fmnist score: error: --batch-size 500: the server takes at most 100 images a call "

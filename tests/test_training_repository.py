@@ -88,14 +88,17 @@ def test_settings_that_cannot_train_are_refused_before_fitting(flag, value, caps
     assert f"argument {flag}: " in capsys.readouterr().err
 
 
-def test_an_optimizer_name_in_any_case_is_keras_name(monkeypatch):
+def test_an_optimizer_or_schedule_name_in_any_case_is_keras_name(monkeypatch):
+    """--lr-schedule Cosine was refused while --optimizer Adam was taken."""
     from training.options import build_parser, keras_settings
 
-    by_flag = build_parser().parse_args(["--out", "x", "--optimizer", "Adam"])
+    by_flag = build_parser().parse_args(["--out", "x", "--optimizer", "Adam",
+                                         "--lr-schedule", "Cosine"])
     monkeypatch.setenv("FMNIST_OPTIMIZER", "RMSprop")
+    monkeypatch.setenv("FMNIST_LR_SCHEDULE", "COSINE")
     by_env = build_parser().parse_args(["--out", "x"])
-    assert (keras_settings(by_flag, "mlp").optimizer, keras_settings(by_env, "mlp").optimizer) == (
-        "adam", "rmsprop")
+    assert [(keras_settings(args, "mlp").optimizer, keras_settings(args, "mlp").lr_schedule)
+            for args in (by_flag, by_env)] == [("adam", "cosine"), ("rmsprop", "cosine")]
 
 
 def test_a_published_version_is_readable_by_a_server_of_another_user(tmp_path):

@@ -87,7 +87,7 @@ KERAS_OPTIONS = {  # KerasSettings field: (type, metavar, help); bool fields get
     "optimizer": (str.lower, "NAME", "Keras optimizer name, e.g. adam, rmsprop, sgd"),
     "learning_rate": (number_in(float, 0, low_open=True, none_word="default"), "LR",
                       "initial learning rate ('default': the optimizer's)"),
-    "lr_schedule": (str, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
+    "lr_schedule": (str.lower, "NAME", "learning-rate schedule: none, or cosine (decays to 0)"),
     "patience": (
         number_in(int, 0),
         "N",

@@ -83,7 +83,7 @@ def score(args, security) -> int:
         ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
         ("latency per batch", "p50 {:.1f} ms, p99 {:.1f} ms".format(
             *np.percentile(np.array(latencies) * 1000, [50, 99]))
-         + f" ({len(batches)} batches of <= {batch_size}, {args.rpc})"),
+         + f" ({len(batches)} batch{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
     ]
     if args.csv:
         _write_csv(args.csv, args.offset, labels, everything)
