@@ -111,3 +111,16 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
 positive_int = number_in(int, 1, expected="a positive integer")
 # inf, nan or 0 seconds would make every wait end at once or never
 positive_seconds = number_in(float, 0, low_open=True, expected="seconds > 0")
+
+
+def bearer_token(text: str) -> str:
+    """An argparse ``type`` for ``--auth-token`` (server) and ``--token`` (client): a token
+    either side can send. White space around it (a Secret file's last newline) or anything but
+    printable ASCII (a passphrase's "ö", a tab) fails every call: gRPC's own INTERNAL "Invalid
+    metadata" on the client, and over HTTP a Latin-1 header that never matches. The error
+    never shows the token."""
+    if text != text.strip() or not (text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError("begins or ends with white space (a file's last "
+                                         "newline?) or is other than printable ASCII: no "
+                                         "gRPC or HTTP client can send it")
+    return text

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.contract import IMAGE_BYTES
-from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, number_in
+from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, bearer_token, number_in
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -140,7 +140,8 @@ class Settings:
     auth_token: str = field(  # repr=False: never printed with the settings
         default="", repr=False, metadata={
             "help": "bearer token every call but health must carry (authorization: Bearer "
-            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None})
+            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None,
+            "parse": bearer_token})
     log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
     log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
 
@@ -154,10 +155,6 @@ class Settings:
         if len({port for port, _ in ports}) < len(ports):
             raise ValueError(f"{', '.join(f'{flag} {port}' for port, flag in ports)}: "
                              "expected different ports")
-        if (token := self.auth_token) != token.strip() or not (  # gRPC metadata and
-                token.isascii() and token.isprintable()):  # HTTP headers carry no other
-            raise ValueError("--auth-token: begins or ends with white space (a file's last "
-                             "newline?) or is other than printable ASCII: no client can send it")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key: expected both or neither")
         if self.tls_client_ca and not self.tls_cert:
@@ -196,7 +193,8 @@ def _parse(setting: dataclasses.Field):
 
     def parse(text: str) -> str:  # a choice in any case, as the choice is written
         if choices and text.lower() not in written:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got "
+                                             f"{text!r}")
         return written.get(text.lower(), text)
 
     return parse

@@ -251,8 +251,8 @@ def test_the_client_refuses_a_token_with_white_space_around_it(model_repository,
         monkeypatch.setenv("FMNIST_TOKEN", TOKEN + "\n")
         assert client_cli.main(["models", "--target", f"127.0.0.1:{server.port}"]) == 2
     assert capsys.readouterr().err == (
-        "fmnist: error: FMNIST_TOKEN: begins or ends with white space (a file's last newline?), "
-        "which no server's --auth-token holds\n")
+        "fmnist: error: FMNIST_TOKEN: begins or ends with white space (a file's last newline?) "
+        "or is other than printable ASCII: no gRPC or HTTP client can send it\n")
 
 
 def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, model_repository,

@@ -32,7 +32,10 @@ from serving.settings import Settings, settings_from
         (["--health-port", "8080"], {}, "--port 50051, --http-port 8080, --health-port 8080: "
          "expected different ports"),
         # a Secret made from a file keeps its last newline: no client could ever present it
-        ([], {"FMNIST_AUTH_TOKEN": "s3cret\n"}, "--auth-token: begins or ends with white space"),
+        # (it named --auth-token, which nobody had given)
+        ([], {"FMNIST_AUTH_TOKEN": "s3cret\n"},
+         "FMNIST_AUTH_TOKEN: begins or ends with white space"),
+        (["--auth-token", "pässwörd"], {}, "--auth-token: begins or ends with white space"),
         # an empty Secret, or compose's ${FMNIST_AUTH_TOKEN} unset: it served with no check
         ([], {"FMNIST_AUTH_TOKEN": ""}, "FMNIST_AUTH_TOKEN: set but empty; unset it to go "
          "without one"),
@@ -80,6 +83,6 @@ def test_a_token_no_client_can_send_is_refused_at_start(model_repository):
     metadata"), and over HTTP the header, read as Latin-1, never matched the token."""
     for token in ("pässwörd", "s3c\tret", "s3c\x00ret"):
         with pytest.raises(ValueError,
-                           match=r"^--auth-token: .* other than printable ASCII: no client"):
+                           match=r"^--auth-token: .* printable ASCII: no gRPC or HTTP client"):
             Settings(model_repository=model_repository, auth_token=token)
     assert Settings(model_repository=model_repository, auth_token="a b~!").auth_token == "a b~!"

@@ -18,6 +18,7 @@ from common.contract import CLASS_NAMES
 from common.flags import (
     DefaultsHelpFormatter,
     add_option,
+    bearer_token,
     number_in,
     positive_int,
     positive_seconds,
@@ -117,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         add_option(security, "--tls-server-name", metavar="NAME",
                    help="the name the server's certificate must carry, when the target's host "
                    "is not one of its names (a port-forward to 127.0.0.1); implies --tls")
-        add_option(security, "--token", secret=True, type=_token, help="bearer token, for "
+        add_option(security, "--token", secret=True, type=bearer_token, help="bearer token, for "
                    "servers started with --auth-token (safer as the env var: flags show in ps)")
         sub.set_defaults(run=run)
         return sub
@@ -182,15 +183,6 @@ def _target(text: str) -> str:
     if text.lower().startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
-    return text
-
-
-def _token(text: str) -> str:
-    """A bearer token as a server's --auth-token may be (its error never shows the token)."""
-    if text != text.strip():  # a Secret file's last newline: gRPC refused every call,
-        # "INTERNAL: Invalid metadata", as if the server were broken
-        raise argparse.ArgumentTypeError("begins or ends with white space (a file's last "
-                                         "newline?), which no server's --auth-token holds")
     return text
 
 
