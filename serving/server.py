@@ -96,16 +96,16 @@ class ModelServer:
             test_images_dir=Path(settings.test_images_dir) if settings.test_images_dir else None,
         ) if settings.http_port else None
         self.port = self.http_port = self.health_port = 0
-        self._stop_watching = threading.Event()
-        self._watcher = self._metrics_endpoint = None
+        self._stop_watching, self._watcher, self._metrics_endpoint = threading.Event(), None, None
         self._stopping, self._stopped = threading.Lock(), False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelServer":
         """Reads the TLS files (ListenError), then loads and verifies the repository
         (RepositoryError if it cannot be served): a bad file stops the start in a moment."""
-        return cls(settings, tls=_server_tls(settings), registry=load_repository(
-            settings.model_repository, _policy(settings), settings.intra_op_threads))
+        tls = _server_tls(settings)
+        return cls(settings, load_repository(settings.model_repository, _policy(settings),
+                                             settings.intra_op_threads), tls)
 
     @property
     def address(self) -> str:
