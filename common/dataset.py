@@ -18,14 +18,20 @@ from common.idx import read_idx
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
-HOW_TO_GET = "install the Debian package dataset-fashion-mnist or set FMNIST_DATA_DIR"
+
+
+def how_to_get(flag: str) -> str:
+    """What to do when the files are missing or wrong, naming the flag the user may have given
+    (the client's and training's --data-dir, the server's --test-images-dir)."""
+    return ("install them with `apt-get install dataset-fashion-mnist`, or point "
+            f"{flag} (or FMNIST_DATA_DIR) at a directory holding Fashion-MNIST's IDX files")
 
 
 def data_dir() -> Path:
     return Path(os.environ.get("FMNIST_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
 
 
-def check_content(path: Path, name: str, content: bytes, fix: str = HOW_TO_GET) -> None:
+def check_content(path: Path, name: str, content: bytes, fix: str) -> None:
     """ValueError, ending with ``fix``, unless ``content`` (an IDX file's, decompressed) is
     Fashion-MNIST's ``name``: a model trained, or a score taken, on altered data would mislead.
     Training and the client both check here."""
@@ -36,26 +42,29 @@ def check_content(path: Path, name: str, content: bytes, fix: str = HOW_TO_GET) 
                          f"{DATA_SHA256[name][:16]}...; {fix}")
 
 
-def read_array(path: Path, name: str) -> np.ndarray:
-    """The IDX file ``name`` (uint8 values) as an array of its declared shape; ValueError if
-    its content is not Fashion-MNIST's."""
+def read_array(path: Path, name: str, fix: str) -> np.ndarray:
+    """The IDX file ``name`` (uint8 values) as an array of its declared shape; ValueError,
+    ending with ``fix``, if its content is not Fashion-MNIST's."""
     idx = read_idx(path)
-    check_content(path, name, idx.content)
+    check_content(path, name, idx.content, fix)
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 
 
-def _find(directory: Path, name: str) -> Path:
+def _find(directory: Path, name: str, fix: str) -> Path:
     for candidate in (directory / f"{name}.gz", directory / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{directory / name}[.gz] not found; {HOW_TO_GET}")
+    raise FileNotFoundError(f"{directory / name}[.gz] not found; {fix}")
 
 
-def load_test_set(directory: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The 10,000 test images ``uint8 [N,28,28]`` and their labels ``uint8 [N]``."""
+def load_test_set(directory: Path | None = None, flag: str = "--data-dir"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 test images ``uint8 [N,28,28]`` and their labels ``uint8 [N]``; errors say
+    how to get them, naming ``flag``, the caller's option for ``directory``."""
     directory = Path(directory).expanduser() if directory else data_dir()  # --data-dir=~/x
-    images = read_array(_find(directory, TEST_IMAGES), TEST_IMAGES)
-    labels = read_array(_find(directory, TEST_LABELS), TEST_LABELS)
+    fix = how_to_get(flag)
+    images = read_array(_find(directory, TEST_IMAGES, fix), TEST_IMAGES, fix)
+    labels = read_array(_find(directory, TEST_LABELS, fix), TEST_LABELS, fix)
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {len(images)} test images but {len(labels)} labels")
     return images, labels

@@ -13,6 +13,9 @@ from serving.client import cli
 from serving.client.api import ClassifierClient
 from tests.conftest import reference
 
+HOW_TO_GET = ("install them with `apt-get install dataset-fashion-mnist`, or point --data-dir (or "
+              "FMNIST_DATA_DIR) at a directory holding Fashion-MNIST's IDX files")
+
 
 def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
     """The check that --csv can be written made the file: a failed run left it empty."""
@@ -96,7 +99,15 @@ def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_
     assert capsys.readouterr().err == (
         f"fmnist score: error: {labels}: not Fashion-MNIST's t10k-labels-idx1-ubyte (corrupt, "
         f"or other data): its content SHA-256 is {digest[:16]}..., expected {expected[:16]}...; "
-        "install the Debian package dataset-fashion-mnist or set FMNIST_DATA_DIR\n")
+        f"{HOW_TO_GET}\n")
+
+
+def test_score_names_the_missing_file_and_the_flag_to_fix(target, capsys, tmp_path):
+    """Given --data-dir, it told the user to set FMNIST_DATA_DIR instead."""
+    assert cli.main(["score", "--target", target, "--data-dir", str(tmp_path), "--limit", "10",
+                     "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: {tmp_path}/t10k-images-idx3-ubyte[.gz] not found; {HOW_TO_GET}\n")
 
 
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):

@@ -242,7 +242,7 @@ def test_a_test_images_dir_that_is_not_one_is_said_at_start(model_repository, tm
     # once, not once a request: any client could fill the log (it did)
     [logged] = [r.fields["error"] for r in caplog.records
                 if r.getMessage() == "test images cannot be read"]
-    assert logged.startswith(str(missing))
+    assert logged.startswith(str(missing)) and "point --test-images-dir" in logged
     warned = [r for r in caplog.records if r.getMessage().startswith("--test-images-dir")]
     assert [(r.getMessage(), r.fields) for r in warned] == [(
         "--test-images-dir is not a directory: the page's test images are 404",

@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from common.contract import CLASS_NAMES, DATA_SHA256, IMAGE_SHAPE
-from common.dataset import check_content
+from common.dataset import check_content, how_to_get
 from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_CACHE_DIR = Path("~/.keras/datasets/fashion-mnist")
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-HOW_TO_GET = (
-    "install it with `apt-get install dataset-fashion-mnist` "
-    "(or point FMNIST_DATA_DIR / --data-dir at a directory holding the four .gz files)"
-)
+HOW_TO_GET = how_to_get("--data-dir")
 IMAGES_MAGIC = 2051  # IDX: unsigned byte data, 3 dimensions
 LABELS_MAGIC = 2049  # IDX: unsigned byte data, 1 dimension
 

@@ -236,7 +236,7 @@ class TestImages:
             if self._loaded is None:
                 directory = self._directory or data_dir()
                 try:
-                    self._loaded = load_test_set(directory)
+                    self._loaded = load_test_set(directory, "--test-images-dir")
                 except (OSError, ValueError) as error:
                     if str(error) != self._failure:  # tried again on each request: the files
                         self._failure = str(error)  # may come, but said once, not per request
