@@ -24,6 +24,7 @@ from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
+from training.repository import RepositoryError
 
 
 @dataclass
@@ -264,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         _remove_made(made, args.report_dir)
         if args.debug:
             raise
-        message = str(error) if isinstance(error, DatasetError | TrainingError) else (
-            f"{type(error).__name__}: {error}")
+        explained = isinstance(error, DatasetError | TrainingError | RepositoryError)
+        message = str(error) if explained else f"{type(error).__name__}: {error}"
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1
     print(f"total time: {time.perf_counter() - start:.0f} s")

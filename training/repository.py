@@ -124,17 +124,23 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                 version.discard()  # those not renamed
 
 
+class RepositoryError(ValueError):
+    """The model repository cannot take a new version; the message names the file and what
+    to do (said in one line, as a data error is, not as a crash)."""
+
+
 def next_version(model_dir: Path, recorded: str | None = None) -> int:
     """One past the highest version present in ``model_dir`` or ``recorded`` (its
-    ``.highest-version``'s text, read if None); ValueError if that is past what the protocols'
-    int64 version fields carry: the server would skip it, and the run's model never be served."""
+    ``.highest-version``'s text, read if None); RepositoryError if that is past what the
+    protocols' int64 version fields carry: the server would skip it, and the run's model never
+    be served."""
     path = model_dir / HIGHEST
     if recorded is None:
         recorded = path.read_text() if path.exists() else ""
     number = max([highest_recorded(recorded, path),
                   *existing_versions(model_dir.parent, model_dir.name)]) + 1
     if number > MAX_VERSION:
-        raise ValueError(f"{model_dir}: version {number - 1} is taken and no number is left "
+        raise RepositoryError(f"{model_dir}: version {number - 1} is taken and no number is left "
                          f"(a version is at most {MAX_VERSION}, the protocols' int64)")
     return number
 
@@ -143,7 +149,7 @@ def highest_recorded(text: str, path: Path) -> int:
     """The number a ``.highest-version`` file holds (0 if empty); a corrupt one is named."""
     text = text.strip()
     if text and not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{path}: expected the highest version published, got {text[:40]!r}; "
+        raise RepositoryError(f"{path}: expected the highest version published, got {text[:40]!r}; "
                          "put the number back (or delete the file)")
     return int(text or 0)
 
