@@ -126,6 +126,15 @@ def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     assert training["train_size"] + training["validation_size"] == 60000
 
 
+def test_the_optimizers_default_rate_is_recorded_as_a_number(tmp_path):
+    """--learning-rate default was recorded as null in model.json: which rate trained it?"""
+    result = run_training("--out", str(tmp_path), "--models", "softmax", "--train-subset",
+                          "1000", "--epochs", "1", "--learning-rate", "default", "--progress",
+                          "none")
+    assert result.returncode == 0, result.stderr
+    assert manifest(tmp_path, "softmax", 1)["training"]["learning_rate"] == 0.001  # Adam's
+
+
 def test_a_bad_env_var_gives_one_line_naming_it(tmp_path):
     result = run_training("--out", str(tmp_path), env={"FMNIST_EPOCHS": "0"})
     assert result.returncode == 2

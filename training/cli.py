@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         libraries = ("scikit-learn", "skl2onnx")
     else:
         settings = keras_settings(args, name)
+        # the optimizer's default rate, as a number in model.json and the report
+        settings = replace(settings, learning_rate=models.learning_rate_of(settings))
         models.seed_everything(args.seed)
         fitted = models.fit_keras(
             settings,

@@ -107,8 +107,7 @@ def build_keras(settings: KerasSettings, steps_per_epoch: int):
             model.add(layers.Dropout(settings.dropout))
     model.add(layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"))
 
-    default_rate = float(keras.optimizers.get(settings.optimizer).learning_rate)
-    learning_rate = settings.learning_rate or default_rate
+    learning_rate = learning_rate_of(settings)
     if settings.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=settings.epochs * steps_per_epoch
@@ -118,6 +117,17 @@ def build_keras(settings: KerasSettings, steps_per_epoch: int):
     )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def learning_rate_of(settings: KerasSettings) -> float:
+    """The rate the optimizer starts with: ``--learning-rate``, else the optimizer's own
+    default."""
+    if settings.learning_rate is not None:
+        return settings.learning_rate
+    import keras
+
+    rate = float(keras.optimizers.get(settings.optimizer).learning_rate)  # a float32 variable's
+    return float(f"{rate:.7g}")  # 0.001, not 0.0010000000474974513
 
 
 def fit_keras(
