@@ -147,6 +147,18 @@ async def test_aio_client_sees_each_error_row(served, row):
         refused.value.message()
 
 
+@pytest.mark.parametrize("sequence_id", [2**63 - 1, 2**63, 2**64 - 1])
+def test_request_parameters_take_every_uint64_as_tritons_sequence_id(served, images,
+                                                                      sequence_id):
+    """tritonclient sends a sequence id (a uint64 to Triton) as a JSON integer: 2**63 and up
+    were refused, "expected a boolean, integer, ..., got 9223372036854775808", while 2**64
+    (a float to JSON parsers) was taken."""
+    _, target, v2 = served
+    with triton.InferenceServerClient(target) as client:
+        check_answers(client.infer("mlp", sequence_id=sequence_id, priority=2**64 - 1,
+                                   **tensors(triton, images, True)), grpc_answer(v2, images))
+
+
 def test_overload_and_draining_reach_the_client_as_429_and_503(served, images):
     server, target, _ = served
     with triton.InferenceServerClient(target) as client:

@@ -208,6 +208,8 @@ def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> Non
             parameter.bool_param = value
         elif isinstance(value, int) and -2**63 <= value < 2**63:
             parameter.int64_param = value
+        elif isinstance(value, int) and 0 <= value < 2**64:  # Triton's sequence_id, priority
+            parameter.uint64_param = value
         elif isinstance(value, float):
             parameter.double_param = value
         elif isinstance(value, str):
