@@ -36,8 +36,8 @@ def _json(document) -> bytes:
      f"Inference-Header-Content-Length: {'9' * 900}"),  # messages are cut at 1,000
     ("POST", INFER, b"{}", {"Inference-Header-Content-Length": "0" * 5000 + "9"}, 400,
      f"Inference-Header-Content-Length: {'0' * 900}"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": ["1", 28, 28]}]}), {}, 400,
-     "inputs['images'].shape: expected integers"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [True, None, "1"]}]}), {}, 400,
+     "inputs['images'].shape: expected integers, got [true, null, \"1\"]"),  # not [True, None, '1']
     ("POST", INFER, _json({"inputs": [{**IMAGE, "parameters": {"binary_data_size": 784}}]}),
      {}, 400, "inputs['images'].parameters.binary_data_size: 784 bytes at offset"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32", "data": [0.0] * 784}]}),

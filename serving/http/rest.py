@@ -135,7 +135,7 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     datatype = _expect(str, tensor.get("datatype"), f"{field_name}.datatype")
     shape = _expect(list, tensor.get("shape"), f"{field_name}.shape")
     if not all(type(dim) is int for dim in shape):
-        raise InvalidArgument(f"{field_name}.shape: expected integers, got {shape}")
+        raise InvalidArgument(f"{field_name}.shape: expected integers, got {json.dumps(shape)}")
     try:
         added = request.inputs.add(name=name, datatype=datatype, shape=shape)
     except ValueError:
@@ -156,7 +156,7 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     size = parameters[BINARY_SIZE]
     if type(size) is not int or size < 0:
         raise InvalidArgument(
-            f"{field_name}.parameters.{BINARY_SIZE}: expected a byte count, got {size!r}")
+            f"{field_name}.parameters.{BINARY_SIZE}: expected a byte count, got {json.dumps(size)}")
     if offset + size > len(body):
         raise InvalidArgument(
             f"{field_name}.parameters.{BINARY_SIZE}: {size} bytes at offset {offset} go past "
