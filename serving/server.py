@@ -28,7 +28,7 @@ from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
-from serving.settings import Settings, available_cores, host_port
+from serving.settings import STOP_SIGNALS, Settings, available_cores, host_port
 from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
+    for signal_number in STOP_SIGNALS:
         signal.signal(signal_number, lambda number, _frame: stop_requested.append(number))
     server = ModelServer.from_settings(settings)
     try:

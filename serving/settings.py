@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIG_IGN, SIGHUP, SIGINT, SIGTERM, getsignal
 
 from common.contract import IMAGE_BYTES
 from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, bearer_token, number_in
@@ -48,6 +49,9 @@ def available_cores() -> int:
 
 CORES = available_cores()
 DAY_S = 24 * 3600
+# What drains the server: SIGHUP too (a closed terminal, `kill -HUP`), unless it was ignored
+# from the start (nohup); read at import, before any handler is set (workers inherit it).
+STOP_SIGNALS = {SIGTERM, SIGINT, SIGHUP if getsignal(SIGHUP) is not SIG_IGN else SIGTERM}
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,
@@ -128,8 +132,8 @@ class Settings:
         0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "
         "new one, which a load balancer may send to a replica added since (0: forever)",
         "SECONDS", parse=WAIT_S)
-    grace_period: float = _setting(10.0, "seconds in-flight calls get to finish on SIGTERM/SIGINT "
-                                   "before they are cancelled", "SECONDS", parse=WAIT_S)
+    grace_period: float = _setting(10.0, "seconds calls in flight get on SIGTERM/SIGINT/SIGHUP "
+                                   "to finish before they are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
         "(0: load once at start-up)", "SECONDS", parse=WAIT_S)

@@ -13,17 +13,17 @@ import traceback
 from collections.abc import Iterable
 
 from serving.errors import RepositoryError
-from serving.settings import Settings
+from serving.settings import STOP_SIGNALS, Settings
 
 READY = b"\x00"
 READER_PAUSE_S = 2.0  # the supervisor reads the heartbeats at least once a second
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}  # blocked over each fork
+HELD_SIGNALS = {*STOP_SIGNALS, signal.SIGCHLD}  # blocked over each fork
 
 
 @contextlib.contextmanager
 def signals_held():
-    """Holds SIGTERM/SIGINT/SIGCHLD over a fork: until the child has handlers of its own it
+    """Holds STOP_SIGNALS and SIGCHLD over a fork: until the child has handlers of its own it
     would run the supervisor's, in the child, and the signal would be lost (a worker told to
     stop while it starts served on). Yields the mask to restore, which the child restores
     with ``own_signals``."""

@@ -19,7 +19,7 @@ session or a thread of its own. It
    after each replacement in a row that failed to start, up to 32 s), and kills a replacement
    that does not serve within ``--worker-start-timeout``, or a worker whose main thread has
    not run for ``HUNG_AFTER_S`` (``Heartbeats``), to be replaced in turn;
-4. on SIGTERM/SIGINT, at any moment, even while workers start, passes SIGTERM on, waits for
+4. on SIGTERM/SIGINT/SIGHUP, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, then kills them) and removes the directory.
    Should the supervisor itself be killed, the kernel sends each worker SIGTERM
    (PR_SET_PDEATHSIG): they drain and exit rather than linger, and the next supervisor
@@ -37,7 +37,7 @@ from dataclasses import replace
 
 from serving.errors import WorkerStartError
 from serving.ports import reserved_port
-from serving.settings import Settings
+from serving.settings import STOP_SIGNALS, Settings
 from serving.worker_process import (
     READY,
     Heartbeats,
@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 
 def supervise(settings: Settings) -> int:
-    """Runs ``settings.workers`` server processes until SIGTERM/SIGINT; returns the exit
+    """Runs ``settings.workers`` server processes until a stop signal; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
     with multiprocess_directory() as directory, reserved_port(settings) as port:
         supervisor = _Supervisor(replace(settings, port=port), directory)
@@ -98,7 +98,7 @@ class _Supervisor:
 
     def start(self) -> None:
         """Forks every worker and waits until each serves; SIGTERM meanwhile stops them."""
-        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for signal_number in (*STOP_SIGNALS, signal.SIGCHLD):
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         if self.settings.metrics_port:
@@ -146,7 +146,7 @@ class _Supervisor:
         return self._stop()
 
     def _on_signal(self, signal_number, _frame) -> None:
-        if signal_number in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+        if signal_number in STOP_SIGNALS and not self.stopping:
             self.stopping = True
             log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
 

@@ -226,3 +226,30 @@ def test_request_encoding_round_trips(test_set):
     assert isinstance(request, pb.ClassifyRequest)
     assert [len(image) for image in request.images] == [784] * 3
     assert request.images[2] == test_set[0][2].tobytes()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_drains_like_sigterm_unless_nohup_ignores_it(model_repository, workers):
+    """SIGHUP (a closed terminal or ssh session, `kill -HUP`) killed the server, or its
+    supervisor, on the spot: calls in flight cut, no log line, the metrics directory left.
+    It now drains as SIGTERM does; under nohup (SIGHUP ignored from the start) it still
+    serves on."""
+    stopped = 1 + 2 * (workers == "2")  # each worker's "stopped", then the supervisor's
+    with server_process(model_repository, "--workers", workers, "--poll-interval", "0",
+                        "--grace-period", "5") as (process, logs):
+        target = logs.wait_for("serving", count=int(workers))[0]["address"]
+        with grpc.insecure_channel(target) as channel:
+            classifier_pb2_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest())
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(30) == 0
+        assert len(logs.wait_for("stopped", count=stopped)) == stopped
+    with server_process(model_repository, "--workers", workers, "--poll-interval", "0",
+                        prefix=("nohup",)) as (process, logs):
+        target = logs.wait_for("serving", count=int(workers))[0]["address"]
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert process.poll() is None and not logs.matching("shutdown requested")
