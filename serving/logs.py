@@ -46,3 +46,6 @@ def configure(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Python's tracebacks (a worker's failure, an uncaught exception) as log lines too: in
+    # JSON, one object whose "exception" holds the traceback
+    sys.excepthook = lambda *info: logging.critical("uncaught exception", exc_info=info)

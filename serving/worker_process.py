@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Iterable
 
 from serving.errors import RepositoryError
@@ -128,7 +127,7 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
         except (RepositoryError, ListenError) as error:
             report.send(str(error).encode())
     except BaseException as error:  # a worker reports any failure, then exits
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # the traceback, in the log's format
         report.send(f"worker failed: {type(error).__name__}: {error}".encode())
     finally:
         with contextlib.suppress(Exception):

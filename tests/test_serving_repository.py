@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
-from serving import cli
+from serving import cli, native
 from serving.errors import NotFound
 from serving.repository import load_repository
 from tests.conftest import rewrite_manifest
@@ -149,6 +149,28 @@ def test_with_json_logs_every_line_is_json_the_fatal_one_too(tmp_path, workers):
         "CRITICAL", "cannot serve",
         f"model repository {tmp_path / 'none'} does not exist or is not a directory")
     assert all(isinstance(line["pid"], int) for line in lines)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unexpected_start_failure_is_logged_as_json_and_names_its_cause(model_repository,
+                                                                           workers):
+    """Out of threads (a pids or address-space limit: here 1,000 call threads of 8 MiB stacks
+    in 4 GiB), the native server's stop joined threads it never started: the cause was
+    "cannot join thread before it is started", and Python's tracebacks came as plain lines
+    in a JSON log, from a worker or the single process."""
+    if not native.available() or not shutil.which("prlimit"):
+        pytest.skip("needs the native gRPC server and util-linux's prlimit")
+    result = subprocess.run(
+        ["prlimit", f"--as={4 * 2**30}", sys.executable, "-m", "serving", "--model-repository",
+         str(model_repository), "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+         "--grpc-server", "native", "--call-threads", "1000", "--log-format", "json",
+         "--workers", workers], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    failures = [line for line in lines if line["level"] == "CRITICAL"]
+    assert failures and all("RuntimeError: can't start new thread" in line.get(
+        "exception", "") + line.get("error", "") for line in failures), failures
+    assert "cannot join" not in result.stderr
 
 
 def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tmp_path):

@@ -82,8 +82,8 @@ class NativeServer:
             already, self._stopped = self._stopped, True
         if not already:
             self._core.shutdown(grace or 0.0)
-            for thread in self._pool:
-                thread.join()
+            for thread in [thread for thread in self._pool if thread.ident]:  # started ones:
+                thread.join()  # a start() that could not start them all raised
         stopped = threading.Event()
         stopped.set()
         return stopped
