@@ -117,11 +117,11 @@ class _Supervisor:
             for pid, message in self._reports(max(0.0, deadline - time.monotonic())):
                 if message == READY:
                     self.served.add(pid)
-                elif not self.stopping:  # Ctrl-C reaches workers too
-                    raise WorkerStartError(message.decode(errors="replace").strip()
-                                           or "a worker exited before serving")
-            self._reap()
-        if self.stopping:
+                elif not self.stopping:  # Ctrl-C reaches workers too; none said why: how it died
+                    raise WorkerStartError(message.decode(errors="replace").strip() or (
+                        f"worker {pid} died before serving: {_describe(os.waitpid(pid, 0)[1])}"))
+        if self.stopping:  # (this loop reaps none: one that died before serving is waited
+            # for above, to say how; run() or _stop() reap the rest)
             return
         log.info("workers serving", extra={"fields": {
             "workers": self.settings.workers, "pids": sorted(self.workers),
@@ -294,6 +294,5 @@ class _Supervisor:
 
 
 def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit {os.waitstatus_to_exitcode(status)}"
+    code = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"

@@ -89,6 +89,21 @@ def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_co
         assert logs.wait_for("workers did not stop in time; killing them")
 
 
+def test_a_worker_that_dies_in_start_up_is_named_with_how_it_died(repository_copy):
+    """A worker killed while it loaded (the kernel's OOM killer under a memory limit) failed
+    the start with "a worker exited before serving": neither which worker nor how."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    manifest.unlink()
+    os.mkfifo(manifest)  # the workers hang loading it
+    with server_process(repository_copy, "--workers", "2") as (process, logs):
+        time.sleep(1.0)
+        victim = children(process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert process.wait(30) == 1
+        failure = logs.wait_for("cannot serve")[0]
+    assert failure["error"] == f"worker {victim} died before serving: killed by SIGKILL"
+
+
 def test_sigterm_while_a_worker_is_being_forked_stops_it_at_once(model_repository, tmp_path):
     """Between fork and the worker's own handlers, a signal ran the supervisor's handler in
     the child and was lost: the worker served on until killed after the grace period. Here
