@@ -7,9 +7,10 @@ by flags, and both must mean the same.
 import argparse
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 ENV_PREFIX = "FMNIST_"
+READ = set()  # the env vars of the options added so far (add_option)
 SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                 "0": False, "false": False, "no": False, "off": False}
 
@@ -34,6 +35,7 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     """
     action = container.add_argument(*names, **kwargs)
     variable = env_var(action.dest)
+    READ.add(variable)
     action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
     if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
         action.help += "%(default).0s"
@@ -45,6 +47,13 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
         action.default = _convert(action, variable, raw)
         action.required = False
     return action
+
+
+def unread_env_vars(environ: Mapping[str, str], also: Iterable[str] = ()) -> list[str]:
+    """The ``FMNIST_*`` variables of ``environ`` that no option added so far reads, nor
+    ``also``: a misspelt one (FMNIST_METRIC_PORT) is otherwise ignored without a word."""
+    return sorted(name for name in environ
+                  if name.startswith(ENV_PREFIX) and name not in READ | set(also))
 
 
 def _convert(action: argparse.Action, variable: str, raw: str):

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from common.flags import unread_env_vars
 from serving.settings import settings_from
 
 
@@ -21,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serving.errors import RepositoryError
 
     logs.configure(settings.log_level, settings.log_format)
+    # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is
+    # read at run time (the page's test images), FMNIST_VENV by ./run
+    for name in unread_env_vars(os.environ, also=["FMNIST_DATA_DIR", "FMNIST_VENV"]):
+        logging.getLogger("serving").warning(f"{name}: not a setting of fmnist-serve; ignored")
     if settings.workers > 1:
         return _supervise(settings)
     from serving.server import ListenError, serve

@@ -7,6 +7,7 @@ and the ``--help`` text follow.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -36,14 +37,12 @@ def available_cores() -> int:
     v1 (what ``docker run --cpus`` and Kubernetes' CPU limit set; os.cpu_count() would report
     every core of the host)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no quota, or none that could be read
         quota, period = (CGROUP_CPU_MAX.read_text().split() if CGROUP_CPU_MAX.exists() else
                          [(CGROUP_V1_CPU / f"cpu.cfs_{part}_us").read_text().strip()
                           for part in ("quota", "period")])
         if quota not in ("max", "-1"):
             cores = min(cores or 1, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
     return cores or 1
 
 

@@ -4,6 +4,7 @@ out of its range, naming the flag or the env var that gave it."""
 import pytest
 
 from serving.settings import Settings, settings_from
+from tests.server_process import server_process
 
 
 @pytest.mark.parametrize(
@@ -86,3 +87,17 @@ def test_a_token_no_client_can_send_is_refused_at_start(model_repository):
                            match=r"^--auth-token: .* printable ASCII: no gRPC or HTTP client"):
             Settings(model_repository=model_repository, auth_token=token)
     assert Settings(model_repository=model_repository, auth_token="a b~!").auth_token == "a b~!"
+
+
+def test_an_env_var_no_setting_reads_is_named_in_a_warning(model_repository, monkeypatch):
+    """A misspelt variable (FMNIST_METRIC_PORT for FMNIST_METRICS_PORT, FMNIST_GRACE for
+    FMNIST_GRACE_PERIOD) was ignored without a word: the server ran without metrics, or with
+    the default grace period, and nothing said why."""
+    monkeypatch.setenv("FMNIST_METRIC_PORT", "9090")
+    monkeypatch.setenv("FMNIST_DATA_DIR", "/nonexistent")  # read at run time, not a setting
+    monkeypatch.setenv("FMNIST_GRACE_PERIOD", "1")
+    with server_process(model_repository, "--workers", "1") as (_, logs):
+        logs.wait_for("serving")
+        warnings = [line for line in logs.lines if line.get("level") == "WARNING"]
+    assert [line["message"] for line in warnings] == [
+        "FMNIST_METRIC_PORT: not a setting of fmnist-serve; ignored"]
