@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 ENV_PREFIX = "FMNIST_"
-READ = set()  # the env vars of the options added so far (add_option)
+READ: set[str] = set()  # the env vars of the options added so far (add_option)
 SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                 "0": False, "false": False, "no": False, "off": False}
 
