@@ -160,11 +160,12 @@ def test_an_unexpected_start_failure_is_logged_as_json_and_names_its_cause(model
     in a JSON log, from a worker or the single process."""
     if not native.available() or not shutil.which("prlimit"):
         pytest.skip("needs the native gRPC server and util-linux's prlimit")
+    limits = ["prlimit", f"--as={4 * 2**30}", f"--stack={8 * 2**20}"]  # 1,000 stacks: 8 GiB
     result = subprocess.run(
-        ["prlimit", f"--as={4 * 2**30}", sys.executable, "-m", "serving", "--model-repository",
-         str(model_repository), "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
-         "--grpc-server", "native", "--call-threads", "1000", "--log-format", "json",
-         "--workers", workers], capture_output=True, text=True, timeout=60, check=False)
+        [*limits, sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--grpc-server", "native",
+         "--call-threads", "1000", "--log-format", "json", "--workers", workers],
+        capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     failures = [line for line in lines if line["level"] == "CRITICAL"]
