@@ -18,8 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(argv)
     except ValueError as error:
         return _fail(error, 2)
-    from serving import logs
-    from serving.errors import RepositoryError
+    from serving import errors, logs
 
     logs.configure(settings.log_level, settings.log_format)
     # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is
@@ -28,11 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("serving").warning(f"{name}: not a setting of fmnist-serve; ignored")
     if settings.workers > 1:
         return _supervise(settings)
+    # one process keeps its metrics in memory and serves them: a PROMETHEUS_MULTIPROC_DIR left
+    # in the environment (another program's) made it a worker without an endpoint (the
+    # supervisor sets its own for its workers)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from serving.server import ListenError, serve
 
     try:
         serve(settings)
-    except (RepositoryError, ListenError) as error:
+    except (errors.RepositoryError, ListenError) as error:
         return _fail(error, 1, settings.log_format)
     except KeyboardInterrupt:  # Ctrl-C before serve() has set its signal handlers
         return 130

@@ -15,6 +15,7 @@ from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import free_port, local_settings, running_server
+from tests.server_process import server_process
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
 
@@ -229,3 +230,23 @@ async def test_a_stream_refused_for_want_of_a_slot_is_counted(model_repository, 
     labels = {"api": "domain", "method": "ClassifyStream", "model": ""}
     assert value(after, "fmnist_requests_total", code="RESOURCE_EXHAUSTED", **labels) - value(
         before, "fmnist_requests_total", code="RESOURCE_EXHAUSTED", **labels) == 1
+
+
+def test_one_process_serves_its_metrics_whatever_prometheus_multiproc_dir_says(
+        model_repository, tmp_path, monkeypatch):
+    """PROMETHEUS_MULTIPROC_DIR left in the environment (another program's, a base image's)
+    made a one-process server take itself for a supervised worker: --metrics-port served
+    nothing (connection refused) and no line said why, while its metrics went to files there."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    port = free_port()
+    with server_process(model_repository, "--workers", "1", "--metrics-port", str(port),
+                        "--poll-interval", "0") as (_, logs):
+        target = logs.wait_for("serving")[0]["address"]
+        with grpc.insecure_channel(target) as channel:
+            classifier_pb2_grpc.ClassifierStub(channel).Classify(
+                classifier_pb.ClassifyRequest(images=[IMAGES[0].tobytes()]), timeout=30)
+        samples = scrape(port)
+    assert value(samples, "fmnist_requests_total", api="domain", method="Classify",
+                 model="mlp", code="OK") == 1
+    assert value(samples, "process_resident_memory_bytes") > 0  # this process's own
+    assert list(tmp_path.iterdir()) == []
