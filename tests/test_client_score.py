@@ -110,6 +110,23 @@ def test_score_names_the_missing_file_and_the_flag_to_fix(target, capsys, tmp_pa
         f"fmnist score: error: {tmp_path}/t10k-images-idx3-ubyte[.gz] not found; {HOW_TO_GET}\n")
 
 
+def test_classify_reads_the_test_set_from_the_data_dir_its_error_names(target, capsys,
+                                                                       tmp_path):
+    """fmnist classify --test-index, the test set missing, said "point --data-dir (or
+    FMNIST_DATA_DIR)", and refused --data-dir: "unrecognized arguments"."""
+    from common.dataset import DEFAULT_DATA_DIR
+
+    argv = ["classify", "--target", target, "--test-index", "0", "--data-dir"]
+    assert cli.main([*argv, str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"fmnist classify: error: {tmp_path}/t10k-images-idx3-ubyte[.gz] not found; "
+        f"{HOW_TO_GET}\n")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(DEFAULT_DATA_DIR / name, tmp_path / name)
+    assert cli.main([*argv, str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("test[0]  (true: Ankle boot)\n")
+
+
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):
     base = ["score", "--target", target, "--limit", "300", "--no-progress", "--rpc", "unary",
             "--batch-size", "100"]

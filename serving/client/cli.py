@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--invert", action="store_true",
                           help="invert image files first: for dark objects on a light background "
                           "(Fashion-MNIST has light objects on black)")
+    _data_dir_flag(classify)  # of --test-index
     _model_flags(classify)
     classify.add_argument("--top", type=_top, default=3,
                           help=f"how many classes to show (1..{len(CLASS_NAMES)})")
@@ -157,9 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                        "for the test_accuracy recorded at training) within --tolerance")
     score.add_argument("--tolerance", type=_fraction, default=1e-4,
                        help="allowed difference for --expect-accuracy")
-    score.add_argument("--data-dir", type=Path, default=None,
-                       help="directory of the IDX files [env FMNIST_DATA_DIR, default "
-                       "/usr/share/datasets/fashion-mnist]")
+    _data_dir_flag(score)
     score.add_argument("--no-progress", action="store_true",
                        help="no progress bar (there is none when stderr is not a terminal)")
 
@@ -196,6 +195,13 @@ def _expected_accuracy(text: str) -> float | str:
             f"expected a fraction 0..1 or 'manifest', got {text}") from None
 
 
+def _data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    """The test set's directory: the flag its errors name (common.dataset.how_to_get)."""
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="directory of the test set's IDX files [env FMNIST_DATA_DIR, "
+                        "default /usr/share/datasets/fashion-mnist]")
+
+
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="",
                         help="model: softmax, mlp or baseline (default: the server's)")
@@ -219,7 +225,7 @@ def _classify(args) -> int:
     if args.test_index:
         from common.dataset import load_test_set
 
-        test_images, test_labels = load_test_set()
+        test_images, test_labels = load_test_set(args.data_dir)
         wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]
         if wrong:
             raise UsageError(f"--test-index {wrong[0]}: expected 0..{len(test_images) - 1}")
