@@ -140,6 +140,26 @@ def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, ca
     assert f"expected accuracy      {accuracy} ± 0.0001: met" in capsys.readouterr().out
 
 
+def test_an_accuracy_as_far_from_the_expected_one_as_the_tolerance_allows_is_met(target,
+                                                                                 capsys):
+    """abs(0.6585 - 0.6584) is 1.00000000000011e-04 in floats: a served accuracy one image
+    (0.0001) from the expected one was "± 0.0001: NOT met" and failed the run, exit 1."""
+    base = ["score", "--target", target, "--limit", "1000", "--no-progress"]
+    assert cli.main(base) == 0
+    accuracy = float(next(line for line in capsys.readouterr().out.splitlines()
+                          if line.startswith("mlp v2 accuracy")).split()[-1])  # k / 1000
+    cases = [(expected, tolerance)
+             for tolerance in (0.0001, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+             for expected in (round(accuracy - tolerance, 4), round(accuracy + tolerance, 4))
+             if 0 <= expected <= 1 and abs(accuracy - expected) > tolerance]
+    assert cases  # differences that only float rounding puts past the tolerance
+    for expected, tolerance in cases:
+        assert cli.main([*base, "--expect-accuracy", str(expected), "--tolerance",
+                         str(tolerance)]) == 0, (expected, tolerance)
+        assert f"expected accuracy      {expected:.4f} ± {tolerance:g}: met\n" in (
+            capsys.readouterr().out)
+
+
 def test_scoring_the_baseline_itself_prints_it_once(target, capsys):
     """--model baseline printed its accuracy twice, and an agreement of 1.0000 with itself."""
     assert cli.main(["score", "--target", target, "--limit", "100", "--no-progress",
