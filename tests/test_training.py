@@ -1,6 +1,7 @@
 """``fmnist-train`` end to end on a small subset: repository, report, table, seeding, env vars."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     training = manifest(tmp_path, "baseline", 1)["training"]
     assert training["train_subset"] == 60000
     assert training["train_size"] + training["validation_size"] == 60000
+
+
+def test_the_data_directory_is_recorded_whatever_the_working_directory(tmp_path):
+    """--data-dir data was recorded as "source": "data" in model.json and the report: a
+    directory of whichever working directory the trainer had, which no reader knows."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    for spec in data.FILES:
+        (directory / spec.filename).symlink_to(data.DEBIAN_DIR / spec.filename)
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline",
+                          "--train-subset", "1000", "--data-dir", os.path.relpath(directory))
+    assert result.returncode == 0, result.stderr
+    assert manifest(tmp_path / "repo", "baseline", 1)["dataset"]["source"] == str(directory)
+    (report,) = (tmp_path / "repo" / "reports").iterdir()
+    assert f"## Data ({directory})" in (report / "report.md").read_text()
 
 
 def test_the_optimizers_default_rate_is_recorded_as_a_number(tmp_path):

@@ -143,8 +143,10 @@ def find_data_dir() -> Path:
 
 def load(data_dir: Path | None = None) -> Dataset:
     """Loads the four verified files from ``data_dir`` or the first place they are found."""
-    # ~ expanded: bash leaves it alone in --data-dir=~/x, as an env file does in FMNIST_DATA_DIR
-    directory = Path(data_dir).expanduser() if data_dir else find_data_dir()
+    # ~ expanded: bash leaves it alone in --data-dir=~/x, as an env file does in FMNIST_DATA_DIR;
+    # absolute: the manifests and the report name it, read from any working directory
+    directory = Path(os.path.abspath(Path(data_dir).expanduser() if data_dir
+                                     else find_data_dir()))
     x_train, y_train, x_test, y_test = (
         read_verified(directory / spec.filename, spec) for spec in FILES
     )
