@@ -251,8 +251,9 @@ def _classify(args) -> int:
         print(f"  {f'{model.name} v{model.version}':<{width}}  "
               + "   ".join(f"{class_names[k]} {model.probabilities[i, k]:6.1%}" for k in top))
         label = baseline.labels[i]
-        print(f"  {f'{baseline.name} v{baseline.version}':<{width}}  "
-              f"{class_names[label]} {baseline.probabilities[i, label]:6.1%}")
+        if (baseline.name, baseline.version) != (model.name, model.version):  # not twice
+            print(f"  {f'{baseline.name} v{baseline.version}':<{width}}  "
+                  f"{class_names[label]} {baseline.probabilities[i, label]:6.1%}")
     return 0
 
 
