@@ -117,6 +117,23 @@ def test_a_baseline_stopped_by_its_iteration_limit_says_so(tmp_path):
             in result.stdout)
 
 
+def test_a_keras_fit_says_its_epochs_and_the_ones_early_stopping_kept(tmp_path):
+    """The last epoch line said val_accuracy 0.7350, the model published was epoch 5's
+    (0.7750), and nothing on the terminal said so, nor why 8 epochs stopped at 6 (with
+    --progress none nothing said how long or how many epochs a Keras fit took)."""
+    result = run_training("--out", str(tmp_path), "--models", "softmax", "--train-subset",
+                          "2000", "--epochs", "8", "--softmax-patience", "1",
+                          "--softmax-lr-schedule", "none", "--softmax-learning-rate", "0.05",
+                          "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    training = manifest(tmp_path, "softmax", 1)["training"]
+    run, best = training["epochs_run"], training["best_epoch"]
+    assert best < run < 8  # stopped early, on an earlier epoch's weights
+    assert (f" s, {run} of 8 epochs (early stopping: {run - best} without a better validation "
+            f"accuracy; the weights are epoch {best}'s)\n") in result.stdout
+    assert "\nfitted in " in result.stdout
+
+
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     """model.json said 1,000,000 for a run that used the 60,000 there are."""
     result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",
