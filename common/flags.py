@@ -7,7 +7,8 @@ by flags, and both must mean the same.
 import argparse
 import math
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 
 ENV_PREFIX = "FMNIST_"
 READ: set[str] = set()  # the env vars of the options added so far (add_option)
@@ -54,6 +55,17 @@ def unread_env_vars(environ: Mapping[str, str], also: Iterable[str] = ()) -> lis
     ``also``: a misspelt one (FMNIST_METRIC_PORT) is otherwise ignored without a word."""
     return sorted(name for name in environ
                   if name.startswith(ENV_PREFIX) and name not in READ | set(also))
+
+
+def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
+    """``flag value`` as the user gave it: ``--out x`` when ``flag`` is on the command line
+    ``argv`` (default ``sys.argv[1:]``), else ``FMNIST_OUT=x`` if that is set, so that an error
+    points where to change it (a container's or CI job's variables), not at a flag nobody
+    typed."""
+    variable = env_var(flag.removeprefix("--").replace("-", "_"))
+    typed = any(arg == flag or arg.startswith(f"{flag}=")
+                for arg in (sys.argv[1:] if argv is None else argv))
+    return f"{variable}={value}" if os.environ.get(variable) and not typed else f"{flag} {value}"
 
 
 def _convert(action: argparse.Action, variable: str, raw: str):

@@ -220,3 +220,24 @@ def test_a_report_dir_that_is_not_empty_is_refused_at_once(tmp_path):
     assert result.returncode == 2
     assert "--report-dir" in result.stderr and "not empty" in result.stderr
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_path_set_by_its_env_var_is_named_by_it(tmp_path):
+    """A retraining job configured with FMNIST_REPORT_DIR failed its second run with
+    "--report-dir /x: not empty", a flag on no command line of the job's."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("the first run's")
+    (tmp_path / "file").write_text("")
+    for env, message in (
+            ({"FMNIST_REPORT_DIR": str(tmp_path / "report")},
+             f"FMNIST_REPORT_DIR={tmp_path / 'report'}: not empty"),
+            ({"FMNIST_OUT": str(tmp_path / "file")},
+             f"FMNIST_OUT={tmp_path / 'file'}: {tmp_path / 'file'} is a file")):
+        result = run_training(*([] if "FMNIST_OUT" in env else ["--out", str(tmp_path)]),
+                              env=env)
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"fmnist-train: error: {message}"), result.stderr
+    result = run_training("--out", str(tmp_path), f"--report-dir={tmp_path / 'report'}",
+                          env={"FMNIST_REPORT_DIR": str(tmp_path / "x")})  # the flag wins
+    assert result.stderr.startswith(f"fmnist-train: error: --report-dir {tmp_path / 'report'}: "
+                                    "not empty"), result.stderr

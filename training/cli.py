@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from common.flags import given
 from training.checks import TrainingError, check_worth_publishing
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
@@ -244,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
-        if existing and not existing.is_dir():
-            parser.error(f"{flag} {path}: {existing} is a file, not a directory")
+        if existing and not existing.is_dir():  # named as given: flag or FMNIST_* variable
+            parser.error(f"{given(flag, path, argv)}: {existing} is a file, not a directory")
     if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
-        parser.error(f"--report-dir {args.report_dir}: not empty (its old pictures would sit "
-                     "beside the new report); give a new or empty directory")
+        parser.error(f"{given('--report-dir', args.report_dir, argv)}: not empty (its old "
+                     "pictures would sit beside the new report); give a new or empty directory")
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
     made = [path for path in (args.report_dir, args.out / "reports",
