@@ -63,7 +63,8 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
     points where to change it (a container's or CI job's variables), not at a flag nobody
     typed."""
     variable = env_var(flag.removeprefix("--").replace("-", "_"))
-    typed = any(arg == flag or arg.startswith(f"{flag}=")
+    typed = any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
+                and flag.startswith(name)  # or argparse's abbreviation of it
                 for arg in (sys.argv[1:] if argv is None else argv))
     return f"{variable}={value}" if os.environ.get(variable) and not typed else f"{flag} {value}"
 

@@ -174,3 +174,19 @@ def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repo
         process.terminate()
         process.wait(30)
     assert f" serving address=127.0.0.1:{port} " in line
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    ([], "FMNIST_REPORT_DIR=/r"),
+    (["--report-dir", "/r"], "--report-dir /r"),
+    (["--report-dir=/r"], "--report-dir /r"),
+    (["--report", "/r"], "--report-dir /r"),  # argparse's abbreviation of the flag
+    (["--out", "/report-dir"], "FMNIST_REPORT_DIR=/r"),
+])
+def test_a_value_is_named_as_it_was_given(monkeypatch, argv, named):
+    from common.flags import given
+
+    monkeypatch.setenv("FMNIST_REPORT_DIR", "/r")
+    assert given("--report-dir", "/r", argv) == named
+    monkeypatch.delenv("FMNIST_REPORT_DIR")
+    assert given("--report-dir", "/r", argv) == "--report-dir /r"
