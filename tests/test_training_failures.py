@@ -77,7 +77,23 @@ def test_a_model_no_better_than_one_answer_is_not_worth_publishing():
                        r"better than always answering one class \(0\.1000\); nothing was "
                        r"published$"):
         check_worth_publishing("softmax", flat, flat, 0.1, labels)
+    with pytest.raises(TrainingError, match=r"no better than always answering one class"):
+        check_worth_publishing("softmax", flat, flat, float(np.float32(0.1)), labels)  # Keras'
     check_worth_publishing("softmax", flat, flat, 0.1001, labels)
+
+
+def test_a_keras_model_that_answers_one_class_publishes_nothing(tmp_path):
+    """Keras' float32 validation accuracy 0.1075 is 0.10750000178813934, above the 0.1075 of
+    the commonest class: an MLP answering "Sneaker" to every image (test accuracy 0.1000) was
+    published with exit 0."""
+    out = tmp_path / "repo"
+    result = run_training("--out", str(out), "--models", "mlp", "--train-subset", "2000",
+                          "--epochs", "2", "--learning-rate", "1e9", "--progress", "none")
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "fmnist-train: error: mlp: validation accuracy 0.1075 is no better than always "
+        "answering one class (0.1075); nothing was published"]
+    assert not out.exists()
 
 
 def test_a_model_below_the_accuracy_asked_for_publishes_nothing(tmp_path):
