@@ -24,6 +24,25 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--epochs", "1", "--mlp-epochs", "2"], "--mlp-epochs and --epochs"),
+    (["--softmax-learning-rate=0.1", "--learning-rate", "0.01"],
+     "--softmax-learning-rate and --learning-rate"),
+    (["--no-flip-augment", "--mlp-flip-augment"], "--mlp-flip-augment and --no-flip-augment"),
+])
+def test_a_models_own_flag_beside_the_shared_one_is_refused(tmp_path, flags, named):
+    """`--epochs 1 --mlp-epochs 2` fitted the MLP for 1 epoch: the flag for both models won,
+    and the MLP's own flag, given on the same command line, was ignored without a word."""
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "mlp", "--train-subset",
+                          "1000", "--progress", "none", *flags)
+    assert result.returncode == 2, result.stdout[-2000:]
+    shared = named.split(" and ")[1]
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: {named} both given: {shared} sets both Keras models'; give one "
+        "of them (see fmnist-train --help)"]
+    assert not (tmp_path / "repo").exists()
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--seed", "-1"), ("--split-seed", "4294967296")])
 def test_a_seed_numpy_cannot_take_is_refused_before_fitting(tmp_path, flag, value):
     """It was taken, and the run failed after its first model's heading with numpy's

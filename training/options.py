@@ -45,6 +45,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """Also refuses a model's own flag beside the flag for both (--mlp-epochs 2 --epochs
+        1), which would win: the model's own would be ignored without a word."""
+        parsed = super().parse_args(args, namespace)
+        typed = {arg.split("=", 1)[0] for arg in (sys.argv[1:] if args is None else args)}
+        for name in (f for f in KERAS_OPTIONS if f not in MLP_ONLY and hasattr(parsed, f)):
+            flag = name.replace("_", "-")
+            shared = next((f"--{no}{flag}" for no in ("", "no-") if f"--{no}{flag}" in typed),
+                          f"--{flag}")  # or argparse's abbreviation of it
+            own = [f"--{no}{model}-{flag}" for model in ("softmax", "mlp") for no in ("", "no-")]
+            for given in (own_flag for own_flag in own if own_flag in typed):
+                self.error(f"{given} and {shared} both given: {shared} sets both Keras models'; "
+                           "give one of them")
+        return parsed
+
 
 def comma_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -208,8 +223,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--debug", action="store_true", help="show the Python traceback on errors")
 
     both = parser.add_argument_group(
-        "both Keras models (a flag here overrides the per-model flags below; its env var, e.g. "
-        "FMNIST_EPOCHS, is only both models' default, under FMNIST_MLP_EPOCHS and the like)"
+        "both Keras models (a flag here sets both: not with a per-model flag below; its env var, "
+        "e.g. FMNIST_EPOCHS, is only both models' default, under FMNIST_MLP_EPOCHS and the like)"
     )
     shared_env = {}  # a shared option's env var: both models' default, under their own flags
     for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
