@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,6 +133,20 @@ def test_a_keras_fit_says_its_epochs_and_the_ones_early_stopping_kept(tmp_path):
     assert (f" s, {run} of 8 epochs (early stopping: {run - best} without a better validation "
             f"accuracy; the weights are epoch {best}'s)\n") in result.stdout
     assert "\nfitted in " in result.stdout
+
+
+def test_a_run_whose_output_is_closed_still_publishes(tmp_path):
+    """`fmnist-train ... | head -1`: the second line met a closed pipe, and the run failed with
+    "BrokenPipeError: [Errno 32] Broken pipe", undoing everything it had done."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    with subprocess.Popen([sys.executable, "-m", "training", "--out", str(tmp_path), "--models",
+                           "baseline", "--train-subset", "500"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as run:
+        assert run.stdout.readline().startswith("data: ")
+        run.stdout.close()  # as head does, having read its line
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+        assert run.stderr.read() == ""
+    assert manifest(tmp_path, "baseline", 1)["name"] == "baseline"
 
 
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):

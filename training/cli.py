@@ -20,6 +20,7 @@ import onnx
 
 from common.flags import given
 from training.checks import TrainingError, check_worth_publishing
+from training.console import keep_running_when_output_closes, print_table
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -219,13 +220,6 @@ def manifest_of(model: Exported, dataset: Dataset) -> dict:
     }
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
-
-
 def new_report_dir(out: Path) -> Path:
     """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -241,6 +235,7 @@ def new_report_dir(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_running_when_output_closes()  # `fmnist-train | head`: the run goes on
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):

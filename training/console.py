@@ -1,0 +1,48 @@
+"""What ``fmnist-train`` prints: its final table, and a standard output that may close under
+it (``fmnist-train ... | head -1``) without ending the run."""
+
+import os
+import sys
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+
+
+class OutputThatMayClose:
+    """``stream`` (sys.stdout), whose reader may stop reading: the output goes to /dev/null
+    from then on, and the run goes on to publish its models; a BrokenPipeError ended it, minutes
+    into its fits, and undid all it had done."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered goes there too
+        os.close(devnull)
+
+
+def keep_running_when_output_closes() -> None:
+    """sys.stdout as an OutputThatMayClose (once)."""
+    if not isinstance(sys.stdout, OutputThatMayClose):
+        sys.stdout = OutputThatMayClose(sys.stdout)
