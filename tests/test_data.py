@@ -181,3 +181,20 @@ def test_a_data_dir_starting_with_a_tilde_is_under_home(tmp_path, monkeypatch):
     assert len(data.load(data.Path("~/fashion")).y_train) == 60000
     monkeypatch.setenv("FMNIST_DATA_DIR", "~/fashion")
     assert len(load_test_set()[1]) == 10000
+
+
+def test_a_directory_of_uncompressed_files_is_read_as_the_client_reads_it(tmp_path):
+    """`gunzip *.gz` in a data directory: fmnist score --data-dir read it, fmnist-train
+    --data-dir said "train-images-idx3-ubyte.gz: missing; ... point --data-dir at a directory
+    holding Fashion-MNIST's IDX files", the very directory it was given."""
+    from common.dataset import load_test_set
+
+    for spec in data.FILES:
+        raw = gzip.decompress((data.DEBIAN_DIR / spec.filename).read_bytes())
+        (tmp_path / spec.filename.removesuffix(".gz")).write_bytes(raw)
+    loaded = data.load(tmp_path)
+    assert np.array_equal(loaded.y_test, load_test_set(tmp_path)[1])
+    assert len(loaded.x_train) == 60000
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")  # found, and checked as ever
+    with pytest.raises(data.DatasetError, match="train-labels-idx1-ubyte"):
+        data.load(tmp_path)

@@ -129,6 +129,13 @@ def download_with_keras() -> Path:
     return Path(paths[0]).parent
 
 
+def path_in(directory: Path, spec: IdxFile) -> Path:
+    """``spec``'s file in ``directory``: gzipped, else as ``gunzip`` leaves it (read_idx and
+    the client's test set read both), else the gzipped name, said missing."""
+    gzipped, plain = directory / spec.filename, directory / spec.filename.removesuffix(".gz")
+    return plain if plain.exists() and not gzipped.exists() else gzipped
+
+
 def find_data_dir() -> Path:
     """The first searched directory holding any of the files (a partial copy is an error
     reported per file, rather than silently using another copy), or Keras' download."""
@@ -136,7 +143,7 @@ def find_data_dir() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     for directory in candidate_dirs():
-        if any((directory / spec.filename).exists() for spec in FILES):
+        if any(path_in(directory, spec).exists() for spec in FILES):
             return directory
     return download_with_keras()
 
@@ -148,7 +155,7 @@ def load(data_dir: Path | None = None) -> Dataset:
     directory = Path(os.path.abspath(Path(data_dir).expanduser() if data_dir
                                      else find_data_dir()))
     x_train, y_train, x_test, y_test = (
-        read_verified(directory / spec.filename, spec) for spec in FILES
+        read_verified(path_in(directory, spec), spec) for spec in FILES
     )
     return Dataset(x_train, y_train, x_test, y_test, directory)
 

@@ -174,7 +174,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         metavar="DIR",
-        help="directory with the four Fashion-MNIST .gz files (default: searched, see below)",
+        help="directory with the four Fashion-MNIST IDX files, .gz or not (default: searched, see "
+        "below)",
     )
     add(
         "--train-subset",
