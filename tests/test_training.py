@@ -88,6 +88,17 @@ def test_same_seed_same_models(runs):
         assert first["sha256"] == second["sha256"], name  # the same file, the baseline's too
 
 
+def test_a_model_is_the_same_file_whichever_models_share_its_run(runs, tmp_path):
+    """The MLP fitted alone (--models mlp) answered as the one fitted after the softmax model,
+    bit for bit, but model.json gave another sha256: Keras had named its layers dense_1,
+    dense_2... after the softmax model's, so a same-model check by sha256 said "changed"."""
+    out, *_ = runs
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SMALL_RUN.items()]
+    result = run_training("--out", str(tmp_path), "--models", "mlp", "--progress", "none", *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert manifest(tmp_path, "mlp", 1)["sha256"] == manifest(out, "mlp", 1)["sha256"]
+
+
 def test_default_report_directory_and_custom_one_hold_the_report(runs):
     out, report_dir, *_ = runs
     (default_dir,) = (out / "reports").iterdir()

@@ -47,6 +47,9 @@ def keras_to_onnx(model) -> onnx.ModelProto:
     signature = [tf.TensorSpec([None, PIXELS], tf.float32, name="pixels")]
     function = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
     converted, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
+    # "converted from b'__inference_<lambda>_2775'": a counter of the process's tf.functions,
+    # which made the same model another file (another sha256) after another model of the run
+    converted.graph.doc_string = "converted by tf2onnx from the fitted Keras model"
     return prepend_preprocessing(with_probabilities_and_label(converted))
 
 

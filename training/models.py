@@ -84,10 +84,13 @@ class FitResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Python, numpy and TensorFlow seeds plus deterministic TF ops: same seed, same model."""
+    """Python, numpy and TensorFlow seeds plus deterministic TF ops: same seed, same model;
+    and Keras' names begun afresh (dense, not dense_2 after another model of the run), so the
+    same model is the same file, the same sha256, whichever models share its run."""
     import keras
     import tensorflow as tf
 
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
