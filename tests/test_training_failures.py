@@ -129,6 +129,17 @@ def test_a_model_below_the_accuracy_asked_for_publishes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_a_floor_set_by_its_env_var_is_named_by_it(tmp_path):
+    """A retraining job with FMNIST_MIN_VALIDATION_ACCURACY=0.95 failed "below
+    --min-validation-accuracy 0.95", a flag on none of its command lines."""
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline",
+                          "--train-subset", "1000", env={"FMNIST_MIN_VALIDATION_ACCURACY": "0.95"})
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"fmnist-train: error: baseline: validation accuracy 0\.\d{4} is below "
+                        r"FMNIST_MIN_VALIDATION_ACCURACY=0\.95; nothing was published", line), line
+
+
 def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
     """The output directory is made before the minutes of fitting (to fail at once if it
     cannot be); a run that fails after that left it there, empty."""
