@@ -64,21 +64,30 @@ def open_connections(target: str, count: int):
             channel.close()
 
 
-def connections_held(pid: int, port: int) -> int:
-    """Established TCP connections on local ``port`` that process ``pid`` holds."""
-    sockets = set()
+def descriptor_targets(pid: int) -> set[str]:
+    """What process ``pid``'s descriptors point to: ``socket:[inode]``, ``pipe:[inode]``, paths."""
+    targets = set()
     for descriptor in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
-            if target.startswith("socket:["):
-                sockets.add(target[len("socket:["):-1])
-    held = 0
+        with contextlib.suppress(OSError):  # closed since listed
+            targets.add(os.readlink(f"/proc/{pid}/fd/{descriptor}"))
+    return targets
+
+
+def connections_held(pid: int, port: int) -> int:
+    """Established TCP connections on local ``port`` that process ``pid`` holds, from clients
+    in this test process: another program's client (a test run beside this one, reconnecting
+    to a port it had used) is not this test's."""
+    rows = []  # (local port, remote port, inode) of every established connection
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in Path(table).read_text().splitlines()[1:]:
             fields = row.split()
-            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-            held += local_port == port and state == "01" and inode in sockets
-    return held
+            if fields[3] == "01":
+                rows.append((int(fields[1].rsplit(":", 1)[1], 16),
+                             int(fields[2].rsplit(":", 1)[1], 16), f"socket:[{fields[9]}]"))
+    ours, theirs = descriptor_targets(os.getpid()), descriptor_targets(pid)
+    clients = {local for local, remote, inode in rows if remote == port and inode in ours}
+    return sum(local == port and remote in clients and inode in theirs
+               for local, remote, inode in rows)
 
 
 def port_of(address: str) -> int:
@@ -152,13 +161,7 @@ def test_every_worker_listens_and_the_supervisor_holds_no_connection(workers):
 
 
 def pipes(pid: int) -> set[str]:
-    found = set()
-    for descriptor in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
-            if target.startswith("pipe:"):
-                found.add(target)
-    return found
+    return {target for target in descriptor_targets(pid) if target.startswith("pipe:")}
 
 
 def standard_streams(pid: int) -> set[str]:
