@@ -1,0 +1,52 @@
+"""``fmnist classify``: image files, ``.npy`` arrays and test-set images through the service,
+in calls the server takes; prints each image's top classes and the baseline's answer."""
+
+import numpy as np
+
+from common.dataset import load_test_set
+from serving.client.api import ClassifierClient, joined
+from serving.client.cli import CLASSIFY_BATCH, UsageError
+from serving.client.inputs import load_images
+
+
+def classify(args, security) -> int:
+    """Runs ``fmnist classify`` (its arguments ``args``) over ``security``; the exit status."""
+    if not args.files and not args.test_index:
+        raise UsageError("nothing to classify: give image/.npy files or --test-index")
+    batches, names, truths = [], [], []
+    if args.files:
+        images, file_names = load_images(args.files, args.invert)
+        batches.append(images)
+        names += file_names
+        truths += [None] * len(file_names)
+    if args.test_index:
+        test_images, test_labels = load_test_set(args.data_dir)
+        wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]
+        if wrong:
+            raise UsageError(f"--test-index {wrong[0]}: expected 0..{len(test_images) - 1}")
+        batches.append(test_images[args.test_index])
+        names += [f"test[{i}]" for i in args.test_index]
+        truths += [int(test_labels[i]) for i in args.test_index]
+    images = np.concatenate(batches)
+    with ClassifierClient(args.target, args.timeout, security, args.lb) as client:
+        answers = [client.classify(images[:1], args.model, args.version)]
+        first = answers[0].model  # the rest from the same version, whatever is published
+        if len(images) > 1:  # in calls the server takes: its --max-request-images may be less
+            step = min(CLASSIFY_BATCH, client.max_request_images(first.name, first.version))
+            answers += [client.classify(images[start:start + step], first.name, first.version)
+                        for start in range(1, len(images), step)]
+        class_names = list(client.get_model(first.name, first.version).class_names)
+    answer = joined(answers)
+    model, baseline = answer.model, answer.baseline
+    width = max(len(f"{model.name} v{model.version}"), len(f"{baseline.name} v{baseline.version}"))
+    for i, name in enumerate(names):
+        truth = f"  (true: {class_names[truths[i]]})" if truths[i] is not None else ""
+        print(f"{name}{truth}")
+        top = np.argsort(-model.probabilities[i], kind="stable")[: args.top]
+        print(f"  {f'{model.name} v{model.version}':<{width}}  "
+              + "   ".join(f"{class_names[k]} {model.probabilities[i, k]:6.1%}" for k in top))
+        label = baseline.labels[i]
+        if (baseline.name, baseline.version) != (model.name, model.version):  # not twice
+            print(f"  {f'{baseline.name} v{baseline.version}':<{width}}  "
+                  f"{class_names[label]} {baseline.probabilities[i, label]:6.1%}")
+    return 0
