@@ -54,7 +54,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ValueError as error:  # a bad FMNIST_* value
         print(f"fmnist: error: {error}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         return args.run(args)
     except UsageError as error:
@@ -68,6 +68,36 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as error:  # one line, whatever went wrong
         print(f"fmnist {args.command}: error: {_describe(error)}", file=sys.stderr)
         return 1
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but image files may follow options, as they may precede them:
+    argparse takes one run of positional arguments, and `classify a.png --top 1 b.png` said
+    'unrecognized arguments: b.png'."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unparsed = parser.parse_known_args(argv)
+    if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
+        if unparsed:
+            parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+        return args
+    # the first run, those after --test-index's numbers, the rest: in the order given
+    args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
+                                                key=argv.index)]
+    return args
+
+
+class _IndicesThenFiles(argparse.Action):
+    """``--test-index I [I ...]`` followed by image files: argparse gives the option every
+    argument up to the next option, and `--test-index 0 shoe.png` said "invalid int value:
+    'shoe.png'"; the files go to ``files_after``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        count = next((i for i, value in enumerate(values)
+                      if not value.removeprefix("-").isdecimal()), len(values))
+        if not count:
+            raise argparse.ArgumentError(self, f"invalid int value: {values[0]!r}")
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), *map(int, values[:count])])
+        namespace.files_after = [*namespace.files_after, *values[count:]]
 
 
 def _describe(error: Exception) -> str:
@@ -126,12 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     classify = command("classify", _classify,
                        "Classify images: PNG (or any image file), .npy arrays, or test-set images;"
                        " prints the top classes of the model and the baseline's answer.")
-    classify.add_argument("files", nargs="*", type=Path, metavar="FILE",
+    classify.add_argument("files", nargs="*", metavar="FILE",
                           help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
                           "of uint8 [28,28], [N,28,28] or [N,784]")
-    classify.add_argument("--test-index", type=int, nargs="+", action="extend", default=[],
+    classify.add_argument("--test-index", nargs="+", action=_IndicesThenFiles, default=[],
                           metavar="I", help="also classify these images of the Fashion-MNIST "
                           "test set (0..9999); given again, adds more")
+    classify.set_defaults(files_after=[])
     classify.add_argument("--invert", action="store_true",
                           help="invert image files first: for dark objects on a light background "
                           "(Fashion-MNIST has light objects on black)")
