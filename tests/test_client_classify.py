@@ -1,8 +1,14 @@
-"""``fmnist classify``'s output against a real server (more in test_client_cli.py)."""
+"""``fmnist classify`` against a real server, and the image files it reads (more in
+test_client_cli.py)."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from common.contract import CLASS_NAMES
 from serving.client import cli
+from serving.client.inputs import load_npy, load_png
+from tests.conftest import reference
 
 
 def test_classifying_with_the_baseline_itself_prints_its_answer_once(target, capsys):
@@ -26,8 +32,6 @@ def test_another_model_is_shown_beside_the_baseline(target, capsys):
 def test_image_files_may_follow_options(target, tmp_path, capsys, test_set):
     """`fmnist classify a.png --top 1 b.png` exited 2 with 'fmnist: error: unrecognized
     arguments: b.png', and `--test-index 0 a.png` with "invalid int value: 'a.png'"."""
-    from PIL import Image
-
     for name, index in (("a.png", 0), ("b.png", 5), ("c.png", 1)):
         Image.fromarray(test_set[0][index]).save(tmp_path / name)
     a, b, c = (str(tmp_path / name) for name in ("a.png", "b.png", "c.png"))
@@ -43,3 +47,102 @@ def test_a_test_index_that_is_not_a_number_is_still_refused_as_one(capsys):
     assert refused.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "fmnist classify: error: argument --test-index: invalid int value: 'x1'")
+
+
+def test_png_files_of_any_size_and_mode_become_28x28_gray(tmp_path, test_set):
+    image = test_set[0][0]
+    Image.fromarray(image).save(tmp_path / "same.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "same.png"), image)
+    photo = Image.fromarray(255 - image).convert("RGB").resize((112, 112), Image.Resampling.NEAREST)
+    photo.save(tmp_path / "photo.png")
+    restored = load_png(tmp_path / "photo.png", invert=True)
+    assert restored.shape == (28, 28) and restored.dtype == np.uint8
+    assert np.abs(restored.astype(int) - image).mean() < 8
+
+
+def test_photos_are_read_upright_and_16_bit_images_whole(tmp_path, test_set):
+    """A phone photo is stored sideways with an EXIF orientation that viewers apply, and a
+    16-bit PNG's values reach 65535: both must come out as a person sees them."""
+    image = test_set[0][0]
+    sideways = Image.fromarray(np.rot90(image, 1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    sideways.save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(load_png(tmp_path / "phone.png"), image)
+    Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "deep.png"), image)
+
+
+def test_transparent_pictures_get_the_background_the_inversion_turns_black(tmp_path, test_set):
+    """A cut-out product picture keeps its background in the alpha channel, often over black
+    RGB: that background must end up black in the image the model sees, as Fashion-MNIST's."""
+    image = test_set[0][0]
+    cut_out = np.zeros((*image.shape, 4), np.uint8)
+    cut_out[..., :3] = (255 - image)[..., None]  # a dark object as a photo has it
+    cut_out[..., 3] = np.where(image > 0, 255, 0)  # the rest transparent, black underneath
+    Image.fromarray(cut_out, "RGBA").save(tmp_path / "cut-out.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "cut-out.png", invert=True), image)
+    light = cut_out.copy()
+    light[..., :3] = image[..., None]  # a light object: transparent over white underneath
+    light[..., :3][image == 0] = 255
+    Image.fromarray(light, "RGBA").save(tmp_path / "light.png")
+    np.testing.assert_array_equal(load_png(tmp_path / "light.png"), image)
+    palette = Image.fromarray(image, "L").convert("P")  # index k is gray k ...
+    palette.putpalette([255, 255, 255] + [k for k in range(1, 256) for _ in range(3)])
+    palette.save(tmp_path / "palette.png", transparency=0)  # ... but 0 is a transparent white
+    np.testing.assert_array_equal(load_png(tmp_path / "palette.png"), image)
+
+
+def test_classify_png_and_npy_files(target, tmp_path, capsys, test_set):
+    Image.fromarray(test_set[0][5]).resize((56, 56)).save(tmp_path / "shirt.png")
+    np.save(tmp_path / "three.npy", test_set[0][:3])
+    status = cli.main(["classify", "--target", target, "--model", "softmax",
+                       str(tmp_path / "shirt.png"), str(tmp_path / "three.npy")])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert [lines[i] for i in range(0, 12, 3)] == [
+        str(tmp_path / "shirt.png"), *(f"{tmp_path / 'three.npy'}[{i}]" for i in range(3))]
+    assert lines[1].startswith("  softmax v1 ")
+
+
+def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, test_set,
+                                                     model_repository):
+    """1500 images in one .npy: one request of them all was refused (over 1024 images)."""
+    np.save(tmp_path / "many.npy", test_set[0][:1500])
+    status = cli.main(["classify", "--target", target, "--top", "1", str(tmp_path / "many.npy")])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0 and len(lines) == 1500 * 3
+    _, labels = reference(model_repository, "mlp", 2, test_set[0][:1500])
+    shown = [line.split("mlp v2", 1)[1].strip().rsplit(" ", 1)[0].strip()
+             for line in lines[1::3]]
+    assert shown == [CLASS_NAMES[label] for label in labels]
+
+
+def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
+    Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "boot.png").read_bytes()[:100])
+    status = cli.main(["classify", "--target", target, str(tmp_path / "boot.png"),
+                       str(tmp_path / "cut.png")])
+    assert status == 1
+    assert capsys.readouterr().err.startswith(f"fmnist classify: error: {tmp_path / 'cut.png'}: ")
+
+
+def test_an_npy_file_without_images_is_refused_by_name(target, tmp_path, capsys, test_set):
+    """An empty .npy took one name and no image: the answers after it were printed under the
+    names before them, then the command crashed on an index."""
+    Image.fromarray(test_set[0][0]).save(tmp_path / "boot.png")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    status = cli.main(["classify", "--target", target, str(tmp_path / "empty.npy"),
+                       str(tmp_path / "boot.png"), "--test-index", "3"])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert captured.err == (f"fmnist classify: error: {tmp_path / 'empty.npy'}: expected at "
+                            "least 1 image, got 0\n")
+
+
+def test_npy_files_must_hold_uint8_images(tmp_path):
+    np.save(tmp_path / "floats.npy", np.zeros((2, 28, 28), dtype=np.float32))
+    with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):
+        load_npy(tmp_path / "floats.npy")
+    np.save(tmp_path / "flat.npy", np.zeros((2, 784), dtype=np.uint8))
+    assert load_npy(tmp_path / "flat.npy").shape == (2, 28, 28)
