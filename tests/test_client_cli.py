@@ -191,3 +191,19 @@ def test_help_never_shows_the_token(capsys, monkeypatch):
     help_text = capsys.readouterr().out
     assert "[env FMNIST_TOKEN]" in " ".join(help_text.split())
     assert "s3cret" not in help_text
+
+
+@pytest.mark.parametrize(("flags", "environ", "message"), [
+    (["--tls-cert", "client.pem"], {}, "--tls-cert (FMNIST_TLS_CERT) given without --tls-key "
+     "(FMNIST_TLS_KEY): mutual TLS needs the client certificate and its key"),
+    ([], {"FMNIST_TLS_KEY": "client.key"}, "--tls-key (FMNIST_TLS_KEY) given without "
+     "--tls-cert (FMNIST_TLS_CERT): mutual TLS needs the client certificate and its key"),
+])
+def test_a_client_certificate_without_its_key_is_a_usage_error(capsys, monkeypatch, flags,
+                                                               environ, message):
+    """It exited 1, as a server's failure would, saying 'a client certificate needs its key
+    and the key its certificate' without naming the flag or variable that gave one."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 2
+    assert capsys.readouterr().err == f"fmnist health: error: {message}\n"

@@ -2,10 +2,10 @@
 list models, against a running ``fmnist-serve``.
 
 Only argparse is imported up front; each subcommand imports what it needs, so ``fmnist health``
-(the container healthcheck) starts fast. Errors are one line on stderr and exit status 1 (2 for a
-bad FMNIST_* value). Only the options that say where and how to reach the server have an env
-var: the rest are per call, and names like FMNIST_BATCH_SIZE already mean something to
-``fmnist-train``.
+(the container healthcheck) starts fast. Errors are one line on stderr and exit status 1 (2, as
+argparse's own, for arguments or FMNIST_* values that cannot work). Only the options that say
+where and how to reach the server have an env var: the rest are per call, and names like
+FMNIST_BATCH_SIZE already mean something to ``fmnist-train``.
 """
 
 import argparse
@@ -19,6 +19,7 @@ from common.flags import (
     DefaultsHelpFormatter,
     add_option,
     bearer_token,
+    env_var,
     number_in,
     positive_int,
     positive_seconds,
@@ -111,6 +112,11 @@ def _describe(error: Exception) -> str:
 def _security(args):
     from serving.client.security import ChannelSecurity
 
+    if bool(args.tls_cert) != bool(args.tls_key):  # a usage error, not the server's failure
+        given, missing = ("cert", "key") if args.tls_cert else ("key", "cert")
+        raise UsageError(f"--tls-{given} ({env_var('tls_' + given)}) given without "
+                         f"--tls-{missing} ({env_var('tls_' + missing)}): mutual TLS needs the "
+                         "client certificate and its key")
     return ChannelSecurity(args.tls, args.tls_ca, args.tls_cert, args.tls_key, args.token,
                            args.tls_server_name)
 
