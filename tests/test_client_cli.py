@@ -79,6 +79,8 @@ def test_classify_errors_are_one_line(target, capsys):
      "--test-index"),
     (["score", "--offset", "10000"], "fmnist score: error: --offset 10000: outside the 10000 "
      "test images"),  # said "--limit None"
+    (["score", "--tolerance", "0.01"], "fmnist score: error: --tolerance 0.01 without "
+     "--expect-accuracy: it is the allowed difference from the expected accuracy"),  # ignored
 ])
 def test_arguments_that_cannot_work_exit_2_with_one_line(target, capsys, argv, message):
     """As argparse's own errors: they were exit 1, as if the server had failed."""

@@ -30,6 +30,7 @@ DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 CLASSIFY_BATCH = 256  # images per call of `fmnist classify` (or the server's limit, if lower)
 SCORE_BATCH = 1000  # `fmnist score`'s default --batch-size (likewise)
+TOLERANCE = 1e-4  # `fmnist score`'s default --tolerance
 
 
 class UsageError(ValueError):
@@ -193,8 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--expect-accuracy", metavar="A", type=_expected_accuracy,
                        help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
                        "for the test_accuracy recorded at training) within --tolerance")
-    score.add_argument("--tolerance", type=_fraction, default=1e-4,
-                       help="allowed difference for --expect-accuracy")
+    score.add_argument("--tolerance", type=_fraction, default=None,  # given or not: scoring
+                       help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
     _data_dir_flag(score)
     score.add_argument("--no-progress", action="store_true",
                        help="no progress bar (there is none when stderr is not a terminal)")

@@ -12,11 +12,15 @@ from tqdm import tqdm
 
 from common.dataset import load_test_set
 from serving.client.api import Classification, ClassifierClient, ModelAnswer, joined
-from serving.client.cli import SCORE_BATCH, UsageError
+from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
 
 
 def score(args, security) -> int:
     """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
+    if args.tolerance is not None and args.expect_accuracy is None:  # was silently ignored
+        raise UsageError(f"--tolerance {args.tolerance:g} without --expect-accuracy: it is the "
+                         "allowed difference from the expected accuracy")
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if args.csv:  # can it be written? Not found out after the scoring
         existed = args.csv.exists()
         try:
@@ -71,11 +75,11 @@ def score(args, security) -> int:
     model_labels, baseline_labels = model.labels, baseline.labels
     accuracy = float(np.mean(model_labels == labels))
     # to 1e-9, far below one image in 10,000: in floats abs(0.6585 - 0.6584) > 0.0001
-    met = expected is None or round(abs(accuracy - expected), 9) <= args.tolerance
+    met = expected is None or round(abs(accuracy - expected), 9) <= tolerance
     rows = [
         ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
         (f"{model.name} v{model.version} accuracy", f"{accuracy:.4f}"),
-        *([("expected accuracy", f"{expected:.4f} ± {args.tolerance:g}: "
+        *([("expected accuracy", f"{expected:.4f} ± {tolerance:g}: "
             f"{'met' if met else 'NOT met'}")] if expected is not None else []),
         *([(f"{baseline.name} v{baseline.version} accuracy",
             f"{float(np.mean(baseline_labels == labels)):.4f}"),
@@ -93,7 +97,7 @@ def score(args, security) -> int:
         print(f"{name:<22} {value}")
     if not met:
         print(f"fmnist score: error: served accuracy {accuracy:.4f} differs from the expected "
-              f"{expected:.4f} by more than {args.tolerance}", file=sys.stderr)
+              f"{expected:.4f} by more than {tolerance}", file=sys.stderr)
         return 1
     return 0
 
