@@ -146,3 +146,16 @@ def test_npy_files_must_hold_uint8_images(tmp_path):
         load_npy(tmp_path / "floats.npy")
     np.save(tmp_path / "flat.npy", np.zeros((2, 784), dtype=np.uint8))
     assert load_npy(tmp_path / "flat.npy").shape == (2, 28, 28)
+
+
+@pytest.mark.parametrize("given", [["--test-index", "0"], ["three.npy"]])
+def test_invert_with_no_picture_file_to_invert_is_refused(target, tmp_path, capsys,
+                                                          monkeypatch, given):
+    """--invert was ignored without a word for test-set images and .npy arrays, which are
+    taken as they are: the answers shown were not for the inverted images asked for."""
+    monkeypatch.chdir(tmp_path)
+    np.save("three.npy", np.zeros((3, 28, 28), np.uint8))
+    assert cli.main(["classify", "--target", target, "--invert", *given]) == 2
+    assert capsys.readouterr().err == (
+        "fmnist classify: error: --invert: no picture file to invert (.npy arrays and "
+        "--test-index images are taken as they are)\n")

@@ -6,13 +6,16 @@ import numpy as np
 from common.dataset import load_test_set
 from serving.client.api import ClassifierClient, joined
 from serving.client.cli import CLASSIFY_BATCH, UsageError
-from serving.client.inputs import load_images
+from serving.client.inputs import is_npy, load_images
 
 
 def classify(args, security) -> int:
     """Runs ``fmnist classify`` (its arguments ``args``) over ``security``; the exit status."""
     if not args.files and not args.test_index:
         raise UsageError("nothing to classify: give image/.npy files or --test-index")
+    if args.invert and all(map(is_npy, args.files)):  # it was ignored without a word
+        raise UsageError("--invert: no picture file to invert (.npy arrays and --test-index "
+                         "images are taken as they are)")
     batches, names, truths = [], [], []
     if args.files:
         images, file_names = load_images(args.files, args.invert)

@@ -171,8 +171,8 @@ def _parser() -> argparse.ArgumentParser:
                           "test set (0..9999); given again, adds more")
     classify.set_defaults(files_after=[])
     classify.add_argument("--invert", action="store_true",
-                          help="invert image files first: for dark objects on a light background "
-                          "(Fashion-MNIST has light objects on black)")
+                          help="invert picture files (not .npy arrays) first: for dark objects "
+                          "on a light background (Fashion-MNIST has light objects on black)")
     _data_dir_flag(classify)  # of --test-index
     _model_flags(classify)
     classify.add_argument("--top", type=_top, default=3,

@@ -67,13 +67,18 @@ def load_npy(path: Path) -> np.ndarray:
     return array.astype(np.uint8)
 
 
+def is_npy(path: Path) -> bool:
+    """A ``.npy`` array (taken as it is), else a picture file."""
+    return path.suffix.lower() == ".npy"
+
+
 def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str]]:
-    """All images of ``paths`` (``.npy`` files may hold many) and a display name for each."""
+    """All images of ``paths`` (``.npy`` files may hold many) and a display name for each;
+    ``invert`` inverts the picture files."""
     batches, names = [], []
     for path in paths:
         try:
-            npy = path.suffix.lower() == ".npy"
-            batch = load_npy(path) if npy else load_png(path, invert)[None]
+            batch = load_npy(path) if is_npy(path) else load_png(path, invert)[None]
         except Exception as error:  # Pillow's and numpy's messages do not say which file
             raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
                 from None
