@@ -159,3 +159,14 @@ def test_invert_with_no_picture_file_to_invert_is_refused(target, tmp_path, caps
     assert capsys.readouterr().err == (
         "fmnist classify: error: --invert: no picture file to invert (.npy arrays and "
         "--test-index images are taken as they are)\n")
+
+
+def test_a_file_that_is_no_npy_array_is_refused_as_such(target, tmp_path, capsys):
+    """Text named .npy, or an array of Python objects: numpy's messages said the file held
+    pickled data and to load it with `allow_pickle=`, a keyword no command line has."""
+    (tmp_path / "notes.npy").write_text("not an array")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}]), allow_pickle=True)
+    for name, why in (("notes.npy", "not a .npy file (NumPy's array format)"),
+                      ("objects.npy", "expected uint8 pixels, got object")):
+        assert cli.main(["classify", "--target", target, str(tmp_path / name)]) == 1
+        assert capsys.readouterr().err == f"fmnist classify: error: {tmp_path / name}: {why}\n"

@@ -50,9 +50,18 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
 def load_npy(path: Path) -> np.ndarray:
     """A ``.npy`` array of uint8 (or integers 0..255) shaped [28,28], [N,28,28] or [N,784],
     N >= 1."""
-    array = np.load(path, allow_pickle=False)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{path}: expected uint8 pixels, got {array.dtype}")
+    npy = np.lib.format
+    with open(path, "rb") as file:
+        try:  # numpy took any other file for a pickle, and said to load it with allow_pickle=
+            version = npy.read_magic(file)
+        except ValueError:
+            raise ValueError(f"{path}: not a .npy file (NumPy's array format)") from None
+        header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        dtype = header(file)[2]
+        if not np.issubdtype(dtype, np.integer):  # objects too, before numpy refuses them so
+            raise ValueError(f"{path}: expected uint8 pixels, got {dtype}")
+        file.seek(0)
+        array = np.load(file, allow_pickle=False)
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"{path}: expected pixels in 0..255, got {array.min()}..{array.max()}")
     if array.shape == IMAGE_SHAPE:
