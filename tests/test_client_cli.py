@@ -209,3 +209,18 @@ def test_a_client_certificate_without_its_key_is_a_usage_error(capsys, monkeypat
         monkeypatch.setenv(name, value)
     assert cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 2
     assert capsys.readouterr().err == f"fmnist health: error: {message}\n"
+
+
+def test_fmnist_tls_turns_tls_on_as_the_other_security_variables_do(target, capsys,
+                                                                    monkeypatch):
+    """FMNIST_TLS=1 was ignored without a word: the client spoke plaintext to a TLS server and
+    got 'Socket closed', while FMNIST_TLS_CA beside it turned TLS on."""
+    monkeypatch.setenv("FMNIST_TLS", "yes")  # this server speaks plaintext: TLS fails
+    assert cli.main(["health", "--target", target, "--timeout", "5"]) == 1
+    assert capsys.readouterr().err.startswith("fmnist health: error: UNAVAILABLE: ")
+    monkeypatch.setenv("FMNIST_TLS", "off")
+    assert cli.main(["health", "--target", target]) == 0
+    monkeypatch.setenv("FMNIST_TLS", "maybe")
+    assert cli.main(["health", "--target", target]) == 2
+    assert capsys.readouterr().err.endswith(
+        "FMNIST_TLS: expected 1, true, yes, on, 0, false, no or off, got 'maybe'\n")

@@ -144,8 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         add_option(sub, "--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                    help="seconds to wait for each answer")
         security = sub.add_argument_group("security (flags win over env vars)")
-        security.add_argument("--tls", action="store_true",
-                              help="use TLS, trusting the system's CA certificates")
+        add_option(security, "--tls", action="store_true",
+                   help="use TLS, trusting the system's CA certificates")
         for flag, file_help in (
             ("ca", "PEM CA certificate(s) to trust the server with; implies --tls"),
             ("cert", "PEM client certificate, for servers that require mutual TLS"),
