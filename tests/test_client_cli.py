@@ -224,3 +224,13 @@ def test_fmnist_tls_turns_tls_on_as_the_other_security_variables_do(target, caps
     assert cli.main(["health", "--target", target]) == 2
     assert capsys.readouterr().err.endswith(
         "FMNIST_TLS: expected 1, true, yes, on, 0, false, no or off, got 'maybe'\n")
+
+
+def test_options_may_come_before_the_command(target, capsys):
+    """`fmnist --target HOST:PORT health`, as kubectl and docker take options (and as the
+    README's Kubernetes section writes `fmnist --lb round_robin`), said "argument COMMAND:
+    invalid choice: 'HOST:PORT'"."""
+    assert cli.main(["--target", target, "--lb", "round_robin", "health"]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert cli.main(["--top", "1", "classify", "--target", target, "--test-index", "0"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3

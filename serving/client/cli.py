@@ -29,6 +29,7 @@ from serving.client import DEFAULT_TARGET
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 CLASSIFY_BATCH = 256  # images per call of `fmnist classify` (or the server's limit, if lower)
+COMMANDS = ("classify", "score", "health", "models")  # each made by _parser's command()
 SCORE_BATCH = 1000  # `fmnist score`'s default --batch-size (likewise)
 TOLERANCE = 1e-4  # `fmnist score`'s default --tolerance
 
@@ -77,6 +78,11 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     argparse takes one run of positional arguments, and `classify a.png --top 1 b.png` said
     'unrecognized arguments: b.png'."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # options before the command, as kubectl's and docker's: `fmnist --target X health` said
+    # "invalid choice: 'X'" (the command's own options, wherever they are)
+    first = next((i for i, arg in enumerate(argv) if arg in COMMANDS), 0)
+    if not {"-h", "--help"} & set(argv[:first]):
+        argv = [*argv[first:first + 1], *argv[:first], *argv[first + 1:]]
     args, unparsed = parser.parse_known_args(argv)
     if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
         if unparsed:
