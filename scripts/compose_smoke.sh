@@ -16,6 +16,7 @@ cd "$(dirname "$SCRIPT")/.."
 SKIPPED=77
 WORK=${FMNIST_COMPOSE_WORK:-/var/tmp/fmnist-compose}
 VENV=${FMNIST_VENV:-.venv}
+[[ $VENV = /* ]] || VENV=$PWD/$VENV  # relative or absolute as given (./run's rule)
 BASE_IMAGE=localhost/ci-python-base
 # Bumped whenever build_base_image changes, so that a cached base image of an older recipe is
 # rebuilt.
@@ -146,7 +147,7 @@ host_python() {
         "$VENV/bin/pip" install -q -e ".[serve]" >"$WORK/pip.log" 2>&1 \
             || { cat "$WORK/pip.log" >&2; fail "pip install -e .[serve] failed"; }
     fi
-    PYTHON="$PWD/$VENV/bin/python"
+    PYTHON="$VENV/bin/python"
 }
 
 free_port() {

@@ -157,15 +157,22 @@ def test_number_in_says_its_bounds_as_written():
         number_in(float, 0, none_word="none")("default")
 
 
-def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repository):
+@pytest.mark.parametrize("absolute_venv", [False, True])
+def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repository,
+                                                                     absolute_venv):
     """`FMNIST_PORT=N ./run serve` served on 50051 all the same: the script's own --host and
-    --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured)."""
+    --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured). An absolute
+    FMNIST_VENV put `$PWD//abs/venv/bin` on PATH: 'fmnist-serve: command not found'."""
     root = Path(__file__).resolve().parents[1]
-    if not list((root / os.environ.get("FMNIST_VENV", ".venv")).glob(".installed-*")):
+    venv = root / os.environ.get("FMNIST_VENV", ".venv")
+    if not list(venv.glob(".installed-*")):
         pytest.skip("./run would install the project first")
     port = free_port()
     env = {**os.environ, "FMNIST_PORT": str(port), "FMNIST_HOST": "127.0.0.1",
-           "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1"}
+           "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1",
+           "FMNIST_VENV": str(venv.resolve()) if absolute_venv else os.path.relpath(venv, root),
+           "PATH": os.pathsep.join(entry for entry in os.environ["PATH"].split(os.pathsep)
+                                   if Path(entry).resolve() != (venv / "bin").resolve())}
     process = subprocess.Popen([root / "run", "serve", "--http-port", "0"], env=env, text=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
