@@ -82,6 +82,8 @@ def test_a_bad_file_gives_one_error_naming_it_and_the_fix(data_copy, damage):
     assert "apt-get install dataset-fashion-mnist" in message
     if damage == "other content":
         assert data.TEST_LABELS.content_sha256[:16] in message
+    if damage == "missing":  # either is read (it named only the gzipped one)
+        assert message.startswith(f"{path} (or, gunzipped, {path.stem}): missing")
 
 
 def test_a_wrong_idx_header_is_reported(data_copy):

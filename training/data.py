@@ -86,7 +86,8 @@ def candidate_dirs() -> list[Path]:
 def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
     """Reads one gzipped IDX file, checking it is complete, intact and the expected one."""
     if not path.is_file():
-        raise DatasetError(f"{path}: missing (one of the four Fashion-MNIST files); {HOW_TO_GET}")
+        raise DatasetError(f"{path} (or, gunzipped, {path.stem}): missing (one of the four "
+                           f"Fashion-MNIST files); {HOW_TO_GET}")
     try:
         idx = read_idx(path)
     except (OSError, ValueError) as error:  # ValueError names the file; OSError's str does too
