@@ -33,7 +33,7 @@ examples:
       --baseline-alpha 0.0001
 
 The data is read from --data-dir, /usr/share/datasets/fashion-mnist (apt-get install
-dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist.
+dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist, else Keras downloads it there.
 Every flag has an environment variable: FMNIST_ + the flag in capitals with - as _,
 e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
 """
