@@ -37,6 +37,7 @@ from dataclasses import replace
 
 from serving.errors import WorkerStartError
 from serving.ports import reserved_port
+from serving.scratch import held_directory
 from serving.settings import STOP_SIGNALS, Settings
 from serving.worker_process import (
     READY,
@@ -47,7 +48,7 @@ from serving.worker_process import (
     signals_held,
     worker_main,
 )
-from serving.workers_metrics import multiprocess_directory, summed_metrics_server
+from serving.workers_metrics import MULTIPROCESS_ENV, summed_metrics_server
 
 RESTART_INTERVAL_S = 1.0
 MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 def supervise(settings: Settings) -> int:
     """Runs ``settings.workers`` server processes until a stop signal; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start."""
-    with multiprocess_directory() as directory, reserved_port(settings) as port:
+    with held_directory("fmnist-metrics-") as directory, reserved_port(settings) as port:
+        os.environ[MULTIPROCESS_ENV] = directory  # left set: the supervisor exits after
         supervisor = _Supervisor(replace(settings, port=port), directory)
         try:
             supervisor.start()

@@ -1,5 +1,5 @@
-"""The workers' metrics: the directory of their files, and ``/metrics`` over HTTP: one
-process's metrics (``serving.metrics.start_endpoint``), or the supervisor's
+"""The workers' metrics: the variable naming the directory of their files, and ``/metrics``
+over HTTP: one process's metrics (``serving.metrics.start_endpoint``), or the supervisor's
 (``serving.workers``): every worker's metrics files summed, served from a process of its own
 so that no scrape ever holds up the supervisor.
 
@@ -7,35 +7,18 @@ prometheus_client is imported only inside: the supervisor must not load it befor
 pointed ``PROMETHEUS_MULTIPROC_DIR`` at the workers' directory.
 """
 
-import contextlib
 import logging
-import os
 import socket
 import sys
+import threading
 
 from serving.errors import WorkerStartError
-from serving.scratch import held_directory
 from serving.settings import Settings
 
 # serving.metrics imports it from here: the supervisor must not import that before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def multiprocess_directory():
-    """A fresh directory for the workers' metrics, named in the environment they inherit."""
-    previous = os.environ.get(MULTIPROCESS_ENV)
-    with held_directory("fmnist-metrics-") as directory:
-        os.environ[MULTIPROCESS_ENV] = directory
-        try:
-            yield directory
-        finally:
-            if previous is None:
-                os.environ.pop(MULTIPROCESS_ENV, None)
-            else:
-                os.environ[MULTIPROCESS_ENV] = previous
 
 
 def summed_metrics_server(settings: Settings, directory: str):
@@ -56,13 +39,21 @@ def summed_metrics_server(settings: Settings, directory: str):
 def http_server(host: str, port: int, registry):
     """``/metrics`` of ``registry``, bound, not yet serving (one process's metrics, or these):
     each scrape on a thread of its own, a client that sends slowly holds only its own, and
-    one that sends nothing is dropped (prometheus_client's server kept its thread for good)."""
+    only for 5 s: one that sends nothing, or trickles its request a byte within each read's
+    timeout, kept its thread for good (prometheus_client's server; then this one)."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
     class QuietHandler(WSGIRequestHandler):
-        timeout = 5.0  # seconds: a client that sends nothing is dropped
+        def handle(self) -> None:  # the whole exchange within 5 s: the socket is shut then
+            cut = threading.Timer(5.0, self.connection.shutdown, [socket.SHUT_RDWR])
+            cut.start()
+            try:
+                super().handle()
+            finally:
+                cut.cancel()
+                cut.join()  # before the socket is closed: never a shutdown of a closed one
 
         def log_message(self, *args) -> None:  # one line per scrape is noise
             pass

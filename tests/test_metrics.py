@@ -1,7 +1,9 @@
 """The Prometheus endpoint, scraped over HTTP after real calls through both APIs."""
 
 import asyncio
+import contextlib
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -143,6 +145,28 @@ def test_a_scraper_that_sends_nothing_is_dropped_by_a_one_process_server(model_r
         idle.sendall(b"GET /metr")
         idle.settimeout(15)
         assert idle.recv(1024) == b""  # closed by the server, within its 5 s
+        assert value(scrape(port), "fmnist_requests_in_flight") == 0  # and it still serves
+
+
+def test_a_scraper_that_trickles_its_request_is_dropped_after_5_s_in_all(model_repository):
+    """A byte every second, each within the read timeout, held a thread of the server's for as
+    long as the client went on, one per connection with no bound: the request gets 5 s."""
+    port = free_port()
+    settings = local_settings(model_repository=model_repository, metrics_port=port,
+                              poll_interval=0)
+    with (running_server(settings), socket.create_connection(("127.0.0.1", port)) as slow):
+        started, closed = time.monotonic(), False
+        slow.settimeout(1)
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 12:  # 12 s past the 5
+            with contextlib.suppress(TimeoutError):
+                try:
+                    slow.sendall(bytes([byte]))
+                    closed = slow.recv(1024) == b""
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+            if closed:
+                break
+        assert closed and time.monotonic() - started < 8
         assert value(scrape(port), "fmnist_requests_in_flight") == 0  # and it still serves
 
 
