@@ -8,8 +8,11 @@ import logging
 import os
 import sys
 
-# control characters as \xNN: a client's text in a message cannot start a line of its own
-_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+# control characters (C0, DEL and C1: NEL ends a line for str.splitlines(), CSI drives a
+# terminal) as \xNN, Unicode's line and paragraph separators as \uNNNN: a client's text in a
+# message cannot start a line of its own
+_ESCAPED = {code: f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+            for code in (*range(32), *range(127, 160), 0x2028, 0x2029)}
 
 
 class TextFormatter(logging.Formatter):

@@ -2,13 +2,17 @@
 that starts a line of its own."""
 
 import base64
+import io
 import logging
 import sys
 
 import grpc
 import pytest
+import requests
 
 from fashion_mnist.v1 import classifier_pb2 as pb
+from serving.logs import TextFormatter
+from tests.http_helpers import http_server, http_settings
 
 PATTERN = bytes.fromhex("c0ffee15bad5eed5")  # 8 bytes; an image is 98 of them
 
@@ -58,3 +62,23 @@ def test_a_clients_text_in_a_log_line_cannot_start_a_line_of_its_own():
         record.exc_info, record.exc_text = sys.exc_info(), None
     traceback_lines = TextFormatter().format(record).splitlines()[1:]
     assert traceback_lines[0] == "Traceback (most recent call last):"  # as it is, below
+
+
+def test_no_control_character_of_a_client_starts_a_line_of_a_text_log(model_repository):
+    """A query option's name is quoted as sent into the error a failed call is logged with: C1
+    controls (NEL, a line end to str.splitlines() and to some viewers; CSI, which terminals
+    obey) and Unicode's line and paragraph separators went into text log lines as they were."""
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setFormatter(TextFormatter())
+    logging.getLogger("serving").addHandler(handler)
+    forged = "x\x85\x9b31m2026-12-03 00:00:01,000 CRITICAL serving.auth[1]: forged\u2028y\u2029z"
+    try:
+        with http_server(http_settings(model_repository)) as (_, url):
+            answer = requests.get(f"{url}/v1/models", params={forged: "1"}, timeout=10)
+    finally:
+        logging.getLogger("serving").removeHandler(handler)
+    assert answer.status_code == 400 and forged in answer.json()["error"]  # the client's, as sent
+    [line] = [line for line in captured.getvalue().split("\n") if "not an option" in line]
+    assert line.splitlines() == [line]
+    assert all(escaped in line for escaped in ("\\x85", "\\x9b", "\\u2028", "\\u2029"))
