@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from serving.native.server import NativeServer
 
 log = logging.getLogger(__name__)
+# health Watches open at once in a process: ~15 KB each, and no token guards them
+MAX_WATCHES = 10_000
 
 
 class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not an error kind)
@@ -192,7 +194,8 @@ class HealthServicer(health.HealthServicer):
     held by a Watch waiting for that thread to send (upstream: one client opening and
     cancelling Watches deadlocked grpcio's server for good). A Watch of a service it does not
     serve ends after SERVICE_UNKNOWN, never registered: grpc_health kept every name any client
-    asked for, for good (and health needs no token)."""
+    asked for, for good (and health needs no token). At most MAX_WATCHES are open at once;
+    past them a Watch is refused RESOURCE_EXHAUSTED (Check always answers)."""
 
     def _on_close_callback(self, send_response_callback, service):
         end = super()._on_close_callback(send_response_callback, service)
@@ -212,6 +215,9 @@ class HealthServicer(health.HealthServicer):
 
     def Watch(self, request, context, send_response_callback=None):  # noqa: N802 (grpc_health's)
         with self._lock:  # end_watches ends the Watches registered before it, this the later
+            if sum(map(len, self._send_response_callbacks.values())) >= MAX_WATCHES:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} health Watches "
+                              "open, the most a server process keeps; use Check, or retry later")
             if request.service in self._server_status or send_response_callback is None:
                 answer = super().Watch(request, context, send_response_callback)
                 ending = self._ending
