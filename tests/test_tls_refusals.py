@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from serving.client import cli as client_cli
 from serving.client import security as client_security
 from serving.server import ListenError, ModelServer
 from serving.settings import Settings
@@ -94,3 +95,24 @@ def test_a_taken_health_port_fails_the_start_naming_it(model_repository, grpc_se
             pass
     assert str(refused.value).startswith(
         f"cannot listen for health (--health-port) on 127.0.0.1:{health_port}: ")
+
+
+def test_a_client_that_a_tls_server_hangs_up_on_is_told_what_it_may_lack(
+        pki, model_repository, capsys, grpc_server):
+    """A mutual TLS server closes the connection of a plaintext client, and of one without a
+    certificate it trusts, saying nothing: fmnist said only "...: Socket closed"."""
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              grpc_server=grpc_server, tls_cert=str(pki.server_cert),
+                              tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+    rogue = ["--tls-cert", str(pki.rogue_client_cert), "--tls-key", str(pki.rogue_client_key)]
+    with running_server(settings) as server:
+        for flags, hint in (
+            ([], "if it serves TLS, add --tls"),
+            (["--tls-ca", str(pki.ca)], "if it asks for a client certificate, give --tls-cert"),
+            (["--tls-ca", str(pki.ca), *rogue], "it may not trust the CA that signed --tls-cert"),
+        ):
+            assert client_cli.main(["health", "--target", f"localhost:{server.port}",
+                                    "--timeout", "5", *flags]) == 1
+            error = capsys.readouterr().err
+            assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
+            assert error.count("\n") == 1 and hint in error, error

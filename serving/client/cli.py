@@ -69,7 +69,7 @@ def _main(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:  # one line, whatever went wrong
-        print(f"fmnist {args.command}: error: {_describe(error)}", file=sys.stderr)
+        print(f"fmnist {args.command}: error: {_describe(error, args)}", file=sys.stderr)
         return 1
 
 
@@ -108,11 +108,13 @@ class _IndicesThenFiles(argparse.Action):
         namespace.files_after = [*namespace.files_after, *values[count:]]
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: Exception, args) -> str:
     import grpc
 
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
-        return f"{error.code().name}: {error.details() or 'the server gave no details'}"
+        details = _security(args).explained(error.code().name,
+                                            error.details() or "the server gave no details")
+        return f"{error.code().name}: {details}"
     return str(error) or type(error).__name__
 
 

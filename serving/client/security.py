@@ -54,6 +54,23 @@ class ChannelSecurity:
         return bool(self.tls or self.tls_ca or self.tls_cert or self.tls_key
                     or self.tls_server_name)
 
+    def explained(self, code: str, details: str) -> str:
+        """A failed call's details, with what this client may lack when the server closed its
+        new connection at once: a TLS server does so to a plaintext client, a mutual TLS one to
+        a client without a certificate it trusts, and says no more ("Socket closed")."""
+        if code != "UNAVAILABLE" or not (details.startswith("failed to connect")
+                                         and details.endswith(": Socket closed")):
+            return details
+        if not self.uses_tls:
+            why = "the server closed the connection: if it serves TLS, add --tls, or --tls-ca CA"
+        elif not self.tls_cert:
+            why = ("the server closed the connection in the TLS handshake: if it asks for a "
+                   "client certificate, give --tls-cert and --tls-key")
+        else:
+            why = ("the server closed the connection in the TLS handshake: it may not trust the "
+                   "CA that signed --tls-cert")
+        return f"{details} ({why})"
+
     def channel(self, target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
         """A synchronous channel to ``target``."""
         if self.uses_tls:
