@@ -19,7 +19,8 @@ def reserved_port(settings: Settings):
         if port:
             _refuse_taken(family, settings.host, port, what)
     with socket.socket(family, socket.SOCK_STREAM) as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for option in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):  # (TIME_WAIT is no owner)
+            holder.setsockopt(socket.SOL_SOCKET, option, 1)
         try:
             holder.bind((settings.host, settings.port))
         except OSError as error:

@@ -224,6 +224,20 @@ def test_a_port_in_use_fails_the_server_with_one_line(model_repository):
     assert errors[0].startswith(f"fmnist-serve: error: cannot listen on 127.0.0.1:{port}: ")
 
 
+def test_a_port_in_time_wait_after_a_one_process_server_is_free_for_workers(model_repository):
+    """A one-process server (or any program) that closed a client's connection first leaves
+    it in TIME_WAIT on its port for a minute: workers started there meanwhile failed with
+    "cannot listen on ...: Address already in use", though nothing listened."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # SO_REUSEADDR, no SO_REUSEPORT
+        client = socket.create_connection(listener.getsockname())
+        listener.accept()[0].close()  # the server's side closes first: its port in TIME_WAIT
+        port = listener.getsockname()[1]
+    client.close()
+    with server_process(model_repository, "--port", str(port), "--http-port", "0",
+                        "--workers", "2", "--poll-interval", "0") as (_, logs):
+        assert logs.wait_for("workers serving")[0]["address"] == f"127.0.0.1:{port}"
+
+
 @pytest.mark.parametrize(("flag", "what"), [("--port", ""), ("--http-port", " for HTTP")])
 def test_a_port_another_server_listens_on_with_reuse_port_fails_the_server(model_repository,
                                                                            flag, what):
