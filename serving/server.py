@@ -103,7 +103,13 @@ class ModelServer:
     def from_settings(cls, settings: Settings) -> "ModelServer":
         """Reads the TLS files (ListenError), then loads and verifies the repository
         (RepositoryError if it cannot be served): a bad file stops the start in a moment."""
-        tls = _server_tls(settings)
+        try:
+            tls = (ServerTls.read(settings.tls_cert, settings.tls_key, settings.tls_client_ca
+                                  or None) if settings.tls_cert else None)
+        except OSError as error:
+            raise ListenError(f"cannot read a TLS file: {error}") from None
+        except ValueError as error:
+            raise ListenError(f"TLS: {error}") from None
         return cls(settings, load_repository(settings.model_repository, _policy(settings),
                                              settings.intra_op_threads), tls)
 
@@ -172,11 +178,7 @@ class ModelServer:
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
         seconds (default: the settings') to finish, then the rest are cancelled. A second call
-        waits for the first one's drain.
-
-        New calls are refused UNAVAILABLE (which a retry policy sends elsewhere) until they stop
-        coming, at most a second; then gRPC stops listening and says GOAWAY, so that no
-        client's connection keeps being refused while a long call (a stream) finishes."""
+        waits for the first one's drain (the order and its reasons: DRAIN_QUIET_SECONDS)."""
         with self._stopping:
             if self._stopped:
                 return
@@ -228,16 +230,6 @@ def _listening(where: str, listen: Callable[[], Any]) -> Any:
         raise ListenError(f"cannot listen {where}: {error}") from None
 
 
-def _server_tls(settings: Settings) -> ServerTls | None:
-    try:
-        return (ServerTls.read(settings.tls_cert, settings.tls_key, settings.tls_client_ca or None)
-                if settings.tls_cert else None)
-    except OSError as error:
-        raise ListenError(f"cannot read a TLS file: {error}") from None
-    except ValueError as error:
-        raise ListenError(f"TLS: {error}") from None
-
-
 def _try_command(settings: Settings, port: int) -> str:
     """The client command that works against this server, its secrets left to fill in (the
     host by name if it listens everywhere: a certificate names hosts, never 0.0.0.0)."""
@@ -277,8 +269,15 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []
+
+    def on_stop_signal(number: int, _frame) -> None:
+        stop_requested.append(number)
+        # from now on Ctrl-C ends the process at once, as in uvicorn: by the kernel, since the
+        # main thread runs no handler while it waits in the native server's stop
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     for signal_number in STOP_SIGNALS:
-        signal.signal(signal_number, lambda number, _frame: stop_requested.append(number))
+        signal.signal(signal_number, on_stop_signal)
     server = ModelServer.from_settings(settings)
     try:
         server.start()

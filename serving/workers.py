@@ -20,9 +20,9 @@ session or a thread of its own. It
    that does not serve within ``--worker-start-timeout``, or a worker whose main thread has
    not run for ``HUNG_AFTER_S`` (``Heartbeats``), to be replaced in turn;
 4. on SIGTERM/SIGINT/SIGHUP, at any moment, even while workers start, passes SIGTERM on, waits for
-   the workers to drain (the grace period, then kills them) and removes the directory.
-   Should the supervisor itself be killed, the kernel sends each worker SIGTERM
-   (PR_SET_PDEATHSIG): they drain and exit rather than linger, and the next supervisor
+   the workers to drain (the grace period, or none on a second SIGINT), then kills them and
+   removes the directory. Should the supervisor itself be killed, the kernel sends each worker
+   SIGTERM (PR_SET_PDEATHSIG): they drain and exit rather than linger, and the next supervisor
    removes the directory they leave (``serving.scratch``).
 """
 
@@ -148,6 +148,8 @@ class _Supervisor:
         return self._stop()
 
     def _on_signal(self, signal_number, _frame) -> None:
+        if signal_number == signal.SIGINT and self.stopping:  # Ctrl-C twice: stop waiting
+            raise KeyboardInterrupt  # (supervise kills the workers, the CLI exits 130)
         if signal_number in STOP_SIGNALS and not self.stopping:
             self.stopping = True
             log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})

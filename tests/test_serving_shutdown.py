@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -253,3 +254,36 @@ def test_sighup_drains_like_sigterm_unless_nohup_ignores_it(model_repository, wo
                                                                timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         assert process.poll() is None and not logs.matching("shutdown requested")
+
+
+@pytest.mark.parametrize(("workers", "to_group"), [("1", True), ("2", True), ("2", False)])
+def test_a_second_ctrl_c_while_draining_exits_at_once(model_repository, workers, to_group):
+    """Ctrl-C pressed again while the server drained for a call in flight did nothing: the
+    operator waited out the grace period. A second SIGINT now ends it at once, as in uvicorn
+    (130 in a shell: one process is killed by it, a supervisor exits 130), sent to the process
+    group (a terminal's Ctrl-C) or to the supervisor, even once the native server's stop,
+    which holds the main thread, has begun (the refusals end within a second)."""
+    interrupt = (lambda: os.killpg(process.pid, signal.SIGINT)) if to_group else (
+        lambda: process.send_signal(signal.SIGINT))
+    with server_process(model_repository, "--workers", workers, "--grace-period", "60",
+                        "--poll-interval", "0", "--http-port", "0",
+                        prefix=("setsid",)) as (process, logs):  # a process group of its own
+        target = logs.wait_for("serving", count=int(workers))[0]["address"]
+        held = threading.Event()
+
+        def requests():
+            yield pb.ClassifyRequest(images=[bytes(784)])
+            held.wait(30)
+
+        with grpc.insecure_channel(target) as channel:
+            stream = classifier_pb2_grpc.ClassifierStub(channel).ClassifyStream(requests())
+            next(stream)
+            interrupt()
+            assert logs.wait_for("draining", count=int(workers))[-1]["grace_s"] == 60
+            time.sleep(1.5)
+            interrupt()
+            assert process.wait(10) == (-signal.SIGINT if workers == "1" else 130)
+            with pytest.raises(grpc.RpcError) as cut:
+                next(stream)
+            held.set()
+    assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
