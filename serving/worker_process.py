@@ -25,7 +25,7 @@ def signals_held():
     """Holds STOP_SIGNALS and SIGCHLD over a fork: until the child has handlers of its own it
     would run the supervisor's, in the child, and the signal would be lost (a worker told to
     stop while it starts served on). Yields the mask to restore, which the child restores
-    with ``own_signals``."""
+    with ``become_child``."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
         yield previous
@@ -33,14 +33,17 @@ def signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def own_signals(mask) -> None:
-    """In a forked child: the default action for the supervisor's signals, which were held
-    over the fork (serving.workers), then the signal mask from before: one sent meanwhile
-    ends the child."""
+def become_child(mask, supervisor: int, inherited: Iterable[int]) -> None:
+    """In a child forked in ``signals_held`` (a worker, the metrics process): the default
+    action for the supervisor's signals, then the signal mask from before (one sent meanwhile
+    ends the child); SIGTERM if the supervisor dies; none of its ``inherited`` descriptors."""
     signal.set_wakeup_fd(-1)
     for signal_number in HELD_SIGNALS:
         signal.signal(signal_number, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    drain_when_orphaned(supervisor)
+    for fd in inherited:
+        os.close(fd)
 
 
 def drain_when_orphaned(supervisor: int) -> None:
@@ -110,10 +113,7 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
     status = 1
     report = StartReport(report_fd)
     try:
-        own_signals(mask)
-        drain_when_orphaned(supervisor)
-        for fd in inherited:
-            os.close(fd)
+        become_child(mask, supervisor, inherited)
         name_metrics_files_by_slot(slot)
         from serving.server import ListenError, serve
 

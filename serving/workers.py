@@ -42,8 +42,7 @@ from serving.settings import STOP_SIGNALS, Settings
 from serving.worker_process import (
     READY,
     Heartbeats,
-    drain_when_orphaned,
-    own_signals,
+    become_child,
     read_all,
     signals_held,
     worker_main,
@@ -122,13 +121,12 @@ class _Supervisor:
                 elif not self.stopping:  # Ctrl-C reaches workers too; none said why: how it died
                     raise WorkerStartError(message.decode(errors="replace").strip() or (
                         f"worker {pid} died before serving: {_describe(os.waitpid(pid, 0)[1])}"))
-        if self.stopping:  # (this loop reaps none: one that died before serving is waited
-            # for above, to say how; run() or _stop() reap the rest)
-            return
-        log.info("workers serving", extra={"fields": {
-            "workers": self.settings.workers, "pids": sorted(self.workers),
-            "address": self.settings.address, "metrics_port": self.settings.metrics_port,
-            "metrics_dir": self.directory}})
+        if not self.stopping:  # (this loop reaps none: one that died before serving is
+            # waited for above, to say how; run() or _stop() reap the rest)
+            log.info("workers serving", extra={"fields": {
+                "workers": self.settings.workers, "pids": sorted(self.workers),
+                "address": self.settings.address, "metrics_port": self.settings.metrics_port,
+                "metrics_dir": self.directory}})
 
     def run(self) -> int:
         while not self.stopping:
@@ -191,15 +189,12 @@ class _Supervisor:
         with signals_held() as mask:
             pid = os.fork()
             if pid == 0:
-                own_signals(mask)
-        if pid == 0:
-            try:
-                drain_when_orphaned(supervisor)  # SIGTERM, which ends it
-                for descriptor in (self._wake_read, self._wake_write, *self.starting):
-                    os.close(descriptor)
-                self._metrics.serve_forever()
-            finally:
-                os._exit(1)
+                try:
+                    become_child(mask, supervisor, [self._wake_read, self._wake_write,
+                                                    *self.starting])
+                    self._metrics.serve_forever()  # until SIGTERM, which ends it
+                finally:
+                    os._exit(1)
         self._metrics_pid = pid
 
     def _reap(self) -> None:
