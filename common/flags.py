@@ -63,10 +63,15 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
     points where to change it (a container's or CI job's variables), not at a flag nobody
     typed."""
     variable = env_var(flag.removeprefix("--").replace("-", "_"))
-    typed = any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
-                and flag.startswith(name)  # or argparse's abbreviation of it
-                for arg in (sys.argv[1:] if argv is None else argv))
-    return f"{variable}={value}" if os.environ.get(variable) and not typed else f"{flag} {value}"
+    return (f"{variable}={value}" if os.environ.get(variable) and not typed(flag, argv)
+            else f"{flag} {value}")
+
+
+def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
+    """Whether ``flag`` is on the command line ``argv`` (default ``sys.argv[1:]``), as itself or
+    as argparse's abbreviation of it (which argparse took: an ambiguous one it refuses)."""
+    return any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
+               and flag.startswith(name) for arg in (sys.argv[1:] if argv is None else argv))
 
 
 def _convert(action: argparse.Action, variable: str, raw: str):

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import add_option, number_in, positive_int
+from common.flags import add_option, number_in, positive_int, typed
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -49,13 +49,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
         """Also refuses a model's own flag beside the flag for both (--mlp-epochs 2 --epochs
         1), which would win: the model's own would be ignored without a word."""
         parsed = super().parse_args(args, namespace)
-        typed = {arg.split("=", 1)[0] for arg in (sys.argv[1:] if args is None else args)}
         for name in (f for f in KERAS_OPTIONS if f not in MLP_ONLY and hasattr(parsed, f)):
             flag = name.replace("_", "-")
-            shared = next((f"--{no}{flag}" for no in ("", "no-") if f"--{no}{flag}" in typed),
-                          f"--{flag}")  # or argparse's abbreviation of it
+            shared = next((f"--{no}{flag}" for no in ("", "no-") if typed(f"--{no}{flag}", args)),
+                          f"--{flag}")
             own = [f"--{no}{model}-{flag}" for model in ("softmax", "mlp") for no in ("", "no-")]
-            for given in (own_flag for own_flag in own if own_flag in typed):
+            for given in (own_flag for own_flag in own if typed(own_flag, args)):
                 self.error(f"{given} and {shared} both given: {shared} sets both Keras models'; "
                            "give one of them")
         return parsed
@@ -217,7 +216,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--progress",
         choices=PROGRESS,
-        default="bar" if sys.stdout.isatty() else "epoch",  # a bar floods a log file
+        default="bar" if sys.stdout and sys.stdout.isatty() else "epoch",  # a bar floods a log
         help="Keras output while fitting: a progress bar (default on a terminal), one line per "
         "epoch (default otherwise), or none",
     )
