@@ -160,6 +160,19 @@ def test_a_run_whose_output_is_closed_still_publishes(tmp_path):
     assert manifest(tmp_path, "baseline", 1)["name"] == "baseline"
 
 
+def test_a_run_started_without_a_standard_output_publishes(tmp_path):
+    """`fmnist-train ... >&-` (a service manager's closed stdout): Python has no sys.stdout,
+    and the run failed (exit 120, "AttributeError: 'NoneType' object has no attribute
+    'flush'"); the --progress default's isatty() and Keras' progress lines failed likewise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    result = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, "-m", "training",
+                             "--out", str(tmp_path), "--models", "baseline", "--train-subset",
+                             "500"], stderr=subprocess.PIPE, text=True, env=env, timeout=300,
+                            check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert manifest(tmp_path, "baseline", 1)["name"] == "baseline"
+
+
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     """model.json said 1,000,000 for a run that used the 60,000 there are."""
     result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",

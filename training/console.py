@@ -43,6 +43,9 @@ class OutputThatMayClose:
 
 
 def keep_running_when_output_closes() -> None:
-    """sys.stdout as an OutputThatMayClose (once)."""
-    if not isinstance(sys.stdout, OutputThatMayClose):
+    """sys.stdout as an OutputThatMayClose (once), or /dev/null if it is None (started with
+    its standard output closed: print() wrote nothing, but Keras' progress lines failed)."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the run)
+    elif not isinstance(sys.stdout, OutputThatMayClose):
         sys.stdout = OutputThatMayClose(sys.stdout)
