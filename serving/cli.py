@@ -1,8 +1,8 @@
 """``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC and HTTP.
 
-Exit status: 0 after a graceful shutdown (SIGTERM/SIGINT), 130 in a shell when a second SIGINT
-cut it short (one process dies by it), 1 if the repository cannot be served or the address
-cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.
+Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP), 130 in a shell when a
+second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served or
+the address cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.
 """
 
 import logging

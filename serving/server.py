@@ -262,10 +262,11 @@ def _policy(settings: Settings) -> BatchingPolicy:
 
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
           heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> None:
-    """Serves until SIGTERM or SIGINT, then drains and returns (call from the main thread: signal
-    handlers); ``on_ready`` is called once serving (a supervisor's worker reports it),
-    ``heartbeat()`` ten times a second from then on, ``heartbeat(ahead_s=grace period)`` as it
-    drains (it beats no more). Raises RepositoryError or ListenError if it cannot serve."""
+    """Serves until a stop signal (STOP_SIGNALS), then drains and returns; a second SIGINT kills
+    it at once (call from the main thread: signal handlers). ``on_ready`` is called once
+    serving (a supervisor's worker reports it), ``heartbeat()`` ten times a second from then
+    on, ``heartbeat(ahead_s=grace period)`` as it drains (it beats no more). Raises
+    RepositoryError or ListenError if it cannot serve."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[int] = []

@@ -84,7 +84,7 @@ def candidate_dirs() -> list[Path]:
 
 
 def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
-    """Reads one gzipped IDX file, checking it is complete, intact and the expected one."""
+    """Reads one IDX file, gzipped or not, checking it is complete, intact and the expected one."""
     if not path.is_file():
         raise DatasetError(f"{path} (or, gunzipped, {path.stem}): missing (one of the four "
                            f"Fashion-MNIST files); {HOW_TO_GET}")
