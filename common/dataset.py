@@ -50,11 +50,18 @@ def read_array(path: Path, name: str, fix: str) -> np.ndarray:
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 
 
+def idx_path(directory: Path, name: str) -> Path:
+    """The IDX file ``name`` in ``directory``: gzipped, else as ``gunzip`` leaves it, else the
+    gzipped name, which does not exist (its reader says so). Training and the client alike."""
+    gzipped, plain = directory / f"{name}.gz", directory / name
+    return plain if plain.exists() and not gzipped.exists() else gzipped
+
+
 def _find(directory: Path, name: str, fix: str) -> Path:
-    for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{directory / name}[.gz] not found; {fix}")
+    path = idx_path(directory, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{directory / name}[.gz] not found; {fix}")
+    return path
 
 
 def load_test_set(directory: Path | None = None, flag: str = "--data-dir"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from common.flags import unread_env_vars
 from serving.settings import settings_from
+from serving.workers_metrics import MULTIPROCESS_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # one process keeps its metrics in memory and serves them: a PROMETHEUS_MULTIPROC_DIR left
     # in the environment (another program's) made it a worker without an endpoint (the
     # supervisor sets its own for its workers)
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    os.environ.pop(MULTIPROCESS_ENV, None)
     from serving.server import ListenError, serve
 
     try:

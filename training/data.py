@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.contract import CLASS_NAMES, DATA_SHA256, IMAGE_SHAPE
-from common.dataset import check_content, how_to_get
+from common.dataset import check_content, how_to_get, idx_path
 from common.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -39,6 +39,10 @@ class IdxFile:
     filename: str
     count: int
     content_sha256: str
+
+    @property
+    def name(self) -> str:  # as gunzip leaves it
+        return self.filename.removesuffix(".gz")
 
     @property
     def is_images(self) -> bool:
@@ -86,7 +90,7 @@ def candidate_dirs() -> list[Path]:
 def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
     """Reads one IDX file, gzipped or not, checking it is complete, intact and the expected one."""
     if not path.is_file():
-        raise DatasetError(f"{path} (or, gunzipped, {path.stem}): missing (one of the four "
+        raise DatasetError(f"{path} (or, gunzipped, {spec.name}): missing (one of the four "
                            f"Fashion-MNIST files); {HOW_TO_GET}")
     try:
         idx = read_idx(path)
@@ -102,7 +106,7 @@ def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
             f"{path}: IDX header (magic, dimensions) {header}, expected {expected}; {HOW_TO_GET}"
         )
     try:
-        check_content(path, spec.filename.removesuffix(".gz"), idx.content, HOW_TO_GET)
+        check_content(path, spec.name, idx.content, HOW_TO_GET)
     except ValueError as error:  # corrupt, or other data
         raise DatasetError(str(error)) from None
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
@@ -130,13 +134,6 @@ def download_with_keras() -> Path:
     return Path(paths[0]).parent
 
 
-def path_in(directory: Path, spec: IdxFile) -> Path:
-    """``spec``'s file in ``directory``: gzipped, else as ``gunzip`` leaves it (read_idx and
-    the client's test set read both), else the gzipped name, said missing."""
-    gzipped, plain = directory / spec.filename, directory / spec.filename.removesuffix(".gz")
-    return plain if plain.exists() and not gzipped.exists() else gzipped
-
-
 def find_data_dir() -> Path:
     """The first searched directory holding any of the files (a partial copy is an error
     reported per file, rather than silently using another copy), or Keras' download."""
@@ -144,7 +141,7 @@ def find_data_dir() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     for directory in candidate_dirs():
-        if any(path_in(directory, spec).exists() for spec in FILES):
+        if any(idx_path(directory, spec.name).exists() for spec in FILES):
             return directory
     return download_with_keras()
 
@@ -156,7 +153,7 @@ def load(data_dir: Path | None = None) -> Dataset:
     directory = Path(os.path.abspath(Path(data_dir).expanduser() if data_dir
                                      else find_data_dir()))
     x_train, y_train, x_test, y_test = (
-        read_verified(path_in(directory, spec), spec) for spec in FILES
+        read_verified(idx_path(directory, spec.name), spec) for spec in FILES
     )
     return Dataset(x_train, y_train, x_test, y_test, directory)
 
