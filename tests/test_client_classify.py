@@ -41,6 +41,19 @@ def test_image_files_may_follow_options(target, tmp_path, capsys, test_set):
         a, b, c, "test[3]  (true: Trouser)", "test[4]  (true: Shirt)"]
 
 
+def test_files_come_in_the_order_given_when_one_is_named_as_an_option_value(
+        target, tmp_path, capsys, monkeypatch, test_set):
+    """`--model mlp b.png mlp` printed the file `mlp` first: the files were sorted by the
+    first argument equal to each, here the value of --model."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.png", "mlp", "c.png", "1"):
+        Image.fromarray(test_set[0][0]).save(name, format="PNG")
+    assert cli.main(["classify", "--target", target, "--model", "mlp", "--top", "1", "b.png",
+                     "mlp", "--test-index", "3", "c.png", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[::3] == [
+        "b.png", "mlp", "c.png", "1", "test[3]  (true: Trouser)"]
+
+
 def test_a_test_index_that_is_not_a_number_is_still_refused_as_one(capsys):
     with pytest.raises(SystemExit) as refused:
         cli.main(["classify", "--test-index", "x1"])

@@ -25,6 +25,7 @@ from common.flags import (
     positive_seconds,
 )
 from serving.client import DEFAULT_TARGET
+from serving.client.arguments import IndicesThenFiles, Placed
 
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
@@ -83,29 +84,16 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     first = next((i for i, arg in enumerate(argv) if arg in COMMANDS), 0)
     if not {"-h", "--help"} & set(argv[:first]):
         argv = [*argv[first:first + 1], *argv[:first], *argv[first + 1:]]
-    args, unparsed = parser.parse_known_args(argv)
+    args, unparsed = parser.parse_known_args(
+        [Placed(arg, place) for place, arg in enumerate(argv)])
     if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
         if unparsed:
             parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
         return args
     # the first run, those after --test-index's numbers, the rest: in the order given
     args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
-                                                key=argv.index)]
+                                                key=lambda name: name.place)]
     return args
-
-
-class _IndicesThenFiles(argparse.Action):
-    """``--test-index I [I ...]`` followed by image files: argparse gives the option every
-    argument up to the next option, and `--test-index 0 shoe.png` said "invalid int value:
-    'shoe.png'"; the files go to ``files_after``."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        count = next((i for i, value in enumerate(values)
-                      if not value.removeprefix("-").isdecimal()), len(values))
-        if not count:
-            raise argparse.ArgumentError(self, f"invalid int value: {values[0]!r}")
-        setattr(namespace, self.dest, [*getattr(namespace, self.dest), *map(int, values[:count])])
-        namespace.files_after = [*namespace.files_after, *values[count:]]
 
 
 def _describe(error: Exception, args) -> str:
@@ -175,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("files", nargs="*", metavar="FILE",
                           help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
                           "of uint8 [28,28], [N,28,28] or [N,784]")
-    classify.add_argument("--test-index", nargs="+", action=_IndicesThenFiles, default=[],
+    classify.add_argument("--test-index", nargs="+", action=IndicesThenFiles, default=[],
                           metavar="I", help="also classify these images of the Fashion-MNIST "
                           "test set (0..9999); given again, adds more")
     classify.set_defaults(files_after=[])
