@@ -134,7 +134,8 @@ def test_models_shows_a_dash_for_an_accuracy_nobody_measured(repository_copy, ca
 
 
 @pytest.mark.parametrize(("target", "code"), [("127.0.0.1:9", "UNAVAILABLE"),
-                                              ("", "UNKNOWN")])  # gRPC C++ logged 3 lines first
+                                              ("ipv4:127.0.0.1", "UNKNOWN")])  # gRPC C++ logged
+# 3 lines first (for an empty target, which fmnist now refuses as a HOST without a PORT)
 def test_health_of_a_server_that_is_not_there_exits_1_with_one_line(target, code):
     environ = {name: value for name, value in os.environ.items() if name != "GRPC_VERBOSITY"}
     result = subprocess.run(
@@ -234,3 +235,31 @@ def test_options_may_come_before_the_command(target, capsys):
     assert capsys.readouterr().out == "SERVING\n"
     assert cli.main(["--top", "1", "classify", "--target", target, "--test-index", "0"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+NO_PORT = ("expected HOST:PORT (fmnist-serve's --port, 50051 unless set otherwise), got {!r}: "
+           "without a port gRPC tries 443")
+
+
+@pytest.mark.parametrize("address", ["myhost", "localhost:", "dns:///localhost", "::1", "[::1]"])
+def test_a_target_without_a_port_is_refused_naming_the_flag(capsys, monkeypatch, address):
+    """`--target myhost` (or FMNIST_TARGET=myhost) went to port 443 without a word and failed
+    as a server that was not there."""
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["health", "--target", address])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fmnist health: error: argument --target: " + NO_PORT.format(address))
+    monkeypatch.setenv("FMNIST_TARGET", address)
+    assert cli.main(["health"]) == 2
+    assert capsys.readouterr().err == f"fmnist: error: FMNIST_TARGET: {NO_PORT.format(address)}\n"
+
+
+def test_targets_with_a_port_reach_the_server_as_before(target, capsys):
+    port = target.rsplit(":", 1)[1]
+    for address in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"dns:127.0.0.1:{port}",
+                    f"ipv4:127.0.0.1:{port}"):
+        assert cli.main(["health", "--target", address]) == 0, capsys.readouterr().err
+    for address in ("[::1]:9", "unix:/nonexistent/fmnist.sock"):  # taken, and nothing there
+        assert cli.main(["health", "--target", address, "--timeout", "1"]) == 1
+        assert capsys.readouterr().err.startswith("fmnist health: error: UNAVAILABLE: ")

@@ -1,6 +1,12 @@
-"""How ``fmnist classify`` takes image files anywhere among its options, in the order given."""
+"""What the ``fmnist`` command line checks that argparse cannot alone: a gRPC target with its
+port, and image files anywhere among classify's options, in the order given."""
 
 import argparse
+
+from serving.client import DEFAULT_TARGET
+
+# gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
+GRPC_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "xds:")
 
 
 class Placed(str):
@@ -26,3 +32,23 @@ class IndicesThenFiles(argparse.Action):
             raise argparse.ArgumentError(self, f"invalid int value: {values[0]!r}")
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), *map(int, values[:count])])
         namespace.files_after = [*namespace.files_after, *values[count:]]
+
+
+def grpc_target(text: str) -> str:
+    """A gRPC target (HOST:PORT, or a gRPC name such as dns:///NAME:PORT), not a URL, and
+    with a port: gRPC's default is 443 and fmnist-serve's 50051, so `--target myhost` went to
+    443 without a word (grpcurl refuses it too). Other gRPC names (unix:PATH) as they are."""
+    if text.lower().startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError("fmnist speaks gRPC: expected its HOST:PORT (the "
+                                         f"server's --port), not an HTTP URL, got {text!r}")
+    if text.startswith(GRPC_SCHEMES):
+        return text
+    address = text.removeprefix("dns:")  # dns:HOST:PORT, dns://AUTHORITY/HOST:PORT
+    host, colon, port = (address[2:].partition("/")[2] if address.startswith("//")
+                         else address).rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")  # [IPv6]:PORT
+    if not (colon and port) or (":" in host and not bracketed):
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT (fmnist-serve's --port, {DEFAULT_TARGET.rpartition(':')[2]} "
+            f"unless set otherwise), got {text!r}: without a port gRPC tries 443")
+    return text

@@ -25,7 +25,7 @@ from common.flags import (
     positive_seconds,
 )
 from serving.client import DEFAULT_TARGET
-from serving.client.arguments import IndicesThenFiles, Placed
+from serving.client.arguments import IndicesThenFiles, Placed, grpc_target
 
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=DefaultsHelpFormatter)
-        add_option(sub, "--target", type=_target, default=DEFAULT_TARGET,
+        add_option(sub, "--target", type=grpc_target, default=DEFAULT_TARGET,
                    help="server address HOST:PORT")
         add_option(sub, "--lb", choices=LB_POLICIES, default=LB_POLICIES[0],
                    help="how calls spread over the addresses the target resolves to: "
@@ -210,14 +210,6 @@ _top = number_in(int, 1, len(CLASS_NAMES), expected=f"1..{len(CLASS_NAMES)}")
 _index = number_in(int, 0, expected="an index >= 0")
 _fraction = number_in(float, 0, 1, expected="a fraction 0..1")
 _version = number_in(int, 0, 2**63 - 1, expected="a version 0..2^63-1")
-
-
-def _target(text: str) -> str:
-    """A gRPC target (HOST:PORT, or a gRPC name such as dns:///NAME:PORT), not a URL."""
-    if text.lower().startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError("fmnist speaks gRPC: expected its HOST:PORT (the "
-                                         f"server's --port), not an HTTP URL, got {text!r}")
-    return text
 
 
 def _expected_accuracy(text: str) -> float | str:
