@@ -212,6 +212,22 @@ def test_a_client_certificate_without_its_key_is_a_usage_error(capsys, monkeypat
     assert capsys.readouterr().err == f"fmnist health: error: {message}\n"
 
 
+@pytest.mark.parametrize(("flags", "environ", "message"), [
+    (["--tls-ca", "/nonexistent/ca.pem"], {},
+     "--tls-ca /nonexistent/ca.pem: No such file or directory"),
+    (["--tls-cert", "/dev/null", "--tls-key", "/nonexistent/client.key"], {},
+     "--tls-key /nonexistent/client.key: No such file or directory"),
+    (["--tls-key", "/dev/null"], {"FMNIST_TLS_CERT": "/"}, "FMNIST_TLS_CERT=/: Is a directory"),
+])
+def test_a_tls_file_that_cannot_be_read_is_named_by_its_flag(capsys, monkeypatch, flags,
+                                                             environ, message):
+    """It said "[Errno 2] No such file or directory: '/nonexistent/ca.pem'", naming no flag."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 1
+    assert capsys.readouterr().err == f"fmnist health: error: {message}\n"
+
+
 def test_fmnist_tls_turns_tls_on_as_the_other_security_variables_do(target, capsys,
                                                                     monkeypatch):
     """FMNIST_TLS=1 was ignored without a word: the client spoke plaintext to a TLS server and

@@ -20,6 +20,7 @@ from common.flags import (
     add_option,
     bearer_token,
     env_var,
+    given,
     number_in,
     positive_int,
     positive_seconds,
@@ -70,7 +71,7 @@ def _main(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:  # one line, whatever went wrong
-        print(f"fmnist {args.command}: error: {_describe(error, args)}", file=sys.stderr)
+        print(f"fmnist {args.command}: error: {_describe(error, args, argv)}", file=sys.stderr)
         return 1
 
 
@@ -96,13 +97,17 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
-def _describe(error: Exception, args) -> str:
+def _describe(error: Exception, args, argv: Sequence[str] | None) -> str:
     import grpc
 
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         details = _security(args).explained(error.code().name,
                                             error.details() or "the server gave no details")
         return f"{error.code().name}: {details}"
+    tls_files = {getattr(args, dest): f"--{dest.replace('_', '-')}"
+                 for dest in ("tls_ca", "tls_cert", "tls_key") if getattr(args, dest)}
+    if isinstance(error, OSError) and error.filename in tls_files:  # named by its flag or var
+        return f"{given(tls_files[error.filename], error.filename, argv)}: {error.strerror}"
     return str(error) or type(error).__name__
 
 
