@@ -2,10 +2,14 @@
 progress bar; prints accuracies, agreement with the baseline, throughput and latency, and
 optionally writes every answer to a CSV file."""
 
+import contextlib
 import csv
+import errno
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -21,14 +25,8 @@ def score(args, security) -> int:
         raise UsageError(f"--tolerance {args.tolerance:g} without --expect-accuracy: it is the "
                          "allowed difference from the expected accuracy")
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    if args.csv:  # can it be written? Not found out after the scoring
-        existed = args.csv.exists()
-        try:
-            open(args.csv, "a").close()
-        except OSError as error:
-            raise UsageError(f"--csv {args.csv}: {error.strerror}") from None
-        if not existed:  # a failed run leaves no empty file
-            args.csv.unlink()
+    if args.csv:
+        _check_csv(args.csv)
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):
@@ -125,6 +123,32 @@ def _expected_accuracy(args, client, model) -> float | None:
     return recorded
 
 
+def _check_csv(path: Path) -> None:
+    """Can --csv be written? Not found out after the scoring. A named pipe is not opened: its
+    reader took the check's close for the end, and the CSV then waited for another forever."""
+    try:
+        if _std_stream(path) or path.is_fifo():
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return
+        existed = path.exists()
+        open(path, "a").close()
+        if not existed:  # a failed run leaves no empty file
+            path.unlink()
+    except OSError as error:
+        raise UsageError(f"--csv {path}: {error.strerror}") from None
+
+
+def _std_stream(path: Path) -> TextIO | None:
+    """sys.stdout (or stderr) when ``path`` is where it writes (/dev/stdout): opened again, a
+    file it went to was truncated and written from its start, under the summary."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # no such file; no file under the stream
+            if os.path.samestat(os.stat(path), os.fstat(stream.fileno())):
+                return stream
+    return None
+
+
 def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
     def columns(side: ModelAnswer) -> tuple:
         return (side.labels.tolist(), side.class_names,
@@ -132,7 +156,8 @@ def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
 
     rows = zip(range(offset, offset + len(labels)), labels.tolist(), *columns(answer.model),
                *columns(answer.baseline), strict=True)
-    with open(path, "w", newline="") as f:
+    stream = _std_stream(path)
+    with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "true_label", "model_label", "model_class", "model_probability",
                          "baseline_label", "baseline_class", "baseline_probability"])
