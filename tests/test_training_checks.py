@@ -1,6 +1,8 @@
 """What stops a run before it publishes: a served graph that is not the fitted model, and a
 train/validation split that leaves too few training images."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -109,3 +111,27 @@ def test_a_split_that_holds_out_fewer_validation_images_than_classes_is_refused(
         "--validation-split"]
     assert "== baseline" not in result.stdout  # refused before fitting
     assert not (tmp_path / "repo").exists()
+
+
+# main(argv) in a process whose own command line (sys.argv) is another: a program's or a job's
+IN_PROCESS = "import sys; from training import cli; sys.exit(cli.main(sys.argv[1].split()))"
+
+
+@pytest.mark.parametrize(("argv", "own_argv", "named"), [
+    ("--min-validation-accuracy 0.95", "", "--min-validation-accuracy 0.95"),
+    ("", "--min-validation-accuracy", "FMNIST_MIN_VALIDATION_ACCURACY=0.95"),
+])
+def test_the_floor_is_named_as_the_argv_of_main_gave_it(tmp_path, argv, own_argv, named):
+    """main(argv) named the floor from sys.argv: a flag in ``argv`` beside the variable was
+    "FMNIST_MIN_VALIDATION_ACCURACY=0.95", a value the variable did not hold, and a flag on
+    the process's own command line hid the variable that set the floor."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    result = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, f"--out {tmp_path / 'repo'} --models baseline "
+         f"--train-subset 1000 --progress none {argv}", *own_argv.split()],
+        capture_output=True, text=True, timeout=300, check=False,
+        env=environ | {"FMNIST_MIN_VALIDATION_ACCURACY": "0.96" if argv else "0.95"})
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"fmnist-train: error: baseline: validation accuracy 0\.\d{4} is below "
+                        f"{re.escape(named)}; nothing was published", line), line

@@ -2,6 +2,8 @@
 probabilities, an exported graph that answers as the fitted model does, and a validation
 accuracy better than one answer and at least --min-validation-accuracy."""
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from common.flags import given
@@ -19,14 +21,15 @@ class TrainingError(Exception):
 
 def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.ndarray,
                            validation_accuracy: float, y_val: np.ndarray, *,
-                           minimum: float = 0.0, labels: np.ndarray | None = None) -> None:
+                           minimum: float = 0.0, labels: np.ndarray | None = None,
+                           argv: Sequence[str] | None = None) -> None:
     """A fit that diverged gave NaN probabilities (argmax: always class 0), which were
     published and served as the new default version; TrainingError before anything is, as
     for a graph (``probabilities``, ``labels``: the exported one's) that does not answer as the
     fitted model (``reference``) does, whose validation accuracy would not be the served
     model's, and for a model no better than one answer or below ``minimum``
-    (--min-validation-accuracy). The test set decides nothing: accuracy is judged on the
-    validation images."""
+    (--min-validation-accuracy, named as the command line ``argv`` or its variable gave it).
+    The test set decides nothing: accuracy is judged on the validation images."""
     if not (np.isfinite(reference).all() and np.isfinite(probabilities).all()):
         raise TrainingError(f"{name}: its probabilities are not finite numbers (the fit "
                             "diverged: lower the learning rate); nothing was published")
@@ -48,5 +51,5 @@ def check_worth_publishing(name: str, reference: np.ndarray, probabilities: np.n
                             "was published")
     if round(validation_accuracy, 4) < minimum:  # as it is printed
         raise TrainingError(f"{name}: validation accuracy {validation_accuracy:.4f} is below "
-                            f"{given('--min-validation-accuracy', minimum)}; nothing was "
+                            f"{given('--min-validation-accuracy', minimum, argv)}; nothing was "
                             "published")  # or FMNIST_MIN_VALIDATION_ACCURACY=0.9, as given

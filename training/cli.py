@@ -101,7 +101,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 
     probabilities, labels = export.run_onnx(onnx_model, dataset.x_test)
     check_worth_publishing(name, reference, probabilities, validation_accuracy, split.y_val,
-                           minimum=args.min_validation_accuracy, labels=labels)
+                           minimum=args.min_validation_accuracy, labels=labels, argv=args.argv)
     metrics = report.classification_metrics(dataset.y_test, labels)
     metrics |= {
         "validation_accuracy": round(float(validation_accuracy), 4),
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_running_when_output_closes()  # `fmnist-train | head`: the run goes on
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
     for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
         if existing and not existing.is_dir():  # named as given: flag or FMNIST_* variable
