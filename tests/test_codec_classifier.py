@@ -12,7 +12,7 @@ from serving.codecs.classifier import (
     decode_classify_request,
     encode_classify_response,
 )
-from serving.codecs.images import images_from_array, images_from_bytes
+from serving.codecs.images import images_from_bytes
 from serving.errors import InvalidArgument
 from serving.repository import Prediction, load_repository
 
@@ -38,18 +38,6 @@ def test_images_from_bytes_refuses_with_the_field_and_the_expected_value(images,
     with pytest.raises(InvalidArgument) as refused:
         images_from_bytes(images, limit, "images")
     assert str(refused.value).startswith(message)
-
-
-def test_images_from_array_takes_both_shapes_and_refuses_others():
-    flat = np.zeros((2, 784), dtype=np.uint8)
-    assert images_from_array(flat, 8, "input").shape == (2, 28, 28)
-    with pytest.raises(InvalidArgument, match=r"input: expected datatype UINT8, got FLOAT32"):
-        images_from_array(flat.astype(np.float32), 8, "input")
-    with pytest.raises(InvalidArgument, match=r"input: expected shape \[N,28,28\] or \[N,784\], "
-                                              r"got \[2, 783\]"):
-        images_from_array(flat[:, :783], 8, "input")
-    with pytest.raises(InvalidArgument, match="input: expected at most 1 images"):
-        images_from_array(flat, 1, "input")
 
 
 def test_decode_refuses_a_negative_version():

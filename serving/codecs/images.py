@@ -1,5 +1,6 @@
-"""The checks every API applies to a batch of images, and the conversion to ``uint8 [N,28,28]``
-(of image files: ``serving.client.inputs``, which the HTTP API uses too).
+"""The batch size check every API applies (``check_batch_size``), and the domain API's
+conversion of one ``bytes`` per image to ``uint8 [N,28,28]`` (of image files:
+``serving.client.inputs``, which the HTTP API uses too).
 
 Messages name the field and the expected value, e.g.
 ``images[3]: expected 784 bytes (28x28 uint8), got 100``.
@@ -34,14 +35,3 @@ def images_from_bytes(images: Sequence[bytes], max_request_images: int, field: s
                               f"got {lengths[index]}")
     pixels = np.frombuffer(b"".join(images), dtype=np.uint8)
     return pixels.reshape(len(images), *IMAGE_SHAPE)
-
-
-def images_from_array(array: np.ndarray, max_request_images: int, field: str) -> np.ndarray:
-    """A ``uint8`` array ``[N,28,28]`` or ``[N,784]`` -> ``uint8 [N,28,28]`` (a view, no copy)."""
-    if array.dtype != np.uint8:
-        raise InvalidArgument(f"{field}: expected datatype UINT8, got {array.dtype.name.upper()}")
-    if array.ndim not in (2, 3) or array.shape[1:] not in ((IMAGE_BYTES,), IMAGE_SHAPE):
-        raise InvalidArgument(f"{field}: expected shape [N,28,28] or [N,784], got "
-                              f"{list(array.shape)}")
-    check_batch_size(array.shape[0], max_request_images, field)
-    return array.reshape(array.shape[0], *IMAGE_SHAPE)

@@ -19,7 +19,7 @@ import numpy as np
 from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
-from serving.codecs.images import check_batch_size, images_from_array
+from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument
 from serving.metrics import ModelStatistics
 from serving.repository import ModelVersion, Prediction, is_version_name
@@ -86,8 +86,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
             f"got {pixels.size}")
-    images = images_from_array(pixels.reshape(shape), max_request_images, field)
-    return InferQuery(request.id, images, _requested_outputs(request, model), raw)
+    return InferQuery(request.id, pixels.reshape(shape), _requested_outputs(request, model), raw)
 
 
 def _raw_pixels(request: pb.ModelInferRequest, tensor, field: str) -> np.ndarray:
