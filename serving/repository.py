@@ -4,8 +4,10 @@ Layout (written by ``training.repository``): ``<root>/<model>/<int version>/mode
 ``model.json``. Hidden entries (``.staging-*``) and directories without version subdirectories
 (``reports/``) are ignored. Each ``model.onnx`` is checked against the sha256 of its manifest
 and its graph against the manifest's tensor specs before it serves; any problem is a
-``RepositoryError`` whose message names the file and what was expected, so the server refuses
-to start rather than serve something it cannot vouch for.
+``RepositoryError`` whose message names the file and what was expected, and that version is
+refused (one log line) rather than served, and the others serve: the server refuses to start
+only over a repository it cannot list, or without a good version of the default or the
+baseline model (``ModelRegistry.require``).
 """
 
 import hashlib
