@@ -13,7 +13,6 @@ baseline model (``ModelRegistry.require``).
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -84,12 +83,10 @@ class ModelRegistry:
     in between, and keeps the version it got even if that version is removed meanwhile.
     """
 
-    def __init__(self, versions: Iterable[ModelVersion] = ()):
+    def __init__(self):
         self._models: dict[str, dict[int, ModelVersion]] = {}
         # (name, version) -> why it was refused, for the versions that failed verification
         self.refused: dict[tuple[str, int], str] = {}
-        for model in versions:
-            self.add(model)
 
     def add(self, model: ModelVersion) -> None:
         """Adds (or replaces) a version; the newest version of a model is its default."""
