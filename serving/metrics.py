@@ -5,7 +5,8 @@ Triton's ``ModelStatistics`` RPC (``model_statistics``), so the two cannot disag
 several worker processes the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary
 directory before any worker imports this module; prometheus_client then keeps every value in
 files there, one set per worker slot (``serving.worker_process``), and both readers sum them
-over the processes (``exposition_registry``).
+over the processes: the endpoint is then the supervisor's (``serving.workers_metrics``), and a
+worker's ``ModelStatistics`` reads them all (``exposition_registry``).
 
 Metric names (all prefixed ``fmnist_``):
 
@@ -134,8 +135,9 @@ def multiprocess_directory() -> str | None:
 
 
 def exposition_registry() -> CollectorRegistry:
-    """What the endpoint exposes: this process's metrics, or every worker's in multiprocess
-    mode."""
+    """What the metrics are read from: this process's (a single process's endpoint and
+    ``ModelStatistics``), or every worker's files in multiprocess mode (a worker's
+    ``ModelStatistics``: no worker serves an endpoint)."""
     directory = multiprocess_directory()
     if directory is None:
         return REGISTRY
