@@ -3,11 +3,13 @@ native one, ``serving.native``, behind the same interface), translating calls fo
 pipeline.
 
 It decides nothing. ``PipelineInterceptor`` (a ``grpc.ServerInterceptor``) puts every method
-of every service through ``CallPipeline``: it describes the call as a ``Call``, lets the
-pipeline parse the request bytes (bytes that do not parse are INVALID_ARGUMENT, where grpcio
-would answer INTERNAL), and turns a ``ServingError`` into the status its class names. The data
-plane's methods (``serving.api``) are registered as they are, called with the ``Call``;
-health and reflection come from their packages, called with their ``ServicerContext``.
+of every service through ``CallPipeline`` but health's, which the pipeline leaves alone
+(``CallPipeline.guards``; its request bytes are parsed all the same): it describes the call as
+a ``Call``, lets the pipeline parse the request bytes (bytes that do not parse are
+INVALID_ARGUMENT, where grpcio would answer INTERNAL), and turns a ``ServingError`` into the
+status its class names. The data plane's methods (``serving.api``) are registered as they are,
+called with the ``Call``; health and reflection come from their packages, called with their
+``ServicerContext``.
 """
 
 import collections
