@@ -215,21 +215,20 @@ class HealthServicer(health.HealthServicer):
         for send in ends:
             send(None)
 
-    def Watch(self, request, context, send_response_callback=None):  # noqa: N802 (grpc_health's)
+    def Watch(self, request, context, send_response_callback):  # noqa: N802 (grpc_health's)
         with self._lock:  # end_watches ends the Watches registered before it, this the later
             if sum(map(len, self._send_response_callbacks.values())) >= MAX_WATCHES:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} health Watches "
                               "open, the most a server process keeps; use Check, or retry later")
-            if request.service in self._server_status or send_response_callback is None:
-                answer = super().Watch(request, context, send_response_callback)
+            if request.service in self._server_status:
+                super().Watch(request, context, send_response_callback)
                 ending = self._ending
             else:  # SERVICE_UNKNOWN, then the end: no service is added later
                 send_response_callback(health_pb2.HealthCheckResponse(
                     status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
-                answer, ending = None, True
-        if ending and send_response_callback is not None:  # None: grpc_health's blocking mode
+                ending = True
+        if ending:
             send_response_callback(None)
-        return answer
 
 
 class GrpcioServer:
