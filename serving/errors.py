@@ -78,13 +78,14 @@ class Unavailable(ServingError):  # noqa: N818 (named as the status)
 
 
 class DeadlineExceeded(ServingError):  # noqa: N818 (named as the status)
-    """The call's deadline passed before its images were computed."""
+    """The call's deadline passed before it was answered, whatever its method."""
 
     grpc_code, http_status = "DEADLINE_EXCEEDED", 504
 
 
 class Cancelled(ServingError):  # noqa: N818 (named as the status)
-    """The client went away before its images were computed."""
+    """The call was cancelled before it was answered: by its client, or by a stop whose
+    grace ended."""
 
     grpc_code, http_status = "CANCELLED", 499
 
