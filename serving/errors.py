@@ -93,9 +93,8 @@ class Cancelled(ServingError):  # noqa: N818 (named as the status)
 class Internal(ServingError):  # noqa: N818 (named as the status)
     """A bug: the client gets this short message, the log the traceback."""
 
-    def __init__(self, message: str = "internal error while answering; the server log has "
-                 "the details"):
-        super().__init__(message)
+    def __init__(self):
+        super().__init__("internal error while answering; the server log has the details")
 
 
 class RepositoryError(Exception):
