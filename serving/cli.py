@@ -27,38 +27,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # read at run time (the page's test images), FMNIST_VENV by ./run
     for name in unread_env_vars(os.environ, also=["FMNIST_DATA_DIR", "FMNIST_VENV"]):
         logging.getLogger("serving").warning(f"{name}: not a setting of fmnist-serve; ignored")
-    if settings.workers > 1:
-        return _supervise(settings)
-    # one process keeps its metrics in memory and serves them: a PROMETHEUS_MULTIPROC_DIR left
-    # in the environment (another program's) made it a worker without an endpoint (the
-    # supervisor sets its own for its workers)
-    os.environ.pop(MULTIPROCESS_ENV, None)
-    from serving.server import ListenError, serve
-
     try:
+        if settings.workers > 1:  # nothing imported before may load prometheus_client: the
+            # supervisor first sets up its multiprocess directory
+            from serving.workers import supervise
+
+            return supervise(settings)
+        # one process keeps its metrics in memory and serves them: a PROMETHEUS_MULTIPROC_DIR
+        # left in the environment (another program's) made it a worker without an endpoint
+        # (the supervisor sets its own for its workers)
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        from serving.server import serve
+
         serve(settings)
-    except (errors.RepositoryError, ListenError) as error:
+    except (errors.RepositoryError, errors.ListenError, errors.WorkerStartError) as error:
         return _fail(error, 1, settings.log_format)
-    except KeyboardInterrupt:  # Ctrl-C before serve() has set its signal handlers
+    except KeyboardInterrupt:  # Ctrl-C before serve() set its handlers, or twice to workers
         return 130
     # Not back into the interpreter, to be finalized: granian's threads (and gRPC's) may still
     # take the GIL meanwhile, and granian then aborts ("panic in a function that cannot unwind")
     logging.shutdown()
     os._exit(0)
-
-
-def _supervise(settings) -> int:
-    """Several worker processes; nothing imported here may load prometheus_client before the
-    supervisor has set up its multiprocess directory."""
-    from serving.errors import WorkerStartError
-    from serving.workers import supervise
-
-    try:
-        return supervise(settings)
-    except WorkerStartError as error:
-        return _fail(error, 1, settings.log_format)
-    except KeyboardInterrupt:
-        return 130
 
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:

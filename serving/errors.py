@@ -97,6 +97,10 @@ class Internal(ServingError):  # noqa: N818 (named as the status)
         super().__init__("internal error while answering; the server log has the details")
 
 
+class ListenError(Exception):
+    """The server cannot listen: its address is taken or its TLS files are not usable."""
+
+
 class RepositoryError(Exception):
     """The model repository cannot be served (missing, empty, tampered or unreadable)."""
 

@@ -23,6 +23,7 @@ from serving import __version__, metrics
 from serving.api.classifier import ClassifierAPI
 from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
+from serving.errors import ListenError
 from serving.grpc_transport import HealthServicer, PipelineInterceptor, api_handler, grpc_server
 from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
@@ -51,10 +52,6 @@ SERVICES = {
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]: "inference",
 }
 API_METHODS = {f"/{s.full_name}/{m.name}".encode() for s in SERVICES for m in s.methods}
-
-
-class ListenError(Exception):
-    """The server cannot listen: its address is taken or its TLS files are not usable."""
 
 
 class ModelServer:

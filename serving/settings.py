@@ -54,10 +54,11 @@ STOP_SIGNALS = {SIGTERM, SIGINT, SIGHUP if getsignal(SIGHUP) is not SIG_IGN else
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,
-             parse=None):
-    """A field; ``parse``: its flag's argparse type when not its type's (a range to check)."""
-    return field(default=default, metadata={"help": help_text, "metavar": metavar,
-                                            "choices": choices, "parse": parse})
+             *, parse=None, secret: bool = False):
+    """A field; ``parse``: its flag's argparse type when not its type's (a range to check);
+    a ``secret`` is never printed with the settings (repr), nor shown by --help."""
+    return field(default=default, repr=not secret, metadata={
+        "help": help_text, "metavar": metavar, "choices": choices, "parse": parse})
 
 
 COUNT = number_in(int, 1)
@@ -140,11 +141,9 @@ class Settings:
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
     tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "
                                   "certificate they signed", "FILE")
-    auth_token: str = field(  # repr=False: never printed with the settings
-        default="", repr=False, metadata={
-            "help": "bearer token every call but health must carry (authorization: Bearer "
-            "TOKEN); prefer the env var, flags show in ps", "metavar": "TOKEN", "choices": None,
-            "parse": bearer_token})
+    auth_token: str = _setting(
+        "", "bearer token every call but health must carry (authorization: Bearer TOKEN); "
+        "prefer the env var, flags show in ps", "TOKEN", parse=bearer_token, secret=True)
     log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
     log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
 

@@ -117,11 +117,10 @@ class RepositoryWatcher:
     def _unload(self, key: VersionKey) -> None:
         name, version = key
         if name in self._required and self.registry.versions(name) == [version]:
-            if key in self._kept:
-                return
-            self._kept.add(key)
-            log.warning("model version removed from disk but kept: it is the last of a "
-                        "required model", extra={"fields": {"model": name, "version": version}})
+            if key not in self._kept:  # said once
+                self._kept.add(key)
+                log.warning("model version removed from disk but kept: it is the last of a "
+                            "required model", extra={"fields": {"model": name, "version": version}})
             return
         self.registry.remove(name, version)
         self._loaded.pop(key, None)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from serving.errors import RepositoryError
+from serving.errors import ListenError, RepositoryError
 from serving.settings import STOP_SIGNALS, Settings
 
 READY = b"\x00"
@@ -49,9 +49,8 @@ def become_child(mask, supervisor: int, inherited: Iterable[int]) -> None:
 def drain_when_orphaned(supervisor: int) -> None:
     """Asks the kernel for SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL, so
     that no worker outlives it (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError, AttributeError):  # no libc, or no prctl in it
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -115,7 +114,7 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
     try:
         become_child(mask, supervisor, inherited)
         name_metrics_files_by_slot(slot)
-        from serving.server import ListenError, serve
+        from serving.server import serve
 
         try:
             def ready(_server) -> None:  # its first heartbeat before the supervisor looks
@@ -137,8 +136,5 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
 
 
 def read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()

@@ -168,8 +168,7 @@ class _Supervisor:
         with signals_held() as mask:
             pid = os.fork()
             if pid == 0:
-                os.close(read_end)
-                worker_main(self.settings, slot, write_end, [*self._own_descriptors()],
+                worker_main(self.settings, slot, write_end, [read_end, *self._own_descriptors()],
                             supervisor, heartbeats=self.heartbeats, mask=mask)
         os.close(write_end)
         self.workers[pid] = slot
