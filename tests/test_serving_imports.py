@@ -1,10 +1,15 @@
 """``serving`` runs without TensorFlow, Keras, scikit-learn, onnx or the training package, and
-the client's command line starts without numpy or onnxruntime (``fmnist health`` stays fast)."""
+the client's command line starts without numpy or onnxruntime (``fmnist health`` stays fast);
+without the native gRPC server built, it serves with grpcio and says how to build it."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+from tests.server_process import server_process
 
 BLOCKER = textwrap.dedent("""
     import importlib, pkgutil, sys
@@ -77,3 +82,21 @@ def test_onnxruntime_sends_no_telemetry_and_writes_nothing_under_home(tmp_path,
             env={**environ, "HOME": str(home)})
         assert result.returncode == 0, result.stderr
         assert list(home.rglob("*")) == [], package
+
+
+def test_a_tree_without_the_native_server_says_plainly_how_to_build_it(model_repository,
+                                                                         tmp_path, monkeypatch):
+    """The start-up warning quoted Python's ImportError, "cannot import name '_server' from
+    partially initialized module 'serving.native' (most likely due to a circular import)",
+    which a newcomer read as a bug. Here the server runs from a copy of the tree without the
+    built extension."""
+    root = Path(__file__).resolve().parent.parent
+    for package in ("serving", "common"):
+        shutil.copytree(root / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("_server*.so", "__pycache__"))
+    monkeypatch.chdir(tmp_path)  # python -m serving imports the copy
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (_, logs):
+        assert logs.wait_for("serving")[0]["transport"] == "grpcio"
+    warnings = [line["message"] for line in logs.lines if line.get("level") == "WARNING"]
+    assert warnings == ["native gRPC server not built, grpcio serves: to build it, install "
+                        "g++, pkg-config and libgrpc++-dev, then pip install -e ."]

@@ -50,10 +50,13 @@ libgrpc++-dev); where it is not, ``serving.grpc_transport`` serves with grpcio.
 
 UNAVAILABLE_REASON = ""
 try:
-    from serving.native import _server
-except ImportError as error:  # not built: grpcio serves
+    # not "from serving.native import _server": where it is not built, that blamed "a
+    # circular import"
+    import serving.native._server as _server  # noqa: PLR0402
+except ImportError as error:  # grpcio serves; Python's words only if built but not loadable
     _server = None
-    UNAVAILABLE_REASON = f"serving.native._server is not built ({error})"
+    UNAVAILABLE_REASON = ("" if isinstance(error, ModuleNotFoundError) else f"{error}; ") + (
+        "to build it, install g++, pkg-config and libgrpc++-dev, then pip install -e .")
 
 
 def available() -> bool:
