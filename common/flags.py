@@ -74,6 +74,24 @@ def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
                and flag.startswith(name) for arg in (sys.argv[1:] if argv is None else argv))
 
 
+def unrecognized(args: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments: ..." without what may be an unknown flag's value:
+    a mistyped --auth-token's secret went to stderr, hence to the logs. The flags are named,
+    the words after the first one and a flag's "=..." counted, not shown."""
+    shown, hidden = [], 0
+    for arg in args:
+        if arg.startswith("-"):
+            name, equals, _ = arg.partition("=")
+            shown.append(name)
+            hidden += bool(equals)
+        elif any(word.startswith("-") for word in shown):  # a flag's value, maybe
+            hidden += 1
+        else:
+            shown.append(arg)
+    return f"unrecognized arguments: {' '.join(shown)}" + (
+        f" ({hidden} value{'s' if hidden > 1 else ''} not shown)" if hidden else "")
+
+
 def _convert(action: argparse.Action, variable: str, raw: str):
     if action.nargs == 0:
         if raw.strip().lower() not in SWITCH_WORDS:
@@ -102,6 +120,21 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The command lines' parser (and their subcommands'): each option's default shown unless
+    told otherwise (``DefaultsHelpFormatter``), unknown flags named without their values
+    (``unrecognized``)."""
+
+    def __init__(self, *args, formatter_class=DefaultsHelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(extras))
+        return parsed
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,

@@ -17,7 +17,7 @@ from pathlib import Path
 from signal import SIG_IGN, SIGHUP, SIGINT, SIGTERM, getsignal
 
 from common.contract import IMAGE_BYTES
-from common.flags import ENV_PREFIX, DefaultsHelpFormatter, add_option, bearer_token, number_in
+from common.flags import ENV_PREFIX, ArgumentParser, add_option, bearer_token, number_in
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -208,7 +208,7 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
     A bad env var is a ValueError naming it (common.flags); ``exit_on_error=False`` makes a bad
     flag value an ArgumentError, which ``settings_from`` turns into one.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fmnist-serve",
         description=(
             "Serve the Fashion-MNIST models of a model repository over gRPC "
@@ -220,7 +220,6 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
             "Example: fmnist-serve --model-repository model_repository --port 50051, "
             "then: fmnist classify --test-index 0 1 2"
         ),
-        formatter_class=DefaultsHelpFormatter,
         exit_on_error=False,
     )
     for setting in dataclasses.fields(Settings):
@@ -234,7 +233,7 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
 def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None):
     """Builds the settings from flags over env vars over defaults; ValueError names the culprit.
 
-    argparse exits by itself (status 2) on an unknown flag.
+    argparse exits by itself (status 2) on an unknown flag, named without its value.
     """
     try:
         args = argument_parser(environ).parse_args(argv)

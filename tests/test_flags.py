@@ -141,6 +141,31 @@ def test_help_shows_no_empty_or_second_default(capsys, argv):
         assert default in text
 
 
+@pytest.mark.parametrize(("program", "argv", "named"), [
+    ("fmnist-serve", ["--auth-tokn", "s3cret", "--port", "1"], "--auth-tokn (1 value not shown)"),
+    ("fmnist-serve", ["stray", "--auth-tokn=s3cret", "s3cret"],
+     "stray --auth-tokn (2 values not shown)"),
+    ("fmnist", ["health", "--tokn", "s3cret"], "--tokn (1 value not shown)"),
+    ("fmnist", ["--tokn=s3cret", "models"], "--tokn (1 value not shown)"),
+    ("fmnist-train", ["--out", "repository", "--ot", "s3cret"], "--ot (1 value not shown)"),
+])
+def test_an_unknown_flag_is_named_without_the_values_after_it(capsys, program, argv, named):
+    """`fmnist-serve --auth-tokn SECRET` said "unrecognized arguments: --auth-tokn SECRET": a
+    mistyped flag put its secret on stderr, hence in the logs. A word before any unknown flag
+    is no flag's value: it is shown."""
+    from serving import cli as serve
+    from serving.client import cli as client
+    from training import cli as train
+
+    main = {"fmnist-serve": serve.main, "fmnist": client.main, "fmnist-train": train.main}
+    with pytest.raises(SystemExit) as refused:
+        main[program](argv)
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert "s3cret" not in error
+    assert f"{program}: error: unrecognized arguments: {named}" in error
+
+
 def test_number_in_says_its_bounds_as_written():
     """An int's bounds in full (it said <= 9.22337e+18), a float's as %g; nan and inf never."""
     from common.flags import number_in

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import add_option, number_in, positive_int, typed
+from common.flags import ArgumentParser, add_option, number_in, positive_int, typed
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -39,7 +39,7 @@ e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
 """
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(ArgumentParser):
     """Reports a bad flag in one line (with a pointer to --help) instead of usage + error."""
 
     def error(self, message: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.contract import CLASS_NAMES
 from common.flags import (
-    DefaultsHelpFormatter,
+    ArgumentParser,
     add_option,
     bearer_token,
     env_var,
@@ -24,6 +24,7 @@ from common.flags import (
     number_in,
     positive_int,
     positive_seconds,
+    unrecognized,
 )
 from serving.client import DEFAULT_TARGET
 from serving.client.arguments import IndicesThenFiles, Placed, grpc_target
@@ -89,7 +90,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         [Placed(arg, place) for place, arg in enumerate(argv)])
     if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
         if unparsed:
-            parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+            parser.error(unrecognized(unparsed))
         return args
     # the first run, those after --test-index's numbers, the rest: in the order given
     args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
@@ -124,7 +125,7 @@ def _security(args):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fmnist",
         description="Client of the Fashion-MNIST classification service (fmnist-serve).",
         epilog="Examples: fmnist classify --test-index 0 1 2 | fmnist classify shoe.png --invert "
@@ -133,8 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=DefaultsHelpFormatter)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         add_option(sub, "--target", type=grpc_target, default=DEFAULT_TARGET,
                    help="server address HOST:PORT")
         add_option(sub, "--lb", choices=LB_POLICIES, default=LB_POLICIES[0],
