@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 
 # control characters (C0, DEL and C1: NEL ends a line for str.splitlines(), CSI drives a
 # terminal) as \xNN, Unicode's line and paragraph separators as \uNNNN: a client's text in a
@@ -49,6 +50,15 @@ def configure(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Python's tracebacks (a worker's failure, an uncaught exception) as log lines too: in
-    # JSON, one object whose "exception" holds the traceback
-    sys.excepthook = lambda *info: logging.critical("uncaught exception", exc_info=info)
+    # Python's tracebacks (a worker's failure, an uncaught exception on any thread) as log
+    # lines too: in JSON, one object whose "exception" holds the traceback
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda hook: _log_uncaught(*hook)
+
+
+def _log_uncaught(exc_type, value, traceback, _thread=None) -> None:
+    """sys.excepthook, and threading.excepthook (on the thread that dies, named here); a
+    thread's SystemExit ends it without a word, as with Python's own hook."""
+    if exc_type is not SystemExit:
+        logging.critical("uncaught exception", exc_info=(exc_type, value, traceback),
+                         extra={"fields": {"thread": threading.current_thread().name}})
