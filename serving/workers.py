@@ -87,8 +87,7 @@ class _Supervisor:
         self.started_at: dict[int, float] = {}  # slot -> last fork time
         self.served: set[int] = set()  # pids that reported serving
         self.failed_starts: dict[int, int] = {}  # slot -> its workers in a row that never served
-        self.due: dict[int, float] = {}  # slot (METRICS: the metrics process) -> when its
-        # replacement may be forked
+        self.due: dict[int, float] = {}  # slot (METRICS: metrics process) -> when to fork anew
         self.heartbeats = Heartbeats(settings.workers)
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
@@ -120,13 +119,17 @@ class _Supervisor:
                     self.served.add(pid)
                 elif not self.stopping:  # Ctrl-C reaches workers too; none said why: how it died
                     raise WorkerStartError(message.decode(errors="replace").strip() or (
-                        f"worker {pid} died before serving: {_describe(os.waitpid(pid, 0)[1])}"))
-        if not self.stopping:  # (this loop reaps none: one that died before serving is
-            # waited for above, to say how; run() or _stop() reap the rest)
+                        f"worker {pid} died before serving: {self._reaped(pid)}"))
+        if not self.stopping:  # (_reaped to say how one died; run() or _stop() reap the rest)
             log.info("workers serving", extra={"fields": {
                 "workers": self.settings.workers, "pids": sorted(self.workers),
                 "address": self.settings.address, "metrics_port": self.settings.metrics_port,
                 "metrics_dir": self.directory}})
+
+    def _reaped(self, pid: int) -> str:
+        """How worker ``pid`` died; reaped, it leaves ``workers`` (its pid may be another's)."""
+        del self.workers[pid]
+        return _describe(os.waitpid(pid, 0)[1])
 
     def run(self) -> int:
         while not self.stopping:

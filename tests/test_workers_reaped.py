@@ -1,0 +1,57 @@
+"""The supervisor never signals a worker it has reaped: the kernel may by then have given its
+pid to another process, which a SIGKILL meant for the worker would kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.server_process import children
+
+# fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
+LAUNCHER = """
+import os, sys
+from serving.cli import main
+
+supervisor, reaped = os.getpid(), set()
+waitpid, kill = os.waitpid, os.kill
+
+def noting_waitpid(pid, options):
+    found, status = waitpid(pid, options)
+    reaped.add(found)
+    return found, status
+
+def noting_kill(pid, signal_number):
+    if os.getpid() == supervisor and pid in reaped:
+        print(f"signal {signal_number} sent to reaped pid {pid}", file=sys.stderr, flush=True)
+    kill(pid, signal_number)
+
+os.waitpid, os.kill = noting_waitpid, noting_kill
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_that_dies_in_start_up_is_not_signalled_once_reaped(repository_copy):
+    """start() reaped a worker that died before serving (to say how it died) but kept it
+    among its workers: kill_all then sent SIGKILL to its pid."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    manifest.unlink()
+    os.mkfifo(manifest)  # the workers hang loading it
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, "--model-repository", str(repository_copy),
+         "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--workers", "2",
+         "--log-format", "json"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(children(process.pid)) < 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        victim = children(process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        _, errors = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 1, errors
+    assert f"worker {victim} died before serving: killed by SIGKILL" in errors
+    assert "reaped pid" not in errors
