@@ -64,6 +64,15 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
 COUNT = number_in(int, 1)
 PORT = number_in(int, 0, 65535)
 WAIT_S = number_in(float, 0, DAY_S)  # inf or nan crashed the shutdown (past the clock's range)
+POLLING_S = number_in(float, 0.1, DAY_S, expected="0 (no polling) or a number >= 0.1 and <= 86400")
+
+
+def _poll_interval(text: str) -> float:
+    """0, or at least 0.1 s: --poll-interval 1e-9 scanned the repository in a near-busy loop."""
+    with contextlib.suppress(ValueError):
+        if float(text) == 0:
+            return 0.0
+    return POLLING_S(text)
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,7 @@ class Settings:
                                    "to finish before they are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
-        "(0: load once at start-up)", "SECONDS", parse=WAIT_S)
+        "(0: load once at start-up; else at least 0.1)", "SECONDS", parse=_poll_interval)
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
     tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "

@@ -249,7 +249,7 @@ def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys,
     from tests.conftest import local_settings, running_server, tiny_classifier
     from training.repository import write_version
 
-    settings = local_settings(model_repository=repository_copy, poll_interval=0.05)
+    settings = local_settings(model_repository=repository_copy, poll_interval=0.1)
     with running_server(settings) as server:
         target = f"127.0.0.1:{server.port}"
 

@@ -1,6 +1,8 @@
 """fmnist-serve's settings: flags over env vars over defaults, and one clear line for a value
 out of its range, naming the flag or the env var that gave it."""
 
+import re
+
 import pytest
 
 from serving.settings import Settings, settings_from
@@ -22,7 +24,12 @@ from tests.server_process import server_process
         (["--grace-period", "inf"], {}, "--grace-period: expected a number >= 0 and <= 86400, "
          "got inf"),
         ([], {"FMNIST_POLL_INTERVAL": "nan"},
-         "FMNIST_POLL_INTERVAL: expected a number >= 0 and <= 86400, got nan"),
+         "FMNIST_POLL_INTERVAL: expected 0 (no polling) or a number >= 0.1 and <= 86400, "
+         "got nan"),
+        # a scan of the repository every nanosecond: a near-busy loop, a core's worth of stat()
+        (["--poll-interval", "1e-9"], {},
+         "--poll-interval: expected 0 (no polling) or a number >= 0.1 and <= 86400, "
+         "got 1e-9"),
         (["--batch-delay-us", "10000000000000"], {},
          "--batch-delay-us: expected an integer >= 0 and <= 1000000, got 10000000000000"),
         (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
@@ -43,7 +50,7 @@ from tests.server_process import server_process
     ],
 )
 def test_bad_settings_are_one_line(argv, environ, message):
-    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         settings_from(argv, environ)
 
 
@@ -53,6 +60,15 @@ def test_settings_made_in_code_are_checked_as_flags_are(model_repository):
     with pytest.raises(ValueError, match=r"^--grace-period: expected a number >= 0 and <= 86400, "
                                          r"got inf$"):
         Settings(model_repository=model_repository, grace_period=float("inf"))
+
+
+def test_a_poll_interval_of_0_is_no_polling_and_of_0_1_s_or_more_is_taken(model_repository):
+    for text, seconds in (("0", 0.0), ("-0", 0.0), ("0.1", 0.1), ("86400", 86400.0)):
+        assert settings_from(["--poll-interval", text], {}).poll_interval == seconds
+    assert Settings(model_repository=model_repository, poll_interval=0).poll_interval == 0
+    with pytest.raises(ValueError, match=r"^--poll-interval: expected 0 \(no polling\) or a "
+                       r"number >= 0.1 and <= 86400, got 0.05$"):
+        Settings(model_repository=model_repository, poll_interval=0.05)
 
 
 def test_a_choice_is_taken_in_any_case_and_kept_as_written(tmp_path):
