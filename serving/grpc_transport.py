@@ -259,7 +259,7 @@ def grpc_server(implementation: str, threads: int,
     (a stream holds one until it ends); ``max_running``: of which at work at once,
     the native server's (None: all); ``reuse_port``: several worker processes share
     the port; ``connection_age_s``: a connection's life, 0 forever."""
-    age_ms = max(1, round(connection_age_s * 1000)) if connection_age_s else 2**31 - 1
+    age_ms = round(connection_age_s * 1000) if connection_age_s else 2**31 - 1
     if implementation == "native":
         if native.available():
             from serving.native.server import NativeServer

@@ -64,15 +64,20 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
 COUNT = number_in(int, 1)
 PORT = number_in(int, 0, 65535)
 WAIT_S = number_in(float, 0, DAY_S)  # inf or nan crashed the shutdown (past the clock's range)
-POLLING_S = number_in(float, 0.1, DAY_S, expected="0 (no polling) or a number >= 0.1 and <= 86400")
 
 
-def _poll_interval(text: str) -> float:
-    """0, or at least 0.1 s: --poll-interval 1e-9 scanned the repository in a near-busy loop."""
-    with contextlib.suppress(ValueError):
-        if float(text) == 0:
-            return 0.0
-    return POLLING_S(text)
+def _off_or_at_least(minimum: float, off: str):
+    """0 (``off``), or seconds from ``minimum``: --poll-interval 1e-9 scanned the repository in
+    a near-busy loop, --max-connection-age 1e-9 sent every client GOAWAY each millisecond."""
+    checked = number_in(float, minimum, DAY_S,
+                        expected=f"0 ({off}) or a number >= {minimum:g} and <= {DAY_S}")
+
+    def parse(text: str) -> float:
+        with contextlib.suppress(ValueError):
+            if float(text) == 0:
+                return 0.0
+        return checked(text)
+    return parse
 
 
 @dataclass(frozen=True)
@@ -139,13 +144,14 @@ class Settings:
         parse=number_in(int, 0))
     max_connection_age: float = _setting(
         0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "
-        "new one, which a load balancer may send to a replica added since (0: forever)",
-        "SECONDS", parse=WAIT_S)
+        "new one, which a load balancer may send to a replica added since (0: forever; else at "
+        "least 0.1)", "SECONDS", parse=_off_or_at_least(0.1, "forever"))
     grace_period: float = _setting(10.0, "seconds calls in flight get on SIGTERM/SIGINT/SIGHUP "
                                    "to finish before they are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
-        "(0: load once at start-up; else at least 0.1)", "SECONDS", parse=_poll_interval)
+        "(0: load once at start-up; else at least 0.1)", "SECONDS",
+        parse=_off_or_at_least(0.1, "no polling"))
     tls_cert: str = _setting("", "PEM certificate chain: serve TLS only (needs --tls-key)", "FILE")
     tls_key: str = _setting("", "PEM private key of --tls-cert", "FILE")
     tls_client_ca: str = _setting("", "PEM CA certificates: require mutual TLS, clients show a "

@@ -30,6 +30,10 @@ from tests.server_process import server_process
         (["--poll-interval", "1e-9"], {},
          "--poll-interval: expected 0 (no polling) or a number >= 0.1 and <= 86400, "
          "got 1e-9"),
+        # a connection a millisecond: every client told GOAWAY, and reconnecting, without pause
+        (["--max-connection-age", "1e-9"], {},
+         "--max-connection-age: expected 0 (forever) or a number >= 0.1 and <= 86400, "
+         "got 1e-9"),
         (["--batch-delay-us", "10000000000000"], {},
          "--batch-delay-us: expected an integer >= 0 and <= 1000000, got 10000000000000"),
         (["--max-message-bytes", "3000000000"], {},  # was a traceback from gRPC's C int
@@ -69,6 +73,11 @@ def test_a_poll_interval_of_0_is_no_polling_and_of_0_1_s_or_more_is_taken(model_
     with pytest.raises(ValueError, match=r"^--poll-interval: expected 0 \(no polling\) or a "
                        r"number >= 0.1 and <= 86400, got 0.05$"):
         Settings(model_repository=model_repository, poll_interval=0.05)
+
+
+def test_a_connection_age_of_0_is_forever_and_of_0_1_s_or_more_is_taken():
+    for text, seconds in (("0", 0.0), ("0.1", 0.1), ("86400", 86400.0)):
+        assert settings_from(["--max-connection-age", text], {}).max_connection_age == seconds
 
 
 def test_a_choice_is_taken_in_any_case_and_kept_as_written(tmp_path):
