@@ -123,6 +123,7 @@ def test_an_env_var_no_setting_reads_is_named_in_a_warning(model_repository, mon
     monkeypatch.setenv("FMNIST_GRACE_PERIOD", "1")
     with server_process(model_repository, "--workers", "1") as (_, logs):
         logs.wait_for("serving")
-        warnings = [line for line in logs.lines if line.get("level") == "WARNING"]
-    assert [line["message"] for line in warnings] == [
+        warnings = [line["message"] for line in logs.lines if line.get("level") == "WARNING"]
+    # (a tree without the native server built warns of that too)
+    assert [text for text in warnings if text.startswith("FMNIST_")] == [
         "FMNIST_METRIC_PORT: not a setting of fmnist-serve; ignored"]
