@@ -82,8 +82,10 @@ def _off_or_at_least(minimum: float, off: str):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server is configured with; nothing else is read at run time but
-    $FMNIST_DATA_DIR, the web page's test images when --test-images-dir is not given."""
+    """Everything the server is configured with. Of the environment, only these are read
+    besides: $FMNIST_DATA_DIR (the web page's test images when --test-images-dir is not given),
+    $GRPC_VERBOSITY (gRPC's own log) and $PROMETHEUS_MULTIPROC_DIR (set by the supervisor
+    for its workers)."""
 
     host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
     port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
