@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from serving.workers_metrics import MULTIPROCESS_ENV, http_server
@@ -41,6 +42,7 @@ from serving.workers_metrics import MULTIPROCESS_ENV, http_server
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
+disable_created_metrics()  # one process's series as several workers' (whose files keep none)
 REQUESTS = Counter("fmnist_requests", "calls answered (gRPC and HTTP), by API, method, model "
                    "and status code", ["api", "method", "model", "code"])
 REQUEST_SECONDS = Histogram("fmnist_request_duration_seconds", "call latency in the server",

@@ -260,7 +260,8 @@ def test_one_process_serves_its_metrics_whatever_prometheus_multiproc_dir_says(
         model_repository, tmp_path, monkeypatch):
     """PROMETHEUS_MULTIPROC_DIR left in the environment (another program's, a base image's)
     made a one-process server take itself for a supervised worker: --metrics-port served
-    nothing (connection refused) and no line said why, while its metrics went to files there."""
+    nothing (connection refused) and no line said why, while its metrics went to files there.
+    Its series are those of several workers: it had a ``*_created`` gauge per series too."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     port = free_port()
     with server_process(model_repository, "--workers", "1", "--metrics-port", str(port),
@@ -273,4 +274,5 @@ def test_one_process_serves_its_metrics_whatever_prometheus_multiproc_dir_says(
     assert value(samples, "fmnist_requests_total", api="domain", method="Classify",
                  model="mlp", code="OK") == 1
     assert value(samples, "process_resident_memory_bytes") > 0  # this process's own
+    assert [name for name, _ in samples if name.endswith("_created")] == []
     assert list(tmp_path.iterdir()) == []
