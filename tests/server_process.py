@@ -2,11 +2,13 @@
 its JSON log lines (``Logs``) and its child processes (``children``)."""
 
 import contextlib
+import errno
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 
@@ -77,3 +79,23 @@ def thread_states(pid: int) -> list[str]:
             syscall = (task / "syscall").read_text().split()[0] if os.geteuid() == 0 else "?"
             states.append(f"{task.name} {name} {state} {(task / 'wchan').read_text()} {syscall}")
     return states
+
+
+@contextlib.contextmanager
+def held_in_read(fifo: Path, timeout: float = 30):
+    """Waits until a process has opened ``fifo`` to read (a worker loading it as a manifest),
+    then keeps it waiting in read() until the block ends: "stuck by now" without guessing a
+    sleep, which a loaded machine outlasted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while nobody reads
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    try:
+        yield
+    finally:
+        os.close(writer)

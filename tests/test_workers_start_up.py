@@ -20,7 +20,7 @@ import pytest
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.worker_process import READY, StartReport, signals_held
-from tests.server_process import children, server_process, thread_states
+from tests.server_process import children, held_in_read, server_process, thread_states
 
 
 def test_holding_signals_over_a_fork_restores_the_mask_it_found():
@@ -80,9 +80,8 @@ def test_sigterm_while_a_worker_hangs_in_start_up_stops_the_server(repository_co
     manifest = repository_copy / "softmax" / "1" / "model.json"
     manifest.unlink()
     os.mkfifo(manifest)
-    with server_process(repository_copy, "--workers", "2",
-                        "--grace-period", "1") as (process, logs):
-        time.sleep(1.0)  # the workers are stuck in the FIFO by now
+    with (server_process(repository_copy, "--workers", "2",
+                         "--grace-period", "1") as (process, logs), held_in_read(manifest)):
         process.send_signal(signal.SIGTERM)
         logs.wait_for("shutdown requested", timeout=10)
         assert process.wait(1 + 5 + 10) == 0  # grace, the supervisor's margin, slack
@@ -95,8 +94,8 @@ def test_a_worker_that_dies_in_start_up_is_named_with_how_it_died(repository_cop
     manifest = repository_copy / "softmax" / "1" / "model.json"
     manifest.unlink()
     os.mkfifo(manifest)  # the workers hang loading it
-    with server_process(repository_copy, "--workers", "2") as (process, logs):
-        time.sleep(1.0)
+    with (server_process(repository_copy, "--workers", "2") as (process, logs),
+          held_in_read(manifest)):
         victim = children(process.pid)[0]
         os.kill(victim, signal.SIGKILL)
         assert process.wait(30) == 1
@@ -169,13 +168,14 @@ def test_sigterm_stops_a_server_whose_watcher_is_stuck_reading_the_repository(
         stuck = repository_copy / "mlp" / "9"
         stuck.mkdir()
         os.mkfifo(stuck / "model.json")
-        time.sleep(1.0)  # a poll has opened it by now
-        process.send_signal(signal.SIGTERM)
-        try:
-            assert process.wait(15) == 0
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running 15 s after SIGTERM; its threads (tid name state wchan "
-                        f"syscall): {thread_states(process.pid)}; its log: {logs.lines[-12:]}")
+        with held_in_read(stuck / "model.json"):  # by a poll of the watcher
+            process.send_signal(signal.SIGTERM)
+            try:
+                assert process.wait(15) == 0
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 15 s after SIGTERM; its threads (tid name state "
+                            f"wchan syscall): {thread_states(process.pid)}; its log: "
+                            f"{logs.lines[-12:]}")
     assert logs.wait_for(
         "the repository watcher is still reading or loading the repository; left behind")
 
