@@ -4,11 +4,7 @@ checks, expected accuracy, and one model version per run."""
 import csv
 import gzip
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
@@ -19,14 +15,6 @@ from tests.conftest import reference
 
 HOW_TO_GET = ("install them with `apt-get install dataset-fashion-mnist`, or point --data-dir (or "
               "FMNIST_DATA_DIR) at a directory holding Fashion-MNIST's IDX files")
-
-
-def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
-    """The check that --csv can be written made the file: a failed run left it empty."""
-    assert cli.main(["score", "--target", "127.0.0.1:9", "--timeout", "2", "--limit", "10",
-                     "--no-progress", "--csv", str(tmp_path / "p.csv")]) == 1
-    assert "UNAVAILABLE" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_answers_from_two_versions_are_not_joined_as_one(target, test_set):
@@ -71,53 +59,6 @@ def test_score_a_slice_prints_accuracies_and_writes_csv(target, tmp_path, capsys
     assert [int(row["model_label"]) for row in table] == model_labels.tolist()
     assert table[0]["index"] == "100" and int(table[0]["true_label"]) == labels[0]
     assert all(len(row["model_probability"]) <= 8 for row in table)  # 6 decimals, no float32 tail
-
-
-@pytest.mark.parametrize(("where", "reason"), [("no/such/dir.csv", "No such file or directory"),
-                                               (".", "Is a directory")])
-def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, where, reason):
-    """It scored every image, then failed writing and printed nothing of the run."""
-    status = cli.main(["score", "--target", target, "--limit", "10", "--no-progress",
-                       "--csv", str(tmp_path / where)])
-    assert status == 2
-    assert capsys.readouterr().err == (
-        f"fmnist score: error: --csv {tmp_path / where}: {reason}\n")
-
-
-def _score_five(target: str, csv_path, **run) -> subprocess.CompletedProcess:
-    """``fmnist score`` of 5 images in a process of its own, ``--csv csv_path``."""
-    return subprocess.run([sys.executable, "-m", "serving.client", "score", "--target", target,
-                           "--limit", "5", "--no-progress", "--csv", str(csv_path)],
-                          timeout=30, check=False, **run)
-
-
-@pytest.mark.parametrize("into", ["file", "pipe"])
-def test_the_csv_goes_to_stdout_whole_before_the_summary(target, tmp_path, into):
-    """`--csv /dev/stdout > out.txt`: the file opened again was truncated and written from its
-    start, then the summary printed over the CSV's first lines."""
-    with open(tmp_path / "out.txt", "w") as out:
-        result = _score_five(target, "/dev/stdout", text=True,
-                             stdout=out if into == "file" else subprocess.PIPE)
-    assert result.returncode == 0
-    lines = (result.stdout or (tmp_path / "out.txt").read_text()).splitlines()
-    assert [line.split(",")[0] for line in lines[:6]] == ["index", "0", "1", "2", "3", "4"]
-    assert lines[6].startswith("images ") and lines[-1].split() == ["predictions", "/dev/stdout"]
-
-
-def test_the_csv_goes_into_a_named_pipe(target, tmp_path):
-    """The check that --csv can be written opened and closed the pipe: its reader took that
-    for the end, and writing the CSV then waited for another reader forever."""
-    os.mkfifo(tmp_path / "fifo")
-    read = []
-    reader = threading.Thread(target=lambda: read.append((tmp_path / "fifo").read_text()))
-    reader.start()
-    try:
-        assert _score_five(target, tmp_path / "fifo", capture_output=True).returncode == 0
-    finally:
-        if reader.is_alive():  # the writer never came: let the reader end
-            os.close(os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK))
-        reader.join()
-    assert read[0].splitlines()[0].startswith("index,") and len(read[0].splitlines()) == 6
 
 
 def test_score_refuses_a_test_set_that_is_not_fashion_mnist(target, capsys, tmp_path):

@@ -141,8 +141,9 @@ def _check_csv(path: Path) -> None:
 
 def _std_stream(path: Path) -> TextIO | None:
     """sys.stdout (or stderr) when ``path`` is where it writes (/dev/stdout): opened again, a
-    file it went to was truncated and written from its start, under the summary."""
-    for stream in (sys.stdout, sys.stderr):
+    file it went to was truncated and written from its start, under the summary. A
+    stream closed when the command started (>&-) is None, passed over."""
+    for stream in filter(None, (sys.stdout, sys.stderr)):
         with contextlib.suppress(OSError, ValueError):  # no such file; no file under the stream
             if os.path.samestat(os.stat(path), os.fstat(stream.fileno())):
                 return stream

@@ -1,0 +1,80 @@
+"""``fmnist score --csv``: the path checked before the scoring, and every answer written whole
+wherever it goes (a file, stdout, a named pipe), whatever the command's own streams are."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from serving.client import cli
+
+
+def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
+    """The check that --csv can be written made the file: a failed run left it empty."""
+    assert cli.main(["score", "--target", "127.0.0.1:9", "--timeout", "2", "--limit", "10",
+                     "--no-progress", "--csv", str(tmp_path / "p.csv")]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("where", "reason"), [("no/such/dir.csv", "No such file or directory"),
+                                               (".", "Is a directory")])
+def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, where, reason):
+    """It scored every image, then failed writing and printed nothing of the run."""
+    status = cli.main(["score", "--target", target, "--limit", "10", "--no-progress",
+                       "--csv", str(tmp_path / where)])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: --csv {tmp_path / where}: {reason}\n")
+
+
+def _score_five(target: str, csv_path, prefix=(), **run) -> subprocess.CompletedProcess:
+    """``fmnist score`` of 5 images in a process of its own (run by ``prefix``), ``--csv
+    csv_path``."""
+    return subprocess.run([*prefix, sys.executable, "-m", "serving.client", "score", "--target",
+                           target, "--limit", "5", "--no-progress", "--csv", str(csv_path)],
+                          timeout=30, check=False, **run)
+
+
+@pytest.mark.parametrize("into", ["file", "pipe"])
+def test_the_csv_goes_to_stdout_whole_before_the_summary(target, tmp_path, into):
+    """`--csv /dev/stdout > out.txt`: the file opened again was truncated and written from its
+    start, then the summary printed over the CSV's first lines."""
+    with open(tmp_path / "out.txt", "w") as out:
+        result = _score_five(target, "/dev/stdout", text=True,
+                             stdout=out if into == "file" else subprocess.PIPE)
+    assert result.returncode == 0
+    lines = (result.stdout or (tmp_path / "out.txt").read_text()).splitlines()
+    assert [line.split(",")[0] for line in lines[:6]] == ["index", "0", "1", "2", "3", "4"]
+    assert lines[6].startswith("images ") and lines[-1].split() == ["predictions", "/dev/stdout"]
+
+
+def test_the_csv_goes_into_a_named_pipe(target, tmp_path):
+    """The check that --csv can be written opened and closed the pipe: its reader took that
+    for the end, and writing the CSV then waited for another reader forever."""
+    os.mkfifo(tmp_path / "fifo")
+    read = []
+    reader = threading.Thread(target=lambda: read.append((tmp_path / "fifo").read_text()))
+    reader.start()
+    try:
+        assert _score_five(target, tmp_path / "fifo", capture_output=True).returncode == 0
+    finally:
+        if reader.is_alive():  # the writer never came: let the reader end
+            os.close(os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+    assert read[0].splitlines()[0].startswith("index,") and len(read[0].splitlines()) == 6
+
+
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_csv_file_is_written_over_with_stdout_or_stderr_closed(target, tmp_path, closed):
+    """`fmnist score --csv old.csv >&-` (or 2>&-, as some jobs run it) said "fmnist score:
+    error: 'NoneType' object has no attribute 'fileno'": Python has no sys.stdout then."""
+    (tmp_path / "old.csv").write_text("an earlier run's\n")
+    result = _score_five(target, tmp_path / "old.csv", capture_output=True, text=True,
+                         prefix=["sh", "-c", f'exec "$@" {closed}>&-', "sh"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "old.csv").read_text().splitlines()[-1].startswith("4,")
