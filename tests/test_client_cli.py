@@ -274,7 +274,8 @@ def test_a_target_without_a_port_is_refused_naming_the_flag(capsys, monkeypatch,
 def test_targets_with_a_port_reach_the_server_as_before(target, capsys):
     port = target.rsplit(":", 1)[1]
     for address in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"dns:127.0.0.1:{port}",
-                    f"ipv4:127.0.0.1:{port}"):
+                    f"ipv4:127.0.0.1:{port}", f"DNS:///127.0.0.1:{port}",  # any case, as gRPC's
+                    f"IPv4:127.0.0.1:{port},127.0.0.1:9"):
         assert cli.main(["health", "--target", address]) == 0, capsys.readouterr().err
     for address in ("[::1]:9", "unix:/nonexistent/fmnist.sock"):  # taken, and nothing there
         assert cli.main(["health", "--target", address, "--timeout", "1"]) == 1

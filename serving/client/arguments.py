@@ -37,13 +37,16 @@ class IndicesThenFiles(argparse.Action):
 def grpc_target(text: str) -> str:
     """A gRPC target (HOST:PORT, or a gRPC name such as dns:///NAME:PORT), not a URL, and
     with a port: gRPC's default is 443 and fmnist-serve's 50051, so `--target myhost` went to
-    443 without a word (grpcurl refuses it too). Other gRPC names (unix:PATH) as they are."""
-    if text.lower().startswith(("http://", "https://")):
+    443 without a word (grpcurl refuses it too). Other gRPC names (unix:PATH) as they are.
+    A scheme in any case, as gRPC takes it (DNS:///NAME:PORT)."""
+    lowered = text.lower()
+    if lowered.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
-    if text.startswith(GRPC_SCHEMES):
+    if lowered.startswith(GRPC_SCHEMES):
         return text
-    address = text.removeprefix("dns:")  # dns:HOST:PORT, dns://AUTHORITY/HOST:PORT
+    # dns:HOST:PORT, dns://AUTHORITY/HOST:PORT
+    address = text[len("dns:"):] if lowered.startswith("dns:") else text
     host, colon, port = (address[2:].partition("/")[2] if address.startswith("//")
                          else address).rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")  # [IPv6]:PORT
