@@ -62,16 +62,23 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
     ``argv`` (default ``sys.argv[1:]``), else ``FMNIST_OUT=x`` if that is set, so that an error
     points where to change it (a container's or CI job's variables), not at a flag nobody
     typed."""
-    variable = env_var(flag.removeprefix("--").replace("-", "_"))
+    variable = _variable(flag)
     return (f"{variable}={value}" if os.environ.get(variable) and not typed(flag, argv)
             else f"{flag} {value}")
 
 
 def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
     """Whether ``flag`` is on the command line ``argv`` (default ``sys.argv[1:]``), as itself or
-    as argparse's abbreviation of it (which argparse took: an ambiguous one it refuses)."""
+    as argparse's abbreviation of it (which argparse took: an ambiguous one it refuses; another
+    option's whole name is that option, as --tls is not --tls-ca)."""
     return any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
-               and flag.startswith(name) for arg in (sys.argv[1:] if argv is None else argv))
+               and (name == flag or (flag.startswith(name) and _variable(name) not in READ))
+               for arg in (sys.argv[1:] if argv is None else argv))
+
+
+def _variable(flag: str) -> str:
+    """``--tls-ca`` -> ``FMNIST_TLS_CA``."""
+    return env_var(flag.removeprefix("--").replace("-", "_"))
 
 
 def unrecognized(args: Sequence[str]) -> str:

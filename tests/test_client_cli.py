@@ -218,6 +218,8 @@ def test_a_client_certificate_without_its_key_is_a_usage_error(capsys, monkeypat
     (["--tls-cert", "/dev/null", "--tls-key", "/nonexistent/client.key"], {},
      "--tls-key /nonexistent/client.key: No such file or directory"),
     (["--tls-key", "/dev/null"], {"FMNIST_TLS_CERT": "/"}, "FMNIST_TLS_CERT=/: Is a directory"),
+    (["--tls"], {"FMNIST_TLS_CA": "/nonexistent/ca.pem"},  # --tls is no --tls-ca abbreviated
+     "FMNIST_TLS_CA=/nonexistent/ca.pem: No such file or directory"),
 ])
 def test_a_tls_file_that_cannot_be_read_is_named_by_its_flag(capsys, monkeypatch, flags,
                                                              environ, message):
