@@ -282,3 +282,13 @@ def test_targets_with_a_port_reach_the_server_as_before(target, capsys):
     for address in ("[::1]:9", "unix:/nonexistent/fmnist.sock"):  # taken, and nothing there
         assert cli.main(["health", "--target", address, "--timeout", "1"]) == 1
         assert capsys.readouterr().err.startswith("fmnist health: error: UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize("address", ["grpc://127.0.0.1:50051", "passthrough:///127.0.0.1:50051"])
+def test_a_target_of_a_scheme_grpc_lacks_is_refused_as_such(capsys, address):
+    """It was refused as "without a port gRPC tries 443", though it had one."""
+    with pytest.raises(SystemExit):
+        cli.main(["health", "--target", address])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fmnist health: error: argument --target: expected HOST:PORT or a gRPC name such as "
+        f"dns:///NAME:PORT, got {address!r}: gRPC has no {address.partition(':')[0]}: scheme")

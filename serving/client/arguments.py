@@ -6,7 +6,7 @@ import argparse
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
-GRPC_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "xds:")
+GRPC_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "xds:", "google-c2p:")
 
 
 class Placed(str):
@@ -45,6 +45,11 @@ def grpc_target(text: str) -> str:
                                          f"server's --port), not an HTTP URL, got {text!r}")
     if lowered.startswith(GRPC_SCHEMES):
         return text
+    scheme, slashes, _ = text.partition("://")
+    if slashes and not lowered.startswith("dns:"):  # grpc://, passthrough:// (grpc-go's)
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or a gRPC name such as "
+                                         f"dns:///NAME:PORT, got {text!r}: gRPC has no "
+                                         f"{scheme}: scheme")
     # dns:HOST:PORT, dns://AUTHORITY/HOST:PORT
     address = text[len("dns:"):] if lowered.startswith("dns:") else text
     host, colon, port = (address[2:].partition("/")[2] if address.startswith("//")
