@@ -84,14 +84,16 @@ def _variable(flag: str) -> str:
 def unrecognized(args: Sequence[str]) -> str:
     """argparse's "unrecognized arguments: ..." without what may be an unknown flag's value:
     a mistyped --auth-token's secret went to stderr, hence to the logs. The flags are named,
-    the words after the first one and a flag's "=..." counted, not shown."""
+    the words after the first one (but --flags) and a flag's "=..." (-x's "...") counted, not
+    shown: a token may start with "-"."""
     shown, hidden = [], 0
     for arg in args:
-        if arg.startswith("-"):
-            name, equals, _ = arg.partition("=")
+        after_flag = any(word.startswith("-") for word in shown)
+        if arg.startswith("--") or (arg.startswith("-") and not after_flag):
+            name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
             shown.append(name)
-            hidden += bool(equals)
-        elif any(word.startswith("-") for word in shown):  # a flag's value, maybe
+            hidden += name != arg
+        elif after_flag:  # a flag's value, maybe
             hidden += 1
         else:
             shown.append(arg)

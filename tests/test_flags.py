@@ -148,6 +148,9 @@ def test_help_shows_no_empty_or_second_default(capsys, argv):
     ("fmnist", ["health", "--tokn", "s3cret"], "--tokn (1 value not shown)"),
     ("fmnist", ["--tokn=s3cret", "models"], "--tokn (1 value not shown)"),
     ("fmnist-train", ["--out", "repository", "--ot", "s3cret"], "--ot (1 value not shown)"),
+    # a token may start with "-" (1 in 64 of secrets.token_urlsafe()'s), or be stuck to -t
+    ("fmnist-serve", ["--auth-tokn", "-s3cret"], "--auth-tokn (1 value not shown)"),
+    ("fmnist", ["health", "-ts3cret", "--bogus"], "-t --bogus (1 value not shown)"),
 ])
 def test_an_unknown_flag_is_named_without_the_values_after_it(capsys, program, argv, named):
     """`fmnist-serve --auth-tokn SECRET` said "unrecognized arguments: --auth-tokn SECRET": a
