@@ -266,7 +266,7 @@ def grpc_server(implementation: str, threads: int,
 
             return NativeServer(threads, interceptors, (max_message_bytes, reuse_port, age_ms),
                                 max_running)
-        log.warning("native gRPC server not built, grpcio serves: %s", native.UNAVAILABLE_REASON)
+        log.warning("grpcio serves: the native gRPC server is %s", native.UNAVAILABLE_REASON)
     return GrpcioServer(grpc.server(
         ThreadPoolExecutor(threads, thread_name_prefix="grpc-call"),
         interceptors=[_DrainRefusedStreams(), *interceptors],

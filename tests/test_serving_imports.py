@@ -6,8 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from tests.server_process import server_process
 
@@ -84,19 +87,29 @@ def test_onnxruntime_sends_no_telemetry_and_writes_nothing_under_home(tmp_path,
         assert list(home.rglob("*")) == [], package
 
 
-def test_a_tree_without_the_native_server_says_plainly_how_to_build_it(model_repository,
-                                                                         tmp_path, monkeypatch):
+@pytest.mark.parametrize("extension, state", [
+    (None, "not built"),
+    (b"not an ELF file", "built but cannot be loaded"),  # a stale or foreign build
+])
+def test_a_tree_without_the_native_server_says_plainly_how_to_build_it(
+        model_repository, tmp_path, monkeypatch, extension, state):
     """The start-up warning quoted Python's ImportError, "cannot import name '_server' from
     partially initialized module 'serving.native' (most likely due to a circular import)",
-    which a newcomer read as a bug. Here the server runs from a copy of the tree without the
-    built extension."""
+    which a newcomer read as a bug; one that could not be loaded was said to be "not built".
+    Here the server runs from a copy of the tree without the built extension, or with one
+    that cannot be loaded."""
     root = Path(__file__).resolve().parent.parent
     for package in ("serving", "common"):
         shutil.copytree(root / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("_server*.so", "__pycache__"))
+    if extension is not None:
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        (tmp_path / "serving" / "native" / f"_server{suffix}").write_bytes(extension)
     monkeypatch.chdir(tmp_path)  # python -m serving imports the copy
     with server_process(model_repository, "--workers", "1", "--http-port", "0") as (_, logs):
         assert logs.wait_for("serving")[0]["transport"] == "grpcio"
     warnings = [line["message"] for line in logs.lines if line.get("level") == "WARNING"]
-    assert warnings == ["native gRPC server not built, grpcio serves: to build it, install "
-                        "g++, pkg-config and libgrpc++-dev, then pip install -e ."]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"grpcio serves: the native gRPC server is {state}"), warnings
+    assert warnings[0].endswith("; to build it, install g++, pkg-config and libgrpc++-dev, then "
+                                "pip install -e .")

@@ -55,8 +55,9 @@ try:
     import serving.native._server as _server  # noqa: PLR0402
 except ImportError as error:  # grpcio serves; Python's words only if built but not loadable
     _server = None
-    UNAVAILABLE_REASON = ("" if isinstance(error, ModuleNotFoundError) else f"{error}; ") + (
-        "to build it, install g++, pkg-config and libgrpc++-dev, then pip install -e .")
+    UNAVAILABLE_REASON = ("not built" if isinstance(error, ModuleNotFoundError) else
+                          f"built but cannot be loaded ({error})") + (
+        "; to build it, install g++, pkg-config and libgrpc++-dev, then pip install -e .")
 
 
 def available() -> bool:
