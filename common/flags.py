@@ -131,6 +131,9 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+AMBIGUOUS = "ambiguous option: "  # argparse's words
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless
     told otherwise (``DefaultsHelpFormatter``), unknown flags named without their values
@@ -144,6 +147,15 @@ class ArgumentParser(argparse.ArgumentParser):
         if extras:
             self.error(unrecognized(extras))
         return parsed
+
+    def error(self, message: str):
+        """An ambiguous ``--t=SECRET`` named without its value, as an unknown flag is."""
+        if message.startswith(AMBIGUOUS):  # the matches, after the last " could match ", are
+            option, _, matches = message.removeprefix(AMBIGUOUS).rpartition(" could match ")
+            name = option.partition("=")[0]  # flags; the value before them may be anything
+            message = (f"{AMBIGUOUS}{name}{' (its value not shown)' * (name != option)} could "
+                       f"match {matches}")
+        super().error(message)
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,

@@ -169,6 +169,19 @@ def test_an_unknown_flag_is_named_without_the_values_after_it(capsys, program, a
     assert f"{program}: error: unrecognized arguments: {named}" in error
 
 
+def test_an_ambiguous_flag_is_named_without_its_value(capsys):
+    """`fmnist health --t=SECRET` (--target, --timeout, --token?) put the secret on stderr."""
+    from serving.client import cli as client
+
+    with pytest.raises(SystemExit) as refused:
+        client.main(["health", "--t=s3cret could match"])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert "s3cret" not in error
+    assert ("fmnist health: error: ambiguous option: --t (its value not shown) could match "
+            "--target, --timeout,") in error
+
+
 def test_number_in_says_its_bounds_as_written():
     """An int's bounds in full (it said <= 9.22337e+18), a float's as %g; nan and inf never."""
     from common.flags import number_in
