@@ -92,8 +92,9 @@ def held_in_read(fifo: Path, timeout: float = 30):
             writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while nobody reads
             break
         except OSError as error:
-            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+            if error.errno != errno.ENXIO:
                 raise
+            assert time.monotonic() < deadline, f"nobody opened {fifo} to read in {timeout} s"
             time.sleep(0.02)
     try:
         yield
