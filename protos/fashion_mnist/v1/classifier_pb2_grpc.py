@@ -27,6 +27,14 @@ if _version_not_supported:
 
 class ClassifierStub:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
+
+    Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
+    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    without "authorization: Bearer TOKEN" metadata when the server has a token;
+    RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
+    or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
+    another replica, or the restarted server, answers); DEADLINE_EXCEEDED and CANCELLED as gRPC
+    gives them.
     """
 
     def __init__(self, channel):
@@ -59,10 +67,20 @@ class ClassifierStub:
 
 class ClassifierServicer:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
+
+    Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
+    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    without "authorization: Bearer TOKEN" metadata when the server has a token;
+    RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
+    or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
+    another replica, or the restarted server, answers); DEADLINE_EXCEEDED and CANCELLED as gRPC
+    gives them.
     """
 
     def Classify(self, request, context):
-        """Classifies a batch of images with one model and the baseline.
+        """Classifies a batch of images with one model and the baseline. INVALID_ARGUMENT: an image
+        not of 784 bytes, no image, more than --max-request-images, a negative version.
+        NOT_FOUND: a model or version that is not loaded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,8 +88,9 @@ class ClassifierServicer:
 
     def ClassifyStream(self, request_iterator, context):
         """Classifies a stream of batches, for scoring many images over one call. Each request gets
-        exactly one response, in request order. An invalid request ends the stream with its error,
-        which names it: "request 2 ('its request_id'): ...".
+        exactly one response, in request order. The first invalid request ends the stream with
+        Classify's status for it, its message prefixed with the request's place, counted from 0,
+        and its request_id if set: "request 2 ('its request_id'): images[0]: ..." is the third.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +104,9 @@ class ClassifierServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Describes one loaded model version (by default the newest).
+        """Describes one loaded model version (by default the newest). NOT_FOUND: a name that is
+        not loaded (an empty one too), or a version that is not; INVALID_ARGUMENT: a negative
+        version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +145,14 @@ def add_ClassifierServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Classifier:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
+
+    Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
+    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    without "authorization: Bearer TOKEN" metadata when the server has a token;
+    RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
+    or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
+    another replica, or the restarted server, answers); DEADLINE_EXCEEDED and CANCELLED as gRPC
+    gives them.
     """
 
     @staticmethod
