@@ -26,7 +26,13 @@ if _version_not_supported:
 
 
 class GRPCInferenceServiceStub:
-    """The inference endpoints. Errors are reported through the gRPC status code and message.
+    """The inference endpoints. Errors are reported through the gRPC status code and a one-line
+    message naming the field at fault, as the domain API's: INVALID_ARGUMENT for a request
+    that does not fit the model (input name, datatype, shape, data size, raw and typed data
+    mixed, unknown outputs, more images than max_batch_size) or a version string that is not
+    "" or an integer from 1 to 2**63-1; NOT_FOUND for a model or version that is not loaded;
+    UNAUTHENTICATED, RESOURCE_EXHAUSTED and UNAVAILABLE as on fashion_mnist.v1.Classifier
+    (ServerLive and ServerReady, health, need no token).
     """
 
     def __init__(self, channel):
@@ -83,7 +89,13 @@ class GRPCInferenceServiceStub:
 
 
 class GRPCInferenceServiceServicer:
-    """The inference endpoints. Errors are reported through the gRPC status code and message.
+    """The inference endpoints. Errors are reported through the gRPC status code and a one-line
+    message naming the field at fault, as the domain API's: INVALID_ARGUMENT for a request
+    that does not fit the model (input name, datatype, shape, data size, raw and typed data
+    mixed, unknown outputs, more images than max_batch_size) or a version string that is not
+    "" or an integer from 1 to 2**63-1; NOT_FOUND for a model or version that is not loaded;
+    UNAUTHENTICATED, RESOURCE_EXHAUSTED and UNAVAILABLE as on fashion_mnist.v1.Classifier
+    (ServerLive and ServerReady, health, need no token).
     """
 
     def ServerLive(self, request, context):
@@ -101,7 +113,8 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelReady(self, request, context):
-        """Whether one model (optionally one version of it) is ready to run inference.
+        """Whether one model (optionally one version of it) is ready to run inference: ready false,
+        not NOT_FOUND, for a model or version that is not loaded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,8 +143,10 @@ class GRPCInferenceServiceServicer:
 
     def ModelStreamInfer(self, request_iterator, context):
         """Triton extension: ModelInfer over one stream, each request answered in order; a refused
-        request is answered with its error_message and the stream goes on (tritonclient's
-        start_stream / async_stream_infer, perf_analyzer --streaming).
+        request is answered with its error_message (the message ModelInfer's status would carry;
+        no status code) and the stream goes on (tritonclient's start_stream /
+        async_stream_infer, perf_analyzer --streaming). Bytes that do not parse as a
+        ModelInferRequest end the stream with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,7 +161,8 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelStatistics(self, request, context):
-        """Triton extension: cumulative request, queue and compute statistics per model version.
+        """Triton extension: cumulative request, queue and compute statistics per model version. A
+        version without a model name is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,7 +225,13 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GRPCInferenceService:
-    """The inference endpoints. Errors are reported through the gRPC status code and message.
+    """The inference endpoints. Errors are reported through the gRPC status code and a one-line
+    message naming the field at fault, as the domain API's: INVALID_ARGUMENT for a request
+    that does not fit the model (input name, datatype, shape, data size, raw and typed data
+    mixed, unknown outputs, more images than max_batch_size) or a version string that is not
+    "" or an integer from 1 to 2**63-1; NOT_FOUND for a model or version that is not loaded;
+    UNAUTHENTICATED, RESOURCE_EXHAUSTED and UNAVAILABLE as on fashion_mnist.v1.Classifier
+    (ServerLive and ServerReady, health, need no token).
     """
 
     @staticmethod
