@@ -207,17 +207,19 @@ async def test_statistics_of_a_version_need_the_model_name(v2):
 @pytest.mark.parametrize("version", ["9" * 5000, "9223372036854775808"])
 async def test_a_version_past_int64_is_invalid_argument_on_every_method(v2, version):
     """int() refuses more than 4300 digits: each method crashed INTERNAL, with a traceback
-    logged per call."""
-    calls = [v2.ModelInfer(raw_request(model_version=version)),
-             v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=version)),
-             v2.ModelConfig(pb.ModelConfigRequest(name="mlp", version=version)),
-             v2.ModelStatistics(pb.ModelStatisticsRequest(name="mlp", version=version)),
-             v2.ModelReady(pb.ModelReadyRequest(name="mlp", version=version))]
-    for call in calls:
+    logged per call. The message names the request's own field: ModelInferRequest's
+    model_version, the others' version (all said model_version, a field they lack)."""
+    calls = [(v2.ModelInfer(raw_request(model_version=version)), "model_version"),
+             (v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=version)), "version"),
+             (v2.ModelConfig(pb.ModelConfigRequest(name="mlp", version=version)), "version"),
+             (v2.ModelStatistics(pb.ModelStatisticsRequest(name="mlp", version=version)),
+              "version"),
+             (v2.ModelReady(pb.ModelReadyRequest(name="mlp", version=version)), "version")]
+    for call, field in calls:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert refused.value.details().startswith("model_version: expected")
+        assert refused.value.details().startswith(f"{field}: expected")
 
 
 def test_model_config_says_the_batching_its_version_runs_with(model_repository):

@@ -61,15 +61,16 @@ class InferenceAPI:
         """Every model if the name is "", every loaded version if the version is ""."""
         if request.version and not request.name:
             raise InvalidArgument("name: a version needs the model it belongs to, got none")
-        names = ([self._registry.get(request.name, parse_version(request.version)).name]
+        version = parse_version(request.version)
+        names = ([self._registry.get(request.name, version).name]
                  if request.name else self._registry.names)
-        versions = ([(names[0], parse_version(request.version))] if request.version
-                    else [(name, version) for name in names
-                          for version in self._registry.versions(name)])
+        versions = ([(names[0], version)] if version else
+                    [(name, number) for name in names for number in self._registry.versions(name)])
         return encode_statistics(model_statistics(versions))
 
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:  # noqa: N802 (the protocol's name)
-        model = self._registry.get(request.model_name, parse_version(request.model_version))
+        version = parse_version(request.model_version, "model_version")
+        model = self._registry.get(request.model_name, version)
         query = decode_infer_request(request, model, self._max_request_images)
         return encode_infer_response(query, model, model.predict(query.images, call))
 

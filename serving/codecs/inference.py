@@ -49,13 +49,13 @@ class InferQuery:
     raw: bool
 
 
-def parse_version(version: str) -> int:
+def parse_version(version: str, field: str = "version") -> int:
     """The protocol's version string ("" = the newest) -> the repository's integer (0 =
-    newest)."""
+    newest); ``field`` names it in the request (ModelInferRequest's is model_version)."""
     if version == "":
         return 0
     if not is_version_name(version) or len(version) > 19 or not 1 <= int(version) <= MAX_VERSION:
-        raise InvalidArgument(f"model_version: expected \"\" (the newest) or an integer from 1 "
+        raise InvalidArgument(f"{field}: expected \"\" (the newest) or an integer from 1 "
                               f"to 2**63-1, got {version[:40]!r}")
     return int(version)
 
