@@ -4,7 +4,8 @@ which needs every control named and each answer announced."""
 
 from selenium.webdriver.common.by import By
 
-from tests.test_http_page import browser, opened_with_models, served
+from tests.http_helpers import http_server, http_settings
+from tests.test_http_page import browser, opened_with_models, served, wait_for
 
 __all__ = ["browser", "served"]  # the fixtures this module's tests take
 
@@ -17,3 +18,19 @@ def test_every_control_has_a_name_a_screen_reader_says(served, browser):
     unnamed = [control.get_attribute("id") for control in browser.find_elements(
         By.CSS_SELECTOR, "input, select, button, summary") if not control.accessible_name]
     assert unnamed == []
+
+
+def test_a_refused_token_is_said_in_the_pages_words(model_repository, browser):
+    """A guarded server's page said "missing or invalid bearer token (authorization: Bearer
+    TOKEN)", a header its user never writes, whether a token had been typed or not."""
+    with http_server(http_settings(model_repository, auth_token="page-secret")) as (_, url):
+        browser.get(url)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        assert element(By.ID, "error").text == (
+            'this server asks for a token: type it under "Bearer token" below')
+        assert browser.switch_to.active_element.get_attribute("id") == "token"
+        element(By.ID, "token").send_keys("wrong-secret\t")
+        wait_for(browser, lambda: "refused" in element(By.ID, "error").text)
+        assert element(By.ID, "error").text == (
+            'the server refused this token: check it under "Bearer token" below')
