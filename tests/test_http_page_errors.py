@@ -34,3 +34,13 @@ def test_a_refused_token_is_said_in_the_pages_words(model_repository, browser):
         wait_for(browser, lambda: "refused" in element(By.ID, "error").text)
         assert element(By.ID, "error").text == (
             'the server refused this token: check it under "Bearer token" below')
+
+
+def test_a_server_gone_is_said_plainly(model_repository, browser):
+    """A server stopped under the page showed the browser's "Failed to fetch"."""
+    with http_server(http_settings(model_repository)) as (_, url):
+        element = opened_with_models(browser, url)
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text == (
+        f"no answer from the server at {url}: is it still running?")
