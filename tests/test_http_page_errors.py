@@ -44,3 +44,18 @@ def test_a_server_gone_is_said_plainly(model_repository, browser):
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
         f"no answer from the server at {url}: is it still running?")
+
+
+def test_each_answer_is_announced(served, browser):
+    """The answers appeared without a word to a screen reader: nothing on the page that shows
+    them is a live region."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    spoken = browser.execute_script(
+        "return [...document.querySelectorAll('[role=status], [aria-live]')]"
+        ".map((region) => region.textContent).join(' | ')")
+    model = element(By.ID, "model-name").text
+    first = element(By.ID, "model-bars").find_element(By.CLASS_NAME, "bar").text
+    assert f"{model}: {first}" in spoken, spoken
