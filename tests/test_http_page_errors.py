@@ -59,3 +59,24 @@ def test_each_answer_is_announced(served, browser):
     model = element(By.ID, "model-name").text
     first = element(By.ID, "model-bars").find_element(By.CLASS_NAME, "bar").text
     assert f"{model}: {first}" in spoken, spoken
+
+
+def test_a_file_that_is_no_picture_is_named_in_the_pages_words(served, browser, tmp_path):
+    """A text file picked showed 'body: expected a PNG, JPEG, GIF, BMP, WEBP image, or JSON
+    {"images": [[784 integers 0..255], ...]} (...)', the API's words, without the file's name;
+    a file the server refuses is named too."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    element(By.ID, "file").send_keys(str(notes))
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text == (
+        "notes.txt: not a picture the page can read (PNG, JPEG, GIF, BMP or WebP)")
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(5 * 2**20))
+    element(By.ID, "file").send_keys(str(big))
+    wait_for(browser, lambda: "big.bin" in element(By.ID, "error").text)
+    assert element(By.ID, "error").text == (
+        f"big.bin: request body: {5 * 2**20} bytes, over the server's limit of 4194304 "
+        "(--max-message-bytes)")
