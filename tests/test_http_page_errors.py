@@ -1,7 +1,8 @@
 """The web page as a person meets it when something is wrong, in a real headless browser: a
-refused or missing token, a server gone, a file that is no picture; and with a screen reader,
-which needs every control named and each answer announced."""
+refused or missing token, a server gone, a file that is no picture, a long file name on a
+phone; and with a screen reader, which needs every control named and each answer announced."""
 
+from PIL import Image
 from selenium.webdriver.common.by import By
 
 from tests.http_helpers import http_server, http_settings
@@ -80,3 +81,26 @@ def test_a_file_that_is_no_picture_is_named_in_the_pages_words(served, browser, 
     assert element(By.ID, "error").text == (
         f"big.bin: request body: {5 * 2**20} bytes, over the server's limit of 4194304 "
         "(--max-message-bytes)")
+
+
+def test_a_long_file_name_keeps_to_a_phones_width(served, browser, test_set, tmp_path):
+    """A long file name, under the picture or in an error, ran past a 360-pixel-wide phone's
+    screen: the whole page scrolled sideways."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        element = opened_with_models(browser, url)
+        name = "IMG_20261203_101010_0001_" * 4
+        picture, notes = tmp_path / f"{name}.png", tmp_path / f"{name}.txt"
+        Image.fromarray(test_set[0][2]).save(picture)
+        notes.write_text("not a picture")
+        widths = []
+        for path, shown_in in ((picture, "truth"), (notes, "error")):
+            element(By.ID, "file").send_keys(str(path))
+            wait_for(browser, lambda shown_in=shown_in: name in element(By.ID, shown_in).text)
+            widths.append(browser.execute_script(
+                "return document.documentElement.scrollWidth"))
+        assert widths == [360, 360]
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
