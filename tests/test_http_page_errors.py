@@ -104,3 +104,13 @@ def test_a_long_file_name_keeps_to_a_phones_width(served, browser, test_set, tmp
         assert widths == [360, 360]
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_picture_is_an_image_to_a_screen_reader(served, browser):
+    """The canvas had a label but no role: ARIA names no plain canvas, so its label went
+    unsaid."""
+    url, _ = served
+    browser.get(url)
+    picture = browser.find_element(By.ID, "image")
+    assert (picture.aria_role, picture.accessible_name) == (  # Chromium's name for role img
+        "image", "the 28x28 image the model sees")
