@@ -68,7 +68,7 @@ def delay_test_images(browser) -> None:
     way."""
     browser.execute_script("""
         const original = window.fetch;
-        window.fetch = (path, options) => String(path).startsWith("/v1/test-images/")
+        window.fetch = (path, options) => String(path).includes("v1/test-images/")
             ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
             : original(path, options);""")
 

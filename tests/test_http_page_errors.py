@@ -1,7 +1,13 @@
 """The web page as a person meets it when something is wrong, in a real headless browser: a
 refused or missing token, a server gone, a file that is no picture, a long file name on a
-phone; and with a screen reader, which needs every control named and each answer announced."""
+phone, a path under a proxy; and with a screen reader, which needs every control named and
+each answer announced."""
 
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
@@ -114,3 +120,54 @@ def test_the_picture_is_an_image_to_a_screen_reader(served, browser):
     picture = browser.find_element(By.ID, "image")
     assert (picture.aria_role, picture.accessible_name) == (  # Chromium's name for role img
         "image", "the 28x28 image the model sees")
+
+
+@contextlib.contextmanager
+def under_a_path(url: str, prefix: str):
+    """``url``'s server behind a reverse proxy that serves it under ``prefix``, as ``kubectl
+    proxy`` serves a Service under /api/v1/namespaces/N/services/S:http/proxy/."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        def forward(self):
+            if not self.path.startswith(prefix):
+                self.send_error(404)
+                return
+            answer = requests.request(
+                self.command, url + self.path[len(prefix) - 1:], timeout=10,
+                data=self.rfile.read(int(self.headers.get("Content-Length") or 0)),
+                headers={name: self.headers[name] for name in ("Content-Type", "Authorization")
+                         if name in self.headers})
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers["Content-Type"])
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = forward  # noqa: N815 (http.server's names)
+
+        def log_message(self, *_):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_port}{prefix}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_the_page_works_under_a_path(served, browser):
+    """Under kubectl proxy's path the page asked for /v1/models at the proxy's root: "no
+    endpoint", no models, no answers."""
+    url, _ = served
+    with under_a_path(url, "/api/v1/namespaces/fmnist/services/fashion-mnist:http/proxy/") \
+            as page:
+        browser.get(page)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "error").text or len(
+            element(By.ID, "model").find_elements(By.TAG_NAME, "option")) > 1)
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "error").text
+                 or element(By.ID, "model-label").get_attribute("data-label"))
+        assert element(By.ID, "error").text == ""
