@@ -1,13 +1,16 @@
 """The web page as a person meets it when something is wrong, in a real headless browser: a
 refused or missing token, a server gone, a file that is no picture, a long file name on a
-phone, a path under a proxy; and with a screen reader, which needs every control named and
-each answer announced."""
+phone, a path under a proxy, a near-certain answer; and with a screen reader, which needs every
+control named and each answer announced."""
 
 import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+import onnx
 import requests
+from onnx import numpy_helper
 from PIL import Image
 from selenium.webdriver.common.by import By
 
@@ -171,3 +174,26 @@ def test_the_page_works_under_a_path(served, browser):
         wait_for(browser, lambda: element(By.ID, "error").text
                  or element(By.ID, "model-label").get_attribute("data-label"))
         assert element(By.ID, "error").text == ""
+
+
+def test_a_near_certain_answer_is_not_shown_as_certain(served, browser, model_repository):
+    """A probability of 0.9999996 was drawn "100.0%" beside "0.0%": a certainty, and an
+    impossibility, that the model did not say."""
+    url, _ = served
+    version = requests.get(f"{url}/v1/models/mlp", timeout=5).json()["version"]
+    weights = next(numpy_helper.to_array(tensor) for tensor in onnx.load(
+        model_repository / "mlp" / str(version) / "model.onnx").graph.initializer
+        if tensor.name == "weights")  # tests/conftest.py's tiny classifier: [784, 10]
+    # lit where they speak for class 0 more than for the others: an image the default model is
+    # near-certain of
+    pixels = np.where(weights[:, 0] > weights[:, 1:].mean(axis=1), 255, 0).tolist()
+    top = requests.post(f"{url}/v1/classify", json={"images": [pixels]},
+                        timeout=5).json()["results"][0]["model"]["top"]
+    assert top[0]["probability"] > 0.9995 and top[-1]["probability"] < 0.0005, top
+    element = opened_with_models(browser, url)
+    browser.execute_script("classifyTestImage(arguments[0])",
+                           {"index": 0, "label": 0, "class_name": "drawn", "pixels": pixels})
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    texts = [bar.text.rsplit(" ", 1)[1] for bar in
+             element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar")]
+    assert (texts[0], texts[-1]) == (">99.9%", "<0.1%"), texts
