@@ -293,4 +293,5 @@ def test_a_test_images_dir_under_home_is_found(model_repository, tmp_path, monke
             http_settings(model_repository, test_images_dir="~/fashion")) as (_, url):
         answer = requests.get(f"{url}/v1/test-images/0", timeout=5)
     assert (answer.status_code, answer.json().get("class_name")) == (200, "Ankle boot")
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    assert [r.getMessage() for r in caplog.records  # (a tree without the native server warns)
+            if r.levelname == "WARNING" and r.name.startswith("serving.http")] == []
