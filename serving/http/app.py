@@ -68,7 +68,7 @@ class HttpApp:
             (verb, re.compile(pattern), handler) for verb, pattern, handler in (
                 ("GET", r"/v2/health/live", self._live),
                 ("GET", r"/v2/health/ready", self._ready),
-                ("GET", r"/v2", self._server_metadata),
+                ("GET", r"/v2/?", self._server_metadata),  # the OpenAPI file's is /v2/
                 ("GET", r"/v2/models/stats", self._statistics),
                 ("GET", _MODEL, self._model_metadata),
                 ("GET", _MODEL + "/ready", self._model_ready),
