@@ -56,6 +56,8 @@ def _json(document) -> bytes:
      {}, 400, "classification applies to 'probabilities' only"),
     ("POST", "/v2/models/mlp/versions/x/infer", _json({"inputs": []}), {}, 400,
      "model_version: expected"),
+    # a bad body as well: said "version: expected", ModelMetadata's field, not ModelInfer's
+    ("POST", "/v2/models/mlp/versions/x/infer", b"{oops", {}, 400, "model_version: expected"),
     ("POST", "/v2/models/nope/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}), {}, 404,
      "nope"),
     # the body's fault was said first, where gRPC and Triton say the unknown model

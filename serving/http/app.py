@@ -17,6 +17,7 @@ from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from inference import grpc_service_pb2 as pb
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER
 from serving.api.inference import SERVICE_NAME as INFERENCE
+from serving.codecs.inference import parse_version
 from serving.errors import (
     InvalidArgument,
     NotFound,
@@ -194,8 +195,10 @@ class HttpApp:
                     body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
                     path.get("version", ""))
             except InvalidArgument:  # an unknown model or version is said first, as over gRPC
+                version = path.get("version", "")
+                parse_version(version, "model_version")  # named as ModelInfer names it
                 self._inference.ModelMetadata(pb.ModelMetadataRequest(
-                    name=path["model"], version=path.get("version", "")), None)
+                    name=path["model"], version=version), None)
                 raise
             forms.append(form)
             return request
