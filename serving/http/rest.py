@@ -220,12 +220,15 @@ def _set_parameters(target, parameters: dict, field_name: str, skip: str) -> Non
 
 
 _EXPECTED = {dict: "a JSON object", list: "a JSON array", str: "a string", bool: "true or false"}
+# what a JSON value is, in JSON's words (not Python's: list, str, int, float, bool)
+_GOT = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
 def _expect(kind: type, value, field_name: str):
     """``value`` if it is a JSON ``kind``, else InvalidArgument naming the field."""
     if not isinstance(value, kind):
-        got = "nothing" if value is None else type(value).__name__.replace("dict", "object")
+        got = ("nothing" if value is None else json.dumps(value) if isinstance(value, bool)
+               else _GOT[type(value)])
         raise InvalidArgument(f"{field_name}: expected {_EXPECTED[kind]}, got {got}")
     return value
 
