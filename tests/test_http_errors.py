@@ -49,6 +49,11 @@ def _json(document) -> bytes:
      {}, 400, "inputs: expected one input 'images', got"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "data": []}]}),
      {}, 400, "inputs['images']: no data; expected data, or parameters.binary_data_size"),
+    # a shape the data plane refuses before it looks for data: said "no data" (gRPC: the shape)
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [1, 784]}]}), {}, 400,
+     "inputs['images'].shape: expected [N,28,28], got [1, 784]"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [-1, 28, 28]}]}), {}, 400,
+     "inputs['images'].shape: expected [N,28,28], got [-1, 28, 28]"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [9, 28, 28], "data": [0] * 9 * 784}]}),
      {}, 400, f"expected at most {MAX_IMAGES} images"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}],

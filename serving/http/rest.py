@@ -145,8 +145,9 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     if BINARY_SIZE not in parameters:
         if tensor.get("data", []) != []:
             _set_contents(added, tensor["data"], field_name)
-        elif (name, datatype) == (IMAGES, "UINT8") and 0 not in shape and not any(
-                key.startswith("shared_memory") for key in parameters):  # else the codec's words
+        elif ((name, datatype) == (IMAGES, "UINT8") and len(shape) == 3 and shape[0] > 0
+              and tuple(shape[1:]) == IMAGE_SHAPE and not any(
+                key.startswith("shared_memory") for key in parameters)):  # else the codec's words
             raise InvalidArgument(f"{field_name}: no data; expected data, or "
                                   f"parameters.{BINARY_SIZE} and the bytes after the JSON")
         return offset
