@@ -54,6 +54,11 @@ def _json(document) -> bytes:
      "inputs['images'].shape: expected [N,28,28], got [1, 784]"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [-1, 28, 28]}]}), {}, 400,
      "inputs['images'].shape: expected [N,28,28], got [-1, 28, 28]"),
+    # ... or with data the data plane never looks at: a value in it was said first
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [1, 784], "data": [256] * 784}]}), {},
+     400, "inputs['images'].shape: expected [N,28,28], got [1, 784]"),
+    ("POST", INFER, _json({"inputs": [{**IMAGE, "datatype": "FP32", "data": ["x"] * 784}]}), {},
+     400, "inputs['images'].datatype: expected UINT8, got 'FP32'"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [9, 28, 28], "data": [0] * 9 * 784}]}),
      {}, 400, f"expected at most {MAX_IMAGES} images"),
     ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [0] * 784}],

@@ -143,13 +143,15 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     parameters = _expect(dict, _optional(tensor, "parameters", {}), f"{field_name}.parameters")
     _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
     if BINARY_SIZE not in parameters:
-        if tensor.get("data", []) != []:
-            _set_contents(added, tensor["data"], field_name)
-        elif ((name, datatype) == (IMAGES, "UINT8") and len(shape) == 3 and shape[0] > 0
-              and tuple(shape[1:]) == IMAGE_SHAPE and not any(
-                key.startswith("shared_memory") for key in parameters)):  # else the codec's words
+        # the data plane refuses any other input before it looks at the data: its words first
+        if not ((name, datatype) == (IMAGES, "UINT8") and len(shape) == 3 and shape[0] > 0
+                and tuple(shape[1:]) == IMAGE_SHAPE and not any(
+                    key.startswith("shared_memory") for key in parameters)):
+            return offset
+        if tensor.get("data", []) == []:
             raise InvalidArgument(f"{field_name}: no data; expected data, or "
                                   f"parameters.{BINARY_SIZE} and the bytes after the JSON")
+        _set_contents(added, tensor["data"], field_name)
         return offset
     if "data" in tensor:
         raise InvalidArgument(f"{field_name}: data given both as JSON data and as binary "
@@ -167,19 +169,15 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
 
 
 def _set_contents(tensor, data, field_name: str) -> None:
-    """JSON data, flat or nested row-major, into the datatype's typed field (none for a
-    datatype without one: the codec then refuses the datatype)."""
-    typed = TYPED_FIELDS.get(tensor.datatype)
-    if typed is None:
-        return
+    """JSON data, flat or nested row-major, into the datatype's typed field (the images', the
+    one input whose data the codec reads)."""
+    typed = TYPED_FIELDS[tensor.datatype]
     values = _expect(list, data, f"{field_name}.data")
     while values and isinstance(values[0], list):
         if not all(isinstance(value, list) for value in values):
             raise InvalidArgument(f"{field_name}.data: arrays and values side by side; "
                                   "expected nested arrays of one depth")
         values = list(chain.from_iterable(values))
-    if typed == "bytes_contents":
-        values = [value.encode() if isinstance(value, str) else value for value in values]
     try:
         contents = getattr(tensor.contents, typed)
         contents.extend(values)
