@@ -193,7 +193,7 @@ class HttpApp:
             try:
                 request, form = rest.decode_infer_request(
                     body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
-                    path.get("version", ""))
+                    path.get("version", ""), self._max_images)
             except InvalidArgument:  # an unknown model or version is said first, as over gRPC
                 version = path.get("version", "")
                 parse_version(version, "model_version")  # named as ModelInfer names it

@@ -55,9 +55,10 @@ class OutputForm:
 
 
 def decode_infer_request(body: bytes, header_length: str | None, model_name: str,
-                         model_version: str) -> tuple[pb.ModelInferRequest, OutputForm]:
+                         model_version: str, max_images: int = 2**63
+                         ) -> tuple[pb.ModelInferRequest, OutputForm]:
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
-    and the output form asked for."""
+    and the output form asked for; JSON data of more than ``max_images`` is left unread."""
     json_end = _json_end(body, header_length)
     if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
         # the shape below is this code's, not the client's: a wrong size is refused here, in
@@ -87,7 +88,8 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     _set_parameters(request.parameters, parameters, "parameters", skip=BINARY_ALL)
     offset = json_end
     for index, tensor in enumerate(_expect(list, document.get("inputs"), "inputs")):
-        offset = _add_input(request, _expect(dict, tensor, f"inputs[{index}]"), index, body, offset)
+        offset = _add_input(request, _expect(dict, tensor, f"inputs[{index}]"), index, body,
+                            offset, max_images=max_images)
     if offset != len(body):
         raise InvalidArgument(f"request body: {len(body) - offset} bytes after the JSON and the "
                               "binary data its inputs declare (parameters.binary_data_size)")
@@ -128,7 +130,7 @@ def _json_end(body: bytes, header_length: str | None) -> int:
 
 
 def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: bytes,
-               offset: int) -> int:
+               offset: int, *, max_images: int) -> int:
     """Appends one input; returns the offset of the next binary tensor in ``body``."""
     name = _expect(str, tensor.get("name"), f"inputs[{index}].name")
     field_name = f"inputs[{name!r}]"
@@ -144,8 +146,8 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
     _set_parameters(added.parameters, parameters, f"{field_name}.parameters", skip=BINARY_SIZE)
     if BINARY_SIZE not in parameters:
         # the data plane refuses any other input before it looks at the data: its words first
-        if not ((name, datatype) == (IMAGES, "UINT8") and len(shape) == 3 and shape[0] > 0
-                and tuple(shape[1:]) == IMAGE_SHAPE and not any(
+        if not ((name, datatype) == (IMAGES, "UINT8") and len(shape) == 3
+                and 0 < shape[0] <= max_images and tuple(shape[1:]) == IMAGE_SHAPE and not any(
                     key.startswith("shared_memory") for key in parameters)):
             return offset
         if tensor.get("data", []) == []:
