@@ -1,0 +1,71 @@
+"""The same request refused over HTTP and over gRPC is refused for the same first fault, with
+the same message: the REST translation (serving/http/rest.py) converts only what the data
+plane would read, so its own refusals never come before the data plane's more basic ones."""
+
+import grpc
+import pytest
+import requests
+
+from inference import grpc_service_pb2 as pb
+from tests.test_http_api import MAX_IMAGES, served, url, v2
+
+__all__ = ["served", "url", "v2"]  # the fixtures, shared with tests/test_http_api.py
+
+IMAGE = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
+
+
+def grpc_request(version: str = "", **tensor) -> pb.ModelInferRequest:
+    """The gRPC request a client sends for the JSON input ``{**IMAGE, **tensor}``."""
+    fields = {**IMAGE, **tensor}
+    request = pb.ModelInferRequest(model_name="mlp", model_version=version)
+    added = request.inputs.add(name=fields["name"], datatype=fields["datatype"],
+                               shape=fields["shape"])
+    if fields["datatype"] == "UINT8":
+        added.contents.uint_contents.extend(fields.get("data", []))
+    else:  # FP32: its values, whatever they are in JSON, as numbers
+        added.contents.fp32_contents.extend([0.0] * len(fields.get("data", [])))
+    return request
+
+
+# (JSON input or a body as is, the version in the URL, the message both transports answer)
+CASES = {
+    # said "no data" (gRPC: the shape)
+    "shape [1,784] without data": ({"shape": [1, 784]}, "",
+                                   "inputs['images'].shape: expected [N,28,28], got [1, 784]"),
+    "shape [-1,28,28] without data": ({"shape": [-1, 28, 28]}, "",
+                                      "inputs['images'].shape: expected [N,28,28], got [-1, 28, "
+                                      "28]"),
+    # data the data plane never looks at: a value in it was said first
+    "shape [1,784] with a 256": ({"shape": [1, 784], "data": [256] * 784}, "",
+                                 "inputs['images'].shape: expected [N,28,28], got [1, 784]"),
+    "FP32 data": ({"datatype": "FP32", "data": ["x"] * 784}, "",
+                  "inputs['images'].datatype: expected UINT8, got 'FP32'"),
+    "too many images, with a 256": (
+        {"shape": [MAX_IMAGES + 1, 28, 28], "data": [256] * (MAX_IMAGES + 1) * 784}, "",
+        f"inputs['images']: expected at most {MAX_IMAGES} images per request"),
+    # a bad body too: said "version: expected", ModelMetadata's field, not ModelInfer's
+    "a bad version and a bad body": (b"{oops", "x", "model_version: expected"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_refusal_is_the_same_over_http_and_grpc(url, v2, case):
+    tensor, version, message = CASES[case]
+    path = "/v2/models/mlp" + (f"/versions/{version}" if version else "") + "/infer"
+    if isinstance(tensor, bytes):
+        answer = requests.post(url + path, data=tensor, timeout=10)
+        tensor = {"data": [0] * 784}  # the gRPC request has no body to get wrong
+    else:
+        answer = requests.post(url + path, json={"inputs": [{**IMAGE, **tensor}]}, timeout=10)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(message), answer.json()["error"]
+    with pytest.raises(grpc.RpcError) as refused:
+        v2.ModelInfer(grpc_request(version, **tensor))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(message), refused.value.details()
+
+
+def test_the_server_metadata_is_at_v2_slash_too(url):
+    """The protocol's OpenAPI file (open_inference_rest.yaml) names the path "/v2/"."""
+    assert requests.get(f"{url}/v2/", timeout=5).json() == requests.get(f"{url}/v2",
+                                                                         timeout=5).json()
