@@ -2,7 +2,9 @@
 test_client_cli.py)."""
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from PIL import Image
 
 from common.contract import CLASS_NAMES
@@ -129,6 +131,26 @@ def test_classify_more_images_than_one_request_takes(target, tmp_path, capsys, t
     shown = [line.split("mlp v2", 1)[1].strip().rsplit(" ", 1)[0].strip()
              for line in lines[1::3]]
     assert shown == [CLASS_NAMES[label] for label in labels]
+
+
+def test_a_near_certain_answer_is_not_shown_as_certain(target, tmp_path, capsys,
+                                                     model_repository):
+    """The trained mlp's answer to test image 0 (0.999735) was printed "Ankle boot 100.0%"
+    beside "Sneaker 0.0%", a certainty and an impossibility the model did not say (the page
+    says ">99.9%" and "<0.1%")."""
+    weights = next(numpy_helper.to_array(tensor) for tensor in onnx.load(
+        model_repository / "mlp" / "2" / "model.onnx").graph.initializer
+        if tensor.name == "weights")  # tests/conftest.py's tiny classifier: [784, 10]
+    # lit where they speak for class 0 more than for the others: near-certain of class 0
+    image = np.where(weights[:, 0] > weights[:, 1:].mean(axis=1), 255, 0).astype(np.uint8)
+    probabilities, _ = reference(model_repository, "mlp", 2, image.reshape(1, 28, 28))
+    assert probabilities.max() > 0.9995 and probabilities.min() < 0.0005
+    np.save(tmp_path / "drawn.npy", image.reshape(28, 28))
+    assert cli.main(["classify", "--target", target, "--top", "10",
+                     str(tmp_path / "drawn.npy")]) == 0
+    shown = capsys.readouterr().out.splitlines()[1].split()
+    assert shown[:4] == ["mlp", "v2", CLASS_NAMES[0], ">99.9%"], shown
+    assert shown[-1] == "<0.1%" and "100.0%" not in shown and "0.0%" not in shown, shown
 
 
 def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):

@@ -9,6 +9,14 @@ from serving.client.cli import CLASSIFY_BATCH, UsageError
 from serving.client.inputs import is_npy, load_images
 
 
+def percent(probability: float) -> str:
+    """To 0.1%, but a near-certain answer is not rounded to "100.0%" beside "0.0%", a certainty
+    and an impossibility the model did not say (as the page shows them)."""
+    if probability >= 0.9995:
+        return ">99.9%"
+    return "<0.1%" if probability < 0.0005 else f"{probability:.1%}"
+
+
 def classify(args, security) -> int:
     """Runs ``fmnist classify`` (its arguments ``args``) over ``security``; the exit status."""
     if not args.files and not args.test_index:
@@ -47,9 +55,10 @@ def classify(args, security) -> int:
         print(f"{name}{truth}")
         top = np.argsort(-model.probabilities[i], kind="stable")[: args.top]
         print(f"  {f'{model.name} v{model.version}':<{width}}  "
-              + "   ".join(f"{class_names[k]} {model.probabilities[i, k]:6.1%}" for k in top))
+              + "   ".join(f"{class_names[k]} {percent(model.probabilities[i, k]):>6}"
+                           for k in top))
         label = baseline.labels[i]
         if (baseline.name, baseline.version) != (model.name, model.version):  # not twice
             print(f"  {f'{baseline.name} v{baseline.version}':<{width}}  "
-                  f"{class_names[label]} {baseline.probabilities[i, label]:6.1%}")
+                  f"{class_names[label]} {percent(baseline.probabilities[i, label]):>6}")
     return 0
