@@ -162,6 +162,16 @@ def test_an_image_file_error_names_the_file(target, tmp_path, capsys, test_set):
     assert capsys.readouterr().err.startswith(f"fmnist classify: error: {tmp_path / 'cut.png'}: ")
 
 
+@pytest.mark.parametrize("name", ["missing.png", "missing.npy", "folder"])
+def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path, capsys, name):
+    """`fmnist classify missing.png` said "[Errno 2] No such file or directory: 'missing.png'",
+    Python's words, where every other file error says "FILE: what is wrong"."""
+    (tmp_path / "folder").mkdir()
+    assert cli.main(["classify", str(tmp_path / name)]) == 1
+    reason = "Is a directory" if name == "folder" else "No such file or directory"
+    assert capsys.readouterr().err == f"fmnist classify: error: {tmp_path / name}: {reason}\n"
+
+
 def test_an_npy_file_without_images_is_refused_by_name(target, tmp_path, capsys, test_set):
     """An empty .npy took one name and no image: the answers after it were printed under the
     names before them, then the command crashed on an index."""

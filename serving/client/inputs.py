@@ -89,6 +89,8 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
         try:
             batch = load_npy(path) if is_npy(path) else load_png(path, invert)[None]
         except Exception as error:  # Pillow's and numpy's messages do not say which file
+            if isinstance(error, OSError) and error.strerror:  # not "[Errno 2] ...: 'x.png'"
+                raise ValueError(f"{path}: {error.strerror}") from None
             raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
                 from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
