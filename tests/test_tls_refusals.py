@@ -11,6 +11,7 @@ from serving.client import security as client_security
 from serving.server import ListenError, ModelServer
 from serving.settings import Settings
 from tests.conftest import local_settings, running_server
+from tests.http_helpers import http_server, http_settings
 
 
 def test_the_server_needs_both_certificate_and_key(pki, model_repository):
@@ -116,3 +117,16 @@ def test_a_client_that_a_tls_server_hangs_up_on_is_told_what_it_may_lack(
             error = capsys.readouterr().err
             assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
             assert error.count("\n") == 1 and hint in error, error
+
+
+def test_a_client_sent_to_the_http_port_is_told_to_use_the_grpc_one(model_repository, capsys):
+    """The serving line names both ports (`address=...:50051 ... http=http://...:8080/`):
+    `fmnist health --target 127.0.0.1:8080` said only "if it serves TLS, add --tls", which
+    sent a newcomer looking for certificates the server does not have."""
+    with http_server(http_settings(model_repository)) as (server, _):
+        assert client_cli.main(["health", "--target", f"127.0.0.1:{server.http_port}",
+                                "--timeout", "5"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
+    assert error.count("\n") == 1 and "HTTP port (--http-port)" in error, error
+    assert "its gRPC --port" in error, error

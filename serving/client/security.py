@@ -57,12 +57,14 @@ class ChannelSecurity:
     def explained(self, code: str, details: str) -> str:
         """A failed call's details, with what this client may lack when the server closed its
         new connection at once: a TLS server does so to a plaintext client, a mutual TLS one to
-        a client without a certificate it trusts, and says no more ("Socket closed")."""
+        a client without a certificate it trusts, and says no more ("Socket closed"); so does
+        fmnist-serve's HTTP port, the other address its serving line names."""
         if code != "UNAVAILABLE" or not (details.startswith("failed to connect")
                                          and details.endswith(": Socket closed")):
             return details
         if not self.uses_tls:
-            why = "the server closed the connection: if it serves TLS, add --tls, or --tls-ca CA"
+            why = ("the server closed the connection: if it serves TLS, add --tls, or --tls-ca "
+                   "CA; if it is fmnist-serve's HTTP port (--http-port), give its gRPC --port")
         elif not self.tls_cert:
             why = ("the server closed the connection in the TLS handshake: if it asks for a "
                    "client certificate, give --tls-cert and --tls-key")
