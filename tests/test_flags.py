@@ -224,6 +224,17 @@ def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repo
     assert f" serving address=127.0.0.1:{port} " in line
 
 
+def test_run_names_a_command_it_does_not_know():
+    """`./run serv` printed ./run's help and exited 2 without a word of what was wrong."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([root / "run", "serv"], check=False, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("run: error: unknown command 'serv' (serve, train "
+                                              "or test)")
+    assert "./run serve [FLAGS]" in result.stdout  # the help, as before
+
+
 @pytest.mark.parametrize(("argv", "named"), [
     ([], "FMNIST_REPORT_DIR=/r"),
     (["--report-dir", "/r"], "--report-dir /r"),
