@@ -151,7 +151,8 @@ def load_repository(root: Path, policy: BatchingPolicy, intra_op_threads: int = 
     """
     root = Path(root)
     if not root.is_dir():
-        raise RepositoryError(f"model repository {root} does not exist or is not a directory")
+        raise RepositoryError(f"model repository {root} does not exist or is not a directory "
+                              "(fmnist-train --out DIR makes one)")
     try:
         present, skipped, _ = version_dirs(root)
     except OSError as error:

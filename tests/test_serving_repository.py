@@ -98,7 +98,9 @@ def _damage(root, case: str):
 
 
 REFUSALS = {
-    "missing": "does not exist or is not a directory",
+    # `fmnist-serve` run before any training, or away from the checkout: no hint of what makes
+    # one, where an empty repository's line said "run fmnist-train"
+    "missing": "does not exist or is not a directory (fmnist-train --out DIR makes one)",
     "empty": "holds no model versions",
     "sha256 mismatch": "mlp/2/model.onnx: sha256 ",
     "bad json": "mlp/2/model.json: not valid JSON",
@@ -147,7 +149,8 @@ def test_with_json_logs_every_line_is_json_the_fatal_one_too(tmp_path, workers):
     lines = [json.loads(line) for line in result.stderr.splitlines()]
     assert (lines[-1]["level"], lines[-1]["message"], lines[-1]["error"]) == (
         "CRITICAL", "cannot serve",
-        f"model repository {tmp_path / 'none'} does not exist or is not a directory")
+        f"model repository {tmp_path / 'none'} does not exist or is not a directory "
+        "(fmnist-train --out DIR makes one)")
     assert all(isinstance(line["pid"], int) for line in lines)
 
 
@@ -182,7 +185,7 @@ def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tm
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"fmnist-serve: error: model repository {tmp_path / 'none'} does not exist or is not a "
-        "directory"]
+        "directory (fmnist-train --out DIR makes one)"]
 
 
 def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, policy, caplog):

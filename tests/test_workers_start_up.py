@@ -208,7 +208,7 @@ def test_a_worker_that_cannot_start_fails_the_server_with_one_line(tmp_path):
     errors = [line for line in status.stderr.splitlines() if " INFO " not in line]
     assert status.returncode == 1
     assert errors == [f"fmnist-serve: error: model repository {tmp_path / 'none'} does not "
-                      "exist or is not a directory"]
+                      "exist or is not a directory (fmnist-train --out DIR makes one)"]
 
 
 def test_a_port_in_use_fails_the_server_with_one_line(model_repository):
