@@ -143,7 +143,7 @@ def test_with_json_logs_every_line_is_json_the_fatal_one_too(tmp_path, workers):
     JSON object per line could not parse; every line names its process."""
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
-         "--log-format", "json", "--workers", workers],
+         "--port", "0", "--log-format", "json", "--workers", workers],
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stderr.splitlines()]
@@ -179,7 +179,8 @@ def test_an_unexpected_start_failure_is_logged_as_json_and_names_its_cause(model
 
 def test_server_process_exits_non_zero_with_one_line_for_a_missing_repository(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none")],
+        [sys.executable, "-m", "serving", "--model-repository", str(tmp_path / "none"),
+         "--port", "0"],  # 50051 may be taken (./run serve in another terminal)
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 1
