@@ -224,6 +224,24 @@ def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repo
     assert f" serving address=127.0.0.1:{port} " in line
 
 
+def test_run_serve_help_shows_the_flags_without_training_first(tmp_path):
+    """On a fresh clone `./run serve --help` (the README: it "takes fmnist-serve's flags")
+    trained the three models for minutes before it printed fmnist-serve's help."""
+    root = Path(__file__).resolve().parents[1]
+    venv = root / os.environ.get("FMNIST_VENV", ".venv")
+    if not list(venv.glob(".installed-*")):
+        pytest.skip("./run would install the project first")
+    # were it to train, a small fit: the test stays short either way
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
+    for flag in ("--help", "-h"):
+        result = subprocess.run([root / "run", "serve", "--port", "0", flag], env=env,
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: fmnist-serve"), result.stdout[:300]
+        assert not (tmp_path / "untrained").exists(), result.stdout[:300]
+
+
 def test_run_names_a_command_it_does_not_know():
     """`./run serv` printed ./run's help and exited 2 without a word of what was wrong."""
     root = Path(__file__).resolve().parents[1]
