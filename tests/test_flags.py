@@ -2,6 +2,7 @@
 --help, used as its default, converted and checked as the flag would be."""
 
 import argparse
+import itertools
 import os
 import subprocess
 from pathlib import Path
@@ -240,6 +241,30 @@ def test_run_serve_help_shows_the_flags_without_training_first(tmp_path):
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("usage: fmnist-serve"), result.stdout[:300]
         assert not (tmp_path / "untrained").exists(), result.stdout[:300]
+
+
+def test_run_serve_trains_the_repository_it_is_told_to_serve(model_repository, tmp_path):
+    """`./run serve --model-repository DIR` looked for models in FMNIST_MODEL_REPOSITORY (or
+    ./model_repository), trained them there for minutes if missing, then served DIR."""
+    root = Path(__file__).resolve().parents[1]
+    venv = root / os.environ.get("FMNIST_VENV", ".venv")
+    if not list(venv.glob(".installed-*")):
+        pytest.skip("./run would install the project first")
+    # were it to train, a small fit: the test stays short either way
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_WORKERS": "1"}
+    for flags in (["--model-repository", str(model_repository)],
+                  [f"--model-repository={model_repository}"]):
+        process = subprocess.Popen([root / "run", "serve", "--port", "0", "--http-port", "0",
+                                    *flags], env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        try:
+            output = list(itertools.takewhile(lambda line: " serving address=" not in line,
+                                              process.stdout))
+        finally:
+            process.terminate()
+            process.wait(30)
+        assert not (tmp_path / "untrained").exists(), "".join(output)[:500]
 
 
 def test_run_names_a_command_it_does_not_know():
