@@ -78,11 +78,13 @@ class SoakResult:
 
 @contextlib.contextmanager
 def started_server(repository: Path, workers: int):
-    """``python -m serving`` on a free loopback port; yields (target, pid)."""
+    """``python -m serving`` on free loopback ports; yields (target, pid). HTTP stays on, as
+    by default, but not on the default 8080, which a `./run serve` may hold."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", str(repository),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+         "--host", "127.0.0.1", "--port", str(port), "--http-port", str(free_port()),
+         "--workers", str(workers),
          "--poll-interval", "0", "--log-level", "WARNING"],
     )
     try:
