@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 import subprocess
@@ -200,3 +201,31 @@ def test_a_directory_of_uncompressed_files_is_read_as_the_client_reads_it(tmp_pa
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")  # found, and checked as ever
     with pytest.raises(data.DatasetError, match="train-labels-idx1-ubyte"):
         data.load(tmp_path)
+
+
+def test_a_failed_download_is_one_line_saying_why(tmp_path):
+    """With no copy on the machine (no Debian package, nothing in the Keras cache), `--models
+    baseline` printed TensorFlow's C++ start-up lines (oneDNN, CUDA drivers) before its error,
+    which said only "the Keras download failed (Exception)": offline, refused, behind a proxy?
+    Keras' own words say; here, from a port where nothing listens."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        origin = f"http://127.0.0.1:{free.getsockname()[1]}/"
+    program = ("import sys; from pathlib import Path; from training import cli, data; "
+               f"data.DEBIAN_DIR = Path({str(tmp_path / 'no-debian')!r}); "
+               f"data.KERAS_ORIGIN = {origin!r}; "
+               f"sys.exit(cli.main(['--out', {str(tmp_path / 'repo')!r}, '--models', 'baseline']))")
+    env = {k: v for k, v in os.environ.items()  # no proxy between it and the port
+           if not k.startswith(("FMNIST_", "TF_", "KERAS_")) and not k.lower().endswith("_proxy")
+           } | {"HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=300, check=False, env=env)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("fmnist-train: error: Fashion-MNIST not found (searched "), line
+    assert f"the Keras download failed (URL fetch failure on {origin}" in line
+    assert "Connection refused" in line
+    assert line.endswith(f"; {data.HOW_TO_GET}")
+    assert not (tmp_path / "repo").exists()

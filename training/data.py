@@ -114,7 +114,10 @@ def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
 
 def download_with_keras() -> Path:
     """Last resort for users who are online: Keras' own copy into its cache directory."""
+    from training.models import import_tensorflow_quietly
+
     try:
+        import_tensorflow_quietly()  # Keras' import: TensorFlow's C++ lines, before the error
         from keras.utils import get_file
 
         paths = [
@@ -127,9 +130,14 @@ def download_with_keras() -> Path:
         ]
     except Exception as error:  # any failure (offline, proxy, disk) means: not available
         searched = ", ".join(str(d) for d in candidate_dirs())
+        # Keras raises a bare Exception whose words say why ("URL fetch failure on URL: None --
+        # [Errno -3] Temporary failure in name resolution"); its name alone said nothing
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if type(error) is not Exception:
+            reason = f"{type(error).__name__}: {reason}"
         raise DatasetError(
             f"Fashion-MNIST not found (searched {searched}) and the Keras download failed "
-            f"({type(error).__name__}); {HOW_TO_GET}"
+            f"({reason}); {HOW_TO_GET}"
         ) from None
     return Path(paths[0]).parent
 
