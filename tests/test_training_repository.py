@@ -122,3 +122,24 @@ def test_runs_of_the_same_second_get_report_directories_of_their_own(tmp_path):
 
     made = [new_report_dir(tmp_path) for _ in range(3)]
     assert len(set(made)) == 3 and all(path.is_dir() for path in made)
+
+
+def test_a_repository_made_under_a_strict_umask_is_readable_by_a_server_of_another_user(
+        tmp_path):
+    """Under a umask of 077 the version's files were made readable (0644, its directory 0755),
+    but the directories the run made on the way, the repository and the model's, were 0700: a
+    server running as another user could not list them ("Permission denied") and served
+    nothing. Those it made are 0755 now; one that was there keeps its mode."""
+    import os
+    import stat
+
+    from tests.training_runs import run_training
+
+    (tmp_path / "private").mkdir(mode=0o700)
+    repository = tmp_path / "private" / "new" / "repo"
+    result = run_training("--out", str(repository), "--models", "baseline", "--train-subset",
+                          "1000", "--progress", "none", preexec_fn=lambda: os.umask(0o077))
+    assert result.returncode == 0, result.stderr
+    made = (repository.parent, repository, repository / "baseline", repository / "baseline" / "1")
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "private", *made)}
+    assert modes == {tmp_path / "private": 0o700} | dict.fromkeys(made, 0o755)

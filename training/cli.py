@@ -26,7 +26,7 @@ from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
-from training.repository import RepositoryError
+from training.repository import RepositoryError, make_directory
 
 
 @dataclass
@@ -140,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published
     for name in args.models:
-        (args.out / name).mkdir(parents=True, exist_ok=True)
+        make_directory(args.out / name)  # 0755: a server of another user lists it
         tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out / name).cleanup()
         next_version(args.out / name)  # a corrupt .highest-version, no number left
     args.report_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def manifest_of(model: Exported, dataset: Dataset) -> dict:
 def new_report_dir(out: Path) -> Path:
     """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / "reports").mkdir(parents=True, exist_ok=True)
+    make_directory(out / "reports")  # and the repository, 0755 if made here
     path, taken = out / "reports" / stamp, 1
     while True:
         try:

@@ -54,6 +54,16 @@ def existing_versions(root: Path, name: str) -> list[int]:
     return sorted(int(name) for name in names if name.isascii() and name.isdigit())
 
 
+def make_directory(path: Path) -> None:
+    """``path`` and its missing parents, those made 0755 whatever the umask: a server running as
+    another user lists the repository and its models' directories (a version's files are made
+    readable for it too). A directory that was there keeps its mode."""
+    missing = [p for p in (Path(path), *Path(path).parents) if not p.exists()]
+    Path(path).mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        os.chmod(made, 0o755)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,7 +174,7 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
     filled in here, the version and creation time when it is published.
     """
     model_dir = Path(root) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(model_dir)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
         onnx.save_model(model, staging / MODEL_FILE)
