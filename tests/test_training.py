@@ -173,6 +173,20 @@ def test_a_run_started_without_a_standard_output_publishes(tmp_path):
     assert manifest(tmp_path, "baseline", 1)["name"] == "baseline"
 
 
+def test_a_run_started_without_a_standard_error_publishes(tmp_path):
+    """`fmnist-train ... 2>&-`: Python has no sys.stderr, and a run of a Keras model failed
+    before any fit with "AttributeError: 'NoneType' object has no attribute 'flush'" (the
+    quiet TensorFlow import flushed it), said on standard output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    result = subprocess.run(["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, "-m", "training",
+                             "--out", str(tmp_path), "--models", "softmax", "--train-subset",
+                             "500", "--epochs", "1", "--progress", "none"],
+                            stdout=subprocess.PIPE, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert f"{tmp_path / 'softmax' / '1' / MODEL_FILE}" in result.stdout
+    assert manifest(tmp_path, "softmax", 1)["name"] == "softmax"
+
+
 def test_a_train_subset_over_the_training_set_records_the_images_used(tmp_path):
     """model.json said 1,000,000 for a run that used the 60,000 there are."""
     result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",

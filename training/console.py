@@ -44,8 +44,18 @@ class OutputThatMayClose:
 
 def keep_running_when_output_closes() -> None:
     """sys.stdout as an OutputThatMayClose (once), or /dev/null if it is None (started with
-    its standard output closed: print() wrote nothing, but Keras' progress lines failed)."""
+    its standard output closed: print() wrote nothing, but Keras' progress lines failed); and
+    sys.stderr /dev/null, on file descriptor 2, if it is None ('2>&-': a Keras model's run
+    failed with "'NoneType' object has no attribute 'flush'", TensorFlow's quiet import
+    flushing it, and TensorFlow writes its C++ lines to descriptor 2, whatever file has it)."""
     if sys.stdout is None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the run)
     elif not isinstance(sys.stdout, OutputThatMayClose):
         sys.stdout = OutputThatMayClose(sys.stdout)
+    if sys.stderr is None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.fstat(2)  # another file took descriptor 2 meanwhile: left to it
+        except OSError:
+            os.dup2(null, 2)
+        sys.stderr = open(null, "w")  # noqa: SIM115 (open for the rest of the run)
