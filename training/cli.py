@@ -20,7 +20,11 @@ import onnx
 
 from common.flags import given
 from training.checks import TrainingError, check_worth_publishing
-from training.console import keep_running_when_output_closes, print_table
+from training.console import (
+    keep_running_when_output_closes,
+    print_table,
+    warn_of_misspelt_variables,
+)
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -130,12 +134,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
 def train(args: argparse.Namespace) -> int:
     """The whole run: data, fit + export + evaluate each model, repository, report, table."""
     from training import data, report
-    from training.repository import (
-        MODEL_FILE,
-        next_version,
-        publishing,
-        stage_version,
-    )
+    from training.repository import MODEL_FILE, next_version, publishing, stage_version
 
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published
@@ -239,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
+    warn_of_misspelt_variables()
     for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
         if existing and not existing.is_dir():  # named as given: flag or FMNIST_* variable
