@@ -143,12 +143,14 @@ def test_a_floor_set_by_its_env_var_is_named_by_it(tmp_path):
 
 def test_a_failed_run_leaves_no_empty_directory_behind(tmp_path):
     """The output directory is made before the minutes of fitting (to fail at once if it
-    cannot be); a run that fails after that left it there, empty."""
-    result = run_training("--out", str(tmp_path / "new"), "--models", "baseline",
-                          "--train-subset", "5")
+    cannot be); a run that fails after that left it there, empty, and then still left the
+    directories it had made on the way to it and to the report's (new/deeper, reports)."""
+    result = run_training("--out", str(tmp_path / "new" / "deeper" / "repo"), "--models",
+                          "baseline", "--train-subset", "5", "--report-dir",
+                          str(tmp_path / "reports" / "run"))
     assert result.returncode == 1
     assert "every class must be learned" in result.stderr
-    assert not (tmp_path / "new").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_cannot_write_one_model_publishes_none_and_names_the_file(tmp_path):

@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                      "pictures would sit beside the new report); give a new or empty directory")
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
-    made = [path for path in (args.report_dir, args.out / "reports",
-                              *(args.out / name for name in args.models), args.out)
+    made = [path for path in (args.report_dir, args.out / "reports",  # and on the way to them
+                              *(args.out / name for name in args.models), args.out,
+                              *args.out.parents, *(args.report_dir or Path()).parents)
             if path and not path.exists()]
     try:
         if not args.report_dir:
@@ -287,7 +288,7 @@ def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
     elif report_dir and report_dir.is_dir():  # given, and empty at the start (main checks)
         for path in report_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in directories:
+    for path in sorted(directories, key=lambda path: len(path.absolute().parts), reverse=True):
         with contextlib.suppress(OSError):  # not empty: rmdir refuses
             path.rmdir()
 
