@@ -45,6 +45,9 @@ def http_server(host: str, port: int, registry):
 
     from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
+    # 0.0.0.0 as gRPC's port takes it: IPv6 too where there is IPv6 (an IPv6 pod's address)
+    host = "::" if host == "0.0.0.0" and socket.has_dualstack_ipv6() else host
+
     class QuietHandler(WSGIRequestHandler):
         def handle(self) -> None:  # the whole exchange within 5 s: the socket is shut then
             cut = threading.Timer(5.0, self.connection.shutdown, [socket.SHUT_RDWR])
@@ -61,6 +64,11 @@ def http_server(host: str, port: int, registry):
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
         # "::": IPv6 (dual-stack); a name of both families: IPv4 (AF_INET < AF_INET6)
         address_family = min(i[0] for i in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        def server_bind(self) -> None:  # "::": IPv4 too, whatever net.ipv6.bindv6only says
+            if self.address_family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
         def handle_error(self, request, client_address) -> None:  # one line, no traceback
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})

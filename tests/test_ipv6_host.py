@@ -3,7 +3,11 @@ address, and kubelet's probes): every port the server opens answers on both, as 
 ``--host 0.0.0.0`` over IPv4. (With a metrics port the server did not start: "cannot listen
 for metrics ... Address family for hostname not supported"; HTTP answered over IPv6 only.)"""
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -25,6 +29,18 @@ def _has_ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+# A network namespace of its own (loopback only): a server there may listen on every
+# interface, and the test's client joins it with nsenter.
+PRIVATE_NETWORK = ("unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh")
+# ... with IPv6 turned off (as Docker does in a container on a network without IPv6), or
+# with net.ipv6.bindv6only set (a socket on :: takes no IPv4 unless it asks to)
+IPV6_OFF = ("unshare", "--net", "sh", "-c", "ip link set lo up && for c in all default lo; do "
+            'echo 1 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done && exec "$@"', "sh")
+BINDV6ONLY = ("unshare", "--net", "sh", "-c", "ip link set lo up && "
+              'echo 1 >/proc/sys/net/ipv6/bindv6only && exec "$@"', "sh")
+needs_private_network = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(map(shutil.which, ("unshare", "nsenter", "ip")))
+    or not socket.has_dualstack_ipv6(), reason="needs root, unshare, nsenter, ip and IPv6")
 
 
 def _health(target: str) -> int:
@@ -72,3 +88,46 @@ def test_a_host_name_resolving_to_ipv6_first_is_served_over_ipv4(model_repositor
     with http_server(settings) as (server, _url):
         assert _get("127.0.0.1", server.http_port, "/v2/health/ready") == 200
         assert _get("127.0.0.1", settings.metrics_port, "/metrics") == 200
+
+
+@needs_private_network
+@pytest.mark.parametrize(("workers", "network"), [
+    (1, PRIVATE_NETWORK), (2, PRIVATE_NETWORK), (2, IPV6_OFF), (1, BINDV6ONLY), (2, BINDV6ONLY)],
+    ids=["ipv6-1", "ipv6-2", "ipv6-off-2", "bindv6only-1", "bindv6only-2"])
+def test_every_port_of_a_server_on_0_0_0_0_answers_over_ipv6_too(model_repository, workers,
+                                                                  network):
+    """``--host 0.0.0.0``, the image's and every manifest's: on an IPv6 (or IPv6-first
+    dual-stack) cluster the pod's address, which probes, Services and Prometheus reach, is
+    IPv6. gRPC's port listened on both families there (gRPC's wildcard); the HTTP and
+    metrics ports on IPv4 only: the pod turned ready while its REST API and its metrics were
+    refused. Where IPv6 is turned off, every port still answers over IPv4, and where
+    net.ipv6.bindv6only is set, over both."""
+    hosts = ("127.0.0.1",) if network == IPV6_OFF else ("127.0.0.1", "[::1]")
+    with server_process(model_repository, "--host", "0.0.0.0", "--workers", str(workers),
+                        "--http-port", "8080", "--metrics-port", "9090", "--poll-interval", "0",
+                        prefix=network) as (process, logs):
+        logs.wait_for("workers serving" if workers > 1 else "serving", timeout=30)
+        port = logs.wait_for("serving")[0]["address"].rsplit(":", 1)[1]
+        client = f"""
+import sys, grpc, urllib.request
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+for host in {hosts!r}:
+    with grpc.insecure_channel(f"{{host}}:{port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10).status
+    print(host, "grpc", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    for port, path in ((8080, "/v2/health/ready"), (9090, "/metrics")):
+        try:
+            with urllib.request.urlopen(f"http://{{host}}:{{port}}{{path}}", timeout=10) as answer:
+                print(host, port, answer.status)
+        except OSError as error:
+            print(host, port, error)
+"""
+        answers = subprocess.run(
+            ["nsenter", f"--net=/proc/{process.pid}/ns/net", sys.executable, "-c", client],
+            check=False, capture_output=True, text=True, timeout=60)
+        assert answers.returncode == 0, answers.stderr
+        assert answers.stdout.splitlines() == [
+            f"{host} {what}" for host in hosts
+            for what in ("grpc SERVING", "8080 200", "9090 200")]
+        assert process.poll() is None

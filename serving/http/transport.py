@@ -78,10 +78,12 @@ class HttpTransport:
         """Listens (OSError if it cannot) and serves on granian's threads; returns the port.
         The socket is made here, listening before granian takes it: no connection is refused
         while its threads start, and a taken port is an OSError (granian would share it)."""
+        # 0.0.0.0 as gRPC's port takes it: IPv6 too where there is IPv6 (an IPv6 pod's address)
+        host = "::" if self._host == "0.0.0.0" and socket.has_dualstack_ipv6() else self._host
         family = min(info[0] for info in  # a name of both families: IPv4 (AF_INET < AF_INET6)
-                     socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM))
+                     socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM))
         listening = socket.create_server(  # "::": IPv4 too, as gRPC's port
-            (self._host, self._port), family=family, backlog=BACKLOG,
+            (host, self._port), family=family, backlog=BACKLOG,
             reuse_port=self._reuse_port, dualstack_ipv6=family == socket.AF_INET6)
         port = listening.getsockname()[1]
         worker = WSGIWorker(
