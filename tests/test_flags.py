@@ -2,15 +2,11 @@
 --help, used as its default, converted and checked as the flag would be."""
 
 import argparse
-import itertools
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from common.flags import add_option, env_var, positive_int
-from tests.conftest import free_port
 
 
 def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
@@ -197,85 +193,6 @@ def test_number_in_says_its_bounds_as_written():
     with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0 or 'none', "
                        "got default"):  # it meant None too: no tolerance, not the default one
         number_in(float, 0, none_word="none")("default")
-
-
-@pytest.mark.parametrize("absolute_venv", [False, True])
-def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(model_repository,
-                                                                     absolute_venv):
-    """`FMNIST_PORT=N ./run serve` served on 50051 all the same: the script's own --host and
-    --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured). An absolute
-    FMNIST_VENV put `$PWD//abs/venv/bin` on PATH: 'fmnist-serve: command not found'."""
-    root = Path(__file__).resolve().parents[1]
-    venv = root / os.environ.get("FMNIST_VENV", ".venv")
-    if not list(venv.glob(".installed-*")):
-        pytest.skip("./run would install the project first")
-    port = free_port()
-    env = {**os.environ, "FMNIST_PORT": str(port), "FMNIST_HOST": "127.0.0.1",
-           "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1",
-           "FMNIST_VENV": str(venv.resolve()) if absolute_venv else os.path.relpath(venv, root),
-           "PATH": os.pathsep.join(entry for entry in os.environ["PATH"].split(os.pathsep)
-                                   if Path(entry).resolve() != (venv / "bin").resolve())}
-    process = subprocess.Popen([root / "run", "serve", "--http-port", "0"], env=env, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        line = next((line for line in process.stderr if " serving address=" in line), "")
-    finally:
-        process.terminate()
-        process.wait(30)
-    assert f" serving address=127.0.0.1:{port} " in line
-
-
-def test_run_serve_help_shows_the_flags_without_training_first(tmp_path):
-    """On a fresh clone `./run serve --help` (the README: it "takes fmnist-serve's flags")
-    trained the three models for minutes before it printed fmnist-serve's help."""
-    root = Path(__file__).resolve().parents[1]
-    venv = root / os.environ.get("FMNIST_VENV", ".venv")
-    if not list(venv.glob(".installed-*")):
-        pytest.skip("./run would install the project first")
-    # were it to train, a small fit: the test stays short either way
-    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
-           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
-    for flag in ("--help", "-h"):
-        result = subprocess.run([root / "run", "serve", "--port", "0", flag], env=env,
-                                check=False, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith("usage: fmnist-serve"), result.stdout[:300]
-        assert not (tmp_path / "untrained").exists(), result.stdout[:300]
-
-
-def test_run_serve_trains_the_repository_it_is_told_to_serve(model_repository, tmp_path):
-    """`./run serve --model-repository DIR` looked for models in FMNIST_MODEL_REPOSITORY (or
-    ./model_repository), trained them there for minutes if missing, then served DIR."""
-    root = Path(__file__).resolve().parents[1]
-    venv = root / os.environ.get("FMNIST_VENV", ".venv")
-    if not list(venv.glob(".installed-*")):
-        pytest.skip("./run would install the project first")
-    # were it to train, a small fit: the test stays short either way
-    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
-           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_WORKERS": "1"}
-    for flags in (["--model-repository", str(model_repository)],
-                  [f"--model-repository={model_repository}"]):
-        process = subprocess.Popen([root / "run", "serve", "--port", "0", "--http-port", "0",
-                                    *flags], env=env, text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
-        try:
-            output = list(itertools.takewhile(lambda line: " serving address=" not in line,
-                                              process.stdout))
-        finally:
-            process.terminate()
-            process.wait(30)
-        assert not (tmp_path / "untrained").exists(), "".join(output)[:500]
-
-
-def test_run_names_a_command_it_does_not_know():
-    """`./run serv` printed ./run's help and exited 2 without a word of what was wrong."""
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([root / "run", "serv"], check=False, capture_output=True, text=True,
-                            timeout=30)
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == ("run: error: unknown command 'serv' (serve, train "
-                                              "or test)")
-    assert "./run serve [FLAGS]" in result.stdout  # the help, as before
 
 
 @pytest.mark.parametrize(("argv", "named"), [

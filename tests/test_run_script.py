@@ -1,0 +1,120 @@
+"""./run, the project's one entry point: what it does before it hands over to fmnist-serve or
+fmnist-train, run for real."""
+
+import itertools
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / os.environ.get("FMNIST_VENV", ".venv")
+
+
+@pytest.fixture
+def installed():
+    """./run serve here, not a first install of minutes."""
+    if not list(VENV.glob(".installed-*")):
+        pytest.skip("./run would install the project first")
+
+
+@pytest.mark.parametrize("absolute_venv", [False, True])
+def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(
+        installed, model_repository, absolute_venv):
+    """`FMNIST_PORT=N ./run serve` served on 50051 all the same: the script's own --host and
+    --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured). An absolute
+    FMNIST_VENV put `$PWD//abs/venv/bin` on PATH: 'fmnist-serve: command not found'."""
+    port = free_port()
+    env = {**os.environ, "FMNIST_PORT": str(port), "FMNIST_HOST": "127.0.0.1",
+           "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1",
+           "FMNIST_VENV": str(VENV.resolve()) if absolute_venv else os.path.relpath(VENV, ROOT),
+           "PATH": os.pathsep.join(entry for entry in os.environ["PATH"].split(os.pathsep)
+                                   if Path(entry).resolve() != (VENV / "bin").resolve())}
+    process = subprocess.Popen([ROOT / "run", "serve", "--http-port", "0"], env=env, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = next((line for line in process.stderr if " serving address=" in line), "")
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert f" serving address=127.0.0.1:{port} " in line
+
+
+def test_run_serve_help_shows_the_flags_without_training_first(installed, tmp_path):
+    """On a fresh clone `./run serve --help` (the README: it "takes fmnist-serve's flags")
+    trained the three models for minutes before it printed fmnist-serve's help."""
+    # were it to train, a small fit: the test stays short either way
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
+    for flag in ("--help", "-h"):
+        result = subprocess.run([ROOT / "run", "serve", "--port", "0", flag], env=env,
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: fmnist-serve"), result.stdout[:300]
+        assert not (tmp_path / "untrained").exists(), result.stdout[:300]
+
+
+def test_run_serve_trains_the_repository_it_is_told_to_serve(installed, model_repository, tmp_path):
+    """`./run serve --model-repository DIR` looked for models in FMNIST_MODEL_REPOSITORY (or
+    ./model_repository), trained them there for minutes if missing, then served DIR."""
+    # were it to train, a small fit: the test stays short either way
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_WORKERS": "1"}
+    for flags in (["--model-repository", str(model_repository)],
+                  [f"--model-repository={model_repository}"]):
+        process = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0",
+                                    *flags], env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        try:
+            output = list(itertools.takewhile(lambda line: " serving address=" not in line,
+                                              process.stdout))
+        finally:
+            process.terminate()
+            process.wait(30)
+        assert not (tmp_path / "untrained").exists(), "".join(output)[:500]
+
+
+def test_run_names_a_command_it_does_not_know():
+    """`./run serv` printed ./run's help and exited 2 without a word of what was wrong."""
+    result = subprocess.run([ROOT / "run", "serv"], check=False, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("run: error: unknown command 'serv' (serve, train "
+                                              "or test)")
+    assert "./run serve [FLAGS]" in result.stdout  # the help, as before
+
+
+def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, tmp_path):
+    """SIGTERM to `./run serve` while its first run trained (`kill` of the script, as a service
+    manager stops it) ended the script alone: fmnist-train went on, orphaned, and published a
+    repository nothing served."""
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
+    script = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (trainer := _child_running(script.pid, b"fmnist-train")):
+        assert time.monotonic() < deadline, "./run started no fmnist-train within 60 s"
+        time.sleep(0.05)
+    script.terminate()
+    script.wait(30)
+    deadline = time.monotonic() + 60
+    while trainer.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not trainer.exists(), "fmnist-train runs on without ./run"
+    assert not list(tmp_path.glob("untrained/*/[0-9]*")), "a stopped run published"
+
+
+def _child_running(pid: int, program: bytes) -> Path | None:
+    """/proc's directory of the child of ``pid`` whose command line names ``program``."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if program in Path(f"/proc/{child}/cmdline").read_bytes():
+                return Path(f"/proc/{child}")
+        except FileNotFoundError:  # it ended since the list was read
+            pass
+    return None
