@@ -10,7 +10,7 @@ from serving.client import cli as client_cli
 from serving.client import security as client_security
 from serving.server import ListenError, ModelServer
 from serving.settings import Settings
-from tests.conftest import local_settings, running_server
+from tests.conftest import free_port, local_settings, running_server
 from tests.http_helpers import http_server, http_settings
 
 
@@ -130,3 +130,16 @@ def test_a_client_sent_to_the_http_port_is_told_to_use_the_grpc_one(model_reposi
     assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
     assert error.count("\n") == 1 and "HTTP port (--http-port)" in error, error
     assert "its gRPC --port" in error, error
+
+
+def test_a_client_sent_where_nothing_listens_is_asked_whether_the_server_runs(capsys):
+    """`fmnist classify` with no server up (or the wrong port) said only gRPC's "failed to
+    connect to all addresses; ... Connection refused", in words a newcomer does not read as
+    "nothing listens there"."""
+    port = free_port()
+    assert client_cli.main(["health", "--target", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
+    assert error.count("\n") == 1, error
+    assert error.rstrip().endswith(f"(nothing listens on 127.0.0.1:{port}: is fmnist-serve "
+                                   "running, and is --target its gRPC address?)"), error

@@ -103,7 +103,8 @@ def _describe(error: Exception, args, argv: Sequence[str] | None) -> str:
 
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         details = _security(args).explained(error.code().name,
-                                            error.details() or "the server gave no details")
+                                            error.details() or "the server gave no details",
+                                            args.target)
         return f"{error.code().name}: {details}"
     tls_files = {getattr(args, dest): f"--{dest.replace('_', '-')}"
                  for dest in ("tls_ca", "tls_cert", "tls_key") if getattr(args, dest)}

@@ -54,13 +54,18 @@ class ChannelSecurity:
         return bool(self.tls or self.tls_ca or self.tls_cert or self.tls_key
                     or self.tls_server_name)
 
-    def explained(self, code: str, details: str) -> str:
+    def explained(self, code: str, details: str, target: str) -> str:
         """A failed call's details, with what this client may lack when the server closed its
         new connection at once: a TLS server does so to a plaintext client, a mutual TLS one to
         a client without a certificate it trusts, and says no more ("Socket closed"); so does
-        fmnist-serve's HTTP port, the other address its serving line names."""
-        if code != "UNAVAILABLE" or not (details.startswith("failed to connect")
-                                         and details.endswith(": Socket closed")):
+        fmnist-serve's HTTP port, the other address its serving line names. A refused
+        connection is said as what it means to a newcomer: nothing listens there."""
+        if code != "UNAVAILABLE" or not details.startswith("failed to connect"):
+            return details
+        if details.endswith(": Connection refused"):
+            return (f"{details} (nothing listens on {target}: is fmnist-serve running, and is "
+                    "--target its gRPC address?)")
+        if not details.endswith(": Socket closed"):
             return details
         if not self.uses_tls:
             why = ("the server closed the connection: if it serves TLS, add --tls, or --tls-ca "
