@@ -168,7 +168,8 @@ def score_over_v2(target: str) -> float:
 def ours_command(args, port: int) -> list[str]:
     return [str(args.ours_python), "-m", "serving", "--model-repository", str(args.repository),
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
-            "--poll-interval", "0", *args.server_flags]
+            "--poll-interval", "0", "--http-port", str(startup.free_port()),  # 8080 may be taken
+            *args.server_flags]
 
 
 def measure_servers(args) -> tuple[dict, dict]:

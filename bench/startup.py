@@ -76,7 +76,8 @@ def one_start(repository: str, workers: int, *, python: str = sys.executable,
     PSS) in MB."""
     port = free_port()
     command = [python, "-m", "serving", "--model-repository", repository, "--host",
-               "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--log-level",
+               "127.0.0.1", "--port", str(port), "--http-port", str(free_port()),  # not 8080's
+               "--poll-interval", "0", "--log-level",
                "WARNING", *(["--workers", str(workers)] if workers else []), *flags]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
