@@ -3,6 +3,7 @@ fmnist-train, run for real."""
 
 import itertools
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -118,3 +119,27 @@ def _child_running(pid: int, program: bytes) -> Path | None:
         except FileNotFoundError:  # it ended since the list was read
             pass
     return None
+
+
+def test_run_serve_reads_relative_paths_from_where_it_was_called(installed, model_repository,
+                                                                 tmp_path):
+    """`~/fmnist/run serve --model-repository models` from another directory looked for
+    `models` in the checkout (./run changes into it first): it trained a new repository
+    there, and a relative --tls-cert or --report-dir was not found, or landed there."""
+    name = f"models-{os.getpid()}"  # were it read in the checkout, a name nobody else uses
+    (tmp_path / name).symlink_to(model_repository)
+    env = {**os.environ, "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1",
+           "FMNIST_MODELS": "baseline", "FMNIST_WORKERS": "1"}
+    env.pop("FMNIST_MODEL_REPOSITORY", None)
+    process = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0",
+                                "--model-repository", name], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output = list(itertools.takewhile(lambda line: " serving address=" not in line,
+                                          process.stdout))
+        assert process.poll() is None, "".join(output)[-500:]
+        assert not (ROOT / name).exists(), "trained in the checkout"
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(ROOT / name, ignore_errors=True)
