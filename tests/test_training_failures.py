@@ -59,17 +59,23 @@ def test_a_seed_numpy_cannot_take_is_refused_before_fitting(tmp_path, flag, valu
     (["--out", "FILE"], "--out FILE: FILE is a file, not a directory"),
     (["--report-dir", "FILE"], "--report-dir FILE: FILE is a file, not a directory"),
     (["--out", "FILE/repo"], "--out FILE/repo: FILE is a file, not a directory"),
-], ids=["out-file", "report-dir-file", "out-in-a-file"])
+    (["--out", "OLD", "--models", "baseline"], "--out OLD: OLD/baseline is a file, not a "
+     "directory"),  # where the model's versions go
+], ids=["out-file", "report-dir-file", "out-in-a-file", "model-dir-a-file"])
 def test_an_output_directory_that_is_a_file_is_refused_with_the_flags(tmp_path, flags,
                                                                        message):
     """It failed later with a bare FileExistsError or NotADirectoryError, naming no flag."""
     (tmp_path / "file").write_text("")
-    flags = [flag.replace("FILE", str(tmp_path / "file")) for flag in flags]
-    result = run_training("--out", str(tmp_path / "repo"), *flags)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "baseline").write_text("")
+
+    def placed(text: str) -> str:
+        return text.replace("FILE", str(tmp_path / "file")).replace("OLD", str(tmp_path / "old"))
+
+    result = run_training("--out", str(tmp_path / "repo"), *map(placed, flags))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"fmnist-train: error: {message.replace('FILE', str(tmp_path / 'file'))} "
-        "(see fmnist-train --help)"]
+        f"fmnist-train: error: {placed(message)} (see fmnist-train --help)"]
 
 
 def test_a_fit_that_diverged_publishes_nothing(tmp_path):

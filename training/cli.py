@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
     warn_of_misspelt_variables()
-    for flag, path in (("--out", args.out), ("--report-dir", args.report_dir)):
+    for flag, value, path in (("--report-dir", args.report_dir, args.report_dir), *(
+            ("--out", args.out, args.out / name) for name in (*args.models, "reports"))):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
         if existing and not existing.is_dir():  # named as given: flag or FMNIST_* variable
-            parser.error(f"{given(flag, path, argv)}: {existing} is a file, not a directory")
+            parser.error(f"{given(flag, value, argv)}: {existing} is a file, not a directory")
     if args.report_dir and args.report_dir.is_dir() and any(args.report_dir.iterdir()):
         parser.error(f"{given('--report-dir', args.report_dir, argv)}: not empty (its old "
                      "pictures would sit beside the new report); give a new or empty directory")
