@@ -14,16 +14,16 @@ __all__ = ["served", "url", "v2"]  # the fixtures, shared with tests/test_http_a
 IMAGE = {"name": "images", "datatype": "UINT8", "shape": [1, 28, 28]}
 
 
-def grpc_request(version: str = "", **tensor) -> pb.ModelInferRequest:
-    """The gRPC request a client sends for the JSON input ``{**IMAGE, **tensor}``."""
-    fields = {**IMAGE, **tensor}
+def grpc_request(version: str, tensors: list[dict]) -> pb.ModelInferRequest:
+    """The gRPC request a client sends for the JSON inputs ``{**IMAGE, **tensor}``."""
     request = pb.ModelInferRequest(model_name="mlp", model_version=version)
-    added = request.inputs.add(name=fields["name"], datatype=fields["datatype"],
-                               shape=fields["shape"])
-    if fields["datatype"] == "UINT8":
-        added.contents.uint_contents.extend(fields.get("data", []))
-    else:  # FP32: its values, whatever they are in JSON, as numbers
-        added.contents.fp32_contents.extend([0.0] * len(fields.get("data", [])))
+    for fields in ({**IMAGE, **tensor} for tensor in tensors):
+        added = request.inputs.add(name=fields["name"], datatype=fields["datatype"],
+                                   shape=fields["shape"])
+        if fields["datatype"] == "UINT8":
+            added.contents.uint_contents.extend(fields.get("data", []))
+        else:  # FP32: its values, whatever they are in JSON, as numbers
+            added.contents.fp32_contents.extend([0.0] * len(fields.get("data", [])))
     return request
 
 
@@ -43,6 +43,13 @@ CASES = {
     "too many images, with a 256": (
         {"shape": [MAX_IMAGES + 1, 28, 28], "data": [256] * (MAX_IMAGES + 1) * 784}, "",
         f"inputs['images']: expected at most {MAX_IMAGES} images per request"),
+    # a second input: the first one's data was read, and its 256 said, or its lack of data
+    "two inputs, a 256 in the first": ([{"data": [256] * 784}, {"name": "extra", "data": [0]}],
+                                       "", "inputs: expected one input 'images', got ['images', "
+                                       "'extra']"),
+    "images twice, the first without data": ([{}, {"data": [0] * 784}], "",
+                                             "inputs: expected one input 'images', got "
+                                             "['images', 'images']"),
     # a bad body too: said "version: expected", ModelMetadata's field, not ModelInfer's
     "a bad version and a bad body": (b"{oops", "x", "model_version: expected"),
 }
@@ -52,15 +59,17 @@ CASES = {
 def test_a_refusal_is_the_same_over_http_and_grpc(url, v2, case):
     tensor, version, message = CASES[case]
     path = "/v2/models/mlp" + (f"/versions/{version}" if version else "") + "/infer"
+    tensors = tensor if isinstance(tensor, list) else [tensor]
     if isinstance(tensor, bytes):
         answer = requests.post(url + path, data=tensor, timeout=10)
-        tensor = {"data": [0] * 784}  # the gRPC request has no body to get wrong
+        tensors = [{"data": [0] * 784}]  # the gRPC request has no body to get wrong
     else:
-        answer = requests.post(url + path, json={"inputs": [{**IMAGE, **tensor}]}, timeout=10)
+        answer = requests.post(url + path, json={"inputs": [{**IMAGE, **t} for t in tensors]},
+                               timeout=10)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"].startswith(message), answer.json()["error"]
     with pytest.raises(grpc.RpcError) as refused:
-        v2.ModelInfer(grpc_request(version, **tensor))
+        v2.ModelInfer(grpc_request(version, tensors))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(message), refused.value.details()
 

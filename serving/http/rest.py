@@ -58,7 +58,7 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
                          model_version: str, max_images: int = 2**63
                          ) -> tuple[pb.ModelInferRequest, OutputForm]:
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
-    and the output form asked for; JSON data of more than ``max_images`` is left unread."""
+    and the output form asked for; JSON data the data plane refuses unread is not converted."""
     json_end = _json_end(body, header_length)
     if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
         # the shape below is this code's, not the client's: a wrong size is refused here, in
@@ -87,9 +87,10 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
     default_binary = _expect(bool, parameters.get(BINARY_ALL, False), f"parameters.{BINARY_ALL}")
     _set_parameters(request.parameters, parameters, "parameters", skip=BINARY_ALL)
     offset = json_end
-    for index, tensor in enumerate(_expect(list, document.get("inputs"), "inputs")):
+    inputs = _expect(list, document.get("inputs"), "inputs")
+    for index, tensor in enumerate(inputs):
         offset = _add_input(request, _expect(dict, tensor, f"inputs[{index}]"), index, body,
-                            offset, max_images=max_images)
+                            offset, max_images=max_images if len(inputs) == 1 else 0)
     if offset != len(body):
         raise InvalidArgument(f"request body: {len(body) - offset} bytes after the JSON and the "
                               "binary data its inputs declare (parameters.binary_data_size)")
