@@ -129,7 +129,8 @@ def test_a_client_sent_to_the_http_port_is_told_to_use_the_grpc_one(model_reposi
     error = capsys.readouterr().err
     assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
     assert error.count("\n") == 1 and "HTTP port (--http-port)" in error, error
-    assert "its gRPC --port" in error, error
+    # fmnist has no --port: the port to give is fmnist-serve's, in --target
+    assert "--target its gRPC port (--port)" in error, error
 
 
 def test_a_client_sent_where_nothing_listens_is_asked_whether_the_server_runs(capsys):

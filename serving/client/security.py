@@ -69,7 +69,8 @@ class ChannelSecurity:
             return details
         if not self.uses_tls:
             why = ("the server closed the connection: if it serves TLS, add --tls, or --tls-ca "
-                   "CA; if it is fmnist-serve's HTTP port (--http-port), give its gRPC --port")
+                   "CA; if it is fmnist-serve's HTTP port (--http-port), --target its gRPC "
+                   "port (--port)")
         elif not self.tls_cert:
             why = ("the server closed the connection in the TLS handshake: if it asks for a "
                    "client certificate, give --tls-cert and --tls-key")
