@@ -141,3 +141,25 @@ for host in {hosts!r}:
             f"{host} {what}" for host in hosts
             for what in ("grpc SERVING", "8080 200", "9090 200")]
         assert process.poll() is None
+
+
+@needs_private_network
+def test_an_ipv4_client_of_a_server_on_0_0_0_0_is_logged_by_its_ipv4_address(model_repository):
+    """HTTP on 0.0.0.0 listens on "::" where there is IPv6: an IPv4 client's failed request was
+    logged with peer "::ffff:127.0.0.1" (gRPC's log says ipv4:127.0.0.1:PORT), so a search of
+    the logs for a client's address missed its HTTP requests."""
+    with server_process(model_repository, "--host", "0.0.0.0", "--http-port", "8080",
+                        "--poll-interval", "0", prefix=PRIVATE_NETWORK) as (process, logs):
+        logs.wait_for("serving", timeout=30)
+        client = """
+import urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:8080/v2/models/mlp/infer", b"{oops", timeout=10)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+        answer = subprocess.run(
+            ["nsenter", f"--net=/proc/{process.pid}/ns/net", sys.executable, "-c", client],
+            check=False, capture_output=True, text=True, timeout=60)
+        assert answer.stdout == "400\n", answer.stderr
+        assert logs.wait_for("request failed")[0]["peer"] == "127.0.0.1"

@@ -128,8 +128,9 @@ class HttpApp:
         ``body``: where the request body goes, read before the call is admitted (a client
         that stalls in the middle of it holds no place under --max-concurrent-calls)."""
         port = environ.get("REMOTE_PORT")  # granian gives none
+        address = environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")  # IPv4 on "::"
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
-                    environ.get("REMOTE_ADDR", "") + (f":{port}" if port else ""))
+                    address + (f":{port}" if port else ""))
         receive = None if body is None else (
             lambda: body.append(read_body(environ, self._max_body_bytes)))
         return self._pipeline.unary(
