@@ -1,7 +1,6 @@
 """./run, the project's one entry point: what it does before it hands over to fmnist-serve or
 fmnist-train, run for real."""
 
-import itertools
 import os
 import shutil
 import subprocess
@@ -66,16 +65,18 @@ def test_run_serve_trains_the_repository_it_is_told_to_serve(installed, model_re
     env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
            "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_WORKERS": "1"}
     for flags in (["--model-repository", str(model_repository)],
-                  [f"--model-repository={model_repository}"]):
+                  [f"--model-repository={model_repository}"],
+                  ["--model-repo", str(model_repository)],  # argparse's abbreviations
+                  [f"--mo={model_repository}"]):
         process = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0",
                                     *flags], env=env, text=True, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT)
         try:
-            output = list(itertools.takewhile(lambda line: " serving address=" not in line,
-                                              process.stdout))
+            output = _until_serving(process)
         finally:
             process.terminate()
             process.wait(30)
+        assert " serving address=" in output[-1], "".join(output)[-2000:]  # it serves DIR
         assert not (tmp_path / "untrained").exists(), "".join(output)[:500]
 
 
@@ -135,11 +136,20 @@ def test_run_serve_reads_relative_paths_from_where_it_was_called(installed, mode
                                 "--model-repository", name], cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        output = list(itertools.takewhile(lambda line: " serving address=" not in line,
-                                          process.stdout))
-        assert process.poll() is None, "".join(output)[-500:]
+        output = _until_serving(process)
+        assert " serving address=" in output[-1], "".join(output)[-2000:]
         assert not (ROOT / name).exists(), "trained in the checkout"
     finally:
         process.terminate()
         process.wait(30)
         shutil.rmtree(ROOT / name, ignore_errors=True)
+
+
+def _until_serving(process: subprocess.Popen) -> list[str]:
+    """The output lines up to the serving line (the last), or to the end if none came."""
+    output = [""]
+    for line in process.stdout:
+        output.append(line)
+        if " serving address=" in line:
+            break
+    return output
