@@ -5,6 +5,7 @@ by flags, and both must mean the same.
 """
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -55,6 +56,28 @@ def unread_env_vars(environ: Mapping[str, str], also: Iterable[str] = ()) -> lis
     ``also``: a misspelt one (FMNIST_METRIC_PORT) is otherwise ignored without a word."""
     return sorted(name for name in environ
                   if name.startswith(ENV_PREFIX) and name not in READ | set(also))
+
+
+NEAR = 0.92  # difflib's ratio: FMNIST_EPOCH is 0.96 of FMNIST_EPOCHS; no variable of one
+# command reaches it against another's (FMNIST_BASELINE_MODEL: 0.90 of fmnist-train's)
+
+
+def near_misses(environ: Mapping[str, str], read: Iterable[str]) -> list[tuple[str, str]]:
+    """(variable, the one of ``read`` it nearly spells) for each FMNIST_* variable of
+    ``environ`` not in ``read`` but near one of it."""
+    read = sorted(read)
+    return [(name, near[0]) for name in sorted(environ)
+            if name.startswith(ENV_PREFIX) and name not in read
+            and (near := difflib.get_close_matches(name, read, n=1, cutoff=NEAR))]
+
+
+def warn_of_misspelt_variables(program: str) -> None:
+    """FMNIST_MLP_EPOCH=40 was ignored without a word, and the run went on with the default.
+    Only near misses of the options added so far are said: a shell or container also holds
+    the other commands' variables (FMNIST_PORT)."""
+    for name, meant in near_misses(os.environ, READ):
+        print(f"{program}: warning: {name}: not a setting of {program} (did you mean "
+              f"{meant}?); ignored", file=sys.stderr, flush=True)
 
 
 def given(flag: str, value, argv: Sequence[str] | None = None) -> str:

@@ -1,8 +1,6 @@
 """fmnist-train's FMNIST_* variables: a near miss of one is said, not ignored."""
 
-from common import flags
 from tests.training_runs import manifest, run_training
-from training.options import build_parser
 
 
 def test_a_misspelt_variable_is_said_and_the_run_goes_on(tmp_path):
@@ -19,21 +17,3 @@ def test_a_misspelt_variable_is_said_and_the_run_goes_on(tmp_path):
         "you mean FMNIST_BASELINE_MAX_ITER?); ignored"]
     assert manifest(tmp_path, "baseline", 1)["training"]["max_iter"] == 20
 
-
-def test_no_variable_of_the_server_or_client_is_a_near_miss(monkeypatch):
-    """fmnist-serve's and fmnist's variables (FMNIST_PORT, FMNIST_BASELINE_MODEL...) share a
-    shell or a container with fmnist-train's: none may read as a misspelling of one."""
-    from serving.client.cli import _parser
-    from serving.settings import argument_parser
-    from training.console import near_misses
-
-    monkeypatch.setattr(flags, "READ", set())
-    build_parser()
-    training = set(flags.READ)
-    flags.READ.clear()
-    argument_parser(environ={})
-    _parser()
-    others = flags.READ - training
-    assert len(others) > 30
-    assert near_misses(dict.fromkeys(others, "1"), training) == []
-    assert near_misses({"FMNIST_EPOCH": "3"}, training) == [("FMNIST_EPOCH", "FMNIST_EPOCHS")]

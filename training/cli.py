@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from common.flags import given
+from common.flags import given, warn_of_misspelt_variables
 from training.checks import TrainingError, check_worth_publishing
-from training.console import (
-    keep_running_when_output_closes,
-    print_table,
-    warn_of_misspelt_variables,
-)
+from training.console import keep_running_when_output_closes, print_table
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -238,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
-    warn_of_misspelt_variables()
+    warn_of_misspelt_variables("fmnist-train")
     for flag, value, path in (("--report-dir", args.report_dir, args.report_dir), *(
             ("--out", args.out, args.out / name) for name in (*args.models, "reports"))):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None

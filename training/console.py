@@ -1,16 +1,8 @@
-"""What ``fmnist-train`` prints: its final table, a warning for a misspelt FMNIST_* variable,
-and a standard output that may close under it (``fmnist-train ... | head -1``) without ending
-the run."""
+"""What ``fmnist-train`` prints: its final table, and a standard output that may close under
+it (``fmnist-train ... | head -1``) without ending the run."""
 
-import difflib
 import os
 import sys
-from collections.abc import Iterable, Mapping
-
-from common.flags import ENV_PREFIX, READ
-
-NEAR = 0.92  # difflib's ratio: FMNIST_EPOCH is 0.96 of FMNIST_EPOCHS; no variable of
-# fmnist-serve's or fmnist's reaches it against fmnist-train's (FMNIST_BASELINE_MODEL: 0.90)
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -67,21 +59,3 @@ def keep_running_when_output_closes() -> None:
         except OSError:
             os.dup2(null, 2)
         sys.stderr = open(null, "w")  # noqa: SIM115 (open for the rest of the run)
-
-
-def near_misses(environ: Mapping[str, str], read: Iterable[str]) -> list[tuple[str, str]]:
-    """(variable, the one of ``read`` it nearly spells) for each FMNIST_* variable of
-    ``environ`` read by no option, but near one of ``read``."""
-    read = sorted(read)
-    return [(name, near[0]) for name in sorted(environ)
-            if name.startswith(ENV_PREFIX) and name not in read
-            and (near := difflib.get_close_matches(name, read, n=1, cutoff=NEAR))]
-
-
-def warn_of_misspelt_variables() -> None:
-    """FMNIST_MLP_EPOCH=40 was ignored without a word, and the run fitted for minutes with the
-    default; only near misses are said: a shell or container also holds the server's and the
-    client's variables (FMNIST_PORT)."""
-    for name, meant in near_misses(os.environ, READ):
-        print(f"fmnist-train: warning: {name}: not a setting of fmnist-train (did you mean "
-              f"{meant}?); ignored", file=sys.stderr, flush=True)

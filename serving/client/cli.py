@@ -25,6 +25,7 @@ from common.flags import (
     positive_int,
     positive_seconds,
     unrecognized,
+    warn_of_misspelt_variables,
 )
 from serving.client import DEFAULT_TARGET
 from serving.client.arguments import IndicesThenFiles, Placed, grpc_target
@@ -61,6 +62,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"fmnist: error: {error}", file=sys.stderr)
         return 2
     args = _parse(parser, argv)
+    warn_of_misspelt_variables("fmnist")
     try:
         return args.run(args)
     except UsageError as error:
