@@ -1,21 +1,26 @@
 """Faults under load, on a server process: SIGTERM while 32 clients call in a closed loop
 (every accepted call answered, health NOT_SERVING before the first refusal, exit 0), and a
 worker process killed with SIGKILL under load (replaced, the other worker untouched, every
-client answered again right after). A damaged model repository and requests past the limits
-are tests/test_faults.py's.
+client answered again right after), and workers out of file descriptors (replaced: gRPC C++
+1.51 never accepts again on a port whose accept failed). A damaged model repository and
+requests past the limits are tests/test_faults.py's.
 """
 
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from serving import native
 from tests.fault_requests import IMAGES, classify_request
 from tests.server_process import children, server_process
 
@@ -150,3 +155,36 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_answering(model_reposit
     assert counts["UNAVAILABLE"] <= KILL_CLIENTS
     assert all(client[-CALLS_AFTER_KILL // 2:] == ["OK"] * (CALLS_AFTER_KILL // 2)
                for client in outcomes)
+
+
+# --- Out of file descriptors -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not native.available(),
+                    reason=f"native gRPC server: {native.UNAVAILABLE_REASON}")
+def test_workers_out_of_file_descriptors_are_replaced_and_the_port_answers_again(
+        model_repository):
+    """200 idle connections to workers that may open 64 files each: their accept fails
+    (EMFILE), and gRPC C++ 1.51 never accepted on that port again, while the worker went on
+    looking healthy: every new connection the kernel gave it waited for good."""
+    with server_process(model_repository, "--workers", "2", "--poll-interval", "0",
+                        "--grace-period", "1", "--grpc-server", "native",
+                        prefix=("prlimit", "--nofile=64")) as (process, logs):
+        address = logs.wait_for("workers serving")[0]["address"]
+        host, port = address.rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port))) for _ in range(200)]
+        time.sleep(1)  # accepted until the descriptors ran out
+        for connection in idle:
+            connection.close()
+        for _ in range(8):  # fresh connections, each hashed to one of the workers' sockets
+            with grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]
+                                       ) as channel:
+                pb_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=15,
+                                                           wait_for_ready=True)
+        replaced = logs.wait_for("worker died; starting another")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    said = [line["text"] for line in logs.lines if line["message"] is None]
+    assert any(text.endswith("Failed accept4: Too many open files: this port accepts no more "
+                             "connections; stopping") for text in said), said
+    assert replaced[0]["status"] == "exit 0"  # drained, as on SIGTERM

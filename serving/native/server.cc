@@ -29,6 +29,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -50,9 +53,20 @@ namespace {
 // their file, whose assertions must still be heard), which only GRPC_VERBOSITY=INFO shows
 // (`--log-level DEBUG`), and those of a bind: the exception says it.
 std::atomic<bool> binding = false;
+std::atomic<bool> stopping_for_accept = false;
 
 void Log(gpr_log_func_args* args) {
   std::string_view message = args->message;
+  // gRPC C++ 1.51 never accepts again on a port whose accept4 failed (EMFILE: no file
+  // descriptor left; newer gRPC retries): the process stops as on SIGTERM, draining what it
+  // serves, and its supervisor or service manager starts another (before, it served on, the
+  // connections the kernel gave it waiting for good)
+  if (message.starts_with("Failed accept4") && !stopping_for_accept.exchange(true)) {
+    fprintf(stderr, "grpc E %s:%d: %s: this port accepts no more connections; stopping\n",
+            args->file, args->line, args->message);
+    kill(getpid(), SIGTERM);
+    return;
+  }
   bool clients = message.starts_with("Compression algorithm") ||
                  message.starts_with("Handshake failed");
   if (binding || (clients && !gpr_should_log(GPR_LOG_SEVERITY_INFO))) return;
