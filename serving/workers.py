@@ -258,7 +258,7 @@ class _Supervisor:
         if message == READY:
             self.served.add(pid)
             log.info("worker serving", extra={"fields": {"worker_pid": pid}})
-        else:
+        elif message:  # none: it died (killed while it loaded), which _reap says next
             log.error("worker failed to start", extra={"fields": {
                 "worker_pid": pid, "reason": message.decode(errors="replace").strip()}})
 

@@ -1,5 +1,6 @@
 """The supervisor never signals a worker it has reaped: the kernel may by then have given its
-pid to another process, which a SIGKILL meant for the worker would kill."""
+pid to another process, which a SIGKILL meant for the worker would kill. A replacement that
+dies in start-up is one line saying how."""
 
 import os
 import signal
@@ -7,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.server_process import children
+from tests.server_process import children, held_in_read, server_process
 
 # fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
 LAUNCHER = """
@@ -55,3 +56,27 @@ def test_a_worker_that_dies_in_start_up_is_not_signalled_once_reaped(repository_
     assert process.returncode == 1, errors
     assert f"worker {victim} died before serving: killed by SIGKILL" in errors
     assert "reaped pid" not in errors
+
+
+def test_a_replacement_killed_in_start_up_is_one_line_saying_how_it_died(repository_copy):
+    """A replacement that died before serving without a word (killed while it loaded: the
+    OOM killer, a SIGBUS) was logged 'worker failed to start' with an empty reason, then
+    'worker died'; the second line alone says what happened."""
+    manifest = repository_copy / "softmax" / "1" / "model.json"
+    with server_process(repository_copy, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0") as (process, logs):
+        pids = logs.wait_for("workers serving")[0]["pids"]
+        saved = manifest.read_bytes()
+        manifest.unlink()
+        os.mkfifo(manifest)  # the replacement hangs loading it
+        os.kill(pids[0], signal.SIGKILL)
+        with held_in_read(manifest):
+            replacement = next(pid for pid in children(process.pid) if pid not in pids)
+            os.kill(replacement, signal.SIGKILL)
+            died = logs.wait_for("worker died; starting another", count=2)[1]
+        manifest.unlink()
+        manifest.write_bytes(saved)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert (died["worker_pid"], died["status"]) == (replacement, "killed by SIGKILL")
+    assert [line["reason"] for line in logs.matching("worker failed to start")] == []
