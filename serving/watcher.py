@@ -18,17 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from serving.batching import BatchingPolicy
-from serving.repository import Listing, ModelRegistry, VersionKey, load_into, version_dirs
+from serving.repository import ModelRegistry, VersionKey, load_into, version_dirs
 
 log = logging.getLogger(__name__)
-
-
-def _present(root: Path) -> Listing | None:
-    """The repository's version directories, or None if it cannot be listed."""
-    try:
-        return version_dirs(root)
-    except OSError:
-        return None
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -54,7 +46,9 @@ class RepositoryWatcher:
         self._policy = policy
         self._intra_op_threads = intra_op_threads
         self._required = frozenset(required)
-        present = (_present(self.root) or Listing({}, [], set())).found
+        present = {}
+        with contextlib.suppress(OSError):  # the first poll says why
+            present = version_dirs(self.root).found
         # version -> the fingerprint of its files when it was refused (at start-up or later):
         # it is not tried again until they change
         self._refused = {key: _fingerprint(present[key]) for key in registry.refused
@@ -68,11 +62,13 @@ class RepositoryWatcher:
         """One pass: load what appeared, unload what disappeared (blocking: file reads and
         session creation; the registry swaps each change in atomically). What cannot be
         listed (the repository, a model's folder: a volume's hiccup) changes nothing."""
-        listing = _present(self.root)
-        if listing is None:
+        try:
+            listing = version_dirs(self.root)
+        except OSError as error:
             if not self._unlisted:
                 log.warning("model repository cannot be listed; the loaded versions keep "
-                            "serving", extra={"fields": {"repository": str(self.root)}})
+                            "serving", extra={"fields": {"repository": str(self.root),
+                                                         "error": error.strerror or str(error)}})
             self._unlisted = True
             return
         self._unlisted = False
