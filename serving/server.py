@@ -110,10 +110,6 @@ class ModelServer:
         return cls(settings, load_repository(settings.model_repository, _policy(settings),
                                              settings.intra_op_threads), tls)
 
-    @property
-    def address(self) -> str:
-        return host_port(self.settings.host, self.port)
-
     def _model_label(self, request) -> str:
         """The metrics' model label: the model asked for ("" if none applies), "other" for
         names not loaded, so clients cannot grow the label set."""
@@ -158,7 +154,7 @@ class ModelServer:
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registry.list())
         scheme = "https" if settings.tls_cert else "http"
         log.info("serving", extra={"fields": {
-            "address": self.address, "transport": self._server.transport,
+            "address": host_port(settings.host, self.port), "transport": self._server.transport,
             **({"http": f"{scheme}://{host_port(settings.host, self.http_port, True)}/"}
                if self.http_port else {}),
             **({"health_port": self.health_port} if self.health_port else {}),

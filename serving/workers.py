@@ -5,8 +5,7 @@ many cores onnxruntime uses; N processes use N cores when clients bring several 
 Every worker listens on the port (SO_REUSEPORT) and the kernel hashes each new connection to
 one of them; a client's connection stays with its worker.
 
-The supervisor stays small and fork-safe: it never creates a gRPC object, an onnxruntime
-session or a thread of its own. It
+The supervisor stays small and fork-safe (no gRPC object, onnxruntime session or thread). It
 
 1. points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh temporary directory (``serving.scratch``)
    before any worker imports prometheus_client, so each worker keeps its metrics in files
@@ -296,4 +295,6 @@ class _Supervisor:
 
 def _describe(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
+    if code == -signal.SIGBUS:  # a write to a page of a metrics file (mmap) on a full tmpfs
+        return "killed by SIGBUS (is /dev/shm full? the metrics files are mapped from there)"
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"

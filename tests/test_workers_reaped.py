@@ -1,13 +1,21 @@
 """The supervisor never signals a worker it has reaped: the kernel may by then have given its
 pid to another process, which a SIGKILL meant for the worker would kill. A replacement that
-dies in start-up is one line saying how."""
+dies in start-up is one line saying how, and a worker killed by SIGBUS on a full /dev/shm is
+told so."""
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import grpc
+import pytest
+
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.server_process import children, held_in_read, server_process
 
 # fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
@@ -80,3 +88,34 @@ def test_a_replacement_killed_in_start_up_is_one_line_saying_how_it_died(reposit
         assert process.wait(30) == 0
     assert (died["worker_pid"], died["status"]) == (replacement, "killed by SIGKILL")
     assert [line["reason"] for line in logs.matching("worker failed to start")] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare, to mount a small /dev/shm of its own")
+def test_a_worker_killed_by_a_full_dev_shm_is_told_so(repository_copy):
+    """The workers' metrics files are mapped from /dev/shm: once that file system is full
+    (another process's files, a small emptyDir), a worker writing a new series dies of
+    SIGBUS, and its replacements too; the log said only 'killed by SIGBUS'."""
+    mounted = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$@"', "sh")
+    with server_process(repository_copy, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0", prefix=mounted) as (process, logs):
+        address = logs.wait_for("workers serving")[0]["address"]
+        subprocess.run(["nsenter", "-t", str(process.pid), "-m", "dd", "if=/dev/zero",
+                        "of=/dev/shm/filler", "bs=64k"], capture_output=True, timeout=10,
+                       check=False)  # it fills the file system, then fails
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            deadline = time.monotonic() + 10
+            while not logs.matching("worker died; starting another"):
+                assert time.monotonic() < deadline, "no worker died"
+                for model in ("mlp", "softmax", "baseline", "other"):  # series of their own
+                    with contextlib.suppress(grpc.RpcError):
+                        stub.Classify(pb.ClassifyRequest(images=[bytes(784)], model=model),
+                                      timeout=2)
+        subprocess.run(["nsenter", "-t", str(process.pid), "-m", "rm", "/dev/shm/filler"],
+                       timeout=10, check=True)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert logs.matching("worker died; starting another")[0]["status"] == (
+        "killed by SIGBUS (is /dev/shm full? the metrics files are mapped from there)")
