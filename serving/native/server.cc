@@ -29,13 +29,11 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
 
-#include <signal.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <deque>
 #include <memory>
@@ -53,25 +51,21 @@ namespace {
 // their file, whose assertions must still be heard), which only GRPC_VERBOSITY=INFO shows
 // (`--log-level DEBUG`), and those of a bind: the exception says it.
 std::atomic<bool> binding = false;
-std::atomic<bool> stopping_for_accept = false;
 
 void Log(gpr_log_func_args* args) {
   std::string_view message = args->message;
-  // gRPC C++ 1.51 never accepts again on a port whose accept4 failed (EMFILE: no file
-  // descriptor left; newer gRPC retries): the process stops as on SIGTERM, draining what it
-  // serves, and its supervisor or service manager starts another (before, it served on, the
-  // connections the kernel gave it waiting for good)
-  if (message.starts_with("Failed accept4") && !stopping_for_accept.exchange(true)) {
-    fprintf(stderr, "grpc E %s:%d: %s: this port accepts no more connections; stopping\n",
-            args->file, args->line, args->message);
-    kill(getpid(), SIGTERM);
-    return;
-  }
   bool clients = message.starts_with("Compression algorithm") ||
                  message.starts_with("Handshake failed");
   if (binding || (clients && !gpr_should_log(GPR_LOG_SEVERITY_INFO))) return;
-  fprintf(stderr, "grpc %s %s:%d: %s\n", gpr_log_severity_string(args->severity), args->file,
-          args->line, args->message);
+  // gRPC C++ 1.51 never accepts again on a port whose accept4 failed (EMFILE: no file
+  // descriptor left; newer gRPC retries): the process stops as on SIGTERM (a second one does
+  // nothing more), draining what it serves, and its supervisor or service manager starts
+  // another (before, it served on, the connections the kernel gave it waiting for good)
+  bool accepts_no_more = message.starts_with("Failed accept4");
+  fprintf(stderr, "grpc %s %s:%d: %s%s\n", gpr_log_severity_string(args->severity), args->file,
+          args->line, args->message,
+          accepts_no_more ? ": this port accepts no more connections; stopping" : "");
+  if (accepts_no_more) kill(getpid(), SIGTERM);  // the process: any thread may take it
 }
 
 class Call;
@@ -114,10 +108,7 @@ class Calls {
   // The status (its deadline's or its client's doing) and method of each call `Remove` took
   // out since the last time: no Python thread saw them, and the metrics count them (Python
   // takes them ten times a second; kDeadListed at most in between).
-  Pairs TakeDead() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return std::exchange(dead_, {});
-  }
+  Pairs TakeDead() { std::lock_guard<std::mutex> lock(mutex_); return std::exchange(dead_, {}); }
   // A thread other than the caller is at work (the caller may be one).
   bool Busy() const { return running_ > (at_work.calls == this); }
   // The thread at work waits in an operation of its call (`waiting`), or is back from it.
