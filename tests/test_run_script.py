@@ -50,12 +50,25 @@ def test_run_serve_help_shows_the_flags_without_training_first(installed, tmp_pa
     # were it to train, a small fit: the test stays short either way
     env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
            "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
-    for flag in ("--help", "-h"):
+    for flag in ("--help", "-h", "--hel"):  # the last, argparse's abbreviation of --help
         result = subprocess.run([ROOT / "run", "serve", "--port", "0", flag], env=env,
                                 check=False, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("usage: fmnist-serve"), result.stdout[:300]
         assert not (tmp_path / "untrained").exists(), result.stdout[:300]
+
+
+def test_run_serve_says_a_refused_flag_without_training_first(installed, tmp_path):
+    """`./run serve --port abc` on a fresh clone trained for minutes, then fmnist-serve said
+    the port was wrong."""
+    env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
+           "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
+    result = subprocess.run([ROOT / "run", "serve", "--port", "abc"], env=env, check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == ("fmnist-serve: error: --port: expected an integer "
+                                              ">= 0 and <= 65535, got abc"), result.stderr
+    assert not (tmp_path / "untrained").exists(), result.stdout[-300:]
 
 
 def test_run_serve_trains_the_repository_it_is_told_to_serve(installed, model_repository, tmp_path):
