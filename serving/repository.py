@@ -115,15 +115,15 @@ class ModelRegistry:
         """The loaded versions of ``name``, ascending ([] if none)."""
         return list(self._models.get(name, {}))
 
-    def get(self, name: str, version: int = 0) -> ModelVersion:
-        """The model version, the newest if ``version`` is 0; NotFound names what exists."""
+    def get(self, name: str, version: int = 0, at=("model", "version")) -> ModelVersion:
+        """The model version, the newest if ``version`` is 0; NotFound names what exists, and
+        the request's fields that gave the name and the version (``at``)."""
         versions = self._models.get(name)
         if versions is None:
-            raise NotFound(f"model: no model {name!r}; loaded models: {', '.join(self.names)}")
-        if version == 0:
-            return versions[max(versions)]
+            raise NotFound(f"{at[0]}: no model {name!r}; loaded models: {', '.join(self.names)}")
+        version = version or max(versions)  # 0: the newest
         if version not in versions:
-            raise NotFound(f"version: model {name!r} has no version {version}; "
+            raise NotFound(f"{at[1]}: model {name!r} has no version {version}; "
                            f"loaded versions: {', '.join(map(str, versions))}")
         return versions[version]
 

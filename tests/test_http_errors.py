@@ -59,11 +59,13 @@ def _json(document) -> bytes:
     ("POST", "/v2/models/nope/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}), {}, 404,
      "nope"),
     # the body's fault was said first, where gRPC and Triton say the unknown model
-    ("POST", "/v2/models/nope/infer", b"{oops", {}, 404, "model: no model 'nope'"),
+    ("POST", "/v2/models/nope/infer", b"{oops", {}, 404, "model_name: no model 'nope'"),
     ("POST", "/v2/models/nope/infer", bytes(1568), {"Inference-Header-Content-Length": "0"}, 404,
-     "model: no model 'nope'"),
+     "model_name: no model 'nope'"),
     ("POST", "/v2/models/mlp/versions/7/infer", b"{oops", {}, 404,
-     "version: model 'mlp' has no version 7"),
+     "model_version: model 'mlp' has no version 7"),
+    ("POST", "/v2/models/mlp/versions/7/infer", _json({"inputs": [{**IMAGE, "data": [0] * 784}]}),
+     {}, 404, "model_version: model 'mlp' has no version 7"),  # named as ModelInfer names it
     ("GET", "/v2/models/mlp/versions/99", b"", {}, 404, "99"),
     ("GET", "/v3", b"", {}, 404, "no endpoint GET /v3"),
     # a regex's "$" matched before a final newline: these were /v2/health/ready's 200 and

@@ -222,6 +222,33 @@ async def test_a_version_past_int64_is_invalid_argument_on_every_method(v2, vers
         assert refused.value.details().startswith(f"{field}: expected")
 
 
+async def test_an_unknown_model_or_version_is_named_by_the_requests_own_field(v2, stub):
+    """NOT_FOUND names the field that gave the name or version, as every other refusal does:
+    ModelInfer (and its stream) said "model: no model 'nope'" and "version: model 'mlp' has no
+    version 9", fields ModelInferRequest lacks, while a malformed version there was already
+    "model_version: expected ..."; ModelMetadata, ModelConfig, ModelStatistics and GetModel
+    said "model:" for their ``name``."""
+    nope = raw_request()
+    nope.model_name = "nope"
+    unknown = [(v2.ModelInfer(nope), "model_name: no model 'nope'"),
+               (v2.ModelInfer(raw_request(model_version="9")), "model_version: model 'mlp' "),
+               (v2.ModelMetadata(pb.ModelMetadataRequest(name="nope")), "name: no model"),
+               (v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version="9")), "version:"),
+               (v2.ModelConfig(pb.ModelConfigRequest(name="nope")), "name: no model"),
+               (v2.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), "name: no model"),
+               (stub.GetModel(classifier_pb.GetModelRequest(name="nope")), "name: no model"),
+               (stub.Classify(classifier_pb.ClassifyRequest(model="nope", images=[bytes(784)])),
+                "model: no model 'nope'")]
+    for call, message in unknown:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details().startswith(message), refused.value.details()
+    streamed = [answer.error_message async for answer in v2.ModelStreamInfer(iter(
+        [nope, raw_request(model_version="9")]))]
+    assert [message.split(":")[0] for message in streamed] == ["model_name", "model_version"]
+
+
 def test_model_config_says_the_batching_its_version_runs_with(model_repository):
     """ModelConfig's dynamic batching delay and instance count are those of the policy the
     version's batcher runs (the server worked them out from the settings a second time)."""

@@ -56,7 +56,7 @@ class ClassifierAPI:
 
     def GetModel(self, request: pb.GetModelRequest, call: Call) -> pb.ModelInfo:  # noqa: N802 (the protocol's name)
         check_version(request.version)
-        return self._info(self.registry.get(request.name, request.version))
+        return self._info(self.registry.get(request.name, request.version, ("name", "version")))
 
     def _info(self, model: ModelVersion) -> pb.ModelInfo:
         versions = self.registry.versions(model.name) or [model.version]  # unloaded meanwhile

@@ -22,6 +22,7 @@ from serving.repository import ModelRegistry
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "fashion-mnist-service"
 FINAL_FLAG = "triton_final_response"
+NAMED_BY = ("name", "version")  # the request's fields, which NotFound names (ModelInfer's differ)
 
 
 class InferenceAPI:
@@ -49,12 +50,12 @@ class InferenceAPI:
                                          extensions=EXTENSIONS)
 
     def ModelMetadata(self, request, call: Call) -> pb.ModelMetadataResponse:  # noqa: N802 (the protocol's name)
-        model = self._registry.get(request.name, parse_version(request.version))
+        model = self._registry.get(request.name, parse_version(request.version), NAMED_BY)
         versions = [model.version] if request.version else self._registry.versions(model.name)
         return encode_model_metadata(model, versions)  # as Triton's: the version asked for
 
     def ModelConfig(self, request, call: Call) -> pb.ModelConfigResponse:  # noqa: N802 (the protocol's name)
-        model = self._registry.get(request.name, parse_version(request.version))
+        model = self._registry.get(request.name, parse_version(request.version), NAMED_BY)
         return encode_model_config(model, self._max_request_images)
 
     def ModelStatistics(self, request, call: Call) -> pb.ModelStatisticsResponse:  # noqa: N802 (the protocol's name)
@@ -62,7 +63,7 @@ class InferenceAPI:
         if request.version and not request.name:
             raise InvalidArgument("name: a version needs the model it belongs to, got none")
         version = parse_version(request.version)
-        names = ([self._registry.get(request.name, version).name]
+        names = ([self._registry.get(request.name, version, NAMED_BY).name]
                  if request.name else self._registry.names)
         versions = ([(names[0], version)] if version else
                     [(name, number) for name in names for number in self._registry.versions(name)])
@@ -70,7 +71,7 @@ class InferenceAPI:
 
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:  # noqa: N802 (the protocol's name)
         version = parse_version(request.model_version, "model_version")
-        model = self._registry.get(request.model_name, version)
+        model = self._registry.get(request.model_name, version, ("model_name", "model_version"))
         query = decode_infer_request(request, model, self._max_request_images)
         return encode_infer_response(query, model, model.predict(query.images, call))
 

@@ -196,10 +196,9 @@ class HttpApp:
                     body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
                     path.get("version", ""), self._max_images)
             except InvalidArgument:  # an unknown model or version is said first, as over gRPC
-                version = path.get("version", "")
-                parse_version(version, "model_version")  # named as ModelInfer names it
-                self._inference.ModelMetadata(pb.ModelMetadataRequest(
-                    name=path["model"], version=version), None)
+                version = parse_version(path.get("version", ""), "model_version")
+                self._classifier.registry.get(  # its fields named as ModelInfer names them
+                    path["model"], version, ("model_name", "model_version"))
                 raise
             forms.append(form)
             return request
