@@ -93,6 +93,19 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
     raise InvalidArgument(f"request body: more than {MAX_GZIP_MEMBERS} gzip members")
 
 
+def not_utf8(data: bytes) -> str:
+    """Where ``data`` stops being UTF-8, JSON's one encoding (RFC 8259 8.1), or "" if it is:
+    orjson says "surrogates not allowed" at char 0 of any bad byte anywhere."""
+    try:
+        data.decode()
+        return ""
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        utf16 = ", UTF-16's byte order mark" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        return (f"not UTF-8 from byte {error.start} (0x{data[error.start]:02x}, line {line})"
+                f"{utf16}; JSON is UTF-8")
+
+
 def message_json(message) -> dict:
     """Any other answer (metadata, config, statistics) in the protobuf JSON mapping with the
     proto's field names and 64-bit integers as numbers, as Triton's HTTP server writes them

@@ -92,7 +92,7 @@ def decode_classify(body: bytes, options: Options, decoder: Executor,
     ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
     if text.lstrip()[:1] in (b"{", b"["):
-        return _json_request(text, options, max_images)
+        return _json_request(body, options, max_images)  # parse_json drops the mark
     pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
                               version=options.version)

@@ -1,0 +1,40 @@
+"""JSON that is not UTF-8 (RFC 8259 8.1: JSON is UTF-8), sent to a real server: the refusal
+says where the body stops being UTF-8, on both JSON endpoints."""
+
+import json
+
+import pytest
+import requests
+
+from tests.test_http_api import served, url
+
+__all__ = ["served", "url"]  # the fixtures, shared with tests/test_http_api.py
+
+PIXELS = json.dumps([0] * 784)
+INFER = ('{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28], '
+         f'"data": {PIXELS}}}],\n "id": "caf\u00e9"}}')
+CLASSIFY = f'{{"images": [{PIXELS}],\n "request_id": "caf\u00e9"}}'
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["", "byte order mark"])
+@pytest.mark.parametrize(("path", "text"), [("/v2/models/mlp/infer", INFER),
+                                            ("/v1/classify", CLASSIFY)])
+def test_latin_1_json_is_refused_saying_where_it_is_not_utf_8(url, path, text, bom):
+    """A body in Latin-1 (a Windows client's "café") was refused as "not valid JSON (str is not
+    valid UTF-8: surrogates not allowed: line 1 column 1 (char 0))": no surrogate, and not
+    where the bad byte was. The offset is the body's as sent, byte order mark included."""
+    body = bom + text.encode("latin-1")
+    answer = requests.post(url + path, data=body, timeout=10)
+    assert answer.status_code == 400
+    offset = body.index(b"\xe9")
+    assert answer.json()["error"] == (
+        f"request body: not valid JSON (not UTF-8 from byte {offset} (0xe9, line 2); "
+        "JSON is UTF-8)")
+    assert requests.post(url + path, data=bom + text.encode(), timeout=10).status_code == 200
+
+
+def test_utf_16_json_is_named(url):
+    answer = requests.post(url + "/v2/models/mlp/infer", data=INFER.encode("utf-16"), timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == ("request body: not valid JSON (not UTF-8 from byte 0 "
+                                      "(0xff, line 1), UTF-16's byte order mark; JSON is UTF-8)")
