@@ -160,9 +160,10 @@ def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
                 f'{{"images": [[784 integers 0..255], ...]}}')
     if not body:
         raise InvalidArgument(f"body: empty; {expected}")
+    kind = ""  # the format Pillow found, if it found one
     try:
         with pillow().open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
-            width, height = image.size
+            (width, height), kind = image.size, image.format
         if width * height > MAX_IMAGE_PIXELS:
             raise InvalidArgument(f"body: a {width}x{height} image {too_large}")
         return decoder.submit(load_png, io.BytesIO(body), invert).result()
@@ -173,7 +174,9 @@ def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
     except Exception as error:  # whatever Pillow makes of a damaged or foreign file
         reason = ("not an image file it knows" if isinstance(error, UnidentifiedImageError)
                   else str(error))
-        raise InvalidArgument(f"body: {expected} ({reason})") from None
+        # a file of a format Pillow knows, whose decoder could not read it to the end
+        said = f"a damaged {kind} image, or cut short" if kind else expected
+        raise InvalidArgument(f"body: {said} ({reason})") from None
 
 
 def encode_classify(request: pb.ClassifyRequest, response: pb.ClassifyResponse,
