@@ -59,4 +59,7 @@ def grpc_target(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT (fmnist-serve's --port, {DEFAULT_TARGET.rpartition(':')[2]} "
             f"unless set otherwise), got {text!r}: without a port gRPC tries 443")
+    # gRPC takes a number modulo 65536: 111697 went to 46161 (a service name, :http, is taken)
+    if port.lstrip("+-").isdecimal() and not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}")
     return text
