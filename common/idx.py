@@ -29,11 +29,12 @@ class Idx:
         return 4 + 4 * len(self.shape)
 
 
-def read_idx(path: Path) -> Idx:
-    """An IDX file of uint8 values, gunzipped if its name ends in ``.gz``.
+def read_idx(path: Path, dims: int | None = None) -> Idx:
+    """An IDX file of uint8 values, gunzipped if its name ends in ``.gz``, of ``dims``
+    dimensions if given.
 
-    ValueError naming the file if it is not one, holds more or fewer values than its header
-    says, or is a damaged ``.gz``; OSError if it cannot be read.
+    ValueError naming the file if it is not one, has other dimensions, holds more or fewer
+    values than its header says, or is a damaged ``.gz``; OSError if it cannot be read.
     """
     content = path.read_bytes()
     if path.suffix == ".gz":
@@ -44,6 +45,10 @@ def read_idx(path: Path) -> Idx:
     ndim = content[3] if len(content) >= 4 else 0
     if content[:3] != bytes([0, 0, UNSIGNED_BYTE]) or len(content) < 4 + 4 * ndim:
         raise ValueError(f"{path}: not an IDX file of uint8")
+    if dims is not None and ndim != dims:  # else read as a count of values: a misleading one
+        def said(n: int) -> str:
+            return f"{UNSIGNED_BYTE << 8 | n} ({n} dimension{'s' * (n != 1)})"
+        raise ValueError(f"{path}: IDX magic number {said(ndim)}, expected {said(dims)}")
     idx = Idx(struct.unpack_from(f">{ndim}I", content, 4), content)
     values = len(content) - idx.offset
     if values != math.prod(idx.shape):

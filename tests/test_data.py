@@ -100,6 +100,19 @@ def test_a_wrong_idx_header_is_reported(data_copy):
         data.load()
 
 
+def test_a_wrong_magic_number_is_reported_as_such(data_copy):
+    """A magic number of 1 dimension on the images: "expected 60000 values for (60000,), got
+    47040008", though README promises the header checked against what was expected."""
+    path = data_copy / data.TRAIN_IMAGES.filename
+    content = bytearray(gzip.decompress(path.read_bytes()))
+    content[3] = 1
+    path.write_bytes(gzip.compress(bytes(content), compresslevel=1))
+    with pytest.raises(data.DatasetError) as caught:
+        data.load()
+    assert str(caught.value).startswith(
+        f"{path}: IDX magic number 2049 (1 dimension), expected 2051 (3 dimensions); install ")
+
+
 def test_cli_reports_missing_data_in_one_line(tmp_path):
     result = subprocess.run(
         [

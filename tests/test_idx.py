@@ -2,7 +2,9 @@
 and one-line errors naming the file."""
 
 import gzip
+import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,20 @@ def test_a_damaged_gzip_file_is_one_error_naming_it(tmp_path, damage):
                       "corrupt": whole[:10] + b"\xff" * (len(whole) - 10)}[damage])
     with pytest.raises(ValueError, match=f"^{path}: not a complete gzip file "):
         read_idx(path)
+
+
+def test_a_wrong_number_of_dimensions_is_said_as_such_by_the_client(tmp_path):
+    """A test-images file whose magic number says 1 dimension (0x0801, a labels file's) was
+    read as 10,000 values and refused as "expected 10000 values for (10000,), got 7840008",
+    which named neither the header nor what it should say."""
+    from common.dataset import TEST_IMAGES, TEST_LABELS, load_test_set
+
+    source = Path("/usr/share/datasets/fashion-mnist")
+    images = bytearray(gzip.decompress((source / f"{TEST_IMAGES}.gz").read_bytes()))
+    images[3] = 1
+    (tmp_path / TEST_IMAGES).write_bytes(images)
+    shutil.copy(source / f"{TEST_LABELS}.gz", tmp_path)
+    with pytest.raises(ValueError) as caught:
+        load_test_set(tmp_path)
+    assert str(caught.value) == (f"{tmp_path / TEST_IMAGES}: IDX magic number 2049 (1 "
+                                 "dimension), expected 2051 (3 dimensions)")

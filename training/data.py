@@ -93,7 +93,7 @@ def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
         raise DatasetError(f"{path} (or, gunzipped, {spec.name}): missing (one of the four "
                            f"Fashion-MNIST files); {HOW_TO_GET}")
     try:
-        idx = read_idx(path)
+        idx = read_idx(path, 1 + len(IMAGE_SHAPE) if spec.is_images else 1)
     except (OSError, ValueError) as error:  # ValueError names the file; OSError's str does too
         raise DatasetError(f"{error}; {HOW_TO_GET}") from None
     if spec.is_images:
