@@ -234,3 +234,17 @@ def test_the_client_keeps_to_the_servers_max_request_images(model_repository, tm
     assert capsys.readouterr().err == (
         "fmnist score: error: --batch-size 500: the server takes at most 100 images a call "
         "(its --max-request-images)\n")
+
+
+def test_score_with_stderr_closed_scores(target):
+    """`fmnist score 2>&-` (a job that closes stderr) failed, exit 1, saying on stdout
+    "'NoneType' object has no attribute 'isatty'": the progress bar asked a stderr Python has
+    not."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m",
+                             "serving.client", "score", "--target", target, "--limit", "5"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[0] == "images                 5 (test set 0..4)"

@@ -47,7 +47,8 @@ def score(args, security) -> int:
     answers, latencies = [], []
     with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
         total=len(images), unit="img", file=sys.stderr,
-        disable=args.no_progress or not sys.stderr.isatty(),  # a log would get every redraw
+        # a log would get every redraw; 2>&- leaves Python no sys.stderr
+        disable=args.no_progress or not (sys.stderr and sys.stderr.isatty()),
     ) as progress:
         # one image finds the version; every batch asks for that one, whatever is published
         # meanwhile (the answers of two versions would be refused at the end, by joined)
