@@ -88,6 +88,20 @@ def test_photos_are_read_upright_and_16_bit_images_whole(tmp_path, test_set):
     np.testing.assert_array_equal(load_png(tmp_path / "deep.png"), image)
 
 
+@pytest.mark.parametrize(("name", "deep"), [("float.tiff", lambda image: image / 255),
+                                            ("float-255.tiff", lambda image: image * 1.0),
+                                            ("int32.tiff", lambda image: image * 257)])
+def test_32_bit_pictures_are_whole(tmp_path, test_set, name, deep):
+    """A float TIFF (Pillow's mode F: values 0..1, as numpy and scientific tools write them)
+    came out all black, and a 32-bit integer one of 16-bit values (mode I) clipped at 255:
+    Pillow's "L" clips at 255, and the model answered for a black or a white-on-black blot."""
+    image = test_set[0][0]
+    Image.fromarray(deep(image.astype(np.float32 if "float" in name else np.int32))).save(
+        tmp_path / name)
+    assert Image.open(tmp_path / name).mode == ("F" if "float" in name else "I")
+    np.testing.assert_array_equal(load_png(tmp_path / name), image)
+
+
 def test_transparent_pictures_get_the_background_the_inversion_turns_black(tmp_path, test_set):
     """A cut-out product picture keeps its background in the alpha channel, often over black
     RGB: that background must end up black in the image the model sees, as Fashion-MNIST's."""

@@ -33,6 +33,8 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
         upright = ImageOps.exif_transpose(image)
         if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
             upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
+        elif upright.mode in ("I", "F"):  # 32 bits, clipped too: floats went black
+            upright = Image.fromarray(_eight_bit(np.asarray(upright)))
         transparent = upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info
         gray = upright.convert("LA" if transparent else "L")
     if transparent:  # over what the inversion turns black, whatever colour lies under it;
@@ -45,6 +47,16 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
         gray = ImageOps.invert(gray)
     fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
     return np.asarray(fitted, dtype=np.uint8)
+
+
+def _eight_bit(pixels: np.ndarray) -> np.ndarray:
+    """32-bit pixels as 0..255: floats 0..1 (their usual range) if they keep within it, else
+    0..255; integers 0..255, or if any is over 255 0..65535 (16-bit values)."""
+    floats = pixels.dtype.kind == "f"
+    pixels = np.nan_to_num(pixels.astype(np.float64))
+    top = pixels.max(initial=0)
+    scale = 255 if floats and top <= 1 else 1 / 257 if not floats and top > 255 else 1
+    return np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
 
 
 def load_npy(path: Path) -> np.ndarray:
