@@ -10,9 +10,12 @@ Errors are ``grpc.RpcError`` with the server's status code and message.
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from common.contract import IMAGE_BYTES, IMAGE_SHAPE
@@ -120,6 +123,39 @@ def joined(answers: list[Classification]) -> Classification:
     return Classification(whole("model"), whole("baseline"), first.request_id)
 
 
+class NoAnswer(grpc.RpcError):
+    """DEADLINE_EXCEEDED: a stream's next answer did not come within the client's timeout."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return str(self)
+
+
+class _AnswerWatch:
+    """Cancels ``call`` once an answer awaited since ``since`` (None: none awaited) has not
+    come in ``seconds``, saying so in ``fired``; one thread for the whole stream."""
+
+    def __init__(self, call: grpc.Call, seconds: float):
+        self.call, self.seconds = call, seconds
+        self.since: float | None = None
+        self.fired = False
+        self.ended = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            since = self.since
+            left = self.seconds if since is None else since + self.seconds - time.monotonic()
+            if left <= 0:
+                self.fired = True
+                self.call.cancel()
+                return
+            if self.ended.wait(left):
+                return
+
+
 class ClassifierClient:
     """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
 
@@ -156,13 +192,33 @@ class ClassifierClient:
         timeout: float | None = None,
     ) -> Iterator[Classification]:
         """Classifies each batch over one ClassifyStream call, yielding the answers in order.
-        ``timeout`` bounds the whole stream (default: none)."""
+        ``timeout`` bounds the whole stream (default: none); each answer is waited for the
+        client's ``timeout`` (a hung server's stream was waited for as long as the whole)."""
         requests = (
             encode_request(batch, model, version, str(index))
             for index, batch in enumerate(batches)
         )
-        for response in self._stub.ClassifyStream(requests, timeout=timeout):
-            yield decode_response(response)
+        call = self._stub.ClassifyStream(requests, timeout=timeout)
+        watch = _AnswerWatch(call, self.timeout) if self.timeout else None
+        try:
+            while True:
+                if watch:
+                    watch.since = time.monotonic()
+                try:
+                    response = next(call)
+                except StopIteration:
+                    return
+                except grpc.RpcError:
+                    if watch and watch.fired:
+                        raise NoAnswer(f"no answer in {self.timeout:g} s (the timeout per "
+                                       "answer)") from None
+                    raise
+                if watch:
+                    watch.since = None  # not while the caller has the answer
+                yield decode_response(response)
+        finally:
+            if watch:
+                watch.ended.set()
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)

@@ -146,8 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                    "dns:///NAME.NAMESPACE.svc.cluster.local:50051, a Kubernetes headless "
                    "Service)")
         add_option(sub, "--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
-                   help="seconds to wait for each answer (score's stream of N batches: N "
-                   "times that for the whole stream, one gRPC deadline)")
+                   help="seconds to wait for each answer (each of score's stream too)")
         security = sub.add_argument_group("security (flags win over env vars)")
         add_option(security, "--tls", action="store_true",
                    help="use TLS, trusting the system's CA certificates")

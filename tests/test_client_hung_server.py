@@ -1,0 +1,51 @@
+"""A server that stops answering in the middle of a stream (hung, or gone without a word:
+a network that dropped its packets): the client gives up after its timeout per answer."""
+
+import os
+import signal
+import threading
+import time
+
+import grpc
+
+from serving.client.api import ClassifierClient
+from tests.server_process import server_process
+
+
+def test_a_stream_whose_server_stops_answering_fails_after_the_timeout(model_repository,
+                                                                      test_set):
+    """`fmnist score --timeout T` ("seconds to wait for each answer") waited N times T for a
+    stream of N batches: 10,000 batches of 1 image waited 5.5 hours at --timeout 2, and the
+    Python client's classify_batches for ever. Now each answer is waited for T seconds."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
+                                                                                  logs):
+        target = logs.wait_for("serving")[0]["address"]
+
+        def batches():
+            yield test_set[0][:1]
+            os.kill(process.pid, signal.SIGSTOP)  # hung from here on, connection open
+            for start in range(1, 1000):
+                yield test_set[0][start:start + 1]
+
+        outcome = []
+
+        def score():
+            with ClassifierClient(target, timeout=1) as client:
+                try:
+                    outcome.append(len(list(client.classify_batches(batches()))))
+                except grpc.RpcError as error:
+                    outcome.append(error)
+
+        started = time.monotonic()
+        try:
+            waiting = threading.Thread(target=score, daemon=True)
+            waiting.start()
+            waiting.join(20)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        waiting.join(20)
+        assert outcome and isinstance(outcome[0], grpc.RpcError), outcome
+        assert outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert outcome[0].details() == "no answer in 1 s (the timeout per answer)"
+        assert time.monotonic() - started < 10
+
