@@ -94,8 +94,9 @@ def is_npy(path: Path) -> bool:
 
 
 def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str]]:
-    """All images of ``paths`` (``.npy`` files may hold many) and a display name for each;
-    ``invert`` inverts the picture files."""
+    """All images of ``paths`` (``.npy`` files may hold many) and a display name for each,
+    a picture's saying so if the model sees it on a light background; ``invert`` inverts the
+    picture files."""
     batches, names = [], []
     for path in paths:
         try:
@@ -106,5 +107,8 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
             raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
                 from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
+        border = np.concatenate([batch[0, 0], batch[0, -1], batch[0, 1:-1, 0], batch[0, 1:-1, -1]])
+        if not is_npy(path) and border.mean() > 127:  # Fashion-MNIST's: black (test set: <= 95)
+            names[-1] += f"  (a light background: {'drop' if invert else 'try'} --invert)"
         batches.append(batch)
     return np.concatenate(batches), names
