@@ -1,5 +1,6 @@
 """A server that stops answering in the middle of a stream (hung, or gone without a word:
-a network that dropped its packets): the client gives up after its timeout per answer."""
+a network that dropped its packets): the client gives up after its timeout per answer; one
+that dies: the client says so."""
 
 import os
 import signal
@@ -7,8 +8,10 @@ import threading
 import time
 
 import grpc
+import pytest
 
 from serving.client.api import ClassifierClient
+from serving.client.security import ChannelSecurity
 from tests.server_process import server_process
 
 
@@ -49,3 +52,31 @@ def test_a_stream_whose_server_stops_answering_fails_after_the_timeout(model_rep
         assert outcome[0].details() == "no answer in 1 s (the timeout per answer)"
         assert time.monotonic() - started < 10
 
+
+
+def test_a_stream_whose_server_dies_is_said_so(model_repository, test_set):
+    """A server killed mid-stream: `fmnist score` said only "UNAVAILABLE: Stream removed
+    (Socket closed)", gRPC's words, not that the server went away."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
+                                                                                  logs):
+        target = logs.wait_for("serving")[0]["address"]
+
+        answered = threading.Event()
+
+        def batches():
+            yield test_set[0][:1]
+            answered.wait(10)  # an answer came: gRPC retries no more, as the CLI's stream
+            process.kill()
+            process.wait(10)
+            for start in range(1, 1000):
+                yield test_set[0][start:start + 1]
+
+        with ClassifierClient(target, timeout=10) as client, pytest.raises(grpc.RpcError) as \
+                caught:
+            for _ in client.classify_batches(batches()):
+                answered.set()
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    explained = ChannelSecurity().explained("UNAVAILABLE", error.details(), target)
+    assert explained == (f"{error.details()} (the connection to {target} broke during the "
+                         "call: did the server stop?)")

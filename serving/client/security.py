@@ -59,7 +59,11 @@ class ChannelSecurity:
         new connection at once: a TLS server does so to a plaintext client, a mutual TLS one to
         a client without a certificate it trusts, and says no more ("Socket closed"); so does
         fmnist-serve's HTTP port, the other address its serving line names. A refused
-        connection is said as what it means to a newcomer: nothing listens there."""
+        connection is said as what it means to a newcomer: nothing listens there; a connection
+        that broke during a call ("Stream removed"), that the server went away."""
+        if code == "UNAVAILABLE" and details.startswith("Stream removed"):  # mid-call
+            return f"{details} (the connection to {target} broke during the call: did the " \
+                   "server stop?)"
         if code != "UNAVAILABLE" or not details.startswith("failed to connect"):
             return details
         if details.endswith(": Connection refused"):
