@@ -50,21 +50,13 @@ class ModelVersion:
 
     def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession,
                  policy: BatchingPolicy):
-        self.manifest = manifest
+        self.manifest, self.name, self.version = manifest, manifest.name, manifest.version
         self._session = session
         self._input_name = manifest.inputs[0].name
         self._output_names = [PROBABILITIES, LABEL]
         self.metrics = ModelMetrics(manifest.name, manifest.version, manifest.sha256)
         self.policy = policy  # how its batcher runs it
         self._batcher = Batcher(self._run, policy, self.metrics)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
 
     def predict(self, images: np.ndarray, call: Call | None = None) -> Prediction:
         """``uint8 [N,28,28]`` -> the model's probabilities and labels; blocks until its
