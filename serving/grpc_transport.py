@@ -49,12 +49,9 @@ class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not 
 def api_handler(service: descriptor.ServiceDescriptor, api: object) -> grpc.GenericRpcHandler:
     """Serves ``service`` with the methods of the same names of ``api`` (the data plane),
     each ``(request or request iterator, Call) -> response or response iterator``."""
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {
-        method.name: kinds[method.client_streaming, method.server_streaming](
+        method.name: getattr(grpc, f"{_kind(method.client_streaming, method.server_streaming)}"
+                             "_rpc_method_handler")(
             getattr(api, method.name),
             request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
             response_serializer=message_factory.GetMessageClass(
@@ -83,8 +80,7 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        kind = (f"{'stream' if handler.request_streaming else 'unary'}_"
-                f"{'stream' if handler.response_streaming else 'unary'}")
+        kind = _kind(handler.request_streaming, handler.response_streaming)
         behavior = getattr(handler, kind)
         streams = handler.response_streaming
         is_api = method.strip("/").partition("/")[0] in self._api_services
@@ -118,8 +114,14 @@ def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     for attribute in ("experimental_non_blocking", "experimental_thread_pool"):
         if hasattr(behavior, attribute):
             setattr(answer, attribute, getattr(behavior, attribute))
-    kind = "unary_stream" if handler.response_streaming else "unary_unary"
-    return handler._replace(request_deserializer=None, **{kind: answer})
+    return handler._replace(request_deserializer=None,
+                            **{_kind(False, handler.response_streaming): answer})
+
+
+def _kind(request_streaming: bool, response_streaming: bool) -> str:
+    """A handler's kind, as grpc names its behavior: "unary_unary" ... "stream_stream"."""
+    return "_".join("stream" if streams else "unary"
+                    for streams in (request_streaming, response_streaming))
 
 
 def _catching(behavior, streams: bool, errors: type[Exception], handler):
