@@ -182,9 +182,9 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
             continue
         name, value = sample.name, sample.value
         if name == "fmnist_inference_requests_total":
-            _duration(stats, labels["outcome"]).count = int(value)
+            getattr(stats, labels["outcome"]).count = int(value)  # .success or .fail
         elif name == "fmnist_inference_request_seconds_total":
-            _duration(stats, labels["outcome"]).seconds = value
+            getattr(stats, labels["outcome"]).seconds = value
         elif name == "fmnist_inference_queue_seconds_total":
             stats.queue_seconds = value
         elif name == "fmnist_inference_compute_seconds_total":
@@ -196,10 +196,6 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
         elif name == "fmnist_batch_size_sum":
             stats.inference_count = int(value)
     return list(wanted.values())
-
-
-def _duration(stats: ModelStatistics, outcome: str) -> Duration:
-    return stats.success if outcome == "success" else stats.fail
 
 
 def start_endpoint(host: str, port: int):
