@@ -83,7 +83,7 @@ class _Supervisor:
         self.directory = directory
         self.workers: dict[int, int] = {}  # pid -> slot
         self.starting: dict[int, int] = {}  # start-report pipe -> pid
-        self.started_at: dict[int, float] = {}  # slot -> last fork time
+        self.started_at: dict[int, float] = {}  # slot (METRICS too) -> last fork time
         self.served: set[int] = set()  # pids that reported serving
         self.failed_starts: dict[int, int] = {}  # slot -> its workers in a row that never served
         self.due: dict[int, float] = {}  # slot (METRICS: metrics process) -> when to fork anew
@@ -93,7 +93,6 @@ class _Supervisor:
         os.set_blocking(self._wake_write, False)
         self._metrics = None  # the /metrics listening socket's server, served by _metrics_pid
         self._metrics_pid = 0
-        self._metrics_started_at = 0.0
 
     def start(self) -> None:
         """Forks every worker and waits until each serves; SIGTERM meanwhile stops them."""
@@ -185,7 +184,7 @@ class _Supervisor:
 
     def _fork_metrics(self) -> None:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""
-        self._metrics_started_at = time.monotonic()
+        self.started_at[METRICS] = time.monotonic()
         supervisor = os.getpid()
         with signals_held() as mask:
             pid = os.fork()
@@ -210,7 +209,7 @@ class _Supervisor:
                 if not self.stopping:
                     log.warning("metrics process died; starting another", extra={"fields": {
                         "metrics_pid": pid, "status": _describe(status)}})
-                    self.due[METRICS] = self._metrics_started_at + RESTART_INTERVAL_S
+                    self.due[METRICS] = self.started_at[METRICS] + RESTART_INTERVAL_S
                 continue
             slot = self.workers.pop(pid, None)
             if slot is None:
