@@ -35,9 +35,8 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import disable_created_metrics
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from serving.workers_metrics import MULTIPROCESS_ENV, http_server
+from serving.workers_metrics import MULTIPROCESS_ENV, http_server, summed_registry
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -141,11 +140,7 @@ def exposition_registry() -> CollectorRegistry:
     ``ModelStatistics``), or every worker's files in multiprocess mode (a worker's
     ``ModelStatistics``: no worker serves an endpoint)."""
     directory = multiprocess_directory()
-    if directory is None:
-        return REGISTRY
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    return registry
+    return REGISTRY if directory is None else summed_registry(directory)
 
 
 @dataclass

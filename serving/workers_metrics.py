@@ -21,16 +21,21 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 log = logging.getLogger(__name__)
 
 
-def summed_metrics_server(settings: Settings, directory: str):
-    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
-    one line) and served by the metrics process."""
+def summed_registry(directory: str):
+    """Every worker's metrics, summed from their files in ``directory``."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def summed_metrics_server(settings: Settings, directory: str):
+    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
+    one line) and served by the metrics process."""
     try:
-        return http_server(settings.host, settings.metrics_port, registry)
+        return http_server(settings.host, settings.metrics_port, summed_registry(directory))
     except OSError as error:
         raise WorkerStartError(
             f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
