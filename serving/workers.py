@@ -236,8 +236,7 @@ class _Supervisor:
                 os.close(pipe)
                 log.error("worker failed to start", extra={"fields": {
                     "worker_pid": pid, "reason": f"it did not serve within {timeout:g} s; killed"}})
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                _send(pid, signal.SIGKILL)
 
     def _kill_silent_workers(self) -> None:
         """A worker that served, then went silent for HUNG_AFTER_S (stopped, or a thread holds
@@ -249,8 +248,7 @@ class _Supervisor:
                 log.error("worker hung; killing it", extra={"fields": {
                     "worker_pid": serving[slot], "silent_s": round(silent, 1)}})
                 self.heartbeats.beat(slot)  # killed once: it is reaped before it is due again
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(serving[slot], signal.SIGKILL)
+                _send(serving[slot], signal.SIGKILL)
 
     def _replacement_started(self, pid: int, message: bytes) -> None:
         if message == READY:
@@ -262,8 +260,7 @@ class _Supervisor:
 
     def _stop(self) -> int:
         for pid in list(self.workers):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            _send(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.grace_period + STOP_MARGIN_S
         while self.workers and time.monotonic() < deadline:
             self._reports(0.02)
@@ -281,8 +278,7 @@ class _Supervisor:
             os.close(pipe)
         self.starting.clear()
         for pid in [*self.workers, *([self._metrics_pid] if self._metrics_pid else [])]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            _send(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.workers.clear()
@@ -290,6 +286,11 @@ class _Supervisor:
         if self._metrics is not None:
             self._metrics.server_close()
             self._metrics = None
+
+
+def _send(pid: int, signal_number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+        os.kill(pid, signal_number)
 
 
 def _describe(status: int) -> str:
