@@ -33,16 +33,13 @@ PEERS = ("mlserver", "kserve")
 
 
 def serve(repository: Path, port: int) -> None:
-    from serving.http.transport import HttpTransport
     from serving.server import ModelServer
     from serving.settings import Settings
 
-    settings = Settings(host="127.0.0.1", port=0, model_repository=repository, workers=1,
-                        poll_interval=0)
+    settings = Settings(host="127.0.0.1", port=0, http_port=port, model_repository=repository,
+                        workers=1, poll_interval=0)
     server = ModelServer.from_settings(settings)
     server.start()
-    HttpTransport(settings, server.pipeline, server.classifier, server.inference,
-                  host="127.0.0.1", port=port).start()
     time.sleep(3600)
 
 

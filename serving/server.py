@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -87,11 +86,8 @@ class ModelServer:
                 settings.grpc_server, 2, [PipelineInterceptor(self.pipeline, [])], 4096,
                 reuse_port=settings.workers > 1)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
-        self.http = HttpTransport(
-            settings, self.pipeline, self.classifier, self.inference, host=settings.host,
-            port=settings.http_port, reuse_port=settings.workers > 1,
-            test_images_dir=Path(settings.test_images_dir) if settings.test_images_dir else None,
-        ) if settings.http_port else None
+        self.http = (HttpTransport(settings, self.pipeline, self.classifier, self.inference)
+                     if settings.http_port else None)
         self.port = self.http_port = self.health_port = 0
         self._stop_watching, self._watcher, self._metrics_endpoint = threading.Event(), None, None
         self._stopping, self._stopped = threading.Lock(), False

@@ -41,13 +41,11 @@ log = logging.getLogger(__name__)
 
 class HttpTransport:
     """Serves ``classifier`` and ``inference`` (the data plane's front ends) over HTTP through
-    ``pipeline``, on ``host``:``port`` (0: a free port; ``start`` returns it)."""
+    ``pipeline``, on the settings' host and ``http_port`` (0: a free port; ``start`` returns
+    it), shared with the other worker processes (as gRPC's) if there are several; the page's
+    test images from ``--test-images-dir`` (default: the client's data directory)."""
 
-    def __init__(self, settings, pipeline: CallPipeline, classifier, inference, *, host: str,
-                 port: int, reuse_port: bool = False, test_images_dir: Path | None = None):
-        """``reuse_port``: several worker processes share the port (as gRPC's);
-        ``test_images_dir``: where the test set's IDX files are (default: the client's
-        data directory)."""
+    def __init__(self, settings, pipeline: CallPipeline, classifier, inference):
         # Decoding a 25-megapixel picture takes ~220 MB, which stays in the C heap of the thread
         # that did it: one decode at a time per CPU, shared out among the worker processes (8
         # at once on any of the call threads took a server from 96 MB to 1.8 GB). The CPUs are
@@ -55,14 +53,16 @@ class HttpTransport:
         self._decoder = ThreadPoolExecutor(max(1, min(CORES, settings.parallel_inferences)
                                                // settings.workers),
                                            thread_name_prefix="image-decode")
-        test_images_dir = test_images_dir and test_images_dir.expanduser()  # --x=~/y: bash's ~
+        test_images_dir = (Path(settings.test_images_dir).expanduser()  # --x=~/y: bash's ~
+                           if settings.test_images_dir else None)
         if test_images_dir is not None and not test_images_dir.is_dir():
             log.warning("--test-images-dir is not a directory: the page's test images are "
                         "404", extra={"fields": {"directory": str(test_images_dir)}})
         self._app = HttpApp(pipeline, classifier, inference, settings.max_message_bytes,
                             test_images=TestImages(test_images_dir), decoder=self._decoder,
                             max_images=settings.max_request_images)
-        self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._host, self._port = settings.host, settings.http_port
+        self._reuse_port = settings.workers > 1
         self._threads = settings.call_threads
         self._tls = (
             (True, str(Path(settings.tls_cert).resolve()), str(Path(settings.tls_key).resolve()),
