@@ -74,10 +74,8 @@ class RepositoryWatcher:
         self._unlisted = False
         present = listing.found
         loaded = {(model.name, model.version) for model in self.registry.list()}
-        for key in sorted(present.keys() - loaded):
-            self._load(key, present[key])
-        for key in sorted(present.keys() & loaded):  # replaced in place: the same again
-            if _fingerprint(present[key]) != self._loaded.get(key):
+        for key in sorted(present):  # new, or replaced in place: loaded (again)
+            if key not in loaded or _fingerprint(present[key]) != self._loaded.get(key):
                 self._load(key, present[key])
         for key in sorted(loaded - present.keys()):
             if key[0] not in listing.unreadable:
