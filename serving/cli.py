@@ -2,7 +2,8 @@
 
 Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP), 130 in a shell when a
 second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served or
-the address cannot be bound, 2 for bad flags or env vars; errors are one line on stderr.
+the address cannot be bound, or once the gRPC port accepts no more connections (out of file
+descriptors: it drains first), 2 for bad flags or env vars; errors are one line on stderr.
 """
 
 import logging
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.pop(MULTIPROCESS_ENV, None)
         from serving.server import serve
 
-        serve(settings)
+        status = serve(settings)
     except (errors.RepositoryError, errors.ListenError, errors.WorkerStartError) as error:
         return _fail(error, 1, settings.log_format)
     except KeyboardInterrupt:  # Ctrl-C before serve() set its handlers, or twice to workers
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Not back into the interpreter, to be finalized: granian's threads (and gRPC's) may still
     # take the GIL meanwhile, and granian then aborts ("panic in a function that cannot unwind")
     logging.shutdown()
-    os._exit(0)
+    os._exit(status)
 
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:

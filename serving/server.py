@@ -28,7 +28,7 @@ from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
-from serving.settings import STOP_SIGNALS, Settings, available_cores, host_port
+from serving.settings import ACCEPTS_NO_MORE, STOP_SIGNALS, Settings, available_cores, host_port
 from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
@@ -250,8 +250,9 @@ def _policy(settings: Settings) -> BatchingPolicy:
 
 
 def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
-          heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> None:
-    """Serves until a stop signal (STOP_SIGNALS), then drains and returns; a second SIGINT kills
+          heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> int:
+    """Serves until a stop signal (STOP_SIGNALS, or ACCEPTS_NO_MORE), then drains and returns
+    the exit status (0; 1, said in a line, if the port accepted no more); a second SIGINT kills
     it at once (call from the main thread: signal handlers). ``on_ready`` is called once
     serving (a supervisor's worker reports it), ``heartbeat()`` ten times a second from then
     on, ``heartbeat(ahead_s=grace period)`` as it drains (it beats no more). Raises
@@ -266,7 +267,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
         # main thread runs no handler while it waits in the native server's stop
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    for signal_number in STOP_SIGNALS:
+    for signal_number in (*STOP_SIGNALS, ACCEPTS_NO_MORE):
         signal.signal(signal_number, on_stop_signal)
     server = ModelServer.from_settings(settings)
     try:
@@ -287,3 +288,10 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
         heartbeat(ahead_s=settings.grace_period)
     finally:
         server.stop()
+    if ACCEPTS_NO_MORE not in stop_requested:
+        return 0
+    log.critical("cannot serve", extra={"fields": {"error": (
+        "the gRPC port accepts no more connections: an accept failed, most often for want of "
+        "file descriptors (raise the limit: ulimit -n, LimitNOFILE=, docker run --ulimit "
+        "nofile=); exit status 1, for a restart policy to start the server again")}})
+    return 1

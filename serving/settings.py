@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from signal import SIG_IGN, SIGHUP, SIGINT, SIGTERM, getsignal
+from signal import SIG_IGN, SIGHUP, SIGINT, SIGTERM, SIGUSR1, getsignal
 
 from common.contract import IMAGE_BYTES
 from common.flags import ENV_PREFIX, ArgumentParser, add_option, bearer_token, number_in
@@ -51,6 +51,9 @@ DAY_S = 24 * 3600
 # What drains the server: SIGHUP too (a closed terminal, `kill -HUP`), unless it was ignored
 # from the start (nohup); read at import, before any handler is set (workers inherit it).
 STOP_SIGNALS = {SIGTERM, SIGINT, SIGHUP if getsignal(SIGHUP) is not SIG_IGN else SIGTERM}
+# What the native server sends its process once its port accepts no more (server.cc's Log): it
+# drains as on SIGTERM, then exits 1, for a restart-on-failure policy to start another.
+ACCEPTS_NO_MORE = SIGUSR1
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,

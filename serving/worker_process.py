@@ -121,8 +121,8 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
                 heartbeats.beat(slot)
                 report.send(READY)
 
-            serve(settings, on_ready=ready, heartbeat=functools.partial(heartbeats.beat, slot))
-            status = 0
+            status = serve(settings, on_ready=ready,
+                           heartbeat=functools.partial(heartbeats.beat, slot))
         except (RepositoryError, ListenError) as error:
             report.send(str(error).encode())
     except BaseException as error:  # a worker reports any failure, then exits

@@ -187,4 +187,27 @@ def test_workers_out_of_file_descriptors_are_replaced_and_the_port_answers_again
     said = [line["text"] for line in logs.lines if line["message"] is None]
     assert any(text.endswith("Failed accept4: Too many open files: this port accepts no more "
                              "connections; stopping") for text in said), said
-    assert replaced[0]["status"] == "exit 0"  # drained, as on SIGTERM
+    assert replaced[0]["status"] == "exit 1"  # drained, as on SIGTERM, then failed
+
+
+@pytest.mark.skipif(not native.available(),
+                    reason=f"native gRPC server: {native.UNAVAILABLE_REASON}")
+def test_a_single_process_out_of_file_descriptors_exits_non_zero_saying_why(model_repository):
+    """With --workers 1 no supervisor replaces the process that stops itself when its port
+    accepts no more: it exited 0, as after a SIGTERM, and a restart-on-failure policy
+    (systemd's Restart=on-failure, Docker's on-failure) left the service down."""
+    with server_process(model_repository, "--workers", "1", "--poll-interval", "0",
+                        "--grace-period", "1", "--http-port", "0", "--grpc-server", "native",
+                        prefix=("prlimit", "--nofile=64")) as (process, logs):
+        host, port = logs.wait_for("serving")[0]["address"].rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port))) for _ in range(200)]
+        try:
+            status = process.wait(60)
+        finally:
+            for connection in idle:
+                connection.close()
+    assert status == 1
+    said = [line for line in logs.lines if line["message"] is not None]
+    assert said[-1]["message"] == "cannot serve", said[-3:]
+    assert "accepts no more connections" in said[-1]["error"], said[-1]
+    assert "file descriptors" in said[-1]["error"], said[-1]
