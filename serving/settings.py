@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,14 @@ def host_port(host: str, port: int, by_name: bool = False) -> str:
     client names it, localhost (a certificate names hosts, never 0.0.0.0; no browser opens [::])."""
     host = "localhost" if by_name and host in ("0.0.0.0", "::") else host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listening_address(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The family and host a socket of ours (HTTP, metrics) listens on for ``host``, as gRPC's
+    port does: 0.0.0.0 is "::", IPv4 too (dual-stack), where there is IPv6 (an IPv6 pod's
+    address); a name of both families is IPv4 (AF_INET < AF_INET6)."""
+    host = "::" if host == "0.0.0.0" and socket.has_dualstack_ipv6() else host
+    return min(info[0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)), host
 
 
 def _flag(name: str) -> str:

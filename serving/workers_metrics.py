@@ -13,7 +13,7 @@ import sys
 import threading
 
 from serving.errors import WorkerStartError
-from serving.settings import Settings
+from serving.settings import Settings, listening_address
 
 # serving.metrics imports it from here: the supervisor must not import that before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -50,8 +50,7 @@ def http_server(host: str, port: int, registry):
 
     from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-    # 0.0.0.0 as gRPC's port takes it: IPv6 too where there is IPv6 (an IPv6 pod's address)
-    host = "::" if host == "0.0.0.0" and socket.has_dualstack_ipv6() else host
+    family, host = listening_address(host, port)
 
     class QuietHandler(WSGIRequestHandler):
         def handle(self) -> None:  # the whole exchange within 5 s: the socket is shut then
@@ -67,8 +66,7 @@ def http_server(host: str, port: int, registry):
             pass
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
-        # "::": IPv6 (dual-stack); a name of both families: IPv4 (AF_INET < AF_INET6)
-        address_family = min(i[0] for i in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        address_family = family
         def server_bind(self) -> None:  # "::": IPv4 too, whatever net.ipv6.bindv6only says
             if self.address_family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

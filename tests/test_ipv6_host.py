@@ -163,3 +163,18 @@ except urllib.error.HTTPError as error:
             check=False, capture_output=True, text=True, timeout=60)
         assert answer.stdout == "400\n", answer.stderr
         assert logs.wait_for("request failed")[0]["peer"] == "127.0.0.1"
+
+
+def test_http_and_metrics_listen_where_one_function_says():
+    """0.0.0.0 as gRPC's port takes it (IPv6 too, dual-stack, where there is IPv6) and a name
+    of both families as IPv4 was written twice, for HTTP and for metrics, which could drift
+    apart: one function says it for both."""
+    from serving.settings import listening_address
+
+    everywhere = ((socket.AF_INET6, "::") if socket.has_dualstack_ipv6()
+                  else (socket.AF_INET, "0.0.0.0"))
+    assert listening_address("0.0.0.0", 0) == everywhere
+    assert listening_address("127.0.0.1", 0) == (socket.AF_INET, "127.0.0.1")
+    assert listening_address("localhost", 0) == (socket.AF_INET, "localhost")  # IPv4 first
+    if _has_ipv6_loopback():
+        assert listening_address("::1", 0) == (socket.AF_INET6, "::1")

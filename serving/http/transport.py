@@ -31,7 +31,7 @@ from granian.wsgi import _callback_wrapper
 from serving.http.app import HttpApp
 from serving.http.domain import TestImages
 from serving.pipeline import CallPipeline
-from serving.settings import CORES
+from serving.settings import CORES, listening_address
 
 BACKLOG = 1024
 TLS_MIN = "tls1.2"
@@ -78,10 +78,7 @@ class HttpTransport:
         """Listens (OSError if it cannot) and serves on granian's threads; returns the port.
         The socket is made here, listening before granian takes it: no connection is refused
         while its threads start, and a taken port is an OSError (granian would share it)."""
-        # 0.0.0.0 as gRPC's port takes it: IPv6 too where there is IPv6 (an IPv6 pod's address)
-        host = "::" if self._host == "0.0.0.0" and socket.has_dualstack_ipv6() else self._host
-        family = min(info[0] for info in  # a name of both families: IPv4 (AF_INET < AF_INET6)
-                     socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM))
+        family, host = listening_address(self._host, self._port)  # 0.0.0.0: "::" if IPv6
         listening = socket.create_server(  # "::": IPv4 too, as gRPC's port
             (host, self._port), family=family, backlog=BACKLOG,
             reuse_port=self._reuse_port, dualstack_ipv6=family == socket.AF_INET6)
