@@ -77,12 +77,11 @@ class RepositoryWatcher:
         for key in sorted(present):  # new, or replaced in place: loaded (again)
             if key not in loaded or _fingerprint(present[key]) != self._loaded.get(key):
                 self._load(key, present[key])
-        for key in sorted(loaded - present.keys()):
-            if key[0] not in listing.unreadable:
-                self._unload(key)
-        for key in self._refused.keys() - present.keys():
-            if key[0] in listing.unreadable:  # unknown, not gone
-                continue
+        gone = {key for key in (loaded | self._refused.keys()) - present.keys()
+                if key[0] not in listing.unreadable}  # (a folder not listed: unknown, not gone)
+        for key in sorted(gone & loaded):
+            self._unload(key)
+        for key in gone & self._refused.keys():
             del self._refused[key]
             self.registry.refused.pop(key, None)
         self._kept &= loaded - present.keys()
