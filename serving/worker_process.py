@@ -41,18 +41,14 @@ def become_child(mask, supervisor: int, inherited: Iterable[int]) -> None:
     for signal_number in HELD_SIGNALS:
         signal.signal(signal_number, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    drain_when_orphaned(supervisor)
-    for fd in inherited:
-        os.close(fd)
-
-
-def drain_when_orphaned(supervisor: int) -> None:
-    """Asks the kernel for SIGTERM (drain and exit) if the supervisor dies, even by SIGKILL, so
-    that no worker outlives it (Linux; elsewhere a no-op)."""
+    # SIGTERM (drain and exit) from the kernel if the supervisor dies, even by SIGKILL, so that
+    # no worker outlives it (Linux; elsewhere a no-op)
     with contextlib.suppress(OSError, AttributeError):  # no libc, or no prctl in it
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+    for fd in inherited:
+        os.close(fd)
 
 
 def name_metrics_files_by_slot(slot: int) -> None:
