@@ -188,9 +188,9 @@ class ModelServer:
             refused = self.admission.refused  # until no call arrives
             time.sleep(DRAIN_QUIET_SECONDS)
         self.health.end_watches()  # the native server's stop would wait for them
-        cut: list[int] = []  # calls in flight as the grace ends (on a thread: the native stop
+        cut: list[int] = []  # the calls in flight as the grace ends, counted on a thread
         waiting = threading.Thread(target=lambda: cut.append(self.admission.in_flight_at(
-            deadline, DRAIN_QUIET_SECONDS)), name="drain")  # blocks until then), cut below
+            deadline, DRAIN_QUIET_SECONDS)), name="drain")  # as the native stop blocks till then
         waiting.start()
         stopped = [self._server.stop(max(0.0, deadline - time.monotonic()))]  # GOAWAY
         waiting.join()
