@@ -8,12 +8,15 @@ from tests.deploy_manifests import (
     COMPOSE,
     KUSTOMIZATIONS,
     Workload,
+    container_argv,
+    container_env,
     find,
     load_yaml,
     needs_kubectl,
     one,
     render,
     serve_image,
+    server_settings,
     workloads,
 )
 
@@ -90,3 +93,42 @@ def test_the_network_policy_admits_what_services_lead_to_and_denies_all_egress(k
               for port in service["spec"]["ports"]}
     assert led_to == admitted == {"grpc", "http", "metrics"}
     assert all("from" not in rule for rule in policy["ingress"])  # any client, as the Service
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects a pod of ``labels``."""
+    tests = {"In": lambda key, values: labels.get(key) in values,
+             "NotIn": lambda key, values: labels.get(key) not in values,
+             "Exists": lambda key, _: key in labels,
+             "DoesNotExist": lambda key, _: key not in labels}
+    return (selector.get("matchLabels", {}).items() <= labels.items()
+            and all(tests[rule["operator"]](rule["key"], rule.get("values", []))
+                    for rule in selector.get("matchExpressions", [])))
+
+
+def test_the_kserve_predictors_are_fenced_in_as_the_deployments_are():
+    """deploy/kserve had no NetworkPolicy: its predictor pods, the same server as the
+    Deployment's, could open connections anywhere in the cluster or outside, which the
+    Deployment's policy denies. KServe labels each predictor pod with its InferenceService's
+    name and its component; the policy takes the server's ports, gRPC and metrics, and denies
+    all egress (the server calls nothing; a pvc:// repository is a mount)."""
+    objects = render("kserve")
+    policies = find(objects, "NetworkPolicy")
+    served = {w.source: w for w in workloads(objects)}
+    for isvc in find(objects, "InferenceService"):
+        name = isvc["metadata"]["name"]
+        runtime = (isvc["spec"]["predictor"].get("model") or {}).get("runtime")
+        workload = served[f"ServingRuntime/{runtime}" if runtime else f"InferenceService/{name}"]
+        settings = server_settings(container_argv(workload), container_env(workload))
+        predictor = {"serving.kserve.io/inferenceservice": name, "component": "predictor"}
+        fencing = [p["spec"] for p in policies if _selects(p["spec"]["podSelector"], predictor)]
+        assert len(fencing) == 1, name
+        policy = fencing[0]
+        # not another component's pods (a transformer's, an explainer's), nor another service's
+        assert not _selects(policy["podSelector"], {**predictor, "component": "transformer"})
+        assert not _selects(policy["podSelector"], {**predictor,
+                                                    "serving.kserve.io/inferenceservice": "x"})
+        assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and not policy.get("egress")
+        admitted = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
+        assert admitted == {int(settings["port"]), int(settings["metrics_port"])}, name
+        assert int(settings["http_port"]) == 0, name  # KServe's Service leads to one port

@@ -42,8 +42,9 @@ EXPECTED_KINDS = {
     "kubernetes/overlays/models-volume": ["Deployment", "HorizontalPodAutoscaler",
                                           "NetworkPolicy", "PersistentVolumeClaim",
                                           "PodDisruptionBudget", "Service", "Service"],
-    "kserve": ["InferenceService", "InferenceService", "PersistentVolumeClaim",
-               "PodDisruptionBudget", "PodDisruptionBudget", "ServingRuntime"],
+    "kserve": ["InferenceService", "InferenceService", "NetworkPolicy",
+               "PersistentVolumeClaim", "PodDisruptionBudget", "PodDisruptionBudget",
+               "ServingRuntime"],
 }
 OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
