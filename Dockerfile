@@ -111,6 +111,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled
 COPY deploy/nginx-grpc-lb.conf /etc/nginx/nginx.conf
 EXPOSE 50050 8080
-# SIGQUIT is nginx's graceful shutdown.
+# Not root: its ports are above 1024, and it writes only under /tmp (nginx-grpc-lb.conf).
+USER www-data
+# SIGQUIT is nginx's graceful shutdown. -e: its error log before it reads the configuration
+# (by default /var/log/nginx/error.log, which only root may open) is stderr too.
 STOPSIGNAL SIGQUIT
-CMD ["nginx", "-g", "daemon off;"]
+CMD ["nginx", "-e", "stderr", "-g", "daemon off;"]

@@ -2,10 +2,15 @@
 the containers' security context (non-root by number, no capability, nothing written but to
 memory) and the NetworkPolicy. The other facts are tests/test_deploy_manifest_facts.py's."""
 
+import json
+import re
+
 import pytest
 
+from serving.settings import Settings
 from tests.deploy_manifests import (
     COMPOSE,
+    DEPLOY,
     KUSTOMIZATIONS,
     Workload,
     container_argv,
@@ -19,6 +24,7 @@ from tests.deploy_manifests import (
     server_settings,
     workloads,
 )
+from tests.deploy_manifests import _stage as dockerfile_stage
 
 pytestmark = needs_kubectl
 
@@ -40,6 +46,32 @@ def test_compose_runs_the_image_locked_down_too():
         assert services[name]["read_only"] is True, name
         assert services[name]["cap_drop"] == ["ALL"], name
         assert services[name]["security_opt"] == ["no-new-privileges"], name
+
+
+def test_the_load_balancer_runs_locked_down_and_bounds_what_it_buffers():
+    """The compose `lb` profile's nginx ran as root with a default container's capabilities on
+    a writable root file system, and took HTTP request bodies of any size
+    (client_max_body_size 0), buffering each whole to its disk before the server refused it
+    past 4 MiB. Now: as the Debian image's www-data, no capability, read-only but for a
+    bounded tmpfs where its pid file and buffers go, and the server's own limit on a body."""
+    lb = load_yaml(COMPOSE)[0]["services"]["lb"]
+    assert lb["read_only"] is True and lb["cap_drop"] == ["ALL"] and not lb.get("cap_add")
+    assert lb["security_opt"] == ["no-new-privileges"]
+    stage = dockerfile_stage("lb")
+    users = [line.split(None, 1)[1] for line in stage if line.upper().startswith("USER ")]
+    assert users and users[-1].partition(":")[0] not in ("root", "0")
+    tmpfs = dict(entry.split(":", 1) for entry in lb["tmpfs"])
+    assert all(re.search(r"(^|,)size=\d+[kmg]?($|,)", options) for options in tmpfs.values())
+    conf = (DEPLOY / "nginx-grpc-lb.conf").read_text()
+    written = re.findall(r"^\s*(?:pid|\w+_temp_path)\s+(\S+);", conf, re.MULTILINE)
+    assert len(written) == 6  # the pid file; the body, proxy, fastcgi, uwsgi and scgi buffers
+    assert all(any(path.startswith(mount + "/") for mount in tmpfs) for path in written)
+    cmd = json.loads(next(line for line in reversed(stage) if line.startswith("CMD "))[4:])
+    assert "-e" in cmd  # its default error log, /var/log/nginx, is root's
+    http = re.search(r"server \{\s*listen 8080;(.*?)\n    \}", conf, re.DOTALL).group(1)
+    limit = re.search(r"client_max_body_size (\d+)([km]?);", http)
+    assert int(limit[1]) * {"": 1, "k": 1024, "m": 1024**2}[limit[2]] == \
+        Settings().max_message_bytes
 
 
 def test_the_image_runs_as_a_number_kubelet_can_check():
