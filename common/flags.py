@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 ENV_PREFIX = "FMNIST_"
 READ: set[str] = set()  # the env vars of the options added so far (add_option)
+GUARDS: set[str] = set()  # those of them that guard a server or a client's calls: token, TLS
 SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                 "0": False, "false": False, "no": False, "off": False}
 
@@ -41,7 +42,13 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
     if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
         action.help += "%(default).0s"
-    raw = (os.environ if environ is None else environ).get(variable)
+    source = os.environ if environ is None else environ
+    if secret or action.dest.startswith("tls"):  # a guard whose variable was misspelt went
+        GUARDS.add(variable)  # missing with a warning: a server took every call unchecked
+        for name, _ in near_misses(dict.fromkeys(set(source) - READ, ""), [variable]):
+            raise ValueError(f"{name}: not a setting; did you mean {variable}? (refused, not "
+                             "ignored: without it the server or the calls go unguarded)")
+    raw = source.get(variable)
     if secret and raw == "":  # an empty Secret, or a compose file's unset ${VAR}: a token
         # that silently went missing would turn the server's check off
         raise ValueError(f"{variable}: set but empty; unset it to go without one")
