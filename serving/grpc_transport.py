@@ -233,6 +233,13 @@ class HealthServicer(health.HealthServicer):
             send_response_callback(None)
 
 
+    def List(self, request, context):  # noqa: N802 (grpc's); grpcio-health-checking 1.85 has
+        with self._lock:  # no List: it answered UNIMPLEMENTED, reflection describing it
+            return health_pb2.HealthListResponse(statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()})
+
+
 class GrpcioServer:
     """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port``."""
 

@@ -221,6 +221,15 @@ async def test_health_is_serving_for_the_server_and_the_service(channel):
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_health_lists_every_service_it_serves(channel):
+    """Health's List (in grpc.health.v1, and so in reflection's description of it) answered
+    UNIMPLEMENTED: grpcio-health-checking 1.85's servicer has no List."""
+    health = health_pb2_grpc.HealthStub(channel)
+    statuses = (await health.List(health_pb2.HealthListRequest(), timeout=5)).statuses
+    assert {name: answer.status for name, answer in statuses.items()} == dict.fromkeys(
+        ("", SERVICE, "inference.GRPCInferenceService"), health_pb2.HealthCheckResponse.SERVING)
+
+
 async def test_reflection_lists_the_services(channel):
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
