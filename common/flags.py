@@ -32,8 +32,9 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     converted by the option's ``type`` and checked against its ``choices`` as the flag's value
     would be, and a required option is satisfied; set but empty, it counts as unset (a
     ``secret``'s is refused); an option taking no value is on for 1, true, yes or on, off for
-    0, false, no or off. A bad value is a ValueError naming the variable, e.g.
-    ``FMNIST_PORT: invalid int value: 'x'``: the caller reports it as it reports a bad flag.
+    0, false, no or off. A bad value is a ValueError naming the variable, with what its
+    ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x`` (a plain
+    ``int`` type: ``invalid int value: 'x'``): the caller reports it as it reports a bad flag.
     The default of a ``secret`` (a token) never shows in --help.
     """
     action = container.add_argument(*names, **kwargs)
