@@ -49,7 +49,7 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
 def test_calls_whose_message_never_comes_hold_no_thread():
     """A unary call is handed to a thread once its message is in: calls that never sent it
     (headers only) held every thread, and health and every other call waited behind them.
-    grpcio's own server still waits for it on a thread (README, "Reliability and security")."""
+    grpcio's own server still waits for it on a thread (README, "How a request flows")."""
     server = make_grpc_server("native", 4, [], 1 << 20, reuse_port=False, max_running=4)
     server.add_generic_rpc_handlers([Echo().handler()])
     port = server.add_insecure_port("127.0.0.1:0")
