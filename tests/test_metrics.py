@@ -81,25 +81,31 @@ async def test_metrics_count_calls_by_api_method_model_and_code(metered):
     assert value(after, "fmnist_model_info", model="mlp", version="2", sha256=sha) == 1
 
 
+@pytest.mark.parametrize(("path", "labels"), [
+    ("/v2/models/mlp/infer", {"api": "v2", "method": "ModelInfer", "model": "mlp"}),
+    ("/v1/classify?model=softmax", {"api": "domain", "method": "Classify", "model": "softmax"}),
+    ("/v1/classify?model=nope", {"api": "domain", "method": "Classify", "model": "other"}),
+    ("/v1/classify", {"api": "domain", "method": "Classify", "model": ""})])
 async def test_an_http_request_whose_body_cannot_be_read_is_counted_under_its_urls_model(
-        model_repository):
+        model_repository, path, labels):
     """The URL names the model: a body that fails to parse was counted under model "", so
-    a model's error rate left out its clients' bad requests over HTTP."""
+    a model's error rate left out its clients' bad requests over HTTP (/v1/classify's
+    ``?model=`` too; one naming none says nothing of the model)."""
     port = free_port()
     settings = local_settings(model_repository=model_repository, metrics_port=port,
                               poll_interval=0, http_port=free_port())
     async with running_server(settings) as server:
         before = await asyncio.to_thread(scrape, port)
         refused = urllib.request.Request(
-            f"http://127.0.0.1:{server.http_port}/v2/models/mlp/infer", data=b"{not json",
+            f"http://127.0.0.1:{server.http_port}{path}", data=b"{not json",
             headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as answer:
             await asyncio.to_thread(urllib.request.urlopen, refused, timeout=10)
         assert answer.value.code == 400
         after = await asyncio.to_thread(scrape, port)
-    labels = {"api": "v2", "method": "ModelInfer", "code": "INVALID_ARGUMENT"}
-    assert value(after, "fmnist_requests_total", model="mlp", **labels) - value(
-        before, "fmnist_requests_total", model="mlp", **labels) == 1
+    labels = {**labels, "code": "INVALID_ARGUMENT"}
+    assert value(after, "fmnist_requests_total", **labels) - value(
+        before, "fmnist_requests_total", **labels) == 1
 
 
 async def test_a_stream_whose_deadline_passes_is_counted_as_over_never_ok_nor_a_crash(

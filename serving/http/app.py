@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from inference import grpc_service_pb2 as pb
@@ -225,9 +226,11 @@ class HttpApp:
             return json_body(domain.encode_classify(parsed["request"], response,
                                                     parsed["options"]))
 
+        # the query's model labels the metrics of a body that fails to parse, as /v2's URL's
+        named = parse_qs(environ.get("QUERY_STRING", "")).get("model", [""])[-1]
         return 200, self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
-                               environ, parse=lambda _: parse(body[0]), body=body,
-                               encode=encode)
+                               domain_pb.ClassifyRequest(model=named) if named else environ,
+                               parse=lambda _: parse(body[0]), body=body, encode=encode)
 
     def _list_models(self, environ, _):
         return 200, self._call(
