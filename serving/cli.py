@@ -1,9 +1,10 @@
 """``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC and HTTP.
 
 Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP), 130 in a shell when a
-second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served or
-the address cannot be bound, or once the gRPC port accepts no more connections (out of file
-descriptors: it drains first), 2 for bad flags or env vars; errors are one line on stderr.
+second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served, the
+address cannot be bound, a TLS file cannot be read or used, a worker cannot start, or once the
+gRPC port accepts no more connections (out of file descriptors: it drains first), 2 for bad
+flags or env vars; errors are one line on stderr.
 """
 
 import logging
