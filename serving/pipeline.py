@@ -96,13 +96,6 @@ class Admission:
             self.in_flight += 1
         IN_FLIGHT.inc()
 
-    def in_flight_at(self, deadline: float, poll_s: float) -> int:
-        """Waits until no call is in flight or ``deadline`` (``time.monotonic()``) comes,
-        looking every ``poll_s`` seconds; then returns how many are."""
-        while self.in_flight and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(poll_s, left))
-        return self.in_flight
-
     def leave(self) -> None:
         with self._counting:
             self.in_flight -= 1
