@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.contract import CLASS_NAMES
 from serving.client import cli
-from serving.client.inputs import load_npy, load_png
+from serving.client.inputs import load_images, load_npy, load_png
 from tests.conftest import reference
 
 
@@ -249,3 +249,21 @@ def test_a_picture_on_a_light_background_is_said_to_need_invert(target, tmp_path
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(tmp_path / "photo.png")
     assert lines[3] == f"{tmp_path / 'as-the-data.png'}  (a light background: drop --invert)"
+
+
+@pytest.mark.parametrize("size", [(400, 300), (300, 400), (640, 360)])
+def test_a_photo_not_square_on_a_light_background_is_said_to_need_invert(tmp_path, test_set,
+                                                                          size):
+    """Only a square picture was named: a photo's usual 4:3 or 16:9 is padded with black to
+    28x28, and the padding darkened the border measured, so a boot on white went unremarked."""
+    photo = Image.fromarray(255 - test_set[0][0]).resize((size[1], size[1]))
+    on_white = Image.new("L", size, 255)
+    on_white.paste(photo, ((size[0] - size[1]) // 2, 0) if size[0] > size[1] else
+                   (0, (size[1] - size[0]) // 2))
+    on_white.save(tmp_path / "photo.jpg")
+    assert load_images([tmp_path / "photo.jpg"])[1] == [
+        f"{tmp_path / 'photo.jpg'}  (a light background: try --invert)"]
+    assert load_images([tmp_path / "photo.jpg"], invert=True)[1] == [str(tmp_path / "photo.jpg")]
+    line = tmp_path / "line.png"  # thinner than a pixel once fitted: nothing, black
+    Image.new("L", (3000, 1), 255).save(line)
+    assert load_images([line])[1] == [str(line)]

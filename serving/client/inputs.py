@@ -26,6 +26,17 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
     (a photo's EXIF orientation applied), fitted into 28x28 keeping its aspect ratio, padded
     with black. ``invert`` for dark objects on a light background. A transparent background
     becomes black in the result, whatever colour lies under it."""
+    return _padded(_fitted(path, invert))
+
+
+def _padded(fitted) -> np.ndarray:
+    from PIL import ImageOps
+
+    return np.asarray(ImageOps.pad(fitted, IMAGE_SHAPE, color=0), dtype=np.uint8)
+
+
+def _fitted(path: Path, invert: bool):
+    """load_png's picture fitted into 28x28, before its padding."""
     from PIL import ImageOps
 
     Image = pillow()  # noqa: N806 (Pillow's name)
@@ -45,8 +56,7 @@ def load_png(path: Path, invert: bool = False) -> np.ndarray:
         gray = flat
     if invert:
         gray = ImageOps.invert(gray)
-    fitted = ImageOps.pad(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS, color=0)
-    return np.asarray(fitted, dtype=np.uint8)
+    return ImageOps.contain(gray, IMAGE_SHAPE, method=Image.Resampling.LANCZOS)
 
 
 def _eight_bit(pixels: np.ndarray) -> np.ndarray:
@@ -93,22 +103,28 @@ def is_npy(path: Path) -> bool:
     return path.suffix.lower() == ".npy"
 
 
+def _border(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
 def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str]]:
     """All images of ``paths`` (``.npy`` files may hold many) and a display name for each,
     a picture's saying so if the model sees it on a light background; ``invert`` inverts the
     picture files."""
     batches, names = [], []
     for path in paths:
-        try:
-            batch = load_npy(path) if is_npy(path) else load_png(path, invert)[None]
+        try:  # a picture's border as the model sees it, but for the padding (black)
+            fitted = None if is_npy(path) else _fitted(path, invert)
+            batch = load_npy(path) if fitted is None else _padded(fitted)[None]
         except Exception as error:  # Pillow's and numpy's messages do not say which file
             if isinstance(error, OSError) and error.strerror:  # not "[Errno 2] ...: 'x.png'"
                 raise ValueError(f"{path}: {error.strerror}") from None
             raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
                 from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
-        border = np.concatenate([batch[0, 0], batch[0, -1], batch[0, 1:-1, 0], batch[0, 1:-1, -1]])
-        if not is_npy(path) and border.mean() > 127:  # Fashion-MNIST's: black (test set: <= 95)
+        if fitted is not None and min(fitted.size) and _border(np.asarray(fitted)).mean() > 127:
+            # Fashion-MNIST's border is black (the test set's average 95 at most); a picture
+            # thinner than a pixel at 28x28 (a 3000x1 line) is fitted into nothing
             names[-1] += f"  (a light background: {'drop' if invert else 'try'} --invert)"
         batches.append(batch)
     return np.concatenate(batches), names
