@@ -33,8 +33,12 @@ def test_latin_1_json_is_refused_saying_where_it_is_not_utf_8(url, path, text, b
     assert requests.post(url + path, data=bom + text.encode(), timeout=10).status_code == 200
 
 
-def test_utf_16_json_is_named(url):
-    answer = requests.post(url + "/v2/models/mlp/infer", data=INFER.encode("utf-16"), timeout=10)
+@pytest.mark.parametrize(("path", "text"), [("/v2/models/mlp/infer", INFER),
+                                            ("/v1/classify", CLASSIFY)])
+def test_utf_16_json_is_named(url, path, text):
+    """As Windows PowerShell 5 writes a file (its > and Out-File): /v1/classify took it for
+    an image of no format it knows ("body: expected a PNG, JPEG, ... or JSON")."""
+    answer = requests.post(url + path, data=text.encode("utf-16"), timeout=10)
     assert answer.status_code == 400
     assert answer.json()["error"] == ("request body: not valid JSON (not UTF-8 from byte 0 "
                                       "(0xff, line 1), UTF-16's byte order mark; JSON is UTF-8)")

@@ -87,11 +87,11 @@ def version_option(query: str) -> int:
 
 def decode_classify(body: bytes, options: Options, decoder: Executor,
                     max_images: int) -> pb.ClassifyRequest:
-    """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any) of at most
-    ``max_images`` images, or an image file, decoded on ``decoder``'s threads -> the
-    ClassifyRequest."""
+    """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any, or with
+    UTF-16's mark, which parse_json refuses by name) of at most ``max_images`` images, or an
+    image file, decoded on ``decoder``'s threads -> the ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
-    if text.lstrip()[:1] in (b"{", b"["):
+    if text.lstrip()[:1] in (b"{", b"[") or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return _json_request(body, options, max_images)  # parse_json drops the mark
     pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
