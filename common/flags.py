@@ -221,8 +221,10 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
 
 
 positive_int = number_in(int, 1, expected="a positive integer")
-# inf, nan or 0 seconds would make every wait end at once or never
-positive_seconds = number_in(float, 0, low_open=True, expected="seconds > 0")
+# inf, nan or 0 seconds would make every wait end at once or never; past a day, gRPC's deadline
+# soon overflows (1e10 s, or score's stream of 10,000 answers at 1e6 s each) and fails at once
+positive_seconds = number_in(float, 0, 24 * 3600, low_open=True,
+                             expected="seconds > 0 and <= 86400 (a day)")
 
 
 def bearer_token(text: str) -> str:

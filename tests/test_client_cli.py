@@ -170,11 +170,17 @@ def test_a_bad_env_var_is_one_line_naming_it(capsys, monkeypatch, timeout):
     monkeypatch.setenv("FMNIST_TIMEOUT", timeout)
     assert cli.main(["health"]) == 2
     assert capsys.readouterr().err == (
-        f"fmnist: error: FMNIST_TIMEOUT: expected seconds > 0, got {timeout}\n")
+        f"fmnist: error: FMNIST_TIMEOUT: expected seconds > 0 and <= 86400 (a day), got "
+        f"{timeout}\n")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["health", "--timeout", "inf"], "argument --timeout: expected seconds > 0, got inf"),
+    (["health", "--timeout", "inf"], "argument --timeout: expected seconds > 0 and <= 86400 (a "
+     "day), got inf"),
+    # gRPC's deadline overflowed: every call failed at once, "DEADLINE_EXCEEDED: Deadline
+    # Exceeded", as did score's stream at --timeout 1000000 for its 10,000 batches of 1
+    (["health", "--timeout", "1e10"], "argument --timeout: expected seconds > 0 and <= 86400 "
+     "(a day), got 1e10"),
     (["score", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
     (["classify", "--top", "-2"], "argument --top: expected 1..10, got -2"),
     (["classify", "--version", "99999999999999999999"],  # protobuf's "Value out of range"
