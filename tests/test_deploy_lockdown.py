@@ -142,7 +142,7 @@ def test_the_kserve_predictors_are_fenced_in_as_the_deployments_are():
     """deploy/kserve had no NetworkPolicy: its predictor pods, the same server as the
     Deployment's, could open connections anywhere in the cluster or outside, which the
     Deployment's policy denies. KServe labels each predictor pod with its InferenceService's
-    name and its component; the policy takes the server's ports, gRPC and metrics, and denies
+    name and its component; the policy takes the server's ports, REST, gRPC and metrics, and denies
     all egress (the server calls nothing; a pvc:// repository is a mount)."""
     objects = render("kserve")
     policies = find(objects, "NetworkPolicy")
@@ -162,5 +162,5 @@ def test_the_kserve_predictors_are_fenced_in_as_the_deployments_are():
                                                     "serving.kserve.io/inferenceservice": "x"})
         assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and not policy.get("egress")
         admitted = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
-        assert admitted == {int(settings["port"]), int(settings["metrics_port"])}, name
-        assert int(settings["http_port"]) == 0, name  # KServe's Service leads to one port
+        assert admitted == {int(settings["port"]), int(settings["http_port"]),
+                            int(settings["metrics_port"])}, name

@@ -76,17 +76,16 @@ def test_probes_are_grpc_on_ports_the_server_listens_on(kustomization):
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_every_port_the_server_serves_on_is_one_a_client_can_reach(kustomization):
-    """KServe's Service leads to the one port its runtime declares (the first: gRPC): an
-    HTTP server listening beside it was reachable by no Service, open on the pod's address.
-    Metrics are scraped at the pod's address (annotations), declared or not."""
+    """A port the server serves on but the container does not declare is reachable by no
+    Service (KServe's Service takes the declared ports only), open on the pod's address. On
+    KServe, metrics are scraped at the pod's address (annotations), declared or not."""
     for workload in workloads(render(kustomization), kustomization):
         settings = settings_of(workload)
         serving = {int(settings[key]) for key in ("port", "http_port")} - {0}
+        if not kustomization.startswith("kserve"):
+            serving.add(int(settings["metrics_port"]))
         declared = [p["containerPort"] for p in workload.container.get("ports") or []]
-        if kustomization.startswith("kserve"):
-            assert serving == {declared[0]}, workload.source
-        else:
-            assert serving | {int(settings["metrics_port"])} <= set(declared), workload.source
+        assert serving <= set(declared), workload.source
 
 
 def test_the_image_is_composes_with_its_tag_set_in_one_place():
@@ -239,12 +238,12 @@ def test_the_kserve_manifests_use_kserves_conventions():
     objects = render("kserve")
     runtime = one(objects, "ServingRuntime")
     assert {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]} == {"onnx"}
-    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC
 
     isvc = one(objects, "InferenceService", "fashion-mnist")
     model = isvc["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "grpc-v2"
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
     claim = re.fullmatch(r"pvc://([^/]+)/.*", model["storageUri"])
     assert claim and one(objects, "PersistentVolumeClaim", claim.group(1))
     # its own: `kubectl delete -k` of one kustomization deleted the other's models
@@ -281,7 +280,7 @@ def test_the_kserve_manifests_use_kserves_conventions():
         settings = settings_of(workload)
         assert workload.container["name"] == "kserve-container"
         assert [(p["name"], p["containerPort"]) for p in workload.container["ports"]] == [
-            ("h2c", int(settings["port"]))], source
+            ("http1", int(settings["http_port"])), ("h2c", int(settings["port"]))], source
         # pod annotations: the runtime's, or the custom predictor's
         pod_annotations = (runtime["spec"] if source.startswith("ServingRuntime")
                            else workload.pod)["annotations"]
@@ -296,3 +295,33 @@ def test_the_kserve_manifests_use_kserves_conventions():
     packaged = by_source["InferenceService/fashion-mnist-packaged"]
     assert settings_of(packaged)["model_repository"] == \
         serve_image().env["FMNIST_MODEL_REPOSITORY"]
+
+
+def _kserve_service_ports(container: dict) -> list[dict]:
+    """The ports of the Service KServe makes for a predictor in Standard mode, from its
+    container's ports (createDefaultSvc, pkg/controller/v1beta1/inferenceservice/reconcilers/
+    service/service_reconciler.go, v0.11 to v0.20): the first becomes port 80, each other keeps
+    its number; a name holding "grpc" or "h2c" gets appProtocol kubernetes.io/h2c (v0.15+)."""
+    return [{"name": port["name"], "port": 80 if index == 0 else port["containerPort"],
+             "targetPort": port["containerPort"],
+             "grpc": "grpc" in port["name"] or "h2c" in port["name"]}
+            for index, port in enumerate(container["ports"])]
+
+
+def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
+    """KServe's Ingress and the InferenceService's URL lead to its Service's port 80, and its
+    Gateway API route (v0.19+, detectServiceProtocolPorts) sends the Open Inference Protocol's
+    gRPC calls to the first gRPC port and everything else (REST's /v2/...) to the first other
+    port. The manifests declared the gRPC port alone and turned HTTP off ("KServe's Service
+    leads to that one port", which it does not since v0.11): no REST request through KServe
+    reached the server, and HTTP/1.1 went to the gRPC port."""
+    for workload in workloads(render("kserve")):
+        settings = settings_of(workload)
+        service = _kserve_service_ports(workload.container)
+        rest = [port for port in service if not port["grpc"]]
+        grpc = [port for port in service if port["grpc"]]
+        assert rest and rest[0]["port"] == 80, workload.source
+        assert rest[0]["targetPort"] == int(settings.get("http_port", "8080")) != 0, \
+            workload.source
+        assert grpc and grpc[0]["targetPort"] == int(settings["port"]), workload.source
+        assert len({port["port"] for port in service}) == len(service), workload.source

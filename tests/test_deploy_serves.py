@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -169,8 +170,17 @@ def test_the_kserve_containers_serve_as_written(source, model_repository, tmp_pa
     paths = {"/mnt/models": model_repository, "/models": tmp_path / "no-such-repository"}
     if source.startswith("InferenceService"):
         paths = {"/models": model_repository}
+
+    def answers_rest(running: Running, target: str) -> None:
+        """The Open Inference Protocol's REST, KServe's v2, on the port its Service's port 80
+        leads to (the first declared): the manifests had HTTP off, and declared gRPC alone."""
+        rest_port = running.port(workload.container["ports"][0]["containerPort"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v2/models/mlp/ready",
+                                    timeout=10) as answer:
+            assert answer.status == 200
+
     with run_container(workload, paths, tmp_path) as running:
-        serve_as_written(workload, running)
+        serve_as_written(workload, running, while_serving=answers_rest)
 
 
 def _cpu_limit_overlay(directory: Path, cpus: str) -> Path:
