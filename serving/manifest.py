@@ -41,7 +41,11 @@ class Manifest:
 
 def read_manifest(path: Path) -> Manifest:
     """Parses and checks ``<path>/model.json`` against its directory and the serving contract."""
-    manifest_path = path / MANIFEST
+    manifest_path, triton = path / MANIFEST, path.parent / "config.pbtxt"
+    if not manifest_path.exists() and triton.exists():
+        raise RepositoryError(f"{manifest_path}: missing ({path.parent.name}/{triton.name} is "
+                              "Triton's and is not read: fmnist-train writes model.json, see "
+                              "README's 'From Triton')")
     try:
         document = json.loads(read_file(manifest_path))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -79,6 +79,9 @@ def _damage(root, case: str):
         rewrite_manifest(version / MANIFEST, version=5)
     elif case == "missing model file":
         (version / MODEL_FILE).unlink()
+    elif case == "a Triton repository":  # config.pbtxt beside the versions, no model.json
+        (version / MANIFEST).unlink()
+        (version.parent / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n')
     elif case == "input not the contract's":
         rewrite_manifest(version / MANIFEST, inputs=[
             {"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]}])
@@ -107,6 +110,9 @@ REFUSALS = {
     "missing key": "mlp/2/model.json: missing key(s) sha256",
     "wrong version": "names mlp/5, expected mlp/2",
     "missing model file": "mlp/2/model.onnx: missing",
+    # a Triton user's repository: "model.json: missing" said nothing of what reads config.pbtxt
+    "a Triton repository": "mlp/2/model.json: missing (mlp/config.pbtxt is Triton's and is not "
+                           "read: fmnist-train writes model.json, see README's 'From Triton')",
     "input not the contract's": "expected one UINT8 [-1,28,28] input 'images'",
     "graph differs from manifest": "graph inputs ['pixels'] differ from model.json's ['images']",
     "no baseline": "model repository has no 'baseline' model (found: mlp, softmax)",
