@@ -234,6 +234,21 @@ def test_the_models_volume_overlay_serves_a_read_only_claim():
     assert float(settings["poll_interval"]) > 0, "the watcher follows published versions"
 
 
+def _kserve_deployment_mode(annotation: str, kserve: str) -> str:
+    """The mode KServe gives an InferenceService annotated serving.kserve.io/deploymentMode
+    (GetDeploymentMode, pkg/controller/v1beta1/inferenceservice/utils/utils.go): up to 0.15 it
+    reads RawDeployment, Serverless and ModelMesh, and any other value leaves the cluster's
+    default (Serverless, Knative, on a stock install): "Standard" there deployed on Knative,
+    which serves one port. From 0.16 RawDeployment and Serverless are read as Standard and
+    Knative."""
+    if kserve <= "0.15":
+        known = {"RawDeployment", "Serverless", "ModelMesh"}
+        return annotation if annotation in known else "Serverless"
+    legacy = {"RawDeployment": "Standard", "Serverless": "Knative"}
+    annotation = legacy.get(annotation, annotation)
+    return annotation if annotation in {"Standard", "Knative", "ModelMesh"} else "Standard"
+
+
 def test_the_kserve_manifests_use_kserves_conventions():
     objects = render("kserve")
     runtime = one(objects, "ServingRuntime")
@@ -251,7 +266,10 @@ def test_the_kserve_manifests_use_kserves_conventions():
               for item in find(render(kustomization), "PersistentVolumeClaim")}
     assert claim.group(1) not in others
     for item in find(objects, "InferenceService"):
-        assert item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+        # raw Deployments on every KServe from 0.11 (see _kserve_deployment_mode)
+        mode = item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+        assert _kserve_deployment_mode(mode, "0.15") == "RawDeployment", mode
+        assert _kserve_deployment_mode(mode, "0.16") == "Standard", mode
         assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
         # what KServe's HPA reads (an annotation serving.kserve.io/metrics is not read)
         assert item["spec"]["predictor"]["scaleMetric"] == "cpu"
