@@ -232,6 +232,10 @@ def version_dirs(root: Path) -> Listing:
                 continue
             versions = [path for path in model_dir.iterdir()
                         if is_version_name(path.name) and path.is_dir()]
+            if (config := model_dir / "config.pbtxt").is_file():
+                skipped.append(f"{config}: Triton's model configuration, not read: every "
+                               "version with a model.json serves, settings are flags (README's "
+                               "'From Triton')")
         except OSError as error:
             skipped.append(f"{model_dir}: cannot read it ({error.strerror})")
             unreadable.add(model_dir.name)

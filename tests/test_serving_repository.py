@@ -128,7 +128,8 @@ def test_cli_refuses_a_repository_it_cannot_serve_with_one_line(case, repository
     status = cli.main(["--model-repository", str(root), "--host", "127.0.0.1", "--port", "0",
                        "--workers", "1"])
     error_lines = [line for line in capsys.readouterr().err.splitlines()
-                   if " INFO " not in line and "model version refused" not in line]
+                   if " INFO " not in line and "model version refused" not in line
+                   and "model repository entry skipped" not in line]
     assert status == 1
     assert len(error_lines) == 1, error_lines
     assert error_lines[0].startswith("fmnist-serve: error: ")
@@ -205,6 +206,21 @@ def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, pol
     assert [record.fields["reason"] for record in caplog.records
             if record.getMessage() == "model repository entry skipped"] == [
         f"{repository_copy / 'mlp' / '0'}: a version is a number from 1 to 2**63-1, no leading 0"]
+
+
+def test_a_triton_config_beside_the_versions_is_named_as_not_read(repository_copy, policy,
+                                                                   caplog):
+    """A Triton repository given model.json files kept its config.pbtxt, whose version policy
+    (latest 1, Triton's default) and max_batch_size were silently not applied: every version
+    served. Start-up says so, once, as for the other entries it skips."""
+    (repository_copy / "mlp" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nversion_policy: { latest: { num_versions: 1 } }\n')
+    registry = load_repository(repository_copy, policy)
+    assert registry.versions("mlp") == [1, 2]
+    assert [record.fields["reason"] for record in caplog.records
+            if record.getMessage() == "model repository entry skipped"] == [
+        f"{repository_copy / 'mlp' / 'config.pbtxt'}: Triton's model configuration, not read: "
+        "every version with a model.json serves, settings are flags (README's 'From Triton')"]
 
 
 def test_a_version_past_int64_or_with_a_leading_0_is_skipped_not_served(repository_copy, policy,
