@@ -1,8 +1,8 @@
 """The facts a reviewer would check by eye in deploy/kubernetes and deploy/kserve, on the
-objects ``kubectl kustomize`` renders: probes, image, resources, drain time, selectors,
-overlays and KServe's conventions (the security context and the NetworkPolicy are
-tests/test_deploy_lockdown.py's). tests/test_deploy_manifests.py checks that the same objects
-render and validate.
+objects ``kubectl kustomize`` renders: probes, image, resources, drain time, selectors and
+overlays (KServe's own conventions and routing are tests/test_deploy_kserve.py's, the security
+context and the NetworkPolicy tests/test_deploy_lockdown.py's). tests/test_deploy_manifests.py
+checks that the same objects render and validate.
 """
 
 import re
@@ -26,7 +26,6 @@ from tests.deploy_manifests import (
     one,
     probe_ports,
     render,
-    serve_image,
     server_settings,
     workloads,
 )
@@ -232,114 +231,3 @@ def test_the_models_volume_overlay_serves_a_read_only_claim():
     claim = one(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica, and the publisher
     assert float(settings["poll_interval"]) > 0, "the watcher follows published versions"
-
-
-def _kserve_deployment_mode(annotation: str, kserve: str) -> str:
-    """The mode KServe gives an InferenceService annotated serving.kserve.io/deploymentMode
-    (GetDeploymentMode, pkg/controller/v1beta1/inferenceservice/utils/utils.go): up to 0.15 it
-    reads RawDeployment, Serverless and ModelMesh, and any other value leaves the cluster's
-    default (Serverless, Knative, on a stock install): "Standard" there deployed on Knative,
-    which serves one port. From 0.16 RawDeployment and Serverless are read as Standard and
-    Knative."""
-    if kserve <= "0.15":
-        known = {"RawDeployment", "Serverless", "ModelMesh"}
-        return annotation if annotation in known else "Serverless"
-    legacy = {"RawDeployment": "Standard", "Serverless": "Knative"}
-    annotation = legacy.get(annotation, annotation)
-    return annotation if annotation in {"Standard", "Knative", "ModelMesh"} else "Standard"
-
-
-def test_the_kserve_manifests_use_kserves_conventions():
-    objects = render("kserve")
-    runtime = one(objects, "ServingRuntime")
-    assert {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]} == {"onnx"}
-    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]  # REST and gRPC
-
-    isvc = one(objects, "InferenceService", "fashion-mnist")
-    model = isvc["spec"]["predictor"]["model"]
-    assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
-    claim = re.fullmatch(r"pvc://([^/]+)/.*", model["storageUri"])
-    assert claim and one(objects, "PersistentVolumeClaim", claim.group(1))
-    # its own: `kubectl delete -k` of one kustomization deleted the other's models
-    others = {item["metadata"]["name"] for kustomization in KUBERNETES
-              for item in find(render(kustomization), "PersistentVolumeClaim")}
-    assert claim.group(1) not in others
-    for item in find(objects, "InferenceService"):
-        # raw Deployments on every KServe from 0.11 (see _kserve_deployment_mode)
-        mode = item["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
-        assert _kserve_deployment_mode(mode, "0.15") == "RawDeployment", mode
-        assert _kserve_deployment_mode(mode, "0.16") == "Standard", mode
-        assert item["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
-        # what KServe's HPA reads (an annotation serving.kserve.io/metrics is not read)
-        assert item["spec"]["predictor"]["scaleMetric"] == "cpu"
-        assert item["spec"]["predictor"]["scaleTarget"] == 70
-        assert not {"serving.kserve.io/metrics", "serving.kserve.io/targetUtilizationPercentage"
-                    } & set(item["metadata"]["annotations"])
-        # "true" makes KServe point prometheus.io/port at Knative's queue-proxy
-        assert item["metadata"]["annotations"][
-            "serving.kserve.io/enable-prometheus-scraping"] == "false"
-
-    # a node drain takes one predictor pod of each at a time (KServe labels its pods so)
-    budgets = find(objects, "PodDisruptionBudget")
-    for item in find(objects, "InferenceService"):
-        guarding = [budget["spec"] for budget in budgets
-                    if budget["spec"]["selector"]["matchLabels"] == {
-                        "serving.kserve.io/inferenceservice": item["metadata"]["name"],
-                        "component": "predictor"}]
-        assert len(guarding) == 1, item["metadata"]["name"]
-        assert guarding[0]["maxUnavailable"] < item["spec"]["predictor"]["minReplicas"]
-        assert guarding[0]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-
-    by_source = {w.source.split()[0]: w for w in workloads(objects)}
-    assert set(by_source) == {"ServingRuntime/fashion-mnist",
-                              "InferenceService/fashion-mnist-packaged"}
-    for source, workload in by_source.items():
-        settings = settings_of(workload)
-        assert workload.container["name"] == "kserve-container"
-        assert [(p["name"], p["containerPort"]) for p in workload.container["ports"]] == [
-            ("http1", int(settings["http_port"])), ("h2c", int(settings["port"]))], source
-        # pod annotations: the runtime's, or the custom predictor's
-        pod_annotations = (runtime["spec"] if source.startswith("ServingRuntime")
-                           else workload.pod)["annotations"]
-        assert pod_annotations["prometheus.io/scrape"] == "true"
-        assert pod_annotations["prometheus.io/port"] == settings["metrics_port"]
-        assert pod_annotations["prometheus.io/path"] == "/metrics"
-    # KServe's mount point, from a flag that wins over the image's env; the packaged models
-    # are where the image put them
-    assert "/mnt/models" in container_argv(by_source["ServingRuntime/fashion-mnist"])
-    assert settings_of(by_source["ServingRuntime/fashion-mnist"])["model_repository"] == \
-        "/mnt/models"
-    packaged = by_source["InferenceService/fashion-mnist-packaged"]
-    assert settings_of(packaged)["model_repository"] == \
-        serve_image().env["FMNIST_MODEL_REPOSITORY"]
-
-
-def _kserve_service_ports(container: dict) -> list[dict]:
-    """The ports of the Service KServe makes for a predictor in Standard mode, from its
-    container's ports (createDefaultSvc, pkg/controller/v1beta1/inferenceservice/reconcilers/
-    service/service_reconciler.go, v0.11 to v0.20): the first becomes port 80, each other keeps
-    its number; a name holding "grpc" or "h2c" gets appProtocol kubernetes.io/h2c (v0.15+)."""
-    return [{"name": port["name"], "port": 80 if index == 0 else port["containerPort"],
-             "targetPort": port["containerPort"],
-             "grpc": "grpc" in port["name"] or "h2c" in port["name"]}
-            for index, port in enumerate(container["ports"])]
-
-
-def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
-    """KServe's Ingress and the InferenceService's URL lead to its Service's port 80, and its
-    Gateway API route (v0.19+, detectServiceProtocolPorts) sends the Open Inference Protocol's
-    gRPC calls to the first gRPC port and everything else (REST's /v2/...) to the first other
-    port. The manifests declared the gRPC port alone and turned HTTP off ("KServe's Service
-    leads to that one port", which it does not since v0.11): no REST request through KServe
-    reached the server, and HTTP/1.1 went to the gRPC port."""
-    for workload in workloads(render("kserve")):
-        settings = settings_of(workload)
-        service = _kserve_service_ports(workload.container)
-        rest = [port for port in service if not port["grpc"]]
-        grpc = [port for port in service if port["grpc"]]
-        assert rest and rest[0]["port"] == 80, workload.source
-        assert rest[0]["targetPort"] == int(settings.get("http_port", "8080")) != 0, \
-            workload.source
-        assert grpc and grpc[0]["targetPort"] == int(settings["port"]), workload.source
-        assert len({port["port"] for port in service}) == len(service), workload.source

@@ -210,11 +210,9 @@ def test_start_up_skips_what_the_watcher_skips_and_says_why(repository_copy, pol
 
 def test_a_triton_config_beside_the_versions_is_named_as_not_read(repository_copy, policy,
                                                                    caplog):
-    """A Triton repository given model.json files kept its config.pbtxt, whose version policy
-    (latest 1, Triton's default) and max_batch_size were silently not applied: every version
-    served. Start-up says so, once, as for the other entries it skips."""
-    (repository_copy / "mlp" / "config.pbtxt").write_text(
-        'platform: "onnxruntime_onnx"\nversion_policy: { latest: { num_versions: 1 } }\n')
+    """A config.pbtxt kept beside model.json versions: its version policy (Triton's default,
+    latest 1) and max_batch_size were silently not applied. Start-up says so."""
+    (repository_copy / "mlp" / "config.pbtxt").write_text("version_policy: { latest: {} }\n")
     registry = load_repository(repository_copy, policy)
     assert registry.versions("mlp") == [1, 2]
     assert [record.fields["reason"] for record in caplog.records
