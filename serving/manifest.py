@@ -42,12 +42,10 @@ class Manifest:
 def read_manifest(path: Path) -> Manifest:
     """Parses and checks ``<path>/model.json`` against its directory and the serving contract."""
     manifest_path, triton = path / MANIFEST, path.parent / "config.pbtxt"
-    if not manifest_path.exists() and triton.exists():
-        raise RepositoryError(f"{manifest_path}: missing ({path.parent.name}/{triton.name} is "
-                              "Triton's and is not read: fmnist-train writes model.json, see "
-                              "README's 'From Triton')")
+    triton_s = (f" ({path.parent.name}/{triton.name} is Triton's and is not read: fmnist-train "
+                "writes model.json, see README's 'From Triton')") if triton.is_file() else ""
     try:
-        document = json.loads(read_file(manifest_path))
+        document = json.loads(read_file(manifest_path, missing=triton_s))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RepositoryError(f"{manifest_path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
@@ -151,10 +149,11 @@ def _tensor_spec(document: dict[str, Any]) -> TensorSpec:
     return TensorSpec(str(document["name"]), datatype, tuple(int(d) for d in document["shape"]))
 
 
-def read_file(path: Path) -> bytes:
+def read_file(path: Path, missing: str = "") -> bytes:
+    """``path``'s bytes; RepositoryError "missing" (then ``missing``, a hint) or why not."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise RepositoryError(f"{path}: missing") from None
+        raise RepositoryError(f"{path}: missing{missing}") from None
     except OSError as error:
         raise RepositoryError(f"{path}: cannot read it ({error.strerror})") from None
