@@ -132,10 +132,20 @@ class HttpApp:
         address = environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")  # IPv4 on "::"
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
                     address + (f":{port}" if port else ""))
-        receive = None if body is None else (
-            lambda: body.append(read_body(environ, self._max_body_bytes)))
+        def receive() -> None:  # a body cut short (its client stopped sending) or unreadable
+            try:  # fails in parse, once admitted: counted under the URL's model, as a bad one
+                body.append(read_body(environ, self._max_body_bytes))
+            except InvalidArgument as error:
+                body.append(error)
+
+        def parse_body(request):
+            if isinstance(body[0], InvalidArgument):
+                raise body[0]
+            return parse(request)
+
         return self._pipeline.unary(
-            call, lambda request, call: encode(handler(request, call)), request, parse, receive)
+            call, lambda request, call: encode(handler(request, call)), request,
+            parse if body is None else parse_body, None if body is None else receive)
 
     # Open Inference Protocol
 
