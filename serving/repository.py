@@ -51,20 +51,17 @@ class ModelVersion:
     def __init__(self, manifest: Manifest, session: onnxruntime.InferenceSession,
                  policy: BatchingPolicy):
         self.manifest, self.name, self.version = manifest, manifest.name, manifest.version
-        self._session = session
-        self._input_name = manifest.inputs[0].name
-        self._output_names = [PROBABILITIES, LABEL]
         self.metrics = ModelMetrics(manifest.name, manifest.version, manifest.sha256)
         self.policy = policy  # how its batcher runs it
-        self._batcher = Batcher(self._run, policy, self.metrics)
+        run, name, outputs = session.run, manifest.inputs[0].name, [PROBABILITIES, LABEL]
+        self._batcher = Batcher(  # not a method of self: that cycle kept an unloaded version's
+            lambda images: run(outputs, {name: images}), policy, self.metrics)  # session (MBs)
+        # until the garbage collector's next full pass, which a server's heap rarely gets to
 
     def predict(self, images: np.ndarray, call: Call | None = None) -> Prediction:
         """``uint8 [N,28,28]`` -> the model's probabilities and labels; blocks until its
         batch is computed (nothing is computed for a ``call`` that has ended)."""
         return Prediction(*self._batcher.predict(images, call))
-
-    def _run(self, images: np.ndarray) -> list[np.ndarray]:  # [probabilities, labels]
-        return self._session.run(self._output_names, {self._input_name: images})
 
 
 class ModelRegistry:

@@ -1,11 +1,13 @@
 """Loading the model repository, and the server refusing one it cannot vouch for."""
 
+import gc
 import hashlib
 import json
 import logging
 import shutil
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import onnx
@@ -44,6 +46,24 @@ def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_
     with pytest.raises(NotFound, match="model 'mlp' has no version 7; loaded versions: 1, 2"):
         registry.get("mlp", 7)
 
+
+
+def test_a_removed_version_is_freed_when_its_last_call_lets_go_not_at_a_full_gc(
+        model_repository, policy):
+    """Each version's batcher held its ``_run``, a method bound to it: a cycle, so a version the
+    watcher unloaded (its onnxruntime session, MBs) stayed in memory until the garbage
+    collector's next full pass (70 rollouts took a worker from 105 to 221 MB RSS)."""
+    registry = load_repository(model_repository, policy)
+    version = registry.get("mlp", 1)
+    version.predict(np.zeros((2, 28, 28), np.uint8))
+    freed = weakref.ref(version)
+    gc.disable()  # only reference counting frees it, as between a server's rare full passes
+    try:
+        registry.remove("mlp", 1)
+        del version
+        assert freed() is None
+    finally:
+        gc.enable()
 
 def test_predict_runs_the_graph_with_its_preprocessing(model_repository, policy,
                                                              test_set):
