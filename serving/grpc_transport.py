@@ -232,7 +232,6 @@ class HealthServicer(health.HealthServicer):
         if ending:
             send_response_callback(None)
 
-
     def List(self, request, context):  # noqa: N802 (grpc's); grpcio-health-checking 1.85 has
         with self._lock:  # no List: it answered UNIMPLEMENTED, reflection describing it
             return health_pb2.HealthListResponse(statuses={
