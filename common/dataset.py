@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.contract import DATA_SHA256, IMAGE_SHAPE
-from common.idx import read_idx
+from common.contract import DATA_SHA256
+from common.idx import dimensions, read_idx
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_IMAGES = "t10k-images-idx3-ubyte"
@@ -45,7 +45,7 @@ def check_content(path: Path, name: str, content: bytes, fix: str) -> None:
 def read_array(path: Path, name: str, fix: str) -> np.ndarray:
     """The IDX file ``name`` (uint8 values) as an array of its declared shape; ValueError,
     ending with ``fix``, if its content is not Fashion-MNIST's."""
-    idx = read_idx(path, 1 + len(IMAGE_SHAPE) if name == TEST_IMAGES else 1)
+    idx = read_idx(path, dimensions(images=name == TEST_IMAGES))
     check_content(path, name, idx.content, fix)
     return np.frombuffer(idx.content, dtype=np.uint8, offset=idx.offset).reshape(idx.shape)
 

@@ -9,7 +9,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.contract import IMAGE_SHAPE
+
 UNSIGNED_BYTE = 0x08  # the IDX type code of uint8 values, the only type the data set uses
+
+
+def dimensions(images: bool) -> int:
+    """The dimensions of a Fashion-MNIST IDX file: images ``[N,28,28]``, labels ``[N]``."""
+    return 1 + len(IMAGE_SHAPE) if images else 1
 
 
 @dataclass(frozen=True)

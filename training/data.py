@@ -21,7 +21,7 @@ import numpy as np
 
 from common.contract import CLASS_NAMES, DATA_SHA256, IMAGE_SHAPE
 from common.dataset import check_content, how_to_get, idx_path
-from common.idx import read_idx
+from common.idx import dimensions, read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_CACHE_DIR = Path("~/.keras/datasets/fashion-mnist")
@@ -93,7 +93,7 @@ def read_verified(path: Path, spec: IdxFile) -> np.ndarray:
         raise DatasetError(f"{path} (or, gunzipped, {spec.name}): missing (one of the four "
                            f"Fashion-MNIST files); {HOW_TO_GET}")
     try:
-        idx = read_idx(path, 1 + len(IMAGE_SHAPE) if spec.is_images else 1)
+        idx = read_idx(path, dimensions(spec.is_images))
     except (OSError, ValueError) as error:  # ValueError names the file; OSError's str does too
         raise DatasetError(f"{error}; {HOW_TO_GET}") from None
     if spec.is_images:
