@@ -23,6 +23,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "fashion-mnist-service"
 FINAL_FLAG = "triton_final_response"
 NAMED_BY = ("name", "version")  # the request's fields, which NotFound names (ModelInfer's differ)
+INFER_NAMED_BY = ("model_name", "model_version")  # ModelInfer's (HTTP's infer names them too)
 
 
 class InferenceAPI:
@@ -71,7 +72,7 @@ class InferenceAPI:
 
     def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:  # noqa: N802 (the protocol's name)
         version = parse_version(request.model_version, "model_version")
-        model = self._registry.get(request.model_name, version, ("model_name", "model_version"))
+        model = self._registry.get(request.model_name, version, INFER_NAMED_BY)
         query = decode_infer_request(request, model, self._max_request_images)
         return encode_infer_response(query, model, model.predict(query.images, call))
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from inference import grpc_service_pb2 as pb
 from serving.api.classifier import SERVICE_NAME as CLASSIFIER
+from serving.api.inference import INFER_NAMED_BY
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.codecs.inference import parse_version
 from serving.errors import (
@@ -209,7 +210,7 @@ class HttpApp:
             except InvalidArgument:  # an unknown model or version is said first, as over gRPC
                 version = parse_version(path.get("version", ""), "model_version")
                 self._classifier.registry.get(  # its fields named as ModelInfer names them
-                    path["model"], version, ("model_name", "model_version"))
+                    path["model"], version, INFER_NAMED_BY)
                 raise
             forms.append(form)
             return request
