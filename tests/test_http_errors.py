@@ -187,6 +187,20 @@ def test_a_transfer_coding_other_than_chunked_is_501(url):
     assert b"Transfer-Encoding: 'gzip, chunked' is not served" in answer
 
 
+def test_chunked_given_twice_is_400_naming_it(url):
+    """RFC 9112 6.1: a sender applies chunked at most once, so "chunked, chunked" (a header a
+    proxy doubled) is a malformed request, 400; it was 501 "'chunked,chunked' is not served;
+    send the body as it is or chunked", telling a client that sent chunked to send chunked."""
+    for headers in (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                    b"Transfer-Encoding: chunked, Chunked\r\n"):
+        answer = raw_exchange(url, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n" + headers
+                              + b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(VALID), VALID),
+                              half_close=False)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert answer.endswith(b'{"error":"Transfer-Encoding: chunked given more than once; '
+                               b'a body is chunked once (RFC 9112 6.1)"}'), answer[-300:]
+
+
 def raw_exchange(url: str, request: bytes, half_close: bool = True) -> bytes:
     """What the server sends back for ``request`` bytes, until it closes or goes quiet;
     ``half_close``: say so after the request (granian drops a chunked request then)."""

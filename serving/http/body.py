@@ -31,6 +31,9 @@ def read_body(environ: dict, limit: int) -> bytes:
     inside the pipeline, after the token check and before admission."""
     length = environ.get("CONTENT_LENGTH") or ""
     coding = environ.get("HTTP_TRANSFER_ENCODING", "chunked").strip().lower()
+    if {part.strip() for part in coding.split(",")} == {"chunked"} != {coding}:  # a doubled header
+        raise InvalidArgument("Transfer-Encoding: chunked given more than once; a body is "
+                              "chunked once (RFC 9112 6.1)")
     if coding != "chunked":  # granian de-chunks, and would pass e.g. gzip's bytes on as is
         raise Unimplemented(f"Transfer-Encoding: {coding!r} is not served; send the body "
                             "as it is or chunked (Content-Encoding: gzip compresses it)")
