@@ -42,3 +42,19 @@ def test_utf_16_json_is_named(url, path, text):
     assert answer.status_code == 400
     assert answer.json()["error"] == ("request body: not valid JSON (not UTF-8 from byte 0 "
                                       "(0xff, line 1), UTF-16's byte order mark; JSON is UTF-8)")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize(("path", "text"), [("/v2/models/mlp/infer", INFER),
+                                            ("/v1/classify", CLASSIFY)])
+def test_utf_16_or_32_json_without_a_byte_order_mark_is_named(url, path, text, encoding):
+    """UTF-16 without its mark (.NET's Encoding.Unicode.GetBytes, iconv -t UTF-16LE) is valid
+    UTF-8 full of NUL bytes: it was refused in orjson's words, "not valid JSON (unexpected
+    character, expected a string key: line 1 column 2 (char 1))", and big-endian on
+    /v1/classify as "body: expected a PNG, JPEG, ... image, or JSON"."""
+    body = text.encode(encoding)
+    answer = requests.post(url + path, data=body, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == (
+        f"request body: not valid JSON (NUL bytes from byte {body.index(0)}, as in UTF-16 or "
+        "UTF-32; JSON is UTF-8)")

@@ -99,6 +99,9 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
 def not_utf8(data: bytes) -> str:
     """Where ``data`` stops being UTF-8, JSON's one encoding (RFC 8259 8.1), or "" if it is:
     orjson says "surrogates not allowed" at char 0 of any bad byte anywhere."""
+    if unmarked_utf16_or_32(data):
+        nul = data.index(0)
+        return f"NUL bytes from byte {nul}, as in UTF-16 or UTF-32; JSON is UTF-8"
     try:
         data.decode()
         return ""
@@ -107,6 +110,13 @@ def not_utf8(data: bytes) -> str:
         utf16 = ", UTF-16's byte order mark" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         return (f"not UTF-8 from byte {error.start} (0x{data[error.start]:02x}, line {line})"
                 f"{utf16}; JSON is UTF-8")
+
+
+def unmarked_utf16_or_32(data: bytes) -> bool:
+    """Whether ``data`` starts as JSON in UTF-16 or UTF-32 without a byte order mark does: NUL
+    bytes (never in JSON) beside its first "{" or "[" (RFC 4627 3)."""
+    head = data[:4]
+    return b"\0" in head and head.replace(b"\0", b"").lstrip()[:1] in (b"{", b"[")
 
 
 def message_json(message) -> dict:

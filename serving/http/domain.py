@@ -25,7 +25,7 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
-from serving.http.body import message_json
+from serving.http.body import message_json, unmarked_utf16_or_32
 from serving.http.rest import parse_json
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
@@ -88,10 +88,12 @@ def version_option(query: str) -> int:
 def decode_classify(body: bytes, options: Options, decoder: Executor,
                     max_images: int) -> pb.ClassifyRequest:
     """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any, or with
-    UTF-16's mark, which parse_json refuses by name) of at most ``max_images`` images, or an
-    image file, decoded on ``decoder``'s threads -> the ClassifyRequest."""
+    UTF-16's mark, or after NUL bytes, which parse_json refuses by name) of at most
+    ``max_images`` images, or an image file, decoded on ``decoder``'s threads -> the
+    ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
-    if text.lstrip()[:1] in (b"{", b"[") or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+    if text.lstrip()[:1] in (b"{", b"[") or body[:2] in (b"\xff\xfe", b"\xfe\xff") \
+            or unmarked_utf16_or_32(body):
         return _json_request(body, options, max_images)  # parse_json drops the mark
     pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
