@@ -76,5 +76,13 @@ def http_server(host: str, port: int, registry):
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})
 
-    return make_server(host, port, make_wsgi_app(registry), server_class=MetricsServer,
+    def metrics(environ, start_response, app=make_wsgi_app(registry)):  # noqa: B008 (made once)
+        # HEAD: GET's status and headers, no body (RFC 9110 9.3.2); the app knows GET only
+        head, answer = environ["REQUEST_METHOD"] == "HEAD", []
+        body = b"".join(app({**environ, "REQUEST_METHOD": "GET"} if head else environ,
+                            lambda *status_headers: answer.extend(status_headers)))
+        start_response(answer[0], [*answer[1], ("Content-Length", str(len(body)))])
+        return [] if head else [body]
+
+    return make_server(host, port, metrics, server_class=MetricsServer,
                        handler_class=QuietHandler)
