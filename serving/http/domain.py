@@ -25,8 +25,7 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
-from serving.http.body import message_json, unmarked_utf16_or_32
-from serving.http.rest import parse_json
+from serving.http.body import LONG_INTEGER, message_json, parse_json, unmarked_utf16_or_32
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
 # Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a
@@ -101,9 +100,17 @@ def decode_classify(body: bytes, options: Options, decoder: Executor,
 
 
 def _json_request(body: bytes, options: Options, max_images: int) -> pb.ClassifyRequest:
+    try:
+        return _document_request(parse_json(body), options, max_images)
+    except InvalidArgument:
+        if LONG_INTEGER.search(body):  # said again with its integers as sent, if about them
+            _document_request(parse_json(body, exact=True), options, max_images)
+        raise
+
+
+def _document_request(document, options: Options, max_images: int) -> pb.ClassifyRequest:
     """The body's model and version, else the query's: both may name them, not differently
     ("" and 0, the defaults, name nothing)."""
-    document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument("request body: expected a JSON object")
     if unknown := sorted(document.keys() - set(JSON_KEYS)):
