@@ -195,6 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
     score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
+    score.add_argument("--json", type=Path, metavar="FILE",
+                       help="write the run's figures (accuracies, each class's, the confusion "
+                       "matrices, throughput, latency) to FILE as JSON; - (or /dev/stdout): the "
+                       "JSON alone on stdout, the summary on stderr")
+    score.add_argument("--confusion-matrix", action="store_true",
+                       help="also print the model's confusion matrix and each class's accuracy")
     score.add_argument("--expect-accuracy", metavar="A", type=_expected_accuracy,
                        help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
                        "for the test_accuracy recorded at training) within --tolerance")

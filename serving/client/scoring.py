@@ -1,10 +1,11 @@
 """``fmnist score``: the test set (or a slice of it) through the service, in batches, with a
 progress bar; prints accuracies, agreement with the baseline, throughput and latency, and
-optionally writes every answer to a CSV file."""
+optionally the confusion matrix, every answer into a CSV file and every figure into JSON."""
 
 import contextlib
 import csv
 import errno
+import json
 import os
 import sys
 import time
@@ -14,7 +15,9 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
+from common.contract import CLASS_NAMES
 from common.dataset import load_test_set
+from serving.client import summary
 from serving.client.api import Classification, ClassifierClient, ModelAnswer, joined
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
 
@@ -25,8 +28,14 @@ def score(args, security) -> int:
         raise UsageError(f"--tolerance {args.tolerance:g} without --expect-accuracy: it is the "
                          "allowed difference from the expected accuracy")
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    if args.csv:
-        _check_csv(args.csv)
+    if args.json == Path("-"):
+        args.json = Path("/dev/stdout")
+    for flag, path in (("--csv", args.csv), ("--json", args.json)):
+        if path:
+            _check_writable(flag, path)
+    if args.csv and args.json and _same_file(args.csv, args.json):
+        raise UsageError(f"--csv {args.csv} and --json {args.json}: the same file; give each "
+                         "its own")
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):
@@ -75,6 +84,8 @@ def score(args, security) -> int:
     accuracy = float(np.mean(model_labels == labels))
     # to 1e-9, far below one image in 10,000: in floats abs(0.6585 - 0.6584) > 0.0001
     met = expected is None or round(abs(accuracy - expected), 9) <= tolerance
+    own_baseline = (baseline.name, baseline.version) != (model.name, model.version)
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
     rows = [
         ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
         (f"{model.name} v{model.version} accuracy", f"{accuracy:.4f}"),
@@ -83,17 +94,39 @@ def score(args, security) -> int:
         *([(f"{baseline.name} v{baseline.version} accuracy",
             f"{float(np.mean(baseline_labels == labels)):.4f}"),
            ("agreement", f"{float(np.mean(model_labels == baseline_labels)):.4f}")]
-          if (baseline.name, baseline.version) != (model.name, model.version) else []),
+          if own_baseline else []),
         ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
-        ("latency per batch", "p50 {:.1f} ms, p99 {:.1f} ms".format(
-            *np.percentile(np.array(latencies) * 1000, [50, 99]))
-         + f" ({len(batches)} batch{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
+        ("latency per batch", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+         f" ({len(batches)} batch{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
     ]
     if args.csv:
         _write_csv(args.csv, args.offset, labels, everything)
         rows.append(("predictions", str(args.csv)))
-    for name, value in rows:
-        print(f"{name:<22} {value}")
+    out = sys.stdout
+    if args.json:
+        document = {
+            "target": args.target, "images": len(images), "offset": args.offset,
+            "classes": list(CLASS_NAMES), "model": summary.side(model, labels),
+            "baseline": summary.side(baseline, labels) if own_baseline else None,
+            "agreement": float(np.mean(model_labels == baseline_labels)) if own_baseline
+            else None,
+            "expected_accuracy": None if expected is None else {
+                "accuracy": expected, "tolerance": tolerance, "met": met},
+            "seconds": elapsed, "images_per_second": len(images) / elapsed,
+            "latency_ms": {"p50": p50, "p99": p99}, "batches": len(batches),
+            "batch_size": batch_size, "rpc": args.rpc,
+        }
+        if _write(args.json, json.dumps(document, indent=2) + "\n") is sys.stdout:
+            out = sys.stderr  # stdout holds the JSON alone, for the program that reads it
+        else:
+            rows.append(("json summary", str(args.json)))
+    lines = [f"{name:<22} {value}" for name, value in rows]
+    if args.confusion_matrix:
+        lines += ["", *summary.table(f"{model.name} v{model.version} confusion matrix: a row per "
+                                     "true class, a column per class answered",
+                                     summary.confusion(labels, model_labels))]
+    if out:  # closed when the command started (>&-, 2>&-): print would take sys.stdout
+        print(*lines, sep="\n", file=out)
     if not met:
         print(f"fmnist score: error: served accuracy {accuracy:.4f} differs from the expected "
               f"{expected:.4f} by more than {tolerance}", file=sys.stderr)
@@ -124,9 +157,10 @@ def _expected_accuracy(args, client, model) -> float | None:
     return recorded
 
 
-def _check_csv(path: Path) -> None:
-    """Can --csv be written? Not found out after the scoring. A named pipe is not opened: its
-    reader took the check's close for the end, and the CSV then waited for another forever."""
+def _check_writable(flag: str, path: Path) -> None:
+    """Can ``path`` (--csv, --json) be written? Not found out after the scoring. A named pipe
+    is not opened: its reader took the check's close for the end, and the file then waited
+    for another forever."""
     try:
         if _std_stream(path) or path.is_fifo():
             if not os.access(path, os.W_OK):
@@ -137,7 +171,13 @@ def _check_csv(path: Path) -> None:
         if not existed:  # a failed run leaves no empty file
             path.unlink()
     except OSError as error:
-        raise UsageError(f"--csv {path}: {error.strerror}") from None
+        raise UsageError(f"{flag} {path}: {error.strerror}") from None
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    with contextlib.suppress(OSError):  # one does not exist yet
+        return os.path.samestat(os.stat(one), os.stat(other))
+    return one.resolve() == other.resolve()
 
 
 def _std_stream(path: Path) -> TextIO | None:
@@ -149,6 +189,15 @@ def _std_stream(path: Path) -> TextIO | None:
             if os.path.samestat(os.stat(path), os.fstat(stream.fileno())):
                 return stream
     return None
+
+
+def _write(path: Path, text: str) -> TextIO | None:
+    """Writes ``text`` into ``path``; the standard stream it went into, if one."""
+    stream = _std_stream(path)
+    with contextlib.nullcontext(stream) if stream else open(path, "w") as f:
+        f.write(text)
+        f.flush()
+    return stream
 
 
 def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:

@@ -1,0 +1,109 @@
+"""``fmnist score --confusion-matrix`` and ``--json``: each class's accuracy and the confusion
+matrix a person reads, and every figure of the run for a program, against a real server."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from common.contract import CLASS_NAMES
+from serving.client import cli
+from tests.conftest import reference
+
+
+def counted(labels, answered) -> list[list[int]]:
+    """The confusion matrix, counted image by image: [true class][answered class]."""
+    matrix = [[0] * len(CLASS_NAMES) for _ in CLASS_NAMES]
+    for true, answer in zip(labels.tolist(), answered.tolist(), strict=True):
+        matrix[true][answer] += 1
+    return matrix
+
+
+def test_score_prints_the_confusion_matrix_and_each_class_accuracy(target, capsys, test_set,
+                                                                    model_repository):
+    """It printed the model's accuracy alone: which classes it confused, and how well it did
+    on each, were nowhere but in training's report (the fitted model's, not the served one)."""
+    assert cli.main(["score", "--target", target, "--offset", "100", "--limit", "700",
+                     "--batch-size", "256", "--no-progress", "--confusion-matrix"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    labels = test_set[1][100:800]
+    _, answered = reference(model_repository, "mlp", 2, test_set[0][100:800])
+    expected = counted(labels, answered)
+    start = lines.index("mlp v2 confusion matrix: a row per true class, a column per class "
+                        "answered")
+    assert lines[start - 1] == "" and lines[start - 2].startswith("latency per batch")
+    header, *rows = lines[start + 1:]
+    assert header.split() == [*map(str, range(10)), "accuracy"]
+    assert len(rows) == 10
+    for label, (line, counts) in enumerate(zip(rows, expected, strict=True)):
+        name = f"{label} {CLASS_NAMES[label]}"
+        assert line.startswith(name + " ")
+        cells = line[len(name):].split()
+        assert [int(cell) for cell in cells[:-1]] == counts
+        assert cells[-1] == f"{counts[label] / sum(counts):.4f}"
+    assert len({len(line) for line in [header, *rows]}) == 1  # right-aligned columns
+    assert len(header) <= 80
+
+
+def test_score_writes_every_figure_as_json_even_when_the_accuracy_is_not_met(target, capsys,
+                                                                              tmp_path, test_set,
+                                                                              model_repository):
+    """No machine-readable summary: a job checking a served model parsed the printed rows."""
+    path = tmp_path / "score.json"
+    assert cli.main(["score", "--target", target, "--limit", "600", "--batch-size", "200",
+                     "--rpc", "unary", "--no-progress", "--json", str(path),
+                     "--expect-accuracy", "0.99"]) == 1
+    out = capsys.readouterr().out
+    assert f"json summary           {path}\n" in out
+    document = json.loads(path.read_text())
+    images, labels = test_set[0][:600], test_set[1][:600]
+    for side, (name, version) in (("model", ("mlp", 2)), ("baseline", ("baseline", 1))):
+        _, answered = reference(model_repository, name, version, images)
+        figures = document[side]
+        assert (figures["name"], figures["version"]) == (name, version)
+        assert figures["accuracy"] == np.mean(answered == labels)
+        assert figures["confusion_matrix"] == counted(labels, answered)
+        per_class = figures["per_class"]
+        assert list(per_class) == list(CLASS_NAMES)
+        for label, class_name in enumerate(CLASS_NAMES):
+            mine = labels == label
+            assert per_class[class_name] == {"images": int(mine.sum()),
+                                             "accuracy": np.mean(answered[mine] == label)}
+    _, model_answers = reference(model_repository, "mlp", 2, images)
+    _, baseline_answers = reference(model_repository, "baseline", 1, images)
+    assert document["agreement"] == np.mean(model_answers == baseline_answers)
+    assert document["expected_accuracy"] == {"accuracy": 0.99, "tolerance": 0.0001, "met": False}
+    assert (document["images"], document["offset"], document["batches"],
+            document["batch_size"], document["rpc"]) == (600, 0, 3, 200, "unary")
+    assert document["images_per_second"] > 0 and document["latency_ms"]["p99"] > 0
+
+
+def test_json_on_stdout_is_the_json_alone(target):
+    """`--json - | jq`: stdout holds the JSON only, the summary goes to stderr; a class with no
+    image in the slice has no accuracy (null, "-" in the table), not NaN, which is not JSON."""
+    result = subprocess.run([sys.executable, "-m", "serving.client", "score", "--target", target,
+                             "--limit", "5", "--json", "-", "--confusion-matrix"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["images"] == 5
+    assert document["model"]["per_class"]["T-shirt/top"] == {"images": 0, "accuracy": None}
+    assert result.stderr.startswith("images                 5 (test set 0..4)\n")
+    (absent,) = [line for line in result.stderr.splitlines() if line.startswith("0 T-shirt/top ")]
+    assert absent.split()[-1] == "-"
+
+
+def test_score_checks_the_json_path_before_it_scores(target, tmp_path, capsys):
+    """A --json that cannot be written, or the file --csv writes, is refused before the
+    images are sent."""
+    base = ["score", "--target", target, "--limit", "10", "--no-progress"]
+    assert cli.main([*base, "--json", str(tmp_path / "no" / "such.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: --json {tmp_path}/no/such.json: No such file or directory\n")
+    both = str(tmp_path / "out")
+    assert cli.main([*base, "--json", both, "--csv", both]) == 2
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: --csv {both} and --json {both}: the same file; give each its "
+        "own\n")
+    assert list(tmp_path.iterdir()) == []
