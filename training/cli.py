@@ -27,6 +27,7 @@ from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
 from training.repository import RepositoryError, make_directory
+from training.stops import Terminated, handlers_given_back, terminate
 
 
 @dataclass
@@ -38,15 +39,6 @@ class Split:
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout(1), docker stop, Kubernetes), handled as Ctrl-C is: nothing of the run
-    is left behind."""
-
-
-def _terminate(_signal, _frame) -> None:
-    raise Terminated
 
 
 @dataclass
@@ -230,6 +222,11 @@ def new_report_dir(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with handlers_given_back():  # a process calling main() (a notebook, a job) keeps its own
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     keep_running_when_output_closes()  # `fmnist-train | head`: the run goes on
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{given('--report-dir', args.report_dir, argv)}: not empty (its old "
                      "pictures would sit beside the new report); give a new or empty directory")
     start = time.perf_counter()
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     made = [path for path in (args.report_dir, args.out / "reports",  # and on the way to them
                               *(args.out / name for name in args.models), args.out,
                               *args.out.parents, *(args.report_dir or Path()).parents)

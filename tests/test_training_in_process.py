@@ -1,0 +1,37 @@
+"""``training.cli.main(argv)`` called in a process that goes on after it (a notebook, a
+retraining job in Python): the process is left as it was."""
+
+import signal
+
+import pytest
+
+from training.cli import main
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture
+def own_handlers():
+    """The caller's own SIGINT and SIGTERM handlers, in place during the test, put back after."""
+    before = {stop: signal.getsignal(stop) for stop in STOPS}
+
+    def handler(_signal, _frame):  # never called: compared only
+        raise AssertionError
+
+    mine = {signal.SIGINT: handler, signal.SIGTERM: lambda *_: None}
+    for stop, function in mine.items():
+        signal.signal(stop, function)
+    yield mine
+    for stop, function in before.items():
+        signal.signal(stop, function)
+
+
+@pytest.mark.parametrize(("subset", "status"), [("5", 1), ("500", 0)], ids=["failed", "published"])
+def test_a_run_in_process_gives_the_callers_signal_handlers_back(tmp_path, own_handlers, capsys,
+                                                                 subset, status):
+    """After a failed run Ctrl-C and SIGTERM were ignored for the rest of the process
+    (SIG_IGN); after a published one Ctrl-C killed the process (SIG_DFL) instead of raising
+    KeyboardInterrupt, and SIGTERM no longer reached the caller's handler."""
+    assert main(["--out", str(tmp_path / "repo"), "--models", "baseline", "--train-subset",
+                 subset]) == status, capsys.readouterr().err
+    assert {stop: signal.getsignal(stop) for stop in STOPS} == own_handlers
