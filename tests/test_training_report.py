@@ -46,3 +46,34 @@ def test_the_final_table_has_no_trailing_spaces(capsys):
     assert len(lines) == 3
     assert all(line == line.rstrip() for line in lines)
     assert lines[2].startswith("baseline  0.8289")
+
+
+def test_the_report_names_the_data_files_that_were_read(tmp_path):
+    """Given `gunzip`ped files, report.md, metrics.json and every model.json named
+    train-images-idx3-ubyte.gz and the like: files that were not there, nor read."""
+    import gzip
+    import json
+
+    from tests.training_runs import manifest, run_training
+    from training import data
+
+    (tmp_path / "data").mkdir()
+    for spec in data.FILES:  # the training files gunzipped, the test files as Debian has them
+        source = (data.DEBIAN_DIR / spec.filename).read_bytes()
+        if spec.filename.startswith("train"):
+            (tmp_path / "data" / spec.name).write_bytes(gzip.decompress(source))
+        else:
+            (tmp_path / "data" / spec.filename).write_bytes(source)
+    read = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz"]
+    result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline",
+                          "--train-subset", "500", "--data-dir", str(tmp_path / "data"),
+                          "--report-dir", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    checksums = dict(zip(read, (spec.content_sha256 for spec in data.FILES), strict=True))
+    assert manifest(tmp_path / "repo", "baseline", 1)["dataset"]["content_sha256"] == checksums
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["dataset"]["content_sha256"] == checksums
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert [line.split(":")[0] for line in report.splitlines()
+            if line.startswith(("- train", "- t10k"))] == [f"- {name}" for name in read]

@@ -62,20 +62,24 @@ class DatasetError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
-    """The raw uint8 images [N,28,28] and labels [N], plus where they came from."""
+    """The raw uint8 images [N,28,28] and labels [N], plus where they came from: the
+    directory and the name of each file read (FILES' order), gzipped or not."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     source: Path
+    files: tuple[str, ...]
 
     def checksums(self) -> dict:
-        """Where the data came from and each file's content SHA-256, for manifests and report."""
+        """Where the data came from and each file's content SHA-256, for manifests and report
+        (named as read: a report naming the .gz of files read gunzipped named files not there)."""
         return {
             "name": "Fashion-MNIST",
             "source": str(self.source),
-            "content_sha256": {spec.filename: spec.content_sha256 for spec in FILES},
+            "content_sha256": {name: spec.content_sha256
+                               for name, spec in zip(self.files, FILES, strict=True)},
         }
 
 
@@ -160,10 +164,10 @@ def load(data_dir: Path | None = None) -> Dataset:
     # absolute: the manifests and the report name it, read from any working directory
     directory = Path(os.path.abspath(Path(data_dir).expanduser() if data_dir
                                      else find_data_dir()))
-    x_train, y_train, x_test, y_test = (
-        read_verified(idx_path(directory, spec.name), spec) for spec in FILES
-    )
-    return Dataset(x_train, y_train, x_test, y_test, directory)
+    paths = [idx_path(directory, spec.name) for spec in FILES]
+    x_train, y_train, x_test, y_test = map(read_verified, paths, FILES)
+    return Dataset(x_train, y_train, x_test, y_test, directory,
+                   tuple(path.name for path in paths))
 
 
 def check_every_class(labels: np.ndarray, what: str) -> None:

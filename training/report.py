@@ -208,7 +208,7 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
         "",
         f"## Data ({dataset['source']})",
         "",
-        "SHA-256 of each file's decompressed IDX content:",
+        "SHA-256 of each file's IDX content (decompressed, for a .gz):",
         "",
     ]
     lines += [f"- {name}: `{digest}`" for name, digest in dataset["content_sha256"].items()]
