@@ -77,3 +77,21 @@ def test_the_report_names_the_data_files_that_were_read(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert [line.split(":")[0] for line in report.splitlines()
             if line.startswith(("- train", "- t10k"))] == [f"- {name}" for name in read]
+
+
+def test_a_report_of_a_subset_says_so(tmp_path):
+    """`--train-subset 1000` gave a report that read as the full run's: "Training: 800 images,
+    validation: 200", nothing of the 60,000 images it did not learn from, as if its accuracies
+    were what the defaults reach."""
+    subset = [outcome("softmax", 5, None), outcome("baseline", 5, None)]
+    for model in subset:
+        model.training["train_subset"] = 1000
+    report = markdown_report(subset, [], {"source": "x", "content_sha256": {}}, Path(tmp_path))
+    lines = report.splitlines()
+    assert lines[2] == ("**A subset:** trained with `--train-subset 1000`, the first 1000 of the "
+                        "60000 training images (800 training, 200 validation), not the full run.")
+    for train_subset in (None, 60000):  # not given; as many as there are: the full run
+        for model in subset:
+            model.training["train_subset"] = train_subset
+        full = markdown_report(subset, [], {"source": "x", "content_sha256": {}}, Path(tmp_path))
+        assert "subset" not in full

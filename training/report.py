@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import CLASS_NAMES
+from training.data import TRAIN_IMAGES
 
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"
@@ -159,6 +160,7 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
     lines = [
         "# Fashion-MNIST training report",
         "",
+        *_subset(run),
         "Metrics are those of the exported ONNX graphs (what is served) on the 10,000 test "
         f"images. Training: {run['train_size']} images, validation: {run['validation_size']}, "
         f"seed {run['seed']}.",
@@ -213,6 +215,17 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
     ]
     lines += [f"- {name}: `{digest}`" for name, digest in dataset["content_sha256"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _subset(run: dict) -> list[str]:
+    """A line saying the run learnt from part of the training images (--train-subset), which
+    the sizes alone did not say: a subset's report read as the full run's."""
+    subset = run.get("train_subset")
+    if not subset or subset >= TRAIN_IMAGES.count:
+        return []
+    return [f"**A subset:** trained with `--train-subset {subset}`, the first {subset} of the "
+            f"{TRAIN_IMAGES.count} training images ({run['train_size']} training, "
+            f"{run['validation_size']} validation), not the full run.", ""]
 
 
 def _epochs(training: dict) -> str:
