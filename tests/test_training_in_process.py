@@ -35,3 +35,19 @@ def test_a_run_in_process_gives_the_callers_signal_handlers_back(tmp_path, own_h
     assert main(["--out", str(tmp_path / "repo"), "--models", "baseline", "--train-subset",
                  subset]) == status, capsys.readouterr().err
     assert {stop: signal.getsignal(stop) for stop in STOPS} == own_handlers
+
+
+@pytest.mark.parametrize(("subset", "status"), [("5", 1), ("500", 0)], ids=["failed", "published"])
+def test_a_run_in_a_thread_runs(tmp_path, capsys, subset, status):
+    """A job calling main() from a worker thread got a traceback, "ValueError: signal only
+    works in main thread of the main interpreter", and no run: signals go to the main thread,
+    whose handlers a thread cannot set, so the run takes none of them there."""
+    import threading
+
+    ended = []
+    worker = threading.Thread(target=lambda: ended.append(main(
+        ["--out", str(tmp_path / "repo"), "--models", "baseline", "--train-subset", subset])))
+    worker.start()
+    worker.join(timeout=120)
+    assert ended == [status], capsys.readouterr().err
+    assert (tmp_path / "repo" / "baseline" / "1").is_dir() == (status == 0)

@@ -27,7 +27,7 @@ from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
 from training.repository import RepositoryError, make_directory
-from training.stops import Terminated, handlers_given_back, terminate
+from training.stops import Terminated, handle, handlers_given_back, terminate
 
 
 @dataclass
@@ -182,7 +182,7 @@ def train(args: argparse.Namespace) -> int:
             raise OSError(error.errno, f"{error.strerror}: writing the report into "
                           f"{args.report_dir}") from None
     for stop in (signal.SIGTERM, signal.SIGINT):  # published, the run is whole: a stop from
-        signal.signal(stop, signal.SIG_DFL)  # here on ends the process, undoing nothing
+        handle(stop, signal.SIG_DFL)  # here on ends the process, undoing nothing
     rows = [(outcome.name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path),
              f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB") for outcome in outcomes]
     print()
@@ -241,7 +241,7 @@ def _main(argv: list[str] | None) -> int:
         parser.error(f"{given('--report-dir', args.report_dir, argv)}: not empty (its old "
                      "pictures would sit beside the new report); give a new or empty directory")
     start = time.perf_counter()
-    signal.signal(signal.SIGTERM, terminate)
+    handle(signal.SIGTERM, terminate)
     made = [path for path in (args.report_dir, args.out / "reports",  # and on the way to them
                               *(args.out / name for name in args.models), args.out,
                               *args.out.parents, *(args.report_dir or Path()).parents)
@@ -276,7 +276,7 @@ def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
     hold part of a report (emptied if it was given empty), and the others if they are empty.
     A second stop does not cut this short."""
     for stop in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop, signal.SIG_IGN)
+        handle(stop, signal.SIG_IGN)
     if report_dir in directories:
         shutil.rmtree(report_dir, ignore_errors=True)
     elif report_dir and report_dir.is_dir():  # given, and empty at the start (main checks)

@@ -3,6 +3,7 @@ and, called in a process that goes on after it, the process's own handlers given
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 
@@ -12,6 +13,14 @@ class Terminated(KeyboardInterrupt):
 
 def terminate(_signal, _frame) -> None:
     raise Terminated
+
+
+def handle(stop: signal.Signals, handler) -> None:
+    """``signal.signal``, on the main thread only: Python runs handlers there, and only there
+    may they be set (from another, a job's worker thread calling ``training.cli.main``, the run
+    failed at once: "signal only works in main thread"); a stop then is the process's own."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(stop, handler)
 
 
 @contextlib.contextmanager
@@ -26,4 +35,4 @@ def handlers_given_back() -> Iterator[None]:
     finally:
         for stop, handler in handlers.items():
             if handler is not None:  # None: not set from Python, none to give back
-                signal.signal(stop, handler)
+                handle(stop, handler)
