@@ -1,0 +1,76 @@
+"""The web page as a person uses it, in a real headless chromium: behind a proxy that answers
+for the server, and before, while and after a picture is answered."""
+
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from PIL import Image
+from selenium.webdriver.common.by import By
+
+from tests.test_http_page import browser, pytestmark, served, wait_for
+
+__all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
+
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>"
+             b"502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n"
+             b"</html>\r\n")
+
+
+@contextlib.contextmanager
+def proxy_answering(url: str, status: int, page: bytes):
+    """A proxy in front of ``url``'s server that serves the page and answers every other path
+    itself, with ``status`` and the HTML ``page`` (nginx's 502 when the server is down, a
+    sign-in page)."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/":
+                answer = requests.get(url, timeout=10)
+                status_, body = answer.status_code, answer.content
+            else:
+                status_, body = status, page
+            self.send_response(status_)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *_):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_port}/"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.parametrize("proxys", [
+    (502, NGINX_502, "the proxy answered 502 Bad Gateway: is the server behind it running?"),
+    (200, b"<html><body>Sign in</body></html>",
+     "an answer that is not the server's (HTTP 200 OK, text/html): a proxy's page?")])
+def test_a_proxys_page_is_said_in_one_clear_line(served, browser, test_set, tmp_path, proxys):
+    """nginx's 502 page showed "HTTP 502" alone; a proxy's sign-in page answered with 200
+    showed "Cannot read properties of undefined (reading 'map')", the script's own failure."""
+    (url, _), (status, page, said) = served, proxys
+    picture = tmp_path / "boot.png"
+    Image.fromarray(test_set[0][0]).save(picture)
+    with proxy_answering(url, status, page) as page_url:
+        browser.get(page_url)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        assert element(By.ID, "error").text == said
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "status").text == "")
+        assert element(By.ID, "error").text == said
+        element(By.ID, "file").send_keys(str(picture))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "error").text)
+        assert element(By.ID, "error").text == "boot.png: " + said
