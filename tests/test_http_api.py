@@ -251,7 +251,9 @@ def test_a_test_images_dir_that_is_not_one_is_said_at_start(model_repository, tm
 
 def test_domain_models_and_test_images(served, test_set):
     _, url, channel = served
-    listed = requests.get(f"{url}/v1/models", timeout=5).json()["models"]
+    listed = requests.get(f"{url}/v1/models", timeout=5).json()
+    assert listed.pop("default_model") == "mlp"  # the fixture's --default-model
+    listed = listed["models"]
     expected = domain_grpc.ClassifierStub(channel).ListModels(domain_pb.ListModelsRequest())
     assert listed == [message_json(model) for model in expected.models]
     one = requests.get(f"{url}/v1/models/mlp?version=1", timeout=5).json()

@@ -10,7 +10,8 @@ import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from tests.test_http_page import browser, pytestmark, served, wait_for
+from tests.http_helpers import http_server, http_settings
+from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 
@@ -74,3 +75,13 @@ def test_a_proxys_page_is_said_in_one_clear_line(served, browser, test_set, tmp_
         element(By.ID, "file").send_keys(str(picture))
         wait_for(browser, lambda: "boot.png" in element(By.ID, "error").text)
         assert element(By.ID, "error").text == "boot.png: " + said
+
+
+def test_the_model_list_names_the_servers_default(model_repository, browser):
+    """The model list's first choice, what the page starts with, read "server default": which
+    model that is was said only once an answer came."""
+    with http_server(http_settings(model_repository, default_model="softmax")) as (_, url):
+        element = opened_with_models(browser, url)
+        wait_for(browser, lambda: "(" in element(By.ID, "model").text)
+        first = element(By.CSS_SELECTOR, "#model option")
+        assert (first.text, first.get_attribute("value")) == ("server default (softmax)", "")

@@ -253,7 +253,8 @@ class HttpApp:
         return 200, self._call(
             environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
             environ.get("QUERY_STRING", ""), parse=domain.list_models_request,
-            encode=lambda response: json_body(domain.models_json(response)))
+            encode=lambda response: json_body(
+                domain.models_json(response, self._classifier.default_model)))
 
     def _get_model(self, environ, path):
         return 200, self._call(

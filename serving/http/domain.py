@@ -213,8 +213,10 @@ def _prediction(prediction: pb.Prediction, top: int) -> dict:
                     for label in best]}
 
 
-def models_json(response: pb.ListModelsResponse) -> dict:
-    return {"models": [message_json(model) for model in response.models]}
+def models_json(response: pb.ListModelsResponse, default_model: str) -> dict:
+    """``default_model``: the model a call naming none gets (the page names it)."""
+    return {"models": [message_json(model) for model in response.models],
+            "default_model": default_model}
 
 
 class TestImages:
