@@ -116,8 +116,9 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
     assert element(By.ID, "error").text == (
         "notes.png: not a picture the page can read (PNG, JPEG, GIF, BMP or WebP)")
     # the trouser's answer stayed beside the error, as if it were this file's
-    assert element(By.ID, "truth").text == "28x28, as the model sees it"
-    assert element(By.ID, "model-label").text == ""
+    assert element(By.ID, "truth").get_attribute("textContent") == "28x28, as the model sees it"
+    assert element(By.ID, "model-label").get_attribute("textContent") == ""
+    assert not element(By.ID, "image").is_displayed()  # no empty picture beside the error
     assert element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar") == []
 
 

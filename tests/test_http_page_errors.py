@@ -119,8 +119,10 @@ def test_the_picture_is_an_image_to_a_screen_reader(served, browser):
     """The canvas had a label but no role: ARIA names no plain canvas, so its label went
     unsaid."""
     url, _ = served
-    browser.get(url)
-    picture = browser.find_element(By.ID, "image")
+    element = opened_with_models(browser, url)
+    element(By.ID, "random").click()  # the picture is shown with its first answer
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    picture = element(By.ID, "image")
     assert (picture.aria_role, picture.accessible_name) == (  # Chromium's name for role img
         "image", "the 28x28 image the model sees")
 

@@ -85,3 +85,23 @@ def test_the_model_list_names_the_servers_default(model_repository, browser):
         wait_for(browser, lambda: "(" in element(By.ID, "model").text)
         first = element(By.CSS_SELECTOR, "#model option")
         assert (first.text, first.get_attribute("value")) == ("server default (softmax)", "")
+
+
+def test_no_empty_picture_or_answers_stand_before_an_image_or_after_an_error(served, browser,
+                                                                            test_set, tmp_path):
+    """Before the first image, and after a file that is no picture, a black square stood under
+    the controls beside the headings "model" and "baseline" over nothing: an answer seemed
+    to be missing."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    answer_parts = ("image", "model-name", "baseline-name")
+    assert [element(By.ID, part).is_displayed() for part in answer_parts] == [False] * 3
+    picture, notes = tmp_path / "boot.png", tmp_path / "notes.txt"
+    Image.fromarray(test_set[0][0]).save(picture)
+    notes.write_text("not a picture")
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: element(By.ID, "model-label").get_attribute("data-label"))
+    assert [element(By.ID, part).is_displayed() for part in answer_parts] == [True] * 3
+    element(By.ID, "file").send_keys(str(notes))
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert [element(By.ID, part).is_displayed() for part in answer_parts] == [False] * 3
