@@ -114,7 +114,7 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
     element(By.ID, "file").send_keys(str(not_an_image))
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
-        "notes.png: not a picture the page can read (PNG, JPEG, GIF, BMP or WebP)")
+        "notes.png: not a picture the page can read (PNG, JPEG, GIF, BMP, WebP, AVIF, ICO)")
     # the trouser's answer stayed beside the error, as if it were this file's
     assert element(By.ID, "truth").get_attribute("textContent") == "28x28, as the model sees it"
     assert element(By.ID, "model-label").get_attribute("textContent") == ""

@@ -82,7 +82,7 @@ def test_a_file_that_is_no_picture_is_named_in_the_pages_words(served, browser, 
     element(By.ID, "file").send_keys(str(notes))
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
-        "notes.txt: not a picture the page can read (PNG, JPEG, GIF, BMP or WebP)")
+        "notes.txt: not a picture the page can read (PNG, JPEG, GIF, BMP, WebP, AVIF, ICO)")
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(5 * 2**20))
     element(By.ID, "file").send_keys(str(big))

@@ -43,3 +43,28 @@ def test_a_picture_the_browser_reads_but_the_server_does_not_is_answered(served,
         assert shown(browser) == labels(stub, load_png(picture))
     else:  # lossy, and decoded by another library: near Pillow's pixels
         assert np.abs(canvas(browser).astype(int) - load_png(picture)).mean() < 8
+
+
+def test_the_file_picker_offers_every_picture_the_page_reads(served, browser, test_set,
+                                                             tmp_path):
+    """The picker's accept list named PNG, JPEG, GIF, WebP and BMP alone: AVIF and ICO files,
+    which the page converts, were hidden in the system's file dialog."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    accepted = [token.strip().lower() for token in
+                element(By.ID, "file").get_attribute("accept").split(",")]
+    probe = browser.execute_script("const probe = document.createElement('input'); "
+                                   "probe.type = 'file'; return document.body.appendChild(probe)")
+    missed = []
+    for suffix in ("png", "jpeg", "gif", "bmp", "webp", "ico", "avif"):
+        if suffix == "avif" and not features.check("avif"):
+            continue
+        picture = tmp_path / f"boot.{suffix}"
+        Image.fromarray(test_set[0][0]).save(picture)
+        probe.send_keys(str(picture))  # the type chromium gives such a file
+        kind = browser.execute_script("return arguments[0].files[0].type", probe)
+        probe.clear()
+        # the HTML standard's match: the file's MIME type, its type's wildcard, or its extension
+        if not {kind, kind.split("/")[0] + "/*", f".{suffix}"} & set(accepted):
+            missed.append((picture.name, kind))
+    assert missed == [], accepted
