@@ -1,6 +1,7 @@
 """The web page as a person uses it, in a real headless chromium: behind a proxy that answers
 for the server, and before, while and after a picture is answered."""
 
+import base64
 import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,8 +11,17 @@ import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
+from serving.client.inputs import load_png
 from tests.http_helpers import http_server, http_settings
-from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page import (
+    browser,
+    labels,
+    opened_with_models,
+    pytestmark,
+    served,
+    shown,
+    wait_for,
+)
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 
@@ -105,3 +115,29 @@ def test_no_empty_picture_or_answers_stand_before_an_image_or_after_an_error(ser
     element(By.ID, "file").send_keys(str(notes))
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert [element(By.ID, part).is_displayed() for part in answer_parts] == [False] * 3
+
+
+def test_a_picture_pasted_is_answered(served, browser, test_set, tmp_path):
+    """A picture copied (from another page, a screenshot tool) and pasted with Ctrl+V did
+    nothing: the page had only the picker and the drop zone."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    url, stub = served
+    picture = tmp_path / "boot.png"
+    Image.fromarray(test_set[0][0]).save(picture)
+    element = opened_with_models(browser, url)
+    browser.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    copied = browser.execute_async_script("""const [data, done] = arguments;
+        const png = new Blob([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))],
+                             {type: "image/png"});
+        navigator.clipboard.write([new ClipboardItem({"image/png": png})])
+            .then(() => done("copied"), (error) => done(String(error)));""",
+        base64.b64encode(picture.read_bytes()).decode())
+    assert copied == "copied"
+    ActionChains(browser).key_down(Keys.CONTROL).send_keys("v").key_up(Keys.CONTROL).perform()
+    wait_for(browser, lambda: element(By.ID, "model-label").get_attribute("data-label")
+             or element(By.ID, "error").text)
+    assert element(By.ID, "error").text == ""
+    assert shown(browser) == labels(stub, load_png(picture))
