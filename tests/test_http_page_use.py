@@ -161,3 +161,28 @@ def test_a_picture_dropped_on_the_last_one_is_answered(served, browser, test_set
         wait_for(browser, lambda name=picture.name: name in element(By.ID, "truth").text
                  or element(By.ID, "error").text)
         assert shown(browser) == labels(stub, load_png(picture))
+
+
+def test_what_is_said_of_an_answer_names_the_image_and_if_each_model_is_right(
+        served, browser, test_set, tmp_path):
+    """A screen reader heard "mlp v2: Sneaker 18.9%; baseline v1 (baseline): Dress 21.6%"
+    alone: not which image, nor its true label and each model's mark, which the eye sees."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    spoken = element(By.ID, "spoken")
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: spoken.get_attribute("textContent"))
+    truth = element(By.ID, "truth")
+    marks = [", wrong" if "wrong" in element(By.ID, f"{side}-label").get_attribute("class")
+             else ", right" for side in ("model", "baseline")]
+    said = spoken.get_attribute("textContent")
+    assert said.startswith(f"{truth.text}. "), said
+    for side, mark in zip(("model", "baseline"), marks, strict=True):
+        name = element(By.ID, f"{side}-name").text
+        first = element(By.ID, f"{side}-bars").find_element(By.CLASS_NAME, "bar").text
+        assert f"{name}: {first}{mark}" in said, said
+    picture = tmp_path / "boot.png"
+    Image.fromarray(test_set[0][0]).save(picture)
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: "boot.png" in spoken.get_attribute("textContent"))
+    assert "right" not in spoken.get_attribute("textContent")  # a file has no true label
