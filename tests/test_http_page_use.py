@@ -186,3 +186,25 @@ def test_what_is_said_of_an_answer_names_the_image_and_if_each_model_is_right(
     element(By.ID, "file").send_keys(str(picture))
     wait_for(browser, lambda: "boot.png" in spoken.get_attribute("textContent"))
     assert "right" not in spoken.get_attribute("textContent")  # a file has no true label
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG's contrast ratio of two CSS ``rgb(...)`` colours."""
+    def luminance(colour: str) -> float:
+        channels = [int(part) / 255 for part in colour[colour.index("(") + 1:-1].split(",")[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    lighter, darker = sorted((luminance(first), luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_the_drop_zone_stands_out_for_weak_eyes(served, browser):
+    """The drop zone, the page's main control, was marked by a #999 dashed line on white:
+    2.85:1, under the 3:1 WCAG asks of what shows where a control is."""
+    url, _ = served
+    browser.get(url)
+    border, page = browser.execute_script(
+        "return [getComputedStyle(document.getElementById('drop')).borderTopColor, "
+        "getComputedStyle(document.body).backgroundColor]")
+    assert contrast(border, "rgb(255, 255, 255)" if page == "rgba(0, 0, 0, 0)" else page) >= 3
