@@ -84,8 +84,8 @@ def test_health_metadata_config_and_statistics_are_the_grpc_answers(url, v2):
         config = requests.get(f"{url}/v2/models/{path}/config", timeout=5).json()
         assert config == message_json(
             v2.ModelConfig(pb.ModelConfigRequest(name="mlp", version=version)).config)
-        assert requests.get(f"{url}/v2/models/{path}/ready", timeout=5).json() == {
-            "name": "mlp", "ready": True}
+        ready = requests.get(f"{url}/v2/models/{path}/ready", timeout=5).json()
+        assert ready == {"name": "mlp", "ready": True}
     assert config["input"][0]["dims"] == [28, 28]  # numbers, as perf_analyzer reads them
     assert [o["dims"] for o in config["output"]] == [[10], []]  # as ModelMetadata's shapes
     not_ready = requests.get(f"{url}/v2/models/nope/ready", timeout=5)
@@ -229,8 +229,7 @@ def test_classify_json_and_image_file_equal_grpc(served, images, tmp_path):
 
 def test_a_test_images_dir_that_is_not_one_is_said_at_start(model_repository, tmp_path,
                                                              caplog):
-    """--test-images-dir naming nothing was taken in silence: the page's test images were
-    404 for good, and nothing at start said why."""
+    """--test-images-dir naming nothing was taken in silence: 404s for good, no word why."""
     missing = tmp_path / "no-such-dir"
     with caplog.at_level("WARNING"), http_server(
             http_settings(model_repository, test_images_dir=str(missing))) as (_, url):
@@ -253,9 +252,8 @@ def test_domain_models_and_test_images(served, test_set):
     _, url, channel = served
     listed = requests.get(f"{url}/v1/models", timeout=5).json()
     assert listed.pop("default_model") == "mlp"  # the fixture's --default-model
-    listed = listed["models"]
     expected = domain_grpc.ClassifierStub(channel).ListModels(domain_pb.ListModelsRequest())
-    assert listed == [message_json(model) for model in expected.models]
+    assert listed == {"models": [message_json(model) for model in expected.models]}
     one = requests.get(f"{url}/v1/models/mlp?version=1", timeout=5).json()
     assert (one["name"], one["version"]) == ("mlp", 1)
     # /v1/classify's other options mean nothing here: refused by name, as a misspelt one
