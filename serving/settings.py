@@ -59,10 +59,23 @@ ACCEPTS_NO_MORE = SIGUSR1
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,
              *, parse=None, secret: bool = False):
-    """A field; ``parse``: its flag's argparse type when not its type's (a range to check);
-    a ``secret`` is never printed with the settings (repr), nor shown by --help."""
+    """A field; ``parse``: its flag's ``type=``, text -> value or ArgumentTypeError saying what
+    was expected (argparse and common.flags put the flag or env var in front), given for
+    numbers and paths (a range to check), else text, of ``choices`` if any; a ``secret`` is
+    never printed with the settings (repr), nor shown by --help."""
     return field(default=default, repr=not secret, metadata={
-        "help": help_text, "metavar": metavar, "choices": choices, "parse": parse})
+        "help": help_text, "metavar": metavar, "choices": choices,
+        "parse": parse or _text(choices or ())})
+
+
+def _text(choices: Sequence[str]):
+    written = {choice.lower(): choice for choice in choices}
+
+    def parse(text: str) -> str:  # a choice in any case, as the choice is written
+        if choices and text.lower() not in written:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return written.get(text.lower(), text)
+    return parse
 
 
 COUNT = number_in(int, 1)
@@ -171,7 +184,7 @@ class Settings:
     def __post_init__(self):
         for setting in dataclasses.fields(self):  # what the flags check, for Settings(...) too
             try:
-                _parse(setting)(str(getattr(self, setting.name)))
+                setting.metadata["parse"](str(getattr(self, setting.name)))
             except argparse.ArgumentTypeError as error:
                 raise ValueError(f"{_flag(setting.name)}: {error}") from None
         ports = [(getattr(self, name), _flag(name)) for name in PORTS if getattr(self, name)]
@@ -213,24 +226,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse(setting: dataclasses.Field):
-    """The ``type=`` of a setting's flag: text -> value, or ArgumentTypeError saying what was
-    expected (argparse and common.flags put the flag or env var in front). Numbers and paths
-    have theirs in the field; the rest are text, of a few choices or any."""
-    if setting.metadata.get("parse") is not None:
-        return setting.metadata["parse"]
-    choices = setting.metadata["choices"] or ()
-    written = {choice.lower(): choice for choice in choices}
-
-    def parse(text: str) -> str:  # a choice in any case, as the choice is written
-        if choices and text.lower() not in written:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got "
-                                             f"{text!r}")
-        return written.get(text.lower(), text)
-
-    return parse
-
-
 def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The ``fmnist-serve`` flags, one per setting, each naming its env var and default.
 
@@ -253,7 +248,7 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
     )
     for setting in dataclasses.fields(Settings):
         metavar = setting.metadata["metavar"] or "{" + ",".join(setting.metadata["choices"]) + "}"
-        add_option(parser, _flag(setting.name), dest=setting.name, type=_parse(setting),
+        add_option(parser, _flag(setting.name), dest=setting.name, type=setting.metadata["parse"],
                    metavar=metavar, default=setting.default, help=setting.metadata["help"],
                    secret=not setting.repr, environ=environ)
     return parser
