@@ -249,7 +249,7 @@ def _policy(settings: Settings) -> BatchingPolicy:
                           settings.batch_delay_us / 1e6)
 
 
-def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = None,
+def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda server: None,
           heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> int:
     """Serves until a stop signal (STOP_SIGNALS, or ACCEPTS_NO_MORE), then drains and returns
     the exit status (0; 1, said in a line, if the port accepted no more); a second SIGINT kills
@@ -278,8 +278,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] | None = N
     # Woken ten times a second: the kernel may hand SIGTERM to another thread (gRPC C++'s),
     # which only marks it pending; the main thread runs the handler once it runs Python again.
     try:  # whatever raises from here on, the calls in flight get their drain
-        if on_ready is not None:
-            on_ready(server)
+        on_ready(server)
         while not stop_requested:
             heartbeat()
             server.count_dead_calls()
