@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from serving.errors import ListenError, RepositoryError
 from serving.settings import STOP_SIGNALS, Settings
@@ -24,11 +24,12 @@ HELD_SIGNALS = {*STOP_SIGNALS, signal.SIGCHLD}  # blocked over each fork
 def signals_held():
     """Holds STOP_SIGNALS and SIGCHLD over a fork: until the child has handlers of its own it
     would run the supervisor's, in the child, and the signal would be lost (a worker told to
-    stop while it starts served on). Yields the mask to restore, which the child restores
-    with ``become_child``."""
+    stop while it starts served on). Yields what the child runs first: ``become_child`` with
+    the mask to restore and this process as its supervisor, given its ``inherited``."""
+    supervisor = os.getpid()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
-        yield previous
+        yield functools.partial(become_child, previous, supervisor)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -103,12 +104,13 @@ class StartReport:
 
 
 def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[int],
-                 supervisor: int, *, heartbeats: Heartbeats, mask) -> None:
-    """In the forked child: serve until SIGTERM, report the start; never returns."""
+                 start_child: Callable[[list[int]], None], *, heartbeats: Heartbeats) -> None:
+    """In the forked child (``start_child``: what ``signals_held`` yielded): serve until
+    SIGTERM, report the start; never returns."""
     status = 1
     report = StartReport(report_fd)
     try:
-        become_child(mask, supervisor, inherited)
+        start_child(inherited)
         name_metrics_files_by_slot(slot)
         from serving.server import serve
 

@@ -41,7 +41,6 @@ from serving.settings import STOP_SIGNALS, Settings
 from serving.worker_process import (
     READY,
     Heartbeats,
-    become_child,
     read_all,
     signals_held,
     worker_main,
@@ -165,12 +164,11 @@ class _Supervisor:
     def _fork(self, slot: int) -> None:
         """Starts a worker; its start report comes over a pipe of its own."""
         read_end, write_end = os.pipe()
-        supervisor = os.getpid()
-        with signals_held() as mask:
+        with signals_held() as become_child:
             pid = os.fork()
             if pid == 0:
                 worker_main(self.settings, slot, write_end, [read_end, *self._own_descriptors()],
-                            supervisor, heartbeats=self.heartbeats, mask=mask)
+                            become_child, heartbeats=self.heartbeats)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
@@ -185,13 +183,11 @@ class _Supervisor:
     def _fork_metrics(self) -> None:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""
         self.started_at[METRICS] = time.monotonic()
-        supervisor = os.getpid()
-        with signals_held() as mask:
+        with signals_held() as become_child:
             pid = os.fork()
             if pid == 0:
                 try:
-                    become_child(mask, supervisor, [self._wake_read, self._wake_write,
-                                                    *self.starting])
+                    become_child([self._wake_read, self._wake_write, *self.starting])
                     self._metrics.serve_forever()  # until SIGTERM, which ends it
                 finally:
                     os._exit(1)
