@@ -12,8 +12,7 @@ class ServingError(Exception):
     It may quote the request: cut to ``MAX_MESSAGE`` characters, it always fits the status
     (gRPC refuses details over 16 KB, and a 16 KB model name became RESOURCE_EXHAUSTED)."""
 
-    grpc_code = "INTERNAL"
-    http_status = 500
+    grpc_code, http_status = "INTERNAL", 500
 
     def __init__(self, message: str = ""):
         super().__init__(message[:MAX_MESSAGE] + ("..." if len(message) > MAX_MESSAGE else ""))
