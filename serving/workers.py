@@ -38,13 +38,7 @@ from serving.errors import WorkerStartError
 from serving.ports import reserved_port
 from serving.scratch import held_directory
 from serving.settings import STOP_SIGNALS, Settings
-from serving.worker_process import (
-    READY,
-    Heartbeats,
-    read_all,
-    signals_held,
-    worker_main,
-)
+from serving.worker_process import READY, Heartbeats, read_all, signals_held, worker_main
 from serving.workers_metrics import MULTIPROCESS_ENV, summed_metrics_server
 
 RESTART_INTERVAL_S = 1.0
