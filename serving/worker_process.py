@@ -114,15 +114,13 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
         name_metrics_files_by_slot(slot)
         from serving.server import serve
 
-        try:
-            def ready(_server) -> None:  # its first heartbeat before the supervisor looks
-                heartbeats.beat(slot)
-                report.send(READY)
+        def ready(_server) -> None:  # its first heartbeat before the supervisor looks
+            heartbeats.beat(slot)
+            report.send(READY)
 
-            status = serve(settings, on_ready=ready,
-                           heartbeat=functools.partial(heartbeats.beat, slot))
-        except (RepositoryError, ListenError) as error:
-            report.send(str(error).encode())
+        status = serve(settings, on_ready=ready, heartbeat=functools.partial(heartbeats.beat, slot))
+    except (RepositoryError, ListenError) as error:
+        report.send(str(error).encode())
     except BaseException as error:  # a worker reports any failure, then exits
         sys.excepthook(*sys.exc_info())  # the traceback, in the log's format
         report.send(f"worker failed: {type(error).__name__}: {error}".encode())
