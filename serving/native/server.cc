@@ -171,10 +171,7 @@ class Call {
   void On(Event event, bool ok) {
     switch (event) {
       case kArrived:
-        if (!ok) {  // shutting down: no call came
-          calls_->Holds(-1);
-          return delete this;
-        }
+        if (!ok) return calls_->Holds(-1), delete this;  // shutting down: no call came
         calls_->Request();
         Ref();  // the queue's: queued once its first message is in (or none will come), so a
         Locked([this] { Started(&reading_); });  // client that never sends it holds no thread
