@@ -170,12 +170,10 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
     wanted = {(name, str(version)): ModelStatistics(name, version, Duration(), Duration())
               for name, version in versions}
     samples = (sample for metric in exposition_registry().collect() for sample in metric.samples)
-    for sample in samples:
-        labels = sample.labels
+    for name, labels, value, *_ in samples:
         stats = wanted.get((labels.get("model"), labels.get("version")))
         if stats is None:
             continue
-        name, value = sample.name, sample.value
         if name == "fmnist_inference_requests_total":
             getattr(stats, labels["outcome"]).count = int(value)  # .success or .fail
         elif name == "fmnist_inference_request_seconds_total":
