@@ -76,7 +76,8 @@ class NativeServer:
 
     def stop(self, grace: float | None) -> threading.Event:
         """Stops listening, cancels the calls still running after ``grace`` seconds, waits
-        until every call has ended and joins the pool threads; the event returned is set."""
+        until every call has ended and joins the pool threads; the event returned is set. Only
+        the first call does so: a later one (the drain's stop(0)) returns at once."""
         self.start()  # calls that arrived before start() must be answered to end
         with self._state:
             already, self._stopped = self._stopped, True
