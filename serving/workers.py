@@ -201,8 +201,7 @@ class _Supervisor:
                         "metrics_pid": pid, "status": _describe(status)}})
                     self.due[METRICS] = self.started_at[METRICS] + RESTART_INTERVAL_S
                 continue
-            slot = self.workers.pop(pid, None)
-            if slot is None:
+            if (slot := self.workers.pop(pid, None)) is None:
                 continue
             multiprocess.mark_process_dead(slot, self.directory)  # files are named by slot
             if self.stopping:
