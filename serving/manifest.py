@@ -50,8 +50,7 @@ def read_manifest(path: Path) -> Manifest:
         raise RepositoryError(f"{manifest_path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise RepositoryError(f"{manifest_path}: expected a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in document]
-    if missing:
+    if missing := [key for key in REQUIRED_KEYS if key not in document]:
         raise RepositoryError(f"{manifest_path}: missing key(s) {', '.join(missing)}")
     try:
         manifest = Manifest(
