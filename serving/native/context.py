@@ -102,8 +102,7 @@ class NativeContext(grpc.ServicerContext):
         pass  # it never compresses
 
     def send_initial_metadata(self, initial_metadata) -> None:
-        wired = _wire(initial_metadata)
-        if wired is None:
+        if (wired := _wire(initial_metadata)) is None:
             self.abort(grpc.StatusCode.INTERNAL, INVALID_METADATA)
         if not self._call.send_initial_metadata(wired):
             raise ValueError("initial metadata can no longer be sent: the call is over, or "
