@@ -34,8 +34,10 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     ``secret``'s is refused); an option taking no value is on for 1, true, yes or on, off for
     0, false, no or off. A bad value is a ValueError naming the variable, with what its
     ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x`` (a plain
-    ``int`` type: ``invalid int value: 'x'``): the caller reports it as it reports a bad flag.
-    The default of a ``secret`` (a token) never shows in --help.
+    ``int`` type: ``invalid int value: 'x'``), raised by ``ArgumentParser`` once it has parsed
+    the command line and only if the flag was not given there (the flag wins: a bad
+    FMNIST_TARGET failed `fmnist health --target GOOD`); the caller reports it as it reports a
+    bad flag. The default of a ``secret`` (a token) never shows in --help.
     """
     action = container.add_argument(*names, **kwargs)
     variable = env_var(action.dest)
@@ -52,11 +54,26 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     raw = source.get(variable)
     if secret and raw == "":  # an empty Secret, or a compose file's unset ${VAR}: a token
         # that silently went missing would turn the server's check off
-        raise ValueError(f"{variable}: set but empty; unset it to go without one")
-    if raw:
-        action.default = _convert(action, variable, raw)
-        action.required = False
+        action.default = Refused(ValueError(f"{variable}: set but empty; unset it to go "
+                                            "without one"))
+    elif raw:
+        try:
+            action.default = _convert(action, variable, raw)
+        except ValueError as error:
+            action.default = Refused(error)
+    action.required = action.required and not raw
     return action
+
+
+class Refused:
+    """The default of an option whose env var holds a bad value: ``ArgumentParser`` raises
+    ``error`` unless the option's flag replaced it."""
+
+    def __init__(self, error: ValueError):
+        self.error = error
+
+    def __str__(self) -> str:  # in --help: "(default: refused: FMNIST_TARGET: expected ...)"
+        return f"refused: {self.error}"
 
 
 def unread_env_vars(environ: Mapping[str, str], also: Iterable[str] = ()) -> list[str]:
@@ -173,8 +190,23 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, formatter_class=DefaultsHelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """ValueError for an env var's bad value that no flag replaced (``add_option``)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for value in vars(parsed).values():
+            if isinstance(value, Refused):
+                raise value.error
+        return parsed, extras
+
     def parse_args(self, args=None, namespace=None):
-        parsed, extras = self.parse_known_args(args, namespace)
+        """An env var's bad value is said as a bad flag is (``exit_on_error=False``: a
+        ValueError naming it)."""
+        try:
+            parsed, extras = self.parse_known_args(args, namespace)
+        except ValueError as error:
+            if not self.exit_on_error:
+                raise
+            self.error(str(error))
         if extras:
             self.error(unrecognized(extras))
         return parsed

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from common.flags import add_option, env_var, positive_int
+from common.flags import ArgumentParser, add_option, bearer_token, env_var, positive_int
 
 
 def parser(environ: dict[str, str]) -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(prog="tool")
+    result = ArgumentParser(prog="tool", exit_on_error=False)
     add_option(result, "--max-batch-size", type=int, default=1024, help="most images",
                environ=environ)
     add_option(result, "--out", type=Path, required=True, help="where", environ=environ)
@@ -75,8 +75,37 @@ def test_help_names_each_env_var(capsys):
 )
 def test_a_bad_env_var_is_a_value_error_naming_it(environ, message):
     with pytest.raises(ValueError) as caught:
-        parser(environ)
+        parser(environ).parse_args(["--out", "x"])
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("environ", [
+    {"FMNIST_EPOCHS": "0", "FMNIST_BATCH_NORM": "maybe", "FMNIST_OUT": "x"},
+    {"FMNIST_PROGRESS": "loud", "FMNIST_DEBUG": "tru", "FMNIST_MAX_BATCH_SIZE": "many"},
+])
+def test_a_bad_env_var_that_its_flag_overrides_is_not_refused(environ):
+    """The flag wins over the env var, but a bad FMNIST_TARGET failed `fmnist health --target
+    GOOD` (and a bad FMNIST_PORT `fmnist-serve --port 50051`): the value the flag replaces was
+    refused first."""
+    args = parser(environ).parse_args(["--out", "y", "--epochs", "2", "--no-batch-norm",
+                                       "--progress", "none", "--debug", "--max-batch-size",
+                                       "8"])
+    assert (args.out, args.epochs, args.batch_norm, args.progress, args.debug,
+            args.max_batch_size) == (Path("y"), 2, False, "none", True, 8)
+
+
+def test_an_empty_secret_that_its_flag_overrides_is_not_refused(capsys):
+    def token(environ, argv):
+        result = ArgumentParser(prog="tool", exit_on_error=False)
+        add_option(result, "--token", type=bearer_token, secret=True, environ=environ)
+        return result.parse_args(argv).token
+
+    assert token({"FMNIST_TOKEN": ""}, ["--token", "t0ken"]) == "t0ken"
+    with pytest.raises(ValueError, match=r"^FMNIST_TOKEN: set but empty; unset it to go without"):
+        token({"FMNIST_TOKEN": ""}, [])
+    with pytest.raises(SystemExit):  # --help with the env var bad, its default hidden
+        token({"FMNIST_TOKEN": " s3cret"}, ["--help"])
+    assert "s3cret" not in capsys.readouterr().out
 
 
 def test_options_of_subcommands_read_os_environ_by_default(monkeypatch):

@@ -57,11 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        parser = _parser()
-    except ValueError as error:  # a bad FMNIST_* value
+        args = _parse(_parser(), argv)
+    except ValueError as error:  # a bad FMNIST_* value (its flag not given)
         print(f"fmnist: error: {error}", file=sys.stderr)
         return 2
-    args = _parse(parser, argv)
     warn_of_misspelt_variables("fmnist")
     try:
         return args.run(args)
