@@ -15,3 +15,27 @@ def test_a_port_out_of_range_is_refused(capsys, address):
     assert refused.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"fmnist health: error: argument --target: expected a port 1..65535, got {address!r}")
+
+
+@pytest.mark.parametrize(("address", "port"), [("127.0.0.1:abc", "abc"), ("localhost:0x50", "0x50"),
+                                               ("dns:///localhost:HTTP", "HTTP"),
+                                               ("[::1]:\u0663", "\u0663")])
+def test_a_port_that_is_no_number_nor_service_is_refused(capsys, monkeypatch, address, port):
+    """`--target 127.0.0.1:abc` was left to gRPC, exit 1: "UNAVAILABLE: errors resolving
+    127.0.0.1:abc: [field:hostname lookup error:Failed to parse port in name: ...]"."""
+    message = (f"expected a port 1..65535, got {address!r}: {port!r} is neither a number nor "
+               "a service name (such as http)")
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["health", "--target", address])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fmnist health: error: argument --target: {message}")
+    monkeypatch.setenv("FMNIST_TARGET", address)
+    assert cli.main(["health"]) == 2
+    assert capsys.readouterr().err == f"fmnist: error: FMNIST_TARGET: {message}\n"
+
+
+def test_a_service_name_is_taken_as_its_port(capsys):
+    """gRPC resolves `:http` to port 80, as getaddrinfo does: taken as before."""
+    assert cli.main(["health", "--target", "127.0.0.1:http", "--timeout", "2"]) == 1
+    assert "ipv4:127.0.0.1:80: " in capsys.readouterr().err

@@ -2,6 +2,7 @@
 port, and image files anywhere among classify's options, in the order given."""
 
 import argparse
+import socket
 
 from serving.client import DEFAULT_TARGET
 
@@ -59,7 +60,22 @@ def grpc_target(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT (fmnist-serve's --port, {DEFAULT_TARGET.rpartition(':')[2]} "
             f"unless set otherwise), got {text!r}: without a port gRPC tries 443")
-    # gRPC takes a number modulo 65536: 111697 went to 46161 (a service name, :http, is taken)
-    if port.lstrip("+-").isdecimal() and not 0 < int(port) < 65536:
+    # gRPC takes a number modulo 65536: 111697 went to 46161; a service name (:http) is taken
+    # as getaddrinfo takes it, another word (:abc, :0x50) failed as "Failed to parse port"
+    number = port.strip()
+    number = number[1:] if number[:1] in ("+", "-") else number  # int()'s: one sign at most
+    if not (number.isascii() and number.isdigit()) and not _service(port):
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}: {port!r} is "
+                                         "neither a number nor a service name (such as http)")
+    if number.isdigit() and not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}")
     return text
+
+
+def _service(name: str) -> bool:
+    """Whether ``name`` is a TCP service's (``http``: 80) on this machine, as gRPC finds it."""
+    try:
+        socket.getservbyname(name, "tcp")
+    except OSError:
+        return False
+    return True
