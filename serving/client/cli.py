@@ -9,6 +9,7 @@ FMNIST_BATCH_SIZE already mean something to ``fmnist-train``.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -48,8 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # process that calls main() keeps its own)
     own = "GRPC_VERBOSITY" not in os.environ
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    try:
-        return _main(argv)
+    try:  # 2>&- leaves Python no sys.stderr, and print(file=None) wrote the errors and
+        # warnings on stdout, among the results a script reads
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(sys.stderr or devnull):
+            return _main(argv)
     finally:
         if own:
             os.environ.pop("GRPC_VERBOSITY", None)
