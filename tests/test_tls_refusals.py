@@ -144,3 +144,27 @@ def test_a_client_sent_where_nothing_listens_is_asked_whether_the_server_runs(ca
     assert error.count("\n") == 1, error
     assert error.rstrip().endswith(f"(nothing listens on 127.0.0.1:{port}: is fmnist-serve "
                                    "running, and is --target its gRPC address?)"), error
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (["--tls-ca", "{text}"], "--tls-ca {text}: expected PEM certificates: no certificate in it"),
+    (["--tls", "FMNIST_TLS_CA={text}"],
+     "FMNIST_TLS_CA={text}: expected PEM certificates: no certificate in it"),
+    (["--tls-cert", "{cert}", "--tls-key", "{text}"], "--tls-cert {cert} and --tls-key {text}: "
+     "expected a PEM certificate chain and its key: not PEM, or a key that needs a password"),
+    (["--tls-key", "{key}", "FMNIST_TLS_CERT={cert}"], "FMNIST_TLS_CERT={cert} and --tls-key "
+     "{key}: expected a PEM certificate chain and its key: the key is not the certificate's"),
+])
+def test_a_tls_file_that_is_not_what_it_should_be_is_named_by_its_flag(capsys, monkeypatch, pki,
+                                                                       given, message):
+    """`--tls-ca notes.txt` said "notes.txt: expected PEM certificates: ...", and an
+    FMNIST_TLS_CA set in a CI job's variables was named as a path only: which setting was
+    it? (``given``: flags, and FMNIST_* variables set)"""
+    (pki.ca.parent / "notes.txt").write_text("not a certificate\n")
+    files = {"text": pki.ca.parent / "notes.txt", "cert": pki.client_cert, "key": pki.server_key}
+    given = [word.format(**files) for word in given]
+    for setting in (word for word in given if word.startswith("FMNIST_")):
+        monkeypatch.setenv(*setting.split("=", 1))
+    flags = [word for word in given if not word.startswith("FMNIST_")]
+    assert client_cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 1
+    assert capsys.readouterr().err == f"fmnist health: error: {message.format(**files)}\n"
