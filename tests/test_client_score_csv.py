@@ -78,3 +78,24 @@ def test_a_csv_file_is_written_over_with_stdout_or_stderr_closed(target, tmp_pat
                          prefix=["sh", "-c", f'exec "$@" {closed}>&-', "sh"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "old.csv").read_text().splitlines()[-1].startswith("4,")
+
+
+@pytest.mark.parametrize("into", ["fifo", "stdout"])
+def test_a_csv_reader_that_stops_early_fails_the_run(target, tmp_path, into):
+    """`fmnist score --csv /dev/stdout | head -1` (or a named pipe whose reader quit) exited 0,
+    and printed nothing: neither the summary nor a word that the CSV was cut short."""
+    where = tmp_path / "fifo" if into == "fifo" else "/dev/stdout"
+    if into == "fifo":
+        os.mkfifo(where)
+    process = subprocess.Popen([sys.executable, "-m", "serving.client", "score", "--target",
+                                target, "--limit", "3000", "--no-progress", "--csv", str(where)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with open(where, "rb") if into == "fifo" else process.stdout as reader:
+            assert len(reader.read(100)) == 100  # then it quits, as `head -c 100` does
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert stderr.decode() == (f"fmnist score: error: --csv {where}: its reader stopped before "
+                               "the CSV's end (of 3000 rows)\n")

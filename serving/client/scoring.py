@@ -208,8 +208,17 @@ def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
     rows = zip(range(offset, offset + len(labels)), labels.tolist(), *columns(answer.model),
                *columns(answer.baseline), strict=True)
     stream = _std_stream(path)
-    with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "true_label", "model_label", "model_class", "model_probability",
-                         "baseline_label", "baseline_class", "baseline_probability"])
-        writer.writerows(rows)
+    try:
+        with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "true_label", "model_label", "model_class",
+                             "model_probability", "baseline_label", "baseline_class",
+                             "baseline_probability"])
+            writer.writerows(rows)
+            f.flush()
+    except BrokenPipeError:  # `--csv /dev/stdout | head -1`, a named pipe's reader gone: it
+        # exited 0 as if the CSV were whole (cli's broken-pipe exit is for the summary's)
+        if stream:  # the rest of its buffer, flushed at exit, goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        raise RuntimeError(f"--csv {path}: its reader stopped before the CSV's end (of "
+                           f"{len(labels)} rows)") from None
