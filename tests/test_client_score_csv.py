@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,20 @@ def test_a_csv_reader_that_stops_early_fails_the_run(target, tmp_path, into):
     assert process.returncode == 1, stderr
     assert stderr.decode() == (f"fmnist score: error: --csv {where}: its reader stopped before "
                                "the CSV's end (of 3000 rows)\n")
+
+
+def test_a_csv_of_dash_goes_to_stdout(target, tmp_path):
+    """`fmnist score --csv - | ...` wrote a file named '-' where it ran, and stdout had only
+    the summary."""
+    here = {"cwd": tmp_path, "env": {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}}
+    result = _score_five(target, "-", capture_output=True, text=True, **here)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines[:6]] == ["index", "0", "1", "2", "3", "4"]
+    assert lines[6].startswith("images ") and lines[-1].split() == ["predictions", "-"]
+    assert list(tmp_path.iterdir()) == []
+    closed = _score_five(target, "-", capture_output=True, text=True, **here,
+                         prefix=["sh", "-c", 'exec "$@" >&-', "sh"])
+    assert (closed.returncode, closed.stderr) == (2, "fmnist score: error: --csv -: stdout is "
+                                                     "closed\n")
+    assert list(tmp_path.iterdir()) == []

@@ -202,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
                        "--max-request-images if lower)")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
-    score.add_argument("--csv", type=Path, help="write every prediction to this CSV file")
+    score.add_argument("--csv", type=Path, help="write every prediction to this CSV file "
+                       "('-': stdout, before the summary)")
     score.add_argument("--json", type=Path, metavar="FILE",
                        help="write the run's figures (accuracies, each class's, the confusion "
                        "matrices, throughput, latency) to FILE as JSON; - (or /dev/stdout): the "

@@ -162,6 +162,10 @@ def _check_writable(flag: str, path: Path) -> None:
     is not opened: its reader took the check's close for the end, and the file then waited
     for another forever."""
     try:
+        if str(path) == "-" and not sys.stdout:  # >&-: nowhere to write it
+            raise UsageError(f"--csv {path}: stdout is closed")
+        if str(path) == "-":
+            return
         if _std_stream(path) or path.is_fifo():
             if not os.access(path, os.W_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
@@ -181,9 +185,12 @@ def _same_file(one: Path, other: Path) -> bool:
 
 
 def _std_stream(path: Path) -> TextIO | None:
-    """sys.stdout (or stderr) when ``path`` is where it writes (/dev/stdout): opened again, a
-    file it went to was truncated and written from its start, under the summary. A
-    stream closed when the command started (>&-) is None, passed over."""
+    """sys.stdout (or stderr) when ``path`` is where it writes (/dev/stdout), or is "-" (as
+    for other tools; it wrote a file named '-'): opened again, a file it went to was truncated
+    and written from its start, under the summary. A stream closed when the command started
+    (>&-) is None, passed over."""
+    if str(path) == "-":
+        return sys.stdout
     for stream in filter(None, (sys.stdout, sys.stderr)):
         with contextlib.suppress(OSError, ValueError):  # no such file; no file under the stream
             if os.path.samestat(os.stat(path), os.fstat(stream.fileno())):
