@@ -168,3 +168,33 @@ def test_a_tls_file_that_is_not_what_it_should_be_is_named_by_its_flag(capsys, m
     flags = [word for word in given if not word.startswith("FMNIST_")]
     assert client_cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 1
     assert capsys.readouterr().err == f"fmnist health: error: {message.format(**files)}\n"
+
+
+def test_a_client_whose_tls_does_not_fit_the_server_is_told_what_to_change(
+        pki, model_repository, capsys):
+    """OpenSSL's words were all the line said: 'Tls handshake failed (TSI_PROTOCOL_FAILURE):
+    SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER: Invalid
+    certificate verification context: OK' for --tls (or FMNIST_TLS=1 left set) against a
+    plaintext server, 'CERTIFICATE_VERIFY_FAILED: self signed certificate in certificate
+    chain' for a CA that did not sign the server's certificate, 'Hostname Verification Check
+    failed' for a name it does not carry."""
+    plain = local_settings(model_repository=model_repository, poll_interval=0)
+    tls = local_settings(model_repository=model_repository, poll_interval=0,
+                         tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    with running_server(plain) as plain_server, running_server(tls) as tls_server:
+        for server, flags, hint in (
+            (plain_server, ["--tls"], "(the server does not speak TLS: if it serves plaintext, "
+             "drop --tls and --tls-*, or FMNIST_TLS*)"),
+            (tls_server, ["--tls-ca", str(pki.rogue_ca)], "(the server's certificate is not "
+             "signed by a CA this client trusts: --tls-ca the CA that signed it)"),
+            (tls_server, ["--tls"], "(the server's certificate is not signed by a CA this "
+             "client trusts: --tls-ca the CA that signed it)"),
+            (tls_server, ["--tls-ca", str(pki.ca), "--tls-server-name", "other.example"],
+             "(the server's certificate does not carry the name other.example: "
+             "--tls-server-name one of its names)"),
+        ):
+            assert client_cli.main(["health", "--target", f"localhost:{server.port}",
+                                    "--timeout", "5", *flags]) == 1
+            error = capsys.readouterr().err
+            assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
+            assert error.count("\n") == 1 and error.endswith(f" {hint}\n"), error

@@ -60,7 +60,9 @@ class ChannelSecurity:
         a client without a certificate it trusts, and says no more ("Socket closed"); so does
         fmnist-serve's HTTP port, the other address its serving line names. A refused
         connection is said as what it means to a newcomer: nothing listens there; a connection
-        that broke during a call ("Stream removed"), that the server went away."""
+        that broke during a call ("Stream removed"), that the server went away; OpenSSL's words
+        for a TLS that does not fit the server's (a plaintext server, a certificate that
+        another CA signed or that does not carry the name), what to change."""
         if code == "UNAVAILABLE" and details.startswith("Stream removed"):  # mid-call
             return f"{details} (the connection to {target} broke during the call: did the " \
                    "server stop?)"
@@ -69,6 +71,8 @@ class ChannelSecurity:
         if details.endswith(": Connection refused"):
             return (f"{details} (nothing listens on {target}: is fmnist-serve running, and is "
                     "--target its gRPC address?)")
+        if why := self._tls_misfit(details):
+            return f"{details} ({why})"
         if not details.endswith(": Socket closed"):
             return details
         if not self.uses_tls:
@@ -82,6 +86,22 @@ class ChannelSecurity:
             why = ("the server closed the connection in the TLS handshake: it may not trust the "
                    "CA that signed --tls-cert")
         return f"{details} ({why})"
+
+    def _tls_misfit(self, details: str) -> str:
+        """What to change when OpenSSL's words say this client's TLS does not fit the server's
+        ("" if they do not)."""
+        if "WRONG_VERSION_NUMBER" in details:  # a plaintext answer to the TLS hello
+            return ("the server does not speak TLS: if it serves plaintext, drop --tls and "
+                    "--tls-*, or FMNIST_TLS*")
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            return ("the server's certificate is not signed by a CA this client trusts: "
+                    "--tls-ca the CA that signed it")
+        if "Hostname Verification Check failed" in details:
+            name = (f"the name {self.tls_server_name}" if self.tls_server_name
+                    else "the target's host")
+            return (f"the server's certificate does not carry {name}: --tls-server-name one of "
+                    "its names")
+        return ""
 
     def channel(self, target: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
         """A synchronous channel to ``target``."""
