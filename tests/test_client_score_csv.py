@@ -117,3 +117,14 @@ def test_a_csv_of_dash_goes_to_stdout(target, tmp_path):
     assert (closed.returncode, closed.stderr) == (2, "fmnist score: error: --csv -: stdout is "
                                                      "closed\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
+@pytest.mark.parametrize("csv_path", ["/dev/full", "/dev/stdout", "-"])
+def test_a_csv_that_cannot_be_written_is_named(target, csv_path):
+    """A full disk under --csv said "fmnist score: error: [Errno 28] No space left on device",
+    Python's words, naming no file."""
+    with open("/dev/full", "w") as full:
+        result = _score_five(target, csv_path, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert (result.returncode, result.stderr) == (
+        1, f"fmnist score: error: --csv {csv_path}: No space left on device\n")

@@ -223,9 +223,11 @@ def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
                              "baseline_probability"])
             writer.writerows(rows)
             f.flush()
-    except BrokenPipeError:  # `--csv /dev/stdout | head -1`, a named pipe's reader gone: it
-        # exited 0 as if the CSV were whole (cli's broken-pipe exit is for the summary's)
+    except OSError as error:  # a full disk said "[Errno 28] No space left on device"
         if stream:  # the rest of its buffer, flushed at exit, goes nowhere
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        raise RuntimeError(f"--csv {path}: its reader stopped before the CSV's end (of "
-                           f"{len(labels)} rows)") from None
+        if isinstance(error, BrokenPipeError):  # `--csv /dev/stdout | head -1`, a named pipe's
+            # reader gone: it exited 0 as if the CSV were whole (cli's exit 0 is the summary's)
+            raise RuntimeError(f"--csv {path}: its reader stopped before the CSV's end (of "
+                               f"{len(labels)} rows)") from None
+        raise RuntimeError(f"--csv {path}: {error.strerror or error}") from None
