@@ -267,3 +267,22 @@ def test_a_photo_not_square_on_a_light_background_is_said_to_need_invert(tmp_pat
     line = tmp_path / "line.png"  # thinner than a pixel once fitted: nothing, black
     Image.new("L", (3000, 1), 255).save(line)
     assert load_images([line])[1] == [str(line)]
+
+
+def test_a_batch_that_fails_in_a_stream_raises_its_own_error(target, test_set):
+    """ClassifierClient.classify_batches: a batch of the wrong shape (or a generator of
+    batches that failed, reading files) raised only gRPC's 'UNKNOWN: Exception iterating
+    requests!', and the error that said what was wrong went to gRPC's log."""
+    from serving.client.api import ClassifierClient
+
+    def batches():
+        yield test_set[0][:2]
+        raise OSError("cannot read batch 1")
+
+    with ClassifierClient(target) as client:
+        with pytest.raises(ValueError, match=r"^expected uint8 images \[N,28,28\], got uint8 "
+                           r"\(2, 784\)$"):
+            list(client.classify_batches([test_set[0][:2], test_set[0][:2].reshape(2, 784)]))
+        with pytest.raises(OSError, match=r"^cannot read batch 1$"):
+            list(client.classify_batches(batches()))
+        assert len(client.classify(test_set[0][:3])) == 3  # the client still serves

@@ -193,12 +193,20 @@ class ClassifierClient:
     ) -> Iterator[Classification]:
         """Classifies each batch over one ClassifyStream call, yielding the answers in order.
         ``timeout`` bounds the whole stream (default: none); each answer is waited for the
-        client's ``timeout`` (a hung server's stream was waited for as long as the whole)."""
-        requests = (
-            encode_request(batch, model, version, str(index))
-            for index, batch in enumerate(batches)
-        )
-        call = self._stub.ClassifyStream(requests, timeout=timeout)
+        client's ``timeout`` (a hung server's stream was waited for as long as the whole). A
+        batch that cannot be sent raises its own error (ValueError for a wrong shape), as
+        ``batches`` does its own."""
+        failed: list[Exception] = []  # a batch that gRPC's thread could not send
+
+        def requests() -> Iterator[pb.ClassifyRequest]:
+            try:
+                for index, batch in enumerate(batches):
+                    yield encode_request(batch, model, version, str(index))
+            except Exception as error:  # gRPC says only "Exception iterating requests!"
+                failed.append(error)
+                raise
+
+        call = self._stub.ClassifyStream(requests(), timeout=timeout)
         watch = _AnswerWatch(call, self.timeout) if self.timeout else None
         try:
             while True:
@@ -209,6 +217,8 @@ class ClassifierClient:
                 except StopIteration:
                     return
                 except grpc.RpcError:
+                    if failed:  # the caller's error, not gRPC's UNKNOWN for it
+                        raise failed[0] from None
                     if watch and watch.fired:
                         raise NoAnswer(f"no answer in {self.timeout:g} s (the timeout per "
                                        "answer)") from None
