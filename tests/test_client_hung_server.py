@@ -4,6 +4,7 @@ that dies: the client says so."""
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -80,3 +81,23 @@ def test_a_stream_whose_server_dies_is_said_so(model_repository, test_set):
     explained = ChannelSecurity().explained("UNAVAILABLE", error.details(), target)
     assert explained == (f"{error.details()} (the connection to {target} broke during the "
                          "call: did the server stop?)")
+
+
+@pytest.mark.parametrize("timeout_from", ["flag", "env var"])
+def test_a_call_that_gets_no_answer_says_what_waited(capsys, monkeypatch, timeout_from):
+    """A server that takes the connection and never answers (hung, overloaded): `fmnist health`
+    (classify, models) said only gRPC's 'DEADLINE_EXCEEDED: Deadline Exceeded', naming neither
+    the address nor the --timeout that ran out, as score's stream does."""
+    from serving.client import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never answers
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        argv = ["health", "--target", target]
+        if timeout_from == "flag":
+            argv += ["--timeout", "0.5"]
+        else:
+            monkeypatch.setenv("FMNIST_TIMEOUT", "0.5")
+        assert cli.main(argv) == 1
+    waited = "--timeout 0.5" if timeout_from == "flag" else "FMNIST_TIMEOUT=0.5"
+    assert capsys.readouterr().err == ("fmnist health: error: DEADLINE_EXCEEDED: Deadline "
+                                       f"Exceeded (no answer from {target} in {waited} s)\n")

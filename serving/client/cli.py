@@ -109,6 +109,9 @@ def _describe(error: Exception, args, argv: Sequence[str] | None) -> str:
         details = _security(args).explained(error.code().name,
                                             error.details() or "the server gave no details",
                                             args.target)
+        if details == "Deadline Exceeded":  # gRPC's words for a call's --timeout run out
+            waited = given("--timeout", f"{args.timeout:g}", argv)
+            details += f" (no answer from {args.target} in {waited} s)"
         return f"{error.code().name}: {details}"
     tls_files = {getattr(args, dest): f"--{dest.replace('_', '-')}"
                  for dest in ("tls_ca", "tls_cert", "tls_key") if getattr(args, dest)}
