@@ -1,9 +1,12 @@
-"""What the ``fmnist`` command line checks that argparse cannot alone: a gRPC target with its
-port, and image files anywhere among classify's options, in the order given."""
+"""What the ``fmnist`` command line checks that argparse cannot alone (a gRPC target with its
+port, image files anywhere among classify's options, in the order given), and the argument
+types and flags its subcommands share."""
 
 import argparse
 import socket
+from pathlib import Path
 
+from common.flags import number_in
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
@@ -79,3 +82,31 @@ def _service(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+fraction = number_in(float, 0, 1, expected="a fraction 0..1")
+version_number = number_in(int, 0, 2**63 - 1, expected="a version 0..2^63-1")
+
+
+def expected_accuracy(text: str) -> float | str:
+    if text == "manifest":
+        return text
+    try:
+        return fraction(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction 0..1 or 'manifest', got {text}") from None
+
+
+def data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    """The test set's directory: the flag its errors name (common.dataset.how_to_get)."""
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="directory of the test set's IDX files [env FMNIST_DATA_DIR, "
+                        "default /usr/share/datasets/fashion-mnist]")
+
+
+def model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="",
+                        help="model: softmax, mlp or baseline (default: the server's)")
+    parser.add_argument("--version", type=version_number, default=0,
+                        help="model version (0 = newest)")

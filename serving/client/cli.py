@@ -29,7 +29,15 @@ from common.flags import (
     warn_of_misspelt_variables,
 )
 from serving.client import DEFAULT_TARGET
-from serving.client.arguments import IndicesThenFiles, Placed, grpc_target
+from serving.client.arguments import (
+    IndicesThenFiles,
+    Placed,
+    data_dir_flag,
+    expected_accuracy,
+    fraction,
+    grpc_target,
+    model_flags,
+)
 
 DEFAULT_TIMEOUT = 30.0
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
@@ -188,15 +196,15 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--invert", action="store_true",
                           help="invert picture files (not .npy arrays) first: for dark objects "
                           "on a light background (Fashion-MNIST has light objects on black)")
-    _data_dir_flag(classify)  # of --test-index
-    _model_flags(classify)
+    data_dir_flag(classify)  # of --test-index
+    model_flags(classify)
     classify.add_argument("--top", type=_top, default=3,
                           help=f"how many classes to show (1..{len(CLASS_NAMES)})")
 
     score = command("score", _score,
                     "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
                     "model and of the baseline, their agreement, images/s, latency.")
-    _model_flags(score)
+    model_flags(score)
     score.add_argument("--offset", type=_index, default=0, help="first test image")
     score.add_argument("--limit", type=positive_int, default=None,
                        help="how many images (default: all from --offset on)")
@@ -213,12 +221,12 @@ def _parser() -> argparse.ArgumentParser:
                        "JSON alone on stdout, the summary on stderr")
     score.add_argument("--confusion-matrix", action="store_true",
                        help="also print the model's confusion matrix and each class's accuracy")
-    score.add_argument("--expect-accuracy", metavar="A", type=_expected_accuracy,
+    score.add_argument("--expect-accuracy", metavar="A", type=expected_accuracy,
                        help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
                        "for the test_accuracy recorded at training) within --tolerance")
-    score.add_argument("--tolerance", type=_fraction, default=None,  # given or not: scoring
+    score.add_argument("--tolerance", type=fraction, default=None,  # given or not: scoring
                        help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
-    _data_dir_flag(score)
+    data_dir_flag(score)
     score.add_argument("--no-progress", action="store_true",
                        help="no progress bar (there is none when stderr is not a terminal)")
 
@@ -233,33 +241,6 @@ def _parser() -> argparse.ArgumentParser:
 
 _top = number_in(int, 1, len(CLASS_NAMES), expected=f"1..{len(CLASS_NAMES)}")
 _index = number_in(int, 0, expected="an index >= 0")
-_fraction = number_in(float, 0, 1, expected="a fraction 0..1")
-_version = number_in(int, 0, 2**63 - 1, expected="a version 0..2^63-1")
-
-
-def _expected_accuracy(text: str) -> float | str:
-    if text == "manifest":
-        return text
-    try:
-        return _fraction(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected a fraction 0..1 or 'manifest', got {text}") from None
-
-
-def _data_dir_flag(parser: argparse.ArgumentParser) -> None:
-    """The test set's directory: the flag its errors name (common.dataset.how_to_get)."""
-    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                        help="directory of the test set's IDX files [env FMNIST_DATA_DIR, "
-                        "default /usr/share/datasets/fashion-mnist]")
-
-
-def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="",
-                        help="model: softmax, mlp or baseline (default: the server's)")
-    parser.add_argument("--version", type=_version, default=0, help="model version (0 = newest)")
-
-
 def _classify(args) -> int:
     from serving.client.classifying import classify
 
