@@ -107,3 +107,14 @@ def test_score_checks_the_json_path_before_it_scores(target, tmp_path, capsys):
         f"fmnist score: error: --csv {both} and --json {both}: the same file; give each its "
         "own\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_and_json_both_on_stdout_are_refused(target):
+    """`--csv - --json -` wrote the CSV and then the JSON into one stdout, which neither a CSV
+    reader nor jq could read; both going to stdout is the same file."""
+    result = subprocess.run([sys.executable, "-m", "serving.client", "score", "--target", target,
+                             "--limit", "5", "--csv", "-", "--json", "-"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("fmnist score: error: --csv - and --json -: the same file; give "
+                             "each its own\n")

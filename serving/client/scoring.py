@@ -28,8 +28,6 @@ def score(args, security) -> int:
         raise UsageError(f"--tolerance {args.tolerance:g} without --expect-accuracy: it is the "
                          "allowed difference from the expected accuracy")
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    if args.json == Path("-"):
-        args.json = Path("/dev/stdout")
     for flag, path in (("--csv", args.csv), ("--json", args.json)):
         if path:
             _check_writable(flag, path)
@@ -163,7 +161,7 @@ def _check_writable(flag: str, path: Path) -> None:
     for another forever."""
     try:
         if str(path) == "-" and not sys.stdout:  # >&-: nowhere to write it
-            raise UsageError(f"--csv {path}: stdout is closed")
+            raise UsageError(f"{flag} {path}: stdout is closed")
         if str(path) == "-":
             return
         if _std_stream(path) or path.is_fifo():
@@ -179,6 +177,8 @@ def _check_writable(flag: str, path: Path) -> None:
 
 
 def _same_file(one: Path, other: Path) -> bool:
+    if (stream := _std_stream(one)) and stream is _std_stream(other):  # "-", /dev/stdout
+        return True
     with contextlib.suppress(OSError):  # one does not exist yet
         return os.path.samestat(os.stat(one), os.stat(other))
     return one.resolve() == other.resolve()
