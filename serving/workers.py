@@ -209,10 +209,11 @@ class _Supervisor:
             failed = 0 if pid in self.served else self.failed_starts.get(slot, 0) + 1
             self.served.discard(pid)
             self.failed_starts[slot] = failed
-            retry_in = RESTART_INTERVAL_S * 2 ** min(failed, MAX_RESTART_DOUBLINGS)
+            self.due[slot] = (self.started_at[slot]  # from the last fork: 0 s if long ago
+                              + RESTART_INTERVAL_S * 2 ** min(failed, MAX_RESTART_DOUBLINGS))
             log.warning("worker died; starting another", extra={"fields": {"worker_pid": pid,
-                "status": _describe(status), "slot": slot, "retry_in_s": retry_in}})
-            self.due[slot] = self.started_at[slot] + retry_in
+                "status": _describe(status), "slot": slot,
+                "retry_in_s": round(max(0.0, self.due[slot] - time.monotonic()), 1)}})
 
     def _kill_hung_replacements(self) -> None:
         """A replacement that neither serves nor fails in time (a hung disk, a lock) is

@@ -16,6 +16,7 @@ import pytest
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
+from serving.workers import RESTART_INTERVAL_S
 from tests.server_process import children, held_in_read, server_process
 
 # fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
@@ -119,3 +120,19 @@ def test_a_worker_killed_by_a_full_dev_shm_is_told_so(repository_copy):
         assert process.wait(30) == 0
     assert logs.matching("worker died; starting another")[0]["status"] == (
         "killed by SIGBUS (is /dev/shm full? the metrics files are mapped from there)")
+
+
+def test_a_worker_that_served_a_while_is_replaced_at_once_and_its_death_says_so(
+        model_repository):
+    """Replacements are forked at most once a second per slot, counted from the last fork: a
+    worker that served longer than that is replaced at once, but its death's line said
+    retry_in_s=1.0, as if its clients' slot stayed empty for a second more."""
+    with server_process(model_repository, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0") as (process, logs):
+        victim = logs.wait_for("workers serving")[0]["pids"][0]
+        time.sleep(RESTART_INTERVAL_S)  # it served over a second since it was forked
+        os.kill(victim, signal.SIGKILL)
+        assert logs.wait_for("worker died; starting another")[0]["retry_in_s"] == 0.0
+        logs.wait_for("worker serving", timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0

@@ -191,7 +191,8 @@ def test_replacements_that_fail_to_start_are_retried_ever_later(repository_copy)
         manifest.write_text(saved.replace('"sha256": "', '"sha256": "0'))
         os.kill(pids[0], signal.SIGKILL)
         deaths = logs.wait_for("worker died; starting another", count=3, timeout=30)
-        assert [death["retry_in_s"] for death in deaths] == [1.0, 2.0, 4.0]
+        waits = [death["retry_in_s"] for death in deaths]  # left of 1, 2, 4 s from each fork
+        assert waits[0] <= 1.0 and waits[1] <= 2.0 < waits[2] <= 4.0, waits
         assert len(logs.matching("worker failed to start")) == 2
         manifest.write_text(saved)
         replacement = logs.wait_for("worker serving", timeout=30)[0]["worker_pid"]
