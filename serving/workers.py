@@ -14,10 +14,10 @@ The supervisor stays small and fork-safe (no gRPC object, onnxruntime session or
    every worker imports (``SHARED_IMPORTS``) and forks the workers;
    each loads the repository, serves, and reports over a pipe that it serves, or the one-line
    reason it cannot (the supervisor then stops the others and fails with that line);
-3. forks a replacement when a worker dies (at most one per slot per second; twice as long
-   after each replacement in a row that failed to start, up to 32 s), and kills a replacement
-   that does not serve within ``--worker-start-timeout``, or a worker whose main thread has
-   not run for ``HUNG_AFTER_S`` (``Heartbeats``), to be replaced in turn;
+3. forks a replacement when a worker dies (at most one per slot per second; twice as long after
+   each replacement in a row that failed to start, up to 32 s), and kills a replacement that
+   does not serve within ``--worker-start-timeout``, or a worker (or the metrics process) whose
+   main thread has been silent for ``HUNG_AFTER_S`` (``Heartbeats``);
 4. on SIGTERM/SIGINT/SIGHUP, at any moment, even while workers start, passes SIGTERM on, waits for
    the workers to drain (the grace period, or none on a second SIGINT), then kills them and
    removes the directory. Should the supervisor itself be killed, the kernel sends each worker
@@ -80,7 +80,7 @@ class _Supervisor:
         self.served: set[int] = set()  # pids that reported serving
         self.failed_starts: dict[int, int] = {}  # slot -> its workers in a row that never served
         self.due: dict[int, float] = {}  # slot (METRICS: metrics process) -> when to fork anew
-        self.heartbeats = Heartbeats(settings.workers)
+        self.heartbeats = Heartbeats(settings.workers + 1)  # METRICS (-1): the last one
         self.stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -133,10 +133,7 @@ class _Supervisor:
             for slot, due in list(self.due.items()):
                 if due <= time.monotonic() and not self.stopping:
                     del self.due[slot]
-                    if slot == METRICS:
-                        self._fork_metrics()
-                    else:
-                        self._fork(slot)
+                    self._fork_metrics() if slot == METRICS else self._fork(slot)
         return self._stop()
 
     def _on_signal(self, signal_number, _frame) -> None:
@@ -147,8 +144,7 @@ class _Supervisor:
             log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
 
     def _reports(self, timeout: float) -> list[tuple[int, bytes]]:
-        """Waits up to ``timeout`` for a signal or start reports; returns those that came, as
-        (pid, message)."""
+        """Waits up to ``timeout`` for a signal or start reports; returns them: (pid, message)."""
         readable, _, _ = select.select([self._wake_read, *self.starting], [], [], timeout)
         if self._wake_read in readable:
             os.read(self._wake_read, 512)
@@ -169,20 +165,21 @@ class _Supervisor:
         self.started_at[slot] = time.monotonic()
 
     def _own_descriptors(self) -> list[int]:
-        """What a child must close: the supervisor's wake-up pipe, the other workers' report
-        pipes and the metrics socket."""
+        """What a worker closes: the wake-up pipe, others' report pipes, the metrics socket."""
         return [self._wake_read, self._wake_write, *self.starting,
                 *([self._metrics.fileno()] if self._metrics else [])]
 
     def _fork_metrics(self) -> None:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""
         self.started_at[METRICS] = time.monotonic()
+        self.heartbeats.beat(METRICS)  # not its predecessor's silence
         with signals_held() as become_child:
             pid = os.fork()
             if pid == 0:
                 try:
                     become_child([self._wake_read, self._wake_write, *self.starting])
-                    self._metrics.serve_forever()  # until SIGTERM, which ends it
+                    self._metrics.service_actions = lambda: self.heartbeats.beat(METRICS)
+                    self._metrics.serve_forever()  # until SIGTERM; beats each 0.5 s at most
                 finally:
                     os._exit(1)
         self._metrics_pid = pid
@@ -229,14 +226,16 @@ class _Supervisor:
                 _send(pid, signal.SIGKILL)
 
     def _kill_silent_workers(self) -> None:
-        """A worker that served, then went silent for HUNG_AFTER_S (stopped, or a thread holds
-        its GIL: it answers no call either) is killed, to be replaced like any that dies,
-        rather than hold its clients' connections unanswered for good."""
+        """A worker that served, or the metrics process, silent for HUNG_AFTER_S (stopped, or a
+        thread holds its GIL) is killed, to be replaced like any that dies, rather than hold
+        its clients' connections (or scrapes) unanswered for good."""
         serving = {slot: pid for pid, slot in self.workers.items() if pid in self.served}
+        serving.update({METRICS: self._metrics_pid} if self._metrics_pid else {})
         for slot, silent in self.heartbeats.silent_s(serving).items():
             if silent > HUNG_AFTER_S:
-                log.error("worker hung; killing it", extra={"fields": {
-                    "worker_pid": serving[slot], "silent_s": round(silent, 1)}})
+                kind = "metrics process" if slot == METRICS else "worker"
+                log.error(f"{kind} hung; killing it", extra={"fields": {
+                    f"{kind.partition(' ')[0]}_pid": serving[slot], "silent_s": round(silent, 1)}})
                 self.heartbeats.beat(slot)  # killed once: it is reaped before it is due again
                 _send(serving[slot], signal.SIGKILL)
 
@@ -264,9 +263,8 @@ class _Supervisor:
 
     def kill_all(self) -> None:
         signal.set_wakeup_fd(-1)
-        for pipe in self.starting:
-            os.close(pipe)
-        self.starting.clear()
+        while self.starting:
+            os.close(self.starting.popitem()[0])
         for pid in [*self.workers, *([self._metrics_pid] if self._metrics_pid else [])]:
             _send(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):

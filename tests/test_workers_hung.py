@@ -10,6 +10,7 @@ import time
 
 import grpc
 import pytest
+from test_metrics import scrape as scrape_metrics
 from test_workers import (
     calls_over_connections,
     connections_held,
@@ -20,6 +21,7 @@ from test_workers import (
 
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from serving.workers import HUNG_AFTER_S
+from tests.server_process import children
 
 
 @pytest.fixture
@@ -45,6 +47,21 @@ def test_a_hung_worker_is_killed_and_replaced(workers):
     calls_over_connections(target, connections=4, per_connection=2)
     os.kill(survivor, 0)  # never silent: still the same process
 
+
+def test_a_hung_metrics_process_is_killed_and_replaced(workers):
+    """A stopped metrics process (SIGSTOP here; a scrape thread holding its GIL alike) left
+    every scrape hanging until its scraper gave up, for good, with no log line: once silent
+    for HUNG_AFTER_S it is killed and replaced, and the port answers scrapes again."""
+    process, logs, started, metrics_port = workers
+    victim = next(pid for pid in children(process.pid) if pid not in started["pids"])
+    os.kill(victim, signal.SIGSTOP)
+    hung = logs.wait_for("metrics process hung; killing it", timeout=HUNG_AFTER_S + 30)[0]
+    assert hung["metrics_pid"] == victim and hung["silent_s"] >= HUNG_AFTER_S
+    died = logs.wait_for("metrics process died; starting another")[0]
+    assert (died["metrics_pid"], died["status"]) == (victim, "killed by SIGKILL")
+    samples = scrape_metrics(metrics_port)  # the replacement answers on the same port
+    assert any(name == "fmnist_model_info" for name, _ in samples)
+    assert not logs.matching("worker hung; killing it")
 
 def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(workers):
     """Ctrl-Z, a paused container, a frozen cgroup stop the supervisor with its workers: once
