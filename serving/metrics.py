@@ -139,8 +139,7 @@ def exposition_registry() -> CollectorRegistry:
     """What the metrics are read from: this process's (a single process's endpoint and
     ``ModelStatistics``), or every worker's files in multiprocess mode (a worker's
     ``ModelStatistics``: no worker serves an endpoint)."""
-    directory = multiprocess_directory()
-    return REGISTRY if directory is None else summed_registry(directory)
+    return summed_registry(directory) if (directory := multiprocess_directory()) else REGISTRY
 
 
 @dataclass

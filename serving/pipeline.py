@@ -115,6 +115,7 @@ class CallPipeline:
         self._metrics: dict[str, CallMetrics] = {}
         self._max_streams = max_streams
         self._stream_slots = threading.Semaphore(max_streams) if max_streams else None
+        self._quiet_until = 0.0  # failed calls are DEBUG lines until then (time.monotonic())
 
     def guards(self, method: str) -> bool:
         """Whether the pipeline does anything for ``method``: not for health, which needs no
@@ -171,10 +172,9 @@ class CallPipeline:
     def _refuse(self, call: Call, error: ServingError) -> ServingError:
         """A call turned away before it ran, logged and counted by its code (no latency:
         refusals would drown the answered calls' in the histogram)."""
-        self._failure(call, error)
         if not call.method.startswith(UNCOUNTED_PREFIXES):
             self.count_unanswered([(call.method, error.grpc_code)])
-        return error
+        return self._failure(call, error)
 
     def count_unanswered(self, calls: Iterable[tuple[str, str]]) -> None:
         """Counts ``(method, code)`` calls that ended before a handler ran: refused, or dead
@@ -195,9 +195,11 @@ class CallPipeline:
         if isinstance(error, ServingError):
             # refused for the server's state (draining, at its limit) or without the token, or
             # ended by its client (cancelled, too late): counted, and one line each would flood
-            # the log (just when it matters, or at anyone's will); other faults stay loud
+            # the log (just when it matters, or at anyone's will); other faults (a bad request,
+            # TooLarge) are loud, once a second at most: any client can send them in a loop
             quiet = type(error) in (Unavailable, Unauthenticated, ResourceExhausted, Cancelled,
-                                    DeadlineExceeded)  # not TooLarge
+                                    DeadlineExceeded) or time.monotonic() < self._quiet_until
+            self._quiet_until = self._quiet_until if quiet else time.monotonic() + 1.0
             log.log(logging.DEBUG if quiet else logging.WARNING, "request failed", extra={
                 "fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error
