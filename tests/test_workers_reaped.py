@@ -136,3 +136,20 @@ def test_a_worker_that_served_a_while_is_replaced_at_once_and_its_death_says_so(
         logs.wait_for("worker serving", timeout=30)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_sigusr1_leaves_the_supervisor_and_its_workers_serving(model_repository):
+    """SIGUSR1 (which log rotation scripts often send, to reopen logs) killed the supervisor
+    outright (status 138, not a line in the log), and its workers drained away behind it: the
+    service was down. The supervisor ignores it now."""
+    with server_process(model_repository, "--workers", "2", "--http-port", "0",
+                        "--poll-interval", "0") as (process, logs):
+        started = logs.wait_for("workers serving")[0]
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        assert process.poll() is None and set(started["pids"]) <= set(children(process.pid))
+        with grpc.insecure_channel(started["address"]) as channel:
+            assert pb_grpc.ClassifierStub(channel).Classify(
+                pb.ClassifyRequest(images=[bytes(784)]), timeout=10).results
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
