@@ -290,7 +290,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
     if ACCEPTS_NO_MORE not in stop_requested:
         return 0
     log.critical("cannot serve", extra={"fields": {"error": (
-        "the gRPC port accepts no more connections: an accept failed, most often for want of "
-        "file descriptors (raise the limit: ulimit -n, LimitNOFILE=, docker run --ulimit "
-        "nofile=); exit status 1, for a restart policy to start the server again")}})
+        "SIGUSR1, the native server's word that the gRPC port accepts no more connections: an "
+        "accept failed, most often for want of file descriptors (raise the limit: ulimit -n, "
+        "LimitNOFILE=, docker run --ulimit nofile=); exit status 1, for a restart policy")}})
     return 1

@@ -211,3 +211,16 @@ def test_a_single_process_out_of_file_descriptors_exits_non_zero_saying_why(mode
     assert said[-1]["message"] == "cannot serve", said[-3:]
     assert "accepts no more connections" in said[-1]["error"], said[-1]
     assert "file descriptors" in said[-1]["error"], said[-1]
+
+
+def test_a_sigusr1_from_outside_is_named_in_the_line_that_ends_the_server(model_repository):
+    """The native server tells its process that the port accepts no more connections with
+    SIGUSR1; one sent by an operator (to reopen logs, as for many daemons) ended a single
+    process with exit 1 and a line blaming file descriptors alone: it now names the signal."""
+    with server_process(model_repository, "--workers", "1", "--poll-interval", "0",
+                        "--grace-period", "1", "--http-port", "0") as (process, logs):
+        logs.wait_for("serving")
+        process.send_signal(signal.SIGUSR1)
+        assert process.wait(30) == 1
+    said = [line for line in logs.lines if line["message"] == "cannot serve"]
+    assert said and said[-1]["error"].startswith("SIGUSR1"), said
