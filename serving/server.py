@@ -259,10 +259,10 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
     RepositoryError or ListenError if it cannot serve."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
-    stop_requested: list[int] = []
+    stop_requested: list[signal.Signals] = []
 
     def on_stop_signal(number: int, _frame) -> None:
-        stop_requested.append(number)
+        stop_requested.append(signal.Signals(number))
         # from now on Ctrl-C ends the process at once, as in uvicorn: by the kernel, since the
         # main thread runs no handler while it waits in the native server's stop
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -283,7 +283,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
             heartbeat()
             server.count_dead_calls()
             time.sleep(0.1)
-        log.info("shutdown requested")
+        log.info("shutdown requested", extra={"fields": {"signal": stop_requested[0].name}})
         heartbeat(ahead_s=settings.grace_period)
     finally:
         server.stop()

@@ -141,7 +141,8 @@ class _Supervisor:
             raise KeyboardInterrupt  # (supervise kills the workers, the CLI exits 130)
         if signal_number in STOP_SIGNALS and not self.stopping:
             self.stopping = True
-            log.info("shutdown requested", extra={"fields": {"workers": sorted(self.workers)}})
+            log.info("shutdown requested", extra={"fields": {
+                "signal": signal.Signals(signal_number).name, "workers": sorted(self.workers)}})
 
     def _reports(self, timeout: float) -> list[tuple[int, bytes]]:
         """Waits up to ``timeout`` for a signal or start reports; returns them: (pid, message)."""

@@ -26,8 +26,7 @@ def summed_registry(directory: str):
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
+    MultiProcessCollector(registry := CollectorRegistry(), path=directory)  # registers itself
     return registry
 
 

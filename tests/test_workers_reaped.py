@@ -153,3 +153,16 @@ def test_sigusr1_leaves_the_supervisor_and_its_workers_serving(model_repository)
                 pb.ClassifyRequest(images=[bytes(784)]), timeout=10).results
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_shutdown_line_names_the_signal(model_repository, workers):
+    """SIGHUP stops the server as SIGTERM does (a closed terminal; or an operator expecting a
+    reload): the log said only 'shutdown requested', whoever had asked."""
+    with server_process(model_repository, "--workers", workers, "--http-port", "0",
+                        "--poll-interval", "0") as (process, logs):
+        logs.wait_for("workers serving" if workers == "2" else "serving")
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(30) == 0
+    requested = [line for line in logs.lines if line["message"] == "shutdown requested"]
+    assert requested[0]["pid"] == process.pid and requested[0]["signal"] == "SIGHUP", requested
