@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from common.contract import CLASS_NAMES
 from serving.client import cli
@@ -118,3 +119,23 @@ def test_csv_and_json_both_on_stdout_are_refused(target):
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("fmnist score: error: --csv - and --json -: the same file; give "
                              "each its own\n")
+
+
+@pytest.mark.parametrize(("into", "said"), [
+    ("/dev/full", "No space left on device"),
+    ("-", "its reader stopped before the JSON's end")])
+def test_a_json_that_cannot_be_written_fails_the_run_naming_it(target, into, said):
+    """`--json -` into a reader that had quit (a fifo's, a pipe's) exited 0 with nothing said,
+    even with the accuracy not met, and --json on a full disk said Python's '[Errno 28] No
+    space left on device', naming no file: as --csv's, each is now one line naming it."""
+    process = subprocess.Popen([sys.executable, "-m", "serving.client", "score", "--target",
+                                target, "--limit", "5", "--no-progress", "--json", into,
+                                "--expect-accuracy", "0.99"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader quits before the JSON comes, as `| true` does
+    try:
+        stderr = process.stderr.read()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, stderr) == (1, f"fmnist score: error: --json {into}: {said}\n")

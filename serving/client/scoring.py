@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -114,7 +115,8 @@ def score(args, security) -> int:
             "latency_ms": {"p50": p50, "p99": p99}, "batches": len(batches),
             "batch_size": batch_size, "rpc": args.rpc,
         }
-        if _write(args.json, json.dumps(document, indent=2) + "\n") is sys.stdout:
+        text = json.dumps(document, indent=2) + "\n"
+        if _write("--json", args.json, "the JSON's end", lambda f: f.write(text)) is sys.stdout:
             out = sys.stderr  # stdout holds the JSON alone, for the program that reads it
         else:
             rows.append(("json summary", str(args.json)))
@@ -198,12 +200,22 @@ def _std_stream(path: Path) -> TextIO | None:
     return None
 
 
-def _write(path: Path, text: str) -> TextIO | None:
-    """Writes ``text`` into ``path``; the standard stream it went into, if one."""
+def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None]) -> TextIO | None:
+    """Runs ``write`` on ``path`` opened (or on the standard stream it names, returned). A file
+    that cannot be written fails the run in one line naming it: a full disk said Python's
+    "[Errno 28] No space left on device", and a reader that stopped before ``end`` (`| head`,
+    a named pipe's) nothing at all, exit 0 (cli's exit 0 is for the summary's reader)."""
     stream = _std_stream(path)
-    with contextlib.nullcontext(stream) if stream else open(path, "w") as f:
-        f.write(text)
-        f.flush()
+    try:
+        with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
+            write(f)
+            f.flush()
+    except OSError as error:
+        if stream:  # the rest of its buffer, flushed at exit, goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        if isinstance(error, BrokenPipeError):
+            raise RuntimeError(f"{flag} {path}: its reader stopped before {end}") from None
+        raise RuntimeError(f"{flag} {path}: {error.strerror or error}") from None
     return stream
 
 
@@ -212,22 +224,13 @@ def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
         return (side.labels.tolist(), side.class_names,
                 side.probabilities.max(axis=1).astype(np.float64).round(6).tolist())
 
+    def write(f: TextIO) -> None:
+        writer = csv.writer(f)
+        writer.writerow(["index", "true_label", "model_label", "model_class",
+                         "model_probability", "baseline_label", "baseline_class",
+                         "baseline_probability"])
+        writer.writerows(rows)
+
     rows = zip(range(offset, offset + len(labels)), labels.tolist(), *columns(answer.model),
                *columns(answer.baseline), strict=True)
-    stream = _std_stream(path)
-    try:
-        with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "true_label", "model_label", "model_class",
-                             "model_probability", "baseline_label", "baseline_class",
-                             "baseline_probability"])
-            writer.writerows(rows)
-            f.flush()
-    except OSError as error:  # a full disk said "[Errno 28] No space left on device"
-        if stream:  # the rest of its buffer, flushed at exit, goes nowhere
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        if isinstance(error, BrokenPipeError):  # `--csv /dev/stdout | head -1`, a named pipe's
-            # reader gone: it exited 0 as if the CSV were whole (cli's exit 0 is the summary's)
-            raise RuntimeError(f"--csv {path}: its reader stopped before the CSV's end (of "
-                               f"{len(labels)} rows)") from None
-        raise RuntimeError(f"--csv {path}: {error.strerror or error}") from None
+    _write("--csv", path, f"the CSV's end (of {len(labels)} rows)", write)
