@@ -35,8 +35,8 @@ LOCAL_NAMES = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("1
 
 
 def _certificate(subject, key, issuer, issuer_key, *, ca=False, server=False, client=False,
-                 names=LOCAL_NAMES):
-    now = datetime.datetime.now(datetime.UTC)
+                 names=LOCAL_NAMES, expired=False):
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2 * expired)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -88,11 +88,14 @@ def make_pki(directory: Path) -> Pki:
     return Pki(**files)
 
 
-def make_service_pki(directory: Path, name: str) -> tuple[Path, Path, Path]:
+def make_service_pki(directory: Path, name: str, *, expired: bool = False
+                     ) -> tuple[Path, Path, Path]:
     """(CA, server certificate, its key): a certificate naming only ``name``, as a Kubernetes
-    Service's does (not 127.0.0.1, where a port-forward reaches it)."""
+    Service's does (not 127.0.0.1, where a port-forward reaches it); ``expired``: valid only
+    until a day ago (its CA is valid)."""
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_cert = _certificate("service-ca", ca_key, "service-ca", ca_key, ca=True)
-    cert = _certificate(name, key, "service-ca", ca_key, server=True, names=[x509.DNSName(name)])
+    cert = _certificate(name, key, "service-ca", ca_key, server=True, names=[x509.DNSName(name)],
+                        expired=expired)
     return (_write(directory / "service-ca.pem", ca_cert),
             _write(directory / "service.pem", cert), _write(directory / "service.key", key=key))

@@ -198,3 +198,20 @@ def test_a_client_whose_tls_does_not_fit_the_server_is_told_what_to_change(
             error = capsys.readouterr().err
             assert error.startswith("fmnist health: error: UNAVAILABLE: "), error
             assert error.count("\n") == 1 and error.endswith(f" {hint}\n"), error
+
+
+def test_an_expired_certificate_is_not_said_to_be_another_cas(tmp_path, model_repository,
+                                                              capsys):
+    """OpenSSL's CERTIFICATE_VERIFY_FAILED has many reasons: a server certificate that had
+    expired, signed by the very CA given, was told '--tls-ca the CA that signed it'; the
+    reason OpenSSL gives ('certificate has expired') now stands without that advice."""
+    from tests.pki import make_service_pki
+
+    ca, cert, key = make_service_pki(tmp_path, "localhost", expired=True)
+    tls = local_settings(model_repository=model_repository, poll_interval=0,
+                         tls_cert=str(cert), tls_key=str(key))
+    with running_server(tls) as server:
+        assert client_cli.main(["health", "--target", f"localhost:{server.port}", "--timeout",
+                                "5", "--tls-ca", str(ca)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.endswith(": certificate has expired: OK\n"), error

@@ -12,6 +12,10 @@ from serving.security import check_pem_files, read_pem
 
 AUTHORIZATION = "authorization"
 BEARER = "Bearer "
+# OpenSSL's reasons for a server certificate no CA this client trusts signed (of the many
+# CERTIFICATE_VERIFY_FAILED gives: "certificate has expired" is another)
+UNTRUSTED_ISSUER = ("self signed certificate", "self-signed certificate", "issuer certificate",
+                    "unable to verify the first certificate")
 
 
 def channel_credentials(
@@ -93,7 +97,8 @@ class ChannelSecurity:
         if "WRONG_VERSION_NUMBER" in details:  # a plaintext answer to the TLS hello
             return ("the server does not speak TLS: if it serves plaintext, drop --tls and "
                     "--tls-*, or FMNIST_TLS*")
-        if "CERTIFICATE_VERIFY_FAILED" in details:
+        if "CERTIFICATE_VERIFY_FAILED" in details and any(  # not one that expired, say
+                words in details for words in UNTRUSTED_ISSUER):
             return ("the server's certificate is not signed by a CA this client trusts: "
                     "--tls-ca the CA that signed it")
         if "Hostname Verification Check failed" in details:
