@@ -1,5 +1,7 @@
 """fmnist-train's FMNIST_* variables: a near miss of one is said, not ignored."""
 
+import pytest
+
 from tests.training_runs import manifest, run_training
 
 
@@ -17,3 +19,19 @@ def test_a_misspelt_variable_is_said_and_the_run_goes_on(tmp_path):
         "you mean FMNIST_BASELINE_MAX_ITER?); ignored"]
     assert manifest(tmp_path, "baseline", 1)["training"]["max_iter"] == 20
 
+
+
+def test_a_bad_shared_variable_that_its_flag_replaces_is_not_refused(monkeypatch, capsys):
+    """FMNIST_EPOCHS is both Keras models' default: set bad, `fmnist-train --epochs 2` was
+    refused ('FMNIST_EPOCHS: expected a positive integer, got abc'), the value its flag was
+    given to replace, while every other variable gives way to its flag. Without the flag it
+    is refused, as before."""
+    from training.options import build_parser, keras_settings
+
+    monkeypatch.setenv("FMNIST_EPOCHS", "abc")
+    args = build_parser().parse_args(["--out", "x", "--epochs", "2"])
+    assert keras_settings(args, "softmax").epochs == keras_settings(args, "mlp").epochs == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--out", "x"])
+    assert capsys.readouterr().err == ("fmnist-train: error: FMNIST_EPOCHS: expected a positive "
+                                       "integer, got abc (see fmnist-train --help)\n")

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import ArgumentParser, add_option, number_in, positive_int, typed
+from common.flags import ArgumentParser, Refused, add_option, number_in, positive_int, typed
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -230,8 +230,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
         flag = "--" + field_name.replace("_", "-")
         action = add_keras_option(both, field_name, flag, field_name, argparse.SUPPRESS)
-        if action.default is not argparse.SUPPRESS:
+        if action.default is not argparse.SUPPRESS and not isinstance(action.default, Refused):
             shared_env[field_name], action.default = action.default, argparse.SUPPRESS
+        # a bad value stays its own default: refused unless this flag replaces it (the models'
+        # defaults would be refused whatever flag was given)
     for name, settings, title in (("softmax", softmax, "softmax model"), ("mlp", mlp, "MLP")):
         group = parser.add_argument_group(f"{title} (--models {name})")
         for field_name in KERAS_OPTIONS:
