@@ -4,7 +4,10 @@ checks, expected accuracy, and one model version per run."""
 import csv
 import gzip
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +109,26 @@ def test_classify_reads_the_test_set_from_the_data_dir_its_error_names(target, c
         shutil.copy(DEFAULT_DATA_DIR / name, tmp_path / name)
     assert cli.main([*argv, str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("test[0]  (true: Ankle boot)\n")
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_an_accuracy_not_met_fails_the_run_whoever_reads_the_summary(target, unbuffered):
+    """`fmnist score --expect-accuracy A | grep -q ...` (a reader that quits early): with
+    PYTHONUNBUFFERED=1, as in this project's image, the summary's broken pipe ended the run
+    with exit 0 and not a word of the accuracy that was not met; without it, exit 120 and
+    Python's 'Exception ignored ... BrokenPipeError' under the error line."""
+    process = subprocess.Popen([sys.executable, "-m", "serving.client", "score", "--target",
+                                target, "--limit", "5", "--no-progress", "--expect-accuracy",
+                                "0.99"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    process.stdout.close()  # the reader quits before the summary comes
+    try:
+        stderr = process.stderr.read()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert stderr.startswith("fmnist score: error: served accuracy ") and stderr.count("\n") == 1
 
 
 def test_score_expect_accuracy_fails_when_the_served_accuracy_differs(target, capsys):
