@@ -64,9 +64,10 @@ def name_metrics_files_by_slot(slot: int) -> None:
 
 
 class Heartbeats:
-    """When each worker slot's main thread last ran (``time.monotonic()``), in memory mapped
-    before the workers are forked (an anonymous map is shared): a serving worker stamps its
-    slot ten times a second (``serving.server.serve``'s loop), the supervisor reads them."""
+    """When each worker slot's main thread last ran (``time.monotonic()``), and the metrics
+    process's (the last slot, -1), in memory mapped before they are forked (an anonymous map
+    is shared): a serving worker stamps its slot ten times a second (``serving.server.serve``'s
+    loop), the metrics process at least every 0.5 s; the supervisor reads them."""
 
     def __init__(self, slots: int):
         self._stamps = memoryview(mmap.mmap(-1, 8 * slots)).cast("d")

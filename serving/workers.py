@@ -44,7 +44,7 @@ from serving.workers_metrics import MULTIPROCESS_ENV, summed_metrics_server
 RESTART_INTERVAL_S = 1.0
 MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
 STOP_MARGIN_S = 5.0  # beyond the grace period, before workers are killed
-HUNG_AFTER_S = 10.0  # a serving worker whose main thread has not run for this long is killed
+HUNG_AFTER_S = 10.0  # a serving worker (or the metrics process) silent this long is killed
 METRICS = -1  # the metrics process's slot
 # Imported once here rather than in each worker: two workers importing them at once on two
 # cores served ~11% later (BENCHMARKS.md, "Issue 12, fifteenth session"). None opens a gRPC
