@@ -224,3 +224,6 @@ def test_a_sigusr1_from_outside_is_named_in_the_line_that_ends_the_server(model_
         assert process.wait(30) == 1
     said = [line for line in logs.lines if line["message"] == "cannot serve"]
     assert said and said[-1]["error"].startswith("SIGUSR1"), said
+    # the line said, of a signal an operator sent, that an accept had failed
+    assert "or it came from outside" in said[-1]["error"] and "an accept failed" not in said[-1][
+        "error"], said
