@@ -9,11 +9,12 @@ flags or env vars; errors are one line on stderr.
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from common.flags import unread_env_vars
-from serving.settings import settings_from
+from serving.settings import IGNORED_SIGNALS, settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
 
@@ -23,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         return _fail(error, 2)
     from serving import errors, logs
+
+    for number in IGNORED_SIGNALS:  # their default action ends a process
+        signal.signal(number, signal.SIG_IGN)
 
     logs.configure(settings.log_level, settings.log_format)
     # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is

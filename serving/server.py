@@ -290,7 +290,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
     if ACCEPTS_NO_MORE not in stop_requested:
         return 0
     log.critical("cannot serve", extra={"fields": {"error": (
-        "SIGUSR1: the gRPC port accepts no more connections, most often for want of file "
-        "descriptors (raise the limit: ulimit -n, LimitNOFILE=, docker run --ulimit nofile=), "
-        "or it came from outside; exit status 1, for a restart policy")}})
+        "the gRPC port accepts no more connections: an accept failed, most often for want of "
+        "file descriptors (raise the limit: ulimit -n, LimitNOFILE=, docker run --ulimit "
+        "nofile=); exit status 1, for a restart policy to start the server again")}})
     return 1

@@ -89,8 +89,8 @@ class _Supervisor:
 
     def start(self) -> None:
         """Forks every worker and waits until each serves; SIGTERM meanwhile stops them."""
-        for signal_number in (*STOP_SIGNALS, signal.SIGCHLD, signal.SIGUSR1):  # USR1: ignored
-            signal.signal(signal_number, self._on_signal)  # (its default ended the supervisor)
+        for signal_number in (*STOP_SIGNALS, signal.SIGCHLD):
+            signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
         if self.settings.metrics_port:
             self._metrics = summed_metrics_server(self.settings, self.directory)

@@ -138,14 +138,17 @@ def test_a_worker_that_served_a_while_is_replaced_at_once_and_its_death_says_so(
         assert process.wait(30) == 0
 
 
-def test_sigusr1_leaves_the_supervisor_and_its_workers_serving(model_repository):
-    """SIGUSR1 (which log rotation scripts often send, to reopen logs) killed the supervisor
-    outright (status 138, not a line in the log), and its workers drained away behind it: the
-    service was down. The supervisor ignores it now."""
+def test_sigusr1_and_sigusr2_leave_the_supervisor_and_its_workers_serving(model_repository):
+    """SIGUSR1 (which log rotation scripts send every process of a name, to reopen logs) killed
+    the supervisor outright (status 138, not a line in the log), its workers draining away
+    behind it, and ended each worker (the native server's own word then): the service was
+    down. SIGUSR2 killed by default too. Every process ignores both now."""
     with server_process(model_repository, "--workers", "2", "--http-port", "0",
                         "--poll-interval", "0") as (process, logs):
         started = logs.wait_for("workers serving")[0]
-        process.send_signal(signal.SIGUSR1)
+        for pid in (process.pid, *started["pids"]):  # as `pkill -USR1 -f serving` sends them
+            for number in (signal.SIGUSR1, signal.SIGUSR2):
+                os.kill(pid, number)
         time.sleep(1)
         assert process.poll() is None and set(started["pids"]) <= set(children(process.pid))
         with grpc.insecure_channel(started["address"]) as channel:

@@ -58,7 +58,7 @@ void Log(gpr_log_func_args* args) {
                  message.starts_with("Handshake failed");
   if (binding || (clients && !gpr_should_log(GPR_LOG_SEVERITY_INFO))) return;
   // gRPC C++ 1.51 never accepts again on a port whose accept4 failed (EMFILE: no file
-  // descriptor left; newer gRPC retries): the process stops as on SIGTERM, told by SIGUSR1
+  // descriptor left; newer gRPC retries): the process stops as on SIGTERM, told by SIGRTMIN
   // (a second one does nothing more), draining what it serves, then exits 1 (serving.settings'
   // ACCEPTS_NO_MORE), so that its supervisor or service manager starts another (before, it
   // served on, the connections the kernel gave it waiting for good; then it exited 0)
@@ -66,7 +66,7 @@ void Log(gpr_log_func_args* args) {
   fprintf(stderr, "grpc %s %s:%d: %s%s\n", gpr_log_severity_string(args->severity), args->file,
           args->line, args->message,
           accepts_no_more ? ": this port accepts no more connections; stopping" : "");
-  if (accepts_no_more) kill(getpid(), SIGUSR1);  // the process: any thread may take it
+  if (accepts_no_more) kill(getpid(), SIGRTMIN);  // the process: any thread may take it
 }
 
 class Call;
