@@ -110,10 +110,11 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled
 COPY deploy/nginx-grpc-lb.conf /etc/nginx/nginx.conf
+# Starts nginx with every replica's address and follows them as replicas come and go.
+COPY deploy/nginx-lb.sh /usr/local/bin/nginx-lb.sh
 EXPOSE 50050 8080
 # Not root: its ports are above 1024, and it writes only under /tmp (nginx-grpc-lb.conf).
 USER www-data
-# SIGQUIT is nginx's graceful shutdown. -e: its error log before it reads the configuration
-# (by default /var/log/nginx/error.log, which only root may open) is stderr too.
+# SIGQUIT is nginx's graceful shutdown (nginx-lb.sh passes it on, and SIGTERM as SIGQUIT).
 STOPSIGNAL SIGQUIT
-CMD ["nginx", "-e", "stderr", "-g", "daemon off;"]
+CMD ["nginx-lb.sh"]

@@ -21,7 +21,8 @@ BASE_IMAGE=localhost/ci-python-base
 # Bumped whenever build_base_image changes, so that a cached base image of an older recipe is
 # rebuilt.
 BASE_RECIPE=2
-PROJECT=fmnist-smoke
+# Its own compose project (a run tears down what an interrupted run of the same name left).
+PROJECT=${FMNIST_COMPOSE_PROJECT:-fmnist-smoke}
 SERVE_IMAGE=localhost/fashion-mnist-service:latest
 COMPOSE=()
 COMPOSE_UP=
@@ -173,12 +174,14 @@ wait_healthy() {
     done
 }
 
-# Calls of method Classify that a replica answered, from its Prometheus endpoint.
+# Calls of method Classify (or of any, with $2 = .) that a replica answered, from its
+# Prometheus endpoint.
 classify_calls() {
     local address
     address=$(podman port "$1" 9090)
     "$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' 2>/dev/null \
-        "http://$address/metrics" | awk '/^fmnist_requests_total\{.*method="Classify"/ { calls += $2 } END { print calls + 0 }'
+        "http://$address/metrics" | awk -v method="${2:-Classify}" \
+        '/^fmnist_requests_total\{/ && $0 ~ "method=\"" method { calls += $2 } END { print calls + 0 }'
 }
 
 project_leftovers() {
@@ -302,6 +305,29 @@ main() {
         log "$replica answered $calls Classify calls"
         [ "$calls" -gt 0 ] || fail "$replica answered no call: the load balancer does not reach it"
     done
+
+    # A replica restarted (`compose restart`, stop and start, recreated with a new image) comes
+    # back at another address: the load balancer must send it calls there and hold none on the
+    # address it had.
+    replica=${replicas[0]}
+    log "restart $replica: calls through the load balancer reach it at its new address"
+    podman restart --time 30 "$replica" >/dev/null 2>&1 || fail "podman restart $replica failed"
+    wait_healthy "$replica"
+    local i started deadline=$((SECONDS + 15))
+    calls=0
+    for ((i = 1; calls == 0; i++)); do
+        [ $SECONDS -lt $deadline ] \
+            || fail "$replica answered none of $((i - 1)) calls in 15 s after its restart: the load balancer does not send it its share"
+        started=$SECONDS
+        "$PYTHON" -m serving.client classify --test-index "$i" --timeout 5 \
+            --target "127.0.0.1:$lb_port" >/dev/null 2>"$SCRATCH/lb-call.err" \
+            || fail "call $i through the load balancer after a replica's restart failed after $((SECONDS - started)) s: $(tail -1 "$SCRATCH/lb-call.err")"
+        curl -sf -m 5 -o /dev/null "http://127.0.0.1:$lb_http_port/v1/test-images/$i" \
+            || fail "HTTP request $i through the load balancer after a replica's restart failed"
+        # any method: each `fmnist classify` makes two calls, and nginx takes turns per call
+        calls=$(classify_calls "$replica" .) || fail "$replica: its metrics endpoint did not answer"
+    done
+    log "$replica answered call $((i - 1)) after its restart"
 
     log "compose down"
     teardown

@@ -65,9 +65,14 @@ def test_the_load_balancer_runs_locked_down_and_bounds_what_it_buffers():
     conf = (DEPLOY / "nginx-grpc-lb.conf").read_text()
     written = re.findall(r"^\s*(?:pid|\w+_temp_path)\s+(\S+);", conf, re.MULTILINE)
     assert len(written) == 6  # the pid file; the body, proxy, fastcgi, uwsgi and scgi buffers
+    # ... and the upstreams its entry point writes (nginx-lb.sh), which nginx includes
+    entry = (DEPLOY / "nginx-lb.sh").read_text()
+    written.append(re.search(r"^UPSTREAMS=(\S+)$", entry, re.MULTILINE)[1])
+    assert f"include {written[-1]};" in conf
     assert all(any(path.startswith(mount + "/") for mount in tmpfs) for path in written)
     cmd = json.loads(next(line for line in reversed(stage) if line.startswith("CMD "))[4:])
-    assert "-e" in cmd  # its default error log, /var/log/nginx, is root's
+    assert cmd == ["nginx-lb.sh"]
+    assert re.search(r"^nginx -e stderr ", entry, re.MULTILINE)  # the default log is root's
     http = re.search(r"server \{\s*listen 8080;(.*?)\n    \}", conf, re.DOTALL).group(1)
     limit = re.search(r"client_max_body_size (\d+)([km]?);", http)
     assert int(limit[1]) * {"": 1, "k": 1024, "m": 1024**2}[limit[2]] == \
