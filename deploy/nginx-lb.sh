@@ -24,6 +24,9 @@ render() {
     } >"$UPSTREAMS.new"
 }
 
+# Until nginx runs, a stop (SIGQUIT, the image's STOPSIGNAL; SIGTERM; SIGINT) ends this at once:
+# as a container's process 1 it gets only the signals it traps (`compose stop` waited 10 s).
+trap 'exit 0' QUIT TERM INT
 until render; do
     echo "nginx-lb.sh: waiting for the service classifier to resolve" >&2
     sleep 1
