@@ -17,6 +17,7 @@ import pytest
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.workers import RESTART_INTERVAL_S
+from tests.conftest import free_port
 from tests.server_process import children, held_in_read, server_process
 
 # fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
@@ -144,13 +145,16 @@ def test_sigusr1_and_sigusr2_leave_the_supervisor_and_its_workers_serving(model_
     behind it, and ended each worker (the native server's own word then): the service was
     down. SIGUSR2 killed by default too. Every process ignores both now."""
     with server_process(model_repository, "--workers", "2", "--http-port", "0",
-                        "--poll-interval", "0") as (process, logs):
+                        "--poll-interval", "0", "--metrics-port", str(free_port())) as (
+            process, logs):
         started = logs.wait_for("workers serving")[0]
-        for pid in (process.pid, *started["pids"]):  # as `pkill -USR1 -f serving` sends them
+        every = children(process.pid)  # the workers and the metrics process
+        assert len(every) == 3 and set(started["pids"]) < set(every)
+        for pid in (process.pid, *every):  # as `pkill -USR1 -f serving` sends them
             for number in (signal.SIGUSR1, signal.SIGUSR2):
                 os.kill(pid, number)
         time.sleep(1)
-        assert process.poll() is None and set(started["pids"]) <= set(children(process.pid))
+        assert process.poll() is None and children(process.pid) == every
         with grpc.insecure_channel(started["address"]) as channel:
             assert pb_grpc.ClassifierStub(channel).Classify(
                 pb.ClassifyRequest(images=[bytes(784)]), timeout=10).results
