@@ -1,0 +1,95 @@
+"""The web page while an answer is on its way, in a real headless chromium: behind a proxy
+that holds the server's answers to POST /v1/classify until the test lets them go."""
+
+import contextlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import requests
+from PIL import Image
+from selenium.webdriver.common.by import By
+
+from serving.client.inputs import load_png
+from tests.http_helpers import ARTIFACTS
+from tests.test_http_page import browser, canvas, opened_with_models, pytestmark, served, wait_for
+
+__all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
+HOLD_S = 30  # the longest a held answer waits for the test
+
+
+@contextlib.contextmanager
+def holding_answers(url: str):
+    """``(page URL, let_go)``: ``url``'s server behind a proxy that passes every call on, but
+    holds the answers to classify calls while ``let_go`` (a ``threading.Event``) is clear."""
+    let_go = threading.Event()
+    let_go.set()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = requests.request(
+                self.command, url + self.path, data=body, timeout=10,
+                headers={name: self.headers[name] for name in ("Content-Type", "Authorization")
+                         if name in self.headers})
+            if "/v1/classify" in self.path:
+                let_go.wait(HOLD_S)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers["Content-Type"])
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = forward  # noqa: N815 (http.server's names)
+
+        def log_message(self, *_):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_port}/", let_go
+    finally:
+        let_go.set()
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(served, browser,
+                                                                             test_set, tmp_path):
+    """While a second picture was being classified, an empty black square stood beside the bare
+    headings "model" and "baseline": the last answer was wiped, and nothing came in its place
+    until the next answer arrived."""
+    url, _ = served
+    boot, trouser = tmp_path / "boot.png", tmp_path / "trouser.png"
+    Image.fromarray(test_set[0][0]).save(boot)
+    Image.fromarray(test_set[0][2]).save(trouser)
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        answer = element(By.ID, "answer")
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        shown = (element(By.ID, "model-name").text, element(By.ID, "model-label").text,
+                 element(By.ID, "truth").text)
+        below = element(By.ID, "status").location["y"]
+        assert answer.get_attribute("aria-busy") in (None, "false")
+
+        let_go.clear()
+        element(By.ID, "file").send_keys(str(trouser))
+        wait_for(browser, lambda: "trouser.png" in element(By.ID, "status").text)
+        # dimmed a moment after the call went (a quick answer does not blink the page)
+        wait_for(browser, lambda: float(answer.value_of_css_property("opacity")) < 0.6)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "http_page_busy.png"))
+        assert answer.is_displayed() and answer.get_attribute("aria-busy") == "true"
+        assert np.array_equal(canvas(browser), load_png(boot))
+        assert (element(By.ID, "model-name").text, element(By.ID, "model-label").text,
+                element(By.ID, "truth").text) == shown
+        assert element(By.ID, "status").location["y"] == below  # nothing below it moved
+
+        let_go.set()
+        wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+        assert answer.get_attribute("aria-busy") in (None, "false")
+        assert float(answer.value_of_css_property("opacity")) == 1
+        assert np.array_equal(canvas(browser), load_png(trouser))
