@@ -6,6 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pytest
 import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
@@ -19,9 +20,10 @@ HOLD_S = 30  # the longest a held answer waits for the test
 
 
 @contextlib.contextmanager
-def holding_answers(url: str):
+def holding_answers(url: str, sent: float = 0):
     """``(page URL, let_go)``: ``url``'s server behind a proxy that passes every call on, but
-    holds the answers to classify calls while ``let_go`` (a ``threading.Event``) is clear."""
+    holds the answers to classify calls while ``let_go`` (a ``threading.Event``) is clear:
+    before its headers, or with the ``sent`` part of its body sent."""
     let_go = threading.Event()
     let_go.set()
 
@@ -32,13 +34,18 @@ def holding_answers(url: str):
                 self.command, url + self.path, data=body, timeout=10,
                 headers={name: self.headers[name] for name in ("Content-Type", "Authorization")
                          if name in self.headers})
-            if "/v1/classify" in self.path:
+            held, first = "/v1/classify" in self.path, int(sent * len(answer.content))
+            if held and not sent:
                 let_go.wait(HOLD_S)
             self.send_response(answer.status_code)
             self.send_header("Content-Type", answer.headers["Content-Type"])
             self.send_header("Content-Length", str(len(answer.content)))
             self.end_headers()
-            self.wfile.write(answer.content)
+            self.wfile.write(answer.content[:first])
+            self.wfile.flush()
+            if held and sent:
+                let_go.wait(HOLD_S)
+            self.wfile.write(answer.content[first:])
 
         do_GET = do_POST = forward  # noqa: N815 (http.server's names)
 
@@ -93,3 +100,24 @@ def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(serv
         assert answer.get_attribute("aria-busy") in (None, "false")
         assert float(answer.value_of_css_property("opacity")) == 1
         assert np.array_equal(canvas(browser), load_png(trouser))
+
+
+@pytest.mark.parametrize("sent", [0, 0.5], ids=["before-its-headers", "half-its-body"])
+def test_an_answer_that_never_comes_is_said_in_one_line(served, browser, test_set, tmp_path,
+                                                        sent):
+    """A server (or a proxy) that took the call and never answered left "classifying boot.png..."
+    under the picture for good, with no word that nothing would come."""
+    url, _ = served
+    boot = tmp_path / "boot.png"
+    Image.fromarray(test_set[0][0]).save(boot)
+    with holding_answers(url, sent) as (page, let_go):
+        element = opened_with_models(browser, page)
+        browser.execute_script("ANSWER_TIMEOUT_S = 1")  # 120 s: room for a slow upload
+        let_go.clear()
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        origin = page.rstrip("/")
+        assert element(By.ID, "error").text == (
+            f"no answer from the server at {origin} in 1 s: is it overloaded, or stuck?")
+        assert element(By.ID, "status").text == ""
+        assert not element(By.ID, "answer").is_displayed()
