@@ -3,6 +3,7 @@ that holds the server's answers to POST /v1/classify until the test lets them go
 
 import contextlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -121,3 +122,27 @@ def test_an_answer_that_never_comes_is_said_in_one_line(served, browser, test_se
             f"no answer from the server at {origin} in 1 s: is it overloaded, or stuck?")
         assert element(By.ID, "status").text == ""
         assert not element(By.ID, "answer").is_displayed()
+
+
+def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
+    """"classifying trouser.png..." stood under the picture, but in no live region: a screen
+    reader said nothing between the press and the answer, however long the wait."""
+    url, _ = served
+    boot, trouser = tmp_path / "boot.png", tmp_path / "trouser.png"
+    Image.fromarray(test_set[0][0]).save(boot)
+    Image.fromarray(test_set[0][2]).save(trouser)
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        spoken = element(By.ID, "spoken")
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in spoken.get_attribute("textContent"))
+        time.sleep(1.5)  # past the page's wait before it says "classifying": a quick answer
+        assert "boot.png, as the model sees it" in spoken.get_attribute("textContent")
+        let_go.clear()
+        element(By.ID, "file").send_keys(str(trouser))
+        wait_for(browser, lambda: "trouser" in spoken.get_attribute("textContent"))
+        assert spoken.get_attribute("textContent") == "classifying trouser.png..."
+        assert spoken.get_attribute("role") == "status"
+        let_go.set()
+        wait_for(browser, lambda: "model sees" in spoken.get_attribute("textContent"))
+        assert spoken.get_attribute("textContent").startswith("trouser.png, as the model sees it")
