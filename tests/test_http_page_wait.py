@@ -146,3 +146,31 @@ def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
         let_go.set()
         wait_for(browser, lambda: "model sees" in spoken.get_attribute("textContent"))
         assert spoken.get_attribute("textContent").startswith("trouser.png, as the model sees it")
+
+
+def test_a_wait_is_said_where_a_phone_shows_it(served, browser, test_set, tmp_path):
+    """On a phone, "classifying ..." stood under both answers, below the screen's edge: the
+    last answer dimmed with no word of why, whatever the file's name."""
+    url, _ = served
+    boot = tmp_path / "boot.png"
+    long_name = tmp_path / f"{'IMG_20261203_101010_0001_' * 4}.png"
+    Image.fromarray(test_set[0][0]).save(boot)
+    Image.fromarray(test_set[0][2]).save(long_name)
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        with holding_answers(url) as (page, let_go):
+            element = opened_with_models(browser, page)
+            element(By.ID, "file").send_keys(str(boot))
+            wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+            picture_at = element(By.ID, "image").rect
+            let_go.clear()
+            element(By.ID, "file").send_keys(str(long_name))
+            wait_for(browser, lambda: element(By.ID, "status").text)
+            status = element(By.ID, "status").rect
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / "http_page_busy_phone.png"))
+            assert status["y"] >= 0 and status["y"] + status["height"] <= 740, status
+            assert element(By.ID, "image").rect == picture_at  # nothing moved for the line
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
