@@ -174,3 +174,16 @@ def test_a_wait_is_said_where_a_phone_shows_it(served, browser, test_set, tmp_pa
             assert element(By.ID, "image").rect == picture_at  # nothing moved for the line
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_browser_without_abort_timeouts_still_answers(served, browser, test_set):
+    """AbortSignal.timeout, which gives up on a call that never ends, came to Safari in 16: on
+    an older iPhone every call of the page failed with "AbortSignal.timeout is not a
+    function"."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    browser.execute_script("delete AbortSignal.timeout")  # as Safari 15 has it
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: element(By.ID, "error").text
+             or element(By.ID, "truth").get_attribute("data-index"))
+    assert element(By.ID, "error").text == ""
