@@ -135,7 +135,7 @@ def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
         element = opened_with_models(browser, page)
         spoken = element(By.ID, "spoken")
         element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in spoken.get_attribute("textContent"))
+        wait_for(browser, lambda: "boot.png, as" in spoken.get_attribute("textContent"))
         time.sleep(1.5)  # past the page's wait before it says "classifying": a quick answer
         assert "boot.png, as the model sees it" in spoken.get_attribute("textContent")
         let_go.clear()
