@@ -33,15 +33,21 @@ def test_latin_1_json_is_refused_saying_where_it_is_not_utf_8(url, path, text, b
     assert requests.post(url + path, data=bom + text.encode(), timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize(("mark", "encoding"), [
+    (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"),
+    (b"\xff\xfe\0\0", "utf-32-le"), (b"\0\0\xfe\xff", "utf-32-be")])
 @pytest.mark.parametrize(("path", "text"), [("/v2/models/mlp/infer", INFER),
                                             ("/v1/classify", CLASSIFY)])
-def test_utf_16_json_is_named(url, path, text):
-    """As Windows PowerShell 5 writes a file (its > and Out-File): /v1/classify took it for
-    an image of no format it knows ("body: expected a PNG, JPEG, ... or JSON")."""
-    answer = requests.post(url + path, data=text.encode("utf-16"), timeout=10)
+def test_utf_16_or_32_json_with_its_byte_order_mark_is_named(url, path, text, mark, encoding):
+    """As Windows PowerShell 5 writes a file (its > and Out-File; -Encoding UTF32 too):
+    /v1/classify took it for an image of no format it knows ("body: expected a PNG, JPEG, ...
+    or JSON"); then UTF-32's mark was called UTF-16's, or (big-endian) not named at all."""
+    answer = requests.post(url + path, data=mark + text.encode(encoding), timeout=10)
     assert answer.status_code == 400
-    assert answer.json()["error"] == ("request body: not valid JSON (not UTF-8 from byte 0 "
-                                      "(0xff, line 1), UTF-16's byte order mark; JSON is UTF-8)")
+    start = mark.index(mark.lstrip(b"\0"))  # the first byte that is not UTF-8
+    assert answer.json()["error"] == (
+        f"request body: not valid JSON (not UTF-8 from byte {start} (0x{mark[start]:02x}, line "
+        f"1), {encoding[:6].upper()}'s byte order mark; JSON is UTF-8)")
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])

@@ -125,9 +125,17 @@ def not_utf8(data: bytes) -> str:
         return ""
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        utf16 = ", UTF-16's byte order mark" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        mark = f", {marked}'s byte order mark" if (marked := byte_order_mark(data)) else ""
         return (f"not UTF-8 from byte {error.start} (0x{data[error.start]:02x}, line {line})"
-                f"{utf16}; JSON is UTF-8")
+                f"{mark}; JSON is UTF-8")
+
+
+def byte_order_mark(data: bytes) -> str:
+    """"UTF-16" or "UTF-32" if ``data`` begins with that encoding's mark (UTF-32's first: its
+    little-endian mark begins as UTF-16's), else ""."""
+    return next((name for name, marks in (("UTF-32", (b"\xff\xfe\0\0", b"\0\0\xfe\xff")),
+                                          ("UTF-16", (b"\xff\xfe", b"\xfe\xff")))
+                 if data.startswith(marks)), "")
 
 
 def unmarked_utf16_or_32(data: bytes) -> bool:

@@ -25,7 +25,13 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.client.inputs import load_png, pillow
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
-from serving.http.body import LONG_INTEGER, message_json, parse_json, unmarked_utf16_or_32
+from serving.http.body import (
+    LONG_INTEGER,
+    byte_order_mark,
+    message_json,
+    parse_json,
+    unmarked_utf16_or_32,
+)
 
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # decoders without outside programs
 # Larger pictures are refused before they are decoded: a 4 MiB PNG of one colour can hold a
@@ -87,12 +93,11 @@ def version_option(query: str) -> int:
 def decode_classify(body: bytes, options: Options, decoder: Executor,
                     max_images: int) -> pb.ClassifyRequest:
     """JSON (the body starts with "{" or "[", after a UTF-8 byte order mark if any, or with
-    UTF-16's mark, or after NUL bytes, which parse_json refuses by name) of at most
+    UTF-16's or UTF-32's mark, or after NUL bytes, which parse_json refuses by name) of at most
     ``max_images`` images, or an image file, decoded on ``decoder``'s threads -> the
     ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
-    if text.lstrip()[:1] in (b"{", b"[") or body[:2] in (b"\xff\xfe", b"\xfe\xff") \
-            or unmarked_utf16_or_32(body):
+    if text.lstrip()[:1] in (b"{", b"[") or byte_order_mark(body) or unmarked_utf16_or_32(body):
         return _json_request(body, options, max_images)  # parse_json drops the mark
     pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
