@@ -35,3 +35,24 @@ def test_a_bad_shared_variable_that_its_flag_replaces_is_not_refused(monkeypatch
         build_parser().parse_args(["--out", "x"])
     assert capsys.readouterr().err == ("fmnist-train: error: FMNIST_EPOCHS: expected a positive "
                                        "integer, got abc (see fmnist-train --help)\n")
+
+
+
+@pytest.mark.parametrize(("variable", "argv", "kept"), [
+    ("FMNIST_MLP_EPOCHS", ["--epochs", "2"], ("epochs", 2)),
+    ("FMNIST_SOFTMAX_FLIP_AUGMENT", ["--no-flip-augment"], ("flip_augment", False))])
+def test_a_bad_model_variable_that_the_flag_for_both_replaces_is_not_refused(
+        monkeypatch, capsys, variable, argv, kept):
+    """FMNIST_MLP_EPOCHS=abc beside `fmnist-train --epochs 2` was refused ('FMNIST_MLP_EPOCHS:
+    expected a positive integer, got abc'), though --epochs sets both models' and replaces
+    it, as it replaces a good one (its own flag --mlp-epochs did already). Without a flag it
+    is refused, as before."""
+    from training.options import build_parser, keras_settings
+
+    monkeypatch.setenv(variable, "abc")
+    args = build_parser().parse_args(["--out", "x", *argv])
+    model = variable.split("_")[1].lower()
+    assert getattr(keras_settings(args, model), kept[0]) == kept[1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--out", "x"])
+    assert capsys.readouterr().err.startswith(f"fmnist-train: error: {variable}: expected ")

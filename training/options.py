@@ -47,7 +47,13 @@ class OneLineErrorParser(ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """Also refuses a model's own flag beside the flag for both (--mlp-epochs 2 --epochs
-        1), which would win: the model's own would be ignored without a word."""
+        1), which would win: the model's own would be ignored without a word. A model's bad
+        env var (FMNIST_MLP_EPOCHS=abc) is not refused where the flag for both replaces it."""
+        for action in (action for action in self._actions if isinstance(action.default, Refused)):
+            model, _, name = action.dest.partition("_")  # mlp_epochs: --epochs replaces it
+            if model in ("softmax", "mlp") and any(
+                    typed(f"--{no}{name.replace('_', '-')}", args) for no in ("", "no-")):
+                action.default = argparse.SUPPRESS
         parsed = super().parse_args(args, namespace)
         for name in (f for f in KERAS_OPTIONS if f not in MLP_ONLY and hasattr(parsed, f)):
             flag = name.replace("_", "-")
@@ -118,15 +124,11 @@ def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> a
     if default is not argparse.SUPPRESS:
         help_text += f" (default: {format_default(default)})"
     if kind is bool:
-        return add_option(
-            group, flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
-            help=help_text,
-        )
+        return add_option(group, flag, dest=dest, action=argparse.BooleanOptionalAction,
+                          default=default, help=help_text)
     choices = {"lr_schedule": ("none", "cosine"), "optimizer": OPTIMIZERS}.get(field_name)
-    return add_option(
-        group, flag, dest=dest, type=kind, default=default, metavar=metavar, choices=choices,
-        help=help_text,
-    )
+    return add_option(group, flag, dest=dest, type=kind, default=default, metavar=metavar,
+                      choices=choices, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
