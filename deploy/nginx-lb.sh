@@ -10,8 +10,11 @@ set -u
 UPSTREAMS=/tmp/nginx-upstreams.conf
 
 # The upstream blocks for the addresses `classifier` has now, into $UPSTREAMS.new; fails if none.
+# `classifier.`, absolute: while no replica runs, compose's DNS says `classifier` does not exist,
+# and the resolver then tries it under the host's search domains (`classifier.<domain>`, which
+# a wildcard record or a LAN host may answer), and calls went to that outside host.
 render() {
-    addresses=$(getent ahostsv4 classifier | awk '{ print $1 }' | sort -u)
+    addresses=$(getent ahostsv4 classifier. | awk '{ print $1 }' | sort -u)
     [ -n "$addresses" ] || return 1
     {
         echo "upstream classifier {"
