@@ -120,14 +120,6 @@ VALID = _json({"images": [[0] * 784]})
      "top: not a key of the request; expected images, model, version, request_id"),
     ("POST", CLASSIFY + "?top=", _json({"images": [[0] * 784]}), {}, 400,
      "top: expected an integer, got ''"),
-    # integers past 64 bits, which orjson reads as floats: said as sent, not "1e+23", and not
-    # "expected integers" of a shape of integers
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "shape": [1, 28, 10**23], "data": [0] * 784}]}),
-     {}, 400, f"inputs['images'].shape: dimensions out of range, got [1, 28, {10**23}]"),
-    ("POST", INFER, _json({"inputs": [{**IMAGE, "data": [2**64] + [0] * 783}]}), {}, 400,
-     f"inputs['images'].data: value 0 (row-major) is {2**64}, not a UINT8 value"),
-    ("POST", CLASSIFY, _json({"images": [[0] * 784], "version": -(2**64)}), {}, 400,
-     f"version: expected an integer within int64, got {-(2**64)}"),
     ("POST", CLASSIFY, _json({"images": [[[0] * 784]]}), {}, 400,  # one row of 784
      "images[0]: expected 784 integers 0..255 (or 28 rows of 28)"),
     ("POST", CLASSIFY, _json({"images": [[[0] * 27] + [[0] * 29] + [[0] * 28] * 26]}), {}, 400,

@@ -31,7 +31,6 @@ from serving.errors import (
 from serving.http import domain, rest
 from serving.http.body import (
     CODINGS,
-    LONG_INTEGER,
     Body,
     error_body,
     json_body,
@@ -203,20 +202,15 @@ class HttpApp:
     def _infer(self, environ, path):
         forms, body = [], []
 
-        def decode(body: bytes, exact: bool = False):
-            return rest.decode_infer_request(
-                body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
-                path.get("version", ""), self._max_images, exact=exact)
-
         def parse(body: bytes) -> pb.ModelInferRequest:
             try:
-                request, form = decode(body)
+                request, form = rest.decode_infer_request(
+                    body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
+                    path.get("version", ""), self._max_images)
             except InvalidArgument:  # an unknown model or version is said first, as over gRPC
                 version = parse_version(path.get("version", ""), "model_version")
                 self._classifier.registry.get(  # its fields named as ModelInfer names them
                     path["model"], version, INFER_NAMED_BY)
-                if LONG_INTEGER.search(body):  # said again with its integers as sent
-                    decode(body, exact=True)
                 raise
             forms.append(form)
             return request

@@ -26,7 +26,6 @@ from serving.client.inputs import load_png, pillow
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
 from serving.http.body import (
-    LONG_INTEGER,
     byte_order_mark,
     message_json,
     parse_json,
@@ -98,19 +97,10 @@ def decode_classify(body: bytes, options: Options, decoder: Executor,
     ClassifyRequest."""
     text = body.removeprefix(b"\xef\xbb\xbf")
     if text.lstrip()[:1] in (b"{", b"[") or byte_order_mark(body) or unmarked_utf16_or_32(body):
-        return _json_request(body, options, max_images)  # parse_json drops the mark
+        return _document_request(parse_json(body), options, max_images)  # drops the mark
     pixels = _image_pixels(body, options.invert, decoder)
     return pb.ClassifyRequest(images=[pixels.tobytes()], model=options.model,
                               version=options.version)
-
-
-def _json_request(body: bytes, options: Options, max_images: int) -> pb.ClassifyRequest:
-    try:
-        return _document_request(parse_json(body), options, max_images)
-    except InvalidArgument:
-        if LONG_INTEGER.search(body):  # said again with its integers as sent, if about them
-            _document_request(parse_json(body, exact=True), options, max_images)
-        raise
 
 
 def _document_request(document, options: Options, max_images: int) -> pb.ClassifyRequest:

@@ -54,11 +54,10 @@ class OutputForm:
 
 
 def decode_infer_request(body: bytes, header_length: str | None, model_name: str,
-                         model_version: str, max_images: int = 2**63, *, exact: bool = False
+                         model_version: str, max_images: int = 2**63
                          ) -> tuple[pb.ModelInferRequest, OutputForm]:
     """A POST .../infer body (and its Inference-Header-Content-Length) -> the protobuf request
-    and the output form asked for; JSON data the data plane refuses unread is not converted.
-    ``exact``: the JSON's integers past 64 bits as sent (``parse_json``)."""
+    and the output form asked for; JSON data the data plane refuses unread is not converted."""
     json_end = _json_end(body, header_length)
     if header_length is not None and json_end == 0:  # the body is the one input's bytes alone
         # the shape below is this code's, not the client's: a wrong size is refused here, in
@@ -72,7 +71,7 @@ def decode_infer_request(body: bytes, header_length: str | None, model_name: str
         request.inputs.add(name=IMAGES, datatype="UINT8", shape=[1, *IMAGE_SHAPE])
         return request, OutputForm(default_binary=True)
     try:
-        document = _expect(dict, parse_json(body[:json_end], exact), "request body")
+        document = _expect(dict, parse_json(body[:json_end]), "request body")
     except InvalidArgument as error:
         if header_length is None and b'"binary_data_size"' in body:
             raise InvalidArgument(f"{error}; binary tensor data after the JSON needs the "
