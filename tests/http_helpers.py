@@ -1,6 +1,9 @@
 """The HTTP transport around a running server, for the tests/test_http_*.py modules."""
 
 import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -35,3 +38,25 @@ def http_and_grpc(model_repository: Path, **overrides):
     with (http_server(http_settings(model_repository, **overrides)) as (server, url),
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
         yield server, url, channel
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The handler of a test's own HTTP server (a proxy before the one under test): no line per
+    request."""
+
+    def log_message(self, *_) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def served_on_a_thread(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served by http.server on 127.0.0.1, port 0, on threads of this process: its
+    base URL, ``http://127.0.0.1:PORT``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

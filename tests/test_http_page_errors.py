@@ -4,8 +4,6 @@ phone, a path under a proxy, a near-certain answer; and with a screen reader, wh
 control named and each answer announced."""
 
 import contextlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import onnx
@@ -14,7 +12,7 @@ from onnx import numpy_helper
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from tests.http_helpers import http_server, http_settings
+from tests.http_helpers import QuietHandler, http_server, http_settings, served_on_a_thread
 from tests.test_http_page import browser, opened_with_models, served, wait_for
 
 __all__ = ["browser", "served"]  # the fixtures this module's tests take
@@ -132,7 +130,7 @@ def under_a_path(url: str, prefix: str):
     """``url``'s server behind a reverse proxy that serves it under ``prefix``, as ``kubectl
     proxy`` serves a Service under /api/v1/namespaces/N/services/S:http/proxy/."""
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         def forward(self):
             if not self.path.startswith(prefix):
                 self.send_error(404)
@@ -150,16 +148,8 @@ def under_a_path(url: str, prefix: str):
 
         do_GET = do_POST = forward  # noqa: N815 (http.server's names)
 
-        def log_message(self, *_):
-            pass
-
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{proxy.server_port}{prefix}"
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    with served_on_a_thread(Proxy) as proxy:
+        yield f"{proxy}{prefix}"
 
 
 def test_the_page_works_under_a_path(served, browser):

@@ -3,8 +3,6 @@ for the server, and before, while and after a picture is answered."""
 
 import base64
 import contextlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -12,7 +10,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.client.inputs import load_png
-from tests.http_helpers import http_server, http_settings
+from tests.http_helpers import QuietHandler, http_server, http_settings, served_on_a_thread
 from tests.test_http_page import (
     browser,
     labels,
@@ -36,8 +34,8 @@ def proxy_answering(url: str, status: int, page: bytes):
     itself, with ``status`` and the HTML ``page`` (nginx's 502 when the server is down, a
     sign-in page)."""
 
-    class Proxy(BaseHTTPRequestHandler):
-        def do_GET(self):
+    class Proxy(QuietHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path == "/":
                 answer = requests.get(url, timeout=10)
@@ -52,16 +50,8 @@ def proxy_answering(url: str, status: int, page: bytes):
 
         do_POST = do_GET  # noqa: N815
 
-        def log_message(self, *_):
-            pass
-
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{proxy.server_port}/"
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+    with served_on_a_thread(Proxy) as proxy:
+        yield f"{proxy}/"
 
 
 @pytest.mark.parametrize("proxys", [

@@ -4,7 +4,6 @@ that holds the server's answers to POST /v1/classify until the test lets them go
 import contextlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.client.inputs import load_png
-from tests.http_helpers import ARTIFACTS
+from tests.http_helpers import ARTIFACTS, QuietHandler, served_on_a_thread
 from tests.test_http_page import browser, canvas, opened_with_models, pytestmark, served, wait_for
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
@@ -28,7 +27,7 @@ def holding_answers(url: str, sent: float = 0):
     let_go = threading.Event()
     let_go.set()
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         def forward(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             answer = requests.request(
@@ -50,19 +49,20 @@ def holding_answers(url: str, sent: float = 0):
 
         do_GET = do_POST = forward  # noqa: N815 (http.server's names)
 
-        def log_message(self, *_):
-            pass
+    with served_on_a_thread(Proxy) as proxy:
+        try:
+            yield f"{proxy}/", let_go
+        finally:
+            let_go.set()  # held answers go before the proxy stops
 
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    proxy.daemon_threads = True
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{proxy.server_port}/", let_go
-    finally:
-        let_go.set()
-        proxy.shutdown()
-        proxy.server_close()
 
+
+def pictures(test_set, tmp_path, *names: str) -> list:
+    """The test set's images 0, 2, 4... (an ankle boot, a trouser, ...) as PNG files, named."""
+    paths = [tmp_path / name for name in names]
+    for index, path in enumerate(paths):
+        Image.fromarray(test_set[0][2 * index]).save(path)
+    return paths
 
 def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(served, browser,
                                                                              test_set, tmp_path):
@@ -70,9 +70,7 @@ def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(serv
     headings "model" and "baseline": the last answer was wiped, and nothing came in its place
     until the next answer arrived."""
     url, _ = served
-    boot, trouser = tmp_path / "boot.png", tmp_path / "trouser.png"
-    Image.fromarray(test_set[0][0]).save(boot)
-    Image.fromarray(test_set[0][2]).save(trouser)
+    boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
         answer = element(By.ID, "answer")
@@ -109,8 +107,7 @@ def test_an_answer_that_never_comes_is_said_in_one_line(served, browser, test_se
     """A server (or a proxy) that took the call and never answered left "classifying boot.png..."
     under the picture for good, with no word that nothing would come."""
     url, _ = served
-    boot = tmp_path / "boot.png"
-    Image.fromarray(test_set[0][0]).save(boot)
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
     with holding_answers(url, sent) as (page, let_go):
         element = opened_with_models(browser, page)
         browser.execute_script("ANSWER_TIMEOUT_S = 1")  # 120 s: room for a slow upload
@@ -128,9 +125,7 @@ def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
     """"classifying trouser.png..." stood under the picture, but in no live region: a screen
     reader said nothing between the press and the answer, however long the wait."""
     url, _ = served
-    boot, trouser = tmp_path / "boot.png", tmp_path / "trouser.png"
-    Image.fromarray(test_set[0][0]).save(boot)
-    Image.fromarray(test_set[0][2]).save(trouser)
+    boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
         spoken = element(By.ID, "spoken")
@@ -152,10 +147,8 @@ def test_a_wait_is_said_where_a_phone_shows_it(served, browser, test_set, tmp_pa
     """On a phone, "classifying ..." stood under both answers, below the screen's edge: the
     last answer dimmed with no word of why, whatever the file's name."""
     url, _ = served
-    boot = tmp_path / "boot.png"
-    long_name = tmp_path / f"{'IMG_20261203_101010_0001_' * 4}.png"
-    Image.fromarray(test_set[0][0]).save(boot)
-    Image.fromarray(test_set[0][2]).save(long_name)
+    boot, long_name = pictures(test_set, tmp_path, "boot.png",
+                               f"{'IMG_20261203_101010_0001_' * 4}.png")
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
         "width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
     try:
