@@ -92,10 +92,12 @@ def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, rep
     inner = (f"mount --bind {tmp_path}/resolv.conf /etc/resolv.conf && ip link set lo up && "
              # an address past loopback: getaddrinfo asks no DNS without one (AI_ADDRCONFIG)
              "ip addr add 10.9.9.9/32 dev lo && "
-             f"mount -t tmpfs none /mnt && cp {tmp_path}/nginx {tmp_path}/dns.py /mnt && "
-             "mount -t tmpfs none /tmp && "  # the script's own /tmp, as the image's tmpfs
+             f"mount -t tmpfs none /mnt && cp {tmp_path}/nginx {tmp_path}/dns.py {SCRIPT} /mnt && "
              f"{{ {sys.executable} /mnt/dns.py {replica} >/dev/null 2>&1 & }} && sleep 1 && "
-             f"PATH=/mnt:$PATH timeout -k 1 4 sh {SCRIPT} </dev/null >/dev/null; "
+             # the script's own /tmp, as the image's tmpfs; this checkout and its Python may be
+             # under /tmp too, hence the copies in /mnt and the stub DNS started before
+             "mount -t tmpfs none /tmp && "
+             f"PATH=/mnt:$PATH timeout -k 1 4 sh /mnt/{SCRIPT.name} </dev/null >/dev/null; "
              "cat /tmp/nginx-upstreams.conf 2>/dev/null; true")
     namespace = ["unshare", "--user", "--map-root-user", "--mount", "--net", "--fork",
                  "--kill-child"]
