@@ -75,7 +75,9 @@ def http_server(host: str, port: int, registry):
             log.warning("metrics request failed", extra={"fields": {
                 "client": client_address[0], "error": str(sys.exc_info()[1])}})
 
-    def metrics(environ, start_response, app=make_wsgi_app(registry)):  # noqa: B008 (made once)
+    app = make_wsgi_app(registry)
+
+    def metrics(environ, start_response):
         # HEAD: GET's status and headers, no body (RFC 9110 9.3.2); the app knows GET only
         head, answer = environ["REQUEST_METHOD"] == "HEAD", []
         body = b"".join(app({**environ, "REQUEST_METHOD": "GET"} if head else environ,
