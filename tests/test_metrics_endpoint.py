@@ -5,32 +5,36 @@ import contextlib
 import socket
 import time
 
+import pytest
+
 from tests.conftest import free_port, local_settings, running_server
 from tests.test_metrics import scrape, value
 
 
-def test_a_scraper_that_sends_nothing_is_dropped_by_a_one_process_server(model_repository):
+@pytest.fixture
+def port(model_repository):
+    """The metrics port of a one-process server of its own (each test leaves it in its state)."""
+    port = free_port()
+    with running_server(local_settings(model_repository=model_repository, metrics_port=port,
+                                       poll_interval=0)):
+        yield port
+
+def test_a_scraper_that_sends_nothing_is_dropped_by_a_one_process_server(port):
     """One process served /metrics with prometheus_client's own server, which kept a thread
     for each client that connected and sent half a request, for good (the supervisor's drops
     them after 5 s): one server for both now."""
-    port = free_port()
-    settings = local_settings(model_repository=model_repository, metrics_port=port,
-                              poll_interval=0)
-    with (running_server(settings), socket.create_connection(("127.0.0.1", port)) as idle):
+    with socket.create_connection(("127.0.0.1", port)) as idle:
         idle.sendall(b"GET /metr")
         idle.settimeout(15)
         assert idle.recv(1024) == b""  # closed by the server, within its 5 s
         assert value(scrape(port), "fmnist_requests_in_flight") == 0  # and it still serves
 
 
-def test_head_of_metrics_is_get_without_its_body(model_repository):
+def test_head_of_metrics_is_get_without_its_body(port):
     """RFC 9110 9.3.2: HEAD is GET's answer without the body, for uptime checkers (the
     blackbox exporter's method: HEAD) and curl -I. prometheus_client's app answered 405 "use
     OPTIONS or GET", and sent that body after the headers of a HEAD answer."""
-    port = free_port()
-    settings = local_settings(model_repository=model_repository, metrics_port=port,
-                              poll_interval=0)
-    with (running_server(settings), socket.create_connection(("127.0.0.1", port)) as client):
+    with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
         client.settimeout(10)
         answer = b""
@@ -44,13 +48,10 @@ def test_head_of_metrics_is_get_without_its_body(model_repository):
         assert value(scrape(port), "fmnist_requests_in_flight") == 0  # GET as before
 
 
-def test_a_scraper_that_trickles_its_request_is_dropped_after_5_s_in_all(model_repository):
+def test_a_scraper_that_trickles_its_request_is_dropped_after_5_s_in_all(port):
     """A byte every second, each within the read timeout, held a thread of the server's for as
     long as the client went on, one per connection with no bound: the request gets 5 s."""
-    port = free_port()
-    settings = local_settings(model_repository=model_repository, metrics_port=port,
-                              poll_interval=0)
-    with (running_server(settings), socket.create_connection(("127.0.0.1", port)) as slow):
+    with socket.create_connection(("127.0.0.1", port)) as slow:
         started, closed = time.monotonic(), False
         slow.settimeout(1)
         for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 12:  # 12 s past the 5
