@@ -1,7 +1,7 @@
 """The domain API (``fashion_mnist.v1.Classifier``), transport-free: every answer carries the
 requested model's and the baseline's predictions. Methods take and return the protocol's
-messages and a ``Call``; they block while their batch is computed and raise only
-``serving.errors``."""
+messages and a ``Call``; they block while their batch is computed and raise ``serving.errors``
+(a failed model run: ``serving.batching.BatchRunError``, which the pipeline answers INTERNAL)."""
 
 from collections.abc import Iterable, Iterator
 

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2, with Triton's ModelConfig and ModelStatistics),
 transport-free: resolve the model, decode, predict, encode. Methods take and return the
-protocol's messages and a ``Call`` and raise only ``serving.errors``."""
+protocol's messages and a ``Call`` and raise ``serving.errors`` (a failed model run:
+``serving.batching.BatchRunError``, which the pipeline answers INTERNAL)."""
 
 from collections.abc import Callable, Iterable, Iterator
 
