@@ -60,7 +60,7 @@ class ModelServer:
         self.settings, self.registry, self._tls = settings, registry, tls
         self.classifier = ClassifierAPI(registry, settings.default_model,
                                         settings.baseline_model, settings.max_request_images)
-        self._draining = threading.Event()
+        self._draining = threading.Event()  # set as the drain begins; the watcher stops then too
         self.inference = InferenceAPI(registry, settings.max_request_images, __version__,
                                       ready=lambda: not self._draining.is_set())
         self.admission = Admission(settings.max_concurrent_calls)
@@ -89,7 +89,7 @@ class ModelServer:
         self.http = (HttpTransport(settings, self.pipeline, self.classifier, self.inference)
                      if settings.http_port else None)
         self.port = self.http_port = self.health_port = 0
-        self._stop_watching, self._watcher, self._metrics_endpoint = threading.Event(), None, None
+        self._watcher, self._metrics_endpoint = None, None
         self._stopping, self._stopped = threading.Lock(), False
 
     @classmethod
@@ -142,7 +142,7 @@ class ModelServer:
                                         intra_op_threads=settings.intra_op_threads,
                                         required=(settings.default_model, settings.baseline_model))
             self._watcher = threading.Thread(  # daemon: a hung read must not hold the exit
-                target=watcher.run, args=(settings.poll_interval, self._stop_watching),
+                target=watcher.run, args=(settings.poll_interval, self._draining),
                 name="repository-watcher", daemon=True)
             self._watcher.start()
         for name in [*(s.full_name for s in SERVICES), ""]:  # the whole server last
@@ -176,8 +176,7 @@ class ModelServer:
 
     def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
-        self._stop_watching.set()
-        self._draining.set()  # ServerReady: false (HTTP's /v2/health/ready: 400)
+        self._draining.set()  # ServerReady: false (HTTP's /v2/health/ready: 400); no more polls
         self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
