@@ -98,9 +98,10 @@ class Calls {
   // The polling thread: runs every event of the queue until it is shut down and empty.
   void Poll();
   void Push(Call* call, Queued kind);
-  // Blocks (unless `wait` is false) until a call is queued; false once closed and empty (or,
-  // not waiting, if none is queued). A cancelled call's news (its `add_callback`s) comes
-  // first: handlers may wait on it.
+  // Blocks (unless `wait` is false) until a call may be taken; false once closed and empty (or,
+  // not waiting, if none may be taken now: none queued, or only new calls while `max_running`
+  // threads are at work). A cancelled call's news (its `add_callback`s) comes first: handlers
+  // may wait on it.
   bool Pop(Call** call, bool* ended, bool wait);
   // Takes a new call that was cancelled while queued (and finished here) out of the queue; a
   // call not queued (taken, parked, never queued) is not found, nor a health call, which
