@@ -36,9 +36,9 @@ class NativeServer:
         if _server is None:
             raise RuntimeError(UNAVAILABLE_REASON)
         self._core = _server.Server(min(threads, max_running or threads))
-        # dead_calls(): (status code name, method as sent, bytes) of each call that died
-        # waiting for a call thread since the last time: C++ finished it (DEADLINE_EXCEEDED or
-        # CANCELLED) unseen
+        # dead_calls(): a (status code name, method as sent: bytes) pair for each call that
+        # died waiting for a call thread since the last time: C++ finished it
+        # (DEADLINE_EXCEEDED or CANCELLED) unseen
         self.dead_calls = self._core.dead
         self._listening = listening
         self._pool_size = threads
