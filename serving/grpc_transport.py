@@ -124,23 +124,23 @@ def _kind(request_streaming: bool, response_streaming: bool) -> str:
                     for streams in (request_streaming, response_streaming))
 
 
-def _catching(behavior, streams: bool, errors: type[Exception], handler):
+def _catching(behavior, streams: bool, errors: type[Exception], on_error):
     """``behavior(request, context)``, wrapped: an error of ``errors`` that it raises (while
-    its responses stream too, if ``streams``: then it is a generator) goes to ``handler(error,
+    its responses stream too, if ``streams``: then it is a generator) goes to ``on_error(error,
     request, context)``, which raises what the call ends with."""
     if streams:
         def stream(request, context):
             try:
                 yield from behavior(request, context)
             except errors as error:
-                handler(error, request, context)
+                on_error(error, request, context)
         return stream
 
     def unary(request, context):
         try:
             return behavior(request, context)
         except errors as error:
-            handler(error, request, context)
+            on_error(error, request, context)
     return unary
 
 
@@ -163,7 +163,7 @@ def _call(method: str, context: grpc.ServicerContext) -> Call:
 
 def _abort(error: ServingError, _request, context: grpc.ServicerContext):
     """Ends the call with ``error``'s status, unless the handler set its own. (It takes the
-    request, unused, as every handler of ``_catching`` does.)"""
+    request, unused, as every ``on_error`` of ``_catching`` does.)"""
     if context.code() is not None:  # the handler set its own status
         raise error
     context.abort(grpc.StatusCode[error.grpc_code], str(error))
