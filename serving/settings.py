@@ -20,8 +20,6 @@ from signal import SIG_IGN, SIGHUP, SIGINT, SIGRTMIN, SIGTERM, SIGUSR1, SIGUSR2,
 from common.contract import IMAGE_BYTES
 from common.flags import ENV_PREFIX, ArgumentParser, add_option, bearer_token, number_in
 
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 GRPC_SERVERS = ("native", "grpcio")
 PORTS = ("port", "http_port", "health_port", "metrics_port")  # each its own, or 0: none/any
 # What a request carries besides its pixels, per image and per request (protobuf framing).
@@ -181,8 +179,8 @@ class Settings:
     auth_token: str = _setting(
         "", "bearer token every call but health must carry (authorization: Bearer TOKEN); "
         "prefer the env var, flags show in ps", "TOKEN", parse=bearer_token, secret=True)
-    log_level: str = _setting("INFO", "log level", choices=LOG_LEVELS)
-    log_format: str = _setting("text", "log line format", choices=LOG_FORMATS)
+    log_level: str = _setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _setting("text", "log line format", choices=("text", "json"))
 
     def __post_init__(self):
         for setting in dataclasses.fields(self):  # what the flags check, for Settings(...) too
