@@ -116,6 +116,7 @@ class CallPipeline:
         self._max_streams = max_streams
         self._stream_slots = threading.Semaphore(max_streams) if max_streams else None
         self._quiet_until = 0.0  # failed calls are DEBUG lines until then (time.monotonic())
+        self._quieted = 0  # failed calls since the last WARNING that were DEBUG lines for it
 
     def guards(self, method: str) -> bool:
         """Whether the pipeline does anything for ``method``: not for health, which needs no
@@ -197,11 +198,16 @@ class CallPipeline:
             # ended by its client (cancelled, too late): counted, and one line each would flood
             # the log (just when it matters, or at anyone's will); other faults (a bad request,
             # TooLarge) are loud, once a second at most: any client can send them in a loop
-            quiet = type(error) in (Unavailable, Unauthenticated, ResourceExhausted, Cancelled,
-                                    DeadlineExceeded) or time.monotonic() < self._quiet_until
-            self._quiet_until = self._quiet_until if quiet else time.monotonic() + 1.0
-            log.log(logging.DEBUG if quiet else logging.WARNING, "request failed", extra={
-                "fields": {**fields, "code": error.grpc_code, "error": str(error)}})
+            # (a WARNING says how many of the latter it quieted since the last)
+            hushed = type(error) in (Unavailable, Unauthenticated, ResourceExhausted, Cancelled,
+                                     DeadlineExceeded)
+            quieted = not hushed and time.monotonic() < self._quiet_until
+            if not (hushed or quieted):
+                self._quiet_until = time.monotonic() + 1.0
+                fields["quieted_since_last"], self._quieted = self._quieted, 0
+            self._quieted += quieted
+            log.log(logging.DEBUG if hushed or quieted else logging.WARNING, "request failed",
+                    extra={"fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error
         log.error("request crashed", exc_info=error, extra={"fields": fields})
         return Internal()

@@ -3,6 +3,7 @@ that starts a line of its own."""
 
 import base64
 import io
+import itertools
 import logging
 import sys
 import time
@@ -61,6 +62,25 @@ async def test_a_client_sending_bad_requests_in_a_loop_gets_a_warning_a_second(s
     levels = [r.levelname for r in caplog.records if r.getMessage() == "request failed"]
     assert len(levels) == 50 and levels[0] == "WARNING"
     assert levels.count("WARNING") <= 1 + seconds, (levels.count("WARNING"), seconds)
+
+
+async def test_a_warning_says_how_many_failed_calls_went_to_debug_before_it(server, stub,
+                                                                          caplog):
+    """The one WARNING a second said nothing of the DEBUG lines before it: a reader at INFO
+    could not tell one bad request a second from a thousand."""
+    caplog.set_level(logging.DEBUG, logger="serving")
+    time.sleep(1.1)  # past the last test's WARNING line: ours starts with one
+    for _ in range(20):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Classify(pb.ClassifyRequest(images=[b"x" * 100]))
+    time.sleep(1.1)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Classify(pb.ClassifyRequest(images=[b"x" * 100]))
+    failed = [r for r in caplog.records if r.getMessage() == "request failed"]
+    warnings = [i for i, r in enumerate(failed) if r.levelname == "WARNING"]
+    assert warnings[0] == 0 and len(warnings) >= 2
+    for before, at in itertools.pairwise(warnings):
+        assert failed[at].fields["quieted_since_last"] == at - before - 1 > 0
 
 def test_a_clients_text_in_a_log_line_cannot_start_a_line_of_its_own():
     """An unknown JSON key or query option is quoted into the error a failed call is logged
