@@ -76,6 +76,10 @@ VALID = _json({"images": [[0] * 784]})
     ("POST", INFER + "%0A", b"{}", {}, 404, "no endpoint POST /v2/models/mlp/infer\\n:"),
     ("POST", "/v2/models/mlp%0A", b"", {}, 405, "POST /v2/models/mlp\\n: use GET"),  # one line
     ("GET", INFER, b"", {}, 405, "GET /v2/models/mlp/infer: use POST"),
+    ("PUT", INFER, b"{}", {}, 405, "PUT /v2/models/mlp/infer: use POST"),  # known, not here
+    # RFC 9110 9.1: a method the server does not recognise is 501 on any path (it was 405)
+    ("FOO", INFER, b"{}", {}, 501, "FOO: not a method this server knows; it serves GET, HEAD"),
+    ("FOO", "/v3", b"", {}, 501, "FOO: not a method this server knows; it serves GET, HEAD"),
     ("POST", CLASSIFY, b"GIF89a not really", {}, 400, "body: expected a PNG, JPEG"),
     # it said "not an image file it knows", of nothing
     ("POST", CLASSIFY, b"", {}, 400, "body: empty; expected a PNG, JPEG, GIF, BMP, WEBP image"),

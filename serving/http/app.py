@@ -26,6 +26,7 @@ from serving.errors import (
     ServingError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     UnsupportedCoding,
 )
 from serving.http import domain, rest
@@ -52,6 +53,8 @@ PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blo
                "base-uri 'none'; frame-ancestors 'none'")
 TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+# RFC 9110's methods and PATCH: on a path that serves others, 405; any other method, 501 (9.1)
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
 
 class HttpApp:
@@ -106,6 +109,9 @@ class HttpApp:
         path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
         method = environ["REQUEST_METHOD"]
         verb = "GET" if method == "HEAD" else method
+        if method not in KNOWN_METHODS:
+            raise Unimplemented(f"{method}: not a method this server knows; it serves GET, HEAD "
+                                "and POST")
         allowed = []
         for route_verb, pattern, handler in self._routes:
             match = pattern.fullmatch(path)  # not "$", which matches before a final newline
