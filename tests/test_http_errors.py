@@ -95,6 +95,10 @@ VALID = _json({"images": [[0] * 784]})
      "once decompressed"),
     ("POST", CLASSIFY, b"{}", {"Content-Encoding": "br"}, 415,  # RFC 9110 (was 400)
      "Content-Encoding: 'br' is not served; use gzip, deflate or none"),
+    # a body compressed twice was told "'gzip, gzip' is not served; use gzip, ...", gzip itself
+    ("POST", CLASSIFY, gzip.compress(gzip.compress(VALID)), {"Content-Encoding": "gzip, gzip"},
+     415, "Content-Encoding: 'gzip, gzip' is 2 codings, one applied over another; one is "
+     "served (gzip or deflate): compress the body once"),
     ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]})) + b"junk",
      {"Content-Encoding": "gzip"}, 400, "request body: not valid gzip data"),
     ("POST", CLASSIFY, gzip.compress(_json({"images": [[0] * 784]}))[:-9],

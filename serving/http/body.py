@@ -58,6 +58,10 @@ def read_body(environ: dict, limit: int) -> bytes:
     encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
     if encoding in CODINGS:
         return _decompress(data, encoding, limit)
+    if len(codings := encoding.split(",")) > 1:  # RFC 9110 8.4.1: in the order applied
+        raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is {len(codings)} codings, one "
+                                "applied over another; one is served (gzip or deflate): "
+                                "compress the body once")
     if encoding != "identity":
         raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
                                 f"{', '.join(CODINGS)} or none")
