@@ -5,6 +5,7 @@ taken port are refused as the contract says (the body's framing: test_http_frami
 import gzip
 import json
 import logging
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -210,3 +211,20 @@ def test_request_id_is_echoed_and_allow_names_head(url):
     assert both.headers["Allow"] == "GET, HEAD" and both.json()["error"].endswith("GET or HEAD")
     flagged = requests.post(url + CLASSIFY + "?pixels", data=VALID, timeout=10)  # no value: on
     assert len(flagged.json()["results"][0]["pixels"]) == 784
+
+
+def test_a_model_name_with_an_encoded_slash_is_an_unknown_model(url):
+    """/v2/models/a%2Fb/ready reaches the server as /v2/models/a/b/ready (granian decodes the
+    path): it was 404 'no endpoint GET /v2/models/a/b/ready'; it is the model 'a/b', which no
+    model is (a version directory's name has no '/'), answered as any unknown model's."""
+    for name in ("nope", "a%2Fb"):
+        ready = requests.get(f"{url}/v2/models/{name}/ready", timeout=10)
+        assert (ready.status_code, ready.json()) == (400, {"name": unquote(name), "ready": False})
+    config = requests.get(f"{url}/v2/models/a%2Fb/versions/1/config", timeout=10)
+    assert (config.status_code, config.json()["error"].split(";")[0]) == (
+        404, "name: no model 'a/b'")
+    infer = requests.post(f"{url}/v2/models/a%2Fb/infer", data=b"{}", timeout=10)
+    assert (infer.status_code, infer.json()["error"].split(";")[0]) == (
+        404, "model_name: no model 'a/b'")
+    typo = requests.get(f"{url}/v2/models/mlp/readyy", timeout=10)  # still no endpoint
+    assert typo.status_code == 404 and typo.json()["error"].startswith("no endpoint GET")

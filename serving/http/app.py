@@ -53,6 +53,9 @@ PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blo
                "base-uri 'none'; frame-ancestors 'none'")
 TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+# before an endpoint's own last segment the model may hold a "/" (a%2Fb, which granian decodes):
+# no model is named so, and it is said as for any unknown model, not as an unknown path
+_NAMED = r"/v2/models/(?P<model>[^/]+(?:/[^/]+)*?)(?:/versions/(?P<version>[^/]+))?"
 # RFC 9110's methods and PATCH: on a path that serves others, 405; any other method, 501 (9.1)
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
@@ -77,10 +80,10 @@ class HttpApp:
                 ("GET", r"/v2/?", self._server_metadata),  # the OpenAPI file's is /v2/
                 ("GET", r"/v2/models/stats", self._statistics),
                 ("GET", _MODEL, self._model_metadata),
-                ("GET", _MODEL + "/ready", self._model_ready),
-                ("GET", _MODEL + "/config", self._model_config),
-                ("GET", _MODEL + "/stats", self._statistics),
-                ("POST", _MODEL + "/infer", self._infer),
+                ("GET", _NAMED + "/ready", self._model_ready),
+                ("GET", _NAMED + "/config", self._model_config),
+                ("GET", _NAMED + "/stats", self._statistics),
+                ("POST", _NAMED + "/infer", self._infer),
                 ("POST", r"/v1/classify", self._classify),
                 ("GET", r"/v1/models", self._list_models),
                 ("GET", r"/v1/models/(?P<name>[^/]+)", self._get_model),
