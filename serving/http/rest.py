@@ -252,7 +252,7 @@ def encode_infer_response(response: pb.ModelInferResponse, form: OutputForm) -> 
         document["id"] = response.id
     document.update(_parameter_values(response.parameters))
     document["outputs"] = outputs
-    header = orjson.dumps(document)
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)  # FP32: _raw_to_list
     if not blobs:
         return Body(header)
     return Body(b"".join([header, *blobs]), BINARY_TYPE, ((HEADER_LENGTH, str(len(header))),))
@@ -266,8 +266,10 @@ def _parameter_values(parameters) -> dict:
                            if value.WhichOneof("parameter_choice")}}
 
 
-def _typed_list(tensor) -> list:
+def _typed_list(tensor) -> list | np.ndarray:
     values = list(getattr(tensor.contents, TYPED_FIELDS[tensor.datatype]))
+    if tensor.datatype == "FP32":
+        return np.array(values, np.float32)  # as _raw_to_list's
     if tensor.datatype == "BYTES":
         return [value.decode(errors="replace") for value in values]
     return values
@@ -280,7 +282,11 @@ def _typed_to_bytes(tensor) -> bytes:
     return np.asarray(values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
 
 
-def _raw_to_list(blob: bytes, datatype: str) -> list:
+def _raw_to_list(blob: bytes, datatype: str) -> list | np.ndarray:
+    if datatype == "FP32":  # orjson writes a float32 array's numbers in their shortest form
+        # that reads back as the same float32: 0.1, not its double's 0.10000000149011612
+        # (43% more of a batch's answer), and faster
+        return np.frombuffer(blob, "<f4").astype(np.float32, copy=False)
     if datatype != "BYTES":
         return np.frombuffer(blob, dtype=NUMPY_TYPES[datatype]).tolist()
     values, offset = [], 0
