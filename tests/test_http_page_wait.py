@@ -2,6 +2,8 @@
 that holds the server's answers to POST /v1/classify until the test lets them go."""
 
 import contextlib
+import select
+import socket
 import threading
 import time
 
@@ -19,12 +21,30 @@ __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's test
 HOLD_S = 30  # the longest a held answer waits for the test
 
 
+class Gate(threading.Event):
+    """Set, answers pass; clear, they are held. ``calls``: how many classify calls came so far;
+    ``left``: how many of those the browser hung up on while they were held."""
+
+    calls = left = 0
+
+    def hold(self, connection: socket.socket) -> bool:
+        """Whether the browser hung up while its answer was held."""
+        self.calls += 1
+        deadline = time.monotonic() + HOLD_S
+        while not self.wait(0.05) and time.monotonic() < deadline:
+            if select.select([connection], [], [], 0)[0] and not connection.recv(
+                    1, socket.MSG_PEEK):  # the browser closed the connection: no answer read
+                self.left += 1
+                return True
+        return False
+
+
 @contextlib.contextmanager
 def holding_answers(url: str, sent: float = 0):
     """``(page URL, let_go)``: ``url``'s server behind a proxy that passes every call on, but
-    holds the answers to classify calls while ``let_go`` (a ``threading.Event``) is clear:
-    before its headers, or with the ``sent`` part of its body sent."""
-    let_go = threading.Event()
+    holds the answers to classify calls while ``let_go`` (a ``Gate``) is clear: before its
+    headers, or with the ``sent`` part of its body sent."""
+    let_go = Gate()
     let_go.set()
 
     class Proxy(QuietHandler):
@@ -35,16 +55,16 @@ def holding_answers(url: str, sent: float = 0):
                 headers={name: self.headers[name] for name in ("Content-Type", "Authorization")
                          if name in self.headers})
             held, first = "/v1/classify" in self.path, int(sent * len(answer.content))
-            if held and not sent:
-                let_go.wait(HOLD_S)
+            if held and not sent and let_go.hold(self.connection):
+                return
             self.send_response(answer.status_code)
             self.send_header("Content-Type", answer.headers["Content-Type"])
             self.send_header("Content-Length", str(len(answer.content)))
             self.end_headers()
             self.wfile.write(answer.content[:first])
             self.wfile.flush()
-            if held and sent:
-                let_go.wait(HOLD_S)
+            if held and sent and let_go.hold(self.connection):
+                return
             self.wfile.write(answer.content[first:])
 
         do_GET = do_POST = forward  # noqa: N815 (http.server's names)
