@@ -2,6 +2,7 @@
 headless chromium, behind tests/test_http_page_wait.py's proxy that holds answers."""
 
 import numpy as np
+import pytest
 from selenium.webdriver.common.by import By
 
 from serving.client.inputs import load_png
@@ -59,3 +60,43 @@ def test_a_random_test_image_is_given_up_on_once_in_the_time_said(served, browse
         assert element(By.ID, "error").text == (
             f"no answer from the server at {page.rstrip('/')} in 3 s: is it overloaded, or stuck?")
         assert browser.execute_script("return window.saidAfter") < 3800  # not 1.5 + 3 s
+
+
+def opacities(browser, element, picture, seconds: float) -> list[tuple[float, float]]:
+    """``(ms, opacity)`` of the answer area at each frame for ``seconds`` after ``picture`` was
+    chosen."""
+    browser.execute_script("""
+        const answer = document.getElementById("answer"), start = performance.now();
+        window.seen = [];
+        (function sample() {
+          seen.push([performance.now() - start, Number(getComputedStyle(answer).opacity)]);
+          if (performance.now() - start < arguments[0]) requestAnimationFrame(sample);
+        })();""".replace("arguments[0]", str(1000 * seconds)))
+    element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: browser.execute_script("return seen[seen.length - 1][0]")
+             >= 1000 * seconds)
+    return browser.execute_script("return seen")
+
+
+@pytest.mark.parametrize("late_s", [0.35, 1.0])
+def test_the_busy_cue_does_not_blink(served, browser, test_set, tmp_path, late_s):
+    """An answer in 0.3 to 0.5 s began to dim the last one, then snapped it back at once: a
+    blink for each quick answer; and a slower one's dimmed answer jumped back to full."""
+    url, _ = served
+    boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        let_go.late_s = late_s
+        seen = opacities(browser, element, trouser, late_s + 1.5)
+    assert "trouser.png" in element(By.ID, "truth").text
+    dimmed = [ms for ms, opacity in seen if opacity < 1]
+    if late_s < 0.5:
+        assert dimmed == [], seen  # not dimmed at all
+        return
+    darkest = min(opacity for _, opacity in seen)
+    back = next(ms for ms, opacity in seen if ms > dimmed[0] and opacity == 1)
+    low = max(ms for ms, opacity in seen if ms < back and opacity <= 0.5)
+    assert darkest <= 0.5 and back - low >= 120, seen  # faded back, not snapped
+    assert back - dimmed[0] >= 500, seen  # there long enough to be seen for what it is

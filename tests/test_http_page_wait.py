@@ -22,14 +22,16 @@ HOLD_S = 30  # the longest a held answer waits for the test
 
 
 class Gate(threading.Event):
-    """Set, answers pass; clear, they are held. ``calls``: how many classify calls came so far;
-    ``left``: how many of those the browser hung up on while they were held."""
+    """Set, answers pass (``late_s`` late); clear, they are held. ``calls``: how many classify
+    calls came so far; ``left``: how many of those the browser hung up on while they were held."""
 
     calls = left = 0
+    late_s = 0.0
 
     def hold(self, connection: socket.socket) -> bool:
         """Whether the browser hung up while its answer was held."""
         self.calls += 1
+        time.sleep(self.late_s)
         deadline = time.monotonic() + HOLD_S
         while not self.wait(0.05) and time.monotonic() < deadline:
             if select.select([connection], [], [], 0)[0] and not connection.recv(
@@ -117,7 +119,7 @@ def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(serv
         let_go.set()
         wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
         assert answer.get_attribute("aria-busy") in (None, "false")
-        assert float(answer.value_of_css_property("opacity")) == 1
+        wait_for(browser, lambda: float(answer.value_of_css_property("opacity")) == 1)
         assert np.array_equal(canvas(browser), load_png(trouser))
 
 
