@@ -36,12 +36,12 @@ def test_a_refused_token_is_said_in_the_pages_words(model_repository, browser):
         element = browser.find_element
         wait_for(browser, lambda: element(By.ID, "error").text)
         assert element(By.ID, "error").text == (
-            'this server asks for a token: type it under "Bearer token" below')
+            'this server asks for a token: type it under "Bearer token" above')
         assert browser.switch_to.active_element.get_attribute("id") == "token"
         element(By.ID, "token").send_keys("wrong-secret\t")
         wait_for(browser, lambda: "refused" in element(By.ID, "error").text)
         assert element(By.ID, "error").text == (
-            'the server refused this token: check it under "Bearer token" below')
+            'the server refused this token: check it under "Bearer token" above')
 
 
 def test_a_server_gone_is_said_plainly(model_repository, browser):

@@ -10,7 +10,13 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 
 from serving.client.inputs import load_png
-from tests.http_helpers import QuietHandler, http_server, http_settings, served_on_a_thread
+from tests.http_helpers import (
+    ARTIFACTS,
+    QuietHandler,
+    http_server,
+    http_settings,
+    served_on_a_thread,
+)
 from tests.test_http_page import (
     browser,
     labels,
@@ -105,6 +111,33 @@ def test_no_empty_picture_or_answers_stand_before_an_image_or_after_an_error(ser
     element(By.ID, "file").send_keys(str(notes))
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert [element(By.ID, part).is_displayed() for part in answer_parts] == [False] * 3
+
+
+@pytest.mark.parametrize("width", [900, 360])
+def test_the_token_box_stays_where_it_is_as_answers_come_and_go(served, browser, test_set,
+                                                                tmp_path, width):
+    """The first answer pushed the token box down by the picture's height, and an error took
+    it back up: a person about to open it, or typing a token in it, found it gone."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": 740, "deviceScaleFactor": 1, "mobile": width < 600})
+    try:
+        element = opened_with_models(browser, url)
+        element(By.ID, "token-box").click()
+        picture, notes = tmp_path / "boot.png", tmp_path / "notes.txt"
+        Image.fromarray(test_set[0][0]).save(picture)
+        notes.write_text("not a picture")
+        places = [element(By.ID, "token").rect]
+        element(By.ID, "file").send_keys(str(picture))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        places.append(element(By.ID, "token").rect)
+        browser.save_screenshot(str(ARTIFACTS / f"http_page_token_box_{width}.png"))
+        element(By.ID, "file").send_keys(str(notes))
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        places.append(element(By.ID, "token").rect)
+        assert places == places[:1] * 3
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_a_picture_pasted_is_answered(served, browser, test_set, tmp_path):
