@@ -3,13 +3,16 @@ for the server, and before, while and after a picture is answered."""
 
 import base64
 import contextlib
+import shutil
 
 import pytest
 import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from serving.client.inputs import load_png
+from tests.conftest import tiny_classifier
 from tests.http_helpers import (
     ARTIFACTS,
     QuietHandler,
@@ -26,6 +29,7 @@ from tests.test_http_page import (
     shown,
     wait_for,
 )
+from training.repository import write_version
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 
@@ -138,6 +142,34 @@ def test_the_token_box_stays_where_it_is_as_answers_come_and_go(served, browser,
         assert places == places[:1] * 3
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_model_list_follows_a_server_restarted_with_other_models(repository_copy, browser):
+    """The model list was read once, as the page opened: a server restarted with other models
+    left it offering the old ones (softmax, which the server then refused) and not the new."""
+    settings = http_settings(repository_copy)
+    with http_server(settings) as (_, url):
+        element = opened_with_models(browser, url)
+        Select(element(By.ID, "model")).select_by_value("softmax")
+    listed = lambda: sorted(option.get_attribute("value") for option in  # noqa: E731
+                            element(By.ID, "model").find_elements(By.TAG_NAME, "option"))
+    shutil.rmtree(repository_copy / "softmax")
+    write_version(repository_copy, "linear", tiny_classifier(5), {"description": "new"})
+    with http_server(settings) as (_, again):
+        assert again == url
+        element(By.ID, "random").click()  # refused: no softmax now
+        wait_for(browser, lambda: "linear" in listed())
+        assert "softmax" in element(By.ID, "error").text
+        assert listed() == ["", "baseline", "linear", "mlp"]
+        assert element(By.ID, "model").get_attribute("value") == ""
+    write_version(repository_copy, "wide", tiny_classifier(6), {"description": "newer"})
+    with http_server(settings):
+        page = browser.current_window_handle
+        browser.switch_to.new_window("tab")  # the person looks at another tab, and comes back
+        browser.close()
+        browser.switch_to.window(page)
+        wait_for(browser, lambda: "wide" in listed())
+        assert listed() == ["", "baseline", "linear", "mlp", "wide"]
 
 
 def test_a_picture_pasted_is_answered(served, browser, test_set, tmp_path):
