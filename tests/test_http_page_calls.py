@@ -64,12 +64,13 @@ def test_a_random_test_image_is_given_up_on_once_in_the_time_said(served, browse
 
 def opacities(browser, element, picture, seconds: float) -> list[tuple[float, float]]:
     """``(ms, opacity)`` of the answer area at each frame for ``seconds`` after ``picture`` was
-    chosen."""
+    chosen (1 while it is out of sight)."""
     browser.execute_script("""
         const answer = document.getElementById("answer"), start = performance.now();
         window.seen = [];
         (function sample() {
-          seen.push([performance.now() - start, Number(getComputedStyle(answer).opacity)]);
+          seen.push([performance.now() - start,
+                     answer.hidden ? 1 : Number(getComputedStyle(answer).opacity)]);
           if (performance.now() - start < arguments[0]) requestAnimationFrame(sample);
         })();""".replace("arguments[0]", str(1000 * seconds)))
     element(By.ID, "file").send_keys(str(picture))
@@ -100,3 +101,15 @@ def test_the_busy_cue_does_not_blink(served, browser, test_set, tmp_path, late_s
     low = max(ms for ms, opacity in seen if ms < back and opacity <= 0.5)
     assert darkest <= 0.5 and back - low >= 120, seen  # faded back, not snapped
     assert back - dimmed[0] >= 500, seen  # there long enough to be seen for what it is
+
+
+def test_a_first_answer_after_a_wait_is_not_shown_dimmed(served, browser, test_set, tmp_path):
+    """With no answer yet there is nothing to dim; but a first answer after a wait came in
+    dimmed, as if still on its way, and only then grew clear."""
+    url, _ = served
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    with holding_answers(url) as (page, let_go):
+        opened_with_models(browser, page)
+        let_go.late_s = 1.0
+        seen = opacities(browser, browser.find_element, boot, 2.5)
+    assert [opacity for _, opacity in seen if opacity < 1] == [], seen
