@@ -151,8 +151,10 @@ def test_the_model_list_follows_a_server_restarted_with_other_models(repository_
     with http_server(settings) as (_, url):
         element = opened_with_models(browser, url)
         Select(element(By.ID, "model")).select_by_value("softmax")
-    listed = lambda: sorted(option.get_attribute("value") for option in  # noqa: E731
-                            element(By.ID, "model").find_elements(By.TAG_NAME, "option"))
+    def listed() -> list[str]:  # in one read: the page may rebuild the list between two
+        return sorted(browser.execute_script(
+            "return [...document.getElementById('model').options].map(o => o.value)"))
+
     shutil.rmtree(repository_copy / "softmax")
     write_version(repository_copy, "linear", tiny_classifier(5), {"description": "new"})
     with http_server(settings) as (_, again):
