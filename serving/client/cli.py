@@ -28,6 +28,7 @@ from common.flags import (
     unrecognized,
     warn_of_misspelt_variables,
 )
+from common.output import named_stdout
 from serving.client import DEFAULT_TARGET
 from serving.client.arguments import (
     IndicesThenFiles,
@@ -74,7 +75,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     warn_of_misspelt_variables("fmnist")
     try:
-        return args.run(args)
+        with named_stdout():  # a failed write names stdout, as --csv's names its flag
+            return args.run(args)
     except UsageError as error:
         print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,73 @@
+"""The command lines' standard output (fmnist, fmnist-train): a write it cannot take is said
+naming it, "stdout: No space left on device" (`> /dev/full`, a full disk under `> file`), not
+Python's "[Errno 28] No space left on device", which named nothing; a reader that stopped
+(`| head -1`) is the caller's to take (``keep_running``)."""
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+class StdoutError(OSError):
+    """A write to the standard output failed; ``str()`` names it."""
+
+    def __str__(self) -> str:
+        return f"stdout: {self.strerror}"
+
+
+class NamedStdout:
+    """``stream`` (sys.stdout) whose failed writes raise ``StdoutError``. Once one failed,
+    the rest of its buffer goes to /dev/null: flushed at exit, it failed again, as Python's
+    "Exception ignored ..." and exit status 120. With ``keep_running``, a reader that stopped
+    (BrokenPipeError) is not an error: the output goes to /dev/null from then on."""
+
+    def __init__(self, stream, keep_running: bool = False):
+        self._stream = stream
+        self._keep_running = keep_running
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        with self._named():
+            return self._stream.write(text)
+        return len(text)  # a stopped reader's, with keep_running
+
+    def flush(self) -> None:
+        with self._named():
+            self._stream.flush()
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            with contextlib.suppress(OSError, ValueError):  # no descriptor (a StringIO)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+            if isinstance(error, BrokenPipeError):
+                if self._keep_running:
+                    return
+                raise
+            raise StdoutError(error.errno, error.strerror) from None
+
+
+@contextlib.contextmanager
+def named_stdout(keep_running: bool = False) -> Iterator[None]:
+    """sys.stdout as a ``NamedStdout`` for the block, flushed at its end (where a failure can
+    still be said) and given back after it: a process that called a command's ``main()`` (a
+    job's thread) kept it wrapped. A sys.stdout that is None (`>&-`) or already wrapped (a
+    command within a command) is left as it is."""
+    original = sys.stdout
+    if original is None or isinstance(original, NamedStdout):
+        yield
+        return
+    named = sys.stdout = NamedStdout(original, keep_running)
+    try:
+        yield
+        named.flush()
+    finally:
+        if sys.stdout is named:
+            sys.stdout = original
