@@ -247,3 +247,18 @@ def test_keras_progress_is_a_bar_only_on_a_terminal(monkeypatch):
     assert build_parser().parse_args(["--out", "x"]).progress == "epoch"
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert build_parser().parse_args(["--out", "x"]).progress == "bar"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
+def test_a_standard_output_that_cannot_be_written_is_named(tmp_path):
+    """`fmnist-train ... > /dev/full` (a full disk under a log file) said "fmnist-train: error:
+    OSError: [Errno 28] No space left on device", naming nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "training", "--out", str(tmp_path / "r"),
+                                 "--models", "baseline", "--train-subset", "500"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=300,
+                                check=False)
+    assert (result.returncode, result.stderr) == (
+        1, "fmnist-train: error: stdout: No space left on device\n")
+    assert not (tmp_path / "r").exists()  # nothing published, nothing left

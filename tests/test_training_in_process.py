@@ -51,3 +51,20 @@ def test_a_run_in_a_thread_runs(tmp_path, capsys, subset, status):
     worker.join(timeout=120)
     assert ended == [status], capsys.readouterr().err
     assert (tmp_path / "repo" / "baseline" / "1").is_dir() == (status == 0)
+
+
+def test_a_run_gives_the_process_its_standard_streams_back(tmp_path, capsys):
+    """After main() returned, sys.stdout was still fmnist-train's wrapper of it, for the rest
+    of the process (a job's thread, a notebook): a later reader that stopped went unsaid."""
+    import sys
+    import threading
+
+    before = sys.stdout, sys.stderr
+    worker = threading.Thread(target=main, args=(
+        ["--out", str(tmp_path / "repo"), "--models", "baseline", "--train-subset", "5"],))
+    worker.start()
+    worker.join(timeout=120)
+    assert (sys.stdout, sys.stderr) == before
+    assert main(["--out", str(tmp_path / "repo"), "--models", "baseline", "--train-subset",
+                 "5"]) == 1
+    assert (sys.stdout, sys.stderr) == before

@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 
 from common.flags import given, warn_of_misspelt_variables
+from common.output import StdoutError
 from training.checks import TrainingError, check_worth_publishing
-from training.console import keep_running_when_output_closes, print_table
+from training.console import output_that_may_close, print_table
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -222,12 +223,15 @@ def new_report_dir(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with handlers_given_back():  # a process calling main() (a notebook, a job) keeps its own
-        return _main(argv)
+    try:  # a process calling main() (a notebook, a job) keeps its own handlers and streams
+        with handlers_given_back(), output_that_may_close():  # `fmnist-train | head`: runs on
+            return _main(argv)
+    except StdoutError as error:  # the last lines', flushed at the end (the run published)
+        print(f"fmnist-train: error: {error}", file=sys.stderr)
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
-    keep_running_when_output_closes()  # `fmnist-train | head`: the run goes on
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
@@ -263,7 +267,8 @@ def _main(argv: list[str] | None) -> int:
         _remove_made(made, args.report_dir)
         if args.debug:
             raise
-        explained = isinstance(error, DatasetError | TrainingError | RepositoryError)
+        explained = isinstance(error, DatasetError | TrainingError | RepositoryError |
+                               StdoutError)
         message = str(error) if explained else f"{type(error).__name__}: {error}"
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1
