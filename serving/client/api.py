@@ -237,12 +237,17 @@ class ClassifierClient:
         return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
                                    timeout=self.timeout)
 
-    def max_request_images(self, model: str, version: int = 0) -> int:
+    def max_request_images(self, model: str = "", version: int = 0) -> int:
         """The most images one call may carry: the server's --max-request-images, which the
-        Open Inference Protocol's ModelConfig gives as ``max_batch_size`` (any model's)."""
+        Open Inference Protocol's ModelConfig gives as ``max_batch_size`` (any model's).
+        ``model`` "" is the server's default, as for ``classify`` (the protocol has none: it
+        was NOT_FOUND); the limit being every model's, any loaded one is asked then, at its
+        newest version, whatever ``version``."""
         from inference import grpc_service_pb2 as inference_pb
         from inference import grpc_service_pb2_grpc as inference_grpc
 
+        if not model:
+            model, version = self.list_models()[0].name, 0
         request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
         stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
         return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
