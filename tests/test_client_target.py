@@ -39,3 +39,18 @@ def test_a_service_name_is_taken_as_its_port(capsys):
     """gRPC resolves `:http` to port 80, as getaddrinfo does: taken as before."""
     assert cli.main(["health", "--target", "127.0.0.1:http", "--timeout", "2"]) == 1
     assert "ipv4:127.0.0.1:80: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["myhost", "http://127.0.0.1:50051", "127.0.0.1:99999"])
+def test_the_python_api_refuses_the_targets_the_command_refuses(capsys, address):
+    """`ClassifierClient("myhost")` went to port 443 without a word (and 127.0.0.1:99999 to
+    34463), where `fmnist --target myhost` is refused: the same check, the same words."""
+    from serving.client.api import ClassifierClient
+
+    with pytest.raises(SystemExit):
+        cli.main(["health", "--target", address])
+    said = capsys.readouterr().err.splitlines()[-1].removeprefix(
+        "fmnist health: error: argument --target: ")
+    with pytest.raises(ValueError) as refused:
+        ClassifierClient(address)
+    assert str(refused.value) == said

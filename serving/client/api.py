@@ -22,6 +22,7 @@ from common.contract import IMAGE_BYTES, IMAGE_SHAPE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.client import DEFAULT_TARGET
+from serving.client.arguments import grpc_target
 from serving.client.security import ChannelSecurity
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -164,8 +165,10 @@ class ClassifierClient:
         """``security``: TLS, mutual TLS and the bearer token (default: plaintext, no token).
         ``lb_policy``: how calls spread over the addresses ``target`` resolves to (gRPC's
         ``pick_first``: all to one; ``round_robin``: each call to the next, e.g. the pods of a
-        Kubernetes headless Service, ``dns:///NAME.NAMESPACE.svc.cluster.local:50051``)."""
-        self.target = target
+        Kubernetes headless Service, ``dns:///NAME.NAMESPACE.svc.cluster.local:50051``).
+        A ``target`` that fmnist's --target refuses is a ValueError in its words (a HOST with
+        no PORT went to 443 without a word)."""
+        self.target = grpc_target(target)
         self.timeout = timeout
         self._channel = (security or ChannelSecurity()).channel(
             target,

@@ -38,6 +38,11 @@ class IndicesThenFiles(argparse.Action):
         namespace.files_after = [*namespace.files_after, *values[count:]]
 
 
+class TargetError(argparse.ArgumentTypeError, ValueError):
+    """A target ``grpc_target`` refuses: argparse says it as the flag's error, and to the
+    Python API (``ClassifierClient``) it is a ValueError, in the same words."""
+
+
 def grpc_target(text: str) -> str:
     """A gRPC target (HOST:PORT, or a gRPC name such as dns:///NAME:PORT), not a URL, and
     with a port: gRPC's default is 443 and fmnist-serve's 50051, so `--target myhost` went to
@@ -45,13 +50,13 @@ def grpc_target(text: str) -> str:
     A scheme in any case, as gRPC takes it (DNS:///NAME:PORT)."""
     lowered = text.lower()
     if lowered.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError("fmnist speaks gRPC: expected its HOST:PORT (the "
+        raise TargetError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
     if lowered.startswith(GRPC_SCHEMES):
         return text
     scheme, slashes, _ = text.partition("://")
     if slashes and not lowered.startswith("dns:"):  # grpc://, passthrough:// (grpc-go's)
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT or a gRPC name such as "
+        raise TargetError(f"expected HOST:PORT or a gRPC name such as "
                                          f"dns:///NAME:PORT, got {text!r}: gRPC has no "
                                          f"{scheme}: scheme")
     # dns:HOST:PORT, dns://AUTHORITY/HOST:PORT
@@ -60,7 +65,7 @@ def grpc_target(text: str) -> str:
                          else address).rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")  # [IPv6]:PORT
     if not (colon and port) or (":" in host and not bracketed):
-        raise argparse.ArgumentTypeError(
+        raise TargetError(
             f"expected HOST:PORT (fmnist-serve's --port, {DEFAULT_TARGET.rpartition(':')[2]} "
             f"unless set otherwise), got {text!r}: without a port gRPC tries 443")
     # gRPC takes a number modulo 65536: 111697 went to 46161; a service name (:http) is taken
@@ -68,10 +73,10 @@ def grpc_target(text: str) -> str:
     number = port.strip()
     number = number[1:] if number[:1] in ("+", "-") else number  # int()'s: one sign at most
     if not (number.isascii() and number.isdigit()) and not _service(port):
-        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}: {port!r} is "
+        raise TargetError(f"expected a port 1..65535, got {text!r}: {port!r} is "
                                          "neither a number nor a service name (such as http)")
     if number.isdigit() and not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text!r}")
+        raise TargetError(f"expected a port 1..65535, got {text!r}")
     return text
 
 
