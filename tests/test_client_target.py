@@ -1,5 +1,8 @@
 """``fmnist --target``: what gRPC would take otherwise than it was meant."""
 
+import subprocess
+import sys
+
 import pytest
 
 from serving.client import cli
@@ -35,10 +38,18 @@ def test_a_port_that_is_no_number_nor_service_is_refused(capsys, monkeypatch, ad
     assert capsys.readouterr().err == f"fmnist: error: FMNIST_TARGET: {message}\n"
 
 
-def test_a_service_name_is_taken_as_its_port(capsys):
-    """gRPC resolves `:http` to port 80, as getaddrinfo does: taken as before."""
-    assert cli.main(["health", "--target", "127.0.0.1:http", "--timeout", "2"]) == 1
-    assert "ipv4:127.0.0.1:80: " in capsys.readouterr().err
+def test_a_service_name_is_taken_as_its_port():
+    """gRPC resolves `:http` to port 80, as getaddrinfo does: taken as before. The command runs
+    in a network namespace of its own, where nothing listens on port 80 (the machine's may
+    have a web server: the call then waited out its --timeout, naming no port)."""
+    namespace = ["unshare", "--user", "--map-root-user", "--net"]
+    if subprocess.run([*namespace, "true"], check=False, capture_output=True).returncode:
+        pytest.skip("unshare --user --net cannot run here")
+    result = subprocess.run([*namespace, sys.executable, "-m", "serving.client", "health",
+                             "--target", "127.0.0.1:http", "--timeout", "2"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "ipv4:127.0.0.1:80: " in result.stderr
 
 
 @pytest.mark.parametrize("address", ["myhost", "http://127.0.0.1:50051", "127.0.0.1:99999"])
