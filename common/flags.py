@@ -5,6 +5,7 @@ by flags, and both must mean the same.
 """
 
 import argparse
+import copy
 import difflib
 import math
 import os
@@ -170,13 +171,27 @@ def _convert(action: argparse.Action, variable: str, raw: str):
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help already tells it or there is none to
-    show: "(default: the server's) (default: )" says nothing twice."""
+    show: "(default: the server's) (default: )" says nothing twice. An env var's refused value
+    is shown whatever the help says ("(default: refused: FMNIST_SEED: ...)"): the default it
+    tells is not the one the command then takes."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
+        if "%(default)" not in (action.help or "") and isinstance(action.default, Refused):
+            return f"{action.help or ''} (default: %(default)s)"
         if action.default is None or action.default is False or action.default in ("", []) \
                 or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        """A list default as its flag takes it (512,256); None as its type's word for it
+        (number_in's ``none_word``: fmnist-train's --baseline-tol none)."""
+        if isinstance(action.default, tuple) or (action.default is None and getattr(
+                action.type, "none_word", "")):
+            action = copy.copy(action)
+            action.default = (",".join(map(str, action.default)) if action.default is not None
+                              else action.type.none_word)
+        return super()._expand_help(action)
 
 
 AMBIGUOUS = "ambiguous option: "  # argparse's words
@@ -249,6 +264,7 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
         return value
 
     parse.__name__ = kind.__name__
+    parse.none_word = none_word  # None's word, in --help (training.options.HelpFormatter)
     return parse
 
 

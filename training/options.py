@@ -7,7 +7,15 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from common.flags import ArgumentParser, Refused, add_option, number_in, positive_int, typed
+from common.flags import (
+    ArgumentParser,
+    DefaultsHelpFormatter,
+    Refused,
+    add_option,
+    number_in,
+    positive_int,
+    typed,
+)
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -37,6 +45,11 @@ dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist, else Keras downloads 
 Every flag has an environment variable: FMNIST_ + the flag in capitals with - as _,
 e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """The description and epilog as written; each option's default as the other commands'
+    --help show it: its env var's value, or "refused: ..." (the built-in one was shown)."""
 
 
 class OneLineErrorParser(ArgumentParser):
@@ -122,7 +135,7 @@ MLP_ONLY = {"hidden", "dropout", "batch_norm"}
 def add_keras_option(group, field_name: str, flag: str, dest: str, default) -> argparse.Action:
     kind, metavar, help_text = KERAS_OPTIONS[field_name]
     if default is not argparse.SUPPRESS:
-        help_text += f" (default: {format_default(default)})"
+        help_text += " (default: %(default)s)"
     if kind is bool:
         return add_option(group, flag, dest=dest, action=argparse.BooleanOptionalAction,
                           default=default, help=help_text)
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fmnist-train",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     try:
         add_options(parser)
@@ -150,20 +163,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     softmax, mlp, baseline = SOFTMAX_DEFAULTS, MLP_DEFAULTS, BaselineSettings()
 
     add = functools.partial(add_option, parser)
-    add(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="model repository to add the new model versions to (created if missing)",
-    )
-    add(
-        "--models",
-        type=model_list,
-        default=MODEL_NAMES,
-        metavar="LIST",
-        help="comma-separated models to train (default: softmax,mlp,baseline)",
-    )
+    add("--out", type=Path, required=True, metavar="DIR",
+        help="model repository to add the new model versions to (created if missing)")
+    add("--models", type=model_list, default=MODEL_NAMES, metavar="LIST",
+        help="comma-separated models to train")
     add(
         "--report-dir",
         type=Path,
@@ -184,26 +187,21 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="use only the first N training images (for quick tests; default: all 60000)",
     )
-    add(
-        "--validation-split",
-        type=number_in(float, 0, 1, low_open=True, high_open=True),
-        default=0.2,
-        metavar="F",
-        help="share of the training images held out for validation (default: 0.2)",
-    )
+    add("--validation-split", type=number_in(float, 0, 1, low_open=True, high_open=True),
+        default=0.2, metavar="F", help="share of the training images held out for validation")
     add(
         "--split-seed",
         type=number_in(int, 0, 2**32 - 1),  # numpy's and sklearn's range
         default=42,
         metavar="N",
-        help="random_state of the train/validation split (default: 42)",
+        help="random_state of the train/validation split",
     )
     add(
         "--seed",
         type=number_in(int, 0, 2**32 - 1),  # numpy's and sklearn's range
         default=42,
         metavar="N",
-        help="seed of the model initialisation and shuffling; same seed, same models (default: 42)",
+        help="seed of the model initialisation and shuffling; same seed, same models",
     )
     add(
         "--min-validation-accuracy",
@@ -213,7 +211,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="publish nothing unless every model of the run reaches this accuracy on the "
         "validation images (4 decimals), e.g. --models mlp --min-validation-accuracy 0.89 in a "
         "retraining job; with the defaults the models reach about softmax 0.87, mlp 0.91, "
-        "baseline 0.85 (default: 0: better than always answering one class)",
+        "baseline 0.85 (default: %(default)s; 0: better than always answering one class)",
     )
     add(
         "--progress",
@@ -255,7 +253,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=baseline.max_iter,
         metavar="N",
-        help=f"epochs over the data (default: {baseline.max_iter})",
+        help="epochs over the data",
     )
     add_option(
         group,
@@ -263,7 +261,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         type=number_in(float, 0, low_open=True),  # SGDClassifier's "optimal" rate divides by it
         default=baseline.alpha,
         metavar="A",
-        help=f"L2 regularisation strength (default: {baseline.alpha:g})",
+        help="L2 regularisation strength",
     )
     add_option(
         group,
@@ -271,8 +269,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         type=number_in(float, 0, none_word="none"),
         default=baseline.tol,
         metavar="T",
-        help=f"stop when the loss improves less than T "
-        f"('none': always run max-iter; default: {baseline.tol:g})",
+        help="stop when the loss improves less than T ('none': always run max-iter; default: "
+        "%(default)s)",
     )
     add_option(
         group,
@@ -280,14 +278,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=baseline.n_jobs,
         metavar="N",
-        help=f"CPU cores for the ten one-vs-rest problems (default: {baseline.n_jobs})",
+        help="CPU cores for the ten one-vs-rest problems",
     )
-
-
-def format_default(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return "the optimizer's own" if value is None else str(value)
 
 
 def keras_settings(args: argparse.Namespace, name: str):
