@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
+from common.output import StdoutError, named_stdout
+
 ENV_PREFIX = "FMNIST_"
 READ: set[str] = set()  # the env vars of the options added so far (add_option)
 GUARDS: set[str] = set()  # those of them that guard a server or a client's calls: token, TLS
@@ -184,8 +186,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _expand_help(self, action: argparse.Action) -> str:
-        """A list default as its flag takes it (512,256); None as its type's word for it
-        (number_in's ``none_word``: fmnist-train's --baseline-tol none)."""
+        """A list default as its flag takes it (512,256); None as number_in's none_word."""
         if isinstance(action.default, tuple) or (action.default is None and getattr(
                 action.type, "none_word", "")):
             action = copy.copy(action)
@@ -225,6 +226,17 @@ class ArgumentParser(argparse.ArgumentParser):
         if extras:
             self.error(unrecognized(extras))
         return parsed
+
+    def print_help(self, file=None):
+        """argparse's, but a help that cannot be written (`--help > /dev/full`) is said, exit 1
+        (argparse drops the error: exit 0, as if shown); a stopped reader (`| head`) is not."""
+        if file not in (None, sys.stdout) or sys.stdout is None:
+            return super().print_help(file)
+        try:
+            with named_stdout(keep_running=True):
+                sys.stdout.write(self.format_help())
+        except StdoutError as error:
+            self.exit(1, f"{self.prog}: error: {error}\n")
 
     def error(self, message: str):
         """An ambiguous ``--t=SECRET`` named without its value, as an unknown flag is."""

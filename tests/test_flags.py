@@ -2,6 +2,9 @@
 --help, used as its default, converted and checked as the flag would be."""
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,3 +282,25 @@ def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypa
          "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
     assert ended.value.code == 0
     assert shown in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
+@pytest.mark.parametrize(("module", "argv", "program"), [
+    ("training", ["--help"], "fmnist-train"), ("serving", ["--help"], "fmnist-serve"),
+    ("serving.client", ["--help"], "fmnist"), ("serving.client", ["score", "--help"],
+                                                "fmnist score")])
+def test_a_help_that_cannot_be_written_is_said(module, argv, program):
+    """`fmnist-train --help > /dev/full` exited 0 and said nothing (argparse drops the error
+    of writing its help), as if the help had been shown; a reader that stopped reading it
+    (`| head -1`) is still no error."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", module, *argv], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (
+        1, f"{program}: error: stdout: No space left on device\n")
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "wb") as stopped:
+        result = subprocess.run([sys.executable, "-m", module, *argv], stdout=stopped,
+                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
