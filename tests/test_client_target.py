@@ -65,3 +65,14 @@ def test_the_python_api_refuses_the_targets_the_command_refuses(capsys, address)
     with pytest.raises(ValueError) as refused:
         ClassifierClient(address)
     assert str(refused.value) == said
+
+
+def test_the_python_api_refuses_a_load_balancing_policy_grpc_lacks():
+    """`ClassifierClient(target, lb_policy="roundrobin")` sent every call to one address, gRPC
+    saying only in a C++ log line that it used pick_first instead (fmnist --lb refuses it)."""
+    from serving.client.api import ClassifierClient
+
+    with pytest.raises(ValueError) as refused:
+        ClassifierClient("127.0.0.1:50051", lb_policy="roundrobin")
+    assert str(refused.value) == ("lb_policy: expected pick_first or round_robin, got "
+                                  "'roundrobin'")

@@ -3,3 +3,4 @@
 the training package; this module imports nothing so that ``fmnist health`` starts fast."""
 
 DEFAULT_TARGET = "127.0.0.1:50051"  # the server's default port, on this host
+LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first

@@ -5,7 +5,8 @@
         answer = client.classify(images)            # uint8 [N,28,28]
         answer.model.labels, answer.model.probabilities, answer.baseline.class_names
 
-Errors are ``grpc.RpcError`` with the server's status code and message.
+Errors are ``grpc.RpcError`` with the server's status code and message; ValueError for what
+cannot be sent (a target without its port, images of another shape).
 """
 
 import itertools
@@ -21,7 +22,7 @@ import numpy as np
 from common.contract import IMAGE_BYTES, IMAGE_SHAPE
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
-from serving.client import DEFAULT_TARGET
+from serving.client import DEFAULT_TARGET, LB_POLICIES
 from serving.client.arguments import grpc_target
 from serving.client.security import ChannelSecurity
 
@@ -169,6 +170,8 @@ class ClassifierClient:
         A ``target`` that fmnist's --target refuses is a ValueError in its words (a HOST with
         no PORT went to 443 without a word)."""
         self.target = grpc_target(target)
+        if lb_policy not in LB_POLICIES:  # gRPC's C++ logged it, and used pick_first instead
+            raise ValueError(f"lb_policy: expected {' or '.join(LB_POLICIES)}, got {lb_policy!r}")
         self.timeout = timeout
         self._channel = (security or ChannelSecurity()).channel(
             target,

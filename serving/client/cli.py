@@ -29,7 +29,7 @@ from common.flags import (
     warn_of_misspelt_variables,
 )
 from common.output import named_stdout
-from serving.client import DEFAULT_TARGET
+from serving.client import DEFAULT_TARGET, LB_POLICIES
 from serving.client.arguments import (
     IndicesThenFiles,
     Placed,
@@ -41,7 +41,6 @@ from serving.client.arguments import (
 )
 
 DEFAULT_TIMEOUT = 30.0
-LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 CLASSIFY_BATCH = 256  # images per call of `fmnist classify` (or the server's limit, if lower)
 COMMANDS = ("classify", "score", "health", "models")  # each made by _parser's command()
 SCORE_BATCH = 1000  # `fmnist score`'s default --batch-size (likewise)
