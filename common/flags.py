@@ -276,7 +276,7 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
         return value
 
     parse.__name__ = kind.__name__
-    parse.none_word = none_word  # None's word, in --help (training.options.HelpFormatter)
+    parse.none_word = none_word  # None's word, in --help (DefaultsHelpFormatter)
     return parse
 
 
