@@ -255,6 +255,18 @@ def test_the_client_refuses_a_token_with_white_space_around_it(model_repository,
         "or is other than printable ASCII: no gRPC or HTTP client can send it\n")
 
 
+@pytest.mark.parametrize("token", [TOKEN + "\n", "pässwörd"])
+def test_the_python_api_refuses_a_token_no_client_can_send(token):
+    """`ChannelSecurity(token=open(path).read())` kept the file's last newline: every call
+    failed "INTERNAL: Invalid metadata" under gRPC's C++ log lines, as if the server were
+    broken, where fmnist refuses FMNIST_TOKEN's in one line (the same check, never the token)."""
+    with pytest.raises(ValueError) as refused:
+        client_security.ChannelSecurity(token=token)
+    assert str(refused.value) == (
+        "token: begins or ends with white space (a file's last newline?) or is other than "
+        "printable ASCII: no gRPC or HTTP client can send it")
+
+
 def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, model_repository,
                                                                   capsys):
     """A port-forward to 127.0.0.1 reaches a server whose certificate names only its Service:

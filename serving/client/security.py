@@ -1,6 +1,7 @@
 """The client's transport security: TLS (with a CA, or the system roots), a client
 certificate for mutual TLS, and the bearer token on every call."""
 
+import argparse
 import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from common.flags import bearer_token
 from serving.security import check_pem_files, read_pem
 
 AUTHORIZATION = "authorization"
@@ -52,6 +54,15 @@ class ChannelSecurity:
     tls_key: str | None = None
     token: str | None = None
     tls_server_name: str | None = None
+
+    def __post_init__(self):
+        """A token no client can send is refused as fmnist's --token is (common.flags): gRPC
+        failed every call "INTERNAL: Invalid metadata", as if the server were broken."""
+        if self.token:
+            try:
+                bearer_token(self.token)
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"token: {error}") from None
 
     @property
     def uses_tls(self) -> bool:
