@@ -76,3 +76,17 @@ def test_the_python_api_refuses_a_load_balancing_policy_grpc_lacks():
         ClassifierClient("127.0.0.1:50051", lb_policy="roundrobin")
     assert str(refused.value) == ("lb_policy: expected pick_first or round_robin, got "
                                   "'roundrobin'")
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, 0, -1, float("nan")])
+def test_the_python_api_refuses_a_timeout_the_command_refuses(timeout):
+    """`ClassifierClient(target, timeout=math.inf)` ("no limit") failed every call at once,
+    DEADLINE_EXCEEDED, as did 1e10 s (gRPC's deadline overflows) and 0; fmnist --timeout
+    refuses each. None is no limit."""
+    from serving.client.api import ClassifierClient
+
+    with pytest.raises(ValueError) as refused:
+        ClassifierClient("127.0.0.1:50051", timeout=timeout)
+    assert str(refused.value) == ("timeout: expected seconds > 0 and <= 86400 (a day), got "
+                                  f"{timeout} (None: no limit)")
+    ClassifierClient("127.0.0.1:50051", timeout=None).close()

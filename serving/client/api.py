@@ -9,6 +9,7 @@ Errors are ``grpc.RpcError`` with the server's status code and message; ValueErr
 cannot be sent (a target without its port, images of another shape).
 """
 
+import argparse
 import itertools
 import json
 import threading
@@ -20,6 +21,7 @@ import grpc
 import numpy as np
 
 from common.contract import IMAGE_BYTES, IMAGE_SHAPE
+from common.flags import positive_seconds
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.client import DEFAULT_TARGET, LB_POLICIES
@@ -167,11 +169,16 @@ class ClassifierClient:
         ``lb_policy``: how calls spread over the addresses ``target`` resolves to (gRPC's
         ``pick_first``: all to one; ``round_robin``: each call to the next, e.g. the pods of a
         Kubernetes headless Service, ``dns:///NAME.NAMESPACE.svc.cluster.local:50051``).
-        A ``target`` that fmnist's --target refuses is a ValueError in its words (a HOST with
-        no PORT went to 443 without a word)."""
+        A ``target``, ``timeout`` or ``lb_policy`` that fmnist's flags refuse is a ValueError
+        in their words (a HOST with no PORT went to 443 without a word)."""
         self.target = grpc_target(target)
         if lb_policy not in LB_POLICIES:  # gRPC's C++ logged it, and used pick_first instead
             raise ValueError(f"lb_policy: expected {' or '.join(LB_POLICIES)}, got {lb_policy!r}")
+        try:  # inf or 1e10 s (gRPC's deadline overflows) failed every call at once
+            if timeout is not None:
+                positive_seconds(timeout)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"timeout: {error} (None: no limit)") from None
         self.timeout = timeout
         self._channel = (security or ChannelSecurity()).channel(
             target,
