@@ -298,15 +298,3 @@ def test_a_target_of_a_scheme_grpc_lacks_is_refused_as_such(capsys, address):
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"fmnist health: error: argument --target: expected HOST:PORT or a gRPC name such as "
         f"dns:///NAME:PORT, got {address!r}: gRPC has no {address.partition(':')[0]}: scheme")
-
-
-def test_the_default_model_has_the_servers_max_request_images(target):
-    """`max_request_images("")` was NOT_FOUND ("name: no model ''") where `classify(images,
-    "")` takes the server's default model: a caller passing on its model argument had to
-    name one for the limit alone."""
-    from serving.settings import Settings
-
-    with ClassifierClient(target) as client:
-        assert client.max_request_images("") == client.max_request_images("mlp") == (
-            Settings().max_request_images)
-        assert client.max_request_images() == Settings().max_request_images

@@ -271,3 +271,15 @@ def test_score_with_stderr_closed_scores(target):
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout
     assert result.stdout.splitlines()[0] == "images                 5 (test set 0..4)"
+
+
+def test_the_default_model_has_the_servers_max_request_images(target):
+    """`max_request_images("")` was NOT_FOUND ("name: no model ''") where `classify(images,
+    "")` takes the server's default model: a caller passing on its model argument had to
+    name one for the limit alone."""
+    from serving.settings import Settings
+
+    with ClassifierClient(target) as client:
+        assert client.max_request_images("") == client.max_request_images("mlp") == (
+            Settings().max_request_images)
+        assert client.max_request_images() == Settings().max_request_images

@@ -1,0 +1,71 @@
+"""The three commands' --help (fmnist-train, fmnist-serve, fmnist): each default as the
+command then takes it, and a help that cannot be written said as any other output is."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(("command", "environ", "shown"), [
+    (["fmnist-train"], {"FMNIST_MLP_EPOCHS": "abc"},
+     "--mlp-epochs N maximum epochs (default: refused: FMNIST_MLP_EPOCHS: expected a positive "
+     "integer, got abc) [env FMNIST_MLP_EPOCHS]"),
+    (["fmnist-train"], {"FMNIST_SEED": "-1"},
+     "same models [env FMNIST_SEED] (default: refused: FMNIST_SEED: expected an integer >= 0 "
+     "and <= 4294967295, got -1)"),
+    (["fmnist-train"], {"FMNIST_EPOCHS": "0"},
+     "--epochs N maximum epochs [env FMNIST_EPOCHS] (default: refused: FMNIST_EPOCHS: expected "
+     "a positive integer, got 0)"),
+    (["fmnist-train"], {"FMNIST_TRAIN_SUBSET": "all"}, "[env FMNIST_TRAIN_SUBSET] (default: "
+     "refused: FMNIST_TRAIN_SUBSET: expected a positive integer, got all)"),
+    (["fmnist-train"], {"FMNIST_MLP_EPOCHS": "7", "FMNIST_MLP_HIDDEN": "64,32"},
+     "--mlp-epochs N maximum epochs (default: 7)"),  # a good value is the default shown
+    (["fmnist-train"], {"FMNIST_MLP_HIDDEN": "64,32"}, "comma-separated (default: 64,32)"),
+    (["fmnist-serve"], {"FMNIST_PARALLEL_INFERENCES": "abc"},
+     "[env FMNIST_PARALLEL_INFERENCES] (default: refused: FMNIST_PARALLEL_INFERENCES:"),
+    (["fmnist", "health"], {"FMNIST_TIMEOUT": "abc"}, "[env FMNIST_TIMEOUT] (default: refused: "
+     "FMNIST_TIMEOUT: expected seconds > 0 and <= 86400 (a day), got abc)"),
+])
+def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypatch, command,
+                                                                  environ, shown):
+    """`fmnist-train --help` showed the built-in default (mlp epochs 20, seed 42) beside a
+    variable holding a bad value that the run then refused, or a good one it then used (7),
+    where fmnist's and fmnist-serve's --help show "refused: ..." and the variable's value; a
+    help that tells its default in words (fmnist-serve's --parallel-inferences) hid it too."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+    from training.options import build_parser
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    program, *argv = command
+    with pytest.raises(SystemExit) as ended:
+        {"fmnist-train": lambda: build_parser().parse_args([*argv, "--help"]),
+         "fmnist-serve": lambda: argument_parser().parse_args([*argv, "--help"]),
+         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
+    assert ended.value.code == 0
+    assert shown in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
+@pytest.mark.parametrize(("module", "argv", "program"), [
+    ("training", ["--help"], "fmnist-train"), ("serving", ["--help"], "fmnist-serve"),
+    ("serving.client", ["--help"], "fmnist"), ("serving.client", ["score", "--help"],
+                                                "fmnist score")])
+def test_a_help_that_cannot_be_written_is_said(module, argv, program):
+    """`fmnist-train --help > /dev/full` exited 0 and said nothing (argparse drops the error
+    of writing its help), as if the help had been shown; a reader that stopped reading it
+    (`| head -1`) is still no error."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", module, *argv], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (
+        1, f"{program}: error: stdout: No space left on device\n")
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "wb") as stopped:
+        result = subprocess.run([sys.executable, "-m", module, *argv], stdout=stopped,
+                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
