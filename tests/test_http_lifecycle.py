@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import pytest
 import requests
 
 from inference import grpc_service_pb2 as pb
@@ -40,6 +41,33 @@ def test_ready_turns_400_when_the_server_drains_before_calls_are_refused(model_r
                     events.append(f"gRPC ready: {_grpc_ready(inference)}")
         stopping.join(10)
     assert events == ["not ready", "gRPC ready: False", "call refused"]
+
+
+def test_model_ready_is_unavailable_from_the_drains_first_moment(model_repository, monkeypatch,
+                                                                 grpc_server):
+    """While ServerReady said false (the drain's notice to balancers), ModelReady still said
+    true (HTTP 200), then UNAVAILABLE once calls were refused: two answers, the first wrong.
+    As Triton's ("Server not ready", UNAVAILABLE), it is UNAVAILABLE (HTTP 503) from the
+    drain's start, on both transports, which a client's retry policy takes to a ready
+    replica."""
+    monkeypatch.setattr(server_module, "HEALTH_NOTICE_SECONDS", 1.0)  # calls still admitted
+    with (http_server(http_settings(model_repository, grace_period=3.0,
+                                    grpc_server=grpc_server)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        inference = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert inference.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=5).ready
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        deadline = time.monotonic() + 0.5
+        while _grpc_ready(inference) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with pytest.raises(grpc.RpcError) as refused:
+            inference.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=5)
+        answer = requests.get(f"{url}/v2/models/mlp/ready", timeout=5)
+        assert server.admission.accepting  # still the notice, before calls are refused
+        stopping.join(10)
+    assert (refused.value.code(), answer.status_code) == (grpc.StatusCode.UNAVAILABLE, 503)
+    assert "shutting down" in refused.value.details() and "shutting down" in answer.text
 
 
 def test_a_stopped_server_has_let_go_of_its_http_port(model_repository):

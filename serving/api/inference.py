@@ -15,9 +15,9 @@ from serving.codecs.inference import (
     encode_statistics,
     parse_version,
 )
-from serving.errors import Cancelled, DeadlineExceeded, InvalidArgument, ServingError
+from serving.errors import Cancelled, DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from serving.metrics import model_statistics
-from serving.pipeline import Call
+from serving.pipeline import DRAINING_MESSAGE, Call
 from serving.repository import ModelRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -44,6 +44,8 @@ class InferenceAPI:
         return pb.ServerReadyResponse(ready=self._ready())
 
     def ModelReady(self, request, call: Call) -> pb.ModelReadyResponse:  # noqa: N802 (the protocol's name)
+        if not self._ready():  # as Triton's: UNAVAILABLE from the drain's first moment
+            raise Unavailable(DRAINING_MESSAGE)
         versions, version = self._registry.versions(request.name), parse_version(request.version)
         return pb.ModelReadyResponse(ready=bool(versions) and version in (0, *versions))
 
