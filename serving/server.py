@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from fashion_mnist.v1 import classifier_pb2
 from inference import grpc_service_pb2
@@ -77,9 +78,13 @@ class ModelServer:
         self._server.add_generic_rpc_handlers(
             [api_handler(service, getattr(self, api)) for service, api in SERVICES.items()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            [*(s.full_name for s in SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME],
-            self._server)
+        listed = [*(s.full_name for s in SERVICES), health.SERVICE_NAME, reflection.SERVICE_NAME]
+        info = grpc.stream_stream_rpc_method_handler(reflection.ReflectionServicer(
+            listed).ServerReflectionInfo, reflection_pb2.ServerReflectionRequest.FromString,
+            reflection_pb2.ServerReflectionResponse.SerializeToString)
+        self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(  # v1 too:
+            f"grpc.reflection.{v}.ServerReflection", {"ServerReflectionInfo": info})  # the same
+            for v in ("v1alpha", "v1")])  # messages; tools ask v1 first, some v1 alone
         self._health_server = None
         if settings.health_port:
             self._health_server = grpc_server(  # the interceptor only parses (no API here)

@@ -238,6 +238,22 @@ async def test_reflection_lists_the_services(channel):
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 
+async def test_reflection_answers_at_v1_too(channel):
+    """grpc.reflection.v1 (the stable name, the same messages as v1alpha's) answered
+    UNIMPLEMENTED: tools that ask v1 alone (grpc-java's and tonic's v1 clients, Kreya) found no
+    services; grpcurl and Postman ask v1 first. Both names answer the same."""
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)
+    answers = []
+    for version in ("v1alpha", "v1"):
+        info = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        answers.append([r async for r in info(iter([request]), timeout=5)])
+    assert answers[0][0].file_descriptor_response.file_descriptor_proto
+    assert answers[1] == answers[0]
+
+
 async def test_draining_refuses_new_calls_but_keeps_health_answering(server, channel, stub,
                                                                      first_refusal):
     health = health_pb2_grpc.HealthStub(channel)
