@@ -9,27 +9,45 @@
 set -u
 UPSTREAMS=/tmp/nginx-upstreams.conf
 
-# The upstream blocks for the addresses `classifier` has now, into $UPSTREAMS.new; fails if none.
+# The upstream blocks for the addresses `classifier` has now, into $UPSTREAMS.new. When DNS
+# says the name does not exist (no replica runs), upstreams of one server marked down, which
+# fail each call at once (nginx's 502, "no live upstreams"; the gone addresses, kept, made each
+# call wait nginx's 2 s connect timeout, then 502), and status 2. Status 1, nothing written,
+# when DNS did not answer (a transient failure: a replica may be there, its calls go on).
+# getent cannot tell the two apart (status 2 for both); Python's getaddrinfo can (the base
+# image has it).
 # `classifier.`, absolute: while no replica runs, compose's DNS says `classifier` does not exist,
 # and the resolver then tries it under the host's search domains (`classifier.<domain>`, which
 # a wildcard record or a LAN host may answer), and calls went to that outside host.
 render() {
-    addresses=$(getent ahostsv4 classifier. | awk '{ print $1 }' | sort -u)
-    [ -n "$addresses" ] || return 1
+    addresses=$(python3 -I -S -c '
+import socket, sys
+try:
+    found = socket.getaddrinfo("classifier.", None, socket.AF_INET, socket.SOCK_STREAM)
+except socket.gaierror as error:
+    sys.exit(2 if error.errno in (socket.EAI_NONAME, socket.EAI_NODATA) else 1)
+print(" ".join(sorted({address[4][0] for address in found})))')
+    case $? in
+        0) server=50051 http=8080 down= ;;
+        2) addresses=127.0.0.1 server=1 http=1 down=" down" ;;  # never tried: down
+        *) return 1 ;;
+    esac
     {
         echo "upstream classifier {"
-        for address in $addresses; do echo "    server $address:50051;"; done
+        for address in $addresses; do echo "    server $address:$server$down;"; done
         echo "}"
         echo "upstream classifier_http {"
-        for address in $addresses; do echo "    server $address:8080;"; done
+        for address in $addresses; do echo "    server $address:$http$down;"; done
         echo "    keepalive 32;"
         echo "}"
     } >"$UPSTREAMS.new"
+    [ -z "$down" ] || return 2
 }
 
 # Until nginx runs, a stop (SIGQUIT, the image's STOPSIGNAL; SIGTERM; SIGINT) ends this at once:
 # as a container's process 1 it gets only the signals it traps (`compose stop` waited 10 s).
 trap 'exit 0' QUIT TERM INT
+# Until a replica resolves, nginx has nothing to serve.
 until render; do
     echo "nginx-lb.sh: waiting for the service classifier to resolve" >&2
     sleep 1
@@ -44,9 +62,15 @@ trap 'kill -QUIT "$nginx" 2>/dev/null' QUIT TERM INT
 while kill -0 "$nginx" 2>/dev/null; do
     sleep 2 &
     wait $! 2>/dev/null
-    if render && ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then
+    render
+    case $? in
+        1) continue ;;
+        2) now="no replica of classifier now (calls fail at once, 502)" ;;
+        *) now="classifier replicas now $addresses" ;;
+    esac
+    if ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then
         mv "$UPSTREAMS.new" "$UPSTREAMS"
-        echo "nginx-lb.sh: classifier replicas now $(echo $addresses): reloading nginx" >&2
+        echo "nginx-lb.sh: $now: reloading nginx" >&2
         kill -HUP "$nginx"
     fi
 done

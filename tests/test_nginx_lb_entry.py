@@ -1,6 +1,6 @@
 """deploy/nginx-lb.sh, the compose `lb` image's entry point, run as a container runs it: the
 process 1 of a PID namespace of its own (the kernel gives process 1 only the signals it
-handles), with a `getent` on PATH standing for compose's DNS."""
+handles), with compose's DNS played by a stub on PATH or a DNS server of the test's."""
 
 import os
 import signal
@@ -30,9 +30,9 @@ def test_a_stop_while_no_replica_resolves_ends_it_at_once(tmp_path, stop):
     """Until `classifier` resolved (no replica yet, or none left when the lb restarts) the
     script trapped no signal: as process 1 it ignored `docker compose stop`'s SIGQUIT and
     SIGTERM, which waited its 10 s and killed it (exit 137)."""
-    getent = tmp_path / "getent"
-    getent.write_text("#!/bin/sh\nexit 2\n")  # getent's status for a name that does not resolve
-    getent.chmod(0o755)
+    resolver = tmp_path / "python3"  # the script's resolver: status 2, no such name
+    resolver.write_text("#!/bin/sh\nexit 2\n")
+    resolver.chmod(0o755)
     # SIGINT and SIGQUIT not ignored, as under docker (a shell's background job ignores them,
     # and sh cannot trap a signal ignored when it started)
     namespace = ["env", "--default-signal=INT,QUIT", "unshare", "--user", "--map-root-user",
@@ -93,6 +93,8 @@ def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, rep
              # an address past loopback: getaddrinfo asks no DNS without one (AI_ADDRCONFIG)
              "ip addr add 10.9.9.9/32 dev lo && "
              f"mount -t tmpfs none /mnt && cp {tmp_path}/nginx {tmp_path}/dns.py {SCRIPT} /mnt && "
+             # the script's resolver (python3), wherever PATH would have found it
+             f"ln -s {os.path.realpath(sys.executable)} /mnt/python3 && "
              f"{{ {sys.executable} /mnt/dns.py {replica} >/dev/null 2>&1 & }} && sleep 1 && "
              # the script's own /tmp, as the image's tmpfs; this checkout and its Python may be
              # under /tmp too, hence the copies in /mnt and the stub DNS started before
@@ -111,3 +113,103 @@ def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, rep
         assert "server 203.0.113.7:50051;" in done.stdout, (done.stdout, done.stderr)
     else:
         assert "waiting for the service classifier to resolve" in done.stderr, done.stderr
+
+
+# A DNS server whose answers the test changes as it goes: /mnt/dns-state holds `replica` (the
+# name `classifier` is 203.0.113.7), `none` (it does not exist: no replica runs) or `servfail`
+# (the resolver failed, a transient DNS failure).
+_STATEFUL_DNS = r"""
+import socket, struct
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 53))
+while True:
+    query, peer = sock.recvfrom(512)
+    end = 12
+    while query[end]:
+        end += 1 + query[end]
+    state = open("/mnt/dns-state").read().strip()
+    found = state == "replica" and query[end + 1:end + 3] == b"\0\1"
+    flags = 0x8180 if found else 0x8182 if state == "servfail" else 0x8183
+    header = query[:2] + struct.pack(">HHHHH", flags, 1, int(found), 0, 0)
+    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([203, 0, 113, 7])
+    sock.sendto(header + query[12:end + 5] + (answer if found else b""), peer)
+"""
+
+# Run in the namespace: one HTTP request through nginx per DNS state, after nginx-lb.sh had
+# 4.5 s (two of its looks) to see it; prints each state, status and seconds taken.
+_CALLS = r"""
+import http.client, sys, time
+def call():
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
+    connection.request("GET", "/v1/health")
+    return connection.getresponse().status, round(time.monotonic() - started, 2)
+deadline = time.monotonic() + 10
+while True:
+    try:
+        call()
+        break
+    except OSError:
+        assert time.monotonic() < deadline, "nginx did not listen within 10 s"
+        time.sleep(0.2)
+for state in sys.argv[1:]:
+    open("/mnt/dns-state", "w").write(state)
+    time.sleep(4.5)
+    print(state, *call(), flush=True)
+"""
+
+
+def _run_with_nginx(tmp_path, calls: str, *args: str) -> subprocess.CompletedProcess:
+    """deploy/nginx-lb.sh with Debian's nginx on nginx-grpc-lb.conf, in a network namespace
+    whose DNS is _STATEFUL_DNS and where 203.0.113.0/24 is a route that drops every packet
+    (a replica gone: a connect there waits for nginx's connect timeout); then ``calls``
+    (Python) is run there with ``args``."""
+    nginx = Path("/usr/sbin/nginx")
+    if not nginx.exists():
+        pytest.skip("no nginx (Debian's package nginx) here")
+    config = SCRIPT.parent / "nginx-grpc-lb.conf"
+    # root: in the user namespace no other user exists to run its workers as
+    (tmp_path / "nginx.conf").write_text("user root root;\n" + config.read_text())
+    (tmp_path / "nginx").write_text(f'#!/bin/sh\nexec {nginx} -c /mnt/nginx.conf "$@"\n')
+    (tmp_path / "nginx").chmod(0o755)
+    (tmp_path / "dns.py").write_text(_STATEFUL_DNS)
+    (tmp_path / "calls.py").write_text(calls)
+    (tmp_path / "resolv.conf").write_text(
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    python = os.path.realpath(sys.executable)
+    inner = (f"mount --bind {tmp_path}/resolv.conf /etc/resolv.conf && ip link set lo up && "
+             # packets to 203.0.113.0/24 loop back to a host that forwards none: lost
+             "ip addr add 10.9.9.9/32 dev lo && ip route add 203.0.113.0/24 dev lo && "
+             f"mount -t tmpfs none /mnt && cp {tmp_path}/* {SCRIPT} /mnt && "
+             f"ln -s {python} /mnt/python3 && echo replica >/mnt/dns-state && "
+             f"{{ {python} /mnt/dns.py & }} && "
+             # the script's own /tmp, a tmpfs as in the image, in a mount namespace of its own
+             "{ PATH=/mnt:$PATH unshare --mount sh -c 'mount -t tmpfs none /tmp && "
+             f"exec sh /mnt/{SCRIPT.name}' </dev/null 2>/mnt/lb.err & }} && "
+             f"{python} /mnt/calls.py {' '.join(args)}; status=$?; cat /mnt/lb.err >&2; "
+             "exit $status")
+    namespace = ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork",
+                 "--kill-child"]
+    if subprocess.run([*namespace, "sh", "-c", "ip link set lo up"], check=False,
+                      capture_output=True).returncode:
+        pytest.skip("unshare --user --mount --net --pid cannot run here")
+    return subprocess.run([*namespace, "sh", "-c", inner], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_no_replica_left_fails_calls_at_once_and_a_dns_failure_keeps_them(tmp_path):
+    """With every replica of `classifier` stopped (`--scale classifier=0`, `compose stop`),
+    compose's DNS says the name does not exist, and the script, which could not tell that from a
+    DNS failure, kept the gone addresses: each call waited nginx's 2 s connect timeout, then
+    502. A name that does not exist now leaves nginx no upstream server to try (502 at once);
+    a DNS failure keeps the addresses it had (a replica may be there, its calls go on)."""
+    done = _run_with_nginx(tmp_path, _CALLS, "servfail", "none", "replica")
+    results = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert set(results) == {"servfail", "none", "replica"}, (done.stdout, done.stderr)
+    status, seconds = results["servfail"]  # the gone address kept: its connect timeout, 2 s
+    assert status in ("502", "504") and float(seconds) >= 1.5, (results, done.stderr)
+    status, seconds = results["none"]
+    assert status == "502" and float(seconds) < 0.5, (results, done.stderr)
+    assert "no replica of classifier" in done.stderr, done.stderr
+    status, seconds = results["replica"]  # back: the address is tried again
+    assert status in ("502", "504") and float(seconds) >= 1.5, (results, done.stderr)
