@@ -8,6 +8,7 @@
 # them again and reloads nginx when they changed (a reload lets calls in flight finish).
 set -u
 UPSTREAMS=/tmp/nginx-upstreams.conf
+PIDFILE=/tmp/nginx.pid  # nginx-grpc-lb.conf's
 
 # The upstream blocks for the addresses `classifier` has now, into $UPSTREAMS.new. When DNS
 # says the name does not exist (no replica runs), upstreams of one server marked down, which
@@ -47,6 +48,11 @@ print(" ".join(sorted({address[4][0] for address in found})))')
 # Until nginx runs, a stop (SIGQUIT, the image's STOPSIGNAL; SIGTERM; SIGINT) ends this at once:
 # as a container's process 1 it gets only the signals it traps (`compose stop` waited 10 s).
 trap 'exit 0' QUIT TERM INT
+# SIGHUP (`docker kill -s HUP lb`, a reload while nginx was process 1) looks up the replicas now
+# and reloads nginx, as a change of replicas does; a reload waits until nginx has written its
+# pid file (after it set its signal handlers: a SIGHUP before would end it, its default action).
+reload=
+trap 'reload=SIGHUP' HUP
 # Until a replica resolves, nginx has nothing to serve.
 until render; do
     echo "nginx-lb.sh: waiting for the service classifier to resolve" >&2
@@ -64,13 +70,17 @@ while kill -0 "$nginx" 2>/dev/null; do
     wait $! 2>/dev/null
     render
     case $? in
-        1) continue ;;
+        1) now= ;;  # DNS did not answer: the upstreams as they are
         2) now="no replica of classifier now (calls fail at once, 502)" ;;
         *) now="classifier replicas now $addresses" ;;
     esac
-    if ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then
+    if [ -n "$now" ] && ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then
         mv "$UPSTREAMS.new" "$UPSTREAMS"
-        echo "nginx-lb.sh: $now: reloading nginx" >&2
+        reload=$now
+    fi
+    if [ -n "$reload" ] && [ "$(cat "$PIDFILE" 2>/dev/null)" = "$nginx" ]; then
+        echo "nginx-lb.sh: $reload: reloading nginx" >&2
+        reload=
         kill -HUP "$nginx"
     fi
 done

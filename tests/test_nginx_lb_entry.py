@@ -159,18 +159,21 @@ for state in sys.argv[1:]:
 """
 
 
-def _run_with_nginx(tmp_path, calls: str, *args: str) -> subprocess.CompletedProcess:
-    """deploy/nginx-lb.sh with Debian's nginx on nginx-grpc-lb.conf, in a network namespace
-    whose DNS is _STATEFUL_DNS and where 203.0.113.0/24 is a route that drops every packet
-    (a replica gone: a connect there waits for nginx's connect timeout); then ``calls``
-    (Python) is run there with ``args``."""
+def _run_with_nginx(tmp_path, calls: str, *args: str, slow_start: float = 0
+                    ) -> subprocess.CompletedProcess:
+    """deploy/nginx-lb.sh with Debian's nginx on nginx-grpc-lb.conf, as the process 1 of a PID
+    namespace, in a network namespace whose DNS is _STATEFUL_DNS and where 203.0.113.0/24 is a
+    route that drops every packet (a replica gone: a connect there waits for nginx's connect
+    timeout); then ``calls`` (Python) is run there with ``args``, and $LB the pid of the
+    script's parent. nginx starts ``slow_start`` seconds after the script runs it."""
     nginx = Path("/usr/sbin/nginx")
     if not nginx.exists():
         pytest.skip("no nginx (Debian's package nginx) here")
     config = SCRIPT.parent / "nginx-grpc-lb.conf"
     # root: in the user namespace no other user exists to run its workers as
     (tmp_path / "nginx.conf").write_text("user root root;\n" + config.read_text())
-    (tmp_path / "nginx").write_text(f'#!/bin/sh\nexec {nginx} -c /mnt/nginx.conf "$@"\n')
+    (tmp_path / "nginx").write_text(
+        f'#!/bin/sh\nsleep {slow_start}\nexec {nginx} -c /mnt/nginx.conf "$@"\n')
     (tmp_path / "nginx").chmod(0o755)
     (tmp_path / "dns.py").write_text(_STATEFUL_DNS)
     (tmp_path / "calls.py").write_text(calls)
@@ -184,15 +187,15 @@ def _run_with_nginx(tmp_path, calls: str, *args: str) -> subprocess.CompletedPro
              f"ln -s {python} /mnt/python3 && echo replica >/mnt/dns-state && "
              f"{{ {python} /mnt/dns.py & }} && "
              # the script's own /tmp, a tmpfs as in the image, in a mount namespace of its own
-             "{ PATH=/mnt:$PATH unshare --mount sh -c 'mount -t tmpfs none /tmp && "
+             "{ PATH=/mnt:$PATH unshare --mount --pid --fork sh -c 'mount -t tmpfs none /tmp && "
              f"exec sh /mnt/{SCRIPT.name}' </dev/null 2>/mnt/lb.err & }} && "
-             f"{python} /mnt/calls.py {' '.join(args)}; status=$?; cat /mnt/lb.err >&2; "
+             f"LB=$! {python} /mnt/calls.py {' '.join(args)}; status=$?; cat /mnt/lb.err >&2; "
              "exit $status")
-    namespace = ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork",
-                 "--kill-child"]
+    namespace = ["env", "--default-signal=HUP,INT,QUIT", "unshare", "--user", "--map-root-user",
+                 "--mount", "--net", "--pid", "--mount-proc", "--fork", "--kill-child"]
     if subprocess.run([*namespace, "sh", "-c", "ip link set lo up"], check=False,
                       capture_output=True).returncode:
-        pytest.skip("unshare --user --mount --net --pid cannot run here")
+        pytest.skip("env --default-signal or unshare --user --mount --net --pid cannot run here")
     return subprocess.run([*namespace, "sh", "-c", inner], capture_output=True, text=True,
                           timeout=60, check=False)
 
@@ -213,3 +216,45 @@ def test_no_replica_left_fails_calls_at_once_and_a_dns_failure_keeps_them(tmp_pa
     assert "no replica of classifier" in done.stderr, done.stderr
     status, seconds = results["replica"]  # back: the address is tried again
     assert status in ("502", "504") and float(seconds) >= 1.5, (results, done.stderr)
+
+
+# Run in the namespace: SIGHUP to the script (process 1 of its PID namespace, as in a container)
+# once nginx runs, or while nginx starts (argv[1]); prints whether nginx reloaded (workers of
+# its master replaced by new ones) within 6 s, or that it ended.
+_RELOADS = r"""
+import os, signal, sys, time
+from pathlib import Path
+def children(pid, name=None):
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(c) for c in found
+                if name is None or Path(f"/proc/{c}/comm").read_text().strip() == name]
+    except FileNotFoundError:
+        return []
+def wait_for(what, timeout):
+    deadline = time.monotonic() + timeout
+    while not (found := what()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+script = wait_for(lambda: children(int(os.environ["LB"])), 10)[0]
+master = wait_for(lambda: children(script, "nginx"), 10)[0]
+if sys.argv[1] == "starting":  # nginx not yet started, as in its first moments
+    os.kill(script, signal.SIGHUP)
+workers = set(wait_for(lambda: children(master, "nginx"), 10))
+if sys.argv[1] == "running":
+    os.kill(script, signal.SIGHUP)
+replaced = wait_for(lambda: set(children(master, "nginx")) - workers or not children(script), 6)
+print("nginx ended" if not children(script) else "reloaded" if replaced else "not reloaded")
+"""
+
+
+@pytest.mark.parametrize("when", ["running", "starting"], ids=lambda when: f"nginx {when}")
+def test_a_sighup_reloads_nginx_and_never_stops_it(tmp_path, when):
+    """`docker kill -s HUP lb` reloaded nginx while nginx was the container's process 1; the
+    script, process 1 since, trapped no SIGHUP, so the kernel dropped it: nothing reloaded. It
+    is passed on to nginx (with the replicas looked up again), but only once nginx has written
+    its pid file: a SIGHUP before nginx set its signal handlers would end it (its default
+    action), and the container with it."""
+    done = _run_with_nginx(tmp_path, _RELOADS, when, slow_start=1 if when == "starting" else 0)
+    assert done.stdout.strip() == "reloaded", (done.stdout, done.stderr)
+    assert "SIGHUP: reloading nginx" in done.stderr, done.stderr
