@@ -78,11 +78,15 @@ def http_server(host: str, port: int, registry):
     app = make_wsgi_app(registry)
 
     def metrics(environ, start_response):
-        # HEAD: GET's status and headers, no body (RFC 9110 9.3.2); the app knows GET only
+        # HEAD: GET's status and headers, no body (RFC 9110 9.3.2); the app knows GET only, and
+        # says so (OPTIONS, 405): HEAD is added to its Allow and its 405's words
         head, answer = environ["REQUEST_METHOD"] == "HEAD", []
         body = b"".join(app({**environ, "REQUEST_METHOD": "GET"} if head else environ,
                             lambda *status_headers: answer.extend(status_headers)))
-        start_response(answer[0], [*answer[1], ("Content-Length", str(len(body)))])
+        if answer[0][:3] == "405":
+            body = body.replace(b"use OPTIONS or GET", b"use GET, HEAD or OPTIONS")
+        headers = [(k, "GET, HEAD, OPTIONS" if k == "Allow" else v) for k, v in answer[1]]
+        start_response(answer[0], [*headers, ("Content-Length", str(len(body)))])
         return [] if head else [body]
 
     return make_server(host, port, metrics, server_class=MetricsServer,

@@ -2,6 +2,7 @@
 a request trickled a byte a second, HEAD (uptime checkers, curl -I)."""
 
 import contextlib
+import http.client
 import socket
 import time
 
@@ -65,3 +66,18 @@ def test_a_scraper_that_trickles_its_request_is_dropped_after_5_s_in_all(port):
                 break
         assert closed and time.monotonic() - started < 8
         assert value(scrape(port), "fmnist_requests_in_flight") == 0  # and it still serves
+
+
+def test_the_methods_metrics_allows_include_head(port):
+    """HEAD is answered (above), but OPTIONS and a 405 said `Allow: OPTIONS,GET` and "use
+    OPTIONS or GET" (prometheus_client's words): a client or proxy trusting Allow would not
+    send HEAD. Every method answered is listed."""
+    for method, status in (("OPTIONS", 200), ("POST", 405)):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request(method, "/metrics")
+        answer = connection.getresponse()
+        body = answer.read()
+        assert (answer.status, answer.getheader("Allow")) == (status, "GET, HEAD, OPTIONS")
+        assert body == (b"# HTTP 405 Method Not Allowed: POST; use GET, HEAD or OPTIONS\n"
+                        if status == 405 else b"")
+        connection.close()
