@@ -10,7 +10,7 @@
 # profile, scales to 2 replicas behind the load balancer, and brings everything down.
 # Exit codes: 0 passed, 1 failed, 77 skipped (podman cannot be installed or run here).
 set -euo pipefail
-SCRIPT=$(realpath "$0")
+SCRIPT=$(realpath "${BASH_SOURCE[0]}")
 cd "$(dirname "$SCRIPT")/.."
 
 SKIPPED=77
@@ -21,9 +21,15 @@ BASE_IMAGE=localhost/ci-python-base
 # Bumped whenever build_base_image changes, so that a cached base image of an older recipe is
 # rebuilt.
 BASE_RECIPE=2
-# Its own compose project (a run tears down what an interrupted run of the same name left).
-PROJECT=${FMNIST_COMPOSE_PROJECT:-fmnist-smoke}
-SERVE_IMAGE=localhost/fashion-mnist-service:latest
+# A compose project and an image tag of its own for each run, so that two runs at once (two CI
+# jobs) neither tear down each other's containers nor build over each other's images (nor a
+# user's `latest`). A project named in FMNIST_COMPOSE_PROJECT is torn down first, as an
+# interrupted run of that name left it; the images of a tag of its own are untagged at the end.
+PROJECT=${FMNIST_COMPOSE_PROJECT:-fmnist-smoke-$$-$RANDOM}
+GIVEN_TAG=${FMNIST_IMAGE_TAG:-}
+export FMNIST_IMAGE_TAG=${FMNIST_IMAGE_TAG:-$PROJECT}
+SERVE_IMAGE=localhost/fashion-mnist-service:$FMNIST_IMAGE_TAG
+LB_IMAGE=localhost/fashion-mnist-lb:$FMNIST_IMAGE_TAG
 COMPOSE=()
 COMPOSE_UP=
 SCRATCH=
@@ -38,7 +44,9 @@ skip() { echo "compose smoke test SKIPPED: $*" >&2; exit "$SKIPPED"; }
 become_root() {
     [ "$(id -u)" = 0 ] && return 0
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        exec sudo -n env "PATH=$PATH" "FMNIST_COMPOSE_WORK=$WORK" "FMNIST_VENV=$VENV" bash "$SCRIPT" "$@"
+        exec sudo -n env "PATH=$PATH" "FMNIST_COMPOSE_WORK=$WORK" "FMNIST_VENV=$VENV" \
+            "FMNIST_COMPOSE_PROJECT=$PROJECT" ${GIVEN_TAG:+"FMNIST_IMAGE_TAG=$GIVEN_TAG"} \
+            bash "$SCRIPT" "$@"
     fi
     skip "rootful podman needs root, and this user is not root and has no passwordless sudo"
 }
@@ -210,6 +218,9 @@ cleanup() {
         teardown
     fi
     [ -z "$SCRATCH" ] || rm -rf "$SCRATCH"
+    # its own tag only: the layers stay, as the next build's cache
+    [ -n "$GIVEN_TAG" ] || podman untag "$SERVE_IMAGE" "$SERVE_IMAGE" >/dev/null 2>&1 || true
+    [ -n "$GIVEN_TAG" ] || podman untag "$LB_IMAGE" "$LB_IMAGE" >/dev/null 2>&1 || true
     exit $status
 }
 
@@ -217,9 +228,13 @@ main() {
     become_root "$@"
     install_packages
     configure_podman
+    # Runs at once share the work folder: one at a time installs and builds what is kept there.
+    exec 9>"$WORK/setup.lock"
+    flock 9
     install_podman_compose
     host_python
     build_base_image
+    exec 9>&-
 
     SCRATCH=$(mktemp -d)
     trap cleanup EXIT
@@ -239,14 +254,9 @@ main() {
     FMNIST_LB_PUBLISH=127.0.0.1:$lb_port
     FMNIST_LB_HTTP_PUBLISH=127.0.0.1:$lb_http_port
 
-    log "compose build (BASE_IMAGE=$BASE_IMAGE)"
-    local previous  # the serve image the build replaces: its venv layer alone is ~300 MB
-    previous=$(podman image inspect --format '{{.Id}}' "$SERVE_IMAGE" 2>/dev/null || true)
+    log "compose build (BASE_IMAGE=$BASE_IMAGE, tag $FMNIST_IMAGE_TAG)"
     "${COMPOSE[@]}" --profile lb build >"$SCRATCH/build.log" 2>&1 \
         || { tail -40 "$SCRATCH/build.log" >&2; fail "compose build failed"; }
-    if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$SERVE_IMAGE")" ]; then
-        podman rmi "$previous" >/dev/null 2>&1 && log "removed the serve image it replaced"
-    fi
     log "serve image: $(podman image inspect --format '{{.Size}}' "$SERVE_IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
     log "compose up -d"
@@ -337,4 +347,5 @@ main() {
     log "compose smoke test passed"
 }
 
-main "$@"
+# Sourced (tests/test_compose_smoke_names.py), it only sets its names.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

@@ -1,0 +1,41 @@
+"""The names scripts/compose_smoke.sh gives what it creates, read by sourcing it (which runs no
+podman): two runs at once (two CI jobs, a developer's run beside CI's) must not share a compose
+project, whose teardown would remove the other run's containers, nor an image tag, which one
+run's build would move under the other's containers (or a user's own `:latest`)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compose_smoke.sh"
+
+
+def _names(**env: str) -> list[str]:
+    """The compose project and the two images a run would use, with ``env`` set."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("FMNIST_COMPOSE_PROJECT", "FMNIST_IMAGE_TAG")}
+    done = subprocess.run(
+        ["bash", "-c", f'source "{SCRIPT}" && echo "$PROJECT $SERVE_IMAGE ${{LB_IMAGE-unset}}"'],
+        capture_output=True, text=True, timeout=30, env={**clean, **env}, check=True)
+    return done.stdout.split()
+
+
+def test_two_runs_at_once_get_a_project_and_images_of_their_own():
+    """The default project was `fmnist-smoke` for every run: a second run's first step (tear
+    down what an interrupted run of that name left) removed the first's containers mid-test,
+    which cost a CI run; and each built `fashion-mnist-service:latest`, replacing the image a
+    user ran as `latest` (and removing it) and the one the other run was testing."""
+    first, second = _names(), _names()
+    assert first[0] != second[0], (first, second)
+    for project, serve, lb in (first, second):
+        assert project.startswith("fmnist-smoke-"), project
+        assert serve == f"localhost/fashion-mnist-service:{project}", serve
+        assert lb == f"localhost/fashion-mnist-lb:{project}", lb
+
+
+def test_a_project_and_tag_given_are_used():
+    project, serve, lb = _names(FMNIST_COMPOSE_PROJECT="mine", FMNIST_IMAGE_TAG="t1")
+    assert (project, serve, lb) == (
+        "mine", "localhost/fashion-mnist-service:t1", "localhost/fashion-mnist-lb:t1")
+    assert _names(FMNIST_COMPOSE_PROJECT="mine")[1:] == [
+        "localhost/fashion-mnist-service:mine", "localhost/fashion-mnist-lb:mine"]
