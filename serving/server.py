@@ -287,7 +287,9 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
             heartbeat()
             server.count_dead_calls()
             time.sleep(0.1)
-        log.info("shutdown requested", extra={"fields": {"signal": stop_requested[0].name}})
+        first = stop_requested[0]  # ACCEPTS_NO_MORE: the native server's signal, no operator's
+        log.info("shutdown requested", extra={"fields": {"signal": first.name} if (
+            first != ACCEPTS_NO_MORE) else {"cause": "the gRPC port accepts no more connections"}})
         heartbeat(ahead_s=settings.grace_period)
     finally:
         server.stop()

@@ -195,7 +195,8 @@ def test_workers_out_of_file_descriptors_are_replaced_and_the_port_answers_again
 def test_a_single_process_out_of_file_descriptors_exits_non_zero_saying_why(model_repository):
     """With --workers 1 no supervisor replaces the process that stops itself when its port
     accepts no more: it exited 0, as after a SIGTERM, and a restart-on-failure policy
-    (systemd's Restart=on-failure, Docker's on-failure) left the service down."""
+    (systemd's Restart=on-failure, Docker's on-failure) left the service down. Its lines say
+    why as it stops, and last."""
     with server_process(model_repository, "--workers", "1", "--poll-interval", "0",
                         "--grace-period", "1", "--http-port", "0", "--grpc-server", "native",
                         prefix=("prlimit", "--nofile=64")) as (process, logs):
@@ -208,6 +209,10 @@ def test_a_single_process_out_of_file_descriptors_exits_non_zero_saying_why(mode
                 connection.close()
     assert status == 1
     said = [line for line in logs.lines if line["message"] is not None]
+    # the line where it starts to drain said `signal=SIGRTMIN` (the native server's word to
+    # its process), as if an operator had sent it; it says why
+    stop = [line for line in said if line["message"] == "shutdown requested"]
+    assert stop and "accepts no more connections" in stop[0].get("cause", ""), stop
     assert said[-1]["message"] == "cannot serve", said[-3:]
     assert "accepts no more connections" in said[-1]["error"], said[-1]
     assert "file descriptors" in said[-1]["error"], said[-1]
