@@ -67,12 +67,19 @@ install_packages() {
 # Config files in the work folder, so /etc stays untouched. The ulimits stay within this
 # sandbox's hard limits; runc + cgroupfs because crun rejects the hybrid cgroup layout.
 configure_podman() {
+    write_podman_configs
+    export CONTAINERS_CONF="$WORK/containers.conf" CONTAINERS_STORAGE_CONF="$WORK/storage.conf"
+    podman info >/dev/null 2>"$WORK/podman-info.err" \
+        || skip "podman cannot run here: $(tail -1 "$WORK/podman-info.err")"
+}
+
+write_podman_configs() {
     local nofile nproc
     nofile=$(ulimit -Hn)
     nproc=$(ulimit -Hu)
     [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
     mkdir -p "$WORK/storage" "$WORK/run" "$WORK/networks"
-    cat >"$WORK/containers.conf" <<CONF
+    cat >"$WORK/containers.conf.$$" <<CONF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 
@@ -86,15 +93,15 @@ tmp_dir = "$WORK/run/libpod"
 network_backend = "netavark"
 network_config_dir = "$WORK/networks"
 CONF
-    cat >"$WORK/storage.conf" <<CONF
+    cat >"$WORK/storage.conf.$$" <<CONF
 [storage]
 driver = "overlay"
 graphroot = "$WORK/storage"
 runroot = "$WORK/run/storage"
 CONF
-    export CONTAINERS_CONF="$WORK/containers.conf" CONTAINERS_STORAGE_CONF="$WORK/storage.conf"
-    podman info >/dev/null 2>"$WORK/podman-info.err" \
-        || skip "podman cannot run here: $(tail -1 "$WORK/podman-info.err")"
+    # renamed into place: a run already going (they share the folder) never reads a half file
+    mv -f "$WORK/containers.conf.$$" "$WORK/containers.conf"
+    mv -f "$WORK/storage.conf.$$" "$WORK/storage.conf"
 }
 
 # A Debian 12 image with python3-venv and the host's extra CA certificates (HTTPS to the

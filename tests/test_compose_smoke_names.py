@@ -39,3 +39,31 @@ def test_a_project_and_tag_given_are_used():
         "mine", "localhost/fashion-mnist-service:t1", "localhost/fashion-mnist-lb:t1")
     assert _names(FMNIST_COMPOSE_PROJECT="mine")[1:] == [
         "localhost/fashion-mnist-service:mine", "localhost/fashion-mnist-lb:mine"]
+
+
+def test_podman_never_reads_a_half_written_config(tmp_path):
+    """Each run writes podman's config files into the shared work folder as it starts; written
+    in place, a podman command of a run already going read an empty or half file in between
+    (and ran with crun and the host's limits: 'cgroups in hybrid mode not supported')."""
+    script = subprocess.Popen(
+        ["bash", "-c", f'source "{SCRIPT}" && for i in $(seq 200); do write_podman_configs; '
+                       "done"],
+        env={**os.environ, "FMNIST_COMPOSE_WORK": str(tmp_path)}, stderr=subprocess.PIPE)
+    seen, reads = set(), 0
+    try:
+        while script.poll() is None:
+            for name, last in (("containers.conf", "network_config_dir"),
+                               ("storage.conf", "runroot")):
+                try:
+                    text = (tmp_path / name).read_text()
+                except FileNotFoundError:
+                    continue  # before the first run's
+                reads += 1
+                lines = text.splitlines()
+                if not lines or not lines[-1].startswith(last):
+                    seen.add(repr(text[-40:]))
+    finally:
+        script.kill()
+        script.wait()
+    assert script.returncode == 0 and reads > 100, (script.returncode, reads)
+    assert not seen, seen
