@@ -1,10 +1,10 @@
 """``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC and HTTP.
 
-Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP; SIGTERM or SIGHUP while
-it starts too), 130 in a shell when a second SIGINT cut it short (one process dies by it), 1 if
-the repository cannot be served, the address cannot be bound, a TLS file cannot be read or
-used, a worker cannot start, or once the gRPC port accepts no more connections (out of file
-descriptors: it drains first), 2 for bad flags or env vars; errors are one line on stderr.
+Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP), 130 in a shell when a
+second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served, the
+address cannot be bound, a TLS file cannot be read or used, a worker cannot start, or once the
+gRPC port accepts no more connections (out of file descriptors: it drains first), 2 for bad
+flags or env vars; errors are one line on stderr.
 """
 
 import logging
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from common.flags import unread_env_vars
-from serving.settings import IGNORED_SIGNALS, STOP_SIGNALS, settings_from
+from serving.settings import IGNORED_SIGNALS, settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
 
@@ -29,10 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(number, signal.SIG_IGN)
 
     logs.configure(settings.log_level, settings.log_format)
-    # a stop while it imports (~0.4 s, until serve() or supervise() takes the signals) killed it
-    # without a line (exit 143); Ctrl-C stays KeyboardInterrupt (130)
-    for number in STOP_SIGNALS - {signal.SIGINT}:
-        signal.signal(number, _stopped_while_starting)
     # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is
     # read at run time (the page's test images), FMNIST_VENV by ./run
     for name in unread_env_vars(os.environ, also=["FMNIST_DATA_DIR", "FMNIST_VENV"]):
@@ -58,12 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # take the GIL meanwhile, and granian then aborts ("panic in a function that cannot unwind")
     logging.shutdown()
     os._exit(status)
-
-
-def _stopped_while_starting(number: int, _frame) -> None:
-    logging.getLogger("serving").info("shutdown requested", extra={"fields": {
-        "signal": signal.Signals(number).name}})
-    raise SystemExit(0)
 
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:
