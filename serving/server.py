@@ -65,8 +65,9 @@ class ModelServer:
         self.inference = InferenceAPI(registry, settings.max_request_images, __version__,
                                       ready=lambda: not self._draining.is_set())
         self.admission = Admission(settings.max_concurrent_calls)
+        threads = settings.call_threads  # a quarter of them (at least one) holds no stream
         self.pipeline = CallPipeline(settings.auth_token, self.admission, self._model_label,
-                                     max_streams=_max_streams(settings.call_threads))
+                                     max_streams=max(1, threads - max(1, threads // 4)))
         self._server = grpc_server(
             settings.grpc_server, settings.call_threads,
             [PipelineInterceptor(self.pipeline, [s.full_name for s in SERVICES])],
@@ -241,11 +242,6 @@ def _max_running(settings: Settings) -> int:
     which must see calls to refuse them) need more calls taken."""
     running = max(RUNNING_PER_CORE * available_cores(), settings.max_concurrent_calls + 1)
     return settings.call_threads if settings.batch_delay_us else min(settings.call_threads, running)
-
-
-def _max_streams(call_threads: int) -> int:
-    """Streams open at once: a quarter of the call threads (at least one) stays for calls."""
-    return max(1, call_threads - max(1, call_threads // 4))
 
 
 def _policy(settings: Settings) -> BatchingPolicy:
