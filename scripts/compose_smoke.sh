@@ -74,6 +74,7 @@ configure_podman() {
 }
 
 write_podman_configs() {
+    check_work_folder
     local nofile nproc
     nofile=$(ulimit -Hn)
     nproc=$(ulimit -Hu)
@@ -102,6 +103,27 @@ CONF
     # renamed into place: a run already going (they share the folder) never reads a half file
     mv -f "$WORK/containers.conf.$$" "$WORK/containers.conf"
     mv -f "$WORK/storage.conf.$$" "$WORK/storage.conf"
+}
+
+# Root runs what it keeps in the work folder (podman-compose's venv, podman's configs, the rootfs
+# it chroots into and prunes): a folder another user made first (/var/tmp is anyone's) or may
+# write in would have root run their code, and write and delete through their symlinks. So it,
+# and each folder above it, must be root's (or the sudo user's) and no one else's to write in (a
+# sticky folder above it, as /var/tmp, aside). Made if missing; resolved: WORK names no symlink.
+check_work_folder() {
+    mkdir -p "$WORK" && WORK=$(realpath "$WORK") || fail "work folder $WORK: cannot make it"
+    local dirs=("$WORK") dir=$WORK owner mode
+    while [ "$dir" != / ]; do dir=${dir%/*}; dir=${dir:-/}; dirs+=("$dir"); done
+    while read -r owner mode dir; do
+        if [[ $owner != 0 && $owner != "$EUID" && $owner != "${SUDO_UID:-0}" ]]; then
+            fail "work folder $WORK: $dir is uid $owner's, who could make root run their code" \
+                "there; remove it, or set FMNIST_COMPOSE_WORK to a folder of root's"
+        fi
+        if (( 8#$mode & 8#022 )) && [[ $dir == "$WORK" || $(( 8#$mode & 8#1000 )) == 0 ]]; then
+            fail "work folder $WORK: $dir (mode $mode) may be written by others, who could make" \
+                "root run their code there; chmod go-w it, or set FMNIST_COMPOSE_WORK elsewhere"
+        fi
+    done < <(stat -c '%u %a %n' "${dirs[@]}")
 }
 
 # A Debian 12 image with python3-venv and the host's extra CA certificates (HTTPS to the

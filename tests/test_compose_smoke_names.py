@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compose_smoke.sh"
 
 
@@ -67,3 +69,37 @@ def test_podman_never_reads_a_half_written_config(tmp_path):
         script.wait()
     assert script.returncode == 0 and reads > 100, (script.returncode, reads)
     assert not seen, seen
+
+
+def _their_folder(path: Path) -> Path:
+    """``path``, made and given to another user (nobody), as one they made first would be."""
+    path.mkdir(mode=0o755)
+    try:
+        os.chown(path, 65534, 65534)
+    except PermissionError:
+        pytest.skip("only root can give a folder to another user")
+    return path
+
+
+@pytest.mark.parametrize("case", ["theirs", "under theirs", "anyone's"])
+def test_root_keeps_nothing_in_a_work_folder_others_may_write(tmp_path, case):
+    """The work folder (/var/tmp/fmnist-compose: anyone may make it first) holds what the run,
+    as root, runs and deletes in: podman-compose's venv, podman's configs, a rootfs it prunes.
+    It wrote its configs into a folder another user had made, or may write in, and so ran
+    their podman-compose and followed their symlinks. Such a folder is refused, nothing
+    written."""
+    if case == "theirs":
+        work = _their_folder(tmp_path / "work")
+    elif case == "under theirs":  # they may swap a folder of root's in it for one of theirs
+        work = _their_folder(tmp_path / "theirs") / "work"
+    else:
+        work = tmp_path / "work"
+        work.mkdir()
+        work.chmod(0o1777)  # sticky too: they may still make the files it is about to write
+    done = subprocess.run(["bash", "-c", f'source "{SCRIPT}" && write_podman_configs'],
+                          capture_output=True, text=True, timeout=30, check=False,
+                          env={**os.environ, "FMNIST_COMPOSE_WORK": str(work)})
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.startswith(f"compose smoke test FAILED: work folder {work}: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (work.exists() and any(work.iterdir())), list(work.iterdir())
