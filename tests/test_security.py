@@ -288,7 +288,9 @@ def test_the_client_checks_the_certificate_for_the_name_it_is_told(tmp_path, mod
 
 
 def test_the_token_is_not_in_the_settings_repr(model_repository):
+    """... nor in the client's: ChannelSecurity's showed it (a program logging its settings)."""
     assert TOKEN not in repr(Settings(model_repository=model_repository, auth_token=TOKEN))
+    assert TOKEN not in repr(client_security.ChannelSecurity(tls=True, token=TOKEN))
 
 
 def test_client_certificate_without_key_is_refused(pki):

@@ -4,7 +4,7 @@ certificate for mutual TLS, and the bearer token on every call."""
 import argparse
 import collections
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -52,7 +52,7 @@ class ChannelSecurity:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a logged repr must not show it
     tls_server_name: str | None = None
 
     def __post_init__(self):
