@@ -19,19 +19,32 @@ PIDFILE=/tmp/nginx.pid  # nginx-grpc-lb.conf's
 # image has it).
 # `classifier.`, absolute: while no replica runs, compose's DNS says `classifier` does not exist,
 # and the resolver then tries it under the host's search domains (`classifier.<domain>`, which
-# a wildcard record or a LAN host may answer), and calls went to that outside host.
+# a wildcard record or a LAN host may answer), and calls went to that outside host. And only an
+# address on a network of this container (no gateway between): a replica is on compose's, where
+# Docker's DNS, knowing no `classifier`, asks the host's resolvers (a LAN's router answers its
+# hosts' bare names), and calls, bearer tokens and images, went to a host outside. Such an
+# address is as no replica (status 2), said in $outside.
 render() {
     addresses=$(python3 -I -S -c '
-import socket, sys
+import socket, struct, sys
 try:
     found = socket.getaddrinfo("classifier.", None, socket.AF_INET, socket.SOCK_STREAM)
 except socket.gaierror as error:
     sys.exit(2 if error.errno in (socket.EAI_NONAME, socket.EAI_NODATA) else 1)
-print(" ".join(sorted({address[4][0] for address in found})))')
+with open("/proc/net/route") as table:  # (network, mask) of each route with no gateway
+    linked = [(int(f[1], 16), int(f[7], 16)) for f in map(str.split, list(table)[1:])
+              if int(f[2], 16) == 0 and not int(f[3], 16) & 0x200]  # not RTF_REJECT
+addresses = sorted({address[4][0] for address in found})
+near = [a for a in addresses if any(
+    struct.unpack("=I", socket.inet_aton(a))[0] & mask == network for network, mask in linked)]
+print(" ".join(near or addresses))
+sys.exit(0 if near else 2)')
     case $? in
-        0) server=50051 http=8080 down= ;;
-        2) addresses=127.0.0.1 server=1 http=1 down=" down" ;;  # never tried: down
-        *) return 1 ;;
+        0) server=50051 http=8080 down= outside= ;;
+        2) outside=${addresses:+" ($addresses, which answered for it, is on no network of"}
+           outside=${outside:+"$outside this container: not a replica)"}
+           addresses=127.0.0.1 server=1 http=1 down=" down" ;;  # never tried: down
+        *) outside= && return 1 ;;
     esac
     {
         echo "upstream classifier {"
@@ -51,11 +64,11 @@ trap 'exit 0' QUIT TERM INT
 # SIGHUP (`docker kill -s HUP lb`, a reload while nginx was process 1) looks up the replicas now
 # and reloads nginx, as a change of replicas does; a reload waits until nginx has written its
 # pid file (after it set its signal handlers: a SIGHUP before would end it, its default action).
-reload=
+reload= outside=
 trap 'reload=SIGHUP' HUP
 # Until a replica resolves, nginx has nothing to serve.
 until render; do
-    echo "nginx-lb.sh: waiting for the service classifier to resolve" >&2
+    echo "nginx-lb.sh: waiting for the service classifier to resolve$outside" >&2
     sleep 1
 done
 mv "$UPSTREAMS.new" "$UPSTREAMS"
@@ -71,7 +84,7 @@ while kill -0 "$nginx" 2>/dev/null; do
     render
     case $? in
         1) now= ;;  # DNS did not answer: the upstreams as they are
-        2) now="no replica of classifier now (calls fail at once, 502)" ;;
+        2) now="no replica of classifier now (calls fail at once, 502)$outside" ;;
         *) now="classifier replicas now $addresses" ;;
     esac
     if [ -n "$now" ] && ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then

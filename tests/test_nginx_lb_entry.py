@@ -53,8 +53,8 @@ def test_a_stop_while_no_replica_resolves_ends_it_at_once(tmp_path, stop):
 
 
 # A DNS server for the test's network namespace: `classifier.evil.test` (the name a search
-# domain makes of `classifier`) is a host outside; `classifier` a replica, given "replica";
-# every other name does not exist.
+# domain makes of `classifier`) is a host outside; `classifier` a replica, given "replica", or
+# that host outside, given "outside"; every other name does not exist.
 _DNS = r"""
 import socket, struct, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -67,7 +67,8 @@ while True:
         labels.append(query[end + 1:end + 1 + query[end]].decode().lower())
         end += 1 + query[end]
     question = query[12:end + 5]
-    names = {"classifier.evil.test": 9, "classifier": 7 if sys.argv[1:] == ["replica"] else 0}
+    names = {"classifier.evil.test": 9,
+             "classifier": {"replica": 7, "outside": 9}.get("".join(sys.argv[1:]), 0)}
     host = names.get(".".join(labels), 0) if query[end + 1:end + 3] == b"\0\1" else 0
     found = host > 0
     header = query[:2] + struct.pack(">HHHHH", 0x8180 if found else 0x8183, 1, int(found), 0, 0)
@@ -76,14 +77,17 @@ while True:
 """
 
 
-@pytest.mark.parametrize("replica", ["", "replica"], ids=["no replica", "a replica"])
+@pytest.mark.parametrize("replica", ["", "replica", "outside"],
+                         ids=["no replica", "a replica", "an outside host"])
 def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, replica):
     """While no replica of `classifier` runs (stopped, or being recreated), compose's DNS says
     the name does not exist, and the resolver then tries it under the host's search domains
     (which containers inherit): where `classifier.<domain>` exists (a wildcard record, a LAN
     host of that name), the lb rewrote its upstreams to that outside host within 2 s and sent
     it every call, bearer tokens and images, until a replica came back. The name is asked for
-    as it is, never under a search domain."""
+    as it is, never under a search domain. And Docker's DNS, which knows no `classifier` then,
+    asks the host's resolvers for it (a LAN's router knows its hosts by bare name): an address
+    on no network of the container (a replica is on compose's) is no replica either."""
     (tmp_path / "resolv.conf").write_text(
         "nameserver 127.0.0.1\nsearch evil.test\noptions ndots:0 timeout:1 attempts:1\n")
     (tmp_path / "nginx").write_text("#!/bin/sh\nexec sleep 30\n")  # nginx's stand-in
@@ -92,6 +96,7 @@ def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, rep
     inner = (f"mount --bind {tmp_path}/resolv.conf /etc/resolv.conf && ip link set lo up && "
              # an address past loopback: getaddrinfo asks no DNS without one (AI_ADDRCONFIG)
              "ip addr add 10.9.9.9/32 dev lo && "
+             "ip route add 203.0.113.7/32 dev lo && "  # the replica's network; .9 is outside
              f"mount -t tmpfs none /mnt && cp {tmp_path}/nginx {tmp_path}/dns.py {SCRIPT} /mnt && "
              # the script's resolver (python3), wherever PATH would have found it
              f"ln -s {os.path.realpath(sys.executable)} /mnt/python3 && "
@@ -109,10 +114,13 @@ def test_a_search_domain_never_gives_the_upstreams_an_outside_host(tmp_path, rep
     done = subprocess.run([*namespace, "sh", "-c", inner], capture_output=True, text=True,
                           timeout=30, check=False)
     assert "203.0.113.9" not in done.stdout, done.stdout
-    if replica:  # its own address, as compose's DNS gives it
+    if replica == "replica":  # its own address, as compose's DNS gives it
         assert "server 203.0.113.7:50051;" in done.stdout, (done.stdout, done.stderr)
     else:
         assert "waiting for the service classifier to resolve" in done.stderr, done.stderr
+    if replica == "outside":
+        assert ("203.0.113.9, which answered for it, is on no network of this container"
+                in done.stderr), done.stderr
 
 
 # A DNS server whose answers the test changes as it goes: /mnt/dns-state holds `replica` (the
