@@ -12,8 +12,10 @@ from onnx import numpy_helper
 from PIL import Image
 from selenium.webdriver.common.by import By
 
+from tests.conftest import tiny_classifier
 from tests.http_helpers import QuietHandler, http_server, http_settings, served_on_a_thread
 from tests.test_http_page import browser, opened_with_models, served, wait_for
+from training.repository import write_version
 
 __all__ = ["browser", "served"]  # the fixtures this module's tests take
 
@@ -52,6 +54,32 @@ def test_a_server_gone_is_said_plainly(model_repository, browser):
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
         f"no answer from the server at {url}: is it still running?")
+
+
+def test_a_server_back_takes_away_the_model_lists_no_answer(repository_copy, browser):
+    """Coming back to the page while the server was down said "no answer ...: is it still
+    running?" (the model list is asked for again); coming back once it ran again, the list
+    came, new models and all, and the line stayed, saying a running server was gone."""
+    settings = http_settings(repository_copy)
+    with http_server(settings) as (_, url):
+        element = opened_with_models(browser, url)
+
+    def come_back() -> None:  # from another tab
+        page = browser.current_window_handle
+        browser.switch_to.new_window("tab")
+        browser.close()
+        browser.switch_to.window(page)
+
+    come_back()
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text == (
+        f"no answer from the server at {url}: is it still running?")
+    write_version(repository_copy, "wide", tiny_classifier(6), {"description": "new"})
+    with http_server(settings):
+        come_back()
+        wait_for(browser, lambda: "wide" in browser.execute_script(
+            "return [...document.getElementById('model').options].map(o => o.value)"))
+        assert element(By.ID, "error").text == ""
 
 
 def test_each_answer_is_announced(served, browser):
