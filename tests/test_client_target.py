@@ -90,3 +90,15 @@ def test_the_python_api_refuses_a_timeout_the_command_refuses(timeout):
     assert str(refused.value) == ("timeout: expected seconds > 0 and <= 86400 (a day), got "
                                   f"{timeout} (None: no limit)")
     ClassifierClient("127.0.0.1:50051", timeout=None).close()
+
+
+def test_a_timeout_the_python_api_takes_is_one_its_calls_can_use(target):
+    """`ClassifierClient(target, timeout=os.environ["TIMEOUT"])`: "5" passed the check that
+    fmnist --timeout runs (the flag takes "5"), but was kept as it came, and every call then
+    failed in gRPC's own code, "TypeError: unsupported operand type(s) for +: 'float' and
+    'str'"; the seconds checked are the seconds used."""
+    from serving.client.api import ClassifierClient
+
+    with ClassifierClient(target, timeout="5") as client:
+        assert client.timeout == 5.0
+        assert client.list_models()

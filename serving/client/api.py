@@ -174,12 +174,11 @@ class ClassifierClient:
         self.target = grpc_target(target)
         if lb_policy not in LB_POLICIES:  # gRPC's C++ logged it, and used pick_first instead
             raise ValueError(f"lb_policy: expected {' or '.join(LB_POLICIES)}, got {lb_policy!r}")
-        try:  # inf or 1e10 s (gRPC's deadline overflows) failed every call at once
-            if timeout is not None:
-                positive_seconds(timeout)
+        try:  # inf or 1e10 s (gRPC's deadline overflows) failed every call at once; the
+            # seconds checked are those used ("5", an env var's, failed each call in gRPC)
+            self.timeout = None if timeout is None else positive_seconds(timeout)
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"timeout: {error} (None: no limit)") from None
-        self.timeout = timeout
         self._channel = (security or ChannelSecurity()).channel(
             target,
             options=[
