@@ -262,3 +262,31 @@ def test_a_standard_output_that_cannot_be_written_is_named(tmp_path):
     assert (result.returncode, result.stderr) == (
         1, "fmnist-train: error: stdout: No space left on device\n")
     assert not (tmp_path / "r").exists()  # nothing published, nothing left
+
+
+def test_a_standard_output_failing_after_publishing_keeps_the_report(tmp_path):
+    """With PYTHONUNBUFFERED=1 (the image's) each line is written as printed: a log that could
+    take no more past the "writing the report" line (a full disk, here a file-size limit) failed
+    on the final table, after the versions were published, and the run's clean-up of a failed
+    run deleted their report directory, leaving the versions without it."""
+    import resource
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "training", "--models", "baseline", "--train-subset", "500"]
+    with open(tmp_path / "first.log", "w") as log:
+        subprocess.run([*argv, "--out", str(tmp_path / "first")], stdout=log, env=env,
+                       timeout=300, check=True)
+    before_table = (tmp_path / "first.log").read_bytes().index(b"\nmodel ")
+    limit = 16 * 2**20  # past any file of the run's but the log, which starts near it
+    (tmp_path / "log").write_bytes(b"#" * (limit - before_table - 20))
+    with open(tmp_path / "log", "a") as log:  # (Python ignores SIGXFSZ: the write fails)
+        result = subprocess.run(
+            [*argv, "--out", str(tmp_path / "r")], stdout=log, stderr=subprocess.PIPE,
+            text=True, env=env, timeout=300, check=False,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert (result.returncode, result.stderr) == (1, (
+        "fmnist-train: error: stdout: File too large (after the run published its models and "
+        "their report)\n"))
+    assert (tmp_path / "r" / "baseline" / "1" / MODEL_FILE).is_file()
+    assert len(list((tmp_path / "r" / "reports").glob("*/report.md"))) == 1

@@ -120,8 +120,9 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
     return Exported(onnx_model, export.framework_versions(onnx_model, libraries), outcome)
 
 
-def train(args: argparse.Namespace) -> int:
-    """The whole run: data, fit + export + evaluate each model, repository, report, table."""
+def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
+    """The whole run: data, fit + export + evaluate each model, repository, report; returns
+    the table's rows and the report, printed once nothing is undone (main)."""
     from training import data, report
     from training.repository import MODEL_FILE, next_version, publishing, stage_version
 
@@ -184,12 +185,9 @@ def train(args: argparse.Namespace) -> int:
                           f"{args.report_dir}") from None
     for stop in (signal.SIGTERM, signal.SIGINT):  # published, the run is whole: a stop from
         handle(stop, signal.SIG_DFL)  # here on ends the process, undoing nothing
-    rows = [(outcome.name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path),
-             f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB") for outcome in outcomes]
-    print()
-    print_table(("model", "test accuracy", "ONNX file", "size"), rows)
-    print(f"\nreport: {report_file}")
-    return 0
+    return [(outcome.name, f"{outcome.metrics['test_accuracy']:.4f}", str(outcome.onnx_path),
+             f"{outcome.onnx_path.stat().st_size / 1024:.0f} KiB") for outcome in outcomes], \
+        report_file
 
 
 def manifest_of(model: Exported, dataset: Dataset) -> dict:
@@ -226,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a process calling main() (a notebook, a job) keeps its own handlers and streams
         with handlers_given_back(), output_that_may_close():  # `fmnist-train | head`: runs on
             return _main(argv)
-    except StdoutError as error:  # the last lines', flushed at the end (the run published)
-        print(f"fmnist-train: error: {error}", file=sys.stderr)
+    except StdoutError as error:  # after publishing (before it, _main undoes the run)
+        print(f"fmnist-train: error: {error} (after the run published its models and their "
+              "report)", file=sys.stderr)
         return 1
 
 
@@ -256,7 +255,7 @@ def _main(argv: list[str] | None) -> int:
             made.insert(0, args.report_dir)
         if set(args.models) - {"baseline"}:
             import_tensorflow_quietly()
-        status = train(args)
+        rows, report_file = train(args)
     except KeyboardInterrupt as stop:
         _remove_made(made, args.report_dir)
         terminated = isinstance(stop, Terminated)
@@ -272,8 +271,10 @@ def _main(argv: list[str] | None) -> int:
         message = str(error) if explained else f"{type(error).__name__}: {error}"
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1
-    print(f"total time: {time.perf_counter() - start:.0f} s")
-    return status
+    print()  # published: a failure to say so (stdout) undoes nothing (it took the report away)
+    print_table(("model", "test accuracy", "ONNX file", "size"), rows)
+    print(f"\nreport: {report_file}\ntotal time: {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 def _remove_made(directories: list[Path], report_dir: Path | None) -> None:
