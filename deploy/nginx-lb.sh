@@ -78,14 +78,19 @@ nginx -e stderr -g "daemon off;" &
 nginx=$!
 # SIGQUIT (the image's STOPSIGNAL), SIGTERM and SIGINT go to nginx, whose exit ends this.
 trap 'kill -QUIT "$nginx" 2>/dev/null' QUIT TERM INT
+# "No replica" is taken once three looks in a row (4 s) say so: a DNS may say for a moment that
+# the name does not exist while replicas run (podman's aardvark-dns as one restarts, the host's
+# resolver answering while it is away), and each call failed at once until the next look.
+absent=0
 while kill -0 "$nginx" 2>/dev/null; do
     sleep 2 &
     wait $! 2>/dev/null
     render
     case $? in
         1) now= ;;  # DNS did not answer: the upstreams as they are
-        2) now="no replica of classifier now (calls fail at once, 502)$outside" ;;
-        *) now="classifier replicas now $addresses" ;;
+        2) absent=$((absent + 1)) now=
+           [ "$absent" -lt 3 ] || now="no replica of classifier now (calls fail at once, 502)$outside" ;;
+        *) absent=0 now="classifier replicas now $addresses" ;;
     esac
     if [ -n "$now" ] && ! cmp -s "$UPSTREAMS.new" "$UPSTREAMS"; then
         mv "$UPSTREAMS.new" "$UPSTREAMS"
