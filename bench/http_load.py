@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from http_servers import infer_body, wrk
+from http_servers import infer_body, need_wrk, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 18975
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", nargs="+", default=["ours", *PEERS])
     args = parser.parse_args()
+    need_wrk()
     runs: dict[str, list[dict]] = {name: [] for name in args.servers}
     with tempfile.TemporaryDirectory() as folder:
         repository = args.repository or Path(folder) / "models"

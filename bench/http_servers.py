@@ -18,6 +18,7 @@ Usage: python bench/http_servers.py [--rounds 5] [--duration 4] [--threads 32]
 import argparse
 import json
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -121,6 +122,14 @@ def wrk_script(folder: Path, images: int) -> Path:
     return script
 
 
+def need_wrk() -> None:
+    """Both HTTP benchmarks drive wrk: without it they ended in a traceback after starting a
+    server (FileNotFoundError: 'wrk')."""
+    if shutil.which("wrk") is None:
+        sys.exit(f"{Path(sys.argv[0]).name}: needs wrk, the HTTP load generator: apt-get install "
+                 "wrk (Debian's package)")
+
+
 def wrk(url: str, connections: int, duration: float, script: Path | None) -> dict:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency", url]
     if script:
@@ -179,6 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--servers", nargs="+", default=list(SERVERS))
     args = parser.parse_args()
+    need_wrk()
     results: dict[str, list[dict]] = {name: [] for name in args.servers}
     with tempfile.TemporaryDirectory() as folder:
         scripts = {images: wrk_script(Path(folder), images) for images in (1, 64)}
