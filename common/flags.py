@@ -35,12 +35,13 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     converted by the option's ``type`` and checked against its ``choices`` as the flag's value
     would be, and a required option is satisfied; set but empty, it counts as unset (a
     ``secret``'s is refused); an option taking no value is on for 1, true, yes or on, off for
-    0, false, no or off. A bad value is a ValueError naming the variable, with what its
-    ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x`` (a plain
-    ``int`` type: ``invalid int value: 'x'``), raised by ``ArgumentParser`` once it has parsed
-    the command line and only if the flag was not given there (the flag wins: a bad
-    FMNIST_TARGET failed `fmnist health --target GOOD`); the caller reports it as it reports a
-    bad flag. The default of a ``secret`` (a token) never shows in --help.
+    0, false, no or off. A bad value is an error naming the variable, with what its ``type``
+    says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x`` (a plain ``int``
+    type: ``invalid int value: 'x'``), said by ``ArgumentParser`` as a bad flag is (without
+    ``exit_on_error``: a ValueError) once it has parsed the command line, and only if the flag
+    was not given there (the flag wins: a bad FMNIST_TARGET failed `fmnist health --target
+    GOOD`). A variable near a guard's name is a ValueError here, for the caller to say as a
+    usage error. The default of a ``secret`` (a token) never shows in --help.
     """
     action = container.add_argument(*names, **kwargs)
     variable = env_var(action.dest)
@@ -195,34 +196,26 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._expand_help(action)
 
 
-AMBIGUOUS = "ambiguous option: "  # argparse's words
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless
-    told otherwise (``DefaultsHelpFormatter``), unknown flags named without their values
-    (``unrecognized``)."""
+    told otherwise (``DefaultsHelpFormatter``), errors in one line (``error``), unknown flags
+    named without their values (``unrecognized``)."""
 
     def __init__(self, *args, formatter_class=DefaultsHelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
-        """ValueError for an env var's bad value that no flag replaced (``add_option``)."""
+        """An env var's bad value that no flag replaced (``add_option``) is said as a bad flag
+        is, by the (sub)command whose option it is (``exit_on_error=False``: a ValueError)."""
         parsed, extras = super().parse_known_args(args, namespace)
-        for value in vars(parsed).values():
-            if isinstance(value, Refused):
-                raise value.error
+        for refused in (value for value in vars(parsed).values() if isinstance(value, Refused)):
+            if not self.exit_on_error:
+                raise refused.error
+            self.error(str(refused.error))
         return parsed, extras
 
     def parse_args(self, args=None, namespace=None):
-        """An env var's bad value is said as a bad flag is (``exit_on_error=False``: a
-        ValueError naming it)."""
-        try:
-            parsed, extras = self.parse_known_args(args, namespace)
-        except ValueError as error:
-            if not self.exit_on_error:
-                raise
-            self.error(str(error))
+        parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             self.error(unrecognized(extras))
         return parsed
@@ -239,13 +232,20 @@ class ArgumentParser(argparse.ArgumentParser):
             self.exit(1, f"{self.prog}: error: {error}\n")
 
     def error(self, message: str):
-        """An ambiguous ``--t=SECRET`` named without its value, as an unknown flag is."""
-        if message.startswith(AMBIGUOUS):  # the matches, after the last " could match ", are
-            option, _, matches = message.removeprefix(AMBIGUOUS).rpartition(" could match ")
+        """``usage_error``'s line, not a usage block; "argument --top: " as "--top: " (as an env
+        var's); an ambiguous ``--t=SECRET`` named without its value, as an unknown flag is."""
+        message, ambiguous = message.removeprefix("argument "), "ambiguous option: "  # argparse's
+        if message.startswith(ambiguous):  # the matches, after the last " could match ", are
+            option, _, matches = message.removeprefix(ambiguous).rpartition(" could match ")
             name = option.partition("=")[0]  # flags; the value before them may be anything
-            message = (f"{AMBIGUOUS}{name}{' (its value not shown)' * (name != option)} could "
+            message = (f"{ambiguous}{name}{' (its value not shown)' * (name != option)} could "
                        f"match {matches}")
-        super().error(message)
+        self.exit(2, f"{usage_error(self.prog, message)}\n")
+
+
+def usage_error(program: str, message) -> str:
+    """Every command's usage error (exit status 2): the program, what is wrong, where to look."""
+    return f"{program}: error: {message} (see {program} --help)"
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,

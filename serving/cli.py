@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from common.flags import unread_env_vars
+from common.flags import unread_env_vars, usage_error
 from serving.settings import IGNORED_SIGNALS, settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
@@ -57,10 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:
-    """One line on stderr; a JSON log's last line is JSON too (bad flags come before it)."""
+    """One line on stderr (status 2: a usage error's); a JSON log's last line is JSON too (bad
+    flags come before it)."""
     if log_format == "json":
         logging.getLogger("serving").critical("cannot serve", extra={"fields": {
             "error": str(error)}})
     else:
-        print(f"fmnist-serve: error: {error}", file=sys.stderr)
+        print(usage_error("fmnist-serve", error) if status == 2 else
+              f"fmnist-serve: error: {error}", file=sys.stderr)
     return status

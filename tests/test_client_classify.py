@@ -60,8 +60,8 @@ def test_a_test_index_that_is_not_a_number_is_still_refused_as_one(capsys):
     with pytest.raises(SystemExit) as refused:
         cli.main(["classify", "--test-index", "x1"])
     assert refused.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "fmnist classify: error: argument --test-index: invalid int value: 'x1'")
+    assert capsys.readouterr().err == ("fmnist classify: error: --test-index: invalid int value: "
+                                       "'x1' (see fmnist classify --help)\n")
 
 
 def test_png_files_of_any_size_and_mode_become_28x28_gray(tmp_path, test_set):
@@ -217,7 +217,7 @@ def test_invert_with_no_picture_file_to_invert_is_refused(target, tmp_path, caps
     assert cli.main(["classify", "--target", target, "--invert", *given]) == 2
     assert capsys.readouterr().err == (
         "fmnist classify: error: --invert: no picture file to invert (.npy arrays and "
-        "--test-index images are taken as they are)\n")
+        "--test-index images are taken as they are) (see fmnist classify --help)\n")
 
 
 def test_a_file_that_is_no_npy_array_is_refused_as_such(target, tmp_path, capsys):

@@ -179,7 +179,8 @@ def test_expect_accuracy_manifest_is_refused_for_a_slice_of_the_test_set(target,
                      "--expect-accuracy", "manifest"]) == 2
     assert capsys.readouterr().err == (
         "fmnist score: error: --expect-accuracy manifest: model.json records the accuracy over "
-        "all 10000 test images; drop --offset and --limit, or give a fraction\n")
+        "all 10000 test images; drop --offset and --limit, or give a fraction (see fmnist "
+        "score --help)\n")
 
 
 def test_expect_accuracy_manifest_without_a_recorded_accuracy_says_so(repository_copy, capsys):
@@ -199,7 +200,7 @@ def test_expect_accuracy_manifest_without_a_recorded_accuracy_says_so(repository
     assert status == 2
     assert capsys.readouterr().err == (
         "fmnist score: error: --expect-accuracy manifest: the model.json of mlp v2 records no "
-        "test accuracy; give a fraction instead\n")
+        "test accuracy; give a fraction instead (see fmnist score --help)\n")
 
 
 @pytest.mark.parametrize("rpc", ["stream", "unary"])
@@ -256,7 +257,7 @@ def test_the_client_keeps_to_the_servers_max_request_images(model_repository, tm
         assert cli.main(["score", *target, "--batch-size", "500", "--no-progress"]) == 2
     assert capsys.readouterr().err == (
         "fmnist score: error: --batch-size 500: the server takes at most 100 images a call "
-        "(its --max-request-images)\n")
+        "(its --max-request-images) (see fmnist score --help)\n")
 
 
 def test_score_with_stderr_closed_scores(target):

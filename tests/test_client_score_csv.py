@@ -28,7 +28,7 @@ def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, wh
                        "--csv", str(tmp_path / where)])
     assert status == 2
     assert capsys.readouterr().err == (
-        f"fmnist score: error: --csv {tmp_path / where}: {reason}\n")
+        f"fmnist score: error: --csv {tmp_path / where}: {reason} (see fmnist score --help)\n")
 
 
 def _score_five(target: str, csv_path, prefix=(), **run) -> subprocess.CompletedProcess:
@@ -115,7 +115,7 @@ def test_a_csv_of_dash_goes_to_stdout(target, tmp_path):
     closed = _score_five(target, "-", capture_output=True, text=True, **here,
                          prefix=["sh", "-c", 'exec "$@" >&-', "sh"])
     assert (closed.returncode, closed.stderr) == (2, "fmnist score: error: --csv -: stdout is "
-                                                     "closed\n")
+                                                     "closed (see fmnist score --help)\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -101,12 +101,13 @@ def test_score_checks_the_json_path_before_it_scores(target, tmp_path, capsys):
     base = ["score", "--target", target, "--limit", "10", "--no-progress"]
     assert cli.main([*base, "--json", str(tmp_path / "no" / "such.json")]) == 2
     assert capsys.readouterr().err == (
-        f"fmnist score: error: --json {tmp_path}/no/such.json: No such file or directory\n")
+        f"fmnist score: error: --json {tmp_path}/no/such.json: No such file or directory (see "
+        "fmnist score --help)\n")
     both = str(tmp_path / "out")
     assert cli.main([*base, "--json", both, "--csv", both]) == 2
     assert capsys.readouterr().err == (
         f"fmnist score: error: --csv {both} and --json {both}: the same file; give each its "
-        "own\n")
+        "own (see fmnist score --help)\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -118,7 +119,7 @@ def test_csv_and_json_both_on_stdout_are_refused(target):
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("fmnist score: error: --csv - and --json -: the same file; give "
-                             "each its own\n")
+                             "each its own (see fmnist score --help)\n")
 
 
 @pytest.mark.parametrize(("into", "said"), [

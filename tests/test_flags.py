@@ -171,12 +171,12 @@ def test_help_shows_no_empty_or_second_default(capsys, argv):
     ("fmnist-serve", ["--auth-tokn", "s3cret", "--port", "1"], "--auth-tokn (1 value not shown)"),
     ("fmnist-serve", ["stray", "--auth-tokn=s3cret", "s3cret"],
      "stray --auth-tokn (2 values not shown)"),
-    ("fmnist", ["health", "--tokn", "s3cret"], "--tokn (1 value not shown)"),
-    ("fmnist", ["--tokn=s3cret", "models"], "--tokn (1 value not shown)"),
+    ("fmnist health", ["health", "--tokn", "s3cret"], "--tokn (1 value not shown)"),
+    ("fmnist models", ["--tokn=s3cret", "models"], "--tokn (1 value not shown)"),
     ("fmnist-train", ["--out", "repository", "--ot", "s3cret"], "--ot (1 value not shown)"),
     # a token may start with "-" (1 in 64 of secrets.token_urlsafe()'s), or be stuck to -t
     ("fmnist-serve", ["--auth-tokn", "-s3cret"], "--auth-tokn (1 value not shown)"),
-    ("fmnist", ["health", "-ts3cret", "--bogus"], "-t --bogus (1 value not shown)"),
+    ("fmnist health", ["health", "-ts3cret", "--bogus"], "-t --bogus (1 value not shown)"),
 ])
 def test_an_unknown_flag_is_named_without_the_values_after_it(capsys, program, argv, named):
     """`fmnist-serve --auth-tokn SECRET` said "unrecognized arguments: --auth-tokn SECRET": a
@@ -188,11 +188,10 @@ def test_an_unknown_flag_is_named_without_the_values_after_it(capsys, program, a
 
     main = {"fmnist-serve": serve.main, "fmnist": client.main, "fmnist-train": train.main}
     with pytest.raises(SystemExit) as refused:
-        main[program](argv)
+        main[program.split()[0]](argv)
     assert refused.value.code == 2
-    error = capsys.readouterr().err
-    assert "s3cret" not in error
-    assert f"{program}: error: unrecognized arguments: {named}" in error
+    assert capsys.readouterr().err == (
+        f"{program}: error: unrecognized arguments: {named} (see {program} --help)\n")
 
 
 def test_an_ambiguous_flag_is_named_without_its_value(capsys):

@@ -67,6 +67,7 @@ def test_the_client_refuses_a_misspelt_guard_rather_than_send_the_token_in_clear
     assert cli.main(["health", "--target", target]) == 2
     error = capsys.readouterr().err
     assert error.startswith("fmnist: error: FMNIST_TLSS: ") and "FMNIST_TLS?" in error
+    assert error.endswith(" (see fmnist --help)\n")
     assert error.count("\n") == 1 and "s3cret" not in error
 
 

@@ -67,7 +67,8 @@ def test_run_serve_says_a_refused_flag_without_training_first(installed, tmp_pat
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == ("fmnist-serve: error: --port: expected an integer "
-                                              ">= 0 and <= 65535, got abc"), result.stderr
+                                              ">= 0 and <= 65535, got abc (see fmnist-serve "
+                                              "--help)"), result.stderr
     assert not (tmp_path / "untrained").exists(), result.stdout[-300:]
 
 

@@ -249,10 +249,12 @@ def test_the_client_refuses_a_token_with_white_space_around_it(model_repository,
     every call failed "INTERNAL: Invalid metadata", as if the server were broken."""
     with running_server(local_settings(model_repository=model_repository)) as server:
         monkeypatch.setenv("FMNIST_TOKEN", TOKEN + "\n")
-        assert client_cli.main(["models", "--target", f"127.0.0.1:{server.port}"]) == 2
+        with pytest.raises(SystemExit, match=r"^2$"):  # exit 2
+            client_cli.main(["models", "--target", f"127.0.0.1:{server.port}"])
     assert capsys.readouterr().err == (
-        "fmnist: error: FMNIST_TOKEN: begins or ends with white space (a file's last newline?) "
-        "or is other than printable ASCII: no gRPC or HTTP client can send it\n")
+        "fmnist models: error: FMNIST_TOKEN: begins or ends with white space (a file's last "
+        "newline?) or is other than printable ASCII: no gRPC or HTTP client can send it (see "
+        "fmnist models --help)\n")
 
 
 @pytest.mark.parametrize("token", [TOKEN + "\n", "pässwörd"])

@@ -19,7 +19,7 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     result = run_training("--out", str(tmp_path), "--models", "softmax,cnn")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "fmnist-train: error: argument --models: unknown model(s) cnn; choose from "
+        "fmnist-train: error: --models: unknown model(s) cnn; choose from "
         "softmax,mlp,baseline (see fmnist-train --help)"
     ]
 
@@ -51,7 +51,7 @@ def test_a_seed_numpy_cannot_take_is_refused_before_fitting(tmp_path, flag, valu
     result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline", flag, value)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"fmnist-train: error: argument {flag}: expected an integer >= 0 and <= 4294967295, "
+        f"fmnist-train: error: {flag}: expected an integer >= 0 and <= 4294967295, "
         f"got {value} (see fmnist-train --help)"]
 
 

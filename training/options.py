@@ -53,10 +53,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 
 
 class OneLineErrorParser(ArgumentParser):
-    """Reports a bad flag in one line (with a pointer to --help) instead of usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    """common.flags' parser (one line per error), refusing a model's own flag beside both's."""
 
     def parse_args(self, args=None, namespace=None):
         """Also refuses a model's own flag beside the flag for both (--mlp-epochs 2 --epochs

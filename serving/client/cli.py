@@ -26,6 +26,7 @@ from common.flags import (
     positive_int,
     positive_seconds,
     unrecognized,
+    usage_error,
     warn_of_misspelt_variables,
 )
 from common.output import named_stdout
@@ -69,15 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parse(_parser(), argv)
-    except ValueError as error:  # a bad FMNIST_* value (its flag not given)
-        print(f"fmnist: error: {error}", file=sys.stderr)
+    except ValueError as error:  # a variable near a guard's name (FMNIST_TOKN)
+        print(usage_error("fmnist", error), file=sys.stderr)
         return 2
     warn_of_misspelt_variables("fmnist")
     try:
         with named_stdout():  # a failed write names stdout, as --csv's names its flag
             return args.run(args)
     except UsageError as error:
-        print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
+        print(usage_error(f"fmnist {args.command}", error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -102,8 +103,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args, unparsed = parser.parse_known_args(
         [Placed(arg, place) for place, arg in enumerate(argv)])
     if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
-        if unparsed:
-            parser.error(unrecognized(unparsed))
+        if unparsed:  # said by the command whose --help to look at
+            args.parser.error(unrecognized(unparsed))
         return args
     # the first run, those after --test-index's numbers, the rest: in the order given
     args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
@@ -181,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
                    "is not one of its names (a port-forward to 127.0.0.1); implies --tls")
         add_option(security, "--token", secret=True, type=bearer_token, help="bearer token, for "
                    "servers started with --auth-token (safer as the env var: flags show in ps)")
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, parser=sub)
         return sub
 
     classify = command("classify", _classify,
