@@ -27,6 +27,19 @@ def test_a_gzip_body_of_several_members_is_read_whole(url, coding):
     assert len(answer.json()["results"]) == 2
 
 
+@pytest.mark.parametrize(("coding", "compress"), [
+    ("gzip,", gzip.compress), (", gzip", gzip.compress), ("gzip , ,", gzip.compress),
+    (",", bytes), ("", bytes)])
+def test_empty_elements_of_the_content_coding_list_are_ignored(url, coding, compress):
+    """RFC 9110 5.6.1: a list's empty elements are ignored. `Content-Encoding: gzip,` was 415,
+    "'gzip,' is 2 codings, one applied over another"."""
+    document = _json({"images": [[0] * 784]})
+    answer = requests.post(url + CLASSIFY, data=compress(document),
+                           headers={"Content-Encoding": coding}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 1
+
+
 def test_an_unsupported_content_coding_is_415_and_names_those_served(url):
     """RFC 9110 12.5.3: 415, with Accept-Encoding saying which codings the server decodes."""
     answer = requests.post(url + CLASSIFY, data=b"{}", headers={"Content-Encoding": "br"},

@@ -54,14 +54,17 @@ def read_body(environ: dict, limit: int) -> bytes:
         raise TooLarge(f"request body: over the server's limit of {limit} bytes "
                        "(--max-message-bytes)")
     environ[BODY_READ] = True
-    encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+    header = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    # RFC 9110 5.6.1: a list's empty elements are ignored ("gzip," is gzip; "" no coding)
+    codings = [coding for coding in map(str.strip, header.split(",")) if coding]
+    if len(codings) > 1:  # RFC 9110 8.4.1: in the order applied
+        raise UnsupportedCoding(f"Content-Encoding: {header!r} is {len(codings)} codings, one "
+                                "applied over another; one is served (gzip or deflate): "
+                                "compress the body once")
+    encoding = codings[0] if codings else "identity"
     encoding = {"x-gzip": "gzip"}.get(encoding, encoding)  # RFC 9110: the same coding
     if encoding in CODINGS:
         return _decompress(data, encoding, limit)
-    if len(codings := encoding.split(",")) > 1:  # RFC 9110 8.4.1: in the order applied
-        raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is {len(codings)} codings, one "
-                                "applied over another; one is served (gzip or deflate): "
-                                "compress the body once")
     if encoding != "identity":
         raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
                                 f"{', '.join(CODINGS)} or none")
