@@ -20,11 +20,13 @@ class NamedStdout:
     """``stream`` (sys.stdout) whose failed writes raise ``StdoutError``. Once one failed,
     the rest of its buffer goes to /dev/null: flushed at exit, it failed again, as Python's
     "Exception ignored ..." and exit status 120. With ``keep_running``, a reader that stopped
-    (BrokenPipeError) is not an error: the output goes to /dev/null from then on."""
+    (BrokenPipeError) is not an error: the output goes to /dev/null from then on. ``give_back``
+    gives its descriptor back its own file (a caller's later prints went to /dev/null)."""
 
     def __init__(self, stream, keep_running: bool = False):
         self._stream = stream
         self._keep_running = keep_running
+        self._own = None  # the descriptor's own file (a copy), while /dev/null has its place
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
@@ -45,6 +47,7 @@ class NamedStdout:
         except OSError as error:
             with contextlib.suppress(OSError, ValueError):  # no descriptor (a StringIO)
                 devnull = os.open(os.devnull, os.O_WRONLY)
+                self._own = os.dup(self._stream.fileno()) if self._own is None else self._own
                 os.dup2(devnull, self._stream.fileno())
                 os.close(devnull)
             if isinstance(error, BrokenPipeError):
@@ -53,13 +56,24 @@ class NamedStdout:
                 raise
             raise StdoutError(error.errno, error.strerror) from None
 
+    def give_back(self) -> None:
+        """The descriptor's own file back, what the stream still holds dropped first (into
+        /dev/null: written at exit, it would fail again)."""
+        if self._own is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()
+            os.dup2(self._own, self._stream.fileno())
+            os.close(self._own)
+            self._own = None
+
 
 @contextlib.contextmanager
 def named_stdout(keep_running: bool = False) -> Iterator[None]:
     """sys.stdout as a ``NamedStdout`` for the block, flushed at its end (where a failure can
-    still be said) and given back after it: a process that called a command's ``main()`` (a
-    job's thread) kept it wrapped. A sys.stdout that is None (`>&-`) or already wrapped (a
-    command within a command) is left as it is."""
+    still be said) and given back after it, its descriptor too: a process that called a
+    command's ``main()`` (a job's thread) kept it wrapped, and after a failed write, its
+    descriptor 1 on /dev/null. A sys.stdout that is None (`>&-`) or already wrapped (a command
+    within a command) is left as it is."""
     original = sys.stdout
     if original is None or isinstance(original, NamedStdout):
         yield
@@ -69,5 +83,6 @@ def named_stdout(keep_running: bool = False) -> Iterator[None]:
         yield
         named.flush()
     finally:
+        named.give_back()
         if sys.stdout is named:
             sys.stdout = original
