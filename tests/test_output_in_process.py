@@ -13,7 +13,7 @@ import json, os, sys
 from {module} import main
 before = os.fstat(1)
 try:
-    main(["--help"])
+    main({argv})
 except SystemExit:
     pass
 after = os.fstat(1)
@@ -32,9 +32,24 @@ def test_a_failed_write_leaves_the_callers_stdout_its_own(module, stdout):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
     with os.fdopen(write, "wb") as pipe, open("/dev/full", "wb") as full:
-        result = subprocess.run([sys.executable, "-c", CALLER.format(module=module)],
+        result = subprocess.run([sys.executable, "-c", CALLER.format(module=module,
+                                                                     argv=["--help"])],
                                 stdout=full if stdout == "full" else pipe,
                                 stderr=subprocess.PIPE, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     before, after = json.loads(result.stderr.splitlines()[-1])
+    assert after == before, result.stderr
+
+
+def test_a_reader_that_stopped_leaves_the_callers_stdout_its_own(target):
+    """`fmnist models` into a reader that stopped is no error (exit 0, quiet), but pointed the
+    caller's descriptor 1 at /dev/null, after the wrapper had given it back."""
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "wb") as pipe:
+        result = subprocess.run([sys.executable, "-c", CALLER.format(
+            module="serving.client.cli", argv=["models", "--target", target])], stdout=pipe,
+            stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stderr)
     assert after == before, result.stderr
