@@ -26,6 +26,12 @@ MODEL_FILE = "model.onnx"
 MANIFEST = "model.json"
 MAX_VERSION = 2**63 - 1  # <model>/<version>/: the protocols' version fields are int64
 
+
+def is_version_name(name: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return name.isascii() and name.isdigit()
+
+
 # Every graph takes IMAGES uint8 [N,28,28] and returns PROBABILITIES float32 [N,10] and
 # LABEL int64 [N].
 IMAGES = "images"

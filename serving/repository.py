@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime
 
-from common.contract import LABEL, MANIFEST, MAX_VERSION, MODEL_FILE, PROBABILITIES
+from common.contract import LABEL, MANIFEST, MAX_VERSION, MODEL_FILE, PROBABILITIES, is_version_name
 from serving.batching import Batcher, BatchingPolicy
 from serving.errors import NotFound, RepositoryError
 from serving.manifest import Manifest, check_graph, first_line, read_file, read_manifest
@@ -243,8 +243,3 @@ def version_dirs(root: Path) -> Listing:
             else:
                 found[(model_dir.name, int(path.name))] = path
     return Listing(found, sorted(skipped), unreadable)
-
-
-def is_version_name(name: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
-    return name.isascii() and name.isdigit()

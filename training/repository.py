@@ -31,6 +31,7 @@ from common.contract import (
     MODEL_FILE,
     NUM_CLASSES,
     PROBABILITIES,
+    is_version_name,
 )
 from training.preprocessing import PREPROCESSING
 
@@ -51,7 +52,7 @@ def existing_versions(root: Path, name: str) -> list[int]:
     if not model_dir.is_dir():
         return []
     names = (p.name for p in model_dir.iterdir())
-    return sorted(int(name) for name in names if name.isascii() and name.isdigit())
+    return sorted(int(name) for name in names if is_version_name(name))
 
 
 def make_directory(path: Path) -> None:
@@ -158,7 +159,7 @@ def next_version(model_dir: Path, recorded: str | None = None) -> int:
 def highest_recorded(text: str, path: Path) -> int:
     """The number a ``.highest-version`` file holds (0 if empty); a corrupt one is named."""
     text = text.strip()
-    if text and not (text.isascii() and text.isdigit()):
+    if text and not is_version_name(text):
         raise RepositoryError(f"{path}: expected the highest version published, got {text[:40]!r}; "
                          "put the number back (or delete the file)")
     return int(text or 0)

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES
+from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES, is_version_name
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument
 from serving.metrics import ModelStatistics
-from serving.repository import ModelVersion, Prediction, is_version_name
+from serving.repository import ModelVersion, Prediction
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
