@@ -4,6 +4,7 @@ servers on 127.0.0.1:0, in-process (the server runs on its own threads), per tes
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -97,6 +98,14 @@ def rewrite_manifest(path: Path, **changes) -> None:
 @pytest.fixture
 def policy() -> BatchingPolicy:
     return BatchingPolicy()
+
+
+@pytest.fixture
+def restore_logging():
+    """``cli.main`` sets up logging on the test's captured stderr; later tests need it back."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
 
 
 @pytest.fixture(scope="module")

@@ -96,14 +96,6 @@ async def test_a_damaged_version_is_refused_with_one_log_line_and_the_rest_serve
     assert (answer.model.name, answer.model.version, len(answer.results)) == ("mlp", 1, 8)
 
 
-@pytest.fixture
-def restore_logging():
-    """``cli.main`` sets up logging on the test's captured stderr; later tests need it back."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
-
-
 @pytest.mark.parametrize("case", ["sha256 mismatch", "corrupt onnx"])
 def test_without_a_good_version_of_a_required_model_the_server_exits_1_with_the_reason(
     case, repository_copy, capsys, restore_logging

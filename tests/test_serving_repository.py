@@ -3,7 +3,6 @@
 import gc
 import hashlib
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -19,13 +18,7 @@ from serving.errors import NotFound
 from serving.repository import load_repository
 from tests.conftest import rewrite_manifest
 
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """``cli.main`` sets up logging on the test's captured stderr; later tests need it back."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
+pytestmark = pytest.mark.usefixtures("restore_logging")  # cli.main sets up logging
 
 
 def test_loads_every_version_and_ignores_hidden_and_non_model_directories(model_repository,
