@@ -210,10 +210,6 @@ def workloads(objects: list[dict], where: str = "") -> list[Workload]:
     return found
 
 
-def all_workloads() -> list[Workload]:
-    return [w for k in KUSTOMIZATIONS for w in workloads(render(k), k)]
-
-
 # --- what kubelet starts --------------------------------------------------------------------
 
 

@@ -33,7 +33,6 @@ from tests.deploy_manifests import (
 pytestmark = needs_kubectl
 
 KUBERNETES = [k for k in KUSTOMIZATIONS if k.startswith("kubernetes/")]
-SECRET_KEYS = ("tls.crt", "tls.key", "ca.crt")  # a kubernetes.io/tls Secret, plus the CA
 MIN_DRAIN_MARGIN_S = 5  # after preStop and the server's drain, before SIGKILL
 
 
