@@ -9,7 +9,6 @@ import threading
 import time
 
 import grpc
-import pytest
 from test_metrics import scrape as scrape_metrics
 from test_workers import (
     calls_over_connections,
@@ -17,17 +16,14 @@ from test_workers import (
     held_requests,
     port_of,
     running_workers,
+    workers,
 )
 
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from serving.workers import HUNG_AFTER_S
 from tests.server_process import children
 
-
-@pytest.fixture
-def workers(model_repository):
-    with running_workers(model_repository) as running:
-        yield running
+__all__ = ["workers"]  # the fixture this module's tests take
 
 
 def test_a_hung_worker_is_killed_and_replaced(workers):
