@@ -1,6 +1,6 @@
 """A raw-bytes echo service (``test.Echo``: a method of every kind) whose handlers report what
-they see of their context, for tests/test_native_server.py and
-tests/test_native_server_threads.py."""
+they see of their context, and ``started``, a server serving handlers on a free loopback port,
+for tests/test_native_server.py, tests/test_native_server_threads.py and tests/test_deadlines.py."""
 
 import threading
 from typing import NamedTuple
@@ -8,6 +8,15 @@ from typing import NamedTuple
 import grpc
 
 SERVICE = "test.Echo"
+
+
+def started(server, *handlers: grpc.GenericRpcHandler) -> int:
+    """``server`` with ``handlers`` added, listening on a free loopback port and started;
+    returns the port."""
+    server.add_generic_rpc_handlers(list(handlers))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return port
 
 
 class _Status(NamedTuple):  # a grpc.Status

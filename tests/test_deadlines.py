@@ -24,7 +24,7 @@ from serving.errors import Cancelled, DeadlineExceeded
 from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, Call, CallPipeline
 from tests.conftest import free_port, running_server
-from tests.echo_service import SERVICE, Echo
+from tests.echo_service import SERVICE, Echo, started
 from tests.server_process import server_process
 from training.preprocessing import prepend_preprocessing
 from training.repository import write_version
@@ -150,9 +150,7 @@ def _one_thread_at_work():
     its interceptor saw, and the Unary method's stub."""
     echo, seen = Echo(), _SeenMethods()
     server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
-    server.add_generic_rpc_handlers([echo.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, echo.handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield echo, seen, channel.unary_unary(f"/{SERVICE}/Unary")

@@ -22,7 +22,7 @@ from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, CallPipeline
 from serving.security import ServerTls
 from tests.conftest import running_server
-from tests.echo_service import SERVICE, Echo
+from tests.echo_service import SERVICE, Echo, started
 from tests.pki import make_pki
 
 
@@ -40,9 +40,7 @@ def echo_server(grpc_server):
     echo, recorder = Echo(), Recorder()
     server = make_grpc_server(grpc_server, 4, [recorder], 1 << 20, reuse_port=False)
     assert server.transport == grpc_server
-    server.add_generic_rpc_handlers([echo.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, echo.handler())
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield echo, recorder, channel
     server.stop(0).wait()
@@ -126,9 +124,7 @@ def test_metadata_grpc_refuses_ends_the_call_internal_not_the_process(echo_serve
 
 def test_a_handler_raising_system_exit_ends_its_call_and_stop_returns(grpc_server):
     server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
-    server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, Echo().handler())
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         with pytest.raises(grpc.RpcError) as failed:
             channel.unary_unary(f"/{SERVICE}/Unary")(b"exit", timeout=5)
@@ -195,9 +191,7 @@ def test_a_handler_aborting_its_stream_through_the_pipeline_is_no_crash(grpc_ser
     pipeline = CallPipeline("", Admission())
     server = make_grpc_server(grpc_server, 4, [PipelineInterceptor(pipeline, [])], 1 << 20,
                               reuse_port=False)
-    server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, Echo().handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stream = channel.unary_stream(f"/{SERVICE}/AbortStream")(b"", timeout=5)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from serving.grpc_transport import HealthServicer
 from serving.grpc_transport import grpc_server as make_grpc_server
 from tests.conftest import running_server
-from tests.echo_service import SERVICE, Echo
+from tests.echo_service import SERVICE, Echo, started
 from tests.server_process import server_process
 
 
@@ -24,9 +24,7 @@ def test_streams_waiting_for_their_clients_leave_unary_calls_a_thread_at_work(gr
     stream waits for its client is not at work, so streams beyond that number do not keep a
     unary call queued."""
     server = make_grpc_server(grpc_server, 16, [], 1 << 20, reuse_port=False, max_running=4)
-    server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, Echo().handler())
     release = threading.Event()
 
     def one_then_wait():
@@ -51,9 +49,7 @@ def test_calls_whose_message_never_comes_hold_no_thread():
     (headers only) held every thread, and health and every other call waited behind them.
     grpcio's own server still waits for it on a thread (README, "How a request flows")."""
     server = make_grpc_server("native", 4, [], 1 << 20, reuse_port=False, max_running=4)
-    server.add_generic_rpc_handlers([Echo().handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, Echo().handler())
     release = threading.Event()
 
     def never():
@@ -81,9 +77,7 @@ def test_handlers_at_work_waiting_for_their_cancellation_hear_of_it(grpc_server)
     (here blocked in Python, waiting for exactly that): its news does not queue behind them."""
     echo = Echo()
     server = make_grpc_server(grpc_server, 8, [], 1 << 20, reuse_port=False, max_running=2)
-    server.add_generic_rpc_handlers([echo.handler()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, echo.handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             wait = channel.unary_stream(f"/{SERVICE}/WaitForCancel")
@@ -180,8 +174,7 @@ def test_watches_cancelled_before_they_start_leave_no_callback_behind():
     servicer = HealthServicer()
     server = make_grpc_server("native", 2, [], 1 << 20, reuse_port=False)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -204,10 +197,8 @@ def test_open_health_watches_leave_checks_and_calls_answered(grpc_server):
     (a client-side health check opens one per connection) starved Checks and every call."""
     echo = Echo()
     server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
-    server.add_generic_rpc_handlers([echo.handler()])
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, echo.handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -230,10 +221,8 @@ def test_health_checks_never_wait_for_the_threads_at_work(grpc_server):
     (p50 1.4 s at 150 clients sending 1024 images)."""
     echo = Echo()
     server = make_grpc_server(grpc_server, 4, [], 1 << 20, reuse_port=False, max_running=1)
-    server.add_generic_rpc_handlers([echo.handler()])
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    port = started(server, echo.handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             held = channel.unary_unary(f"/{SERVICE}/Unary").future(b"hold", timeout=10)
