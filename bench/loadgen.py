@@ -22,7 +22,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from loadgen_requests import (
     check_answer,
     loopback_target,
 )
-from proc_cpu import process_tree, tree_cpu_seconds
+from proc_cpu import cpu_seconds, process_tree, tree_cpu_seconds
 
 MAX_DURATION_S = 300
 MAX_WARMUP_S = 60
@@ -52,11 +51,6 @@ class ProcessResult:
     latencies_ns: list[int] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     cpu_s: float = 0.0
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def sleep_until(moment: float) -> None:

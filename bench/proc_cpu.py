@@ -1,10 +1,17 @@
-"""CPU seconds of a process tree, read from /proc (standard library only, so that scripts run
-by another venv's python, such as bench/triton_load.py, can import it too)."""
+"""CPU seconds of a process tree, read from /proc, and of this process (standard library only,
+so that scripts run by another venv's python, such as bench/triton_load.py, can import it too)."""
 
 import os
+import resource
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """This process's own (a load generator's), user and system, from getrusage."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def process_tree(root_pids: list[int]) -> list[int]:

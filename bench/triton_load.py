@@ -19,13 +19,12 @@ import asyncio
 import ipaddress
 import json
 import os
-import resource
 import socket
 import time
 
 import numpy as np
 import tritonclient.grpc.aio as triton
-from proc_cpu import process_tree, tree_cpu_seconds
+from proc_cpu import cpu_seconds, process_tree, tree_cpu_seconds
 from tritonclient.utils import InferenceServerException
 
 DISTINCT_REQUESTS = 8  # rotated, as bench/loadgen.py does
@@ -38,11 +37,6 @@ def loopback(target: str) -> str:
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise SystemExit(f"--target {target} is not a loopback address: load stays on this host")
     return target
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def inputs(batch: int) -> list[list]:
