@@ -247,27 +247,6 @@ def test_options_may_come_before_the_command(target, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
-NO_PORT = ("expected HOST:PORT (fmnist-serve's --port, 50051 unless set otherwise), got {!r}: "
-           "without a port gRPC tries 443")
-
-
-@pytest.mark.parametrize("address", ["myhost", "localhost:", "dns:///localhost", "::1", "[::1]"])
-def test_a_target_without_a_port_is_refused_naming_the_flag(capsys, monkeypatch, address):
-    """`--target myhost` (or FMNIST_TARGET=myhost) went to port 443 without a word and failed
-    as a server that was not there."""
-    with pytest.raises(SystemExit) as refused:
-        cli.main(["health", "--target", address])
-    assert refused.value.code == 2
-    assert capsys.readouterr().err == (
-        f"fmnist health: error: --target: {NO_PORT.format(address)} (see fmnist health --help)\n")
-    monkeypatch.setenv("FMNIST_TARGET", address)
-    with pytest.raises(SystemExit, match=r"^2$"):  # exit 2
-        cli.main(["health"])
-    assert capsys.readouterr().err == (
-        f"fmnist health: error: FMNIST_TARGET: {NO_PORT.format(address)} (see fmnist health "
-        "--help)\n")
-
-
 def test_targets_with_a_port_reach_the_server_as_before(target, capsys):
     port = target.rsplit(":", 1)[1]
     for address in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"dns:127.0.0.1:{port}",

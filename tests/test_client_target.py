@@ -8,6 +8,29 @@ import pytest
 from serving.client import cli
 
 
+def refused_by_flag_and_env_var(capsys, monkeypatch, address: str, message: str) -> None:
+    """``fmnist health`` given ``address`` by --target, then by FMNIST_TARGET: exit 2 and one
+    line naming where it came from, with ``message``."""
+    with pytest.raises(SystemExit, match=r"^2$"):  # exit 2
+        cli.main(["health", "--target", address])
+    assert capsys.readouterr().err == (
+        f"fmnist health: error: --target: {message} (see fmnist health --help)\n")
+    monkeypatch.setenv("FMNIST_TARGET", address)
+    with pytest.raises(SystemExit, match=r"^2$"):
+        cli.main(["health"])
+    assert capsys.readouterr().err == (
+        f"fmnist health: error: FMNIST_TARGET: {message} (see fmnist health --help)\n")
+
+
+@pytest.mark.parametrize("address", ["myhost", "localhost:", "dns:///localhost", "::1", "[::1]"])
+def test_a_target_without_a_port_is_refused_naming_the_flag(capsys, monkeypatch, address):
+    """`--target myhost` (or FMNIST_TARGET=myhost) went to port 443 without a word and failed
+    as a server that was not there."""
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, (
+        f"expected HOST:PORT (fmnist-serve's --port, 50051 unless set otherwise), got {address!r}: "
+        "without a port gRPC tries 443"))
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:99999", "dns:///localhost:65536", "myhost:-5",
                                      "[::1]:0"])
 def test_a_port_out_of_range_is_refused(capsys, address):
@@ -27,18 +50,9 @@ def test_a_port_out_of_range_is_refused(capsys, address):
 def test_a_port_that_is_no_number_nor_service_is_refused(capsys, monkeypatch, address, port):
     """`--target 127.0.0.1:abc` was left to gRPC, exit 1: "UNAVAILABLE: errors resolving
     127.0.0.1:abc: [field:hostname lookup error:Failed to parse port in name: ...]"."""
-    message = (f"expected a port 1..65535, got {address!r}: {port!r} is neither a number nor "
-               "a service name (such as http)")
-    with pytest.raises(SystemExit) as refused:
-        cli.main(["health", "--target", address])
-    assert refused.value.code == 2
-    assert capsys.readouterr().err == (
-        f"fmnist health: error: --target: {message} (see fmnist health --help)\n")
-    monkeypatch.setenv("FMNIST_TARGET", address)
-    with pytest.raises(SystemExit, match=r"^2$"):  # exit 2
-        cli.main(["health"])
-    assert capsys.readouterr().err == (
-        f"fmnist health: error: FMNIST_TARGET: {message} (see fmnist health --help)\n")
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, (
+        f"expected a port 1..65535, got {address!r}: {port!r} is neither a number nor a service "
+        "name (such as http)"))
 
 
 def test_a_service_name_is_taken_as_its_port():
