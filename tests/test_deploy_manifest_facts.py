@@ -149,6 +149,15 @@ def test_client_connections_are_renewed_so_added_replicas_get_calls(kustomizatio
             workload.source
 
 
+# What a mesh or gateway takes a Service port to carry in cleartext: its appProtocol, else (no
+# appProtocol) the protocol its name starts with, Istio's rule: a port named grpc is HTTP/2.
+CLEARTEXT = {"kubernetes.io/h2c", "http", "http2", "grpc", "grpc-web"}
+
+
+def _mesh_protocol(port: dict) -> str:
+    return port.get("appProtocol") or port["name"].partition("-")[0]
+
+
 def _selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
@@ -175,7 +184,10 @@ def test_services_hpa_and_pdb_reach_the_deployment(kustomization):
             assert named[port["targetPort"]] == port["port"], port
         grpc = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]
         assert [named[port["targetPort"]] for port in grpc] == [int(settings["port"])]
-        assert grpc[0].get("appProtocol") == (None if tls else "kubernetes.io/h2c")
+        for port in service["spec"]["ports"]:  # as a mesh reads it: TLS is not cleartext
+            speaks_tls = tls and port["targetPort"] in ("grpc", "http")
+            assert (_mesh_protocol(port) in CLEARTEXT) is not speaks_tls, (kustomization, port)
+        assert grpc[0].get("appProtocol") == ("https" if tls else "kubernetes.io/h2c")
     metrics = [port for port in services["fashion-mnist"]["spec"]["ports"]
                if port["name"] == "metrics"]
     assert [named[port["targetPort"]] for port in metrics] == [int(settings["metrics_port"])]
