@@ -142,6 +142,13 @@ VALID = _json({"images": [[0] * 784]})
      "takes none"),
     ("GET", "/v1/models/mlp?verison=1", b"", {}, 400,
      "verison: not an option of /v1/models/{name}; expected version"),
+    # an option given twice answered with its last value, silently: another model, or top 3
+    ("POST", CLASSIFY + "?model=mlp&model=softmax", _json({"images": [[0] * 784]}), {}, 400,
+     "model: given 2 times in the query (mlp, softmax); give it once"),
+    ("POST", CLASSIFY + "?top=x&top=3&top=3", _json({"images": [[0] * 784]}), {}, 400,
+     "top: given 3 times in the query (x, 3, 3); give it once"),
+    ("GET", "/v1/models/mlp?version=1&version=2", b"", {}, 400,
+     "version: given 2 times in the query (1, 2); give it once"),
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "top": 1, "id": "x"}), {}, 400,
      "id, top: not a key of the request"),  # all of them, in one order whatever the process
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "model": None}), {}, 400,

@@ -69,13 +69,17 @@ class Options:
 
 
 def query_options(query: str, endpoint: str, names: tuple[str, ...]) -> dict[str, str]:
-    """The query string's options (the last value of each); a misspelt one is refused, not
-    ignored (the answer would come from another model, or with other options)."""
-    values = {key: items[-1] for key, items in parse_qs(query, keep_blank_values=True).items()}
-    if unknown := sorted(values.keys() - set(names)):
+    """The query string's options; a misspelt one, or one given twice, is refused, not ignored
+    (the answer would come from another model, or with other options)."""
+    given = parse_qs(query, keep_blank_values=True)
+    if unknown := sorted(given.keys() - set(names)):
         raise InvalidArgument(f"{', '.join(unknown)}: not an option of {endpoint}; "
                               + (f"expected {', '.join(names)}" if names else "it takes none"))
-    return values
+    for key, items in given.items():
+        if len(items) > 1:
+            raise InvalidArgument(f"{key}: given {len(items)} times in the query "
+                                  f"({', '.join(items)[:200]}); give it once")
+    return {key: items[0] for key, items in given.items()}
 
 
 def list_models_request(query: str) -> pb.ListModelsRequest:
