@@ -156,7 +156,25 @@ def _image_bytes(image, index: int) -> bytes:
         return bytes(image)
     except (TypeError, ValueError):
         raise InvalidArgument(f"images[{index}]: expected 784 integers 0..255 "
-                              "(or 28 rows of 28)") from None
+                              f"(or 28 rows of 28), got {_refused(image)}") from None
+
+
+def _refused(image) -> str:
+    """What of a refused image is wrong, in JSON's words: its shape, or its first bad value
+    and where (row-major)."""
+    if not isinstance(image, list):
+        return json.dumps(image)[:40]
+    if image and isinstance(image[0], list):
+        if len(image) != IMAGE_SHAPE[0]:
+            return f"{len(image)} row" + "s" * (len(image) != 1)
+        for number, row in enumerate(image):
+            if not isinstance(row, list):
+                return f"{json.dumps(row)[:40]} as row {number}"
+            if len(row) != IMAGE_SHAPE[1]:
+                return f"{len(row)} values in row {number}"
+        image = [value for row in image for value in row]
+    return next(f"{json.dumps(value)[:40]} at {place}" for place, value in enumerate(image)
+                if type(value) is not int or not 0 <= value <= 255)
 
 
 def _image_pixels(body: bytes, invert: bool, decoder: Executor) -> np.ndarray:
