@@ -74,14 +74,18 @@ def _main(argv: Sequence[str] | None) -> int:
         print(usage_error("fmnist", error), file=sys.stderr)
         return 2
     warn_of_misspelt_variables("fmnist")
-    try:
-        with named_stdout():  # a failed write names stdout, as --csv's names its flag
+    from serving.client.stops import said, sigterm_as_interrupt
+
+    try:  # a failed write names stdout, as --csv's names its flag
+        with sigterm_as_interrupt(), named_stdout():
             return args.run(args)
     except UsageError as error:
         print(usage_error(f"fmnist {args.command}", error), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: one line, as fmnist-train says it
+        words, status = said(stop)
+        print(f"fmnist {args.command}: {words}", file=sys.stderr)
+        return status
     except BrokenPipeError:  # the output went into `head` or the like, which stopped reading
         return 0  # what stdout held went to /dev/null (common.output): nothing fails at exit
     except Exception as error:  # one line, whatever went wrong

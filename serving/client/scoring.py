@@ -71,10 +71,17 @@ def score(args, security) -> int:
                                              timeout=args.timeout * len(batches))
         else:
             stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
-        for index, answer in enumerate(stream):
-            latencies.append(time.perf_counter() - sent_at[index])
-            answers.append(answer)
-            progress.update(len(answer))
+        try:
+            for index, answer in enumerate(stream):
+                latencies.append(time.perf_counter() - sent_at[index])
+                answers.append(answer)
+                progress.update(len(answer))
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: cli's one line says how far
+            unwritten = " and ".join(flag for flag, path in (("--csv", args.csv),
+                                                             ("--json", args.json)) if path)
+            stop.progress = (f" after {sum(map(len, answers))} of {len(images)} images"
+                             + (f" ({unwritten} not written)" if unwritten else ""))
+            raise
         elapsed = time.perf_counter() - started
 
     everything = joined(answers)

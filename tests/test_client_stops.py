@@ -1,0 +1,54 @@
+"""``fmnist`` stopped mid-run, by Ctrl-C or SIGTERM: one line, saying how far it got, and the
+exit status a shell gives a command its signal ended."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+# SIGINT as a terminal's Ctrl-C finds it: a test run in the background inherits it ignored
+AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                    " from serving.client.cli import main; sys.exit(main())")
+
+
+@pytest.mark.parametrize(("stop", "said"), [(signal.SIGINT, "interrupted"),
+                                            (signal.SIGTERM, "stopped (SIGTERM)")])
+def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path, stop, said):
+    """Ctrl-C mid-score exited 130 without a word, and SIGTERM (timeout(1), a job's end) killed
+    it without one: a log ended at nothing, not saying the run was cut short, nor that its
+    --csv was not written. fmnist-train says 'interrupted' or 'stopped (SIGTERM)'."""
+    csv_path = tmp_path / "predictions.csv"
+    process = subprocess.Popen(
+        [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target", target, "--batch-size",
+         "1", "--rpc", "unary", "--csv", str(csv_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # started, mid-way through 10,000 calls
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + stop, (out, err)
+    assert out == ""
+    match = re.fullmatch(rf"fmnist score: {re.escape(said)} after (\d+) of 10000 images "
+                         r"\(--csv not written\)\n", err)
+    assert match, err
+    assert 0 < int(match[1]) < 10000
+    assert not csv_path.exists()
+
+
+def test_a_sigterm_its_caller_ignores_stays_ignored():
+    """A command started with SIGTERM ignored (a supervisor's choice, `trap '' TERM`) would have
+    been stopped by it: the handler replaced the ignoring, as Python leaves an ignored SIGINT."""
+    from serving.client.stops import sigterm_as_interrupt
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
