@@ -101,3 +101,34 @@ def test_a_call_that_gets_no_answer_says_what_waited(capsys, monkeypatch, timeou
     waited = "--timeout 0.5" if timeout_from == "flag" else "FMNIST_TIMEOUT=0.5"
     assert capsys.readouterr().err == ("fmnist health: error: DEADLINE_EXCEEDED: Deadline "
                                        f"Exceeded (no answer from {target} in {waited} s)\n")
+
+
+
+@pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
+def test_a_stream_whose_server_shuts_down_is_said_so(model_repository, test_set, grpc_server):
+    """A server stopped (SIGTERM: a rollout, a restart) while `fmnist score` streams to it ends
+    the stream when its grace period does: the run failed saying only gRPC's "UNAVAILABLE:
+    Cancelling all calls", not that the server shut down."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0",
+                        "--grace-period", "0.5", "--grpc-server", grpc_server) as (process, logs):
+        target = logs.wait_for("serving")[0]["address"]
+        answered = threading.Event()
+
+        def batches():
+            yield test_set[0][:1]
+            answered.wait(10)  # mid-stream, the stream open until the grace period ends it
+            process.terminate()
+            for start in range(1, 100):
+                time.sleep(0.1)
+                yield test_set[0][start:start + 1]
+
+        with ClassifierClient(target, timeout=10) as client, pytest.raises(grpc.RpcError) as \
+                caught:
+            for _ in client.classify_batches(batches()):
+                answered.set()
+    error = caught.value
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "Cancelling all calls")
+    assert ChannelSecurity().explained("UNAVAILABLE", error.details(), target) == (
+        f"Cancelling all calls (the server at {target} shut down, and its grace period ended "
+        "this call before it was done)")

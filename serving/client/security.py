@@ -75,12 +75,16 @@ class ChannelSecurity:
         a client without a certificate it trusts, and says no more ("Socket closed"); so does
         fmnist-serve's HTTP port, the other address its serving line names. A refused
         connection is said as what it means to a newcomer: nothing listens there; a connection
-        that broke during a call ("Stream removed"), that the server went away; OpenSSL's words
+        that broke during a call ("Stream removed"), that the server went away, and one a
+        stopping server's grace period ended ("Cancelling all calls"), so; OpenSSL's words
         for a TLS that does not fit the server's (a plaintext server, a certificate that
         another CA signed or that does not carry the name), what to change."""
-        if code == "UNAVAILABLE" and details.startswith("Stream removed"):  # mid-call
-            return f"{details} (the connection to {target} broke during the call: did the " \
-                   "server stop?)"
+        mid_call = {"Stream removed": f"the connection to {target} broke during the call: did "
+                    "the server stop?", "Cancelling all calls": f"the server at {target} shut "
+                    "down, and its grace period ended this call before it was done"}
+        for words, why in mid_call.items():
+            if code == "UNAVAILABLE" and details.startswith(words):
+                return f"{details} ({why})"
         if code != "UNAVAILABLE" or not details.startswith("failed to connect"):
             return details
         if details.endswith(": Connection refused"):
