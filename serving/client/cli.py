@@ -105,7 +105,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         argv = [*argv[first:first + 1], *argv[:first], *argv[first + 1:]]
     args, unparsed = parser.parse_known_args(
         [Placed(arg, place) for place, arg in enumerate(argv)])
-    if args.command != "classify" or any(arg.startswith("-") for arg in unparsed):
+    if args.command != "classify" or any(arg.startswith("-") and arg != "-" for arg in unparsed):
         if unparsed:  # said by the command whose --help to look at
             args.parser.error(unrecognized(unparsed))
         return args
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
                        " prints the top classes of the model and the baseline's answer.")
     classify.add_argument("files", nargs="*", metavar="FILE",
                           help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
-                          "of uint8 [28,28], [N,28,28] or [N,784]")
+                          "of uint8 [28,28], [N,28,28] or [N,784]; - reads one from stdin")
     classify.add_argument("--test-index", nargs="+", action=IndicesThenFiles, default=[],
                           metavar="I", help="also classify these images of the Fashion-MNIST "
                           "test set (0..9999); given again, adds more")

@@ -1,9 +1,13 @@
 """Turns files into ``uint8 [N,28,28]`` images the way Fashion-MNIST has them: light object on
 a black background, centred in 28x28 (``fmnist classify``, and the HTTP API's /v1/classify)."""
 
+import contextlib
 import functools
+import io
+import sys
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -69,11 +73,11 @@ def _eight_bit(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path, opened: BinaryIO | None = None) -> np.ndarray:
     """A ``.npy`` array of uint8 (or integers 0..255) shaped [28,28], [N,28,28] or [N,784],
-    N >= 1."""
+    N >= 1; read from ``opened`` if given (standard input's bytes, for "-")."""
     npy = np.lib.format
-    with open(path, "rb") as file:
+    with contextlib.nullcontext(opened) if opened else open(path, "rb") as file:
         try:  # numpy took any other file for a pickle, and said to load it with allow_pickle=
             version = npy.read_magic(file)
         except ValueError:
@@ -103,6 +107,13 @@ def is_npy(path: Path) -> bool:
     return path.suffix.lower() == ".npy"
 
 
+def _standard_input() -> io.BytesIO:
+    """What standard input holds, for "-" (a picture, or a .npy array by its first bytes)."""
+    if sys.stdin is None:  # <&-
+        raise ValueError("-: standard input is closed")
+    return io.BytesIO(sys.stdin.buffer.read())
+
+
 def _border(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
 
@@ -113,14 +124,16 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
     picture files."""
     batches, names = [], []
     for path in paths:
+        stdin = _standard_input() if str(path) == "-" else None  # as --csv - is stdout
         try:  # a picture's border as the model sees it, but for the padding (black)
-            fitted = None if is_npy(path) else _fitted(path, invert)
-            batch = load_npy(path) if fitted is None else _padded(fitted)[None]
+            npy = stdin.getvalue().startswith(b"\x93NUMPY") if stdin else is_npy(path)
+            fitted = None if npy else _fitted(stdin or path, invert)
+            batch = load_npy(path, stdin) if fitted is None else _padded(fitted)[None]
         except Exception as error:  # Pillow's and numpy's messages do not say which file
             if isinstance(error, OSError) and error.strerror:  # not "[Errno 2] ...: 'x.png'"
                 raise ValueError(f"{path}: {error.strerror}") from None
-            raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") \
-                from None
+            said = str(error).replace(repr(stdin), "(standard input)")  # not "<_io.BytesIO ..."
+            raise ValueError(said if str(path) in said else f"{path}: {said}") from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
         if fitted is not None and min(fitted.size) and _border(np.asarray(fitted)).mean() > 127:
             # Fashion-MNIST's border is black (the test set's average 95 at most); a picture

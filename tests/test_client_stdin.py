@@ -1,0 +1,63 @@
+"""``fmnist classify -``: the picture or ``.npy`` array on standard input, as ``--csv -`` writes
+to standard output."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def classify_stdin(target: str, data: bytes, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving.client", "classify", "--target",
+                           target, "--top", "1", *flags, "-"],
+                          input=data, capture_output=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("kind", ["png", "npy"])
+def test_classify_reads_a_dash_from_standard_input(target, tmp_path, test_set, kind):
+    """`curl .../shoe.png | fmnist classify -` failed "-: No such file or directory" (exit 1),
+    though the same tool takes `--csv -` for stdout; the answer is the file's own."""
+    path = tmp_path / f"shoe.{kind}"
+    if kind == "png":
+        Image.fromarray(test_set[0][0]).save(path)
+    else:
+        np.save(path, test_set[0][:2])
+    from_file = subprocess.run([sys.executable, "-m", "serving.client", "classify", "--target",
+                                target, "--top", "1", str(path)],
+                               capture_output=True, timeout=60, check=True).stdout.decode()
+    piped = classify_stdin(target, path.read_bytes())
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == b""
+    assert piped.stdout.decode() == from_file.replace(str(path), "-")
+
+
+def test_standard_input_that_is_no_picture_is_named_so(target):
+    piped = classify_stdin(target, b"hello\n")
+    assert piped.returncode == 1
+    assert piped.stderr.decode() == "fmnist classify: error: -: cannot identify image file " \
+        "(standard input)\n"
+
+
+def test_invert_applies_to_a_picture_on_standard_input(target, test_set):
+    buffer = io.BytesIO()
+    Image.fromarray(255 - test_set[0][0]).save(buffer, format="PNG")  # dark on light
+    piped = classify_stdin(target, buffer.getvalue(), "--invert")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.decode().splitlines()[0] == "-"  # no "(a light background ...)"
+
+
+def test_a_dash_may_follow_options_as_files_may(target, tmp_path, test_set):
+    """`fmnist classify a.png --top 1 -` said "unrecognized arguments: -" (exit 2), taking the
+    dash for an option."""
+    path = tmp_path / "a.png"
+    Image.fromarray(test_set[0][0]).save(path)
+    piped = subprocess.run([sys.executable, "-m", "serving.client", "classify", "--target",
+                            target, str(path), "--top", "1", "-"], input=path.read_bytes(),
+                           capture_output=True, timeout=60, check=False)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.decode().splitlines()
+    assert lines[::3] == [str(path), "-"]
+    assert lines[1] == lines[4]
