@@ -45,7 +45,10 @@ def _fitted(path: Path, invert: bool):
 
     Image = pillow()  # noqa: N806 (Pillow's name)
     with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)
+        # in place: otherwise a whole copy of a picture it does not turn (an 8000x8000 RGB
+        # PNG of 200 KB peaked at 580 MB, now 335)
+        ImageOps.exif_transpose(image, in_place=True)
+        upright = image
         if upright.mode.startswith("I;16"):  # Pillow's "L" would clip 16-bit values at 255
             upright = Image.fromarray((np.asarray(upright) >> 8).astype(np.uint8))
         elif upright.mode in ("I", "F"):  # 32 bits, clipped too: floats went black
