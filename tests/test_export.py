@@ -8,6 +8,7 @@ import pytest
 from common.contract import IMAGES
 from training import data, export, models
 from training.preprocessing import preprocess
+from training.repository import OUTPUTS
 
 SUBSET = 3000
 
@@ -97,3 +98,14 @@ def test_the_same_baseline_exports_to_the_same_bytes(fitted):
     baseline, _ = fitted["baseline"]
     first, second = (export.baseline_to_onnx(baseline).SerializeToString() for _ in range(2))
     assert first == second
+
+
+@pytest.mark.parametrize("name", ["softmax", "mlp", "baseline"])
+def test_outputs_come_in_model_json_order(fitted, dataset, name):
+    """The baseline's graph listed label before probabilities, the Keras ones and model.json
+    probabilities first: `probabilities, label = session.run(None, ...)` swapped them for it."""
+    graph = fitted[name][1].graph
+    assert [o.name for o in graph.output] == [o["name"] for o in OUTPUTS]
+    session = onnxruntime.InferenceSession(fitted[name][1].SerializeToString())
+    probabilities, label = session.run(None, {IMAGES: dataset.x_test[:5]})
+    assert probabilities.shape == (5, 10) and label.shape == (5,)

@@ -66,6 +66,10 @@ def baseline_to_onnx(classifier) -> onnx.ModelProto:
         options={id(classifier): {"zipmap": False}},
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
     )
+    # skl2onnx lists label first: put probabilities first, as the Keras graphs and model.json do
+    outputs = sorted(converted.graph.output, key=lambda output: output.name != PROBABILITIES)
+    del converted.graph.output[:]
+    converted.graph.output.extend(outputs)
     return prepend_preprocessing(converted)
 
 
