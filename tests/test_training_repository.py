@@ -4,6 +4,7 @@ before minutes of fitting."""
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,26 @@ def test_a_repository_made_under_a_strict_umask_is_readable_by_a_server_of_anoth
     made = (repository.parent, repository, repository / "baseline", repository / "baseline" / "1")
     modes = {path: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "private", *made)}
     assert modes == {tmp_path / "private": 0o700} | dict.fromkeys(made, 0o755)
+
+
+@pytest.mark.parametrize("given_as", ["flags", "variables"])
+def test_a_leading_tilde_in_out_and_report_dir_is_the_home_directory(tmp_path, given_as):
+    """--out=~/models (bash leaves the ~ of --flag=~/x alone, as an env file does that of
+    FMNIST_OUT=~/models) published into a directory named "~" in the working directory,
+    where --data-dir=~/x read the home's."""
+    from tests.training_runs import run_training
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    places = {"out": "~/models", "report_dir": "~/report"}
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in places.items()]
+    variables = {f"FMNIST_{key.upper()}": value for key, value in places.items()}
+    result = run_training(*(flags if given_as == "flags" else []), "--models", "baseline",
+                          "--train-subset", "500", "--progress", "none", cwd=work,
+                          env={"HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1])}
+                          | (variables if given_as == "variables" else {}))
+    assert result.returncode == 0, result.stderr
+    assert (home / "models" / "baseline" / "1" / MODEL_FILE).is_file()
+    assert (home / "report" / "report.md").is_file()
+    assert not list(work.iterdir())

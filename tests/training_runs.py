@@ -12,7 +12,7 @@ MODELS = ("softmax", "mlp", "baseline")
 
 
 def run_training(*flags: str, env: dict[str, str] | None = None,
-                 preexec_fn=None) -> subprocess.CompletedProcess:
+                 preexec_fn=None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     # as from a user's shell: tf2onnx sets TF_CPP_MIN_LOG_LEVEL in this process's environment
     clean_env = {
         k: v
@@ -27,6 +27,7 @@ def run_training(*flags: str, env: dict[str, str] | None = None,
         check=False,
         env=clean_env | (env or {}),
         preexec_fn=preexec_fn,
+        cwd=cwd,
     )
 
 

@@ -91,6 +91,12 @@ def model_list(value: str) -> tuple[str, ...]:
     return tuple(name for name in MODEL_NAMES if name in names)
 
 
+def home_path(value: str) -> Path:
+    """A leading ~ is the home, as in --data-dir: bash leaves it in --out=~/x, as an env
+    file does."""
+    return Path(value).expanduser()
+
+
 def layer_widths(value: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(width) for width in comma_list(value))
@@ -160,13 +166,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     softmax, mlp, baseline = SOFTMAX_DEFAULTS, MLP_DEFAULTS, BaselineSettings()
 
     add = functools.partial(add_option, parser)
-    add("--out", type=Path, required=True, metavar="DIR",
+    add("--out", type=home_path, required=True, metavar="DIR",
         help="model repository to add the new model versions to (created if missing)")
     add("--models", type=model_list, default=MODEL_NAMES, metavar="LIST",
         help="comma-separated models to train")
     add(
         "--report-dir",
-        type=Path,
+        type=home_path,
         metavar="DIR",
         help="where to write the report: a new or empty directory "
         "(default: DIR/reports/<UTC timestamp>/)",
