@@ -110,7 +110,7 @@ class Settings:
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,
         "model repository written by fmnist-train: DIR/<model>/<version>/model.onnx+model.json",
-        "DIR", parse=Path)
+        "DIR", parse=lambda text: Path(text).expanduser())  # --model-repository=~/x: the home's
     default_model: str = _setting("mlp", "model that answers requests naming none", "NAME")
     baseline_model: str = _setting("baseline", "model whose answer comes alongside every answer",
                                    "NAME")

@@ -127,3 +127,14 @@ def test_an_env_var_no_setting_reads_is_named_in_a_warning(model_repository, mon
     # (a tree without the native server built warns of that too)
     assert [text for text in warnings if text.startswith("FMNIST_")] == [
         "FMNIST_METRIC_PORT: not a setting of fmnist-serve; ignored"]
+
+
+@pytest.mark.parametrize("given_as", ["flag", "variable"])
+def test_a_leading_tilde_in_the_model_repository_is_the_home_directory(tmp_path, monkeypatch,
+                                                                        given_as):
+    """fmnist-train --out=~/models publishes into the home's models; --model-repository=~/models
+    (bash leaves that ~ alone, as an env file does) looked for a directory named "~"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["--model-repository=~/models"] if given_as == "flag" else []
+    environ = {"FMNIST_MODEL_REPOSITORY": "~/models"} if given_as == "variable" else {}
+    assert settings_from(argv, environ).model_repository == tmp_path / "models"
