@@ -78,6 +78,20 @@ def test_an_output_directory_that_is_a_file_is_refused_with_the_flags(tmp_path, 
         f"fmnist-train: error: {placed(message)} (see fmnist-train --help)"]
 
 
+def test_a_data_dir_that_is_a_file_is_refused_with_the_flag(tmp_path):
+    """--data-dir given one of the four files (tab completion) said, after the TensorFlow
+    import, "FILE/train-images-idx3-ubyte.gz (or, gunzipped, ...): missing", as if FILE were
+    a directory that lacked it."""
+    file = tmp_path / "train-images-idx3-ubyte.gz"
+    file.write_bytes(b"")
+    result = run_training("--out", str(tmp_path / "repo"), "--data-dir", str(file))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"fmnist-train: error: --data-dir {file}: {file} is a file, not a directory "
+        "(see fmnist-train --help)"]
+    assert not (tmp_path / "repo").exists()
+
+
 def test_a_fit_that_diverged_publishes_nothing(tmp_path):
     """A learning rate of 1e30 made the MLP's probabilities NaN: the run published it with
     exit 0, a running server made it the default version (every image "T-shirt/top", nan%),

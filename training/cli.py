@@ -236,7 +236,8 @@ def _main(argv: list[str] | None) -> int:
     args.argv = argv  # whose flags name a value as given (common.flags.given), not sys.argv's
     warn_of_misspelt_variables("fmnist-train")
     for flag, value, path in (("--report-dir", args.report_dir, args.report_dir), *(
-            ("--out", args.out, args.out / name) for name in (*args.models, "reports"))):
+            ("--out", args.out, args.out / name) for name in (*args.models, "reports")),
+            ("--data-dir", args.data_dir, args.data_dir and args.data_dir.expanduser())):
         existing = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
         if existing and not existing.is_dir():  # named as given: flag or FMNIST_* variable
             parser.error(f"{given(flag, value, argv)}: {existing} is a file, not a directory")
