@@ -2,12 +2,12 @@
 side); structured fields go in ``extra={"fields": {...}}`` and are rendered as ``key=value``
 pairs or JSON keys."""
 
-import datetime
 import json
 import logging
 import os
 import sys
 import threading
+import time
 
 # control characters (C0, DEL and C1: NEL ends a line for str.splitlines(), CSI drives a
 # terminal) as \xNN, Unicode's line and paragraph separators as \uNNNN: a client's text in a
@@ -17,6 +17,11 @@ _ESCAPED = {code: f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
 class TextFormatter(logging.Formatter):
+    # the time in UTC, ISO 8601 (JSON's "time" too): the host's local time, with no zone, moved
+    # the text lines by hours against JSON's, metrics and other hosts' logs
+    converter = time.gmtime
+    default_time_format, default_msec_format = "%Y-%m-%dT%H:%M:%S", "%s.%03d+00:00"
+
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
 
@@ -27,15 +32,11 @@ class TextFormatter(logging.Formatter):
         return line.translate(_ESCAPED)
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(TextFormatter):  # its time
     def format(self, record: logging.LogRecord) -> str:
-        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        document = {
-            "time": created.isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name,
-            "pid": record.process,  # which worker process, under a supervisor
-            "message": record.getMessage(),
-            **getattr(record, "fields", {})}
+        document = {"time": self.formatTime(record), "level": record.levelname,
+                    "logger": record.name, "pid": record.process,  # pid: which worker process
+                    "message": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document, default=str)

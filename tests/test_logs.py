@@ -3,6 +3,7 @@ exception nothing caught, on the main thread or another, is one log record holdi
 traceback."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -46,3 +47,24 @@ def test_a_thread_ending_by_system_exit_logs_nothing():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=False)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_text_and_json_lines_give_the_same_time_in_utc_whatever_the_hosts_zone():
+    """The text format wrote the host's local time with no zone (TZ=Asia/Tokyo: 09:00 for
+    JSON's 00:00 of the same moment, nothing saying which), so switching --log-format, or
+    reading text logs from hosts in other zones beside metrics and JSON logs, moved events by
+    hours, and an autumn DST change wrote an hour twice. Both now give UTC, as JSON did."""
+    script = textwrap.dedent("""
+        import json, logging
+        from serving.logs import JsonFormatter, TextFormatter
+        record = logging.LogRecord("serving.server", logging.INFO, "x.py", 1, "stopped",
+                                   (), None)
+        record.created, record.msecs = 0.25, 250.0
+        print(TextFormatter().format(record))
+        print(json.loads(JsonFormatter().format(record))["time"])
+    """)
+    text, json_time = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        env={**os.environ, "TZ": "Asia/Tokyo"}).stdout.splitlines()
+    assert json_time == "1970-01-01T00:00:00.250+00:00"
+    assert text.startswith(f"{json_time} INFO serving.server[")
