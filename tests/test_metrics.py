@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -244,3 +245,29 @@ def test_one_process_serves_its_metrics_whatever_prometheus_multiproc_dir_says(
     assert value(samples, "process_resident_memory_bytes") > 0  # this process's own
     assert [name for name, _ in samples if name.endswith("_created")] == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_message_over_the_limit_is_not_counted_as_a_cancelled_call(model_repository,
+                                                                      grpc_server):
+    """gRPC refuses a message over --max-message-bytes itself (RESOURCE_EXHAUSTED, before any
+    code of ours runs): uncounted. The native server queued such a call before gRPC refused
+    it, listed it with the calls that died queued, and counted most as CANCELLED, model ""
+    (9 to 19 of 20 in a row): clients sending too much looked like clients giving up."""
+    port = free_port()
+    with server_process(model_repository, "--workers", "1", "--grpc-server", grpc_server,
+                        "--metrics-port", str(port), "--max-request-images", "2",
+                        "--max-message-bytes", "2600") as (_, logs):
+        address = logs.wait_for("serving")[0]["address"]
+        with grpc.insecure_channel(address) as channel:
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)] * 4),
+                                  timeout=10)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)]), timeout=10)
+        time.sleep(0.5)  # the native server's dead calls are counted ten times a second
+        counted = {labels: count for (name, labels), count in scrape(port).items()
+                   if name == "fmnist_requests_total"}
+    assert counted == {(("api", "domain"), ("code", "OK"), ("method", "Classify"),
+                        ("model", "mlp")): 1.0}

@@ -105,8 +105,9 @@ class Calls {
   bool Pop(Call** call, bool* ended, bool wait);
   // Takes a new call that was cancelled while queued (and finished here) out of the queue; a
   // call not queued (taken, parked, never queued) is not found, nor a health call, which
-  // waits for its turn and is skipped then (`Call::Take`).
-  void Remove(Call* call);
+  // waits for its turn and is skipped then (`Call::Take`). `listed`: for `TakeDead` (not a
+  // call whose request never came in: gRPC refused it, or its client sent none).
+  void Remove(Call* call, bool listed);
   // The status (its deadline's or its client's doing) and method of each call `Remove` took
   // out since the last time: no Python thread saw them, and the metrics count them (Python
   // takes them ten times a second; kDeadListed at most in between).
@@ -312,7 +313,7 @@ class Call {
   void Drop() {
     in_.Clear();
     Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-    calls_->Remove(this);
+    calls_->Remove(this, Locked([this] { return reading_.ok; }));  // parked: its first read's
   }
   // Sends the end that Complete claimed and made.
   void End() {
@@ -415,12 +416,12 @@ bool Calls::Pop(Call** call, bool* ended, bool wait) {
   return true;
 }
 
-void Calls::Remove(Call* call) {
+void Calls::Remove(Call* call, bool listed) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto queued = std::ranges::find(items_, std::pair(call, kNew));  // not kEnded: its news
   if (queued == items_.end()) return;  // taken meanwhile, or health: Take lets go of it
   items_.erase(queued);  // the oldest die first: found near the front
-  if (dead_.size() < kDeadListed)  // a path of any length and bytes: the method's first 200
+  if (listed && dead_.size() < kDeadListed)  // a path of any length and bytes: its first 200
     dead_.emplace_back(call->Late() ? "DEADLINE_EXCEEDED" : "CANCELLED",
                        call->context()->method().substr(0, 200));
   call->Unref();
