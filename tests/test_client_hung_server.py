@@ -54,29 +54,15 @@ def test_a_stream_whose_server_stops_answering_fails_after_the_timeout(model_rep
         assert time.monotonic() - started < 10
 
 
-
 def test_a_stream_whose_server_dies_is_said_so(model_repository, test_set):
     """A server killed mid-stream: `fmnist score` said only "UNAVAILABLE: Stream removed
     (Socket closed)", gRPC's words, not that the server went away."""
     with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
                                                                                   logs):
         target = logs.wait_for("serving")[0]["address"]
-
-        answered = threading.Event()
-
-        def batches():
-            yield test_set[0][:1]
-            answered.wait(10)  # an answer came: gRPC retries no more, as the CLI's stream
-            process.kill()
-            process.wait(10)
-            for start in range(1, 1000):
-                yield test_set[0][start:start + 1]
-
-        with ClassifierClient(target, timeout=10) as client, pytest.raises(grpc.RpcError) as \
-                caught:
-            for _ in client.classify_batches(batches()):
-                answered.set()
-    error = caught.value
+        # an answer came first: gRPC retries no more, as the CLI's stream
+        error = _error_of_a_stream_stopped_by(lambda: (process.kill(), process.wait(10)),
+                                              target, test_set)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     explained = ChannelSecurity().explained("UNAVAILABLE", error.details(), target)
     assert explained == (f"{error.details()} (the connection to {target} broke during the "
@@ -103,7 +89,6 @@ def test_a_call_that_gets_no_answer_says_what_waited(capsys, monkeypatch, timeou
                                        f"Exceeded (no answer from {target} in {waited} s)\n")
 
 
-
 @pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
 def test_a_stream_whose_server_shuts_down_is_said_so(model_repository, test_set, grpc_server):
     """A server stopped (SIGTERM: a rollout, a restart) while `fmnist score` streams to it ends
@@ -112,23 +97,29 @@ def test_a_stream_whose_server_shuts_down_is_said_so(model_repository, test_set,
     with server_process(model_repository, "--workers", "1", "--http-port", "0",
                         "--grace-period", "0.5", "--grpc-server", grpc_server) as (process, logs):
         target = logs.wait_for("serving")[0]["address"]
-        answered = threading.Event()
-
-        def batches():
-            yield test_set[0][:1]
-            answered.wait(10)  # mid-stream, the stream open until the grace period ends it
-            process.terminate()
-            for start in range(1, 100):
-                time.sleep(0.1)
-                yield test_set[0][start:start + 1]
-
-        with ClassifierClient(target, timeout=10) as client, pytest.raises(grpc.RpcError) as \
-                caught:
-            for _ in client.classify_batches(batches()):
-                answered.set()
-    error = caught.value
+        # mid-stream, the stream kept open (an image each 0.1 s) until the grace period ends it
+        error = _error_of_a_stream_stopped_by(process.terminate, target, test_set, pace_s=0.1)
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
                                                "Cancelling all calls")
     assert ChannelSecurity().explained("UNAVAILABLE", error.details(), target) == (
         f"Cancelling all calls (the server at {target} shut down, and its grace period ended "
         "this call before it was done)")
+
+
+def _error_of_a_stream_stopped_by(stop, target, test_set, pace_s=0.0) -> grpc.RpcError:
+    """Streams one image, waits for its answer, calls ``stop`` and streams on (at most 99 more
+    images, one each ``pace_s``): the error the stream ends with (it must end in one)."""
+    answered = threading.Event()
+
+    def batches():
+        yield test_set[0][:1]
+        answered.wait(10)
+        stop()
+        for start in range(1, 100):
+            time.sleep(pace_s)
+            yield test_set[0][start:start + 1]
+
+    with ClassifierClient(target, timeout=10) as client, pytest.raises(grpc.RpcError) as caught:
+        for _ in client.classify_batches(batches()):
+            answered.set()
+    return caught.value
