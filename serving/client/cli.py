@@ -40,6 +40,7 @@ from serving.client.arguments import (
     grpc_target,
     model_flags,
 )
+from serving.client.stops import said, sigterm_as_interrupt
 
 DEFAULT_TIMEOUT = 30.0
 CLASSIFY_BATCH = 256  # images per call of `fmnist classify` (or the server's limit, if lower)
@@ -74,8 +75,6 @@ def _main(argv: Sequence[str] | None) -> int:
         print(usage_error("fmnist", error), file=sys.stderr)
         return 2
     warn_of_misspelt_variables("fmnist")
-    from serving.client.stops import said, sigterm_as_interrupt
-
     try:  # a failed write names stdout, as --csv's names its flag
         with sigterm_as_interrupt(), named_stdout():
             return args.run(args)
