@@ -252,7 +252,7 @@ def children(pid, name=None):
         found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         return [int(c) for c in found
                 if name is None or Path(f"/proc/{c}/comm").read_text().strip() == name]
-    except FileNotFoundError:
+    except OSError:  # gone meanwhile: FileNotFoundError, or ProcessLookupError (ESRCH)
         return []
 def wait_for(what, timeout):
     deadline = time.monotonic() + timeout
