@@ -89,6 +89,29 @@ def test_sync_client_gets_the_grpc_answers(served, images):
         assert sum(entry["inference_count"] for entry in stats) >= 5 * len(images)
 
 
+# Triton's $inference_stats (docs/protocol/extension_statistics.md), each a $duration_stat
+TRITON_INFERENCE_STATS = ("success", "fail", "queue", "compute_input", "compute_infer",
+                          "compute_output", "cache_hit", "cache_miss")
+
+
+def test_statistics_have_every_field_of_tritons_inference_stats(served, images):
+    """cache_hit and cache_miss were missing (unset on gRPC, absent from HTTP's JSON): a
+    client reading Triton's schema failed on them. No response cache here: always zero."""
+    _, target, v2 = served
+    with triton.InferenceServerClient(target) as client:
+        client.infer("mlp", **tensors(triton, images, True))
+        (stats,) = client.get_inference_statistics("mlp", "1")["model_stats"]
+    assert {name: tuple(sorted(duration)) for name, duration in
+            stats["inference_stats"].items()} == dict.fromkeys(TRITON_INFERENCE_STATS,
+                                                               ("count", "ns"))
+    assert stats["inference_stats"]["cache_hit"] == stats["inference_stats"]["cache_miss"] == {
+        "count": 0, "ns": 0}
+    (grpc_stats,) = v2.ModelStatistics(pb.ModelStatisticsRequest(name="mlp", version="1"))\
+        .model_stats
+    assert [grpc_stats.inference_stats.HasField(name) for name in TRITON_INFERENCE_STATS] == \
+        [True] * len(TRITON_INFERENCE_STATS)
+
+
 async def test_aio_client_gets_the_grpc_answers(served, images):
     _, target, v2 = served
     async with triton_aio.InferenceServerClient(target) as client:

@@ -217,7 +217,8 @@ def encode_model_config(model: ModelVersion, max_request_images: int) -> pb.Mode
 def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
     """Triton's statistics; compute_input/infer/output all count the successful predictions
     (perf_analyzer requires equal counts): input and output conversion happen outside the
-    model call and are reported as 0 ns."""
+    model call and are reported as 0 ns. cache_hit and cache_miss are set, at 0, so that
+    clients reading Triton's schema find them (this service has no response cache)."""
     return pb.ModelStatisticsResponse(model_stats=[_model_statistics(s) for s in statistics])
 
 
@@ -234,6 +235,7 @@ def _model_statistics(stats: ModelStatistics) -> pb.ModelStatistics:
             compute_input=_duration(succeeded, 0.0),
             compute_infer=_duration(succeeded, stats.compute_seconds),
             compute_output=_duration(succeeded, 0.0),
+            cache_hit=pb.StatisticDuration(), cache_miss=pb.StatisticDuration(),  # no cache
         ),
     )
 
