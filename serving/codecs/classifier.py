@@ -52,9 +52,8 @@ def check_version(version: int) -> None:
 def encode_classify_response(answer: Classification, request_id: str) -> pb.ClassifyResponse:
     """One ImageResult per image, with the refs of the two model versions that answered."""
     model, baseline = answer.model, answer.baseline
-    results = _encode_results(answer.model_prediction, answer.baseline_prediction,
-                              model.manifest.class_names)
-    response = pb.ClassifyResponse.FromString(results)
+    response = pb.ClassifyResponse.FromString(_encode_results(
+        answer.model_prediction, answer.baseline_prediction, model.manifest.class_names))
     response.model.name, response.model.version = model.name, model.version
     response.baseline.name, response.baseline.version = baseline.name, baseline.version
     response.request_id = request_id
