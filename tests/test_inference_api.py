@@ -136,7 +136,7 @@ async def test_malformed_tensors_are_invalid_argument(v2, case):
 async def test_a_stream_answers_each_request_in_order_and_a_refusal_in_its_place(v2):
     """Triton's ModelStreamInfer: a refused request is answered with its error message, and
     the stream goes on."""
-    requests = [raw_request(id="a"), raw_request(IMAGES[:, :27], id="b"),
+    requests = [raw_request(id="a"), raw_request(IMAGES[:, :27], id="b", model_version="2"),
                 raw_request(IMAGES[:1], id="c")]
     answers = [answer async for answer in v2.ModelStreamInfer(iter(requests))]
     assert [answer.error_message == "" for answer in answers] == [True, False, True]
@@ -145,7 +145,8 @@ async def test_a_stream_answers_each_request_in_order_and_a_refusal_in_its_place
     assert answers[0].infer_response == await v2.ModelInfer(requests[0])
     assert answers[1].error_message.startswith("inputs['images']") and "shape" in \
         answers[1].error_message
-    assert answers[1].infer_response.id == "b"  # as Triton's: the client knows which failed
+    refused = answers[1].infer_response  # the client knows which request failed
+    assert (refused.id, refused.model_name, refused.model_version) == ("b", "mlp", "2")
 
 
 async def test_every_stream_answer_carries_the_final_flag_as_tritons_does(v2):

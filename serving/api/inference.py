@@ -81,16 +81,19 @@ class InferenceAPI:
 
     def ModelStreamInfer(self, requests: Iterable[pb.ModelInferRequest], call: Call  # noqa: N802 (the protocol's name)
                          ) -> Iterator[pb.ModelStreamInferResponse]:
-        """Answers in request order; a refused request is answered with its error and its
-        ``id``, and the stream goes on, as Triton's does; every answer, its request's one and
-        final, says so in Triton's final flag, which streaming clients wait for."""
+        """Answers in request order; a refused request is answered with its error, its ``id``,
+        model name and version (as Triton's failed answers: a client multiplexing requests
+        tells which failed), and the stream goes on, as Triton's does; every answer, its
+        request's one and final, says so in Triton's final flag, which streaming clients wait
+        for."""
         for request in requests:
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
             except (Cancelled, DeadlineExceeded):
                 raise  # the stream's end, not its request's
             except ServingError as error:
-                answer = pb.ModelStreamInferResponse(
-                    error_message=str(error), infer_response=pb.ModelInferResponse(id=request.id))
+                asked = pb.ModelInferResponse(id=request.id, model_name=request.model_name,
+                                              model_version=request.model_version)
+                answer = pb.ModelStreamInferResponse(error_message=str(error), infer_response=asked)
             answer.infer_response.parameters[FINAL_FLAG].bool_param = True
             yield answer
