@@ -108,8 +108,7 @@ def check_graph(model_path: Path, manifest: Manifest, session) -> None:
             if arg is None:
                 raise RepositoryError(f"{model_path}: graph has no {kind} {spec.name!r}")
             shape_fits = len(arg.shape) == len(spec.shape) and all(
-                want in (-1, got) for got, want in zip(arg.shape, spec.shape, strict=True)
-            )
+                want in (-1, got) for got, want in zip(arg.shape, spec.shape, strict=True))
             if arg.type != ORT_TYPES[spec.datatype] or not shape_fits:
                 raise RepositoryError(f"{model_path}: graph {kind} {spec.name!r} is {arg.type} "
                                       f"{arg.shape}, {MANIFEST} says {spec.datatype} "

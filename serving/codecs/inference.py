@@ -139,7 +139,8 @@ def _class_count(output, field: str, model: ModelVersion) -> int:
         return 0
     parameter = output.parameters[CLASSIFICATION]
     if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 1:
-        raise InvalidArgument(f"{field}.parameters[{CLASSIFICATION!r}]: expected int64 >= 1")
+        raise InvalidArgument(f"{field}.parameters[{CLASSIFICATION!r}]: expected int64 >= 1, "
+                              f"got {str(parameter).strip() or 'no value'}")  # text format
     if output.name != PROBABILITIES:
         raise InvalidArgument(f"{field}: classification applies to {PROBABILITIES!r} only")
     return min(int(parameter.int64_param), len(model.manifest.class_names))
