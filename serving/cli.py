@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from common.flags import unread_env_vars, usage_error
+from serving.ports import check_free
 from serving.settings import IGNORED_SIGNALS, settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # left in the environment (another program's) made it a worker without an endpoint
         # (the supervisor sets its own for its workers)
         os.environ.pop(MULTIPROCESS_ENV, None)
+        check_free(settings)  # before the models load (several workers: reserved_port)
         from serving.server import serve
 
         status = serve(settings)
@@ -60,8 +62,7 @@ def _fail(error: Exception, status: int, log_format: str = "text") -> int:
     """One line on stderr (status 2: a usage error's); a JSON log's last line is JSON too (bad
     flags come before it)."""
     if log_format == "json":
-        logging.getLogger("serving").critical("cannot serve", extra={"fields": {
-            "error": str(error)}})
+        logging.getLogger("serving").critical("cannot serve", extra={"fields": {"error": error}})
     else:
         print(usage_error("fmnist-serve", error) if status == 2 else
               f"fmnist-serve: error: {error}", file=sys.stderr)

@@ -1,11 +1,20 @@
-"""The ports several worker processes share (SO_REUSEPORT): checked free, then held while the
-workers bind them (``serving.workers``)."""
+"""The server's ports checked free before the models load; those several worker processes
+share (SO_REUSEPORT) then held while the workers bind them (``serving.workers``)."""
 
 import contextlib
 import socket
 
-from serving.errors import WorkerStartError
+from serving.errors import ListenError
 from serving.settings import Settings, host_port
+
+
+def check_free(settings: Settings) -> None:
+    """ListenError "cannot listen{ for HTTP, for health} on HOST:PORT: ..." if a port is
+    another program's: said at once, not once the models have loaded (one process's case)."""
+    for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"),
+                       (settings.health_port, " for health")):
+        if port:
+            _bound(settings.host, port, what).close()
 
 
 @contextlib.contextmanager
@@ -16,27 +25,21 @@ def reserved_port(settings: Settings):
 
     SO_REUSEPORT lets any process of this user bind a port its workers listen on: a server
     already there (another fmnist-serve) would silently share the clients. So each port is
-    first bound without it: a plain bind fails on a port someone listens on."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"),
-                       (settings.health_port, " for health")):
-        if port:
-            _bound(family, settings.host, port, what).close()
-    with _bound(family, settings.host, settings.port, "", socket.SO_REUSEPORT) as holder:
+    first bound without it (``check_free``): a plain bind fails on a port someone listens on."""
+    check_free(settings)
+    with _bound(settings.host, settings.port, "", socket.SO_REUSEPORT) as holder:
         yield holder.getsockname()[1]
 
 
-def _bound(family: socket.AddressFamily, host: str, port: int, what: str, *options: int
-           ) -> socket.socket:
+def _bound(host: str, port: int, what: str, *options: int) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEADDR (TIME_WAIT is no owner) and
-    ``options``; WorkerStartError "cannot listen{what} on HOST:PORT: ..." if it cannot be."""
-    bound = socket.socket(family, socket.SOCK_STREAM)
+    ``options``; ListenError "cannot listen{what} on HOST:PORT: ..." if it cannot be."""
+    bound = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     for option in (socket.SO_REUSEADDR, *options):
         bound.setsockopt(socket.SOL_SOCKET, option, 1)
     try:
         bound.bind((host, port))
     except OSError as error:
         bound.close()
-        raise WorkerStartError(f"cannot listen{what} on {host_port(host, port)}: "
-                               f"{error}") from None
+        raise ListenError(f"cannot listen{what} on {host_port(host, port)}: {error}") from None
     return bound
