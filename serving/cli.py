@@ -15,11 +15,14 @@ from collections.abc import Sequence
 
 from common.flags import unread_env_vars, usage_error
 from serving.ports import check_free
-from serving.settings import IGNORED_SIGNALS, settings_from
+from serving.settings import IGNORED_SIGNALS, STOP_SIGNALS, settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Held until the process has handlers of its own (serve(), the supervisor's start): one
+    # arriving while the modules load ended it with no line (killed by it; SIGINT: exit 130)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         settings = settings_from(argv)
     except ValueError as error:
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = serve(settings)
     except (errors.RepositoryError, errors.ListenError, errors.WorkerStartError) as error:
         return _fail(error, 1, settings.log_format)
-    except KeyboardInterrupt:  # Ctrl-C before serve() set its handlers, or twice to workers
+    except KeyboardInterrupt:  # Ctrl-C twice to workers
         return 130
     # Not back into the interpreter, to be finalized: granian's threads (and gRPC's) may still
     # take the GIL meanwhile, and granian then aborts ("panic in a function that cannot unwind")

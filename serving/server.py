@@ -269,6 +269,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
 
     for signal_number in (*STOP_SIGNALS, ACCEPTS_NO_MORE):
         signal.signal(signal_number, on_stop_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (cli.main)
     server = ModelServer.from_settings(settings)
     try:
         server.start()

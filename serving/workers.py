@@ -92,6 +92,7 @@ class _Supervisor:
         for signal_number in (*STOP_SIGNALS, signal.SIGCHLD):
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (cli.main)
         if self.settings.metrics_port:
             self._metrics = summed_metrics_server(self.settings, self.directory)
             self._fork_metrics()
