@@ -105,7 +105,9 @@ class Settings:
     $GRPC_VERBOSITY (gRPC's own log) and $PROMETHEUS_MULTIPROC_DIR (set by the supervisor
     for its workers)."""
 
-    host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
+    # IPv6 as URLs write it, [::1], is the address ::1 (gRPC could not bind "[[::1]]:50051")
+    host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST",
+                         parse=lambda text: text[1:-1] if text[:1] + text[-1:] == "[]" else text)
     port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,

@@ -3,10 +3,13 @@ out of its range, naming the flag or the env var that gave it."""
 
 import re
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.settings import Settings, settings_from
 from tests.server_process import server_process
+from tests.test_ipv6_host import needs_ipv6
 
 
 @pytest.mark.parametrize(
@@ -138,3 +141,21 @@ def test_a_leading_tilde_in_the_model_repository_is_the_home_directory(tmp_path,
     argv = ["--model-repository=~/models"] if given_as == "flag" else []
     environ = {"FMNIST_MODEL_REPOSITORY": "~/models"} if given_as == "variable" else {}
     assert settings_from(argv, environ).model_repository == tmp_path / "models"
+
+
+@needs_ipv6
+def test_an_ipv6_host_in_brackets_is_the_address_itself(model_repository):
+    """``--host [::1]``, as URLs write IPv6 (and the server's own log, ``address=[::1]:50051``),
+    was no address: the server did not start ("cannot listen on [[::1]]:50051: gRPC C++ cannot
+    bind [[::1]]:50051: in use, or not an address of this host"). The brackets are dropped,
+    from the flag and from FMNIST_HOST alike."""
+    assert settings_from(["--host", "[::1]"], {}).host == "::1"
+    assert settings_from([], {"FMNIST_HOST": "[::1]"}).address == "[::1]:50051"
+    with server_process(model_repository, "--host", "[::1]", "--workers", "1",
+                        "--http-port", "0") as (_, logs):
+        address = logs.wait_for("serving")[0]["address"]
+        assert address.startswith("[::1]:")
+        with grpc.insecure_channel(address) as channel:
+            assert health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10).status == (
+                health_pb2.HealthCheckResponse.SERVING)
