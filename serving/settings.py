@@ -100,7 +100,10 @@ def _off_or_at_least(minimum: float, off: str):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server is configured with. Of the environment, only these are read
+    """Everything the server is configured with. ``settings_from`` sets each field from its flag,
+    else its env var, FMNIST_ and the field's name in capitals (``max_request_images``:
+    $FMNIST_MAX_REQUEST_IMAGES), else its default: one mechanism, ``common.flags.add_option``;
+    ``Settings(...)`` made in code reads no env var. Of the environment, only these are read
     besides: $FMNIST_DATA_DIR (the web page's test images when --test-images-dir is not given),
     $GRPC_VERBOSITY (gRPC's own log) and $PROMETHEUS_MULTIPROC_DIR (set by the supervisor
     for its workers)."""
