@@ -84,7 +84,7 @@ class Batcher:
         """``uint8 [N,28,28]`` -> ``(probabilities [N,classes], labels [N])``, its own rows;
         raises the batch's error, or DeadlineExceeded / Cancelled if ``call`` ended first."""
         request = _Request(images, call)
-        with self._lock:
+        with self._lock:  # a leader's request queues too: its batch takes it in arrival order
             self._waiting.append(request)
             self._waiting_images += len(images)
             if self._running < self._policy.max_parallel:
@@ -125,6 +125,8 @@ class Batcher:
         finally:
             with self._lock:
                 own.leads = False
+                # not another leader, whose own request may still wait behind the batches it
+                # runs: handed this slot too, it would give back one of two, a slot lost for good
                 successor = next((waiting for waiting in self._waiting if not waiting.leads), None)
                 if successor is None:
                     self._running -= 1

@@ -86,6 +86,9 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         is_api = method.strip("/").partition("/")[0] in self._api_services
         parse = handler.request_deserializer
         run = self._pipeline.stream if streams else self._pipeline.unary
+        # a package's handler (reflection) gets the grpc context and may end the call itself:
+        # context.abort's bare Exception becomes AnsweredByHandler, logged and counted under
+        # the code it set, not as a crash
         foreign = _catching(behavior, streams, Exception, _raise_answered)
 
         def through_pipeline(data, context):
@@ -94,6 +97,8 @@ class PipelineInterceptor(grpc.ServerInterceptor):
             return run(_call(method, context),
                        lambda request, _call: foreign(request, context), data, parse)
 
+        # the pipeline's verdict, a ServingError, becomes the call's status; the pipeline parses
+        # the bytes itself (no deserializer), once the call is admitted
         answer = _catching(through_pipeline, streams, ServingError, _abort)
         return handler._replace(request_deserializer=None, **{kind: answer})
 
@@ -164,8 +169,8 @@ def _call(method: str, context: grpc.ServicerContext) -> Call:
 def _abort(error: ServingError, _request, context: grpc.ServicerContext):
     """Ends the call with ``error``'s status, unless the handler set its own. (It takes the
     request, unused, as every ``on_error`` of ``_catching`` does.)"""
-    if context.code() is not None:  # the handler set its own status
-        raise error
+    if context.code() is not None:  # the handler set its own status: abort() would replace its
+        raise error  # details; either server answers with the code set (not UNKNOWN)
     context.abort(grpc.StatusCode[error.grpc_code], str(error))
 
 

@@ -94,7 +94,7 @@ class NativeServer:
     def _serve(self) -> None:
         while (taken := self._core.next_call()) is not None:
             call, new = taken
-            if not new:  # a call whose callbacks are due was cancelled
+            if not new:  # a call whose callbacks are due was cancelled (``call``: its id)
                 with self._state:
                     context = self._watched.pop(call, None)
                 if context is not None:
@@ -109,7 +109,10 @@ class NativeServer:
             except BaseException:  # SystemExit, KeyboardInterrupt: the call ends first
                 call.finish(grpc.StatusCode.UNKNOWN.value[0], "the handler exited", ())
                 raise
-            if self._watched and not parked:  # ended: its callbacks have run
+            # ended: its callbacks have run. A parked call's entry goes when its cancellation
+            # comes back (above); one its handler ended from another thread (a Watch ended by
+            # the drain's end_watches) stays until the server goes
+            if self._watched and not parked:
                 with self._state:
                     self._watched.pop(call.id(), None)
 
