@@ -61,8 +61,8 @@ def http_server(host: str, port: int, registry):
                 cut.cancel()
                 cut.join()  # before the socket is closed: never a shutdown of a closed one
 
-        def log_message(self, *args) -> None:  # one line per scrape is noise
-            pass
+        def log_message(self, *args) -> None:
+            """Silent: one line per scrape is noise."""
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
         address_family = family

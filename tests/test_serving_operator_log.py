@@ -3,12 +3,14 @@ a stop signal comes early: still importing its modules, before it has handlers o
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from serving.settings import STOP_SIGNALS
 from tests.server_process import held_in_read
 
 # Put first on the server's PYTHONPATH: Python runs it as it starts (site), and it holds the
@@ -62,3 +64,19 @@ def test_a_stop_signal_early_in_the_start_up_is_one_line_and_exit_0(
     assert f"shutdown requested signal={number.name}" in said[0], log
     assert "Traceback" not in log, log
 
+
+
+def test_main_gives_an_in_process_caller_its_signal_mask_back_when_it_cannot_serve(
+        model_repository, restore_logging):
+    """main() holds the stop signals from its first step: one that cannot serve (bad flags, a
+    taken port) left them blocked in its caller, whose Ctrl-C, SIGTERM and children then
+    waited for nothing."""
+    from serving import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        for argv, status in ((["--workers", "none"], 2), (
+                ["--model-repository", str(model_repository), "--host", "127.0.0.1",
+                 "--port", port, "--workers", "1"], 1)):
+            assert cli.main(argv) == status
+            assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS), argv
