@@ -38,6 +38,7 @@ from serving.client.arguments import (
     expected_accuracy,
     fraction,
     grpc_target,
+    home_path,
     model_flags,
 )
 from serving.client.stops import said, sigterm_as_interrupt
@@ -178,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
             ("cert", "PEM client certificate, for servers that require mutual TLS"),
             ("key", "PEM private key of --tls-cert"),
         ):
-            add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help)
+            add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help,
+                       type=os.path.expanduser)  # a str, as its errors name it (home_path)
         add_option(security, "--tls-server-name", metavar="NAME",
                    help="the name the server's certificate must carry, when the target's host "
                    "is not one of its names (a port-forward to 127.0.0.1); implies --tls")
@@ -217,9 +219,9 @@ def _parser() -> argparse.ArgumentParser:
                        "--max-request-images if lower)")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
-    score.add_argument("--csv", type=Path, help="write every prediction to this CSV file "
+    score.add_argument("--csv", type=home_path, help="write every prediction to this CSV file "
                        "('-': stdout, before the summary)")
-    score.add_argument("--json", type=Path, metavar="FILE",
+    score.add_argument("--json", type=home_path, metavar="FILE",
                        help="write the run's figures (accuracies, each class's, the confusion "
                        "matrices, throughput, latency) to FILE as JSON; - (or /dev/stdout): the "
                        "JSON alone on stdout, the summary on stderr")
