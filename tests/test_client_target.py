@@ -31,6 +31,24 @@ def test_a_target_without_a_port_is_refused_naming_the_flag(capsys, monkeypatch,
         "without a port gRPC tries 443"))
 
 
+@pytest.mark.parametrize(("address", "shown"), [
+    ("user:s3cret@127.0.0.1:50051", "user:***@127.0.0.1:50051"),
+    ("dns:///user:s3cret@localhost:50051", "dns:///user:***@localhost:50051"),
+    ("s3cret@127.0.0.1:50051", "***@127.0.0.1:50051"),
+    ("http://user:s3cret@127.0.0.1:50051", "http://user:***@127.0.0.1:50051"),
+    ("127.0.0.1:50051?token=s3cret", "127.0.0.1:50051?token=***"),
+    ("127.0.0.1:50051?s3cret", "127.0.0.1:50051?***"),
+    ("127.0.0.1:50051?model=mlp&token=s3cret", "127.0.0.1:50051?model=***&token=***")])
+def test_a_target_with_credentials_is_refused_without_showing_them(capsys, monkeypatch, address,
+                                                                   shown):
+    """`--target user:s3cret@host:50051` (or FMNIST_TARGET=host:50051?token=s3cret, as a URL
+    carries them) was refused as a target without a port, its secret said on stderr, into
+    the logs; the token goes by --token or FMNIST_TOKEN, and nothing of a secret is shown."""
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, (
+        f"expected HOST:PORT without credentials, got {shown!r}: give a token by --token or "
+        "FMNIST_TOKEN instead (a target shows in logs and in ps)"))
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:99999", "dns:///localhost:65536", "myhost:-5",
                                      "[::1]:0"])
 def test_a_port_out_of_range_is_refused(capsys, address):
@@ -69,7 +87,8 @@ def test_a_service_name_is_taken_as_its_port():
     assert "ipv4:127.0.0.1:80: " in result.stderr
 
 
-@pytest.mark.parametrize("address", ["myhost", "http://127.0.0.1:50051", "127.0.0.1:99999"])
+@pytest.mark.parametrize("address", ["myhost", "http://127.0.0.1:50051", "127.0.0.1:99999",
+                                     "user:s3cret@127.0.0.1:50051"])
 def test_the_python_api_refuses_the_targets_the_command_refuses(capsys, address):
     """`ClassifierClient("myhost")` went to port 443 without a word (and 127.0.0.1:99999 to
     34463), where `fmnist --target myhost` is refused: the same check, the same words."""

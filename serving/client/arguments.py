@@ -11,7 +11,8 @@ from common.flags import number_in
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
-GRPC_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "xds:", "google-c2p:")
+LOCAL_SCHEMES = ("unix:", "unix-abstract:", "vsock:")  # a path or name, where @ may be its own
+GRPC_SCHEMES = (*LOCAL_SCHEMES, "ipv4:", "ipv6:", "xds:", "google-c2p:")
 
 
 class Placed(str):
@@ -50,6 +51,10 @@ def grpc_target(text: str) -> str:
     443 without a word (grpcurl refuses it too). Other gRPC names (unix:PATH) as they are.
     A scheme in any case, as gRPC takes it (DNS:///NAME:PORT)."""
     lowered = text.lower()
+    shown = _secrets_hidden(text)
+    if shown != text and not lowered.startswith(LOCAL_SCHEMES):
+        raise TargetError(f"expected HOST:PORT without credentials, got {shown!r}: give a token "
+                          "by --token or FMNIST_TOKEN instead (a target shows in logs and in ps)")
     if lowered.startswith(("http://", "https://")):
         raise TargetError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
@@ -79,6 +84,21 @@ def grpc_target(text: str) -> str:
     if number.isdigit() and not 0 < int(port) < 65536:
         raise TargetError(f"expected a port 1..65535, got {text!r}")
     return text
+
+
+def _secrets_hidden(target: str) -> str:
+    """``target`` with what may be a secret as ``***``: a URL's user info but its user name
+    (``user:***@``; all of it without one: ``***@``, a token), each value of its query
+    (``?token=***``), which gRPC would have taken for part of the host or port."""
+    address, question, query = target.partition("?")
+    at = address.rfind("@")
+    if at >= 0:
+        start = address.rfind("/", 0, at) + 1
+        user, colon, _ = address[start:at].partition(":")
+        address = f"{address[:start]}{user + colon if colon else ''}***{address[at:]}"
+    hidden = "&".join(f"{name}=***" if equals else "***" for name, equals, _ in
+                      (part.partition("=") for part in query.split("&")))
+    return address + question + (hidden if question else "")
 
 
 def _service(name: str) -> bool:
