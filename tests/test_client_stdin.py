@@ -61,3 +61,15 @@ def test_a_dash_may_follow_options_as_files_may(target, tmp_path, test_set):
     lines = piped.stdout.decode().splitlines()
     assert lines[::3] == [str(path), "-"]
     assert lines[1] == lines[4]
+
+
+def test_invert_of_an_npy_array_on_standard_input_is_refused_as_of_a_file(target, test_set):
+    """`fmnist classify --invert - < three.npy` classified the array as it is without a word,
+    where `--invert three.npy` is refused: nothing there to invert."""
+    buffer = io.BytesIO()
+    np.save(buffer, test_set[0][:3])
+    piped = classify_stdin(target, buffer.getvalue(), "--invert")
+    assert (piped.returncode, piped.stdout) == (2, b"")
+    assert piped.stderr.decode() == (
+        "fmnist classify: error: --invert: no picture file to invert (.npy arrays and "
+        "--test-index images are taken as they are) (see fmnist classify --help)\n")

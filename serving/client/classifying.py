@@ -6,7 +6,7 @@ import numpy as np
 from common.dataset import load_test_set
 from serving.client.api import ClassifierClient, joined
 from serving.client.cli import CLASSIFY_BATCH, UsageError
-from serving.client.inputs import is_npy, load_images
+from serving.client.inputs import load_images
 
 
 def percent(probability: float) -> str:
@@ -21,15 +21,15 @@ def classify(args, security) -> int:
     """Runs ``fmnist classify`` (its arguments ``args``) over ``security``; the exit status."""
     if not args.files and not args.test_index:
         raise UsageError("nothing to classify: give image/.npy files or --test-index")
-    if args.invert and all(map(is_npy, args.files)):  # it was ignored without a word
-        raise UsageError("--invert: no picture file to invert (.npy arrays and --test-index "
-                         "images are taken as they are)")
-    batches, names, truths = [], [], []
+    batches, names, truths, pictures = [], [], [], 0
     if args.files:
-        images, file_names = load_images(args.files, args.invert)
+        images, file_names, pictures = load_images(args.files, args.invert)
         batches.append(images)
         names += file_names
         truths += [None] * len(file_names)
+    if args.invert and not pictures:  # it was ignored without a word (for "-" too, an array)
+        raise UsageError("--invert: no picture file to invert (.npy arrays and --test-index "
+                         "images are taken as they are)")
     if args.test_index:
         test_images, test_labels = load_test_set(args.data_dir)
         wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]

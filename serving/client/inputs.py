@@ -121,11 +121,11 @@ def _border(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
 
 
-def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str]]:
-    """All images of ``paths`` (``.npy`` files may hold many) and a display name for each,
-    a picture's saying so if the model sees it on a light background; ``invert`` inverts the
-    picture files."""
-    batches, names = [], []
+def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str], int]:
+    """All images of ``paths`` (``.npy`` files may hold many), a display name for each, a
+    picture's saying so if the model sees it on a light background, and how many were
+    pictures (what ``invert`` inverts), not arrays: "-" is either, known once read."""
+    batches, names, pictures = [], [], 0
     for path in paths:
         stdin = _standard_input() if str(path) == "-" else None  # as --csv - is stdout
         try:  # a picture's border as the model sees it, but for the padding (black)
@@ -138,9 +138,10 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
             said = str(error).replace(repr(stdin), "(standard input)")  # not "<_io.BytesIO ..."
             raise ValueError(said if str(path) in said else f"{path}: {said}") from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
+        pictures += fitted is not None
         if fitted is not None and min(fitted.size) and _border(np.asarray(fitted)).mean() > 127:
             # Fashion-MNIST's border is black (the test set's average 95 at most); a picture
             # thinner than a pixel at 28x28 (a 3000x1 line) is fitted into nothing
             names[-1] += f"  (a light background: {'drop' if invert else 'try'} --invert)"
         batches.append(batch)
-    return np.concatenate(batches), names
+    return np.concatenate(batches), names, pictures
