@@ -194,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
                        " prints the top classes of the model and the baseline's answer.")
     classify.add_argument("files", nargs="*", metavar="FILE",
                           help="image files (any size/mode, made 28x28 grayscale) or .npy arrays "
-                          "of uint8 [28,28], [N,28,28] or [N,784]; - reads one from stdin")
+                          "of uint8 [28,28], [N,28,28] or [N,784]; a folder: those in it, by "
+                          "name; - reads one from stdin")
     classify.add_argument("--test-index", nargs="+", action=IndicesThenFiles, default=[],
                           metavar="I", help="also classify these images of the Fashion-MNIST "
                           "test set (0..9999); given again, adds more")

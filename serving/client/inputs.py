@@ -6,6 +6,7 @@ import functools
 import io
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -110,6 +111,32 @@ def is_npy(path: Path) -> bool:
     return path.suffix.lower() == ".npy"
 
 
+@functools.cache
+def _image_suffixes() -> frozenset[str]:
+    """The suffixes of the files a folder given to classify holds to be classified: those of
+    the formats Pillow opens, and .npy."""
+    Image = pillow()  # noqa: N806 (Pillow's name)
+    return frozenset({".npy", *(suffix for suffix, kind in Image.registered_extensions().items()
+                                if kind in Image.OPEN)})
+
+
+def _opened_folders(paths: list[Path]) -> Iterator[Path]:
+    """``paths``, each folder as the image files in it, by name: not its subfolders, nor its
+    hidden files (a shell's DIR/* leaves them out too)."""
+    for path in paths:
+        if str(path) == "-" or not path.is_dir():
+            yield path
+            continue
+        try:
+            inside = sorted(entry for entry in path.iterdir() if not entry.name.startswith(".")
+                            and entry.suffix.lower() in _image_suffixes() and entry.is_file())
+        except OSError as error:  # unreadable: as a file is named
+            raise ValueError(f"{path}: {error.strerror}") from None
+        if not inside:  # as an .npy array of no images is refused
+            raise ValueError(f"{path}: no image files in it")
+        yield from inside
+
+
 def _standard_input() -> io.BytesIO:
     """What standard input holds, for "-" (a picture, or a .npy array by its first bytes)."""
     if sys.stdin is None:  # <&-
@@ -122,11 +149,12 @@ def _border(pixels: np.ndarray) -> np.ndarray:
 
 
 def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, list[str], int]:
-    """All images of ``paths`` (``.npy`` files may hold many), a display name for each, a
-    picture's saying so if the model sees it on a light background, and how many were
-    pictures (what ``invert`` inverts), not arrays: "-" is either, known once read."""
+    """All images of ``paths`` (``.npy`` files may hold many; a folder's image files), a
+    display name for each, a picture's saying so if the model sees it on a light background,
+    and how many were pictures (what ``invert`` inverts), not arrays: "-" is either, known
+    once read."""
     batches, names, pictures = [], [], 0
-    for path in paths:
+    for path in _opened_folders(paths):
         stdin = _standard_input() if str(path) == "-" else None  # as --csv - is stdout
         try:  # a picture's border as the model sees it, but for the padding (black)
             npy = stdin.getvalue().startswith(b"\x93NUMPY") if stdin else is_npy(path)
