@@ -14,19 +14,25 @@ AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.def
                     " from serving.client.cli import main; sys.exit(main())")
 
 
-@pytest.mark.parametrize(("stop", "said"), [(signal.SIGINT, "interrupted"),
-                                            (signal.SIGTERM, "stopped (SIGTERM)")])
-def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path, stop, said):
+@pytest.mark.parametrize(("stop", "said", "json"), [(signal.SIGINT, "interrupted", False),
+                                                    (signal.SIGTERM, "stopped (SIGTERM)", True)])
+def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path, stop, said,
+                                                                 json):
     """Ctrl-C mid-score exited 130 without a word, and SIGTERM (timeout(1), a job's end) killed
-    it without one: a log ended at nothing, not saying the run was cut short, nor that its
-    --csv was not written. fmnist-train says 'interrupted' or 'stopped (SIGTERM)'."""
-    csv_path = tmp_path / "predictions.csv"
+    it without one: a log ended at nothing, not saying the run was cut short. fmnist-train says
+    'interrupted' or 'stopped (SIGTERM)'. The --csv rows are written as the answers come, and
+    the run's stop leaves those of every image it counts (they were written at the end: a
+    stopped run left none); --json's figures are the whole run's, not written."""
+    csv_path, json_path = tmp_path / "predictions.csv", tmp_path / "score.json"
     process = subprocess.Popen(
         [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target", target, "--batch-size",
-         "1", "--rpc", "unary", "--csv", str(csv_path)],
+         "1", "--rpc", "unary", "--csv", str(csv_path), *["--json", str(json_path)] * json],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4)  # started, mid-way through 10,000 calls
+        for _ in range(600):  # mid-way through 10,000 calls: some rows written (a minute at most)
+            if csv_path.exists() and len(csv_path.read_text().splitlines()) > 10:
+                break
+            time.sleep(0.1)
         process.send_signal(stop)
         out, err = process.communicate(timeout=30)
     finally:
@@ -34,10 +40,13 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
     assert process.returncode == 128 + stop, (out, err)
     assert out == ""
     match = re.fullmatch(rf"fmnist score: {re.escape(said)} after (\d+) of 10000 images "
-                         r"\(--csv not written\)\n", err)
+                         rf"\(--csv: \1 rows written{', --json not written' * json}\)\n", err)
     assert match, err
-    assert 0 < int(match[1]) < 10000
-    assert not csv_path.exists()
+    assert 10 <= int(match[1]) < 10000
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("index,")
+    assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(int(match[1]))]
+    assert not json_path.exists()
 
 
 def test_a_sigterm_its_caller_ignores_stays_ignored():

@@ -3,8 +3,8 @@ progress bar; prints accuracies, agreement with the baseline, throughput and lat
 optionally the confusion matrix, every answer into a CSV file and every figure into JSON."""
 
 import contextlib
-import csv
 import errno
+import functools
 import json
 import os
 import sys
@@ -19,8 +19,9 @@ from tqdm import tqdm
 from common.contract import CLASS_NAMES
 from common.dataset import load_test_set
 from serving.client import summary
-from serving.client.api import Classification, ClassifierClient, ModelAnswer, joined
+from serving.client.api import ClassifierClient, joined
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
+from serving.client.predictions import Predictions
 
 
 def score(args, security) -> int:
@@ -71,18 +72,25 @@ def score(args, security) -> int:
                                              timeout=args.timeout * len(batches))
         else:
             stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
+        predictions = args.csv and Predictions(answers, args.offset, labels, functools.partial(
+            _write, "--csv", args.csv, f"the CSV's end (of {len(labels)} rows)"))
         try:
             for index, answer in enumerate(stream):
                 latencies.append(time.perf_counter() - sent_at[index])
                 answers.append(answer)
                 progress.update(len(answer))
+                if predictions:
+                    predictions.arrived()
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: cli's one line says how far
-            unwritten = " and ".join(flag for flag, path in (("--csv", args.csv),
-                                                             ("--json", args.json)) if path)
             stop.progress = (f" after {sum(map(len, answers))} of {len(images)} images"
-                             + (f" ({unwritten} not written)" if unwritten else ""))
+                             + _stopped_files(args.json, predictions))
             raise
+        finally:
+            if predictions:
+                predictions.close()
         elapsed = time.perf_counter() - started
+    if predictions and predictions.error:
+        raise predictions.error
 
     everything = joined(answers)
     model, baseline = everything.model, everything.baseline
@@ -106,7 +114,6 @@ def score(args, security) -> int:
          f" ({len(batches)} batch{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
     ]
     if args.csv:
-        _write_csv(args.csv, args.offset, labels, everything)
         rows.append(("predictions", str(args.csv)))
     out = sys.stdout
     if args.json:
@@ -144,6 +151,20 @@ def score(args, security) -> int:
               f"{expected:.4f} by more than {tolerance}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stopped_files(json_path: Path | None, predictions: Predictions | None) -> str:
+    """What a stopped run left of its files: the CSV's rows so far (the thread closed), no
+    JSON (its figures are the whole run's)."""
+    said = []
+    if predictions:
+        predictions.close()
+        rows = predictions.rows
+        said.append(str(predictions.error) if predictions.error
+                    else f"--csv: {rows} row{'s' * (rows != 1)} written")
+    if json_path:
+        said.append("--json not written")
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _batch_size(args, server_limit: int) -> int:
@@ -229,20 +250,3 @@ def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None]) -> 
             raise RuntimeError(f"{flag} {path}: its reader stopped before {end}") from None
         raise RuntimeError(f"{flag} {path}: {error.strerror or error}") from None
     return stream
-
-
-def _write_csv(path: Path, offset: int, labels, answer: Classification) -> None:
-    def columns(side: ModelAnswer) -> tuple:
-        return (side.labels.tolist(), side.class_names,
-                side.probabilities.max(axis=1).astype(np.float64).round(6).tolist())
-
-    def write(f: TextIO) -> None:
-        writer = csv.writer(f)
-        writer.writerow(["index", "true_label", "model_label", "model_class",
-                         "model_probability", "baseline_label", "baseline_class",
-                         "baseline_probability"])
-        writer.writerows(rows)
-
-    rows = zip(range(offset, offset + len(labels)), labels.tolist(), *columns(answer.model),
-               *columns(answer.baseline), strict=True)
-    _write("--csv", path, f"the CSV's end (of {len(labels)} rows)", write)
