@@ -141,8 +141,9 @@ def test_a_keras_fit_says_its_epochs_and_the_ones_early_stopping_kept(tmp_path):
     training = manifest(tmp_path, "softmax", 1)["training"]
     run, best = training["epochs_run"], training["best_epoch"]
     assert best < run < 8  # stopped early, on an earlier epoch's weights
-    assert (f" s, {run} of 8 epochs (early stopping: {run - best} without a better validation "
-            f"accuracy; the weights are epoch {best}'s)\n") in result.stdout
+    assert (f" s, {run} of 8 epochs (early stopping: stopped after epoch {run}, {run - best} "
+            f"without a better validation accuracy; the weights are epoch {best}'s)\n"
+            ) in result.stdout
     assert "\nfitted in " in result.stdout
 
 

@@ -35,6 +35,22 @@ def test_the_epochs_column_names_the_epoch_whose_weights_were_kept(tmp_path):
     assert row(report, "baseline")[epochs] == "19"
 
 
+def test_the_report_says_when_early_stopping_stopped_a_fit_and_when_all_epochs_ran(tmp_path):
+    """A fit whose epochs all ran said nothing of early stopping, one it stopped only "12
+    (weights of epoch 7)": neither said whether early stopping was on, nor when it stopped."""
+    fits = [outcome("softmax", 25, None), outcome("mlp", 12, 7), outcome("wide", 20, 18),
+            outcome("baseline", 19, None)]
+    for fit, epochs, patience in zip(fits[:3], (25, 20, 20), (0, 5, 5), strict=True):
+        fit.training |= {"epochs": epochs, "patience": patience}
+    report = markdown_report(fits, [], {"source": "x", "content_sha256": {}}, Path(tmp_path))
+    assert [line for line in report.splitlines() if "early stopping" in line] == [
+        "- softmax: 25 of 25 epochs (early stopping: off, all 25 epochs ran)",
+        "- mlp: 12 of 20 epochs (early stopping: stopped after epoch 12, 5 without a better "
+        "validation accuracy; the weights are epoch 7's)",
+        "- wide: 20 of 20 epochs (early stopping: not triggered, all 20 epochs ran; the weights "
+        "are epoch 18's)"]  # the baseline (no early stopping in it) says nothing
+
+
 def test_the_final_table_has_no_trailing_spaces(capsys):
     """Its last column was padded to its widest cell: trailing spaces on every shorter line,
     which a diff of two runs' output shows as changes."""

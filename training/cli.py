@@ -81,10 +81,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
             split.y_val,
             verbose=PROGRESS[args.progress],
         )
-        run, best = fitted.epochs_run, fitted.best_epoch  # the weights published: best's
-        print(f"fitted in {fitted.fit_seconds:.1f} s, {run} of {settings.epochs} epochs" + (
-            f" (early stopping: {run - best} without a better validation accuracy; the weights "
-            f"are epoch {best}'s)" if best and best != run else ""), flush=True)
+        print(f"fitted in {fitted.fit_seconds:.1f} s, " + report.fit_epochs(
+            fitted.epochs_run, settings.epochs, settings.patience, fitted.best_epoch), flush=True)
         onnx_model = export.keras_to_onnx(fitted.model)
         reference = fitted.model.predict(split.x_test, batch_size=1024, verbose=0)
         validation_accuracy = fitted.model.evaluate(

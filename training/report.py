@@ -178,6 +178,11 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
             f"{_epochs(o.training)} | {o.training.get('fit_seconds', '')} | "
             f"{_link(from_report(o.onnx_path, report_dir))} |"
         )
+    fits = [(o.name, o.training) for o in outcomes if "patience" in o.training]  # Keras'
+    lines += [""] if fits else []
+    for name, fit in fits:
+        run = fit_epochs(fit["epochs_run"], fit["epochs"], fit["patience"], fit["best_epoch"])
+        lines.append(f"- {name}: {run}")
     agreements = [o for o in outcomes if "agreement_with_baseline" in o.metrics]
     if agreements:
         lines += ["", "## Agreement with the baseline (share of test images, same label)", ""]
@@ -226,6 +231,16 @@ def _subset(run: dict) -> list[str]:
     return [f"**A subset:** trained with `--train-subset {subset}`, the first {subset} of the "
             f"{TRAIN_IMAGES.count} training images ({run['train_size']} training, "
             f"{run['validation_size']} validation), not the full run.", ""]
+
+
+def fit_epochs(run: int, epochs: int, patience: int, best: int | None) -> str:
+    """How many epochs a Keras fit ran and why it ended there, early stopping or not: a run
+    whose epochs all ran said nothing of it, as if early stopping had been off."""
+    if not patience:
+        return f"{run} of {epochs} epochs (early stopping: off, all {epochs} epochs ran)"
+    why = (f"stopped after epoch {run}, {run - best} without a better validation accuracy"
+           if run < epochs else f"not triggered, all {epochs} epochs ran")
+    return f"{run} of {epochs} epochs (early stopping: {why}; the weights are epoch {best}'s)"
 
 
 def _epochs(training: dict) -> str:
