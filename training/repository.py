@@ -3,7 +3,8 @@
 ``<root>/<name>/<version>/model.onnx`` plus ``model.json``, the manifest serving reads. A version
 directory is assembled under a hidden temporary name and renamed into place, so a server
 watching the repository never sees a half-written version, an existing version is never
-overwritten, and a number once published is never given again.
+overwritten, and a number once published is never given again. Each is synced to disk (fsync) before
+and after the rename: a power cut leaves it whole or not there.
 """
 
 import contextlib
@@ -73,6 +74,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def synced(path: Path) -> None:
+    """Puts ``path`` on disk (fsync): a file's contents, a directory's names."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 @dataclass(eq=False)  # by identity
 class Staged:
     """A version's model file under a hidden name in its model's directory, and the manifest
@@ -116,13 +126,19 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                 os.chmod(manifest, 0o644)  # a server running as another user reads it
                 targets[version] = (highest, path, version.model_dir / str(number))
             yield [targets[version][2] for version in staged]
+            for version in targets:  # on disk before published: after a power cut, a version
+                for path in sorted(version.directory.iterdir()):  # is whole or not there
+                    synced(path)
+                synced(version.directory)
             for version, (_, _, target) in targets.items():
                 version.directory.rename(target)
                 renamed.append(version)
             for highest, _, target in targets.values():
                 highest.seek(0)  # numbers only grow: written over, then cut, never empty
                 highest.write(f"{target.name}\n")
-                highest.truncate()
+                highest.truncate()  # flushes the text first
+                os.fsync(highest.fileno())  # a number once given stays given after a crash
+                synced(target.parent)  # the rename itself
         except BaseException:
             for version in renamed:  # back under its staging name: all or none
                 targets[version][2].rename(version.directory)
