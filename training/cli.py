@@ -27,7 +27,7 @@ from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
-from training.repository import RepositoryError, make_directory
+from training.repository import RepositoryError, make_directory, remove_abandoned
 from training.stops import Terminated, handle, handlers_given_back, terminate
 
 
@@ -122,13 +122,16 @@ def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
     """The whole run: data, fit + export + evaluate each model, repository, report; returns
     the table's rows and the report, printed once nothing is undone (main)."""
     from training import data, report
-    from training.repository import MODEL_FILE, next_version, publishing, stage_version
+    from training.repository import MODEL_FILE, STAGING, next_version, publishing, stage_version
 
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published
     for name in args.models:
         make_directory(args.out / name)  # 0755: a server of another user lists it
-        tempfile.TemporaryDirectory(prefix=".staging-", dir=args.out / name).cleanup()
+        for abandoned in remove_abandoned(args.out / name):
+            print(f"removed {abandoned}: left by a run that was killed (its lock is free)",
+                  flush=True)
+        tempfile.TemporaryDirectory(prefix=STAGING, dir=args.out / name).cleanup()
         next_version(args.out / name)  # a corrupt .highest-version, no number left
     args.report_dir.mkdir(parents=True, exist_ok=True)
     subset = slice(args.train_subset)

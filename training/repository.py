@@ -3,8 +3,10 @@
 ``<root>/<name>/<version>/model.onnx`` plus ``model.json``, the manifest serving reads. A version
 directory is assembled under a hidden temporary name and renamed into place, so a server
 watching the repository never sees a half-written version, an existing version is never
-overwritten, and a number once published is never given again. Each is synced to disk (fsync) before
-and after the rename: a power cut leaves it whole or not there.
+overwritten, and a number once published is never given again. Each is synced to disk
+(fsync) before and after the rename: a power cut leaves it whole or not there. A run killed
+outright leaves its staging directory, which the next run removes (its lock is free:
+``remove_abandoned``).
 """
 
 import contextlib
@@ -18,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import onnx
 
@@ -44,6 +46,8 @@ OUTPUTS = [
 
 
 HIGHEST = ".highest-version"  # the highest version ever published: numbers are never reused
+STAGING = ".staging-"  # a version being written, under a hidden name the server skips
+LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
 
 
 def existing_versions(root: Path, name: str) -> list[int]:
@@ -83,18 +87,49 @@ def synced(path: Path) -> None:
         os.close(descriptor)
 
 
+def hold_lock(staging: Path) -> IO:
+    """``staging``'s lock, held (flock) until closed or the process ends, however it ends (the
+    kernel frees it): a later run removes a staging directory whose lock is free. Locked before
+    it takes its name, so no run finds it free while its run lives."""
+    fresh = staging / f"{LOCK}-new"
+    lock = open(fresh, "x")  # noqa: SIM115 (held until discard closes it)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    fresh.rename(staging / LOCK)
+    return lock
+
+
+def remove_abandoned(model_dir: Path) -> list[Path]:
+    """Removes the staging directories in ``model_dir`` that a run left when it was killed
+    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns them. One whose
+    run lives is left alone, as is one without a lock (being published, or copied there by
+    hand: README, Kubernetes) and one that cannot be removed (another user's)."""
+    removed = []
+    for staging in sorted(model_dir.glob(f"{STAGING}*")):
+        try:
+            with open(staging / LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
+                shutil.rmtree(staging)
+        except OSError:
+            continue
+        removed.append(staging)
+    return removed
+
+
 @dataclass(eq=False)  # by identity
 class Staged:
     """A version's model file under a hidden name in its model's directory, and the manifest
     it will have, not yet published (``publishing`` numbers it and writes the manifest);
-    ``discard`` removes it."""
+    ``discard`` removes it and frees its lock."""
 
     model_dir: Path
     directory: Path
     document: dict[str, Any]
+    lock: IO | None = None
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.lock:
+            self.lock.close()
 
 
 @contextlib.contextmanager
@@ -127,7 +162,8 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                 targets[version] = (highest, path, version.model_dir / str(number))
             yield [targets[version][2] for version in staged]
             for version in targets:  # on disk before published: after a power cut, a version
-                for path in sorted(version.directory.iterdir()):  # is whole or not there
+                (version.directory / LOCK).unlink()  # is whole or not there; held till discard
+                for path in sorted(version.directory.iterdir()):
                     synced(path)
                 synced(version.directory)
             for version, (_, _, target) in targets.items():
@@ -192,10 +228,12 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
     """
     model_dir = Path(root) / name
     make_directory(model_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staged = Staged(model_dir, Path(tempfile.mkdtemp(prefix=STAGING, dir=model_dir)), {})
+    staging = staged.directory
     try:
+        staged.lock = hold_lock(staging)
         onnx.save_model(model, staging / MODEL_FILE)
-        document = {
+        staged.document = {
             "name": name,
             "version": None,
             "description": manifest.get("description", ""),
@@ -210,12 +248,12 @@ def stage_version(root: Path, name: str, model: onnx.ModelProto,
         os.chmod(staging, 0o755)
         os.chmod(staging / MODEL_FILE, 0o644)  # a server running as another user reads it
     except BaseException as error:  # a stop (Ctrl-C, SIGTERM) too: nothing left behind
-        shutil.rmtree(staging, ignore_errors=True)
+        staged.discard()
         if not isinstance(error, OSError):
             raise
         raise OSError(error.errno, error.strerror or str(error),
                       str(error.filename or staging / MODEL_FILE)) from None
-    return Staged(model_dir, staging, document)
+    return staged
 
 
 def write_version(root: Path, name: str, model: onnx.ModelProto, manifest: dict[str, Any]) -> Path:
