@@ -62,11 +62,13 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
              *, parse=None, secret: bool = False):
     """A field; ``parse``: its flag's ``type=``, text -> value or ArgumentTypeError saying what
     was expected (argparse and common.flags put the flag or env var in front), given for
-    numbers and paths (a range to check), else text, of ``choices`` if any; a ``secret`` is
-    never printed with the settings (repr), nor shown by --help."""
+    numbers and paths (a range to check), else text, of ``choices`` if any, a FILE's with a
+    leading ~ as the home's, as --model-repository's (bash leaves --tls-cert=~/x alone, as an
+    env file does); a ``secret`` is never printed with the settings (repr), nor shown by
+    --help."""
     return field(default=default, repr=not secret, metadata={
         "help": help_text, "metavar": metavar, "choices": choices,
-        "parse": parse or _text(choices or ())})
+        "parse": parse or (os.path.expanduser if metavar == "FILE" else _text(choices or ()))})
 
 
 def _text(choices: Sequence[str]):

@@ -159,3 +159,17 @@ def test_an_ipv6_host_in_brackets_is_the_address_itself(model_repository):
             assert health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10).status == (
                 health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.parametrize("given_as", ["flag", "variable"])
+def test_a_leading_tilde_in_the_tls_files_is_the_home_directory(tmp_path, monkeypatch, given_as):
+    """--tls-cert=~/tls/cert.pem (bash leaves that ~ alone, as an env file does) named a file
+    in a directory "~", which --model-repository=~/models no longer did; no TLS stays none."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    files = {"tls_cert": "cert.pem", "tls_key": "key.pem", "tls_client_ca": "ca.pem"}
+    argv = [f"--{name.replace('_', '-')}=~/tls/{file}" for name, file in files.items()]
+    environ = {f"FMNIST_{name.upper()}": f"~/tls/{file}" for name, file in files.items()}
+    settings = (settings_from(argv, {}) if given_as == "flag" else settings_from([], environ))
+    assert {name: getattr(settings, name) for name in files} == {
+        name: str(tmp_path / "tls" / file) for name, file in files.items()}
+    assert (settings_from([], {}).tls_cert, settings_from([], {}).tls_client_ca) == ("", "")
