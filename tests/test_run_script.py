@@ -131,7 +131,7 @@ def _child_running(pid: int, program: bytes) -> Path | None:
         try:
             if program in Path(f"/proc/{child}/cmdline").read_bytes():
                 return Path(f"/proc/{child}")
-        except FileNotFoundError:  # it ended since the list was read
+        except OSError:  # it ended since the list was read: ENOENT, or ESRCH once opened
             pass
     return None
 

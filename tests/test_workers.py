@@ -250,7 +250,7 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone: ENOENT, or ESRCH if it was reaped between open and read
         return False
     return "\nState:\tZ" not in status
 
