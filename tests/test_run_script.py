@@ -113,10 +113,9 @@ def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, 
     script = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not (trainer := _child_running(script.pid, b"fmnist-train")):
+    while not (trainer := _child_running(script.pid, b"fmnist-train")):  # no sleep: the stop
         assert time.monotonic() < deadline, "./run started no fmnist-train within 60 s"
-        time.sleep(0.05)
-    script.terminate()
+    script.terminate()  # at once: it may land as setpriv starts, before its pdeathsig is set
     script.wait(30)
     deadline = time.monotonic() + 60
     while trainer.exists() and time.monotonic() < deadline:
