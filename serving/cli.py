@@ -20,13 +20,13 @@ from serving.workers_metrics import MULTIPROCESS_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = settings_from(argv)  # argparse's SystemExit (--help) before the hold below
+    except ValueError as error:
+        return _fail(error, 2)
     # Held until the process has handlers of its own (serve(), the supervisor's start): one
     # arriving while the modules load ended it with no line (killed by it; SIGINT: exit 130)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        settings = settings_from(argv)
-    except ValueError as error:
-        return _fail(error, 2)
     from serving import errors, logs
 
     for number in IGNORED_SIGNALS:  # their default action ends a process

@@ -65,12 +65,11 @@ def test_a_stop_signal_early_in_the_start_up_is_one_line_and_exit_0(
     assert "Traceback" not in log, log
 
 
-
 def test_main_gives_an_in_process_caller_its_signal_mask_back_when_it_cannot_serve(
         model_repository, restore_logging):
-    """main() holds the stop signals from its first step: one that cannot serve (bad flags, a
-    taken port) left them blocked in its caller, whose Ctrl-C, SIGTERM and children then
-    waited for nothing."""
+    """main() holds the stop signals once its flags are parsed: one that cannot serve (bad
+    flags, argparse's exit, a taken port) left them blocked in its caller, whose Ctrl-C,
+    SIGTERM and children then waited for nothing."""
     from serving import cli
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -80,3 +79,7 @@ def test_main_gives_an_in_process_caller_its_signal_mask_back_when_it_cannot_ser
                  "--port", port, "--workers", "1"], 1)):
             assert cli.main(argv) == status
             assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS), argv
+    for argv in (["--bogus"], ["--help"]):  # argparse's exit: they stayed blocked
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS), argv
