@@ -64,7 +64,8 @@ def test_a_port_out_of_range_is_refused(capsys, address):
 
 @pytest.mark.parametrize(("address", "port"), [("127.0.0.1:abc", "abc"), ("localhost:0x50", "0x50"),
                                                ("dns:///localhost:HTTP", "HTTP"),
-                                               ("[::1]:\u0663", "\u0663")])
+                                               ("[::1]:\u0663", "\u0663"),
+                                               ("127.0.0.1:50051?", "50051?")])  # no secret
 def test_a_port_that_is_no_number_nor_service_is_refused(capsys, monkeypatch, address, port):
     """`--target 127.0.0.1:abc` was left to gRPC, exit 1: "UNAVAILABLE: errors resolving
     127.0.0.1:abc: [field:hostname lookup error:Failed to parse port in name: ...]"."""

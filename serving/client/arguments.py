@@ -89,14 +89,15 @@ def grpc_target(text: str) -> str:
 def _secrets_hidden(target: str) -> str:
     """``target`` with what may be a secret as ``***``: a URL's user info but its user name
     (``user:***@``; all of it without one: ``***@``, a token), each value of its query
-    (``?token=***``), which gRPC would have taken for part of the host or port."""
+    (``?token=***``; an empty one, ``host:50051?``, hides nothing), which gRPC would have
+    taken for part of the host or port."""
     address, question, query = target.partition("?")
     at = address.rfind("@")
     if at >= 0:
         start = address.rfind("/", 0, at) + 1
         user, colon, _ = address[start:at].partition(":")
         address = f"{address[:start]}{user + colon if colon else ''}***{address[at:]}"
-    hidden = "&".join(f"{name}=***" if equals else "***" for name, equals, _ in
+    hidden = "&".join(f"{name}=***" if equals else name and "***" for name, equals, _ in
                       (part.partition("=") for part in query.split("&")))
     return address + question + (hidden if question else "")
 
