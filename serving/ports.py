@@ -9,10 +9,10 @@ from serving.settings import Settings, host_port
 
 
 def check_free(settings: Settings) -> None:
-    """ListenError "cannot listen{ for HTTP, for health} on HOST:PORT: ..." if a port is
+    """ListenError "cannot listen{ for HTTP, health, metrics} on HOST:PORT: ..." if a port is
     another program's: said at once, not once the models have loaded (one process's case)."""
-    for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"),
-                       (settings.health_port, " for health")):
+    for port, what in ((settings.port, ""), (settings.http_port, " for HTTP"), (
+            settings.health_port, " for health"), (settings.metrics_port, " for metrics")):
         if port:
             _bound(settings.host, port, what).close()
 

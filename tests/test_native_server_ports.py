@@ -47,6 +47,20 @@ def test_a_port_in_use_fails_one_process_with_one_line_before_the_models_load(mo
         "[Errno 98] Address already in use"])  # no "model loaded" line before it
 
 
+def test_a_metrics_port_in_use_fails_one_process_before_the_models_load(model_repository):
+    """Its port was found taken only once the models had loaded and the server had started
+    (their lines, then "draining", "stopped"), as README says no port is."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+             "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--metrics-port",
+             str(port), "--workers", "1"],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert (status.returncode, status.stderr.splitlines()) == (1, [
+        f"fmnist-serve: error: cannot listen for metrics on 127.0.0.1:{port}: "
+        "[Errno 98] Address already in use"])
+
 def test_a_second_listen_after_a_failed_one_is_refused_not_a_crash():
     """The generic service stayed registered to the server a failed bind had destroyed: a
     second listen aborted the process in gRPC ("Can only register an asynchronous generic
