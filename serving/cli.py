@@ -63,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:
     """One line on stderr (status 2: a usage error's); a JSON log's last line is JSON too (bad
-    flags come before it)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # an in-process caller's own block is lost
+    flags come before it). The stop signals main() held are unblocked for an in-process caller
+    (a block of the caller's own is lost)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if log_format == "json":
         logging.getLogger("serving").critical("cannot serve", extra={"fields": {"error": error}})
     else:
