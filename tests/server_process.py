@@ -63,8 +63,13 @@ class Logs:
 
 
 def children(pid: int) -> list[int]:
-    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
-            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    """The child processes of ``pid``'s threads (Linux), less those of threads that ended
+    while they were listed (their ``children`` file is gone: OSError)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            found += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+    return [int(child) for child in found]
 
 
 def thread_states(pid: int) -> list[str]:
