@@ -88,6 +88,18 @@ async def slow_server(repository_copy, settings):
         yield server
 
 
+async def until_the_slot_is_taken(server, within_s: float = 30) -> None:
+    """Waits until a request holds the only onnxruntime slot of the "slow" version, so that
+    requests sent next queue behind it: a sleep instead was outlasted on a loaded machine, and
+    a request sent after it then ran alone, first. Neither the in-flight gauge nor the
+    statistics show it (a call is counted in before it is parsed and reaches the batcher)."""
+    batcher = server.registry.get("slow")._batcher
+    deadline = time.monotonic() + within_s
+    while batcher._running == 0:
+        assert time.monotonic() < deadline, f"no request took the slot within {within_s} s"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(slow_server):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{slow_server.port}") as channel:
         v2 = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -98,7 +110,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(slow
                     statistics.execution_count - before.execution_count)
 
         occupying = asyncio.ensure_future(v2.ModelInfer(infer_request(SLOW_BATCH)))
-        await asyncio.sleep(0.05)  # the big request now holds the only inference thread
+        await until_the_slot_is_taken(slow_server)
 
         with pytest.raises(grpc.aio.AioRpcError) as expired:
             await v2.ModelInfer(infer_request(3), timeout=0.1)
