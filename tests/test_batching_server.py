@@ -6,7 +6,13 @@ configured calls at once)."""
 import asyncio
 
 import grpc
-from test_deadlines import SLOW_BATCH, infer_request, slow_server, slow_statistics  # noqa: F401
+from test_deadlines import (  # noqa: F401 (slow_server: a fixture)
+    SLOW_BATCH,
+    infer_request,
+    slow_server,
+    slow_statistics,
+    until_the_slot_is_taken,
+)
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_grpc
@@ -19,7 +25,7 @@ async def test_a_stream_and_unary_calls_share_one_batch(slow_server):  # noqa: F
         domain = classifier_grpc.ClassifierStub(channel)
         before = await slow_statistics(v2)
         occupying = asyncio.ensure_future(v2.ModelInfer(infer_request(SLOW_BATCH)))
-        await asyncio.sleep(0.1)  # the big request now holds the version's only slot
+        await until_the_slot_is_taken(slow_server)
         images = [bytes(784)] * 3
         stream = domain.ClassifyStream(iter([classifier_pb.ClassifyRequest(
             images=images, model="slow")]))
