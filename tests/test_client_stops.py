@@ -1,10 +1,14 @@
 """``fmnist`` stopped mid-run, by Ctrl-C or SIGTERM: one line, saying how far it got, and the
 exit status a shell gives a command its signal ended."""
 
+import fcntl
+import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -47,6 +51,50 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
     assert lines[0].startswith("index,")
     assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(int(match[1]))]
     assert not json_path.exists()
+
+
+@pytest.mark.parametrize(("stop", "said", "images"), [
+    (signal.SIGINT, "interrupted", 10000), (signal.SIGTERM, "stopped (SIGTERM)", 10000),
+    (signal.SIGTERM, "stopped (SIGTERM)", 4000)])  # every answer in, more rows than the pipe takes
+def test_a_stop_ends_a_score_whose_csv_reader_stopped_reading(target, stop, said, images):
+    """`fmnist score --csv - | (sleep 100)`: the reader stopped reading, the CSV's writer was
+    held in a write to the full pipe, and the stop waited for it forever (a second SIGTERM
+    ended it, without saying how far it got); stopped as the run waited for it at its end, the
+    line did not say either. The stop ends the run, and its line counts the rows the pipe
+    took, fewer than the answers: never a row that was not written."""
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target", target, "--batch-size",
+         "1", "--rpc", "unary", "--limit", str(images), "--csv", "-"],
+        stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)  # the child's alone: at its end, the pipe's reader sees the end
+    capacity, level = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ), -1
+    try:
+        for _ in range(600):  # until the pipe is full and stays so: the writer held in it
+            time.sleep(0.1)
+            level, before = _unread(read), level
+            if level > capacity - 4096 and level == before:
+                break
+        process.send_signal(stop)
+        err = process.communicate(timeout=10)[1]  # it waited forever
+    finally:
+        process.kill()
+        with os.fdopen(read) as pipe:
+            lines = pipe.read().splitlines()
+    assert process.returncode == 128 + stop, err
+    match = re.fullmatch(rf"fmnist score: {re.escape(said)} after (\d+) of {images} images "
+                         r"\(--csv: (\d+) rows? written\)\n", err)
+    assert match, err
+    answered, written = int(match[1]), int(match[2])
+    assert written <= answered <= images
+    assert lines[0].startswith("index,")
+    assert [line.split(",")[0] for line in lines[1 : written + 1]] == [str(i)
+                                                                      for i in range(written)]
+
+
+def _unread(read: int) -> int:
+    """How many bytes the pipe whose read end is ``read`` holds, not read yet."""
+    return struct.unpack("i", fcntl.ioctl(read, termios.FIONREAD, b"\0" * 4))[0]
 
 
 def test_a_sigterm_its_caller_ignores_stays_ignored():

@@ -27,7 +27,8 @@ class Predictions:
                  into: Callable[[Callable[[TextIO], None]], object]):
         self._answers, self._offset, self._labels = answers, offset, labels
         self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe in a stop
-        self.rows = 0
+        self.rows = 0  # those flushed: a stop claims none still in a buffer or a full pipe
+        self._closed = False
         self.error: Exception | None = None  # what failed the writing, said by the run
         self._thread = threading.Thread(target=self._run, args=(into,), name="fmnist-csv",
                                         daemon=True)
@@ -40,10 +41,16 @@ class Predictions:
             raise self.error
         self._arrivals.put(None)
 
-    def close(self) -> None:
-        """Writes the rows not written yet and ends the file (again: nothing)."""
+    def close(self, within: float | None = None) -> None:
+        """Writes the rows not written yet and ends the file (again: nothing). A stop waits
+        ``within`` seconds at most, then leaves the thread to the process's end: a reader that
+        stopped reading (`--csv - | (sleep 100)`) held it in a write to the full pipe, and the
+        stop waited for it forever."""
+        if self._closed:
+            return
+        self._closed = True
         self._arrivals.put(_CLOSE)
-        self._thread.join()
+        self._thread.join(within)
 
     def _run(self, into) -> None:
         try:
@@ -54,20 +61,23 @@ class Predictions:
     def _write(self, file: TextIO) -> None:
         writer = csv.writer(file)
         writer.writerow(HEADER)
-        written, closed = 0, False
+        answered, rows, closed = 0, 0, False
         while not closed:
             closed = self._arrivals.get() is _CLOSE
-            for answer in self._answers[written:]:
-                writer.writerows(self._rows(answer))
-                written += 1
+            for answer in self._answers[answered:]:
+                writer.writerows(self._rows(rows, answer))
+                answered += 1
+                rows += len(answer)
             file.flush()  # a reader of a pipe (`--csv - | ...`) gets the rows as they come
+            self.rows = rows
 
-    def _rows(self, answer: Classification):
+    def _rows(self, start: int, answer: Classification):
+        """The rows of ``answer``, whose first image is the slice's ``start``."""
         def columns(side: ModelAnswer) -> tuple:
             return (side.labels.tolist(), side.class_names,
                     side.probabilities.max(axis=1).astype(np.float64).round(6).tolist())
 
-        start, self.rows = self.rows, self.rows + len(answer)
-        return zip(range(self._offset + start, self._offset + self.rows),
-                   self._labels[start:self.rows].tolist(), *columns(answer.model),
+        end = start + len(answer)
+        return zip(range(self._offset + start, self._offset + end),
+                   self._labels[start:end].tolist(), *columns(answer.model),
                    *columns(answer.baseline), strict=True)

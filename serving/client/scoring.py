@@ -81,12 +81,14 @@ def score(args, security) -> int:
                 progress.update(len(answer))
                 if predictions:
                     predictions.arrived()
+            if predictions:  # every row, however slow their reader; a stop meanwhile says so
+                predictions.close()
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: cli's one line says how far
             stop.progress = (f" after {sum(map(len, answers))} of {len(images)} images"
                              + _stopped_files(args.json, predictions))
             raise
         finally:
-            if predictions:
+            if predictions:  # (an error's: the rows of the answers before it)
                 predictions.close()
         elapsed = time.perf_counter() - started
     if predictions and predictions.error:
@@ -154,11 +156,13 @@ def score(args, security) -> int:
 
 
 def _stopped_files(json_path: Path | None, predictions: Predictions | None) -> str:
-    """What a stopped run left of its files: the CSV's rows so far (the thread closed), no
-    JSON (its figures are the whole run's)."""
+    """What a stopped run left of its files: the CSV's rows written so far (the thread given a
+    second to write the rest: a reader that stopped reading holds it), no JSON (its figures
+    are the whole run's)."""
     said = []
     if predictions:
-        predictions.close()
+        with contextlib.suppress(KeyboardInterrupt):  # a second stop: no more waiting, same line
+            predictions.close(within=1.0)
         rows = predictions.rows
         said.append(str(predictions.error) if predictions.error
                     else f"--csv: {rows} row{'s' * (rows != 1)} written")
