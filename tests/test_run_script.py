@@ -3,6 +3,7 @@ fmnist-train, run for real."""
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -104,10 +105,12 @@ def test_run_names_a_command_it_does_not_know():
     assert "./run serve [FLAGS]" in result.stdout  # the help, as before
 
 
-def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, tmp_path):
+@pytest.mark.parametrize(("number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, tmp_path,
+                                                                    number, status):
     """SIGTERM to `./run serve` while its first run trained (`kill` of the script, as a service
     manager stops it) ended the script alone: fmnist-train went on, orphaned, and published a
-    repository nothing served."""
+    repository nothing served. The script exits as a stop says (Ctrl-C: 130, it said 143)."""
     env = {**os.environ, "FMNIST_MODEL_REPOSITORY": str(tmp_path / "untrained"),
            "FMNIST_TRAIN_SUBSET": "300", "FMNIST_EPOCHS": "1", "FMNIST_MODELS": "baseline"}
     script = subprocess.Popen([ROOT / "run", "serve", "--port", "0", "--http-port", "0"],
@@ -115,8 +118,8 @@ def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, 
     deadline = time.monotonic() + 60
     while not (trainer := _child_running(script.pid, b"fmnist-train")):  # no sleep: the stop
         assert time.monotonic() < deadline, "./run started no fmnist-train within 60 s"
-    script.terminate()  # at once: it may land as setpriv starts, before its pdeathsig is set
-    script.wait(30)
+    script.send_signal(number)  # at once: it may land as setpriv starts, before its pdeathsig
+    assert script.wait(30) == status
     deadline = time.monotonic() + 60
     while trainer.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
