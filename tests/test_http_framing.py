@@ -4,10 +4,12 @@ which refusals close the connection (the unread rest of a body would be the next
 
 import gzip
 import socket
+import time
 
 import numpy as np
 import pytest
 import requests
+from prometheus_client import REGISTRY
 
 from tests.test_http_api import MAX_BYTES, served, url
 from tests.test_http_errors import CLASSIFY, VALID, _json
@@ -100,9 +102,7 @@ def raw_exchange(url: str, request: bytes, half_close: bool = True) -> bytes:
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{\"images\": []}",
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
     b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n{}",
-    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(VALID) + 10, VALID),  # then the client stops sending: was classified, 200
-], ids=["body-longer", "not-a-number", "negative", "body-shorter"])
+], ids=["body-longer", "not-a-number", "negative"])
 def test_a_wrong_content_length_is_400(url, request_bytes):
     statuses = [line.split()[1] for line in raw_exchange(url, request_bytes).split(b"\r\n")
                 if line.startswith(b"HTTP/1.1 ")]
@@ -137,3 +137,34 @@ def test_a_body_refused_unread_closes_the_connection_and_a_read_one_keeps_it(url
         assert answer.status == 404 and answer.getheader("Connection") == "close"
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("hang_up", ["close", "half-close"])
+def test_a_client_that_stops_sending_mid_body_is_counted_cancelled(url, hang_up):
+    """A body cut short of its Content-Length is a client that went away mid-request, as gRPC's
+    CANCELLED: it was counted and logged INVALID_ARGUMENT, a bad request (and once classified,
+    200). A client that only shut its side for writing reads the answer, 499 (nginx's "client
+    closed request"), which says so."""
+    def counted(code: str) -> float:
+        return REGISTRY.get_sample_value("fmnist_requests_total", {
+            "api": "domain", "method": "Classify", "model": "", "code": code}) or 0
+
+    before = {code: counted(code) for code in ("CANCELLED", "INVALID_ARGUMENT")}
+    request = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(VALID) + 10, VALID)
+    if hang_up == "close":
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as connection:
+            connection.sendall(request)
+        waited = time.monotonic() + 10  # the server counts the call once it sees the end
+        while counted("CANCELLED") + counted("INVALID_ARGUMENT") == sum(before.values()) \
+                and time.monotonic() < waited:
+            time.sleep(0.01)
+    else:
+        answer = raw_exchange(url, request)
+        assert answer.startswith(b"HTTP/1.1 499 "), answer[:300]
+        assert answer.endswith(b'{"error":"request body: the client stopped sending after %d '
+                               b'of its %d bytes (Content-Length)"}' % (
+                                   len(VALID), len(VALID) + 10)), answer[-300:]
+    assert (counted("CANCELLED") - before["CANCELLED"],
+            counted("INVALID_ARGUMENT") - before["INVALID_ARGUMENT"]) == (1, 0)

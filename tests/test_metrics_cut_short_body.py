@@ -16,7 +16,8 @@ async def test_an_http_body_cut_short_by_its_client_is_counted_under_its_urls_mo
         model_repository, path, labels):
     """A client that sends part of its body and stops (its connection closed for writing,
     or gone) was counted under model "" (read before the call was admitted, the failed read
-    was a refusal, unlabelled), not the model its URL names as a body that fails to parse."""
+    was a refusal, unlabelled), not the model its URL names as a body that fails to parse; and
+    as INVALID_ARGUMENT (a 400), where it is a client gone mid-request: CANCELLED, 499."""
     port = free_port()
     settings = local_settings(model_repository=model_repository, metrics_port=port,
                               poll_interval=0, http_port=free_port())
@@ -30,9 +31,9 @@ async def test_an_http_body_cut_short_by_its_client_is_counted_under_its_urls_mo
                 s.shutdown(socket.SHUT_WR)
                 return s.recv(100)
 
-        assert (await asyncio.to_thread(send_half)).startswith(b"HTTP/1.1 400")
+        assert (await asyncio.to_thread(send_half)).startswith(b"HTTP/1.1 499")
         after = await asyncio.to_thread(scrape, port)
-    labels = {**labels, "code": "INVALID_ARGUMENT"}
+    labels = {**labels, "code": "CANCELLED"}
     assert value(after, "fmnist_requests_total", **labels) - value(
         before, "fmnist_requests_total", **labels) == 1
 

@@ -21,6 +21,7 @@ from serving.api.inference import INFER_NAMED_BY
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.codecs.inference import parse_version
 from serving.errors import (
+    Cancelled,
     InvalidArgument,
     NotFound,
     ServingError,
@@ -142,14 +143,14 @@ class HttpApp:
         address = environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")  # IPv4 on "::"
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""),
                     address + (f":{port}" if port else ""))
-        def receive() -> None:  # a body cut short (its client stopped sending) or unreadable
-            try:  # fails in parse, once admitted: counted under the URL's model, as a bad one
+        def receive() -> None:  # a body unreadable, or cut short (its client went: CANCELLED)
+            try:  # fails in parse, once admitted: counted under the URL's model
                 body.append(read_body(environ, self._max_body_bytes))
-            except InvalidArgument as error:
+            except (InvalidArgument, Cancelled) as error:
                 body.append(error)
 
         def parse_body(request):
-            if isinstance(body[0], InvalidArgument):
+            if isinstance(body[0], ServingError):
                 raise body[0]
             return parse(request)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import orjson
 from google.protobuf import json_format
 
-from serving.errors import InvalidArgument, TooLarge, Unimplemented, UnsupportedCoding
+from serving.errors import Cancelled, InvalidArgument, TooLarge, Unimplemented, UnsupportedCoding
 
 CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
 MAX_GZIP_MEMBERS = 16  # clients send one
@@ -47,9 +47,11 @@ def read_body(environ: dict, limit: int) -> bytes:
         data = environ["wsgi.input"].read(int(length) if length else limit + 1)
     except (OSError, ValueError) as error:
         raise InvalidArgument(f"request body: cannot be read ({error})") from None
-    if length and len(data) < int(length):  # the client stopped sending early
-        raise InvalidArgument(f"request body: {len(data)} bytes, fewer than its "
-                              f"Content-Length of {length}")
+    # granian ends the read where the connection did (closed, reset, or shut for writing):
+    # a client gone mid-request, CANCELLED as over gRPC, not a bad request
+    if length and len(data) < int(length):
+        raise Cancelled(f"request body: the client stopped sending after {len(data)} of its "
+                        f"{length} bytes (Content-Length)")
     if len(data) > limit:  # chunked
         raise TooLarge(f"request body: over the server's limit of {limit} bytes "
                        "(--max-message-bytes)")
