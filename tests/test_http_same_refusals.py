@@ -2,11 +2,16 @@
 the same message: the REST translation (serving/http/rest.py) converts only what the data
 plane would read, so its own refusals never come before the data plane's more basic ones."""
 
+import logging
+import socket
+
 import grpc
 import pytest
 import requests
 
 from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from tests.http_helpers import http_and_grpc
 from tests.test_http_api import MAX_IMAGES, served, url, v2
 
 __all__ = ["served", "url", "v2"]  # the fixtures, shared with tests/test_http_api.py
@@ -98,3 +103,25 @@ def test_a_refused_classification_parameter_says_what_was_given(url, v2, value, 
         v2.ModelInfer(request)
     assert (refused.value.code(), refused.value.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no IPv6 here")
+def test_a_failed_call_names_its_client_in_the_same_form_over_http_and_grpc(model_repository,
+                                                                          caplog):
+    """A `request failed` line's peer was a bare address over HTTP ("127.0.0.1", "::1") and
+    gRPC's URI over gRPC ("ipv4:127.0.0.1:PORT", "ipv6:%5B::1%5D:PORT"): one search of the log
+    for a client found the calls of one transport only. granian gives no port."""
+    caplog.set_level(logging.DEBUG, logger="serving.pipeline")
+    with http_and_grpc(model_repository, host="::") as (server, _, _):
+        for client in ("127.0.0.1", "[::1]"):  # the first as "::ffff:127.0.0.1" on "::"
+            caplog.clear()
+            with (grpc.insecure_channel(f"{client}:{server.port}") as channel,
+                  pytest.raises(grpc.RpcError)):
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                    pb.ModelMetadataRequest(name="nothing"))
+            assert requests.get(f"http://{client}:{server.http_port}/v2/models/nothing",
+                                timeout=10).status_code == 404
+            grpc_peer, http_peer = [record.fields["peer"] for record in caplog.records
+                                    if record.getMessage() == "request failed"]
+            assert grpc_peer.startswith(http_peer + ":") and grpc_peer != http_peer + ":"
+            assert http_peer == {"127.0.0.1": "ipv4:127.0.0.1", "[::1]": "ipv6:%5B::1%5D"}[client]

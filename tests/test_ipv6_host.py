@@ -162,7 +162,7 @@ except urllib.error.HTTPError as error:
             ["nsenter", f"--net=/proc/{process.pid}/ns/net", sys.executable, "-c", client],
             check=False, capture_output=True, text=True, timeout=60)
         assert answer.stdout == "400\n", answer.stderr
-        assert logs.wait_for("request failed")[0]["peer"] == "127.0.0.1"
+        assert logs.wait_for("request failed")[0]["peer"] == "ipv4:127.0.0.1"
 
 
 def test_http_and_metrics_listen_where_one_function_says():
