@@ -89,6 +89,18 @@ def test_sync_client_gets_the_grpc_answers(served, images):
         assert sum(entry["inference_count"] for entry in stats) >= 5 * len(images)
 
 
+def test_query_params_are_ignored_as_triton_ignores_them(served, images):
+    """tritonclient puts its ``query_params`` on the URL, for a gateway in between; /v2, as
+    Triton, KServe and MLServer, reads none (the protocol defines none): ``version`` there
+    chooses nothing, the newest version answers."""
+    _, target, v2 = served
+    gateway = {"api-key": "k3y", "version": "1"}
+    with triton.InferenceServerClient(target) as client:
+        assert client.is_server_live(query_params=gateway)
+        check_answers(client.infer("mlp", **tensors(triton, images, True), query_params=gateway),
+                      grpc_answer(v2, images))
+
+
 # Triton's $inference_stats (docs/protocol/extension_statistics.md), each a $duration_stat
 TRITON_INFERENCE_STATS = ("success", "fail", "queue", "compute_input", "compute_infer",
                           "compute_output", "cache_hit", "cache_miss")
