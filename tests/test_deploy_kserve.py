@@ -6,6 +6,7 @@ containers) and the Service and routes KServe builds from the predictor's ports.
 import re
 
 from tests.deploy_manifests import (
+    Workload,
     container_argv,
     find,
     needs_kubectl,
@@ -17,6 +18,7 @@ from tests.deploy_manifests import (
 from tests.test_deploy_manifest_facts import KUBERNETES, settings_of
 
 pytestmark = needs_kubectl
+AGENT_PORT = 9081  # KServe's agent sidecar (InferenceServiceDefaultAgentPort, constants.go)
 
 
 def _kserve_deployment_mode(annotation: str, kserve: str) -> str:
@@ -100,15 +102,34 @@ def test_the_kserve_manifests_use_kserves_conventions():
         serve_image().env["FMNIST_MODEL_REPOSITORY"]
 
 
-def _kserve_service_ports(container: dict) -> list[dict]:
+def kserve_service_ports(workload: Workload) -> list[dict]:
     """The ports of the Service KServe makes for a predictor in Standard mode, from its
     container's ports (createDefaultSvc, pkg/controller/v1beta1/inferenceservice/reconcilers/
-    service/service_reconciler.go, v0.11 to v0.20): the first becomes port 80, each other keeps
-    its number; a name holding "grpc" or "h2c" gets appProtocol kubernetes.io/h2c (v0.15+)."""
-    return [{"name": port["name"], "port": 80 if index == 0 else port["containerPort"],
-             "targetPort": port["containerPort"],
-             "grpc": "grpc" in port["name"] or "h2c" in port["name"]}
-            for index, port in enumerate(container["ports"])]
+    service/service_reconciler.go, v0.11 to master of 2026-08-21): the first becomes port 80,
+    each other keeps its number; a name holding "grpc" or "h2c" gets appProtocol
+    kubernetes.io/h2c (v0.15+). A predictor with a batcher or a logger has port 80 lead to
+    KServe's agent sidecar instead, AGENT_PORT."""
+    ports = [{"name": port["name"], "port": 80 if index == 0 else port["containerPort"],
+              "targetPort": port["containerPort"],
+              "grpc": "grpc" in port["name"] or "h2c" in port["name"]}
+             for index, port in enumerate(workload.container["ports"])]
+    if workload.pod.get("batcher") or workload.pod.get("logger"):
+        ports[0]["targetPort"] = AGENT_PORT
+    return ports
+
+
+def kserve_injects_agent(predictor: dict) -> bool:
+    """Whether KServe's pod webhook adds its agent sidecar to the predictor's pods (InjectAgent,
+    pkg/webhook/admission/pod/agent_injector.go, v0.14 to master): for a batcher, a logger, or
+    a multi-model predictor (IsMMSPredictor: a custom container with MULTI_MODEL_SERVER=true,
+    or a model with no storageUri, storage nor storageUris)."""
+    if predictor.get("batcher") or predictor.get("logger"):
+        return True
+    if predictor.get("containers"):
+        return {"name": "MULTI_MODEL_SERVER", "value": "true"} in (
+            predictor["containers"][0].get("env") or [])
+    model = predictor.get("model") or {}
+    return not (model.get("storageUri") or model.get("storage") or predictor.get("storageUris"))
 
 
 def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
@@ -120,7 +141,7 @@ def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
     reached the server, and HTTP/1.1 went to the gRPC port."""
     for workload in workloads(render("kserve")):
         settings = settings_of(workload)
-        service = _kserve_service_ports(workload.container)
+        service = kserve_service_ports(workload)
         rest = [port for port in service if not port["grpc"]]
         grpc = [port for port in service if port["grpc"]]
         assert rest and rest[0]["port"] == 80, workload.source

@@ -25,6 +25,7 @@ from tests.deploy_manifests import (
     workloads,
 )
 from tests.deploy_manifests import _stage as dockerfile_stage
+from tests.test_deploy_kserve import kserve_injects_agent, kserve_service_ports
 
 pytestmark = needs_kubectl
 
@@ -169,3 +170,45 @@ def test_the_kserve_predictors_are_fenced_in_as_the_deployments_are():
         admitted = {port["port"] for rule in policy["ingress"] for port in rule["ports"]}
         assert admitted == {int(settings["port"]), int(settings["http_port"]),
                             int(settings["metrics_port"])}, name
+
+
+def _kserve_fence_problems(objects: list[dict]) -> list[str]:
+    """What KServe's Service or agent sidecar would need of a predictor pod that its
+    NetworkPolicy or its probes do not give: a port the Service leads to that the policy drops,
+    or an agent (kserve_injects_agent) beside a server whose readiness probe it cannot take
+    over: it takes an httpGet or tcpSocket probe (SERVING_READINESS_PROBE, which
+    agent_injector.go sets for those only) and, without one, exits as it starts
+    (cmd/agent/main.go: a required setting), so the pod never gets ready."""
+    policies = find(objects, "NetworkPolicy")
+    served = {w.source: w for w in workloads(objects)}
+    problems = []
+    for isvc in find(objects, "InferenceService"):
+        name, predictor = isvc["metadata"]["name"], isvc["spec"]["predictor"]
+        runtime = (predictor.get("model") or {}).get("runtime")
+        workload = served[f"ServingRuntime/{runtime}" if runtime else f"InferenceService/{name}"]
+        labels = {"serving.kserve.io/inferenceservice": name, "component": "predictor"}
+        admitted = {port["port"] for policy in policies
+                    if _selects(policy["spec"]["podSelector"], labels)
+                    for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        problems += [f"{name}: KServe's Service leads to {port['targetPort']}, not admitted"
+                     for port in kserve_service_ports(workload)
+                     if port["targetPort"] not in admitted]
+        if kserve_injects_agent(predictor) and not {"httpGet", "tcpSocket"} & set(
+                workload.container["readinessProbe"]):
+            problems.append(f"{name}: KServe's agent cannot take over a gRPC readiness probe")
+    return problems
+
+
+def test_no_kserve_agent_is_added_whose_port_the_policy_drops():
+    """KServe's Service leads port 80 to the server's REST port; for a predictor with a batcher
+    or a logger, to its agent sidecar's port, 9081, which the policy does not admit, and that
+    agent exits at start beside the server's gRPC probes. No queue-proxy either: RawDeployment
+    is Standard mode, no Knative. The manifests add no agent (no batcher, no logger, a
+    storageUri or the packaged models): nothing KServe adds is cut off. The check is not
+    vacuous: each predictor given a logger fails it twice."""
+    objects = render("kserve")
+    assert _kserve_fence_problems(objects) == []
+    for isvc in find(objects, "InferenceService"):
+        isvc["spec"]["predictor"]["logger"] = {"mode": "all", "url": "http://sink.example"}
+    problems = _kserve_fence_problems(objects)
+    assert len(problems) == 4 and sum("9081" in problem for problem in problems) == 2, problems
