@@ -3,6 +3,7 @@ that are KServe's own (deployment mode, autoscaling, disruption budgets, runtime
 containers) and the Service and routes KServe builds from the predictor's ports.
 """
 
+import math
 import re
 
 from tests.deploy_manifests import (
@@ -149,3 +150,53 @@ def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
             workload.source
         assert grpc and grpc[0]["targetPort"] == int(settings["port"]), workload.source
         assert len({port["port"] for port in service}) == len(service), workload.source
+
+
+def _predictor_labels(isvc: dict) -> dict:
+    """The labels KServe gives every predictor pod of ``isvc`` (among others)."""
+    return {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"],
+            "component": "predictor"}
+
+
+def test_the_predictors_spread_over_nodes_as_the_deployments_do():
+    """The Deployment spreads its replicas over nodes; KServe's Deployments had no spread, so
+    the scheduler could put every predictor pod of an InferenceService on one node, and that
+    node's loss took them all."""
+    objects = render("kserve")
+    for isvc in find(objects, "InferenceService"):
+        name, labels = isvc["metadata"]["name"], _predictor_labels(isvc)
+        spreads = isvc["spec"]["predictor"].get("topologySpreadConstraints") or []
+        by_node = [spread for spread in spreads
+                   if spread["topologyKey"] == "kubernetes.io/hostname"]
+        assert len(by_node) == 1, name
+        selector = by_node[0]["labelSelector"]["matchLabels"]
+        assert selector == labels, name  # its own predictor's pods, not the other's
+        assert by_node[0]["maxSkew"] == 1, name
+        # a cluster of one node still schedules them
+        assert by_node[0]["whenUnsatisfiable"] == "ScheduleAnyway", name
+
+
+def _rollout_allowance(value: int | str, replicas: int, round_up: bool) -> int:
+    """A RollingUpdate's maxUnavailable (rounded down) or maxSurge (up) for ``replicas``."""
+    if isinstance(value, int):
+        return value
+    share = replicas * int(value.rstrip("%")) / 100
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+def test_a_rollout_takes_no_ready_predictor_pod_before_its_replacement_is_ready():
+    """As the Deployment's maxUnavailable: 0. KServe's Deployment took the predictor's
+    deploymentStrategy, else a RollingUpdate of 25% unavailable and 25% surge
+    (setDefaultDeploymentSpec, deployment_reconciler.go, v0.14 to master): from 4 replicas,
+    which the HPA reaches under load, a rollout took pods out before new ones were ready."""
+    for isvc in find(render("kserve"), "InferenceService"):
+        predictor = isvc["spec"]["predictor"]
+        strategy = predictor.get("deploymentStrategy") or {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+        assert strategy["type"] == "RollingUpdate", isvc["metadata"]["name"]
+        for replicas in range(predictor["minReplicas"], predictor["maxReplicas"] + 1):
+            update = strategy["rollingUpdate"]
+            assert _rollout_allowance(update["maxUnavailable"], replicas, False) == 0, \
+                (isvc["metadata"]["name"], replicas)
+            assert _rollout_allowance(update["maxSurge"], replicas, True) >= 1
