@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from serving.workers import STOP_MARGIN_S
 from tests.deploy_manifests import (
     DEPLOY,
     IMAGE_COMPONENT,
@@ -33,7 +34,7 @@ from tests.deploy_manifests import (
 pytestmark = needs_kubectl
 
 KUBERNETES = [k for k in KUSTOMIZATIONS if k.startswith("kubernetes/")]
-MIN_DRAIN_MARGIN_S = 5  # after preStop and the server's drain, before SIGKILL
+EXIT_S = 1  # the supervisor's own exit, once its workers are gone
 
 
 def settings_of(workload: Workload) -> dict[str, str]:
@@ -133,11 +134,15 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_the_pod_outlives_its_drain(kustomization):
+    """kubelet sends SIGKILL terminationGracePeriodSeconds after the preStop hook starts; after
+    SIGTERM the server's supervisor waits for its workers' drain (the grace period) and
+    STOP_MARGIN_S more before it kills them: the pod must outlive both, not a margin of its own
+    that a longer STOP_MARGIN_S would pass unnoticed."""
     for workload in workloads(render(kustomization), kustomization):
         drain_s = float(settings_of(workload)["grace_period"])
         assert workload.pre_stop_s > 0, workload.source
         assert (workload.termination_grace_s
-                >= workload.pre_stop_s + drain_s + MIN_DRAIN_MARGIN_S), workload.source
+                >= workload.pre_stop_s + drain_s + STOP_MARGIN_S + EXIT_S), workload.source
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
