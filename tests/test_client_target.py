@@ -139,3 +139,42 @@ def test_a_timeout_the_python_api_takes_is_one_its_calls_can_use(target):
     with ClassifierClient(target, timeout="5") as client:
         assert client.timeout == 5.0
         assert client.list_models()
+
+
+@pytest.mark.parametrize(("address", "shown"), [
+    ("unix:/run/fmnist.sock?token=s3cret", "unix:/run/fmnist.sock?token=***"),
+    ("unix://user:s3cret@/run/fmnist.sock", "unix://user:***@/run/fmnist.sock"),
+    ("unix-abstract:fmnist?s3cret", "unix-abstract:fmnist?***"),
+    ("vsock:s3cret@2:50051", "vsock:***@2:50051"),
+    ("vsock:2:50051?token=s3cret", "vsock:2:50051?token=***")])
+def test_a_local_target_with_credentials_is_refused_without_showing_them(capsys, monkeypatch,
+                                                                         address, shown):
+    """unix:, unix-abstract: and vsock: targets were taken as they came: gRPC dropped the query
+    of `unix:/run/fmnist.sock?token=s3cret` and called the socket without a token, which
+    showed in ps and in the logs. Checked as HOST:PORT is; only a path's own @ is taken."""
+    scheme = address.partition(":")[0]
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, (
+        f"expected a {scheme}: target without credentials, got {shown!r}: give a token by "
+        "--token or FMNIST_TOKEN instead (a target shows in logs and in ps)"))
+
+
+def test_a_unix_socket_whose_path_holds_an_at_sign_is_reached(tmp_path, capsys):
+    """An @ in a socket's path (or an abstract name) is the path's own, not a user's: taken."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    name = f"fmnist-{tmp_path.name}@test"
+    for address in (f"unix:{tmp_path}/user@1000.sock", f"unix-abstract:{name}"):
+        server.add_insecure_port(address)
+    server.start()
+    try:
+        for address in (f"unix:{tmp_path}/user@1000.sock", f"unix:///{tmp_path}/user@1000.sock",
+                        f"unix-abstract:{name}"):
+            assert cli.main(["health", "--target", address, "--timeout", "10"]) == 0, address
+    finally:
+        server.stop(None)
+    assert capsys.readouterr().out == "SERVING\n" * 3

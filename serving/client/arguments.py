@@ -11,7 +11,8 @@ from common.flags import number_in
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
-LOCAL_SCHEMES = ("unix:", "unix-abstract:", "vsock:")  # a path or name, where @ may be its own
+PATH_SCHEMES = ("unix:", "unix-abstract:")  # a path or name, where @ may be its own
+LOCAL_SCHEMES = (*PATH_SCHEMES, "vsock:")
 GRPC_SCHEMES = (*LOCAL_SCHEMES, "ipv4:", "ipv6:", "xds:", "google-c2p:")
 
 
@@ -52,8 +53,10 @@ def grpc_target(text: str) -> str:
     A scheme in any case, as gRPC takes it (DNS:///NAME:PORT)."""
     lowered = text.lower()
     shown = _secrets_hidden(text)
-    if shown != text and not lowered.startswith(LOCAL_SCHEMES):
-        raise TargetError(f"expected HOST:PORT without credentials, got {shown!r}: give a token "
+    if shown != text:  # every form: gRPC dropped unix:PATH?token=x's query, and sent no token
+        form = (f"a {text.partition(':')[0]}: target" if lowered.startswith(LOCAL_SCHEMES)
+                else "HOST:PORT")
+        raise TargetError(f"expected {form} without credentials, got {shown!r}: give a token "
                           "by --token or FMNIST_TOKEN instead (a target shows in logs and in ps)")
     if lowered.startswith(("http://", "https://")):
         raise TargetError("fmnist speaks gRPC: expected its HOST:PORT (the "
@@ -90,9 +93,14 @@ def _secrets_hidden(target: str) -> str:
     """``target`` with what may be a secret as ``***``: a URL's user info but its user name
     (``user:***@``; all of it without one: ``***@``, a token), each value of its query
     (``?token=***``; an empty one, ``host:50051?``, hides nothing), which gRPC would have
-    taken for part of the host or port."""
+    taken for part of the host or port, or dropped (a unix: path's query). In a unix: path or
+    unix-abstract: name, only an authority's @ is a user's (``unix://user:***@/path``)."""
     address, question, query = target.partition("?")
     at = address.rfind("@")
+    if address.lower().startswith(PATH_SCHEMES):  # unix:/run/user@1000.sock is a path
+        after = address.find(":") + 1
+        authority = address.find("/", after + 2) if address.startswith("//", after) else after
+        at = address.rfind("@", 0, len(address) if authority < 0 else authority)
     if at >= 0:
         start = address.rfind("/", 0, at) + 1
         user, colon, _ = address[start:at].partition(":")
