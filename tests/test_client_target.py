@@ -49,6 +49,19 @@ def test_a_target_with_credentials_is_refused_without_showing_them(capsys, monke
         "FMNIST_TOKEN instead (a target shows in logs and in ps)"))
 
 
+@pytest.mark.parametrize(("address", "shown"), [
+    ("@127.0.0.1:50051", "@127.0.0.1:50051"), ("user:@127.0.0.1:50051", "user:@127.0.0.1:50051"),
+    ("127.0.0.1:50051?token=", "127.0.0.1:50051?token="),
+    ("127.0.0.1:50051?model=mlp&token=", "127.0.0.1:50051?model=***&token=")])
+def test_an_empty_credential_is_refused_as_given(capsys, monkeypatch, address, shown):
+    """`--target @host:1` (`"$TOKEN@host:1"`, the variable unset) was said as '***@host:1', as if
+    it held a secret: an empty one hides nothing, and is shown as given. Still refused: gRPC
+    takes the @ for part of the host name, and drops an empty ?token= as any query."""
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, (
+        f"expected HOST:PORT without credentials, got {shown!r}: give a token by --token or "
+        "FMNIST_TOKEN instead (a target shows in logs and in ps)"))
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:99999", "dns:///localhost:65536", "myhost:-5",
                                      "[::1]:0"])
 def test_a_port_out_of_range_is_refused(capsys, address):

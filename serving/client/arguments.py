@@ -52,8 +52,7 @@ def grpc_target(text: str) -> str:
     443 without a word (grpcurl refuses it too). Other gRPC names (unix:PATH) as they are.
     A scheme in any case, as gRPC takes it (DNS:///NAME:PORT)."""
     lowered = text.lower()
-    shown = _secrets_hidden(text)
-    if shown != text:  # every form: gRPC dropped unix:PATH?token=x's query, and sent no token
+    if shown := _credentials(text):  # every form: gRPC dropped unix:PATH?token=x's query
         form = (f"a {text.partition(':')[0]}: target" if lowered.startswith(LOCAL_SCHEMES)
                 else "HOST:PORT")
         raise TargetError(f"expected {form} without credentials, got {shown!r}: give a token "
@@ -89,25 +88,30 @@ def grpc_target(text: str) -> str:
     return text
 
 
-def _secrets_hidden(target: str) -> str:
-    """``target`` with what may be a secret as ``***``: a URL's user info but its user name
-    (``user:***@``; all of it without one: ``***@``, a token), each value of its query
-    (``?token=***``; an empty one, ``host:50051?``, hides nothing), which gRPC would have
-    taken for part of the host or port, or dropped (a unix: path's query). In a unix: path or
-    unix-abstract: name, only an authority's @ is a user's (``unix://user:***@/path``)."""
+def _credentials(target: str) -> str:
+    """``target`` as it may be shown if it holds what gRPC would have taken for part of the host
+    or port, or dropped (a unix: path's query), else "": a URL's user info, shown but a secret
+    (``user:***@``; without a user name, all of it: ``***@``, a token), and a query, each
+    value as ``***`` (``?token=***``); an empty secret hides nothing (``@host:1``, ``?token=``:
+    an unset variable's), nor does an empty query (``host:50051?``, no credentials). In a
+    unix: path or unix-abstract: name, only an authority's @ is a user's
+    (``unix://user:***@/path``)."""
     address, question, query = target.partition("?")
     at = address.rfind("@")
     if address.lower().startswith(PATH_SCHEMES):  # unix:/run/user@1000.sock is a path
         after = address.find(":") + 1
         authority = address.find("/", after + 2) if address.startswith("//", after) else after
         at = address.rfind("@", 0, len(address) if authority < 0 else authority)
+    if at < 0 and not query:
+        return ""
     if at >= 0:
         start = address.rfind("/", 0, at) + 1
-        user, colon, _ = address[start:at].partition(":")
-        address = f"{address[:start]}{user + colon if colon else ''}***{address[at:]}"
-    hidden = "&".join(f"{name}=***" if equals else name and "***" for name, equals, _ in
-                      (part.partition("=") for part in query.split("&")))
-    return address + question + (hidden if question else "")
+        user, colon, secret = address[start:at].partition(":")
+        info = f"{user}:{'***' if secret else ''}" if colon else ("***" if user else "")
+        address = f"{address[:start]}{info}{address[at:]}"
+    hidden = "&".join(f"{name}={'***' if value else ''}" if equals else name and "***"
+                      for name, equals, value in (part.partition("=") for part in query.split("&")))
+    return address + question + hidden
 
 
 def _service(name: str) -> bool:
