@@ -2,6 +2,7 @@
 exit status a shell gives a command its signal ended."""
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -18,19 +19,21 @@ AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.def
                     " from serving.client.cli import main; sys.exit(main())")
 
 
-@pytest.mark.parametrize(("stop", "said", "json"), [(signal.SIGINT, "interrupted", False),
+@pytest.mark.parametrize(("stop", "said", "with_json"), [(signal.SIGINT, "interrupted", False),
                                                     (signal.SIGTERM, "stopped (SIGTERM)", True)])
 def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path, stop, said,
-                                                                 json):
+                                                                 with_json):
     """Ctrl-C mid-score exited 130 without a word, and SIGTERM (timeout(1), a job's end) killed
     it without one: a log ended at nothing, not saying the run was cut short. fmnist-train says
     'interrupted' or 'stopped (SIGTERM)'. The --csv rows are written as the answers come, and
     the run's stop leaves those of every image it counts (they were written at the end: a
-    stopped run left none); --json's figures are the whole run's, not written."""
+    stopped run left none). --json was not written, and a previous run's file stayed, read as
+    this one's: it holds the figures of the images answered, marked partial."""
     csv_path, json_path = tmp_path / "predictions.csv", tmp_path / "score.json"
+    json_path.write_text('{"images": 10000, "model": {"accuracy": 0.9}}')  # a previous run's
     process = subprocess.Popen(
         [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target", target, "--batch-size",
-         "1", "--rpc", "unary", "--csv", str(csv_path), *["--json", str(json_path)] * json],
+         "1", "--rpc", "unary", "--csv", str(csv_path), *["--json", str(json_path)] * with_json],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):  # mid-way through 10,000 calls: some rows written (a minute at most)
@@ -43,14 +46,24 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
         process.kill()
     assert process.returncode == 128 + stop, (out, err)
     assert out == ""
+    json_part = r", --json: partial, \1 images" if with_json else ""
     match = re.fullmatch(rf"fmnist score: {re.escape(said)} after (\d+) of 10000 images "
-                         rf"\(--csv: \1 rows written{', --json not written' * json}\)\n", err)
+                         rf"\(--csv: \1 rows written{json_part}\)\n", err)
     assert match, err
-    assert 10 <= int(match[1]) < 10000
+    answered = int(match[1])
+    assert 10 <= answered < 10000
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("index,")
-    assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(int(match[1]))]
-    assert not json_path.exists()
+    assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(answered)]
+    if not with_json:
+        return
+    document = json.loads(json_path.read_text())
+    assert (document["complete"], document["ended_by"]) == (False, "SIGTERM")
+    assert (document["images"], document["offset"], document["batches"]) == (answered, 0,
+                                                                             answered)
+    rows = [line.split(",") for line in lines[1:]]  # index, true_label, model_label, ...
+    assert document["model"]["accuracy"] == sum(row[1] == row[2] for row in rows) / answered
+    assert document["expected_accuracy"] is None
 
 
 @pytest.mark.parametrize(("stop", "said", "images"), [

@@ -16,12 +16,12 @@ from typing import TextIO
 import numpy as np
 from tqdm import tqdm
 
-from common.contract import CLASS_NAMES
 from common.dataset import load_test_set
 from serving.client import summary
-from serving.client.api import ClassifierClient, joined
+from serving.client.api import ClassifierClient
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
 from serving.client.predictions import Predictions
+from serving.client.stops import Terminated
 
 
 def score(args, security) -> int:
@@ -74,6 +74,9 @@ def score(args, security) -> int:
             stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
         predictions = args.csv and Predictions(answers, args.offset, labels, functools.partial(
             _write, "--csv", args.csv, f"the CSV's end (of {len(labels)} rows)"))
+        figures = functools.partial(summary.document, args, answers, labels=labels,
+                                    latencies=latencies, batch_size=batch_size,
+                                    expected=expected, tolerance=tolerance)
         try:
             for index, answer in enumerate(stream):
                 latencies.append(time.perf_counter() - sent_at[index])
@@ -84,8 +87,11 @@ def score(args, security) -> int:
             if predictions:  # every row, however slow their reader; a stop meanwhile says so
                 predictions.close()
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: cli's one line says how far
-            stop.progress = (f" after {sum(map(len, answers))} of {len(images)} images"
-                             + _stopped_files(args.json, predictions))
+            answered = sum(map(len, answers))
+            signal = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+            stop.progress = (f" after {answered} of {len(images)} images" + _files_left(
+                predictions, args.json, answered and functools.partial(
+                    figures, seconds=time.perf_counter() - started, ended_by=signal)))
             raise
         finally:
             if predictions:  # (an error's: the rows of the answers before it)
@@ -94,53 +100,37 @@ def score(args, security) -> int:
     if predictions and predictions.error:
         raise predictions.error
 
-    everything = joined(answers)
-    model, baseline = everything.model, everything.baseline
-    model_labels, baseline_labels = model.labels, baseline.labels
-    accuracy = float(np.mean(model_labels == labels))
-    # to 1e-9, far below one image in 10,000: in floats abs(0.6585 - 0.6584) > 0.0001
-    met = expected is None or round(abs(accuracy - expected), 9) <= tolerance
-    own_baseline = (baseline.name, baseline.version) != (model.name, model.version)
-    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    document = figures(seconds=elapsed)
+
+    model, baseline, judged = document["model"], document["baseline"], document["expected_accuracy"]
+    met = judged is None or judged["met"]
     rows = [
         ("images", f"{len(images)} (test set {args.offset}..{end - 1})"),
-        (f"{model.name} v{model.version} accuracy", f"{accuracy:.4f}"),
+        (f"{model['name']} v{model['version']} accuracy", f"{model['accuracy']:.4f}"),
         *([("expected accuracy", f"{expected:.4f} ± {tolerance:g}: "
-            f"{'met' if met else 'NOT met'}")] if expected is not None else []),
-        *([(f"{baseline.name} v{baseline.version} accuracy",
-            f"{float(np.mean(baseline_labels == labels)):.4f}"),
-           ("agreement", f"{float(np.mean(model_labels == baseline_labels)):.4f}")]
-          if own_baseline else []),
-        ("throughput", f"{len(images) / elapsed:.0f} images/s ({elapsed:.2f} s)"),
-        ("latency per batch", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-         f" ({len(batches)} batch{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
+            f"{'met' if met else 'NOT met'}")] if judged else []),
+        *([(f"{baseline['name']} v{baseline['version']} accuracy",
+            f"{baseline['accuracy']:.4f}"), ("agreement", f"{document['agreement']:.4f}")]
+          if baseline else []),
+        ("throughput", f"{document['images_per_second']:.0f} images/s "
+         f"({document['seconds']:.2f} s)"),
+        ("latency per batch", f"p50 {document['latency_ms']['p50']:.1f} ms, p99 "
+         f"{document['latency_ms']['p99']:.1f} ms ({len(batches)} batch"
+         f"{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),
     ]
     if args.csv:
         rows.append(("predictions", str(args.csv)))
     out = sys.stdout
     if args.json:
-        document = {
-            "target": args.target, "images": len(images), "offset": args.offset,
-            "classes": list(CLASS_NAMES), "model": summary.side(model, labels),
-            "baseline": summary.side(baseline, labels) if own_baseline else None,
-            "agreement": float(np.mean(model_labels == baseline_labels)) if own_baseline
-            else None,
-            "expected_accuracy": None if expected is None else {
-                "accuracy": expected, "tolerance": tolerance, "met": met},
-            "seconds": elapsed, "images_per_second": len(images) / elapsed,
-            "latency_ms": {"p50": p50, "p99": p99}, "batches": len(batches),
-            "batch_size": batch_size, "rpc": args.rpc,
-        }
-        text = json.dumps(document, indent=2) + "\n"
-        if _write("--json", args.json, "the JSON's end", lambda f: f.write(text)) is sys.stdout:
+        if _write_json(args.json, document) is sys.stdout:
             out = sys.stderr  # stdout holds the JSON alone, for the program that reads it
         else:
             rows.append(("json summary", str(args.json)))
     lines = [f"{name:<22} {value}" for name, value in rows]
     if args.confusion_matrix:
-        lines += ["", *summary.table(f"{model.name} v{model.version} confusion matrix: a row per "
-                                     "true class, a column per class answered",
-                                     summary.confusion(labels, model_labels))]
+        lines += ["", *summary.table(f"{model['name']} v{model['version']} confusion matrix: a "
+                                     "row per true class, a column per class answered",
+                                     np.array(model["confusion_matrix"]))]
     try:
         if out:  # closed when the command started (>&-, 2>&-): print would take sys.stdout
             print(*lines, sep="\n", file=out, flush=True)
@@ -149,16 +139,23 @@ def score(args, security) -> int:
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # (what is left, flushed at exit)
     if not met:
-        print(f"fmnist score: error: served accuracy {accuracy:.4f} differs from the expected "
-              f"{expected:.4f} by more than {tolerance}", file=sys.stderr)
+        print(f"fmnist score: error: served accuracy {model['accuracy']:.4f} differs from the "
+              f"expected {expected:.4f} by more than {tolerance}", file=sys.stderr)
         return 1
     return 0
 
 
-def _stopped_files(json_path: Path | None, predictions: Predictions | None) -> str:
-    """What a stopped run left of its files: the CSV's rows written so far (the thread given a
-    second to write the rest: a reader that stopped reading holds it), no JSON (its figures
-    are the whole run's)."""
+def _write_json(path: Path, document: dict) -> TextIO | None:
+    text = json.dumps(document, indent=2) + "\n"
+    return _write("--json", path, "the JSON's end", lambda f: f.write(text))
+
+
+def _files_left(predictions: Predictions | None, json_path: Path | None,
+                figures: Callable[[], dict] | None) -> str:
+    """What a run cut short left of its files: the CSV's rows written so far (the thread given
+    a second to write the rest: a reader that stopped reading holds it), and the JSON of the
+    images answered (``figures``, None if none was), marked partial: unwritten, a previous
+    run's file stayed, and was read as this run's."""
     said = []
     if predictions:
         with contextlib.suppress(KeyboardInterrupt):  # a second stop: no more waiting, same line
@@ -166,8 +163,17 @@ def _stopped_files(json_path: Path | None, predictions: Predictions | None) -> s
         rows = predictions.rows
         said.append(str(predictions.error) if predictions.error
                     else f"--csv: {rows} row{'s' * (rows != 1)} written")
-    if json_path:
-        said.append("--json not written")
+    if json_path and not figures:
+        said.append("--json not written: no image answered")
+    elif json_path:
+        try:
+            document = figures()
+            _write_json(json_path, document)
+            said.append(f"--json: partial, {document['images']} images")
+        except KeyboardInterrupt:  # a second stop
+            said.append("--json not written")
+        except RuntimeError as error:  # _write's: the file could not be written
+            said.append(f"--json not written: {error}")
     return f" ({', '.join(said)})" if said else ""
 
 
