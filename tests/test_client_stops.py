@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.conftest import local_settings, running_server
+
 # SIGINT as a terminal's Ctrl-C finds it: a test run in the background inherits it ignored
 AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
                     " from serving.client.cli import main; sys.exit(main())")
@@ -64,6 +66,45 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
     rows = [line.split(",") for line in lines[1:]]  # index, true_label, model_label, ...
     assert document["model"]["accuracy"] == sum(row[1] == row[2] for row in rows) / answered
     assert document["expected_accuracy"] is None
+
+
+@pytest.mark.parametrize("rpc", ["unary", "stream"])
+def test_a_score_whose_server_goes_away_says_what_its_files_hold(model_repository, tmp_path,
+                                                                  rpc):
+    """A run whose server went away midway said the error alone: the --csv rows answered so far
+    were left without a word that they were part of the run, and --json was not written (a
+    previous run's stayed). The error line says how far it got and what each file holds, as
+    a stop's does; the JSON is marked partial, ended by an error."""
+    csv_path, json_path = tmp_path / "predictions.csv", tmp_path / "score.json"
+    with running_server(local_settings(model_repository=model_repository), grace=0) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.client", "score", "--target",
+             f"127.0.0.1:{server.port}", "--batch-size", "1", "--rpc", rpc, "--csv",
+             str(csv_path), "--json", str(json_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(600):  # mid-way through 10,000 answers (a minute at most)
+                if csv_path.exists() and len(csv_path.read_text().splitlines()) > 10:
+                    break
+                time.sleep(0.1)
+        except BaseException:
+            process.kill()
+            raise
+    try:  # the server stopped, at once
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (process.returncode, out) == (1, ""), err
+    match = re.fullmatch(r"fmnist score: error: [A-Z_]+: .+; ended after (\d+) of 10000 images "
+                         r"\(--csv: \1 rows written, --json: partial, \1 images\)\n", err)
+    assert match, err
+    answered = int(match[1])
+    assert 10 <= answered < 10000
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+    assert [row[0] for row in rows] == [str(i) for i in range(answered)]
+    document = json.loads(json_path.read_text())
+    assert (document["complete"], document["ended_by"], document["images"]) == (False, "error",
+                                                                                 answered)
 
 
 @pytest.mark.parametrize(("stop", "said", "images"), [

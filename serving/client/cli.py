@@ -88,8 +88,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return status
     except BrokenPipeError:  # the output went into `head` or the like, which stopped reading
         return 0  # what stdout held went to /dev/null (common.output): nothing fails at exit
-    except Exception as error:  # one line, whatever went wrong
-        print(f"fmnist {args.command}: error: {_describe(error, args, argv)}", file=sys.stderr)
+    except Exception as error:  # one line, whatever went wrong; how far score got, if it began
+        ended = f"; ended{error.progress}" if hasattr(error, "progress") else ""
+        print(f"fmnist {args.command}: error: {_describe(error, args, argv)}{ended}",
+              file=sys.stderr)
         return 1
 
 

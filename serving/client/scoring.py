@@ -86,12 +86,18 @@ def score(args, security) -> int:
                     predictions.arrived()
             if predictions:  # every row, however slow their reader; a stop meanwhile says so
                 predictions.close()
-        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: cli's one line says how far
+        except (KeyboardInterrupt, Exception) as ended:  # a stop (Ctrl-C, SIGTERM) or an
+            # error midway (the server went away): cli's one line says how far, and the files
+            if predictions and isinstance(ended, Exception):
+                predictions.close()  # every row, as for a run that ends well
             answered = sum(map(len, answers))
-            signal = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
-            stop.progress = (f" after {answered} of {len(images)} images" + _files_left(
-                predictions, args.json, answered and functools.partial(
-                    figures, seconds=time.perf_counter() - started, ended_by=signal)))
+            ended_by = ("error" if isinstance(ended, Exception) else
+                        "SIGTERM" if isinstance(ended, Terminated) else "SIGINT")
+            files = _files_left(predictions, args.json, ended, answered and functools.partial(
+                figures, seconds=time.perf_counter() - started, ended_by=ended_by))
+            if files or not (predictions and ended is predictions.error):  # (the CSV's own
+                # failure, alone, is said by its line: `--csv -: its reader stopped ...`)
+                ended.progress = f" after {answered} of {len(images)} images{files}"
             raise
         finally:
             if predictions:  # (an error's: the rows of the answers before it)
@@ -150,19 +156,20 @@ def _write_json(path: Path, document: dict) -> TextIO | None:
     return _write("--json", path, "the JSON's end", lambda f: f.write(text))
 
 
-def _files_left(predictions: Predictions | None, json_path: Path | None,
+def _files_left(predictions: Predictions | None, json_path: Path | None, ended: BaseException,
                 figures: Callable[[], dict] | None) -> str:
-    """What a run cut short left of its files: the CSV's rows written so far (the thread given
-    a second to write the rest: a reader that stopped reading holds it), and the JSON of the
-    images answered (``figures``, None if none was), marked partial: unwritten, a previous
-    run's file stayed, and was read as this run's."""
+    """What a run cut short (``ended``) left of its files: the CSV's rows written so far (a
+    stop gives the thread a second to write the rest: a reader that stopped reading holds it),
+    and the JSON of the images answered (``figures``, None if none was), marked partial:
+    unwritten, a previous run's file stayed, and was read as this run's."""
     said = []
     if predictions:
         with contextlib.suppress(KeyboardInterrupt):  # a second stop: no more waiting, same line
             predictions.close(within=1.0)
         rows = predictions.rows
-        said.append(str(predictions.error) if predictions.error
-                    else f"--csv: {rows} row{'s' * (rows != 1)} written")
+        if predictions.error is not ended:  # (the error the line says already)
+            said.append(str(predictions.error) if predictions.error
+                        else f"--csv: {rows} row{'s' * (rows != 1)} written")
     if json_path and not figures:
         said.append("--json not written: no image answered")
     elif json_path:
@@ -172,7 +179,7 @@ def _files_left(predictions: Predictions | None, json_path: Path | None,
             said.append(f"--json: partial, {document['images']} images")
         except KeyboardInterrupt:  # a second stop
             said.append("--json not written")
-        except RuntimeError as error:  # _write's: the file could not be written
+        except Exception as error:  # _write's (the file could not be written), or the figures'
             said.append(f"--json not written: {error}")
     return f" ({', '.join(said)})" if said else ""
 
