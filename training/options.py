@@ -16,6 +16,7 @@ from common.flags import (
     positive_int,
     typed,
 )
+from common.paths import home_path
 from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, KerasSettings
 
 MODEL_NAMES = ("softmax", "mlp", "baseline")
@@ -89,12 +90,6 @@ def model_list(value: str) -> tuple[str, ...]:
             f"choose from {','.join(MODEL_NAMES)}"
         )
     return tuple(name for name in MODEL_NAMES if name in names)
-
-
-def home_path(value: str) -> Path:
-    """A leading ~ is the home, as in --data-dir: bash leaves it in --out=~/x, as an env
-    file does."""
-    return Path(value).expanduser()
 
 
 def layer_widths(value: str) -> tuple[int, ...]:

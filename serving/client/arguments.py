@@ -3,7 +3,6 @@ port, image files anywhere among classify's options, in the order given), and th
 types and flags its subcommands share."""
 
 import argparse
-import os
 import socket
 from pathlib import Path
 
@@ -121,13 +120,6 @@ def _service(name: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def home_path(text: str) -> Path:
-    """A file's path whose leading ``~`` is the home folder, as a shell makes it of a word it
-    sees alone: quoted, after ``--csv=``, or in an env var (a compose file's), the shell leaves
-    it, and ``--csv "~/p.csv"`` wrote into a folder named ``~``."""
-    return Path(os.path.expanduser(text))
 
 
 fraction = number_in(float, 0, 1, expected="a fraction 0..1")

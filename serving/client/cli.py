@@ -30,6 +30,7 @@ from common.flags import (
     warn_of_misspelt_variables,
 )
 from common.output import named_stdout
+from common.paths import home_path
 from serving.client import DEFAULT_TARGET, LB_POLICIES
 from serving.client.arguments import (
     IndicesThenFiles,
@@ -38,7 +39,6 @@ from serving.client.arguments import (
     expected_accuracy,
     fraction,
     grpc_target,
-    home_path,
     model_flags,
 )
 from serving.client.stops import said, sigterm_as_interrupt
@@ -182,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
             ("key", "PEM private key of --tls-cert"),
         ):
             add_option(security, f"--tls-{flag}", metavar="FILE", help=file_help,
-                       type=os.path.expanduser)  # a str, as its errors name it (home_path)
+                       type=os.path.expanduser)  # a str, as its errors name it; ~ as in home_path
         add_option(security, "--tls-server-name", metavar="NAME",
                    help="the name the server's certificate must carry, when the target's host "
                    "is not one of its names (a port-forward to 127.0.0.1); implies --tls")

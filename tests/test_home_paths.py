@@ -1,0 +1,32 @@
+"""Every command's path flags take a leading ``~`` alike (``common.paths.home_path``): ``~`` and
+``~NAME`` as a shell makes them of a word it sees alone, and a ``~NAME`` of no user on this
+machine refused in one line naming the flag."""
+
+import pytest
+
+from serving.client import cli
+from tests.training_runs import run_training
+
+NOBODY = "fmnist-no-such-user"  # a user name no machine here has
+
+
+def no_user(flag: str, program: str) -> str:
+    return (f"{program}: error: {flag}: expected a path, got '~{NOBODY}/x': ~{NOBODY} is the "
+            f"home folder of a user {NOBODY!r}, and there is none here (see {program} --help)")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report-dir"])
+def test_fmnist_train_refuses_the_home_of_no_user_in_one_line(tmp_path, flag):
+    """`fmnist-train --out '~nobody/x'` ended in a traceback, pathlib's "RuntimeError: Could
+    not determine home directory.", where fmnist took it as the shell does."""
+    flags = ["--out", str(tmp_path / "repo")] if flag != "--out" else []
+    result = run_training(*flags, flag, f"~{NOBODY}/x", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, no_user(flag, "fmnist-train") + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--json"])
+def test_fmnist_refuses_the_home_of_no_user_as_fmnist_train_does(capsys, flag):
+    with pytest.raises(SystemExit, match=r"^2$"):
+        cli.main(["score", flag, f"~{NOBODY}/x"])
+    assert capsys.readouterr().err == no_user(flag, "fmnist score") + "\n"
