@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from common.dataset import DEFAULT_DATA_DIR
 from serving.client import cli
 from tests.conftest import local_settings, running_server
 
@@ -53,3 +54,12 @@ def test_a_missing_file_under_home_is_named_by_its_whole_path(home, capsys):
     assert cli.main(["health", "--target", "127.0.0.1:9", "--tls-ca", "~/none.pem"]) == 1
     assert capsys.readouterr().err == (
         f"fmnist health: error: --tls-ca {home}/none.pem: No such file or directory\n")
+
+
+def test_the_test_set_under_the_home_folder(target, home, capsys):
+    """`--data-dir "~/fashion-mnist"`, as `--data-dir=~/...` or a quoted word leaves it."""
+    shutil.copytree(DEFAULT_DATA_DIR, home / "fashion-mnist",
+                    ignore=shutil.ignore_patterns("train-*"))
+    assert cli.main(["score", "--target", target, "--limit", "3", "--no-progress",
+                     "--data-dir", "~/fashion-mnist"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("images                 3 (test set 0..2)\n")

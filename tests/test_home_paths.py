@@ -17,7 +17,7 @@ def no_user(flag: str, program: str) -> str:
 
 @pytest.mark.parametrize("flag", ["--out", "--report-dir"])
 def test_fmnist_train_refuses_the_home_of_no_user_in_one_line(tmp_path, flag):
-    """`fmnist-train --out '~nobody/x'` ended in a traceback, pathlib's "RuntimeError: Could
+    """`fmnist-train --out '~nosuchuser/x'` ended in a traceback, pathlib's "RuntimeError: Could
     not determine home directory.", where fmnist took it as the shell does."""
     flags = ["--out", str(tmp_path / "repo")] if flag != "--out" else []
     result = run_training(*flags, flag, f"~{NOBODY}/x", cwd=tmp_path)
@@ -30,3 +30,12 @@ def test_fmnist_refuses_the_home_of_no_user_as_fmnist_train_does(capsys, flag):
     with pytest.raises(SystemExit, match=r"^2$"):
         cli.main(["score", flag, f"~{NOBODY}/x"])
     assert capsys.readouterr().err == no_user(flag, "fmnist score") + "\n"
+
+
+@pytest.mark.parametrize("command", [["score"], ["classify", "--test-index", "0"]])
+def test_fmnist_data_dir_refuses_the_home_of_no_user_naming_the_flag(capsys, command):
+    """`fmnist score --data-dir '~nosuchuser/x'` said "error: Could not determine home directory."
+    (pathlib's, as the test set was read), exit 1, naming neither the flag nor the path."""
+    with pytest.raises(SystemExit, match=r"^2$"):
+        cli.main([*command, "--data-dir", f"~{NOBODY}/x"])
+    assert capsys.readouterr().err == no_user("--data-dir", f"fmnist {command[0]}") + "\n"

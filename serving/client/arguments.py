@@ -4,9 +4,9 @@ types and flags its subcommands share."""
 
 import argparse
 import socket
-from pathlib import Path
 
 from common.flags import number_in
+from common.paths import home_path
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
@@ -137,8 +137,9 @@ def expected_accuracy(text: str) -> float | str:
 
 
 def data_dir_flag(parser: argparse.ArgumentParser) -> None:
-    """The test set's directory: the flag its errors name (common.dataset.how_to_get)."""
-    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+    """The test set's directory: the flag its errors name (common.dataset.how_to_get), its ~
+    taken as --csv's (common.dataset took it too, but ~NAME of no user failed naming neither)."""
+    parser.add_argument("--data-dir", type=home_path, default=None, metavar="DIR",
                         help="directory of the test set's IDX files [env FMNIST_DATA_DIR, "
                         "default /usr/share/datasets/fashion-mnist]")
 
