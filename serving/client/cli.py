@@ -226,8 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                        "('-': stdout, before the summary)")
     score.add_argument("--json", type=home_path, metavar="FILE",
                        help="write the run's figures (accuracies, each class's, the confusion "
-                       "matrices, throughput, latency) to FILE as JSON; - (or /dev/stdout): the "
-                       "JSON alone on stdout, the summary on stderr")
+                       "matrices, throughput, latency) to FILE as JSON, those of the images "
+                       "answered if the run is cut short (\"complete\": false); - (or "
+                       "/dev/stdout): the JSON alone on stdout, the summary on stderr")
     score.add_argument("--confusion-matrix", action="store_true",
                        help="also print the model's confusion matrix and each class's accuracy")
     score.add_argument("--expect-accuracy", metavar="A", type=expected_accuracy,
