@@ -14,9 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
+from common.contract import IMAGES, LABEL, MODEL_FILE, PROBABILITIES
 from inference import grpc_service_pb2 as pb
 from serving.codecs.inference import decode_infer_request, encode_infer_response
+from serving.errors import RepositoryError
 from serving.pipeline import Call
 from serving.server import ModelServer
 from serving.settings import Settings
@@ -37,8 +40,20 @@ def microseconds(step: Callable[[], object], calls: int) -> float:
     return 1e6 * float(np.median(rounds))
 
 
+def session_alone(server: ModelServer, model_name: str) -> onnxruntime.InferenceSession:
+    """An onnxruntime session of its own on the file the server loaded, with the server's
+    thread settings (the server's is held by the model's batcher, not to be reached)."""
+    model = server.registry.get(model_name)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = server.settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    path = server.settings.model_repository / model_name / str(model.version) / MODEL_FILE
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def steps(server: ModelServer, model_name: str, batch: int) -> dict[str, Callable[[], object]]:
     model = server.registry.get(model_name)
+    session = session_alone(server, model_name)
     request = pb.ModelInferRequest(model_name=model_name, raw_input_contents=[
         np.random.default_rng(0).integers(0, 256, (batch, 28, 28), dtype=np.uint8).tobytes()])
     request.inputs.add(name="images", datatype="UINT8", shape=[batch, 28, 28])
@@ -52,7 +67,8 @@ def steps(server: ModelServer, model_name: str, batch: int) -> dict[str, Callabl
         "decode (codecs)": lambda: decode_infer_request(
             request, model, server.settings.max_request_images),
         "predict (batcher + onnxruntime)": lambda: model.predict(query.images, CALL),
-        "onnxruntime alone": lambda: model._run(query.images),
+        "onnxruntime alone": lambda: session.run([PROBABILITIES, LABEL],
+                                                 {IMAGES: query.images}),
         "encode (codecs)": lambda: encode_infer_response(query, model, prediction),
         "serialize the response": response.SerializeToString,
         "all: parse, ModelInfer, serialize": lambda: api.ModelInfer(
@@ -67,8 +83,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--calls", type=int, default=2000, help="calls a round (5 rounds)")
     args = parser.parse_args()
-    server = ModelServer.from_settings(
-        Settings(model_repository=args.repository, http_port=0, poll_interval=0))
+    try:
+        server = ModelServer.from_settings(
+            Settings(model_repository=args.repository, http_port=0, poll_interval=0))
+    except RepositoryError as error:
+        parser.error(str(error))
     table = {batch: steps(server, args.model, batch) for batch in args.batches}
     print("| step | " + " | ".join(f"b{batch} us" for batch in args.batches) + " |")
     print("| --- |" + " --- |" * len(args.batches))

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc as triton
-from startup import free_port, stop
+from startup import free_port, stop, wait_until_ready
 
 from serving.client.api import RETRY_REFUSED_CALLS
 
@@ -36,22 +36,27 @@ def start_server(repository: str) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", repository, "--host",
          "127.0.0.1", "--port", str(port), "--http-port", "0", "--poll-interval", "0",
-         "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--log-level", "ERROR"], stdout=subprocess.DEVNULL)  # its errors, as why it failed
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
-    for _ in range(600):
+
+    def ready() -> bool:
         try:
-            if client.is_server_ready():
-                return process, port
+            return client.is_server_ready()
         except triton.InferenceServerException:
-            pass
-        time.sleep(0.05)
-    stop(process, 5)
-    raise SystemExit("a server did not start within 30 s")
+            return False
+
+    wait_until_ready(process, ready, 30)
+    return process, port
 
 
 def one_round(repository: str, retry: bool, threads: int, before: float,
               seconds: float) -> collections.Counter:
-    (stopping, port_a), (other, port_b) = start_server(repository), start_server(repository)
+    stopping, port_a = start_server(repository)
+    try:
+        other, port_b = start_server(repository)
+    except SystemExit:  # the first one too, or it serves on after this script
+        stop(stopping, 30)
+        raise
     options = [("grpc.lb_policy_name", "round_robin"),
                ("grpc.max_send_message_length", MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MESSAGE_BYTES)]

@@ -6,7 +6,7 @@ much of a server's time per request is gRPC in Python itself.
 Usage: python bench/grpc_floor.py PORT   (serves 127.0.0.1:PORT until killed)
 """
 
-import sys
+import argparse
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -40,4 +40,6 @@ def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int, help="serves 127.0.0.1:PORT until killed")
+    serve(parser.parse_args().port)

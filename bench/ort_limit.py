@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=5.0, help="per configuration (max 60)")
     args = parser.parse_args()
+    if not os.path.isfile(args.model):  # onnxruntime's traceback said it five lines deep
+        parser.error(f"{args.model}: no such file")
     seconds = min(args.seconds, 60.0)
     print("| batch | intra-op threads | calls/s | images/s | p50 us | load 1m |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -61,8 +61,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     images, labels = load_test_set()
-    seconds, predicted = asyncio.run(score(args.target, args.model, images, args.batch,
-                                           args.in_flight))
+    try:
+        seconds, predicted = asyncio.run(score(args.target, args.model, images, args.batch,
+                                               args.in_flight))
+    except grpc.RpcError as error:  # one line, as fmnist says a call's failure
+        raise SystemExit(f"score_v2.py: {error.code().name}: {error.details()}") from None
     result = {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
               "accuracy": float(np.mean(predicted == labels))}
     print(json.dumps(result) if args.json else

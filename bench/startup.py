@@ -68,6 +68,23 @@ def stop(process: subprocess.Popen, seconds: float) -> None:
         process.wait()
 
 
+def wait_until_ready(process: subprocess.Popen, ready, seconds: float, poll_s: float = 0.05
+                     ) -> None:
+    """Polls ``ready()`` (a check that returns False while the server cannot answer) until it
+    is true; SystemExit, one line, if the server ``process`` exits first (where it writes to
+    this process's stderr, its own line above says why) or is not ready in ``seconds``: a
+    script that went on measured a server that was not there (refused connections, a table)."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with status {process.returncode} before it "
+                             "was ready")
+        if time.monotonic() > end:
+            stop(process, 5)
+            raise SystemExit(f"the server was not ready in {seconds:g} s")
+        time.sleep(poll_s)
+
+
 def one_start(repository: str, workers: int, *, python: str = sys.executable,
               flags: tuple[str, ...] = (), cwd: str | None = None
               ) -> tuple[float, list[tuple[float, float]]]:
@@ -87,19 +104,15 @@ def one_start(repository: str, workers: int, *, python: str = sys.executable,
         options = [(f"grpc.{kind}_reconnect_backoff_ms", 5) for kind in ("initial", "min", "max")]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while True:
+
+            def serving() -> bool:
                 try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1,
-                                        wait_for_ready=False)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
+                    return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == (
+                        health_pb2.HealthCheckResponse.SERVING)
                 except grpc.RpcError:
-                    pass
-                if process.poll() is not None:
-                    raise SystemExit(f"server exited with status {process.returncode}")
-                if time.perf_counter() - started > 60:
-                    raise SystemExit("server not serving after 60 s")
-                time.sleep(POLL_S)
+                    return False
+
+            wait_until_ready(process, serving, 60, POLL_S)
         elapsed = time.perf_counter() - started
         time.sleep(1.0 if workers != 1 else 0.2)  # let every worker finish loading
         memory = [(rss_mb(pid), pss_mb(pid)) for pid in process_tree([process.pid])]

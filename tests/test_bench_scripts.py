@@ -1,0 +1,56 @@
+"""The benchmark scripts refuse what they cannot measure in one line and a non-zero status: a
+model repository or file that is not there, a port that is not a number, a server that does not
+answer. They printed a Python traceback, or (bench/http_memory.py) a table of refused
+connections and exit 0, a figure that could land in BENCHMARKS.md as if measured."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe is closed
+
+
+@pytest.mark.parametrize(("script", "arguments", "said"), [
+    ("http_memory.py", ["{missing}", "--rounds", "1", "--calls", "1", "--images", "1"],
+     "the server exited"),
+    ("drain.py", ["{missing}", "--rounds", "1", "--seconds", "1"], "the server exited"),
+    ("dataplane.py", ["--repository", "{missing}"], "{missing}"),
+    ("ort_limit.py", ["{missing}/model.onnx", "--seconds", "0.1"], "{missing}/model.onnx"),
+    ("grpc_floor.py", ["PORT"], "PORT"),
+    ("score_v2.py", ["--target", "127.0.0.1:{closed}"], "UNAVAILABLE"),
+])
+def test_a_bench_script_refuses_in_one_line(tmp_path, script, arguments, said):
+    missing = tmp_path / "no-such-repository"
+
+    def filled(text: str) -> str:
+        return text.format(missing=missing, closed=_closed_port())
+
+    result = subprocess.run([sys.executable, str(BENCH / script), *map(filled, arguments)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "| round |" not in result.stdout  # no table of a server that never answered
+    assert filled(said) in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_dataplane_measures_every_step(model_repository):
+    """bench/dataplane.py on a repository it can serve: a row per step, onnxruntime's alone
+    too (its "onnxruntime alone" step called an attribute the model version no longer has,
+    and the script died after the first rows' warm-up)."""
+    result = subprocess.run([sys.executable, str(BENCH / "dataplane.py"), "--repository",
+                             str(model_repository), "--batches", "1", "--calls", "10"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1].strip() for line in result.stdout.splitlines()[2:]]
+    assert rows == ["parse the request (protobuf)", "decode (codecs)",
+                    "predict (batcher + onnxruntime)", "onnxruntime alone", "encode (codecs)",
+                    "serialize the response", "all: parse, ModelInfer, serialize"]
