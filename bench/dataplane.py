@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 from common.contract import IMAGES, LABEL, MODEL_FILE, PROBABILITIES
 from inference import grpc_service_pb2 as pb
@@ -40,9 +39,11 @@ def microseconds(step: Callable[[], object], calls: int) -> float:
     return 1e6 * float(np.median(rounds))
 
 
-def session_alone(server: ModelServer, model_name: str) -> onnxruntime.InferenceSession:
+def session_alone(server: ModelServer, model_name: str):
     """An onnxruntime session of its own on the file the server loaded, with the server's
     thread settings (the server's is held by the model's batcher, not to be reached)."""
+    import onnxruntime  # here, as serving imports it: once ``serving`` turned telemetry off
+
     model = server.registry.get(model_name)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = server.settings.intra_op_threads
