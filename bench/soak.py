@@ -24,10 +24,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadgen_requests import loopback_target
 from proc_cpu import process_tree
-from startup import free_port, rss_mb, stop
+from startup import free_port, health_serving, rss_mb, stop, wait_until_ready
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
@@ -78,7 +77,7 @@ class SoakResult:
 
 @contextlib.contextmanager
 def started_server(repository: Path, workers: int):
-    """``python -m serving`` on free loopback ports; yields (target, pid). HTTP stays on, as
+    """``python -m serving`` on free loopback ports; yields (target, process). HTTP stays on, as
     by default, but not on the default 8080, which a `./run serve` may hold."""
     port = free_port()
     process = subprocess.Popen(
@@ -88,24 +87,9 @@ def started_server(repository: Path, workers: int):
          "--poll-interval", "0", "--log-level", "WARNING"],
     )
     try:
-        yield f"127.0.0.1:{port}", process.pid
+        yield f"127.0.0.1:{port}", process
     finally:
         stop(process, 60)
-
-
-async def wait_until_serving(target: str, seconds: float = 60) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.2)
 
 
 def requests_for(batch: int):
@@ -193,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration > 600 or args.clients > 512:
         parser.error("bounded runs only: --duration <= 600, --clients <= 512")
 
-    def run(target: str, pid: int) -> SoakResult:
-        asyncio.run(wait_until_serving(target))
+    def run(target: str, pid: int, process: subprocess.Popen | None = None) -> SoakResult:
+        with grpc.insecure_channel(target) as channel:
+            wait_until_ready(process, health_serving(channel), 60, 0.2)
         return asyncio.run(soak(target, pid, clients=args.clients, warmup=args.warmup,
                                 duration=args.duration, batch=args.batch))
 
@@ -203,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--target needs --server-pid (to sample its memory)")
         result = run(loopback_target(args.target), args.server_pid)
     else:
-        with started_server(args.model_repository, args.workers) as (target, pid):
-            result = run(target, pid)
+        with started_server(args.model_repository, args.workers) as (target, process):
+            result = run(target, process.pid, process)
     summary = result.summary()
     print(json.dumps(summary) if args.json else markdown(summary))
     return 0 if result.passed else 1

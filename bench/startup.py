@@ -68,21 +68,36 @@ def stop(process: subprocess.Popen, seconds: float) -> None:
         process.wait()
 
 
-def wait_until_ready(process: subprocess.Popen, ready, seconds: float, poll_s: float = 0.05
-                     ) -> None:
+def wait_until_ready(process: subprocess.Popen | None, ready, seconds: float,
+                     poll_s: float = 0.05) -> None:
     """Polls ``ready()`` (a check that returns False while the server cannot answer) until it
-    is true; SystemExit, one line, if the server ``process`` exits first (where it writes to
-    this process's stderr, its own line above says why) or is not ready in ``seconds``: a
-    script that went on measured a server that was not there (refused connections, a table)."""
+    is true; SystemExit, one line, if the server ``process`` (None: one this script did not
+    start) exits first (where it writes to this process's stderr, its own line above says
+    why) or is not ready in ``seconds``: a script that went on measured a server that was not
+    there (refused connections, a table), or said so in a traceback."""
     end = time.monotonic() + seconds
     while not ready():
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise SystemExit(f"the server exited with status {process.returncode} before it "
                              "was ready")
         if time.monotonic() > end:
-            stop(process, 5)
+            if process is not None:
+                stop(process, 5)
             raise SystemExit(f"the server was not ready in {seconds:g} s")
         time.sleep(poll_s)
+
+
+def health_serving(channel: grpc.Channel):
+    """A ``ready`` check for ``wait_until_ready``: grpc.health.v1 says SERVING."""
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    def serving() -> bool:
+        try:
+            return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == (
+                health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+    return serving
 
 
 def one_start(repository: str, workers: int, *, python: str = sys.executable,
@@ -103,16 +118,7 @@ def one_start(repository: str, workers: int, *, python: str = sys.executable,
         # retry connecting every few ms, not after gRPC's default 1 s back-off
         options = [(f"grpc.{kind}_reconnect_backoff_ms", 5) for kind in ("initial", "min", "max")]
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-
-            def serving() -> bool:
-                try:
-                    return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == (
-                        health_pb2.HealthCheckResponse.SERVING)
-                except grpc.RpcError:
-                    return False
-
-            wait_until_ready(process, serving, 60, POLL_S)
+            wait_until_ready(process, health_serving(channel), 60, POLL_S)
         elapsed = time.perf_counter() - started
         time.sleep(1.0 if workers != 1 else 0.2)  # let every worker finish loading
         memory = [(rss_mb(pid), pss_mb(pid)) for pid in process_tree([process.pid])]

@@ -23,6 +23,8 @@ def _closed_port() -> int:
     ("http_memory.py", ["{missing}", "--rounds", "1", "--calls", "1", "--images", "1"],
      "the server exited"),
     ("drain.py", ["{missing}", "--rounds", "1", "--seconds", "1"], "the server exited"),
+    ("soak.py", ["--model-repository", "{missing}", "--duration", "1", "--warmup", "0",
+                 "--clients", "1"], "the server exited"),
     ("dataplane.py", ["--repository", "{missing}"], "{missing}"),
     ("ort_limit.py", ["{missing}/model.onnx", "--seconds", "0.1"], "{missing}/model.onnx"),
     ("grpc_floor.py", ["PORT"], "PORT"),
