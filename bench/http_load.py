@@ -19,11 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from http_servers import infer_body, need_wrk, wrk
+from startup import http_ready, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 18975
@@ -71,15 +71,8 @@ def start(name: str, repository: Path) -> tuple[subprocess.Popen, int]:
                    str(repository / "mlp" / "1" / "model.onnx"), str(PORT + 10)]
         port = PORT + 11
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
-                return server, port
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError(f"{name} did not get ready on port {port}")
+    wait_until_ready(server, lambda: http_ready(port), 120, 0.2)
+    return server, port
 
 
 def measure(name: str, repository: Path, scripts: dict, duration: float) -> dict:

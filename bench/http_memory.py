@@ -21,7 +21,7 @@ import threading
 import time
 
 from proc_cpu import process_tree
-from startup import free_port, pss_mb, stop, wait_until_ready
+from startup import free_port, http_ready, pss_mb, stop, wait_until_ready
 
 
 def tree_pss_mb(pid: int) -> float:
@@ -65,17 +65,6 @@ def burst(port: int, body: bytes, calls: int, pid: int) -> tuple[collections.Cou
     return codes, max(peak[0], tree_pss_mb(pid))
 
 
-def ready(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        connection.request("GET", "/v2/health/ready")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repository")
@@ -92,7 +81,7 @@ def main() -> None:
          "127.0.0.1", "--port", "0", "--http-port", str(port), "--workers", str(args.workers),
          "--poll-interval", "0", "--log-level", "WARNING"], env=environment)
     try:
-        wait_until_ready(process, lambda: ready(port), 30)
+        wait_until_ready(process, lambda: http_ready(port), 30)
         time.sleep(1.0)  # every worker loaded
         body = json.dumps({"inputs": [{
             "name": "images", "datatype": "UINT8", "shape": [args.images, 28, 28],

@@ -101,17 +101,17 @@ def _score_in_process(files: list[Path], images: np.ndarray, threads: int) -> fl
 
 
 def wait_ready(target: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
+    """Until ``mlp`` is ready at ``target`` (ours or a peer: v2 ModelReady)."""
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        while time.time() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"server for {target} exited ({process.returncode})")
-            with contextlib.suppress(grpc.RpcError):
-                if stub.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=2).ready:
-                    return
-            time.sleep(0.3)
-    raise SystemExit(f"{target} not ready after {timeout} s")
+
+        def ready() -> bool:
+            try:
+                return stub.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=2).ready
+            except grpc.RpcError:
+                return False
+
+        startup.wait_until_ready(process, ready, timeout, 0.3)
 
 
 @contextlib.contextmanager

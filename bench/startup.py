@@ -12,6 +12,7 @@ Usage: python bench/startup.py REPOSITORY [--workers N ...] [--runs 5]
 """
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -85,6 +86,19 @@ def wait_until_ready(process: subprocess.Popen | None, ready, seconds: float,
                 stop(process, 5)
             raise SystemExit(f"the server was not ready in {seconds:g} s")
         time.sleep(poll_s)
+
+
+def http_ready(port: int) -> bool:
+    """A ``ready`` check for ``wait_until_ready``: the Open Inference Protocol's
+    ``/v2/health/ready`` on 127.0.0.1:``port`` answers 200 (ours, MLServer's, KServe's)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def health_serving(channel: grpc.Channel):
