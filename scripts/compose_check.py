@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from common.dataset import load_test_set
 from serving.client.api import ClassifierClient, ModelAnswer
+from serving.repository import version_dirs
 
 SERVED_MODELS = ("softmax", "mlp")
 # Both sides run the same graph on the same CPU kind; only thread scheduling can differ.
@@ -32,10 +33,13 @@ class MismatchError(Exception):
 
 
 def newest_version(repository: Path, model: str) -> Path:
-    versions = [p for p in (repository / model).iterdir() if p.name.isdigit()]
+    """The directory of ``model``'s newest version as the server reads the repository (its
+    own function: 07 or 0 is no version to it, which isdigit() took for one)."""
+    versions = {version: path for (name, version), path in version_dirs(repository).found.items()
+                if name == model}
     if not versions:
         raise MismatchError(f"{repository / model}: no version directory")
-    return max(versions, key=lambda p: int(p.name))
+    return versions[max(versions)]
 
 
 def reference(version_dir: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,8 +114,8 @@ def main() -> int:
     images, labels = load_test_set(args.data_dir)
     chosen = np.linspace(0, len(images) - 1, args.count).astype(int)
     images, labels = np.ascontiguousarray(images[chosen]), labels[chosen]
-    baseline_dir = newest_version(args.model_repository, "baseline")
-    try:
+    try:  # (a repository without the baseline is said as any other mismatch)
+        baseline_dir = newest_version(args.model_repository, "baseline")
         with ClassifierClient(args.target) as client:
             for model in SERVED_MODELS:
                 answer = client.classify(images, model)
