@@ -21,7 +21,7 @@ import onnx
 from common.flags import given, warn_of_misspelt_variables
 from common.output import StdoutError
 from training.checks import TrainingError, check_worth_publishing
-from training.console import output_that_may_close, print_table
+from training.console import output_that_may_close, print_table, say_removed
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -128,9 +128,7 @@ def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
     # fail now, not after minutes of fitting, nor after the versions are published
     for name in args.models:
         make_directory(args.out / name)  # 0755: a server of another user lists it
-        for abandoned in remove_abandoned(args.out / name):
-            print(f"removed {abandoned}: left by a run that was killed (its lock is free)",
-                  flush=True)
+        say_removed(remove_abandoned(args.out / name))
         tempfile.TemporaryDirectory(prefix=STAGING, dir=args.out / name).cleanup()
         next_version(args.out / name)  # a corrupt .highest-version, no number left
     args.report_dir.mkdir(parents=True, exist_ok=True)

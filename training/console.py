@@ -5,6 +5,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from common.output import named_stdout
 
@@ -14,6 +15,12 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     for row in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
+
+
+def say_removed(abandoned: list[Path]) -> None:
+    """Each killed run's staging directory removed, one line."""
+    for staging in abandoned:
+        print(f"removed {staging}: left by a run that was killed (its lock is free)", flush=True)
 
 
 @contextlib.contextmanager
