@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.contract import CLASS_NAMES
 from training.report import ModelOutcome, markdown_report
@@ -39,16 +40,39 @@ def test_the_report_says_when_early_stopping_stopped_a_fit_and_when_all_epochs_r
     """A fit whose epochs all ran said nothing of early stopping, one it stopped only "12
     (weights of epoch 7)": neither said whether early stopping was on, nor when it stopped."""
     fits = [outcome("softmax", 25, None), outcome("mlp", 12, 7), outcome("wide", 20, 18),
-            outcome("baseline", 19, None)]
-    for fit, epochs, patience in zip(fits[:3], (25, 20, 20), (0, 5, 5), strict=True):
-        fit.training |= {"epochs": epochs, "patience": patience}
+            outcome("last", 20, 15), outcome("baseline", 19, None)]
+    for fit, epochs, patience, stopped in zip(fits[:4], (25, 20, 20, 20), (0, 5, 5, 5),
+                                              (False, True, False, True), strict=True):
+        fit.training |= {"epochs": epochs, "patience": patience, "stopped_early": stopped}
     report = markdown_report(fits, [], {"source": "x", "content_sha256": {}}, Path(tmp_path))
     assert [line for line in report.splitlines() if "early stopping" in line] == [
         "- softmax: 25 of 25 epochs (early stopping: off, all 25 epochs ran)",
         "- mlp: 12 of 20 epochs (early stopping: stopped after epoch 12, 5 without a better "
         "validation accuracy; the weights are epoch 7's)",
         "- wide: 20 of 20 epochs (early stopping: not triggered, all 20 epochs ran; the weights "
-        "are epoch 18's)"]  # the baseline (no early stopping in it) says nothing
+        "are epoch 18's)",
+        "- last: 20 of 20 epochs (early stopping: triggered at the last epoch, 5 without a "
+        "better validation accuracy; the weights are epoch 15's)",
+    ]  # the baseline (no early stopping in it) says nothing
+
+
+@pytest.mark.parametrize(("patience", "says"), [
+    (1, "triggered at the last epoch, 1 without a better validation accuracy"),
+    (2, "not triggered, all 2 epochs ran")], ids=["patience-ran-out", "ran-to-the-end"])
+def test_a_fit_whose_patience_ran_out_on_its_last_epoch_says_so(patience, says):
+    """Patience that ran out on the last epoch read "not triggered, all 2 epochs ran": the
+    line told triggered from not by whether epochs were left, not by what Keras did. A
+    learning rate of 0: the validation accuracy of epoch 2 is epoch 1's, never better."""
+    from training.models import KerasSettings, fit_keras
+    from training.report import fit_epochs
+
+    x = np.random.default_rng(0).random((40, 784), np.float32)
+    y = np.arange(40) % 10
+    settings = KerasSettings(epochs=2, batch_size=20, learning_rate=0.0, patience=patience)
+    fitted = fit_keras(settings, x, y, x[:20], y[:20], verbose=0)
+    assert fit_epochs(fitted.epochs_run, 2, patience, fitted.best_epoch,
+                      fitted.stopped_early) == (
+        f"2 of 2 epochs (early stopping: {says}; the weights are epoch 1's)")
 
 
 def test_the_final_table_has_no_trailing_spaces(capsys):

@@ -82,7 +82,8 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
             verbose=PROGRESS[args.progress],
         )
         print(f"fitted in {fitted.fit_seconds:.1f} s, " + report.fit_epochs(
-            fitted.epochs_run, settings.epochs, settings.patience, fitted.best_epoch), flush=True)
+            fitted.epochs_run, settings.epochs, settings.patience, fitted.best_epoch,
+            fitted.stopped_early), flush=True)
         onnx_model = export.keras_to_onnx(fitted.model)
         reference = fitted.model.predict(split.x_test, batch_size=1024, verbose=0)
         validation_accuracy = fitted.model.evaluate(
@@ -113,6 +114,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         "fit_seconds": round(fitted.fit_seconds, 1),
         "epochs_run": fitted.epochs_run,
         "best_epoch": fitted.best_epoch,
+        "stopped_early": fitted.stopped_early,
     }
     outcome = ModelOutcome(name, settings.describe(), labels, metrics, training, fitted.history)
     return Exported(onnx_model, export.framework_versions(onnx_model, libraries), outcome)

@@ -81,6 +81,7 @@ class FitResult:
     epochs_run: int
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None
+    stopped_early: bool = False  # patience ran out (on the last epoch too: not told by the count)
 
 
 def seed_everything(seed: int) -> None:
@@ -171,8 +172,9 @@ def fit_keras(
     )
     seconds = time.perf_counter() - start
     best = stopper.best_epoch + 1 if callbacks else None
+    stopped = bool(callbacks and stopper.stopped_epoch)  # Keras' 0: it never stopped the fit
     curves = {k: [float(v) for v in values] for k, values in history.history.items()}
-    return FitResult(model, seconds, len(history.epoch), curves, best)
+    return FitResult(model, seconds, len(history.epoch), curves, best, stopped)
 
 
 def fit_baseline(

@@ -181,7 +181,8 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
     fits = [(o.name, o.training) for o in outcomes if "patience" in o.training]  # Keras'
     lines += [""] if fits else []
     for name, fit in fits:
-        run = fit_epochs(fit["epochs_run"], fit["epochs"], fit["patience"], fit["best_epoch"])
+        run = fit_epochs(fit["epochs_run"], fit["epochs"], fit["patience"], fit["best_epoch"],
+                         fit["stopped_early"])
         lines.append(f"- {name}: {run}")
     agreements = [o for o in outcomes if "agreement_with_baseline" in o.metrics]
     if agreements:
@@ -233,13 +234,15 @@ def _subset(run: dict) -> list[str]:
             f"{run['validation_size']} validation), not the full run.", ""]
 
 
-def fit_epochs(run: int, epochs: int, patience: int, best: int | None) -> str:
+def fit_epochs(run: int, epochs: int, patience: int, best: int | None, stopped: bool) -> str:
     """How many epochs a Keras fit ran and why it ended there, early stopping or not: a run
-    whose epochs all ran said nothing of it, as if early stopping had been off."""
+    whose epochs all ran said nothing of it, as if early stopping had been off. ``stopped``:
+    patience ran out, which on the last epoch the count of epochs cannot tell."""
     if not patience:
         return f"{run} of {epochs} epochs (early stopping: off, all {epochs} epochs ran)"
-    why = (f"stopped after epoch {run}, {run - best} without a better validation accuracy"
-           if run < epochs else f"not triggered, all {epochs} epochs ran")
+    when = "triggered at the last epoch" if run == epochs else f"stopped after epoch {run}"
+    why = (f"{when}, {run - best} without a better validation accuracy" if stopped
+           else f"not triggered, all {epochs} epochs ran")
     return f"{run} of {epochs} epochs (early stopping: {why}; the weights are epoch {best}'s)"
 
 
