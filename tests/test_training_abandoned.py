@@ -1,6 +1,8 @@
 """A run killed outright (SIGKILL, the OOM killer) leaves its staging directory; the next run
 of the model removes it, and never one whose run lives or one copied in by hand."""
 
+import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ import onnx
 
 from tests.conftest import tiny_classifier
 from tests.training_runs import run_training
-from training.repository import existing_versions
+from training.repository import LOCK, existing_versions, stage_version
 
 # stages a version, says where, and publishes it when told (a run between fit and publish)
 RUN = """
@@ -57,3 +59,47 @@ def test_a_killed_runs_staging_directory_is_removed_by_the_next_run_and_a_live_o
         for run in (killed, live):
             run.kill()
             run.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def unremovable(directory: Path):
+    """``directory``'s entries cannot be removed till the block ends, by root too (immutable,
+    chattr: root passes any mode) as by another user (no write permission)."""
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+    try:
+        yield
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        else:
+            directory.chmod(0o755)
+
+
+def test_a_killed_runs_staging_directory_that_cannot_be_removed_is_named_in_a_warning(tmp_path):
+    """One that rmtree could not remove (another user's files, an immutable one) was skipped
+    without a word, for ever; and rmtree, stopped part way, could take its .lock first, after
+    which every run took it for a copy by hand and left it alone."""
+    repository = tmp_path / "repository"
+    killed = stage_version(repository, "baseline", tiny_classifier(1), {})
+    killed.lock.close()  # as a SIGKILL frees it: left by a run that was killed
+    stuck = killed.directory / "stuck"
+    stuck.mkdir()
+    (stuck / "file").write_bytes(b"")
+    with unremovable(stuck):
+        result = run_training("--out", str(repository), "--models", "baseline",
+                              "--train-subset", "500", "--progress", "none")
+        assert result.returncode == 0, result.stderr
+        error = os.strerror(1 if os.geteuid() == 0 else 13)  # EPERM (immutable), EACCES
+        assert result.stderr.splitlines() == [
+            f"fmnist-train: warning: cannot remove {killed.directory}, left by a run that was "
+            f"killed (its lock is free): {error}: {stuck / 'file'}"]
+        assert (killed.directory / LOCK).exists()  # still known as a killed run's
+    result = run_training("--out", str(repository), "--models", "baseline",
+                          "--train-subset", "500", "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert f"removed {killed.directory}: left by a run" in result.stdout
+    assert not killed.directory.exists()

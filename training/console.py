@@ -17,10 +17,17 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
               .rstrip())
 
 
-def say_removed(abandoned: list[Path]) -> None:
-    """Each killed run's staging directory removed, one line."""
-    for staging in abandoned:
-        print(f"removed {staging}: left by a run that was killed (its lock is free)", flush=True)
+def say_removed(abandoned: list[tuple[Path, OSError | None]]) -> None:
+    """Each killed run's staging directory removed, one line; one that could not be removed, a
+    warning saying why (it was skipped without a word, for ever)."""
+    for staging, error in abandoned:
+        if error:
+            print(f"fmnist-train: warning: cannot remove {staging}, left by a run that was "
+                  f"killed (its lock is free): {error.strerror}: {error.filename}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"removed {staging}: left by a run that was killed (its lock is free)",
+                  flush=True)
 
 
 @contextlib.contextmanager

@@ -98,21 +98,40 @@ def hold_lock(staging: Path) -> IO:
     return lock
 
 
-def remove_abandoned(model_dir: Path) -> list[Path]:
+def remove_abandoned(model_dir: Path) -> list[tuple[Path, OSError | None]]:
     """Removes the staging directories in ``model_dir`` that a run left when it was killed
-    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns them. One whose
-    run lives is left alone, as is one without a lock (being published, or copied there by
-    hand: README, Kubernetes) and one that cannot be removed (another user's)."""
-    removed = []
+    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each with the
+    error that kept it there, if one did (another user's files, an immutable one: said by the
+    caller, not skipped without a word). One whose run lives is left alone, as is one without
+    a lock (being published, or copied there by hand: README, Kubernetes) and one whose lock
+    cannot be read (whether its run lives is not known)."""
+    found = []
     for staging in sorted(model_dir.glob(f"{STAGING}*")):
         try:
             with open(staging / LOCK) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
-                shutil.rmtree(staging)
+                found.append((staging, removal_error(staging)))
         except OSError:
             continue
-        removed.append(staging)
-    return removed
+    return found
+
+
+def removal_error(staging: Path) -> OSError | None:
+    """Removes ``staging``, its lock last: one that cannot be removed whole is still known as
+    a killed run's (rmtree could take the lock first); returns the error that stopped it,
+    naming the whole path (rmtree's name only the last part)."""
+    try:
+        for parent, directories, files in os.walk(staging, topdown=False):
+            for name in files:
+                if (parent, name) != (str(staging), LOCK):
+                    os.unlink(os.path.join(parent, name))
+            for name in directories:
+                os.rmdir(os.path.join(parent, name))
+        (staging / LOCK).unlink()
+        staging.rmdir()
+    except OSError as error:
+        return error
+    return None
 
 
 @dataclass(eq=False)  # by identity
