@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import onnx
+import pytest
 
 from tests.conftest import tiny_classifier
 from tests.training_runs import run_training
-from training.repository import LOCK, existing_versions, stage_version
+from training.repository import LOCK, existing_versions, remove_abandoned, stage_version
 
 # stages a version, says where, and publishes it when told (a run between fit and publish)
 RUN = """
@@ -103,3 +104,46 @@ def test_a_killed_runs_staging_directory_that_cannot_be_removed_is_named_in_a_wa
     assert result.returncode == 0, result.stderr
     assert f"removed {killed.directory}: left by a run" in result.stdout
     assert not killed.directory.exists()
+
+
+
+# a run killed (SIGKILL: nothing of it runs after) as it renames its version into place, or
+# as it removes its model file while it discards the version (a stop, then a SIGKILL)
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+import onnx
+from training.repository import MODEL_FILE, publishing, stage_version
+
+def killed_when(function, when):
+    def call(*args, **kwargs):
+        if when(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(*args, **kwargs)
+    return call
+
+staged = stage_version(Path(sys.argv[1]), "baseline", onnx.load(sys.argv[2]), {})
+if sys.argv[3] == "publishing":
+    os.rename = killed_when(os.rename, lambda source, target: Path(target).name.isdigit())
+    with publishing([staged]):
+        pass
+else:
+    os.unlink = killed_when(os.unlink, lambda path, *_: Path(path).name == MODEL_FILE)
+    staged.discard()
+"""
+
+
+@pytest.mark.parametrize("killed_in", ["publishing", "discard"])
+def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_known_as_abandoned(
+        tmp_path, killed_in):
+    """The lock was deleted before the rename that publishes, and rmtree could delete it first
+    when a version was discarded: a run killed in between left a staging directory without
+    one, which every later run took for a copy by hand and kept for ever."""
+    model, repository = tmp_path / "tiny.onnx", tmp_path / "repository"
+    onnx.save_model(tiny_classifier(1), model)
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(repository), str(model),
+                             killed_in], check=False)
+    assert killed.returncode == -9
+    (left,) = (repository / "baseline").glob(".staging-*")
+    assert remove_abandoned(repository / "baseline") == [(left, None)]
+    assert not left.exists() and existing_versions(repository, "baseline") == []

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,7 +145,7 @@ class Staged:
     lock: IO | None = None
 
     def discard(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        removal_error(self.directory)  # as rmtree's ignore_errors, but its lock last
         if self.lock:
             self.lock.close()
 
@@ -181,13 +180,15 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                 targets[version] = (highest, path, version.model_dir / str(number))
             yield [targets[version][2] for version in staged]
             for version in targets:  # on disk before published: after a power cut, a version
-                (version.directory / LOCK).unlink()  # is whole or not there; held till discard
-                for path in sorted(version.directory.iterdir()):
-                    synced(path)
+                for path in sorted(version.directory.iterdir()):  # is whole or not there
+                    if path.name != LOCK:
+                        synced(path)
                 synced(version.directory)
             for version, (_, _, target) in targets.items():
                 version.directory.rename(target)
                 renamed.append(version)
+            for _, _, target in targets.values():  # only now: a run killed before the renames
+                (target / LOCK).unlink()  # left staging directories known as a killed run's
             for highest, _, target in targets.values():
                 highest.seek(0)  # numbers only grow: written over, then cut, never empty
                 highest.write(f"{target.name}\n")
