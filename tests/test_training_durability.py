@@ -4,38 +4,68 @@ publishes it are on disk before the run says it published (training.repository).
 import os
 from pathlib import Path
 
-from common.contract import MANIFEST, MODEL_FILE
+import numpy as np
+import pytest
+
+from common.contract import CLASS_NAMES, MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
-from training.repository import HIGHEST, write_version
+from training.report import ModelOutcome, write_report
+from training.repository import HIGHEST, LOCK, write_version
 
 
-def test_a_version_is_synced_to_disk_before_and_after_its_rename(tmp_path, monkeypatch):
-    """Nothing was fsynced: after a power cut a published version (the rename on disk, its
-    files' blocks not) could be a directory of empty files, which the server refuses, and
-    .highest-version could lose the number it had given."""
-    events = []
-    fsync, rename = os.fsync, os.rename
+@pytest.fixture
+def events(tmp_path, monkeypatch) -> list[tuple]:
+    """Each fsync of the test, in order, as ("fsync", its path under tmp_path)."""
+    events, fsync = [], os.fsync
 
     def synced(fd: int) -> None:
         events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).relative_to(tmp_path)))
         fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    return events
+
+
+def test_a_version_is_synced_to_disk_before_and_after_its_rename(tmp_path, monkeypatch, events):
+    """Nothing was fsynced: after a power cut a published version (the rename on disk, its
+    files' blocks not) could be a directory of empty files, which the server refuses, and
+    .highest-version could lose the number it had given."""
+    rename = os.rename
 
     def renamed(source, target) -> None:
         events.append(("rename", Path(source).relative_to(tmp_path),
                        Path(target).relative_to(tmp_path)))
         rename(source, target)
 
-    monkeypatch.setattr(os, "fsync", synced)
     monkeypatch.setattr(os, "rename", renamed)
     write_version(tmp_path, "mlp", tiny_classifier(1), {})
-    events = [event for event in events  # not the staging directory's lock taking its name
-              if event[0] == "fsync" or event[2].parent == Path("mlp")]
+    events[:] = [event for event in events  # not the staging directory's lock taking its name
+                 if event[0] == "fsync" or event[2].parent == Path("mlp")]
     (staging,) = [source for kind, source, *_ in events if kind == "rename"]
     assert staging.parent == Path("mlp") and staging.name.startswith(".staging-")
     assert events == [
+        ("fsync", staging / LOCK),  # (deleted once published: synced as the others are)
         ("fsync", staging / MANIFEST), ("fsync", staging / MODEL_FILE),  # the files,
         ("fsync", staging),  # their names in their directory,
         ("rename", staging, Path("mlp/1")),  # published,
         ("fsync", Path("mlp") / HIGHEST),  # the number it took,
         ("fsync", Path("mlp")),  # the rename (and .highest-version's name)
     ]
+
+
+def test_a_report_is_synced_to_disk_as_a_version_is(tmp_path, events):
+    """The model files were fsynced, the report's not: after a power cut a published version
+    could come with a truncated report.md, metrics.json or picture."""
+    metrics = {"test_accuracy": 0.1, "onnx_max_abs_diff": 0.0, "onnx_label_agreement": 1.0,
+               "per_class": {name: {"f1": 0.0} for name in CLASS_NAMES},
+               "confusion_matrix": np.eye(len(CLASS_NAMES), dtype=int).tolist()}
+    training = {"train_size": 8, "validation_size": 2, "seed": 1, "epochs_run": 1}
+    outcome = ModelOutcome("baseline", "baseline", np.zeros(4, np.int64), metrics, training)
+    report_dir = tmp_path / "reports" / "now"
+    report_dir.mkdir(parents=True)
+    write_report(report_dir, [outcome], np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.uint8),
+                 {"source": "x", "content_sha256": {}})
+    files = sorted(path.relative_to(tmp_path) for path in report_dir.iterdir())
+    assert len(files) == 4  # report.md, metrics.json, two pictures
+    assert events == [("fsync", path) for path in (*files, Path("reports/now"),
+                                                   Path("reports"))]

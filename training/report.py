@@ -11,6 +11,7 @@ import numpy as np
 
 from common.contract import CLASS_NAMES
 from training.data import TRAIN_IMAGES
+from training.repository import synced, synced_directory
 
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"
@@ -292,4 +293,6 @@ def write_report(
     )
     report = report_dir / REPORT_FILE
     report.write_text(markdown_report(outcomes, pictures, dataset, report_dir))
+    synced_directory(report_dir)  # as a version is: never published beside a truncated report
+    synced(report_dir.parent)  # its name
     return report

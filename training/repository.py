@@ -86,6 +86,14 @@ def synced(path: Path) -> None:
         os.close(descriptor)
 
 
+def synced_directory(directory: Path) -> None:
+    """``directory``'s files, then their names, on disk: after a power cut they are whole (a
+    version's, published by a rename after this; a report's, before its versions are)."""
+    for path in sorted(directory.iterdir()):
+        synced(path)
+    synced(directory)
+
+
 def hold_lock(staging: Path) -> IO:
     """``staging``'s lock, held (flock) until closed or the process ends, however it ends (the
     kernel frees it): a later run removes a staging directory whose lock is free. Locked before
@@ -180,10 +188,7 @@ def publishing(staged: list[Staged]) -> Iterator[list[Path]]:
                 targets[version] = (highest, path, version.model_dir / str(number))
             yield [targets[version][2] for version in staged]
             for version in targets:  # on disk before published: after a power cut, a version
-                for path in sorted(version.directory.iterdir()):  # is whole or not there
-                    if path.name != LOCK:
-                        synced(path)
-                synced(version.directory)
+                synced_directory(version.directory)  # is whole or not there
             for version, (_, _, target) in targets.items():
                 version.directory.rename(target)
                 renamed.append(version)
