@@ -1,6 +1,7 @@
 """A published version survives a power cut: its files, its directory and the rename that
 publishes it are on disk before the run says it published (training.repository)."""
 
+import errno
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from common.contract import CLASS_NAMES, MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
 from training.report import ModelOutcome, write_report
-from training.repository import HIGHEST, LOCK, write_version
+from training.repository import HIGHEST, LOCK, synced, write_version
 
 
 @pytest.fixture
@@ -69,3 +70,13 @@ def test_a_report_is_synced_to_disk_as_a_version_is(tmp_path, events):
     assert len(files) == 4  # report.md, metrics.json, two pictures
     assert events == [("fsync", path) for path in (*files, Path("reports/now"),
                                                    Path("reports"))]
+
+
+def test_a_directory_whose_file_system_cannot_fsync_it_is_no_failure():
+    """Some FUSE and CIFS mounts refuse a directory's fsync with EINVAL (procfs too, the one
+    at hand): a run on one failed after its fit, publishing nothing. A file's fsync refused
+    stays an error: its contents might not be on disk."""
+    synced(Path("/proc/self"))
+    with pytest.raises(OSError) as refused:
+        synced(Path("/proc/self/status"))
+    assert refused.value.errno == errno.EINVAL

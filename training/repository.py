@@ -11,10 +11,12 @@ outright leaves its staging directory, which the next run removes (its lock is f
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,10 +80,15 @@ def sha256_file(path: Path) -> str:
 
 
 def synced(path: Path) -> None:
-    """Puts ``path`` on disk (fsync): a file's contents, a directory's names."""
+    """Puts ``path`` on disk (fsync): a file's contents, a directory's names. A directory whose
+    file system cannot fsync one (EINVAL: some FUSE and CIFS mounts) is no failure: it keeps
+    its names as it can; a file refused is one."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
+    except OSError as error:
+        if error.errno != errno.EINVAL or not stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise
     finally:
         os.close(descriptor)
 
