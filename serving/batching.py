@@ -190,8 +190,8 @@ class Batcher:
                 total_s += finished - request.enqueued
                 self._settle(request, result=(probabilities[start:end], labels[start:end]))
                 start = end
-            self._metrics.executed(len(labels))
-            self._metrics.succeeded(len(batch), queue_s, len(batch) * (finished - started), total_s)
+            self._metrics.succeeded(len(batch), len(labels), queue_s,
+                                    len(batch) * (finished - started), total_s)
         except Exception as error:
             finished = time.perf_counter()
             for request in batch:

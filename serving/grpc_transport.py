@@ -92,10 +92,8 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         foreign = _catching(behavior, streams, Exception, _raise_answered)
 
         def through_pipeline(data, context):
-            if is_api:
-                return run(_call(method, context), behavior, data, parse)
-            return run(_call(method, context),
-                       lambda request, _call: foreign(request, context), data, parse)
+            answer = behavior if is_api else lambda request, _call: foreign(request, context)
+            return run(_call(method, context), answer, data, parse)
 
         # the pipeline's verdict, a ServingError, becomes the call's status; the pipeline parses
         # the bytes itself (no deserializer), once the call is admitted

@@ -87,13 +87,12 @@ class ModelMetrics:
         the multiprocess files, and 0 says what happened)."""
         self._info.set(0)
 
-    def executed(self, images: int) -> None:
-        """One onnxruntime call of ``images`` images."""
+    def succeeded(self, count: int, images: int, queue_s: float, compute_s: float,
+                  total_s: float) -> None:
+        """One onnxruntime call of ``images`` images: ``count`` successful predictions, the
+        seconds summed over them; one write per metric per batch (each is an mmap write in
+        multiprocess mode)."""
         self._batch_size.observe(images)
-
-    def succeeded(self, count: int, queue_s: float, compute_s: float, total_s: float) -> None:
-        """``count`` successful predictions of one batch, the seconds summed over them: one
-        write per metric per batch (each is an mmap write in multiprocess mode)."""
         self._succeeded.inc(count)
         self._success_seconds.inc(total_s)
         self._queue_seconds.inc(queue_s)

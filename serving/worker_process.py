@@ -52,17 +52,6 @@ def become_child(mask, supervisor: int, inherited: Iterable[int]) -> None:
         os.close(fd)
 
 
-def name_metrics_files_by_slot(slot: int) -> None:
-    """prometheus_client names a process's metrics files by its pid, and a dead worker's
-    counters must stay in the sums: every replacement would add a set of files that each
-    scrape and ``ModelStatistics`` read. Named by slot, a replacement carries on its
-    predecessor's files. Runs before serving.metrics is imported (its metrics take their value
-    class then); the supervisor forks a slot's replacement only after reaping the old one."""
-    from prometheus_client import values
-
-    values.ValueClass = values.MultiProcessValue(lambda: slot)
-
-
 class Heartbeats:
     """When each worker slot's main thread last ran (``time.monotonic()``), and the metrics
     process's (the last slot, -1), in memory mapped before they are forked (an anonymous map
@@ -112,7 +101,15 @@ def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[i
     report = StartReport(report_fd)
     try:
         start_child(inherited)
-        name_metrics_files_by_slot(slot)
+        # prometheus_client names a process's metrics files by its pid, and a dead worker's
+        # counters must stay in the sums: every replacement would add a set of files that each
+        # scrape and ``ModelStatistics`` read. Named by slot, a replacement carries on its
+        # predecessor's files. Set before serving.metrics is imported (its metrics take their
+        # value class then); the supervisor forks a slot's replacement only after reaping the
+        # old one.
+        from prometheus_client import values
+
+        values.ValueClass = values.MultiProcessValue(lambda: slot)
         from serving.server import serve
 
         def ready(_server) -> None:  # its first heartbeat before the supervisor looks

@@ -159,17 +159,15 @@ class _Supervisor:
         with signals_held() as become_child:
             pid = os.fork()
             if pid == 0:
-                worker_main(self.settings, slot, write_end, [read_end, *self._own_descriptors()],
-                            become_child, heartbeats=self.heartbeats)
+                # what a worker closes: the wake-up pipe, others' report pipes, the metrics socket
+                inherited = [read_end, self._wake_read, self._wake_write, *self.starting,
+                             *([self._metrics.fileno()] if self._metrics else [])]
+                worker_main(self.settings, slot, write_end, inherited, become_child,
+                            heartbeats=self.heartbeats)
         os.close(write_end)
         self.workers[pid] = slot
         self.starting[read_end] = pid
         self.started_at[slot] = time.monotonic()
-
-    def _own_descriptors(self) -> list[int]:
-        """What a worker closes: the wake-up pipe, others' report pipes, the metrics socket."""
-        return [self._wake_read, self._wake_write, *self.starting,
-                *([self._metrics.fileno()] if self._metrics else [])]
 
     def _fork_metrics(self) -> None:
         """Serves ``/metrics`` from a process of its own, on the socket bound here."""

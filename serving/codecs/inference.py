@@ -121,15 +121,14 @@ def _requested_outputs(request: pb.ModelInferRequest, model: ModelVersion):
     known = {spec.name for spec in model.manifest.outputs}
     if not request.outputs:
         return tuple(RequestedOutput(spec.name) for spec in model.manifest.outputs)
-    outputs, seen = [], set()
+    outputs = []
     for output in request.outputs:
         field = f"outputs[{output.name!r}]"
         if output.name not in known:
             raise InvalidArgument(
                 f"{field}: model {model.name!r} has no such output; it has {sorted(known)}")
-        if output.name in seen:
+        if output.name in (requested.name for requested in outputs):
             raise InvalidArgument(f"{field}: requested twice")
-        seen.add(output.name)
         outputs.append(RequestedOutput(output.name, _class_count(output, field, model)))
     return tuple(outputs)
 

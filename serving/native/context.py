@@ -2,6 +2,7 @@
 handler (the data plane's through the pipeline, health, reflection), doing what grpcio's does
 with the call's state kept here and in the C++ call."""
 
+import functools
 import logging
 import re
 import threading
@@ -29,7 +30,6 @@ class NativeContext(grpc.ServicerContext):
         self._callbacks: list[Callable[[], None]] = []
         self._ended = False
         self._ending = threading.Lock()
-        self._auth: tuple | None = None
 
     # grpc.RpcContext
 
@@ -75,25 +75,24 @@ class NativeContext(grpc.ServicerContext):
     def peer(self) -> str:
         return self._peer
 
+    @functools.cached_property
     def _auth_state(self) -> tuple:
         """(identity key or None, {property: [values]}), as grpcio gives them."""
-        if self._auth is None:
-            key, pairs = self._call.auth() or (None, ())
-            properties: dict[str, list[bytes]] = {}
-            for name, value in pairs:
-                properties.setdefault(name, []).append(value)
-            self._auth = key, properties
-        return self._auth
+        key, pairs = self._call.auth() or (None, ())
+        properties: dict[str, list[bytes]] = {}
+        for name, value in pairs:
+            properties.setdefault(name, []).append(value)
+        return key, properties
 
     def peer_identities(self):
-        key, properties = self._auth_state()
+        key, properties = self._auth_state
         return properties.get(key) if key else None
 
     def peer_identity_key(self):
-        return self._auth_state()[0]
+        return self._auth_state[0]
 
     def auth_context(self):
-        return self._auth_state()[1]
+        return self._auth_state[1]
 
     def set_compression(self, compression) -> None:
         raise NotImplementedError("the native server does not compress responses")

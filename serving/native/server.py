@@ -2,11 +2,11 @@
 them through the interceptors and generic handlers, as grpcio's synchronous server would
 (``serving/native/__init__.py`` says how it is built and why)."""
 
+import collections
 import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
 import grpc
 
@@ -17,9 +17,8 @@ from serving.security import ServerTls
 log = logging.getLogger(__name__)
 
 
-class _HandlerCallDetails(NamedTuple):  # grpc.HandlerCallDetails, as grpcio makes it
-    method: str
-    invocation_metadata: tuple
+# grpc.HandlerCallDetails, as grpcio makes it
+_HandlerCallDetails = collections.namedtuple("_HandlerCallDetails", "method invocation_metadata")
 
 
 class NativeServer:
@@ -124,11 +123,8 @@ class NativeServer:
         call.watch_end()
 
     def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        for generic in self._generic:
-            handler = generic.service(details)
-            if handler is not None:
-                return handler
-        return None
+        return next((handler for generic in self._generic
+                     if (handler := generic.service(details)) is not None), None)
 
     def _answer(self, call) -> bool:
         """Answers ``call``; True if it is parked (answered from other threads)."""
@@ -155,7 +151,7 @@ def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: s
     """Runs the handler, as grpcio does for its kind; True if the call is parked."""
     request = (_requests(call, handler.request_deserializer) if handler.request_streaming
                else _request(call, handler.request_deserializer, method))
-    serialize = handler.response_serializer or _as_is
+    serialize = handler.response_serializer or (lambda data: data)
     behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
                 or handler.stream_stream)
     if not handler.response_streaming:
@@ -184,10 +180,6 @@ class _RefusedError(Exception):
     def __init__(self, code: grpc.StatusCode, details: str):
         super().__init__(details)
         self.code = code
-
-
-def _as_is(data):
-    return data
 
 
 def _parse(data: bytes, deserializer):
@@ -226,6 +218,4 @@ def _write_all(call, responses: Iterator, serialize) -> None:
             if not call.write(serialize(response)):
                 break
     finally:
-        close = getattr(responses, "close", None)
-        if close is not None:
-            close()
+        getattr(responses, "close", lambda: None)()
