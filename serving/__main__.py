@@ -1,5 +1,5 @@
 """``python -m serving``: the same as ``fmnist-serve``."""
 
-from serving.cli import main
+from serving.entry import main
 
 raise SystemExit(main())

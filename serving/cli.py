@@ -1,4 +1,5 @@
-"""``fmnist-serve`` / ``python -m serving``: serve a model repository over gRPC and HTTP.
+"""``fmnist-serve`` / ``python -m serving`` (through ``serving.entry``): serve a model
+repository over gRPC and HTTP.
 
 Exit status: 0 after a graceful shutdown (SIGTERM, SIGINT or SIGHUP), 130 in a shell when a
 second SIGINT cut it short (one process dies by it), 1 if the repository cannot be served, the
@@ -9,28 +10,21 @@ flags or env vars; errors are one line on stderr.
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 from common.flags import unread_env_vars, usage_error
 from serving.ports import check_free
-from serving.settings import IGNORED_SIGNALS, STOP_SIGNALS, settings_from
+from serving.settings import settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = settings_from(argv)  # argparse's SystemExit (--help) before the hold below
+        settings = settings_from(argv)
     except ValueError as error:
         return _fail(error, 2)
-    # Held until the process has handlers of its own (serve(), the supervisor's start): one
-    # arriving while the modules load ended it with no line (killed by it; SIGINT: exit 130)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     from serving import errors, logs
-
-    for number in IGNORED_SIGNALS:  # their default action ends a process
-        signal.signal(number, signal.SIG_IGN)
 
     logs.configure(settings.log_level, settings.log_format)
     # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is
@@ -63,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(error: Exception, status: int, log_format: str = "text") -> int:
     """One line on stderr (status 2: a usage error's); a JSON log's last line is JSON too (bad
-    flags come before it). The stop signals main() held are unblocked for an in-process caller
-    (a block of the caller's own is lost)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    flags come before it)."""
     if log_format == "json":
         logging.getLogger("serving").critical("cannot serve", extra={"fields": {"error": error}})
     else:

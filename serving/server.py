@@ -23,13 +23,14 @@ from serving import __version__, metrics
 from serving.api.classifier import ClassifierAPI
 from serving.api.inference import InferenceAPI
 from serving.batching import BatchingPolicy
+from serving.entry import STOP_SIGNALS
 from serving.errors import ListenError
 from serving.grpc_transport import HealthServicer, PipelineInterceptor, api_handler, grpc_server
 from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
-from serving.settings import ACCEPTS_NO_MORE, STOP_SIGNALS, Settings, available_cores, host_port
+from serving.settings import ACCEPTS_NO_MORE, Settings, available_cores, host_port
 from serving.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
 
     for signal_number in (*STOP_SIGNALS, ACCEPTS_NO_MORE):
         signal.signal(signal_number, on_stop_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (cli.main)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since serving.entry
     server = ModelServer.from_settings(settings)
     try:
         server.start()

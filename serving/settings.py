@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from signal import SIG_IGN, SIGHUP, SIGINT, SIGRTMIN, SIGTERM, SIGUSR1, SIGUSR2, getsignal
+from signal import SIGRTMIN
 
 from common.contract import IMAGE_BYTES
 from common.flags import ENV_PREFIX, ArgumentParser, add_option, bearer_token, number_in
@@ -47,15 +47,12 @@ def available_cores() -> int:
 
 CORES = available_cores()
 DAY_S = 24 * 3600
-# What drains the server: SIGHUP too (a closed terminal, `kill -HUP`), unless it was ignored
-# from the start (nohup); read at import, before any handler is set (workers inherit it).
-STOP_SIGNALS = {SIGTERM, SIGINT, SIGHUP if getsignal(SIGHUP) is not SIG_IGN else SIGTERM}
 # What the native server sends its process once its port accepts no more (server.cc's Log): it
 # drains as on SIGTERM, then exits 1, for a restart-on-failure policy to start another. Not
 # SIGUSR1, which log-rotation scripts send every process of a name (`pkill -USR1`): that ended
-# each worker at once. SIGUSR1 and SIGUSR2 mean nothing here and are ignored (IGNORED_SIGNALS).
+# each worker at once. SIGUSR1 and SIGUSR2 mean nothing here and are ignored
+# (serving.entry.IGNORED_SIGNALS; the stop signals are serving.entry.STOP_SIGNALS).
 ACCEPTS_NO_MORE = SIGRTMIN
-IGNORED_SIGNALS = (SIGUSR1, SIGUSR2)  # by every process of the server (workers inherit it)
 
 
 def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] | None = None,

@@ -11,8 +11,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
+from serving.entry import STOP_SIGNALS
 from serving.errors import ListenError, RepositoryError
-from serving.settings import STOP_SIGNALS, Settings
+from serving.settings import Settings
 
 READY = b"\x00"
 READER_PAUSE_S = 2.0  # the supervisor reads the heartbeats at least once a second

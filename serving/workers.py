@@ -34,10 +34,11 @@ import signal
 import time
 from dataclasses import replace
 
+from serving.entry import STOP_SIGNALS
 from serving.errors import WorkerStartError
 from serving.ports import reserved_port
 from serving.scratch import held_directory
-from serving.settings import STOP_SIGNALS, Settings
+from serving.settings import Settings
 from serving.worker_process import READY, Heartbeats, read_all, signals_held, worker_main
 from serving.workers_metrics import MULTIPROCESS_ENV, summed_metrics_server
 
@@ -92,7 +93,7 @@ class _Supervisor:
         for signal_number in (*STOP_SIGNALS, signal.SIGCHLD):
             signal.signal(signal_number, self._on_signal)
         signal.set_wakeup_fd(self._wake_write)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the start (cli.main)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since serving.entry
         if self.settings.metrics_port:
             self._metrics = summed_metrics_server(self.settings, self.directory)
             self._fork_metrics()

@@ -3,14 +3,13 @@ a stop signal comes early: still importing its modules, before it has handlers o
 
 import os
 import signal
-import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from serving.settings import STOP_SIGNALS
 from tests.server_process import held_in_read
 
 # Put first on the server's PYTHONPATH: Python runs it as it starts (site), and it holds the
@@ -29,24 +28,39 @@ class Hold(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Hold())
 """
-# where the start-up is held: as one process imports the server (grpc, onnxruntime: the long
-# part), as a supervisor imports its own module
-HOLD_AT = {"1": "serving.server", "2": "serving.workers"}
+# ``fmnist-serve`` as pip installs it from pyproject.toml (the venv's own script may predate a
+# change there): the entry point's function, imported and run; and ``python -m serving``
+PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+MODULE, FUNCTION = PYPROJECT["project"]["scripts"]["fmnist-serve"].split(":")
+COMMANDS = {"fmnist-serve": ["-c", f"import sys; from {MODULE} import {FUNCTION}; "
+                             f"sys.exit({FUNCTION}())"], "python -m serving": ["-m", "serving"]}
 
 
-@pytest.mark.parametrize(("number", "workers"), [
-    (signal.SIGTERM, "1"), (signal.SIGINT, "1"), (signal.SIGHUP, "1"), (signal.SIGTERM, "2")])
+# The command, and where its start-up is held: as it imports the server's command-line module
+# (before main() runs), as one process imports the server (grpc, onnxruntime: the long part),
+# as a supervisor imports its own module
+@pytest.mark.parametrize(("number", "workers", "held"), [
+    (signal.SIGTERM, "1", ("fmnist-serve", "serving.cli")),
+    (signal.SIGINT, "1", ("python -m serving", "serving.cli")),
+    (signal.SIGHUP, "2", ("fmnist-serve", "serving.cli")),
+    (signal.SIGTERM, "1", ("fmnist-serve", "serving.server")),
+    (signal.SIGINT, "1", ("fmnist-serve", "serving.server")),
+    (signal.SIGHUP, "1", ("fmnist-serve", "serving.server")),
+    (signal.SIGTERM, "2", ("fmnist-serve", "serving.workers"))])
 def test_a_stop_signal_early_in_the_start_up_is_one_line_and_exit_0(
-        model_repository, tmp_path, number, workers):
+        model_repository, tmp_path, number, workers, held):
     """It ended the process on the spot with no line (SIGTERM, SIGHUP: killed by it) or
-    exited 130 (SIGINT): it now says so in the line a signal while serving gets, and exits 0."""
+    exited 130 (SIGINT): it now says so in the line a signal while serving gets, and exits 0.
+    Held as the command-line module itself loaded (the stop signals were blocked only once
+    its main() ran), it still did so."""
+    command, hold_at = held
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     fifo = tmp_path / "hold"
     os.mkfifo(fifo)
-    env = {**os.environ, "HOLD_AT": HOLD_AT[workers], "HOLD_FIFO": str(fifo),
+    env = {**os.environ, "HOLD_AT": hold_at, "HOLD_FIFO": str(fifo),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [Path(sys.executable).parent / "fmnist-serve", "--model-repository",
+        [sys.executable, *COMMANDS[command], "--model-repository",
          str(model_repository), "--host", "127.0.0.1", "--port", "0", "--workers", workers,
          "--poll-interval", "0", "--grace-period", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
@@ -64,22 +78,3 @@ def test_a_stop_signal_early_in_the_start_up_is_one_line_and_exit_0(
     assert f"shutdown requested signal={number.name}" in said[0], log
     assert "Traceback" not in log, log
 
-
-def test_main_gives_an_in_process_caller_its_signal_mask_back_when_it_cannot_serve(
-        model_repository, restore_logging):
-    """main() holds the stop signals once its flags are parsed: one that cannot serve (bad
-    flags, argparse's exit, a taken port) left them blocked in its caller, whose Ctrl-C,
-    SIGTERM and children then waited for nothing."""
-    from serving import cli
-
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = str(taken.getsockname()[1])
-        for argv, status in ((["--workers", "none"], 2), (
-                ["--model-repository", str(model_repository), "--host", "127.0.0.1",
-                 "--port", port, "--workers", "1"], 1)):
-            assert cli.main(argv) == status
-            assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS), argv
-    for argv in (["--bogus"], ["--help"]):  # argparse's exit: they stayed blocked
-        with pytest.raises(SystemExit):
-            cli.main(argv)
-        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & set(STOP_SIGNALS), argv
