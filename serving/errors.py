@@ -105,4 +105,4 @@ class RepositoryError(Exception):
 
 
 class WorkerStartError(Exception):
-    """A worker could not start (or its port cannot be had); the message is its reason."""
+    """A worker could not start; the message is its reason."""

@@ -3,6 +3,8 @@ share (SO_REUSEPORT) then held while the workers bind them (``serving.workers``)
 
 import contextlib
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from serving.errors import ListenError
 from serving.settings import Settings, host_port
@@ -38,8 +40,17 @@ def _bound(host: str, port: int, what: str, *options: int) -> socket.socket:
     for option in (socket.SO_REUSEADDR, *options):
         bound.setsockopt(socket.SOL_SOCKET, option, 1)
     try:
-        bound.bind((host, port))
-    except OSError as error:
+        listening(what, host, port, lambda: bound.bind((host, port)))
+    except ListenError:
         bound.close()
-        raise ListenError(f"cannot listen{what} on {host_port(host, port)}: {error}") from None
+        raise
     return bound
+
+
+def listening(what: str, host: str, port: int, listen: Callable[[], Any]) -> Any:
+    """``listen()``'s result; ListenError "cannot listen{what} on HOST:PORT: ..." if it cannot:
+    the one wording of a port that cannot be had, whichever part binds it."""
+    try:
+        return listen()
+    except (OSError, RuntimeError) as error:  # sockets; the gRPC servers
+        raise ListenError(f"cannot listen{what} on {host_port(host, port)}: {error}") from None

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +27,7 @@ from serving.errors import ListenError
 from serving.grpc_transport import HealthServicer, PipelineInterceptor, api_handler, grpc_server
 from serving.http.transport import HttpTransport
 from serving.pipeline import Admission, CallPipeline
+from serving.ports import listening
 from serving.repository import ModelRegistry, load_repository
 from serving.security import ServerTls
 from serving.settings import ACCEPTS_NO_MORE, Settings, available_cores, host_port
@@ -125,21 +125,21 @@ class ModelServer:
     def start(self) -> None:
         """Listens, then reports SERVING for the server ("") and each service."""
         settings, tls = self.settings, self._tls
-        self.port = _listening(f"on {settings.address}", lambda: (
+        self.port = listening("", settings.host, settings.port, lambda: (
             self._server.add_secure_port(settings.address, tls) if tls
             else self._server.add_insecure_port(settings.address)))
         if self._health_server is not None:
             health_address = host_port(settings.host, settings.health_port)
-            self.health_port = _listening(f"for health (--health-port) on {health_address}",
-                                          lambda: self._health_server.add_insecure_port(
-                                              health_address))
+            self.health_port = listening(
+                " for health (--health-port)", settings.host, settings.health_port,
+                lambda: self._health_server.add_insecure_port(health_address))
         if self.http is not None:
-            self.http_port = _listening(
-                f"for HTTP on {host_port(settings.host, settings.http_port)}", self.http.start)
+            self.http_port = listening(" for HTTP", settings.host, settings.http_port,
+                                       self.http.start)
         if settings.metrics_port and metrics.multiprocess_directory() is None:
             # with several workers, the supervisor serves every worker's metrics instead
-            self._metrics_endpoint = _listening(
-                f"for metrics on port {settings.metrics_port}",
+            self._metrics_endpoint = listening(
+                " for metrics", settings.host, settings.metrics_port,
                 lambda: metrics.start_endpoint(settings.host, settings.metrics_port))
         self._server.start()
         if self._health_server is not None:
@@ -215,14 +215,6 @@ class ModelServer:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
         log.info("stopped")
-
-
-def _listening(where: str, listen: Callable[[], Any]) -> Any:
-    """``listen()``'s result; ListenError "cannot listen {where}: ..." if it cannot."""
-    try:
-        return listen()
-    except (OSError, RuntimeError) as error:  # sockets; the gRPC servers
-        raise ListenError(f"cannot listen {where}: {error}") from None
 
 
 def _try_command(settings: Settings, port: int) -> str:

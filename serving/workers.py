@@ -36,11 +36,11 @@ from dataclasses import replace
 
 from serving.entry import STOP_SIGNALS
 from serving.errors import WorkerStartError
-from serving.ports import reserved_port
+from serving.ports import listening, reserved_port
 from serving.scratch import held_directory
 from serving.settings import Settings
 from serving.worker_process import READY, Heartbeats, read_all, signals_held, worker_main
-from serving.workers_metrics import MULTIPROCESS_ENV, summed_metrics_server
+from serving.workers_metrics import MULTIPROCESS_ENV, http_server, summed_registry
 
 RESTART_INTERVAL_S = 1.0
 MAX_RESTART_DOUBLINGS = 5  # after failed starts in a row: 2, 4, ... 32 s
@@ -95,7 +95,11 @@ class _Supervisor:
         signal.set_wakeup_fd(self._wake_write)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since serving.entry
         if self.settings.metrics_port:
-            self._metrics = summed_metrics_server(self.settings, self.directory)
+            # /metrics over every worker's files, bound here (a port taken since check_free
+            # fails the start with one line) and served by the metrics process
+            host, port = self.settings.host, self.settings.metrics_port
+            self._metrics = listening(" for metrics", host, port, lambda: http_server(
+                host, port, summed_registry(self.directory)))
             self._fork_metrics()
         for name in (*SHARED_IMPORTS, *(["granian"] if self.settings.http_port else [])):
             importlib.import_module(name)

@@ -12,8 +12,7 @@ import socket
 import sys
 import threading
 
-from serving.errors import WorkerStartError
-from serving.settings import Settings, listening_address
+from serving.settings import listening_address
 
 # serving.metrics imports it from here: the supervisor must not import that before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -28,16 +27,6 @@ def summed_registry(directory: str):
 
     MultiProcessCollector(registry := CollectorRegistry(), path=directory)  # registers itself
     return registry
-
-
-def summed_metrics_server(settings: Settings, directory: str):
-    """``/metrics`` over every worker's files, bound here (a port in use fails the start with
-    one line) and served by the metrics process."""
-    try:
-        return http_server(settings.host, settings.metrics_port, summed_registry(directory))
-    except OSError as error:
-        raise WorkerStartError(
-            f"cannot listen for metrics on port {settings.metrics_port}: {error}") from None
 
 
 def http_server(host: str, port: int, registry):

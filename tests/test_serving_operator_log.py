@@ -3,6 +3,7 @@ a stop signal comes early: still importing its modules, before it has handlers o
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.server_process import held_in_read
 
 # Put first on the server's PYTHONPATH: Python runs it as it starts (site), and it holds the
@@ -78,3 +80,32 @@ def test_a_stop_signal_early_in_the_start_up_is_one_line_and_exit_0(
     assert f"shutdown requested signal={number.name}" in said[0], log
     assert "Traceback" not in log, log
 
+
+
+def test_a_metrics_port_taken_as_the_supervisor_binds_it_is_named_host_and_port(
+        model_repository, tmp_path):
+    """Free when the supervisor checked its ports, taken before it bound it (by another
+    program, in between): its line said "on port N" where every other taken port says
+    HOST:PORT. Held as the supervisor first imports prometheus_client (to bind it)."""
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = {**os.environ, "HOLD_AT": "prometheus_client", "HOLD_FIFO": str(fifo),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--metrics-port", str(port),
+         "--workers", "2"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with held_in_read(fifo):
+            taken = socket.create_server(("127.0.0.1", port))
+        with taken:
+            log = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (process.returncode, log.splitlines()) == (1, [
+        f"fmnist-serve: error: cannot listen for metrics on 127.0.0.1:{port}: "
+        "[Errno 98] Address already in use"]), log
