@@ -141,10 +141,11 @@ class CallPipeline:
     def stream(self, call: Call, handler: Callable, requests: Iterable,
                parse: Callable | None = None) -> Iterator:
         """``handler(requests, call)``'s responses, then a ServingError if it fails;
-        ``parse`` as ``unary``'s, for each request."""
+        ``parse`` as ``unary``'s, for each request: one that fails to parse ends the stream,
+        named by its place in it, "request N: ..." (from 0; every streaming method alike)."""
         with _Around(self, call, self._stream_slots):
             if parse is not None:
-                requests = (parse_request(parse, request) for request in requests)
+                requests = _parsed(parse, requests)
             yield from handler(requests, call)
 
     def _presents_token(self, authorization: str) -> bool:
@@ -270,3 +271,12 @@ def parse_request(parse: Callable, data):
         raise
     except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
         raise InvalidArgument(f"request: {error}") from None
+
+
+def _parsed(parse: Callable, requests: Iterable) -> Iterator:
+    """``stream``'s requests, parsed one by one as its handler reads them."""
+    for index, request in enumerate(requests):
+        try:
+            yield parse_request(parse, request)
+        except ServingError as error:
+            raise type(error)(f"request {index}: {error}") from None

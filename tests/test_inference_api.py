@@ -162,6 +162,20 @@ async def test_every_stream_answer_carries_the_final_flag_as_tritons_does(v2):
             for answer in answers] == [True, True, True]
 
 
+async def test_a_stream_request_that_does_not_parse_is_named_by_its_place(channel):
+    """Bytes that are no ModelInferRequest ended the stream with "request: Error parsing
+    message", which named no message of the stream; ClassifyStream's say "request N: "."""
+    stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                   response_deserializer=pb.ModelStreamInferResponse.FromString)
+    call = stream(iter([raw_request(id="a").SerializeToString(), b"\xff\xff\xff"]))
+    assert (await call.read()).infer_response.id == "a"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(
+        "request 1: request: Error parsing message"), refused.value.details()
+
+
 @pytest.mark.parametrize("gone, error", [
     (Call("/inference.GRPCInferenceService/ModelStreamInfer", deadline=time.monotonic() - 1),
      DeadlineExceeded),

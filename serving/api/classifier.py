@@ -41,15 +41,13 @@ class ClassifierAPI:
                        ) -> Iterator[pb.ClassifyResponse]:
         """Answers in request order; the first refused request ends the stream with an error
         that names it (its position, and its request_id), so no client has to count; one whose
-        bytes do not parse (``requests`` parses them) is named by its position."""
-        index, named = 0, ""
-        try:
-            for request in requests:
-                named = f" ({request.request_id!r})" if request.request_id else ""
+        bytes do not parse is named by its position by the call pipeline, which parses them."""
+        for index, request in enumerate(requests):
+            try:
                 yield self.Classify(request, call)
-                index, named = index + 1, ""
-        except ServingError as error:
-            raise type(error)(f"request {index}{named}: {error}") from error
+            except ServingError as error:
+                named = f" ({request.request_id!r})" if request.request_id else ""
+                raise type(error)(f"request {index}{named}: {error}") from error
 
     def ListModels(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:  # noqa: N802 (the protocol's name)
         return pb.ListModelsResponse(models=[self._info(m) for m in self.registry.list()])

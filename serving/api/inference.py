@@ -85,7 +85,8 @@ class InferenceAPI:
         model name and version (as Triton's failed answers: a client multiplexing requests
         tells which failed), and the stream goes on, as Triton's does; every answer, its
         request's one and final, says so in Triton's final flag, which streaming clients wait
-        for."""
+        for. Bytes that do not parse end the stream, named by their place (as ClassifyStream's:
+        the call pipeline parses them)."""
         for request in requests:
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
