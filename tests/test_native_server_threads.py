@@ -12,9 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from serving import native
 from serving.grpc_transport import HealthServicer
 from serving.grpc_transport import grpc_server as make_grpc_server
-from tests.conftest import running_server
+from tests.conftest import local_settings, running_server
 from tests.echo_service import SERVICE, Echo, started
 from tests.server_process import server_process
 
@@ -247,3 +248,20 @@ def test_a_watch_opened_after_the_watches_ended_ends_once_answered(settings):
             health_pb2.HealthCheckRequest(service=""), timeout=3)
         assert [answer.status for answer in watch] == [health_pb2.HealthCheckResponse.SERVING]
         assert watch.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.skipif(not native.available(), reason="the native gRPC server is not built")
+def test_watches_the_drain_ended_leave_the_native_servers_parked_calls(model_repository):
+    """A parked Watch that the drain's end_watches ended, from its own thread, stayed in the
+    native server's table of parked calls until the server went: one entry per Watch."""
+    settings = local_settings(model_repository=model_repository, grpc_server="native",
+                              poll_interval=0)
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        watches = [health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10) for _ in range(3)]
+        assert [next(watch).status for watch in watches] == (
+            [health_pb2.HealthCheckResponse.SERVING] * 3)
+        server.health.end_watches()
+        assert [list(watch) for watch in watches] == [[]] * 3
+        assert server._server._watched == {}

@@ -100,34 +100,33 @@ class NativeServer:
                     context.end()
                 continue
             try:
-                parked = self._answer(call)
+                self._answer(call)
             except Exception:  # never lose a pool thread
                 log.exception("the native server failed to answer a call")
                 call.finish(grpc.StatusCode.INTERNAL.value[0], "internal error", ())
-                parked = False
+                self._watched.pop(call.id(), None)  # its context may never end
             except BaseException:  # SystemExit, KeyboardInterrupt: the call ends first
                 call.finish(grpc.StatusCode.UNKNOWN.value[0], "the handler exited", ())
                 raise
-            # ended: its callbacks have run. A parked call's entry goes when its cancellation
-            # comes back (above); one its handler ended from another thread (a Watch ended by
-            # the drain's end_watches) stays until the server goes
-            if self._watched and not parked:
-                with self._state:
-                    self._watched.pop(call.id(), None)
 
     def _watch_end(self, call, context: NativeContext) -> None:
-        """If ``call`` is cancelled while parked, next_call() gives it again for its end();
-        if it is cancelled already, its handler's end pops it (below ``_answer``)."""
+        """If ``call`` is cancelled while parked, next_call() gives it again for its end().
+        Its entry goes as it ends, whichever thread ends it: its handler's, the cancellation's
+        (above), or another (a Watch ended by the drain's end_watches stayed until the server
+        went)."""
+        key = call.id()
         with self._state:
-            self._watched[call.id()] = context
+            self._watched[key] = context
+        if not context.add_callback(functools.partial(self._watched.pop, key, None)):
+            self._watched.pop(key, None)  # it ended meanwhile
         call.watch_end()
 
     def _lookup(self, details: _HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return next((handler for generic in self._generic
                      if (handler := generic.service(details)) is not None), None)
 
-    def _answer(self, call) -> bool:
-        """Answers ``call``; True if it is parked (answered from other threads)."""
+    def _answer(self, call) -> None:
+        """Answers ``call`` (a parked one: from other threads, until it ends)."""
         method, metadata, peer, remaining = call.info()
         metadata = tuple(metadata)  # as grpcio gives it
         context = NativeContext(call, metadata, peer, remaining,
@@ -136,7 +135,7 @@ class NativeServer:
             handler = self._resolve(_HandlerCallDetails(method, metadata))
             if handler is None:
                 raise _RefusedError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-            return _run(call, context, handler, method)
+            _run(call, context, handler, method)
         except _RefusedError as refusal:  # its request could not be read, or no such method
             if context.code() is None:
                 context.set_code(refusal.code)
@@ -144,11 +143,10 @@ class NativeServer:
             context.finish()
         except Exception as error:
             context.finish(error=error)
-        return False
 
 
-def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: str) -> bool:
-    """Runs the handler, as grpcio does for its kind; True if the call is parked."""
+def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: str) -> None:
+    """Runs the handler, as grpcio does for its kind."""
     request = (_requests(call, handler.request_deserializer) if handler.request_streaming
                else _request(call, handler.request_deserializer, method))
     serialize = handler.response_serializer or (lambda data: data)
@@ -158,13 +156,11 @@ def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: s
         context.finish(serialize(behavior(request, context)))
     elif getattr(behavior, "experimental_non_blocking", False) and not handler.request_streaming:
         behavior(request, context, functools.partial(_send, call, context, serialize))
-        if call.park() and call.active():  # answered from other threads until cancelled
-            return True
-        context.end()  # cancelled already (and finished by park), or ended by the handler
+        if not (call.park() and call.active()):  # parked: answered from other threads
+            context.end()  # cancelled already (and finished by park), or ended by the handler
     else:
         _write_all(call, behavior(request, context), serialize)
         context.finish()
-    return False
 
 
 def _send(call, context: NativeContext, serialize, message) -> None:
