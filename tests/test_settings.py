@@ -161,6 +161,13 @@ def test_an_ipv6_host_in_brackets_is_the_address_itself(model_repository):
                 health_pb2.HealthCheckResponse.SERVING)
 
 
+def test_settings_made_in_code_drop_an_ipv6_hosts_brackets_too():
+    """Only the flag and FMNIST_HOST dropped them: ``Settings(host="[::1]")`` kept its host
+    "[::1]" and its address "[[::1]]:50051", which no server can bind."""
+    assert (Settings(host="[::1]").host, Settings(host="[::1]").address) == ("::1", "[::1]:50051")
+    assert Settings(host="::1") == Settings(host="[::1]")
+
+
 @pytest.mark.parametrize("given_as", ["flag", "variable"])
 def test_a_leading_tilde_in_the_tls_files_is_the_home_directory(tmp_path, monkeypatch, given_as):
     """--tls-cert=~/tls/cert.pem (bash leaves that ~ alone, as an env file does) named a file
