@@ -126,13 +126,23 @@ def _trial_run(model_path: Path, manifest: Manifest, session) -> None:
     except Exception as error:  # onnxruntime's untyped errors
         raise RepositoryError(f"{model_path}: a trial run on 2 images failed: "
                               f"{first_line(error)}") from None
-    classes = len(manifest.class_names)
-    if (probabilities.shape != (2, classes) or labels.shape != (2,)
-            or not np.isin(labels, range(classes)).all() or not np.isfinite(probabilities).all()
-            or not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)):
-        raise RepositoryError(f"{model_path}: a trial run on 2 images answered probabilities "
-                              "that are not finite, each row summing to 1, and 2 labels that "
-                              "are not class numbers")
+    if fault := _trial_fault(probabilities, labels, len(manifest.class_names)):
+        raise RepositoryError(f"{model_path}: a trial run on 2 images answered {fault}")
+
+
+def _trial_fault(probabilities: np.ndarray, labels: np.ndarray, classes: int) -> str:
+    """The first promise of the trial run's answer that it breaks, with the value that breaks
+    it ("" if none): a graph of logits (no Softmax) is told its rows' sums, not every check."""
+    if probabilities.shape != (2, classes) or labels.shape != (2,):
+        return (f"probabilities of shape {list(probabilities.shape)} and labels of shape "
+                f"{list(labels.shape)}, expected [2, {classes}] and [2]")
+    if not np.isfinite(probabilities).all():
+        return f"a probability of {probabilities[~np.isfinite(probabilities)][0]}, not finite"
+    if not np.allclose(sums := probabilities.sum(axis=1), 1, atol=1e-3):
+        return f"probabilities whose rows sum to {[round(float(row), 4) for row in sums]}, not 1"
+    if not np.isin(labels, range(classes)).all():
+        return f"labels {labels.tolist()}, not class numbers 0..{classes - 1}"
+    return ""
 
 
 def first_line(error: Exception) -> str:

@@ -37,8 +37,14 @@ BROKEN_WHEN_RUN = {
                      helper.make_node("Div", ["logits", "logits"], ["probabilities"]),  # 0/0
                      helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
                     [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights")],
-                    "a trial run on 2 images answered probabilities that are not finite, "
-                    "each row summing to 1"),
+                    "a trial run on 2 images answered a probability of nan, not finite"),
+    "answers logits": ([helper.make_node("Gemm", ["features", "weights", "bias"], ["logits"]),
+                        helper.make_node("Identity", ["logits"], ["probabilities"]),  # no Softmax
+                        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+                       [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights"),
+                        numpy_helper.from_array(np.arange(10, dtype=np.float32), "bias")],
+                       "a trial run on 2 images answered probabilities whose rows sum to "
+                       "[45.0, 45.0], not 1"),
     "labels no class": ([helper.make_node("Gemm", ["features", "weights", "bias"], ["logits"]),
                          helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
                          helper.make_node("ArgMax", ["logits"], ["best"], axis=1, keepdims=0),
@@ -46,7 +52,8 @@ BROKEN_WHEN_RUN = {
                         [numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights"),
                          numpy_helper.from_array(np.zeros(10, np.float32), "bias"),
                          numpy_helper.from_array(np.array(10), "ten")],
-                        "and 2 labels that are not class numbers"),
+                        "a trial run on 2 images answered labels [10, 10], not class "
+                        "numbers 0..9"),
 }
 
 
