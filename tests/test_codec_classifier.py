@@ -30,8 +30,8 @@ def test_images_from_bytes_keeps_pixels_in_row_major_order():
         ([], 8, "images: expected at least 1 image, got 0"),
         ([b"\0" * 784] * 9, 8, "images: expected at most 8 images per request"),
         ([b"\0" * 784] * 3 + [b"\0" * 100], 8,
-         "images[3]: expected 784 bytes (28x28 uint8), got 100"),
-        ([b"\0" * 783, b"\0" * 785], 8, "images[0]: expected 784 bytes (28x28 uint8), got 783"),
+         "images[3]: expected 784 pixels (28x28 uint8), got 100"),
+        ([b"\0" * 783, b"\0" * 785], 8, "images[0]: expected 784 pixels (28x28 uint8), got 783"),
     ],
 )
 def test_images_from_bytes_refuses_with_the_field_and_the_expected_value(images, limit, message):

@@ -87,7 +87,7 @@ VALID = _json({"images": [[0] * 784]})
     ("POST", CLASSIFY, _json({"images": [[300] * 784]}), {}, 400,
      "images[0]: expected 784 integers 0..255"),
     ("POST", CLASSIFY, _json({"images": [[0] * 100]}), {}, 400,
-     "images[0]: expected 784 bytes (28x28 uint8), got 100"),
+     "images[0]: expected 784 pixels (28x28 uint8), got 100"),
     ("POST", CLASSIFY, _json({"images": [[0] * 784], "model": "nope"}), {}, 404, "nope"),
     ("POST", CLASSIFY + "?top=11", _json({"images": [[0] * 784]}), {}, 400, "top: expected"),
     ("GET", "/v1/test-images/10000", b"", {}, 404, "test image 10000"),

@@ -116,7 +116,7 @@ async def test_get_model_describes_the_manifest(stub, model_repository):
 IMAGE = b"\0" * 784
 ERRORS = [
     (pb.ClassifyRequest(images=[IMAGE] * 3 + [b"\0" * 100]), grpc.StatusCode.INVALID_ARGUMENT,
-     "images[3]: expected 784 bytes (28x28 uint8), got 100"),
+     "images[3]: expected 784 pixels (28x28 uint8), got 100"),
     (pb.ClassifyRequest(), grpc.StatusCode.INVALID_ARGUMENT,
      "images: expected at least 1 image, got 0"),
     (pb.ClassifyRequest(images=[IMAGE] * 17), grpc.StatusCode.INVALID_ARGUMENT,
@@ -159,7 +159,7 @@ async def test_a_bad_request_ends_a_stream_after_the_good_answers(small_stub):
         await call.read()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == (  # which of the stream's requests: its place and id
-        "request 1 ('1'): images[1]: expected 784 bytes (28x28 uint8), got 1")
+        "request 1 ('1'): images[1]: expected 784 pixels (28x28 uint8), got 1")
 
 
 async def test_a_stream_request_that_does_not_parse_is_named_by_its_place(channel):

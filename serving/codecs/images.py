@@ -3,7 +3,8 @@ conversion of one ``bytes`` per image to ``uint8 [N,28,28]`` (of image files:
 ``serving.client.inputs``, which the HTTP API uses too).
 
 Messages name the field and the expected value, e.g.
-``images[3]: expected 784 bytes (28x28 uint8), got 100``.
+``images[3]: expected 784 pixels (28x28 uint8), got 100``: pixels, true of each encoding that
+reaches it (a gRPC image's bytes, the HTTP JSON image's integers).
 """
 
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ def images_from_bytes(images: Sequence[bytes], max_request_images: int, field: s
     wrong = np.flatnonzero(lengths != IMAGE_BYTES)
     if wrong.size:
         index = int(wrong[0])
-        raise InvalidArgument(f"{field}[{index}]: expected {IMAGE_BYTES} bytes (28x28 uint8), "
+        raise InvalidArgument(f"{field}[{index}]: expected {IMAGE_BYTES} pixels (28x28 uint8), "
                               f"got {lengths[index]}")
     pixels = np.frombuffer(b"".join(images), dtype=np.uint8)
     return pixels.reshape(len(images), *IMAGE_SHAPE)

@@ -29,7 +29,7 @@ class ClassifierStub:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
 
     Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
-    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    "images[3]: expected 784 pixels (28x28 uint8), got 100". On every method: UNAUTHENTICATED
     without "authorization: Bearer TOKEN" metadata when the server has a token;
     RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
     or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
@@ -69,7 +69,7 @@ class ClassifierServicer:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
 
     Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
-    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    "images[3]: expected 784 pixels (28x28 uint8), got 100". On every method: UNAUTHENTICATED
     without "authorization: Bearer TOKEN" metadata when the server has a token;
     RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
     or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
@@ -147,7 +147,7 @@ class Classifier:
     """Classifies Fashion-MNIST images with the models of the server's model repository.
 
     Errors are gRPC status codes with a one-line message that names the field at fault, e.g.
-    "images[3]: expected 784 bytes (28x28 uint8), got 100". On every method: UNAUTHENTICATED
+    "images[3]: expected 784 pixels (28x28 uint8), got 100". On every method: UNAUTHENTICATED
     without "authorization: Bearer TOKEN" metadata when the server has a token;
     RESOURCE_EXHAUSTED for a message over the server's --max-message-bytes (4 MiB unless set)
     or a call over its --max-concurrent-calls; UNAVAILABLE while it shuts down (worth a retry:
