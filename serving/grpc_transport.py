@@ -249,9 +249,12 @@ class GrpcioServer:
 
     def __init__(self, server: grpc.Server):
         self._server = server
-        # grpcio drops a call that died waiting for a call thread before any handler or
-        # interceptor of ours runs: none is known, and no metric counts it on this server
-        self.dead_calls = list
+
+    def dead_calls(self) -> list[tuple[str, bytes]]:
+        """None: grpcio drops a call that died waiting for a call thread before any handler or
+        interceptor of ours runs, so none is known and no metric counts it on this server (the
+        native server lists them: ``NativeServer.dead_calls``)."""
+        return []
 
     def add_secure_port(self, address: str, tls: ServerTls) -> int:
         return self._server.add_secure_port(address, tls.credentials())
