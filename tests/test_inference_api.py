@@ -212,6 +212,14 @@ async def test_metadata_of_a_version_lists_that_version_as_tritons_does(v2):
     assert listed == [["1", "2"], ["1"], ["2"]]
 
 
+async def test_server_metadata_lists_the_extensions_as_tritons_grpc_does(v2):
+    """Triton's gRPC ServerMetadata answers the one list its HTTP /v2 does (the server core's),
+    binary_tensor_data included: it was HTTP's only here."""
+    metadata = await v2.ServerMetadata(pb.ServerMetadataRequest())
+    assert list(metadata.extensions) == [
+        "classification", "model_configuration", "binary_tensor_data", "statistics"]
+
+
 async def test_statistics_of_a_version_need_the_model_name(v2):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await v2.ModelStatistics(pb.ModelStatisticsRequest(version="1"))

@@ -26,7 +26,8 @@ from serving.repository import ModelVersion, Prediction
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
-EXTENSIONS = ("classification", "model_configuration", "statistics")
+# Triton's gRPC and HTTP both answer its core's one list (in its order): binary_tensor_data too
+EXTENSIONS = ("classification", "model_configuration", "binary_tensor_data", "statistics")
 CLASSIFICATION = "classification"
 CONFIG_TYPES = {"UINT8": config_pb.TYPE_UINT8, "FP32": config_pb.TYPE_FP32,
                 "INT64": config_pb.TYPE_INT64}

@@ -40,7 +40,6 @@ from serving.http.body import (
     read_body,
     unread_body,
 )
-from serving.http.rest import BINARY_EXTENSION
 from serving.pipeline import Call, CallPipeline
 
 # What an error's status asks to be said with it (RFC 9110): how to authenticate; which codings
@@ -171,14 +170,9 @@ class HttpApp:
         return (200 if ready else 400), json_body({"ready": ready})
 
     def _server_metadata(self, environ, _):
-        def encode(response: pb.ServerMetadataResponse) -> Body:
-            document = message_json(response)
-            document["extensions"].append(BINARY_EXTENSION)
-            return json_body(document)
-
         return 200, self._call(environ, f"/{INFERENCE}/ServerMetadata",
                                self._inference.ServerMetadata, pb.ServerMetadataRequest(),
-                               encode=encode)
+                               encode=_json)
 
     def _model_metadata(self, environ, path):
         return 200, self._call(

@@ -27,7 +27,6 @@ from serving.errors import InvalidArgument
 from serving.http.body import Body, parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-BINARY_EXTENSION = "binary_tensor_data"
 BINARY_SIZE, BINARY_OUTPUT, BINARY_ALL = "binary_data_size", "binary_data", "binary_data_output"
 BINARY_TYPE = "application/octet-stream"
 # The typed field of InferTensorContents that holds each datatype's JSON data.
