@@ -212,6 +212,14 @@ async def test_metadata_of_a_version_lists_that_version_as_tritons_does(v2):
     assert listed == [["1", "2"], ["1"], ["2"]]
 
 
+async def test_a_version_is_read_as_tritons_std_stol_reads_it(v2):
+    """Triton reads a version string with std::stol, sign and leading zeros allowed: "02" was
+    version 2 here, while "+2" was refused INVALID_ARGUMENT."""
+    listed = [list((await v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=v))
+                    ).versions) for v in ("+2", "02", "+01")]
+    assert listed == [["2"], ["2"], ["1"]]
+
+
 async def test_server_metadata_lists_the_extensions_as_tritons_grpc_does(v2):
     """Triton's gRPC ServerMetadata answers the one list its HTTP /v2 does (the server core's),
     binary_tensor_data included: it was HTTP's only here."""

@@ -55,10 +55,11 @@ def parse_version(version: str, field: str = "version") -> int:
     newest); ``field`` names it in the request (ModelInferRequest's is model_version)."""
     if version == "":
         return 0
-    if not is_version_name(version) or len(version) > 19 or not 1 <= int(version) <= MAX_VERSION:
+    digits = version.removeprefix("+")  # Triton reads it with std::stol: "+1" and "01" are 1
+    if not is_version_name(digits) or len(digits) > 19 or not 1 <= int(digits) <= MAX_VERSION:
         raise InvalidArgument(f"{field}: expected \"\" (the newest) or an integer from 1 "
                               f"to 2**63-1, got {version[:40]!r}")
-    return int(version)
+    return int(digits)
 
 
 def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
