@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
 
+from tests.http_helpers import http_server, http_settings
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
 from tests.test_http_page_wait import pictures
 
@@ -31,3 +32,17 @@ def test_a_file_changed_since_it_was_picked_is_named_not_the_server(served, brow
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
         "boot.png: the file changed or went since it was picked: pick it again")
+
+
+def test_a_token_no_header_carries_is_named_not_the_server(model_repository, browser):
+    """A token pasted with a typographic dash (or an accent, a zero-width space): fetch refuses
+    to send it, and the page said "no answer from the server ...: is it still running?"."""
+    with http_server(http_settings(model_repository, auth_token="page-secret")) as (_, url):
+        browser.get(url)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "token-box").get_attribute("open"))
+        element(By.ID, "token").send_keys("page\u2013secret\t")
+        wait_for(browser, lambda: "asks" not in element(By.ID, "error").text)
+        assert element(By.ID, "error").text == (
+            "the token holds a character other than printable ASCII (a typographic dash or "
+            'quote?): check it under "Bearer token" above')
