@@ -37,12 +37,16 @@ NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r
              b"502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n"
              b"</html>\r\n")
 
+KUBECTL_PROXY_503 = (b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+                     b'"message":"no endpoints available for service \\"fmnist\\"",'
+                     b'"reason":"ServiceUnavailable","code":503}')
+
 
 @contextlib.contextmanager
 def proxy_answering(url: str, status: int, page: bytes):
     """A proxy in front of ``url``'s server that serves the page and answers every other path
-    itself, with ``status`` and the HTML ``page`` (nginx's 502 when the server is down, a
-    sign-in page)."""
+    itself, with ``status`` and ``page``, HTML or JSON (nginx's 502 when the server is down, a
+    sign-in page, kubectl proxy's Status)."""
 
     class Proxy(QuietHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
@@ -53,7 +57,8 @@ def proxy_answering(url: str, status: int, page: bytes):
             else:
                 status_, body = status, page
             self.send_response(status_)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type",
+                             "application/json" if body.startswith(b"{") else "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -67,10 +72,13 @@ def proxy_answering(url: str, status: int, page: bytes):
 @pytest.mark.parametrize("proxys", [
     (502, NGINX_502, "the proxy answered 502 Bad Gateway: is the server behind it running?"),
     (200, b"<html><body>Sign in</body></html>",
-     "an answer that is not the server's (HTTP 200 OK, text/html): a proxy's page?")])
+     "an answer that is not the server's (HTTP 200 OK, text/html): a proxy's page?"),
+    (503, KUBECTL_PROXY_503,  # its pod gone, under kubectl proxy (README, "The page")
+     "the proxy answered 503 Service Unavailable: is the server behind it running?")])
 def test_a_proxys_page_is_said_in_one_clear_line(served, browser, test_set, tmp_path, proxys):
     """nginx's 502 page showed "HTTP 502" alone; a proxy's sign-in page answered with 200
-    showed "Cannot read properties of undefined (reading 'map')", the script's own failure."""
+    showed "Cannot read properties of undefined (reading 'map')", the script's own failure;
+    kubectl proxy's JSON 503, not the server's JSON, showed "HTTP 503"."""
     (url, _), (status, page, said) = served, proxys
     picture = tmp_path / "boot.png"
     Image.fromarray(test_set[0][0]).save(picture)
