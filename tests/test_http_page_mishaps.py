@@ -2,10 +2,15 @@
 picked, a token pasted with a character no header carries, a proxy's JSON error; in a real
 headless chromium."""
 
+import threading
+
+import grpc
 import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
 
+from fashion_mnist.v1 import classifier_pb2 as pb
+from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.http_helpers import http_server, http_settings
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
 from tests.test_http_page_wait import pictures
@@ -46,3 +51,27 @@ def test_a_token_no_header_carries_is_named_not_the_server(model_repository, bro
         assert element(By.ID, "error").text == (
             "the token holds a character other than printable ASCII (a typographic dash or "
             'quote?): check it under "Bearer token" above')
+
+
+def test_a_busy_server_is_said_in_the_pages_words(model_repository, browser):
+    """A server at --max-concurrent-calls answered 429 "server overloaded: 1 calls in flight in
+    this process (--max-concurrent-calls); retry with backoff or on another replica", words for
+    a program, which the page showed as they were."""
+    with (http_server(http_settings(model_repository, max_concurrent_calls=1)) as (server, url),
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+        element = opened_with_models(browser, url)
+        done = threading.Event()
+
+        def held():  # one call in flight, for as long as the test lasts
+            yield pb.ClassifyRequest(images=[bytes(784)])
+            done.wait()
+
+        stream = pb_grpc.ClassifierStub(channel).ClassifyStream(held())
+        try:
+            next(stream)
+            element(By.ID, "random").click()
+            wait_for(browser, lambda: element(By.ID, "error").text)
+            assert element(By.ID, "error").text == (
+                "the server is too busy to take this now: try again in a moment")
+        finally:
+            done.set()
