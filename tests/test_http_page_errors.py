@@ -217,3 +217,18 @@ def test_a_near_certain_answer_is_not_shown_as_certain(served, browser, model_re
     texts = [bar.text.rsplit(" ", 1)[1] for bar in
              element(By.ID, "model-bars").find_elements(By.CLASS_NAME, "bar")]
     assert (texts[0], texts[-1]) == (">99.9%", "<0.1%"), texts
+
+
+def test_the_answers_keep_to_the_narrowest_phones_width(served, browser):
+    """On a 280-pixel-wide screen (a folding phone's outer one) the answers' bars ran 16 pixels
+    past its edge: the whole page scrolled sideways."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 280, "height": 653, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        element = opened_with_models(browser, url)
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "model-label").get_attribute("data-label"))
+        assert browser.execute_script("return document.documentElement.scrollWidth") == 280
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
