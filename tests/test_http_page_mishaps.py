@@ -75,3 +75,21 @@ def test_a_busy_server_is_said_in_the_pages_words(model_repository, browser):
                 "the server is too busy to take this now: try again in a moment")
         finally:
             done.set()
+
+
+def test_a_picture_refused_for_its_token_is_answered_once_the_token_is_given(
+        model_repository, browser, test_set, tmp_path):
+    """A picture dropped before the token was typed was refused ("this server asks for a
+    token"); the token typed, the page answered nothing till the picture came again."""
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    with http_server(http_settings(model_repository, auth_token="page-secret")) as (_, url):
+        browser.get(url)
+        element = browser.find_element
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "error").text)
+        assert element(By.ID, "error").text == (
+            'boot.png: this server asks for a token: type it under "Bearer token" above')
+        element(By.ID, "token").send_keys("page-secret\n")
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        assert element(By.ID, "error").text == ""
