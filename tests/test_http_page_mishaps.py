@@ -5,6 +5,7 @@ headless chromium."""
 import threading
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
@@ -92,4 +93,25 @@ def test_a_picture_refused_for_its_token_is_answered_once_the_token_is_given(
             'boot.png: this server asks for a token: type it under "Bearer token" above')
         element(By.ID, "token").send_keys("page-secret\n")
         wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        assert element(By.ID, "error").text == ""
+
+
+def test_a_picture_over_a_lower_body_limit_is_sent_again_scaled_down(model_repository,
+                                                                     browser, test_set,
+                                                                     tmp_path):
+    """A 1.7 MB picture, under the 2 MiB the page sends as it is, to a server started with
+    --max-message-bytes 1 MiB (or behind an ingress's 1 MiB limit): the page said "request
+    body: 1777332 bytes, over the server's limit of 1048576 (--max-message-bytes)" of a picture
+    it would have scaled down had it been larger."""
+    photo = tmp_path / "photo.png"
+    noise = np.random.default_rng(0).integers(0, 8, (1120, 1120, 3), dtype=np.uint8)
+    big = np.minimum(np.kron(test_set[0][2], np.ones((40, 40), np.uint8)), 247)[:, :, None]
+    Image.fromarray((big + noise).astype(np.uint8)).save(photo)
+    assert 2**20 < photo.stat().st_size < 2 * 2**20
+    settings = http_settings(model_repository, max_message_bytes=2**20)
+    with http_server(settings) as (_, url):
+        element = opened_with_models(browser, url)
+        element(By.ID, "file").send_keys(str(photo))
+        wait_for(browser, lambda: "photo.png" in element(By.ID, "truth").text
+                 or element(By.ID, "error").text)
         assert element(By.ID, "error").text == ""
