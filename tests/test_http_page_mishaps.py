@@ -115,3 +115,17 @@ def test_a_picture_over_a_lower_body_limit_is_sent_again_scaled_down(model_repos
         wait_for(browser, lambda: "photo.png" in element(By.ID, "truth").text
                  or element(By.ID, "error").text)
         assert element(By.ID, "error").text == ""
+
+
+def test_a_picture_cut_short_is_said_to_be_one(served, browser, test_set, tmp_path):
+    """Half a PNG (a download not finished) was "not a picture the page can read (PNG, JPEG,
+    ...)": of a PNG, where the server had said what it was."""
+    url, _ = served
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(boot.read_bytes()[:boot.stat().st_size // 2])
+    element = opened_with_models(browser, url)
+    element(By.ID, "file").send_keys(str(cut))
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text == (
+        "cut.png: a damaged PNG image, or cut short (image file is truncated)")
