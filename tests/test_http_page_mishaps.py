@@ -14,6 +14,7 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.http_helpers import http_server, http_settings
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page_use import dropped
 from tests.test_http_page_wait import pictures
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
@@ -129,3 +130,16 @@ def test_a_picture_cut_short_is_said_to_be_one(served, browser, test_set, tmp_pa
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
         "cut.png: a damaged PNG image, or cut short (image file is truncated)")
+
+
+def test_a_folder_dropped_is_said_to_be_one(served, browser, test_set, tmp_path):
+    """A folder of pictures dropped on the page: the browser cannot read a folder as a file,
+    and the page said it "changed or went since it was picked"."""
+    url, _ = served
+    folder = tmp_path / "shoes"
+    folder.mkdir()
+    pictures(test_set, folder, "boot.png")
+    element = opened_with_models(browser, url)
+    dropped(browser, "drop", [folder])
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert element(By.ID, "error").text == "shoes: a folder: drop the pictures in it one by one"

@@ -208,6 +208,19 @@ def test_a_picture_pasted_is_answered(served, browser, test_set, tmp_path):
     assert shown(browser) == labels(stub, load_png(picture))
 
 
+def dropped(browser, target: str, paths: list) -> None:
+    """``paths`` dragged and dropped on the element ``target``, as the browser sends a person's
+    drag."""
+    where = browser.execute_script("const box = document.getElementById(arguments[0])"
+                                   ".getBoundingClientRect(); return [box.x + box.width / 2,"
+                                   " box.y + box.height / 2]", target)
+    for kind in ("dragEnter", "dragOver", "drop"):
+        browser.execute_cdp_cmd("Input.dispatchDragEvent", {
+            "type": kind, "x": where[0], "y": where[1],
+            "data": {"items": [], "files": [str(path) for path in paths],
+                     "dragOperationsMask": 1}})
+
+
 def test_a_picture_dropped_on_the_last_one_is_answered(served, browser, test_set, tmp_path):
     """Only the dashed zone took a drop: a picture dropped where the last one stood did
     nothing (and a desktop browser opens a file dropped there in the page's place)."""
@@ -216,13 +229,7 @@ def test_a_picture_dropped_on_the_last_one_is_answered(served, browser, test_set
     for target, index in (("drop", 0), ("image", 1)):
         picture = tmp_path / f"{target}.png"
         Image.fromarray(test_set[0][index]).save(picture)
-        where = browser.execute_script("const box = document.getElementById(arguments[0])"
-                                       ".getBoundingClientRect(); return [box.x + box.width / 2,"
-                                       " box.y + box.height / 2]", target)
-        for kind in ("dragEnter", "dragOver", "drop"):  # as the browser sends a person's drag
-            browser.execute_cdp_cmd("Input.dispatchDragEvent", {
-                "type": kind, "x": where[0], "y": where[1],
-                "data": {"items": [], "files": [str(picture)], "dragOperationsMask": 1}})
+        dropped(browser, target, [picture])
         wait_for(browser, lambda name=picture.name: name in element(By.ID, "truth").text
                  or element(By.ID, "error").text)
         assert shown(browser) == labels(stub, load_png(picture))
