@@ -143,3 +143,17 @@ def test_a_folder_dropped_is_said_to_be_one(served, browser, test_set, tmp_path)
     dropped(browser, "drop", [folder])
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == "shoes: a folder: drop the pictures in it one by one"
+
+
+def test_of_several_pictures_dropped_the_one_answered_is_said(served, browser, test_set,
+                                                               tmp_path):
+    """Three pictures dropped at once: the first was answered, and nothing said that the
+    others were left."""
+    url, _ = served
+    boot, trouser, pullover = pictures(test_set, tmp_path, "boot.png", "trouser.png",
+                                       "pullover.png")
+    element = opened_with_models(browser, url)
+    dropped(browser, "drop", [boot, trouser, pullover])
+    wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+    assert element(By.ID, "truth").text == (
+        "boot.png, the first of 3 files (one at a time), as the model sees it")
