@@ -232,3 +232,19 @@ def test_the_answers_keep_to_the_narrowest_phones_width(served, browser):
         assert browser.execute_script("return document.documentElement.scrollWidth") == 280
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_long_model_name_keeps_to_a_phones_width(repository_copy, browser):
+    """The model list is as wide as its longest name: one of 43 characters ran 29 pixels past a
+    320-pixel-wide phone's screen, and the whole page scrolled sideways."""
+    name = "fashion-mnist-mlp-experimental-wide-2026-12"
+    write_version(repository_copy, name, tiny_classifier(7), {"description": "long"})
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 320, "height": 653, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        with http_server(http_settings(repository_copy)) as (_, url):
+            element = opened_with_models(browser, url)
+            assert name in element(By.ID, "model").text
+            assert browser.execute_script("return document.documentElement.scrollWidth") == 320
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
