@@ -248,3 +248,26 @@ def test_a_long_model_name_keeps_to_a_phones_width(repository_copy, browser):
             assert browser.execute_script("return document.documentElement.scrollWidth") == 320
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_nothing_moves_when_the_model_list_comes(served, browser):
+    """On a phone the list's first choice grew from "server default" to "server default (mlp)"
+    when the list came, and pushed "Random test image", the drop zone and all under them a line
+    down, from under the finger about to press them."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 360, "height": 740, "deviceScaleFactor": 1, "mobile": True})
+    held = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+        const original = window.fetch, list = new Promise((done) => { window.letGo = done; });
+        window.fetch = (path, options) => String(path).includes("v1/models")
+            ? list.then(() => original(path, options)) : original(path, options);"""})
+    try:
+        browser.get(url)
+        element = browser.find_element
+        places = [element(By.ID, "drop").rect]
+        browser.execute_script("window.letGo()")
+        wait_for(browser, lambda: "(mlp)" in element(By.ID, "model").text)
+        assert element(By.ID, "drop").rect == places[0]
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", held)
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
