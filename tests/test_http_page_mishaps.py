@@ -157,3 +157,29 @@ def test_of_several_pictures_dropped_the_one_answered_is_said(served, browser, t
     wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
     assert element(By.ID, "truth").text == (
         "boot.png, the first of 3 files (one at a time), as the model sees it")
+
+
+def test_a_device_offline_is_said_to_be_offline(served, browser):
+    """A phone that lost its network: the page said "no answer from the server ...: is it
+    still running?" of a server that was, where the browser knew it had no network; and the
+    network back, the model list's error stayed till the person left the page and came back."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+
+    def offline(offline: bool) -> None:
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+
+    browser.execute_cdp_cmd("Network.enable", {})
+    try:
+        offline(True)
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        assert element(By.ID, "error").text == "no network: this device is offline"
+        browser.execute_script("loadModels()")  # as when the person comes back to the page
+        wait_for(browser, lambda: browser.execute_script("return errorOfListing"))
+        offline(False)
+        wait_for(browser, lambda: element(By.ID, "error").text == "")
+    finally:
+        offline(False)
+        browser.execute_cdp_cmd("Network.disable", {})
