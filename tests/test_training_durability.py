@@ -80,3 +80,20 @@ def test_a_directory_whose_file_system_cannot_fsync_it_is_no_failure():
     with pytest.raises(OSError) as refused:
         synced(Path("/proc/self/status"))
     assert refused.value.errno == errno.EINVAL
+
+
+def test_a_publish_that_fails_after_its_rename_leaves_no_staging_directory(tmp_path, monkeypatch):
+    """Renamed back under its staging name once its lock was gone (the lock goes after the
+    rename), the version was removed up to that lock, then left as an empty staging directory
+    without one, which every later run takes for a copy by hand and keeps for ever."""
+    fsync = os.fsync
+
+    def refused(fd: int) -> None:  # the disk fails as .highest-version takes the number
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name == HIGHEST:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refused)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_version(tmp_path, "mlp", tiny_classifier(1), {})
+    assert [path.name for path in (tmp_path / "mlp").iterdir() if path.name != HIGHEST] == []

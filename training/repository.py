@@ -141,7 +141,7 @@ def removal_error(staging: Path) -> OSError | None:
                     os.unlink(os.path.join(parent, name))
             for name in directories:
                 os.rmdir(os.path.join(parent, name))
-        (staging / LOCK).unlink()
+        (staging / LOCK).unlink(missing_ok=True)  # none: renamed back once it had gone
         staging.rmdir()
     except OSError as error:
         return error
