@@ -120,12 +120,43 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return load_test_set()
 
 
-def free_port() -> int:
-    """A loopback port free now, for a server that must be told its port (0 turns a server's
-    HTTP or metrics side off)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+_held_ports: list[socket.socket] = []
+
+
+def held_port() -> int:
+    """A port for a server that must be told it ahead (HTTP, health, metrics: 0 turns them off;
+    a command line's), held until the test ends. A port merely found free was the kernel's to
+    hand to the next bind(0) or connect() of any process before the server bound it (seen:
+    another bind(0) got it after ~2,400 tries). Held so, bound on every address and not
+    listening with SO_REUSEADDR, it is handed to no one, while a server, whose listeners all
+    set SO_REUSEADDR, binds and listens on it; nothing listens there but that server."""
+    try:
+        holder = _bound_holder(socket.AF_INET6, "::")
+    except OSError:  # no IPv6 here
+        holder = _bound_holder(socket.AF_INET, "0.0.0.0")
+    _held_ports.append(holder)
+    return holder.getsockname()[1]
+
+
+def _bound_holder(family: socket.AddressFamily, address: str) -> socket.socket:
+    holder = socket.socket(family)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4's port too
+        holder.bind((address, 0))
+    except OSError:
+        holder.close()
+        raise
+    return holder
+
+
+@pytest.fixture(autouse=True)
+def _release_held_ports():
+    """The ports ``held_port`` held for the test, let go once it ends."""
+    yield
+    while _held_ports:
+        _held_ports.pop().close()
 
 
 def local_settings(**overrides) -> Settings:

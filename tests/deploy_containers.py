@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.deploy_manifests import (
     ROOT,
     Workload,
@@ -79,7 +79,7 @@ def prepare(workload: Workload, paths: Mapping[str, Path],
             env[name] = value
     argv = container_argv(workload, image)
     settings = server_settings(argv, env)
-    ports = {int(settings[name]): free_port() for name in PORT_SETTINGS
+    ports = {int(settings[name]): held_port() for name in PORT_SETTINGS
              if int(settings[name]) != 0}
 
     paths = {"/opt/venv": Path(sys.prefix), **paths}

@@ -9,14 +9,14 @@ from pathlib import Path
 import grpc
 
 from serving.settings import Settings
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".work" / "artifacts"  # what a person looks at after the run (screenshots)
 
 
 def http_settings(model_repository: Path, **overrides) -> Settings:
-    return local_settings(**{"model_repository": model_repository, "http_port": free_port(),
+    return local_settings(**{"model_repository": model_repository, "http_port": held_port(),
                              "parallel_inferences": 2, "max_request_images": 8,
                              "poll_interval": 0, "grace_period": 2.0, **overrides})
 

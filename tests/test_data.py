@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import held_port
 from training import data
 
 # Zalando's published MD5s of its .gz files, and the gzip header time stamps they carried.
@@ -221,11 +222,7 @@ def test_a_failed_download_is_one_line_saying_why(tmp_path):
     baseline` printed TensorFlow's C++ start-up lines (oneDNN, CUDA drivers) before its error,
     which said only "the Keras download failed (Exception)": offline, refused, behind a proxy?
     Keras' own words say; here, from a port where nothing listens."""
-    import socket
-
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        origin = f"http://127.0.0.1:{free.getsockname()[1]}/"
+    origin = f"http://127.0.0.1:{held_port()}/"
     program = ("import sys; from pathlib import Path; from training import cli, data; "
                f"data.DEBIAN_DIR = Path({str(tmp_path / 'no-debian')!r}); "
                f"data.KERAS_ORIGIN = {origin!r}; "

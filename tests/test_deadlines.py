@@ -23,7 +23,7 @@ from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import Cancelled, DeadlineExceeded
 from serving.grpc_transport import grpc_server as make_grpc_server
 from serving.pipeline import Admission, Call, CallPipeline
-from tests.conftest import free_port, running_server
+from tests.conftest import held_port, running_server
 from tests.echo_service import SERVICE, Echo, started
 from tests.server_process import server_process
 from training.preprocessing import prepend_preprocessing
@@ -236,7 +236,7 @@ def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, g
     if grpc_server == "grpcio":
         request.applymarker(pytest.mark.xfail(strict=True, reason="grpcio drops them unseen"))
     write_version(repository_copy, "slow", slow_classifier(), {"description": "slow on purpose"})
-    metrics_port = free_port()
+    metrics_port = held_port()
     with server_process(repository_copy, "--workers", "1", "--grpc-server", grpc_server,
                         "--call-threads", "2", "--parallel-inferences", "1",
                         "--max-request-images", str(SLOW_BATCH), "--poll-interval", "0",

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.client.api import ClassifierClient
 from serving.client.security import ChannelSecurity
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.deploy_clients import IMAGES, TOKEN, check_classifies, client_security
 from tests.deploy_containers import START_TIMEOUT_S, health
 from tests.deploy_manifests import needs_kubectl
@@ -51,7 +51,7 @@ def _unimplemented(channel: grpc.Channel) -> dict[str, str]:
 
 def test_the_health_port_answers_probes_without_credentials_and_nothing_else(
         pki, model_repository, tmp_path):
-    port, health_port = free_port(), free_port()
+    port, health_port = held_port(), held_port()
     executable = Path(sys.executable).parent / "fmnist-serve"
     env = {**os.environ, "FMNIST_AUTH_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "server.log"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.server_process import server_process
 
 CLASSIFY = "/v1/classify"
@@ -25,7 +25,7 @@ def _blank_png(width: int, height: int) -> bytes:
 def test_pictures_over_the_pixel_limit_are_refused_and_the_log_stays_json(model_repository):
     """Past 89M pixels Pillow warned on stderr, a line outside the JSON log; past 179M its
     own error made the message "not an image file" instead of the limit's."""
-    with server_process(model_repository, "--workers", "1", "--http-port", str(free_port()),
+    with server_process(model_repository, "--workers", "1", "--http-port", str(held_port()),
                         "--poll-interval", "0") as (_process, logs):
         address = logs.wait_for("serving")[0]["http"]
         for size, message in [(6000, "a 6000x6000 image is over 25,000,000 pixels"),
@@ -52,7 +52,7 @@ def test_large_pictures_sent_at_once_are_decoded_a_few_at_a_time(model_repositor
 
     stream = io.BytesIO()
     Image.new("RGBA", (5000, 5000), (200, 30, 30, 255)).save(stream, format="PNG")
-    with server_process(model_repository, "--workers", "1", "--http-port", str(free_port()),
+    with server_process(model_repository, "--workers", "1", "--http-port", str(held_port()),
                         "--poll-interval", "0", "--call-threads", "16",
                         prefix=("taskset", "-c", "0,1")) as (process, logs):  # 2 decoders
         address = logs.wait_for("serving")[0]["http"]

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.http_helpers import http_server, http_settings
 from tests.server_process import server_process
 
@@ -67,7 +67,7 @@ def _get(host: str, port: int, path: str) -> int:
 @needs_ipv6
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_port_answers_over_ipv6_and_ipv4(model_repository, workers):
-    http_port, metrics_port = free_port(), free_port()
+    http_port, metrics_port = held_port(), held_port()
     with server_process(model_repository, "--host", "::", "--workers", str(workers),
                         "--http-port", str(http_port), "--metrics-port", str(metrics_port),
                         "--poll-interval", "0") as (process, logs):
@@ -94,7 +94,7 @@ def test_a_host_name_resolving_to_ipv6_first_is_served_over_ipv4(model_repositor
                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", ipv6_first)
-    settings = http_settings(model_repository, host="localhost", metrics_port=free_port())
+    settings = http_settings(model_repository, host="localhost", metrics_port=held_port())
     with http_server(settings) as (server, _url):
         assert _get("127.0.0.1", server.http_port, "/v2/health/ready") == 200
         assert _get("127.0.0.1", settings.metrics_port, "/metrics") == 200

@@ -15,7 +15,7 @@ from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 from tests.server_process import server_process
 
 IMAGES = np.zeros((3, 28, 28), dtype=np.uint8)
@@ -34,7 +34,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 @pytest.fixture
 async def metered(model_repository, grpc_server):
-    port = free_port()
+    port = held_port()
     settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
                               metrics_port=port, poll_interval=0)
     async with running_server(settings) as server:
@@ -90,9 +90,9 @@ async def test_an_http_request_whose_body_cannot_be_read_is_counted_under_its_ur
     """The URL names the model: a body that fails to parse was counted under model "", so
     a model's error rate left out its clients' bad requests over HTTP (/v1/classify's
     ``?model=`` too; one naming none says nothing of the model)."""
-    port = free_port()
+    port = held_port()
     settings = local_settings(model_repository=model_repository, metrics_port=port,
-                              poll_interval=0, http_port=free_port())
+                              poll_interval=0, http_port=held_port())
     async with running_server(settings) as server:
         before = await asyncio.to_thread(scrape, port)
         refused = urllib.request.Request(
@@ -156,7 +156,7 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
                                                                        grpc_server):
     """A bad token, a call over --max-concurrent-calls and a call while draining are counted
     by code, with no latency: an operator alerting on overload or on refused tokens sees them."""
-    port = free_port()
+    port = held_port()
     settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
                               metrics_port=port, poll_interval=0, auth_token="secret",
                               max_concurrent_calls=1)
@@ -202,7 +202,7 @@ async def test_calls_refused_before_they_run_are_counted_by_their_code(model_rep
 
 
 async def test_a_stream_refused_for_want_of_a_slot_is_counted(model_repository, grpc_server):
-    port = free_port()
+    port = held_port()
     settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
                               metrics_port=port, poll_interval=0, call_threads=2)  # 1 stream
     async with running_server(settings) as server:
@@ -232,7 +232,7 @@ def test_one_process_serves_its_metrics_whatever_prometheus_multiproc_dir_says(
     nothing (connection refused) and no line said why, while its metrics went to files there.
     Its series are those of several workers: it had a ``*_created`` gauge per series too."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    port = free_port()
+    port = held_port()
     with server_process(model_repository, "--workers", "1", "--metrics-port", str(port),
                         "--poll-interval", "0") as (_, logs):
         target = logs.wait_for("serving")[0]["address"]
@@ -253,7 +253,7 @@ def test_a_message_over_the_limit_is_not_counted_as_a_cancelled_call(model_repos
     code of ours runs): uncounted. The native server queued such a call before gRPC refused
     it, listed it with the calls that died queued, and counted most as CANCELLED, model ""
     (9 to 19 of 20 in a row): clients sending too much looked like clients giving up."""
-    port = free_port()
+    port = held_port()
     with server_process(model_repository, "--workers", "1", "--grpc-server", grpc_server,
                         "--metrics-port", str(port), "--max-request-images", "2",
                         "--max-message-bytes", "2600") as (_, logs):

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 from tests.test_metrics import scrape, value
 
 
@@ -18,9 +18,9 @@ async def test_an_http_body_cut_short_by_its_client_is_counted_under_its_urls_mo
     or gone) was counted under model "" (read before the call was admitted, the failed read
     was a refusal, unlabelled), not the model its URL names as a body that fails to parse; and
     as INVALID_ARGUMENT (a 400), where it is a client gone mid-request: CANCELLED, 499."""
-    port = free_port()
+    port = held_port()
     settings = local_settings(model_repository=model_repository, metrics_port=port,
-                              poll_interval=0, http_port=free_port())
+                              poll_interval=0, http_port=held_port())
     async with running_server(settings) as server:
         before = await asyncio.to_thread(scrape, port)
 

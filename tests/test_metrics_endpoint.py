@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 from tests.test_metrics import scrape, value
 
 
 @pytest.fixture
 def port(model_repository):
     """The metrics port of a one-process server of its own (each test leaves it in its state)."""
-    port = free_port()
+    port = held_port()
     with running_server(local_settings(model_repository=model_repository, metrics_port=port,
                                        poll_interval=0)):
         yield port

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import held_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / os.environ.get("FMNIST_VENV", ".venv")
@@ -29,7 +29,7 @@ def test_run_serve_takes_its_address_from_fmnist_host_and_fmnist_port(
     """`FMNIST_PORT=N ./run serve` served on 50051 all the same: the script's own --host and
     --port won over the env vars (FMNIST_MODEL_REPOSITORY it honoured). An absolute
     FMNIST_VENV put `$PWD//abs/venv/bin` on PATH: 'fmnist-serve: command not found'."""
-    port = free_port()
+    port = held_port()
     env = {**os.environ, "FMNIST_PORT": str(port), "FMNIST_HOST": "127.0.0.1",
            "FMNIST_MODEL_REPOSITORY": str(model_repository), "FMNIST_WORKERS": "1",
            "FMNIST_VENV": str(VENV.resolve()) if absolute_venv else os.path.relpath(VENV, ROOT),

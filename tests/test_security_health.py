@@ -7,7 +7,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving import grpc_transport
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 WATCH = health_pb2.HealthCheckRequest(service="")
@@ -20,7 +20,7 @@ def test_health_watches_past_the_most_kept_are_refused_while_checks_answer(
     monkeypatch.setattr(grpc_transport, "MAX_WATCHES", 3)
     settings = local_settings(model_repository=model_repository, poll_interval=0,
                               grpc_server=grpc_server, auth_token="s3cret",
-                              health_port=free_port())
+                              health_port=held_port())
     with (running_server(settings) as server,
           grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as probes,
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as clients):

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
-from tests.conftest import free_port, running_server
+from tests.conftest import held_port, running_server
 
 SERVICE = "fashion_mnist.v1.Classifier"
 
@@ -261,7 +261,7 @@ async def test_idle_streams_leave_call_threads_for_health_and_unary_calls(settin
 
 
 def test_the_health_port_refuses_unreadable_bytes_as_invalid_argument(settings):
-    with running_server(dataclasses.replace(settings, health_port=free_port())) as server, \
+    with running_server(dataclasses.replace(settings, health_port=held_port())) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         with pytest.raises(grpc.RpcError) as refused:

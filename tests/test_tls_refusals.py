@@ -10,7 +10,7 @@ from serving.client import cli as client_cli
 from serving.client import security as client_security
 from serving.server import ListenError, ModelServer
 from serving.settings import Settings
-from tests.conftest import free_port, local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 from tests.http_helpers import http_server, http_settings
 
 
@@ -137,7 +137,7 @@ def test_a_client_sent_where_nothing_listens_is_asked_whether_the_server_runs(ca
     """`fmnist classify` with no server up (or the wrong port) said only gRPC's "failed to
     connect to all addresses; ... Connection refused", in words a newcomer does not read as
     "nothing listens there"."""
-    port = free_port()
+    port = held_port()
     assert client_cli.main(["health", "--target", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("fmnist health: error: UNAVAILABLE: "), error

@@ -24,7 +24,7 @@ from fashion_mnist.v1 import classifier_pb2 as classifier_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as classifier_pb_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.server_process import children, server_process
 
 IMAGES = np.zeros((2, 28, 28), dtype=np.uint8)
@@ -38,7 +38,7 @@ METADATA_CALLS = {"api": "v2", "method": "ServerMetadata", "model": "", "code": 
 
 @contextlib.contextmanager
 def running_workers(model_repository, *flags: str):
-    metrics_port = free_port()
+    metrics_port = held_port()
     with server_process(model_repository, "--workers", "2", "--metrics-port", str(metrics_port),
                         "--poll-interval", "0", *flags) as (process, logs):
         yield process, logs, logs.wait_for("workers serving")[0], metrics_port

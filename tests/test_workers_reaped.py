@@ -17,7 +17,7 @@ import pytest
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.workers import RESTART_INTERVAL_S
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.server_process import children, held_in_read, server_process
 
 # fmnist-serve's supervisor, noting on stderr each signal it sends to a pid it has reaped
@@ -145,7 +145,7 @@ def test_sigusr1_and_sigusr2_leave_the_supervisor_and_its_workers_serving(model_
     behind it, and ended each worker (the native server's own word then): the service was
     down. SIGUSR2 killed by default too. Every process ignores both now."""
     with server_process(model_repository, "--workers", "2", "--http-port", "0",
-                        "--poll-interval", "0", "--metrics-port", str(free_port())) as (
+                        "--poll-interval", "0", "--metrics-port", str(held_port())) as (
             process, logs):
         started = logs.wait_for("workers serving")[0]
         every = children(process.pid)  # the workers and the metrics process
