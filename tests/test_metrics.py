@@ -2,13 +2,13 @@
 
 import asyncio
 import socket
-import time
 import urllib.error
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashion_mnist.v1 import classifier_pb2 as classifier_pb
@@ -252,22 +252,29 @@ def test_a_message_over_the_limit_is_not_counted_as_a_cancelled_call(model_repos
     """gRPC refuses a message over --max-message-bytes itself (RESOURCE_EXHAUSTED, before any
     code of ours runs): uncounted. The native server queued such a call before gRPC refused
     it, listed it with the calls that died queued, and counted most as CANCELLED, model ""
-    (9 to 19 of 20 in a row): clients sending too much looked like clients giving up."""
-    port = held_port()
-    with server_process(model_repository, "--workers", "1", "--grpc-server", grpc_server,
-                        "--metrics-port", str(port), "--max-request-images", "2",
-                        "--max-message-bytes", "2600") as (_, logs):
-        address = logs.wait_for("serving")[0]["address"]
-        with grpc.insecure_channel(address) as channel:
-            stub = classifier_pb2_grpc.ClassifierStub(channel)
-            for _ in range(20):
-                with pytest.raises(grpc.RpcError) as refused:
-                    stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)] * 4),
-                                  timeout=10)
-                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)]), timeout=10)
-        time.sleep(0.5)  # the native server's dead calls are counted ten times a second
-        counted = {labels: count for (name, labels), count in scrape(port).items()
-                   if name == "fmnist_requests_total"}
+    (9 to 19 of 20 in a row): clients sending too much looked like clients giving up. Read
+    once the server has stopped: its drain counts the calls that died queued after gRPC has
+    ended every call (a running server counts them ten times a second: a wait for that could
+    end first, and pass)."""
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              max_request_images=2, max_message_bytes=2600, poll_interval=0)
+    before = requests_total()
+    with running_server(settings) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)] * 4), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stub.Classify(classifier_pb.ClassifyRequest(images=[bytes(784)]), timeout=10)
+    counted = {labels: count - before.get(labels, 0.0)
+               for labels, count in requests_total().items() if count != before.get(labels)}
     assert counted == {(("api", "domain"), ("code", "OK"), ("method", "Classify"),
                         ("model", "mlp")): 1.0}
+
+
+def requests_total() -> dict[tuple, float]:
+    """This process's fmnist_requests_total by labels (its servers' calls since pytest began)."""
+    return {tuple(sorted(sample.labels.items())): sample.value
+            for family in REGISTRY.collect() for sample in family.samples
+            if sample.name == "fmnist_requests_total"}
