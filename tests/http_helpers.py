@@ -1,13 +1,16 @@
 """The HTTP transport around a running server, for the tests/test_http_*.py modules."""
 
 import contextlib
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 
+from serving.http.body import read_body
 from serving.settings import Settings
 from tests.conftest import held_port, local_settings, running_server
 
@@ -38,6 +41,26 @@ def http_and_grpc(model_repository: Path, **overrides):
     with (http_server(http_settings(model_repository, **overrides)) as (server, url),
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
         yield server, url, channel
+
+
+def wait_until_reading_bodies(port: int, count: int, timeout_s: float = 10) -> None:
+    """Until ``count`` threads of this process wait in ``read_body`` for the rest of a request
+    body sent to ``port`` (an in-process server's): clients stalled mid-body have reached the
+    app. A sleep instead let a test pass that ran before they had (on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while (reading := _reading_bodies(port)) < count:
+        assert time.monotonic() < deadline, (
+            f"{reading} of {count} stalled requests reached read_body in {timeout_s} s")
+        time.sleep(0.01)
+
+
+def _reading_bodies(port: int) -> int:
+    def reading(frame) -> bool:  # another server's, left behind by an earlier test: not ours
+        while frame is not None and frame.f_code is not read_body.__code__:
+            frame = frame.f_back
+        return frame is not None and frame.f_locals["environ"].get("SERVER_PORT") == str(port)
+
+    return sum(map(reading, sys._current_frames().values()))
 
 
 class QuietHandler(BaseHTTPRequestHandler):

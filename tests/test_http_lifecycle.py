@@ -13,7 +13,7 @@ import requests
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving import server as server_module
-from tests.http_helpers import http_server, http_settings
+from tests.http_helpers import http_server, http_settings, wait_until_reading_bodies
 
 
 def test_ready_turns_400_when_the_server_drains_before_calls_are_refused(model_repository,
@@ -90,7 +90,7 @@ def test_a_client_stalled_mid_request_is_left_behind_after_the_grace(model_repos
     with http_server(settings) as (server, _url), socket.create_connection(
             ("127.0.0.1", settings.http_port)) as stalled:
         stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        time.sleep(0.5)  # until the app waits for the body (before admission: uncounted)
+        wait_until_reading_bodies(server.http_port, 1)  # before admission: uncounted
         began = time.monotonic()
         server.http.stop(grace_s=0.5)
         assert 1.4 < time.monotonic() - began < 3
@@ -110,7 +110,7 @@ def test_clients_stalled_mid_body_hold_no_place_under_the_concurrency_limit(mode
             stalled.enter_context(socket.create_connection(("127.0.0.1", settings.http_port))
                                   ).sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
                                             b"Content-Length: 1000\r\n\r\n{")
-        time.sleep(0.5)  # both in the app, waiting for the rest of their bodies
+        wait_until_reading_bodies(server.http_port, 2)  # both in the app, waiting for the rest
         assert requests.get(f"{url}/v1/models", timeout=5).status_code == 200
         inference = pb_grpc.GRPCInferenceServiceStub(channel)
         assert inference.ServerMetadata(pb.ServerMetadataRequest(), timeout=5).name
