@@ -39,7 +39,8 @@ class Logs:
     def __init__(self, stream):
         self.lines: list[dict] = []
         self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
 
     def _read(self, stream):
         for line in stream:
@@ -50,6 +51,14 @@ class Logs:
             with self._changed:
                 self.lines.append(entry)
                 self._changed.notify_all()
+
+    def all_lines(self, timeout: float = 30) -> list[dict]:
+        """Every line, once the process (and every child sharing its stderr) has ended and
+        the last is read: what a test finds absent from them was never said (``lines`` read
+        sooner may still lack the last ones)."""
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), f"stderr still open after {timeout} s: {self.lines}"
+        return self.lines
 
     def wait_for(self, message: str, count: int = 1, timeout: float = 60) -> list[dict]:
         with self._changed:

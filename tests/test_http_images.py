@@ -36,7 +36,7 @@ def test_pictures_over_the_pixel_limit_are_refused_and_the_log_stays_json(model_
             assert (answer.status_code, answer.json()["error"]) == (
                 400, f"body: {message}; scale it down first")
         assert requests.get(address + "v2/health/live", timeout=5).status_code == 200
-    stray = [line["text"] for line in logs.lines if line["message"] is None]
+    stray = [line["text"] for line in logs.all_lines() if line["message"] is None]
     assert not stray, "lines outside the JSON log, whole:\n" + "\n".join(stray)
 
 

@@ -108,7 +108,7 @@ def test_a_tree_without_the_native_server_says_plainly_how_to_build_it(
     monkeypatch.chdir(tmp_path)  # python -m serving imports the copy
     with server_process(model_repository, "--workers", "1", "--http-port", "0") as (_, logs):
         assert logs.wait_for("serving")[0]["transport"] == "grpcio"
-    warnings = [line["message"] for line in logs.lines if line.get("level") == "WARNING"]
+    warnings = [line["message"] for line in logs.all_lines() if line.get("level") == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith(
         f"grpcio serves: the native gRPC server is {state}"), warnings
     assert warnings[0].endswith("; to build it, install g++, pkg-config and libgrpc++-dev, then "
