@@ -159,13 +159,13 @@ class _SeenMethods(grpc.ServerInterceptor):
 @contextlib.contextmanager
 def _one_thread_at_work():
     """A native server of Echo whose threads take new calls while at most one is at work, what
-    its interceptor saw, and the Unary method's stub."""
+    its interceptor saw, the Unary method's stub and the server."""
     echo, seen = Echo(), _SeenMethods()
     server = make_grpc_server("native", 8, [seen], 1 << 20, reuse_port=False, max_running=1)
     port = started(server, echo.handler())
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield echo, seen, channel.unary_unary(f"/{SERVICE}/Unary")
+            yield echo, seen, channel.unary_unary(f"/{SERVICE}/Unary"), server
     finally:
         echo.release.set()
         server.stop(0).wait()
@@ -176,13 +176,17 @@ def test_calls_whose_clients_gave_up_while_queued_never_reach_a_python_thread():
     deadline passes: before, each such call still took a pool thread (method lookup,
     interceptors, the pipeline's checks), so a flood of calls with short deadlines kept the
     threads busy with dead calls and live ones got no answer in time (0 OK/s)."""
-    with _one_thread_at_work() as (echo, seen, unary):
+    with _one_thread_at_work() as (echo, seen, unary, server):
         holding = unary.future(b"hold", timeout=30)  # the one thread at work, in Python
         assert echo.holding.wait(5)
         given_up = [unary.future(b"late", timeout=0.2) for _ in range(20)]
         assert {future.exception(5).code() for future in given_up} == \
             {grpc.StatusCode.DEADLINE_EXCEEDED}
-        time.sleep(0.3)  # the server hears of each end (its own deadline passed too)
+        dead, deadline = [], time.monotonic() + 10  # the server hears of each end (its own
+        while len(dead) < len(given_up):  # deadline passed too): finished in C++, listed
+            assert time.monotonic() < deadline, f"{len(dead)} of 20 listed dead in 10 s"
+            dead += server.dead_calls()
+            time.sleep(0.01)
         echo.release.set()
         assert holding.result(5).startswith(b"None|True|")
         assert unary(b"hi", timeout=5) == b"None|True|True"
@@ -212,7 +216,7 @@ def test_while_the_oldest_queued_call_is_near_its_deadline_the_newest_go_first()
             future.exception(5)  # answered, or past its deadline
         return [name for name in seen.asked if name in dict(calls)]
 
-    with _one_thread_at_work() as (echo, seen, unary):
+    with _one_thread_at_work() as (echo, seen, unary, _server):
         assert taken([("a", None), ("b", None), ("c", None)], 0.2) == ["a", "b", "c"]
         # Released 5 ms before the first call's deadline, which is then late if its headers
         # reached the server within 5 ms, and alive if a thread is back within 5 ms: a timing
