@@ -125,19 +125,22 @@ def test_a_client_sending_slowly_does_not_hold_up_other_scrapes(workers):
     """The metrics process answers each scrape on its own thread: a client that trickles its
     request (each byte within the read timeout) used to keep every other scrape waiting."""
     metrics_port = workers[3]
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def trickle():
         with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as slow:
             for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":
+                slow.sendall(bytes([byte]))
+                started.set()
                 if stop.wait(1):
                     return
-                slow.sendall(bytes([byte]))
 
     slow_client = threading.Thread(target=trickle)
     slow_client.start()
     try:
-        time.sleep(1.5)  # its first bytes are in
+        # its first byte is in: accepted before the scrape's connection, which a server
+        # reading one request at a time would leave waiting (a sleep could end before it)
+        assert started.wait(10)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                     timeout=3) as answer:
             assert answer.status == 200
