@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import held_port
 from tests.server_process import held_in_read
 
 # Put first on the server's PYTHONPATH: Python runs it as it starts (site), and it holds the
@@ -90,7 +90,7 @@ def test_a_metrics_port_taken_as_the_supervisor_binds_it_is_named_host_and_port(
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     fifo = tmp_path / "hold"
     os.mkfifo(fifo)
-    port = free_port()
+    port = held_port()
     env = {**os.environ, "HOLD_AT": "prometheus_client", "HOLD_FIFO": str(fifo),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
