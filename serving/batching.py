@@ -183,15 +183,14 @@ class Batcher:
                       else np.concatenate([request.images for request in batch]))
             probabilities, labels = self._run(images)
             finished = time.perf_counter()
-            start, queue_s, total_s = 0, 0.0, 0.0
+            start, queue_s = 0, 0.0
             for request in batch:
                 end = start + len(request.images)
                 queue_s += started - request.enqueued
-                total_s += finished - request.enqueued
                 self._settle(request, result=(probabilities[start:end], labels[start:end]))
                 start = end
             self._metrics.succeeded(len(batch), len(labels), queue_s,
-                                    len(batch) * (finished - started), total_s)
+                                    len(batch) * (finished - started))
         except Exception as error:
             finished = time.perf_counter()
             for request in batch:

@@ -87,14 +87,13 @@ class ModelMetrics:
         the multiprocess files, and 0 says what happened)."""
         self._info.set(0)
 
-    def succeeded(self, count: int, images: int, queue_s: float, compute_s: float,
-                  total_s: float) -> None:
+    def succeeded(self, count: int, images: int, queue_s: float, compute_s: float) -> None:
         """One onnxruntime call of ``images`` images: ``count`` successful predictions, the
-        seconds summed over them; one write per metric per batch (each is an mmap write in
-        multiprocess mode)."""
+        seconds summed over them (their total: the two); one write per metric per batch (each
+        is an mmap write in multiprocess mode)."""
         self._batch_size.observe(images)
         self._succeeded.inc(count)
-        self._success_seconds.inc(total_s)
+        self._success_seconds.inc(queue_s + compute_s)
         self._queue_seconds.inc(queue_s)
         self._compute_seconds.inc(compute_s)
         self._last.set(time.time())
@@ -158,9 +157,15 @@ class ModelStatistics:
     fail: Duration
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
-    inference_count: int = 0  # images
-    execution_count: int = 0  # onnxruntime calls
+    inference_count: float = 0  # images
+    execution_count: float = 0  # onnxruntime calls
     last_inference_s: float = 0.0
+
+
+# the samples, summed over the worker processes, that are a ModelStatistics field as they are
+SUMMED = {"fmnist_inference_queue_seconds_total": "queue_seconds",
+          "fmnist_inference_compute_seconds_total": "compute_seconds",
+          "fmnist_batch_size_count": "execution_count", "fmnist_batch_size_sum": "inference_count"}
 
 
 def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistics]:
@@ -176,16 +181,10 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
             getattr(stats, labels["outcome"]).count = int(value)  # .success or .fail
         elif name == "fmnist_inference_request_seconds_total":
             getattr(stats, labels["outcome"]).seconds = value
-        elif name == "fmnist_inference_queue_seconds_total":
-            stats.queue_seconds = value
-        elif name == "fmnist_inference_compute_seconds_total":
-            stats.compute_seconds = value
         elif name == "fmnist_inference_last_timestamp_seconds":
             stats.last_inference_s = max(stats.last_inference_s, value)
-        elif name == "fmnist_batch_size_count":
-            stats.execution_count = int(value)
-        elif name == "fmnist_batch_size_sum":
-            stats.inference_count = int(value)
+        elif name in SUMMED:
+            setattr(stats, SUMMED[name], value)
     return list(wanted.values())
 
 

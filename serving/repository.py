@@ -79,13 +79,11 @@ class ModelRegistry:
 
     def add(self, model: ModelVersion) -> None:
         """Adds (or replaces) a version; the newest version of a model is its default."""
-        models = {name: dict(versions) for name, versions in self._models.items()}
-        versions = models.setdefault(model.name, {})
-        replaced = versions.get(model.version)
+        versions = {**self._models.get(model.name, {}), model.version: model}
+        replaced = self._models.get(model.name, {}).get(model.version)
         if replaced is not None and replaced.manifest.sha256 != model.manifest.sha256:
             replaced.metrics.unloaded()  # its model_info series reads 0, the new one's 1
-        versions[model.version] = model
-        models[model.name] = dict(sorted(versions.items()))
+        models = {**self._models, model.name: dict(sorted(versions.items()))}
         self._models = dict(sorted(models.items()))
 
     def remove(self, name: str, version: int) -> None:

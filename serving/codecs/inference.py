@@ -32,6 +32,9 @@ CLASSIFICATION = "classification"
 CONFIG_TYPES = {"UINT8": config_pb.TYPE_UINT8, "FP32": config_pb.TYPE_FP32,
                 "INT64": config_pb.TYPE_INT64}
 _TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
+# an output -> the Prediction's attribute, its datatype, its wire dtype, its typed contents
+_TENSORS = {PROBABILITIES: ("probabilities", "FP32", "<f4", "fp32_contents"),
+            LABEL: ("labels", "INT64", "<i8", "int64_contents")}
 
 
 @dataclass(frozen=True)
@@ -154,19 +157,14 @@ def encode_infer_response(query: InferQuery, model: ModelVersion,
     for output in query.outputs:
         if output.class_count:
             _add_classification(response, output, prediction, model.manifest.class_names, query.raw)
-        elif output.name == PROBABILITIES:
-            _add_tensor(response, PROBABILITIES, "FP32",
-                        np.ascontiguousarray(prediction.probabilities, dtype="<f4"),
-                        "fp32_contents", raw=query.raw)
         else:
-            _add_tensor(response, LABEL, "INT64",
-                        np.ascontiguousarray(prediction.labels, dtype="<i8"),
-                        "int64_contents", raw=query.raw)
+            _add_tensor(response, output.name, prediction, raw=query.raw)
     return response
 
 
-def _add_tensor(response, name: str, datatype: str, array: np.ndarray, typed_field: str, *,
-                raw: bool) -> None:
+def _add_tensor(response, name: str, prediction: Prediction, *, raw: bool) -> None:
+    attribute, datatype, dtype, typed_field = _TENSORS[name]
+    array = np.ascontiguousarray(getattr(prediction, attribute), dtype=dtype)
     tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
     if raw:
         response.raw_output_contents.append(array.tobytes())
@@ -221,25 +219,19 @@ def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsRe
     (perf_analyzer requires equal counts): input and output conversion happen outside the
     model call and are reported as 0 ns. cache_hit and cache_miss are set, at 0, so that
     clients reading Triton's schema find them (this service has no response cache)."""
-    return pb.ModelStatisticsResponse(model_stats=[_model_statistics(s) for s in statistics])
-
-
-def _model_statistics(stats: ModelStatistics) -> pb.ModelStatistics:
-    succeeded = stats.success.count
-    return pb.ModelStatistics(
+    return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
         name=stats.name, version=str(stats.version),
         last_inference=int(stats.last_inference_s * 1000),
-        inference_count=stats.inference_count, execution_count=stats.execution_count,
+        inference_count=int(stats.inference_count), execution_count=int(stats.execution_count),
         inference_stats=pb.InferStatistics(
-            success=_duration(succeeded, stats.success.seconds),
+            success=_duration(stats.success.count, stats.success.seconds),
             fail=_duration(stats.fail.count, stats.fail.seconds),
-            queue=_duration(succeeded, stats.queue_seconds),
-            compute_input=_duration(succeeded, 0.0),
-            compute_infer=_duration(succeeded, stats.compute_seconds),
-            compute_output=_duration(succeeded, 0.0),
+            queue=_duration(stats.success.count, stats.queue_seconds),
+            compute_input=_duration(stats.success.count, 0.0),
+            compute_infer=_duration(stats.success.count, stats.compute_seconds),
+            compute_output=_duration(stats.success.count, 0.0),
             cache_hit=pb.StatisticDuration(), cache_miss=pb.StatisticDuration(),  # no cache
-        ),
-    )
+        )) for stats in statistics])
 
 
 def _duration(count: int, seconds: float) -> pb.StatisticDuration:
