@@ -189,8 +189,7 @@ class Batcher:
                 queue_s += started - request.enqueued
                 self._settle(request, result=(probabilities[start:end], labels[start:end]))
                 start = end
-            self._metrics.succeeded(len(batch), len(labels), queue_s,
-                                    len(batch) * (finished - started))
+            self._metrics.succeeded(len(batch), len(labels), queue_s, finished - started)
         except Exception as error:
             finished = time.perf_counter()
             for request in batch:

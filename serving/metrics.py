@@ -24,16 +24,18 @@ Metric names (all prefixed ``fmnist_``):
 - ``inference_queue_seconds_total{model,version}``: of that, time waiting for a batch slot;
 - ``inference_compute_seconds_total{model,version}``: time in onnxruntime (per request, its
   batch's whole call);
-- ``inference_last_timestamp_seconds{model,version}``: when it last answered.
+- ``inference_last_timestamp_seconds{model,version}``: when it last answered;
+- ``batch_compute_seconds{model,version,batch_size}``: onnxruntime calls (``_count``) and their
+  time (``_sum``), by images per call (Triton's ``batch_stats``).
 """
 
 import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics import disable_created_metrics
 
 from serving.workers_metrics import MULTIPROCESS_ENV, http_server, summed_registry
@@ -61,6 +63,8 @@ QUEUE_SECONDS = Counter("fmnist_inference_queue_seconds",
                         "time predictions waited for a batch slot", ["model", "version"])
 COMPUTE_SECONDS = Counter("fmnist_inference_compute_seconds",
                           "time predictions spent in onnxruntime", ["model", "version"])
+BATCH_SECONDS = Summary("fmnist_batch_compute_seconds", "onnxruntime calls and their time, by "
+                        "images per call", ["model", "version", "batch_size"])
 LAST_INFERENCE = Gauge("fmnist_inference_last_timestamp_seconds",
                        "Unix time of the last prediction", ["model", "version"],
                        multiprocess_mode="max")
@@ -70,7 +74,7 @@ class ModelMetrics:
     """The metric children of one model version, bound once (label lookups cost per call)."""
 
     def __init__(self, name: str, version: int, sha256: str):
-        labels = (name, str(version))
+        labels = self._labels = (name, str(version))
         self._succeeded = INFERENCES.labels(*labels, "success")
         self._failed = INFERENCES.labels(*labels, "fail")
         self._success_seconds = INFERENCE_SECONDS.labels(*labels, "success")
@@ -87,15 +91,17 @@ class ModelMetrics:
         the multiprocess files, and 0 says what happened)."""
         self._info.set(0)
 
-    def succeeded(self, count: int, images: int, queue_s: float, compute_s: float) -> None:
-        """One onnxruntime call of ``images`` images: ``count`` successful predictions, the
-        seconds summed over them (their total: the two); one write per metric per batch (each
-        is an mmap write in multiprocess mode)."""
+    def succeeded(self, count: int, images: int, queue_s: float, call_s: float) -> None:
+        """One onnxruntime call of ``images`` images that took ``call_s``: ``count`` successful
+        predictions, ``queue_s`` summed over them (each computed for the whole call); one
+        write per metric per batch (each is an mmap write in multiprocess mode). The call's
+        batch size is a label: as many series as sizes the version ran (Triton's batch_stats)."""
         self._batch_size.observe(images)
+        BATCH_SECONDS.labels(*self._labels, str(images)).observe(call_s)
         self._succeeded.inc(count)
-        self._success_seconds.inc(queue_s + compute_s)
+        self._success_seconds.inc(queue_s + count * call_s)
         self._queue_seconds.inc(queue_s)
-        self._compute_seconds.inc(compute_s)
+        self._compute_seconds.inc(count * call_s)
         self._last.set(time.time())
 
     def failed(self, total_s: float) -> None:
@@ -160,6 +166,7 @@ class ModelStatistics:
     inference_count: float = 0  # images
     execution_count: float = 0  # onnxruntime calls
     last_inference_s: float = 0.0
+    calls: dict[int, Duration] = field(default_factory=dict)  # onnxruntime calls, by images
 
 
 # the samples, summed over the worker processes, that are a ModelStatistics field as they are
@@ -183,6 +190,9 @@ def model_statistics(versions: Iterable[tuple[str, int]]) -> list[ModelStatistic
             getattr(stats, labels["outcome"]).seconds = value
         elif name == "fmnist_inference_last_timestamp_seconds":
             stats.last_inference_s = max(stats.last_inference_s, value)
+        elif name.startswith("fmnist_batch_compute_seconds_"):  # _count or _sum, of one size
+            calls = stats.calls.setdefault(int(labels["batch_size"]), Duration())
+            setattr(calls, "count" if name.endswith("_count") else "seconds", value)
         elif name in SUMMED:
             setattr(stats, SUMMED[name], value)
     return list(wanted.values())

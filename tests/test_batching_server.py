@@ -1,7 +1,7 @@
 """One batcher per model version, whoever calls: a stream's batch and unary calls that arrive
 while the version is busy share one onnxruntime call (R6: streams used to have a queue of
 their own, so they never batched with unary calls and the version ran up to twice the
-configured calls at once)."""
+configured calls at once). ModelStatistics' batch_stats say so, per batch size, as Triton's."""
 
 import asyncio
 
@@ -38,3 +38,14 @@ async def test_a_stream_and_unary_calls_share_one_batch(slow_server):  # noqa: F
     assert [list(answer.outputs[0].shape) for answer in answered] == [[2, 10], [2, 10]]
     assert after.inference_count - before.inference_count == SLOW_BATCH + 3 + 2 * 2
     assert after.execution_count - before.execution_count == 2  # the big one, then the rest
+    ran = {size: count - executions(before).get(size, 0)
+           for size, count in executions(after).items()}
+    assert {size: count for size, count in ran.items() if count} == {SLOW_BATCH: 1, 3 + 2 * 2: 1}
+    for batch in after.batch_stats:  # Triton's: one count per onnxruntime call, in each part
+        assert batch.compute_input.count == batch.compute_infer.count == batch.compute_output.count
+        assert batch.compute_infer.ns > 0
+
+
+def executions(statistics) -> dict[int, int]:
+    """onnxruntime calls so far, by batch size (images per call)."""
+    return {batch.batch_size: batch.compute_infer.count for batch in statistics.batch_stats}

@@ -103,11 +103,11 @@ def calls_over_connections(target: str, connections: int, per_connection: int) -
                 assert stub.ModelInfer(REQUEST, timeout=30).outputs[0].name == "probabilities"
 
 
-def statistics_success(target: str) -> int:
+def statistics(target: str) -> pb.ModelStatistics:
     with grpc.insecure_channel(target) as channel:
         stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
             pb.ModelStatisticsRequest(name="mlp", version="2"), timeout=30)
-    return stats.model_stats[0].inference_stats.success.count
+    return stats.model_stats[0]
 
 
 def test_workers_share_the_port_and_their_metrics_add_up(workers):
@@ -118,7 +118,11 @@ def test_workers_share_the_port_and_their_metrics_add_up(workers):
     samples = scrape_metrics(metrics_port)
     assert value(samples, "fmnist_requests_total", **OK_CALLS) == 40
     # ModelStatistics answers for every worker, whichever worker answers it
-    assert statistics_success(target) == 40
+    stats = statistics(target)
+    assert stats.inference_stats.success.count == 40
+    batches = stats.batch_stats  # every worker's onnxruntime calls, by batch size
+    assert sum(batch.compute_infer.count for batch in batches) == stats.execution_count > 0
+    assert sum(b.batch_size * b.compute_infer.count for b in batches) == stats.inference_count
 
 
 def test_a_client_sending_slowly_does_not_hold_up_other_scrapes(workers):
@@ -229,11 +233,11 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     calls_over_connections(target, connections=4, per_connection=2)
     # the dead worker's counts stay in the sum, and in files its replacement carries on (the
     # metrics directory keeps one set per slot, however many workers died: R12); its call in
-    # flight is not
+    # flight is not; ModelStatistics counts the stream's too, by mlp
     samples = scrape_metrics(metrics_port)
     assert value(samples, "fmnist_requests_total", **OK_CALLS) == 3 + 16 + 8
     assert value(samples, "fmnist_requests_in_flight") == 0
-    assert statistics_success(target) == 3 + 16 + 8 + 1  # and the stream's, by mlp too
+    assert statistics(target).inference_stats.success.count == 3 + 16 + 8 + 1
     owners = {name.rsplit("_", 1)[1] for name in os.listdir(started["metrics_dir"])}
     assert owners == {"0.db", "1.db"}
     process.send_signal(signal.SIGTERM)

@@ -218,7 +218,9 @@ def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsRe
     """Triton's statistics; compute_input/infer/output all count the successful predictions
     (perf_analyzer requires equal counts): input and output conversion happen outside the
     model call and are reported as 0 ns. cache_hit and cache_miss are set, at 0, so that
-    clients reading Triton's schema find them (this service has no response cache)."""
+    clients reading Triton's schema find them (this service has no response cache).
+    ``batch_stats``, as Triton's: per batch size (images per onnxruntime call), the calls and
+    their time, counted once in each of compute_input/infer/output (input and output: 0 ns)."""
     return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
         name=stats.name, version=str(stats.version),
         last_inference=int(stats.last_inference_s * 1000),
@@ -231,8 +233,12 @@ def encode_statistics(statistics: list[ModelStatistics]) -> pb.ModelStatisticsRe
             compute_infer=_duration(stats.success.count, stats.compute_seconds),
             compute_output=_duration(stats.success.count, 0.0),
             cache_hit=pb.StatisticDuration(), cache_miss=pb.StatisticDuration(),  # no cache
-        )) for stats in statistics])
+        ), batch_stats=[pb.InferBatchStatistics(
+            batch_size=size, compute_input=_duration(run.count, 0.0),
+            compute_infer=_duration(run.count, run.seconds),
+            compute_output=_duration(run.count, 0.0)) for size, run in sorted(stats.calls.items())],
+    ) for stats in statistics])
 
 
 def _duration(count: int, seconds: float) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=count, ns=round(seconds * 1e9))
+    return pb.StatisticDuration(count=int(count), ns=round(seconds * 1e9))
