@@ -3,12 +3,9 @@ statistics sum over them, a killed worker is replaced, SIGTERM stops them all an
 Starting and sizing workers is tests/test_workers_start_up.py's."""
 
 import contextlib
-import fcntl
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import urllib.request
@@ -251,53 +248,3 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(workers):
     for pid in set(pids) - {victim}:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # gone: ENOENT, or ESRCH if it was reaped between open and read
-        return False
-    return "\nState:\tZ" not in status
-
-
-def test_workers_do_not_outlive_a_killed_supervisor(workers):
-    process, logs, started, _ = workers
-    process.kill()  # SIGKILL: the supervisor cannot pass anything on
-    process.wait(10)
-    for _ in range(300):
-        if not any(alive(pid) for pid in started["pids"]):
-            break
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in started["pids"])
-    assert len(logs.wait_for("stopped", count=2)) == 2  # each worker drained and stopped
-    shutil.rmtree(started["metrics_dir"])  # a server started within a minute keeps it
-
-
-def test_the_next_server_removes_what_a_killed_supervisor_left(model_repository):
-    """The metrics directory of a SIGKILLed supervisor stayed in /dev/shm for good (this
-    machine had 14 of them); the next server removes those no process holds."""
-    with running_workers(model_repository) as (process, _, started, _):
-        left = Path(started["metrics_dir"])
-        process.kill()
-        process.wait(10)
-    for _ in range(300):  # its workers drain, then let go of the directory
-        if not any(alive(pid) for pid in started["pids"]):
-            break
-        time.sleep(0.1)
-    young = Path(tempfile.mkdtemp(prefix="fmnist-metrics-", dir=left.parent))  # not yet held
-    held = Path(tempfile.mkdtemp(prefix="fmnist-metrics-", dir=left.parent))
-    long_ago = time.time() - 3600
-    for path in (left, held):
-        os.utime(path, (long_ago, long_ago))
-    holder = os.open(held, os.O_RDONLY)  # a live server's
-    try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        with running_workers(model_repository):
-            assert not left.exists()
-            assert young.exists() and held.exists()
-    finally:
-        os.close(holder)
-    for path in (young, held):
-        shutil.rmtree(path)
