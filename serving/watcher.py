@@ -28,7 +28,8 @@ def _fingerprint(path: Path) -> tuple:
     is repaired in place is tried again, and a loaded one replaced in place is loaded again."""
     files = []
     with contextlib.suppress(OSError):  # none listed (load_into says why): tried when readable
-        for entry in sorted(path.iterdir()):
+        # hidden entries are nobody's: a publishing run's .lock goes once the version is there
+        for entry in sorted(entry for entry in path.iterdir() if entry.name[:1] != "."):
             with contextlib.suppress(OSError):
                 info = entry.stat()
                 # a copy keeping sizes and times (cp -p, rsync -a) still has a new ctime

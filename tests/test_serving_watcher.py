@@ -162,3 +162,19 @@ def test_a_version_replaced_by_a_copy_of_the_same_size_and_times_is_loaded_again
     assert registry.get("mlp", 2).manifest.sha256 == manifest["sha256"]
     for model in registry.list():  # their fmnist_model_info series back to 0
         registry.remove(model.name, model.version)
+
+
+def test_a_hidden_file_leaving_a_version_loads_it_not_again(repository_copy, policy):
+    """fmnist-train renames a version into place with its run's ``.lock`` inside and deletes
+    the lock after (training.repository): a poll between the two saw the version's files
+    change once the lock went, and loaded it a second time; hidden entries are nobody's."""
+    lock = repository_copy / "mlp" / "2" / ".lock"
+    lock.touch()
+    registry = load_repository(repository_copy, policy)
+    watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
+    loaded = registry.get("mlp", 2)
+    lock.unlink()
+    watcher.poll()
+    assert registry.get("mlp", 2) is loaded
+    for model in registry.list():  # their fmnist_model_info series back to 0
+        registry.remove(model.name, model.version)
