@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import grpc
@@ -226,7 +227,12 @@ class HealthServicer(health.HealthServicer):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} health Watches "
                               "open, the most a server process keeps; use Check, or retry later")
             if request.service in self._server_status:
-                super().Watch(request, context, send_response_callback)
+                # grpc_health's Watch uses its context only to add the end, and drops
+                # add_callback's False: a call that ended before its Watch was registered (on
+                # grpcio, one cancelled as its first answer reached the client) stayed
+                # registered until the stop; its end runs now
+                ender = SimpleNamespace(add_callback=lambda end: context.add_callback(end) or end())
+                super().Watch(request, ender, send_response_callback)
                 ending = self._ending
             else:  # SERVICE_UNKNOWN, then the end: no service is added later
                 send_response_callback(health_pb2.HealthCheckResponse(

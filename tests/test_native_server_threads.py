@@ -115,14 +115,11 @@ def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
         assert _threads() <= before, "threads left behind"
 
 
-def test_health_watches_that_end_log_no_error(settings, caplog, request):
+def test_health_watches_that_end_log_no_error(settings, caplog):
     """grpc_health ends a Watch by sending None; the native server tried to serialize it and
-    logged a traceback per Watch (cancelled, past its deadline, or at stop)."""
-    if settings.grpc_server == "grpcio":
-        request.applymarker(pytest.mark.xfail(reason=(
-            "grpcio: a Watch ended by its deadline is, now and then (about 1 server in 4), not "
-            "heard of for 20 s and more: it stays registered until the stop ends it"),
-            strict=False))
+    logged a traceback per Watch (cancelled, past its deadline, or at stop). On grpcio the
+    cancelled one, in 3 runs of 20, was not heard of before the stop (why:
+    test_watches_cancelled_as_they_start_leave_no_callback_behind)."""
     with (running_server(settings) as server,
           grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
         health = health_pb2_grpc.HealthStub(channel)
@@ -183,20 +180,25 @@ def test_health_watches_opened_and_cancelled_in_a_loop_leave_the_server_serving(
         assert process.wait(20) == 0
 
 
-def test_watches_cancelled_before_they_start_leave_no_callback_behind():
+def test_watches_cancelled_as_they_start_leave_no_callback_behind(grpc_server):
     """A Watch cancelled before grpc_health had registered it kept its send callback (with its
     call) in the servicer for good, and every later health change wrote to all of them: any
-    client could grow the server's memory, without a token (native server; grpcio has a
-    narrower race of its own upstream)."""
+    client could grow the server's memory, without a token. On the native server, one
+    cancelled before its first answer; on grpcio, one cancelled as that answer came (54 to
+    92 of 100 in 10 runs): its call ended before grpc_health added its end, which grpcio never
+    ran."""
     servicer = HealthServicer()
-    server = make_grpc_server("native", 2, [], 1 << 20, reuse_port=False)
+    server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = started(server)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(200):
-                health.Watch(health_pb2.HealthCheckRequest(), timeout=30).cancel()
+            for index in range(200):
+                watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                if index % 2:  # or as its first answer comes
+                    next(watch)
+                watch.cancel()
 
             def registered() -> int:
                 return sum(map(len, servicer._send_response_callbacks.values()))
