@@ -1,5 +1,6 @@
 """``fmnist --target``: what gRPC would take otherwise than it was meant."""
 
+import re
 import subprocess
 import sys
 
@@ -191,3 +192,20 @@ def test_a_unix_socket_whose_path_holds_an_at_sign_is_reached(tmp_path, capsys):
     finally:
         server.stop(None)
     assert capsys.readouterr().out == "SERVING\n" * 3
+
+
+@pytest.mark.parametrize("address", ["unix:/tmp/fmnist.sock?", "unix:///tmp/fmnist.sock?",
+                                     "unix-abstract:fmnist?", "vsock:2:50051?",
+                                     "ipv4:127.0.0.1:50051?", "ipv6:[::1]:50051?"])
+def test_a_grpc_name_with_an_empty_query_is_refused_as_host_port_is(capsys, monkeypatch,
+                                                                    address):
+    """`--target 'unix:/tmp/x.sock?'` was taken, and every call failed UNKNOWN "Failed to
+    create channel ... the target uri is not valid: dns:///unix:/tmp/x.sock?", exit 1, where
+    `HOST:PORT?` is refused, exit 2; the Python API says the same words."""
+    from serving.client.api import ClassifierClient
+
+    message = (f"expected a {address.partition(':')[0]}: target without a '?', got "
+               f"{address!r}: gRPC makes no channel of an empty query")
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, message)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ClassifierClient(address)

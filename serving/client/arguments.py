@@ -60,6 +60,9 @@ def grpc_target(text: str) -> str:
         raise TargetError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
     if lowered.startswith(GRPC_SCHEMES):
+        if "?" in text:  # an empty query (any other holds credentials, refused above)
+            raise TargetError(f"expected a {text.partition(':')[0]}: target without a '?', got "
+                              f"{text!r}: gRPC makes no channel of an empty query")
         return text
     scheme, slashes, _ = text.partition("://")
     if slashes and not lowered.startswith("dns:"):  # grpc://, passthrough:// (grpc-go's)
