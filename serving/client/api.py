@@ -5,7 +5,8 @@
         answer = client.classify(images)            # uint8 [N,28,28]
         answer.model.labels, answer.model.probabilities, answer.baseline.class_names
 
-Errors are ``grpc.RpcError`` with the server's status code and message; ValueError for what
+Errors are ``ClassifierError`` (a ``grpc.RpcError``: ``code()``, ``details()``; its str one line,
+``NOT_FOUND: model: no model 'x'; ...``) for what the server or gRPC refused; ValueError for what
 cannot be sent (a target without its port, images of another shape).
 """
 
@@ -26,7 +27,10 @@ from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from serving.client import DEFAULT_TARGET, LB_POLICIES
 from serving.client.arguments import grpc_target
+from serving.client.errors import ClassifierError, NoAnswer, failures
 from serving.client.security import ChannelSecurity
+
+__all__ = ["Classification", "ClassifierClient", "ClassifierError", "ModelAnswer", "NoAnswer"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # A draining server refuses new calls UNAVAILABLE for up to a second before it says GOAWAY,
@@ -127,16 +131,6 @@ def joined(answers: list[Classification]) -> Classification:
     return Classification(whole("model"), whole("baseline"), first.request_id)
 
 
-class NoAnswer(grpc.RpcError):
-    """DEADLINE_EXCEEDED: a stream's next answer did not come within the client's timeout."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-
-    def details(self) -> str:
-        return str(self)
-
-
 class _AnswerWatch:
     """Cancels ``call`` once an answer awaited since ``since`` (None: none awaited) has not
     come in ``seconds``, saying so in ``fired``; one thread for the whole stream."""
@@ -197,7 +191,8 @@ class ClassifierClient:
         """Classifies ``uint8 [N,28,28]`` with ``model`` ("" = the server's default) at
         ``version`` (0 = newest)."""
         request = encode_request(images, model, version, request_id)
-        return decode_response(self._stub.Classify(request, timeout=self.timeout))
+        with failures():
+            return decode_response(self._stub.Classify(request, timeout=self.timeout))
 
     def classify_batches(
         self, batches: Iterable[np.ndarray], model: str = "", version: int = 0,
@@ -232,9 +227,9 @@ class ClassifierClient:
                     if failed:  # the caller's error, not gRPC's UNKNOWN for it
                         raise failed[0] from None
                     if watch and watch.fired:
-                        raise NoAnswer(f"no answer in {self.timeout:g} s (the timeout per "
-                                       "answer)") from None
-                    raise
+                        raise NoAnswer(self.timeout) from None
+                    with failures():
+                        raise
                 if watch:
                     watch.since = None  # not while the caller has the answer
                 yield decode_response(response)
@@ -243,11 +238,14 @@ class ClassifierClient:
                 watch.ended.set()
 
     def list_models(self) -> list[pb.ModelInfo]:
-        return list(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+        with failures():
+            return list(self._stub.ListModels(pb.ListModelsRequest(),
+                                              timeout=self.timeout).models)
 
     def get_model(self, name: str, version: int = 0) -> pb.ModelInfo:
-        return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
-                                   timeout=self.timeout)
+        with failures():
+            return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
+                                       timeout=self.timeout)
 
     def max_request_images(self, model: str = "", version: int = 0) -> int:
         """The most images one call may carry: the server's --max-request-images, which the
@@ -262,7 +260,8 @@ class ClassifierClient:
             model, version = self.list_models()[0].name, 0
         request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
         stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
-        return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
+        with failures():
+            return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
 
     def close(self) -> None:
         self._channel.close()

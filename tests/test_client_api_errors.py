@@ -1,0 +1,59 @@
+"""The Python API's errors, as a notebook or a batch job meets them from a real server: one
+exception type for what the server (or gRPC) refused, a grpc.RpcError still, whose str() is one
+line, ``CODE: details``, as `fmnist` says it."""
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.client.api import ClassifierClient, ClassifierError
+from serving.client.security import ChannelSecurity
+from tests.conftest import local_settings, running_server
+
+IMAGES = np.zeros((3, 28, 28), np.uint8)
+
+
+def refusal(call) -> ClassifierError:
+    """The error ``call()`` raised, checked to be one line, ``CODE: details``."""
+    with pytest.raises(ClassifierError) as refused:
+        call()
+    error = refused.value
+    assert isinstance(error, grpc.RpcError)  # `except grpc.RpcError` still catches it
+    assert str(error) == f"{error.code().name}: {error.details()}"
+    assert "\n" not in str(error)
+    return error
+
+
+def test_each_refusal_is_one_line_naming_its_code(target):
+    """gRPC's own error printed five lines, `<_InactiveRpcError of RPC that terminated
+    with: status = ... debug_error_string = ...>`, for every refusal, unary or streamed."""
+    with ClassifierClient(target) as client:
+        assert str(refusal(lambda: client.classify(IMAGES, model="nope"))) == (
+            "NOT_FOUND: model: no model 'nope'; loaded models: baseline, mlp, softmax")
+        assert str(refusal(lambda: client.classify(IMAGES, model="mlp", version=99))) == (
+            "NOT_FOUND: version: model 'mlp' has no version 99; loaded versions: 1, 2")
+        assert str(refusal(lambda: client.classify(IMAGES[:0]))) == (
+            "INVALID_ARGUMENT: images: expected at least 1 image, got 0")
+        assert str(refusal(lambda: list(client.classify_batches([IMAGES], model="nope")))) == (
+            "NOT_FOUND: request 0 ('0'): model: no model 'nope'; loaded models: baseline, mlp, "
+            "softmax")
+        assert refusal(lambda: client.get_model("nope")).code() == grpc.StatusCode.NOT_FOUND
+        assert refusal(lambda: client.max_request_images("nope")).code() == (
+            grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_refused_token_and_a_server_gone_are_one_line_too(model_repository):
+    settings = local_settings(model_repository=model_repository, auth_token="s3cret-token")
+    with running_server(settings) as server:
+        target = f"127.0.0.1:{server.port}"
+        for token in (None, "wrong"):
+            with ClassifierClient(target, security=ChannelSecurity(token=token)) as client:
+                assert str(refusal(lambda: client.classify(IMAGES))) == (
+                    "UNAUTHENTICATED: missing or invalid bearer token (authorization: Bearer "
+                    "TOKEN)")
+                assert refusal(lambda: list(client.classify_batches([IMAGES]))).code() == (
+                    grpc.StatusCode.UNAUTHENTICATED)
+    with ClassifierClient(target, timeout=10) as client:
+        error = refusal(lambda: client.classify(IMAGES))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details().endswith("Connection refused"), error.details()
