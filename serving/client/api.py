@@ -69,16 +69,21 @@ class Classification:
         return len(self.model.labels)
 
 
-def encode_request(
-    images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
-) -> pb.ClassifyRequest:
-    """``uint8 [N,28,28]`` (or one ``[28,28]`` image) -> a ClassifyRequest."""
+def as_images(images: np.ndarray) -> np.ndarray:
+    """``uint8 [N,28,28]`` as it is, one ``[28,28]`` image as ``[1,28,28]``; ValueError else."""
     images = np.asarray(images)
     if images.shape == IMAGE_SHAPE:
         images = images[None]
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"expected uint8 images [N,28,28], got {images.dtype} {images.shape}")
-    data = np.ascontiguousarray(images).tobytes()
+    return images
+
+
+def encode_request(
+    images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
+) -> pb.ClassifyRequest:
+    """``uint8 [N,28,28]`` (or one ``[28,28]`` image) -> a ClassifyRequest."""
+    data = np.ascontiguousarray(as_images(images)).tobytes()
     return pb.ClassifyRequest(
         images=[data[start : start + IMAGE_BYTES] for start in range(0, len(data), IMAGE_BYTES)],
         model=model,
@@ -184,15 +189,32 @@ class ClassifierClient:
             ],
         )
         self._stub = pb_grpc.ClassifierStub(self._channel)
+        self._most_images: int | None = None  # the server's, asked once it matters
 
     def classify(
-        self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
+        self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = "",
+        batch_size: int | None = None,
     ) -> Classification:
         """Classifies ``uint8 [N,28,28]`` with ``model`` ("" = the server's default) at
-        ``version`` (0 = newest)."""
-        request = encode_request(images, model, version, request_id)
-        with failures():
-            return decode_response(self._stub.Classify(request, timeout=self.timeout))
+        ``version`` (0 = newest). More images than one call may carry (the server's
+        --max-request-images, or ``batch_size``) go in several calls, each after the first
+        to the version that answered it, their answers joined in order (the whole test set
+        was refused, INVALID_ARGUMENT)."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: expected a count >= 1, got {batch_size}")
+        images = as_images(images)
+        step = max(len(images), 1)
+        if step > 1:
+            if self._most_images is None:
+                self._most_images = self.max_request_images()
+            step = min(step, batch_size or step, self._most_images)
+        answers: list[Classification] = []
+        for start in range(0, max(len(images), 1), step):
+            request = encode_request(images[start : start + step], model, version, request_id)
+            with failures():
+                answers.append(decode_response(self._stub.Classify(request, timeout=self.timeout)))
+            model, version = answers[0].model.name, answers[0].model.version
+        return joined(answers)
 
     def classify_batches(
         self, batches: Iterable[np.ndarray], model: str = "", version: int = 0,

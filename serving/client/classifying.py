@@ -4,7 +4,7 @@ in calls the server takes; prints each image's top classes and the baseline's an
 import numpy as np
 
 from common.dataset import load_test_set
-from serving.client.api import ClassifierClient, joined
+from serving.client.api import ClassifierClient
 from serving.client.cli import CLASSIFY_BATCH, UsageError
 from serving.client.inputs import load_images
 
@@ -40,15 +40,10 @@ def classify(args, security) -> int:
         truths += [int(test_labels[i]) for i in args.test_index]
     images = np.concatenate(batches)
     with ClassifierClient(args.target, args.timeout, security, args.lb) as client:
-        answers = [client.classify(images[:1], args.model, args.version)]
-        first = answers[0].model  # the rest from the same version, whatever is published
-        if len(images) > 1:  # in calls the server takes: its --max-request-images may be less
-            step = min(CLASSIFY_BATCH, client.max_request_images(first.name, first.version))
-            answers += [client.classify(images[start:start + step], first.name, first.version)
-                        for start in range(1, len(images), step)]
-        class_names = list(client.get_model(first.name, first.version).class_names)
-    answer = joined(answers)
-    model, baseline = answer.model, answer.baseline
+        # in calls the server takes (its --max-request-images may be less), all to one version
+        answer = client.classify(images, args.model, args.version, batch_size=CLASSIFY_BATCH)
+        model, baseline = answer.model, answer.baseline
+        class_names = list(client.get_model(model.name, model.version).class_names)
     width = max(len(f"{model.name} v{model.version}"), len(f"{baseline.name} v{baseline.version}"))
     for i, name in enumerate(names):
         truth = f"  (true: {class_names[truths[i]]})" if truths[i] is not None else ""

@@ -1,0 +1,38 @@
+"""``ClassifierClient.classify`` of more images than one call may carry: a batch job hands it
+the whole array, as `fmnist classify` a .npy of any length."""
+
+import numpy as np
+import pytest
+
+from serving.client.api import ClassifierClient
+from tests.conftest import local_settings, reference, running_server
+
+
+def test_classify_takes_more_images_than_one_call_may_carry(target, test_set,
+                                                            model_repository):
+    """`client.classify(images)` of the 10,000 test images was refused, INVALID_ARGUMENT
+    "expected at most 1024 images per request", leaving the job to split them as `fmnist`
+    does; now it sends calls the server takes and joins their answers, in order."""
+    images = test_set[0][:2500]
+    with ClassifierClient(target) as client:
+        answer = client.classify(images, model="mlp")
+    probabilities, labels = reference(model_repository, "mlp", 2, images)
+    assert len(answer) == 2500 and (answer.model.name, answer.model.version) == ("mlp", 2)
+    np.testing.assert_array_equal(answer.model.labels, labels)
+    np.testing.assert_allclose(answer.model.probabilities, probabilities, atol=1e-6)
+    assert len(answer.baseline.class_names) == 2500
+
+
+def test_classify_keeps_under_a_lower_server_limit_and_its_batch_size(model_repository,
+                                                                      test_set):
+    """A server's --max-request-images read as `fmnist classify` reads it; ``batch_size`` caps
+    the images per call further; either way every image is answered, once."""
+    images = test_set[0][:25]
+    settings = local_settings(model_repository=model_repository, max_request_images=10)
+    with running_server(settings) as server, ClassifierClient(f"127.0.0.1:{server.port}") as client:
+        whole = [client.classify(images, model="softmax", batch_size=size) for size in (None, 3)]
+        one_by_one = [client.classify(image, model="softmax").model.labels[0] for image in images]
+    for answer in whole:
+        np.testing.assert_array_equal(answer.model.labels, one_by_one)
+    with pytest.raises(ValueError, match=r"^batch_size: expected a count >= 1, got 0$"):
+        ClassifierClient("127.0.0.1:1").classify(images, batch_size=0)
