@@ -1,6 +1,6 @@
 """A small synchronous Python client for fashion_mnist.v1.Classifier.
 
-    from serving.client.api import ClassifierClient
+    from serving.client import ClassifierClient
     with ClassifierClient("127.0.0.1:50051") as client:
         answer = client.classify(images)            # uint8 [N,28,28]
         answer.model.labels, answer.model.probabilities, answer.baseline.class_names
