@@ -160,7 +160,8 @@ class _AnswerWatch:
 
 
 class ClassifierClient:
-    """Calls one server over one channel; ``timeout`` (seconds) bounds each call."""
+    """Calls one server over one channel; ``timeout`` (seconds) bounds each call. One client
+    may serve every thread of a process (gRPC's channel is thread-safe): make one, reuse it."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0,
                  security: ChannelSecurity | None = None, lb_policy: str = "pick_first"):
