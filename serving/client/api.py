@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -54,7 +54,8 @@ class ModelAnswer:
     version: int
     probabilities: np.ndarray  # float32 [N,10]
     labels: np.ndarray  # int64 [N]
-    class_names: list[str]  # per image, the name of its label
+    # per image, the name of its label: not in the repr (a notebook showed every one of 10,000)
+    class_names: list[str] = field(repr=False)
 
 
 @dataclass(frozen=True)
