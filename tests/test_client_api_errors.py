@@ -2,11 +2,13 @@
 exception type for what the server (or gRPC) refused, a grpc.RpcError still, whose str() is one
 line, ``CODE: details``, as `fmnist` says it."""
 
+import pickle
+
 import grpc
 import numpy as np
 import pytest
 
-from serving.client.api import ClassifierClient, ClassifierError
+from serving.client.api import ClassifierClient, ClassifierError, NoAnswer
 from serving.client.security import ChannelSecurity
 from tests.conftest import local_settings, running_server
 
@@ -57,3 +59,15 @@ def test_a_refused_token_and_a_server_gone_are_one_line_too(model_repository):
         error = refusal(lambda: client.classify(IMAGES))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert error.details().endswith("Connection refused"), error.details()
+
+
+def test_a_refusal_crosses_processes_whole(target):
+    """A batch job's worker process (multiprocessing, ProcessPoolExecutor) hands its error to
+    the parent pickled: unpickling called ClassifierError(message) and failed, TypeError, in
+    place of the server's refusal."""
+    with ClassifierClient(target) as client:
+        error = refusal(lambda: client.classify(IMAGES, model="nope"))
+    for sent in (error, NoAnswer(1.5)):
+        came = pickle.loads(pickle.dumps(sent))
+        assert (type(came), came.code(), came.details(), str(came)) == (
+            type(sent), sent.code(), sent.details(), str(sent))

@@ -22,6 +22,18 @@ class ClassifierError(grpc.RpcError):
     def details(self) -> str:
         return self._details
 
+    def __reduce__(self):
+        """Pickled (a worker process's error, to its parent) as its fields: unpickling called
+        ``__init__`` with the message alone, a TypeError."""
+        return _rebuilt, (type(self), self._code, self._details)
+
+
+def _rebuilt(kind: type[ClassifierError], code: grpc.StatusCode, details: str) -> ClassifierError:
+    """A pickled ClassifierError (or subclass, whatever its ``__init__`` takes) again."""
+    error = Exception.__new__(kind)
+    ClassifierError.__init__(error, code, details)
+    return error
+
 
 class NoAnswer(ClassifierError):  # noqa: N818 (its name before it was a ClassifierError)
     """DEADLINE_EXCEEDED: a stream's next answer did not come within the client's timeout."""
