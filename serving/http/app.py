@@ -259,8 +259,11 @@ class HttpApp:
                 name=path["name"], version=domain.version_option(query)))
 
     def _test_image(self, environ, path):
+        """"random" is another image each time: no cache may keep one; a fixed index may be."""
+        cache = (("Cache-Control", "no-store"),) if path["index"] == "random" else ()
         return 200, self._call(environ, TEST_IMAGE_METHOD,
-                               lambda index, _call: self._test_images.get(index), path["index"])
+                               lambda index, _call: self._test_images.get(index), path["index"],
+                               encode=lambda image: Body(json_body(image).data, headers=cache))
 
     def _page_body(self, environ, _):
         return 200, Body(self._page, "text/html; charset=utf-8",
