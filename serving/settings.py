@@ -19,6 +19,7 @@ from signal import SIGRTMIN
 
 from common.contract import IMAGE_BYTES
 from common.flags import ENV_PREFIX, ArgumentParser, add_option, bearer_token, number_in
+from common.paths import home_path
 
 GRPC_SERVERS = ("native", "grpcio")
 PORTS = ("port", "http_port", "health_port", "metrics_port")  # each its own, or 0: none/any
@@ -59,13 +60,18 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
              *, parse=None, secret: bool = False):
     """A field; ``parse``: its flag's ``type=``, text -> value or ArgumentTypeError saying what
     was expected (argparse and common.flags put the flag or env var in front), given for
-    numbers and paths (a range to check), else text, of ``choices`` if any, a FILE's with a
-    leading ~ as the home's, as --model-repository's (bash leaves --tls-cert=~/x alone, as an
-    env file does); a ``secret`` is never printed with the settings (repr), nor shown by
-    --help."""
+    numbers and paths (a range to check), else text, of ``choices`` if any, a FILE's or DIR's
+    with a leading ~ as the home's, as --model-repository's (bash leaves --tls-cert=~/x alone,
+    as an env file does; a ~NAME of no user is refused); a ``secret`` is never printed with the
+    settings (repr), nor shown by --help."""
     return field(default=default, repr=not secret, metadata={
         "help": help_text, "metavar": metavar, "choices": choices,
-        "parse": parse or (os.path.expanduser if metavar == "FILE" else _text(choices or ()))})
+        "parse": parse or (_home_text if metavar in ("FILE", "DIR") else _text(choices or ()))})
+
+
+def _home_text(text: str) -> str:
+    """A FILE's or DIR's text, its leading ~ the home's (common.paths); "" stays none."""
+    return str(home_path(text)) if text else ""
 
 
 def _text(choices: Sequence[str]):
@@ -112,7 +118,7 @@ class Settings:
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,
         "model repository written by fmnist-train: DIR/<model>/<version>/model.onnx+model.json",
-        "DIR", parse=lambda text: Path(text).expanduser())  # --model-repository=~/x: the home's
+        "DIR", parse=home_path)  # --model-repository=~/x: the home's
     default_model: str = _setting("mlp", "model that answers requests naming none", "NAME")
     baseline_model: str = _setting("baseline", "model whose answer comes alongside every answer",
                                    "NAME")

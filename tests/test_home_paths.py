@@ -39,3 +39,15 @@ def test_fmnist_data_dir_refuses_the_home_of_no_user_naming_the_flag(capsys, com
     with pytest.raises(SystemExit, match=r"^2$"):
         cli.main([*command, "--data-dir", f"~{NOBODY}/x"])
     assert capsys.readouterr().err == no_user("--data-dir", f"fmnist {command[0]}") + "\n"
+
+
+@pytest.mark.parametrize(("flag", "others"), [("--model-repository", []),
+                                               ("--tls-cert", ["--tls-key", "key.pem"])])
+def test_fmnist_serve_refuses_the_home_of_no_user_as_the_others_do(capsys, flag, others):
+    """`fmnist-serve --model-repository '~nosuchuser/x'` ended in pathlib's traceback,
+    "RuntimeError: Could not determine home directory."; a TLS file's `~NOBODY` was taken as
+    a file of that name, and failed later saying it was missing."""
+    from serving import cli as serve
+
+    assert serve.main([flag, f"~{NOBODY}/x", *others]) == 2
+    assert capsys.readouterr().err == no_user(flag, "fmnist-serve") + "\n"
