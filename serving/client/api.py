@@ -13,7 +13,6 @@ cannot be sent (a target without its port, images of another shape).
 import argparse
 import itertools
 import json
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from serving.client import DEFAULT_TARGET, LB_POLICIES
 from serving.client.arguments import grpc_target
 from serving.client.errors import ClassifierError, NoAnswer, failures
 from serving.client.security import ChannelSecurity
+from serving.client.watch import AnswerWatch
 
 __all__ = ["Classification", "ClassifierClient", "ClassifierError", "ModelAnswer", "NoAnswer"]
 
@@ -137,29 +137,6 @@ def joined(answers: list[Classification]) -> Classification:
     return Classification(whole("model"), whole("baseline"), first.request_id)
 
 
-class _AnswerWatch:
-    """Cancels ``call`` once an answer awaited since ``since`` (None: none awaited) has not
-    come in ``seconds``, saying so in ``fired``; one thread for the whole stream."""
-
-    def __init__(self, call: grpc.Call, seconds: float):
-        self.call, self.seconds = call, seconds
-        self.since: float | None = None
-        self.fired = False
-        self.ended = threading.Event()
-        threading.Thread(target=self._watch, daemon=True).start()
-
-    def _watch(self) -> None:
-        while True:
-            since = self.since
-            left = self.seconds if since is None else since + self.seconds - time.monotonic()
-            if left <= 0:
-                self.fired = True
-                self.call.cancel()
-                return
-            if self.ended.wait(left):
-                return
-
-
 class ClassifierClient:
     """Calls one server over one channel; ``timeout`` (seconds) bounds each call. One client
     may serve every thread of a process (gRPC's channel is thread-safe): make one, reuse it."""
@@ -238,7 +215,7 @@ class ClassifierClient:
                 raise
 
         call = self._stub.ClassifyStream(requests(), timeout=timeout)
-        watch = _AnswerWatch(call, self.timeout) if self.timeout else None
+        watch = AnswerWatch(call, self.timeout) if self.timeout else None
         try:
             while True:
                 if watch:
