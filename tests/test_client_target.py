@@ -118,6 +118,20 @@ def test_the_python_api_refuses_the_targets_the_command_refuses(capsys, address)
     assert str(refused.value) == said
 
 
+@pytest.mark.parametrize(("address", "kind"), [(50051, "int"), (None, "NoneType"),
+                                               (b"127.0.0.1:50051", "bytes")])
+def test_the_python_api_refuses_a_target_that_is_no_str(address, kind):
+    """`ClassifierClient(50051)` (the port alone) or `ClassifierClient(None)` (an unset
+    setting) raised "AttributeError: 'int' object has no attribute 'lower'" from inside the
+    target's check; bytes failed further on, "TypeError: a bytes-like object is required, not
+    'str'"."""
+    from serving.client.api import ClassifierClient
+
+    with pytest.raises(TypeError) as refused:
+        ClassifierClient(address)
+    assert str(refused.value) == f"target: expected a str such as '127.0.0.1:50051', got {kind}"
+
+
 def test_the_python_api_refuses_a_load_balancing_policy_grpc_lacks():
     """`ClassifierClient(target, lb_policy="roundrobin")` sent every call to one address, gRPC
     saying only in a C++ log line that it used pick_first instead (fmnist --lb refuses it)."""

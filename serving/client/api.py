@@ -148,7 +148,11 @@ class ClassifierClient:
         ``pick_first``: all to one; ``round_robin``: each call to the next, e.g. the pods of a
         Kubernetes headless Service, ``dns:///NAME.NAMESPACE.svc.cluster.local:50051``).
         A ``target``, ``timeout`` or ``lb_policy`` that fmnist's flags refuse is a ValueError
-        in their words, lb_policy's in its own (a HOST with no PORT went to 443 without a word)."""
+        in their words, lb_policy's in its own (a HOST with no PORT went to 443 without a word);
+        a ``target`` not a str, a TypeError (50051 failed inside the check, an AttributeError)."""
+        if not isinstance(target, str):
+            raise TypeError(f"target: expected a str such as {DEFAULT_TARGET!r}, "
+                            f"got {type(target).__name__}")
         self.target = grpc_target(target)
         if lb_policy not in LB_POLICIES:  # gRPC's C++ logged it, and used pick_first instead
             raise ValueError(f"lb_policy: expected {' or '.join(LB_POLICIES)}, got {lb_policy!r}")
