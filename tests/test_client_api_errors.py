@@ -71,3 +71,24 @@ def test_a_refusal_crosses_processes_whole(target):
         came = pickle.loads(pickle.dumps(sent))
         assert (type(came), came.code(), came.details(), str(came)) == (
             type(sent), sent.code(), sent.details(), str(sent))
+
+
+CALLS = {"classify": lambda client: client.classify(IMAGES),
+         "classify_batches": lambda client: list(client.classify_batches([IMAGES])),
+         "list_models": lambda client: client.list_models(),
+         "get_model": lambda client: client.get_model("mlp"),
+         "max_request_images": lambda client: client.max_request_images("mlp")}
+
+
+@pytest.mark.parametrize("method", CALLS)
+def test_a_closed_client_says_so(target, method):
+    """A call after ``close()`` (or after the client's ``with``) raised gRPC's own words,
+    "ValueError: Cannot invoke RPC on closed channel!", naming no client (max_request_images
+    crashed the process, a segmentation fault in gRPC); closing twice is fine, as for a file."""
+    with ClassifierClient(target) as client:
+        pass
+    client.close()
+    with pytest.raises(ValueError) as refused:
+        CALLS[method](client)
+    assert str(refused.value) == (f"this ClassifierClient ({target}) is closed: make a new one, "
+                                  "or call it within its `with` block")

@@ -7,7 +7,7 @@
 
 Errors are ``ClassifierError`` (a ``grpc.RpcError``: ``code()``, ``details()``; its str one line,
 ``NOT_FOUND: model: no model 'x'; ...``) for what the server or gRPC refused; ValueError for what
-cannot be sent (a target without its port, images of another shape).
+cannot be sent (a target without its port, images of another shape, any call once closed).
 """
 
 import argparse
@@ -135,6 +135,19 @@ def joined(answers: list[Classification]) -> Classification:
                            [name for part in parts for name in part.class_names])
 
     return Classification(whole("model"), whole("baseline"), first.request_id)
+
+
+class _Closed:
+    """A closed client's channel and stub: any use is a ValueError naming the client, where
+    gRPC's named none ("Cannot invoke RPC on closed channel!"), and a stub made on a closed
+    channel (``max_request_images``'s) crashed the process, a segmentation fault in gRPC."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __getattr__(self, name: str):
+        raise ValueError(f"this ClassifierClient ({self.target}) is closed: make a new one, or "
+                         "call it within its `with` block")
 
 
 class ClassifierClient:
@@ -269,7 +282,11 @@ class ClassifierClient:
             return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
 
     def close(self) -> None:
-        self._channel.close()
+        """Closes the channel: a later call is a ValueError that says so; closing again does
+        nothing, as for a file."""
+        if not isinstance(self._channel, _Closed):
+            self._channel.close()
+            self._channel = self._stub = _Closed(self.target)
 
     def __enter__(self) -> "ClassifierClient":
         return self
