@@ -6,6 +6,7 @@ The files come from the Debian package ``dataset-fashion-mnist``
 (/usr/share/datasets/fashion-mnist/) or ``$FMNIST_DATA_DIR``, gzipped or not.
 """
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from common.contract import DATA_SHA256
 from common.idx import dimensions, read_idx
+from common.paths import home_path
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_IMAGES = "t10k-images-idx3-ubyte"
@@ -28,7 +30,13 @@ def how_to_get(flag: str) -> str:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("FMNIST_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+    """$FMNIST_DATA_DIR, its ~ the home's as a flag's (common.paths), else Debian's folder;
+    ValueError naming the variable for a ~NAME of no user (pathlib raised RuntimeError, which
+    the page's route and the client let through as a traceback)."""
+    try:
+        return home_path(os.environ.get("FMNIST_DATA_DIR") or str(DEFAULT_DATA_DIR))
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"FMNIST_DATA_DIR: {error}") from None
 
 
 def check_content(path: Path, name: str, content: bytes, fix: str) -> None:

@@ -51,3 +51,14 @@ def test_fmnist_serve_refuses_the_home_of_no_user_as_the_others_do(capsys, flag,
 
     assert serve.main([flag, f"~{NOBODY}/x", *others]) == 2
     assert capsys.readouterr().err == no_user(flag, "fmnist-serve") + "\n"
+
+
+def test_fmnist_data_dir_variable_in_the_home_of_no_user_is_named(capsys, monkeypatch):
+    """FMNIST_DATA_DIR=~nosuchuser/x: `fmnist score` said "error: Could not determine home
+    directory." (pathlib's), naming neither the variable nor the path (common.dataset.data_dir,
+    which the page's test images read too)."""
+    monkeypatch.setenv("FMNIST_DATA_DIR", f"~{NOBODY}/x")
+    assert cli.main(["score", "--target", "127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err == (
+        f"fmnist score: error: FMNIST_DATA_DIR: expected a path, got '~{NOBODY}/x': ~{NOBODY} is "
+        f"the home folder of a user {NOBODY!r}, and there is none here\n")
