@@ -1,5 +1,6 @@
 """What training, the server and the client share: the contract between them
 (``common.contract``, ``common.idx``), the test set's files (``common.dataset``), how their
-command lines read env vars (``common.flags``) and paths (``common.paths``), and onnxruntime's
-telemetry turned off (``common.telemetry``). The standard library and numpy only, so that each
-side imports it without the others' dependencies."""
+command lines read env vars (``common.flags``) and paths (``common.paths``), TLS's PEM files
+checked (``common.pem``), and onnxruntime's telemetry turned off (``common.telemetry``). The
+standard library and numpy only, so that each side imports it without the others'
+dependencies."""

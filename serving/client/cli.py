@@ -132,7 +132,7 @@ def _describe(error: Exception, args, argv: Sequence[str] | None) -> str:
                  for dest in ("tls_ca", "tls_cert", "tls_key") if getattr(args, dest)}
     if isinstance(error, OSError) and error.filename in tls_files:  # named by its flag or var
         return f"{given(tls_files[error.filename], error.filename, argv)}: {error.strerror}"
-    # serving.security.check_pem_files names the files by their paths: "CERT and KEY: ..."
+    # common.pem.check_pem_files names the files by their paths: "CERT and KEY: ..."
     for flags in (("--tls-cert", "--tls-key"), ("--tls-ca",)):
         paths = [getattr(args, flag[2:].replace("-", "_")) for flag in flags]
         said = " and ".join(map(str, paths))

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from common.flags import bearer_token
-from serving.security import check_pem_files, read_pem
+from common.pem import check_pem_files, read_pem
 
 AUTHORIZATION = "authorization"
 BEARER = "Bearer "
