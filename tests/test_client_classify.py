@@ -8,8 +8,9 @@ from onnx import numpy_helper
 from PIL import Image
 
 from common.contract import CLASS_NAMES
+from common.pictures import load_png
 from serving.client import cli
-from serving.client.inputs import load_images, load_npy, load_png
+from serving.client.inputs import load_images, load_npy
 from tests.conftest import reference
 
 

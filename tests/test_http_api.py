@@ -14,11 +14,11 @@ import pytest
 import requests
 from PIL import Image
 
+from common.pictures import load_png
 from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from fashion_mnist.v1 import classifier_pb2_grpc as domain_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from serving.client.inputs import load_png
 from serving.http.body import message_json
 from tests.http_helpers import http_and_grpc, http_server, http_settings
 

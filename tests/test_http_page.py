@@ -11,9 +11,9 @@ import pytest
 import requests
 from PIL import Image
 
+from common.pictures import load_png
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
-from serving.client.inputs import load_png
 from tests.http_helpers import ARTIFACTS, http_server, http_settings
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

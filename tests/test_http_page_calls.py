@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 
-from serving.client.inputs import load_png
+from common.pictures import load_png
 from tests.test_http_page import (
     browser,
     canvas,

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, features
 from selenium.webdriver.common.by import By
 
-from serving.client.inputs import load_png
+from common.pictures import load_png
 from tests.test_http_page import (
     browser,
     canvas,

@@ -11,7 +11,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from serving.client.inputs import load_png
+from common.pictures import load_png
 from tests.conftest import tiny_classifier
 from tests.http_helpers import (
     ARTIFACTS,

@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 from selenium.webdriver.common.by import By
 
-from serving.client.inputs import load_png
+from common.pictures import load_png
 from tests.http_helpers import ARTIFACTS, QuietHandler, served_on_a_thread
 from tests.test_http_page import browser, canvas, opened_with_models, pytestmark, served, wait_for
 

@@ -1,6 +1,6 @@
 """The batch size check every API applies (``check_batch_size``), and the domain API's
 conversion of one ``bytes`` per image to ``uint8 [N,28,28]`` (of image files:
-``serving.client.inputs``, which the HTTP API uses too).
+``common.pictures``, which the HTTP API uses too).
 
 Messages name the field and the expected value, e.g.
 ``images[3]: expected 784 pixels (28x28 uint8), got 100``: pixels, true of each encoding that

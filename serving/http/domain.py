@@ -2,7 +2,7 @@
 and the test images the web page's "random test image" shows.
 
 ``POST /v1/classify`` takes an image file (converted as ``fmnist classify`` converts it:
-serving.client.inputs) or JSON ``{"images": [[784 ints], ...], "model": "mlp", "version": 0,
+common.pictures) or JSON ``{"images": [[784 ints], ...], "model": "mlp", "version": 0,
 "request_id": "..."}`` and answers,
 per image, the model's top k and the baseline's, with class names. Sizes, counts and models
 are checked by the data plane's codec; refused here is only what cannot become a
@@ -21,8 +21,8 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from common.contract import CLASS_NAMES, IMAGE_SHAPE, PIXELS
+from common.pictures import load_png, pillow
 from fashion_mnist.v1 import classifier_pb2 as pb
-from serving.client.inputs import load_png, pillow
 from serving.codecs.images import check_batch_size
 from serving.errors import InvalidArgument, NotFound, UnsupportedMediaType
 from serving.http.body import (
