@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+import serving
 from serving.workers import STOP_MARGIN_S
 from tests.deploy_manifests import (
     DEPLOY,
@@ -112,6 +113,21 @@ def test_the_image_is_composes_with_its_tag_set_in_one_place():
     tagged = [path for path in sources if re.search(r"^\s*(images|newTag):", path.read_text(),
                                                      re.MULTILINE)]
     assert tagged == [IMAGE_COMPONENT]
+
+
+def test_the_image_tag_names_one_build_never_latest():
+    """The pods pull `IfNotPresent` (a locally loaded image needs it): with a tag that moves,
+    `latest`, each node runs the build it pulled first, and a new build changes no pod spec for
+    `kubectl apply` to roll out. So the tag names one build: as shipped, the release's version
+    (`FMNIST_IMAGE_TAG=VERSION docker compose build` makes that image)."""
+    entry = image_component()["images"][0]
+    if "digest" not in entry:  # a digest names one build, whatever the tag
+        assert str(entry.get("newTag", "latest")) != "latest"
+        if entry.get("newName", compose_image_name()) == compose_image_name():
+            assert str(entry["newTag"]) == serving.__version__
+    policies = {w.container.get("imagePullPolicy") for k in KUSTOMIZATIONS
+                for w in workloads(render(k))}
+    assert policies == {"IfNotPresent"}
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
