@@ -26,19 +26,21 @@ from serving.errors import (
     NotFound,
     ServingError,
     Unauthenticated,
-    Unavailable,
     Unimplemented,
     UnsupportedCoding,
 )
 from serving.http import domain, rest
 from serving.http.body import (
     CODINGS,
+    HAND_OVER,
+    HANDED,
     Body,
+    answer_headers,
     error_body,
+    hand_over,
     json_body,
     message_json,
     read_body,
-    unread_body,
 )
 from serving.pipeline import Call, CallPipeline
 
@@ -92,23 +94,16 @@ class HttpApp:
             )]
 
     def __call__(self, environ: dict, start_response):
-        draining = False
         try:
-            status, body = self._answer(environ)
+            body = self._answer(environ)
         except ServingError as error:
-            draining = isinstance(error, Unavailable)
-            status = error.http_status
-            body = Body(error_body(str(error)).data, headers=ERROR_HEADERS.get(type(error), ()))
-        headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
-                   *body.headers]
-        # a body refused unread: the client's next request would be read from its rest;
-        # draining: a keep-alive client's next request goes to another server (as gRPC's GOAWAY)
-        if draining or unread_body(environ):
-            headers.append(("Connection", "close"))
-        start_response(f"{status} {_phrase(status)}", headers)
+            body = error_body(str(error), error.http_status, ERROR_HEADERS.get(type(error), ()))
+        if environ.get(HAND_OVER) is HANDED:  # granian has it (``_call``): nothing to add
+            return []
+        start_response(f"{body.status} {_phrase(body.status)}", answer_headers(environ, body))
         return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data]
 
-    def _answer(self, environ: dict) -> tuple[int, Body]:
+    def _answer(self, environ: dict) -> Body:
         path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
         method = environ["REQUEST_METHOD"]
         verb = "GET" if method == "HEAD" else method
@@ -126,8 +121,8 @@ class HttpApp:
         # message stays one line
         shown = path if path.isprintable() else path.encode("unicode_escape").decode()
         if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
-            return 405, Body(error_body(f"{method} {shown}: use {' or '.join(allowed)}").data,
-                             headers=(("Allow", ", ".join(allowed)),))
+            return error_body(f"{method} {shown}: use {' or '.join(allowed)}", 405,
+                              (("Allow", ", ".join(allowed)),))
         raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,
@@ -138,7 +133,15 @@ class HttpApp:
         body), so that whatever fails in them is mapped and counted as the call's failure.
         ``body``: where the request body goes, read before the call is admitted (a client
         that stalls in the middle of it holds no place under --max-concurrent-calls)."""
-        call = Call(method, environ.get("HTTP_AUTHORIZATION", ""), _peer(environ))
+        taken = [True]  # whether the client took the answer: False, the call is CANCELLED
+        call = Call(method, environ.get("HTTP_AUTHORIZATION", ""), _peer(environ),
+                    is_active=lambda: taken[0])
+
+        def answer(request, call) -> Body:
+            body = encode(handler(request, call))
+            taken[0] = hand_over(environ, body)
+            return body
+
         def receive() -> None:  # a body unreadable, or cut short (its client went: CANCELLED)
             try:  # fails in parse, once admitted: counted under the URL's model
                 body.append(read_body(environ, self._max_body_bytes))
@@ -150,52 +153,51 @@ class HttpApp:
                 raise body[0]
             return parse(request)
 
-        return self._pipeline.unary(
-            call, lambda request, call: encode(handler(request, call)), request,
-            parse if body is None else parse_body, None if body is None else receive)
+        return self._pipeline.unary(call, answer, request, parse if body is None else parse_body,
+                                    None if body is None else receive)
 
     # Open Inference Protocol
 
     def _live(self, environ, _):
-        return 200, self._call(environ, f"/{INFERENCE}/ServerLive", self._inference.ServerLive,
-                               pb.ServerLiveRequest(),
-                               encode=lambda answer: json_body({"live": answer.live}))
+        return self._call(environ, f"/{INFERENCE}/ServerLive", self._inference.ServerLive,
+                          pb.ServerLiveRequest(),
+                          encode=lambda answer: json_body({"live": answer.live}))
 
     def _ready(self, environ, _):
         """Not ready once draining, so that balancers and probes turn away first: 400, as the
         protocol has it ("a 4xx status code indicates false") and Triton answers. Like
         ServerLive, through the pipeline, which asks no token of health and refuses it never."""
-        ready = self._call(environ, f"/{INFERENCE}/ServerReady", self._inference.ServerReady,
-                           pb.ServerReadyRequest(), encode=lambda answer: answer).ready  # a message
-        return (200 if ready else 400), json_body({"ready": ready})
+        return self._call(environ, f"/{INFERENCE}/ServerReady", self._inference.ServerReady,
+                          pb.ServerReadyRequest(), encode=lambda answer: json_body(
+                              {"ready": answer.ready}, 200 if answer.ready else 400))
 
     def _server_metadata(self, environ, _):
-        return 200, self._call(environ, f"/{INFERENCE}/ServerMetadata",
-                               self._inference.ServerMetadata, pb.ServerMetadataRequest(),
-                               encode=_json)
+        return self._call(environ, f"/{INFERENCE}/ServerMetadata",
+                          self._inference.ServerMetadata, pb.ServerMetadataRequest(),
+                          encode=_json)
 
     def _model_metadata(self, environ, path):
-        return 200, self._call(
+        return self._call(
             environ, f"/{INFERENCE}/ModelMetadata", self._inference.ModelMetadata,
             pb.ModelMetadataRequest(name=path["model"], version=path.get("version", "")),
             encode=_json)
 
     def _model_ready(self, environ, path):
         """200 if ready; 400 if not, as Triton answers (tritonclient reads the status)."""
-        ready = self._call(
+        return self._call(
             environ, f"/{INFERENCE}/ModelReady", self._inference.ModelReady,
             pb.ModelReadyRequest(name=path["model"], version=path.get("version", "")),
-            encode=lambda response: response.ready)
-        return (200 if ready else 400), json_body({"name": path["model"], "ready": ready})
+            encode=lambda response: json_body({"name": path["model"], "ready": response.ready},
+                                              200 if response.ready else 400))
 
     def _model_config(self, environ, path):
-        return 200, self._call(  # Triton's shape: the config itself
+        return self._call(  # Triton's shape: the config itself
             environ, f"/{INFERENCE}/ModelConfig", self._inference.ModelConfig,
             pb.ModelConfigRequest(name=path["model"], version=path.get("version", "")),
             encode=lambda response: _json(response.config))
 
     def _statistics(self, environ, path):
-        return 200, self._call(
+        return self._call(
             environ, f"/{INFERENCE}/ModelStatistics", self._inference.ModelStatistics,
             pb.ModelStatisticsRequest(name=path.get("model", ""),
                                       version=path.get("version", "")), encode=_json)
@@ -216,7 +218,7 @@ class HttpApp:
             forms.append(form)
             return request
 
-        return 200, self._call(  # the URL's model labels the metrics if the body is bad
+        return self._call(  # the URL's model labels the metrics if the body is bad
             environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
             pb.ModelInferRequest(model_name=path["model"]),
             parse=lambda _: parse(body[0]), body=body,
@@ -240,19 +242,19 @@ class HttpApp:
 
         # the query's model labels the metrics of a body that fails to parse, as /v2's URL's
         named = parse_qs(environ.get("QUERY_STRING", "")).get("model", [""])[-1]
-        return 200, self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
-                               domain_pb.ClassifyRequest(model=named) if named else environ,
-                               parse=lambda _: parse(body[0]), body=body, encode=encode)
+        return self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
+                          domain_pb.ClassifyRequest(model=named) if named else environ,
+                          parse=lambda _: parse(body[0]), body=body, encode=encode)
 
     def _list_models(self, environ, _):
-        return 200, self._call(
+        return self._call(
             environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
             environ.get("QUERY_STRING", ""), parse=domain.list_models_request,
             encode=lambda response: json_body(
                 domain.models_json(response, self._classifier.default_model)))
 
     def _get_model(self, environ, path):
-        return 200, self._call(
+        return self._call(
             environ, f"/{CLASSIFIER}/GetModel", self._classifier.GetModel,
             environ.get("QUERY_STRING", ""), encode=_json,
             parse=lambda query: domain_pb.GetModelRequest(
@@ -261,14 +263,14 @@ class HttpApp:
     def _test_image(self, environ, path):
         """"random" is another image each time: no cache may keep one; a fixed index may be."""
         cache = (("Cache-Control", "no-store"),) if path["index"] == "random" else ()
-        return 200, self._call(environ, TEST_IMAGE_METHOD,
-                               lambda index, _call: self._test_images.get(index), path["index"],
-                               encode=lambda image: Body(json_body(image).data, headers=cache))
+        return self._call(environ, TEST_IMAGE_METHOD,
+                          lambda index, _call: self._test_images.get(index), path["index"],
+                          encode=lambda image: Body(json_body(image).data, headers=cache))
 
     def _page_body(self, environ, _):
-        return 200, Body(self._page, "text/html; charset=utf-8",
-                         (("Content-Security-Policy", PAGE_POLICY),
-                          ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")))
+        return Body(self._page, "text/html; charset=utf-8",
+                    (("Content-Security-Policy", PAGE_POLICY),
+                     ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")))
 
 
 def _json(message) -> Body:

@@ -1,7 +1,8 @@
 """The bodies of an HTTP call. The request's: read whole within the server's limit (413 past
 it), its transfer coding checked (501 for any but chunked) and its content coding decoded
 (gzip, deflate; 415 for any other), each refusal a ``ServingError`` naming what was wrong. The
-answer's: a ``Body``, JSON unless a transport says otherwise."""
+answer's: a ``Body``, JSON unless a transport says otherwise, its headers, and its hand-over to
+the server."""
 
 import zlib
 from dataclasses import dataclass
@@ -9,22 +10,35 @@ from dataclasses import dataclass
 import orjson
 from google.protobuf import json_format
 
-from serving.errors import Cancelled, InvalidArgument, TooLarge, Unimplemented, UnsupportedCoding
+from serving.errors import (
+    Cancelled,
+    InvalidArgument,
+    TooLarge,
+    Unavailable,
+    Unimplemented,
+    UnsupportedCoding,
+)
 
 CODINGS = ("gzip", "deflate")  # Content-Encoding: tritonclient's request_compression_algorithm
 MAX_GZIP_MEMBERS = 16  # clients send one
 BODY_READ = "fmnist.body_read"  # set in the WSGI environ once the request body is read whole
 JSON_TYPE = "application/json"
+# In the environ, a server's ``hand_over(status, headers, data) -> bool``: the answer given to
+# the client, False if it is gone. WSGI tells an app nothing of a client gone while its call
+# runs; a call handing its answer over (before it is counted) counts it CANCELLED then.
+HAND_OVER = "fmnist.hand_over"
+HANDED = object()
 _BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
 class Body:
-    """An HTTP response body and its headers."""
+    """An HTTP answer: its body, status and headers."""
 
     data: bytes
     content_type: str = JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    status: int = 200
 
 
 def read_body(environ: dict, limit: int) -> bytes:
@@ -71,6 +85,26 @@ def read_body(environ: dict, limit: int) -> bytes:
         raise UnsupportedCoding(f"Content-Encoding: {encoding!r} is not served; use "
                                 f"{', '.join(CODINGS)} or none")
     return data
+
+
+def answer_headers(environ: dict, body: Body) -> list[tuple[str, str]]:
+    headers = [("Content-Type", body.content_type), ("Content-Length", str(len(body.data))),
+               *body.headers]
+    # a body refused unread: the client's next request would be read from its rest;
+    # draining: a keep-alive client's next request goes to another server (as gRPC's GOAWAY)
+    if body.status == Unavailable.http_status or unread_body(environ):
+        headers.append(("Connection", "close"))
+    return headers
+
+
+def hand_over(environ: dict, body: Body) -> bool:
+    """Gives a call's answer to the server within the call, where the server can (granian:
+    ``HAND_OVER``, which says whether the client was still there to take it); True if not."""
+    if (server := environ.get(HAND_OVER)) is None:
+        return True
+    environ[HAND_OVER] = HANDED
+    return server(body.status, answer_headers(environ, body),
+                  b"" if environ["REQUEST_METHOD"] == "HEAD" else body.data)
 
 
 def unread_body(environ: dict) -> bool:
@@ -156,10 +190,10 @@ def message_json(message) -> dict:
                                      unquote_int64_if_possible=True)
 
 
-def json_body(document) -> Body:
-    return Body(orjson.dumps(document))
+def json_body(document, status: int = 200) -> Body:
+    return Body(orjson.dumps(document), status=status)
 
 
-def error_body(message: str) -> Body:
+def error_body(message: str, status: int, headers: tuple = ()) -> Body:
     """The protocol's error object."""
-    return json_body({"error": message})
+    return Body(orjson.dumps({"error": message}), headers=headers, status=status)

@@ -29,6 +29,7 @@ from granian.http import HTTP1Settings, HTTP2Settings
 from granian.wsgi import _callback_wrapper
 
 from serving.http.app import HttpApp
+from serving.http.body import HAND_OVER
 from serving.http.domain import TestImages
 from serving.pipeline import CallPipeline
 from serving.settings import CORES, listening_address
@@ -88,7 +89,12 @@ class HttpTransport:
             1, 512,  # tokio threads for the sockets; its threads for blocking work
             self._threads, 30,  # Python threads that call the app; idle seconds before exit
             BACKLOG, "1", HTTP1Settings(), HTTP2Settings(), None, *self._tls, (None, None))
-        callback = _callback_wrapper(self._app, {"url_path_prefix": None}, None)
+        wsgi = _callback_wrapper(self._app, {"url_path_prefix": None}, None)
+
+        def callback(proto, scope: dict):
+            scope[HAND_OVER] = partial(_hand_over, proto)
+            return wsgi(proto, scope)
+
         # WSGI calls never run on this loop or as this task; the worker only needs them to
         # exist. granian registers the task with asyncio, where asyncio.all_tasks() of any
         # loop in the process (asyncio.run's shutdown) would fail on it: unregistered here.
@@ -116,3 +122,31 @@ class HttpTransport:
             log.warning("an HTTP connection is still in the middle of a request; left behind")
         self._decoder.shutdown()
         self._loop.close()
+
+
+class _Answer:
+    """An answer's bytes as granian's ``response_iter`` reads them, which tells whether its
+    client was still there: granian asks for more only once it has passed them on; with the
+    client gone, hyper has dropped the request, and granian closes this at once."""
+
+    __slots__ = ("data", "taken")
+
+    def __init__(self, data: bytes):
+        self.data, self.taken = data, None
+
+    def __next__(self) -> bytes:
+        if self.taken is None:
+            self.taken = False
+            return self.data
+        self.taken = True
+        raise StopIteration
+
+    def close(self) -> None:
+        pass
+
+
+def _hand_over(proto, status: int, headers: list, data: bytes) -> bool:
+    """serving.http.body.HAND_OVER: the answer to granian, and whether its client took it."""
+    answer = _Answer(data)
+    proto.response_iter(status, headers, answer)
+    return answer.taken
