@@ -3,22 +3,24 @@ same ONNX file: wrk (C, closed loop, keep-alive, 127.0.0.1) posting Open Inferen
 binary requests (what tritonclient.http sends) and JSON ones to each server in turn, servers
 alternating round by round; medians printed as markdown, with our ratio to the faster peer.
 
-Ours runs in a child process (``serve``: default settings, the real transport, pipeline and
-data plane); the peers through bench/peers/serve.sh (venvs from bench/peers/setup.sh). The
-model is a stand-in of the real size (bench/stand_in_model.py) unless ``--repository`` names
-a repository. A scenario a peer does not serve (an error answer) shows as "-".
+Ours runs as ``python -m serving --workers 1`` (default settings otherwise: the real
+transport, pipeline and data plane); the peers through bench/peers/serve.sh (venvs from
+bench/peers/setup.sh). The model is a stand-in of the real size (bench/stand_in_model.py)
+unless ``--repository`` names a repository. A scenario a peer does not serve (an error
+answer) shows as "-". A server that does not start stops the script, with its last line.
 
 Usage: python bench/http_load.py [--repository DIR] [--duration 5] [--rounds 3]
                                  [--servers ours mlserver kserve]
 """
 
 import argparse
+import collections
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +32,6 @@ PORT = 18975
 SCENARIOS = (("binary", 1, 32), ("binary", 64, 4), ("binary", 1, 1), ("json", 1, 32),
              ("json", 64, 4))
 PEERS = ("mlserver", "kserve")
-
-
-def serve(repository: Path, port: int) -> None:
-    from serving.server import ModelServer
-    from serving.settings import Settings
-
-    settings = Settings(host="127.0.0.1", port=0, http_port=port, model_repository=repository,
-                        workers=1, poll_interval=0)
-    server = ModelServer.from_settings(settings)
-    server.start()
-    time.sleep(3600)
 
 
 def script(folder: Path, kind: str, images: int) -> Path:
@@ -63,15 +54,28 @@ def script(folder: Path, kind: str, images: int) -> Path:
 
 
 def start(name: str, repository: Path) -> tuple[subprocess.Popen, int]:
-    """Starts ``name`` and waits until it says ready; returns it and its HTTP port."""
-    if name == "ours":
-        command, port = [sys.executable, __file__, "serve", str(repository), str(PORT)], PORT
+    """Starts ``name`` and waits until it says ready; returns it and its HTTP port. A server
+    that does not start is one line (SystemExit) ending with the last it said."""
+    if name == "ours":  # -m imports the checkout's serving from ROOT first
+        command, port = [sys.executable, "-m", "serving", "--model-repository", str(repository),
+                         "--host", "127.0.0.1", "--port", "0", "--http-port", str(PORT),
+                         "--workers", "1", "--poll-interval", "0", "--log-level", "WARNING"], PORT
     else:  # serve.sh puts HTTP on the gRPC port + 1
         command = [str(ROOT / "bench" / "peers" / "serve.sh"), name,
                    str(repository / "mlp" / "1" / "model.onnx"), str(PORT + 10)]
         port = PORT + 11
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until_ready(server, lambda: http_ready(port), 120, 0.2)
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              cwd=ROOT)
+    tail = collections.deque(maxlen=16)  # its output read as it comes (a peer logs each call)
+    reader = threading.Thread(target=tail.extend, daemon=True,
+                              args=(iter(lambda: server.stdout.read1(1 << 16), b""),))
+    reader.start()
+    try:
+        wait_until_ready(server, lambda: http_ready(port), 120, 0.2)
+    except SystemExit as failure:
+        reader.join(5)
+        said = b"".join(tail).decode(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"{name}: {failure}{': ' + said[0] if said else ''}") from None
     return server, port
 
 
@@ -94,9 +98,6 @@ def measure(name: str, repository: Path, scripts: dict, duration: float) -> dict
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        serve(Path(sys.argv[2]), int(sys.argv[3]))
-        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--repository", type=Path)
     parser.add_argument("--duration", type=float, default=5)

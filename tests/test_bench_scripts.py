@@ -56,3 +56,31 @@ def test_dataplane_measures_every_step(model_repository):
     assert rows == ["parse the request (protobuf)", "decode (codecs)",
                     "predict (batcher + onnxruntime)", "onnxruntime alone", "encode (codecs)",
                     "serialize the response", "all: parse, ModelInfer, serialize"]
+
+
+@pytest.mark.parametrize("server", ["ours", "mlserver"])
+def test_http_load_says_why_a_server_did_not_start(tmp_path, server):
+    """bench/http_load.py sent its servers' output to /dev/null: a server that could not start
+    (ours on a repository that is not there; a peer whose venv bench/peers/setup.sh did not
+    make) was "the server exited with status 1 before it was ready", never why. Its start is
+    called alone: the script itself first needs wrk, which the test run does not install."""
+    missing = tmp_path / "no-such-repository"
+    if server == "mlserver":  # a repository that is there, with no peer venv beside it
+        subprocess.run([sys.executable, str(BENCH / "stand_in_model.py"), "--out",
+                        str(missing)], check=True, capture_output=True, timeout=120)
+        peers = BENCH / "peers" / "serve.sh"
+        script = tmp_path / "bench" / "peers" / "serve.sh"  # its ../../.work/peers: none
+        script.parent.mkdir(parents=True)
+        script.write_bytes(peers.read_bytes())
+        script.chmod(0o755)
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import http_load; http_load.ROOT = Path(sys.argv[3]); "
+            "http_load.start(sys.argv[4], Path(sys.argv[2]))")
+    result = subprocess.run([sys.executable, "-c", code, str(BENCH), str(missing),
+                             str(tmp_path if server == "mlserver" else BENCH.parent), server],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"{server}: the server exited with status ")
+    said = str(missing) if server == "ours" else ".work/peers/mlserver/bin/mlserver"
+    assert said in line.partition("before it was ready")[2], line
