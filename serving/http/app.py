@@ -8,6 +8,7 @@ data plane run on the thread that read the request.
 """
 
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
@@ -33,6 +34,7 @@ from serving.http import domain, rest
 from serving.http.body import (
     CODINGS,
     HAND_OVER,
+    HAND_OVER_AFTER_S,
     HANDED,
     Body,
     answer_headers,
@@ -133,13 +135,14 @@ class HttpApp:
         body), so that whatever fails in them is mapped and counted as the call's failure.
         ``body``: where the request body goes, read before the call is admitted (a client
         that stalls in the middle of it holds no place under --max-concurrent-calls)."""
-        taken = [True]  # whether the client took the answer: False, the call is CANCELLED
+        taken, started = [True], time.perf_counter()  # taken[0] False: the call is CANCELLED
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""), _peer(environ),
                     is_active=lambda: taken[0])
 
         def answer(request, call) -> Body:
             body = encode(handler(request, call))
-            taken[0] = hand_over(environ, body)
+            if time.perf_counter() - started >= HAND_OVER_AFTER_S:
+                taken[0] = hand_over(environ, body)
             return body
 
         def receive() -> None:  # a body unreadable, or cut short (its client went: CANCELLED)

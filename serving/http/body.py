@@ -27,6 +27,9 @@ JSON_TYPE = "application/json"
 # the client, False if it is gone. WSGI tells an app nothing of a client gone while its call
 # runs; a call handing its answer over (before it is counted) counts it CANCELLED then.
 HAND_OVER = "fmnist.hand_over"
+# Only calls that ran this long (clients give up on slow calls): the hand-over streams the answer,
+# which cost ~30 us, 9% of a batch-1 call's 0.3 ms median on 127.0.0.1 (wrk, one connection).
+HAND_OVER_AFTER_S = 0.1
 HANDED = object()
 _BOM = b"\xef\xbb\xbf"
 

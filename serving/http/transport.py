@@ -83,6 +83,9 @@ class HttpTransport:
         listening = socket.create_server(  # "::": IPv4 too, as gRPC's port
             (host, self._port), family=family, backlog=BACKLOG,
             reuse_port=self._reuse_port, dualstack_ipv6=family == socket.AF_INET6)
+        # as granian's own listeners: the connections accepted from it inherit TCP_NODELAY (an
+        # answer granian writes in two parts waited for the client's delayed ACK, ~40 ms)
+        listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         port = listening.getsockname()[1]
         worker = WSGIWorker(
             1, (None, SocketHolder(listening.detach(), False, BACKLOG)), None,
