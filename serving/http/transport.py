@@ -10,8 +10,10 @@ batch 64 x 4. The pure-Python servers spend more per request than the data plane
 
 granian's public entry (``Granian(...).serve()``) owns the process (worker processes, signal
 handlers, import by name), so the server here is built from the pieces its own workers use
-(``WSGIWorker.serve_mtr``); those are not public API, hence the exact version pin in
-pyproject.toml and the HTTP tests that catch a change.
+(``WSGIWorker.serve_mtr``), and a slow call's answer is handed over as granian's own WSGI
+callback would stream it (``response_iter``), which tells whether its client is still there;
+those are not public API, hence the exact version pin in pyproject.toml and the HTTP tests that
+catch a change (tests/test_http_cancelled.py for the latter).
 """
 
 import asyncio
