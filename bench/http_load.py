@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 from http_servers import infer_body, need_wrk, wrk
-from startup import http_ready, wait_until_ready
+from startup import free_port, http_ready, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-PORT = 18975
+PORT = 18975  # the peers': bench/peers/serve.sh puts HTTP on gRPC's + 1
 SCENARIOS = (("binary", 1, 32), ("binary", 64, 4), ("binary", 1, 1), ("json", 1, 32),
              ("json", 64, 4))
 PEERS = ("mlserver", "kserve")
@@ -56,10 +56,11 @@ def script(folder: Path, kind: str, images: int) -> Path:
 def start(name: str, repository: Path) -> tuple[subprocess.Popen, int]:
     """Starts ``name`` and waits until it says ready; returns it and its HTTP port. A server
     that does not start is one line (SystemExit) ending with the last it said."""
-    if name == "ours":  # -m imports the checkout's serving from ROOT first
-        command, port = [sys.executable, "-m", "serving", "--model-repository", str(repository),
-                         "--host", "127.0.0.1", "--port", "0", "--http-port", str(PORT),
-                         "--workers", "1", "--poll-interval", "0", "--log-level", "WARNING"], PORT
+    if name == "ours":  # -m imports the checkout's serving from ROOT first; a free port: a
+        port = free_port()  # server left on a fixed one would answer for it
+        command = [sys.executable, "-m", "serving", "--model-repository", str(repository),
+                   "--host", "127.0.0.1", "--port", "0", "--http-port", str(port), "--workers",
+                   "1", "--poll-interval", "0", "--log-level", "WARNING"]
     else:  # serve.sh puts HTTP on the gRPC port + 1
         command = [str(ROOT / "bench" / "peers" / "serve.sh"), name,
                    str(repository / "mlp" / "1" / "model.onnx"), str(PORT + 10)]
