@@ -1,0 +1,122 @@
+"""The page's drawing pad in a real headless chromium: strokes drawn with a mouse, a pen and a
+finger (WebDriver's pointer actions) are classified as the server makes 28x28 of a picture
+file (the page sends the pad as a PNG, as it sends a picked one), light on dark as
+Fashion-MNIST's images are."""
+
+import base64
+import io
+
+import numpy as np
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions import interaction
+from selenium.webdriver.common.actions.action_builder import ActionBuilder
+from selenium.webdriver.common.actions.pointer_input import PointerInput
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from serving.client.inputs import load_png
+from tests.test_http_page import (
+    browser,
+    canvas,
+    labels,
+    opened_with_models,
+    pytestmark,
+    served,
+    shown,
+    wait_for,
+)
+
+__all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
+
+
+def stroke(browser, kind: str, *points: tuple[float, float]) -> None:
+    """One stroke through ``points`` (fractions of the pad's width and height from its top
+    left corner) with a pointer of ``kind`` (interaction.POINTER_MOUSE, _PEN or _TOUCH)."""
+    pad = browser.find_element(By.ID, "drawing")
+    width, height = pad.rect["width"], pad.rect["height"]
+    actions = ActionBuilder(browser, mouse=PointerInput(kind, kind))
+    pointer = actions.pointer_action
+    for step, (x, y) in enumerate(points):  # WebDriver's offsets are from the middle
+        pointer.move_to(pad, (x - 0.5) * width, (y - 0.5) * height)
+        if step == 0:
+            pointer.pointer_down()
+    pointer.pointer_up()
+    actions.perform()
+
+
+def pad_as_the_model_sees_it(browser) -> np.ndarray:
+    """The pad as the page sends it (a PNG), made 28x28 by the server's own code."""
+    url = browser.execute_script("return document.getElementById('drawing').toDataURL()")
+    return load_png(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def answered(browser, count: int) -> None:
+    """Until the drawing's ``count``-th answer stands (``window.answers``: the page's
+    announcements of the drawing, counted)."""
+    wait_for(browser, lambda: browser.execute_script("return window.answers") >= count)
+    assert browser.find_element(By.ID, "error").text == ""
+
+
+def count_answers(browser) -> None:
+    browser.execute_script("""window.answers = 0;
+        new MutationObserver(() => { if (document.getElementById("spoken").textContent
+            .startsWith("your drawing, as")) window.answers += 1; }).observe(
+            document.getElementById("spoken"), {childList: true, characterData: true});""")
+
+
+def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, browser):
+    """The page had no way to draw a garment: only test images and picture files."""
+    url, stub = served
+    element = opened_with_models(browser, url)
+    element(By.ID, "invert").click()  # for picture files: a drawing is light on dark already
+    count_answers(browser)
+    stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.5), (0.5, 0.5), (0.8, 0.5))
+    answered(browser, 1)
+    sent = pad_as_the_model_sees_it(browser)
+    assert np.array_equal(canvas(browser), sent)  # the server's 28x28: of the pad as it stood
+    assert sent[:10].max() == 0 and sent[18:].max() == 0  # dark but for the stroke
+    assert sent[13:15, 8:20].min() > 100, sent[12:16]  # across the middle
+    assert shown(browser) == labels(stub, sent)
+    assert element(By.ID, "truth").text == "your drawing, as the model sees it"
+
+    stroke(browser, interaction.POINTER_PEN, (0.5, 0.15), (0.5, 0.85))  # each stroke's end
+    answered(browser, 2)
+    both = pad_as_the_model_sees_it(browser)
+    assert both[6:22, 13:15].min() > 100 and both[13:15, 8:20].min() > 100
+    assert np.array_equal(canvas(browser), both)
+
+    element(By.ID, "clear-drawing").send_keys(Keys.ENTER)  # by keyboard: the buttons are
+    assert pad_as_the_model_sees_it(browser).max() == 0
+    assert not element(By.ID, "answer").is_displayed()  # no answer stands for what went
+    element(By.ID, "classify-drawing").send_keys(Keys.ENTER)
+    assert element(By.ID, "error").text == "the drawing is empty: draw a garment in the square"
+
+    stroke(browser, interaction.POINTER_TOUCH, (0.3, 0.2), (0.7, 0.8))
+    answered(browser, 3)
+    element(By.ID, "random").click()
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    ActionChains(browser).move_to_element(element(By.ID, "classify-drawing")).click().perform()
+    answered(browser, 4)
+    assert np.array_equal(canvas(browser), pad_as_the_model_sees_it(browser))
+
+
+def test_the_pad_keeps_to_the_narrowest_phones_width_and_a_finger_draws_on_it(served, browser):
+    """On a 280-pixel-wide touch screen the pad fits, and a finger's stroke draws (not scrolls
+    the page)."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 280, "height": 653, "deviceScaleFactor": 2, "mobile": True})
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
+    try:
+        opened_with_models(browser, url)
+        browser.execute_script("document.getElementById('drawing').scrollIntoView()")
+        scrolled = browser.execute_script("return window.scrollY")
+        count_answers(browser)
+        stroke(browser, interaction.POINTER_TOUCH, (0.5, 0.1), (0.5, 0.9))
+        answered(browser, 1)
+        assert browser.execute_script("return window.scrollY") == scrolled
+        assert pad_as_the_model_sees_it(browser)[4:24, 13:15].min() > 100
+        assert browser.execute_script("return document.documentElement.scrollWidth") == 280
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
