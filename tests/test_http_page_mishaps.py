@@ -2,6 +2,7 @@
 picked, a token pasted with a character no header carries, a proxy's JSON error; in a real
 headless chromium."""
 
+import contextlib
 import threading
 
 import grpc
@@ -59,22 +60,46 @@ def test_a_busy_server_is_said_in_the_pages_words(model_repository, browser):
     """A server at --max-concurrent-calls answered 429 "server overloaded: 1 calls in flight in
     this process (--max-concurrent-calls); retry with backoff or on another replica", words for
     a program, which the page showed as they were."""
-    with (http_server(http_settings(model_repository, max_concurrent_calls=1)) as (server, url),
-          grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel):
+    with http_server(http_settings(model_repository, max_concurrent_calls=1)) as (server, url):
         element = opened_with_models(browser, url)
-        done = threading.Event()
-
-        def held():  # one call in flight, for as long as the test lasts
-            yield pb.ClassifyRequest(images=[bytes(784)])
-            done.wait()
-
-        stream = pb_grpc.ClassifierStub(channel).ClassifyStream(held())
-        try:
-            next(stream)
+        with a_call_in_flight(server):
             element(By.ID, "random").click()
             wait_for(browser, lambda: element(By.ID, "error").text)
             assert element(By.ID, "error").text == (
                 "the server is too busy to take this now: try again in a moment")
+
+
+def test_a_server_shutting_down_is_said_in_the_pages_words(model_repository, browser):
+    """A server stopped (Ctrl-C) refuses new calls while it drains those in flight, with 503
+    "server is shutting down; retry on another replica": words for a program behind a
+    balancer, which the page showed as they were, to a person with one server."""
+    with http_server(http_settings(model_repository, grace_period=10.0)) as (server, url):
+        element = opened_with_models(browser, url)
+        with a_call_in_flight(server):
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()
+            wait_for(browser, lambda: not server.admission.accepting)
+            element(By.ID, "random").click()
+            wait_for(browser, lambda: element(By.ID, "error").text)
+            assert element(By.ID, "error").text == (
+                "the server is shutting down: try again once it is back")
+        stopping.join(10)
+
+
+@contextlib.contextmanager
+def a_call_in_flight(server):
+    """One ClassifyStream call on ``server``, held open for as long as the block lasts."""
+    done = threading.Event()
+
+    def held():
+        yield pb.ClassifyRequest(images=[bytes(784)])
+        done.wait()
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = pb_grpc.ClassifierStub(channel).ClassifyStream(held())
+        try:
+            next(stream)
+            yield
         finally:
             done.set()
 
