@@ -109,14 +109,38 @@ def test_the_pad_keeps_to_the_narrowest_phones_width_and_a_finger_draws_on_it(se
     browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
     try:
         opened_with_models(browser, url)
-        browser.execute_script("document.getElementById('drawing').scrollIntoView()")
-        scrolled = browser.execute_script("return window.scrollY")
+        browser.execute_script("""document.getElementById("drawing").addEventListener(
+            "pointerup", () => { window.scrolledBy = scrollY; });""")  # before its answer
         count_answers(browser)
-        stroke(browser, interaction.POINTER_TOUCH, (0.5, 0.1), (0.5, 0.9))
+        stroke(browser, interaction.POINTER_TOUCH, (0.5, 0.9), (0.5, 0.1))  # up: not a swipe
         answered(browser, 1)
-        assert browser.execute_script("return window.scrollY") == scrolled
+        assert browser.execute_script("return window.scrolledBy") == 0
         assert pad_as_the_model_sees_it(browser)[4:24, 13:15].min() > 100
         assert browser.execute_script("return document.documentElement.scrollWidth") == 280
     finally:
         browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_on_a_phone_the_answer_comes_into_sight(served, browser):
+    """On a 280-pixel-wide phone the answer came under the drop zone and the pad, below the
+    screen's edge: "Random test image" pressed, the page stood still, as if nothing came. A
+    drawing's answer comes into sight with the pad kept on the screen."""
+    url, _ = served
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 280, "height": 653, "deviceScaleFactor": 1, "mobile": True})
+    edge = "return document.getElementById(arguments[0]).getBoundingClientRect()[arguments[1]]"
+    try:
+        element = opened_with_models(browser, url)
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+        assert browser.execute_script(edge, "model-bars", "bottom") <= 653
+
+        browser.execute_script("scrollTo(0, 0)")
+        count_answers(browser)
+        stroke(browser, interaction.POINTER_TOUCH, (0.5, 0.1), (0.5, 0.9))
+        answered(browser, 1)
+        assert browser.execute_script(edge, "model-label", "bottom") <= 653
+        assert browser.execute_script(edge, "drawing", "top") > -1  # (a fraction of a pixel)
+    finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
