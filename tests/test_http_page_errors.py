@@ -56,6 +56,14 @@ def test_a_server_gone_is_said_plainly(model_repository, browser):
         f"no answer from the server at {url}: is it still running?")
 
 
+def come_back(browser) -> None:
+    """The person comes back to the page from another tab."""
+    page = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.close()
+    browser.switch_to.window(page)
+
+
 def test_a_server_back_takes_away_the_model_lists_no_answer(repository_copy, browser):
     """Coming back to the page while the server was down said "no answer ...: is it still
     running?" (the model list is asked for again); coming back once it ran again, the list
@@ -63,20 +71,13 @@ def test_a_server_back_takes_away_the_model_lists_no_answer(repository_copy, bro
     settings = http_settings(repository_copy)
     with http_server(settings) as (_, url):
         element = opened_with_models(browser, url)
-
-    def come_back() -> None:  # from another tab
-        page = browser.current_window_handle
-        browser.switch_to.new_window("tab")
-        browser.close()
-        browser.switch_to.window(page)
-
-    come_back()
+    come_back(browser)
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert element(By.ID, "error").text == (
         f"no answer from the server at {url}: is it still running?")
     write_version(repository_copy, "wide", tiny_classifier(6), {"description": "new"})
     with http_server(settings):
-        come_back()
+        come_back(browser)
         wait_for(browser, lambda: "wide" in browser.execute_script(
             "return [...document.getElementById('model').options].map(o => o.value)"))
         assert element(By.ID, "error").text == ""

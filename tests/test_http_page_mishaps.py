@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.http_helpers import http_server, http_settings
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page_errors import come_back
 from tests.test_http_page_use import dropped
 from tests.test_http_page_wait import pictures
 
@@ -208,3 +210,27 @@ def test_a_device_offline_is_said_to_be_offline(served, browser):
     finally:
         offline(False)
         browser.execute_cdp_cmd("Network.disable", {})
+
+
+def test_what_a_server_gone_did_not_answer_is_answered_once_it_is_back(model_repository,
+                                                                        browser, test_set,
+                                                                        tmp_path):
+    """A server restarted under the page: the model chosen (by keyboard) brought "no answer
+    ...: is it still running?" and the picture went; the server back and the person back to
+    the page, the line still said so, and choosing the model again did nothing: the picture
+    had to be picked again."""
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    settings = http_settings(model_repository)
+    with http_server(settings) as (_, url):
+        element = opened_with_models(browser, url)
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+    element(By.ID, "model").send_keys(Keys.ARROW_DOWN)  # the next model, as a keyboard does
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    assert "is it still running?" in element(By.ID, "error").text
+    with http_server(settings):
+        come_back(browser)
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        assert element(By.ID, "error").text == ""
+        chosen = element(By.ID, "model").get_attribute("value")
+        assert chosen and element(By.ID, "model-name").text.startswith(chosen + " v")
