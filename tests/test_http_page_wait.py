@@ -153,7 +153,9 @@ def test_a_slow_upload_is_said_to_be_one_not_the_servers_silence(served, browser
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (320, 320, 3), np.uint8)).save(
         noise)
     element = opened_with_models(browser, url)
-    browser.execute_script("ANSWER_TIMEOUT_S = 2")
+    browser.execute_script("""ANSWER_TIMEOUT_S = 3; window.said = [];
+        new MutationObserver(() => said.push(document.getElementById("status").textContent))
+            .observe(document.getElementById("status"), {childList: true});""")
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 40_000})
@@ -163,11 +165,16 @@ def test_a_slow_upload_is_said_to_be_one_not_the_servers_silence(served, browser
     finally:
         browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
             "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
-    said = re.fullmatch(r"the picture was still being sent to the server at (\S+) after 2 s \("
+    said = re.fullmatch(r"the picture was still being sent to the server at (\S+) after 3 s \("
                         r"(\d+) kB of (\d+) kB went\): is the link slow\?",
                         element(By.ID, "error").text)
     assert said, element(By.ID, "error").text
     assert said[1] == url and 0 < int(said[2]) < int(said[3]) == round(noise.stat().st_size / 1e3)
+    # and while it went, how much had (the status line said "classifying noise.png...")
+    sent = [re.fullmatch(r"sending the picture: (\d+) kB of (\d+) kB\.\.\.", words)
+            for words in browser.execute_script("return window.said") if words]
+    assert sent and all(sent), browser.execute_script("return window.said")
+    assert int(sent[0][1]) < int(sent[-1][1]) <= int(sent[-1][2]) == int(said[3])
 
 
 def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
