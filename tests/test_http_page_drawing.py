@@ -64,7 +64,8 @@ def count_answers(browser) -> None:
             document.getElementById("spoken"), {childList: true, characterData: true});""")
 
 
-def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, browser):
+def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, browser,
+                                                                     tmp_path):
     """The page had no way to draw a garment: only test images and picture files."""
     url, stub = served
     element = opened_with_models(browser, url)
@@ -90,6 +91,8 @@ def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, brow
     assert not element(By.ID, "answer").is_displayed()  # no answer stands for what went
     element(By.ID, "classify-drawing").send_keys(Keys.ENTER)
     assert element(By.ID, "error").text == "the drawing is empty: draw a garment in the square"
+    element(By.ID, "clear-drawing").send_keys(Keys.ENTER)
+    assert element(By.ID, "error").text == ""
 
     stroke(browser, interaction.POINTER_TOUCH, (0.3, 0.2), (0.7, 0.8))
     answered(browser, 3)
@@ -98,6 +101,13 @@ def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, brow
     ActionChains(browser).move_to_element(element(By.ID, "classify-drawing")).click().perform()
     answered(browser, 4)
     assert np.array_equal(canvas(browser), pad_as_the_model_sees_it(browser))
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    element(By.ID, "file").send_keys(str(notes))
+    wait_for(browser, lambda: element(By.ID, "error").text)
+    element(By.ID, "clear-drawing").click()  # the drawing's, not the file's error, to take away
+    assert element(By.ID, "error").text.startswith("notes.png: not a picture")
 
 
 def test_the_pad_keeps_to_the_narrowest_phones_width_and_a_finger_draws_on_it(served, browser):

@@ -204,7 +204,7 @@ def test_a_device_offline_is_said_to_be_offline(served, browser):
         wait_for(browser, lambda: element(By.ID, "error").text)
         assert element(By.ID, "error").text == "no network: this device is offline"
         browser.execute_script("loadModels()")  # as when the person comes back to the page
-        wait_for(browser, lambda: browser.execute_script("return errorOfListing"))
+        wait_for(browser, lambda: browser.execute_script("return errorOf === 'listing'"))
         offline(False)
         wait_for(browser, lambda: element(By.ID, "error").text == "")
     finally:
