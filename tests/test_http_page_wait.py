@@ -165,6 +165,7 @@ def test_a_slow_upload_is_said_to_be_one_not_the_servers_silence(served, browser
     finally:
         browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
             "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        browser.execute_cdp_cmd("Network.disable", {})
     said = re.fullmatch(r"the picture was still being sent to the server at (\S+) after 3 s \("
                         r"(\d+) kB of (\d+) kB went\): is the link slow\?",
                         element(By.ID, "error").text)
