@@ -30,12 +30,12 @@ class ClassifierAPI:
         self._max_request_images = max_request_images
 
     def Classify(self, request: pb.ClassifyRequest, call: Call) -> pb.ClassifyResponse:  # noqa: N802 (the protocol's name)
-        query = decode_classify_request(request, self._max_request_images)
-        chosen = self.registry.get(query.model or self.default_model, query.version)
+        images = decode_classify_request(request, self._max_request_images)
+        chosen = self.registry.get(request.model or self.default_model, request.version)
         baseline = self.registry.get(self.baseline_model)
-        answer = Classification(chosen, chosen.predict(query.images, call),
-                                baseline, baseline.predict(query.images, call))
-        return encode_classify_response(answer, query.request_id)
+        answer = Classification(chosen, chosen.predict(images, call),
+                                baseline, baseline.predict(images, call))
+        return encode_classify_response(answer, request.request_id)
 
     def ClassifyStream(self, requests: Iterable[pb.ClassifyRequest], call: Call  # noqa: N802 (the protocol's name)
                        ) -> Iterator[pb.ClassifyResponse]:

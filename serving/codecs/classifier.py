@@ -28,20 +28,12 @@ class Classification:
     baseline_prediction: Prediction
 
 
-@dataclass(frozen=True)
-class ClassifyQuery:
-    """A validated ClassifyRequest."""
-
-    images: np.ndarray  # uint8 [N,28,28]
-    model: str
-    version: int
-    request_id: str
-
-
-def decode_classify_request(request: pb.ClassifyRequest, max_request_images: int) -> ClassifyQuery:
+def decode_classify_request(request: pb.ClassifyRequest, max_request_images: int) -> np.ndarray:
+    """The request's images, ``uint8 [N,28,28]``, once its fields are checked (its model,
+    version and request_id are used as they are)."""
     images = images_from_bytes(request.images, max_request_images, "images")
     check_version(request.version)
-    return ClassifyQuery(images, request.model, request.version, request.request_id)
+    return images
 
 
 def check_version(version: int) -> None:
