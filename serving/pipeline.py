@@ -142,10 +142,11 @@ class CallPipeline:
                parse: Callable | None = None) -> Iterator:
         """``handler(requests, call)``'s responses, then a ServingError if it fails;
         ``parse`` as ``unary``'s, for each request: one that fails to parse ends the stream,
-        named by its place in it, "request N: ..." (from 0; every streaming method alike)."""
-        with _Around(self, call, self._stream_slots):
+        named by its place in it, "request N: ..." (from 0; every streaming method alike).
+        The stream's metrics are labelled by the model its requests name ("" if several)."""
+        with _Around(self, call, self._stream_slots) as around:
             if parse is not None:
-                requests = _parsed(parse, requests)
+                requests = _parsed(parse, requests, around)
             yield from handler(requests, call)
 
     def _presents_token(self, authorization: str) -> bool:
@@ -273,10 +274,18 @@ def parse_request(parse: Callable, data):
         raise InvalidArgument(f"request: {error}") from None
 
 
-def _parsed(parse: Callable, requests: Iterable) -> Iterator:
-    """``stream``'s requests, parsed one by one as its handler reads them."""
+def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:
+    """``stream``'s requests, parsed one by one as its handler reads them; ``around.request``
+    is the first, which labels the stream's metrics, until one names another model: then
+    none does (a stream is one call: one count, one latency)."""
+    model_of = around.pipeline._model_label
     for index, request in enumerate(requests):
         try:
-            yield parse_request(parse, request)
+            parsed = parse_request(parse, request)
         except ServingError as error:
             raise type(error)(f"request {index}: {error}") from None
+        if index == 0:
+            around.request = parsed
+        elif model_of(parsed) != model_of(around.request):
+            around.request = None  # several models: labelled ""
+        yield parsed

@@ -120,7 +120,7 @@ async def test_a_stream_whose_deadline_passes_is_counted_as_over_never_ok_nor_a_
     def counts() -> dict[str, float]:
         samples = scrape(port)
         return {code: value(samples, "fmnist_requests_total", api="domain",
-                            method="ClassifyStream", model="", code=code) for code in codes}
+                            method="ClassifyStream", model="mlp", code=code) for code in codes}
 
     before = await asyncio.to_thread(counts)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
