@@ -195,11 +195,12 @@ class Settings:
         # from the flag, FMNIST_HOST or Settings(...) alike
         if self.host[:1] + self.host[-1:] == "[]":
             object.__setattr__(self, "host", self.host[1:-1])  # frozen
-        for setting in dataclasses.fields(self):  # what the flags check, for Settings(...) too
-            try:
-                setting.metadata["parse"](str(getattr(self, setting.name)))
+        for setting in dataclasses.fields(self):  # what the flags check, and make of their
+            try:  # text (a path's ~, a choice as written), for Settings(...) too
+                value = setting.metadata["parse"](str(getattr(self, setting.name)))
             except argparse.ArgumentTypeError as error:
                 raise ValueError(f"{_flag(setting.name)}: {error}") from None
+            object.__setattr__(self, setting.name, value)  # frozen
         ports = [(getattr(self, name), _flag(name)) for name in PORTS if getattr(self, name)]
         if len({port for port, _ in ports}) < len(ports):
             raise ValueError(f"{', '.join(f'{flag} {port}' for port, flag in ports)}: "

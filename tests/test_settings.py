@@ -180,3 +180,18 @@ def test_a_leading_tilde_in_the_tls_files_is_the_home_directory(tmp_path, monkey
     assert {name: getattr(settings, name) for name in files} == {
         name: str(tmp_path / "tls" / file) for name, file in files.items()}
     assert (settings_from([], {}).tls_cert, settings_from([], {}).tls_client_ca) == ("", "")
+
+
+def test_settings_made_in_code_take_a_value_as_its_flag_takes_its_text(tmp_path, monkeypatch):
+    """``Settings(model_repository="~/models")`` (an embedding program's, a test's) looked for
+    a directory named "~", where --model-repository=~/models is the home's (a ~ of a TLS file
+    alike), and kept "debug" for --log-level's DEBUG, which logging refuses: the flags'
+    parsing was only checked in code, its result dropped."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    values = {"model_repository": "~/models", "tls_cert": "~/c.pem", "tls_key": "~/k.pem",
+              "log_level": "debug", "grpc_server": "GRPCIO"}
+    made = Settings(**values)
+    assert (made.model_repository, made.tls_cert, made.log_level, made.grpc_server) == (
+        tmp_path / "models", str(tmp_path / "c.pem"), "DEBUG", "grpcio")
+    assert made == settings_from([f"--{name.replace('_', '-')}={text}"
+                                  for name, text in values.items()], {})
