@@ -113,7 +113,10 @@ class Settings:
     $GRPC_VERBOSITY (gRPC's own log) and $PROMETHEUS_MULTIPROC_DIR (set by the supervisor
     for its workers)."""
 
-    host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST")
+    # IPv6 as URLs write it, [::1], is the address ::1 (gRPC could not bind "[[::1]]:50051"),
+    # from the flag, FMNIST_HOST or Settings(...) alike
+    host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST",
+                         parse=lambda text: text[1:-1] if text[:1] + text[-1:] == "[]" else text)
     port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,
@@ -191,10 +194,6 @@ class Settings:
     log_format: str = _setting("text", "log line format", choices=("text", "json"))
 
     def __post_init__(self):
-        # IPv6 as URLs write it, [::1], is the address ::1 (gRPC could not bind "[[::1]]:50051"),
-        # from the flag, FMNIST_HOST or Settings(...) alike
-        if self.host[:1] + self.host[-1:] == "[]":
-            object.__setattr__(self, "host", self.host[1:-1])  # frozen
         for setting in dataclasses.fields(self):  # what the flags check, and make of their
             try:  # text (a path's ~, a choice as written), for Settings(...) too
                 value = setting.metadata["parse"](str(getattr(self, setting.name)))
