@@ -278,7 +278,6 @@ def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:
     """``stream``'s requests, parsed one by one as its handler reads them; ``around.request``
     is the first, which labels the stream's metrics, until one names another model: then
     none does (a stream is one call: one count, one latency)."""
-    model_of = around.pipeline._model_label
     for index, request in enumerate(requests):
         try:
             parsed = parse_request(parse, request)
@@ -286,6 +285,6 @@ def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:
             raise type(error)(f"request {index}: {error}") from None
         if index == 0:
             around.request = parsed
-        elif model_of(parsed) != model_of(around.request):
+        elif around.pipeline._model_label(parsed) != around.pipeline._model_label(around.request):
             around.request = None  # several models: labelled ""
         yield parsed
