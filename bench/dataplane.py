@@ -61,7 +61,7 @@ def steps(server: ModelServer, model_name: str, batch: int) -> dict[str, Callabl
     data = request.SerializeToString()
     query = decode_infer_request(request, model, server.settings.max_request_images)
     prediction = model.predict(query.images, CALL)
-    response = encode_infer_response(query, model, prediction)
+    response = encode_infer_response(query, model, prediction, request.id)
     api = server.inference
     return {
         "parse the request (protobuf)": lambda: pb.ModelInferRequest.FromString(data),
@@ -70,7 +70,7 @@ def steps(server: ModelServer, model_name: str, batch: int) -> dict[str, Callabl
         "predict (batcher + onnxruntime)": lambda: model.predict(query.images, CALL),
         "onnxruntime alone": lambda: session.run([PROBABILITIES, LABEL],
                                                  {IMAGES: query.images}),
-        "encode (codecs)": lambda: encode_infer_response(query, model, prediction),
+        "encode (codecs)": lambda: encode_infer_response(query, model, prediction, request.id),
         "serialize the response": response.SerializeToString,
         "all: parse, ModelInfer, serialize": lambda: api.ModelInfer(
             pb.ModelInferRequest.FromString(data), CALL).SerializeToString(),

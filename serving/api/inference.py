@@ -77,7 +77,7 @@ class InferenceAPI:
         version = parse_version(request.model_version, "model_version")
         model = self._registry.get(request.model_name, version, INFER_NAMED_BY)
         query = decode_infer_request(request, model, self._max_request_images)
-        return encode_infer_response(query, model, model.predict(query.images, call))
+        return encode_infer_response(query, model, model.predict(query.images, call), request.id)
 
     def ModelStreamInfer(self, requests: Iterable[pb.ModelInferRequest], call: Call  # noqa: N802 (the protocol's name)
                          ) -> Iterator[pb.ModelStreamInferResponse]:

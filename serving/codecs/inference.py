@@ -45,9 +45,9 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferQuery:
-    """A validated ModelInferRequest (its model is the ModelVersion it was validated for)."""
+    """A validated ModelInferRequest (its model is the ModelVersion it was validated for; its
+    id is used as it is)."""
 
-    id: str
     images: np.ndarray  # uint8 [N,28,28]
     outputs: tuple[RequestedOutput, ...]
     raw: bool
@@ -91,7 +91,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
             f"got {pixels.size}")
-    return InferQuery(request.id, pixels.reshape(shape), _requested_outputs(request, model), raw)
+    return InferQuery(pixels.reshape(shape), _requested_outputs(request, model), raw)
 
 
 def _raw_pixels(request: pb.ModelInferRequest, tensor, field: str) -> np.ndarray:
@@ -151,9 +151,9 @@ def _class_count(output, field: str, model: ModelVersion) -> int:
 
 
 def encode_infer_response(query: InferQuery, model: ModelVersion,
-                          prediction: Prediction) -> pb.ModelInferResponse:
+                          prediction: Prediction, request_id: str) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version),
-                                     id=query.id)
+                                     id=request_id)
     for output in query.outputs:
         if output.class_count:
             _add_classification(response, output, prediction, model.manifest.class_names, query.raw)
