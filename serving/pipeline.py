@@ -76,11 +76,14 @@ class Admission:
         self.accepting = True
         self.in_flight = 0
         self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
+        self.grace_end = float("inf")  # the drain's (time.monotonic()): calls running then are cut
+        self.cut = 0  # calls that ended past it: cancelled by the stop
         self._counting = threading.Lock()
 
-    def close(self) -> None:
-        """From now on, new calls get UNAVAILABLE; calls in flight go on."""
-        self.accepting = False
+    def close(self, grace_end: float = float("inf")) -> None:
+        """From now on, new calls get UNAVAILABLE; calls in flight go on, until ``grace_end``
+        (time.monotonic()): those that end after it were cut by the stop (``cut``)."""
+        self.accepting, self.grace_end = False, grace_end
 
     def enter(self) -> None:
         """Counts a call in: one step under the lock, so that calls starting together on
@@ -99,6 +102,7 @@ class Admission:
     def leave(self) -> None:
         with self._counting:
             self.in_flight -= 1
+            self.cut += not self.accepting and time.monotonic() >= self.grace_end
         IN_FLIGHT.dec()
 
 

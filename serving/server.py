@@ -188,7 +188,7 @@ class ModelServer:
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
         time.sleep(HEALTH_NOTICE_SECONDS)
-        self.admission.close()
+        self.admission.close(grace_end=deadline)
         refusing_until, refused = min(deadline, time.monotonic() + REFUSING_AT_MOST_SECONDS), -1
         while self.admission.refused != refused and time.monotonic() < refusing_until:
             refused = self.admission.refused  # until no call arrives
@@ -214,7 +214,7 @@ class ModelServer:
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.shutdown()
             self._metrics_endpoint.server_close()
-        log.info("stopped")
+        log.info("stopped", extra={"fields": {"cancelled": self.admission.cut}})  # by the grace
 
 
 def _try_command(settings: Settings, port: int) -> str:
