@@ -96,7 +96,7 @@ class ModelRegistry:
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._models)
+        return list(self._models)  # kept sorted by add and remove
 
     def versions(self, name: str) -> list[int]:
         """The loaded versions of ``name``, ascending ([] if none)."""
