@@ -47,7 +47,6 @@ HEALTH_NOTICE_SECONDS = 0.05
 # Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
 # measured faster than with every thread at work (BENCHMARKS.md, "Threads at work").
 RUNNING_PER_CORE = 4
-OTHER_MODEL = "other"
 SERVICES = {
     classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]: "classifier",
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]: "inference",
@@ -120,7 +119,7 @@ class ModelServer:
                 or getattr(request, "name", ""))
         if not name and isinstance(request, classifier_pb2.ClassifyRequest):
             name = self.settings.default_model
-        return name if not name or name in self.registry.names else OTHER_MODEL
+        return name if not name or name in self.registry.names else "other"
 
     def start(self) -> None:
         """Listens, then reports SERVING for the server ("") and each service."""
