@@ -282,13 +282,12 @@ def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:
     """``stream``'s requests, parsed one by one as its handler reads them; ``around.request``
     is the first, which labels the stream's metrics, until one names another model: then
     none does (a stream is one call: one count, one latency)."""
+    model_of = around.pipeline._model_label
     for index, request in enumerate(requests):
         try:
             parsed = parse_request(parse, request)
         except ServingError as error:
             raise type(error)(f"request {index}: {error}") from None
-        if index == 0:
-            around.request = parsed
-        elif around.pipeline._model_label(parsed) != around.pipeline._model_label(around.request):
-            around.request = None  # several models: labelled ""
+        if index == 0 or model_of(parsed) != model_of(around.request):
+            around.request = None if index else parsed  # None: several models, labelled ""
         yield parsed
