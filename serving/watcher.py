@@ -72,7 +72,9 @@ class RepositoryWatcher:
                                                          "error": error.strerror or str(error)}})
             self._unlisted = True
             return
-        self._unlisted = False
+        if self._unlisted:  # the warning's end
+            self._unlisted = False
+            log.info("model repository can be listed again")
         present = listing.found
         loaded = {(model.name, model.version) for model in self.registry.list()}
         for key in sorted(present):  # new, or replaced in place: loaded (again)

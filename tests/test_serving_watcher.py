@@ -3,6 +3,7 @@ folder that cannot be read for a moment."""
 
 import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -58,7 +59,9 @@ def _loaded(registry) -> list[tuple[str, int]]:
 def test_a_repository_that_cannot_be_listed_unloads_nothing(repository_copy, policy, caplog):
     """A volume's hiccup (the root gone for a moment) read as an empty repository: every
     version but the required models' last was unloaded, and clients got NOT_FOUND. The line
-    says why (it did not: gone, Permission denied, Too many open files?)."""
+    says why (it did not: gone, Permission denied, Too many open files?); once it can list it
+    again a line says so (none did: the warning stood as the last word)."""
+    caplog.set_level(logging.INFO, logger="serving.watcher")
     registry = load_repository(repository_copy, policy)
     watcher = RepositoryWatcher(repository_copy, registry, policy, required=("mlp", "baseline"))
     before = _loaded(registry)
@@ -73,6 +76,9 @@ def test_a_repository_that_cannot_be_listed_unloads_nothing(repository_copy, pol
     shutil.rmtree(repository_copy / "softmax")
     watcher.poll()  # and it follows the repository again once it can list it
     assert _loaded(registry) == [key for key in before if key[0] != "softmax"]
+    watcher.poll()
+    assert [record.getMessage() for record in caplog.records].count(
+        "model repository can be listed again") == 1
 
 
 def test_a_model_folder_that_cannot_be_read_keeps_its_versions(repository_copy, policy,
