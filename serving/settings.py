@@ -60,10 +60,12 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
              *, parse=None, secret: bool = False):
     """A field; ``parse``: its flag's ``type=``, text -> value or ArgumentTypeError saying what
     was expected (argparse and common.flags put the flag or env var in front), given for
-    numbers and paths (a range to check), else text, of ``choices`` if any, a FILE's or DIR's
-    with a leading ~ as the home's, as --model-repository's (bash leaves --tls-cert=~/x alone,
-    as an env file does; a ~NAME of no user is refused); a ``secret`` is never printed with the
-    settings (repr), nor shown by --help."""
+    numbers (a range to check), the repository's Path and the host, else text, of
+    ``choices`` if any, a FILE's or DIR's with a leading ~ as the home's, as
+    --model-repository's (bash leaves --tls-cert=~/x alone, as an env file does; a ~NAME of
+    no user is refused); a ``secret`` is never printed with the settings (repr), nor shown by
+    --help. The field holds what ``parse`` makes of its value's text, whether a flag, an env
+    var or ``Settings(...)`` gave it."""
     return field(default=default, repr=not secret, metadata={
         "help": help_text, "metavar": metavar, "choices": choices,
         "parse": parse or (_home_text if metavar in ("FILE", "DIR") else _text(choices or ()))})
