@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import tiny_classifier
 from tests.training_runs import run_training
-from training.repository import LOCK, existing_versions, remove_abandoned, stage_version
+from training.repository import existing_versions, stage_version
+from training.staging import LOCK, remove_abandoned
 
 # stages a version, says where, and publishes it when told (a run between fit and publish)
 RUN = """

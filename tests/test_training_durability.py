@@ -11,7 +11,8 @@ import pytest
 from common.contract import CLASS_NAMES, MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
 from training.report import ModelOutcome, write_report
-from training.repository import HIGHEST, LOCK, synced, write_version
+from training.repository import HIGHEST, synced, write_version
+from training.staging import LOCK
 
 
 @pytest.fixture

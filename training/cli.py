@@ -27,7 +27,8 @@ from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
-from training.repository import RepositoryError, make_directory, remove_abandoned
+from training.repository import RepositoryError, make_directory
+from training.staging import STAGING, remove_abandoned
 from training.stops import Terminated, handle, handlers_given_back, terminate
 
 
@@ -124,7 +125,7 @@ def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
     """The whole run: data, fit + export + evaluate each model, repository, report; returns
     the table's rows and the report, printed once nothing is undone (main)."""
     from training import data, report
-    from training.repository import MODEL_FILE, STAGING, next_version, publishing, stage_version
+    from training.repository import MODEL_FILE, next_version, publishing, stage_version
 
     dataset = data.load(args.data_dir)
     # fail now, not after minutes of fitting, nor after the versions are published

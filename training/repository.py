@@ -5,8 +5,7 @@ directory is assembled under a hidden temporary name and renamed into place, so 
 watching the repository never sees a half-written version, an existing version is never
 overwritten, and a number once published is never given again. Each is synced to disk
 (fsync) before and after the rename: a power cut leaves it whole or not there. A run killed
-outright leaves its staging directory, which the next run removes (its lock is free:
-``remove_abandoned``).
+outright leaves its staging directory, which the next run removes (training.staging).
 """
 
 import contextlib
@@ -38,6 +37,7 @@ from common.contract import (
     is_version_name,
 )
 from training.preprocessing import PREPROCESSING
+from training.staging import LOCK, STAGING, hold_lock, removal_error
 
 INPUTS = [{"name": IMAGES, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
 OUTPUTS = [
@@ -47,8 +47,6 @@ OUTPUTS = [
 
 
 HIGHEST = ".highest-version"  # the highest version ever published: numbers are never reused
-STAGING = ".staging-"  # a version being written, under a hidden name the server skips
-LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
 
 
 def existing_versions(root: Path, name: str) -> list[int]:
@@ -99,53 +97,6 @@ def synced_directory(directory: Path) -> None:
     for path in sorted(directory.iterdir()):
         synced(path)
     synced(directory)
-
-
-def hold_lock(staging: Path) -> IO:
-    """``staging``'s lock, held (flock) until closed or the process ends, however it ends (the
-    kernel frees it): a later run removes a staging directory whose lock is free. Locked before
-    it takes its name, so no run finds it free while its run lives."""
-    fresh = staging / f"{LOCK}-new"
-    lock = open(fresh, "x")  # noqa: SIM115 (held until discard closes it)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    fresh.rename(staging / LOCK)
-    return lock
-
-
-def remove_abandoned(model_dir: Path) -> list[tuple[Path, OSError | None]]:
-    """Removes the staging directories in ``model_dir`` that a run left when it was killed
-    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each with the
-    error that kept it there, if one did (another user's files, an immutable one: said by the
-    caller, not skipped without a word). One whose run lives is left alone, as is one without
-    a lock (being published, or copied there by hand: README, Kubernetes) and one whose lock
-    cannot be read (whether its run lives is not known)."""
-    found = []
-    for staging in sorted(model_dir.glob(f"{STAGING}*")):
-        try:
-            with open(staging / LOCK) as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
-                found.append((staging, removal_error(staging)))
-        except OSError:
-            continue
-    return found
-
-
-def removal_error(staging: Path) -> OSError | None:
-    """Removes ``staging``, its lock last: one that cannot be removed whole is still known as
-    a killed run's (rmtree could take the lock first); returns the error that stopped it,
-    naming the whole path (rmtree's name only the last part)."""
-    try:
-        for parent, directories, files in os.walk(staging, topdown=False):
-            for name in files:
-                if (parent, name) != (str(staging), LOCK):
-                    os.unlink(os.path.join(parent, name))
-            for name in directories:
-                os.rmdir(os.path.join(parent, name))
-        (staging / LOCK).unlink(missing_ok=True)  # none: renamed back once it had gone
-        staging.rmdir()
-    except OSError as error:
-        return error
-    return None
 
 
 @dataclass(eq=False)  # by identity

@@ -1,0 +1,60 @@
+"""A version being written: a hidden staging directory in its model's directory, and how a
+later run tells one that a run killed outright (SIGKILL, the OOM killer, a power cut) left
+from one whose run lives or one copied in by hand (README, "A killed run")."""
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+STAGING = ".staging-"  # a version being written, under a hidden name the server skips
+LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
+
+
+def hold_lock(staging: Path) -> IO:
+    """``staging``'s lock, held (flock) until closed or the process ends, however it ends (the
+    kernel frees it): a later run removes a staging directory whose lock is free. Locked before
+    it takes its name, so no run finds it free while its run lives."""
+    fresh = staging / f"{LOCK}-new"
+    lock = open(fresh, "x")  # noqa: SIM115 (held until discard closes it)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    fresh.rename(staging / LOCK)
+    return lock
+
+
+def remove_abandoned(model_dir: Path) -> list[tuple[Path, OSError | None]]:
+    """Removes the staging directories in ``model_dir`` that a run left when it was killed
+    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each with the
+    error that kept it there, if one did (another user's files, an immutable one: said by the
+    caller, not skipped without a word). One whose run lives is left alone, as is one without
+    a lock (being published, or copied there by hand: README, Kubernetes) and one whose lock
+    cannot be read (whether its run lives is not known)."""
+    found = []
+    for staging in sorted(model_dir.glob(f"{STAGING}*")):
+        try:
+            with open(staging / LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
+                found.append((staging, removal_error(staging)))
+        except OSError:
+            continue
+    return found
+
+
+def removal_error(staging: Path) -> OSError | None:
+    """Removes ``staging``, its lock last: one that cannot be removed whole is still known as
+    a killed run's (rmtree could take the lock first); returns the error that stopped it,
+    naming the whole path (rmtree's name only the last part)."""
+    try:
+        for parent, directories, files in os.walk(staging, topdown=False):
+            for name in files:
+                if (parent, name) != (str(staging), LOCK):
+                    os.unlink(os.path.join(parent, name))
+            for name in directories:
+                os.rmdir(os.path.join(parent, name))
+        (staging / LOCK).unlink(missing_ok=True)  # none: renamed back once it had gone
+        staging.rmdir()
+    except OSError as error:
+        return error
+    return None
+
+
