@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import tiny_classifier
 from tests.training_runs import run_training
 from training.repository import existing_versions, stage_version
-from training.staging import LOCK, remove_abandoned
+from training.staging import LOCK, Abandoned, remove_abandoned
 
 # stages a version, says where, and publishes it when told (a run between fit and publish)
 RUN = """
@@ -146,5 +146,27 @@ def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_kno
                              killed_in], check=False)
     assert killed.returncode == -9
     (left,) = (repository / "baseline").glob(".staging-*")
-    assert remove_abandoned(repository / "baseline") == [(left, None)]
+    assert remove_abandoned(repository / "baseline") == [Abandoned(left)]
     assert not left.exists() and existing_versions(repository, "baseline") == []
+
+
+def test_a_staging_directory_whose_lock_cannot_be_read_is_named_in_a_warning(tmp_path):
+    """One whose lock could not be opened (another user's, unreadable; a directory) was
+    skipped without a word, for ever: whether its run lives is not known, so it stays, said."""
+    repository = tmp_path / "repository"
+    left = stage_version(repository, "baseline", tiny_classifier(1), {})
+    left.lock.close()
+    lock = left.directory / LOCK
+    if os.geteuid() == 0:  # root reads any file: a lock that is no file
+        lock.unlink()
+        lock.mkdir()
+    else:
+        lock.chmod(0)
+    error = os.strerror(21 if os.geteuid() == 0 else 13)  # EISDIR, EACCES
+    result = run_training("--out", str(repository), "--models", "baseline",
+                          "--train-subset", "500", "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"fmnist-train: warning: left {left.directory} alone: its lock cannot be read, so "
+        f"whether its run still lives is not known ({error}: {lock})"]
+    assert lock.exists() and (left.directory / "model.onnx").exists()

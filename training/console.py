@@ -5,9 +5,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from common.output import named_stdout
+from training.staging import Abandoned
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -17,11 +17,15 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
               .rstrip())
 
 
-def say_removed(abandoned: list[tuple[Path, OSError | None]]) -> None:
-    """Each killed run's staging directory removed, one line; one that could not be removed, a
-    warning saying why (it was skipped without a word, for ever)."""
-    for staging, error in abandoned:
-        if error:
+def say_removed(abandoned: list[Abandoned]) -> None:
+    """Each killed run's staging directory removed, one line; one that could not be removed,
+    or whose lock could not be read, a warning saying why (skipped without a word, for ever)."""
+    for staging, error, known in abandoned:
+        if not known:
+            print(f"fmnist-train: warning: left {staging} alone: its lock cannot be read, so "
+                  f"whether its run still lives is not known ({error.strerror}: "
+                  f"{error.filename})", file=sys.stderr, flush=True)
+        elif error:
             print(f"fmnist-train: warning: cannot remove {staging}, left by a run that was "
                   f"killed (its lock is free): {error.strerror}: {error.filename}",
                   file=sys.stderr, flush=True)

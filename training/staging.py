@@ -5,7 +5,7 @@ from one whose run lives or one copied in by hand (README, "A killed run")."""
 import fcntl
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 STAGING = ".staging-"  # a version being written, under a hidden name the server skips
 LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
@@ -22,21 +22,32 @@ def hold_lock(staging: Path) -> IO:
     return lock
 
 
-def remove_abandoned(model_dir: Path) -> list[tuple[Path, OSError | None]]:
+class Abandoned(NamedTuple):
+    """What ``remove_abandoned`` did with one a killed run left: removed it (no ``error``),
+    or not, for ``error``; or, its lock unreadable (``known`` false), left it alone, as whether
+    its run lives is not known."""
+
+    path: Path
+    error: OSError | None = None
+    known: bool = True
+
+
+def remove_abandoned(model_dir: Path) -> list[Abandoned]:
     """Removes the staging directories in ``model_dir`` that a run left when it was killed
-    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each with the
-    error that kept it there, if one did (another user's files, an immutable one: said by the
-    caller, not skipped without a word). One whose run lives is left alone, as is one without
-    a lock (being published, or copied there by hand: README, Kubernetes) and one whose lock
-    cannot be read (whether its run lives is not known)."""
+    (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each, and each
+    it could not remove or tell, with its error (another user's files, an immutable one, an
+    unreadable lock: said by the caller, not skipped without a word). One whose run lives is
+    left alone, as is one without a lock (copied there by hand: README, Kubernetes)."""
     found = []
     for staging in sorted(model_dir.glob(f"{STAGING}*")):
         try:
             with open(staging / LOCK) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
-                found.append((staging, removal_error(staging)))
-        except OSError:
+                found.append(Abandoned(staging, removal_error(staging)))
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):  # a file: not ours
             continue
+        except OSError as error:
+            found.append(Abandoned(staging, error, known=False))
     return found
 
 
