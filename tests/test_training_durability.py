@@ -10,8 +10,9 @@ import pytest
 
 from common.contract import CLASS_NAMES, MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
+from training.cli import new_report_dir
 from training.report import ModelOutcome, write_report
-from training.repository import HIGHEST, synced, write_version
+from training.repository import HIGHEST, make_directory, synced, write_version
 from training.staging import LOCK
 
 
@@ -46,6 +47,7 @@ def test_a_version_is_synced_to_disk_before_and_after_its_rename(tmp_path, monke
     (staging,) = [source for kind, source, *_ in events if kind == "rename"]
     assert staging.parent == Path("mlp") and staging.name.startswith(".staging-")
     assert events == [
+        ("fsync", Path(".")),  # the model's directory made (stage_version): its name,
         ("fsync", staging / LOCK),  # (deleted once published: synced as the others are)
         ("fsync", staging / MANIFEST), ("fsync", staging / MODEL_FILE),  # the files,
         ("fsync", staging),  # their names in their directory,
@@ -71,6 +73,19 @@ def test_a_report_is_synced_to_disk_as_a_version_is(tmp_path, events):
     assert len(files) == 4  # report.md, metrics.json, two pictures
     assert events == [("fsync", path) for path in (*files, Path("reports/now"),
                                                    Path("reports"))]
+
+
+def test_a_directory_made_on_the_way_to_a_report_or_a_version_is_synced_into_its_parent(
+        tmp_path, events):
+    """A new reports/ (the first run into a repository), the repository itself or a model's
+    directory was made and never synced into its parent: after a power cut the report synced
+    under it, or a version, could be gone with the directory's name."""
+    new_report_dir(tmp_path / "repository")
+    assert events == [("fsync", Path(".")), ("fsync", Path("repository"))]  # their names
+    events.clear()
+    new_report_dir(tmp_path / "repository")  # made: nothing more to sync
+    make_directory(tmp_path / "given" / "report", mode=None)  # --report-dir: the umask's mode
+    assert events == [("fsync", Path(".")), ("fsync", Path("given"))]
 
 
 def test_a_directory_whose_file_system_cannot_fsync_it_is_no_failure():

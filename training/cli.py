@@ -134,7 +134,7 @@ def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
         say_removed(remove_abandoned(args.out / name))
         tempfile.TemporaryDirectory(prefix=STAGING, dir=args.out / name).cleanup()
         next_version(args.out / name)  # a corrupt .highest-version, no number left
-    args.report_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(args.report_dir, mode=None)  # synced into its parent, as the others
     subset = slice(args.train_subset)
     flags = (f"--train-subset {args.train_subset} with " if args.train_subset else "") + (
         f"--validation-split {args.validation_split:g}")

@@ -59,14 +59,18 @@ def existing_versions(root: Path, name: str) -> list[int]:
     return sorted(int(name) for name in names if is_version_name(name))
 
 
-def make_directory(path: Path) -> None:
-    """``path`` and its missing parents, those made 0755 whatever the umask: a server running as
-    another user lists the repository and its models' directories (a version's files are made
-    readable for it too). A directory that was there keeps its mode."""
+def make_directory(path: Path, mode: int | None = 0o755) -> None:
+    """``path`` and its missing parents, those made ``mode`` whatever the umask (None: the
+    umask's): 0755, a server running as another user lists the repository and its models'
+    directories (a version's files are made readable for it too). Each made is synced into its
+    parent, so that after a power cut a version or report synced under it is still there. A
+    directory that was there keeps its mode."""
     missing = [p for p in (Path(path), *Path(path).parents) if not p.exists()]
     Path(path).mkdir(parents=True, exist_ok=True)
     for made in reversed(missing):
-        os.chmod(made, 0o755)
+        if mode is not None:
+            os.chmod(made, mode)
+        synced(made.parent)
 
 
 def sha256_file(path: Path) -> str:
