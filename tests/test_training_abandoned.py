@@ -128,6 +128,10 @@ if sys.argv[3] == "publishing":
     os.rename = killed_when(os.rename, lambda source, target: Path(target).name.isdigit())
     with publishing([staged]):
         pass
+elif sys.argv[3] == "published":  # as it deletes the lock of the version renamed into place
+    os.unlink = killed_when(os.unlink, lambda path, *_: Path(path).parent.name.isdigit())
+    with publishing([staged]):
+        pass
 else:
     os.unlink = killed_when(os.unlink, lambda path, *_: Path(path).name == MODEL_FILE)
     staged.discard()
@@ -170,3 +174,23 @@ def test_a_staging_directory_whose_lock_cannot_be_read_is_named_in_a_warning(tmp
         f"fmnist-train: warning: left {left.directory} alone: its lock cannot be read, so "
         f"whether its run still lives is not known ({error}: {lock})"]
     assert lock.exists() and (left.directory / "model.onnx").exists()
+
+
+def test_a_run_killed_between_publishing_and_deleting_the_lock_leaves_it_to_the_next_run(
+        tmp_path):
+    """Its empty .lock stayed in the published version for ever; the next run deletes it, and
+    says so, as it removes a staging directory (the version itself is whole and served)."""
+    model, repository = tmp_path / "tiny.onnx", tmp_path / "repository"
+    onnx.save_model(tiny_classifier(1), model)
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(repository), str(model),
+                             "published"], check=False)
+    assert killed.returncode == -9
+    lock = repository / "baseline" / "1" / LOCK
+    assert lock.exists()
+    result = run_training("--out", str(repository), "--models", "baseline",
+                          "--train-subset", "500", "--progress", "none")
+    assert result.returncode == 0, result.stderr
+    assert f"removed {lock}: left by a run that was killed (its lock is free)" in \
+        result.stdout.splitlines()
+    assert sorted(path.name for path in lock.parent.iterdir()) == ["model.json", "model.onnx"]
+    assert existing_versions(repository, "baseline") == [1, 2]

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from common.contract import is_version_name
+
 STAGING = ".staging-"  # a version being written, under a hidden name the server skips
 LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
 
@@ -37,13 +39,20 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
     (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each, and each
     it could not remove or tell, with its error (another user's files, an immutable one, an
     unreadable lock: said by the caller, not skipped without a word). One whose run lives is
-    left alone, as is one without a lock (copied there by hand: README, Kubernetes)."""
+    left alone, as is one without a lock (copied there by hand: README, Kubernetes). A free
+    lock in a published version (a run killed between the rename and the lock's deletion) is
+    deleted, and returned as one."""
     found = []
-    for staging in sorted(model_dir.glob(f"{STAGING}*")):
+    published = [lock.parent for lock in model_dir.glob(f"*/{LOCK}")
+                 if is_version_name(lock.parent.name)]
+    for staging in sorted([*model_dir.glob(f"{STAGING}*"), *published]):
         try:
             with open(staging / LOCK) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
-                found.append(Abandoned(staging, removal_error(staging)))
+                if staging in published:
+                    found.append(Abandoned(staging / LOCK, unlink_error(staging / LOCK)))
+                else:
+                    found.append(Abandoned(staging, removal_error(staging)))
         except (BlockingIOError, FileNotFoundError, NotADirectoryError):  # a file: not ours
             continue
         except OSError as error:
@@ -69,3 +78,12 @@ def removal_error(staging: Path) -> OSError | None:
     return None
 
 
+
+
+def unlink_error(path: Path) -> OSError | None:
+    """Deletes ``path``; returns the error that kept it, if one did."""
+    try:
+        path.unlink()
+    except OSError as error:
+        return error
+    return None
