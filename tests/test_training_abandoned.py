@@ -108,48 +108,59 @@ def test_a_killed_runs_staging_directory_that_cannot_be_removed_is_named_in_a_wa
 
 
 
-# a run killed (SIGKILL: nothing of it runs after) as it renames its version into place, or
-# as it removes its model file while it discards the version (a stop, then a SIGKILL)
+# a run killed (SIGKILL: nothing of it runs after) as it renames its version into place, as
+# it deletes the lock of the version renamed into place, as it removes its model file while it
+# discards the version (a stop, then a SIGKILL), as it gives its new lock its name (the staging
+# directory made, the lock not yet), or as it removes the staging directory, its lock gone
 KILLED = """
 import os, signal, sys
 from pathlib import Path
 import onnx
 from training.repository import MODEL_FILE, publishing, stage_version
+from training.staging import LOCK, STAGING
 
-def killed_when(function, when):
+def killed_when(name, when):
+    function = getattr(os, name)
     def call(*args, **kwargs):
         if when(*args):
             os.kill(os.getpid(), signal.SIGKILL)
         return function(*args, **kwargs)
-    return call
+    setattr(os, name, call)
 
+if sys.argv[3] == "locking":
+    killed_when("rename", lambda source, target: Path(target).name == LOCK)
 staged = stage_version(Path(sys.argv[1]), "baseline", onnx.load(sys.argv[2]), {})
-if sys.argv[3] == "publishing":
-    os.rename = killed_when(os.rename, lambda source, target: Path(target).name.isdigit())
-    with publishing([staged]):
-        pass
-elif sys.argv[3] == "published":  # as it deletes the lock of the version renamed into place
-    os.unlink = killed_when(os.unlink, lambda path, *_: Path(path).parent.name.isdigit())
+if sys.argv[3] in ("publishing", "published"):
+    if sys.argv[3] == "publishing":
+        killed_when("rename", lambda source, target: Path(target).name.isdigit())
+    else:
+        killed_when("unlink", lambda path, *_: Path(path).parent.name.isdigit())
     with publishing([staged]):
         pass
 else:
-    os.unlink = killed_when(os.unlink, lambda path, *_: Path(path).name == MODEL_FILE)
+    if sys.argv[3] == "discard":
+        killed_when("unlink", lambda path, *_: Path(path).name == MODEL_FILE)
+    else:
+        killed_when("rmdir", lambda path, *_: Path(path).name.startswith(STAGING))
     staged.discard()
 """
 
 
-@pytest.mark.parametrize("killed_in", ["publishing", "discard"])
+@pytest.mark.parametrize("killed_in", ["publishing", "discard", "locking", "removing"])
 def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_known_as_abandoned(
         tmp_path, killed_in):
     """The lock was deleted before the rename that publishes, and rmtree could delete it first
     when a version was discarded: a run killed in between left a staging directory without
-    one, which every later run took for a copy by hand and kept for ever."""
+    one, which every later run took for a copy by hand and kept for ever. So did a run killed
+    as it made its lock (the directory there, the lock under its name .lock-new) and one
+    killed as it removed its staging directory, its lock deleted (left empty)."""
     model, repository = tmp_path / "tiny.onnx", tmp_path / "repository"
     onnx.save_model(tiny_classifier(1), model)
     killed = subprocess.run([sys.executable, "-c", KILLED, str(repository), str(model),
                              killed_in], check=False)
     assert killed.returncode == -9
     (left,) = (repository / "baseline").glob(".staging-*")
+    assert (left / LOCK).exists() == (killed_in in ("publishing", "discard"))
     assert remove_abandoned(repository / "baseline") == [Abandoned(left)]
     assert not left.exists() and existing_versions(repository, "baseline") == []
 

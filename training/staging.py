@@ -2,8 +2,10 @@
 later run tells one that a run killed outright (SIGKILL, the OOM killer, a power cut) left
 from one whose run lives or one copied in by hand (README, "A killed run")."""
 
+import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -11,13 +13,15 @@ from common.contract import is_version_name
 
 STAGING = ".staging-"  # a version being written, under a hidden name the server skips
 LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
+FRESH_LOCK = f"{LOCK}-new"  # the lock before it takes its name, locked
+OURS = re.compile(re.escape(STAGING) + "[a-z0-9_]{8}")  # tempfile.mkdtemp's names: not by hand
 
 
 def hold_lock(staging: Path) -> IO:
     """``staging``'s lock, held (flock) until closed or the process ends, however it ends (the
     kernel frees it): a later run removes a staging directory whose lock is free. Locked before
     it takes its name, so no run finds it free while its run lives."""
-    fresh = staging / f"{LOCK}-new"
+    fresh = staging / FRESH_LOCK
     lock = open(fresh, "x")  # noqa: SIM115 (held until discard closes it)
     fcntl.flock(lock, fcntl.LOCK_EX)
     fresh.rename(staging / LOCK)
@@ -39,7 +43,9 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
     (SIGKILL, the OOM killer, a power cut): those whose lock is free; returns each, and each
     it could not remove or tell, with its error (another user's files, an immutable one, an
     unreadable lock: said by the caller, not skipped without a word). One whose run lives is
-    left alone, as is one without a lock (copied there by hand: README, Kubernetes). A free
+    left alone, as is one without a lock (copied there by hand: README, Kubernetes) unless
+    it is named as a run names its own and is empty or holds only a free .lock-new (a run
+    killed as it made its lock or after it deleted it, removing the directory). A free
     lock in a published version (a run killed between the rename and the lock's deletion) is
     deleted, and returned as one."""
     found = []
@@ -47,8 +53,10 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
                  if is_version_name(lock.parent.name)]
     for staging in sorted([*model_dir.glob(f"{STAGING}*"), *published]):
         try:
-            with open(staging / LOCK) as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
+            lock = lock_of(staging)
+            with open(lock) if lock else contextlib.nullcontext() as held:
+                if held:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: lives
                 if staging in published:
                     found.append(Abandoned(staging / LOCK, unlink_error(staging / LOCK)))
                 else:
@@ -58,6 +66,16 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
         except OSError as error:
             found.append(Abandoned(staging, error, known=False))
     return found
+
+
+def lock_of(staging: Path) -> Path | None:
+    """The lock that tells whether ``staging``'s run lives: its .lock, or in one of a run's own
+    its .lock-new, if that is all it holds; None in an empty one of a run's own, which a run
+    killed as it made it or removed it left (a live run holds it for a moment at most)."""
+    names = os.listdir(staging)  # NotADirectoryError: a file, not a run's
+    if OURS.fullmatch(staging.name) and names in ([], [FRESH_LOCK]):
+        return staging / FRESH_LOCK if names else None
+    return staging / LOCK
 
 
 def removal_error(staging: Path) -> OSError | None:
