@@ -10,9 +10,8 @@ import pytest
 
 from common.contract import CLASS_NAMES, MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
-from training.cli import new_report_dir
 from training.report import ModelOutcome, write_report
-from training.repository import HIGHEST, make_directory, synced, write_version
+from training.repository import HIGHEST, make_directory, new_report_dir, synced, write_version
 from training.staging import LOCK
 
 

@@ -10,7 +10,13 @@ import pytest
 
 from common.contract import MANIFEST, MODEL_FILE
 from tests.conftest import tiny_classifier
-from training.repository import existing_versions, publishing, stage_version, write_version
+from training.repository import (
+    existing_versions,
+    new_report_dir,
+    publishing,
+    stage_version,
+    write_version,
+)
 
 
 def test_a_deleted_version_number_is_not_given_again(tmp_path):
@@ -120,8 +126,6 @@ def test_a_published_version_is_readable_by_a_server_of_another_user(tmp_path):
 
 
 def test_runs_of_the_same_second_get_report_directories_of_their_own(tmp_path):
-    from training.cli import new_report_dir
-
     made = [new_report_dir(tmp_path) for _ in range(3)]
     assert len(set(made)) == 3 and all(path.is_dir() for path in made)
 

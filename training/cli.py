@@ -6,7 +6,6 @@ Every flag can also be set by an environment variable ``FMNIST_<FLAG>`` (``--tra
 
 import argparse
 import contextlib
-import datetime
 import shutil
 import signal
 import sys
@@ -27,7 +26,7 @@ from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
 from training.preprocessing import preprocess
 from training.report import ModelOutcome
-from training.repository import RepositoryError, make_directory
+from training.repository import RepositoryError, make_directory, new_report_dir
 from training.staging import STAGING, remove_abandoned
 from training.stops import Terminated, handle, handlers_given_back, terminate
 
@@ -206,20 +205,6 @@ def manifest_of(model: Exported, dataset: Dataset) -> dict:
         },
         "dataset": dataset.checksums(),
     }
-
-
-def new_report_dir(out: Path) -> Path:
-    """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    make_directory(out / "reports")  # and the repository, 0755 if made here
-    path, taken = out / "reports" / stamp, 1
-    while True:
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            taken += 1
-            path = out / "reports" / f"{stamp}-{taken}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,20 @@ def make_directory(path: Path, mode: int | None = 0o755) -> None:
         synced(made.parent)
 
 
+def new_report_dir(out: Path) -> Path:
+    """DIR/reports/<UTC time>, made now; -2, -3, ... if another run of the same second has it."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    make_directory(out / "reports")  # and the repository, 0755 if made here
+    path, taken = out / "reports" / stamp, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            taken += 1
+            path = out / "reports" / f"{stamp}-{taken}"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
