@@ -1,7 +1,6 @@
 """A run killed outright (SIGKILL, the OOM killer) leaves its staging directory; the next run
 of the model removes it, and never one whose run lives or one copied in by hand."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import onnx
 import pytest
 
 from tests.conftest import tiny_classifier
-from tests.training_runs import run_training
+from tests.training_runs import run_training, unremovable
 from training.repository import existing_versions, stage_version
 from training.staging import LOCK, Abandoned, remove_abandoned
 
@@ -61,24 +60,6 @@ def test_a_killed_runs_staging_directory_is_removed_by_the_next_run_and_a_live_o
         for run in (killed, live):
             run.kill()
             run.wait(timeout=60)
-
-
-@contextlib.contextmanager
-def unremovable(directory: Path):
-    """``directory``'s entries cannot be removed till the block ends, by root too (immutable,
-    chattr: root passes any mode) as by another user (no write permission)."""
-    root = os.geteuid() == 0
-    if root:
-        subprocess.run(["chattr", "+i", str(directory)], check=True)
-    else:
-        directory.chmod(0o500)
-    try:
-        yield
-    finally:
-        if root:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        else:
-            directory.chmod(0o755)
 
 
 def test_a_killed_runs_staging_directory_that_cannot_be_removed_is_named_in_a_warning(tmp_path):

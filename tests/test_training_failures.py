@@ -1,6 +1,7 @@
 """``fmnist-train`` refusing what it cannot do, and failing or stopped runs: one line on
 stderr, and nothing half-published left behind."""
 
+import os
 import re
 import resource
 import signal
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.contract import MODEL_FILE
-from tests.training_runs import run_training
+from tests.training_runs import run_training, unremovable
 
 
 def test_a_fit_that_diverged_publishes_nothing(tmp_path):
@@ -132,7 +133,7 @@ def test_a_run_whose_report_cannot_be_written_publishes_none(tmp_path, report_di
                           preexec_fn=small_files)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "fmnist-train: error: OSError: [Errno 27] File too large: writing the report into "
+        "fmnist-train: error: File too large: writing the report into "
         f"{given if report_dir_given else out / 'reports'}")
     assert not out.exists()  # no version, no staging directory, no part of a report
     assert list(given.iterdir()) == [] if report_dir_given else not given.exists()
@@ -227,3 +228,14 @@ def test_a_path_set_by_its_env_var_is_named_by_it(tmp_path):
                           env={"FMNIST_REPORT_DIR": str(tmp_path / "x")})  # the flag wins
     assert result.stderr.startswith(f"fmnist-train: error: --report-dir {tmp_path / 'report'}: "
                                     "not empty"), result.stderr
+
+
+def test_a_repository_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    """A read-only --out (another user's, immutable) ended the run with Python's words,
+    "error: PermissionError: [Errno 13] Permission denied: '/x/repo'"."""
+    with unremovable(tmp_path):
+        result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline",
+                              "--train-subset", "500")
+    error = os.strerror(1 if os.geteuid() == 0 else 13)  # EPERM (immutable), EACCES
+    assert (result.returncode, result.stderr) == (
+        1, f"fmnist-train: error: {tmp_path / 'repo'}: {error}\n")

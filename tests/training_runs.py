@@ -1,5 +1,6 @@
 """How the training tests run ``fmnist-train``: as a user's shell would, in a subprocess."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -33,3 +34,21 @@ def run_training(*flags: str, env: dict[str, str] | None = None,
 
 def manifest(out: Path, name: str, version: int) -> dict:
     return json.loads((out / name / str(version) / MANIFEST).read_text())
+
+
+@contextlib.contextmanager
+def unremovable(directory: Path):
+    """``directory``'s entries cannot be removed till the block ends, by root too (immutable,
+    chattr: root passes any mode) as by another user (no write permission)."""
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+    try:
+        yield
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        else:
+            directory.chmod(0o755)

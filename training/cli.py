@@ -257,6 +257,8 @@ def _main(argv: list[str] | None) -> int:
         explained = isinstance(error, DatasetError | TrainingError | RepositoryError |
                                StdoutError)
         message = str(error) if explained else f"{type(error).__name__}: {error}"
+        if not explained and isinstance(error, OSError) and error.strerror:  # not "[Errno 13]"
+            message = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
         print(f"fmnist-train: error: {message}", file=sys.stderr)
         return 1
     print()  # published: a failure to say so (stdout) undoes nothing (it took the report away)
