@@ -60,7 +60,7 @@ def test_a_report_is_synced_to_disk_as_a_version_is(tmp_path, events):
     """The model files were fsynced, the report's not: after a power cut a published version
     could come with a truncated report.md, metrics.json or picture."""
     metrics = {"test_accuracy": 0.1, "onnx_max_abs_diff": 0.0, "onnx_label_agreement": 1.0,
-               "per_class": {name: {"f1": 0.0} for name in CLASS_NAMES},
+               "per_class": {name: {"f1": 0.0, "recall": 0.0} for name in CLASS_NAMES},
                "confusion_matrix": np.eye(len(CLASS_NAMES), dtype=int).tolist()}
     training = {"train_size": 8, "validation_size": 2, "seed": 1, "epochs_run": 1}
     outcome = ModelOutcome("baseline", "baseline", np.zeros(4, np.int64), metrics, training)

@@ -12,7 +12,7 @@ from training.report import ModelOutcome, markdown_report
 def outcome(name: str, epochs_run: int, best_epoch: int | None) -> ModelOutcome:
     metrics = {"test_accuracy": 0.8, "validation_accuracy": 0.81, "onnx_max_abs_diff": 1e-6,
                "onnx_label_agreement": 1.0,
-               "per_class": {c: {"f1": 0.8} for c in CLASS_NAMES}}
+               "per_class": {c: {"f1": 0.8, "recall": 0.75} for c in CLASS_NAMES}}
     training = {"train_size": 800, "validation_size": 200, "seed": 42, "fit_seconds": 1.0,
                 "epochs_run": epochs_run, "best_epoch": best_epoch}
     return ModelOutcome(name, name, np.zeros(10, np.int64), metrics, training)
@@ -135,3 +135,15 @@ def test_a_report_of_a_subset_says_so(tmp_path):
             model.training["train_subset"] = train_subset
         full = markdown_report(subset, [], {"source": "x", "content_sha256": {}}, Path(tmp_path))
         assert "subset" not in full
+
+
+def test_the_report_gives_each_class_its_accuracy_beside_its_f1(tmp_path):
+    """It gave per-class F1 only: how often a Shirt is labelled a shirt (its recall, the
+    class's accuracy) was in metrics.json alone, which nobody reads beside the pictures."""
+    softmax, mlp = outcome("softmax", 5, None), outcome("mlp", 5, None)
+    mlp.metrics["per_class"]["Shirt"] = {"f1": 0.6, "recall": 0.55}
+    report = markdown_report([softmax, mlp], [], {"source": "x", "content_sha256": {}},
+                             Path(tmp_path))
+    assert row(report, "class") == ["class", "softmax accuracy", "softmax F1", "mlp accuracy",
+                                    "mlp F1"]
+    assert row(report, "Shirt") == ["Shirt", "0.750", "0.800", "0.550", "0.600"]

@@ -191,14 +191,15 @@ def markdown_report(outcomes: list[ModelOutcome], pictures: list[str], dataset: 
         lines += [f"- {o.name}: {o.metrics['agreement_with_baseline']:.4f}" for o in agreements]
     lines += [
         "",
-        "## Per-class F1 on the test set",
+        "## Per-class accuracy (recall: the share of a class's images labelled right) and F1",
         "",
-        "| class | " + " | ".join(o.name for o in outcomes) + " |",
-        "| --- |" + " --- |" * len(outcomes),
+        "| class | " + " | ".join(f"{o.name} accuracy | {o.name} F1" for o in outcomes) + " |",
+        "| --- |" + " --- | --- |" * len(outcomes),
     ]
     for name in CLASS_NAMES:
-        scores = " | ".join(f"{o.metrics['per_class'][name]['f1']:.3f}" for o in outcomes)
-        lines.append(f"| {name} | {scores} |")
+        scores = (o.metrics["per_class"][name] for o in outcomes)
+        lines.append(f"| {name} | " + " | ".join(
+            f"{score['recall']:.3f} | {score['f1']:.3f}" for score in scores) + " |")
     lines += [
         "",
         f"Precision, recall and the confusion matrices as numbers are in `{METRICS_FILE}`.",
