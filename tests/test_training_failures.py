@@ -230,12 +230,16 @@ def test_a_path_set_by_its_env_var_is_named_by_it(tmp_path):
                                     "not empty"), result.stderr
 
 
-def test_a_repository_that_cannot_be_written_is_named_in_one_line(tmp_path):
+@pytest.mark.parametrize("unwritable", ["repository", "model"])
+def test_a_repository_that_cannot_be_written_is_named_in_one_line(tmp_path, unwritable):
     """A read-only --out (another user's, immutable) ended the run with Python's words,
-    "error: PermissionError: [Errno 13] Permission denied: '/x/repo'"."""
-    with unremovable(tmp_path):
-        result = run_training("--out", str(tmp_path / "repo"), "--models", "baseline",
-                              "--train-subset", "500")
+    "error: PermissionError: [Errno 13] Permission denied: '/x/repo'"; a read-only model's
+    directory was named by the hidden staging directory the run had tried to make in it."""
+    out = tmp_path / "repo"
+    if unwritable == "model":
+        (out / "baseline").mkdir(parents=True)
+    named = out / "baseline" if unwritable == "model" else out
+    with unremovable(named if unwritable == "model" else tmp_path):
+        result = run_training("--out", str(out), "--models", "baseline", "--train-subset", "500")
     error = os.strerror(1 if os.geteuid() == 0 else 13)  # EPERM (immutable), EACCES
-    assert (result.returncode, result.stderr) == (
-        1, f"fmnist-train: error: {tmp_path / 'repo'}: {error}\n")
+    assert (result.returncode, result.stderr) == (1, f"fmnist-train: error: {named}: {error}\n")

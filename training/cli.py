@@ -131,7 +131,10 @@ def train(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], Path]:
     for name in args.models:
         make_directory(args.out / name)  # 0755: a server of another user lists it
         say_removed(remove_abandoned(args.out / name))
-        tempfile.TemporaryDirectory(prefix=STAGING, dir=args.out / name).cleanup()
+        try:
+            tempfile.TemporaryDirectory(prefix=STAGING, dir=args.out / name).cleanup()
+        except OSError as error:  # named by the model's directory, not the hidden name tried
+            raise OSError(error.errno, error.strerror, str(args.out / name)) from None
         next_version(args.out / name)  # a corrupt .highest-version, no number left
     make_directory(args.report_dir, mode=None)  # synced into its parent, as the others
     subset = slice(args.train_subset)
