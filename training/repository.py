@@ -37,7 +37,7 @@ from common.contract import (
     is_version_name,
 )
 from training.preprocessing import PREPROCESSING
-from training.staging import LOCK, STAGING, hold_lock, removal_error
+from training.staging import LOCK, STAGING, error_of, hold_lock, remove_staging
 
 INPUTS = [{"name": IMAGES, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
 OUTPUTS = [
@@ -129,7 +129,7 @@ class Staged:
     lock: IO | None = None
 
     def discard(self) -> None:
-        removal_error(self.directory)  # as rmtree's ignore_errors, but its lock last
+        error_of(remove_staging, self.directory)  # as rmtree's ignore_errors, its lock last
         if self.lock:
             self.lock.close()
 

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -58,9 +59,9 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
                 if held:
                     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: lives
                 if staging in published:
-                    found.append(Abandoned(staging / LOCK, unlink_error(staging / LOCK)))
+                    found.append(Abandoned(staging / LOCK, error_of(Path.unlink, staging / LOCK)))
                 else:
-                    found.append(Abandoned(staging, removal_error(staging)))
+                    found.append(Abandoned(staging, error_of(remove_staging, staging)))
         except (BlockingIOError, FileNotFoundError, NotADirectoryError):  # a file: not ours
             continue
         except OSError as error:
@@ -78,30 +79,24 @@ def lock_of(staging: Path) -> Path | None:
     return staging / LOCK
 
 
-def removal_error(staging: Path) -> OSError | None:
+def remove_staging(staging: Path) -> None:
     """Removes ``staging``, its lock last: one that cannot be removed whole is still known as
-    a killed run's (rmtree could take the lock first); returns the error that stopped it,
-    naming the whole path (rmtree's name only the last part)."""
+    a killed run's (rmtree could take the lock first); an OSError names the whole path
+    (rmtree's name only the last part)."""
+    for parent, directories, files in os.walk(staging, topdown=False):
+        for name in files:
+            if (parent, name) != (str(staging), LOCK):
+                os.unlink(os.path.join(parent, name))
+        for name in directories:
+            os.rmdir(os.path.join(parent, name))
+    (staging / LOCK).unlink(missing_ok=True)  # none: renamed back once it had gone
+    staging.rmdir()
+
+
+def error_of(action: Callable[[Path], None], path: Path) -> OSError | None:
+    """``action(path)``; the OSError that stopped it, if one did, returned (not raised)."""
     try:
-        for parent, directories, files in os.walk(staging, topdown=False):
-            for name in files:
-                if (parent, name) != (str(staging), LOCK):
-                    os.unlink(os.path.join(parent, name))
-            for name in directories:
-                os.rmdir(os.path.join(parent, name))
-        (staging / LOCK).unlink(missing_ok=True)  # none: renamed back once it had gone
-        staging.rmdir()
-    except OSError as error:
-        return error
-    return None
-
-
-
-
-def unlink_error(path: Path) -> OSError | None:
-    """Deletes ``path``; returns the error that kept it, if one did."""
-    try:
-        path.unlink()
+        action(path)
     except OSError as error:
         return error
     return None
