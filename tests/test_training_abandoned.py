@@ -4,6 +4,7 @@ of the model removes it, and never one whose run lives or one copied in by hand.
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -12,7 +13,7 @@ import pytest
 from tests.conftest import tiny_classifier
 from tests.training_runs import run_training, unremovable
 from training.repository import existing_versions, stage_version
-from training.staging import LOCK, Abandoned, remove_abandoned
+from training.staging import LOCK, LOCKED_WITHIN_S, Abandoned, remove_abandoned
 
 # stages a version, says where, and publishes it when told (a run between fit and publish)
 RUN = """
@@ -142,8 +143,21 @@ def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_kno
     assert killed.returncode == -9
     (left,) = (repository / "baseline").glob(".staging-*")
     assert (left / LOCK).exists() == (killed_in in ("publishing", "discard"))
+    if killed_in == "removing":  # empty: taken for a live run's, made a moment ago, until old
+        assert remove_abandoned(repository / "baseline") == []
+        os.utime(left, (time.time() - LOCKED_WITHIN_S,) * 2)
     assert remove_abandoned(repository / "baseline") == [Abandoned(left)]
     assert not left.exists() and existing_versions(repository, "baseline") == []
+
+
+def test_a_live_runs_staging_directory_made_a_moment_ago_and_not_yet_locked_is_left_alone(
+        tmp_path):
+    """Empty and of a run's own name, as a run killed as it removed it leaves one, and as a
+    live run's is between mkdtemp and its lock: it was removed, and that run failed."""
+    made = tmp_path / "baseline" / ".staging-abc_1234"
+    made.mkdir(parents=True)
+    assert remove_abandoned(tmp_path / "baseline") == []
+    assert made.exists()
 
 
 def test_a_staging_directory_whose_lock_cannot_be_read_is_named_in_a_warning(tmp_path):
