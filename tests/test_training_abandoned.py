@@ -143,7 +143,7 @@ def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_kno
     assert killed.returncode == -9
     (left,) = (repository / "baseline").glob(".staging-*")
     assert (left / LOCK).exists() == (killed_in in ("publishing", "discard"))
-    if killed_in == "removing":  # empty: taken for a live run's, made a moment ago, until old
+    if killed_in in ("locking", "removing"):  # no .lock: perhaps a live run's, until old
         assert remove_abandoned(repository / "baseline") == []
         os.utime(left, (time.time() - LOCKED_WITHIN_S,) * 2)
     assert remove_abandoned(repository / "baseline") == [Abandoned(left)]
@@ -152,12 +152,15 @@ def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_kno
 
 def test_a_live_runs_staging_directory_made_a_moment_ago_and_not_yet_locked_is_left_alone(
         tmp_path):
-    """Empty and of a run's own name, as a run killed as it removed it leaves one, and as a
-    live run's is between mkdtemp and its lock: it was removed, and that run failed."""
+    """Empty or holding only .lock-new, of a run's own name, as a run killed as it made its lock
+    or removed the directory leaves one, and as a live run's is between mkdtemp and its flock:
+    it was removed, and that run failed."""
     made = tmp_path / "baseline" / ".staging-abc_1234"
     made.mkdir(parents=True)
     assert remove_abandoned(tmp_path / "baseline") == []
-    assert made.exists()
+    (made / ".lock-new").touch()  # opened, not yet locked
+    assert remove_abandoned(tmp_path / "baseline") == []
+    assert sorted(made.iterdir()) == [made / ".lock-new"]
 
 
 def test_a_staging_directory_whose_lock_cannot_be_read_is_named_in_a_warning(tmp_path):

@@ -17,7 +17,7 @@ STAGING = ".staging-"  # a version being written, under a hidden name the server
 LOCK = ".lock"  # in a staging directory: locked (flock) by its run while the run lives
 FRESH_LOCK = f"{LOCK}-new"  # the lock before it takes its name, locked
 OURS = re.compile(re.escape(STAGING) + "[a-z0-9_]{8}")  # tempfile.mkdtemp's names: not by hand
-# an empty one of a run's own younger than this may be a live run's, between mkdtemp and its lock
+# one of a run's own without its .lock younger than this may be a live run's, before its lock
 LOCKED_WITHIN_S = 60.0
 
 
@@ -75,15 +75,14 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
 def lock_of(staging: Path) -> Path | None:
     """The lock that tells whether ``staging``'s run lives: its .lock, or in one of a run's own
     its .lock-new, if that is all it holds; None in an empty one of a run's own, which a run
-    killed as it made it or removed it left, once older than a live run's can be (another
-    run's, made a moment ago, was removed under it: that run failed)."""
+    killed as it made it or removed it left; either only once older than a live run's can be
+    (another run's, made a moment ago, was removed under it: that run failed)."""
     names = os.listdir(staging)  # NotADirectoryError: a file, not a run's
     if not OURS.fullmatch(staging.name) or names not in ([], [FRESH_LOCK]):
         return staging / LOCK
-    if names:
-        return staging / FRESH_LOCK
-    young = time.time() - staging.stat().st_mtime < LOCKED_WITHIN_S
-    return staging / LOCK if young else None  # young: no .lock yet, left alone as by hand
+    if time.time() - staging.stat().st_mtime < LOCKED_WITHIN_S:  # perhaps a live run's,
+        return staging / LOCK  # before its lock is locked (open, then flock): left alone
+    return staging / FRESH_LOCK if names else None
 
 
 def remove_staging(staging: Path) -> None:
