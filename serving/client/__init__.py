@@ -9,7 +9,7 @@ import importlib
 DEFAULT_TARGET = "127.0.0.1:50051"  # the server's default port, on this host
 LB_POLICIES = ("pick_first", "round_robin")  # gRPC's load-balancing policies, default first
 # the API's names, by the module that defines each
-_API = {"ClassifierClient": "api", "Classification": "api", "ModelAnswer": "api",
+_API = {"ClassifierClient": "api", "Classification": "answers", "ModelAnswer": "answers",
         "ClassifierError": "errors", "ChannelSecurity": "security"}
 
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 import numpy as np
 
-from serving.client.api import Classification, ModelAnswer
+from serving.client.answers import Classification, ModelAnswer
 
 HEADER = ("index", "true_label", "model_label", "model_class", "model_probability",
           "baseline_label", "baseline_class", "baseline_probability")

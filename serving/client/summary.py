@@ -5,7 +5,7 @@ as JSON for a program (``--json``)."""
 import numpy as np
 
 from common.contract import CLASS_NAMES, NUM_CLASSES
-from serving.client.api import Classification, ModelAnswer, joined
+from serving.client.answers import Classification, ModelAnswer, joined
 
 
 def confusion(labels: np.ndarray, answered: np.ndarray) -> np.ndarray:
