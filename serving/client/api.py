@@ -6,8 +6,9 @@
         answer.model.labels, answer.model.probabilities, answer.baseline.class_names
 
 Errors are ``ClassifierError`` (a ``grpc.RpcError``: ``code()``, ``details()``; its str one line,
-``NOT_FOUND: model: no model 'x'; ...``) for what the server or gRPC refused; ValueError for what
-cannot be sent (a target without its port, images of another shape, any call once closed).
+``NOT_FOUND: model: no model 'x'; ...``) for what the server or gRPC refused, DEADLINE_EXCEEDED
+for a timeout that passed; ValueError for what cannot be sent (a target without its port,
+images of another shape, any call once closed).
 """
 
 import argparse
@@ -35,7 +36,8 @@ from serving.client.errors import ClassifierError, NoAnswer, failures
 from serving.client.security import ChannelSecurity
 from serving.client.watch import AnswerWatch
 
-__all__ = ["Classification", "ClassifierClient", "ClassifierError", "ModelAnswer", "NoAnswer"]
+__all__ = ["CLIENT_TIMEOUT", "Classification", "ClassifierClient", "ClassifierError", "ModelAnswer",
+           "NoAnswer"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # A draining server refuses new calls UNAVAILABLE for up to a second before it says GOAWAY,
@@ -49,6 +51,26 @@ RETRY_REFUSED_CALLS = json.dumps({"methodConfig": [{
     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "0.5s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}}]})
+
+
+class _ClientTimeout:
+    """Each call's ``timeout`` when none is given: the client's (None there is no limit)."""
+
+    def __repr__(self) -> str:  # as help() shows the methods
+        return "CLIENT_TIMEOUT"
+
+
+CLIENT_TIMEOUT = _ClientTimeout()
+
+
+def checked_timeout(timeout: float | None) -> float | None:
+    """``timeout`` in seconds as fmnist's --timeout takes it, or None; ValueError else: inf or
+    1e10 s (gRPC's deadline overflows) failed every call at once, and "5" (an env var's) each
+    call in gRPC."""
+    try:
+        return None if timeout is None else positive_seconds(timeout)
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"timeout: {error} (None: no limit)") from None
 
 
 class _Closed:
@@ -65,8 +87,10 @@ class _Closed:
 
 
 class ClassifierClient:
-    """Calls one server over one channel; ``timeout`` (seconds) bounds each call. One client
-    may serve every thread of a process (gRPC's channel is thread-safe): make one, reuse it."""
+    """Calls one server over one channel. ``timeout`` (seconds) bounds the wait for each
+    answer, as fmnist's --timeout: a call's, or each of a stream's; every method takes a
+    ``timeout=`` of its own in place of it (None: no limit). One client may serve every
+    thread of a process (gRPC's channel is thread-safe): make one, reuse it."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 30.0,
                  security: ChannelSecurity | None = None, lb_policy: str = "pick_first"):
@@ -83,11 +107,7 @@ class ClassifierClient:
         self.target = grpc_target(target)
         if lb_policy not in LB_POLICIES:  # gRPC's C++ logged it, and used pick_first instead
             raise ValueError(f"lb_policy: expected {' or '.join(LB_POLICIES)}, got {lb_policy!r}")
-        try:  # inf or 1e10 s (gRPC's deadline overflows) failed every call at once; the
-            # seconds checked are those used ("5", an env var's, failed each call in gRPC)
-            self.timeout = None if timeout is None else positive_seconds(timeout)
-        except argparse.ArgumentTypeError as error:
-            raise ValueError(f"timeout: {error} (None: no limit)") from None
+        self.timeout = checked_timeout(timeout)
         self._channel = (security or ChannelSecurity()).channel(
             target,
             options=[
@@ -103,38 +123,39 @@ class ClassifierClient:
 
     def classify(
         self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = "",
-        batch_size: int | None = None,
+        batch_size: int | None = None, *, timeout: float | None = CLIENT_TIMEOUT,
     ) -> Classification:
         """Classifies ``uint8 [N,28,28]`` with ``model`` ("" = the server's default) at
         ``version`` (0 = newest). More images than one call may carry (the server's
         --max-request-images, or ``batch_size``) go in several calls, each after the first
         to the version that answered it, their answers joined in order (the whole test set
-        was refused, INVALID_ARGUMENT)."""
+        was refused, INVALID_ARGUMENT); ``timeout`` bounds each call."""
+        timeout = self._seconds(timeout)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size: expected a count >= 1, got {batch_size}")
         images = as_images(images)
         step = max(len(images), 1)
         if step > 1:
             if self._most_images is None:
-                self._most_images = self.max_request_images()
+                self._most_images = self.max_request_images(timeout=timeout)
             step = min(step, batch_size or step, self._most_images)
         answers: list[Classification] = []
         for start in range(0, max(len(images), 1), step):
             request = encode_request(images[start : start + step], model, version, request_id)
             with failures():
-                answers.append(decode_response(self._stub.Classify(request, timeout=self.timeout)))
+                answers.append(decode_response(self._stub.Classify(request, timeout=timeout)))
             model, version = answers[0].model.name, answers[0].model.version
         return joined(answers)
 
     def classify_batches(
         self, batches: Iterable[np.ndarray], model: str = "", version: int = 0,
-        timeout: float | None = None,
+        *, timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Classification]:
         """Classifies each batch over one ClassifyStream call, yielding the answers in order.
-        ``timeout`` bounds the whole stream (default: none); each answer is waited for the
-        client's ``timeout`` (a hung server's stream was waited for as long as the whole). A
-        batch that cannot be sent raises its own error (ValueError for a wrong shape), as
-        ``batches`` does its own."""
+        ``timeout`` bounds the wait for each answer, not the whole stream (a hung server's
+        stream was waited for as long as the whole). A batch that cannot be sent raises its
+        own error (ValueError for a wrong shape), as ``batches`` does its own."""
+        timeout = self._seconds(timeout)
         failed: list[Exception] = []  # a batch that gRPC's thread could not send
 
         def requests() -> Iterator[pb.ClassifyRequest]:
@@ -145,8 +166,8 @@ class ClassifierClient:
                 failed.append(error)
                 raise
 
-        call = self._stub.ClassifyStream(requests(), timeout=timeout)
-        watch = AnswerWatch(call, self.timeout) if self.timeout else None
+        call = self._stub.ClassifyStream(requests())
+        watch = AnswerWatch(call, timeout) if timeout else None
         try:
             while True:
                 if watch:
@@ -159,7 +180,7 @@ class ClassifierClient:
                     if failed:  # the caller's error, not gRPC's UNKNOWN for it
                         raise failed[0] from None
                     if watch and watch.fired:
-                        raise NoAnswer(self.timeout) from None
+                        raise NoAnswer(timeout) from None
                     with failures():
                         raise
                 if watch:
@@ -169,31 +190,38 @@ class ClassifierClient:
             if watch:
                 watch.ended.set()
 
-    def list_models(self) -> list[pb.ModelInfo]:
+    def list_models(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[pb.ModelInfo]:
         with failures():
             return list(self._stub.ListModels(pb.ListModelsRequest(),
-                                              timeout=self.timeout).models)
+                                              timeout=self._seconds(timeout)).models)
 
-    def get_model(self, name: str, version: int = 0) -> pb.ModelInfo:
+    def get_model(self, name: str, version: int = 0, *,
+                  timeout: float | None = CLIENT_TIMEOUT) -> pb.ModelInfo:
         with failures():
             return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
-                                       timeout=self.timeout)
+                                       timeout=self._seconds(timeout))
 
-    def max_request_images(self, model: str = "", version: int = 0) -> int:
+    def max_request_images(self, model: str = "", version: int = 0, *,
+                           timeout: float | None = CLIENT_TIMEOUT) -> int:
         """The most images one call may carry: the server's --max-request-images, which the
         Open Inference Protocol's ModelConfig gives as ``max_batch_size`` (any model's).
         ``model`` "" is the server's default, as for ``classify`` (the protocol has none: it
         was NOT_FOUND); the limit being every model's, any loaded one is asked then, at its
-        newest version, whatever ``version``."""
+        newest version, whatever ``version``; ``timeout`` bounds each of its calls."""
         from inference import grpc_service_pb2 as inference_pb
         from inference import grpc_service_pb2_grpc as inference_grpc
 
+        timeout = self._seconds(timeout)
         if not model:
-            model, version = self.list_models()[0].name, 0
+            model, version = self.list_models(timeout=timeout)[0].name, 0
         request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
         stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
         with failures():
-            return stub.ModelConfig(request, timeout=self.timeout).config.max_batch_size
+            return stub.ModelConfig(request, timeout=timeout).config.max_batch_size
+
+    def _seconds(self, timeout: float | None) -> float | None:
+        """A call's ``timeout``, checked, or the client's."""
+        return self.timeout if timeout is CLIENT_TIMEOUT else checked_timeout(timeout)
 
     def close(self) -> None:
         """Closes the channel: a later call is a ValueError that says so; closing again does

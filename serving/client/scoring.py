@@ -68,8 +68,7 @@ def score(args, security) -> int:
                    for start in range(0, len(images), batch_size)]
         started = time.perf_counter()
         if args.rpc == "stream":
-            stream = client.classify_batches(timed(batches), found.name, found.version,
-                                             timeout=args.timeout * len(batches))
+            stream = client.classify_batches(timed(batches), found.name, found.version)
         else:
             stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
         predictions = args.csv and Predictions(answers, args.offset, labels, functools.partial(
