@@ -39,3 +39,23 @@ def test_classify_keeps_under_a_lower_server_limit_and_its_batch_size(model_repo
         np.testing.assert_array_equal(answer.model.labels, one_by_one)
     with pytest.raises(ValueError, match=r"^batch_size: expected a count >= 1, got 0$"):
         ClassifierClient("127.0.0.1:1").classify(images, batch_size=0)
+
+
+def test_classify_batches_splits_a_batch_as_classify_does(model_repository, test_set):
+    """`client.classify_batches(batches)` of a batch over the server's --max-request-images was
+    refused, INVALID_ARGUMENT, where `client.classify` of the same images splits them: each
+    batch goes in calls the server takes (or of ``batch_size``), one answer per batch, in
+    order."""
+    images = test_set[0][:40]
+    settings = local_settings(model_repository=model_repository, max_request_images=10)
+    with running_server(settings) as server, ClassifierClient(f"127.0.0.1:{server.port}") as client:
+        expected = client.classify(images, model="softmax").model.labels
+        for batch_size in (None, 3):
+            answers = list(client.classify_batches([images[:25], images[25:28], images[28:]],
+                                                   model="softmax", batch_size=batch_size))
+            assert [len(answer) for answer in answers] == [25, 3, 12]
+            np.testing.assert_array_equal(
+                np.concatenate([answer.model.labels for answer in answers]), expected)
+            assert len(answers[0].baseline.class_names) == 25
+        with pytest.raises(ValueError, match=r"^batch_size: expected a count >= 1, got 0$"):
+            list(client.classify_batches([images], batch_size=0))

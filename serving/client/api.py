@@ -12,6 +12,7 @@ images of another shape, any call once closed).
 """
 
 import argparse
+import collections
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -119,7 +120,7 @@ class ClassifierClient:
             ],
         )
         self._stub = pb_grpc.ClassifierStub(self._channel)
-        self._most_images: int | None = None  # the server's, asked once it matters
+        self._most_images: int | None = None  # the server's, once asked
 
     def classify(
         self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = "",
@@ -131,17 +132,9 @@ class ClassifierClient:
         to the version that answered it, their answers joined in order (the whole test set
         was refused, INVALID_ARGUMENT); ``timeout`` bounds each call."""
         timeout = self._seconds(timeout)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size: expected a count >= 1, got {batch_size}")
-        images = as_images(images)
-        step = max(len(images), 1)
-        if step > 1:
-            if self._most_images is None:
-                self._most_images = self.max_request_images(timeout=timeout)
-            step = min(step, batch_size or step, self._most_images)
         answers: list[Classification] = []
-        for start in range(0, max(len(images), 1), step):
-            request = encode_request(images[start : start + step], model, version, request_id)
+        for part in self._parts(images, batch_size, timeout):
+            request = encode_request(part, model, version, request_id)
             with failures():
                 answers.append(decode_response(self._stub.Classify(request, timeout=timeout)))
             model, version = answers[0].model.name, answers[0].model.version
@@ -149,25 +142,33 @@ class ClassifierClient:
 
     def classify_batches(
         self, batches: Iterable[np.ndarray], model: str = "", version: int = 0,
-        *, timeout: float | None = CLIENT_TIMEOUT,
+        *, batch_size: int | None = None, timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Classification]:
         """Classifies each batch over one ClassifyStream call, yielding the answers in order.
-        ``timeout`` bounds the wait for each answer, not the whole stream (a hung server's
-        stream was waited for as long as the whole). A batch that cannot be sent raises its
-        own error (ValueError for a wrong shape), as ``batches`` does its own."""
+        A batch is sent as ``classify`` sends its images, in parts one call may carry, and
+        answered as one (ValueError if a version was published between its parts: they are
+        sent before the first is answered). ``timeout`` bounds the wait for each answer, not
+        the whole stream (a hung server's stream was waited for as long as the whole). A
+        batch that cannot be sent raises its own error (ValueError for a wrong shape), as
+        ``batches`` does its own."""
         timeout = self._seconds(timeout)
         failed: list[Exception] = []  # a batch that gRPC's thread could not send
+        parts: collections.deque[int] = collections.deque()  # of each batch sent, in order
 
         def requests() -> Iterator[pb.ClassifyRequest]:
             try:
                 for index, batch in enumerate(batches):
-                    yield encode_request(batch, model, version, str(index))
+                    split = self._parts(batch, batch_size, timeout)
+                    parts.append(len(split))  # before its first part goes
+                    for part in split:
+                        yield encode_request(part, model, version, str(index))
             except Exception as error:  # gRPC says only "Exception iterating requests!"
                 failed.append(error)
                 raise
 
         call = self._stub.ClassifyStream(requests())
         watch = AnswerWatch(call, timeout) if timeout else None
+        answers: list[Classification] = []  # the parts of a batch answered so far
         try:
             while True:
                 if watch:
@@ -183,9 +184,14 @@ class ClassifierClient:
                         raise NoAnswer(timeout) from None
                     with failures():
                         raise
+                answers.append(decode_response(response))
+                if len(answers) < parts[0]:
+                    continue
                 if watch:
                     watch.since = None  # not while the caller has the answer
-                yield decode_response(response)
+                parts.popleft()
+                yield joined(answers)
+                answers = []
         finally:
             if watch:
                 watch.ended.set()
@@ -217,7 +223,22 @@ class ClassifierClient:
         request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
         stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
         with failures():
-            return stub.ModelConfig(request, timeout=timeout).config.max_batch_size
+            config = stub.ModelConfig(request, timeout=timeout).config
+        self._most_images = config.max_batch_size  # for classify's parts, asked once
+        return self._most_images
+
+    def _parts(self, images: np.ndarray, batch_size: int | None,
+               timeout: float | None) -> list[np.ndarray]:
+        """``images``, checked, in parts one call may carry: the server's --max-request-images
+        (asked once, for more than one image), or ``batch_size`` if fewer."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: expected a count >= 1, got {batch_size}")
+        images = as_images(images)
+        step = max(len(images), 1)  # no image: one call, which the server refuses, saying why
+        if step > 1:
+            most = self._most_images or self.max_request_images(timeout=timeout)
+            step = min(step, batch_size or step, most)
+        return [images[start : start + step] for start in range(0, max(len(images), 1), step)]
 
     def _seconds(self, timeout: float | None) -> float | None:
         """A call's ``timeout``, checked, or the client's."""
