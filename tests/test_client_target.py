@@ -223,3 +223,24 @@ def test_a_grpc_name_with_an_empty_query_is_refused_as_host_port_is(capsys, monk
     refused_by_flag_and_env_var(capsys, monkeypatch, address, message)
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         ClassifierClient(address)
+
+
+@pytest.mark.parametrize(("address", "form"), [
+    ("ipv4:{target}#x", "a ipv4: target"), ("dns:///{target}#x", "HOST:PORT"),
+    ("{target}#x", "HOST:PORT"), ("{host}#x:{port}", "HOST:PORT"),
+    ("unix:/tmp/fmnist.sock#x", "a unix: target")])
+def test_a_target_with_a_fragment_is_refused_as_a_query_is(target, capsys, monkeypatch, address,
+                                                           form):
+    """gRPC drops a '#' and all after it without a word: `--target ipv4:HOST:PORT#x` reached the
+    server as if it were not there, `HOST#x:PORT` went to port 443, and `HOST:PORT#x` was
+    refused as a port that is no number. Refused, naming the '#', as `HOST:PORT?` is; the
+    Python API says the same words."""
+    from serving.client.api import ClassifierClient
+
+    host, port = target.rsplit(":", 1)
+    address = address.format(target=target, host=host, port=port)
+    message = (f"expected {form} without a '#', got {address!r}: gRPC drops the '#' and all "
+               "after it, without a word")
+    refused_by_flag_and_env_var(capsys, monkeypatch, address, message)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ClassifierClient(address)

@@ -59,10 +59,15 @@ def grpc_target(text: str) -> str:
     if lowered.startswith(("http://", "https://")):
         raise TargetError("fmnist speaks gRPC: expected its HOST:PORT (the "
                                          f"server's --port), not an HTTP URL, got {text!r}")
-    if lowered.startswith(GRPC_SCHEMES):
+    named = lowered.startswith(GRPC_SCHEMES)
+    form = f"a {text.partition(':')[0]}: target" if named else "HOST:PORT"
+    if "#" in text:  # 127.0.0.1#x:50051 went to port 443; as URIs, unix:PATH#x and the rest
+        raise TargetError(f"expected {form} without a '#', got {text!r}: gRPC drops the '#' "
+                          "and all after it, without a word")
+    if named:
         if "?" in text:  # an empty query (any other holds credentials, refused above)
-            raise TargetError(f"expected a {text.partition(':')[0]}: target without a '?', got "
-                              f"{text!r}: gRPC makes no channel of an empty query")
+            raise TargetError(f"expected {form} without a '?', got {text!r}: gRPC makes no "
+                              "channel of an empty query")
         return text
     scheme, slashes, _ = text.partition("://")
     if slashes and not lowered.startswith("dns:"):  # grpc://, passthrough:// (grpc-go's)
