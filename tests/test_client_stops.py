@@ -2,6 +2,7 @@
 exit status a shell gives a command its signal ended."""
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -163,3 +164,78 @@ def test_a_sigterm_its_caller_ignores_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_stop_while_a_failed_score_waits_for_its_csv_says_how_far_it_got(model_repository):
+    """A run whose server went away waits for its CSV's writer, to write every row; held by a
+    reader that stopped reading (`--csv - | (sleep 100)`), it waits until stopped, and the stop
+    then said only "stopped (SIGTERM)": neither the error nor how far the run got. The stop
+    ends the wait, and the error's line says both, counting the rows the pipe took."""
+    read, write = os.pipe()
+    with running_server(local_settings(model_repository=model_repository), grace=0) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target",
+             f"127.0.0.1:{server.port}", "--batch-size", "1", "--rpc", "unary", "--csv", "-"],
+            stdout=write, stderr=subprocess.PIPE, text=True)
+        os.close(write)
+        capacity, level = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ), -1
+        try:
+            for _ in range(600):  # until the pipe is full and stays so: the writer held in it
+                time.sleep(0.1)
+                level, before = _unread(read), level
+                if level > capacity - 4096 and level == before:
+                    break
+        except BaseException:
+            process.kill()
+            raise
+    try:  # the server stopped, at once: the run's next call fails (retried for 0.3 s at most)
+        time.sleep(3)  # then waits for the writer
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        err = process.communicate(timeout=10)[1]
+    finally:
+        process.kill()
+        os.close(read)
+    assert process.returncode == 1, err
+    match = re.fullmatch(r"fmnist score: error: [A-Z_]+: .+; ended after (\d+) of 10000 images "
+                         r"\(--csv: (\d+) rows? written\)\n", err)
+    assert match, err
+    assert 0 < int(match[2]) <= int(match[1]) < 10000
+
+
+def test_a_stop_during_the_json_write_leaves_the_file_whole(tmp_path):
+    """A second stop while `fmnist score --json FILE` wrote its figures (a stopped run's, or a
+    finished one's) cut the file: opened for writing, it was emptied, and the stop came before
+    the JSON did; a previous run's figures were lost, and nothing took their place. A stop at
+    each step of the write in turn (a real SIGINT, raised where the next one falls) leaves the
+    file as it was or whole, and nothing beside it."""
+    from serving.client.scoring import _write_json
+
+    path, previous, document = tmp_path / "score.json", '{"images": 1}\n', {"images": 2}
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    own = sys._getframe()  # its steps are not the write's
+    try:
+        for step in itertools.count(1):
+            path.write_text(previous)
+            events = itertools.count(1)
+
+            def stop_at_step(frame, _event, _arg, step=step, events=events):
+                if frame is not own and next(events) == step:
+                    sys.setprofile(None)
+                    os.kill(os.getpid(), signal.SIGINT)
+
+            sys.setprofile(stop_at_step)
+            try:
+                _write_json(path, document)
+            except KeyboardInterrupt:
+                pass
+            else:
+                break
+            finally:
+                sys.setprofile(None)
+            assert path.read_text() in (previous, json.dumps(document, indent=2) + "\n"), step
+            assert os.listdir(tmp_path) == ["score.json"], step
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert json.loads(path.read_text()) == document and os.listdir(tmp_path) == ["score.json"]
+    assert step > 3  # stopped at every step before the last

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -87,8 +88,6 @@ def score(args, security) -> int:
                 predictions.close()
         except (KeyboardInterrupt, Exception) as ended:  # a stop (Ctrl-C, SIGTERM) or an
             # error midway (the server went away): cli's one line says how far, and the files
-            if predictions and isinstance(ended, Exception):
-                predictions.close()  # every row, as for a run that ends well
             answered = sum(map(len, answers))
             ended_by = ("error" if isinstance(ended, Exception) else
                         "SIGTERM" if isinstance(ended, Terminated) else "SIGINT")
@@ -152,19 +151,21 @@ def score(args, security) -> int:
 
 def _write_json(path: Path, document: dict) -> TextIO | None:
     text = json.dumps(document, indent=2) + "\n"
-    return _write("--json", path, "the JSON's end", lambda f: f.write(text))
+    return _write("--json", path, "the JSON's end", lambda f: f.write(text), whole=True)
 
 
 def _files_left(predictions: Predictions | None, json_path: Path | None, ended: BaseException,
                 figures: Callable[[], dict] | None) -> str:
-    """What a run cut short (``ended``) left of its files: the CSV's rows written so far (a
-    stop gives the thread a second to write the rest: a reader that stopped reading holds it),
-    and the JSON of the images answered (``figures``, None if none was), marked partial:
-    unwritten, a previous run's file stayed, and was read as this run's."""
+    """What a run cut short (``ended``) left of its files: the CSV's rows written so far (after
+    an error, every row, as for a run that ends well; a stop gives the thread a second to
+    write the rest: a reader that stopped reading holds it), and the JSON of the images
+    answered (``figures``, None if none was), marked partial: unwritten, a previous run's file
+    stayed, and was read as this run's."""
     said = []
-    if predictions:
-        with contextlib.suppress(KeyboardInterrupt):  # a second stop: no more waiting, same line
-            predictions.close(within=1.0)
+    if predictions:  # a stop meanwhile (a second one, or the first after an error): no more
+        # waiting, and the same line (it said only "stopped (SIGTERM)", how far lost)
+        with contextlib.suppress(KeyboardInterrupt):
+            predictions.close(within=None if isinstance(ended, Exception) else 1.0)
         rows = predictions.rows
         if predictions.error is not ended:  # (the error the line says already)
             said.append(str(predictions.error) if predictions.error
@@ -249,13 +250,20 @@ def _std_stream(path: Path) -> TextIO | None:
     return None
 
 
-def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None]) -> TextIO | None:
-    """Runs ``write`` on ``path`` opened (or on the standard stream it names, returned). A file
+def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None],
+           whole: bool = False) -> TextIO | None:
+    """Runs ``write`` on ``path`` opened (or on the standard stream it names, returned); if
+    ``whole``, a file is written beside it and renamed over it (``_replacing``). A file
     that cannot be written fails the run in one line naming it: a full disk said Python's
     "[Errno 28] No space left on device", and a reader that stopped before ``end`` (`| head`,
     a named pipe's) nothing at all, exit 0 (cli's exit 0 is for the summary's reader)."""
     stream = _std_stream(path)
+    target = Path(os.path.realpath(path))  # a link's file, not the link
     try:
+        if whole and not stream and os.access(target.parent, os.W_OK) and (
+                target.is_file() or not target.exists()):  # not /dev/null, a pipe
+            _replacing(target, write)
+            return None
         with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
             write(f)
             f.flush()
@@ -266,3 +274,21 @@ def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None]) -> 
             raise RuntimeError(f"{flag} {path}: its reader stopped before {end}") from None
         raise RuntimeError(f"{flag} {path}: {error.strerror or error}") from None
     return stream
+
+
+def _replacing(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Runs ``write`` on a new file beside ``path``, then renames it over ``path`` (with its
+    mode, if it was there): a stop or a full disk midway leaves ``path`` as it was, and
+    nothing beside it. Opened for writing, it was emptied first, and a stop before the write
+    left it so: a previous run's figures lost, none in their place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="") as file:
+            write(file)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copymode(path, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
