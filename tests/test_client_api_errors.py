@@ -92,3 +92,39 @@ def test_a_closed_client_says_so(target, method):
         CALLS[method](client)
     assert str(refused.value) == (f"this ClassifierClient ({target}) is closed: make a new one, "
                                   "or call it within its `with` block")
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda client: client.classify(IMAGES, model=5), TypeError,
+     "model: expected a str ('': the server's default), got int"),
+    (lambda client: client.classify(IMAGES, version="2"), TypeError,
+     "version: expected an int (0: the newest), got str"),
+    (lambda client: client.classify(IMAGES, version=1.0), TypeError,
+     "version: expected an int (0: the newest), got float"),
+    (lambda client: client.classify(IMAGES, version=2**64), ValueError,
+     "version: expected 0 (the newest) or a version 1..2^63-1, got 18446744073709551616"),
+    (lambda client: client.classify(IMAGES, request_id=7), TypeError,
+     "request_id: expected a str, got int"),
+    (lambda client: client.classify(IMAGES, batch_size=2.5), TypeError,
+     "batch_size: expected an int (None: the server's limit), got float"),
+    (lambda client: client.classify(IMAGES, batch_size="3"), TypeError,
+     "batch_size: expected an int (None: the server's limit), got str"),
+    (lambda client: list(client.classify_batches([IMAGES], version="1")), TypeError,
+     "version: expected an int (0: the newest), got str"),
+    (lambda client: client.get_model("mlp", version="1"), TypeError,
+     "version: expected an int (0: the newest), got str"),
+    (lambda client: client.get_model(None), TypeError,
+     "name: expected a str, got NoneType"),
+    (lambda client: client.classify(IMAGES[0].astype(np.float32)), ValueError,
+     "expected uint8 images [N,28,28], got float32 (28, 28)"),
+])
+def test_an_argument_that_cannot_be_sent_is_named(target, call, error, message):
+    """`client.classify(images, version="2")` (a value read from a form or an env var) raised
+    protobuf's "TypeError: 'str' object cannot be interpreted as an integer", `model=5` its
+    "bad argument type for built-in operation", 2**64 "ValueError: Value out of range", and
+    batch_size=2.5 range()'s: none named the argument; get_model(None) asked for model ''.
+    One line naming it, as the server's refusals do; a [28,28] image of floats was said to be
+    (1, 28, 28)."""
+    with ClassifierClient(target) as client, pytest.raises(error) as caught:
+        call(client)
+    assert str(caught.value) == message

@@ -3,6 +3,7 @@ ClassifyRequest and ClassifyResponse they are sent and read as: apart from the c
 calls (api.py), for what reads answers without calling (``fmnist score``'s CSV and summary)."""
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,24 +38,52 @@ class Classification:
 
 def as_images(images: np.ndarray) -> np.ndarray:
     """``uint8 [N,28,28]`` as it is, one ``[28,28]`` image as ``[1,28,28]``; ValueError else."""
-    images = np.asarray(images)
-    if images.shape == IMAGE_SHAPE:
-        images = images[None]
+    given = np.asarray(images)
+    images = given[None] if given.shape == IMAGE_SHAPE else given
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"expected uint8 images [N,28,28], got {images.dtype} {images.shape}")
+        raise ValueError(f"expected uint8 images [N,28,28], got {given.dtype} {given.shape}")
     return images
+
+
+def text(name: str, value: str | None, meaning: str = "") -> str:
+    """``value``, a str (None as "" where ``meaning`` says what "" is); a TypeError naming
+    ``name`` else: protobuf's said "bad argument type for built-in operation"."""
+    if isinstance(value, str) or (value is None and meaning):
+        return value or ""
+    raise TypeError(f"{name}: expected a str{f' ({meaning})' * bool(meaning)}, got "
+                    f"{type(value).__name__}")
+
+
+def integer(name: str, value: int, meaning: str) -> int:
+    """``value`` as an int (numpy's too); a TypeError naming ``name`` else: protobuf's and
+    range()'s named nothing ("'str' object cannot be interpreted as an integer")."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int ({meaning}), got "
+                        f"{type(value).__name__}") from None
+
+
+def version_number(version: int) -> int:
+    """A request's ``version``, checked as far as protobuf's int64 goes (it said only "Value
+    out of range"); a negative one is the server's to refuse."""
+    version = integer("version", version, "0: the newest")
+    if not -(2**63) <= version < 2**63:
+        raise ValueError(f"version: expected 0 (the newest) or a version 1..2^63-1, got {version}")
+    return version
 
 
 def encode_request(
     images: np.ndarray, model: str = "", version: int = 0, request_id: str = ""
 ) -> pb.ClassifyRequest:
-    """``uint8 [N,28,28]`` (or one ``[28,28]`` image) -> a ClassifyRequest."""
+    """``uint8 [N,28,28]`` (or one ``[28,28]`` image) -> a ClassifyRequest; TypeError or
+    ValueError naming an argument that cannot be sent."""
     data = np.ascontiguousarray(as_images(images)).tobytes()
     return pb.ClassifyRequest(
         images=[data[start : start + IMAGE_BYTES] for start in range(0, len(data), IMAGE_BYTES)],
-        model=model,
-        version=version,
-        request_id=request_id,
+        model=text("model", model, "'': the server's default"),
+        version=version_number(version),
+        request_id=text("request_id", request_id),
     )
 
 

@@ -30,7 +30,10 @@ from serving.client.answers import (
     as_images,
     decode_response,
     encode_request,
+    integer,
     joined,
+    text,
+    version_number,
 )
 from serving.client.arguments import grpc_target
 from serving.client.errors import ClassifierError, NoAnswer, failures
@@ -204,7 +207,8 @@ class ClassifierClient:
     def get_model(self, name: str, version: int = 0, *,
                   timeout: float | None = CLIENT_TIMEOUT) -> pb.ModelInfo:
         with failures():
-            return self._stub.GetModel(pb.GetModelRequest(name=name, version=version),
+            return self._stub.GetModel(pb.GetModelRequest(name=text("name", name),
+                                                          version=version_number(version)),
                                        timeout=self._seconds(timeout))
 
     def max_request_images(self, model: str = "", version: int = 0, *,
@@ -220,7 +224,8 @@ class ClassifierClient:
         timeout = self._seconds(timeout)
         if not model:
             model, version = self.list_models(timeout=timeout)[0].name, 0
-        request = inference_pb.ModelConfigRequest(name=model, version=str(version or ""))
+        request = inference_pb.ModelConfigRequest(name=text("model", model),
+                                                  version=str(version_number(version) or ""))
         stub = inference_grpc.GRPCInferenceServiceStub(self._channel)
         with failures():
             config = stub.ModelConfig(request, timeout=timeout).config
@@ -231,7 +236,8 @@ class ClassifierClient:
                timeout: float | None) -> list[np.ndarray]:
         """``images``, checked, in parts one call may carry: the server's --max-request-images
         (asked once, for more than one image), or ``batch_size`` if fewer."""
-        if batch_size is not None and batch_size < 1:
+        if batch_size is not None and integer("batch_size", batch_size,
+                                              "None: the server's limit") < 1:
             raise ValueError(f"batch_size: expected a count >= 1, got {batch_size}")
         images = as_images(images)
         step = max(len(images), 1)  # no image: one call, which the server refuses, saying why
