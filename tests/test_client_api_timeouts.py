@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 import grpc
 import pytest
@@ -78,3 +79,18 @@ def test_a_calls_timeout_is_checked_as_the_clients(target, test_set, timeout):
     with ClassifierClient(target) as client, pytest.raises(ValueError, match=r"^timeout: .* \(None:"
                                                            r" no limit\)$"):
         client.classify(test_set[0][:1], timeout=timeout)
+
+
+def test_a_streams_timeout_counts_from_each_request_sent_not_from_the_callers_batches(target,
+                                                                                      test_set):
+    """classify_batches waited for an answer from the moment the caller asked for it: a
+    generator that took longer than the timeout to make its next batch (read from disk,
+    decoded) failed DEADLINE_EXCEEDED "no answer in 1 s" while the server had nothing to
+    answer yet. The clock of an answer starts once its request has gone."""
+    def slow_batches():
+        for start in (0, 10):
+            time.sleep(1.5)  # making the batch: longer than the timeout
+            yield test_set[0][start : start + 10]
+
+    with ClassifierClient(target, timeout=1) as client:
+        assert [len(answer) for answer in client.classify_batches(slow_batches())] == [10, 10]

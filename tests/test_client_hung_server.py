@@ -123,3 +123,35 @@ def _error_of_a_stream_stopped_by(stop, target, test_set, pace_s=0.0) -> grpc.Rp
         for _ in client.classify_batches(batches()):
             answered.set()
     return caught.value
+
+
+def test_a_stream_whose_server_stops_before_its_end_fails_after_the_timeout(model_repository,
+                                                                          test_set):
+    """Every answer in, the stream waits for the server to end it: a server hung then is
+    given the timeout too, as for an answer (not for ever)."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
+                                                                                  logs):
+        target = logs.wait_for("serving")[0]["address"]
+        answered, outcome = threading.Event(), []
+
+        def batches():
+            yield test_set[0][:1]
+            answered.wait(10)
+            os.kill(process.pid, signal.SIGSTOP)  # hung before it ends the stream
+
+        def score():
+            with ClassifierClient(target, timeout=1) as client:
+                try:
+                    for _ in client.classify_batches(batches()):
+                        answered.set()
+                except grpc.RpcError as error:
+                    outcome.append(error)
+
+        try:
+            waiting = threading.Thread(target=score, daemon=True)
+            waiting.start()
+            waiting.join(20)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        waiting.join(20)
+    assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome

@@ -13,6 +13,7 @@ images of another shape, any call once closed).
 
 import argparse
 import collections
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -157,6 +158,7 @@ class ClassifierClient:
         timeout = self._seconds(timeout)
         failed: list[Exception] = []  # a batch that gRPC's thread could not send
         parts: collections.deque[int] = collections.deque()  # of each batch sent, in order
+        sent: list[float] = []  # when each request went, for the watch
 
         def requests() -> Iterator[pb.ClassifyRequest]:
             try:
@@ -164,18 +166,21 @@ class ClassifierClient:
                     split = self._parts(batch, batch_size, timeout)
                     parts.append(len(split))  # before its first part goes
                     for part in split:
-                        yield encode_request(part, model, version, str(index))
+                        request = encode_request(part, model, version, str(index))
+                        sent.append(time.monotonic())
+                        yield request
+                sent.append(time.monotonic())  # the stream's end, what the last wait is for
             except Exception as error:  # gRPC says only "Exception iterating requests!"
                 failed.append(error)
                 raise
 
         call = self._stub.ClassifyStream(requests())
-        watch = AnswerWatch(call, timeout) if timeout else None
+        watch = AnswerWatch(call, timeout, sent) if timeout else None
         answers: list[Classification] = []  # the parts of a batch answered so far
         try:
-            while True:
+            for received in itertools.count():
                 if watch:
-                    watch.since = time.monotonic()
+                    watch.awaited = (received, time.monotonic())
                 try:
                     response = next(call)
                 except StopIteration:
@@ -191,7 +196,7 @@ class ClassifierClient:
                 if len(answers) < parts[0]:
                     continue
                 if watch:
-                    watch.since = None  # not while the caller has the answer
+                    watch.awaited = None  # not while the caller has the answer
                 parts.popleft()
                 yield joined(answers)
                 answers = []

@@ -8,20 +8,25 @@ import grpc
 
 
 class AnswerWatch:
-    """Cancels ``call`` once an answer awaited since ``since`` (None: none awaited) has not
-    come in ``seconds``, saying so in ``fired``; one thread for the whole stream."""
+    """Cancels ``call`` once an answer has not come ``seconds`` after both its request went
+    (``sent``: each request's time, appended as it goes) and the caller began to wait for it
+    (``awaited``: the answer's index and since when, None while the caller has an answer),
+    saying so in ``fired``; one thread for the whole stream. A caller's generator slower than
+    ``seconds`` to make its next batch was said to be a server that did not answer."""
 
-    def __init__(self, call: grpc.Call, seconds: float):
-        self.call, self.seconds = call, seconds
-        self.since: float | None = None
+    def __init__(self, call: grpc.Call, seconds: float, sent: list[float]):
+        self.call, self.seconds, self.sent = call, seconds, sent
+        self.awaited: tuple[int, float] | None = None
         self.fired = False
         self.ended = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
         while True:
-            since = self.since
-            left = self.seconds if since is None else since + self.seconds - time.monotonic()
+            awaited, left = self.awaited, self.seconds  # (nothing due: a look again after it)
+            if awaited is not None and len(self.sent) > awaited[0]:
+                since = max(awaited[1], self.sent[awaited[0]])
+                left = since + self.seconds - time.monotonic()
             if left <= 0:
                 self.fired = True
                 self.call.cancel()
