@@ -8,7 +8,7 @@
 Errors are ``ClassifierError`` (a ``grpc.RpcError``: ``code()``, ``details()``; its str one line,
 ``NOT_FOUND: model: no model 'x'; ...``) for what the server or gRPC refused, DEADLINE_EXCEEDED
 for a timeout that passed; ValueError for what cannot be sent (a target without its port,
-images of another shape, any call once closed).
+images of another shape, any call once closed), TypeError for an argument of another type.
 """
 
 import argparse
