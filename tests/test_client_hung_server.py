@@ -155,3 +155,35 @@ def test_a_stream_whose_server_stops_before_its_end_fails_after_the_timeout(mode
             os.kill(process.pid, signal.SIGCONT)
         waiting.join(20)
     assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
+
+
+def test_a_client_whose_stream_got_no_answer_closes_while_the_server_is_hung(model_repository,
+                                                                            test_set):
+    """Once a stream's answer had not come, the client's close (its `with` block's end) waited
+    for as long as the server stayed hung: gRPC's channel waits for the writes queued to it,
+    and `fmnist score` never ended. It closes without waiting for them."""
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
+                                                                                  logs):
+        target = logs.wait_for("serving")[0]["address"]
+        outcome = []
+
+        def score():
+            with ClassifierClient(target, timeout=1) as client:
+                try:  # small batches, many of them queued when the server hangs
+                    for answered, _ in enumerate(client.classify_batches(
+                            test_set[0][start : start + 1] for start in range(10000))):
+                        if answered == 20:
+                            os.kill(process.pid, signal.SIGSTOP)
+                except grpc.RpcError as error:
+                    outcome.append(error)
+
+        try:
+            waiting = threading.Thread(target=score, daemon=True)
+            waiting.start()
+            waiting.join(30)
+            closed = not waiting.is_alive()  # while the server is still hung
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        waiting.join(30)
+    assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
+    assert closed

@@ -15,6 +15,7 @@ import argparse
 import collections
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -125,6 +126,7 @@ class ClassifierClient:
         )
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._most_images: int | None = None  # the server's, once asked
+        self._hung = False  # a stream's answer did not come: see close
 
     def classify(
         self, images: np.ndarray, model: str = "", version: int = 0, request_id: str = "",
@@ -189,6 +191,7 @@ class ClassifierClient:
                     if failed:  # the caller's error, not gRPC's UNKNOWN for it
                         raise failed[0] from None
                     if watch and watch.fired:
+                        self._hung = True
                         raise NoAnswer(timeout) from None
                     with failures():
                         raise
@@ -257,10 +260,15 @@ class ClassifierClient:
 
     def close(self) -> None:
         """Closes the channel: a later call is a ValueError that says so; closing again does
-        nothing, as for a file."""
+        nothing, as for a file. After a stream whose answer did not come, on a thread of its
+        own, not waited for: gRPC waits for the writes queued to the server for as long as it
+        stays hung (`fmnist score` never ended)."""
         if not isinstance(self._channel, _Closed):
-            self._channel.close()
-            self._channel = self._stub = _Closed(self.target)
+            channel, self._channel, self._stub = self._channel, *[_Closed(self.target)] * 2
+            if self._hung:
+                threading.Thread(target=channel.close, daemon=True).start()
+            else:
+                channel.close()
 
     def __enter__(self) -> "ClassifierClient":
         return self
