@@ -3,8 +3,11 @@ a network that dropped its packets): the client gives up after its timeout per a
 that dies: the client says so."""
 
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -155,6 +158,34 @@ def test_a_stream_whose_server_stops_before_its_end_fails_after_the_timeout(mode
             os.kill(process.pid, signal.SIGCONT)
         waiting.join(20)
     assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
+
+
+def test_a_score_whose_server_hangs_mid_stream_says_what_waited(model_repository, tmp_path):
+    """`fmnist score` whose server hung mid-stream said "DEADLINE_EXCEEDED: no answer in 1 s
+    (the timeout per answer)", naming neither the address nor where the 1 s came from, where a
+    unary call's line names both: the same words for both."""
+    csv_path = tmp_path / "predictions.csv"
+    with server_process(model_repository, "--workers", "1", "--http-port", "0") as (server,
+                                                                                  logs):
+        target = logs.wait_for("serving")[0]["address"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.client", "score", "--target", target, "--batch-size",
+             "1", "--csv", str(csv_path)], env={**os.environ, "FMNIST_TIMEOUT": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(600):  # mid-way through the stream's 10,000 answers
+                if csv_path.exists() and len(csv_path.read_text().splitlines()) > 10:
+                    break
+                time.sleep(0.1)
+            os.kill(server.pid, signal.SIGSTOP)
+            err = process.communicate(timeout=30)[1]
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+            process.kill()
+    assert process.returncode == 1, err
+    assert re.fullmatch(rf"fmnist score: error: DEADLINE_EXCEEDED: no answer from "
+                        rf"{re.escape(target)} in FMNIST_TIMEOUT=1 s \(the timeout per answer\); "
+                        r"ended after (\d+) of 10000 images \(--csv: \1 rows written\)\n", err), err
 
 
 def test_a_client_whose_stream_got_no_answer_closes_while_the_server_is_hung(model_repository,

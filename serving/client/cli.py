@@ -120,13 +120,17 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 def _describe(error: Exception, args, argv: Sequence[str] | None) -> str:
     import grpc
 
+    from serving.client.errors import NoAnswer
+
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         details = _security(args).explained(error.code().name,
                                             error.details() or "the server gave no details",
                                             args.target)
+        waited = f"from {args.target} in {given('--timeout', f'{args.timeout:g}', argv)} s"
         if details == "Deadline Exceeded":  # gRPC's words for a call's --timeout run out
-            waited = given("--timeout", f"{args.timeout:g}", argv)
-            details += f" (no answer from {args.target} in {waited} s)"
+            details += f" (no answer {waited})"
+        elif isinstance(error, NoAnswer):  # a stream's answer's, said as a call's
+            details = f"no answer {waited} (the timeout per answer)"
         return f"{error.code().name}: {details}"
     tls_files = {getattr(args, dest): f"--{dest.replace('_', '-')}"
                  for dest in ("tls_ca", "tls_cert", "tls_key") if getattr(args, dest)}
