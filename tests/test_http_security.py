@@ -3,6 +3,8 @@ makes the certificates): every endpoint but health and the page needs the token;
 serves nothing in plaintext or to a client without the client CA's certificate."""
 
 import logging
+import resource
+import socket
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ GUARDED = [("GET", "/v2"), ("GET", "/v2/models/mlp"), ("GET", "/v2/models/mlp/re
            ("GET", "/v2/models/mlp/config"), ("GET", "/v2/models/stats"),
            ("POST", "/v2/models/mlp/infer"), ("POST", "/v1/classify"), ("GET", "/v1/models"),
            ("GET", "/v1/models/mlp"), ("GET", "/v1/test-images/random")]
+IDLE = 1_100  # connections that send nothing
 OPEN = ["/v2/health/live", "/v2/health/ready", "/"]
 INFER = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28],
                      "data": np.zeros(784, np.uint8).tolist()}]}
@@ -137,3 +140,18 @@ def test_the_token_is_checked_before_the_body_is_read(token_url):
         answered = session.post(f"{token_url}/v2/models/mlp/infer", json=INFER, timeout=10,
                                 headers={"Authorization": f"Bearer {TOKEN}"})
         assert answered.status_code == 200, answered.text
+
+
+def test_idle_connections_of_one_client_do_not_hold_the_port_from_others(model_repository):
+    """granian took at most 1,024 connections at once, idle ones too: 1,100 sockets that sent
+    nothing (no token, no TLS needed) held the HTTP port from everyone until its 30 s header
+    timeout, and again as often as they reconnected."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 4 * IDLE:  # both ends are ours
+        pytest.skip("too few file descriptors for the idle connections and their server's")
+    with http_server(http_settings(model_repository)) as (server, url):
+        idle = [socket.create_connection(("127.0.0.1", server.http_port)) for _ in range(IDLE)]
+        try:
+            assert requests.get(f"{url}/v2/health/live", timeout=10).status_code == 200
+        finally:
+            for connection in idle:
+                connection.close()

@@ -18,6 +18,7 @@ catch a change (tests/test_http_cancelled.py for the latter).
 
 import asyncio
 import logging
+import resource
 import socket
 import threading
 from asyncio import tasks
@@ -37,6 +38,11 @@ from serving.pipeline import CallPipeline
 from serving.settings import CORES, listening_address
 
 BACKLOG = 1024
+# connections open at once, idle ones too (granian's "backpressure"; its default, the backlog,
+# let 1,024 idle sockets of one client, no token needed, hold the port from everyone for 30 s
+# each): ~3 KB each; half the file descriptors (granian raised their limit as it was imported),
+# the rest for gRPC's connections, whose accept stops the process once it finds none left
+MAX_CONNECTIONS = max(BACKLOG, min(16_384, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2))
 TLS_MIN = "tls1.2"
 
 log = logging.getLogger(__name__)
@@ -93,7 +99,7 @@ class HttpTransport:
             1, (None, SocketHolder(listening.detach(), False, BACKLOG)), None,
             1, 512,  # tokio threads for the sockets; its threads for blocking work
             self._threads, 30,  # Python threads that call the app; idle seconds before exit
-            BACKLOG, "1", HTTP1Settings(), HTTP2Settings(), None, *self._tls, (None, None))
+            MAX_CONNECTIONS, "1", HTTP1Settings(), HTTP2Settings(), None, *self._tls, (None, None))
         wsgi = _callback_wrapper(self._app, {"url_path_prefix": None}, None)
 
         def callback(proto, scope: dict):
