@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
@@ -48,7 +48,7 @@ class Call:
     """What the pipeline and the data plane know of a call, whatever the transport."""
 
     method: str  # "/package.Service/Method"
-    authorization: str = ""  # as sent: "Bearer TOKEN"
+    authorization: str = field(default="", repr=False)  # as sent: "Bearer TOKEN"; no repr
     peer: str = ""
     deadline: float | None = None  # a time.monotonic() instant
     is_active: Callable[[], bool] = lambda: True  # an instance's attribute: never bound

@@ -119,3 +119,12 @@ def test_no_control_character_of_a_client_starts_a_line_of_a_text_log(model_repo
     [line] = [line for line in captured.getvalue().split("\n") if "not an option" in line]
     assert line.splitlines() == [line]
     assert all(escaped in line for escaped in ("\\x85", "\\x9b", "\\u2028", "\\u2029"))
+
+
+def test_a_calls_repr_does_not_show_its_bearer_token():
+    """Every call carries the client's token; Call's repr showed it, for any log line,
+    exception or error tracker that shows a call (as the settings' repr hides it)."""
+    from serving.pipeline import Call
+
+    call = Call("/fashion_mnist.v1.Classifier/Classify", "Bearer s3cret-token", "ipv4:127.0.0.1")
+    assert "s3cret-token" not in repr(call) and "Classify" in repr(call)
