@@ -11,14 +11,18 @@ so ``ByteBuffer::DumpToSingleSlice`` has nothing left that can fail; the refusal
 """
 
 import dataclasses
+import sys
 import threading
+import time
 
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from serving import native
 from serving.grpc_transport import PipelineInterceptor
 from serving.grpc_transport import grpc_server as make_grpc_server
+from serving.native.server import NativeServer
 from serving.pipeline import Admission, CallPipeline
 from serving.security import ServerTls
 from tests.conftest import running_server
@@ -211,3 +215,33 @@ def test_the_log_names_the_transport(settings, caplog):
         pass
     serving = [record for record in caplog.records if record.getMessage() == "serving"]
     assert serving[0].fields["transport"] == settings.grpc_server
+
+
+@pytest.mark.skipif(not native.available(), reason=f"native server: {native.UNAVAILABLE_REASON}")
+def test_a_call_thread_waiting_for_the_next_call_holds_nothing_of_the_last():
+    """A pool thread kept its last call, its request and answer in C++ with it, while it
+    waited for the next: after sequential 3 MB requests a server's 64 idle threads held 440 MB
+    (535 MB RSS, 97 MB once each had taken a small call)."""
+    server = make_grpc_server("native", 4, [], 1 << 20, reuse_port=False)
+    port = started(server, Echo().handler())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(8):
+                channel.unary_unary(f"/{SERVICE}/Unary")(b"x" * 100_000, timeout=5)
+        deadline = time.monotonic() + 10
+        while (held := _calls_held(server._pool)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # until every pool thread waits for a call again
+        assert held == []
+    finally:
+        server.stop(0).wait()
+
+
+def _calls_held(pool: list[threading.Thread]) -> list | None:
+    """The native calls the pool threads' frames hold while they wait for the next call
+    (None while one is still at work)."""
+    frames = [sys._current_frames().get(thread.ident) for thread in pool]
+    if any(frame is None or frame.f_code is not NativeServer._serve.__code__ for frame in frames):
+        return None
+    values = [value for frame in frames for value in frame.f_locals.values()]
+    values += [item for value in values if isinstance(value, tuple) for item in value]
+    return [value for value in values if type(value).__module__ == "serving.native._server"]

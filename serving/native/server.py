@@ -108,6 +108,9 @@ class NativeServer:
             except BaseException:  # SystemExit, KeyboardInterrupt: the call ends first
                 call.finish(grpc.StatusCode.UNKNOWN.value[0], "the handler exited", ())
                 raise
+            # let go of the call before waiting for the next: it holds its request and answer
+            # (idle threads kept their last ones: after 3 MB requests, 64 of them held 440 MB)
+            del taken, call
 
     def _watch_end(self, call, context: NativeContext) -> None:
         """If ``call`` is cancelled while parked, next_call() gives it again for its end().
