@@ -20,7 +20,7 @@ from common.contract import IMAGE_SHAPE, LABEL, MAX_VERSION, PROBABILITIES, is_v
 from inference import grpc_service_pb2 as pb
 from inference import model_config_pb2 as config_pb
 from serving.codecs.images import check_batch_size
-from serving.errors import InvalidArgument
+from serving.errors import MAX_MESSAGE, InvalidArgument
 from serving.metrics import ModelStatistics
 from serving.repository import ModelVersion, Prediction
 
@@ -70,17 +70,20 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
     """Checks the request against the model's one input and its outputs."""
     expected_input = model.manifest.inputs[0]
     if len(request.inputs) != 1 or request.inputs[0].name != expected_input.name:
-        names = [tensor.name for tensor in request.inputs]
+        # (of many, the first MAX_MESSAGE fill all a message shows: never copied whole)
+        names = [tensor.name for tensor in request.inputs[:MAX_MESSAGE]]
         raise InvalidArgument(f"inputs: expected one input {expected_input.name!r}, got {names}")
     tensor = request.inputs[0]
     field = f"inputs[{tensor.name!r}]"
+    if len(request.outputs) > len(model.manifest.outputs):  # one is unknown or asked twice:
+        _requested_outputs(request, model)  # said now, never each of 300,000 looked at
     for name, where in ((field, tensor), *((f"outputs[{o.name!r}]", o) for o in request.outputs)):
         if any(key.startswith("shared_memory") for key in where.parameters):  # would go unread
             raise InvalidArgument(f"{name}.parameters: shared memory is not served here")
     if tensor.datatype != expected_input.datatype:
         raise InvalidArgument(
             f"{field}.datatype: expected {expected_input.datatype}, got {tensor.datatype!r}")
-    shape = tuple(tensor.shape)
+    shape = tuple(tensor.shape[:MAX_MESSAGE])
     if len(shape) != 3 or shape[1:] != IMAGE_SHAPE or shape[0] < 0:
         raise InvalidArgument(f"{field}.shape: expected [N,28,28], got {list(shape)}")
     check_batch_size(shape[0], max_request_images, field)  # before its data is looked at
