@@ -99,11 +99,14 @@ class Admission:
             self.in_flight += 1
         IN_FLIGHT.inc()
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
+        """Counts a call out; True if it ended past the grace end: the stop cut it."""
         with self._counting:
             self.in_flight -= 1
-            self.cut += not self.accepting and time.monotonic() >= self.grace_end
+            cut = not self.accepting and time.monotonic() >= self.grace_end
+            self.cut += cut
         IN_FLIGHT.dec()
+        return cut
 
 
 class CallPipeline:
@@ -261,7 +264,9 @@ class _Around:
             if self.slots is not None:
                 self.slots.release()
             if self.counted:
-                pipeline.admission.leave()
+                # cut by the stop's grace, whatever the race between gRPC's two ends of the
+                # cancelled call made of it (grpcio's mostly a stream whose requests ended: OK)
+                code = "CANCELLED" if pipeline.admission.leave() else code
                 model = (pipeline._model_label(self.request)
                          if isinstance(self.request, Message) else "")
                 pipeline._metrics_of(call.method).observe(self.started, model, code)
