@@ -19,6 +19,8 @@ Metric names (all prefixed ``fmnist_``):
   batching one call answers several requests);
 - ``model_info{model,version,sha256}``: 1 for each loaded model version, 0 once unloaded
   (sha256: 12 hex);
+- ``model_versions_refused{model}``: the versions in the repository that it refused to load
+  (a bad sha256, a graph that fails its checks), by model, 0 once none is;
 - ``inference_requests_total{model,version,outcome}`` and
   ``inference_request_seconds_total{...}``: predictions asked of a model version (one per
   request and model), ``outcome`` success or fail, and the time they took;
@@ -53,6 +55,8 @@ IN_FLIGHT = Gauge("fmnist_requests_in_flight", "calls being answered now",
                   multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("fmnist_batch_size", "images per onnxruntime call",
                        ["model", "version"], buckets=BATCH_BUCKETS)
+REFUSED_VERSIONS = Gauge("fmnist_model_versions_refused", "model versions in the repository "
+                         "refused at load (not served)", ["model"], multiprocess_mode="livemax")
 MODEL_INFO = Gauge("fmnist_model_info", "model versions: 1 loaded, 0 unloaded",
                    ["model", "version", "sha256"], multiprocess_mode="livemax")
 INFERENCES = Counter("fmnist_inference_requests", "predictions asked of a model version",

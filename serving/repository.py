@@ -24,7 +24,7 @@ from common.contract import LABEL, MANIFEST, MAX_VERSION, MODEL_FILE, PROBABILIT
 from serving.batching import Batcher, BatchingPolicy
 from serving.errors import NotFound, RepositoryError
 from serving.manifest import Manifest, check_graph, first_line, read_file, read_manifest
-from serving.metrics import ModelMetrics
+from serving.metrics import REFUSED_VERSIONS, ModelMetrics
 from serving.pipeline import Call
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class ModelRegistry:
     def __init__(self):
         self._models: dict[str, dict[int, ModelVersion]] = {}
         # (name, version) -> why it was refused, for the versions that failed verification
+        # (changed only by set_refused)
         self.refused: dict[tuple[str, int], str] = {}
 
     def add(self, model: ModelVersion) -> None:
@@ -93,6 +94,16 @@ class ModelRegistry:
         self._models = {n: versions for n, versions in models.items() if versions}
         if removed is not None:
             removed.metrics.unloaded()
+
+    def set_refused(self, key: VersionKey, reason: str | None) -> None:
+        """Records why version ``key`` was refused (None: it is not, or no longer), and puts
+        how many of its model's are in the metrics: the log alone let a failed rollout pass
+        unseen by alerts."""
+        if reason is None:
+            self.refused.pop(key, None)
+        else:
+            self.refused[key] = reason
+        REFUSED_VERSIONS.labels(key[0]).set(sum(name == key[0] for name, _ in self.refused))
 
     @property
     def names(self) -> list[str]:
@@ -167,14 +178,14 @@ def load_into(registry: ModelRegistry, path: Path, policy: BatchingPolicy,
     try:
         registry.add(load_version(path, policy, intra_op_threads))
     except RepositoryError as error:
-        registry.refused[key] = str(error)
+        registry.set_refused(key, str(error))
         # a version replaced in place: the files loaded before keep serving, and the line says so
         before = registry.get(*key) if key[1] in registry.versions(key[0]) else None
         log.error("model version refused", extra={"fields": {
             "model": key[0], "version": key[1], "reason": str(error),
             **({"still_serving_sha256": before.manifest.sha256[:12]} if before else {})}})
         return False
-    registry.refused.pop(key, None)
+    registry.set_refused(key, None)
     return True
 
 

@@ -86,7 +86,7 @@ class RepositoryWatcher:
             self._unload(key)
         for key in gone & self._refused.keys():
             del self._refused[key]
-            self.registry.refused.pop(key, None)
+            self.registry.set_refused(key, None)
         self._kept &= loaded - present.keys()
 
     def run(self, interval: float, stop: threading.Event) -> None:
