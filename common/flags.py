@@ -21,9 +21,9 @@ SWITCH_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                 "0": False, "false": False, "no": False, "off": False}
 
 
-def env_var(dest: str) -> str:
-    """``tls_ca`` -> ``FMNIST_TLS_CA``."""
-    return ENV_PREFIX + dest.upper()
+def env_var(name: str) -> str:
+    """An option's dest or flag -> its variable: ``tls_ca`` or ``--tls-ca`` -> ``FMNIST_TLS_CA``."""
+    return ENV_PREFIX + name.removeprefix("--").replace("-", "_").upper()
 
 
 def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
@@ -114,7 +114,7 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
     ``argv`` (default ``sys.argv[1:]``), else ``FMNIST_OUT=x`` if that is set, so that an error
     points where to change it (a container's or CI job's variables), not at a flag nobody
     typed."""
-    variable = _variable(flag)
+    variable = env_var(flag)
     return (f"{variable}={value}" if os.environ.get(variable) and not typed(flag, argv)
             else f"{flag} {value}")
 
@@ -124,13 +124,8 @@ def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
     as argparse's abbreviation of it (which argparse took: an ambiguous one it refuses; another
     option's whole name is that option, as --tls is not --tls-ca)."""
     return any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
-               and (name == flag or (flag.startswith(name) and _variable(name) not in READ))
+               and (name == flag or (flag.startswith(name) and env_var(name) not in READ))
                for arg in (sys.argv[1:] if argv is None else argv))
-
-
-def _variable(flag: str) -> str:
-    """``--tls-ca`` -> ``FMNIST_TLS_CA``."""
-    return env_var(flag.removeprefix("--").replace("-", "_"))
 
 
 def unrecognized(args: Sequence[str]) -> str:
