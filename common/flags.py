@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from common.output import StdoutError, named_stdout
+from common.usage import unrecognized, usage_error
 
 ENV_PREFIX = "FMNIST_"
 READ: set[str] = set()  # the env vars of the options added so far (add_option)
@@ -128,26 +129,6 @@ def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
                for arg in (sys.argv[1:] if argv is None else argv))
 
 
-def unrecognized(args: Sequence[str]) -> str:
-    """argparse's "unrecognized arguments: ..." without what may be an unknown flag's value:
-    a mistyped --auth-token's secret went to stderr, hence to the logs. The flags are named,
-    the words after the first one (but --flags) and a flag's "=..." (-x's "...") counted, not
-    shown: a token may start with "-"."""
-    shown, hidden = [], 0
-    for arg in args:
-        after_flag = any(word.startswith("-") for word in shown)
-        if arg.startswith("--") or (arg.startswith("-") and not after_flag):
-            name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
-            shown.append(name)
-            hidden += name != arg
-        elif after_flag:  # a flag's value, maybe
-            hidden += 1
-        else:
-            shown.append(arg)
-    return f"unrecognized arguments: {' '.join(shown)}" + (
-        f" ({hidden} value{'s' if hidden > 1 else ''} not shown)" if hidden else "")
-
-
 def _convert(action: argparse.Action, variable: str, raw: str):
     if action.nargs == 0:
         if raw.strip().lower() not in SWITCH_WORDS:
@@ -236,11 +217,6 @@ class ArgumentParser(argparse.ArgumentParser):
             message = (f"{ambiguous}{name}{' (its value not shown)' * (name != option)} could "
                        f"match {matches}")
         self.exit(2, f"{usage_error(self.prog, message)}\n")
-
-
-def usage_error(program: str, message) -> str:
-    """Every command's usage error (exit status 2): the program, what is wrong, where to look."""
-    return f"{program}: error: {message} (see {program} --help)"
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,
