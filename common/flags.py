@@ -175,10 +175,19 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless
     told otherwise (``DefaultsHelpFormatter``), errors in one line (``error``), unknown flags
-    named without their values (``unrecognized``)."""
+    named without their values (``unrecognized``), the package's --version (a command's, not
+    its subcommands': ``fmnist classify --version 2`` is the model's)."""
 
-    def __init__(self, *args, formatter_class=DefaultsHelpFormatter, **kwargs):
+    def __init__(self, *args, formatter_class=DefaultsHelpFormatter, version=True, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        if version:
+            from serving import __version__  # (common imports only itself up front)
+
+            self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    def add_subparsers(self, **kwargs):
+        return super().add_subparsers(
+            parser_class=lambda **options: type(self)(version=False, **options), **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         """An env var's bad value that no flag replaced (``add_option``) is said as a bad flag
@@ -196,14 +205,15 @@ class ArgumentParser(argparse.ArgumentParser):
             self.error(unrecognized(extras))
         return parsed
 
-    def print_help(self, file=None):
-        """argparse's, but a help that cannot be written (`--help > /dev/full`) is said, exit 1
-        (argparse drops the error: exit 0, as if shown); a stopped reader (`| head`) is not."""
-        if file not in (None, sys.stdout) or sys.stdout is None:
-            return super().print_help(file)
+    def _print_message(self, message, file=None):
+        """argparse's, but a help or version that cannot be written (`--help > /dev/full`) is
+        said, exit 1 (argparse drops the error: exit 0, as if shown); a stopped reader (`| head`)
+        is not."""
+        if file is not sys.stdout or sys.stdout is None:
+            return super()._print_message(message, file)
         try:
             with named_stdout(keep_running=True):
-                sys.stdout.write(self.format_help())
+                sys.stdout.write(message)
         except StdoutError as error:
             self.exit(1, f"{self.prog}: error: {error}\n")
 

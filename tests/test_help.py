@@ -1,11 +1,14 @@
 """The three commands' --help (fmnist-train, fmnist-serve, fmnist): each default as the
-command then takes it, and a help that cannot be written said as any other output is."""
+command then takes it, and a help that cannot be written said as any other output is; their
+--version."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+
+import serving
 
 
 @pytest.mark.parametrize(("command", "environ", "shown"), [
@@ -49,11 +52,30 @@ def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypa
     assert shown in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(("module", "program"), [
+    ("training", "fmnist-train"), ("serving", "fmnist-serve"), ("serving.client", "fmnist")])
+def test_each_command_says_its_version(module, program):
+    """None had a --version: which release a container or a venv ran could not be asked of
+    it. The package's, as argparse's action="version" says it; fmnist's subcommands keep
+    theirs for the model's version (fmnist classify --version 2)."""
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"{program} {serving.__version__}\n", "")
+
+
+def test_a_subcommands_version_is_still_the_models():
+    from serving.client.cli import _parser
+
+    assert _parser().parse_args(["classify", "--test-index", "0", "--version", "2"]).version == 2
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
 @pytest.mark.parametrize(("module", "argv", "program"), [
     ("training", ["--help"], "fmnist-train"), ("serving", ["--help"], "fmnist-serve"),
     ("serving.client", ["--help"], "fmnist"), ("serving.client", ["score", "--help"],
-                                                "fmnist score")])
+                                                "fmnist score"),
+    ("serving", ["--version"], "fmnist-serve")])
 def test_a_help_that_cannot_be_written_is_said(module, argv, program):
     """`fmnist-train --help > /dev/full` exited 0 and said nothing (argparse drops the error
     of writing its help), as if the help had been shown; a reader that stopped reading it
