@@ -62,8 +62,8 @@ class HttpTransport:
         self._decoder = ThreadPoolExecutor(max(1, min(CORES, settings.parallel_inferences)
                                                // settings.workers),
                                            thread_name_prefix="image-decode")
-        test_images_dir = (Path(settings.test_images_dir).expanduser()  # --x=~/y: bash's ~
-                           if settings.test_images_dir else None)
+        # (its leading ~ the home's already: Settings makes it so of every DIR and FILE)
+        test_images_dir = Path(settings.test_images_dir) if settings.test_images_dir else None
         if test_images_dir is not None and not test_images_dir.is_dir():
             log.warning("--test-images-dir is not a directory: the page's test images are "
                         "404", extra={"fields": {"directory": str(test_images_dir)}})
