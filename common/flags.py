@@ -81,11 +81,17 @@ class Refused:
         return f"refused: {self.error}"
 
 
-def unread_env_vars(environ: Mapping[str, str], also: Iterable[str] = ()) -> list[str]:
-    """The ``FMNIST_*`` variables of ``environ`` that no option added so far reads, nor
-    ``also``: a misspelt one (FMNIST_METRIC_PORT) is otherwise ignored without a word."""
-    return sorted(name for name in environ
-                  if name.startswith(ENV_PREFIX) and name not in READ | set(also))
+def unread_env_var_warnings(program: str, also: Iterable[str] = (),
+                            near_only: bool = False) -> list[str]:
+    """What ``program`` says of each ``FMNIST_*`` variable that no option added so far reads,
+    nor ``also`` (a misspelt one, FMNIST_METRIC_PORT, was ignored without a word), naming the
+    one it nearly spells; ``near_only``: of those only (a shell holds the other commands' too)."""
+    read = READ | set(also)
+    near = dict(near_misses(os.environ, read))
+    return [f"{name}: not a setting of {program}"
+            + (f" (did you mean {near[name]}?)" if name in near else "") + "; ignored"
+            for name in sorted(os.environ) if name in near
+            or (not near_only and name.startswith(ENV_PREFIX) and name not in read)]
 
 
 NEAR = 0.92  # difflib's ratio: FMNIST_EPOCH is 0.96 of FMNIST_EPOCHS; no variable of one
@@ -105,9 +111,8 @@ def warn_of_misspelt_variables(program: str) -> None:
     """FMNIST_MLP_EPOCH=40 was ignored without a word, and the run went on with the default.
     Only near misses of the options added so far are said: a shell or container also holds
     the other commands' variables (FMNIST_PORT)."""
-    for name, meant in near_misses(os.environ, READ):
-        print(f"{program}: warning: {name}: not a setting of {program} (did you mean "
-              f"{meant}?); ignored", file=sys.stderr, flush=True)
+    for line in unread_env_var_warnings(program, near_only=True):
+        print(f"{program}: warning: {line}", file=sys.stderr, flush=True)
 
 
 def given(flag: str, value, argv: Sequence[str] | None = None) -> str:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from common.flags import unread_env_vars, usage_error
+from common.flags import unread_env_var_warnings, usage_error
 from serving.ports import check_free
 from serving.settings import settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
@@ -27,10 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serving import errors, logs
 
     logs.configure(settings.log_level, settings.log_format)
-    # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; FMNIST_DATA_DIR is
-    # read at run time (the page's test images), FMNIST_VENV by ./run
-    for name in unread_env_vars(os.environ, also=["FMNIST_DATA_DIR", "FMNIST_VENV"]):
-        logging.getLogger("serving").warning(f"{name}: not a setting of fmnist-serve; ignored")
+    # a misspelt variable (FMNIST_METRIC_PORT) was ignored without a word; every one is said,
+    # the server's environment its own (a shell's holds fmnist's too); FMNIST_DATA_DIR is read
+    # at run time (the page's test images), FMNIST_VENV by ./run
+    for line in unread_env_var_warnings("fmnist-serve", ["FMNIST_DATA_DIR", "FMNIST_VENV"]):
+        logging.getLogger("serving").warning(line)
     try:
         if settings.workers > 1:  # nothing imported before may load prometheus_client: the
             # supervisor first sets up its multiprocess directory

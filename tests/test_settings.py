@@ -120,8 +120,10 @@ def test_a_token_no_client_can_send_is_refused_at_start(model_repository):
 def test_an_env_var_no_setting_reads_is_named_in_a_warning(model_repository, monkeypatch):
     """A misspelt variable (FMNIST_METRIC_PORT for FMNIST_METRICS_PORT, FMNIST_GRACE for
     FMNIST_GRACE_PERIOD) was ignored without a word: the server ran without metrics, or with
-    the default grace period, and nothing said why."""
+    the default grace period, and nothing said why. Its warning names the setting it nearly
+    spells, as fmnist's and fmnist-train's do (fmnist-serve's did not)."""
     monkeypatch.setenv("FMNIST_METRIC_PORT", "9090")
+    monkeypatch.setenv("FMNIST_NO_SUCH_THING", "1")  # near no setting
     monkeypatch.setenv("FMNIST_DATA_DIR", "/nonexistent")  # read at run time, not a setting
     monkeypatch.setenv("FMNIST_GRACE_PERIOD", "1")
     with server_process(model_repository, "--workers", "1") as (_, logs):
@@ -129,7 +131,8 @@ def test_an_env_var_no_setting_reads_is_named_in_a_warning(model_repository, mon
         warnings = [line["message"] for line in logs.lines if line.get("level") == "WARNING"]
     # (a tree without the native server built warns of that too)
     assert [text for text in warnings if text.startswith("FMNIST_")] == [
-        "FMNIST_METRIC_PORT: not a setting of fmnist-serve; ignored"]
+        "FMNIST_METRIC_PORT: not a setting of fmnist-serve (did you mean FMNIST_METRICS_PORT?); "
+        "ignored", "FMNIST_NO_SUCH_THING: not a setting of fmnist-serve; ignored"]
 
 
 @pytest.mark.parametrize("given_as", ["flag", "variable"])
