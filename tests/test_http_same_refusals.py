@@ -85,11 +85,14 @@ def test_the_server_metadata_is_at_v2_slash_too(url):
                                                                          timeout=5).json()
 
 
-@pytest.mark.parametrize(("value", "given"), [
-    (0, "int64_param: 0"), (-1, "int64_param: -1"), (2**63, "uint64_param: 9223372036854775808"),
-    (2.5, "double_param: 2.5"), ("3", 'string_param: "3"'), (True, "bool_param: true")])
-def test_a_refused_classification_parameter_says_what_was_given(url, v2, value, given):
-    """It said "expected int64 >= 1" alone: a client sending 0, "3" or 2.5 was not told which."""
+@pytest.mark.parametrize(("value", "field", "given"), [
+    (0, "int64_param", "0"), (-1, "int64_param", "-1"),
+    (2**63, "uint64_param", "9223372036854775808"), (2.5, "double_param", "2.5"),
+    ("2", "string_param", '"2" (a string)'), (True, "bool_param", "true")])
+def test_a_refused_classification_parameter_says_what_was_given(url, v2, value, field, given):
+    """It said "expected int64 >= 1" alone: a client sending 0, "3" or 2.5 was not told which;
+    then it said it in protobuf's text format (`string_param: "2"`), words neither a JSON nor
+    a tritonclient user wrote."""
     message = (f"outputs['probabilities'].parameters['classification']: expected int64 >= 1, "
                f"got {given}")
     answer = requests.post(f"{url}/v2/models/mlp/infer", timeout=10, json={
@@ -98,7 +101,7 @@ def test_a_refused_classification_parameter_says_what_was_given(url, v2, value, 
     assert (answer.status_code, answer.json()["error"]) == (400, message)
     request = grpc_request("", [{"data": [0] * 784}])
     request.outputs.add(name="probabilities").parameters["classification"].CopyFrom(
-        pb.InferParameter(**{given.split(":")[0]: value}))
+        pb.InferParameter(**{field: value}))
     with pytest.raises(grpc.RpcError) as refused:
         v2.ModelInfer(request)
     assert (refused.value.code(), refused.value.details()) == (

@@ -115,6 +115,11 @@ REFUSALS = {
             name="images", datatype="UINT8", shape=[1, 28, 28], parameters={
                 "shared_memory_region": pb.InferParameter(string_param="region")})]),
         "inputs['images'].parameters: shared memory is not served"),
+    # said "got no value"; JSON's null is what HTTP's words for it would be
+    "classification without a value": (
+        lambda: raw_request(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
+            name="probabilities", parameters={"classification": pb.InferParameter()})]),
+        "parameters['classification']: expected int64 >= 1, got null"),
 }
 
 

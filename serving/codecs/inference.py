@@ -10,6 +10,7 @@ Answers are raw when the request was raw (tritonclient reads only raw outputs), 
 otherwise.
 """
 
+import json
 import math
 import struct
 from dataclasses import asdict, dataclass
@@ -145,9 +146,12 @@ def _class_count(output, field: str, model: ModelVersion) -> int:
     if CLASSIFICATION not in output.parameters:
         return 0
     parameter = output.parameters[CLASSIFICATION]
-    if parameter.WhichOneof("parameter_choice") != "int64_param" or parameter.int64_param < 1:
+    choice = parameter.WhichOneof("parameter_choice")
+    if choice != "int64_param" or parameter.int64_param < 1:
+        # as the client wrote it (JSON), not in protobuf's text format (`string_param: "2"`)
+        given = json.dumps(getattr(parameter, choice) if choice else None)[:40]
         raise InvalidArgument(f"{field}.parameters[{CLASSIFICATION!r}]: expected int64 >= 1, "
-                              f"got {str(parameter).strip() or 'no value'}")  # text format
+                              f"got {given}{' (a string)' if choice == 'string_param' else ''}")
     if output.name != PROBABILITIES:
         raise InvalidArgument(f"{field}: classification applies to {PROBABILITIES!r} only")
     return min(int(parameter.int64_param), len(model.manifest.class_names))
