@@ -218,11 +218,17 @@ async def test_metadata_of_a_version_lists_that_version_as_tritons_does(v2):
 
 
 async def test_a_version_is_read_as_tritons_std_stol_reads_it(v2):
-    """Triton reads a version string with std::stol, sign and leading zeros allowed: "02" was
-    version 2 here, while "+2" was refused INVALID_ARGUMENT."""
+    """Triton reads a version string with std::stol: leading whitespace (C's isspace), a sign
+    and leading zeros allowed: "02" was version 2 here, while "+2" was refused
+    INVALID_ARGUMENT, and so was " 2" until now. What std::stol would leave unread after the
+    digits ("2 ", "2x", "2.5": Triton's version 2) is refused: it may not be what was meant."""
     listed = [list((await v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=v))
-                    ).versions) for v in ("+2", "02", "+01")]
-    assert listed == [["2"], ["2"], ["1"]]
+                    ).versions) for v in ("+2", "02", "+01", " 2", "\t\n\v\f\r +01")]
+    assert listed == [["2"], ["2"], ["1"], ["2"], ["1"]]
+    for version in ("2 ", "2x", "2.5", "+ 2", "\u00a02"):  # the last: not a C space
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await v2.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version=version))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, version
 
 
 async def test_server_metadata_lists_the_extensions_as_tritons_grpc_does(v2):

@@ -59,7 +59,9 @@ def parse_version(version: str, field: str = "version") -> int:
     newest); ``field`` names it in the request (ModelInferRequest's is model_version)."""
     if version == "":
         return 0
-    digits = version.removeprefix("+")  # Triton reads it with std::stol: "+1" and "01" are 1
+    # what Triton's std::stol reads (" +01" is 1: C's spaces, a sign, zeros), all of it: what
+    # it would leave unread ("1 ", "1.5" are Triton's 1) may not be what was meant
+    digits = version.lstrip(" \t\n\v\f\r").removeprefix("+")
     if not is_version_name(digits) or len(digits) > 19 or not 1 <= int(digits) <= MAX_VERSION:
         raise InvalidArgument(f"{field}: expected \"\" (the newest) or an integer from 1 "
                               f"to 2**63-1, got {version[:40]!r}")
