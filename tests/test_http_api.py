@@ -13,6 +13,7 @@ import onnxruntime
 import pytest
 import requests
 from PIL import Image
+from tritonclient.utils import deserialize_bytes_tensor
 
 from common.pictures import load_png
 from fashion_mnist.v1 import classifier_pb2 as domain_pb
@@ -154,7 +155,7 @@ def test_classification_parameter_as_grpc(url, v2, images):
     tensor.contents.uint_contents.extend(images.ravel().tolist())
     output = request.outputs.add(name="probabilities")
     output.parameters["classification"].int64_param = 3
-    expected = v2.ModelInfer(request).outputs[0].contents.bytes_contents
+    expected = deserialize_bytes_tensor(v2.ModelInfer(request).raw_output_contents[0])
     (got,) = answer["outputs"]
     assert (got["datatype"], got["shape"]) == ("BYTES", [4, 3])
     assert got["data"] == [entry.decode() for entry in expected]

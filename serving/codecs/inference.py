@@ -6,8 +6,8 @@ Input: one tensor ``images``, UINT8, shape ``[N,28,28]``, either in ``raw_input_
 refused, as the protocol says. Outputs: ``probabilities`` FP32 ``[N,classes]`` and ``label``
 INT64 ``[N]``, all of them unless the request names some; a requested output with the Triton
 ``classification`` parameter (k) becomes BYTES ``[N,k]`` of ``"probability:index:class"``.
-Answers are raw when the request was raw (tritonclient reads only raw outputs), typed
-otherwise.
+Answers are raw (``raw_output_contents``) whatever form the request's data came in, as
+Triton's gRPC answers: tritonclient and Triton's own typed-input examples read them there.
 """
 
 import json
@@ -33,9 +33,8 @@ CLASSIFICATION = "classification"
 CONFIG_TYPES = {"UINT8": config_pb.TYPE_UINT8, "FP32": config_pb.TYPE_FP32,
                 "INT64": config_pb.TYPE_INT64}
 _TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
-# an output -> the Prediction's attribute, its datatype, its wire dtype, its typed contents
-_TENSORS = {PROBABILITIES: ("probabilities", "FP32", "<f4", "fp32_contents"),
-            LABEL: ("labels", "INT64", "<i8", "int64_contents")}
+# an output -> the Prediction's attribute, its datatype, its wire dtype
+_TENSORS = {PROBABILITIES: ("probabilities", "FP32", "<f4"), LABEL: ("labels", "INT64", "<i8")}
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,6 @@ class InferQuery:
 
     images: np.ndarray  # uint8 [N,28,28]
     outputs: tuple[RequestedOutput, ...]
-    raw: bool
 
 
 def parse_version(version: str, field: str = "version") -> int:
@@ -97,7 +95,7 @@ def decode_infer_request(request: pb.ModelInferRequest, model: ModelVersion,
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected_size} UINT8 values, "
             f"got {pixels.size}")
-    return InferQuery(pixels.reshape(shape), _requested_outputs(request, model), raw)
+    return InferQuery(pixels.reshape(shape), _requested_outputs(request, model))
 
 
 def _raw_pixels(request: pb.ModelInferRequest, tensor, field: str) -> np.ndarray:
@@ -165,36 +163,30 @@ def encode_infer_response(query: InferQuery, model: ModelVersion,
                                      id=request_id)
     for output in query.outputs:
         if output.class_count:
-            _add_classification(response, output, prediction, model.manifest.class_names, query.raw)
+            _add_classification(response, output, prediction, model.manifest.class_names)
         else:
-            _add_tensor(response, output.name, prediction, raw=query.raw)
+            _add_tensor(response, output.name, prediction)
     return response
 
 
-def _add_tensor(response, name: str, prediction: Prediction, *, raw: bool) -> None:
-    attribute, datatype, dtype, typed_field = _TENSORS[name]
+def _add_tensor(response, name: str, prediction: Prediction) -> None:
+    attribute, datatype, dtype = _TENSORS[name]
     array = np.ascontiguousarray(getattr(prediction, attribute), dtype=dtype)
-    tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-    if raw:
-        response.raw_output_contents.append(array.tobytes())
-    else:
-        getattr(tensor.contents, typed_field).extend(array.ravel().tolist())
+    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    response.raw_output_contents.append(array.tobytes())
 
 
 def _add_classification(response, output: RequestedOutput, prediction: Prediction,
-                        class_names: tuple[str, ...], raw: bool) -> None:
+                        class_names: tuple[str, ...]) -> None:
     """Triton's classification extension: per image the top k ``"probability:index:class"``,
     best first."""
     probabilities = prediction.probabilities
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :output.class_count]
     entries = [f"{probabilities[row, index]:f}:{index}:{class_names[index]}".encode()
                for row, indexes in enumerate(top.tolist()) for index in indexes]
-    tensor = response.outputs.add(name=output.name, datatype="BYTES", shape=top.shape)
-    if raw:
-        response.raw_output_contents.append(
-            b"".join(struct.pack("<I", len(entry)) + entry for entry in entries))
-    else:
-        tensor.contents.bytes_contents.extend(entries)
+    response.outputs.add(name=output.name, datatype="BYTES", shape=top.shape)
+    response.raw_output_contents.append(  # Triton's BYTES: each a 4-byte length, then it
+        b"".join(struct.pack("<I", len(entry)) + entry for entry in entries))
 
 
 def encode_model_metadata(model: ModelVersion, versions: list[int]) -> pb.ModelMetadataResponse:
