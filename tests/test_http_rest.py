@@ -1,6 +1,6 @@
 """The REST <-> protobuf translation (serving/http/rest.py) on its own: what each JSON or
-binary body becomes, what is refused and with which message, and that the data plane's two
-answer forms (raw and typed) give the same REST body."""
+binary body becomes, what is refused and with which message, and the REST body of the data
+plane's (raw) answers."""
 
 import json
 import struct
@@ -198,26 +198,20 @@ LABELS = np.array([1, 0], np.int64)
 TOP = [b"0.750000:1:Trouser", b"0.500000:0:T-shirt/top"]
 
 
-def answer(raw: bool) -> pb.ModelInferResponse:
-    """The same answer in the data plane's two forms (serving.codecs.inference)."""
+def answer() -> pb.ModelInferResponse:
+    """An answer as the data plane gives it (serving.codecs.inference): raw."""
     response = pb.ModelInferResponse(model_name="mlp", model_version="2", id="r1")
-    probabilities = response.outputs.add(name="probabilities", datatype="FP32", shape=[2, 2])
-    label = response.outputs.add(name="label", datatype="INT64", shape=[2])
-    top = response.outputs.add(name="top", datatype="BYTES", shape=[2, 1])
-    if raw:
-        response.raw_output_contents.extend([
-            PROBABILITIES.tobytes(), LABELS.tobytes(),
-            b"".join(struct.pack("<I", len(entry)) + entry for entry in TOP)])
-    else:
-        probabilities.contents.fp32_contents.extend(PROBABILITIES.ravel().tolist())
-        label.contents.int64_contents.extend(LABELS.tolist())
-        top.contents.bytes_contents.extend(TOP)
+    response.outputs.add(name="probabilities", datatype="FP32", shape=[2, 2])
+    response.outputs.add(name="label", datatype="INT64", shape=[2])
+    response.outputs.add(name="top", datatype="BYTES", shape=[2, 1])
+    response.raw_output_contents.extend([
+        PROBABILITIES.tobytes(), LABELS.tobytes(),
+        b"".join(struct.pack("<I", len(entry)) + entry for entry in TOP)])
     return response
 
 
-@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
-def test_json_answer_is_the_same_from_raw_and_typed_forms(raw):
-    body = encode_infer_response(answer(raw), OutputForm())
+def test_json_answer_has_each_outputs_data():
+    body = encode_infer_response(answer(), OutputForm())
     assert body.content_type == "application/json" and not body.headers
     document = json.loads(body.data)
     assert document == {
@@ -229,26 +223,21 @@ def test_json_answer_is_the_same_from_raw_and_typed_forms(raw):
              "data": ["0.750000:1:Trouser", "0.500000:0:T-shirt/top"]}]}
 
 
-@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
-def test_fp32_data_is_written_as_float32_numbers(raw):
+def test_fp32_data_is_written_as_float32_numbers():
     """0.1 as float32 was written at double precision, 0.10000000149011612 (~43% of a batch's
     answer): float32's shortest form, which reads back as the same float32."""
     values = np.array([0.1, 1 / 3, 1e-8, 3.4e38, 123456.789, 0.0], np.float32)
     response = pb.ModelInferResponse(model_name="mlp")
-    output = response.outputs.add(name="probabilities", datatype="FP32", shape=[6])
-    if raw:
-        response.raw_output_contents.append(values.tobytes())
-    else:
-        output.contents.fp32_contents.extend(values.tolist())
+    response.outputs.add(name="probabilities", datatype="FP32", shape=[6])
+    response.raw_output_contents.append(values.tobytes())
     data = encode_infer_response(response, OutputForm()).data
     assert b'"data":[0.1,0.33333334,1e-8,3.4e+38,123456.79,0.0]' in data
     read = np.array(json.loads(data)["outputs"][0]["data"], np.float32)
     assert read.tobytes() == values.tobytes()
 
 
-@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
-def test_binary_answer_follows_the_json_header_in_output_order(raw):
-    body = encode_infer_response(answer(raw), OutputForm(True, {"label": False}))
+def test_binary_answer_follows_the_json_header_in_output_order():
+    body = encode_infer_response(answer(), OutputForm(True, {"label": False}))
     assert body.content_type == "application/octet-stream"
     (name, length), = body.headers
     assert name == HEADER_LENGTH

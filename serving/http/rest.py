@@ -3,7 +3,7 @@
 Only the translation lives here: JSON (or JSON followed by binary tensors, Triton's binary data
 extension) becomes a ``ModelInferRequest`` (binary tensors in ``raw_input_contents``, JSON
 ``data`` in the typed ``contents``), and a ``ModelInferResponse`` becomes JSON with each output
-as JSON ``data`` or as binary, as the request asked, whichever form the data plane answered in.
+as JSON ``data`` or as binary, as the request asked (the data plane answers raw, as Triton's).
 Whether the tensors suit the model is the data plane's codec's question
 (``serving.codecs.inference``); what is refused here is what cannot be translated: a body that
 is not JSON, a header length past the body, a shape that is not integers, binary sizes that do
@@ -234,17 +234,14 @@ def _optional(document: dict, key: str, default):
 def encode_infer_response(response: pb.ModelInferResponse, form: OutputForm) -> Body:
     """Each output as JSON ``data`` or as binary after the JSON, as ``form`` asks."""
     outputs, blobs = [], []
-    raw = response.raw_output_contents
-    for index, tensor in enumerate(response.outputs):
+    for tensor, blob in zip(response.outputs, response.raw_output_contents, strict=True):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         entry.update(_parameter_values(tensor.parameters))
         if form.is_binary(tensor.name):
-            blob = raw[index] if raw else _typed_to_bytes(tensor)
             entry["parameters"] = {**entry.get("parameters", {}), BINARY_SIZE: len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _raw_to_list(raw[index], tensor.datatype) if raw else _typed_list(
-                tensor)
+            entry["data"] = _raw_to_list(blob, tensor.datatype)
         outputs.append(entry)
     document = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -263,22 +260,6 @@ def _parameter_values(parameters) -> dict:
     return {"parameters": {key: getattr(value, value.WhichOneof("parameter_choice"))
                            for key, value in parameters.items()
                            if value.WhichOneof("parameter_choice")}}
-
-
-def _typed_list(tensor) -> list | np.ndarray:
-    values = list(getattr(tensor.contents, TYPED_FIELDS[tensor.datatype]))
-    if tensor.datatype == "FP32":
-        return np.array(values, np.float32)  # as _raw_to_list's
-    if tensor.datatype == "BYTES":
-        return [value.decode(errors="replace") for value in values]
-    return values
-
-
-def _typed_to_bytes(tensor) -> bytes:
-    values = getattr(tensor.contents, TYPED_FIELDS[tensor.datatype])
-    if tensor.datatype == "BYTES":
-        return b"".join(_LENGTH.pack(len(value)) + value for value in values)
-    return np.asarray(values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
 
 
 def _raw_to_list(blob: bytes, datatype: str) -> list | np.ndarray:
