@@ -208,10 +208,19 @@ async def test_a_refused_request_does_not_disturb_the_next(v2):
     assert [output.name for output in response.outputs] == ["probabilities", "label"]
 
 
-async def test_model_ready_per_version(v2):
+async def test_model_ready_per_version_and_not_found_as_tritons(v2):
+    """An unknown model or version is NOT_FOUND, as Triton's ModelReady (and KServe's) answer
+    it: tritonclient's is_model_ready raises there, and a client waiting for a misspelt model
+    is told so; it answered ready false, which such a client waits on forever."""
     ready = [(await v2.ModelReady(pb.ModelReadyRequest(name="mlp", version=v))).ready
-             for v in ("", "1", "2", "3")]
-    assert ready == [True, True, True, False]
+             for v in ("", "1", "2")]
+    assert ready == [True, True, True]
+    for name, version, message in (("mlp", "3", "version: model 'mlp' has no version 3"),
+                                   ("nope", "", "name: no model 'nope'")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await v2.ModelReady(pb.ModelReadyRequest(name=name, version=version))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details().startswith(message), refused.value.details()
 
 
 async def test_metadata_of_a_version_lists_that_version_as_tritons_does(v2):

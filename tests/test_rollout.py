@@ -124,7 +124,8 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
         removed_at = len(load.versions)
         assert await _v2_versions(channel) == ["1", "2"]
         v2 = pb_v2_grpc.GRPCInferenceServiceStub(channel)
-        assert not (await v2.ModelReady(pb_v2.ModelReadyRequest(name="mlp", version="3"))).ready
+        gone = v2.ModelReady(pb_v2.ModelReadyRequest(name="mlp", version="3"))
+        assert await gone.code() == grpc.StatusCode.NOT_FOUND  # as Triton's
         await asyncio.sleep(0.3)
 
         load.running = False

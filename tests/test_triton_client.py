@@ -81,7 +81,9 @@ def test_health_and_server_metadata(seen):
     triton, _ = seen
     sync = triton["sync"]
     assert (sync["live"], sync["ready"], sync["model_ready"]) == (True, True, True)
-    assert sync["unknown_model_ready"] is False
+    assert sync["unknown_model_ready"] == {  # as Triton's: is_model_ready raises
+        "status": "StatusCode.NOT_FOUND",
+        "message": "name: no model 'nope'; loaded models: baseline, mlp, softmax"}
     assert triton["aio"]["live"] is True
     metadata = sync["server_metadata"]
     assert (metadata["name"], metadata["version"]) == (

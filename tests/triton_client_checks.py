@@ -54,7 +54,7 @@ def sync_checks(target: str, images: np.ndarray) -> dict:
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready("mlp"),
-        "unknown_model_ready": client.is_model_ready("nope"),
+        "unknown_model_ready": refusal(lambda: client.is_model_ready("nope")),
         "server_metadata": client.get_server_metadata(as_json=True),
         "model_metadata": client.get_model_metadata("mlp", as_json=True),
         "model_config": client.get_model_config("mlp", as_json=True),

@@ -46,8 +46,10 @@ class InferenceAPI:
     def ModelReady(self, request, call: Call) -> pb.ModelReadyResponse:  # noqa: N802 (the protocol's name)
         if not self._ready():  # as Triton's: UNAVAILABLE from the drain's first moment
             raise Unavailable(DRAINING_MESSAGE)
-        versions, version = self._registry.versions(request.name), parse_version(request.version)
-        return pb.ModelReadyResponse(ready=bool(versions) and version in (0, *versions))
+        # an unknown model or version is NOT_FOUND, as Triton's and KServe's: "ready: false"
+        # left a client waiting for a misspelt model waiting forever
+        self._registry.get(request.name, parse_version(request.version), NAMED_BY)
+        return pb.ModelReadyResponse(ready=True)  # every loaded version serves
 
     def ServerMetadata(self, request, call: Call) -> pb.ServerMetadataResponse:  # noqa: N802 (the protocol's name)
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._server_version,
