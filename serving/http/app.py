@@ -186,12 +186,12 @@ class HttpApp:
             encode=_json)
 
     def _model_ready(self, environ, path):
-        """200 if ready; 400 if not, as Triton answers (tritonclient reads the status)."""
+        """200 if ready; as Triton's, a model or version not loaded is 404 and a draining
+        server 503 (ModelReady's errors: tritonclient reads the status)."""
         return self._call(
             environ, f"/{INFERENCE}/ModelReady", self._inference.ModelReady,
             pb.ModelReadyRequest(name=path["model"], version=path.get("version", "")),
-            encode=lambda response: json_body({"name": path["model"], "ready": response.ready},
-                                              200 if response.ready else 400))
+            encode=lambda response: json_body({"name": path["model"], "ready": response.ready}))
 
     def _model_config(self, environ, path):
         return self._call(  # Triton's shape: the config itself
