@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from training.repository import write_version
 
 CLIENTS = 8
 POLL_INTERVAL = 0.1
+CALLS_PER_PHASE = 30  # > CLIENTS: most of a phase's calls started in it
 IMAGES = np.random.default_rng(3).integers(0, 256, (4, 28, 28), dtype=np.uint8)
 REQUEST = pb.ClassifyRequest(images=[image.tobytes() for image in IMAGES])
 
@@ -80,6 +82,17 @@ async def _until_default_version(stub, version: int, polls: int = 200) -> None:
     raise AssertionError(f"mlp v{version} never became the default")
 
 
+async def _answering(load: Load, calls: int = CALLS_PER_PHASE, within_s: float = 60) -> None:
+    """Waits (bounded) for the load to have ``calls`` more calls answered: each phase of the
+    rollout is seen by calls, however slow the machine."""
+    wanted, deadline = len(load.answered) + calls, time.monotonic() + within_s
+    while len(load.answered) < wanted:
+        if time.monotonic() > deadline or load.failures:
+            raise AssertionError(f"{len(load.answered)} of {wanted} calls answered: "
+                                 f"{load.failures[:3]}")
+        await asyncio.sleep(POLL_INTERVAL / 10)
+
+
 async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
     caplog.set_level(logging.INFO)
     settings = local_settings(model_repository=repository_copy,
@@ -91,14 +104,14 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
         assert await _default_version(stub) == 2
         load = Load()
         clients = [asyncio.create_task(_client(stub, load)) for _ in range(CLIENTS)]
-        await asyncio.sleep(0.3)
+        await _answering(load)
 
         # A new version appears: it becomes the default, for both lists and answers.
         answered_before_write = len(load.answered)
         write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
         await _until_default_version(stub, 3)
         switched_at = len(load.versions)
-        await asyncio.sleep(0.3)
+        await _answering(load)
         listed = (await stub.ListModels(pb.ListModelsRequest(), timeout=5)).models
         assert [(m.version, m.is_default_version) for m in listed if m.name == "mlp"] == [
             (1, False), (2, False), (3, True)]
@@ -114,7 +127,7 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
         assert [(r.fields["model"], r.fields["version"]) for r in refusals] == [("mlp", 4)]
         assert "sha256" in refusals[0].fields["reason"]
         assert await _default_version(stub) == 3
-        await asyncio.sleep(0.3)
+        await _answering(load)
 
         # v3 is removed: v2 is the default again once the calls holding v3 have finished.
         removing_at = len(load.versions)
@@ -126,7 +139,7 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
         v2 = pb_v2_grpc.GRPCInferenceServiceStub(channel)
         gone = v2.ModelReady(pb_v2.ModelReadyRequest(name="mlp", version="3"))
         assert await gone.code() == grpc.StatusCode.NOT_FOUND  # as Triton's
-        await asyncio.sleep(0.3)
+        await _answering(load)
 
         load.running = False
         await asyncio.gather(*clients)
@@ -137,4 +150,3 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
     assert set(load.answered[:answered_before_write]) == {2}
     assert set(load.versions[switched_at:removing_at]) == {3}
     assert set(load.versions[removed_at:]) == {2}
-    assert len(load.versions) > 100
