@@ -69,18 +69,19 @@ async def test_a_warning_says_how_many_failed_calls_went_to_debug_before_it(serv
     """The one WARNING a second said nothing of the DEBUG lines before it: a reader at INFO
     could not tell one bad request a second from a thousand."""
     caplog.set_level(logging.DEBUG, logger="serving")
-    time.sleep(1.1)  # past the last test's WARNING line: ours starts with one
-    for _ in range(20):
+    for _ in range(20):  # a server of its own: the first is a WARNING, the rest mostly DEBUG
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Classify(pb.ClassifyRequest(images=[b"x" * 100]))
-    time.sleep(1.1)
+    time.sleep(1.1)  # the thing under test: past the last WARNING's second, the next is one
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.Classify(pb.ClassifyRequest(images=[b"x" * 100]))
     failed = [r for r in caplog.records if r.getMessage() == "request failed"]
     warnings = [i for i, r in enumerate(failed) if r.levelname == "WARNING"]
-    assert warnings[0] == 0 and len(warnings) >= 2
+    assert warnings[0] == 0 and warnings[-1] == len(failed) - 1
     for before, at in itertools.pairwise(warnings):
-        assert failed[at].fields["quieted_since_last"] == at - before - 1 > 0
+        assert failed[at].fields["quieted_since_last"] == at - before - 1
+    # two WARNINGs in a row (a call over a second, on a busy machine) quieted none between
+    assert any(failed[at].fields["quieted_since_last"] > 0 for at in warnings[1:])
 
 def test_a_clients_text_in_a_log_line_cannot_start_a_line_of_its_own():
     """An unknown JSON key or query option is quoted into the error a failed call is logged
