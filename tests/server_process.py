@@ -67,6 +67,17 @@ class Logs:
             assert found, f"no {message!r} log line in {self.lines}"
             return self.matching(message)
 
+    def wait_for_text(self, ending: str, timeout: float = 60) -> list[str]:
+        """The lines not in JSON (gRPC C++'s own log) that end with ``ending``, once one has."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: [text for text in self.texts()
+                                                    if text.endswith(ending)], timeout=timeout)
+            assert found, f"no line ending {ending!r} in {self.lines}"
+            return found
+
+    def texts(self) -> list[str]:
+        return [line["text"] for line in self.lines if line["message"] is None]
+
     def matching(self, message: str) -> list[dict]:
         return [line for line in self.lines if line["message"] == message]
 
