@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from test_metrics import scrape as scrape_metrics
@@ -66,15 +67,19 @@ def test_workers_stopped_with_their_supervisor_are_not_taken_for_hung(workers):
     process, logs, started, _ = workers
     target, pids = started["address"], started["pids"]
     with _stopped([process.pid, *pids]):  # the supervisor first: it never sees them stop
-        time.sleep(HUNG_AFTER_S + 1)
+        time.sleep(HUNG_AFTER_S + 1)  # the thing under test: a pause past HUNG_AFTER_S
+        turns = _loop_turns(process.pid)
         os.kill(process.pid, signal.SIGCONT)  # the supervisor runs before them
-        time.sleep(0.3)
-        assert not logs.matching("worker hung; killing it")
+        _wait_for_turns(process.pid, turns + 1)  # its first read of their stale heartbeats
+    hung = logs.matching("worker hung; killing it")  # said by now, or caught at the end
+    assert not hung, hung
     calls_over_connections(target, connections=4, per_connection=2)
-    time.sleep(2)  # two reads of the heartbeats
-    assert not logs.matching("worker hung; killing it")
+    _wait_for_turns(process.pid, _loop_turns(process.pid) + 2)  # a whole turn after them
     for pid in pids:
         os.kill(pid, 0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert not [line for line in logs.all_lines() if line["message"] == "worker hung; killing it"]
 
 
 def test_a_worker_draining_on_its_own_sigterm_gets_its_grace_period(model_repository):
@@ -96,14 +101,15 @@ def test_a_worker_draining_on_its_own_sigterm_gets_its_grace_period(model_reposi
                 os.kill(victim, signal.SIGTERM)
                 logs.wait_for("draining")
                 with _stopped([process.pid]):
-                    time.sleep(3)
-                time.sleep(HUNG_AFTER_S + 2)
-                assert not logs.matching("worker hung; killing it")
+                    time.sleep(3)  # the thing under test: a pause past READER_PAUSE_S
+                time.sleep(HUNG_AFTER_S)  # the thing under test: a drain's silence past it
+                _wait_for_turns(process.pid, _loop_turns(process.pid) + 2)  # a read after it
             finally:
                 hold.set()
             assert len(list(stream)) == 0  # ended in time, by its client
         died = logs.wait_for("worker died; starting another")[0]
         assert (died["worker_pid"], died["status"]) == (victim, "exit 0")
+        assert not logs.matching("worker hung; killing it")  # which it would have said before
 
 
 @contextlib.contextmanager
@@ -117,3 +123,20 @@ def _stopped(pids: list[int]):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def _loop_turns(supervisor: int) -> int:
+    """How many times the supervisor (one thread) has blocked (Linux): its loop blocks once a
+    turn, in select() for up to a second, once it has read the heartbeats."""
+    return next(int(line.split()[1])
+                for line in Path(f"/proc/{supervisor}/status").read_text().splitlines()
+                if line.startswith("voluntary_ctxt_switches:"))
+
+
+def _wait_for_turns(supervisor: int, turns: int, within_s: float = 30) -> None:
+    """Waits until the supervisor's loop has blocked ``turns`` times, where a sleep guessed how
+    long a turn takes on a busy machine (too short a guess let a wrong kill go unseen)."""
+    deadline = time.monotonic() + within_s
+    while _loop_turns(supervisor) < turns:
+        assert time.monotonic() < deadline, f"the supervisor did not turn in {within_s} s"
+        time.sleep(0.01)
