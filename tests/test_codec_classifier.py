@@ -7,6 +7,7 @@ import pytest
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from serving.batching import BatchingPolicy
+from serving.client.api import encode_request
 from serving.codecs.classifier import (
     Classification,
     decode_classify_request,
@@ -85,3 +86,10 @@ def test_wire_encoded_response_equals_field_by_field_construction(count, registr
     assert encoded.SerializeToString(deterministic=True) == expected.SerializeToString(
         deterministic=True
     )
+
+
+def test_request_encoding_round_trips(test_set):
+    request = encode_request(test_set[0][:3], model="softmax", version=1, request_id="x")
+    assert isinstance(request, pb.ClassifyRequest)
+    assert [len(image) for image in request.images] == [784] * 3
+    assert request.images[2] == test_set[0][2].tobytes()

@@ -224,13 +224,6 @@ def test_client_sees_unavailable_once_the_server_is_gone(settings):
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_request_encoding_round_trips(test_set):
-    request = encode_request(test_set[0][:3], model="softmax", version=1, request_id="x")
-    assert isinstance(request, pb.ClassifyRequest)
-    assert [len(image) for image in request.images] == [784] * 3
-    assert request.images[2] == test_set[0][2].tobytes()
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sighup_drains_like_sigterm_unless_nohup_ignores_it(model_repository, workers):
     """SIGHUP (a closed terminal or ssh session, `kill -HUP`) killed the server, or its
