@@ -14,7 +14,7 @@ from selenium.webdriver.common.actions.pointer_input import PointerInput
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from serving.client.inputs import load_png
+from common.pictures import load_png
 from tests.test_http_page import (
     browser,
     canvas,
