@@ -88,6 +88,8 @@ def test_strokes_are_classified_as_the_28x28_picture_of_the_drawing(served, brow
 
     element(By.ID, "clear-drawing").send_keys(Keys.ENTER)  # by keyboard: the buttons are
     assert pad_as_the_model_sees_it(browser).max() == 0
+    # said to a screen reader, which had no word of it (the pad is an image to it)
+    assert element(By.ID, "spoken").get_attribute("textContent") == "drawing cleared"
     assert not element(By.ID, "answer").is_displayed()  # no answer stands for what went
     element(By.ID, "classify-drawing").send_keys(Keys.ENTER)
     assert element(By.ID, "error").text == "the drawing is empty: draw a garment in the square"
@@ -154,3 +156,21 @@ def test_on_a_phone_the_answer_comes_into_sight(served, browser):
         assert browser.execute_script(edge, "drawing", "top") > -1  # (a fraction of a pixel)
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_a_drawing_cleared_while_its_png_is_made_is_not_sent(served, browser):
+    """"Clear" pressed while the page made the pad's PNG (a slow device) took the drawing
+    away, but the PNG went on to the server, and an answer came for a drawing no longer there."""
+    url, _ = served
+    element = opened_with_models(browser, url)
+    browser.execute_script("""const original = HTMLCanvasElement.prototype.toBlob;
+        HTMLCanvasElement.prototype.toBlob = function (done, ...options) {  // held till let go
+          original.call(this, (png) => { window.letPngGo = () => done(png); }, ...options); };""")
+    count_answers(browser)
+    stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.5), (0.8, 0.5))
+    wait_for(browser, lambda: browser.execute_script("return window.letPngGo !== undefined"))
+    element(By.ID, "clear-drawing").click()
+    browser.execute_script("letPngGo()")
+    element(By.ID, "random").click()  # a later answer: the drawing's, had it gone, came first
+    wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
+    assert browser.execute_script("return window.answers") == 0
