@@ -1,6 +1,10 @@
-"""The web page's wait given up on by its person, in a real headless chromium: Esc ends the
-call on its way (behind test_http_page_wait's proxy, which holds the answers)."""
+"""The web page's waits ended, in a real headless chromium: by its person (Esc), or by the page
+once nothing has moved for its limit (a slow upload that goes on is waited for)."""
 
+import re
+
+import numpy as np
+from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -33,3 +37,67 @@ def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
         assert element(By.ID, "status").text == ""
         ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # nothing to end: the answer stays
         assert element(By.ID, "answer").is_displayed() and element(By.ID, "status").text == ""
+
+
+def noise(path, side: int):
+    """A PNG of ``side`` x ``side`` random colours: about 3 * side**2 bytes, which PNG cannot
+    make smaller."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), np.uint8)).save(
+        path)
+    return path
+
+
+def test_a_slow_upload_that_goes_on_is_waited_for(served, browser, tmp_path):
+    """The page gave up on an upload after its limit (120 s) even while the picture was going, on
+    a slow link: "the picture was still being sent ... after 120 s"."""
+    url, _ = served
+    picture = noise(tmp_path / "noise.png", 320)  # 300 kB: 7.5 s at 40 kB/s
+    element = opened_with_models(browser, url)
+    browser.execute_script("""ANSWER_TIMEOUT_S = 3; window.said = [];
+        new MutationObserver(() => said.push(document.getElementById("status").textContent))
+            .observe(document.getElementById("status"), {childList: true});""")
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 40_000})
+    try:
+        element(By.ID, "file").send_keys(str(picture))
+        wait_for(browser, lambda: element(By.ID, "error").text
+                 or "noise.png" in element(By.ID, "truth").text)
+    finally:
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        browser.execute_cdp_cmd("Network.disable", {})
+    assert element(By.ID, "error").text == ""
+    # and while it went, how much had; then what the server was doing
+    said = [words for words in browser.execute_script("return window.said") if words]
+    sent = [re.fullmatch(r"sending the picture: (\d+) kB of (\d+) kB\.\.\.", words)
+            for words in said[:-1]]
+    assert sent and all(sent) and said[-1] == "classifying noise.png...", said
+    assert int(sent[0][1]) < int(sent[-1][1]) <= int(sent[-1][2]) == round(
+        picture.stat().st_size / 1e3)
+
+
+def test_an_upload_that_stops_is_said_to_have_stopped(served, browser, tmp_path):
+    """A picture's upload that no longer goes (a link gone dead) is said once nothing more of it
+    went for the page's limit, with how much went: on a link of 100 bytes a second, chromium's
+    throttling sends the first 16 kB, and the next 16 kB in minutes."""
+    url, _ = served
+    picture = noise(tmp_path / "noise.png", 320)
+    element = opened_with_models(browser, url)
+    browser.execute_script("ANSWER_TIMEOUT_S = 2")
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 100})
+    try:
+        element(By.ID, "file").send_keys(str(picture))
+        wait_for(browser, lambda: element(By.ID, "error").text)
+    finally:
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        browser.execute_cdp_cmd("Network.disable", {})
+    said = re.fullmatch(r"the picture stopped going to the server at (\S+): no more of it went "
+                        r"in 2 s \((\d+) kB of (\d+) kB went\): is the link down\?",
+                        element(By.ID, "error").text)
+    assert said, element(By.ID, "error").text
+    assert said[1] == url.rstrip("/")
+    assert 0 <= int(said[2]) < int(said[3]) == round(picture.stat().st_size / 1e3)
