@@ -174,3 +174,31 @@ def test_a_drawing_cleared_while_its_png_is_made_is_not_sent(served, browser):
     element(By.ID, "random").click()  # a later answer: the drawing's, had it gone, came first
     wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
     assert browser.execute_script("return window.answers") == 0
+
+
+def filled(browser, left: float, top: float, width: float, height: float) -> None:
+    """A rectangle filled by one stroke to and fro across it (fractions of the pad as stroke's),
+    its lines closer than the pen is wide."""
+    rows = np.linspace(top, top + height, 2 + int(height / 0.04))
+    stroke(browser, interaction.POINTER_MOUSE, *((x, y) for i, y in enumerate(rows)
+                                                 for x in (left, left + width)[::1 - 2 * (i % 2)]))
+
+
+def test_a_small_drawing_in_a_corner_is_seen_as_the_same_drawn_large_and_centred(served,
+                                                                                  browser):
+    """A drawing was made 28x28 as it stood on the pad: a small one in a corner stayed a few
+    pixels in a corner of the model's 28x28 (Fashion-MNIST's garments fill theirs, centred),
+    and was answered otherwise than the same shape drawn large in the middle."""
+    url, stub = served
+    element = opened_with_models(browser, url)
+    count_answers(browser)
+    pen = 24 / 280  # the pen's width on the pad: the shapes' boxes, pen and all, alike
+    seen = []
+    for count, (left, top, height) in enumerate(((0.05, 0.05, 0.25), (0.3, 0.15, 0.7)), 1):
+        filled(browser, left, top, 0.6 * (height + pen) - pen, height)
+        answered(browser, count)
+        seen.append((canvas(browser), shown(browser)))
+        element(By.ID, "clear-drawing").click()
+    (small, small_answer), (large, large_answer) = seen
+    assert np.abs(small.astype(int) - large).mean() < 10, (small, large)
+    assert small_answer == large_answer == labels(stub, large)

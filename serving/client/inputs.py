@@ -97,7 +97,7 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
         stdin = _standard_input() if str(path) == "-" else None  # as --csv - is stdout
         try:  # a picture's border as the model sees it, but for the padding (black)
             npy = stdin.getvalue().startswith(b"\x93NUMPY") if stdin else is_npy(path)
-            fitted = None if npy else fit_picture(stdin or path, invert)
+            fitted, trimmed = (None, False) if npy else fit_picture(stdin or path, invert)
             batch = load_npy(path, stdin) if fitted is None else pad_picture(fitted)[None]
         except Exception as error:  # Pillow's and numpy's messages do not say which file
             if isinstance(error, OSError) and error.strerror:  # not "[Errno 2] ...: 'x.png'"
@@ -106,9 +106,11 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
             raise ValueError(said if str(path) in said else f"{path}: {said}") from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
         pictures += fitted is not None
-        if fitted is not None and min(fitted.size) and _border(np.asarray(fitted)).mean() > 127:
+        if (fitted is not None and not trimmed and min(fitted.size)
+                and _border(np.asarray(fitted)).mean() > 127):
             # Fashion-MNIST's border is black (the test set's average 95 at most); a picture
-            # thinner than a pixel at 28x28 (a 3000x1 line) is fitted into nothing
+            # thinner than a pixel at 28x28 (a 3000x1 line) is fitted into nothing; one trimmed
+            # had black edges, and its border now is the object's
             names[-1] += f"  (a light background: {'drop' if invert else 'try'} --invert)"
         batches.append(batch)
     return np.concatenate(batches), names, pictures
