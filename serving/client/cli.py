@@ -255,6 +255,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _top = number_in(int, 1, len(CLASS_NAMES), expected=f"1..{len(CLASS_NAMES)}")
 _index = number_in(int, 0, expected="an index >= 0")
+
+
 def _classify(args) -> int:
     from serving.client.classifying import classify
 
@@ -268,33 +270,12 @@ def _score(args) -> int:
 
 
 def _health(args) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from serving.client.status import health
 
-    with _security(args).channel(args.target, [("grpc.lb_policy_name", args.lb)]) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=args.service),
-                                  timeout=args.timeout)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            raise ValueError(f"NOT_FOUND: the server has no service {args.service!r}") from None
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(status)
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return health(args, _security(args))
 
 
 def _models(args) -> int:
-    from serving.client.api import ClassifierClient
+    from serving.client.status import models
 
-    with ClassifierClient(args.target, args.timeout, _security(args), args.lb) as client:
-        models = client.list_models()
-    # "newest": the version a call naming none gets ("default" read as the default model)
-    print(f"{'model':<10} {'version':>7} {'newest':<7} {'accuracy':>8}  {'sha256':<12}  "
-          f"{'created':<25} description")
-    for m in models:
-        print(f"{m.name:<10} {m.version:>7} {'yes' if m.is_default_version else '':<7} "
-              f"{f'{m.test_accuracy:.4f}' if m.test_accuracy else '-':>8}  {m.sha256[:12]:<12}  "
-              f"{m.created_at:<25} {m.description}")  # no accuracy in model.json: -
-    return 0
+    return models(args, _security(args))
