@@ -267,3 +267,19 @@ def test_a_target_of_a_scheme_grpc_lacks_is_refused_as_such(capsys, address):
         f"fmnist health: error: --target: expected HOST:PORT or a gRPC name such as "
         f"dns:///NAME:PORT, got {address!r}: gRPC has no {address.partition(':')[0]}: scheme "
         "(see fmnist health --help)\n")
+
+
+def test_every_option_of_fmnist_says_what_to_give():
+    """`--timeout TIMEOUT`, `--csv CSV`, `--batch-size BATCH_SIZE`: argparse's placeholder, the
+    flag's own name, said nothing of what to give (seconds? a file? how many?)."""
+    commands = cli._parser()._subparsers._group_actions[0].choices
+    said = {}
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and action.nargs != 0 and not action.choices:
+                said[f"{name} {action.option_strings[0]}"] = action.metavar
+                assert action.metavar, (name, action.dest)  # chosen, not argparse's
+    assert said["score --timeout"] == "SECONDS" and said["health --target"] == "HOST:PORT"
+    assert (said["score --csv"], said["score --json"], said["score --batch-size"]) == (
+        "FILE", "FILE", "N")
+    assert "[--target HOST:PORT]" in commands["models"].format_usage()  # as README's table

@@ -153,7 +153,7 @@ def data_dir_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="",
+    parser.add_argument("--model", default="", metavar="NAME",
                         help="model: softmax, mlp or baseline (default: the server's)")
-    parser.add_argument("--version", type=version_number, default=0,
+    parser.add_argument("--version", type=version_number, default=0, metavar="N",
                         help="model version (0 = newest)")

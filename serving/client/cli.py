@@ -169,13 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_option(sub, "--target", type=grpc_target, default=DEFAULT_TARGET,
-                   help="server address HOST:PORT")
+                   metavar="HOST:PORT", help="server address")
         add_option(sub, "--lb", choices=LB_POLICIES, default=LB_POLICIES[0],
                    help="how calls spread over the addresses the target resolves to: "
                    "round_robin sends each to the next (e.g. --target "
                    "dns:///NAME.NAMESPACE.svc.cluster.local:50051, a Kubernetes headless "
                    "Service)")
         add_option(sub, "--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
+                   metavar="SECONDS",
                    help="seconds to wait for each answer (each of score's stream too)")
         security = sub.add_argument_group("security (flags win over env vars)")
         add_option(security, "--tls", action="store_true",
@@ -190,8 +191,9 @@ def _parser() -> argparse.ArgumentParser:
         add_option(security, "--tls-server-name", metavar="NAME",
                    help="the name the server's certificate must carry, when the target's host "
                    "is not one of its names (a port-forward to 127.0.0.1); implies --tls")
-        add_option(security, "--token", secret=True, type=bearer_token, help="bearer token, for "
-                   "servers started with --auth-token (safer as the env var: flags show in ps)")
+        add_option(security, "--token", secret=True, type=bearer_token, metavar="TOKEN",
+                   help="bearer token, for servers started with --auth-token (safer as the env "
+                   "var: flags show in ps)")
         sub.set_defaults(run=run, parser=sub)
         return sub
 
@@ -211,23 +213,24 @@ def _parser() -> argparse.ArgumentParser:
                           "on a light background (Fashion-MNIST has light objects on black)")
     data_dir_flag(classify)  # of --test-index
     model_flags(classify)
-    classify.add_argument("--top", type=_top, default=3,
+    classify.add_argument("--top", type=_top, default=3, metavar="N",
                           help=f"how many classes to show (1..{len(CLASS_NAMES)})")
 
     score = command("score", _score,
                     "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
                     "model and of the baseline, their agreement, images/s, latency.")
     model_flags(score)
-    score.add_argument("--offset", type=_index, default=0, help="first test image")
-    score.add_argument("--limit", type=positive_int, default=None,
+    score.add_argument("--offset", type=_index, default=0, metavar="INDEX",
+                       help="first test image")
+    score.add_argument("--limit", type=positive_int, default=None, metavar="N",
                        help="how many images (default: all from --offset on)")
-    score.add_argument("--batch-size", type=positive_int, default=None,
+    score.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                        help=f"images per request (default: {SCORE_BATCH}, or the server's "
                        "--max-request-images if lower)")
     score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
                        help="one ClassifyStream call, or one Classify call per batch")
-    score.add_argument("--csv", type=home_path, help="write every prediction to this CSV file "
-                       "('-': stdout, before the summary)")
+    score.add_argument("--csv", type=home_path, metavar="FILE", help="write every prediction "
+                       "to this CSV file ('-': stdout, before the summary)")
     score.add_argument("--json", type=home_path, metavar="FILE",
                        help="write the run's figures (accuracies, each class's, the confusion "
                        "matrices, throughput, latency) to FILE as JSON, those of the images "
@@ -238,15 +241,16 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--expect-accuracy", metavar="A", type=expected_accuracy,
                        help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
                        "for the test_accuracy recorded at training) within --tolerance")
-    score.add_argument("--tolerance", type=fraction, default=None,  # given or not: scoring
+    score.add_argument("--tolerance", type=fraction, default=None, metavar="FRACTION",
                        help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
+    # (default None, not TOLERANCE: scoring tells a --tolerance given without it)
     data_dir_flag(score)
     score.add_argument("--no-progress", action="store_true",
                        help="no progress bar (there is none when stderr is not a terminal)")
 
     health = command("health", _health,
                      "Exit 0 if the server reports SERVING, 1 otherwise (container healthcheck).")
-    health.add_argument("--service", default="",
+    health.add_argument("--service", default="", metavar="NAME",
                         help="service to ask about ('' = the whole server)")
 
     command("models", _models, "List the model versions the server has loaded.")
