@@ -140,3 +140,17 @@ def test_a_json_that_cannot_be_written_fails_the_run_naming_it(target, into, sai
     finally:
         process.kill()
     assert (process.returncode, stderr) == (1, f"fmnist score: error: --json {into}: {said}\n")
+
+
+def test_a_quick_scores_duration_is_shown_in_digits_that_say_it(target, capsys, tmp_path):
+    """A run of a few images printed its duration as "(0.00 s)": nothing a person can read."""
+    import re
+
+    json_path = tmp_path / "score.json"
+    assert cli.main(["score", "--target", target, "--limit", "5", "--no-progress", "--json",
+                     str(json_path)]) == 0
+    seconds = json.loads(json_path.read_text())["seconds"]
+    shown = re.search(r"images/s \((\S+) (ms|s)\)", capsys.readouterr().out)
+    assert shown, "no duration on the throughput row"
+    shown_seconds = float(shown[1]) / (1000 if shown[2] == "ms" else 1)
+    assert shown_seconds > 0 and abs(shown_seconds - seconds) <= 0.01 * seconds, shown[0]

@@ -117,7 +117,7 @@ def score(args, security) -> int:
             f"{baseline['accuracy']:.4f}"), ("agreement", f"{document['agreement']:.4f}")]
           if baseline else []),
         ("throughput", f"{document['images_per_second']:.0f} images/s "
-         f"({document['seconds']:.2f} s)"),
+         f"({summary.duration(document['seconds'])})"),
         ("latency per batch", f"p50 {document['latency_ms']['p50']:.1f} ms, p99 "
          f"{document['latency_ms']['p99']:.1f} ms ({len(batches)} batch"
          f"{'es' * (len(batches) != 1)} of <= {batch_size}, {args.rpc})"),

@@ -40,6 +40,11 @@ def table(title: str, matrix: np.ndarray) -> list[str]:
     return lines
 
 
+def duration(seconds: float) -> str:
+    """A run's duration to read: in ms below a second, to 3 digits (a quick run's was "0.00 s")."""
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def side(answer: ModelAnswer, labels: np.ndarray) -> dict:
     """One model version's figures over the run, as --json writes them."""
     matrix = confusion(labels, answer.labels)
