@@ -209,7 +209,7 @@ def test_a_stop_during_the_json_write_leaves_the_file_whole(tmp_path):
     the JSON did; a previous run's figures were lost, and nothing took their place. A stop at
     each step of the write in turn (a real SIGINT, raised where the next one falls) leaves the
     file as it was or whole, and nothing beside it."""
-    from serving.client.scoring import _write_json
+    from serving.client.output_files import write_json
 
     path, previous, document = tmp_path / "score.json", '{"images": 1}\n', {"images": 2}
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -226,7 +226,7 @@ def test_a_stop_during_the_json_write_leaves_the_file_whole(tmp_path):
 
             sys.setprofile(stop_at_step)
             try:
-                _write_json(path, document)
+                write_json(path, document)
             except KeyboardInterrupt:
                 pass
             else:

@@ -3,16 +3,12 @@ progress bar; prints accuracies, agreement with the baseline, throughput and lat
 optionally the confusion matrix, every answer into a CSV file and every figure into JSON."""
 
 import contextlib
-import errno
 import functools
-import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -21,6 +17,7 @@ from common.dataset import load_test_set
 from serving.client import summary
 from serving.client.api import ClassifierClient
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
+from serving.client.output_files import check_writable, same_file, write_file, write_json
 from serving.client.predictions import Predictions
 from serving.client.stops import Terminated
 
@@ -33,8 +30,8 @@ def score(args, security) -> int:
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     for flag, path in (("--csv", args.csv), ("--json", args.json)):
         if path:
-            _check_writable(flag, path)
-    if args.csv and args.json and _same_file(args.csv, args.json):
+            check_writable(flag, path)
+    if args.csv and args.json and same_file(args.csv, args.json):
         raise UsageError(f"--csv {args.csv} and --json {args.json}: the same file; give each "
                          "its own")
     images, labels = load_test_set(args.data_dir)
@@ -73,7 +70,7 @@ def score(args, security) -> int:
         else:
             stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
         predictions = args.csv and Predictions(answers, args.offset, labels, functools.partial(
-            _write, "--csv", args.csv, f"the CSV's end (of {len(labels)} rows)"))
+            write_file, "--csv", args.csv, f"the CSV's end (of {len(labels)} rows)"))
         figures = functools.partial(summary.document, args, answers, labels=labels,
                                     latencies=latencies, batch_size=batch_size,
                                     expected=expected, tolerance=tolerance)
@@ -126,7 +123,7 @@ def score(args, security) -> int:
         rows.append(("predictions", str(args.csv)))
     out = sys.stdout
     if args.json:
-        if _write_json(args.json, document) is sys.stdout:
+        if write_json(args.json, document) is sys.stdout:
             out = sys.stderr  # stdout holds the JSON alone, for the program that reads it
         else:
             rows.append(("json summary", str(args.json)))
@@ -147,11 +144,6 @@ def score(args, security) -> int:
               f"expected {expected:.4f} by more than {tolerance}", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_json(path: Path, document: dict) -> TextIO | None:
-    text = json.dumps(document, indent=2) + "\n"
-    return _write("--json", path, "the JSON's end", lambda f: f.write(text), whole=True)
 
 
 def _files_left(predictions: Predictions | None, json_path: Path | None, ended: BaseException,
@@ -175,7 +167,7 @@ def _files_left(predictions: Predictions | None, json_path: Path | None, ended: 
     elif json_path:
         try:
             document = figures()
-            _write_json(json_path, document)
+            write_json(json_path, document)
             said.append(f"--json: partial, {document['images']} images")
         except KeyboardInterrupt:  # a second stop
             said.append("--json not written")
@@ -205,90 +197,3 @@ def _expected_accuracy(args, client, model) -> float | None:
         raise UsageError(f"--expect-accuracy manifest: the model.json of {model.name} "
                          f"v{model.version} records no test accuracy; give a fraction instead")
     return recorded
-
-
-def _check_writable(flag: str, path: Path) -> None:
-    """Can ``path`` (--csv, --json) be written? Not found out after the scoring. A named pipe
-    is not opened: its reader took the check's close for the end, and the file then waited
-    for another forever."""
-    try:
-        if str(path) == "-" and not sys.stdout:  # >&-: nowhere to write it
-            raise UsageError(f"{flag} {path}: stdout is closed")
-        if str(path) == "-":
-            return
-        if _std_stream(path) or path.is_fifo():
-            if not os.access(path, os.W_OK):
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-            return
-        existed = path.exists()
-        open(path, "a").close()
-        if not existed:  # a failed run leaves no empty file
-            path.unlink()
-    except OSError as error:
-        raise UsageError(f"{flag} {path}: {error.strerror}") from None
-
-
-def _same_file(one: Path, other: Path) -> bool:
-    if (stream := _std_stream(one)) and stream is _std_stream(other):  # "-", /dev/stdout
-        return True
-    with contextlib.suppress(OSError):  # one does not exist yet
-        return os.path.samestat(os.stat(one), os.stat(other))
-    return one.resolve() == other.resolve()
-
-
-def _std_stream(path: Path) -> TextIO | None:
-    """sys.stdout (or stderr) when ``path`` is where it writes (/dev/stdout), or is "-" (as
-    for other tools; it wrote a file named '-'): opened again, a file it went to was truncated
-    and written from its start, under the summary. A stream closed when the command started
-    (>&-) is None, passed over."""
-    if str(path) == "-":
-        return sys.stdout
-    for stream in filter(None, (sys.stdout, sys.stderr)):
-        with contextlib.suppress(OSError, ValueError):  # no such file; no file under the stream
-            if os.path.samestat(os.stat(path), os.fstat(stream.fileno())):
-                return stream
-    return None
-
-
-def _write(flag: str, path: Path, end: str, write: Callable[[TextIO], None],
-           whole: bool = False) -> TextIO | None:
-    """Runs ``write`` on ``path`` opened (or on the standard stream it names, returned); if
-    ``whole``, a file is written beside it and renamed over it (``_replacing``). A file
-    that cannot be written fails the run in one line naming it: a full disk said Python's
-    "[Errno 28] No space left on device", and a reader that stopped before ``end`` (`| head`,
-    a named pipe's) nothing at all, exit 0 (cli's exit 0 is for the summary's reader)."""
-    stream = _std_stream(path)
-    target = Path(os.path.realpath(path))  # a link's file, not the link
-    try:
-        if whole and not stream and os.access(target.parent, os.W_OK) and (
-                target.is_file() or not target.exists()):  # not /dev/null, a pipe
-            _replacing(target, write)
-            return None
-        with contextlib.nullcontext(stream) if stream else open(path, "w", newline="") as f:
-            write(f)
-            f.flush()
-    except OSError as error:
-        if stream:  # the rest of its buffer, flushed at exit, goes nowhere
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        if isinstance(error, BrokenPipeError):
-            raise RuntimeError(f"{flag} {path}: its reader stopped before {end}") from None
-        raise RuntimeError(f"{flag} {path}: {error.strerror or error}") from None
-    return stream
-
-
-def _replacing(path: Path, write: Callable[[TextIO], None]) -> None:
-    """Runs ``write`` on a new file beside ``path``, then renames it over ``path`` (with its
-    mode, if it was there): a stop or a full disk midway leaves ``path`` as it was, and
-    nothing beside it. Opened for writing, it was emptied first, and a stop before the write
-    left it so: a previous run's figures lost, none in their place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", newline="") as file:
-            write(file)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copymode(path, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
