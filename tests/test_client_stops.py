@@ -69,6 +69,35 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
     assert document["expected_accuracy"] is None
 
 
+def test_a_score_stopped_before_its_first_answer_leaves_no_previous_runs_files(tmp_path):
+    """Stopped in its first call (or the test set's load), a run said only "stopped (SIGTERM)",
+    and a previous run's --csv and --json stayed, to be read as this run's. Its line says that
+    none was written, and those files are gone."""
+    import socket
+
+    csv_path, json_path = tmp_path / "p.csv", tmp_path / "score.json"
+    csv_path.write_text("index\n0\n")
+    json_path.write_text('{"images": 10000, "complete": true}')  # a previous run's
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.client", "score", "--target",
+             f"127.0.0.1:{silent.getsockname()[1]}", "--csv", str(csv_path), "--json",
+             str(json_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            silent.settimeout(60)
+            connection = silent.accept()[0]  # the first call is under way
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+            connection.close()
+        finally:
+            process.kill()
+    assert (process.returncode, out) == (128 + signal.SIGTERM, ""), err
+    assert err == ("fmnist score: stopped (SIGTERM) before the first answer (--csv and --json "
+                   f"not written: no image answered, the previous {csv_path} and {json_path} "
+                   "removed)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("rpc", ["unary", "stream"])
 def test_a_score_whose_server_goes_away_says_what_its_files_hold(model_repository, tmp_path,
                                                                   rpc):

@@ -17,7 +17,13 @@ from common.dataset import load_test_set
 from serving.client import summary
 from serving.client.api import ClassifierClient
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
-from serving.client.output_files import check_writable, same_file, write_file, write_json
+from serving.client.output_files import (
+    check_writable,
+    same_file,
+    std_stream,
+    write_file,
+    write_json,
+)
 from serving.client.predictions import Predictions
 from serving.client.stops import Terminated
 
@@ -34,70 +40,69 @@ def score(args, security) -> int:
     if args.csv and args.json and same_file(args.csv, args.json):
         raise UsageError(f"--csv {args.csv} and --json {args.json}: the same file; give each "
                          "its own")
-    images, labels = load_test_set(args.data_dir)
-    end = len(images) if args.limit is None else args.offset + args.limit
-    if not args.offset < end <= len(images):
-        asked = f"--offset {args.offset}" + (f" --limit {args.limit}" if args.limit else "")
-        raise UsageError(f"{asked}: outside the {len(images)} test images")
-    if args.expect_accuracy == "manifest" and end - args.offset < len(images):
-        raise UsageError("--expect-accuracy manifest: model.json records the accuracy over all "
-                         f"{len(images)} test images; drop --offset and --limit, or give a "
-                         "fraction")
-    images, labels = images[args.offset : end], labels[args.offset : end]
-    sent_at: list[float] = []
+    answers, latencies, sent_at = [], [], []
+    predictions = None  # made at the first answer: none is written before it
 
     def timed(batches):
         for batch in batches:
             sent_at.append(time.perf_counter())
             yield batch
 
-    answers, latencies = [], []
-    with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
-        total=len(images), unit="img", file=sys.stderr,
-        # a log would get every redraw; 2>&- leaves Python no sys.stderr
-        disable=args.no_progress or not (sys.stderr and sys.stderr.isatty()),
-    ) as progress:
-        # one image finds the version; every batch asks for that one, whatever is published
-        # meanwhile (the answers of two versions would be refused at the end, by joined)
-        found = client.classify(images[:1], args.model, args.version).model
-        expected = _expected_accuracy(args, client, found)
-        batch_size = _batch_size(args, client.max_request_images(found.name, found.version))
-        batches = [images[start : start + batch_size]
-                   for start in range(0, len(images), batch_size)]
-        started = time.perf_counter()
-        if args.rpc == "stream":
-            stream = client.classify_batches(timed(batches), found.name, found.version)
-        else:
-            stream = (client.classify(batch, found.name, found.version) for batch in timed(batches))
-        predictions = args.csv and Predictions(answers, args.offset, labels, functools.partial(
-            write_file, "--csv", args.csv, f"the CSV's end (of {len(labels)} rows)"))
-        figures = functools.partial(summary.document, args, answers, labels=labels,
-                                    latencies=latencies, batch_size=batch_size,
-                                    expected=expected, tolerance=tolerance)
-        try:
+    try:  # from the start: a stop during the test set's load or the first call said no more
+        # than "stopped (SIGTERM)", and left a previous run's files as if this run's
+        images, labels, end = _test_images(args)
+        with ClassifierClient(args.target, args.timeout, security, args.lb) as client, tqdm(
+            total=len(images), unit="img", file=sys.stderr,
+            # a log would get every redraw; 2>&- leaves Python no sys.stderr
+            disable=args.no_progress or not (sys.stderr and sys.stderr.isatty()),
+        ) as progress:
+            # one image finds the version; every batch asks for that one, whatever is published
+            # meanwhile (the answers of two versions would be refused at the end, by joined)
+            found = client.classify(images[:1], args.model, args.version).model
+            expected = _expected_accuracy(args, client, found)
+            batch_size = _batch_size(args, client.max_request_images(found.name, found.version))
+            batches = [images[start : start + batch_size]
+                       for start in range(0, len(images), batch_size)]
+            started = time.perf_counter()
+            if args.rpc == "stream":
+                stream = client.classify_batches(timed(batches), found.name, found.version)
+            else:
+                stream = (client.classify(batch, found.name, found.version)
+                          for batch in timed(batches))
+            into_csv = functools.partial(write_file, "--csv", args.csv,
+                                         f"the CSV's end (of {len(labels)} rows)")
+            figures = functools.partial(summary.document, args, answers, labels=labels,
+                                        latencies=latencies, batch_size=batch_size,
+                                        expected=expected, tolerance=tolerance)
             for index, answer in enumerate(stream):
                 latencies.append(time.perf_counter() - sent_at[index])
                 answers.append(answer)
                 progress.update(len(answer))
-                if predictions:
+                if args.csv:  # (the file opened, emptied, once an answer is there to write)
+                    predictions = predictions or Predictions(answers, args.offset, labels,
+                                                             into_csv)
                     predictions.arrived()
             if predictions:  # every row, however slow their reader; a stop meanwhile says so
                 predictions.close()
-        except (KeyboardInterrupt, Exception) as ended:  # a stop (Ctrl-C, SIGTERM) or an
-            # error midway (the server went away): cli's one line says how far, and the files
-            answered = sum(map(len, answers))
-            ended_by = ("error" if isinstance(ended, Exception) else
-                        "SIGTERM" if isinstance(ended, Terminated) else "SIGINT")
-            files = _files_left(predictions, args.json, ended, answered and functools.partial(
-                figures, seconds=time.perf_counter() - started, ended_by=ended_by))
-            if files or not (predictions and ended is predictions.error):  # (the CSV's own
-                # failure, alone, is said by its line: `--csv -: its reader stopped ...`)
-                ended.progress = f" after {answered} of {len(images)} images{files}"
-            raise
-        finally:
-            if predictions:  # (an error's: the rows of the answers before it)
-                predictions.close()
-        elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+    except UsageError:  # refused before the run: its files are left alone
+        raise
+    except (KeyboardInterrupt, Exception) as ended:  # a stop (Ctrl-C, SIGTERM) or an error
+        # (the server went away): cli's one line says how far, and the files
+        answered = sum(map(len, answers))
+        ended_by = ("error" if isinstance(ended, Exception) else
+                    "SIGTERM" if isinstance(ended, Terminated) else "SIGINT")
+        files = _files_left(predictions, args, ended, answered and functools.partial(
+            figures, seconds=time.perf_counter() - started, ended_by=ended_by))
+        said_alone = ((predictions and ended is predictions.error)  # `--csv -: its reader`
+                      or (not answered and isinstance(ended, Exception)))  # `UNAVAILABLE: ...`
+        if files or not said_alone:
+            ended.progress = (f" after {answered} of {len(labels)} images" if answered
+                              else " before the first answer") + files
+        raise
+    finally:
+        if predictions:  # (an error's: the rows of the answers before it)
+            predictions.close()
     if predictions and predictions.error:
         raise predictions.error
 
@@ -146,14 +151,28 @@ def score(args, security) -> int:
     return 0
 
 
-def _files_left(predictions: Predictions | None, json_path: Path | None, ended: BaseException,
+def _test_images(args) -> tuple[np.ndarray, np.ndarray, int]:
+    """The images and labels of the test set's slice to score (--offset, --limit), its end."""
+    images, labels = load_test_set(args.data_dir)
+    end = len(images) if args.limit is None else args.offset + args.limit
+    if not args.offset < end <= len(images):
+        asked = f"--offset {args.offset}" + (f" --limit {args.limit}" if args.limit else "")
+        raise UsageError(f"{asked}: outside the {len(images)} test images")
+    if args.expect_accuracy == "manifest" and end - args.offset < len(images):
+        raise UsageError("--expect-accuracy manifest: model.json records the accuracy over all "
+                         f"{len(images)} test images; drop --offset and --limit, or give a "
+                         "fraction")
+    return images[args.offset : end], labels[args.offset : end], end
+
+
+def _files_left(predictions: Predictions | None, args, ended: BaseException,
                 figures: Callable[[], dict] | None) -> str:
     """What a run cut short (``ended``) left of its files: the CSV's rows written so far (after
     an error, every row, as for a run that ends well; a stop gives the thread a second to
     write the rest: a reader that stopped reading holds it), and the JSON of the images
     answered (``figures``, None if none was), marked partial: unwritten, a previous run's file
     stayed, and was read as this run's."""
-    said = []
+    said, unwritten = [], {}
     if predictions:  # a stop meanwhile (a second one, or the first after an error): no more
         # waiting, and the same line (it said only "stopped (SIGTERM)", how far lost)
         with contextlib.suppress(KeyboardInterrupt):
@@ -162,18 +181,38 @@ def _files_left(predictions: Predictions | None, json_path: Path | None, ended: 
         if predictions.error is not ended:  # (the error the line says already)
             said.append(str(predictions.error) if predictions.error
                         else f"--csv: {rows} row{'s' * (rows != 1)} written")
-    if json_path and not figures:
-        said.append("--json not written: no image answered")
-    elif json_path:
+    elif args.csv:  # made at the first answer
+        unwritten["--csv"] = args.csv
+    if args.json and not figures:
+        unwritten["--json"] = args.json
+    elif args.json:
         try:
             document = figures()
-            write_json(json_path, document)
+            write_json(args.json, document)
             said.append(f"--json: partial, {document['images']} images")
         except KeyboardInterrupt:  # a second stop
             said.append("--json not written")
         except Exception as error:  # _write's (the file could not be written), or the figures'
             said.append(f"--json not written: {error}")
+    said += _none_written(unwritten)
     return f" ({', '.join(said)})" if said else ""
+
+
+def _none_written(paths: dict[str, Path]) -> list[str]:
+    """What a run says of the files (``paths``, by flag) it wrote nothing into, no image being
+    answered: a previous run's regular file at such a path is removed, not left to be read as
+    this run's (a stream, a named pipe, /dev/null are left as they are)."""
+    said = [f"{' and '.join(paths)} not written: no image answered"] if paths else []
+    removed = []
+    for path in paths.values():
+        target = Path(os.path.realpath(path))  # a link's file, as it is written
+        if not std_stream(path) and target.is_file():
+            try:
+                target.unlink()
+                removed.append(str(path))
+            except OSError as error:
+                said.append(f"the previous {path} left: {error.strerror}")
+    return said + ([f"the previous {' and '.join(removed)} removed"] if removed else [])
 
 
 def _batch_size(args, server_limit: int) -> int:
