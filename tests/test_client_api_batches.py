@@ -59,3 +59,40 @@ def test_classify_batches_splits_a_batch_as_classify_does(model_repository, test
             assert len(answers[0].baseline.class_names) == 25
         with pytest.raises(ValueError, match=r"^batch_size: expected a count >= 1, got 0$"):
             list(client.classify_batches([images], batch_size=0))
+
+
+def test_a_batch_split_into_parts_keeps_to_the_version_its_first_part_got(repository_copy,
+                                                                          test_set, monkeypatch):
+    """classify_batches sent every part of a batch larger than a call takes before the first
+    was answered, each to the newest version: one published between two parts failed the
+    batch, ValueError "the model changed version". The parts after the first go to the
+    version that answered it, as classify's do."""
+    import time
+
+    from serving.client import api
+    from tests.conftest import tiny_classifier
+    from training.repository import write_version
+
+    settings = local_settings(model_repository=repository_copy, poll_interval=0.1,
+                              max_request_images=10)
+    encoded, encode = [], api.encode_request
+
+    def published_before_the_second_part(*args):
+        encoded.append(args)
+        if len(encoded) == 2:  # a real mlp v3, loaded by the server, before the 2nd part goes
+            write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
+            with ClassifierClient(target) as other:
+                deadline = time.monotonic() + 10
+                while other.get_model("mlp").version != 3:
+                    assert time.monotonic() < deadline, "mlp v3 was never loaded"
+                    time.sleep(0.02)
+        return encode(*args)
+
+    monkeypatch.setattr(api, "encode_request", published_before_the_second_part)
+    images = test_set[0][:25]
+    with running_server(settings) as server, ClassifierClient(
+            target := f"127.0.0.1:{server.port}") as client:
+        (answer,) = client.classify_batches([images], model="mlp")
+    assert (len(encoded), len(answer), answer.model.version) == (3, 25, 2)
+    np.testing.assert_array_equal(answer.model.labels,
+                                  reference(repository_copy, "mlp", 2, images)[1])

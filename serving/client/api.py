@@ -15,6 +15,7 @@ import argparse
 import collections
 import itertools
 import json
+import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -151,9 +152,10 @@ class ClassifierClient:
         *, batch_size: int | None = None, timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Classification]:
         """Classifies each batch over one ClassifyStream call, yielding the answers in order.
-        A batch is sent as ``classify`` sends its images, in parts one call may carry, and
-        answered as one (ValueError if a version was published between its parts: they are
-        sent before the first is answered). ``timeout`` bounds the wait for each answer, not
+        A batch is sent as ``classify`` sends its images, in parts one call may carry, each
+        after the first to the version that answered it (sent at once, a version published
+        between two failed the batch; a baseline's still does, ValueError: it cannot be asked
+        for), and answered as one. ``timeout`` bounds the wait for each answer, not
         the whole stream (a hung server's stream was waited for as long as the whole). A
         batch that cannot be sent raises its own error (ValueError for a wrong shape), as
         ``batches`` does its own."""
@@ -161,16 +163,22 @@ class ClassifierClient:
         failed: list[Exception] = []  # a batch that gRPC's thread could not send
         parts: collections.deque[int] = collections.deque()  # of each batch sent, in order
         sent: list[float] = []  # when each request went, for the watch
+        firsts: queue.SimpleQueue = queue.SimpleQueue()  # the model a split batch's first got
 
         def requests() -> Iterator[pb.ClassifyRequest]:
             try:
                 for index, batch in enumerate(batches):
                     split = self._parts(batch, batch_size, timeout)
                     parts.append(len(split))  # before its first part goes
-                    for part in split:
-                        request = encode_request(part, model, version, str(index))
+                    to = (model, version)
+                    for number, part in enumerate(split):
+                        request = encode_request(part, *to, str(index))
                         sent.append(time.monotonic())
                         yield request
+                        # the rest to the version the first got (None: the caller stopped)
+                        if (number == 0 and len(split) > 1 and not version
+                                and (to := firsts.get()) is None):
+                            return
                 sent.append(time.monotonic())  # the stream's end, what the last wait is for
             except Exception as error:  # gRPC says only "Exception iterating requests!"
                 failed.append(error)
@@ -197,6 +205,8 @@ class ClassifierClient:
                         raise
                 answers.append(decode_response(response))
                 if len(answers) < parts[0]:
+                    if len(answers) == 1 and not version:  # the first part's: the rest go
+                        firsts.put((answers[0].model.name, answers[0].model.version))
                     continue
                 if watch:
                     watch.awaited = None  # not while the caller has the answer
@@ -204,6 +214,7 @@ class ClassifierClient:
                 yield joined(answers)
                 answers = []
         finally:
+            firsts.put(None)  # a split batch's rest, still waiting, is not sent
             if watch:
                 watch.ended.set()
 
