@@ -73,3 +73,12 @@ def test_invert_of_an_npy_array_on_standard_input_is_refused_as_of_a_file(target
     assert piped.stderr.decode() == (
         "fmnist classify: error: --invert: no picture file to invert (.npy arrays and "
         "--test-index images are taken as they are) (see fmnist classify --help)\n")
+
+
+def test_empty_standard_input_is_named_so(target):
+    """`curl -sf URL | fmnist classify -` whose curl failed piped nothing, and the line said
+    "cannot identify image file", as if a file had come that was no picture."""
+    piped = classify_stdin(target, b"")
+    assert (piped.returncode, piped.stdout) == (1, b"")
+    assert piped.stderr.decode() == ("fmnist classify: error: -: standard input is empty: no "
+                                     "picture nor .npy array came\n")

@@ -80,7 +80,9 @@ def _standard_input() -> io.BytesIO:
     """What standard input holds, for "-" (a picture, or a .npy array by its first bytes)."""
     if sys.stdin is None:  # <&-
         raise ValueError("-: standard input is closed")
-    return io.BytesIO(sys.stdin.buffer.read())
+    if not (data := sys.stdin.buffer.read()):  # (a failed `curl -sf URL |`: no picture said)
+        raise ValueError("-: standard input is empty: no picture nor .npy array came")
+    return io.BytesIO(data)
 
 
 def _border(pixels: np.ndarray) -> np.ndarray:
