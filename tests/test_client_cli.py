@@ -247,6 +247,18 @@ def test_options_may_come_before_the_command(target, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
+
+def test_options_with_no_command_after_them_say_the_command_is_missing(capsys):
+    """`fmnist --timeout 1` said "COMMAND: invalid choice: '1'", taking the option's value for
+    a command: the command is what is missing."""
+    for argv in (["--timeout", "1"], ["--target", "127.0.0.1:9", "--lb", "round_robin"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == (
+            "fmnist: error: no COMMAND after the options: give one of classify, score, health, "
+            "models (see fmnist --help)\n")
+
 def test_targets_with_a_port_reach_the_server_as_before(target, capsys):
     port = target.rsplit(":", 1)[1]
     for address in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"dns:127.0.0.1:{port}",

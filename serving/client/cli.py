@@ -103,6 +103,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     # options before the command, as kubectl's and docker's: `fmnist --target X health` said
     # "invalid choice: 'X'" (the command's own options, wherever they are)
     first = next((i for i, arg in enumerate(argv) if arg in COMMANDS), 0)
+    if argv and argv[0].startswith("-") and not first \
+            and not {"-h", "--help", "--version"} & set(argv):  # argparse: "invalid choice: '1'"
+        parser.error(f"no COMMAND after the options: give one of {', '.join(COMMANDS)}")
     if not {"-h", "--help"} & set(argv[:first]):
         argv = [*argv[first:first + 1], *argv[:first], *argv[first + 1:]]
     args, unparsed = parser.parse_known_args(
