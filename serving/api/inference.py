@@ -47,7 +47,7 @@ class InferenceAPI:
         if not self._ready():  # as Triton's: UNAVAILABLE from the drain's first moment
             raise Unavailable(DRAINING_MESSAGE)
         # an unknown model or version is NOT_FOUND, as Triton's and KServe's: "ready: false"
-        # left a client waiting for a misspelt model waiting forever
+        # kept a client that waits for a misspelt model waiting forever
         self._registry.get(request.name, parse_version(request.version), NAMED_BY)
         return pb.ModelReadyResponse(ready=True)  # every loaded version serves
 
