@@ -134,16 +134,18 @@ class HttpApp:
         ``parse`` (the request into the data plane's) and ``encode`` (the response into the
         body), so that whatever fails in them is mapped and counted as the call's failure.
         ``body``: where the request body goes, read before the call is admitted (a client
-        that stalls in the middle of it holds no place under --max-concurrent-calls)."""
+        that stalls in the middle of it holds no place under --max-concurrent-calls). A call
+        that ran HAND_OVER_AFTER_S or more hands its answer over itself (``hand_over``), to
+        learn whether its client was still there to take it: if not, it is CANCELLED."""
         taken, started = [True], time.perf_counter()  # taken[0] False: the call is CANCELLED
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""), _peer(environ),
                     is_active=lambda: taken[0])
 
-        def answer(request, call) -> Body:
-            body = encode(handler(request, call))
+        def answer(request, call) -> Body:  # (``body`` is the request's)
+            answered = encode(handler(request, call))
             if time.perf_counter() - started >= HAND_OVER_AFTER_S:
-                taken[0] = hand_over(environ, body)
-            return body
+                taken[0] = hand_over(environ, answered)
+            return answered
 
         def receive() -> None:  # a body unreadable, or cut short (its client went: CANCELLED)
             try:  # fails in parse, once admitted: counted under the URL's model
