@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from common.flags import unread_env_var_warnings, usage_error
+from common.flags import unread_env_var_warnings
+from common.usage import usage_error
 from serving.ports import check_free
 from serving.settings import settings_from
 from serving.workers_metrics import MULTIPROCESS_ENV
