@@ -152,13 +152,8 @@ def test_a_stop_ends_a_score_whose_csv_reader_stopped_reading(target, stop, said
          "1", "--rpc", "unary", "--limit", str(images), "--csv", "-"],
         stdout=write, stderr=subprocess.PIPE, text=True)
     os.close(write)  # the child's alone: at its end, the pipe's reader sees the end
-    capacity, level = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ), -1
     try:
-        for _ in range(600):  # until the pipe is full and stays so: the writer held in it
-            time.sleep(0.1)
-            level, before = _unread(read), level
-            if level > capacity - 4096 and level == before:
-                break
+        _until_the_writer_is_held(read)
         process.send_signal(stop)
         err = process.communicate(timeout=10)[1]  # it waited forever
     finally:
@@ -174,6 +169,17 @@ def test_a_stop_ends_a_score_whose_csv_reader_stopped_reading(target, stop, said
     assert lines[0].startswith("index,")
     assert [line.split(",")[0] for line in lines[1 : written + 1]] == [str(i)
                                                                       for i in range(written)]
+
+
+def _until_the_writer_is_held(read: int) -> None:
+    """Until the pipe whose read end is ``read`` is full and stays so (60 s at most): its
+    writer is held in a write."""
+    capacity, level = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ), -1
+    for _ in range(600):
+        time.sleep(0.1)
+        level, before = _unread(read), level
+        if level > capacity - 4096 and level == before:
+            return
 
 
 def _unread(read: int) -> int:
@@ -207,13 +213,8 @@ def test_a_stop_while_a_failed_score_waits_for_its_csv_says_how_far_it_got(model
              f"127.0.0.1:{server.port}", "--batch-size", "1", "--rpc", "unary", "--csv", "-"],
             stdout=write, stderr=subprocess.PIPE, text=True)
         os.close(write)
-        capacity, level = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ), -1
         try:
-            for _ in range(600):  # until the pipe is full and stays so: the writer held in it
-                time.sleep(0.1)
-                level, before = _unread(read), level
-                if level > capacity - 4096 and level == before:
-                    break
+            _until_the_writer_is_held(read)
         except BaseException:
             process.kill()
             raise
