@@ -1,8 +1,7 @@
 """The one way the command lines (fmnist-train, fmnist-serve, fmnist) read env vars: an option
 whose argparse ``dest`` is ``max_batch_size`` is also ``FMNIST_MAX_BATCH_SIZE``; the flag wins
 over the env var, which wins over the default. Containers and CI configure by env vars, people
-by flags, and both must mean the same.
-"""
+by flags, and both must mean the same."""
 
 import argparse
 import copy
@@ -168,13 +167,14 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _expand_help(self, action: argparse.Action) -> str:
-        """A list default as its flag takes it (512,256); None as number_in's none_word."""
+        """A list default as its flag takes it (512,256), None as none_word; the env var last."""
         if isinstance(action.default, tuple) or (action.default is None and getattr(
                 action.type, "none_word", "")):
             action = copy.copy(action)
             action.default = (",".join(map(str, action.default)) if action.default is not None
                               else action.type.none_word)
-        return super()._expand_help(action)
+        head, env, tail = super()._expand_help(action).partition(f"[env {env_var(action.dest)}]")
+        return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -54,8 +54,9 @@ def test_help_names_each_env_var(capsys):
     with pytest.raises(SystemExit):
         parser({}).parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for help_text, name in [("most images", "MAX_BATCH_SIZE"), ("where", "OUT"),
-                            ("epochs", "EPOCHS"), ("normalise", "BATCH_NORM")]:
+    for help_text, name in [("most images (default: 1024)", "MAX_BATCH_SIZE"),
+                            ("where", "OUT"), ("epochs (default: 20)", "EPOCHS"),
+                            ("normalise", "BATCH_NORM")]:
         assert f"{help_text} [env FMNIST_{name}]" in text
 
 
@@ -162,7 +163,7 @@ def test_help_shows_no_empty_or_second_default(capsys, argv):
         assert empty not in text
     assert "the server's) (default" not in text
     shown = {"classify": ["(default: 3)"], "score": ["first test image (default: 0)"],
-             "--help": ["(0: none) [env FMNIST_HEALTH_PORT] (default: 0)"]}[argv[0]]
+             "--help": ["(0: none) (default: 0) [env FMNIST_HEALTH_PORT]"]}[argv[0]]
     for default in shown:  # 0 is a default to show, though 0 == False
         assert default in text
 

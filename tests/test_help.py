@@ -3,6 +3,7 @@ command then takes it, and a help that cannot be written said as any other outpu
 --version."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -16,20 +17,20 @@ import serving
      "--mlp-epochs N maximum epochs (default: refused: FMNIST_MLP_EPOCHS: expected a positive "
      "integer, got abc) [env FMNIST_MLP_EPOCHS]"),
     (["fmnist-train"], {"FMNIST_SEED": "-1"},
-     "same models [env FMNIST_SEED] (default: refused: FMNIST_SEED: expected an integer >= 0 "
-     "and <= 4294967295, got -1)"),
+     "same models (default: refused: FMNIST_SEED: expected an integer >= 0 and <= 4294967295, "
+     "got -1) [env FMNIST_SEED]"),
     (["fmnist-train"], {"FMNIST_EPOCHS": "0"},
-     "--epochs N maximum epochs [env FMNIST_EPOCHS] (default: refused: FMNIST_EPOCHS: expected "
-     "a positive integer, got 0)"),
-    (["fmnist-train"], {"FMNIST_TRAIN_SUBSET": "all"}, "[env FMNIST_TRAIN_SUBSET] (default: "
-     "refused: FMNIST_TRAIN_SUBSET: expected a positive integer, got all)"),
+     "--epochs N maximum epochs (default: refused: FMNIST_EPOCHS: expected a positive integer, "
+     "got 0) [env FMNIST_EPOCHS]"),
+    (["fmnist-train"], {"FMNIST_TRAIN_SUBSET": "all"}, "(default: refused: FMNIST_TRAIN_SUBSET: "
+     "expected a positive integer, got all) [env FMNIST_TRAIN_SUBSET]"),
     (["fmnist-train"], {"FMNIST_MLP_EPOCHS": "7", "FMNIST_MLP_HIDDEN": "64,32"},
      "--mlp-epochs N maximum epochs (default: 7)"),  # a good value is the default shown
     (["fmnist-train"], {"FMNIST_MLP_HIDDEN": "64,32"}, "comma-separated (default: 64,32)"),
     (["fmnist-serve"], {"FMNIST_PARALLEL_INFERENCES": "abc"},
-     "[env FMNIST_PARALLEL_INFERENCES] (default: refused: FMNIST_PARALLEL_INFERENCES:"),
-    (["fmnist", "health"], {"FMNIST_TIMEOUT": "abc"}, "[env FMNIST_TIMEOUT] (default: refused: "
-     "FMNIST_TIMEOUT: expected seconds > 0 and <= 86400 (a day), got abc)"),
+     "(default: refused: FMNIST_PARALLEL_INFERENCES:"),
+    (["fmnist", "health"], {"FMNIST_TIMEOUT": "abc"}, "(default: refused: FMNIST_TIMEOUT: "
+     "expected seconds > 0 and <= 86400 (a day), got abc) [env FMNIST_TIMEOUT]"),
 ])
 def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypatch, command,
                                                                   environ, shown):
@@ -68,6 +69,31 @@ def test_a_subcommands_version_is_still_the_models():
     from serving.client.cli import _parser
 
     assert _parser().parse_args(["classify", "--test-index", "0", "--version", "2"]).version == 2
+
+
+HELPS = [["fmnist-train"], ["fmnist-serve"], *(["fmnist", *command] for command in (
+    ["classify"], ["score"], ["health"], ["models"]))]
+
+
+@pytest.mark.parametrize("command", HELPS, ids=" ".join)
+def test_every_flag_says_its_default_before_its_env_var(capsys, monkeypatch, command):
+    """Some flags read "(default: 42) [env FMNIST_SEED]", others "[env FMNIST_SEED] (default:
+    42)", by whether the help text held its default (fmnist-train's per-model flags, --top) or
+    the formatter added it after the variable add_option had put last; a refused variable's
+    default too. One order: the default, then the variable, last on every flag."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+    from training.options import build_parser
+
+    monkeypatch.setenv("FMNIST_SEED", "-1")  # a refused default: fmnist-train's
+    program, *argv = command
+    with pytest.raises(SystemExit):
+        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
+         "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
+         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[env FMNIST_" in text and "(default: " in text
+    assert re.findall(r"\[env FMNIST_\w+\] \(default", text) == []
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's full disk)")
