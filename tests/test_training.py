@@ -119,14 +119,16 @@ def test_default_report_directory_and_custom_one_hold_the_report(runs):
         assert "agreement" in report.lower()
 
 
-def test_a_baseline_stopped_by_its_iteration_limit_says_so(tmp_path):
+@pytest.mark.parametrize(("limit", "epochs"), [("2", "2 epochs"), ("1", "1 epoch")])
+def test_a_baseline_stopped_by_its_iteration_limit_says_so(tmp_path, limit, epochs):
     """"fitted in 0.5 s, 20 epochs" read as a finished fit: scikit-learn's ConvergenceWarning
-    is silenced (a quick baseline is the point), and nothing said the limit had stopped it."""
+    is silenced (a quick baseline is the point), and nothing said the limit had stopped it.
+    One read "1 epochs"."""
     result = run_training("--out", str(tmp_path), "--models", "baseline", "--train-subset",
-                          "1000", "--baseline-max-iter", "2", "--progress", "none")
+                          "1000", "--baseline-max-iter", limit, "--progress", "none")
     assert result.returncode == 0, result.stderr
-    assert ("2 epochs (--baseline-max-iter's limit, before --baseline-tol said it converged)"
-            in result.stdout)
+    assert (f" s, {epochs} (--baseline-max-iter's limit, before --baseline-tol said it "
+            "converged)\n" in result.stdout)
 
 
 def test_a_keras_fit_says_its_epochs_and_the_ones_early_stopping_kept(tmp_path):

@@ -63,8 +63,8 @@ def test_a_fit_whose_patience_ran_out_on_its_last_epoch_says_so(patience, says):
     """Patience that ran out on the last epoch read "not triggered, all 2 epochs ran": the
     line told triggered from not by whether epochs were left, not by what Keras did. A
     learning rate of 0: the validation accuracy of epoch 2 is epoch 1's, never better."""
+    from training.console import fit_epochs
     from training.models import KerasSettings, fit_keras
-    from training.report import fit_epochs
 
     x = np.random.default_rng(0).random((40, 784), np.float32)
     y = np.arange(40) % 10
@@ -73,6 +73,16 @@ def test_a_fit_whose_patience_ran_out_on_its_last_epoch_says_so(patience, says):
     assert fit_epochs(fitted.epochs_run, 2, patience, fitted.best_epoch,
                       fitted.stopped_early) == (
         f"2 of 2 epochs (early stopping: {says}; the weights are epoch 1's)")
+
+
+@pytest.mark.parametrize(("patience", "best", "says"), [
+    (0, None, "1 of 1 epoch (early stopping: off)"),
+    (5, 1, "1 of 1 epoch (early stopping: not triggered; the weights are epoch 1's)")])
+def test_a_fit_of_one_epoch_says_so_in_the_singular(patience, best, says):
+    """`--epochs 1` printed "1 of 1 epochs (early stopping: off, all 1 epochs ran)"."""
+    from training.console import fit_epochs
+
+    assert fit_epochs(1, 1, patience, best, False) == says
 
 
 def test_the_final_table_has_no_trailing_spaces(capsys):

@@ -20,7 +20,13 @@ import onnx
 from common.flags import given, warn_of_misspelt_variables
 from common.output import StdoutError
 from training.checks import TrainingError, check_worth_publishing
-from training.console import output_that_may_close, print_table, say_removed
+from training.console import (
+    count,
+    fit_epochs,
+    output_that_may_close,
+    print_table,
+    say_removed,
+)
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -61,7 +67,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
         )
         fitted = models.fit_baseline(settings, split.x_train, split.y_train, args.seed)
         unconverged = fitted.epochs_run >= args.baseline_max_iter and args.baseline_tol is not None
-        print(f"fitted in {fitted.fit_seconds:.1f} s, {fitted.epochs_run} epochs" + (
+        print(f"fitted in {fitted.fit_seconds:.1f} s, {count(fitted.epochs_run, 'epoch')}" + (
             " (--baseline-max-iter's limit, before --baseline-tol said it converged)"
             if unconverged else ""), flush=True)
         onnx_model = export.baseline_to_onnx(fitted.model)
@@ -81,7 +87,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
             split.y_val,
             verbose=PROGRESS[args.progress],
         )
-        print(f"fitted in {fitted.fit_seconds:.1f} s, " + report.fit_epochs(
+        print(f"fitted in {fitted.fit_seconds:.1f} s, " + fit_epochs(
             fitted.epochs_run, settings.epochs, settings.patience, fitted.best_epoch,
             fitted.stopped_early), flush=True)
         onnx_model = export.keras_to_onnx(fitted.model)

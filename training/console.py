@@ -17,6 +17,25 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
               .rstrip())
 
 
+def fit_epochs(run: int, epochs: int, patience: int, best: int | None, stopped: bool) -> str:
+    """How many epochs a Keras fit ran and why it ended there, early stopping or not: a run
+    whose epochs all ran said nothing of it, as if early stopping had been off. ``stopped``:
+    patience ran out, which on the last epoch the count of epochs cannot tell. One epoch of
+    one read "1 of 1 epochs (..., all 1 epochs ran)": "1 of 1 epoch", which says they all ran."""
+    of, ran = f"{run} of {count(epochs, 'epoch')}", f", all {epochs} epochs ran" * (epochs > 1)
+    if not patience:
+        return f"{of} (early stopping: off{ran})"
+    when = "triggered at the last epoch" if run == epochs else f"stopped after epoch {run}"
+    why = (f"{when}, {run - best} without a better validation accuracy" if stopped
+           else f"not triggered{ran}")
+    return f"{of} (early stopping: {why}; the weights are epoch {best}'s)"
+
+
+def count(number: int, noun: str) -> str:
+    """``2 epochs``, ``1 epoch``."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def say_removed(abandoned: list[Abandoned]) -> None:
     """Each killed run's staging directory removed, one line; one that could not be removed,
     or whose lock could not be read, a warning saying why (skipped without a word, for ever)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import CLASS_NAMES
+from training.console import fit_epochs
 from training.data import TRAIN_IMAGES
 from training.repository import synced, synced_directory
 
@@ -234,18 +235,6 @@ def _subset(run: dict) -> list[str]:
     return [f"**A subset:** trained with `--train-subset {subset}`, the first {subset} of the "
             f"{TRAIN_IMAGES.count} training images ({run['train_size']} training, "
             f"{run['validation_size']} validation), not the full run.", ""]
-
-
-def fit_epochs(run: int, epochs: int, patience: int, best: int | None, stopped: bool) -> str:
-    """How many epochs a Keras fit ran and why it ended there, early stopping or not: a run
-    whose epochs all ran said nothing of it, as if early stopping had been off. ``stopped``:
-    patience ran out, which on the last epoch the count of epochs cannot tell."""
-    if not patience:
-        return f"{run} of {epochs} epochs (early stopping: off, all {epochs} epochs ran)"
-    when = "triggered at the last epoch" if run == epochs else f"stopped after epoch {run}"
-    why = (f"{when}, {run - best} without a better validation accuracy" if stopped
-           else f"not triggered, all {epochs} epochs ran")
-    return f"{run} of {epochs} epochs (early stopping: {why}; the weights are epoch {best}'s)"
 
 
 def _epochs(training: dict) -> str:
