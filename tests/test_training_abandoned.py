@@ -146,8 +146,23 @@ def test_a_run_killed_as_it_publishes_or_discards_leaves_a_staging_directory_kno
     if killed_in in ("locking", "removing"):  # no .lock: perhaps a live run's, until old
         assert remove_abandoned(repository / "baseline") == []
         os.utime(left, (time.time() - LOCKED_WITHIN_S,) * 2)
-    assert remove_abandoned(repository / "baseline") == [Abandoned(left)]
+    assert remove_abandoned(repository / "baseline") == [
+        Abandoned(left, locked=killed_in != "removing")]
     assert not left.exists() and existing_versions(repository, "baseline") == []
+
+
+def test_an_empty_staging_directory_removed_says_it_had_no_lock(tmp_path, capsys):
+    """An empty one of a run's own name, a minute old, removed as a killed run's, was said
+    "(its lock is free)": it had none. What was found is said."""
+    from training.console import say_removed
+
+    left = tmp_path / "baseline" / ".staging-abc_1234"
+    left.mkdir(parents=True)
+    os.utime(left, (time.time() - LOCKED_WITHIN_S,) * 2)
+    say_removed(remove_abandoned(tmp_path / "baseline"))
+    assert capsys.readouterr().out == (f"removed {left}: left by a run that was killed (empty, "
+                                       f"without a lock, untouched for over 60 s)\n")
+    assert not left.exists()
 
 
 def test_a_live_runs_staging_directory_made_a_moment_ago_and_not_yet_locked_is_left_alone(

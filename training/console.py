@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 
 from common.output import named_stdout
-from training.staging import Abandoned
+from training.staging import LOCKED_WITHIN_S, Abandoned
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -39,18 +39,19 @@ def count(number: int, noun: str) -> str:
 def say_removed(abandoned: list[Abandoned]) -> None:
     """Each killed run's staging directory removed, one line; one that could not be removed,
     or whose lock could not be read, a warning saying why (skipped without a word, for ever)."""
-    for staging, error, known in abandoned:
+    for staging, error, known, locked in abandoned:
+        found = ("its lock is free" if locked else
+                 f"empty, without a lock, untouched for over {LOCKED_WITHIN_S:.0f} s")
         if not known:
             print(f"fmnist-train: warning: left {staging} alone: its lock cannot be read, so "
                   f"whether its run still lives is not known ({error.strerror}: "
                   f"{error.filename})", file=sys.stderr, flush=True)
         elif error:
             print(f"fmnist-train: warning: cannot remove {staging}, left by a run that was "
-                  f"killed (its lock is free): {error.strerror}: {error.filename}",
+                  f"killed ({found}): {error.strerror}: {error.filename}",
                   file=sys.stderr, flush=True)
         else:
-            print(f"removed {staging}: left by a run that was killed (its lock is free)",
-                  flush=True)
+            print(f"removed {staging}: left by a run that was killed ({found})", flush=True)
 
 
 @contextlib.contextmanager

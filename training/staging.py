@@ -35,11 +35,12 @@ def hold_lock(staging: Path) -> IO:
 class Abandoned(NamedTuple):
     """What ``remove_abandoned`` did with one a killed run left: removed it (no ``error``),
     or not, for ``error``; or, its lock unreadable (``known`` false), left it alone, as whether
-    its run lives is not known."""
+    its run lives is not known. ``locked``: it had a lock, found free (else it was empty)."""
 
     path: Path
     error: OSError | None = None
     known: bool = True
+    locked: bool = True
 
 
 def remove_abandoned(model_dir: Path) -> list[Abandoned]:
@@ -64,7 +65,8 @@ def remove_abandoned(model_dir: Path) -> list[Abandoned]:
                 if staging in published:
                     found.append(Abandoned(staging / LOCK, error_of(Path.unlink, staging / LOCK)))
                 else:
-                    found.append(Abandoned(staging, error_of(remove_staging, staging)))
+                    found.append(Abandoned(staging, error_of(remove_staging, staging),
+                                           locked=lock is not None))
         except (BlockingIOError, FileNotFoundError, NotADirectoryError):  # a file: not ours
             continue
         except OSError as error:
