@@ -27,11 +27,13 @@ class NamedStdout:
         self._stream = stream
         self._keep_running = keep_running
         self._own = None  # the descriptor's own file (a copy), while /dev/null has its place
+        self.line_open = False  # the last write did not end its line (a progress bar's)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
+        self.line_open = not text.endswith("\n") if text else self.line_open
         with self._named():
             return self._stream.write(text)
         return len(text)  # a stopped reader's, with keep_running
@@ -65,6 +67,16 @@ class NamedStdout:
             os.dup2(self._own, self._stream.fileno())
             os.close(self._own)
             self._own = None
+
+
+def end_open_line() -> None:
+    """Ends the line a progress bar left open on sys.stdout (Keras' bar redraws its line with
+    "\r" until its epoch ends), so that a line said on stderr next starts a line of its own:
+    "fmnist-train: interrupted" was written at the end of the bar. A failed write is let go:
+    the line about to be said matters more."""
+    if isinstance(sys.stdout, NamedStdout) and sys.stdout.line_open:
+        with contextlib.suppress(OSError):
+            print(flush=True)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """``fmnist-train`` refusing what it cannot do, and failing or stopped runs: one line on
 stderr, and nothing half-published left behind."""
 
+import contextlib
 import os
+import pty
 import re
 import resource
 import signal
@@ -243,3 +245,32 @@ def test_a_repository_that_cannot_be_written_is_named_in_one_line(tmp_path, unwr
         result = run_training("--out", str(out), "--models", "baseline", "--train-subset", "500")
     error = os.strerror(1 if os.geteuid() == 0 else 13)  # EPERM (immutable), EACCES
     assert (result.returncode, result.stderr) == (1, f"fmnist-train: error: {named}: {error}\n")
+
+
+# SIGINT as a terminal's Ctrl-C finds it: a test run in the background inherits it ignored
+AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+                    " from training.cli import main; sys.exit(main())")
+
+
+def test_a_stop_on_a_terminal_is_said_on_a_line_of_its_own(tmp_path):
+    """Ctrl-C mid-epoch on a terminal: "fmnist-train: interrupted" was written at the end of
+    Keras' progress bar, whose line (redrawn with "\\r") only its epoch's end ends. A real
+    terminal (a pty), the real bar, SIGINT as Ctrl-C sends it, once the bar is drawn."""
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMNIST_")}
+    with subprocess.Popen(
+            [sys.executable, "-c", AS_IN_A_TERMINAL, "--out", str(tmp_path), "--models",
+             "softmax", "--train-subset", "3000", "--epochs", "100", "--batch-size", "8"],
+            stdin=terminal, stdout=terminal, stderr=terminal, env=env) as run:
+        os.close(terminal)
+        shown = b""
+        while not re.search(rb"\r[^\n]", shown.partition(b"Epoch 1/")[2]):  # the bar drawn
+            shown += os.read(controller, 4096)  # b"" (it ended) fails the assert below
+            assert run.poll() is None, shown.decode(errors="replace")
+        run.send_signal(signal.SIGINT)
+        with contextlib.suppress(OSError):  # EIO: the run ended, the terminal closed
+            while chunk := os.read(controller, 4096):
+                shown += chunk
+        assert run.wait(timeout=300) == 128 + signal.SIGINT
+    os.close(controller)
+    assert "fmnist-train: interrupted" in shown.decode().splitlines(), shown[-300:]

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from common.flags import given, warn_of_misspelt_variables
-from common.output import StdoutError
+from common.output import StdoutError, end_open_line
 from training.checks import TrainingError, check_worth_publishing
 from training.console import (
     count,
@@ -255,12 +255,14 @@ def _main(argv: list[str] | None) -> int:
         rows, report_file = train(args)
     except KeyboardInterrupt as stop:
         _remove_made(made, args.report_dir)
+        end_open_line()
         terminated = isinstance(stop, Terminated)
         print(f"fmnist-train: {'stopped (SIGTERM)' if terminated else 'interrupted'}",
               file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as error:
         _remove_made(made, args.report_dir)
+        end_open_line()
         if args.debug:
             raise
         explained = isinstance(error, DatasetError | TrainingError | RepositoryError |
