@@ -47,6 +47,8 @@ def test_both_runs_succeed_and_print_the_table(runs):
     # between fitting and the table it said nothing for seconds: what it is doing, and each
     # model's result as soon as it has one
     assert by_flags.stdout.count("exported to ONNX: test accuracy ") == len(MODELS)
+    assert ("\n== baseline\nfitting SGDClassifier on 800 images: ten one-vs-rest problems of up "
+            "to 20 epochs, 2 at a time\nfitted in ") in by_flags.stdout  # said before its fit
     assert f"writing the report into {report_dir}" in by_env.stdout
 
 

@@ -20,13 +20,7 @@ import onnx
 from common.flags import given, warn_of_misspelt_variables
 from common.output import StdoutError, end_open_line
 from training.checks import TrainingError, check_worth_publishing
-from training.console import (
-    count,
-    fit_epochs,
-    output_that_may_close,
-    print_table,
-    say_removed,
-)
+from training.console import output_that_may_close, print_table, say_removed
 from training.data import Dataset, DatasetError
 from training.models import BaselineSettings, import_tensorflow_quietly
 from training.options import PROGRESS, build_parser, keras_settings
@@ -59,15 +53,20 @@ class Exported:
 
 def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: Dataset) -> Exported:
     """Fits ``name``, exports it, and evaluates the exported graph on the raw test images."""
-    from training import export, models, report
+    from training import console, export, models, report
 
     if name == "baseline":
         settings = BaselineSettings(
             args.baseline_max_iter, args.baseline_alpha, args.baseline_tol, args.baseline_n_jobs
         )
-        fitted = models.fit_baseline(settings, split.x_train, split.y_train, args.seed)
+        print(f"fitting SGDClassifier on {len(split.x_train)} images: ten one-vs-rest problems of "
+              f"up to {console.count(settings.max_iter, 'epoch')}, {min(settings.n_jobs, 10)} "
+              "at a time", flush=True)  # it shows no progress of its own
+        with console.seconds_so_far(args.progress == "bar" and sys.stdout.isatty()):
+            fitted = models.fit_baseline(settings, split.x_train, split.y_train, args.seed)
         unconverged = fitted.epochs_run >= args.baseline_max_iter and args.baseline_tol is not None
-        print(f"fitted in {fitted.fit_seconds:.1f} s, {count(fitted.epochs_run, 'epoch')}" + (
+        print(f"fitted in {fitted.fit_seconds:.1f} s, "
+              f"{console.count(fitted.epochs_run, 'epoch')}" + (
             " (--baseline-max-iter's limit, before --baseline-tol said it converged)"
             if unconverged else ""), flush=True)
         onnx_model = export.baseline_to_onnx(fitted.model)
@@ -87,7 +86,7 @@ def fit_and_export(name: str, args: argparse.Namespace, split: Split, dataset: D
             split.y_val,
             verbose=PROGRESS[args.progress],
         )
-        print(f"fitted in {fitted.fit_seconds:.1f} s, " + fit_epochs(
+        print(f"fitted in {fitted.fit_seconds:.1f} s, " + console.fit_epochs(
             fitted.epochs_run, settings.epochs, settings.patience, fitted.best_epoch,
             fitted.stopped_early), flush=True)
         onnx_model = export.keras_to_onnx(fitted.model)

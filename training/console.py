@@ -4,6 +4,8 @@ it (``fmnist-train ... | head -1``) without ending the run."""
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 from common.output import named_stdout
@@ -52,6 +54,35 @@ def say_removed(abandoned: list[Abandoned]) -> None:
                   file=sys.stderr, flush=True)
         else:
             print(f"removed {staging}: left by a run that was killed ({found})", flush=True)
+
+
+@contextlib.contextmanager
+def seconds_so_far(shown: bool) -> Iterator[None]:
+    """On a terminal (``shown``), the seconds the block has taken so far, redrawn each second
+    and cleared after it: the baseline's fit, which shows no progress of its own, looked hung
+    for its 25 s. A stop or an error leaves the line to the run's last line (end_open_line)."""
+    if not shown:
+        yield
+        return
+    done, start, failed = threading.Event(), time.perf_counter(), []
+
+    def tick() -> None:
+        try:
+            while not done.wait(1):
+                print(f"\r{time.perf_counter() - start:.0f} s so far", end="", flush=True)
+        except OSError as error:  # the run's to say (common.output), not this thread's
+            failed.append(error)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+    if failed:
+        raise failed[0]
+    print("\r" + " " * 20 + "\r", end="", flush=True)
 
 
 @contextlib.contextmanager
