@@ -22,29 +22,35 @@ from training.models import MLP_DEFAULTS, SOFTMAX_DEFAULTS, BaselineSettings, Ke
 MODEL_NAMES = ("softmax", "mlp", "baseline")
 PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 DESCRIPTION = """\
-Train the Fashion-MNIST classifiers, export them to ONNX into a model repository and write a
-report (test accuracy, per-class precision/recall/F1, confusion matrices, pictures).
+Train the Fashion-MNIST classifiers, export them to ONNX into a model
+repository and write a report (test accuracy, per-class precision/recall/F1,
+confusion matrices, pictures).
 
-Models: softmax (Keras softmax regression), mlp (Keras multi-layer perceptron) and baseline
-(scikit-learn SGDClassifier with log loss). 20% of the training images are held out for
-validation (early stopping); the 10,000 test images are used only for the final evaluation.
-Each run adds a new version: DIR/<model>/<version>/model.onnx + model.json.
+Models: softmax (Keras softmax regression), mlp (Keras multi-layer perceptron)
+and baseline (scikit-learn SGDClassifier with log loss). 20% of the training
+images are held out for validation (early stopping); the 10,000 test images are
+used only for the final evaluation. Each run adds a new version:
+DIR/<model>/<version>/model.onnx + model.json.
 """
 
 EPILOG = """\
 examples:
-  fmnist-train --out model_repository                     defaults (all three models)
-  fmnist-train --out /tmp/repo --train-subset 2000 --epochs 2   a quick smoke run
-  fmnist-train --out /tmp/repo --models mlp --mlp-hidden 512 --mlp-dropout 0.2
-  original seed settings (5 epochs, default RMSprop, batch 32, max_iter=5, no early stopping):
-  fmnist-train --out /tmp/repo --epochs 5 --optimizer rmsprop --learning-rate default \\
-      --lr-schedule none --patience 0 --batch-size 32 --baseline-max-iter 5 \\
-      --baseline-alpha 0.0001
+  defaults (all three models):
+    fmnist-train --out model_repository
+  a quick smoke run:
+    fmnist-train --out /tmp/repo --train-subset 2000 --epochs 2
+  a wider MLP alone:
+    fmnist-train --out /tmp/repo --models mlp --mlp-hidden 512 --mlp-dropout 0.2
+  original seed settings (5 epochs, default RMSprop, batch 32, max_iter=5, no
+  early stopping):
+    fmnist-train --out /tmp/repo --epochs 5 --optimizer rmsprop \\
+        --learning-rate default --lr-schedule none --patience 0 \\
+        --batch-size 32 --baseline-max-iter 5 --baseline-alpha 0.0001
 
-The data is read from --data-dir, /usr/share/datasets/fashion-mnist (apt-get install
-dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist, else Keras downloads it there.
-Every flag has an environment variable: FMNIST_ + the flag in capitals with - as _,
-e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
+The data is read from --data-dir, /usr/share/datasets/fashion-mnist (apt-get
+install dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist, else Keras
+downloads it there. Every flag has an environment variable: FMNIST_ + the flag
+in capitals with - as _, e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
 """
 
 
@@ -215,15 +221,15 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--progress",
         choices=PROGRESS,
         default="bar" if sys.stdout and sys.stdout.isatty() else "epoch",  # a bar floods a log
-        help="Keras output while fitting: a progress bar (default on a terminal), one line per "
-        "epoch (default otherwise), or none",
+        help="output while fitting: Keras' progress bar and the baseline's seconds so far "
+        "(default on a terminal), Keras' line per epoch (default otherwise), or none",
     )
     add("--debug", action="store_true", help="show the Python traceback on errors")
 
-    both = parser.add_argument_group(
-        "both Keras models (a flag here sets both: not with a per-model flag below; its env var, "
-        "e.g. FMNIST_EPOCHS, is only both models' default, under FMNIST_MLP_EPOCHS and the like)"
-    )
+    both = parser.add_argument_group("both Keras models", (  # a title is never wrapped
+        "A flag here sets both models: not with a per-model flag below. Its env var,\n"
+        "e.g. FMNIST_EPOCHS, is only both models' default, under FMNIST_MLP_EPOCHS\n"
+        "and the like."))
     shared_env = {}  # a shared option's env var: both models' default, under their own flags
     for field_name in [f for f in KERAS_OPTIONS if f not in MLP_ONLY]:
         flag = "--" + field_name.replace("_", "-")
