@@ -16,6 +16,7 @@ from serving.settings import listening_address
 
 # serving.metrics imports it from here: the supervisor must not import that before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SCRAPES_AT_ONCE = 16  # connections served at once (two threads each); the next wait to be accepted
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ def http_server(host: str, port: int, registry):
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
         address_family = family
+        slots = threading.BoundedSemaphore(SCRAPES_AT_ONCE)
+
+        def process_request(self, request, client_address) -> None:
+            # one thread per connection without a bound: idle ones made threads as fast as
+            # they came (held 5 s each); a slot is free within 5 s, each handler's cut
+            self.slots.acquire()
+            super().process_request(request, client_address)
+
+        def shutdown_request(self, request) -> None:  # after each connection, however it ended
+            super().shutdown_request(request)
+            self.slots.release()
+
         def server_bind(self) -> None:  # "::": IPv4 too, whatever net.ipv6.bindv6only says
             if self.address_family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
