@@ -211,15 +211,14 @@ class HttpApp:
         forms, body = [], []
 
         def parse(body: bytes) -> pb.ModelInferRequest:
-            try:
-                request, form = rest.decode_infer_request(
-                    body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
-                    path.get("version", ""), self._max_images)
-            except InvalidArgument:  # an unknown model or version is said first, as over gRPC
-                version = parse_version(path.get("version", ""), "model_version")
-                self._classifier.registry.get(  # its fields named as ModelInfer names them
-                    path["model"], version, INFER_NAMED_BY)
-                raise
+            # an unknown model or version is said first, as over gRPC, its fields named as
+            # ModelInfer names them; its outputs bound those of the body translated
+            version = parse_version(path.get("version", ""), "model_version")
+            model = self._classifier.registry.get(path["model"], version, INFER_NAMED_BY)
+            request, form = rest.decode_infer_request(
+                body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), path["model"],
+                path.get("version", ""), max_images=self._max_images,
+                model_outputs=len(model.manifest.outputs))
             forms.append(form)
             return request
 
