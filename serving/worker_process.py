@@ -86,12 +86,11 @@ class StartReport:
         self._fd: int | None = fd
 
     def send(self, message: bytes) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):  # the supervisor may be gone
-            os.write(self._fd, message)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # the supervisor may be gone
+                os.write(self._fd, message)
+            os.close(self._fd)
+            self._fd = None
 
 
 def worker_main(settings: Settings, slot: int, report_fd: int, inherited: list[int],

@@ -16,7 +16,6 @@ from serving.settings import listening_address
 
 # serving.metrics imports it from here: the supervisor must not import that before setting it
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-SCRAPES_AT_ONCE = 16  # connections served at once (two threads each); the next wait to be accepted
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +55,12 @@ def http_server(host: str, port: int, registry):
 
     class MetricsServer(ThreadingWSGIServer):  # daemon threads: a scrape never holds the exit
         address_family = family
-        slots = threading.BoundedSemaphore(SCRAPES_AT_ONCE)
+        # connections served at once (two threads each): idle ones made threads without a
+        # bound, as fast as they came; the next waits to be taken in
+        slots = threading.BoundedSemaphore(16)
 
-        def process_request(self, request, client_address) -> None:
-            # one thread per connection without a bound: idle ones made threads as fast as
-            # they came (held 5 s each); a slot is free within 5 s, each handler's cut
-            self.slots.acquire()
-            super().process_request(request, client_address)
+        def verify_request(self, request, client_address) -> bool:  # before each one's thread
+            return self.slots.acquire()  # a slot is free within 5 s, each handler's cut
 
         def shutdown_request(self, request) -> None:  # after each connection, however it ended
             super().shutdown_request(request)
