@@ -20,6 +20,18 @@ def test_a_score_that_fails_leaves_no_csv_file_of_its_own(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_score_that_reaches_no_server_leaves_a_previous_runs_files(tmp_path, capsys):
+    """Refused before the run (a misspelt --target), as by a usage error: a previous run's
+    --csv and --json are that run's, not to be removed by a run that scored nothing."""
+    csv_path, json_path = tmp_path / "p.csv", tmp_path / "score.json"
+    csv_path.write_text("index\n0\n")
+    json_path.write_text('{"images": 10000}')
+    assert cli.main(["score", "--target", "127.0.0.1:9", "--timeout", "2", "--no-progress",
+                     "--csv", str(csv_path), "--json", str(json_path)]) == 1
+    assert "removed" not in capsys.readouterr().err
+    assert (csv_path.read_text(), json_path.read_text()) == ("index\n0\n", '{"images": 10000}')
+
+
 @pytest.mark.parametrize(("where", "reason"), [("no/such/dir.csv", "No such file or directory"),
                                                (".", "Is a directory")])
 def test_score_checks_the_csv_path_before_it_scores(target, tmp_path, capsys, where, reason):

@@ -90,13 +90,13 @@ def score(args, security) -> int:
     except (KeyboardInterrupt, Exception) as ended:  # a stop (Ctrl-C, SIGTERM) or an error
         # (the server went away): cli's one line says how far, and the files
         answered = sum(map(len, answers))
+        if not answered and isinstance(ended, Exception):  # `UNAVAILABLE: ...` alone: refused
+            raise  # as by a usage error (no server, no such model), a previous run's files kept
         ended_by = ("error" if isinstance(ended, Exception) else
                     "SIGTERM" if isinstance(ended, Terminated) else "SIGINT")
         files = _files_left(predictions, args, ended, answered and functools.partial(
             figures, seconds=time.perf_counter() - started, ended_by=ended_by))
-        said_alone = ((predictions and ended is predictions.error)  # `--csv -: its reader`
-                      or (not answered and isinstance(ended, Exception)))  # `UNAVAILABLE: ...`
-        if files or not said_alone:
+        if files or not (predictions and ended is predictions.error):  # `--csv -: its reader`
             ended.progress = (f" after {answered} of {len(labels)} images" if answered
                               else " before the first answer") + files
         raise
