@@ -63,6 +63,19 @@ def tiny_classifier(seed: int) -> onnx.ModelProto:
     return prepend_preprocessing(model)
 
 
+def publish_mlp_v3(root: Path, target: str) -> None:
+    """Writes a tiny mlp v3 into the repository at ``root`` and waits (10 s at most) until the
+    server at ``target`` has loaded it: a version published in the middle of a run."""
+    from serving.client.api import ClassifierClient
+
+    write_version(root, "mlp", tiny_classifier(9), {"description": "v3"})
+    with ClassifierClient(target) as client:
+        deadline = time.monotonic() + 10
+        while client.get_model("mlp").version != 3:
+            assert time.monotonic() < deadline, "mlp v3 was never loaded"
+            time.sleep(0.02)
+
+
 def write_fixture_repository(root: Path) -> Path:
     for name, seed in FIXTURE_VERSIONS:
         write_version(

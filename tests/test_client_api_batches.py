@@ -67,11 +67,8 @@ def test_a_batch_split_into_parts_keeps_to_the_version_its_first_part_got(reposi
     was answered, each to the newest version: one published between two parts failed the
     batch, ValueError "the model changed version". The parts after the first go to the
     version that answered it, as classify's do."""
-    import time
-
     from serving.client import api
-    from tests.conftest import tiny_classifier
-    from training.repository import write_version
+    from tests.conftest import publish_mlp_v3
 
     settings = local_settings(model_repository=repository_copy, poll_interval=0.1,
                               max_request_images=10)
@@ -80,12 +77,7 @@ def test_a_batch_split_into_parts_keeps_to_the_version_its_first_part_got(reposi
     def published_before_the_second_part(*args):
         encoded.append(args)
         if len(encoded) == 2:  # a real mlp v3, loaded by the server, before the 2nd part goes
-            write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
-            with ClassifierClient(target) as other:
-                deadline = time.monotonic() + 10
-                while other.get_model("mlp").version != 3:
-                    assert time.monotonic() < deadline, "mlp v3 was never loaded"
-                    time.sleep(0.02)
+            publish_mlp_v3(repository_copy, target)
         return encode(*args)
 
     monkeypatch.setattr(api, "encode_request", published_before_the_second_part)

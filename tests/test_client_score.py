@@ -208,11 +208,8 @@ def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys,
                                                         rpc):
     """A version published during a run: the calls after it asked for the newest, and the run
     failed at its end ("the model changed version"), every image scored for nothing."""
-    import time
-
     from serving.client import scoring
-    from tests.conftest import local_settings, running_server, tiny_classifier
-    from training.repository import write_version
+    from tests.conftest import local_settings, publish_mlp_v3, running_server
 
     settings = local_settings(model_repository=repository_copy, poll_interval=0.1)
     with running_server(settings) as server:
@@ -221,12 +218,7 @@ def test_score_keeps_to_the_version_of_its_first_answer(repository_copy, capsys,
         class PublishedAfterTheFirstAnswer(scoring.tqdm):
             def update(self, n=1):
                 if not (repository_copy / "mlp" / "3").exists():
-                    write_version(repository_copy, "mlp", tiny_classifier(9), {"description": "v3"})
-                    with ClassifierClient(target) as client:
-                        deadline = time.monotonic() + 10
-                        while client.get_model("mlp").version != 3:
-                            assert time.monotonic() < deadline, "mlp v3 was never loaded"
-                            time.sleep(0.02)
+                    publish_mlp_v3(repository_copy, target)
                 return super().update(n)
 
         monkeypatch.setattr(scoring, "tqdm", PublishedAfterTheFirstAnswer)
