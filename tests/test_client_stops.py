@@ -69,14 +69,18 @@ def test_a_score_stopped_midway_says_how_far_it_got_in_one_line(target, tmp_path
     assert document["expected_accuracy"] is None
 
 
-def test_a_score_stopped_before_its_first_answer_leaves_no_previous_runs_files(tmp_path):
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_score_stopped_before_its_first_answer_leaves_no_previous_runs_files(tmp_path, linked):
     """Stopped in its first call (or the test set's load), a run said only "stopped (SIGTERM)",
     and a previous run's --csv and --json stayed, to be read as this run's. Its line says that
-    none was written, and those files are gone."""
+    none was written, and those files are gone. A --csv that is a link: the file it links to
+    is gone, the link stays and is named with it (it was said removed, and was still there)."""
     import socket
 
-    csv_path, json_path = tmp_path / "p.csv", tmp_path / "score.json"
-    csv_path.write_text("index\n0\n")
+    csv_path, json_path, real = tmp_path / "p.csv", tmp_path / "score.json", tmp_path / "r.csv"
+    if linked:
+        csv_path.symlink_to(real)
+    (real if linked else csv_path).write_text("index\n0\n")
     json_path.write_text('{"images": 10000, "complete": true}')  # a previous run's
     with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
         process = subprocess.Popen(
@@ -93,9 +97,9 @@ def test_a_score_stopped_before_its_first_answer_leaves_no_previous_runs_files(t
             process.kill()
     assert (process.returncode, out) == (128 + signal.SIGTERM, ""), err
     assert err == ("fmnist score: stopped (SIGTERM) before the first answer (--csv and --json "
-                   f"not written: no image answered, the previous {csv_path} and {json_path} "
-                   "removed)\n")
-    assert list(tmp_path.iterdir()) == []
+                   f"not written: no image answered, the previous {csv_path}"
+                   f"{f' -> {real}' if linked else ''} and {json_path} removed)\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["p.csv"] * linked
 
 
 @pytest.mark.parametrize("rpc", ["unary", "stream"])

@@ -208,8 +208,8 @@ def _none_written(paths: dict[str, Path]) -> list[str]:
         target = Path(os.path.realpath(path))  # a link's file, as it is written
         if not std_stream(path) and target.is_file():
             try:
-                target.unlink()
-                removed.append(str(path))
+                target.unlink()  # a link stays, named with its file: it is not what went
+                removed.append(f"{path} -> {target}" if Path(path).is_symlink() else str(path))
             except OSError as error:
                 said.append(f"the previous {path} left: {error.strerror}")
     return said + ([f"the previous {' and '.join(removed)} removed"] if removed else [])
