@@ -5,3 +5,8 @@ error (``common.usage``), TLS's PEM files checked (``common.pem``), a picture ma
 image (``common.pictures``), and onnxruntime's telemetry turned off (``common.telemetry``). The
 standard library and numpy only when imported (Pillow only on a picture's first use), so that
 each side imports it without the others' dependencies."""
+
+# The release's version, read here by pyproject.toml, said by each command's --version and by
+# ServerMetadata from the code it runs, installed or not (importlib.metadata said "unknown"
+# for a copied tree); here, as the image's training stage has no serving.
+__version__ = "0.1.0"

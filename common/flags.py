@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
+from common import __version__
 from common.output import StdoutError, named_stdout
 from common.usage import unrecognized, usage_error
 
@@ -186,8 +187,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, formatter_class=DefaultsHelpFormatter, version=True, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
         if version:
-            from serving import __version__  # (common imports only itself up front)
-
             self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def add_subparsers(self, **kwargs):

@@ -4,10 +4,7 @@ Importing this package loads nothing heavy, so the client and ``fmnist health`` 
 server modules pull in onnxruntime and grpc only when they are imported themselves.
 """
 
+from common import __version__ as __version__  # the release's: the package's own attribute
 from common.telemetry import without_onnxruntime_telemetry
-
-# The package's version, read here by pyproject.toml: ServerMetadata answers it from the code
-# it runs, installed or not (importlib.metadata said "unknown" for a copied tree).
-__version__ = "0.1.0"
 
 without_onnxruntime_telemetry()
