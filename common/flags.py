@@ -177,6 +177,11 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         head, env, tail = super()._expand_help(action).partition(f"[env {env_var(action.dest)}]")
         return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """An "[env FMNIST_X]" kept whole on a line: the wrap left "[env" at a line's end."""
+        lines = super()._split_lines(text.replace("[env ", "[env\xa0"), width)  # no break there
+        return [line.replace("\xa0", " ") for line in lines]
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless

@@ -134,4 +134,7 @@ def test_every_help_fits_an_80_column_terminal(capsys, monkeypatch, command):
         {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
          "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
          "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    assert [line for line in capsys.readouterr().out.splitlines() if len(line) > 80] == []
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if len(line) > 80] == []
+    # an env var's tag kept whole: "[env" at a line's end, its name on the next, was seen
+    assert [line for line in lines if line.endswith("[env")] == []
