@@ -292,6 +292,6 @@ def test_every_option_of_fmnist_says_what_to_give():
                 said[f"{name} {action.option_strings[0]}"] = action.metavar
                 assert action.metavar, (name, action.dest)  # chosen, not argparse's
     assert said["score --timeout"] == "SECONDS" and said["health --target"] == "HOST:PORT"
-    assert (said["score --csv"], said["score --json"], said["score --batch-size"]) == (
-        "FILE", "FILE", "N")
+    assert (said["score --csv"], said["score --json"], said["score --batch-size"],
+            said["score --expect-accuracy"]) == ("FILE", "FILE", "N", "ACCURACY")
     assert "[--target HOST:PORT]" in commands["models"].format_usage()  # as README's table

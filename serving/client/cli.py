@@ -241,9 +241,9 @@ def _parser() -> argparse.ArgumentParser:
                        "/dev/stdout): the JSON alone on stdout, the summary on stderr")
     score.add_argument("--confusion-matrix", action="store_true",
                        help="also print the model's confusion matrix and each class's accuracy")
-    score.add_argument("--expect-accuracy", metavar="A", type=expected_accuracy,
-                       help="exit 1 unless the model's accuracy is A (a fraction, or 'manifest' "
-                       "for the test_accuracy recorded at training) within --tolerance")
+    score.add_argument("--expect-accuracy", metavar="ACCURACY", type=expected_accuracy,
+                       help="exit 1 unless the model's accuracy is ACCURACY (a fraction, or "
+                       "'manifest' for the test_accuracy recorded at training) within --tolerance")
     score.add_argument("--tolerance", type=fraction, default=None, metavar="FRACTION",
                        help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
     # (default None, not TOLERANCE: scoring tells a --tolerance given without it)
