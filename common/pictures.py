@@ -17,6 +17,7 @@ from common.contract import IMAGE_SHAPE
 # section 2): a picture here is trimmed of its edges that are black or within 5% of it.
 BACKGROUND = 255 * 5 // 100
 
+
 @functools.cache
 def pillow():
     """Pillow's ``Image``, imported on first use, without its decompression-bomb warning: it
