@@ -8,6 +8,7 @@ image's Dockerfile (its ENV and CMD). Starting such a container here is
 tests/deploy_containers.py's job.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from common.flags import env_var
+from serving.settings import Settings, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -38,16 +42,6 @@ KUSTOMIZATIONS = (
     "kubernetes/overlays/models-volume",
     "kserve",
 )
-# The server's defaults for the settings the manifests use (fmnist-serve --help).
-SERVER_DEFAULTS = {
-    "host": "0.0.0.0",
-    "port": "50051",
-    "health_port": "0",
-    "metrics_port": "0",
-    "model_repository": "model_repository",
-    "grace_period": "10",
-    "poll_interval": "5",
-}
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 # The PATH of the Python base images (python:3.12-slim, Debian's), which ENV PATH extends.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -260,19 +254,20 @@ def container_argv(workload: Workload, image: Image | None = None) -> list[str]:
 
 
 def server_settings(argv: list[str], env: Mapping[str, str]) -> dict[str, str]:
-    """The settings the server reads: flags over FMNIST_* env vars over its defaults."""
-    flags: dict[str, str] = {}
-    tokens = list(argv[1:])
-    while tokens:
-        token = tokens.pop(0)
-        assert token.startswith("--"), f"unexpected argument {token!r}"
-        name, equals, value = token[2:].partition("=")
-        flags[name.replace("-", "_")] = value if equals else tokens.pop(0)
-    settings = dict(SERVER_DEFAULTS)
-    settings.update({key[len("FMNIST_"):].lower(): value for key, value in env.items()
-                     if key.startswith("FMNIST_")})
-    settings.update(flags)
-    return settings
+    """The settings the server would run with, each as text, from its own parser
+    (``serving.settings.settings_from``: flags over FMNIST_* env vars over its defaults);
+    AssertionError naming a value it refuses or an FMNIST_* variable it does not read, which
+    it only warns of (FMNIST_DATA_DIR is read at run time: serving.cli)."""
+    assert Path(argv[0]).name == "fmnist-serve", f"not the server: {argv}"
+    names = [setting.name for setting in dataclasses.fields(Settings)]
+    read = {env_var(name) for name in names} | {"FMNIST_DATA_DIR"}
+    unread = sorted(name for name in env if name.startswith("FMNIST_") and name not in read)
+    assert not unread, f"not settings of fmnist-serve: {unread}"
+    try:
+        settings = settings_from(argv[1:], env)
+    except ValueError as error:
+        raise AssertionError(f"fmnist-serve refuses: {error}") from None
+    return {name: str(getattr(settings, name)) for name in names}
 
 
 def probe_ports(workload: Workload) -> dict[str, int]:

@@ -146,7 +146,7 @@ def test_kserves_service_and_routes_reach_the_servers_rest_and_grpc_ports():
         rest = [port for port in service if not port["grpc"]]
         grpc = [port for port in service if port["grpc"]]
         assert rest and rest[0]["port"] == 80, workload.source
-        assert rest[0]["targetPort"] == int(settings.get("http_port", "8080")) != 0, \
+        assert rest[0]["targetPort"] == int(settings["http_port"]) != 0, \
             workload.source
         assert grpc and grpc[0]["targetPort"] == int(settings["port"]), workload.source
         assert len({port["port"] for port in service}) == len(service), workload.source

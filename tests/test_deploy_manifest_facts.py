@@ -64,7 +64,7 @@ def test_probes_are_grpc_on_ports_the_server_listens_on(kustomization):
             assert isinstance(probe_port, int), f"{workload.source} {probe}: not a number"
             assert probe_port in listening, f"{workload.source} {probe}: {probe_port}"
         # kubelet can present neither a client certificate nor a token
-        if settings.get("tls_cert") or settings.get("auth_token"):
+        if settings["tls_cert"] or settings["auth_token"]:
             assert health_port and set(ports.values()) == {health_port}, workload.source
         declared = {p["containerPort"] for p in workload.container.get("ports") or []}
         assert listening <= declared, workload.source
@@ -166,8 +166,23 @@ def test_client_connections_are_renewed_so_added_replicas_get_calls(kustomizatio
     """A gRPC client keeps its connection: without an age the replicas an autoscaler adds
     never got the calls of the clients already connected."""
     for workload in workloads(render(kustomization), kustomization):
-        assert 0 < float(settings_of(workload).get("max_connection_age", 0)) <= 300, \
+        assert 0 < float(settings_of(workload)["max_connection_age"]) <= 300, \
             workload.source
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_server_takes_the_settings_as_written_and_no_misspelt_one(kustomization):
+    """The settings are read by fmnist-serve's own parser, not by a copy of it: a value it
+    refuses (FMNIST_MAX_CONNECTION_AGE 0.01, under its 0.1) would crash-loop the pods, and a
+    misspelt variable (FMNIST_GRACE_PERIODS) is only warned of in the log while its setting
+    keeps the default; the tests' own reading of the manifests took both."""
+    for workload in workloads(render(kustomization), kustomization):
+        settings_of(workload)  # as written: taken
+        for name, value in (("FMNIST_MAX_CONNECTION_AGE", "0.01"), ("FMNIST_GRACE_PERIODS", "9")):
+            env = [*workload.container["env"], {"name": name, "value": value}]
+            changed = Workload(workload.source, {**workload.container, "env": env}, workload.pod)
+            with pytest.raises(AssertionError, match=name):
+                settings_of(changed)
 
 
 # What a mesh or gateway takes a Service port to carry in cleartext: its appProtocol, else (no
@@ -194,7 +209,7 @@ def test_services_hpa_and_pdb_reach_the_deployment(kustomization):
     [workload] = workloads([deployment])
     settings = settings_of(workload)
     named = {port["name"]: port["containerPort"] for port in workload.container["ports"]}
-    tls = bool(settings.get("tls_cert"))
+    tls = bool(settings["tls_cert"])
 
     services = {item["metadata"]["name"]: item for item in find(objects, "Service")}
     assert set(services) == {"fashion-mnist", "fashion-mnist-headless"}
