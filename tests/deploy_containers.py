@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.settings import PORTS as PORT_SETTINGS
 from tests.conftest import held_port
 from tests.deploy_manifests import (
     ROOT,
@@ -37,7 +38,6 @@ from tests.deploy_manifests import (
     server_settings,
 )
 
-PORT_SETTINGS = ("port", "http_port", "health_port", "metrics_port")
 START_TIMEOUT_S = 60
 
 
