@@ -140,12 +140,17 @@ def test_resources_are_limited_and_size_the_workers(kustomization):
         limit = cpu_quantity(resources["limits"]["cpu"])
         assert cpu_quantity(resources["requests"]["cpu"]) <= limit
         assert limit == int(limit) >= 1, "whole CPUs: one worker process each"
-        workers = [item for item in workload.container["env"] if item["name"] == "FMNIST_WORKERS"]
-        # the request: where a policy removes CPU limits, limits.cpu reads the node's CPUs
-        assert workers and workers[0]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
-        assert int(settings_of(workload)["workers"]) == limit
+        # a worker process per CPU, each running as many onnxruntime calls (README, "Sizing"),
+        # from the request: where a policy removes CPU limits, limits.cpu reads the node's CPUs
+        sized = ("workers", "parallel_inferences")
+        for setting in sized:
+            [source] = [item["valueFrom"] for item in workload.container["env"]
+                        if item["name"] == "FMNIST_" + setting.upper()]
+            assert source["resourceFieldRef"]["resource"] == "requests.cpu", workload.source
+        assert [int(settings_of(workload)[setting]) for setting in sized] == [limit, limit]
         del workload.container["resources"]["limits"]
-        assert int(settings_of(workload)["workers"]) == limit, "a worker per CPU of the node"
+        assert [int(settings_of(workload)[setting]) for setting in sized] == [limit, limit], \
+            "one per CPU of the node"
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
