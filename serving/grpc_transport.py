@@ -115,9 +115,7 @@ def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             _abort(error, data, context)
         return behavior(request, context, *callback)
 
-    for attribute in ("experimental_non_blocking", "experimental_thread_pool"):
-        if hasattr(behavior, attribute):
-            setattr(answer, attribute, getattr(behavior, attribute))
+    answer.__dict__.update(behavior.__dict__)  # grpc's marks: experimental_non_blocking ...
     return handler._replace(request_deserializer=None,
                             **{_kind(False, handler.response_streaming): answer})
 
@@ -182,10 +180,9 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         if (handler := continuation(handler_call_details)) is None or not handler.request_streaming:
             return handler
-        kind = "stream_stream" if handler.response_streaming else "stream_unary"
-        return handler._replace(
-            **{kind: _catching(getattr(handler, kind), handler.response_streaming, Exception,
-                               self._drain)})
+        kind, streams = _kind(True, handler.response_streaming), handler.response_streaming
+        return handler._replace(**{kind: _catching(getattr(handler, kind), streams, Exception,
+                                                   self._drain)})
 
     @staticmethod
     def _drain(error: Exception, requests, context: grpc.ServicerContext):
