@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import descriptor, message_factory
@@ -27,11 +26,9 @@ from grpc_health.v1 import health, health_pb2
 
 from serving import native
 from serving.errors import ServingError
+from serving.native.server import NativeServer, stopping
 from serving.pipeline import Call, CallPipeline, parse_request
 from serving.security import ServerTls
-
-if TYPE_CHECKING:
-    from serving.native.server import NativeServer
 
 log = logging.getLogger(__name__)
 # health Watches open at once in a process: ~15 KB each, and no token guards them
@@ -246,12 +243,13 @@ class HealthServicer(health.HealthServicer):
 
 
 class GrpcioServer:
-    """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port``."""
+    """grpcio's own ``grpc.server()``, with the native server's ``add_secure_port`` and ``stop``."""
 
     transport = "grpcio"
 
-    def __init__(self, server: grpc.Server):
-        self._server = server
+    def __init__(self, threads: int, **options):
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="grpc-call")
+        self._server = grpc.server(self._executor, **options)
 
     def dead_calls(self) -> list[tuple[str, bytes]]:
         """None: grpcio drops a call that died waiting for a call thread before any handler or
@@ -262,6 +260,11 @@ class GrpcioServer:
     def add_secure_port(self, address: str, tls: ServerTls) -> int:
         return self._server.add_secure_port(address, tls.credentials())
 
+    def stop(self, grace: float | None) -> threading.Event:
+        """grpcio's stop, whose event is set once gRPC has ended every call, a handler maybe still
+        at work (on a call the grace cut): this one's once the call threads are done too."""
+        return stopping(self._server.stop(grace).wait, self._executor.shutdown)
+
     def __getattr__(self, name: str):  # the rest of grpc.Server's interface, as it is
         return getattr(self._server, name)
 
@@ -269,7 +272,7 @@ class GrpcioServer:
 def grpc_server(implementation: str, threads: int,
                 interceptors: Iterable[grpc.ServerInterceptor], max_message_bytes: int,
                 reuse_port: bool, *, max_running: int | None = None, connection_age_s: float = 0
-                ) -> "GrpcioServer | NativeServer":
+                ) -> GrpcioServer | NativeServer:
     """The gRPC server: ``implementation`` "native" (gRPC C++, ``serving.native``) where it is
     built, else grpcio's synchronous server; the same interface either way (``transport``
     names it; ``add_secure_port(address, ServerTls)``). ``threads``: calls answered at once
@@ -279,15 +282,12 @@ def grpc_server(implementation: str, threads: int,
     age_ms = round(connection_age_s * 1000) if connection_age_s else 2**31 - 1
     if implementation == "native":
         if native.available():
-            from serving.native.server import NativeServer
-
             return NativeServer(threads, interceptors, (max_message_bytes, reuse_port, age_ms),
                                 max_running)
         log.warning("grpcio serves: the native gRPC server is %s", native.UNAVAILABLE_REASON)
-    return GrpcioServer(grpc.server(
-        ThreadPoolExecutor(threads, thread_name_prefix="grpc-call"),
-        interceptors=[_DrainRefusedStreams(), *interceptors],
+    return GrpcioServer(
+        threads, interceptors=[_DrainRefusedStreams(), *interceptors],
         options=[("grpc.max_receive_message_length", max_message_bytes),
                  ("grpc.max_send_message_length", max_message_bytes),
                  ("grpc.max_metadata_size", 16 * 1024),  # as the native server
-                 ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_connection_age_ms", age_ms)]))
+                 ("grpc.so_reuseport", int(reuse_port)), ("grpc.max_connection_age_ms", age_ms)])

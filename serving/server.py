@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 # new connection, and the calls in flight get the rest of the grace.
 DRAIN_QUIET_SECONDS = 0.05
 REFUSING_AT_MOST_SECONDS = 1.0
+# Past the grace's end, the calls it cut get this long for their handlers to end, so that
+# "stopped", its cancelled=N and the metrics count them: one may be waiting out --batch-delay-us
+# (1 s at most), then run its batch. One still running then is left behind with a warning (it
+# may never return); 2 s, HTTP's second and the watcher's stay within the 5 s past the grace a
+# supervisor gives a draining worker before it kills it (serving.workers.STOP_MARGIN_S).
+CALLS_END_SECONDS = 2.0
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
 # Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
@@ -173,8 +179,9 @@ class ModelServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
-        seconds (default: the settings') to finish, then the rest are cancelled. A second call
-        waits for the first one's drain (the order and its reasons: DRAIN_QUIET_SECONDS)."""
+        seconds (default: the settings') to finish, then the rest are cancelled; returns once
+        every call has ended (CALLS_END_SECONDS more at most). A second call waits for the
+        first one's drain (the order and its reasons: DRAIN_QUIET_SECONDS)."""
         with self._stopping:
             if self._stopped:
                 return
@@ -202,8 +209,9 @@ class ModelServer:
         stopped.append(self._server.stop(0))  # what is left: calls past the grace
         if self._health_server is not None:
             stopped.append(self._health_server.stop(0))
-        for event in stopped:
-            event.wait()
+        # every call's thread done, for "stopped" to count them (a timeout <= 0: no more wait)
+        if not all(done.wait(deadline + CALLS_END_SECONDS - time.monotonic()) for done in stopped):
+            log.warning("calls still running past the grace period; left behind, uncounted")
         self.count_dead_calls()  # those of the drain
         if self._watcher is not None:  # it may be stuck in a read of the repository
             self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends
@@ -256,8 +264,8 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
 
     def on_stop_signal(number: int, _frame) -> None:
         stop_requested.append(signal.Signals(number))
-        # from now on Ctrl-C ends the process at once, as in uvicorn: by the kernel, since the
-        # main thread runs no handler while it waits in the native server's stop
+        # from now on Ctrl-C ends the process at once, as in uvicorn: by the kernel (its
+        # default action), whichever thread it reaches and wherever the main thread waits
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     for signal_number in (*STOP_SIGNALS, ACCEPTS_NO_MORE):

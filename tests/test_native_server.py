@@ -139,6 +139,29 @@ def test_a_handler_raising_system_exit_ends_its_call_and_stop_returns(grpc_serve
     assert not stopping.is_alive(), "stop() did not return"
 
 
+def test_stop_returns_while_a_handler_works_and_its_event_waits_for_it(grpc_server):
+    """A handler still at work when its call is cancelled: grpcio's stop set its event while
+    the handler ran on (the drain then logged "stopped" before the call was counted), and the
+    native server's stop() waited for it, for ever if it never returned. Now either returns
+    at once, and its event is set once the handler has ended (the drain bounds its wait)."""
+    echo = Echo()
+    server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)
+    port = started(server, echo.handler())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        held = channel.unary_unary(f"/{SERVICE}/Unary").future(b"hold", timeout=30)
+        assert echo.holding.wait(5)
+        stopped: list[threading.Event] = []
+        stopping = threading.Thread(target=lambda: stopped.append(server.stop(0)), daemon=True)
+        stopping.start()
+        stopping.join(10)
+        assert stopped, "stop() did not return while a handler was at work"
+        with pytest.raises(grpc.RpcError):
+            held.result()  # cancelled
+        assert not stopped[0].wait(0.2)  # the handler still holds its thread
+        echo.release.set()
+        assert stopped[0].wait(10)
+
+
 def test_handlers_see_the_mutual_tls_client_and_abort_with_status(grpc_server, tmp_path):
     pki = make_pki(tmp_path)
     server = make_grpc_server(grpc_server, 2, [], 1 << 20, reuse_port=False)

@@ -111,8 +111,7 @@ def test_a_stopped_server_leaves_no_thread_and_ends_health_watches(settings):
         assert watch.code() == grpc.StatusCode.OK
         stopping.join(10)
         assert not stopping.is_alive()
-    if settings.grpc_server == "native":  # grpcio leaves its executor's threads
-        assert _threads() <= before, "threads left behind"
+    assert _threads() <= before, f"threads left behind: {_threads() - before}"
 
 
 def test_health_watches_that_end_log_no_error(settings, caplog):

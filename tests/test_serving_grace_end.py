@@ -9,7 +9,9 @@ from prometheus_client import REGISTRY
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
+from serving.server import ModelServer
 from tests.conftest import local_settings, running_server
+from tests.echo_service import SERVICE, Echo
 
 
 async def test_the_stopped_line_says_how_many_calls_the_grace_period_cancelled(
@@ -56,10 +58,59 @@ async def test_the_calls_the_grace_period_cut_count_cancelled(model_repository, 
             await call.write(pb.ClassifyRequest(images=[bytes(784)]))
             await call.read()  # in flight, and held open past the grace
         await asyncio.to_thread(server.stop, 0.3)
+        after = counted()  # the stop has waited for the calls' threads, on grpcio too
         assert {await call.code() for call in calls} == {grpc.StatusCode.UNAVAILABLE}
-    # grpcio's stop returns before its call threads have ended: their counts may come later
-    until = time.monotonic() + 10
-    while sum(counted().values()) < sum(before.values()) + streams and time.monotonic() < until:
-        await asyncio.sleep(0.01)
-    after = counted()
     assert {code: after[code] - before[code] for code in after} == {"OK": 0, "CANCELLED": streams}
+
+
+async def test_the_stopped_line_comes_after_the_calls_the_grace_period_cut(
+        model_repository, grpc_server, caplog):
+    """A call still at work when the grace period ends (here waiting out --batch-delay-us, 1 s,
+    past a 0.3 s grace) is cancelled, its client told UNAVAILABLE, but its handler goes on: on
+    grpcio the stop returned before it had ended, so the "stopped" line said cancelled=0 and
+    the call was counted after it (or never: the process exits). Now either server's stop
+    waits for it."""
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              poll_interval=0, batch_delay_us=1_000_000)
+    caplog.set_level(logging.DEBUG, logger="serving")
+    labels = {"api": "domain", "method": "Classify", "model": "mlp", "code": "CANCELLED"}
+    before = REGISTRY.get_sample_value("fmnist_requests_total", labels) or 0.0
+    async with running_server(settings, grace=0.3) as server, grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}") as channel:
+        call = classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            pb.ClassifyRequest(images=[bytes(784)]))
+        until = time.monotonic() + 10
+        while not server.admission.in_flight and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(server.stop, 0.3)
+        assert REGISTRY.get_sample_value("fmnist_requests_total", labels) == before + 1
+        assert await call.code() == grpc.StatusCode.UNAVAILABLE
+    ends = [(record.getMessage(), getattr(record, "fields", {}).get("code")) for record
+            in caplog.records if record.getMessage() in ("request failed", "stopped")]
+    assert ends == [("request failed", "CANCELLED"), ("stopped", None)]
+    assert [record.fields for record in caplog.records
+            if record.getMessage() == "stopped"] == [{"cancelled": 1}]
+
+
+def test_a_handler_still_at_work_past_the_grace_is_left_behind_with_a_warning(
+        model_repository, grpc_server, caplog):
+    """A handler that goes on past the grace's end (and CALLS_END_SECONDS more) does not hold
+    the stop: the native server's waited for it as long as it ran, for ever if it never
+    returned. It is left behind, a warning says so, then "stopped"."""
+    settings = local_settings(model_repository=model_repository, grpc_server=grpc_server,
+                              poll_interval=0)
+    caplog.set_level(logging.INFO, logger="serving.server")
+    echo, server = Echo(), ModelServer.from_settings(settings)
+    server._server.add_generic_rpc_handlers([echo.handler()])  # through the pipeline too
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            held = channel.unary_unary(f"/{SERVICE}/Unary").future(b"hold", timeout=30)
+            assert echo.holding.wait(5)
+            server.stop(0.2)
+            assert server.admission.in_flight == 1  # still at work
+            assert held.code() == grpc.StatusCode.UNAVAILABLE  # its client was told
+    finally:
+        echo.release.set()  # (it would return after 10 s)
+    assert [record.getMessage() for record in caplog.records][-2:] == [
+        "calls still running past the grace period; left behind, uncounted", "stopped"]

@@ -113,3 +113,17 @@ def test_a_tree_without_the_native_server_says_plainly_how_to_build_it(
         f"grpcio serves: the native gRPC server is {state}"), warnings
     assert warnings[0].endswith("; to build it, install g++, pkg-config and libgrpc++-dev, then "
                                 "pip install -e .")
+
+
+def test_what_a_supervisor_imports_before_its_workers_fork_holds_no_metrics():
+    """serving.metrics names its files per process once imported: imported in the supervisor
+    (serving.native.server importing serving.grpc_transport did), its workers shared a
+    requests_in_flight file, and a killed worker's call stayed counted in flight for good."""
+    result = run_python(textwrap.dedent("""
+        import importlib, sys
+        from serving.workers import SHARED_IMPORTS
+        for name in SHARED_IMPORTS:
+            importlib.import_module(name)
+        print(sorted(name for name in sys.modules if name.startswith("serving.metrics")))
+    """))
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr

@@ -6,7 +6,7 @@ import collections
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
@@ -48,7 +48,7 @@ class NativeServer:
         self._pool: list[threading.Thread] = []
         self._watched: dict[int, NativeContext] = {}  # call id -> context, until it ends
         self._state = threading.Lock()
-        self._stopped = False
+        self._stopped: threading.Event | None = None  # stop()'s
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)
@@ -66,7 +66,7 @@ class NativeServer:
 
     def start(self) -> None:
         with self._state:
-            if self._pool or self._stopped:
+            if self._pool or self._stopped is not None:
                 return
             self._pool = [threading.Thread(target=self._serve, name=f"grpc-call-{index}")
                           for index in range(self._pool_size)]
@@ -74,19 +74,18 @@ class NativeServer:
                 thread.start()
 
     def stop(self, grace: float | None) -> threading.Event:
-        """Stops listening, cancels the calls still running after ``grace`` seconds, waits
-        until every call has ended and joins the pool threads; the event returned is set. Only
-        the first call does so: a later one (the drain's stop(0)) returns at once."""
+        """Stops listening and cancels the calls still running after ``grace`` seconds; the
+        event returned is set once every call has ended and the pool threads are joined (on a
+        thread of its own, ``stopping``: gRPC C++'s shutdown waits for each call's handler to
+        finish it, and one may never return). Only the first call stops: a later one (the
+        drain's stop(0)) gets the same event. (GrpcioServer's stop uses ``stopping`` too.)"""
         self.start()  # calls that arrived before start() must be answered to end
         with self._state:
-            already, self._stopped = self._stopped, True
-        if not already:
-            self._core.shutdown(grace or 0.0)
-            for thread in [thread for thread in self._pool if thread.ident]:  # started ones:
-                thread.join()  # a start() that could not start them all raised
-        stopped = threading.Event()
-        stopped.set()
-        return stopped
+            if self._stopped is None:  # (joins the started threads: a start() that could not
+                # start them all raised)
+                self._stopped = stopping(functools.partial(self._core.shutdown, grace or 0.0),
+                                         *[thread.join for thread in self._pool if thread.ident])
+        return self._stopped
 
     # The pool threads
 
@@ -146,6 +145,20 @@ class NativeServer:
             context.finish()
         except Exception as error:
             context.finish(error=error)
+
+
+def stopping(*steps: Callable[[], object]) -> threading.Event:
+    """An event set once ``steps`` have run in turn on a thread of their own: a server's stop
+    (this one's, GrpcioServer's), whose wait for its call threads the caller bounds (a handler
+    may never return)."""
+    stopped = threading.Event()
+    threading.Thread(target=_in_turn, args=(*steps, stopped.set), daemon=True).start()
+    return stopped
+
+
+def _in_turn(*steps: Callable[[], object]) -> None:
+    for step in steps:
+        step()
 
 
 def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: str) -> None:
