@@ -126,12 +126,9 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
 
 
 def typed(flag: str, argv: Sequence[str] | None = None) -> bool:
-    """Whether ``flag`` is on the command line ``argv`` (default ``sys.argv[1:]``), as itself or
-    as argparse's abbreviation of it (which argparse took: an ambiguous one it refuses; another
-    option's whole name is that option, as --tls is not --tls-ca)."""
-    return any(len(name := arg.split("=", 1)[0]) > 2 and arg.startswith("--")
-               and (name == flag or (flag.startswith(name) and env_var(name) not in READ))
-               for arg in (sys.argv[1:] if argv is None else argv))
+    """Whether ``flag`` is on the command line ``argv`` (default ``sys.argv[1:]``): no flag is
+    abbreviated (``ArgumentParser``)."""
+    return any(arg.split("=", 1)[0] == flag for arg in (sys.argv[1:] if argv is None else argv))
 
 
 def _convert(action: argparse.Action, variable: str, raw: str):
@@ -187,10 +184,12 @@ class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless
     told otherwise (``DefaultsHelpFormatter``), errors in one line (``error``), unknown flags
     named without their values (``unrecognized``), the package's --version (a command's, not
-    its subcommands': ``fmnist classify --version 2`` is the model's)."""
+    its subcommands': ``fmnist classify --version 2`` is the model's). No flag is abbreviated:
+    argparse took `fmnist-train --epoch 2` for --epochs, and a script's prefix would silently
+    become another flag, or an error, once a flag was added that it also begins."""
 
     def __init__(self, *args, formatter_class=DefaultsHelpFormatter, version=True, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        super().__init__(*args, formatter_class=formatter_class, allow_abbrev=False, **kwargs)
         if version:
             self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
@@ -211,7 +210,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            self.error(unrecognized(extras))
+            self.error(unrecognized(extras, self._option_string_actions))
         return parsed
 
     def _print_message(self, message, file=None):
@@ -228,14 +227,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """``usage_error``'s line, not a usage block; "argument --top: " as "--top: " (as an env
-        var's); an ambiguous ``--t=SECRET`` named without its value, as an unknown flag is."""
-        message, ambiguous = message.removeprefix("argument "), "ambiguous option: "  # argparse's
-        if message.startswith(ambiguous):  # the matches, after the last " could match ", are
-            option, _, matches = message.removeprefix(ambiguous).rpartition(" could match ")
-            name = option.partition("=")[0]  # flags; the value before them may be anything
-            message = (f"{ambiguous}{name}{' (its value not shown)' * (name != option)} could "
-                       f"match {matches}")
-        self.exit(2, f"{usage_error(self.prog, message)}\n")
+        var's)."""
+        self.exit(2, f"{usage_error(self.prog, message.removeprefix('argument '))}\n")
 
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, *,

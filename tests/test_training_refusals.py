@@ -20,7 +20,6 @@ def test_bad_flags_give_one_line_and_a_nonzero_exit(tmp_path):
     (["--softmax-learning-rate=0.1", "--learning-rate", "0.01"],
      "--softmax-learning-rate and --learning-rate"),
     (["--no-flip-augment", "--mlp-flip-augment"], "--mlp-flip-augment and --no-flip-augment"),
-    (["--epochs", "1", "--mlp-ep", "2"], "--mlp-epochs and --epochs"),  # argparse's abbreviation
 ])
 def test_a_models_own_flag_beside_the_shared_one_is_refused(tmp_path, flags, named):
     """`--epochs 1 --mlp-epochs 2` fitted the MLP for 1 epoch: the flag for both models won,

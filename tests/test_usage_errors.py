@@ -2,21 +2,27 @@
 `fmnist`'s subcommand), what is wrong, where to look. `fmnist` printed argparse's usage block
 before it (so did `fmnist-serve` for an unknown flag), `fmnist-train` a line with "(see
 fmnist-train --help)", `fmnist-serve` otherwise a bare line; argparse's "argument --epochs: "
-beside `fmnist-serve`'s "--port: "."""
+beside `fmnist-serve`'s "--port: ". No flag is abbreviated (argparse took `--epoch 2` for
+--epochs): an unknown one is named with those it begins or nearly spells."""
 
 import pytest
 
 CHOICES = "'classify', 'score', 'health', 'models'"
 AMBIGUOUS_M = ("--model-repository, --max-request-images, --max-message-bytes, "
-               "--max-batch-images, --metrics-port, --max-concurrent-calls, --max-connection-age")
+               "--max-batch-images, --metrics-port, --max-concurrent-calls or "
+               "--max-connection-age")
 CASES = [  # (command, argv, env, the line's program, its error)
     ("fmnist", [], {}, "fmnist", "the following arguments are required: COMMAND"),
     ("fmnist", ["foo"], {}, "fmnist", f"COMMAND: invalid choice: 'foo' (choose from {CHOICES})"),
     ("fmnist", ["classify", "--bogus"], {}, "fmnist classify", "unrecognized arguments: --bogus"),
     ("fmnist", ["--bogus", "health"], {}, "fmnist health", "unrecognized arguments: --bogus"),
     ("fmnist", ["health", "--tl", "1"], {}, "fmnist health",
-     "ambiguous option: --tl could match --tls, --tls-ca, --tls-cert, --tls-key, "
-     "--tls-server-name"),
+     "unrecognized arguments: --tl (1 value not shown); did you mean --tls, --tls-ca, "
+     "--tls-cert, --tls-key or --tls-server-name?"),
+    ("fmnist", ["score", "--lim", "3"], {}, "fmnist score",  # it was taken for --limit
+     "unrecognized arguments: --lim (1 value not shown); did you mean --limit?"),
+    ("fmnist", ["classify", "--tpo", "3"], {}, "fmnist classify",
+     "unrecognized arguments: --tpo; did you mean --top?"),
     ("fmnist", ["classify", "--top", "99"], {}, "fmnist classify", "--top: expected 1..10, got 99"),
     ("fmnist", ["classify", "--top"], {}, "fmnist classify", "--top: expected one argument"),
     ("fmnist", ["health"], {"FMNIST_TIMEOUT": "x"}, "fmnist health",
@@ -27,8 +33,10 @@ CASES = [  # (command, argv, env, the line's program, its error)
      "--tls-cert (FMNIST_TLS_CERT) given without --tls-key (FMNIST_TLS_KEY): mutual TLS needs the "
      "client certificate and its key"),
     ("fmnist-serve", ["--bogus"], {}, "fmnist-serve", "unrecognized arguments: --bogus"),
-    ("fmnist-serve", ["--m", "x"], {}, "fmnist-serve", f"ambiguous option: --m could match "
-     f"{AMBIGUOUS_M}"),
+    ("fmnist-serve", ["--m", "x"], {}, "fmnist-serve", "unrecognized arguments: --m (1 value "
+     f"not shown); did you mean {AMBIGUOUS_M}?"),
+    ("fmnist-serve", ["--po", "1"], {}, "fmnist-serve", "unrecognized arguments: --po (1 value "
+     "not shown); did you mean --port or --poll-interval?"),
     ("fmnist-serve", ["--port", "x"], {}, "fmnist-serve",
      "--port: expected an integer >= 0 and <= 65535, got x"),
     ("fmnist-serve", ["--port"], {}, "fmnist-serve", "--port: expected one argument"),
@@ -41,9 +49,11 @@ CASES = [  # (command, argv, env, the line's program, its error)
      "--epochs: expected a positive integer, got x"),
     ("fmnist-train", ["--out", "o", "--epochs"], {}, "fmnist-train",
      "--epochs: expected one argument"),
-    ("fmnist-train", ["--out", "o", "--ba", "3"], {}, "fmnist-train", "ambiguous option: --ba "
-     "could match --batch-size, --baseline-max-iter, --baseline-alpha, --baseline-tol, "
-     "--baseline-n-jobs"),
+    ("fmnist-train", ["--out", "o", "--ba", "3"], {}, "fmnist-train", "unrecognized arguments: "
+     "--ba (1 value not shown); did you mean --batch-size, --baseline-max-iter, "
+     "--baseline-alpha, --baseline-tol or --baseline-n-jobs?"),
+    ("fmnist-train", ["--out", "o", "--epoch", "x"], {}, "fmnist-train",  # taken for --epochs
+     "unrecognized arguments: --epoch (1 value not shown); did you mean --epochs?"),
     ("fmnist-train", ["--out", "o"], {"FMNIST_EPOCHS": "x"}, "fmnist-train",
      "FMNIST_EPOCHS: expected a positive integer, got x"),
 ]

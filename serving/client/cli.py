@@ -112,7 +112,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         [Placed(arg, place) for place, arg in enumerate(argv)])
     if args.command != "classify" or any(arg.startswith("-") and arg != "-" for arg in unparsed):
         if unparsed:  # said by the command whose --help to look at
-            args.parser.error(unrecognized(unparsed))
+            args.parser.error(unrecognized(unparsed, args.parser._option_string_actions))
         return args
     # the first run, those after --test-index's numbers, the rest: in the order given
     args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
