@@ -15,9 +15,8 @@ import numpy as np
 
 from common.contract import DATA_SHA256
 from common.idx import dimensions, read_idx
-from common.paths import home_path
+from common.paths import DEFAULT_DATA_DIR, home_path
 
-DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 

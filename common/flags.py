@@ -95,7 +95,9 @@ def unread_env_var_warnings(program: str, also: Iterable[str] = (),
 
 
 NEAR = 0.92  # difflib's ratio: FMNIST_EPOCH is 0.96 of FMNIST_EPOCHS; no variable of one
-# command reaches it against another's (FMNIST_BASELINE_MODEL: 0.90 of fmnist-train's)
+# command reaches it against another's (FMNIST_BASELINE_MODEL: 0.90 of fmnist-train's) but
+# these two, fmnist's model to ask and fmnist-train's to train, never taken for misspellings
+BOTH_MEANT = {"FMNIST_MODEL", "FMNIST_MODELS"}
 
 
 def near_misses(environ: Mapping[str, str], read: Iterable[str]) -> list[tuple[str, str]]:
@@ -103,7 +105,7 @@ def near_misses(environ: Mapping[str, str], read: Iterable[str]) -> list[tuple[s
     ``environ`` not in ``read`` but near one of it."""
     read = sorted(read)
     return [(name, near[0]) for name in sorted(environ)
-            if name.startswith(ENV_PREFIX) and name not in read
+            if name.startswith(ENV_PREFIX) and name not in read and name not in BOTH_MEANT
             and (near := difflib.get_close_matches(name, read, n=1, cutoff=NEAR))]
 
 
@@ -119,10 +121,11 @@ def given(flag: str, value, argv: Sequence[str] | None = None) -> str:
     """``flag value`` as the user gave it: ``--out x`` when ``flag`` is on the command line
     ``argv`` (default ``sys.argv[1:]``), else ``FMNIST_OUT=x`` if that is set, so that an error
     points where to change it (a container's or CI job's variables), not at a flag nobody
-    typed."""
+    typed. A switch's ``value`` is None: ``--invert``, or ``FMNIST_INVERT=1`` as it is set."""
     variable = env_var(flag)
-    return (f"{variable}={value}" if os.environ.get(variable) and not typed(flag, argv)
-            else f"{flag} {value}")
+    if os.environ.get(variable) and not typed(flag, argv):
+        return f"{variable}={os.environ[variable] if value is None else value}"
+    return flag if value is None else f"{flag} {value}"
 
 
 def typed(flag: str, argv: Sequence[str] | None = None) -> bool:

@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
 
 def home_path(text: str) -> Path:
     """An argparse ``type``: ``text`` as a path whose leading ``~`` (``~NAME``) is the home

@@ -56,9 +56,12 @@ def test_fmnist_serve_refuses_the_home_of_no_user_as_the_others_do(capsys, flag,
 def test_fmnist_data_dir_variable_in_the_home_of_no_user_is_named(capsys, monkeypatch):
     """FMNIST_DATA_DIR=~nosuchuser/x: `fmnist score` said "error: Could not determine home
     directory." (pathlib's), naming neither the variable nor the path (common.dataset.data_dir,
-    which the page's test images read too)."""
+    which the page's test images read too). Now --data-dir's variable, refused as a bad flag
+    is (exit 2), before any call."""
     monkeypatch.setenv("FMNIST_DATA_DIR", f"~{NOBODY}/x")
-    assert cli.main(["score", "--target", "127.0.0.1:1"]) == 1
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["score", "--target", "127.0.0.1:1"])
+    assert refused.value.code == 2
     assert capsys.readouterr().err == (
         f"fmnist score: error: FMNIST_DATA_DIR: expected a path, got '~{NOBODY}/x': ~{NOBODY} is "
-        f"the home folder of a user {NOBODY!r}, and there is none here\n")
+        f"the home folder of a user {NOBODY!r}, and there is none here (see fmnist score --help)\n")

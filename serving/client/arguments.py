@@ -5,8 +5,8 @@ types and flags its subcommands share."""
 import argparse
 import socket
 
-from common.flags import number_in
-from common.paths import home_path
+from common.flags import add_option, number_in
+from common.paths import DEFAULT_DATA_DIR, home_path
 from serving.client import DEFAULT_TARGET
 
 # gRPC names --target takes as they are: unix sockets have no port, ipv4:/ipv6: refuse none
@@ -146,14 +146,15 @@ def expected_accuracy(text: str) -> float | str:
 
 def data_dir_flag(parser: argparse.ArgumentParser) -> None:
     """The test set's directory: the flag its errors name (common.dataset.how_to_get), its ~
-    taken as --csv's (common.dataset took it too, but ~NAME of no user failed naming neither)."""
-    parser.add_argument("--data-dir", type=home_path, default=None, metavar="DIR",
-                        help="directory of the test set's IDX files [env FMNIST_DATA_DIR, "
-                        "default /usr/share/datasets/fashion-mnist]")
+    taken as --csv's (common.dataset took it too, but ~NAME of no user failed naming neither);
+    FMNIST_DATA_DIR as fmnist-train's and the server's page's."""
+    add_option(parser, "--data-dir", type=home_path, default=DEFAULT_DATA_DIR, metavar="DIR",
+               help="directory of the test set's IDX files")
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="", metavar="NAME",
-                        help="model: softmax, mlp or baseline (default: the server's)")
-    parser.add_argument("--version", type=version_number, default=0, metavar="N",
-                        help="model version (0 = newest)")
+    """classify's and score's: FMNIST_MODEL and FMNIST_VERSION mean the same to both."""
+    add_option(parser, "--model", default="", metavar="NAME",
+               help="model: softmax, mlp or baseline (default: the server's)")
+    add_option(parser, "--version", type=version_number, default=0, metavar="N",
+               help="model version (0 = newest)")

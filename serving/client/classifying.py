@@ -4,6 +4,7 @@ in calls the server takes; prints each image's top classes and the baseline's an
 import numpy as np
 
 from common.dataset import load_test_set
+from common.flags import given
 from serving.client.api import ClassifierClient
 from serving.client.cli import CLASSIFY_BATCH, UsageError
 from serving.client.inputs import load_images
@@ -28,8 +29,8 @@ def classify(args, security) -> int:
         names += file_names
         truths += [None] * len(file_names)
     if args.invert and not pictures:  # it was ignored without a word (for "-" too, an array)
-        raise UsageError("--invert: no picture file to invert (.npy arrays and --test-index "
-                         "images are taken as they are)")
+        raise UsageError(f"{given('--invert', None, args.argv)}: no picture file to invert "
+                         "(.npy arrays and --test-index images are taken as they are)")
     if args.test_index:
         test_images, test_labels = load_test_set(args.data_dir)
         wrong = [i for i in args.test_index if not 0 <= i < len(test_images)]

@@ -3,9 +3,10 @@ list models, against a running ``fmnist-serve``.
 
 Only argparse is imported up front; each subcommand imports what it needs, so ``fmnist health``
 (the container healthcheck) starts fast. Errors are one line on stderr and exit status 1 (2, as
-argparse's own, for arguments or FMNIST_* values that cannot work). Only the options that say
-where and how to reach the server have an env var: the rest are per call, and names like
-FMNIST_BATCH_SIZE already mean something to ``fmnist-train``.
+argparse's own, for arguments or FMNIST_* values that cannot work). Every option has its
+FMNIST_* variable (common.flags.add_option), but --test-index, which names what to classify as
+the files do, and score's --batch-size: FMNIST_BATCH_SIZE is fmnist-train's Keras mini-batch,
+and a shell or CI job holds both commands' variables.
 """
 
 import argparse
@@ -110,6 +111,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         argv = [*argv[first:first + 1], *argv[:first], *argv[first + 1:]]
     args, unparsed = parser.parse_known_args(
         [Placed(arg, place) for place, arg in enumerate(argv)])
+    args.argv = argv  # an error names a value by the flag or the env var that gave it (given)
     if args.command != "classify" or any(arg.startswith("-") and arg != "-" for arg in unparsed):
         if unparsed:  # said by the command whose --help to look at
             args.parser.error(unrecognized(unparsed, args.parser._option_string_actions))
@@ -209,52 +211,54 @@ def _parser() -> argparse.ArgumentParser:
                           "name; - reads one from stdin")
     classify.add_argument("--test-index", nargs="+", action=IndicesThenFiles, default=[],
                           metavar="I", help="also classify these images of the Fashion-MNIST "
-                          "test set (0..9999); given again, adds more")
+                          "test set (0..9999); given again, adds more (no env var: like FILE, "
+                          "what to classify)")
     classify.set_defaults(files_after=[])
-    classify.add_argument("--invert", action="store_true",
-                          help="invert picture files (not .npy arrays) first: for dark objects "
-                          "on a light background (Fashion-MNIST has light objects on black)")
+    add_option(classify, "--invert", action="store_true",
+               help="invert picture files (not .npy arrays) first: for dark objects on a light "
+               "background (Fashion-MNIST has light objects on black)")
     data_dir_flag(classify)  # of --test-index
     model_flags(classify)
-    classify.add_argument("--top", type=_top, default=3, metavar="N",
-                          help=f"how many classes to show (1..{len(CLASS_NAMES)})")
+    add_option(classify, "--top", type=_top, default=3, metavar="N",
+               help=f"how many classes to show (1..{len(CLASS_NAMES)})")
 
     score = command("score", _score,
                     "Batch-score the Fashion-MNIST test set through the server: accuracy of the "
                     "model and of the baseline, their agreement, images/s, latency.")
     model_flags(score)
-    score.add_argument("--offset", type=_index, default=0, metavar="INDEX",
-                       help="first test image")
-    score.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                       help="how many images (default: all from --offset on)")
+    add_option(score, "--offset", type=_index, default=0, metavar="INDEX",
+               help="first test image")
+    add_option(score, "--limit", type=positive_int, default=None, metavar="N",
+               help="how many images (default: all from --offset on)")
     score.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                        help=f"images per request (default: {SCORE_BATCH}, or the server's "
-                       "--max-request-images if lower)")
-    score.add_argument("--rpc", choices=("stream", "unary"), default="stream",
-                       help="one ClassifyStream call, or one Classify call per batch")
-    score.add_argument("--csv", type=home_path, metavar="FILE", help="write every prediction "
-                       "to this CSV file ('-': stdout, before the summary)")
-    score.add_argument("--json", type=home_path, metavar="FILE",
-                       help="write the run's figures (accuracies, each class's, the confusion "
-                       "matrices, throughput, latency) to FILE as JSON, those of the images "
-                       "answered if the run is cut short (\"complete\": false); - (or "
-                       "/dev/stdout): the JSON alone on stdout, the summary on stderr")
-    score.add_argument("--confusion-matrix", action="store_true",
-                       help="also print the model's confusion matrix and each class's accuracy")
-    score.add_argument("--expect-accuracy", metavar="ACCURACY", type=expected_accuracy,
-                       help="exit 1 unless the model's accuracy is ACCURACY (a fraction, or "
-                       "'manifest' for the test_accuracy recorded at training) within --tolerance")
-    score.add_argument("--tolerance", type=fraction, default=None, metavar="FRACTION",
-                       help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
+                       "--max-request-images if lower; no env var: FMNIST_BATCH_SIZE is "
+                       "fmnist-train's)")
+    add_option(score, "--rpc", choices=("stream", "unary"), default="stream",
+               help="one ClassifyStream call, or one Classify call per batch")
+    add_option(score, "--csv", type=home_path, metavar="FILE", help="write every prediction "
+               "to this CSV file ('-': stdout, before the summary)")
+    add_option(score, "--json", type=home_path, metavar="FILE",
+               help="write the run's figures (accuracies, each class's, the confusion "
+               "matrices, throughput, latency) to FILE as JSON, those of the images "
+               "answered if the run is cut short (\"complete\": false); - (or "
+               "/dev/stdout): the JSON alone on stdout, the summary on stderr")
+    add_option(score, "--confusion-matrix", action="store_true",
+               help="also print the model's confusion matrix and each class's accuracy")
+    add_option(score, "--expect-accuracy", metavar="ACCURACY", type=expected_accuracy,
+               help="exit 1 unless the model's accuracy is ACCURACY (a fraction, or "
+               "'manifest' for the test_accuracy recorded at training) within --tolerance")
+    add_option(score, "--tolerance", type=fraction, default=None, metavar="FRACTION",
+               help=f"allowed difference for --expect-accuracy (default: {TOLERANCE:g})")
     # (default None, not TOLERANCE: scoring tells a --tolerance given without it)
     data_dir_flag(score)
-    score.add_argument("--no-progress", action="store_true",
-                       help="no progress bar (there is none when stderr is not a terminal)")
+    add_option(score, "--no-progress", action="store_true",
+               help="no progress bar (there is none when stderr is not a terminal)")
 
     health = command("health", _health,
                      "Exit 0 if the server reports SERVING, 1 otherwise (container healthcheck).")
-    health.add_argument("--service", default="", metavar="NAME",
-                        help="service to ask about ('' = the whole server)")
+    add_option(health, "--service", default="", metavar="NAME",
+               help="service to ask about ('' = the whole server)")
 
     command("models", _models, "List the model versions the server has loaded.")
     return parser

@@ -20,13 +20,13 @@ def write_json(path: Path, document: dict) -> TextIO | None:
     return write_file("--json", path, "the JSON's end", lambda f: f.write(text), whole=True)
 
 
-def check_writable(flag: str, path: Path) -> None:
-    """Can ``path`` (--csv, --json) be written? Not found out after the scoring. A named pipe
-    is not opened: its reader took the check's close for the end, and the file then waited
-    for another forever."""
+def check_writable(named: str, path: Path) -> None:
+    """Can ``path`` (--csv, --json, ``named`` as given: ``--csv x.csv``) be written? Not found
+    out after the scoring. A named pipe is not opened: its reader took the check's close for
+    the end, and the file then waited for another forever."""
     try:
         if str(path) == "-" and not sys.stdout:  # >&-: nowhere to write it
-            raise UsageError(f"{flag} {path}: stdout is closed")
+            raise UsageError(f"{named}: stdout is closed")
         if str(path) == "-":
             return
         if std_stream(path) or path.is_fifo():
@@ -38,7 +38,7 @@ def check_writable(flag: str, path: Path) -> None:
         if not existed:  # a failed run leaves no empty file
             path.unlink()
     except OSError as error:
-        raise UsageError(f"{flag} {path}: {error.strerror}") from None
+        raise UsageError(f"{named}: {error.strerror}") from None
 
 
 def same_file(one: Path, other: Path) -> bool:

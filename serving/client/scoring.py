@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.dataset import load_test_set
+from common.flags import given
 from serving.client import summary
 from serving.client.api import ClassifierClient
 from serving.client.cli import SCORE_BATCH, TOLERANCE, UsageError
@@ -31,14 +32,16 @@ from serving.client.stops import Terminated
 def score(args, security) -> int:
     """Runs ``fmnist score`` (its arguments ``args``) over ``security``; the exit status."""
     if args.tolerance is not None and args.expect_accuracy is None:  # was silently ignored
-        raise UsageError(f"--tolerance {args.tolerance:g} without --expect-accuracy: it is the "
-                         "allowed difference from the expected accuracy")
+        raise UsageError(f"{given('--tolerance', f'{args.tolerance:g}', args.argv)} without "
+                         "--expect-accuracy: it is the allowed difference from the expected "
+                         "accuracy")
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     for flag, path in (("--csv", args.csv), ("--json", args.json)):
         if path:
-            check_writable(flag, path)
+            check_writable(given(flag, path, args.argv), path)
     if args.csv and args.json and same_file(args.csv, args.json):
-        raise UsageError(f"--csv {args.csv} and --json {args.json}: the same file; give each "
+        raise UsageError(f"{given('--csv', args.csv, args.argv)} and "
+                         f"{given('--json', args.json, args.argv)}: the same file; give each "
                          "its own")
     answers, latencies, sent_at = [], [], []
     predictions = None  # made at the first answer: none is written before it
@@ -156,12 +159,13 @@ def _test_images(args) -> tuple[np.ndarray, np.ndarray, int]:
     images, labels = load_test_set(args.data_dir)
     end = len(images) if args.limit is None else args.offset + args.limit
     if not args.offset < end <= len(images):
-        asked = f"--offset {args.offset}" + (f" --limit {args.limit}" if args.limit else "")
+        asked = given("--offset", args.offset, args.argv) + (
+            f" {given('--limit', args.limit, args.argv)}" if args.limit else "")
         raise UsageError(f"{asked}: outside the {len(images)} test images")
     if args.expect_accuracy == "manifest" and end - args.offset < len(images):
-        raise UsageError("--expect-accuracy manifest: model.json records the accuracy over all "
-                         f"{len(images)} test images; drop --offset and --limit, or give a "
-                         "fraction")
+        raise UsageError(f"{given('--expect-accuracy', 'manifest', args.argv)}: model.json "
+                         f"records the accuracy over all {len(images)} test images; drop "
+                         "--offset and --limit, or give a fraction")
     return images[args.offset : end], labels[args.offset : end], end
 
 
@@ -233,6 +237,7 @@ def _expected_accuracy(args, client, model) -> float | None:
         return args.expect_accuracy
     recorded = client.get_model(model.name, model.version).test_accuracy
     if not recorded:  # what `fmnist models` shows as "-"
-        raise UsageError(f"--expect-accuracy manifest: the model.json of {model.name} "
-                         f"v{model.version} records no test accuracy; give a fraction instead")
+        raise UsageError(f"{given('--expect-accuracy', 'manifest', args.argv)}: the model.json "
+                         f"of {model.name} v{model.version} records no test accuracy; give a "
+                         "fraction instead")
     return recorded
