@@ -168,12 +168,17 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _expand_help(self, action: argparse.Action) -> str:
-        """A list default as its flag takes it (512,256), None as none_word; the env var last."""
-        if isinstance(action.default, tuple) or (action.default is None and getattr(
-                action.type, "none_word", "")):
+        """A list default as its flag takes it (512,256), None as none_word, a switch's as "on"
+        or "off" (its variable's words, not "True"; off only where the help asks, as
+        fmnist-train's --x/--no-x do); the env var last."""
+        if isinstance(action.default, tuple) or action.default is True or (
+                action.default is False and "%(default)" in (action.help or "")) or (
+                action.default is None and getattr(action.type, "none_word", "")):
             action = copy.copy(action)
-            action.default = (",".join(map(str, action.default)) if action.default is not None
-                              else action.type.none_word)
+            action.default = (
+                ("off", "on")[action.default] if isinstance(action.default, bool)
+                else ",".join(map(str, action.default)) if action.default is not None
+                else action.type.none_word)
         head, env, tail = super()._expand_help(action).partition(f"[env {env_var(action.dest)}]")
         return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
 

@@ -138,3 +138,31 @@ def test_every_help_fits_an_80_column_terminal(capsys, monkeypatch, command):
     assert [line for line in lines if len(line) > 80] == []
     # an env var's tag kept whole: "[env" at a line's end, its name on the next, was seen
     assert [line for line in lines if line.endswith("[env")] == []
+
+
+@pytest.mark.parametrize("command", HELPS, ids=" ".join)
+def test_a_switch_says_its_default_as_on_or_off(capsys, monkeypatch, command):
+    """fmnist-train's --mlp-batch-norm said "(default: True)", --mlp-flip-augment "(default:
+    False)", and a switch an env var turned on (FMNIST_TLS=1) "(default: True)": Python's
+    words. A switch's default is "on" or "off", as its variable takes it; a plain switch (no
+    --no- form) that is off says nothing, as not giving it means."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+    from training.options import build_parser
+
+    for variable in ("FMNIST_TLS", "FMNIST_DEBUG", "FMNIST_CONFUSION_MATRIX"):
+        monkeypatch.setenv(variable, "yes")
+    program, *argv = command
+    with pytest.raises(SystemExit):
+        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
+         "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
+         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.findall(r"\(default: (?:True|False)\)", text) == []
+    shown = {"fmnist-train": ["after each hidden layer (default: on) [env FMNIST_MLP_BATCH_NORM]",
+                              "epoch) (default: off) [env FMNIST_MLP_FLIP_AUGMENT]",
+                              "on errors (default: on) [env FMNIST_DEBUG]"],
+             "fmnist": ["CA certificates (default: on) [env FMNIST_TLS]"]}.get(program, [])
+    for said in shown + (["accuracy (default: on) [env FMNIST_CONFUSION_MATRIX]"]
+                         if argv == ["score"] else []):
+        assert said in text
