@@ -37,8 +37,8 @@ def test_classify_reads_a_dash_from_standard_input(target, tmp_path, test_set, k
 def test_standard_input_that_is_no_picture_is_named_so(target):
     piped = classify_stdin(target, b"hello\n")
     assert piped.returncode == 1
-    assert piped.stderr.decode() == "fmnist classify: error: -: cannot identify image file " \
-        "(standard input)\n"
+    assert piped.stderr.decode() == ("fmnist classify: error: -: not a picture (in no format "
+                                     "Pillow reads), nor a .npy array\n")
 
 
 def test_invert_applies_to_a_picture_on_standard_input(target, test_set):

@@ -85,6 +85,42 @@ def _standard_input() -> io.BytesIO:
     return io.BytesIO(data)
 
 
+def _unreadable(picture: Path | io.BytesIO, error: Exception) -> str:
+    """What is wrong with a picture file Pillow could not read, in words: Pillow's named no
+    fault ("cannot identify image file '<_io.BytesIO ...>'", "Truncated File Read", "Image
+    size (196000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb DOS
+    attack.")."""
+    Image = pillow()  # noqa: N806 (Pillow's name)
+    if isinstance(error, Image.DecompressionBombError):  # Pillow's own limit, at twice this
+        return (f"over the {2 * Image.MAX_IMAGE_PIXELS:,} pixels Pillow decodes; scale it down "
+                "first")
+    head = b""  # the first bytes, by which Image.open tells a format
+    with contextlib.suppress(OSError):
+        if isinstance(picture, io.BytesIO):
+            head = picture.getvalue()[:16]
+        else:
+            with open(picture, "rb") as file:
+                head = file.read(16)
+    if not head:
+        return "an empty file, not a picture"
+    kind = _format(head)  # (a format's whose header Pillow could not read is "unidentified")
+    if kind or not isinstance(error, Image.UnidentifiedImageError):
+        return f"a damaged {f'{kind} ' if kind else ''}image, or cut short"
+    return "not a picture (in no format Pillow reads), nor a .npy array"
+
+
+def _format(head: bytes) -> str:
+    """The format Pillow takes a file beginning with ``head`` for, as Image.open tells it (its
+    tests of a few bytes may raise on fewer: it passes over those), or ""."""
+    Image = pillow()  # noqa: N806 (Pillow's name)
+    Image.init()
+    for name in Image.ID:
+        with contextlib.suppress(Exception):
+            if (accept := Image.OPEN[name][1]) and accept(head):
+                return name
+    return ""
+
+
 def _border(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
 
@@ -104,7 +140,7 @@ def load_images(paths: list[Path], invert: bool = False) -> tuple[np.ndarray, li
         except Exception as error:  # Pillow's and numpy's messages do not say which file
             if isinstance(error, OSError) and error.strerror:  # not "[Errno 2] ...: 'x.png'"
                 raise ValueError(f"{path}: {error.strerror}") from None
-            said = str(error).replace(repr(stdin), "(standard input)")  # not "<_io.BytesIO ..."
+            said = str(error) if npy else _unreadable(stdin or path, error)
             raise ValueError(said if str(path) in said else f"{path}: {said}") from None
         names += [f"{path}[{i}]" for i in range(len(batch))] if len(batch) > 1 else [str(path)]
         pictures += fitted is not None
