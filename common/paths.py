@@ -14,7 +14,10 @@ def home_path(text: str) -> Path:
     in an env var (a compose file's), the shell leaves it, and ``--csv "~/p.csv"`` wrote into a
     folder named ``~``. A ``~NAME`` of no user is refused: pathlib's expanduser raised
     RuntimeError (fmnist-train's traceback), and a folder named ``~NAME`` is what this
-    undoes."""
+    undoes. An empty ``text`` (a script's unset "$REPO") is refused: it was the current folder,
+    where `fmnist-train --out ""` trained."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got '' (. is the current folder)")
     path = os.path.expanduser(text)
     if path.startswith("~"):  # left as it was: no such user (or no home at all)
         home = text.partition("/")[0]

@@ -65,3 +65,36 @@ def test_fmnist_data_dir_variable_in_the_home_of_no_user_is_named(capsys, monkey
     assert capsys.readouterr().err == (
         f"fmnist score: error: FMNIST_DATA_DIR: expected a path, got '~{NOBODY}/x': ~{NOBODY} is "
         f"the home folder of a user {NOBODY!r}, and there is none here (see fmnist score --help)\n")
+
+
+@pytest.mark.parametrize("case", [
+    ("fmnist-train", ["--out", "", "--report-dir", "full"], "--out"),
+    ("fmnist-train", ["--out", "repo", "--report-dir", ""], "--report-dir"),
+    ("fmnist-train", ["--out", "repo", "--data-dir", ""], "--data-dir"),
+    ("fmnist-serve", ["--model-repository", ""], "--model-repository"),
+    ("fmnist score", ["score", "--csv", ""], "--csv"),
+    ("fmnist score", ["score", "--json="], "--json"),
+    ("fmnist classify", ["classify", "--test-index", "0", "--data-dir", ""], "--data-dir"),
+    ("fmnist classify", ["classify", "a.png", ""], "FILE"),
+], ids=lambda case: " ".join([case[0], *case[1]]))
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch,
+                                                                   capsys, case):
+    """`fmnist-train --out "$REPO"`, REPO unset, trained into the current folder (Path("") is
+    "."), and --report-dir "" wrote the report there; `fmnist score --csv ""` said "--csv .: Is
+    a directory", `fmnist-serve --model-repository ""` served (or not) the current folder."""
+    from serving import cli as serve
+    from training import cli as train
+
+    program, argv, named = case
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old-report.md").touch()
+    main = {"fmnist-serve": serve.main, "fmnist": cli.main, "fmnist-train": train.main}
+    try:
+        status = main[program.split()[0]](argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    assert (status, capsys.readouterr().err) == (2, (
+        f"{program}: error: {named}: expected a path, got '' (. is the current folder) "
+        f"(see {program} --help)\n"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["full"]

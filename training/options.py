@@ -5,7 +5,6 @@ import argparse
 import functools
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from common.flags import (
     ArgumentParser,
@@ -180,7 +179,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--data-dir",
-        type=Path,
+        type=home_path,
         metavar="DIR",
         help="directory with the four Fashion-MNIST IDX files, .gz or not (default: searched, see "
         "below)",

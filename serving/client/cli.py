@@ -116,6 +116,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         if unparsed:  # said by the command whose --help to look at
             args.parser.error(unrecognized(unparsed, args.parser._option_string_actions))
         return args
+    if "" in [*args.files, *args.files_after, *unparsed]:  # not the current folder's pictures
+        args.parser.error("FILE: expected a path, got '' (. is the current folder)")
     # the first run, those after --test-index's numbers, the rest: in the order given
     args.files = [Path(name) for name in sorted([*args.files, *args.files_after, *unparsed],
                                                 key=lambda name: name.place)]
