@@ -166,3 +166,14 @@ def test_a_switch_says_its_default_as_on_or_off(capsys, monkeypatch, command):
     for said in shown + (["accuracy (default: on) [env FMNIST_CONFUSION_MATRIX]"]
                          if argv == ["score"] else []):
         assert said in text
+
+
+@pytest.mark.parametrize("module", ["training", "serving", "serving.client"])
+def test_each_commands_help_says_its_flags_are_env_vars_too(module):
+    """fmnist-train's and fmnist-serve's --help said that every flag is also FMNIST_<FLAG>;
+    fmnist's said nothing of it (its subcommands' helps name each variable)."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=60, check=True)
+    text = " ".join(result.stdout.split())
+    assert re.search(r"[Ee]very (flag|option) (has|can also be set by) an env(ironment)? var"
+                     r"(iable)?:? \(?FMNIST_", text), text[-400:]
