@@ -1,6 +1,7 @@
-"""`fmnist classify` given a file that is no picture, or a damaged one: one line naming the
-file and what is wrong with it, exit 1, before any call. Pillow's own words named no fault:
-"cannot identify image file 'x.png'", "Truncated File Read", "image file is truncated"."""
+"""`fmnist classify` given a file that is no picture, or a damaged one (a picture or a .npy
+array): one line naming the file and what is wrong with it, exit 1, before any call. Pillow's
+and numpy's own words named no fault: "cannot identify image file 'x.png'", "Truncated File
+Read", "malformed node or string on line 1: <ast.Name object at 0x7fe2b75e7190>"."""
 
 import io
 
@@ -43,3 +44,18 @@ def test_a_picture_over_pillows_limit_is_said_in_one_line(tmp_path, capsys, monk
     assert cli.main(["classify", "--target", "127.0.0.1:1", str(tmp_path / "large.png")]) == 1
     assert capsys.readouterr().err == (f"fmnist classify: error: {tmp_path / 'large.png'}: over "
                                        "the 2,000 pixels Pillow decodes; scale it down first\n")
+
+
+@pytest.mark.parametrize(("cut", "said"), [
+    (lambda npy: npy[:20], "a damaged .npy file, or cut short (its header)"),
+    (lambda npy: npy[:10] + b"{garbage}".ljust(118) + npy[128:],
+     "a damaged .npy file, or cut short (its header)"),
+    (lambda npy: npy[:200], "a .npy array cut short (fewer values than its header says)"),
+], ids=["header-cut", "header-garbled", "values-cut"])
+def test_a_damaged_npy_array_is_said_in_one_line(tmp_path, capsys, cut, said):
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((5, 28, 28), np.uint8))
+    assert len(buffer.getvalue()) == 128 + 5 * 784  # its header, then the values
+    (tmp_path / "cut.npy").write_bytes(cut(buffer.getvalue()))
+    assert cli.main(["classify", "--target", "127.0.0.1:1", str(tmp_path / "cut.npy")]) == 1
+    assert capsys.readouterr().err == f"fmnist classify: error: {tmp_path / 'cut.npy'}: {said}\n"

@@ -26,11 +26,19 @@ def load_npy(path: Path, opened: BinaryIO | None = None) -> np.ndarray:
         except ValueError:
             raise ValueError(f"{path}: not a .npy file (NumPy's array format)") from None
         header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        dtype = header(file)[2]
+        try:  # numpy's words: "EOF: reading array header, expected 118 bytes got 10",
+            # "malformed node or string on line 1: <ast.Name object at 0x7fe2b75e7190>"
+            dtype = header(file)[2]
+        except ValueError:
+            raise ValueError(f"{path}: a damaged .npy file, or cut short (its header)") from None
         if not np.issubdtype(dtype, np.integer):  # objects too, before numpy refuses them so
             raise ValueError(f"{path}: expected uint8 pixels, got {dtype}")
         file.seek(0)
-        array = np.load(file, allow_pickle=False)
+        try:
+            array = np.load(file, allow_pickle=False)
+        except ValueError:  # "Failed to read all data for array. Expected (5, 28, 28) = ..."
+            raise ValueError(f"{path}: a .npy array cut short (fewer values than its header "
+                             "says)") from None
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"{path}: expected pixels in 0..255, got {array.min()}..{array.max()}")
     if array.shape == IMAGE_SHAPE:
