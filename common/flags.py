@@ -44,7 +44,7 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     GOOD`). A variable near a guard's name is a ValueError here, for the caller to say as a
     usage error. The default of a ``secret`` (a token) never shows in --help.
     """
-    action = container.add_argument(*names, **kwargs)
+    action = container.add_argument(*names, **({"action": _Secret} if secret else {}), **kwargs)
     variable = env_var(action.dest)
     READ.add(variable)
     action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
@@ -68,6 +68,17 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
             action.default = Refused(error)
     action.required = action.required and not raw
     return action
+
+
+class _Secret(argparse.Action):
+    """A token's flag, refused empty (a script's unset "$TOKEN") as its variable is: the server
+    served with no check at all. (Not its type's check: argparse runs that on the default.)"""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not values:
+            raise argparse.ArgumentError(self, "empty (an unset variable?); leave the flag out "
+                                         "to go without a token")
+        setattr(namespace, self.dest, values)
 
 
 class Refused:
@@ -168,9 +179,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _expand_help(self, action: argparse.Action) -> str:
-        """A list default as its flag takes it (512,256), None as none_word, a switch's as "on"
-        or "off" (its variable's words, not "True"; off only where the help asks, as
-        fmnist-train's --x/--no-x do); the env var last."""
+        """A list default as its flag takes it (512,256), None as none_word, a switch's "on" or
+        "off", its variable's words, not True (off only where the help asks); the env var last."""
         if isinstance(action.default, tuple) or action.default is True or (
                 action.default is False and "%(default)" in (action.help or "")) or (
                 action.default is None and getattr(action.type, "none_word", "")):
@@ -192,9 +202,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """The command lines' parser (and their subcommands'): each option's default shown unless
     told otherwise (``DefaultsHelpFormatter``), errors in one line (``error``), unknown flags
     named without their values (``unrecognized``), the package's --version (a command's, not
-    its subcommands': ``fmnist classify --version 2`` is the model's). No flag is abbreviated:
-    argparse took `fmnist-train --epoch 2` for --epochs, and a script's prefix would silently
-    become another flag, or an error, once a flag was added that it also begins."""
+    its subcommands': ``fmnist classify --version 2`` is the model's); no flag abbreviated
+    (`--epoch` was --epochs: a script's would become another flag once one began alike)."""
 
     def __init__(self, *args, formatter_class=DefaultsHelpFormatter, version=True, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, allow_abbrev=False, **kwargs)

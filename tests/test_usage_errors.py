@@ -37,6 +37,10 @@ CASES = [  # (command, argv, env, the line's program, its error)
      f"not shown); did you mean {AMBIGUOUS_M}?"),
     ("fmnist-serve", ["--po", "1"], {}, "fmnist-serve", "unrecognized arguments: --po (1 value "
      "not shown); did you mean --port or --poll-interval?"),
+    ("fmnist-serve", ["--auth-token", "", "--model-repository", "none"], {}, "fmnist-serve",
+     "--auth-token: empty (an unset variable?); leave the flag out to go without a token"),
+    ("fmnist", ["health", "--token", ""], {}, "fmnist health",
+     "--token: empty (an unset variable?); leave the flag out to go without a token"),
     ("fmnist-serve", ["--port", "x"], {}, "fmnist-serve",
      "--port: expected an integer >= 0 and <= 65535, got x"),
     ("fmnist-serve", ["--port"], {}, "fmnist-serve", "--port: expected one argument"),
