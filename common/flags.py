@@ -32,24 +32,22 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     """``container.add_argument(*names, **kwargs)`` (a parser, subcommand parser or argument
     group) for an option that also reads its env var (``os.environ`` unless ``environ``).
 
-    The env var is named at the end of the help. When set and not empty it is the default,
-    converted by the option's ``type`` and checked against its ``choices`` as the flag's value
-    would be, and a required option is satisfied; set but empty, it counts as unset (a
-    ``secret``'s is refused); an option taking no value is on for 1, true, yes or on, off for
-    0, false, no or off. A bad value is an error naming the variable, with what its ``type``
-    says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x`` (a plain ``int``
-    type: ``invalid int value: 'x'``), said by ``ArgumentParser`` as a bad flag is (without
-    ``exit_on_error``: a ValueError) once it has parsed the command line, and only if the flag
-    was not given there (the flag wins: a bad FMNIST_TARGET failed `fmnist health --target
-    GOOD`). A variable near a guard's name is a ValueError here, for the caller to say as a
-    usage error. The default of a ``secret`` (a token) never shows in --help.
+    The env var ends the help, with its value if set (a default told in words hid it). Set and
+    not empty, it is the default, converted by the option's ``type`` and checked against its
+    ``choices`` as the flag's value would be, and a required option is satisfied; set but
+    empty, it counts as unset (a ``secret``'s is refused); an option taking no value is on for
+    1, true, yes or on, off for 0, false, no or off. A bad value is an error naming the
+    variable, with what its ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and
+    <= 65535, got x`` (a plain ``int`` type: ``invalid int value: 'x'``), said by
+    ``ArgumentParser`` as a bad flag is (without ``exit_on_error``: a ValueError) once it has
+    parsed the command line, and only if the flag was not given there (the flag wins: a bad
+    FMNIST_TARGET failed `fmnist health --target GOOD`). A variable near a guard's name is a
+    ValueError here, for the caller to say as a usage error. A ``secret``'s value (a token)
+    never shows in --help.
     """
     action = container.add_argument(*names, **({"action": _Secret} if secret else {}), **kwargs)
     variable = env_var(action.dest)
     READ.add(variable)
-    action.help = " ".join(filter(None, (action.help, f"[env {variable}]")))
-    if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
-        action.help += "%(default).0s"
     source = os.environ if environ is None else environ
     if secret or action.dest.startswith("tls"):  # a guard whose variable was misspelt went
         GUARDS.add(variable)  # missing with a warning: a server took every call unchecked
@@ -67,12 +65,16 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
         except ValueError as error:
             action.default = Refused(error)
     action.required = action.required and not raw
+    shown = raw and not secret and not isinstance(action.default, Refused)  # (refused: said)
+    action.env_tag = f"[env {variable}{f'={raw}' * bool(shown)}]"
+    action.help = " ".join(filter(None, (action.help, action.env_tag.replace("%", "%%"))))
+    if secret:  # a help holding "%(default)" is left alone by ArgumentDefaultsHelpFormatter
+        action.help += "%(default).0s"
     return action
 
 
 class _Secret(argparse.Action):
-    """A token's flag, refused empty (a script's unset "$TOKEN") as its variable is: the server
-    served with no check at all. (Not its type's check: argparse runs that on the default.)"""
+    """A token's flag, refused empty (an unset "$TOKEN": no check at all) as its variable is."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if not values:
@@ -106,9 +108,8 @@ def unread_env_var_warnings(program: str, also: Iterable[str] = (),
 
 
 NEAR = 0.92  # difflib's ratio: FMNIST_EPOCH is 0.96 of FMNIST_EPOCHS; no variable of one
-# command reaches it against another's (FMNIST_BASELINE_MODEL: 0.90 of fmnist-train's) but
-# these two, fmnist's model to ask and fmnist-train's to train, never taken for misspellings
-BOTH_MEANT = {"FMNIST_MODEL", "FMNIST_MODELS"}
+# command reaches it against another's (FMNIST_BASELINE_MODEL: 0.90 of fmnist-train's) but:
+BOTH_MEANT = {"FMNIST_MODEL", "FMNIST_MODELS"}  # fmnist's model to ask, fmnist-train's to train
 
 
 def near_misses(environ: Mapping[str, str], read: Iterable[str]) -> list[tuple[str, str]]:
@@ -165,10 +166,9 @@ def _convert(action: argparse.Action, variable: str, raw: str):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help already tells it or there is none to
-    show: "(default: the server's) (default: )" says nothing twice. An env var's refused value
-    is shown whatever the help says ("(default: refused: FMNIST_SEED: ...)"): the default it
-    tells is not the one the command then takes."""
+    """Shows each option's default, unless its help tells it or there is none ("(default: the
+    server's) (default: )" said nothing twice); an env var's refused value whatever the help
+    says ("(default: refused: FMNIST_SEED: ...)"): not the default the command then takes."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if "%(default)" not in (action.help or "") and isinstance(action.default, Refused):
@@ -189,7 +189,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 ("off", "on")[action.default] if isinstance(action.default, bool)
                 else ",".join(map(str, action.default)) if action.default is not None
                 else action.type.none_word)
-        head, env, tail = super()._expand_help(action).partition(f"[env {env_var(action.dest)}]")
+        head, env, tail = super()._expand_help(action).partition(getattr(action, "env_tag", "\0"))
         return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
 
     def _split_lines(self, text: str, width: int) -> list[str]:

@@ -53,6 +53,36 @@ def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypa
     assert shown in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(("command", "environ", "shown"), [
+    (["fmnist-serve"], {"FMNIST_PARALLEL_INFERENCES": "3"},
+     "(default: the CPUs this process may use) [env FMNIST_PARALLEL_INFERENCES=3]"),
+    (["fmnist-train"], {"FMNIST_REPORT_DIR": "/r"},
+     "(default: DIR/reports/<UTC timestamp>/) [env FMNIST_REPORT_DIR=/r]"),
+    (["fmnist", "score"], {"FMNIST_LIMIT": "20", "FMNIST_CSV": "/tmp/100%.csv"},
+     "(default: all from --offset on) [env FMNIST_LIMIT=20]"),
+    (["fmnist", "score"], {"FMNIST_CSV": "/tmp/100%.csv"}, "[env FMNIST_CSV=/tmp/100%.csv]"),
+    (["fmnist", "health"], {"FMNIST_TOKEN": "s3cret"}, "in ps) [env FMNIST_TOKEN]"),  # never
+])
+def test_help_shows_the_value_a_variable_gives_where_the_help_tells_its_default_in_words(
+        capsys, monkeypatch, command, environ, shown):
+    """FMNIST_PARALLEL_INFERENCES=3 fmnist-serve --help said "(default: the CPUs this process
+    may use)", and FMNIST_LIMIT=20 fmnist score --help "(default: all from --offset on)":
+    the default in words, not the one the command then takes. A token's value never shows."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+    from training.options import build_parser
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    program, *argv = command
+    with pytest.raises(SystemExit):
+        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
+         "fmnist-serve": lambda: argument_parser().parse_args(["--help"]),
+         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
+    text = " ".join(capsys.readouterr().out.split())
+    assert shown in text and "s3cret" not in text
+
+
 @pytest.mark.parametrize(("module", "program"), [
     ("training", "fmnist-train"), ("serving", "fmnist-serve"), ("serving.client", "fmnist")])
 def test_each_command_says_its_version(module, program):
@@ -161,9 +191,9 @@ def test_a_switch_says_its_default_as_on_or_off(capsys, monkeypatch, command):
     assert re.findall(r"\(default: (?:True|False)\)", text) == []
     shown = {"fmnist-train": ["after each hidden layer (default: on) [env FMNIST_MLP_BATCH_NORM]",
                               "epoch) (default: off) [env FMNIST_MLP_FLIP_AUGMENT]",
-                              "on errors (default: on) [env FMNIST_DEBUG]"],
-             "fmnist": ["CA certificates (default: on) [env FMNIST_TLS]"]}.get(program, [])
-    for said in shown + (["accuracy (default: on) [env FMNIST_CONFUSION_MATRIX]"]
+                              "on errors (default: on) [env FMNIST_DEBUG=yes]"],
+             "fmnist": ["CA certificates (default: on) [env FMNIST_TLS=yes]"]}.get(program, [])
+    for said in shown + (["accuracy (default: on) [env FMNIST_CONFUSION_MATRIX=yes]"]
                          if argv == ["score"] else []):
         assert said in text
 
