@@ -1,5 +1,5 @@
-"""The one way the command lines (fmnist-train, fmnist) take a path they are given: a leading
-``~`` is a home folder, wherever the shell left it."""
+"""The one way the command lines (fmnist-train, fmnist-serve, fmnist) take a path they are
+given: a leading ``~`` is a home folder, wherever the shell left it; an empty one is refused."""
 
 import argparse
 import os
