@@ -34,27 +34,10 @@ def test_a_stream_whose_server_stops_answering_fails_after_the_timeout(model_rep
             for start in range(1, 1000):
                 yield test_set[0][start:start + 1]
 
-        outcome = []
-
-        def score():
-            with ClassifierClient(target, timeout=1) as client:
-                try:
-                    outcome.append(len(list(client.classify_batches(batches()))))
-                except grpc.RpcError as error:
-                    outcome.append(error)
-
-        started = time.monotonic()
-        try:
-            waiting = threading.Thread(target=score, daemon=True)
-            waiting.start()
-            waiting.join(20)
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-        waiting.join(20)
-        assert outcome and isinstance(outcome[0], grpc.RpcError), outcome
-        assert outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert outcome[0].details() == "no answer in 1 s (the timeout per answer)"
-        assert time.monotonic() - started < 10
+        error, closed_while_hung = _stream_to_a_server_that_hangs(process, target, batches())
+    assert closed_while_hung, error  # not after 999 times the timeout, nor once resumed
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+    assert error.details() == "no answer in 1 s (the timeout per answer)"
 
 
 def test_a_stream_whose_server_dies_is_said_so(model_repository, test_set):
@@ -135,29 +118,17 @@ def test_a_stream_whose_server_stops_before_its_end_fails_after_the_timeout(mode
     with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
                                                                                   logs):
         target = logs.wait_for("serving")[0]["address"]
-        answered, outcome = threading.Event(), []
+        answered = threading.Event()
 
         def batches():
             yield test_set[0][:1]
             answered.wait(10)
             os.kill(process.pid, signal.SIGSTOP)  # hung before it ends the stream
 
-        def score():
-            with ClassifierClient(target, timeout=1) as client:
-                try:
-                    for _ in client.classify_batches(batches()):
-                        answered.set()
-                except grpc.RpcError as error:
-                    outcome.append(error)
-
-        try:
-            waiting = threading.Thread(target=score, daemon=True)
-            waiting.start()
-            waiting.join(20)
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-        waiting.join(20)
-    assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
+        error, closed_while_hung = _stream_to_a_server_that_hangs(
+            process, target, batches(), on_answer=lambda _count: answered.set())
+    assert closed_while_hung, error
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
 
 
 def test_a_score_whose_server_hangs_mid_stream_says_what_waited(model_repository, tmp_path):
@@ -196,25 +167,41 @@ def test_a_client_whose_stream_got_no_answer_closes_while_the_server_is_hung(mod
     with server_process(model_repository, "--workers", "1", "--http-port", "0") as (process,
                                                                                   logs):
         target = logs.wait_for("serving")[0]["address"]
-        outcome = []
 
-        def score():
-            with ClassifierClient(target, timeout=1) as client:
-                try:  # small batches, many of them queued when the server hangs
-                    for answered, _ in enumerate(client.classify_batches(
-                            test_set[0][start : start + 1] for start in range(10000))):
-                        if answered == 20:
-                            os.kill(process.pid, signal.SIGSTOP)
-                except grpc.RpcError as error:
-                    outcome.append(error)
+        def hang_after_20(count: int) -> None:  # small batches, many queued when it hangs
+            if count == 20:
+                os.kill(process.pid, signal.SIGSTOP)
 
-        try:
-            waiting = threading.Thread(target=score, daemon=True)
-            waiting.start()
-            waiting.join(30)
-            closed = not waiting.is_alive()  # while the server is still hung
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
+        error, closed_while_hung = _stream_to_a_server_that_hangs(
+            process, target, (test_set[0][start : start + 1] for start in range(10000)),
+            on_answer=hang_after_20)
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+    assert closed_while_hung
+
+
+def _stream_to_a_server_that_hangs(process, target, batches, on_answer=lambda _count: None
+                                   ) -> tuple[grpc.RpcError | None, bool]:
+    """Streams ``batches`` to ``target`` with a timeout of 1 s per answer, ``on_answer(count)``
+    after each answer, on a thread of its own, while the caller's SIGSTOP hangs ``process``;
+    resumes ``process`` after 30 s (thirty timeouts; a client that waits for a hung server
+    waits that long) or once the client is closed: the stream's error (None if it ended
+    without one), and whether the client was closed while the server was still hung."""
+    outcome = []
+
+    def stream():
+        with ClassifierClient(target, timeout=1) as client:
+            try:
+                for count, _ in enumerate(client.classify_batches(batches), 1):
+                    on_answer(count)
+            except grpc.RpcError as error:
+                outcome.append(error)
+
+    waiting = threading.Thread(target=stream, daemon=True)
+    try:
+        waiting.start()
         waiting.join(30)
-    assert outcome and outcome[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome
-    assert closed
+        closed_while_hung = not waiting.is_alive()
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    waiting.join(30)
+    return (outcome[0] if outcome else None), closed_while_hung
