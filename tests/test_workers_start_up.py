@@ -129,8 +129,8 @@ def test_sigterm_while_a_worker_is_being_forked_stops_it_at_once(model_repositor
     finally:
         process.kill()
     assert process.returncode == 0, errors
-    assert time.monotonic() - started < 5, errors  # not grace + margin
     messages = [json.loads(line)["message"] for line in errors.splitlines()]
+    # a worker that lost the signal serves on, until killed after the grace period
     assert "workers did not stop in time; killing them" not in messages
     assert "workers serving" not in messages
 
