@@ -2,6 +2,7 @@
 exit status a shell gives a command its signal ended."""
 
 import fcntl
+import gc
 import itertools
 import json
 import os
@@ -248,14 +249,17 @@ def test_a_stop_during_the_json_write_leaves_the_file_whole(tmp_path):
     path, previous, document = tmp_path / "score.json", '{"images": 1}\n', {"images": 2}
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     own = sys._getframe()  # its steps are not the write's
+    gc.collect()  # no collection midway: a stop in its callbacks (weakref's) is lost
+    gc.disable()  # (an unraisable exception) and the write goes on, as if past its end
     try:
         for step in itertools.count(1):
             path.write_text(previous)
-            events = itertools.count(1)
+            events, stopped = itertools.count(1), []
 
-            def stop_at_step(frame, _event, _arg, step=step, events=events):
+            def stop_at_step(frame, _event, _arg, step=step, events=events, stopped=stopped):
                 if frame is not own and next(events) == step:
                     sys.setprofile(None)
+                    stopped.append(frame.f_code.co_qualname)
                     os.kill(os.getpid(), signal.SIGINT)
 
             sys.setprofile(stop_at_step)
@@ -264,12 +268,14 @@ def test_a_stop_during_the_json_write_leaves_the_file_whole(tmp_path):
             except KeyboardInterrupt:
                 pass
             else:
+                assert not stopped, f"step {step}: the stop in {stopped[0]} was lost"
                 break
             finally:
                 sys.setprofile(None)
             assert path.read_text() in (previous, json.dumps(document, indent=2) + "\n"), step
             assert os.listdir(tmp_path) == ["score.json"], step
     finally:
+        gc.enable()
         signal.signal(signal.SIGINT, handler)
     assert json.loads(path.read_text()) == document and os.listdir(tmp_path) == ["score.json"]
     assert step > 3  # stopped at every step before the last
