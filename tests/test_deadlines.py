@@ -117,10 +117,9 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed(slow
         assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
         assert list((await occupying).outputs[0].shape) == [SLOW_BATCH, 10]
-        await asyncio.sleep(0.05)  # let the queue drop the expired request
-        assert computed(await slow_statistics(v2)) == (SLOW_BATCH, 1)
-
-        await v2.ModelInfer(infer_request(3), timeout=30)  # a live request is still computed
+        # a live request is still computed; queued after the expired one, with one slot, its
+        # answer comes after the expired one was computed (alone or in its batch) or dropped
+        await v2.ModelInfer(infer_request(3), timeout=30)
         assert computed(await slow_statistics(v2)) == (SLOW_BATCH + 3, 2)
 
 
