@@ -206,15 +206,21 @@ def test_a_sigterm_its_caller_ignores_stays_ignored():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_stop_while_a_failed_score_waits_for_its_csv_says_how_far_it_got(model_repository):
+def test_a_stop_while_a_failed_score_waits_for_its_csv_says_how_far_it_got(model_repository,
+                                                                          tmp_path):
     """A run whose server went away waits for its CSV's writer, to write every row; held by a
     reader that stopped reading (`--csv - | (sleep 100)`), it waits until stopped, and the stop
     then said only "stopped (SIGTERM)": neither the error nor how far the run got. The stop
     ends the wait, and the error's line says both, counting the rows the pipe took."""
     read, write = os.pipe()
+    waiting = tmp_path / "waiting"  # made as the run, failed, begins to wait for the writer
+    marks_the_wait = (
+        "import pathlib; from serving.client.predictions import Predictions; "
+        "close = Predictions.close; Predictions.close = lambda self, within=None: "
+        f"(pathlib.Path({str(waiting)!r}).touch(), close(self, within))[1]; ")
     with running_server(local_settings(model_repository=model_repository), grace=0) as server:
         process = subprocess.Popen(
-            [sys.executable, "-c", AS_IN_A_TERMINAL, "score", "--target",
+            [sys.executable, "-c", marks_the_wait + AS_IN_A_TERMINAL, "score", "--target",
              f"127.0.0.1:{server.port}", "--batch-size", "1", "--rpc", "unary", "--csv", "-"],
             stdout=write, stderr=subprocess.PIPE, text=True)
         os.close(write)
@@ -224,8 +230,12 @@ def test_a_stop_while_a_failed_score_waits_for_its_csv_says_how_far_it_got(model
             process.kill()
             raise
     try:  # the server stopped, at once: the run's next call fails (retried for 0.3 s at most)
-        time.sleep(3)  # then waits for the writer
-        assert process.poll() is None, process.communicate()
+        for _ in range(600):  # a minute at most
+            if waiting.exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, process.communicate()  # it waits for the writer
+        assert waiting.exists(), "the run did not fail within a minute of its server's end"
         process.send_signal(signal.SIGTERM)
         err = process.communicate(timeout=10)[1]
     finally:
