@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -153,13 +154,30 @@ def test_sigusr1_and_sigusr2_leave_the_supervisor_and_its_workers_serving(model_
         for pid in (process.pid, *every):  # as `pkill -USR1 -f serving` sends them
             for number in (signal.SIGUSR1, signal.SIGUSR2):
                 os.kill(pid, number)
-        time.sleep(1)
-        assert process.poll() is None and children(process.pid) == every
+        deadline = time.monotonic() + 10  # until each was taken or dropped: by then, a default
+        while any(_pending(pid) & USR_SIGNALS for pid in (process.pid, *every)):  # action ended
+            assert time.monotonic() < deadline, "SIGUSR1 or SIGUSR2 still pending after 10 s"
+            time.sleep(0.01)
         with grpc.insecure_channel(started["address"]) as channel:
             assert pb_grpc.ClassifierStub(channel).Classify(
                 pb.ClassifyRequest(images=[bytes(784)]), timeout=10).results
+        assert process.poll() is None and children(process.pid) == every
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+USR_SIGNALS = 1 << signal.SIGUSR1 - 1 | 1 << signal.SIGUSR2 - 1  # in /proc's masks
+
+
+def _pending(pid: int) -> int:
+    """The signals sent to process ``pid`` and not yet taken by one of its threads (Linux's
+    ShdPnd, a mask); none once it has ended (a zombie's are never taken)."""
+    with contextlib.suppress(FileNotFoundError):
+        status = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines())
+        if status["State"].split()[0] not in "ZX":
+            return int(status["ShdPnd"], 16)
+    return 0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
