@@ -257,7 +257,10 @@ def test_calls_whose_clients_gave_up_while_queued_are_counted(repository_copy, g
             before = counts()
             holding = [v2.ModelInfer.future(infer_request(SLOW_BATCH), timeout=30)
                        for _ in range(2)]  # both call threads, for 0.6 s or so
-            time.sleep(0.05)
+            deadline = time.monotonic() + 10  # until both hold a call thread (counted in)
+            while value(scrape(metrics_port), "fmnist_requests_in_flight") < 2:
+                assert time.monotonic() < deadline, "the two calls held no call thread in 10 s"
+                time.sleep(0.005)
             given_up = [v2.ModelInfer.future(infer_request(1), timeout=0.1) for _ in range(5)]
             cancelled = v2.ModelInfer.future(infer_request(1), timeout=30)
             strays = [channel.unary_unary(path).future(b"", timeout=0.1)
