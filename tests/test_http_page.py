@@ -63,16 +63,16 @@ def opened_with_models(browser, url: str):
     return element
 
 
-def delay_test_images(browser) -> None:
-    """The page's fetches of test images answer 1.5 s late: room to act while one is on its
-    way; ``window.testImagesEnded`` counts those answered or failed."""
+def delay_test_images(browser, late_s: float = 1.5) -> None:
+    """The page's fetches of test images answer ``late_s`` late: room to act while one is on
+    its way; ``window.testImagesEnded`` counts those answered or failed."""
     browser.execute_script("""
-        const original = window.fetch;
+        const original = window.fetch, late_ms = arguments[0];
         window.testImagesEnded = 0;
         window.fetch = (path, options) => String(path).includes("v1/test-images/")
-            ? new Promise((done) => setTimeout(done, 1500)).then(() => original(path, options))
+            ? new Promise((done) => setTimeout(done, late_ms)).then(() => original(path, options))
                 .finally(() => { window.testImagesEnded += 1; })
-            : original(path, options);""")
+            : original(path, options);""", late_s * 1000)
 
 
 def labels(stub, image: np.ndarray) -> tuple[int, int]:
