@@ -153,7 +153,11 @@ def test_a_wait_is_said_to_a_screen_reader(served, browser, test_set, tmp_path):
         spoken = element(By.ID, "spoken")
         element(By.ID, "file").send_keys(str(boot))
         wait_for(browser, lambda: "boot.png, as" in spoken.get_attribute("textContent"))
-        time.sleep(1.5)  # past the page's wait before it says "classifying": a quick answer
+        # past the page's wait (1 s from the press) before it says "classifying": a timer of
+        # the same length set after the page's (the answer is in) runs after it
+        browser.execute_script(
+            "window.pastTheWait = false; setTimeout(() => { window.pastTheWait = true; }, 1000);")
+        wait_for(browser, lambda: browser.execute_script("return window.pastTheWait"))
         assert "boot.png, as the model sees it" in spoken.get_attribute("textContent")
         let_go.clear()
         element(By.ID, "file").send_keys(str(trouser))
