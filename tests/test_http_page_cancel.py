@@ -6,10 +6,13 @@ import re
 import numpy as np
 from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions import interaction
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page_drawing import stroke
 from tests.test_http_page_wait import holding_answers, pictures
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
@@ -37,6 +40,63 @@ def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
         assert element(By.ID, "status").text == ""
         ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # nothing to end: the answer stays
         assert element(By.ID, "answer").is_displayed() and element(By.ID, "status").text == ""
+
+
+def test_esc_takes_back_what_was_started_and_keeps_the_answer_before_it(served, browser,
+                                                                        test_set, tmp_path):
+    """Esc, pressed by a person who changed their mind while the next answer was on its way,
+    took the last answer away too: the page stood empty, and the model list still named the
+    model whose answer was given up on. The answer before stays, and the controls go back to
+    what it was asked with: what they ask again for is what is shown."""
+    url, _ = served
+    boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answer = element(By.ID, "answer")
+        shown = element(By.ID, "model-name").text, element(By.ID, "model-label").text
+        let_go.clear()
+        for change in (lambda: Select(element(By.ID, "model")).select_by_value("softmax"),
+                       lambda: element(By.ID, "invert").click(),
+                       lambda: element(By.ID, "file").send_keys(str(trouser))):
+            left = let_go.left
+            change()
+            wait_for(browser, lambda: element(By.ID, "status").text)
+            ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+            wait_for(browser, lambda left=left: let_go.left == left + 1)  # its call ended
+            assert element(By.ID, "status").text.endswith(": cancelled")
+            assert answer.is_displayed() and answer.get_attribute("aria-busy") is None
+            wait_for(browser, lambda: float(answer.value_of_css_property("opacity")) == 1)
+            assert (element(By.ID, "model-name").text,
+                    element(By.ID, "model-label").text) == shown
+            assert "boot.png" in element(By.ID, "truth").text
+            assert element(By.ID, "model").get_attribute("value") == ""  # as it was asked
+            assert not element(By.ID, "invert").is_selected()
+        let_go.set()
+        Select(element(By.ID, "model")).select_by_value("softmax")  # asks again for boot.png
+        wait_for(browser, lambda: element(By.ID, "model-name").text.startswith("softmax v"))
+        assert "boot.png" in element(By.ID, "truth").text
+
+
+def test_clear_while_a_drawing_is_on_its_way_keeps_the_pictures_answer_before_it(
+        served, browser, test_set, tmp_path):
+    """"Clear" pressed while a drawing's answer was on its way took the picture's answer shown
+    before it away too, though that was no drawing's."""
+    url, _ = served
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        let_go.clear()
+        stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.5), (0.8, 0.5))
+        wait_for(browser, lambda: let_go.calls == 2)
+        element(By.ID, "clear-drawing").click()
+        wait_for(browser, lambda: let_go.left == 1)  # the drawing's call ended
+        assert element(By.ID, "answer").is_displayed()
+        assert "boot.png" in element(By.ID, "truth").text
+        assert element(By.ID, "answer").get_attribute("aria-busy") is None
 
 
 def noise(path, side: int):
