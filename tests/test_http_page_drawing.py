@@ -7,6 +7,7 @@ import base64
 import io
 
 import numpy as np
+from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions import interaction
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
@@ -46,8 +47,23 @@ def stroke(browser, kind: str, *points: tuple[float, float]) -> None:
 
 def pad_as_the_model_sees_it(browser) -> np.ndarray:
     """The pad as the page sends it (a PNG), made 28x28 by the server's own code."""
-    url = browser.execute_script("return document.getElementById('drawing').toDataURL()")
-    return load_png(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    return load_png(io.BytesIO(base64.b64decode(browser.execute_script(
+        "return padPicture.toDataURL()").split(",", 1)[1])))
+
+
+def keep_what_is_sent(browser) -> None:
+    """``window.sent``: the body of each picture the page sends, as a data: URL."""
+    browser.execute_script("""window.sent = []; const send = XMLHttpRequest.prototype.send;
+        XMLHttpRequest.prototype.send = function (body) {
+          const reader = new FileReader();
+          reader.onload = () => window.sent.push(reader.result);
+          reader.readAsDataURL(body);
+          return send.call(this, body); };""")
+
+
+def sent_png(browser) -> bytes:
+    wait_for(browser, lambda: browser.execute_script("return window.sent.length"))
+    return base64.b64decode(browser.execute_script("return window.sent.pop()").split(",", 1)[1])
 
 
 def answered(browser, count: int) -> None:
@@ -132,6 +148,32 @@ def test_the_pad_keeps_to_the_narrowest_phones_width_and_a_finger_draws_on_it(se
     finally:
         browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_pad_draws_at_the_screens_resolution_and_sends_the_png_it_sent(served, browser):
+    """On a screen of 2 device pixels to a CSS pixel the pad's 280x280 bitmap was stretched
+    over 332 pixels: its strokes looked soft. It draws at the device's pixels now, and sends
+    the same 280x280 PNG as on a screen of 1; the server's 28x28 is of that PNG."""
+    url, _ = served
+    sent = {}
+    for scale in (1, 2):
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 900, "height": 640, "deviceScaleFactor": scale, "mobile": False})
+        try:
+            opened_with_models(browser, url)
+            keep_what_is_sent(browser)
+            count_answers(browser)
+            stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.3), (0.5, 0.7), (0.8, 0.3))
+            answered(browser, 1)
+            png = sent_png(browser)
+            assert np.array_equal(canvas(browser), load_png(io.BytesIO(png)))
+            sent[scale] = np.asarray(Image.open(io.BytesIO(png)))
+            assert browser.execute_script("""const pad = document.getElementById("drawing");
+                return [pad.width, pad.height, pad.clientWidth * devicePixelRatio]""") == [
+                332 * scale // 2, 332 * scale // 2, 332 * scale // 2]
+        finally:
+            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert sent[1].shape[:2] == (280, 280) and np.array_equal(sent[1], sent[2])
 
 
 def test_on_a_phone_the_answer_comes_into_sight(served, browser):
