@@ -63,6 +63,30 @@ def test_a_random_test_image_is_given_up_on_once_in_the_time_said(served, browse
         assert browser.execute_script("return window.saidAfter") < 6500
 
 
+def test_a_silence_is_counted_in_the_status_line_up_to_the_limit(served, browser):
+    """A random test image that a server answered nothing for stood as "classifying a test
+    image..." for the page's whole limit (120 s), then "no answer ...": nothing said in the
+    meanwhile that nothing had come, nor how long the page would wait."""
+    url, _ = served
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        browser.execute_script("""ANSWER_TIMEOUT_S = 4; ANSWER_QUIET_S = 1;
+            window.said = []; window.spoken = [];
+            for (const [id, words] of [["status", said], ["spoken", spoken]]) {
+              new MutationObserver(() => words.push(document.getElementById(id).textContent))
+                .observe(document.getElementById(id), {childList: true});
+            }""")
+        let_go.clear()
+        element(By.ID, "random").click()
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        said = [words for words in browser.execute_script("return window.said") if words]
+        assert said[0] == "classifying a test image...", said
+        assert said[1:] == [f"no answer yet: {s} s of 4 s..." for s in range(1, len(said))]
+        assert len(said) >= 3, said  # counted, a second at a time
+        spoken = [words for words in browser.execute_script("return window.spoken") if words]
+        assert spoken == ["classifying a test image...", "no answer yet: 1 s of 4 s..."], spoken
+
+
 def opacities(browser, element, picture, seconds: float) -> list[tuple[float, float]]:
     """``(ms, opacity)`` of the answer area at each frame for ``seconds`` after ``picture`` was
     chosen (1 while it is out of sight)."""
