@@ -109,13 +109,20 @@ def noise(path, side: int):
 
 def test_a_slow_upload_that_goes_on_is_waited_for(served, browser, tmp_path):
     """The page gave up on an upload after its limit (120 s) even while the picture was going, on
-    a slow link: "the picture was still being sent ... after 120 s"."""
+    a slow link: "the picture was still being sent ... after 120 s". On a 280-pixel phone (where
+    slow links are) how much had gone is said whole: "sending the picture: 120 kB of 1..." was
+    cut short at the line's end."""
     url, _ = served
     picture = noise(tmp_path / "noise.png", 320)  # 300 kB: 7.5 s at 40 kB/s
     element = opened_with_models(browser, url)
-    browser.execute_script("""ANSWER_TIMEOUT_S = 3; window.said = [];
-        new MutationObserver(() => said.push(document.getElementById("status").textContent))
-            .observe(document.getElementById("status"), {childList: true});""")
+    browser.execute_script("""ANSWER_TIMEOUT_S = 3; window.said = []; window.cut = [];
+        const status = document.getElementById("status");
+        new MutationObserver(() => {
+          said.push(status.textContent);
+          if (status.scrollWidth > status.clientWidth) cut.push(status.textContent);
+        }).observe(status, {childList: true});""")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # laid out anew
+        "width": 280, "height": 653, "deviceScaleFactor": 1, "mobile": True})
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 40_000})
@@ -127,10 +134,12 @@ def test_a_slow_upload_that_goes_on_is_waited_for(served, browser, tmp_path):
         browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
             "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
         browser.execute_cdp_cmd("Network.disable", {})
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert element(By.ID, "error").text == ""
+    assert browser.execute_script("return window.cut") == []
     # and while it went, how much had; then what the server was doing
     said = [words for words in browser.execute_script("return window.said") if words]
-    sent = [re.fullmatch(r"sending the picture: (\d+) kB of (\d+) kB\.\.\.", words)
+    sent = [re.fullmatch(r"sending: (\d+) kB of (\d+) kB\.\.\.", words)
             for words in said[:-1]]
     assert sent and all(sent) and said[-1] == "classifying noise.png...", said
     assert int(sent[0][1]) < int(sent[-1][1]) <= int(sent[-1][2]) == round(
