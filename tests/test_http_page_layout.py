@@ -33,6 +33,9 @@ def test_nothing_runs_past_the_screens_edge_and_the_pads_buttons_are_in_reach(
         element(By.ID, "random").click()
         wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
         assert browser.execute_script(OVER_THE_EDGE) == []
+        # a flag's name whole on one line ("--" at one line's end, "auth-token" the next's)
+        assert browser.execute_script("""return [...document.querySelectorAll("code")].filter(
+            (code) => code.getClientRects().length > 1).length""") == 0
         pad, classify, clear = (element(By.ID, name).rect for name in (
             "drawing", "classify-drawing", "clear-drawing"))
         if width < 300:  # in one row under the pad, as wide as it
