@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
 from tests.test_http_page_drawing import stroke
-from tests.test_http_page_wait import holding_answers, pictures
+from tests.test_http_page_wait import hint, holding_answers, pictures
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 
@@ -28,12 +28,14 @@ def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
         let_go.clear()
         element(By.ID, "file").send_keys(str(boot))
         wait_for(browser, lambda: element(By.ID, "status").text == "classifying boot.png...")
+        assert hint(browser) == '" (Esc cancels)"'  # a key no one knew of, said where it works
         ActionChains(browser).send_keys(Keys.ESCAPE).perform()
         wait_for(browser, lambda: let_go.left == 1)  # the browser hung up: the call ended
         assert element(By.ID, "status").text == "classifying boot.png: cancelled"
         assert element(By.ID, "spoken").get_attribute("textContent") == (
             "classifying boot.png: cancelled")  # a screen reader's word of it too
         assert element(By.ID, "error").text == "" and not element(By.ID, "answer").is_displayed()
+        assert hint(browser) == "none"  # no wait to cancel
         let_go.set()
         element(By.ID, "random").click()  # the next wait: the word of the last one goes
         wait_for(browser, lambda: element(By.ID, "truth").get_attribute("data-index"))
@@ -92,6 +94,8 @@ def test_clear_while_a_drawing_is_on_its_way_keeps_the_pictures_answer_before_it
         let_go.clear()
         stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.5), (0.8, 0.5))
         wait_for(browser, lambda: let_go.calls == 2)
+        wait_for(browser, lambda: element(By.ID, "status").text)
+        assert hint(browser) == '" (Esc cancels)"'
         element(By.ID, "clear-drawing").click()
         wait_for(browser, lambda: let_go.left == 1)  # the drawing's call ended
         assert element(By.ID, "answer").is_displayed()

@@ -86,6 +86,13 @@ def pictures(test_set, tmp_path, *names: str) -> list:
         Image.fromarray(test_set[0][2 * index]).save(path)
     return paths
 
+
+def hint(browser) -> str:
+    """What the page adds to its status line, after its words."""
+    return browser.execute_script("return getComputedStyle(document.getElementById('status'), "
+                                  "'::after').content")
+
+
 def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(served, browser,
                                                                              test_set, tmp_path):
     """While a second picture was being classified, an empty black square stood beside the bare
@@ -190,6 +197,7 @@ def test_a_wait_is_said_where_a_phone_shows_it(served, browser, test_set, tmp_pa
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(str(ARTIFACTS / "http_page_busy_phone.png"))
             assert status["y"] >= 0 and status["y"] + status["height"] <= 740, status
+            assert hint(browser) == "none"  # "(Esc cancels)": a phone has no Esc key
             assert element(By.ID, "image").rect == picture_at  # nothing moved for the line
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
