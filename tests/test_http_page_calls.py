@@ -87,6 +87,27 @@ def test_a_silence_is_counted_in_the_status_line_up_to_the_limit(served, browser
         assert spoken == ["classifying a test image...", "no answer yet: 1 s of 4 s..."], spoken
 
 
+def test_a_model_list_the_server_does_not_give_is_counted_in_the_status_line(served, browser):
+    """Coming back to the page of a stuck server, the model list asked for again and not
+    given, nothing was said for the page's whole limit (120 s): the page stood as if all was
+    well, then "no answer ..."."""
+    url, _ = served
+    with holding_answers(url, path="/v1/models") as (page, let_go):
+        element = opened_with_models(browser, page)
+        browser.execute_script("ANSWER_TIMEOUT_S = 4; ANSWER_QUIET_S = 1; window.said = [];"
+                               "const status = document.getElementById('status');"
+                               "new MutationObserver(() => said.push(status.textContent))"
+                               ".observe(status, {childList: true});")
+        let_go.clear()
+        browser.execute_script("dispatchEvent(new Event('focus'))")  # the person back
+        wait_for(browser, lambda: element(By.ID, "error").text)
+        assert element(By.ID, "error").text == (
+            f"no answer from the server at {page.rstrip('/')} in 4 s: is it overloaded, or stuck?")
+        said = browser.execute_script("return window.said")
+        assert said[-1] == "" and len(said) >= 3, said  # its words gone with the wait
+        assert said[:-1] == [f"no model list yet: {s} s of 4 s..." for s in range(1, len(said))]
+
+
 def opacities(browser, element, picture, seconds: float) -> list[tuple[float, float]]:
     """``(ms, opacity)`` of the answer area at each frame for ``seconds`` after ``picture`` was
     chosen (1 while it is out of sight)."""

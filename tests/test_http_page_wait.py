@@ -42,10 +42,10 @@ class Gate(threading.Event):
 
 
 @contextlib.contextmanager
-def holding_answers(url: str, sent: float = 0):
+def holding_answers(url: str, sent: float = 0, path: str = "/v1/classify"):
     """``(page URL, let_go)``: ``url``'s server behind a proxy that passes every call on, but
-    holds the answers to classify calls while ``let_go`` (a ``Gate``) is clear: before its
-    headers, or with the ``sent`` part of its body sent."""
+    holds the answers to calls to ``path`` (classify calls) while ``let_go`` (a ``Gate``) is
+    clear: before its headers, or with the ``sent`` part of its body sent."""
     let_go = Gate()
     let_go.set()
 
@@ -56,7 +56,7 @@ def holding_answers(url: str, sent: float = 0):
                 self.command, url + self.path, data=body, timeout=10,
                 headers={name: self.headers[name] for name in ("Content-Type", "Authorization")
                          if name in self.headers})
-            held, first = "/v1/classify" in self.path, int(sent * len(answer.content))
+            held, first = self.path.startswith(path), int(sent * len(answer.content))
             if held and not sent and let_go.hold(self.connection):
                 return
             self.send_response(answer.status_code)
