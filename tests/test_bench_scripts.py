@@ -1,6 +1,6 @@
 """The benchmark scripts refuse what they cannot measure in one line and a non-zero status: a
 model repository or file that is not there, a port that is not a number, a server that does not
-answer. They printed a Python traceback, or (bench/http_memory.py) a table of refused
+answer. They printed a Python traceback, or (bench/memory.py) a table of refused
 connections and exit 0, a figure that could land in BENCHMARKS.md as if measured."""
 
 import socket
@@ -20,7 +20,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize(("script", "arguments", "said"), [
-    ("http_memory.py", ["{missing}", "--rounds", "1", "--calls", "1", "--images", "1"],
+    ("memory.py", ["{missing}", "--rounds", "1", "--calls", "1", "--images", "1"],
      "the server exited"),
     ("drain.py", ["{missing}", "--rounds", "1", "--seconds", "1"], "the server exited"),
     ("soak.py", ["--model-repository", "{missing}", "--duration", "1", "--warmup", "0",
