@@ -193,8 +193,7 @@ class CallPipeline:
             self._metrics_of(method).count(code)
 
     def _metrics_of(self, method: str) -> CallMetrics:
-        metrics = self._metrics.get(method)
-        if metrics is None:
+        if (metrics := self._metrics.get(method)) is None:
             service, _, name = method.strip("/").partition("/")
             metrics = self._metrics[method] = CallMetrics(API_LABELS.get(service, service), name)
         return metrics
@@ -261,6 +260,9 @@ class _Around:
                 code = failure.grpc_code
                 raise failure from None
         finally:
+            # raised from here, the error holds this frame (its traceback) and the frame the
+            # error: a cycle that kept a failed call's request until the collector's next pass
+            error = failure = None
             if self.slots is not None:
                 self.slots.release()
             if self.counted:
