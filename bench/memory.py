@@ -1,8 +1,8 @@
 """What bursts of large calls cost in memory, over gRPC and HTTP: the peak a container's memory
 limit has to cover, and what the server keeps once they are over.
 
-Starts ``python -m serving`` (127.0.0.1, free ports, ``--workers`` as given,
-``--max-request-images`` raised to ``--images`` where needed, the environment of this process
+Starts ``python -m serving`` (127.0.0.1, free ports, ``--workers`` and ``--max-request-images``
+as given, the latter else raised to ``--images`` where needed, the environment of this process
 plus ``--env`` assignments, e.g. ``MALLOC_ARENA_MAX=2``); then, for each of ``--transports``,
 sends ``--calls`` requests of ``--images`` images at once, one connection each, ``--rounds``
 times: ``grpc`` fashion_mnist.v1 Classify (one bytes per image), ``http-binary`` an Open
@@ -12,7 +12,8 @@ waits ``--idle`` seconds after the last burst. Prints a table: the answers, the 
 each burst, the RSS and PSS of the server's processes after it, and after the idle time.
 
 Usage: python bench/memory.py REPOSITORY [--transports grpc http-binary http-json]
-       [--calls 64] [--images 1024] [--rounds 2] [--idle 10] [--workers 2] [--env K=V ...]
+       [--calls 64] [--images 1024] [--rounds 2] [--idle 10] [--workers 2]
+       [--max-request-images N] [--env K=V ...]
 """
 
 import argparse
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds after the last burst")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-request-images", type=int,
+                        help="the server's (default: 1024, or --images if more): below "
+                        "--images, every call is refused")
     parser.add_argument("--env", nargs="*", default=[], metavar="K=V")
     args = parser.parse_args()
     pixels = bytes(pixel % 256 for pixel in range(args.images * 784))
@@ -128,7 +132,8 @@ def main() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model-repository", args.repository, "--host",
          "127.0.0.1", "--port", str(grpc_port), "--http-port", str(http_port), "--workers",
-         str(args.workers), "--max-request-images", str(max(args.images, 1024)),
+         str(args.workers), "--max-request-images",
+         str(args.max_request_images or max(args.images, 1024)),
          "--max-message-bytes", str(max(largest, 4 << 20)), "--poll-interval", "0",
          "--log-level", "WARNING"],
         env=os.environ | dict(item.split("=", 1) for item in args.env))
