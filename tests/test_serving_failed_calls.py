@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import grpc
+import pytest
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
@@ -25,7 +26,7 @@ def _refuse(request, call):
 def test_a_failed_call_is_freed_by_reference_counting_alone():
     """The pipeline raised a call's error from a frame whose locals held it: the error's
     traceback held that frame, a cycle that kept every frame of the call and its request until
-    the collector's next pass. 64 refused requests of 3 MB at once left a worker at 400-680 MB
+    the collector's next pass. 64 refused requests of 3 MB at once left a worker at 400-690 MB
     RSS, 133 MB once collected (bench/memory.py's figures: README, "Memory")."""
     request = _Request()
     freed = weakref.ref(request)
@@ -44,7 +45,7 @@ def test_a_failed_call_is_freed_by_reference_counting_alone():
 def test_a_refused_request_is_not_left_in_a_cycle(settings):
     """The same through a server, on each gRPC implementation: once the refusal's thread has
     let go of it, the request is in no cycle that only a collection would free."""
-    images = [bytes(784)] * (settings.max_request_images + 1)
+    request = pb.ClassifyRequest(images=[bytes(784)] * (settings.max_request_images + 1))
     gc.collect()
     gc.disable()
     try:
@@ -52,13 +53,12 @@ def test_a_refused_request_is_not_left_in_a_cycle(settings):
                 f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.ClassifierStub(channel)
             for _ in range(8):
-                try:
-                    stub.Classify(pb.ClassifyRequest(images=images), timeout=10)
-                except grpc.RpcError as error:
-                    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Classify(request, timeout=10)
+                assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         gc.set_debug(gc.DEBUG_SAVEALL)  # stopped: every call thread has let go of its call
         gc.collect()
-        held = sum(isinstance(found, pb.ClassifyRequest) for found in gc.garbage)
+        held = sum(isinstance(found, pb.ClassifyRequest) for found in gc.garbage)  # the server's
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
