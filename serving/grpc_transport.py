@@ -13,6 +13,7 @@ called with the ``Call``; health and reflection come from their packages, called
 """
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -191,18 +192,21 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
 
 
 class HealthServicer(health.HealthServicer):
-    """grpc_health's, non-blocking (a Watch holds no call thread), with a Watch's end handled
-    on a thread of its own: on grpcio's polling thread it waited for the servicer's lock,
-    held by a Watch waiting for that thread to send (upstream: one client opening and
-    cancelling Watches deadlocked grpcio's server for good). A Watch of a service it does not
-    serve ends after SERVICE_UNKNOWN, never registered: grpc_health kept every name any client
-    asked for, for good (and health needs no token). At most MAX_WATCHES are open at once;
-    past them a Watch is refused RESOURCE_EXHAUSTED (Check always answers)."""
+    """grpc_health's, non-blocking (a Watch holds no call thread), its Watches' answers and
+    ends sent in order by one thread of its own (``sends``, shut down by the server's stop),
+    never under the servicer's lock nor on the caller's thread: grpc_health sent them under
+    that lock, where one client that lets no byte of its Watch in held every Check, the
+    drain's status change and, on grpcio's polling thread, a Watch's end (upstream: one client
+    opening and cancelling Watches deadlocked grpcio's server for good). Such a client now
+    holds up only the Watch answers after its own, until it goes or the stop cancels it. A
+    Watch of a service it does not serve ends after SERVICE_UNKNOWN, never registered:
+    grpc_health kept every name any client asked for, for good (and health needs no token).
+    At most MAX_WATCHES are open at once; past them a Watch is refused RESOURCE_EXHAUSTED
+    (Check always answers)."""
 
-    def _on_close_callback(self, send_response_callback, service):
-        end = super()._on_close_callback(send_response_callback, service)
-        # not a daemon: joined at exit, never cut off inside the native call it finishes
-        return lambda: threading.Thread(target=end, name="health-watch-end").start()
+    def __init__(self):
+        super().__init__()
+        self.sends = ThreadPoolExecutor(1, thread_name_prefix="health-send")
 
     _ending = False
 
@@ -216,6 +220,7 @@ class HealthServicer(health.HealthServicer):
             send(None)
 
     def Watch(self, request, context, send_response_callback):  # noqa: N802 (grpc_health's)
+        send_response_callback = functools.partial(self.sends.submit, send_response_callback)
         with self._lock:  # end_watches ends the Watches registered before it, this the later
             if sum(map(len, self._send_response_callbacks.values())) >= MAX_WATCHES:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} health Watches "

@@ -212,6 +212,7 @@ class ModelServer:
         # every call's thread done, for "stopped" to count them (a timeout <= 0: no more wait)
         if not all(done.wait(deadline + CALLS_END_SECONDS - time.monotonic()) for done in stopped):
             log.warning("calls still running past the grace period; left behind, uncounted")
+        self.health.sends.shutdown()  # every Watch over: their last ends sent
         self.count_dead_calls()  # those of the drain
         if self._watcher is not None:  # it may be stuck in a read of the repository
             self._watcher.join(max(1.0, deadline - time.monotonic()))  # 1 s: a poll ends

@@ -138,13 +138,14 @@ def test_health_watches_that_end_log_no_error(settings, caplog):
 
 def _until_watches_ended(servicer: HealthServicer, still_open: int, timeout_s: float = 10):
     """Until the server has heard of every Watch's end but ``still_open`` ones: each gone from
-    the servicer and its end sent (the thread that sends it has finished). A sleep instead let
-    the ends come at the stop, on a loaded machine, and the cancellations' path go untested."""
+    the servicer and its end sent (``sends`` has sent what was queued before). A sleep instead
+    let the ends come at the stop, on a loaded machine, and the cancellations' path go
+    untested."""
     deadline = time.monotonic() + timeout_s
-    while (sum(map(len, servicer._send_response_callbacks.values())) > still_open
-           or any(thread.name == "health-watch-end" for thread in threading.enumerate())):
+    while sum(map(len, servicer._send_response_callbacks.values())) > still_open:
         assert time.monotonic() < deadline, f"the Watches' ends not heard of in {timeout_s} s"
         time.sleep(0.01)
+    servicer.sends.submit(int).result(timeout_s)  # each end queued before it: sent
 
 
 @pytest.mark.timeout(90)

@@ -1,6 +1,7 @@
 """Health needs no token nor, on --health-port, a certificate: what anyone may keep open there
 is bounded."""
 
+import threading
 import time
 
 import grpc
@@ -47,3 +48,30 @@ def test_health_watches_past_the_most_kept_are_refused_while_checks_answer(
                 time.sleep(0.05)
         else:
             raise AssertionError("a Watch's place was not freed when its client left")
+
+
+def test_a_watch_whose_client_reads_nothing_holds_up_neither_checks_nor_the_drain(
+        model_repository, grpc_server):
+    """grpc_health sends a Watch's answers under the servicer's lock, on the caller's thread:
+    one client, no token needed, that let no byte of its Watch in (a flow-control window of 0)
+    held that lock for good. Every Check then waited for it (probes timed out, and each held a
+    call thread until none was left), and so did SIGTERM's drain: the server never stopped."""
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              grpc_server=grpc_server, auth_token="s3cret")
+    reads_nothing = [("grpc.http2.lookahead_bytes", 0), ("grpc.http2.bdp_probe", 0)]
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}", reads_nothing) as stalled,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as probes):
+        watch = health_pb2_grpc.HealthStub(stalled).Watch(WATCH, timeout=60)  # never read
+        try:
+            deadline = time.monotonic() + 10  # until it is registered (the old code: never)
+            while (not any(server.health._send_response_callbacks.values())
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
+            assert health_pb2_grpc.HealthStub(probes).Check(WATCH, timeout=5).status == SERVING
+            stopping = threading.Thread(target=server.stop, args=(0.5,))
+            stopping.start()
+            stopping.join(30)
+            assert not stopping.is_alive(), "the drain waited for the Watch"
+        finally:
+            watch.cancel()  # (what let the old code's stop end)
