@@ -232,13 +232,12 @@ class HealthServicer(health.HealthServicer):
                 # registered until the stop; its end runs now
                 ender = SimpleNamespace(add_callback=lambda end: context.add_callback(end) or end())
                 super().Watch(request, ender, send_response_callback)
-                ending = self._ending
+                if self._ending:  # (queued after its answer: sends never wait under the lock)
+                    send_response_callback(None)
             else:  # SERVICE_UNKNOWN, then the end: no service is added later
                 send_response_callback(health_pb2.HealthCheckResponse(
                     status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
-                ending = True
-        if ending:
-            send_response_callback(None)
+                send_response_callback(None)
 
     def List(self, request, context):  # noqa: N802 (grpc's); grpcio-health-checking 1.85 has
         with self._lock:  # no List: it answered UNIMPLEMENTED, reflection describing it
