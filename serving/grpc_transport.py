@@ -213,11 +213,10 @@ class HealthServicer(health.HealthServicer):
     def end_watches(self) -> None:
         """Ends the open Watches (OK), and any opened later once answered, as a server going
         away does: each would hold a stop that lets the calls in flight finish."""
-        with self._lock:
+        with self._lock:  # (queued, not sent: sends never wait under the lock)
             self._ending = True
-            ends = [send for sends in self._send_response_callbacks.values() for send in sends]
-        for send in ends:
-            send(None)
+            for send in [one for sends in self._send_response_callbacks.values() for one in sends]:
+                send(None)
 
     def Watch(self, request, context, send_response_callback):  # noqa: N802 (grpc_health's)
         send_response_callback = functools.partial(self.sends.submit, send_response_callback)

@@ -52,6 +52,7 @@ class Call:
     peer: str = ""
     deadline: float | None = None  # a time.monotonic() instant
     is_active: Callable[[], bool] = lambda: True  # an instance's attribute: never bound
+    grace_cuts: bool = True  # a stop's grace end cancels it (gRPC's); HTTP's are answered on
 
     def check_alive(self) -> None:
         """Raises if the answer would reach nobody: work for this call stops here."""
@@ -99,11 +100,12 @@ class Admission:
             self.in_flight += 1
         IN_FLIGHT.inc()
 
-    def leave(self) -> bool:
-        """Counts a call out; True if it ended past the grace end: the stop cut it."""
+    def leave(self, grace_cuts: bool = True) -> bool:
+        """Counts a call out; True if it ended past the grace end, which cuts it (``Call``'s
+        ``grace_cuts``): the stop cut it."""
         with self._counting:
             self.in_flight -= 1
-            cut = not self.accepting and time.monotonic() >= self.grace_end
+            cut = grace_cuts and not self.accepting and time.monotonic() >= self.grace_end
             self.cut += cut
         IN_FLIGHT.dec()
         return cut
@@ -268,7 +270,7 @@ class _Around:
             if self.counted:
                 # cut by the stop's grace, whatever the race between gRPC's two ends of the
                 # cancelled call made of it (grpcio's mostly a stream whose requests ended: OK)
-                code = "CANCELLED" if pipeline.admission.leave() else code
+                code = "CANCELLED" if pipeline.admission.leave(call.grace_cuts) else code
                 model = (pipeline._model_label(self.request)
                          if isinstance(self.request, Message) else "")
                 pipeline._metrics_of(call.method).observe(self.started, model, code)

@@ -2,15 +2,17 @@
 
 import asyncio
 import logging
+import threading
 import time
 
 import grpc
+import requests
 from prometheus_client import REGISTRY
 
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
 from serving.server import ModelServer
-from tests.conftest import local_settings, running_server
+from tests.conftest import held_port, local_settings, running_server
 from tests.echo_service import SERVICE, Echo
 
 
@@ -114,3 +116,33 @@ def test_a_handler_still_at_work_past_the_grace_is_left_behind_with_a_warning(
         echo.release.set()  # (it would return after 10 s)
     assert [record.getMessage() for record in caplog.records][-2:] == [
         "calls still running past the grace period; left behind, uncounted", "stopped"]
+
+
+def test_an_http_call_answered_past_the_grace_is_not_counted_cut(model_repository, caplog):
+    """The grace's end cancels gRPC calls, not HTTP ones: granian answers them as they finish,
+    and the drain waits for them. One answered 200 past the grace was counted CANCELLED, and
+    in the "stopped" line's cancelled=1, as if its client had been cut off."""
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              batch_delay_us=1_000_000, http_port=held_port())
+    labels = {"api": "domain", "method": "Classify", "model": "mlp"}
+    before = {code: REGISTRY.get_sample_value("fmnist_requests_total", {**labels, "code": code})
+              or 0.0 for code in ("OK", "CANCELLED")}
+    caplog.set_level(logging.INFO, logger="serving.server")
+    answers = []
+    with running_server(settings, grace=0.3) as server:
+        client = threading.Thread(target=lambda: answers.append(requests.post(
+            f"http://127.0.0.1:{server.http_port}/v1/classify", json={"images": [[0] * 784]},
+            timeout=30).status_code))
+        client.start()
+        until = time.monotonic() + 10
+        while not server.admission.in_flight and time.monotonic() < until:
+            time.sleep(0.01)
+        server.stop(0.3)
+        client.join(30)
+    assert answers == [200]
+    after = {code: REGISTRY.get_sample_value("fmnist_requests_total", {**labels, "code": code})
+             or 0.0 for code in before}
+    assert {code: after[code] - before[code] for code in after} == {"OK": 1, "CANCELLED": 0}
+    stopped = [getattr(record, "fields", {}) for record in caplog.records
+               if record.getMessage() == "stopped"]
+    assert stopped == [{"cancelled": 0}]

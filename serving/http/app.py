@@ -139,7 +139,7 @@ class HttpApp:
         learn whether its client was still there to take it: if not, it is CANCELLED."""
         taken, started = [True], time.perf_counter()  # taken[0] False: the call is CANCELLED
         call = Call(method, environ.get("HTTP_AUTHORIZATION", ""), _peer(environ),
-                    is_active=lambda: taken[0])
+                    is_active=lambda: taken[0], grace_cuts=False)  # the drain waits for it
 
         def answer(request, call) -> Body:  # (``body`` is the request's)
             answered = encode(handler(request, call))
