@@ -77,7 +77,7 @@ class Admission:
         self.accepting = True
         self.in_flight = 0
         self.refused = 0  # calls refused while draining: shutdown waits until they stop coming
-        self.grace_end = float("inf")  # the drain's (time.monotonic()): calls running then are cut
+        self.grace_end = float("inf")  # the drain's (time.monotonic()): gRPC calls then are cut
         self.cut = 0  # calls that ended past it: cancelled by the stop
         self._counting = threading.Lock()
 

@@ -26,11 +26,11 @@ them to come back rather than wake another thread (BENCHMARKS.md, "Threads at wo
   its end; a non-blocking handler (health's Watch) holds none while it waits: it writes from
   whichever thread calls its ``send_response_callback``, and a cancellation finishes it in C++;
 - ``add_callback``s run when the call ends: on the thread that finishes it (a Watch ended by
-  ``send_response_callback(None)``: the thread that called it, e.g. the drain's), or, for a
-  cancelled call, on a pool thread once C++ queues it again; ``stop`` (on a thread of its
-  own: its caller bounds the wait for its event) joins every pool thread, so a stopped server
-  leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python state;
-  ``stop`` joins the polling thread once gRPC holds no call);
+  ``send_response_callback(None)``: the thread that called it, the health servicer's sender),
+  or, for a cancelled call, on a pool thread once C++ queues it again; ``stop`` (on a thread
+  of its own: its caller bounds the wait for its event) joins every pool thread, so a stopped
+  server leaves no thread behind (the polling thread and gRPC C++'s own threads hold no Python
+  state; ``stop`` joins the polling thread once gRPC holds no call);
 - a call cancelled (by its client, or its deadline) while it waits in the queue is finished
   in C++ and leaves the queue (a health check is skipped when its turn comes): no thread
   takes it, so a flood of calls whose clients gave up costs no Python work; while the oldest
