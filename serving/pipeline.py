@@ -83,7 +83,7 @@ class Admission:
 
     def close(self, grace_end: float = float("inf")) -> None:
         """From now on, new calls get UNAVAILABLE; calls in flight go on, until ``grace_end``
-        (time.monotonic()): those that end after it were cut by the stop (``cut``)."""
+        (time.monotonic()): those it cuts that end after it were cut by the stop (``cut``)."""
         self.accepting, self.grace_end = False, grace_end
 
     def enter(self) -> None:
@@ -101,8 +101,8 @@ class Admission:
         IN_FLIGHT.inc()
 
     def leave(self, grace_cuts: bool = True) -> bool:
-        """Counts a call out; True if it ended past the grace end, which cuts it (``Call``'s
-        ``grace_cuts``): the stop cut it."""
+        """Counts a call out; True if the stop cut it: it ended past the grace end, which
+        cuts it (``Call.grace_cuts``)."""
         with self._counting:
             self.in_flight -= 1
             cut = grace_cuts and not self.accepting and time.monotonic() >= self.grace_end
