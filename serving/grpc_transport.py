@@ -83,7 +83,6 @@ class PipelineInterceptor(grpc.ServerInterceptor):
         behavior = getattr(handler, kind)
         streams = handler.response_streaming
         is_api = method.strip("/").partition("/")[0] in self._api_services
-        parse = handler.request_deserializer
         run = self._pipeline.stream if streams else self._pipeline.unary
         # a package's handler (reflection) gets the grpc context and may end the call itself:
         # context.abort's bare Exception becomes AnsweredByHandler, logged and counted under
@@ -92,7 +91,7 @@ class PipelineInterceptor(grpc.ServerInterceptor):
 
         def through_pipeline(data, context):
             answer = behavior if is_api else lambda request, _call: foreign(request, context)
-            return run(_call(method, context), answer, data, parse)
+            return run(_call(method, context), answer, data, handler.request_deserializer)
 
         # the pipeline's verdict, a ServingError, becomes the call's status; the pipeline parses
         # the bytes itself (no deserializer), once the call is admitted

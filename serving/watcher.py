@@ -104,6 +104,7 @@ class RepositoryWatcher:
             return
         if not load_into(self.registry, path, self._policy, self._intra_op_threads):
             self._refused[key] = fingerprint
+            self._loaded.pop(key, None)  # the files it serves, if put back: loaded again
             return
         self._refused.pop(key, None)
         self._loaded[key] = fingerprint

@@ -2,6 +2,7 @@
 answers a steady load, and every call succeeds."""
 
 import asyncio
+import ctypes
 import json
 import logging
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from prometheus_client import REGISTRY
 
 from common.contract import MANIFEST, MODEL_FILE
 from fashion_mnist.v1 import classifier_pb2 as pb
@@ -150,3 +152,45 @@ async def test_rollout_under_load_loses_no_call(repository_copy, caplog):
     assert set(load.answered[:answered_before_write]) == {2}
     assert set(load.versions[switched_at:removing_at]) == {3}
     assert set(load.versions[removed_at:]) == {2}
+
+
+def _exchange(one: Path, other: Path) -> None:
+    """Swaps two directories in one step (renameat2's RENAME_EXCHANGE, what ``mv --exchange``
+    does): no poll ever sees the version missing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_cwd, exchange = -100, 2
+    if libc.renameat2(at_cwd, bytes(one), at_cwd, bytes(other), exchange) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2", str(one))
+
+
+def test_good_files_put_back_in_place_of_refused_ones_clear_the_refusal(repository_copy):
+    """A version replaced in place by files that fail verification is refused while the files
+    loaded before serve on; the same good files put back (swapped in, as they were) left it
+    refused for good: fmnist_model_versions_refused, the failed rollout's alert, said 1 until
+    a restart, and nothing said the version was whole again."""
+    settings = local_settings(model_repository=repository_copy, poll_interval=POLL_INTERVAL)
+    served, bad = repository_copy / "mlp" / "2", repository_copy / "mlp" / ".tampered"
+    shutil.copytree(served, bad)
+    with open(bad / MODEL_FILE, "ab") as model_file:
+        model_file.write(b"tampered")  # its sha256 no longer the manifest's
+
+    def refused() -> float:
+        return REGISTRY.get_sample_value("fmnist_model_versions_refused", {"model": "mlp"})
+
+    def until_refused(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while refused() != count:
+            assert time.monotonic() < deadline, f"mlp's refused versions never read {count}"
+            time.sleep(0.02)
+
+    with running_server(settings) as server, grpc.insecure_channel(
+            f"127.0.0.1:{server.port}") as channel:
+        sha256 = server.registry.get("mlp", 2).manifest.sha256
+        until_refused(0)
+        _exchange(served, bad)  # the tampered files serve as mlp v2
+        until_refused(1)
+        stub = pb_grpc.ClassifierStub(channel)
+        assert stub.GetModel(pb.GetModelRequest(name="mlp", version=2)).sha256 == sha256
+        _exchange(served, bad)  # the good files back, as they were
+        until_refused(0)
+        assert stub.GetModel(pb.GetModelRequest(name="mlp", version=2)).sha256 == sha256
