@@ -179,9 +179,10 @@ class ModelServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
-        seconds (default: the settings') to finish, then the rest are cancelled; returns once
-        every call has ended (CALLS_END_SECONDS more at most). A second call waits for the
-        first one's drain (the order and its reasons: DRAIN_QUIET_SECONDS)."""
+        seconds (default: the settings') to finish, then the rest are cancelled (gRPC's: an
+        HTTP call runs to its end); returns once every call has ended (CALLS_END_SECONDS more
+        at most). A second call waits for the first one's drain (the order and its reasons:
+        DRAIN_QUIET_SECONDS)."""
         with self._stopping:
             if self._stopped:
                 return
