@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from types import SimpleNamespace
 
 import grpc
@@ -48,16 +48,14 @@ class AnsweredByHandler(ServingError):  # noqa: N818 (a status already set, not 
 def api_handler(service: descriptor.ServiceDescriptor, api: object) -> grpc.GenericRpcHandler:
     """Serves ``service`` with the methods of the same names of ``api`` (the data plane),
     each ``(request or request iterator, Call) -> response or response iterator``."""
-    handlers = {
+    return grpc.method_handlers_generic_handler(service.full_name, {
         method.name: getattr(grpc, f"{_kind(method.client_streaming, method.server_streaming)}"
                              "_rpc_method_handler")(
             getattr(api, method.name),
             request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
             response_serializer=message_factory.GetMessageClass(
                 method.output_type).SerializeToString)
-        for method in service.methods
-    }
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+        for method in service.methods})
 
 
 class PipelineInterceptor(grpc.ServerInterceptor):
@@ -211,11 +209,14 @@ class HealthServicer(health.HealthServicer):
 
     def end_watches(self) -> None:
         """Ends the open Watches (OK), and any opened later once answered, as a server going
-        away does: each would hold a stop that lets the calls in flight finish."""
+        away does: each would hold a stop that lets the calls in flight finish. Returns once
+        the ends are sent (grpcio's stop cancelled those still queued), 1 s at most (a client
+        that reads nothing holds up the sender)."""
         with self._lock:  # (queued, not sent: sends never wait under the lock)
             self._ending = True
             for send in [one for sends in self._send_response_callbacks.values() for one in sends]:
                 send(None)
+        wait([self.sends.submit(int)], 1.0)
 
     def Watch(self, request, context, send_response_callback):  # noqa: N802 (grpc_health's)
         send_response_callback = functools.partial(self.sends.submit, send_response_callback)

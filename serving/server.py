@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import wait
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -195,7 +196,8 @@ class ModelServer:
         self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"in_flight": self.admission.in_flight,
                                                "grace_s": grace}})
-        time.sleep(HEALTH_NOTICE_SECONDS)
+        # NOT_SERVING sent, then the notice (1 s at most: a client that reads nothing holds it)
+        wait([self.health.sends.submit(time.sleep, HEALTH_NOTICE_SECONDS)], 1.0)
         self.admission.close(grace_end=deadline)
         refusing_until, refused = min(deadline, time.monotonic() + REFUSING_AT_MOST_SECONDS), -1
         while self.admission.refused != refused and time.monotonic() < refusing_until:
