@@ -82,8 +82,8 @@ class Admission:
         self._counting = threading.Lock()
 
     def close(self, grace_end: float = float("inf")) -> None:
-        """From now on, new calls get UNAVAILABLE; calls in flight go on, until ``grace_end``
-        (time.monotonic()): those it cuts that end after it were cut by the stop (``cut``)."""
+        """From now on, new calls get UNAVAILABLE; calls in flight go on until ``grace_end``
+        (time.monotonic()), and those that end after it were cut by the stop (``cut``)."""
         self.accepting, self.grace_end = False, grace_end
 
     def enter(self) -> None:
@@ -101,8 +101,7 @@ class Admission:
         IN_FLIGHT.inc()
 
     def leave(self, grace_cuts: bool = True) -> bool:
-        """Counts a call out; True if the stop cut it: it ended past the grace end, which
-        cuts it (``Call.grace_cuts``)."""
+        """Counts a call out; True if the stop cut it (``Call.grace_cuts``, past the grace)."""
         with self._counting:
             self.in_flight -= 1
             cut = grace_cuts and not self.accepting and time.monotonic() >= self.grace_end
@@ -262,8 +261,7 @@ class _Around:
                 code = failure.grpc_code
                 raise failure from None
         finally:
-            # raised from here, the error holds this frame (its traceback) and the frame the
-            # error: a cycle that kept a failed call's request until the collector's next pass
+            # break error -> traceback -> this frame -> error: it kept the request for the GC
             error = failure = None
             if self.slots is not None:
                 self.slots.release()

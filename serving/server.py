@@ -38,22 +38,20 @@ from serving.watcher import RepositoryWatcher
 log = logging.getLogger(__name__)
 
 # On shutdown, calls are refused UNAVAILABLE (a client's retry policy sends them to another
-# replica: README, "Open Inference Protocol") until none has arrived for DRAIN_QUIET_SECONDS,
-# at most REFUSING_AT_MOST_SECONDS: gRPC's GOAWAY then ends them (calls it received but had
-# not handed over would end CANCELLED). After the GOAWAY clients open their next calls on a
-# new connection, and the calls in flight get the rest of the grace.
+# replica: README, "Open Inference Protocol") until none has arrived for DRAIN_QUIET_SECONDS, at
+# most REFUSING_AT_MOST_SECONDS; then gRPC's GOAWAY (calls it received but had not handed over
+# would end CANCELLED): clients open their next calls on a new connection, and the calls in
+# flight get the rest of the grace.
 DRAIN_QUIET_SECONDS = 0.05
 REFUSING_AT_MOST_SECONDS = 1.0
-# Past the grace's end, the calls it cut get this long for their handlers to end, so that
-# "stopped", its cancelled=N and the metrics count them: one may be waiting out --batch-delay-us
-# (1 s at most), then run its batch. One still running then is left behind with a warning (it
-# may never return); 2 s, HTTP's second and the watcher's stay within the 5 s past the grace a
-# supervisor gives a draining worker before it kills it (serving.workers.STOP_MARGIN_S).
+# Past the grace, the calls it cut get this long to end, to be counted in "stopped" and the
+# metrics (one may wait out --batch-delay-us, 1 s at most, then run its batch); one still running
+# is left behind. With HTTP's second and the watcher's, within a supervisor's STOP_MARGIN_S.
 CALLS_END_SECONDS = 2.0
 # Health says NOT_SERVING this long before calls are refused, so watchers hear it first.
 HEALTH_NOTICE_SECONDS = 0.05
-# Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32,
-# measured faster than with every thread at work (BENCHMARKS.md, "Threads at work").
+# Call threads at work at once per core (``_max_running``): one connection, batch 1 x 32, was
+# faster than with every thread at work (BENCHMARKS.md, "Threads at work").
 RUNNING_PER_CORE = 4
 SERVICES = {
     classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]: "classifier",
@@ -180,10 +178,9 @@ class ModelServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: health NOT_SERVING, new calls UNAVAILABLE, calls in flight get ``grace``
-        seconds (default: the settings') to finish, then the rest are cancelled (gRPC's: an
-        HTTP call runs to its end); returns once every call has ended (CALLS_END_SECONDS more
-        at most). A second call waits for the first one's drain (the order and its reasons:
-        DRAIN_QUIET_SECONDS)."""
+        seconds (default: the settings'), then gRPC's are cancelled (HTTP's run to their end);
+        returns once every call has ended (CALLS_END_SECONDS more at most). A second call
+        waits for the first one's drain (the order and its reasons: DRAIN_QUIET_SECONDS)."""
         with self._stopping:
             if self._stopped:
                 return
@@ -258,10 +255,9 @@ def serve(settings: Settings, on_ready: Callable[[ModelServer], None] = lambda s
           heartbeat: Callable[..., None] = lambda ahead_s=0.0: None) -> int:
     """Serves until a stop signal (STOP_SIGNALS, or ACCEPTS_NO_MORE), then drains and returns
     the exit status (0; 1, said in a line, if the port accepted no more); a second SIGINT kills
-    it at once (call from the main thread: signal handlers). ``on_ready`` is called once
-    serving (a supervisor's worker reports it), ``heartbeat()`` ten times a second from then
-    on, ``heartbeat(ahead_s=grace period)`` as it drains (it beats no more). Raises
-    RepositoryError or ListenError if it cannot serve."""
+    it at once (call from the main thread: signal handlers). ``on_ready(server)`` once serving
+    (a worker reports it), ``heartbeat()`` ten times a second, ``heartbeat(ahead_s=grace)`` as
+    it drains (then no more). Raises RepositoryError or ListenError if it cannot serve."""
     # A handler takes no lock: it runs between two steps of the main thread, which may hold one
     # (setting an Event waited on here deadlocked when it landed inside that wait).
     stop_requested: list[signal.Signals] = []
