@@ -123,7 +123,8 @@ def test_an_http_call_answered_past_the_grace_is_not_counted_cut(model_repositor
     and the drain waits for them. One answered 200 past the grace was counted CANCELLED, and
     in the "stopped" line's cancelled=1, as if its client had been cut off."""
     settings = local_settings(model_repository=model_repository, poll_interval=0,
-                              batch_delay_us=1_000_000, http_port=held_port())
+                              batch_delay_us=600_000, http_port=held_port())  # 0.6 s: past
+    # the 0.3 s grace, and well within the second past it that HTTP's stop gives its calls
     labels = {"api": "domain", "method": "Classify", "model": "mlp"}
     before = {code: REGISTRY.get_sample_value("fmnist_requests_total", {**labels, "code": code})
               or 0.0 for code in ("OK", "CANCELLED")}
