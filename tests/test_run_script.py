@@ -103,6 +103,18 @@ def test_run_names_a_command_it_does_not_know():
     assert "./run serve [FLAGS]" in result.stdout  # the help, as before
 
 
+@pytest.mark.parametrize("asked", [[], ["help"], ["--help"], ["-h"]])
+def test_run_help_names_every_command(asked):
+    """`./run help` cut its own text short: `./run train`, which README's Training uses, was
+    not in it; `./run --help`, as every other command of the project takes it, was refused as
+    an unknown command, exit 2."""
+    result = subprocess.run([ROOT / "run", *asked], check=False, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "train", "test"):
+        assert f"./run {command} [" in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize(("number", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_run_serve_stopped_while_it_trains_leaves_no_training_behind(installed, tmp_path,
                                                                     number, status):
