@@ -207,3 +207,14 @@ def test_each_commands_help_says_its_flags_are_env_vars_too(module):
     text = " ".join(result.stdout.split())
     assert re.search(r"[Ee]very (flag|option) (has|can also be set by) an env(ironment)? var"
                      r"(iable)?:? \(?FMNIST_", text), text[-400:]
+
+
+def test_fmnists_help_says_where_the_server_is_and_reads_as_no_pipe():
+    """`fmnist --help` showed -h and --version alone, no word of --target (README: options may
+    come before the command too, `fmnist --target HOST:PORT health`), and joined its examples
+    with " | ", read as a shell pipe beside README's `curl -s URL | fmnist classify -`."""
+    result = subprocess.run([sys.executable, "-m", "serving.client", "--help"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    text = " ".join(result.stdout.split())
+    assert "fmnist --target HOST:PORT health (options may come before COMMAND too)" in text
+    assert " | fmnist" not in text, text[-400:]
