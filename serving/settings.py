@@ -256,8 +256,8 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
             f"set by an env var ({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT); flags win."
         ),
         epilog=(
-            "Example: fmnist-serve --model-repository model_repository --port 50051, "
-            "then: fmnist classify --test-index 0 1 2"
+            "Example: fmnist-serve --model-repository model_repository --host 127.0.0.1 "
+            "(this machine only), then: fmnist classify --test-index 0 1 2"
         ),
         exit_on_error=False,
     )

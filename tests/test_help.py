@@ -218,3 +218,13 @@ def test_fmnists_help_says_where_the_server_is_and_reads_as_no_pipe():
     text = " ".join(result.stdout.split())
     assert "fmnist --target HOST:PORT health (options may come before COMMAND too)" in text
     assert " | fmnist" not in text, text[-400:]
+
+
+def test_fmnist_serves_help_example_listens_on_this_machine_only():
+    """fmnist-serve --help's example, `fmnist-serve --model-repository model_repository --port
+    50051`, listened on every interface (--host's default 0.0.0.0), tokenless, where README's
+    Serving example gives --host 127.0.0.1."""
+    result = subprocess.run([sys.executable, "-m", "serving", "--help"], capture_output=True,
+                            text=True, timeout=60, check=True)
+    text = " ".join(result.stdout.split())
+    assert "Example: fmnist-serve --model-repository model_repository --host 127.0.0.1" in text
