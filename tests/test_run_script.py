@@ -123,8 +123,8 @@ def test_the_quick_starts_try_trains_the_models_readme_says(installed, tmp_path)
     accuracies it quotes."""
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"^\./run (train --train-subset [^#]*)#", readme, re.M).group(1).split()
-    said = re.search(r"The try's models \(test accuracy here: ([^)]*)\)", readme).group(1)
-    quoted = {model: float(figure) for model, figure in re.findall(r"(\w+) (0\.\d+)", said)}
+    said = re.search(r"The try's models \(test accuracy here:\s+([^)]*)\)", readme).group(1)
+    quoted = {model: float(figure) for model, figure in re.findall(r"(\w+)\s+(0\.\d+)", said)}
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("FMNIST_") or key == "FMNIST_VENV"}
     env |= {"FMNIST_MODEL_REPOSITORY": str(tmp_path), "FMNIST_PROGRESS": "none"}
