@@ -170,8 +170,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Client of the Fashion-MNIST classification service (fmnist-serve).",
         epilog="Examples: fmnist classify --test-index 0 1 2; fmnist classify shoe.png --invert; "
         "fmnist score --limit 1000; fmnist --target HOST:PORT health (options may come before "
-        "COMMAND too); fmnist models. Every option can also be set by an env var (FMNIST_<FLAG>, "
-        "e.g. FMNIST_TARGET; fmnist COMMAND --help names each); flags win.",
+        "COMMAND too); fmnist models. Options can also be set by env vars (FMNIST_<FLAG>, e.g. "
+        "FMNIST_TARGET; fmnist COMMAND --help names each, or says why one has none); flags win.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
