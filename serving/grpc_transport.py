@@ -194,8 +194,9 @@ class HealthServicer(health.HealthServicer):
     never under the servicer's lock nor on the caller's thread: grpc_health sent them under
     that lock, where one client that lets no byte of its Watch in held every Check, the
     drain's status change and, on grpcio's polling thread, a Watch's end (upstream: one client
-    opening and cancelling Watches deadlocked grpcio's server for good). Such a client now
-    holds up only the Watch answers after its own, until it goes or the stop cancels it. A
+    opening and cancelling Watches deadlocked grpcio's server for good). Such a client still
+    holds up the Watch answers after its own, every other client's (a write has no time
+    limit), until it goes or the stop cancels it. A
     Watch of a service it does not serve ends after SERVICE_UNKNOWN, never registered:
     grpc_health kept every name any client asked for, for good (and health needs no token).
     At most MAX_WATCHES are open at once; past them a Watch is refused RESOURCE_EXHAUSTED
