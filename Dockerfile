@@ -96,8 +96,8 @@ ENV FMNIST_MODEL_REPOSITORY=/models \
     FMNIST_METRICS_PORT=9090
 # glibc's malloc gives a buffer over 1 MiB (a large request's body) back to the system when
 # it is freed, instead of keeping it: after a burst of 64 large JSON requests a server held
-# ~535 MB, not ~1,000 (bench/http_memory.py; README, "Memory"). Smaller buffers stay reused:
-# at 128 KiB, batches of 1,000 images scored ~15% slower.
+# ~535 MB, not ~1,000 (bench/memory.py --transports http-json; README, "Memory"). Smaller
+# buffers stay reused: at 128 KiB, batches of 1,000 images scored ~15% slower.
 ENV MALLOC_MMAP_THRESHOLD_=1048576
 EXPOSE 50051 8080 9090
 # The server drains in-flight calls on SIGTERM (and SIGINT) and then exits 0.
