@@ -32,7 +32,8 @@ from serving.pipeline import Call, CallPipeline, parse_request
 from serving.security import ServerTls
 
 log = logging.getLogger(__name__)
-# health Watches open at once in a process: ~15 KB each, and no token guards them
+# health Watches open at once in a process (~15 KB each; no token guards them), and their sends
+# queued behind a client that reads nothing
 MAX_WATCHES = 10_000
 
 
@@ -199,8 +200,8 @@ class HealthServicer(health.HealthServicer):
     limit), until it goes or the stop cancels it. A
     Watch of a service it does not serve ends after SERVICE_UNKNOWN, never registered:
     grpc_health kept every name any client asked for, for good (and health needs no token).
-    At most MAX_WATCHES are open at once; past them a Watch is refused RESOURCE_EXHAUSTED
-    (Check always answers)."""
+    At most MAX_WATCHES are open at once, or their sends queued; past them a Watch is refused
+    RESOURCE_EXHAUSTED (Check always answers)."""
 
     def __init__(self):
         super().__init__()
@@ -222,9 +223,12 @@ class HealthServicer(health.HealthServicer):
     def Watch(self, request, context, send_response_callback):  # noqa: N802 (grpc_health's)
         send_response_callback = functools.partial(self.sends.submit, send_response_callback)
         with self._lock:  # end_watches ends the Watches registered before it, this the later
-            if sum(map(len, self._send_response_callbacks.values())) >= MAX_WATCHES:
+            # the open ones, and the sends queued behind a client that reads nothing: each
+            # Watch opened and closed meanwhile left two there, for as long as that client stays
+            if (sum(map(len, self._send_response_callbacks.values())) >= MAX_WATCHES
+                    or self.sends._work_queue.qsize() >= MAX_WATCHES):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHES} health Watches "
-                              "open, the most a server process keeps; use Check, or retry later")
+                              "open or queued, the most a process keeps; use Check, or retry later")
             if request.service in self._server_status:
                 # grpc_health's Watch uses its context only to add the end, and drops
                 # add_callback's False: a call that ended before its Watch was registered (on
@@ -235,8 +239,7 @@ class HealthServicer(health.HealthServicer):
                 if self._ending:  # (queued after its answer: sends never wait under the lock)
                     send_response_callback(None)
             else:  # SERVICE_UNKNOWN, then the end: no service is added later
-                send_response_callback(health_pb2.HealthCheckResponse(
-                    status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+                send_response_callback(health_pb2.HealthCheckResponse(status="SERVICE_UNKNOWN"))
                 send_response_callback(None)
 
     def List(self, request, context):  # noqa: N802 (grpc's); grpcio-health-checking 1.85 has

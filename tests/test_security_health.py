@@ -75,3 +75,40 @@ def test_a_watch_whose_client_reads_nothing_holds_up_neither_checks_nor_the_drai
             assert not stopping.is_alive(), "the drain waited for the Watch"
         finally:
             watch.cancel()  # (what let the old code's stop end)
+
+
+def test_watches_opened_behind_one_whose_client_reads_nothing_are_bounded(
+        model_repository, grpc_server, monkeypatch):
+    """The Watches' answers wait behind a client that lets no byte of its Watch in, and each
+    Watch opened and closed meanwhile left two queued (its answer, its end) until that client
+    went: 10,000 of them, 20,000 sends held, the server growing with each, no token needed
+    (MAX_WATCHES bounds only those open). Past MAX_WATCHES queued, a Watch is refused."""
+    monkeypatch.setattr(grpc_transport, "MAX_WATCHES", 3)
+    settings = local_settings(model_repository=model_repository, poll_interval=0,
+                              grpc_server=grpc_server)
+    reads_nothing = [("grpc.http2.lookahead_bytes", 0), ("grpc.http2.bdp_probe", 0)]
+    with (running_server(settings) as server,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}", reads_nothing) as stalled,
+          grpc.insecure_channel(f"127.0.0.1:{server.port}") as clients):
+
+        def until_open(count: int, watch=None) -> None:
+            deadline = time.monotonic() + 10
+            while (sum(map(len, server.health._send_response_callbacks.values())) != count
+                   and not (watch and watch.done())):  # (refused: never registered)
+                assert time.monotonic() < deadline, f"{count} Watches never open"
+                time.sleep(0.01)
+
+        stalled_watch = health_pb2_grpc.HealthStub(stalled).Watch(WATCH, timeout=60)
+        try:
+            until_open(1)
+            codes = []
+            for _ in range(8):
+                watch = health_pb2_grpc.HealthStub(clients).Watch(WATCH, timeout=30)
+                until_open(2, watch)
+                watch.cancel()
+                until_open(1)
+                codes.append(watch.code())
+        finally:
+            stalled_watch.cancel()
+    assert codes[0] == grpc.StatusCode.CANCELLED  # taken, then left by its client
+    assert codes[-3:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3, codes
