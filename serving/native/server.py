@@ -152,7 +152,8 @@ def stopping(*steps: Callable[[], object]) -> threading.Event:
     (this one's, GrpcioServer's), whose wait for its call threads the caller bounds (a handler
     may never return)."""
     stopped = threading.Event()
-    threading.Thread(target=_in_turn, args=(*steps, stopped.set), daemon=True).start()
+    threading.Thread(target=_in_turn, args=(*steps, stopped.set), name="grpc-stop",
+                     daemon=True).start()
     return stopped
 
 
