@@ -34,29 +34,29 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
 
     The env var ends the help, with its value if set (a default told in words hid it). Set and
     not empty, it is the default, converted by the option's ``type`` and checked against its
-    ``choices`` as the flag's value would be, and a required option is satisfied; set but
-    empty, it counts as unset (a ``secret``'s is refused); an option taking no value is on for
-    1, true, yes or on, off for 0, false, no or off. A bad value is an error naming the
-    variable, with what its ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and
-    <= 65535, got x`` (a plain ``int`` type: ``invalid int value: 'x'``), said by
-    ``ArgumentParser`` as a bad flag is (without ``exit_on_error``: a ValueError) once it has
-    parsed the command line, and only if the flag was not given there (the flag wins: a bad
-    FMNIST_TARGET failed `fmnist health --target GOOD`). A variable near a guard's name is a
-    ValueError here, for the caller to say as a usage error. A ``secret``'s value (a token)
-    never shows in --help.
+    ``choices`` as the flag's value would be, and a required option is satisfied; set but empty,
+    it counts as unset (a guard's, and its flag's "", are refused); a switch is on for 1, true,
+    yes or on, off for 0, false, no or off. A bad value is an error naming the variable, with
+    what its ``type`` says, e.g. ``FMNIST_PORT: expected an integer >= 0 and <= 65535, got x``
+    (a plain ``int`` type: ``invalid int value: 'x'``), said by ``ArgumentParser`` as a bad flag
+    is (without ``exit_on_error``: a ValueError) once it has parsed the command line, and only
+    if the flag was not given there (the flag wins: a bad FMNIST_TARGET failed `fmnist health
+    --target GOOD`). A variable near a guard's name is a ValueError here, for the caller to say
+    as a usage error. A ``secret``'s value (a token) never shows in --help.
     """
-    action = container.add_argument(*names, **({"action": _Secret} if secret else {}), **kwargs)
+    guard = secret or names[0].startswith("--tls")  # a token, TLS (--tls: a switch, no value)
+    action = container.add_argument(*names, **({"action": _Guarded} if guard else {}) | kwargs)
     variable = env_var(action.dest)
     READ.add(variable)
     source = os.environ if environ is None else environ
-    if secret or action.dest.startswith("tls"):  # a guard whose variable was misspelt went
-        GUARDS.add(variable)  # missing with a warning: a server took every call unchecked
+    if guard:  # a guard whose variable was misspelt went missing with a warning: a server
+        GUARDS.add(variable)  # took every call unchecked
         for name, _ in near_misses(dict.fromkeys(set(source) - READ, ""), [variable]):
             raise ValueError(f"{name}: not a setting; did you mean {variable}? (refused, not "
                              "ignored: without it the server or the calls go unguarded)")
     raw = source.get(variable)
-    if secret and raw == "":  # an empty Secret, or a compose file's unset ${VAR}: a token
-        # that silently went missing would turn the server's check off
+    if guard and raw == "":  # an empty Secret, or a compose file's unset ${VAR}: a token or
+        # TLS file that silently went missing turned the check off, or served plaintext
         action.default = Refused(ValueError(f"{variable}: set but empty; unset it to go "
                                             "without one"))
     elif raw:
@@ -73,13 +73,13 @@ def add_option(container, *names: str, environ: Mapping[str, str] | None = None,
     return action
 
 
-class _Secret(argparse.Action):
-    """A token's flag, refused empty (an unset "$TOKEN": no check at all) as its variable is."""
+class _Guarded(argparse.Action):
+    """A guard's flag, refused empty as its variable is: `--tls-cert "$CERT"` served plaintext."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if not values:
             raise argparse.ArgumentError(self, "empty (an unset variable?); leave the flag out "
-                                         "to go without a token")
+                                         "to go without one")
         setattr(namespace, self.dest, values)
 
 

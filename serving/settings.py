@@ -253,7 +253,9 @@ def argument_parser(environ: Mapping[str, str] | None = None) -> argparse.Argume
             "Serve the Fashion-MNIST models of a model repository over gRPC "
             "(fashion_mnist.v1.Classifier, the Open Inference Protocol, grpc.health.v1, "
             "reflection) and HTTP (the same APIs and a web page). Every flag can also be "
-            f"set by an env var ({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT); flags win."
+            f"set by an env var ({ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}PORT); flags win. One set "
+            "but empty counts as unset, but the token's and TLS's are refused, as their flags "
+            "given empty are: an unset $VAR, not a wish to serve plaintext or unchecked."
         ),
         epilog=(
             "Example: fmnist-serve --model-repository model_repository --host 127.0.0.1 "

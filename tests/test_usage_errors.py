@@ -11,6 +11,7 @@ CHOICES = "'classify', 'score', 'health', 'models'"
 AMBIGUOUS_M = ("--model-repository, --max-request-images, --max-message-bytes, "
                "--max-batch-images, --metrics-port, --max-concurrent-calls or "
                "--max-connection-age")
+EMPTY_FLAG = "empty (an unset variable?); leave the flag out to go without one"
 CASES = [  # (command, argv, env, the line's program, its error)
     ("fmnist", [], {}, "fmnist", "the following arguments are required: COMMAND"),
     ("fmnist", ["foo"], {}, "fmnist", f"COMMAND: invalid choice: 'foo' (choose from {CHOICES})"),
@@ -37,10 +38,23 @@ CASES = [  # (command, argv, env, the line's program, its error)
      f"not shown); did you mean {AMBIGUOUS_M}?"),
     ("fmnist-serve", ["--po", "1"], {}, "fmnist-serve", "unrecognized arguments: --po (1 value "
      "not shown); did you mean --port or --poll-interval?"),
-    ("fmnist-serve", ["--auth-token", "", "--model-repository", "none"], {}, "fmnist-serve",
-     "--auth-token: empty (an unset variable?); leave the flag out to go without a token"),
-    ("fmnist", ["health", "--token", ""], {}, "fmnist health",
-     "--token: empty (an unset variable?); leave the flag out to go without a token"),
+    # an empty flag or guard's variable (a script's unset "$TOKEN", compose's ${CERT}) turned
+    # the token check, TLS (plaintext served) or client certificates off without a word
+    *[("fmnist-serve", [flag, "", *others, "--model-repository", "none"], {}, "fmnist-serve",
+       f"{flag}: {EMPTY_FLAG}") for flag, others in [
+        ("--auth-token", []), ("--tls-cert", ["--tls-key", ""]), ("--tls-key", ["--tls-cert", ""]),
+        ("--tls-client-ca", [])]],
+    *[("fmnist", ["health", flag, "", *others], {}, "fmnist health", f"{flag}: {EMPTY_FLAG}")
+      for flag, others in [("--token", []), ("--tls-ca", []), ("--tls-cert", ["--tls-key", ""]),
+                           ("--tls-key", []), ("--tls-server-name", [])]],
+    *[(command, [*argv, "--model-repository", "none"] if command == "fmnist-serve" else argv,
+       {variable: ""}, program, f"{variable}: set but empty; unset it to go without one")
+      for command, argv, program, variable in [
+        ("fmnist-serve", [], "fmnist-serve", "FMNIST_TLS_CERT"),
+        ("fmnist-serve", [], "fmnist-serve", "FMNIST_TLS_CLIENT_CA"),
+        ("fmnist", ["health"], "fmnist health", "FMNIST_TLS"),
+        ("fmnist", ["health"], "fmnist health", "FMNIST_TLS_CA"),
+        ("fmnist", ["health"], "fmnist health", "FMNIST_TLS_KEY")]],
     ("fmnist-serve", ["--port", "x"], {}, "fmnist-serve",
      "--port: expected an integer >= 0 and <= 65535, got x"),
     ("fmnist-serve", ["--port"], {}, "fmnist-serve", "--port: expected one argument"),

@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         add_option(sub, "--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                    metavar="SECONDS",
                    help="seconds to wait for each answer (each of score's stream too)")
-        security = sub.add_argument_group("security (flags win over env vars)")
+        security = sub.add_argument_group("security (flags win over env vars; none may be empty)")
         add_option(security, "--tls", action="store_true",
                    help="use TLS, trusting the system's CA certificates")
         for flag, file_help in (
