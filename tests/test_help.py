@@ -2,6 +2,8 @@
 command then takes it, and a help that cannot be written said as any other output is; their
 --version."""
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -10,6 +12,23 @@ import sys
 import pytest
 
 import serving
+
+
+def help_of(command: list[str]) -> str:
+    """The --help that ``command`` (``["fmnist", "score"]``) prints, from the parser the command
+    builds, reading the env vars as it does (os.environ, as monkeypatch set them)."""
+    from serving.client import cli
+    from serving.settings import argument_parser
+    from training.options import build_parser
+
+    program, *argv = command
+    shown = io.StringIO()
+    with pytest.raises(SystemExit) as ended, contextlib.redirect_stdout(shown):
+        {"fmnist-train": lambda: build_parser().parse_args([*argv, "--help"]),
+         "fmnist-serve": lambda: argument_parser().parse_args([*argv, "--help"]),
+         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
+    assert ended.value.code == 0
+    return shown.getvalue()
 
 
 @pytest.mark.parametrize(("command", "environ", "shown"), [
@@ -32,25 +51,15 @@ import serving
     (["fmnist", "health"], {"FMNIST_TIMEOUT": "abc"}, "(default: refused: FMNIST_TIMEOUT: "
      "expected seconds > 0 and <= 86400 (a day), got abc) [env FMNIST_TIMEOUT]"),
 ])
-def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypatch, command,
-                                                                  environ, shown):
+def test_help_shows_the_default_an_env_var_gives_or_its_refusal(monkeypatch, command, environ,
+                                                                  shown):
     """`fmnist-train --help` showed the built-in default (mlp epochs 20, seed 42) beside a
     variable holding a bad value that the run then refused, or a good one it then used (7),
     where fmnist's and fmnist-serve's --help show "refused: ..." and the variable's value; a
     help that tells its default in words (fmnist-serve's --parallel-inferences) hid it too."""
-    from serving.client import cli
-    from serving.settings import argument_parser
-    from training.options import build_parser
-
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    program, *argv = command
-    with pytest.raises(SystemExit) as ended:
-        {"fmnist-train": lambda: build_parser().parse_args([*argv, "--help"]),
-         "fmnist-serve": lambda: argument_parser().parse_args([*argv, "--help"]),
-         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    assert ended.value.code == 0
-    assert shown in " ".join(capsys.readouterr().out.split())
+    assert shown in " ".join(help_of(command).split())
 
 
 @pytest.mark.parametrize(("command", "environ", "shown"), [
@@ -64,22 +73,13 @@ def test_help_shows_the_default_an_env_var_gives_or_its_refusal(capsys, monkeypa
     (["fmnist", "health"], {"FMNIST_TOKEN": "s3cret"}, "in ps) [env FMNIST_TOKEN]"),  # never
 ])
 def test_help_shows_the_value_a_variable_gives_where_the_help_tells_its_default_in_words(
-        capsys, monkeypatch, command, environ, shown):
+        monkeypatch, command, environ, shown):
     """FMNIST_PARALLEL_INFERENCES=3 fmnist-serve --help said "(default: the CPUs this process
     may use)", and FMNIST_LIMIT=20 fmnist score --help "(default: all from --offset on)":
     the default in words, not the one the command then takes. A token's value never shows."""
-    from serving.client import cli
-    from serving.settings import argument_parser
-    from training.options import build_parser
-
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    program, *argv = command
-    with pytest.raises(SystemExit):
-        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
-         "fmnist-serve": lambda: argument_parser().parse_args(["--help"]),
-         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(help_of(command).split())
     assert shown in text and "s3cret" not in text
 
 
@@ -106,23 +106,17 @@ HELPS = [["fmnist-train"], ["fmnist-serve"], *(["fmnist", *command] for command 
 
 
 @pytest.mark.parametrize("command", HELPS, ids=" ".join)
-def test_every_flag_says_its_default_before_its_env_var(capsys, monkeypatch, command):
+def test_every_flag_says_its_default_before_its_env_var(monkeypatch, command):
     """Some flags read "(default: 42) [env FMNIST_SEED]", others "[env FMNIST_SEED] (default:
     42)", by whether the help text held its default (fmnist-train's per-model flags, --top) or
     the formatter added it after the variable add_option had put last; a refused variable's
     default too. One order: the default, then the variable, last on every flag."""
-    from serving.client import cli
-    from serving.settings import argument_parser
-    from training.options import build_parser
-
-    monkeypatch.setenv("FMNIST_SEED", "-1")  # a refused default: fmnist-train's
-    program, *argv = command
-    with pytest.raises(SystemExit):
-        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
-         "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
-         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    text = " ".join(capsys.readouterr().out.split())
-    assert "[env FMNIST_" in text and "(default: " in text
+    # a refused default in each command's help: fmnist-train's, fmnist-serve's, fmnist's
+    for variable, bad in (("FMNIST_SEED", "-1"), ("FMNIST_PARALLEL_INFERENCES", "abc"),
+                          ("FMNIST_TIMEOUT", "abc")):
+        monkeypatch.setenv(variable, bad)
+    text = " ".join(help_of(command).split())
+    assert "[env FMNIST_" in text and "(default: refused: FMNIST_" in text
     assert re.findall(r"\[env FMNIST_\w+\] \(default", text) == []
 
 
@@ -150,44 +144,27 @@ def test_a_help_that_cannot_be_written_is_said(module, argv, program):
 
 
 @pytest.mark.parametrize("command", HELPS, ids=" ".join)
-def test_every_help_fits_an_80_column_terminal(capsys, monkeypatch, command):
+def test_every_help_fits_an_80_column_terminal(monkeypatch, command):
     """fmnist-train's description and examples, written out by hand, ran to 94 columns and
     one group's title (never wrapped by argparse) to 176: an 80-column terminal broke them
     mid-word, where the other commands' help is wrapped to the terminal."""
-    from serving.client import cli
-    from serving.settings import argument_parser
-    from training.options import build_parser
-
     monkeypatch.setenv("COLUMNS", "80")
-    program, *argv = command
-    with pytest.raises(SystemExit):
-        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
-         "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
-         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    lines = capsys.readouterr().out.splitlines()
+    lines = help_of(command).splitlines()
     assert [line for line in lines if len(line) > 80] == []
     # an env var's tag kept whole: "[env" at a line's end, its name on the next, was seen
     assert [line for line in lines if line.endswith("[env")] == []
 
 
 @pytest.mark.parametrize("command", HELPS, ids=" ".join)
-def test_a_switch_says_its_default_as_on_or_off(capsys, monkeypatch, command):
+def test_a_switch_says_its_default_as_on_or_off(monkeypatch, command):
     """fmnist-train's --mlp-batch-norm said "(default: True)", --mlp-flip-augment "(default:
     False)", and a switch an env var turned on (FMNIST_TLS=1) "(default: True)": Python's
     words. A switch's default is "on" or "off", as its variable takes it; a plain switch (no
     --no- form) that is off says nothing, as not giving it means."""
-    from serving.client import cli
-    from serving.settings import argument_parser
-    from training.options import build_parser
-
     for variable in ("FMNIST_TLS", "FMNIST_DEBUG", "FMNIST_CONFUSION_MATRIX"):
         monkeypatch.setenv(variable, "yes")
     program, *argv = command
-    with pytest.raises(SystemExit):
-        {"fmnist-train": lambda: build_parser().parse_args(["--help"]),
-         "fmnist-serve": lambda: argument_parser({}).parse_args(["--help"]),
-         "fmnist": lambda: cli.main([*argv, "--help"])}[program]()
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(help_of(command).split())
     assert re.findall(r"\(default: (?:True|False)\)", text) == []
     shown = {"fmnist-train": ["after each hidden layer (default: on) [env FMNIST_MLP_BATCH_NORM]",
                               "epoch) (default: off) [env FMNIST_MLP_FLIP_AUGMENT]",
