@@ -118,26 +118,33 @@ def test_a_handler_still_at_work_past_the_grace_is_left_behind_with_a_warning(
         "calls still running past the grace period; left behind, uncounted", "stopped"]
 
 
-def test_an_http_call_answered_past_the_grace_is_not_counted_cut(model_repository, caplog):
+def test_an_http_call_answered_past_the_grace_is_not_counted_cut(model_repository, caplog,
+                                                                 monkeypatch):
     """The grace's end cancels gRPC calls, not HTTP ones: granian answers them as they finish,
     and the drain waits for them. One answered 200 past the grace was counted CANCELLED, and
     in the "stopped" line's cancelled=1, as if its client had been cut off."""
     settings = local_settings(model_repository=model_repository, poll_interval=0,
-                              batch_delay_us=600_000, http_port=held_port())  # 0.6 s: past
-    # the 0.3 s grace, and well within the second past it that HTTP's stop gives its calls
+                              http_port=held_port())
     labels = {"api": "domain", "method": "Classify", "model": "mlp"}
     before = {code: REGISTRY.get_sample_value("fmnist_requests_total", {**labels, "code": code})
               or 0.0 for code in ("OK", "CANCELLED")}
     caplog.set_level(logging.INFO, logger="serving.server")
-    answers = []
+    answers, admitted = [], threading.Event()
     with running_server(settings, grace=0.3) as server:
+        classify = server.classifier.Classify
+
+        def held(request, call):  # answered once the stop's grace has ended, not before
+            admitted.set()
+            while time.monotonic() < server.admission.grace_end:  # inf until the stop
+                time.sleep(0.01)
+            return classify(request, call)
+
+        monkeypatch.setattr(server.classifier, "Classify", held)
         client = threading.Thread(target=lambda: answers.append(requests.post(
             f"http://127.0.0.1:{server.http_port}/v1/classify", json={"images": [[0] * 784]},
             timeout=30).status_code))
         client.start()
-        until = time.monotonic() + 10
-        while not server.admission.in_flight and time.monotonic() < until:
-            time.sleep(0.01)
+        assert admitted.wait(10)
         server.stop(0.3)
         client.join(30)
     assert answers == [200]
