@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from selenium.webdriver.common.by import By
 
 from common.pictures import load_png
 from fashion_mnist.v1 import classifier_pb2 as pb
@@ -52,10 +53,14 @@ def wait_for(browser, condition):
     return WebDriverWait(browser, WAIT_S).until(lambda _: condition())
 
 
+def answered(browser, picture) -> None:
+    """``picture`` (a file) chosen on the page, once its answer, which names it, is shown."""
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    wait_for(browser, lambda: picture.name in browser.find_element(By.ID, "truth").text)
+
+
 def opened_with_models(browser, url: str):
     """The page at ``url`` once its model list has come; returns ``find_element``."""
-    from selenium.webdriver.common.by import By
-
     browser.get(url)
     element = browser.find_element
     wait_for(browser, lambda: len(element(By.ID, "model").find_elements(By.TAG_NAME,
@@ -81,16 +86,12 @@ def labels(stub, image: np.ndarray) -> tuple[int, int]:
 
 
 def shown(browser) -> tuple[int, int]:
-    from selenium.webdriver.common.by import By
-
     return tuple(int(browser.find_element(By.ID, f"{side}-label").get_attribute("data-label"))
                  for side in ("model", "baseline"))
 
 
 def test_random_test_image_and_a_picked_png_show_the_models_answers(served, browser, test_set,
                                                                    tmp_path):
-    from selenium.webdriver.common.by import By
-
     url, stub = served
     element = opened_with_models(browser, url)
     element(By.ID, "random").click()
@@ -106,8 +107,7 @@ def test_random_test_image_and_a_picked_png_show_the_models_answers(served, brow
 
     picture = tmp_path / "trouser.png"
     Image.fromarray(np.kron(test_set[0][2], np.ones((4, 4), np.uint8))).save(picture)
-    element(By.ID, "file").send_keys(str(picture))
-    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    answered(browser, picture)
     assert shown(browser) == labels(stub, load_png(picture))
     browser.save_screenshot(str(ARTIFACTS / "http_page_file.png"))
 
@@ -135,15 +135,13 @@ def canvas(browser) -> np.ndarray:
 def test_the_controls_and_the_same_file_again_ask_again(served, browser, test_set, tmp_path):
     """Invert, the model and a file picked a second time each bring the answer for what the
     controls now say; a photo over the server's body limit is scaled down by the page."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     url, stub = served
     element = opened_with_models(browser, url)
     picture = tmp_path / "trouser.png"
     Image.fromarray(np.kron(test_set[0][2], np.ones((4, 4), np.uint8))).save(picture)
-    element(By.ID, "file").send_keys(str(picture))
-    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    answered(browser, picture)
     assert np.array_equal(canvas(browser), load_png(picture))
 
     element(By.ID, "invert").click()
@@ -157,8 +155,7 @@ def test_the_controls_and_the_same_file_again_ask_again(served, browser, test_se
     assert np.array_equal(canvas(browser), inverted)
 
     browser.execute_script("clearAnswer()")
-    element(By.ID, "file").send_keys(str(picture))
-    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    answered(browser, picture)
     assert np.array_equal(canvas(browser), inverted)
 
     element(By.ID, "invert").click()
@@ -180,7 +177,6 @@ def test_a_late_test_image_does_not_become_what_the_controls_ask_again_for(serve
                                                                           test_set, tmp_path):
     """A random test image that arrived after a file was picked became the page's source:
     changing the model then showed that image instead of the file on screen."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     url, _ = served
@@ -189,8 +185,7 @@ def test_a_late_test_image_does_not_become_what_the_controls_ask_again_for(serve
     element(By.ID, "random").click()
     picture = tmp_path / "trouser.png"
     Image.fromarray(test_set[0][2]).save(picture)
-    element(By.ID, "file").send_keys(str(picture))
-    wait_for(browser, lambda: "trouser.png" in element(By.ID, "truth").text)
+    answered(browser, picture)
     wait_for(browser, lambda: browser.execute_script("return window.testImagesEnded"))
     Select(element(By.ID, "model")).select_by_value("softmax")
     wait_for(browser, lambda: element(By.ID, "model-name").text.startswith("softmax v"))
@@ -201,8 +196,6 @@ def test_a_guarded_server_opens_the_token_box_and_answers_with_the_token(model_r
                                                                          browser):
     """The page's 401 opens the token box; the token typed there goes with every call. The
     page loads with no error in the browser's console (a missing favicon was one)."""
-    from selenium.webdriver.common.by import By
-
     token = "page-secret"
     with http_server(http_settings(model_repository, auth_token=token)) as (_, url):
         browser.get_log("browser")  # what earlier tests left
@@ -226,8 +219,6 @@ def test_a_small_file_of_many_pixels_is_scaled_down_by_the_page(served, browser,
                                                                 tmp_path):
     """A picture of few bytes but more pixels than the server decodes (25,000,000) went as it
     was: the page showed the server's "scale it down first", which it could not."""
-    from selenium.webdriver.common.by import By
-
     url, stub = served
     browser.get(url)
     element = browser.find_element
@@ -246,7 +237,6 @@ def test_a_file_can_be_picked_with_the_keyboard_or_a_click_anywhere_on_the_zone(
     """The file input was hidden, so no tab stop reached it, and the drop zone's pointer cursor
     promised a click that did nothing off the underlined words."""
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     url, _ = served
@@ -267,15 +257,13 @@ def test_a_random_image_asked_for_is_what_the_controls_ask_again_for(served, bro
                                                                       test_set, tmp_path):
     """With a file on screen, a model chosen while a random test image was on its way classified
     the file again, and the random image was dropped."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     url, _ = served
     element = opened_with_models(browser, url)
     picture = tmp_path / "boot.png"
     Image.fromarray(test_set[0][0]).save(picture)
-    element(By.ID, "file").send_keys(str(picture))
-    wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+    answered(browser, picture)
     delay_test_images(browser)
     element(By.ID, "random").click()
     Select(element(By.ID, "model")).select_by_value("softmax")

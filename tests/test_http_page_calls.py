@@ -7,6 +7,7 @@ from selenium.webdriver.common.by import By
 
 from common.pictures import load_png
 from tests.test_http_page import (
+    answered,
     browser,
     canvas,
     delay_test_images,
@@ -133,8 +134,7 @@ def test_the_busy_cue_does_not_blink(served, browser, test_set, tmp_path, late_s
     boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, boot)
         let_go.late_s = late_s
         seen = opacities(browser, element, trouser, late_s + 1.5)
     assert "trouser.png" in element(By.ID, "truth").text

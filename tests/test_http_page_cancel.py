@@ -11,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
-from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page import answered, browser, opened_with_models, pytestmark, served, wait_for
 from tests.test_http_page_drawing import stroke
 from tests.test_http_page_wait import hint, holding_answers, pictures
 
@@ -54,8 +54,7 @@ def test_esc_takes_back_what_was_started_and_keeps_the_answer_before_it(served, 
     boot, trouser = pictures(test_set, tmp_path, "boot.png", "trouser.png")
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, boot)
         answer = element(By.ID, "answer")
         shown = element(By.ID, "model-name").text, element(By.ID, "model-label").text
         let_go.clear()
@@ -89,8 +88,7 @@ def test_clear_while_a_drawing_is_on_its_way_keeps_the_pictures_answer_before_it
     (boot,) = pictures(test_set, tmp_path, "boot.png")
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, boot)
         let_go.clear()
         stroke(browser, interaction.POINTER_MOUSE, (0.2, 0.5), (0.8, 0.5))
         wait_for(browser, lambda: let_go.calls == 2)

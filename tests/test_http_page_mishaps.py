@@ -15,7 +15,7 @@ from selenium.webdriver.common.keys import Keys
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc as pb_grpc
 from tests.http_helpers import http_server, http_settings
-from tests.test_http_page import browser, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page import answered, browser, opened_with_models, pytestmark, served, wait_for
 from tests.test_http_page_errors import come_back
 from tests.test_http_page_use import dropped
 from tests.test_http_page_wait import pictures
@@ -32,8 +32,7 @@ def test_a_file_changed_since_it_was_picked_is_named_not_the_server(served, brow
     url, _ = served
     (boot,) = pictures(test_set, tmp_path, "boot.png")
     element = opened_with_models(browser, url)
-    element(By.ID, "file").send_keys(str(boot))
-    wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+    answered(browser, boot)
     if change == "edited":
         Image.new("L", (28, 28), 200).save(boot)
     else:
@@ -223,8 +222,7 @@ def test_what_a_server_gone_did_not_answer_is_answered_once_it_is_back(model_rep
     settings = http_settings(model_repository)
     with http_server(settings) as (_, url):
         element = opened_with_models(browser, url)
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, boot)
     element(By.ID, "model").send_keys(Keys.ARROW_DOWN)  # the next model, as a keyboard does
     wait_for(browser, lambda: element(By.ID, "error").text)
     assert "is it still running?" in element(By.ID, "error").text

@@ -21,6 +21,7 @@ from tests.http_helpers import (
     served_on_a_thread,
 )
 from tests.test_http_page import (
+    answered,
     browser,
     labels,
     opened_with_models,
@@ -140,8 +141,7 @@ def test_the_token_box_stays_where_it_is_as_answers_come_and_go(served, browser,
         Image.fromarray(test_set[0][0]).save(picture)
         notes.write_text("not a picture")
         places = [element(By.ID, "token").rect]
-        element(By.ID, "file").send_keys(str(picture))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, picture)
         places.append(element(By.ID, "token").rect)
         browser.save_screenshot(str(ARTIFACTS / f"http_page_token_box_{width}.png"))
         element(By.ID, "file").send_keys(str(notes))

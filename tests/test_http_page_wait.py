@@ -15,7 +15,15 @@ from selenium.webdriver.common.by import By
 
 from common.pictures import load_png
 from tests.http_helpers import ARTIFACTS, QuietHandler, served_on_a_thread
-from tests.test_http_page import browser, canvas, opened_with_models, pytestmark, served, wait_for
+from tests.test_http_page import (
+    answered,
+    browser,
+    canvas,
+    opened_with_models,
+    pytestmark,
+    served,
+    wait_for,
+)
 
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 HOLD_S = 30  # the longest a held answer waits for the test
@@ -103,8 +111,7 @@ def test_the_last_answer_stays_dimmed_and_busy_while_the_next_is_on_its_way(serv
     with holding_answers(url) as (page, let_go):
         element = opened_with_models(browser, page)
         answer = element(By.ID, "answer")
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+        answered(browser, boot)
         shown = (element(By.ID, "model-name").text, element(By.ID, "model-label").text,
                  element(By.ID, "truth").text)
         below = element(By.ID, "status").location["y"]
@@ -187,8 +194,7 @@ def test_a_wait_is_said_where_a_phone_shows_it(served, browser, test_set, tmp_pa
     try:
         with holding_answers(url) as (page, let_go):
             element = opened_with_models(browser, page)
-            element(By.ID, "file").send_keys(str(boot))
-            wait_for(browser, lambda: "boot.png" in element(By.ID, "truth").text)
+            answered(browser, boot)
             picture_at = element(By.ID, "image").rect
             let_go.clear()
             element(By.ID, "file").send_keys(str(long_name))
