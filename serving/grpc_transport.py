@@ -190,22 +190,22 @@ class _DrainRefusedStreams(grpc.ServerInterceptor):
 
 
 class HealthServicer(health.HealthServicer):
-    """grpc_health's, non-blocking (a Watch holds no call thread), its Watches' answers and
-    ends sent in order by one thread of its own (``sends``, shut down by the server's stop),
-    never under the servicer's lock nor on the caller's thread: grpc_health sent them under
-    that lock, where one client that lets no byte of its Watch in held every Check, the
-    drain's status change and, on grpcio's polling thread, a Watch's end (upstream: one client
-    opening and cancelling Watches deadlocked grpcio's server for good). Such a client still
-    holds up the Watch answers after its own, every other client's (a write has no time
-    limit), until it goes or the stop cancels it. A
-    Watch of a service it does not serve ends after SERVICE_UNKNOWN, never registered:
-    grpc_health kept every name any client asked for, for good (and health needs no token).
-    At most MAX_WATCHES are open at once, or their sends queued; past them a Watch is refused
-    RESOURCE_EXHAUSTED (Check always answers)."""
+    """grpc_health's, non-blocking (a Watch holds no call thread), its Watches' answers and ends
+    sent in order by one thread of its own (``sends``, shut down by the server's stop), never
+    under the servicer's lock nor on the caller's thread: grpc_health sent them under that lock,
+    where one client that lets no byte of its Watch in held every Check, the drain's status
+    change and, on grpcio's polling thread, a Watch's end (upstream: one client opening and
+    cancelling Watches deadlocked grpcio's server for good). Such a client still holds up the
+    Watch answers after its own, every other client's (a write has no time limit), until it goes
+    or the stop cancels it. A Watch of a service it does not serve ends after SERVICE_UNKNOWN,
+    never registered: grpc_health kept every name any client asked for, for good (and health
+    needs no token). At most MAX_WATCHES are open at once, or their sends queued; past them a
+    Watch is refused RESOURCE_EXHAUSTED (Check always answers)."""
 
     def __init__(self):
         super().__init__()
         self.sends = ThreadPoolExecutor(1, thread_name_prefix="health-send")
+        self.sends.submit(int)  # its thread now: a start out of threads drains by it too
 
     _ending = False
 

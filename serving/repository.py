@@ -116,8 +116,7 @@ class ModelRegistry:
     def get(self, name: str, version: int = 0, at=("model", "version")) -> ModelVersion:
         """The model version, the newest if ``version`` is 0; NotFound names what exists, and
         the request's fields that gave the name and the version (``at``)."""
-        versions = self._models.get(name)
-        if versions is None:
+        if (versions := self._models.get(name)) is None:
             raise NotFound(f"{at[0]}: no model {name!r}; loaded models: {', '.join(self.names)}")
         version = version or max(versions)  # 0: the newest
         if version not in versions:

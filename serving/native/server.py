@@ -150,16 +150,19 @@ class NativeServer:
 def stopping(*steps: Callable[[], object]) -> threading.Event:
     """An event set once ``steps`` have run in turn on a thread of their own: a server's stop
     (this one's, GrpcioServer's), whose wait for its call threads the caller bounds (a handler
-    may never return)."""
+    may never return); on the caller's thread if no thread can be had (the start that failed
+    for want of threads stops its server so, and a stop left undone held the process)."""
     stopped = threading.Event()
-    threading.Thread(target=_in_turn, args=(*steps, stopped.set), name="grpc-stop",
-                     daemon=True).start()
+
+    def in_turn() -> None:
+        for step in (*steps, stopped.set):
+            step()
+
+    try:
+        threading.Thread(target=in_turn, name="grpc-stop", daemon=True).start()
+    except RuntimeError:  # can't start new thread
+        in_turn()
     return stopped
-
-
-def _in_turn(*steps: Callable[[], object]) -> None:
-    for step in steps:
-        step()
 
 
 def _run(call, context: NativeContext, handler: grpc.RpcMethodHandler, method: str) -> None:
