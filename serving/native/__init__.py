@@ -20,7 +20,10 @@ the GIL through the system calls: the polling thread sends it (an alarm on its q
 BENCHMARKS.md, "Issue 12, eleventh session"). At most ``max_running`` threads are woken to
 take calls while others are at work (the server sets 4 per core; threads waiting on the
 network do not count, and one coming back may briefly exceed it): a new call waits for one of
-them to come back rather than wake another thread (BENCHMARKS.md, "Threads at work"). So:
+them to come back rather than wake another thread (BENCHMARKS.md, "Threads at work"). A thread
+that finds no call spins 0.3 ms before it sleeps, one at a time: the next new call is its own,
+no thread woken for it (a wake-up was ~15% of a lone client's latency; BENCHMARKS.md,
+thirty-fifth session). So:
 
 - a unary call holds a pool thread while it runs, a streaming call from its first message to
   its end; a non-blocking handler (health's Watch) holds none while it waits: it writes from

@@ -81,6 +81,11 @@ enum Queued { kNew, kEnded, kHealth };
 // deadline); the figures measured did not separate them (BENCHMARKS.md, sixteenth session).
 const gpr_timespec kLate = gpr_time_from_millis(10, GPR_TIMESPAN);
 const size_t kDeadListed = 10000;
+// A pool thread that finds no call spins this long (yielding its core to any other thread)
+// before it sleeps, if no other thread spins: the next new call is then its own, taken at
+// once, where a sleeping thread's wake-up cost a lone client ~15% of its latency
+// (BENCHMARKS.md, thirty-fifth session). A thread that has been idle that long sleeps.
+const auto kSpin = std::chrono::microseconds(300);
 
 // The server whose call this Python thread is at work on (took, and is not waiting in one of
 // its operations), if any. A thread that ends at work (SystemExit) gives its place back.
@@ -145,6 +150,7 @@ class Calls {
   const int max_running_;
   std::atomic<int> running_ = 0;  // changed under the lock; Busy() reads it without
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> spinning_ = false;  // set under the lock; a new call clears it, unwoken
   Pairs dead_;  // under mutex_; last, so as not to move the members a call's path reads
 };
 
@@ -235,7 +241,7 @@ class Call {
   // the write or initial metadata in flight; false, doing nothing, if one is and `may_wait` is
   // not set (the caller holds the GIL: it must release it first).
   bool Complete(int code, const std::string& details, const Pairs& trailing,
-                const std::optional<std::string>& response, bool may_wait = true) {
+                const char* response = nullptr, size_t size = 0, bool may_wait = true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       auto idle = [this] { return !writing_.busy && !sending_metadata_.busy; };
@@ -247,7 +253,7 @@ class Call {
     }
     for (const auto& [key, value] : trailing) rpc_->context.AddTrailingMetadata(key, value);
     status_ = grpc::Status(static_cast<grpc::StatusCode>(code), details);
-    grpc::Slice slice(response ? response->data() : "", response ? response->size() : 0);
+    grpc::Slice slice(response ? response : "", size);
     out_ = grpc::ByteBuffer(&slice, 1);
     respond_ = code == 0 && response;
     // With the GIL held while other threads are at work, the polling thread sends the end:
@@ -356,16 +362,15 @@ class Call {
   }
   // One operation of a kind at a time: others wait for it (writes may come from many threads).
   bool Begin(Operation* operation) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    changed_.wait(lock, [operation] { return !operation->busy; });
-    if (finished_) return false;
-    Started(operation);
-    return true;
+    auto lock = Idle(operation);
+    if (!finished_) Started(operation);
+    return !finished_;
   }
-  bool Wait(Operation* operation) {
+  bool Wait(Operation* operation) { auto lock = Idle(operation); return operation->ok; }
+  std::unique_lock<std::mutex> Idle(Operation* operation) {  // locked, once it is over
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [operation] { return !operation->busy; });
-    return operation->ok;
+    return lock;
   }
 
   Calls* calls_;
@@ -393,6 +398,7 @@ void Calls::Push(Call* call, Queued kind) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (kind == kEnded) call->Ref();  // a new call comes with its queue reference
   kind == kNew ? items_.emplace_back(call, kind) : items_.emplace_front(call, kind);
+  if (kind == kNew && running_ < max_running_ && spinning_.exchange(false)) return;  // kSpin
   if (kind != kNew || running_ < max_running_) ready_.notify_one();
 }
 
@@ -404,6 +410,14 @@ bool Calls::Pop(Call** call, bool* ended, bool wait) {
            (running_ < max_running_ || closed_ || items_.front().second != kNew);
   };
   do {
+    if (wait && !spinning_ && !may_take() && !closed_) {  // kSpin
+      spinning_ = true;
+      lock.unlock();
+      auto end = std::chrono::steady_clock::now() + kSpin;
+      while (spinning_ && std::chrono::steady_clock::now() < end) std::this_thread::yield();
+      lock.lock();
+      spinning_ = false;
+    }
     if (wait) ready_.wait(lock, [&] { return may_take() || closed_; });
     if (!may_take()) return false;
     bool newest = items_.front().second == kNew && items_.front().first->Late();  // all new
@@ -531,13 +545,10 @@ PyObject* CallRead(PyObject* self, PyObject*) {
 }
 
 PyObject* CallWrite(PyObject* self, PyObject* args) {
-  Py_buffer data;
-  if (!PyArg_ParseTuple(args, "y*", &data)) return nullptr;
-  bool ok = [&] {
-    Waiting waiting;
-    return Of(self)->Write(static_cast<const char*>(data.buf), static_cast<size_t>(data.len));
-  }();
-  PyBuffer_Release(&data);
+  const char* data;  // a bytes object's own buffer, which the call's arguments hold
+  Py_ssize_t size;
+  if (!PyArg_ParseTuple(args, "y#", &data, &size)) return nullptr;
+  bool ok = [&] { Waiting waiting; return Of(self)->Write(data, static_cast<size_t>(size)); }();
   return PyBool_FromLong(ok);
 }
 
@@ -550,22 +561,19 @@ PyObject* CallSendInitialMetadata(PyObject* self, PyObject* args) {
 
 PyObject* CallFinish(PyObject* self, PyObject* args) {
   int code;
-  char *details, *data;
-  Py_ssize_t details_size, size;
+  char *details, *response = nullptr;
+  Py_ssize_t details_size, size = 0;
   PyObject *trailing, *bytes = Py_None;
   Pairs pairs;
   bool parsed = PyArg_ParseTuple(args, "is#O|O", &code, &details, &details_size, &trailing, &bytes);
   if (!parsed || !ToPairs(trailing, &pairs)) return nullptr;
   if (code < 0 || code > 16) return PyErr_Format(PyExc_ValueError, "code must be 0-16");
-  std::optional<std::string> response;
-  if (bytes != Py_None) {  // bytes only, as grpcio's serializers give
-    if (PyBytes_AsStringAndSize(bytes, &data, &size) < 0) return nullptr;
-    response.emplace(data, static_cast<size_t>(size));
-  }
+  // bytes only, as grpcio's serializers give; copied once, into the answer's slice
+  if (bytes != Py_None && PyBytes_AsStringAndSize(bytes, &response, &size) < 0) return nullptr;
   std::string text(details, static_cast<size_t>(details_size));
-  if (code != 0 || !Of(self)->Complete(code, text, pairs, response, false)) {
+  if (code != 0 || !Of(self)->Complete(code, text, pairs, response, size, false)) {
     Waiting waiting;  // an error status drains the client's messages first; a write may end
-    Of(self)->Complete(code, text, pairs, response);
+    Of(self)->Complete(code, text, pairs, response, size);
   }
   Py_RETURN_NONE;
 }
@@ -598,7 +606,7 @@ PyObject* CallId(PyObject* self, PyObject*) { return PyLong_FromUnsignedLongLong
 void CallDealloc(PyObject* self) {
   if (!Of(self)->Now().finished) {
     Waiting waiting;
-    Of(self)->Complete(1, "call cancelled", {}, std::nullopt);
+    Of(self)->Complete(1, "call cancelled", {});
   }
   Of(self)->Unref();
   Py_TYPE(self)->tp_free(self);
@@ -700,7 +708,7 @@ PyObject* ServerNextCall(PyObject* object, PyObject*) {
   }
   auto* wrapper = PyObject_New(CallObject, &CallType);
   if (wrapper == nullptr) {
-    call->Complete(13, "out of memory", {}, std::nullopt);
+    call->Complete(13, "out of memory", {});
     call->Unref();
     return nullptr;
   }
