@@ -22,8 +22,6 @@ from serving.api.inference import INFER_NAMED_BY
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.codecs.inference import parse_version
 from serving.errors import (
-    Cancelled,
-    InvalidArgument,
     NotFound,
     ServingError,
     Unauthenticated,
@@ -147,10 +145,10 @@ class HttpApp:
                 taken[0] = hand_over(environ, answered)
             return answered
 
-        def receive() -> None:  # a body unreadable, or cut short (its client went: CANCELLED)
-            try:  # fails in parse, once admitted: counted under the URL's model
+        def receive() -> None:  # a body refused (400, 413, 415, 501) or cut short (its client
+            try:  # went: CANCELLED) fails in parse, once admitted: under the URL's model
                 body.append(read_body(environ, self._max_body_bytes))
-            except (InvalidArgument, Cancelled) as error:
+            except ServingError as error:
                 body.append(error)
 
         def parse_body(request):

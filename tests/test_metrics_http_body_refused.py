@@ -1,0 +1,50 @@
+"""fmnist_requests_total for an HTTP request whose body is refused: over --max-message-bytes
+(413), or sent in a transfer coding other than chunked (501)."""
+
+import asyncio
+import http.client
+
+import pytest
+
+from tests.conftest import held_port, local_settings, running_server
+from tests.test_metrics import scrape, value
+
+MAX_BYTES = 4 * 1024 * 1024  # --max-message-bytes' default
+
+
+def status_of(port: int, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """The status a POST of ``body`` (as is: no framing of http.client's) with ``headers``
+    gets."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest("POST", path)
+        for name, header in headers.items():
+            connection.putheader(name, header)
+        connection.endheaders(body)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("path", "labels"), [
+    ("/v2/models/mlp/infer", {"api": "v2", "method": "ModelInfer", "model": "mlp"}),
+    ("/v1/classify?model=softmax", {"api": "domain", "method": "Classify", "model": "softmax"})])
+@pytest.mark.parametrize("refusal", [  # status, code, headers, body
+    (413, "RESOURCE_EXHAUSTED", {"Content-Length": str(MAX_BYTES + 1)}, b""),  # refused unread
+    (501, "UNIMPLEMENTED", {"Transfer-Encoding": "gzip, chunked"}, b"2\r\n{}\r\n0\r\n\r\n")],
+    ids=["413", "501"])
+async def test_an_http_body_refused_413_or_501_counts_under_its_urls_model(
+        model_repository, path, labels, refusal):
+    """A 413 and a 501 were counted under model "" (refused as the body was read, before the
+    call was admitted), where a 400 or a 499 of the same URL counts under the model it names."""
+    status, code, headers, body = refusal
+    port = held_port()
+    settings = local_settings(model_repository=model_repository, metrics_port=port,
+                              poll_interval=0, http_port=held_port(), max_message_bytes=MAX_BYTES)
+    async with running_server(settings) as server:
+        before = await asyncio.to_thread(scrape, port)
+        assert await asyncio.to_thread(status_of, server.http_port, path, headers, body) == status
+        after = await asyncio.to_thread(scrape, port)
+    counted = {**labels, "code": code}
+    assert value(after, "fmnist_requests_total", **counted) - value(
+        before, "fmnist_requests_total", **counted) == 1
