@@ -80,6 +80,36 @@ def test_esc_takes_back_what_was_started_and_keeps_the_answer_before_it(served, 
         assert "boot.png" in element(By.ID, "truth").text
 
 
+def test_esc_in_the_token_box_closes_it_and_cancels_nothing(served, browser, test_set,
+                                                            tmp_path):
+    """Esc pressed to close the token box, opened while a call was on its way (to type the
+    token it asked for, say), cancelled the call, and left the box open. Esc closes the box
+    alone, the field in focus or not; with the box closed, Esc cancels again."""
+    url, _ = served
+    (boot,) = pictures(test_set, tmp_path, "boot.png")
+    with holding_answers(url) as (page, let_go):
+        element = opened_with_models(browser, page)
+        let_go.clear()
+        element(By.ID, "file").send_keys(str(boot))
+        wait_for(browser, lambda: element(By.ID, "status").text == "classifying boot.png...")
+        box = element(By.ID, "token-box")
+        # in focus: the field, the box's heading (clicked to open it), or outside the box;
+        # then: the heading, not a field gone from sight, or what was
+        for clicked, focus in (("#token", "summary"), (None, "summary"), ("h1", "body")):
+            box.find_element(By.TAG_NAME, "summary").click()
+            if clicked:
+                browser.find_element(By.CSS_SELECTOR, clicked).click()
+            assert hint(browser) == "none", clicked  # Esc would not cancel: not said
+            ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+            assert element(By.ID, "status").text == "classifying boot.png...", clicked
+            assert box.get_attribute("open") is None, clicked
+            assert browser.switch_to.active_element.tag_name == focus, clicked
+        assert hint(browser) == '" (Esc cancels)"'
+        ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+        wait_for(browser, lambda: let_go.left == 1)  # the browser hung up: the call ended
+        assert element(By.ID, "status").text == "classifying boot.png: cancelled"
+
+
 def test_clear_while_a_drawing_is_on_its_way_keeps_the_pictures_answer_before_it(
         served, browser, test_set, tmp_path):
     """"Clear" pressed while a drawing's answer was on its way took the picture's answer shown
