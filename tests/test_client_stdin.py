@@ -2,6 +2,8 @@
 to standard output."""
 
 import io
+import os
+import pty
 import subprocess
 import sys
 
@@ -82,3 +84,19 @@ def test_empty_standard_input_is_named_so(target):
     assert (piped.returncode, piped.stdout) == (1, b"")
     assert piped.stderr.decode() == ("fmnist classify: error: -: standard input is empty: no "
                                      "picture nor .npy array came\n")
+
+
+def test_a_terminal_on_standard_input_is_refused_at_once():
+    """`fmnist classify -` typed at a prompt waited, silent, for a picture nobody would type:
+    it looked hung. A pseudo-terminal stands for the prompt; no server is needed, as the
+    files are read before any call."""
+    controller, terminal = pty.openpty()
+    try:
+        typed = subprocess.run([sys.executable, "-m", "serving.client", "classify", "-"],
+                               stdin=terminal, capture_output=True, timeout=60, check=False)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert (typed.returncode, typed.stdout) == (1, b"")
+    assert typed.stderr.decode() == ("fmnist classify: error: -: standard input is a terminal; "
+                                     "pipe a picture in: fmnist classify - < shoe.png\n")

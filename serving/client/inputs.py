@@ -88,6 +88,9 @@ def _standard_input() -> io.BytesIO:
     """What standard input holds, for "-" (a picture, or a .npy array by its first bytes)."""
     if sys.stdin is None:  # <&-
         raise ValueError("-: standard input is closed")
+    if sys.stdin.isatty():  # typed at a prompt: the read waited, silent, as if hung
+        raise ValueError("-: standard input is a terminal; pipe a picture in: "
+                         "fmnist classify - < shoe.png")
     if not (data := sys.stdin.buffer.read()):  # (a failed `curl -sf URL |`: no picture said)
         raise ValueError("-: standard input is empty: no picture nor .npy array came")
     return io.BytesIO(data)
