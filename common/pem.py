@@ -3,6 +3,7 @@ and client CA (``serving.security``) and the client's CA, certificate and key
 (``serving.client.security``). Standard library only."""
 
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -11,19 +12,30 @@ def read_pem(path: str | Path | None) -> bytes | None:
 
 
 def check_pem_files(cert_file: str | Path | None, key_file: str | Path | None,
-                    ca_file: str | Path | None) -> None:
+                    ca_file: str | Path | None, names: Sequence[str] = ()) -> None:
     """ValueError naming the file unless ``cert_file`` and ``key_file`` are a PEM certificate
     chain and its (unencrypted) key and ``ca_file`` holds PEM certificates: gRPC would only
-    fail later, as a port it "cannot bind" or a handshake that fails. OSError if unreadable."""
-    for path in filter(None, (cert_file, key_file, ca_file)):  # ssl's OSError names no file
-        open(path, "rb").close()
+    fail later, as a port it "cannot bind" or a handshake that fails. A file is named by its
+    path, or by its entry in ``names`` (the cert's, the key's, the CA's: fmnist-serve's flag or
+    variable and path, ``common.flags.given``). Unreadable: OSError, or with ``names`` a
+    ValueError so named."""
+    paths = (cert_file, key_file, ca_file)
+    cert_name, key_name, ca_name = named = names or paths
+    for path, name in zip(paths, named, strict=True):
+        try:  # ssl's OSError names no file
+            if path:
+                open(path, "rb").close()
+        except OSError as error:
+            if not names:
+                raise
+            raise ValueError(f"{name}: {error.strerror}") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if cert_file:
-            files, what = f"{cert_file} and {key_file}", "a PEM certificate chain and its key"
+            files, what = f"{cert_name} and {key_name}", "a PEM certificate chain and its key"
             context.load_cert_chain(cert_file, key_file, password="")
         if ca_file:
-            files, what = str(ca_file), "PEM certificates"
+            files, what = str(ca_name), "PEM certificates"
             context.load_verify_locations(cafile=ca_file)
     except ssl.SSLError as error:
         why = _PEM_ERRORS.get(error.reason, error.reason or "not PEM, or a key that needs a "

@@ -22,8 +22,9 @@ class ServerTls:
 
     @classmethod
     def read(cls, cert_file: str | Path, key_file: str | Path,
-             client_ca_file: str | Path | None = None) -> "ServerTls":
-        check_pem_files(cert_file, key_file, client_ca_file)
+             client_ca_file: str | Path | None = None, names: tuple[str, ...] = ()) -> "ServerTls":
+        """``names``: how an error names each file (``common.pem.check_pem_files``)."""
+        check_pem_files(cert_file, key_file, client_ca_file, names)
         return cls(read_pem(cert_file), read_pem(key_file), read_pem(client_ca_file))
 
     def credentials(self) -> grpc.ServerCredentials:

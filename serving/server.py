@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from common import __version__
+from common.flags import given
 from fashion_mnist.v1 import classifier_pb2
 from inference import grpc_service_pb2
 from serving import metrics
@@ -106,15 +107,14 @@ class ModelServer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelServer":
-        """Reads the TLS files (ListenError), then loads and verifies the repository
-        (RepositoryError if it cannot be served): a bad file stops the start in a moment."""
+        """Reads the TLS files (ListenError naming one by its flag or variable, and path), then
+        loads and verifies the repository (RepositoryError): a bad file stops it in a moment."""
+        files = (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        names = map(given, ("--tls-cert", "--tls-key", "--tls-client-ca"), files)
         try:
-            tls = (ServerTls.read(settings.tls_cert, settings.tls_key, settings.tls_client_ca
-                                  or None) if settings.tls_cert else None)
-        except OSError as error:
-            raise ListenError(f"cannot read a TLS file: {error}") from None
-        except ValueError as error:
-            raise ListenError(f"TLS: {error}") from None
+            tls = ServerTls.read(*files, tuple(names)) if settings.tls_cert else None
+        except (OSError, ValueError) as error:  # (OSError: a file gone since it was checked)
+            raise ListenError(str(error)) from None
         return cls(settings, load_repository(settings.model_repository, _policy(settings),
                                              settings.intra_op_threads), tls)
 

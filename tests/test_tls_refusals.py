@@ -1,8 +1,11 @@
 """TLS and port settings the server cannot serve with: refused at start, with one line that
 names the file or the flag (and the client's credentials the same)."""
 
+import os
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -35,7 +38,7 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
                               tls_client_ca=str(files[2] or ""), grpc_server=grpc_server)
     with pytest.raises(ListenError) as refused, running_server(settings):
         pass
-    assert str(refused.value).startswith("TLS: ") and str(refused.value).endswith(why)
+    assert str(refused.value).startswith("--tls-") and str(refused.value).endswith(why)
     with pytest.raises(ValueError, match=why):
         client_security.channel_credentials(files[2], files[0], files[1])
 
@@ -43,13 +46,15 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_fail_with_one_line(
 @pytest.mark.parametrize("which", ["tls_cert", "tls_key", "tls_client_ca"])
 def test_a_tls_file_that_cannot_be_read_is_named(pki, model_repository, tmp_path, which):
     """ssl's error names no file ("cannot read a TLS file: [Errno 2] No such file or
-    directory"): the operator could not tell the certificate from the key or the CA."""
+    directory"): the operator could not tell the certificate from the key or the CA. Its
+    flag names it now, as the client's (fmnist-serve's own: below)."""
     files = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
              "tls_client_ca": str(pki.ca), which: str(tmp_path / "missing.pem")}
     settings = local_settings(model_repository=model_repository, poll_interval=0, **files)
     with pytest.raises(ListenError) as refused, running_server(settings):
         pass
-    assert str(refused.value).endswith(f"No such file or directory: '{tmp_path}/missing.pem'")
+    assert str(refused.value) == (f"--{which.replace('_', '-')} {tmp_path}/missing.pem: "
+                                  "No such file or directory")
     with pytest.raises(OSError, match=re.escape("missing.pem")):
         client_security.channel_credentials(files["tls_client_ca"], files["tls_cert"],
                                             files["tls_key"])
@@ -60,7 +65,7 @@ def test_the_tls_files_are_read_before_the_models_are_loaded(pki, tmp_path):
     each worker), and a repository's error hid it."""
     settings = local_settings(model_repository=tmp_path, poll_interval=0,  # no model in it
                               tls_cert=str(pki.server_cert), tls_key=str(tmp_path / "k.pem"))
-    with pytest.raises(ListenError, match=r"^cannot read a TLS file: .*k\.pem'$"):
+    with pytest.raises(ListenError, match=r"^--tls-key .*k\.pem: No such file or directory$"):
         ModelServer.from_settings(settings)
 
 
@@ -168,6 +173,35 @@ def test_a_tls_file_that_is_not_what_it_should_be_is_named_by_its_flag(capsys, m
     flags = [word for word in given if not word.startswith("FMNIST_")]
     assert client_cli.main(["health", "--target", "127.0.0.1:9", *flags]) == 1
     assert capsys.readouterr().err == f"fmnist health: error: {message.format(**files)}\n"
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (["--tls-cert", "{missing}", "--tls-key", "{key}"],
+     "--tls-cert {missing}: No such file or directory"),
+    (["--tls-cert", "{cert}", "FMNIST_TLS_KEY={missing}"],
+     "FMNIST_TLS_KEY={missing}: No such file or directory"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{missing}"],
+     "--tls-client-ca {missing}: No such file or directory"),
+    (["--tls-cert", "{key}", "--tls-key", "{cert}"], "--tls-cert {key} and --tls-key {cert}: "
+     "expected a PEM certificate chain and its key: not PEM, or a key that needs a password"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "FMNIST_TLS_CLIENT_CA={key}"],
+     "FMNIST_TLS_CLIENT_CA={key}: expected PEM certificates: no certificate in it"),
+])
+def test_a_tls_file_the_server_cannot_use_is_named_by_its_flag(pki, model_repository, tmp_path,
+                                                               given, message):
+    """fmnist-serve said "cannot read a TLS file: [Errno 2] No such file or directory: '/x.pem'"
+    or "TLS: /c.pem and /k.pem: expected ...": which of three settings, a flag or a variable
+    of the deployment's, gave the path? Named as the client names its own (above)."""
+    files = {"missing": tmp_path / "missing.pem", "cert": pki.server_cert, "key": pki.server_key}
+    given = [word.format(**files) for word in given]
+    variables = dict(word.split("=", 1) for word in given if word.startswith("FMNIST_"))
+    started = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository), "--host",
+         "127.0.0.1", "--port", "0", "--http-port", "0", "--workers", "1",
+         *(word for word in given if not word.startswith("FMNIST_"))],
+        env={**os.environ, **variables}, capture_output=True, text=True, timeout=60, check=False)
+    assert (started.returncode, started.stderr) == (
+        1, f"fmnist-serve: error: {message.format(**files)}\n")
 
 
 def test_a_client_whose_tls_does_not_fit_the_server_is_told_what_to_change(
