@@ -99,9 +99,8 @@ class PipelineInterceptor(grpc.ServerInterceptor):
 
 
 def _parsing_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """Health's unary handlers, which the pipeline leaves alone, reading request bytes: those
-    that do not parse are INVALID_ARGUMENT. Watch stays non-blocking (no thread while it
-    waits)."""
+    """Health's unary handlers, which the pipeline leaves alone, reading request bytes: those that
+    do not parse are INVALID_ARGUMENT. Watch stays non-blocking (no thread while it waits)."""
     parse, behavior = handler.request_deserializer, handler.unary_unary or handler.unary_stream
 
     def answer(data, context, *callback):
@@ -265,7 +264,8 @@ class GrpcioServer:
         return []
 
     def add_secure_port(self, address: str, tls: ServerTls) -> int:
-        return self._server.add_secure_port(address, tls.credentials())
+        return self._server.add_secure_port(address, grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], tls.client_ca, require_client_auth=tls.client_ca is not None))
 
     def stop(self, grace: float | None) -> threading.Event:
         """grpcio's stop, whose event is set once gRPC has ended every call, a handler maybe still

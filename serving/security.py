@@ -6,8 +6,6 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from common.pem import check_pem_files, read_pem
 
 
@@ -26,7 +24,3 @@ class ServerTls:
         """``names``: how an error names each file (``common.pem.check_pem_files``)."""
         check_pem_files(cert_file, key_file, client_ca_file, names)
         return cls(read_pem(cert_file), read_pem(key_file), read_pem(client_ca_file))
-
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials([(self.key, self.cert)], self.client_ca,
-                                           require_client_auth=self.client_ca is not None)

@@ -60,7 +60,7 @@ def _setting(default, help_text: str, metavar: str = "", choices: Sequence[str] 
              *, parse=None, secret: bool = False):
     """A field; ``parse``: its flag's ``type=``, text -> value or ArgumentTypeError saying what
     was expected (argparse and common.flags put the flag or env var in front), given for
-    numbers (a range to check), the repository's Path and the host, else text, of
+    numbers (a range to check), the repository's Path and the host, else text, not empty, of
     ``choices`` if any, a FILE's or DIR's with a leading ~ as the home's, as
     --model-repository's (bash leaves --tls-cert=~/x alone, as an env file does; a ~NAME of
     no user is refused); a ``secret`` is never printed with the settings (repr), nor shown by
@@ -80,8 +80,11 @@ def _text(choices: Sequence[str]):
     written = {choice.lower(): choice for choice in choices}
 
     def parse(text: str) -> str:  # a choice in any case, as the choice is written
-        if choices and text.lower() not in written:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        # never "": a script's unset "$HOST" (or model) was found out once the models had
+        # loaded, "cannot bind :50051" ("no '' model"); refused as a guard's is (common.flags)
+        if not text or (choices and text.lower() not in written):
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}"
+                                             if choices else "empty (an unset variable?)")
         return written.get(text.lower(), text)
     return parse
 
@@ -118,7 +121,8 @@ class Settings:
     # IPv6 as URLs write it, [::1], is the address ::1 (gRPC could not bind "[[::1]]:50051"),
     # from the flag, FMNIST_HOST or Settings(...) alike
     host: str = _setting("0.0.0.0", "address to listen on (0.0.0.0: every interface)", "HOST",
-                         parse=lambda text: text[1:-1] if text[:1] + text[-1:] == "[]" else text)
+                         parse=lambda text: _text(())(text[1:-1] if text[:1] + text[-1:] == "[]"
+                                                      else text))
     port: int = _setting(50051, "gRPC port (0: pick a free one and log it)", "PORT", parse=PORT)
     model_repository: Path = _setting(  # noqa: RUF009 (_setting returns a field)
         DEFAULT_REPOSITORY,

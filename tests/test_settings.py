@@ -2,6 +2,8 @@
 out of its range, naming the flag or the env var that gave it."""
 
 import re
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -198,3 +200,20 @@ def test_settings_made_in_code_take_a_value_as_its_flag_takes_its_text(tmp_path,
         tmp_path / "models", str(tmp_path / "c.pem"), "DEBUG", "grpcio")
     assert made == settings_from([f"--{name.replace('_', '-')}={text}"
                                   for name, text in values.items()], {})
+
+
+@pytest.mark.parametrize("argv", [["--host", ""], ["--host", "[]"], ["--default-model", ""],
+                                  ["--baseline-model", ""]])
+def test_an_empty_host_or_model_is_refused_before_the_models_load(model_repository, argv):
+    """`fmnist-serve --host "$HOST"` with HOST unset loaded every model, then failed as gRPC's
+    "cannot bind" of ":50051" (`--default-model ""`: "no '' model"): refused now as an empty
+    token or TLS file is, in one usage line."""
+    started = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--port", "0", "--http-port", "0", "--workers", "1", *argv],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert (started.returncode, started.stdout) == (2, "")
+    assert started.stderr == (f"fmnist-serve: error: {argv[0]}: empty (an unset variable?) "
+                              "(see fmnist-serve --help)\n")
+    with pytest.raises(ValueError, match=f"^{argv[0]}: empty"):
+        Settings(**{argv[0][2:].replace("-", "_"): argv[1]})
