@@ -193,9 +193,9 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        """An "[env FMNIST_X]" kept whole on a line: the wrap left "[env" at a line's end."""
-        lines = super()._split_lines(text.replace("[env ", "[env\xa0"), width)  # no break there
-        return [line.replace("\xa0", " ") for line in lines]
+        """No break in "[env FMNIST_X]" nor at a hyphen: "[env", "--tls-", "test-" ended lines."""
+        return [line.translate({0xA0: " ", 0x2011: "-"}) for line in super()._split_lines(
+            text.replace("[env ", "[env\xa0").replace("-", "\u2011"), width)]  # no breaks
 
 
 class ArgumentParser(argparse.ArgumentParser):
