@@ -1,6 +1,7 @@
 """The web page's waits ended, in a real headless chromium: by its person (Esc), or by the page
 once nothing has moved for its limit (a slow upload that goes on is waited for)."""
 
+import contextlib
 import re
 
 import numpy as np
@@ -18,9 +19,10 @@ from tests.test_http_page_wait import hint, holding_answers, pictures
 __all__ = ["browser", "pytestmark", "served"]  # the fixtures this module's tests take; its skip
 
 
-def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
-    """A server slow to answer (or a slow link) held "classifying boot.png..." on the page until
-    the page's own limit, 120 s: nothing a person pressed ended the wait."""
+@contextlib.contextmanager
+def boot_on_its_way(served, browser, test_set, tmp_path):
+    """The page opened, boot.png chosen, its answer held back by the server: yields the page's
+    ``element`` finder and ``let_go`` (holding_answers')."""
     url, _ = served
     (boot,) = pictures(test_set, tmp_path, "boot.png")
     with holding_answers(url) as (page, let_go):
@@ -28,6 +30,13 @@ def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
         let_go.clear()
         element(By.ID, "file").send_keys(str(boot))
         wait_for(browser, lambda: element(By.ID, "status").text == "classifying boot.png...")
+        yield element, let_go
+
+
+def test_esc_gives_up_on_a_wait(served, browser, test_set, tmp_path):
+    """A server slow to answer (or a slow link) held "classifying boot.png..." on the page until
+    the page's own limit, 120 s: nothing a person pressed ended the wait."""
+    with boot_on_its_way(served, browser, test_set, tmp_path) as (element, let_go):
         assert hint(browser) == '" (Esc cancels)"'  # a key no one knew of, said where it works
         ActionChains(browser).send_keys(Keys.ESCAPE).perform()
         wait_for(browser, lambda: let_go.left == 1)  # the browser hung up: the call ended
@@ -85,13 +94,7 @@ def test_esc_in_the_token_box_closes_it_and_cancels_nothing(served, browser, tes
     """Esc pressed to close the token box, opened while a call was on its way (to type the
     token it asked for, say), cancelled the call, and left the box open. Esc closes the box
     alone, the field in focus or not; with the box closed, Esc cancels again."""
-    url, _ = served
-    (boot,) = pictures(test_set, tmp_path, "boot.png")
-    with holding_answers(url) as (page, let_go):
-        element = opened_with_models(browser, page)
-        let_go.clear()
-        element(By.ID, "file").send_keys(str(boot))
-        wait_for(browser, lambda: element(By.ID, "status").text == "classifying boot.png...")
+    with boot_on_its_way(served, browser, test_set, tmp_path) as (element, let_go):
         box = element(By.ID, "token-box")
         # in focus: the field, the box's heading (clicked to open it), or outside the box;
         # then: the heading, not a field gone from sight, or what was
