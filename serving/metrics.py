@@ -32,6 +32,7 @@ Metric names (all prefixed ``fmnist_``):
   time (``_sum``), by images per call (Triton's ``batch_stats``).
 """
 
+import functools
 import os
 import threading
 import time
@@ -118,26 +119,19 @@ class CallMetrics:
     """Counts one API method's calls by status code, with the latency of those it ran."""
 
     def __init__(self, api: str, method: str):
-        self._api, self._method = api, method
-        self._latency: dict[str, Histogram] = {}
-        self._codes: dict[tuple[str, str], Counter] = {}
+        # each series' child, looked up once (label lookups cost per call)
+        self._latency = functools.cache(lambda model: REQUEST_SECONDS.labels(api, method, model))
+        self._counter = functools.cache(
+            lambda model, code: REQUESTS.labels(api, method, model, code))
 
     def observe(self, started: float, model: str, code: str) -> None:
         """A call that began at ``started`` (perf_counter) ended now with ``code``."""
-        elapsed = time.perf_counter() - started
-        latency = self._latency.get(model)
-        if latency is None:
-            latency = self._latency[model] = REQUEST_SECONDS.labels(self._api, self._method, model)
-        latency.observe(elapsed)
+        self._latency(model).observe(time.perf_counter() - started)
         self.count(code, model)
 
     def count(self, code: str, model: str = "") -> None:
         """A call ended with ``code`` (alone: one refused before it ran, with no latency)."""
-        counter = self._codes.get((model, code))
-        if counter is None:
-            counter = self._codes[model, code] = REQUESTS.labels(
-                self._api, self._method, model, code)
-        counter.inc()
+        self._counter(model, code).inc()
 
 
 def multiprocess_directory() -> str | None:
