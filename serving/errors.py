@@ -6,6 +6,8 @@ anything else raised while answering into ``Internal``, logged with its tracebac
 to the client without one.
 """
 
+from collections.abc import Callable
+
 
 class ServingError(Exception):
     """A request the service refuses; the message names the field and what was expected.
@@ -94,6 +96,17 @@ class Internal(ServingError):  # noqa: N818 (named as the status)
 
     def __init__(self):
         super().__init__("internal error while answering; the server log has the details")
+
+
+def parse_request(parse: Callable, data):
+    """``parse(data)``; whatever it raises is the client's fault: InvalidArgument (a parser
+    that already names the field keeps its message)."""
+    try:
+        return parse(data)
+    except ServingError:
+        raise
+    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
+        raise InvalidArgument(f"request: {error}") from None
 
 
 class ListenError(Exception):

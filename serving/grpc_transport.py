@@ -26,9 +26,9 @@ from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health, health_pb2
 
 from serving import native
-from serving.errors import ServingError
+from serving.errors import ServingError, parse_request
 from serving.native.server import NativeServer, stopping
-from serving.pipeline import Call, CallPipeline, parse_request
+from serving.pipeline import Call, CallPipeline
 from serving.security import ServerTls
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from serving.errors import (
     Cancelled,
     DeadlineExceeded,
     Internal,
-    InvalidArgument,
     ResourceExhausted,
     ServingError,
     Unauthenticated,
     Unavailable,
+    parse_request,
 )
 from serving.metrics import IN_FLIGHT, CallMetrics
 
@@ -272,17 +272,6 @@ class _Around:
                 model = (pipeline._model_label(self.request)
                          if isinstance(self.request, Message) else "")
                 pipeline._metrics_of(call.method).observe(self.started, model, code)
-
-
-def parse_request(parse: Callable, data):
-    """``parse(data)``; whatever it raises is the client's fault: InvalidArgument (a parser
-    that already names the field keeps its message)."""
-    try:
-        return parse(data)
-    except ServingError:
-        raise
-    except Exception as error:  # DecodeError, or whatever else a parser makes of hostile bytes
-        raise InvalidArgument(f"request: {error}") from None
 
 
 def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:
