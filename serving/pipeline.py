@@ -218,8 +218,7 @@ class CallPipeline:
             log.log(logging.DEBUG if hushed or quieted else logging.WARNING, "request failed",
                     extra={"fields": {**fields, "code": error.grpc_code, "error": str(error)}})
             return error
-        log.error("request crashed", exc_info=error, extra={"fields": fields})
-        return Internal()
+        return crashed(call, error)
 
 
 class _Around:
@@ -272,6 +271,14 @@ class _Around:
                 model = (pipeline._model_label(self.request)
                          if isinstance(self.request, Message) else "")
                 pipeline._metrics_of(call.method).observe(self.started, model, code)
+
+
+def crashed(call: Call, error: Exception) -> Internal:
+    """What the client gets of ``error``, not a ServingError (a bug, a failed model run): the
+    short Internal; the log gets its traceback, once."""
+    log.error("request crashed", exc_info=error,
+              extra={"fields": {"method": call.method, "peer": call.peer}})
+    return Internal()
 
 
 def _parsed(parse: Callable, requests: Iterable, around: _Around) -> Iterator:

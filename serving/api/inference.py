@@ -1,11 +1,13 @@
 """The Open Inference Protocol (KServe v2, with Triton's ModelConfig and ModelStatistics),
 transport-free: resolve the model, decode, predict, encode. Methods take and return the
 protocol's messages and a ``Call`` and raise ``serving.errors`` (a failed model run:
-``serving.batching.BatchRunError``, which the pipeline answers INTERNAL)."""
+``serving.batching.BatchRunError``, which the pipeline answers INTERNAL; a stream, in its
+request's place)."""
 
 from collections.abc import Callable, Iterable, Iterator
 
 from inference import grpc_service_pb2 as pb
+from serving.batching import BatchRunError
 from serving.codecs.inference import (
     EXTENSIONS,
     decode_infer_request,
@@ -17,7 +19,7 @@ from serving.codecs.inference import (
 )
 from serving.errors import Cancelled, DeadlineExceeded, InvalidArgument, ServingError, Unavailable
 from serving.metrics import model_statistics
-from serving.pipeline import DRAINING_MESSAGE, Call
+from serving.pipeline import DRAINING_MESSAGE, Call, crashed
 from serving.repository import ModelRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -85,18 +87,21 @@ class InferenceAPI:
                          ) -> Iterator[pb.ModelStreamInferResponse]:
         """Answers in request order; a refused request is answered with its error, its ``id``,
         model name and version (as Triton's failed answers: a client multiplexing requests
-        tells which failed), and the stream goes on, as Triton's does; every answer, its
-        request's one and final, says so in Triton's final flag, which streaming clients wait
-        for. Bytes that do not parse end the stream, named by their place (as ClassifyStream's:
-        the call pipeline parses them)."""
+        tells which failed), and the stream goes on, as Triton's does; so is a request whose
+        model run failed, with ModelInfer's INTERNAL message (its traceback logged once, as the
+        pipeline logs a crash): the requests behind it on the stream are not lost with it.
+        Every answer, its request's one and final, says so in Triton's final flag, which
+        streaming clients wait for. Bytes that do not parse end the stream, named by their
+        place (as ClassifyStream's: the call pipeline parses them)."""
         for request in requests:
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=self.ModelInfer(request, call))
             except (Cancelled, DeadlineExceeded):
                 raise  # the stream's end, not its request's
-            except ServingError as error:
+            except (ServingError, BatchRunError) as error:
+                why = error if isinstance(error, ServingError) else crashed(call, error)
                 asked = pb.ModelInferResponse(id=request.id, model_name=request.model_name,
                                               model_version=request.model_version)
-                answer = pb.ModelStreamInferResponse(error_message=str(error), infer_response=asked)
+                answer = pb.ModelStreamInferResponse(error_message=str(why), infer_response=asked)
             answer.infer_response.parameters[FINAL_FLAG].bool_param = True
             yield answer
