@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 
 class HttpTransport:
     """Serves ``classifier`` and ``inference`` (the data plane's front ends) over HTTP through
-    ``pipeline``, on the settings' host and ``http_port`` (0: a free port; ``start`` returns
-    it), shared with the other worker processes (as gRPC's) if there are several; the page's
-    test images from ``--test-images-dir`` (default: the client's data directory)."""
+    ``pipeline``, on the settings' host and ``http_port`` (never 0, which means no HTTP: the
+    server builds none; ``start`` returns the port), shared with the other worker processes (as
+    gRPC's) if there are several; the page's test images from ``--test-images-dir`` (default:
+    $FMNIST_DATA_DIR, else Debian's folder: ``common.dataset.data_dir``)."""
 
     def __init__(self, settings, pipeline: CallPipeline, classifier, inference):
         # Decoding a 25-megapixel picture takes ~220 MB, which stays in the C heap of the thread
