@@ -6,8 +6,8 @@ Layout (written by ``training.repository``): ``<root>/<model>/<int version>/mode
 and its graph against the manifest's tensor specs before it serves; any problem is a
 ``RepositoryError`` whose message names the file and what was expected, and that version is
 refused (one log line) rather than served, and the others serve: the server refuses to start
-only over a repository it cannot list, or without a good version of the default or the
-baseline model (``ModelRegistry.require``).
+only over a repository it cannot list or in which no version loads (``load_repository``), or
+without a good version of the default or the baseline model (``ModelRegistry.require``).
 """
 
 import hashlib
