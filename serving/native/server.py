@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
-from serving.native import UNAVAILABLE_REASON, _server
+from serving.native import _server
 from serving.native.context import NativeContext
 from serving.security import ServerTls
 
@@ -26,14 +26,13 @@ class NativeServer:
     stream holds one from its first message to its end, a non-blocking Watch none), of which
     ``max_running`` at work (not waiting on the network; None: all); ``listening``: the
     largest message, whether worker processes share the port (off: a port in use fails) and
-    a connection's life in ms."""
+    a connection's life in ms. Built only where the extension is
+    (``serving.grpc_transport.grpc_server`` asks ``native.available()`` first)."""
 
     transport = "native"
 
     def __init__(self, threads: int, interceptors: Iterable[grpc.ServerInterceptor],
                  listening: tuple[int, bool, int], max_running: int | None = None):
-        if _server is None:
-            raise RuntimeError(UNAVAILABLE_REASON)
         self._core = _server.Server(min(threads, max_running or threads))
         # dead_calls(): a (status code name, method as sent: bytes) pair for each call that
         # died waiting for a call thread since the last time: C++ finished it
