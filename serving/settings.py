@@ -183,8 +183,8 @@ class Settings:
         0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "
         "new one, which a load balancer may send to a replica added since (0: forever; else at "
         "least 0.1)", "SECONDS", parse=_off_or_at_least(0.1, "forever"))
-    grace_period: float = _setting(10.0, "seconds calls in flight get on SIGTERM/SIGINT/SIGHUP "
-                                   "to finish before they are cancelled", "SECONDS", parse=WAIT_S)
+    grace_period: float = _setting(10.0, "seconds calls in flight get on SIGTERM/SIGINT/SIGHUP; "
+                                   "then gRPC's are cancelled", "SECONDS", parse=WAIT_S)
     poll_interval: float = _setting(
         5.0, "seconds between scans of the model repository for added or removed versions "
         "(0: load once at start-up; else at least 0.1)", "SECONDS",
