@@ -180,8 +180,8 @@ class Settings:
         "RESOURCE_EXHAUSTED when a call thread takes them (0: no limit)", "N",
         parse=number_in(int, 0))
     max_connection_age: float = _setting(
-        0.0, "seconds a client connection lives; then the client is asked (GOAWAY) to open a "
-        "new one, which a load balancer may send to a replica added since (0: forever; else at "
+        0.0, "seconds a client's gRPC connection lives; then GOAWAY asks the client for a new "
+        "one, which a load balancer may send to a replica added since (0: forever; else at "
         "least 0.1)", "SECONDS", parse=_off_or_at_least(0.1, "forever"))
     grace_period: float = _setting(10.0, "seconds calls in flight get on SIGTERM/SIGINT/SIGHUP; "
                                    "then gRPC's are cancelled", "SECONDS", parse=WAIT_S)
