@@ -142,8 +142,8 @@ class Settings:
         "the web page's random test image (default: $FMNIST_DATA_DIR, else "
         "/usr/share/datasets/fashion-mnist; without them it answers 404)", "DIR")
     max_request_images: int = _setting(1024, "most images one request may carry", "N", parse=COUNT)
-    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message or HTTP body "
-                                      "accepted or sent",
+    max_message_bytes: int = _setting(4 * 1024 * 1024, "largest gRPC message, received or "
+                                      "sent, or HTTP request body",
                                       "BYTES", parse=number_in(int, 1, MAX_MESSAGE_BYTES))
     max_batch_images: int = _setting(
         256, "most images one onnxruntime call takes when concurrent requests are batched "
