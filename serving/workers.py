@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 def supervise(settings: Settings) -> int:
     """Runs ``settings.workers`` server processes until a stop signal; returns the exit
     status. Raises WorkerStartError, with a worker's one-line reason, if they cannot start, and
-    ListenError if the metrics port cannot be had (taken since the ports were checked)."""
+    ListenError if a port is another program's (``reserved_port``'s check) or the metrics port
+    cannot be had (taken since)."""
     with held_directory("fmnist-metrics-") as directory, reserved_port(settings) as port:
         os.environ[MULTIPROCESS_ENV] = directory  # left set: the supervisor exits after
         supervisor = _Supervisor(replace(settings, port=port), directory)
