@@ -29,15 +29,9 @@ from serving.http.body import Body, parse_json
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE, BINARY_OUTPUT, BINARY_ALL = "binary_data_size", "binary_data", "binary_data_output"
 BINARY_TYPE = "application/octet-stream"
-# The typed field of InferTensorContents that holds each datatype's JSON data.
-TYPED_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-                "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-                "UINT16": "uint_contents", "UINT32": "uint_contents",
-                "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
-                "BYTES": "bytes_contents"}
-NUMPY_TYPES = {"BOOL": "?", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-               "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-               "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+# The answers' datatypes besides FP32 and BYTES, which the data plane's outputs have
+# (serving.codecs.inference): their wire dtype.
+NUMPY_TYPES = {"INT64": "<i8"}
 _LENGTH = struct.Struct("<I")
 
 
@@ -165,9 +159,8 @@ def _add_input(request: pb.ModelInferRequest, tensor: dict, index: int, body: by
 
 
 def _set_contents(tensor, data, field_name: str) -> None:
-    """JSON data, flat or nested row-major, into the datatype's typed field (the images', the
-    one input whose data the codec reads)."""
-    typed = TYPED_FIELDS[tensor.datatype]
+    """JSON data, flat or nested row-major, into ``uint_contents``: only the images' data is
+    converted (UINT8, the one input whose data the codec reads; ``_add_input``)."""
     values = _expect(list, data, f"{field_name}.data")
     while values and isinstance(values[0], list):
         if not all(isinstance(value, list) for value in values):
@@ -175,17 +168,17 @@ def _set_contents(tensor, data, field_name: str) -> None:
                                   "expected nested arrays of one depth")
         values = list(chain.from_iterable(values))
     try:
-        contents = getattr(tensor.contents, typed)
+        contents = tensor.contents.uint_contents
         contents.extend(values)
         # uint_contents takes 256 and up, and the codec's refusal would name that field
-        if tensor.datatype == "UINT8" and contents and np.array(contents, np.uint32).max() > 255:
+        if contents and np.array(contents, np.uint32).max() > 255:
             raise ValueError
     except (TypeError, ValueError):  # protobuf's words name its own field: find the value
-        scratch = getattr(type(tensor.contents)(), typed)
+        scratch = type(tensor.contents)().uint_contents
         for index, value in enumerate(values):
             try:
                 scratch.append(value)
-                if tensor.datatype == "UINT8" and value not in range(256):
+                if value not in range(256):
                     raise ValueError
             except (TypeError, ValueError):
                 raise InvalidArgument(
