@@ -11,7 +11,8 @@ worker's ``ModelStatistics`` reads them all (``exposition_registry``).
 Metric names (all prefixed ``fmnist_``):
 
 - ``requests_total{api,method,model,code}``: calls, by status code name, those refused before
-  they ran too, and those that died waiting for a call thread (model ""); a stream is one call,
+  they ran too (over HTTP also a method the path does not serve: UNIMPLEMENTED, as the call
+  the path makes), and those that died waiting for a call thread (model ""); a stream is one call,
   under the model its requests name ("" if several);
 - ``request_duration_seconds{api,method,model}``: the latency of those that ran (histogram);
 - ``requests_in_flight``: calls being answered now (summed over live processes);

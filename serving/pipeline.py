@@ -187,11 +187,11 @@ class CallPipeline:
             self.count_unanswered([(call.method, error.grpc_code)])
         return self._failure(call, error)
 
-    def count_unanswered(self, calls: Iterable[tuple[str, str]]) -> None:
+    def count_unanswered(self, calls: Iterable[tuple[str, str]], request=None) -> None:
         """Counts ``(method, code)`` calls that ended before a handler ran: refused, or dead
-        while they waited for a call thread (which the native server finishes in C++)."""
+        waiting for a call thread (the native server's); under ``request``'s model, if given."""
         for method, code in calls:
-            self._metrics_of(method).count(code)
+            self._metrics_of(method).count(code, self._model_label(request))
 
     def _metrics_of(self, method: str) -> CallMetrics:
         if (metrics := self._metrics.get(method)) is None:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from fashion_mnist.v1 import classifier_pb2 as domain_pb
 from inference import grpc_service_pb2 as pb
@@ -22,7 +21,6 @@ from serving.api.inference import INFER_NAMED_BY
 from serving.api.inference import SERVICE_NAME as INFERENCE
 from serving.codecs.inference import parse_version
 from serving.errors import (
-    NotFound,
     ServingError,
     Unauthenticated,
     Unimplemented,
@@ -42,7 +40,8 @@ from serving.http.body import (
     message_json,
     read_body,
 )
-from serving.pipeline import Call, CallPipeline
+from serving.http.unrouted import query_model, refusal, url_model
+from serving.pipeline import UNCOUNTED_PREFIXES, Call, CallPipeline
 
 # What an error's status asks to be said with it (RFC 9110): how to authenticate; which codings
 # the server decodes.
@@ -54,12 +53,11 @@ PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' data: blo
                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'none'; "
                "base-uri 'none'; frame-ancestors 'none'")
 TEST_IMAGE_METHOD = "/fashion_mnist.http.Page/TestImage"
+V2, DOMAIN = f"/{INFERENCE}/", f"/{CLASSIFIER}/"
 _MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 # before an endpoint's own last segment the model may hold a "/" (a%2Fb, which granian decodes):
 # no model is named so, and it is said as for any unknown model, not as an unknown path
 _NAMED = r"/v2/models/(?P<model>[^/]+(?:/[^/]+)*?)(?:/versions/(?P<version>[^/]+))?"
-# RFC 9110's methods and PATCH: on a path that serves others, 405; any other method, 501 (9.1)
-KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
 
 class HttpApp:
@@ -75,22 +73,23 @@ class HttpApp:
         self._test_images = test_images
         self._decoder, self._max_images = decoder, max_images
         self._page = PAGE.read_bytes()
-        self._routes: list[tuple[str, re.Pattern, Callable]] = [
-            (verb, re.compile(pattern), handler) for verb, pattern, handler in (
-                ("GET", r"/v2/health/live", self._live),
-                ("GET", r"/v2/health/ready", self._ready),
-                ("GET", r"/v2/?", self._server_metadata),  # the OpenAPI file's is /v2/
-                ("GET", r"/v2/models/stats", self._statistics),
-                ("GET", _MODEL, self._model_metadata),
-                ("GET", _NAMED + "/ready", self._model_ready),
-                ("GET", _NAMED + "/config", self._model_config),
-                ("GET", _NAMED + "/stats", self._statistics),
-                ("POST", _NAMED + "/infer", self._infer),
-                ("POST", r"/v1/classify", self._classify),
-                ("GET", r"/v1/models", self._list_models),
-                ("GET", r"/v1/models/(?P<name>[^/]+)", self._get_model),
-                ("GET", r"/v1/test-images/(?P<index>[^/]+)", self._test_image),
-                ("GET", r"/(?:index\.html)?", self._page_body),
+        # each route: its verb, its path, the handler and the call it makes (which counts it)
+        self._routes: list[tuple[str, re.Pattern, Callable, str]] = [
+            (verb, re.compile(pattern), handler, method) for verb, pattern, handler, method in (
+                ("GET", r"/v2/health/live", self._live, V2 + "ServerLive"),
+                ("GET", r"/v2/health/ready", self._ready, V2 + "ServerReady"),
+                ("GET", r"/v2/?", self._server_metadata, V2 + "ServerMetadata"),  # OpenAPI's: /v2/
+                ("GET", r"/v2/models/stats", self._statistics, V2 + "ModelStatistics"),
+                ("GET", _MODEL, self._model_metadata, V2 + "ModelMetadata"),
+                ("GET", _NAMED + "/ready", self._model_ready, V2 + "ModelReady"),
+                ("GET", _NAMED + "/config", self._model_config, V2 + "ModelConfig"),
+                ("GET", _NAMED + "/stats", self._statistics, V2 + "ModelStatistics"),
+                ("POST", _NAMED + "/infer", self._infer, V2 + "ModelInfer"),
+                ("POST", r"/v1/classify", self._classify, DOMAIN + "Classify"),
+                ("GET", r"/v1/models", self._list_models, DOMAIN + "ListModels"),
+                ("GET", r"/v1/models/(?P<name>[^/]+)", self._get_model, DOMAIN + "GetModel"),
+                ("GET", r"/v1/test-images/(?P<index>[^/]+)", self._test_image, TEST_IMAGE_METHOD),
+                ("GET", r"/(?:index\.html)?", self._page_body, ""),  # not a call: not counted
             )]
 
     def __call__(self, environ: dict, start_response):
@@ -107,23 +106,26 @@ class HttpApp:
         path = environ.get("PATH_INFO", "").encode("latin-1").decode(errors="replace")
         method = environ["REQUEST_METHOD"]
         verb = "GET" if method == "HEAD" else method
-        if method not in KNOWN_METHODS:
-            raise Unimplemented(f"{method}: not a method this server knows; it serves GET, HEAD "
-                                "and POST")
-        allowed = []
-        for route_verb, pattern, handler in self._routes:
+        allowed, served = [], None  # served: the path's first route (call, match), if any
+        for route_verb, pattern, handler, call in self._routes:
             match = pattern.fullmatch(path)  # not "$", which matches before a final newline
             if match and route_verb == verb:
-                return handler(environ, {k: v for k, v in match.groupdict().items() if v})
+                return handler(environ, call, {k: v for k, v in match.groupdict().items() if v})
             if match:
                 allowed += ["GET", "HEAD"] if route_verb == "GET" else [route_verb]
-        # a path as sent may hold a newline (%0A) or other control characters: escaped, the
-        # message stays one line
-        shown = path if path.isprintable() else path.encode("unicode_escape").decode()
-        if allowed := list(dict.fromkeys(allowed)):  # /v2/models/stats matches two routes
-            return error_body(f"{method} {shown}: use {' or '.join(allowed)}", 405,
-                              (("Allow", ", ".join(allowed)),))
-        raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
+                served = served or (call, match)
+        if served:
+            self._count_refused(environ, *served)
+        return refusal(method, path, allowed)
+
+    def _count_refused(self, environ: dict, call: str, match: re.Match) -> None:
+        """A method the path does not serve (405, 501) counts as the call the path makes,
+        refused UNIMPLEMENTED (gRPC's code for a method not served), under the model the URL
+        names, as that call's other refusals do (the page and health are never counted)."""
+        if call and not call.startswith(UNCOUNTED_PREFIXES):
+            named = url_model(environ, match.groupdict())
+            self._pipeline.count_unanswered(  # (any request naming the model labels it alike)
+                [(call, Unimplemented.grpc_code)], pb.ModelInferRequest(model_name=named))
 
     def _call(self, environ: dict, method: str, handler: Callable, request, *,
               parse: Callable | None = None, encode: Callable = json_body,
@@ -161,51 +163,51 @@ class HttpApp:
 
     # Open Inference Protocol
 
-    def _live(self, environ, _):
-        return self._call(environ, f"/{INFERENCE}/ServerLive", self._inference.ServerLive,
+    def _live(self, environ, method, _):
+        return self._call(environ, method, self._inference.ServerLive,
                           pb.ServerLiveRequest(),
                           encode=lambda answer: json_body({"live": answer.live}))
 
-    def _ready(self, environ, _):
+    def _ready(self, environ, method, _):
         """Not ready once draining, so that balancers and probes turn away first: 400, as the
         protocol has it ("a 4xx status code indicates false") and Triton answers. Like
         ServerLive, through the pipeline, which asks no token of health and refuses it never."""
-        return self._call(environ, f"/{INFERENCE}/ServerReady", self._inference.ServerReady,
+        return self._call(environ, method, self._inference.ServerReady,
                           pb.ServerReadyRequest(), encode=lambda answer: json_body(
                               {"ready": answer.ready}, 200 if answer.ready else 400))
 
-    def _server_metadata(self, environ, _):
-        return self._call(environ, f"/{INFERENCE}/ServerMetadata",
+    def _server_metadata(self, environ, method, _):
+        return self._call(environ, method,
                           self._inference.ServerMetadata, pb.ServerMetadataRequest(),
                           encode=_json)
 
-    def _model_metadata(self, environ, path):
+    def _model_metadata(self, environ, method, path):
         return self._call(
-            environ, f"/{INFERENCE}/ModelMetadata", self._inference.ModelMetadata,
+            environ, method, self._inference.ModelMetadata,
             pb.ModelMetadataRequest(name=path["model"], version=path.get("version", "")),
             encode=_json)
 
-    def _model_ready(self, environ, path):
+    def _model_ready(self, environ, method, path):
         """200 if ready; as Triton's, a model or version not loaded is 404 and a draining
         server 503 (ModelReady's errors: tritonclient reads the status)."""
         return self._call(
-            environ, f"/{INFERENCE}/ModelReady", self._inference.ModelReady,
+            environ, method, self._inference.ModelReady,
             pb.ModelReadyRequest(name=path["model"], version=path.get("version", "")),
             encode=lambda response: json_body({"name": path["model"], "ready": response.ready}))
 
-    def _model_config(self, environ, path):
+    def _model_config(self, environ, method, path):
         return self._call(  # Triton's shape: the config itself
-            environ, f"/{INFERENCE}/ModelConfig", self._inference.ModelConfig,
+            environ, method, self._inference.ModelConfig,
             pb.ModelConfigRequest(name=path["model"], version=path.get("version", "")),
             encode=lambda response: _json(response.config))
 
-    def _statistics(self, environ, path):
+    def _statistics(self, environ, method, path):
         return self._call(
-            environ, f"/{INFERENCE}/ModelStatistics", self._inference.ModelStatistics,
+            environ, method, self._inference.ModelStatistics,
             pb.ModelStatisticsRequest(name=path.get("model", ""),
                                       version=path.get("version", "")), encode=_json)
 
-    def _infer(self, environ, path):
+    def _infer(self, environ, method, path):
         forms, body = [], []
 
         def parse(body: bytes) -> pb.ModelInferRequest:
@@ -221,14 +223,14 @@ class HttpApp:
             return request
 
         return self._call(  # the URL's model labels the metrics if the body is bad
-            environ, f"/{INFERENCE}/ModelInfer", self._inference.ModelInfer,
+            environ, method, self._inference.ModelInfer,
             pb.ModelInferRequest(model_name=path["model"]),
             parse=lambda _: parse(body[0]), body=body,
             encode=lambda response: rest.encode_infer_response(response, forms[0]))
 
     # The domain API and the page
 
-    def _classify(self, environ, _):
+    def _classify(self, environ, method, _):
         parsed, body = {}, []
 
         def parse(body: bytes) -> domain_pb.ClassifyRequest:
@@ -243,33 +245,33 @@ class HttpApp:
                                                     parsed["options"]))
 
         # the query's model labels the metrics of a body that fails to parse, as /v2's URL's
-        named = parse_qs(environ.get("QUERY_STRING", "")).get("model", [""])[-1]
-        return self._call(environ, f"/{CLASSIFIER}/Classify", self._classifier.Classify,
+        named = query_model(environ)
+        return self._call(environ, method, self._classifier.Classify,
                           domain_pb.ClassifyRequest(model=named) if named else environ,
                           parse=lambda _: parse(body[0]), body=body, encode=encode)
 
-    def _list_models(self, environ, _):
+    def _list_models(self, environ, method, _):
         return self._call(
-            environ, f"/{CLASSIFIER}/ListModels", self._classifier.ListModels,
+            environ, method, self._classifier.ListModels,
             environ.get("QUERY_STRING", ""), parse=domain.list_models_request,
             encode=lambda response: json_body(
                 domain.models_json(response, self._classifier.default_model)))
 
-    def _get_model(self, environ, path):
+    def _get_model(self, environ, method, path):
         return self._call(
-            environ, f"/{CLASSIFIER}/GetModel", self._classifier.GetModel,
+            environ, method, self._classifier.GetModel,
             environ.get("QUERY_STRING", ""), encode=_json,
             parse=lambda query: domain_pb.GetModelRequest(
                 name=path["name"], version=domain.version_option(query)))
 
-    def _test_image(self, environ, path):
+    def _test_image(self, environ, method, path):
         """"random" is another image each time: no cache may keep one; a fixed index may be."""
         cache = (("Cache-Control", "no-store"),) if path["index"] == "random" else ()
-        return self._call(environ, TEST_IMAGE_METHOD,
+        return self._call(environ, method,
                           lambda index, _call: self._test_images.get(index), path["index"],
                           encode=lambda image: Body(json_body(image).data, headers=cache))
 
-    def _page_body(self, environ, _):
+    def _page_body(self, environ, *_):
         return Body(self._page, "text/html; charset=utf-8",
                     (("Content-Security-Policy", PAGE_POLICY),
                      ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache")))
