@@ -100,11 +100,13 @@ def _unreadable(picture: Path | io.BytesIO, error: Exception) -> str:
     """What is wrong with a picture file Pillow could not read, in words: Pillow's named no
     fault ("cannot identify image file '<_io.BytesIO ...>'", "Truncated File Read", "Image
     size (196000000 pixels) exceeds limit of 178956970 pixels, could be decompression bomb DOS
-    attack.")."""
+    attack."), and its MemoryError was taken for a damaged file."""
     Image = pillow()  # noqa: N806 (Pillow's name)
     if isinstance(error, Image.DecompressionBombError):  # Pillow's own limit, at twice this
         return (f"over the {2 * Image.MAX_IMAGE_PIXELS:,} pixels Pillow decodes; scale it down "
                 "first")
+    if isinstance(error, MemoryError):  # under that limit, over what this machine lets it have
+        return f"{_dimensions(picture)}more than the memory here can decode; scale it down first"
     head = b""  # the first bytes, by which Image.open tells a format
     with contextlib.suppress(OSError):
         if isinstance(picture, io.BytesIO):
@@ -118,6 +120,13 @@ def _unreadable(picture: Path | io.BytesIO, error: Exception) -> str:
     if kind or not isinstance(error, Image.UnidentifiedImageError):
         return f"a damaged {f'{kind} ' if kind else ''}image, or cut short"
     return "not a picture (in no format Pillow reads), nor a .npy array"
+
+
+def _dimensions(picture: Path | io.BytesIO) -> str:
+    """"WIDTHxHEIGHT pixels, " as the picture's header says them, or "" if it cannot be read."""
+    with contextlib.suppress(Exception), pillow().open(picture) as image:
+        return f"{image.width}x{image.height} pixels, "
+    return ""
 
 
 def _format(head: bytes) -> str:
