@@ -4,7 +4,6 @@ over the env var, which wins over the default. Containers and CI configure by en
 by flags, and both must mean the same."""
 
 import argparse
-import copy
 import difflib
 import math
 import os
@@ -12,6 +11,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from common import __version__
+from common.helptext import DefaultsHelpFormatter, Refused
 from common.output import StdoutError, named_stdout
 from common.usage import unrecognized, usage_error
 
@@ -83,17 +83,6 @@ class _Guarded(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-class Refused:
-    """The default of an option whose env var holds a bad value: ``ArgumentParser`` raises
-    ``error`` unless the option's flag replaced it."""
-
-    def __init__(self, error: ValueError):
-        self.error = error
-
-    def __str__(self) -> str:  # in --help: "(default: refused: FMNIST_TARGET: expected ...)"
-        return f"refused: {self.error}"
-
-
 def unread_env_var_warnings(program: str, also: Iterable[str] = (),
                             near_only: bool = False) -> list[str]:
     """What ``program`` says of each ``FMNIST_*`` variable that no option added so far reads,
@@ -163,39 +152,6 @@ def _convert(action: argparse.Action, variable: str, raw: str):
         choices = ", ".join(map(repr, action.choices))
         raise ValueError(f"{variable}: invalid choice: {raw!r} (choose from {choices})")
     return value
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help tells it or there is none ("(default: the
-    server's) (default: )" said nothing twice); an env var's refused value whatever the help
-    says ("(default: refused: FMNIST_SEED: ...)"): not the default the command then takes."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if "%(default)" not in (action.help or "") and isinstance(action.default, Refused):
-            return f"{action.help or ''} (default: %(default)s)"
-        if action.default is None or action.default is False or action.default in ("", []) \
-                or "default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-    def _expand_help(self, action: argparse.Action) -> str:
-        """A list default as its flag takes it (512,256), None as none_word, a switch's "on" or
-        "off", its variable's words, not True (off only where the help asks); the env var last."""
-        if isinstance(action.default, tuple) or action.default is True or (
-                action.default is False and "%(default)" in (action.help or "")) or (
-                action.default is None and getattr(action.type, "none_word", "")):
-            action = copy.copy(action)
-            action.default = (
-                ("off", "on")[action.default] if isinstance(action.default, bool)
-                else ",".join(map(str, action.default)) if action.default is not None
-                else action.type.none_word)
-        head, env, tail = super()._expand_help(action).partition(getattr(action, "env_tag", "\0"))
-        return f"{head}{tail} {env}"  # "[env X] (default: 42)" where this formatter added it
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        """No break in "[env FMNIST_X]" nor at a hyphen: "[env", "--tls-", "test-" ended lines."""
-        return [line.translate({0xA0: " ", 0x2011: "-"}) for line in super()._split_lines(
-            text.replace("[env ", "[env\xa0").replace("-", "\u2011"), width)]  # no breaks
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -8,7 +8,6 @@ from dataclasses import fields
 
 from common.flags import (
     ArgumentParser,
-    DefaultsHelpFormatter,
     Refused,
     add_option,
     number_in,
@@ -51,11 +50,6 @@ install dataset-fashion-mnist) or ~/.keras/datasets/fashion-mnist, else Keras
 downloads it there. Every flag has an environment variable: FMNIST_ + the flag
 in capitals with - as _, e.g. FMNIST_EPOCHS=3 or FMNIST_MLP_BATCH_SIZE=256.
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
-    """The description and epilog as written; each option's default as the other commands'
-    --help show it: its env var's value, or "refused: ..." (the built-in one was shown)."""
 
 
 class OneLineErrorParser(ArgumentParser):
@@ -153,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fmnist-train",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=HelpFormatter,
     )
     try:
         add_options(parser)
