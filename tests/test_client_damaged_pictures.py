@@ -51,7 +51,11 @@ def test_a_picture_over_pillows_limit_is_said_in_one_line(tmp_path, capsys, monk
     (lambda npy: npy[:10] + b"{garbage}".ljust(118) + npy[128:],
      "a damaged .npy file, or cut short (its header)"),
     (lambda npy: npy[:200], "a .npy array cut short (fewer values than its header says)"),
-], ids=["header-cut", "header-garbled", "values-cut"])
+    # a header claiming 100 million images (73 GiB) over 784 bytes: numpy said "Unable to
+    # allocate 73.0 GiB for an array with shape (78400000000,)", having tried to
+    (lambda npy: npy.replace(b"(5, 28, 28), }     ", b"(100000000, 784), }", 1)[:128 + 784],
+     "a .npy array cut short (fewer values than its header says)"),
+], ids=["header-cut", "header-garbled", "values-cut", "values-claimed"])
 def test_a_damaged_npy_array_is_said_in_one_line(tmp_path, capsys, cut, said):
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((5, 28, 28), np.uint8))

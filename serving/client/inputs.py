@@ -5,6 +5,7 @@ Fashion-MNIST has them: light object on a black background, centred in 28x28 (a 
 import contextlib
 import functools
 import io
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,17 +29,19 @@ def load_npy(path: Path, opened: BinaryIO | None = None) -> np.ndarray:
         header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         try:  # numpy's words: "EOF: reading array header, expected 118 bytes got 10",
             # "malformed node or string on line 1: <ast.Name object at 0x7fe2b75e7190>"
-            dtype = header(file)[2]
+            shape, _, dtype = header(file)
         except ValueError:
             raise ValueError(f"{path}: a damaged .npy file, or cut short (its header)") from None
         if not np.issubdtype(dtype, np.integer):  # objects too, before numpy refuses them so
             raise ValueError(f"{path}: expected uint8 pixels, got {dtype}")
-        file.seek(0)
-        try:
-            array = np.load(file, allow_pickle=False)
-        except ValueError:  # "Failed to read all data for array. Expected (5, 28, 28) = ..."
+        # before numpy reads them: it first took room for as many as the header says (a header
+        # of 73 GiB over 784 bytes: "Unable to allocate 73.0 GiB for an array ...")
+        values_at = file.tell()
+        if math.prod(shape) * dtype.itemsize > file.seek(0, io.SEEK_END) - values_at:
             raise ValueError(f"{path}: a .npy array cut short (fewer values than its header "
-                             "says)") from None
+                             "says)")
+        file.seek(0)
+        array = np.load(file, allow_pickle=False)
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"{path}: expected pixels in 0..255, got {array.min()}..{array.max()}")
     if array.shape == IMAGE_SHAPE:
