@@ -164,8 +164,7 @@ class HttpApp:
     # Open Inference Protocol
 
     def _live(self, environ, method, _):
-        return self._call(environ, method, self._inference.ServerLive,
-                          pb.ServerLiveRequest(),
+        return self._call(environ, method, self._inference.ServerLive, pb.ServerLiveRequest(),
                           encode=lambda answer: json_body({"live": answer.live}))
 
     def _ready(self, environ, method, _):
@@ -177,9 +176,8 @@ class HttpApp:
                               {"ready": answer.ready}, 200 if answer.ready else 400))
 
     def _server_metadata(self, environ, method, _):
-        return self._call(environ, method,
-                          self._inference.ServerMetadata, pb.ServerMetadataRequest(),
-                          encode=_json)
+        return self._call(environ, method, self._inference.ServerMetadata,
+                          pb.ServerMetadataRequest(), encode=_json)
 
     def _model_metadata(self, environ, method, path):
         return self._call(
