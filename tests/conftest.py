@@ -226,6 +226,18 @@ def server(settings):
 
 
 @pytest.fixture
+def fragile_server(repository_copy, grpc_server):
+    """A running server whose repository also has ``fragile`` (tests/fragile_model.py): a model
+    whose run fails on grey images."""
+    from tests.fragile_model import fragile_classifier
+
+    write_version(repository_copy, "fragile", fragile_classifier(), {"description": "fails"})
+    settings = local_settings(model_repository=repository_copy, grpc_server=grpc_server)
+    with running_server(settings) as running:
+        yield running
+
+
+@pytest.fixture
 async def channel(server):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as opened:
         yield opened

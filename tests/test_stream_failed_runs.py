@@ -7,57 +7,19 @@ import logging
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from fashion_mnist.v1 import classifier_pb2, classifier_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import Internal
-from tests.conftest import local_settings, running_server, tiny_classifier
-from training.repository import write_version
+from tests.fragile_model import BLACK, GREY
 
-BLACK, GREY = np.zeros((1, 28, 28), np.uint8), np.full((1, 28, 28), 128, np.uint8)
 INTERNAL_MESSAGE = str(Internal())
 
 
-def fragile_classifier():
-    """The fixture's tiny classifier plus a Gather whose index is 4000 * p * (1 - p) of each
-    image's first pixel p in [0, 1]: 0 for black and white (the trial run's images: the
-    version loads), out of its one-element table for grey, which onnxruntime refuses."""
-    model = tiny_classifier(5)
-    graph = model.graph
-    gemm, softmax = (next(node for node in graph.node if node.op_type == op)
-                     for op in ("Gemm", "Softmax"))
-    features, logits, shifted = gemm.input[0], gemm.output[0], gemm.output[0] + "_shifted"
-    softmax.input[0] = shifted
-    graph.initializer.extend(numpy_helper.from_array(np.array(value, dtype), name) for value,
-                             dtype, name in ((0, np.int64, "first"), (1.0, np.float32, "one"),
-                                             (4000.0, np.float32, "scale"),
-                                             ([0.0], np.float32, "table"), ([1], np.int64, "axis")))
-    nodes = [("Gather", [features, "first"], "pixel", {"axis": 1}),
-             ("Sub", ["one", "pixel"], "rest", {}), ("Mul", ["pixel", "rest"], "bump", {}),
-             ("Mul", ["bump", "scale"], "scaled", {}),
-             ("Cast", ["scaled"], "index", {"to": TensorProto.INT64}),
-             ("Gather", ["table", "index"], "zeros", {}),
-             ("Unsqueeze", ["zeros", "axis"], "column", {}),
-             ("Add", [logits, "column"], shifted, {})]
-    at = list(graph.node).index(softmax)
-    for offset, (op, inputs, output, attributes) in enumerate(nodes):
-        graph.node.insert(at + offset, helper.make_node(op, inputs, [output], **attributes))
-    return model
-
-
 @pytest.fixture
-def server(repository_copy, grpc_server):
-    write_version(repository_copy, "fragile", fragile_classifier(), {"description": "fails"})
-    settings = local_settings(model_repository=repository_copy, grpc_server=grpc_server)
-    with running_server(settings) as running:
-        yield running
-
-
-@pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+def channel(fragile_server):
+    with grpc.insecure_channel(f"127.0.0.1:{fragile_server.port}") as opened:
         yield opened
 
 
