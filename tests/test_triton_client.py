@@ -3,7 +3,8 @@
 tritonclient cannot be imported next to our generated ``inference`` package (duplicate proto
 symbols), so ``triton_client_checks.py`` runs once in .venv-triton (made by
 scripts/triton_client_env.sh) against a real server and reports JSON; these tests check it,
-and compare its answers with the domain API's.
+and compare its answers with the domain API's. ``triton_client_stream.py`` runs so per gRPC
+server against one serving ``fragile`` (a model whose run fails: tests/fragile_model.py).
 """
 
 import importlib.metadata
@@ -18,7 +19,9 @@ import pytest
 from common.contract import CLASS_NAMES
 from fashion_mnist.v1 import classifier_pb2 as pb
 from fashion_mnist.v1 import classifier_pb2_grpc
+from serving.errors import Internal
 from tests.conftest import local_settings, running_server
+from tests.fragile_model import BLACK, GREY
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BATCH = 8
@@ -141,6 +144,32 @@ def test_a_stream_answers_in_order_with_a_refusal_in_its_place(seen):
     assert "no model 'nope'" in refused["error"]
     assert (last["id"], last["model_name"], last["label"]) == (
         "s3", "softmax", domain["softmax:"]["label"])
+
+
+def test_a_stream_answers_a_failed_run_or_a_refusal_in_its_place_and_goes_on(
+        triton_python, fragile_server, tmp_path):
+    """What start_stream's callback is given when the middle of three requests fails in the
+    model's run, or is refused for its shape: result, InferenceServerException with the
+    server's message, result, in order; a fourth request is answered. tritonclient gives the
+    callback the error's message only (not the answer's id, which the server sends:
+    test_stream_failed_runs.py), so the client knows the failed request by its place."""
+    np.save(tmp_path / "images.npy", np.concatenate([BLACK, GREY]))
+    script = subprocess.run(
+        [triton_python, str(ROOT / "tests" / "triton_client_stream.py"),
+         f"127.0.0.1:{fragile_server.port}", str(tmp_path / "images.npy"),
+         str(tmp_path / "seen.json")], capture_output=True, text=True, timeout=120, check=False)
+    assert script.returncode == 0, script.stderr
+    given = json.loads((tmp_path / "seen.json").read_text())
+    for case, ids, message in (
+            ("failed run", "abcd", str(Internal())),
+            ("wrong shape", "efgh", "inputs['images'].shape: expected [N,28,28], got [1, 784]")):
+        first, failed, last = given[case]
+        assert [first.get("id"), last.get("id")] == [ids[0], ids[2]], given[case]
+        assert failed == {"error": message, "status": "None",
+                          "type": "InferenceServerException"}, case
+        assert len(first["label"]) == len(last["label"]) == 1
+        [after] = given[f"after the {case}"]
+        assert (after.get("id"), after.get("model_name")) == (ids[3], "fragile"), after
 
 
 def test_requested_outputs_are_the_only_ones_answered(seen):
