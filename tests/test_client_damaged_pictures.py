@@ -55,7 +55,14 @@ def test_a_picture_over_pillows_limit_is_said_in_one_line(tmp_path, capsys, monk
     # allocate 73.0 GiB for an array with shape (78400000000,)", having tried to
     (lambda npy: npy.replace(b"(5, 28, 28), }     ", b"(100000000, 784), }", 1)[:128 + 784],
      "a .npy array cut short (fewer values than its header says)"),
-], ids=["header-cut", "header-garbled", "values-cut", "values-claimed"])
+    # numpy's header reader lets a negative dimension by; its reader then said "negative
+    # dimensions are not allowed", naming no file
+    (lambda npy: npy.replace(b"(5, 28, 28), }     ", b"(-5, 28, 28), }    ", 1),
+     "a damaged .npy file, or cut short (its header)"),
+    (lambda npy: npy.replace(b"(5, 28, 28), }     ", b"(5, -28, -28), }   ", 1),
+     "a damaged .npy file, or cut short (its header)"),
+], ids=["header-cut", "header-garbled", "values-cut", "values-claimed", "shape-negative",
+        "shape-negatives"])
 def test_a_damaged_npy_array_is_said_in_one_line(tmp_path, capsys, cut, said):
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((5, 28, 28), np.uint8))

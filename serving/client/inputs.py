@@ -30,6 +30,8 @@ def load_npy(path: Path, opened: BinaryIO | None = None) -> np.ndarray:
         try:  # numpy's words: "EOF: reading array header, expected 118 bytes got 10",
             # "malformed node or string on line 1: <ast.Name object at 0x7fe2b75e7190>"
             shape, _, dtype = header(file)
+            if min(shape, default=0) < 0:  # numpy lets them by, then its reader refuses them
+                raise ValueError
         except ValueError:
             raise ValueError(f"{path}: a damaged .npy file, or cut short (its header)") from None
         if not np.issubdtype(dtype, np.integer):  # objects too, before numpy refuses them so
