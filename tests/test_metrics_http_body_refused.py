@@ -57,7 +57,11 @@ async def test_an_http_body_refused_413_or_501_counts_under_its_urls_model(
     ("GET", "/v1/classify?model=softmax", 405,
      {"api": "domain", "method": "Classify", "model": "softmax"}),
     ("POST", "/v2/models/nope/ready", 405,
-     {"api": "v2", "method": "ModelReady", "model": "other"})])
+     {"api": "v2", "method": "ModelReady", "model": "other"}),
+    # only /v1/classify reads a model from the query (these refuse any, or pass it over)
+    ("PATCH", "/v1/models?model=mlp", 405, {"api": "domain", "method": "ListModels", "model": ""}),
+    ("PATCH", "/v2/models/stats?model=mlp", 405,
+     {"api": "v2", "method": "ModelStatistics", "model": ""})])
 async def test_an_http_method_refused_405_or_501_counts_under_its_urls_model(
         model_repository, method, path, status, labels):
     """A method the URL does not serve (405) or no method the server knows (501) went

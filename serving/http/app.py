@@ -123,7 +123,7 @@ class HttpApp:
         refused UNIMPLEMENTED (gRPC's code for a method not served), under the model the URL
         names, as that call's other refusals do (the page and health are never counted)."""
         if call and not call.startswith(UNCOUNTED_PREFIXES):
-            named = url_model(environ, match.groupdict())
+            named = url_model(environ, match.groupdict(), call == DOMAIN + "Classify")
             self._pipeline.count_unanswered(  # (any request naming the model labels it alike)
                 [(call, Unimplemented.grpc_code)], pb.ModelInferRequest(model_name=named))
 

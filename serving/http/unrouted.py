@@ -26,9 +26,10 @@ def refusal(method: str, path: str, allowed: list[str]) -> Body:
     raise NotFound(f"no endpoint {method} {shown}: see / (the page), /v1/models, /v2")
 
 
-def url_model(environ: dict, path: dict) -> str:
-    """The model the URL names: its path's (``path``: a route's groups), or its query's."""
-    return path.get("model") or path.get("name") or query_model(environ)
+def url_model(environ: dict, path: dict, in_query: bool) -> str:
+    """The model the URL names: its path's (``path``: a route's groups), or, ``in_query``
+    (/v1/classify's: the other calls refuse a query's model or pass it over), its query's."""
+    return path.get("model") or path.get("name") or (query_model(environ) if in_query else "")
 
 
 def query_model(environ: dict) -> str:
