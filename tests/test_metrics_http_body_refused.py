@@ -1,5 +1,6 @@
 """fmnist_requests_total for an HTTP request whose body is refused: over --max-message-bytes
-(413), or sent in a transfer coding other than chunked (501); or whose method is (405, 501)."""
+(413), or sent in a transfer coding other than chunked (501); or whose method its path does
+not serve (405) or the server does not know (501)."""
 
 import asyncio
 import http.client
