@@ -67,10 +67,12 @@ class BatchRunError(Exception):
 
 
 class Batcher:
-    def __init__(self, run: RunModel, policy: BatchingPolicy, metrics: ModelMetrics):
+    def __init__(self, run: RunModel, policy: BatchingPolicy, metrics: ModelMetrics,
+                 model: str = "the model"):
         """``run``: ``uint8 [N,28,28]`` -> ``(probabilities, labels)``, one onnxruntime call
-        (which releases the GIL, so slots run in parallel on several cores)."""
-        self._run = run
+        (which releases the GIL, so slots run in parallel on several cores); ``model`` names
+        it in a failed run's error (the operator's log: which of the versions served)."""
+        self._run, self._model = run, model
         self._policy = policy
         self._metrics = metrics
         self._lock = threading.Lock()
@@ -194,8 +196,8 @@ class Batcher:
             finished = time.perf_counter()
             for request in batch:
                 if not request.done:
-                    failure = BatchRunError(f"the model's run failed: {type(error).__name__}: "
-                                          f"{error}")
+                    failure = BatchRunError(f"the run of {self._model} failed: "
+                                            f"{type(error).__name__}: {error}")
                     failure.__cause__ = error
                     self._settle(request, error=failure)
                     self._metrics.failed(finished - request.enqueued)

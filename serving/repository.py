@@ -55,8 +55,9 @@ class ModelVersion:
         self.policy = policy  # how its batcher runs it
         run, name, outputs = session.run, manifest.inputs[0].name, [PROBABILITIES, LABEL]
         self._batcher = Batcher(  # not a method of self: that cycle kept an unloaded version's
-            lambda images: run(outputs, {name: images}), policy, self.metrics)  # session (MBs)
-        # until the garbage collector's next full pass, which a server's heap rarely gets to
+            lambda images: run(outputs, {name: images}), policy, self.metrics,  # session (MBs)
+            f"{self.name} version {self.version}")  # until the garbage collector's next full
+        # pass, which a server's heap rarely gets to
 
     def predict(self, images: np.ndarray, call: Call | None = None) -> Prediction:
         """``uint8 [N,28,28]`` -> the model's probabilities and labels; blocks until its

@@ -56,6 +56,7 @@ def test_a_failed_run_is_answered_in_its_place_and_the_stream_goes_on(channel, c
     [crash] = crashes(caplog)
     assert crash.levelno == logging.ERROR and crash.exc_info is not None
     assert "out of" in str(crash.exc_info[1].__cause__), crash.exc_info[1].__cause__
+    assert str(crash.exc_info[1]).startswith("the run of fragile version 1 failed: ")  # which
     assert failed_runs(v2) == failed_before + 1  # the model's fail count (README says so)
 
 
