@@ -48,6 +48,8 @@ from serving.workers_metrics import MULTIPROCESS_ENV, http_server, summed_regist
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
+API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2",
+              "fashion_mnist.http.Page": "page"}  # the api label of each service's calls
 disable_created_metrics()  # one process's series as several workers' (whose files keep none)
 REQUESTS = Counter("fmnist_requests", "calls answered (gRPC and HTTP), by API, method, model "
                    "and status code", ["api", "method", "model", "code"])
@@ -119,11 +121,14 @@ class ModelMetrics:
 class CallMetrics:
     """Counts one API method's calls by status code, with the latency of those it ran."""
 
-    def __init__(self, api: str, method: str):
+    def __init__(self, method: str):
+        """``method``: "/package.Service/Method", labelled by its API and its name."""
+        service, _, name = method.strip("/").partition("/")
+        api = API_LABELS.get(service, service)
         # each series' child, looked up once (label lookups cost per call)
-        self._latency = functools.cache(lambda model: REQUEST_SECONDS.labels(api, method, model))
+        self._latency = functools.cache(lambda model: REQUEST_SECONDS.labels(api, name, model))
         self._counter = functools.cache(
-            lambda model, code: REQUESTS.labels(api, method, model, code))
+            lambda model, code: REQUESTS.labels(api, name, model, code))
 
     def observe(self, started: float, model: str, code: str) -> None:
         """A call that began at ``started`` (perf_counter) ended now with ``code``."""

@@ -11,6 +11,7 @@ refused for draining or --max-concurrent-calls, but, a stream holding a call thr
 other, it is refused RESOURCE_EXHAUSTED while every stream slot (``max_streams``) is taken.
 """
 
+import functools
 import hmac
 import logging
 import threading
@@ -36,8 +37,6 @@ HEALTH_PREFIX = "/grpc.health.v1."  # answered by the transport: the pipeline le
 OPEN_PREFIXES = (HEALTH_PREFIX, "/inference.GRPCInferenceService/ServerLive",  # no token, as
                  "/inference.GRPCInferenceService/ServerReady")  # over HTTP
 UNCOUNTED_PREFIXES = (*OPEN_PREFIXES, "/grpc.reflection.")  # never refused, not in the metrics
-API_LABELS = {"fashion_mnist.v1.Classifier": "domain", "inference.GRPCInferenceService": "v2",
-              "fashion_mnist.http.Page": "page"}
 DRAINING_MESSAGE = "server is shutting down; retry on another replica"
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ class CallPipeline:
         must not take the threads that unary calls and health need."""
         self._expected = token.encode()
         self.admission, self._model_label = admission, model_label
-        self._metrics: dict[str, CallMetrics] = {}
+        self._metrics_of = functools.cache(CallMetrics)  # each method's, made once
         self._max_streams = max_streams
         self._stream_slots = threading.Semaphore(max_streams) if max_streams else None
         self._quiet_until = 0.0  # failed calls are DEBUG lines until then (time.monotonic())
@@ -192,12 +191,6 @@ class CallPipeline:
         waiting for a call thread (the native server's); under ``request``'s model, if given."""
         for method, code in calls:
             self._metrics_of(method).count(code, self._model_label(request))
-
-    def _metrics_of(self, method: str) -> CallMetrics:
-        if (metrics := self._metrics.get(method)) is None:
-            service, _, name = method.strip("/").partition("/")
-            metrics = self._metrics[method] = CallMetrics(API_LABELS.get(service, service), name)
-        return metrics
 
     def _failure(self, call: Call, error: Exception) -> ServingError:
         """``error`` as the ServingError the client gets, logged once."""

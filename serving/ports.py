@@ -2,6 +2,7 @@
 share (SO_REUSEPORT) then held while the workers bind them (``serving.workers``)."""
 
 import contextlib
+import errno
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -53,4 +54,6 @@ def listening(what: str, host: str, port: int, listen: Callable[[], Any]) -> Any
     try:
         return listen()
     except (OSError, RuntimeError) as error:  # sockets; the gRPC servers
+        if getattr(error, "errno", None) == errno.EADDRNOTAVAIL:  # "Cannot assign requested..."
+            error = f"{host} is not an address of this host (0.0.0.0: every interface)"
         raise ListenError(f"cannot listen{what} on {host_port(host, port)}: {error}") from None

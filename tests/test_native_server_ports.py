@@ -113,3 +113,18 @@ def test_a_connection_is_replaced_after_max_connection_age(settings, age_s):
             ports |= _client_ports(server.port)
             time.sleep(0.02)
     assert len(ports) >= 3 if age_s else len(ports) == 1, ports
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_address_not_of_this_host_is_said_so_in_one_line(model_repository, workers):
+    """--host 192.0.2.1 (TEST-NET-1: no host's) said "[Errno 99] Cannot assign requested
+    address", the kernel's words for it."""
+    with socket.create_server(("127.0.0.1", 0)) as free:
+        port = str(free.getsockname()[1])  # a port, not 0: the supervisor checks it first
+    status = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+         "--host", "192.0.2.1", "--port", port, "--http-port", "0", "--workers", workers],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert (status.returncode, status.stderr.splitlines()) == (1, [
+        f"fmnist-serve: error: cannot listen on 192.0.2.1:{port}: 192.0.2.1 is not an "
+        "address of this host (0.0.0.0: every interface)"])
