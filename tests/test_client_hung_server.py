@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -123,12 +124,25 @@ def test_a_stream_whose_server_stops_before_its_end_fails_after_the_timeout(mode
         def batches():
             yield test_set[0][:1]
             answered.wait(10)
-            os.kill(process.pid, signal.SIGSTOP)  # hung before it ends the stream
+            os.kill(process.pid, signal.SIGSTOP)  # hung before it ends the stream: its
+            _wait_until_stopped(process.pid)  # threads stopped before the stream's end is sent
 
         error, closed_while_hung = _stream_to_a_server_that_hangs(
             process, target, batches(), on_answer=lambda _count: answered.set())
     assert closed_while_hung, error
     assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+
+
+def _wait_until_stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is stopped (SIGSTOP takes effect a moment after kill()
+    returns: a thread at work on the other core may first answer what reaches it)."""
+    for _ in range(500):
+        states = [(task / "stat").read_text().rpartition(")")[2].split()[0]
+                  for task in Path(f"/proc/{pid}/task").iterdir()]
+        if all(state in "Tt" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} not stopped: thread states {states}")
 
 
 def test_a_score_whose_server_hangs_mid_stream_says_what_waited(model_repository, tmp_path):
